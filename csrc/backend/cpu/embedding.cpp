@@ -1,0 +1,106 @@
+// Token + learned position embedding. The backward is a scatter-add; it is made deterministic
+// (independent of thread count) by giving each thread a block of channels and walking all
+// tokens in order, instead of using atomics.
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cpu/check.h"
+#include "backend/cpu/cpu_backend.h"
+
+namespace nuri {
+
+using cpu::check_cpu;
+
+// Validates tokens [B, T] against wte [V, C] and wpe [Tmax, C]; returns B, T, C.
+static void embedding_dims(const char* op, const Tensor& tokens, const Tensor& wte,
+                           const Tensor& wpe, int64_t& b, int64_t& t, int64_t& c) {
+  check_cpu(op, "tokens", tokens, DType::i32);
+  NURI_CHECK(tokens.dim() == 2, op, ": tokens must be [B, T], got shape ",
+             shape_str(tokens.shape()));
+  check_cpu(op, "wte", wte);
+  NURI_CHECK(wte.dim() == 2, op, ": wte must be [V, C], got shape ", shape_str(wte.shape()));
+  b = tokens.size(0);
+  t = tokens.size(1);
+  c = wte.size(1);
+  if (wpe.defined()) {
+    check_cpu(op, "wpe", wpe);
+    NURI_CHECK(wpe.dim() == 2 && wpe.size(1) == c, op, ": wpe has shape ",
+               shape_str(wpe.shape()), ", expected [Tmax, ", c, "]");
+    NURI_CHECK(t <= wpe.size(0), op, ": sequence length ", t,
+               " exceeds the position table's max_seq_len ", wpe.size(0));
+  }
+}
+
+void CpuBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                           const Tensor& out) {
+  constexpr const char* op = "embedding";
+  int64_t b, t, c;
+  embedding_dims(op, tokens, wte, wpe, b, t, c);
+  check_cpu(op, "out", out);
+  cpu::check_shape(op, "out", out, {b, t, c});
+  const int64_t vocab = wte.size(0);
+  const int32_t* tok = tokens.data<int32_t>();
+  for (int64_t i = 0; i < b * t; ++i) {
+    NURI_CHECK(tok[i] >= 0 && tok[i] < vocab, op, ": token id ", tok[i], " at batch ", i / t,
+               ", position ", i % t, " is outside the vocabulary [0, ", vocab, ")");
+  }
+  const float* e = wte.data<float>();
+  const float* p = wpe.defined() ? wpe.data<float>() : nullptr;
+  float* o = out.data<float>();
+#pragma omp parallel for schedule(static) if (b * t * c >= cpu::kParallelWork)
+  for (int64_t i = 0; i < b * t; ++i) {
+    const float* er = e + int64_t(tok[i]) * c;
+    float* orow = o + i * c;
+    if (p) {
+      const float* pr = p + (i % t) * c;
+      for (int64_t j = 0; j < c; ++j) orow[j] = er[j] + pr[j];
+    } else {
+      std::memcpy(orow, er, size_t(c) * sizeof(float));
+    }
+  }
+}
+
+void CpuBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                                    const Tensor& dwpe, bool accumulate) {
+  constexpr const char* op = "embedding_backward";
+  int64_t b, t, c;
+  embedding_dims(op, tokens, dwte, dwpe, b, t, c);
+  check_cpu(op, "dout", dout);
+  cpu::check_shape(op, "dout", dout, {b, t, c});
+  const int64_t vocab = dwte.size(0);
+  const int32_t* tok = tokens.data<int32_t>();
+  for (int64_t i = 0; i < b * t; ++i) {
+    NURI_CHECK(tok[i] >= 0 && tok[i] < vocab, op, ": token id ", tok[i], " at batch ", i / t,
+               ", position ", i % t, " is outside the vocabulary [0, ", vocab, ")");
+  }
+  const float* g = dout.data<float>();
+  float* dw = dwte.data<float>();
+  if (!accumulate) std::memset(dw, 0, dwte.nbytes());
+  constexpr int64_t kCols = 64;
+  const int64_t blocks = (c + kCols - 1) / kCols;
+#pragma omp parallel for schedule(static) if (b * t * c >= cpu::kParallelWork)
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    const int64_t j0 = bi * kCols, j1 = std::min(c, j0 + kCols);
+    for (int64_t i = 0; i < b * t; ++i) {
+      float* dst = dw + int64_t(tok[i]) * c;
+      const float* src = g + i * c;
+      for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+    }
+  }
+  if (!dwpe.defined()) return;
+  float* dp = dwpe.data<float>();
+#pragma omp parallel for schedule(static) if (b * t * c >= cpu::kParallelWork)
+  for (int64_t ti = 0; ti < t; ++ti) {
+    float* dst = dp + ti * c;
+    if (!accumulate) std::memset(dst, 0, size_t(c) * sizeof(float));
+    for (int64_t bi = 0; bi < b; ++bi) {
+      const float* src = g + (bi * t + ti) * c;
+      for (int64_t j = 0; j < c; ++j) dst[j] += src[j];
+    }
+  }
+  if (!accumulate && dwpe.size(0) > t) {
+    std::memset(dp + t * c, 0, size_t((dwpe.size(0) - t) * c) * sizeof(float));
+  }
+}
+
+}  // namespace nuri

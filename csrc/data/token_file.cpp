@@ -1,0 +1,234 @@
+// Token file parsing and validation (llm.c layout and .npy), mapped read-only with mmap.
+#include "nuri/data/token_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "nuri/core/error.h"
+
+namespace nuri {
+
+namespace {
+
+// Parses the header dict of a .npy file; sets wide (u4) and count, or throws.
+void parse_npy(const std::string& path, const char* base, size_t bytes, bool* wide, int64_t* n,
+               int64_t* data_offset) {
+  NURI_CHECK(bytes >= 10, path, ": ", bytes, " bytes is too short for a .npy header: truncated");
+  const int major = static_cast<unsigned char>(base[6]);
+  size_t header_len = 0, prefix = 0;
+  if (major == 1) {
+    header_len = size_t(static_cast<unsigned char>(base[8])) | size_t(static_cast<unsigned char>(base[9])) << 8;
+    prefix = 10;
+  } else if (major == 2 || major == 3) {
+    NURI_CHECK(bytes >= 12, path, ": truncated .npy header");
+    uint32_t len;
+    std::memcpy(&len, base + 8, 4);
+    header_len = len;
+    prefix = 12;
+  } else {
+    NURI_CHECK(false, path, ": unsupported .npy format version ", major, " at offset 6");
+  }
+  NURI_CHECK(prefix + header_len <= bytes, path, ": .npy header of ", header_len,
+             " bytes runs past the end of the file (", bytes, " bytes): truncated");
+  const std::string header(base + prefix, header_len);
+  auto field = [&](const std::string& key) -> std::string {
+    const size_t k = header.find("'" + key + "'");
+    NURI_CHECK(k != std::string::npos, path, ": .npy header has no '", key, "': ", header);
+    size_t v = header.find(':', k) + 1;
+    while (v < header.size() && header[v] == ' ') ++v;
+    size_t end = v;
+    if (header[v] == '(') {
+      end = header.find(')', v) + 1;
+    } else if (header[v] == '\'') {
+      end = header.find('\'', v + 1) + 1;
+    } else {
+      while (end < header.size() && header[end] != ',' && header[end] != '}') ++end;
+    }
+    return header.substr(v, end - v);
+  };
+  const std::string descr = field("descr"), order = field("fortran_order"), shape = field("shape");
+  NURI_CHECK(descr == "'<u2'" || descr == "'<u4'", path, ": .npy dtype ", descr,
+             " is not a token type (expected uint16 '<u2' or uint32 '<u4')");
+  NURI_CHECK(order == "False", path, ": .npy array must be in C order (fortran_order is ", order, ")");
+  // "(N,)" is the only 1-D shape.
+  int64_t count = -1;
+  if (shape.size() > 3 && shape.front() == '(' && shape.substr(shape.size() - 2) == ",)") {
+    std::istringstream is(shape.substr(1, shape.size() - 3));
+    is >> count;
+    if (!is.eof() && is.fail()) count = -1;
+  }
+  NURI_CHECK(count >= 0, path, ": .npy shape ", shape, " is not 1-D (tokens must be a flat array)");
+  *wide = descr == "'<u4'";
+  *n = count;
+  *data_offset = int64_t(prefix + header_len);
+}
+
+}  // namespace
+
+std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t vocab_size) {
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  f->path_ = path;
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  NURI_CHECK(fd >= 0, "cannot open token file ", path, ": ", std::strerror(errno));
+  struct stat st {};
+  ::fstat(fd, &st);
+  const size_t bytes = size_t(st.st_size);
+  if (bytes > 0) {
+    f->map_ = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+  }
+  ::close(fd);
+  NURI_CHECK(bytes > 0, path, " is empty: not a token file");
+  NURI_CHECK(f->map_ != MAP_FAILED, "cannot map ", path, ": ", std::strerror(errno));
+  f->map_bytes_ = bytes;
+  const char* base = static_cast<const char*>(f->map_);
+  int64_t elem = 2;
+  if (bytes >= 6 && std::memcmp(base, "\x93NUMPY", 6) == 0) {
+    parse_npy(path, base, bytes, &f->wide_, &f->n_, &f->data_offset_);
+    elem = f->wide_ ? 4 : 2;
+  } else {
+    NURI_CHECK(int64_t(bytes) >= kTokenFileHeaderBytes, path, " is ", bytes,
+               " bytes, shorter than the ", kTokenFileHeaderBytes,
+               "-byte header of a token file: truncated, or not a token file");
+    int32_t header[3];
+    std::memcpy(header, base, sizeof(header));
+    NURI_CHECK(header[0] == kTokenFileMagic, path, ": bad magic ", header[0],
+               " at offset 0 (a token file starts with ", kTokenFileMagic,
+               "; .npy files start with \\x93NUMPY)");
+    NURI_CHECK(header[1] == 1 || header[1] == 2, path, ": unsupported version ", header[1],
+               " at offset 4 (1 = uint16 tokens, 2 = uint32 tokens)");
+    NURI_CHECK(header[2] >= 0, path, ": negative token count ", header[2], " at offset 8");
+    f->wide_ = header[1] == 2;
+    f->n_ = header[2];
+    f->data_offset_ = kTokenFileHeaderBytes;
+    elem = f->wide_ ? 4 : 2;
+  }
+  const int64_t need = f->data_offset_ + f->n_ * elem;
+  NURI_CHECK(int64_t(bytes) >= need, path, ": the header promises ", f->n_, " tokens (", need,
+             " bytes in all) but the file has ", bytes, " bytes: truncated at token ",
+             (int64_t(bytes) - f->data_offset_) / elem);
+  if (f->wide_) {
+    f->data32_ = reinterpret_cast<const uint32_t*>(base + f->data_offset_);
+  } else {
+    f->data16_ = reinterpret_cast<const uint16_t*>(base + f->data_offset_);
+  }
+  if (vocab_size > 0) f->check_vocab(vocab_size);
+  return f;
+}
+
+std::shared_ptr<TokenFile> TokenFile::from_tokens(std::vector<uint32_t> tokens,
+                                                  const std::string& name, int64_t vocab_size) {
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  f->path_ = name;
+  f->owned_ = std::move(tokens);
+  f->wide_ = true;
+  f->data32_ = f->owned_.data();
+  f->n_ = int64_t(f->owned_.size());
+  if (vocab_size > 0) f->check_vocab(vocab_size);
+  return f;
+}
+
+std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int64_t start,
+                                            int64_t n) {
+  NURI_CHECK(file != nullptr && start >= 0 && n >= 0 && start + n <= file->n_, "slice [", start,
+             ", ", start + n, ") is outside ", file ? file->path_ : "<null>", " (",
+             file ? file->n_ : 0, " tokens)");
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  f->path_ = file->path_ + "[" + std::to_string(start) + ":" + std::to_string(start + n) + "]";
+  f->wide_ = file->wide_;
+  f->data16_ = file->data16_ ? file->data16_ + start : nullptr;
+  f->data32_ = file->data32_ ? file->data32_ + start : nullptr;
+  f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
+  f->n_ = n;
+  f->parent_ = std::move(file);
+  return f;
+}
+
+TokenFile::~TokenFile() {
+  if (map_ && map_ != MAP_FAILED) ::munmap(map_, map_bytes_);
+}
+
+void TokenFile::check_vocab(int64_t vocab_size) const {
+  const int64_t elem = wide_ ? 4 : 2;
+  for (int64_t i = 0; i < n_; ++i) {
+    const uint32_t t = at(i);
+    NURI_CHECK(int64_t(t) < vocab_size, path_, ": token id ", t, " at token index ", i,
+               " (byte offset ", data_offset_ + i * elem, ") is >= vocab_size ", vocab_size,
+               "; the file was made with another tokenizer, or the model's vocab_size is too small");
+  }
+}
+
+void TokenFile::read(int64_t start, int64_t n, int32_t* out) const {
+  NURI_CHECK(start >= 0 && n >= 0 && start + n <= n_, path_, ": read of tokens [", start, ", ",
+             start + n, ") past the end (", n_, " tokens)");
+  for (int64_t k = 0; k < n; ++k) out[k] = int32_t(at(start + k));
+}
+
+uint32_t TokenFile::max_token() const {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n_; ++i) m = std::max(m, at(i));
+  return m;
+}
+
+void write_token_file(const std::string& path, const std::vector<uint32_t>& tokens) {
+  NURI_CHECK(tokens.size() < (size_t(1) << 31), "write_token_file: ", tokens.size(),
+             " tokens do not fit the int32 count of the header; split the data into shards");
+  const bool wide = std::any_of(tokens.begin(), tokens.end(), [](uint32_t t) { return t > 0xffff; });
+  int32_t header[256] = {};
+  header[0] = kTokenFileMagic;
+  header[1] = wide ? 2 : 1;
+  header[2] = int32_t(tokens.size());
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    NURI_CHECK(out.good(), "cannot write ", tmp, ": ", std::strerror(errno));
+    out.write(reinterpret_cast<const char*>(header), sizeof(header));
+    if (wide) {
+      out.write(reinterpret_cast<const char*>(tokens.data()), std::streamsize(tokens.size() * 4));
+    } else {
+      std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
+      out.write(reinterpret_cast<const char*>(narrow.data()), std::streamsize(narrow.size() * 2));
+    }
+    NURI_CHECK(out.good(), "writing ", tmp, " failed: ", std::strerror(errno));
+  }
+  NURI_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename ", tmp, " to ", path,
+             ": ", std::strerror(errno));
+}
+
+std::vector<uint32_t> ByteTokenizer::encode(const std::string& text) const {
+  std::vector<uint32_t> out(text.size());
+  for (size_t i = 0; i < text.size(); ++i) out[i] = static_cast<unsigned char>(text[i]);
+  return out;
+}
+
+std::string ByteTokenizer::decode(const std::vector<int32_t>& tokens) const {
+  std::string s;
+  for (int32_t t : tokens) {
+    if (t == int32_t(kEndOfText)) {
+      s += "\n<|endoftext|>\n";
+    } else if (t >= 0 && t < 256) {
+      s += char(t);
+    }
+  }
+  return s;
+}
+
+int64_t text_file_to_tokens(const std::string& text_path, const std::string& token_path) {
+  std::ifstream in(text_path, std::ios::binary);
+  NURI_CHECK(in.good(), "cannot open text file ", text_path, ": ", std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::vector<uint32_t> tokens = ByteTokenizer().encode(ss.str());
+  tokens.push_back(ByteTokenizer::kEndOfText);
+  write_token_file(token_path, tokens);
+  return int64_t(tokens.size());
+}
+
+}  // namespace nuri

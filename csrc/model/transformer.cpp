@@ -1,0 +1,384 @@
+// Forward and backward of the transformer, written once against the Backend interface.
+// Pre-norm blocks; each norm is fused with the residual add before it:
+//   h_0 = embed(tokens)
+//   block l: a = N1(h_l); h'_l = h_l + Attn(a); m = N2(h'_l); h_{l+1} = h'_l + MLP(m)
+//   logits = N_f(h_L) · Wᵀ
+// N1 of block l > 0 computes h_l = h'_{l-1} + mlp_out_{l-1} itself; N_f likewise.
+#include "nuri/model/transformer.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "nuri/core/rng.h"
+
+namespace nuri {
+
+struct Transformer::Weights {
+  struct Layer {
+    Tensor ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+  };
+  Tensor wte, wpe;  // [Vp, C], [Tmax, C] (absent with rope)
+  std::vector<Layer> layers;
+  Tensor lnf_w, lnf_b, lm_head;  // lm_head is wte when tied
+};
+
+struct Transformer::Acts {
+  struct Layer {
+    Tensor resid;                         // [B, T, C] h_l (block input)
+    Tensor ln1, ln1_mean, ln1_rstd;       // [B, T, C], [B·T], [B·T]
+    Tensor qkv;                           // [B, T, H + 2·Hkv, D] (q, k after rope)
+    Tensor atty, lse;                     // [B, T, H, D], [B, H, T]
+    Tensor attproj;                       // [B, T, C]
+    Tensor resid2;                        // [B, T, C] h'_l
+    Tensor ln2, ln2_mean, ln2_rstd;
+    Tensor fch;                           // [B, T, F] gelu pre-activation | [B, T, 2F] gate|up
+    Tensor act;                           // [B, T, F]
+    Tensor fcproj;                        // [B, T, C]
+  };
+  int64_t b = 0, t = 0;
+  std::vector<Layer> layers;
+  Tensor resid_f, lnf, lnf_mean, lnf_rstd;  // [B, T, C], ..., [B·T]
+  Tensor logits;                            // [B·T, Vp]; the backward overwrites it with dlogits
+  Tensor losses, ce_lse, loss;              // [B·T], [B·T], [1]
+  Tensor d_resid, d_ln, d_qkv, d_atty, d_fch, d_act;  // gradient scratch, reused by every layer
+};
+
+namespace {
+
+// Typed views of one flat buffer in `layout` order.
+void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Tensor& flat,
+          std::vector<NamedTensor>& named, Transformer::Weights* w);
+
+Tensor view_of(const Tensor& flat, int64_t offset, const Shape& shape) {
+  return flat.slice(0, offset, offset + shape_numel(shape)).view(shape);
+}
+
+}  // namespace
+
+// The binding is a friend-free helper: Weights is public inside the class for it.
+namespace {
+void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Tensor& flat,
+          std::vector<NamedTensor>& named, Transformer::Weights* w) {
+  named.clear();
+  for (const auto& p : layout) named.push_back({p.name, view_of(flat, p.offset, p.shape), p.decay});
+  size_t i = 0;
+  auto next = [&]() -> const NamedTensor& { return named.at(i++); };
+  auto spec = [&]() -> const ParamSpec& { return layout.at(i); };
+  const int64_t c = cfg.d_model, d = cfg.head_dim(), f = cfg.d_ff;
+  const int64_t qkv_rows = (cfg.n_head + 2 * cfg.n_kv_head) * d;
+  const bool gpt2 = cfg.mlp == MlpKind::gelu;
+  const bool norm_bias = cfg.norm == NormKind::layernorm && cfg.bias;
+  w->wte = next().tensor;
+  if (cfg.position == PositionKind::learned) w->wpe = next().tensor;
+  w->layers.assign(size_t(cfg.n_layer), {});
+  for (auto& L : w->layers) {
+    L.ln1_w = next().tensor;
+    if (norm_bias) L.ln1_b = next().tensor;
+    if (gpt2) {
+      L.qkv_w = next().tensor;
+      if (cfg.bias) L.qkv_b = next().tensor;
+    } else {  // q, k, v consecutive: one [(H + 2Hkv)·D, C] view
+      L.qkv_w = view_of(flat, spec().offset, {qkv_rows, c});
+      i += 3;
+      if (cfg.bias) {
+        L.qkv_b = view_of(flat, spec().offset, {qkv_rows});
+        i += 3;
+      }
+    }
+    L.o_w = next().tensor;
+    if (cfg.bias) L.o_b = next().tensor;
+    L.ln2_w = next().tensor;
+    if (norm_bias) L.ln2_b = next().tensor;
+    if (gpt2) {
+      L.fc_w = next().tensor;
+      if (cfg.bias) L.fc_b = next().tensor;
+    } else {  // gate, up consecutive: one [2F, C] view whose output is [gate | up]
+      L.fc_w = view_of(flat, spec().offset, {2 * f, c});
+      i += 2;
+      if (cfg.bias) {
+        L.fc_b = view_of(flat, spec().offset, {2 * f});
+        i += 2;
+      }
+    }
+    L.proj_w = next().tensor;
+    if (cfg.bias) L.proj_b = next().tensor;
+  }
+  w->lnf_w = next().tensor;
+  if (norm_bias) w->lnf_b = next().tensor;
+  w->lm_head = cfg.tied_embeddings ? w->wte : next().tensor;
+  NURI_ASSERT(i == named.size(), "layout has ", named.size(), " tensors, bound ", i);
+}
+}  // namespace
+
+Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed)
+    : cfg_(cfg), backend_(std::move(backend)), layout_(param_layout(cfg)) {
+  NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
+  const int64_t total = layout_.back().offset + layout_.back().numel();
+  param_buf_ = backend_->empty({total});
+  grad_buf_ = backend_->empty({total});
+  w_ = std::make_unique<Weights>();
+  g_ = std::make_unique<Weights>();
+  acts_ = std::make_unique<Acts>();
+  bind(cfg_, layout_, param_buf_, params_, w_.get());
+  bind(cfg_, layout_, grad_buf_, grads_, g_.get());
+  init_weights(seed);
+  zero_grad();
+}
+
+Transformer::~Transformer() = default;
+Transformer::Transformer(Transformer&&) noexcept = default;
+Transformer& Transformer::operator=(Transformer&&) noexcept = default;
+
+const Tensor& Transformer::parameter(const std::string& name) const {
+  for (const auto& p : params_) {
+    if (p.name == name) return p.tensor;
+  }
+  std::string hint;
+  for (const auto& p : params_) {
+    if (p.name.find(name) != std::string::npos || name.find(p.name) != std::string::npos) {
+      hint += (hint.empty() ? "" : ", ") + p.name;
+    }
+  }
+  NURI_CHECK(false, "no parameter named '", name, "'", hint.empty() ? "" : "; did you mean: ", hint,
+             " (", params_.size(), " parameters, e.g. '", params_.front().name, "')");
+}
+
+void Transformer::init_weights(uint64_t seed) {
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    const ParamSpec& p = layout_[i];
+    Tensor host = Tensor::zeros(p.shape);
+    float* h = host.data<float>();
+    if (p.init == InitKind::ones) {
+      std::fill(h, h + p.numel(), 1.f);
+    } else if (p.init == InitKind::normal) {
+      const int64_t rows = p.init_rows >= 0 ? p.init_rows : p.shape[0];
+      const int64_t n = rows * (p.numel() / p.shape[0]);
+      Philox(seed, stream_id("init/" + p.name)).fill_normal(h, n, 0, 0.f, p.init_std);
+    }
+    backend_->copy(host, params_[i].tensor);
+  }
+}
+
+void Transformer::zero_grad() { backend_->zero(grad_buf_); }
+
+void Transformer::plan(int64_t b, int64_t t) {
+  if (acts_->b == b && acts_->t == t) return;
+  NURI_CHECK(b > 0 && t > 0, "batch (", b, ") and sequence length (", t, ") must be positive");
+  NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
+             cfg_.max_seq_len, " of the model");
+  *acts_ = Acts{};  // release the old plan before allocating the new one
+  Backend& be = *backend_;
+  const int64_t c = cfg_.d_model, d = cfg_.head_dim(), h = cfg_.n_head, hkv = cfg_.n_kv_head;
+  const int64_t f = cfg_.d_ff, bt = b * t;
+  const bool ln = cfg_.norm == NormKind::layernorm;
+  const int64_t fch_width = cfg_.mlp == MlpKind::gelu ? f : 2 * f;
+  Acts& a = *acts_;
+  a.b = b;
+  a.t = t;
+  a.layers.resize(size_t(cfg_.n_layer));
+  for (auto& L : a.layers) {
+    L.resid = be.empty({b, t, c});
+    L.ln1 = be.empty({b, t, c});
+    if (ln) L.ln1_mean = be.empty({bt});
+    L.ln1_rstd = be.empty({bt});
+    L.qkv = be.empty({b, t, h + 2 * hkv, d});
+    L.atty = be.empty({b, t, h, d});
+    L.lse = be.empty({b, h, t});
+    L.attproj = be.empty({b, t, c});
+    L.resid2 = be.empty({b, t, c});
+    L.ln2 = be.empty({b, t, c});
+    if (ln) L.ln2_mean = be.empty({bt});
+    L.ln2_rstd = be.empty({bt});
+    L.fch = be.empty({b, t, fch_width});
+    L.act = cfg_.mlp == MlpKind::gelu ? be.empty({b, t, f}) : be.empty({b, t, f});
+    L.fcproj = be.empty({b, t, c});
+  }
+  a.resid_f = be.empty({b, t, c});
+  a.lnf = be.empty({b, t, c});
+  if (ln) a.lnf_mean = be.empty({bt});
+  a.lnf_rstd = be.empty({bt});
+  a.logits = be.empty({bt, cfg_.padded_vocab()});
+  a.losses = be.empty({bt});
+  a.ce_lse = be.empty({bt});
+  a.loss = be.empty({1});
+  a.d_resid = be.empty({b, t, c});
+  a.d_ln = be.empty({b, t, c});
+  a.d_qkv = be.empty({b, t, h + 2 * hkv, d});
+  a.d_atty = be.empty({b, t, h, d});
+  a.d_fch = be.empty({b, t, fch_width});
+  a.d_act = be.empty({b, t, f});
+}
+
+void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const {
+  NURI_CHECK(tokens.defined() && tokens.dtype() == DType::i32 && tokens.dim() == 2 &&
+                 tokens.device().is_cpu() && tokens.is_contiguous(),
+             what, " must be a contiguous [B, T] i32 host tensor, got ", tokens.str());
+  const int32_t* p = tokens.data<int32_t>();
+  const int64_t t = tokens.size(1);
+  for (int64_t i = 0; i < tokens.numel(); ++i) {
+    if (allow_ignore && p[i] == -100) continue;
+    NURI_CHECK(p[i] >= 0 && p[i] < cfg_.vocab_size, what, ": id ", p[i], " at batch ", i / t,
+               ", position ", i % t, " is outside the vocabulary [0, ", cfg_.vocab_size, ")");
+  }
+}
+
+// Norm forward: layernorm or rmsnorm by config; residual may be absent.
+static void norm_fwd(Backend& be, const ModelConfig& cfg, const Tensor& x, const Tensor& residual,
+                     const Tensor& w, const Tensor& b, const Tensor& sum, const Tensor& y,
+                     const Tensor& mean, const Tensor& rstd) {
+  if (cfg.norm == NormKind::layernorm) {
+    be.layernorm(x, residual, w, b, cfg.norm_eps, sum, y, mean, rstd);
+  } else {
+    be.rmsnorm(x, residual, w, cfg.norm_eps, sum, y, rstd);
+  }
+}
+
+static void norm_bwd(Backend& be, const ModelConfig& cfg, const Tensor& dy, const Tensor& s,
+                     const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dsum,
+                     const Tensor& ds, const Tensor& dw, const Tensor& db) {
+  if (cfg.norm == NormKind::layernorm) {
+    be.layernorm_backward(dy, s, w, mean, rstd, dsum, ds, dw, db, true);
+  } else {
+    be.rmsnorm_backward(dy, s, w, rstd, dsum, ds, dw, true);
+  }
+}
+
+void Transformer::run_forward(const Tensor& tokens) {
+  check_tokens(tokens, "tokens", false);
+  const int64_t b = tokens.size(0), t = tokens.size(1);
+  plan(b, t);
+  Backend& be = *backend_;
+  Acts& a = *acts_;
+  const Weights& W = *w_;
+  const int64_t h = cfg_.n_head, hkv = cfg_.n_kv_head, c = cfg_.d_model;
+  Tensor dev_tokens = tokens;
+  if (!be.device().is_cpu()) {
+    dev_tokens = be.empty(tokens.shape(), DType::i32);
+    be.copy(tokens, dev_tokens);
+  }
+  const Tensor wte = W.wte.slice(0, 0, cfg_.vocab_size);
+  be.embedding(dev_tokens, wte, W.wpe, a.layers[0].resid);
+  AttentionOptions causal;
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    auto& L = a.layers[size_t(l)];
+    const auto& P = W.layers[size_t(l)];
+    if (l == 0) {
+      norm_fwd(be, cfg_, L.resid, Tensor(), P.ln1_w, P.ln1_b, Tensor(), L.ln1, L.ln1_mean, L.ln1_rstd);
+    } else {
+      const auto& prev = a.layers[size_t(l - 1)];
+      norm_fwd(be, cfg_, prev.fcproj, prev.resid2, P.ln1_w, P.ln1_b, L.resid, L.ln1, L.ln1_mean,
+               L.ln1_rstd);
+    }
+    be.matmul(L.ln1, P.qkv_w, P.qkv_b, L.qkv.view({b, t, -1}), Activation::none, Tensor());
+    Tensor q = L.qkv.slice(2, 0, h), k = L.qkv.slice(2, h, h + hkv),
+           v = L.qkv.slice(2, h + hkv, h + 2 * hkv);
+    if (cfg_.position == PositionKind::rope) {
+      be.rope(q, q, cfg_.rope_theta, 0);
+      be.rope(k, k, cfg_.rope_theta, 0);
+    }
+    be.attention(q, k, v, L.atty, L.lse, causal);
+    be.matmul(L.atty.view({b, t, -1}), P.o_w, P.o_b, L.attproj, Activation::none, Tensor());
+    norm_fwd(be, cfg_, L.attproj, L.resid, P.ln2_w, P.ln2_b, L.resid2, L.ln2, L.ln2_mean, L.ln2_rstd);
+    if (cfg_.mlp == MlpKind::gelu) {
+      be.matmul(L.ln2, P.fc_w, P.fc_b, L.act, Activation::gelu, L.fch);
+    } else {
+      be.matmul(L.ln2, P.fc_w, P.fc_b, L.fch, Activation::none, Tensor());
+      be.swiglu(L.fch, L.act);
+    }
+    be.matmul(L.act, P.proj_w, P.proj_b, L.fcproj, Activation::none, Tensor());
+  }
+  const auto& last = a.layers.back();
+  norm_fwd(be, cfg_, last.fcproj, last.resid2, W.lnf_w, W.lnf_b, a.resid_f, a.lnf, a.lnf_mean,
+           a.lnf_rstd);
+  be.matmul(a.lnf.view({b * t, c}), W.lm_head, Tensor(), a.logits, Activation::none, Tensor());
+  last_tokens_ = dev_tokens;
+}
+
+float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
+  have_forward_ = false;
+  check_tokens(targets, "targets", true);
+  NURI_CHECK(targets.shape() == tokens.shape(), "targets ", shape_str(targets.shape()),
+             " must have the shape of tokens ", shape_str(tokens.shape()));
+  run_forward(tokens);
+  Backend& be = *backend_;
+  Acts& a = *acts_;
+  Tensor tg = targets.view({-1});
+  if (!be.device().is_cpu()) {
+    tg = be.empty({targets.numel()}, DType::i32);
+    be.copy(targets.view({-1}), tg);
+  }
+  be.cross_entropy(a.logits, tg, cfg_.vocab_size, -100, a.losses, a.ce_lse, a.loss);
+  last_targets_ = tg;
+  have_forward_ = true;
+  Tensor host = Tensor::empty({1}, DType::f32);
+  be.copy(a.loss, host);
+  return host.data<float>()[0];
+}
+
+Tensor Transformer::logits(const Tensor& tokens) {
+  have_forward_ = false;
+  run_forward(tokens);
+  return acts_->logits.view({tokens.size(0), tokens.size(1), cfg_.padded_vocab()});
+}
+
+void Transformer::backward(float loss_scale) {
+  NURI_CHECK(have_forward_, "backward() needs a forward(tokens, targets) before it (and only "
+             "one backward per forward: the logits buffer now holds gradients)");
+  have_forward_ = false;
+  Backend& be = *backend_;
+  Acts& a = *acts_;
+  const Weights& W = *w_;
+  const Weights& G = *g_;
+  const int64_t b = a.b, t = a.t, c = cfg_.d_model, h = cfg_.n_head, hkv = cfg_.n_kv_head;
+  // dlogits overwrite the logits (the forward values are not needed any more).
+  be.cross_entropy_backward(a.logits, last_targets_, a.ce_lse, cfg_.vocab_size, -100, loss_scale,
+                            a.logits);
+  const Tensor lnf2d = a.lnf.view({b * t, c});
+  be.matmul_backward_input(a.logits, W.lm_head, a.d_ln.view({b * t, c}), false, Tensor());
+  be.matmul_backward_weight(a.logits, lnf2d, G.lm_head, true);
+  norm_bwd(be, cfg_, a.d_ln, a.resid_f, W.lnf_w, a.lnf_mean, a.lnf_rstd, Tensor(), a.d_resid,
+           G.lnf_w, G.lnf_b);
+  AttentionOptions causal;
+  for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
+    auto& L = a.layers[size_t(l)];
+    const auto& P = W.layers[size_t(l)];
+    const auto& D = G.layers[size_t(l)];
+    // MLP: d_resid is the gradient at h_{l+1} = h'_l + fcproj.
+    if (cfg_.mlp == MlpKind::gelu) {
+      be.matmul_backward_input(a.d_resid, P.proj_w, a.d_fch, false, L.fch);  // through GELU
+    } else {
+      be.matmul_backward_input(a.d_resid, P.proj_w, a.d_act, false, Tensor());
+      be.swiglu_backward(L.fch, a.d_act, a.d_fch);
+    }
+    be.matmul_backward_weight(a.d_resid, L.act, D.proj_w, true);
+    if (D.proj_b.defined()) be.matmul_backward_bias(a.d_resid, D.proj_b, true);
+    be.matmul_backward_input(a.d_fch, P.fc_w, a.d_ln, false, Tensor());
+    be.matmul_backward_weight(a.d_fch, L.ln2, D.fc_w, true);
+    if (D.fc_b.defined()) be.matmul_backward_bias(a.d_fch, D.fc_b, true);
+    norm_bwd(be, cfg_, a.d_ln, L.resid2, P.ln2_w, L.ln2_mean, L.ln2_rstd, a.d_resid, a.d_resid,
+             D.ln2_w, D.ln2_b);
+    // Attention: d_resid is now the gradient at h'_l = h_l + attproj.
+    const Tensor atty2d = L.atty.view({b, t, h * cfg_.head_dim()});
+    be.matmul_backward_input(a.d_resid, P.o_w, a.d_atty.view({b, t, -1}), false, Tensor());
+    be.matmul_backward_weight(a.d_resid, atty2d, D.o_w, true);
+    if (D.o_b.defined()) be.matmul_backward_bias(a.d_resid, D.o_b, true);
+    Tensor q = L.qkv.slice(2, 0, h), k = L.qkv.slice(2, h, h + hkv),
+           v = L.qkv.slice(2, h + hkv, h + 2 * hkv);
+    Tensor dq = a.d_qkv.slice(2, 0, h), dk = a.d_qkv.slice(2, h, h + hkv),
+           dv = a.d_qkv.slice(2, h + hkv, h + 2 * hkv);
+    be.attention_backward(q, k, v, L.atty, L.lse, a.d_atty, dq, dk, dv, causal);
+    if (cfg_.position == PositionKind::rope) {
+      be.rope_backward(dq, dq, cfg_.rope_theta, 0);
+      be.rope_backward(dk, dk, cfg_.rope_theta, 0);
+    }
+    const Tensor dqkv = a.d_qkv.view({b, t, -1});
+    be.matmul_backward_input(dqkv, P.qkv_w, a.d_ln, false, Tensor());
+    be.matmul_backward_weight(dqkv, L.ln1, D.qkv_w, true);
+    if (D.qkv_b.defined()) be.matmul_backward_bias(dqkv, D.qkv_b, true);
+    norm_bwd(be, cfg_, a.d_ln, L.resid, P.ln1_w, L.ln1_mean, L.ln1_rstd, a.d_resid, a.d_resid,
+             D.ln1_w, D.ln1_b);
+  }
+  be.embedding_backward(last_tokens_, a.d_resid, G.wte.slice(0, 0, cfg_.vocab_size), G.wpe, true);
+}
+
+}  // namespace nuri

@@ -1,0 +1,167 @@
+// Trainer: the step loop over the Transformer and AdamW, with evaluation and sampling.
+#include "nuri/train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+
+#include "nuri/core/log.h"
+#include "nuri/core/rng.h"
+
+namespace nuri {
+
+void TrainConfig::validate() const {
+  NURI_CHECK(steps > 0, "steps (", steps, ") must be positive");
+  NURI_CHECK(micro_batch > 0, "micro_batch (", micro_batch, ") must be positive");
+  NURI_CHECK(seq_len > 0, "seq_len (", seq_len, ") must be positive");
+  NURI_CHECK(grad_accum > 0, "grad_accum (", grad_accum, ") must be positive");
+  NURI_CHECK(lr > 0 && std::isfinite(lr), "lr (", lr, ") must be a positive number");
+  NURI_CHECK(min_lr_ratio >= 0 && min_lr_ratio <= 1, "min_lr_ratio (", min_lr_ratio,
+             ") must be in [0, 1]");
+  NURI_CHECK(warmup_steps >= 0, "warmup_steps (", warmup_steps, ") must be >= 0");
+  NURI_CHECK(weight_decay >= 0, "weight_decay (", weight_decay, ") must be >= 0");
+  NURI_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "betas (", beta1, ", ", beta2,
+             ") must be in [0, 1)");
+  NURI_CHECK(eps > 0, "eps (", eps, ") must be positive");
+  NURI_CHECK(eval_every >= 0 && eval_batches > 0, "eval_every (", eval_every,
+             ") must be >= 0 and eval_batches (", eval_batches, ") positive");
+}
+
+float learning_rate(const TrainConfig& cfg, int64_t step) {
+  if (step < cfg.warmup_steps) return cfg.lr * float(step + 1) / float(cfg.warmup_steps);
+  const float floor = cfg.lr * cfg.min_lr_ratio;
+  const int64_t span = cfg.steps - cfg.warmup_steps;
+  if (span <= 1) return cfg.lr;
+  const double progress = std::min(1.0, double(step - cfg.warmup_steps) / double(span - 1));
+  return floor + (cfg.lr - floor) * float(0.5 * (1.0 + std::cos(M_PI * progress)));
+}
+
+static AdamWParams adamw_params(const TrainConfig& c) {
+  AdamWParams p;
+  p.beta1 = c.beta1;
+  p.beta2 = c.beta2;
+  p.eps = c.eps;
+  p.weight_decay = c.weight_decay;
+  return p;
+}
+
+Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+                 std::shared_ptr<TokenFile> val)
+    : model_(model),
+      cfg_((cfg.validate(), cfg)),
+      loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum, 1, 0, cfg.seed),
+      val_(std::move(val)),
+      opt_(model, adamw_params(cfg)) {
+  NURI_CHECK(cfg.seq_len <= model.config().max_seq_len, "seq_len (", cfg.seq_len,
+             ") exceeds the model's max_seq_len (", model.config().max_seq_len, ")");
+  tokens_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
+  targets_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
+}
+
+StepStats Trainer::step() {
+  const auto t0 = std::chrono::steady_clock::now();
+  StepStats s;
+  s.lr = learning_rate(cfg_, step_);
+  model_.zero_grad();
+  double loss_sum = 0;
+  for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+    loader_.fill(m, tokens_, targets_);
+    loss_sum += model_.forward(tokens_, targets_);
+    model_.backward(1.f / float(cfg_.grad_accum));
+  }
+  loader_.advance();
+  s.loss = float(loss_sum / double(cfg_.grad_accum));
+  std::vector<Tensor> grads;
+  for (const auto& g : model_.gradients()) grads.push_back(g.tensor);
+  Tensor norm_dev = model_.backend().empty({1});
+  model_.backend().global_norm(grads, norm_dev);
+  Tensor norm = Tensor::empty({1}, DType::f32);
+  model_.backend().copy(norm_dev, norm);
+  s.grad_norm = norm.data<float>()[0];
+  s.step = ++step_;
+  if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
+    NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",
+               std::isfinite(s.loss) ? "gradient norm" : "loss", " at step ", s.step, " (loss ",
+               s.loss, ", grad norm ", s.grad_norm, "); stopping as on_nonfinite=stop asks. "
+               "Lower the learning rate, or use on_nonfinite=skip to drop such steps");
+    s.skipped = true;
+    ++skipped_;
+    NURI_LOG(warn, "step ", s.step, ": non-finite loss or gradient norm (loss ", s.loss,
+             ", norm ", s.grad_norm, "): update skipped (", skipped_, " so far)");
+  } else {
+    opt_.step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
+  }
+  model_.backend().synchronize();
+  s.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  s.tokens_per_second =
+      double(cfg_.micro_batch * cfg_.seq_len * cfg_.grad_accum) / s.step_seconds;
+  s.peak_bytes = model_.memory().peak_bytes;
+  return s;
+}
+
+float Trainer::evaluate() {
+  NURI_CHECK(val_ != nullptr, "evaluate() needs validation data");
+  // Validation batches are the first eval_batches micro-batches in file order.
+  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, 1, 1, 0, cfg_.seed, /*shuffle=*/false);
+  const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    val.fill(0, tokens_, targets_);
+    sum += model_.forward(tokens_, targets_);
+    val.advance();
+  }
+  return float(sum / double(n));
+}
+
+std::vector<int32_t> Trainer::generate(const std::vector<int32_t>& prompt,
+                                       const SampleOptions& opt) {
+  NURI_CHECK(!prompt.empty(), "generate: the prompt needs at least one token");
+  NURI_CHECK(opt.temperature >= 0, "generate: temperature (", opt.temperature, ") must be >= 0");
+  const ModelConfig& cfg = model_.config();
+  // A fixed window: positions after the current one are filler that causal attention never lets
+  // earlier positions see, so the activation plan is made once.
+  const int64_t window = std::min<int64_t>(cfg.max_seq_len, int64_t(prompt.size()) + opt.max_new_tokens);
+  std::vector<int32_t> seq = prompt, out;
+  Tensor tokens = Tensor::empty({1, window}, DType::i32);
+  Tensor host_logits = Tensor::empty({cfg.padded_vocab()}, DType::f32);
+  const Philox rng(opt.seed, stream_id("sample"));
+  std::vector<float> probs(size_t(cfg.vocab_size));
+  std::vector<int32_t> idx(size_t(cfg.vocab_size));
+  for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
+    const int64_t start = std::max<int64_t>(0, int64_t(seq.size()) - window);
+    const int64_t len = int64_t(seq.size()) - start;
+    int32_t* tp = tokens.data<int32_t>();
+    std::fill(tp, tp + window, 0);
+    std::copy(seq.begin() + start, seq.end(), tp);
+    Tensor logits = model_.logits(tokens);  // [1, window, Vp]
+    model_.backend().copy(logits.select(0, 0).select(0, len - 1).clone(), host_logits);
+    const float* l = host_logits.data<float>();
+    int32_t next = 0;
+    if (opt.temperature == 0) {
+      next = int32_t(std::max_element(l, l + cfg.vocab_size) - l);
+    } else {
+      std::iota(idx.begin(), idx.end(), 0);
+      int64_t k = opt.top_k > 0 ? std::min(opt.top_k, cfg.vocab_size) : cfg.vocab_size;
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                        [&](int32_t a, int32_t b) { return l[a] > l[b]; });
+      const float mx = l[idx[0]];
+      double z = 0;
+      for (int64_t j = 0; j < k; ++j) z += probs[size_t(j)] = std::exp((l[idx[size_t(j)]] - mx) / opt.temperature);
+      double u = double(rng.uniform(uint64_t(i))) * z, c = 0;
+      next = idx[size_t(k - 1)];
+      for (int64_t j = 0; j < k; ++j) {
+        c += probs[size_t(j)];
+        if (u < c) {
+          next = idx[size_t(j)];
+          break;
+        }
+      }
+    }
+    seq.push_back(next);
+    out.push_back(next);
+  }
+  return out;
+}
+
+}  // namespace nuri

@@ -1,0 +1,179 @@
+// The Backend interface: every op the model needs, forward and backward, on one device.
+// model/ calls only this; adding a device means adding a Backend in backend/ and nothing else.
+//
+// Conventions for every op:
+//  - Tensors are handles; arguments marked [out] are written through (they must already exist
+//    with the stated shape). An undefined Tensor() means "absent" for optional arguments.
+//  - Shapes are in the comments: [M, K] etc. Leading dimensions of row-major activations may be
+//    folded ([B, T, C] is accepted where [M, C] is written, M = B*T).
+//  - Parameter gradients take `accumulate`: true adds into the existing gradient (micro-batch
+//    accumulation, tied embeddings), false overwrites it.
+//  - Every op validates shapes, dtypes and devices and throws nuri::Error naming the op and the
+//    offending values.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nuri/core/tensor.h"
+
+namespace nuri {
+
+enum class Activation { none, gelu };
+
+struct AttentionOptions {
+  bool causal = true;
+  float scale = 0.f;  ///< softmax scale; 0 means 1/sqrt(head_dim)
+};
+
+struct AdamWParams {
+  float lr = 3e-4f;
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;  ///< decoupled: p -= lr * wd * p, for tensors with decay = true
+  int64_t step = 1;           ///< 1-based step number, for bias correction
+  float grad_scale = 1.0f;    ///< multiplies every gradient first (gradient clipping)
+};
+
+/// One parameter tensor and its state for AdamW; all four have the same shape, f32.
+struct AdamWTensor {
+  Tensor param;  ///< [in/out]
+  Tensor grad;   ///< [in]
+  Tensor m;      ///< [in/out] first moment
+  Tensor v;      ///< [in/out] second moment
+  bool decay = true;
+};
+
+/// The gradient-clipping factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.
+float clip_coefficient(float norm, float max_norm);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  /// "cpu", "cuda-emu" or "cuda".
+  virtual std::string name() const = 0;
+  virtual Device device() const = 0;
+  virtual std::shared_ptr<Allocator> allocator() const = 0;
+  /// Waits for all queued work (no-op on the CPU).
+  virtual void synchronize() {}
+
+  /// New uninitialized tensor on this backend's device.
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) const {
+    return Tensor::empty(shape, dtype, allocator());
+  }
+  /// [out] t = 0.
+  virtual void zero(const Tensor& t) = 0;
+  /// Copies `src` (any device) into `dst` (any device); same shape and dtype, contiguous.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+
+  // ---- matmul ----------------------------------------------------------------------------
+  /// y [M, N] = act(x [M, K] · w [N, K]ᵀ + bias [N]); bias may be absent. With act == gelu,
+  /// pre [M, N] receives the pre-activation x·wᵀ + bias for the backward (required then).
+  virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+                      Activation act, const Tensor& pre) = 0;
+  /// dx [M, K] (+)= dy [M, N] · w [N, K]. When gelu_pre [M, K] is given, the result is
+  /// multiplied by gelu'(gelu_pre) (the GELU backward of the layer below, fused); then
+  /// accumulate must be false.
+  virtual void matmul_backward_input(const Tensor& dy, const Tensor& w, const Tensor& dx,
+                                     bool accumulate, const Tensor& gelu_pre) = 0;
+  /// dw [N, K] (+)= dy [M, N]ᵀ · x [M, K].
+  virtual void matmul_backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw,
+                                      bool accumulate) = 0;
+  /// dbias [N] (+)= Σ_m dy [M, N].
+  virtual void matmul_backward_bias(const Tensor& dy, const Tensor& dbias, bool accumulate) = 0;
+
+  // ---- elementwise activations -----------------------------------------------------------
+  /// y = gelu(x), the tanh approximation GPT-2 uses. Any shape, contiguous.
+  virtual void gelu(const Tensor& x, const Tensor& y) = 0;
+  /// dx = dy · gelu'(x). dx may alias dy.
+  virtual void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) = 0;
+  /// x [M, 2F] holds [gate | up] along the last dim; y [M, F] = silu(gate) · up.
+  virtual void swiglu(const Tensor& x, const Tensor& y) = 0;
+  /// dx [M, 2F] from dy [M, F] and the forward input x [M, 2F].
+  virtual void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) = 0;
+
+  // ---- embeddings ------------------------------------------------------------------------
+  /// out [B, T, C] = wte [V, C][tokens [B, T] (i32)] + wpe [Tmax, C][t]; wpe may be absent
+  /// (rotary models). A token outside [0, V) is an error naming its position.
+  virtual void embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                         const Tensor& out) = 0;
+  /// dwte [V, C] (+)= scatter of dout [B, T, C] by token; dwpe [Tmax, C] (+)= Σ_b dout.
+  /// Deterministic: the result does not depend on thread count or scheduling.
+  virtual void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                                  const Tensor& dwpe, bool accumulate) = 0;
+
+  // ---- normalization, fused with the residual add ------------------------------------------
+  /// s = x + residual when residual is given (then written to `sum` [M, C]), else s = x;
+  /// y [M, C] = (s - mean) · rstd · weight [C] + bias [C] (bias may be absent);
+  /// mean [M], rstd [M] are saved for the backward.
+  virtual void layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight,
+                         const Tensor& bias, float eps, const Tensor& sum, const Tensor& y,
+                         const Tensor& mean, const Tensor& rstd) = 0;
+  /// ds [M, C] = dsum + ∂/∂s of the layernorm given dy, where dsum (may be absent) is the
+  /// gradient reaching s from the residual stream. ds may alias dsum. dweight, dbias (+)=.
+  virtual void layernorm_backward(const Tensor& dy, const Tensor& s, const Tensor& weight,
+                                  const Tensor& mean, const Tensor& rstd, const Tensor& dsum,
+                                  const Tensor& ds, const Tensor& dweight, const Tensor& dbias,
+                                  bool accumulate) = 0;
+  /// As layernorm without centering or bias: y = s · rstd · weight, rstd = 1/sqrt(mean(s²)+eps).
+  virtual void rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+                       const Tensor& sum, const Tensor& y, const Tensor& rstd) = 0;
+  virtual void rmsnorm_backward(const Tensor& dy, const Tensor& s, const Tensor& weight,
+                                const Tensor& rstd, const Tensor& dsum, const Tensor& ds,
+                                const Tensor& dweight, bool accumulate) = 0;
+
+  // ---- rotary position embedding (rotate-half convention) ----------------------------------
+  /// x, y [B, T, H, D] (any strides, unit stride in D; y may alias x). For i < D/2 and position
+  /// p = pos_offset + t, angle a = p · theta^(-2i/D):
+  ///   y[i] = x[i] cos a - x[i + D/2] sin a;  y[i + D/2] = x[i + D/2] cos a + x[i] sin a.
+  virtual void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) = 0;
+  /// The transpose (rotation by -a): dx from dy. dx may alias dy.
+  virtual void rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+                             int64_t pos_offset) = 0;
+
+  // ---- attention ---------------------------------------------------------------------------
+  /// q [B, T, H, D], k, v [B, T, Hkv, D] with Hkv dividing H (query head h reads kv head
+  /// h / (H / Hkv)); any strides with unit stride in D, so q, k, v may be views of one fused
+  /// QKV buffer. out [B, T, H, D] (contiguous); lse [B, H, T] f32 (log-sum-exp of the scaled
+  /// scores, saved for the backward). Never materializes a T×T matrix.
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                         const Tensor& lse, const AttentionOptions& opt) = 0;
+  /// dq, dk, dv (shapes of q, k, v; overwritten; any strides with unit stride in D, e.g. views
+  /// of one fused dQKV buffer) from dout [B, T, H, D] and the forward's out and lse. dk, dv sum
+  /// over the query heads that share a kv head.
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, const Tensor& dout,
+                                  const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                  const AttentionOptions& opt) = 0;
+
+  // ---- loss --------------------------------------------------------------------------------
+  /// Softmax cross-entropy over logits [N, Vp] (f32) where only the first vocab_size columns are
+  /// real (the rest is padding and never counted). targets [N] (i32) in [0, vocab_size) or
+  /// ignore_index. losses [N] per row (0 where ignored), lse [N] saved, loss [1] = mean over
+  /// rows not ignored (0 if there are none).
+  virtual void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t vocab_size,
+                             int32_t ignore_index, const Tensor& losses, const Tensor& lse,
+                             const Tensor& loss) = 0;
+  /// dlogits [N, Vp] = dloss · ∂loss/∂logits: (softmax - onehot) / count on real columns of
+  /// rows not ignored; 0 on padded columns and ignored rows. dlogits may alias logits.
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
+                                      const Tensor& lse, int64_t vocab_size, int32_t ignore_index,
+                                      float dloss, const Tensor& dlogits) = 0;
+
+  // ---- optimizer -------------------------------------------------------------------------
+  /// out [1] (f32) = sqrt(Σ over all tensors of Σ g²).
+  virtual void global_norm(const std::vector<Tensor>& grads, const Tensor& out) = 0;
+  /// One AdamW step over every tensor (bias-corrected moments, decoupled weight decay),
+  /// gradients multiplied by hp.grad_scale first.
+  virtual void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) = 0;
+};
+
+/// Names of the backends this build can create, e.g. {"cpu"}.
+std::vector<std::string> available_backends();
+/// A new backend instance by name; throws nuri::Error listing the available ones otherwise.
+std::unique_ptr<Backend> make_backend(const std::string& name);
+
+}  // namespace nuri

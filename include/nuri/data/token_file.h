@@ -1,0 +1,77 @@
+// Token files, memory-mapped. Two formats:
+//  - llm.c's layout: a header of 256 int32 (magic 20240520, version, token count) then the
+//    tokens. Version 1 holds uint16 tokens (as llm.c writes them); version 2 holds uint32 tokens
+//    (llm.c's choice for vocabularies of 65536 or more, e.g. Llama 3; nuri follows it).
+//  - a 1-D NumPy .npy array of uint16 or uint32 (little-endian, C order).
+// Every inconsistency (bad magic, version, truncation, token id >= vocab_size) is an error that
+// names the file and the byte offset.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace nuri {
+
+constexpr int32_t kTokenFileMagic = 20240520;
+constexpr int64_t kTokenFileHeaderBytes = 256 * 4;
+
+class TokenFile {
+ public:
+  /// Maps and validates `path` (format by content: .npy magic, else llm.c layout). With
+  /// vocab_size > 0 every token is checked to be below it.
+  static std::shared_ptr<TokenFile> open(const std::string& path, int64_t vocab_size = 0);
+  /// Wraps tokens already in memory (name is used in messages).
+  static std::shared_ptr<TokenFile> from_tokens(std::vector<uint32_t> tokens,
+                                                const std::string& name = "<memory>",
+                                                int64_t vocab_size = 0);
+  /// Tokens [start, start + n) of `file` without copying (keeps `file` alive).
+  static std::shared_ptr<TokenFile> slice(std::shared_ptr<TokenFile> file, int64_t start,
+                                          int64_t n);
+  ~TokenFile();
+  TokenFile(const TokenFile&) = delete;
+  TokenFile& operator=(const TokenFile&) = delete;
+
+  int64_t size() const { return n_; }
+  uint32_t at(int64_t i) const { return wide_ ? data32_[i] : data16_[i]; }
+  /// out[k] = token (start + k) for k < n, as int32.
+  void read(int64_t start, int64_t n, int32_t* out) const;
+  const std::string& path() const { return path_; }
+  /// Largest token id in the file.
+  uint32_t max_token() const;
+
+ private:
+  TokenFile() = default;
+  void check_vocab(int64_t vocab_size) const;
+
+  std::string path_;
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  std::vector<uint32_t> owned_;
+  std::shared_ptr<TokenFile> parent_;  // for slices
+  int64_t data_offset_ = 0;  // byte offset of token 0 in the file
+  const uint16_t* data16_ = nullptr;
+  const uint32_t* data32_ = nullptr;
+  bool wide_ = false;
+  int64_t n_ = 0;
+};
+
+/// Writes tokens in llm.c's layout: version 1 (uint16) when every id fits, else version 2.
+void write_token_file(const std::string& path, const std::vector<uint32_t>& tokens);
+
+/// Byte-level tokenizer: ids 0..255 are bytes, 256 is end-of-text. vocab_size() = 257.
+class ByteTokenizer {
+ public:
+  static constexpr uint32_t kEndOfText = 256;
+  static constexpr int64_t kVocabSize = 257;
+  std::vector<uint32_t> encode(const std::string& text) const;
+  /// Bytes back to text; end-of-text becomes "\n<|endoftext|>\n".
+  std::string decode(const std::vector<int32_t>& tokens) const;
+};
+
+/// Reads a UTF-8/any text file and writes its byte tokens (plus a final end-of-text) in llm.c's
+/// layout. Returns the number of tokens written.
+int64_t text_file_to_tokens(const std::string& text_path, const std::string& token_path);
+
+}  // namespace nuri

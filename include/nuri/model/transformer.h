@@ -1,0 +1,99 @@
+// The decoder-only transformer as a sequence of Backend calls. Parameters (and gradients) live
+// in one contiguous buffer each, with named views whose names map 1:1 to Hugging Face's. Where
+// one fused product serves several named tensors (q/k/v, gate/up), those tensors are laid out
+// next to each other so the fused weight is a view too. Activations are planned once per
+// (batch, sequence length) and reused.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nuri/backend/backend.h"
+#include "nuri/model/config.h"
+
+namespace nuri {
+
+enum class InitKind { normal, zeros, ones };
+
+/// One named parameter of the layout.
+struct ParamSpec {
+  std::string name;
+  Shape shape;
+  int64_t offset = 0;         ///< in elements, into the flat buffer
+  bool decay = true;          ///< weight decay applies (matrices only)
+  InitKind init = InitKind::normal;
+  float init_std = 0.02f;
+  int64_t init_rows = -1;     ///< rows drawn from the RNG (padded vocab rows stay 0); -1: all
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+/// The parameter layout of a config, in buffer order.
+std::vector<ParamSpec> param_layout(const ModelConfig& cfg);
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+  bool decay = true;
+};
+
+class Transformer {
+ public:
+  /// Allocates parameters and gradients on `backend` and initializes them from `seed`.
+  Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed);
+
+  const ModelConfig& config() const { return cfg_; }
+  Backend& backend() const { return *backend_; }
+  std::shared_ptr<Backend> backend_ptr() const { return backend_; }
+
+  /// Parameters / gradients in layout order (views of one buffer each).
+  const std::vector<NamedTensor>& parameters() const { return params_; }
+  const std::vector<NamedTensor>& gradients() const { return grads_; }
+  const Tensor& param_buffer() const { return param_buf_; }
+  const Tensor& grad_buffer() const { return grad_buf_; }
+  /// The view named `name`; throws nuri::Error naming close candidates otherwise.
+  const Tensor& parameter(const std::string& name) const;
+
+  /// Re-draws every parameter from (seed, parameter name) over the full logical tensor.
+  void init_weights(uint64_t seed);
+  void zero_grad();
+
+  /// Runs the model on tokens [B, T] (i32, host) and returns the mean cross-entropy against
+  /// targets [B, T] (i32, host; -100 = ignore). Keeps the activations for backward().
+  float forward(const Tensor& tokens, const Tensor& targets);
+  /// Logits [B, T, padded_vocab] for tokens [B, T] (a view of an internal buffer, valid until
+  /// the next forward). Columns >= vocab_size are padding.
+  Tensor logits(const Tensor& tokens);
+  /// Backward of the last forward(); adds d(loss_scale · loss) into the gradients.
+  void backward(float loss_scale = 1.f);
+
+  /// Bytes held by this model's backend allocator (parameters, gradients, activations).
+  AllocatorStats memory() const { return backend_->allocator()->stats(); }
+
+ public:
+  struct Weights;  // typed views of a flat buffer (defined in transformer.cpp)
+  struct Acts;     // the activation plan for one (batch, sequence length)
+
+ private:
+  void plan(int64_t b, int64_t t);
+  void run_forward(const Tensor& tokens);
+  void check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const;
+
+  ModelConfig cfg_;
+  std::shared_ptr<Backend> backend_;
+  std::vector<ParamSpec> layout_;
+  Tensor param_buf_, grad_buf_;
+  std::vector<NamedTensor> params_, grads_;
+  std::unique_ptr<Weights> w_, g_;  // typed views of params_ / grads_
+  std::unique_ptr<Acts> acts_;
+  Tensor last_tokens_, last_targets_;
+  bool have_forward_ = false;
+
+ public:
+  ~Transformer();
+  Transformer(Transformer&&) noexcept;
+  Transformer& operator=(Transformer&&) noexcept;
+};
+
+}  // namespace nuri

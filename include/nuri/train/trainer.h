@@ -1,0 +1,89 @@
+// The training loop: micro-batches with gradient accumulation, linear warmup then cosine decay
+// to a floor, global-norm clipping, AdamW with weight decay on matrices only, validation loss,
+// text generation, and a policy for non-finite loss or gradient norm.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nuri/data/sampler.h"
+#include "nuri/model/transformer.h"
+#include "nuri/train/optimizer.h"
+
+namespace nuri {
+
+enum class NonFinitePolicy { skip, stop };
+
+struct TrainConfig {
+  int64_t steps = 1000;          ///< optimizer steps
+  int64_t micro_batch = 4;       ///< sequences per micro-batch (B)
+  int64_t seq_len = 256;         ///< T
+  int64_t grad_accum = 1;        ///< micro-batches per step
+  float lr = 6e-4f;              ///< peak learning rate
+  float min_lr_ratio = 0.1f;     ///< the cosine decays to lr · min_lr_ratio
+  int64_t warmup_steps = 100;
+  float weight_decay = 0.1f;
+  float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
+  float grad_clip = 1.0f;        ///< max global gradient norm; <= 0 disables clipping
+  int64_t eval_every = 100;      ///< validation every k steps (0: never during training)
+  int64_t eval_batches = 8;      ///< micro-batches of validation data per evaluation
+  uint64_t seed = 1337;          ///< model init and data order
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::skip;
+
+  /// Throws nuri::Error naming the first invalid field.
+  void validate() const;
+};
+
+/// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
+/// decay to lr · min_lr_ratio at the last step.
+float learning_rate(const TrainConfig& cfg, int64_t step);
+
+struct StepStats {
+  int64_t step = 0;         ///< 1-based index of the step just taken
+  float loss = 0;           ///< mean training loss over the step's micro-batches
+  float lr = 0;
+  float grad_norm = 0;      ///< before clipping
+  bool skipped = false;     ///< non-finite loss or norm: no update
+  double step_seconds = 0;
+  double tokens_per_second = 0;
+  int64_t peak_bytes = 0;   ///< allocator peak so far
+};
+
+struct SampleOptions {
+  int64_t max_new_tokens = 200;
+  float temperature = 1.0f;  ///< 0: greedy
+  int64_t top_k = 0;         ///< 0: the whole vocabulary
+  uint64_t seed = 0;
+};
+
+class Trainer {
+ public:
+  /// train: token file for training; val (may be null): for evaluate().
+  Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+          std::shared_ptr<TokenFile> val);
+
+  /// One optimizer step over grad_accum micro-batches.
+  StepStats step();
+  /// Mean loss over the first eval_batches micro-batches of the validation data (file order).
+  float evaluate();
+  /// Tokens continuing `prompt` (the prompt is not repeated in the result).
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const SampleOptions& opt);
+
+  int64_t steps_done() const { return step_; }
+  int64_t skipped_steps() const { return skipped_; }
+  DataPosition data_position() const { return loader_.position(); }
+  const TrainConfig& config() const { return cfg_; }
+
+ private:
+  Transformer& model_;
+  TrainConfig cfg_;
+  DataLoader loader_;
+  std::shared_ptr<TokenFile> val_;
+  AdamW opt_;
+  Tensor tokens_, targets_;  // [B, T] host
+  int64_t step_ = 0, skipped_ = 0;
+};
+
+}  // namespace nuri

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Installs what building and testing nuri needs, and only what is missing (safe to run again; a
+# second run takes about a second):
+#   - Debian packages (apt-get, one update + one install of the missing ones),
+#   - the project virtualenv .venv/ from Debian's /usr/bin/python3 with --system-site-packages
+#     (so it sees python3-torch and python3-numpy), and the PyPI packages of
+#     scripts/requirements.txt in it.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+packages=(
+  cmake
+  ninja-build
+  g++
+  libopenblas-openmp-dev
+  libeigen3-dev
+  libgtest-dev
+  python3-venv
+  python3-numpy
+  python3-torch
+)
+requirements=scripts/requirements.txt
+venv=.venv
+python=/usr/bin/python3  # Debian's interpreter: python3-torch is installed for it only
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# ---- Debian packages ----------------------------------------------------------------------------
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  sudo=()
+  if [[ $(id -u) -ne 0 ]]; then
+    if ! command -v sudo >/dev/null; then
+      log "not root and no sudo: install ${missing[*]} by hand"
+      exit 1
+    fi
+    sudo=(sudo)
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages: all ${#packages[@]} present"
+fi
+
+# ---- virtualenv ---------------------------------------------------------------------------------
+# Recreated when it is missing, broken, or was not made from $python with system site packages
+# (e.g. by the pyenv python3 that comes first on PATH, which cannot see python3-torch).
+venv_ok() {
+  [[ -x "$venv/bin/python" && -f "$venv/pyvenv.cfg" ]] || return 1
+  grep -Eq '^home = /usr/bin$' "$venv/pyvenv.cfg" || return 1
+  grep -Eq '^include-system-site-packages = true$' "$venv/pyvenv.cfg" || return 1
+  "$venv/bin/python" -c '' 2>/dev/null
+}
+if ! venv_ok; then
+  if [[ -e "$venv" ]]; then
+    log "recreating $venv/ (not a working venv of $python with system site packages)"
+    rm -rf "$venv"
+  else
+    log "creating $venv/ from $python --system-site-packages"
+  fi
+  "$python" -m venv --system-site-packages "$venv"
+else
+  log "virtualenv $venv/: present"
+fi
+
+# Debian's torch and numpy must be visible from the venv (find_spec: no slow import of torch).
+"$venv/bin/python" - <<'PY'
+import importlib.util, sys
+missing = [m for m in ("numpy", "torch") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"[setup] .venv cannot see {', '.join(missing)}: python3-numpy/python3-torch missing?")
+PY
+
+# ---- PyPI packages ------------------------------------------------------------------------------
+# A stamp in the venv records the requirements file it was last installed from.
+stamp="$venv/.nuri-requirements.sha256"
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  log "PyPI packages of $requirements: present"
+else
+  log "pip install -r $requirements"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements"
+  printf '%s\n' "$want" >"$stamp"
+fi
+log "done"

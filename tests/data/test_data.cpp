@@ -1,0 +1,201 @@
+// Token files (llm.c layout v1/v2, .npy), their validation errors, the byte tokenizer, and the
+// global sampler's guarantees: each epoch visits every sample once, ranks and micro-batches
+// split a global batch without overlap, and the order is a pure function of (seed, epoch).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+
+#include "nuri/data/sampler.h"
+#include "nuri/data/token_file.h"
+
+namespace nuri {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string temp_path(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("nuri-test-data-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return (dir / name).string();
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(TokenFile, RoundTripsUint16AndUint32) {
+  const std::string p16 = temp_path("small.bin"), p32 = temp_path("wide.bin");
+  write_token_file(p16, {1, 2, 65535, 7});
+  write_token_file(p32, {1, 70000, 3});
+  auto f16 = TokenFile::open(p16), f32 = TokenFile::open(p32);
+  ASSERT_EQ(f16->size(), 4);
+  EXPECT_EQ(f16->at(2), 65535u);
+  EXPECT_EQ(fs::file_size(p16), size_t(1024 + 4 * 2));  // version 1: uint16
+  ASSERT_EQ(f32->size(), 3);
+  EXPECT_EQ(f32->at(1), 70000u);
+  EXPECT_EQ(fs::file_size(p32), size_t(1024 + 3 * 4));  // version 2: uint32
+  int32_t out[2];
+  f32->read(1, 2, out);
+  EXPECT_EQ(out[0], 70000);
+  EXPECT_EQ(out[1], 3);
+}
+
+// A 1-D .npy written by hand: magic, version 1.0, header dict padded to 64 bytes, data.
+std::string npy(const std::string& descr, const std::string& shape, const std::string& data) {
+  std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  while ((10 + dict.size() + 1) % 64) dict += ' ';
+  dict += '\n';
+  std::string h = "\x93NUMPY";
+  h += char(1);
+  h += char(0);
+  h += char(dict.size() & 0xff);
+  h += char(dict.size() >> 8);
+  return h + dict + data;
+}
+
+TEST(TokenFile, ReadsNpy) {
+  const std::string p = temp_path("t.npy");
+  const uint16_t v16[3] = {5, 6, 300};
+  write_bytes(p, npy("<u2", "(3,)", std::string(reinterpret_cast<const char*>(v16), 6)));
+  auto f = TokenFile::open(p, 301);
+  ASSERT_EQ(f->size(), 3);
+  EXPECT_EQ(f->at(2), 300u);
+  const uint32_t v32[2] = {9, 100000};
+  write_bytes(p, npy("<u4", "(2,)", std::string(reinterpret_cast<const char*>(v32), 8)));
+  EXPECT_EQ(TokenFile::open(p)->at(1), 100000u);
+}
+
+TEST(TokenFile, BadFilesNameTheFileAndOffset) {
+  const std::string p = temp_path("bad.bin");
+  write_token_file(p, {1, 2, 3, 4});
+  std::string good;
+  {
+    std::ifstream in(p, std::ios::binary);
+    good.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string bad_magic = good;
+  bad_magic[0] = 'X';
+  write_bytes(p, bad_magic);
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("bad.bin: bad magic"), std::string::npos);
+  std::string bad_version = good;
+  bad_version[4] = 9;
+  write_bytes(p, bad_version);
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("unsupported version 9 at offset 4"),
+            std::string::npos);
+  write_bytes(p, good.substr(0, good.size() - 3));  // cut into the tokens
+  const std::string trunc = error_of([&] { TokenFile::open(p); });
+  EXPECT_NE(trunc.find("promises 4 tokens"), std::string::npos) << trunc;
+  EXPECT_NE(trunc.find("truncated at token 2"), std::string::npos) << trunc;
+  write_bytes(p, good.substr(0, 100));  // cut into the header
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("shorter than the 1024-byte header"),
+            std::string::npos);
+  write_bytes(p, "");
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("is empty"), std::string::npos);
+  EXPECT_NE(error_of([&] { TokenFile::open(temp_path("missing.bin")); }).find("cannot open token file"),
+            std::string::npos);
+  write_token_file(p, {1, 2, 300, 4});
+  const std::string vocab = error_of([&] { TokenFile::open(p, 257); });
+  EXPECT_NE(vocab.find("token id 300 at token index 2 (byte offset 1028) is >= vocab_size 257"),
+            std::string::npos) << vocab;
+  write_bytes(p, npy("<f4", "(2,)", std::string(8, '\0')));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("dtype '<f4' is not a token type"),
+            std::string::npos);
+  write_bytes(p, npy("<u2", "(2, 2)", std::string(8, '\0')));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("is not 1-D"), std::string::npos);
+  write_bytes(p, npy("<u2", "(10,)", std::string(8, '\0')));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("truncated"), std::string::npos);
+}
+
+TEST(ByteTokenizer, EncodesBytesAndDecodes) {
+  ByteTokenizer t;
+  const auto ids = t.encode("h\xc3\xa9!");
+  EXPECT_EQ(ids, (std::vector<uint32_t>{'h', 0xc3, 0xa9, '!'}));
+  EXPECT_EQ(t.decode({'h', 0xc3, 0xa9, 256}), "h\xc3\xa9\n<|endoftext|>\n");
+  const std::string txt = temp_path("t.txt"), bin = temp_path("t.bin");
+  write_bytes(txt, "abc");
+  EXPECT_EQ(text_file_to_tokens(txt, bin), 4);
+  auto f = TokenFile::open(bin, 257);
+  EXPECT_EQ(f->at(0), uint32_t('a'));
+  EXPECT_EQ(f->at(3), ByteTokenizer::kEndOfText);
+}
+
+std::shared_ptr<TokenFile> counting(int64_t n) {
+  std::vector<uint32_t> t(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) t[size_t(i)] = uint32_t(i);
+  return TokenFile::from_tokens(t);
+}
+
+TEST(GlobalSampler, EachEpochVisitsEverySampleOnce) {
+  const int64_t seq = 8;
+  GlobalSampler s(counting(10 * seq * 6 + 1), seq, 6, 42);  // 60 samples, 10 batches
+  ASSERT_EQ(s.num_samples(), 60);
+  ASSERT_EQ(s.batches_per_epoch(), 10);
+  std::set<int64_t> seen;
+  for (int64_t b = 0; b < 10; ++b) {
+    for (int64_t id : s.batch_samples({0, b})) EXPECT_TRUE(seen.insert(id).second) << id;
+  }
+  EXPECT_EQ(seen.size(), 60u);
+  EXPECT_NE(s.batch_samples({0, 0}), s.batch_samples({1, 0}));  // a new order each epoch
+  GlobalSampler again(counting(10 * seq * 6 + 1), seq, 6, 42);
+  EXPECT_EQ(s.batch_samples({3, 7}), again.batch_samples({3, 7}));  // pure function of (seed, e)
+  GlobalSampler other_seed(counting(10 * seq * 6 + 1), seq, 6, 43);
+  EXPECT_NE(s.batch_samples({0, 0}), other_seed.batch_samples({0, 0}));
+}
+
+TEST(GlobalSampler, WindowsGiveShiftedTargets) {
+  GlobalSampler s(counting(100), 8, 2, 1, /*shuffle=*/false);
+  Tensor tok = Tensor::empty({2, 8}, DType::i32), tgt = Tensor::empty({2, 8}, DType::i32);
+  s.fill({0, 1}, 0, 2, tok, tgt);  // samples 2 and 3: tokens [16, 24] and [24, 32]
+  EXPECT_EQ(tok.data<int32_t>()[0], 16);
+  EXPECT_EQ(tgt.data<int32_t>()[0], 17);
+  EXPECT_EQ(tgt.data<int32_t>()[7], 24);
+  EXPECT_EQ(tok.data<int32_t>()[8], 24);
+}
+
+// Any (world, micro-batch, accumulation) split of the same global batch covers it exactly.
+TEST(DataLoader, RanksAndMicroBatchesPartitionTheGlobalBatch) {
+  auto data = counting(64 * 9 + 1);  // 64 samples of 9
+  const int64_t seq = 9, global = 8;
+  std::vector<int32_t> reference;
+  {
+    DataLoader one(data, seq, global, 1, 1, 0, 5);
+    Tensor tok = Tensor::empty({global, seq}, DType::i32), tgt = tok.clone();
+    one.advance();  // global batch 1
+    one.fill(0, tok, tgt);
+    reference.assign(tok.data<int32_t>(), tok.data<int32_t>() + tok.numel());
+  }
+  for (auto [world, micro, accum] : {std::tuple{2, 4, 1}, {4, 1, 2}, {2, 2, 2}, {8, 1, 1}}) {
+    std::vector<int32_t> got;
+    for (int64_t r = 0; r < world; ++r) {
+      DataLoader l(data, seq, micro, accum, world, r, 5);
+      l.set_position({0, 1});
+      Tensor tok = Tensor::empty({micro, seq}, DType::i32), tgt = tok.clone();
+      for (int64_t m = 0; m < accum; ++m) {
+        l.fill(m, tok, tgt);
+        got.insert(got.end(), tok.data<int32_t>(), tok.data<int32_t>() + tok.numel());
+      }
+    }
+    EXPECT_EQ(got, reference) << "world " << world << " micro " << micro << " accum " << accum;
+  }
+}
+
+TEST(GlobalSampler, TooLittleDataIsAClearError) {
+  const std::string msg = error_of([] { GlobalSampler(counting(50), 16, 8, 1); });
+  EXPECT_NE(msg.find("fewer than one global batch of 8"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace nuri

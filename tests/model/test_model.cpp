@@ -1,0 +1,170 @@
+// Model configuration, parameter layout and initialization: published parameter counts,
+// Hugging Face names, fused views that alias the named tensors, init that depends only on
+// (seed, name), validation messages, and the whole model's gradient along random directions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+
+#include "nuri/core/rng.h"
+#include "nuri/model/transformer.h"
+
+namespace nuri {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+TEST(ModelConfig, PresetsHaveThePublishedParameterCounts) {
+  EXPECT_EQ(model_preset("gpt2-124M").num_params(), 124439808);    // Hugging Face gpt2
+  EXPECT_EQ(model_preset("llama-1B").num_params(), 1100048384);    // TinyLlama-1.1B
+  EXPECT_EQ(model_preset("gpt2-124M").padded_vocab(), 50304);
+  for (const auto& name : model_preset_names()) {
+    const ModelConfig c = model_preset(name);
+    EXPECT_NO_THROW(c.validate()) << name;
+    // The layout holds exactly num_params() plus the padded embedding rows.
+    int64_t total = 0;
+    for (const auto& p : param_layout(c)) total += p.numel();
+    const int64_t pad = (c.padded_vocab() - c.vocab_size) * c.d_model * (c.tied_embeddings ? 1 : 2);
+    EXPECT_EQ(total, c.num_params() + pad) << name;
+  }
+}
+
+TEST(ModelConfig, ValidationMessagesNameFieldAndValues) {
+  ModelConfig c = model_preset("gpt2-124M");
+  c.d_model = 770;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("n_head (12) must divide d_model (770)"), std::string::npos);
+  c = model_preset("llama-tiny");
+  c.n_kv_head = 3;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("n_kv_head (3) must divide n_head (4)"), std::string::npos);
+  c = model_preset("llama-tiny");
+  c.d_model = 60;
+  c.n_head = 4;
+  c.n_kv_head = 4;
+  c.d_model = 4 * 15;  // odd head dim with rope
+  EXPECT_NE(error_of([&] { c.validate(); }).find("rope needs an even head dim"), std::string::npos);
+  EXPECT_NE(error_of([] { model_preset("gpt5"); }).find("unknown model preset 'gpt5'; presets: gpt2-tiny"),
+            std::string::npos);
+}
+
+TEST(Transformer, NamesAndFusedViewsFollowHuggingFace) {
+  Transformer gpt(model_preset("gpt2-tiny"), make_backend("cpu"), 1);
+  EXPECT_EQ(gpt.parameters().front().name, "wte.weight");
+  EXPECT_EQ(gpt.parameter("h.1.attn.c_attn.weight").shape(), (Shape{192, 64}));
+  EXPECT_EQ(gpt.parameter("h.0.mlp.c_proj.weight").shape(), (Shape{64, 256}));
+  EXPECT_FALSE(gpt.parameters().back().decay);  // ln_f.bias
+  EXPECT_NE(error_of([&] { gpt.parameter("h.0.attn.c_attn"); }).find("did you mean: h.0.attn.c_attn.weight"),
+            std::string::npos);
+  Transformer llama(model_preset("llama-tiny"), make_backend("cpu"), 1);
+  const Tensor& q = llama.parameter("model.layers.0.self_attn.q_proj.weight");
+  const Tensor& k = llama.parameter("model.layers.0.self_attn.k_proj.weight");
+  const Tensor& v = llama.parameter("model.layers.0.self_attn.v_proj.weight");
+  EXPECT_EQ(q.shape(), (Shape{64, 64}));
+  EXPECT_EQ(k.shape(), (Shape{32, 64}));  // 2 kv heads of 16
+  // q, k, v adjacent: the fused QKV product reads one [(H + 2Hkv)·D, C] block.
+  EXPECT_EQ(k.data<float>(), q.data<float>() + q.numel());
+  EXPECT_EQ(v.data<float>(), k.data<float>() + k.numel());
+  const Tensor& gate = llama.parameter("model.layers.1.mlp.gate_proj.weight");
+  EXPECT_EQ(llama.parameter("model.layers.1.mlp.up_proj.weight").data<float>(),
+            gate.data<float>() + gate.numel());
+  EXPECT_EQ(llama.parameters().back().name, "lm_head.weight");
+}
+
+TEST(Transformer, InitDependsOnlyOnSeedAndName) {
+  ModelConfig small = model_preset("gpt2-tiny"), deeper = small;
+  deeper.n_layer = 3;
+  Transformer a(small, make_backend("cpu"), 7), b(deeper, make_backend("cpu"), 7),
+      c(small, make_backend("cpu"), 8);
+  const Tensor& wa = a.parameter("h.1.attn.c_attn.weight");
+  const Tensor& wb = b.parameter("h.1.attn.c_attn.weight");
+  const Tensor& wc = c.parameter("h.1.attn.c_attn.weight");
+  int same_ab = 0, same_ac = 0;
+  double ss = 0;
+  for (int64_t i = 0; i < wa.numel(); ++i) {
+    same_ab += wa.data<float>()[i] == wb.data<float>()[i];
+    same_ac += wa.data<float>()[i] == wc.data<float>()[i];
+    ss += double(wa.data<float>()[i]) * wa.data<float>()[i];
+  }
+  EXPECT_EQ(same_ab, wa.numel());  // the same tensor in a deeper model: the same values
+  EXPECT_LT(same_ac, 5);           // another seed: other values
+  EXPECT_NEAR(std::sqrt(ss / double(wa.numel())), 0.02, 0.002);
+  // The residual projections use GPT-2's scaled std 0.02 / sqrt(2·n_layer); padded rows are 0.
+  const Tensor& proj = a.parameter("h.0.mlp.c_proj.weight");
+  double sp = 0;
+  for (int64_t i = 0; i < proj.numel(); ++i) sp += double(proj.data<float>()[i]) * proj.data<float>()[i];
+  EXPECT_NEAR(std::sqrt(sp / double(proj.numel())), 0.02 / std::sqrt(4.0), 0.001);
+  const Tensor& wte = a.parameter("wte.weight");
+  for (int64_t i = 257 * 64; i < wte.numel(); ++i) ASSERT_EQ(wte.data<float>()[i], 0.f);
+  EXPECT_EQ(a.parameter("h.0.ln_1.weight").data<float>()[5], 1.f);
+}
+
+Tensor batch(int64_t b, int64_t t, int64_t vocab, uint64_t seed) {
+  Tensor x = Tensor::empty({b, t}, DType::i32);
+  Philox rng(seed, 3);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<int32_t>()[i] = int32_t(rng.bits(uint64_t(i)) % uint32_t(vocab));
+  return x;
+}
+
+// The whole model's gradient against a central difference of its own loss along a random
+// direction of all parameters (float32 forward, so the step is large and the bound loose).
+TEST(Transformer, GradientMatchesDirectionalDerivative) {
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    Transformer m(model_preset(preset), make_backend("cpu"), 3);
+    const Tensor x = batch(2, 16, 257, 1), y = batch(2, 16, 257, 2);
+    m.forward(x, y);
+    m.backward(1.f);
+    const Tensor& p = m.param_buffer();
+    const Tensor& g = m.grad_buffer();
+    std::vector<float> u(size_t(p.numel())), p0(p.data<float>(), p.data<float>() + p.numel());
+    Philox(9, 9).fill_normal(u.data(), p.numel(), 0, 0.f, 1.f);
+    double dot = 0, gnorm = 0;
+    for (int64_t i = 0; i < p.numel(); ++i) {
+      dot += double(g.data<float>()[i]) * u[size_t(i)];
+      gnorm += double(g.data<float>()[i]) * g.data<float>()[i];
+    }
+    const float h = 1e-3f;
+    auto loss_at = [&](float s) {
+      for (int64_t i = 0; i < p.numel(); ++i) p.data<float>()[i] = p0[size_t(i)] + s * u[size_t(i)];
+      return double(m.forward(x, y));
+    };
+    const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
+    EXPECT_NEAR(numeric, dot, 2e-3 * std::sqrt(gnorm) + 1e-3 * std::abs(dot)) << preset;
+  }
+}
+
+TEST(Transformer, BadInputsAreClearErrors) {
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 1);
+  Tensor x = batch(1, 8, 257, 1), y = batch(1, 8, 257, 2);
+  x.data<int32_t>()[5] = 300;
+  EXPECT_NE(error_of([&] { m.forward(x, y); }).find("tokens: id 300 at batch 0, position 5 is outside the vocabulary [0, 257)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { m.backward(); }).find("backward() needs a forward"), std::string::npos);
+  EXPECT_NE(error_of([&] { m.forward(batch(1, 200, 257, 1), batch(1, 200, 257, 1)); })
+                .find("sequence length 200 exceeds max_seq_len 128"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { m.forward(batch(1, 8, 257, 1), batch(1, 9, 257, 1)); }).find("must have the shape of tokens"),
+            std::string::npos);
+}
+
+TEST(Transformer, PeakMemoryComesFromTheAllocator) {
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 1);
+  const int64_t params_bytes = m.param_buffer().numel() * 4;
+  const int64_t before = m.memory().current_bytes;
+  EXPECT_EQ(before, 2 * params_bytes);  // parameters and gradients
+  m.forward(batch(2, 32, 257, 1), batch(2, 32, 257, 2));
+  const int64_t after_plan = m.memory().current_bytes;
+  EXPECT_GT(after_plan, before);  // activations planned
+  m.backward();
+  m.forward(batch(2, 32, 257, 3), batch(2, 32, 257, 4));  // same shape: no new allocation
+  EXPECT_EQ(m.memory().current_bytes, after_plan);
+  EXPECT_GE(m.memory().peak_bytes, after_plan);
+}
+
+}  // namespace
+}  // namespace nuri

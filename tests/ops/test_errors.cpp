@@ -1,0 +1,114 @@
+// Bad input to ops raises nuri::Error naming the op and the offending values; nothing crashes.
+#include <string>
+
+#include "ops/harness.h"
+
+namespace nuri::test {
+namespace {
+
+// Runs f, expects nuri::Error whose message contains every one of `parts`.
+template <typename F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error raised; expected one mentioning '" << *parts.begin() << "'";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "message: " << msg;
+  }
+}
+
+class OpErrorTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  std::unique_ptr<Backend> be = make_backend(GetParam());
+  Tensor f32(const Shape& s) { return zeros(*be, s); }
+};
+
+TEST_P(OpErrorTest, MatmulShapeMismatch) {
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 6}), Tensor(), f32({4, 3}), Activation::none, Tensor()); },
+               {"matmul", "(4, 5)", "(3, 6)", "6"});
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), f32({4}), f32({4, 3}), Activation::none, Tensor()); },
+               {"matmul", "bias", "(4,)", "(3,)"});
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), Tensor(), f32({4, 3}), Activation::gelu, Tensor()); },
+               {"matmul", "pre", "required"});
+  expect_error([&] { be->matmul_backward_weight(f32({4, 3}), f32({5, 5}), f32({3, 5}), false); },
+               {"matmul_backward_weight", "x", "(5, 5)"});
+  expect_error([&] { be->matmul_backward_input(f32({4, 3}), f32({3, 5}), f32({4, 5}), true, f32({4, 5})); },
+               {"cannot accumulate"});
+}
+
+TEST_P(OpErrorTest, DtypeAndDeviceMismatch) {
+  Tensor i32 = Tensor::zeros({4, 5}, DType::i32);
+  expect_error([&] { be->gelu(i32, f32({4, 5})); }, {"gelu", "dtype i32", "expected f32"});
+  float host[20] = {};
+  Tensor on_gpu = Tensor::from_blob(host, {4, 5}, DType::f32, Device::cuda(0));
+  if (be->device().is_cpu()) {
+    expect_error([&] { be->gelu(on_gpu, f32({4, 5})); }, {"gelu", "cuda:0", "CPU tensors"});
+  }
+  Tensor tokens_f32 = f32({2, 3});
+  expect_error([&] { be->embedding(tokens_f32, f32({10, 4}), Tensor(), f32({2, 3, 4})); },
+               {"embedding", "tokens", "dtype f32", "expected i32"});
+}
+
+TEST_P(OpErrorTest, NonContiguousWhereContiguityIsRequired) {
+  Tensor wide = f32({4, 10});
+  expect_error([&] { be->gelu(wide.slice(1, 0, 5), f32({4, 5})); }, {"gelu", "contiguous"});
+}
+
+TEST_P(OpErrorTest, AttentionHeadsAndShapes) {
+  AttentionOptions opt;
+  expect_error([&] { be->attention(f32({1, 4, 8, 2}), f32({1, 4, 3, 2}), f32({1, 4, 3, 2}), f32({1, 4, 8, 2}), f32({1, 8, 4}), opt); },
+               {"attention", "3", "8", "divide"});
+  expect_error([&] { be->attention(f32({1, 4, 2, 2}), f32({1, 5, 2, 2}), f32({1, 5, 2, 2}), f32({1, 4, 2, 2}), f32({1, 2, 4}), opt); },
+               {"attention"});
+  expect_error([&] { be->attention(f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 2, 0}), opt); },
+               {"attention"});
+}
+
+TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {
+  Tensor tok = on_i32(*be, {1, 3}, {1, 10, 2});
+  expect_error([&] { be->embedding(tok, f32({10, 4}), Tensor(), f32({1, 3, 4})); },
+               {"embedding", "token id 10", "position 1", "[0, 10)"});
+  Tensor neg = on_i32(*be, {1, 3}, {1, -1, 2});
+  expect_error([&] { be->embedding_backward(neg, f32({1, 3, 4}), f32({10, 4}), Tensor(), false); },
+               {"embedding_backward", "token id -1"});
+  expect_error([&] { be->embedding(on_i32(*be, {1, 5}, {0, 1, 2, 3, 4}), f32({10, 4}), f32({4, 4}), f32({1, 5, 4})); },
+               {"sequence length 5", "max_seq_len 4"});
+  Tensor tg = on_i32(*be, {2}, {3, 7});
+  expect_error([&] { be->cross_entropy(f32({2, 8}), tg, 5, -100, f32({2}), f32({2}), f32({1})); },
+               {"cross_entropy", "target 7", "row 1", "[0, 5)"});
+  expect_error([&] { be->cross_entropy(f32({2, 8}), on_i32(*be, {2}, {0, 0}), 9, -100, f32({2}), f32({2}), f32({1})); },
+               {"vocab_size 9", "[1, 8]"});
+}
+
+TEST_P(OpErrorTest, NormAndRopeArguments) {
+  expect_error([&] { be->layernorm(f32({3, 8}), Tensor(), f32({7}), Tensor(), 1e-5f, Tensor(), f32({3, 8}), f32({3}), f32({3})); },
+               {"layernorm", "weight", "(7,)", "(8,)"});
+  expect_error([&] { be->rmsnorm(f32({0, 8}), Tensor(), f32({8}), 1e-5f, Tensor(), f32({0, 8}), f32({0})); },
+               {"rmsnorm", "empty"});
+  expect_error([&] { be->layernorm(f32({3, 8}), Tensor(), f32({8}), Tensor(), 0.f, Tensor(), f32({3, 8}), f32({3}), f32({3})); },
+               {"eps must be positive"});
+  expect_error([&] { be->rope(f32({1, 2, 2, 5}), f32({1, 2, 2, 5}), 10000.f, 0); },
+               {"rope", "even", "5"});
+  expect_error([&] { be->swiglu(f32({2, 5}), f32({2, 2})); }, {"swiglu", "even"});
+}
+
+TEST_P(OpErrorTest, OptimizerArguments) {
+  AdamWParams hp;
+  hp.step = 0;
+  AdamWTensor t{f32({3}), f32({3}), f32({3}), f32({3}), true};
+  expect_error([&] { be->adamw({t}, hp); }, {"adamw", "1-based", "0"});
+  hp.step = 1;
+  AdamWTensor bad{f32({3}), f32({4}), f32({3}), f32({3}), true};
+  expect_error([&] { be->adamw({bad}, hp); }, {"adamw", "grad", "(4,)", "(3,)"});
+}
+
+TEST(BackendRegistry, UnknownBackendListsTheAvailableOnes) {
+  expect_error([] { make_backend("tpu"); }, {"unknown backend 'tpu'", "cpu"});
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, OpErrorTest, ::testing::ValuesIn(backends()),
+                         [](const auto& info) { return sanitize_name(info.param); });
+
+}  // namespace
+}  // namespace nuri::test
