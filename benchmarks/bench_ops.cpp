@@ -4,8 +4,9 @@
 // Default mode (no Python needed): prints one JSON object per measurement
 //   - "gemm_op_cpu": GFLOP/s of every linear layer's forward (matmul), dgrad
 //     (matmul_backward_input) and wgrad (matmul_backward_weight), next to the machine's ceiling:
-//     a 2048³ sgemm through nuri::cpu::sgemm measured in the same run (before and after the rows;
-//     the ceiling is the median of both sets of samples);
+//     a 2048³ sgemm through nuri::cpu::sgemm measured in the same run, alternated sample by
+//     sample with each row (A B A B); each row's ceiling_gflops is the median of its own ceiling
+//     samples, and "sgemm_ceiling_cpu" summarizes all of them;
 //   - "op_cpu": attention, layernorm, cross-entropy forward+backward (nuri timings only; ops.py
 //     adds the PyTorch peer).
 // Single-op mode, used by ops.py:
@@ -285,7 +286,7 @@ int main(int argc, char** argv) {
       return 0;
     }
 
-    // ---- ceiling: 2048³ sgemm through nuri::cpu::sgemm, before and after the GEMM rows --------
+    // ---- ceiling: 2048³ sgemm through nuri::cpu::sgemm, alternated with every GEMM row -------
     const int64_t n = 2048;
     std::vector<float> ca(size_t(n * n)), cb(size_t(n * n)), cc(size_t(n * n));
     {
@@ -293,16 +294,12 @@ int main(int argc, char** argv) {
       for (auto& x : ca) x = d(rng());
       for (auto& x : cb) x = d(rng());
     }
-    auto ceiling_call = [&] {
+    const double ceil_flops = 2.0 * double(n) * double(n) * double(n);
+    std::function<void()> ceiling_call = [&] {
       nuri::cpu::sgemm(false, false, n, n, n, 1.f, ca.data(), n, cb.data(), n, 0.f, cc.data(), n);
     };
-    const int ceil_reps = std::max(reps, 5);
-    std::vector<double> ceil_samples;
-    auto ceiling_samples = [&] {
-      ceiling_call();
-      for (int r = 0; r < ceil_reps; ++r) ceil_samples.push_back(bench::time_per_call(ceiling_call, 1));
-    };
-    ceiling_samples();
+    ceiling_call();  // warm-up
+    const int ceil_iters = bench::iters_for(bench::time_per_call(ceiling_call, 1), min_sample_s);
 
     struct Layer {
       const char* name;
@@ -315,37 +312,41 @@ int main(int argc, char** argv) {
                             {"mlp.c_proj", kC, 4 * kC, true},
                             {"lm_head", kVocabPadded, kC, false}};
     std::vector<int64_t> Ts = quick ? std::vector<int64_t>{64} : std::vector<int64_t>{64, 256};
-    std::vector<std::pair<Case, Measured>> gemm_rows;
+    std::vector<double> all_ceil, fractions;
     for (int64_t t : Ts) {
       for (const Layer& l : layers) {
         if (quick && std::string(l.name) == "lm_head") continue;
         for (Case& c : linear_cases(*be, l.name, kB, t, l.n_out, l.k_in, l.bias, threads)) {
-          Measured m = measure(c.run, reps, min_sample_s);
+          // A B A B: one ceiling sample, one sample of this row, reps times (after a warm-up).
+          c.run();
+          Measured m;
+          m.iters = bench::iters_for(bench::time_per_call(c.run, 1), min_sample_s);
+          std::vector<double> sc, sr;
+          for (int r = 0; r < reps; ++r) {
+            sc.push_back(bench::time_per_call(ceiling_call, ceil_iters));
+            sr.push_back(bench::time_per_call(c.run, m.iters));
+          }
           c.run = nullptr;  // frees this layer's tensors
-          gemm_rows.emplace_back(std::move(c), m);
+          all_ceil.insert(all_ceil.end(), sc.begin(), sc.end());
+          m.stats = bench::summarize(sr);
+          const double ceiling = ceil_flops / bench::summarize(sc).median_s * 1e-9;
+          const double g = c.flops / m.stats.median_s * 1e-9;
+          fractions.push_back(g / ceiling);
+          bench::Json row;
+          row.kv("bench", c.bench).kv("config", c.config).kv("nuri", nuri_json(c, m));
+          row.kv("ceiling_gflops", ceiling).kv("ceiling_fraction", g / ceiling);
+          out.emit(row);
         }
       }
     }
-    ceiling_samples();
-    const bench::Stats cs = bench::summarize(ceil_samples);
-    const double ceiling = 2.0 * double(n) * double(n) * double(n) / cs.median_s * 1e-9;
-    {
-      bench::Json row;
-      row.kv("bench", "sgemm_ceiling_cpu")
-          .kv("config", bench::Json().kv("M", n).kv("N", n).kv("K", n).kv("layout", "NN")
-                            .kv("threads", threads).kv("library", nuri::cpu::gemm_library()))
-          .kv("nuri", bench::Json().stats(cs).kv("gflops", ceiling));
-      out.emit(row);
-    }
-    std::vector<double> fractions;
-    for (auto& [c, m] : gemm_rows) {
-      const double g = c.flops / m.stats.median_s * 1e-9;
-      fractions.push_back(g / ceiling);
-      bench::Json row;
-      row.kv("bench", c.bench).kv("config", c.config).kv("nuri", nuri_json(c, m));
-      row.kv("ceiling_gflops", ceiling).kv("ceiling_fraction", g / ceiling);
-      out.emit(row);
-    }
+    const bench::Stats cs = bench::summarize(all_ceil);
+    const double ceiling = ceil_flops / cs.median_s * 1e-9;
+    out.emit(bench::Json()
+                 .kv("bench", "sgemm_ceiling_cpu")
+                 .kv("config", bench::Json().kv("M", n).kv("N", n).kv("K", n).kv("layout", "NN")
+                                   .kv("threads", threads).kv("library", nuri::cpu::gemm_library())
+                                   .kv("samples", int64_t(all_ceil.size())))
+                 .kv("nuri", bench::Json().stats(cs).kv("gflops", ceiling)));
     out.emit(bench::Json().kv("bench", "gemm_op_cpu_summary")
                  .kv("config", bench::Json().kv("threads", threads).kv("rows", int64_t(fractions.size())))
                  .kv("ceiling_gflops", ceiling)

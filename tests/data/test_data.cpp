@@ -3,6 +3,8 @@
 // split a global batch without overlap, and the order is a pure function of (seed, epoch).
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -27,14 +29,7 @@ void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 TEST(TokenFile, RoundTripsUint16AndUint32) {
   const std::string p16 = temp_path("small.bin"), p32 = temp_path("wide.bin");

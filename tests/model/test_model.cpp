@@ -3,6 +3,8 @@
 // (seed, name), validation messages, and the whole model's gradient along random directions.
 #include <gtest/gtest.h>
 
+#include "test_util.h"
+
 #include <cmath>
 #include <string>
 
@@ -12,14 +14,7 @@
 namespace nuri {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 TEST(ModelConfig, PresetsHaveThePublishedParameterCounts) {
   EXPECT_EQ(model_preset("gpt2-124M").num_params(), 124439808);    // Hugging Face gpt2

@@ -11,7 +11,8 @@ namespace nuri {
 
 using cpu::check_cpu;
 
-// Validates tokens [B, T] against wte [V, C] and wpe [Tmax, C]; returns B, T, C.
+// Validates tokens [B, T] (every id in [0, V)) against wte [V, C] and wpe [Tmax, C]; returns
+// B, T, C.
 static void embedding_dims(const char* op, const Tensor& tokens, const Tensor& wte,
                            const Tensor& wpe, int64_t& b, int64_t& t, int64_t& c) {
   check_cpu(op, "tokens", tokens, DType::i32);
@@ -29,6 +30,12 @@ static void embedding_dims(const char* op, const Tensor& tokens, const Tensor& w
     NURI_CHECK(t <= wpe.size(0), op, ": sequence length ", t,
                " exceeds the position table's max_seq_len ", wpe.size(0));
   }
+  const int64_t vocab = wte.size(0);
+  const int32_t* tok = tokens.data<int32_t>();
+  for (int64_t i = 0; i < b * t; ++i) {
+    NURI_CHECK(tok[i] >= 0 && tok[i] < vocab, op, ": token id ", tok[i], " at batch ", i / t,
+               ", position ", i % t, " is outside the vocabulary [0, ", vocab, ")");
+  }
 }
 
 void CpuBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
@@ -38,12 +45,7 @@ void CpuBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor
   embedding_dims(op, tokens, wte, wpe, b, t, c);
   check_cpu(op, "out", out);
   cpu::check_shape(op, "out", out, {b, t, c});
-  const int64_t vocab = wte.size(0);
   const int32_t* tok = tokens.data<int32_t>();
-  for (int64_t i = 0; i < b * t; ++i) {
-    NURI_CHECK(tok[i] >= 0 && tok[i] < vocab, op, ": token id ", tok[i], " at batch ", i / t,
-               ", position ", i % t, " is outside the vocabulary [0, ", vocab, ")");
-  }
   const float* e = wte.data<float>();
   const float* p = wpe.defined() ? wpe.data<float>() : nullptr;
   float* o = out.data<float>();
@@ -67,12 +69,7 @@ void CpuBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, co
   embedding_dims(op, tokens, dwte, dwpe, b, t, c);
   check_cpu(op, "dout", dout);
   cpu::check_shape(op, "dout", dout, {b, t, c});
-  const int64_t vocab = dwte.size(0);
   const int32_t* tok = tokens.data<int32_t>();
-  for (int64_t i = 0; i < b * t; ++i) {
-    NURI_CHECK(tok[i] >= 0 && tok[i] < vocab, op, ": token id ", tok[i], " at batch ", i / t,
-               ", position ", i % t, " is outside the vocabulary [0, ", vocab, ")");
-  }
   const float* g = dout.data<float>();
   float* dw = dwte.data<float>();
   if (!accumulate) std::memset(dw, 0, dwte.nbytes());
