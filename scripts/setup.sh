@@ -20,6 +20,8 @@ packages=(
   python3-venv
   python3-numpy
   python3-torch
+  python3-matplotlib  # loss-curve plots; Debian's, so it keeps Debian's numpy 1.x (torch needs it)
+  libdlpack-dev       # dlpack/dlpack.h for the Python extension
 )
 requirements=scripts/requirements.txt
 venv=.venv

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it (.ci/run): setup, the Release tree build/ with every ctest, then
-# an ASan/UBSan tree build-asan/ with the op suite (ctest -L ops), then the Python tests.
+# an ASan/UBSan tree build-asan/ with the op and core suites, then pip install . and pytest.
 #   NURI_TEST_SKIP_ASAN=1  skips the sanitizer tree (quick local runs; never set in CI).
 set -euo pipefail
 
@@ -58,20 +58,13 @@ else
       2>&1 | tee "$logs/asan.log"
 fi
 
-# ---- Python tests (PLACEHOLDER: the pytest suite goes here) -----------------------------------
-# python/tests runs under .venv (Debian's torch and numpy visible), once that directory exists.
-# Exit 5 means "no tests collected", which is not a failure while the suite is being written.
-# When the tests need the extension (NURI_PYTHON), build it above and point PYTHONPATH at it here.
-if [[ -d python/tests ]]; then
-  section "pytest python/tests"
-  rc=0
-  .venv/bin/python -m pytest python/tests || rc=$?
-  if ((rc == 5)); then
-    echo "pytest: no tests collected"
-  elif ((rc != 0)); then
-    exit "$rc"
-  fi
-fi
+# ---- Python: pip install . into the venv, then the pytest suite against the installed package ---
+section "pip install . (.venv)"
+.venv/bin/pip install --quiet --disable-pip-version-check .
+section "pytest python/tests"
+# NURI_BUILD_DIR: where tests find the C++ programs they compare against (build/examples/...).
+NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider python/tests 2>&1 |
+  tee "$logs/pytest.log"
 
 # ---- summary ------------------------------------------------------------------------------------
 section "summary"
@@ -82,5 +75,9 @@ fi
 if [[ -f "$logs/asan.log" ]]; then
   echo "build-asan/ (ASan/UBSan), -L 'ops|core':"
   grep -E 'tests passed|tests failed' "$logs/asan.log" | tail -n 1
+fi
+if [[ -f "$logs/pytest.log" ]]; then
+  echo "pytest python/tests:"
+  grep -E '[0-9]+ (passed|failed)' "$logs/pytest.log" | tail -n 1
 fi
 printf 'total time: %ds\n' "$((SECONDS - start))"

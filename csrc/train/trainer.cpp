@@ -114,11 +114,13 @@ float Trainer::evaluate() {
   return float(sum / double(n));
 }
 
-std::vector<int32_t> Trainer::generate(const std::vector<int32_t>& prompt,
-                                       const SampleOptions& opt) {
+std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
+                              const SampleOptions& opt) {
   NURI_CHECK(!prompt.empty(), "generate: the prompt needs at least one token");
   NURI_CHECK(opt.temperature >= 0, "generate: temperature (", opt.temperature, ") must be >= 0");
-  const ModelConfig& cfg = model_.config();
+  NURI_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens (", opt.max_new_tokens,
+             ") must be >= 0");
+  const ModelConfig& cfg = model.config();
   // A fixed window: positions after the current one are filler that causal attention never lets
   // earlier positions see, so the activation plan is made once.
   const int64_t window = std::min<int64_t>(cfg.max_seq_len, int64_t(prompt.size()) + opt.max_new_tokens);
@@ -134,8 +136,8 @@ std::vector<int32_t> Trainer::generate(const std::vector<int32_t>& prompt,
     int32_t* tp = tokens.data<int32_t>();
     std::fill(tp, tp + window, 0);
     std::copy(seq.begin() + start, seq.end(), tp);
-    Tensor logits = model_.logits(tokens);  // [1, window, Vp]
-    model_.backend().copy(logits.select(0, 0).select(0, len - 1).clone(), host_logits);
+    Tensor logits = model.logits(tokens);  // [1, window, Vp]
+    model.backend().copy(logits.select(0, 0).select(0, len - 1).clone(), host_logits);
     const float* l = host_logits.data<float>();
     int32_t next = 0;
     if (opt.temperature == 0) {

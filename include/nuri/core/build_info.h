@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace nuri {
 
@@ -9,6 +10,8 @@ struct BuildInfo {
   std::string version;
   std::string blas;  ///< "openblas" or "eigen": the CPU backend's GEMM
   bool cuda = false; ///< CUDA sources compiled (nvcc found)
+  std::vector<std::string> cuda_architectures;  ///< e.g. {"80", "90"}; empty without CUDA
+  std::vector<std::string> backends;            ///< what make_backend() can create
   bool mpi = false;
   bool sanitize = false;
 };

@@ -58,6 +58,12 @@ struct SampleOptions {
   uint64_t seed = 0;
 };
 
+/// Tokens continuing `prompt` (not repeated in the result), sampled from `model`: greedy when
+/// temperature is 0, else softmax(logits / temperature) over the top_k tokens, drawn with
+/// Philox(seed). Works on a fixed window of min(max_seq_len, prompt + new) positions.
+std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
+                              const SampleOptions& opt);
+
 class Trainer {
  public:
   /// train: token file for training; val (may be null): for evaluate().
@@ -68,8 +74,10 @@ class Trainer {
   StepStats step();
   /// Mean loss over the first eval_batches micro-batches of the validation data (file order).
   float evaluate();
-  /// Tokens continuing `prompt` (the prompt is not repeated in the result).
-  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const SampleOptions& opt);
+  /// nuri::generate on this trainer's model.
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const SampleOptions& opt) {
+    return nuri::generate(model_, prompt, opt);
+  }
 
   int64_t steps_done() const { return step_; }
   int64_t skipped_steps() const { return skipped_; }

@@ -1,0 +1,147 @@
+"""Model files, data files and text: save/load a model as safetensors, read text or token data,
+generate text with the byte tokenizer.
+
+One design choice to know: a saved model is a plain safetensors file whose tensors carry the
+Hugging Face parameter names and whose metadata holds the model config as JSON
+(``nuri_model_config``), so one file is enough to rebuild the model, and other tools can read the
+weights without nuri.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from . import _C
+from .config import ConfigError, model_config_from_dict, model_config_to_dict
+
+#: safetensors metadata key holding the model config as JSON.
+CONFIG_KEY = "nuri_model_config"
+TOKEN_FILE_MAGIC = 20240520  # llm.c's token-file header magic (int32 at offset 0)
+
+
+def save(model: _C.Model, path: str | os.PathLike) -> None:
+    """Writes ``model``'s parameters to a safetensors file at ``path``.
+
+    [in] model: any nuri.Model; its config is stored in the metadata under ``nuri_model_config``.
+    """
+    from safetensors.numpy import save_file
+
+    tensors = {name: np.ascontiguousarray(a) for name, a in model.parameters().items()}
+    metadata = {
+        CONFIG_KEY: json.dumps(model_config_to_dict(model.config)),
+        "nuri_version": str(_C.build_info()["version"]),
+    }
+    save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig | None = None
+         ) -> _C.Model:
+    """Reads a model written by ``save`` (or any safetensors file with nuri's names and shapes).
+
+    [in] config: the model config; default: the one stored in the file's metadata.
+    Raises nuri.Error naming the tensor when a name is missing or unexpected, or a shape or
+    dtype does not match the config.
+    """
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except FileNotFoundError as e:
+        raise _C.Error(f"cannot open model file {path}: no such file") from e
+    except Exception as e:  # safetensors raises its own types for foreign or truncated files
+        raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
+    if config is None:
+        if CONFIG_KEY not in metadata:
+            raise _C.Error(f"{path} has no '{CONFIG_KEY}' metadata (not written by nuri.save); "
+                           "pass config=")
+        try:
+            config = model_config_from_dict(json.loads(metadata[CONFIG_KEY]), path=f"{path}: model")
+        except ValueError as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"{path}: bad '{CONFIG_KEY}' metadata: {e}") from e
+    model = _C.Model(config, backend)
+    params = model.parameters()
+    extra = sorted(set(tensors) - set(params))
+    if extra:
+        raise _C.Error(f"{path}: tensor '{extra[0]}' is not a parameter of this model "
+                       f"({len(extra)} unexpected in all); the model has: "
+                       f"{', '.join(list(params)[:6])}, ...")
+    for name, dst in params.items():
+        if name not in tensors:
+            raise _C.Error(f"{path}: tensor '{name}' is missing")
+        src = tensors[name]
+        if tuple(src.shape) != tuple(dst.shape):
+            raise _C.Error(f"{path}: tensor '{name}' has shape {list(src.shape)}, the config "
+                           f"needs {list(dst.shape)}")
+        if src.dtype != np.float32:
+            raise _C.Error(f"{path}: tensor '{name}' is {src.dtype}, nuri needs float32")
+        dst[...] = src
+    return model
+
+
+def is_token_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts like a token file (.npy magic, or llm.c's int32 magic)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return head == b"\x93NUMPY" or (
+        len(head) >= 4 and int.from_bytes(head[:4], "little", signed=True) == TOKEN_FILE_MAGIC)
+
+
+def read_data(path: str | os.PathLike, vocab_size: int = 0) -> _C.TokenFile:
+    """Tokens of ``path``: a token file (llm.c .bin or 1-D .npy, told apart by content) as is,
+    anything else as text, byte-tokenized (ids 0..255, no end-of-text added), as nuri-train does.
+
+    [in] vocab_size: when > 0, every token id must be below it (nuri.Error otherwise).
+    """
+    path = os.fspath(path)
+    try:
+        token_file = is_token_file(path)
+        if not token_file:
+            data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise _C.Error(f"cannot open data file {path}: {e.strerror or e}") from e
+    if token_file:
+        return _C.TokenFile.open(path, vocab_size)
+    return _C.TokenFile.from_array(data.astype(np.uint32), path, vocab_size)
+
+
+def split_validation(data: _C.TokenFile) -> tuple[_C.TokenFile, _C.TokenFile]:
+    """(train, val): the last 10% of ``data`` (rounded down) held out, as nuri-train does."""
+    n_val = len(data) // 10
+    return data.slice(0, len(data) - n_val), data.slice(len(data) - n_val, n_val)
+
+
+def decode_bytes(tokens: Sequence[int]) -> str:
+    """Byte tokens to text: invalid UTF-8 becomes U+FFFD; end-of-text (256) a marked line."""
+    out = bytearray()
+    for t in tokens:
+        if t == _C.ByteTokenizer.EOT:
+            out += b"\n<|endoftext|>\n"
+        elif 0 <= t < 256:
+            out.append(t)
+    return out.decode("utf-8", errors="replace")
+
+
+def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
+                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
+    """The continuation of ``prompt`` (not repeated) from a byte-level model (vocab >= 257).
+
+    temperature 0 is greedy; top_k 0 samples from the whole vocabulary.
+    """
+    if model.config.vocab_size < _C.ByteTokenizer.VOCAB_SIZE:
+        raise _C.Error(f"generate uses the byte tokenizer (257 ids); the model's vocab_size is "
+                       f"{model.config.vocab_size}")
+    tokens = list(prompt.encode("utf-8"))
+    if not tokens:
+        raise _C.Error("generate: the prompt needs at least one character")
+    out = model.generate(tokens, max_new_tokens=max_new_tokens, temperature=temperature,
+                         top_k=top_k, seed=seed)
+    return decode_bytes(out)

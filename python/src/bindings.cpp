@@ -1,0 +1,442 @@
+// nuri._C: the pybind11 bindings. Thin on purpose: convert arguments, release the GIL around C++
+// work, call the core. Tensors cross as NumPy arrays or DLPack capsules, without copies on the
+// CPU; nuri::Error arrives in Python as nuri.Error (a RuntimeError) with the C++ message.
+#include <dlpack/dlpack.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "nuri/core/build_info.h"
+#include "nuri/data/token_file.h"
+#include "nuri/model/transformer.h"
+#include "nuri/train/trainer.h"
+
+namespace py = pybind11;
+using namespace nuri;
+
+namespace {
+
+// ---- tensors: NumPy and DLPack ---------------------------------------------------------------
+
+py::dtype numpy_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return py::dtype::of<float>();
+    case DType::f16: return py::dtype("float16");
+    case DType::i32: return py::dtype::of<int32_t>();
+    case DType::i64: return py::dtype::of<int64_t>();
+    case DType::u16: case DType::bf16: return py::dtype::of<uint16_t>();  // bf16: raw bits
+    case DType::u32: return py::dtype::of<uint32_t>();
+  }
+  throw py::value_error("unknown dtype");
+}
+
+DType dtype_of_numpy(const py::dtype& d) {
+  const char kind = d.kind();
+  const auto size = d.itemsize();
+  if (kind == 'f' && size == 4) return DType::f32;
+  if (kind == 'f' && size == 2) return DType::f16;
+  if (kind == 'i' && size == 4) return DType::i32;
+  if (kind == 'i' && size == 8) return DType::i64;
+  if (kind == 'u' && size == 2) return DType::u16;
+  if (kind == 'u' && size == 4) return DType::u32;
+  throw py::type_error("nuri has no dtype for NumPy's " + std::string(py::str(static_cast<const py::handle&>(d))) +
+                       "; use float32, float16, int32, int64, uint16 or uint32");
+}
+
+// A NumPy view of t (CPU), keeping t's storage alive through the array's base object.
+py::array to_numpy(const Tensor& t) {
+  if (!t.device().is_cpu()) throw py::value_error("numpy() needs a CPU tensor, got " + t.device().str());
+  std::vector<py::ssize_t> strides;
+  for (int64_t s : t.strides()) strides.push_back(py::ssize_t(s * int64_t(dtype_size(t.dtype()))));
+  auto* keep = new Tensor(t);
+  py::capsule base(keep, [](void* p) { delete static_cast<Tensor*>(p); });
+  return py::array(numpy_dtype(t.dtype()), std::vector<py::ssize_t>(t.shape().begin(), t.shape().end()),
+                   strides, t.raw(), base);
+}
+
+// Holds a Python object for the lifetime of C++ storage; takes the GIL to let it go.
+std::shared_ptr<void> hold(py::object obj) {
+  return std::shared_ptr<void>(new py::object(std::move(obj)), [](void* p) {
+    py::gil_scoped_acquire gil;
+    delete static_cast<py::object*>(p);
+  });
+}
+
+Tensor from_numpy(py::array arr) {
+  const DType dt = dtype_of_numpy(arr.dtype());
+  Shape shape, strides;
+  for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
+    shape.push_back(arr.shape(i));
+    if (arr.strides(i) % arr.itemsize() != 0) throw py::value_error("array strides are not whole elements");
+    strides.push_back(arr.strides(i) / arr.itemsize());
+  }
+  return Tensor::from_blob(arr.mutable_data(), shape, dt, Device::cpu(), hold(arr), strides);
+}
+
+struct DLPackOwner {
+  Tensor tensor;
+  std::vector<int64_t> shape, strides;
+  DLManagedTensor managed{};
+};
+
+py::capsule to_dlpack(const Tensor& t) {
+  auto* owner = new DLPackOwner{t, t.shape(), t.strides(), {}};
+  DLTensor& d = owner->managed.dl_tensor;
+  d.data = t.raw();
+  d.device = {t.device().is_cpu() ? kDLCPU : kDLCUDA, t.device().index};
+  d.ndim = int(t.dim());
+  switch (t.dtype()) {
+    case DType::f32: d.dtype = {kDLFloat, 32, 1}; break;
+    case DType::f16: d.dtype = {kDLFloat, 16, 1}; break;
+    case DType::bf16: d.dtype = {kDLBfloat, 16, 1}; break;
+    case DType::i32: d.dtype = {kDLInt, 32, 1}; break;
+    case DType::i64: d.dtype = {kDLInt, 64, 1}; break;
+    case DType::u16: d.dtype = {kDLUInt, 16, 1}; break;
+    case DType::u32: d.dtype = {kDLUInt, 32, 1}; break;
+  }
+  d.shape = owner->shape.data();
+  d.strides = owner->strides.data();
+  d.byte_offset = 0;
+  owner->managed.manager_ctx = owner;
+  owner->managed.deleter = [](DLManagedTensor* m) { delete static_cast<DLPackOwner*>(m->manager_ctx); };
+  // A capsule nobody consumed still owns the tensor; a consumer renames it "used_dltensor".
+  return py::capsule(&owner->managed, "dltensor", [](PyObject* cap) {
+    if (PyCapsule_IsValid(cap, "dltensor")) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+      m->deleter(m);
+    }
+  });
+}
+
+DType dtype_of_dlpack(DLDataType t) {
+  if (t.lanes != 1) throw py::type_error("DLPack tensors with vector lanes are not supported");
+  if (t.code == kDLFloat && t.bits == 32) return DType::f32;
+  if (t.code == kDLFloat && t.bits == 16) return DType::f16;
+  if (t.code == kDLBfloat && t.bits == 16) return DType::bf16;
+  if (t.code == kDLInt && t.bits == 32) return DType::i32;
+  if (t.code == kDLInt && t.bits == 64) return DType::i64;
+  if (t.code == kDLUInt && t.bits == 16) return DType::u16;
+  if (t.code == kDLUInt && t.bits == 32) return DType::u32;
+  throw py::type_error("nuri has no dtype for DLPack code " + std::to_string(t.code) + " with " +
+                       std::to_string(t.bits) + " bits");
+}
+
+// Imports any DLPack producer (an object with __dlpack__, or a "dltensor" capsule) without copying.
+Tensor from_dlpack(py::object obj) {
+  py::object cap = py::hasattr(obj, "__dlpack__") ? obj.attr("__dlpack__")() : obj;
+  if (!PyCapsule_IsValid(cap.ptr(), "dltensor")) {
+    throw py::type_error("from_dlpack needs an object with __dlpack__ or an unused DLPack capsule");
+  }
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  PyCapsule_SetName(cap.ptr(), "used_dltensor");
+  std::shared_ptr<void> keep(m, [](void* p) {
+    py::gil_scoped_acquire gil;  // the producer's deleter may touch Python objects
+    auto* mt = static_cast<DLManagedTensor*>(p);
+    if (mt->deleter) mt->deleter(mt);
+  });
+  const DLTensor& d = m->dl_tensor;
+  if (d.device.device_type != kDLCPU) {
+    throw py::value_error("from_dlpack: only CPU tensors can be imported in this build (device type " +
+                          std::to_string(d.device.device_type) + ")");
+  }
+  Shape shape(d.shape, d.shape + d.ndim);
+  Shape strides = d.strides ? Shape(d.strides, d.strides + d.ndim) : Shape{};
+  const DType dt = dtype_of_dlpack(d.dtype);
+  return Tensor::from_blob(static_cast<char*>(d.data) + d.byte_offset, shape, dt, Device::cpu(),
+                           std::move(keep), strides);
+}
+
+// ---- token batches ---------------------------------------------------------------------------
+
+// An integer array [B, T] as an i32 host tensor (a copy); floats and out-of-int32 values refused.
+Tensor token_batch(py::handle obj, const char* what) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw py::type_error(std::string(what) + " must be an integer array [B, T]");
+  if (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u') {
+    throw py::type_error(std::string(what) + " must hold integers, got " + std::string(py::str(static_cast<py::handle>(arr.dtype()))));
+  }
+  if (arr.ndim() != 2) {
+    throw py::value_error(std::string(what) + " must be 2-D [B, T], got " + std::to_string(arr.ndim()) + " dims");
+  }
+  auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  Tensor t = Tensor::empty({a.shape(0), a.shape(1)}, DType::i32);
+  const int64_t* src = a.data();
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    if (src[i] < INT32_MIN || src[i] > INT32_MAX) {
+      throw py::value_error(std::string(what) + ": value " + std::to_string(src[i]) + " at flat index " +
+                            std::to_string(i) + " does not fit int32");
+    }
+    t.data<int32_t>()[i] = int32_t(src[i]);
+  }
+  return t;
+}
+
+std::vector<uint32_t> token_vector(py::handle obj) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr || (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
+    throw py::type_error("tokens must be a sequence or array of integers");
+  }
+  auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  std::vector<uint32_t> out(size_t(a.size()));
+  for (py::ssize_t i = 0; i < a.size(); ++i) {
+    const int64_t v = a.data()[i];
+    if (v < 0 || v > int64_t(UINT32_MAX)) {
+      throw py::value_error("token " + std::to_string(v) + " at index " + std::to_string(i) + " is not a valid id");
+    }
+    out[size_t(i)] = uint32_t(v);
+  }
+  return out;
+}
+
+// ---- enum fields as strings ------------------------------------------------------------------
+
+template <typename E>
+E parse_enum(const std::string& field, const std::string& v, std::initializer_list<std::pair<const char*, E>> opts) {
+  std::string names;
+  for (const auto& [n, e] : opts) {
+    if (v == n) return e;
+    names += (names.empty() ? "" : ", ") + std::string(n);
+  }
+  throw py::value_error(field + " must be one of " + names + ", not '" + v + "'");
+}
+
+py::dict model_config_dict(const ModelConfig& c) {
+  py::dict d;
+  d["vocab_size"] = c.vocab_size; d["d_model"] = c.d_model; d["n_layer"] = c.n_layer;
+  d["n_head"] = c.n_head; d["n_kv_head"] = c.n_kv_head; d["d_ff"] = c.d_ff;
+  d["max_seq_len"] = c.max_seq_len; d["norm"] = norm_name(c.norm); d["norm_eps"] = c.norm_eps;
+  d["position"] = position_name(c.position); d["rope_theta"] = c.rope_theta;
+  d["mlp"] = mlp_name(c.mlp); d["bias"] = c.bias; d["tied_embeddings"] = c.tied_embeddings;
+  return d;
+}
+
+py::dict train_config_dict(const TrainConfig& c) {
+  py::dict d;
+  d["steps"] = c.steps; d["micro_batch"] = c.micro_batch; d["seq_len"] = c.seq_len;
+  d["grad_accum"] = c.grad_accum; d["lr"] = c.lr; d["min_lr_ratio"] = c.min_lr_ratio;
+  d["warmup_steps"] = c.warmup_steps; d["weight_decay"] = c.weight_decay; d["beta1"] = c.beta1;
+  d["beta2"] = c.beta2; d["eps"] = c.eps; d["grad_clip"] = c.grad_clip;
+  d["eval_every"] = c.eval_every; d["eval_batches"] = c.eval_batches; d["seed"] = c.seed;
+  d["on_nonfinite"] = c.on_nonfinite == NonFinitePolicy::skip ? "skip" : "stop";
+  return d;
+}
+
+py::dict named_views(const std::vector<NamedTensor>& ts) {
+  py::dict d;  // insertion-ordered: layout order
+  for (const auto& t : ts) d[py::str(t.name)] = to_numpy(t.tensor);
+  return d;
+}
+
+struct PyTrainer {
+  std::shared_ptr<Transformer> model;
+  std::unique_ptr<Trainer> trainer;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "nuri's C++ core (see the nuri package for the documented API)";
+  py::register_exception<Error>(m, "Error", PyExc_RuntimeError);
+
+  m.def("build_info", [] {
+    const BuildInfo b = build_info();
+    py::dict d;
+    d["version"] = b.version; d["blas"] = b.blas; d["cuda"] = b.cuda;
+    d["cuda_architectures"] = b.cuda_architectures; d["mpi"] = b.mpi; d["sanitize"] = b.sanitize;
+    d["backends"] = b.backends;
+    return d;
+  }, "What this build contains: version, BLAS, CUDA architectures compiled, MPI, backends.");
+
+  py::class_<ModelConfig>(m, "ModelConfig", "Decoder-only transformer configuration (GPT-2 124M by default).")
+      .def(py::init<>())
+      .def_readwrite("vocab_size", &ModelConfig::vocab_size)
+      .def_readwrite("d_model", &ModelConfig::d_model)
+      .def_readwrite("n_layer", &ModelConfig::n_layer)
+      .def_readwrite("n_head", &ModelConfig::n_head)
+      .def_readwrite("n_kv_head", &ModelConfig::n_kv_head)
+      .def_readwrite("d_ff", &ModelConfig::d_ff)
+      .def_readwrite("max_seq_len", &ModelConfig::max_seq_len)
+      .def_readwrite("norm_eps", &ModelConfig::norm_eps)
+      .def_readwrite("rope_theta", &ModelConfig::rope_theta)
+      .def_readwrite("bias", &ModelConfig::bias)
+      .def_readwrite("tied_embeddings", &ModelConfig::tied_embeddings)
+      .def_property("norm", [](const ModelConfig& c) { return std::string(norm_name(c.norm)); },
+                    [](ModelConfig& c, const std::string& v) {
+                      c.norm = parse_enum<NormKind>("norm", v, {{"layernorm", NormKind::layernorm}, {"rmsnorm", NormKind::rmsnorm}});
+                    })
+      .def_property("position", [](const ModelConfig& c) { return std::string(position_name(c.position)); },
+                    [](ModelConfig& c, const std::string& v) {
+                      c.position = parse_enum<PositionKind>("position", v, {{"learned", PositionKind::learned}, {"rope", PositionKind::rope}});
+                    })
+      .def_property("mlp", [](const ModelConfig& c) { return std::string(mlp_name(c.mlp)); },
+                    [](ModelConfig& c, const std::string& v) {
+                      c.mlp = parse_enum<MlpKind>("mlp", v, {{"gelu", MlpKind::gelu}, {"swiglu", MlpKind::swiglu}});
+                    })
+      .def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first inconsistent field.")
+      .def("num_params", &ModelConfig::num_params)
+      .def("padded_vocab", &ModelConfig::padded_vocab)
+      .def("head_dim", &ModelConfig::head_dim)
+      .def("summary", &ModelConfig::summary)
+      .def("to_dict", &model_config_dict)
+      .def("__repr__", [](const ModelConfig& c) { return "ModelConfig(" + c.summary() + ")"; })
+      .def_static("preset", &model_preset, py::arg("name"))
+      .def_static("preset_names", &model_preset_names);
+
+  py::class_<TrainConfig>(m, "TrainConfig", "Training loop settings.")
+      .def(py::init<>())
+      .def_readwrite("steps", &TrainConfig::steps)
+      .def_readwrite("micro_batch", &TrainConfig::micro_batch)
+      .def_readwrite("seq_len", &TrainConfig::seq_len)
+      .def_readwrite("grad_accum", &TrainConfig::grad_accum)
+      .def_readwrite("lr", &TrainConfig::lr)
+      .def_readwrite("min_lr_ratio", &TrainConfig::min_lr_ratio)
+      .def_readwrite("warmup_steps", &TrainConfig::warmup_steps)
+      .def_readwrite("weight_decay", &TrainConfig::weight_decay)
+      .def_readwrite("beta1", &TrainConfig::beta1)
+      .def_readwrite("beta2", &TrainConfig::beta2)
+      .def_readwrite("eps", &TrainConfig::eps)
+      .def_readwrite("grad_clip", &TrainConfig::grad_clip)
+      .def_readwrite("eval_every", &TrainConfig::eval_every)
+      .def_readwrite("eval_batches", &TrainConfig::eval_batches)
+      .def_readwrite("seed", &TrainConfig::seed)
+      .def_property("on_nonfinite",
+                    [](const TrainConfig& c) { return std::string(c.on_nonfinite == NonFinitePolicy::skip ? "skip" : "stop"); },
+                    [](TrainConfig& c, const std::string& v) {
+                      c.on_nonfinite = parse_enum<NonFinitePolicy>("on_nonfinite", v, {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}});
+                    })
+      .def("validate", &TrainConfig::validate)
+      .def("to_dict", &train_config_dict)
+      .def("__repr__", [](const TrainConfig& c) { return "TrainConfig(" + std::string(py::str(train_config_dict(c))) + ")"; });
+  m.def("learning_rate", &learning_rate, py::arg("config"), py::arg("step"));
+
+  py::class_<Tensor>(m, "Tensor", "A nuri tensor; NumPy and DLPack views share its memory.")
+      .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
+      .def_property_readonly("dtype", [](const Tensor& t) { return std::string(dtype_name(t.dtype())); })
+      .def_property_readonly("device", [](const Tensor& t) { return t.device().str(); })
+      .def("numel", &Tensor::numel)
+      .def("numpy", &to_numpy, "A NumPy view of this tensor (no copy).")
+      .def("__dlpack__", [](const Tensor& t, py::object stream) { return to_dlpack(t); }, py::arg("stream") = py::none())
+      .def("__dlpack_device__", [](const Tensor& t) {
+        return py::make_tuple(int(t.device().is_cpu() ? kDLCPU : kDLCUDA), t.device().index);
+      })
+      .def_static("from_dlpack", &from_dlpack, py::arg("obj"), "Wraps any DLPack producer's CPU tensor (no copy).")
+      .def_static("from_numpy", &from_numpy, py::arg("array"), "Wraps a NumPy array (no copy).")
+      .def("__repr__", &Tensor::str);
+
+  py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
+      .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed) {
+             return std::make_shared<Transformer>(cfg, make_backend(backend), seed);
+           }),
+           py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0)
+      .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
+      .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
+           "Ordered dict: Hugging Face name -> writable float32 NumPy view (no copy).")
+      .def("gradients", [](const Transformer& t) { return named_views(t.gradients()); })
+      .def("parameter", [](const Transformer& t, const std::string& name) { return to_numpy(t.parameter(name)); })
+      .def("forward", [](Transformer& t, py::handle tokens, py::handle targets) {
+             Tensor x = token_batch(tokens, "tokens"), y = token_batch(targets, "targets");
+             py::gil_scoped_release release;
+             return t.forward(x, y);
+           }, py::arg("tokens"), py::arg("targets"), "Mean cross-entropy; keeps activations for backward().")
+      .def("logits", [](Transformer& t, py::handle tokens) {
+             Tensor x = token_batch(tokens, "tokens");
+             Tensor out;
+             {
+               py::gil_scoped_release release;
+               out = t.logits(x).clone();
+             }
+             return to_numpy(out);
+           }, py::arg("tokens"))
+      .def("backward", &Transformer::backward, py::arg("loss_scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+      .def("generate", [](Transformer& t, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
+                          int64_t top_k, uint64_t seed) {
+             SampleOptions o;
+             o.max_new_tokens = max_new; o.temperature = temperature; o.top_k = top_k; o.seed = seed;
+             py::gil_scoped_release release;
+             return generate(t, prompt, o);
+           },
+           py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
+           py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
+      .def("zero_grad", &Transformer::zero_grad)
+      .def("init_weights", &Transformer::init_weights, py::arg("seed"))
+      .def("memory", [](const Transformer& t) {
+        const AllocatorStats s = t.memory();
+        py::dict d;
+        d["current_bytes"] = s.current_bytes; d["peak_bytes"] = s.peak_bytes; d["num_allocs"] = s.num_allocs;
+        return d;
+      });
+
+  py::class_<TokenFile, std::shared_ptr<TokenFile>>(m, "TokenFile", "Tokens from a file (memory-mapped) or an array.")
+      .def_static("open", &TokenFile::open, py::arg("path"), py::arg("vocab_size") = 0)
+      .def_static("from_array", [](py::handle tokens, const std::string& name, int64_t vocab) {
+        return TokenFile::from_tokens(token_vector(tokens), name, vocab);
+      }, py::arg("tokens"), py::arg("name") = "<array>", py::arg("vocab_size") = 0)
+      .def("__len__", &TokenFile::size)
+      .def_property_readonly("path", &TokenFile::path)
+      .def("max_token", &TokenFile::max_token)
+      .def("to_numpy", [](const TokenFile& f) {
+        py::array_t<uint32_t> out(f.size());
+        for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.at(i);
+        return out;
+      })
+      .def("slice", [](std::shared_ptr<TokenFile> f, int64_t start, int64_t n) { return TokenFile::slice(f, start, n); },
+           py::arg("start"), py::arg("n"));
+  m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
+        py::arg("path"), py::arg("tokens"));
+  m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"));
+
+  py::class_<ByteTokenizer>(m, "ByteTokenizer", "Bytes as tokens 0..255, end-of-text 256.")
+      .def(py::init<>())
+      .def_readonly_static("EOT", &ByteTokenizer::kEndOfText)
+      .def_readonly_static("VOCAB_SIZE", &ByteTokenizer::kVocabSize)
+      .def("encode", [](const ByteTokenizer& t, const std::string& s) {
+        const auto v = t.encode(s);
+        return std::vector<int64_t>(v.begin(), v.end());
+      })
+      .def("decode", [](const ByteTokenizer& t, const std::vector<int32_t>& ids) {
+             // A byte model can emit invalid UTF-8: such bytes become U+FFFD.
+             return py::bytes(t.decode(ids)).attr("decode")("utf-8", "replace");
+           }, "Text of the tokens (invalid UTF-8 replaced by U+FFFD; end-of-text as <|endoftext|>).");
+
+  py::class_<PyTrainer>(m, "Trainer", "The training loop over a Model (see nuri.Trainer).")
+      .def(py::init([](std::shared_ptr<Transformer> model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+                       std::shared_ptr<TokenFile> val) {
+             auto p = std::make_unique<PyTrainer>();
+             p->model = model;
+             p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train), std::move(val));
+             return p;
+           }),
+           py::arg("model"), py::arg("config"), py::arg("train"), py::arg("val") = nullptr)
+      .def("step", [](PyTrainer& p) {
+        StepStats s;
+        {
+          py::gil_scoped_release release;
+          s = p.trainer->step();
+        }
+        py::dict d;
+        d["step"] = s.step; d["loss"] = s.loss; d["lr"] = s.lr; d["grad_norm"] = s.grad_norm;
+        d["skipped"] = s.skipped; d["step_seconds"] = s.step_seconds;
+        d["tokens_per_second"] = s.tokens_per_second; d["peak_bytes"] = s.peak_bytes;
+        return d;
+      })
+      .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
+      .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
+                          int64_t top_k, uint64_t seed) {
+             SampleOptions o;
+             o.max_new_tokens = max_new; o.temperature = temperature; o.top_k = top_k; o.seed = seed;
+             py::gil_scoped_release release;
+             return p.trainer->generate(prompt, o);
+           },
+           py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
+           py::arg("seed") = 0)
+      .def_property_readonly("steps_done", [](const PyTrainer& p) { return p.trainer->steps_done(); })
+      .def_property_readonly("skipped_steps", [](const PyTrainer& p) { return p.trainer->skipped_steps(); })
+      .def_property_readonly("data_position", [](const PyTrainer& p) {
+        const DataPosition d = p.trainer->data_position();
+        return py::make_tuple(d.epoch, d.batch);
+      });
+}

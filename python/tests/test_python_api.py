@@ -1,0 +1,200 @@
+"""The Python API: training a tiny model, save/load, data files, generation, and errors that
+arrive as Python exceptions (nuri.Error with the C++ message, TypeError/ValueError for wrong
+argument types) instead of crashes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import nuri
+from conftest import corpus_text
+
+
+def tiny_trainer(preset: str = "gpt2-tiny", steps: int = 20, seed: int = 1):
+    text = corpus_text(20000, seed=seed)
+    data = nuri.TokenFile.from_array(np.frombuffer(text.encode(), np.uint8).astype(np.uint32),
+                                     "corpus", 257)
+    train, val = nuri.split_validation(data)
+    tc = nuri.TrainConfig()
+    tc.steps, tc.micro_batch, tc.seq_len, tc.lr, tc.warmup_steps = steps, 4, 32, 3e-3, 2
+    tc.eval_batches, tc.seed = 4, seed
+    model = nuri.Model(nuri.ModelConfig.preset(preset), "cpu", seed)
+    return model, nuri.Trainer(model, tc, train, val), tc
+
+
+def test_version_and_build_info():
+    info = nuri.build_info()
+    assert nuri.__version__ == info["version"] and info["version"]
+    assert "cpu" in info["backends"] and info["blas"] in ("openblas", "eigen")
+    assert isinstance(info["cuda"], bool) and isinstance(info["cuda_architectures"], list)
+
+
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_training_a_tiny_model_from_python_lowers_the_loss(preset):
+    model, trainer, tc = tiny_trainer(preset)
+    val_before = trainer.evaluate()
+    stats = [trainer.step() for _ in range(20)]
+    val_after = trainer.evaluate()
+    assert [s["step"] for s in stats] == list(range(1, 21)) and trainer.steps_done == 20
+    assert not any(s["skipped"] for s in stats) and trainer.skipped_steps == 0
+    assert stats[0]["loss"] == pytest.approx(np.log(257), abs=0.15)  # uniform at init
+    assert np.mean([s["loss"] for s in stats[-3:]]) < stats[0]["loss"] - 1.5
+    assert val_after < val_before - 1.5
+    assert all(s["lr"] == pytest.approx(nuri.learning_rate(tc, s["step"] - 1))
+               for s in stats)
+    assert stats[-1]["peak_bytes"] > 0 and stats[-1]["tokens_per_second"] > 0
+
+
+def test_same_seed_same_losses_and_data_order():
+    runs = []
+    for _ in range(2):
+        _, trainer, _ = tiny_trainer(steps=4, seed=3)
+        runs.append([trainer.step()["loss"] for _ in range(4)])
+        assert trainer.data_position == (0, 4)
+    assert runs[0] == runs[1]
+
+
+def test_save_then_load_gives_the_same_logits(tmp_path):
+    for preset in ("gpt2-tiny", "llama-tiny"):  # tied + biases; untied, RoPE, SwiGLU, GQA
+        model, trainer, _ = tiny_trainer(preset, steps=3)
+        for _ in range(3):
+            trainer.step()
+        path = tmp_path / f"{preset}.safetensors"
+        nuri.save(model, path)
+        loaded = nuri.load(path)
+        assert loaded.config.to_dict() == model.config.to_dict()
+        assert list(loaded.parameters()) == list(model.parameters())
+        tokens = np.arange(2 * 16, dtype=np.int32).reshape(2, 16) % 257
+        np.testing.assert_array_equal(loaded.logits(tokens), model.logits(tokens))
+        assert loaded.forward(tokens, tokens) == model.forward(tokens, tokens)
+
+
+def test_load_names_the_bad_tensor(tmp_path):
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"))
+    params = {k: np.array(v) for k, v in model.parameters().items()}
+    meta = {"nuri_model_config": json.dumps(nuri.model_config_to_dict(model.config))}
+    cases = {
+        "missing": ({k: v for k, v in params.items() if k != "h.1.mlp.c_fc.bias"},
+                    "tensor 'h.1.mlp.c_fc.bias' is missing"),
+        "extra": ({**params, "lm_head.weight": params["wte.weight"]},
+                  "tensor 'lm_head.weight' is not a parameter of this model"),
+        "shape": ({**params, "wpe.weight": params["wpe.weight"][:64]},
+                  "tensor 'wpe.weight' has shape [64, 64], the config needs [128, 64]"),
+        "dtype": ({**params, "ln_f.weight": params["ln_f.weight"].astype(np.float16)},
+                  "tensor 'ln_f.weight' is float16, nuri needs float32"),
+    }
+    for name, (tensors, message) in cases.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(nuri.Error, match=message.replace("[", r"\[").replace("]", r"\]")):
+            nuri.load(path)
+    save_file(params, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(nuri.Error, match="no 'nuri_model_config' metadata"):
+        nuri.load(tmp_path / "plain.safetensors")
+    assert nuri.load(tmp_path / "plain.safetensors", config=model.config) is not None
+    (tmp_path / "junk.safetensors").write_bytes(b"not a model")
+    with pytest.raises(nuri.Error, match="not a readable safetensors file"):
+        nuri.load(tmp_path / "junk.safetensors")
+
+
+def test_read_data_tells_text_from_token_files(tmp_path):
+    text = "héllo, tokens\n" * 20
+    expected = np.frombuffer(text.encode(), np.uint8).astype(np.uint32)
+    (tmp_path / "a.txt").write_text(text)
+    nuri.write_token_file(str(tmp_path / "a.bin"), expected.tolist())
+    np.save(tmp_path / "a.npy", expected)
+    (tmp_path / "b.bin").write_text(text)  # text with a token-file name is still text
+    for name in ("a.txt", "a.bin", "a.npy", "b.bin"):
+        tokens = nuri.read_data(tmp_path / name, vocab_size=257)
+        np.testing.assert_array_equal(tokens.to_numpy(), expected)
+    with pytest.raises(nuri.Error, match="cannot open data file"):
+        nuri.read_data(tmp_path / "missing.txt")
+    with pytest.raises(nuri.Error, match="vocab"):
+        nuri.read_data(tmp_path / "a.txt", vocab_size=100)
+    train, val = nuri.split_validation(nuri.read_data(tmp_path / "a.txt"))
+    assert len(val) == len(expected) // 10 and len(train) + len(val) == len(expected)
+    np.testing.assert_array_equal(val.to_numpy(), expected[len(train):])
+
+
+def test_generate_text_is_deterministic_for_a_seed():
+    model, trainer, _ = tiny_trainer(steps=10)
+    for _ in range(10):
+        trainer.step()
+    a = nuri.generate_text(model, "the ", max_new_tokens=30, seed=5)
+    assert a == nuri.generate_text(model, "the ", max_new_tokens=30, seed=5)
+    greedy = nuri.generate_text(model, "the ", max_new_tokens=30, temperature=0)
+    assert greedy == nuri.generate_text(model, "the ", max_new_tokens=30, temperature=0, seed=9)
+    assert 0 < len(a.encode("utf-8", "surrogateescape")) <= 30 * 3
+    assert nuri.decode_bytes([104, 105, 256, 0xC3]) == "hi\n<|endoftext|>\n\ufffd"
+    with pytest.raises(nuri.Error, match="prompt"):
+        nuri.generate_text(model, "")
+
+
+def test_cpp_errors_arrive_as_nuri_error_with_the_message():
+    assert issubclass(nuri.Error, RuntimeError)
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"))
+    tokens = np.zeros((2, 8), np.int32)
+    tokens[1, 3] = 300
+    with pytest.raises(nuri.Error) as info:
+        model.forward(tokens, np.zeros((2, 8), np.int32))
+    assert isinstance(info.value, RuntimeError)
+    assert "id 300 at batch 1, position 3 is outside the vocabulary [0, 257)" in str(info.value)
+    with pytest.raises(nuri.Error, match="n_kv_head .3. must divide n_head .4."):
+        cfg = nuri.ModelConfig.preset("gpt2-tiny")
+        cfg.n_kv_head = 3
+        nuri.Model(cfg)
+    with pytest.raises(nuri.Error, match="no parameter named 'nope'"):
+        model.parameter("nope")
+    with pytest.raises(nuri.Error, match="fewer than one global batch"):
+        tc = nuri.TrainConfig()
+        tc.seq_len = 32
+        nuri.Trainer(model, tc, nuri.TokenFile.from_array(list(range(40))))
+
+
+def test_wrong_argument_types_raise_python_errors():
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"))
+    cfg = nuri.ModelConfig()
+    calls = [
+        (TypeError, lambda: nuri.Model("gpt2-tiny")),
+        (TypeError, lambda: model.forward("abc", 1)),
+        (TypeError, lambda: model.logits(np.zeros((2, 8), np.float32))),
+        (TypeError, lambda: nuri.TokenFile.from_array("abc")),
+        (ValueError, lambda: nuri.TokenFile.from_array([1, -1])),
+        (TypeError, lambda: nuri.Trainer(model, "config", None)),
+        (TypeError, lambda: setattr(cfg, "n_layer", "many")),
+        (ValueError, lambda: setattr(cfg, "norm", "batchnorm")),
+        (TypeError, lambda: nuri.learning_rate("config", 3)),
+    ]
+    for error, call in calls:
+        with pytest.raises(error):
+            call()
+
+
+def test_the_package_docstring_example_runs(tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text(corpus_text(20000))
+    monkeypatch.chdir(tmp_path)
+    lines = [line[4:] for line in nuri.__doc__.splitlines() if line.startswith("    ")]
+    scope: dict = {}
+    exec("\n".join(lines), scope)
+    assert scope["stats"]["step"] == 50 and scope["stats"]["loss"] < 3.5
+    assert nuri.load("model.safetensors").config.to_dict() == scope["cfg"].to_dict()
+
+
+def test_run_training_from_python_writes_the_run(tmp_path):
+    (tmp_path / "corpus.txt").write_text(corpus_text(20000))
+    cfg = nuri.config_from_dict({
+        "model": "gpt2-tiny", "data": {"train": str(tmp_path / "corpus.txt")},
+        "train": {"steps": 4, "micro_batch": 2, "seq_len": 16, "eval_every": 2,
+                  "eval_batches": 1}, "sample": {"max_new_tokens": 0}})
+    out = io.StringIO()
+    summary = nuri.run_training(cfg, str(tmp_path / "run"), stream=out)
+    assert summary["steps"] == 4 and not summary["interrupted"] and cfg.out is None
+    assert summary["val_loss"] < np.log(257) and summary["peak_bytes"] > 0
+    assert "step     4/4 | loss" in out.getvalue() and "step     2 | val loss" in out.getvalue()
+    assert not (tmp_path / "run" / "sample.txt").exists()  # max_new_tokens = 0
+    assert nuri.load_config(tmp_path / "run" / "config.json").out == str(tmp_path / "run")
