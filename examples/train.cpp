@@ -266,10 +266,12 @@ int run(const Options& o) {
   double tok_per_s = 0;
   float val_loss = trainer.evaluate();
   std::printf("step %5d | val loss %.4f\n", 0, val_loss);
+  const auto steps_start = std::chrono::steady_clock::now();  // the ETA counts steps only
   for (int64_t s = 0; s < o.train.steps; ++s) {
     const StepStats st = trainer.step();
     tok_per_s = tok_per_s == 0 ? st.tokens_per_second : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - steps_start).count();
     if (!o.quiet && (st.step % o.log_every == 0 || st.step == 1 || st.step == o.train.steps)) {
       const double eta = elapsed / double(st.step) * double(o.train.steps - st.step);
       std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s\n",

@@ -43,12 +43,16 @@ void norm_forward(const NormArgs& a) {
       for (int64_t j = 0; j < a.c; ++j) sr[j] = xr[j] + rr[j];
       s = sr;
     }
+    // omp simd lets the row sums use vector lanes (a fixed order: the same bits at any thread
+    // count); a plain float sum is a serial chain the compiler may not reorder.
     float mu = 0.f;
     if (kCenter) {
+#pragma omp simd reduction(+ : mu)
       for (int64_t j = 0; j < a.c; ++j) mu += s[j];
       mu /= float(a.c);
     }
     float var = 0.f;
+#pragma omp simd reduction(+ : var)
     for (int64_t j = 0; j < a.c; ++j) {
       const float d = s[j] - mu;
       var += d * d;
@@ -96,6 +100,7 @@ void norm_backward(const NormGradArgs& a) {
       const float r = a.rstd[i];
       // dxhat = dy · w; ds = r · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
       float mean_dxhat = 0.f, mean_dxhat_xhat = 0.f;
+#pragma omp simd reduction(+ : mean_dxhat, mean_dxhat_xhat)
       for (int64_t j = 0; j < a.c; ++j) {
         const float xhat = (s[j] - mu) * r;
         const float dxhat = g[j] * a.weight[j];
