@@ -2,6 +2,7 @@
 // data path need. Compute ops live in backends, not here.
 #include "nuri/core/tensor.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -86,9 +87,9 @@ Tensor Tensor::from_blob(void* data, const Shape& shape, DType dtype, Device dev
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == 0) extent = 0;
   }
-  if (extent) {
+  if (extent) {  // elements spanned; negative strides (a reversed view) span backwards
     extent = 1;
-    for (size_t i = 0; i < shape.size(); ++i) extent += (shape[i] - 1) * t.strides_[i];
+    for (size_t i = 0; i < shape.size(); ++i) extent += (shape[i] - 1) * std::abs(t.strides_[i]);
   }
   t.storage_ = std::make_shared<Storage>(data, size_t(extent) * dtype_size(dtype), device,
                                          std::move(keep_alive));

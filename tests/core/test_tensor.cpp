@@ -60,6 +60,11 @@ TEST(Tensor, FromBlobWrapsWithoutCopying) {
   EXPECT_EQ(buf[4], 50.f);
   Tensor tr = Tensor::from_blob(buf, {3, 2}, DType::f32, Device::cpu(), nullptr, {1, 3});
   EXPECT_EQ(tr.clone().data<float>()[1], 4.f);  // transpose view: tr[0][1] = buf[3]
+  // A reversed view (negative stride, as NumPy's a[::-1] exports it) spans the same 6 floats.
+  Tensor rev = Tensor::from_blob(buf + 5, {6}, DType::f32, Device::cpu(), nullptr, {-1});
+  EXPECT_EQ(rev.storage()->bytes(), 6 * sizeof(float));
+  EXPECT_EQ(rev.clone().data<float>()[0], 6.f);
+  EXPECT_EQ(rev.clone().data<float>()[5], 1.f);
 }
 
 TEST(Tensor, MisuseRaisesErrorsWithValues) {
