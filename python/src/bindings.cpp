@@ -231,6 +231,18 @@ py::dict named_views(const std::vector<NamedTensor>& ts) {
   return d;
 }
 
+// Model.generate and Trainer.generate: sampling options from keyword arguments, GIL released.
+std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
+                                     int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
+  SampleOptions o;
+  o.max_new_tokens = max_new;
+  o.temperature = temperature;
+  o.top_k = top_k;
+  o.seed = seed;
+  py::gil_scoped_release release;
+  return generate(model, prompt, o);
+}
+
 struct PyTrainer {
   std::shared_ptr<Transformer> model;
   std::unique_ptr<Trainer> trainer;
@@ -352,13 +364,7 @@ PYBIND11_MODULE(_C, m) {
              return to_numpy(out);
            }, py::arg("tokens"))
       .def("backward", &Transformer::backward, py::arg("loss_scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
-      .def("generate", [](Transformer& t, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
-                          int64_t top_k, uint64_t seed) {
-             SampleOptions o;
-             o.max_new_tokens = max_new; o.temperature = temperature; o.top_k = top_k; o.seed = seed;
-             py::gil_scoped_release release;
-             return generate(t, prompt, o);
-           },
+      .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
       .def("zero_grad", &Transformer::zero_grad)
@@ -426,10 +432,7 @@ PYBIND11_MODULE(_C, m) {
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
                           int64_t top_k, uint64_t seed) {
-             SampleOptions o;
-             o.max_new_tokens = max_new; o.temperature = temperature; o.top_k = top_k; o.seed = seed;
-             py::gil_scoped_release release;
-             return p.trainer->generate(prompt, o);
+             return generate_tokens(*p.model, prompt, max_new, temperature, top_k, seed);
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0)
