@@ -22,6 +22,8 @@ packages=(
   python3-torch
   python3-matplotlib  # loss-curve plots; Debian's, so it keeps Debian's numpy 1.x (torch needs it)
   libdlpack-dev       # dlpack/dlpack.h for the Python extension
+  libboost-context-dev  # fibers of the CUDA emulator (kernels/emu)
+  libtsan2            # ThreadSanitizer runtime: the emulated kernel tests run under it
 )
 requirements=scripts/requirements.txt
 venv=.venv

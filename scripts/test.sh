@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole check, as CI runs it (.ci/run): setup, the Release tree build/ with every ctest, then
-# an ASan/UBSan tree build-asan/ with the op and core suites, then pip install . and pytest.
-#   NURI_TEST_SKIP_ASAN=1  skips the sanitizer tree (quick local runs; never set in CI).
+# The whole check, as CI runs it (.ci/run): setup; the Release tree build/ with every ctest (the
+# `gpu` label reports itself skipped without a GPU); the static kernel checks (nvcc, ptxas
+# spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
+# build-emu/ under ThreadSanitizer with the `emu` label; then pip install . and pytest.
+#   NURI_TEST_SKIP_ASAN=1  skips the ASan tree (quick local runs; never set in CI).
+#   NURI_TEST_SKIP_EMU=1   skips the emulated-CUDA tree (quick local runs; never set in CI).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,6 +61,29 @@ else
       2>&1 | tee "$logs/asan.log"
 fi
 
+# ---- static checks of the real GPU build: registers, shared memory, spills -----------------------
+if command -v nvcc >/dev/null; then
+  section "scripts/check-kernels.sh (nvcc sm_80, sm_90)"
+  bash scripts/check-kernels.sh "$logs/kernels" 2>&1 | tee "$logs/kernels.log"
+else
+  section "scripts/check-kernels.sh skipped: no nvcc"
+fi
+
+# ---- emulated CUDA under ThreadSanitizer: the kernels and the emulator's self-tests -------------
+if [[ "${NURI_TEST_SKIP_EMU:-0}" == 1 ]]; then
+  section "build-emu/ skipped (NURI_TEST_SKIP_EMU=1)"
+else
+  section "configure build-emu/ (CUDA emulation, TSan, RelWithDebInfo)"
+  cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_CUDA=OFF \
+    -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=ON -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
+    -DNURI_BUILD_EXAMPLES=OFF
+  section "build build-emu/ (test_ops on cuda-emu, test_emu)"
+  cmake --build build-emu --parallel "$jobs" --target test_ops test_emu
+  section "ctest -L emu build-emu/"
+  ctest --test-dir build-emu -L '^emu$' --output-on-failure --no-tests=error 2>&1 |
+    tee "$logs/emu.log"
+fi
+
 # ---- Python: pip install . into the venv, then the pytest suite against the installed package ---
 section "pip install . (.venv)"
 .venv/bin/pip install --quiet --disable-pip-version-check .
@@ -71,6 +97,18 @@ section "summary"
 if [[ -f "$logs/release.log" ]]; then
   echo "build/ (Release), all tests:"
   grep -E 'tests passed|tests failed' "$logs/release.log" | tail -n 1
+fi
+if [[ -f "$logs/release.log" ]]; then
+  skipped=$(grep -c '(Skipped)' "$logs/release.log" || true)
+  echo "  of which skipped: $skipped (label gpu without a GPU: $(grep '(Skipped)' "$logs/release.log" | grep -c '/cuda ' || true))"
+fi
+if [[ -f "$logs/kernels.log" ]]; then
+  echo "check-kernels.sh:"
+  tail -n 1 "$logs/kernels.log"
+fi
+if [[ -f "$logs/emu.log" ]]; then
+  echo "build-emu/ (CUDA emulation, TSan), -L emu:"
+  grep -E 'tests passed|tests failed' "$logs/emu.log" | tail -n 1
 fi
 if [[ -f "$logs/asan.log" ]]; then
   echo "build-asan/ (ASan/UBSan), -L 'ops|core':"

@@ -5,6 +5,10 @@
 #include <algorithm>
 
 #include "backend/cpu/cpu_backend.h"
+#include "nuri/config.h"
+#if defined(NURI_CUDA_EMULATION) || defined(NURI_CUDA_REAL)
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace nuri {
 
@@ -13,10 +17,23 @@ float clip_coefficient(float norm, float max_norm) {
   return std::min(1.f, max_norm / (norm + 1e-6f));
 }
 
-std::vector<std::string> available_backends() { return {"cpu"}; }
+std::vector<std::string> available_backends() {
+#if defined(NURI_CUDA_EMULATION)
+  return {"cpu", "cuda-emu"};
+#elif defined(NURI_CUDA_REAL)
+  return {"cpu", "cuda"};  // built; make_backend("cuda") says so when no device is present
+#else
+  return {"cpu"};
+#endif
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>();
+#if defined(NURI_CUDA_EMULATION)
+  if (name == "cuda-emu") return std::make_unique<CudaBackend>();
+#elif defined(NURI_CUDA_REAL)
+  if (name == "cuda") return std::make_unique<CudaBackend>();
+#endif
   std::string list;
   for (const auto& n : available_backends()) list += (list.empty() ? "" : ", ") + n;
   NURI_CHECK(false, "unknown backend '", name, "'; this build has: ", list);

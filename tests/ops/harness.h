@@ -23,8 +23,16 @@ namespace nuri::test {
 
 using Vec = std::vector<double>;
 
-/// Backends every op suite runs on (all built ones).
-inline std::vector<std::string> backends() { return available_backends(); }
+/// Backends this op-test executable runs on. tests/CMakeLists.txt builds the one set of sources
+/// per backend group: test_ops (cpu, label ops), test_ops in an emulated tree (cuda-emu, label
+/// emu) and test_ops_gpu (cuda, label gpu), each with NURI_TEST_BACKEND naming its backend.
+inline std::vector<std::string> backends() {
+#if defined(NURI_TEST_BACKEND)
+  return {NURI_TEST_BACKEND};
+#else
+  return available_backends();
+#endif
+}
 
 /// Threads the CPU backend may use (at least 2, so thread-count tests compare 1 against many).
 inline int max_threads() { return std::max(2, omp_get_num_procs()); }
@@ -39,8 +47,38 @@ class ThreadCount {
   int saved_;
 };
 
-/// Relative tolerance multiplier for a backend: 1 for fp32 backends.
-inline double backend_tol(const std::string& name) { return 1.0; }
+/// Storage dtype of activations and compute weights on a backend: f32 on the CPU, bf16 on the
+/// CUDA backends (their precision recipe; see csrc/backend/cuda/cuda_backend.h).
+inline DType act_dtype(const std::string& backend) {
+  return backend == "cpu" ? DType::f32 : DType::bf16;
+}
+inline DType act_dtype(const Backend& be) { return act_dtype(be.name()); }
+
+/// bf16 keeps 8 significant bits (7 stored): values in [1, 2) are 2^-7 apart, so one rounding
+/// moves a value by at most 2^-8 of itself.
+constexpr double kBf16Eps = 1.0 / 128;  // 2^-7, the spacing of bf16 values in [1, 2)
+
+/// The tolerance of a comparison against the float64 reference: `f32_tol` on f32 backends; on
+/// bf16 backends, the larger of that and `bf16_roundings` x 2^-7. Each op states how many bf16
+/// roundings its result passes through (inputs rounded before the reference sees them do not
+/// count: the reference gets the rounded values too). The compare() error is normalized by
+/// max |ref|, so one rounding contributes at most 2^-8 and the 2^-7 per rounding is a factor
+/// of two above bf16's own error.
+inline double tolerance(const Backend& be, double f32_tol, double bf16_roundings) {
+  return act_dtype(be) == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+}
+
+/// Whether a backend implements an op yet; tests of ops it lacks report themselves skipped.
+/// The CUDA backends get matmul with issue #7 and attention with issue #6.
+inline bool supports(const std::string& backend, const std::string& op) {
+  if (backend == "cpu") return true;
+  return op != "matmul" && op != "attention";
+}
+#define NURI_SKIP_UNSUPPORTED(backend, op)                                                     \
+  do {                                                                                      \
+    if (!::nuri::test::supports(backend, op))                                               \
+      GTEST_SKIP() << op << " is not implemented on the " << backend << " backend yet";   \
+  } while (0)
 
 /// Random N(0, scale²) values from a seed, already rounded to float (so the float64 reference
 /// sees exactly what an f32 backend sees).
@@ -51,6 +89,15 @@ inline Vec random_vec(int64_t n, uint64_t seed, double scale = 1.0) {
   return v;
 }
 
+/// v rounded to a dtype's precision (f32 or bf16), so a reference computed from the result sees
+/// exactly the inputs the backend sees.
+inline Vec rounded(Vec v, DType dt) {
+  for (double& x : v) x = dt == DType::bf16 ? double(bf16_to_f32(f32_to_bf16(float(x)))) : double(float(x));
+  return v;
+}
+/// v rounded to the backend's activation dtype.
+inline Vec act(const Backend& be, Vec v) { return rounded(std::move(v), act_dtype(be)); }
+
 /// A CPU f32 tensor holding v (rounded to float).
 inline Tensor host_tensor(const Shape& shape, const Vec& v) {
   Tensor t = Tensor::empty(shape, DType::f32);
@@ -60,13 +107,28 @@ inline Tensor host_tensor(const Shape& shape, const Vec& v) {
   return t;
 }
 
-/// A tensor on the backend's device with the values of v.
-inline Tensor on(Backend& be, const Shape& shape, const Vec& v) {
+/// A tensor of dtype dt (f32 or bf16) on the backend's device with the values of v (rounded).
+inline Tensor on_dtype(Backend& be, const Shape& shape, const Vec& v, DType dt) {
   Tensor h = host_tensor(shape, v);
+  if (dt == DType::bf16) {
+    Tensor hb = Tensor::empty(shape, DType::bf16);
+    const float* src = h.data<float>();
+    bf16_t* dst = hb.data<bf16_t>();
+    for (int64_t i = 0; i < h.numel(); ++i) dst[i] = f32_to_bf16(src[i]);
+    h = hb;
+  }
   if (be.device().is_cpu()) return h;
-  Tensor d = be.empty(shape, DType::f32);
+  Tensor d = be.empty(shape, dt);
   be.copy(h, d);
   return d;
+}
+/// An activation (the backend's activation dtype) with the values of v.
+inline Tensor on(Backend& be, const Shape& shape, const Vec& v) {
+  return on_dtype(be, shape, v, act_dtype(be));
+}
+/// An f32 tensor (statistics, master weights, parameter gradients) with the values of v.
+inline Tensor on_f32(Backend& be, const Shape& shape, const Vec& v) {
+  return on_dtype(be, shape, v, DType::f32);
 }
 
 inline Tensor on_i32(Backend& be, const Shape& shape, const std::vector<int32_t>& v) {
@@ -78,8 +140,14 @@ inline Tensor on_i32(Backend& be, const Shape& shape, const std::vector<int32_t>
   return d;
 }
 
-/// New zero-filled f32 tensor on the backend.
+/// New zero-filled activation tensor (the backend's activation dtype).
 inline Tensor zeros(Backend& be, const Shape& shape) {
+  Tensor t = be.empty(shape, act_dtype(be));
+  be.zero(t);
+  return t;
+}
+/// New zero-filled f32 tensor on the backend.
+inline Tensor zeros_f32(Backend& be, const Shape& shape) {
   Tensor t = be.empty(shape, DType::f32);
   be.zero(t);
   return t;
@@ -96,8 +164,13 @@ inline Vec values(Backend& be, const Tensor& t) {
     h = t.clone();
   }
   Vec v(size_t(h.numel()));
-  const float* p = h.data<float>();
-  for (size_t i = 0; i < v.size(); ++i) v[i] = p[i];
+  if (h.dtype() == DType::bf16) {
+    const bf16_t* p = h.data<bf16_t>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_f32(p[i]);
+  } else {
+    const float* p = h.data<float>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = p[i];
+  }
   return v;
 }
 

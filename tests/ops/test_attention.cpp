@@ -56,6 +56,7 @@ class AttentionTest : public ::testing::TestWithParam<std::tuple<std::string, At
 
 TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   const auto& [name, c] = GetParam();
+  NURI_SKIP_UNSUPPORTED(name, "attention");  // bf16 tolerances come with the CUDA kernels
   auto be = make_backend(name);
   const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
   Vec q = random_vec(c.b * c.t * c.h * c.d, 51), k = random_vec(c.b * c.t * c.hkv * c.d, 52),
@@ -87,7 +88,7 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   opt.causal = c.causal;
   be->attention(tq, tk, tv, out, lse, opt);
   const auto ref = attention_ref(c, q, k, v);
-  const double tol = 1e-5 * backend_tol(name);
+  const double tol = 1e-5;
   NURI_EXPECT_CLOSE(values(*be, out), ref[0], tol, "out");
   NURI_EXPECT_CLOSE(values(*be, lse), ref[1], tol, "lse");
 
@@ -109,7 +110,7 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   g.douts = {dout};
   g.grads = {values(*be, dq), values(*be, dk), values(*be, dv)};
   const bool tiny = c.b * c.t * (c.h + 2 * c.hkv) * c.d <= 1200;
-  check_gradients(g, tiny, 1e-4 * backend_tol(name), "attention");
+  check_gradients(g, tiny, 1e-4, "attention");
 }
 
 // Causal, GQA and MQA, non-causal, T = 1 and lengths that are not multiples of any tile,
@@ -135,6 +136,7 @@ INSTANTIATE_TEST_SUITE_P(
 // The backward gives the same bits on 1 thread and on all threads (no order-dependent sums).
 TEST(AttentionDeterminism, BackwardBitsDoNotDependOnThreadCount) {
   for (const auto& name : backends()) {
+    if (!supports(name, "attention")) continue;
     auto be = make_backend(name);
     const int64_t b = 2, t = 200, h = 4, kv = 2, d = 32;  // big enough to run in parallel
     const Shape qs{b, t, h, d}, ks{b, t, kv, d};

@@ -13,20 +13,44 @@ void PrintTo(const EmbCase& c, std::ostream* os) {
       << (c.positions ? " positions" : "");
 }
 
-class EmbeddingTest : public ::testing::TestWithParam<std::tuple<std::string, EmbCase>> {};
+/// One run of the suite: a backend and the activation dtype of wte, wpe, out and dout. Every
+/// backend runs its own activation dtype (act_dtype); backends on bf16 also run f32, where the
+/// CUDA backend's sums must be as good as the CPU's.
+struct EmbRun {
+  std::string backend;
+  DType dtype;
+};
+void PrintTo(const EmbRun& r, std::ostream* os) { *os << r.backend << " " << dtype_name(r.dtype); }
+std::vector<EmbRun> runs() {
+  std::vector<EmbRun> r;
+  for (const auto& name : backends()) {
+    r.push_back({name, act_dtype(name)});
+    if (act_dtype(name) != DType::f32) r.push_back({name, DType::f32});
+  }
+  return r;
+}
+
+/// tolerance() for a dtype that may not be the backend's activation dtype.
+double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
+  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+}
+
+class EmbeddingTest : public ::testing::TestWithParam<std::tuple<EmbRun, EmbCase>> {};
 
 TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
-  const auto& [name, c] = GetParam();
-  auto be = make_backend(name);
+  const auto& [run, c] = GetParam();
+  const DType dt = run.dtype;
+  auto be = make_backend(run.backend);
   // Tokens repeat (v small relative to b·t in some cases) so the scatter-add really adds.
   std::vector<int32_t> tok(size_t(c.b * c.t));
   Philox rng(21, 1);
   for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t(rng.bits(i) % uint32_t(c.v));
-  Vec wte = random_vec(c.v * c.c, 22), wpe = random_vec(c.tmax * c.c, 23);
+  Vec wte = rounded(random_vec(c.v * c.c, 22), dt), wpe = rounded(random_vec(c.tmax * c.c, 23), dt);
   Tensor ttok = on_i32(*be, {c.b, c.t}, tok);
-  Tensor twte = on(*be, {c.v, c.c}, wte);
-  Tensor twpe = c.positions ? on(*be, {c.tmax, c.c}, wpe) : Tensor();
-  Tensor out = zeros(*be, {c.b, c.t, c.c});
+  Tensor twte = on_dtype(*be, {c.v, c.c}, wte, dt);
+  Tensor twpe = c.positions ? on_dtype(*be, {c.tmax, c.c}, wpe, dt) : Tensor();
+  Tensor out = be->empty({c.b, c.t, c.c}, dt);
+  be->zero(out);
   be->embedding(ttok, twte, twpe, out);
   auto forward = [&](const std::vector<Vec>& in) {
     Vec y(size_t(c.b * c.t * c.c));
@@ -41,12 +65,16 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   };
   std::vector<Vec> inputs = {wte};
   if (c.positions) inputs.push_back(wpe);
-  NURI_EXPECT_CLOSE(values(*be, out), forward(inputs)[0], 1e-7, "embedding forward");
+  // bf16: wte + wpe is rounded once (a plain copy without wpe is exact).
+  NURI_EXPECT_CLOSE(values(*be, out), forward(inputs)[0], tolerance_for(dt, 1e-7, 1),
+                    "embedding forward");
 
-  Vec dout = random_vec(c.b * c.t * c.c, 24);
-  Tensor tdwte = zeros(*be, {c.v, c.c});
-  Tensor tdwpe = c.positions ? zeros(*be, {c.tmax, c.c}) : Tensor();
-  be->embedding_backward(ttok, on(*be, {c.b, c.t, c.c}, dout), tdwte, tdwpe, false);
+  // The gradients are f32 sums of dout rows: no bf16 rounding after dout's own.
+  Vec dout = rounded(random_vec(c.b * c.t * c.c, 24), dt);
+  Tensor tdout = on_dtype(*be, {c.b, c.t, c.c}, dout, dt);
+  Tensor tdwte = zeros_f32(*be, {c.v, c.c});
+  Tensor tdwpe = c.positions ? zeros_f32(*be, {c.tmax, c.c}) : Tensor();
+  be->embedding_backward(ttok, tdout, tdwte, tdwpe, false);
   GradCheck g;
   g.inputs = inputs;
   g.input_names = {"wte", "wpe"};
@@ -54,47 +82,77 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   g.douts = {dout};
   g.grads = {values(*be, tdwte)};
   if (c.positions) g.grads.push_back(values(*be, tdwpe));
-  check_gradients(g, true, 1e-5, "embedding");  // linear: every size is cheap
+  // The op is linear, so its float64 gradients are scatter-adds of dout, compared element by
+  // element on every backend; finite differences check them element by element too where that
+  // is cheap (every size on the CPU; emulated backends run the larger cases along directions).
+  Vec ref_dwte(size_t(c.v * c.c), 0.0), ref_dwpe(size_t(c.tmax * c.c), 0.0);
+  for (int64_t i = 0; i < c.b * c.t; ++i) {
+    for (int64_t j = 0; j < c.c; ++j) {
+      ref_dwte[size_t(tok[size_t(i)] * c.c + j)] += dout[size_t(i * c.c + j)];
+      ref_dwpe[size_t((i % c.t) * c.c + j)] += dout[size_t(i * c.c + j)];
+    }
+  }
+  NURI_EXPECT_CLOSE(g.grads[0], ref_dwte, 1e-6, "dwte");
+  if (c.positions) NURI_EXPECT_CLOSE(g.grads[1], ref_dwpe, 1e-6, "dwpe");
+  const double fd_cost = double(wte.size() + (c.positions ? wpe.size() : 0)) * double(dout.size());
+  check_gradients(g, run.backend == "cpu" || fd_cost <= 1e6, 1e-5, "embedding");
 
   // accumulate = true doubles it.
-  be->embedding_backward(ttok, on(*be, {c.b, c.t, c.c}, dout), tdwte, tdwpe, true);
+  be->embedding_backward(ttok, tdout, tdwte, tdwpe, true);
   Vec twice = g.grads[0];
   for (double& v : twice) v *= 2;
   NURI_EXPECT_CLOSE(values(*be, tdwte), twice, 1e-6, "accumulated dwte");
+  if (c.positions) {
+    Vec twice_pos = g.grads[1];
+    for (double& v : twice_pos) v *= 2;
+    NURI_EXPECT_CLOSE(values(*be, tdwpe), twice_pos, 1e-6, "accumulated dwpe");
+  }
 }
 
+// C not a multiple of 4 or 8 takes the scalar CUDA kernels, the others the vector ones. The last
+// case gives each token ~150 positions: the CUDA backward splits such runs into pieces and adds
+// the pieces' partial sums in a second kernel.
 const EmbCase kCases[] = {
-    {1, 1, 1, 1, 1, true},    {2, 7, 5, 3, 9, true},       {3, 17, 11, 33, 17, false},
-    {2, 65, 97, 70, 128, true}, {4, 64, 300, 64, 64, true},
+    {1, 1, 1, 1, 1, true},      {2, 7, 5, 3, 9, true},      {3, 17, 11, 33, 17, false},
+    {2, 65, 97, 70, 128, true}, {4, 64, 300, 64, 64, true}, {3, 150, 3, 40, 150, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(
     Ops, EmbeddingTest,
-    ::testing::Combine(::testing::ValuesIn(backends()), ::testing::ValuesIn(kCases)),
+    ::testing::Combine(::testing::ValuesIn(runs()), ::testing::ValuesIn(kCases)),
     [](const auto& info) {
+      const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);
-      return sanitize_name(std::get<0>(info.param) + "_B" + std::to_string(c.b) + "_T" +
-                           std::to_string(c.t) + "_V" + std::to_string(c.v) + "_C" +
-                           std::to_string(c.c) + (c.positions ? "_pos" : "_nopos"));
+      const bool extra = run.dtype != act_dtype(run.backend);
+      return sanitize_name(run.backend + (extra ? "_" + std::string(dtype_name(run.dtype)) : "") +
+                           "_B" + std::to_string(c.b) + "_T" + std::to_string(c.t) + "_V" +
+                           std::to_string(c.v) + "_C" + std::to_string(c.c) +
+                           (c.positions ? "_pos" : "_nopos"));
     });
 
-// The backward gives the same bits on 1 thread and on all threads (no atomics, fixed order).
+// The backward gives the same bits on 1 thread and on all threads (no atomics, fixed order); on
+// the emulated CUDA backend, each launch runs its blocks in a different random order. v = 2
+// gives tokens long enough runs to be split into pieces.
 TEST(EmbeddingDeterminism, BackwardBitsDoNotDependOnThreadCount) {
   for (const auto& name : backends()) {
     auto be = make_backend(name);
-    const int64_t b = 4, t = 64, v = 7, c = 256;  // few tokens: heavy collisions
-    std::vector<int32_t> tok(size_t(b * t));
-    for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t((i * 5) % size_t(v));
-    Tensor ttok = on_i32(*be, {b, t}, tok);
-    Tensor dout = on(*be, {b, t, c}, random_vec(b * t * c, 25));
-    std::vector<Vec> results;
-    for (int threads : {1, max_threads()}) {
-      ThreadCount scope(threads);
-      Tensor d = zeros(*be, {v, c});
-      be->embedding_backward(ttok, dout, d, Tensor(), false);
-      results.push_back(values(*be, d));
+    for (const int64_t v : {int64_t(7), int64_t(2)}) {
+      const int64_t b = 4, t = 64, c = 256;  // few tokens: heavy collisions
+      std::vector<int32_t> tok(size_t(b * t));
+      for (size_t i = 0; i < tok.size(); ++i) tok[i] = int32_t((i * 5) % size_t(v));
+      Tensor ttok = on_i32(*be, {b, t}, tok);
+      Tensor dout = on(*be, {b, t, c}, random_vec(b * t * c, 25));
+      std::vector<Vec> results;
+      for (int threads : {1, max_threads()}) {
+        ThreadCount scope(threads);
+        Tensor d = zeros_f32(*be, {v, c}), dp = zeros_f32(*be, {t, c});
+        be->embedding_backward(ttok, dout, d, dp, false);
+        results.push_back(values(*be, d));
+        const Vec pos = values(*be, dp);
+        results.back().insert(results.back().end(), pos.begin(), pos.end());
+      }
+      EXPECT_EQ(results[0], results[1]) << name << " with " << v << " distinct tokens";
     }
-    EXPECT_EQ(results[0], results[1]) << name;
   }
 }
 

@@ -38,8 +38,9 @@ class MatmulTest : public ::testing::TestWithParam<std::tuple<std::string, Matmu
 
 TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
   const auto& [name, c] = GetParam();
+  NURI_SKIP_UNSUPPORTED(name, "matmul");  // bf16 tolerances come with the CUDA kernels
   auto be = make_backend(name);
-  const double tol = 2e-6 * std::sqrt(double(c.k)) * backend_tol(name) + 1e-6;
+  const double tol = 2e-6 * std::sqrt(double(c.k)) + 1e-6;
   Vec x = random_vec(c.m * c.k, 1), w = random_vec(c.n * c.k, 2, 0.5),
       b = random_vec(c.n, 3);
   Tensor tx = on(*be, {c.m, c.k}, x), tw = on(*be, {c.n, c.k}, w);
@@ -79,7 +80,7 @@ TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
   };
   g.douts = {dy};
   const bool tiny = c.m * c.k + c.n * c.k <= 400;
-  check_gradients(g, tiny, 1e-4 * backend_tol(name), "matmul");
+  check_gradients(g, tiny, 1e-4, "matmul");
 
   // accumulate = true adds to what is there: run again on top of the first result.
   be->matmul_backward_input(tdpre, tw, tdx, true, Tensor());
@@ -95,6 +96,7 @@ TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
 // unfused pair: dx = (dy·w) ⊙ gelu'(pre).
 TEST_P(MatmulTest, FusedGeluBackwardEqualsUnfused) {
   const auto& [name, c] = GetParam();
+  NURI_SKIP_UNSUPPORTED(name, "matmul");  // bf16 tolerances come with the CUDA kernels
   auto be = make_backend(name);
   Vec dy = random_vec(c.m * c.n, 5), w = random_vec(c.n * c.k, 6), pre = random_vec(c.m * c.k, 7);
   Tensor tdy = on(*be, {c.m, c.n}, dy), tw = on(*be, {c.n, c.k}, w),

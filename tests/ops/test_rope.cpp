@@ -22,7 +22,8 @@ Vec rope_ref(const RopeCase& c, const Vec& x, double theta) {
       for (int64_t hi = 0; hi < c.h; ++hi) {
         const size_t base = size_t(((bi * c.t + ti) * c.h + hi) * c.d);
         for (int64_t i = 0; i < half; ++i) {
-          const double a = double(c.pos_offset + ti) * std::pow(theta, -2.0 * double(i) / double(c.d));
+          const double a =
+              double(c.pos_offset + ti) * std::pow(theta, -2.0 * double(i) / double(c.d));
           const double x1 = x[base + size_t(i)], x2 = x[base + size_t(i + half)];
           y[base + size_t(i)] = x1 * std::cos(a) - x2 * std::sin(a);
           y[base + size_t(i + half)] = x2 * std::cos(a) + x1 * std::sin(a);
@@ -31,56 +32,126 @@ Vec rope_ref(const RopeCase& c, const Vec& x, double theta) {
   return y;
 }
 
-class RopeTest : public ::testing::TestWithParam<std::tuple<std::string, RopeCase>> {};
+/// One run of the suite: a backend and the activation dtype it computes on. Every backend runs
+/// its own activation dtype (act_dtype); backends on bf16 also run f32, which checks the kernels'
+/// f32 arithmetic (the angles above all) against the f32 tolerances.
+struct RopeRun {
+  std::string backend;
+  DType dtype;
+};
+void PrintTo(const RopeRun& r, std::ostream* os) { *os << r.backend << " " << dtype_name(r.dtype); }
+std::vector<RopeRun> runs() {
+  std::vector<RopeRun> r;
+  for (const auto& name : backends()) {
+    r.push_back({name, act_dtype(name)});
+    if (act_dtype(name) != DType::f32) r.push_back({name, DType::f32});
+  }
+  return r;
+}
+
+/// tolerance() for a dtype that may not be the backend's activation dtype.
+double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
+  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+}
+
+class RopeTest : public ::testing::TestWithParam<std::tuple<RopeRun, RopeCase>> {};
 
 TEST_P(RopeTest, ForwardAndBackwardMatchFloat64) {
-  const auto& [name, c] = GetParam();
-  auto be = make_backend(name);
+  const auto& [run, c] = GetParam();
+  const DType dt = run.dtype;
+  auto be = make_backend(run.backend);
   const float theta = 10000.f;
   const Shape shape{c.b, c.t, c.h, c.d};
   const int64_t n = c.b * c.t * c.h * c.d;
-  Vec x = random_vec(n, 41);
-  Tensor tx = on(*be, shape, x), ty = zeros(*be, shape);
+  Vec x = rounded(random_vec(n, 41), dt);
+  Tensor tx = on_dtype(*be, shape, x, dt), ty = be->empty(shape, dt);
+  be->zero(ty);
   be->rope(tx, ty, theta, c.pos_offset);
-  // Angles up to ~pos·1 rad in float: the error grows with the position.
-  const double tol = 2e-6 * (1.0 + double(c.pos_offset + c.t) / 64.0) * backend_tol(name);
+  // Angles up to ~pos·1 rad in float: the error grows with the position. bf16: the output is
+  // rounded once.
+  const double f32_tol = 2e-6 * (1.0 + double(c.pos_offset + c.t) / 64.0);
+  const double tol = tolerance_for(dt, f32_tol, 1);
   NURI_EXPECT_CLOSE(values(*be, ty), rope_ref(c, x, theta), tol, "rope");
 
-  Vec dy = random_vec(n, 42);
-  Tensor tdx = zeros(*be, shape);
-  be->rope_backward(on(*be, shape, dy), tdx, theta, c.pos_offset);
+  Vec dy = rounded(random_vec(n, 42), dt);
+  Tensor tdx = be->empty(shape, dt);
+  be->zero(tdx);
+  be->rope_backward(on_dtype(*be, shape, dy, dt), tdx, theta, c.pos_offset);
   GradCheck g;
   g.inputs = {x};
   g.input_names = {"x"};
-  g.forward = [&](const std::vector<Vec>& in) { return std::vector<Vec>{rope_ref(c, in[0], theta)}; };
+  g.forward = [&](const std::vector<Vec>& in) {
+    return std::vector<Vec>{rope_ref(c, in[0], theta)};
+  };
   g.douts = {dy};
   g.grads = {values(*be, tdx)};
-  check_gradients(g, n <= 512, 1e-4 * backend_tol(name), "rope");
+  // bf16: dx is rounded once.
+  check_gradients(g, n <= 512, tolerance_for(dt, 1e-4, 1), "rope");
 
   // In place, on q and k that are views of a fused [B, T, H + 2H, D] buffer.
-  Vec fused = random_vec(c.b * c.t * 3 * c.h * c.d, 43);
-  Tensor tf = on(*be, {c.b, c.t, 3 * c.h, c.d}, fused);
-  Tensor q = tf.slice(2, 0, c.h), k = tf.slice(2, c.h, 2 * c.h), v = tf.slice(2, 2 * c.h, 3 * c.h);
-  const Vec q0 = values(*be, q), v0 = values(*be, v);
+  Vec fused = rounded(random_vec(c.b * c.t * 3 * c.h * c.d, 43), dt);
+  Tensor tf = on_dtype(*be, {c.b, c.t, 3 * c.h, c.d}, fused, dt);
+  Tensor q = tf.slice(2, 0, c.h);
+  // The heads [h0, h0 + H) of the fused buffer (read whole: device copies are contiguous).
+  auto heads = [&](int64_t h0) {
+    const Vec all = values(*be, tf);
+    Vec out;
+    for (int64_t bt = 0; bt < c.b * c.t; ++bt) {
+      const auto first = all.begin() + (bt * 3 * c.h + h0) * c.d;
+      out.insert(out.end(), first, first + c.h * c.d);
+    }
+    return out;
+  };
+  const Vec q0 = heads(0), k0 = heads(c.h), v0 = heads(2 * c.h);
   be->rope(q, q, theta, c.pos_offset);
-  NURI_EXPECT_CLOSE(values(*be, q), rope_ref(c, q0, theta), tol, "rope in place on a strided view");
-  NURI_EXPECT_CLOSE(values(*be, v), v0, 0.0, "v untouched");
+  NURI_EXPECT_CLOSE(heads(0), rope_ref(c, q0, theta), tol, "rope in place on a strided view");
+  NURI_EXPECT_CLOSE(heads(c.h), k0, 0.0, "k untouched");
+  NURI_EXPECT_CLOSE(heads(2 * c.h), v0, 0.0, "v untouched");
   be->rope_backward(q, q, theta, c.pos_offset);
-  NURI_EXPECT_CLOSE(values(*be, q), q0, tol, "backward inverts forward");
+  // bf16: rounded after the forward and after the backward. A rotation keeps the norm of each
+  // pair, so the forward's rounding (<= 2^-9 of the pair's norm, <= √2·2^-9 of max |q|) comes
+  // back at most that large: √2·2^-9 + 2^-9 < 2 roundings' 2·2^-8.
+  NURI_EXPECT_CLOSE(heads(0), q0, tolerance_for(dt, f32_tol, 2), "backward inverts forward");
 }
 
+// Shapes with D/2 a multiple of 8 take the 16-byte vector kernels (bf16 and f32), the others the
+// scalar ones; B·T·H is rarely a multiple of the block.
 const RopeCase kCases[] = {
-    {1, 1, 1, 2, 0}, {2, 7, 3, 8, 0}, {1, 17, 2, 16, 5}, {2, 65, 4, 64, 0}, {1, 130, 2, 128, 1000},
+    {1, 1, 1, 2, 0},        {2, 7, 3, 8, 0},  {1, 17, 2, 16, 5},     {2, 65, 4, 64, 0},
+    {1, 130, 2, 128, 1000}, {3, 5, 5, 12, 7}, {2, 9, 3, 48, 100000},
 };
 
 INSTANTIATE_TEST_SUITE_P(
-    Ops, RopeTest, ::testing::Combine(::testing::ValuesIn(backends()), ::testing::ValuesIn(kCases)),
+    Ops, RopeTest, ::testing::Combine(::testing::ValuesIn(runs()), ::testing::ValuesIn(kCases)),
     [](const auto& info) {
+      const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);
-      return sanitize_name(std::get<0>(info.param) + "_B" + std::to_string(c.b) + "_T" +
-                           std::to_string(c.t) + "_H" + std::to_string(c.h) + "_D" +
-                           std::to_string(c.d) + "_off" + std::to_string(c.pos_offset));
+      const bool extra = run.dtype != act_dtype(run.backend);
+      return sanitize_name(run.backend + (extra ? "_" + std::string(dtype_name(run.dtype)) : "") +
+                           "_B" + std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
+                           std::to_string(c.h) + "_D" + std::to_string(c.d) + "_off" +
+                           std::to_string(c.pos_offset));
     });
+
+// f32 angles are as good as the CPU backend's double-precision ones at any position: the error
+// does not grow with the position (the tolerance of the suite above allows it to).
+TEST(RopePrecision, F32AnglesStayExactAtLargePositions) {
+  const RopeCase c{1, 3, 2, 64, 0};
+  const Shape shape{c.b, c.t, c.h, c.d};
+  const Vec x = random_vec(c.b * c.t * c.h * c.d, 44);
+  for (const auto& name : backends()) {
+    auto be = make_backend(name);
+    for (int64_t offset :
+         {int64_t(0), int64_t(1000), int64_t(100000), int64_t(1) << 20, (int64_t(1) << 24) - c.t}) {
+      RopeCase at = c;
+      at.pos_offset = offset;
+      Tensor ty = be->empty(shape, DType::f32);
+      be->rope(on_f32(*be, shape, x), ty, 10000.f, offset);
+      NURI_EXPECT_CLOSE(values(*be, ty), rope_ref(at, x, 10000.0), 1e-6,
+                        name << " at position offset " << offset);
+    }
+  }
+}
 
 }  // namespace
 }  // namespace nuri::test

@@ -35,6 +35,12 @@ struct AdamWParams {
   float weight_decay = 0.0f;  ///< decoupled: p -= lr * wd * p, for tensors with decay = true
   int64_t step = 1;           ///< 1-based step number, for bias correction
   float grad_scale = 1.0f;    ///< multiplies every gradient first (gradient clipping)
+  /// How param_bf16 copies are rounded: to nearest even (false), or stochastically (true): the
+  /// f32 bits plus 16 random bits, truncated, so the copy is unbiased. The bits are Philox4x32-10
+  /// (core/rng.h) with key = seed and counter = (element / 4, tensor index in the list, step),
+  /// word element % 4, low 16 bits: the same on every backend, bit for bit.
+  bool stochastic_rounding = false;
+  uint64_t seed = 0;
 };
 
 /// One parameter tensor and its state for AdamW; all four have the same shape, f32.
@@ -44,6 +50,7 @@ struct AdamWTensor {
   Tensor m;      ///< [in/out] first moment
   Tensor v;      ///< [in/out] second moment
   bool decay = true;
+  Tensor param_bf16{};  ///< [out] optional: bf16 copy of param after the update
 };
 
 /// The gradient-clipping factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.

@@ -1,0 +1,139 @@
+// CudaBackend construction, its allocator and the memory ops (zero, copy, workspace); the ops
+// that have no kernel yet (matmul: issue #7, attention: issue #6) say so.
+#include "backend/cuda/cuda_backend.h"
+
+#include <cstring>
+
+#include "backend/cuda/check.h"
+#include "cuda_check.h"  // kernels/
+
+namespace nuri {
+
+// ---- allocator ------------------------------------------------------------------------------------
+
+void* CudaAllocator::allocate(size_t bytes) {
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  NURI_CHECK(err == cudaSuccess, "CUDA out of memory: cudaMalloc of ", bytes, " bytes failed (",
+             cudaGetErrorString(err), "); ", current_.load(), " bytes are in use by this backend");
+  const int64_t now = current_ += int64_t(bytes);
+  int64_t peak = peak_.load();
+  while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
+  }
+  ++num_allocs_;
+  return p;
+}
+
+void CudaAllocator::deallocate(void* ptr, size_t bytes) {
+  cudaFree(ptr);  // an error here cannot be reported from a destructor path; it is not lost:
+  current_ -= int64_t(bytes);  // cudaGetLastError returns it to the next checked call
+}
+
+AllocatorStats CudaAllocator::stats() const {
+  return {current_.load(), peak_.load(), num_allocs_.load()};
+}
+
+void CudaAllocator::reset_peak() {
+  peak_ = current_.load();
+  num_allocs_ = 0;
+}
+
+// ---- backend --------------------------------------------------------------------------------------
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  NURI_CHECK(err == cudaSuccess && count > 0,
+             "the cuda backend needs a CUDA device, and none is usable here (",
+             err == cudaSuccess ? "0 devices" : cudaGetErrorString(err),
+             "); use the cpu backend, or a build with -DNURI_CUDA_EMULATION=ON for tests");
+  NURI_CHECK(device >= 0 && device < count, "CUDA device ", device, " does not exist (", count,
+             " present)");
+  NURI_CUDA_CHECK(cudaSetDevice(device));
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  alloc_ = std::make_shared<CudaAllocator>(device);
+}
+
+CudaBackend::~CudaBackend() {
+  workspace_ = Tensor();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::string CudaBackend::name() const {
+#if defined(NURI_CUDA_EMULATION)
+  return "cuda-emu";
+#else
+  return "cuda";
+#endif
+}
+
+void CudaBackend::synchronize() { NURI_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void CudaBackend::zero(const Tensor& t) {
+  NURI_CHECK(t.defined() && !t.device().is_cpu(), "zero: needs a defined CUDA tensor, got ",
+             t.str());
+  NURI_CHECK(t.is_contiguous(), "zero: the CUDA backend zeroes contiguous tensors only, got ",
+             t.str());
+  if (t.nbytes() > 0) NURI_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream_));
+}
+
+void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
+  NURI_CHECK(src.defined() && dst.defined(), "copy: both tensors must be defined");
+  NURI_CHECK(src.shape() == dst.shape() && src.dtype() == dst.dtype(), "copy: ", src.str(),
+             " into ", dst.str(), ": shapes and dtypes must match");
+  NURI_CHECK(src.is_contiguous() && dst.is_contiguous(),
+             "copy: the CUDA backend copies contiguous tensors only (", src.str(), " into ",
+             dst.str(), ")");
+  if (src.nbytes() == 0) return;
+  const bool from_host = src.device().is_cpu(), to_host = dst.device().is_cpu();
+  const cudaMemcpyKind kind = from_host && to_host ? cudaMemcpyHostToHost
+                              : from_host          ? cudaMemcpyHostToDevice
+                              : to_host            ? cudaMemcpyDeviceToHost
+                                                   : cudaMemcpyDeviceToDevice;
+  NURI_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), kind, stream_));
+  // Host memory may be freed or read as soon as this returns.
+  if (from_host || to_host) synchronize();
+}
+
+void* CudaBackend::workspace(size_t bytes) {
+  if (!workspace_.defined() || workspace_.nbytes() < bytes) {
+    workspace_ = Tensor();  // free first: the old one is no longer needed
+    workspace_ = empty({int64_t((bytes + 255) / 256 * 64)}, DType::f32);  // 256-byte units
+  }
+  return workspace_.raw();
+}
+
+// ---- ops without a CUDA kernel yet ----------------------------------------------------------------
+
+namespace {
+[[noreturn]] void not_yet(const char* op, const char* issue) {
+  NURI_CHECK(false, op, ": not implemented on the CUDA backend yet (", issue,
+             "); run this op on the cpu backend");
+}
+}  // namespace
+
+void CudaBackend::matmul(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Activation,
+                         const Tensor&) {
+  not_yet("matmul", "issue #7");
+}
+void CudaBackend::matmul_backward_input(const Tensor&, const Tensor&, const Tensor&, bool,
+                                        const Tensor&) {
+  not_yet("matmul_backward_input", "issue #7");
+}
+void CudaBackend::matmul_backward_weight(const Tensor&, const Tensor&, const Tensor&, bool) {
+  not_yet("matmul_backward_weight", "issue #7");
+}
+void CudaBackend::matmul_backward_bias(const Tensor&, const Tensor&, bool) {
+  not_yet("matmul_backward_bias", "issue #7");
+}
+void CudaBackend::attention(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                            const Tensor&, const AttentionOptions&) {
+  not_yet("attention", "issue #6");
+}
+void CudaBackend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const Tensor&, const AttentionOptions&) {
+  not_yet("attention_backward", "issue #6");
+}
+
+}  // namespace nuri

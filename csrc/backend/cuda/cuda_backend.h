@@ -1,0 +1,113 @@
+// The CUDA backend: host code that validates arguments, picks a kernel instantiation and launches
+// it (kernels/). Built twice from the same sources: with nvcc against the CUDA runtime ("cuda"),
+// and with g++ against the emulator kernels/emu ("cuda-emu"), which is how CI tests it.
+//
+// Dtypes (the precision recipe of ../shared/DESIGN.md):
+//  - activations and the weights used for compute: bf16 (f32 is accepted too, for tests and
+//    small models); all activation arguments of one call share one dtype;
+//  - saved statistics (mean, rstd, lse, per-row losses, the loss): f32;
+//  - parameter gradients (dweight, dbias, dwte, dwpe) and every AdamW tensor: f32 (master
+//    weights and optimizer state), with an optional bf16 copy of the updated parameter.
+// Each op family is defined in its own file (norm.cpp, activation.cpp, ...), like cpu/.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "nuri/backend/backend.h"
+
+namespace nuri {
+
+/// Device memory through cudaMalloc/cudaFree (emulated: guarded host memory), with counters.
+class CudaAllocator final : public Allocator {
+ public:
+  explicit CudaAllocator(int device) : device_(device) {}
+  void* allocate(size_t bytes) override;
+  void deallocate(void* ptr, size_t bytes) override;
+  Device device() const override { return Device::cuda(device_); }
+  size_t alignment() const override { return 256; }
+  AllocatorStats stats() const override;
+  void reset_peak() override;
+
+ private:
+  int device_;
+  std::atomic<int64_t> current_{0}, peak_{0}, num_allocs_{0};
+};
+
+class CudaBackend final : public Backend {
+ public:
+  /// Throws nuri::Error when no CUDA device is present (the message says what was found).
+  explicit CudaBackend(int device = 0);
+  ~CudaBackend() override;
+  std::string name() const override;
+  Device device() const override { return Device::cuda(device_); }
+  std::shared_ptr<Allocator> allocator() const override { return alloc_; }
+  void synchronize() override;
+  cudaStream_t stream() const { return stream_; }
+
+  void zero(const Tensor& t) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
+
+  void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
+              Activation act, const Tensor& pre) override;
+  void matmul_backward_input(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate,
+                             const Tensor& gelu_pre) override;
+  void matmul_backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw,
+                              bool accumulate) override;
+  void matmul_backward_bias(const Tensor& dy, const Tensor& dbias, bool accumulate) override;
+
+  void gelu(const Tensor& x, const Tensor& y) override;
+  void gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) override;
+  void swiglu(const Tensor& x, const Tensor& y) override;
+  void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) override;
+
+  void embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                 const Tensor& out) override;
+  void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                          const Tensor& dwpe, bool accumulate) override;
+
+  void layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
+                 float eps, const Tensor& sum, const Tensor& y, const Tensor& mean,
+                 const Tensor& rstd) override;
+  void layernorm_backward(const Tensor& dy, const Tensor& s, const Tensor& weight,
+                          const Tensor& mean, const Tensor& rstd, const Tensor& dsum,
+                          const Tensor& ds, const Tensor& dweight, const Tensor& dbias,
+                          bool accumulate) override;
+  void rmsnorm(const Tensor& x, const Tensor& residual, const Tensor& weight, float eps,
+               const Tensor& sum, const Tensor& y, const Tensor& rstd) override;
+  void rmsnorm_backward(const Tensor& dy, const Tensor& s, const Tensor& weight,
+                        const Tensor& rstd, const Tensor& dsum, const Tensor& ds,
+                        const Tensor& dweight, bool accumulate) override;
+
+  void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) override;
+  void rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+                     int64_t pos_offset) override;
+
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                 const Tensor& lse, const AttentionOptions& opt) override;
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& lse, const Tensor& dout, const Tensor& dq,
+                          const Tensor& dk, const Tensor& dv,
+                          const AttentionOptions& opt) override;
+
+  void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t vocab_size,
+                     int32_t ignore_index, const Tensor& losses, const Tensor& lse,
+                     const Tensor& loss) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                              int64_t vocab_size, int32_t ignore_index, float dloss,
+                              const Tensor& dlogits) override;
+
+  void global_norm(const std::vector<Tensor>& grads, const Tensor& out) override;
+  void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) override;
+
+  /// Device scratch of at least `bytes`, owned by the backend and reused across calls (valid
+  /// until the next workspace() call; ops on one stream run in order, so reuse is safe).
+  void* workspace(size_t bytes);
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+  std::shared_ptr<CudaAllocator> alloc_;
+  Tensor workspace_;
+};
+
+}  // namespace nuri

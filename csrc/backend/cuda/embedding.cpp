@@ -1,0 +1,220 @@
+// Token + position embedding on the CUDA backend. The token array is copied to the host (a
+// stream synchronization) to validate it with the CPU backend's message, and, in the backward,
+// to sort positions by token: the runs that make the scatter-add deterministic without atomics
+// (kernels/embedding.cuh). Tokens stay i32 on the device.
+#include "embedding.h"
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "backend/cuda/check.h"
+#include "backend/cuda/cuda_backend.h"
+
+namespace nuri {
+
+namespace {
+
+void cuda_check(cudaError_t err, const char* op, const char* what) {
+  NURI_CHECK(err == cudaSuccess, op, ": CUDA error ", cudaGetErrorName(err), " (",
+             cudaGetErrorString(err), ") in ", what);
+}
+
+// Validates tokens [B, T] against wte [V, C] (dtype wdt) and wpe [Tmax, C] (optional, dtype
+// wdt), and returns the tokens on the host (each in [0, V)) with B, T, C.
+std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const char* wte_name,
+                                    const Tensor& wte, const char* wpe_name, const Tensor& wpe,
+                                    DType wdt, cudaStream_t stream, int64_t& b, int64_t& t,
+                                    int64_t& c) {
+  cuda::check_dev(op, "tokens", tokens, DType::i32);
+  NURI_CHECK(tokens.dim() == 2, op, ": tokens must be [B, T], got shape ",
+             shape_str(tokens.shape()));
+  cuda::check_dev(op, wte_name, wte, wdt);
+  NURI_CHECK(wte.dim() == 2, op, ": ", wte_name, " must be [V, C], got shape ",
+             shape_str(wte.shape()));
+  b = tokens.size(0);
+  t = tokens.size(1);
+  c = wte.size(1);
+  if (wpe.defined()) {
+    cuda::check_dev(op, wpe_name, wpe, wdt);
+    NURI_CHECK(wpe.dim() == 2 && wpe.size(1) == c, op, ": ", wpe_name, " has shape ",
+               shape_str(wpe.shape()), ", expected [Tmax, ", c, "]");
+    NURI_CHECK(t <= wpe.size(0), op, ": sequence length ", t,
+               " exceeds the position table's max_seq_len ", wpe.size(0));
+  }
+  const int64_t n = b * t, vocab = wte.size(0);
+  NURI_CHECK(n < (int64_t(1) << 31), op, ": ", n,
+             " tokens exceed the CUDA backend's limit of 2^31 - 1 per call");
+  std::vector<int32_t> tok(static_cast<size_t>(n));
+  if (n > 0) {
+    cuda_check(cudaMemcpyAsync(tok.data(), tokens.raw(), size_t(n) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream),
+               op, "copying tokens to the host");
+    cuda_check(cudaStreamSynchronize(stream), op, "copying tokens to the host");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    NURI_CHECK(tok[size_t(i)] >= 0 && tok[size_t(i)] < vocab, op, ": token id ", tok[size_t(i)],
+               " at batch ", i / t, ", position ", i % t, " is outside the vocabulary [0, ", vocab,
+               ")");
+  }
+  return tok;
+}
+
+// The backward's schedule, in one int32 buffer uploaded at once: order [N] (positions grouped
+// by token, increasing within a token), then the runs and the merges (EmbeddingRun each).
+struct RunPlan {
+  std::vector<int32_t> words;
+  size_t runs_at = 0, merges_at = 0;  // word offsets, 16-byte aligned
+  int64_t runs = 0, merges = 0, slots = 0;
+};
+
+RunPlan plan_runs(const std::vector<int32_t>& tok, int64_t vocab, int64_t run_rows) {
+  const int64_t n = int64_t(tok.size());
+  std::vector<int32_t> unique_of(size_t(vocab), -1);  // token -> index of first appearance
+  std::vector<int32_t> token_of, start;               // per unique token
+  for (int32_t id : tok) {
+    int32_t& u = unique_of[size_t(id)];
+    if (u < 0) {
+      u = int32_t(token_of.size());
+      token_of.push_back(id);
+      start.push_back(0);
+    }
+    ++start[size_t(u)];  // a count for now
+  }
+  int32_t offset = 0;
+  for (int32_t& s : start) offset += std::exchange(s, offset);
+  RunPlan plan;
+  const auto align4 = [](size_t w) { return (w + 3) / 4 * 4; };
+  plan.words.resize(align4(size_t(n)));
+  std::vector<int32_t> cursor = start;
+  for (int64_t i = 0; i < n; ++i) {
+    plan.words[size_t(cursor[size_t(unique_of[size_t(tok[size_t(i)])])]++)] = int32_t(i);
+  }
+  std::vector<kernels::EmbeddingRun> runs, merges;
+  for (size_t u = 0; u < token_of.size(); ++u) {
+    const int32_t begin = start[u], end = u + 1 < start.size() ? start[u + 1] : int32_t(n);
+    if (end - begin <= run_rows) {
+      runs.push_back({token_of[u], begin, end, -1});
+      continue;
+    }
+    const int32_t first_slot = int32_t(plan.slots);
+    for (int32_t s = begin; s < end; s += int32_t(run_rows)) {
+      runs.push_back({token_of[u], s, std::min(end, s + int32_t(run_rows)), int32_t(plan.slots++)});
+    }
+    merges.push_back({token_of[u], first_slot, int32_t(plan.slots), -1});
+  }
+  static_assert(sizeof(kernels::EmbeddingRun) == 4 * sizeof(int32_t));
+  plan.runs = int64_t(runs.size());
+  plan.merges = int64_t(merges.size());
+  plan.runs_at = plan.words.size();
+  plan.merges_at = plan.runs_at + 4 * runs.size();
+  plan.words.resize(plan.merges_at + 4 * merges.size());
+  std::memcpy(plan.words.data() + plan.runs_at, runs.data(), runs.size() * sizeof(runs[0]));
+  std::memcpy(plan.words.data() + plan.merges_at, merges.data(), merges.size() * sizeof(merges[0]));
+  return plan;
+}
+
+template <class T>
+void wte_grad(const Tensor& dout, const Tensor& dwte, const RunPlan& plan, void* workspace,
+              size_t partial_at, bool accumulate, cudaStream_t stream) {
+  const auto* words = static_cast<const int32_t*>(workspace);
+  kernels::EmbeddingWteGradParams<T> p{};
+  p.gDout = static_cast<const T*>(dout.raw());
+  p.gOrder = words;
+  p.gRuns = reinterpret_cast<const kernels::EmbeddingRun*>(words + plan.runs_at);
+  p.gMerges = reinterpret_cast<const kernels::EmbeddingRun*>(words + plan.merges_at);
+  p.gDwte = static_cast<float*>(dwte.raw());
+  p.gPartial = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_at);
+  p.runs = plan.runs;
+  p.merges = plan.merges;
+  p.channels = dwte.size(1);
+  p.accumulate = accumulate;
+  kernels::embedding_backward_wte(p, stream);
+}
+
+template <class T>
+void wpe_grad(const Tensor& dout, const Tensor& dwpe, int64_t b, int64_t t, bool accumulate,
+              cudaStream_t stream) {
+  kernels::EmbeddingWpeGradParams<T> p{static_cast<const T*>(dout.raw()),
+                                       static_cast<float*>(dwpe.raw()),
+                                       b,
+                                       t,
+                                       dwpe.size(1),
+                                       accumulate};
+  kernels::embedding_backward_wpe(p, stream);
+}
+
+}  // namespace
+
+void CudaBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                            const Tensor& out) {
+  constexpr const char* op = "embedding";
+  cuda::check_dev(op, "tokens", tokens, DType::i32);
+  const DType dt = cuda::activation_dtype(op, "wte", wte);
+  int64_t b, t, c;
+  embedding_dims(op, tokens, "wte", wte, "wpe", wpe, dt, stream(), b, t, c);
+  cuda::check_dev(op, "out", out, dt);
+  cuda::check_shape(op, "out", out, {b, t, c});
+  if (dt == DType::bf16) {
+    using T = __nv_bfloat16;
+    kernels::embedding<T>(
+        {static_cast<const int32_t*>(tokens.raw()), static_cast<const T*>(wte.raw()),
+         wpe.defined() ? static_cast<const T*>(wpe.raw()) : nullptr, static_cast<T*>(out.raw()),
+         b * t, t, c},
+        stream());
+  } else {
+    kernels::embedding<float>(
+        {static_cast<const int32_t*>(tokens.raw()), static_cast<const float*>(wte.raw()),
+         wpe.defined() ? static_cast<const float*>(wpe.raw()) : nullptr,
+         static_cast<float*>(out.raw()), b * t, t, c},
+        stream());
+  }
+}
+
+void CudaBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                                     const Tensor& dwpe, bool accumulate) {
+  constexpr const char* op = "embedding_backward";
+  int64_t b, t, c;
+  const std::vector<int32_t> tok =
+      embedding_dims(op, tokens, "dwte", dwte, "dwpe", dwpe, DType::f32, stream(), b, t, c);
+  const DType dt = cuda::activation_dtype(op, "dout", dout);
+  cuda::check_dev(op, "dout", dout, dt);
+  cuda::check_shape(op, "dout", dout, {b, t, c});
+
+  if (!accumulate && dwte.numel() > 0) {
+    cuda_check(cudaMemsetAsync(dwte.raw(), 0, dwte.nbytes(), stream()), op, "zeroing dwte");
+  }
+  if (b * t > 0 && c > 0) {
+    const RunPlan plan = plan_runs(tok, dwte.size(0), kernels::kEmbeddingRunRows);
+    const size_t words_bytes = plan.words.size() * sizeof(int32_t);
+    const size_t partial_at = (words_bytes + 255) / 256 * 256;
+    void* ws = workspace(partial_at + size_t(plan.slots * c) * sizeof(float));
+    cuda_check(
+        cudaMemcpyAsync(ws, plan.words.data(), words_bytes, cudaMemcpyHostToDevice, stream()), op,
+        "uploading the token runs");
+    if (dt == DType::bf16) {
+      wte_grad<__nv_bfloat16>(dout, dwte, plan, ws, partial_at, accumulate, stream());
+    } else {
+      wte_grad<float>(dout, dwte, plan, ws, partial_at, accumulate, stream());
+    }
+  }
+
+  if (!dwpe.defined()) return;
+  if (b > 0 && t > 0 && c > 0) {
+    if (dt == DType::bf16) {
+      wpe_grad<__nv_bfloat16>(dout, dwpe, b, t, accumulate, stream());
+    } else {
+      wpe_grad<float>(dout, dwpe, b, t, accumulate, stream());
+    }
+  }
+  // Rows the batch does not reach: zeroed when overwriting (and every row when B = 0).
+  const int64_t first_zero = b > 0 ? t : 0;
+  if (!accumulate && dwpe.size(0) > first_zero && c > 0) {
+    cuda_check(cudaMemsetAsync(static_cast<float*>(dwpe.raw()) + first_zero * c, 0,
+                               size_t((dwpe.size(0) - first_zero) * c) * sizeof(float), stream()),
+               op, "zeroing dwpe");
+  }
+}
+
+}  // namespace nuri

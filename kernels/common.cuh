@@ -1,0 +1,119 @@
+// What every kernel file includes: the CUDA types, the device builtins (real under nvcc, emulated
+// under g++ with NURI_CUDA_EMULATION), the launch helper and small device utilities.
+//
+// The one rule a reader must know: kernels are launched only through NURI_LAUNCH, never with raw
+// <<<>>>, so that the same source runs on a GPU and on the emulator (../shared/EMULATION.md).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda_check.h"
+#include "nuri/core/error.h"
+
+#if defined(NURI_CUDA_EMULATION)
+#include "emu/emu.h"
+#endif
+
+namespace nuri::kernels {
+
+#if defined(NURI_CUDA_EMULATION)
+/// The block's dynamic shared memory (the launch's `smem` bytes), 16-byte aligned.
+template <class T>
+__device__ __forceinline__ T* dynamic_smem() {
+  return reinterpret_cast<T*>(::nuri::emu::dynamic_shared_memory());
+}
+#else
+template <class T>
+__device__ __forceinline__ T* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char nuri_dynamic_smem_[];
+  return reinterpret_cast<T*>(nuri_dynamic_smem_);
+}
+#endif
+
+/// Launches `kernel<<<grid, block, smem, stream>>>(args...)` (nvcc) or runs it on the emulator
+/// (g++), then checks the launch error, naming the kernel. The only launch site in nuri.
+template <class... Params, class... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+            cudaStream_t stream, Args&&... args) {
+  NURI_CHECK(grid.x > 0 && grid.y > 0 && grid.z > 0, "launch of ", name,
+             ": empty grid (a caller must skip empty work before launching)");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::launch(name, grid, block, smem, stream,
+                      [kernel, args...]() { kernel(args...); });
+#else
+  if (smem > 48 * 1024) {
+    NURI_CUDA_CHECK(cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  kernel<<<grid, block, smem, stream>>>(std::forward<Args>(args)...);
+#endif
+  const cudaError_t err = cudaGetLastError();
+  NURI_CHECK(err == cudaSuccess, "launch of ", name, " (grid ", grid.x, "x", grid.y, "x", grid.z,
+             ", block ", block.x, "x", block.y, "x", block.z, ", ", smem,
+             " bytes of shared memory) failed: ", cudaGetErrorString(err));
+}
+
+#define NURI_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  ::nuri::kernels::launch(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__)
+
+// ---- storage types: bf16 or f32 in memory, f32 in registers ------------------------------------
+
+template <class T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <class T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// ---- reductions ---------------------------------------------------------------------------------
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarpSize = 32;
+
+/// Sum over the 32 lanes of a warp; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+
+/// Max over the 32 lanes of a warp; every lane gets it.
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+/// Sum over a 1-D block whose size is a multiple of 32 (at most 1024); every thread gets the
+/// total. `scratch` is 32 floats of shared memory that no other code uses during the call.
+/// Contains two __syncthreads: every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = blockDim.x / kWarpSize;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = lane < warps ? scratch[lane] : 0.f;
+  total = warp_sum(total);
+  __syncthreads();  // scratch may be reused by the caller right after
+  return total;
+}
+
+/// Rounds a count up to a multiple of m.
+__host__ __device__ constexpr int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+__host__ __device__ constexpr int64_t ceil_div(int64_t n, int64_t m) { return (n + m - 1) / m; }
+
+}  // namespace nuri::kernels

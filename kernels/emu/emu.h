@@ -1,0 +1,227 @@
+// The CUDA execution model on the CPU, as kernel code compiled by g++ sees it (the device
+// builtins). Included by kernels/common.cuh when NURI_CUDA_EMULATION is defined; the scheduler,
+// the race-detection hooks and the runtime subset are in scheduler.cpp and runtime.cpp.
+//
+// A block's threads are fibers on one OS thread; a fiber runs until a barrier or a warp
+// collective, where it waits until every participant has arrived (../shared/EMULATION.md).
+// Collectives follow the PTX ISA's definitions exactly; misuse (a lane missing from the mask,
+// lanes disagreeing, barrier divergence) is an error that names the kernel, block, thread and
+// source line, never undefined behaviour.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <source_location>
+#include <type_traits>
+
+// g++ already sees __global__/__device__/__host__/__forceinline__ as nothing (host_defines.h).
+// A static __shared__ array is block-private because one OS thread runs one block at a time.
+#undef __shared__
+#define __shared__ static thread_local
+// Launch bounds only guide nvcc's register allocation.
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+
+namespace nuri::emu {
+
+using Site = std::source_location;
+
+// ---- launch ---------------------------------------------------------------------------------------
+
+/// Runs `body` once per thread of every block of `grid` (in a seeded random block order) and
+/// returns when all have finished. Throws nuri::Error on any misuse the emulator detects.
+void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
+            const std::function<void()>& body);
+
+/// Seed of the block order: NURI_EMU_SEED from the environment, else fixed; each launch mixes in
+/// its launch number, and errors print the launch's seed.
+uint64_t base_seed();
+void set_base_seed(uint64_t seed);
+
+// ---- per-thread state ---------------------------------------------------------------------------
+
+// By value: the scheduler writes these, and a reference read later would look like a race.
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
+void* dynamic_shared_memory();
+
+// ---- barriers and warp collectives --------------------------------------------------------------
+
+void syncthreads(Site site);
+void syncwarp(unsigned mask, Site site);
+
+enum class Shfl { idx, up, down, bfly };
+uint32_t shfl(Shfl mode, unsigned mask, uint32_t value, int lane_arg, int width, Site site);
+
+enum class Vote { ballot, any, all };
+unsigned vote(Vote mode, unsigned mask, bool predicate, Site site);
+
+/// D = A·B + C for one m16n8k16 tile with fp32 accumulation; a, b hold the packed 16-bit inputs
+/// of this lane (bf16 when `bf16`, else f16) in the PTX fragment layout.
+void mma_m16n8k16(bool bf16, float d[4], const uint32_t a[4], const uint32_t b[2],
+                  const float c[4], Site site);
+
+/// ldmatrix.sync.aligned.m8n8.x{count}[.trans].shared.b16: `row` is this lane's row address
+/// (used by lanes < 8·count), `out` receives `count` registers.
+void ldmatrix(int count, bool trans, const void* row, uint32_t* out, Site site);
+
+/// cp.async of `bytes` (4, 8 or 16) with `src_bytes` <= bytes read (the rest zero-filled).
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site);
+void cp_async_commit(Site site);
+/// Completes every committed group of this thread except the newest `pending` ones.
+void cp_async_wait(int pending, Site site);
+
+// ---- helpers for the builtins below ---------------------------------------------------------
+
+template <class T>
+T shfl_any(Shfl mode, unsigned mask, T value, int arg, int width, Site site) {
+  static_assert(std::is_trivially_copyable_v<T> && (sizeof(T) == 4 || sizeof(T) == 8 ||
+                                                    sizeof(T) == 2),
+                "shuffles move 16-, 32- or 64-bit values");
+  if constexpr (sizeof(T) == 8) {  // two 32-bit shuffles, as the CUDA headers do
+    uint32_t w[2];
+    std::memcpy(w, &value, 8);
+    w[0] = shfl(mode, mask, w[0], arg, width, site);
+    w[1] = shfl(mode, mask, w[1], arg, width, site);
+    std::memcpy(&value, w, 8);
+  } else {
+    uint32_t w = 0;
+    std::memcpy(&w, &value, sizeof(T));
+    w = shfl(mode, mask, w, arg, width, site);
+    std::memcpy(&value, &w, sizeof(T));
+  }
+  return value;
+}
+
+}  // namespace nuri::emu
+
+// ---- the builtins kernels use -------------------------------------------------------------------
+
+#define threadIdx (::nuri::emu::thread_idx())
+#define blockIdx (::nuri::emu::block_idx())
+#define blockDim (::nuri::emu::block_dim())
+#define gridDim (::nuri::emu::grid_dim())
+
+inline void __syncthreads(::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  ::nuri::emu::syncthreads(site);
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu,
+                       ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  ::nuri::emu::syncwarp(mask, site);
+}
+
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32,
+              ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::shfl_any(::nuri::emu::Shfl::idx, mask, v, src_lane, width, site);
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                 ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::shfl_any(::nuri::emu::Shfl::up, mask, v, int(delta), width, site);
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
+                   ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::shfl_any(::nuri::emu::Shfl::down, mask, v, int(delta), width, site);
+}
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
+                  ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::shfl_any(::nuri::emu::Shfl::bfly, mask, v, lane_mask, width, site);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred,
+                              ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::vote(::nuri::emu::Vote::ballot, mask, pred != 0, site);
+}
+inline int __any_sync(unsigned mask, int pred,
+                      ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return int(::nuri::emu::vote(::nuri::emu::Vote::any, mask, pred != 0, site));
+}
+inline int __all_sync(unsigned mask, int pred,
+                      ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return int(::nuri::emu::vote(::nuri::emu::Vote::all, mask, pred != 0, site));
+}
+
+// Atomics: real (relaxed) atomics, because blocks could run on several OS threads and because
+// ThreadSanitizer must see them as atomic; relaxed, because CUDA's atomics order nothing.
+template <class T>
+inline T __nuri_atomic_fetch_add(T* p, T v) {
+  if constexpr (std::is_floating_point_v<T>) {
+    // A compare-and-swap loop on the bit pattern: ThreadSanitizer sees integer atomics as
+    // atomic, but not libstdc++'s generic floating-point ones.
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    U* u = reinterpret_cast<U*>(p);
+    U old = __atomic_load_n(u, __ATOMIC_RELAXED);
+    for (;;) {
+      T f;
+      std::memcpy(&f, &old, sizeof f);
+      const T sum = f + v;
+      U next;
+      std::memcpy(&next, &sum, sizeof next);
+      if (__atomic_compare_exchange_n(u, &old, next, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+        return f;
+      }
+    }
+  } else {
+    return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+  }
+}
+inline float atomicAdd(float* p, float v) { return __nuri_atomic_fetch_add(p, v); }
+inline double atomicAdd(double* p, double v) { return __nuri_atomic_fetch_add(p, v); }
+inline int atomicAdd(int* p, int v) { return __nuri_atomic_fetch_add(p, v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __nuri_atomic_fetch_add(p, v); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return __nuri_atomic_fetch_add(p, v);
+}
+template <class T>
+inline T __nuri_atomic_cas(T* p, T compare, T value) {
+  std::atomic_ref<T>(*p).compare_exchange_strong(compare, value, std::memory_order_relaxed);
+  return compare;  // the old value either way
+}
+inline int atomicCAS(int* p, int c, int v) { return __nuri_atomic_cas(p, c, v); }
+inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { return __nuri_atomic_cas(p, c, v); }
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c,
+                                    unsigned long long v) {
+  return __nuri_atomic_cas(p, c, v);
+}
+template <class T>
+inline T __nuri_atomic_max(T* p, T v) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load(std::memory_order_relaxed);
+  while (old < v && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
+  return old;
+}
+inline int atomicMax(int* p, int v) { return __nuri_atomic_max(p, v); }
+inline unsigned atomicMax(unsigned* p, unsigned v) { return __nuri_atomic_max(p, v); }
+inline int atomicExch(int* p, int v) {
+  return std::atomic_ref<int>(*p).exchange(v, std::memory_order_relaxed);
+}
+
+// Math intrinsics with their CUDA names (the fast variants computed exactly here).
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+inline unsigned __float_as_uint(float x) { return std::bit_cast<unsigned>(x); }
+inline float __uint_as_float(unsigned x) { return std::bit_cast<float>(x); }
+inline int __float_as_int(float x) { return std::bit_cast<int>(x); }
+inline float __int_as_float(int x) { return std::bit_cast<float>(x); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

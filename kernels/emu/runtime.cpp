@@ -1,0 +1,341 @@
+// The subset of the CUDA runtime nuri's host code calls, defined for the emulated build (which
+// links this instead of libcudart; the declarations come from the real cuda_runtime_api.h).
+//
+// Device memory is host memory with strict edges: every allocation is mmap'ed between two
+// PROT_NONE guard pages with its end against the upper one (rounded to 256 bytes), is poisoned
+// with 0xff bytes (NaN in f32 and bf16) so reading unwritten memory shows up, and the padding is
+// checked after every launch. Streams and events run in order, synchronously.
+#include <cuda_runtime.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <string>
+
+#include "emu/internal.h"
+#include "emu/tsan.h"
+#include "emu/tsan.h"
+
+namespace nuri::emu {
+namespace {
+
+constexpr size_t kAlign = 256;  // cudaMalloc's alignment
+constexpr unsigned char kPoison = 0xff;
+
+struct Allocation {
+  char* map;        // mmap'ed region, guard pages included
+  size_t map_size;
+  size_t size;      // what the caller asked for
+  size_t padded;    // size rounded up to kAlign
+};
+
+struct Memory {
+  std::mutex mu;
+  std::map<uintptr_t, Allocation> live;  // by user address
+};
+Memory& memory() {
+  static Memory* m = new Memory;  // never destroyed: frees may come from static destructors
+  return *m;
+}
+
+size_t page_size() { return size_t(sysconf(_SC_PAGESIZE)); }
+
+cudaError_t& last_error() {
+  static thread_local cudaError_t e = cudaSuccess;
+  return e;
+}
+cudaError_t fail(cudaError_t e) {
+  last_error() = e;
+  return e;
+}
+
+/// The live allocation containing [p, p + n), or null.
+const Allocation* find(const void* p, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto& live = memory().live;
+  auto it = live.upper_bound(a);
+  if (it == live.begin()) return nullptr;
+  --it;
+  if (a + n > it->first + it->second.size) return nullptr;
+  return &it->second;
+}
+
+}  // namespace
+
+void describe_address(const void* addr, char* buf, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  Memory& m = memory();
+  std::unique_lock<std::mutex> lock(m.mu, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    std::snprintf(buf, n, "(the allocation table is busy)");
+    return;
+  }
+  for (const auto& [user, al] : m.live) {
+    const uintptr_t lo = reinterpret_cast<uintptr_t>(al.map), hi = lo + al.map_size;
+    if (a < lo || a >= hi) continue;
+    if (a >= user + al.size) {
+      std::snprintf(buf, n, "%zu bytes past the end of a %zu-byte device allocation at %p",
+                    size_t(a - user - al.size), al.size, reinterpret_cast<void*>(user));
+    } else if (a < user) {
+      std::snprintf(buf, n, "%zu bytes before the start of a %zu-byte device allocation at %p",
+                    size_t(user - a), al.size, reinterpret_cast<void*>(user));
+    } else {
+      std::snprintf(buf, n, "inside a %zu-byte device allocation at %p", al.size,
+                    reinterpret_cast<void*>(user));
+    }
+    return;
+  }
+  std::snprintf(buf, n, "not in or next to any device allocation");
+}
+
+std::string check_canaries() {
+  Memory& m = memory();
+  std::lock_guard<std::mutex> lock(m.mu);
+  for (const auto& [user, al] : m.live) {
+    const unsigned char* p = reinterpret_cast<const unsigned char*>(user);
+    for (size_t i = al.size; i < al.padded; ++i) {
+      if (p[i] != kPoison) {
+        std::ostringstream os;
+        os << "a kernel wrote " << (i - al.size) << " bytes past the end of a " << al.size
+           << "-byte device allocation at " << reinterpret_cast<const void*>(p)
+           << " (out of bounds)";
+        return os.str();
+      }
+    }
+  }
+  return "";
+}
+
+namespace {
+
+void on_fault(int sig, siginfo_t* info, void*) {
+  char where[256], launch[512], msg[1024];
+  tsan::ignore_begin();  // the handler reads emulator state from whichever fiber faulted
+  describe_address(info->si_addr, where, sizeof where);
+  describe_launch(launch, sizeof launch);
+  std::snprintf(msg, sizeof msg,
+                "\nnuri emulator: out-of-bounds access (signal %d) at address %p: %s; in %s\n",
+                sig, info->si_addr, where, launch);
+  ssize_t ignored = write(2, msg, std::strlen(msg));
+  (void)ignored;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+}  // namespace
+
+void install_fault_handler() {
+  static thread_local bool stack_set = false;
+  if (!stack_set) {  // the handler runs on its own stack: a fiber's stack may be the fault
+    static thread_local char alt[64 * 1024];
+    stack_t ss{};
+    ss.ss_sp = alt;
+    ss.ss_size = sizeof alt;
+    sigaltstack(&ss, nullptr);
+    stack_set = true;
+  }
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+  });
+}
+
+}  // namespace nuri::emu
+
+using nuri::emu::fail;
+using nuri::emu::find;
+using nuri::emu::memory;
+
+extern "C" {
+
+cudaError_t cudaMalloc(void** ptr, size_t size) {
+  if (!ptr) return fail(cudaErrorInvalidValue);
+  if (size == 0) {
+    *ptr = nullptr;
+    return cudaSuccess;
+  }
+  const size_t page = nuri::emu::page_size();
+  const size_t padded = (size + nuri::emu::kAlign - 1) / nuri::emu::kAlign * nuri::emu::kAlign;
+  const size_t body = (padded + page - 1) / page * page;
+  const size_t total = body + 2 * page;
+  char* map = static_cast<char*>(
+      mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (map == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
+  mprotect(map, page, PROT_NONE);
+  mprotect(map + page + body, page, PROT_NONE);
+  char* user = map + page + body - padded;  // the padded end touches the upper guard page
+  nuri::emu::tsan::new_memory(map + page, body);
+  std::memset(map + page, nuri::emu::kPoison, body);
+  {
+    std::lock_guard<std::mutex> lock(memory().mu);
+    memory().live[reinterpret_cast<uintptr_t>(user)] = {map, total, size, padded};
+  }
+  *ptr = user;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+  if (!ptr) return cudaSuccess;
+  nuri::emu::Allocation al;
+  {
+    std::lock_guard<std::mutex> lock(memory().mu);
+    auto it = memory().live.find(reinterpret_cast<uintptr_t>(ptr));
+    if (it == memory().live.end()) return fail(cudaErrorInvalidDevicePointer);
+    al = it->second;
+    memory().live.erase(it);
+  }
+  munmap(al.map, al.map_size);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t size) {
+  *ptr = std::malloc(size ? size : 1);
+  return *ptr ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
+  if (count == 0) return cudaSuccess;
+  bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  {
+    std::lock_guard<std::mutex> lock(memory().mu);
+    if (kind == cudaMemcpyDefault) {
+      dst_dev = find(dst, 1) != nullptr;
+      src_dev = find(src, 1) != nullptr;
+    }
+    if ((dst_dev && !find(dst, count)) || (src_dev && !find(src, count))) {
+      return fail(cudaErrorInvalidValue);  // a device range outside its allocation
+    }
+  }
+  std::memmove(dst, src, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
+                            cudaStream_t) {
+  return cudaMemcpy(dst, src, count, kind);
+}
+cudaError_t cudaMemset(void* dst, int value, size_t count) {
+  if (count == 0) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(memory().mu);
+    if (!find(dst, count)) return fail(cudaErrorInvalidValue);
+  }
+  std::memset(dst, value, count);
+  return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t) {
+  return cudaMemset(dst, value, count);
+}
+
+// Streams and events: work runs synchronously at the call, so they only need identities.
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  *s = reinterpret_cast<cudaStream_t>(new char);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<char*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = reinterpret_cast<cudaEvent_t>(new char);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete reinterpret_cast<char*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
+  *ms = 0.f;  // the emulator measures nothing
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaGetDevice(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+
+/// An sm_90-like device (H100 SXM numbers), so host code that sizes launches sees real limits.
+cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice);
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "nuri CUDA emulator (sm_90-like)");
+  p->major = 9;
+  p->minor = 0;
+  p->multiProcessorCount = 132;
+  p->warpSize = 32;
+  p->maxThreadsPerBlock = 1024;
+  p->maxThreadsDim[0] = 1024;
+  p->maxThreadsDim[1] = 1024;
+  p->maxThreadsDim[2] = 64;
+  p->maxGridSize[0] = 2147483647;
+  p->maxGridSize[1] = 65535;
+  p->maxGridSize[2] = 65535;
+  p->sharedMemPerBlock = 48 * 1024;
+  p->sharedMemPerBlockOptin = 227 * 1024;
+  p->sharedMemPerMultiprocessor = 228 * 1024;
+  p->regsPerBlock = 65536;
+  p->maxThreadsPerMultiProcessor = 2048;
+  p->totalGlobalMem = size_t(80) << 30;
+  p->l2CacheSize = 50 << 20;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void*, enum cudaFuncAttribute, int) { return cudaSuccess; }
+
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = nuri::emu::last_error();
+  nuri::emu::last_error() = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return nuri::emu::last_error(); }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    default: return "cudaError (emulated)";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument (emulator: a device range outside its allocation?)";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    default: return "unknown error (emulated runtime)";
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,73 @@
+// ThreadSanitizer's fiber and annotation API, or nothing when the build is not under TSan.
+// Every emulated CUDA thread is a TSan fiber; happens-before edges are added exactly where CUDA
+// has them (launch, __syncthreads, warp collectives, thread exit), so the detector reports the
+// races a GPU would randomize. Internal to kernels/emu.
+#pragma once
+
+#include <cstddef>
+
+// fiber.cpp is compiled without instrumentation but still drives TSan: NURI_EMU_TSAN_API.
+#if defined(__SANITIZE_THREAD__) || defined(NURI_EMU_TSAN_API)
+#define NURI_EMU_TSAN 1
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_set_fiber_name(void* fiber, const char* name);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+void AnnotateNewMemory(const char* file, int line, const volatile void* mem, size_t size);
+}
+#else
+#define NURI_EMU_TSAN 0
+#endif
+
+namespace nuri::emu::tsan {
+
+#if NURI_EMU_TSAN
+constexpr unsigned kNoSync = 1;  // __tsan_switch_to_fiber_no_sync
+inline void* current() { return __tsan_get_current_fiber(); }
+inline void* create(const char* name) {
+  void* f = __tsan_create_fiber(0);
+  __tsan_set_fiber_name(f, name);
+  return f;
+}
+inline void destroy(void* f) { __tsan_destroy_fiber(f); }
+inline void switch_to(void* f) { __tsan_switch_to_fiber(f, kNoSync); }
+inline void acquire(void* addr) { __tsan_acquire(addr); }
+inline void release(void* addr) { __tsan_release(addr); }
+inline void ignore_begin() {
+  AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+  AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+}
+inline void ignore_end() {
+  AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+}
+inline void new_memory(const void* p, size_t n) { AnnotateNewMemory(__FILE__, __LINE__, p, n); }
+#else
+inline void* current() { return nullptr; }
+inline void* create(const char*) { return nullptr; }
+inline void destroy(void*) {}
+inline void switch_to(void*) {}
+inline void acquire(void*) {}
+inline void release(void*) {}
+inline void ignore_begin() {}
+inline void ignore_end() {}
+inline void new_memory(const void*, size_t) {}
+#endif
+
+/// Emulator bookkeeping in a scope of a fiber: invisible to the race detector.
+struct Ignore {
+  Ignore() { ignore_begin(); }
+  ~Ignore() { ignore_end(); }
+  Ignore(const Ignore&) = delete;
+  Ignore& operator=(const Ignore&) = delete;
+};
+
+}  // namespace nuri::emu::tsan

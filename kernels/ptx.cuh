@@ -1,0 +1,126 @@
+// Tensor-core and async-copy instructions, only ever used through these wrappers: inline PTX
+// under nvcc, the emulator's collective under g++ (kernels/emu, self-tested against a plain
+// matrix product in tests/emu). Fragment layouts are those of ../shared/EMULATION.md.
+#pragma once
+
+#include "common.cuh"
+
+namespace nuri::kernels {
+
+#if defined(NURI_CUDA_EMULATION)
+#define NURI_PTX_SITE , ::nuri::emu::Site site = ::nuri::emu::Site::current()
+#define NURI_PTX_SITE_ONLY ::nuri::emu::Site site = ::nuri::emu::Site::current()
+#else
+#define NURI_PTX_SITE
+#define NURI_PTX_SITE_ONLY
+#endif
+
+/// d = a·b + c for one m16n8k16 tile, bf16 inputs, f32 accumulate. a: 4 regs (A 16x16, row),
+/// b: 2 regs (B 16x8, col), c and d: 4 floats.
+__device__ __forceinline__ void mma_bf16_m16n8k16(float (&d)[4], const uint32_t (&a)[4],
+                                                  const uint32_t (&b)[2],
+                                                  const float (&c)[4] NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mma_m16n8k16(true, d, a, b, c, site);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+/// As mma_bf16_m16n8k16 with f16 inputs.
+__device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], const uint32_t (&a)[4],
+                                                 const uint32_t (&b)[2],
+                                                 const float (&c)[4] NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mma_m16n8k16(false, d, a, b, c, site);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%11,%12,%13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+        "f"(c[2]), "f"(c[3]));
+#endif
+}
+
+#if !defined(NURI_CUDA_EMULATION)
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
+/// ldmatrix.sync.aligned.m8n8.x{N}[.trans].shared.b16: `row` is this lane's row address in
+/// shared memory (16-byte aligned; lanes 8j..8j+7 give matrix j's rows).
+template <int N, bool Trans>
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* row NURI_PTX_SITE) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::ldmatrix(N, Trans, row, r, site);
+#else
+  const uint32_t a = smem_address(row);
+  if constexpr (N == 1 && !Trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
+  } else if constexpr (N == 1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0]) : "r"(a));
+  } else if constexpr (N == 2 && !Trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  } else if constexpr (N == 2) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+  } else if constexpr (!Trans) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  } else {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+  }
+#endif
+}
+
+/// cp.async of Bytes (4, 8: .ca; 16: .cg) from global to shared; only `src_bytes` are read and
+/// the rest of the destination is zero-filled (src_bytes = 0 for out-of-range tiles).
+template <int Bytes>
+__device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src,
+                                         int src_bytes = Bytes NURI_PTX_SITE) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async(smem_dst, gmem_src, Bytes, src_bytes, site);
+#else
+  if constexpr (Bytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(smem_dst)),
+                 "l"(gmem_src), "r"(src_bytes));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_address(smem_dst)),
+                 "l"(gmem_src), "n"(Bytes), "r"(src_bytes));
+  }
+#endif
+}
+
+/// Closes the current group of cp.async copies.
+__device__ __forceinline__ void cp_async_commit(NURI_PTX_SITE_ONLY) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_commit(site);
+#else
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+/// Waits until at most N committed groups of this thread are still in flight. Other threads
+/// see the data only after a __syncthreads that follows.
+template <int N>
+__device__ __forceinline__ void cp_async_wait(NURI_PTX_SITE_ONLY) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_wait(N, site);
+#else
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+}  // namespace nuri::kernels

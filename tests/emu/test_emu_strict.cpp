@@ -1,0 +1,208 @@
+// One planted bug per strictness check of the emulator, each of which must be caught: a missing
+// __syncthreads (race in shared memory), a missing atomic (race across blocks in global memory),
+// a read of cp.async data before its wait, barrier divergence, warp collectives with a missing
+// or exited lane, out-of-bounds global accesses (guard page and padding), and the correctly
+// synchronized versions of the same kernels, which must pass silently.
+#include <gtest/gtest.h>
+
+#include "emu/emu_util.h"
+#include "ptx.cuh"
+
+namespace nuri::test {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// ---- races (ThreadSanitizer with happens-before at CUDA's synchronization points) ---------------
+
+struct ShiftParams {
+  float* out;  // [64]
+  bool with_barrier;
+};
+// Each thread writes its slot, then reads its neighbour's: needs the barrier in between.
+__global__ void planted_missing_barrier(ShiftParams p) {
+  float* s = nuri::kernels::dynamic_smem<float>();
+  s[threadIdx.x] = float(threadIdx.x);
+  if (p.with_barrier) __syncthreads();
+  p.out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+void run_shift(bool with_barrier) {
+  DeviceBuffer<float> out(64);
+  NURI_LAUNCH(planted_missing_barrier, dim3(1), dim3(64), 64 * sizeof(float), nullptr,
+              ShiftParams{out.get(), with_barrier});
+  const auto v = out.download();
+  for (int t = 0; t < 64; ++t) NURI_CHECK(v[size_t(t)] == float((t + 1) % 64), "wrong value");
+}
+
+TEST(EmulatorStrict, SynchronizedSharedMemoryIsNotReported) { run_shift(true); }
+
+TEST(EmulatorStrictDeathTest, MissingSyncthreadsIsReportedAsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Both accesses are named: the write and the read, in this kernel, with their lines.
+  EXPECT_DEATH(run_shift(false),
+               "ThreadSanitizer: data race(.|\n)*planted_missing_barrier(.|\n)*test_emu_strict\\.cpp"
+               "(.|\n)*planted_missing_barrier");
+}
+
+struct CountParams {
+  int* counter;
+  bool atomic;
+};
+__global__ void planted_missing_atomic(CountParams p) {
+  if (threadIdx.x == 0) {
+    if (p.atomic) {
+      atomicAdd(p.counter, 1);
+    } else {
+      *p.counter += 1;  // two blocks may do this at once on a GPU
+    }
+  }
+}
+
+void run_count(bool atomic) {
+  DeviceBuffer<int> counter(std::vector<int>{0});
+  NURI_LAUNCH(planted_missing_atomic, dim3(8), dim3(32), 0, nullptr,
+              CountParams{counter.get(), atomic});
+  NURI_CHECK(counter.download()[0] == 8, "wrong count");
+}
+
+TEST(EmulatorStrict, AtomicsAcrossBlocksAreNotReported) { run_count(true); }
+
+TEST(EmulatorStrictDeathTest, MissingAtomicAcrossBlocksIsReportedAsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_count(false), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
+}
+
+struct EarlyReadParams {
+  const float* src;  // [64]
+  float* out;        // [64]
+  bool wait_first;
+};
+__global__ void planted_read_before_wait(EarlyReadParams p) {
+  float* s = nuri::kernels::dynamic_smem<float>();
+  nuri::kernels::cp_async<4>(s + threadIdx.x, p.src + threadIdx.x);
+  nuri::kernels::cp_async_commit();
+  if (p.wait_first) nuri::kernels::cp_async_wait<0>();
+  const float v = s[threadIdx.x];  // before the wait: the copy may not have landed
+  nuri::kernels::cp_async_wait<0>();
+  p.out[threadIdx.x] = v;
+}
+
+void run_early_read(bool wait_first) {
+  DeviceBuffer<float> src(std::vector<float>(64, 3.f)), out(64);
+  NURI_LAUNCH(planted_read_before_wait, dim3(1), dim3(64), 64 * sizeof(float), nullptr,
+              EarlyReadParams{src.get(), out.get(), wait_first});
+  for (float v : out.download()) NURI_CHECK(v == 3.f, "read ", v, " instead of the copied 3");
+}
+
+TEST(EmulatorStrict, CpAsyncDataReadAfterItsWaitIsCorrect) { run_early_read(true); }
+
+TEST(EmulatorStrictDeathTest, CpAsyncDestinationReadBeforeTheWaitIsCaught) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Under TSan: a race with the copy unit; without it, the poisoned (NaN) destination is read.
+  EXPECT_DEATH(run_early_read(false),
+               kRaceDetection ? "ThreadSanitizer: data race(.|\n)*planted_read_before_wait"
+                              : "instead of the copied 3");
+}
+
+// ---- barrier divergence and warp-collective misuse (errors from the scheduler) ---------------
+
+struct DivergeParams {
+  int mode;
+};
+__global__ void planted_divergence(DivergeParams p) {
+  if (p.mode == 0) {
+    if (threadIdx.x < 16) {
+      __syncthreads();
+    } else {
+      __syncthreads();  // a different call site
+    }
+  } else if (p.mode == 1) {
+    if (threadIdx.x == 5) return;  // exits, while the others wait at the barrier
+    __syncthreads();
+  } else if (p.mode == 2) {
+    if (threadIdx.x < 32) (void)__shfl_sync(0xffffffffu, 1, 0);  // lanes 32..63 not involved: fine
+    if (threadIdx.x == 40) return;
+    (void)__shfl_xor_sync(0xffffffffu, 1, 1);  // lane 8 of warp 1 has exited
+  } else {
+    (void)__shfl_sync(0x0000ffffu, 1, 0);  // lanes 16..31 are not in their own mask
+  }
+}
+
+TEST(EmulatorStrict, BarrierDivergenceIsAnError) {
+  const std::string a = error_of(
+      [] { NURI_LAUNCH(planted_divergence, dim3(1), dim3(64), 0, nullptr, DivergeParams{0}); });
+  EXPECT_NE(a.find("barrier divergence"), std::string::npos) << a;
+  EXPECT_NE(a.find("test_emu_strict.cpp"), std::string::npos) << a;
+  EXPECT_NE(a.find("planted_divergence"), std::string::npos) << a;
+  const std::string b = error_of(
+      [] { NURI_LAUNCH(planted_divergence, dim3(1), dim3(64), 0, nullptr, DivergeParams{1}); });
+  EXPECT_NE(b.find("exited while thread"), std::string::npos) << b;
+  EXPECT_NE(b.find("(5,0,0)"), std::string::npos) << b;
+}
+
+TEST(EmulatorStrict, WarpCollectivesWithMissingLanesAreErrors) {
+  const std::string a = error_of(
+      [] { NURI_LAUNCH(planted_divergence, dim3(1), dim3(64), 0, nullptr, DivergeParams{2}); });
+  EXPECT_NE(a.find("lane 8 (thread (40,0,0)) exited"), std::string::npos) << a;
+  const std::string b = error_of(
+      [] { NURI_LAUNCH(planted_divergence, dim3(1), dim3(32), 0, nullptr, DivergeParams{3}); });
+  EXPECT_NE(b.find("is not in the mask 0xffff"), std::string::npos) << b;
+  const std::string c = error_of(
+      [] { NURI_LAUNCH(planted_divergence, dim3(1), dim3(48), 0, nullptr, DivergeParams{2}); });
+  EXPECT_NE(c.find("does not exist (the block has 48 threads)"), std::string::npos) << c;
+}
+
+// ---- out-of-bounds global accesses --------------------------------------------------------------
+
+struct OobParams {
+  float* buf;
+  int index;
+};
+__global__ void planted_out_of_bounds(OobParams p) {
+  if (threadIdx.x == 3) p.buf[p.index] = 1.f;
+}
+
+TEST(EmulatorStrictDeathTest, AccessPastAnAllocationFaultsWithKernelAndThread) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // 1024 floats = 4096 bytes: the allocation ends exactly at the guard page.
+  EXPECT_DEATH(
+      {
+        DeviceBuffer<float> buf(1024);
+        NURI_LAUNCH(planted_out_of_bounds, dim3(2), dim3(32), 0, nullptr,
+                    OobParams{buf.get(), 1024});
+      },
+      "out-of-bounds access(.|\n)*0 bytes past the end of a 4096-byte device allocation"
+      "(.|\n)*kernel planted_out_of_bounds, block \\([01],0,0\\), thread \\(3,0,0\\)");
+}
+
+TEST(EmulatorStrict, WriteIntoThePaddingIsCaughtAfterTheLaunch) {
+  DeviceBuffer<float> buf(1000);  // 4000 bytes, padded to 4096: index 1000 is in the padding
+  const std::string e = error_of([&] {
+    NURI_LAUNCH(planted_out_of_bounds, dim3(1), dim3(32), 0, nullptr, OobParams{buf.get(), 1000});
+  });
+  EXPECT_NE(e.find("planted_out_of_bounds"), std::string::npos) << e;
+  EXPECT_NE(e.find("0 bytes past the end of a 4000-byte device allocation"), std::string::npos)
+      << e;
+}
+
+TEST(EmulatorStrict, CopiesOutsideAnAllocationAreRejected) {
+  DeviceBuffer<float> buf(16);
+  std::vector<float> host(32);
+  EXPECT_EQ(cudaMemcpy(host.data(), buf.get(), 32 * sizeof(float), cudaMemcpyDeviceToHost),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+}  // namespace
+}  // namespace nuri::test
