@@ -9,12 +9,6 @@
 
 namespace nuri::kernels::act {
 
-/// N consecutive elements moved as one load/store (16 bytes when N = 16 / sizeof(T)).
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
 constexpr int kThreads = 256;
 
 constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2 / pi)

@@ -112,6 +112,37 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return total;
 }
 
+// ---- vector access and launch sizing --------------------------------------------------------------
+
+/// N consecutive elements moved as one load/store (16 bytes when N = 16 / sizeof(T)).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+/// Whether ptr is a multiple of `bytes` (vector accesses need it).
+inline bool aligned(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+
+/// Threads that fill the device: grid-stride loops never need more. Emulated, a deliberately
+/// small "device" (4 blocks of 256), so the tests' shapes make every grid-stride loop go round
+/// more than once.
+inline int64_t resident_threads() {
+#if defined(NURI_CUDA_EMULATION)
+  return 4 * 256;
+#else
+  static const int64_t threads = [] {
+    int device = 0;
+    NURI_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp prop{};
+    NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    return int64_t(prop.multiProcessorCount) * prop.maxThreadsPerMultiProcessor;
+  }();
+  return threads;
+#endif
+}
+
 /// Rounds a count up to a multiple of m.
 __host__ __device__ constexpr int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 __host__ __device__ constexpr int64_t ceil_div(int64_t n, int64_t m) { return (n + m - 1) / m; }

@@ -8,23 +8,6 @@ namespace nuri::kernels {
 
 namespace {
 
-/// Threads that fill the device (the grid-stride loops never need more blocks than this).
-int64_t resident_threads() {
-#if defined(NURI_CUDA_EMULATION)
-  // Emulated: a small "device", so that the tests' shapes make every grid-stride loop go round
-  // more than once (and rope's threads cover several heads).
-  return 4 * 256;
-#endif
-  static const int64_t threads = [] {
-    int device = 0;
-    NURI_CUDA_CHECK(cudaGetDevice(&device));
-    cudaDeviceProp prop{};
-    NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    return int64_t(prop.multiProcessorCount) * prop.maxThreadsPerMultiProcessor;
-  }();
-  return threads;
-}
-
 dim3 grid_for(int64_t items) {
   return dim3(unsigned(std::min(ceil_div(items, kEmbeddingThreads),
                                 ceil_div(resident_threads(), kEmbeddingThreads))));

@@ -16,16 +16,10 @@ namespace nuri::kernels {
 
 constexpr int kEmbeddingThreads = 256;
 
-/// kVec consecutive elements moved as one access.
 template <class T, int kVec>
-struct alignas(sizeof(T) * kVec) EmbVec {
-  T v[kVec];
-};
-
-template <class T, int kVec>
-__device__ __forceinline__ EmbVec<float, kVec> load_f32(const T* g) {
-  const EmbVec<T, kVec> in = *reinterpret_cast<const EmbVec<T, kVec>*>(g);
-  EmbVec<float, kVec> r;
+__device__ __forceinline__ Pack<float, kVec> load_f32(const T* g) {
+  const Pack<T, kVec> in = *reinterpret_cast<const Pack<T, kVec>*>(g);
+  Pack<float, kVec> r;
 #pragma unroll
   for (int k = 0; k < kVec; ++k) r.v[k] = to_float(in.v[k]);
   return r;
@@ -33,17 +27,17 @@ __device__ __forceinline__ EmbVec<float, kVec> load_f32(const T* g) {
 
 /// Adds the kVec values at g (dtype T) to acc.
 template <class T, int kVec>
-__device__ __forceinline__ void add_to(EmbVec<float, kVec>& acc, const T* g) {
-  const EmbVec<float, kVec> x = load_f32<T, kVec>(g);
+__device__ __forceinline__ void add_to(Pack<float, kVec>& acc, const T* g) {
+  const Pack<float, kVec> x = load_f32<T, kVec>(g);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) acc.v[k] += x.v[k];
 }
 
 template <int kVec>
-__device__ __forceinline__ EmbVec<float, kVec> start_sum(const float* g, bool accumulate) {
-  EmbVec<float, kVec> acc;
+__device__ __forceinline__ Pack<float, kVec> start_sum(const float* g, bool accumulate) {
+  Pack<float, kVec> acc;
   if (accumulate) {
-    acc = *reinterpret_cast<const EmbVec<float, kVec>*>(g);
+    acc = *reinterpret_cast<const Pack<float, kVec>*>(g);
   } else {
 #pragma unroll
     for (int k = 0; k < kVec; ++k) acc.v[k] = 0.f;
@@ -60,12 +54,12 @@ __global__ void __launch_bounds__(kEmbeddingThreads) embedding_kernel(const Embe
   for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
        item += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = item / vecs, col = (item % vecs) * kVec;
-    EmbVec<float, kVec> r = load_f32<T, kVec>(p.gWte + int64_t(p.gTokens[row]) * p.channels + col);
+    Pack<float, kVec> r = load_f32<T, kVec>(p.gWte + int64_t(p.gTokens[row]) * p.channels + col);
     if (p.gWpe != nullptr) add_to<T, kVec>(r, p.gWpe + (row % p.seq) * p.channels + col);
-    EmbVec<T, kVec> out;
+    Pack<T, kVec> out;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) out.v[k] = from_float<T>(r.v[k]);
-    *reinterpret_cast<EmbVec<T, kVec>*>(p.gOut + row * p.channels + col) = out;
+    *reinterpret_cast<Pack<T, kVec>*>(p.gOut + row * p.channels + col) = out;
   }
 }
 
@@ -81,12 +75,12 @@ __global__ void __launch_bounds__(kEmbeddingThreads)
     const int64_t col = (item % vecs) * kVec;
     float* gDst = run.slot < 0 ? p.gDwte + int64_t(run.token) * p.channels + col
                                : p.gPartial + int64_t(run.slot) * p.channels + col;
-    EmbVec<float, kVec> acc = start_sum<kVec>(gDst, run.slot < 0 && p.accumulate);
+    Pack<float, kVec> acc = start_sum<kVec>(gDst, run.slot < 0 && p.accumulate);
 #pragma unroll 4
     for (int32_t i = run.begin; i < run.end; ++i) {
       add_to<T, kVec>(acc, p.gDout + int64_t(p.gOrder[i]) * p.channels + col);
     }
-    *reinterpret_cast<EmbVec<float, kVec>*>(gDst) = acc;
+    *reinterpret_cast<Pack<float, kVec>*>(gDst) = acc;
   }
 }
 
@@ -101,11 +95,11 @@ __global__ void __launch_bounds__(kEmbeddingThreads)
     const EmbeddingRun merge = p.gMerges[item / vecs];
     const int64_t col = (item % vecs) * kVec;
     float* gDst = p.gDwte + int64_t(merge.token) * p.channels + col;
-    EmbVec<float, kVec> acc = start_sum<kVec>(gDst, p.accumulate);
+    Pack<float, kVec> acc = start_sum<kVec>(gDst, p.accumulate);
     for (int32_t s = merge.begin; s < merge.end; ++s) {
       add_to<float, kVec>(acc, p.gPartial + int64_t(s) * p.channels + col);
     }
-    *reinterpret_cast<EmbVec<float, kVec>*>(gDst) = acc;
+    *reinterpret_cast<Pack<float, kVec>*>(gDst) = acc;
   }
 }
 
@@ -119,12 +113,12 @@ __global__ void __launch_bounds__(kEmbeddingThreads)
        item += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = item / vecs, col = (item % vecs) * kVec;
     float* gDst = p.gDwpe + t * p.channels + col;
-    EmbVec<float, kVec> acc = start_sum<kVec>(gDst, p.accumulate);
+    Pack<float, kVec> acc = start_sum<kVec>(gDst, p.accumulate);
 #pragma unroll 4
     for (int64_t b = 0; b < p.batch; ++b) {
       add_to<T, kVec>(acc, p.gDout + (b * p.seq + t) * p.channels + col);
     }
-    *reinterpret_cast<EmbVec<float, kVec>*>(gDst) = acc;
+    *reinterpret_cast<Pack<float, kVec>*>(gDst) = acc;
   }
 }
 

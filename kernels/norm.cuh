@@ -16,12 +16,6 @@
 
 namespace nuri::kernels::norm {
 
-/// N consecutive elements moved as one load/store (16 bytes when N = 16 / sizeof(T)).
-template <class T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
 constexpr int kWarpRowMaxC = 1024;  // above this C, a whole block works on one row
 constexpr int kForwardThreads = 256;
 constexpr int kBlockRowThreads = 256;

@@ -16,10 +16,6 @@ namespace {
 
 constexpr size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
-bool aligned(const void* ptr, size_t alignment) {
-  return reinterpret_cast<uintptr_t>(ptr) % alignment == 0;
-}
-
 // The non-empty descriptors and the first block of each (chunk_begin.back() = grid size).
 template <class Desc>
 struct Table {

@@ -8,27 +8,6 @@ namespace nuri::kernels {
 
 namespace {
 
-/// Threads that fill the device (the grid-stride loops never need more blocks than this).
-int64_t resident_threads() {
-#if defined(NURI_CUDA_EMULATION)
-  // Emulated: a small "device", so that the tests' shapes make every grid-stride loop go round
-  // more than once (and rope's threads cover several heads).
-  return 4 * 256;
-#endif
-  static const int64_t threads = [] {
-    int device = 0;
-    NURI_CUDA_CHECK(cudaGetDevice(&device));
-    cudaDeviceProp prop{};
-    NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    return int64_t(prop.multiProcessorCount) * prop.maxThreadsPerMultiProcessor;
-  }();
-  return threads;
-}
-
-bool aligned(const void* ptr, size_t bytes) {
-  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
-}
-
 template <class T, int kVec>
 bool vectorizable(const RopeParams<T>& p) {
   const int64_t strides[] = {p.half, p.x_sb, p.x_st, p.x_sh, p.y_sb, p.y_st, p.y_sh};

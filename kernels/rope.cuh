@@ -18,12 +18,6 @@ namespace nuri::kernels {
 
 constexpr int kRopeThreads = 256;
 
-/// kVec consecutive elements moved as one access (16 bytes for the vectorized instantiations).
-template <class T, int kVec>
-struct alignas(sizeof(T) * kVec) RopeVec {
-  T v[kVec];
-};
-
 /// theta^(-2i/D) / 2π (turns per position) as a float pair whose sum carries the double value.
 struct RopeTurns {
   float hi, lo;
@@ -46,7 +40,7 @@ struct RopeKernelParams {
 /// half RopeTurns.
 template <class T, int kVec>
 __global__ void __launch_bounds__(kRopeThreads) rope_kernel(const RopeKernelParams<T> kp) {
-  using Vec = RopeVec<T, kVec>;
+  using Vec = Pack<T, kVec>;
   const RopeParams<T>& p = kp.op;
   const int64_t vecs = kp.vecs, groups = kp.groups;
   // sTurns [kVec][vecs]: element (k, v) belongs to i = v·kVec + k, so the lanes of a warp
