@@ -36,6 +36,23 @@ printf '%s\n' "${sources[@]}" | while read -r src; do
   for arch in "${archs[@]}"; do printf '%s %s\n' "$src" "$arch"; done
 done | xargs -P "$jobs" -n 2 bash -c 'compile "$0" "$1"'
 
+# The PTX wrappers (kernels/ptx.cuh) must become the instructions they name.
+for arch in "${archs[@]}"; do
+  "$nvcc" -std=c++20 --expt-relaxed-constexpr -Iinclude -Ikernels -arch="compute_$arch" -ptx \
+    kernels/ptx_probe.cu -o "$out/ptx_probe.sm$arch.ptx"
+  for instr in mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
+               mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 \
+               ldmatrix.sync.aligned.m8n8.x4.shared.b16 ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 \
+               cp.async.cg.shared.global cp.async.ca.shared.global cp.async.commit_group \
+               cp.async.wait_group; do
+    if ! grep -q "$instr" "$out/ptx_probe.sm$arch.ptx"; then
+      echo "check-kernels: $instr missing from the PTX of kernels/ptx_probe.cu (sm_$arch)" >&2
+      exit 1
+    fi
+  done
+done
+echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
+
 # ptxas prints, per entry function: "Compiling entry function 'NAME' for 'sm_XX'", then
 # "N bytes stack frame, S bytes spill stores, L bytes spill loads" and
 # "Used R registers, ... [X bytes smem]".

@@ -99,8 +99,8 @@ if [[ -f "$logs/release.log" ]]; then
   grep -E 'tests passed|tests failed' "$logs/release.log" | tail -n 1
 fi
 if [[ -f "$logs/release.log" ]]; then
-  skipped=$(grep -c '(Skipped)' "$logs/release.log" || true)
-  echo "  of which skipped: $skipped (label gpu without a GPU: $(grep '(Skipped)' "$logs/release.log" | grep -c '/cuda ' || true))"
+  echo "  of which reported Skipped: $(grep -c '\*\*\*Skipped' "$logs/release.log" || true)" \
+    "(the gpu label without a GPU)"
 fi
 if [[ -f "$logs/kernels.log" ]]; then
   echo "check-kernels.sh:"
@@ -109,6 +109,8 @@ fi
 if [[ -f "$logs/emu.log" ]]; then
   echo "build-emu/ (CUDA emulation, TSan), -L emu:"
   grep -E 'tests passed|tests failed' "$logs/emu.log" | tail -n 1
+  echo "  of which reported Skipped: $(grep -c '\*\*\*Skipped' "$logs/emu.log" || true)" \
+    "(matmul and attention: no CUDA kernel yet)"
 fi
 if [[ -f "$logs/asan.log" ]]; then
   echo "build-asan/ (ASan/UBSan), -L 'ops|core':"

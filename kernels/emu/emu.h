@@ -41,8 +41,10 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
             const std::function<void()>& body);
 
 /// Seed of the block order: NURI_EMU_SEED from the environment, else fixed; each launch mixes in
-/// its launch number, and errors print the launch's seed.
+/// its launch number (counted from the start of the process, or from the last set_base_seed),
+/// and errors print the launch's seed.
 uint64_t base_seed();
+/// Sets the base seed and restarts the launch count, so the same sequence of launches replays.
 void set_base_seed(uint64_t seed);
 
 // ---- per-thread state ---------------------------------------------------------------------------

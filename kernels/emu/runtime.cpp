@@ -174,7 +174,6 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   mprotect(map, page, PROT_NONE);
   mprotect(map + page + body, page, PROT_NONE);
   char* user = map + page + body - padded;  // the padded end touches the upper guard page
-  nuri::emu::tsan::new_memory(map + page, body);
   std::memset(map + page, nuri::emu::kPoison, body);
   {
     std::lock_guard<std::mutex> lock(memory().mu);

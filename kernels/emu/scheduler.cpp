@@ -1,14 +1,10 @@
-// The emulator's scheduler: runs each block's threads as fibers (Boost.Context) on the calling OS
-// thread, blocks in a seeded random order, and implements barriers and warp collectives as
-// rendezvous. Under ThreadSanitizer every emulated thread is a TSan fiber and happens-before
+// The emulator's scheduler: runs each block's threads as fibers (fiber.h) on the calling OS
+// thread, blocks in a seeded random order; implements barriers, and completes the rendezvous of
+// warp collectives (collectives.cpp) and barriers. Under ThreadSanitizer every emulated thread is a TSan fiber and happens-before
 // edges are added exactly where CUDA has them (launch -> thread start, __syncthreads, warp
 // collectives, thread end -> launch completion); switching itself orders nothing, and the
 // scheduler's own bookkeeping is hidden from the detector, so the races it reports are the
 // kernel's.
-#include <link.h>
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -17,18 +13,14 @@
 #include <sstream>
 #include <vector>
 
-#include "emu/emu.h"
-#include "emu/fiber.h"
+#include "emu/state.h"
 #include "emu/internal.h"
-#include "emu/ptx_math.h"
 #include "emu/tsan.h"
 #include "nuri/core/error.h"
 
 namespace nuri::emu {
+namespace detail {
 
-namespace {
-
-constexpr size_t kStackBytes = 256 * 1024;  // register tiles of attention kernels fit
 constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per block
 
 // ---- fiber stacks (fiber.cpp) and TSan fibers: reused across launches, never within one ---------
@@ -65,70 +57,6 @@ class FiberPool {
 
  private:
   std::vector<void*> free_, used_;
-};
-
-// ---- state of a launch ----------------------------------------------------------------------------
-
-enum class Wait { none, barrier, warp, done };
-
-enum class OpKind { shfl, vote, syncwarp, mma, ldmatrix };
-
-/// What a lane brings to a warp collective.
-struct Arrival {
-  OpKind kind = OpKind::shfl;
-  int mode = 0;  // Shfl / Vote value, mma dtype, ldmatrix count*2+trans
-  unsigned mask = 0;
-  int arg = 0, width = 32;
-  uint32_t in[12] = {};
-  Site site;
-};
-
-struct AsyncCopy {
-  void* dst;
-  const void* src;
-  int bytes, src_bytes;
-};
-
-struct Launch;
-
-struct Thread {
-  fiber::Fiber* fiber = nullptr;
-  Launch* launch = nullptr;
-  void* tsan = nullptr;
-  uint3 tid{};
-  int linear = 0;
-  bool started = false, ended = false;
-  Wait wait = Wait::none;
-  Site site;  // where it waits
-  Arrival op;
-  uint32_t out[4] = {};
-  std::shared_ptr<char> sync;  // the rendezvous it acquires when released
-  // cp.async: copies of the open group, committed groups (oldest first), and the TSan fiber of
-  // this thread's asynchronous copy unit.
-  std::vector<AsyncCopy> open_copies;
-  std::vector<std::vector<AsyncCopy>> groups;
-  void* engine = nullptr;
-  char engine_sync = 0, engine_done = 0;
-};
-
-struct Launch {
-  const char* name = "";
-  dim3 grid, block;
-  size_t smem = 0;
-  const std::function<void()>* body = nullptr;
-  uint64_t seed = 0;
-  int threads_per_block = 0;
-  fiber::Stacks* stacks = nullptr;
-  FiberPool* fibers = nullptr;
-  void* sched_tsan = nullptr;
-  char launch_sync = 0, done_sync = 0;
-  uint3 block_idx{};
-  unsigned char* smem_buf = nullptr;
-  std::vector<Thread>* threads = nullptr;
-  Thread* cur = nullptr;
-  std::string error;  // set by a fiber that found misuse
-  std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> smem_blocks;  // freed at the end
-  std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
 };
 
 thread_local Launch* g_launch = nullptr;
@@ -172,173 +100,9 @@ void park(Launch& L, Thread& t) { fiber::suspend(t.fiber, L.sched_tsan); }
   std::abort();  // a failed launch never resumes this thread
 }
 
-// ---- static __shared__: the module's thread-local block, declared new for every block ----------
+}  // namespace detail
 
-struct TlsRange {
-  void* data;
-  size_t size;
-};
-
-/// This OS thread's thread-local blocks of every loaded module (static __shared__ arrays are
-/// thread-locals of whichever module holds the kernel).
-std::vector<TlsRange> thread_local_blocks() {
-  std::vector<TlsRange> r;
-#if NURI_EMU_TSAN
-  dl_iterate_phdr(
-      [](dl_phdr_info* pi, size_t, void* arg) -> int {
-        auto* out = static_cast<std::vector<TlsRange>*>(arg);
-        for (int i = 0; i < pi->dlpi_phnum; ++i) {
-          if (pi->dlpi_phdr[i].p_type == PT_TLS && pi->dlpi_tls_data) {
-            out->push_back({pi->dlpi_tls_data, size_t(pi->dlpi_phdr[i].p_memsz)});
-          }
-        }
-        return 0;
-      },
-      &r);
-#endif
-  return r;
-}
-
-// ---- warp collectives -----------------------------------------------------------------------------
-
-uint16_t half_of(uint32_t w, int i) { return uint16_t(i ? w >> 16 : w & 0xffffu); }
-
-/// Computes the results of one completed collective for every lane of `lanes` (indices into
-/// the warp's threads, by lane number; null for lanes that do not exist).
-std::string compute(const Arrival& op, Thread* const lanes[32]) {
-  switch (op.kind) {
-    case OpKind::shfl: {
-      const int width = op.width;
-      const int segmask = ~(width - 1) & 31;
-      const int cval = Shfl(op.mode) == Shfl::up ? 0 : 31;
-      for (int lane = 0; lane < 32; ++lane) {
-        if (!lanes[lane] || !(op.mask >> lane & 1u)) continue;
-        const int b = lanes[lane]->op.arg & 31;
-        const int max_lane = (lane & segmask) | (cval & ~segmask);
-        const int min_lane = lane & segmask;
-        int j = lane;
-        bool pval = false;
-        switch (Shfl(op.mode)) {
-          case Shfl::up: j = lane - b; pval = j >= max_lane; break;
-          case Shfl::down: j = lane + b; pval = j <= max_lane; break;
-          case Shfl::bfly: j = lane ^ b; pval = j <= max_lane; break;
-          case Shfl::idx: j = min_lane | (b & ~segmask); pval = j <= max_lane; break;
-        }
-        if (!pval) j = lane;
-        if (!(op.mask >> j & 1u)) {  // PTX leaves this undefined; here it is an error
-          std::ostringstream os;
-          os << "shuffle at " << str(op.site) << ": lane " << lane << " reads lane " << j
-             << ", which is not in the mask 0x" << std::hex << op.mask;
-          return os.str();
-        }
-        lanes[lane]->out[0] = lanes[j]->op.in[0];
-      }
-      break;
-    }
-    case OpKind::vote: {
-      unsigned ballot = 0;
-      for (int lane = 0; lane < 32; ++lane) {
-        if (lanes[lane] && (op.mask >> lane & 1u) && lanes[lane]->op.in[0]) ballot |= 1u << lane;
-      }
-      uint32_t r = ballot;
-      if (Vote(op.mode) == Vote::any) r = ballot != 0;
-      if (Vote(op.mode) == Vote::all) r = ballot == op.mask;
-      for (int lane = 0; lane < 32; ++lane) {
-        if (lanes[lane] && (op.mask >> lane & 1u)) lanes[lane]->out[0] = r;
-      }
-      break;
-    }
-    case OpKind::syncwarp:
-      break;
-    case OpKind::mma: {
-      // Gather A [16x16], B [16x8] (K x N), C [16x8] from the fragments (EMULATION.md layout).
-      float A[16][16], B[16][8], C[16][8];
-      const bool bf16 = op.mode == 1;
-      for (int lane = 0; lane < 32; ++lane) {
-        const uint32_t* in = lanes[lane]->op.in;
-        const int g = lane >> 2, t = lane % 4;
-        const int arow[4] = {g, g + 8, g, g + 8}, acol[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
-        for (int r = 0; r < 4; ++r) {
-          for (int h = 0; h < 2; ++h) A[arow[r]][acol[r] + h] = half_to_float(half_of(in[r], h), bf16);
-        }
-        for (int r = 0; r < 2; ++r) {
-          for (int h = 0; h < 2; ++h) B[2 * t + 8 * r + h][g] = half_to_float(half_of(in[4 + r], h), bf16);
-        }
-        float c[4];
-        std::memcpy(c, in + 6, sizeof c);
-        C[g][2 * t] = c[0];
-        C[g][2 * t + 1] = c[1];
-        C[g + 8][2 * t] = c[2];
-        C[g + 8][2 * t + 1] = c[3];
-      }
-      for (int lane = 0; lane < 32; ++lane) {
-        const int g = lane >> 2, t = lane % 4;
-        const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
-        for (int r = 0; r < 4; ++r) {
-          float acc = C[rows[r]][cols[r]];
-          for (int k = 0; k < 16; ++k) acc += A[rows[r]][k] * B[k][cols[r]];  // exact products
-          std::memcpy(&lanes[lane]->out[r], &acc, 4);
-        }
-      }
-      break;
-    }
-    case OpKind::ldmatrix: {
-      const int count = op.mode >> 1;
-      const bool trans = op.mode & 1;
-      for (int lane = 0; lane < 32; ++lane) {
-        const int q = lane >> 2, t = lane % 4;
-        for (int j = 0; j < count; ++j) {
-          uint32_t lo, hi;
-          if (!trans) {  // {M_j[q][2t], M_j[q][2t+1]}: word t of row q
-            const uint32_t w = lanes[8 * j + q]->op.in[t];
-            lo = half_of(w, 0);
-            hi = half_of(w, 1);
-          } else {  // {M_j[2t][q], M_j[2t+1][q]}
-            lo = half_of(lanes[8 * j + 2 * t]->op.in[q / 2], q % 2);
-            hi = half_of(lanes[8 * j + 2 * t + 1]->op.in[q / 2], q % 2);
-          }
-          lanes[lane]->out[j] = lo | hi << 16;
-        }
-      }
-      break;
-    }
-  }
-  return "";
-}
-
-/// Deposits this lane's part of a warp collective, waits for the others, and returns with
-/// t.out holding its result.
-void warp_collective(const Arrival& a) {
-  tsan::ignore_begin();
-  Launch& L = launch_state();
-  Thread& t = *L.cur;
-  const int lane = t.linear % 32;
-  if (!(a.mask >> lane & 1u)) {
-    std::ostringstream os;
-    os << "warp collective at " << str(a.site) << ": the calling lane " << lane
-       << " is not in the mask 0x" << std::hex << a.mask;
-    fail(L, t, os.str());
-  }
-  const int warp_base = t.linear - lane;
-  for (int l = 0; l < 32; ++l) {
-    if ((a.mask >> l & 1u) && warp_base + l >= L.threads_per_block) {
-      std::ostringstream os;
-      os << "warp collective at " << str(a.site) << ": mask 0x" << std::hex << a.mask << std::dec
-         << " names lane " << l << ", which does not exist (the block has " << L.threads_per_block
-         << " threads)";
-      fail(L, t, os.str());
-    }
-  }
-  t.op = a;
-  t.wait = Wait::warp;
-  t.site = a.site;
-  park(L, t);
-  tsan::acquire(t.sync.get());  // sync ops still count inside an ignore region
-  t.sync.reset();
-  tsan::ignore_end();
-}
-
-}  // namespace
+using namespace detail;
 
 // ---- scheduler ------------------------------------------------------------------------------------
 
@@ -537,9 +301,6 @@ void run_block(Launch& L, const uint3& bid) {
     tsan::Ignore ig;
     std::memset(smem, 0xff, smem_bytes);
   }
-  // Static __shared__ arrays are reused by the next block on this OS thread: declare them new.
-  static thread_local const std::vector<TlsRange> tls = thread_local_blocks();
-  for (const TlsRange& r : tls) tsan::new_memory(r.data, r.size);
 
   const dim3& b = L.block;
   int i = 0;
@@ -712,173 +473,6 @@ void syncthreads(Site site) {
   tsan::acquire(t.sync.get());  // sync ops still count inside an ignore region
   t.sync.reset();
   tsan::ignore_end();
-}
-
-void syncwarp(unsigned mask, Site site) {
-  Arrival a;
-  a.kind = OpKind::syncwarp;
-  a.mask = mask;
-  a.site = site;
-  warp_collective(a);
-}
-
-uint32_t shfl(Shfl mode, unsigned mask, uint32_t value, int lane_arg, int width, Site site) {
-  if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
-    tsan::ignore_begin();
-    Launch& L = launch_state();
-    fail(L, *L.cur, "shuffle at " + str(site) + ": width " + std::to_string(width) +
-                        " is not a power of two in [1, 32]");
-  }
-  Arrival a;
-  a.kind = OpKind::shfl;
-  a.mode = int(mode);
-  a.mask = mask;
-  a.arg = lane_arg;
-  a.width = width;
-  a.in[0] = value;
-  a.site = site;
-  warp_collective(a);
-  tsan::Ignore ig;
-  return launch_state().cur->out[0];
-}
-
-unsigned vote(Vote mode, unsigned mask, bool predicate, Site site) {
-  Arrival a;
-  a.kind = OpKind::vote;
-  a.mode = int(mode);
-  a.mask = mask;
-  a.in[0] = predicate;
-  a.site = site;
-  warp_collective(a);
-  tsan::Ignore ig;
-  return launch_state().cur->out[0];
-}
-
-void mma_m16n8k16(bool bf16, float d[4], const uint32_t a[4], const uint32_t b[2],
-                  const float c[4], Site site) {
-  Arrival op;
-  op.kind = OpKind::mma;
-  op.mode = bf16 ? 1 : 0;
-  op.mask = 0xffffffffu;
-  op.site = site;
-  std::memcpy(op.in, a, 16);
-  std::memcpy(op.in + 4, b, 8);
-  std::memcpy(op.in + 6, c, 16);
-  warp_collective(op);
-  tsan::Ignore ig;
-  std::memcpy(d, launch_state().cur->out, 16);
-}
-
-void ldmatrix(int count, bool trans, const void* row, uint32_t* out, Site site) {
-  Launch* L = nullptr;
-  int lane = 0;
-  {
-    tsan::Ignore ig;
-    L = &launch_state();
-    lane = L->cur->linear % 32;
-    if (count != 1 && count != 2 && count != 4) {
-      fail(*L, *L->cur, "ldmatrix at " + str(site) + ": .x" + std::to_string(count) +
-                            " (must be x1, x2 or x4)");
-    }
-    if (lane < 8 * count && reinterpret_cast<uintptr_t>(row) % 16 != 0) {
-      fail(*L, *L->cur, "ldmatrix at " + str(site) + ": lane " + std::to_string(lane) +
-                            " gives a row address that is not 16-byte aligned");
-    }
-  }
-  Arrival op;
-  op.kind = OpKind::ldmatrix;
-  op.mode = count * 2 + (trans ? 1 : 0);
-  op.mask = 0xffffffffu;
-  op.site = site;
-  if (lane < 8 * count) std::memcpy(op.in, row, 16);  // this lane's read, seen by TSan
-  warp_collective(op);
-  tsan::Ignore ig;
-  std::memcpy(out, L->cur->out, size_t(count) * 4);
-}
-
-// ---- cp.async: deferred completion by a per-thread copy unit --------------------------------------
-
-namespace {
-
-/// Runs `f` as this thread's asynchronous copy unit: a separate TSan context, so an access by
-/// the thread (or by others) to a destination before the wait that completes it is a race.
-template <class F>
-void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
-  if (!t.engine) {
-    tsan::Ignore ig;
-    t.engine = tsan::create("cp.async unit");
-  }
-  void* self = t.tsan;
-  if (acquire_thread) tsan::release(&t.engine_sync);
-  tsan::switch_to(t.engine);
-  if (acquire_thread) tsan::acquire(&t.engine_sync);
-  f();
-  tsan::release(&t.engine_done);
-  tsan::switch_to(self);
-}
-
-}  // namespace
-
-void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
-  Launch* L;
-  Thread* t;
-  {
-    tsan::Ignore ig;
-    L = &launch_state();
-    t = L->cur;
-    if (bytes != 4 && bytes != 8 && bytes != 16) {
-      fail(*L, *t, "cp.async at " + str(site) + ": " + std::to_string(bytes) +
-                       " bytes (must be 4, 8 or 16)");
-    }
-    if (src_bytes < 0 || src_bytes > bytes) {
-      fail(*L, *t, "cp.async at " + str(site) + ": src-size " + std::to_string(src_bytes) +
-                       " outside [0, " + std::to_string(bytes) + "]");
-    }
-    if (reinterpret_cast<uintptr_t>(dst) % unsigned(bytes) ||
-        reinterpret_cast<uintptr_t>(src) % unsigned(bytes)) {
-      fail(*L, *t, "cp.async at " + str(site) + ": addresses not aligned to " +
-                       std::to_string(bytes) + " bytes");
-    }
-    t->open_copies.push_back({dst, src, bytes, src_bytes});
-  }
-  // Poison the destination now, as the copy unit: the data arrives only at the wait.
-  as_copy_unit(*t, true, [&] { std::memset(dst, 0xff, size_t(bytes)); });
-}
-
-void cp_async_commit(Site) {
-  tsan::Ignore ig;
-  Thread& t = *launch_state().cur;
-  t.groups.push_back(std::move(t.open_copies));
-  t.open_copies.clear();
-}
-
-void cp_async_wait(int pending, Site site) {
-  Thread* t;
-  std::vector<AsyncCopy> done;
-  {
-    tsan::Ignore ig;
-    Launch& L = launch_state();
-    t = L.cur;
-    if (pending < 0) fail(L, *t, "cp.async.wait_group at " + str(site) + ": negative count");
-    while (int(t->groups.size()) > pending) {
-      for (const AsyncCopy& c : t->groups.front()) done.push_back(c);
-      t->groups.erase(t->groups.begin());
-    }
-  }
-  if (done.empty()) return;
-  as_copy_unit(*t, false, [&] {
-    for (size_t i = 0;; ++i) {
-      AsyncCopy c;
-      {
-        tsan::Ignore ig;  // the list is bookkeeping; the copies below are the unit's accesses
-        if (i >= done.size()) break;
-        c = done[i];
-      }
-      std::memcpy(c.dst, c.src, size_t(c.src_bytes));
-      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
-    }
-  });
-  tsan::acquire(&t->engine_done);
 }
 
 }  // namespace nuri::emu

@@ -21,7 +21,6 @@ void AnnotateIgnoreReadsBegin(const char* file, int line);
 void AnnotateIgnoreReadsEnd(const char* file, int line);
 void AnnotateIgnoreWritesBegin(const char* file, int line);
 void AnnotateIgnoreWritesEnd(const char* file, int line);
-void AnnotateNewMemory(const char* file, int line, const volatile void* mem, size_t size);
 }
 #else
 #define NURI_EMU_TSAN 0
@@ -49,7 +48,6 @@ inline void ignore_end() {
   AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
   AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
 }
-inline void new_memory(const void* p, size_t n) { AnnotateNewMemory(__FILE__, __LINE__, p, n); }
 #else
 inline void* current() { return nullptr; }
 inline void* create(const char*) { return nullptr; }
@@ -59,7 +57,6 @@ inline void acquire(void*) {}
 inline void release(void*) {}
 inline void ignore_begin() {}
 inline void ignore_end() {}
-inline void new_memory(const void*, size_t) {}
 #endif
 
 /// Emulator bookkeeping in a scope of a fiber: invisible to the race detector.

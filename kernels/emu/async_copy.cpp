@@ -1,0 +1,97 @@
+// cp.async under the emulator: copies are queued per thread and group, the destination is
+// poisoned at issue and written at the cp_async_wait that completes the group, both by a
+// separate "copy unit" TSan context, so touching the destination early is a race.
+#include <cstring>
+
+#include "emu/state.h"
+
+namespace nuri::emu {
+
+using namespace detail;
+
+// ---- cp.async: deferred completion by a per-thread copy unit --------------------------------------
+
+namespace {
+
+/// Runs `f` as this thread's asynchronous copy unit: a separate TSan context, so an access by
+/// the thread (or by others) to a destination before the wait that completes it is a race.
+template <class F>
+void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
+  if (!t.engine) {
+    tsan::Ignore ig;
+    t.engine = tsan::create("cp.async unit");
+  }
+  void* self = t.tsan;
+  if (acquire_thread) tsan::release(&t.engine_sync);
+  tsan::switch_to(t.engine);
+  if (acquire_thread) tsan::acquire(&t.engine_sync);
+  f();
+  tsan::release(&t.engine_done);
+  tsan::switch_to(self);
+}
+
+}  // namespace
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
+  Launch* L;
+  Thread* t;
+  {
+    tsan::Ignore ig;
+    L = &launch_state();
+    t = L->cur;
+    if (bytes != 4 && bytes != 8 && bytes != 16) {
+      fail(*L, *t, "cp.async at " + str(site) + ": " + std::to_string(bytes) +
+                       " bytes (must be 4, 8 or 16)");
+    }
+    if (src_bytes < 0 || src_bytes > bytes) {
+      fail(*L, *t, "cp.async at " + str(site) + ": src-size " + std::to_string(src_bytes) +
+                       " outside [0, " + std::to_string(bytes) + "]");
+    }
+    if (reinterpret_cast<uintptr_t>(dst) % unsigned(bytes) ||
+        reinterpret_cast<uintptr_t>(src) % unsigned(bytes)) {
+      fail(*L, *t, "cp.async at " + str(site) + ": addresses not aligned to " +
+                       std::to_string(bytes) + " bytes");
+    }
+    t->open_copies.push_back({dst, src, bytes, src_bytes});
+  }
+  // Poison the destination now, as the copy unit: the data arrives only at the wait.
+  as_copy_unit(*t, true, [&] { std::memset(dst, 0xff, size_t(bytes)); });
+}
+
+void cp_async_commit(Site) {
+  tsan::Ignore ig;
+  Thread& t = *launch_state().cur;
+  t.groups.push_back(std::move(t.open_copies));
+  t.open_copies.clear();
+}
+
+void cp_async_wait(int pending, Site site) {
+  Thread* t;
+  std::vector<AsyncCopy> done;
+  {
+    tsan::Ignore ig;
+    Launch& L = launch_state();
+    t = L.cur;
+    if (pending < 0) fail(L, *t, "cp.async.wait_group at " + str(site) + ": negative count");
+    while (int(t->groups.size()) > pending) {
+      for (const AsyncCopy& c : t->groups.front()) done.push_back(c);
+      t->groups.erase(t->groups.begin());
+    }
+  }
+  if (done.empty()) return;
+  as_copy_unit(*t, false, [&] {
+    for (size_t i = 0;; ++i) {
+      AsyncCopy c;
+      {
+        tsan::Ignore ig;  // the list is bookkeeping; the copies below are the unit's accesses
+        if (i >= done.size()) break;
+        c = done[i];
+      }
+      std::memcpy(c.dst, c.src, size_t(c.src_bytes));
+      std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(c.bytes - c.src_bytes));
+    }
+  });
+  tsan::acquire(&t->engine_done);
+}
+
+}  // namespace nuri::emu

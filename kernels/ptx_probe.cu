@@ -1,0 +1,40 @@
+// Not part of the library: scripts/check-kernels.sh compiles this unit with nvcc so that every
+// inline-PTX wrapper of ptx.cuh is assembled for sm_80 and sm_90 (the emulated build never sees
+// the asm), and checks that the PTX holds the tensor-core and async-copy instructions.
+#include "ptx.cuh"
+
+namespace nuri::kernels {
+
+struct PtxProbeParams {
+  const __nv_bfloat16* gA;  // [16, 16] row-major
+  const __nv_bfloat16* gB;  // [16, 8] row-major
+  float* gD;                // [32, 8]: each lane's two results
+};
+
+__global__ void __launch_bounds__(32) ptx_probe_kernel(PtxProbeParams p) {
+  __shared__ __align__(16) __nv_bfloat16 sA[16 * 16];  // [16, 16]
+  __shared__ __align__(16) __nv_bfloat16 sB[16 * 8];   // [16, 8]
+  const int lane = threadIdx.x;
+  cp_async<16>(sA + lane * 8, p.gA + lane * 8);
+  if (lane < 16) cp_async<16>(sB + lane * 8, p.gB + lane * 8);
+  cp_async<4>(sB, p.gB, 0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  uint32_t rA[4], rB[2], rB1[1], rT[4];
+  ldmatrix<4, false>(rA, sA + (lane % 16) * 16 + (lane / 16) * 8);
+  ldmatrix<2, true>(rB, sB + (lane % 16) * 8);
+  ldmatrix<1, false>(rB1, sB + (lane % 8) * 8);
+  ldmatrix<4, true>(rT, sA + (lane % 16) * 16 + (lane / 16) * 8);
+  const float c[4] = {0.f, 0.f, 0.f, 0.f};
+  float d[4], e[4];
+  mma_bf16_m16n8k16(d, rA, rB, c);
+  const uint32_t rB2[2] = {rB1[0], rT[0]};
+  mma_f16_m16n8k16(e, rT, rB2, d);
+  p.gD[lane * 8 + 0] = d[0] + e[0];
+  p.gD[lane * 8 + 1] = d[1] + e[1];
+  p.gD[lane * 8 + 2] = d[2] + e[2];
+  p.gD[lane * 8 + 3] = d[3] + e[3];
+}
+
+}  // namespace nuri::kernels
