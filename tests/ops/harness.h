@@ -64,8 +64,29 @@ constexpr double kBf16Eps = 1.0 / 128;  // 2^-7, the spacing of bf16 values in [
 /// count: the reference gets the rounded values too). The compare() error is normalized by
 /// max |ref|, so one rounding contributes at most 2^-8 and the 2^-7 per rounding is a factor
 /// of two above bf16's own error.
+inline double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
+  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+}
 inline double tolerance(const Backend& be, double f32_tol, double bf16_roundings) {
-  return act_dtype(be) == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+  return tolerance_for(act_dtype(be), f32_tol, bf16_roundings);
+}
+
+/// One run of a suite that also varies the activation dtype: every backend runs its own
+/// (act_dtype), and backends on bf16 also run f32, where their sums must be as good as the CPU's.
+struct DtypeRun {
+  std::string backend;
+  DType dtype;
+};
+inline void PrintTo(const DtypeRun& r, std::ostream* os) {
+  *os << r.backend << " " << dtype_name(r.dtype);
+}
+inline std::vector<DtypeRun> dtype_runs() {
+  std::vector<DtypeRun> r;
+  for (const auto& name : backends()) {
+    r.push_back({name, act_dtype(name)});
+    if (act_dtype(name) != DType::f32) r.push_back({name, DType::f32});
+  }
+  return r;
 }
 
 /// Whether a backend implements an op yet; tests of ops it lacks report themselves skipped.

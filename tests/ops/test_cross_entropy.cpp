@@ -79,7 +79,7 @@ void check_case(Backend& be, const CeCase& c, DType dt) {
   g.douts = {Vec{dloss}};
   g.grads = {grad};
   // dlogits is stored in the logits' dtype: one rounding when that is bf16.
-  const double grad_tol = dt == DType::bf16 ? std::max(1e-4, 1 * kBf16Eps) : 1e-4;
+  const double grad_tol = tolerance_for(dt, 1e-4, 1);
   check_gradients(g, c.n * c.padded <= 2000, grad_tol, "cross_entropy");
 
   // In place: dlogits aliasing logits gives the same result.

@@ -13,29 +13,7 @@ void PrintTo(const EmbCase& c, std::ostream* os) {
       << (c.positions ? " positions" : "");
 }
 
-/// One run of the suite: a backend and the activation dtype of wte, wpe, out and dout. Every
-/// backend runs its own activation dtype (act_dtype); backends on bf16 also run f32, where the
-/// CUDA backend's sums must be as good as the CPU's.
-struct EmbRun {
-  std::string backend;
-  DType dtype;
-};
-void PrintTo(const EmbRun& r, std::ostream* os) { *os << r.backend << " " << dtype_name(r.dtype); }
-std::vector<EmbRun> runs() {
-  std::vector<EmbRun> r;
-  for (const auto& name : backends()) {
-    r.push_back({name, act_dtype(name)});
-    if (act_dtype(name) != DType::f32) r.push_back({name, DType::f32});
-  }
-  return r;
-}
-
-/// tolerance() for a dtype that may not be the backend's activation dtype.
-double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
-  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
-}
-
-class EmbeddingTest : public ::testing::TestWithParam<std::tuple<EmbRun, EmbCase>> {};
+class EmbeddingTest : public ::testing::TestWithParam<std::tuple<DtypeRun, EmbCase>> {};
 
 TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   const auto& [run, c] = GetParam();
@@ -119,7 +97,7 @@ const EmbCase kCases[] = {
 
 INSTANTIATE_TEST_SUITE_P(
     Ops, EmbeddingTest,
-    ::testing::Combine(::testing::ValuesIn(runs()), ::testing::ValuesIn(kCases)),
+    ::testing::Combine(::testing::ValuesIn(dtype_runs()), ::testing::ValuesIn(kCases)),
     [](const auto& info) {
       const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);

@@ -32,29 +32,7 @@ Vec rope_ref(const RopeCase& c, const Vec& x, double theta) {
   return y;
 }
 
-/// One run of the suite: a backend and the activation dtype it computes on. Every backend runs
-/// its own activation dtype (act_dtype); backends on bf16 also run f32, which checks the kernels'
-/// f32 arithmetic (the angles above all) against the f32 tolerances.
-struct RopeRun {
-  std::string backend;
-  DType dtype;
-};
-void PrintTo(const RopeRun& r, std::ostream* os) { *os << r.backend << " " << dtype_name(r.dtype); }
-std::vector<RopeRun> runs() {
-  std::vector<RopeRun> r;
-  for (const auto& name : backends()) {
-    r.push_back({name, act_dtype(name)});
-    if (act_dtype(name) != DType::f32) r.push_back({name, DType::f32});
-  }
-  return r;
-}
-
-/// tolerance() for a dtype that may not be the backend's activation dtype.
-double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
-  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
-}
-
-class RopeTest : public ::testing::TestWithParam<std::tuple<RopeRun, RopeCase>> {};
+class RopeTest : public ::testing::TestWithParam<std::tuple<DtypeRun, RopeCase>> {};
 
 TEST_P(RopeTest, ForwardAndBackwardMatchFloat64) {
   const auto& [run, c] = GetParam();
@@ -122,7 +100,7 @@ const RopeCase kCases[] = {
 };
 
 INSTANTIATE_TEST_SUITE_P(
-    Ops, RopeTest, ::testing::Combine(::testing::ValuesIn(runs()), ::testing::ValuesIn(kCases)),
+    Ops, RopeTest, ::testing::Combine(::testing::ValuesIn(dtype_runs()), ::testing::ValuesIn(kCases)),
     [](const auto& info) {
       const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);
