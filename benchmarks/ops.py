@@ -25,10 +25,11 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
+
+from bench_util import iters_for, stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -45,16 +46,6 @@ def import_torch():
                 os.environ["NURI_OPS_REEXEC"] = "1"
                 os.execv(cand, [cand] + sys.argv)
         sys.exit("ops.py needs torch: run it with /usr/bin/python3 or .venv/bin/python")
-
-
-def stats(samples):
-    return {"median_s": statistics.median(samples), "min_s": min(samples), "max_s": max(samples)}
-
-
-def iters_for(t_one, target_s):
-    if not t_one or t_one <= 0:
-        return 1
-    return int(min(max(math.ceil(target_s / t_one), 1), 100000))
 
 
 # ---- the PyTorch peers ---------------------------------------------------------------------------

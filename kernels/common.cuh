@@ -60,7 +60,7 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #define NURI_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::nuri::kernels::launch(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__)
 
-// ---- storage types: bf16 or f32 in memory, f32 in registers ------------------------------------
+// ---- storage types: bf16, f16 or f32 in memory, f32 in registers ------------------------------------
 
 template <class T>
 __device__ __forceinline__ float to_float(T v);
@@ -70,6 +70,10 @@ template <>
 __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
   return __bfloat162float(v);
 }
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
 
 template <class T>
 __device__ __forceinline__ T from_float(float v);
@@ -78,6 +82,10 @@ __device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half_rn(v);
 }
 
 // ---- reductions ---------------------------------------------------------------------------------

@@ -17,9 +17,10 @@ mkdir -p "$out"
 archs=(80 90)
 sources=(kernels/*.cu)
 
-compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log
-  local src=$1 arch=$2 name
+compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log, seconds in .time
+  local src=$1 arch=$2 name start
   name=$(basename "$src" .cu)
+  start=$(date +%s.%N)
   if ! "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels \
       -gencode "arch=compute_${arch},code=sm_${arch}" -Xptxas -v -c "$src" \
       -o "$out/$name.sm$arch.o" >"$out/$name.sm$arch.log" 2>&1; then
@@ -27,6 +28,8 @@ compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log
     echo "check-kernels: nvcc failed on $src for sm_$arch" >&2
     return 1
   fi
+  python3 -c 'import sys; print(float(sys.argv[1]) - float(sys.argv[2]))' "$(date +%s.%N)" "$start" \
+    >"$out/$name.sm$arch.time"
 }
 export -f compile
 export nvcc out
@@ -52,6 +55,31 @@ for arch in "${archs[@]}"; do
   done
 done
 echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
+
+# The attention kernels must run on tensor cores with asynchronous tile loads, and fit the shared
+# memory of every GPU nuri targets (the sizes are dynamic, so ptxas cannot report them).
+for arch in "${archs[@]}"; do
+  for src in kernels/attention_fwd.cu kernels/attention_bwd.cu; do
+    ptx="$out/$(basename "$src" .cu).sm$arch.ptx"
+    "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels -arch="compute_$arch" \
+      -ptx "$src" -o "$ptx"
+    for instr in mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
+                 mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 ldmatrix.sync.aligned \
+                 cp.async.cg.shared.global; do
+      if ! grep -q "$instr" "$ptx"; then
+        echo "check-kernels: $instr missing from the PTX of $src (sm_$arch)" >&2
+        exit 1
+      fi
+    done
+  done
+done
+echo "attention: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
+c++ -std=c++20 -Iinclude -Ikernels -I"$(dirname "$nvcc")/../include" \
+  kernels/attention_smem_report.cpp -o "$out/attention_smem_report"
+"$out/attention_smem_report"
+attn_seconds=$(cat "$out"/attention_*.time | python3 -c 'import sys; print(sum(map(float, sys.stdin)))')
+printf 'attention: nvcc time %.0f s for %s (sum over the sources and archs, -O3, one job each)\n' \
+  "$attn_seconds" "$(ls kernels/attention_*.cu | xargs -n1 basename | paste -sd' ')"
 
 # ptxas prints, per entry function: "Compiling entry function 'NAME' for 'sm_XX'", then
 # "N bytes stack frame, S bytes spill stores, L bytes spill loads" and

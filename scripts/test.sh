@@ -80,7 +80,8 @@ else
   section "build build-emu/ (test_ops on cuda-emu, test_emu)"
   cmake --build build-emu --parallel "$jobs" --target test_ops test_emu
   section "ctest -L emu build-emu/"
-  ctest --test-dir build-emu -L '^emu$' --output-on-failure --no-tests=error 2>&1 |
+  # Each emulated test is one OS thread (a block's threads are fibers): one per core.
+  ctest --test-dir build-emu -L '^emu$' --parallel "$jobs" --output-on-failure --no-tests=error 2>&1 |
     tee "$logs/emu.log"
 fi
 

@@ -90,10 +90,10 @@ inline std::vector<DtypeRun> dtype_runs() {
 }
 
 /// Whether a backend implements an op yet; tests of ops it lacks report themselves skipped.
-/// The CUDA backends get matmul with issue #7 and attention with issue #6.
+/// The CUDA backends get matmul with issue #7.
 inline bool supports(const std::string& backend, const std::string& op) {
   if (backend == "cpu") return true;
-  return op != "matmul" && op != "attention";
+  return op != "matmul";
 }
 #define NURI_SKIP_UNSUPPORTED(backend, op)                                                     \
   do {                                                                                      \
@@ -110,10 +110,15 @@ inline Vec random_vec(int64_t n, uint64_t seed, double scale = 1.0) {
   return v;
 }
 
-/// v rounded to a dtype's precision (f32 or bf16), so a reference computed from the result sees
+/// v rounded to a dtype's precision (f32, bf16 or f16), so a reference computed from the result sees
 /// exactly the inputs the backend sees.
+inline double rounded(double x, DType dt) {
+  if (dt == DType::bf16) return double(bf16_to_f32(f32_to_bf16(float(x))));
+  if (dt == DType::f16) return double(f16_to_f32(f32_to_f16(float(x))));
+  return double(float(x));
+}
 inline Vec rounded(Vec v, DType dt) {
-  for (double& x : v) x = dt == DType::bf16 ? double(bf16_to_f32(f32_to_bf16(float(x)))) : double(float(x));
+  for (double& x : v) x = rounded(x, dt);
   return v;
 }
 /// v rounded to the backend's activation dtype.
@@ -128,7 +133,7 @@ inline Tensor host_tensor(const Shape& shape, const Vec& v) {
   return t;
 }
 
-/// A tensor of dtype dt (f32 or bf16) on the backend's device with the values of v (rounded).
+/// A tensor of dtype dt (f32, bf16 or f16) on the backend's device with the values of v (rounded).
 inline Tensor on_dtype(Backend& be, const Shape& shape, const Vec& v, DType dt) {
   Tensor h = host_tensor(shape, v);
   if (dt == DType::bf16) {
@@ -137,6 +142,12 @@ inline Tensor on_dtype(Backend& be, const Shape& shape, const Vec& v, DType dt) 
     bf16_t* dst = hb.data<bf16_t>();
     for (int64_t i = 0; i < h.numel(); ++i) dst[i] = f32_to_bf16(src[i]);
     h = hb;
+  } else if (dt == DType::f16) {
+    Tensor hh = Tensor::empty(shape, DType::f16);
+    const float* src = h.data<float>();
+    f16_t* dst = hh.data<f16_t>();
+    for (int64_t i = 0; i < h.numel(); ++i) dst[i] = f32_to_f16(src[i]);
+    h = hh;
   }
   if (be.device().is_cpu()) return h;
   Tensor d = be.empty(shape, dt);
@@ -188,6 +199,9 @@ inline Vec values(Backend& be, const Tensor& t) {
   if (h.dtype() == DType::bf16) {
     const bf16_t* p = h.data<bf16_t>();
     for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_f32(p[i]);
+  } else if (h.dtype() == DType::f16) {
+    const f16_t* p = h.data<f16_t>();
+    for (size_t i = 0; i < v.size(); ++i) v[i] = f16_to_f32(p[i]);
   } else {
     const float* p = h.data<float>();
     for (size_t i = 0; i < v.size(); ++i) v[i] = p[i];

@@ -1,6 +1,8 @@
 // Causal and non-causal self-attention with grouped-query heads, forward (out, lse) and backward
 // (dq, dk, dv), on every backend, against a float64 reference that materializes the scores.
+#include <array>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "ops/harness.h"
@@ -56,7 +58,6 @@ class AttentionTest : public ::testing::TestWithParam<std::tuple<std::string, At
 
 TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   const auto& [name, c] = GetParam();
-  NURI_SKIP_UNSUPPORTED(name, "attention");  // bf16 tolerances come with the CUDA kernels
   auto be = make_backend(name);
   const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
   Vec q = random_vec(c.b * c.t * c.h * c.d, 51), k = random_vec(c.b * c.t * c.hkv * c.d, 52),
@@ -122,9 +123,18 @@ const AttnCase kCases[] = {
     {2, 100, 4, 4, 64, false, false}, {1, 200, 2, 1, 64, true, false},
 };
 
+// The f32 backends (the CPU's); the CUDA kernels take bf16/f16 and have their own suite below.
+std::vector<std::string> f32_backends() {
+  std::vector<std::string> r;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) r.push_back(name);
+  }
+  return r;
+}
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionTest);
 INSTANTIATE_TEST_SUITE_P(
     Ops, AttentionTest,
-    ::testing::Combine(::testing::ValuesIn(backends()), ::testing::ValuesIn(kCases)),
+    ::testing::Combine(::testing::ValuesIn(f32_backends()), ::testing::ValuesIn(kCases)),
     [](const auto& info) {
       const auto& c = std::get<1>(info.param);
       return sanitize_name(std::get<0>(info.param) + "_B" + std::to_string(c.b) + "_T" +
@@ -135,8 +145,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The backward gives the same bits on 1 thread and on all threads (no order-dependent sums).
 TEST(AttentionDeterminism, BackwardBitsDoNotDependOnThreadCount) {
-  for (const auto& name : backends()) {
-    if (!supports(name, "attention")) continue;
+  for (const auto& name : f32_backends()) {
     auto be = make_backend(name);
     const int64_t b = 2, t = 200, h = 4, kv = 2, d = 32;  // big enough to run in parallel
     const Shape qs{b, t, h, d}, ks{b, t, kv, d};
@@ -154,6 +163,352 @@ TEST(AttentionDeterminism, BackwardBitsDoNotDependOnThreadCount) {
       results.push_back(all);
     }
     EXPECT_EQ(results[0], results[1]) << name;
+  }
+}
+
+
+// ---- the CUDA kernels (bf16/f16 on tensor cores) ------------------------------------------------
+//
+// The bar for a kernel in a 16-bit input type: its error against the float64 reference is at most
+// twice the error of the same computation done on the CPU in that precision (a "model" that
+// rounds exactly where the kernel rounds: P to the input type before P·V, dS to it before the dK
+// and dQ products, every output once at the end; everything else in f32). Errors are max-abs over
+// the tensor, normalized by max |reference|.
+
+struct KernelCase {
+  int64_t b, t, h, hkv, d;
+  bool causal;
+  DType dtype;
+  bool fused_qkv;
+  bool atomic_dq;  // also run the backward with atomic dq accumulation (deterministic is default)
+};
+void PrintTo(const KernelCase& c, std::ostream* os) {
+  *os << dtype_name(c.dtype) << " B=" << c.b << " T=" << c.t << " H=" << c.h << " Hkv=" << c.hkv
+      << " D=" << c.d << (c.causal ? " causal" : " full") << (c.fused_qkv ? " fused-qkv" : "")
+      << (c.atomic_dq ? " +atomic-dq" : "");
+}
+
+struct Grads {
+  Vec dq, dk, dv;
+};
+
+// Index helpers for contiguous [B, T, heads, D] and [B, H, T].
+struct Layout {
+  int64_t b, t, h, hkv, d;
+  size_t q(int64_t bi, int64_t i, int64_t hi, int64_t e) const {
+    return size_t(((bi * t + i) * h + hi) * d + e);
+  }
+  size_t kv(int64_t bi, int64_t j, int64_t g, int64_t e) const {
+    return size_t(((bi * t + j) * hkv + g) * d + e);
+  }
+  size_t row(int64_t bi, int64_t hi, int64_t i) const { return size_t((bi * h + hi) * t + i); }
+};
+
+// The float64 reference backward: P from exact scores, Di from the exact output.
+Grads attention_backward_ref(const KernelCase& c, const Vec& q, const Vec& k, const Vec& v,
+                             const Vec& dout) {
+  const Layout L{c.b, c.t, c.h, c.hkv, c.d};
+  Grads g{Vec(q.size(), 0.0), Vec(k.size(), 0.0), Vec(v.size(), 0.0)};
+  const double scale = 1.0 / std::sqrt(double(c.d));
+  const int64_t group = c.h / c.hkv;
+  Vec p(size_t(c.t)), dp(size_t(c.t)), o(size_t(c.d));
+  for (int64_t bi = 0; bi < c.b; ++bi)
+    for (int64_t hi = 0; hi < c.h; ++hi) {
+      const int64_t kh = hi / group;
+      for (int64_t i = 0; i < c.t; ++i) {
+        const int64_t nk = c.causal ? i + 1 : c.t;
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < nk; ++j) {
+          double dot = 0;
+          for (int64_t e = 0; e < c.d; ++e) dot += q[L.q(bi, i, hi, e)] * k[L.kv(bi, j, kh, e)];
+          p[size_t(j)] = dot * scale;
+          mx = std::max(mx, p[size_t(j)]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < nk; ++j) z += (p[size_t(j)] = std::exp(p[size_t(j)] - mx));
+        std::fill(o.begin(), o.end(), 0.0);
+        for (int64_t j = 0; j < nk; ++j) {
+          p[size_t(j)] /= z;
+          for (int64_t e = 0; e < c.d; ++e) o[size_t(e)] += p[size_t(j)] * v[L.kv(bi, j, kh, e)];
+        }
+        double di = 0;
+        for (int64_t e = 0; e < c.d; ++e) di += dout[L.q(bi, i, hi, e)] * o[size_t(e)];
+        for (int64_t j = 0; j < nk; ++j) {
+          double dpj = 0;
+          for (int64_t e = 0; e < c.d; ++e) dpj += dout[L.q(bi, i, hi, e)] * v[L.kv(bi, j, kh, e)];
+          const double ds = p[size_t(j)] * (dpj - di);
+          for (int64_t e = 0; e < c.d; ++e) {
+            g.dv[L.kv(bi, j, kh, e)] += p[size_t(j)] * dout[L.q(bi, i, hi, e)];
+            g.dk[L.kv(bi, j, kh, e)] += scale * ds * q[L.q(bi, i, hi, e)];
+            g.dq[L.q(bi, i, hi, e)] += scale * ds * k[L.kv(bi, j, kh, e)];
+          }
+        }
+      }
+    }
+  return g;
+}
+
+// The CPU model of the kernels in precision dt: f32 arithmetic, rounding to dt where the kernels
+// round. Returns {out, lse} and the gradients.
+struct ModelResult {
+  Vec out, lse;
+  Grads grads;
+};
+ModelResult attention_model(const KernelCase& c, const Vec& q, const Vec& k, const Vec& v,
+                            const Vec& dout, DType dt) {
+  const Layout L{c.b, c.t, c.h, c.hkv, c.d};
+  ModelResult r{Vec(q.size(), 0.0), Vec(size_t(c.b * c.h * c.t)),
+                Grads{Vec(q.size(), 0.0), Vec(k.size(), 0.0), Vec(v.size(), 0.0)}};
+  const float scale = 1.f / std::sqrt(float(c.d));
+  const float scale_log2 = scale * 1.4426950408889634f;
+  const int64_t group = c.h / c.hkv;
+  auto rnd = [dt](float x) { return float(rounded(double(x), dt)); };
+  std::vector<float> s(size_t(c.t)), acc(size_t(c.d));
+  std::vector<float> dq_acc(q.size(), 0.f), dk_acc(k.size(), 0.f), dv_acc(v.size(), 0.f);
+  for (int64_t bi = 0; bi < c.b; ++bi)
+    for (int64_t hi = 0; hi < c.h; ++hi) {
+      const int64_t kh = hi / group;
+      for (int64_t i = 0; i < c.t; ++i) {
+        const int64_t nk = c.causal ? i + 1 : c.t;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < nk; ++j) {
+          float dot = 0;
+          for (int64_t e = 0; e < c.d; ++e)
+            dot += float(q[L.q(bi, i, hi, e)]) * float(k[L.kv(bi, j, kh, e)]);
+          s[size_t(j)] = dot * scale_log2;
+          mx = std::max(mx, s[size_t(j)]);
+        }
+        float l = 0;
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t j = 0; j < nk; ++j) {
+          const float pj = exp2f(s[size_t(j)] - mx);
+          l += pj;
+          const float pr = rnd(pj);
+          for (int64_t e = 0; e < c.d; ++e) acc[size_t(e)] += pr * float(v[L.kv(bi, j, kh, e)]);
+        }
+        for (int64_t e = 0; e < c.d; ++e) r.out[L.q(bi, i, hi, e)] = rnd(acc[size_t(e)] / l);
+        const float lse2 = mx + std::log2(l);  // log2 domain, as the backward uses it
+        r.lse[L.row(bi, hi, i)] = lse2 * 0.6931471805599453f;
+
+        float di = 0;
+        for (int64_t e = 0; e < c.d; ++e)
+          di += float(dout[L.q(bi, i, hi, e)]) * float(r.out[L.q(bi, i, hi, e)]);
+        for (int64_t j = 0; j < nk; ++j) {
+          const float pj = exp2f(s[size_t(j)] - lse2);
+          float dpj = 0;
+          for (int64_t e = 0; e < c.d; ++e)
+            dpj += float(dout[L.q(bi, i, hi, e)]) * float(v[L.kv(bi, j, kh, e)]);
+          const float ds = rnd(pj * (dpj - di)), pr = rnd(pj);
+          for (int64_t e = 0; e < c.d; ++e) {
+            dv_acc[L.kv(bi, j, kh, e)] += pr * float(dout[L.q(bi, i, hi, e)]);
+            dk_acc[L.kv(bi, j, kh, e)] += ds * float(q[L.q(bi, i, hi, e)]);
+            dq_acc[L.q(bi, i, hi, e)] += ds * float(k[L.kv(bi, j, kh, e)]);
+          }
+        }
+      }
+    }
+  for (size_t i = 0; i < dq_acc.size(); ++i) r.grads.dq[i] = rnd(dq_acc[i] * scale);
+  for (size_t i = 0; i < dk_acc.size(); ++i) r.grads.dk[i] = rnd(dk_acc[i] * scale);
+  for (size_t i = 0; i < dv_acc.size(); ++i) r.grads.dv[i] = rnd(dv_acc[i]);
+  return r;
+}
+
+// The kernel's error is at most twice the model's. Two cases have an f32 floor instead, where
+// the model's error says nothing about the input precision:
+//  - results that never pass through the input type (lse): they differ from the model by f32
+//    summation order and the exp2 implementation; floor 8 f32 ulps of max |ref|;
+//  - references that vanish identically (dq and dk when every row sees one key, T = 1): the
+//    error is then absolute, and what the kernel returns is f32 cancellation noise of
+//    dP − rowsum(dO∘O), terms of size ≈ √D; floor 1e-5 (about 8 ulps of such a term).
+void expect_within_model(const Vec& kernel, const Vec& model, const Vec& ref, const char* what,
+                         bool f32_result = false) {
+  double scale = 0;
+  for (double x : ref) scale = std::max(scale, std::abs(x));
+  const bool vanishing = scale == 0;
+  const Diff dk = compare(kernel, ref), dm = compare(model, ref);
+  const double e_kernel = vanishing ? dk.abs : dk.rel, e_model = vanishing ? dm.abs : dm.rel;
+  const double floor = vanishing ? 1e-5 : (f32_result ? 8 * 1.1920929e-7 : 0.0);
+  const double bound = std::max(2 * e_model, floor);
+  std::printf("  %-4s kernel error %.3g, model error %.3g\n", what, e_kernel, e_model);
+  EXPECT_LE(e_kernel, bound) << what << ": kernel error " << e_kernel << ", model error "
+                             << e_model << " (bound: twice the model's)";
+}
+
+class AttentionKernelTest : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
+
+// q, k, v as device tensors of c.dtype holding the (already rounded) values; fused: strided views
+// of one [B, T, H + 2·Hkv, D] buffer (`fused`). With `zero`, zero-filled (for the gradients).
+struct Qkv {
+  Tensor q, k, v, fused;
+};
+Qkv qkv_tensors(Backend& be, const KernelCase& c, const Vec& q, const Vec& k, const Vec& v,
+                bool zero) {
+  const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+  if (!c.fused_qkv) {
+    if (zero) {
+      Qkv r{be.empty(qs, c.dtype), be.empty(ks, c.dtype), be.empty(ks, c.dtype), Tensor()};
+      for (const Tensor* t : {&r.q, &r.k, &r.v}) be.zero(*t);
+      return r;
+    }
+    return {on_dtype(be, qs, q, c.dtype), on_dtype(be, ks, k, c.dtype),
+            on_dtype(be, ks, v, c.dtype), Tensor()};
+  }
+  const int64_t width = (c.h + 2 * c.hkv) * c.d;
+  Vec packed(size_t(c.b * c.t * width), 0.0);
+  if (!zero) {
+    for (int64_t r = 0; r < c.b * c.t; ++r) {
+      for (int64_t e = 0; e < c.h * c.d; ++e) packed[size_t(r * width + e)] = q[size_t(r * c.h * c.d + e)];
+      for (int64_t e = 0; e < c.hkv * c.d; ++e) {
+        packed[size_t(r * width + c.h * c.d + e)] = k[size_t(r * c.hkv * c.d + e)];
+        packed[size_t(r * width + (c.h + c.hkv) * c.d + e)] = v[size_t(r * c.hkv * c.d + e)];
+      }
+    }
+  }
+  Tensor qkv = on_dtype(be, {c.b, c.t, c.h + 2 * c.hkv, c.d}, packed, c.dtype);
+  return {qkv.slice(2, 0, c.h), qkv.slice(2, c.h, c.h + c.hkv),
+          qkv.slice(2, c.h + c.hkv, c.h + 2 * c.hkv), qkv};
+}
+
+// Values of q, k, v (or their gradients) of a Qkv; fused views are read through their buffer.
+std::array<Vec, 3> qkv_values(Backend& be, const KernelCase& c, const Qkv& t) {
+  if (!t.fused.defined()) return {values(be, t.q), values(be, t.k), values(be, t.v)};
+  Tensor host = Tensor::empty(t.fused.shape(), DType::f32);
+  const Vec all = values(be, t.fused);
+  for (size_t i = 0; i < all.size(); ++i) host.data<float>()[i] = float(all[i]);
+  auto part = [&](int64_t from, int64_t to) { return values(be, host.slice(2, from, to)); };
+  return {part(0, c.h), part(c.h, c.h + c.hkv), part(c.h + c.hkv, c.h + 2 * c.hkv)};
+}
+
+TEST_P(AttentionKernelTest, WithinTwiceTheCpuErrorInTheInputPrecision) {
+  const auto& [name, c] = GetParam();
+  auto be = make_backend(name);
+  const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+  const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 61), c.dtype),
+            k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 62), c.dtype),
+            v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 63), c.dtype),
+            dout = rounded(random_vec(c.b * c.t * c.h * c.d, 64), c.dtype);
+  const Qkv in = qkv_tensors(*be, c, q, k, v, false);
+  const Tensor &tq = in.q, &tk = in.k, &tv = in.v;
+  Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {c.b, c.h, c.t});
+  AttentionOptions opt;
+  opt.causal = c.causal;
+  be->attention(tq, tk, tv, out, lse, opt);
+
+  const auto ref = attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v);
+  const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
+  expect_within_model(values(*be, out), model.out, ref[0], "out");
+  expect_within_model(values(*be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
+
+  const Grads gref = attention_backward_ref(c, q, k, v, dout);
+  const Tensor tdout = on_dtype(*be, qs, dout, c.dtype);
+  for (bool deterministic : {true, false}) {
+    if (!deterministic && !c.atomic_dq) continue;
+    SCOPED_TRACE(deterministic ? "deterministic dq" : "atomic dq");
+    const Qkv d = qkv_tensors(*be, c, q, k, v, true);
+    opt.deterministic = deterministic;
+    be->attention_backward(tq, tk, tv, out, lse, tdout, d.q, d.k, d.v, opt);
+    const auto grads = qkv_values(*be, c, d);
+    expect_within_model(grads[0], model.grads.dq, gref.dq, "dq");
+    expect_within_model(grads[1], model.grads.dk, gref.dk, "dk");
+    expect_within_model(grads[2], model.grads.dv, gref.dv, "dv");
+  }
+}
+
+// Every dtype × head dim × causal × GQA ratio (1, 2, and H: multi-query) on short sequences that
+// are and are not multiples of the tiles (1, 17, 33, 65, 100: one to two tiles, ragged edges),
+// then longer ones (128, 200, 512). Fused-QKV strided views on a third of the cases, atomic dq
+// accumulation on a quarter (deterministic dq runs on all). Emulated under TSan a thread is slow,
+// so B·H stays small: the cost grows as B·H·T²·D.
+std::vector<KernelCase> kernel_cases() {
+  std::vector<KernelCase> r;
+  const int64_t lengths[] = {17, 65, 1, 100, 33};  // 5 is prime to the 2·3 inner combinations
+  int n = 0;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (int64_t d : {64, 128})
+      for (bool causal : {true, false})
+        for (int64_t ratio : {1, 2, 4}) {
+          const int64_t t = lengths[n % 5], h = ratio == 1 ? 2 : 4;
+          r.push_back({t <= 17 ? 2 : 1, t, h, h / ratio, d, causal, dt, /*fused_qkv=*/n % 3 == 1,
+                       /*atomic_dq=*/n % 4 == 0});
+          ++n;
+        }
+  r.push_back({2, 128, 2, 1, 128, true, DType::bf16, true, true});
+  r.push_back({1, 200, 2, 2, 64, false, DType::f16, false, false});
+  r.push_back({1, 200, 2, 1, 128, true, DType::bf16, false, true});
+  r.push_back({1, 512, 1, 1, 64, true, DType::bf16, false, false});
+  return r;
+}
+
+std::vector<std::tuple<std::string, KernelCase>> kernel_params() {
+  std::vector<std::tuple<std::string, KernelCase>> r;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    for (const auto& c : kernel_cases()) r.emplace_back(name, c);
+  }
+  return r;
+}
+
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionKernelTest);
+INSTANTIATE_TEST_SUITE_P(
+    Ops, AttentionKernelTest, ::testing::ValuesIn(kernel_params()), [](const auto& info) {
+      const auto& c = std::get<1>(info.param);
+      return sanitize_name(std::get<0>(info.param) + "_" + dtype_name(c.dtype) + "_B" +
+                           std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
+                           std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
+                           std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
+                           (c.fused_qkv ? "_fusedqkv" : "") + (c.atomic_dq ? "_atomicdq" : ""));
+    });
+
+// Deterministic mode: the same bits from two backward runs, whose blocks the emulator schedules
+// in different random orders (each launch draws its own order).
+TEST(AttentionKernelDeterminism, DeterministicBackwardRepeatsBitForBit) {
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    auto be = make_backend(name);
+    const KernelCase c{1, 100, 4, 2, 64, true, DType::bf16, false, false};
+    const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+    Tensor q = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 65)),
+           k = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 66)),
+           v = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 67)),
+           dout = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 68));
+    Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {c.b, c.h, c.t});
+    be->attention(q, k, v, out, lse, AttentionOptions{});
+    std::vector<Vec> runs;
+    for (int run = 0; run < 2; ++run) {
+      Tensor dq = zeros(*be, qs), dk = zeros(*be, ks), dv = zeros(*be, ks);
+      be->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, AttentionOptions{});
+      Vec all = values(*be, dq);
+      for (const auto& x : {values(*be, dk), values(*be, dv)}) all.insert(all.end(), x.begin(), x.end());
+      runs.push_back(all);
+    }
+    EXPECT_EQ(runs[0], runs[1]) << name;
+  }
+}
+
+// What the CUDA kernels do not take is refused with a message that says what to do.
+TEST(AttentionKernelErrors, UnsupportedInputsAreRefusedClearly) {
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    auto be = make_backend(name);
+    auto expect_error = [&](const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                            const Tensor& lse, const std::string& needle) {
+      try {
+        be->attention(q, k, v, out, lse, AttentionOptions{});
+        ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    };
+    const Shape s{1, 8, 2, 64};
+    Tensor lse = zeros_f32(*be, {1, 2, 8});
+    Tensor f32 = zeros_f32(*be, s);
+    expect_error(f32, f32, f32, f32, lse, "takes bf16 or f16");
+    Tensor d32 = zeros(*be, {1, 8, 2, 32});
+    expect_error(d32, d32, d32, d32, lse, "head_dim 32 has no CUDA kernel");
+    Tensor padded = zeros(*be, {1, 8, 2, 68});  // head rows 136 bytes apart: not 16-byte aligned
+    Tensor misaligned = padded.slice(3, 0, 64);
+    Tensor good = zeros(*be, s);
+    expect_error(misaligned, good, good, good, lse, "16-byte aligned rows");
   }
 }
 

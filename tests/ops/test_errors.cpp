@@ -69,14 +69,13 @@ TEST_P(OpErrorTest, NonContiguousWhereContiguityIsRequired) {
 }
 
 TEST_P(OpErrorTest, AttentionHeadsAndShapes) {
-  NURI_SKIP_UNSUPPORTED(GetParam(), "attention");
   AttentionOptions opt;
-  expect_error([&] { be->attention(f32({1, 4, 8, 2}), f32({1, 4, 3, 2}), f32({1, 4, 3, 2}), f32({1, 4, 8, 2}), f32({1, 8, 4}), opt); },
+  expect_error([&] { be->attention(act({1, 4, 8, 2}), act({1, 4, 3, 2}), act({1, 4, 3, 2}), act({1, 4, 8, 2}), f32({1, 8, 4}), opt); },
                {"attention", "3", "8", "divide"});
-  expect_error([&] { be->attention(f32({1, 4, 2, 2}), f32({1, 5, 2, 2}), f32({1, 5, 2, 2}), f32({1, 4, 2, 2}), f32({1, 2, 4}), opt); },
-               {"attention"});
-  expect_error([&] { be->attention(f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 0, 2, 2}), f32({1, 2, 0}), opt); },
-               {"attention"});
+  expect_error([&] { be->attention(act({1, 4, 2, 2}), act({1, 5, 2, 2}), act({1, 5, 2, 2}), act({1, 4, 2, 2}), f32({1, 2, 4}), opt); },
+               {"attention", "k has shape"});
+  expect_error([&] { be->attention(act({1, 0, 2, 2}), act({1, 0, 2, 2}), act({1, 0, 2, 2}), act({1, 0, 2, 2}), f32({1, 2, 0}), opt); },
+               {"attention", "must be positive"});
 }
 
 TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {

@@ -1,5 +1,5 @@
 // CudaBackend construction, its allocator and the memory ops (zero, copy, workspace); the ops
-// that have no kernel yet (matmul: issue #7, attention: issue #6) say so.
+// that have no kernel yet (matmul: issue #7) say so.
 #include "backend/cuda/cuda_backend.h"
 
 #include <cstring>
@@ -126,14 +126,4 @@ void CudaBackend::matmul_backward_weight(const Tensor&, const Tensor&, const Ten
 void CudaBackend::matmul_backward_bias(const Tensor&, const Tensor&, bool) {
   not_yet("matmul_backward_bias", "issue #7");
 }
-void CudaBackend::attention(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                            const Tensor&, const AttentionOptions&) {
-  not_yet("attention", "issue #6");
-}
-void CudaBackend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                     const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                     const Tensor&, const AttentionOptions&) {
-  not_yet("attention_backward", "issue #6");
-}
-
 }  // namespace nuri

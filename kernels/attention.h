@@ -1,0 +1,114 @@
+// Host interface of the fused attention kernels (attention_fwd.cuh, attention_bwd.cuh): the
+// parameter struct, the tile configurations (so host code can size shared memory without device
+// code) and the launchers, instantiated for __nv_bfloat16 and __half in attention_fwd.cu and
+// attention_bwd.cu. Plain C++: the CUDA backend (csrc/backend/cuda/attention.cpp) and the GPU
+// benchmark include it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace nuri::kernels {
+
+/// Strides in elements of a [B, T, heads, D] tensor over B, T and heads; D has unit stride.
+struct AttnStrides {
+  int64_t b = 0, t = 0, h = 0;
+};
+
+/// One attention call. q [B, T, H, D]; k, v [B, T, Hkv, D] with Hkv dividing H (query head h
+/// reads kv head h / (H / Hkv)); every row 16-byte aligned (base pointers and strides), so that
+/// tiles load with 16-byte cp.async. lse, and the backward's Di, are [B, H, T] f32, contiguous.
+template <class T>
+struct AttentionParams {
+  const T* q = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
+  T* out = nullptr;       // [B, T, H, D] forward output; backward input (for Di = rowsum(dO∘O))
+  float* lse = nullptr;   // [B, H, T] natural-log log-sum-exp of the scaled scores
+  const T* dout = nullptr;  // backward: [B, T, H, D]
+  T* dq = nullptr;          // backward outputs, shapes of q, k, v
+  T* dk = nullptr;
+  T* dv = nullptr;
+  AttnStrides q_s, k_s, v_s, out_s, dout_s, dq_s, dk_s, dv_s;
+  int batch = 0, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  float scale = 0.f;  // softmax scale (the caller resolves "0 means 1/sqrt(D)")
+  bool causal = true;
+  /// Backward only: dQ without atomics (a separate query-major pass; bits independent of block
+  /// order), or accumulated with f32 atomics from the key-major pass (faster, order-dependent).
+  bool deterministic = true;
+};
+
+/// Head dims with compiled kernels. Adding one is one line in each dispatch
+/// (attention_fwd.cu, attention_bwd.cu) and one here.
+constexpr int kAttentionHeadDims[] = {64, 128};
+constexpr bool attention_head_dim_supported(int d) {
+  for (int x : kAttentionHeadDims) {
+    if (x == d) return true;
+  }
+  return false;
+}
+
+/// Shared memory rows are padded by 8 elements (16 bytes), which makes the 8 row addresses of an
+/// ldmatrix fall in different banks.
+constexpr int attn_row_stride(int d) { return d + 8; }
+
+/// Forward: a block of 4 warps owns 64 query rows (16 per warp) of one (b, h) and walks key
+/// tiles of 64 through a 2-stage cp.async pipeline. Shared memory: Q + 2 × (K + V) tiles.
+template <int D>
+struct AttnFwdConfig {
+  static constexpr int kThreads = 128;
+  static constexpr int kBlockM = 64;  // query rows per block
+  static constexpr int kBlockN = 64;  // keys per tile
+  static constexpr int kStages = 2;
+  static constexpr size_t kSmemBytes =
+      size_t(kBlockM + 2 * kStages * kBlockN) * attn_row_stride(D) * 2;
+};
+
+/// Backward, key-major pass (dK, dV and, when not deterministic, atomic dQ): a block of 4 warps
+/// owns 64 keys (16 per warp) of one (b, kv head) and walks the query tiles of every query head
+/// sharing it (32 rows per tile, 2-stage pipeline). Shared memory: K, V + 2 × (Q + dO) tiles,
+/// dSᵀ [64 keys][32 queries] (padded), lse and Di of a query tile for each stage.
+template <int D>
+struct AttnBwdKVConfig {
+  static constexpr int kThreads = 128;
+  static constexpr int kBlockN = 64;  // keys per block
+  static constexpr int kBlockM = 32;  // queries per tile
+  static constexpr int kStages = 2;
+  static constexpr size_t kSmemBytes =
+      size_t(2 * kBlockN + 2 * kStages * kBlockM) * attn_row_stride(D) * 2 +
+      size_t(kBlockN) * (kBlockM + 8) * 2 + size_t(kStages) * 2 * kBlockM * sizeof(float);
+};
+
+/// Backward, query-major dQ pass (deterministic mode): a block of 4 warps owns 64 query rows of
+/// one (b, h) and walks key tiles of 32 (2-stage pipeline). Shared memory: Q, dO + 2 × (K + V)
+/// tiles, lse and Di of its rows.
+template <int D>
+struct AttnBwdQConfig {
+  static constexpr int kThreads = 128;
+  static constexpr int kBlockM = 64;  // query rows per block
+  static constexpr int kBlockN = 32;  // keys per tile
+  static constexpr int kStages = 2;
+  static constexpr size_t kSmemBytes =
+      size_t(2 * kBlockM + 2 * kStages * kBlockN) * attn_row_stride(D) * 2 +
+      size_t(2 * kBlockM) * sizeof(float);
+};
+
+/// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims.
+template <class T>
+void attention_forward(const AttentionParams<T>& p, cudaStream_t stream);
+
+/// Bytes of device workspace attention_backward needs: Di [B, H, T] f32, plus an f32 dQ
+/// accumulator [B, T, H, D] when not deterministic (each part 256-byte aligned).
+size_t attention_backward_workspace_bytes(int batch, int seq, int heads, int head_dim,
+                                          bool deterministic);
+
+/// dq, dk, dv from q, k, v, out, lse and dout; `workspace` holds
+/// attention_backward_workspace_bytes(...) bytes of device memory.
+template <class T>
+void attention_backward(const AttentionParams<T>& p, void* workspace, cudaStream_t stream);
+
+}  // namespace nuri::kernels

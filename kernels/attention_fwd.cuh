@@ -1,0 +1,172 @@
+// Fused attention forward, FlashAttention-2 formulation: out = softmax(scale · Q Kᵀ) V and the
+// per-row log-sum-exp, never materializing the T×T scores.
+//
+// A block of 4 warps owns 64 query rows of one (batch, head); warp w owns rows 16w..16w+15 and
+// keeps its Q fragments, its 16 × D output accumulator and its running row max / row sum in
+// registers for the whole walk over key tiles. Key and value tiles of 64 rows stream through a
+// 2-stage cp.async pipeline (the next tile loads while tensor cores work on this one). Per tile:
+// S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose), masking at the
+// sequence end and the causal diagonal, an online softmax in the exp2 domain (scores pre-scaled
+// by scale·log2 e), then O += P V with P taken straight from the S accumulator registers
+// (rounded to the input type) and V through ldmatrix.trans. Causal blocks stop at the diagonal
+// and the heaviest (last) query tiles are scheduled first.
+#pragma once
+
+#include <cmath>
+
+#include "attention_common.cuh"
+
+namespace nuri::kernels {
+
+template <class T, int D, bool kCausal>
+__global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
+    attention_fwd_kernel(const AttentionParams<T> p) {
+  using Cfg = AttnFwdConfig<D>;
+  constexpr int kM = Cfg::kBlockM, kN = Cfg::kBlockN, kThreads = Cfg::kThreads;
+  constexpr int kLd = attn_row_stride(D);
+  constexpr int kKSteps = D / 16;   // k blocks of Q·Kᵀ
+  constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
+  constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
+
+  // sQ [kM][kLd], then per stage sK [kN][kLd] and sV [kN][kLd].
+  T* sQ = dynamic_smem<T>();
+  T* sKV = sQ + kM * kLd;
+  auto sK = [&](int stage) { return sKV + stage * 2 * kN * kLd; };
+  auto sV = [&](int stage) { return sKV + stage * 2 * kN * kLd + kN * kLd; };
+
+  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest causal tiles first
+  const int h = int(blockIdx.y), b = int(blockIdx.z);
+  const int kvh = h / (p.heads / p.kv_heads);
+  const int q0 = m_block * kM;
+  const int warp = attn::warp_id(), lane = attn::lane_id();
+  const int rg = lane / 4, tq = lane % 4;  // accumulator row group and column pair
+
+  const T* gQ = p.q + b * p.q_s.b + int64_t(q0) * p.q_s.t + h * p.q_s.h;
+  const T* gK = p.k + b * p.k_s.b + kvh * p.k_s.h;
+  const T* gV = p.v + b * p.v_s.b + kvh * p.v_s.h;
+  const int key_end = kCausal && q0 + kM < p.seq ? q0 + kM : p.seq;
+  const int n_tiles = (key_end + kN - 1) / kN;
+
+  // Key/value tile j into stage j % 2, as one cp.async group (tile 0's group also holds Q).
+  auto issue = [&](int j) {
+    const int k0 = j * kN;
+    attn::load_tile<T, D, kN, kThreads>(sK(j % 2), gK + int64_t(k0) * p.k_s.t, p.k_s.t,
+                                        p.seq - k0);
+    attn::load_tile<T, D, kN, kThreads>(sV(j % 2), gV + int64_t(k0) * p.v_s.t, p.v_s.t,
+                                        p.seq - k0);
+    cp_async_commit();
+  };
+  attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0);
+  issue(0);
+
+  const float scale_log2 = p.scale * attn::kLog2e;
+  uint32_t rQ[kKSteps][4];
+  float rO[kOBlocks][4];
+#pragma unroll
+  for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
+  // Running max (of scaled scores, log2 domain) and this thread's share of the row sum, for
+  // rows rg and rg + 8 of the warp.
+  float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
+  const int row_lo = q0 + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j % 2;
+    attn::pipeline_step(j, n_tiles, issue);  // the next tile streams in while this one computes
+    if (j == 0) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) attn::load_a(rQ[ks], sQ, kLd, warp * 16, ks * 16);
+    }
+
+    // S = Q Kᵀ for this warp's 16 rows and the tile's kN keys.
+    float rS[kSBlocks][4];
+#pragma unroll
+    for (int nb = 0; nb < kSBlocks; ++nb) rS[nb][0] = rS[nb][1] = rS[nb][2] = rS[nb][3] = 0.f;
+    const T* k_tile = sK(stage);
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+      for (int nb = 0; nb < kSBlocks; nb += 2) {
+        uint32_t rB[4];
+        attn::load_b_nk(rB, k_tile, kLd, nb * 8, ks * 16);
+        attn::mma<T>(rS[nb], rQ[ks], rB[0], rB[1]);
+        attn::mma<T>(rS[nb + 1], rQ[ks], rB[2], rB[3]);
+      }
+    }
+
+    // Scale into the log2 domain; mask keys past the end and, causally, past the row.
+    const int k0 = j * kN;
+    const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + warp * 16);
+#pragma unroll
+    for (int nb = 0; nb < kSBlocks; ++nb) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float s = rS[nb][i] * scale_log2;
+        if (edge) {
+          const int key = k0 + nb * 8 + 2 * tq + (i % 2);
+          const int row = row_lo + 8 * (i / 2);
+          if (key >= p.seq || (kCausal && key > row)) s = -INFINITY;
+        }
+        rS[nb][i] = s;
+      }
+    }
+
+    // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max).
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float mx = rMax[half];
+#pragma unroll
+      for (int nb = 0; nb < kSBlocks; ++nb) mx = fmaxf(mx, fmaxf(rS[nb][2 * half], rS[nb][2 * half + 1]));
+      mx = attn::quad_max(mx);
+      // A row that has seen only masked keys keeps max -inf; subtracting 0 then gives P = 0.
+      const float base = mx == -INFINITY ? 0.f : mx;
+      const float alpha = exp2f(rMax[half] - base);  // 0 while rMax is -inf
+      rMax[half] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < kSBlocks; ++nb) {
+        rS[nb][2 * half] = exp2f(rS[nb][2 * half] - base);
+        rS[nb][2 * half + 1] = exp2f(rS[nb][2 * half + 1] - base);
+        sum += rS[nb][2 * half] + rS[nb][2 * half + 1];
+      }
+      rSum[half] = rSum[half] * alpha + sum;
+#pragma unroll
+      for (int nb = 0; nb < kOBlocks; ++nb) {
+        rO[nb][2 * half] *= alpha;
+        rO[nb][2 * half + 1] *= alpha;
+      }
+    }
+
+    // O += P V: P's 16-key column pairs are A operands as they sit in registers.
+    const T* v_tile = sV(stage);
+#pragma unroll
+    for (int kb = 0; kb < kN / 16; ++kb) {
+      uint32_t rP[4];
+      attn::acc_to_a<T>(rP, rS, kb);
+#pragma unroll
+      for (int nb = 0; nb < kOBlocks; nb += 2) {
+        uint32_t rB[4];
+        attn::load_b_kn(rB, v_tile, kLd, kb * 16, nb * 8);
+        attn::mma<T>(rO[nb], rP, rB[0], rB[1]);
+        attn::mma<T>(rO[nb + 1], rP, rB[2], rB[3]);
+      }
+    }
+    __syncthreads();  // the next iteration's loads overwrite this stage
+  }
+
+  // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const float sum = attn::quad_sum(rSum[half]);
+    inv[half] = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = row_lo + 8 * half;
+    if (tq == 0 && row < p.seq) {
+      p.lse[(int64_t(b) * p.heads + h) * p.seq + row] =
+          sum > 0.f ? (rMax[half] + log2f(sum)) * attn::kLn2 : -INFINITY;
+    }
+  }
+  T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
+  attn::store_acc<T>(gO, p.out_s.t, q0 + warp * 16, p.seq, rO, inv[0], inv[1]);
+}
+
+}  // namespace nuri::kernels
