@@ -37,7 +37,6 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
-#include <numbers>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -46,6 +45,7 @@
 #include "nuri/backend/backend.h"
 #include "nuri/core/dtype.h"
 #include "nuri/core/error.h"
+#include "nuri/core/rng.h"
 #include "nuri/core/tensor.h"
 
 namespace {
@@ -103,13 +103,6 @@ double seconds_per_call(Backend& be, F&& call, int iters) {
 
 // ---- host data: random normal values (never zero), converted to the benchmark's dtype ----------
 
-uint64_t splitmix64(uint64_t& s) {
-  uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 void store(const Tensor& t, int64_t i, float x) {
   switch (t.dtype()) {
     case DType::bf16:
@@ -135,23 +128,15 @@ double load(const Tensor& t, int64_t i) {
   }
 }
 
-/// Box-Muller over a counter-based generator, in parallel chunks (the same values for any
-/// thread count).
+/// Standard normal values from nuri's Philox (element i is normal(i) of stream 0xa77e: the same
+/// values for any thread count).
 void fill_normal(const Tensor& t, uint64_t seed) {
-  const int64_t n = t.numel(), chunk = 1 << 16;
+  const nuri::Philox rng(seed, 0xa77e);
+  const int64_t n = t.numel();
 #pragma omp parallel for schedule(static)
-  for (int64_t c0 = 0; c0 < n; c0 += chunk) {
-    uint64_t s = seed * 0x100000001b3ull + uint64_t(c0);
-    for (int64_t i = c0; i < std::min(n, c0 + chunk); i += 2) {
-      const double u1 = (double(splitmix64(s) >> 11) + 0.5) * 0x1.0p-53;
-      const double u2 = double(splitmix64(s) >> 11) * 0x1.0p-53;
-      const double r = std::sqrt(-2.0 * std::log(u1)), a = 2.0 * std::numbers::pi * u2;
-      const double pair[2] = {r * std::cos(a), r * std::sin(a)};
-      for (int j = 0; j < 2 && i + j < n; ++j) {
-        store(t, i + j, float(pair[j]));
-        if (load(t, i + j) == 0.0) store(t, i + j, 1e-3f);  // non-zero data
-      }
-    }
+  for (int64_t i = 0; i < n; ++i) {
+    store(t, i, rng.normal(uint64_t(i)));
+    if (load(t, i) == 0.0) store(t, i, 1e-3f);  // non-zero data
   }
 }
 
