@@ -1,90 +1,21 @@
-// Building blocks shared by the attention kernels: tile loads with cp.async, tensor-core fragment
-// loads with ldmatrix, the accumulator-to-operand conversion and the mma dispatch on the input
-// type. Fragment layouts are those of mma.sync m16n8k16 (../shared/EMULATION.md): a warp's lane
-// l has g = l / 4 and t = l % 4, and accumulator acc[nb][i] of an m16 × (8·NB) tile holds
-//   row g + 8·(i / 2), column 8·nb + 2t + (i % 2).
-// Shared-memory tiles are row-major with row stride attn_row_stride(D) = D + 8 elements.
+// Building blocks shared by the attention kernels: tile loads with cp.async and the pipeline
+// step, quad reductions and the accumulator store; the tensor-core fragment helpers (and the
+// fragment layouts) are those of mma_tiles.cuh. Shared-memory tiles are row-major with row
+// stride attn_row_stride(D) = D + 8 elements.
 #pragma once
-
-#include <cstring>
-#include <type_traits>
 
 #include "attention.h"
 #include "common.cuh"
+#include "mma_tiles.cuh"
 #include "ptx.cuh"
 
 namespace nuri::kernels::attn {
 
+// The generic fragment helpers (lane_id, mma, pack2, load_a, ...) of mma_tiles.cuh.
+using namespace ::nuri::kernels::tc;
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-/// Lane coordinates inside the mma fragments.
-__device__ __forceinline__ int lane_id() { return int(threadIdx.x) % kWarpSize; }
-__device__ __forceinline__ int warp_id() { return int(threadIdx.x) / kWarpSize; }
-
-/// d = a·b + d on tensor cores for the input type T (bf16 or f16), f32 accumulate.
-template <class T>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                    uint32_t b1) {
-  const uint32_t b[2] = {b0, b1};
-  if constexpr (std::is_same_v<T, __half>) {
-    mma_f16_m16n8k16(d, a, b, d);
-  } else {
-    mma_bf16_m16n8k16(d, a, b, d);
-  }
-}
-
-/// Two floats rounded to T and packed as one 32-bit operand register (lo in the low half).
-template <class T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  const T l = from_float<T>(lo), h = from_float<T>(hi);
-  uint16_t bl, bh;
-  memcpy(&bl, &l, 2);
-  memcpy(&bh, &h, 2);
-  return uint32_t(bl) | (uint32_t(bh) << 16);
-}
-
-/// The A operand (16 × 16, k block kb) for the next product from an m16 × n accumulator tile:
-/// the accumulator's column blocks 2·kb and 2·kb + 1 are exactly the A fragment's two halves.
-template <class T, int NB>
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[NB][4], int kb) {
-  a[0] = pack2<T>(acc[2 * kb][0], acc[2 * kb][1]);
-  a[1] = pack2<T>(acc[2 * kb][2], acc[2 * kb][3]);
-  a[2] = pack2<T>(acc[2 * kb + 1][0], acc[2 * kb + 1][1]);
-  a[3] = pack2<T>(acc[2 * kb + 1][2], acc[2 * kb + 1][3]);
-}
-
-/// A fragment (16 × 16) of a row-major tile s[m][k]: rows m0.., columns k0...
-template <class T>
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int ld, int m0, int k0) {
-  const int l = lane_id();
-  ldmatrix<4, false>(a, s + (m0 + l % 16) * ld + k0 + (l / 16) * 8);
-}
-
-/// A fragment (16 × 16) of A = Mᵀ where M is stored row-major as s[k][m]: rows m0.. of A
-/// (columns of s), columns k0.. of A (rows of s).
-template <class T>
-__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, int ld, int m0,
-                                             int k0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, true>(a, s + (k0 + (j / 2) * 8 + r) * ld + m0 + (j % 2) * 8);
-}
-
-/// B fragments of two 8-column blocks (n0 and n0 + 8; k rows k0..k0+15) where B [k][n] is stored
-/// transposed, row-major as s[n][k] (e.g. K [key][d] for S = Q·Kᵀ). b[0], b[1] are the operand
-/// of column block n0; b[2], b[3] of n0 + 8.
-template <class T>
-__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, int ld, int n0, int k0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, false>(b, s + (n0 + (j / 2) * 8 + r) * ld + k0 + (j % 2) * 8);
-}
-
-/// As load_b_nk where B [k][n] is stored row-major as s[k][n] (e.g. V [key][d] for O = P·V).
-template <class T>
-__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* s, int ld, int k0, int n0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, true>(b, s + (k0 + (j % 2) * 8 + r) * ld + n0 + (j / 2) * 8);
-}
 
 /// Issues cp.async copies of a kRows × D tile from global rows g + r·g_stride (r < valid_rows)
 /// into s (row stride attn_row_stride(D)); rows at or past valid_rows are zero-filled without

@@ -56,10 +56,11 @@ for arch in "${archs[@]}"; do
 done
 echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 
-# The attention kernels must run on tensor cores with asynchronous tile loads, and fit the shared
-# memory of every GPU nuri targets (the sizes are dynamic, so ptxas cannot report them).
+# The attention and GEMM kernels must run on tensor cores with asynchronous tile loads; the
+# attention kernels must fit the shared memory of every GPU nuri targets (the sizes are dynamic,
+# so ptxas cannot report them).
 for arch in "${archs[@]}"; do
-  for src in kernels/attention_fwd.cu kernels/attention_bwd.cu; do
+  for src in kernels/attention_fwd.cu kernels/attention_bwd.cu kernels/matmul.cu; do
     ptx="$out/$(basename "$src" .cu).sm$arch.ptx"
     "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels -arch="compute_$arch" \
       -ptx "$src" -o "$ptx"
@@ -73,7 +74,7 @@ for arch in "${archs[@]}"; do
     done
   done
 done
-echo "attention: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
+echo "attention, matmul: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 c++ -std=c++20 -Iinclude -Ikernels -I"$(dirname "$nvcc")/../include" \
   kernels/attention_smem_report.cpp -o "$out/attention_smem_report"
 "$out/attention_smem_report"

@@ -89,18 +89,6 @@ inline std::vector<DtypeRun> dtype_runs() {
   return r;
 }
 
-/// Whether a backend implements an op yet; tests of ops it lacks report themselves skipped.
-/// The CUDA backends get matmul with issue #7.
-inline bool supports(const std::string& backend, const std::string& op) {
-  if (backend == "cpu") return true;
-  return op != "matmul";
-}
-#define NURI_SKIP_UNSUPPORTED(backend, op)                                                     \
-  do {                                                                                      \
-    if (!::nuri::test::supports(backend, op))                                               \
-      GTEST_SKIP() << op << " is not implemented on the " << backend << " backend yet";   \
-  } while (0)
-
 /// Random N(0, scale²) values from a seed, already rounded to float (so the float64 reference
 /// sees exactly what an f32 backend sees).
 inline Vec random_vec(int64_t n, uint64_t seed, double scale = 1.0) {

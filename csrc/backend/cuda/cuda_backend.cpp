@@ -1,5 +1,4 @@
-// CudaBackend construction, its allocator and the memory ops (zero, copy, workspace); the ops
-// that have no kernel yet (matmul: issue #7) say so.
+// CudaBackend construction, its allocator and the memory ops (zero, copy, workspace).
 #include "backend/cuda/cuda_backend.h"
 
 #include <cstring>
@@ -103,27 +102,4 @@ void* CudaBackend::workspace(size_t bytes) {
   return workspace_.raw();
 }
 
-// ---- ops without a CUDA kernel yet ----------------------------------------------------------------
-
-namespace {
-[[noreturn]] void not_yet(const char* op, const char* issue) {
-  NURI_CHECK(false, op, ": not implemented on the CUDA backend yet (", issue,
-             "); run this op on the cpu backend");
-}
-}  // namespace
-
-void CudaBackend::matmul(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Activation,
-                         const Tensor&) {
-  not_yet("matmul", "issue #7");
-}
-void CudaBackend::matmul_backward_input(const Tensor&, const Tensor&, const Tensor&, bool,
-                                        const Tensor&) {
-  not_yet("matmul_backward_input", "issue #7");
-}
-void CudaBackend::matmul_backward_weight(const Tensor&, const Tensor&, const Tensor&, bool) {
-  not_yet("matmul_backward_weight", "issue #7");
-}
-void CudaBackend::matmul_backward_bias(const Tensor&, const Tensor&, bool) {
-  not_yet("matmul_backward_bias", "issue #7");
-}
 }  // namespace nuri

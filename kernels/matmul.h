@@ -1,0 +1,79 @@
+// Host interface of the linear-layer kernels (matmul.cuh): y = act(x·Wᵀ + b) and its input,
+// weight and bias gradients. T is the activation / compute-weight type: __nv_bfloat16 or __half
+// run on tensor cores (f32 accumulate), float on a SIMT fallback; instantiated in matmul.cu.
+// All matrices are row-major and contiguous ([rows][cols]).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace nuri::kernels {
+
+/// y = x·Wᵀ (+ bias); with gelu, pre receives x·Wᵀ + bias and y = gelu(pre).
+template <class T>
+struct MatmulParams {
+  const T* gX;     // [M, K]
+  const T* gW;     // [N, K]
+  const T* gBias;  // [N] or null
+  T* gY;           // [M, N]
+  T* gPre;         // [M, N] pre-activation, non-null exactly when gelu
+  int64_t m, n, k;
+  bool gelu;
+};
+
+/// dx (+)= dy·W; with gGeluPre, dx = (dy·W) ⊙ gelu'(gelu_pre) (then accumulate is false).
+template <class T>
+struct MatmulBackwardInputParams {
+  const T* gDy;       // [M, N]
+  const T* gW;        // [N, K]
+  const T* gGeluPre;  // [M, K] or null
+  T* gDx;             // [M, K]
+  int64_t m, n, k;
+  bool accumulate;
+};
+
+/// dW (+)= dyᵀ·x, f32.
+template <class T>
+struct MatmulBackwardWeightParams {
+  const T* gDy;  // [M, N]
+  const T* gX;   // [M, K]
+  float* gDw;    // [N, K]
+  int64_t m, n, k;
+  bool accumulate;
+};
+
+/// dbias (+)= Σ_m dy[m, :], f32, deterministic: blocks of kMatmulBiasRows rows sum their
+/// columns into gWork (one row of partials per block), then a second pass adds the partials
+/// in order.
+template <class T>
+struct MatmulBackwardBiasParams {
+  const T* gDy;   // [M, N]
+  float* gDbias;  // [N]
+  float* gWork;   // [matmul_bias_partials(M), N] scratch
+  int64_t m, n;
+  bool accumulate;
+};
+
+constexpr int64_t kMatmulBiasRows = 256;
+/// Rows of partial sums the bias gradient needs in its workspace.
+constexpr int64_t matmul_bias_partials(int64_t m) {
+  return (m + kMatmulBiasRows - 1) / kMatmulBiasRows;
+}
+
+/// Each launcher requires a non-empty output; the contraction dimension (k; m for the weight
+/// gradient) may be 0, then the product is 0 (the bias gradient needs m > 0). The tensor-core
+/// path loads 16-byte chunks when every row of both operands is 16-byte aligned (leading dims
+/// multiples of 8, aligned bases) and single elements otherwise.
+template <class T>
+void matmul_forward(const MatmulParams<T>& p, cudaStream_t stream);
+template <class T>
+void matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t stream);
+template <class T>
+void matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream);
+template <class T>
+void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t stream);
+
+}  // namespace nuri::kernels
