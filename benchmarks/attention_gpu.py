@@ -30,7 +30,6 @@ why and exits 77. Exit 1 when a nuri op threw or its output check failed (see be
 """
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -38,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from bench_util import iters_for, stats
+from bench_util import JsonLines, geomean, iters_for, stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -67,10 +66,6 @@ def import_torch():
                 os.environ["NURI_ATTN_REEXEC"] = "1"
                 os.execv(cand, [cand] + sys.argv)
     return None
-
-
-def geomean(v):
-    return math.exp(sum(map(math.log, v)) / len(v)) if v else None
 
 
 # ---- the nuri side: bench_attention_gpu --serve -----------------------------------------------------
@@ -333,14 +328,7 @@ def main():
     if missing:
         log("NO PEER: %s. nuri runs alone; every row has \"peer\": null, \"ratio\": null." % missing)
 
-    out = open(args.json, "w") if args.json else None
-
-    def emit(obj):
-        s = json.dumps(obj)
-        print(s, flush=True)
-        if out:
-            out.write(s + "\n")
-            out.flush()
+    emit = JsonLines(args.json)
 
     ceiling = None
     if not missing:
@@ -388,8 +376,7 @@ def main():
           "geomean_ratio_by_pass": {p: geomean(ratios.get(p, [])) for p in passes},
           "ceiling_tflops": ceiling, "failed": failed,
           "ratio_definition": "nuri speed / peer speed = peer median time / nuri median time"})
-    if out:
-        out.close()
+    emit.close()
     return 1 if failed else 0
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the Python benchmark drivers (ops.py, attention_gpu.py)."""
+import json
 import math
 import statistics
 
@@ -13,3 +14,26 @@ def iters_for(t_one, target_s):
     if not t_one or t_one <= 0:
         return 1
     return int(min(max(math.ceil(target_s / t_one), 1), 100000))
+
+
+def geomean(v):
+    """Geometric mean of positive ratios, or None for an empty list."""
+    return math.exp(sum(map(math.log, v)) / len(v)) if v else None
+
+
+class JsonLines:
+    """emit(obj): one JSON object per line on stdout, and in `path` too when it is given."""
+
+    def __init__(self, path):
+        self.out = open(path, "w") if path else None
+
+    def __call__(self, obj):
+        s = json.dumps(obj)
+        print(s, flush=True)
+        if self.out:
+            self.out.write(s + "\n")
+            self.out.flush()
+
+    def close(self):
+        if self.out:
+            self.out.close()

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from bench_util import iters_for, stats
+from bench_util import JsonLines, geomean, iters_for, stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -195,14 +195,7 @@ def main():
         args.min_sample_s = 0.02 if args.quick else 0.1
     Ts = [int(t) for t in args.T.split(",")] if args.T else ([64] if args.quick else [64, 256])
 
-    out = open(args.json, "w") if args.json else None
-
-    def emit(obj):
-        s = json.dumps(obj)
-        print(s, flush=True)
-        if out:
-            out.write(s + "\n")
-            out.flush()
+    emit = JsonLines(args.json)
 
     ratios = {}
     failed = False
@@ -219,14 +212,12 @@ def main():
             else:
                 failed = True
     all_r = [r for v in ratios.values() for r in v]
-    geo = (lambda v: math.exp(sum(map(math.log, v)) / len(v)) if v else None)
     emit({"bench": "op_cpu_summary",
           "config": {"threads": threads, "B": args.B, "T": Ts, "rounds": args.rounds},
           "peer": "pytorch-cpu %s eager" % torch.__version__.split("+")[0],
-          "geomean_ratio": geo(all_r), "geomean_ratio_by_op": {k: geo(v) for k, v in ratios.items()},
+          "geomean_ratio": geomean(all_r), "geomean_ratio_by_op": {k: geomean(v) for k, v in ratios.items()},
           "ratio_definition": "nuri speed / peer speed = peer median time / nuri median time"})
-    if out:
-        out.close()
+    emit.close()
     return 1 if failed else 0
 
 
