@@ -26,7 +26,7 @@ struct AttentionOptions {
   bool causal = true;
   float scale = 0.f;  ///< softmax scale; 0 means 1/sqrt(head_dim)
   /// Backward: dq with bits that do not depend on scheduling (the CPU backend always is; the
-  /// CUDA backend then runs a separate dq pass instead of f32 atomics, ~1.6x the backward work).
+  /// CUDA backend then runs a separate dq pass instead of f32 atomics: 7 tile products, not 5).
   bool deterministic = true;
 };
 
