@@ -162,7 +162,7 @@ std::vector<Case> linear_cases(Backend& be, const std::string& layer, int64_t B,
     c.rows = double(M);
     const std::string pass = p.name;
     if (pass == "fwd")
-      c.run = [=] { b->matmul(x, w, bias, y, nuri::Activation::none, Tensor()); };
+      c.run = [=] { b->matmul(x, w, bias, y, nuri::Activation::none, Tensor(), nuri::Tensor()); };
     else if (pass == "dgrad")
       c.run = [=] { b->matmul_backward_input(dy, w, dx, false, Tensor()); };
     else

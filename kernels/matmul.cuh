@@ -4,7 +4,7 @@
 //   input gradient   dx [M, K] = dy [M, N] · W [N, K]   A row-major,             B stored [k][n]
 //   weight gradient  dW [N, K] = dy [M, N]ᵀ · x [M, K]  A stored [k][m] (dyᵀ),  B stored [k][n]
 // followed by an elementwise epilogue (bias, GELU with its pre-activation, the fused GELU
-// backward, accumulate into the output; T or f32 output).
+// backward, a residual add, accumulate into the output; T or f32 output).
 //
 // Tensor cores (T = bf16 or f16): a block of 8 warps owns a 128 × 128 tile of C; warp w owns the
 // 64 × 32 sub-tile (w / 4, w % 4) as 4 × 4 m16n8 f32 accumulators. K streams through a 3-stage
@@ -39,6 +39,7 @@ struct GemmArgs {
   const T* bias;      // [N] or null: v += bias[col]
   T* pre;             // [M, N] or null: pre = v, then v = gelu(v)
   const T* gelu_pre;  // [M, N] or null: v *= gelu'(gelu_pre)
+  const T* residual;  // [M, N] or null: v += residual (after the activation; may alias out)
   T* out;             // [M, N] output in T, or null
   float* out_f32;     // [M, N] output in f32, or null
   bool accumulate;    // out = out + v instead of out = v
@@ -54,6 +55,7 @@ __device__ __forceinline__ void store_element(const GemmArgs<T>& p, int row, int
     v = act::gelu(v);
   }
   if (p.gelu_pre) v *= act::gelu_grad(to_float(p.gelu_pre[i]));
+  if (p.residual) v += to_float(p.residual[i]);  // read by the thread that writes out[i]
   if (p.out_f32) {
     p.out_f32[i] = p.accumulate ? p.out_f32[i] + v : v;
   } else {
@@ -63,15 +65,22 @@ __device__ __forceinline__ void store_element(const GemmArgs<T>& p, int row, int
 
 // ---- tensor cores ---------------------------------------------------------------------------
 
+/// A tensor-core tile shape: a block of kWarpsM × kWarpsN warps owns a kBlock × kBlock tile of C
+/// (each warp a kWarpM × kWarpN sub-tile of m16n8 accumulators) and streams K in kBlockK-deep
+/// stages. TcLarge (128², 8 warps) for big products; TcSmall (64², 4 warps) when TcLarge's grid
+/// would leave SMs idle (skinny products, the weight gradient of small layers): 4× the blocks.
+template <int kBlock, int kWarpsM_, int kWarpsN_, int kMinBlocks_>
 struct TcConfig {
-  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 32;
+  static constexpr int kBlockM = kBlock, kBlockN = kBlock, kBlockK = 32;
   static constexpr int kStages = 3;
-  static constexpr int kWarpsM = 2, kWarpsN = 4;
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
+  static constexpr int kMinBlocks = kMinBlocks_;  // per SM, for __launch_bounds__
   static constexpr int kThreads = kWarpsM * kWarpsN * kWarpSize;
-  static constexpr int kWarpM = kBlockM / kWarpsM;  // 64
-  static constexpr int kWarpN = kBlockN / kWarpsN;  // 32
+  static constexpr int kWarpM = kBlockM / kWarpsM;
+  static constexpr int kWarpN = kBlockN / kWarpsN;
   static constexpr int kMi = kWarpM / 16;           // m16 blocks per warp
   static constexpr int kNj = kWarpN / 8;            // n8 blocks per warp
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tiles are whole m16 × n16 blocks");
   static constexpr int kPad = 8;
   // Elements of one stage's A or B tile: [kBlockM][kBlockK + kPad] or [kBlockK][kBlockM + kPad]
   // (kBlockM == kBlockN), whichever is larger.
@@ -80,6 +89,10 @@ struct TcConfig {
                                         : kBlockK*(kBlockM + kPad);
   static constexpr size_t kSmemBytes = size_t(2 * kStages * kTileElems) * 2;
 };
+// Large: warp tiles 64 × 32 (64 accumulators; min. 1 block per SM: without it ptxas caps the
+// kernel at 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
+using TcLarge = TcConfig<128, 2, 4, 1>;
+using TcSmall = TcConfig<64, 2, 2, 2>;
 
 /// Loads the kR × kC tile at g (row stride ldg) into s (row stride ld_s); rows at or past vr and
 /// columns at or past vc are zero. kAligned: 16-byte cp.async chunks (every row of g 16-byte
@@ -101,11 +114,8 @@ __device__ __forceinline__ void load_tile(T* s, int ld_s, const T* g, int64_t ld
   }
 }
 
-// Min. 1 block per SM: without it ptxas caps the kernel at 128 registers and spills (it needs
-// ~130-150: 64 accumulators, 24 operand registers, addresses).
-template <class T, bool kATrans, bool kBKN, bool kAligned>
-__global__ void __launch_bounds__(TcConfig::kThreads, 1) gemm_tc_kernel(const GemmArgs<T> p) {
-  using C = TcConfig;
+template <class C, class T, bool kATrans, bool kBKN, bool kAligned>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(const GemmArgs<T> p) {
   constexpr int kBM = C::kBlockM, kBN = C::kBlockN, kBK = C::kBlockK, kS = C::kStages;
   constexpr int kLdA = kATrans ? kBM + C::kPad : kBK + C::kPad;
   constexpr int kLdB = kBKN ? kBN + C::kPad : kBK + C::kPad;

@@ -12,16 +12,19 @@
 
 namespace nuri::kernels {
 
-/// y = x·Wᵀ (+ bias); with gelu, pre receives x·Wᵀ + bias and y = gelu(pre).
+/// y = x·Wᵀ (+ bias) (+ residual); with gelu, pre receives x·Wᵀ + bias and
+/// y = gelu(pre) (+ residual). residual may alias y.
 template <class T>
 struct MatmulParams {
-  const T* gX;     // [M, K]
-  const T* gW;     // [N, K]
-  const T* gBias;  // [N] or null
-  T* gY;           // [M, N]
-  T* gPre;         // [M, N] pre-activation, non-null exactly when gelu
+  const T* gX;         // [M, K]
+  const T* gW;         // [N, K]
+  const T* gBias;      // [N] or null
+  T* gY;               // [M, N]
+  T* gPre;             // [M, N] pre-activation, non-null exactly when gelu
+  const T* gResidual;  // [M, N] or null
   int64_t m, n, k;
   bool gelu;
+  int tiles = 0;  // tensor-core tile edge: 0 picks by shape (matmul_tiles), 128 or 64 forces it
 };
 
 /// dx (+)= dy·W; with gGeluPre, dx = (dy·W) ⊙ gelu'(gelu_pre) (then accumulate is false).
@@ -33,6 +36,7 @@ struct MatmulBackwardInputParams {
   T* gDx;             // [M, K]
   int64_t m, n, k;
   bool accumulate;
+  int tiles = 0;  // as in MatmulParams
 };
 
 /// dW (+)= dyᵀ·x, f32.
@@ -43,6 +47,7 @@ struct MatmulBackwardWeightParams {
   float* gDw;    // [N, K]
   int64_t m, n, k;
   bool accumulate;
+  int tiles = 0;  // as in MatmulParams
 };
 
 /// dbias (+)= Σ_m dy[m, :], f32, deterministic: blocks of kMatmulBiasRows rows sum their
@@ -62,6 +67,11 @@ constexpr int64_t kMatmulBiasRows = 256;
 constexpr int64_t matmul_bias_partials(int64_t m) {
   return (m + kMatmulBiasRows - 1) / kMatmulBiasRows;
 }
+
+/// The tensor-core tile edge for an output of rows × cols on a device with `sms` SMs: 128
+/// unless its grid would have fewer blocks than SMs, then 64 (skinny products fill the device
+/// with 4× the blocks). `forced` (128 or 64) overrides; 0 means choose.
+int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced = 0);
 
 /// Each launcher requires a non-empty output; the contraction dimension (k; m for the weight
 /// gradient) may be 0, then the product is 0 (the bias gradient needs m > 0). The tensor-core

@@ -24,16 +24,16 @@ struct Transformer::Weights {
 
 struct Transformer::Acts {
   struct Layer {
-    Tensor resid;                         // [B, T, C] h_l (block input)
-    Tensor ln1, ln1_mean, ln1_rstd;       // [B, T, C], [B·T], [B·T]
-    Tensor qkv;                           // [B, T, H + 2·Hkv, D] (q, k after rope)
-    Tensor atty, lse;                     // [B, T, H, D], [B, H, T]
-    Tensor attproj;                       // [B, T, C]
-    Tensor resid2;                        // [B, T, C] h'_l
+    Tensor resid;                    // [B, T, C] h_l (block input)
+    Tensor ln1, ln1_mean, ln1_rstd;  // [B, T, C], [B·T], [B·T]
+    Tensor qkv;                      // [B, T, H + 2·Hkv, D] (q, k after rope)
+    Tensor atty, lse;                // [B, T, H, D], [B, H, T]
+    Tensor attproj;                  // [B, T, C]
+    Tensor resid2;                   // [B, T, C] h'_l
     Tensor ln2, ln2_mean, ln2_rstd;
-    Tensor fch;                           // [B, T, F] gelu pre-activation | [B, T, 2F] gate|up
-    Tensor act;                           // [B, T, F]
-    Tensor fcproj;                        // [B, T, C]
+    Tensor fch;     // [B, T, F] gelu pre-activation | [B, T, 2F] gate|up
+    Tensor act;     // [B, T, F]
+    Tensor fcproj;  // [B, T, C]
   };
   int64_t b = 0, t = 0;
   std::vector<Layer> layers;
@@ -263,13 +263,15 @@ void Transformer::run_forward(const Tensor& tokens) {
     auto& L = a.layers[size_t(l)];
     const auto& P = W.layers[size_t(l)];
     if (l == 0) {
-      norm_fwd(be, cfg_, L.resid, Tensor(), P.ln1_w, P.ln1_b, Tensor(), L.ln1, L.ln1_mean, L.ln1_rstd);
+      norm_fwd(be, cfg_, L.resid, Tensor(), P.ln1_w, P.ln1_b, Tensor(), L.ln1, L.ln1_mean,
+               L.ln1_rstd);
     } else {
       const auto& prev = a.layers[size_t(l - 1)];
       norm_fwd(be, cfg_, prev.fcproj, prev.resid2, P.ln1_w, P.ln1_b, L.resid, L.ln1, L.ln1_mean,
                L.ln1_rstd);
     }
-    be.matmul(L.ln1, P.qkv_w, P.qkv_b, L.qkv.view({b, t, -1}), Activation::none, Tensor());
+    be.matmul(L.ln1, P.qkv_w, P.qkv_b, L.qkv.view({b, t, -1}), Activation::none, Tensor(),
+              Tensor());
     Tensor q = L.qkv.slice(2, 0, h), k = L.qkv.slice(2, h, h + hkv),
            v = L.qkv.slice(2, h + hkv, h + 2 * hkv);
     if (cfg_.position == PositionKind::rope) {
@@ -277,20 +279,23 @@ void Transformer::run_forward(const Tensor& tokens) {
       be.rope(k, k, cfg_.rope_theta, 0);
     }
     be.attention(q, k, v, L.atty, L.lse, causal);
-    be.matmul(L.atty.view({b, t, -1}), P.o_w, P.o_b, L.attproj, Activation::none, Tensor());
-    norm_fwd(be, cfg_, L.attproj, L.resid, P.ln2_w, P.ln2_b, L.resid2, L.ln2, L.ln2_mean, L.ln2_rstd);
+    be.matmul(L.atty.view({b, t, -1}), P.o_w, P.o_b, L.attproj, Activation::none, Tensor(),
+              Tensor());
+    norm_fwd(be, cfg_, L.attproj, L.resid, P.ln2_w, P.ln2_b, L.resid2, L.ln2, L.ln2_mean,
+             L.ln2_rstd);
     if (cfg_.mlp == MlpKind::gelu) {
-      be.matmul(L.ln2, P.fc_w, P.fc_b, L.act, Activation::gelu, L.fch);
+      be.matmul(L.ln2, P.fc_w, P.fc_b, L.act, Activation::gelu, L.fch, Tensor());
     } else {
-      be.matmul(L.ln2, P.fc_w, P.fc_b, L.fch, Activation::none, Tensor());
+      be.matmul(L.ln2, P.fc_w, P.fc_b, L.fch, Activation::none, Tensor(), Tensor());
       be.swiglu(L.fch, L.act);
     }
-    be.matmul(L.act, P.proj_w, P.proj_b, L.fcproj, Activation::none, Tensor());
+    be.matmul(L.act, P.proj_w, P.proj_b, L.fcproj, Activation::none, Tensor(), Tensor());
   }
   const auto& last = a.layers.back();
   norm_fwd(be, cfg_, last.fcproj, last.resid2, W.lnf_w, W.lnf_b, a.resid_f, a.lnf, a.lnf_mean,
            a.lnf_rstd);
-  be.matmul(a.lnf.view({b * t, c}), W.lm_head, Tensor(), a.logits, Activation::none, Tensor());
+  be.matmul(a.lnf.view({b * t, c}), W.lm_head, Tensor(), a.logits, Activation::none, Tensor(),
+            Tensor());
   last_tokens_ = dev_tokens;
 }
 
@@ -322,7 +327,8 @@ Tensor Transformer::logits(const Tensor& tokens) {
 }
 
 void Transformer::backward(float loss_scale) {
-  NURI_CHECK(have_forward_, "backward() needs a forward(tokens, targets) before it (and only "
+  NURI_CHECK(have_forward_,
+             "backward() needs a forward(tokens, targets) before it (and only "
              "one backward per forward: the logits buffer now holds gradients)");
   have_forward_ = false;
   Backend& be = *backend_;

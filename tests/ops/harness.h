@@ -57,15 +57,19 @@ inline DType act_dtype(const Backend& be) { return act_dtype(be.name()); }
 /// bf16 keeps 8 significant bits (7 stored): values in [1, 2) are 2^-7 apart, so one rounding
 /// moves a value by at most 2^-8 of itself.
 constexpr double kBf16Eps = 1.0 / 128;  // 2^-7, the spacing of bf16 values in [1, 2)
+/// f16 keeps 11 significant bits: 2^-10 apart in [1, 2).
+constexpr double kF16Eps = 1.0 / 1024;
 
 /// The tolerance of a comparison against the float64 reference: `f32_tol` on f32 backends; on
 /// bf16 backends, the larger of that and `bf16_roundings` x 2^-7. Each op states how many bf16
 /// roundings its result passes through (inputs rounded before the reference sees them do not
 /// count: the reference gets the rounded values too). The compare() error is normalized by
 /// max |ref|, so one rounding contributes at most 2^-8 and the 2^-7 per rounding is a factor
-/// of two above bf16's own error.
+/// of two above bf16's own error. f16 results count the same roundings at f16's spacing.
 inline double tolerance_for(DType dt, double f32_tol, double bf16_roundings) {
-  return dt == DType::bf16 ? std::max(f32_tol, bf16_roundings * kBf16Eps) : f32_tol;
+  if (dt == DType::bf16) return std::max(f32_tol, bf16_roundings * kBf16Eps);
+  if (dt == DType::f16) return std::max(f32_tol, bf16_roundings * kF16Eps);
+  return f32_tol;
 }
 inline double tolerance(const Backend& be, double f32_tol, double bf16_roundings) {
   return tolerance_for(act_dtype(be), f32_tol, bf16_roundings);

@@ -29,12 +29,14 @@ class OpErrorTest : public ::testing::TestWithParam<std::string> {
 };
 
 TEST_P(OpErrorTest, MatmulShapeMismatch) {
-  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 6}), Tensor(), f32({4, 3}), Activation::none, Tensor()); },
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 6}), Tensor(), f32({4, 3}), Activation::none, Tensor(), Tensor()); },
                {"matmul", "(4, 5)", "(3, 6)", "6"});
-  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), f32({4}), f32({4, 3}), Activation::none, Tensor()); },
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), f32({4}), f32({4, 3}), Activation::none, Tensor(), Tensor()); },
                {"matmul", "bias", "(4,)", "(3,)"});
-  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), Tensor(), f32({4, 3}), Activation::gelu, Tensor()); },
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), Tensor(), f32({4, 3}), Activation::gelu, Tensor(), Tensor()); },
                {"matmul", "pre", "required"});
+  expect_error([&] { be->matmul(f32({4, 5}), f32({3, 5}), Tensor(), f32({4, 3}), Activation::none, Tensor(), f32({4, 4})); },
+               {"matmul", "residual", "(4, 4)"});
   expect_error([&] { be->matmul_backward_weight(f32({4, 3}), f32({5, 5}), f32({3, 5}), false); },
                {"matmul_backward_weight", "x", "(5, 5)"});
   expect_error([&] { be->matmul_backward_input(f32({4, 3}), f32({3, 5}), f32({4, 5}), true, f32({4, 5})); },

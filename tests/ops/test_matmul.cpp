@@ -59,6 +59,20 @@ double gelu_grad_ref(double x) {
   return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * a * (1.0 + 3.0 * 0.044715 * x * x);
 }
 
+// dx = dy ⊙ gelu'(pre) through the backend's gelu_backward op, or, for f16 (which only the
+// products take), on the host in float64 with one rounding to f16.
+void gelu_backward_of(Backend& be, DType dt, const Tensor& pre, const Tensor& dy,
+                      const Tensor& dx) {
+  if (dt != DType::f16) {
+    be.gelu_backward(pre, dy, dx);
+    return;
+  }
+  const Vec p = values(be, pre), d = values(be, dy);
+  Vec r(d.size());
+  for (size_t i = 0; i < r.size(); ++i) r[i] = d[i] * gelu_grad_ref(p[i]);
+  be.copy(on_dtype(be, dx.shape(), rounded(r, dt), dt), dx);
+}
+
 // The emulated tensor-core cost grows with M·N·K (one collective per warp mma): the biggest
 // shapes run on the CPU and real GPUs only.
 bool too_slow_emulated(const std::string& backend, const MatmulCase& c) {
@@ -84,11 +98,26 @@ TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
   };
   Tensor ty = zeros_dt({c.m, c.n});
   Tensor tpre = c.gelu ? zeros_dt({c.m, c.n}) : Tensor();
-  be->matmul(tx, tw, tb, ty, c.gelu ? Activation::gelu : Activation::none, tpre);
+  be->matmul(tx, tw, tb, ty, c.gelu ? Activation::gelu : Activation::none, tpre, Tensor());
   const auto ref = matmul_ref(c, x, w, c.bias ? &b : nullptr);
   // bf16: y and pre are each rounded once from their f32 values.
   NURI_EXPECT_CLOSE(values(*be, ty), ref[0], tolerance_for(dt, tol, 1), "y");
   if (c.gelu) NURI_EXPECT_CLOSE(values(*be, tpre), ref[1], tolerance_for(dt, tol, 1), "pre-activation");
+
+  // The residual epilogue: y = act(x·wᵀ + b) + r, with r in place (y holds r before the call:
+  // the residual stream) on half the cases and a separate tensor on the others.
+  {
+    const Vec r = rounded(random_vec(c.m * c.n, 8), dt);
+    Vec yr = ref[0];
+    for (size_t i = 0; i < yr.size(); ++i) yr[i] += r[i];
+    const bool in_place = (c.m + c.n) % 2 == 0;
+    Tensor tr = on_dtype(*be, {c.m, c.n}, r, dt);
+    Tensor out = in_place ? tr : zeros_dt({c.m, c.n});
+    be->matmul(tx, tw, tb, out, c.gelu ? Activation::gelu : Activation::none, tpre, tr);
+    // bf16: the sum is rounded once (the activation is not rounded before the add).
+    const char* what = in_place ? "y += act(x·wᵀ + b) (residual in place)" : "act(x·wᵀ + b) + r";
+    NURI_EXPECT_CLOSE(values(*be, out), yr, tolerance_for(dt, tol, 1), what);
+  }
 
   // Backward of L = <dy, y>: dpre = dy ⊙ gelu'(pre) through the gelu_backward op, then the
   // three products.
@@ -97,7 +126,7 @@ TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
   Tensor tdpre = tdy;
   if (c.gelu) {
     tdpre = zeros_dt({c.m, c.n});
-    be->gelu_backward(tpre, tdy, tdpre);
+    gelu_backward_of(*be, dt, tpre, tdy, tdpre);
   }
   Tensor tdx = zeros_dt({c.m, c.k}), tdw = zeros_f32(*be, {c.n, c.k});
   be->matmul_backward_input(tdpre, tw, tdx, false, Tensor());
@@ -171,7 +200,7 @@ TEST_P(MatmulTest, FusedGeluBackwardEqualsUnfused) {
   be->zero(plain);
   be->matmul_backward_input(tdy, tw, fused, false, tpre);
   be->matmul_backward_input(tdy, tw, plain, false, Tensor());
-  be->gelu_backward(tpre, plain, plain);
+  gelu_backward_of(*be, dt, tpre, plain, plain);
   // bf16: fused rounds once, the unfused pair twice: 3 roundings between them.
   NURI_EXPECT_CLOSE(values(*be, fused), values(*be, plain), tolerance_for(dt, 1e-6, 3),
                     "fused vs unfused");
@@ -200,11 +229,18 @@ const MatmulCase kCases[] = {
 };
 
 // Every dtype run × every case, but the shapes too big to emulate only where they are not.
+// CUDA backends also run f16 (the other tensor-core input type; the products are the same
+// template), on the cases up to 1M multiply-adds.
 std::vector<std::tuple<DtypeRun, MatmulCase>> matmul_params() {
   std::vector<std::tuple<DtypeRun, MatmulCase>> r;
   for (const auto& run : dtype_runs())
     for (const auto& c : kCases)
       if (!too_slow_emulated(run.backend, c)) r.emplace_back(run, c);
+  for (const auto& name : backends()) {
+    if (name == "cpu") continue;
+    for (const auto& c : kCases)
+      if (c.m * c.n * c.k <= 1'000'000) r.emplace_back(DtypeRun{name, DType::f16}, c);
+  }
   return r;
 }
 
@@ -213,8 +249,10 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& info) {
       const DtypeRun& run = std::get<0>(info.param);
       const MatmulCase& c = std::get<1>(info.param);
-      const bool other = run.dtype != act_dtype(run.backend);  // the f32 run of a bf16 backend
-      return sanitize_name(run.backend + (other ? "_f32" : "") + "_" + std::to_string(c.m) + "x" +
+      // The f32 or f16 run of a bf16 backend.
+      const bool other = run.dtype != act_dtype(run.backend);
+      return sanitize_name(run.backend + (other ? std::string("_") + dtype_name(run.dtype) : "") +
+                           "_" + std::to_string(c.m) + "x" +
                            std::to_string(c.n) + "x" + std::to_string(c.k) +
                            (c.bias ? "_bias" : "") + (c.gelu ? "_gelu" : ""));
     });

@@ -18,7 +18,8 @@ class CpuBackend final : public Backend {
   void copy(const Tensor& src, const Tensor& dst) override;
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-              Activation act, const Tensor& pre) override;
+              Activation act, const Tensor& pre,
+              const Tensor& residual) override;
   void matmul_backward_input(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate,
                              const Tensor& gelu_pre) override;
   void matmul_backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw,

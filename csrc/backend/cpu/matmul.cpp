@@ -14,14 +14,14 @@ using cpu::check_matrix;
 using cpu::rows;
 
 void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                        Activation act, const Tensor& pre) {
+                        Activation act, const Tensor& pre, const Tensor& residual) {
   constexpr const char* op = "matmul";
   check_cpu(op, "w", w);
   NURI_CHECK(w.dim() == 2, op, ": w must be [N, K], got shape ", shape_str(w.shape()));
   const int64_t n = w.size(0), k = w.size(1);
   check_cpu(op, "x", x);
-  NURI_CHECK(x.dim() >= 1 && x.size(-1) == k, op, ": x has shape ", shape_str(x.shape()),
-             " but w ", shape_str(w.shape()), " needs a last dimension of ", k);
+  NURI_CHECK(x.dim() >= 1 && x.size(-1) == k, op, ": x has shape ", shape_str(x.shape()), " but w ",
+             shape_str(w.shape()), " needs a last dimension of ", k);
   const int64_t m = rows(x);
   check_matrix(op, "y", y, m, n);
   if (bias.defined()) {
@@ -30,12 +30,18 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
   }
   const bool gelu = act == Activation::gelu;
   if (gelu) check_matrix(op, "pre (GELU pre-activation)", pre, m, n);
+  if (residual.defined()) check_matrix(op, "residual", residual, m, n);
+  const float* r = residual.defined() ? residual.data<float>() : nullptr;
+  float* yp = y.data<float>();
 
-  float* out = gelu ? pre.data<float>() : y.data<float>();
-  cpu::sgemm(false, true, m, n, k, 1.f, x.data<float>(), k, w.data<float>(), k, 0.f, out, n);
+  // Without GELU the residual is the GEMM's C (beta = 1): copied into y first unless it is y.
+  float* out = gelu ? pre.data<float>() : yp;
+  const bool res_in_gemm = r && !gelu;
+  if (res_in_gemm && r != yp) std::copy(r, r + m * n, yp);
+  cpu::sgemm(false, true, m, n, k, 1.f, x.data<float>(), k, w.data<float>(), k,
+             res_in_gemm ? 1.f : 0.f, out, n);
   const float* b = bias.defined() ? bias.data<float>() : nullptr;
   if (!b && !gelu) return;
-  float* yp = y.data<float>();
 #pragma omp parallel for schedule(static) if (m * n >= cpu::kParallelWork)
   for (int64_t i = 0; i < m; ++i) {
     float* row = out + i * n;
@@ -44,7 +50,8 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
       for (int64_t j = 0; j < n; ++j) row[j] += b[j];
     }
     if (gelu) {
-      for (int64_t j = 0; j < n; ++j) yrow[j] = cpu::gelu(row[j]);
+      const float* rrow = r ? r + i * n : nullptr;  // read before y is written: may alias y
+      for (int64_t j = 0; j < n; ++j) yrow[j] = cpu::gelu(row[j]) + (rrow ? rrow[j] : 0.f);
     }
   }
 }

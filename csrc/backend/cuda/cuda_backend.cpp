@@ -1,6 +1,7 @@
 // CudaBackend construction, its allocator and the memory ops (zero, copy, workspace).
 #include "backend/cuda/cuda_backend.h"
 
+#include <cstdlib>
 #include <cstring>
 
 #include "backend/cuda/check.h"
@@ -37,6 +38,32 @@ void CudaAllocator::reset_peak() {
   num_allocs_ = 0;
 }
 
+// ---- GEMM path ------------------------------------------------------------------------------------
+
+const char* gemm_path_name(GemmPath p) {
+  switch (p) {
+    case GemmPath::automatic: return "auto";
+    case GemmPath::nuri: return "nuri";
+    case GemmPath::cublaslt: return "cublaslt";
+  }
+  return "?";
+}
+
+GemmPath parse_gemm_path(const std::string& s) {
+  for (GemmPath p : {GemmPath::automatic, GemmPath::nuri, GemmPath::cublaslt}) {
+    if (s == gemm_path_name(p)) return p;
+  }
+  NURI_CHECK(false, "unknown GEMM path '", s, "'; use auto, nuri or cublaslt");
+}
+
+void CudaBackend::set_gemm_path(GemmPath p) {
+#if !defined(NURI_CUDA_REAL)
+  NURI_CHECK(p != GemmPath::cublaslt, "the GEMM path cublaslt needs a real CUDA build; ", name(),
+             " has no cuBLASLt (use auto or nuri)");
+#endif
+  gemm_path_ = p;
+}
+
 // ---- backend --------------------------------------------------------------------------------------
 
 CudaBackend::CudaBackend(int device) : device_(device) {
@@ -51,6 +78,22 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   NURI_CUDA_CHECK(cudaSetDevice(device));
   NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   alloc_ = std::make_shared<CudaAllocator>(device);
+  cudaDeviceProp prop{};
+  NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  sm_version_ = prop.major * 10 + prop.minor;
+  if (const char* env = std::getenv("NURI_GEMM"); env && *env) {
+    try {
+      set_gemm_path(parse_gemm_path(env));
+    } catch (const Error& e) {
+      NURI_CHECK(false, "NURI_GEMM: ", e.what());
+    }
+  }
+  if (const char* env = std::getenv("NURI_GEMM_TILES"); env && *env) {
+    const std::string v = env;
+    NURI_CHECK(v == "128" || v == "64", "NURI_GEMM_TILES=", v,
+               " is not a tile edge of nuri's GEMM; use 128 or 64 (or unset it to choose by shape)");
+    gemm_tiles_ = std::stoi(v);
+  }
 }
 
 CudaBackend::~CudaBackend() {

@@ -17,6 +17,20 @@
 
 namespace nuri {
 
+namespace cuda {
+class CublasLt;  // cublaslt.h (real CUDA builds only)
+}
+
+/// Which implementation runs the linear-layer products (matmul and its three backward ops):
+/// nuri's kernels (kernels/matmul.cu), cuBLASLt (real CUDA builds), or a per-call choice.
+/// The environment variable NURI_GEMM=auto|nuri|cublaslt sets it when the backend is created;
+/// NURI_GEMM_TILES=128|64 forces the tile shape of nuri's tensor-core kernel (default: by shape,
+/// kernels/matmul.h matmul_tiles), for tests and tuning.
+enum class GemmPath { automatic, nuri, cublaslt };
+const char* gemm_path_name(GemmPath p);
+/// "auto", "nuri" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
+GemmPath parse_gemm_path(const std::string& s);
+
 /// Device memory through cudaMalloc/cudaFree (emulated: guarded host memory), with counters.
 class CudaAllocator final : public Allocator {
  public:
@@ -48,7 +62,8 @@ class CudaBackend final : public Backend {
   void copy(const Tensor& src, const Tensor& dst) override;
 
   void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-              Activation act, const Tensor& pre) override;
+              Activation act, const Tensor& pre,
+              const Tensor& residual) override;
   void matmul_backward_input(const Tensor& dy, const Tensor& w, const Tensor& dx, bool accumulate,
                              const Tensor& gelu_pre) override;
   void matmul_backward_weight(const Tensor& dy, const Tensor& x, const Tensor& dw,
@@ -99,6 +114,16 @@ class CudaBackend final : public Backend {
   void global_norm(const std::vector<Tensor>& grads, const Tensor& out) override;
   void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) override;
 
+  /// automatic: by dtype and device (matmul.cpp, use_cublaslt); nuri: always nuri's kernels;
+  /// cublaslt: every product cuBLASLt takes through cuBLASLt (real CUDA builds only: the
+  /// emulated build has no cuBLASLt and refuses it). A call cuBLASLt declines runs on nuri's
+  /// kernel and is counted in gemm_fallbacks().
+  void set_gemm_path(GemmPath p);
+  GemmPath gemm_path() const { return gemm_path_; }
+  /// Products cuBLASLt has run, and products meant for it that nuri's kernel ran instead.
+  int64_t cublaslt_calls() const;
+  int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
+
   /// Device scratch of at least `bytes`, owned by the backend and reused across calls (valid
   /// until the next workspace() call; ops on one stream run in order, so reuse is safe).
   void* workspace(size_t bytes);
@@ -108,6 +133,16 @@ class CudaBackend final : public Backend {
   cudaStream_t stream_ = nullptr;
   std::shared_ptr<CudaAllocator> alloc_;
   Tensor workspace_;
+  GemmPath gemm_path_ = GemmPath::automatic;
+  int64_t gemm_fallbacks_ = 0;
+  int gemm_tiles_ = 0;                  // NURI_GEMM_TILES: 0 (by shape), 128 or 64
+  int sm_version_ = 0;                  // compute capability major·10 + minor
+  std::shared_ptr<cuda::CublasLt> lt_;  // created on first use (shared_ptr: incomplete type)
+  cuda::CublasLt& cublaslt();
+  bool use_cublaslt(DType dt) const;
+  /// One product p (a kernels/matmul.h parameter struct) on the path gemm_path_ picks.
+  template <class P>
+  void run_gemm(const char* op, DType dt, int64_t m, int64_t n, int64_t k, const P& p);
 };
 
 }  // namespace nuri

@@ -80,10 +80,12 @@ class Backend {
   virtual void copy(const Tensor& src, const Tensor& dst) = 0;
 
   // ---- matmul ----------------------------------------------------------------------------
-  /// y [M, N] = act(x [M, K] · w [N, K]ᵀ + bias [N]); bias may be absent. With act == gelu,
-  /// pre [M, N] receives the pre-activation x·wᵀ + bias for the backward (required then).
+  /// y [M, N] = act(x [M, K] · w [N, K]ᵀ + bias [N]) + residual [M, N]; bias and residual may
+  /// be absent, and residual may alias y (y += the layer's output: a residual stream updated in
+  /// place). With act == gelu, pre [M, N] receives the pre-activation x·wᵀ + bias for the
+  /// backward (required then).
   virtual void matmul(const Tensor& x, const Tensor& w, const Tensor& bias, const Tensor& y,
-                      Activation act, const Tensor& pre) = 0;
+                      Activation act, const Tensor& pre, const Tensor& residual) = 0;
   /// dx [M, K] (+)= dy [M, N] · w [N, K]. When gelu_pre [M, K] is given, the result is
   /// multiplied by gelu'(gelu_pre) (the GELU backward of the layer below, fused); then
   /// accumulate must be false.

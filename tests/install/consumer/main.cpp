@@ -40,7 +40,7 @@ int run() {
   std::memcpy(bias.data<float>(), kBias, sizeof kBias);
   y.fill_(-1000.0);
 
-  backend->matmul(x, w, bias, y, nuri::Activation::none, nuri::Tensor());
+  backend->matmul(x, w, bias, y, nuri::Activation::none, nuri::Tensor(), nuri::Tensor());
   backend->synchronize();
 
   const float* out = y.data<float>();
