@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from bench_util import JsonLines, geomean, iters_for, stats
+from bench_util import JsonLines, geomean, iters_for, reexec_with_cuda_torch, stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -56,15 +56,7 @@ def import_torch():
         return torch
     except ImportError:
         pass
-    if not os.environ.get("NURI_ATTN_REEXEC"):
-        for cand in (os.path.join(ROOT, ".venv", "bin", "python"), "/usr/bin/python3"):
-            if not os.path.exists(cand) or os.path.realpath(cand) == os.path.realpath(sys.executable):
-                continue
-            probe = "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
-            if subprocess.run([cand, "-c", probe], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL).returncode == 0:
-                os.environ["NURI_ATTN_REEXEC"] = "1"
-                os.execv(cand, [cand] + sys.argv)
+    reexec_with_cuda_torch(ROOT, "NURI_ATTN_REEXEC")
     return None
 
 

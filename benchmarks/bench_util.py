@@ -1,7 +1,10 @@
 """Helpers shared by the Python benchmark drivers (ops.py, attention_gpu.py)."""
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 
 
 def stats(samples):
@@ -37,3 +40,19 @@ class JsonLines:
     def close(self):
         if self.out:
             self.out.close()
+
+
+def reexec_with_cuda_torch(root, flag, probe_imports="torch"):
+    """Re-executes this script under another Python (the repo's .venv, /usr/bin/python3) whose
+    torch sees a CUDA device, once (the environment variable `flag` marks the second run);
+    returns when there is none, so the caller reports why."""
+    if os.environ.get(flag):
+        return
+    for cand in (os.path.join(str(root), ".venv", "bin", "python"), "/usr/bin/python3"):
+        if not os.path.exists(cand) or os.path.realpath(cand) == os.path.realpath(sys.executable):
+            continue
+        probe = f"import sys, {probe_imports}; sys.exit(0 if torch.cuda.is_available() else 1)"
+        if subprocess.run([cand, "-c", probe], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0:
+            os.environ[flag] = "1"
+            os.execv(cand, [cand] + sys.argv)

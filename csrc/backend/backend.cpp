@@ -39,4 +39,25 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
   NURI_CHECK(false, "unknown backend '", name, "'; this build has: ", list);
 }
 
+std::vector<CudaDeviceInfo> cuda_devices() {
+  std::vector<CudaDeviceInfo> devices;
+#if defined(NURI_CUDA_EMULATION) || defined(NURI_CUDA_REAL)
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {  // no driver or no device: none usable
+    cudaGetLastError();
+    return devices;
+  }
+  for (int i = 0; i < count; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    devices.push_back({i, prop.name, prop.major, prop.minor, int64_t(prop.totalGlobalMem),
+                       prop.multiProcessorCount});
+  }
+#endif
+  return devices;
+}
+
 }  // namespace nuri

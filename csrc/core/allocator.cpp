@@ -29,7 +29,12 @@ void CpuAllocator::deallocate(void* ptr, size_t bytes) {
 }
 
 AllocatorStats CpuAllocator::stats() const {
-  return AllocatorStats{current_.load(), peak_.load(), num_allocs_.load()};
+  AllocatorStats s;
+  s.current_bytes = current_.load();
+  s.peak_bytes = peak_.load();
+  s.num_allocs = num_allocs_.load();
+  s.reserved_bytes = s.current_bytes;  // no cache: what is held is what is in use
+  return s;
 }
 
 void CpuAllocator::reset_peak() {

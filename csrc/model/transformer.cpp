@@ -40,6 +40,7 @@ struct Transformer::Acts {
   Tensor resid_f, lnf, lnf_mean, lnf_rstd;  // [B, T, C], ..., [B·T]
   Tensor logits;                            // [B·T, Vp]; the backward overwrites it with dlogits
   Tensor losses, ce_lse, loss;              // [B·T], [B·T], [1]
+  Tensor tokens, targets;                   // [B, T], [B·T] i32 on the device (non-CPU backends)
   Tensor d_resid, d_ln, d_qkv, d_atty, d_fch, d_act;  // gradient scratch, reused by every layer
 };
 
@@ -113,13 +114,20 @@ void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Te
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed)
     : cfg_(cfg), backend_(std::move(backend)), layout_(param_layout(cfg)) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
+  compute_ = backend_->compute_dtype();
+  NURI_CHECK(compute_ == DType::f32 || compute_ == DType::bf16, "Transformer: backend ",
+             backend_->name(), " computes in ", dtype_name(compute_),
+             "; the model supports f32 and bf16");
   const int64_t total = layout_.back().offset + layout_.back().numel();
   param_buf_ = backend_->empty({total});
   grad_buf_ = backend_->empty({total});
+  if (compute_ != DType::f32) cparam_buf_ = backend_->empty({total}, compute_);
   w_ = std::make_unique<Weights>();
   g_ = std::make_unique<Weights>();
   acts_ = std::make_unique<Acts>();
+  std::vector<NamedTensor> compute_views;  // the ops read these; params_ are the masters
   bind(cfg_, layout_, param_buf_, params_, w_.get());
+  if (cparam_buf_.defined()) bind(cfg_, layout_, cparam_buf_, compute_views, w_.get());
   bind(cfg_, layout_, grad_buf_, grads_, g_.get());
   init_weights(seed);
   zero_grad();
@@ -157,6 +165,20 @@ void Transformer::init_weights(uint64_t seed) {
     }
     backend_->copy(host, params_[i].tensor);
   }
+  sync_compute_weights();
+}
+
+void Transformer::sync_compute_weights() {
+  if (!cparam_buf_.defined()) return;
+  // Through the host: this runs at initialization and after loading weights, not per step
+  // (AdamW writes the compute copy itself).
+  Tensor master = Tensor::empty(param_buf_.shape(), DType::f32);
+  backend_->copy(param_buf_, master);
+  Tensor copy = Tensor::empty(param_buf_.shape(), compute_);
+  const float* src = master.data<float>();
+  bf16_t* dst = copy.data<bf16_t>();
+  for (int64_t i = 0; i < master.numel(); ++i) dst[i] = f32_to_bf16(src[i]);
+  backend_->copy(copy, cparam_buf_);
 }
 
 void Transformer::zero_grad() { backend_->zero(grad_buf_); }
@@ -173,40 +195,46 @@ void Transformer::plan(int64_t b, int64_t t) {
   const bool ln = cfg_.norm == NormKind::layernorm;
   const int64_t fch_width = cfg_.mlp == MlpKind::gelu ? f : 2 * f;
   Acts& a = *acts_;
+  const DType ad = compute_;  // activations; saved statistics and the loss are f32
+  auto act = [&](const Shape& s) { return be.empty(s, ad); };
   a.b = b;
   a.t = t;
   a.layers.resize(size_t(cfg_.n_layer));
   for (auto& L : a.layers) {
-    L.resid = be.empty({b, t, c});
-    L.ln1 = be.empty({b, t, c});
+    L.resid = act({b, t, c});
+    L.ln1 = act({b, t, c});
     if (ln) L.ln1_mean = be.empty({bt});
     L.ln1_rstd = be.empty({bt});
-    L.qkv = be.empty({b, t, h + 2 * hkv, d});
-    L.atty = be.empty({b, t, h, d});
+    L.qkv = act({b, t, h + 2 * hkv, d});
+    L.atty = act({b, t, h, d});
     L.lse = be.empty({b, h, t});
-    L.attproj = be.empty({b, t, c});
-    L.resid2 = be.empty({b, t, c});
-    L.ln2 = be.empty({b, t, c});
+    L.attproj = act({b, t, c});
+    L.resid2 = act({b, t, c});
+    L.ln2 = act({b, t, c});
     if (ln) L.ln2_mean = be.empty({bt});
     L.ln2_rstd = be.empty({bt});
-    L.fch = be.empty({b, t, fch_width});
-    L.act = cfg_.mlp == MlpKind::gelu ? be.empty({b, t, f}) : be.empty({b, t, f});
-    L.fcproj = be.empty({b, t, c});
+    L.fch = act({b, t, fch_width});
+    L.act = act({b, t, f});
+    L.fcproj = act({b, t, c});
   }
-  a.resid_f = be.empty({b, t, c});
-  a.lnf = be.empty({b, t, c});
+  a.resid_f = act({b, t, c});
+  a.lnf = act({b, t, c});
   if (ln) a.lnf_mean = be.empty({bt});
   a.lnf_rstd = be.empty({bt});
-  a.logits = be.empty({bt, cfg_.padded_vocab()});
+  a.logits = act({bt, cfg_.padded_vocab()});
   a.losses = be.empty({bt});
   a.ce_lse = be.empty({bt});
   a.loss = be.empty({1});
-  a.d_resid = be.empty({b, t, c});
-  a.d_ln = be.empty({b, t, c});
-  a.d_qkv = be.empty({b, t, h + 2 * hkv, d});
-  a.d_atty = be.empty({b, t, h, d});
-  a.d_fch = be.empty({b, t, fch_width});
-  a.d_act = be.empty({b, t, f});
+  if (!be.device().is_cpu()) {  // the step's token ids, copied in by every forward
+    a.tokens = be.empty({b, t}, DType::i32);
+    a.targets = be.empty({bt}, DType::i32);
+  }
+  a.d_resid = act({b, t, c});
+  a.d_ln = act({b, t, c});
+  a.d_qkv = act({b, t, h + 2 * hkv, d});
+  a.d_atty = act({b, t, h, d});
+  a.d_fch = act({b, t, fch_width});
+  a.d_act = act({b, t, f});
 }
 
 void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const {
@@ -252,8 +280,8 @@ void Transformer::run_forward(const Tensor& tokens) {
   const Weights& W = *w_;
   const int64_t h = cfg_.n_head, hkv = cfg_.n_kv_head, c = cfg_.d_model;
   Tensor dev_tokens = tokens;
-  if (!be.device().is_cpu()) {
-    dev_tokens = be.empty(tokens.shape(), DType::i32);
+  if (a.tokens.defined()) {
+    dev_tokens = a.tokens;
     be.copy(tokens, dev_tokens);
   }
   const Tensor wte = W.wte.slice(0, 0, cfg_.vocab_size);
@@ -308,8 +336,8 @@ float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
   Backend& be = *backend_;
   Acts& a = *acts_;
   Tensor tg = targets.view({-1});
-  if (!be.device().is_cpu()) {
-    tg = be.empty({targets.numel()}, DType::i32);
+  if (a.targets.defined()) {
+    tg = a.targets;
     be.copy(targets.view({-1}), tg);
   }
   be.cross_entropy(a.logits, tg, cfg_.vocab_size, -100, a.losses, a.ce_lse, a.loss);

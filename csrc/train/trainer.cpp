@@ -74,10 +74,10 @@ StepStats Trainer::step() {
   s.loss = float(loss_sum / double(cfg_.grad_accum));
   std::vector<Tensor> grads;
   for (const auto& g : model_.gradients()) grads.push_back(g.tensor);
-  Tensor norm_dev = model_.backend().empty({1});
-  model_.backend().global_norm(grads, norm_dev);
+  if (!norm_dev_.defined()) norm_dev_ = model_.backend().empty({1});
+  model_.backend().global_norm(grads, norm_dev_);
   Tensor norm = Tensor::empty({1}, DType::f32);
-  model_.backend().copy(norm_dev, norm);
+  model_.backend().copy(norm_dev_, norm);
   s.grad_norm = norm.data<float>()[0];
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
@@ -127,6 +127,7 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   std::vector<int32_t> seq = prompt, out;
   Tensor tokens = Tensor::empty({1, window}, DType::i32);
   Tensor host_logits = Tensor::empty({cfg.padded_vocab()}, DType::f32);
+  Tensor host_row = Tensor::empty({cfg.padded_vocab()}, model.compute_dtype());
   const Philox rng(opt.seed, stream_id("sample"));
   std::vector<float> probs(size_t(cfg.vocab_size));
   std::vector<int32_t> idx(size_t(cfg.vocab_size));
@@ -137,7 +138,15 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
     std::fill(tp, tp + window, 0);
     std::copy(seq.begin() + start, seq.end(), tp);
     Tensor logits = model.logits(tokens);  // [1, window, Vp]
-    model.backend().copy(logits.select(0, 0).select(0, len - 1).clone(), host_logits);
+    const Tensor row = logits.select(0, 0).select(0, len - 1);  // contiguous, on the device
+    if (row.dtype() == DType::f32) {
+      model.backend().copy(row, host_logits);
+    } else {  // a bf16 model's logits
+      model.backend().copy(row, host_row);
+      const bf16_t* src = host_row.data<bf16_t>();
+      float* dst = host_logits.data<float>();
+      for (int64_t j = 0; j < cfg.padded_vocab(); ++j) dst[j] = bf16_to_f32(src[j]);
+    }
     const float* l = host_logits.data<float>();
     int32_t next = 0;
     if (opt.temperature == 0) {

@@ -31,6 +31,18 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per bl
 // TSan), and a reused fiber would order the two blocks. Between launches both are harmless: the
 // launcher acquires every thread's release at the end of a launch, and the next launch's fibers
 // are ordered after it anyway (stream order). So resources go back to the pool at launch end.
+//
+// Large launches run in waves: one TSan fiber and one stack per emulated thread of a whole
+// launch (a row per block over a batch, an elementwise pass over the parameters) would exhaust
+// TSan's thread slots and the process's mappings, and every vector clock grows with the number
+// of fibers. So a launch's blocks (in their random order) form waves of at most kWaveThreads
+// threads. Between two waves the scheduler acquires what every thread of the first released at
+// its end, so the next wave's threads (which start by acquiring the scheduler's release) are
+// ordered after it, and the first wave's fibers, stacks and shared memory serve the next. Races
+// between blocks of one wave are found; blocks of different waves are ordered, as if the device
+// had run them one after the other (which it may). The random block order mixes the waves from
+// launch to launch.
+constexpr uint64_t kWaveThreads = 4096;
 
 class FiberPool {
  public:
@@ -54,6 +66,7 @@ class FiberPool {
     used_.erase(std::find(used_.begin(), used_.end(), f));
     tsan::destroy(f);
   }
+
 
  private:
   std::vector<void*> free_, used_;
@@ -281,13 +294,13 @@ void thread_main(void* arg) {
 
 void run_block(Launch& L, const uint3& bid) {
   L.block_idx = bid;
-  // Kept until the launch ends, like the shared memory below (freeing needs an edge from the
-  // threads to the scheduler).
+  // Kept until the wave ends, like the shared memory below (freeing needs an edge from the
+  // threads to the scheduler; see kWaveThreads).
   L.thread_blocks.push_back(std::make_unique<std::vector<Thread>>(size_t(L.threads_per_block)));
   std::vector<Thread>& threads = *L.thread_blocks.back();
   L.threads = &threads;
   // Fresh, poisoned dynamic shared memory (NaN bytes): reads of unwritten bytes show up.
-  // A fresh allocation per block, freed only when the launch ends: TSan treats new heap memory
+  // A fresh allocation per block, freed only when the wave ends: TSan treats new heap memory
   // as unaccessed, and freeing it earlier would need an edge from this block's threads to the
   // scheduler, whose clock flows into every fiber it creates afterwards (hiding races between
   // blocks). AnnotateNewMemory is a no-op in GCC 12's TSan, so memory cannot be declared new in
@@ -404,8 +417,18 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
 
   tsan::release(&L.launch_sync);
   g_launch = &L;
+  const size_t blocks_per_wave = std::max<size_t>(1, kWaveThreads / threads);
   try {
-    for (const uint3& bid : order) run_block(L, bid);
+    for (size_t i = 0; i < order.size(); ++i) {
+      if (i > 0 && i % blocks_per_wave == 0) {  // a new wave (see kWaveThreads)
+        tsan::acquire(&L.done_sync);
+        L.smem_blocks.clear();
+        L.thread_blocks.clear();
+        fiber::recycle(stacks);
+        fibers.recycle();
+      }
+      run_block(L, order[i]);
+    }
   } catch (...) {
     g_launch = nullptr;
     tsan::acquire(&L.done_sync);

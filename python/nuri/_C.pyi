@@ -7,7 +7,9 @@ class Error(RuntimeError):
     """Raised for any error reported by nuri's C++ core; the message names what is wrong."""
 
 def build_info() -> dict[str, Any]:
-    """version, blas, cuda, cuda_architectures, mpi, sanitize, backends."""
+    """version, blas, cuda, cuda_architectures (e.g. ["80", "90"]; empty without nvcc), mpi,
+    sanitize, backends, cuda_devices: one dict per usable device (index, name, major, minor,
+    total_bytes, sms); empty without the CUDA backend or without a device."""
 
 class ModelConfig:
     """Decoder-only transformer configuration; ModelConfig() is GPT-2 124M."""
@@ -94,7 +96,9 @@ class Model:
                  top_k: int = 0, seed: int = 0) -> list[int]: ...
     def zero_grad(self) -> None: ...
     def init_weights(self, seed: int) -> None: ...
-    def memory(self) -> dict[str, int]: ...
+    def memory(self) -> dict[str, int]:
+        """The backend allocator's current_bytes, peak_bytes, num_allocs (from the system) and
+        reserved_bytes (in use + cached)."""
 
 class TokenFile:
     """Token ids from a memory-mapped file (llm.c .bin, .npy) or an array."""

@@ -246,12 +246,21 @@ def cmd_info(args: argparse.Namespace) -> int:
     """``python -m nuri info``: what this build holds."""
     info = _C.build_info()
     yes_no = {True: "yes", False: "no"}
-    archs = ", ".join(str(a) for a in info.get("cuda_architectures", [])) or "none"
-    cuda = f"yes (architectures: {archs})" if info.get("cuda") else "no (not compiled)"
+    backends = info.get("backends", [])
+    archs = ", ".join(f"sm_{a}" for a in info.get("cuda_architectures", []))
+    if not archs:
+        archs = ("none (emulated build: kernels run on the CPU)" if "cuda-emu" in backends
+                 else "none (CPU-only build)")
     print(f"nuri {info['version']}")
-    print(f"  backends:   {', '.join(info.get('backends', []))}")
+    print(f"  backends:   {', '.join(backends)}")
     print(f"  BLAS:       {info.get('blas')}")
-    print(f"  CUDA:       {cuda}")
+    print(f"  CUDA:       {'yes' if info.get('cuda') else 'no (not compiled)'}")
+    print(f"  cuda archs: {archs}")
+    devices = info.get("cuda_devices", [])
+    print(f"  cuda devices: {len(devices) if devices else 'none'}")
+    for d in devices:
+        print(f"    cuda:{d['index']}  {d['name']}, sm_{d['major']}{d['minor']}, "
+              f"{d['total_bytes'] / 2**30:.1f} GiB, {d['sms']} SMs")
     print(f"  MPI:        {yes_no[bool(info.get('mpi'))]}")
     print(f"  sanitizers: {yes_no[bool(info.get('sanitize'))]}")
     print(f"  Python package: {os.path.dirname(os.path.abspath(__file__))}")

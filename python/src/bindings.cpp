@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "nuri/backend/backend.h"
 #include "nuri/core/build_info.h"
 #include "nuri/data/token_file.h"
 #include "nuri/model/transformer.h"
@@ -260,8 +261,17 @@ PYBIND11_MODULE(_C, m) {
     d["version"] = b.version; d["blas"] = b.blas; d["cuda"] = b.cuda;
     d["cuda_architectures"] = b.cuda_architectures; d["mpi"] = b.mpi; d["sanitize"] = b.sanitize;
     d["backends"] = b.backends;
+    py::list devices;
+    for (const CudaDeviceInfo& c : cuda_devices()) {
+      py::dict dev;
+      dev["index"] = c.index; dev["name"] = c.name; dev["major"] = c.major; dev["minor"] = c.minor;
+      dev["total_bytes"] = c.total_bytes; dev["sms"] = c.sms;
+      devices.append(dev);
+    }
+    d["cuda_devices"] = devices;
     return d;
-  }, "What this build contains: version, BLAS, CUDA architectures compiled, MPI, backends.");
+  }, "What this build contains: version, BLAS, CUDA architectures compiled, MPI, backends, and "
+     "the CUDA devices it can use.");
 
   py::class_<ModelConfig>(m, "ModelConfig", "Decoder-only transformer configuration (GPT-2 124M by default).")
       .def(py::init<>())
@@ -373,6 +383,7 @@ PYBIND11_MODULE(_C, m) {
         const AllocatorStats s = t.memory();
         py::dict d;
         d["current_bytes"] = s.current_bytes; d["peak_bytes"] = s.peak_bytes; d["num_allocs"] = s.num_allocs;
+        d["reserved_bytes"] = s.reserved_bytes;
         return d;
       });
 

@@ -152,6 +152,25 @@ def test_info_prints_the_build():
     assert "CUDA:" in proc.stdout and "MPI:" in proc.stdout
 
 
+def test_info_lists_cuda_devices_and_architectures():
+    proc = run_cli("info", cwd=".")
+    info = nuri.build_info()
+    devices, archs = info["cuda_devices"], info["cuda_architectures"]
+    assert isinstance(devices, list) and isinstance(archs, list)
+    if "cuda" not in info["backends"] and "cuda-emu" not in info["backends"]:
+        # The wheel builds CPU-only (pyproject sets NURI_CUDA=OFF): no devices, no architectures.
+        assert devices == [] and archs == []
+        assert "\n  cuda archs: none (CPU-only build)\n" in proc.stdout
+        assert "\n  cuda devices: none\n" in proc.stdout
+    else:  # a CUDA or emulated build: one line per device, named as the runtime names it
+        assert f"  cuda devices: {len(devices) or 'none'}\n" in proc.stdout
+        for d in devices:
+            assert f"cuda:{d['index']}  {d['name']}, sm_{d['major']}{d['minor']}, " in proc.stdout
+            assert f"{d['sms']} SMs" in proc.stdout
+        for a in archs:
+            assert f"sm_{a}" in proc.stdout
+
+
 @pytest.mark.parametrize("args, status, message", [
     (["train", "--config", "tiny.toml", "train.lr=fast"], 2,
      "nuri: train.lr: expected a number, got 'fast'"),

@@ -67,11 +67,11 @@ __global__ void planted_missing_atomic(CountParams p) {
   }
 }
 
-void run_count(bool atomic) {
+void run_count(bool atomic, unsigned blocks = 8, unsigned threads = 32) {
   DeviceBuffer<int> counter(std::vector<int>{0});
-  NURI_LAUNCH(planted_missing_atomic, dim3(8), dim3(32), 0, nullptr,
+  NURI_LAUNCH(planted_missing_atomic, dim3(blocks), dim3(threads), 0, nullptr,
               CountParams{counter.get(), atomic});
-  NURI_CHECK(counter.download()[0] == 8, "wrong count");
+  NURI_CHECK(counter.download()[0] == int(blocks), "wrong count");
 }
 
 TEST(EmulatorStrict, AtomicsAcrossBlocksAreNotReported) { run_count(true); }
@@ -80,6 +80,17 @@ TEST(EmulatorStrictDeathTest, MissingAtomicAcrossBlocksIsReportedAsARace) {
   if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(run_count(false), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
+}
+
+// A launch of 16384 threads runs in waves of 4096 (scheduler.cpp, kWaveThreads): the fibers,
+// stacks and shared memory of one wave serve the next without false reports, and blocks of one
+// wave still race.
+TEST(EmulatorStrict, AtomicsAcrossBlocksOfALargeLaunchAreNotReported) { run_count(true, 64, 256); }
+
+TEST(EmulatorStrictDeathTest, MissingAtomicInALargeLaunchIsReportedAsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_count(false, 64, 256), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
 }
 
 struct EarlyReadParams {

@@ -9,35 +9,6 @@
 
 namespace nuri {
 
-// ---- allocator ------------------------------------------------------------------------------------
-
-void* CudaAllocator::allocate(size_t bytes) {
-  void* p = nullptr;
-  const cudaError_t err = cudaMalloc(&p, bytes);
-  NURI_CHECK(err == cudaSuccess, "CUDA out of memory: cudaMalloc of ", bytes, " bytes failed (",
-             cudaGetErrorString(err), "); ", current_.load(), " bytes are in use by this backend");
-  const int64_t now = current_ += int64_t(bytes);
-  int64_t peak = peak_.load();
-  while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
-  }
-  ++num_allocs_;
-  return p;
-}
-
-void CudaAllocator::deallocate(void* ptr, size_t bytes) {
-  cudaFree(ptr);  // an error here cannot be reported from a destructor path; it is not lost:
-  current_ -= int64_t(bytes);  // cudaGetLastError returns it to the next checked call
-}
-
-AllocatorStats CudaAllocator::stats() const {
-  return {current_.load(), peak_.load(), num_allocs_.load()};
-}
-
-void CudaAllocator::reset_peak() {
-  peak_ = current_.load();
-  num_allocs_ = 0;
-}
-
 // ---- GEMM path ------------------------------------------------------------------------------------
 
 const char* gemm_path_name(GemmPath p) {

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include "backend/cuda/allocator.h"
 #include "nuri/backend/backend.h"
 
 namespace nuri {
@@ -31,22 +32,6 @@ const char* gemm_path_name(GemmPath p);
 /// "auto", "nuri" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
 GemmPath parse_gemm_path(const std::string& s);
 
-/// Device memory through cudaMalloc/cudaFree (emulated: guarded host memory), with counters.
-class CudaAllocator final : public Allocator {
- public:
-  explicit CudaAllocator(int device) : device_(device) {}
-  void* allocate(size_t bytes) override;
-  void deallocate(void* ptr, size_t bytes) override;
-  Device device() const override { return Device::cuda(device_); }
-  size_t alignment() const override { return 256; }
-  AllocatorStats stats() const override;
-  void reset_peak() override;
-
- private:
-  int device_;
-  std::atomic<int64_t> current_{0}, peak_{0}, num_allocs_{0};
-};
-
 class CudaBackend final : public Backend {
  public:
   /// Throws nuri::Error when no CUDA device is present (the message says what was found).
@@ -56,6 +41,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::cuda(device_); }
   std::shared_ptr<Allocator> allocator() const override { return alloc_; }
   void synchronize() override;
+  DType compute_dtype() const override { return DType::bf16; }
   cudaStream_t stream() const { return stream_; }
 
   void zero(const Tensor& t) override;

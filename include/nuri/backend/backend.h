@@ -69,6 +69,10 @@ class Backend {
   virtual std::shared_ptr<Allocator> allocator() const = 0;
   /// Waits for all queued work (no-op on the CPU).
   virtual void synchronize() {}
+  /// The dtype a model computes in on this backend (activations and the compute copy of the
+  /// weights; master weights, gradients, optimizer state and statistics stay f32): f32 on the
+  /// CPU, bf16 on CUDA.
+  virtual DType compute_dtype() const { return DType::f32; }
 
   /// New uninitialized tensor on this backend's device.
   Tensor empty(const Shape& shape, DType dtype = DType::f32) const {
@@ -187,5 +191,17 @@ class Backend {
 std::vector<std::string> available_backends();
 /// A new backend instance by name; throws nuri::Error listing the available ones otherwise.
 std::unique_ptr<Backend> make_backend(const std::string& name);
+
+/// One CUDA device as the runtime describes it.
+struct CudaDeviceInfo {
+  int index = 0;
+  std::string name;
+  int major = 0, minor = 0;  ///< compute capability (sm_<major><minor>)
+  int64_t total_bytes = 0;   ///< global memory
+  int sms = 0;               ///< streaming multiprocessors
+};
+/// The CUDA devices this build can use: empty in builds without the CUDA backend or without a
+/// device (never throws); the emulated build reports its emulated device.
+std::vector<CudaDeviceInfo> cuda_devices();
 
 }  // namespace nuri

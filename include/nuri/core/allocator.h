@@ -11,10 +11,17 @@
 
 namespace nuri {
 
+/// What an allocator holds. A caching allocator (the CUDA backend's) keeps freed blocks for
+/// reuse, so reserved_bytes can exceed current_bytes; for the CPU allocator they are equal.
 struct AllocatorStats {
+  /// Bytes held by live allocations: the sizes asked for on the CPU; the rounded block sizes
+  /// on CUDA (csrc/backend/cuda/allocator.h says how sizes are rounded).
   int64_t current_bytes = 0;
-  int64_t peak_bytes = 0;
-  int64_t num_allocs = 0;  ///< allocations made since construction (or reset_peak)
+  int64_t peak_bytes = 0;  ///< the maximum of current_bytes since construction (or reset_peak)
+  /// Allocations from the system (malloc / cudaMalloc) since construction (or reset_peak); a
+  /// request served from a cache does not count, so after warm-up a training step adds none.
+  int64_t num_allocs = 0;
+  int64_t reserved_bytes = 0;  ///< memory held from the system: in use + cached
 };
 
 class Allocator {
@@ -29,6 +36,9 @@ class Allocator {
   virtual AllocatorStats stats() const = 0;
   /// Sets peak to current and zeroes the allocation count.
   virtual void reset_peak() = 0;
+  /// Returns cached, unused memory to the system (reserved_bytes drops to current_bytes).
+  /// A no-op for allocators without a cache; a virtual here so callers need no casts.
+  virtual void empty_cache() {}
 };
 
 /// Host memory aligned to 64 bytes (a cache line, and enough for any SIMD width).

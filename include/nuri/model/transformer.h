@@ -3,6 +3,11 @@
 // one fused product serves several named tensors (q/k/v, gate/up), those tensors are laid out
 // next to each other so the fused weight is a view too. Activations are planned once per
 // (batch, sequence length) and reused.
+//
+// Precision follows the backend's compute_dtype(): on the CPU everything is f32; on CUDA the
+// parameters are f32 master weights with a bf16 compute copy (same layout, one more buffer) that
+// the forward and backward read, activations are bf16, and gradients, optimizer state, saved
+// statistics and the loss are f32.
 #pragma once
 
 #include <cstdint>
@@ -52,6 +57,14 @@ class Transformer {
   const std::vector<NamedTensor>& gradients() const { return grads_; }
   const Tensor& param_buffer() const { return param_buf_; }
   const Tensor& grad_buffer() const { return grad_buf_; }
+  /// The dtype of activations and of the weights the ops read (the backend's compute_dtype()).
+  DType compute_dtype() const { return compute_; }
+  /// The compute copy of the parameters (layout of param_buffer()), or undefined when the model
+  /// computes in f32 and reads the master weights directly.
+  const Tensor& compute_buffer() const { return cparam_buf_; }
+  /// Re-derives the compute copy from the master weights (after writing them other than through
+  /// AdamW, which updates both): rounds to nearest even. No-op in f32.
+  void sync_compute_weights();
   /// The view named `name`; throws nuri::Error naming close candidates otherwise.
   const Tensor& parameter(const std::string& name) const;
 
@@ -83,7 +96,8 @@ class Transformer {
   ModelConfig cfg_;
   std::shared_ptr<Backend> backend_;
   std::vector<ParamSpec> layout_;
-  Tensor param_buf_, grad_buf_;
+  DType compute_ = DType::f32;
+  Tensor param_buf_, grad_buf_, cparam_buf_;
   std::vector<NamedTensor> params_, grads_;
   std::unique_ptr<Weights> w_, g_;  // typed views of params_ / grads_
   std::unique_ptr<Acts> acts_;

@@ -91,6 +91,7 @@ class Trainer {
   std::shared_ptr<TokenFile> val_;
   AdamW opt_;
   Tensor tokens_, targets_;  // [B, T] host
+  Tensor norm_dev_;          // [1] the gradient norm, on the model's device
   int64_t step_ = 0, skipped_ = 0;
 };
 
