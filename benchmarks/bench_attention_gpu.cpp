@@ -42,6 +42,7 @@
 #include <vector>
 
 #include "bench_common.h"
+#include "bench_gpu.h"
 #include "nuri/backend/backend.h"
 #include "nuri/core/dtype.h"
 #include "nuri/core/error.h"
@@ -54,7 +55,7 @@ using nuri::Backend;
 using nuri::DType;
 using nuri::Tensor;
 
-constexpr int kExitSkip = 77;  // ctest SKIP_RETURN_CODE
+using bench::kExitSkip;
 
 enum class Pass { fwd, fwd_bwd, fwd_bwd_det };
 
@@ -103,42 +104,9 @@ double seconds_per_call(Backend& be, F&& call, int iters) {
 
 // ---- host data: random normal values (never zero), converted to the benchmark's dtype ----------
 
-void store(const Tensor& t, int64_t i, float x) {
-  switch (t.dtype()) {
-    case DType::bf16:
-      static_cast<nuri::bf16_t*>(t.raw())[i] = nuri::f32_to_bf16(x);
-      break;
-    case DType::f16:
-      static_cast<nuri::f16_t*>(t.raw())[i] = nuri::f32_to_f16(x);
-      break;
-    default:
-      static_cast<float*>(t.raw())[i] = x;
-      break;
-  }
-}
-
-double load(const Tensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::bf16:
-      return nuri::bf16_to_f32(static_cast<const nuri::bf16_t*>(t.raw())[i]);
-    case DType::f16:
-      return nuri::f16_to_f32(static_cast<const nuri::f16_t*>(t.raw())[i]);
-    default:
-      return static_cast<const float*>(t.raw())[i];
-  }
-}
-
-/// Standard normal values from nuri's Philox (element i is normal(i) of stream 0xa77e: the same
-/// values for any thread count).
-void fill_normal(const Tensor& t, uint64_t seed) {
-  const nuri::Philox rng(seed, 0xa77e);
-  const int64_t n = t.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    store(t, i, rng.normal(uint64_t(i)));
-    if (load(t, i) == 0.0) store(t, i, 1e-3f);  // non-zero data
-  }
-}
+using bench::fill_normal;
+using bench::load;
+using bench::store;
 
 // ---- the benchmark: buffers, one configuration at a time, the check -----------------------------
 
@@ -151,7 +119,7 @@ class AttentionBench {
     uint64_t seed = 20240601;
     for (Tensor* h : {&hq_, &hk_, &hv_, &hdout_}) {
       *h = Tensor::empty(flat, dt);
-      fill_normal(*h, seed++);
+      fill_normal(*h, seed++, 0xa77e);
     }
     for (Tensor* d : {&q_, &k_, &v_, &dout_, &out_, &dq_, &dk_, &dv_}) *d = be.empty(flat, dt);
     be.copy(hq_, q_);
@@ -520,29 +488,6 @@ void usage() {
                "exit: 0 ok, 1 an op threw or a check failed, 2 usage, 77 no CUDA device\n");
 }
 
-/// The device's name and compute capability; exits 77 when there is no CUDA device.
-bench::Json device_json(const std::string& backend) {
-  bench::Json j;
-  if (backend != "cuda") return j.kv("name", backend);
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    std::fprintf(stderr,
-                 "bench_attention_gpu: no CUDA device (%s): nothing to measure; exit %d "
-                 "(skipped)\n",
-                 err == cudaSuccess ? "0 devices" : cudaGetErrorString(err), kExitSkip);
-    std::exit(kExitSkip);
-  }
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
-    j.kv("name", prop.name)
-        .kv("cc", std::to_string(prop.major) + "." + std::to_string(prop.minor))
-        .kv("sms", prop.multiProcessorCount)
-        .kv("mem_gib", double(prop.totalGlobalMem) / (1 << 30));
-  }
-  return j;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -600,7 +545,8 @@ int main(int argc, char** argv) {
   if (o.reps <= 0) o.reps = o.quick ? 3 : 7;
   if (o.min_sample_s < 0) o.min_sample_s = o.quick ? 0.02 : 0.1;
 
-  const bench::Json device = device_json(o.backend);  // exits 77 without a CUDA device
+  // Exits 77 without a CUDA device.
+  const bench::Json device = bench::device_json("bench_attention_gpu", o.backend);
   try {
     auto be = nuri::make_backend(o.backend);
     AttentionBench ab(*be, parse_dtype(o.dtype), o.tokens, o.hd);

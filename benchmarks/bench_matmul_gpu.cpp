@@ -39,6 +39,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "bench_common.h"
+#include "bench_gpu.h"
 #include "nuri/backend/backend.h"
 #include "nuri/core/dtype.h"
 #include "nuri/core/error.h"
@@ -51,7 +52,7 @@ using nuri::Backend;
 using nuri::DType;
 using nuri::Tensor;
 
-constexpr int kExitSkip = 77;  // ctest SKIP_RETURN_CODE
+using bench::kExitSkip;
 constexpr double kNull = NAN;  // bench::Json writes it as null
 
 enum class Pass { fwd, dgrad, wgrad };
@@ -111,42 +112,9 @@ std::vector<Model> models() {
 
 // ---- host data: random normal values (never zero), converted to the benchmark's dtype ----------
 
-void store(const Tensor& t, int64_t i, float x) {
-  switch (t.dtype()) {
-    case DType::bf16:
-      static_cast<nuri::bf16_t*>(t.raw())[i] = nuri::f32_to_bf16(x);
-      break;
-    case DType::f16:
-      static_cast<nuri::f16_t*>(t.raw())[i] = nuri::f32_to_f16(x);
-      break;
-    default:
-      static_cast<float*>(t.raw())[i] = x;
-      break;
-  }
-}
-
-double load(const Tensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::bf16:
-      return nuri::bf16_to_f32(static_cast<const nuri::bf16_t*>(t.raw())[i]);
-    case DType::f16:
-      return nuri::f16_to_f32(static_cast<const nuri::f16_t*>(t.raw())[i]);
-    default:
-      return static_cast<const float*>(t.raw())[i];
-  }
-}
-
-/// scale · standard normal values from nuri's Philox (element i is normal(i) of stream 0x3a7b:
-/// the same values for any thread count).
-void fill_normal(const Tensor& t, uint64_t seed, float scale) {
-  const nuri::Philox rng(seed, 0x3a7b);
-  const int64_t n = t.numel();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    store(t, i, scale * rng.normal(uint64_t(i)));
-    if (load(t, i) == 0.0) store(t, i, 1e-3f);  // non-zero data
-  }
-}
+using bench::fill_normal;
+using bench::load;
+using bench::store;
 
 double gelu(double x) {
   return 0.5 * x * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
@@ -184,7 +152,7 @@ class MatmulBench {
     uint64_t seed = 20241101;
     auto host = [&](Tensor& h, Tensor& d, nuri::Shape s, float scale) {
       h = Tensor::empty(s, dt_);
-      fill_normal(h, seed++, scale);
+      fill_normal(h, seed++, 0x3a7b, scale);
       d = be_.empty(s, dt_);
       be_.copy(h, d);
     };
@@ -517,28 +485,6 @@ void usage() {
       "exit: 0 ok, 1 an op threw or a check failed, 2 usage, 77 no CUDA device\n");
 }
 
-/// The device's name, compute capability and SM count; exits 77 when there is no CUDA device.
-bench::Json device_json(const std::string& backend) {
-  bench::Json j;
-  if (backend != "cuda") return j.kv("name", backend);
-  int count = 0;
-  const cudaError_t err = cudaGetDeviceCount(&count);
-  if (err != cudaSuccess || count == 0) {
-    std::fprintf(stderr,
-                 "bench_matmul_gpu: no CUDA device (%s): nothing to measure; exit %d (skipped)\n",
-                 err == cudaSuccess ? "0 devices" : cudaGetErrorString(err), kExitSkip);
-    std::exit(kExitSkip);
-  }
-  cudaDeviceProp prop{};
-  if (cudaGetDeviceProperties(&prop, 0) == cudaSuccess) {
-    j.kv("name", prop.name)
-        .kv("cc", std::to_string(prop.major) + "." + std::to_string(prop.minor))
-        .kv("sms", prop.multiProcessorCount)
-        .kv("mem_gib", double(prop.totalGlobalMem) / (1 << 30));
-  }
-  return j;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -595,7 +541,8 @@ int main(int argc, char** argv) {
   if (o.reps <= 0) o.reps = o.quick ? 5 : 7;
   if (o.min_sample_s < 0) o.min_sample_s = o.quick ? 0.02 : 0.1;
 
-  const bench::Json device = device_json(o.backend);  // exits 77 without a CUDA device
+  // Exits 77 without a CUDA device.
+  const bench::Json device = bench::device_json("bench_matmul_gpu", o.backend);
   try {
     auto be = nuri::make_backend(o.backend);
     return run_all(*be, o, device);

@@ -4,7 +4,8 @@
 //
 // Dtypes (the precision recipe of ../shared/DESIGN.md):
 //  - activations and the weights used for compute: bf16 (f32 is accepted too, for tests and
-//    small models); all activation arguments of one call share one dtype;
+//    small models; the matmul ops and attention also take f16, attention no f32); all
+//    activation arguments of one call share one dtype;
 //  - saved statistics (mean, rstd, lse, per-row losses, the loss): f32;
 //  - parameter gradients (dweight, dbias, dwte, dwpe) and every AdamW tensor: f32 (master
 //    weights and optimizer state), with an optional bf16 copy of the updated parameter.
