@@ -7,6 +7,8 @@
 //                  {"seconds": s, "loss": l, "peak_bytes": b, "peak_rss_bytes": r}
 //                  (cuda: the step ends with Backend::synchronize, peak_bytes is device memory
 //                  from the model's allocator, and "reserved_bytes" follows it)
+//   phases      -> one step with Backend::synchronize after each phase, and the seconds of each:
+//                  {"zero_grad_s", "forward_s", "backward_s", "grad_norm_s", "optimizer_s"}
 //   ceiling     -> {"gflops": g}: a 2048³ sgemm through the CPU backend's BLAS
 //   peak        -> {"device": name, "sm": "sm_XY", "peak_bf16_tflops": p, "source": "..."}: the
 //                  dense bf16 tensor-core peak of CUDA device 0 from a table (null when the
@@ -177,7 +179,32 @@ int main(int argc, char** argv) {
     std::cout << "ready" << std::endl;
     std::string cmd;
     while (std::getline(std::cin, cmd)) {
-      if (cmd == "step") {
+      if (cmd == "phases") {
+        // One step with the device drained after each phase: where the time of a step goes.
+        Backend& be = model.backend();
+        auto t = Clock::now();
+        auto lap = [&] {
+          be.synchronize();
+          const auto now = Clock::now();
+          const double s = std::chrono::duration<double>(now - t).count();
+          t = now;
+          return s;
+        };
+        model.zero_grad();
+        const double zero_s = lap();
+        model.forward(x, y);
+        const double fwd_s = lap();
+        model.backward(1.f);
+        const double bwd_s = lap();
+        be.global_norm(grads, norm_dev);
+        if (cuda) be.copy(norm_dev, norm);
+        const double norm_s = lap();
+        opt.step(3e-4f, clip_coefficient(norm.data<float>()[0], 1.f));
+        const double opt_s = lap();
+        std::cout << "{\"zero_grad_s\": " << zero_s << ", \"forward_s\": " << fwd_s
+                  << ", \"backward_s\": " << bwd_s << ", \"grad_norm_s\": " << norm_s
+                  << ", \"optimizer_s\": " << opt_s << "}" << std::endl;
+      } else if (cmd == "step") {
         const auto t0 = Clock::now();
         model.zero_grad();
         const float loss = model.forward(x, y);

@@ -17,19 +17,22 @@ T=256, 2 reps) on the CUDA backend (bf16 compute, f32 master weights, gradients 
 against PyTorch eager on the same GPU in bf16 autocast (f32 master parameters, fused AdamW where
 torch has it, clip 1.0, SDPA attention where torch has it). Each step ends with a synchronize.
   ratio            nuri tokens/s over PyTorch's
+  ratio_compiled   with --compile: the same over PyTorch's step under torch.compile, a third
+                   contender in the alternation (peer_compiled; same parameters and optimizer)
   mfu              achieved FLOP/s over the device's dense bf16 tensor-core peak (bench_train's
                    `peak` table; null for a device not in it)
   peak_bytes       nuri: its device allocator's peak; PyTorch: torch.cuda.max_memory_allocated
 Without torch with CUDA, or without a device, it says why and exits 77.
 
   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train_throughput.py [--reps 5] [--quick]
-  python3 benchmarks/train_throughput.py --device cuda [--reps 5] [--quick] [--json FILE]
+  python3 benchmarks/train_throughput.py --device cuda [--reps 5] [--quick] [--compile] [--json FILE]
 """
 import argparse
 import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,7 +139,7 @@ class TorchSide:
     """The peer. cpu: f32 eager. cuda: f32 master parameters on the GPU, forward and backward in
     bf16 autocast, SDPA attention and fused AdamW where this torch has them."""
 
-    def __init__(self, dump, device="cpu"):
+    def __init__(self, dump, device="cpu", compile_peer=False):
         layout = json.loads((dump / "layout.json").read_text())
         cfg = dict(kv.split("=") for kv in layout["summary"].split())
         self.cfg = {k: int(v) if v.isdigit() else v for k, v in cfg.items()}
@@ -169,14 +172,18 @@ class TorchSide:
             self.opt = torch.optim.AdamW(groups, **hp)
         window = np.fromfile(dump / "tokens.bin", dtype=np.int32).astype(np.int64)
         self.window = torch.from_numpy(window).to(device)
+        # The same forward through torch.compile (default mode), sharing parameters and
+        # optimizer: the second peer of a GPU step (BENCHMARKS.md); compiled on its first call.
+        self.compiled = torch.compile(self.forward) if compile_peer else None
 
-    def step(self, B, T):
+    def step(self, B, T, compiled=False):
         w = self.window.view(B, T + 1)
+        forward = self.compiled if compiled else self.forward
         t0 = time.perf_counter()
         self.opt.zero_grad(set_to_none=False)
         if self.cuda:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = self.forward(self.params, self.cfg, w[:, :-1], w[:, 1:], self.fused_attn)
+                loss = forward(self.params, self.cfg, w[:, :-1], w[:, 1:], self.fused_attn)
         else:
             loss = self.forward(self.params, self.cfg, w[:, :-1], w[:, 1:])
         loss.backward()
@@ -255,8 +262,9 @@ def start_nuri(bin_path, model, B, T, d, backend):
     return proc
 
 
-def run_gpu(model, B, T, reps, bin_path, warmup):
-    """One configuration on the GPU: nuri (--backend cuda) and PyTorch bf16 autocast, alternating."""
+def run_gpu(model, B, T, reps, bin_path, warmup, compile_peer):
+    """One configuration on the GPU: nuri (--backend cuda) and PyTorch bf16 autocast (eager, and
+    with compile_peer the same under torch.compile too), alternating."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as d:
@@ -264,17 +272,23 @@ def run_gpu(model, B, T, reps, bin_path, warmup):
         proc = start_nuri(bin_path, model, B, T, d, "cuda")
         try:
             peak_info = nuri_call(proc, "peak")
-            peer = TorchSide(dump, "cuda")
+            peer = TorchSide(dump, "cuda", compile_peer)
             nuri_first = nuri_call(proc, "step")          # warm-up, and the loss check
             _, torch_first = peer.step(B, T)
+            compiled_first = peer.step(B, T, True)[1] if compile_peer else None  # compiles
             for _ in range(warmup - 1):
                 nuri_call(proc, "step")
                 peer.step(B, T)
-            nuri_s, torch_s = [], []
-            for _ in range(reps):                          # A B A B ...
+                if compile_peer:
+                    peer.step(B, T, True)
+            nuri_s, torch_s, compiled_s = [], [], []
+            for _ in range(reps):                          # A B (C) A B (C) ...
                 r = nuri_call(proc, "step")
                 nuri_s.append(r["seconds"])
                 torch_s.append(peer.step(B, T)[0])
+                if compile_peer:
+                    compiled_s.append(peer.step(B, T, True)[0])
+            phases = [nuri_call(proc, "phases") for _ in range(3)]
             proc.stdin.write("quit\n")
             proc.stdin.flush()
         finally:
@@ -286,16 +300,26 @@ def run_gpu(model, B, T, reps, bin_path, warmup):
         + 12 * cfg["n_layer"] * T * cfg["d_model"] * tokens
     peak_tflops = peak_info.get("peak_bf16_tflops")
     n, p = summary(nuri_s), summary(torch_s)
-    for side in (n, p):
+    pc = summary(compiled_s) if compile_peer else None
+    for side in (n, p, pc) if compile_peer else (n, p):
         side["tokens_per_s"] = tokens / side["median_s"]
         side["tflops"] = flops / side["median_s"] / 1e12
         side["mfu"] = side["tflops"] / peak_tflops if peak_tflops else None
     n["peak_bytes"] = r["peak_bytes"]                  # nuri's device allocator
     n["reserved_bytes"] = r.get("reserved_bytes")      # held from cudaMalloc: in use + cached
+    # Where a step's time goes: 3 extra steps, the device drained after each phase (medians).
+    n["phases_s"] = {k: statistics.median(ph[k] for ph in phases) for k in phases[0]}
     p["name"] = f"pytorch-cuda {torch.__version__} eager bf16 autocast" \
         + (", SDPA" if peer.fused_attn else ", matmul attention") + f", {peer.opt_kind}"
     p["peak_bytes"] = torch.cuda.max_memory_allocated()
     p["reserved_bytes"] = torch.cuda.max_memory_reserved()
+    extra = {}
+    if compile_peer:
+        # Peak memory is not split between the two peers (one process, shared parameters).
+        pc["name"] = p["name"].replace("eager", "torch.compile (default mode)")
+        p["peak_note"] = "peak and reserved bytes are over the eager and compiled steps together"
+        extra = {"peer_compiled": pc, "ratio_compiled": n["tokens_per_s"] / pc["tokens_per_s"],
+                 "first_step_loss_compiled": compiled_first}
     del peer
     return {
         "bench": "train_step_gpu",
@@ -308,6 +332,7 @@ def run_gpu(model, B, T, reps, bin_path, warmup):
         "flops_per_step": flops,
         "flops_formula": "6*N*tokens + 12*L*T*d*tokens, N = parameters (padded vocab rows not counted)",
         "first_step_loss": {"nuri": nuri_first["loss"], "peer": torch_first},
+        **extra,
     }
 
 
@@ -336,7 +361,7 @@ def main_gpu(args):
     out = []
     try:
         for model, B, T in configs:
-            r = run_gpu(model, B, T, reps, args.bin, warmup)
+            r = run_gpu(model, B, T, reps, args.bin, warmup, args.compile)
             print(json.dumps(r), flush=True)
             out.append(r)
     except Skip as e:
@@ -358,6 +383,9 @@ def main():
                     help="measure this configuration instead of the defaults (repeatable), "
                          "e.g. llama-tiny,4,64")
     ap.add_argument("--json", help="also write the JSON lines here")
+    ap.add_argument("--compile", action="store_true",
+                    help="cuda: also time the PyTorch step under torch.compile (a second peer, "
+                         "peer_compiled; compiling takes a minute or more per configuration)")
     args = ap.parse_args()
     if args.config:
         args.config = [(m, int(b), int(t)) for m, b, t in (c.split(",") for c in args.config)]

@@ -207,8 +207,13 @@ TEST_P(MatmulTest, FusedGeluBackwardEqualsUnfused) {
   be->matmul_backward_input(tdy, tw, fused, false, tpre);
   be->matmul_backward_input(tdy, tw, plain, false, Tensor());
   gelu_backward_of(*be, dt, tpre, plain, plain);
-  // bf16: fused rounds once, the unfused pair twice: 3 roundings between them.
-  NURI_EXPECT_CLOSE(values(*be, fused), values(*be, plain), tolerance_for(dt, 1e-6, 3),
+  // bf16: fused rounds once, the unfused pair twice: 3 roundings between them. f32: the two
+  // products need not come from one implementation (on a GPU cuBLASLt declines the f32 GELU
+  // epilogue, so the fused call runs on nuri's kernel and the plain one on cuBLASLt), so their
+  // sums over N may be ordered differently: the f32 sum tolerance used against float64 above
+  // (seen on an H100: 4.1e-6 at N = 50304, where this allows 4.5e-4).
+  NURI_EXPECT_CLOSE(values(*be, fused), values(*be, plain),
+                    tolerance_for(dt, 2e-6 * std::sqrt(double(c.n)) + 1e-6, 3),
                     "fused vs unfused");
   // And against float64: dx = (dy·w) ⊙ gelu'(pre).
   Vec ref(size_t(c.m * c.k));

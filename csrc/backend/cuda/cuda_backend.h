@@ -101,7 +101,8 @@ class CudaBackend final : public Backend {
   void global_norm(const std::vector<Tensor>& grads, const Tensor& out) override;
   void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) override;
 
-  /// automatic: by dtype and device (matmul.cpp, use_cublaslt); nuri: always nuri's kernels;
+  /// automatic: cuBLASLt in real builds (measured faster, matmul.cpp use_cublaslt), nuri's
+  /// kernels under emulation; nuri: always nuri's kernels;
   /// cublaslt: every product cuBLASLt takes through cuBLASLt (real CUDA builds only: the
   /// emulated build has no cuBLASLt and refuses it). A call cuBLASLt declines runs on nuri's
   /// kernel and is counted in gemm_fallbacks().
