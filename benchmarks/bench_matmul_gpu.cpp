@@ -10,7 +10,9 @@
 //                        (no biases; SwiGLU is a separate op)
 // (W is [N, K]). Passes: fwd = matmul (bias and GELU where the layer has them), dgrad =
 // matmul_backward_input (proj: with the fused GELU backward of fc, the layer below), wgrad =
-// matmul_backward_weight, accumulate = true into f32. FLOPs = 2·M·N·K for every pass.
+// matmul_backward_weight, accumulate = true into f32, bgrad = matmul_backward_bias (layers with
+// a bias only; accumulate into f32; cuBLASLt runs it as dy times a vector of ones). FLOPs =
+// 2·M·N·K for the products, M·N for bgrad (its "TFLOP/s" are additions per second).
 //
 // Time: after a warm-up of both paths, samples alternate nuri and cuBLASLt (A B A B ...); a
 // sample is back-to-back calls closed by Backend::synchronize, lasting >= --min-sample-s; median,
@@ -23,7 +25,7 @@
 // tests measure accuracy. A failed check or an op that throws makes the exit code 1.
 //
 //   bench_matmul_gpu [--quick] [--reps N] [--min-sample-s S] [--json FILE] [--dtype bf16|f16|f32]
-//                    [--tokens M] [--model gpt2-124M,gpt2-1.5B,llama-7B] [--pass fwd,dgrad,wgrad]
+//                    [--tokens M] [--model gpt2-124M,gpt2-1.5B,llama-7B] [--pass fwd,dgrad,wgrad,bgrad]
 // Without a CUDA device it prints why and exits 77 (ctest: Skipped).
 // Testing aid (no GPU needed): --backend cpu --dtype f32 --tokens 64 --small runs the same code
 // on the CPU backend (every N and K divided by 16), nuri alone: "peer": null.
@@ -55,17 +57,17 @@ using nuri::Tensor;
 using bench::kExitSkip;
 constexpr double kNull = NAN;  // bench::Json writes it as null
 
-enum class Pass { fwd, dgrad, wgrad };
-const Pass kPasses[] = {Pass::fwd, Pass::dgrad, Pass::wgrad};
+enum class Pass { fwd, dgrad, wgrad, bgrad };
+const Pass kPasses[] = {Pass::fwd, Pass::dgrad, Pass::wgrad, Pass::bgrad};
 
 const char* pass_name(Pass p) {
-  return p == Pass::fwd ? "fwd" : p == Pass::dgrad ? "dgrad" : "wgrad";
+  return p == Pass::fwd ? "fwd" : p == Pass::dgrad ? "dgrad" : p == Pass::wgrad ? "wgrad" : "bgrad";
 }
 
 Pass parse_pass(const std::string& s) {
   for (Pass p : kPasses)
     if (s == pass_name(p)) return p;
-  throw std::runtime_error("unknown pass '" + s + "' (fwd, dgrad, wgrad)");
+  throw std::runtime_error("unknown pass '" + s + "' (fwd, dgrad, wgrad, bgrad)");
 }
 
 DType parse_dtype(const std::string& s) {
@@ -146,7 +148,7 @@ class MatmulBench {
   void set_layer(const Model& model, const Layer& l) {
     model_ = &model, layer_ = l;
     for (Tensor* t : {&hx_, &hw_, &hbias_, &hdy_, &hgelu_pre_, &x_, &w_, &bias_, &y_, &pre_, &dy_,
-                      &dx_, &gelu_pre_, &dw_})
+                      &dx_, &gelu_pre_, &dw_, &db_})
       *t = Tensor();
     const int64_t M = M_, N = l.N, K = l.K;
     uint64_t seed = 20241101;
@@ -167,6 +169,10 @@ class MatmulBench {
     dx_ = be_.empty({M, K}, dt_);
     dw_ = be_.empty({N, K}, DType::f32);
     be_.zero(dw_);
+    if (l.bias) {
+      db_ = be_.empty({N}, DType::f32);
+      be_.zero(db_);
+    }
     be_.synchronize();
   }
 
@@ -185,6 +191,9 @@ class MatmulBench {
       case Pass::wgrad:
         be_.matmul_backward_weight(dy_, x_, dw_, true);
         break;
+      case Pass::bgrad:
+        be_.matmul_backward_bias(dy_, db_, true);
+        break;
     }
   }
 
@@ -196,7 +205,13 @@ class MatmulBench {
     return (bench::now_s() - t0) / iters;
   }
 
-  double flops() const { return 2.0 * double(M_) * double(layer_.N) * double(layer_.K); }
+  double flops() const {
+    return pass_ == Pass::bgrad ? double(M_) * double(layer_.N)
+                                : 2.0 * double(M_) * double(layer_.N) * double(layer_.K);
+  }
+  const char* flops_formula() const { return pass_ == Pass::bgrad ? "M*N" : "2*M*N*K"; }
+  /// bgrad is measured on layers with a bias only.
+  bool applies() const { return pass_ != Pass::bgrad || layer_.bias; }
 
   bench::Json config_json(const bench::Json& device) const {
     bench::Json j;
@@ -210,9 +225,11 @@ class MatmulBench {
     if (pass_ == Pass::fwd) j.kv("bias", layer_.bias).kv("gelu", layer_.gelu);
     if (pass_ == Pass::dgrad) j.kv("fused_gelu_backward", layer_.dgelu);
     if (pass_ == Pass::wgrad) j.kv("accumulate", true).kv("dw_dtype", "f32");
+    if (pass_ == Pass::bgrad) j.kv("accumulate", true).kv("dbias_dtype", "f32");
     j.kv("layout", pass_ == Pass::fwd     ? "y [M,N] = x [M,K] . W [N,K]^T, row-major"
                    : pass_ == Pass::dgrad ? "dx [M,K] = dy [M,N] . W [N,K], row-major"
-                                          : "dW [N,K] += dy [M,N]^T . x [M,K], row-major")
+                   : pass_ == Pass::wgrad ? "dW [N,K] += dy [M,N]^T . x [M,K], row-major"
+                                          : "dbias [N] += sum over rows of dy [M,N]")
         .kv("backend", be_.name())
         .kv("device", device);
     return j;
@@ -226,7 +243,7 @@ class MatmulBench {
   /// Runs the pass once on cleared outputs and compares 16 sampled elements with float64.
   Check check() {
     const int64_t M = M_, N = layer_.N, K = layer_.K;
-    for (const Tensor* t : {&y_, &pre_, &dx_, &dw_})
+    for (const Tensor* t : {&y_, &pre_, &dx_, &dw_, &db_})
       if (t->defined()) be_.zero(*t);
     call();
     be_.synchronize();
@@ -257,6 +274,13 @@ class MatmulBench {
           out.add(load(dx, i * K + l), s);
         }
       }
+    } else if (pass_ == Pass::bgrad) {
+      const Tensor db = host_copy(db_);
+      for (int64_t j : picks(N)) {
+        double s = 0;
+        for (int64_t i = 0; i < M; ++i) s += load(hdy_, i * N + j);
+        out.add(load(db, j), s);
+      }
     } else {
       const Tensor dw = host_copy(dw_);
       for (int64_t j : picks(N)) {
@@ -269,7 +293,9 @@ class MatmulBench {
     }
     const double tol = dt_ == DType::f32 ? 1e-4 : 2e-2;
     bench::Json j;
-    j.kv("samples", "16 elements: rows and columns {0, 7, n/2+5, n-1} of the output");
+    j.kv("samples", pass_ == Pass::bgrad
+                      ? "4 elements: {0, 7, n/2+5, n-1} of the output"
+                      : "16 elements: rows and columns {0, 7, n/2+5, n-1} of the output");
     j.kv("out_rel_l2", out.rel());
     bool ok = out.rel() <= tol;
     if (pass_ == Pass::fwd && layer_.gelu) {
@@ -294,7 +320,7 @@ class MatmulBench {
   Layer layer_{};
   Pass pass_ = Pass::fwd;
   Tensor hx_, hw_, hbias_, hdy_, hgelu_pre_;                 // host inputs
-  Tensor x_, w_, bias_, y_, pre_, dy_, dx_, gelu_pre_, dw_;  // device buffers
+  Tensor x_, w_, bias_, y_, pre_, dy_, dx_, gelu_pre_, dw_, db_;  // device buffers
 };
 
 // ---- the run
@@ -370,7 +396,7 @@ bool measure(MatmulBench& mb, Paths& paths, const Options& o, const std::string&
   paths.use_nuri();
   const bench::Stats sn = bench::summarize(s_nuri);
   const double tf_nuri = mb.flops() / sn.median_s * 1e-12;
-  row.kv("flops", mb.flops()).kv("flops_formula", "2*M*N*K");
+  row.kv("flops", mb.flops()).kv("flops_formula", mb.flops_formula());
   row.kv("nuri", bench::Json()
                      .stats(sn)
                      .kv("tflops", tf_nuri)
@@ -408,7 +434,7 @@ int run_all(Backend& be, const Options& o, const bench::Json& device) {
   bench::Output out(o.json_path);
   MatmulBench mb(be, parse_dtype(o.dtype), o.tokens);
   Paths paths(be);
-  std::vector<double> ratios[3];
+  std::vector<double> ratios[4];
   int failed = 0, rows = 0;
   for (Model model : models()) {
     if (std::find(o.models.begin(), o.models.end(), model.name) == o.models.end()) continue;
@@ -426,6 +452,8 @@ int run_all(Backend& be, const Options& o, const bench::Json& device) {
         layer_error = e.what();
       }
       for (Pass pass : o.passes) {
+        mb.set_pass(pass);
+        if (!mb.applies()) continue;
         bench::Json row;
         row.kv("bench", "matmul_gpu");
         ++rows;
@@ -480,7 +508,7 @@ void usage() {
       stderr,
       "usage: bench_matmul_gpu [--quick] [--reps N] [--min-sample-s S] [--json FILE]\n"
       "         [--dtype bf16|f16|f32] [--tokens M] [--model gpt2-124M,gpt2-1.5B,llama-7B]\n"
-      "         [--pass fwd,dgrad,wgrad]\n"
+      "         [--pass fwd,dgrad,wgrad,bgrad]\n"
       "testing aids: --backend cpu --dtype f32 --tokens 64 --small (every N, K / 16)\n"
       "exit: 0 ok, 1 an op threw or a check failed, 2 usage, 77 no CUDA device\n");
 }
@@ -489,7 +517,7 @@ void usage() {
 
 int main(int argc, char** argv) {
   Options o;
-  std::string model_list, passes = "fwd,dgrad,wgrad";
+  std::string model_list, passes = "fwd,dgrad,wgrad,bgrad";
   try {
     for (int i = 1; i < argc; ++i) {
       std::string a = argv[i];

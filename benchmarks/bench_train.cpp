@@ -3,7 +3,8 @@
 //   bench_train --model gpt2-124M --B 4 --T 64 --dump DIR [--backend cpu|cuda]
 // writes DIR/params.bin (the initial f32 master weights, layout order), DIR/layout.json and
 // DIR/tokens.bin ([B, T+1] i32), prints "ready", then answers lines on stdin:
-//   step        -> one training step (forward, backward, clip to 1.0, AdamW); prints
+//   step        -> one training step (forward, backward, clip to 1.0, AdamW) as Trainer runs it
+//                  (batch uploaded without a wait; loss and norm read back together); prints
 //                  {"seconds": s, "loss": l, "peak_bytes": b, "peak_rss_bytes": r}
 //                  (cuda: the step ends with Backend::synchronize, peak_bytes is device memory
 //                  from the model's allocator, and "reserved_bytes" follows it)
@@ -172,10 +173,10 @@ int main(int argc, char** argv) {
     AdamW opt(model, hp);
     std::vector<Tensor> grads;
     for (const auto& g : model.gradients()) grads.push_back(g.tensor);
-    Tensor norm = Tensor::empty({1}, DType::f32);
-    // On the CPU the norm is written in place (host memory outside the model's allocator, as
-    // before); on cuda it is computed on the device and copied back, as Trainer does.
-    Tensor norm_dev = cuda ? model.backend().empty({1}) : norm;
+    // The loss and the gradient norm, as Trainer keeps them: [loss, norm] in the model's
+    // memory, read back with one copy before the update (on the CPU the host tensor itself).
+    Tensor stats = Tensor::empty({2}, DType::f32);
+    Tensor stats_dev = cuda ? model.backend().empty({2}) : stats;
     std::cout << "ready" << std::endl;
     std::string cmd;
     while (std::getline(std::cin, cmd)) {
@@ -192,27 +193,29 @@ int main(int argc, char** argv) {
         };
         model.zero_grad();
         const double zero_s = lap();
-        model.forward(x, y);
+        be.copy(model.forward_loss(x, y), stats_dev.slice(0, 0, 1));
         const double fwd_s = lap();
         model.backward(1.f);
         const double bwd_s = lap();
-        be.global_norm(grads, norm_dev);
-        if (cuda) be.copy(norm_dev, norm);
+        be.global_norm(grads, stats_dev.slice(0, 1, 2));
+        if (cuda) be.copy(stats_dev, stats);
         const double norm_s = lap();
-        opt.step(3e-4f, clip_coefficient(norm.data<float>()[0], 1.f));
+        opt.step(3e-4f, clip_coefficient(stats.data<float>()[1], 1.f));
         const double opt_s = lap();
         std::cout << "{\"zero_grad_s\": " << zero_s << ", \"forward_s\": " << fwd_s
                   << ", \"backward_s\": " << bwd_s << ", \"grad_norm_s\": " << norm_s
                   << ", \"optimizer_s\": " << opt_s << "}" << std::endl;
       } else if (cmd == "step") {
         const auto t0 = Clock::now();
+        Backend& be = model.backend();
         model.zero_grad();
-        const float loss = model.forward(x, y);
+        be.copy(model.forward_loss(x, y), stats_dev.slice(0, 0, 1));
         model.backward(1.f);
-        model.backend().global_norm(grads, norm_dev);
-        if (cuda) model.backend().copy(norm_dev, norm);
-        opt.step(3e-4f, clip_coefficient(norm.data<float>()[0], 1.f));
-        model.backend().synchronize();
+        be.global_norm(grads, stats_dev.slice(0, 1, 2));
+        if (cuda) be.copy(stats_dev, stats);  // the step's one wait before the update
+        opt.step(3e-4f, clip_coefficient(stats.data<float>()[1], 1.f));
+        be.synchronize();
+        const float loss = stats.data<float>()[0];
         const double s = std::chrono::duration<double>(Clock::now() - t0).count();
         rusage ru{};
         getrusage(RUSAGE_SELF, &ru);

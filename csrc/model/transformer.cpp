@@ -328,6 +328,13 @@ void Transformer::run_forward(const Tensor& tokens) {
 }
 
 float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
+  const Tensor loss = forward_loss(tokens, targets);
+  Tensor host = Tensor::empty({1}, DType::f32);
+  backend_->copy(loss, host);
+  return host.data<float>()[0];
+}
+
+Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
   have_forward_ = false;
   check_tokens(targets, "targets", true);
   NURI_CHECK(targets.shape() == tokens.shape(), "targets ", shape_str(targets.shape()),
@@ -343,9 +350,7 @@ float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
   be.cross_entropy(a.logits, tg, cfg_.vocab_size, -100, a.losses, a.ce_lse, a.loss);
   last_targets_ = tg;
   have_forward_ = true;
-  Tensor host = Tensor::empty({1}, DType::f32);
-  be.copy(a.loss, host);
-  return host.data<float>()[0];
+  return a.loss;
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {

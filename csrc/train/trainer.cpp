@@ -64,21 +64,26 @@ StepStats Trainer::step() {
   StepStats s;
   s.lr = learning_rate(cfg_, step_);
   model_.zero_grad();
-  double loss_sum = 0;
-  for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+  // Nothing in the loop waits for the device: the batches are uploaded without a
+  // synchronization (Backend::copy), the losses stay on the device until the norm is read.
+  const int64_t g = cfg_.grad_accum;
+  Backend& be = model_.backend();
+  if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 1});
+  for (int64_t m = 0; m < g; ++m) {
     loader_.fill(m, tokens_, targets_);
-    loss_sum += model_.forward(tokens_, targets_);
-    model_.backward(1.f / float(cfg_.grad_accum));
+    be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
+    model_.backward(1.f / float(g));
   }
   loader_.advance();
-  s.loss = float(loss_sum / double(cfg_.grad_accum));
   std::vector<Tensor> grads;
-  for (const auto& g : model_.gradients()) grads.push_back(g.tensor);
-  if (!norm_dev_.defined()) norm_dev_ = model_.backend().empty({1});
-  model_.backend().global_norm(grads, norm_dev_);
-  Tensor norm = Tensor::empty({1}, DType::f32);
-  model_.backend().copy(norm_dev_, norm);
-  s.grad_norm = norm.data<float>()[0];
+  for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
+  be.global_norm(grads, stats_dev_.slice(0, g, g + 1));
+  Tensor stats = Tensor::empty({g + 1}, DType::f32);
+  be.copy(stats_dev_, stats);  // the step's one wait for the device before the update
+  double loss_sum = 0;
+  for (int64_t m = 0; m < g; ++m) loss_sum += stats.data<float>()[m];
+  s.loss = float(loss_sum / double(g));
+  s.grad_norm = stats.data<float>()[g];
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
     NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",

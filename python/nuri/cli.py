@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, help="0: greedy")
     g.add_argument("--top-k", type=int, help="0: the whole vocabulary")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--backend", default="cpu")
+    g.add_argument("--backend", "--device", dest="backend", default="cpu",
+                   help="cpu, cuda (or cuda-emu in an emulated build)")
     g.set_defaults(func=cmd_generate)
     i = sub.add_parser("info", help="show what this build of nuri holds")
     i.set_defaults(func=cmd_info)

@@ -30,7 +30,7 @@ Schema (every table and key optional; JSON files hold the same structure)::
     temperature = 0.8               # 0: greedy
     top_k = 40                      # 0: the whole vocabulary
 
-    backend = "cpu"
+    backend = "cpu"                 # or "cuda"; `device = "cuda"` is the same setting
     out = "runs/NAME"               # run directory (default: runs/<timestamp>)
     log_every = 10                  # progress lines when stdout is not a terminal
 
@@ -71,7 +71,7 @@ SAMPLE_FIELDS: dict[str, Any] = {
 }
 TOP_FIELDS: dict[str, Any] = {
     "model": "table", "train": "table", "data": "table", "sample": "table",
-    "backend": str, "out": str, "log_every": int,
+    "backend": str, "device": str, "out": str, "log_every": int,
 }
 
 
@@ -258,6 +258,12 @@ def config_from_dict(d: Mapping[str, Any]) -> RunConfig:
     _check_table("", d, TOP_FIELDS)
     top = {k: check_value(k, d[k], TOP_FIELDS[k])
            for k in ("backend", "out", "log_every") if k in d}
+    if "device" in d:  # another name for backend, as PyTorch users write it
+        device = check_value("device", d["device"], str)
+        if top.get("backend", device) != device:
+            raise ConfigError(f"device ({device!r}) and backend ({top['backend']!r}) name the same "
+                              "setting and disagree; give one of them")
+        top["backend"] = device
     model, preset = _model_from(d.get("model", {}), "model")
     train = _C.TrainConfig()
     train_table = d.get("train", {})
@@ -280,7 +286,8 @@ def config_from_dict(d: Mapping[str, Any]) -> RunConfig:
         raise ConfigError(f"log_every: expected a positive integer, got {cfg.log_every}")
     backends = _C.build_info()["backends"]
     if cfg.backend not in backends:
-        raise ConfigError(f"backend: {cfg.backend!r} is not in this build of nuri; backends: "
+        key = "device" if "device" in d else "backend"
+        raise ConfigError(f"{key}: {cfg.backend!r} is not in this build of nuri; backends: "
                           f"{', '.join(backends)}")
     return cfg
 

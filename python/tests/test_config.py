@@ -42,8 +42,17 @@ def test_defaults_without_a_model_are_gpt2_124m():
     assert (cfg.backend, cfg.out, cfg.log_every, cfg.data.train) == ("cpu", None, 10, None)
 
 
+def test_device_is_another_name_for_backend():
+    assert nuri.config_from_dict({"device": "cpu"}).backend == "cpu"
+    assert nuri.config_from_dict({"device": "cpu", "backend": "cpu"}).backend == "cpu"
+    assert "device ('cuda') and backend ('cpu') name the same setting" in error_of(
+        {"device": "cuda", "backend": "cpu"})
+    assert "device: 'tpu' is not in this build of nuri; backends: cpu" in error_of({"device": "tpu"})
+    assert "device: expected a string, got 3" in error_of({"device": 3})
+
+
 @pytest.mark.parametrize("d, message", [
-    ({"colour": 1}, "colour: unknown key; known keys: backend, data, log_every"),
+    ({"colour": 1}, "colour: unknown key; known keys: backend, data, device, log_every"),
     ({"model": {"preset": "gpt2-tiny", "colour": 1}},
      "model.colour: unknown key; known keys: bias"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; known keys: beta1"),

@@ -187,6 +187,39 @@ TEST_P(AllocatorTest, TensorsFreedOnOtherThreadsAreCountedOnce) {
   EXPECT_EQ(s.reserved_bytes - s0.reserved_bytes, caching() ? expect : 0);
 }
 
+// Backend::copy from the host: the source may be overwritten as soon as copy returns (the CUDA
+// backend stages up to 4 slots of 1 MiB in pinned memory and does not wait for the device, so a
+// staging slot reused too early, or a chunk boundary off by one, shows here as wrong bytes).
+// Sizes straddle the slot and the 4 MiB staging limit; the nine copies in a row reuse slots.
+TEST_P(AllocatorTest, HostSourceMayChangeAsSoonAsCopyReturns) {
+  const std::vector<int64_t> sizes = {1,           kMiB / 4,     kMiB / 4 + 1, 5 * kMiB / 8,
+                                      kMiB / 2,    kMiB,         kMiB + 3,     kMiB / 4 - 1,
+                                      kMiB + kMiB / 4};  // f32 elements: 4 B … 5 MiB
+  std::vector<Tensor> host, dev;
+  std::vector<std::vector<float>> expect;
+  Tensor scratch = Tensor::empty({sizes.back()}, DType::f32);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const int64_t n = sizes[i];
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t j = 0; j < n; ++j) v[size_t(j)] = float(i * 1000003 + size_t(j) % 65521);
+    Tensor src = scratch.slice(0, 0, n);  // one host buffer for every copy
+    std::copy(v.begin(), v.end(), src.data<float>());
+    dev.push_back(be->empty({n}, DType::f32));
+    be->copy(src, dev.back());
+    std::fill(src.data<float>(), src.data<float>() + n, -1.f);  // the caller moves on at once
+    expect.push_back(std::move(v));
+  }
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    Tensor back = Tensor::empty({sizes[i]}, DType::f32);
+    be->copy(dev[i], back);
+    const float* b = back.data<float>();
+    for (int64_t j = 0; j < sizes[i]; ++j) {
+      ASSERT_EQ(b[j], expect[i][size_t(j)])
+          << "copy " << i << " (" << sizes[i] << " floats), element " << j;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Ops, AllocatorTest, ::testing::ValuesIn(backends()),
                          [](const auto& info) { return sanitize_name(info.param); });
 

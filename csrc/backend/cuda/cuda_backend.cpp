@@ -1,6 +1,7 @@
 // CudaBackend construction, its allocator and the memory ops (zero, copy, workspace).
 #include "backend/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -69,6 +70,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 
 CudaBackend::~CudaBackend() {
   workspace_ = Tensor();
+  if (stream_) cudaStreamSynchronize(stream_);  // no DMA may still read a staging buffer
+  for (StagingSlot& slot : staging_) {
+    cudaFreeHost(slot.host);
+    cudaEventDestroy(slot.done);
+  }
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -103,9 +109,37 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
                               : from_host          ? cudaMemcpyHostToDevice
                               : to_host            ? cudaMemcpyDeviceToHost
                                                    : cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyHostToDevice && src.nbytes() <= kStagingSlots * kStagingSlotBytes) {
+    upload(dst.raw(), src.raw(), src.nbytes());
+    return;
+  }
   NURI_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), kind, stream_));
   // Host memory may be freed or read as soon as this returns.
   if (from_host || to_host) synchronize();
+}
+
+void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+  if (staging_.empty()) {
+    staging_.resize(kStagingSlots);
+    for (StagingSlot& slot : staging_) {
+      NURI_CUDA_CHECK(cudaMallocHost(&slot.host, kStagingSlotBytes));
+      NURI_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+    }
+  }
+  for (size_t off = 0; off < bytes; off += kStagingSlotBytes) {
+    StagingSlot& slot = staging_[size_t(staging_next_)];
+    staging_next_ = (staging_next_ + 1) % kStagingSlots;
+    if (slot.pending) {  // the DMA of this slot's last use must have read it
+      NURI_CUDA_CHECK(cudaEventSynchronize(slot.done));
+      slot.pending = false;
+    }
+    const size_t n = std::min(kStagingSlotBytes, bytes - off);
+    std::memcpy(slot.host, static_cast<const char*>(src) + off, n);
+    NURI_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, slot.host, n,
+                                    cudaMemcpyHostToDevice, stream_));
+    NURI_CUDA_CHECK(cudaEventRecord(slot.done, stream_));
+    slot.pending = true;
+  }
 }
 
 void* CudaBackend::workspace(size_t bytes) {

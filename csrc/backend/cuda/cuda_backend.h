@@ -14,6 +14,8 @@
 
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "backend/cuda/allocator.h"
 #include "nuri/backend/backend.h"
 
@@ -131,6 +133,21 @@ class CudaBackend final : public Backend {
   /// One product p (a kernels/matmul.h parameter struct) on the path gemm_path_ picks.
   template <class P>
   void run_gemm(const char* op, DType dt, int64_t m, int64_t n, int64_t k, const P& p);
+
+  /// Host-to-device copies that return without waiting for the device (a batch's tokens, for
+  /// one): the bytes go into the next of kStagingSlots pinned host buffers, the DMA reads them
+  /// in stream order, and the slot's event says when it may be refilled. Copies above
+  /// kStagingSlots · kStagingSlotBytes are not staged (copy synchronizes for them, as before).
+  static constexpr int kStagingSlots = 4;
+  static constexpr size_t kStagingSlotBytes = size_t(1) << 20;
+  struct StagingSlot {
+    void* host = nullptr;        // cudaMallocHost, kStagingSlotBytes
+    cudaEvent_t done = nullptr;  // recorded after the DMA that last read `host`
+    bool pending = false;        // `done` has been recorded since the slot was last waited on
+  };
+  std::vector<StagingSlot> staging_;
+  int staging_next_ = 0;
+  void upload(void* dst, const void* src, size_t bytes);
 };
 
 }  // namespace nuri

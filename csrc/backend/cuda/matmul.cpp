@@ -245,11 +245,20 @@ void CudaBackend::matmul_backward_bias(const Tensor& dy, const Tensor& dbias, bo
   }
   auto* work =
       static_cast<float*>(workspace(size_t(kernels::matmul_bias_partials(m) * n) * sizeof(float)));
+  // auto: nuri's two-pass kernel below 2048 columns, where cuBLASLt's dy·ones product (split-K
+  // plus a reduction kernel) is latency-bound. Measured on an H100, 8192 rows (bench_matmul_gpu
+  // --pass bgrad): nuri 1.14–1.59× cuBLASLt's speed at N = 768 and 1600, 0.79–0.84× at N = 2304
+  // to 6400.
+  const bool nuri_kernel = gemm_path_ == GemmPath::automatic && n < 2048;
   with_type(dt, [&](auto tag) {
     using T = decltype(tag);
-    run_gemm(op, dt, m, n, 1,
-             kernels::MatmulBackwardBiasParams<T>{ptr<const T>(dy), ptr<float>(dbias), work, m, n,
-                                                  accumulate});
+    const kernels::MatmulBackwardBiasParams<T> p{ptr<const T>(dy), ptr<float>(dbias), work, m, n,
+                                                 accumulate};
+    if (nuri_kernel) {
+      run_nuri(p, stream());
+    } else {
+      run_gemm(op, dt, m, n, 1, p);
+    }
   });
 }
 

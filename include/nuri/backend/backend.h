@@ -81,6 +81,10 @@ class Backend {
   /// [out] t = 0.
   virtual void zero(const Tensor& t) = 0;
   /// Copies `src` (any device) into `dst` (any device); same shape and dtype, contiguous.
+  /// `src` may be changed or freed as soon as copy returns; a copy into host memory has
+  /// arrived when it returns. A copy from the host onto a device need not wait for the device
+  /// (the CUDA backend stages up to 4 MiB in pinned memory and returns): later ops on this
+  /// backend see the data.
   virtual void copy(const Tensor& src, const Tensor& dst) = 0;
 
   // ---- matmul ----------------------------------------------------------------------------

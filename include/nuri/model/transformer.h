@@ -75,6 +75,9 @@ class Transformer {
   /// Runs the model on tokens [B, T] (i32, host) and returns the mean cross-entropy against
   /// targets [B, T] (i32, host; -100 = ignore). Keeps the activations for backward().
   float forward(const Tensor& tokens, const Tensor& targets);
+  /// forward() without waiting for the device: the mean loss as a [1] f32 tensor in the
+  /// backend's memory (a view of an internal buffer, overwritten by the next forward).
+  Tensor forward_loss(const Tensor& tokens, const Tensor& targets);
   /// Logits [B, T, padded_vocab] for tokens [B, T] (a view of an internal buffer, valid until
   /// the next forward). Columns >= vocab_size are padding.
   Tensor logits(const Tensor& tokens);

@@ -91,7 +91,9 @@ class Trainer {
   std::shared_ptr<TokenFile> val_;
   AdamW opt_;
   Tensor tokens_, targets_;  // [B, T] host
-  Tensor norm_dev_;          // [1] the gradient norm, on the model's device
+  // On the model's device: the micro-batches' losses, then the gradient norm
+  // [grad_accum + 1], read back with one copy per step.
+  Tensor stats_dev_;
   int64_t step_ = 0, skipped_ = 0;
 };
 
