@@ -24,6 +24,8 @@ packages=(
   libdlpack-dev       # dlpack/dlpack.h for the Python extension
   libboost-context-dev  # fibers of the CUDA emulator (kernels/emu)
   libtsan2            # ThreadSanitizer runtime: the emulated kernel tests run under it
+  libopenmpi-dev      # the MPI communicator (csrc/dist) ...
+  openmpi-bin         # ... and mpirun for its tests (label mpi)
 )
 requirements=scripts/requirements.txt
 venv=.venv

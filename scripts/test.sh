@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it (.ci/run): setup; the Release tree build/ with every ctest (the
-# `gpu` label reports itself skipped without a GPU); the static kernel checks (nvcc, ptxas
+# `gpu` label reports itself skipped without a GPU; the `mpi` label runs under mpirun with 1, 2
+# and 4 ranks); the static kernel checks (nvcc, ptxas
 # spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
 # build-emu/ under ThreadSanitizer with the `emu` label; then pip install . and pytest.
 #   NURI_TEST_SKIP_ASAN=1  skips the ASan tree (quick local runs; never set in CI).
@@ -36,7 +37,7 @@ printf 'cores: %s  cmake: %s  nvcc: %s\n' "$jobs" "$(cmake --version | head -n1)
 
 # ---- Release tree: build everything, run every test --------------------------------------------
 section "configure build/ (Release)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO -DNURI_MPI=ON
 section "build build/"
 cmake --build build --parallel "$jobs"
 section "ctest build/"
@@ -51,7 +52,7 @@ if [[ "${NURI_TEST_SKIP_ASAN:-0}" == 1 ]]; then
 else
   section "configure build-asan/ (ASan/UBSan, RelWithDebInfo)"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_SANITIZE=ON \
-    -DNURI_BUILD_BENCHMARKS=OFF -DNURI_CUDA=OFF
+    -DNURI_BUILD_BENCHMARKS=OFF -DNURI_CUDA=OFF -DNURI_MPI=OFF
   # Only what the op and core suites need: their executables (tests/CMakeLists.txt) and libnuri.
   section "build build-asan/ (test_ops, test_core)"
   cmake --build build-asan --parallel "$jobs" --target test_ops test_core
@@ -76,7 +77,7 @@ else
   section "configure build-emu/ (CUDA emulation, TSan, RelWithDebInfo)"
   cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_CUDA=OFF \
     -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=ON -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
-    -DNURI_BUILD_EXAMPLES=OFF
+    -DNURI_BUILD_EXAMPLES=OFF -DNURI_MPI=OFF
   section "build build-emu/ (test_ops on cuda-emu, test_emu, test_device_train)"
   cmake --build build-emu --parallel "$jobs" --target test_ops test_emu test_device_train
   section "ctest -L emu build-emu/"
@@ -89,7 +90,7 @@ else
   section "configure build-emu-fast/ (CUDA emulation, no sanitizer)"
   cmake -S . -B build-emu-fast -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=OFF \
     -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=OFF -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
-    -DNURI_BUILD_EXAMPLES=OFF
+    -DNURI_BUILD_EXAMPLES=OFF -DNURI_MPI=OFF
   section "build build-emu-fast/ (test_device_train)"
   cmake --build build-emu-fast --parallel "$jobs" --target test_device_train
   section "ctest -L emu build-emu-fast/ (20 training steps on cuda-emu vs the CPU)"

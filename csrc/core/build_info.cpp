@@ -19,7 +19,7 @@ BuildInfo build_info() {
     start = end + 1;
   }
   b.backends = available_backends();
-  b.mpi = NURI_MPI != 0;
+  b.mpi = NURI_HAVE_MPI != 0;
   b.sanitize = NURI_SANITIZE != 0;
   return b;
 }

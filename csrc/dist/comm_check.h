@@ -1,0 +1,18 @@
+// Argument checks shared by the communicators (internal).
+#pragma once
+
+#include <cstdint>
+
+#include "nuri/core/tensor.h"
+
+namespace nuri::dist {
+
+/// Defined, f32 or bf16, contiguous.
+void check_tensor(const char* op, const char* what, const Tensor& t);
+/// Both pass check_tensor, same dtype, and out.numel · in_per_out == in.numel · out_per_in.
+void check_pair(const char* op, const Tensor& in, const Tensor& out, int64_t in_per_out,
+                int64_t out_per_in);
+/// peer is another rank of [0, size).
+void check_peer(const char* op, int peer, int rank, int size);
+
+}  // namespace nuri::dist

@@ -1,0 +1,102 @@
+// The communicator factory and the one-process communicator.
+#include "nuri/dist/communicator.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "dist/comm_check.h"
+#include "nuri/config.h"
+#include "nuri/core/error.h"
+
+namespace nuri {
+
+#if NURI_HAVE_MPI
+std::unique_ptr<Communicator> make_mpi_communicator(const LaunchInfo& info, double timeout_s);
+bool have_mpi() { return true; }
+#else
+bool have_mpi() { return false; }
+#endif
+
+namespace dist {
+
+void check_tensor(const char* op, const char* what, const Tensor& t) {
+  NURI_CHECK(t.defined(), op, ": ", what, " is undefined");
+  NURI_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::bf16, op, ": ", what, " is ",
+             dtype_name(t.dtype()), "; communicators move f32 and bf16 tensors");
+  NURI_CHECK(t.is_contiguous(), op, ": ", what, " must be contiguous, got ", t.str());
+}
+
+void check_pair(const char* op, const Tensor& in, const Tensor& out, int64_t in_per_out,
+                int64_t out_per_in) {
+  check_tensor(op, "in", in);
+  check_tensor(op, "out", out);
+  NURI_CHECK(in.dtype() == out.dtype(), op, ": in is ", dtype_name(in.dtype()), " but out is ",
+             dtype_name(out.dtype()));
+  NURI_CHECK(in.numel() * out_per_in == out.numel() * in_per_out, op, ": in has ", in.numel(),
+             " elements and out ", out.numel(), "; out must have ",
+             out_per_in > 1 ? "world size times in's" : "in's divided by the world size");
+}
+
+void check_peer(const char* op, int peer, int rank, int size) {
+  NURI_CHECK(peer >= 0 && peer < size && peer != rank, op, ": peer ", peer,
+             " is not another rank of this communicator (rank ", rank, " of ", size, ")");
+}
+
+}  // namespace dist
+
+namespace {
+
+/// World size 1: every collective is the identity (a copy where in and out differ).
+class SingleCommunicator final : public Communicator {
+ public:
+  explicit SingleCommunicator(double timeout_s) { timeout_s_ = timeout_s; }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend_name() const override { return "single"; }
+  void all_reduce(const Tensor& t, ReduceOp) override { dist::check_tensor("all_reduce", "t", t); }
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp) override {
+    dist::check_pair("reduce_scatter", in, out, 1, 1);
+    if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
+  }
+  void all_gather(const Tensor& in, const Tensor& out) override {
+    dist::check_pair("all_gather", in, out, 1, 1);
+    if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
+  }
+  void broadcast(const Tensor& t, int root) override {
+    dist::check_tensor("broadcast", "t", t);
+    NURI_CHECK(root == 0, "broadcast: root ", root, " is not a rank of a one-process job");
+  }
+  void send(const Tensor&, int peer) override { dist::check_peer("send", peer, 0, 1); }
+  void recv(const Tensor&, int peer) override { dist::check_peer("recv", peer, 0, 1); }
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(const std::vector<int>& ranks) override {
+    NURI_CHECK(ranks == std::vector<int>{0}, "split: a one-process job has only rank 0");
+    return std::make_unique<SingleCommunicator>(timeout_s_);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const CommOptions& opt) {
+  double timeout = opt.timeout_s;
+  if (const char* env = std::getenv("NURI_COMM_TIMEOUT_S"); env && *env) {
+    char* end = nullptr;
+    timeout = std::strtod(env, &end);
+    NURI_CHECK(*end == '\0' && timeout > 0, "NURI_COMM_TIMEOUT_S='", env,
+               "' is not a positive number of seconds");
+  }
+  NURI_CHECK(timeout > 0, "communicator timeout (", timeout, " s) must be positive");
+  if (info.world_size == 1) return std::make_unique<SingleCommunicator>(timeout);
+  NURI_CHECK(info.launcher != Launcher::torchrun, "a torchrun-style launch (RANK, WORLD_SIZE=",
+             info.world_size, ") of CPU ranks is not supported yet: start the job with mpirun or "
+             "srun (the TCP bootstrap comes with the NCCL communicator)");
+#if NURI_HAVE_MPI
+  return make_mpi_communicator(info, timeout);
+#else
+  NURI_CHECK(false, "this process is rank ", info.rank, " of ", info.world_size, " (",
+             launcher_name(info.launcher), "), but this build of nuri has no MPI communicator: "
+             "configure with -DNURI_MPI=ON (needs Open MPI: apt-get install libopenmpi-dev openmpi-bin)");
+#endif
+}
+
+}  // namespace nuri

@@ -1,0 +1,126 @@
+// Launcher detection: the environment of torchrun, mpirun (Open MPI) and srun (Slurm).
+#include "nuri/dist/launch.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <optional>
+
+#include "nuri/core/error.h"
+
+namespace nuri {
+
+const char* launcher_name(Launcher l) {
+  switch (l) {
+    case Launcher::single: return "single process";
+    case Launcher::torchrun: return "torchrun-style environment";
+    case Launcher::mpirun: return "mpirun (Open MPI)";
+    case Launcher::srun: return "srun (Slurm)";
+  }
+  return "?";
+}
+
+namespace {
+
+using Getenv = std::function<const char*(const char*)>;
+
+/// The variable as a non-negative int, or nullopt when it is unset or empty.
+std::optional<int> int_var(const Getenv& env, const char* name, const char* launcher) {
+  const char* v = env(name);
+  if (!v || !*v) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const long x = std::strtol(v, &end, 10);
+  NURI_CHECK(*end == '\0' && errno == 0 && x >= 0 && x <= 1 << 30, name, "='", v,
+             "' is not a non-negative integer (read as part of the ", launcher,
+             "); unset it or give a number");
+  return int(x);
+}
+
+int required(const Getenv& env, const char* name, const char* launcher, const char* because) {
+  const auto v = int_var(env, name, launcher);
+  NURI_CHECK(v.has_value(), name, " is not set, but ", because, " (", launcher,
+             "): set it, or unset the others");
+  return *v;
+}
+
+void check_ranks(const LaunchInfo& info, const char* rank_var, const char* size_var,
+                 const char* local_var) {
+  const char* l = launcher_name(info.launcher);
+  NURI_CHECK(info.world_size >= 1, size_var, "=", info.world_size, " (", l,
+             "): a job has at least one process");
+  NURI_CHECK(info.rank < info.world_size, rank_var, "=", info.rank, " is not below ", size_var,
+             "=", info.world_size, " (", l, ")");
+  NURI_CHECK(info.local_rank <= info.rank, local_var, "=", info.local_rank, " exceeds ", rank_var,
+             "=", info.rank, " (", l, "): a local rank counts processes on one node");
+  NURI_CHECK(info.local_world_size == 0 || info.local_rank < info.local_world_size, local_var,
+             "=", info.local_rank, " is not below the node's process count ",
+             info.local_world_size, " (", l, ")");
+}
+
+}  // namespace
+
+LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_fn) {
+  const Getenv env = getenv_fn ? getenv_fn : Getenv([](const char* n) { return std::getenv(n); });
+  LaunchInfo info;
+  if (env("RANK") || env("WORLD_SIZE")) {
+    info.launcher = Launcher::torchrun;
+    const char* l = launcher_name(info.launcher);
+    info.rank = required(env, "RANK", l, "WORLD_SIZE is");
+    info.world_size = required(env, "WORLD_SIZE", l, "RANK is");
+    info.local_rank = info.world_size == 1 && !env("LOCAL_RANK")
+                          ? 0
+                          : required(env, "LOCAL_RANK", l, "RANK and WORLD_SIZE are");
+    info.local_world_size = int_var(env, "LOCAL_WORLD_SIZE", l).value_or(0);
+    check_ranks(info, "RANK", "WORLD_SIZE", "LOCAL_RANK");
+    if (info.world_size > 1) {
+      const char* addr = env("MASTER_ADDR");
+      NURI_CHECK(addr && *addr, "MASTER_ADDR is not set (", l, ", WORLD_SIZE=", info.world_size,
+                 "): the ranks meet at MASTER_ADDR:MASTER_PORT; set it to rank 0's host");
+      info.master_addr = addr;
+      info.master_port = required(env, "MASTER_PORT", l, "WORLD_SIZE is above 1");
+      NURI_CHECK(info.master_port >= 1 && info.master_port <= 65535, "MASTER_PORT=",
+                 info.master_port, " is not a TCP port (1-65535)");
+    }
+    return info;
+  }
+  // mpirun and srun: the same four facts under each launcher's names.
+  struct Vars {
+    Launcher launcher;
+    const char *rank, *size, *local, *local_size;
+  };
+  for (const Vars& v : {Vars{Launcher::mpirun, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                             "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+                        Vars{Launcher::srun, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+                             "SLURM_NTASKS_PER_NODE"}}) {
+    const char* rank = env(v.rank);
+    if (!rank || !*rank) continue;
+    info.launcher = v.launcher;
+    const char* l = launcher_name(info.launcher);
+    const std::string because = std::string(v.rank) + " is";
+    info.rank = required(env, v.rank, l, "it is set");
+    info.world_size = required(env, v.size, l, because.c_str());
+    info.local_rank = required(env, v.local, l, because.c_str());
+    // SLURM_NTASKS_PER_NODE is one number only for homogeneous jobs ("4"); "2(x3)" or a list
+    // leaves the count unknown (0), as does an unset variable.
+    const char* per_node = env(v.local_size);
+    const bool plain = per_node && *per_node &&
+                       std::string(per_node).find_first_not_of("0123456789") == std::string::npos;
+    info.local_world_size =
+        v.launcher == Launcher::srun && !plain ? 0 : int_var(env, v.local_size, l).value_or(0);
+    check_ranks(info, v.rank, v.size, v.local);
+    return info;
+  }
+  return info;
+}
+
+int device_for_local_rank(const LaunchInfo& info, int device_count) {
+  NURI_CHECK(device_count > 0, "rank ", info.rank, " (", launcher_name(info.launcher),
+             ") sees no CUDA device; use the cpu backend, or check CUDA_VISIBLE_DEVICES");
+  NURI_CHECK(info.local_rank < device_count, "local rank ", info.local_rank, " of rank ",
+             info.rank, " (", launcher_name(info.launcher), ") has no device of its own: ",
+             device_count, " visible on this node, one per process; start at most ",
+             device_count, " processes per node, or give each its own CUDA_VISIBLE_DEVICES");
+  return info.local_rank;
+}
+
+}  // namespace nuri

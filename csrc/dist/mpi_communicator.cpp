@@ -1,0 +1,273 @@
+// The MPI communicator (builds with NURI_MPI; host tensors). Every operation is MPI's
+// non-blocking form followed by a wait that polls MPI_Test against the timeout, so a dead or hung
+// peer becomes an error naming the operation instead of a hang. bf16 has no MPI type: it moves
+// as 2-byte elements and sums through a user-defined operation (f32 add, round to nearest even).
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "dist/comm_check.h"
+#include "nuri/core/error.h"
+#include "nuri/dist/communicator.h"
+
+namespace nuri {
+
+namespace {
+
+void mpi_check(int err, const char* call) {
+  if (err == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(err, msg, &len);
+  NURI_CHECK(false, call, " failed: ", std::string(msg, size_t(len)));
+}
+
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const bf16_t*>(in);
+  auto* b = static_cast<bf16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+
+/// MPI itself, once per process: initialized by the first communicator (unless the program did
+/// it) and ended at exit if nuri initialized it: MPI_Finalize after a healthy run, but
+/// MPI_Abort once a communicator has timed out, because Open MPI's MPI_Finalize waits for every
+/// rank, the hung one too; MPI_Abort ends the whole job (mpirun reports errorcode 3).
+struct MpiRuntime {
+  MPI_Datatype bf16 = MPI_DATATYPE_NULL;
+  MPI_Op bf16_sum_op = MPI_OP_NULL;
+  bool we_initialized = false;
+  std::atomic<bool> failed{false};
+
+  static MpiRuntime& get() {
+    static MpiRuntime* rt = [] {
+      auto* r = new MpiRuntime;  // leaked on purpose: used by the atexit hook
+      int inited = 0;
+      MPI_Initialized(&inited);
+      if (!inited) {
+        int provided = 0;
+        mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided),
+                  "MPI_Init_thread");
+        r->we_initialized = true;
+        std::atexit([] {
+          int finalized = 0;
+          MPI_Finalized(&finalized);
+          if (finalized) return;
+          if (get().failed.load()) MPI_Abort(MPI_COMM_WORLD, 3);
+          MPI_Finalize();
+        });
+      }
+      mpi_check(MPI_Type_contiguous(2, MPI_BYTE, &r->bf16), "MPI_Type_contiguous");
+      mpi_check(MPI_Type_commit(&r->bf16), "MPI_Type_commit");
+      mpi_check(MPI_Op_create(&bf16_sum, /*commute=*/1, &r->bf16_sum_op), "MPI_Op_create");
+      return r;
+    }();
+    return *rt;
+  }
+};
+
+const char* op_name(ReduceOp op) { return op == ReduceOp::sum ? "sum" : "avg"; }
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned) : comm_(comm), owned_(owned) {
+    timeout_s_ = timeout_s;
+    mpi_check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  }
+  ~MpiCommunicator() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized && !broken_) MPI_Comm_free(&comm_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend_name() const override { return "mpi"; }
+
+  void all_reduce(const Tensor& t, ReduceOp op) override {
+    dist::check_tensor("all_reduce", "t", t);
+    start("all_reduce", t, op);
+    MPI_Request req;
+    mpi_check(MPI_Iallreduce(MPI_IN_PLACE, t.raw(), count(t), type(t), reduce_op(t), comm_, &req),
+              "MPI_Iallreduce");
+    wait(req);
+    if (op == ReduceOp::avg) scale(t, 1.0 / size_);
+  }
+
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
+    dist::check_pair("reduce_scatter", in, out, size_, 1);
+    start("reduce_scatter", in, op);
+    MPI_Request req;
+    mpi_check(MPI_Ireduce_scatter_block(in.raw(), out.raw(), count(out), type(in), reduce_op(in),
+                                        comm_, &req),
+              "MPI_Ireduce_scatter_block");
+    wait(req);
+    if (op == ReduceOp::avg) scale(out, 1.0 / size_);
+  }
+
+  void all_gather(const Tensor& in, const Tensor& out) override {
+    dist::check_pair("all_gather", in, out, 1, size_);
+    start("all_gather", in);
+    MPI_Request req;
+    mpi_check(MPI_Iallgather(in.raw(), count(in), type(in), out.raw(), count(in), type(in), comm_,
+                             &req),
+              "MPI_Iallgather");
+    wait(req);
+  }
+
+  void broadcast(const Tensor& t, int root) override {
+    dist::check_tensor("broadcast", "t", t);
+    NURI_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of this ",
+               size_, "-rank communicator");
+    start("broadcast", t);
+    MPI_Request req;
+    mpi_check(MPI_Ibcast(t.raw(), count(t), type(t), root, comm_, &req), "MPI_Ibcast");
+    wait(req);
+  }
+
+  void send(const Tensor& t, int peer) override { point_to_point("send", t, peer); }
+  void recv(const Tensor& t, int peer) override { point_to_point("recv", t, peer); }
+
+  void barrier() override {
+    start("barrier", Tensor());
+    MPI_Request req;
+    mpi_check(MPI_Ibarrier(comm_, &req), "MPI_Ibarrier");
+    wait(req);
+  }
+
+  std::unique_ptr<Communicator> split(const std::vector<int>& ranks) override {
+    NURI_CHECK(!ranks.empty(), "split: no ranks given");
+    bool me = false;
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      NURI_CHECK(ranks[i] >= 0 && ranks[i] < size_, "split: rank ", ranks[i], " is outside this ",
+                 size_, "-rank communicator");
+      for (size_t j = 0; j < i; ++j)
+        NURI_CHECK(ranks[j] != ranks[i], "split: rank ", ranks[i], " is listed twice");
+      me = me || ranks[i] == rank_;
+    }
+    NURI_CHECK(me, "split: rank ", rank_, " is not in the group it asked for");
+    check_usable("split");
+    MPI_Group world_group, group;
+    mpi_check(MPI_Comm_group(comm_, &world_group), "MPI_Comm_group");
+    mpi_check(MPI_Group_incl(world_group, int(ranks.size()), ranks.data(), &group),
+              "MPI_Group_incl");
+    MPI_Comm sub = MPI_COMM_NULL;
+    // Called by the group's members only; the tag keeps concurrent creations apart.
+    mpi_check(MPI_Comm_create_group(comm_, group, kTag + 1, &sub), "MPI_Comm_create_group");
+    MPI_Group_free(&group);
+    MPI_Group_free(&world_group);
+    return std::make_unique<MpiCommunicator>(sub, timeout_s_, true);
+  }
+
+ private:
+  static constexpr int kTag = 7100;
+
+  static int count(const Tensor& t) {
+    NURI_CHECK(t.numel() <= INT32_MAX, "a tensor of ", t.numel(),
+               " elements is more than one MPI call moves (2^31 - 1): split it");
+    return int(t.numel());
+  }
+  static MPI_Datatype type(const Tensor& t) {
+    return t.dtype() == DType::f32 ? MPI_FLOAT : MpiRuntime::get().bf16;
+  }
+  static MPI_Op reduce_op(const Tensor& t) {
+    return t.dtype() == DType::f32 ? MPI_SUM : MpiRuntime::get().bf16_sum_op;
+  }
+  static void scale(const Tensor& t, double s) {
+    const int64_t n = t.numel();
+    if (t.dtype() == DType::f32) {
+      float* p = t.data<float>();
+      for (int64_t i = 0; i < n; ++i) p[i] = float(double(p[i]) * s);
+    } else {
+      bf16_t* p = t.data<bf16_t>();
+      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(double(bf16_to_f32(p[i])) * s));
+    }
+  }
+
+  void point_to_point(const char* op, const Tensor& t, int peer) {
+    dist::check_tensor(op, "t", t);
+    dist::check_peer(op, peer, rank_, size_);
+    start(op, t, std::nullopt, peer);
+    MPI_Request req;
+    if (op[0] == 's') {
+      mpi_check(MPI_Isend(t.raw(), count(t), type(t), peer, kTag, comm_, &req), "MPI_Isend");
+    } else {
+      mpi_check(MPI_Irecv(t.raw(), count(t), type(t), peer, kTag, comm_, &req), "MPI_Irecv");
+    }
+    wait(req);
+  }
+
+  void check_usable(const char* op) const {
+    NURI_CHECK(!broken_, op, " on rank ", rank_, ": this communicator failed earlier (",
+               broken_what_, ") and cannot be used again; end the process");
+  }
+
+  /// Records what is about to run, for the timeout's message.
+  void start(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
+             int peer = -1) {
+    check_usable(op);
+    std::ostringstream s;
+    s << op;
+    if (t.defined()) s << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
+    if (rop) s << ", " << op_name(*rop);
+    if (peer >= 0) s << ", peer " << peer;
+    if (t.defined()) s << ")";
+    what_ = s.str();
+  }
+
+  /// Polls until req completes or the timeout passes.
+  void wait(MPI_Request& req) {
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
+    const auto deadline = t0 + std::chrono::duration<double>(timeout_s_);
+    int done = 0;
+    for (int spin = 0;; ++spin) {
+      mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
+      if (done) return;
+      const auto now = Clock::now();
+      if (now > deadline) break;
+      // Spin for the first ~100 µs (small collectives), then yield the core in 50 µs naps.
+      if (now - t0 > std::chrono::microseconds(100))
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    broken_ = true;
+    broken_what_ = what_;
+    MpiRuntime::get().failed = true;
+    std::ostringstream t;
+    t << timeout_s_;
+    NURI_CHECK(false, what_, " on rank ", rank_, " of ", size_, " (mpi) did not complete within ",
+               t.str(), " s: a peer died, hung, or is in a different collective. This rank gives "
+               "up; every rank should exit (NURI_COMM_TIMEOUT_S sets the limit)");
+  }
+
+  MPI_Comm comm_;
+  bool owned_;
+  int rank_ = 0, size_ = 1;
+  std::string what_;
+  bool broken_ = false;
+  std::string broken_what_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(const LaunchInfo& info, double timeout_s) {
+  MpiRuntime::get();
+  int rank = 0, size = 0;
+  mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank");
+  mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size");
+  NURI_CHECK(rank == info.rank && size == info.world_size, "MPI says rank ", rank, " of ", size,
+             " but the ", launcher_name(info.launcher), " said rank ", info.rank, " of ",
+             info.world_size, "; was this process started by another launcher than MPI's?");
+  MPI_Comm world = MPI_COMM_NULL;
+  mpi_check(MPI_Comm_dup(MPI_COMM_WORLD, &world), "MPI_Comm_dup");  // nuri's own traffic
+  return std::make_unique<MpiCommunicator>(world, timeout_s, true);
+}
+
+}  // namespace nuri

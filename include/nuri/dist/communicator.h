@@ -1,0 +1,70 @@
+// Collectives between the ranks of a job (DESIGN.md, "Distributed").
+//
+// Every call is collective over the communicator (send/recv: over the pair) and blocks until
+// this rank's part is done. Tensors are contiguous, f32 or bf16, in the memory the backend
+// serves (the MPI communicator: host tensors). bf16 sums add in f32 and round to bf16 after
+// each addition, so they depend on the reduction order; f32 sums do too, but every rank
+// receives the same bits (tested). A call that has not completed after `timeout_s` (a peer died,
+// hung, or entered another collective) throws nuri::Error naming the operation, the rank and
+// the timeout; the communicator is unusable afterwards and the process should exit — the other
+// ranks then fail the same way or are ended by the launcher. Never a silent hang.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nuri/core/tensor.h"
+#include "nuri/dist/launch.h"
+
+namespace nuri {
+
+enum class ReduceOp { sum, avg };
+
+struct CommOptions {
+  /// Seconds a collective may take before it is declared failed. NURI_COMM_TIMEOUT_S overrides.
+  double timeout_s = 600;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  /// "single", "mpi"
+  virtual std::string backend_name() const = 0;
+
+  /// t (every rank, same shape) becomes the sum (or mean) over ranks, in place.
+  virtual void all_reduce(const Tensor& t, ReduceOp op = ReduceOp::sum) = 0;
+  /// in [size · n] on every rank; out [n] = the reduction over ranks of in's chunk `rank()`.
+  virtual void reduce_scatter(const Tensor& in, const Tensor& out,
+                              ReduceOp op = ReduceOp::sum) = 0;
+  /// in [n] on every rank; out [size · n] = every rank's in, in rank order.
+  virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+  /// t becomes root's t on every rank.
+  virtual void broadcast(const Tensor& t, int root) = 0;
+  /// Point to point, matched by order between the pair.
+  virtual void send(const Tensor& t, int peer) = 0;
+  virtual void recv(const Tensor& t, int peer) = 0;
+  virtual void barrier() = 0;
+
+  /// A communicator over `ranks` of this one (a group of the ProcessGrid), called by exactly
+  /// those ranks with the same list; its rank i is ranks[i].
+  virtual std::unique_ptr<Communicator> split(const std::vector<int>& ranks) = 0;
+
+  double timeout_s() const { return timeout_s_; }
+
+ protected:
+  double timeout_s_ = 600;
+};
+
+/// The communicator of this process's job: one process (world size 1) needs none and gets the
+/// "single" one; mpirun and srun give MPI (builds with NURI_MPI). A torchrun-style launch of more
+/// than one process is refused for now with a message (it needs the TCP/NCCL bootstrap).
+std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info,
+                                                const CommOptions& opt = {});
+
+/// Whether this build has the MPI communicator.
+bool have_mpi();
+
+}  // namespace nuri

@@ -1,0 +1,44 @@
+// Launcher detection (DESIGN.md, "Distributed"): which launcher started this process and where it
+// sits in the job, read from the environment each launcher sets.
+//
+//   torchrun-style  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (also what a test or a
+//                   hand-written script sets; LOCAL_WORLD_SIZE when present)
+//   mpirun (Open MPI)  OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
+//   srun (Slurm)    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (SLURM_NTASKS_PER_NODE when it is one
+//                   number)
+//   none of them    a single process: rank 0 of 1
+//
+// In that order: a torchrun-style RANK wins over the others (a script may set it inside any
+// allocation), and Open MPI's variables win over Slurm's, since mpirun inside a Slurm job leaves
+// the Slurm variables of the allocation's first task in every rank. A partial or inconsistent set
+// (RANK without WORLD_SIZE, a rank outside the world, a number that does not parse) is an error
+// that names the variable; nothing is guessed.
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace nuri {
+
+enum class Launcher { single, torchrun, mpirun, srun };
+const char* launcher_name(Launcher l);
+
+struct LaunchInfo {
+  Launcher launcher = Launcher::single;
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;        ///< rank among the processes of this node
+  int local_world_size = 1;  ///< processes on this node; 0 when the launcher does not say
+  std::string master_addr;   ///< torchrun-style only: the rendezvous host
+  int master_port = 0;       ///< torchrun-style only
+};
+
+/// Reads the launcher's variables through `getenv` (a name -> value or nullptr; the process
+/// environment by default, a map in tests). Throws nuri::Error naming the variable on bad input.
+LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv = nullptr);
+
+/// The device of this process: its local rank, which must be below `device_count` (one process
+/// per device; an error says how many processes the node may start otherwise).
+int device_for_local_rank(const LaunchInfo& info, int device_count);
+
+}  // namespace nuri

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# A job with a broken peer ends, with the failed operation named, within the timeout (issue #9).
+#   fault.sh MPIRUN_AND_FLAGS... -- MPI_FAULT_BINARY hang|kill|kill-recover
+#   hang          rank 1 sleeps instead of joining the second all_reduce: ranks 0 and 2 time out
+#                 after 2 s with the communicator's error and the job ends with MPI_Abort's
+#                 errorcode 3 (mpirun's exit status)
+#   kill          rank 1 dies of SIGKILL: mpirun ends the job at once (non-zero status, names rank 1)
+#   kill-recover  the same under mpirun --enable-recovery, which keeps the others alive: they time
+#                 out after 2 s with the communicator's error and MPI_Abort (mpirun then exits 0
+#                 in Open MPI 4.1, so the messages are what is checked)
+set -uo pipefail
+mpirun=()
+while [[ $1 != -- ]]; do mpirun+=("$1"); shift; done
+shift
+bin=$1 mode=$2
+fail() { printf 'FAIL (%s): %s\n--- output ---\n%s\n' "$mode" "$*" "$out"; exit 1; }
+
+flags=()
+case $mode in
+  kill-recover) flags=(--enable-recovery); run_mode=kill ;;
+  *) run_mode=$mode ;;
+esac
+start=$(date +%s%N)
+out=$(timeout 60 "${mpirun[@]}" "${flags[@]}" -np 3 "$bin" "$run_mode" 2 2>&1)
+rc=$?
+elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+echo "$out" | grep -v 'ORTE_ERROR_LOG\|PMIX ERROR' | head -n 40
+printf '%s: mpirun exit %d after %d ms\n' "$mode" "$rc" "$elapsed_ms"
+((rc != 124)) || fail "the job hung (killed by timeout 60)"
+((elapsed_ms < 20000)) || fail "took ${elapsed_ms} ms; the timeout is 2 s"
+survivors_named() {
+  for r in 0 2; do
+    grep -q "rank $r: all_reduce (f32, 1024 elements, sum) on rank $r of 3 (mpi) did not complete within 2 s" <<<"$out" ||
+      fail "rank $r did not report the all_reduce that timed out"
+  done
+}
+case $mode in
+  hang)
+    survivors_named
+    ((rc == 3)) || fail "mpirun exited $rc, expected MPI_Abort's errorcode 3"
+    ;;
+  kill)
+    ((rc != 0)) || fail "mpirun exited 0 after a rank was killed"
+    grep -q "rank 1 .*signal 9" <<<"$out" || fail "mpirun did not name the killed rank"
+    ;;
+  kill-recover)
+    survivors_named
+    grep -q "MPI_ABORT was invoked" <<<"$out" || fail "the survivors did not end the job"
+    ;;
+esac
+echo "PASS ($mode)"

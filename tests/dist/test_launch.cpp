@@ -1,0 +1,213 @@
+// Launcher detection from a given environment, and the process grid's groups.
+#include <algorithm>
+#include <map>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "nuri/core/error.h"
+#include "nuri/dist/grid.h"
+#include "nuri/dist/launch.h"
+
+namespace nuri {
+namespace {
+
+using Env = std::map<std::string, std::string>;
+
+LaunchInfo launch(const Env& env) {
+  return detect_launch([&env](const char* name) -> const char* {
+    auto it = env.find(name);
+    return it == env.end() ? nullptr : it->second.c_str();
+  });
+}
+
+std::string error_of(const Env& env) {
+  try {
+    launch(env);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(Launch, NothingSetIsOneProcess) {
+  const LaunchInfo i = launch({{"HOME", "/root"}});
+  EXPECT_EQ(i.launcher, Launcher::single);
+  EXPECT_EQ(i.rank, 0);
+  EXPECT_EQ(i.world_size, 1);
+  EXPECT_EQ(i.local_rank, 0);
+}
+
+TEST(Launch, TorchrunStyle) {
+  const LaunchInfo i = launch({{"RANK", "5"},
+                               {"WORLD_SIZE", "8"},
+                               {"LOCAL_RANK", "1"},
+                               {"LOCAL_WORLD_SIZE", "4"},
+                               {"MASTER_ADDR", "node07"},
+                               {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(i.launcher, Launcher::torchrun);
+  EXPECT_EQ(i.rank, 5);
+  EXPECT_EQ(i.world_size, 8);
+  EXPECT_EQ(i.local_rank, 1);
+  EXPECT_EQ(i.local_world_size, 4);
+  EXPECT_EQ(i.master_addr, "node07");
+  EXPECT_EQ(i.master_port, 29500);
+  // One process needs no rendezvous, and LOCAL_RANK defaults to 0 then.
+  const LaunchInfo one = launch({{"RANK", "0"}, {"WORLD_SIZE", "1"}});
+  EXPECT_EQ(one.launcher, Launcher::torchrun);
+  EXPECT_EQ(one.world_size, 1);
+  EXPECT_EQ(one.local_rank, 0);
+}
+
+TEST(Launch, OpenMpi) {
+  const LaunchInfo i = launch({{"OMPI_COMM_WORLD_RANK", "3"},
+                               {"OMPI_COMM_WORLD_SIZE", "4"},
+                               {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                               {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}});
+  EXPECT_EQ(i.launcher, Launcher::mpirun);
+  EXPECT_EQ(i.rank, 3);
+  EXPECT_EQ(i.world_size, 4);
+  EXPECT_EQ(i.local_rank, 1);
+  EXPECT_EQ(i.local_world_size, 2);
+}
+
+TEST(Launch, Slurm) {
+  const LaunchInfo i = launch({{"SLURM_PROCID", "6"},
+                               {"SLURM_NTASKS", "16"},
+                               {"SLURM_LOCALID", "2"},
+                               {"SLURM_NTASKS_PER_NODE", "8"}});
+  EXPECT_EQ(i.launcher, Launcher::srun);
+  EXPECT_EQ(i.rank, 6);
+  EXPECT_EQ(i.world_size, 16);
+  EXPECT_EQ(i.local_rank, 2);
+  EXPECT_EQ(i.local_world_size, 8);
+  // A heterogeneous job's per-node count is not one number: unknown, not misread.
+  EXPECT_EQ(launch({{"SLURM_PROCID", "0"},
+                    {"SLURM_NTASKS", "5"},
+                    {"SLURM_LOCALID", "0"},
+                    {"SLURM_NTASKS_PER_NODE", "2(x2),1"}})
+                .local_world_size,
+            0);
+}
+
+TEST(Launch, PrecedenceTorchrunThenOpenMpiThenSlurm) {
+  // mpirun inside a Slurm allocation: every rank inherits the first task's SLURM_PROCID.
+  const Env slurm = {{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_LOCALID", "0"}};
+  Env mpi = slurm;
+  mpi.insert({{"OMPI_COMM_WORLD_RANK", "2"},
+              {"OMPI_COMM_WORLD_SIZE", "4"},
+              {"OMPI_COMM_WORLD_LOCAL_RANK", "2"}});
+  EXPECT_EQ(launch(mpi).launcher, Launcher::mpirun);
+  EXPECT_EQ(launch(mpi).rank, 2);
+  Env torch = mpi;
+  torch.insert({{"RANK", "1"},
+                {"WORLD_SIZE", "2"},
+                {"LOCAL_RANK", "1"},
+                {"MASTER_ADDR", "127.0.0.1"},
+                {"MASTER_PORT", "1234"}});
+  EXPECT_EQ(launch(torch).launcher, Launcher::torchrun);
+  EXPECT_EQ(launch(torch).rank, 1);
+}
+
+TEST(Launch, BadEnvironmentsNameTheVariable) {
+  EXPECT_NE(error_of({{"RANK", "0"}}).find("WORLD_SIZE is not set"), std::string::npos);
+  EXPECT_NE(error_of({{"WORLD_SIZE", "2"}}).find("RANK is not set"), std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "one"}, {"WORLD_SIZE", "2"}})
+                .find("RANK='one' is not a non-negative integer"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "-1"}, {"WORLD_SIZE", "2"}}).find("RANK='-1'"), std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}})
+                .find("RANK=2 is not below WORLD_SIZE=2"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}}).find("LOCAL_RANK is not set"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "1"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "0"}})
+                .find("MASTER_ADDR is not set"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "1"},
+                      {"WORLD_SIZE", "2"},
+                      {"LOCAL_RANK", "0"},
+                      {"MASTER_ADDR", "h"},
+                      {"MASTER_PORT", "70000"}})
+                .find("MASTER_PORT=70000 is not a TCP port"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"RANK", "1"}, {"WORLD_SIZE", "4"}, {"LOCAL_RANK", "3"},
+                      {"LOCAL_WORLD_SIZE", "4"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}})
+                .find("LOCAL_RANK=3 exceeds RANK=1"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}})
+                .find("OMPI_COMM_WORLD_SIZE is not set"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "0"}})
+                .find("SLURM_PROCID=3 is not below SLURM_NTASKS=2"),
+            std::string::npos);
+}
+
+TEST(Launch, LocalRankPicksTheDevice) {
+  LaunchInfo i;
+  i.launcher = Launcher::mpirun;
+  i.rank = 6, i.world_size = 8, i.local_rank = 2;
+  EXPECT_EQ(device_for_local_rank(i, 4), 2);
+  i.local_rank = 4;
+  try {
+    device_for_local_rank(i, 4);
+    FAIL() << "local rank 4 of 4 devices accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("start at most 4 processes per node"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(device_for_local_rank(i, 0), Error);
+}
+
+TEST(Grid, CoordinatesRoundTripWithTensorParallelFastest) {
+  const ProcessGrid g(24, 3, 2, 4);  // dp 3, tp 2, pp 4
+  EXPECT_EQ(g.world_size(), 24);
+  for (int r = 0; r < 24; ++r) {
+    const GridCoord c = g.coord(r);
+    EXPECT_EQ(g.rank(c), r);
+    EXPECT_EQ(c.tp, r % 2);
+    EXPECT_EQ(c.dp, r / 2 % 3);
+    EXPECT_EQ(c.pp, r / 6);
+  }
+  EXPECT_EQ(g.str(), "dp=3 tp=2 pp=4 (24 ranks)");
+}
+
+TEST(Grid, GroupsPartitionTheWorld) {
+  const ProcessGrid g(8, 2, 2, 2);
+  // rank 5 = tp 1, dp 0, pp 1
+  EXPECT_EQ(g.tp_group(5), (std::vector<int>{4, 5}));
+  EXPECT_EQ(g.dp_group(5), (std::vector<int>{5, 7}));
+  EXPECT_EQ(g.pp_group(5), (std::vector<int>{1, 5}));
+  EXPECT_EQ(g.pp_prev(5), 1);
+  EXPECT_EQ(g.pp_next(5), -1);
+  EXPECT_EQ(g.pp_next(1), 5);
+  EXPECT_EQ(g.pp_prev(1), -1);
+  // Every rank is in exactly one group of each kind, and each group agrees on its members.
+  for (auto group_of : {&ProcessGrid::dp_group, &ProcessGrid::tp_group, &ProcessGrid::pp_group}) {
+    std::vector<int> seen(8, 0);
+    for (int r = 0; r < 8; ++r) {
+      const std::vector<int> mine = (g.*group_of)(r);
+      for (int m : mine) EXPECT_EQ((g.*group_of)(m), mine);
+      seen[size_t(r)] += int(std::count(mine.begin(), mine.end(), r));
+    }
+    EXPECT_EQ(seen, std::vector<int>(8, 1));
+  }
+  // Pure data parallelism: one group of everyone.
+  EXPECT_EQ(ProcessGrid(4, 4).dp_group(2), (std::vector<int>{0, 1, 2, 3}));
+}
+
+TEST(Grid, SizesMustMultiplyToTheWorld) {
+  try {
+    ProcessGrid(6, 2, 2, 1);
+    FAIL() << "dp 2 · tp 2 accepted for 6 ranks";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("needs 4 ranks, but the job has 6"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(ProcessGrid(0, 0, 1, 1), Error);
+  EXPECT_THROW(ProcessGrid(4, 4).coord(4), Error);
+  EXPECT_THROW(ProcessGrid(4, 2, 2).rank({2, 0, 0}), Error);
+}
+
+}  // namespace
+}  // namespace nuri

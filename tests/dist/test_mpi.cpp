@@ -1,0 +1,183 @@
+// The MPI communicator, run under mpirun with 1, 2 and 4 ranks (ctest label mpi). Every rank
+// runs the same tests in the same order, so their collectives meet. Values are chosen so sums are
+// exact (small integers, in f32 and bf16), except where bit-identical results across ranks are
+// the point.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "nuri/core/error.h"
+#include "nuri/core/rng.h"
+#include "nuri/dist/communicator.h"
+#include "nuri/dist/grid.h"
+#include "nuri/dist/launch.h"
+
+namespace nuri {
+namespace {
+
+Communicator& world() {
+  static std::unique_ptr<Communicator> comm = [] {
+    CommOptions opt;
+    opt.timeout_s = 60;  // a test that desynchronizes the ranks fails within a minute, not hangs
+    return make_communicator(detect_launch(), opt);
+  }();
+  return *comm;
+}
+
+Tensor filled(DType dt, int64_t n, const std::function<float(int64_t)>& f) {
+  Tensor t = Tensor::empty({n}, dt);
+  for (int64_t i = 0; i < n; ++i) {
+    if (dt == DType::f32) {
+      t.data<float>()[i] = f(i);
+    } else {
+      t.data<bf16_t>()[i] = f32_to_bf16(f(i));
+    }
+  }
+  return t;
+}
+
+float at(const Tensor& t, int64_t i) {
+  return t.dtype() == DType::f32 ? t.data<float>()[i] : bf16_to_f32(t.data<bf16_t>()[i]);
+}
+
+class Mpi : public ::testing::TestWithParam<DType> {};
+
+TEST(MpiWorld, MatchesTheLauncher) {
+  const LaunchInfo info = detect_launch();
+  Communicator& c = world();
+  EXPECT_EQ(c.rank(), info.rank);
+  EXPECT_EQ(c.size(), info.world_size);
+  EXPECT_EQ(c.backend_name(), info.world_size == 1 ? "single" : "mpi");
+  if (info.world_size > 1) {
+    EXPECT_EQ(info.launcher, Launcher::mpirun);
+  }
+}
+
+TEST_P(Mpi, AllReduceSumsAndAverages) {
+  Communicator& c = world();
+  const int r = c.rank(), p = c.size();
+  const int64_t n = 1000;  // several MPI chunks' worth of 2-byte elements too
+  // (r + 1) · (i % 8): sums stay small integers, exact in bf16.
+  Tensor t = filled(GetParam(), n, [&](int64_t i) { return float((r + 1) * (i % 8)); });
+  c.all_reduce(t);
+  const float ranks_sum = float(p * (p + 1) / 2);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(at(t, i), ranks_sum * float(i % 8)) << i;
+  Tensor a = filled(GetParam(), n, [&](int64_t i) { return float(p * (i % 8)); });
+  c.all_reduce(a, ReduceOp::avg);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(at(a, i), float(p * (i % 8))) << i;
+}
+
+TEST_P(Mpi, EveryRankGetsTheSameBits) {
+  Communicator& c = world();
+  const int64_t n = 4099;
+  Philox rng(77, stream_id("test/mpi"));
+  Tensor t = filled(GetParam(), n, [&](int64_t i) {
+    return rng.normal(uint64_t(c.rank()) * uint64_t(n) + uint64_t(i));
+  });
+  c.all_reduce(t);
+  Tensor all = Tensor::empty({n * c.size()}, GetParam());
+  c.all_gather(t, all);
+  const size_t bytes = t.nbytes();
+  for (int q = 0; q < c.size(); ++q) {
+    EXPECT_EQ(std::memcmp(static_cast<const char*>(all.raw()) + size_t(q) * bytes, t.raw(), bytes),
+              0)
+        << "rank " << q << "'s all_reduce result differs from rank " << c.rank() << "'s";
+  }
+}
+
+TEST_P(Mpi, ReduceScatterAndAllGatherAreInverses) {
+  Communicator& c = world();
+  const int r = c.rank(), p = c.size();
+  const int64_t n = 37;  // per rank
+  Tensor in = filled(GetParam(), n * p, [&](int64_t i) { return float(r + i % 16); });
+  Tensor mine = Tensor::empty({n}, GetParam());
+  c.reduce_scatter(in, mine);
+  // chunk r holds global indices [r·n, (r+1)·n): Σ_q (q + i % 16)
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t i = r * n + j;
+    ASSERT_EQ(at(mine, j), float(p * (p - 1) / 2 + p * (i % 16))) << j;
+  }
+  Tensor whole = Tensor::empty({n * p}, GetParam());
+  c.all_gather(mine, whole);
+  for (int64_t i = 0; i < n * p; ++i) ASSERT_EQ(at(whole, i), float(p * (p - 1) / 2 + p * (i % 16)));
+  Tensor avg = Tensor::empty({n}, GetParam());
+  c.reduce_scatter(in, avg, ReduceOp::avg);
+  for (int64_t j = 0; j < n; ++j)
+    ASSERT_EQ(at(avg, j), at(mine, j) / float(p)) << "p = " << p << " divides these sums exactly";
+}
+
+TEST_P(Mpi, BroadcastFromTheLastRank) {
+  Communicator& c = world();
+  const int root = c.size() - 1;
+  Tensor t = filled(GetParam(), 100, [&](int64_t i) { return float(c.rank() == root ? i : -1); });
+  c.broadcast(t, root);
+  for (int64_t i = 0; i < 100; ++i) ASSERT_EQ(at(t, i), float(i));
+}
+
+TEST_P(Mpi, SendAndReceiveAroundARing) {
+  Communicator& c = world();
+  if (c.size() == 1) GTEST_SKIP() << "no peer in a one-rank job";
+  const int r = c.rank(), p = c.size();
+  const int next = (r + 1) % p, prev = (r + p - 1) % p;
+  const int64_t n = 300000;  // beyond eager sizes: a send completes only once it is received
+  Tensor out = filled(GetParam(), n, [&](int64_t i) { return float(r * 10 + i % 7); });
+  Tensor in = Tensor::empty({n}, GetParam());
+  if (r % 2 == 0) {
+    c.send(out, next);
+    c.recv(in, prev);
+  } else {
+    c.recv(in, prev);
+    c.send(out, next);
+  }
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(at(in, i), float(prev * 10 + i % 7)) << i;
+}
+
+TEST(MpiGroups, GridGroupsReduceAmongTheirMembers) {
+  Communicator& c = world();
+  const int p = c.size();
+  const ProcessGrid grid(p, p >= 4 ? 2 : p, p >= 4 ? p / 2 : 1);  // 4 ranks: dp 2 × tp 2
+  for (auto group_of : {&ProcessGrid::dp_group, &ProcessGrid::tp_group}) {
+    const std::vector<int> members = (grid.*group_of)(c.rank());
+    std::unique_ptr<Communicator> g = c.split(members);
+    ASSERT_EQ(g->size(), int(members.size()));
+    EXPECT_EQ(members[size_t(g->rank())], c.rank());
+    Tensor t = filled(DType::f32, 3, [&](int64_t i) { return float(c.rank() + 100 * i); });
+    g->all_reduce(t);
+    float expect = 0;
+    for (int m : members) expect += float(m);
+    for (int64_t i = 0; i < 3; ++i)
+      EXPECT_EQ(at(t, i), expect + float(100 * i * int64_t(members.size())));
+  }
+  c.barrier();
+}
+
+TEST(MpiErrors, BadArgumentsAreNamedBeforeAnythingMoves) {
+  Communicator& c = world();
+  auto msg = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const Tensor ints = Tensor::empty({4}, DType::i32);
+  EXPECT_NE(msg([&] { c.all_reduce(ints); }).find("all_reduce: t is i32"), std::string::npos);
+  const Tensor a = Tensor::empty({6}, DType::f32), b = Tensor::empty({5}, DType::f32);
+  EXPECT_NE(msg([&] { c.all_gather(a, b); }).find("all_gather: in has 6 elements and out 5"),
+            std::string::npos);
+  EXPECT_NE(msg([&] { c.send(a, c.rank()); }).find("is not another rank"), std::string::npos);
+  EXPECT_NE(msg([&] { c.broadcast(a, c.size()); }).find("broadcast: root"), std::string::npos);
+  const Tensor bf = Tensor::empty({6}, DType::bf16);
+  EXPECT_NE(msg([&] { c.reduce_scatter(bf, a); }).find("in is bf16 but out is f32"),
+            std::string::npos);
+  c.barrier();  // the ranks leave together: none of the above moved anything
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, Mpi, ::testing::Values(DType::f32, DType::bf16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+}  // namespace
+}  // namespace nuri
