@@ -47,12 +47,14 @@ static AdamWParams adamw_params(const TrainConfig& c) {
 }
 
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
-                 std::shared_ptr<TokenFile> val)
+                 std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm)
     : model_(model),
       cfg_((cfg.validate(), cfg)),
-      loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum, 1, 0, cfg.seed),
+      loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
+              comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
       val_(std::move(val)),
-      opt_(model, adamw_params(cfg)) {
+      opt_(model, adamw_params(cfg)),
+      dp_(comm ? std::make_unique<DataParallel>(std::move(comm)) : nullptr) {
   NURI_CHECK(cfg.seq_len <= model.config().max_seq_len, "seq_len (", cfg.seq_len,
              ") exceeds the model's max_seq_len (", model.config().max_seq_len, ")");
   tokens_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
@@ -66,23 +68,31 @@ StepStats Trainer::step() {
   model_.zero_grad();
   // Nothing in the loop waits for the device: the batches are uploaded without a
   // synchronization (Backend::copy), the losses stay on the device until the norm is read.
-  const int64_t g = cfg_.grad_accum;
+  // Data parallel: each rank's g micro-batches are 1 / (g · world) of the global batch, and the
+  // gradient sum over ranks is the global batch's gradient, as one process with g · world
+  // micro-batches would accumulate it.
+  const int64_t g = cfg_.grad_accum, world = dp_ ? dp_->world() : 1;
   Backend& be = model_.backend();
   if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 1});
   for (int64_t m = 0; m < g; ++m) {
     loader_.fill(m, tokens_, targets_);
     be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
-    model_.backward(1.f / float(g));
+    model_.backward(1.f / float(g * world));
   }
   loader_.advance();
+  if (dp_) dp_->reduce_gradients(model_);
   std::vector<Tensor> grads;
   for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
   be.global_norm(grads, stats_dev_.slice(0, g, g + 1));
   Tensor stats = Tensor::empty({g + 1}, DType::f32);
   be.copy(stats_dev_, stats);  // the step's one wait for the device before the update
+  // Every micro-batch's loss in global order (rank-major, as the sampler slices the batch),
+  // summed in that order: the same number one process would report.
+  std::vector<float> losses(stats.data<float>(), stats.data<float>() + g);
+  if (dp_) losses = dp_->gather(losses);
   double loss_sum = 0;
-  for (int64_t m = 0; m < g; ++m) loss_sum += stats.data<float>()[m];
-  s.loss = float(loss_sum / double(g));
+  for (float l : losses) loss_sum += l;
+  s.loss = float(loss_sum / double(losses.size()));
   s.grad_norm = stats.data<float>()[g];
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
@@ -100,7 +110,7 @@ StepStats Trainer::step() {
   model_.backend().synchronize();
   s.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   s.tokens_per_second =
-      double(cfg_.micro_batch * cfg_.seq_len * cfg_.grad_accum) / s.step_seconds;
+      double(cfg_.micro_batch * cfg_.seq_len * cfg_.grad_accum * world) / s.step_seconds;
   s.peak_bytes = model_.memory().peak_bytes;
   return s;
 }

@@ -10,6 +10,7 @@
 
 #include "nuri/data/sampler.h"
 #include "nuri/model/transformer.h"
+#include "nuri/parallel/data_parallel.h"
 #include "nuri/train/optimizer.h"
 
 namespace nuri {
@@ -47,7 +48,7 @@ struct StepStats {
   float grad_norm = 0;      ///< before clipping
   bool skipped = false;     ///< non-finite loss or norm: no update
   double step_seconds = 0;
-  double tokens_per_second = 0;
+  double tokens_per_second = 0;  ///< of the whole job (every data-parallel rank)
   int64_t peak_bytes = 0;   ///< allocator peak so far
 };
 
@@ -66,9 +67,12 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
 
 class Trainer {
  public:
-  /// train: token file for training; val (may be null): for evaluate().
+  /// train: token file for training; val (may be null): for evaluate(). comm (may be null: one
+  /// process): the data-parallel ranks; then micro_batch and grad_accum are per rank, a global
+  /// batch is micro_batch · grad_accum · comm->size() sequences, and every rank must construct
+  /// its Trainer with the same config and data.
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
-          std::shared_ptr<TokenFile> val);
+          std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr);
 
   /// One optimizer step over grad_accum micro-batches.
   StepStats step();
@@ -90,6 +94,7 @@ class Trainer {
   DataLoader loader_;
   std::shared_ptr<TokenFile> val_;
   AdamW opt_;
+  std::unique_ptr<DataParallel> dp_;  // null: one process
   Tensor tokens_, targets_;  // [B, T] host
   // On the model's device: the micro-batches' losses, then the gradient norm
   // [grad_accum + 1], read back with one copy per step.
