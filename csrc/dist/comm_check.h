@@ -14,5 +14,9 @@ void check_pair(const char* op, const Tensor& in, const Tensor& out, int64_t in_
                 int64_t out_per_in);
 /// peer is another rank of [0, size).
 void check_peer(const char* op, int peer, int rank, int size);
+/// all_gather_v's arguments: one count per rank, in has counts[rank], out their sum; returns
+/// the offset of rank's chunk in out.
+int64_t check_gather_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                       int rank, int size);
 
 }  // namespace nuri::dist

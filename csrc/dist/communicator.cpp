@@ -37,6 +37,27 @@ void check_pair(const char* op, const Tensor& in, const Tensor& out, int64_t in_
              out_per_in > 1 ? "world size times in's" : "in's divided by the world size");
 }
 
+int64_t check_gather_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                       int rank, int size) {
+  check_tensor("all_gather_v", "in", in);
+  check_tensor("all_gather_v", "out", out);
+  NURI_CHECK(in.dtype() == out.dtype(), "all_gather_v: in is ", dtype_name(in.dtype()),
+             " but out is ", dtype_name(out.dtype()));
+  NURI_CHECK(int(counts.size()) == size, "all_gather_v: ", counts.size(), " counts for ", size,
+             " ranks; give one per rank");
+  int64_t total = 0, offset = 0;
+  for (int r = 0; r < size; ++r) {
+    NURI_CHECK(counts[size_t(r)] >= 0, "all_gather_v: count ", counts[size_t(r)], " of rank ", r,
+               " is negative");
+    if (r == rank) offset = total;
+    total += counts[size_t(r)];
+  }
+  NURI_CHECK(in.numel() == counts[size_t(rank)] && out.numel() == total, "all_gather_v: in has ",
+             in.numel(), " elements (rank ", rank, "'s count is ", counts[size_t(rank)],
+             ") and out ", out.numel(), " (the counts add up to ", total, ")");
+  return offset;
+}
+
 void check_peer(const char* op, int peer, int rank, int size) {
   NURI_CHECK(peer >= 0 && peer < size && peer != rank, op, ": peer ", peer,
              " is not another rank of this communicator (rank ", rank, " of ", size, ")");
@@ -60,6 +81,11 @@ class SingleCommunicator final : public Communicator {
   }
   void all_gather(const Tensor& in, const Tensor& out) override {
     dist::check_pair("all_gather", in, out, 1, 1);
+    if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
+  }
+  void all_gather_v(const Tensor& in, const Tensor& out,
+                    const std::vector<int64_t>& counts) override {
+    dist::check_gather_v(in, out, counts, 0, 1);
     if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
   }
   void broadcast(const Tensor& t, int root) override {

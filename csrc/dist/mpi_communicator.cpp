@@ -12,6 +12,7 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "dist/comm_check.h"
 #include "nuri/core/error.h"
@@ -120,6 +121,28 @@ class MpiCommunicator final : public Communicator {
                              &req),
               "MPI_Iallgather");
     wait(req);
+  }
+
+  void all_gather_v(const Tensor& in, const Tensor& out,
+                    const std::vector<int64_t>& counts) override {
+    const int64_t offset = dist::check_gather_v(in, out, counts, rank_, size_);
+    start("all_gather_v", out);
+    std::vector<int> n(static_cast<size_t>(size_)), displ(static_cast<size_t>(size_));
+    int64_t at = 0;
+    for (int r = 0; r < size_; ++r) {
+      NURI_CHECK(counts[size_t(r)] <= INT32_MAX && at <= INT32_MAX, "all_gather_v: ",
+                 out.numel(), " elements are more than one MPI call moves (2^31 - 1)");
+      n[size_t(r)] = int(counts[size_t(r)]);
+      displ[size_t(r)] = int(at);
+      at += counts[size_t(r)];
+    }
+    const size_t esize = dtype_size(out.dtype());
+    const bool in_place = in.raw() == static_cast<char*>(out.raw()) + size_t(offset) * esize;
+    MPI_Request req;
+    mpi_check(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : in.raw(), n[size_t(rank_)], type(in),
+                              out.raw(), n.data(), displ.data(), type(out), comm_, &req),
+              "MPI_Iallgatherv");
+    wait(req);  // n and displ stay alive until the operation completes
   }
 
   void broadcast(const Tensor& t, int root) override {

@@ -1,9 +1,12 @@
 // AdamW over the model's parameter views; the moments are flat buffers laid out like the params.
 #include "nuri/train/optimizer.h"
 
+#include <algorithm>
+
 namespace nuri {
 
-AdamW::AdamW(Transformer& model, const AdamWParams& hp) : model_(model), hp_(hp) {
+AdamW::AdamW(Transformer& model, const AdamWParams& hp)
+    : model_(model), hp_(hp), hi_(model.param_buffer().numel()) {
   Backend& be = model.backend();
   m_ = be.empty(model.param_buffer().shape());
   v_ = be.empty(model.param_buffer().shape());
@@ -23,6 +26,34 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp) : model_(model), hp_(hp)
                   v_.slice(0, offset, offset + n).view(p.shape()), params[i].decay};
     if (copy.defined()) t.param_bf16 = copy.slice(0, offset, offset + n).view(p.shape());
     tensors_.push_back(t);
+    offset += n;
+  }
+}
+
+AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi)
+    : model_(model), hp_(hp), lo_(lo), hi_(hi) {
+  const int64_t total = model.param_buffer().numel();
+  NURI_CHECK(0 <= lo && lo <= hi && hi <= total, "AdamW: shard [", lo, ", ", hi,
+             ") is not a range of the ", total, " parameters");
+  Backend& be = model.backend();
+  m_ = be.empty({hi - lo});
+  v_ = be.empty({hi - lo});
+  be.zero(m_);
+  be.zero(v_);
+  const Tensor& copy = model.compute_buffer();
+  NURI_CHECK(!copy.defined() || copy.dtype() == DType::bf16, "AdamW: the model computes in ",
+             dtype_name(model.compute_dtype()), "; the update writes f32 masters and bf16 copies");
+  const auto& params = model.parameters();
+  int64_t offset = 0;  // parameters lie in order, unpadded, in the flat buffers
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].tensor.numel();
+    const int64_t a = std::max(offset, lo), b = std::min(offset + n, hi);
+    if (a < b) {
+      AdamWTensor t{model.param_buffer().slice(0, a, b), model.grad_buffer().slice(0, a, b),
+                    m_.slice(0, a - lo, b - lo), v_.slice(0, a - lo, b - lo), params[i].decay};
+      if (copy.defined()) t.param_bf16 = copy.slice(0, a, b);
+      tensors_.push_back(t);
+    }
     offset += n;
   }
 }

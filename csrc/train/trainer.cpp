@@ -47,14 +47,22 @@ static AdamWParams adamw_params(const TrainConfig& c) {
 }
 
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
-                 std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm)
+                 std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
+                 const ParallelConfig& parallel)
     : model_(model),
       cfg_((cfg.validate(), cfg)),
       loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
               comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
       val_(std::move(val)),
-      opt_(model, adamw_params(cfg)),
-      dp_(comm ? std::make_unique<DataParallel>(std::move(comm)) : nullptr) {
+      dp_(comm ? std::make_unique<DataParallel>(std::move(comm), parallel) : nullptr) {
+  if (dp_ && dp_->zero_stage() == 1) {
+    const auto [lo, hi] = dp_->shard(model.param_buffer().numel());
+    opt_ = std::make_unique<AdamW>(model, adamw_params(cfg), lo, hi);
+  } else {
+    NURI_CHECK(parallel.zero_stage == 0 || dp_, "zero_stage ", parallel.zero_stage,
+               " needs data-parallel ranks (a communicator)");
+    opt_ = std::make_unique<AdamW>(model, adamw_params(cfg));
+  }
   NURI_CHECK(cfg.seq_len <= model.config().max_seq_len, "seq_len (", cfg.seq_len,
              ") exceeds the model's max_seq_len (", model.config().max_seq_len, ")");
   tokens_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
@@ -105,7 +113,8 @@ StepStats Trainer::step() {
     NURI_LOG(warn, "step ", s.step, ": non-finite loss or gradient norm (loss ", s.loss,
              ", norm ", s.grad_norm, "): update skipped (", skipped_, " so far)");
   } else {
-    opt_.step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
+    opt_->step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
+    if (dp_ && dp_->zero_stage() == 1) dp_->gather_parameters(model_);
   }
   model_.backend().synchronize();
   s.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -59,9 +59,11 @@ struct Result {
   std::vector<float> params;
 };
 
-Result train(int64_t grad_accum, std::shared_ptr<Communicator> comm) {
+Result train(int64_t grad_accum, std::shared_ptr<Communicator> comm, int zero_stage = 0) {
   Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
-  Trainer t(m, config(grad_accum), text_data(), nullptr, std::move(comm));
+  ParallelConfig par;
+  par.zero_stage = zero_stage;
+  Trainer t(m, config(grad_accum), text_data(), nullptr, std::move(comm), par);
   Result r;
   for (int i = 0; i < 20; ++i) r.losses.push_back(t.step().loss);
   const Tensor& p = m.param_buffer();
@@ -105,8 +107,55 @@ TEST_P(DataParallelTest, LossesFollowOneProcessWithTheSameGlobalBatch) {
   }
 }
 
+// ZeRO 1 changes where the update is computed, not what it computes (AdamW is elementwise on the
+// same all-reduced gradients): the same losses and weights as stage 0, bit for bit.
+TEST_P(DataParallelTest, ZeroStageOneComputesTheSameBitsAsStageZero) {
+  std::shared_ptr<Communicator> comm = world();
+  const Result z0 = train(GetParam(), comm, 0);
+  const Result z1 = train(GetParam(), comm, 1);
+  for (size_t i = 0; i < z0.losses.size(); ++i) ASSERT_EQ(z1.losses[i], z0.losses[i]) << i;
+  ASSERT_EQ(z1.params.size(), z0.params.size());
+  EXPECT_EQ(std::memcmp(z1.params.data(), z0.params.data(), z0.params.size() * sizeof(float)), 0);
+}
+
 INSTANTIATE_TEST_SUITE_P(Accum, DataParallelTest, ::testing::Values(1, 2),
                          [](const auto& info) { return "accum" + std::to_string(info.param); });
+
+}  // namespace
+}  // namespace nuri
+
+namespace nuri {
+namespace {
+
+// Per-rank bytes of gradients plus optimizer state, from the allocator, against the ZeRO formula
+// for nuri's dtypes on the CPU backend (f32 compute, so the f32 parameters are also the masters):
+//   stage 0: 4Ψ (f32 gradients) + 8Ψ (f32 AdamW m and v)
+//   stage 1: 4Ψ + 8Ψ/N
+// (On a GPU the f32 masters and the bf16 compute copy add 4Ψ + 2Ψ, not sharded by stage 1 yet.)
+TEST(Zero, GradientAndOptimizerBytesFollowTheFormula) {
+  std::shared_ptr<Communicator> comm = world();
+  const int n = comm->size();
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  const double psi = double(m.param_buffer().numel());
+  const double grad_bytes = double(m.grad_buffer().nbytes());
+  EXPECT_EQ(grad_bytes, 4 * psi);
+  const std::shared_ptr<Allocator> alloc = m.backend().allocator();
+  for (int stage : {0, 1}) {
+    DataParallel dp(comm, ParallelConfig{stage});
+    const auto [lo, hi] = stage == 1 ? dp.shard(int64_t(psi)) : std::pair<int64_t, int64_t>{0, 0};
+    const int64_t before = alloc->stats().current_bytes;
+    std::unique_ptr<AdamW> opt = stage == 1 ? std::make_unique<AdamW>(m, AdamWParams{}, lo, hi)
+                                            : std::make_unique<AdamW>(m, AdamWParams{});
+    const double opt_bytes = double(alloc->stats().current_bytes - before);
+    const double formula = stage == 0 ? 12 * psi : 4 * psi + 8 * psi / n;
+    const double measured = grad_bytes + opt_bytes;
+    if (comm->rank() == 0) {
+      std::printf("[ zero ] stage %d, %d ranks: gradients + optimizer %.0f bytes, formula %.0f "
+                  "(psi = %.0f)\n", stage, n, measured, formula, psi);
+    }
+    EXPECT_NEAR(measured, formula, 0.05 * formula) << "stage " << stage;
+  }
+}
 
 }  // namespace
 }  // namespace nuri

@@ -108,6 +108,40 @@ TEST_P(Mpi, ReduceScatterAndAllGatherAreInverses) {
     ASSERT_EQ(at(avg, j), at(mine, j) / float(p)) << "p = " << p << " divides these sums exactly";
 }
 
+TEST_P(Mpi, AllGatherVWithUnevenChunksInPlaceAndNot) {
+  Communicator& c = world();
+  const int r = c.rank(), p = c.size();
+  std::vector<int64_t> counts;
+  int64_t total = 0, mine_at = 0;
+  for (int q = 0; q < p; ++q) {
+    if (q == r) mine_at = total;
+    counts.push_back(3 * q + 1);  // 1, 4, 7, 10: the shards of an uneven buffer
+    total += counts.back();
+  }
+  auto expected = [&](int64_t i) {  // element i of the whole buffer, written by its owner
+    int q = 0;
+    int64_t at = 0;
+    while (i >= at + counts[size_t(q)]) at += counts[size_t(q++)];
+    return float(10 * q + (i - at));
+  };
+  Tensor whole = filled(GetParam(), total, [&](int64_t) { return -1.f; });
+  for (int64_t j = 0; j < counts[size_t(r)]; ++j) {
+    Tensor one = whole.slice(0, mine_at + j, mine_at + j + 1);
+    if (GetParam() == DType::f32) {
+      one.data<float>()[0] = float(10 * r + j);
+    } else {
+      one.data<bf16_t>()[0] = f32_to_bf16(float(10 * r + j));
+    }
+  }
+  c.all_gather_v(whole.slice(0, mine_at, mine_at + counts[size_t(r)]), whole, counts);  // in place
+  for (int64_t i = 0; i < total; ++i) ASSERT_EQ(at(whole, i), expected(i)) << i;
+  Tensor mine =
+      filled(GetParam(), counts[size_t(r)], [&](int64_t j) { return float(10 * r + j); });
+  Tensor out = filled(GetParam(), total, [&](int64_t) { return -1.f; });
+  c.all_gather_v(mine, out, counts);
+  for (int64_t i = 0; i < total; ++i) ASSERT_EQ(at(out, i), expected(i)) << i;
+}
+
 TEST_P(Mpi, BroadcastFromTheLastRank) {
   Communicator& c = world();
   const int root = c.size() - 1;
@@ -172,6 +206,9 @@ TEST(MpiErrors, BadArgumentsAreNamedBeforeAnythingMoves) {
   EXPECT_NE(msg([&] { c.broadcast(a, c.size()); }).find("broadcast: root"), std::string::npos);
   const Tensor bf = Tensor::empty({6}, DType::bf16);
   EXPECT_NE(msg([&] { c.reduce_scatter(bf, a); }).find("in is bf16 but out is f32"),
+            std::string::npos);
+  EXPECT_NE(msg([&] { c.all_gather_v(a, a, std::vector<int64_t>(size_t(c.size()) + 1, 6)); })
+                .find("counts for"),
             std::string::npos);
   c.barrier();  // the ranks leave together: none of the above moved anything
 }

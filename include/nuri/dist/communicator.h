@@ -41,6 +41,10 @@ class Communicator {
                               ReduceOp op = ReduceOp::sum) = 0;
   /// in [n] on every rank; out [size · n] = every rank's in, in rank order.
   virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+  /// The same with chunks of counts[i] elements from rank i (out has their sum; in has
+  /// counts[rank()]). in may be out's own chunk (in place: a ZeRO shard of a flat buffer).
+  virtual void all_gather_v(const Tensor& in, const Tensor& out,
+                            const std::vector<int64_t>& counts) = 0;
   /// t becomes root's t on every rank.
   virtual void broadcast(const Tensor& t, int root) = 0;
   /// Point to point, matched by order between the pair.

@@ -70,9 +70,11 @@ class Trainer {
   /// train: token file for training; val (may be null): for evaluate(). comm (may be null: one
   /// process): the data-parallel ranks; then micro_batch and grad_accum are per rank, a global
   /// batch is micro_batch · grad_accum · comm->size() sequences, and every rank must construct
-  /// its Trainer with the same config and data.
+  /// its Trainer with the same config and data. parallel.zero_stage 1 shards AdamW's moments over
+  /// the ranks (nuri/parallel/data_parallel.h).
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
-          std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr);
+          std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr,
+          const ParallelConfig& parallel = {});
 
   /// One optimizer step over grad_accum micro-batches.
   StepStats step();
@@ -93,8 +95,8 @@ class Trainer {
   TrainConfig cfg_;
   DataLoader loader_;
   std::shared_ptr<TokenFile> val_;
-  AdamW opt_;
   std::unique_ptr<DataParallel> dp_;  // null: one process
+  std::unique_ptr<AdamW> opt_;        // the whole model's, or this rank's ZeRO-1 shard
   Tensor tokens_, targets_;  // [B, T] host
   // On the model's device: the micro-batches' losses, then the gradient norm
   // [grad_accum + 1], read back with one copy per step.
