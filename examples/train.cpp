@@ -4,6 +4,8 @@
 // or, where that is missing, on a corpus it generates deterministically: no download.
 //   nuri-train [options]          train (see --help)
 //   nuri-train tokenize IN OUT    text file -> token file (byte tokenizer, llm.c layout)
+// Under mpirun or srun (builds with MPI) the ranks train data-parallel: --batch and --accum are
+// per rank, each rank reads its slice of every global batch, and rank 0 prints.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,6 +21,8 @@
 
 #include "nuri/core/rng.h"
 #include "nuri/data/token_file.h"
+#include "nuri/dist/communicator.h"
+#include "nuri/dist/launch.h"
 #include "nuri/model/transformer.h"
 #include "nuri/train/trainer.h"
 
@@ -41,6 +45,8 @@ training
   --steps N (400)  --batch B (8)  --seq T (128)  --accum K (1)  --lr X (2e-3)
   --warmup N (30)  --min-lr-ratio X (0.1)  --weight-decay X (0.1)  --clip X (1.0)
   --eval-every N (50)  --eval-batches N (16)  --seed S (1337)  --on-nonfinite skip|stop
+several processes (started by mpirun or srun: --batch and --accum are per rank)
+  --zero 0|1           ZeRO stage: 1 shards AdamW's moments over the ranks (default 0)
 output
   --log-every N (10)  --quiet  --sample N (300)  --prompt TEXT  --temperature X (0.8)  --top-k K (40)
   --expect-val-below X   exit with status 3 unless the final validation loss is below X
@@ -50,6 +56,7 @@ struct Options {
   std::string data, val, model = "demo", prompt = "The ";
   std::map<std::string, int64_t> overrides;
   TrainConfig train;
+  ParallelConfig parallel;
   int64_t log_every = 10, sample = 300, top_k = 40;
   float temperature = 0.8f, expect_val_below = 0.f;
   bool quiet = false;
@@ -107,6 +114,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--eval-every") o.train.eval_every = integer();
     else if (a == "--eval-batches") o.train.eval_batches = integer();
     else if (a == "--seed") o.train.seed = uint64_t(integer());
+    else if (a == "--zero") o.parallel.zero_stage = int(integer());
     else if (a == "--on-nonfinite") {
       const std::string v = value();
       if (v != "skip" && v != "stop") usage_error("--on-nonfinite takes skip or stop, not " + v);
@@ -250,8 +258,17 @@ int run(const Options& o) {
   const ModelConfig cfg = model_config(o, vocab);
   NURI_CHECK(vocab <= cfg.vocab_size, "the data has token ids up to ", vocab - 1, " but model '",
              o.model, "' has vocab_size ", cfg.vocab_size, "; pick a model with a larger vocabulary");
+  // Data-parallel ranks when a launcher started several processes; rank 0 alone prints.
+  const LaunchInfo launch = detect_launch();
+  std::shared_ptr<Communicator> comm;
+  if (launch.world_size > 1) {
+    comm = make_communicator(launch);
+    if (comm->rank() != 0 && !std::freopen("/dev/null", "w", stdout)) {
+      std::fprintf(stderr, "nuri-train: rank %d cannot silence its stdout\n", comm->rank());
+    }
+  }
   Transformer model(cfg, make_backend("cpu"), o.train.seed);
-  Trainer trainer(model, o.train, train, val);
+  Trainer trainer(model, o.train, train, val, comm, o.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.vocab_size);
   const char* threads = std::getenv("OMP_NUM_THREADS");
   std::printf("data: %s\nmodel: %s (%.2fM parameters) | %s\n", what.c_str(), o.model.c_str(),
@@ -259,6 +276,11 @@ int run(const Options& o) {
   std::printf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s\n",
               (long long)o.train.steps, (long long)o.train.micro_batch, (long long)o.train.seq_len,
               (long long)o.train.grad_accum, o.train.lr, threads ? threads : "all");
+  if (comm) {
+    std::printf("data parallel: %d ranks (%s), ZeRO stage %d, global batch %lld sequences\n",
+                comm->size(), launcher_name(launch.launcher), o.parallel.zero_stage,
+                (long long)(o.train.micro_batch * o.train.grad_accum * comm->size()));
+  }
   std::printf("validation: unigram baseline %.3f nats/token\n", baseline);
   std::fflush(stdout);
 

@@ -5,13 +5,16 @@
 
 namespace nuri {
 
-DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg)
-    : comm_(std::move(comm)), cfg_(cfg) {
-  NURI_CHECK(comm_ != nullptr, "DataParallel: no communicator");
-  NURI_CHECK(cfg.zero_stage != 2, "ZeRO stage 2 shards the gradients as the backward produces "
-             "them, which nuri does not do yet; use zero_stage 0 or 1");
-  NURI_CHECK(cfg.zero_stage == 0 || cfg.zero_stage == 1, "zero_stage ", cfg.zero_stage,
+void ParallelConfig::validate() const {
+  NURI_CHECK(zero_stage != 2, "ZeRO stage 2 shards the gradients as the backward produces them, "
+             "which nuri does not do yet; use zero_stage 0 or 1");
+  NURI_CHECK(zero_stage == 0 || zero_stage == 1, "zero_stage ", zero_stage,
              " does not exist; use 0 (no sharding) or 1 (optimizer state sharded)");
+}
+
+DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg)
+    : comm_(std::move(comm)), cfg_((cfg.validate(), cfg)) {
+  NURI_CHECK(comm_ != nullptr, "DataParallel: no communicator");
 }
 
 std::vector<int64_t> DataParallel::shard_counts(int64_t n) const {

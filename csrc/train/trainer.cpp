@@ -59,8 +59,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
     const auto [lo, hi] = dp_->shard(model.param_buffer().numel());
     opt_ = std::make_unique<AdamW>(model, adamw_params(cfg), lo, hi);
   } else {
-    NURI_CHECK(parallel.zero_stage == 0 || dp_, "zero_stage ", parallel.zero_stage,
-               " needs data-parallel ranks (a communicator)");
+    parallel.validate();  // one process: every stage is the whole model's update
     opt_ = std::make_unique<AdamW>(model, adamw_params(cfg));
   }
   NURI_CHECK(cfg.seq_len <= model.config().max_seq_len, "seq_len (", cfg.seq_len,
@@ -126,16 +125,23 @@ StepStats Trainer::step() {
 
 float Trainer::evaluate() {
   NURI_CHECK(val_ != nullptr, "evaluate() needs validation data");
-  // Validation batches are the first eval_batches micro-batches in file order.
-  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, 1, 1, 0, cfg_.seed, /*shuffle=*/false);
+  // Validation batches are the first eval_batches global batches (micro_batch sequences per
+  // rank) in file order; data-parallel ranks each take their slice, and the mean is over every
+  // slice's loss, so any layout with the same global batch evaluates the same sequences.
+  const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
+  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, 1, world, rank, cfg_.seed,
+                 /*shuffle=*/false);
   const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
-  double sum = 0;
+  std::vector<float> losses;
   for (int64_t i = 0; i < n; ++i) {
     val.fill(0, tokens_, targets_);
-    sum += model_.forward(tokens_, targets_);
+    losses.push_back(model_.forward(tokens_, targets_));
     val.advance();
   }
-  return float(sum / double(n));
+  if (dp_) losses = dp_->gather(losses);
+  double sum = 0;
+  for (float l : losses) sum += l;
+  return float(sum / double(losses.size()));
 }
 
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,

@@ -20,7 +20,10 @@
 namespace nuri {
 
 struct ParallelConfig {
-  int zero_stage = 0;  ///< 0 or 1 (see above)
+  int zero_stage = 0;  ///< 0 or 1 (see above); with one process both are the same
+
+  /// Throws nuri::Error naming the field when it is not usable.
+  void validate() const;
 };
 
 class DataParallel {

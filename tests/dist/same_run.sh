@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The same training command under mpirun with 2 ranks (ZeRO 1) and 4 ranks (ZeRO 0) ends where one
+# process with the same global batch does (issue #9): nuri-train on gpt2-tiny, 30 steps, global
+# batch 4 × 64 tokens; the last step's training loss and the final validation loss (printed to 4
+# decimals) must agree within 2e-4, i.e. to the last printed digit but a rounding.
+#   same_run.sh MPIRUN_AND_FLAGS... -- NURI_TRAIN_BINARY
+set -uo pipefail
+mpirun=()
+while [[ $1 != -- ]]; do mpirun+=("$1"); shift; done
+bin=$2
+args=(--model gpt2-tiny --steps 30 --seq 64 --sample 0 --eval-every 0 --log-every 10)
+export OMP_NUM_THREADS=1
+summary() {  # "train_loss val_loss" from nuri-train's output
+  local out=$1
+  printf '%s %s\n' "$(grep -oP 'step +30/30 \| loss \K[0-9.]+' <<<"$out")" \
+    "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$out")"
+}
+one=$("$bin" "${args[@]}" --batch 4 2>&1) || { echo "$one"; exit 1; }
+two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --batch 2 --zero 1 2>&1) || { echo "$two"; exit 1; }
+four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --batch 1 2>&1) || { echo "$four"; exit 1; }
+grep -q "data parallel: 2 ranks (mpirun (Open MPI)), ZeRO stage 1, global batch 4" <<<"$two" ||
+  { echo "$two"; echo "FAIL: the 2-rank run did not say it ran data-parallel"; exit 1; }
+read -r l1 v1 <<<"$(summary "$one")"
+status=0
+for run in two four; do
+  read -r l v <<<"$(summary "${!run}")"
+  echo "1 process: loss $l1, val $v1 | $run ranks: loss $l, val $v"
+  if [[ -z $l || -z $v ]] ||
+     ! awk -v a="$l1" -v b="$l" -v c="$v1" -v d="$v" \
+         'BEGIN { exit !((a - b < 2e-4 && b - a < 2e-4) && (c - d < 2e-4 && d - c < 2e-4)) }'; then
+    echo "FAIL: the $run-rank run ends elsewhere"
+    echo "${!run}"
+    status=1
+  fi
+done
+((status == 0)) && echo PASS
+exit $status
