@@ -46,7 +46,10 @@ training
   --warmup N (30)  --min-lr-ratio X (0.1)  --weight-decay X (0.1)  --clip X (1.0)
   --eval-every N (50)  --eval-batches N (16)  --seed S (1337)  --on-nonfinite skip|stop
 several processes (started by mpirun or srun: --batch and --accum are per rank)
-  --zero 0|1           ZeRO stage: 1 shards AdamW's moments over the ranks (default 0)
+  --zero 0|1|2         ZeRO stage: 1 shards AdamW's moments over the ranks, 2 the gradients
+                       too (default 0)
+  --bucket-mb X        gradient bytes per reduction bucket, in MiB (default 8)
+  --no-overlap         reduce the gradients after the backward instead of during it
 output
   --log-every N (10)  --quiet  --sample N (300)  --prompt TEXT  --temperature X (0.8)  --top-k K (40)
   --expect-val-below X   exit with status 3 unless the final validation loss is below X
@@ -115,6 +118,8 @@ Options parse(int argc, char** argv) {
     else if (a == "--eval-batches") o.train.eval_batches = integer();
     else if (a == "--seed") o.train.seed = uint64_t(integer());
     else if (a == "--zero") o.parallel.zero_stage = int(integer());
+    else if (a == "--bucket-mb") o.parallel.bucket_bytes = int64_t(num() * 1048576.0);
+    else if (a == "--no-overlap") o.parallel.overlap = false;
     else if (a == "--on-nonfinite") {
       const std::string v = value();
       if (v != "skip" && v != "stop") usage_error("--on-nonfinite takes skip or stop, not " + v);
@@ -277,9 +282,12 @@ int run(const Options& o) {
               (long long)o.train.steps, (long long)o.train.micro_batch, (long long)o.train.seq_len,
               (long long)o.train.grad_accum, o.train.lr, threads ? threads : "all");
   if (comm) {
-    std::printf("data parallel: %d ranks (%s), ZeRO stage %d, global batch %lld sequences\n",
+    std::printf("data parallel: %d ranks (%s), ZeRO stage %d, global batch %lld sequences, "
+                "%zu gradient buckets%s\n",
                 comm->size(), launcher_name(launch.launcher), o.parallel.zero_stage,
-                (long long)(o.train.micro_batch * o.train.grad_accum * comm->size()));
+                (long long)(o.train.micro_batch * o.train.grad_accum * comm->size()),
+                trainer.data_parallel()->buckets().size(),
+                o.parallel.overlap ? " overlapped with the backward" : " reduced after the backward");
   }
   std::printf("validation: unigram baseline %.3f nats/token\n", baseline);
   std::fflush(stdout);

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "nuri/core/tensor.h"
 
@@ -18,5 +19,10 @@ void check_peer(const char* op, int peer, int rank, int size);
 /// the offset of rank's chunk in out.
 int64_t check_gather_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
                        int rank, int size);
+
+/// reduce_scatter_v's arguments: one count per rank, in has their sum, out counts[rank]; returns
+/// the offset of rank's chunk in in.
+int64_t check_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                        int rank, int size);
 
 }  // namespace nuri::dist

@@ -1,6 +1,7 @@
 // The communicator factory and the one-process communicator.
 #include "nuri/dist/communicator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -37,24 +38,52 @@ void check_pair(const char* op, const Tensor& in, const Tensor& out, int64_t in_
              out_per_in > 1 ? "world size times in's" : "in's divided by the world size");
 }
 
+namespace {
+
+/// The chunk layout shared by all_gather_v and reduce_scatter_v: `whole` holds every rank's
+/// chunk, `part` this rank's. Returns the offset of rank's chunk in whole.
+int64_t check_chunks(const char* op, const Tensor& part, const Tensor& whole,
+                     const std::vector<int64_t>& counts, int rank, int size) {
+  NURI_CHECK(int(counts.size()) == size, op, ": ", counts.size(), " counts for ", size,
+             " ranks; give one per rank");
+  int64_t total = 0, offset = 0;
+  for (int r = 0; r < size; ++r) {
+    NURI_CHECK(counts[size_t(r)] >= 0, op, ": count ", counts[size_t(r)], " of rank ", r,
+               " is negative");
+    if (r == rank) offset = total;
+    total += counts[size_t(r)];
+  }
+  NURI_CHECK(part.numel() == counts[size_t(rank)] && whole.numel() == total, op,
+             ": this rank's chunk has ", part.numel(), " elements (rank ", rank,
+             "'s count is ", counts[size_t(rank)], ") and the whole ", whole.numel(),
+             " (the counts add up to ", total, ")");
+  return offset;
+}
+
+}  // namespace
+
 int64_t check_gather_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
                        int rank, int size) {
   check_tensor("all_gather_v", "in", in);
   check_tensor("all_gather_v", "out", out);
   NURI_CHECK(in.dtype() == out.dtype(), "all_gather_v: in is ", dtype_name(in.dtype()),
              " but out is ", dtype_name(out.dtype()));
-  NURI_CHECK(int(counts.size()) == size, "all_gather_v: ", counts.size(), " counts for ", size,
-             " ranks; give one per rank");
-  int64_t total = 0, offset = 0;
-  for (int r = 0; r < size; ++r) {
-    NURI_CHECK(counts[size_t(r)] >= 0, "all_gather_v: count ", counts[size_t(r)], " of rank ", r,
-               " is negative");
-    if (r == rank) offset = total;
-    total += counts[size_t(r)];
-  }
-  NURI_CHECK(in.numel() == counts[size_t(rank)] && out.numel() == total, "all_gather_v: in has ",
-             in.numel(), " elements (rank ", rank, "'s count is ", counts[size_t(rank)],
-             ") and out ", out.numel(), " (the counts add up to ", total, ")");
+  return check_chunks("all_gather_v", in, out, counts, rank, size);
+}
+
+int64_t check_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                        int rank, int size) {
+  check_tensor("reduce_scatter_v", "in", in);
+  check_tensor("reduce_scatter_v", "out", out);
+  NURI_CHECK(in.dtype() == out.dtype(), "reduce_scatter_v: in is ", dtype_name(in.dtype()),
+             " but out is ", dtype_name(out.dtype()));
+  const int64_t offset = check_chunks("reduce_scatter_v", out, in, counts, rank, size);
+  const char* a = static_cast<const char*>(in.raw());
+  const char* b = static_cast<const char*>(out.raw());
+  // An empty out overlaps when it points into in (ranks must agree on raising this error).
+  NURI_CHECK(a == b || b + std::max<size_t>(out.nbytes(), 1) <= a || a + in.nbytes() <= b,
+             "reduce_scatter_v: out overlaps in other than as its first elements (in place); "
+             "give it memory of its own");
   return offset;
 }
 
@@ -77,6 +106,11 @@ class SingleCommunicator final : public Communicator {
   void all_reduce(const Tensor& t, ReduceOp) override { dist::check_tensor("all_reduce", "t", t); }
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp) override {
     dist::check_pair("reduce_scatter", in, out, 1, 1);
+    if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
+  }
+  void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                        ReduceOp) override {
+    dist::check_scatter_v(in, out, counts, 0, 1);
     if (in.raw() != out.raw()) std::memcpy(out.raw(), in.raw(), in.nbytes());
   }
   void all_gather(const Tensor& in, const Tensor& out) override {

@@ -44,6 +44,7 @@ struct MpiRuntime {
   MPI_Datatype bf16 = MPI_DATATYPE_NULL;
   MPI_Op bf16_sum_op = MPI_OP_NULL;
   bool we_initialized = false;
+  int thread_level = MPI_THREAD_SINGLE;  ///< what MPI provides
   std::atomic<bool> failed{false};
 
   static MpiRuntime& get() {
@@ -52,8 +53,10 @@ struct MpiRuntime {
       int inited = 0;
       MPI_Initialized(&inited);
       if (!inited) {
+        // SERIALIZED: the data-parallel progress thread makes calls too, never at the same
+        // time as the main thread (DataParallel waits for it before its own calls).
         int provided = 0;
-        mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided),
+        mpi_check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided),
                   "MPI_Init_thread");
         r->we_initialized = true;
         std::atexit([] {
@@ -64,6 +67,7 @@ struct MpiRuntime {
           MPI_Finalize();
         });
       }
+      mpi_check(MPI_Query_thread(&r->thread_level), "MPI_Query_thread");
       mpi_check(MPI_Type_contiguous(2, MPI_BYTE, &r->bf16), "MPI_Type_contiguous");
       mpi_check(MPI_Type_commit(&r->bf16), "MPI_Type_commit");
       mpi_check(MPI_Op_create(&bf16_sum, /*commute=*/1, &r->bf16_sum_op), "MPI_Op_create");
@@ -113,6 +117,26 @@ class MpiCommunicator final : public Communicator {
     if (op == ReduceOp::avg) scale(out, 1.0 / size_);
   }
 
+  void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                        ReduceOp op) override {
+    dist::check_scatter_v(in, out, counts, rank_, size_);
+    start("reduce_scatter_v", in, op);
+    std::vector<int> n(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) n[size_t(r)] = int_count("reduce_scatter_v", counts[size_t(r)]);
+    int_count("reduce_scatter_v", in.numel());
+    MPI_Request req;
+    const bool in_place = in.raw() == out.raw();  // the result lands at in's start
+    mpi_check(MPI_Ireduce_scatter(in_place ? MPI_IN_PLACE : in.raw(), out.raw(), n.data(),
+                                  type(in), reduce_op(in), comm_, &req),
+              "MPI_Ireduce_scatter");
+    wait(req);  // n stays alive until the operation completes
+    if (op == ReduceOp::avg) scale(out, 1.0 / size_);
+  }
+
+  bool callable_from_any_thread() const override {
+    return MpiRuntime::get().thread_level >= MPI_THREAD_SERIALIZED;
+  }
+
   void all_gather(const Tensor& in, const Tensor& out) override {
     dist::check_pair("all_gather", in, out, 1, size_);
     start("all_gather", in);
@@ -130,10 +154,8 @@ class MpiCommunicator final : public Communicator {
     std::vector<int> n(static_cast<size_t>(size_)), displ(static_cast<size_t>(size_));
     int64_t at = 0;
     for (int r = 0; r < size_; ++r) {
-      NURI_CHECK(counts[size_t(r)] <= INT32_MAX && at <= INT32_MAX, "all_gather_v: ",
-                 out.numel(), " elements are more than one MPI call moves (2^31 - 1)");
-      n[size_t(r)] = int(counts[size_t(r)]);
-      displ[size_t(r)] = int(at);
+      n[size_t(r)] = int_count("all_gather_v", counts[size_t(r)]);
+      displ[size_t(r)] = int_count("all_gather_v", at);
       at += counts[size_t(r)];
     }
     const size_t esize = dtype_size(out.dtype());
@@ -155,8 +177,8 @@ class MpiCommunicator final : public Communicator {
     wait(req);
   }
 
-  void send(const Tensor& t, int peer) override { point_to_point("send", t, peer); }
-  void recv(const Tensor& t, int peer) override { point_to_point("recv", t, peer); }
+  void send(const Tensor& t, int peer) override { point_to_point(true, t, peer); }
+  void recv(const Tensor& t, int peer) override { point_to_point(false, t, peer); }
 
   void barrier() override {
     start("barrier", Tensor());
@@ -192,6 +214,11 @@ class MpiCommunicator final : public Communicator {
  private:
   static constexpr int kTag = 7100;
 
+  static int int_count(const char* op, int64_t n) {
+    NURI_CHECK(n <= INT32_MAX, op, ": ", n, " elements are more than one MPI call moves "
+               "(2^31 - 1): split the tensor");
+    return int(n);
+  }
   static int count(const Tensor& t) {
     NURI_CHECK(t.numel() <= INT32_MAX, "a tensor of ", t.numel(),
                " elements is more than one MPI call moves (2^31 - 1): split it");
@@ -214,12 +241,13 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  void point_to_point(const char* op, const Tensor& t, int peer) {
+  void point_to_point(bool sending, const Tensor& t, int peer) {
+    const char* op = sending ? "send" : "recv";
     dist::check_tensor(op, "t", t);
     dist::check_peer(op, peer, rank_, size_);
     start(op, t, std::nullopt, peer);
     MPI_Request req;
-    if (op[0] == 's') {
+    if (sending) {
       mpi_check(MPI_Isend(t.raw(), count(t), type(t), peer, kTag, comm_, &req), "MPI_Isend");
     } else {
       mpi_check(MPI_Irecv(t.raw(), count(t), type(t), peer, kTag, comm_, &req), "MPI_Irecv");

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 #include "nuri/core/rng.h"
 
@@ -46,22 +47,39 @@ struct Transformer::Acts {
 
 namespace {
 
-// Typed views of one flat buffer in `layout` order.
-void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Tensor& flat,
-          std::vector<NamedTensor>& named, Transformer::Weights* w);
+/// The view of the flat layout at `offset` with `shape` (undefined where the storage behind
+/// the layout has no such range).
+using ViewFn = std::function<Tensor(int64_t offset, const Shape& shape)>;
+
+// Typed views in `layout` order.
+void bind_views(const ModelConfig& cfg, const std::vector<ParamSpec>& layout,
+                const ViewFn& view_of, std::vector<NamedTensor>& named, Transformer::Weights* w);
 
 Tensor view_of(const Tensor& flat, int64_t offset, const Shape& shape) {
   return flat.slice(0, offset, offset + shape_numel(shape)).view(shape);
+}
+
+ViewFn views_of(const Tensor& flat) {
+  return [flat](int64_t offset, const Shape& shape) { return view_of(flat, offset, shape); };
+}
+
+/// Views of a region holding the flat range [lo, hi) only; ranges outside it are undefined.
+ViewFn views_of_region(const Tensor& region, int64_t lo, int64_t hi) {
+  return [region, lo, hi](int64_t offset, const Shape& shape) {
+    const int64_t n = shape_numel(shape);
+    if (offset < lo || offset + n > hi) return Tensor();
+    return view_of(region, offset - lo, shape);
+  };
 }
 
 }  // namespace
 
 // The binding is a friend-free helper: Weights is public inside the class for it.
 namespace {
-void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Tensor& flat,
-          std::vector<NamedTensor>& named, Transformer::Weights* w) {
+void bind_views(const ModelConfig& cfg, const std::vector<ParamSpec>& layout,
+                const ViewFn& view_of, std::vector<NamedTensor>& named, Transformer::Weights* w) {
   named.clear();
-  for (const auto& p : layout) named.push_back({p.name, view_of(flat, p.offset, p.shape), p.decay});
+  for (const auto& p : layout) named.push_back({p.name, view_of(p.offset, p.shape), p.decay});
   size_t i = 0;
   auto next = [&]() -> const NamedTensor& { return named.at(i++); };
   auto spec = [&]() -> const ParamSpec& { return layout.at(i); };
@@ -79,10 +97,10 @@ void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Te
       L.qkv_w = next().tensor;
       if (cfg.bias) L.qkv_b = next().tensor;
     } else {  // q, k, v consecutive: one [(H + 2Hkv)·D, C] view
-      L.qkv_w = view_of(flat, spec().offset, {qkv_rows, c});
+      L.qkv_w = view_of(spec().offset, {qkv_rows, c});
       i += 3;
       if (cfg.bias) {
-        L.qkv_b = view_of(flat, spec().offset, {qkv_rows});
+        L.qkv_b = view_of(spec().offset, {qkv_rows});
         i += 3;
       }
     }
@@ -94,10 +112,10 @@ void bind(const ModelConfig& cfg, const std::vector<ParamSpec>& layout, const Te
       L.fc_w = next().tensor;
       if (cfg.bias) L.fc_b = next().tensor;
     } else {  // gate, up consecutive: one [2F, C] view whose output is [gate | up]
-      L.fc_w = view_of(flat, spec().offset, {2 * f, c});
+      L.fc_w = view_of(spec().offset, {2 * f, c});
       i += 2;
       if (cfg.bias) {
-        L.fc_b = view_of(flat, spec().offset, {2 * f});
+        L.fc_b = view_of(spec().offset, {2 * f});
         i += 2;
       }
     }
@@ -126,9 +144,26 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
   g_ = std::make_unique<Weights>();
   acts_ = std::make_unique<Acts>();
   std::vector<NamedTensor> compute_views;  // the ops read these; params_ are the masters
-  bind(cfg_, layout_, param_buf_, params_, w_.get());
-  if (cparam_buf_.defined()) bind(cfg_, layout_, cparam_buf_, compute_views, w_.get());
-  bind(cfg_, layout_, grad_buf_, grads_, g_.get());
+  bind_views(cfg_, layout_, views_of(param_buf_), params_, w_.get());
+  if (cparam_buf_.defined()) {
+    bind_views(cfg_, layout_, views_of(cparam_buf_), compute_views, w_.get());
+  }
+  bind_views(cfg_, layout_, views_of(grad_buf_), grads_, g_.get());
+  // The backward's units: the layout is [embeddings | layer 0 | ... | layer L-1 | head].
+  {
+    const bool norm_bias = cfg_.norm == NormKind::layernorm && cfg_.bias;
+    const size_t n_emb = cfg_.position == PositionKind::learned ? 2 : 1;
+    const size_t n_head = (norm_bias ? 2 : 1) + (cfg_.tied_embeddings ? 0 : 1);
+    const size_t per_layer = (layout_.size() - n_emb - n_head) / size_t(cfg_.n_layer);
+    NURI_ASSERT(n_emb + n_head + per_layer * size_t(cfg_.n_layer) == layout_.size(),
+                "layout of ", layout_.size(), " tensors does not split into units");
+    units_.push_back({layout_[layout_.size() - n_head].offset, total});
+    for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
+      const size_t first = n_emb + size_t(l) * per_layer;
+      units_.push_back({layout_[first].offset, layout_[first + per_layer].offset});
+    }
+    units_.push_back({0, layout_[n_emb].offset});
+  }
   init_weights(seed);
   zero_grad();
 }
@@ -181,7 +216,32 @@ void Transformer::sync_compute_weights() {
   backend_->copy(copy, cparam_buf_);
 }
 
-void Transformer::zero_grad() { backend_->zero(grad_buf_); }
+void Transformer::zero_grad() {
+  if (grad_buf_.defined()) backend_->zero(grad_buf_);
+}
+
+Tensor GradHooks::region(int64_t lo, int64_t hi) {
+  NURI_CHECK(false, "GradHooks::region(", lo, ", ", hi, "): these hooks do not own the "
+             "gradient storage; pass own_storage = false to set_grad_hooks");
+}
+
+void Transformer::set_grad_hooks(GradHooks* hooks, bool own_storage) {
+  if (hooks == nullptr) {  // detach (the storage, if the hooks owned it, stays theirs)
+    NURI_CHECK(!own_storage, "set_grad_hooks: no hooks to own the gradients");
+    hooks_ = nullptr;
+    return;
+  }
+  NURI_CHECK(!hooks_own_grads_ || own_storage,
+             "set_grad_hooks: the model's gradient storage was handed to hooks earlier and "
+             "cannot come back; build a new model");
+  hooks_ = hooks;
+  if (own_storage && !hooks_own_grads_) {
+    hooks_own_grads_ = true;
+    grad_buf_ = Tensor();
+    grads_.clear();
+    *g_ = Weights{};
+  }
+}
 
 void Transformer::plan(int64_t b, int64_t t) {
   if (acts_->b == b && acts_->t == t) return;
@@ -367,7 +427,55 @@ void Transformer::backward(float loss_scale) {
   Backend& be = *backend_;
   Acts& a = *acts_;
   const Weights& W = *w_;
-  const Weights& G = *g_;
+  // Gradient views: the model's own buffer, or, when the hooks own the storage, each unit's
+  // views bound to the region the hooks give for it just before the unit's backward.
+  const bool own = hooks_own_grads_;
+  NURI_CHECK(!own || hooks_ != nullptr, "backward(): the model's gradients were handed to hooks "
+             "that have been detached; attach hooks that own the storage again");
+  Weights owned;
+  if (own) owned.layers.assign(size_t(cfg_.n_layer), {});
+  const Weights& G = own ? owned : *g_;
+  const size_t last = units_.size() - 1;  // the embeddings' unit
+  auto open = [&](size_t u) {
+    if (!own) return;
+    const auto [lo, hi] = units_[u];
+    const Tensor region = hooks_->region(lo, hi);
+    NURI_CHECK(region.defined() && region.numel() == hi - lo && region.dtype() == DType::f32 &&
+                   region.is_contiguous() && region.device() == backend_->device(),
+               "GradHooks::region(", lo, ", ", hi, ") must give ", hi - lo,
+               " contiguous f32 elements on ", backend_->device().str(), ", got ",
+               region.defined() ? region.str() : std::string("an undefined tensor"));
+    Weights r;
+    std::vector<NamedTensor> named;
+    bind_views(cfg_, layout_, views_of_region(region, lo, hi), named, &r);
+    if (u == 0) {
+      owned.lnf_w = r.lnf_w;
+      owned.lnf_b = r.lnf_b;
+      if (!cfg_.tied_embeddings) owned.lm_head = r.lm_head;
+    } else if (u == last) {
+      owned.wte = r.wte;
+      owned.wpe = r.wpe;
+      if (cfg_.tied_embeddings) owned.lm_head = r.wte;
+    } else {
+      const size_t l = size_t(cfg_.n_layer) - u;
+      owned.layers[l] = r.layers[l];
+    }
+  };
+  auto done = [&](size_t u) {
+    if (own) {  // drop the unit's views, so the hooks can free its region once it is reduced
+      if (u == 0) {
+        owned.lnf_w = owned.lnf_b = Tensor();
+        if (!cfg_.tied_embeddings) owned.lm_head = Tensor();
+      } else if (u == last) {
+        owned.wte = owned.wpe = owned.lm_head = Tensor();
+      } else {
+        owned.layers[size_t(cfg_.n_layer) - u] = {};
+      }
+    }
+    if (hooks_) hooks_->ready(units_[u].first, units_[u].second);
+  };
+  if (cfg_.tied_embeddings) open(last);  // the LM head's gradient goes into wte
+  open(0);
   const int64_t b = a.b, t = a.t, c = cfg_.d_model, h = cfg_.n_head, hkv = cfg_.n_kv_head;
   // dlogits overwrite the logits (the forward values are not needed any more).
   be.cross_entropy_backward(a.logits, last_targets_, a.ce_lse, cfg_.vocab_size, -100, loss_scale,
@@ -377,8 +485,11 @@ void Transformer::backward(float loss_scale) {
   be.matmul_backward_weight(a.logits, lnf2d, G.lm_head, true);
   norm_bwd(be, cfg_, a.d_ln, a.resid_f, W.lnf_w, a.lnf_mean, a.lnf_rstd, Tensor(), a.d_resid,
            G.lnf_w, G.lnf_b);
+  done(0);
   AttentionOptions causal;
   for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
+    const size_t unit = size_t(cfg_.n_layer - l);
+    open(unit);
     auto& L = a.layers[size_t(l)];
     const auto& P = W.layers[size_t(l)];
     const auto& D = G.layers[size_t(l)];
@@ -416,8 +527,11 @@ void Transformer::backward(float loss_scale) {
     if (D.qkv_b.defined()) be.matmul_backward_bias(dqkv, D.qkv_b, true);
     norm_bwd(be, cfg_, a.d_ln, L.resid, P.ln1_w, L.ln1_mean, L.ln1_rstd, a.d_resid, a.d_resid,
              D.ln1_w, D.ln1_b);
+    done(unit);
   }
+  if (!cfg_.tied_embeddings) open(last);
   be.embedding_backward(last_tokens_, a.d_resid, G.wte.slice(0, 0, cfg_.vocab_size), G.wpe, true);
+  done(last);
 }
 
 }  // namespace nuri

@@ -1,20 +1,154 @@
-// Data parallelism, stage 0: one all-reduce of the flat gradient buffer per step.
+// Data parallelism: bucketed gradient reduction from the backward's hooks, on a progress thread,
+// and ZeRO stages 0, 1 and 2 (see the header).
 #include "nuri/parallel/data_parallel.h"
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <tuple>
+
 #include "nuri/core/error.h"
+#include "nuri/core/log.h"
 
 namespace nuri {
 
-void ParallelConfig::validate() const {
-  NURI_CHECK(zero_stage != 2, "ZeRO stage 2 shards the gradients as the backward produces them, "
-             "which nuri does not do yet; use zero_stage 0 or 1");
-  NURI_CHECK(zero_stage == 0 || zero_stage == 1, "zero_stage ", zero_stage,
-             " does not exist; use 0 (no sharding) or 1 (optimizer state sharded)");
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+
+}  // namespace
+
+void ParallelConfig::validate() const {
+  NURI_CHECK(zero_stage >= 0 && zero_stage <= 2, "zero_stage ", zero_stage,
+             " does not exist; use 0 (no sharding), 1 (optimizer state sharded) or 2 (gradients "
+             "sharded too)");
+  NURI_CHECK(bucket_bytes > 0, "bucket_bytes (", bucket_bytes, ") must be positive");
+}
+
+/// One thread that runs the reductions in the order they are submitted. Its tasks are the only
+/// communicator calls while it is busy: DataParallel waits for it before calling the
+/// communicator itself (MPI_THREAD_SERIALIZED suffices). The first error stops the queue (the
+/// tasks behind it are dropped) and is rethrown by wait().
+class DataParallel::Progress {
+ public:
+  Progress() : thread_([this] { run(); }) {}
+  ~Progress() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+  void push(std::function<void()> fn) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(fn));
+    }
+    cv_.notify_all();
+  }
+
+  /// Blocks until every task so far has run; rethrows the first error (once).
+  void wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return queue_.empty() && !busy_; });
+    if (error_) {
+      std::exception_ptr e = error_;
+      error_ = nullptr;
+      std::rethrow_exception(e);
+    }
+  }
+
+  /// Blocks until at most n tasks are queued or running (rethrows nothing: wait() does).
+  void wait_pending_at_most(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return queue_.size() + (busy_ ? 1 : 0) <= n || error_; });
+  }
+
+  /// Seconds the tasks ran since the last call.
+  double take_busy_seconds() {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double s = busy_seconds_;
+    busy_seconds_ = 0;
+    return s;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stop_
+      std::function<void()> fn = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      const bool failed = error_ != nullptr;
+      lock.unlock();
+      std::exception_ptr err;
+      const auto t0 = Clock::now();
+      if (!failed) {
+        try {
+          fn();
+        } catch (...) {
+          err = std::current_exception();
+        }
+      }
+      fn = nullptr;  // frees what the task held (a ZeRO 2 bucket) on this thread, now
+      const double dt = seconds_since(t0);
+      lock.lock();
+      busy_seconds_ += dt;
+      if (err && !error_) error_ = err;
+      busy_ = false;
+      idle_cv_.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<std::function<void()>> queue_;
+  bool busy_ = false, stop_ = false;
+  std::exception_ptr error_;
+  double busy_seconds_ = 0;
+  std::thread thread_;  // last: starts after the members it uses
+};
+
+struct DataParallel::Bucket {
+  int64_t lo = 0, hi = 0;
+  int units = 0;      ///< units of the backward in this bucket
+  int ready = 0;      ///< of them complete in this backward
+  Tensor staging;     ///< ZeRO 2: the bucket's gradients of this backward
+};
 
 DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg)
     : comm_(std::move(comm)), cfg_((cfg.validate(), cfg)) {
   NURI_CHECK(comm_ != nullptr, "DataParallel: no communicator");
+  overlap_ = cfg_.overlap && comm_->size() > 1 && comm_->callable_from_any_thread();
+  if (cfg_.overlap && !overlap_ && comm_->size() > 1) {
+    NURI_LOG(warn, "the ", comm_->backend_name(), " communicator cannot be called from a "
+             "progress thread (MPI was initialized without MPI_THREAD_SERIALIZED): gradients are "
+             "reduced after the backward, not overlapped with it");
+  }
+  if (overlap_) progress_ = std::make_unique<Progress>();
+}
+
+DataParallel::~DataParallel() {
+  if (progress_) {
+    try {
+      progress_->wait();
+    } catch (...) {  // the error was the step's to report; nothing to do with it here
+    }
+  }
+  if (model_) model_->set_grad_hooks(nullptr);
 }
 
 std::vector<int64_t> DataParallel::shard_counts(int64_t n) const {
@@ -30,30 +164,190 @@ std::pair<int64_t, int64_t> DataParallel::shard(int64_t n) const {
   return {begin, begin + counts[size_t(rank())]};
 }
 
+void DataParallel::attach(Transformer& model) {
+  NURI_CHECK(model_ == nullptr, "DataParallel::attach: already attached to a model");
+  const bool host = model.backend().device().is_cpu();
+  NURI_CHECK(host || world() == 1 || comm_->backend_name() != "mpi",
+             "data parallelism over MPI moves host tensors, but the model is on ",
+             model.backend().name(), "; train on the cpu backend (the NCCL communicator for GPU "
+             "ranks is not in yet)");
+  NURI_CHECK(cfg_.zero_stage < 2 || host, "ZeRO stage 2 runs on CPU ranks for now (the model is "
+             "on ", model.backend().name(), "); use zero_stage 0 or 1");
+  model_ = &model;
+  const int64_t total = model.param_buffer().numel();
+  std::tie(lo_, hi_) = shard(total);
+  // Buckets: whole units in backward order, merged until bucket_bytes.
+  const auto& units = model.grad_units();
+  buckets_.clear();
+  unit_bucket_.clear();
+  for (const auto& [lo, hi] : units) {
+    const bool fresh = buckets_.empty() || (buckets_.back().hi - buckets_.back().lo) * 4 >=
+                                               cfg_.bucket_bytes;
+    if (fresh) buckets_.push_back(Bucket{lo, hi, 0, 0, Tensor()});
+    Bucket& b = buckets_.back();
+    NURI_ASSERT(hi == b.lo || fresh, "backward units are not contiguous and descending");
+    b.lo = lo;
+    ++b.units;
+    unit_bucket_.push_back(buckets_.size() - 1);
+  }
+  if (cfg_.zero_stage == 2) {
+    grad_alloc_ = std::make_shared<CpuAllocator>();
+    shard_grad_ = Tensor::empty({hi_ - lo_}, DType::f32, grad_alloc_);
+    model.backend().zero(shard_grad_);
+    communicate_ = true;
+    model.set_grad_hooks(this, /*own_storage=*/true);
+  } else {
+    grad_alloc_ = model.backend().allocator();
+    model.set_grad_hooks(this);
+  }
+}
+
+std::vector<std::pair<int64_t, int64_t>> DataParallel::buckets() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const Bucket& b : buckets_) out.push_back({b.lo, b.hi});
+  return out;
+}
+
+void DataParallel::begin_step() {
+  NURI_CHECK(model_ != nullptr, "DataParallel: attach(model) before training");
+  if (shard_grad_.defined()) model_->backend().zero(shard_grad_);
+  stats_ = CommStats{};
+}
+
+void DataParallel::before_backward(bool last_micro_batch) {
+  // Stage 2 reduces even with one rank: its "reduction" moves the bucket into the shard.
+  communicate_ = cfg_.zero_stage == 2 || (world() > 1 && last_micro_batch);
+  for (Bucket& b : buckets_) b.ready = 0;
+}
+
+Tensor DataParallel::region(int64_t lo, int64_t hi) {
+  // Only ZeRO 2 owns the storage: each bucket's gradients of this backward, zeroed.
+  size_t u = 0;
+  while (u < model_->grad_units().size() && model_->grad_units()[u].first != lo) ++u;
+  NURI_ASSERT(u < model_->grad_units().size(), "no backward unit starts at ", lo);
+  Bucket& b = buckets_[unit_bucket_[u]];
+  if (!b.staging.defined()) {
+    // At most one bucket in flight while the backward fills the next: a rank's staging stays
+    // under two buckets (plus the tied embedding's, which lives through the whole backward).
+    if (progress_) {
+      const auto t0 = Clock::now();
+      progress_->wait_pending_at_most(1);
+      stats_.exposed_seconds += seconds_since(t0);
+    }
+    b.staging = Tensor::empty({b.hi - b.lo}, DType::f32, grad_alloc_);
+    model_->backend().zero(b.staging);
+  }
+  return b.staging.slice(0, lo - b.lo, hi - b.lo);
+}
+
+void DataParallel::ready(int64_t lo, int64_t) {
+  size_t u = 0;
+  while (u < model_->grad_units().size() && model_->grad_units()[u].first != lo) ++u;
+  NURI_ASSERT(u < model_->grad_units().size(), "no backward unit starts at ", lo);
+  Bucket& b = buckets_[unit_bucket_[u]];
+  if (++b.ready == b.units && communicate_) launch(b);
+}
+
+void DataParallel::count(int64_t bytes, double bus_factor) {
+  ++stats_.collectives;
+  stats_.payload_bytes += bytes;
+  stats_.bus_bytes += int64_t(double(bytes) * bus_factor + 0.5);
+}
+
+void DataParallel::launch(Bucket& b) {
+  const double n = world();
+  Communicator* comm = comm_.get();
+  if (cfg_.zero_stage < 2) {
+    const Tensor g = model_->grad_buffer().slice(0, b.lo, b.hi);
+    count(g.nbytes(), 2 * (n - 1) / n);
+    submit([comm, g] { comm->all_reduce(g, ReduceOp::sum); });
+    return;
+  }
+  // ZeRO 2: rank r receives the sum of the bucket's part inside its shard (maybe nothing).
+  std::vector<int64_t> counts = shard_counts(model_->param_buffer().numel());
+  int64_t at = 0;
+  for (int64_t& c : counts) {  // shard [at, at + c) ∩ [b.lo, b.hi)
+    const int64_t from = std::max(at, b.lo), to = std::min(at + c, b.hi);
+    at += c;
+    c = std::max<int64_t>(0, to - from);
+  }
+  const int64_t from = std::min(std::max(lo_, b.lo), hi_);  // this rank's piece, maybe empty
+  const int64_t to = std::max(from, std::min(hi_, b.hi));
+  count(b.staging.nbytes(), (n - 1) / n);
+  Tensor staging = std::move(b.staging);  // the task frees it when done
+  b.staging = Tensor();
+  const Tensor dst = shard_grad_.slice(0, from - lo_, to - lo_);
+  submit([comm, staging, dst, counts] {
+    // In place: this rank's sum lands in the staging buffer's first elements.
+    const Tensor part = staging.slice(0, 0, dst.numel());
+    comm->reduce_scatter_v(staging, part, counts, ReduceOp::sum);
+    const float* src = part.data<float>();
+    float* out = dst.data<float>();
+    for (int64_t i = 0; i < dst.numel(); ++i) out[i] += src[i];
+  });
+}
+
+void DataParallel::submit(std::function<void()> fn) {
+  if (progress_) {
+    progress_->push(std::move(fn));
+  } else if (cfg_.zero_stage == 2) {  // now, on this thread: the bucket's memory goes at once
+    deferred_.push_back(std::move(fn));
+    after_backward();
+  } else {
+    deferred_.push_back(std::move(fn));
+  }
+}
+
+void DataParallel::after_backward() {
+  if (deferred_.empty()) return;
+  const auto t0 = Clock::now();
+  std::vector<std::function<void()>> tasks;
+  tasks.swap(deferred_);
+  for (auto& fn : tasks) {
+    fn();
+    fn = nullptr;
+  }
+  const double dt = seconds_since(t0);
+  stats_.reduce_seconds += dt;
+  stats_.exposed_seconds += dt;
+}
+
+void DataParallel::finish_gradients() {
+  after_backward();
+  if (!progress_) return;
+  const auto t0 = Clock::now();
+  progress_->wait();
+  stats_.exposed_seconds += seconds_since(t0);
+  stats_.reduce_seconds += progress_->take_busy_seconds();
+}
+
+float DataParallel::global_norm(float shard_norm) {
+  if (progress_) progress_->wait();
+  Tensor sq = Tensor::empty({1}, DType::f32);
+  sq.data<float>()[0] = shard_norm * shard_norm;
+  comm_->all_reduce(sq, ReduceOp::sum);
+  return std::sqrt(sq.data<float>()[0]);
+}
+
 void DataParallel::gather_parameters(Transformer& model) {
   if (world() == 1) return;
+  if (progress_) progress_->wait();
+  const auto t0 = Clock::now();
   for (const Tensor* buf : {&model.param_buffer(), &model.compute_buffer()}) {
     if (!buf->defined()) continue;
     NURI_CHECK(buf->device().is_cpu() || comm_->backend_name() != "mpi",
                "ZeRO over MPI moves host tensors, but the model's parameters are on ",
                model.backend().name(), "; the NCCL communicator for GPU ranks is not in yet");
     const auto [lo, hi] = shard(buf->numel());
+    count(buf->nbytes(), (double(world()) - 1) / world());
     comm_->all_gather_v(buf->slice(0, lo, hi), *buf, shard_counts(buf->numel()));
   }
-}
-
-void DataParallel::reduce_gradients(Transformer& model) {
-  if (world() == 1) return;
-  const Tensor& g = model.grad_buffer();
-  NURI_CHECK(g.device().is_cpu() || comm_->backend_name() != "mpi",
-             "data parallelism over MPI moves host tensors, but the model's gradients are on ",
-             model.backend().name(), "; train on the cpu backend (the NCCL communicator for GPU "
-             "ranks is not in yet)");
-  comm_->all_reduce(g, ReduceOp::sum);
+  stats_.gather_seconds += seconds_since(t0);
 }
 
 std::vector<float> DataParallel::gather(const std::vector<float>& mine) {
   if (world() == 1) return mine;
+  if (progress_) progress_->wait();
   Tensor in = Tensor::empty({int64_t(mine.size())}, DType::f32);
   std::copy(mine.begin(), mine.end(), in.data<float>());
   Tensor all = Tensor::empty({int64_t(mine.size()) * world()}, DType::f32);

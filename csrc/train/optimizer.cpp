@@ -30,11 +30,18 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp)
   }
 }
 
-AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi)
+AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
+             const Tensor& grads)
     : model_(model), hp_(hp), lo_(lo), hi_(hi) {
   const int64_t total = model.param_buffer().numel();
   NURI_CHECK(0 <= lo && lo <= hi && hi <= total, "AdamW: shard [", lo, ", ", hi,
              ") is not a range of the ", total, " parameters");
+  const Tensor g = grads.defined() ? grads : model.grad_buffer();
+  NURI_CHECK(g.defined(), "AdamW: the model holds no gradients (its hooks own them); pass the "
+             "shard's gradients");
+  const int64_t g0 = grads.defined() ? lo : 0;  // flat index of g's first element
+  NURI_CHECK(g.dtype() == DType::f32 && g.numel() == (grads.defined() ? hi - lo : total),
+             "AdamW: gradients ", g.str(), " do not match the shard [", lo, ", ", hi, ")");
   Backend& be = model.backend();
   m_ = be.empty({hi - lo});
   v_ = be.empty({hi - lo});
@@ -49,7 +56,7 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi)
     const int64_t n = params[i].tensor.numel();
     const int64_t a = std::max(offset, lo), b = std::min(offset + n, hi);
     if (a < b) {
-      AdamWTensor t{model.param_buffer().slice(0, a, b), model.grad_buffer().slice(0, a, b),
+      AdamWTensor t{model.param_buffer().slice(0, a, b), g.slice(0, a - g0, b - g0),
                     m_.slice(0, a - lo, b - lo), v_.slice(0, a - lo, b - lo), params[i].decay};
       if (copy.defined()) t.param_bf16 = copy.slice(0, a, b);
       tensors_.push_back(t);

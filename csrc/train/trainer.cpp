@@ -55,9 +55,10 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
               comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
       val_(std::move(val)),
       dp_(comm ? std::make_unique<DataParallel>(std::move(comm), parallel) : nullptr) {
-  if (dp_ && dp_->zero_stage() == 1) {
+  if (dp_) dp_->attach(model);
+  if (dp_ && dp_->zero_stage() >= 1) {
     const auto [lo, hi] = dp_->shard(model.param_buffer().numel());
-    opt_ = std::make_unique<AdamW>(model, adamw_params(cfg), lo, hi);
+    opt_ = std::make_unique<AdamW>(model, adamw_params(cfg), lo, hi, dp_->gradient_shard());
   } else {
     parallel.validate();  // one process: every stage is the whole model's update
     opt_ = std::make_unique<AdamW>(model, adamw_params(cfg));
@@ -81,15 +82,24 @@ StepStats Trainer::step() {
   const int64_t g = cfg_.grad_accum, world = dp_ ? dp_->world() : 1;
   Backend& be = model_.backend();
   if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 1});
+  // Data parallel: the backward hands each finished bucket of gradients to dp_, which reduces it
+  // over the ranks while the backward goes on (stages 0, 1: on the last micro-batch only).
+  if (dp_) dp_->begin_step();
   for (int64_t m = 0; m < g; ++m) {
     loader_.fill(m, tokens_, targets_);
     be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
+    if (dp_) dp_->before_backward(m == g - 1);
     model_.backward(1.f / float(g * world));
+    if (dp_) dp_->after_backward();
   }
   loader_.advance();
-  if (dp_) dp_->reduce_gradients(model_);
+  if (dp_) dp_->finish_gradients();
   std::vector<Tensor> grads;
-  for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
+  if (dp_ && dp_->zero_stage() == 2) {
+    grads.push_back(dp_->gradient_shard());  // this rank's share of the norm; summed below
+  } else {
+    for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
+  }
   be.global_norm(grads, stats_dev_.slice(0, g, g + 1));
   Tensor stats = Tensor::empty({g + 1}, DType::f32);
   be.copy(stats_dev_, stats);  // the step's one wait for the device before the update
@@ -101,6 +111,7 @@ StepStats Trainer::step() {
   for (float l : losses) loss_sum += l;
   s.loss = float(loss_sum / double(losses.size()));
   s.grad_norm = stats.data<float>()[g];
+  if (dp_ && dp_->zero_stage() == 2) s.grad_norm = dp_->global_norm(s.grad_norm);
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
     NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",
@@ -113,7 +124,7 @@ StepStats Trainer::step() {
              ", norm ", s.grad_norm, "): update skipped (", skipped_, " so far)");
   } else {
     opt_->step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
-    if (dp_ && dp_->zero_stage() == 1) dp_->gather_parameters(model_);
+    if (dp_ && dp_->zero_stage() >= 1) dp_->gather_parameters(model_);
   }
   model_.backend().synchronize();
   s.step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The same training command under mpirun with 2 ranks (ZeRO 1) and 4 ranks (ZeRO 0) ends where one
+# The same training command under mpirun with 2 ranks (ZeRO 1) and 4 ranks (ZeRO 2, small buckets
+# overlapped with the backward) ends where one
 # process with the same global batch does (issue #9): nuri-train on gpt2-tiny, 30 steps, global
 # batch 4 × 64 tokens; the last step's training loss and the final validation loss (printed to 4
 # decimals) must agree within 2e-4, i.e. to the last printed digit but a rounding.
@@ -17,9 +18,12 @@ summary() {  # "train_loss val_loss" from nuri-train's output
 }
 one=$("$bin" "${args[@]}" --batch 4 2>&1) || { echo "$one"; exit 1; }
 two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --batch 2 --zero 1 2>&1) || { echo "$two"; exit 1; }
-four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --batch 1 2>&1) || { echo "$four"; exit 1; }
+four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --batch 1 --zero 2 --bucket-mb 0.05 2>&1) ||
+  { echo "$four"; exit 1; }
 grep -q "data parallel: 2 ranks (mpirun (Open MPI)), ZeRO stage 1, global batch 4" <<<"$two" ||
   { echo "$two"; echo "FAIL: the 2-rank run did not say it ran data-parallel"; exit 1; }
+grep -q "ZeRO stage 2, global batch 4 sequences, 3 gradient buckets overlapped" <<<"$four" ||
+  { echo "$four"; echo "FAIL: the 4-rank run did not say it ran ZeRO 2 in 3 buckets"; exit 1; }
 read -r l1 v1 <<<"$(summary "$one")"
 status=0
 for run in two four; do

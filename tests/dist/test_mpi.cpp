@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <vector>
 
 #include "nuri/core/error.h"
@@ -106,6 +107,50 @@ TEST_P(Mpi, ReduceScatterAndAllGatherAreInverses) {
   c.reduce_scatter(in, avg, ReduceOp::avg);
   for (int64_t j = 0; j < n; ++j)
     ASSERT_EQ(at(avg, j), at(mine, j) / float(p)) << "p = " << p << " divides these sums exactly";
+}
+
+// ZeRO 2's bucket reduction: each rank receives the sum of its piece of a bucket, pieces of
+// uneven length, some empty (ranks whose shard misses the bucket).
+TEST_P(Mpi, ReduceScatterVWithUnevenAndEmptyChunks) {
+  Communicator& c = world();
+  const int r = c.rank(), p = c.size();
+  std::vector<int64_t> counts;
+  int64_t total = 0, mine_at = 0;
+  for (int q = 0; q < p; ++q) {
+    if (q == r) mine_at = total;
+    counts.push_back(q % 2 == 1 ? 0 : 5 * q + 2);  // 2, 0, 12, 0
+    total += counts.back();
+  }
+  Tensor in = filled(GetParam(), total, [&](int64_t i) { return float(r + i % 16); });
+  Tensor mine = filled(GetParam(), counts[size_t(r)], [](int64_t) { return -1.f; });
+  c.reduce_scatter_v(in, mine, counts);
+  for (int64_t j = 0; j < counts[size_t(r)]; ++j) {
+    ASSERT_EQ(at(mine, j), float(p * (p - 1) / 2 + p * ((mine_at + j) % 16))) << j;
+  }
+  Tensor avg = Tensor::empty({counts[size_t(r)]}, GetParam());
+  c.reduce_scatter_v(in, avg, counts, ReduceOp::avg);
+  for (int64_t j = 0; j < counts[size_t(r)]; ++j) ASSERT_EQ(at(avg, j), at(mine, j) / float(p));
+  auto msg = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  Tensor big = filled(GetParam(), total + 1, [](int64_t) { return 0.f; });
+  EXPECT_NE(msg([&] {
+              c.reduce_scatter_v(big.slice(0, 0, total), big.slice(0, 1, 1 + counts[size_t(r)]),
+                                 counts);
+            }).find("out overlaps in"),
+            std::string::npos);
+  // In place: the result lands in in's first elements.
+  c.reduce_scatter_v(in, in.slice(0, 0, counts[size_t(r)]), counts);
+  for (int64_t j = 0; j < counts[size_t(r)]; ++j) ASSERT_EQ(at(in, j), at(mine, j)) << j;
+  std::vector<int64_t> wrong = counts;
+  wrong[0] += 1;
+  EXPECT_NE(msg([&] { c.reduce_scatter_v(in, mine, wrong); }).find("counts add up to"),
+            std::string::npos);
 }
 
 TEST_P(Mpi, AllGatherVWithUnevenChunksInPlaceAndNot) {

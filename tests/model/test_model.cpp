@@ -6,6 +6,8 @@
 #include "test_util.h"
 
 #include <cmath>
+#include <cstring>
+#include <map>
 #include <string>
 
 #include "nuri/core/rng.h"
@@ -130,6 +132,60 @@ TEST(Transformer, GradientMatchesDirectionalDerivative) {
     };
     const double numeric = (loss_at(h) - loss_at(-h)) / (2 * h);
     EXPECT_NEAR(numeric, dot, 2e-3 * std::sqrt(gnorm) + 1e-3 * std::abs(dot)) << preset;
+  }
+}
+
+// Gradient hooks (data parallelism): the backward completes grad_units() in order, and with
+// hooks that own the storage (a region per unit, here fresh zeroed buffers) it computes the same
+// bits as into the model's own buffer, for tied (gpt2) and untied, rope (llama) layouts, with two
+// micro-batches accumulated into the same regions.
+TEST(Transformer, HooksThatOwnTheGradientsSeeTheSameBits) {
+  struct Hooks : GradHooks {
+    std::vector<std::pair<int64_t, int64_t>> order;
+    std::map<int64_t, Tensor> regions;  // by lo; kept across backward calls (accumulation)
+    Tensor region(int64_t lo, int64_t hi) override {
+      auto it = regions.find(lo);
+      if (it == regions.end()) it = regions.emplace(lo, Tensor::zeros({hi - lo})).first;
+      EXPECT_EQ(it->second.numel(), hi - lo);
+      return it->second;
+    }
+    void ready(int64_t lo, int64_t hi) override { order.push_back({lo, hi}); }
+  };
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    ModelConfig cfg = model_preset(preset);
+    Transformer ref(cfg, make_backend("cpu"), 3), m(cfg, make_backend("cpu"), 3);
+    Hooks hooks;
+    m.set_grad_hooks(&hooks, /*own_storage=*/true);
+    EXPECT_FALSE(m.grad_buffer().defined()) << preset;
+    for (uint64_t mb = 0; mb < 2; ++mb) {
+      const Tensor x = batch(2, 16, 257, 1 + 2 * mb), y = batch(2, 16, 257, 2 + 2 * mb);
+      ref.forward(x, y);
+      ref.backward(0.5f);
+      m.forward(x, y);
+      m.backward(0.5f);
+    }
+    const auto& units = m.grad_units();
+    ASSERT_EQ(units.size(), size_t(cfg.n_layer + 2)) << preset;
+    ASSERT_EQ(hooks.order.size(), 2 * units.size()) << preset;
+    int64_t covered = 0;
+    for (size_t u = 0; u < units.size(); ++u) {
+      EXPECT_EQ(hooks.order[u], units[u]) << preset << " unit " << u;
+      EXPECT_EQ(hooks.order[units.size() + u], units[u]) << preset << " unit " << u;
+      if (u > 0) {
+        EXPECT_EQ(units[u].second, units[u - 1].first) << "descending, contiguous";
+      }
+      covered += units[u].second - units[u].first;
+      const Tensor& mine = hooks.regions.at(units[u].first);
+      const Tensor want = ref.grad_buffer().slice(0, units[u].first, units[u].second);
+      EXPECT_EQ(std::memcmp(mine.raw(), want.raw(), want.nbytes()), 0) << preset << " unit " << u;
+    }
+    EXPECT_EQ(units.back().first, 0);
+    EXPECT_EQ(covered, ref.param_buffer().numel()) << preset;
+    EXPECT_THROW(m.set_grad_hooks(&hooks, false), Error) << "the storage cannot come back";
+    m.set_grad_hooks(nullptr);
+    const Tensor x = batch(2, 16, 257, 1);
+    m.forward(x, x);
+    EXPECT_THROW(m.backward(), Error) << "no hooks to give the gradients to";
   }
 }
 

@@ -39,6 +39,13 @@ class Communicator {
   /// in [size · n] on every rank; out [n] = the reduction over ranks of in's chunk `rank()`.
   virtual void reduce_scatter(const Tensor& in, const Tensor& out,
                               ReduceOp op = ReduceOp::sum) = 0;
+  /// in [counts summed] on every rank; out [counts[rank()]] = the reduction over ranks of in's
+  /// chunk rank() (chunks of counts[i] elements in rank order; a count may be 0). out may be
+  /// in's first counts[rank()] elements (in place, as MPI_IN_PLACE: in is then overwritten);
+  /// otherwise the two must not overlap.
+  virtual void reduce_scatter_v(const Tensor& in, const Tensor& out,
+                                const std::vector<int64_t>& counts,
+                                ReduceOp op = ReduceOp::sum) = 0;
   /// in [n] on every rank; out [size · n] = every rank's in, in rank order.
   virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
   /// The same with chunks of counts[i] elements from rank i (out has their sum; in has
@@ -57,6 +64,10 @@ class Communicator {
   virtual std::unique_ptr<Communicator> split(const std::vector<int>& ranks) = 0;
 
   double timeout_s() const { return timeout_s_; }
+  /// Whether calls may come from a thread other than the one that created the communicator (one
+  /// thread at a time): what a progress thread that overlaps reductions with the backward needs.
+  /// MPI: when the library provides MPI_THREAD_SERIALIZED or more.
+  virtual bool callable_from_any_thread() const { return true; }
 
  protected:
   double timeout_s_ = 600;

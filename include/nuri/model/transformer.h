@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nuri/backend/backend.h"
@@ -36,6 +37,23 @@ struct ParamSpec {
 
 /// The parameter layout of a config, in buffer order.
 std::vector<ParamSpec> param_layout(const ModelConfig& cfg);
+
+/// Receives the gradients as the backward produces them (data parallelism, DESIGN.md). The
+/// backward finishes grad_units() in their order (the LM head and final norm, then the layers
+/// from last to first, then the embeddings), calling ready(lo, hi) as each flat range [lo, hi)
+/// of the gradient layout is complete for this backward.
+///
+/// Hooks that own the gradient storage (Transformer::set_grad_hooks(h, true)) also provide it:
+/// region(lo, hi) is asked once per unit and backward, before the backward writes into the
+/// unit's gradients (the tied embedding's unit at the start, as the LM head writes into it
+/// first), and returns hi - lo f32 elements in the backend's memory that the backward adds to
+/// (zero them for a fresh gradient). The model then holds no gradient buffer of its own.
+class GradHooks {
+ public:
+  virtual ~GradHooks() = default;
+  virtual Tensor region(int64_t lo, int64_t hi);  ///< default: refuses (hooks that own storage override it)
+  virtual void ready(int64_t lo, int64_t hi) = 0;
+};
 
 struct NamedTensor {
   std::string name;
@@ -84,6 +102,16 @@ class Transformer {
   /// Backward of the last forward(); adds d(loss_scale · loss) into the gradients.
   void backward(float loss_scale = 1.f);
 
+  /// The flat gradient ranges [lo, hi) the backward completes one after another (see
+  /// GradHooks): the head (final norm and, when untied, lm_head), each layer from last to
+  /// first, the embeddings. Together they cover the layout once.
+  const std::vector<std::pair<int64_t, int64_t>>& grad_units() const { return units_; }
+  /// Hooks the backward calls (nullptr: none). With own_storage the hooks provide the gradient
+  /// memory and the model frees its gradient buffer: gradients() and grad_buffer() are then
+  /// empty, zero_grad() does nothing, and that cannot be undone. `hooks` must outlive the
+  /// backward calls.
+  void set_grad_hooks(GradHooks* hooks, bool own_storage = false);
+
   /// Bytes held by this model's backend allocator (parameters, gradients, activations).
   AllocatorStats memory() const { return backend_->allocator()->stats(); }
 
@@ -106,6 +134,9 @@ class Transformer {
   std::unique_ptr<Acts> acts_;
   Tensor last_tokens_, last_targets_;
   bool have_forward_ = false;
+  std::vector<std::pair<int64_t, int64_t>> units_;
+  GradHooks* hooks_ = nullptr;
+  bool hooks_own_grads_ = false;
 
  public:
   ~Transformer();

@@ -1,16 +1,28 @@
 // Data parallelism (DESIGN.md, "Distributed"): every rank holds the whole model and trains on its
 // slice of each global batch (the global sampler's contiguous slice); each rank's backward scales
-// its micro-batches by 1 / (micro-batches over all ranks), and the gradient buffer is then summed
-// over ranks.
-//   ZeRO stage 0: every rank holds all of AdamW's state and applies the whole update.
-//   ZeRO stage 1: AdamW's moments are sharded: rank r keeps them for its contiguous range of the
-//                 flat parameter buffer only, updates that range, and the updated ranges are
-//                 all-gathered. The update is elementwise, so stage 1 computes the same bits as
-//                 stage 0 (tested) with 8 bytes per parameter of moments spread over the ranks.
-// ZeRO 2 (sharded gradients) and overlapping the reduction with the backward need gradients
-// handed over as the backward produces them: next (issue #9).
+// its micro-batches by 1 / (micro-batches over all ranks), and the gradients are then summed over
+// ranks.
+//
+// The gradients are reduced in buckets: consecutive units of the backward (Transformer::
+// grad_units(): the head, each layer, the embeddings) merged until a bucket holds bucket_bytes.
+// A bucket's reduction starts as soon as the backward has completed its last unit, on a progress
+// thread, while the backward goes on with the layers below (overlap = true); the step waits for
+// the reductions only after the backward.
+//   ZeRO stage 0: each bucket is all-reduced; every rank applies the whole AdamW update.
+//   ZeRO stage 1: the same all-reduce, but AdamW's moments are sharded: rank r keeps them for its
+//                 contiguous range of the flat parameter buffer only, updates that range, and the
+//                 updated ranges are all-gathered. The update is elementwise, so stage 1 computes
+//                 the same bits as stage 0 (tested).
+//   ZeRO stage 2: the gradients are sharded too. The backward writes each bucket into a
+//                 temporary buffer; the bucket is reduce-scattered so each rank receives the sum
+//                 of its own range only, adds it to its gradient shard, and the buffer is freed.
+//                 A rank holds its shard plus the buckets in flight instead of all gradients.
+// Gradient accumulation: stages 0 and 1 reduce only after the last micro-batch (the earlier ones
+// accumulate locally); stage 2 reduces every micro-batch, since keeping whole gradients between
+// micro-batches is what it exists to avoid.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -20,40 +32,113 @@
 namespace nuri {
 
 struct ParallelConfig {
-  int zero_stage = 0;  ///< 0 or 1 (see above); with one process both are the same
+  int zero_stage = 0;  ///< 0, 1 or 2 (see above); with one process all compute the same
+  /// Gradient bytes per reduction bucket (whole units of the backward are merged until a bucket
+  /// reaches this size; a unit larger than it is a bucket of its own).
+  int64_t bucket_bytes = int64_t(8) << 20;
+  /// Reduce each bucket on a progress thread as soon as the backward completes it. false: after
+  /// the backward, on the calling thread (nothing hidden; for comparison). Also false in effect
+  /// when the communicator cannot be called from another thread.
+  bool overlap = true;
 
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;
 };
 
-class DataParallel {
+/// What a step communicated (DataParallel::stats(), reset by begin_step()).
+struct CommStats {
+  int64_t collectives = 0;
+  /// Bytes handed to collectives: the gradients reduced, and (ZeRO 1, 2) the parameters gathered.
+  int64_t payload_bytes = 0;
+  /// Bytes each rank sends (and receives) by the usual ring algorithms, the "bus bytes" of
+  /// nccl-tests: all-reduce 2(N-1)/N of the payload, reduce-scatter and all-gather (N-1)/N.
+  int64_t bus_bytes = 0;
+  /// Seconds the gradient reductions ran (on the progress thread, or the caller's).
+  double reduce_seconds = 0;
+  /// Seconds the step waited for the gradient reductions after the backward returned (with
+  /// overlap = false: all of reduce_seconds). reduce_seconds - exposed_seconds were hidden.
+  double exposed_seconds = 0;
+  /// Seconds of the parameter all-gather after a sharded update (ZeRO 1, 2).
+  double gather_seconds = 0;
+};
+
+class DataParallel final : private GradHooks {
  public:
   /// The communicator's ranks are the data-parallel ranks.
   explicit DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg = {});
+  ~DataParallel() override;
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
 
   int rank() const { return comm_->rank(); }
   int world() const { return comm_->size(); }
   Communicator& comm() { return *comm_; }
   int zero_stage() const { return cfg_.zero_stage; }
+  const ParallelConfig& config() const { return cfg_; }
 
   /// How a flat buffer of n elements is sharded: n / world each, one more for the first
   /// n % world ranks, in rank order.
   std::vector<int64_t> shard_counts(int64_t n) const;
   /// This rank's shard [begin, end) of a flat buffer of n elements.
   std::pair<int64_t, int64_t> shard(int64_t n) const;
-  /// ZeRO 1, after each rank updated its shard: every shard of model.param_buffer() (and of the
-  /// bf16 compute copy, where the model has one) to every rank, in place.
-  void gather_parameters(Transformer& model);
 
-  /// Sums model.grad_buffer() over the ranks, in place (every rank gets the same bits).
-  /// The MPI communicator moves host tensors: a model on a GPU needs the NCCL one (not yet).
-  void reduce_gradients(Transformer& model);
+  /// Takes over the model's gradients: installs the backward hooks and plans the buckets. ZeRO 2
+  /// takes the gradient storage too (the model frees its gradient buffer for good). The model
+  /// must outlive this object or be attached to another.
+  void attach(Transformer& model);
+  /// The bucket ranges [lo, hi) of the flat gradient layout, in reduction order.
+  std::vector<std::pair<int64_t, int64_t>> buckets() const;
+
+  /// Before a step's first micro-batch: zeroes the ZeRO 2 shard and the stats.
+  void begin_step();
+  /// Before each micro-batch's backward: whether it is the step's last (stages 0 and 1
+  /// communicate only then).
+  void before_backward(bool last_micro_batch);
+  /// After each micro-batch's backward (reduces here when overlap is off).
+  void after_backward();
+  /// After the step's last backward: waits for every reduction. The gradients are then summed
+  /// over ranks: model.grad_buffer() (stages 0, 1) or gradient_shard() (stage 2).
+  void finish_gradients();
+  /// ZeRO 2: this rank's summed gradients, the range shard(P) of the flat layout.
+  const Tensor& gradient_shard() const { return shard_grad_; }
+  /// ZeRO 2: the global norm from this rank's shard norm (sum of squares over ranks).
+  float global_norm(float shard_norm);
+
+  /// ZeRO 1, 2, after each rank updated its shard: every shard of model.param_buffer() (and of
+  /// the bf16 compute copy, where the model has one) to every rank, in place.
+  void gather_parameters(Transformer& model);
   /// Every rank's `mine` (the same length on each), concatenated in rank order.
   std::vector<float> gather(const std::vector<float>& mine);
 
+  const CommStats& stats() const { return stats_; }
+  /// Where the ZeRO 2 gradient shard and bucket buffers come from (a CPU model: an allocator of
+  /// their own, so their peak is measurable; otherwise the backend's).
+  const std::shared_ptr<Allocator>& gradient_allocator() const { return grad_alloc_; }
+
  private:
+  struct Bucket;
+  class Progress;
+
+  Tensor region(int64_t lo, int64_t hi) override;
+  void ready(int64_t lo, int64_t hi) override;
+  void launch(Bucket& b);
+  /// Runs fn on the progress thread (overlap) or keeps it for after_backward().
+  void submit(std::function<void()> fn);
+  void count(int64_t bytes, double bus_factor);
+
   std::shared_ptr<Communicator> comm_;
   ParallelConfig cfg_;
+  bool overlap_ = false;
+  Transformer* model_ = nullptr;
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> unit_bucket_;  ///< grad_units() index → bucket
+  bool communicate_ = false;
+  std::shared_ptr<Allocator> grad_alloc_;
+  Tensor shard_grad_;
+  int64_t lo_ = 0, hi_ = 0;  ///< this rank's shard of the flat layout
+  std::unique_ptr<Progress> progress_;
+  std::vector<std::function<void()>> deferred_;
+  CommStats stats_;
 };
 
 }  // namespace nuri

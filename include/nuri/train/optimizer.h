@@ -17,7 +17,10 @@ class AdamW {
   /// compute copy. The values are those of the whole-model AdamW on that range (the update is
   /// elementwise), except that stochastic rounding draws other bits (its counter follows the
   /// tensor list, which the shard cuts differently).
-  AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi);
+  /// `grads` holds the gradients of [lo, hi) where the model holds none (ZeRO stage 2: the
+  /// rank's reduced gradient shard); undefined: model.grad_buffer()'s range.
+  AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
+        const Tensor& grads = Tensor());
 
   /// One update of every parameter from the model's gradients: lr for this step, and the factor
   /// every gradient is multiplied by first (gradient clipping). Weight decay only where the

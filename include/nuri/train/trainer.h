@@ -70,8 +70,8 @@ class Trainer {
   /// train: token file for training; val (may be null): for evaluate(). comm (may be null: one
   /// process): the data-parallel ranks; then micro_batch and grad_accum are per rank, a global
   /// batch is micro_batch · grad_accum · comm->size() sequences, and every rank must construct
-  /// its Trainer with the same config and data. parallel.zero_stage 1 shards AdamW's moments over
-  /// the ranks (nuri/parallel/data_parallel.h).
+  /// its Trainer with the same config and data. parallel: ZeRO stage, gradient buckets and overlap
+  /// (nuri/parallel/data_parallel.h).
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
           std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr,
           const ParallelConfig& parallel = {});
@@ -89,6 +89,9 @@ class Trainer {
   int64_t skipped_steps() const { return skipped_; }
   DataPosition data_position() const { return loader_.position(); }
   const TrainConfig& config() const { return cfg_; }
+  /// The data-parallel state (its stats() describe the last step's communication); null
+  /// without a communicator.
+  const DataParallel* data_parallel() const { return dp_.get(); }
 
  private:
   Transformer& model_;
@@ -96,7 +99,7 @@ class Trainer {
   DataLoader loader_;
   std::shared_ptr<TokenFile> val_;
   std::unique_ptr<DataParallel> dp_;  // null: one process
-  std::unique_ptr<AdamW> opt_;        // the whole model's, or this rank's ZeRO-1 shard
+  std::unique_ptr<AdamW> opt_;        // the whole model's, or this rank's ZeRO shard
   Tensor tokens_, targets_;  // [B, T] host
   // On the model's device: the micro-batches' losses, then the gradient norm
   // [grad_accum + 1], read back with one copy per step.
