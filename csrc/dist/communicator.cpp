@@ -11,6 +11,8 @@
 
 namespace nuri {
 
+std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, double timeout_s);
+
 #if NURI_HAVE_MPI
 std::unique_ptr<Communicator> make_mpi_communicator(const LaunchInfo& info, double timeout_s);
 bool have_mpi() { return true; }
@@ -147,9 +149,8 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const Co
   }
   NURI_CHECK(timeout > 0, "communicator timeout (", timeout, " s) must be positive");
   if (info.world_size == 1) return std::make_unique<SingleCommunicator>(timeout);
-  NURI_CHECK(info.launcher != Launcher::torchrun, "a torchrun-style launch (RANK, WORLD_SIZE=",
-             info.world_size, ") of CPU ranks is not supported yet: start the job with mpirun or "
-             "srun (the TCP bootstrap comes with the NCCL communicator)");
+  // torchrun-style: no MPI launcher to ask, so the ranks meet over TCP at MASTER_ADDR:MASTER_PORT.
+  if (info.launcher == Launcher::torchrun) return make_tcp_communicator(info, timeout);
 #if NURI_HAVE_MPI
   return make_mpi_communicator(info, timeout);
 #else

@@ -284,9 +284,14 @@ class MpiCommunicator final : public Communicator {
       if (done) return;
       const auto now = Clock::now();
       if (now > deadline) break;
-      // Spin for the first ~100 µs (small collectives), then yield the core in 50 µs naps.
-      if (now - t0 > std::chrono::microseconds(100))
+      // Non-blocking collectives advance only inside MPI calls, so a nap between tests delays
+      // every round of the algorithm: test back to back (yielding the core to anyone who needs
+      // it, e.g. ranks oversubscribed on few cores) for the first 20 ms, then nap 50 µs.
+      if (now - t0 > std::chrono::milliseconds(20)) {
         std::this_thread::sleep_for(std::chrono::microseconds(50));
+      } else {
+        std::this_thread::yield();
+      }
     }
     broken_ = true;
     broken_what_ = what_;

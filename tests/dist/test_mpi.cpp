@@ -1,5 +1,6 @@
-// The MPI communicator, run under mpirun with 1, 2 and 4 ranks (ctest label mpi). Every rank
-// runs the same tests in the same order, so their collectives meet. Values are chosen so sums are
+// The communicators between processes: MPI under mpirun with 1, 2 and 4 ranks (ctest label mpi),
+// and TCP under a torchrun-style start with 2, 3 and 4 ranks (tests/dist/torchrun.sh, label
+// dist). Every rank runs the same tests in the same order, so their collectives meet. Values are chosen so sums are
 // exact (small integers, in f32 and bf16), except where bit-identical results across ranks are
 // the point.
 #include <gtest/gtest.h>
@@ -50,9 +51,11 @@ TEST(MpiWorld, MatchesTheLauncher) {
   Communicator& c = world();
   EXPECT_EQ(c.rank(), info.rank);
   EXPECT_EQ(c.size(), info.world_size);
-  EXPECT_EQ(c.backend_name(), info.world_size == 1 ? "single" : "mpi");
+  // mpirun gives MPI; a torchrun-style start (tests/dist/torchrun.sh) the TCP communicator.
+  const bool torchrun = info.launcher == Launcher::torchrun;
+  EXPECT_EQ(c.backend_name(), info.world_size == 1 ? "single" : torchrun ? "tcp" : "mpi");
   if (info.world_size > 1) {
-    EXPECT_EQ(info.launcher, Launcher::mpirun);
+    EXPECT_TRUE(info.launcher == Launcher::mpirun || torchrun) << launcher_name(info.launcher);
   }
 }
 

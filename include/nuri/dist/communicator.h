@@ -31,7 +31,7 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  /// "single", "mpi"
+  /// "single", "mpi", "tcp"
   virtual std::string backend_name() const = 0;
 
   /// t (every rank, same shape) becomes the sum (or mean) over ranks, in place.
@@ -74,8 +74,9 @@ class Communicator {
 };
 
 /// The communicator of this process's job: one process (world size 1) needs none and gets the
-/// "single" one; mpirun and srun give MPI (builds with NURI_MPI). A torchrun-style launch of more
-/// than one process is refused for now with a message (it needs the TCP/NCCL bootstrap).
+/// "single" one; mpirun and srun give MPI (builds with NURI_MPI); a torchrun-style launch (RANK,
+/// WORLD_SIZE, MASTER_ADDR, MASTER_PORT) gives "tcp": the ranks meet at MASTER_ADDR:MASTER_PORT
+/// and then talk over one socket per pair (csrc/dist/tcp_communicator.cpp).
 std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info,
                                                 const CommOptions& opt = {});
 

@@ -1,0 +1,209 @@
+// Communication of data-parallel training (issue #9), run under mpirun (or srun) on CPU ranks:
+//
+//   all_reduce  nuri's Communicator::all_reduce (non-blocking MPI + timeout polling) against
+//               MPI_Allreduce called directly, alternating, f32, 4 KiB … 64 MiB: time, algorithm
+//               and bus bandwidth as nccl-tests define them (busbw = algbw · 2(n-1)/n).
+//   dp_step     training steps of a model with the gradient reduction overlapped with the
+//               backward against the same run reducing after the backward, alternating, for
+//               ZeRO 0, 1 and 2: step time, bytes communicated per step (payload and bus), the
+//               reduction time and the share of it hidden behind the backward.
+//
+//   mpirun -np 4 --oversubscribe build/benchmarks/bench_comm [--quick] [--reps N] [--model NAME]
+//          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--json FILE]
+// Rank 0 prints one JSON object per measurement. Threads per rank: OMP_NUM_THREADS.
+#include <mpi.h>
+
+#include <cstring>
+#include <memory>
+
+#include "bench_common.h"
+#include "nuri/data/token_file.h"
+#include "nuri/dist/communicator.h"
+#include "nuri/dist/launch.h"
+#include "nuri/train/trainer.h"
+
+namespace {
+
+struct Options {
+  bool quick = false;
+  int reps = 7;
+  std::string model = "gpt2-tiny";
+  int64_t layers = 8, batch = 4, seq = 64;
+  double bucket_mb = 0.25;
+  std::string json;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_comm: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--quick") o.quick = true;
+    else if (a == "--reps") o.reps = std::stoi(value());
+    else if (a == "--model") o.model = value();
+    else if (a == "--layers") o.layers = std::stoll(value());
+    else if (a == "--batch") o.batch = std::stoll(value());
+    else if (a == "--seq") o.seq = std::stoll(value());
+    else if (a == "--bucket-mb") o.bucket_mb = std::stod(value());
+    else if (a == "--json") o.json = value();
+    else {
+      std::fprintf(stderr, "bench_comm: unknown option %s (see the header of bench_comm.cpp)\n",
+                   a.c_str());
+      std::exit(2);
+    }
+  }
+  if (o.quick) o.reps = std::min(o.reps, 3);
+  return o;
+}
+
+/// The slowest rank's value (a collective ends when its last rank does).
+double max_over_ranks(double v) {
+  double out = 0;
+  MPI_Allreduce(&v, &out, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return out;
+}
+
+void bench_all_reduce(nuri::Communicator& comm, const Options& o, bench::Output& out) {
+  const int n = comm.size();
+  const int64_t top = o.quick ? (int64_t(1) << 20) : (int64_t(64) << 20);
+  for (int64_t bytes = 4096; bytes <= top; bytes *= 4) {
+    const int64_t count = bytes / 4;
+    nuri::Tensor t = nuri::Tensor::empty({count}, nuri::DType::f32);
+    for (int64_t i = 0; i < count; ++i) t.data<float>()[i] = float(i % 7);
+    auto run_nuri = [&] { comm.all_reduce(t, nuri::ReduceOp::sum); };
+    auto run_mpi = [&] {
+      MPI_Allreduce(MPI_IN_PLACE, t.raw(), int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    };
+    // Calls per sample so a sample lasts ~50 ms; every rank uses rank 0's count.
+    comm.barrier();
+    const double one = bench::time_per_call(run_mpi, 2);
+    int iters = bench::iters_for(max_over_ranks(one), o.quick ? 0.02 : 0.05);
+    MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    std::vector<double> tn, tm;
+    for (int r = 0; r < o.reps; ++r) {
+      comm.barrier();
+      tn.push_back(max_over_ranks(bench::time_per_call(run_nuri, iters)));
+      comm.barrier();
+      tm.push_back(max_over_ranks(bench::time_per_call(run_mpi, iters)));
+    }
+    const bench::Stats sn = bench::summarize(tn), sm = bench::summarize(tm);
+    const double bus = 2.0 * (n - 1) / n;
+    bench::Json cfg;
+    cfg.kv("bytes", bytes).kv("ranks", n).kv("dtype", "f32").kv("threads", bench::bench_threads());
+    bench::Json a, b;
+    a.stats(sn).kv("algbw_GBps", double(bytes) / sn.median_s / 1e9)
+        .kv("busbw_GBps", double(bytes) / sn.median_s / 1e9 * bus);
+    b.kv("name", "MPI_Allreduce (Open MPI, blocking)").stats(sm)
+        .kv("algbw_GBps", double(bytes) / sm.median_s / 1e9)
+        .kv("busbw_GBps", double(bytes) / sm.median_s / 1e9 * bus);
+    bench::Json j;
+    j.kv("bench", "all_reduce_cpu").kv("config", cfg).kv("nuri", a).kv("peer", b)
+        .kv("ratio", sm.median_s / sn.median_s);
+    if (comm.rank() == 0) out.emit(j);
+  }
+}
+
+struct Run {
+  std::unique_ptr<nuri::Transformer> model;
+  std::unique_ptr<nuri::Trainer> trainer;
+};
+
+Run make_run(const Options& o, std::shared_ptr<nuri::Communicator> comm,
+             std::shared_ptr<nuri::TokenFile> data, int stage, bool overlap) {
+  nuri::ModelConfig cfg = nuri::model_preset(o.model);
+  if (o.layers > 0) cfg.n_layer = o.layers;
+  cfg.max_seq_len = std::max(cfg.max_seq_len, o.seq);
+  Run r;
+  r.model = std::make_unique<nuri::Transformer>(cfg, nuri::make_backend("cpu"), 1);
+  nuri::TrainConfig tc;
+  tc.steps = 1000000;
+  tc.micro_batch = o.batch;
+  tc.seq_len = o.seq;
+  tc.eval_every = 0;
+  nuri::ParallelConfig par;
+  par.zero_stage = stage;
+  par.overlap = overlap;
+  par.bucket_bytes = int64_t(o.bucket_mb * 1048576.0);
+  r.trainer = std::make_unique<nuri::Trainer>(*r.model, tc, data, nullptr, comm, par);
+  return r;
+}
+
+void bench_dp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
+                   bench::Output& out) {
+  std::vector<uint32_t> tokens(size_t(1) << 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = uint32_t((i * 7919 + i / 13) % 257);
+  auto data = nuri::TokenFile::from_tokens(tokens, "bench", 257);
+  const int n = comm->size();
+  for (int stage : {0, 1, 2}) {
+    Run on = make_run(o, comm, data, stage, true);
+    Run off = make_run(o, comm, data, stage, false);
+    for (int w = 0; w < 2; ++w) {  // warm-up: plans, pages, MPI connections
+      on.trainer->step();
+      off.trainer->step();
+    }
+    std::vector<double> t_on, t_off, reduce, exposed, hidden;
+    nuri::CommStats last;
+    for (int r = 0; r < o.reps; ++r) {
+      comm->barrier();
+      t_on.push_back(max_over_ranks(on.trainer->step().step_seconds));
+      const nuri::CommStats s = on.trainer->data_parallel()->stats();
+      // The rank that waited longest is where the step lost time.
+      const double e = max_over_ranks(s.exposed_seconds), red = max_over_ranks(s.reduce_seconds);
+      reduce.push_back(red);
+      exposed.push_back(e);
+      hidden.push_back(red > 0 ? std::max(0.0, 1.0 - e / red) : 0.0);
+      last = s;
+      comm->barrier();
+      t_off.push_back(max_over_ranks(off.trainer->step().step_seconds));
+    }
+    const bench::Stats son = bench::summarize(t_on), soff = bench::summarize(t_off);
+    const nuri::ModelConfig& mc = on.model->config();
+    bench::Json cfg;
+    cfg.kv("model", o.model).kv("layers", mc.n_layer).kv("params", mc.num_params())
+        .kv("ranks", n).kv("zero", stage).kv("B", o.batch).kv("T", o.seq)
+        .kv("bucket_bytes", int64_t(o.bucket_mb * 1048576.0))
+        .kv("buckets", int64_t(on.trainer->data_parallel()->buckets().size()))
+        .kv("threads", bench::bench_threads());
+    bench::Json a, b;
+    a.kv("name", "overlapped").stats(son)
+        .kv("reduce_s", bench::summarize(reduce).median_s)
+        .kv("exposed_s", bench::summarize(exposed).median_s)
+        .kv("hidden_share", bench::summarize(hidden).median_s)
+        .kv("hidden_share_min", bench::summarize(hidden).min_s)
+        .kv("hidden_share_max", bench::summarize(hidden).max_s);
+    b.kv("name", "reduced after the backward").stats(soff);
+    bench::Json j;
+    j.kv("bench", "dp_step_cpu").kv("config", cfg)
+        .kv("bytes_per_step", last.payload_bytes).kv("bus_bytes_per_step", last.bus_bytes)
+        .kv("collectives_per_step", last.collectives)
+        .kv("nuri", a).kv("peer", b).kv("ratio", soff.median_s / son.median_s);
+    if (comm->rank() == 0) out.emit(j);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Options o = parse(argc, argv);
+    const nuri::LaunchInfo info = nuri::detect_launch();
+    std::shared_ptr<nuri::Communicator> comm = nuri::make_communicator(info);
+    if (comm->backend_name() != "mpi") {
+      std::fprintf(stderr, "bench_comm measures MPI ranks: start it with mpirun -np N (N >= 2)\n");
+      return 2;
+    }
+    bench::Output out(comm->rank() == 0 ? o.json : "");
+    bench_all_reduce(*comm, o, out);
+    bench_dp_step(comm, o, out);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_comm: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

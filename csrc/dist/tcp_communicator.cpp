@@ -1,0 +1,553 @@
+// The TCP communicator: host tensors between processes started torchrun-style (RANK, WORLD_SIZE,
+// MASTER_ADDR, MASTER_PORT; no MPI launcher), and the rendezvous other backends bootstrap from.
+//
+// Rendezvous: rank 0 listens on MASTER_PORT; every other rank listens on a port of its own,
+// connects to MASTER_ADDR:MASTER_PORT and says who it is (rank, world size, its port); rank 0
+// checks the answers (same world size, each rank once) and sends everyone the table of addresses
+// (as rank 0 saw them) and ports; then rank i connects to every rank 0 < j < i and accepts every
+// j > i. The result is one socket per pair of ranks.
+//
+// Collectives move bytes over those sockets with poll(): all_reduce is a ring reduce-scatter
+// followed by a ring all-gather (each chunk is summed in one fixed order and then copied, so every
+// rank gets the same bits); reduce_scatter(_v) and all_gather(_v) are those halves; broadcast
+// sends from the root to each rank; barrier is a one-element all_reduce. Every wait has the
+// communicator's deadline, and a peer that closes its socket (it died) is reported at once.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <optional>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "dist/comm_check.h"
+#include "nuri/core/error.h"
+#include "nuri/dist/communicator.h"
+
+namespace nuri {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr uint32_t kMagic = 0x6e757269;  // "nuri"
+
+struct Hello {
+  uint32_t magic = kMagic;
+  int32_t rank = 0;
+  int32_t world = 0;
+  int32_t port = 0;
+};
+
+struct Peer {
+  uint32_t ip = 0;  ///< network byte order
+  int32_t port = 0;
+};
+
+std::string errno_str() { return std::strerror(errno); }
+
+/// The sockets of one job: one per peer, shared by the world communicator and its splits.
+struct Mesh {
+  int rank = 0, size = 1;
+  std::vector<int> fds;  ///< by world rank; -1 for this rank
+  double timeout_s = 600;
+  bool broken = false;
+  std::string broken_what;
+  ~Mesh() {
+    for (int fd : fds)
+      if (fd >= 0) ::close(fd);
+  }
+};
+
+class Deadline {
+ public:
+  explicit Deadline(double s)
+      : end_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                std::chrono::duration<double>(s))) {}
+  bool passed() const { return Clock::now() > end_; }
+  /// Milliseconds left for poll(), at most 100 (so a signal-free poll rechecks often).
+  int poll_ms() const {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end_ - Clock::now());
+    return int(std::clamp<int64_t>(left.count(), 0, 100));
+  }
+
+ private:
+  Clock::time_point end_;
+};
+
+void set_nonblocking(int fd) {
+  const int flags = ::fcntl(fd, F_GETFL, 0);
+  NURI_CHECK(flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0,
+             "tcp communicator: fcntl(O_NONBLOCK) failed: ", errno_str());
+}
+
+void set_nodelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/// A blocking-style transfer on non-blocking sockets with a deadline: sends `out_n` bytes to
+/// fd_out and receives `in_n` bytes from fd_in at the same time (a ring step does both, and two
+/// ranks sending each other large buffers first would otherwise wait on each other forever).
+/// Returns an empty string, or what went wrong.
+std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void* in, size_t in_n,
+                     const Deadline& dl, int peer_out, int peer_in) {
+  auto* po = static_cast<const char*>(out);
+  auto* pi = static_cast<char*>(in);
+  size_t sent = 0, got = 0;
+  while (sent < out_n || got < in_n) {
+    pollfd p[2];
+    int n = 0, io = -1, ii = -1;
+    if (sent < out_n) {
+      p[n] = {fd_out, POLLOUT, 0};
+      io = n++;
+    }
+    if (got < in_n) {
+      if (io >= 0 && fd_in == fd_out) {
+        p[io].events |= POLLIN;
+        ii = io;
+      } else {
+        p[n] = {fd_in, POLLIN, 0};
+        ii = n++;
+      }
+    }
+    if (dl.passed()) {
+      std::ostringstream s;
+      s << "timeout (" << (sent < out_n ? "sending to rank " + std::to_string(peer_out) : "")
+        << (sent < out_n && got < in_n ? ", " : "")
+        << (got < in_n ? "receiving from rank " + std::to_string(peer_in) : "") << ")";
+      return s.str();
+    }
+    const int r = ::poll(p, nfds_t(n), dl.poll_ms());
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return "poll failed: " + errno_str();
+    }
+    if (ii >= 0 && (p[ii].revents & (POLLIN | POLLHUP | POLLERR))) {
+      const ssize_t k = ::recv(fd_in, pi + got, in_n - got, 0);
+      if (k == 0) return "rank " + std::to_string(peer_in) + " closed the connection (it ended or died)";
+      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        return "receiving from rank " + std::to_string(peer_in) + " failed: " + errno_str();
+      }
+      if (k > 0) got += size_t(k);
+    }
+    if (io >= 0 && (p[io].revents & (POLLOUT | POLLERR | POLLHUP)) && sent < out_n) {
+      const ssize_t k = ::send(fd_out, po + sent, out_n - sent, MSG_NOSIGNAL);
+      if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+        return "sending to rank " + std::to_string(peer_out) + " failed: " + errno_str() +
+               " (it ended or died)";
+      }
+      if (k > 0) sent += size_t(k);
+    }
+  }
+  return "";
+}
+
+/// Adds src into dst elementwise (f32, or bf16 through f32 with rounding after each addition).
+void accumulate(DType dt, void* dst, const void* src, int64_t n) {
+  if (dt == DType::f32) {
+    auto* d = static_cast<float*>(dst);
+    const auto* s = static_cast<const float*>(src);
+    for (int64_t i = 0; i < n; ++i) d[i] += s[i];
+  } else {
+    auto* d = static_cast<bf16_t*>(dst);
+    const auto* s = static_cast<const bf16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(bf16_to_f32(d[i]) + bf16_to_f32(s[i]));
+  }
+}
+
+void scale(const Tensor& t, double s) {
+  const int64_t n = t.numel();
+  if (t.dtype() == DType::f32) {
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < n; ++i) p[i] = float(double(p[i]) * s);
+  } else {
+    bf16_t* p = t.data<bf16_t>();
+    for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(double(bf16_to_f32(p[i])) * s));
+  }
+}
+
+class TcpCommunicator final : public Communicator {
+ public:
+  TcpCommunicator(std::shared_ptr<Mesh> mesh, std::vector<int> members)
+      : mesh_(std::move(mesh)), members_(std::move(members)) {
+    timeout_s_ = mesh_->timeout_s;
+    for (size_t i = 0; i < members_.size(); ++i)
+      if (members_[i] == mesh_->rank) rank_ = int(i);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return int(members_.size()); }
+  std::string backend_name() const override { return "tcp"; }
+
+  void all_reduce(const Tensor& t, ReduceOp op) override {
+    dist::check_tensor("all_reduce", "t", t);
+    begin("all_reduce", t, op);
+    const std::vector<int64_t> counts = even_chunks(t.numel());
+    ring_reduce_scatter(t, counts);
+    ring_all_gather(t, counts);
+    if (op == ReduceOp::avg) scale(t, 1.0 / size());
+  }
+
+  void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
+    dist::check_pair("reduce_scatter", in, out, size(), 1);
+    reduce_scatter_v(in, out, std::vector<int64_t>(size_t(size()), out.numel()), op);
+  }
+
+  void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
+                        ReduceOp op) override {
+    const int64_t offset = dist::check_scatter_v(in, out, counts, rank_, size());
+    begin("reduce_scatter", in, op);
+    // Reduce in a scratch copy (in stays as it was, unless out is its own first elements).
+    Tensor work = Tensor::empty({in.numel()}, in.dtype());
+    std::memcpy(work.raw(), in.raw(), in.nbytes());
+    ring_reduce_scatter(work, counts);
+    const size_t es = dtype_size(in.dtype());
+    std::memmove(out.raw(), static_cast<char*>(work.raw()) + size_t(offset) * es, out.nbytes());
+    if (op == ReduceOp::avg) scale(out, 1.0 / size());
+  }
+
+  void all_gather(const Tensor& in, const Tensor& out) override {
+    dist::check_pair("all_gather", in, out, 1, size());
+    all_gather_v(in, out, std::vector<int64_t>(size_t(size()), in.numel()));
+  }
+
+  void all_gather_v(const Tensor& in, const Tensor& out,
+                    const std::vector<int64_t>& counts) override {
+    const int64_t offset = dist::check_gather_v(in, out, counts, rank_, size());
+    begin("all_gather", out);
+    const size_t es = dtype_size(out.dtype());
+    char* mine = static_cast<char*>(out.raw()) + size_t(offset) * es;
+    if (in.raw() != mine) std::memmove(mine, in.raw(), in.nbytes());
+    ring_all_gather(out, counts);
+  }
+
+  void broadcast(const Tensor& t, int root) override {
+    dist::check_tensor("broadcast", "t", t);
+    NURI_CHECK(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of this ",
+               size(), "-rank communicator");
+    begin("broadcast", t);
+    const Deadline dl(timeout_s_);
+    if (rank_ == root) {
+      for (int q = 0; q < size(); ++q) {
+        if (q != root) move(q, t.raw(), t.nbytes(), -1, nullptr, 0, dl);
+      }
+    } else {
+      move(-1, nullptr, 0, root, t.raw(), t.nbytes(), dl);
+    }
+  }
+
+  void send(const Tensor& t, int peer) override {
+    dist::check_tensor("send", "t", t);
+    dist::check_peer("send", peer, rank_, size());
+    begin("send", t, std::nullopt, peer);
+    move(peer, t.raw(), t.nbytes(), -1, nullptr, 0, Deadline(timeout_s_));
+  }
+
+  void recv(const Tensor& t, int peer) override {
+    dist::check_tensor("recv", "t", t);
+    dist::check_peer("recv", peer, rank_, size());
+    begin("recv", t, std::nullopt, peer);
+    move(-1, nullptr, 0, peer, t.raw(), t.nbytes(), Deadline(timeout_s_));
+  }
+
+  void barrier() override {
+    Tensor one = Tensor::zeros({1});
+    begin("barrier", Tensor());
+    const std::vector<int64_t> counts = even_chunks(1);
+    ring_reduce_scatter(one, counts);
+    ring_all_gather(one, counts);
+  }
+
+  std::unique_ptr<Communicator> split(const std::vector<int>& ranks) override {
+    NURI_CHECK(!ranks.empty(), "split: no ranks given");
+    std::vector<int> members;
+    bool me = false;
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      NURI_CHECK(ranks[i] >= 0 && ranks[i] < size(), "split: rank ", ranks[i],
+                 " is outside this ", size(), "-rank communicator");
+      for (size_t j = 0; j < i; ++j)
+        NURI_CHECK(ranks[j] != ranks[i], "split: rank ", ranks[i], " is listed twice");
+      me = me || ranks[i] == rank_;
+      members.push_back(members_[size_t(ranks[i])]);
+    }
+    NURI_CHECK(me, "split: rank ", rank_, " is not in the group it asked for");
+    check_usable("split");
+    return std::make_unique<TcpCommunicator>(mesh_, std::move(members));
+  }
+
+ private:
+  std::vector<int64_t> even_chunks(int64_t n) const {
+    std::vector<int64_t> c(size_t(size()), n / size());
+    for (int64_t r = 0; r < n % size(); ++r) ++c[size_t(r)];
+    return c;
+  }
+
+  /// Ring reduce-scatter in place: rank r ends with the sum of chunk r (chunks of counts[i]).
+  /// Step s: send chunk r-s-1 to r+1, receive chunk r-s-2 from r-1 and add it to ours.
+  void ring_reduce_scatter(const Tensor& t, const std::vector<int64_t>& counts) {
+    const int n = size();
+    if (n == 1) return;
+    const size_t es = dtype_size(t.dtype());
+    std::vector<int64_t> at(size_t(n) + 1, 0);
+    for (int i = 0; i < n; ++i) at[size_t(i) + 1] = at[size_t(i)] + counts[size_t(i)];
+    const int64_t biggest = *std::max_element(counts.begin(), counts.end());
+    std::vector<char> incoming(size_t(std::max<int64_t>(biggest, 1)) * es);
+    char* base = static_cast<char*>(t.raw());
+    const int next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
+    const Deadline dl(timeout_s_);
+    for (int s = 0; s < n - 1; ++s) {
+      const int c_out = ((rank_ - s - 1) % n + n) % n, c_in = ((rank_ - s - 2) % n + n) % n;
+      move(next, base + size_t(at[size_t(c_out)]) * es, size_t(counts[size_t(c_out)]) * es, prev,
+           incoming.data(), size_t(counts[size_t(c_in)]) * es, dl);
+      accumulate(t.dtype(), base + size_t(at[size_t(c_in)]) * es, incoming.data(),
+                 counts[size_t(c_in)]);
+    }
+  }
+
+  /// Ring all-gather in place: rank r holds chunk r; step s sends chunk r-s to r+1 and receives
+  /// chunk r-s-1 from r-1.
+  void ring_all_gather(const Tensor& t, const std::vector<int64_t>& counts) {
+    const int n = size();
+    if (n == 1) return;
+    const size_t es = dtype_size(t.dtype());
+    std::vector<int64_t> at(size_t(n) + 1, 0);
+    for (int i = 0; i < n; ++i) at[size_t(i) + 1] = at[size_t(i)] + counts[size_t(i)];
+    char* base = static_cast<char*>(t.raw());
+    const int next = (rank_ + 1) % n, prev = (rank_ + n - 1) % n;
+    const Deadline dl(timeout_s_);
+    for (int s = 0; s < n - 1; ++s) {
+      const int c_out = ((rank_ - s) % n + n) % n, c_in = ((rank_ - s - 1) % n + n) % n;
+      move(next, base + size_t(at[size_t(c_out)]) * es, size_t(counts[size_t(c_out)]) * es, prev,
+           base + size_t(at[size_t(c_in)]) * es, size_t(counts[size_t(c_in)]) * es, dl);
+    }
+  }
+
+  /// Sends to and receives from ranks of this communicator (-1: none), or fails the operation.
+  void move(int to, const void* out, size_t out_n, int from, void* in, size_t in_n,
+            const Deadline& dl) {
+    const int wto = to >= 0 ? members_[size_t(to)] : -1;
+    const int wfrom = from >= 0 ? members_[size_t(from)] : -1;
+    const std::string err =
+        transfer(wto >= 0 ? mesh_->fds[size_t(wto)] : -1, out, to >= 0 ? out_n : 0,
+                 wfrom >= 0 ? mesh_->fds[size_t(wfrom)] : -1, in, from >= 0 ? in_n : 0, dl,
+                 wto, wfrom);
+    if (err.empty()) return;
+    mesh_->broken = true;
+    mesh_->broken_what = what_;
+    std::ostringstream t;
+    t << timeout_s_;
+    if (err.rfind("timeout", 0) == 0) {
+      NURI_CHECK(false, what_, " on rank ", rank_, " of ", size(), " (tcp) did not complete "
+                 "within ", t.str(), " s ", err.substr(8), ": a peer died, hung, or is in a "
+                 "different collective. This rank gives up; every rank should exit "
+                 "(NURI_COMM_TIMEOUT_S sets the limit)");
+    }
+    NURI_CHECK(false, what_, " on rank ", rank_, " of ", size(), " (tcp) failed: ", err,
+               ". This rank gives up; every rank should exit");
+  }
+
+  void check_usable(const char* op) const {
+    NURI_CHECK(!mesh_->broken, op, " on rank ", rank_, ": this job's connections failed earlier (",
+               mesh_->broken_what, ") and cannot be used again; end the process");
+  }
+
+  void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
+             int peer = -1) {
+    check_usable(op);
+    std::ostringstream s;
+    s << op;
+    if (t.defined()) s << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
+    if (rop) s << ", " << (*rop == ReduceOp::sum ? "sum" : "avg");
+    if (peer >= 0) s << ", peer " << peer;
+    if (t.defined()) s << ")";
+    what_ = s.str();
+  }
+
+  std::shared_ptr<Mesh> mesh_;
+  std::vector<int> members_;  ///< world ranks, in this communicator's rank order
+  int rank_ = 0;
+  std::string what_;
+};
+
+// ---- rendezvous --------------------------------------------------------------------------------
+
+int listen_on(int port, int backlog, const std::string& what) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  NURI_CHECK(fd >= 0, "tcp rendezvous: socket() failed: ", errno_str());
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  a.sin_port = htons(uint16_t(port));
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, backlog) != 0) {
+    const std::string e = errno_str();
+    ::close(fd);
+    NURI_CHECK(false, "tcp rendezvous: cannot listen on ", what, " port ", port, ": ", e,
+               port != 0 ? " (another job may be using it: pick another MASTER_PORT)" : "");
+  }
+  set_nonblocking(fd);
+  return fd;
+}
+
+int bound_port(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+
+/// Accepts one connection before the deadline; returns the socket and the peer's IPv4 address.
+int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& waiting_for) {
+  for (;;) {
+    NURI_CHECK(!dl.passed(), "tcp rendezvous: ", waiting_for, " did not arrive in time");
+    pollfd p{lfd, POLLIN, 0};
+    if (::poll(&p, 1, dl.poll_ms()) <= 0) continue;
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    const int fd = ::accept(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+    if (fd < 0) continue;
+    if (ip) *ip = a.sin_addr.s_addr;
+    set_nonblocking(fd);
+    set_nodelay(fd);
+    return fd;
+  }
+}
+
+/// Connects to ip:port, retrying while nobody listens yet, until the deadline.
+int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& what) {
+  for (;;) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    NURI_CHECK(fd >= 0, "tcp rendezvous: socket() failed: ", errno_str());
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = ip;
+    a.sin_port = htons(uint16_t(port));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+      set_nonblocking(fd);
+      set_nodelay(fd);
+      return fd;
+    }
+    const std::string e = errno_str();
+    ::close(fd);
+    NURI_CHECK(!dl.passed(), "tcp rendezvous: cannot connect to ", what, ": ", e);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void exchange(int fd, const void* out, size_t out_n, void* in, size_t in_n, const Deadline& dl,
+              int peer) {
+  const std::string err = transfer(fd, out, out_n, fd, in, in_n, dl, peer, peer);
+  NURI_CHECK(err.empty(), "tcp rendezvous with rank ", peer, ": ", err);
+}
+
+uint32_t resolve(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
+  NURI_CHECK(rc == 0 && res != nullptr, "MASTER_ADDR='", host, "' does not resolve to an IPv4 "
+             "address: ", rc == 0 ? "no address" : gai_strerror(rc));
+  const uint32_t ip = reinterpret_cast<sockaddr_in*>(res->ai_addr)->sin_addr.s_addr;
+  ::freeaddrinfo(res);
+  return ip;
+}
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, double timeout_s) {
+  NURI_CHECK(!info.master_addr.empty() && info.master_port > 0 && info.master_port < 65536,
+             "a torchrun-style launch of ", info.world_size, " processes needs MASTER_ADDR and "
+             "MASTER_PORT (rank 0's host and a free port) in every process's environment");
+  auto mesh = std::make_shared<Mesh>();
+  mesh->rank = info.rank;
+  mesh->size = info.world_size;
+  mesh->timeout_s = timeout_s;
+  mesh->fds.assign(size_t(info.world_size), -1);
+  const int n = info.world_size, me = info.rank;
+  const Deadline dl(timeout_s);
+  const std::string master = info.master_addr + ":" + std::to_string(info.master_port);
+  std::vector<Peer> table(static_cast<size_t>(n));
+  if (me == 0) {
+    const int lfd = listen_on(info.master_port, n, "MASTER_PORT");
+    try {
+      for (int k = 1; k < n; ++k) {
+        uint32_t ip = 0;
+        const int fd = accept_one(lfd, dl, &ip, std::to_string(n - k) + " of the " +
+                                                    std::to_string(n - 1) + " other ranks");
+        Hello h;
+        exchange(fd, nullptr, 0, &h, sizeof h, dl, -1);
+        if (h.magic != kMagic || h.world != n || h.rank <= 0 || h.rank >= n ||
+            mesh->fds[size_t(h.rank)] >= 0) {
+          ::close(fd);
+          NURI_CHECK(h.magic == kMagic, "tcp rendezvous: something that is not a nuri rank "
+                     "connected to ", master);
+          NURI_CHECK(h.world == n, "tcp rendezvous: rank ", h.rank, " says WORLD_SIZE=",
+                     h.world, ", rank 0 has ", n, "; start every process with the same WORLD_SIZE");
+          NURI_CHECK(false, "tcp rendezvous: RANK=", h.rank, " arrived twice or is outside [1, ",
+                     n, "); give each process its own RANK");
+        }
+        mesh->fds[size_t(h.rank)] = fd;
+        table[size_t(h.rank)] = Peer{ip, h.port};
+      }
+    } catch (...) {
+      ::close(lfd);
+      throw;
+    }
+    ::close(lfd);
+    for (int q = 1; q < n; ++q) {
+      exchange(mesh->fds[size_t(q)], table.data(), table.size() * sizeof(Peer), nullptr, 0, dl, q);
+    }
+  } else {
+    const int lfd = listen_on(0, n, "its own");
+    try {
+      const int fd0 = connect_to(resolve(info.master_addr), info.master_port, dl,
+                                 "rank 0 at " + master + " (MASTER_ADDR:MASTER_PORT)");
+      mesh->fds[0] = fd0;
+      Hello h;
+      h.rank = me;
+      h.world = n;
+      h.port = bound_port(lfd);
+      exchange(fd0, &h, sizeof h, table.data(), table.size() * sizeof(Peer), dl, 0);
+      for (int q = 1; q < me; ++q) {  // connect to the lower ranks, say who we are
+        const int fd = connect_to(table[size_t(q)].ip, table[size_t(q)].port, dl,
+                                  "rank " + std::to_string(q));
+        exchange(fd, &h, sizeof h, nullptr, 0, dl, q);
+        mesh->fds[size_t(q)] = fd;
+      }
+      for (int k = me + 1; k < n; ++k) {  // and accept the higher ones
+        const int fd = accept_one(lfd, dl, nullptr, "a connection from a higher rank");
+        Hello peer;
+        exchange(fd, nullptr, 0, &peer, sizeof peer, dl, -1);
+        NURI_CHECK(peer.magic == kMagic && peer.rank > me && peer.rank < n &&
+                       mesh->fds[size_t(peer.rank)] < 0,
+                   "tcp rendezvous: rank ", me, " got an unexpected connection (rank ", peer.rank,
+                   ")");
+        mesh->fds[size_t(peer.rank)] = fd;
+      }
+    } catch (...) {
+      ::close(lfd);
+      throw;
+    }
+    ::close(lfd);
+  }
+  std::vector<int> all(static_cast<size_t>(n));
+  for (int q = 0; q < n; ++q) all[size_t(q)] = q;
+  auto comm = std::make_unique<TcpCommunicator>(std::move(mesh), std::move(all));
+  comm->barrier();  // everyone has every connection before anyone goes on
+  return comm;
+}
+
+}  // namespace nuri

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A torchrun-style job (TCP communicator) with a broken peer ends, with the failed operation
+# named, within the timeout (issue #9).
+#   fault_tcp.sh TORCHRUN_SH MPI_FAULT_BINARY hang|kill
+#   hang  rank 1 sleeps instead of joining the second all_reduce: ranks 0 and 2 time out after 2 s
+#         naming the all_reduce and exit with status 3
+#   kill  rank 1 dies of SIGKILL: ranks 0 and 2 see its (or each other's) connection close at
+#         once, name the all_reduce and exit with status 3
+set -uo pipefail
+launcher=$1 bin=$2 mode=$3
+start=$(date +%s%N)
+out=$(timeout 60 bash "$launcher" -np 3 "$bin" "$mode" 2 2>&1)
+rc=$?
+elapsed_ms=$((($(date +%s%N) - start) / 1000000))
+fail() { printf 'FAIL (%s): %s\n--- output ---\n%s\n' "$mode" "$*" "$out"; exit 1; }
+echo "$out" | grep -v Killed
+printf '%s: launcher exit %d after %d ms\n' "$mode" "$rc" "$elapsed_ms"
+((rc != 124)) || fail "the job hung (killed by timeout 60)"
+((elapsed_ms < 20000)) || fail "took ${elapsed_ms} ms; the timeout is 2 s"
+case $mode in
+  hang) why="did not complete within 2 s" ;;
+  kill) why="failed: rank [0-9] closed the connection" ;;
+  *) echo "unknown mode $mode"; exit 2 ;;
+esac
+for r in 0 2; do
+  grep -q "rank $r: all_reduce (f32, 1024 elements, sum) on rank $r of 3 (tcp) $why" <<<"$out" ||
+    fail "rank $r did not report the all_reduce ($why)"
+  grep -q "^rank $r exited 3$" <<<"$out" || fail "rank $r did not exit with status 3"
+done
+echo PASS

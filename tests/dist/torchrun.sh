@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Starts a job the way torchrun does, without torchrun: NP copies of a program on this host, each
+# with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1 and a free
+# MASTER_PORT, so nuri's ranks meet over TCP (no MPI involved). Same shape as mpirun:
+#   torchrun.sh -np NP PROGRAM [ARGS...]
+# Rank 0's output goes to stdout, the other ranks' to stderr with a "[rank r]" prefix; the exit
+# status is the status of the first rank to fail (the others are then ended, as torchrun does), 0
+# when all succeed. Each rank's exit status is printed last, on stderr.
+set -uo pipefail
+[[ ${1:-} == -np && $# -ge 3 ]] || { echo "usage: torchrun.sh -np NP PROGRAM [ARGS...]" >&2; exit 2; }
+np=$2
+shift 2
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pids=()
+for ((r = 0; r < np; ++r)); do
+  RANK=$r WORLD_SIZE=$np LOCAL_RANK=$r LOCAL_WORLD_SIZE=$np MASTER_ADDR=127.0.0.1 \
+    MASTER_PORT=$port "$@" >"$dir/out.$r" 2>&1 &
+  pids+=($!)
+done
+# As torchrun does: when a rank fails, the others are ended (SIGTERM, after TORCHRUN_GRACE_S
+# seconds, default 5, to fail on their own) so nothing is left hanging.
+grace=${TORCHRUN_GRACE_S:-5}
+declare -A rank_of
+for ((r = 0; r < np; ++r)); do rank_of[${pids[$r]}]=$r; done
+status=0
+live=("${pids[@]}")
+while ((${#live[@]} > 0)); do
+  done_pid=
+  wait -n -p done_pid "${live[@]}"
+  rc=$?
+  [[ -n $done_pid ]] || break
+  r=${rank_of[$done_pid]}
+  printf '%s\n' "rank $r exited $rc" >"$dir/rc.$r"
+  rest=()
+  for p in "${live[@]}"; do [[ $p == "$done_pid" ]] || rest+=("$p"); done
+  live=("${rest[@]}")
+  if ((rc != 0 && status == 0)); then
+    status=$rc
+    ((${#live[@]} > 0)) && { sleep "$grace"; kill -TERM "${live[@]}"; } >/dev/null 2>&1 &
+    reaper=$!
+  fi
+done
+[[ -n ${reaper:-} ]] && kill "$reaper" 2>/dev/null
+cat "$dir/out.0"
+for ((r = 1; r < np; ++r)); do sed "s/^/[rank $r] /" "$dir/out.$r" >&2; done
+for ((r = 0; r < np; ++r)); do cat "$dir/rc.$r" >&2 2>/dev/null; done
+exit $status
