@@ -78,23 +78,25 @@ else
   cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_CUDA=OFF \
     -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=ON -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
     -DNURI_BUILD_EXAMPLES=OFF -DNURI_MPI=OFF
-  section "build build-emu/ (test_ops on cuda-emu, test_emu, test_device_train)"
-  cmake --build build-emu --parallel "$jobs" --target test_ops test_emu test_device_train
+  section "build build-emu/ (test_ops on cuda-emu, test_emu, test_device_train, test_dp_device)"
+  cmake --build build-emu --parallel "$jobs" --target test_ops test_emu test_device_train \
+    test_dp_device
   section "ctest -L emu build-emu/"
   # Each emulated test is one OS thread (a block's threads are fibers): one per core.
   ctest --test-dir build-emu -L '^emu$' --parallel "$jobs" --output-on-failure --no-tests=error 2>&1 |
     tee "$logs/emu.log"
 
   # The same emulated CUDA backend without TSan (whose per-thread cost makes a training step take
-  # ~30 s): the 20-step training comparison against the CPU (tests/model/test_device_train.cpp).
+  # ~30 s): the 20-step training comparison against the CPU (tests/model/test_device_train.cpp)
+  # and 8 data-parallel steps over the emulated NCCL (tests/dist/test_dp_device.cpp).
   section "configure build-emu-fast/ (CUDA emulation, no sanitizer)"
   cmake -S . -B build-emu-fast -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=OFF \
     -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=OFF -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
     -DNURI_BUILD_EXAMPLES=OFF -DNURI_MPI=OFF
-  section "build build-emu-fast/ (test_device_train)"
-  cmake --build build-emu-fast --parallel "$jobs" --target test_device_train
-  section "ctest -L emu build-emu-fast/ (20 training steps on cuda-emu vs the CPU)"
-  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining' --output-on-failure \
+  section "build build-emu-fast/ (test_device_train, test_dp_device)"
+  cmake --build build-emu-fast --parallel "$jobs" --target test_device_train test_dp_device
+  section "ctest -L emu build-emu-fast/ (training on cuda-emu vs the CPU; over emulated NCCL)"
+  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|emu\.dp\.' --output-on-failure \
     --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
 fi
 
@@ -127,7 +129,7 @@ if [[ -f "$logs/emu.log" ]]; then
     "(expected 0)"
 fi
 if [[ -f "$logs/emu_fast.log" ]]; then
-  echo "build-emu-fast/ (CUDA emulation), training on cuda-emu vs the CPU:"
+  echo "build-emu-fast/ (CUDA emulation), training on cuda-emu vs the CPU and over emulated NCCL:"
   grep -E 'tests passed|tests failed' "$logs/emu_fast.log" | tail -n 1
 fi
 if [[ -f "$logs/asan.log" ]]; then

@@ -6,12 +6,21 @@
 #include <cstring>
 
 #include "dist/comm_check.h"
+#include "nuri/backend/backend.h"
 #include "nuri/config.h"
 #include "nuri/core/error.h"
 
 namespace nuri {
 
 std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, double timeout_s);
+
+#if NURI_HAVE_NCCL
+std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> host,
+                                                     Backend& backend);
+bool have_nccl() { return true; }
+#else
+bool have_nccl() { return false; }
+#endif
 
 #if NURI_HAVE_MPI
 std::unique_ptr<Communicator> make_mpi_communicator(const LaunchInfo& info, double timeout_s);
@@ -157,6 +166,18 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const Co
   NURI_CHECK(false, "this process is rank ", info.rank, " of ", info.world_size, " (",
              launcher_name(info.launcher), "), but this build of nuri has no MPI communicator: "
              "configure with -DNURI_MPI=ON (needs Open MPI: apt-get install libopenmpi-dev openmpi-bin)");
+#endif
+}
+
+std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communicator> host,
+                                                       Backend& backend) {
+  NURI_CHECK(host != nullptr, "make_device_communicator: no host communicator");
+  if (backend.device().is_cpu()) return host;
+#if NURI_HAVE_NCCL
+  return make_nccl_communicator(std::move(host), backend);
+#else
+  NURI_CHECK(false, "data parallelism on ", backend.name(), " needs the NCCL communicator, and "
+             "this build of nuri has none (NCCL was not found when it was configured)");
 #endif
 }
 

@@ -167,10 +167,10 @@ std::pair<int64_t, int64_t> DataParallel::shard(int64_t n) const {
 void DataParallel::attach(Transformer& model) {
   NURI_CHECK(model_ == nullptr, "DataParallel::attach: already attached to a model");
   const bool host = model.backend().device().is_cpu();
-  NURI_CHECK(host || world() == 1 || comm_->backend_name() != "mpi",
-             "data parallelism over MPI moves host tensors, but the model is on ",
-             model.backend().name(), "; train on the cpu backend (the NCCL communicator for GPU "
-             "ranks is not in yet)");
+  NURI_CHECK(host || world() == 1 || comm_->host_communicator() != comm_.get(),
+             "the ", comm_->backend_name(), " communicator moves host tensors, but the model is on ",
+             model.backend().name(), "; pass make_device_communicator(comm, backend) (the "
+             "Trainer does that itself)");
   NURI_CHECK(cfg_.zero_stage < 2 || host, "ZeRO stage 2 runs on CPU ranks for now (the model is "
              "on ", model.backend().name(), "); use zero_stage 0 or 1");
   model_ = &model;
@@ -325,7 +325,7 @@ float DataParallel::global_norm(float shard_norm) {
   if (progress_) progress_->wait();
   Tensor sq = Tensor::empty({1}, DType::f32);
   sq.data<float>()[0] = shard_norm * shard_norm;
-  comm_->all_reduce(sq, ReduceOp::sum);
+  comm_->host_communicator()->all_reduce(sq, ReduceOp::sum);
   return std::sqrt(sq.data<float>()[0]);
 }
 
@@ -335,9 +335,9 @@ void DataParallel::gather_parameters(Transformer& model) {
   const auto t0 = Clock::now();
   for (const Tensor* buf : {&model.param_buffer(), &model.compute_buffer()}) {
     if (!buf->defined()) continue;
-    NURI_CHECK(buf->device().is_cpu() || comm_->backend_name() != "mpi",
-               "ZeRO over MPI moves host tensors, but the model's parameters are on ",
-               model.backend().name(), "; the NCCL communicator for GPU ranks is not in yet");
+    NURI_CHECK(buf->device().is_cpu() || comm_->host_communicator() != comm_.get(),
+               "the ", comm_->backend_name(), " communicator moves host tensors, but the model's "
+               "parameters are on ", model.backend().name());
     const auto [lo, hi] = shard(buf->numel());
     count(buf->nbytes(), (double(world()) - 1) / world());
     comm_->all_gather_v(buf->slice(0, lo, hi), *buf, shard_counts(buf->numel()));
@@ -351,7 +351,7 @@ std::vector<float> DataParallel::gather(const std::vector<float>& mine) {
   Tensor in = Tensor::empty({int64_t(mine.size())}, DType::f32);
   std::copy(mine.begin(), mine.end(), in.data<float>());
   Tensor all = Tensor::empty({int64_t(mine.size()) * world()}, DType::f32);
-  comm_->all_gather(in, all);
+  comm_->host_communicator()->all_gather(in, all);
   return std::vector<float>(all.data<float>(), all.data<float>() + all.numel());
 }
 

@@ -54,7 +54,11 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
       loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
               comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
       val_(std::move(val)),
-      dp_(comm ? std::make_unique<DataParallel>(std::move(comm), parallel) : nullptr) {
+      dp_(comm ? std::make_unique<DataParallel>(
+                     // GPU ranks reduce device gradients over NCCL, bootstrapped through comm.
+                     comm->size() > 1 ? make_device_communicator(comm, model.backend()) : comm,
+                     parallel)
+               : nullptr) {
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {
     const auto [lo, hi] = dp_->shard(model.param_buffer().numel());

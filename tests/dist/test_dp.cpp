@@ -1,6 +1,8 @@
-// Data parallelism (ZeRO stage 0) under mpirun with 1, 2 and 4 ranks: 20 training steps of a tiny
-// GPT-2 on the CPU backend against one process that sees the same global batches (grad_accum ·
-// world micro-batches). Each rank computes that reference itself.
+// Data parallelism on the CPU backend, under mpirun with 1, 2 and 4 ranks (label mpi) and started
+// torchrun-style with 2 and 4 (label tcp): 20 training steps of a tiny GPT-2 against one process
+// that sees the same global batches (grad_accum · world micro-batches), for ZeRO 0, 1 and 2, with
+// the gradient buckets reduced while the backward runs and after it. Each rank computes the
+// one-process reference itself.
 //
 // One rank is the one process, bit for bit. With more, the sums are associated differently: one
 // process accumulates each micro-batch's products onto the previous ones inside the GEMMs

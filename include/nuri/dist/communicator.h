@@ -19,6 +19,8 @@
 
 namespace nuri {
 
+class Backend;
+
 enum class ReduceOp { sum, avg };
 
 struct CommOptions {
@@ -68,6 +70,9 @@ class Communicator {
   /// thread at a time): what a progress thread that overlaps reductions with the backward needs.
   /// MPI: when the library provides MPI_THREAD_SERIALIZED or more.
   virtual bool callable_from_any_thread() const { return true; }
+  /// The communicator for host tensors over the same ranks: this one, except for NCCL's, which
+  /// moves CUDA tensors and answers with the host communicator it was bootstrapped through.
+  virtual Communicator* host_communicator() { return this; }
 
  protected:
   double timeout_s_ = 600;
@@ -80,7 +85,16 @@ class Communicator {
 std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info,
                                                 const CommOptions& opt = {});
 
+/// The communicator for tensors in `backend`'s memory over host's ranks: host itself for the CPU
+/// backend; for the CUDA backend (real or emulated) an NCCL communicator bootstrapped through
+/// host (rank 0's unique id broadcast over it), which is a collective call over host's ranks.
+/// Throws when this build has no NCCL.
+std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communicator> host,
+                                                       Backend& backend);
+
 /// Whether this build has the MPI communicator.
 bool have_mpi();
+/// Whether this build has the NCCL communicator (real, or emulated in the emulated CUDA build).
+bool have_nccl();
 
 }  // namespace nuri

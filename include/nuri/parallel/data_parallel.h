@@ -72,7 +72,7 @@ class DataParallel final : private GradHooks {
 
   int rank() const { return comm_->rank(); }
   int world() const { return comm_->size(); }
-  Communicator& comm() { return *comm_; }
+  Communicator& comm() const { return *comm_; }
   int zero_stage() const { return cfg_.zero_stage; }
   const ParallelConfig& config() const { return cfg_; }
 
