@@ -1,8 +1,9 @@
 // Communication of data-parallel training (issue #9), run under mpirun (or srun) on CPU ranks:
 //
 //   all_reduce  nuri's Communicator::all_reduce (non-blocking MPI + timeout polling) against
-//               MPI_Allreduce called directly, alternating, f32, 4 KiB … 64 MiB: time, algorithm
-//               and bus bandwidth as nccl-tests define them (busbw = algbw · 2(n-1)/n).
+//               MPI_Allreduce called directly (the peer), and MPI_Iallreduce + MPI_Wait (what
+//               nuri's call is made of), alternating, f32, 4 KiB … 64 MiB: time, algorithm and
+//               bus bandwidth as nccl-tests define them (busbw = algbw · 2(n-1)/n).
 //   dp_step     training steps of a model with the gradient reduction overlapped with the
 //               backward against the same run reducing after the backward, alternating, for
 //               ZeRO 0, 1 and 2: step time, bytes communicated per step (payload and bus), the
@@ -80,19 +81,27 @@ void bench_all_reduce(nuri::Communicator& comm, const Options& o, bench::Output&
     auto run_mpi = [&] {
       MPI_Allreduce(MPI_IN_PLACE, t.raw(), int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     };
+    auto run_nb = [&] {  // what nuri's call is made of, without its polling
+      MPI_Request req;
+      MPI_Iallreduce(MPI_IN_PLACE, t.raw(), int(count), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &req);
+      MPI_Wait(&req, MPI_STATUS_IGNORE);
+    };
     // Calls per sample so a sample lasts ~50 ms; every rank uses rank 0's count.
     comm.barrier();
     const double one = bench::time_per_call(run_mpi, 2);
     int iters = bench::iters_for(max_over_ranks(one), o.quick ? 0.02 : 0.05);
     MPI_Bcast(&iters, 1, MPI_INT, 0, MPI_COMM_WORLD);
-    std::vector<double> tn, tm;
+    std::vector<double> tn, tm, tb;
     for (int r = 0; r < o.reps; ++r) {
       comm.barrier();
       tn.push_back(max_over_ranks(bench::time_per_call(run_nuri, iters)));
       comm.barrier();
       tm.push_back(max_over_ranks(bench::time_per_call(run_mpi, iters)));
+      comm.barrier();
+      tb.push_back(max_over_ranks(bench::time_per_call(run_nb, iters)));
     }
     const bench::Stats sn = bench::summarize(tn), sm = bench::summarize(tm);
+    const bench::Stats sb = bench::summarize(tb);
     const double bus = 2.0 * (n - 1) / n;
     bench::Json cfg;
     cfg.kv("bytes", bytes).kv("ranks", n).kv("dtype", "f32").kv("threads", bench::bench_threads());
@@ -102,9 +111,13 @@ void bench_all_reduce(nuri::Communicator& comm, const Options& o, bench::Output&
     b.kv("name", "MPI_Allreduce (Open MPI, blocking)").stats(sm)
         .kv("algbw_GBps", double(bytes) / sm.median_s / 1e9)
         .kv("busbw_GBps", double(bytes) / sm.median_s / 1e9 * bus);
+    bench::Json c;
+    c.kv("name", "MPI_Iallreduce + MPI_Wait").stats(sb)
+        .kv("busbw_GBps", double(bytes) / sb.median_s / 1e9 * bus);
     bench::Json j;
     j.kv("bench", "all_reduce_cpu").kv("config", cfg).kv("nuri", a).kv("peer", b)
-        .kv("ratio", sm.median_s / sn.median_s);
+        .kv("ratio", sm.median_s / sn.median_s).kv("nonblocking", c)
+        .kv("ratio_nonblocking", sb.median_s / sn.median_s);
     if (comm.rank() == 0) out.emit(j);
   }
 }
