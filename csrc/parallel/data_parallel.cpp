@@ -50,12 +50,22 @@ class DataParallel::Progress {
     thread_.join();
   }
 
-  void push(std::function<void()> fn) {
+  /// Queues fn; returns its ticket (tasks run in ticket order).
+  uint64_t push(std::function<void()> fn) {
+    uint64_t ticket = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       queue_.push_back(std::move(fn));
+      ticket = pushed_++;
     }
     cv_.notify_all();
+    return ticket;
+  }
+
+  /// Blocks until the task with this ticket has run (or the queue failed).
+  void wait_for(uint64_t ticket) {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return done_ > ticket || error_; });
   }
 
   /// Blocks until every task so far has run; rethrows the first error (once).
@@ -109,6 +119,7 @@ class DataParallel::Progress {
       busy_seconds_ += dt;
       if (err && !error_) error_ = err;
       busy_ = false;
+      ++done_;
       idle_cv_.notify_all();
     }
   }
@@ -117,6 +128,7 @@ class DataParallel::Progress {
   std::condition_variable cv_, idle_cv_;
   std::deque<std::function<void()>> queue_;
   bool busy_ = false, stop_ = false;
+  uint64_t pushed_ = 0, done_ = 0;  // tickets handed out, tasks finished
   std::exception_ptr error_;
   double busy_seconds_ = 0;
   std::thread thread_;  // last: starts after the members it uses
@@ -127,6 +139,9 @@ struct DataParallel::Bucket {
   int units = 0;      ///< units of the backward in this bucket
   int ready = 0;      ///< of them complete in this backward
   Tensor staging;     ///< ZeRO 2: the bucket's gradients of this backward
+  /// ZeRO 2 with overlap: the progress ticket of this bucket's last reduction this step (its
+  /// result must be in the shard before the next micro-batch's staging starts from it).
+  int64_t ticket = -1;
 };
 
 DataParallel::DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg)
@@ -171,8 +186,6 @@ void DataParallel::attach(Transformer& model) {
              "the ", comm_->backend_name(), " communicator moves host tensors, but the model is on ",
              model.backend().name(), "; pass make_device_communicator(comm, backend) (the "
              "Trainer does that itself)");
-  NURI_CHECK(cfg_.zero_stage < 2 || host, "ZeRO stage 2 runs on CPU ranks for now (the model is "
-             "on ", model.backend().name(), "); use zero_stage 0 or 1");
   model_ = &model;
   const int64_t total = model.param_buffer().numel();
   std::tie(lo_, hi_) = shard(total);
@@ -191,7 +204,8 @@ void DataParallel::attach(Transformer& model) {
     unit_bucket_.push_back(buckets_.size() - 1);
   }
   if (cfg_.zero_stage == 2) {
-    grad_alloc_ = std::make_shared<CpuAllocator>();
+    // On the CPU an allocator of their own, so tests can read the gradients' peak bytes.
+    grad_alloc_ = host ? std::make_shared<CpuAllocator>() : model.backend().allocator();
     shard_grad_ = Tensor::empty({hi_ - lo_}, DType::f32, grad_alloc_);
     model.backend().zero(shard_grad_);
     communicate_ = true;
@@ -211,6 +225,7 @@ std::vector<std::pair<int64_t, int64_t>> DataParallel::buckets() const {
 void DataParallel::begin_step() {
   NURI_CHECK(model_ != nullptr, "DataParallel: attach(model) before training");
   if (shard_grad_.defined()) model_->backend().zero(shard_grad_);
+  for (Bucket& b : buckets_) b.ticket = -1;
   stats_ = CommStats{};
 }
 
@@ -236,6 +251,19 @@ Tensor DataParallel::region(int64_t lo, int64_t hi) {
     }
     b.staging = Tensor::empty({b.hi - b.lo}, DType::f32, grad_alloc_);
     model_->backend().zero(b.staging);
+    // This rank's part of the bucket starts from its shard's sum so far (earlier micro-batches):
+    // the backward adds this micro-batch on top, the reduce-scatter the other ranks' parts, and
+    // its result replaces the shard. No addition outside the backward and the collective.
+    const auto [from, to] = piece(b);
+    if (to > from) {
+      if (progress_ && b.ticket >= 0) {  // the previous micro-batch's sum must have landed
+        const auto t0 = Clock::now();
+        progress_->wait_for(uint64_t(b.ticket));
+        stats_.exposed_seconds += seconds_since(t0);
+      }
+      model_->backend().copy(shard_grad_.slice(0, from - lo_, to - lo_),
+                             b.staging.slice(0, from - b.lo, to - b.lo));
+    }
   }
   return b.staging.slice(0, lo - b.lo, hi - b.lo);
 }
@@ -271,31 +299,33 @@ void DataParallel::launch(Bucket& b) {
     at += c;
     c = std::max<int64_t>(0, to - from);
   }
-  const int64_t from = std::min(std::max(lo_, b.lo), hi_);  // this rank's piece, maybe empty
-  const int64_t to = std::max(from, std::min(hi_, b.hi));
+  const auto [from, to] = piece(b);
   count(b.staging.nbytes(), (n - 1) / n);
   Tensor staging = std::move(b.staging);  // the task frees it when done
   b.staging = Tensor();
   const Tensor dst = shard_grad_.slice(0, from - lo_, to - lo_);
-  submit([comm, staging, dst, counts] {
-    // In place: this rank's sum lands in the staging buffer's first elements.
-    const Tensor part = staging.slice(0, 0, dst.numel());
-    comm->reduce_scatter_v(staging, part, counts, ReduceOp::sum);
-    const float* src = part.data<float>();
-    float* out = dst.data<float>();
-    for (int64_t i = 0; i < dst.numel(); ++i) out[i] += src[i];
+  if (world() == 1) {  // the bucket is the shard's range: its sum is the staging itself
+    Backend* be = &model_->backend();
+    submit([be, staging, dst] { be->copy(staging, dst); });
+    return;
+  }
+  b.ticket = submit([comm, staging, dst, counts] {
+    comm->reduce_scatter_v(staging, dst, counts, ReduceOp::sum);
   });
 }
 
-void DataParallel::submit(std::function<void()> fn) {
-  if (progress_) {
-    progress_->push(std::move(fn));
-  } else if (cfg_.zero_stage == 2) {  // now, on this thread: the bucket's memory goes at once
-    deferred_.push_back(std::move(fn));
-    after_backward();
-  } else {
-    deferred_.push_back(std::move(fn));
-  }
+std::pair<int64_t, int64_t> DataParallel::piece(const Bucket& b) const {
+  const int64_t from = std::min(std::max(lo_, b.lo), hi_);  // maybe empty
+  return {from, std::max(from, std::min(hi_, b.hi))};
+}
+
+int64_t DataParallel::submit(std::function<void()> fn) {
+  if (progress_) return int64_t(progress_->push(std::move(fn)));
+  deferred_.push_back(std::move(fn));
+  // ZeRO 2 without a progress thread: now, on this thread, so the bucket's memory goes at once
+  // (and the shard holds the sum before the next micro-batch starts from it).
+  if (cfg_.zero_stage == 2) after_backward();
+  return -1;
 }
 
 void DataParallel::after_backward() {

@@ -14,9 +14,11 @@
 //                 updated ranges are all-gathered. The update is elementwise, so stage 1 computes
 //                 the same bits as stage 0 (tested).
 //   ZeRO stage 2: the gradients are sharded too. The backward writes each bucket into a
-//                 temporary buffer; the bucket is reduce-scattered so each rank receives the sum
-//                 of its own range only, adds it to its gradient shard, and the buffer is freed.
-//                 A rank holds its shard plus the buckets in flight instead of all gradients.
+//                 temporary buffer (this rank's part of it starting from its shard's sum over
+//                 the earlier micro-batches); the bucket is reduce-scattered so each rank
+//                 receives the sum of its own range only, into its gradient shard, and the
+//                 buffer is freed. A rank holds its shard plus the buckets in flight instead of
+//                 all gradients. CPU and GPU ranks alike.
 // Gradient accumulation: stages 0 and 1 reduce only after the last micro-batch (the earlier ones
 // accumulate locally); stage 2 reduces every micro-batch, since keeping whole gradients between
 // micro-batches is what it exists to avoid.
@@ -24,6 +26,7 @@
 
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "nuri/dist/communicator.h"
@@ -122,8 +125,11 @@ class DataParallel final : private GradHooks {
   Tensor region(int64_t lo, int64_t hi) override;
   void ready(int64_t lo, int64_t hi) override;
   void launch(Bucket& b);
-  /// Runs fn on the progress thread (overlap) or keeps it for after_backward().
-  void submit(std::function<void()> fn);
+  /// The part [from, to) of bucket b inside this rank's shard (from == to: none).
+  std::pair<int64_t, int64_t> piece(const Bucket& b) const;
+  /// Runs fn on the progress thread (overlap; returns its ticket) or keeps it for
+  /// after_backward() (returns -1).
+  int64_t submit(std::function<void()> fn);
   void count(int64_t bytes, double bus_factor);
 
   std::shared_ptr<Communicator> comm_;
