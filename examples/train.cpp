@@ -24,6 +24,8 @@
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/launch.h"
 #include "nuri/model/transformer.h"
+#include "nuri/ckpt/checkpoint.h"
+#include "nuri/train/preemption.h"
 #include "nuri/train/trainer.h"
 
 using namespace nuri;
@@ -50,6 +52,14 @@ several processes (started by mpirun or srun: --batch and --accum are per rank)
                        too (default 0)
   --bucket-mb X        gradient bytes per reduction bucket, in MiB (default 8)
   --no-overlap         reduce the gradients after the backward instead of during it
+checkpoints (a shared pool: resume anywhere, any number of ranks)
+  --ckpt-dir DIR       save checkpoints under DIR and resume from its newest one on start
+  --save-every N       also save every N steps (default 0: at the end and when stopped)
+  --keep K             keep the newest K checkpoints (default 3)
+  --no-resume          start fresh even if DIR holds a checkpoint
+  --signals LIST       signals that mean "preempted": checkpoint at the next step boundary
+                       and exit with status 75 (default TERM,USR1)
+  --time-limit S       do the same before S seconds of wall clock have passed
 output
   --log-every N (10)  --quiet  --sample N (300)  --prompt TEXT  --temperature X (0.8)  --top-k K (40)
   --expect-val-below X   exit with status 3 unless the final validation loss is below X
@@ -63,6 +73,10 @@ struct Options {
   int64_t log_every = 10, sample = 300, top_k = 40;
   float temperature = 0.8f, expect_val_below = 0.f;
   bool quiet = false;
+  std::string ckpt_dir, signals = "TERM,USR1";
+  int64_t save_every = 0, keep = 3;
+  bool resume = true;
+  double time_limit = 0;
 };
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -120,6 +134,12 @@ Options parse(int argc, char** argv) {
     else if (a == "--zero") o.parallel.zero_stage = int(integer());
     else if (a == "--bucket-mb") o.parallel.bucket_bytes = int64_t(num() * 1048576.0);
     else if (a == "--no-overlap") o.parallel.overlap = false;
+    else if (a == "--ckpt-dir") o.ckpt_dir = value();
+    else if (a == "--save-every") o.save_every = integer();
+    else if (a == "--keep") o.keep = integer();
+    else if (a == "--no-resume") o.resume = false;
+    else if (a == "--signals") o.signals = value();
+    else if (a == "--time-limit") o.time_limit = num();
     else if (a == "--on-nonfinite") {
       const std::string v = value();
       if (v != "skip" && v != "stop") usage_error("--on-nonfinite takes skip or stop, not " + v);
@@ -292,18 +312,37 @@ int run(const Options& o) {
   std::printf("validation: unigram baseline %.3f nats/token\n", baseline);
   std::fflush(stdout);
 
+  // Checkpoints: resume from the newest one under --ckpt-dir, save every --save-every steps,
+  // at the end, and when a preemption signal or the time limit stops the run (exit 75).
+  NURI_CHECK(o.keep >= 1 && o.save_every >= 0, "--keep must be >= 1 and --save-every >= 0");
+  if (!o.ckpt_dir.empty() && o.resume && !CheckpointReader::find(o.ckpt_dir).empty()) {
+    const std::string dir = trainer.load_checkpoint(o.ckpt_dir);
+    const DataPosition pos = trainer.data_position();
+    std::printf("resumed from %s: step %lld, data epoch %lld, batch %lld\n", dir.c_str(),
+                (long long)trainer.steps_done(), (long long)pos.epoch, (long long)pos.batch);
+  }
+  int64_t saved_at = o.ckpt_dir.empty() ? -1 : trainer.steps_done();
+  auto save = [&] {
+    const std::string dir = trainer.save_checkpoint(o.ckpt_dir, int(o.keep));
+    saved_at = trainer.steps_done();
+    std::printf("checkpoint %s committed\n", dir.c_str());
+  };
+  PreemptionWatch watch(o.ckpt_dir.empty() ? std::vector<int>{} : parse_signals(o.signals),
+                        o.ckpt_dir.empty() ? 0.0 : o.time_limit);
+
   const auto start = std::chrono::steady_clock::now();
   double tok_per_s = 0;
   float val_loss = trainer.evaluate();
-  std::printf("step %5d | val loss %.4f\n", 0, val_loss);
+  std::printf("step %5lld | val loss %.4f\n", (long long)trainer.steps_done(), val_loss);
   const auto steps_start = std::chrono::steady_clock::now();  // the ETA counts steps only
-  for (int64_t s = 0; s < o.train.steps; ++s) {
+  const int64_t first = trainer.steps_done();
+  for (int64_t s = first; s < o.train.steps; ++s) {
     const StepStats st = trainer.step();
     tok_per_s = tok_per_s == 0 ? st.tokens_per_second : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - steps_start).count();
     if (!o.quiet && (st.step % o.log_every == 0 || st.step == 1 || st.step == o.train.steps)) {
-      const double eta = elapsed / double(st.step) * double(o.train.steps - st.step);
+      const double eta = elapsed / double(st.step - first) * double(o.train.steps - st.step);
       std::printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s\n",
                   (long long)st.step, (long long)o.train.steps, st.loss, st.lr, st.grad_norm,
                   tok_per_s, duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
@@ -314,6 +353,22 @@ int run(const Options& o) {
                   val_loss, baseline);
     }
     std::fflush(stdout);
+    if (o.ckpt_dir.empty()) continue;
+    if (o.save_every > 0 && st.step % o.save_every == 0 && st.step < o.train.steps) save();
+    if (st.step < o.train.steps && watch.should_stop(st.step_seconds, comm.get())) {
+      if (saved_at != st.step) save();
+      std::printf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue "
+                  "me\"\n", (long long)st.step,
+                  watch.signal() ? ("signal " + std::to_string(watch.signal())).c_str()
+                  : watch.time_limit_reached() ? "time limit" : "another rank was signalled",
+                  kPreemptedExitCode);
+      std::fflush(stdout);
+      return kPreemptedExitCode;
+    }
+  }
+  if (!o.ckpt_dir.empty() && saved_at != trainer.steps_done()) save();
+  if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
+    std::printf("checkpoint crash points passed: %lld\n", (long long)ckpt::crash_points_passed());
   }
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); "

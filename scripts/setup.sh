@@ -26,6 +26,8 @@ packages=(
   libtsan2            # ThreadSanitizer runtime: the emulated kernel tests run under it
   libopenmpi-dev      # the MPI communicator (csrc/dist) ...
   openmpi-bin         # ... and mpirun for its tests (label mpi)
+  nlohmann-json3-dev  # checkpoint manifests and safetensors headers (csrc/ckpt)
+  libssl-dev          # SHA-256 of checkpoint files (OpenSSL's libcrypto)
 )
 requirements=scripts/requirements.txt
 venv=.venv

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <numeric>
 
+#include <nlohmann/json.hpp>
+
+#include "nuri/ckpt/checkpoint.h"
 #include "nuri/core/log.h"
 #include "nuri/core/rng.h"
 
@@ -136,6 +139,154 @@ StepStats Trainer::step() {
       double(cfg_.micro_batch * cfg_.seq_len * cfg_.grad_accum * world) / s.step_seconds;
   s.peak_bytes = model_.memory().peak_bytes;
   return s;
+}
+
+// ---- checkpoints ---------------------------------------------------------------------------------
+
+namespace {
+
+nlohmann::ordered_json model_json(const ModelConfig& c) {
+  nlohmann::ordered_json j;
+  j["vocab_size"] = c.vocab_size;
+  j["d_model"] = c.d_model;
+  j["n_layer"] = c.n_layer;
+  j["n_head"] = c.n_head;
+  j["n_kv_head"] = c.n_kv_head;
+  j["d_ff"] = c.d_ff;
+  j["max_seq_len"] = c.max_seq_len;
+  j["norm"] = norm_name(c.norm);
+  j["norm_eps"] = c.norm_eps;
+  j["position"] = position_name(c.position);
+  j["rope_theta"] = c.rope_theta;
+  j["mlp"] = mlp_name(c.mlp);
+  j["bias"] = c.bias;
+  j["tied_embeddings"] = c.tied_embeddings;
+  return j;
+}
+
+}  // namespace
+
+std::string Trainer::save_checkpoint(const std::string& root, int keep_last) {
+  Backend& be = model_.backend();
+  const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
+  CheckpointWriter w(root, step_, dp_ ? &dp_->comm() : nullptr);
+  if (rank == 0) {
+    for (const auto& p : model_.parameters()) {
+      Tensor host = Tensor::empty(p.tensor.shape(), DType::f32);
+      be.copy(p.tensor, host);
+      w.add_replicated(p.name, host);
+    }
+  }
+  // AdamW's moments: this rank's shard under ZeRO 1 and 2; rank 0's whole buffers otherwise.
+  const int64_t total = model_.param_buffer().numel();
+  const bool sharded = dp_ && dp_->zero_stage() >= 1;
+  if (sharded || rank == 0) {
+    for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
+                                    std::pair{"adamw.v", &opt_->v_buffer()}}) {
+      Tensor host = Tensor::empty({buf->numel()}, DType::f32);
+      be.copy(buf->view({buf->numel()}), host);
+      w.add_range(name, total, opt_->shard_begin(), host);
+    }
+  }
+  nlohmann::ordered_json meta;
+  meta["model"] = model_json(model_.config());
+  const DataPosition pos = loader_.position();
+  meta["data"] = {{"epoch", pos.epoch},
+                  {"batch", pos.batch},
+                  {"seq_len", cfg_.seq_len},
+                  {"global_batch", cfg_.micro_batch * cfg_.grad_accum * world},
+                  {"seed", cfg_.seed}};
+  meta["step"] = step_;
+  meta["skipped_steps"] = skipped_;
+  meta["adamw"] = {{"steps_done", opt_->steps_done()},
+                   {"beta1", cfg_.beta1},
+                   {"beta2", cfg_.beta2},
+                   {"eps", cfg_.eps},
+                   {"weight_decay", cfg_.weight_decay}};
+  meta["train"] = {{"steps", cfg_.steps},
+                   {"lr", cfg_.lr},
+                   {"warmup_steps", cfg_.warmup_steps},
+                   {"min_lr_ratio", cfg_.min_lr_ratio},
+                   {"micro_batch", cfg_.micro_batch},
+                   {"grad_accum", cfg_.grad_accum}};
+  meta["parallel"] = {{"world_size", world}, {"zero_stage", dp_ ? dp_->zero_stage() : 0}};
+  meta["backend"] = be.name();
+  w.set_meta(meta.dump());
+  return w.commit(keep_last);
+}
+
+std::string Trainer::load_checkpoint(const std::string& path) {
+  CheckpointReader r(path);
+  const std::string& dir = r.dir();
+  nlohmann::json meta;
+  try {
+    meta = nlohmann::json::parse(r.meta());
+    // The model must be the checkpoint's, field by field.
+    const nlohmann::json mine = model_json(model_.config());
+    for (const auto& [key, value] : mine.items()) {
+      NURI_CHECK(meta.at("model").contains(key), "checkpoint ", dir, " does not record the "
+                 "model's ", key);
+      const nlohmann::json& theirs = meta["model"][key];
+      NURI_CHECK(theirs == value, "checkpoint ", dir, " was saved from a model with ", key, "=",
+                 theirs.dump(), "; this run's model has ", key, "=", value.dump(),
+                 ". Build the model from the checkpoint's config to resume it");
+    }
+    // What fixes the global sample order must be the checkpoint's too.
+    const int64_t world = dp_ ? dp_->world() : 1;
+    const nlohmann::json& d = meta.at("data");
+    NURI_CHECK(d.at("seq_len").get<int64_t>() == cfg_.seq_len, "checkpoint ", dir,
+               " trained on sequences of ", d["seq_len"].get<int64_t>(), " tokens; this run's "
+               "seq_len is ", cfg_.seq_len);
+    NURI_CHECK(d.at("seed").get<uint64_t>() == cfg_.seed, "checkpoint ", dir, " used data seed ",
+               d["seed"].get<uint64_t>(), "; this run's seed is ", cfg_.seed,
+               " (the sample order depends on it)");
+    const int64_t gb = cfg_.micro_batch * cfg_.grad_accum * world;
+    NURI_CHECK(d.at("global_batch").get<int64_t>() == gb, "checkpoint ", dir,
+               " used a global batch of ", d["global_batch"].get<int64_t>(), " sequences; this "
+               "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
+               cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
+               "the product is the checkpoint's, on any number of ranks");
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
+               "wrong type: ", e.what());
+  }
+  // Parameters: exactly the model's names, with the model's shapes.
+  Backend& be = model_.backend();
+  const std::vector<std::string> names = r.replicated_names();
+  for (const auto& p : model_.parameters()) {
+    NURI_CHECK(std::find(names.begin(), names.end(), p.name) != names.end(), "checkpoint ", dir,
+               ": tensor '", p.name, "' is missing");
+  }
+  for (const std::string& n : names) {
+    const auto& ps = model_.parameters();
+    const auto it = std::find_if(ps.begin(), ps.end(), [&](const auto& p) { return p.name == n; });
+    NURI_CHECK(it != ps.end(), "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this "
+               "model (an extra tensor: was it saved from another model?)");
+    const SafetensorsEntry& e = r.replicated_entry(n);
+    NURI_CHECK(e.shape == it->tensor.shape(), "checkpoint ", dir, ": tensor '", n, "' has shape ",
+               shape_str(e.shape), ", the model's is ", shape_str(it->tensor.shape()));
+    Tensor host = Tensor::empty(it->tensor.shape(), DType::f32);
+    r.read_replicated(n, host);
+    be.copy(host, it->tensor);
+  }
+  model_.sync_compute_weights();
+  // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
+  const int64_t total = model_.param_buffer().numel();
+  for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
+                                  std::pair{"adamw.v", &opt_->v_buffer()}}) {
+    NURI_CHECK(r.has_range(name), "checkpoint ", dir, ": AdamW state '", name, "' is missing");
+    NURI_CHECK(r.range_numel(name) == total, "checkpoint ", dir, ": '", name, "' has ",
+               r.range_numel(name), " elements, the model ", total, " parameters");
+    Tensor host = Tensor::empty({buf->numel()}, DType::f32);
+    r.read_range(name, opt_->shard_begin(), opt_->shard_end(), host);
+    be.copy(host, buf->view({buf->numel()}));
+  }
+  opt_->set_steps_done(meta["adamw"]["steps_done"].get<int64_t>());
+  step_ = meta["step"].get<int64_t>();
+  skipped_ = meta.value("skipped_steps", int64_t(0));
+  loader_.set_position({meta["data"]["epoch"].get<int64_t>(), meta["data"]["batch"].get<int64_t>()});
+  be.synchronize();
+  return dir;
 }
 
 float Trainer::evaluate() {

@@ -28,6 +28,9 @@ class AdamW {
   void step(float lr, float grad_scale = 1.f);
 
   int64_t steps_done() const { return step_; }
+  /// Restores the update count (a checkpoint's): bias correction and stochastic rounding go on
+  /// from there.
+  void set_steps_done(int64_t steps) { step_ = steps; }
   const AdamWParams& hyper_params() const { return hp_; }
   const Tensor& m_buffer() const { return m_; }
   const Tensor& v_buffer() const { return v_; }

@@ -85,6 +85,18 @@ class Trainer {
     return nuri::generate(model_, prompt, opt);
   }
 
+  /// Saves this run as a checkpoint under `root` (nuri/ckpt/checkpoint.h), collectively over the
+  /// data-parallel ranks: every parameter under its Hugging Face name, AdamW's moments as flat
+  /// ranges of this rank layout, the step, the data position and the configs. Returns the
+  /// checkpoint's directory.
+  std::string save_checkpoint(const std::string& root, int keep_last = 3);
+  /// Restores a checkpoint (a directory, or the newest under a root) saved by any number of
+  /// ranks with any ZeRO stage: parameters, AdamW's moments resharded to this layout, the step
+  /// and the data position, so the global sample order goes on where it stopped. The model, the
+  /// sequence length, the global batch and the data seed must be the checkpoint's (an error
+  /// names what differs); gradients are not saved. Returns the checkpoint's directory.
+  std::string load_checkpoint(const std::string& path);
+
   int64_t steps_done() const { return step_; }
   int64_t skipped_steps() const { return skipped_; }
   DataPosition data_position() const { return loader_.position(); }

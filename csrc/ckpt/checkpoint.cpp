@@ -1,0 +1,387 @@
+// Checkpoint directories: writing with an atomic commit, reading with checksums (see the header).
+#include "nuri/ckpt/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "nuri/core/error.h"
+#include "nuri/core/log.h"
+
+namespace nuri {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kModelFile = "model.safetensors";
+constexpr int kFormatVersion = 1;
+
+void fsync_dir(const std::string& dir) {
+  ckpt::crash_point("directory sync");
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  NURI_CHECK(fd >= 0, "cannot open directory ", dir, " to sync it: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  NURI_CHECK(rc == 0, "fsync of directory ", dir, " failed: ", std::strerror(errno));
+}
+
+/// Writes `text` to dir/name atomically: a temporary file, fsynced, renamed over the name, the
+/// directory fsynced.
+void atomic_write(const std::string& dir, const std::string& name, const std::string& text) {
+  const std::string tmp = dir + "/" + name + ".tmp", dst = dir + "/" + name;
+  FileWriter w(tmp);
+  w.write(text.data(), text.size());
+  w.close();
+  ckpt::crash_point("rename");
+  NURI_CHECK(::rename(tmp.c_str(), dst.c_str()) == 0, "cannot rename ", tmp, " to ", dst, ": ",
+             std::strerror(errno));
+  fsync_dir(dir);
+}
+
+bool committed(const fs::path& dir) { return fs::is_regular_file(dir / kManifest); }
+
+/// step-%08d → step, or -1 for other names.
+int64_t step_of(const std::string& name) {
+  if (name.size() != 13 || name.rfind("step-", 0) != 0) return -1;
+  int64_t s = 0;
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    s = s * 10 + (name[i] - '0');
+  }
+  return s;
+}
+
+/// Every rank's string, in rank order (through the host communicator: lengths, then bytes).
+std::vector<std::string> gather_strings(Communicator* comm, const std::string& mine) {
+  if (!comm || comm->size() == 1) return {mine};
+  Communicator& c = *comm->host_communicator();
+  const int n = c.size();
+  Tensor len = Tensor::empty({1}, DType::f32), lens = Tensor::empty({n}, DType::f32);
+  len.data<float>()[0] = float(mine.size());
+  NURI_CHECK(mine.size() < (size_t(1) << 24), "checkpoint record too long to gather");
+  c.all_gather(len, lens);
+  std::vector<int64_t> counts(static_cast<size_t>(n));
+  int64_t total = 0;
+  for (int r = 0; r < n; ++r) {
+    counts[size_t(r)] = (int64_t(lens.data<float>()[r]) + 1) / 2;  // bf16 elements carry 2 bytes
+    total += counts[size_t(r)];
+  }
+  Tensor in = Tensor::zeros({counts[size_t(c.rank())]}, DType::bf16);
+  std::memcpy(in.raw(), mine.data(), mine.size());
+  Tensor out = Tensor::empty({total}, DType::bf16);
+  c.all_gather_v(in, out, counts);
+  std::vector<std::string> all;
+  const char* p = static_cast<const char*>(out.raw());
+  for (int r = 0; r < n; ++r) {
+    all.emplace_back(p, size_t(lens.data<float>()[r]));
+    p += counts[size_t(r)] * 2;
+  }
+  return all;
+}
+
+/// Rank 0's verdict to every rank: "" (ok) or its error message.
+void agree(Communicator* comm, const std::string& rank0_error, const char* what) {
+  std::string verdict = rank0_error;
+  if (comm && comm->size() > 1) verdict = gather_strings(comm, rank0_error)[0];
+  NURI_CHECK(verdict.empty(), what, (comm && comm->rank() != 0) ? " (on rank 0)" : "", ": ",
+             verdict);
+}
+
+}  // namespace
+
+std::string checkpoint_dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", (long long)step);
+  return buf;
+}
+
+// ---- writing ------------------------------------------------------------------------------------
+
+CheckpointWriter::CheckpointWriter(std::string root, int64_t step, Communicator* comm)
+    : root_(std::move(root)), step_(step), comm_(comm) {
+  NURI_CHECK(step >= 0, "checkpoint step ", step, " must be >= 0");
+  if (comm_) {
+    rank_ = comm_->rank();
+    world_ = comm_->size();
+  }
+  dir_ = root_ + "/" + checkpoint_dir_name(step);
+  std::string error;
+  if (rank_ == 0) {
+    try {
+      fs::create_directories(root_);
+      if (fs::exists(dir_)) {
+        // Uncommit first, so a crash from here on leaves debris, never a mixed checkpoint.
+        if (committed(dir_)) {
+          fs::remove(fs::path(dir_) / kManifest);
+          fsync_dir(dir_);
+        }
+        fs::remove_all(dir_);
+      }
+      fs::create_directory(dir_);
+      fsync_dir(root_);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  agree(comm_, error, "creating the checkpoint directory");
+}
+
+void CheckpointWriter::add_replicated(const std::string& name, const Tensor& host) {
+  if (rank_ != 0) return;
+  replicated_.push_back({name, host});
+}
+
+void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t lo,
+                                 const Tensor& host_part) {
+  NURI_CHECK(host_part.dtype() == DType::f32 && lo >= 0 && lo + host_part.numel() <= numel,
+             "add_range('", name, "'): [", lo, ", ", lo + host_part.numel(),
+             ") of an f32 tensor of ", numel, " elements");
+  NURI_CHECK(!range_info_.count(name), "add_range('", name, "') twice on one rank");
+  ranges_.push_back({name, host_part});
+  range_info_[name] = {numel, lo};
+}
+
+void CheckpointWriter::set_meta(std::string json_text) { meta_ = std::move(json_text); }
+
+std::string CheckpointWriter::commit(int keep_last) {
+  NURI_CHECK(keep_last >= 1, "keep_last (", keep_last, ") must be >= 1");
+  // 1. Every rank writes its own file.
+  json record = json::object();
+  std::string error;
+  try {
+    if (!ranges_.empty()) {
+      char name[64];
+      std::snprintf(name, sizeof name, "rank-%05d-of-%05d.safetensors", rank_, world_);
+      const std::string digest = write_safetensors(dir_ + "/" + name, ranges_);
+      record["file"] = name;
+      record["sha256"] = digest;
+      record["bytes"] = int64_t(fs::file_size(dir_ + "/" + name));
+      json parts = json::array();
+      for (const auto& [tname, t] : ranges_) {
+        const auto [numel, lo] = range_info_[tname];
+        parts.push_back({{"name", tname}, {"numel", numel}, {"lo", lo}, {"hi", lo + t.numel()}});
+      }
+      record["ranges"] = parts;
+    }
+    if (rank_ == 0) {
+      const std::string digest = write_safetensors(dir_ + "/" + kModelFile, replicated_);
+      record["model_sha256"] = digest;
+      record["model_bytes"] = int64_t(fs::file_size(dir_ + "/" + kModelFile));
+    }
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  // Every rank learns whether every rank wrote its file.
+  const std::vector<std::string> errors = gather_strings(comm_, error);
+  for (size_t r = 0; r < errors.size(); ++r) {
+    NURI_CHECK(errors[r].empty(), "writing checkpoint ", dir_, " failed on rank ", r, ": ",
+               errors[r]);
+  }
+  const std::vector<std::string> records = gather_strings(comm_, record.dump());
+  // 2. Rank 0 commits: the manifest, then `latest`, then retention.
+  std::string commit_error;
+  if (rank_ == 0) {
+    try {
+      json manifest;
+      manifest["format"] = "nuri-checkpoint";
+      manifest["version"] = kFormatVersion;
+      manifest["step"] = step_;
+      manifest["world_size"] = world_;
+      json files = json::object(), ranges = json::object();
+      files[kModelFile] = {{"sha256", json::parse(records[0])["model_sha256"]},
+                           {"bytes", json::parse(records[0])["model_bytes"]}};
+      for (const std::string& text : records) {
+        const json r = json::parse(text);
+        if (!r.contains("file")) continue;
+        files[r["file"].get<std::string>()] = {{"sha256", r["sha256"]}, {"bytes", r["bytes"]}};
+        for (const auto& p : r["ranges"]) {
+          json& e = ranges[p["name"].get<std::string>()];
+          e["numel"] = p["numel"];
+          e["parts"].push_back({{"file", r["file"]}, {"lo", p["lo"]}, {"hi", p["hi"]}});
+        }
+      }
+      // The ranges of each flat tensor must tile it exactly once.
+      for (auto& [name, e] : ranges.items()) {
+        std::vector<std::pair<int64_t, int64_t>> spans;
+        for (const auto& p : e["parts"]) spans.push_back({p["lo"], p["hi"]});
+        std::sort(spans.begin(), spans.end());
+        int64_t at = 0;
+        for (const auto& [lo, hi] : spans) {
+          NURI_CHECK(lo == at, "checkpoint: the ranks' ranges of '", name, "' leave [", at, ", ",
+                     lo, ") out or overlap there");
+          at = hi;
+        }
+        NURI_CHECK(at == e["numel"].get<int64_t>(), "checkpoint: the ranks' ranges of '", name,
+                   "' end at ", at, " of ", e["numel"].get<int64_t>());
+      }
+      manifest["files"] = files;
+      manifest["ranges"] = ranges;
+      manifest["meta"] = json::parse(meta_);
+      atomic_write(dir_, kManifest, manifest.dump(1) + "\n");
+      atomic_write(root_, "latest", checkpoint_dir_name(step_) + "\n");
+      // Retention: the newest keep_last committed checkpoints stay; uncommitted directories of
+      // earlier steps (interrupted saves) go too.
+      std::vector<std::pair<int64_t, fs::path>> done;
+      for (const auto& d : fs::directory_iterator(root_)) {
+        const int64_t s = step_of(d.path().filename().string());
+        if (s < 0 || !d.is_directory()) continue;
+        if (committed(d.path())) {
+          done.push_back({s, d.path()});
+        } else if (s < step_) {
+          fs::remove_all(d.path());
+        }
+      }
+      std::sort(done.begin(), done.end());
+      for (size_t i = 0; i + size_t(keep_last) < done.size(); ++i) {
+        if (done[i].first == step_) continue;
+        // Uncommit before deleting, so a crash in between leaves no half checkpoint.
+        fs::remove(done[i].second / kManifest);
+        fs::remove_all(done[i].second);
+      }
+    } catch (const std::exception& e) {
+      commit_error = e.what();
+    }
+  }
+  agree(comm_, commit_error, "committing the checkpoint");
+  return dir_;
+}
+
+// ---- reading ------------------------------------------------------------------------------------
+
+std::string CheckpointReader::find(const std::string& root) {
+  if (!fs::is_directory(root)) return "";
+  if (committed(root)) return root;  // a checkpoint directory itself
+  std::ifstream latest(root + "/latest");
+  std::string name;
+  if (latest >> name && step_of(name) >= 0 && committed(fs::path(root) / name)) {
+    return root + "/" + name;
+  }
+  int64_t best = -1;
+  std::string dir;
+  for (const auto& d : fs::directory_iterator(root)) {
+    const int64_t s = step_of(d.path().filename().string());
+    if (s > best && committed(d.path())) {
+      best = s;
+      dir = d.path().string();
+    }
+  }
+  if (!dir.empty()) {
+    NURI_LOG(warn, root, "/latest does not name a committed checkpoint; using the newest "
+             "committed one, ", dir);
+  }
+  return dir;
+}
+
+CheckpointReader::CheckpointReader(const std::string& path) {
+  NURI_CHECK(fs::exists(path), "checkpoint ", path, " does not exist");
+  dir_ = find(path);
+  NURI_CHECK(!dir_.empty(), path, " holds no committed checkpoint (no manifest.json: a save that "
+             "was interrupted is not a checkpoint)");
+  const std::string mpath = dir_ + "/" + kManifest;
+  json m;
+  try {
+    std::ifstream in(mpath);
+    m = json::parse(in);
+  } catch (const std::exception& e) {
+    NURI_CHECK(false, mpath, " does not parse: ", e.what());
+  }
+  try {
+    NURI_CHECK(m.value("format", "") == "nuri-checkpoint", mpath, " is not a nuri checkpoint "
+               "manifest");
+    NURI_CHECK(m.value("version", 0) == kFormatVersion, mpath, ": format version ",
+               m.value("version", 0), ", this nuri reads version ", kFormatVersion);
+    step_ = m.at("step").get<int64_t>();
+    meta_ = m.at("meta").dump();
+    for (const auto& [file, e] : m.at("files").items()) {
+      sha_[file] = e.at("sha256").get<std::string>();
+      bytes_[file] = e.at("bytes").get<int64_t>();
+      NURI_CHECK(file.find('/') == std::string::npos, mpath, ": file name '", file,
+                 "' leaves the directory");
+    }
+    NURI_CHECK(sha_.count(kModelFile), mpath, " lists no ", kModelFile);
+    for (const auto& [name, e] : m.at("ranges").items()) {
+      auto& r = ranges_[name];
+      r.first = e.at("numel").get<int64_t>();
+      for (const auto& p : e.at("parts")) {
+        const std::string f = p.at("file").get<std::string>();
+        NURI_CHECK(sha_.count(f), mpath, ": range of '", name, "' in unlisted file ", f);
+        r.second.push_back({f, p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()});
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, mpath, " is missing a field or has one of the wrong type: ", e.what());
+  }
+}
+
+CheckpointReader::~CheckpointReader() = default;
+
+const SafetensorsFile& CheckpointReader::file(const std::string& name) const {
+  auto it = open_.find(name);
+  if (it != open_.end()) return *it->second;
+  const std::string path = dir_ + "/" + name;
+  NURI_CHECK(fs::is_regular_file(path), "checkpoint ", dir_, ": ", name,
+             " is listed in the manifest but missing");
+  const int64_t size = int64_t(fs::file_size(path));
+  NURI_CHECK(size == bytes_.at(name), "checkpoint ", dir_, ": ", name, " has ", size,
+             " bytes, the manifest says ", bytes_.at(name), " (truncated or replaced)");
+  const std::string digest = sha256_file(path);
+  NURI_CHECK(digest == sha_.at(name), "checkpoint ", dir_, ": ", name, " fails its checksum (",
+             "SHA-256 ", digest.substr(0, 16), "…, the manifest says ", sha_.at(name).substr(0, 16),
+             "…): the file is corrupted; use an earlier checkpoint");
+  return *(open_[name] = std::make_unique<SafetensorsFile>(path));
+}
+
+std::vector<std::string> CheckpointReader::replicated_names() const {
+  return file(kModelFile).names();
+}
+
+const SafetensorsEntry& CheckpointReader::replicated_entry(const std::string& name) const {
+  return file(kModelFile).entry(name);
+}
+
+void CheckpointReader::read_replicated(const std::string& name, const Tensor& host_dst) const {
+  file(kModelFile).read(name, host_dst);
+}
+
+bool CheckpointReader::has_range(const std::string& name) const { return ranges_.count(name); }
+
+int64_t CheckpointReader::range_numel(const std::string& name) const {
+  auto it = ranges_.find(name);
+  NURI_CHECK(it != ranges_.end(), "checkpoint ", dir_, " has no tensor '", name, "'");
+  return it->second.first;
+}
+
+void CheckpointReader::read_range(const std::string& name, int64_t lo, int64_t hi,
+                                  const Tensor& host_dst) const {
+  const int64_t numel = range_numel(name);
+  NURI_CHECK(0 <= lo && lo <= hi && hi <= numel && host_dst.numel() == hi - lo &&
+                 host_dst.dtype() == DType::f32 && host_dst.device().is_cpu(),
+             "checkpoint ", dir_, ": reading [", lo, ", ", hi, ") of '", name, "' (", numel,
+             " elements) into ", host_dst.str());
+  int64_t covered = 0;
+  for (const Part& p : ranges_.at(name).second) {
+    const int64_t a = std::max(lo, p.lo), b = std::min(hi, p.hi);
+    if (a >= b) continue;
+    const SafetensorsFile& f = file(p.file);
+    NURI_CHECK(shape_numel(f.entry(name).shape) == p.hi - p.lo, "checkpoint ", dir_, ": ", p.file,
+               " holds ", shape_numel(f.entry(name).shape), " elements of '", name,
+               "', the manifest says ", p.hi - p.lo);
+    f.read_range(name, a - p.lo, b - p.lo, host_dst.slice(0, a - lo, b - lo));
+    covered += b - a;
+  }
+  NURI_CHECK(covered == hi - lo, "checkpoint ", dir_, ": the files hold ", covered, " of the ",
+             hi - lo, " elements [", lo, ", ", hi, ") of '", name, "'");
+}
+
+}  // namespace nuri

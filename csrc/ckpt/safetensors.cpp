@@ -1,0 +1,317 @@
+// safetensors reading and writing, fsynced file writes with SHA-256 on the way, and the crash
+// points of the fault-injection tests.
+#include "nuri/ckpt/safetensors.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "nuri/core/error.h"
+
+namespace nuri {
+
+namespace ckpt {
+
+namespace {
+std::atomic<int64_t> g_points{0};
+int64_t crash_at() {
+  static const int64_t k = [] {
+    const char* e = std::getenv("NURI_CKPT_CRASH_AT");
+    return e && *e ? std::atoll(e) : int64_t(0);
+  }();
+  return k;
+}
+}  // namespace
+
+void crash_point(const char* what) {
+  const int64_t n = ++g_points;
+  if (crash_at() > 0 && n == crash_at()) {
+    std::fprintf(stderr, "nuri: NURI_CKPT_CRASH_AT=%lld: killed at crash point %lld (%s)\n",
+                 (long long)n, (long long)n, what);
+    std::fflush(stderr);
+    std::raise(SIGKILL);
+  }
+}
+
+int64_t crash_points_passed() { return g_points.load(); }
+
+}  // namespace ckpt
+
+namespace {
+
+std::string hex(const unsigned char* d, unsigned n) {
+  static const char* digits = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < n; ++i) {
+    s += digits[d[i] >> 4];
+    s += digits[d[i] & 15];
+  }
+  return s;
+}
+
+EVP_MD_CTX* new_sha() {
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  NURI_CHECK(ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr) == 1,
+             "SHA-256: OpenSSL could not start a digest");
+  return ctx;
+}
+
+std::string finish_sha(EVP_MD_CTX* ctx) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned n = 0;
+  EVP_DigestFinal_ex(ctx, d, &n);
+  EVP_MD_CTX_free(ctx);
+  return hex(d, n);
+}
+
+constexpr size_t kChunk = size_t(1) << 20;  // bytes per write (and per crash point)
+
+}  // namespace
+
+// ---- FileWriter -------------------------------------------------------------------------------
+
+FileWriter::FileWriter(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  NURI_CHECK(fd_ >= 0, "cannot create ", path, ": ", std::strerror(errno));
+  sha_ = new_sha();
+}
+
+FileWriter::~FileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (sha_) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(sha_));
+}
+
+void FileWriter::write(const void* data, size_t bytes) {
+  NURI_CHECK(fd_ >= 0, "write to ", path_, " after close");
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    const size_t n = std::min(bytes, kChunk);
+    ckpt::crash_point("write");
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t k = ::write(fd_, p + done, n - done);
+      if (k < 0 && errno == EINTR) continue;
+      NURI_CHECK(k > 0, "writing ", path_, " failed after ", bytes_ + int64_t(done), " bytes: ",
+                 std::strerror(errno), " (is the disk full?)");
+      done += size_t(k);
+    }
+    EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(sha_), p, n);
+    bytes_ += int64_t(n);
+    p += n;
+    bytes -= n;
+  }
+}
+
+std::string FileWriter::close() {
+  NURI_CHECK(fd_ >= 0, "close of ", path_, " twice");
+  ckpt::crash_point("fsync");
+  NURI_CHECK(::fsync(fd_) == 0, "fsync of ", path_, " failed: ", std::strerror(errno));
+  NURI_CHECK(::close(fd_) == 0, "close of ", path_, " failed: ", std::strerror(errno));
+  fd_ = -1;
+  const std::string digest = finish_sha(static_cast<EVP_MD_CTX*>(sha_));
+  sha_ = nullptr;
+  return digest;
+}
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  NURI_CHECK(in.good(), "cannot open ", path, " to check its SHA-256");
+  EVP_MD_CTX* ctx = new_sha();
+  std::vector<char> buf(kChunk);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx, buf.data(), size_t(in.gcount()));
+  }
+  return finish_sha(ctx);
+}
+
+// ---- dtypes -------------------------------------------------------------------------------------
+
+const char* safetensors_dtype(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::bf16: return "BF16";
+    case DType::f16: return "F16";
+    case DType::i32: return "I32";
+    case DType::i64: return "I64";
+    default: break;
+  }
+  NURI_CHECK(false, "safetensors: nuri does not write ", dtype_name(t), " tensors");
+}
+
+DType dtype_from_safetensors(const std::string& s, const std::string& where) {
+  if (s == "F32") return DType::f32;
+  if (s == "BF16") return DType::bf16;
+  if (s == "F16") return DType::f16;
+  if (s == "I32") return DType::i32;
+  if (s == "I64") return DType::i64;
+  NURI_CHECK(false, where, ": dtype '", s, "' is not one nuri reads (F32, BF16, F16, I32, I64)");
+}
+
+// ---- writing ------------------------------------------------------------------------------------
+
+std::string write_safetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  int64_t at = 0;
+  for (const auto& [name, t] : tensors) {
+    NURI_CHECK(t.defined() && t.device().is_cpu() && t.is_contiguous(), "write_safetensors(",
+               path, "): tensor '", name, "' must be a contiguous host tensor");
+    NURI_CHECK(name != "__metadata__" && !header.contains(name), "write_safetensors(", path,
+               "): tensor name '", name, "' is reserved or used twice");
+    nlohmann::ordered_json e;
+    e["dtype"] = safetensors_dtype(t.dtype());
+    e["shape"] = t.shape();
+    e["data_offsets"] = {at, at + int64_t(t.nbytes())};
+    header[name] = e;
+    at += int64_t(t.nbytes());
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  const uint64_t n = h.size();
+  unsigned char len[8];
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  FileWriter w(path);
+  w.write(len, 8);
+  w.write(h.data(), h.size());
+  for (const auto& [name, t] : tensors) w.write(t.raw(), t.nbytes());
+  return w.close();
+}
+
+// ---- reading ------------------------------------------------------------------------------------
+
+SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  NURI_CHECK(in.good(), path, ": cannot open (", std::strerror(errno), ")");
+  file_bytes_ = int64_t(in.tellg());
+  NURI_CHECK(file_bytes_ >= 8, path, ": ", file_bytes_,
+             " bytes is too short for a safetensors file (truncated?)");
+  in.seekg(0);
+  unsigned char len[8];
+  in.read(reinterpret_cast<char*>(len), 8);
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= uint64_t(len[i]) << (8 * i);
+  NURI_CHECK(n > 0 && n <= uint64_t(file_bytes_ - 8), path, ": the header claims ", n,
+             " bytes but the file has ", file_bytes_ - 8, " after the length (truncated or not "
+             "a safetensors file)");
+  std::string h(n, '\0');
+  in.read(h.data(), std::streamsize(n));
+  data_start_ = 8 + int64_t(n);
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(h);
+  } catch (const std::exception& e) {
+    NURI_CHECK(false, path, ": the header is not valid JSON (", e.what(), ")");
+  }
+  NURI_CHECK(header.is_object(), path, ": the header is not a JSON object");
+  std::vector<std::pair<int64_t, std::string>> spans;
+  const int64_t data_bytes = file_bytes_ - data_start_;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      NURI_CHECK(it->is_object(), path, ": __metadata__ must be an object of strings");
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        NURI_CHECK(m->is_string(), path, ": __metadata__ value '", m.key(), "' is not a string");
+        metadata_[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const std::string where = path + ": tensor '" + it.key() + "'";
+    const auto& v = *it;
+    NURI_CHECK(v.is_object() && v.contains("dtype") && v.contains("shape") &&
+                   v.contains("data_offsets") && v["dtype"].is_string() &&
+                   v["shape"].is_array() && v["data_offsets"].is_array() &&
+                   v["data_offsets"].size() == 2,
+               where, ": needs dtype, shape and data_offsets [begin, end]");
+    SafetensorsEntry e;
+    e.dtype = dtype_from_safetensors(v["dtype"].get<std::string>(), where);
+    int64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      NURI_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ",
+                 v["shape"].dump());
+      e.shape.push_back(d.get<int64_t>());
+      numel *= d.get<int64_t>();
+    }
+    NURI_CHECK(v["data_offsets"][0].is_number_integer() && v["data_offsets"][1].is_number_integer(),
+               where, ": data_offsets must be integers");
+    e.begin = v["data_offsets"][0].get<int64_t>();
+    e.end = v["data_offsets"][1].get<int64_t>();
+    NURI_CHECK(0 <= e.begin && e.begin <= e.end && e.end <= data_bytes, where, ": bytes [",
+               e.begin, ", ", e.end, ") are outside the file's ", data_bytes,
+               " data bytes (truncated?)");
+    NURI_CHECK(e.end - e.begin == numel * int64_t(dtype_size(e.dtype)), where, ": shape ",
+               v["shape"].dump(), " of ", v["dtype"].get<std::string>(), " needs ",
+               numel * int64_t(dtype_size(e.dtype)), " bytes, the offsets give ", e.end - e.begin);
+    entries_[it.key()] = e;
+    spans.push_back({e.begin, it.key()});
+  }
+  std::sort(spans.begin(), spans.end());
+  int64_t end = 0;
+  for (const auto& [begin, name] : spans) {
+    const SafetensorsEntry& e = entries_[name];
+    NURI_CHECK(e.begin >= end || e.begin == e.end, path, ": tensor '", name,
+               "' overlaps the tensor before it");
+    end = std::max(end, e.end);
+    order_.push_back(name);
+  }
+}
+
+std::vector<std::string> SafetensorsFile::names() const { return order_; }
+
+const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  NURI_CHECK(it != entries_.end(), path_, ": no tensor named '", name, "' (", entries_.size(),
+             " tensors", order_.empty() ? "" : ", e.g. '" + order_.front() + "'", ")");
+  return it->second;
+}
+
+void SafetensorsFile::read(const std::string& name, const Tensor& dst) const {
+  const SafetensorsEntry& e = entry(name);
+  read_range(name, 0, shape_numel(e.shape), dst);
+}
+
+void SafetensorsFile::read_range(const std::string& name, int64_t lo, int64_t hi,
+                                 const Tensor& dst) const {
+  const SafetensorsEntry& e = entry(name);
+  const int64_t numel = shape_numel(e.shape);
+  NURI_CHECK(0 <= lo && lo <= hi && hi <= numel, path_, ": tensor '", name, "' has ", numel,
+             " elements; [", lo, ", ", hi, ") is not a range of them");
+  NURI_CHECK(dst.defined() && dst.device().is_cpu() && dst.is_contiguous() &&
+                 dst.numel() == hi - lo,
+             path_, ": tensor '", name, "': reading ", hi - lo, " elements into ",
+             dst.defined() ? dst.str() : std::string("an undefined tensor"));
+  const bool same = dst.dtype() == e.dtype;
+  NURI_CHECK(same || ((e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16) &&
+                      dst.dtype() == DType::f32),
+             path_, ": tensor '", name, "' is ", dtype_name(e.dtype), "; it cannot be read as ",
+             dtype_name(dst.dtype()));
+  const size_t es = dtype_size(e.dtype);
+  std::vector<char> raw(size_t(hi - lo) * es);
+  std::ifstream in(path_, std::ios::binary);
+  in.seekg(data_start_ + e.begin + lo * int64_t(es));
+  in.read(raw.data(), std::streamsize(raw.size()));
+  NURI_CHECK(in.gcount() == std::streamsize(raw.size()), path_, ": tensor '", name,
+             "': the file ended early (truncated)");
+  if (same) {
+    std::memcpy(dst.raw(), raw.data(), raw.size());
+    return;
+  }
+  float* out = dst.data<float>();
+  for (int64_t i = 0; i < hi - lo; ++i) {
+    uint16_t b;
+    std::memcpy(&b, raw.data() + size_t(i) * 2, 2);
+    out[i] = e.dtype == DType::bf16 ? bf16_to_f32(bf16_t{b}) : f16_to_f32(f16_t{b});
+  }
+}
+
+}  // namespace nuri

@@ -1,0 +1,81 @@
+// Preemption signals and the wall-clock limit, agreed on by all ranks at a step boundary.
+#include "nuri/train/preemption.h"
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <string>
+
+#include "nuri/core/error.h"
+#include "nuri/dist/communicator.h"
+
+namespace nuri {
+
+namespace {
+std::atomic<int> g_signal{0};
+extern "C" void on_signal(int sig) { g_signal.store(sig); }
+}  // namespace
+
+PreemptionWatch::PreemptionWatch(std::vector<int> signals, double time_limit_s)
+    : signals_(std::move(signals)), limit_s_(time_limit_s),
+      start_(std::chrono::steady_clock::now()) {
+  NURI_CHECK(time_limit_s >= 0, "time limit (", time_limit_s, " s) must be >= 0");
+  g_signal.store(0);
+  for (int s : signals_) {
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    NURI_CHECK(sigaction(s, &sa, nullptr) == 0, "cannot install a handler for signal ", s);
+  }
+}
+
+PreemptionWatch::~PreemptionWatch() {
+  for (int s : signals_) std::signal(s, SIG_DFL);
+}
+
+int PreemptionWatch::signal() const { return g_signal.load(); }
+
+bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm) {
+  longest_step_ = std::max(longest_step_, step_seconds);
+  if (limit_s_ > 0) {
+    const double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    time_up_ = elapsed + 2 * longest_step_ >= limit_s_;
+  }
+  const bool mine = g_signal.load() != 0 || time_up_;
+  if (!comm || comm->size() == 1) return mine;
+  Communicator& host = *comm->host_communicator();
+  Tensor flag = Tensor::empty({1}, DType::f32);
+  flag.data<float>()[0] = mine ? 1.f : 0.f;
+  host.all_reduce(flag, ReduceOp::sum);
+  return flag.data<float>()[0] > 0;
+}
+
+std::vector<int> parse_signals(const std::string& list) {
+  std::vector<int> out;
+  size_t at = 0;
+  while (at <= list.size()) {
+    const size_t comma = list.find(',', at);
+    std::string name = list.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    at = comma == std::string::npos ? list.size() + 1 : comma + 1;
+    if (name.empty()) continue;
+    if (name.rfind("SIG", 0) == 0) name = name.substr(3);
+    int sig = 0;
+    if (name == "TERM") sig = SIGTERM;
+    else if (name == "USR1") sig = SIGUSR1;
+    else if (name == "USR2") sig = SIGUSR2;
+    else if (name == "INT") sig = SIGINT;
+    else if (name == "HUP") sig = SIGHUP;
+    else if (!name.empty() && name.find_first_not_of("0123456789") == std::string::npos) {
+      sig = std::atoi(name.c_str());
+    }
+    NURI_CHECK(sig > 0 && sig < 65 && sig != SIGKILL && sig != SIGSTOP, "signal '", name,
+               "' is not one a run can catch; use TERM, USR1, USR2, INT, HUP or a number");
+    out.push_back(sig);
+  }
+  NURI_CHECK(!out.empty(), "no signals in '", list, "'");
+  return out;
+}
+
+}  // namespace nuri

@@ -1,0 +1,105 @@
+// Checkpoints that survive a shared pool (DESIGN.md, "Checkpoints"): one directory per step,
+//
+//   ROOT/step-00000120/model.safetensors             tensors every rank holds alike (rank 0)
+//   ROOT/step-00000120/rank-00001-of-00004.safetensors  each rank's ranges of flat tensors
+//   ROOT/step-00000120/manifest.json                  the commit: files, SHA-256, ranges, meta
+//   ROOT/latest                                       "step-00000120"
+//
+// A checkpoint exists only once its manifest is committed: every file is fsynced, the manifest
+// is written to manifest.json.tmp, fsynced, renamed to manifest.json, and the directory fsynced;
+// then `latest` is replaced the same way and checkpoints beyond the newest keep_last are removed.
+// A directory without manifest.json is debris of an interrupted save and is never read.
+//
+// Flat tensors (AdamW's moments) are stored as ranges [lo, hi) in the files of the ranks that
+// held them, and read back as any range: that is how a checkpoint of N ranks with one ZeRO
+// layout loads into M ranks with another. Every file's SHA-256 is checked before its data is
+// used, and every inconsistency is an error naming the file and the tensor.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "nuri/ckpt/safetensors.h"
+#include "nuri/core/tensor.h"
+#include "nuri/dist/communicator.h"
+
+namespace nuri {
+
+/// The directory name of step `step`: "step-%08d".
+std::string checkpoint_dir_name(int64_t step);
+
+/// Writes one checkpoint; every rank of `comm` (null: one process) constructs one with the same
+/// root and step, adds its tensors, and calls commit().
+class CheckpointWriter {
+ public:
+  /// Collective. Creates ROOT/step-… (a committed checkpoint of the same step is replaced: its
+  /// manifest is removed first, so it is never half old, half new).
+  CheckpointWriter(std::string root, int64_t step, Communicator* comm);
+  /// A host tensor every rank holds alike: rank 0 writes it (the others' calls are ignored).
+  void add_replicated(const std::string& name, const Tensor& host);
+  /// This rank's elements [lo, lo + part.numel()) of a flat tensor of `numel` elements (f32).
+  /// The ranks' ranges together must cover [0, numel) once.
+  void add_range(const std::string& name, int64_t numel, int64_t lo, const Tensor& host_part);
+  /// The training state as a JSON object (text); rank 0's is written.
+  void set_meta(std::string json);
+  /// Collective: writes this rank's files, then rank 0 the manifest, `latest`, and removes
+  /// checkpoints beyond the newest keep_last (>= 1). Returns the checkpoint's directory.
+  std::string commit(int keep_last);
+
+ private:
+  std::string root_, dir_;
+  int64_t step_;
+  Communicator* comm_;
+  int rank_ = 0, world_ = 1;
+  std::vector<std::pair<std::string, Tensor>> replicated_, ranges_;
+  std::map<std::string, std::pair<int64_t, int64_t>> range_info_;  // name -> (numel, lo)
+  std::string meta_ = "{}";
+};
+
+/// Reads one committed checkpoint.
+class CheckpointReader {
+ public:
+  /// `path`: a checkpoint directory, or a root, whose checkpoint is the one `latest` names when
+  /// that one is committed, else the newest committed one (a save interrupted after its files
+  /// but before `latest` moved). Throws when there is none, or the manifest does not parse.
+  explicit CheckpointReader(const std::string& path);
+  ~CheckpointReader();
+  /// The directory a root resolves to, or "" when the root holds no committed checkpoint.
+  static std::string find(const std::string& root);
+
+  const std::string& dir() const { return dir_; }
+  int64_t step() const { return step_; }
+  const std::string& meta() const { return meta_; }
+  /// Names of the replicated tensors, in file order.
+  std::vector<std::string> replicated_names() const;
+  const SafetensorsEntry& replicated_entry(const std::string& name) const;
+  void read_replicated(const std::string& name, const Tensor& host_dst) const;
+  /// Elements of the flat tensor `name` and whether the checkpoint has it.
+  bool has_range(const std::string& name) const;
+  int64_t range_numel(const std::string& name) const;
+  /// Elements [lo, hi) of flat tensor `name` (f32) into host_dst, from whichever files hold them.
+  void read_range(const std::string& name, int64_t lo, int64_t hi, const Tensor& host_dst) const;
+
+ private:
+  /// The file, opened and its SHA-256 checked against the manifest on first use.
+  const SafetensorsFile& file(const std::string& name) const;
+
+  struct Part {
+    std::string file;
+    int64_t lo, hi;
+  };
+  std::string dir_;
+  int64_t step_ = 0;
+  std::string meta_;
+  std::map<std::string, std::string> sha_;           // file -> expected SHA-256
+  std::map<std::string, int64_t> bytes_;              // file -> size
+  std::string replicated_file_;
+  std::map<std::string, std::pair<int64_t, std::vector<Part>>> ranges_;  // name -> numel, parts
+  mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> open_;
+};
+
+}  // namespace nuri

@@ -1,0 +1,95 @@
+// safetensors files (the format of Hugging Face's `safetensors`): an 8-byte little-endian header
+// length N, N bytes of JSON ({name: {"dtype", "shape", "data_offsets": [begin, end]}, and an
+// optional "__metadata__" of string values}), then the tensors' bytes, row-major, little-endian.
+//
+// Reading validates everything before trusting it: a header length beyond the file, JSON that
+// does not parse, an unknown dtype, a shape whose bytes differ from the offsets, offsets outside
+// the data or overlapping another tensor's: each is an error naming the file and the tensor.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "nuri/core/tensor.h"
+
+namespace nuri {
+
+/// Files written through this are fsynced before close() returns, and their SHA-256 is computed
+/// on the way. Each chunk written is a crash point (ckpt::crash_point) for the fault-injection
+/// tests.
+class FileWriter {
+ public:
+  /// Creates (truncates) `path`.
+  explicit FileWriter(const std::string& path);
+  ~FileWriter();
+  FileWriter(const FileWriter&) = delete;
+  FileWriter& operator=(const FileWriter&) = delete;
+  void write(const void* data, size_t bytes);
+  /// fsync and close; returns the lower-case hex SHA-256 of everything written.
+  std::string close();
+  int64_t bytes() const { return bytes_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  int64_t bytes_ = 0;
+  void* sha_ = nullptr;  // EVP_MD_CTX
+};
+
+/// Writes host tensors (contiguous; f32, bf16, f16, i32, i64) as one safetensors file; returns
+/// its SHA-256 (hex). The file is fsynced.
+std::string write_safetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+struct SafetensorsEntry {
+  DType dtype = DType::f32;
+  Shape shape;
+  int64_t begin = 0, end = 0;  ///< byte offsets into the data section
+};
+
+/// A safetensors file opened for reading: the header parsed and validated, the data read on
+/// request.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const std::string& path() const { return path_; }
+  /// Tensor names in file order.
+  std::vector<std::string> names() const;
+  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  const SafetensorsEntry& entry(const std::string& name) const;
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  /// Reads tensor `name` into host tensor dst (same element count; the file's dtype converted
+  /// to dst's where both are floating point).
+  void read(const std::string& name, const Tensor& dst) const;
+  /// Reads elements [lo, hi) of the flattened tensor `name` into dst (hi - lo elements).
+  void read_range(const std::string& name, int64_t lo, int64_t hi, const Tensor& dst) const;
+
+ private:
+  std::string path_;
+  int64_t data_start_ = 0, file_bytes_ = 0;
+  std::map<std::string, SafetensorsEntry> entries_;
+  std::vector<std::string> order_;
+  std::map<std::string, std::string> metadata_;
+};
+
+/// safetensors' dtype names ("F32", "BF16", "F16", "I32", "I64") and back.
+const char* safetensors_dtype(DType t);
+DType dtype_from_safetensors(const std::string& s, const std::string& where);
+
+/// Lower-case hex SHA-256 of a whole file.
+std::string sha256_file(const std::string& path);
+
+namespace ckpt {
+/// Fault injection for tests: when NURI_CKPT_CRASH_AT=k is set, the k-th crash point of the
+/// process (counted from 1) ends it with SIGKILL. Checkpoint writing calls this before every
+/// chunk written, fsync, rename and directory sync. No effect when the variable is unset.
+void crash_point(const char* what);
+/// Crash points passed so far in this process (to size the fault-injection sweep).
+int64_t crash_points_passed();
+}  // namespace ckpt
+
+}  // namespace nuri

@@ -1,0 +1,49 @@
+// Leaving a shared pool's allocation in order (DESIGN.md, "Checkpoints"): a preemption signal
+// (SIGTERM and SIGUSR1 by default, as Slurm's --signal sends before it ends a job) or a
+// wall-clock limit makes every rank stop at the same step boundary, so they can write one
+// checkpoint together and exit with kPreemptedExitCode, which means "checkpointed, requeue me".
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace nuri {
+
+class Communicator;
+
+/// The exit status of a run that stopped for preemption or its time limit after committing a
+/// checkpoint: 75 (EX_TEMPFAIL in sysexits.h, "try again later").
+constexpr int kPreemptedExitCode = 75;
+
+class PreemptionWatch {
+ public:
+  /// Installs handlers for `signals` (each only records that it arrived). time_limit_s > 0:
+  /// also stop once the time since construction plus twice the longest step seen (the margin
+  /// for one more step and the save) would pass the limit.
+  explicit PreemptionWatch(std::vector<int> signals, double time_limit_s = 0);
+  ~PreemptionWatch();
+  PreemptionWatch(const PreemptionWatch&) = delete;
+  PreemptionWatch& operator=(const PreemptionWatch&) = delete;
+
+  /// Call after each step with its duration. Collective over comm's ranks when comm has more
+  /// than one (a one-element all-reduce): true on every rank when any rank got a signal or
+  /// reached the time limit.
+  bool should_stop(double step_seconds, Communicator* comm);
+  /// The signal that arrived on this rank (0: none), and whether the time limit was the reason.
+  int signal() const;
+  bool time_limit_reached() const { return time_up_; }
+
+ private:
+  std::vector<int> signals_;
+  double limit_s_;
+  std::chrono::steady_clock::time_point start_;
+  double longest_step_ = 0;
+  bool time_up_ = false;
+};
+
+/// "TERM,USR1" → {SIGTERM, SIGUSR1} (names with or without SIG, or numbers); throws nuri::Error
+/// naming an unknown one.
+std::vector<int> parse_signals(const std::string& list);
+
+}  // namespace nuri

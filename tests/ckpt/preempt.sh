@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Preemption (issue #10): a 2-rank nuri-train job (started torchrun-style) gets SIGTERM on rank 1
+# mid-run; both ranks stop at the same step boundary, write one checkpoint together and exit with
+# 75 ("checkpointed, requeue me"); the next start resumes it and ends with the same training and
+# validation loss as the job never interrupted. Then the wall-clock limit: a run with
+# --time-limit stops the same way before the limit.
+#   preempt.sh TORCHRUN_SH NURI_TRAIN_BINARY
+set -uo pipefail
+launcher=$1 bin=$2
+dir=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+export OMP_NUM_THREADS=1
+args=(--model gpt2-tiny --steps 60 --seq 64 --batch 2 --sample 0 --eval-every 0 --log-every 1)
+summary() {
+  printf '%s %s' "$(grep -oP 'step +60/60 \| loss \K[0-9.]+' <<<"$1")" \
+    "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$1")"
+}
+fail() { echo "FAIL: $*"; exit 1; }
+
+ref=$(bash "$launcher" -np 2 "$bin" "${args[@]}" 2>&1) || { echo "$ref"; fail "reference run"; }
+want=$(summary "$ref")
+echo "uninterrupted 2-rank run: final loss, val loss = $want"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for r in 0 1; do
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "$bin" "${args[@]}" --ckpt-dir "$dir/ck" >"$dir/out$r" 2>&1 &
+  pids+=($!)
+done
+for ((i = 0; i < 600; ++i)); do  # until rank 0 has logged step 10 (at most 60 s)
+  grep -q 'step    10/60' "$dir/out0" && break
+  sleep 0.1
+done
+grep -q 'step    10/60' "$dir/out0" || { cat "$dir/out0"; fail "the job did not reach step 10"; }
+kill -TERM "${pids[1]}"
+wait "${pids[0]}"; rc0=$?
+wait "${pids[1]}"; rc1=$?
+pids=()
+out0=$(cat "$dir/out0")
+stopped=$(grep -oP 'stopped at step \K[0-9]+' <<<"$out0")
+echo "SIGTERM to rank 1 after step 10: ranks exited $rc0 and $rc1, stopped at step $stopped"
+((rc0 == 75 && rc1 == 75)) || { echo "$out0"; cat "$dir/out1"; fail "expected exit status 75 on both ranks"; }
+grep -q "stopped at step $stopped (another rank was signalled): checkpointed" <<<"$out0" ||
+  { echo "$out0"; fail "rank 0 did not say why it stopped"; }
+((stopped >= 10 && stopped < 60)) || fail "stopped at step '$stopped'"
+
+out=$(bash "$launcher" -np 2 "$bin" "${args[@]}" --ckpt-dir "$dir/ck" 2>&1) ||
+  { echo "$out"; fail "the resumed job failed"; }
+grep -q "resumed from $dir/ck/step-$(printf '%08d' "$stopped"): step $stopped" <<<"$out" ||
+  { echo "$out"; fail "the next start did not resume step $stopped"; }
+got=$(summary "$out")
+echo "resumed job: final loss, val loss = $got"
+[[ "$got" == "$want" ]] || fail "resumed job ends at '$got', the uninterrupted one at '$want'"
+
+# The wall-clock limit: one process, far more steps than fit in 3 s.
+out=$("$bin" "${args[@]}" --steps 100000 --ckpt-dir "$dir/tl" --time-limit 3 2>&1)
+rc=$?
+((rc == 75)) && grep -q 'stopped at step [0-9]* (time limit): checkpointed' <<<"$out" ||
+  { echo "$out" | tail -n 5; fail "--time-limit 3: exit $rc"; }
+echo "--time-limit 3: $(grep -oP 'stopped at step [0-9]+ \(time limit\)' <<<"$out"), exit 75"
+echo PASS

@@ -1,0 +1,316 @@
+// Checkpoints (issue #10), label ckpt: safetensors files and their validation, the checkpoint
+// directory's commit and retention, exact resume on the CPU backend, and every validation error
+// of loading (each must name the file and the tensor or field).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/safetensors.h"
+#include "nuri/core/error.h"
+#include "nuri/train/trainer.h"
+
+namespace nuri {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string tmpdir(const std::string& name) {
+  const std::string d = fs::temp_directory_path().string() + "/nuri_ckpt_" + name + "_" +
+                        std::to_string(::getpid());
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+#define EXPECT_ERROR(stmt, ...)                                                    \
+  do {                                                                             \
+    const std::string msg_ = error_of([&] { stmt; });                              \
+    for (const char* part_ : {__VA_ARGS__}) {                                      \
+      EXPECT_NE(msg_.find(part_), std::string::npos) << "'" << part_ << "' not in: " << msg_; \
+    }                                                                              \
+  } while (0)
+
+Tensor iota(DType dt, Shape shape, float start) {
+  Tensor t = Tensor::empty(shape, dt);
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float v = start + float(i) * 0.5f;
+    if (dt == DType::f32) t.data<float>()[i] = v;
+    else if (dt == DType::bf16) t.data<bf16_t>()[i] = f32_to_bf16(v);
+    else if (dt == DType::i32) t.data<int32_t>()[i] = int32_t(i) - 3;
+  }
+  return t;
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary).write(bytes.data(), std::streamsize(bytes.size()));
+}
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+/// A safetensors file with a hand-written header.
+std::string with_header(const std::string& header, size_t data_bytes) {
+  std::string s(8, '\0');
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) s[size_t(i)] = char((n >> (8 * i)) & 0xff);
+  return s + header + std::string(data_bytes, '\x01');
+}
+
+TEST(Safetensors, RoundTripKeepsDtypesShapesAndMetadata) {
+  const std::string d = tmpdir("st");
+  const Tensor a = iota(DType::f32, {3, 5}, 1), b = iota(DType::bf16, {7}, -2),
+               c = iota(DType::i32, {2, 2, 2}, 0);
+  const std::string sha =
+      write_safetensors(d + "/x.safetensors", {{"a", a}, {"b.weight", b}, {"c", c}}, {{"k", "v"}});
+  EXPECT_EQ(sha, sha256_file(d + "/x.safetensors"));
+  EXPECT_EQ(sha.size(), 64u);
+  SafetensorsFile f(d + "/x.safetensors");
+  EXPECT_EQ(f.names(), (std::vector<std::string>{"a", "b.weight", "c"}));
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  EXPECT_EQ(f.entry("b.weight").dtype, DType::bf16);
+  EXPECT_EQ(f.entry("c").shape, (Shape{2, 2, 2}));
+  Tensor a2 = Tensor::empty({3, 5}, DType::f32), b2 = Tensor::empty({7}, DType::f32),
+         c2 = Tensor::empty({8}, DType::i32);
+  f.read("a", a2);
+  f.read("b.weight", b2);  // bf16 read as f32
+  f.read("c", c2);
+  EXPECT_EQ(std::memcmp(a.raw(), a2.raw(), a.nbytes()), 0);
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(b2.data<float>()[i], bf16_to_f32(b.data<bf16_t>()[i]));
+  EXPECT_EQ(std::memcmp(c.raw(), c2.raw(), c.nbytes()), 0);
+  Tensor part = Tensor::empty({4}, DType::f32);
+  f.read_range("a", 6, 10, part);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(part.data<float>()[i], a.data<float>()[6 + i]);
+  fs::remove_all(d);
+}
+
+TEST(Safetensors, EveryMalformedFileIsAnErrorNamingFileAndTensor) {
+  const std::string d = tmpdir("bad");
+  const std::string p = d + "/bad.safetensors";
+  write_bytes(p, "abc");
+  EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "too short");
+  write_bytes(p, with_header("{}", 0).substr(0, 8) + "{");  // claims 2 header bytes, has 1
+  EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "header claims");
+  write_bytes(p, with_header("{\"a\": [1,", 4));
+  EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "not valid JSON");
+  write_bytes(p, with_header(R"({"w": {"dtype": "Q8", "shape": [1], "data_offsets": [0, 1]}})", 1));
+  EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "'w'", "Q8");
+  write_bytes(p, with_header(R"({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8));
+  EXPECT_ERROR(SafetensorsFile f(p), "'w'", "needs 12 bytes");
+  write_bytes(p, with_header(R"({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", 12));
+  EXPECT_ERROR(SafetensorsFile f(p), "'w'", "outside", "truncated");
+  write_bytes(p, with_header(R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},)"
+                             R"( "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}})",
+                             12));
+  EXPECT_ERROR(SafetensorsFile f(p), "'b'", "overlaps");
+  write_bytes(p, with_header(R"({"w": {"dtype": "F32", "shape": [2]}})", 8));
+  EXPECT_ERROR(SafetensorsFile f(p), "'w'", "data_offsets");
+  fs::remove_all(d);
+}
+
+// ---- training checkpoints -------------------------------------------------------------------------
+
+std::shared_ptr<TokenFile> text_data() {
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "a stitch in time saves nine; " + std::to_string(i % 13);
+  return TokenFile::from_tokens(ByteTokenizer().encode(text), "proverb", 257);
+}
+
+TrainConfig config(int64_t accum = 1) {
+  TrainConfig c;
+  c.steps = 10;
+  c.micro_batch = 2;
+  c.seq_len = 32;
+  c.grad_accum = accum;
+  c.lr = 3e-3f;
+  c.warmup_steps = 2;
+  c.eval_every = 0;
+  return c;
+}
+
+std::vector<float> params_of(const Transformer& m) {
+  const Tensor& p = m.param_buffer();
+  return {p.data<float>(), p.data<float>() + p.numel()};
+}
+
+// A run stopped after 4 steps, saved, and resumed by a new process (a new model and trainer)
+// takes the same 6 remaining steps as the run that never stopped, bit for bit.
+TEST(Checkpoint, ResumeOnTheSameLayoutIsExact) {
+  const std::string root = tmpdir("exact");
+  const ModelConfig mc = model_preset("gpt2-tiny");
+  Transformer straight(mc, make_backend("cpu"), 7);
+  Trainer ts(straight, config(2), text_data(), nullptr);
+  std::vector<float> want;
+  for (int i = 0; i < 10; ++i) want.push_back(ts.step().loss);
+  {
+    Transformer first(mc, make_backend("cpu"), 7);
+    Trainer t(first, config(2), text_data(), nullptr);
+    for (int i = 0; i < 4; ++i) ASSERT_EQ(t.step().loss, want[size_t(i)]);
+    const std::string dir = t.save_checkpoint(root);
+    EXPECT_EQ(dir, root + "/step-00000004");
+  }
+  Transformer second(mc, make_backend("cpu"), 99);  // other init: everything must come from disk
+  Trainer t(second, config(2), text_data(), nullptr);
+  EXPECT_EQ(t.load_checkpoint(root), root + "/step-00000004");
+  EXPECT_EQ(t.steps_done(), 4);
+  for (int i = 4; i < 10; ++i) ASSERT_EQ(t.step().loss, want[size_t(i)]) << "step " << i + 1;
+  EXPECT_EQ(params_of(second), params_of(straight));
+  fs::remove_all(root);
+}
+
+TEST(Checkpoint, LatestRetentionAndInterruptedSaves) {
+  const std::string root = tmpdir("keep");
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  Trainer t(m, config(), text_data(), nullptr);
+  for (int s = 0; s < 4; ++s) {
+    t.step();
+    t.step();
+    t.save_checkpoint(root, /*keep_last=*/2);
+  }
+  std::vector<std::string> dirs;
+  for (const auto& d : fs::directory_iterator(root)) dirs.push_back(d.path().filename().string());
+  std::sort(dirs.begin(), dirs.end());
+  EXPECT_EQ(dirs, (std::vector<std::string>{"latest", "step-00000006", "step-00000008"}));
+  EXPECT_EQ(read_bytes(root + "/latest"), "step-00000008\n");
+  // A later save that died before its manifest: debris, never read.
+  fs::create_directory(root + "/step-00000010");
+  write_bytes(root + "/step-00000010/model.safetensors", "partial");
+  EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000008");
+  // `latest` naming something uncommitted falls back to the newest committed checkpoint.
+  write_bytes(root + "/latest", "step-00000010\n");
+  EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000008");
+  EXPECT_ERROR(CheckpointReader r(root + "/step-00000010"), "step-00000010",
+               "no committed checkpoint");
+  const std::string empty = tmpdir("none");
+  EXPECT_EQ(CheckpointReader::find(empty), "");
+  EXPECT_ERROR(CheckpointReader r(empty), "no committed checkpoint");
+  fs::remove_all(root);
+  fs::remove_all(empty);
+}
+
+class CheckpointTamper : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = tmpdir("tamper");
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+    Trainer t(m, config(), text_data(), nullptr);
+    t.step();
+    dir_ = t.save_checkpoint(root_);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+  std::string load(const ModelConfig& mc, const TrainConfig& tc = config()) {
+    Transformer m(mc, make_backend("cpu"), 7);
+    Trainer t(m, tc, text_data(), nullptr);
+    return error_of([&] { t.load_checkpoint(root_); });
+  }
+  std::string root_, dir_;
+};
+
+TEST_F(CheckpointTamper, AFlippedByteFailsTheChecksumNamingTheFile) {
+  std::string bytes = read_bytes(dir_ + "/model.safetensors");
+  bytes[bytes.size() / 2] ^= 0x10;
+  write_bytes(dir_ + "/model.safetensors", bytes);
+  const std::string msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("model.safetensors fails its checksum"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointTamper, ATruncatedFileIsNamed) {
+  const std::string f = dir_ + "/rank-00000-of-00001.safetensors";
+  const std::string bytes = read_bytes(f);
+  write_bytes(f, bytes.substr(0, bytes.size() - 100));
+  const std::string msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("rank-00000-of-00001.safetensors has"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointTamper, AMissingManifestMeansNoCheckpoint) {
+  fs::remove(dir_ + "/manifest.json");
+  const std::string msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("no committed checkpoint"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointTamper, AnotherModelConfigIsNamedField) {
+  ModelConfig mc = model_preset("gpt2-tiny");
+  mc.n_layer = 3;
+  const std::string msg = load(mc);
+  EXPECT_NE(msg.find("n_layer=2; this run's model has n_layer=3"), std::string::npos) << msg;
+}
+
+TEST_F(CheckpointTamper, AnotherGlobalBatchOrSeedIsRefused) {
+  TrainConfig tc = config();
+  tc.micro_batch = 3;
+  EXPECT_NE(load(model_preset("gpt2-tiny"), tc).find("global batch of 2 sequences; this run's "
+                                                     "is 3"),
+            std::string::npos);
+  tc = config();
+  tc.seed = 5;
+  EXPECT_NE(load(model_preset("gpt2-tiny"), tc).find("data seed 1337"), std::string::npos);
+}
+
+/// Rewrites the checkpoint with model.safetensors changed by `edit` (a committed, consistent
+/// checkpoint whose tensors are wrong for the model).
+void rewrite_model(const std::string& root, const std::string& dir,
+                   const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {
+  CheckpointReader r(dir);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const std::string& n : r.replicated_names()) {
+    Tensor t = Tensor::empty(r.replicated_entry(n).shape, DType::f32);
+    r.read_replicated(n, t);
+    tensors.push_back({n, t});
+  }
+  edit(tensors);
+  const int64_t numel = r.range_numel("adamw.m");
+  Tensor m = Tensor::empty({numel}, DType::f32), v = Tensor::empty({numel}, DType::f32);
+  r.read_range("adamw.m", 0, numel, m);
+  r.read_range("adamw.v", 0, numel, v);
+  const std::string meta = r.meta();
+  CheckpointWriter w(root, r.step(), nullptr);
+  for (auto& [n, t] : tensors) w.add_replicated(n, t);
+  w.add_range("adamw.m", numel, 0, m);
+  w.add_range("adamw.v", numel, 0, v);
+  w.set_meta(meta);
+  w.commit(3);
+}
+
+TEST_F(CheckpointTamper, MissingExtraAndMisshapenTensorsAreNamed) {
+  rewrite_model(root_, dir_, [](auto& ts) { ts.erase(ts.begin() + 3); });
+  std::string msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("is missing"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tensor 'h.0."), std::string::npos) << msg;
+
+  SetUp();
+  rewrite_model(root_, dir_, [](auto& ts) { ts.push_back({"h.9.extra.weight", Tensor::zeros({2})}); });
+  msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("'h.9.extra.weight' is not a parameter"), std::string::npos) << msg;
+
+  SetUp();
+  rewrite_model(root_, dir_, [](auto& ts) {
+    for (auto& [n, t] : ts)
+      if (n == "ln_f.weight") t = Tensor::zeros({t.numel() + 1});
+  });
+  msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("'ln_f.weight' has shape (65,), the model's is (64,)"), std::string::npos)
+      << msg;
+}
+
+}  // namespace
+}  // namespace nuri
