@@ -56,6 +56,8 @@ checkpoints (a shared pool: resume anywhere, any number of ranks)
   --ckpt-dir DIR       save checkpoints under DIR and resume from its newest one on start
   --save-every N       also save every N steps (default 0: at the end and when stopped)
   --keep K             keep the newest K checkpoints (default 3)
+  --async-save         write the --save-every checkpoints on a background thread (the step
+                       waits only for host copies; committed when every rank has written)
   --no-resume          start fresh even if DIR holds a checkpoint
   --signals LIST       signals that mean "preempted": checkpoint at the next step boundary
                        and exit with status 75 (default TERM,USR1)
@@ -75,7 +77,7 @@ struct Options {
   bool quiet = false;
   std::string ckpt_dir, signals = "TERM,USR1";
   int64_t save_every = 0, keep = 3;
-  bool resume = true;
+  bool resume = true, async_save = false;
   double time_limit = 0;
 };
 
@@ -138,6 +140,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--save-every") o.save_every = integer();
     else if (a == "--keep") o.keep = integer();
     else if (a == "--no-resume") o.resume = false;
+    else if (a == "--async-save") o.async_save = true;
     else if (a == "--signals") o.signals = value();
     else if (a == "--time-limit") o.time_limit = num();
     else if (a == "--on-nonfinite") {
@@ -354,8 +357,22 @@ int run(const Options& o) {
     }
     std::fflush(stdout);
     if (o.ckpt_dir.empty()) continue;
-    if (o.save_every > 0 && st.step % o.save_every == 0 && st.step < o.train.steps) save();
+    if (!st.checkpoint.empty()) std::printf("checkpoint %s committed\n", st.checkpoint.c_str());
+    if (o.save_every > 0 && st.step % o.save_every == 0 && st.step < o.train.steps) {
+      if (o.async_save) {
+        if (const std::string dir = trainer.finish_checkpoint(); !dir.empty()) {
+          std::printf("checkpoint %s committed\n", dir.c_str());  // the previous one, if late
+        }
+        trainer.save_checkpoint_async(o.ckpt_dir, int(o.keep));
+        saved_at = st.step;
+      } else {
+        save();
+      }
+    }
     if (st.step < o.train.steps && watch.should_stop(st.step_seconds, comm.get())) {
+      if (const std::string dir = trainer.finish_checkpoint(); !dir.empty()) {
+        std::printf("checkpoint %s committed\n", dir.c_str());
+      }
       if (saved_at != st.step) save();
       std::printf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue "
                   "me\"\n", (long long)st.step,
@@ -365,6 +382,9 @@ int run(const Options& o) {
       std::fflush(stdout);
       return kPreemptedExitCode;
     }
+  }
+  if (const std::string dir = trainer.finish_checkpoint(); !dir.empty()) {
+    std::printf("checkpoint %s committed\n", dir.c_str());
   }
   if (!o.ckpt_dir.empty() && saved_at != trainer.steps_done()) save();
   if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)

@@ -155,8 +155,12 @@ void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t
 void CheckpointWriter::set_meta(std::string json_text) { meta_ = std::move(json_text); }
 
 std::string CheckpointWriter::commit(int keep_last) {
-  NURI_CHECK(keep_last >= 1, "keep_last (", keep_last, ") must be >= 1");
-  // 1. Every rank writes its own file.
+  write_files();
+  return publish(keep_last);
+}
+
+void CheckpointWriter::write_files() {
+  // 1. Every rank writes its own file (no communication: a background thread may do this).
   json record = json::object();
   std::string error;
   try {
@@ -182,13 +186,22 @@ std::string CheckpointWriter::commit(int keep_last) {
   } catch (const std::exception& e) {
     error = e.what();
   }
+  record_ = record.dump();
+  write_error_ = error;
+  // The host copies are on disk now; their memory can go.
+  replicated_.clear();
+  ranges_.clear();
+}
+
+std::string CheckpointWriter::publish(int keep_last) {
+  NURI_CHECK(keep_last >= 1, "keep_last (", keep_last, ") must be >= 1");
   // Every rank learns whether every rank wrote its file.
-  const std::vector<std::string> errors = gather_strings(comm_, error);
+  const std::vector<std::string> errors = gather_strings(comm_, write_error_);
   for (size_t r = 0; r < errors.size(); ++r) {
     NURI_CHECK(errors[r].empty(), "writing checkpoint ", dir_, " failed on rank ", r, ": ",
                errors[r]);
   }
-  const std::vector<std::string> records = gather_strings(comm_, record.dump());
+  const std::vector<std::string> records = gather_strings(comm_, record_);
   // 2. Rank 0 commits: the manifest, then `latest`, then retention.
   std::string commit_error;
   if (rank_ == 0) {

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <atomic>
 #include <numeric>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -79,6 +81,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
 StepStats Trainer::step() {
   const auto t0 = std::chrono::steady_clock::now();
   StepStats s;
+  s.checkpoint = poll_checkpoint(/*wait=*/false);  // an asynchronous save, once all ranks wrote
   s.lr = learning_rate(cfg_, step_);
   model_.zero_grad();
   // Nothing in the loop waits for the device: the batches are uploaded without a
@@ -166,10 +169,63 @@ nlohmann::ordered_json model_json(const ModelConfig& c) {
 
 }  // namespace
 
+struct Trainer::PendingSave {
+  std::unique_ptr<CheckpointWriter> writer;
+  std::thread thread;
+  std::atomic<bool> written{false};
+  int keep_last = 3;
+};
+
+Trainer::~Trainer() {
+  // A save still being written is finished (its files), not committed: committing is
+  // collective, which a destructor must not be. finish_checkpoint() commits.
+  if (pending_ && pending_->thread.joinable()) pending_->thread.join();
+}
+
 std::string Trainer::save_checkpoint(const std::string& root, int keep_last) {
+  finish_checkpoint();
+  return snapshot(root)->commit(keep_last);
+}
+
+std::string Trainer::save_checkpoint_async(const std::string& root, int keep_last) {
+  finish_checkpoint();
+  auto p = std::make_unique<PendingSave>();
+  p->writer = snapshot(root);
+  p->keep_last = keep_last;
+  const std::string dir = p->writer->directory();
+  p->thread = std::thread([w = p->writer.get(), done = &p->written] {
+    w->write_files();  // keeps its own errors for publish()
+    done->store(true);
+  });
+  pending_ = std::move(p);
+  return dir;
+}
+
+std::string Trainer::finish_checkpoint() { return poll_checkpoint(/*wait=*/true); }
+
+std::string Trainer::poll_checkpoint(bool wait) {
+  if (!pending_) return "";
+  bool ready = pending_->written.load();
+  if (wait) {
+    pending_->thread.join();
+    ready = true;
+  } else if (dp_ && dp_->world() > 1) {  // every rank must have written its files
+    Tensor flag = Tensor::empty({1}, DType::f32);
+    flag.data<float>()[0] = ready ? 1.f : 0.f;
+    dp_->comm().host_communicator()->all_reduce(flag, ReduceOp::sum);
+    ready = flag.data<float>()[0] == float(dp_->world());
+  }
+  if (!ready) return "";
+  if (pending_->thread.joinable()) pending_->thread.join();
+  std::unique_ptr<PendingSave> p = std::move(pending_);
+  return p->writer->publish(p->keep_last);
+}
+
+std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   Backend& be = model_.backend();
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
-  CheckpointWriter w(root, step_, dp_ ? &dp_->comm() : nullptr);
+  auto wp = std::make_unique<CheckpointWriter>(root, step_, dp_ ? &dp_->comm() : nullptr);
+  CheckpointWriter& w = *wp;
   if (rank == 0) {
     for (const auto& p : model_.parameters()) {
       Tensor host = Tensor::empty(p.tensor.shape(), DType::f32);
@@ -212,10 +268,12 @@ std::string Trainer::save_checkpoint(const std::string& root, int keep_last) {
   meta["parallel"] = {{"world_size", world}, {"zero_stage", dp_ ? dp_->zero_stage() : 0}};
   meta["backend"] = be.name();
   w.set_meta(meta.dump());
-  return w.commit(keep_last);
+  be.synchronize();  // the host copies are complete before training goes on
+  return wp;
 }
 
 std::string Trainer::load_checkpoint(const std::string& path) {
+  finish_checkpoint();
   CheckpointReader r(path);
   const std::string& dir = r.dir();
   nlohmann::json meta;

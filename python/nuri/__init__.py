@@ -47,14 +47,15 @@ from .config import (
 )
 from .io import decode_bytes, generate_text, load, read_data, save, split_validation
 from .cli import run_training
+from .hf import export_hf, import_hf
 
 __version__: str = build_info()["version"]
 
 __all__ = [
     "ByteTokenizer", "ConfigError", "DataConfig", "Error", "Model", "ModelConfig", "RunConfig",
     "SampleConfig", "Tensor", "TokenFile", "TrainConfig", "Trainer", "apply_overrides",
-    "build_info", "config_from_dict", "decode_bytes", "generate_text", "learning_rate", "load",
-    "load_config", "model_config_from_dict", "model_config_from_hf", "model_config_to_dict",
-    "read_data", "run_training", "save", "split_validation", "text_file_to_tokens",
-    "write_token_file", "__version__",
+    "build_info", "config_from_dict", "decode_bytes", "export_hf", "generate_text", "import_hf",
+    "learning_rate", "load", "load_config", "model_config_from_dict", "model_config_from_hf",
+    "model_config_to_dict", "read_data", "run_training", "save", "split_validation",
+    "text_file_to_tokens", "write_token_file", "__version__",
 ]

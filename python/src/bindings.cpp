@@ -358,6 +358,8 @@ PYBIND11_MODULE(_C, m) {
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
            "Ordered dict: Hugging Face name -> writable float32 NumPy view (no copy).")
       .def("gradients", [](const Transformer& t) { return named_views(t.gradients()); })
+      .def("sync_compute_weights", &Transformer::sync_compute_weights,
+           "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
       .def("parameter", [](const Transformer& t, const std::string& name) { return to_numpy(t.parameter(name)); })
       .def("forward", [](Transformer& t, py::handle tokens, py::handle targets) {
              Tensor x = token_batch(tokens, "tokens"), y = token_batch(targets, "targets");

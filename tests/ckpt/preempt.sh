@@ -45,12 +45,14 @@ grep -q "stopped at step $stopped (another rank was signalled): checkpointed" <<
   { echo "$out0"; fail "rank 0 did not say why it stopped"; }
 ((stopped >= 10 && stopped < 60)) || fail "stopped at step '$stopped'"
 
-out=$(bash "$launcher" -np 2 "$bin" "${args[@]}" --ckpt-dir "$dir/ck" 2>&1) ||
+# The resumed job also saves asynchronously every 10 steps (the commit waits for both ranks).
+out=$(bash "$launcher" -np 2 "$bin" "${args[@]}" --ckpt-dir "$dir/ck" --save-every 10 \
+      --async-save 2>&1) ||
   { echo "$out"; fail "the resumed job failed"; }
 grep -q "resumed from $dir/ck/step-$(printf '%08d' "$stopped"): step $stopped" <<<"$out" ||
   { echo "$out"; fail "the next start did not resume step $stopped"; }
 got=$(summary "$out")
-echo "resumed job: final loss, val loss = $got"
+echo "resumed job: final loss, val loss = $got; $(grep -c 'committed' <<<"$out") checkpoints committed"
 [[ "$got" == "$want" ]] || fail "resumed job ends at '$got', the uninterrupted one at '$want'"
 
 # The wall-clock limit: one process, far more steps than fit in 3 s.

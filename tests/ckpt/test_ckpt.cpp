@@ -177,6 +177,40 @@ TEST(Checkpoint, ResumeOnTheSameLayoutIsExact) {
   fs::remove_all(root);
 }
 
+// Asynchronous: the state of step 4 is copied when the save starts; training goes on while the
+// files are written; step() commits it once written (or finish_checkpoint() does), and it
+// resumes exactly like a synchronous one.
+TEST(Checkpoint, AsynchronousSaveSnapshotsTheStepItWasStartedAt) {
+  const std::string root = tmpdir("async");
+  const ModelConfig mc = model_preset("gpt2-tiny");
+  Transformer straight(mc, make_backend("cpu"), 7);
+  Trainer ts(straight, config(), text_data(), nullptr);
+  std::vector<float> want;
+  for (int i = 0; i < 10; ++i) want.push_back(ts.step().loss);
+  {
+    Transformer first(mc, make_backend("cpu"), 7);
+    Trainer t(first, config(), text_data(), nullptr);
+    for (int i = 0; i < 4; ++i) t.step();
+    EXPECT_EQ(t.save_checkpoint_async(root), root + "/step-00000004");
+    EXPECT_TRUE(t.checkpoint_pending());
+    std::string committed;
+    for (int i = 4; i < 10; ++i) {  // training goes on; a step commits the save once written
+      const StepStats s = t.step();
+      ASSERT_EQ(s.loss, want[size_t(i)]) << "the save must not disturb training";
+      if (!s.checkpoint.empty()) committed = s.checkpoint;
+    }
+    if (committed.empty()) committed = t.finish_checkpoint();
+    EXPECT_EQ(committed, root + "/step-00000004");
+    EXPECT_FALSE(t.checkpoint_pending());
+  }
+  Transformer second(mc, make_backend("cpu"), 99);
+  Trainer t(second, config(), text_data(), nullptr);
+  t.load_checkpoint(root);
+  EXPECT_EQ(t.steps_done(), 4);
+  for (int i = 4; i < 10; ++i) ASSERT_EQ(t.step().loss, want[size_t(i)]) << "step " << i + 1;
+  fs::remove_all(root);
+}
+
 TEST(Checkpoint, LatestRetentionAndInterruptedSaves) {
   const std::string root = tmpdir("keep");
   Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);

@@ -48,7 +48,14 @@ class CheckpointWriter {
   void set_meta(std::string json);
   /// Collective: writes this rank's files, then rank 0 the manifest, `latest`, and removes
   /// checkpoints beyond the newest keep_last (>= 1). Returns the checkpoint's directory.
+  /// commit() is write_files() then publish(); asynchronous saving runs the first on a thread
+  /// of its own (it does not communicate) and the second later on the training thread.
   std::string commit(int keep_last);
+  /// Writes this rank's files and frees the host copies. Errors are kept for publish().
+  void write_files();
+  /// Collective, after write_files() on every rank: the manifest, `latest`, retention.
+  std::string publish(int keep_last);
+  const std::string& directory() const { return dir_; }
 
  private:
   std::string root_, dir_;
@@ -58,6 +65,7 @@ class CheckpointWriter {
   std::vector<std::pair<std::string, Tensor>> replicated_, ranges_;
   std::map<std::string, std::pair<int64_t, int64_t>> range_info_;  // name -> (numel, lo)
   std::string meta_ = "{}";
+  std::string record_ = "{}", write_error_;
 };
 
 /// Reads one committed checkpoint.

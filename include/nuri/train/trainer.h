@@ -15,6 +15,8 @@
 
 namespace nuri {
 
+class CheckpointWriter;
+
 enum class NonFinitePolicy { skip, stop };
 
 struct TrainConfig {
@@ -50,6 +52,8 @@ struct StepStats {
   double step_seconds = 0;
   double tokens_per_second = 0;  ///< of the whole job (every data-parallel rank)
   int64_t peak_bytes = 0;   ///< allocator peak so far
+  /// The directory of an asynchronous checkpoint committed at the start of this step, else "".
+  std::string checkpoint;
 };
 
 struct SampleOptions {
@@ -90,6 +94,16 @@ class Trainer {
   /// ranges of this rank layout, the step, the data position and the configs. Returns the
   /// checkpoint's directory.
   std::string save_checkpoint(const std::string& root, int keep_last = 3);
+  /// The same, asynchronously: takes host copies of the state now (the only time the step
+  /// waits), writes the files on a background thread while training goes on, and commits the
+  /// checkpoint at the first step() at whose start every rank has finished writing (that step's
+  /// StepStats::checkpoint names it). An earlier pending save is committed first. Returns the
+  /// directory the checkpoint will have.
+  std::string save_checkpoint_async(const std::string& root, int keep_last = 3);
+  /// Commits a pending asynchronous save, waiting for its files (collective; a no-op without
+  /// one). Returns its directory, or "" when none was pending. Call it before the run ends.
+  std::string finish_checkpoint();
+  bool checkpoint_pending() const { return pending_ != nullptr; }
   /// Restores a checkpoint (a directory, or the newest under a root) saved by any number of
   /// ranks with any ZeRO stage: parameters, AdamW's moments resharded to this layout, the step
   /// and the data position, so the global sample order goes on where it stopped. The model, the
@@ -117,6 +131,15 @@ class Trainer {
   // [grad_accum + 1], read back with one copy per step.
   Tensor stats_dev_;
   int64_t step_ = 0, skipped_ = 0;
+
+  struct PendingSave;
+  std::unique_ptr<CheckpointWriter> snapshot(const std::string& root);
+  /// Commits the pending save when every rank has written it (wait: block until then).
+  std::string poll_checkpoint(bool wait);
+  std::unique_ptr<PendingSave> pending_;
+
+ public:
+  ~Trainer();
 };
 
 }  // namespace nuri
