@@ -2,9 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "nuri/core/tensor.h"
+#include "nuri/dist/communicator.h"
 
 namespace nuri::dist {
 
@@ -24,5 +27,11 @@ int64_t check_gather_v(const Tensor& in, const Tensor& out, const std::vector<in
 /// the offset of rank's chunk in in.
 int64_t check_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
                         int rank, int size);
+
+/// t *= s on the host (f32; bf16 through f32, rounded to nearest even): avg from a sum.
+void scale(const Tensor& t, double s);
+/// What an operation is, for error messages: "all_reduce (f32, 1024 elements, sum, peer 3)".
+std::string describe(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
+                     int peer = -1);
 
 }  // namespace nuri::dist

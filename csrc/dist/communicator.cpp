@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
 
 #include "dist/comm_check.h"
 #include "nuri/backend/backend.h"
@@ -96,6 +97,27 @@ int64_t check_scatter_v(const Tensor& in, const Tensor& out, const std::vector<i
              "reduce_scatter_v: out overlaps in other than as its first elements (in place); "
              "give it memory of its own");
   return offset;
+}
+
+void scale(const Tensor& t, double s) {
+  const int64_t n = t.numel();
+  if (t.dtype() == DType::f32) {
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < n; ++i) p[i] = float(double(p[i]) * s);
+  } else {
+    bf16_t* p = t.data<bf16_t>();
+    for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(double(bf16_to_f32(p[i])) * s));
+  }
+}
+
+std::string describe(const char* op, const Tensor& t, std::optional<ReduceOp> rop, int peer) {
+  std::ostringstream s;
+  s << op;
+  if (t.defined()) s << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
+  if (rop) s << ", " << (*rop == ReduceOp::sum ? "sum" : "avg");
+  if (peer >= 0) s << ", peer " << peer;
+  if (t.defined()) s << ")";
+  return s.str();
 }
 
 void check_peer(const char* op, int peer, int rank, int size) {

@@ -77,8 +77,6 @@ struct MpiRuntime {
   }
 };
 
-const char* op_name(ReduceOp op) { return op == ReduceOp::sum ? "sum" : "avg"; }
-
 class MpiCommunicator final : public Communicator {
  public:
   MpiCommunicator(MPI_Comm comm, double timeout_s, bool owned) : comm_(comm), owned_(owned) {
@@ -103,7 +101,7 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Iallreduce(MPI_IN_PLACE, t.raw(), count(t), type(t), reduce_op(t), comm_, &req),
               "MPI_Iallreduce");
     wait(req);
-    if (op == ReduceOp::avg) scale(t, 1.0 / size_);
+    if (op == ReduceOp::avg) dist::scale(t, 1.0 / size_);
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -114,7 +112,7 @@ class MpiCommunicator final : public Communicator {
                                         comm_, &req),
               "MPI_Ireduce_scatter_block");
     wait(req);
-    if (op == ReduceOp::avg) scale(out, 1.0 / size_);
+    if (op == ReduceOp::avg) dist::scale(out, 1.0 / size_);
   }
 
   void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
@@ -130,7 +128,7 @@ class MpiCommunicator final : public Communicator {
                                   type(in), reduce_op(in), comm_, &req),
               "MPI_Ireduce_scatter");
     wait(req);  // n stays alive until the operation completes
-    if (op == ReduceOp::avg) scale(out, 1.0 / size_);
+    if (op == ReduceOp::avg) dist::scale(out, 1.0 / size_);
   }
 
   bool callable_from_any_thread() const override {
@@ -230,17 +228,6 @@ class MpiCommunicator final : public Communicator {
   static MPI_Op reduce_op(const Tensor& t) {
     return t.dtype() == DType::f32 ? MPI_SUM : MpiRuntime::get().bf16_sum_op;
   }
-  static void scale(const Tensor& t, double s) {
-    const int64_t n = t.numel();
-    if (t.dtype() == DType::f32) {
-      float* p = t.data<float>();
-      for (int64_t i = 0; i < n; ++i) p[i] = float(double(p[i]) * s);
-    } else {
-      bf16_t* p = t.data<bf16_t>();
-      for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(double(bf16_to_f32(p[i])) * s));
-    }
-  }
-
   void point_to_point(bool sending, const Tensor& t, int peer) {
     const char* op = sending ? "send" : "recv";
     dist::check_tensor(op, "t", t);
@@ -264,13 +251,7 @@ class MpiCommunicator final : public Communicator {
   void start(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
              int peer = -1) {
     check_usable(op);
-    std::ostringstream s;
-    s << op;
-    if (t.defined()) s << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
-    if (rop) s << ", " << op_name(*rop);
-    if (peer >= 0) s << ", peer " << peer;
-    if (t.defined()) s << ")";
-    what_ = s.str();
+    what_ = dist::describe(op, t, rop, peer);
   }
 
   /// Polls until req completes or the timeout passes.

@@ -240,12 +240,7 @@ class NcclCommunicator final : public Communicator {
   void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
              int peer = -1) {
     check_usable(op);
-    std::ostringstream s;
-    s << op << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
-    if (rop) s << ", " << (*rop == ReduceOp::sum ? "sum" : "avg");
-    if (peer >= 0) s << ", peer " << peer;
-    s << ")";
-    what_ = s.str();
+    what_ = dist::describe(op, t, rop, peer);
     cuda_check(cudaEventRecord(ready_, compute_), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
   }

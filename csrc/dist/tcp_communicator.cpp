@@ -166,17 +166,6 @@ void accumulate(DType dt, void* dst, const void* src, int64_t n) {
   }
 }
 
-void scale(const Tensor& t, double s) {
-  const int64_t n = t.numel();
-  if (t.dtype() == DType::f32) {
-    float* p = t.data<float>();
-    for (int64_t i = 0; i < n; ++i) p[i] = float(double(p[i]) * s);
-  } else {
-    bf16_t* p = t.data<bf16_t>();
-    for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(double(bf16_to_f32(p[i])) * s));
-  }
-}
-
 class TcpCommunicator final : public Communicator {
  public:
   TcpCommunicator(std::shared_ptr<Mesh> mesh, std::vector<int> members)
@@ -196,7 +185,7 @@ class TcpCommunicator final : public Communicator {
     const std::vector<int64_t> counts = even_chunks(t.numel());
     ring_reduce_scatter(t, counts);
     ring_all_gather(t, counts);
-    if (op == ReduceOp::avg) scale(t, 1.0 / size());
+    if (op == ReduceOp::avg) dist::scale(t, 1.0 / size());
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -214,7 +203,7 @@ class TcpCommunicator final : public Communicator {
     ring_reduce_scatter(work, counts);
     const size_t es = dtype_size(in.dtype());
     std::memmove(out.raw(), static_cast<char*>(work.raw()) + size_t(offset) * es, out.nbytes());
-    if (op == ReduceOp::avg) scale(out, 1.0 / size());
+    if (op == ReduceOp::avg) dist::scale(out, 1.0 / size());
   }
 
   void all_gather(const Tensor& in, const Tensor& out) override {
@@ -365,13 +354,7 @@ class TcpCommunicator final : public Communicator {
   void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
              int peer = -1) {
     check_usable(op);
-    std::ostringstream s;
-    s << op;
-    if (t.defined()) s << " (" << dtype_name(t.dtype()) << ", " << t.numel() << " elements";
-    if (rop) s << ", " << (*rop == ReduceOp::sum ? "sum" : "avg");
-    if (peer >= 0) s << ", peer " << peer;
-    if (t.defined()) s << ")";
-    what_ = s.str();
+    what_ = dist::describe(op, t, rop, peer);
   }
 
   std::shared_ptr<Mesh> mesh_;
