@@ -440,8 +440,27 @@ PYBIND11_MODULE(_C, m) {
         d["step"] = s.step; d["loss"] = s.loss; d["lr"] = s.lr; d["grad_norm"] = s.grad_norm;
         d["skipped"] = s.skipped; d["step_seconds"] = s.step_seconds;
         d["tokens_per_second"] = s.tokens_per_second; d["peak_bytes"] = s.peak_bytes;
+        d["checkpoint"] = s.checkpoint;
         return d;
       })
+      .def("save_checkpoint", [](PyTrainer& p, const std::string& root, int keep_last) {
+             return p.trainer->save_checkpoint(root, keep_last);
+           },
+           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<py::gil_scoped_release>(),
+           "Saves a checkpoint under root (a step-… directory); returns its path.")
+      .def("save_checkpoint_async", [](PyTrainer& p, const std::string& root, int keep_last) {
+             return p.trainer->save_checkpoint_async(root, keep_last);
+           },
+           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<py::gil_scoped_release>(),
+           "Starts a background save; step() or finish_checkpoint() commits it.")
+      .def("finish_checkpoint", [](PyTrainer& p) { return p.trainer->finish_checkpoint(); },
+           py::call_guard<py::gil_scoped_release>(),
+           "Commits a pending asynchronous save; returns its path, or '' when none was pending.")
+      .def("load_checkpoint", [](PyTrainer& p, const std::string& path) {
+             return p.trainer->load_checkpoint(path);
+           },
+           py::arg("path"), py::call_guard<py::gil_scoped_release>(),
+           "Restores a checkpoint (a directory, or the newest under a root); returns its path.")
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
                           int64_t top_k, uint64_t seed) {

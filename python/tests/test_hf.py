@@ -1,8 +1,10 @@
-"""Hugging Face interop (issue #10): export a nuri model as a Hugging Face directory, read it
-with the ``safetensors`` library, run it through a forward written against Hugging Face's layouts
-(GPT-2's Conv1D weights [in, out] with the ``transformer.`` prefix; Llama's q/k/v/o and
-gate/up/down projections with the rotate-half rotary embedding of ``transformers``), compare its
-logits with nuri's, and import it back bit for bit.
+"""Hugging Face interop and checkpoints from Python (issue #10).
+
+Export a nuri model as a Hugging Face directory, read it with the ``safetensors`` library, run it
+through a forward written against Hugging Face's layouts (GPT-2's Conv1D weights [in, out] with
+the ``transformer.`` prefix; Llama's q/k/v/o and gate/up/down projections with the rotate-half
+rotary embedding of ``transformers``), compare its logits with nuri's, and import it back bit
+for bit.
 
 ``transformers`` itself is not installable next to Debian's torch 1.13 (its current releases need
 torch 2), so the layouts are checked against this hand-written forward instead; the bound is the
@@ -174,3 +176,30 @@ def test_import_names_missing_extra_and_misshapen_tensors(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(nuri.Error, match="not a readable safetensors file"):
         nuri.import_hf(tmp_path)
+
+
+def test_trainer_checkpoints_resume_exactly_from_python(tmp_path):
+    """Trainer.save_checkpoint / load_checkpoint from Python (the C++ checkpoints, issue #10):
+    a run resumed by a new model and trainer takes the same steps as the run never stopped."""
+    text = np.frombuffer(b"the quick brown fox jumps over the lazy dog. " * 200, dtype=np.uint8)
+    data = nuri.TokenFile.from_array(text.astype(np.uint32))
+    cfg = nuri.TrainConfig()
+    cfg.steps, cfg.micro_batch, cfg.seq_len, cfg.warmup_steps, cfg.eval_every = 8, 2, 32, 2, 0
+
+    def trainer(seed):
+        model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=seed)
+        return model, nuri.Trainer(model, cfg, data)
+
+    _, straight = trainer(1)
+    want = [straight.step()["loss"] for _ in range(8)]
+    _, first = trainer(1)
+    for _ in range(3):
+        first.step()
+    assert first.save_checkpoint(str(tmp_path)).endswith("step-00000003")
+    _, second = trainer(2)
+    assert second.load_checkpoint(str(tmp_path)).endswith("step-00000003")
+    assert second.steps_done == 3
+    assert [second.step()["loss"] for _ in range(5)] == want[3:]
+    (tmp_path / "step-00000003" / "manifest.json").unlink()
+    with pytest.raises(nuri.Error, match="no committed checkpoint"):
+        trainer(3)[1].load_checkpoint(str(tmp_path))
