@@ -137,6 +137,8 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
              backend_->name(), " computes in ", dtype_name(compute_),
              "; the model supports f32 and bf16");
   const int64_t total = layout_.back().offset + layout_.back().numel();
+  total_ = total;
+  master_hi_ = total;
   param_buf_ = backend_->empty({total});
   grad_buf_ = backend_->empty({total});
   if (compute_ != DType::f32) cparam_buf_ = backend_->empty({total}, compute_);
@@ -173,6 +175,9 @@ Transformer::Transformer(Transformer&&) noexcept = default;
 Transformer& Transformer::operator=(Transformer&&) noexcept = default;
 
 const Tensor& Transformer::parameter(const std::string& name) const {
+  NURI_CHECK(!masters_sharded(), "parameter('", name, "'): this rank holds the f32 master "
+             "weights of the flat range [", master_lo_, ", ", master_hi_, ") of ", total_,
+             " only (ZeRO 1/2 shards them); gather them with Trainer::master_weights()");
   for (const auto& p : params_) {
     if (p.name == name) return p.tensor;
   }
@@ -187,10 +192,9 @@ const Tensor& Transformer::parameter(const std::string& name) const {
 }
 
 void Transformer::init_weights(uint64_t seed) {
-  for (size_t i = 0; i < layout_.size(); ++i) {
-    const ParamSpec& p = layout_[i];
-    Tensor host = Tensor::zeros(p.shape);
-    float* h = host.data<float>();
+  Tensor host = Tensor::zeros({total_});
+  for (const ParamSpec& p : layout_) {
+    float* h = host.data<float>() + p.offset;
     if (p.init == InitKind::ones) {
       std::fill(h, h + p.numel(), 1.f);
     } else if (p.init == InitKind::normal) {
@@ -198,22 +202,50 @@ void Transformer::init_weights(uint64_t seed) {
       const int64_t n = rows * (p.numel() / p.shape[0]);
       Philox(seed, stream_id("init/" + p.name)).fill_normal(h, n, 0, 0.f, p.init_std);
     }
-    backend_->copy(host, params_[i].tensor);
   }
-  sync_compute_weights();
+  load_weights(host);
+}
+
+void Transformer::load_weights(const Tensor& host_flat) {
+  NURI_CHECK(host_flat.defined() && host_flat.dtype() == DType::f32 &&
+                 host_flat.device().is_cpu() && host_flat.is_contiguous() &&
+                 host_flat.numel() == total_,
+             "load_weights: expected all ", total_, " parameters as one contiguous f32 host "
+             "tensor, got ", host_flat.defined() ? host_flat.str() : std::string("nothing"));
+  const Tensor flat = host_flat.view({total_});
+  backend_->copy(flat.slice(0, master_lo_, master_hi_), param_buf_);
+  if (!cparam_buf_.defined()) return;
+  Tensor copy = Tensor::empty({total_}, compute_);
+  const float* src = flat.data<float>();
+  bf16_t* dst = copy.data<bf16_t>();
+  for (int64_t i = 0; i < total_; ++i) dst[i] = f32_to_bf16(src[i]);
+  backend_->copy(copy, cparam_buf_);
 }
 
 void Transformer::sync_compute_weights() {
   if (!cparam_buf_.defined()) return;
-  // Through the host: this runs at initialization and after loading weights, not per step
-  // (AdamW writes the compute copy itself).
-  Tensor master = Tensor::empty(param_buf_.shape(), DType::f32);
+  NURI_CHECK(!masters_sharded(), "sync_compute_weights: this rank holds the master weights of "
+             "[", master_lo_, ", ", master_hi_, ") only; pass all of them to load_weights()");
+  // Through the host: this runs after loading weights, not per step (AdamW writes the compute
+  // copy itself).
+  Tensor master = Tensor::empty({total_}, DType::f32);
   backend_->copy(param_buf_, master);
-  Tensor copy = Tensor::empty(param_buf_.shape(), compute_);
-  const float* src = master.data<float>();
-  bf16_t* dst = copy.data<bf16_t>();
-  for (int64_t i = 0; i < master.numel(); ++i) dst[i] = f32_to_bf16(src[i]);
-  backend_->copy(copy, cparam_buf_);
+  load_weights(master);
+}
+
+void Transformer::shard_master_weights(int64_t lo, int64_t hi) {
+  NURI_CHECK(cparam_buf_.defined(), "shard_master_weights: the model computes in ",
+             dtype_name(compute_), " on its master weights, so every rank needs all of them");
+  NURI_CHECK(0 <= lo && lo <= hi && hi <= total_, "shard_master_weights: [", lo, ", ", hi,
+             ") is not a range of the ", total_, " parameters");
+  NURI_CHECK(!masters_sharded(), "shard_master_weights: already sharded to [", master_lo_, ", ",
+             master_hi_, ")");
+  Tensor mine = backend_->empty({hi - lo});
+  backend_->copy(param_buf_.slice(0, lo, hi), mine);
+  param_buf_ = mine;  // the whole master buffer goes back to the allocator
+  params_.clear();
+  master_lo_ = lo;
+  master_hi_ = hi;
 }
 
 void Transformer::zero_grad() {

@@ -187,8 +187,13 @@ void DataParallel::attach(Transformer& model) {
              model.backend().name(), "; pass make_device_communicator(comm, backend) (the "
              "Trainer does that itself)");
   model_ = &model;
-  const int64_t total = model.param_buffer().numel();
+  const int64_t total = model.parameter_count();
   std::tie(lo_, hi_) = shard(total);
+  // ZeRO 1, 2 with a compute copy (a GPU model): the f32 masters are optimizer state, sharded
+  // like AdamW's moments; the forward reads the bf16 copy, which gather_parameters() refreshes.
+  if (cfg_.zero_stage >= 1 && model.compute_buffer().defined() && world() > 1) {
+    model.shard_master_weights(lo_, hi_);
+  }
   // Buckets: whole units in backward order, merged until bucket_bytes.
   const auto& units = model.grad_units();
   buckets_.clear();
@@ -292,7 +297,7 @@ void DataParallel::launch(Bucket& b) {
     return;
   }
   // ZeRO 2: rank r receives the sum of the bucket's part inside its shard (maybe nothing).
-  std::vector<int64_t> counts = shard_counts(model_->param_buffer().numel());
+  std::vector<int64_t> counts = shard_counts(model_->parameter_count());
   int64_t at = 0;
   for (int64_t& c : counts) {  // shard [at, at + c) ∩ [b.lo, b.hi)
     const int64_t from = std::max(at, b.lo), to = std::min(at + c, b.hi);
@@ -363,8 +368,10 @@ void DataParallel::gather_parameters(Transformer& model) {
   if (world() == 1) return;
   if (progress_) progress_->wait();
   const auto t0 = Clock::now();
+  // Sharded masters (a GPU model under ZeRO 1, 2) stay with their rank; only the compute copy
+  // the forward reads is gathered.
   for (const Tensor* buf : {&model.param_buffer(), &model.compute_buffer()}) {
-    if (!buf->defined()) continue;
+    if (!buf->defined() || (buf == &model.param_buffer() && model.masters_sharded())) continue;
     NURI_CHECK(buf->device().is_cpu() || comm_->host_communicator() != comm_.get(),
                "the ", comm_->backend_name(), " communicator moves host tensors, but the model's "
                "parameters are on ", model.backend().name());
@@ -373,6 +380,23 @@ void DataParallel::gather_parameters(Transformer& model) {
     comm_->all_gather_v(buf->slice(0, lo, hi), *buf, shard_counts(buf->numel()));
   }
   stats_.gather_seconds += seconds_since(t0);
+}
+
+Tensor DataParallel::gather_master_weights(const Transformer& model) {
+  const int64_t total = model.parameter_count();
+  Tensor all = Tensor::empty({total}, DType::f32);
+  if (!model.masters_sharded()) {
+    model.backend().copy(model.param_buffer(), all);
+    return all;
+  }
+  if (progress_) progress_->wait();
+  NURI_CHECK(model.master_begin() == lo_ && model.master_end() == hi_, "gather_master_weights: "
+             "the model holds masters [", model.master_begin(), ", ", model.master_end(),
+             "), not this rank's shard [", lo_, ", ", hi_, ")");
+  Tensor mine = Tensor::empty({hi_ - lo_}, DType::f32);
+  model.backend().copy(model.param_buffer(), mine);
+  comm_->host_communicator()->all_gather_v(mine, all, shard_counts(total));
+  return all;
 }
 
 std::vector<float> DataParallel::gather(const std::vector<float>& mine) {

@@ -6,7 +6,10 @@
 namespace nuri {
 
 AdamW::AdamW(Transformer& model, const AdamWParams& hp)
-    : model_(model), hp_(hp), hi_(model.param_buffer().numel()) {
+    : model_(model), hp_(hp), hi_(model.parameter_count()) {
+  NURI_CHECK(!model.masters_sharded(), "AdamW: the model holds the master weights of [",
+             model.master_begin(), ", ", model.master_end(), ") only; give the optimizer that "
+             "shard (the constructor with lo and hi)");
   Backend& be = model.backend();
   m_ = be.empty(model.param_buffer().shape());
   v_ = be.empty(model.param_buffer().shape());
@@ -33,9 +36,15 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp)
 AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
              const Tensor& grads)
     : model_(model), hp_(hp), lo_(lo), hi_(hi) {
-  const int64_t total = model.param_buffer().numel();
+  const int64_t total = model.parameter_count();
   NURI_CHECK(0 <= lo && lo <= hi && hi <= total, "AdamW: shard [", lo, ", ", hi,
              ") is not a range of the ", total, " parameters");
+  // Sharded masters (ZeRO on a GPU): the model's master buffer is exactly this shard.
+  const bool own = model.masters_sharded();
+  NURI_CHECK(!own || (model.master_begin() == lo && model.master_end() == hi), "AdamW: shard [",
+             lo, ", ", hi, ") differs from the master weights the model holds, [",
+             model.master_begin(), ", ", model.master_end(), ")");
+  const int64_t p0 = own ? lo : 0;  // flat index of param_buffer()'s first element
   const Tensor g = grads.defined() ? grads : model.grad_buffer();
   NURI_CHECK(g.defined(), "AdamW: the model holds no gradients (its hooks own them); pass the "
              "shard's gradients");
@@ -50,18 +59,14 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
   const Tensor& copy = model.compute_buffer();
   NURI_CHECK(!copy.defined() || copy.dtype() == DType::bf16, "AdamW: the model computes in ",
              dtype_name(model.compute_dtype()), "; the update writes f32 masters and bf16 copies");
-  const auto& params = model.parameters();
-  int64_t offset = 0;  // parameters lie in order, unpadded, in the flat buffers
-  for (size_t i = 0; i < params.size(); ++i) {
-    const int64_t n = params[i].tensor.numel();
-    const int64_t a = std::max(offset, lo), b = std::min(offset + n, hi);
+  for (const ParamSpec& spec : model.layout()) {  // in order, unpadded, in the flat buffers
+    const int64_t a = std::max(spec.offset, lo), b = std::min(spec.offset + spec.numel(), hi);
     if (a < b) {
-      AdamWTensor t{model.param_buffer().slice(0, a, b), g.slice(0, a - g0, b - g0),
-                    m_.slice(0, a - lo, b - lo), v_.slice(0, a - lo, b - lo), params[i].decay};
+      AdamWTensor t{model.param_buffer().slice(0, a - p0, b - p0), g.slice(0, a - g0, b - g0),
+                    m_.slice(0, a - lo, b - lo), v_.slice(0, a - lo, b - lo), spec.decay};
       if (copy.defined()) t.param_bf16 = copy.slice(0, a, b);
       tensors_.push_back(t);
     }
-    offset += n;
   }
 }
 

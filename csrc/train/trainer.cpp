@@ -66,7 +66,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                : nullptr) {
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {
-    const auto [lo, hi] = dp_->shard(model.param_buffer().numel());
+    const auto [lo, hi] = dp_->shard(model.parameter_count());
     opt_ = std::make_unique<AdamW>(model, adamw_params(cfg), lo, hi, dp_->gradient_shard());
   } else {
     parallel.validate();  // one process: every stage is the whole model's update
@@ -226,15 +226,14 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
   auto wp = std::make_unique<CheckpointWriter>(root, step_, dp_ ? &dp_->comm() : nullptr);
   CheckpointWriter& w = *wp;
+  const Tensor masters = master_weights();  // collective where the masters are sharded
   if (rank == 0) {
-    for (const auto& p : model_.parameters()) {
-      Tensor host = Tensor::empty(p.tensor.shape(), DType::f32);
-      be.copy(p.tensor, host);
-      w.add_replicated(p.name, host);
+    for (const ParamSpec& p : model_.layout()) {
+      w.add_replicated(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));
     }
   }
   // AdamW's moments: this rank's shard under ZeRO 1 and 2; rank 0's whole buffers otherwise.
-  const int64_t total = model_.param_buffer().numel();
+  const int64_t total = model_.parameter_count();
   const bool sharded = dp_ && dp_->zero_stage() >= 1;
   if (sharded || rank == 0) {
     for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
@@ -270,6 +269,13 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   w.set_meta(meta.dump());
   be.synchronize();  // the host copies are complete before training goes on
   return wp;
+}
+
+Tensor Trainer::master_weights() {
+  if (dp_) return dp_->gather_master_weights(model_);
+  Tensor all = Tensor::empty({model_.parameter_count()}, DType::f32);
+  model_.backend().copy(model_.param_buffer(), all);
+  return all;
 }
 
 std::string Trainer::load_checkpoint(const std::string& path) {
@@ -311,25 +317,25 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   // Parameters: exactly the model's names, with the model's shapes.
   Backend& be = model_.backend();
   const std::vector<std::string> names = r.replicated_names();
-  for (const auto& p : model_.parameters()) {
+  const std::vector<ParamSpec>& layout = model_.layout();
+  for (const ParamSpec& p : layout) {
     NURI_CHECK(std::find(names.begin(), names.end(), p.name) != names.end(), "checkpoint ", dir,
                ": tensor '", p.name, "' is missing");
   }
+  const int64_t total = model_.parameter_count();
+  Tensor masters = Tensor::empty({total}, DType::f32);
   for (const std::string& n : names) {
-    const auto& ps = model_.parameters();
-    const auto it = std::find_if(ps.begin(), ps.end(), [&](const auto& p) { return p.name == n; });
-    NURI_CHECK(it != ps.end(), "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this "
-               "model (an extra tensor: was it saved from another model?)");
+    const auto it = std::find_if(layout.begin(), layout.end(),
+                                 [&](const ParamSpec& p) { return p.name == n; });
+    NURI_CHECK(it != layout.end(), "checkpoint ", dir, ": tensor '", n, "' is not a parameter of "
+               "this model (an extra tensor: was it saved from another model?)");
     const SafetensorsEntry& e = r.replicated_entry(n);
-    NURI_CHECK(e.shape == it->tensor.shape(), "checkpoint ", dir, ": tensor '", n, "' has shape ",
-               shape_str(e.shape), ", the model's is ", shape_str(it->tensor.shape()));
-    Tensor host = Tensor::empty(it->tensor.shape(), DType::f32);
-    r.read_replicated(n, host);
-    be.copy(host, it->tensor);
+    NURI_CHECK(e.shape == it->shape, "checkpoint ", dir, ": tensor '", n, "' has shape ",
+               shape_str(e.shape), ", the model's is ", shape_str(it->shape));
+    r.read_replicated(n, masters.slice(0, it->offset, it->offset + it->numel()).view(it->shape));
   }
-  model_.sync_compute_weights();
+  model_.load_weights(masters);  // this rank's masters and the whole compute copy
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
-  const int64_t total = model_.param_buffer().numel();
   for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
                                   std::pair{"adamw.v", &opt_->v_buffer()}}) {
     NURI_CHECK(r.has_range(name), "checkpoint ", dir, ": AdamW state '", name, "' is missing");

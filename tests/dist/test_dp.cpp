@@ -239,7 +239,7 @@ namespace {
 //            embedding's bucket, which the LM head writes at the start of the backward and the
 //            embedding at its end. S is "up to 2B + E"; for stage 2 the test takes a deep, narrow
 //            model whose buckets are small next to Ψ/N.
-// (On a GPU the f32 masters and the bf16 compute copy add 4Ψ + 2Ψ, not sharded yet.)
+// (GPU ranks, where the masters are optimizer state and sharded with it: test_dp_device.cpp.)
 TEST(Zero, GradientAndOptimizerBytesFollowTheFormula) {
   std::shared_ptr<Communicator> comm = world();
   const int n = comm->size();

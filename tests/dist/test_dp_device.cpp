@@ -87,6 +87,8 @@ TrainConfig config(int64_t accum) {
   return t;
 }
 
+void expect_compute_copy_is_the_masters(Trainer& t, const Transformer& m, Communicator& comm);
+
 struct RunResult {
   std::vector<float> losses, norms;
 };
@@ -105,7 +107,33 @@ RunResult run(std::shared_ptr<Communicator> comm, int stage, int64_t accum, int 
     r.losses.push_back(st.loss);
     r.norms.push_back(st.grad_norm);
   }
+  if (t.data_parallel()) {
+    EXPECT_EQ(m.masters_sharded(), stage >= 1) << "ZeRO " << stage;
+    expect_compute_copy_is_the_masters(t, m, t.data_parallel()->comm());
+  }
   return r;
+}
+
+// Every rank's bf16 compute copy is the same, and is the f32 masters (sharded under ZeRO 1, 2,
+// gathered here) rounded to nearest, as AdamW writes it: each shard was updated by its owner and
+// gathered to every rank.
+void expect_compute_copy_is_the_masters(Trainer& t, const Transformer& m, Communicator& comm) {
+  const Tensor masters = t.master_weights();
+  const int64_t n = m.parameter_count();
+  ASSERT_EQ(masters.numel(), n);
+  Tensor copy = Tensor::empty({n}, DType::bf16);
+  m.backend().copy(m.compute_buffer(), copy);
+  int64_t off = 0;
+  for (int64_t i = 0; i < n; ++i) off += copy.data<bf16_t>()[i].bits != f32_to_bf16(masters.data<float>()[i]).bits;
+  EXPECT_EQ(off, 0) << "of " << n << " compute weights on rank " << comm.rank()
+                    << " are not their master rounded";
+  const int p = comm.size();
+  Tensor all = Tensor::empty({n * p}, DType::bf16);
+  comm.host_communicator()->all_gather(copy, all);
+  for (int q = 0; q < p; ++q) {
+    EXPECT_EQ(std::memcmp(all.data<bf16_t>() + q * n, copy.raw(), copy.nbytes()), 0)
+        << "rank " << q << "'s compute weights differ from rank " << comm.rank() << "'s";
+  }
 }
 
 TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
@@ -117,7 +145,8 @@ TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
 #ifdef NURI_TEST_DP_ONE_STAGE
   // The TSan tree looks for races (the progress thread's NCCL calls beside the backward), in one
   // step of ZeRO 2; the comparison with one process is build-emu-fast's. Here: every rank ends
-  // with the same weights, and the step's loss is finite.
+  // with the same compute copy, which is its shard of the masters rounded, and the step's loss is
+  // finite.
   {
     Transformer m(tiny_gpt2(), make_backend(NURI_TEST_BACKEND), 11);
     ParallelConfig par;
@@ -126,14 +155,7 @@ TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
     Trainer t(m, config(1), data(), nullptr, comm, par);
     EXPECT_EQ(t.data_parallel()->comm().backend_name(), "nccl");
     EXPECT_TRUE(std::isfinite(t.step().loss));
-    Tensor mine = Tensor::empty({m.param_buffer().numel()}, DType::f32);
-    m.backend().copy(m.param_buffer(), mine);
-    Tensor all = Tensor::empty({mine.numel() * p}, DType::f32);
-    comm->all_gather(mine, all);
-    for (int q = 0; q < p; ++q) {
-      EXPECT_EQ(std::memcmp(all.data<float>() + q * mine.numel(), mine.raw(), mine.nbytes()), 0)
-          << "rank " << q << "'s weights differ from rank " << comm->rank() << "'s";
-    }
+    expect_compute_copy_is_the_masters(t, m, *comm);
     return;
   }
 #endif
@@ -174,6 +196,44 @@ TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
 }
 
 #ifndef NURI_TEST_DP_ONE_STAGE  // not in the TSan tree (a step takes ~30 s there)
+// Per-rank bytes of parameters, gradients and optimizer state on the device, from the model's
+// allocator, against the ZeRO formulas for nuri's GPU dtypes (bf16 compute copy 2Ψ, f32 masters
+// 4Ψ, f32 gradients 4Ψ, f32 AdamW m and v 8Ψ; the masters are optimizer state and sharded with
+// it):
+//   stage 0: 2Ψ + 4Ψ + 4Ψ + 8Ψ = 18Ψ
+//   stage 1: 2Ψ + 4Ψ (gradients) + 12Ψ/N
+//   stage 2: 2Ψ + 16Ψ/N (plus the buckets in flight during the backward: test_dp.cpp)
+// (the mixed-precision formulas 4Ψ + 12Ψ/N and 2Ψ + 14Ψ/N assume bf16 gradients; nuri's are f32.)
+TEST(DeviceDataParallel, MasterWeightsAreShardedWithTheOptimizerState) {
+  CommOptions opt;
+  opt.timeout_s = 300;
+  std::shared_ptr<Communicator> comm = make_communicator(detect_launch(), opt);
+  const int p = comm->size();
+  for (int stage : {0, 1, 2}) {
+    Transformer m(tiny_gpt2(), make_backend(NURI_TEST_BACKEND), 11);
+    const double psi = double(m.parameter_count());
+    ParallelConfig par;
+    par.zero_stage = stage;
+    Trainer t(m, config(1), data(), nullptr, comm, par);
+    const double measured = double(m.memory().current_bytes);
+    const double formula = stage == 0   ? 18 * psi
+                           : stage == 1 ? 6 * psi + 12 * psi / p
+                                        : 2 * psi + 16 * psi / p;
+    if (comm->rank() == 0) {
+      std::printf("[ zero ] %s, ZeRO %d, %d ranks: parameters + gradients + optimizer %.0f bytes, "
+                  "formula %.0f (psi = %.0f)\n", NURI_TEST_BACKEND, stage, p, measured, formula,
+                  psi);
+    }
+    EXPECT_NEAR(measured, formula, 0.05 * formula) << "ZeRO " << stage;
+    EXPECT_EQ(m.masters_sharded(), stage >= 1);
+    if (stage >= 1) {
+      EXPECT_EQ(m.param_buffer().numel(), m.master_end() - m.master_begin());
+      EXPECT_THROW(m.parameter("wte.weight"), Error);
+    }
+  }
+}
+
+
 // Checkpoints on the device path (issue #10): a 2-rank ZeRO 1 run saved after 2 steps and
 // resumed by new models and trainers takes the same next 2 steps as the run that never stopped,
 // bit for bit (the bf16 compute copy is re-derived from the f32 masters by rounding to nearest,

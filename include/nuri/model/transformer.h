@@ -70,7 +70,12 @@ class Transformer {
   Backend& backend() const { return *backend_; }
   std::shared_ptr<Backend> backend_ptr() const { return backend_; }
 
-  /// Parameters / gradients in layout order (views of one buffer each).
+  /// The parameter layout (config order; ParamSpec::offset into the flat buffers).
+  const std::vector<ParamSpec>& layout() const { return layout_; }
+  /// Elements of the flat parameter layout (Ψ): the length of every unsharded flat buffer.
+  int64_t parameter_count() const { return total_; }
+  /// Parameters / gradients in layout order (views of one buffer each). Empty once the master
+  /// weights are sharded (shard_master_weights) or the gradients handed to hooks.
   const std::vector<NamedTensor>& parameters() const { return params_; }
   const std::vector<NamedTensor>& gradients() const { return grads_; }
   const Tensor& param_buffer() const { return param_buf_; }
@@ -81,8 +86,26 @@ class Transformer {
   /// computes in f32 and reads the master weights directly.
   const Tensor& compute_buffer() const { return cparam_buf_; }
   /// Re-derives the compute copy from the master weights (after writing them other than through
-  /// AdamW, which updates both): rounds to nearest even. No-op in f32.
+  /// AdamW, which updates both): rounds to nearest even. No-op in f32. Refused once the masters
+  /// are sharded (this rank lacks the others' masters): use load_weights().
   void sync_compute_weights();
+  /// Sets every weight from all parameter_count() f32 values (flat layout, a contiguous host
+  /// tensor): the master weights take their range, the compute copy is rounded from all of them
+  /// (to nearest even).
+  void load_weights(const Tensor& host_flat);
+
+  /// ZeRO 1 and 2 on a model with a compute copy (the GPU): keeps the f32 master weights of the
+  /// flat range [lo, hi) only, this rank's shard; the other ranks hold the rest. The forward and
+  /// backward read the whole compute copy, which the sharded AdamW and DataParallel::
+  /// gather_parameters() keep current. Afterwards param_buffer() holds the hi - lo masters of
+  /// the range, parameters() is empty and parameter() throws; load_weights() and
+  /// init_weights() still work. Cannot be undone. A model computing in f32 reads its masters
+  /// directly and refuses.
+  void shard_master_weights(int64_t lo, int64_t hi);
+  /// The flat range param_buffer() holds: [0, parameter_count()) unless sharded.
+  int64_t master_begin() const { return master_lo_; }
+  int64_t master_end() const { return master_hi_; }
+  bool masters_sharded() const { return master_hi_ - master_lo_ != total_; }
   /// The view named `name`; throws nuri::Error naming close candidates otherwise.
   const Tensor& parameter(const std::string& name) const;
 
@@ -128,6 +151,8 @@ class Transformer {
   std::shared_ptr<Backend> backend_;
   std::vector<ParamSpec> layout_;
   DType compute_ = DType::f32;
+  int64_t total_ = 0;
+  int64_t master_lo_ = 0, master_hi_ = 0;  ///< the flat range param_buf_ holds
   Tensor param_buf_, grad_buf_, cparam_buf_;
   std::vector<NamedTensor> params_, grads_;
   std::unique_ptr<Weights> w_, g_;  // typed views of params_ / grads_

@@ -86,8 +86,10 @@ class DataParallel final : private GradHooks {
   std::pair<int64_t, int64_t> shard(int64_t n) const;
 
   /// Takes over the model's gradients: installs the backward hooks and plans the buckets. ZeRO 2
-  /// takes the gradient storage too (the model frees its gradient buffer for good). The model
-  /// must outlive this object or be attached to another.
+  /// takes the gradient storage too (the model frees its gradient buffer for good). ZeRO 1 and 2
+  /// on a model with a bf16 compute copy (GPU ranks, world > 1) shard its f32 master weights to
+  /// shard(P) (Transformer::shard_master_weights; also for good): build AdamW on that shard.
+  /// The model must outlive this object or be attached to another.
   void attach(Transformer& model);
   /// The bucket ranges [lo, hi) of the flat gradient layout, in reduction order.
   std::vector<std::pair<int64_t, int64_t>> buckets() const;
@@ -107,9 +109,13 @@ class DataParallel final : private GradHooks {
   /// ZeRO 2: the global norm from this rank's shard norm (sum of squares over ranks).
   float global_norm(float shard_norm);
 
-  /// ZeRO 1, 2, after each rank updated its shard: every shard of model.param_buffer() (and of
-  /// the bf16 compute copy, where the model has one) to every rank, in place.
+  /// ZeRO 1, 2, after each rank updated its shard: every shard of the bf16 compute copy (where
+  /// the model has one; its masters stay sharded) or of the f32 parameters (a CPU model, whose
+  /// masters are what it computes with) to every rank, in place.
   void gather_parameters(Transformer& model);
+  /// All of the model's f32 master weights (parameter_count(), flat layout) on the host; from
+  /// every rank's shard when they are sharded (a collective: every rank calls it).
+  Tensor gather_master_weights(const Transformer& model);
   /// Every rank's `mine` (the same length on each), concatenated in rank order.
   std::vector<float> gather(const std::vector<float>& mine);
 

@@ -111,6 +111,11 @@ class Trainer {
   /// names what differs); gradients are not saved. Returns the checkpoint's directory.
   std::string load_checkpoint(const std::string& path);
 
+  /// Every f32 master weight (the model's parameter_count(), flat layout) on the host; under
+  /// data parallelism a collective (every rank calls it), as GPU ranks with ZeRO 1 or 2 hold
+  /// only their shard of the masters.
+  Tensor master_weights();
+
   int64_t steps_done() const { return step_; }
   int64_t skipped_steps() const { return skipped_; }
   DataPosition data_position() const { return loader_.position(); }
