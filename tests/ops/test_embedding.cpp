@@ -62,7 +62,9 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   if (c.positions) g.grads.push_back(values(*be, tdwpe));
   // The op is linear, so its float64 gradients are scatter-adds of dout, compared element by
   // element on every backend; finite differences check them element by element too where that
-  // is cheap (every size on the CPU; emulated backends run the larger cases along directions).
+  // is cheap, and along random directions otherwise (element by element is one forward per
+  // input element, inputs x outputs work: 3.8e8 for the B=4 case, 14 s of a Release run and
+  // 35 s under ASan).
   Vec ref_dwte(size_t(c.v * c.c), 0.0), ref_dwpe(size_t(c.tmax * c.c), 0.0);
   for (int64_t i = 0; i < c.b * c.t; ++i) {
     for (int64_t j = 0; j < c.c; ++j) {
@@ -73,7 +75,7 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   NURI_EXPECT_CLOSE(g.grads[0], ref_dwte, 1e-6, "dwte");
   if (c.positions) NURI_EXPECT_CLOSE(g.grads[1], ref_dwpe, 1e-6, "dwpe");
   const double fd_cost = double(wte.size() + (c.positions ? wpe.size() : 0)) * double(dout.size());
-  check_gradients(g, run.backend == "cpu" || fd_cost <= 1e6, 1e-5, "embedding");
+  check_gradients(g, fd_cost <= (run.backend == "cpu" ? 2e7 : 1e6), 1e-5, "embedding");
 
   // accumulate = true doubles it.
   be->embedding_backward(ttok, tdout, tdwte, tdwpe, true);
