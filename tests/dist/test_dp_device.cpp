@@ -230,6 +230,11 @@ TEST(DeviceDataParallel, MasterWeightsAreShardedWithTheOptimizerState) {
       EXPECT_EQ(m.param_buffer().numel(), m.master_end() - m.master_begin());
       EXPECT_THROW(m.parameter("wte.weight"), Error);
     }
+    // A step moves the f32 gradients (all-reduced, or reduce-scattered) and, after a sharded
+    // update, the bf16 compute copy only: the masters stay where they are.
+    t.step();
+    const CommStats& cs = t.data_parallel()->stats();
+    EXPECT_EQ(double(cs.payload_bytes), stage == 0 ? 4 * psi : 6 * psi) << "ZeRO " << stage;
   }
 }
 
