@@ -382,10 +382,14 @@ void DataParallel::gather_parameters(Transformer& model) {
   stats_.gather_seconds += seconds_since(t0);
 }
 
-Tensor DataParallel::gather_master_weights(const Transformer& model) {
+Tensor DataParallel::gather_master_weights(const Transformer& model, int root) {
+  NURI_CHECK(root >= -1 && root < world(), "gather_master_weights: root ", root, " is not a rank "
+             "of ", world(), " (or -1 for every rank)");
   const int64_t total = model.parameter_count();
-  Tensor all = Tensor::empty({total}, DType::f32);
-  if (!model.masters_sharded()) {
+  const bool receive = root < 0 || rank() == root;
+  if (!model.masters_sharded()) {  // every rank holds them all
+    if (!receive) return Tensor();
+    Tensor all = Tensor::empty({total}, DType::f32);
     model.backend().copy(model.param_buffer(), all);
     return all;
   }
@@ -393,9 +397,25 @@ Tensor DataParallel::gather_master_weights(const Transformer& model) {
   NURI_CHECK(model.master_begin() == lo_ && model.master_end() == hi_, "gather_master_weights: "
              "the model holds masters [", model.master_begin(), ", ", model.master_end(),
              "), not this rank's shard [", lo_, ", ", hi_, ")");
-  Tensor mine = Tensor::empty({hi_ - lo_}, DType::f32);
+  Communicator& host = *comm_->host_communicator();
+  const std::vector<int64_t> counts = shard_counts(total);
+  Tensor all = receive ? Tensor::empty({total}, DType::f32) : Tensor();
+  Tensor mine = receive ? all.slice(0, lo_, hi_) : Tensor::empty({hi_ - lo_}, DType::f32);
   model.backend().copy(model.param_buffer(), mine);
-  comm_->host_communicator()->all_gather_v(mine, all, shard_counts(total));
+  if (root < 0) {
+    host.all_gather_v(mine, all, counts);  // in place, as gather_parameters()
+    return all;
+  }
+  if (rank() != root) {
+    if (hi_ > lo_) host.send(mine, root);
+    return Tensor();
+  }
+  int64_t at = 0;
+  for (int q = 0; q < world(); ++q) {  // each rank's shard into place, in rank order
+    const int64_t n = counts[size_t(q)];
+    if (q != root && n > 0) host.recv(all.slice(0, at, at + n), q);
+    at += n;
+  }
   return all;
 }
 

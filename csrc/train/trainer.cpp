@@ -226,7 +226,8 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
   auto wp = std::make_unique<CheckpointWriter>(root, step_, dp_ ? &dp_->comm() : nullptr);
   CheckpointWriter& w = *wp;
-  const Tensor masters = master_weights();  // collective where the masters are sharded
+  // Rank 0 writes the parameters: it receives the other ranks' shards of sharded masters.
+  const Tensor masters = dp_ ? dp_->gather_master_weights(model_, 0) : master_weights();
   if (rank == 0) {
     for (const ParamSpec& p : model_.layout()) {
       w.add_replicated(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));

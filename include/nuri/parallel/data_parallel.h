@@ -113,9 +113,11 @@ class DataParallel final : private GradHooks {
   /// the model has one; its masters stay sharded) or of the f32 parameters (a CPU model, whose
   /// masters are what it computes with) to every rank, in place.
   void gather_parameters(Transformer& model);
-  /// All of the model's f32 master weights (parameter_count(), flat layout) on the host; from
-  /// every rank's shard when they are sharded (a collective: every rank calls it).
-  Tensor gather_master_weights(const Transformer& model);
+  /// All of the model's f32 master weights (parameter_count(), flat layout) on the host, from
+  /// every rank's shard when they are sharded (a collective: every rank calls it). root >= 0:
+  /// only that rank receives them (the others send their shard and get an undefined tensor), so
+  /// a checkpoint costs the other ranks no host copy of the model; root = -1: every rank.
+  Tensor gather_master_weights(const Transformer& model, int root = -1);
   /// Every rank's `mine` (the same length on each), concatenated in rank order.
   std::vector<float> gather(const std::vector<float>& mine);
 
