@@ -5,7 +5,15 @@
 #   - the project virtualenv .venv/ from Debian's /usr/bin/python3 with --system-site-packages
 #     (so it sees python3-torch and python3-numpy), and the PyPI packages of
 #     scripts/requirements.txt in it.
+#   setup.sh --test  adds what only the tests need: Slurm's daemons and srun, for the tests of label
+#                    slurm on a one-node cluster (scripts/slurm_local.sh); scripts/test.sh passes it.
 set -euo pipefail
+with_tests=0
+case "${1:-}" in
+  --test) with_tests=1 ;;
+  "") ;;
+  *) echo "usage: setup.sh [--test]" >&2; exit 2 ;;
+esac
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -29,6 +37,11 @@ packages=(
   nlohmann-json3-dev  # checkpoint manifests and safetensors headers (csrc/ckpt)
   libssl-dev          # SHA-256 of checkpoint files (OpenSSL's libcrypto)
 )
+if ((with_tests)); then
+  packages+=(
+    slurmctld slurmd slurm-client  # a one-node Slurm cluster and srun (label slurm)
+  )
+fi
 requirements=scripts/requirements.txt
 venv=.venv
 python=/usr/bin/python3  # Debian's interpreter: python3-torch is installed for it only

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole check, as CI runs it (.ci/run): setup; the Release tree build/ with every ctest (the
 # `gpu` label reports itself skipped without a GPU, run one process per executable by
-# scripts/gpu_label_once.py there; the `mpi` label runs under mpirun with 1, 2
-# and 4 ranks); the static kernel checks (nvcc, ptxas
-# spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
+# scripts/gpu_label_once.py there; the `mpi` label runs under mpirun with 1, 2 and 4 ranks, the
+# `slurm` label under srun on a one-node Slurm cluster it starts, scripts/slurm_local.sh); the
+# static kernel checks (nvcc, ptxas spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
 # build-emu/ under ThreadSanitizer with the `emu` label; then pip install . and pytest.
 #   NURI_TEST_SKIP_ASAN=1  skips the ASan tree (quick local runs; never set in CI).
 #   NURI_TEST_SKIP_EMU=1   skips the emulated-CUDA tree (quick local runs; never set in CI).
@@ -27,7 +27,7 @@ trap on_exit EXIT
 section() { printf '\n==== %s  [%ds] ====\n' "$*" "$((SECONDS - start))"; }
 
 section "setup"
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 
 # nvcc lives in /usr/local/cuda/bin, which CI may not have on PATH; NURI_CUDA=AUTO finds it there.
 if [[ -d /usr/local/cuda/bin && ":$PATH:" != *":/usr/local/cuda/bin:"* ]]; then

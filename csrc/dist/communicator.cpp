@@ -180,14 +180,27 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const Co
   }
   NURI_CHECK(timeout > 0, "communicator timeout (", timeout, " s) must be positive");
   if (info.world_size == 1) return std::make_unique<SingleCommunicator>(timeout);
-  // torchrun-style: no MPI launcher to ask, so the ranks meet over TCP at MASTER_ADDR:MASTER_PORT.
-  if (info.launcher == Launcher::torchrun) return make_tcp_communicator(info, timeout);
+  // torchrun-style (and srun with MASTER_ADDR): no MPI runtime to ask, so the ranks meet over TCP
+  // at MASTER_ADDR:MASTER_PORT.
+  if (info.launcher == Launcher::torchrun ||
+      (info.launcher == Launcher::srun && !info.master_addr.empty())) {
+    return make_tcp_communicator(info, timeout);
+  }
+  // srun without a PMI plugin: MPI_Init would abort with Open MPI's advice to rebuild itself (or
+  // come up as a job of one); say what the user can change instead.
+  NURI_CHECK(info.launcher != Launcher::srun || info.srun_pmi, "this process is rank ",
+             info.rank, " of ", info.world_size, " started by srun without a PMI plugin (no "
+             "PMIX_RANK or PMI_RANK in its environment), so MPI cannot connect the ranks: start "
+             "the job with `srun --mpi=pmix` (`srun --mpi=list` shows the plugins), or export "
+             "MASTER_ADDR (the job's first node) and MASTER_PORT (a free port) to meet over TCP");
 #if NURI_HAVE_MPI
   return make_mpi_communicator(info, timeout);
 #else
   NURI_CHECK(false, "this process is rank ", info.rank, " of ", info.world_size, " (",
              launcher_name(info.launcher), "), but this build of nuri has no MPI communicator: "
-             "configure with -DNURI_MPI=ON (needs Open MPI: apt-get install libopenmpi-dev openmpi-bin)");
+             "configure with -DNURI_MPI=ON (needs Open MPI: apt-get install libopenmpi-dev "
+             "openmpi-bin)", info.launcher == Launcher::srun ? ", or export MASTER_ADDR and "
+             "MASTER_PORT to meet over TCP" : "");
 #endif
 }
 

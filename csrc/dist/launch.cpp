@@ -57,6 +57,15 @@ void check_ranks(const LaunchInfo& info, const char* rank_var, const char* size_
              info.local_world_size, " (", l, ")");
 }
 
+/// MASTER_ADDR:MASTER_PORT, where the ranks meet over TCP (MASTER_ADDR is set and not empty).
+void rendezvous(const Getenv& env, LaunchInfo& info, const char* because) {
+  const char* l = launcher_name(info.launcher);
+  info.master_addr = env("MASTER_ADDR");
+  info.master_port = required(env, "MASTER_PORT", l, because);
+  NURI_CHECK(info.master_port >= 1 && info.master_port <= 65535, "MASTER_PORT=",
+             info.master_port, " is not a TCP port (1-65535)");
+}
+
 }  // namespace
 
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_fn) {
@@ -76,10 +85,7 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
       const char* addr = env("MASTER_ADDR");
       NURI_CHECK(addr && *addr, "MASTER_ADDR is not set (", l, ", WORLD_SIZE=", info.world_size,
                  "): the ranks meet at MASTER_ADDR:MASTER_PORT; set it to rank 0's host");
-      info.master_addr = addr;
-      info.master_port = required(env, "MASTER_PORT", l, "WORLD_SIZE is above 1");
-      NURI_CHECK(info.master_port >= 1 && info.master_port <= 65535, "MASTER_PORT=",
-                 info.master_port, " is not a TCP port (1-65535)");
+      rendezvous(env, info, "WORLD_SIZE is above 1");
     }
     return info;
   }
@@ -108,6 +114,16 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     info.local_world_size =
         v.launcher == Launcher::srun && !plain ? 0 : int_var(env, v.local_size, l).value_or(0);
     check_ranks(info, v.rank, v.size, v.local);
+    if (info.launcher == Launcher::srun && info.world_size > 1) {
+      // srun starts the tasks itself; MPI can only wire them up through srun's PMI plugin. With
+      // MASTER_ADDR (and MASTER_PORT) set they meet over TCP instead, as torchrun-style ranks do.
+      if (const char* addr = env("MASTER_ADDR"); addr && *addr) {
+        rendezvous(env, info, "MASTER_ADDR is");
+      }
+      const char* pmix = env("PMIX_RANK");
+      const char* pmi2 = env("PMI_RANK");
+      info.srun_pmi = (pmix && *pmix) || (pmi2 && *pmi2);
+    }
     return info;
   }
   return info;

@@ -452,8 +452,9 @@ uint32_t resolve(const std::string& host) {
 
 std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, double timeout_s) {
   NURI_CHECK(!info.master_addr.empty() && info.master_port > 0 && info.master_port < 65536,
-             "a torchrun-style launch of ", info.world_size, " processes needs MASTER_ADDR and "
-             "MASTER_PORT (rank 0's host and a free port) in every process's environment");
+             "a job of ", info.world_size, " processes meeting over TCP (",
+             launcher_name(info.launcher), ") needs MASTER_ADDR and MASTER_PORT (rank 0's host "
+             "and a free port) in every process's environment");
   auto mesh = std::make_shared<Mesh>();
   mesh->rank = info.rank;
   mesh->size = info.world_size;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "nuri/core/error.h"
+#include "nuri/dist/communicator.h"
 #include "nuri/dist/grid.h"
 #include "nuri/dist/launch.h"
 
@@ -88,6 +89,51 @@ TEST(Launch, Slurm) {
                     {"SLURM_NTASKS_PER_NODE", "2(x2),1"}})
                 .local_world_size,
             0);
+}
+
+TEST(Launch, SlurmMeetsOverMpiThroughPmiOrOverTcpWithMasterAddr) {
+  const Env two = {{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "1"}};
+  // `srun --mpi=none` (many sites' default): no PMI, no rendezvous.
+  const LaunchInfo bare = launch(two);
+  EXPECT_FALSE(bare.srun_pmi);
+  EXPECT_TRUE(bare.master_addr.empty());
+  EXPECT_EQ(bare.master_port, 0);
+  // `srun --mpi=pmix` sets PMIX_RANK, `--mpi=pmi2` PMI_RANK.
+  for (const char* var : {"PMIX_RANK", "PMI_RANK"}) {
+    Env e = two;
+    e[var] = "1";
+    EXPECT_TRUE(launch(e).srun_pmi) << var;
+  }
+  Env tcp = two;
+  tcp.insert({{"MASTER_ADDR", "node01"}, {"MASTER_PORT", "29400"}});
+  const LaunchInfo t = launch(tcp);
+  EXPECT_EQ(t.launcher, Launcher::srun);
+  EXPECT_EQ(t.rank, 1);
+  EXPECT_EQ(t.master_addr, "node01");
+  EXPECT_EQ(t.master_port, 29400);
+  tcp.erase("MASTER_PORT");
+  EXPECT_NE(error_of(tcp).find("MASTER_PORT is not set, but MASTER_ADDR is (srun (Slurm))"),
+            std::string::npos)
+      << error_of(tcp);
+  // One task needs neither.
+  const Env one = {{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_LOCALID", "0"},
+                   {"MASTER_ADDR", "node01"}};
+  EXPECT_TRUE(launch(one).master_addr.empty());
+}
+
+TEST(Launch, SrunWithoutPmiOrMasterAddrSaysHowToStartTheJob) {
+  LaunchInfo i;
+  i.launcher = Launcher::srun;
+  i.rank = 0, i.world_size = 2;
+  try {
+    make_communicator(i);
+    FAIL() << "a communicator was made for srun ranks that cannot meet";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("rank 0 of 2 started by srun without a PMI plugin"), std::string::npos) << m;
+    EXPECT_NE(m.find("srun --mpi=pmix"), std::string::npos) << m;
+    EXPECT_NE(m.find("export MASTER_ADDR"), std::string::npos) << m;
+  }
 }
 
 TEST(Launch, PrecedenceTorchrunThenOpenMpiThenSlurm) {

@@ -5,7 +5,9 @@
 //                   hand-written script sets; LOCAL_WORLD_SIZE when present)
 //   mpirun (Open MPI)  OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
 //   srun (Slurm)    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID (SLURM_NTASKS_PER_NODE when it is one
-//                   number)
+//                   number); with MASTER_ADDR and MASTER_PORT the ranks meet over TCP as
+//                   torchrun-style ones do, else over MPI, which needs srun's PMIx plugin
+//                   (`srun --mpi=pmix`; PMI-2 where the site's MPI was built for it)
 //   none of them    a single process: rank 0 of 1
 //
 // In that order: a torchrun-style RANK wins over the others (a script may set it inside any
@@ -29,8 +31,9 @@ struct LaunchInfo {
   int world_size = 1;
   int local_rank = 0;        ///< rank among the processes of this node
   int local_world_size = 1;  ///< processes on this node; 0 when the launcher does not say
-  std::string master_addr;   ///< torchrun-style only: the rendezvous host
-  int master_port = 0;       ///< torchrun-style only
+  std::string master_addr;   ///< the TCP rendezvous host (torchrun-style; srun with MASTER_ADDR)
+  int master_port = 0;       ///< its port; 0 when the ranks do not meet over TCP
+  bool srun_pmi = false;     ///< srun set up PMIx or PMI-2 for this task (PMIX_RANK or PMI_RANK)
 };
 
 /// Reads the launcher's variables through `getenv` (a name -> value or nullptr; the process
