@@ -4,8 +4,9 @@
 // or, where that is missing, on a corpus it generates deterministically: no download.
 //   nuri-train [options]          train (see --help)
 //   nuri-train tokenize IN OUT    text file -> token file (byte tokenizer, llm.c layout)
-// Under mpirun or srun (builds with MPI) the ranks train data-parallel: --batch and --accum are
-// per rank, each rank reads its slice of every global batch, and rank 0 prints.
+// Under mpirun, srun or a torchrun-style start the ranks train data-parallel: --batch and --accum
+// are per rank, each rank reads its slice of every global batch, and rank 0 prints. With
+// --backend cuda each rank trains on its local rank's GPU and the gradients move over NCCL.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -42,6 +43,8 @@ data
   --val FILE           validation data (default: the last 10% of --data)
 model
   --model NAME         demo (default, 3.3M parameters), or a preset: gpt2-tiny, gpt2-124M, ...
+  --backend NAME       cpu (default), cuda (each rank on its node's GPU of its local rank),
+                       cuda:N, or cuda-emu in the emulated build
   --d-model N --n-layer N --n-head N --n-kv-head N --d-ff N --max-seq-len N
 training
   --steps N (400)  --batch B (8)  --seq T (128)  --accum K (1)  --lr X (2e-3)
@@ -68,7 +71,7 @@ output
 )";
 
 struct Options {
-  std::string data, val, model = "demo", prompt = "The ";
+  std::string data, val, model = "demo", backend = "cpu", prompt = "The ";
   std::map<std::string, int64_t> overrides;
   TrainConfig train;
   ParallelConfig parallel;
@@ -119,6 +122,7 @@ Options parse(int argc, char** argv) {
     } else if (a == "--data") o.data = value();
     else if (a == "--val") o.val = value();
     else if (a == "--model") o.model = value();
+    else if (a == "--backend") o.backend = value();
     else if (a == "--d-model" || a == "--n-layer" || a == "--n-head" || a == "--n-kv-head" ||
              a == "--d-ff" || a == "--max-seq-len") o.overrides[a] = integer();
     else if (a == "--steps") o.train.steps = integer();
@@ -295,19 +299,23 @@ int run(const Options& o) {
       std::fprintf(stderr, "nuri-train: rank %d cannot silence its stdout\n", comm->rank());
     }
   }
-  Transformer model(cfg, make_backend("cpu"), o.train.seed);
+  // A GPU rank takes its node's device of its local rank; gradients then move over NCCL.
+  const std::string backend = backend_for_rank(o.backend, launch);
+  Transformer model(cfg, make_backend(backend), o.train.seed);
   Trainer trainer(model, o.train, train, val, comm, o.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.vocab_size);
   const char* threads = std::getenv("OMP_NUM_THREADS");
-  std::printf("data: %s\nmodel: %s (%.2fM parameters) | %s\n", what.c_str(), o.model.c_str(),
-              double(cfg.num_params()) / 1e6, cfg.summary().c_str());
+  std::printf("data: %s\nmodel: %s (%.2fM parameters) | %s | backend %s\n", what.c_str(),
+              o.model.c_str(), double(cfg.num_params()) / 1e6, cfg.summary().c_str(),
+              backend.c_str());
   std::printf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s\n",
               (long long)o.train.steps, (long long)o.train.micro_batch, (long long)o.train.seq_len,
               (long long)o.train.grad_accum, o.train.lr, threads ? threads : "all");
   if (comm) {
-    std::printf("data parallel: %d ranks (%s), ZeRO stage %d, global batch %lld sequences, "
-                "%zu gradient buckets%s\n",
-                comm->size(), launcher_name(launch.launcher), o.parallel.zero_stage,
+    std::printf("data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
+                "%lld sequences, %zu gradient buckets%s\n",
+                comm->size(), launcher_name(launch.launcher),
+                trainer.data_parallel()->comm().backend_name().c_str(), o.parallel.zero_stage,
                 (long long)(o.train.micro_batch * o.train.grad_accum * comm->size()),
                 trainer.data_parallel()->buckets().size(),
                 o.parallel.overlap ? " overlapped with the backward" : " reduced after the backward");

@@ -29,14 +29,27 @@ std::vector<std::string> available_backends() {
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>();
+  // "cuda" is device 0, "cuda:N" device N (also "cuda-emu:N" in the emulated build).
+  const size_t colon = name.find(':');
+  const std::string base = name.substr(0, colon);
+  int device = 0;
+  if (colon != std::string::npos) {
+    const std::string index = name.substr(colon + 1);
+    NURI_CHECK(!index.empty() && index.size() <= 4 &&
+                   index.find_first_not_of("0123456789") == std::string::npos,
+               "backend '", name, "': the device after ':' must be a number, as in 'cuda:1'");
+    device = std::stoi(index);
+  }
 #if defined(NURI_CUDA_EMULATION)
-  if (name == "cuda-emu") return std::make_unique<CudaBackend>();
+  if (base == "cuda-emu") return std::make_unique<CudaBackend>(device);
 #elif defined(NURI_CUDA_REAL)
-  if (name == "cuda") return std::make_unique<CudaBackend>();
+  if (base == "cuda") return std::make_unique<CudaBackend>(device);
 #endif
+  (void)device;
   std::string list;
   for (const auto& n : available_backends()) list += (list.empty() ? "" : ", ") + n;
-  NURI_CHECK(false, "unknown backend '", name, "'; this build has: ", list);
+  NURI_CHECK(false, "unknown backend '", name, "'; this build has: ", list,
+             " (a CUDA backend takes a device index, as in cuda:1)");
 }
 
 std::vector<CudaDeviceInfo> cuda_devices() {

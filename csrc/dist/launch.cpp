@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <optional>
 
+#include "nuri/backend/backend.h"
 #include "nuri/core/error.h"
 
 namespace nuri {
@@ -132,11 +133,18 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
 int device_for_local_rank(const LaunchInfo& info, int device_count) {
   NURI_CHECK(device_count > 0, "rank ", info.rank, " (", launcher_name(info.launcher),
              ") sees no CUDA device; use the cpu backend, or check CUDA_VISIBLE_DEVICES");
+  if (device_count == 1) return 0;
   NURI_CHECK(info.local_rank < device_count, "local rank ", info.local_rank, " of rank ",
              info.rank, " (", launcher_name(info.launcher), ") has no device of its own: ",
              device_count, " visible on this node, one per process; start at most ",
              device_count, " processes per node, or give each its own CUDA_VISIBLE_DEVICES");
   return info.local_rank;
+}
+
+std::string backend_for_rank(const std::string& backend, const LaunchInfo& info) {
+  if (backend != "cuda") return backend;
+  const int device = device_for_local_rank(info, int(cuda_devices().size()));
+  return "cuda:" + std::to_string(device);
 }
 
 }  // namespace nuri

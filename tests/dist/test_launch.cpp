@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include "nuri/backend/backend.h"
 #include "nuri/core/error.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/grid.h"
@@ -203,6 +204,30 @@ TEST(Launch, LocalRankPicksTheDevice) {
         << e.what();
   }
   EXPECT_THROW(device_for_local_rank(i, 0), Error);
+  // One visible device (a GPU bound to each task by the launcher): that one, whatever the rank.
+  EXPECT_EQ(device_for_local_rank(i, 1), 0);
+}
+
+TEST(Launch, BackendForRankNamesTheLocalDevice) {
+  LaunchInfo i;
+  i.launcher = Launcher::srun;
+  i.rank = 3, i.world_size = 4, i.local_rank = 1;
+  EXPECT_EQ(backend_for_rank("cpu", i), "cpu");
+  EXPECT_EQ(backend_for_rank("cuda:5", i), "cuda:5");        // the user's choice stands
+  EXPECT_EQ(backend_for_rank("cuda-emu", i), "cuda-emu");    // one emulated device per process
+  const int devices = int(cuda_devices().size());
+  if (devices == 0) {  // this machine, or a build without CUDA: the rank is told it has none
+    try {
+      backend_for_rank("cuda", i);
+      FAIL() << "a CUDA backend name for a process that sees no device";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 3 (srun (Slurm)) sees no CUDA device"),
+                std::string::npos)
+          << e.what();
+    }
+  } else {
+    EXPECT_EQ(backend_for_rank("cuda", i), devices == 1 ? "cuda:0" : "cuda:1");
+  }
 }
 
 TEST(Grid, CoordinatesRoundTripWithTensorParallelFastest) {

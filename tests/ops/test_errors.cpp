@@ -121,6 +121,17 @@ TEST(BackendRegistry, UnknownBackendListsTheAvailableOnes) {
   expect_error([] { make_backend("tpu"); }, {"unknown backend 'tpu'", "cpu"});
 }
 
+TEST(BackendRegistry, ACudaBackendTakesADeviceIndex) {
+  expect_error([] { make_backend("cuda:one"); }, {"cuda:one", "must be a number", "cuda:1"});
+  expect_error([] { make_backend("cuda:"); }, {"must be a number"});
+  expect_error([] { make_backend("cpu:1"); }, {"unknown backend 'cpu:1'"});
+#if NURI_CUDA_EMULATION
+  // The emulator has one device: index 0 is it, 1 is named as missing.
+  EXPECT_EQ(make_backend("cuda-emu:0")->device().index, 0);
+  expect_error([] { make_backend("cuda-emu:1"); }, {"CUDA device 1 does not exist", "1 present"});
+#endif
+}
+
 INSTANTIATE_TEST_SUITE_P(Ops, OpErrorTest, ::testing::ValuesIn(backends()),
                          [](const auto& info) { return sanitize_name(info.param); });
 

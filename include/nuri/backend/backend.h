@@ -194,6 +194,8 @@ class Backend {
 /// Names of the backends this build can create, e.g. {"cpu"}.
 std::vector<std::string> available_backends();
 /// A new backend instance by name; throws nuri::Error listing the available ones otherwise.
+/// "cuda" (or "cuda-emu") is device 0 and "cuda:N" device N; a process of a multi-GPU job gets
+/// its own device from backend_for_rank (nuri/dist/launch.h).
 std::unique_ptr<Backend> make_backend(const std::string& name);
 
 /// One CUDA device as the runtime describes it.

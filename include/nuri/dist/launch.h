@@ -41,7 +41,15 @@ struct LaunchInfo {
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv = nullptr);
 
 /// The device of this process: its local rank, which must be below `device_count` (one process
-/// per device; an error says how many processes the node may start otherwise).
+/// per device; an error says how many processes the node may start otherwise). A process that
+/// sees one device uses it whatever its local rank: a launcher that binds a GPU to each task
+/// (`srun --gpus-per-task=1`, a per-rank CUDA_VISIBLE_DEVICES) leaves each one device 0; ranks
+/// that really share one GPU are refused by NCCL, which names the duplicate.
 int device_for_local_rank(const LaunchInfo& info, int device_count);
+
+/// The backend name this process should pass to make_backend: "cuda" becomes "cuda:<its device>"
+/// (device_for_local_rank over the devices it sees); "cpu", an explicit "cuda:N", and the
+/// emulated "cuda-emu" (each process has its own emulated device) are returned as they are.
+std::string backend_for_rank(const std::string& backend, const LaunchInfo& info);
 
 }  // namespace nuri
