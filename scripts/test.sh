@@ -98,17 +98,18 @@ else
   # The same emulated CUDA backend without TSan (whose per-thread cost makes a training step take
   # ~30 s): the 20-step training comparison against the CPU (tests/model/test_device_train.cpp)
   # and 8 data-parallel steps over the emulated NCCL (tests/dist/test_dp_device.cpp), and
-  # nuri-train --backend cuda-emu on 1 process against 2 GPU ranks (tests/dist/same_run.sh).
+  # nuri-train --backend cuda-emu on 1 process against 2 GPU ranks (tests/dist/same_run.sh), and
+  # bench_comm_gpu's checked collectives on 2 emulated GPU ranks.
   section "configure build-emu-fast/ (CUDA emulation, no sanitizer)"
   cmake -S . -B build-emu-fast -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=OFF \
-    -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=OFF -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
+    -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=OFF -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=ON \
     -DNURI_BUILD_EXAMPLES=ON -DNURI_MPI=OFF
-  section "build build-emu-fast/ (test_device_train, test_dp_device, nuri-train)"
+  section "build build-emu-fast/ (test_device_train, test_dp_device, nuri-train, bench_comm_gpu)"
   cmake --build build-emu-fast --parallel "$jobs" --target test_device_train test_dp_device \
-    nuri-train
+    nuri-train bench_comm_gpu
   section "ctest -L emu build-emu-fast/ (training on cuda-emu vs the CPU; over emulated NCCL)"
-  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|emu\.dp\.' --output-on-failure \
-    --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
+  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|emu\.dp\.|emu\.bench\.' \
+    --output-on-failure --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
 fi
 
 # ---- Python: pip install . into the venv, then the pytest suite against the installed package ---

@@ -21,6 +21,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "dist/comm_check.h"
+#include "dist/nccl_bootstrap.h"
 #include "nuri/core/error.h"
 #include "nuri/dist/communicator.h"
 #if NURI_CUDA_EMULATION
@@ -75,19 +76,8 @@ class NcclCommunicator final : public Communicator {
     rank_ = host_->rank();
     size_ = host_->size();
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
-    ncclUniqueId id{};
-    Tensor id_host = Tensor::empty({NCCL_UNIQUE_ID_BYTES / 2}, DType::bf16);  // moved as bytes
-    if (rank_ == 0) {
-      nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
-      std::memcpy(id_host.raw(), &id, sizeof id);
-    }
-    host_->broadcast(id_host, 0);
-    std::memcpy(&id, id_host.raw(), sizeof id);
-#if NURI_CUDA_EMULATION
-    emu::nccl_register_transport(id, std::make_shared<HostTransport>(host_));
-#endif
     what_ = "ncclCommInitRank";
-    nccl_check(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank");
+    nccl_check(nccl_init_over(host_, &comm_), "ncclCommInitRank");
     cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     cuda_check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
   }
@@ -306,6 +296,25 @@ class NcclCommunicator final : public Communicator {
 };
 
 }  // namespace
+
+ncclResult_t nccl_init_over(const std::shared_ptr<Communicator>& host, ncclComm_t* comm) {
+  ncclUniqueId id{};
+  Tensor id_host = Tensor::empty({NCCL_UNIQUE_ID_BYTES / 2}, DType::bf16);  // moved as bytes
+  ncclResult_t r = ncclSuccess;
+  if (host->rank() == 0) {
+    r = ncclGetUniqueId(&id);
+    std::memcpy(id_host.raw(), &id, sizeof id);
+  }
+  // Every rank takes part in the broadcast, even when rank 0's ncclGetUniqueId failed: rank 0
+  // then reports its error, and the others fail in ncclCommInitRank on a bad id or the timeout.
+  host->broadcast(id_host, 0);
+  if (r != ncclSuccess) return r;
+  std::memcpy(&id, id_host.raw(), sizeof id);
+#if NURI_CUDA_EMULATION
+  emu::nccl_register_transport(id, std::make_shared<HostTransport>(host));
+#endif
+  return ncclCommInitRank(comm, host->size(), id, host->rank());
+}
 
 std::shared_ptr<Communicator> make_nccl_communicator(std::shared_ptr<Communicator> host,
                                                      Backend& backend) {
