@@ -17,17 +17,23 @@ mkdir -p "$out"
 archs=(80 90)
 sources=(kernels/*.cu)
 
-compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log, seconds in .time
-  local src=$1 arch=$2 name start
+compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log, seconds in .time,
+             # the PTX nvcc made on the way in $out/<name>.sm<arch>.ptx (checked below)
+  local src=$1 arch=$2 name start keep
   name=$(basename "$src" .cu)
+  keep="$out/keep.$name.sm$arch"
+  mkdir -p "$keep"
   start=$(date +%s.%N)
   if ! "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels \
       -gencode "arch=compute_${arch},code=sm_${arch}" -Xptxas -v -c "$src" \
+      --keep --keep-dir "$keep" \
       -o "$out/$name.sm$arch.o" >"$out/$name.sm$arch.log" 2>&1; then
     cat "$out/$name.sm$arch.log" >&2
     echo "check-kernels: nvcc failed on $src for sm_$arch" >&2
     return 1
   fi
+  mv "$keep/$name.ptx" "$out/$name.sm$arch.ptx"
+  rm -rf "$keep"
   python3 -c 'import sys; print(float(sys.argv[1]) - float(sys.argv[2]))' "$(date +%s.%N)" "$start" \
     >"$out/$name.sm$arch.time"
 }
@@ -58,12 +64,10 @@ echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for s
 
 # The attention and GEMM kernels must run on tensor cores with asynchronous tile loads; the
 # attention kernels must fit the shared memory of every GPU nuri targets (the sizes are dynamic,
-# so ptxas cannot report them).
+# so ptxas cannot report them). The PTX is what the compile above kept.
 for arch in "${archs[@]}"; do
   for src in kernels/attention_fwd.cu kernels/attention_bwd.cu kernels/matmul.cu; do
     ptx="$out/$(basename "$src" .cu).sm$arch.ptx"
-    "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels -arch="compute_$arch" \
-      -ptx "$src" -o "$ptx"
     for instr in mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 \
                  mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 ldmatrix.sync.aligned \
                  cp.async.cg.shared.global; do

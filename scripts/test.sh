@@ -86,8 +86,10 @@ fi
 if [[ "${NURI_TEST_SKIP_EMU:-0}" == 1 ]]; then
   section "build-emu/ skipped (NURI_TEST_SKIP_EMU=1)"
 else
-  section "configure build-emu/ (CUDA emulation, TSan, RelWithDebInfo)"
-  cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_CUDA=OFF \
+  section "configure build-emu/ (CUDA emulation, TSan, -O2 -g1)"
+  # -g1 (line tables, all a race report's stacks need) compiles ~30 % faster than -g.
+  cmake -S . -B build-emu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -g1 -DNDEBUG" -DNURI_CUDA=OFF \
     -DNURI_CUDA_EMULATION=ON -DNURI_TSAN=ON -DNURI_NATIVE=OFF -DNURI_BUILD_BENCHMARKS=OFF \
     -DNURI_BUILD_EXAMPLES=OFF -DNURI_MPI=OFF
   section "build build-emu/ (test_ops on cuda-emu, test_emu, test_device_train, test_dp_device)"
