@@ -24,7 +24,6 @@
 // 77 when this process sees no CUDA device (ctest then reports Skipped).
 #include <nccl.h>
 
-#include <cstring>
 #include <memory>
 #include <string>
 
@@ -90,10 +89,12 @@ struct OpInfo {
   const char* name;
   const char* nccl_name;
   DType dtype;
-  double bus_factor(int n) const {
-    return std::strcmp(name, "all_reduce") == 0 ? 2.0 * (n - 1) / n : double(n - 1) / n;
-  }
 };
+
+/// nccl-tests' bus bandwidth factor: 2(n-1)/n for all_reduce, (n-1)/n for the other two.
+double bus_factor(Op op, int n) {
+  return op == Op::all_reduce ? 2.0 * (n - 1) / n : double(n - 1) / n;
+}
 
 OpInfo info_of(Op op) {
   switch (op) {
@@ -212,7 +213,7 @@ class Bench {
     }
     const bench::Stats sn = bench::summarize(tn), sp = bench::summarize(tp);
     const bench::Stats sq = bench::summarize(tq);
-    const double size = double(whole * esize), bus = info.bus_factor(n_);
+    const double size = double(whole * esize), bus = bus_factor(op, n_);
     auto figures = [&](bench::Json& j, const bench::Stats& s) {
       j.stats(s).kv("time_us", s.median_s * 1e6).kv("algbw_GBps", size / s.median_s / 1e9)
           .kv("busbw_GBps", size / s.median_s / 1e9 * bus);
