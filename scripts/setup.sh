@@ -30,12 +30,15 @@ packages=(
   python3-torch
   python3-matplotlib  # loss-curve plots; Debian's, so it keeps Debian's numpy 1.x (torch needs it)
   libdlpack-dev       # dlpack/dlpack.h for the Python extension
+  pybind11-dev        # the Python extension built in a CMake tree (scripts/test.sh's build/)
+  python3-dev         # Python.h for it
   libboost-context-dev  # fibers of the CUDA emulator (kernels/emu)
   libtsan2            # ThreadSanitizer runtime: the emulated kernel tests run under it
   libopenmpi-dev      # the MPI communicator (csrc/dist) ...
   openmpi-bin         # ... and mpirun for its tests (label mpi)
   nlohmann-json3-dev  # checkpoint manifests and safetensors headers (csrc/ckpt)
   libssl-dev          # SHA-256 of checkpoint files (OpenSSL's libcrypto)
+  libtomlplusplus-dev # TOML run configs (csrc/core/settings.cpp)
 )
 if ((with_tests)); then
   packages+=(

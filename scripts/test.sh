@@ -4,7 +4,8 @@
 # scripts/gpu_label_once.py there; the `mpi` label runs under mpirun with 1, 2 and 4 ranks, the
 # `slurm` label under srun on a one-node Slurm cluster it starts, scripts/slurm_local.sh); the
 # static kernel checks (nvcc, ptxas spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
-# build-emu/ under ThreadSanitizer with the `emu` label; then pip install . and pytest.
+# build-emu/ under ThreadSanitizer with the `emu` label; then pytest against the package that
+# pip installed from build/.
 #   NURI_TEST_SKIP_ASAN=1  skips the ASan tree (quick local runs; never set in CI).
 #   NURI_TEST_SKIP_EMU=1   skips the emulated-CUDA tree (quick local runs; never set in CI).
 set -euo pipefail
@@ -37,10 +38,17 @@ printf 'cores: %s  cmake: %s  nvcc: %s\n' "$jobs" "$(cmake --version | head -n1)
   "$(command -v nvcc || echo none)"
 
 # ---- Release tree: build everything, run every test --------------------------------------------
-section "configure build/ (Release)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO -DNURI_MPI=ON
+section "configure build/ (Release, with the Python extension)"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO -DNURI_MPI=ON \
+  -DNURI_PYTHON=ON -DPython_EXECUTABLE="$root/.venv/bin/python"
 section "build build/"
 cmake --build build --parallel "$jobs"
+# The Python package from this tree: nuri._C and libnuri as just built (CUDA backend and MPI
+# included), so ctest's tests that run Python (label run, and the front ends under each
+# launcher) and the pytest suite at the end use the package users install.
+section "pip install . from build/ (.venv)"
+.venv/bin/pip install --quiet --disable-pip-version-check . \
+  --config-settings=cmake.define.NURI_PREBUILT_TREE="$root/build"
 section "ctest build/"
 # Serial on purpose: each test uses every core through OpenMP/BLAS, and two tests sharing the
 # cores make each OpenMP barrier wait for a descheduled thread (tens of times slower).
@@ -117,9 +125,7 @@ else
     --output-on-failure --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
 fi
 
-# ---- Python: pip install . into the venv, then the pytest suite against the installed package ---
-section "pip install . (.venv)"
-.venv/bin/pip install --quiet --disable-pip-version-check .
+# ---- Python: the pytest suite against the package installed from build/ ----------------------
 section "pytest python/tests"
 # NURI_BUILD_DIR: where tests find the C++ programs they compare against (build/examples/...).
 NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider python/tests 2>&1 |

@@ -220,6 +220,43 @@ std::string ByteTokenizer::decode(const std::vector<int32_t>& tokens) const {
   return s;
 }
 
+std::string valid_utf8(const std::string& bytes) {
+  // Unicode's well-formed sequences (Table 3-7): the lead byte fixes the length and the range of
+  // the second byte; an ill-formed sequence is replaced up to its longest valid prefix (at least
+  // one byte), as Python's errors="replace" does.
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned char c = p[i];
+    int len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c < 0x80) len = 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c == 0xE0) len = 3, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
+    else if (c == 0xED) len = 3, hi = 0x9F;
+    else if (c == 0xF0) len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) len = 4;
+    else if (c == 0xF4) len = 4, hi = 0x8F;
+    int ok = len ? 1 : 0;  // bytes of a valid prefix
+    while (ok > 0 && ok < len && i + ok < n) {
+      const unsigned char b = p[i + ok];
+      const bool in_range = ok == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+      if (!in_range) break;
+      ++ok;
+    }
+    if (len && ok == len) {
+      out.append(bytes, i, size_t(len));
+      i += size_t(len);
+    } else {
+      out += "\xEF\xBF\xBD";  // U+FFFD
+      i += size_t(std::max(ok, 1));
+    }
+  }
+  return out;
+}
+
 int64_t text_file_to_tokens(const std::string& text_path, const std::string& token_path) {
   std::ifstream in(text_path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open text file ", text_path, ": ", std::strerror(errno));

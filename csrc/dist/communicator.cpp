@@ -170,6 +170,13 @@ class SingleCommunicator final : public Communicator {
 
 }  // namespace
 
+ProcessGroup init_process_group(const CommOptions& opt) {
+  ProcessGroup pg;
+  pg.launch = detect_launch();
+  if (pg.launch.world_size > 1) pg.comm = make_communicator(pg.launch, opt);
+  return pg;
+}
+
 std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const CommOptions& opt) {
   double timeout = opt.timeout_s;
   if (const char* env = std::getenv("NURI_COMM_TIMEOUT_S"); env && *env) {

@@ -5,32 +5,74 @@
 #include <sstream>
 
 #include "nuri/core/error.h"
+#include "nuri/core/settings.h"
 
 namespace nuri {
+
+const Settings& model_settings() {
+  static const Settings s = [] {
+    Settings t;
+    using C = ModelConfig;
+    t.add("vocab_size", &C::vocab_size, "token ids the model embeds and predicts")
+        .at_least(1).at_most(double((int64_t(1) << 31) - 1));
+    t.add("d_model", &C::d_model, "width of the residual stream").at_least(1);
+    t.add("n_layer", &C::n_layer, "transformer blocks").at_least(1);
+    t.add("n_head", &C::n_head, "attention heads (query heads)").at_least(1);
+    t.add("n_kv_head", &C::n_kv_head,
+          "key/value heads: grouped-query attention when fewer than n_head").at_least(1);
+    t.add("d_ff", &C::d_ff, "hidden width of the MLP (per branch for swiglu)").at_least(1);
+    t.add("max_seq_len", &C::max_seq_len, "longest sequence (learned positions' rows)")
+        .at_least(1);
+    t.choice("norm", &C::norm, {{"layernorm", NormKind::layernorm}, {"rmsnorm", NormKind::rmsnorm}},
+             "normalization");
+    t.add("norm_eps", &C::norm_eps, "epsilon of the normalization").above(0);
+    t.choice("position", &C::position,
+             {{"learned", PositionKind::learned}, {"rope", PositionKind::rope}},
+             "position encoding");
+    t.add("rope_theta", &C::rope_theta, "RoPE base frequency").above(0);
+    t.choice("mlp", &C::mlp, {{"gelu", MlpKind::gelu}, {"swiglu", MlpKind::swiglu}},
+             "MLP: gelu (GPT-2 names) or swiglu (Llama names)");
+    t.add("bias", &C::bias, "biases in linear layers (and layernorm)");
+    t.add("tied_embeddings", &C::tied_embeddings, "the LM head reuses the token embedding");
+    return t;
+  }();
+  return s;
+}
 
 const char* norm_name(NormKind k) { return k == NormKind::layernorm ? "layernorm" : "rmsnorm"; }
 const char* position_name(PositionKind k) { return k == PositionKind::learned ? "learned" : "rope"; }
 const char* mlp_name(MlpKind k) { return k == MlpKind::gelu ? "gelu" : "swiglu"; }
 
+namespace {
+const Schema& model_schema() {  // the model's fields as the top level of a JSON object
+  static const Schema s{{"", "model", model_settings()}};
+  return s;
+}
+}  // namespace
+
+std::string model_config_to_json(const ModelConfig& c, int indent) {
+  return settings_to_json(model_schema(), &c, indent);
+}
+
+ModelConfig model_config_from_json(const std::string& json, const std::string& origin) {
+  ModelConfig c;
+  settings_from_json(model_schema(), &c, json, origin);
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw ConfigError((origin.empty() ? "" : origin + ": ") + e.what());
+  }
+  return c;
+}
+
 void ModelConfig::validate() const {
-  NURI_CHECK(vocab_size > 0, "vocab_size (", vocab_size, ") must be positive");
-  NURI_CHECK(vocab_size < (int64_t(1) << 31), "vocab_size (", vocab_size,
-             ") must fit token ids in int32");
-  NURI_CHECK(d_model > 0, "d_model (", d_model, ") must be positive");
-  NURI_CHECK(n_layer > 0, "n_layer (", n_layer, ") must be positive");
-  NURI_CHECK(n_head > 0, "n_head (", n_head, ") must be positive");
+  model_settings().check_bounds(this, "");  // each field's range (numbers finite)
   NURI_CHECK(d_model % n_head == 0, "n_head (", n_head, ") must divide d_model (", d_model, ")");
-  NURI_CHECK(n_kv_head > 0 && n_head % n_kv_head == 0, "n_kv_head (", n_kv_head,
-             ") must divide n_head (", n_head, ")");
-  NURI_CHECK(d_ff > 0, "d_ff (", d_ff, ") must be positive");
-  NURI_CHECK(max_seq_len > 0, "max_seq_len (", max_seq_len, ") must be positive");
-  NURI_CHECK(norm_eps > 0.f && std::isfinite(norm_eps), "norm_eps (", norm_eps,
-             ") must be a positive number");
+  NURI_CHECK(n_head % n_kv_head == 0, "n_kv_head (", n_kv_head, ") must divide n_head (", n_head,
+             ")");
   if (position == PositionKind::rope) {
     NURI_CHECK(head_dim() % 2 == 0, "rope needs an even head dim; d_model / n_head = ", d_model,
                " / ", n_head, " = ", head_dim());
-    NURI_CHECK(rope_theta > 0.f && std::isfinite(rope_theta), "rope_theta (", rope_theta,
-               ") must be a positive number");
   }
 }
 
@@ -90,7 +132,7 @@ ModelConfig llama(int64_t vocab, int64_t d, int64_t layers, int64_t heads, int64
 }  // namespace
 
 std::vector<std::string> model_preset_names() {
-  return {"gpt2-tiny", "gpt2-124M", "gpt2-350M", "gpt2-774M", "gpt2-1558M", "llama-tiny", "llama-1B"};
+  return {"demo", "gpt2-tiny", "gpt2-124M", "gpt2-350M", "gpt2-774M", "gpt2-1558M", "llama-tiny", "llama-1B"};
 }
 
 ModelConfig model_preset(const std::string& name) {
@@ -98,6 +140,12 @@ ModelConfig model_preset(const std::string& name) {
   if (name == "gpt2-350M") return gpt2(1024, 24, 16);
   if (name == "gpt2-774M") return gpt2(1280, 36, 20);
   if (name == "gpt2-1558M") return gpt2(1600, 48, 25);
+  if (name == "demo") {  // nuri-train's default: GPT-2 style, byte vocabulary, 3.3M parameters
+    ModelConfig c = gpt2(256, 4, 8);
+    c.vocab_size = 257;
+    c.max_seq_len = 256;
+    return c;
+  }
   if (name == "gpt2-tiny") {  // for tests: byte-level vocabulary, 2 small layers
     ModelConfig c = gpt2(64, 2, 4);
     c.vocab_size = 257;

@@ -14,6 +14,7 @@
 
 #include "nuri/core/error.h"
 #include "nuri/core/log.h"
+#include "nuri/core/settings.h"
 
 namespace nuri {
 
@@ -27,10 +28,30 @@ double seconds_since(Clock::time_point t0) {
 
 }  // namespace
 
+const Settings& parallel_settings() {
+  static const Settings s = [] {
+    Settings t;
+    using C = ParallelConfig;
+    t.add("zero_stage", &C::zero_stage,
+          "ZeRO stage over the data-parallel ranks: 0 shards nothing, 1 AdamW's state, "
+          "2 the gradients too").at_least(0).at_most(2);
+    t.custom("bucket_mb", SettingKind::number, "gradient bytes per reduction bucket, in MiB",
+             [](const void* o) {
+               return SettingValue(double(static_cast<const C*>(o)->bucket_bytes) / 1048576.0);
+             },
+             [](void* o, const SettingValue& v) {
+               static_cast<C*>(o)->bucket_bytes =
+                   std::max<int64_t>(1, int64_t(std::get<double>(v) * 1048576.0));
+             }).above(0);
+    t.add("overlap", &C::overlap,
+          "reduce each bucket while the backward goes on (false: after the backward)");
+    return t;
+  }();
+  return s;
+}
+
 void ParallelConfig::validate() const {
-  NURI_CHECK(zero_stage >= 0 && zero_stage <= 2, "zero_stage ", zero_stage,
-             " does not exist; use 0 (no sharding), 1 (optimizer state sharded) or 2 (gradients "
-             "sharded too)");
+  parallel_settings().check_bounds(this, "");
   NURI_CHECK(bucket_bytes > 0, "bucket_bytes (", bucket_bytes, ") must be positive");
 }
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "nuri/core/error.h"
@@ -12,6 +13,7 @@
 namespace nuri {
 
 namespace {
+using SigAction = struct sigaction;
 std::atomic<int> g_signal{0};
 extern "C" void on_signal(int sig) { g_signal.store(sig); }
 }  // namespace
@@ -21,22 +23,29 @@ PreemptionWatch::PreemptionWatch(std::vector<int> signals, double time_limit_s)
       start_(std::chrono::steady_clock::now()) {
   NURI_CHECK(time_limit_s >= 0, "time limit (", time_limit_s, " s) must be >= 0");
   g_signal.store(0);
-  for (int s : signals_) {
+  previous_.resize(signals_.size());
+  for (size_t i = 0; i < signals_.size(); ++i) {
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    NURI_CHECK(sigaction(s, &sa, nullptr) == 0, "cannot install a handler for signal ", s);
+    auto* old = new SigAction{};
+    previous_[i] = std::shared_ptr<void>(old, [](void* p) { delete static_cast<SigAction*>(p); });
+    NURI_CHECK(sigaction(signals_[i], &sa, old) == 0, "cannot install a handler for signal ",
+               signals_[i]);
   }
 }
 
 PreemptionWatch::~PreemptionWatch() {
-  for (int s : signals_) std::signal(s, SIG_DFL);
+  // The handlers that were there before (a host program's, Python's), not the defaults.
+  for (size_t i = 0; i < signals_.size(); ++i) {
+    sigaction(signals_[i], static_cast<SigAction*>(previous_[i].get()), nullptr);
+  }
 }
 
 int PreemptionWatch::signal() const { return g_signal.load(); }
 
-bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm) {
+bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm, bool interrupt) {
   longest_step_ = std::max(longest_step_, step_seconds);
   if (limit_s_ > 0) {
     const double elapsed =
@@ -44,12 +53,16 @@ bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm) {
     time_up_ = elapsed + 2 * longest_step_ >= limit_s_;
   }
   const bool mine = g_signal.load() != 0 || time_up_;
-  if (!comm || comm->size() == 1) return mine;
+  interrupted_ = interrupt;
+  if (!comm || comm->size() == 1) return mine || interrupt;
+  // [preempted, interrupted] summed over the ranks: every rank stops, and for the same reason.
   Communicator& host = *comm->host_communicator();
-  Tensor flag = Tensor::empty({1}, DType::f32);
-  flag.data<float>()[0] = mine ? 1.f : 0.f;
-  host.all_reduce(flag, ReduceOp::sum);
-  return flag.data<float>()[0] > 0;
+  Tensor flags = Tensor::empty({2}, DType::f32);
+  flags.data<float>()[0] = mine ? 1.f : 0.f;
+  flags.data<float>()[1] = interrupt ? 1.f : 0.f;
+  host.all_reduce(flags, ReduceOp::sum);
+  interrupted_ = flags.data<float>()[1] > 0;
+  return flags.data<float>()[0] > 0 || interrupted_;
 }
 
 std::vector<int> parse_signals(const std::string& list) {

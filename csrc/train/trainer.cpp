@@ -13,24 +13,42 @@
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/core/log.h"
 #include "nuri/core/rng.h"
+#include "nuri/core/settings.h"
 
 namespace nuri {
 
+const Settings& train_settings() {
+  static const Settings s = [] {
+    Settings t;
+    using C = TrainConfig;
+    t.add("steps", &C::steps, "optimizer steps").at_least(1);
+    t.add("micro_batch", &C::micro_batch, "sequences per micro-batch (per rank)").at_least(1);
+    t.add("seq_len", &C::seq_len, "tokens per sequence").at_least(1);
+    t.add("grad_accum", &C::grad_accum, "micro-batches per step (per rank)").at_least(1);
+    t.add("lr", &C::lr, "peak learning rate").above(0);
+    t.add("min_lr_ratio", &C::min_lr_ratio, "the cosine decays to lr * min_lr_ratio")
+        .at_least(0).at_most(1);
+    t.add("warmup_steps", &C::warmup_steps, "linear warmup steps").at_least(0);
+    t.add("weight_decay", &C::weight_decay, "AdamW weight decay (matrices only)").at_least(0);
+    t.add("beta1", &C::beta1, "AdamW beta1").at_least(0).below(1);
+    t.add("beta2", &C::beta2, "AdamW beta2").at_least(0).below(1);
+    t.add("eps", &C::eps, "AdamW epsilon").above(0);
+    t.add("grad_clip", &C::grad_clip, "largest global gradient norm; <= 0 disables clipping");
+    t.add("eval_every", &C::eval_every, "validation every N steps (0: only at the end)")
+        .at_least(0);
+    t.add("eval_batches", &C::eval_batches, "micro-batches of validation data per evaluation")
+        .at_least(1);
+    t.add("seed", &C::seed, "model initialization and data order").at_least(0);
+    t.choice("on_nonfinite", &C::on_nonfinite,
+             {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}},
+             "a non-finite loss or gradient norm skips the update, or stops the run");
+    return t;
+  }();
+  return s;
+}
+
 void TrainConfig::validate() const {
-  NURI_CHECK(steps > 0, "steps (", steps, ") must be positive");
-  NURI_CHECK(micro_batch > 0, "micro_batch (", micro_batch, ") must be positive");
-  NURI_CHECK(seq_len > 0, "seq_len (", seq_len, ") must be positive");
-  NURI_CHECK(grad_accum > 0, "grad_accum (", grad_accum, ") must be positive");
-  NURI_CHECK(lr > 0 && std::isfinite(lr), "lr (", lr, ") must be a positive number");
-  NURI_CHECK(min_lr_ratio >= 0 && min_lr_ratio <= 1, "min_lr_ratio (", min_lr_ratio,
-             ") must be in [0, 1]");
-  NURI_CHECK(warmup_steps >= 0, "warmup_steps (", warmup_steps, ") must be >= 0");
-  NURI_CHECK(weight_decay >= 0, "weight_decay (", weight_decay, ") must be >= 0");
-  NURI_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, "betas (", beta1, ", ", beta2,
-             ") must be in [0, 1)");
-  NURI_CHECK(eps > 0, "eps (", eps, ") must be positive");
-  NURI_CHECK(eval_every >= 0 && eval_batches > 0, "eval_every (", eval_every,
-             ") must be >= 0 and eval_batches (", eval_batches, ") positive");
+  train_settings().check_bounds(this, "");  // every field's range; numbers must be finite
 }
 
 float learning_rate(const TrainConfig& cfg, int64_t step) {
@@ -148,23 +166,16 @@ StepStats Trainer::step() {
 
 namespace {
 
-nlohmann::ordered_json model_json(const ModelConfig& c) {
-  nlohmann::ordered_json j;
-  j["vocab_size"] = c.vocab_size;
-  j["d_model"] = c.d_model;
-  j["n_layer"] = c.n_layer;
-  j["n_head"] = c.n_head;
-  j["n_kv_head"] = c.n_kv_head;
-  j["d_ff"] = c.d_ff;
-  j["max_seq_len"] = c.max_seq_len;
-  j["norm"] = norm_name(c.norm);
-  j["norm_eps"] = c.norm_eps;
-  j["position"] = position_name(c.position);
-  j["rope_theta"] = c.rope_theta;
-  j["mlp"] = mlp_name(c.mlp);
-  j["bias"] = c.bias;
-  j["tied_embeddings"] = c.tied_embeddings;
-  return j;
+// A struct's settings as a JSON object (its table, nuri/core/settings.h).
+nlohmann::ordered_json settings_json(const Settings& table, const void* obj) {
+  return nlohmann::ordered_json::parse(settings_to_json(Schema{{"", "", table}}, obj, -1));
+}
+
+// Whether a recorded setting equals this run's: numbers as float32, since the fields are (an
+// older checkpoint wrote 1e-5f as 1.0000000116860974e-05).
+bool same_setting(const nlohmann::json& a, const nlohmann::json& b) {
+  if (a.is_number() && b.is_number()) return float(a.get<double>()) == float(b.get<double>());
+  return a == b;
 }
 
 }  // namespace
@@ -245,7 +256,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
     }
   }
   nlohmann::ordered_json meta;
-  meta["model"] = model_json(model_.config());
+  meta["model"] = settings_json(model_settings(), &model_.config());
   const DataPosition pos = loader_.position();
   meta["data"] = {{"epoch", pos.epoch},
                   {"batch", pos.batch},
@@ -259,12 +270,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
                    {"beta2", cfg_.beta2},
                    {"eps", cfg_.eps},
                    {"weight_decay", cfg_.weight_decay}};
-  meta["train"] = {{"steps", cfg_.steps},
-                   {"lr", cfg_.lr},
-                   {"warmup_steps", cfg_.warmup_steps},
-                   {"min_lr_ratio", cfg_.min_lr_ratio},
-                   {"micro_batch", cfg_.micro_batch},
-                   {"grad_accum", cfg_.grad_accum}};
+  meta["train"] = settings_json(train_settings(), &cfg_);
   meta["parallel"] = {{"world_size", world}, {"zero_stage", dp_ ? dp_->zero_stage() : 0}};
   meta["backend"] = be.name();
   w.set_meta(meta.dump());
@@ -287,12 +293,12 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   try {
     meta = nlohmann::json::parse(r.meta());
     // The model must be the checkpoint's, field by field.
-    const nlohmann::json mine = model_json(model_.config());
+    const nlohmann::json mine = settings_json(model_settings(), &model_.config());
     for (const auto& [key, value] : mine.items()) {
       NURI_CHECK(meta.at("model").contains(key), "checkpoint ", dir, " does not record the "
                  "model's ", key);
       const nlohmann::json& theirs = meta["model"][key];
-      NURI_CHECK(theirs == value, "checkpoint ", dir, " was saved from a model with ", key, "=",
+      NURI_CHECK(same_setting(theirs, value), "checkpoint ", dir, " was saved from a model with ", key, "=",
                  theirs.dump(), "; this run's model has ", key, "=", value.dump(),
                  ". Build the model from the checkpoint's config to resume it");
     }

@@ -8,25 +8,35 @@ nuri's own buffers (no copies), and every C++ ``nuri::Error`` arrives as ``nuri.
     cfg = nuri.ModelConfig.preset("gpt2-tiny")
     model = nuri.Model(cfg, seed=1)
     train = nuri.TokenFile.from_array(list(open("corpus.txt", "rb").read()))
-    tc = nuri.TrainConfig()
-    tc.steps, tc.micro_batch, tc.seq_len, tc.lr, tc.warmup_steps = 50, 4, 64, 3e-3, 5
+    tc = nuri.TrainConfig(steps=50, micro_batch=4, seq_len=64, lr=3e-3, warmup_steps=5)
     trainer = nuri.Trainer(model, tc, train)
     for _ in range(tc.steps):
         stats = trainer.step()          # {"step", "loss", "lr", "grad_norm", ...}
     nuri.save(model, "model.safetensors")
 
-Run configs (TOML/JSON, see ``nuri.config``) drive ``python -m nuri train`` and
-``nuri.run_training(nuri.load_config("run.toml"), "runs/x")``.
+A whole run, as nuri-train does it (resume, checkpoints, preemption, metrics, several processes
+under torchrun, mpirun or srun): ``nuri.run(nuri.load_config("run.toml"))``, or
+``python -m nuri train --config run.toml``.
 """
+
+import os as _os
+import sys as _sys
+
+# Open MPI's plugins are loaded with dlopen and look up libmpi's symbols globally: the extension
+# (which links libmpi) must be loaded with RTLD_GLOBAL, as mpi4py loads libmpi.
+_flags = _sys.getdlopenflags()
+_sys.setdlopenflags(_flags | _os.RTLD_GLOBAL)
+try:
+    from . import _C
+finally:
+    _sys.setdlopenflags(_flags)
 
 from ._C import (
     ByteTokenizer,
     Error,
     Model,
-    ModelConfig,
     Tensor,
     TokenFile,
-    TrainConfig,
     Trainer,
     build_info,
     learning_rate,
@@ -34,28 +44,35 @@ from ._C import (
     write_token_file,
 )
 from .config import (
+    CheckpointConfig,
     ConfigError,
     DataConfig,
+    ModelConfig,
+    ParallelConfig,
     RunConfig,
     SampleConfig,
+    TrainConfig,
     apply_overrides,
     config_from_dict,
     load_config,
     model_config_from_dict,
-    model_config_from_hf,
     model_config_to_dict,
+    reference,
 )
-from .io import decode_bytes, generate_text, load, read_data, save, split_validation
-from .cli import run_training
-from .hf import export_hf, import_hf
+from .dist import ProcessGroup, init_process_group
+from .io import (decode_bytes, default_corpus, generate_text, load, read_data, save,
+                 split_validation)
+from .training import plot_losses, run
+from .hf import export_hf, import_hf, model_config_from_hf
 
 __version__: str = build_info()["version"]
 
 __all__ = [
-    "ByteTokenizer", "ConfigError", "DataConfig", "Error", "Model", "ModelConfig", "RunConfig",
-    "SampleConfig", "Tensor", "TokenFile", "TrainConfig", "Trainer", "apply_overrides",
-    "build_info", "config_from_dict", "decode_bytes", "export_hf", "generate_text", "import_hf",
+    "ByteTokenizer", "CheckpointConfig", "ConfigError", "DataConfig", "Error", "Model",
+    "ModelConfig", "ParallelConfig", "ProcessGroup", "RunConfig", "SampleConfig", "Tensor",
+    "TokenFile", "TrainConfig", "Trainer", "apply_overrides", "build_info", "config_from_dict",
+    "decode_bytes", "default_corpus", "export_hf", "generate_text", "import_hf", "init_process_group",
     "learning_rate", "load", "load_config", "model_config_from_dict", "model_config_from_hf",
-    "model_config_to_dict", "read_data", "run_training", "save", "split_validation",
-    "text_file_to_tokens", "write_token_file", "__version__",
+    "model_config_to_dict", "plot_losses", "read_data", "reference", "run", "save",
+    "split_validation", "text_file_to_tokens", "write_token_file", "__version__",
 ]

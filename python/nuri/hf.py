@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from . import _C
-from .config import model_config_from_hf, model_config_to_dict
+from .config import ConfigError, model_config_from_dict, model_config_to_dict
 
 #: Conv1D weights of a GPT-2 block (stored [in, out] by Hugging Face).
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -173,3 +173,71 @@ def import_hf(directory: str | os.PathLike, backend: str = "cpu") -> _C.Model:
     directory = os.fspath(directory)
     config = model_config_from_hf(directory)
     return from_hf_tensors(config, _read_hf_tensors(directory), backend, where=directory)
+
+
+def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> _C.ModelConfig:
+    """A ModelConfig from a Hugging Face ``config.json`` (a path, its directory, or the dict).
+
+    Supports ``model_type`` "gpt2" (GPT-2 family) and "llama"; missing keys take the defaults
+    of transformers' GPT2Config / LlamaConfig. Features nuri does not have (RoPE scaling, other
+    activations, separate attention and MLP biases) are rejected by name.
+    """
+    if isinstance(path_or_dict, Mapping):
+        hf, where = dict(path_or_dict), "config"
+    else:
+        where = os.fspath(path_or_dict)
+        if os.path.isdir(where):
+            where = os.path.join(where, "config.json")
+        try:
+            with open(where, encoding="utf-8") as f:
+                hf = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read Hugging Face config {where}: {e}") from e
+    kind = hf.get("model_type")
+    if kind == "gpt2":
+        act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+            raise ConfigError(f"{where}: activation_function {act!r} is not supported; nuri's "
+                              "GPT-2 MLP uses the tanh GELU (gelu_new)")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise ConfigError(f"{where}: scale_attn_by_inverse_layer_idx and "
+                              "reorder_and_upcast_attn are not supported")
+        d_model = hf.get("n_embd", 768)
+        table = {
+            "vocab_size": hf.get("vocab_size", 50257), "d_model": d_model,
+            "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12),
+            "n_kv_head": hf.get("n_head", 12),
+            "d_ff": hf.get("n_inner") or 4 * d_model, "max_seq_len": hf.get("n_positions", 1024),
+            "norm": "layernorm", "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+            "position": "learned", "mlp": "gelu", "bias": True,
+            "tied_embeddings": hf.get("tie_word_embeddings", True),
+        }
+    elif kind == "llama":
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"{where}: hidden_act {act!r} is not supported; nuri's SwiGLU "
+                              "uses silu")
+        if hf.get("rope_scaling"):
+            raise ConfigError(f"{where}: rope_scaling {hf['rope_scaling']!r} is not supported")
+        bias = hf.get("attention_bias", False)
+        if hf.get("mlp_bias", bias) != bias:
+            raise ConfigError(f"{where}: attention_bias ({bias}) and mlp_bias "
+                              f"({hf['mlp_bias']}) differ; nuri's bias covers both")
+        d_model, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+        if hf.get("head_dim") not in (None, d_model // max(n_head, 1)):
+            raise ConfigError(f"{where}: head_dim ({hf['head_dim']}) must be hidden_size / "
+                              "num_attention_heads in nuri")
+        table = {
+            "vocab_size": hf.get("vocab_size", 32000), "d_model": d_model,
+            "n_layer": hf.get("num_hidden_layers", 32), "n_head": n_head,
+            "n_kv_head": hf.get("num_key_value_heads") or n_head,
+            "d_ff": hf.get("intermediate_size", 11008),
+            "max_seq_len": hf.get("max_position_embeddings", 2048), "norm": "rmsnorm",
+            "norm_eps": hf.get("rms_norm_eps", 1e-6), "position": "rope",
+            "rope_theta": hf.get("rope_theta", 10000.0), "mlp": "swiglu", "bias": bias,
+            "tied_embeddings": hf.get("tie_word_embeddings", False),
+        }
+    else:
+        raise ConfigError(f"{where}: model_type {kind!r} is not supported; nuri reads "
+                          "'gpt2' and 'llama' configs")
+    return model_config_from_dict(table, path=where)

@@ -20,7 +20,6 @@ from .config import ConfigError, model_config_from_dict, model_config_to_dict
 
 #: safetensors metadata key holding the model config as JSON.
 CONFIG_KEY = "nuri_model_config"
-TOKEN_FILE_MAGIC = 20240520  # llm.c's token-file header magic (int32 at offset 0)
 
 
 def save(model: _C.Model, path: str | os.PathLike) -> None:
@@ -87,36 +86,25 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     return model
 
 
-def is_token_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` starts like a token file (.npy magic, or llm.c's int32 magic)."""
-    with open(path, "rb") as f:
-        head = f.read(6)
-    return head == b"\x93NUMPY" or (
-        len(head) >= 4 and int.from_bytes(head[:4], "little", signed=True) == TOKEN_FILE_MAGIC)
-
-
 def read_data(path: str | os.PathLike, vocab_size: int = 0) -> _C.TokenFile:
     """Tokens of ``path``: a token file (llm.c .bin or 1-D .npy, told apart by content) as is,
-    anything else as text, byte-tokenized (ids 0..255, no end-of-text added), as nuri-train does.
+    anything else as text, byte-tokenized (ids 0..255, no end-of-text added), as a run reads
+    data.train.
 
     [in] vocab_size: when > 0, every token id must be below it (nuri.Error otherwise).
     """
-    path = os.fspath(path)
-    try:
-        token_file = is_token_file(path)
-        if not token_file:
-            data = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise _C.Error(f"cannot open data file {path}: {e.strerror or e}") from e
-    if token_file:
-        return _C.TokenFile.open(path, vocab_size)
-    return _C.TokenFile.from_array(data.astype(np.uint32), path, vocab_size)
+    return _C.read_data(os.fspath(path), vocab_size)
+
+
+def default_corpus() -> _C.TokenFile:
+    """The corpus a run trains on when data.train is empty: the license texts every Debian
+    system has (elsewhere a generated one), as byte tokens."""
+    return _C.default_corpus()
 
 
 def split_validation(data: _C.TokenFile) -> tuple[_C.TokenFile, _C.TokenFile]:
-    """(train, val): the last 10% of ``data`` (rounded down) held out, as nuri-train does."""
-    n_val = len(data) // 10
-    return data.slice(0, len(data) - n_val), data.slice(len(data) - n_val, n_val)
+    """(train, val): the last 10% of ``data`` (rounded down) held out, as a run does."""
+    return _C.split_validation(data)
 
 
 def decode_bytes(tokens: Sequence[int]) -> str:

@@ -14,7 +14,10 @@
 #include "nuri/core/build_info.h"
 #include "nuri/data/token_file.h"
 #include "nuri/model/transformer.h"
+#include "nuri/data/corpus.h"
+#include "nuri/dist/communicator.h"
 #include "nuri/train/trainer.h"
+#include "bindings.h"
 
 namespace py = pybind11;
 using namespace nuri;
@@ -67,7 +70,9 @@ std::shared_ptr<void> hold(py::object obj) {
   });
 }
 
-Tensor from_numpy(py::array arr) {
+}  // namespace
+
+Tensor tensor_from_numpy(py::array arr) {
   const DType dt = dtype_of_numpy(arr.dtype());
   Shape shape, strides;
   for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
@@ -77,6 +82,8 @@ Tensor from_numpy(py::array arr) {
   }
   return Tensor::from_blob(arr.mutable_data(), shape, dt, Device::cpu(), hold(arr), strides);
 }
+
+namespace {
 
 struct DLPackOwner {
   Tensor tensor;
@@ -193,39 +200,6 @@ std::vector<uint32_t> token_vector(py::handle obj) {
   return out;
 }
 
-// ---- enum fields as strings ------------------------------------------------------------------
-
-template <typename E>
-E parse_enum(const std::string& field, const std::string& v, std::initializer_list<std::pair<const char*, E>> opts) {
-  std::string names;
-  for (const auto& [n, e] : opts) {
-    if (v == n) return e;
-    names += (names.empty() ? "" : ", ") + std::string(n);
-  }
-  throw py::value_error(field + " must be one of " + names + ", not '" + v + "'");
-}
-
-py::dict model_config_dict(const ModelConfig& c) {
-  py::dict d;
-  d["vocab_size"] = c.vocab_size; d["d_model"] = c.d_model; d["n_layer"] = c.n_layer;
-  d["n_head"] = c.n_head; d["n_kv_head"] = c.n_kv_head; d["d_ff"] = c.d_ff;
-  d["max_seq_len"] = c.max_seq_len; d["norm"] = norm_name(c.norm); d["norm_eps"] = c.norm_eps;
-  d["position"] = position_name(c.position); d["rope_theta"] = c.rope_theta;
-  d["mlp"] = mlp_name(c.mlp); d["bias"] = c.bias; d["tied_embeddings"] = c.tied_embeddings;
-  return d;
-}
-
-py::dict train_config_dict(const TrainConfig& c) {
-  py::dict d;
-  d["steps"] = c.steps; d["micro_batch"] = c.micro_batch; d["seq_len"] = c.seq_len;
-  d["grad_accum"] = c.grad_accum; d["lr"] = c.lr; d["min_lr_ratio"] = c.min_lr_ratio;
-  d["warmup_steps"] = c.warmup_steps; d["weight_decay"] = c.weight_decay; d["beta1"] = c.beta1;
-  d["beta2"] = c.beta2; d["eps"] = c.eps; d["grad_clip"] = c.grad_clip;
-  d["eval_every"] = c.eval_every; d["eval_batches"] = c.eval_batches; d["seed"] = c.seed;
-  d["on_nonfinite"] = c.on_nonfinite == NonFinitePolicy::skip ? "skip" : "stop";
-  return d;
-}
-
 py::dict named_views(const std::vector<NamedTensor>& ts) {
   py::dict d;  // insertion-ordered: layout order
   for (const auto& t : ts) d[py::str(t.name)] = to_numpy(t.tensor);
@@ -273,67 +247,8 @@ PYBIND11_MODULE(_C, m) {
   }, "What this build contains: version, BLAS, CUDA architectures compiled, MPI, backends, and "
      "the CUDA devices it can use.");
 
-  py::class_<ModelConfig>(m, "ModelConfig", "Decoder-only transformer configuration (GPT-2 124M by default).")
-      .def(py::init<>())
-      .def_readwrite("vocab_size", &ModelConfig::vocab_size)
-      .def_readwrite("d_model", &ModelConfig::d_model)
-      .def_readwrite("n_layer", &ModelConfig::n_layer)
-      .def_readwrite("n_head", &ModelConfig::n_head)
-      .def_readwrite("n_kv_head", &ModelConfig::n_kv_head)
-      .def_readwrite("d_ff", &ModelConfig::d_ff)
-      .def_readwrite("max_seq_len", &ModelConfig::max_seq_len)
-      .def_readwrite("norm_eps", &ModelConfig::norm_eps)
-      .def_readwrite("rope_theta", &ModelConfig::rope_theta)
-      .def_readwrite("bias", &ModelConfig::bias)
-      .def_readwrite("tied_embeddings", &ModelConfig::tied_embeddings)
-      .def_property("norm", [](const ModelConfig& c) { return std::string(norm_name(c.norm)); },
-                    [](ModelConfig& c, const std::string& v) {
-                      c.norm = parse_enum<NormKind>("norm", v, {{"layernorm", NormKind::layernorm}, {"rmsnorm", NormKind::rmsnorm}});
-                    })
-      .def_property("position", [](const ModelConfig& c) { return std::string(position_name(c.position)); },
-                    [](ModelConfig& c, const std::string& v) {
-                      c.position = parse_enum<PositionKind>("position", v, {{"learned", PositionKind::learned}, {"rope", PositionKind::rope}});
-                    })
-      .def_property("mlp", [](const ModelConfig& c) { return std::string(mlp_name(c.mlp)); },
-                    [](ModelConfig& c, const std::string& v) {
-                      c.mlp = parse_enum<MlpKind>("mlp", v, {{"gelu", MlpKind::gelu}, {"swiglu", MlpKind::swiglu}});
-                    })
-      .def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first inconsistent field.")
-      .def("num_params", &ModelConfig::num_params)
-      .def("padded_vocab", &ModelConfig::padded_vocab)
-      .def("head_dim", &ModelConfig::head_dim)
-      .def("summary", &ModelConfig::summary)
-      .def("to_dict", &model_config_dict)
-      .def("__repr__", [](const ModelConfig& c) { return "ModelConfig(" + c.summary() + ")"; })
-      .def_static("preset", &model_preset, py::arg("name"))
-      .def_static("preset_names", &model_preset_names);
-
-  py::class_<TrainConfig>(m, "TrainConfig", "Training loop settings.")
-      .def(py::init<>())
-      .def_readwrite("steps", &TrainConfig::steps)
-      .def_readwrite("micro_batch", &TrainConfig::micro_batch)
-      .def_readwrite("seq_len", &TrainConfig::seq_len)
-      .def_readwrite("grad_accum", &TrainConfig::grad_accum)
-      .def_readwrite("lr", &TrainConfig::lr)
-      .def_readwrite("min_lr_ratio", &TrainConfig::min_lr_ratio)
-      .def_readwrite("warmup_steps", &TrainConfig::warmup_steps)
-      .def_readwrite("weight_decay", &TrainConfig::weight_decay)
-      .def_readwrite("beta1", &TrainConfig::beta1)
-      .def_readwrite("beta2", &TrainConfig::beta2)
-      .def_readwrite("eps", &TrainConfig::eps)
-      .def_readwrite("grad_clip", &TrainConfig::grad_clip)
-      .def_readwrite("eval_every", &TrainConfig::eval_every)
-      .def_readwrite("eval_batches", &TrainConfig::eval_batches)
-      .def_readwrite("seed", &TrainConfig::seed)
-      .def_property("on_nonfinite",
-                    [](const TrainConfig& c) { return std::string(c.on_nonfinite == NonFinitePolicy::skip ? "skip" : "stop"); },
-                    [](TrainConfig& c, const std::string& v) {
-                      c.on_nonfinite = parse_enum<NonFinitePolicy>("on_nonfinite", v, {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}});
-                    })
-      .def("validate", &TrainConfig::validate)
-      .def("to_dict", &train_config_dict)
-      .def("__repr__", [](const TrainConfig& c) { return "TrainConfig(" + std::string(py::str(train_config_dict(c))) + ")"; });
-  m.def("learning_rate", &learning_rate, py::arg("config"), py::arg("step"));
+  bind_config(m);
+  bind_run(m);
 
   py::class_<Tensor>(m, "Tensor", "A nuri tensor; NumPy and DLPack views share its memory.")
       .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })
@@ -346,7 +261,7 @@ PYBIND11_MODULE(_C, m) {
         return py::make_tuple(int(t.device().is_cpu() ? kDLCPU : kDLCUDA), t.device().index);
       })
       .def_static("from_dlpack", &from_dlpack, py::arg("obj"), "Wraps any DLPack producer's CPU tensor (no copy).")
-      .def_static("from_numpy", &from_numpy, py::arg("array"), "Wraps a NumPy array (no copy).")
+      .def_static("from_numpy", &tensor_from_numpy, py::arg("array"), "Wraps a NumPy array (no copy).")
       .def("__repr__", &Tensor::str);
 
   py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
@@ -407,6 +322,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
         py::arg("path"), py::arg("tokens"));
   m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"));
+  m.def("read_data", [](const std::string& path, int64_t vocab_size) {
+    return read_data(path, vocab_size);
+  }, py::arg("path"), py::arg("vocab_size") = 0,
+     "A token file (llm.c .bin, 1-D .npy) as it is, anything else as text in byte tokens.");
+  m.def("split_validation", &split_validation, py::arg("data"),
+        "(train, val): the last 10% held out.");
+  m.def("default_corpus", [] { return default_corpus(); },
+        "The corpus nuri-train uses without --data (Debian's license texts) as byte tokens.");
 
   py::class_<ByteTokenizer>(m, "ByteTokenizer", "Bytes as tokens 0..255, end-of-text 256.")
       .def(py::init<>())
@@ -423,13 +346,20 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<PyTrainer>(m, "Trainer", "The training loop over a Model (see nuri.Trainer).")
       .def(py::init([](std::shared_ptr<Transformer> model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
-                       std::shared_ptr<TokenFile> val) {
+                       std::shared_ptr<TokenFile> val, const ProcessGroup* pg, const ParallelConfig* parallel) {
              auto p = std::make_unique<PyTrainer>();
              p->model = model;
-             p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train), std::move(val));
+             py::gil_scoped_release release;  // collective over the ranks (NCCL's bootstrap)
+             p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train), std::move(val),
+                                                    pg ? pg->comm : nullptr,
+                                                    parallel ? *parallel : ParallelConfig{});
              return p;
            }),
-           py::arg("model"), py::arg("config"), py::arg("train"), py::arg("val") = nullptr)
+           py::arg("model"), py::arg("config"), py::arg("train"), py::arg("val") = nullptr,
+           py::arg("process_group") = nullptr, py::arg("parallel") = nullptr,
+           "process_group: the job's ranks (nuri.init_process_group()); then micro_batch and "
+           "grad_accum are per rank and every rank reads its slice of each global batch. "
+           "parallel: ZeRO stage, buckets, overlap.")
       .def("step", [](PyTrainer& p) {
         StepStats s;
         {
@@ -468,6 +398,17 @@ PYBIND11_MODULE(_C, m) {
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0)
+      .def("master_weights", [](PyTrainer& p) {
+             Tensor t;
+             {
+               py::gil_scoped_release release;
+               t = p.trainer->master_weights();
+             }
+             return to_numpy(t);
+           }, "Every f32 master weight (flat layout) on the host; collective over the ranks.")
+      .def_property_readonly("world_size", [](const PyTrainer& p) {
+        return p.trainer->data_parallel() ? p.trainer->data_parallel()->world() : 1;
+      })
       .def_property_readonly("steps_done", [](const PyTrainer& p) { return p.trainer->steps_done(); })
       .def_property_readonly("skipped_steps", [](const PyTrainer& p) { return p.trainer->skipped_steps(); })
       .def_property_readonly("data_position", [](const PyTrainer& p) {

@@ -1,5 +1,6 @@
-"""``python -m nuri`` end to end in subprocesses: a training run and its directory, losses equal
-to the C++ nuri-train's for the same settings, generate, info, and one-line errors."""
+"""``python -m nuri`` end to end in subprocesses: a training run and its directory, the same run
+as the C++ nuri-train and as a loop over nuri.Trainer (bit for bit), progress on a terminal and
+off it, generate, info, and one-line errors that nuri-train prints alike."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pytest
 
 import nuri
 from conftest import nuri_train_binary, run_cli
-from nuri.cli import Progress
 
-METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "peak_bytes"}
+METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_seconds", "peak_bytes",
+                 "skipped"}
+TIMING = re.compile(r"\d+ tok/s|eta \dm\d\ds|done in \dm\d\ds|\d+\.\d MiB")
 
 
 def read_metrics(run_dir):
@@ -47,7 +50,7 @@ def test_train_writes_the_run_directory(tmp_path, tiny_config):
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 0.5
     assert all(m["peak_bytes"] > 0 and m["tokens_per_s"] > 0 for m in metrics)
 
-    # config.json is the resolved config, override included, and reads back to the same config.
+    # config.json is the resolved config, overrides included, and reads back to the same config.
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["train"]["lr"] == 0.002 and resolved["out"] == "run"
     expected = nuri.apply_overrides(nuri.load_config(tiny_config), ["train.lr=2e-3", "out=run"])
@@ -58,13 +61,15 @@ def test_train_writes_the_run_directory(tmp_path, tiny_config):
     out = proc.stdout
     assert re.search(r"step +10/10 \| loss \d+\.\d{4} \| lr .* tok/s \| eta", out)
     assert len(re.findall(r"step +\d+/10 \| loss", out)) == 10
-    assert re.search(r"step +0 \| val loss \d", out) and re.search(r"step +10 \| val loss", out)
+    assert re.search(r"step +0 \| val loss \d", out)
+    assert re.search(r"step +10 \| val loss \d\.\d{4} \(unigram baseline", out)
     assert "---- sample" in out and "the " in (run / "sample.txt").read_text()
     last_val = metrics[-1]["val_loss"]
-    assert re.search(rf"done in .*val loss {last_val:.4f}; 0 skipped steps", out)
+    assert re.search(rf"done in .*: val loss {last_val:.4f} vs unigram baseline .*; 0 skipped",
+                     out)
 
     model = nuri.load(run / "model.safetensors")
-    assert model.config.to_dict() == nuri.ModelConfig.preset("gpt2-tiny").to_dict()
+    assert model.config == nuri.ModelConfig.preset("gpt2-tiny")
 
     # generate from the run directory: the prompt, then a continuation; the same for a seed.
     gen = ["generate", "--run", "run", "--prompt", "the GPU ", "--max-new-tokens", "24",
@@ -77,17 +82,28 @@ def test_train_writes_the_run_directory(tmp_path, tiny_config):
     assert greedy.startswith("a")
 
 
-def test_quiet_json_config_prints_only_the_summary(tmp_path, corpus):
-    config = {"model": "llama-tiny", "train": {"steps": 3, "micro_batch": 2, "seq_len": 16,
-                                                "eval_every": 0, "eval_batches": 1},
-              "sample": {"max_new_tokens": 8}}
-    (tmp_path / "run.json").write_text(json.dumps(config))
-    proc = run_cli("train", "--config", "run.json", "--data", "corpus.txt", "--out", "q",
-                   "--quiet", cwd=tmp_path)
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("done in "), proc.stdout
-    assert [m["step"] for m in read_metrics(tmp_path / "q")] == [1, 2, 3]
-    assert [("val_loss" in m) for m in read_metrics(tmp_path / "q")] == [False, False, True]
+def test_progress_rewrites_one_line_on_a_terminal_and_quiet_prints_lines(tmp_path, corpus):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cfg = nuri.config_from_dict({"model": "gpt2-tiny", "data": {"train": str(corpus)},
+                                 "train": {"steps": 3, "micro_batch": 2, "seq_len": 16,
+                                           "eval_every": 2, "eval_batches": 1},
+                                 "sample": {"max_new_tokens": 0}, "log_every": 10})
+    out = Terminal()
+    assert nuri.run(cfg, stream=out)["status"] == 0
+    text = out.getvalue()
+    # Step 1 is shown; step 2 may be skipped (at most ten updates a second); the last is shown.
+    assert "\rstep     1/3 | loss" in text and "\rstep     3/3 | loss" in text
+    assert "\x1b[K\nstep     2 | val loss" in text  # the progress line is ended before a line
+    assert "\n" not in text[text.index("\rstep     1/3"):text.index("\x1b[K")]
+    quiet = Terminal()
+    cfg.quiet = True
+    assert nuri.run(cfg, stream=quiet)["status"] == 0
+    lines = quiet.getvalue()
+    assert "\r" not in lines and "\x1b" not in lines
+    assert re.findall(r"step +(\d)/3 \| loss", lines) == ["1", "3"]  # log_every 10: first, last
 
 
 def test_without_matplotlib_the_plot_is_skipped_with_the_reason(tmp_path, tiny_config):
@@ -102,45 +118,43 @@ def test_without_matplotlib_the_plot_is_skipped_with_the_reason(tmp_path, tiny_c
     assert not (tmp_path / "run" / "loss.png").exists()
 
 
-def test_progress_rewrites_one_line_on_a_terminal():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    out = Terminal()
-    progress = Progress(total=3, log_every=10, quiet=False, stream=out)
-    stats = {"loss": 2.5, "lr": 1e-3, "grad_norm": 0.5, "skipped": False}
-    for n in (1, 2):
-        progress.step({**stats, "step": n}, tok_per_s=1000.0, elapsed=float(n))
-    progress.line("step     2 | val loss 2.4000")
-    progress.step({**stats, "step": 3, "skipped": True}, tok_per_s=1000.0, elapsed=3.0)
-    progress.close()
-    text = out.getvalue()
-    assert text.count("\r") == 3 and text.count("\n") == 3
-    assert "\rstep     2/3 | loss 2.5000 | lr 1.00e-03 | norm  0.500 |    1000 tok/s | eta 0m01s" \
-        in text
-    assert "\x1b[K\nstep     2 | val loss 2.4000\n\rstep     3/3" in text
-    assert text.endswith("SKIPPED (non-finite)\x1b[K\n")
+def api_losses(cfg: nuri.RunConfig) -> list[tuple[float, float, float | None]]:
+    """The run of cfg written by hand over nuri.Trainer: (loss, grad_norm, val_loss) per step."""
+    data = nuri.read_data(cfg.data.train, cfg.model.vocab_size)
+    train, val = nuri.split_validation(data)
+    model = nuri.Model(cfg.model, cfg.backend, cfg.train.seed)
+    trainer = nuri.Trainer(model, cfg.train, train, val, parallel=cfg.parallel)
+    out = []
+    for _ in range(cfg.train.steps):
+        st = trainer.step()
+        evaluate = st["step"] % cfg.train.eval_every == 0 or st["step"] == cfg.train.steps
+        out.append((st["loss"], st["grad_norm"], trainer.evaluate() if evaluate else None))
+    return out
 
 
-def test_losses_equal_the_cpp_nuri_train_for_the_same_settings(tmp_path, tiny_config):
+def test_nuri_train_python_m_nuri_and_the_api_give_the_same_run(tmp_path, tiny_config):
     binary = nuri_train_binary()
-    flags = ["--model", "gpt2-tiny", "--steps", "10", "--batch", "4", "--seq", "32",
-             "--accum", "2", "--lr", "3e-3", "--warmup", "2", "--min-lr-ratio", "0.1",
-             "--weight-decay", "0.1", "--clip", "1.0", "--eval-every", "5",
-             "--eval-batches", "2", "--seed", "7", "--log-every", "1", "--sample", "0"]
-    cpp = subprocess.run([str(binary), "--data", "corpus.txt", *flags], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    cpp = subprocess.run([str(binary), "--config", str(tiny_config), "--out", "cpp"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert cpp.returncode == 0, cpp.stderr
-    cpp_losses = re.findall(r"step +\d+/10 \| loss (\d+\.\d{4})", cpp.stdout)
-    cpp_val = re.findall(r"step +(\d+) \| val loss (\d+\.\d{4})", cpp.stdout)
-    assert len(cpp_losses) == 10 and len(cpp_val) == 3, cpp.stdout
-
-    run_cli("train", "--config", str(tiny_config), "--out", "py", "--quiet", cwd=tmp_path)
-    metrics = read_metrics(tmp_path / "py")
-    assert [f"{m['loss']:.4f}" for m in metrics] == cpp_losses
-    py_val = [(str(m["step"]), f"{m['val_loss']:.4f}") for m in metrics if "val_loss" in m]
-    assert py_val == cpp_val[1:]  # the C++ program also evaluates before step 1
+    py = run_cli("train", "--config", str(tiny_config), "--out", "py", cwd=tmp_path)
+    # The same output, line for line, but for timings and the run directory's name.
+    assert TIMING.sub("T", cpp.stdout).replace("cpp", "DIR") == \
+        TIMING.sub("T", py.stdout).replace("py", "DIR")
+    # The same metrics bit for bit (JSON numbers are the float32 values exactly), but timings.
+    untimed = [{k: v for k, v in m.items() if k not in ("tokens_per_s", "step_seconds")}
+               for m in read_metrics(tmp_path / "cpp")]
+    assert untimed == [{k: v for k, v in m.items() if k not in ("tokens_per_s", "step_seconds")}
+                       for m in read_metrics(tmp_path / "py")]
+    assert (tmp_path / "cpp" / "model.safetensors").read_bytes() == \
+        (tmp_path / "py" / "model.safetensors").read_bytes()
+    assert (tmp_path / "cpp" / "sample.txt").read_text() == (tmp_path / "py" / "sample.txt").read_text()
+    # And a loop over nuri.Trainer with the config's pieces.
+    cfg = nuri.load_config(tiny_config)
+    cfg.data.train = str(tmp_path / "corpus.txt")
+    api = api_losses(cfg)
+    assert [(m["loss"], m["grad_norm"], m.get("val_loss")) for m in untimed] == \
+        [(np.float32(a), np.float32(b), None if c is None else np.float32(c)) for a, b, c in api]
 
 
 def test_info_prints_the_build():
@@ -158,7 +172,6 @@ def test_info_lists_cuda_devices_and_architectures():
     devices, archs = info["cuda_devices"], info["cuda_architectures"]
     assert isinstance(devices, list) and isinstance(archs, list)
     if "cuda" not in info["backends"] and "cuda-emu" not in info["backends"]:
-        # The wheel builds CPU-only (pyproject sets NURI_CUDA=OFF): no devices, no architectures.
         assert devices == [] and archs == []
         assert "\n  cuda archs: none (CPU-only build)\n" in proc.stdout
         assert "\n  cuda devices: none\n" in proc.stdout
@@ -171,29 +184,41 @@ def test_info_lists_cuda_devices_and_architectures():
             assert f"sm_{a}" in proc.stdout
 
 
-@pytest.mark.parametrize("args, status, message", [
-    (["train", "--config", "tiny.toml", "train.lr=fast"], 2,
-     "nuri: train.lr: expected a number, got 'fast'"),
-    (["train", "--config", "tiny.toml", "model.colour=red"], 2,
-     "nuri: model.colour: unknown key; known keys: bias"),
-    (["train", "--config", "missing.toml"], 2, "nuri: cannot read config missing.toml"),
-    (["train", "--config", "tiny.toml", "--data", "nothing.txt"], 1,
-     "nuri: cannot open data file nothing.txt"),
-    (["train", "--config", "tiny.toml", "model.vocab_size=100"], 1,
-     "nuri: corpus.txt: token id"),
-    (["train", "--config", "tiny.toml", "train.micro_batch=100"], 1, "fewer than one global batch"),
-    (["generate", "--model", "nothing.safetensors"], 1, "nuri: cannot open model file"),
-])
-def test_errors_are_one_line_without_traceback(tmp_path, tiny_config, args, status, message):
-    proc = run_cli(*args, "--out", "r", cwd=tmp_path, expect=status) if args[0] == "train" \
-        else run_cli(*args, cwd=tmp_path, expect=status)
+BAD_RUNS = [
+    (["train.lr=fast"], 2, "train.lr: expected a number > 0, got 'fast'"),
+    (["--lr", "fast"], 2, "train.lr: expected a number > 0, got 'fast'"),
+    (["model.colour=red"], 2, "model.colour: unknown key; known keys: bias"),
+    (["--micro-batch", "0"], 2, "train.micro_batch: expected an integer >= 1, got 0"),
+    (["--zero-stage", "3"], 2, "parallel.zero_stage: expected an integer in [0, 2], got 3"),
+    (["--fast"], 2, "unknown option --fast (see --help)"),
+    (["--steps"], 2, "--steps needs a value: an integer >= 1"),
+    (["--overlap=yes"], 2, "--overlap takes no value"),
+    (["--config", "missing.toml"], 2, "cannot read config missing.toml"),
+    (["--data", "nothing.txt"], 1, "cannot open data file nothing.txt"),
+    (["model.vocab_size=100"], 1, "corpus.txt: token id"),
+    (["train.micro_batch=100"], 1, "fewer than one global batch"),
+]
+
+
+@pytest.mark.parametrize("args, status, message", BAD_RUNS)
+def test_errors_are_one_line_the_same_from_both_front_ends(tmp_path, tiny_config, args, status,
+                                                           message):
+    config = [] if args[0] == "--config" else ["--config", "tiny.toml"]
+    proc = run_cli("train", *config, *args, "--out", "r", cwd=tmp_path, expect=status)
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()  # no run directory for a run that could not start
+    cpp = subprocess.run([str(nuri_train_binary()), *config, *args, "--out", "r"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert cpp.returncode == status
+    assert cpp.stderr.removeprefix("nuri-train: ") == proc.stderr.removeprefix("nuri: ")
 
 
-def test_usage_errors_exit_2(tmp_path):
-    assert "required" in run_cli("train", cwd=tmp_path, expect=2).stderr
+def test_help_and_usage_errors(tmp_path):
+    helped = run_cli("train", "--help", cwd=tmp_path).stdout
+    assert helped.startswith("usage: python -m nuri train [--config FILE]")
+    for s in nuri.reference():
+        assert s["flag"] in helped and s["path"] in helped, s["path"]
     assert "invalid choice" in run_cli("fly", cwd=tmp_path, expect=2).stderr
-    assert "unrecognized arguments: --fast" in run_cli(
-        "train", "--config", "x.toml", "--fast", cwd=tmp_path, expect=2).stderr
+    assert "unexpected argument 'corpus.txt'" in run_cli("train", "corpus.txt", cwd=tmp_path,
+                                                         expect=2).stderr

@@ -1,5 +1,6 @@
-"""Run configs: presets, tables, unknown keys and wrong types named, overrides, TOML/JSON files,
-and Hugging Face config.json files of the GPT-2 and Llama families."""
+"""Run configs: the one schema behind config files, overrides, flags and the Python classes;
+presets, tables, unknown keys and wrong types named, TOML/JSON files, every setting round-tripped
+through C++ and Python, and Hugging Face config.json files of the GPT-2 and Llama families."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import pytest
 
 import nuri
-from nuri.config import MODEL_FIELDS, TRAIN_FIELDS
 
 TINY = {"model": "gpt2-tiny", "train": {"steps": 5, "seq_len": 32}}
 
@@ -19,9 +19,41 @@ def error_of(d) -> str:
     return str(info.value)
 
 
-def test_schema_matches_the_extension_fields():
-    assert set(MODEL_FIELDS) == set(nuri.ModelConfig().to_dict())
-    assert set(TRAIN_FIELDS) == set(nuri.TrainConfig().to_dict())
+def test_the_classes_properties_are_the_schema():
+    ref = nuri.reference()
+    by_section = {}
+    for s in ref:
+        by_section.setdefault(s["section"], []).append(s["key"])
+    classes = {"model": nuri.ModelConfig, "train": nuri.TrainConfig,
+               "parallel": nuri.ParallelConfig, "checkpoint": nuri.CheckpointConfig,
+               "data": nuri.DataConfig, "sample": nuri.SampleConfig}
+    assert set(by_section) == {"", *classes}
+    for section, cls in classes.items():
+        keys = [k for k in by_section[section] if not (section == "model" and k == "preset")]
+        assert list(cls().to_dict()) == keys, section
+    assert set(by_section[""]) == {"backend", "out", "log_every", "quiet", "expect_val_below"}
+    # Every flag is unique and names its key (dashes for underscores) unless the schema says.
+    flags = [s["flag"] for s in ref]
+    assert len(set(flags)) == len(flags)
+    renamed = {s["path"]: s["flag"] for s in ref if s["flag"] != "--" + s["key"].replace("_", "-")}
+    assert renamed == {"model.preset": "--model", "checkpoint.dir": "--ckpt-dir",
+                       "data.train": "--data"}
+
+
+def test_keyword_construction_and_defaults():
+    tc = nuri.TrainConfig(steps=7, lr=1e-3)
+    assert (tc.steps, tc.lr, tc.micro_batch) == (7, 0.001, nuri.TrainConfig().micro_batch)
+    assert tc == nuri.TrainConfig(lr=1e-3, steps=7) and tc != nuri.TrainConfig()
+    with pytest.raises(nuri.ConfigError, match="train.stepz: unknown key"):
+        nuri.TrainConfig(stepz=3)
+    with pytest.raises(nuri.ConfigError, match=r"train.lr: expected a number > 0, got 'fast'"):
+        tc.lr = "fast"
+    with pytest.raises(nuri.ConfigError, match=r"parallel.zero_stage: expected an integer in "
+                                                r"\[0, 2\], got 3"):
+        nuri.ParallelConfig(zero_stage=3)
+    cfg = nuri.RunConfig()
+    cfg.train.lr = 5e-3  # sections change in place
+    assert cfg.train.lr == 0.005 and cfg.preset == "demo" and cfg.backend == "cpu"
 
 
 def test_preset_name_and_table_give_the_preset_with_overrides():
@@ -30,16 +62,18 @@ def test_preset_name_and_table_give_the_preset_with_overrides():
     assert cfg.preset == "gpt2-tiny"
     assert (cfg.train.steps, cfg.train.seq_len) == (5, 32)
     assert cfg.train.micro_batch == nuri.TrainConfig().micro_batch  # untouched default
-    cfg = nuri.config_from_dict({"model": {"preset": "llama-tiny", "n_layer": 3, "bias": True},
+    cfg = nuri.config_from_dict({"model": {"n_layer": 3, "bias": True, "preset": "llama-tiny"},
                                  "train": {"seq_len": 64}})
     assert (cfg.model.n_layer, cfg.model.bias, cfg.model.mlp) == (3, True, "swiglu")
     assert cfg.model.n_kv_head == nuri.ModelConfig.preset("llama-tiny").n_kv_head
 
 
-def test_defaults_without_a_model_are_gpt2_124m():
+def test_defaults_without_a_model_are_the_demo():
     cfg = nuri.config_from_dict({})
-    assert cfg.model.num_params() == 124_439_808
-    assert (cfg.backend, cfg.out, cfg.log_every, cfg.data.train) == ("cpu", None, 10, None)
+    assert cfg.preset == "demo" and cfg.model.to_dict() == nuri.ModelConfig.preset("demo").to_dict()
+    assert cfg.model.num_params() == 3_290_880  # nuri-train's demo (README: 3.3M parameters)
+    assert (cfg.backend, cfg.out, cfg.log_every, cfg.data.train) == ("cpu", "", 10, "")
+    assert cfg == nuri.RunConfig()
 
 
 def test_device_is_another_name_for_backend():
@@ -47,37 +81,47 @@ def test_device_is_another_name_for_backend():
     assert nuri.config_from_dict({"device": "cpu", "backend": "cpu"}).backend == "cpu"
     assert "device ('cuda') and backend ('cpu') name the same setting" in error_of(
         {"device": "cuda", "backend": "cpu"})
-    assert "device: 'tpu' is not in this build of nuri; backends: cpu" in error_of({"device": "tpu"})
+    assert "backend: 'tpu' is not in this build of nuri; backends: cpu" in error_of(
+        {"device": "tpu"})
     assert "device: expected a string, got 3" in error_of({"device": 3})
+    assert "backend: 'cuda:x' is not in this build" in error_of({"backend": "cuda:x"})
 
 
 @pytest.mark.parametrize("d, message", [
-    ({"colour": 1}, "colour: unknown key; known keys: backend, data, device, log_every"),
+    ({"colour": 1}, "colour: unknown key; known keys: backend, checkpoint, data"),
     ({"model": {"preset": "gpt2-tiny", "colour": 1}},
      "model.colour: unknown key; known keys: bias"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; known keys: beta1"),
     ({"data": {"test": "x"}}, "data.test: unknown key; known keys: train, val"),
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
+    ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, overlap, "
+                                "zero_stage"),
+    ({"checkpoint": {"every": 1}}, "checkpoint.every: unknown key; known keys: async_save, dir"),
 ])
 def test_unknown_keys_are_named(d, message):
     assert message in error_of(d)
 
 
 @pytest.mark.parametrize("d, message", [
-    ({"train": {"lr": "fast"}}, "train.lr: expected a number, got 'fast'"),
-    ({"train": {"steps": True}}, "train.steps: expected an integer, got true"),
-    ({"train": {"steps": 2.5}}, "train.steps: expected an integer, got 2.5"),
-    ({"train": {"seed": -1}}, "train.seed: expected a non-negative integer"),
-    ({"train": {"lr": False}}, "train.lr: expected a number, got false"),
+    ({"train": {"lr": "fast"}}, "train.lr: expected a number > 0, got 'fast'"),
+    ({"train": {"steps": True}}, "train.steps: expected an integer >= 1, got true"),
+    ({"train": {"steps": 2.5}}, "train.steps: expected an integer >= 1, got 2.5"),
+    ({"train": {"steps": 0}}, "train.steps: expected an integer >= 1, got 0"),
+    ({"train": {"seed": -1}}, "train.seed: expected an integer >= 0, got -1"),
+    ({"train": {"lr": False}}, "train.lr: expected a number > 0, got false"),
+    ({"train": {"beta2": 1}}, "train.beta2: expected a number in [0, 1), got 1"),
     ({"model": {"preset": "gpt2-tiny", "bias": 1}}, "model.bias: expected true or false, got 1"),
     ({"model": {"preset": "gpt2-tiny", "d_model": "64"}}, "model.d_model: expected an integer"),
     ({"model": 3}, "model: expected a table, got 3"),
     ({"train": [1]}, "train: expected a table, got a list"),
     ({"data": {"train": 5}}, "data.train: expected a string, got 5"),
-    ({"sample": {"temperature": "hot"}}, "sample.temperature: expected a number, got 'hot'"),
-    ({"log_every": "often"}, "log_every: expected an integer"),
+    ({"sample": {"temperature": "hot"}}, "sample.temperature: expected a number >= 0, got 'hot'"),
+    ({"log_every": "often"}, "log_every: expected an integer >= 1"),
+    ({"checkpoint": {"keep": 0}}, "checkpoint.keep: expected an integer >= 1, got 0"),
+    ({"checkpoint": {"signals": "TERM,KILL"}}, "checkpoint.signals: signal 'KILL' is not one"),
+    ({"parallel": {"bucket_mb": 0}}, "parallel.bucket_mb: expected a number > 0, got 0"),
 ])
-def test_wrong_types_are_named_with_the_expected_type(d, message):
+def test_wrong_types_and_ranges_are_named(d, message):
     assert message in error_of(d)
 
 
@@ -96,32 +140,36 @@ def test_ints_are_accepted_for_numbers_and_integral_floats_for_ints():
     assert cfg.train.lr == 1.0 and cfg.train.steps == 3
 
 
-def test_cpp_validation_arrives_as_a_config_error():
+def test_cross_field_checks_arrive_as_config_errors():
     msg = error_of({"model": {"preset": "gpt2-tiny", "n_head": 5}})
     assert msg.startswith("model: n_head (5) must divide d_model (64)")
     with pytest.raises(nuri.Error):  # a ConfigError is a nuri.Error and a ValueError
         nuri.config_from_dict({"train": {"steps": 0}})
-    with pytest.raises(ValueError, match="train: steps"):
+    with pytest.raises(ValueError, match="train.steps"):
         nuri.config_from_dict({"train": {"steps": 0}})
-    assert "train.seq_len (256) exceeds model.max_seq_len (128)" in error_of({"model": "gpt2-tiny"})
-    assert "unknown preset 'gpt2-huge'; presets: gpt2-tiny" in error_of({"model": "gpt2-huge"})
+    assert "train.seq_len (200) exceeds model.max_seq_len (128)" in error_of(
+        {"model": "gpt2-tiny", "train": {"seq_len": 200}})
+    assert "model.preset: unknown preset 'gpt2-huge'; presets: demo, gpt2-tiny" in error_of(
+        {"model": "gpt2-huge"})
 
 
 def test_overrides_parse_values_and_name_bad_keys():
     base = nuri.config_from_dict(TINY)
     cfg = nuri.apply_overrides(base, [
         "train.lr=1e-3", "model.n_layer=4", "train.on_nonfinite=stop", "sample.prompt=1984",
-        "data.train=some/file.txt", 'sample.prompt="Once upon"', "log_every=2", "backend=cpu"])
+        "data.train=some/file.txt", 'sample.prompt="Once upon"', "log_every=2", "backend=cpu",
+        "parallel.zero_stage=2", "checkpoint.async_save=true"])
     assert abs(cfg.train.lr - 1e-3) < 1e-9 and cfg.model.n_layer == 4
     assert cfg.train.on_nonfinite == "stop" and cfg.sample.prompt == "Once upon"
     assert cfg.data.train == "some/file.txt" and cfg.log_every == 2
+    assert cfg.parallel.zero_stage == 2 and cfg.checkpoint.async_save
     assert base.model.n_layer == 2  # the input is not modified
     reset = nuri.apply_overrides(cfg, ["model=llama-tiny", "model.n_layer=3"])
     assert reset.model.mlp == "swiglu" and reset.model.n_layer == 3 and reset.preset == "llama-tiny"
-    for item, message in [("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+    for item, message in [("train.lr=fast", "train.lr: expected a number > 0, got 'fast'"),
                           ("model.colour=red", "model.colour: unknown key; known keys: bias"),
                           ("optim.lr=1", "optim.lr: unknown section 'optim'"),
-                          ("lr=1", "lr: not a value to override"),
+                          ("lr=1", "lr: unknown key; known keys: backend"),
                           ("train.lr", "override 'train.lr': expected KEY=VALUE"),
                           ("model.norm=batch", "model.norm: expected one of 'layernorm'")]:
         with pytest.raises(nuri.ConfigError) as info:
@@ -137,11 +185,78 @@ def test_toml_and_json_files_round_trip(tmp_path):
     assert (cfg.train.steps, cfg.data.val, cfg.sample.top_k, cfg.out) == (7, "b.bin", 5, "runs/x")
     d = cfg.to_dict()
     assert d["train"]["lr"] == 0.002  # the shortest decimal of the float32, not 0.0020000000949
-    assert set(d["model"]) == {"preset", *MODEL_FIELDS} and set(d["train"]) == set(TRAIN_FIELDS)
+    assert set(d["model"]) == {"preset", *nuri.ModelConfig().to_dict()}
+    assert set(d["train"]) == set(nuri.TrainConfig().to_dict())
     js = tmp_path / "run.json"
     js.write_text(json.dumps(d))
     again = nuri.load_config(js)
     assert again == cfg and again.to_dict() == d
+
+
+def other_value(s):
+    """A valid value of setting s different from its default."""
+    d = s["default"]
+    if s["kind"] == "bool":
+        return not d
+    if s["kind"] == "choice":
+        return next(c for c in s["choices"] if c != d)
+    if s["kind"] == "str":
+        return {"backend": "cpu", "preset": "llama-tiny", "signals": "USR2"}.get(s["key"], "x.txt")
+    if s["path"] in ("model.n_head", "model.n_kv_head", "model.vocab_size", "model.max_seq_len"):
+        return d  # constrained by other fields; model.d_model and model.d_ff vary instead
+    if s["path"] == "parallel.zero_stage":
+        return 2
+    if s["path"] == "model.d_model":
+        return d * 2  # still a multiple of n_head
+    if s["kind"] == "int":
+        return d + 3
+    return d * 0.5 if d else 0.25
+
+
+def test_every_setting_round_trips_through_json_toml_overrides_and_flags(tmp_path):
+    ref = nuri.reference()
+    values = {s["path"]: other_value(s) for s in ref}
+    values["backend"] = "cpu"
+    changed = [p for p, v in values.items()
+               if v != next(s["default"] for s in ref if s["path"] == p)]
+    assert len(changed) >= len(ref) - 6  # all but the few constrained ones differ from defaults
+    table: dict = {}
+    for s in ref:
+        if s["key"] == "preset":
+            continue
+        (table.setdefault(s["section"], {}) if s["section"] else table)[s["key"]] = values[s["path"]]
+    table["model"]["preset"] = ""
+    cfg = nuri.config_from_dict(table)  # Python dict -> C++
+    for s in ref:
+        if s["key"] == "preset":
+            continue
+        section = getattr(cfg, s["section"]) if s["section"] else cfg
+        got = getattr(section, s["key"])
+        assert got == pytest.approx(values[s["path"]]), s["path"]
+    # C++ -> JSON -> Python -> C++, and a JSON file, and TOML written here
+    assert nuri.RunConfig.from_json(cfg.to_json()) == cfg
+    assert nuri.config_from_dict(json.loads(cfg.to_json())) == cfg
+    lines = []
+    for section, t in [("", {k: v for k, v in table.items() if not isinstance(v, dict)}),
+                       *[(k, v) for k, v in table.items() if isinstance(v, dict)]]:
+        if section:
+            lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in t.items()]
+    (tmp_path / "all.toml").write_text("\n".join(lines) + "\n")
+    assert nuri.load_config(tmp_path / "all.toml") == cfg
+    # KEY=VALUE overrides and command-line flags of every setting
+    overrides = [f"{s['path']}={json.dumps(values[s['path']])}" for s in ref if s["key"] != "preset"]
+    assert nuri.apply_overrides(nuri.RunConfig(), ["model.preset=''", *overrides]) == cfg
+    argv = ["--model", ""]
+    for s in ref:
+        if s["key"] == "preset":
+            continue
+        v = values[s["path"]]
+        if s["kind"] == "bool":
+            argv.append(s["flag"] if v else "--no-" + s["flag"][2:])
+        else:
+            argv += [s["flag"], str(v)]
+    assert nuri._C.parse_run_args(argv) == cfg
 
 
 def test_config_file_errors_name_the_file(tmp_path):
@@ -159,6 +274,10 @@ def test_config_file_errors_name_the_file(tmp_path):
     other.write_text("model: gpt2-tiny\n")
     with pytest.raises(nuri.ConfigError, match="must end in .toml or .json"):
         nuri.load_config(other)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"train": {"lr": 1e-3,}}')
+    with pytest.raises(nuri.ConfigError, match="broken.json: not valid JSON"):
+        nuri.load_config(broken)
 
 
 # Hugging Face config.json files as published (openai-community/gpt2, TinyLlama-1.1B).
@@ -217,7 +336,7 @@ def test_hf_llama_config_gives_tinyllama():
     ({**TINYLLAMA_HF, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
     ({**TINYLLAMA_HF, "hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({**TINYLLAMA_HF, "num_key_value_heads": 5}, "n_kv_head (5) must divide n_head (32)"),
-    ({**GPT2_HF, "n_layer": "12"}, "n_layer: expected an integer, got '12'"),
+    ({**GPT2_HF, "n_layer": "12"}, "n_layer: expected an integer >= 1, got '12'"),
 ])
 def test_hf_configs_nuri_cannot_run_are_rejected_clearly(hf, message):
     with pytest.raises(nuri.ConfigError) as info:

@@ -166,7 +166,7 @@ def test_wrong_argument_types_raise_python_errors():
         (TypeError, lambda: nuri.TokenFile.from_array("abc")),
         (ValueError, lambda: nuri.TokenFile.from_array([1, -1])),
         (TypeError, lambda: nuri.Trainer(model, "config", None)),
-        (TypeError, lambda: setattr(cfg, "n_layer", "many")),
+        (ValueError, lambda: setattr(cfg, "n_layer", "many")),  # a ConfigError naming it
         (ValueError, lambda: setattr(cfg, "norm", "batchnorm")),
         (TypeError, lambda: nuri.learning_rate("config", 3)),
     ]
@@ -185,16 +185,22 @@ def test_the_package_docstring_example_runs(tmp_path, monkeypatch):
     assert nuri.load("model.safetensors").config.to_dict() == scope["cfg"].to_dict()
 
 
-def test_run_training_from_python_writes_the_run(tmp_path):
+def test_run_from_python_writes_the_run(tmp_path):
     (tmp_path / "corpus.txt").write_text(corpus_text(20000))
     cfg = nuri.config_from_dict({
         "model": "gpt2-tiny", "data": {"train": str(tmp_path / "corpus.txt")},
+        "out": str(tmp_path / "run"),
         "train": {"steps": 4, "micro_batch": 2, "seq_len": 16, "eval_every": 2,
                   "eval_batches": 1}, "sample": {"max_new_tokens": 0}})
     out = io.StringIO()
-    summary = nuri.run_training(cfg, str(tmp_path / "run"), stream=out)
-    assert summary["steps"] == 4 and not summary["interrupted"] and cfg.out is None
-    assert summary["val_loss"] < np.log(257) and summary["peak_bytes"] > 0
+    result = nuri.run(cfg, stream=out)
+    assert result["status"] == 0 and result["steps_done"] == 4 and result["stop_reason"] == ""
+    assert result["val_loss"] < np.log(257) and result["peak_bytes"] > 0
     assert "step     4/4 | loss" in out.getvalue() and "step     2 | val loss" in out.getvalue()
     assert not (tmp_path / "run" / "sample.txt").exists()  # max_new_tokens = 0
-    assert nuri.load_config(tmp_path / "run" / "config.json").out == str(tmp_path / "run")
+    assert nuri.load_config(tmp_path / "run" / "config.json") == cfg
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[-1]["loss"] == pytest.approx(result["final_loss"], rel=1e-7)
+    assert metrics[-1]["val_loss"] == pytest.approx(result["val_loss"], rel=1e-7)
+    assert nuri.load(tmp_path / "run" / "model.safetensors").config == cfg.model

@@ -9,7 +9,7 @@ bin=$1 points=${2:-24}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 export OMP_NUM_THREADS=1
-args=(--model gpt2-tiny --steps 8 --seq 64 --batch 2 --sample 0 --eval-every 0 --log-every 1
+args=(--model gpt2-tiny --steps 8 --seq-len 64 --micro-batch 2 --max-new-tokens 0 --eval-every 0 --log-every 1
       --save-every 2 --keep 2)
 val() { grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$1"; }
 last() { grep -oP 'step +8/8 \| loss \K[0-9.]+' <<<"$1"; }

@@ -11,7 +11,7 @@ dir=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
 export OMP_NUM_THREADS=1
-args=(--model gpt2-tiny --steps 60 --seq 64 --batch 2 --sample 0 --eval-every 0 --log-every 1)
+args=(--model gpt2-tiny --steps 60 --seq-len 64 --micro-batch 2 --max-new-tokens 0 --eval-every 0 --log-every 1)
 summary() {
   printf '%s %s' "$(grep -oP 'step +60/60 \| loss \K[0-9.]+' <<<"$1")" \
     "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$1")"

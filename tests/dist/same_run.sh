@@ -15,15 +15,15 @@ while [[ $1 != -- ]]; do mpirun+=("$1"); shift; done
 bin=$2
 shift 2
 steps=${SAME_RUN_STEPS:-30}
-args=(--model gpt2-tiny --steps "$steps" --seq 64 --sample 0 --eval-every 0 --log-every 10 "$@")
+args=(--model gpt2-tiny --steps "$steps" --seq-len 64 --max-new-tokens 0 --eval-every 0 --log-every 10 "$@")
 export OMP_NUM_THREADS=1
 summary() {  # "train_loss val_loss" from nuri-train's output
   local out=$1
   printf '%s %s\n' "$(grep -oP "step +$steps/$steps \\| loss \\K[0-9.]+" <<<"$out")" \
     "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$out")"
 }
-one=$("$bin" "${args[@]}" --batch 4 2>&1) || { echo "$one"; exit 1; }
-two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --batch 2 --zero 1 2>&1) || { echo "$two"; exit 1; }
+one=$("$bin" "${args[@]}" --micro-batch 4 2>&1) || { echo "$one"; exit 1; }
+two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 2 --zero-stage 1 2>&1) || { echo "$two"; exit 1; }
 grep -q "data parallel: 2 ranks (.*), ZeRO stage 1, global batch 4" <<<"$two" ||
   { echo "$two"; echo "FAIL: the 2-rank run did not say it ran data-parallel"; exit 1; }
 if [[ -n ${SAME_RUN_COMM:-} ]]; then
@@ -32,7 +32,7 @@ if [[ -n ${SAME_RUN_COMM:-} ]]; then
 fi
 runs=(two)
 if [[ ${SAME_RUN_FOUR:-1} != 0 ]]; then
-  four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --batch 1 --zero 2 --bucket-mb 0.05 2>&1) ||
+  four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --micro-batch 1 --zero-stage 2 --bucket-mb 0.05 2>&1) ||
     { echo "$four"; exit 1; }
   grep -q "ZeRO stage 2, global batch 4 sequences, 3 gradient buckets overlapped" <<<"$four" ||
     { echo "$four"; echo "FAIL: the 4-rank run did not say it ran ZeRO 2 in 3 buckets"; exit 1; }

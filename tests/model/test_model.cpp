@@ -46,7 +46,7 @@ TEST(ModelConfig, ValidationMessagesNameFieldAndValues) {
   c.n_kv_head = 4;
   c.d_model = 4 * 15;  // odd head dim with rope
   EXPECT_NE(error_of([&] { c.validate(); }).find("rope needs an even head dim"), std::string::npos);
-  EXPECT_NE(error_of([] { model_preset("gpt5"); }).find("unknown model preset 'gpt5'; presets: gpt2-tiny"),
+  EXPECT_NE(error_of([] { model_preset("gpt5"); }).find("unknown model preset 'gpt5'; presets: demo, gpt2-tiny"),
             std::string::npos);
 }
 

@@ -70,6 +70,10 @@ class ByteTokenizer {
   std::string decode(const std::vector<int32_t>& tokens) const;
 };
 
+/// `bytes` with every ill-formed UTF-8 sequence replaced by U+FFFD (up to its longest valid
+/// prefix, as Python's errors="replace" does): what a byte-level model's output can be shown as.
+std::string valid_utf8(const std::string& bytes);
+
 /// Reads a UTF-8/any text file and writes its byte tokens (plus a final end-of-text) in llm.c's
 /// layout. Returns the number of tokens written.
 int64_t text_file_to_tokens(const std::string& text_path, const std::string& token_path);

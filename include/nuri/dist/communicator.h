@@ -85,6 +85,19 @@ class Communicator {
 std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info,
                                                 const CommOptions& opt = {});
 
+/// This process's place in its job: where the launcher put it, and the communicator over the
+/// job's ranks (null for a job of one process).
+struct ProcessGroup {
+  LaunchInfo launch;
+  std::shared_ptr<Communicator> comm;
+  int rank() const { return launch.rank; }
+  int size() const { return launch.world_size; }
+};
+
+/// The launcher's process group: detect_launch() and, with several ranks, make_communicator()
+/// (collective: every rank of the job calls it).
+ProcessGroup init_process_group(const CommOptions& opt = {});
+
 /// The communicator for tensors in `backend`'s memory over host's ranks: host itself for the CPU
 /// backend; for the CUDA backend (real or emulated) an NCCL communicator bootstrapped through
 /// host (rank 0's unique id broadcast over it), which is a collective call over host's ranks.

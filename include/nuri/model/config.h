@@ -9,6 +9,8 @@
 
 namespace nuri {
 
+class Settings;
+
 enum class NormKind { layernorm, rmsnorm };
 enum class PositionKind { learned, rope };
 enum class MlpKind { gelu, swiglu };
@@ -40,8 +42,18 @@ struct ModelConfig {
   std::string summary() const;
 };
 
-/// Named presets: gpt2-tiny, gpt2-124M, gpt2-350M, gpt2-774M, gpt2-1558M, llama-tiny,
-/// llama-1B (TinyLlama-1.1B's shape). Throws nuri::Error listing the names otherwise.
+/// The settings table of ModelConfig (nuri/core/settings.h): every field's key, kind, range and
+/// help; validate() checks the ranges from it.
+const Settings& model_settings();
+
+/// The config as a JSON object of every field (the "model" table of a run config), and back:
+/// unknown keys, wrong types and out-of-range values are ConfigErrors naming the key (prefixed
+/// by `origin`); the result is validated.
+std::string model_config_to_json(const ModelConfig& c, int indent = -1);
+ModelConfig model_config_from_json(const std::string& json, const std::string& origin = "");
+
+/// Named presets: demo (nuri-train's default: 3.3M parameters, byte vocabulary), gpt2-tiny,
+/// gpt2-124M, gpt2-350M, gpt2-774M, gpt2-1558M, llama-tiny, llama-1B (TinyLlama-1.1B's shape). Throws nuri::Error listing the names otherwise.
 ModelConfig model_preset(const std::string& name);
 std::vector<std::string> model_preset_names();
 

@@ -34,6 +34,8 @@
 
 namespace nuri {
 
+class Settings;
+
 struct ParallelConfig {
   int zero_stage = 0;  ///< 0, 1 or 2 (see above); with one process all compute the same
   /// Gradient bytes per reduction bucket (whole units of the backward are merged until a bucket
@@ -47,6 +49,10 @@ struct ParallelConfig {
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;
 };
+
+/// The settings table of ParallelConfig (nuri/core/settings.h); bucket_bytes is set as
+/// bucket_mb there.
+const Settings& parallel_settings();
 
 /// What a step communicated (DataParallel::stats(), reset by begin_step()).
 struct CommStats {

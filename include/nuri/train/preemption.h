@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,19 +28,23 @@ class PreemptionWatch {
   PreemptionWatch& operator=(const PreemptionWatch&) = delete;
 
   /// Call after each step with its duration. Collective over comm's ranks when comm has more
-  /// than one (a one-element all-reduce): true on every rank when any rank got a signal or
-  /// reached the time limit.
-  bool should_stop(double step_seconds, Communicator* comm);
+  /// than one (a two-element all-reduce): true on every rank when any rank got a signal, reached
+  /// the time limit, or passed interrupt = true (a user's Ctrl-C, which the caller detects).
+  bool should_stop(double step_seconds, Communicator* comm, bool interrupt = false);
   /// The signal that arrived on this rank (0: none), and whether the time limit was the reason.
   int signal() const;
   bool time_limit_reached() const { return time_up_; }
+  /// Whether the last should_stop() stopped for an interrupt on any rank.
+  bool interrupted() const { return interrupted_; }
 
  private:
   std::vector<int> signals_;
+  std::vector<std::shared_ptr<void>> previous_;  // struct sigaction of each signal before us
   double limit_s_;
   std::chrono::steady_clock::time_point start_;
   double longest_step_ = 0;
   bool time_up_ = false;
+  bool interrupted_ = false;
 };
 
 /// "TERM,USR1" → {SIGTERM, SIGUSR1} (names with or without SIG, or numbers); throws nuri::Error

@@ -16,28 +16,33 @@
 namespace nuri {
 
 class CheckpointWriter;
+class Settings;
 
 enum class NonFinitePolicy { skip, stop };
 
+/// Defaults: the demo's (nuri-train with no options trains the demo model with them).
 struct TrainConfig {
-  int64_t steps = 1000;          ///< optimizer steps
-  int64_t micro_batch = 4;       ///< sequences per micro-batch (B)
-  int64_t seq_len = 256;         ///< T
+  int64_t steps = 400;           ///< optimizer steps
+  int64_t micro_batch = 8;       ///< sequences per micro-batch (B)
+  int64_t seq_len = 128;         ///< T
   int64_t grad_accum = 1;        ///< micro-batches per step
-  float lr = 6e-4f;              ///< peak learning rate
+  float lr = 2e-3f;              ///< peak learning rate
   float min_lr_ratio = 0.1f;     ///< the cosine decays to lr · min_lr_ratio
-  int64_t warmup_steps = 100;
+  int64_t warmup_steps = 30;
   float weight_decay = 0.1f;
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
   float grad_clip = 1.0f;        ///< max global gradient norm; <= 0 disables clipping
-  int64_t eval_every = 100;      ///< validation every k steps (0: never during training)
-  int64_t eval_batches = 8;      ///< micro-batches of validation data per evaluation
+  int64_t eval_every = 50;       ///< validation every k steps (0: never during training)
+  int64_t eval_batches = 16;     ///< micro-batches of validation data per evaluation
   uint64_t seed = 1337;          ///< model init and data order
   NonFinitePolicy on_nonfinite = NonFinitePolicy::skip;
 
   /// Throws nuri::Error naming the first invalid field.
   void validate() const;
 };
+
+/// The settings table of TrainConfig (nuri/core/settings.h).
+const Settings& train_settings();
 
 /// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
 /// decay to lr · min_lr_ratio at the last step.

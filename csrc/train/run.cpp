@@ -1,0 +1,380 @@
+// The run policy shared by every front end (nuri/train/run.h): data, model, resume, the step loop
+// with progress, metrics, evaluation, checkpoints and stops, and what a run leaves behind.
+#include "nuri/train/run.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "nuri/backend/backend.h"
+#include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/safetensors.h"
+#include "nuri/core/build_info.h"
+#include "nuri/data/corpus.h"
+#include "nuri/dist/launch.h"
+#include "nuri/train/preemption.h"
+
+namespace nuri {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string fmt(const char* format, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* format, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, format);
+  std::vsnprintf(buf, sizeof buf, format, ap);
+  va_end(ap);
+  return buf;
+}
+
+std::string duration(double s) { return fmt("%dm%02ds", int(s) / 60, int(s) % 60); }
+
+// What the run shows: rank 0 only; progress rewrites one line on a terminal (at most ten times
+// a second), and is a line every log_every steps (and at the first and last) otherwise. A job of
+// several ranks always prints lines: mpirun gives each rank a terminal of its own even when the
+// job's output goes to a file.
+class Output {
+ public:
+  Output(const RunHooks& hooks, const ProcessGroup& pg, const RunConfig& cfg)
+      : hooks_(hooks), lead_(pg.rank() == 0), log_every_(cfg.log_every),
+        total_(cfg.train.steps) {
+    const bool terminal = hooks.write ? hooks.terminal : isatty(fileno(stdout)) != 0;
+    rewrite_ = terminal && !cfg.quiet && pg.size() == 1;
+  }
+
+  void line(const std::string& text) {
+    close();
+    emit(text + "\n");
+  }
+
+  void progress(const StepStats& st, double tok_per_s, double elapsed, double eta) {
+    const bool due = st.step % log_every_ == 0 || st.step == 1 || st.step == total_;
+    if (!rewrite_ && !due) return;
+    if (rewrite_ && elapsed - shown_at_ < 0.1 && st.step != total_) return;
+    shown_at_ = elapsed;
+    const std::string text =
+        fmt("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s",
+            (long long)st.step, (long long)total_, st.loss, st.lr, st.grad_norm, tok_per_s,
+            duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
+    if (rewrite_) {
+      emit("\r" + text + "\x1b[K");
+      open_ = true;
+    } else {
+      emit(text + "\n");
+    }
+  }
+
+  void close() {
+    if (open_) emit("\n");
+    open_ = false;
+  }
+
+ private:
+  void emit(const std::string& s) {
+    if (!lead_) return;
+    if (hooks_.write) {
+      hooks_.write(s);
+    } else {
+      std::fwrite(s.data(), 1, s.size(), stdout);
+      std::fflush(stdout);
+    }
+  }
+
+  const RunHooks& hooks_;
+  bool lead_, rewrite_ = false, open_ = false;
+  int64_t log_every_, total_;
+  double shown_at_ = -1;
+};
+
+std::string json_number(double x) {
+  return std::isfinite(x) ? nlohmann::json(x).dump() : "null";  // JSON has no NaN
+}
+
+// metrics.jsonl: one record per step. On resume the records of steps after the checkpoint (a
+// run that crashed past it redoes them) are dropped, so each step appears once.
+class Metrics {
+ public:
+  void open(const std::string& path, int64_t steps_done) {
+    std::vector<std::string> keep;
+    if (std::ifstream in(path); in.good()) {
+      for (std::string line; std::getline(in, line);) {
+        try {
+          if (nlohmann::json::parse(line).at("step").get<int64_t>() <= steps_done) {
+            keep.push_back(line);
+          }
+        } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
+        }
+      }
+    }
+    out_.open(path, std::ios::trunc);
+    NURI_CHECK(out_.good(), "cannot write ", path, ": ", std::strerror(errno));
+    for (const auto& l : keep) out_ << l << "\n";
+    out_.flush();
+  }
+  void write(const std::string& record) {
+    if (!out_.is_open()) return;
+    out_ << record << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+std::string metrics_record(const StepStats& st, const float* val_loss) {
+  std::string r = "{\"step\": " + std::to_string(st.step) + ", \"loss\": " +
+                  json_number(st.loss) + ", \"lr\": " + json_number(st.lr) +
+                  ", \"grad_norm\": " + json_number(st.grad_norm) + ", \"tokens_per_s\": " +
+                  json_number(st.tokens_per_second) + ", \"step_seconds\": " +
+                  json_number(st.step_seconds) + ", \"peak_bytes\": " +
+                  std::to_string(st.peak_bytes) + ", \"skipped\": " +
+                  (st.skipped ? "true" : "false");
+  if (val_loss) r += ", \"val_loss\": " + json_number(*val_loss);
+  return r + "}";
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::trunc);
+  out << text;
+  NURI_CHECK(out.good(), "cannot write ", path.string(), ": ", std::strerror(errno));
+}
+
+// out/model.safetensors: the f32 master weights under their Hugging Face names, with the model
+// config in the metadata (what nuri.load reads). Collective: the masters may be sharded.
+void save_model(Trainer& trainer, Transformer& model, const fs::path& path, bool lead) {
+  const Tensor masters = trainer.master_weights();
+  if (!lead) return;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const ParamSpec& p : model.layout()) {
+    tensors.emplace_back(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));
+  }
+  const std::string tmp = path.string() + ".tmp";
+  write_safetensors(tmp, tensors, {{"nuri_model_config", model_config_to_json(model.config())},
+                                   {"nuri_version", build_info().version}});
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
+  const RunConfig cfg = cfg_in;
+  cfg.validate();
+  const auto start = Clock::now();
+  const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
+  const bool lead = pg.rank() == 0;
+  Output out(hooks, pg, cfg);
+  RunResult result;
+
+  // Data: the vocabulary is the model's; every token id is checked against it.
+  std::string what;
+  std::shared_ptr<TokenFile> data;
+  if (cfg.data.train.empty()) {
+    data = default_corpus(&what);
+    NURI_CHECK(int64_t(data->max_token()) < cfg.model.vocab_size, "the default corpus is byte "
+               "tokens (ids up to ", data->max_token(), "), beyond model.vocab_size ",
+               cfg.model.vocab_size, "; give data.train (--data FILE) or a vocab_size of 257");
+  } else {
+    data = read_data(cfg.data.train, cfg.model.vocab_size, &what);
+  }
+  std::shared_ptr<TokenFile> train = data, val;
+  if (!cfg.data.val.empty()) {
+    std::string vwhat;
+    val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat);
+    what += ", validation " + vwhat;
+  } else {
+    std::tie(train, val) = split_validation(data);
+    what += ", last 10% held out for validation";
+  }
+
+  // The model on this rank's device, and the trainer over the job's ranks.
+  const std::string backend = backend_for_rank(cfg.backend, pg.launch);
+  Transformer model(cfg.model, make_backend(backend), cfg.train.seed);
+  Trainer trainer(model, cfg.train, train, val, pg.comm, cfg.parallel);
+  const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
+  const TrainConfig& tc = cfg.train;
+  const char* threads = std::getenv("OMP_NUM_THREADS");
+  out.line("data: " + what);
+  out.line(fmt("model: %s (%.2fM parameters) | %s | backend %s",
+               cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
+               double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(),
+               backend.c_str()));
+  out.line(fmt("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
+               (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
+               (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
+  if (const DataParallel* dp = trainer.data_parallel()) {
+    out.line(fmt("data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
+                 "%lld sequences, %zu gradient buckets%s",
+                 dp->world(), launcher_name(pg.launch.launcher), dp->comm().backend_name().c_str(),
+                 dp->zero_stage(), (long long)(tc.micro_batch * tc.grad_accum * dp->world()),
+                 dp->buckets().size(),
+                 cfg.parallel.overlap ? " overlapped with the backward"
+                                      : " reduced after the backward"));
+  }
+  out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
+
+  // Resume from the newest checkpoint under checkpoint.dir.
+  const CheckpointConfig& ck = cfg.checkpoint;
+  const bool checkpoints = !ck.dir.empty();
+  if (checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty()) {
+    const std::string dir = trainer.load_checkpoint(ck.dir);
+    const DataPosition pos = trainer.data_position();
+    out.line(fmt("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
+                 (long long)trainer.steps_done(), (long long)pos.epoch, (long long)pos.batch));
+  }
+  int64_t saved_at = checkpoints ? trainer.steps_done() : -1;
+  auto committed = [&](const std::string& dir) {
+    if (dir.empty()) return;
+    result.checkpoint = dir;
+    out.line("checkpoint " + dir + " committed");
+  };
+  auto save = [&] {
+    committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
+    saved_at = trainer.steps_done();
+  };
+  PreemptionWatch watch(checkpoints ? parse_signals(ck.signals) : std::vector<int>{},
+                        checkpoints ? ck.time_limit : 0.0);
+  // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.
+  const bool watch_stops = checkpoints || hooks.interrupted != nullptr;
+
+  float val_loss = trainer.evaluate();
+  out.line(fmt("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
+
+  // The run directory, once the data and the model are known to work.
+  const fs::path dir = cfg.out;
+  Metrics metrics;
+  if (!cfg.out.empty()) {
+    if (lead) {
+      fs::create_directories(dir);
+      write_text(dir / "config.json", cfg.to_json() + "\n");
+      metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done());
+    }
+    out.line("run directory: " + cfg.out);
+  }
+
+  const auto steps_start = Clock::now();  // the ETA counts steps only
+  const int64_t first = trainer.steps_done();
+  double tok_per_s = 0;
+  result.final_loss = std::nanf("");
+  for (int64_t s = first; s < tc.steps; ++s) {
+    const StepStats st = trainer.step();
+    result.final_loss = st.loss;
+    tok_per_s = tok_per_s == 0 ? st.tokens_per_second
+                               : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
+    const double elapsed = seconds_since(steps_start);
+    out.progress(st, tok_per_s, elapsed,
+                 elapsed / double(st.step - first) * double(tc.steps - st.step));
+    const bool evaluate =
+        (tc.eval_every > 0 && st.step % tc.eval_every == 0) || st.step == tc.steps;
+    if (evaluate) {
+      val_loss = trainer.evaluate();
+      out.line(fmt("step %5lld | val loss %.4f (unigram baseline %.3f)", (long long)st.step,
+                   val_loss, baseline));
+    }
+    if (lead) {
+      const std::string record = metrics_record(st, evaluate ? &val_loss : nullptr);
+      metrics.write(record);
+      if (hooks.on_step) hooks.on_step(record);
+    }
+    if (checkpoints) {
+      committed(st.checkpoint);  // an asynchronous save that every rank has finished
+      if (ck.save_every > 0 && st.step % ck.save_every == 0 && st.step < tc.steps) {
+        if (ck.async_save) {
+          committed(trainer.finish_checkpoint());  // the previous one, if it is late
+          trainer.save_checkpoint_async(ck.dir, int(ck.keep));
+          saved_at = st.step;
+        } else {
+          save();
+        }
+      }
+    }
+    const bool interrupt = hooks.interrupted && hooks.interrupted();
+    if (st.step < tc.steps && watch_stops &&
+        watch.should_stop(st.step_seconds, pg.comm.get(), interrupt)) {
+      if (checkpoints) {
+        committed(trainer.finish_checkpoint());
+        if (saved_at != st.step) save();
+      }
+      result.stop_reason = watch.interrupted() ? "interrupted"
+                           : watch.signal() ? "signal " + std::to_string(watch.signal())
+                           : watch.time_limit_reached() ? "time limit"
+                                                        : "another rank was signalled";
+      break;
+    }
+  }
+  committed(trainer.finish_checkpoint());
+  if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done()) save();
+  result.steps_done = trainer.steps_done();
+  result.skipped_steps = trainer.skipped_steps();
+  result.val_loss = val_loss;
+  result.peak_bytes = model.memory().peak_bytes;
+
+  const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
+  if (preempted) {
+    out.line(fmt("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
+                 (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
+    result.status = kPreemptedExitCode;
+    result.seconds = seconds_since(start);
+    return result;
+  }
+  if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
+    out.line(fmt("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
+  }
+  if (!cfg.out.empty()) save_model(trainer, model, dir / "model.safetensors", lead);
+  result.seconds = seconds_since(start);
+  if (result.stop_reason == "interrupted") {
+    out.line(fmt("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
+                 (long long)tc.steps, duration(result.seconds).c_str(),
+                 checkpoints ? ": checkpointed" : ""));
+    result.status = kRunInterrupted;
+    return result;
+  }
+  out.line(fmt("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
+               "skipped steps; peak memory %.1f MiB (nuri allocator)",
+               duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
+               (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
+
+  const SampleConfig& sc = cfg.sample;
+  if (lead && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
+      cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
+    SampleOptions so;
+    so.max_new_tokens = sc.max_new_tokens;
+    so.temperature = sc.temperature;
+    so.top_k = sc.top_k;
+    so.seed = tc.seed;
+    const auto enc = ByteTokenizer().encode(sc.prompt);
+    const auto gen = trainer.generate(std::vector<int32_t>(enc.begin(), enc.end()), so);
+    const std::string text = valid_utf8(sc.prompt + ByteTokenizer().decode(gen));
+    if (!cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
+    out.line(fmt("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
+                 (long long)sc.top_k));
+    out.line(text);
+    out.line("----");
+  }
+  if (cfg.expect_val_below > 0 && !(val_loss < cfg.expect_val_below)) {
+    out.line(fmt("final validation loss %.4f is not below %.4f (expect_val_below)", val_loss,
+                 cfg.expect_val_below));
+    result.status = kRunExpectationFailed;
+  }
+  return result;
+}
+
+}  // namespace nuri

@@ -1,0 +1,37 @@
+// A run's data from a path: token files as they are, anything else as text with byte tokens; the
+// corpus used when no path is given (text every Debian system has, so nothing is downloaded);
+// the validation split; and the unigram baseline a first model should beat.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "nuri/data/token_file.h"
+
+namespace nuri {
+
+/// Whether `path` starts like a token file: the .npy magic, or llm.c's int32 header magic.
+bool is_token_file(const std::string& path);
+
+/// The tokens of `path`: a token file (llm.c .bin or 1-D .npy, told apart by content) as it is,
+/// anything else read as text and byte-tokenized (ids 0..255, no end-of-text added). With
+/// vocab_size > 0 every id must be below it (an error names the file and the id). description
+/// (may be null) receives "PATH (N tokens)" or "PATH (N bytes of text, byte tokens)".
+std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size = 0,
+                                     std::string* description = nullptr);
+
+/// Byte tokens of every regular file under /usr/share/common-licenses in name order, each
+/// followed by a newline; where that directory holds under 100 kB, 300 kB of sentences drawn
+/// from a small grammar with a fixed seed. description receives which one it was.
+std::shared_ptr<TokenFile> default_corpus(std::string* description = nullptr);
+
+/// (train, val): the last 10% of `data` (rounded down) held out, without copying.
+std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validation(
+    const std::shared_ptr<TokenFile>& data);
+
+/// Cross-entropy of `val` under the add-one smoothed unigram distribution of `train`, in nats per
+/// token: what a model that ignores context can reach.
+double unigram_baseline(const TokenFile& train, const TokenFile& val, int64_t vocab_size);
+
+}  // namespace nuri

@@ -1,0 +1,314 @@
+// nuri._C's config classes, process groups and runs. The config classes' properties are made from
+// the settings tables (nuri/core/settings.h) in a loop, never one by one: a setting added to a
+// table appears here, with its checks, without a line changed. The stubs in nuri/_C.pyi are
+// generated from the same tables (python -m nuri.stubs --write).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <csignal>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "nuri/dist/communicator.h"
+#include "nuri/dist/launch.h"
+#include "nuri/train/run.h"
+
+namespace py = pybind11;
+using namespace nuri;
+
+namespace {
+
+py::object to_py(const SettingValue& v) {
+  if (const bool* b = std::get_if<bool>(&v)) return py::bool_(*b);
+  if (const int64_t* i = std::get_if<int64_t>(&v)) return py::int_(*i);
+  if (const double* d = std::get_if<double>(&v)) return py::float_(*d);
+  return py::str(std::get<std::string>(v));
+}
+
+// A Python value as a setting's value, checked by the setting (the same messages as a config
+// file's: "train.lr: expected a number > 0, got 'fast'").
+SettingValue from_py(py::handle h, const Setting& s, const std::string& path) {
+  SettingValue v;
+  if (py::isinstance<py::bool_>(h)) {
+    v = h.cast<bool>();
+  } else if (py::isinstance<py::int_>(h)) {
+    try {
+      v = h.cast<int64_t>();
+    } catch (const py::cast_error&) {
+      throw ConfigError(path + ": " + std::string(py::str(h)) + " is too large; expected " +
+                        s.expected());
+    }
+  } else if (py::isinstance<py::float_>(h)) {
+    v = h.cast<double>();
+  } else if (py::isinstance<py::str>(h)) {
+    v = h.cast<std::string>();
+  } else {
+    const std::string got = py::isinstance<py::dict>(h)   ? "a table"
+                            : py::isinstance<py::list>(h) ? "a list"
+                                                          : std::string(py::repr(h));
+    throw ConfigError(path + ": expected " + s.expected() + ", got " + got);
+  }
+  return s.check(v, path);
+}
+
+py::dict settings_dict(const Settings& table, const void* obj) {
+  py::dict d;
+  for (const Setting& s : table.items()) d[py::str(s.key)] = to_py(s.get(obj));
+  return d;
+}
+
+// Properties, keyword construction, to_dict, ==, repr and copy for a config struct T. to_dict:
+// every setting of T as a dict (default: the table's settings).
+template <class T>
+void bind_settings(py::class_<T>& cls, const Settings& table, const std::string& section,
+                   std::function<py::object(const T&)> to_dict = nullptr) {
+  if (!to_dict) {
+    to_dict = [tp = &table](const T& o) -> py::object { return settings_dict(*tp, &o); };
+  }
+  for (const Setting& s : table.items()) {
+    const Setting* sp = &s;  // the tables are static: the pointer outlives the module
+    const std::string path = section.empty() ? s.key : section + "." + s.key;
+    cls.def_property(
+        s.key.c_str(), [sp](const T& o) { return to_py(sp->get(&o)); },
+        [sp, path](T& o, py::handle v) { sp->set(&o, from_py(v, *sp, path)); },
+        s.help.c_str());
+  }
+  const Settings* tp = &table;
+  cls.def(py::init([tp, section](py::kwargs kw) {
+            T obj;
+            for (auto [k, v] : kw) {
+              const std::string key = py::str(k);
+              const Setting* s = tp->find(key);
+              const std::string path = section.empty() ? key : section + "." + key;
+              if (!s) throw ConfigError(path + ": unknown key");
+              s->set(&obj, from_py(v, *s, path));
+            }
+            return obj;
+          }),
+          "Defaults, with any setting given by keyword (e.g. steps=10, lr=1e-3).")
+      .def("to_dict", to_dict,
+           "Every setting by key (floats as their shortest float32 decimal).")
+      .def("__eq__", [to_dict](const T& a, const T& b) { return to_dict(a).equal(to_dict(b)); })
+      .def("__copy__", [](const T& o) { return T(o); })
+      .def("copy", [](const T& o) { return T(o); })
+      .def("__repr__", [cls, to_dict](const T& o) {
+        return std::string(py::str(cls.attr("__name__"))) + "(" +
+               std::string(py::repr(to_dict(o))) + ")";
+      });
+  cls.attr("__hash__") = py::none();
+}
+
+py::list schema_list() {
+  const RunConfig defaults;
+  py::list out;
+  for (const auto& sec : run_schema()) {
+    for (const Setting& s : sec.settings.items()) {
+      py::dict d;
+      d["section"] = sec.name;
+      d["key"] = s.key;
+      d["path"] = sec.name.empty() ? s.key : sec.name + "." + s.key;
+      d["kind"] = setting_kind_name(s.kind);
+      d["choices"] = s.choices;
+      d["aliases"] = s.aliases;
+      d["flag"] = s.flag;
+      d["help"] = s.help;
+      d["default"] = to_py(s.get(&defaults));
+      d["expected"] = s.expected();
+      out.append(d);
+    }
+  }
+  return out;
+}
+
+py::dict result_dict(const RunResult& r) {
+  py::dict d;
+  d["status"] = r.status;
+  d["steps_done"] = r.steps_done;
+  d["skipped_steps"] = r.skipped_steps;
+  d["final_loss"] = r.final_loss;
+  d["val_loss"] = r.val_loss;
+  d["seconds"] = r.seconds;
+  d["peak_bytes"] = r.peak_bytes;
+  d["stop_reason"] = r.stop_reason;
+  d["checkpoint"] = r.checkpoint;
+  return d;
+}
+
+}  // namespace
+
+void bind_config(py::module_& m) {
+  // ConfigError: a nuri.Error that is also a ValueError (a config is a bad value).
+  py::object error = m.attr("Error");
+  py::object config_error = py::module_::import("builtins").attr("type")(
+      "ConfigError", py::make_tuple(error, py::module_::import("builtins").attr("ValueError")),
+      py::dict(py::arg("__doc__") = "A configuration that cannot be used; the message names the "
+                                    "key path.", py::arg("__module__") = "nuri"));
+  m.attr("ConfigError") = config_error;
+  static py::object config_error_type = config_error;
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const ConfigError& e) {
+      PyErr_SetString(config_error_type.ptr(), e.what());
+    }
+  });
+
+  py::class_<ModelConfig> model(m, "ModelConfig", "Decoder-only transformer configuration; "
+                                                  "ModelConfig() is GPT-2 124M.");
+  bind_settings(model, model_settings(), "model");
+  model.def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first bad field.")
+      .def("num_params", &ModelConfig::num_params)
+      .def("padded_vocab", &ModelConfig::padded_vocab)
+      .def("head_dim", &ModelConfig::head_dim)
+      .def("summary", &ModelConfig::summary)
+      .def("to_json", &model_config_to_json, py::arg("indent") = -1)
+      .def_static("from_json", &model_config_from_json, py::arg("json"), py::arg("origin") = "",
+                  "A validated ModelConfig from a JSON object of model keys.")
+      .def_static("preset", &model_preset, py::arg("name"))
+      .def_static("preset_names", &model_preset_names);
+
+  py::class_<TrainConfig> train(m, "TrainConfig", "Training loop settings.");
+  bind_settings(train, train_settings(), "train");
+  train.def("validate", &TrainConfig::validate);
+  m.def("learning_rate", &learning_rate, py::arg("config"), py::arg("step"));
+
+  py::class_<ParallelConfig> parallel(m, "ParallelConfig",
+                                      "Data-parallel settings: ZeRO stage, buckets, overlap.");
+  bind_settings(parallel, parallel_settings(), "parallel");
+  parallel.def("validate", &ParallelConfig::validate);
+  py::class_<CheckpointConfig> ckpt(m, "CheckpointConfig", "Checkpoint and preemption policy.");
+  bind_settings(ckpt, checkpoint_settings(), "checkpoint");
+  py::class_<DataConfig> data(m, "DataConfig", "Training and validation data paths.");
+  bind_settings(data, data_settings(), "data");
+  py::class_<SampleConfig> sample(m, "SampleConfig", "The sample generated after training.");
+  bind_settings(sample, sample_settings(), "sample");
+
+  // RunConfig: the sections as attributes (changed in place: cfg.train.lr = 1e-3), the
+  // top-level settings as properties from the schema's "" section.
+  py::class_<RunConfig> run(m, "RunConfig", "Everything a training run needs (see nuri.config).");
+  run.def_readwrite("model", &RunConfig::model)
+      .def_readwrite("train", &RunConfig::train)
+      .def_readwrite("parallel", &RunConfig::parallel)
+      .def_readwrite("checkpoint", &RunConfig::checkpoint)
+      .def_readwrite("data", &RunConfig::data)
+      .def_readwrite("sample", &RunConfig::sample)
+      .def_property("preset", [](const RunConfig& c) { return c.preset; },
+                    [](RunConfig& c, const std::string& p) {
+                      settings_apply_overrides(run_schema(), &c, {"model.preset=\"" + p + "\""});
+                    }, "The model preset the model section started from ('': none); setting "
+                       "it resets the model to that preset.");
+  bind_settings<RunConfig>(run, run_schema().front().settings, "", [](const RunConfig& c) {
+    return py::module_::import("json").attr("loads")(c.to_json(-1));  // the whole config
+  });
+  run.def("validate", &RunConfig::validate)
+      .def("to_json", &RunConfig::to_json, py::arg("indent") = 2)
+      .def_static("from_json", &RunConfig::from_json, py::arg("json"), py::arg("origin") = "")
+      .def_static("from_dict", [](py::handle d, const std::string& origin) {
+        if (!py::isinstance<py::dict>(d)) {
+          throw ConfigError((origin.empty() ? "" : origin + ": ") +
+                            "expected a table (dict) at the top level");
+        }
+        return RunConfig::from_json(
+            py::str(py::module_::import("json").attr("dumps")(d)).cast<std::string>(), origin);
+      }, py::arg("d"), py::arg("origin") = "")
+      .def_static("load", &RunConfig::load, py::arg("path"),
+                  "Reads a .toml or .json run config over the defaults.")
+      .def("with_overrides", &RunConfig::with_overrides, py::arg("overrides"),
+           "A copy with KEY=VALUE overrides applied (train.lr=1e-3, model=gpt2-tiny).");
+  m.def("settings_schema", &schema_list,
+        "Every setting of a run config: section, key, path, kind, choices, aliases, flag, help, "
+        "default, expected.");
+  m.def("parse_run_args", [](const std::vector<std::string>& args) -> py::object {
+    RunArgs a = parse_run_args(args);
+    if (a.help) return py::none();
+    return py::cast(a.config);
+  }, py::arg("args"), "The RunConfig of nuri-train's command line; None for --help.");
+  m.def("run_usage", &run_usage, py::arg("program"));
+}
+
+void bind_run(py::module_& m) {
+  py::class_<ProcessGroup>(m, "ProcessGroup",
+                           "This process's place in its job and the communicator over its ranks.")
+      .def_property_readonly("rank", &ProcessGroup::rank)
+      .def_property_readonly("world_size", &ProcessGroup::size)
+      .def_property_readonly("local_rank", [](const ProcessGroup& p) { return p.launch.local_rank; })
+      .def_property_readonly("local_world_size",
+                             [](const ProcessGroup& p) { return p.launch.local_world_size; })
+      .def_property_readonly("launcher",
+                             [](const ProcessGroup& p) { return launcher_name(p.launch.launcher); })
+      .def_property_readonly("backend", [](const ProcessGroup& p) {
+        return p.comm ? p.comm->backend_name() : std::string("single");
+      }, "The host communicator: single, mpi or tcp.")
+      .def("device", [](const ProcessGroup& p, const std::string& backend) {
+        return backend_for_rank(backend, p.launch);
+      }, py::arg("backend"), "The backend name for this rank: 'cuda' becomes its local GPU, "
+                             "'cuda:N'; others as they are.")
+      .def("barrier", [](const ProcessGroup& p) {
+        if (p.comm) p.comm->barrier();
+      }, py::call_guard<py::gil_scoped_release>())
+      .def("all_reduce", [](const ProcessGroup& p, py::array array, const std::string& op) {
+        NURI_CHECK(op == "sum" || op == "avg", "all_reduce: op must be 'sum' or 'avg', not '", op,
+                   "'");
+        NURI_CHECK(array.dtype().is(py::dtype::of<float>()) &&
+                       (array.flags() & py::array::c_style) && array.writeable(),
+                   "all_reduce takes a writable C-contiguous float32 array");
+        const Tensor t = tensor_from_numpy(array).view({int64_t(array.size())});
+        if (p.comm && t.numel() > 0) {
+          py::gil_scoped_release release;
+          p.comm->all_reduce(t, op == "sum" ? ReduceOp::sum : ReduceOp::avg);
+        }
+      }, py::arg("array"), py::arg("op") = "sum",
+         "Sums (or averages) a float32 array over the ranks, in place.")
+      .def("__repr__", [](const ProcessGroup& p) {
+        return "ProcessGroup(rank=" + std::to_string(p.rank()) + ", world_size=" +
+               std::to_string(p.size()) + ", launcher=" + launcher_name(p.launch.launcher) + ")";
+      });
+  m.def("init_process_group", [](double timeout_s) {
+    CommOptions o;
+    o.timeout_s = timeout_s;
+    py::gil_scoped_release release;
+    return init_process_group(o);
+  }, py::arg("timeout_s") = 600.0,
+     "The launcher's process group from the environment (collective over the job's ranks).");
+
+  m.def("run_training", [](const RunConfig& cfg, const ProcessGroup* pg, py::object write,
+                           bool terminal, py::object on_step, bool catch_interrupt) {
+    RunHooks hooks;
+    bool interrupted = false;
+    if (!write.is_none()) {
+      hooks.write = [write](const std::string& text) {
+        py::gil_scoped_acquire gil;
+        // A byte-level sample may not be valid UTF-8: such bytes become U+FFFD.
+        write(py::bytes(text).attr("decode")("utf-8", "replace"));
+      };
+      hooks.terminal = terminal;
+    }
+    if (!on_step.is_none()) {
+      hooks.on_step = [on_step](const std::string& record) {
+        py::gil_scoped_acquire gil;
+        on_step(record);
+      };
+    }
+    if (catch_interrupt) {  // Ctrl-C: Python's handler flags it; the run stops at a step's end
+      hooks.interrupted = [&interrupted] {
+        py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() != 0) {
+          PyErr_Clear();
+          interrupted = true;
+        }
+        return interrupted;
+      };
+    }
+    RunResult r;
+    {
+      py::gil_scoped_release release;
+      r = run_training(cfg, hooks, pg);
+    }
+    return result_dict(r);
+  }, py::arg("config"), py::arg("process_group") = nullptr, py::arg("write") = py::none(),
+     py::arg("terminal") = false, py::arg("on_step") = py::none(),
+     py::arg("catch_interrupt") = true,
+     "Runs a training run (nuri/train/run.h); returns status, steps_done, final_loss, ...");
+}
