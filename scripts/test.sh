@@ -44,8 +44,8 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO -DNURI_
 section "build build/"
 cmake --build build --parallel "$jobs"
 # The Python package from this tree: nuri._C and libnuri as just built (CUDA backend and MPI
-# included), so ctest's tests that run Python (label run, and the front ends under each
-# launcher) and the pytest suite at the end use the package users install.
+# included), installed as users install it, for the pytest suite at the end. (ctest's tests that
+# run Python import the tree's own build/python.)
 section "pip install . from build/ (.venv)"
 .venv/bin/pip install --quiet --disable-pip-version-check . \
   --config-settings=cmake.define.NURI_PREBUILT_TREE="$root/build"
@@ -128,7 +128,10 @@ fi
 # ---- Python: the pytest suite against the package installed from build/ ----------------------
 section "pytest python/tests"
 # NURI_BUILD_DIR: where tests find the C++ programs they compare against (build/examples/...).
-NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider python/tests 2>&1 |
+# NURI_EXPECT_CUDA: the package was built where nvcc was found, so it must hold the CUDA backend.
+expect_cuda=0
+command -v nvcc >/dev/null && expect_cuda=1
+NURI_EXPECT_CUDA=$expect_cuda NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider python/tests 2>&1 |
   tee "$logs/pytest.log"
 
 # ---- summary ------------------------------------------------------------------------------------

@@ -342,3 +342,15 @@ def test_hf_configs_nuri_cannot_run_are_rejected_clearly(hf, message):
     with pytest.raises(nuri.ConfigError) as info:
         nuri.model_config_from_hf(hf)
     assert message in str(info.value)
+
+
+def test_the_type_stubs_are_generated_from_the_schema():
+    import nuri.stubs
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "nuri" / "_C.pyi").read_text()
+    part = text[text.index(nuri.stubs.BEGIN):text.index(nuri.stubs.END) + len(nuri.stubs.END)]
+    assert part == nuri.stubs.generated(), "run `python -m nuri.stubs --write` (PYTHONPATH=" \
+                                           "build/python) after changing a settings table"
+    for s in nuri.reference():
+        assert f"    {s['key']}: " in part, s["path"]

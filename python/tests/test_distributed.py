@@ -1,0 +1,90 @@
+"""Several processes from Python: torchrun itself starting ``python -m nuri train`` (its agent
+keeps MASTER_PORT for its own store; nuri's ranks meet on a port published there), and the
+process group's API under a torchrun-style start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import REPO, cli_env
+
+TORCHRUN_SH = REPO / "tests" / "dist" / "torchrun.sh"
+ARGS = ["--model", "gpt2-tiny", "--steps", "5", "--micro-batch", "2", "--seq-len", "32",
+        "--eval-every", "0", "--eval-batches", "2", "--max-new-tokens", "0", "--log-every", "1",
+        "--zero-stage", "2"]
+
+
+def metrics(run: Path):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("tokens_per_s", "step_seconds")}
+            for r in rows]
+
+
+def test_torchrun_starts_python_m_nuri_train(tmp_path):
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    # PyTorch 1.13 on Python 3.11 mis-parses its default --redirects/--tee ("0"); 2 (stderr to a
+    # file, teed to the console) leaves stdout alone.
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--redirects", "2", "--tee", "2", "--log_dir", str(tmp_path / "logs"),
+         "-m", "nuri", "train", *ARGS, "--out", "torchrun"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "data parallel: 2 ranks (torchrun-style environment, gradients over tcp), ZeRO " \
+           "stage 2, global batch 4 sequences" in proc.stdout
+    ref = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, "-m", "nuri",
+                          "train", *ARGS, "--out", "ref"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    assert metrics(tmp_path / "torchrun") == metrics(tmp_path / "ref")
+
+
+def test_process_group_rank_size_all_reduce_and_device(tmp_path):
+    script = tmp_path / "pg.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        import numpy as np
+        import nuri
+        pg = nuri.init_process_group(timeout_s=60)
+        x = np.full(3, pg.rank + 1, np.float32)
+        pg.all_reduce(x)
+        y = np.arange(4, dtype=np.float32) * (pg.rank + 1)
+        pg.all_reduce(y, op="avg")
+        pg.barrier()
+        try:
+            pg.all_reduce(np.zeros(2, np.float64))
+            bad = ""
+        except nuri.Error as e:
+            bad = str(e)
+        out = {"rank": pg.rank, "world": pg.world_size, "local": pg.local_rank,
+               "launcher": pg.launcher, "backend": pg.backend, "sum": x.tolist(),
+               "avg": y.tolist(), "device": pg.device("cpu"), "bad": bad}
+        with open(sys.argv[1] + f".{pg.rank}", "w") as f:
+            json.dump(out, f)
+    """))
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, str(script),
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"out.{r}").read_text())
+        assert (got["rank"], got["world"], got["local"]) == (r, 2, r)
+        assert (got["launcher"], got["backend"], got["device"]) == (
+            "torchrun-style environment", "tcp", "cpu")
+        assert got["sum"] == [3.0, 3.0, 3.0] and got["avg"] == [0.0, 1.5, 3.0, 4.5]
+        assert "writable C-contiguous float32 array" in got["bad"]
+    alone = subprocess.run([sys.executable, str(script), str(tmp_path / "single")],
+                           env={k: v for k, v in env.items()
+                                if k not in ("RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_RANK")},
+                           capture_output=True, text=True, timeout=60)
+    assert alone.returncode == 0, alone.stderr
+    got = json.loads((tmp_path / "single.0").read_text())
+    assert (got["world"], got["launcher"], got["backend"], got["sum"]) == (
+        1, "single process", "single", [1.0, 1.0, 1.0])
+    assert os.path.exists(tmp_path / "single.0")
