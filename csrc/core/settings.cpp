@@ -82,8 +82,17 @@ json json_of(const SettingValue& v) {
 // have no setting to go to; they are shown by their text.
 json from_toml(const toml::node& n) {
   if (const auto* t = n.as_table()) {
+    // In the document's order (toml++ keeps a table's keys sorted), so what is said first
+    // is first, in errors too.
+    std::vector<std::pair<const toml::key*, const toml::node*>> items;
+    for (const auto& [k, v] : *t) items.emplace_back(&k, &v);
+    std::stable_sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
+      const auto& pa = a.first->source().begin;
+      const auto& pb = b.first->source().begin;
+      return pa.line != pb.line ? pa.line < pb.line : pa.column < pb.column;
+    });
     json out = json::object();
-    for (const auto& [k, v] : *t) out[std::string(k.str())] = from_toml(v);
+    for (const auto& [k, v] : items) out[std::string(k->str())] = from_toml(*v);
     return out;
   }
   if (const auto* a = n.as_array()) {
