@@ -26,8 +26,10 @@ int main(int argc, char** argv) {
     }
     const RunArgs parsed = parse_run_args(args);
     if (parsed.help) {
-      std::printf("%s\nnuri-train tokenize IN.txt OUT.bin writes a text file's byte tokens as a "
-                  "token file.\n", run_usage("nuri-train").c_str());
+      std::printf(
+          "%s\nnuri-train tokenize IN.txt OUT.bin writes a text file's byte tokens as a "
+          "token file.\n",
+          run_usage("nuri-train").c_str());
       return 0;
     }
     return run_training(parsed.config).status;

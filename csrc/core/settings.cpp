@@ -3,16 +3,16 @@
 // accept and refuse exactly the same things with the same messages.
 #include "nuri/core/settings.h"
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
-#include <toml++/toml.h>
+#include <sstream>
 
 namespace nuri {
 
@@ -105,9 +105,12 @@ json from_toml(const toml::node& n) {
   if (const auto* f = n.as_floating_point()) return f->get();
   if (const auto* b = n.as_boolean()) return b->get();
   std::ostringstream os;  // a date, a time or both: shown as TOML writes them
-  if (const auto* d = n.as_date()) os << *d;
-  else if (const auto* t = n.as_time()) os << *t;
-  else if (const auto* dt = n.as_date_time()) os << *dt;
+  if (const auto* d = n.as_date())
+    os << *d;
+  else if (const auto* t = n.as_time())
+    os << *t;
+  else if (const auto* dt = n.as_date_time())
+    os << *dt;
   return "date/time " + os.str();
 }
 
@@ -148,8 +151,8 @@ void apply_table(const SettingsSection& sec, void* root, const json& table,
       if (todo[i].first == s) {
         const SettingValue a = s->check(value_of(*todo[i].second, *s, path_of(prefix, given[i])),
                                         path_of(prefix, given[i]));
-        const SettingValue b = s->check(value_of(value, *s, path_of(prefix, key)),
-                                        path_of(prefix, key));
+        const SettingValue b =
+            s->check(value_of(value, *s, path_of(prefix, key)), path_of(prefix, key));
         if (a != b) {
           fail(given[i] + " (" + show(*todo[i].second) + ") and " + key + " (" + show(value) +
                ") name the same setting and disagree; give one of them");
@@ -177,8 +180,10 @@ void apply_json(const Schema& schema, void* root, const json& doc, const std::st
     const SettingsSection* top = nullptr;
     std::vector<std::string> section_names;
     for (const auto& sec : schema) {
-      if (sec.name.empty()) top = &sec;
-      else section_names.push_back(sec.name);
+      if (sec.name.empty())
+        top = &sec;
+      else
+        section_names.push_back(sec.name);
     }
     // Top-level keys first (sections are keys of the top table too), then each section.
     json top_table = json::object();
@@ -217,11 +222,16 @@ void apply_json(const Schema& schema, void* root, const json& doc, const std::st
 
 const char* setting_kind_name(SettingKind k) {
   switch (k) {
-    case SettingKind::boolean: return "bool";
-    case SettingKind::integer: return "int";
-    case SettingKind::number: return "float";
-    case SettingKind::text: return "str";
-    case SettingKind::choice: return "choice";
+    case SettingKind::boolean:
+      return "bool";
+    case SettingKind::integer:
+      return "int";
+    case SettingKind::number:
+      return "float";
+    case SettingKind::text:
+      return "str";
+    case SettingKind::choice:
+      return "choice";
   }
   return "?";
 }
@@ -249,15 +259,21 @@ std::string setting_value_str(const SettingValue& v) {
 std::string Setting::expected() const {
   std::string what;
   switch (kind) {
-    case SettingKind::boolean: return "true or false";
-    case SettingKind::text: return "a string";
+    case SettingKind::boolean:
+      return "true or false";
+    case SettingKind::text:
+      return "a string";
     case SettingKind::choice: {
       std::vector<std::string> q;
       for (const auto& c : choices) q.push_back("'" + c + "'");
       return "one of " + join(q, ", ");
     }
-    case SettingKind::integer: what = "an integer"; break;
-    case SettingKind::number: what = "a number"; break;
+    case SettingKind::integer:
+      what = "an integer";
+      break;
+    case SettingKind::number:
+      what = "a number";
+      break;
   }
   const bool has_min = std::isfinite(min) && !(kind == SettingKind::integer && min <= -9.2e18);
   const bool has_max = std::isfinite(max) && !(kind == SettingKind::integer && max >= 2.1e9);
@@ -275,8 +291,10 @@ std::string Setting::expected() const {
 SettingValue Setting::check(const SettingValue& v, const std::string& path) const {
   auto wrong = [&]() -> SettingValue {
     std::string got;
-    if (const std::string* s = std::get_if<std::string>(&v)) got = "'" + *s + "'";
-    else got = setting_value_str(v);
+    if (const std::string* s = std::get_if<std::string>(&v))
+      got = "'" + *s + "'";
+    else
+      got = setting_value_str(v);
     fail(path + ": expected " + expected() + ", got " + got);
   };
   SettingValue out = v;
@@ -307,8 +325,10 @@ SettingValue Setting::check(const SettingValue& v, const std::string& path) cons
       return out;
     }
     case SettingKind::number: {
-      if (const int64_t* i = std::get_if<int64_t>(&v)) out = double(*i);
-      else if (!std::holds_alternative<double>(v)) return wrong();
+      if (const int64_t* i = std::get_if<int64_t>(&v))
+        out = double(*i);
+      else if (!std::holds_alternative<double>(v))
+        return wrong();
       const double d = std::get<double>(out);
       if (!std::isfinite(d) || d < min || d > max || (min_exclusive && d == min) ||
           (max_exclusive && d == max)) {
@@ -470,8 +490,10 @@ void settings_from_file(const Schema& schema, void* root, const std::string& pat
   if (!is_json && !is_toml) fail(path + ": a config file must end in .toml or .json");
   std::stringstream ss;
   ss << in.rdbuf();
-  if (is_json) settings_from_json(schema, root, ss.str(), path);
-  else settings_from_toml(schema, root, ss.str(), path);
+  if (is_json)
+    settings_from_json(schema, root, ss.str(), path);
+  else
+    settings_from_toml(schema, root, ss.str(), path);
 }
 
 void settings_apply_overrides(const Schema& schema, void* root,
@@ -504,8 +526,9 @@ void settings_apply_overrides(const Schema& schema, void* root,
     if (!s) {
       const size_t dot = key.find('.');
       if (!sec) {
-        fail(key + ": unknown " + (dot == std::string::npos ? "key" : "section '" +
-             key.substr(0, dot) + "'") + "; sections: " + join(section_names, ", "));
+        fail(key + ": unknown " +
+             (dot == std::string::npos ? "key" : "section '" + key.substr(0, dot) + "'") +
+             "; sections: " + join(section_names, ", "));
       }
       std::vector<std::string> known = known_keys(sec->settings);
       if (sec->name.empty()) known.insert(known.end(), section_names.begin(), section_names.end());

@@ -65,10 +65,10 @@ std::shared_ptr<TokenFile> default_corpus(std::string* description) {
     static const char* subj[] = {"the student", "a small model", "the cluster", "our lab",
                                  "the GPU"};
     static const char* verb[] = {"trains", "waits for", "checkpoints", "measures", "resumes"};
-    static const char* obj[] = {"the loss curve", "a preempted job", "every token",
-                                "the gradient", "its allocation"};
-    static const char* tail[] = {" at night.", " again.", " without a download.",
-                                 " on two cores.", "."};
+    static const char* obj[] = {"the loss curve", "a preempted job", "every token", "the gradient",
+                                "its allocation"};
+    static const char* tail[] = {" at night.", " again.", " without a download.", " on two cores.",
+                                 "."};
     Philox rng(42, stream_id("demo/corpus"));
     text.clear();
     for (uint64_t i = 0; text.size() < 300000; ++i) {

@@ -132,7 +132,8 @@ ModelConfig llama(int64_t vocab, int64_t d, int64_t layers, int64_t heads, int64
 }  // namespace
 
 std::vector<std::string> model_preset_names() {
-  return {"demo", "gpt2-tiny", "gpt2-124M", "gpt2-350M", "gpt2-774M", "gpt2-1558M", "llama-tiny", "llama-1B"};
+  return {"demo",       "gpt2-tiny",  "gpt2-124M", "gpt2-350M",
+          "gpt2-774M",  "gpt2-1558M", "llama-tiny", "llama-1B"};
 }
 
 ModelConfig model_preset(const std::string& name) {

@@ -12,9 +12,8 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "nuri/backend/backend.h"
 #include "nuri/ckpt/checkpoint.h"
@@ -55,8 +54,7 @@ std::string duration(double s) { return fmt("%dm%02ds", int(s) / 60, int(s) % 60
 class Output {
  public:
   Output(const RunHooks& hooks, const ProcessGroup& pg, const RunConfig& cfg)
-      : hooks_(hooks), lead_(pg.rank() == 0), log_every_(cfg.log_every),
-        total_(cfg.train.steps) {
+      : hooks_(hooks), lead_(pg.rank() == 0), log_every_(cfg.log_every), total_(cfg.train.steps) {
     const bool terminal = hooks.write ? hooks.terminal : isatty(fileno(stdout)) != 0;
     rewrite_ = terminal && !cfg.quiet && pg.size() == 1;
   }
@@ -141,13 +139,13 @@ class Metrics {
 };
 
 std::string metrics_record(const StepStats& st, const float* val_loss) {
-  std::string r = "{\"step\": " + std::to_string(st.step) + ", \"loss\": " +
-                  json_number(st.loss) + ", \"lr\": " + json_number(st.lr) +
-                  ", \"grad_norm\": " + json_number(st.grad_norm) + ", \"tokens_per_s\": " +
-                  json_number(st.tokens_per_second) + ", \"step_seconds\": " +
-                  json_number(st.step_seconds) + ", \"peak_bytes\": " +
-                  std::to_string(st.peak_bytes) + ", \"skipped\": " +
-                  (st.skipped ? "true" : "false");
+  std::string r = "{\"step\": " + std::to_string(st.step) + ", \"loss\": " + json_number(st.loss) +
+                  ", \"lr\": " + json_number(st.lr) +
+                  ", \"grad_norm\": " + json_number(st.grad_norm) +
+                  ", \"tokens_per_s\": " + json_number(st.tokens_per_second) +
+                  ", \"step_seconds\": " + json_number(st.step_seconds) +
+                  ", \"peak_bytes\": " + std::to_string(st.peak_bytes) +
+                  ", \"skipped\": " + (st.skipped ? "true" : "false");
   if (val_loss) r += ", \"val_loss\": " + json_number(*val_loss);
   return r + "}";
 }
@@ -168,8 +166,9 @@ void save_model(Trainer& trainer, Transformer& model, const fs::path& path, bool
     tensors.emplace_back(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));
   }
   const std::string tmp = path.string() + ".tmp";
-  write_safetensors(tmp, tensors, {{"nuri_model_config", model_config_to_json(model.config())},
-                                   {"nuri_version", build_info().version}});
+  write_safetensors(tmp, tensors,
+                    {{"nuri_model_config", model_config_to_json(model.config())},
+                     {"nuri_version", build_info().version}});
   fs::rename(tmp, path);
 }
 
@@ -189,9 +188,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   std::shared_ptr<TokenFile> data;
   if (cfg.data.train.empty()) {
     data = default_corpus(&what);
-    NURI_CHECK(int64_t(data->max_token()) < cfg.model.vocab_size, "the default corpus is byte "
-               "tokens (ids up to ", data->max_token(), "), beyond model.vocab_size ",
-               cfg.model.vocab_size, "; give data.train (--data FILE) or a vocab_size of 257");
+    NURI_CHECK(int64_t(data->max_token()) < cfg.model.vocab_size,
+               "the default corpus is byte "
+               "tokens (ids up to ",
+               data->max_token(), "), beyond model.vocab_size ", cfg.model.vocab_size,
+               "; give data.train (--data FILE) or a vocab_size of 257");
   } else {
     data = read_data(cfg.data.train, cfg.model.vocab_size, &what);
   }
@@ -215,19 +216,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   out.line("data: " + what);
   out.line(fmt("model: %s (%.2fM parameters) | %s | backend %s",
                cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
-               double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(),
-               backend.c_str()));
+               double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(), backend.c_str()));
   out.line(fmt("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
                (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
                (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
   if (const DataParallel* dp = trainer.data_parallel()) {
-    out.line(fmt("data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
-                 "%lld sequences, %zu gradient buckets%s",
-                 dp->world(), launcher_name(pg.launch.launcher), dp->comm().backend_name().c_str(),
-                 dp->zero_stage(), (long long)(tc.micro_batch * tc.grad_accum * dp->world()),
-                 dp->buckets().size(),
-                 cfg.parallel.overlap ? " overlapped with the backward"
-                                      : " reduced after the backward"));
+    out.line(fmt(
+        "data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
+        "%lld sequences, %zu gradient buckets%s",
+        dp->world(), launcher_name(pg.launch.launcher), dp->comm().backend_name().c_str(),
+        dp->zero_stage(), (long long)(tc.micro_batch * tc.grad_accum * dp->world()),
+        dp->buckets().size(),
+        cfg.parallel.overlap ? " overlapped with the backward" : " reduced after the backward"));
   }
   out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
 
@@ -277,8 +277,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   for (int64_t s = first; s < tc.steps; ++s) {
     const StepStats st = trainer.step();
     result.final_loss = st.loss;
-    tok_per_s = tok_per_s == 0 ? st.tokens_per_second
-                               : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
+    tok_per_s =
+        tok_per_s == 0 ? st.tokens_per_second : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
     const double elapsed = seconds_since(steps_start);
     out.progress(st, tok_per_s, elapsed,
                  elapsed / double(st.step - first) * double(tc.steps - st.step));
@@ -313,8 +313,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         committed(trainer.finish_checkpoint());
         if (saved_at != st.step) save();
       }
-      result.stop_reason = watch.interrupted() ? "interrupted"
-                           : watch.signal() ? "signal " + std::to_string(watch.signal())
+      result.stop_reason = watch.interrupted()          ? "interrupted"
+                           : watch.signal()             ? "signal " + std::to_string(watch.signal())
                            : watch.time_limit_reached() ? "time limit"
                                                         : "another rank was signalled";
       break;
@@ -347,10 +347,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     result.status = kRunInterrupted;
     return result;
   }
-  out.line(fmt("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
-               "skipped steps; peak memory %.1f MiB (nuri allocator)",
-               duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
-               (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
+  out.line(
+      fmt("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
+          "skipped steps; peak memory %.1f MiB (nuri allocator)",
+          duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
+          (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
 
   const SampleConfig& sc = cfg.sample;
   if (lead && sc.max_new_tokens > 0 && !sc.prompt.empty() &&

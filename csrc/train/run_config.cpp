@@ -14,7 +14,8 @@ namespace {
 
 template <class S>
 Settings lift(const Settings& s, S RunConfig::*member) {
-  return s.lifted([member](void* run) -> void* { return &(static_cast<RunConfig*>(run)->*member); });
+  return s.lifted(
+      [member](void* run) -> void* { return &(static_cast<RunConfig*>(run)->*member); });
 }
 
 Schema build_schema() {
@@ -23,47 +24,57 @@ Schema build_schema() {
   Settings top;
   top.add("backend", &RunConfig::backend,
           "cpu, cuda (each rank on its local rank's GPU), cuda:N, or cuda-emu (emulated build)")
-      .alias("device").meta("NAME");
+      .alias("device")
+      .meta("NAME");
   top.add("out", &RunConfig::out,
           "run directory: config.json, metrics.jsonl, model.safetensors, sample.txt ('': none)")
       .meta("DIR");
   top.add("log_every", &RunConfig::log_every,
-          "a progress line every N steps when not on a terminal (or with --quiet)").at_least(1);
+          "a progress line every N steps when not on a terminal (or with --quiet)")
+      .at_least(1);
   top.add("quiet", &RunConfig::quiet, "progress as lines even on a terminal (for batch jobs)");
   top.add("expect_val_below", &RunConfig::expect_val_below,
-          "> 0: exit with status 3 unless the final validation loss is below this").at_least(0);
+          "> 0: exit with status 3 unless the final validation loss is below this")
+      .at_least(0);
   schema.push_back({"", "run", std::move(top)});
 
   Settings model;
-  model.custom("preset", SettingKind::text,
-               "start from this preset (the other model keys override it); '' for none",
-               [](const void* o) { return SettingValue(static_cast<const RunConfig*>(o)->preset); },
-               [](void* o, const SettingValue& v) {
-                 auto* r = static_cast<RunConfig*>(o);
-                 const std::string& name = std::get<std::string>(v);
-                 if (!name.empty()) {
-                   const auto names = model_preset_names();
-                   if (std::find(names.begin(), names.end(), name) == names.end()) {
-                     std::string list;
-                     for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-                     throw ConfigError("model.preset: unknown preset '" + name + "'; presets: " +
-                                       list);
-                   }
-                   r->model = model_preset(name);
-                 }
-                 r->preset = name;
-               })
-      .flag("--model").meta("NAME").first();
+  model
+      .custom(
+          "preset", SettingKind::text,
+          "start from this preset (the other model keys override it); '' for none",
+          [](const void* o) { return SettingValue(static_cast<const RunConfig*>(o)->preset); },
+          [](void* o, const SettingValue& v) {
+            auto* r = static_cast<RunConfig*>(o);
+            const std::string& name = std::get<std::string>(v);
+            if (!name.empty()) {
+              const auto names = model_preset_names();
+              if (std::find(names.begin(), names.end(), name) == names.end()) {
+                std::string list;
+                for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+                throw ConfigError("model.preset: unknown preset '" + name + "'; presets: " + list);
+              }
+              r->model = model_preset(name);
+            }
+            r->preset = name;
+          })
+      .flag("--model")
+      .meta("NAME")
+      .first();
   model.append(lift(model_settings(), &RunConfig::model));  // the fields the preset sets
   schema.push_back({"model", "model", std::move(model)});
 
   schema.push_back({"train", "training", lift(train_settings(), &RunConfig::train)});
   Settings parallel = lift(parallel_settings(), &RunConfig::parallel);
-  schema.push_back({"parallel", "several processes (mpirun, srun, torchrun: micro_batch and "
-                    "grad_accum are per rank)", std::move(parallel)});
+  schema.push_back({"parallel",
+                    "several processes (mpirun, srun, torchrun: micro_batch and "
+                    "grad_accum are per rank)",
+                    std::move(parallel)});
 
-  schema.push_back({"checkpoint", "checkpoints (a shared pool: resume anywhere, any number of "
-                    "ranks)", lift(checkpoint_settings(), &RunConfig::checkpoint)});
+  schema.push_back({"checkpoint",
+                    "checkpoints (a shared pool: resume anywhere, any number of "
+                    "ranks)",
+                    lift(checkpoint_settings(), &RunConfig::checkpoint)});
   schema.push_back({"data", "data", lift(data_settings(), &RunConfig::data)});
   schema.push_back({"sample", "the sample after training (byte-level models)",
                     lift(sample_settings(), &RunConfig::sample)});
@@ -77,9 +88,10 @@ const Settings& checkpoint_settings() {
     Settings ck;
     using K = CheckpointConfig;
     ck.add("dir", &K::dir, "save checkpoints under DIR and resume from its newest one on start")
-        .flag("--ckpt-dir").meta("DIR");
-    ck.add("save_every", &K::save_every,
-           "also save every N steps (0: at the end and when stopped)").at_least(0);
+        .flag("--ckpt-dir")
+        .meta("DIR");
+    ck.add("save_every", &K::save_every, "also save every N steps (0: at the end and when stopped)")
+        .at_least(0);
     ck.add("keep", &K::keep, "keep the newest K checkpoints").at_least(1);
     ck.add("async_save", &K::async_save,
            "write the periodic saves on a background thread (committed when every rank wrote)");
@@ -90,7 +102,8 @@ const Settings& checkpoint_settings() {
         .meta("LIST");
     ck.add("time_limit", &K::time_limit,
            "stop the same way before S seconds of wall clock have passed (0: no limit)")
-        .at_least(0).meta("S");
+        .at_least(0)
+        .meta("S");
     return ck;
   }();
   return s;
@@ -102,7 +115,8 @@ const Settings& data_settings() {
     data.add("train", &DataConfig::train,
              "text (byte tokens), llm.c token file (.bin) or 1-D .npy of token ids; '': Debian's "
              "license texts (or a generated corpus)")
-        .flag("--data").meta("FILE");
+        .flag("--data")
+        .meta("FILE");
     data.add("val", &DataConfig::val, "validation data ('': the last 10% of train)").meta("FILE");
     return data;
   }();
@@ -214,16 +228,17 @@ RunArgs parse_run_args(const std::vector<std::string>& args) {
     }
     if (a.rfind("--", 0) != 0) {
       if (a.find('=') == std::string::npos || a.rfind("-", 0) == 0) {
-        throw ConfigError("unexpected argument '" + a + "': options start with --, overrides "
+        throw ConfigError("unexpected argument '" + a +
+                          "': options start with --, overrides "
                           "are KEY=VALUE (see --help)");
       }
       const std::string key = a.substr(0, a.find('='));
       const SettingsSection* sec = nullptr;
       const Setting* s = find_setting(schema, key, &sec);
-      const bool is_first = (s && s->first) ||
-                            std::any_of(schema.begin(), schema.end(), [&](const auto& x) {
-                              return !x.name.empty() && x.name == key;
-                            });
+      const bool is_first =
+          (s && s->first) || std::any_of(schema.begin(), schema.end(), [&](const auto& x) {
+            return !x.name.empty() && x.name == key;
+          });
       (is_first ? first : rest).push_back(a);
       continue;
     }
@@ -236,7 +251,8 @@ RunArgs parse_run_args(const std::vector<std::string>& args) {
     }
     if (flag == "--config") {
       if (!has_value) {
-        if (i + 1 >= args.size()) throw ConfigError("--config needs a value (a .toml or .json file)");
+        if (i + 1 >= args.size())
+          throw ConfigError("--config needs a value (a .toml or .json file)");
         value = args[++i];
       }
       if (!config_file.empty()) throw ConfigError("--config is given twice");
@@ -292,10 +308,14 @@ std::string run_usage(const std::string& program) {
     for (const Setting& s : sec.settings.items()) {
       const std::string path = sec.name.empty() ? s.key : sec.name + "." + s.key;
       std::string left = "  " + s.flag;
-      if (s.kind == SettingKind::boolean) left += ", --no-" + s.flag.substr(2);
-      else left += " " + s.meta;
-      if (left.size() < 26) left.resize(26, ' ');
-      else left += "\n" + std::string(26, ' ');
+      if (s.kind == SettingKind::boolean)
+        left += ", --no-" + s.flag.substr(2);
+      else
+        left += " " + s.meta;
+      if (left.size() < 26)
+        left.resize(26, ' ');
+      else
+        left += "\n" + std::string(26, ' ');
       std::string def = setting_value_str(s.get(&defaults));
       if (s.kind == SettingKind::text) def = "'" + def + "'";
       // Word-wrapped at 100 columns, continuation lines under the text's start.

@@ -36,7 +36,8 @@ CLASSES = [  # (section, class, docstring, extra members)
         "preset: str", "def validate(self) -> None: ...",
         "def to_json(self, indent: int = 2) -> str: ...",
         "@staticmethod\n    def from_json(json: str, origin: str = \"\") -> \"RunConfig\": ...",
-        "@staticmethod\n    def from_dict(d: dict[str, Any], origin: str = \"\") -> \"RunConfig\": ...",
+        "@staticmethod\n    def from_dict(d: dict[str, Any],\n"
+        "                  origin: str = \"\") -> \"RunConfig\": ...",
         "@staticmethod\n    def load(path: str) -> \"RunConfig\": ...",
         "def with_overrides(self, overrides: Sequence[str]) -> \"RunConfig\": ..."]),
 ]

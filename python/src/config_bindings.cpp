@@ -72,8 +72,7 @@ void bind_settings(py::class_<T>& cls, const Settings& table, const std::string&
     const std::string path = section.empty() ? s.key : section + "." + s.key;
     cls.def_property(
         s.key.c_str(), [sp](const T& o) { return to_py(sp->get(&o)); },
-        [sp, path](T& o, py::handle v) { sp->set(&o, from_py(v, *sp, path)); },
-        s.help.c_str());
+        [sp, path](T& o, py::handle v) { sp->set(&o, from_py(v, *sp, path)); }, s.help.c_str());
   }
   const Settings* tp = &table;
   cls.def(py::init([tp, section](py::kwargs kw) {
@@ -88,8 +87,7 @@ void bind_settings(py::class_<T>& cls, const Settings& table, const std::string&
             return obj;
           }),
           "Defaults, with any setting given by keyword (e.g. steps=10, lr=1e-3).")
-      .def("to_dict", to_dict,
-           "Every setting by key (floats as their shortest float32 decimal).")
+      .def("to_dict", to_dict, "Every setting by key (floats as their shortest float32 decimal).")
       .def("__eq__", [to_dict](const T& a, const T& b) { return to_dict(a).equal(to_dict(b)); })
       .def("__copy__", [](const T& o) { return T(o); })
       .def("copy", [](const T& o) { return T(o); })
@@ -141,10 +139,14 @@ py::dict result_dict(const RunResult& r) {
 void bind_config(py::module_& m) {
   // ConfigError: a nuri.Error that is also a ValueError (a config is a bad value).
   py::object error = m.attr("Error");
-  py::object config_error = py::module_::import("builtins").attr("type")(
-      "ConfigError", py::make_tuple(error, py::module_::import("builtins").attr("ValueError")),
-      py::dict(py::arg("__doc__") = "A configuration that cannot be used; the message names the "
-                                    "key path.", py::arg("__module__") = "nuri"));
+  py::object config_error =
+      py::module_::import("builtins")
+          .attr("type")("ConfigError",
+                        py::make_tuple(error, py::module_::import("builtins").attr("ValueError")),
+                        py::dict(py::arg("__doc__") =
+                                     "A configuration that cannot be used; the message names the "
+                                     "key path.",
+                                 py::arg("__module__") = "nuri"));
   m.attr("ConfigError") = config_error;
   static py::object config_error_type = config_error;
   py::register_exception_translator([](std::exception_ptr p) {
@@ -155,8 +157,9 @@ void bind_config(py::module_& m) {
     }
   });
 
-  py::class_<ModelConfig> model(m, "ModelConfig", "Decoder-only transformer configuration; "
-                                                  "ModelConfig() is GPT-2 124M.");
+  py::class_<ModelConfig> model(m, "ModelConfig",
+                                "Decoder-only transformer configuration; "
+                                "ModelConfig() is GPT-2 124M.");
   bind_settings(model, model_settings(), "model");
   model.def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first bad field.")
       .def("num_params", &ModelConfig::num_params)
@@ -194,25 +197,30 @@ void bind_config(py::module_& m) {
       .def_readwrite("checkpoint", &RunConfig::checkpoint)
       .def_readwrite("data", &RunConfig::data)
       .def_readwrite("sample", &RunConfig::sample)
-      .def_property("preset", [](const RunConfig& c) { return c.preset; },
-                    [](RunConfig& c, const std::string& p) {
-                      settings_apply_overrides(run_schema(), &c, {"model.preset=\"" + p + "\""});
-                    }, "The model preset the model section started from ('': none); setting "
-                       "it resets the model to that preset.");
+      .def_property(
+          "preset", [](const RunConfig& c) { return c.preset; },
+          [](RunConfig& c, const std::string& p) {
+            settings_apply_overrides(run_schema(), &c, {"model.preset=\"" + p + "\""});
+          },
+          "The model preset the model section started from ('': none); setting "
+          "it resets the model to that preset.");
   bind_settings<RunConfig>(run, run_schema().front().settings, "", [](const RunConfig& c) {
     return py::module_::import("json").attr("loads")(c.to_json(-1));  // the whole config
   });
   run.def("validate", &RunConfig::validate)
       .def("to_json", &RunConfig::to_json, py::arg("indent") = 2)
       .def_static("from_json", &RunConfig::from_json, py::arg("json"), py::arg("origin") = "")
-      .def_static("from_dict", [](py::handle d, const std::string& origin) {
-        if (!py::isinstance<py::dict>(d)) {
-          throw ConfigError((origin.empty() ? "" : origin + ": ") +
-                            "expected a table (dict) at the top level");
-        }
-        return RunConfig::from_json(
-            py::str(py::module_::import("json").attr("dumps")(d)).cast<std::string>(), origin);
-      }, py::arg("d"), py::arg("origin") = "")
+      .def_static(
+          "from_dict",
+          [](py::handle d, const std::string& origin) {
+            if (!py::isinstance<py::dict>(d)) {
+              throw ConfigError((origin.empty() ? "" : origin + ": ") +
+                                "expected a table (dict) at the top level");
+            }
+            return RunConfig::from_json(
+                py::str(py::module_::import("json").attr("dumps")(d)).cast<std::string>(), origin);
+          },
+          py::arg("d"), py::arg("origin") = "")
       .def_static("load", &RunConfig::load, py::arg("path"),
                   "Reads a .toml or .json run config over the defaults.")
       .def("with_overrides", &RunConfig::with_overrides, py::arg("overrides"),
@@ -220,11 +228,14 @@ void bind_config(py::module_& m) {
   m.def("settings_schema", &schema_list,
         "Every setting of a run config: section, key, path, kind, choices, aliases, flag, help, "
         "default, expected.");
-  m.def("parse_run_args", [](const std::vector<std::string>& args) -> py::object {
-    RunArgs a = parse_run_args(args);
-    if (a.help) return py::none();
-    return py::cast(a.config);
-  }, py::arg("args"), "The RunConfig of nuri-train's command line; None for --help.");
+  m.def(
+      "parse_run_args",
+      [](const std::vector<std::string>& args) -> py::object {
+        RunArgs a = parse_run_args(args);
+        if (a.help) return py::none();
+        return py::cast(a.config);
+      },
+      py::arg("args"), "The RunConfig of nuri-train's command line; None for --help.");
   m.def("run_usage", &run_usage, py::arg("program"));
 }
 
@@ -233,82 +244,103 @@ void bind_run(py::module_& m) {
                            "This process's place in its job and the communicator over its ranks.")
       .def_property_readonly("rank", &ProcessGroup::rank)
       .def_property_readonly("world_size", &ProcessGroup::size)
-      .def_property_readonly("local_rank", [](const ProcessGroup& p) { return p.launch.local_rank; })
+      .def_property_readonly("local_rank",
+                             [](const ProcessGroup& p) { return p.launch.local_rank; })
       .def_property_readonly("local_world_size",
                              [](const ProcessGroup& p) { return p.launch.local_world_size; })
       .def_property_readonly("launcher",
                              [](const ProcessGroup& p) { return launcher_name(p.launch.launcher); })
-      .def_property_readonly("backend", [](const ProcessGroup& p) {
-        return p.comm ? p.comm->backend_name() : std::string("single");
-      }, "The host communicator: single, mpi or tcp.")
-      .def("device", [](const ProcessGroup& p, const std::string& backend) {
-        return backend_for_rank(backend, p.launch);
-      }, py::arg("backend"), "The backend name for this rank: 'cuda' becomes its local GPU, "
-                             "'cuda:N'; others as they are.")
-      .def("barrier", [](const ProcessGroup& p) {
-        if (p.comm) p.comm->barrier();
-      }, py::call_guard<py::gil_scoped_release>())
-      .def("all_reduce", [](const ProcessGroup& p, py::array array, const std::string& op) {
-        NURI_CHECK(op == "sum" || op == "avg", "all_reduce: op must be 'sum' or 'avg', not '", op,
-                   "'");
-        NURI_CHECK(array.dtype().is(py::dtype::of<float>()) &&
-                       (array.flags() & py::array::c_style) && array.writeable(),
-                   "all_reduce takes a writable C-contiguous float32 array");
-        const Tensor t = tensor_from_numpy(array).view({int64_t(array.size())});
-        if (p.comm && t.numel() > 0) {
-          py::gil_scoped_release release;
-          p.comm->all_reduce(t, op == "sum" ? ReduceOp::sum : ReduceOp::avg);
-        }
-      }, py::arg("array"), py::arg("op") = "sum",
-         "Sums (or averages) a float32 array over the ranks, in place.")
+      .def_property_readonly(
+          "backend",
+          [](const ProcessGroup& p) {
+            return p.comm ? p.comm->backend_name() : std::string("single");
+          },
+          "The host communicator: single, mpi or tcp.")
+      .def(
+          "device",
+          [](const ProcessGroup& p, const std::string& backend) {
+            return backend_for_rank(backend, p.launch);
+          },
+          py::arg("backend"),
+          "The backend name for this rank: 'cuda' becomes its local GPU, "
+          "'cuda:N'; others as they are.")
+      .def(
+          "barrier",
+          [](const ProcessGroup& p) {
+            if (p.comm) p.comm->barrier();
+          },
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "all_reduce",
+          [](const ProcessGroup& p, py::array array, const std::string& op) {
+            NURI_CHECK(op == "sum" || op == "avg", "all_reduce: op must be 'sum' or 'avg', not '",
+                       op, "'");
+            NURI_CHECK(array.dtype().is(py::dtype::of<float>()) &&
+                           (array.flags() & py::array::c_style) && array.writeable(),
+                       "all_reduce takes a writable C-contiguous float32 array");
+            const Tensor t = tensor_from_numpy(array).view({int64_t(array.size())});
+            if (p.comm && t.numel() > 0) {
+              py::gil_scoped_release release;
+              p.comm->all_reduce(t, op == "sum" ? ReduceOp::sum : ReduceOp::avg);
+            }
+          },
+          py::arg("array"), py::arg("op") = "sum",
+          "Sums (or averages) a float32 array over the ranks, in place.")
       .def("__repr__", [](const ProcessGroup& p) {
-        return "ProcessGroup(rank=" + std::to_string(p.rank()) + ", world_size=" +
-               std::to_string(p.size()) + ", launcher=" + launcher_name(p.launch.launcher) + ")";
+        return "ProcessGroup(rank=" + std::to_string(p.rank()) +
+               ", world_size=" + std::to_string(p.size()) +
+               ", launcher=" + launcher_name(p.launch.launcher) + ")";
       });
-  m.def("init_process_group", [](double timeout_s) {
-    CommOptions o;
-    o.timeout_s = timeout_s;
-    py::gil_scoped_release release;
-    return init_process_group(o);
-  }, py::arg("timeout_s") = 600.0,
-     "The launcher's process group from the environment (collective over the job's ranks).");
+  m.def(
+      "init_process_group",
+      [](double timeout_s) {
+        CommOptions o;
+        o.timeout_s = timeout_s;
+        py::gil_scoped_release release;
+        return init_process_group(o);
+      },
+      py::arg("timeout_s") = 600.0,
+      "The launcher's process group from the environment (collective over the job's ranks).");
 
-  m.def("run_training", [](const RunConfig& cfg, const ProcessGroup* pg, py::object write,
-                           bool terminal, py::object on_step, bool catch_interrupt) {
-    RunHooks hooks;
-    bool interrupted = false;
-    if (!write.is_none()) {
-      hooks.write = [write](const std::string& text) {
-        py::gil_scoped_acquire gil;
-        // A byte-level sample may not be valid UTF-8: such bytes become U+FFFD.
-        write(py::bytes(text).attr("decode")("utf-8", "replace"));
-      };
-      hooks.terminal = terminal;
-    }
-    if (!on_step.is_none()) {
-      hooks.on_step = [on_step](const std::string& record) {
-        py::gil_scoped_acquire gil;
-        on_step(record);
-      };
-    }
-    if (catch_interrupt) {  // Ctrl-C: Python's handler flags it; the run stops at a step's end
-      hooks.interrupted = [&interrupted] {
-        py::gil_scoped_acquire gil;
-        if (PyErr_CheckSignals() != 0) {
-          PyErr_Clear();
-          interrupted = true;
+  m.def(
+      "run_training",
+      [](const RunConfig& cfg, const ProcessGroup* pg, py::object write, bool terminal,
+         py::object on_step, bool catch_interrupt) {
+        RunHooks hooks;
+        bool interrupted = false;
+        if (!write.is_none()) {
+          hooks.write = [write](const std::string& text) {
+            py::gil_scoped_acquire gil;
+            // A byte-level sample may not be valid UTF-8: such bytes become U+FFFD.
+            write(py::bytes(text).attr("decode")("utf-8", "replace"));
+          };
+          hooks.terminal = terminal;
         }
-        return interrupted;
-      };
-    }
-    RunResult r;
-    {
-      py::gil_scoped_release release;
-      r = run_training(cfg, hooks, pg);
-    }
-    return result_dict(r);
-  }, py::arg("config"), py::arg("process_group") = nullptr, py::arg("write") = py::none(),
-     py::arg("terminal") = false, py::arg("on_step") = py::none(),
-     py::arg("catch_interrupt") = true,
-     "Runs a training run (nuri/train/run.h); returns status, steps_done, final_loss, ...");
+        if (!on_step.is_none()) {
+          hooks.on_step = [on_step](const std::string& record) {
+            py::gil_scoped_acquire gil;
+            on_step(record);
+          };
+        }
+        if (catch_interrupt) {  // Ctrl-C: Python's handler flags it; the run stops at a step's end
+          hooks.interrupted = [&interrupted] {
+            py::gil_scoped_acquire gil;
+            if (PyErr_CheckSignals() != 0) {
+              PyErr_Clear();
+              interrupted = true;
+            }
+            return interrupted;
+          };
+        }
+        RunResult r;
+        {
+          py::gil_scoped_release release;
+          r = run_training(cfg, hooks, pg);
+        }
+        return result_dict(r);
+      },
+      py::arg("config"), py::arg("process_group") = nullptr, py::arg("write") = py::none(),
+      py::arg("terminal") = false, py::arg("on_step") = py::none(),
+      py::arg("catch_interrupt") = true,
+      "Runs a training run (nuri/train/run.h); returns status, steps_done, final_loss, ...");
 }

@@ -5,9 +5,8 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "nuri/ckpt/safetensors.h"
 #include "nuri/train/run.h"
@@ -22,7 +21,10 @@ struct TempDir {
   fs::path path = fs::temp_directory_path() /
                   ("nuri_run_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
                    "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  TempDir() { fs::remove_all(path); fs::create_directories(path); }
+  TempDir() {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
   ~TempDir() { fs::remove_all(path); }
 };
 
@@ -80,12 +82,14 @@ TEST(Run, WritesTheRunDirectoryAndReportsEachStep) {
   std::istringstream lines(cap.text);
   std::vector<std::string> steps;
   for (std::string l; std::getline(lines, l);) {
-    if (l.rfind("step ", 0) == 0 && l.find("| loss") != std::string::npos) steps.push_back(l.substr(0, 12));
+    if (l.rfind("step ", 0) == 0 && l.find("| loss") != std::string::npos)
+      steps.push_back(l.substr(0, 12));
   }
   EXPECT_EQ(steps, (std::vector<std::string>{"step     1/6", "step     2/6", "step     4/6",
-                                              "step     6/6"}));
+                                             "step     6/6"}));
   EXPECT_NE(cap.text.find("step     3 | val loss"), std::string::npos);
-  EXPECT_NE(cap.text.find("---- sample (temperature 0.80, top-k 40) ----\nThe "), std::string::npos);
+  EXPECT_NE(cap.text.find("---- sample (temperature 0.80, top-k 40) ----\nThe "),
+            std::string::npos);
   // config.json is the config; model.safetensors holds every parameter with the model config.
   std::ifstream cfg(t.path / "run" / "config.json");
   std::stringstream ss;
@@ -116,13 +120,15 @@ TEST(Run, ResumeKeepsEachStepOnceAndAnInterruptCheckpoints) {
   EXPECT_NE(a.checkpoint.find("step-00000002"), std::string::npos);
   EXPECT_NE(first.text.find("interrupted at step 2/6"), std::string::npos);
   // A crash after the checkpoint left records of steps it never saved: they are dropped.
-  std::ofstream(t.path / "run" / "metrics.jsonl", std::ios::app)
-      << R"({"step": 3, "loss": 9.0})" << "\n" << R"({"step": 4, "lo)";
+  std::ofstream(t.path / "run" / "metrics.jsonl", std::ios::app) << R"({"step": 3, "loss": 9.0})"
+                                                                 << "\n"
+                                                                 << R"({"step": 4, "lo)";
   Captured second;
   const RunResult b = run_training(c, second.hooks());
   EXPECT_EQ(b.status, kRunDone);
-  EXPECT_NE(second.text.find("resumed from " + (t.path / "ck" / "step-00000002").string() +
-                             ": step 2"), std::string::npos);
+  EXPECT_NE(
+      second.text.find("resumed from " + (t.path / "ck" / "step-00000002").string() + ": step 2"),
+      std::string::npos);
   const auto metrics = read_metrics(t.path / "run" / "metrics.jsonl");
   ASSERT_EQ(metrics.size(), 6u);
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(metrics[i]["step"], int64_t(i + 1));

@@ -33,8 +33,8 @@ Settings toy_settings() {
   s.add("x", &Toy::x, "a fraction").at_least(0).below(1);
   s.add("on", &Toy::on, "a switch").alias("enabled");
   s.add("name", &Toy::name, "a name");
-  s.choice("policy", &Toy::policy, {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}},
-           "a choice");
+  s.choice("policy", &Toy::policy,
+           {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}}, "a choice");
   return s;
 }
 
@@ -71,14 +71,15 @@ TEST(Settings, JsonAndTomlAreReadAliked) {
   Toy a, b;
   settings_from_json(schema, &a, R"({"toy": {"n": 7, "x": 0.25, "enabled": false, "name": "b",
                                     "policy": "stop"}})");
-  settings_from_toml(schema, &b, "[toy]\nn = 7\nx = 0.25\nenabled = false\nname = \"b\"\n"
-                                 "policy = \"stop\"\n");
+  settings_from_toml(schema, &b,
+                     "[toy]\nn = 7\nx = 0.25\nenabled = false\nname = \"b\"\n"
+                     "policy = \"stop\"\n");
   EXPECT_EQ(settings_to_json(schema, &a), settings_to_json(schema, &b));
   EXPECT_EQ(a.n, 7);
   EXPECT_FALSE(a.on);
   EXPECT_EQ(a.policy, NonFinitePolicy::stop);
-  for (const auto& [json, toml, message] : std::vector<std::tuple<std::string, std::string,
-                                                                  std::string>>{
+  for (const auto& [json, toml, message] :
+       std::vector<std::tuple<std::string, std::string, std::string>>{
            {R"({"toy": {"m": 1}})", "[toy]\nm = 1\n",
             "toy.m: unknown key; known keys: n, name, on, policy, x"},
            {R"({"toy": {"n": "7"}})", "[toy]\nn = \"7\"\n",
@@ -92,14 +93,20 @@ TEST(Settings, JsonAndTomlAreReadAliked) {
             "on (true) and enabled (false) name the same setting and disagree; give one of them"},
        }) {
     Toy t;
-    EXPECT_EQ(error_of([&] { settings_from_json(schema, &t, json, "f.json"); }), "f.json: " + message);
-    EXPECT_EQ(error_of([&] { settings_from_toml(schema, &t, toml, "f.toml"); }), "f.toml: " + message);
+    EXPECT_EQ(error_of([&] { settings_from_json(schema, &t, json, "f.json"); }),
+              "f.json: " + message);
+    EXPECT_EQ(error_of([&] { settings_from_toml(schema, &t, toml, "f.toml"); }),
+              "f.toml: " + message);
   }
   Toy t;
-  EXPECT_NE(error_of([&] { settings_from_toml(schema, &t, "[toy\n", "f.toml"); })
-                .find("f.toml: not valid TOML"), std::string::npos);
-  EXPECT_NE(error_of([&] { settings_from_json(schema, &t, "{", "f.json"); })
-                .find("f.json: not valid JSON"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              settings_from_toml(schema, &t, "[toy\n", "f.toml");
+            }).find("f.toml: not valid TOML"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              settings_from_json(schema, &t, "{", "f.json");
+            }).find("f.json: not valid JSON"),
+            std::string::npos);
 }
 
 TEST(RunConfig, DefaultsAreTheDemoAndRoundTripThroughJson) {
@@ -125,16 +132,22 @@ TEST(RunConfig, DefaultsAreTheDemoAndRoundTripThroughJson) {
 }
 
 TEST(RunConfig, CrossSectionChecksNameTheKeys) {
-  EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"model": "gpt2-tiny",
-                                                   "train": {"seq_len": 200}})"); }),
+  EXPECT_EQ(error_of([] {
+              RunConfig::from_json(R"({"model": "gpt2-tiny",
+                                                   "train": {"seq_len": 200}})");
+            }),
             "train.seq_len (200) exceeds model.max_seq_len (128)");
-  EXPECT_NE(error_of([] { RunConfig::from_json(R"({"model": {"n_head": 5}})"); })
-                .find("model: n_head (5) must divide d_model (256)"), std::string::npos);
-  EXPECT_NE(error_of([] { RunConfig::from_json(R"({"checkpoint": {"signals": "TERM,KILL"}})"); })
-                .find("checkpoint.signals: signal 'KILL' is not one a run can catch"),
+  EXPECT_NE(error_of([] {
+              RunConfig::from_json(R"({"model": {"n_head": 5}})");
+            }).find("model: n_head (5) must divide d_model (256)"),
             std::string::npos);
-  EXPECT_NE(error_of([] { RunConfig::from_json(R"({"backend": "tpu"})"); })
-                .find("backend: 'tpu' is not in this build of nuri; backends: cpu"),
+  EXPECT_NE(error_of([] {
+              RunConfig::from_json(R"({"checkpoint": {"signals": "TERM,KILL"}})");
+            }).find("checkpoint.signals: signal 'KILL' is not one a run can catch"),
+            std::string::npos);
+  EXPECT_NE(error_of([] {
+              RunConfig::from_json(R"({"backend": "tpu"})");
+            }).find("backend: 'tpu' is not in this build of nuri; backends: cpu"),
             std::string::npos);
   EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"model": "gpt2-huge"})"); }).substr(0, 45),
             "model.preset: unknown preset 'gpt2-huge'; pre");
@@ -144,10 +157,10 @@ TEST(RunArgs, FlagsAreTheKeysWithDashes) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "nuri_run_args";
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "run.toml") << "model = \"gpt2-tiny\"\n[train]\nsteps = 9\nlr = 1e-3\n";
-  const RunArgs a = parse_run_args({"--n-layer", "3", "--config", (dir / "run.toml").string(),
-                                    "--micro-batch=2", "--no-overlap", "--async-save",
-                                    "train.lr=5e-3", "--seq-len", "64", "--zero-stage", "1",
-                                    "--ckpt-dir", "ck", "--data", "x.txt"});
+  const RunArgs a =
+      parse_run_args({"--n-layer", "3", "--config", (dir / "run.toml").string(), "--micro-batch=2",
+                      "--no-overlap", "--async-save", "train.lr=5e-3", "--seq-len", "64",
+                      "--zero-stage", "1", "--ckpt-dir", "ck", "--data", "x.txt"});
   EXPECT_FALSE(a.help);
   EXPECT_EQ(a.config.preset, "gpt2-tiny");  // the file first
   EXPECT_EQ(a.config.model.n_layer, 3);     // then the flags over it
@@ -160,19 +173,24 @@ TEST(RunArgs, FlagsAreTheKeysWithDashes) {
   EXPECT_EQ(a.config.data.train, "x.txt");
   // --model resets the model first, so a later-given field still overrides it.
   EXPECT_EQ(parse_run_args({"--n-layer", "3", "--model", "llama-tiny", "--seq-len", "64"})
-                .config.model.n_layer, 3);
+                .config.model.n_layer,
+            3);
   EXPECT_TRUE(parse_run_args({"--lr", "1", "--help"}).help);
   EXPECT_EQ(error_of([] { parse_run_args({"--fast"}); }), "unknown option --fast (see --help)");
   EXPECT_EQ(error_of([] { parse_run_args({"--steps"}); }),
             "--steps needs a value: an integer >= 1");
-  EXPECT_EQ(error_of([] { parse_run_args({"--steps", "--lr", "1"}); }),
+  EXPECT_EQ(error_of([] {
+              parse_run_args({"--steps", "--lr", "1"});
+            }),
             "--steps needs a value: an integer >= 1");
   EXPECT_EQ(error_of([] { parse_run_args({"--quiet=yes"}); }),
             "--quiet takes no value: use --quiet or --no-quiet");
   EXPECT_EQ(error_of([] { parse_run_args({"corpus.txt"}); }),
             "unexpected argument 'corpus.txt': options start with --, overrides are KEY=VALUE "
             "(see --help)");
-  EXPECT_EQ(error_of([] { parse_run_args({"--lr", "fast"}); }),
+  EXPECT_EQ(error_of([] {
+              parse_run_args({"--lr", "fast"});
+            }),
             "train.lr: expected a number > 0, got 'fast'");
   std::filesystem::remove_all(dir);
 }
@@ -193,13 +211,13 @@ TEST(RunArgs, HelpListsEverySettingWithItsFlagAndKey) {
 TEST(ValidUtf8, IllFormedSequencesBecomeReplacementCharactersAsInPython) {
   // Expected strings: Python's bytes.decode("utf-8", "replace") of the same bytes.
   EXPECT_EQ(valid_utf8("plain \xc3\xa9t\xc3\xa9"), "plain \xc3\xa9t\xc3\xa9");
-  EXPECT_EQ(valid_utf8("a\xc3"), "a\xef\xbf\xbd");                  // cut short
-  EXPECT_EQ(valid_utf8("\xe2\x82z"), "\xef\xbf\xbdz");              // a 3-byte prefix: one
-  EXPECT_EQ(valid_utf8("\xc0\xaf"), "\xef\xbf\xbd\xef\xbf\xbd");    // overlong: each byte
+  EXPECT_EQ(valid_utf8("a\xc3"), "a\xef\xbf\xbd");                // cut short
+  EXPECT_EQ(valid_utf8("\xe2\x82z"), "\xef\xbf\xbdz");            // a 3-byte prefix: one
+  EXPECT_EQ(valid_utf8("\xc0\xaf"), "\xef\xbf\xbd\xef\xbf\xbd");  // overlong: each byte
   EXPECT_EQ(valid_utf8("\xed\xa0\x80"), "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");  // surrogate
-  EXPECT_EQ(valid_utf8("\xf0\x9f\x98\x80!"), "\xf0\x9f\x98\x80!");  // 4 bytes
+  EXPECT_EQ(valid_utf8("\xf0\x9f\x98\x80!"), "\xf0\x9f\x98\x80!");                // 4 bytes
   EXPECT_EQ(valid_utf8("\xf4\x90\x80\x80"),
-            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");   // beyond U+10FFFF
+            "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd");  // beyond U+10FFFF
 }
 
 }  // namespace

@@ -45,7 +45,7 @@ std::string setting_value_str(const SettingValue& v);
 double shortest_float(float f);
 
 struct Setting {
-  std::string key;   ///< "micro_batch"
+  std::string key;  ///< "micro_batch"
   SettingKind kind = SettingKind::integer;
   std::string help;  ///< one line for --help and the docs
   std::string flag;  ///< command-line flag, "--micro-batch" ("--" + key with '-' for '_')
@@ -115,7 +115,8 @@ class Settings {
         static_cast<T*>(o)->*member = std::get<double>(v);
       };
     } else {
-      static_assert(std::is_same_v<M, std::string>, "a setting is bool, integral, float, "
+      static_assert(std::is_same_v<M, std::string>,
+                    "a setting is bool, integral, float, "
                     "double or std::string; enums go through choice()");
       s.kind = SettingKind::text;
       s.meta = "TEXT";
@@ -129,8 +130,8 @@ class Settings {
 
   /// An enum member written as one of `names` (its first pair's string is how it is shown).
   template <class T, class E>
-  Settings& choice(std::string key, E T::*member,
-                   std::vector<std::pair<std::string, E>> names, std::string help) {
+  Settings& choice(std::string key, E T::*member, std::vector<std::pair<std::string, E>> names,
+                   std::string help) {
     Setting s;
     s.key = std::move(key);
     s.kind = SettingKind::choice;

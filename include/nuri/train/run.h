@@ -29,10 +29,10 @@ namespace nuri {
 
 /// Exit statuses of a run (and of nuri-train / `nuri train`).
 constexpr int kRunDone = 0;
-constexpr int kRunFailed = 1;            ///< a runtime error (bad data, a peer that died, ...)
-constexpr int kRunUsage = 2;             ///< a config or command-line error
-constexpr int kRunExpectationFailed = 3; ///< expect_val_below was not met
-constexpr int kRunInterrupted = 130;     ///< stopped by the front end's interrupt (Ctrl-C)
+constexpr int kRunFailed = 1;             ///< a runtime error (bad data, a peer that died, ...)
+constexpr int kRunUsage = 2;              ///< a config or command-line error
+constexpr int kRunExpectationFailed = 3;  ///< expect_val_below was not met
+constexpr int kRunInterrupted = 130;      ///< stopped by the front end's interrupt (Ctrl-C)
 // kPreemptedExitCode (75, nuri/train/preemption.h): stopped by a signal or the time limit.
 
 /// Where a run's output goes. Every member may be left empty.
@@ -49,15 +49,15 @@ struct RunHooks {
 };
 
 struct RunResult {
-  int status = kRunDone;      ///< kRunDone, kPreemptedExitCode, kRunExpectationFailed, kRunInterrupted
+  int status = kRunDone;  ///< kRunDone, kPreemptedExitCode, kRunExpectationFailed, kRunInterrupted
   int64_t steps_done = 0;
   int64_t skipped_steps = 0;
-  float final_loss = 0;       ///< the last step's training loss (NaN when no step ran)
-  float val_loss = 0;         ///< the last validation loss
-  double seconds = 0;         ///< wall clock of the whole run
-  int64_t peak_bytes = 0;     ///< the model's allocator peak
-  std::string stop_reason;    ///< "" (ran to the end), "signal 15", "time limit", "interrupted", ...
-  std::string checkpoint;     ///< the last checkpoint committed ("" when none)
+  float final_loss = 0;     ///< the last step's training loss (NaN when no step ran)
+  float val_loss = 0;       ///< the last validation loss
+  double seconds = 0;       ///< wall clock of the whole run
+  int64_t peak_bytes = 0;   ///< the model's allocator peak
+  std::string stop_reason;  ///< "" (ran to the end), "signal 15", "time limit", "interrupted", ...
+  std::string checkpoint;   ///< the last checkpoint committed ("" when none)
 };
 
 /// Runs `cfg` (validated first). pg: the job's ranks; null: init_process_group() from the

@@ -4,12 +4,12 @@
 // in run and checkpoint directories, and the Python properties all come from run_schema(); a new
 // setting is one line in its struct's table.
 //
-//   backend = "cpu"            # or "cuda" (each rank on its local rank's GPU), "cuda:N", "cuda-emu"
-//   out = "runs/x"             # run directory: config.json, metrics.jsonl, model.safetensors
-//   [model]   preset = "gpt2-tiny", then any ModelConfig field
-//   [train]   TrainConfig        [parallel]  ParallelConfig
-//   [checkpoint] dir, save_every, keep, async_save, resume, signals, time_limit
-//   [data]    train, val         [sample]    prompt, max_new_tokens, temperature, top_k
+//   backend = "cpu"            # or "cuda" (each rank on its local rank's GPU), "cuda:N",
+//   "cuda-emu" out = "runs/x"             # run directory: config.json, metrics.jsonl,
+//   model.safetensors [model]   preset = "gpt2-tiny", then any ModelConfig field [train]
+//   TrainConfig        [parallel]  ParallelConfig [checkpoint] dir, save_every, keep, async_save,
+//   resume, signals, time_limit [data]    train, val         [sample]    prompt, max_new_tokens,
+//   temperature, top_k
 //
 // Flags are the keys with dashes (--micro-batch is train.micro_batch), except four that name a
 // file or a choice more plainly: --model (model.preset), --data (data.train), --val (data.val),
@@ -39,13 +39,13 @@ struct SampleConfig {  ///< the sample printed after training (byte-level models
 };
 
 struct CheckpointConfig {
-  std::string dir;              ///< "": no checkpoints
-  int64_t save_every = 0;       ///< also save every N steps (0: at the end and when stopped)
-  int64_t keep = 3;             ///< the newest K checkpoints are kept
-  bool async_save = false;      ///< write the periodic saves on a background thread
-  bool resume = true;           ///< resume from the newest checkpoint under dir
+  std::string dir;                    ///< "": no checkpoints
+  int64_t save_every = 0;             ///< also save every N steps (0: at the end and when stopped)
+  int64_t keep = 3;                   ///< the newest K checkpoints are kept
+  bool async_save = false;            ///< write the periodic saves on a background thread
+  bool resume = true;                 ///< resume from the newest checkpoint under dir
   std::string signals = "TERM,USR1";  ///< signals that mean "preempted"
-  double time_limit = 0;        ///< seconds of wall clock before stopping as if preempted (0: none)
+  double time_limit = 0;  ///< seconds of wall clock before stopping as if preempted (0: none)
 };
 
 struct RunConfig {
