@@ -17,7 +17,7 @@ from conftest import nuri_train_binary, run_cli
 
 METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_seconds", "peak_bytes",
                  "skipped"}
-TIMING = re.compile(r"\d+ tok/s|eta \dm\d\ds|done in \dm\d\ds|\d+\.\d MiB")
+TIMING = re.compile(r" *\d+ tok/s|eta \d+m\d\ds|done in \d+m\d\ds|\d+\.\d MiB")
 
 
 def read_metrics(run_dir):

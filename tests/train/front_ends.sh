@@ -51,7 +51,7 @@ assert cpp == py, f"metrics differ:\n{cpp}\n{py}"
 api = json.loads((d / "api.json").read_text())
 mine = [{k: r[k] for k in ("step", "loss", "lr", "grad_norm", "val_loss") if k in r} for r in cpp]
 assert mine == api["steps"], f"the loop over nuri.Trainer differs:\n{mine}\n{api['steps']}"
-timing = re.compile(r"\d+ tok/s|eta \dm\d\ds|done in \dm\d\ds|\d+\.\d MiB")
+timing = re.compile(r" *\d+ tok/s|eta \d+m\d\ds|done in \d+m\d\ds|\d+\.\d MiB")
 out = {run: timing.sub("T", (d / f"{run}.out").read_text()).replace(str(d / run), "DIR")
        for run in ("cpp", "py")}
 assert out["cpp"] == out["py"], f"outputs differ:\n{out['cpp']}\n----\n{out['py']}"
