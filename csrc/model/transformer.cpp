@@ -1,173 +1,87 @@
-// Forward and backward of the transformer, written once against the Backend interface.
-// Pre-norm blocks; each norm is fused with the residual add before it:
-//   h_0 = embed(tokens)
-//   block l: a = N1(h_l); h'_l = h_l + Attn(a); m = N2(h'_l); h_{l+1} = h'_l + MLP(m)
-//   logits = N_f(h_L) · Wᵀ
-// N1 of block l > 0 computes h_l = h'_{l-1} + mlp_out_{l-1} itself; N_f likewise.
+// The transformer: the flat parameter, gradient and compute buffers, the units' views of them,
+// and the forward and backward as the units' calls in order (csrc/model/units.h): embedding,
+// blocks, head; the backward in reverse, handing each unit's gradients to GradHooks as it
+// finishes them and taking each unit's weights from ParamHooks when they are set.
 #include "nuri/model/transformer.h"
 
 #include <algorithm>
 #include <cstring>
-#include <functional>
 
+#include "model/units.h"
 #include "nuri/core/rng.h"
 
 namespace nuri {
 
-struct Transformer::Weights {
-  struct Layer {
-    Tensor ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
-  };
-  Tensor wte, wpe;  // [Vp, C], [Tmax, C] (absent with rope)
-  std::vector<Layer> layers;
-  Tensor lnf_w, lnf_b, lm_head;  // lm_head is wte when tied
-};
+using model::Keep;
+using model::UnitWeights;
 
-struct Transformer::Acts {
-  struct Layer {
-    Tensor resid;                    // [B, T, C] h_l (block input)
-    Tensor ln1, ln1_mean, ln1_rstd;  // [B, T, C], [B·T], [B·T]
-    Tensor qkv;                      // [B, T, H + 2·Hkv, D] (q, k after rope)
-    Tensor atty, lse;                // [B, T, H, D], [B, H, T]
-    Tensor attproj;                  // [B, T, C]
-    Tensor resid2;                   // [B, T, C] h'_l
-    Tensor ln2, ln2_mean, ln2_rstd;
-    Tensor fch;     // [B, T, F] gelu pre-activation | [B, T, 2F] gate|up
-    Tensor act;     // [B, T, F]
-    Tensor fcproj;  // [B, T, C]
-  };
+struct Transformer::Impl {
+  std::vector<model::UnitDecl> units;  // layout order: embedding, blocks, head
+  std::vector<UnitWeights> w;          // what the ops read: the compute copy, or the f32 masters
+  std::vector<UnitWeights> g;          // the model's own gradient views
+  Recompute recompute = Recompute::none;
+  int64_t recompute_every = 1;
+  // The activation plan for one (batch, sequence length).
   int64_t b = 0, t = 0;
-  std::vector<Layer> layers;
-  Tensor resid_f, lnf, lnf_mean, lnf_rstd;  // [B, T, C], ..., [B·T]
-  Tensor logits;                            // [B·T, Vp]; the backward overwrites it with dlogits
-  Tensor losses, ce_lse, loss;              // [B·T], [B·T], [1]
-  Tensor tokens, targets;                   // [B, T], [B·T] i32 on the device (non-CPU backends)
-  Tensor d_resid, d_ln, d_qkv, d_atty, d_fch, d_act;  // gradient scratch, reused by every layer
+  Tensor emb_out;                         // [B, T, C] h_0
+  std::vector<model::BlockActs> blocks;   // per layer
+  model::BlockScratch scratch;
+  model::HeadActs head;
+  Tensor tokens, targets;  // [B, T], [B·T] i32 on the device (non-CPU backends)
+
+  size_t head_unit() const { return units.size() - 1; }
 };
 
-namespace {
-
-/// The view of the flat layout at `offset` with `shape` (undefined where the storage behind
-/// the layout has no such range).
-using ViewFn = std::function<Tensor(int64_t offset, const Shape& shape)>;
-
-// Typed views in `layout` order.
-void bind_views(const ModelConfig& cfg, const std::vector<ParamSpec>& layout,
-                const ViewFn& view_of, std::vector<NamedTensor>& named, Transformer::Weights* w);
-
-Tensor view_of(const Tensor& flat, int64_t offset, const Shape& shape) {
-  return flat.slice(0, offset, offset + shape_numel(shape)).view(shape);
-}
-
-ViewFn views_of(const Tensor& flat) {
-  return [flat](int64_t offset, const Shape& shape) { return view_of(flat, offset, shape); };
-}
-
-/// Views of a region holding the flat range [lo, hi) only; ranges outside it are undefined.
-ViewFn views_of_region(const Tensor& region, int64_t lo, int64_t hi) {
-  return [region, lo, hi](int64_t offset, const Shape& shape) {
-    const int64_t n = shape_numel(shape);
-    if (offset < lo || offset + n > hi) return Tensor();
-    return view_of(region, offset - lo, shape);
-  };
-}
-
-}  // namespace
-
-// The binding is a friend-free helper: Weights is public inside the class for it.
-namespace {
-void bind_views(const ModelConfig& cfg, const std::vector<ParamSpec>& layout,
-                const ViewFn& view_of, std::vector<NamedTensor>& named, Transformer::Weights* w) {
-  named.clear();
-  for (const auto& p : layout) named.push_back({p.name, view_of(p.offset, p.shape), p.decay});
-  size_t i = 0;
-  auto next = [&]() -> const NamedTensor& { return named.at(i++); };
-  auto spec = [&]() -> const ParamSpec& { return layout.at(i); };
-  const int64_t c = cfg.d_model, d = cfg.head_dim(), f = cfg.d_ff;
-  const int64_t qkv_rows = (cfg.n_head + 2 * cfg.n_kv_head) * d;
-  const bool gpt2 = cfg.mlp == MlpKind::gelu;
-  const bool norm_bias = cfg.norm == NormKind::layernorm && cfg.bias;
-  w->wte = next().tensor;
-  if (cfg.position == PositionKind::learned) w->wpe = next().tensor;
-  w->layers.assign(size_t(cfg.n_layer), {});
-  for (auto& L : w->layers) {
-    L.ln1_w = next().tensor;
-    if (norm_bias) L.ln1_b = next().tensor;
-    if (gpt2) {
-      L.qkv_w = next().tensor;
-      if (cfg.bias) L.qkv_b = next().tensor;
-    } else {  // q, k, v consecutive: one [(H + 2Hkv)·D, C] view
-      L.qkv_w = view_of(spec().offset, {qkv_rows, c});
-      i += 3;
-      if (cfg.bias) {
-        L.qkv_b = view_of(spec().offset, {qkv_rows});
-        i += 3;
-      }
-    }
-    L.o_w = next().tensor;
-    if (cfg.bias) L.o_b = next().tensor;
-    L.ln2_w = next().tensor;
-    if (norm_bias) L.ln2_b = next().tensor;
-    if (gpt2) {
-      L.fc_w = next().tensor;
-      if (cfg.bias) L.fc_b = next().tensor;
-    } else {  // gate, up consecutive: one [2F, C] view whose output is [gate | up]
-      L.fc_w = view_of(spec().offset, {2 * f, c});
-      i += 2;
-      if (cfg.bias) {
-        L.fc_b = view_of(spec().offset, {2 * f});
-        i += 2;
-      }
-    }
-    L.proj_w = next().tensor;
-    if (cfg.bias) L.proj_b = next().tensor;
+const char* recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::none: return "none";
+    case Recompute::selective: return "selective";
+    case Recompute::full: return "full";
   }
-  w->lnf_w = next().tensor;
-  if (norm_bias) w->lnf_b = next().tensor;
-  w->lm_head = cfg.tied_embeddings ? w->wte : next().tensor;
-  NURI_ASSERT(i == named.size(), "layout has ", named.size(), " tensors, bound ", i);
+  return "?";
 }
-}  // namespace
 
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed)
-    : cfg_(cfg), backend_(std::move(backend)), layout_(param_layout(cfg)) {
+    : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
   compute_ = backend_->compute_dtype();
   NURI_CHECK(compute_ == DType::f32 || compute_ == DType::bf16, "Transformer: backend ",
              backend_->name(), " computes in ", dtype_name(compute_),
              "; the model supports f32 and bf16");
-  const int64_t total = layout_.back().offset + layout_.back().numel();
-  total_ = total;
-  master_hi_ = total;
-  param_buf_ = backend_->empty({total});
-  grad_buf_ = backend_->empty({total});
-  if (compute_ != DType::f32) cparam_buf_ = backend_->empty({total}, compute_);
-  w_ = std::make_unique<Weights>();
-  g_ = std::make_unique<Weights>();
-  acts_ = std::make_unique<Acts>();
-  std::vector<NamedTensor> compute_views;  // the ops read these; params_ are the masters
-  bind_views(cfg_, layout_, views_of(param_buf_), params_, w_.get());
-  if (cparam_buf_.defined()) {
-    bind_views(cfg_, layout_, views_of(cparam_buf_), compute_views, w_.get());
-  }
-  bind_views(cfg_, layout_, views_of(grad_buf_), grads_, g_.get());
-  // The backward's units: the layout is [embeddings | layer 0 | ... | layer L-1 | head].
-  {
-    const bool norm_bias = cfg_.norm == NormKind::layernorm && cfg_.bias;
-    const size_t n_emb = cfg_.position == PositionKind::learned ? 2 : 1;
-    const size_t n_head = (norm_bias ? 2 : 1) + (cfg_.tied_embeddings ? 0 : 1);
-    const size_t per_layer = (layout_.size() - n_emb - n_head) / size_t(cfg_.n_layer);
-    NURI_ASSERT(n_emb + n_head + per_layer * size_t(cfg_.n_layer) == layout_.size(),
-                "layout of ", layout_.size(), " tensors does not split into units");
-    units_.push_back({layout_[layout_.size() - n_head].offset, total});
-    for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
-      const size_t first = n_emb + size_t(l) * per_layer;
-      units_.push_back({layout_[first].offset, layout_[first + per_layer].offset});
-    }
-    units_.push_back({0, layout_[n_emb].offset});
+  impl_->units = model::model_units(cfg_);
+  for (const auto& u : impl_->units) layout_.insert(layout_.end(), u.params.begin(), u.params.end());
+  total_ = impl_->units.back().hi;
+  master_hi_ = total_;
+  param_buf_ = backend_->empty({total_});
+  grad_buf_ = backend_->empty({total_});
+  if (compute_ != DType::f32) cparam_buf_ = backend_->empty({total_}, compute_);
+  bind_views();
+  // The backward finishes the units in reverse layout order: head, blocks L-1 .. 0, embedding.
+  for (auto it = impl_->units.rbegin(); it != impl_->units.rend(); ++it) {
+    units_.push_back({it->lo, it->hi});
   }
   init_weights(seed);
   zero_grad();
+}
+
+void Transformer::bind_views() {
+  Impl& m = *impl_;
+  params_.clear();
+  grads_.clear();
+  m.w.clear();
+  m.g.clear();
+  const model::ViewFn masters = model::views_of(param_buf_);
+  const model::ViewFn compute = model::views_of(cparam_buf_.defined() ? cparam_buf_ : param_buf_);
+  for (const auto& u : m.units) {
+    model::named_views(u, masters, params_);
+    m.w.push_back(model::bind_unit(u, compute));
+    if (grad_buf_.defined()) {
+      model::named_views(u, model::views_of(grad_buf_), grads_);
+      m.g.push_back(model::bind_unit(u, model::views_of(grad_buf_)));
+    } else {
+      m.g.emplace_back();
+    }
+  }
 }
 
 Transformer::~Transformer() = default;
@@ -271,62 +185,57 @@ void Transformer::set_grad_hooks(GradHooks* hooks, bool own_storage) {
     hooks_own_grads_ = true;
     grad_buf_ = Tensor();
     grads_.clear();
-    *g_ = Weights{};
+    for (auto& g : impl_->g) g = model::UnitWeights{};
   }
 }
 
+void Transformer::set_recompute(Recompute mode, int64_t every) {
+  NURI_CHECK(every >= 1, "recompute_every (", every, ") must be >= 1");
+  if (mode == impl_->recompute && every == impl_->recompute_every) return;
+  impl_->recompute = mode;
+  impl_->recompute_every = every;
+  impl_->b = impl_->t = 0;  // planned again at the next forward
+  have_forward_ = false;
+}
+
+Recompute Transformer::recompute() const { return impl_->recompute; }
+
+std::vector<std::pair<int64_t, int64_t>> Transformer::unit_ranges() const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& u : impl_->units) out.push_back({u.lo, u.hi});
+  return out;
+}
+
 void Transformer::plan(int64_t b, int64_t t) {
-  if (acts_->b == b && acts_->t == t) return;
+  Impl& m = *impl_;
+  if (m.b == b && m.t == t) return;
   NURI_CHECK(b > 0 && t > 0, "batch (", b, ") and sequence length (", t, ") must be positive");
   NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
              cfg_.max_seq_len, " of the model");
-  *acts_ = Acts{};  // release the old plan before allocating the new one
+  // Release the old plan before allocating the new one.
+  m.emb_out = Tensor();
+  m.blocks.clear();
+  m.scratch = {};
+  m.head = {};
+  m.tokens = m.targets = Tensor();
   Backend& be = *backend_;
-  const int64_t c = cfg_.d_model, d = cfg_.head_dim(), h = cfg_.n_head, hkv = cfg_.n_kv_head;
-  const int64_t f = cfg_.d_ff, bt = b * t;
-  const bool ln = cfg_.norm == NormKind::layernorm;
-  const int64_t fch_width = cfg_.mlp == MlpKind::gelu ? f : 2 * f;
-  Acts& a = *acts_;
-  const DType ad = compute_;  // activations; saved statistics and the loss are f32
-  auto act = [&](const Shape& s) { return be.empty(s, ad); };
-  a.b = b;
-  a.t = t;
-  a.layers.resize(size_t(cfg_.n_layer));
-  for (auto& L : a.layers) {
-    L.resid = act({b, t, c});
-    L.ln1 = act({b, t, c});
-    if (ln) L.ln1_mean = be.empty({bt});
-    L.ln1_rstd = be.empty({bt});
-    L.qkv = act({b, t, h + 2 * hkv, d});
-    L.atty = act({b, t, h, d});
-    L.lse = be.empty({b, h, t});
-    L.attproj = act({b, t, c});
-    L.resid2 = act({b, t, c});
-    L.ln2 = act({b, t, c});
-    if (ln) L.ln2_mean = be.empty({bt});
-    L.ln2_rstd = be.empty({bt});
-    L.fch = act({b, t, fch_width});
-    L.act = act({b, t, f});
-    L.fcproj = act({b, t, c});
+  const model::Ctx c{be, cfg_, b, t, compute_};
+  m.b = b;
+  m.t = t;
+  m.emb_out = be.empty({b, t, cfg_.d_model}, compute_);
+  m.scratch = model::plan_scratch(c);
+  const Keep recomputed = m.recompute == Recompute::full        ? Keep::input
+                          : m.recompute == Recompute::selective ? Keep::products
+                                                                : Keep::all;
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const Keep keep = l % m.recompute_every == 0 ? recomputed : Keep::all;
+    m.blocks.push_back(model::plan_block(c, keep, m.scratch));
   }
-  a.resid_f = act({b, t, c});
-  a.lnf = act({b, t, c});
-  if (ln) a.lnf_mean = be.empty({bt});
-  a.lnf_rstd = be.empty({bt});
-  a.logits = act({bt, cfg_.padded_vocab()});
-  a.losses = be.empty({bt});
-  a.ce_lse = be.empty({bt});
-  a.loss = be.empty({1});
+  m.head = model::plan_head(c);
   if (!be.device().is_cpu()) {  // the step's token ids, copied in by every forward
-    a.tokens = be.empty({b, t}, DType::i32);
-    a.targets = be.empty({bt}, DType::i32);
+    m.tokens = be.empty({b, t}, DType::i32);
+    m.targets = be.empty({b * t}, DType::i32);
   }
-  a.d_resid = act({b, t, c});
-  a.d_ln = act({b, t, c});
-  a.d_qkv = act({b, t, h + 2 * hkv, d});
-  a.d_atty = act({b, t, h, d});
-  a.d_fch = act({b, t, fch_width});
-  a.d_act = act({b, t, f});
 }
 
 void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const {
@@ -342,80 +251,77 @@ void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allo
   }
 }
 
-// Norm forward: layernorm or rmsnorm by config; residual may be absent.
-static void norm_fwd(Backend& be, const ModelConfig& cfg, const Tensor& x, const Tensor& residual,
-                     const Tensor& w, const Tensor& b, const Tensor& sum, const Tensor& y,
-                     const Tensor& mean, const Tensor& rstd) {
-  if (cfg.norm == NormKind::layernorm) {
-    be.layernorm(x, residual, w, b, cfg.norm_eps, sum, y, mean, rstd);
-  } else {
-    be.rmsnorm(x, residual, w, cfg.norm_eps, sum, y, rstd);
-  }
-}
+namespace {
 
-static void norm_bwd(Backend& be, const ModelConfig& cfg, const Tensor& dy, const Tensor& s,
-                     const Tensor& w, const Tensor& mean, const Tensor& rstd, const Tensor& dsum,
-                     const Tensor& ds, const Tensor& dw, const Tensor& db) {
-  if (cfg.norm == NormKind::layernorm) {
-    be.layernorm_backward(dy, s, w, mean, rstd, dsum, ds, dw, db, true);
-  } else {
-    be.rmsnorm_backward(dy, s, w, rstd, dsum, ds, dw, true);
+// A unit's weights for one pass: the model's own views, or what the ParamHooks give (released
+// when this goes out of scope).
+class UnitWeightsLease {
+ public:
+  UnitWeightsLease(ParamHooks* hooks, const model::UnitDecl& u, size_t unit,
+                   const UnitWeights& own, bool backward, const Backend& be, DType dt)
+      : hooks_(hooks), unit_(unit), backward_(backward) {
+    if (!hooks_) {
+      w_ = own;
+      return;
+    }
+    const Tensor region = hooks_->acquire(unit, u.lo, u.hi, backward);
+    NURI_CHECK(region.defined() && region.numel() == u.hi - u.lo && region.dtype() == dt &&
+                   region.is_contiguous() && region.device() == be.device(),
+               "ParamHooks::acquire(", u.name, ") must give ", u.hi - u.lo, " contiguous ",
+               dtype_name(dt), " elements on ", be.device().str(), ", got ",
+               region.defined() ? region.str() : std::string("an undefined tensor"));
+    w_ = model::bind_unit(u, model::views_of_region(region, u.lo, u.hi));
   }
-}
+  ~UnitWeightsLease() {
+    if (hooks_) {
+      w_ = UnitWeights{};
+      hooks_->release(unit_, backward_);
+    }
+  }
+  UnitWeightsLease(const UnitWeightsLease&) = delete;
+  UnitWeightsLease& operator=(const UnitWeightsLease&) = delete;
+  const UnitWeights& operator*() const { return w_; }
+  const UnitWeights* operator->() const { return &w_; }
+
+ private:
+  ParamHooks* hooks_;
+  size_t unit_;
+  bool backward_;
+  UnitWeights w_;
+};
+
+}  // namespace
 
 void Transformer::run_forward(const Tensor& tokens) {
   check_tokens(tokens, "tokens", false);
   const int64_t b = tokens.size(0), t = tokens.size(1);
   plan(b, t);
   Backend& be = *backend_;
-  Acts& a = *acts_;
-  const Weights& W = *w_;
-  const int64_t h = cfg_.n_head, hkv = cfg_.n_kv_head, c = cfg_.d_model;
+  Impl& m = *impl_;
+  const model::Ctx c{be, cfg_, b, t, compute_};
   Tensor dev_tokens = tokens;
-  if (a.tokens.defined()) {
-    dev_tokens = a.tokens;
+  if (m.tokens.defined()) {
+    dev_tokens = m.tokens;
     be.copy(tokens, dev_tokens);
   }
-  const Tensor wte = W.wte.slice(0, 0, cfg_.vocab_size);
-  be.embedding(dev_tokens, wte, W.wpe, a.layers[0].resid);
-  AttentionOptions causal;
-  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-    auto& L = a.layers[size_t(l)];
-    const auto& P = W.layers[size_t(l)];
-    if (l == 0) {
-      norm_fwd(be, cfg_, L.resid, Tensor(), P.ln1_w, P.ln1_b, Tensor(), L.ln1, L.ln1_mean,
-               L.ln1_rstd);
-    } else {
-      const auto& prev = a.layers[size_t(l - 1)];
-      norm_fwd(be, cfg_, prev.fcproj, prev.resid2, P.ln1_w, P.ln1_b, L.resid, L.ln1, L.ln1_mean,
-               L.ln1_rstd);
-    }
-    be.matmul(L.ln1, P.qkv_w, P.qkv_b, L.qkv.view({b, t, -1}), Activation::none, Tensor(),
-              Tensor());
-    Tensor q = L.qkv.slice(2, 0, h), k = L.qkv.slice(2, h, h + hkv),
-           v = L.qkv.slice(2, h + hkv, h + 2 * hkv);
-    if (cfg_.position == PositionKind::rope) {
-      be.rope(q, q, cfg_.rope_theta, 0);
-      be.rope(k, k, cfg_.rope_theta, 0);
-    }
-    be.attention(q, k, v, L.atty, L.lse, causal);
-    be.matmul(L.atty.view({b, t, -1}), P.o_w, P.o_b, L.attproj, Activation::none, Tensor(),
-              Tensor());
-    norm_fwd(be, cfg_, L.attproj, L.resid, P.ln2_w, P.ln2_b, L.resid2, L.ln2, L.ln2_mean,
-             L.ln2_rstd);
-    if (cfg_.mlp == MlpKind::gelu) {
-      be.matmul(L.ln2, P.fc_w, P.fc_b, L.act, Activation::gelu, L.fch, Tensor());
-    } else {
-      be.matmul(L.ln2, P.fc_w, P.fc_b, L.fch, Activation::none, Tensor(), Tensor());
-      be.swiglu(L.fch, L.act);
-    }
-    be.matmul(L.act, P.proj_w, P.proj_b, L.fcproj, Activation::none, Tensor(), Tensor());
+  auto lease = [&](size_t u) {
+    return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], false, be,
+                                              compute_);
+  };
+  {
+    const auto emb = lease(0);
+    be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, m.emb_out);
   }
-  const auto& last = a.layers.back();
-  norm_fwd(be, cfg_, last.fcproj, last.resid2, W.lnf_w, W.lnf_b, a.resid_f, a.lnf, a.lnf_mean,
-           a.lnf_rstd);
-  be.matmul(a.lnf.view({b * t, c}), W.lm_head, Tensor(), a.logits, Activation::none, Tensor(),
-            Tensor());
+  Tensor x = m.emb_out, r;  // the residual stream h_l = x + r
+  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
+    const auto w = lease(size_t(l) + 1);
+    model::block_forward(c, **w, m.blocks[size_t(l)], x, r);
+    x = m.blocks[size_t(l)].fcproj;
+    r = m.blocks[size_t(l)].resid2;
+  }
+  const auto head = lease(m.head_unit());
+  const auto tied = cfg_.tied_embeddings ? lease(0) : nullptr;
+  model::head_forward(c, **head, tied ? (*tied)->wte : (*head)->lm_head, m.head, x, r);
   last_tokens_ = dev_tokens;
 }
 
@@ -433,22 +339,23 @@ Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
              " must have the shape of tokens ", shape_str(tokens.shape()));
   run_forward(tokens);
   Backend& be = *backend_;
-  Acts& a = *acts_;
+  Impl& m = *impl_;
   Tensor tg = targets.view({-1});
-  if (a.targets.defined()) {
-    tg = a.targets;
+  if (m.targets.defined()) {
+    tg = m.targets;
     be.copy(targets.view({-1}), tg);
   }
-  be.cross_entropy(a.logits, tg, cfg_.vocab_size, -100, a.losses, a.ce_lse, a.loss);
+  be.cross_entropy(m.head.logits, tg, cfg_.vocab_size, -100, m.head.losses, m.head.ce_lse,
+                   m.head.loss);
   last_targets_ = tg;
   have_forward_ = true;
-  return a.loss;
+  return m.head.loss;
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {
   have_forward_ = false;
   run_forward(tokens);
-  return acts_->logits.view({tokens.size(0), tokens.size(1), cfg_.padded_vocab()});
+  return impl_->head.logits.view({tokens.size(0), tokens.size(1), cfg_.padded_vocab()});
 }
 
 void Transformer::backward(float loss_scale) {
@@ -457,113 +364,64 @@ void Transformer::backward(float loss_scale) {
              "one backward per forward: the logits buffer now holds gradients)");
   have_forward_ = false;
   Backend& be = *backend_;
-  Acts& a = *acts_;
-  const Weights& W = *w_;
-  // Gradient views: the model's own buffer, or, when the hooks own the storage, each unit's
-  // views bound to the region the hooks give for it just before the unit's backward.
+  Impl& m = *impl_;
+  const model::Ctx c{be, cfg_, m.b, m.t, compute_};
+  // Gradient views: the model's own, or, when the hooks own the storage, each unit's views bound
+  // to the region the hooks give for it just before the unit's backward, dropped after it (so
+  // the hooks can free the region once it is reduced).
   const bool own = hooks_own_grads_;
   NURI_CHECK(!own || hooks_ != nullptr, "backward(): the model's gradients were handed to hooks "
              "that have been detached; attach hooks that own the storage again");
-  Weights owned;
-  if (own) owned.layers.assign(size_t(cfg_.n_layer), {});
-  const Weights& G = own ? owned : *g_;
-  const size_t last = units_.size() - 1;  // the embeddings' unit
-  auto open = [&](size_t u) {
+  std::vector<UnitWeights> regions(m.units.size());
+  const std::vector<UnitWeights>& G = own ? regions : m.g;
+  auto open = [&](size_t unit) {
     if (!own) return;
-    const auto [lo, hi] = units_[u];
-    const Tensor region = hooks_->region(lo, hi);
-    NURI_CHECK(region.defined() && region.numel() == hi - lo && region.dtype() == DType::f32 &&
-                   region.is_contiguous() && region.device() == backend_->device(),
-               "GradHooks::region(", lo, ", ", hi, ") must give ", hi - lo,
+    const model::UnitDecl& u = m.units[unit];
+    const Tensor region = hooks_->region(u.lo, u.hi);
+    NURI_CHECK(region.defined() && region.numel() == u.hi - u.lo &&
+                   region.dtype() == DType::f32 && region.is_contiguous() &&
+                   region.device() == backend_->device(),
+               "GradHooks::region(", u.lo, ", ", u.hi, ") must give ", u.hi - u.lo,
                " contiguous f32 elements on ", backend_->device().str(), ", got ",
                region.defined() ? region.str() : std::string("an undefined tensor"));
-    Weights r;
-    std::vector<NamedTensor> named;
-    bind_views(cfg_, layout_, views_of_region(region, lo, hi), named, &r);
-    if (u == 0) {
-      owned.lnf_w = r.lnf_w;
-      owned.lnf_b = r.lnf_b;
-      if (!cfg_.tied_embeddings) owned.lm_head = r.lm_head;
-    } else if (u == last) {
-      owned.wte = r.wte;
-      owned.wpe = r.wpe;
-      if (cfg_.tied_embeddings) owned.lm_head = r.wte;
-    } else {
-      const size_t l = size_t(cfg_.n_layer) - u;
-      owned.layers[l] = r.layers[l];
-    }
+    regions[unit] = model::bind_unit(u, model::views_of_region(region, u.lo, u.hi));
   };
-  auto done = [&](size_t u) {
-    if (own) {  // drop the unit's views, so the hooks can free its region once it is reduced
-      if (u == 0) {
-        owned.lnf_w = owned.lnf_b = Tensor();
-        if (!cfg_.tied_embeddings) owned.lm_head = Tensor();
-      } else if (u == last) {
-        owned.wte = owned.wpe = owned.lm_head = Tensor();
-      } else {
-        owned.layers[size_t(cfg_.n_layer) - u] = {};
-      }
-    }
-    if (hooks_) hooks_->ready(units_[u].first, units_[u].second);
+  auto done = [&](size_t unit) {
+    if (own) regions[unit] = UnitWeights{};
+    if (hooks_) hooks_->ready(m.units[unit].lo, m.units[unit].hi);
   };
-  if (cfg_.tied_embeddings) open(last);  // the LM head's gradient goes into wte
-  open(0);
-  const int64_t b = a.b, t = a.t, c = cfg_.d_model, h = cfg_.n_head, hkv = cfg_.n_kv_head;
+  auto lease = [&](size_t u) {
+    return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], true, be,
+                                              compute_);
+  };
+  const size_t head = m.head_unit();
+  if (cfg_.tied_embeddings) open(0);  // the LM head's gradient goes into wte
+  open(head);
   // dlogits overwrite the logits (the forward values are not needed any more).
-  be.cross_entropy_backward(a.logits, last_targets_, a.ce_lse, cfg_.vocab_size, -100, loss_scale,
-                            a.logits);
-  const Tensor lnf2d = a.lnf.view({b * t, c});
-  be.matmul_backward_input(a.logits, W.lm_head, a.d_ln.view({b * t, c}), false, Tensor());
-  be.matmul_backward_weight(a.logits, lnf2d, G.lm_head, true);
-  norm_bwd(be, cfg_, a.d_ln, a.resid_f, W.lnf_w, a.lnf_mean, a.lnf_rstd, Tensor(), a.d_resid,
-           G.lnf_w, G.lnf_b);
-  done(0);
-  AttentionOptions causal;
+  be.cross_entropy_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size, -100,
+                            loss_scale, m.head.logits);
+  {
+    const auto w = lease(head);
+    const auto tied = cfg_.tied_embeddings ? lease(0) : nullptr;
+    model::head_backward(c, **w, tied ? (*tied)->wte : (*w)->lm_head, G[head],
+                         cfg_.tied_embeddings ? G[0].wte : G[head].lm_head, m.head,
+                         m.scratch.d_resid, m.scratch.d_ln);
+  }
+  done(head);
   for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
-    const size_t unit = size_t(cfg_.n_layer - l);
+    const size_t unit = size_t(l) + 1;
     open(unit);
-    auto& L = a.layers[size_t(l)];
-    const auto& P = W.layers[size_t(l)];
-    const auto& D = G.layers[size_t(l)];
-    // MLP: d_resid is the gradient at h_{l+1} = h'_l + fcproj.
-    if (cfg_.mlp == MlpKind::gelu) {
-      be.matmul_backward_input(a.d_resid, P.proj_w, a.d_fch, false, L.fch);  // through GELU
-    } else {
-      be.matmul_backward_input(a.d_resid, P.proj_w, a.d_act, false, Tensor());
-      be.swiglu_backward(L.fch, a.d_act, a.d_fch);
+    {
+      const auto w = lease(unit);
+      model::block_recompute(c, **w, m.blocks[size_t(l)]);
+      model::block_backward(c, **w, G[unit], m.blocks[size_t(l)], m.scratch);
     }
-    be.matmul_backward_weight(a.d_resid, L.act, D.proj_w, true);
-    if (D.proj_b.defined()) be.matmul_backward_bias(a.d_resid, D.proj_b, true);
-    be.matmul_backward_input(a.d_fch, P.fc_w, a.d_ln, false, Tensor());
-    be.matmul_backward_weight(a.d_fch, L.ln2, D.fc_w, true);
-    if (D.fc_b.defined()) be.matmul_backward_bias(a.d_fch, D.fc_b, true);
-    norm_bwd(be, cfg_, a.d_ln, L.resid2, P.ln2_w, L.ln2_mean, L.ln2_rstd, a.d_resid, a.d_resid,
-             D.ln2_w, D.ln2_b);
-    // Attention: d_resid is now the gradient at h'_l = h_l + attproj.
-    const Tensor atty2d = L.atty.view({b, t, h * cfg_.head_dim()});
-    be.matmul_backward_input(a.d_resid, P.o_w, a.d_atty.view({b, t, -1}), false, Tensor());
-    be.matmul_backward_weight(a.d_resid, atty2d, D.o_w, true);
-    if (D.o_b.defined()) be.matmul_backward_bias(a.d_resid, D.o_b, true);
-    Tensor q = L.qkv.slice(2, 0, h), k = L.qkv.slice(2, h, h + hkv),
-           v = L.qkv.slice(2, h + hkv, h + 2 * hkv);
-    Tensor dq = a.d_qkv.slice(2, 0, h), dk = a.d_qkv.slice(2, h, h + hkv),
-           dv = a.d_qkv.slice(2, h + hkv, h + 2 * hkv);
-    be.attention_backward(q, k, v, L.atty, L.lse, a.d_atty, dq, dk, dv, causal);
-    if (cfg_.position == PositionKind::rope) {
-      be.rope_backward(dq, dq, cfg_.rope_theta, 0);
-      be.rope_backward(dk, dk, cfg_.rope_theta, 0);
-    }
-    const Tensor dqkv = a.d_qkv.view({b, t, -1});
-    be.matmul_backward_input(dqkv, P.qkv_w, a.d_ln, false, Tensor());
-    be.matmul_backward_weight(dqkv, L.ln1, D.qkv_w, true);
-    if (D.qkv_b.defined()) be.matmul_backward_bias(dqkv, D.qkv_b, true);
-    norm_bwd(be, cfg_, a.d_ln, L.resid, P.ln1_w, L.ln1_mean, L.ln1_rstd, a.d_resid, a.d_resid,
-             D.ln1_w, D.ln1_b);
     done(unit);
   }
-  if (!cfg_.tied_embeddings) open(last);
-  be.embedding_backward(last_tokens_, a.d_resid, G.wte.slice(0, 0, cfg_.vocab_size), G.wpe, true);
-  done(last);
+  if (!cfg_.tied_embeddings) open(0);
+  be.embedding_backward(last_tokens_, m.scratch.d_resid, G[0].wte.slice(0, 0, cfg_.vocab_size),
+                        G[0].wpe, true);
+  done(0);
 }
 
 }  // namespace nuri

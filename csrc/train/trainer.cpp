@@ -42,6 +42,13 @@ const Settings& train_settings() {
     t.choice("on_nonfinite", &C::on_nonfinite,
              {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}},
              "a non-finite loss or gradient norm skips the update, or stops the run");
+    t.choice("recompute", &C::recompute,
+             {{"none", Recompute::none}, {"selective", Recompute::selective},
+              {"full", Recompute::full}},
+             "activations a block keeps: all (none), its products (selective: norms and SwiGLU "
+             "recomputed), or its input (full: the block's forward runs again)");
+    t.add("recompute_every", &C::recompute_every,
+          "recompute blocks 0, k, 2k, ... only (the others keep everything)").at_least(1);
     return t;
   }();
   return s;
@@ -82,6 +89,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                      comm->size() > 1 ? make_device_communicator(comm, model.backend()) : comm,
                      parallel)
                : nullptr) {
+  model.set_recompute(cfg.recompute, cfg.recompute_every);
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {
     const auto [lo, hi] = dp_->shard(model.parameter_count());

@@ -38,6 +38,31 @@ struct ParamSpec {
 /// The parameter layout of a config, in buffer order.
 std::vector<ParamSpec> param_layout(const ModelConfig& cfg);
 
+/// Activation recomputation: what a block keeps of its forward for its backward.
+///   none       everything (the fastest: no work twice)
+///   selective  its input and the products' outputs (q/k/v after RoPE, attention with its
+///              log-sum-exp, the projections, the MLP's fc output and its fused GELU); the
+///              norms' outputs and statistics, h' and SwiGLU's output are computed again
+///              before the block's backward (cheap elementwise work)
+///   full       its input h_l alone; the whole block forward runs again before its backward
+/// The recomputed values are the same bits as the forward's, so losses and gradients do not
+/// change.
+enum class Recompute { none, selective, full };
+const char* recompute_name(Recompute r);
+
+/// Gives the model the weights of a unit (embedding, a block, the head: grad_units() in reverse)
+/// for its forward and backward, and takes them back after: what ZeRO 3 gathers and frees
+/// (DESIGN.md: the mirror of GradHooks). Without hooks the model reads its own compute copy.
+class ParamHooks {
+ public:
+  virtual ~ParamHooks() = default;
+  /// Unit `unit`'s weights, the flat range [lo, hi) in the compute dtype in the backend's memory
+  /// (backward: for the unit's backward, which also recomputes with them).
+  virtual Tensor acquire(size_t unit, int64_t lo, int64_t hi, bool backward) = 0;
+  /// The model is done with what acquire(unit) gave (it keeps no view of it).
+  virtual void release(size_t unit, bool backward) = 0;
+};
+
 /// Receives the gradients as the backward produces them (data parallelism, DESIGN.md). The
 /// backward finishes grad_units() in their order (the LM head and final norm, then the layers
 /// from last to first, then the embeddings), calling ready(lo, hi) as each flat range [lo, hi)
@@ -135,17 +160,27 @@ class Transformer {
   /// backward calls.
   void set_grad_hooks(GradHooks* hooks, bool own_storage = false);
 
+  /// Activation recomputation for every `every`-th block (blocks 0, every, 2·every, ...; the
+  /// others keep everything); applies from the next forward. every >= 1.
+  void set_recompute(Recompute mode, int64_t every = 1);
+  Recompute recompute() const;
+  /// Units in layout order: the embedding, blocks 0 .. L-1, the head (the reverse of
+  /// grad_units()); their flat ranges.
+  std::vector<std::pair<int64_t, int64_t>> unit_ranges() const;
+  /// Hooks that provide every unit's weights (nullptr: the model's own compute copy). `hooks`
+  /// must outlive the forward and backward calls.
+  void set_param_hooks(ParamHooks* hooks) { param_hooks_ = hooks; }
+
   /// Bytes held by this model's backend allocator (parameters, gradients, activations).
   AllocatorStats memory() const { return backend_->allocator()->stats(); }
 
- public:
-  struct Weights;  // typed views of a flat buffer (defined in transformer.cpp)
-  struct Acts;     // the activation plan for one (batch, sequence length)
-
  private:
+  struct Impl;  // the units, their views and their activations (transformer.cpp)
+
   void plan(int64_t b, int64_t t);
   void run_forward(const Tensor& tokens);
   void check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const;
+  void bind_views();
 
   ModelConfig cfg_;
   std::shared_ptr<Backend> backend_;
@@ -155,13 +190,13 @@ class Transformer {
   int64_t master_lo_ = 0, master_hi_ = 0;  ///< the flat range param_buf_ holds
   Tensor param_buf_, grad_buf_, cparam_buf_;
   std::vector<NamedTensor> params_, grads_;
-  std::unique_ptr<Weights> w_, g_;  // typed views of params_ / grads_
-  std::unique_ptr<Acts> acts_;
+  std::unique_ptr<Impl> impl_;
   Tensor last_tokens_, last_targets_;
   bool have_forward_ = false;
-  std::vector<std::pair<int64_t, int64_t>> units_;
+  std::vector<std::pair<int64_t, int64_t>> units_;  // backward order
   GradHooks* hooks_ = nullptr;
   bool hooks_own_grads_ = false;
+  ParamHooks* param_hooks_ = nullptr;
 
  public:
   ~Transformer();

@@ -36,6 +36,9 @@ struct TrainConfig {
   int64_t eval_batches = 16;     ///< micro-batches of validation data per evaluation
   uint64_t seed = 1337;          ///< model init and data order
   NonFinitePolicy on_nonfinite = NonFinitePolicy::skip;
+  /// Activation recomputation (nuri/model/transformer.h) for every recompute_every-th block.
+  Recompute recompute = Recompute::none;
+  int64_t recompute_every = 1;
 
   /// Throws nuri::Error naming the first invalid field.
   void validate() const;

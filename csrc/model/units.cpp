@@ -1,0 +1,224 @@
+// The units' forward and backward (csrc/model/units.h), written once against the Backend
+// interface. Pre-norm blocks; each norm is fused with the residual add before it:
+//   block l: a = N1(h_l); h'_l = h_l + Attn(a); m = N2(h'_l); h_{l+1} = h'_l + MLP(m)
+//   head:    logits = N_f(h_L) · Wᵀ
+// where N1 of block l > 0 computes h_l = h'_{l-1} + mlp_out_{l-1} itself; N_f likewise.
+// Recomputation runs the same calls again: a block that keeps its products recomputes the norms
+// (and SwiGLU) from them; one that keeps only its input runs its whole forward from h_l.
+#include "model/units.h"
+
+namespace nuri::model {
+
+namespace {
+
+void norm_fwd(const Ctx& c, const Tensor& x, const Tensor& residual, const Tensor& w,
+              const Tensor& b, const Tensor& sum, const Tensor& y, const Tensor& mean,
+              const Tensor& rstd) {
+  if (c.cfg.norm == NormKind::layernorm) {
+    c.be.layernorm(x, residual, w, b, c.cfg.norm_eps, sum, y, mean, rstd);
+  } else {
+    c.be.rmsnorm(x, residual, w, c.cfg.norm_eps, sum, y, rstd);
+  }
+}
+
+void norm_bwd(const Ctx& c, const Tensor& dy, const Tensor& s, const Tensor& w,
+              const Tensor& mean, const Tensor& rstd, const Tensor& dsum, const Tensor& ds,
+              const Tensor& dw, const Tensor& db) {
+  if (c.cfg.norm == NormKind::layernorm) {
+    c.be.layernorm_backward(dy, s, w, mean, rstd, dsum, ds, dw, db, true);
+  } else {
+    c.be.rmsnorm_backward(dy, s, w, rstd, dsum, ds, dw, true);
+  }
+}
+
+// A block's tensors, each in its own buffer or in the shared one (allocated by the first block
+// that needs it there: with no recomputation nothing is shared).
+BlockActs allocate(const Ctx& c, Keep keep, BlockActs* shared) {
+  Backend& be = c.be;
+  const ModelConfig& m = c.cfg;
+  const int64_t b = c.b, t = c.t, bt = b * t, ch = m.d_model, d = m.head_dim();
+  const int64_t h = m.n_head, hkv = m.n_kv_head, f = m.d_ff;
+  const int64_t fch_width = m.mlp == MlpKind::gelu ? f : 2 * f;
+  const bool ln = m.norm == NormKind::layernorm;
+  // Keep::products drops the norms' outputs and statistics, h', and SwiGLU's output (GELU's
+  // comes from the fc product's epilogue and is kept with it); Keep::input drops all but h_l.
+  const bool cheap = keep == Keep::all;
+  const bool products = keep != Keep::input;
+  const bool swiglu_kept = keep == Keep::all || m.mlp == MlpKind::gelu;
+  auto own = [&](bool mine, Tensor BlockActs::*field, const Shape& s, DType dt) {
+    if (mine || !shared) return be.empty(s, dt);
+    if (!(shared->*field).defined()) shared->*field = be.empty(s, dt);
+    return shared->*field;
+  };
+  BlockActs a;
+  a.keep = keep;
+  const DType ad = c.act_dtype, f32 = DType::f32;
+  a.ln1 = own(cheap, &BlockActs::ln1, {b, t, ch}, ad);
+  if (ln) a.ln1_mean = own(cheap, &BlockActs::ln1_mean, {bt}, f32);
+  a.ln1_rstd = own(cheap, &BlockActs::ln1_rstd, {bt}, f32);
+  a.qkv = own(products, &BlockActs::qkv, {b, t, h + 2 * hkv, d}, ad);
+  a.atty = own(products, &BlockActs::atty, {b, t, h, d}, ad);
+  a.lse = own(products, &BlockActs::lse, {b, h, t}, f32);
+  a.attproj = own(products, &BlockActs::attproj, {b, t, ch}, ad);
+  a.resid2 = own(cheap, &BlockActs::resid2, {b, t, ch}, ad);
+  a.ln2 = own(cheap, &BlockActs::ln2, {b, t, ch}, ad);
+  if (ln) a.ln2_mean = own(cheap, &BlockActs::ln2_mean, {bt}, f32);
+  a.ln2_rstd = own(cheap, &BlockActs::ln2_rstd, {bt}, f32);
+  a.fch = own(products, &BlockActs::fch, {b, t, fch_width}, ad);
+  a.act = own(products && swiglu_kept, &BlockActs::act, {b, t, f}, ad);
+  a.fcproj = own(products, &BlockActs::fcproj, {b, t, ch}, ad);
+  return a;
+}
+
+}  // namespace
+
+BlockScratch plan_scratch(const Ctx& c) {
+  BlockScratch s;
+  Backend& be = c.be;
+  const ModelConfig& m = c.cfg;
+  const int64_t b = c.b, t = c.t, ch = m.d_model, d = m.head_dim(), f = m.d_ff;
+  const int64_t h = m.n_head, hkv = m.n_kv_head;
+  const DType ad = c.act_dtype;
+  s.d_resid = be.empty({b, t, ch}, ad);
+  s.d_ln = be.empty({b, t, ch}, ad);
+  s.d_qkv = be.empty({b, t, h + 2 * hkv, d}, ad);
+  s.d_atty = be.empty({b, t, h, d}, ad);
+  s.d_fch = be.empty({b, t, m.mlp == MlpKind::gelu ? f : 2 * f}, ad);
+  s.d_act = be.empty({b, t, f}, ad);
+  return s;
+}
+
+BlockActs plan_block(const Ctx& c, Keep keep, BlockScratch& scratch) {
+  return allocate(c, keep, &scratch.acts);
+}
+
+HeadActs plan_head(const Ctx& c) {
+  Backend& be = c.be;
+  const int64_t bt = c.b * c.t;
+  HeadActs a;
+  a.resid_f = be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
+  a.lnf = be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
+  if (c.cfg.norm == NormKind::layernorm) a.lnf_mean = be.empty({bt});
+  a.lnf_rstd = be.empty({bt});
+  a.logits = be.empty({bt, c.cfg.padded_vocab()}, c.act_dtype);
+  a.losses = be.empty({bt});
+  a.ce_lse = be.empty({bt});
+  a.loss = be.empty({1});
+  return a;
+}
+
+namespace {
+
+// The block from its first norm's output on: attention, the second norm, the MLP.
+void block_body(const Ctx& c, const UnitWeights& w, const BlockActs& a) {
+  Backend& be = c.be;
+  const int64_t b = c.b, t = c.t, h = c.cfg.n_head, hkv = c.cfg.n_kv_head;
+  be.matmul(a.ln1, w.qkv_w, w.qkv_b, a.qkv.view({b, t, -1}), Activation::none, Tensor(),
+            Tensor());
+  Tensor q = a.qkv.slice(2, 0, h), k = a.qkv.slice(2, h, h + hkv),
+         v = a.qkv.slice(2, h + hkv, h + 2 * hkv);
+  if (c.cfg.position == PositionKind::rope) {
+    be.rope(q, q, c.cfg.rope_theta, 0);
+    be.rope(k, k, c.cfg.rope_theta, 0);
+  }
+  AttentionOptions causal;
+  be.attention(q, k, v, a.atty, a.lse, causal);
+  be.matmul(a.atty.view({b, t, -1}), w.o_w, w.o_b, a.attproj, Activation::none, Tensor(),
+            Tensor());
+  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, a.ln2, a.ln2_mean, a.ln2_rstd);
+  if (c.cfg.mlp == MlpKind::gelu) {
+    be.matmul(a.ln2, w.fc_w, w.fc_b, a.act, Activation::gelu, a.fch, Tensor());
+  } else {
+    be.matmul(a.ln2, w.fc_w, w.fc_b, a.fch, Activation::none, Tensor(), Tensor());
+    be.swiglu(a.fch, a.act);
+  }
+  be.matmul(a.act, w.proj_w, w.proj_b, a.fcproj, Activation::none, Tensor(), Tensor());
+}
+
+}  // namespace
+
+void block_forward(const Ctx& c, const UnitWeights& w, BlockActs& a, const Tensor& x,
+                   const Tensor& r) {
+  if (r.defined()) {
+    if (!a.resid.defined()) a.resid = c.be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
+    norm_fwd(c, x, r, w.ln1_w, w.ln1_b, a.resid, a.ln1, a.ln1_mean, a.ln1_rstd);
+  } else {  // x is h_l itself (block 0: the embedding's output)
+    a.resid = x;
+    norm_fwd(c, x, Tensor(), w.ln1_w, w.ln1_b, Tensor(), a.ln1, a.ln1_mean, a.ln1_rstd);
+  }
+  block_body(c, w, a);
+}
+
+void block_recompute(const Ctx& c, const UnitWeights& w, BlockActs& a) {
+  if (a.keep == Keep::all) return;
+  // N1 from the stored h_l is N1 of the fused forward bit for bit (see units.h).
+  norm_fwd(c, a.resid, Tensor(), w.ln1_w, w.ln1_b, Tensor(), a.ln1, a.ln1_mean, a.ln1_rstd);
+  if (a.keep == Keep::input) {
+    block_body(c, w, a);
+    return;
+  }
+  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, a.ln2, a.ln2_mean, a.ln2_rstd);
+  if (c.cfg.mlp == MlpKind::swiglu) c.be.swiglu(a.fch, a.act);
+}
+
+void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, BlockActs& a,
+                    BlockScratch& s) {
+  Backend& be = c.be;
+  const int64_t b = c.b, t = c.t, h = c.cfg.n_head, hkv = c.cfg.n_kv_head;
+  // MLP: d_resid is the gradient at h_{l+1} = h'_l + fcproj.
+  if (c.cfg.mlp == MlpKind::gelu) {
+    be.matmul_backward_input(s.d_resid, w.proj_w, s.d_fch, false, a.fch);  // through GELU
+  } else {
+    be.matmul_backward_input(s.d_resid, w.proj_w, s.d_act, false, Tensor());
+    be.swiglu_backward(a.fch, s.d_act, s.d_fch);
+  }
+  be.matmul_backward_weight(s.d_resid, a.act, g.proj_w, true);
+  if (g.proj_b.defined()) be.matmul_backward_bias(s.d_resid, g.proj_b, true);
+  be.matmul_backward_input(s.d_fch, w.fc_w, s.d_ln, false, Tensor());
+  be.matmul_backward_weight(s.d_fch, a.ln2, g.fc_w, true);
+  if (g.fc_b.defined()) be.matmul_backward_bias(s.d_fch, g.fc_b, true);
+  norm_bwd(c, s.d_ln, a.resid2, w.ln2_w, a.ln2_mean, a.ln2_rstd, s.d_resid, s.d_resid, g.ln2_w,
+           g.ln2_b);
+  // Attention: d_resid is now the gradient at h'_l = h_l + attproj.
+  const Tensor atty2d = a.atty.view({b, t, h * c.cfg.head_dim()});
+  be.matmul_backward_input(s.d_resid, w.o_w, s.d_atty.view({b, t, -1}), false, Tensor());
+  be.matmul_backward_weight(s.d_resid, atty2d, g.o_w, true);
+  if (g.o_b.defined()) be.matmul_backward_bias(s.d_resid, g.o_b, true);
+  Tensor q = a.qkv.slice(2, 0, h), k = a.qkv.slice(2, h, h + hkv),
+         v = a.qkv.slice(2, h + hkv, h + 2 * hkv);
+  Tensor dq = s.d_qkv.slice(2, 0, h), dk = s.d_qkv.slice(2, h, h + hkv),
+         dv = s.d_qkv.slice(2, h + hkv, h + 2 * hkv);
+  AttentionOptions causal;
+  be.attention_backward(q, k, v, a.atty, a.lse, s.d_atty, dq, dk, dv, causal);
+  if (c.cfg.position == PositionKind::rope) {
+    be.rope_backward(dq, dq, c.cfg.rope_theta, 0);
+    be.rope_backward(dk, dk, c.cfg.rope_theta, 0);
+  }
+  const Tensor dqkv = s.d_qkv.view({b, t, -1});
+  be.matmul_backward_input(dqkv, w.qkv_w, s.d_ln, false, Tensor());
+  be.matmul_backward_weight(dqkv, a.ln1, g.qkv_w, true);
+  if (g.qkv_b.defined()) be.matmul_backward_bias(dqkv, g.qkv_b, true);
+  norm_bwd(c, s.d_ln, a.resid, w.ln1_w, a.ln1_mean, a.ln1_rstd, s.d_resid, s.d_resid, g.ln1_w,
+           g.ln1_b);
+}
+
+void head_forward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, HeadActs& a,
+                  const Tensor& x, const Tensor& r) {
+  norm_fwd(c, x, r, w.lnf_w, w.lnf_b, r.defined() ? a.resid_f : Tensor(), a.lnf, a.lnf_mean,
+           a.lnf_rstd);
+  if (!r.defined()) a.resid_f = x;
+  c.be.matmul(a.lnf.view({c.b * c.t, c.cfg.d_model}), lm_head, Tensor(), a.logits,
+              Activation::none, Tensor(), Tensor());
+}
+
+void head_backward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head,
+                   const UnitWeights& g, const Tensor& dlm_head, HeadActs& a,
+                   const Tensor& d_resid, const Tensor& d_ln) {
+  const int64_t bt = c.b * c.t, ch = c.cfg.d_model;
+  c.be.matmul_backward_input(a.logits, lm_head, d_ln.view({bt, ch}), false, Tensor());
+  c.be.matmul_backward_weight(a.logits, a.lnf.view({bt, ch}), dlm_head, true);
+  norm_bwd(c, d_ln, a.resid_f, w.lnf_w, a.lnf_mean, a.lnf_rstd, Tensor(), d_resid, g.lnf_w,
+           g.lnf_b);
+}
+
+}  // namespace nuri::model

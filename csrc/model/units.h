@@ -1,0 +1,130 @@
+// The model's units (DESIGN.md, "Models larger than one GPU"): the embedding, L decoder blocks
+// and the head, in that order in the flat parameter layout. Each unit declares its parameters
+// once: name, shape, init, and the field of UnitWeights its view binds to (or a fused view over
+// consecutive parameters: q/k/v, gate/up). From these declarations come the flat layout, the
+// named and typed views of every buffer, and the backward's order of units (the reverse).
+//
+// A block's input is the residual stream h_l as two parts, x + r (the previous block's MLP
+// output and its h'), because each norm is fused with the residual add before it; block 0 and
+// the recomputation of any block read h_l itself (x = h_l, no r). The norms round s = x + r to
+// the activation dtype before their statistics, so norm(h_l) recomputed from the stored h_l is
+// the same bits as the fused forward.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "nuri/backend/backend.h"
+#include "nuri/model/transformer.h"
+
+namespace nuri::model {
+
+enum class UnitKind { embedding, block, head };
+
+/// Typed views of one unit's parameters (only its own fields are set).
+struct UnitWeights {
+  Tensor wte, wpe;  // embedding: [Vp, C], [Tmax, C] (no wpe with rope)
+  Tensor ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b;  // block: qkv_w [(H + 2Hkv)·D, C], o_w [C, H·D]
+  Tensor ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;  // fc_w [F or 2F, C] (gate | up), proj_w [C, F]
+  Tensor lnf_w, lnf_b, lm_head;                     // head: lm_head [Vp, C] (untied only)
+};
+using Field = Tensor UnitWeights::*;
+
+struct UnitDecl {
+  UnitKind kind = UnitKind::block;
+  int64_t layer = -1;     ///< blocks: 0 .. L-1
+  std::string name;       ///< "embedding", "block 3", "head": for messages
+  std::vector<ParamSpec> params;  ///< in layout order; offsets into the whole flat layout
+  std::vector<Field> fields;      ///< per param: the view it binds to (null: fused only)
+  struct Fused {
+    Field field;
+    size_t first;  ///< index into params of the first of the consecutive tensors
+    Shape shape;   ///< the fused view's shape
+  };
+  std::vector<Fused> fused;
+  int64_t lo = 0, hi = 0;  ///< the unit's flat range [lo, hi)
+};
+
+/// Every unit of `cfg` in layout order (embedding, blocks 0 .. L-1, head), offsets assigned.
+std::vector<UnitDecl> model_units(const ModelConfig& cfg);
+
+/// The view of the flat layout at (offset, shape), or undefined where the storage behind it has
+/// no such range.
+using ViewFn = std::function<Tensor(int64_t offset, const Shape& shape)>;
+ViewFn views_of(const Tensor& flat);
+/// Views of a region holding the flat range [lo, hi) only.
+ViewFn views_of_region(const Tensor& region, int64_t lo, int64_t hi);
+/// Unit u's typed views.
+UnitWeights bind_unit(const UnitDecl& u, const ViewFn& view);
+/// Unit u's named views, appended to `named` (layout order).
+void named_views(const UnitDecl& u, const ViewFn& view, std::vector<NamedTensor>& named);
+
+/// What recomputation a block does (TrainConfig::recompute, for every k-th block).
+enum class Keep { all, products, input };
+
+/// One block's activations for one micro-batch. Tensors a block does not keep (Keep::products:
+/// the norms' outputs and statistics, h', SwiGLU's output; Keep::input: all but its input h_l)
+/// are views of the shared BlockScratch, written again by recompute() before the backward.
+struct BlockActs {
+  Keep keep = Keep::all;
+  Tensor resid;                    // [B, T, C] h_l, the block's input (block 0: the embedding's)
+  Tensor ln1, ln1_mean, ln1_rstd;  // [B, T, C], [B·T], [B·T]
+  Tensor qkv;                      // [B, T, H + 2·Hkv, D] (q, k after RoPE)
+  Tensor atty, lse;                // [B, T, H, D], [B, H, T]
+  Tensor attproj;                  // [B, T, C]
+  Tensor resid2;                   // [B, T, C] h'_l
+  Tensor ln2, ln2_mean, ln2_rstd;
+  Tensor fch;     // [B, T, F] GELU pre-activation | [B, T, 2F] gate | up
+  Tensor act;     // [B, T, F]
+  Tensor fcproj;  // [B, T, C]
+};
+
+/// What blocks share: the tensors of blocks that do not keep them (one of each, allocated by the
+/// first such block), and the backward's gradient scratch (reused by every block).
+struct BlockScratch {
+  BlockActs acts;
+  Tensor d_resid, d_ln, d_qkv, d_atty, d_fch, d_act;
+};
+
+struct HeadActs {
+  Tensor resid_f, lnf, lnf_mean, lnf_rstd;  // [B, T, C], ..., [B·T]
+  Tensor logits;                            // [B·T, Vp]; the backward overwrites it with dlogits
+  Tensor losses, ce_lse, loss;              // [B·T], [B·T], [1]
+};
+
+/// The context of a unit's forward and backward.
+struct Ctx {
+  Backend& be;
+  const ModelConfig& cfg;
+  int64_t b, t;
+  DType act_dtype;
+};
+
+/// The backward's gradient scratch (the shared activations come with the blocks that need them).
+BlockScratch plan_scratch(const Ctx& c);
+/// One block's activations: what it keeps in its own buffers, the rest in scratch.acts.
+BlockActs plan_block(const Ctx& c, Keep keep, BlockScratch& scratch);
+HeadActs plan_head(const Ctx& c);
+
+/// Block forward: `x` + `r` is its input h_l (r undefined: x is h_l, stored as the input
+/// without a copy); a block's output is (fcproj, resid2), the next one's x and r.
+void block_forward(const Ctx& c, const UnitWeights& w, BlockActs& a, const Tensor& x,
+                   const Tensor& r);
+/// Before a block's backward: what it did not keep, computed again from what it kept.
+void block_recompute(const Ctx& c, const UnitWeights& w, BlockActs& a);
+/// Block backward: s.d_resid holds d h_{l+1} on entry and d h_l on return; g: the gradients
+/// (added to).
+void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, BlockActs& a,
+                    BlockScratch& s);
+
+/// Head forward: the final norm of x + r and the logits. lm_head: the head's or the tied wte.
+void head_forward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, HeadActs& a,
+                  const Tensor& x, const Tensor& r);
+/// Head backward from dlogits (in a.logits): adds to g's lnf and to dlm_head; writes d h_L.
+void head_backward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head,
+                   const UnitWeights& g, const Tensor& dlm_head, HeadActs& a,
+                   const Tensor& d_resid, const Tensor& d_ln);
+
+}  // namespace nuri::model
