@@ -129,10 +129,12 @@ void Transformer::load_weights(const Tensor& host_flat) {
   const Tensor flat = host_flat.view({total_});
   backend_->copy(flat.slice(0, master_lo_, master_hi_), param_buf_);
   if (!cparam_buf_.defined()) return;
-  Tensor copy = Tensor::empty({total_}, compute_);
-  const float* src = flat.data<float>();
+  // The compute copy's range (all of it unless ZeRO 3 sharded it), rounded to nearest even.
+  const int64_t lo = compute_lo_, n = cparam_buf_.numel();
+  Tensor copy = Tensor::empty({n}, compute_);
+  const float* src = flat.data<float>() + lo;
   bf16_t* dst = copy.data<bf16_t>();
-  for (int64_t i = 0; i < total_; ++i) dst[i] = f32_to_bf16(src[i]);
+  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
   backend_->copy(copy, cparam_buf_);
 }
 
@@ -160,6 +162,26 @@ void Transformer::shard_master_weights(int64_t lo, int64_t hi) {
   params_.clear();
   master_lo_ = lo;
   master_hi_ = hi;
+}
+
+void Transformer::shard_parameters(int64_t lo, int64_t hi) {
+  NURI_CHECK(0 <= lo && lo <= hi && hi <= total_, "shard_parameters: [", lo, ", ", hi,
+             ") is not a range of the ", total_, " parameters");
+  NURI_CHECK(!masters_sharded() && !parameters_sharded_, "shard_parameters: the weights are "
+             "sharded already");
+  Tensor mine = backend_->empty({hi - lo});
+  backend_->copy(param_buf_.slice(0, lo, hi), mine);
+  param_buf_ = mine;  // the whole buffers go back to the allocator
+  if (cparam_buf_.defined()) {
+    Tensor copy = backend_->empty({hi - lo}, compute_);
+    backend_->copy(cparam_buf_.slice(0, lo, hi), copy);
+    cparam_buf_ = copy;
+  }
+  master_lo_ = compute_lo_ = lo;
+  master_hi_ = hi;
+  parameters_sharded_ = true;
+  params_.clear();
+  for (auto& w : impl_->w) w = UnitWeights{};  // every unit's weights come from ParamHooks now
 }
 
 void Transformer::zero_grad() {
@@ -304,6 +326,9 @@ void Transformer::run_forward(const Tensor& tokens) {
     dev_tokens = m.tokens;
     be.copy(tokens, dev_tokens);
   }
+  NURI_CHECK(param_hooks_ || !parameters_sharded_, "this model holds the weights of [",
+             master_lo_, ", ", master_hi_, ") only (ZeRO 3): its forward and backward need the "
+             "ParamHooks that gather them (the Trainer's data parallelism sets them)");
   auto lease = [&](size_t u) {
     return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], false, be,
                                               compute_);

@@ -34,7 +34,7 @@ const Settings& parallel_settings() {
     using C = ParallelConfig;
     t.add("zero_stage", &C::zero_stage,
           "ZeRO stage over the data-parallel ranks: 0 shards nothing, 1 AdamW's state, "
-          "2 the gradients too").at_least(0).at_most(2);
+          "2 the gradients too, 3 the weights too").at_least(0).at_most(3);
     t.custom("bucket_mb", SettingKind::number, "gradient bytes per reduction bucket, in MiB",
              [](const void* o) {
                return SettingValue(double(static_cast<const C*>(o)->bucket_bytes) / 1048576.0);
@@ -45,6 +45,9 @@ const Settings& parallel_settings() {
              }).above(0);
     t.add("overlap", &C::overlap,
           "reduce each bucket while the backward goes on (false: after the backward)");
+    t.add("keep_gathered", &C::keep_gathered,
+          "ZeRO 3: keep each block's gathered weights from its forward to its backward (ZeRO "
+          "2's memory, one gather fewer)");
     return t;
   }();
   return s;
@@ -212,7 +215,12 @@ void DataParallel::attach(Transformer& model) {
   std::tie(lo_, hi_) = shard(total);
   // ZeRO 1, 2 with a compute copy (a GPU model): the f32 masters are optimizer state, sharded
   // like AdamW's moments; the forward reads the bf16 copy, which gather_parameters() refreshes.
-  if (cfg_.zero_stage >= 1 && model.compute_buffer().defined() && world() > 1) {
+  if (cfg_.zero_stage == 3) {
+    model.shard_parameters(lo_, hi_);
+    unit_ranges_ = model.unit_ranges();
+    gathered_.assign(unit_ranges_.size(), Gathered{});
+    model.set_param_hooks(this);
+  } else if (cfg_.zero_stage >= 1 && model.compute_buffer().defined() && world() > 1) {
     model.shard_master_weights(lo_, hi_);
   }
   // Buckets: whole units in backward order, merged until bucket_bytes.
@@ -229,7 +237,7 @@ void DataParallel::attach(Transformer& model) {
     ++b.units;
     unit_bucket_.push_back(buckets_.size() - 1);
   }
-  if (cfg_.zero_stage == 2) {
+  if (cfg_.zero_stage >= 2) {
     // On the CPU an allocator of their own, so tests can read the gradients' peak bytes.
     grad_alloc_ = host ? std::make_shared<CpuAllocator>() : model.backend().allocator();
     shard_grad_ = Tensor::empty({hi_ - lo_}, DType::f32, grad_alloc_);
@@ -253,11 +261,13 @@ void DataParallel::begin_step() {
   if (shard_grad_.defined()) model_->backend().zero(shard_grad_);
   for (Bucket& b : buckets_) b.ticket = -1;
   stats_ = CommStats{};
+  stats_.gathered_peak_bytes = gathered_bytes_;  // units kept from an evaluation
+  gather_ns_->store(0);
 }
 
 void DataParallel::before_backward(bool last_micro_batch) {
   // Stage 2 reduces even with one rank: its "reduction" moves the bucket into the shard.
-  communicate_ = cfg_.zero_stage == 2 || (world() > 1 && last_micro_batch);
+  communicate_ = cfg_.zero_stage >= 2 || (world() > 1 && last_micro_batch);
   for (Bucket& b : buckets_) b.ready = 0;
 }
 
@@ -317,7 +327,7 @@ void DataParallel::launch(Bucket& b) {
     submit([comm, g] { comm->all_reduce(g, ReduceOp::sum); });
     return;
   }
-  // ZeRO 2: rank r receives the sum of the bucket's part inside its shard (maybe nothing).
+  // ZeRO 2, 3: rank r receives the sum of the bucket's part inside its shard (maybe nothing).
   std::vector<int64_t> counts = shard_counts(model_->parameter_count());
   int64_t at = 0;
   for (int64_t& c : counts) {  // shard [at, at + c) ∩ [b.lo, b.hi)
@@ -350,8 +360,86 @@ int64_t DataParallel::submit(std::function<void()> fn) {
   deferred_.push_back(std::move(fn));
   // ZeRO 2 without a progress thread: now, on this thread, so the bucket's memory goes at once
   // (and the shard holds the sum before the next micro-batch starts from it).
-  if (cfg_.zero_stage == 2) after_backward();
+  if (cfg_.zero_stage >= 2) after_backward();
   return -1;
+}
+
+// ---- ZeRO 3: the units' weights, gathered for the model ------------------------------------------
+
+void DataParallel::start_gather(size_t u) {
+  Gathered& g = gathered_[u];
+  if (g.weights.defined()) return;  // gathered, or on its way
+  const auto [lo, hi] = unit_ranges_[u];
+  Backend& be = model_->backend();
+  g.weights = be.empty({hi - lo}, model_->compute_dtype());
+  gathered_bytes_ += g.weights.nbytes();
+  stats_.gathered_peak_bytes = std::max(stats_.gathered_peak_bytes, gathered_bytes_);
+  // Rank r holds [lo, hi) ∩ its shard: the pieces, in rank order, are the unit.
+  std::vector<int64_t> counts = shard_counts(model_->parameter_count());
+  int64_t at = 0;
+  for (int64_t& c : counts) {
+    const int64_t from = std::max(at, lo), to = std::min(at + c, hi);
+    at += c;
+    c = std::max<int64_t>(0, to - from);
+  }
+  const int64_t from = std::min(std::max(lo_, lo), hi_), to = std::max(from, std::min(hi_, hi));
+  const Tensor mine = model_->compute_weights().slice(0, from - lo_, to - lo_);
+  const Tensor dst = g.weights;
+  ++stats_.unit_gathers;
+  count(dst.nbytes(), (double(world()) - 1) / world());
+  Communicator* comm = comm_.get();
+  auto ns = gather_ns_;
+  auto gather = [comm, &be, mine, dst, counts, ns, world = world()] {
+    const auto t0 = Clock::now();
+    if (world == 1) be.copy(mine, dst);
+    else comm->all_gather_v(mine, dst, counts);
+    ns->fetch_add(int64_t(seconds_since(t0) * 1e9));
+  };
+  if (progress_) {
+    g.ticket = int64_t(progress_->push(std::move(gather)));
+  } else {  // no progress thread: now, on this thread, all of it exposed
+    const auto t0 = Clock::now();
+    gather();
+    stats_.gather_exposed_seconds += seconds_since(t0);
+  }
+}
+
+Tensor DataParallel::acquire(size_t u, int64_t lo, int64_t hi, bool backward) {
+  NURI_ASSERT(u < unit_ranges_.size() && unit_ranges_[u] == std::make_pair(lo, hi),
+              "acquire of an unknown unit");
+  const auto t0 = Clock::now();
+  start_gather(u);  // a no-op when it was prefetched (or kept from the forward)
+  Gathered& g = gathered_[u];
+  if (progress_ && g.ticket >= 0) {
+    progress_->wait_for(uint64_t(g.ticket));
+    g.ticket = -1;
+    stats_.gather_exposed_seconds += seconds_since(t0);
+  }
+  // The next unit's gather overlaps this one's compute: the forward's next unit; the backward's
+  // block below. None beside the head and its tied embedding (two units already): the head's
+  // forward takes the embedding after the head, its backward both.
+  const size_t head = unit_ranges_.size() - 1;
+  const bool tied_for_head = u == 0 && gathered_[head].weights.defined();
+  if (!backward && u < head && !tied_for_head) start_gather(u + 1);
+  if (backward && u >= 2 && u < head) start_gather(u - 1);
+  return g.weights;
+}
+
+void DataParallel::release(size_t u, bool backward) {
+  if (!backward && cfg_.keep_gathered) return;  // the backward takes it as it is
+  if (progress_ && gathered_[u].ticket >= 0) progress_->wait_for(uint64_t(gathered_[u].ticket));
+  gathered_bytes_ -= gathered_[u].weights.nbytes();
+  gathered_[u] = Gathered{};
+}
+
+void DataParallel::drop_gathered() {
+  for (size_t u = 0; u < gathered_.size(); ++u) {
+    if (progress_ && gathered_[u].ticket >= 0) {
+      progress_->wait_for(uint64_t(gathered_[u].ticket));
+    }
+    gathered_bytes_ -= gathered_[u].weights.nbytes();
+    gathered_[u] = Gathered{};
+  }
 }
 
 void DataParallel::after_backward() {
@@ -370,11 +458,15 @@ void DataParallel::after_backward() {
 
 void DataParallel::finish_gradients() {
   after_backward();
-  if (!progress_) return;
-  const auto t0 = Clock::now();
-  progress_->wait();
-  stats_.exposed_seconds += seconds_since(t0);
-  stats_.reduce_seconds += progress_->take_busy_seconds();
+  if (progress_) {
+    const auto t0 = Clock::now();
+    progress_->wait();
+    stats_.exposed_seconds += seconds_since(t0);
+  }
+  // ZeRO 3's gathers of this step so far; the progress thread's other time was reductions.
+  const double gathers = double(gather_ns_->exchange(0)) / 1e9;
+  stats_.gather_seconds += gathers;
+  if (progress_) stats_.reduce_seconds += std::max(0.0, progress_->take_busy_seconds() - gathers);
 }
 
 float DataParallel::global_norm(float shard_norm) {
@@ -386,6 +478,10 @@ float DataParallel::global_norm(float shard_norm) {
 }
 
 void DataParallel::gather_parameters(Transformer& model) {
+  if (cfg_.zero_stage == 3) {  // nothing to gather now: the next forward gathers each unit
+    drop_gathered();
+    return;
+  }
   if (world() == 1) return;
   if (progress_) progress_->wait();
   const auto t0 = Clock::now();

@@ -64,7 +64,8 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
     if (a < b) {
       AdamWTensor t{model.param_buffer().slice(0, a - p0, b - p0), g.slice(0, a - g0, b - g0),
                     m_.slice(0, a - lo, b - lo), v_.slice(0, a - lo, b - lo), spec.decay};
-      if (copy.defined()) t.param_bf16 = copy.slice(0, a, b);
+      const int64_t c0 = model.compute_begin();  // ZeRO 3: the copy is this shard too
+      if (copy.defined()) t.param_bf16 = copy.slice(0, a - c0, b - c0);
       tensors_.push_back(t);
     }
   }

@@ -354,7 +354,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
           (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
 
   const SampleConfig& sc = cfg.sample;
-  if (lead && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
+  // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
+  // weights from every rank (all sample the same tokens; rank 0 shows them).
+  const bool sharded = trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3;
+  if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
       cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;
     so.max_new_tokens = sc.max_new_tokens;
@@ -364,7 +367,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const auto enc = ByteTokenizer().encode(sc.prompt);
     const auto gen = trainer.generate(std::vector<int32_t>(enc.begin(), enc.end()), so);
     const std::string text = valid_utf8(sc.prompt + ByteTokenizer().decode(gen));
-    if (!cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
+    if (lead && !cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
     out.line(fmt("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
                  (long long)sc.top_k));
     out.line(text);

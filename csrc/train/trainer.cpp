@@ -131,7 +131,7 @@ StepStats Trainer::step() {
   loader_.advance();
   if (dp_) dp_->finish_gradients();
   std::vector<Tensor> grads;
-  if (dp_ && dp_->zero_stage() == 2) {
+  if (dp_ && dp_->zero_stage() >= 2) {
     grads.push_back(dp_->gradient_shard());  // this rank's share of the norm; summed below
   } else {
     for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
@@ -147,7 +147,7 @@ StepStats Trainer::step() {
   for (float l : losses) loss_sum += l;
   s.loss = float(loss_sum / double(losses.size()));
   s.grad_norm = stats.data<float>()[g];
-  if (dp_ && dp_->zero_stage() == 2) s.grad_norm = dp_->global_norm(s.grad_norm);
+  if (dp_ && dp_->zero_stage() >= 2) s.grad_norm = dp_->global_norm(s.grad_norm);
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
     NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",

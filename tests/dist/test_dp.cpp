@@ -68,27 +68,31 @@ struct Result {
 constexpr int64_t kBucketBytes = 64 << 10;
 
 Result train(int64_t grad_accum, std::shared_ptr<Communicator> comm, int zero_stage = 0,
-             bool overlap = true) {
+             bool overlap = true, bool keep_gathered = false) {
   Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
   ParallelConfig par;
   par.zero_stage = zero_stage;
   par.bucket_bytes = kBucketBytes;
   par.overlap = overlap;
+  par.keep_gathered = keep_gathered;
   Trainer t(m, config(grad_accum), text_data(), nullptr, std::move(comm), par);
   Result r;
   for (int i = 0; i < 20; ++i) r.losses.push_back(t.step().loss);
-  const Tensor& p = m.param_buffer();
+  const Tensor p = t.master_weights();  // ZeRO 3: every rank's shard, gathered
   r.params.assign(p.data<float>(), p.data<float>() + p.numel());
   return r;
 }
 
 /// train() with a communicator, each configuration once per process (several tests compare
 /// against the same stage-0 run).
-const Result& train_dp(int64_t grad_accum, int zero_stage, bool overlap = true) {
-  static std::map<std::tuple<int64_t, int, bool>, Result> cache;
-  const auto key = std::make_tuple(grad_accum, zero_stage, overlap);
+const Result& train_dp(int64_t grad_accum, int zero_stage, bool overlap = true,
+                       bool keep_gathered = false) {
+  static std::map<std::tuple<int64_t, int, bool, bool>, Result> cache;
+  const auto key = std::make_tuple(grad_accum, zero_stage, overlap, keep_gathered);
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, train(grad_accum, world(), zero_stage, overlap)).first;
+  if (it == cache.end()) {
+    it = cache.emplace(key, train(grad_accum, world(), zero_stage, overlap, keep_gathered)).first;
+  }
   return it->second;
 }
 
@@ -185,6 +189,24 @@ TEST_P(DataParallelTest, ZeroStageTwoFollowsStageZero) {
   }
 }
 
+// ZeRO 3 takes the weights from gathered shards instead of a whole copy: the same bits as the
+// copy stage 2 all-gathers, so stage 2's run bit for bit (overlapped, after the backward, and
+// keeping the gathered weights from the forward to the backward).
+TEST_P(DataParallelTest, ZeroStageThreeComputesStageTwosBits) {
+  std::shared_ptr<Communicator> comm = world();
+  const Result& z2 = train_dp(GetParam(), 2);
+  for (const auto& [overlap, keep] : {std::pair{true, false}, std::pair{false, false},
+                                      std::pair{true, true}}) {
+    const Result& z3 = train_dp(GetParam(), 3, overlap, keep);
+    for (size_t i = 0; i < z2.losses.size(); ++i) {
+      ASSERT_EQ(z3.losses[i], z2.losses[i]) << "overlap " << overlap << " keep_gathered "
+                                            << keep << ", step " << i + 1;
+    }
+    EXPECT_EQ(std::memcmp(z3.params.data(), z2.params.data(), z2.params.size() * 4), 0)
+        << "overlap " << overlap << " keep_gathered " << keep;
+  }
+}
+
 // What the step communicated: stages 0 and 1 all-reduce every gradient once per step (only the
 // last micro-batch communicates), stage 2 reduce-scatters them every micro-batch; stages 1 and 2
 // all-gather the parameters. Bus bytes follow nccl-tests' factors.
@@ -216,6 +238,31 @@ TEST_P(DataParallelTest, CommunicationPerStepIsWhatTheStageImplies) {
     EXPECT_NEAR(double(s.bus_bytes), bus, double(s.collectives)) << "stage " << stage;
     EXPECT_GT(s.reduce_seconds, 0);
     EXPECT_GE(s.exposed_seconds, 0);
+  }
+  // Stage 3: stage 2's reduce-scatters, and every micro-batch two gathers of the weights: each
+  // unit before its forward and before its backward (gpt2-tiny ties its head to the embedding,
+  // which the head gathers once more in the forward); with keep_gathered one.
+  for (bool keep : {false, true}) {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+    const int64_t psi = m.parameter_count();
+    const auto units = m.unit_ranges();
+    const int64_t embed = units.front().second - units.front().first;
+    ParallelConfig par;
+    par.zero_stage = 3;
+    par.bucket_bytes = kBucketBytes;
+    par.keep_gathered = keep;
+    Trainer t(m, config(accum), text_data(), nullptr, comm, par);
+    t.step();
+    const CommStats& s = t.data_parallel()->stats();
+    const int64_t buckets = int64_t(t.data_parallel()->buckets().size());
+    const int64_t gathered = keep ? psi : 2 * psi + embed;  // elements per micro-batch
+    const int64_t gathers = keep ? int64_t(units.size()) : 2 * int64_t(units.size()) + 1;
+    EXPECT_EQ(s.unit_gathers, gathers * accum) << "keep " << keep;
+    EXPECT_EQ(s.collectives, (buckets + gathers) * accum) << "keep " << keep;
+    EXPECT_EQ(s.payload_bytes, 4 * (psi + gathered) * accum) << "keep " << keep;
+    const double bus = (n - 1) / n * double(4 * (psi + gathered) * accum);
+    EXPECT_NEAR(double(s.bus_bytes), bus, double(s.collectives)) << "keep " << keep;
+    EXPECT_GT(s.gather_seconds, 0);
   }
 }
 
@@ -309,6 +356,66 @@ TEST(Zero, StageTwoHoldsAGradientShardAndAtMostTwoBuckets) {
   if (n > 1) {
     EXPECT_LT(measured, 4 * psi + 8 * psi / n) << "stage 2 must hold less than stage 1";
   }
+}
+
+}  // namespace
+}  // namespace nuri
+
+namespace nuri {
+namespace {
+
+// ZeRO 3 per rank: the shards of the f32 weights (which the CPU also computes with), of the
+// gradients and of AdamW's moments, 16Ψ/N together, persistent; while a step runs, at most two
+// gathered units (the one computing and the next one's prefetch, or the head with the tied
+// embedding) and stage 2's bucket staging (2B + E). A deep, narrow model, so no unit is large.
+TEST(Zero, StageThreeHoldsShardsAndAtMostTwoGatheredUnits) {
+  std::shared_ptr<Communicator> comm = world();
+  const int n = comm->size();
+  ModelConfig cfg = model_preset("gpt2-tiny");
+  cfg.n_layer = 48;
+  cfg.max_seq_len = 16;
+  Transformer m(cfg, make_backend("cpu"), 7);
+  const double psi = double(m.parameter_count());
+  const std::shared_ptr<Allocator> alloc = m.backend().allocator();
+  TrainConfig tc = config(1);
+  tc.micro_batch = 1;
+  tc.seq_len = 16;
+  ParallelConfig par;
+  par.zero_stage = 3;
+  par.bucket_bytes = 64 << 10;
+  const int64_t before = alloc->stats().current_bytes;  // the whole weights and gradients
+  Trainer t(m, tc, text_data(), nullptr, comm, par);
+  EXPECT_TRUE(m.parameters_sharded() && m.parameters().empty());
+  // Now: the weight shard and AdamW's shard (and a few hundred bytes of batch buffers) instead of
+  // the whole weights (4Ψ) and gradients (4Ψ), which went back to the allocator.
+  const double held = double(alloc->stats().current_bytes - before) + 8 * psi;
+  for (int i = 0; i < 2; ++i) t.step();
+  const DataParallel& dp = *t.data_parallel();
+  const double shard = 4 * std::ceil(psi / n);
+  const double persistent = held + shard;  // + the gradient shard, in the gradient allocator
+  if (comm->rank() == 0) {
+    std::printf("[ zero ] stage 3, %d ranks: persistent %.0f bytes, formula 16psi/N = %.0f; "
+                "gathered peak %.0f bytes\n", n, persistent, 16 * psi / n,
+                double(dp.stats().gathered_peak_bytes));
+  }
+  EXPECT_NEAR(persistent, 16 * psi / n, 0.05 * 16 * psi / n);
+  const auto units = m.unit_ranges();
+  int64_t block = 0;
+  for (size_t u = 1; u + 1 < units.size(); ++u) {
+    block = std::max(block, units[u].second - units[u].first);
+  }
+  const int64_t embed = units.front().second - units.front().first;
+  const int64_t head = units.back().second - units.back().first;
+  const int64_t two = 4 * std::max({2 * block, block + embed, head + embed});
+  EXPECT_LE(dp.stats().gathered_peak_bytes, two) << "more than two units gathered at once";
+  EXPECT_GE(dp.stats().gathered_peak_bytes, 4 * (embed + head)) << "the tied head needs both";
+  const auto buckets = dp.buckets();
+  double largest = 0;
+  for (size_t i = 0; i + 1 < buckets.size(); ++i) {
+    largest = std::max(largest, 4.0 * double(buckets[i].second - buckets[i].first));
+  }
+  const double grad_peak = double(dp.gradient_allocator()->stats().peak_bytes);
+  EXPECT_LE(grad_peak, shard + 2 * largest + 4.0 * double(embed));
 }
 
 }  // namespace

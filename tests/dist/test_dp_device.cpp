@@ -116,17 +116,20 @@ RunResult run(std::shared_ptr<Communicator> comm, int stage, int64_t accum, int 
 
 // Every rank's bf16 compute copy is the same, and is the f32 masters (sharded under ZeRO 1, 2,
 // gathered here) rounded to nearest, as AdamW writes it: each shard was updated by its owner and
-// gathered to every rank.
+// gathered to every rank. Under ZeRO 3 each rank's copy is its shard of them, rounded.
 void expect_compute_copy_is_the_masters(Trainer& t, const Transformer& m, Communicator& comm) {
   const Tensor masters = t.master_weights();
-  const int64_t n = m.parameter_count();
-  ASSERT_EQ(masters.numel(), n);
+  ASSERT_EQ(masters.numel(), m.parameter_count());
+  const int64_t n = m.compute_buffer().numel(), lo = m.compute_begin();
   Tensor copy = Tensor::empty({n}, DType::bf16);
   m.backend().copy(m.compute_buffer(), copy);
   int64_t off = 0;
-  for (int64_t i = 0; i < n; ++i) off += copy.data<bf16_t>()[i].bits != f32_to_bf16(masters.data<float>()[i]).bits;
+  for (int64_t i = 0; i < n; ++i) {
+    off += copy.data<bf16_t>()[i].bits != f32_to_bf16(masters.data<float>()[lo + i]).bits;
+  }
   EXPECT_EQ(off, 0) << "of " << n << " compute weights on rank " << comm.rank()
                     << " are not their master rounded";
+  if (m.parameters_sharded()) return;  // each rank holds its own shard
   const int p = comm.size();
   Tensor all = Tensor::empty({n * p}, DType::bf16);
   comm.host_communicator()->all_gather(copy, all);
@@ -161,7 +164,7 @@ TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
 #endif
   const RunResult ref_run = run(nullptr, 0, p, n, nullptr);
   const std::vector<float>& ref = ref_run.losses;
-  for (int stage : {0, 1, 2}) {
+  for (int stage : {0, 1, 2, 3}) {
     std::string name;
     const RunResult dp_run = run(comm, stage, 1, n, &name);
     const std::vector<float>& dp = dp_run.losses;
@@ -203,22 +206,27 @@ TEST(DeviceDataParallel, LossesFollowOneProcessOverNccl) {
 //   stage 0: 2Ψ + 4Ψ + 4Ψ + 8Ψ = 18Ψ
 //   stage 1: 2Ψ + 4Ψ (gradients) + 12Ψ/N
 //   stage 2: 2Ψ + 16Ψ/N (plus the buckets in flight during the backward: test_dp.cpp)
+//   stage 3: 18Ψ/N, the bf16 copy sharded too (plus, during a step, at most two gathered units
+//            and the buckets: test_dp.cpp)
 // (the mixed-precision formulas 4Ψ + 12Ψ/N and 2Ψ + 14Ψ/N assume bf16 gradients; nuri's are f32.)
 TEST(DeviceDataParallel, MasterWeightsAreShardedWithTheOptimizerState) {
   CommOptions opt;
   opt.timeout_s = 300;
   std::shared_ptr<Communicator> comm = make_communicator(detect_launch(), opt);
   const int p = comm->size();
-  for (int stage : {0, 1, 2}) {
+  for (int stage : {0, 1, 2, 3}) {
     Transformer m(tiny_gpt2(), make_backend(NURI_TEST_BACKEND), 11);
     const double psi = double(m.parameter_count());
+    const auto units = m.unit_ranges();
+    const double embed = double(units.front().second - units.front().first);
     ParallelConfig par;
     par.zero_stage = stage;
     Trainer t(m, config(1), data(), nullptr, comm, par);
     const double measured = double(m.memory().current_bytes);
     const double formula = stage == 0   ? 18 * psi
                            : stage == 1 ? 6 * psi + 12 * psi / p
-                                        : 2 * psi + 16 * psi / p;
+                           : stage == 2 ? 2 * psi + 16 * psi / p
+                                        : 18 * psi / p;
     if (comm->rank() == 0) {
       std::printf("[ zero ] %s, ZeRO %d, %d ranks: parameters + gradients + optimizer %.0f bytes, "
                   "formula %.0f (psi = %.0f)\n", NURI_TEST_BACKEND, stage, p, measured, formula,
@@ -231,10 +239,13 @@ TEST(DeviceDataParallel, MasterWeightsAreShardedWithTheOptimizerState) {
       EXPECT_THROW(m.parameter("wte.weight"), Error);
     }
     // A step moves the f32 gradients (all-reduced, or reduce-scattered) and, after a sharded
-    // update, the bf16 compute copy only: the masters stay where they are.
+    // update, the bf16 compute copy only: the masters stay where they are. ZeRO 3 gathers the
+    // bf16 weights of each unit before its forward and its backward (the tied embedding once
+    // more, for the head's forward) instead of the copy after the update.
     t.step();
     const CommStats& cs = t.data_parallel()->stats();
-    EXPECT_EQ(double(cs.payload_bytes), stage == 0 ? 4 * psi : 6 * psi) << "ZeRO " << stage;
+    const double moved = stage == 0 ? 4 * psi : stage < 3 ? 6 * psi : 4 * psi + 2 * (2 * psi + embed);
+    EXPECT_EQ(double(cs.payload_bytes), moved) << "ZeRO " << stage;
   }
 }
 

@@ -127,6 +127,16 @@ class Transformer {
   /// init_weights() still work. Cannot be undone. A model computing in f32 reads its masters
   /// directly and refuses.
   void shard_master_weights(int64_t lo, int64_t hi);
+  /// ZeRO 3: keeps the flat range [lo, hi) of the weights alone, the f32 masters and the compute
+  /// copy (where there is one) both; the forward and backward then take every unit's weights
+  /// from the ParamHooks (set_param_hooks), which gather them from the ranks. parameters() is
+  /// empty and parameter() throws; load_weights() and init_weights() still work. Cannot be undone.
+  void shard_parameters(int64_t lo, int64_t hi);
+  bool parameters_sharded() const { return parameters_sharded_; }
+  /// This rank's weights in the compute dtype, the flat range [compute_begin(), +numel): the
+  /// compute copy, or the f32 masters where the model computes in f32.
+  const Tensor& compute_weights() const { return cparam_buf_.defined() ? cparam_buf_ : param_buf_; }
+  int64_t compute_begin() const { return compute_lo_; }
   /// The flat range param_buffer() holds: [0, parameter_count()) unless sharded.
   int64_t master_begin() const { return master_lo_; }
   int64_t master_end() const { return master_hi_; }
@@ -188,6 +198,8 @@ class Transformer {
   DType compute_ = DType::f32;
   int64_t total_ = 0;
   int64_t master_lo_ = 0, master_hi_ = 0;  ///< the flat range param_buf_ holds
+  int64_t compute_lo_ = 0;                  ///< the flat index of cparam_buf_'s first element
+  bool parameters_sharded_ = false;         ///< ZeRO 3
   Tensor param_buf_, grad_buf_, cparam_buf_;
   std::vector<NamedTensor> params_, grads_;
   std::unique_ptr<Impl> impl_;

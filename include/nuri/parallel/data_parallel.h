@@ -19,11 +19,20 @@
 //                 receives the sum of its own range only, into its gradient shard, and the
 //                 buffer is freed. A rank holds its shard plus the buckets in flight instead of
 //                 all gradients. CPU and GPU ranks alike.
+//   ZeRO stage 3: the weights too (fully sharded data parallelism). Each rank keeps its shard of
+//                 the f32 masters (and of the bf16 compute copy on GPUs), of the gradients and of
+//                 AdamW's state: the same contiguous flat ranges as stages 1 and 2, so checkpoints
+//                 and resharding are unchanged. The model takes each unit's weights from this
+//                 object's ParamHooks: all-gathered before the unit's forward and again before its
+//                 backward (the next unit's gather started early on the progress thread), freed
+//                 after use; at most two units are gathered at a time. keep_gathered keeps them
+//                 from the forward to the backward instead (ZeRO 2's memory, one gather fewer).
 // Gradient accumulation: stages 0 and 1 reduce only after the last micro-batch (the earlier ones
-// accumulate locally); stage 2 reduces every micro-batch, since keeping whole gradients between
-// micro-batches is what it exists to avoid.
+// accumulate locally); stages 2 and 3 reduce every micro-batch, since keeping whole gradients
+// between micro-batches is what they exist to avoid.
 #pragma once
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <utility>
@@ -37,7 +46,7 @@ namespace nuri {
 class Settings;
 
 struct ParallelConfig {
-  int zero_stage = 0;  ///< 0, 1 or 2 (see above); with one process all compute the same
+  int zero_stage = 0;  ///< 0 to 3 (see above); with one process all compute the same
   /// Gradient bytes per reduction bucket (whole units of the backward are merged until a bucket
   /// reaches this size; a unit larger than it is a bucket of its own).
   int64_t bucket_bytes = int64_t(8) << 20;
@@ -45,6 +54,8 @@ struct ParallelConfig {
   /// the backward, on the calling thread (nothing hidden; for comparison). Also false in effect
   /// when the communicator cannot be called from another thread.
   bool overlap = true;
+  /// ZeRO 3: keep each unit's gathered weights from its forward to its backward.
+  bool keep_gathered = false;
 
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;
@@ -67,11 +78,18 @@ struct CommStats {
   /// Seconds the step waited for the gradient reductions after the backward returned (with
   /// overlap = false: all of reduce_seconds). reduce_seconds - exposed_seconds were hidden.
   double exposed_seconds = 0;
-  /// Seconds of the parameter all-gather after a sharded update (ZeRO 1, 2).
+  /// Seconds of the parameter all-gather after a sharded update (ZeRO 1, 2); ZeRO 3: seconds the
+  /// units' gathers ran (on the progress thread, or the caller's).
   double gather_seconds = 0;
+  /// ZeRO 3: seconds the model waited for a unit's gather (the rest of gather_seconds was hidden
+  /// behind the compute), and the gathers made.
+  double gather_exposed_seconds = 0;
+  int64_t unit_gathers = 0;
+  /// ZeRO 3: the most bytes of gathered units alive at once during the step.
+  int64_t gathered_peak_bytes = 0;
 };
 
-class DataParallel final : private GradHooks {
+class DataParallel final : private GradHooks, private ParamHooks {
  public:
   /// The communicator's ranks are the data-parallel ranks.
   explicit DataParallel(std::shared_ptr<Communicator> comm, const ParallelConfig& cfg = {});
@@ -92,9 +110,11 @@ class DataParallel final : private GradHooks {
   std::pair<int64_t, int64_t> shard(int64_t n) const;
 
   /// Takes over the model's gradients: installs the backward hooks and plans the buckets. ZeRO 2
-  /// takes the gradient storage too (the model frees its gradient buffer for good). ZeRO 1 and 2
-  /// on a model with a bf16 compute copy (GPU ranks, world > 1) shard its f32 master weights to
-  /// shard(P) (Transformer::shard_master_weights; also for good): build AdamW on that shard.
+  /// and 3 take the gradient storage too (the model frees its gradient buffer for good). ZeRO 1
+  /// and 2 on a model with a bf16 compute copy (GPU ranks, world > 1) shard its f32 master
+  /// weights to shard(P) (Transformer::shard_master_weights; also for good); ZeRO 3 shards all
+  /// its weights (Transformer::shard_parameters) and gives them back through ParamHooks: build
+  /// AdamW on that shard.
   /// The model must outlive this object or be attached to another.
   void attach(Transformer& model);
   /// The bucket ranges [lo, hi) of the flat gradient layout, in reduction order.
@@ -117,7 +137,8 @@ class DataParallel final : private GradHooks {
 
   /// ZeRO 1, 2, after each rank updated its shard: every shard of the bf16 compute copy (where
   /// the model has one; its masters stay sharded) or of the f32 parameters (a CPU model, whose
-  /// masters are what it computes with) to every rank, in place.
+  /// masters are what it computes with) to every rank, in place. ZeRO 3: drops the units kept
+  /// gathered (keep_gathered), which the update made stale; the next forward gathers afresh.
   void gather_parameters(Transformer& model);
   /// All of the model's f32 master weights (parameter_count(), flat layout) on the host, from
   /// every rank's shard when they are sharded (a collective: every rank calls it). root >= 0:
@@ -138,6 +159,11 @@ class DataParallel final : private GradHooks {
 
   Tensor region(int64_t lo, int64_t hi) override;
   void ready(int64_t lo, int64_t hi) override;
+  Tensor acquire(size_t unit, int64_t lo, int64_t hi, bool backward) override;
+  void release(size_t unit, bool backward) override;
+  /// ZeRO 3: starts all-gathering unit u's weights unless they are gathered or on their way.
+  void start_gather(size_t u);
+  void drop_gathered();
   void launch(Bucket& b);
   /// The part [from, to) of bucket b inside this rank's shard (from == to: none).
   std::pair<int64_t, int64_t> piece(const Bucket& b) const;
@@ -159,6 +185,15 @@ class DataParallel final : private GradHooks {
   std::unique_ptr<Progress> progress_;
   std::vector<std::function<void()>> deferred_;
   CommStats stats_;
+  /// ZeRO 3: each unit's gathered weights (layout order) and the progress ticket of its gather.
+  struct Gathered {
+    Tensor weights;
+    int64_t ticket = -1;
+  };
+  std::vector<Gathered> gathered_;
+  int64_t gathered_bytes_ = 0;  ///< alive now
+  std::vector<std::pair<int64_t, int64_t>> unit_ranges_;
+  std::shared_ptr<std::atomic<int64_t>> gather_ns_ = std::make_shared<std::atomic<int64_t>>(0);
 };
 
 }  // namespace nuri
