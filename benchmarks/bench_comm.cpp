@@ -9,6 +9,12 @@
 //               ZeRO 0, 1 and 2: step time, bytes communicated per step (payload and bus), the
 //               reduction time and the share of it hidden behind the backward.
 //
+//   zero3_step  ZeRO 3 against ZeRO 2 on the same ranks, alternating (issue #21): step time,
+//               the units' gathers (seconds run, seconds the model waited: the rest was hidden
+//               behind the compute), bytes moved per step, and per-rank memory from the
+//               allocator against the formulas (weights + gradients + AdamW: 4Ψ + 12Ψ/N for
+//               ZeRO 2 on the CPU, whose f32 weights are every rank's; 16Ψ/N for ZeRO 3).
+//
 //   mpirun -np 4 --oversubscribe build/benchmarks/bench_comm [--quick] [--reps N] [--model NAME]
 //          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--json FILE]
 // Rank 0 prints one JSON object per measurement. Threads per rank: OMP_NUM_THREADS.
@@ -200,6 +206,55 @@ void bench_dp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
   }
 }
 
+void bench_zero3_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
+                      bench::Output& out) {
+  std::vector<uint32_t> tokens(size_t(1) << 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = uint32_t((i * 7919 + i / 13) % 257);
+  auto data = nuri::TokenFile::from_tokens(tokens, "bench", 257);
+  const int n = comm->size();
+  Run z2 = make_run(o, comm, data, 2, true);
+  const int64_t mem2 = z2.model->memory().current_bytes;
+  Run z3 = make_run(o, comm, data, 3, true);
+  const int64_t mem3 = z3.model->memory().current_bytes;
+  for (int w = 0; w < 2; ++w) {
+    z2.trainer->step();
+    z3.trainer->step();
+  }
+  std::vector<double> t2, t3, gathers, waited;
+  nuri::CommStats last;
+  for (int r = 0; r < o.reps; ++r) {
+    comm->barrier();
+    t2.push_back(max_over_ranks(z2.trainer->step().step_seconds));
+    comm->barrier();
+    t3.push_back(max_over_ranks(z3.trainer->step().step_seconds));
+    const nuri::CommStats s = z3.trainer->data_parallel()->stats();
+    gathers.push_back(max_over_ranks(s.gather_seconds));
+    waited.push_back(max_over_ranks(s.gather_exposed_seconds));
+    last = s;
+  }
+  const bench::Stats s2 = bench::summarize(t2), s3 = bench::summarize(t3);
+  const double psi = double(z2.model->parameter_count());
+  const double g = bench::summarize(gathers).median_s, e = bench::summarize(waited).median_s;
+  bench::Json cfg;
+  cfg.kv("model", o.model).kv("layers", z3.model->config().n_layer).kv("psi", int64_t(psi))
+      .kv("ranks", n).kv("B", o.batch).kv("T", o.seq).kv("threads", bench::bench_threads());
+  bench::Json a, b;
+  // Per-rank bytes after setup: the model's allocator (weights, AdamW) plus the gradient shard.
+  const double grads2 = double(z2.trainer->data_parallel()->gradient_shard().nbytes());
+  const double grads3 = double(z3.trainer->data_parallel()->gradient_shard().nbytes());
+  a.kv("name", "zero3").stats(s3).kv("gather_s", g).kv("gather_waited_s", e)
+      .kv("gather_hidden_share", g > 0 ? std::max(0.0, 1.0 - e / g) : 0.0)
+      .kv("bytes_per_step", last.payload_bytes).kv("unit_gathers", last.unit_gathers)
+      .kv("gathered_peak_bytes", last.gathered_peak_bytes)
+      .kv("state_bytes", double(mem3) + grads3).kv("state_formula", 16 * psi / n);
+  b.kv("name", "zero2").stats(s2).kv("state_bytes", double(mem2) + grads2)
+      .kv("state_formula", 4 * psi + 12 * psi / n);
+  bench::Json j;
+  j.kv("bench", "zero3_step_cpu").kv("config", cfg).kv("nuri", a).kv("peer", b)
+      .kv("ratio", s3.median_s / s2.median_s);
+  if (comm->rank() == 0) out.emit(j);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -214,6 +269,7 @@ int main(int argc, char** argv) {
     bench::Output out(comm->rank() == 0 ? o.json : "");
     bench_all_reduce(*comm, o, out);
     bench_dp_step(comm, o, out);
+    bench_zero3_step(comm, o, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_comm: %s\n", e.what());
     return 1;

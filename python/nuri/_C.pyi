@@ -75,10 +75,13 @@ class TrainConfig:
 class ParallelConfig:
     """Data-parallel settings: ZeRO stage, buckets, overlap."""
     # ZeRO stage over the data-parallel ranks: 0 shards nothing, 1 AdamW's state, 2 the gradients
-    # too
+    # too, 3 the weights too
     zero_stage: int
     bucket_mb: float  # gradient bytes per reduction bucket, in MiB
     overlap: bool  # reduce each bucket while the backward goes on (false: after the backward)
+    # ZeRO 3: keep each block's gathered weights from its forward to its backward (ZeRO 2's memory,
+    # one gather fewer)
+    keep_gathered: bool
     def __init__(self, **settings: Any) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
     def copy(self) -> "ParallelConfig": ...

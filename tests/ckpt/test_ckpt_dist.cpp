@@ -1,11 +1,12 @@
-// Elastic resume (issue #10), run as one job of 4 ranks (mpirun, label mpi; torchrun-style,
-// label tcp). The job plays four allocations in turn, each a group of its ranks (the others wait)
+// Elastic resume (issues #10, #21), run as one job of 4 ranks (mpirun, label mpi; torchrun-style,
+// label tcp). The job plays five allocations in turn, each a group of its ranks (the others wait)
 // with its own layout, each resuming the previous one's checkpoint:
-//   A  2 ranks, ZeRO 2, micro-batch 2   steps 1-3, save
-//   B  1 rank,  ZeRO 0, micro-batch 4   load (2 → 1, ZeRO 2 → 0), steps 4-6, save
-//   C  4 ranks, ZeRO 1, micro-batch 1   load (1 → 4), steps 7-9, save
-//   D  2 ranks, ZeRO 2, micro-batch 2   load (4 → 2), steps 10-12
-// B and C save asynchronously. The global batch is 4 sequences throughout, so the global sample order goes on where it
+//   A  2 ranks, ZeRO 2, recompute none,      micro-batch 2   steps 1-3, save
+//   B  1 rank,  ZeRO 0, recompute full,      micro-batch 4   load (2 → 1, ZeRO 2 → 0), 4-6, save
+//   C  4 ranks, ZeRO 3, recompute selective, micro-batch 1   load (1 → 4, → ZeRO 3), 7-9, save
+//   D  2 ranks, ZeRO 3, recompute full,      micro-batch 2   load (4 → 2), 10-12, save
+//   E  4 ranks, ZeRO 1, recompute none,      micro-batch 1   load (2 → 4, ZeRO 3 → 1), 13-15
+// B, C and D save asynchronously. The global batch is 4 sequences throughout, so the global sample order goes on where it
 // stopped; every step's loss must follow one process that never stopped within the bound of the
 // data-parallel tests (tests/dist/test_dp.cpp: 1e-5 of the loss; the reductions associate
 // differently on each layout), and the last weights too.
@@ -35,7 +36,7 @@ std::shared_ptr<TokenFile> text_data() {
 
 TrainConfig config(int64_t micro_batch) {
   TrainConfig c;
-  c.steps = 12;
+  c.steps = 15;
   c.micro_batch = micro_batch;
   c.seq_len = 32;
   c.lr = 3e-3f;
@@ -47,6 +48,7 @@ TrainConfig config(int64_t micro_batch) {
 struct Phase {
   std::vector<int> ranks;
   int zero;
+  Recompute recompute;
   int64_t micro_batch;
 };
 
@@ -60,15 +62,18 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
   Transformer ref_model(mc, make_backend("cpu"), 7);
   Trainer ref(ref_model, config(4), text_data(), nullptr);
   std::vector<float> want;
-  for (int i = 0; i < 12; ++i) want.push_back(ref.step().loss);
+  for (int i = 0; i < 15; ++i) want.push_back(ref.step().loss);
   // One directory for the job: the launcher's process (parent of every rank) names it.
   const std::string root = std::filesystem::temp_directory_path().string() + "/nuri_elastic_" +
                            std::to_string(::getppid());
   if (world->rank() == 0) std::filesystem::remove_all(root);
   world->barrier();
 
-  const std::vector<Phase> phases = {
-      {{0, 1}, 2, 2}, {{0}, 0, 4}, {{0, 1, 2, 3}, 1, 1}, {{0, 1}, 2, 2}};
+  const std::vector<Phase> phases = {{{0, 1}, 2, Recompute::none, 2},
+                                     {{0}, 0, Recompute::full, 4},
+                                     {{0, 1, 2, 3}, 3, Recompute::selective, 1},
+                                     {{0, 1}, 3, Recompute::full, 2},
+                                     {{0, 1, 2, 3}, 1, Recompute::none, 1}};
   double worst = 0;
   std::vector<float> last_params;
   for (size_t k = 0; k < phases.size(); ++k) {
@@ -84,8 +89,9 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
       ParallelConfig par;
       par.zero_stage = ph.zero;
       par.bucket_bytes = 64 << 10;
-      Trainer t(m, config(ph.micro_batch), text_data(), nullptr,
-                ph.ranks.size() > 1 ? group : nullptr, par);
+      TrainConfig tc = config(ph.micro_batch);
+      tc.recompute = ph.recompute;
+      Trainer t(m, tc, text_data(), nullptr, ph.ranks.size() > 1 ? group : nullptr, par);
       if (k > 0) {
         t.load_checkpoint(root);
         EXPECT_EQ(t.steps_done(), int64_t(3 * k)) << "phase " << k;
@@ -107,7 +113,7 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
           t.save_checkpoint(root, 2);
         }
       } else {
-        const Tensor& p = m.param_buffer();
+        const Tensor p = t.master_weights();
         last_params.assign(p.data<float>(), p.data<float>() + p.numel());
       }
     }
@@ -120,12 +126,12 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
       max_diff = std::max(max_diff, double(std::abs(last_params[size_t(i)] - p.data<float>()[i])));
       max_abs = std::max(max_abs, double(std::abs(p.data<float>()[i])));
     }
-    // Weights after 12 AdamW steps: each step moves a weight by at most ~lr, and the layouts'
+    // Weights after 15 AdamW steps: each step moves a weight by at most ~lr, and the layouts'
     // rounding differences change updates by far less than that.
     EXPECT_LE(max_diff, 1e-4 * max_abs) << "weights after the last phase";
-    std::printf("[ elastic ] 2 -> 1 -> 4 -> 2 ranks, ZeRO 2 -> 0 -> 1 -> 2: worst |dloss|/loss "
-                "%.3g over 12 steps; weights within %.3g of one process's\n",
-                worst, max_diff);
+    std::printf("[ elastic ] 2 -> 1 -> 4 -> 2 -> 4 ranks, ZeRO 2 -> 0 -> 3 -> 3 -> 1, recompute "
+                "none -> full -> selective -> full -> none: worst |dloss|/loss %.3g over 15 "
+                "steps; weights within %.3g of one process's\n", worst, max_diff);
     std::filesystem::remove_all(root);
   }
 }
