@@ -3,6 +3,7 @@
 #include "nuri/backend/backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend/cpu/cpu_backend.h"
 #include "nuri/config.h"
@@ -27,7 +28,27 @@ std::vector<std::string> available_backends() {
 #endif
 }
 
+namespace {
+
+// NURI_MAX_DEVICE_BYTES: the limit of every backend's tensor memory (Allocator::set_limit).
+std::unique_ptr<Backend> with_limit(std::unique_ptr<Backend> be) {
+  if (const char* env = std::getenv("NURI_MAX_DEVICE_BYTES"); env && *env) {
+    be->allocator()->set_limit(parse_bytes(env, "NURI_MAX_DEVICE_BYTES"));
+  }
+  return be;
+}
+
+std::unique_ptr<Backend> make_backend_unlimited(const std::string& name);
+
+}  // namespace
+
 std::unique_ptr<Backend> make_backend(const std::string& name) {
+  return with_limit(make_backend_unlimited(name));
+}
+
+namespace {
+
+std::unique_ptr<Backend> make_backend_unlimited(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>();
   // "cuda" is device 0, "cuda:N" device N (also "cuda-emu:N" in the emulated build).
   const size_t colon = name.find(':');
@@ -51,6 +72,8 @@ std::unique_ptr<Backend> make_backend(const std::string& name) {
   NURI_CHECK(false, "unknown backend '", name, "'; this build has: ", list,
              " (a CUDA backend takes a device index, as in cuda:1)");
 }
+
+}  // namespace
 
 std::vector<CudaDeviceInfo> cuda_devices() {
   std::vector<CudaDeviceInfo> devices;

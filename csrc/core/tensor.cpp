@@ -13,15 +13,16 @@ std::string Device::str() const {
 }
 
 Storage::Storage(std::shared_ptr<Allocator> alloc, size_t bytes)
-    : alloc_(std::move(alloc)), bytes_(bytes), device_(alloc_->device()) {
-  data_ = alloc_->allocate(bytes > 0 ? bytes : 1);
+    : alloc_(std::move(alloc)), bytes_(bytes), device_(alloc_->device()),
+      category_(current_memory_category()) {
+  data_ = alloc_->allocate_tensor(bytes > 0 ? bytes : 1, category_);
 }
 
 Storage::Storage(void* external, size_t bytes, Device device, std::shared_ptr<void> keep_alive)
     : data_(external), bytes_(bytes), device_(device), keep_alive_(std::move(keep_alive)) {}
 
 Storage::~Storage() {
-  if (alloc_) alloc_->deallocate(data_, bytes_ > 0 ? bytes_ : 1);
+  if (alloc_) alloc_->deallocate_tensor(data_, bytes_ > 0 ? bytes_ : 1, category_);
 }
 
 std::string shape_str(const Shape& s) {

@@ -42,6 +42,10 @@ const char* recompute_name(Recompute r) {
 }
 
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed)
+    : Transformer(cfg, std::move(backend), seed, WeightShard{}) {}
+
+Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+                         WeightShard shard)
     : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
   compute_ = backend_->compute_dtype();
@@ -51,10 +55,25 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
   impl_->units = model::model_units(cfg_);
   for (const auto& u : impl_->units) layout_.insert(layout_.end(), u.params.begin(), u.params.end());
   total_ = impl_->units.back().hi;
-  master_hi_ = total_;
-  param_buf_ = backend_->empty({total_});
-  grad_buf_ = backend_->empty({total_});
-  if (compute_ != DType::f32) cparam_buf_ = backend_->empty({total_}, compute_);
+  // A shard (ZeRO 3): this rank's weights alone, and no gradient buffer (the data parallelism's
+  // hooks hold the gradients); the whole model never exists on this rank.
+  const bool sharded = shard.hi > 0;
+  NURI_CHECK(!sharded || (0 <= shard.lo && shard.lo <= shard.hi && shard.hi <= total_),
+             "Transformer: shard [", shard.lo, ", ", shard.hi, ") is not a range of the ", total_,
+             " parameters");
+  master_lo_ = compute_lo_ = sharded ? shard.lo : 0;
+  master_hi_ = sharded ? shard.hi : total_;
+  parameters_sharded_ = sharded;
+  hooks_own_grads_ = sharded;
+  {
+    MemoryScope weights(MemoryCategory::parameters);
+    param_buf_ = backend_->empty({master_hi_ - master_lo_});
+    if (compute_ != DType::f32) cparam_buf_ = backend_->empty({master_hi_ - master_lo_}, compute_);
+  }
+  if (!sharded) {
+    MemoryScope gradients(MemoryCategory::gradients);
+    grad_buf_ = backend_->empty({total_});
+  }
   bind_views();
   // The backward finishes the units in reverse layout order: head, blocks L-1 .. 0, embedding.
   for (auto it = impl_->units.rbegin(); it != impl_->units.rend(); ++it) {
@@ -73,8 +92,12 @@ void Transformer::bind_views() {
   const model::ViewFn masters = model::views_of(param_buf_);
   const model::ViewFn compute = model::views_of(cparam_buf_.defined() ? cparam_buf_ : param_buf_);
   for (const auto& u : m.units) {
-    model::named_views(u, masters, params_);
-    m.w.push_back(model::bind_unit(u, compute));
+    if (parameters_sharded_) {  // a shard: every unit's weights come from the ParamHooks
+      m.w.emplace_back();
+    } else {
+      model::named_views(u, masters, params_);
+      m.w.push_back(model::bind_unit(u, compute));
+    }
     if (grad_buf_.defined()) {
       model::named_views(u, model::views_of(grad_buf_), grads_);
       m.g.push_back(model::bind_unit(u, model::views_of(grad_buf_)));
@@ -106,18 +129,28 @@ const Tensor& Transformer::parameter(const std::string& name) const {
 }
 
 void Transformer::init_weights(uint64_t seed) {
-  Tensor host = Tensor::zeros({total_});
+  // Only the range this rank holds, element by element from (seed, name) over the logical
+  // tensor: the values do not depend on how the model is sharded.
+  const int64_t lo = std::min(master_lo_, compute_lo_);
+  const int64_t hi = std::max(master_hi_, cparam_buf_.defined() ? compute_lo_ + cparam_buf_.numel()
+                                                                : master_hi_);
+  Tensor host = Tensor::zeros({hi - lo});
   for (const ParamSpec& p : layout_) {
-    float* h = host.data<float>() + p.offset;
+    const int64_t a = std::max(p.offset, lo), b = std::min(p.offset + p.numel(), hi);
+    if (a >= b) continue;
+    float* h = host.data<float>() + (a - lo);
     if (p.init == InitKind::ones) {
-      std::fill(h, h + p.numel(), 1.f);
+      std::fill(h, h + (b - a), 1.f);
     } else if (p.init == InitKind::normal) {
       const int64_t rows = p.init_rows >= 0 ? p.init_rows : p.shape[0];
-      const int64_t n = rows * (p.numel() / p.shape[0]);
-      Philox(seed, stream_id("init/" + p.name)).fill_normal(h, n, 0, 0.f, p.init_std);
+      const int64_t drawn = p.offset + rows * (p.numel() / p.shape[0]);  // padded rows stay 0
+      if (a < drawn) {
+        Philox(seed, stream_id("init/" + p.name))
+            .fill_normal(h, std::min(b, drawn) - a, uint64_t(a - p.offset), 0.f, p.init_std);
+      }
     }
   }
-  load_weights(host);
+  write_weights(host.data<float>(), lo);
 }
 
 void Transformer::load_weights(const Tensor& host_flat) {
@@ -126,13 +159,19 @@ void Transformer::load_weights(const Tensor& host_flat) {
                  host_flat.numel() == total_,
              "load_weights: expected all ", total_, " parameters as one contiguous f32 host "
              "tensor, got ", host_flat.defined() ? host_flat.str() : std::string("nothing"));
-  const Tensor flat = host_flat.view({total_});
-  backend_->copy(flat.slice(0, master_lo_, master_hi_), param_buf_);
+  write_weights(host_flat.data<float>(), 0);
+}
+
+void Transformer::write_weights(const float* values, int64_t first) {
+  // values[i] is flat element first + i, for every element this rank holds.
+  backend_->copy(Tensor::from_blob(const_cast<float*>(values) + (master_lo_ - first),
+                                   {master_hi_ - master_lo_}, DType::f32, Device::cpu()),
+                 param_buf_);
   if (!cparam_buf_.defined()) return;
   // The compute copy's range (all of it unless ZeRO 3 sharded it), rounded to nearest even.
-  const int64_t lo = compute_lo_, n = cparam_buf_.numel();
+  const int64_t n = cparam_buf_.numel();
   Tensor copy = Tensor::empty({n}, compute_);
-  const float* src = flat.data<float>() + lo;
+  const float* src = values + (compute_lo_ - first);
   bf16_t* dst = copy.data<bf16_t>();
   for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
   backend_->copy(copy, cparam_buf_);
@@ -156,6 +195,7 @@ void Transformer::shard_master_weights(int64_t lo, int64_t hi) {
              ") is not a range of the ", total_, " parameters");
   NURI_CHECK(!masters_sharded(), "shard_master_weights: already sharded to [", master_lo_, ", ",
              master_hi_, ")");
+  MemoryScope weights(MemoryCategory::parameters);
   Tensor mine = backend_->empty({hi - lo});
   backend_->copy(param_buf_.slice(0, lo, hi), mine);
   param_buf_ = mine;  // the whole master buffer goes back to the allocator
@@ -169,6 +209,7 @@ void Transformer::shard_parameters(int64_t lo, int64_t hi) {
              ") is not a range of the ", total_, " parameters");
   NURI_CHECK(!masters_sharded() && !parameters_sharded_, "shard_parameters: the weights are "
              "sharded already");
+  MemoryScope weights(MemoryCategory::parameters);
   Tensor mine = backend_->empty({hi - lo});
   backend_->copy(param_buf_.slice(0, lo, hi), mine);
   param_buf_ = mine;  // the whole buffers go back to the allocator
@@ -241,6 +282,7 @@ void Transformer::plan(int64_t b, int64_t t) {
   m.head = {};
   m.tokens = m.targets = Tensor();
   Backend& be = *backend_;
+  MemoryScope activations(MemoryCategory::activations);
   const model::Ctx c{be, cfg_, b, t, compute_};
   m.b = b;
   m.t = t;
@@ -338,6 +380,7 @@ void Transformer::run_forward(const Tensor& tokens) {
     be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, m.emb_out);
   }
   Tensor x = m.emb_out, r;  // the residual stream h_l = x + r
+  MemoryScope activations(MemoryCategory::activations);  // a block's input, at its first forward
   for (int64_t l = 0; l < cfg_.n_layer; ++l) {
     const auto w = lease(size_t(l) + 1);
     model::block_forward(c, **w, m.blocks[size_t(l)], x, r);

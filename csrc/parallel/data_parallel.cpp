@@ -197,10 +197,13 @@ std::vector<int64_t> DataParallel::shard_counts(int64_t n) const {
 }
 
 std::pair<int64_t, int64_t> DataParallel::shard(int64_t n) const {
-  const std::vector<int64_t> counts = shard_counts(n);
-  int64_t begin = 0;
-  for (int r = 0; r < rank(); ++r) begin += counts[size_t(r)];
-  return {begin, begin + counts[size_t(rank())]};
+  return shard_of(n, world(), rank());
+}
+
+std::pair<int64_t, int64_t> DataParallel::shard_of(int64_t n, int world, int rank) {
+  const int64_t base = n / world, extra = n % world;
+  const int64_t begin = rank * base + std::min<int64_t>(rank, extra);
+  return {begin, begin + base + (rank < extra ? 1 : 0)};
 }
 
 void DataParallel::attach(Transformer& model) {
@@ -210,13 +213,19 @@ void DataParallel::attach(Transformer& model) {
              "the ", comm_->backend_name(), " communicator moves host tensors, but the model is on ",
              model.backend().name(), "; pass make_device_communicator(comm, backend) (the "
              "Trainer does that itself)");
+  NURI_CHECK(!model.parameters_sharded() || cfg_.zero_stage == 3, "DataParallel: the model "
+             "holds a shard of its weights, which only ZeRO stage 3 (parallel.zero_stage=3) "
+             "gathers; this run has stage ", cfg_.zero_stage);
   model_ = &model;
   const int64_t total = model.parameter_count();
   std::tie(lo_, hi_) = shard(total);
   // ZeRO 1, 2 with a compute copy (a GPU model): the f32 masters are optimizer state, sharded
   // like AdamW's moments; the forward reads the bf16 copy, which gather_parameters() refreshes.
   if (cfg_.zero_stage == 3) {
-    model.shard_parameters(lo_, hi_);
+    if (!model.parameters_sharded()) model.shard_parameters(lo_, hi_);  // else made as a shard
+    NURI_CHECK(model.master_begin() == lo_ && model.master_end() == hi_, "DataParallel: the "
+               "model holds the weights of [", model.master_begin(), ", ", model.master_end(),
+               "), not this rank's shard [", lo_, ", ", hi_, ")");
     unit_ranges_ = model.unit_ranges();
     gathered_.assign(unit_ranges_.size(), Gathered{});
     model.set_param_hooks(this);
@@ -238,8 +247,11 @@ void DataParallel::attach(Transformer& model) {
     unit_bucket_.push_back(buckets_.size() - 1);
   }
   if (cfg_.zero_stage >= 2) {
-    // On the CPU an allocator of their own, so tests can read the gradients' peak bytes.
-    grad_alloc_ = host ? std::make_shared<CpuAllocator>() : model.backend().allocator();
+    // On the CPU a counting view of the backend's allocator (its limit and categories apply), so
+    // tests can read the gradients' own peak bytes.
+    grad_alloc_ = host ? std::make_shared<CountingAllocator>(model.backend().allocator())
+                       : model.backend().allocator();
+    MemoryScope gradients(MemoryCategory::gradients);
     shard_grad_ = Tensor::empty({hi_ - lo_}, DType::f32, grad_alloc_);
     model.backend().zero(shard_grad_);
     communicate_ = true;
@@ -285,6 +297,7 @@ Tensor DataParallel::region(int64_t lo, int64_t hi) {
       progress_->wait_pending_at_most(1);
       stats_.exposed_seconds += seconds_since(t0);
     }
+    MemoryScope gradients(MemoryCategory::gradients);
     b.staging = Tensor::empty({b.hi - b.lo}, DType::f32, grad_alloc_);
     model_->backend().zero(b.staging);
     // This rank's part of the bucket starts from its shard's sum so far (earlier micro-batches):
@@ -371,6 +384,7 @@ void DataParallel::start_gather(size_t u) {
   if (g.weights.defined()) return;  // gathered, or on its way
   const auto [lo, hi] = unit_ranges_[u];
   Backend& be = model_->backend();
+  MemoryScope weights(MemoryCategory::parameters);
   g.weights = be.empty({hi - lo}, model_->compute_dtype());
   gathered_bytes_ += g.weights.nbytes();
   stats_.gathered_peak_bytes = std::max(stats_.gathered_peak_bytes, gathered_bytes_);

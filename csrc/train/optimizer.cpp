@@ -11,6 +11,7 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp)
              model.master_begin(), ", ", model.master_end(), ") only; give the optimizer that "
              "shard (the constructor with lo and hi)");
   Backend& be = model.backend();
+  MemoryScope state(MemoryCategory::optimizer);
   m_ = be.empty(model.param_buffer().shape());
   v_ = be.empty(model.param_buffer().shape());
   be.zero(m_);
@@ -52,6 +53,7 @@ AdamW::AdamW(Transformer& model, const AdamWParams& hp, int64_t lo, int64_t hi,
   NURI_CHECK(g.dtype() == DType::f32 && g.numel() == (grads.defined() ? hi - lo : total),
              "AdamW: gradients ", g.str(), " do not match the shard [", lo, ", ", hi, ")");
   Backend& be = model.backend();
+  MemoryScope state(MemoryCategory::optimizer);
   m_ = be.empty({hi - lo});
   v_ = be.empty({hi - lo});
   be.zero(m_);

@@ -208,7 +208,15 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
-  Transformer model(cfg.model, make_backend(backend), cfg.train.seed);
+  // ZeRO 3 on several ranks: each rank makes its shard of the model alone.
+  WeightShard shard;
+  if (cfg.parallel.zero_stage == 3 && pg.size() > 1) {
+    const std::vector<ParamSpec> layout = param_layout(cfg.model);
+    const auto [lo, hi] = DataParallel::shard_of(layout.back().offset + layout.back().numel(),
+                                                 pg.size(), pg.rank());
+    shard = {lo, hi};
+  }
+  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard);
   Trainer trainer(model, cfg.train, train, val, pg.comm, cfg.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
   const TrainConfig& tc = cfg.train;

@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <climits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -265,10 +266,17 @@ PYBIND11_MODULE(_C, m) {
       .def("__repr__", &Tensor::str);
 
   py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
-      .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed) {
-             return std::make_shared<Transformer>(cfg, make_backend(backend), seed);
+      .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed,
+                       std::optional<std::pair<int64_t, int64_t>> shard) {
+             WeightShard s;
+             if (shard) s = {shard->first, shard->second};
+             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s);
            }),
-           py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0)
+           py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
+           py::arg("shard") = py::none(),
+           "shard=(lo, hi): hold that flat range of the weights alone, for ZeRO 3 "
+           "(ProcessGroup.shard(n) is a rank's range); the whole model never exists here.")
+      .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
            "Ordered dict: Hugging Face name -> writable float32 NumPy view (no copy).")

@@ -330,9 +330,10 @@ TEST(Zero, StageTwoHoldsAGradientShardAndAtMostTwoBuckets) {
   const int64_t before = alloc->stats().current_bytes;
   Trainer t(m, tc, text_data(), nullptr, comm, par);
   EXPECT_FALSE(m.grad_buffer().defined()) << "stage 2 frees the model's gradient buffer";
-  // The Trainer allocated AdamW's shard (and a few hundred bytes of batch buffers) and freed the
-  // model's gradient buffer (4Ψ bytes, now the shard's job).
-  const double opt_bytes = double(alloc->stats().current_bytes - before) + 4 * psi;
+  // The Trainer allocated AdamW's shard and the gradient shard (and a few hundred bytes of batch
+  // buffers) and freed the model's gradient buffer (4Ψ bytes, now the shard's job).
+  const double opt_bytes = double(alloc->stats().current_bytes - before) + 4 * psi -
+                           double(t.data_parallel()->gradient_shard().nbytes());
   for (int i = 0; i < 2; ++i) t.step();
   const DataParallel& dp = *t.data_parallel();
   const double grad_peak = double(dp.gradient_allocator()->stats().peak_bytes);
@@ -386,13 +387,14 @@ TEST(Zero, StageThreeHoldsShardsAndAtMostTwoGatheredUnits) {
   const int64_t before = alloc->stats().current_bytes;  // the whole weights and gradients
   Trainer t(m, tc, text_data(), nullptr, comm, par);
   EXPECT_TRUE(m.parameters_sharded() && m.parameters().empty());
-  // Now: the weight shard and AdamW's shard (and a few hundred bytes of batch buffers) instead of
-  // the whole weights (4Ψ) and gradients (4Ψ), which went back to the allocator.
+  // Now: the shards of the weights, of the gradients and of AdamW's state (and a few hundred
+  // bytes of batch buffers) instead of the whole weights (4Ψ) and gradients (4Ψ), which went back
+  // to the allocator.
   const double held = double(alloc->stats().current_bytes - before) + 8 * psi;
   for (int i = 0; i < 2; ++i) t.step();
   const DataParallel& dp = *t.data_parallel();
   const double shard = 4 * std::ceil(psi / n);
-  const double persistent = held + shard;  // + the gradient shard, in the gradient allocator
+  const double persistent = held;
   if (comm->rank() == 0) {
     std::printf("[ zero ] stage 3, %d ranks: persistent %.0f bytes, formula 16psi/N = %.0f; "
                 "gathered peak %.0f bytes\n", n, persistent, 16 * psi / n,

@@ -45,9 +45,10 @@ void* CudaAllocator::allocate(size_t bytes) {
       cudaGetLastError();
       NURI_CHECK(false, "CUDA out of memory on cuda:", device_, ": cannot allocate ", bytes,
                  " bytes (", size, " with rounding; ", cudaGetErrorString(err), "); ", current_,
-                 " bytes are in use by this backend's tensors and ", reserved_,
-                 " reserved, cache already released; reduce micro_batch or seq_len (or the "
-                 "model size), or free other processes' memory on this GPU");
+                 " bytes are in use by this backend's tensors (", usage_report(), ") and ",
+                 reserved_, " reserved, cache already released. Use less: ZeRO stage 3 "
+                 "(parallel.zero_stage=3), activation recomputation (train.recompute=full), a "
+                 "smaller micro_batch or seq_len; or free other processes' memory on this GPU");
     }
     reserved_ += int64_t(size);
     ++num_allocs_;

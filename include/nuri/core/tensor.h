@@ -37,6 +37,7 @@ class Storage {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_;
+  MemoryCategory category_ = MemoryCategory::buffers;
   std::shared_ptr<void> keep_alive_;
 };
 

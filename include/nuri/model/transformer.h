@@ -86,10 +86,21 @@ struct NamedTensor {
   bool decay = true;
 };
 
+/// The flat range of the weights a model holds (ZeRO 3); hi = 0: all of them.
+struct WeightShard {
+  int64_t lo = 0, hi = 0;
+};
+
 class Transformer {
  public:
   /// Allocates parameters and gradients on `backend` and initializes them from `seed`.
   Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed);
+  /// A model that holds the weights of `shard` alone (as shard_parameters() leaves one; the
+  /// values are those of the whole model's init), without a gradient buffer: for ZeRO 3, whose
+  /// hooks gather the weights and hold the gradients, so no rank ever has the whole model.
+  /// DataParallel::shard_of(parameter count, world, rank) is the range a rank takes.
+  Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+              WeightShard shard);
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return *backend_; }
@@ -191,6 +202,7 @@ class Transformer {
   void run_forward(const Tensor& tokens);
   void check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const;
   void bind_views();
+  void write_weights(const float* values, int64_t first);
 
   ModelConfig cfg_;
   std::shared_ptr<Backend> backend_;

@@ -108,6 +108,8 @@ class DataParallel final : private GradHooks, private ParamHooks {
   std::vector<int64_t> shard_counts(int64_t n) const;
   /// This rank's shard [begin, end) of a flat buffer of n elements.
   std::pair<int64_t, int64_t> shard(int64_t n) const;
+  /// Rank `rank`'s shard of n elements over `world` ranks (what shard() gives that rank).
+  static std::pair<int64_t, int64_t> shard_of(int64_t n, int world, int rank);
 
   /// Takes over the model's gradients: installs the backward hooks and plans the buckets. ZeRO 2
   /// and 3 take the gradient storage too (the model frees its gradient buffer for good). ZeRO 1
