@@ -177,6 +177,8 @@ class ProcessGroup:
         """The host communicator: single, mpi or tcp."""
     def device(self, backend: str) -> str:
         """'cuda' becomes this rank's local GPU, 'cuda:N'; others as they are."""
+    def shard(self, n: int) -> tuple[int, int]:
+        """This rank's range (lo, hi) of n elements sharded over the ranks (ZeRO's)."""
     def barrier(self) -> None: ...
     def all_reduce(self, array: np.ndarray, op: str = "sum") -> None:
         """Sums (or averages) a writable C-contiguous float32 array over the ranks, in place."""
@@ -211,7 +213,10 @@ class Tensor:
 
 class Model:
     """A transformer with its gradients on one backend."""
-    def __init__(self, config: ModelConfig, backend: str = "cpu", seed: int = 0) -> None: ...
+    def __init__(self, config: ModelConfig, backend: str = "cpu", seed: int = 0,
+                 shard: Optional[tuple[int, int]] = None) -> None: ...
+    @property
+    def parameter_count(self) -> int: ...
     @property
     def config(self) -> ModelConfig: ...
     def parameters(self) -> dict[str, np.ndarray]: ...

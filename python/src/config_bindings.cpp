@@ -265,6 +265,14 @@ void bind_run(py::module_& m) {
           "The backend name for this rank: 'cuda' becomes its local GPU, "
           "'cuda:N'; others as they are.")
       .def(
+          "shard",
+          [](const ProcessGroup& p, int64_t n) {
+            return DataParallel::shard_of(n, p.size(), p.rank());
+          },
+          py::arg("n"),
+          "This rank's range (lo, hi) of n elements sharded over the ranks, as ZeRO shards the "
+          "flat parameters.")
+      .def(
           "barrier",
           [](const ProcessGroup& p) {
             if (p.comm) p.comm->barrier();

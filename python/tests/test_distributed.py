@@ -88,3 +88,26 @@ def test_process_group_rank_size_all_reduce_and_device(tmp_path):
     assert (got["world"], got["launcher"], got["backend"], got["sum"]) == (
         1, "single process", "single", [1.0, 1.0, 1.0])
     assert os.path.exists(tmp_path / "single.0")
+
+
+def test_zero_stage_3_from_python_is_stage_2_bit_for_bit(tmp_path):
+    """ZeRO 3 through python -m nuri train (each rank makes its shard of the model alone, then
+    gathers units as it goes) computes ZeRO 2's run, with recomputation on top."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for stage, extra in (("2", []), ("3", ["--recompute", "full"]),
+                         ("3", ["--keep-gathered"])):
+        out = f"z{stage}{''.join(extra)}"
+        args = ARGS[:-2]  # without its --zero-stage 2
+        proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, "-m",
+                               "nuri", "train", *args, "--zero-stage", stage, *extra, "--out",
+                               out], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"ZeRO stage {stage}, global batch 4" in proc.stdout
+        runs[out] = metrics(tmp_path / out)
+    losses = {k: [(r["loss"], r["grad_norm"], r["lr"]) for r in v] for k, v in runs.items()}
+    first, *others = losses.values()
+    assert all(r == first for r in others), losses
+    peaks = {k: v[-1]["peak_bytes"] for k, v in runs.items()}
+    assert peaks["z3--recomputefull"] < peaks["z2"], peaks  # what ZeRO 3 is for
