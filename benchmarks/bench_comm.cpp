@@ -239,15 +239,14 @@ void bench_zero3_step(std::shared_ptr<nuri::Communicator> comm, const Options& o
   cfg.kv("model", o.model).kv("layers", z3.model->config().n_layer).kv("psi", int64_t(psi))
       .kv("ranks", n).kv("B", o.batch).kv("T", o.seq).kv("threads", bench::bench_threads());
   bench::Json a, b;
-  // Per-rank bytes after setup: the model's allocator (weights, AdamW) plus the gradient shard.
-  const double grads2 = double(z2.trainer->data_parallel()->gradient_shard().nbytes());
-  const double grads3 = double(z3.trainer->data_parallel()->gradient_shard().nbytes());
+  // Per-rank bytes after setup: the model's allocator holds the weights, AdamW's state and the
+  // gradient shard.
   a.kv("name", "zero3").stats(s3).kv("gather_s", g).kv("gather_waited_s", e)
       .kv("gather_hidden_share", g > 0 ? std::max(0.0, 1.0 - e / g) : 0.0)
       .kv("bytes_per_step", last.payload_bytes).kv("unit_gathers", last.unit_gathers)
       .kv("gathered_peak_bytes", last.gathered_peak_bytes)
-      .kv("state_bytes", double(mem3) + grads3).kv("state_formula", 16 * psi / n);
-  b.kv("name", "zero2").stats(s2).kv("state_bytes", double(mem2) + grads2)
+      .kv("state_bytes", double(mem3)).kv("state_formula", 16 * psi / n);
+  b.kv("name", "zero2").stats(s2).kv("state_bytes", double(mem2))
       .kv("state_formula", 4 * psi + 12 * psi / n);
   bench::Json j;
   j.kv("bench", "zero3_step_cpu").kv("config", cfg).kv("nuri", a).kv("peer", b)
