@@ -24,8 +24,8 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
-constexpr const char* kModelFile = "model.safetensors";
-constexpr int kFormatVersion = 1;
+constexpr const char* kModelFile = "model.safetensors";  // format 1's whole parameters
+constexpr int kFormatVersion = 2;
 
 void fsync_dir(const std::string& dir) {
   ckpt::crash_point("directory sync");
@@ -137,19 +137,18 @@ CheckpointWriter::CheckpointWriter(std::string root, int64_t step, Communicator*
   agree(comm_, error, "creating the checkpoint directory");
 }
 
-void CheckpointWriter::add_replicated(const std::string& name, const Tensor& host) {
-  if (rank_ != 0) return;
-  replicated_.push_back({name, host});
-}
-
 void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t lo,
-                                 const Tensor& host_part) {
+                                 const Tensor& host_part, const Shape& shape) {
   NURI_CHECK(host_part.dtype() == DType::f32 && lo >= 0 && lo + host_part.numel() <= numel,
              "add_range('", name, "'): [", lo, ", ", lo + host_part.numel(),
              ") of an f32 tensor of ", numel, " elements");
+  NURI_CHECK(shape.empty() || shape_numel(shape) == numel, "add_range('", name, "'): shape ",
+             shape_str(shape), " is not ", numel, " elements");
   NURI_CHECK(!range_info_.count(name), "add_range('", name, "') twice on one rank");
-  ranges_.push_back({name, host_part});
-  range_info_[name] = {numel, lo};
+  // The whole tensor is stored with its shape (a one-rank checkpoint is a plain model file).
+  const bool whole = !shape.empty() && lo == 0 && host_part.numel() == numel;
+  ranges_.push_back({name, whole ? host_part.view(shape) : host_part.view({host_part.numel()})});
+  range_info_[name] = {numel, lo, shape};
 }
 
 void CheckpointWriter::set_meta(std::string json_text) { meta_ = std::move(json_text); }
@@ -173,15 +172,13 @@ void CheckpointWriter::write_files() {
       record["bytes"] = int64_t(fs::file_size(dir_ + "/" + name));
       json parts = json::array();
       for (const auto& [tname, t] : ranges_) {
-        const auto [numel, lo] = range_info_[tname];
-        parts.push_back({{"name", tname}, {"numel", numel}, {"lo", lo}, {"hi", lo + t.numel()}});
+        const RangeInfo& info = range_info_[tname];
+        json p = {{"name", tname}, {"numel", info.numel}, {"lo", info.lo},
+                  {"hi", info.lo + t.numel()}};
+        if (!info.shape.empty()) p["shape"] = info.shape;
+        parts.push_back(p);
       }
       record["ranges"] = parts;
-    }
-    if (rank_ == 0) {
-      const std::string digest = write_safetensors(dir_ + "/" + kModelFile, replicated_);
-      record["model_sha256"] = digest;
-      record["model_bytes"] = int64_t(fs::file_size(dir_ + "/" + kModelFile));
     }
   } catch (const std::exception& e) {
     error = e.what();
@@ -189,7 +186,6 @@ void CheckpointWriter::write_files() {
   record_ = record.dump();
   write_error_ = error;
   // The host copies are on disk now; their memory can go.
-  replicated_.clear();
   ranges_.clear();
 }
 
@@ -212,15 +208,16 @@ std::string CheckpointWriter::publish(int keep_last) {
       manifest["step"] = step_;
       manifest["world_size"] = world_;
       json files = json::object(), ranges = json::object();
-      files[kModelFile] = {{"sha256", json::parse(records[0])["model_sha256"]},
-                           {"bytes", json::parse(records[0])["model_bytes"]}};
       for (const std::string& text : records) {
         const json r = json::parse(text);
         if (!r.contains("file")) continue;
         files[r["file"].get<std::string>()] = {{"sha256", r["sha256"]}, {"bytes", r["bytes"]}};
         for (const auto& p : r["ranges"]) {
           json& e = ranges[p["name"].get<std::string>()];
+          NURI_CHECK(!e.contains("numel") || e["numel"] == p["numel"], "checkpoint: the ranks "
+                     "give '", p["name"].get<std::string>(), "' different sizes");
           e["numel"] = p["numel"];
+          if (p.contains("shape")) e["shape"] = p["shape"];
           e["parts"].push_back({{"file", r["file"]}, {"lo", p["lo"]}, {"hi", p["hi"]}});
         }
       }
@@ -312,8 +309,9 @@ CheckpointReader::CheckpointReader(const std::string& path) {
   try {
     NURI_CHECK(m.value("format", "") == "nuri-checkpoint", mpath, " is not a nuri checkpoint "
                "manifest");
-    NURI_CHECK(m.value("version", 0) == kFormatVersion, mpath, ": format version ",
-               m.value("version", 0), ", this nuri reads version ", kFormatVersion);
+    const int version = m.value("version", 0);
+    NURI_CHECK(version == 1 || version == kFormatVersion, mpath, ": format version ", version,
+               ", this nuri reads versions 1 and ", kFormatVersion);
     step_ = m.at("step").get<int64_t>();
     meta_ = m.at("meta").dump();
     for (const auto& [file, e] : m.at("files").items()) {
@@ -322,14 +320,26 @@ CheckpointReader::CheckpointReader(const std::string& path) {
       NURI_CHECK(file.find('/') == std::string::npos, mpath, ": file name '", file,
                  "' leaves the directory");
     }
-    NURI_CHECK(sha_.count(kModelFile), mpath, " lists no ", kModelFile);
     for (const auto& [name, e] : m.at("ranges").items()) {
-      auto& r = ranges_[name];
-      r.first = e.at("numel").get<int64_t>();
+      Range& r = ranges_[name];
+      r.numel = e.at("numel").get<int64_t>();
+      r.shape = e.contains("shape") ? e["shape"].get<Shape>() : Shape{r.numel};
+      NURI_CHECK(shape_numel(r.shape) == r.numel, mpath, ": '", name, "' has shape ",
+                 shape_str(r.shape), " but ", r.numel, " elements");
       for (const auto& p : e.at("parts")) {
         const std::string f = p.at("file").get<std::string>();
         NURI_CHECK(sha_.count(f), mpath, ": range of '", name, "' in unlisted file ", f);
-        r.second.push_back({f, p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()});
+        r.parts.push_back({f, p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()});
+      }
+    }
+    if (version == 1) {  // the parameters whole in rank 0's model.safetensors
+      NURI_CHECK(sha_.count(kModelFile), mpath, " lists no ", kModelFile);
+      const SafetensorsFile& f = file(kModelFile);
+      for (const std::string& name : f.names()) {
+        Range& r = ranges_[name];
+        r.shape = f.entry(name).shape;
+        r.numel = shape_numel(r.shape);
+        r.parts = {{kModelFile, 0, r.numel}};
       }
     }
   } catch (const nlohmann::json::exception& e) {
@@ -355,16 +365,10 @@ const SafetensorsFile& CheckpointReader::file(const std::string& name) const {
   return *(open_[name] = std::make_unique<SafetensorsFile>(path));
 }
 
-std::vector<std::string> CheckpointReader::replicated_names() const {
-  return file(kModelFile).names();
-}
-
-const SafetensorsEntry& CheckpointReader::replicated_entry(const std::string& name) const {
-  return file(kModelFile).entry(name);
-}
-
-void CheckpointReader::read_replicated(const std::string& name, const Tensor& host_dst) const {
-  file(kModelFile).read(name, host_dst);
+std::vector<std::string> CheckpointReader::range_names() const {
+  std::vector<std::string> names;
+  for (const auto& [name, r] : ranges_) names.push_back(name);
+  return names;
 }
 
 bool CheckpointReader::has_range(const std::string& name) const { return ranges_.count(name); }
@@ -372,7 +376,12 @@ bool CheckpointReader::has_range(const std::string& name) const { return ranges_
 int64_t CheckpointReader::range_numel(const std::string& name) const {
   auto it = ranges_.find(name);
   NURI_CHECK(it != ranges_.end(), "checkpoint ", dir_, " has no tensor '", name, "'");
-  return it->second.first;
+  return it->second.numel;
+}
+
+Shape CheckpointReader::range_shape(const std::string& name) const {
+  range_numel(name);  // names a missing tensor
+  return ranges_.at(name).shape;
 }
 
 void CheckpointReader::read_range(const std::string& name, int64_t lo, int64_t hi,
@@ -383,7 +392,7 @@ void CheckpointReader::read_range(const std::string& name, int64_t lo, int64_t h
              "checkpoint ", dir_, ": reading [", lo, ", ", hi, ") of '", name, "' (", numel,
              " elements) into ", host_dst.str());
   int64_t covered = 0;
-  for (const Part& p : ranges_.at(name).second) {
+  for (const Part& p : ranges_.at(name).parts) {
     const int64_t a = std::max(lo, p.lo), b = std::min(hi, p.hi);
     if (a >= b) continue;
     const SafetensorsFile& f = file(p.file);

@@ -159,33 +159,66 @@ DType dtype_from_safetensors(const std::string& s, const std::string& where) {
 
 // ---- writing ------------------------------------------------------------------------------------
 
-std::string write_safetensors(const std::string& path,
-                              const std::vector<std::pair<std::string, Tensor>>& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
+                                                 std::vector<SafetensorsPlanned> tensors,
+                                                 const std::map<std::string, std::string>& metadata)
+    : path_(path), planned_(std::move(tensors)) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   int64_t at = 0;
-  for (const auto& [name, t] : tensors) {
-    NURI_CHECK(t.defined() && t.device().is_cpu() && t.is_contiguous(), "write_safetensors(",
-               path, "): tensor '", name, "' must be a contiguous host tensor");
-    NURI_CHECK(name != "__metadata__" && !header.contains(name), "write_safetensors(", path,
-               "): tensor name '", name, "' is reserved or used twice");
+  for (const auto& [name, dtype, shape] : planned_) {
+    NURI_CHECK(name != "__metadata__" && !header.contains(name), "safetensors ", path,
+               ": tensor name '", name, "' is reserved or used twice");
+    const int64_t bytes = shape_numel(shape) * int64_t(dtype_size(dtype));
     nlohmann::ordered_json e;
-    e["dtype"] = safetensors_dtype(t.dtype());
-    e["shape"] = t.shape();
-    e["data_offsets"] = {at, at + int64_t(t.nbytes())};
+    e["dtype"] = safetensors_dtype(dtype);
+    e["shape"] = shape;
+    e["data_offsets"] = {at, at + bytes};
     header[name] = e;
-    at += int64_t(t.nbytes());
+    at += bytes;
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
   const uint64_t n = h.size();
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  FileWriter w(path);
-  w.write(len, 8);
-  w.write(h.data(), h.size());
-  for (const auto& [name, t] : tensors) w.write(t.raw(), t.nbytes());
+  file_ = std::make_unique<FileWriter>(path);
+  file_->write(len, 8);
+  file_->write(h.data(), h.size());
+}
+
+SafetensorsStreamWriter::~SafetensorsStreamWriter() = default;
+
+void SafetensorsStreamWriter::write(const std::string& name, const Tensor& host) {
+  NURI_CHECK(next_ < planned_.size(), "safetensors ", path_, ": '", name, "' is one tensor more "
+             "than the ", planned_.size(), " planned");
+  const SafetensorsPlanned& p = planned_[next_];
+  NURI_CHECK(name == p.name && host.defined() && host.device().is_cpu() &&
+                 host.is_contiguous() && host.dtype() == p.dtype && host.shape() == p.shape,
+             "safetensors ", path_, ": tensor ", next_, " must be '", p.name, "' ",
+             dtype_name(p.dtype), " ", shape_str(p.shape), " (a contiguous host tensor), got '",
+             name, "' ", host.defined() ? host.str() : std::string("undefined"));
+  file_->write(host.raw(), host.nbytes());
+  ++next_;
+}
+
+std::string SafetensorsStreamWriter::close() {
+  NURI_CHECK(next_ == planned_.size(), "safetensors ", path_, ": ", next_, " of the ",
+             planned_.size(), " planned tensors were written");
+  return file_->close();
+}
+
+std::string write_safetensors(const std::string& path,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  std::vector<SafetensorsPlanned> planned;
+  for (const auto& [name, t] : tensors) {
+    NURI_CHECK(t.defined() && t.device().is_cpu() && t.is_contiguous(), "write_safetensors(",
+               path, "): tensor '", name, "' must be a contiguous host tensor");
+    planned.push_back({name, t.dtype(), t.shape()});
+  }
+  SafetensorsStreamWriter w(path, std::move(planned), metadata);
+  for (const auto& [name, t] : tensors) w.write(name, t);
   return w.close();
 }
 

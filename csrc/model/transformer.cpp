@@ -128,12 +128,26 @@ const Tensor& Transformer::parameter(const std::string& name) const {
              " (", params_.size(), " parameters, e.g. '", params_.front().name, "')");
 }
 
+std::pair<int64_t, int64_t> Transformer::held_range() const {
+  const int64_t compute_hi =
+      cparam_buf_.defined() ? compute_lo_ + cparam_buf_.numel() : master_hi_;
+  return {std::min(master_lo_, compute_lo_), std::max(master_hi_, compute_hi)};
+}
+
+void Transformer::load_held_weights(const Tensor& host) {
+  const auto [lo, hi] = held_range();
+  NURI_CHECK(host.defined() && host.dtype() == DType::f32 && host.device().is_cpu() &&
+                 host.is_contiguous() && host.numel() == hi - lo,
+             "load_held_weights: expected the ", hi - lo, " weights of [", lo, ", ", hi,
+             ") as one contiguous f32 host tensor, got ",
+             host.defined() ? host.str() : std::string("nothing"));
+  write_weights(host.data<float>(), lo);
+}
+
 void Transformer::init_weights(uint64_t seed) {
   // Only the range this rank holds, element by element from (seed, name) over the logical
   // tensor: the values do not depend on how the model is sharded.
-  const int64_t lo = std::min(master_lo_, compute_lo_);
-  const int64_t hi = std::max(master_hi_, cparam_buf_.defined() ? compute_lo_ + cparam_buf_.numel()
-                                                                : master_hi_);
+  const auto [lo, hi] = held_range();
   Tensor host = Tensor::zeros({hi - lo});
   for (const ParamSpec& p : layout_) {
     const int64_t a = std::max(p.offset, lo), b = std::min(p.offset + p.numel(), hi);

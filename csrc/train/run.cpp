@@ -157,19 +157,11 @@ void write_text(const fs::path& path, const std::string& text) {
 }
 
 // out/model.safetensors: the f32 master weights under their Hugging Face names, with the model
-// config in the metadata (what nuri.load reads). Collective: the masters may be sharded.
-void save_model(Trainer& trainer, Transformer& model, const fs::path& path, bool lead) {
-  const Tensor masters = trainer.master_weights();
-  if (!lead) return;
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const ParamSpec& p : model.layout()) {
-    tensors.emplace_back(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));
-  }
-  const std::string tmp = path.string() + ".tmp";
-  write_safetensors(tmp, tensors,
-                    {{"nuri_model_config", model_config_to_json(model.config())},
-                     {"nuri_version", build_info().version}});
-  fs::rename(tmp, path);
+// config in the metadata (what nuri.load reads). Collective: the masters may be sharded; rank 0
+// writes one tensor at a time.
+void save_model(Trainer& trainer, Transformer& model, const fs::path& path) {
+  trainer.save_model(path.string(), {{"nuri_model_config", model_config_to_json(model.config())},
+                                     {"nuri_version", build_info().version}});
 }
 
 }  // namespace
@@ -346,7 +338,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
     out.line(fmt("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
-  if (!cfg.out.empty()) save_model(trainer, model, dir / "model.safetensors", lead);
+  if (!cfg.out.empty()) save_model(trainer, model, dir / "model.safetensors");
   result.seconds = seconds_since(start);
   if (result.stop_reason == "interrupted") {
     out.line(fmt("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,

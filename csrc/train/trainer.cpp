@@ -5,12 +5,14 @@
 #include <chrono>
 #include <cmath>
 #include <atomic>
+#include <filesystem>
 #include <numeric>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/safetensors.h"
 #include "nuri/core/log.h"
 #include "nuri/core/rng.h"
 #include "nuri/core/settings.h"
@@ -245,23 +247,25 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
   auto wp = std::make_unique<CheckpointWriter>(root, step_, dp_ ? &dp_->comm() : nullptr);
   CheckpointWriter& w = *wp;
-  // Rank 0 writes the parameters: it receives the other ranks' shards of sharded masters.
-  const Tensor masters = dp_ ? dp_->gather_master_weights(model_, 0) : master_weights();
-  if (rank == 0) {
-    for (const ParamSpec& p : model_.layout()) {
-      w.add_replicated(p.name, masters.slice(0, p.offset, p.offset + p.numel()).view(p.shape));
-    }
-  }
-  // AdamW's moments: this rank's shard under ZeRO 1 and 2; rank 0's whole buffers otherwise.
+  // Every rank writes its shard [lo, hi) of the flat layout (the ZeRO shard, also where every
+  // rank holds everything): its slices of each parameter (f32 masters) and of AdamW's moments.
+  // Nothing is gathered: no rank holds the whole model for a checkpoint.
   const int64_t total = model_.parameter_count();
-  const bool sharded = dp_ && dp_->zero_stage() >= 1;
-  if (sharded || rank == 0) {
-    for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
-                                    std::pair{"adamw.v", &opt_->v_buffer()}}) {
-      Tensor host = Tensor::empty({buf->numel()}, DType::f32);
-      be.copy(buf->view({buf->numel()}), host);
-      w.add_range(name, total, opt_->shard_begin(), host);
-    }
+  const auto [lo, hi] = DataParallel::shard_of(total, int(world), int(rank));
+  Tensor masters = Tensor::empty({hi - lo}, DType::f32);
+  be.copy(model_.param_buffer().slice(0, lo - model_.master_begin(), hi - model_.master_begin()),
+          masters);
+  for (const ParamSpec& p : model_.layout()) {
+    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
+    if (a < b) w.add_range(p.name, p.numel(), a - p.offset, masters.slice(0, a - lo, b - lo), p.shape);
+  }
+  for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
+                                  std::pair{"adamw.v", &opt_->v_buffer()}}) {
+    // The optimizer holds [shard_begin, shard_end): the shard, or everything (ZeRO 0).
+    const int64_t from = lo - opt_->shard_begin(), to = hi - opt_->shard_begin();
+    Tensor host = Tensor::empty({hi - lo}, DType::f32);
+    be.copy(buf->view({buf->numel()}).slice(0, from, to), host);
+    w.add_range(name, total, lo, host);
   }
   nlohmann::ordered_json meta;
   meta["model"] = settings_json(model_settings(), &model_.config());
@@ -284,6 +288,52 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   w.set_meta(meta.dump());
   be.synchronize();  // the host copies are complete before training goes on
   return wp;
+}
+
+void Trainer::save_model(const std::string& path,
+                         const std::map<std::string, std::string>& metadata) {
+  finish_checkpoint();
+  const int world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
+  Communicator* host = dp_ ? dp_->comm().host_communicator() : nullptr;
+  const int64_t total = model_.parameter_count();
+  const bool sharded = model_.masters_sharded();
+  Backend& be = model_.backend();
+  std::unique_ptr<SafetensorsStreamWriter> out;
+  const std::string tmp = path + ".tmp";
+  if (rank == 0) {
+    std::vector<SafetensorsPlanned> planned;
+    for (const ParamSpec& p : model_.layout()) planned.push_back({p.name, DType::f32, p.shape});
+    out = std::make_unique<SafetensorsStreamWriter>(tmp, std::move(planned), metadata);
+  }
+  for (const ParamSpec& p : model_.layout()) {
+    Tensor whole = rank == 0 ? Tensor::empty(p.shape, DType::f32) : Tensor();
+    const Tensor flat = rank == 0 ? whole.view({p.numel()}) : Tensor();
+    // Each rank's slice of this tensor: its masters' part of [offset, offset + numel).
+    for (int r = 0; r < (sharded ? world : 1); ++r) {
+      const auto [lo, hi] = sharded ? DataParallel::shard_of(total, world, r)
+                                    : std::pair<int64_t, int64_t>{0, total};
+      const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
+      if (a >= b || (r != rank && rank != 0)) continue;
+      if (r == rank) {
+        const Tensor mine = model_.param_buffer().slice(0, a - model_.master_begin(),
+                                                         b - model_.master_begin());
+        if (rank == 0) {
+          be.copy(mine, flat.slice(0, a - p.offset, b - p.offset));
+        } else {
+          Tensor part = Tensor::empty({b - a}, DType::f32);
+          be.copy(mine, part);
+          host->send(part, 0);
+        }
+      } else {  // rank 0 receives rank r's slice
+        host->recv(flat.slice(0, a - p.offset, b - p.offset), r);
+      }
+    }
+    if (rank == 0) out->write(p.name, whole);
+  }
+  if (rank == 0) {
+    out->close();
+    std::filesystem::rename(tmp, path);
+  }
 }
 
 Tensor Trainer::master_weights() {
@@ -329,27 +379,31 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
                "wrong type: ", e.what());
   }
-  // Parameters: exactly the model's names, with the model's shapes.
+  // Parameters: exactly the model's names, with the model's shapes; only the slices of the
+  // range this rank holds (its ZeRO 3 shard; everything where it holds a whole copy) are read.
   Backend& be = model_.backend();
-  const std::vector<std::string> names = r.replicated_names();
   const std::vector<ParamSpec>& layout = model_.layout();
   for (const ParamSpec& p : layout) {
-    NURI_CHECK(std::find(names.begin(), names.end(), p.name) != names.end(), "checkpoint ", dir,
-               ": tensor '", p.name, "' is missing");
+    NURI_CHECK(r.has_range(p.name), "checkpoint ", dir, ": tensor '", p.name, "' is missing");
+    NURI_CHECK(r.range_shape(p.name) == p.shape, "checkpoint ", dir, ": tensor '", p.name,
+               "' has shape ", shape_str(r.range_shape(p.name)), ", the model's is ",
+               shape_str(p.shape));
+  }
+  for (const std::string& n : r.range_names()) {
+    const bool known = n == "adamw.m" || n == "adamw.v" ||
+                       std::any_of(layout.begin(), layout.end(),
+                                   [&](const ParamSpec& p) { return p.name == n; });
+    NURI_CHECK(known, "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this model "
+               "(an extra tensor: was it saved from another model?)");
   }
   const int64_t total = model_.parameter_count();
-  Tensor masters = Tensor::empty({total}, DType::f32);
-  for (const std::string& n : names) {
-    const auto it = std::find_if(layout.begin(), layout.end(),
-                                 [&](const ParamSpec& p) { return p.name == n; });
-    NURI_CHECK(it != layout.end(), "checkpoint ", dir, ": tensor '", n, "' is not a parameter of "
-               "this model (an extra tensor: was it saved from another model?)");
-    const SafetensorsEntry& e = r.replicated_entry(n);
-    NURI_CHECK(e.shape == it->shape, "checkpoint ", dir, ": tensor '", n, "' has shape ",
-               shape_str(e.shape), ", the model's is ", shape_str(it->shape));
-    r.read_replicated(n, masters.slice(0, it->offset, it->offset + it->numel()).view(it->shape));
+  const auto [held_lo, held_hi] = model_.held_range();
+  Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
+  for (const ParamSpec& p : layout) {
+    const int64_t a = std::max(held_lo, p.offset), b = std::min(held_hi, p.offset + p.numel());
+    if (a < b) r.read_range(p.name, a - p.offset, b - p.offset, held.slice(0, a - held_lo, b - held_lo));
   }
-  model_.load_weights(masters);  // this rank's masters and the whole compute copy
+  model_.load_held_weights(held);
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
   for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
                                   std::pair{"adamw.v", &opt_->v_buffer()}}) {

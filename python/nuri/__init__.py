@@ -60,15 +60,15 @@ from .config import (
     reference,
 )
 from .dist import ProcessGroup, init_process_group
-from .io import (decode_bytes, default_corpus, generate_text, load, read_data, save,
+from .io import (consolidate, decode_bytes, default_corpus, generate_text, load, read_data, save,
                  split_validation)
 from .training import plot_losses, run
-from .hf import export_hf, import_hf, model_config_from_hf
+from .hf import export_hf, export_hf_checkpoint, import_hf, model_config_from_hf
 
 __version__: str = build_info()["version"]
 
 __all__ = [
-    "ByteTokenizer", "CheckpointConfig", "ConfigError", "DataConfig", "Error", "Model",
+    "ByteTokenizer", "CheckpointConfig", "ConfigError", "consolidate", "export_hf_checkpoint", "DataConfig", "Error", "Model",
     "ModelConfig", "ParallelConfig", "ProcessGroup", "RunConfig", "SampleConfig", "Tensor",
     "TokenFile", "TrainConfig", "Trainer", "apply_overrides", "build_info", "config_from_dict",
     "decode_bytes", "default_corpus", "export_hf", "generate_text", "import_hf",

@@ -3,6 +3,7 @@
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
                             [--temperature X] [--top-k K] [--seed S]
+    python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
     python -m nuri info
 
 ``train`` is nuri-train: the same flags (``python -m nuri train --help`` lists them, each with
@@ -23,7 +24,8 @@ from typing import Any, Sequence
 
 from . import _C
 from .config import ConfigError, SampleConfig
-from .io import generate_text, load
+from .hf import export_hf_checkpoint
+from .io import consolidate, generate_text, load
 from .training import run
 
 
@@ -62,6 +64,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``python -m nuri export``: a checkpoint's weights as one file, or a Hugging Face model."""
+    if not args.hf and not args.out:
+        raise ConfigError("export: give --out FILE.safetensors, --hf DIR, or both")
+    if args.hf:
+        export_hf_checkpoint(args.checkpoint, args.hf)
+        print(f"wrote {os.path.join(args.hf, 'config.json')} and model.safetensors")
+    if args.out:
+        stats = consolidate(args.checkpoint, args.out)
+        print(f"wrote {args.out}: {stats['tensors']} tensors, {stats['bytes'] / 2**20:.1f} MiB "
+              f"(at most {stats['peak_bytes'] / 2**20:.1f} MiB held at once)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``python -m nuri info``: what this build holds."""
     info = _C.build_info()
@@ -91,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m nuri`` (``train`` takes the run's own flags)."""
     p = argparse.ArgumentParser(prog="python -m nuri",
                                 description="Train and sample decoder-only language models.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,generate,info}")
+    sub = p.add_subparsers(dest="command", required=True,
+                           metavar="{train,generate,export,info}")
     sub.add_parser("train", help="train a model: nuri-train's flags, KEY=VALUE overrides, "
                    "--config FILE (see train --help)", add_help=False)
     g = sub.add_parser("generate", help="continue a prompt with a trained byte-level model")
@@ -106,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", "--device", dest="backend", default="cpu",
                    help="cpu, cuda (or cuda-emu in an emulated build)")
     g.set_defaults(func=cmd_generate)
+    e = sub.add_parser("export", help="a checkpoint's weights as one model file, or as a "
+                       "Hugging Face model directory (one tensor in memory at a time)")
+    e.add_argument("checkpoint", help="a checkpoint directory, or the root of a run's "
+                   "checkpoints (its newest is taken)")
+    e.add_argument("--out", help="model file to write (.safetensors, what nuri.load reads)")
+    e.add_argument("--hf", metavar="DIR", help="Hugging Face directory to write (config.json, "
+                   "model.safetensors)")
+    e.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="show what this build of nuri holds")
     i.set_defaults(func=cmd_info)
     return p

@@ -67,22 +67,34 @@ def _gpt2(config: _C.ModelConfig) -> bool:
     return model_config_to_dict(config)["mlp"] == "gelu"
 
 
+def _hf_name_shape(config: _C.ModelConfig, name: str, shape: tuple[int, ...]
+                   ) -> tuple[str, tuple[int, ...]]:
+    """The Hugging Face key and shape of nuri's parameter `name` of `shape`."""
+    if name in ("wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
+        shape = (config.vocab_size, *shape[1:])  # without the padded rows
+    if _gpt2(config):
+        if name.endswith(_GPT2_CONV1D):
+            shape = tuple(reversed(shape))
+        name = "transformer." + name if name != "lm_head.weight" else name
+    return name, tuple(shape)
+
+
+def _to_hf(config: _C.ModelConfig, name: str, a: np.ndarray) -> np.ndarray:
+    """nuri's parameter `name` in Hugging Face's layout (a copy)."""
+    a = np.array(a, dtype=np.float32, copy=True)
+    if name in ("wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
+        a = a[:config.vocab_size]
+    if _gpt2(config) and name.endswith(_GPT2_CONV1D):
+        a = a.T
+    return np.ascontiguousarray(a)
+
+
 def to_hf_tensors(model: _C.Model) -> dict[str, np.ndarray]:
     """The model's parameters under Hugging Face's keys and layouts (copies)."""
     config = model.config
     hf_config(config)  # refuses layouts Hugging Face has none for
-    vocab = config.vocab_size
-    out = {}
-    for name, a in model.parameters().items():
-        a = np.array(a, dtype=np.float32, copy=True)
-        if name in ("wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
-            a = a[:vocab]
-        if _gpt2(config):
-            if name.endswith(_GPT2_CONV1D):
-                a = np.ascontiguousarray(a.T)
-            name = "transformer." + name if name != "lm_head.weight" else name
-        out[name] = np.ascontiguousarray(a)
-    return out
+    return {_hf_name_shape(config, name, a.shape)[0]: _to_hf(config, name, a)
+            for name, a in model.parameters().items()}
 
 
 def export_hf(model: _C.Model, directory: str | os.PathLike) -> None:
@@ -97,6 +109,27 @@ def export_hf(model: _C.Model, directory: str | os.PathLike) -> None:
         f.write("\n")
     save_file(to_hf_tensors(model), os.path.join(directory, "model.safetensors"),
               metadata={"format": "pt"})
+
+
+def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike) -> None:
+    """export_hf from a checkpoint (a directory, or a root whose newest one is taken) of any
+    layout, sharded by any number of ranks: each tensor is assembled from its slices, converted
+    and written in turn, so the memory it takes is the largest tensor's, never the model's."""
+    reader = _C.CheckpointReader(os.fspath(ckpt))
+    config = model_config_from_dict(json.loads(reader.meta)["model"], path=f"{reader.dir}: model")
+    hf = hf_config(config)
+    names = _C.ModelConfig.layout_names(config)
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf, f, indent=2)
+        f.write("\n")
+    planned = [_hf_name_shape(config, n, tuple(reader.shape(n))) for n in names]
+    writer = _C.SafetensorsWriter(os.path.join(directory, "model.safetensors"),
+                                  [(n, list(s)) for n, s in planned], {"format": "pt"})
+    for name, (hf_name, _) in zip(names, planned):
+        writer.write(hf_name, _to_hf(config, name, reader.read(name)))
+    writer.close()
 
 
 def _read_hf_tensors(directory: str) -> dict[str, np.ndarray]:

@@ -96,6 +96,13 @@ def read_data(path: str | os.PathLike, vocab_size: int = 0) -> _C.TokenFile:
     return _C.read_data(os.fspath(path), vocab_size)
 
 
+def consolidate(ckpt: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Writes the parameters of a checkpoint of any layout (a directory, or a root whose newest
+    one is taken) as one safetensors file that nuri.load reads, one tensor in memory at a time;
+    returns tensors, bytes and peak_bytes (the most host bytes held at once)."""
+    return _C.consolidate_checkpoint(os.fspath(ckpt), os.fspath(out))
+
+
 def default_corpus() -> _C.TokenFile:
     """The corpus a run trains on when data.train is empty: the license texts every Debian
     system has (elsewhere a generated one), as byte tokens."""

@@ -14,3 +14,5 @@ nuri::Tensor tensor_from_numpy(pybind11::array arr);
 void bind_config(pybind11::module_& m);
 /// ProcessGroup, init_process_group and run_training.
 void bind_run(pybind11::module_& m);
+/// CheckpointReader, SafetensorsWriter, consolidate_checkpoint.
+void bind_checkpoint(pybind11::module_& m);

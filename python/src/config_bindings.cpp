@@ -170,7 +170,12 @@ void bind_config(py::module_& m) {
       .def_static("from_json", &model_config_from_json, py::arg("json"), py::arg("origin") = "",
                   "A validated ModelConfig from a JSON object of model keys.")
       .def_static("preset", &model_preset, py::arg("name"))
-      .def_static("preset_names", &model_preset_names);
+      .def_static("preset_names", &model_preset_names)
+      .def_static("layout_names", [](const ModelConfig& c) {
+        std::vector<std::string> names;
+        for (const ParamSpec& p : param_layout(c)) names.push_back(p.name);
+        return names;
+      }, py::arg("config"), "The parameters' names in layout order.");
 
   py::class_<TrainConfig> train(m, "TrainConfig", "Training loop settings.");
   bind_settings(train, train_settings(), "train");

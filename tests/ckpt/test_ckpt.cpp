@@ -227,7 +227,7 @@ TEST(Checkpoint, LatestRetentionAndInterruptedSaves) {
   EXPECT_EQ(read_bytes(root + "/latest"), "step-00000008\n");
   // A later save that died before its manifest: debris, never read.
   fs::create_directory(root + "/step-00000010");
-  write_bytes(root + "/step-00000010/model.safetensors", "partial");
+  write_bytes(root + "/step-00000010/rank-00000-of-00001.safetensors", "partial");
   EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000008");
   // `latest` naming something uncommitted falls back to the newest committed checkpoint.
   write_bytes(root + "/latest", "step-00000010\n");
@@ -260,11 +260,12 @@ class CheckpointTamper : public ::testing::Test {
 };
 
 TEST_F(CheckpointTamper, AFlippedByteFailsTheChecksumNamingTheFile) {
-  std::string bytes = read_bytes(dir_ + "/model.safetensors");
+  std::string bytes = read_bytes(dir_ + "/rank-00000-of-00001.safetensors");
   bytes[bytes.size() / 2] ^= 0x10;
-  write_bytes(dir_ + "/model.safetensors", bytes);
+  write_bytes(dir_ + "/rank-00000-of-00001.safetensors", bytes);
   const std::string msg = load(model_preset("gpt2-tiny"));
-  EXPECT_NE(msg.find("model.safetensors fails its checksum"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rank-00000-of-00001.safetensors fails its checksum"), std::string::npos)
+      << msg;
 }
 
 TEST_F(CheckpointTamper, ATruncatedFileIsNamed) {
@@ -300,15 +301,16 @@ TEST_F(CheckpointTamper, AnotherGlobalBatchOrSeedIsRefused) {
   EXPECT_NE(load(model_preset("gpt2-tiny"), tc).find("data seed 1337"), std::string::npos);
 }
 
-/// Rewrites the checkpoint with model.safetensors changed by `edit` (a committed, consistent
+/// Rewrites the checkpoint with its parameters changed by `edit` (a committed, consistent
 /// checkpoint whose tensors are wrong for the model).
 void rewrite_model(const std::string& root, const std::string& dir,
                    const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {
   CheckpointReader r(dir);
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (const std::string& n : r.replicated_names()) {
-    Tensor t = Tensor::empty(r.replicated_entry(n).shape, DType::f32);
-    r.read_replicated(n, t);
+  for (const std::string& n : r.range_names()) {
+    if (n.rfind("adamw.", 0) == 0) continue;
+    Tensor t = Tensor::empty(r.range_shape(n), DType::f32);
+    r.read_range(n, 0, t.numel(), t.view({t.numel()}));
     tensors.push_back({n, t});
   }
   edit(tensors);
@@ -318,7 +320,7 @@ void rewrite_model(const std::string& root, const std::string& dir,
   r.read_range("adamw.v", 0, numel, v);
   const std::string meta = r.meta();
   CheckpointWriter w(root, r.step(), nullptr);
-  for (auto& [n, t] : tensors) w.add_replicated(n, t);
+  for (auto& [n, t] : tensors) w.add_range(n, t.numel(), 0, t.view({t.numel()}), t.shape());
   w.add_range("adamw.m", numel, 0, m);
   w.add_range("adamw.v", numel, 0, v);
   w.set_meta(meta);

@@ -1,18 +1,23 @@
 // Checkpoints that survive a shared pool (DESIGN.md, "Checkpoints"): one directory per step,
 //
-//   ROOT/step-00000120/model.safetensors             tensors every rank holds alike (rank 0)
-//   ROOT/step-00000120/rank-00001-of-00004.safetensors  each rank's ranges of flat tensors
-//   ROOT/step-00000120/manifest.json                  the commit: files, SHA-256, ranges, meta
+//   ROOT/step-00000120/rank-00001-of-00004.safetensors  each rank's slices of the tensors
+//   ROOT/step-00000120/manifest.json                  the commit: files, SHA-256, slices, meta
 //   ROOT/latest                                       "step-00000120"
+//
+// Every rank writes its own slices, in parallel, and no rank holds the whole model: a tensor is
+// stored as element ranges [lo, hi) of its flattened logical tensor, in the files of the ranks
+// that held them, and the manifest gives each tensor's shape and which file holds which slice. A
+// slice that is the whole tensor is stored with the tensor's shape, so a checkpoint of one rank
+// is a plain safetensors file of the model. (Format 1, still read: the parameters whole in a
+// model.safetensors of rank 0.)
 //
 // A checkpoint exists only once its manifest is committed: every file is fsynced, the manifest
 // is written to manifest.json.tmp, fsynced, renamed to manifest.json, and the directory fsynced;
 // then `latest` is replaced the same way and checkpoints beyond the newest keep_last are removed.
 // A directory without manifest.json is debris of an interrupted save and is never read.
 //
-// Flat tensors (AdamW's moments) are stored as ranges [lo, hi) in the files of the ranks that
-// held them, and read back as any range: that is how a checkpoint of N ranks with one ZeRO
-// layout loads into M ranks with another. Every file's SHA-256 is checked before its data is
+// Tensors are read back as any range of their elements: that is how a checkpoint of N ranks
+// with one ZeRO layout loads into M ranks with another, each reading the slices it needs. Every file's SHA-256 is checked before its data is
 // used, and every inconsistency is an error naming the file and the tensor.
 #pragma once
 
@@ -39,11 +44,11 @@ class CheckpointWriter {
   /// Collective. Creates ROOT/step-… (a committed checkpoint of the same step is replaced: its
   /// manifest is removed first, so it is never half old, half new).
   CheckpointWriter(std::string root, int64_t step, Communicator* comm);
-  /// A host tensor every rank holds alike: rank 0 writes it (the others' calls are ignored).
-  void add_replicated(const std::string& name, const Tensor& host);
-  /// This rank's elements [lo, lo + part.numel()) of a flat tensor of `numel` elements (f32).
-  /// The ranks' ranges together must cover [0, numel) once.
-  void add_range(const std::string& name, int64_t numel, int64_t lo, const Tensor& host_part);
+  /// This rank's elements [lo, lo + part.numel()) of a tensor of `numel` elements (f32),
+  /// flattened; `shape` (optional) is its logical shape, recorded in the manifest. The ranks'
+  /// ranges together must cover [0, numel) once.
+  void add_range(const std::string& name, int64_t numel, int64_t lo, const Tensor& host_part,
+                 const Shape& shape = {});
   /// The training state as a JSON object (text); rank 0's is written.
   void set_meta(std::string json);
   /// Collective: writes this rank's files, then rank 0 the manifest, `latest`, and removes
@@ -62,8 +67,12 @@ class CheckpointWriter {
   int64_t step_;
   Communicator* comm_;
   int rank_ = 0, world_ = 1;
-  std::vector<std::pair<std::string, Tensor>> replicated_, ranges_;
-  std::map<std::string, std::pair<int64_t, int64_t>> range_info_;  // name -> (numel, lo)
+  std::vector<std::pair<std::string, Tensor>> ranges_;
+  struct RangeInfo {
+    int64_t numel, lo;
+    Shape shape;
+  };
+  std::map<std::string, RangeInfo> range_info_;
   std::string meta_ = "{}";
   std::string record_ = "{}", write_error_;
 };
@@ -82,14 +91,15 @@ class CheckpointReader {
   const std::string& dir() const { return dir_; }
   int64_t step() const { return step_; }
   const std::string& meta() const { return meta_; }
-  /// Names of the replicated tensors, in file order.
-  std::vector<std::string> replicated_names() const;
-  const SafetensorsEntry& replicated_entry(const std::string& name) const;
-  void read_replicated(const std::string& name, const Tensor& host_dst) const;
-  /// Elements of the flat tensor `name` and whether the checkpoint has it.
+  /// Every tensor's name (sorted).
+  std::vector<std::string> range_names() const;
+  /// Whether the checkpoint has tensor `name`, its elements, and its shape (the recorded one,
+  /// or [numel] when none was).
   bool has_range(const std::string& name) const;
   int64_t range_numel(const std::string& name) const;
-  /// Elements [lo, hi) of flat tensor `name` (f32) into host_dst, from whichever files hold them.
+  Shape range_shape(const std::string& name) const;
+  /// Elements [lo, hi) of tensor `name` (f32, flattened) into host_dst, from whichever files
+  /// hold them.
   void read_range(const std::string& name, int64_t lo, int64_t hi, const Tensor& host_dst) const;
 
  private:
@@ -105,8 +115,12 @@ class CheckpointReader {
   std::string meta_;
   std::map<std::string, std::string> sha_;           // file -> expected SHA-256
   std::map<std::string, int64_t> bytes_;              // file -> size
-  std::string replicated_file_;
-  std::map<std::string, std::pair<int64_t, std::vector<Part>>> ranges_;  // name -> numel, parts
+  struct Range {
+    int64_t numel = 0;
+    Shape shape;
+    std::vector<Part> parts;
+  };
+  std::map<std::string, Range> ranges_;
   mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> open_;
 };
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +38,32 @@ class FileWriter {
   int fd_ = -1;
   int64_t bytes_ = 0;
   void* sha_ = nullptr;  // EVP_MD_CTX
+};
+
+struct SafetensorsPlanned {
+  std::string name;
+  DType dtype;
+  Shape shape;
+};
+
+/// Writes a safetensors file one tensor at a time, in the planned order: the header (every
+/// tensor's dtype, shape and offsets) goes first, so a file of any size is written holding one
+/// tensor in memory at a time.
+class SafetensorsStreamWriter {
+ public:
+  SafetensorsStreamWriter(const std::string& path, std::vector<SafetensorsPlanned> tensors,
+                          const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsStreamWriter();
+  /// The next planned tensor (its name, dtype and shape), a contiguous host tensor.
+  void write(const std::string& name, const Tensor& host);
+  /// After the last tensor: fsync and close; returns the file's SHA-256 (hex).
+  std::string close();
+
+ private:
+  std::string path_;
+  std::vector<SafetensorsPlanned> planned_;
+  size_t next_ = 0;
+  std::unique_ptr<FileWriter> file_;
 };
 
 /// Writes host tensors (contiguous; f32, bf16, f16, i32, i64) as one safetensors file; returns

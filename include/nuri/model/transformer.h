@@ -155,8 +155,14 @@ class Transformer {
   /// The view named `name`; throws nuri::Error naming close candidates otherwise.
   const Tensor& parameter(const std::string& name) const;
 
-  /// Re-draws every parameter from (seed, parameter name) over the full logical tensor.
+  /// Re-draws every parameter from (seed, parameter name) over the full logical tensor (the
+  /// elements this rank holds).
   void init_weights(uint64_t seed);
+  /// The flat range of the weights this rank holds in some form (its masters or its compute
+  /// copy): all of them unless sharded.
+  std::pair<int64_t, int64_t> held_range() const;
+  /// Sets the weights of held_range() from `host` (contiguous f32 on the host, in flat order).
+  void load_held_weights(const Tensor& host);
   void zero_grad();
 
   /// Runs the model on tokens [B, T] (i32, host) and returns the mean cross-entropy against

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -118,6 +119,12 @@ class Trainer {
   /// sequence length, the global batch and the data seed must be the checkpoint's (an error
   /// names what differs); gradients are not saved. Returns the checkpoint's directory.
   std::string load_checkpoint(const std::string& path);
+
+  /// Writes the f32 master weights as one safetensors file at `path` (rank 0 writes it, with
+  /// `metadata`; a collective under data parallelism), one tensor at a time: the ranks send rank
+  /// 0 their slices of each tensor in turn, so no rank holds more than one whole tensor.
+  void save_model(const std::string& path,
+                  const std::map<std::string, std::string>& metadata = {});
 
   /// Every f32 master weight (the model's parameter_count(), flat layout) on the host; under
   /// data parallelism a collective (every rank calls it), as GPU ranks with ZeRO 1 or 2 hold

@@ -1,0 +1,54 @@
+// A sharded checkpoint's parameters as one safetensors file, streamed (nuri/ckpt/consolidate.h).
+#include "nuri/ckpt/consolidate.h"
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/safetensors.h"
+#include "nuri/core/build_info.h"
+#include "nuri/model/transformer.h"
+
+namespace nuri {
+
+ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::string& out) {
+  const CheckpointReader r(ckpt);
+  ModelConfig cfg;
+  std::string config_json;
+  try {
+    config_json = nlohmann::json::parse(r.meta()).at("model").dump();
+    cfg = model_config_from_json(config_json, r.dir() + ": model");
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, "checkpoint ", r.dir(), " records no usable model config: ", e.what());
+  }
+  const std::vector<ParamSpec> layout = param_layout(cfg);
+  std::vector<SafetensorsPlanned> planned;
+  for (const ParamSpec& p : layout) {
+    NURI_CHECK(r.has_range(p.name), "checkpoint ", r.dir(), ": tensor '", p.name,
+               "' is missing");
+    NURI_CHECK(r.range_shape(p.name) == p.shape, "checkpoint ", r.dir(), ": tensor '", p.name,
+               "' has shape ", shape_str(r.range_shape(p.name)), ", its model's is ",
+               shape_str(p.shape));
+    planned.push_back({p.name, DType::f32, p.shape});
+  }
+  auto alloc = std::make_shared<CpuAllocator>();  // counts what the export holds
+  const std::string tmp = out + ".tmp";
+  SafetensorsStreamWriter w(tmp, std::move(planned),
+                            {{"nuri_model_config", config_json},
+                             {"nuri_version", build_info().version}});
+  ConsolidateStats stats;
+  for (const ParamSpec& p : layout) {
+    Tensor t = Tensor::empty(p.shape, DType::f32, alloc);
+    r.read_range(p.name, 0, p.numel(), t.view({p.numel()}));
+    w.write(p.name, t);
+    ++stats.tensors;
+    stats.bytes += t.nbytes();
+  }
+  w.close();
+  std::filesystem::rename(tmp, out);
+  stats.peak_bytes = alloc->stats().peak_bytes;
+  return stats;
+}
+
+}  // namespace nuri

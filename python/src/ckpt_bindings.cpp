@@ -1,0 +1,72 @@
+// nuri._C's checkpoint reading and streaming safetensors writing: what Python's export from a
+// sharded checkpoint (nuri.hf.export_hf_checkpoint, nuri.consolidate) is made of, one tensor in
+// memory at a time.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "bindings.h"
+#include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/consolidate.h"
+#include "nuri/ckpt/safetensors.h"
+
+namespace py = pybind11;
+using namespace nuri;
+
+void bind_checkpoint(py::module_& m) {
+  py::class_<CheckpointReader>(m, "CheckpointReader",
+                               "A committed checkpoint: its tensors, read slice by slice.")
+      .def(py::init<const std::string&>(), py::arg("path"),
+           "A checkpoint directory, or a root whose newest committed checkpoint is taken.")
+      .def_property_readonly("dir", &CheckpointReader::dir)
+      .def_property_readonly("step", &CheckpointReader::step)
+      .def_property_readonly("meta", &CheckpointReader::meta, "The training state (JSON text).")
+      .def("names", &CheckpointReader::range_names)
+      .def("shape", &CheckpointReader::range_shape, py::arg("name"))
+      .def("read", [](const CheckpointReader& r, const std::string& name) {
+             const Shape shape = r.range_shape(name);
+             py::array_t<float> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+             const Tensor t = Tensor::from_blob(out.mutable_data(), {r.range_numel(name)},
+                                                DType::f32, Device::cpu());
+             {
+               py::gil_scoped_release release;
+               r.read_range(name, 0, t.numel(), t);
+             }
+             return out;
+           }, py::arg("name"), "The whole tensor (f32, its shape), checksums checked.");
+
+  py::class_<SafetensorsStreamWriter>(m, "SafetensorsWriter",
+                                      "A safetensors file written one tensor at a time.")
+      .def(py::init([](const std::string& path,
+                       const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+             std::vector<SafetensorsPlanned> planned;
+             for (const auto& [name, shape] : tensors) planned.push_back({name, DType::f32, shape});
+             return std::make_unique<SafetensorsStreamWriter>(path, std::move(planned), metadata);
+           }),
+           py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
+           "tensors: (name, shape) of every f32 tensor, in the order they will be written.")
+      .def("write", [](SafetensorsStreamWriter& w, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
+             w.write(name, tensor_from_numpy(a));
+           }, py::arg("name"), py::arg("array"))
+      .def("close", &SafetensorsStreamWriter::close, "Returns the file's SHA-256.");
+
+  m.def("consolidate_checkpoint", [](const std::string& ckpt, const std::string& out) {
+    ConsolidateStats s;
+    {
+      py::gil_scoped_release release;
+      s = consolidate_checkpoint(ckpt, out);
+    }
+    py::dict d;
+    d["tensors"] = s.tensors;
+    d["bytes"] = s.bytes;
+    d["peak_bytes"] = s.peak_bytes;
+    return d;
+  }, py::arg("ckpt"), py::arg("out"),
+     "The checkpoint's parameters as one safetensors file, one tensor in memory at a time.");
+}
