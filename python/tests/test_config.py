@@ -49,8 +49,8 @@ def test_keyword_construction_and_defaults():
     with pytest.raises(nuri.ConfigError, match=r"train.lr: expected a number > 0, got 'fast'"):
         tc.lr = "fast"
     with pytest.raises(nuri.ConfigError, match=r"parallel.zero_stage: expected an integer in "
-                                                r"\[0, 2\], got 3"):
-        nuri.ParallelConfig(zero_stage=3)
+                                                r"\[0, 3\], got 4"):
+        nuri.ParallelConfig(zero_stage=4)
     cfg = nuri.RunConfig()
     cfg.train.lr = 5e-3  # sections change in place
     assert cfg.train.lr == 0.005 and cfg.preset == "demo" and cfg.backend == "cpu"
@@ -120,6 +120,10 @@ def test_unknown_keys_are_named(d, message):
     ({"checkpoint": {"keep": 0}}, "checkpoint.keep: expected an integer >= 1, got 0"),
     ({"checkpoint": {"signals": "TERM,KILL"}}, "checkpoint.signals: signal 'KILL' is not one"),
     ({"parallel": {"bucket_mb": 0}}, "parallel.bucket_mb: expected a number > 0, got 0"),
+    ({"parallel": {"zero_stage": 4}}, "parallel.zero_stage: expected an integer in [0, 3], got 4"),
+    ({"train": {"recompute": "some"}},
+     "train.recompute: expected one of 'none', 'selective', 'full', got 'some'"),
+    ({"train": {"recompute_every": 0}}, "train.recompute_every: expected an integer >= 1"),
 ])
 def test_wrong_types_and_ranges_are_named(d, message):
     assert message in error_of(d)
