@@ -29,11 +29,19 @@ echo "$out" | grep -v 'ORTE_ERROR_LOG\|PMIX ERROR' | head -n 40
 printf '%s: launcher exit %d after %d ms\n' "$mode" "$rc" "$elapsed_ms"
 ((rc != 124)) || fail "the job hung (killed by timeout 60)"
 ((elapsed_ms < 20000)) || fail "took ${elapsed_ms} ms; the timeout is 2 s"
+# The survivors time out at about the same moment; the first one's MPI_Abort ends the job, which
+# can end the other before it prints. One report naming the all_reduce is required, and any
+# other must be of the same kind.
 survivors_named() {
+  local named=0
   for r in 0 2; do
-    grep -q "rank $r: all_reduce (f32, 1024 elements, sum) on rank $r of 3 (mpi) did not complete within 2 s" <<<"$out" ||
-      fail "rank $r did not report the all_reduce that timed out"
+    if grep -q "rank $r: all_reduce (f32, 1024 elements, sum) on rank $r of 3 (mpi) did not complete within 2 s" <<<"$out"; then
+      named=$((named + 1))
+    elif grep -q "rank $r: " <<<"$out"; then
+      fail "rank $r reported something other than the all_reduce that timed out"
+    fi
   done
+  ((named >= 1)) || fail "no surviving rank reported the all_reduce that timed out"
 }
 case $mode in
   hang)
