@@ -94,8 +94,8 @@ def test_device_is_another_name_for_backend():
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; known keys: beta1"),
     ({"data": {"test": "x"}}, "data.test: unknown key; known keys: train, val"),
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
-    ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, overlap, "
-                                "zero_stage"),
+    ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, "
+                                "keep_gathered, overlap, zero_stage"),
     ({"checkpoint": {"every": 1}}, "checkpoint.every: unknown key; known keys: async_save, dir"),
 ])
 def test_unknown_keys_are_named(d, message):
