@@ -6,6 +6,10 @@
 // bad target) runs first so the host can reject bad targets before anything is written.
 //
 // Loads are 16 bytes (8 bf16 or 4 f32) when every row starts 16-byte aligned; otherwise scalar.
+//
+// Vocabulary-parallel (tensor parallelism): the same row kernels run on a shard's columns
+// [col_lo, col_lo + Vl) (col_lo = 0 and the whole row for the plain ops); ce_merge combines the
+// shards' per-row lse and loss terms, one thread per row, in double like the CPU backend.
 #pragma once
 
 #include "common.cuh"
@@ -14,6 +18,7 @@ namespace nuri::kernels {
 
 constexpr int kCeThreads = 256;      // per row block; a multiple of 32
 constexpr int kCeScanThreads = 256;  // the one-block kernels (a few µs over 1e5 rows)
+constexpr int kCeMergeThreads = 256;  // one thread per row
 static_assert(kCeThreads % kWarpSize == 0 && kCeScanThreads % kWarpSize == 0,
               "block reductions need whole warps");
 
@@ -34,12 +39,14 @@ struct CeScanParams {
 
 template <class T>
 struct CeForwardParams {
-  const T* g_logits;         // [N, Vp]
-  const int32_t* g_targets;  // [N]
+  const T* g_logits;         // [N, Vp]: the vocabulary ids [col_lo, col_lo + Vp)
+  const int32_t* g_targets;  // [N]: ids of the whole vocabulary [0, vocab_size)
   float* g_losses;           // [N]
   float* g_lse;              // [N]
   int64_t vp;                // padded row length
-  int64_t vocab;             // real columns: [0, vocab)
+  int64_t vocab;             // real columns of the row: [0, vocab) (may be 0: lse = -inf)
+  int64_t col_lo;            // vocabulary id of column 0 (0 for the whole vocabulary)
+  int64_t vocab_size;        // whole vocabulary: a target outside this row's columns gives lse
   int32_t ignore_index;
   bool vec;  // rows 16-byte aligned: vector loads
 };
@@ -53,15 +60,27 @@ struct CeLossParams {
 
 template <class T>
 struct CeBackwardParams {
-  const T* g_logits;         // [N, Vp]
-  const int32_t* g_targets;  // [N]
-  const float* g_lse;        // [N]
+  const T* g_logits;         // [N, Vp]: the vocabulary ids [col_lo, col_lo + Vp)
+  const int32_t* g_targets;  // [N]: ids of the whole vocabulary
+  const float* g_lse;        // [N]: the whole row's
   T* g_dlogits;              // [N, Vp]; may alias g_logits (each element read, then written)
   int64_t vp;
-  int64_t vocab;
+  int64_t vocab;   // real columns of the row: [0, vocab)
+  int64_t col_lo;  // vocabulary id of column 0: the onehot is at target - col_lo
   int32_t ignore_index;
   float scale;  // dloss / count (0 if no row counts)
   bool vec;
+};
+
+struct CeMergeParams {
+  const float* g_part_lse;     // [S, N]: each shard's lse (-inf for a shard without real columns)
+  const float* g_part_losses;  // [S, N]: each shard's losses
+  const int32_t* g_targets;    // [N]
+  float* g_losses;             // [N]
+  float* g_lse;                // [N]
+  int64_t shards;              // S
+  int64_t n;                   // N
+  int32_t ignore_index;
 };
 
 /// 16 bytes of T, for vector loads and stores.
@@ -193,7 +212,13 @@ __global__ void __launch_bounds__(kCeThreads) ce_forward(CeForwardParams<T> p) {
       float loss = 0.f;
       if (t != p.ignore_index) {
         // The host rejected bad targets; NaN marks one that slipped through, never a bad read.
-        loss = t >= 0 && t < p.vocab ? lse - to_float(g_row[t]) : NAN;
+        // A target in another shard's columns leaves lse (its owner subtracts the logit).
+        const int64_t j = int64_t(t) - p.col_lo;
+        if (j >= 0 && j < p.vocab) {
+          loss = lse - to_float(g_row[j]);
+        } else {
+          loss = t >= 0 && t < p.vocab_size ? lse : NAN;
+        }
       }
       p.g_lse[row] = lse;
       p.g_losses[row] = loss;
@@ -223,10 +248,11 @@ __global__ void __launch_bounds__(kCeThreads) ce_backward(CeBackwardParams<T> p)
   const bool counts = t != p.ignore_index;
   const float lse = p.g_lse[row];
   const float scale = counts ? p.scale : 0.f;
+  const int64_t tj = int64_t(t) - p.col_lo;  // the target's column (outside [0, vocab): none)
   // The same float operations as the CPU backend: scale·exp(x - lse), then minus scale at t.
   auto grad = [&](float x, int64_t j) {
     float d = j < p.vocab ? scale * expf(x - lse) : 0.f;
-    if (j == t) d -= scale;
+    if (j == tj) d -= scale;
     return d;
   };
   int64_t j0 = 0;
@@ -252,6 +278,31 @@ __global__ void __launch_bounds__(kCeThreads) ce_backward(CeBackwardParams<T> p)
   for (int64_t j = j0 + tid; j < p.vp; j += blockDim.x) {
     g_drow[j] = from_float<T>(counts ? grad(to_float(g_row[j]), j) : 0.f);
   }
+}
+
+/// One thread per row: lse = log Σ_s exp(part_lse[s]) and the target logit Σ_s (part_lse[s] -
+/// part_losses[s]) (0 except on the target's owner), in double as the CPU backend; losses = lse
+/// - target logit, 0 where ignored.
+__global__ void __launch_bounds__(kCeMergeThreads) ce_merge(CeMergeParams p) {
+  const int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= p.n) return;
+  // A shard without real columns has lse = -inf: it adds nothing and owns no target (its
+  // lse - loss would be -inf - -inf = NaN). A NaN lse wins the max and propagates.
+  double mx = -INFINITY;
+  for (int64_t s = 0; s < p.shards; ++s) {
+    const double v = p.g_part_lse[s * p.n + row];
+    if (v > mx || v != v) mx = v;
+  }
+  double sum = 0.0, target_logit = 0.0;
+  for (int64_t s = 0; s < p.shards; ++s) {
+    const float v = p.g_part_lse[s * p.n + row];
+    if (v == -INFINITY) continue;
+    sum += exp(double(v) - mx);
+    target_logit += double(v) - double(p.g_part_losses[s * p.n + row]);
+  }
+  const double lse = mx == -INFINITY ? mx : mx + log(sum);
+  p.g_lse[row] = float(lse);
+  p.g_losses[row] = p.g_targets[row] == p.ignore_index ? 0.f : float(lse - target_logit);
 }
 
 }  // namespace nuri::kernels

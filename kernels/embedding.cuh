@@ -1,4 +1,6 @@
 // Token + position embedding: a gather, and its backward, a scatter-add made deterministic.
+// A vocabulary shard (tensor parallelism) gathers only its rows [row_lo, row_lo + Vl) and writes
+// 0 (plus the position term) for other tokens; its backward's runs hold only its own tokens.
 //
 // The design choice: no float atomics. The host sorts positions by token (embedding.cpp) into
 // runs of at most kEmbeddingRunRows positions; one thread owns a (run, vector of columns) and
@@ -54,7 +56,14 @@ __global__ void __launch_bounds__(kEmbeddingThreads) embedding_kernel(const Embe
   for (int64_t item = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; item < items;
        item += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = item / vecs, col = (item % vecs) * kVec;
-    Pack<float, kVec> r = load_f32<T, kVec>(p.gWte + int64_t(p.gTokens[row]) * p.channels + col);
+    const int64_t id = int64_t(p.gTokens[row]) - p.row_lo;
+    Pack<float, kVec> r;
+    if (id >= 0 && id < p.table_rows) {
+      r = load_f32<T, kVec>(p.gWte + id * p.channels + col);
+    } else {  // another shard's token: only the position term
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) r.v[k] = 0.f;
+    }
     if (p.gWpe != nullptr) add_to<T, kVec>(r, p.gWpe + (row % p.seq) * p.channels + col);
     Pack<T, kVec> out;
 #pragma unroll

@@ -9,16 +9,19 @@
 
 namespace nuri::kernels {
 
-/// out = wte[tokens] + wpe[t]. Tokens were validated on the host (all in [0, V)).
+/// out = wte[token - row_lo] (0 for a token outside [row_lo, row_lo + Vl)) + wpe[t]. Tokens
+/// were validated on the host. The whole table is row_lo = 0, Vl = V: every token inside.
 template <class T>
 struct EmbeddingParams {
   const int32_t* gTokens;  // [B, T]
-  const T* gWte;           // [V, C]
+  const T* gWte;           // [Vl, C]: the vocabulary rows [row_lo, row_lo + Vl)
   const T* gWpe;           // [Tmax, C] or null
   T* gOut;                 // [B, T, C]
   int64_t rows;            // B·T
   int64_t seq;             // T
   int64_t channels;        // C
+  int64_t row_lo;          // first vocabulary row of gWte (0: the whole table)
+  int64_t table_rows;      // Vl
 };
 
 /// Positions one thread sums before a token's run is split into pieces (the host plans runs).
@@ -40,7 +43,7 @@ struct EmbeddingWteGradParams {
   const int32_t* gOrder;        // [B·T]: positions grouped by token, increasing within a token
   const EmbeddingRun* gRuns;    // [runs]
   const EmbeddingRun* gMerges;  // [merges]: tokens split into several runs
-  float* gDwte;                 // [V, C]
+  float* gDwte;                 // [V, C] (a shard's [Vl, C]: run tokens are rows of it)
   float* gPartial;              // [slots, C] workspace
   int64_t runs, merges;
   int64_t channels;  // C

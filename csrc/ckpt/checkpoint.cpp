@@ -25,7 +25,7 @@ namespace {
 
 constexpr const char* kManifest = "manifest.json";
 constexpr const char* kModelFile = "model.safetensors";  // format 1's whole parameters
-constexpr int kFormatVersion = 2;
+constexpr int kFormatVersion = 3;  // 2 without keys and blocks
 
 void fsync_dir(const std::string& dir) {
   ckpt::crash_point("directory sync");
@@ -144,11 +144,22 @@ void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t
              ") of an f32 tensor of ", numel, " elements");
   NURI_CHECK(shape.empty() || shape_numel(shape) == numel, "add_range('", name, "'): shape ",
              shape_str(shape), " is not ", numel, " elements");
-  NURI_CHECK(!range_info_.count(name), "add_range('", name, "') twice on one rank");
   // The whole tensor is stored with its shape (a one-rank checkpoint is a plain model file).
   const bool whole = !shape.empty() && lo == 0 && host_part.numel() == numel;
-  ranges_.push_back({name, whole ? host_part.view(shape) : host_part.view({host_part.numel()})});
-  range_info_[name] = {numel, lo, shape};
+  ranges_.push_back({name, numel, lo, shape, -1, 0,
+                     whole ? host_part.view(shape) : host_part.view({host_part.numel()})});
+}
+
+void CheckpointWriter::add_block(const std::string& name, const Shape& shape, int64_t row0,
+                                 int64_t col0, const Tensor& host_part) {
+  NURI_CHECK(shape.size() == 2 && host_part.dtype() == DType::f32 && host_part.dim() == 2 &&
+                 host_part.numel() > 0 && row0 >= 0 && col0 >= 0 && row0 + host_part.size(0) <= shape[0] &&
+                 col0 + host_part.size(1) <= shape[1],
+             "add_block('", name, "'): rows [", row0, ", +", host_part.size(0), ") × columns [",
+             col0, ", +", host_part.dim() == 2 ? host_part.size(1) : -1, ") of a matrix ",
+             shape_str(shape));
+  ranges_.push_back({name, shape_numel(shape), row0 * shape[1] + col0, shape, row0, col0,
+                     host_part});
 }
 
 void CheckpointWriter::set_meta(std::string json_text) { meta_ = std::move(json_text); }
@@ -166,18 +177,29 @@ void CheckpointWriter::write_files() {
     if (!ranges_.empty()) {
       char name[64];
       std::snprintf(name, sizeof name, "rank-%05d-of-%05d.safetensors", rank_, world_);
-      const std::string digest = write_safetensors(dir_ + "/" + name, ranges_);
+      // A tensor this rank holds in several pieces has one entry per piece: "name#i".
+      std::map<std::string, int> pieces, seen;
+      for (const RangeInfo& r : ranges_) ++pieces[r.name];
+      std::vector<std::pair<std::string, Tensor>> entries;
+      json parts = json::array();
+      for (const RangeInfo& r : ranges_) {
+        const std::string key =
+            pieces[r.name] == 1 ? r.name : r.name + "#" + std::to_string(seen[r.name]++);
+        entries.push_back({key, r.data});
+        // [lo, hi): the elements the piece spans (a block's rows lie between them)
+        const int64_t hi = r.row0 < 0 ? r.lo + r.data.numel()
+                                      : (r.row0 + r.data.size(0) - 1) * r.shape[1] + r.col0 +
+                                            r.data.size(1);
+        json p = {{"name", r.name}, {"numel", r.numel}, {"lo", r.lo}, {"hi", hi}};
+        if (key != r.name) p["key"] = key;
+        if (r.row0 >= 0) p["block"] = {r.row0, r.col0, r.data.size(0), r.data.size(1)};
+        if (!r.shape.empty()) p["shape"] = r.shape;
+        parts.push_back(p);
+      }
+      const std::string digest = write_safetensors(dir_ + "/" + name, entries);
       record["file"] = name;
       record["sha256"] = digest;
       record["bytes"] = int64_t(fs::file_size(dir_ + "/" + name));
-      json parts = json::array();
-      for (const auto& [tname, t] : ranges_) {
-        const RangeInfo& info = range_info_[tname];
-        json p = {{"name", tname}, {"numel", info.numel}, {"lo", info.lo},
-                  {"hi", info.lo + t.numel()}};
-        if (!info.shape.empty()) p["shape"] = info.shape;
-        parts.push_back(p);
-      }
       record["ranges"] = parts;
     }
   } catch (const std::exception& e) {
@@ -204,7 +226,9 @@ std::string CheckpointWriter::publish(int keep_last) {
     try {
       json manifest;
       manifest["format"] = "nuri-checkpoint";
-      manifest["version"] = kFormatVersion;
+      // Version 2 unless a part needs version 3's keys or blocks (tensor parallelism), so
+      // other checkpoints stay readable by the nuri that wrote version 2.
+      int version = 2;
       manifest["step"] = step_;
       manifest["world_size"] = world_;
       json files = json::object(), ranges = json::object();
@@ -218,13 +242,33 @@ std::string CheckpointWriter::publish(int keep_last) {
                      "give '", p["name"].get<std::string>(), "' different sizes");
           e["numel"] = p["numel"];
           if (p.contains("shape")) e["shape"] = p["shape"];
-          e["parts"].push_back({{"file", r["file"]}, {"lo", p["lo"]}, {"hi", p["hi"]}});
+          json part = {{"file", r["file"]}, {"lo", p["lo"]}, {"hi", p["hi"]}};
+          if (p.contains("key")) {
+            part["key"] = p["key"];
+            version = kFormatVersion;
+          }
+          if (p.contains("block")) {
+            part["block"] = p["block"];
+            version = kFormatVersion;
+          }
+          e["parts"].push_back(part);
         }
       }
-      // The ranges of each flat tensor must tile it exactly once.
+      // The ranges of each flat tensor must tile it exactly once (a block: one span a row).
       for (auto& [name, e] : ranges.items()) {
         std::vector<std::pair<int64_t, int64_t>> spans;
-        for (const auto& p : e["parts"]) spans.push_back({p["lo"], p["hi"]});
+        const int64_t width = e.contains("shape") && e["shape"].size() == 2
+                                  ? e["shape"][1].get<int64_t>() : 0;
+        for (const auto& p : e["parts"]) {
+          if (!p.contains("block")) {
+            spans.push_back({p["lo"], p["hi"]});
+            continue;
+          }
+          const auto b = p["block"].get<std::vector<int64_t>>();
+          for (int64_t i = 0; i < b[2]; ++i) {
+            spans.push_back({(b[0] + i) * width + b[1], (b[0] + i) * width + b[1] + b[3]});
+          }
+        }
         std::sort(spans.begin(), spans.end());
         int64_t at = 0;
         for (const auto& [lo, hi] : spans) {
@@ -235,6 +279,7 @@ std::string CheckpointWriter::publish(int keep_last) {
         NURI_CHECK(at == e["numel"].get<int64_t>(), "checkpoint: the ranks' ranges of '", name,
                    "' end at ", at, " of ", e["numel"].get<int64_t>());
       }
+      manifest["version"] = version;
       manifest["files"] = files;
       manifest["ranges"] = ranges;
       manifest["meta"] = json::parse(meta_);
@@ -310,8 +355,8 @@ CheckpointReader::CheckpointReader(const std::string& path) {
     NURI_CHECK(m.value("format", "") == "nuri-checkpoint", mpath, " is not a nuri checkpoint "
                "manifest");
     const int version = m.value("version", 0);
-    NURI_CHECK(version == 1 || version == kFormatVersion, mpath, ": format version ", version,
-               ", this nuri reads versions 1 and ", kFormatVersion);
+    NURI_CHECK(version >= 1 && version <= kFormatVersion, mpath, ": format version ", version,
+               ", this nuri reads versions 1 to ", kFormatVersion);
     step_ = m.at("step").get<int64_t>();
     meta_ = m.at("meta").dump();
     for (const auto& [file, e] : m.at("files").items()) {
@@ -329,7 +374,19 @@ CheckpointReader::CheckpointReader(const std::string& path) {
       for (const auto& p : e.at("parts")) {
         const std::string f = p.at("file").get<std::string>();
         NURI_CHECK(sha_.count(f), mpath, ": range of '", name, "' in unlisted file ", f);
-        r.parts.push_back({f, p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()});
+        Part part{f, p.value("key", name), p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()};
+        if (p.contains("block")) {
+          const auto b = p["block"].get<std::vector<int64_t>>();
+          NURI_CHECK(b.size() == 4 && r.shape.size() == 2 && b[0] >= 0 && b[1] >= 0 &&
+                         b[0] + b[2] <= r.shape[0] && b[1] + b[3] <= r.shape[1],
+                     mpath, ": block of '", name, "' in ", f, " is not inside its shape ",
+                     shape_str(r.shape));
+          part.row0 = b[0];
+          part.col0 = b[1];
+          part.rows = b[2];
+          part.cols = b[3];
+        }
+        r.parts.push_back(part);
       }
     }
     if (version == 1) {  // the parameters whole in rank 0's model.safetensors
@@ -339,7 +396,7 @@ CheckpointReader::CheckpointReader(const std::string& path) {
         Range& r = ranges_[name];
         r.shape = f.entry(name).shape;
         r.numel = shape_numel(r.shape);
-        r.parts = {{kModelFile, 0, r.numel}};
+        r.parts = {{kModelFile, name, 0, r.numel}};
       }
     }
   } catch (const nlohmann::json::exception& e) {
@@ -392,15 +449,29 @@ void CheckpointReader::read_range(const std::string& name, int64_t lo, int64_t h
              "checkpoint ", dir_, ": reading [", lo, ", ", hi, ") of '", name, "' (", numel,
              " elements) into ", host_dst.str());
   int64_t covered = 0;
-  for (const Part& p : ranges_.at(name).parts) {
+  const Range& range = ranges_.at(name);
+  for (const Part& p : range.parts) {
     const int64_t a = std::max(lo, p.lo), b = std::min(hi, p.hi);
     if (a >= b) continue;
     const SafetensorsFile& f = file(p.file);
-    NURI_CHECK(shape_numel(f.entry(name).shape) == p.hi - p.lo, "checkpoint ", dir_, ": ", p.file,
-               " holds ", shape_numel(f.entry(name).shape), " elements of '", name,
-               "', the manifest says ", p.hi - p.lo);
-    f.read_range(name, a - p.lo, b - p.lo, host_dst.slice(0, a - lo, b - lo));
-    covered += b - a;
+    const int64_t held = p.row0 >= 0 ? p.rows * p.cols : p.hi - p.lo;
+    NURI_CHECK(shape_numel(f.entry(p.key).shape) == held, "checkpoint ", dir_, ": ", p.file,
+               " holds ", shape_numel(f.entry(p.key).shape), " elements of '", name,
+               "', the manifest says ", held);
+    if (p.row0 < 0) {
+      f.read_range(p.key, a - p.lo, b - p.lo, host_dst.slice(0, a - lo, b - lo));
+      covered += b - a;
+      continue;
+    }
+    const int64_t width = range.shape[1];
+    for (int64_t i = 0; i < p.rows; ++i) {  // the block's rows are ranges of the tensor
+      const int64_t first = (p.row0 + i) * width + p.col0;
+      const int64_t ra = std::max(lo, first), rb = std::min(hi, first + p.cols);
+      if (ra >= rb) continue;
+      f.read_range(p.key, i * p.cols + (ra - first), i * p.cols + (rb - first),
+                   host_dst.slice(0, ra - lo, rb - lo));
+      covered += rb - ra;
+    }
   }
   NURI_CHECK(covered == hi - lo, "checkpoint ", dir_, ": the files hold ", covered, " of the ",
              hi - lo, " elements [", lo, ", ", hi, ") of '", name, "'");

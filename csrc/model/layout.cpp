@@ -12,17 +12,33 @@ namespace model {
 
 namespace {
 
+// How tensor parallelism splits a tensor: the dimension (-1: not at all) and its parts along it
+// (empty: one).
+struct Split {
+  int dim = -1;
+  std::vector<int64_t> parts;
+};
+
 // Declares one unit's parameters in order, each bound to a field or taking part in a fused view.
+// Shapes are logical (the whole model's); a tensor-parallel rank holds the slice `split` names.
 class Declarer {
  public:
-  Declarer(const ModelConfig& cfg, int64_t& offset, UnitDecl& unit)
-      : cfg_(cfg), offset_(offset), u_(unit) {}
+  Declarer(const ModelConfig& cfg, TensorParallelRank tp, int64_t& offset, UnitDecl& unit)
+      : cfg_(cfg), tp_(tp), offset_(offset), u_(unit) {}
 
-  void add(std::string name, Shape shape, InitKind init, Field field, float std = 0.02f,
-           int64_t init_rows = -1) {
+  static Split rows(std::vector<int64_t> parts = {}) { return {0, std::move(parts)}; }
+  static Split cols() { return {1, {}}; }
+
+  void add(std::string name, Shape logical, InitKind init, Field field, float std = 0.02f,
+           int64_t init_rows = -1, Split split = {}) {
     ParamSpec p;
     p.name = std::move(name);
-    p.shape = std::move(shape);
+    p.logical = logical;
+    p.shape = std::move(logical);
+    p.split_dim = split.dim;
+    p.parts = std::move(split.parts);
+    p.tp = tp_;
+    if (split.dim >= 0) p.shape[size_t(split.dim)] /= tp_.size;  // check_tensor_parallel: exact
     p.offset = offset_;
     p.decay = p.shape.size() >= 2;  // matrices only
     p.init = init;
@@ -32,29 +48,38 @@ class Declarer {
     u_.params.push_back(std::move(p));
     u_.fields.push_back(field);
   }
-  void matrix(const std::string& name, int64_t rows, int64_t cols, Field f, float std = 0.02f) {
-    add(name, {rows, cols}, InitKind::normal, f, std);
+  void matrix(const std::string& name, int64_t rows, int64_t cols, Field f, float std = 0.02f,
+              Split split = {}) {
+    add(name, {rows, cols}, InitKind::normal, f, std, -1, std::move(split));
   }
-  void zeros(const std::string& name, int64_t n, Field f) { add(name, {n}, InitKind::zeros, f); }
-  void norm(const std::string& prefix, Field w, Field b) {
+  void zeros(const std::string& name, int64_t n, Field f, Split split = {}) {
+    add(name, {n}, InitKind::zeros, f, 0.02f, -1, std::move(split));
+  }
+  void norm(const std::string& prefix, Field w, Field b) {  // whole on every rank
     add(prefix + ".weight", {cfg_.d_model}, InitKind::ones, w);
-    if (cfg_.norm == NormKind::layernorm && cfg_.bias) zeros(prefix + ".bias", cfg_.d_model, b);
+    u_.params.back().norm = true;
+    if (cfg_.norm == NormKind::layernorm && cfg_.bias) {
+      zeros(prefix + ".bias", cfg_.d_model, b);
+      u_.params.back().norm = true;
+    }
   }
-  /// The next `names` parameters, consecutive, also viewed as one tensor of `shape` at `field`.
+  /// The next `rows` parameters, consecutive, also viewed as one tensor at `field`: each split
+  /// by rows (a rank's q, k, v or gate, up slices side by side).
   void fused(Field field, const std::vector<std::pair<std::string, int64_t>>& rows, int64_t cols,
              float std = 0.02f) {
     const size_t first = u_.params.size();
     int64_t total = 0;
     for (const auto& [name, n] : rows) {
-      if (cols > 0) matrix(name, n, cols, nullptr, std);
-      else zeros(name, n, nullptr);
-      total += n;
+      if (cols > 0) matrix(name, n, cols, nullptr, std, Declarer::rows());
+      else zeros(name, n, nullptr, Declarer::rows());
+      total += n / tp_.size;
     }
     u_.fused.push_back({field, first, cols > 0 ? Shape{total, cols} : Shape{total}});
   }
 
  private:
   const ModelConfig& cfg_;
+  TensorParallelRank tp_;
   int64_t& offset_;
   UnitDecl& u_;
 };
@@ -62,7 +87,7 @@ class Declarer {
 void declare_embedding(const ModelConfig& cfg, Declarer& d) {
   const bool gpt2 = cfg.mlp == MlpKind::gelu;
   d.add(gpt2 ? "wte.weight" : "model.embed_tokens.weight", {cfg.padded_vocab(), cfg.d_model},
-        InitKind::normal, &UnitWeights::wte, 0.02f, cfg.vocab_size);
+        InitKind::normal, &UnitWeights::wte, 0.02f, cfg.vocab_size, Declarer::rows());
   if (cfg.position == PositionKind::learned) {
     d.matrix(gpt2 ? "wpe.weight" : "model.embed_positions.weight", cfg.max_seq_len, cfg.d_model,
              &UnitWeights::wpe);
@@ -75,17 +100,19 @@ void declare_block(const ModelConfig& cfg, int64_t l, Declarer& d) {
   // GPT-2's scaled init for the projections that write into the residual stream.
   const float resid_std = 0.02f / std::sqrt(2.f * float(cfg.n_layer));
   using W = UnitWeights;
+  using D = Declarer;
   if (cfg.mlp == MlpKind::gelu) {
     const std::string p = "h." + std::to_string(l) + ".";
     d.norm(p + "ln_1", &W::ln1_w, &W::ln1_b);
-    d.matrix(p + "attn.c_attn.weight", hq + 2 * hkv, c, &W::qkv_w);
-    if (cfg.bias) d.zeros(p + "attn.c_attn.bias", hq + 2 * hkv, &W::qkv_b);
-    d.matrix(p + "attn.c_proj.weight", c, hq, &W::o_w, resid_std);
+    // c_attn is q, k and v rows in one tensor: each part is split by heads
+    d.matrix(p + "attn.c_attn.weight", hq + 2 * hkv, c, &W::qkv_w, 0.02f, D::rows({hq, hkv, hkv}));
+    if (cfg.bias) d.zeros(p + "attn.c_attn.bias", hq + 2 * hkv, &W::qkv_b, D::rows({hq, hkv, hkv}));
+    d.matrix(p + "attn.c_proj.weight", c, hq, &W::o_w, resid_std, D::cols());
     if (cfg.bias) d.zeros(p + "attn.c_proj.bias", c, &W::o_b);
     d.norm(p + "ln_2", &W::ln2_w, &W::ln2_b);
-    d.matrix(p + "mlp.c_fc.weight", f, c, &W::fc_w);
-    if (cfg.bias) d.zeros(p + "mlp.c_fc.bias", f, &W::fc_b);
-    d.matrix(p + "mlp.c_proj.weight", c, f, &W::proj_w, resid_std);
+    d.matrix(p + "mlp.c_fc.weight", f, c, &W::fc_w, 0.02f, D::rows());
+    if (cfg.bias) d.zeros(p + "mlp.c_fc.bias", f, &W::fc_b, D::rows());
+    d.matrix(p + "mlp.c_proj.weight", c, f, &W::proj_w, resid_std, D::cols());
     if (cfg.bias) d.zeros(p + "mlp.c_proj.bias", c, &W::proj_b);
     return;
   }
@@ -98,13 +125,13 @@ void declare_block(const ModelConfig& cfg, int64_t l, Declarer& d) {
     d.fused(&W::qkv_b, {{p + "self_attn.q_proj.bias", hq}, {p + "self_attn.k_proj.bias", hkv},
                         {p + "self_attn.v_proj.bias", hkv}}, 0);
   }
-  d.matrix(p + "self_attn.o_proj.weight", c, hq, &W::o_w, resid_std);
+  d.matrix(p + "self_attn.o_proj.weight", c, hq, &W::o_w, resid_std, D::cols());
   if (cfg.bias) d.zeros(p + "self_attn.o_proj.bias", c, &W::o_b);
   d.norm(p + "post_attention_layernorm", &W::ln2_w, &W::ln2_b);
   // gate, up consecutive: one [2F, C] view whose output is [gate | up]
   d.fused(&W::fc_w, {{p + "mlp.gate_proj.weight", f}, {p + "mlp.up_proj.weight", f}}, c);
   if (cfg.bias) d.fused(&W::fc_b, {{p + "mlp.gate_proj.bias", f}, {p + "mlp.up_proj.bias", f}}, 0);
-  d.matrix(p + "mlp.down_proj.weight", c, f, &W::proj_w, resid_std);
+  d.matrix(p + "mlp.down_proj.weight", c, f, &W::proj_w, resid_std, D::cols());
   if (cfg.bias) d.zeros(p + "mlp.down_proj.bias", c, &W::proj_b);
 }
 
@@ -113,14 +140,17 @@ void declare_head(const ModelConfig& cfg, Declarer& d) {
   d.norm(gpt2 ? "ln_f" : "model.norm", &UnitWeights::lnf_w, &UnitWeights::lnf_b);
   if (!cfg.tied_embeddings) {
     d.add("lm_head.weight", {cfg.padded_vocab(), cfg.d_model}, InitKind::normal,
-          &UnitWeights::lm_head, 0.02f, cfg.vocab_size);
+          &UnitWeights::lm_head, 0.02f, cfg.vocab_size, Declarer::rows());
   }
 }
 
 }  // namespace
 
-std::vector<UnitDecl> model_units(const ModelConfig& cfg) {
+std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp) {
   cfg.validate();
+  check_tensor_parallel(cfg, tp.size);
+  NURI_CHECK(tp.rank >= 0 && tp.rank < tp.size, "tensor-parallel rank ", tp.rank,
+             " is outside a group of ", tp.size);
   std::vector<UnitDecl> units;
   int64_t offset = 0;
   auto unit = [&](UnitKind kind, int64_t layer, std::string name, auto&& declare) {
@@ -129,7 +159,7 @@ std::vector<UnitDecl> model_units(const ModelConfig& cfg) {
     u.layer = layer;
     u.name = std::move(name);
     u.lo = offset;
-    Declarer d(cfg, offset, u);
+    Declarer d(cfg, tp, offset, u);
     declare(d);
     u.hi = offset;
     units.push_back(std::move(u));
@@ -172,9 +202,51 @@ void named_views(const UnitDecl& u, const ViewFn& view, std::vector<NamedTensor>
 
 }  // namespace model
 
-std::vector<ParamSpec> param_layout(const ModelConfig& cfg) {
+void check_tensor_parallel(const ModelConfig& cfg, int t) {
+  NURI_CHECK(t >= 1, "tensor parallelism of ", t, " ranks: it must be at least 1");
+  if (t == 1) return;
+  auto divides = [&](int64_t n, const char* what, const char* fix) {
+    NURI_CHECK(n % t == 0, "tensor parallelism of ", t, " ranks does not divide ", what, " (", n,
+               "): each rank takes 1/", t, " of them; ", fix);
+  };
+  divides(cfg.n_head, "n_head", "choose a tp that divides the number of heads");
+  divides(cfg.n_kv_head, "n_kv_head", "choose a tp that divides the number of key/value heads");
+  divides(cfg.d_ff, "d_ff", "choose a tp that divides the MLP width");
+  divides(cfg.padded_vocab(), "the padded vocabulary",
+          "the vocabulary is padded to a multiple of 64: choose a tp that divides it");
+  const int64_t last_lo = cfg.padded_vocab() / t * (t - 1);
+  NURI_CHECK(last_lo < cfg.vocab_size, "tensor parallelism of ", t, " ranks: the last rank's "
+             "vocabulary rows [", last_lo, ", ", cfg.padded_vocab(), ") would all be padding "
+             "(vocab_size ", cfg.vocab_size, "); choose a smaller tp");
+}
+
+void ParamSpec::for_each_run(
+    const std::function<void(int64_t local, int64_t logical, int64_t n)>& fn) const {
+  if (!split()) {
+    fn(0, 0, numel());
+    return;
+  }
+  if (split_dim == 0) {  // whole rows: one run per part
+    const int64_t cols = shape[0] > 0 ? numel() / shape[0] : 0;
+    const std::vector<int64_t> ps = parts.empty() ? std::vector<int64_t>{logical[0]} : parts;
+    int64_t local_row = 0, logical_row = 0;
+    for (const int64_t part : ps) {
+      const int64_t mine = part / tp.size;
+      fn(local_row * cols, (logical_row + tp.rank * mine) * cols, mine * cols);
+      local_row += mine;
+      logical_row += part;
+    }
+    return;
+  }
+  NURI_CHECK(split_dim == 1 && shape.size() == 2 && parts.empty(), "parameter ", name,
+             ": tensor parallelism splits dimension 0 (by parts) or 1 of a matrix");
+  const int64_t cols = shape[1];
+  for (int64_t r = 0; r < shape[0]; ++r) fn(r * cols, r * logical[1] + tp.rank * cols, cols);
+}
+
+std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp) {
   std::vector<ParamSpec> out;
-  for (const model::UnitDecl& u : model::model_units(cfg)) {
+  for (const model::UnitDecl& u : model::model_units(cfg, tp)) {
     out.insert(out.end(), u.params.begin(), u.params.end());
   }
   return out;

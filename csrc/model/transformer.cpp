@@ -23,7 +23,8 @@ struct Transformer::Impl {
   int64_t recompute_every = 1;
   // The activation plan for one (batch, sequence length).
   int64_t b = 0, t = 0;
-  Tensor emb_out;                         // [B, T, C] h_0
+  Tensor emb_out;                         // [B, T, C] h_0 (sequence parallelism: this rank's rows)
+  Tensor emb_whole;                       // sequence parallelism: [B, T, C], whole rows
   std::vector<model::BlockActs> blocks;   // per layer
   model::BlockScratch scratch;
   model::HeadActs head;
@@ -46,13 +47,17 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
 
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
                          WeightShard shard)
-    : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()) {
+    : Transformer(cfg, std::move(backend), seed, shard, TensorParallelRank{}) {}
+
+Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+                         WeightShard shard, TensorParallelRank tp)
+    : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()), tp_(tp) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
   compute_ = backend_->compute_dtype();
   NURI_CHECK(compute_ == DType::f32 || compute_ == DType::bf16, "Transformer: backend ",
              backend_->name(), " computes in ", dtype_name(compute_),
              "; the model supports f32 and bf16");
-  impl_->units = model::model_units(cfg_);
+  impl_->units = model::model_units(cfg_, tp_);
   for (const auto& u : impl_->units) layout_.insert(layout_.end(), u.params.begin(), u.params.end());
   total_ = impl_->units.back().hi;
   // A shard (ZeRO 3): this rank's weights alone, and no gradient buffer (the data parallelism's
@@ -148,21 +153,26 @@ void Transformer::init_weights(uint64_t seed) {
   // Only the range this rank holds, element by element from (seed, name) over the logical
   // tensor: the values do not depend on how the model is sharded.
   const auto [lo, hi] = held_range();
+  // A tensor-parallel slice draws the logical elements it holds, run by run.
   Tensor host = Tensor::zeros({hi - lo});
   for (const ParamSpec& p : layout_) {
-    const int64_t a = std::max(p.offset, lo), b = std::min(p.offset + p.numel(), hi);
-    if (a >= b) continue;
-    float* h = host.data<float>() + (a - lo);
-    if (p.init == InitKind::ones) {
-      std::fill(h, h + (b - a), 1.f);
-    } else if (p.init == InitKind::normal) {
-      const int64_t rows = p.init_rows >= 0 ? p.init_rows : p.shape[0];
-      const int64_t drawn = p.offset + rows * (p.numel() / p.shape[0]);  // padded rows stay 0
-      if (a < drawn) {
-        Philox(seed, stream_id("init/" + p.name))
-            .fill_normal(h, std::min(b, drawn) - a, uint64_t(a - p.offset), 0.f, p.init_std);
+    const int64_t cols = p.logical[0] > 0 ? p.logical_numel() / p.logical[0] : 0;
+    const int64_t drawn = (p.init_rows >= 0 ? p.init_rows : p.logical[0]) * cols;  // padded rows stay 0
+    p.for_each_run([&](int64_t local, int64_t logical, int64_t n) {
+      const int64_t a = std::max(p.offset + local, lo), b = std::min(p.offset + local + n, hi);
+      if (a >= b) return;
+      float* h = host.data<float>() + (a - lo);
+      if (p.init == InitKind::ones) {
+        std::fill(h, h + (b - a), 1.f);
+      } else if (p.init == InitKind::normal) {
+        const int64_t first = logical + (a - p.offset - local);  // a's logical element
+        const int64_t m = std::min(b - a, drawn - first);
+        if (m > 0) {
+          Philox(seed, stream_id("init/" + p.name))
+              .fill_normal(h, m, uint64_t(first), 0.f, p.init_std);
+        }
       }
-    }
+    });
   }
   write_weights(host.data<float>(), lo);
 }
@@ -277,6 +287,23 @@ void Transformer::set_recompute(Recompute mode, int64_t every) {
 
 Recompute Transformer::recompute() const { return impl_->recompute; }
 
+void Transformer::set_sequence_parallel(bool on) {
+  if (on == sp_) return;
+  sp_ = on;
+  impl_->b = impl_->t = 0;  // planned again at the next forward
+  have_forward_ = false;
+}
+
+void Transformer::set_tensor_parallel_hooks(TensorParallelHooks* hooks) {
+  if (hooks) {
+    const TensorParallelRank p = hooks->place();
+    NURI_CHECK(p.rank == tp_.rank && p.size == tp_.size, "set_tensor_parallel_hooks: the hooks "
+               "are rank ", p.rank, " of ", p.size, ", the model rank ", tp_.rank, " of ",
+               tp_.size, "; build the model with the group's place");
+  }
+  tp_hooks_ = hooks;
+}
+
 std::vector<std::pair<int64_t, int64_t>> Transformer::unit_ranges() const {
   std::vector<std::pair<int64_t, int64_t>> out;
   for (const auto& u : impl_->units) out.push_back({u.lo, u.hi});
@@ -290,17 +317,22 @@ void Transformer::plan(int64_t b, int64_t t) {
   NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
              cfg_.max_seq_len, " of the model");
   // Release the old plan before allocating the new one.
-  m.emb_out = Tensor();
+  m.emb_out = m.emb_whole = Tensor();
   m.blocks.clear();
   m.scratch = {};
   m.head = {};
   m.tokens = m.targets = Tensor();
   Backend& be = *backend_;
   MemoryScope activations(MemoryCategory::activations);
-  const model::Ctx c{be, cfg_, b, t, compute_};
+  const model::Ctx c{be, cfg_, b, t, compute_, tp_, tp_hooks_, sequence_parallel()};
+  NURI_CHECK(!c.sp || (b * t) % tp_.size == 0, "sequence parallelism over ", tp_.size,
+             " ranks splits the micro-batch's ", b * t, " token rows (", b, " x ", t,
+             "); choose a micro-batch and sequence length whose product is a multiple of ",
+             tp_.size);
   m.b = b;
   m.t = t;
-  m.emb_out = be.empty({b, t, cfg_.d_model}, compute_);
+  m.emb_out = be.empty(c.stream_shape(), compute_);
+  if (c.sp) m.emb_whole = be.empty({b, t, cfg_.d_model}, compute_);
   m.scratch = model::plan_scratch(c);
   const Keep recomputed = m.recompute == Recompute::full        ? Keep::input
                           : m.recompute == Recompute::selective ? Keep::products
@@ -376,7 +408,7 @@ void Transformer::run_forward(const Tensor& tokens) {
   plan(b, t);
   Backend& be = *backend_;
   Impl& m = *impl_;
-  const model::Ctx c{be, cfg_, b, t, compute_};
+  const model::Ctx c{be, cfg_, b, t, compute_, tp_, tp_hooks_, sequence_parallel()};
   Tensor dev_tokens = tokens;
   if (m.tokens.defined()) {
     dev_tokens = m.tokens;
@@ -389,9 +421,19 @@ void Transformer::run_forward(const Tensor& tokens) {
     return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], false, be,
                                               compute_);
   };
+  NURI_CHECK(tp_.size == 1 || tp_hooks_, "this model is rank ", tp_.rank, " of ", tp_.size,
+             " of a tensor-parallel group: its forward and backward need the group's "
+             "collectives (set_tensor_parallel_hooks; the Trainer on a grid sets them)");
   {
     const auto emb = lease(0);
-    be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, m.emb_out);
+    if (tp_.size > 1) {  // this rank's vocabulary rows; the positions added once
+      const Tensor whole = c.sp ? m.emb_whole : m.emb_out;
+      be.embedding_shard(dev_tokens, (*emb)->wte, c.once((*emb)->wpe), whole, c.vocab_lo(),
+                         cfg_.vocab_size);
+      c.sum_rows(whole, m.emb_out);
+    } else {
+      be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, m.emb_out);
+    }
   }
   Tensor x = m.emb_out, r;  // the residual stream h_l = x + r
   MemoryScope activations(MemoryCategory::activations);  // a block's input, at its first forward
@@ -427,8 +469,20 @@ Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
     tg = m.targets;
     be.copy(targets.view({-1}), tg);
   }
-  be.cross_entropy(m.head.logits, tg, cfg_.vocab_size, -100, m.head.losses, m.head.ce_lse,
-                   m.head.loss);
+  if (tp_.size > 1) {
+    // No rank holds the whole row: each slice's log-sum-exp and target logit, gathered (2·t·B·T
+    // floats), then merged into the whole row's.
+    const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
+    be.cross_entropy_shard(m.head.logits, tg, cfg_.vocab_size, -100, c.vocab_lo(),
+                           m.head.shard_losses, m.head.shard_lse);
+    tp_hooks_->all_gather(m.head.shard_lse, m.head.part_lse.view({-1}));
+    tp_hooks_->all_gather(m.head.shard_losses, m.head.part_losses.view({-1}));
+    be.cross_entropy_merge(m.head.part_lse, m.head.part_losses, tg, -100, m.head.losses,
+                           m.head.ce_lse, m.head.loss);
+  } else {
+    be.cross_entropy(m.head.logits, tg, cfg_.vocab_size, -100, m.head.losses, m.head.ce_lse,
+                     m.head.loss);
+  }
   last_targets_ = tg;
   have_forward_ = true;
   return m.head.loss;
@@ -437,7 +491,7 @@ Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
 Tensor Transformer::logits(const Tensor& tokens) {
   have_forward_ = false;
   run_forward(tokens);
-  return impl_->head.logits.view({tokens.size(0), tokens.size(1), cfg_.padded_vocab()});
+  return impl_->head.logits.view({tokens.size(0), tokens.size(1), -1});
 }
 
 void Transformer::backward(float loss_scale) {
@@ -447,7 +501,7 @@ void Transformer::backward(float loss_scale) {
   have_forward_ = false;
   Backend& be = *backend_;
   Impl& m = *impl_;
-  const model::Ctx c{be, cfg_, m.b, m.t, compute_};
+  const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
   // Gradient views: the model's own, or, when the hooks own the storage, each unit's views bound
   // to the region the hooks give for it just before the unit's backward, dropped after it (so
   // the hooks can free the region once it is reduced).
@@ -480,8 +534,13 @@ void Transformer::backward(float loss_scale) {
   if (cfg_.tied_embeddings) open(0);  // the LM head's gradient goes into wte
   open(head);
   // dlogits overwrite the logits (the forward values are not needed any more).
-  be.cross_entropy_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size, -100,
-                            loss_scale, m.head.logits);
+  if (tp_.size > 1) {
+    be.cross_entropy_shard_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size,
+                                    -100, c.vocab_lo(), loss_scale, m.head.logits);
+  } else {
+    be.cross_entropy_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size, -100,
+                              loss_scale, m.head.logits);
+  }
   {
     const auto w = lease(head);
     const auto tied = cfg_.tied_embeddings ? lease(0) : nullptr;
@@ -501,8 +560,14 @@ void Transformer::backward(float loss_scale) {
     done(unit);
   }
   if (!cfg_.tied_embeddings) open(0);
-  be.embedding_backward(last_tokens_, m.scratch.d_resid, G[0].wte.slice(0, 0, cfg_.vocab_size),
-                        G[0].wpe, true);
+  if (tp_.size > 1) {
+    c.gather_rows(m.scratch.d_resid, m.emb_whole);
+    be.embedding_shard_backward(last_tokens_, c.sp ? m.emb_whole : m.scratch.d_resid, G[0].wte,
+                                G[0].wpe, c.vocab_lo(), cfg_.vocab_size, true);
+  } else {
+    be.embedding_backward(last_tokens_, m.scratch.d_resid, G[0].wte.slice(0, 0, cfg_.vocab_size),
+                          G[0].wpe, true);
+  }
   done(0);
 }
 

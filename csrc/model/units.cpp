@@ -36,8 +36,8 @@ void norm_bwd(const Ctx& c, const Tensor& dy, const Tensor& s, const Tensor& w,
 BlockActs allocate(const Ctx& c, Keep keep, BlockActs* shared) {
   Backend& be = c.be;
   const ModelConfig& m = c.cfg;
-  const int64_t b = c.b, t = c.t, bt = b * t, ch = m.d_model, d = m.head_dim();
-  const int64_t h = m.n_head, hkv = m.n_kv_head, f = m.d_ff;
+  const int64_t b = c.b, t = c.t, ch = m.d_model, d = m.head_dim();
+  const int64_t h = c.heads(), hkv = c.kv_heads(), f = c.ff();
   const int64_t fch_width = m.mlp == MlpKind::gelu ? f : 2 * f;
   const bool ln = m.norm == NormKind::layernorm;
   // Keep::products drops the norms' outputs and statistics, h', and SwiGLU's output (GELU's
@@ -53,20 +53,27 @@ BlockActs allocate(const Ctx& c, Keep keep, BlockActs* shared) {
   BlockActs a;
   a.keep = keep;
   const DType ad = c.act_dtype, f32 = DType::f32;
+  const Shape stream = c.stream_shape();
+  const int64_t rows = c.rows();
   a.ln1 = own(cheap, &BlockActs::ln1, {b, t, ch}, ad);
-  if (ln) a.ln1_mean = own(cheap, &BlockActs::ln1_mean, {bt}, f32);
-  a.ln1_rstd = own(cheap, &BlockActs::ln1_rstd, {bt}, f32);
+  if (ln) a.ln1_mean = own(cheap, &BlockActs::ln1_mean, {rows}, f32);
+  a.ln1_rstd = own(cheap, &BlockActs::ln1_rstd, {rows}, f32);
+  if (c.sp) {  // what only passes through: shared by every block
+    a.ln1_part = own(false, &BlockActs::ln1_part, stream, ad);
+    a.ln2_part = own(false, &BlockActs::ln2_part, stream, ad);
+    a.whole = own(false, &BlockActs::whole, {b, t, ch}, ad);
+  }
   a.qkv = own(products, &BlockActs::qkv, {b, t, h + 2 * hkv, d}, ad);
   a.atty = own(products, &BlockActs::atty, {b, t, h, d}, ad);
   a.lse = own(products, &BlockActs::lse, {b, h, t}, f32);
-  a.attproj = own(products, &BlockActs::attproj, {b, t, ch}, ad);
-  a.resid2 = own(cheap, &BlockActs::resid2, {b, t, ch}, ad);
+  a.attproj = own(products, &BlockActs::attproj, stream, ad);
+  a.resid2 = own(cheap, &BlockActs::resid2, stream, ad);
   a.ln2 = own(cheap, &BlockActs::ln2, {b, t, ch}, ad);
-  if (ln) a.ln2_mean = own(cheap, &BlockActs::ln2_mean, {bt}, f32);
-  a.ln2_rstd = own(cheap, &BlockActs::ln2_rstd, {bt}, f32);
+  if (ln) a.ln2_mean = own(cheap, &BlockActs::ln2_mean, {rows}, f32);
+  a.ln2_rstd = own(cheap, &BlockActs::ln2_rstd, {rows}, f32);
   a.fch = own(products, &BlockActs::fch, {b, t, fch_width}, ad);
   a.act = own(products && swiglu_kept, &BlockActs::act, {b, t, f}, ad);
-  a.fcproj = own(products, &BlockActs::fcproj, {b, t, ch}, ad);
+  a.fcproj = own(products, &BlockActs::fcproj, stream, ad);
   return a;
 }
 
@@ -76,11 +83,11 @@ BlockScratch plan_scratch(const Ctx& c) {
   BlockScratch s;
   Backend& be = c.be;
   const ModelConfig& m = c.cfg;
-  const int64_t b = c.b, t = c.t, ch = m.d_model, d = m.head_dim(), f = m.d_ff;
-  const int64_t h = m.n_head, hkv = m.n_kv_head;
+  const int64_t b = c.b, t = c.t, d = m.head_dim(), f = c.ff();
+  const int64_t h = c.heads(), hkv = c.kv_heads();
   const DType ad = c.act_dtype;
-  s.d_resid = be.empty({b, t, ch}, ad);
-  s.d_ln = be.empty({b, t, ch}, ad);
+  s.d_resid = be.empty(c.stream_shape(), ad);
+  s.d_ln = be.empty(c.stream_shape(), ad);
   s.d_qkv = be.empty({b, t, h + 2 * hkv, d}, ad);
   s.d_atty = be.empty({b, t, h, d}, ad);
   s.d_fch = be.empty({b, t, m.mlp == MlpKind::gelu ? f : 2 * f}, ad);
@@ -96,14 +103,24 @@ HeadActs plan_head(const Ctx& c) {
   Backend& be = c.be;
   const int64_t bt = c.b * c.t;
   HeadActs a;
-  a.resid_f = be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
+  a.resid_f = be.empty(c.stream_shape(), c.act_dtype);
   a.lnf = be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
-  if (c.cfg.norm == NormKind::layernorm) a.lnf_mean = be.empty({bt});
-  a.lnf_rstd = be.empty({bt});
-  a.logits = be.empty({bt, c.cfg.padded_vocab()}, c.act_dtype);
+  if (c.cfg.norm == NormKind::layernorm) a.lnf_mean = be.empty({c.rows()});
+  a.lnf_rstd = be.empty({c.rows()});
+  if (c.sp) {
+    a.lnf_part = be.empty(c.stream_shape(), c.act_dtype);
+    a.whole = be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
+  }
+  a.logits = be.empty({bt, c.vocab_cols()}, c.act_dtype);
   a.losses = be.empty({bt});
   a.ce_lse = be.empty({bt});
   a.loss = be.empty({1});
+  if (c.place.size > 1) {
+    a.shard_lse = be.empty({bt});
+    a.shard_losses = be.empty({bt});
+    a.part_lse = be.empty({c.place.size, bt});
+    a.part_losses = be.empty({c.place.size, bt});
+  }
   return a;
 }
 
@@ -112,7 +129,7 @@ namespace {
 // The block from its first norm's output on: attention, the second norm, the MLP.
 void block_body(const Ctx& c, const UnitWeights& w, const BlockActs& a) {
   Backend& be = c.be;
-  const int64_t b = c.b, t = c.t, h = c.cfg.n_head, hkv = c.cfg.n_kv_head;
+  const int64_t b = c.b, t = c.t, h = c.heads(), hkv = c.kv_heads();
   be.matmul(a.ln1, w.qkv_w, w.qkv_b, a.qkv.view({b, t, -1}), Activation::none, Tensor(),
             Tensor());
   Tensor q = a.qkv.slice(2, 0, h), k = a.qkv.slice(2, h, h + hkv),
@@ -123,67 +140,86 @@ void block_body(const Ctx& c, const UnitWeights& w, const BlockActs& a) {
   }
   AttentionOptions causal;
   be.attention(q, k, v, a.atty, a.lse, causal);
-  be.matmul(a.atty.view({b, t, -1}), w.o_w, w.o_b, a.attproj, Activation::none, Tensor(),
+  const Tensor o_out = c.sp ? a.whole : a.attproj;  // sp: partial sums of whole rows
+  be.matmul(a.atty.view({b, t, -1}), w.o_w, c.once(w.o_b), o_out, Activation::none, Tensor(),
             Tensor());
-  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, a.ln2, a.ln2_mean, a.ln2_rstd);
+  c.sum_rows(o_out, a.attproj);
+  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, c.sp ? a.ln2_part : a.ln2,
+           a.ln2_mean, a.ln2_rstd);
+  c.gather_rows(a.ln2_part, a.ln2);
   if (c.cfg.mlp == MlpKind::gelu) {
     be.matmul(a.ln2, w.fc_w, w.fc_b, a.act, Activation::gelu, a.fch, Tensor());
   } else {
     be.matmul(a.ln2, w.fc_w, w.fc_b, a.fch, Activation::none, Tensor(), Tensor());
     be.swiglu(a.fch, a.act);
   }
-  be.matmul(a.act, w.proj_w, w.proj_b, a.fcproj, Activation::none, Tensor(), Tensor());
+  const Tensor p_out = c.sp ? a.whole : a.fcproj;
+  be.matmul(a.act, w.proj_w, c.once(w.proj_b), p_out, Activation::none, Tensor(), Tensor());
+  c.sum_rows(p_out, a.fcproj);
 }
 
 }  // namespace
 
 void block_forward(const Ctx& c, const UnitWeights& w, BlockActs& a, const Tensor& x,
                    const Tensor& r) {
+  const Tensor ln1 = c.sp ? a.ln1_part : a.ln1;
   if (r.defined()) {
-    if (!a.resid.defined()) a.resid = c.be.empty({c.b, c.t, c.cfg.d_model}, c.act_dtype);
-    norm_fwd(c, x, r, w.ln1_w, w.ln1_b, a.resid, a.ln1, a.ln1_mean, a.ln1_rstd);
+    if (!a.resid.defined()) a.resid = c.be.empty(c.stream_shape(), c.act_dtype);
+    norm_fwd(c, x, r, w.ln1_w, w.ln1_b, a.resid, ln1, a.ln1_mean, a.ln1_rstd);
   } else {  // x is h_l itself (block 0: the embedding's output)
     a.resid = x;
-    norm_fwd(c, x, Tensor(), w.ln1_w, w.ln1_b, Tensor(), a.ln1, a.ln1_mean, a.ln1_rstd);
+    norm_fwd(c, x, Tensor(), w.ln1_w, w.ln1_b, Tensor(), ln1, a.ln1_mean, a.ln1_rstd);
   }
+  c.gather_rows(a.ln1_part, a.ln1);
   block_body(c, w, a);
 }
 
 void block_recompute(const Ctx& c, const UnitWeights& w, BlockActs& a) {
   if (a.keep == Keep::all) return;
   // N1 from the stored h_l is N1 of the fused forward bit for bit (see units.h).
-  norm_fwd(c, a.resid, Tensor(), w.ln1_w, w.ln1_b, Tensor(), a.ln1, a.ln1_mean, a.ln1_rstd);
+  norm_fwd(c, a.resid, Tensor(), w.ln1_w, w.ln1_b, Tensor(), c.sp ? a.ln1_part : a.ln1,
+           a.ln1_mean, a.ln1_rstd);
+  c.gather_rows(a.ln1_part, a.ln1);
   if (a.keep == Keep::input) {
     block_body(c, w, a);
     return;
   }
-  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, a.ln2, a.ln2_mean, a.ln2_rstd);
+  norm_fwd(c, a.attproj, a.resid, w.ln2_w, w.ln2_b, a.resid2, c.sp ? a.ln2_part : a.ln2,
+           a.ln2_mean, a.ln2_rstd);
+  c.gather_rows(a.ln2_part, a.ln2);
   if (c.cfg.mlp == MlpKind::swiglu) c.be.swiglu(a.fch, a.act);
 }
 
 void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, BlockActs& a,
                     BlockScratch& s) {
   Backend& be = c.be;
-  const int64_t b = c.b, t = c.t, h = c.cfg.n_head, hkv = c.cfg.n_kv_head;
-  // MLP: d_resid is the gradient at h_{l+1} = h'_l + fcproj.
+  const int64_t b = c.b, t = c.t, h = c.heads(), hkv = c.kv_heads();
+  // MLP: d_resid is the gradient at h_{l+1} = h'_l + fcproj (sp: this rank's rows, gathered
+  // into whole rows for the row-parallel product's backward).
+  const Tensor dy = c.sp ? a.whole : s.d_resid;
+  c.gather_rows(s.d_resid, a.whole);
   if (c.cfg.mlp == MlpKind::gelu) {
-    be.matmul_backward_input(s.d_resid, w.proj_w, s.d_fch, false, a.fch);  // through GELU
+    be.matmul_backward_input(dy, w.proj_w, s.d_fch, false, a.fch);  // through GELU
   } else {
-    be.matmul_backward_input(s.d_resid, w.proj_w, s.d_act, false, Tensor());
+    be.matmul_backward_input(dy, w.proj_w, s.d_act, false, Tensor());
     be.swiglu_backward(a.fch, s.d_act, s.d_fch);
   }
-  be.matmul_backward_weight(s.d_resid, a.act, g.proj_w, true);
-  if (g.proj_b.defined()) be.matmul_backward_bias(s.d_resid, g.proj_b, true);
-  be.matmul_backward_input(s.d_fch, w.fc_w, s.d_ln, false, Tensor());
+  be.matmul_backward_weight(dy, a.act, g.proj_w, true);
+  if (g.proj_b.defined()) be.matmul_backward_bias(dy, g.proj_b, true);
+  const Tensor dln = c.sp ? a.whole : s.d_ln;  // (dy is done with)
+  be.matmul_backward_input(s.d_fch, w.fc_w, dln, false, Tensor());
+  c.sum_rows(dln, s.d_ln);  // each rank's MLP columns contribute to d ln2
   be.matmul_backward_weight(s.d_fch, a.ln2, g.fc_w, true);
   if (g.fc_b.defined()) be.matmul_backward_bias(s.d_fch, g.fc_b, true);
   norm_bwd(c, s.d_ln, a.resid2, w.ln2_w, a.ln2_mean, a.ln2_rstd, s.d_resid, s.d_resid, g.ln2_w,
            g.ln2_b);
   // Attention: d_resid is now the gradient at h'_l = h_l + attproj.
   const Tensor atty2d = a.atty.view({b, t, h * c.cfg.head_dim()});
-  be.matmul_backward_input(s.d_resid, w.o_w, s.d_atty.view({b, t, -1}), false, Tensor());
-  be.matmul_backward_weight(s.d_resid, atty2d, g.o_w, true);
-  if (g.o_b.defined()) be.matmul_backward_bias(s.d_resid, g.o_b, true);
+  const Tensor dy2 = c.sp ? a.whole : s.d_resid;
+  c.gather_rows(s.d_resid, a.whole);
+  be.matmul_backward_input(dy2, w.o_w, s.d_atty.view({b, t, -1}), false, Tensor());
+  be.matmul_backward_weight(dy2, atty2d, g.o_w, true);
+  if (g.o_b.defined()) be.matmul_backward_bias(dy2, g.o_b, true);
   Tensor q = a.qkv.slice(2, 0, h), k = a.qkv.slice(2, h, h + hkv),
          v = a.qkv.slice(2, h + hkv, h + 2 * hkv);
   Tensor dq = s.d_qkv.slice(2, 0, h), dk = s.d_qkv.slice(2, h, h + hkv),
@@ -195,7 +231,8 @@ void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, Bl
     be.rope_backward(dk, dk, c.cfg.rope_theta, 0);
   }
   const Tensor dqkv = s.d_qkv.view({b, t, -1});
-  be.matmul_backward_input(dqkv, w.qkv_w, s.d_ln, false, Tensor());
+  be.matmul_backward_input(dqkv, w.qkv_w, dln, false, Tensor());
+  c.sum_rows(dln, s.d_ln);  // each rank's heads contribute to d ln1
   be.matmul_backward_weight(dqkv, a.ln1, g.qkv_w, true);
   if (g.qkv_b.defined()) be.matmul_backward_bias(dqkv, g.qkv_b, true);
   norm_bwd(c, s.d_ln, a.resid, w.ln1_w, a.ln1_mean, a.ln1_rstd, s.d_resid, s.d_resid, g.ln1_w,
@@ -204,9 +241,10 @@ void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, Bl
 
 void head_forward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, HeadActs& a,
                   const Tensor& x, const Tensor& r) {
-  norm_fwd(c, x, r, w.lnf_w, w.lnf_b, r.defined() ? a.resid_f : Tensor(), a.lnf, a.lnf_mean,
-           a.lnf_rstd);
+  norm_fwd(c, x, r, w.lnf_w, w.lnf_b, r.defined() ? a.resid_f : Tensor(),
+           c.sp ? a.lnf_part : a.lnf, a.lnf_mean, a.lnf_rstd);
   if (!r.defined()) a.resid_f = x;
+  c.gather_rows(a.lnf_part, a.lnf);
   c.be.matmul(a.lnf.view({c.b * c.t, c.cfg.d_model}), lm_head, Tensor(), a.logits,
               Activation::none, Tensor(), Tensor());
 }
@@ -215,7 +253,9 @@ void head_backward(const Ctx& c, const UnitWeights& w, const Tensor& lm_head,
                    const UnitWeights& g, const Tensor& dlm_head, HeadActs& a,
                    const Tensor& d_resid, const Tensor& d_ln) {
   const int64_t bt = c.b * c.t, ch = c.cfg.d_model;
-  c.be.matmul_backward_input(a.logits, lm_head, d_ln.view({bt, ch}), false, Tensor());
+  const Tensor dln = c.sp ? a.whole : d_ln;
+  c.be.matmul_backward_input(a.logits, lm_head, dln.view({bt, ch}), false, Tensor());
+  c.sum_rows(dln, d_ln);  // each rank's vocabulary columns contribute to d lnf
   c.be.matmul_backward_weight(a.logits, a.lnf.view({bt, ch}), dlm_head, true);
   norm_bwd(c, d_ln, a.resid_f, w.lnf_w, a.lnf_mean, a.lnf_rstd, Tensor(), d_resid, g.lnf_w,
            g.lnf_b);

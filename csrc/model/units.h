@@ -47,8 +47,9 @@ struct UnitDecl {
   int64_t lo = 0, hi = 0;  ///< the unit's flat range [lo, hi)
 };
 
-/// Every unit of `cfg` in layout order (embedding, blocks 0 .. L-1, head), offsets assigned.
-std::vector<UnitDecl> model_units(const ModelConfig& cfg);
+/// Every unit of `cfg` in layout order (embedding, blocks 0 .. L-1, head), offsets assigned: the
+/// slices tensor-parallel rank `tp` holds.
+std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp = {});
 
 /// The view of the flat layout at (offset, shape), or undefined where the storage behind it has
 /// no such range.
@@ -79,6 +80,11 @@ struct BlockActs {
   Tensor fch;     // [B, T, F] GELU pre-activation | [B, T, 2F] gate | up
   Tensor act;     // [B, T, F]
   Tensor fcproj;  // [B, T, C]
+  // Sequence parallelism: resid, attproj, resid2, fcproj and the norms' statistics hold this
+  // rank's rows; ln1 and ln2 are the gathered whole rows of ln1_part and ln2_part; `whole` is
+  // the shared [B, T, C] buffer of the row-parallel products' partial sums and the backward's
+  // gathered gradients.
+  Tensor ln1_part, ln2_part, whole;
 };
 
 /// What blocks share: the tensors of blocks that do not keep them (one of each, allocated by the
@@ -92,6 +98,9 @@ struct HeadActs {
   Tensor resid_f, lnf, lnf_mean, lnf_rstd;  // [B, T, C], ..., [B·T]
   Tensor logits;                            // [B·T, Vp]; the backward overwrites it with dlogits
   Tensor losses, ce_lse, loss;              // [B·T], [B·T], [1]
+  Tensor lnf_part, whole;                   // sequence parallelism: as BlockActs
+  // Tensor parallelism: this slice's lse and losses, and every slice's ([t, B·T], f32)
+  Tensor shard_lse, shard_losses, part_lse, part_losses;
 };
 
 /// The context of a unit's forward and backward.
@@ -100,6 +109,45 @@ struct Ctx {
   const ModelConfig& cfg;
   int64_t b, t;
   DType act_dtype;
+  /// Tensor parallelism: this rank's place and the group's collectives (null: one rank). The
+  /// rank holds heads() query heads, kv_heads() key/value heads, ff() MLP columns and
+  /// vocab_cols() vocabulary rows; the row-parallel products' outputs and the column-parallel
+  /// products' input gradients are summed over the group, the row-parallel biases added by
+  /// rank 0 alone.
+  TensorParallelRank place{};
+  TensorParallelHooks* tp = nullptr;
+  /// Sequence parallelism (with tp): the residual stream, the norms and their statistics hold
+  /// this rank's rows() of the B·T token rows alone (rank r: rows [r·rows(), (r+1)·rows()));
+  /// each norm's output is all-gathered into whole rows before its column-parallel product, and
+  /// each row-parallel product's partial sums are reduce-scattered into the rank's rows.
+  bool sp = false;
+  int64_t rows() const { return sp ? b * t / place.size : b * t; }
+  /// The shape of the residual stream's tensors: [B, T, C], or [rows(), C] with sp.
+  Shape stream_shape() const {
+    return sp ? Shape{rows(), cfg.d_model} : Shape{b, t, cfg.d_model};
+  }
+  int64_t heads() const { return cfg.n_head / place.size; }
+  int64_t kv_heads() const { return cfg.n_kv_head / place.size; }
+  int64_t ff() const { return cfg.d_ff / place.size; }
+  int64_t vocab_cols() const { return cfg.padded_vocab() / place.size; }
+  int64_t vocab_lo() const { return vocab_cols() * place.rank; }
+  /// A row-parallel bias: added by rank 0 only (the group's sum then holds it once).
+  Tensor once(const Tensor& bias) const { return place.rank == 0 ? bias : Tensor(); }
+  void sum_over_group(const Tensor& x) const {
+    if (tp) tp->all_reduce(x);
+  }
+  /// `whole` holds this rank's partial sums of whole rows (a row-parallel product's output, a
+  /// column-parallel product's input gradient); `mine` becomes the group's sum of this rank's
+  /// rows (sp: a reduce-scatter), or, without sp (whole is mine), of all of them.
+  void sum_rows(const Tensor& whole, const Tensor& mine) const {
+    if (!tp) return;
+    if (sp) tp->reduce_scatter(whole.view({-1}), mine.view({-1}));
+    else tp->all_reduce(mine);
+  }
+  /// sp: `whole` becomes every rank's rows `part`, in order (an all-gather). Else nothing.
+  void gather_rows(const Tensor& part, const Tensor& whole) const {
+    if (sp) tp->all_gather(part.view({-1}), whole.view({-1}));
+  }
 };
 
 /// The backward's gradient scratch (the shared activations come with the blocks that need them).

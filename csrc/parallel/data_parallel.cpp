@@ -35,6 +35,13 @@ const Settings& parallel_settings() {
     t.add("zero_stage", &C::zero_stage,
           "ZeRO stage over the data-parallel ranks: 0 shards nothing, 1 AdamW's state, "
           "2 the gradients too, 3 the weights too").at_least(0).at_most(3);
+    t.add("tp", &C::tp,
+          "tensor parallelism: ranks that split every layer's heads, MLP columns and vocabulary "
+          "(neighbouring ranks, normally one node); the data-parallel ranks are world / tp")
+        .at_least(1);
+    t.add("sequence_parallel", &C::sequence_parallel,
+          "with tp > 1: split the residual stream and the norms along the token rows too "
+          "(activation memory / tp; the all-reduces become reduce-scatters and all-gathers)");
     t.custom("bucket_mb", SettingKind::number, "gradient bytes per reduction bucket, in MiB",
              [](const void* o) {
                return SettingValue(double(static_cast<const C*>(o)->bucket_bytes) / 1048576.0);

@@ -200,16 +200,20 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
-  // ZeRO 3 on several ranks: each rank makes its shard of the model alone.
+  // The ranks as a dp × tp grid; ZeRO 3 over several dp ranks: each rank makes its shard of
+  // its tensor-parallel slice of the model alone.
+  check_tensor_parallel(cfg.model, cfg.parallel.tp);
+  const GridGroups grid = make_grid_groups(pg.comm, cfg.parallel.tp);
+  const TensorParallelRank place{grid.coord.tp, cfg.parallel.tp};
   WeightShard shard;
-  if (cfg.parallel.zero_stage == 3 && pg.size() > 1) {
-    const std::vector<ParamSpec> layout = param_layout(cfg.model);
+  if (cfg.parallel.zero_stage == 3 && grid.grid.dp() > 1) {
+    const std::vector<ParamSpec> layout = param_layout(cfg.model, place);
     const auto [lo, hi] = DataParallel::shard_of(layout.back().offset + layout.back().numel(),
-                                                 pg.size(), pg.rank());
+                                                 grid.grid.dp(), grid.coord.dp);
     shard = {lo, hi};
   }
-  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard);
-  Trainer trainer(model, cfg.train, train, val, pg.comm, cfg.parallel);
+  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard, place);
+  Trainer trainer(model, cfg.train, train, val, grid, cfg.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
   const TrainConfig& tc = cfg.train;
   const char* threads = std::getenv("OMP_NUM_THREADS");
@@ -228,6 +232,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         dp->zero_stage(), (long long)(tc.micro_batch * tc.grad_accum * dp->world()),
         dp->buckets().size(),
         cfg.parallel.overlap ? " overlapped with the backward" : " reduced after the backward"));
+  }
+  if (const TensorParallel* tpc = trainer.tensor_parallel()) {
+    out.line(fmt("tensor parallel: %d ranks a group (activations over %s), grid %s",
+                 cfg.parallel.tp, tpc->comm().backend_name().c_str(), grid.grid.str().c_str()));
   }
   out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
 
@@ -356,7 +364,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const SampleConfig& sc = cfg.sample;
   // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
   // weights from every rank (all sample the same tokens; rank 0 shows them).
-  const bool sharded = trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3;
+  // So does tensor parallelism: every rank of a group computes its columns of the logits.
+  const bool sharded = (trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3) ||
+                       cfg.parallel.tp > 1;
   if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
       cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;

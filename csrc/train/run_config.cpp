@@ -322,7 +322,9 @@ std::string run_usage(const std::string& program) {
       std::istringstream words(path + " (" + def + "): " + s.help);
       std::string word, line = left;
       for (bool start = true; words >> word; start = false) {
-        if (!start && line.size() + 1 + word.size() > 100) {
+        const size_t nl = line.rfind('\n');  // a long flag puts the text on a line of its own
+        const size_t column = nl == std::string::npos ? line.size() : line.size() - nl - 1;
+        if (!start && column + 1 + word.size() > 100) {
           os << line << "\n";
           line = std::string(26, ' ') + word;
         } else {

@@ -69,6 +69,38 @@ float learning_rate(const TrainConfig& cfg, int64_t step) {
   return floor + (cfg.lr - floor) * float(0.5 * (1.0 + std::cos(M_PI * progress)));
 }
 
+void for_each_piece(const std::vector<ParamSpec>& layout, int64_t lo, int64_t hi,
+                    const std::function<void(const Piece&)>& fn) {
+  for (const ParamSpec& p : layout) {
+    if (p.offset + p.numel() <= lo || p.offset >= hi) continue;
+    Piece block;  // whole rows of a column-parallel slice, gathered into one block
+    auto flush = [&] {
+      if (block.rows == 1) block.rows = 0;  // one row is a range
+      if (block.p) fn(block);
+      block = Piece{};
+    };
+    p.for_each_run([&](int64_t local, int64_t logical, int64_t n) {
+      const int64_t a = std::max(lo, p.offset + local), b = std::min(hi, p.offset + local + n);
+      if (a >= b) return;
+      const Piece q{&p, a, logical + (a - p.offset - local), b - a, 0};
+      if (!(p.split() && p.split_dim == 1 && b - a == n)) {  // a range
+        flush();
+        fn(q);
+        return;
+      }
+      if (block.p && block.flat + block.n == a) {  // the next whole row
+        block.n += n;
+        ++block.rows;
+        return;
+      }
+      flush();
+      block = q;
+      block.rows = 1;
+    });
+    flush();
+  }
+}
+
 static AdamWParams adamw_params(const TrainConfig& c) {
   AdamWParams p;
   p.beta1 = c.beta1;
@@ -106,6 +138,74 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
   targets_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
 }
 
+void Trainer::sum_norm_gradients() {
+  // Sequence parallelism: each rank's norm-weight gradients come from its token rows alone; the
+  // sum over the group is the gradient (whatever ZeRO stage holds them: the sum is linear).
+  TensorParallelHooks* tp = model_.tensor_parallel_hooks();
+  std::vector<std::pair<int64_t, Tensor>> ranges;  // (first flat element, the f32 range)
+  if (dp_ && dp_->zero_stage() >= 2) {
+    ranges.push_back({dp_->shard(model_.parameter_count()).first, dp_->gradient_shard()});
+  } else {
+    ranges.push_back({0, model_.grad_buffer()});
+  }
+  for (const auto& [start, flat] : ranges) {
+    const int64_t end = start + flat.numel();
+    for (const ParamSpec& p : model_.layout()) {
+      const int64_t a = std::max(start, p.offset), b = std::min(end, p.offset + p.numel());
+      if (p.norm && a < b) tp->all_reduce(flat.slice(0, a - start, b - start));
+    }
+  }
+}
+
+void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& whole) const {
+  // grads: flat gradient ranges of this rank's layout (the whole buffer's tensors, or a ZeRO
+  // shard); becomes the parts of tensor-parallel-split tensors, `whole` the rest.
+  std::vector<Tensor> split;
+  std::vector<std::pair<int64_t, Tensor>> ranges;  // (first flat element, the f32 range)
+  if (dp_ && dp_->zero_stage() >= 2) {
+    ranges.push_back({dp_->shard(model_.parameter_count()).first, grads.front()});
+  } else {  // the model's gradients, one per parameter in layout order
+    for (size_t i = 0; i < grads.size(); ++i) {
+      ranges.push_back({model_.layout()[i].offset, grads[i].view({-1})});
+    }
+  }
+  for (const auto& [start, flat] : ranges) {
+    const int64_t end = start + flat.numel();
+    for (const ParamSpec& p : model_.layout()) {
+      const int64_t a = std::max(start, p.offset), b = std::min(end, p.offset + p.numel());
+      if (a >= b) continue;
+      (p.split() ? split : whole).push_back(flat.slice(0, a - start, b - start));
+    }
+  }
+  grads = std::move(split);
+}
+
+Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+                 std::shared_ptr<TokenFile> val, const GridGroups& grid,
+                 const ParallelConfig& parallel)
+    : Trainer(model, cfg, std::move(train), std::move(val), grid.dp, parallel) {
+  const TensorParallelRank place = model.tensor_parallel();
+  NURI_CHECK(place.size == grid.grid.tp() && place.rank == grid.coord.tp, "Trainer: the model is "
+             "rank ", place.rank, " of a tensor-parallel group of ", place.size, ", the grid ",
+             grid.grid.str(), " puts this process at tp index ", grid.coord.tp, "; build the "
+             "model with TensorParallelRank{grid.coord.tp, grid.grid.tp()}");
+  NURI_CHECK(grid.grid.pp() == 1, "Trainer: pipeline parallelism (pp=", grid.grid.pp(),
+             ") is not supported yet");
+  if (grid.tp) {
+    // GPU ranks move the activations over NCCL, bootstrapped through the tp group.
+    tp_ = std::make_unique<TensorParallel>(make_device_communicator(grid.tp, model.backend()));
+    model.set_tensor_parallel_hooks(tp_.get());
+  }
+  model.set_sequence_parallel(parallel.sequence_parallel);
+  world_ = grid.world;
+  grid_ = grid.grid;
+}
+
+Communicator* Trainer::all_ranks() const {
+  if (world_) return world_->host_communicator();
+  return dp_ ? dp_->comm().host_communicator() : nullptr;
+}
+
 StepStats Trainer::step() {
   const auto t0 = std::chrono::steady_clock::now();
   StepStats s;
@@ -119,7 +219,7 @@ StepStats Trainer::step() {
   // micro-batches would accumulate it.
   const int64_t g = cfg_.grad_accum, world = dp_ ? dp_->world() : 1;
   Backend& be = model_.backend();
-  if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 1});
+  if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 2});  // losses, norm, whole tensors' norm
   // Data parallel: the backward hands each finished bucket of gradients to dp_, which reduces it
   // over the ranks while the backward goes on (stages 0, 1: on the last micro-batch only).
   if (dp_) dp_->begin_step();
@@ -132,14 +232,21 @@ StepStats Trainer::step() {
   }
   loader_.advance();
   if (dp_) dp_->finish_gradients();
+  if (model_.sequence_parallel()) sum_norm_gradients();
   std::vector<Tensor> grads;
   if (dp_ && dp_->zero_stage() >= 2) {
     grads.push_back(dp_->gradient_shard());  // this rank's share of the norm; summed below
   } else {
     for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
   }
+  // Tensor parallelism: the split tensors' squares are summed over the group, the whole ones
+  // (norms, row-parallel biases: the same gradient on every rank) counted once.
+  const TensorParallelRank tp = model_.tensor_parallel();
+  std::vector<Tensor> whole;
+  if (tp.size > 1) split_gradients(grads, whole);
   be.global_norm(grads, stats_dev_.slice(0, g, g + 1));
-  Tensor stats = Tensor::empty({g + 1}, DType::f32);
+  if (tp.size > 1) be.global_norm(whole, stats_dev_.slice(0, g + 1, g + 2));
+  Tensor stats = Tensor::empty({stats_dev_.numel()}, DType::f32);
   be.copy(stats_dev_, stats);  // the step's one wait for the device before the update
   // Every micro-batch's loss in global order (rank-major, as the sampler slices the batch),
   // summed in that order: the same number one process would report.
@@ -150,6 +257,13 @@ StepStats Trainer::step() {
   s.loss = float(loss_sum / double(losses.size()));
   s.grad_norm = stats.data<float>()[g];
   if (dp_ && dp_->zero_stage() >= 2) s.grad_norm = dp_->global_norm(s.grad_norm);
+  if (tp.size > 1) {
+    float whole_norm = stats.data<float>()[g + 1];
+    if (dp_ && dp_->zero_stage() >= 2) whole_norm = dp_->global_norm(whole_norm);
+    const double split_sq = model_.tensor_parallel_hooks()->sum_over_group(
+        double(s.grad_norm) * double(s.grad_norm));
+    s.grad_norm = float(std::sqrt(split_sq + double(whole_norm) * double(whole_norm)));
+  }
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
     NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",
@@ -230,11 +344,12 @@ std::string Trainer::poll_checkpoint(bool wait) {
   if (wait) {
     pending_->thread.join();
     ready = true;
-  } else if (dp_ && dp_->world() > 1) {  // every rank must have written its files
+  } else if (Communicator* all = all_ranks(); all && all->size() > 1) {
+    // every rank must have written its files
     Tensor flag = Tensor::empty({1}, DType::f32);
     flag.data<float>()[0] = ready ? 1.f : 0.f;
-    dp_->comm().host_communicator()->all_reduce(flag, ReduceOp::sum);
-    ready = flag.data<float>()[0] == float(dp_->world());
+    all->all_reduce(flag, ReduceOp::sum);
+    ready = flag.data<float>()[0] == float(all->size());
   }
   if (!ready) return "";
   if (pending_->thread.joinable()) pending_->thread.join();
@@ -245,27 +360,43 @@ std::string Trainer::poll_checkpoint(bool wait) {
 std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   Backend& be = model_.backend();
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
-  auto wp = std::make_unique<CheckpointWriter>(root, step_, dp_ ? &dp_->comm() : nullptr);
+  auto wp = std::make_unique<CheckpointWriter>(root, step_, all_ranks());
   CheckpointWriter& w = *wp;
   // Every rank writes its shard [lo, hi) of the flat layout (the ZeRO shard, also where every
   // rank holds everything): its slices of each parameter (f32 masters) and of AdamW's moments.
-  // Nothing is gathered: no rank holds the whole model for a checkpoint.
+  // Nothing is gathered: no rank holds the whole model for a checkpoint. Under tensor
+  // parallelism the slices are pieces of the logical tensors (a column-parallel slice as one
+  // block), and the tensors every rank holds whole are written by tp rank 0 alone.
   const int64_t total = model_.parameter_count();
   const auto [lo, hi] = DataParallel::shard_of(total, int(world), int(rank));
   Tensor masters = Tensor::empty({hi - lo}, DType::f32);
   be.copy(model_.param_buffer().slice(0, lo - model_.master_begin(), hi - model_.master_begin()),
           masters);
-  for (const ParamSpec& p : model_.layout()) {
-    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
-    if (a < b) w.add_range(p.name, p.numel(), a - p.offset, masters.slice(0, a - lo, b - lo), p.shape);
-  }
+  const TensorParallelRank tp = model_.tensor_parallel();
+  auto add = [&](const std::string& name, const Piece& q, const Tensor& flat_lo) {
+    const ParamSpec& p = *q.p;
+    if (!p.split() && tp.rank != 0) return;  // written once, by tp rank 0
+    const Tensor data = flat_lo.slice(0, q.flat - lo, q.flat - lo + q.n);
+    if (q.rows > 0) {
+      w.add_block(name, p.logical, q.logical / p.logical[1], q.logical % p.logical[1],
+                  data.view({q.rows, q.n / q.rows}));
+    } else {
+      w.add_range(name, p.logical_numel(), q.logical, data, p.logical);
+    }
+  };
+  for_each_piece(model_.layout(), lo, hi, [&](const Piece& q) { add(q.p->name, q, masters); });
   for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
                                   std::pair{"adamw.v", &opt_->v_buffer()}}) {
     // The optimizer holds [shard_begin, shard_end): the shard, or everything (ZeRO 0).
     const int64_t from = lo - opt_->shard_begin(), to = hi - opt_->shard_begin();
     Tensor host = Tensor::empty({hi - lo}, DType::f32);
     be.copy(buf->view({buf->numel()}).slice(0, from, to), host);
-    w.add_range(name, total, lo, host);
+    if (tp.size == 1) {  // one flat tensor over the layout (the layout is the logical one)
+      w.add_range(name, total, lo, host);
+    } else {  // per parameter, as its logical tensor's pieces
+      for_each_piece(model_.layout(), lo, hi,
+                     [&](const Piece& q) { add(std::string(name) + "/" + q.p->name, q, host); });
+    }
   }
   nlohmann::ordered_json meta;
   meta["model"] = settings_json(model_settings(), &model_.config());
@@ -283,7 +414,9 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
                    {"eps", cfg_.eps},
                    {"weight_decay", cfg_.weight_decay}};
   meta["train"] = settings_json(train_settings(), &cfg_);
-  meta["parallel"] = {{"world_size", world}, {"zero_stage", dp_ ? dp_->zero_stage() : 0}};
+  meta["parallel"] = {{"world_size", world},
+                      {"zero_stage", dp_ ? dp_->zero_stage() : 0},
+                      {"tp", tp.size}};
   meta["backend"] = be.name();
   w.set_meta(meta.dump());
   be.synchronize();  // the host copies are complete before training goes on
@@ -293,44 +426,71 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
 void Trainer::save_model(const std::string& path,
                          const std::map<std::string, std::string>& metadata) {
   finish_checkpoint();
-  const int world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
-  Communicator* host = dp_ ? dp_->comm().host_communicator() : nullptr;
-  const int64_t total = model_.parameter_count();
+  // Rank 0 assembles one tensor at a time from the ranks that hold its pieces: with sharded
+  // masters every dp rank its shard's, else dp rank 0; tensor parallelism's slices from every
+  // tp rank, the tensors every tp rank holds whole from tp rank 0.
+  Communicator* host = all_ranks();
+  const int me = host ? host->rank() : 0, world = host ? host->size() : 1;
+  const ProcessGrid grid = world_ ? grid_ : ProcessGrid(world, world);
   const bool sharded = model_.masters_sharded();
+  const ModelConfig& cfg = model_.config();
   Backend& be = model_.backend();
+  std::vector<std::vector<ParamSpec>> layouts;  // per tp index
+  for (int q = 0; q < grid.tp(); ++q) layouts.push_back(param_layout(cfg, {q, grid.tp()}));
+  // The flat range of tensor i that rank w sends ([0, 0): nothing).
+  auto sends = [&](int w, size_t i) -> std::pair<int64_t, int64_t> {
+    const GridCoord c = grid.coord(w);
+    const std::vector<ParamSpec>& l = layouts[size_t(c.tp)];
+    const ParamSpec& p = l[i];
+    if (!p.split() && c.tp != 0) return {0, 0};
+    if (!sharded && c.dp != 0) return {0, 0};
+    const int64_t total = l.back().offset + l.back().numel();
+    const auto [lo, hi] = sharded ? DataParallel::shard_of(total, grid.dp(), c.dp)
+                                  : std::pair<int64_t, int64_t>{0, total};
+    const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
+    return a < b ? std::pair{a, b} : std::pair<int64_t, int64_t>{0, 0};
+  };
   std::unique_ptr<SafetensorsStreamWriter> out;
   const std::string tmp = path + ".tmp";
-  if (rank == 0) {
+  const std::vector<ParamSpec>& logical = layouts[0];
+  if (me == 0) {
     std::vector<SafetensorsPlanned> planned;
-    for (const ParamSpec& p : model_.layout()) planned.push_back({p.name, DType::f32, p.shape});
+    for (const ParamSpec& p : logical) planned.push_back({p.name, DType::f32, p.logical});
     out = std::make_unique<SafetensorsStreamWriter>(tmp, std::move(planned), metadata);
   }
-  for (const ParamSpec& p : model_.layout()) {
-    Tensor whole = rank == 0 ? Tensor::empty(p.shape, DType::f32) : Tensor();
-    const Tensor flat = rank == 0 ? whole.view({p.numel()}) : Tensor();
-    // Each rank's slice of this tensor: its masters' part of [offset, offset + numel).
-    for (int r = 0; r < (sharded ? world : 1); ++r) {
-      const auto [lo, hi] = sharded ? DataParallel::shard_of(total, world, r)
-                                    : std::pair<int64_t, int64_t>{0, total};
-      const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
-      if (a >= b || (r != rank && rank != 0)) continue;
-      if (r == rank) {
-        const Tensor mine = model_.param_buffer().slice(0, a - model_.master_begin(),
-                                                         b - model_.master_begin());
-        if (rank == 0) {
-          be.copy(mine, flat.slice(0, a - p.offset, b - p.offset));
-        } else {
-          Tensor part = Tensor::empty({b - a}, DType::f32);
-          be.copy(mine, part);
-          host->send(part, 0);
-        }
-      } else {  // rank 0 receives rank r's slice
-        host->recv(flat.slice(0, a - p.offset, b - p.offset), r);
-      }
+  for (size_t i = 0; i < logical.size(); ++i) {
+    const auto [a, b] = sends(me, i);
+    Tensor mine;
+    if (a < b) {
+      mine = Tensor::empty({b - a}, DType::f32);
+      be.copy(model_.param_buffer().slice(0, a - model_.master_begin(), b - model_.master_begin()),
+              mine);
+      if (me != 0) host->send(mine, 0);
     }
-    if (rank == 0) out->write(p.name, whole);
+    if (me != 0) continue;
+    Tensor whole = Tensor::empty(logical[i].logical, DType::f32);
+    float* dst = whole.data<float>();
+    for (int w = 0; w < world; ++w) {
+      const auto [wa, wb] = sends(w, i);
+      if (wa >= wb) continue;
+      Tensor part = mine;
+      if (w != 0) {
+        part = Tensor::empty({wb - wa}, DType::f32);
+        host->recv(part, w);
+      }
+      const ParamSpec& p = layouts[size_t(grid.coord(w).tp)][i];
+      for_each_piece({p}, wa, wb, [&](const Piece& q) {
+        const float* src = part.data<float>() + (q.flat - wa);
+        const int64_t rows = q.rows > 0 ? q.rows : 1, cols = q.n / rows;
+        const int64_t stride = q.rows > 0 ? p.logical[1] : 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          std::copy(src + r * cols, src + (r + 1) * cols, dst + q.logical + r * stride);
+        }
+      });
+    }
+    out->write(logical[i].name, whole);
   }
-  if (rank == 0) {
+  if (me == 0) {
     out->close();
     std::filesystem::rename(tmp, path);
   }
@@ -379,39 +539,77 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
                "wrong type: ", e.what());
   }
-  // Parameters: exactly the model's names, with the model's shapes; only the slices of the
-  // range this rank holds (its ZeRO 3 shard; everything where it holds a whole copy) are read.
+  // Parameters: exactly the model's names, with the model's logical shapes; only the slices of
+  // the range this rank holds (its ZeRO 3 shard, its tensor-parallel slices; everything where it
+  // holds a whole copy) are read.
   Backend& be = model_.backend();
   const std::vector<ParamSpec>& layout = model_.layout();
   for (const ParamSpec& p : layout) {
     NURI_CHECK(r.has_range(p.name), "checkpoint ", dir, ": tensor '", p.name, "' is missing");
-    NURI_CHECK(r.range_shape(p.name) == p.shape, "checkpoint ", dir, ": tensor '", p.name,
+    NURI_CHECK(r.range_shape(p.name) == p.logical, "checkpoint ", dir, ": tensor '", p.name,
                "' has shape ", shape_str(r.range_shape(p.name)), ", the model's is ",
-               shape_str(p.shape));
+               shape_str(p.logical));
   }
+  const bool flat_moments = r.has_range("adamw.m");  // else one tensor per parameter
   for (const std::string& n : r.range_names()) {
+    std::string param = n;
+    if (n.rfind("adamw.m/", 0) == 0 || n.rfind("adamw.v/", 0) == 0) param = n.substr(8);
     const bool known = n == "adamw.m" || n == "adamw.v" ||
                        std::any_of(layout.begin(), layout.end(),
-                                   [&](const ParamSpec& p) { return p.name == n; });
+                                   [&](const ParamSpec& p) { return p.name == param; });
     NURI_CHECK(known, "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this model "
                "(an extra tensor: was it saved from another model?)");
   }
-  const int64_t total = model_.parameter_count();
+  // Reads a piece of a logical tensor (a block row by row); `base`: its first element in the
+  // tensor read (a flat moment buffer: the parameter's offset in the logical layout).
+  auto read = [&](const std::string& name, const Piece& q, int64_t base, const Tensor& dst) {
+    if (q.rows == 0) {
+      r.read_range(name, base + q.logical, base + q.logical + q.n, dst);
+      return;
+    }
+    const int64_t cols = q.n / q.rows, width = q.p->logical[1];
+    for (int64_t i = 0; i < q.rows; ++i) {
+      const int64_t first = base + q.logical + i * width;
+      r.read_range(name, first, first + cols, dst.slice(0, i * cols, (i + 1) * cols));
+    }
+  };
   const auto [held_lo, held_hi] = model_.held_range();
   Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
-  for (const ParamSpec& p : layout) {
-    const int64_t a = std::max(held_lo, p.offset), b = std::min(held_hi, p.offset + p.numel());
-    if (a < b) r.read_range(p.name, a - p.offset, b - p.offset, held.slice(0, a - held_lo, b - held_lo));
-  }
+  for_each_piece(layout, held_lo, held_hi, [&](const Piece& q) {
+    read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
+  });
   model_.load_held_weights(held);
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
+  std::map<std::string, int64_t> logical_offset;  // each parameter's place in the tp = 1 layout
+  int64_t logical_total = 0;
+  for (const ParamSpec& p : param_layout(model_.config())) {
+    logical_offset[p.name] = p.offset;
+    logical_total += p.numel();
+  }
   for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
                                   std::pair{"adamw.v", &opt_->v_buffer()}}) {
-    NURI_CHECK(r.has_range(name), "checkpoint ", dir, ": AdamW state '", name, "' is missing");
-    NURI_CHECK(r.range_numel(name) == total, "checkpoint ", dir, ": '", name, "' has ",
-               r.range_numel(name), " elements, the model ", total, " parameters");
-    Tensor host = Tensor::empty({buf->numel()}, DType::f32);
-    r.read_range(name, opt_->shard_begin(), opt_->shard_end(), host);
+    if (flat_moments) {
+      NURI_CHECK(r.has_range(name), "checkpoint ", dir, ": AdamW state '", name, "' is missing");
+      NURI_CHECK(r.range_numel(name) == logical_total, "checkpoint ", dir, ": '", name, "' has ",
+                 r.range_numel(name), " elements, the model ", logical_total, " parameters");
+    }
+    const int64_t lo = opt_->shard_begin(), hi = opt_->shard_end();
+    Tensor host = Tensor::empty({hi - lo}, DType::f32);
+    if (flat_moments && model_.tensor_parallel().size == 1) {
+      r.read_range(name, lo, hi, host);  // the layouts are the same: one read
+    } else {
+      for_each_piece(layout, lo, hi, [&](const Piece& q) {
+        const Tensor dst = host.slice(0, q.flat - lo, q.flat - lo + q.n);
+        if (flat_moments) {
+          read(name, q, logical_offset.at(q.p->name), dst);
+        } else {
+          const std::string tensor = std::string(name) + "/" + q.p->name;
+          NURI_CHECK(r.has_range(tensor), "checkpoint ", dir, ": AdamW state '", tensor,
+                     "' is missing");
+          read(tensor, q, 0, dst);
+        }
+      });
+    }
     be.copy(host, buf->view({buf->numel()}));
   }
   opt_->set_steps_done(meta["adamw"]["steps_done"].get<int64_t>());
@@ -457,6 +655,7 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   Tensor tokens = Tensor::empty({1, window}, DType::i32);
   Tensor host_logits = Tensor::empty({cfg.padded_vocab()}, DType::f32);
   Tensor host_row = Tensor::empty({cfg.padded_vocab()}, model.compute_dtype());
+  Tensor gathered;  // tensor parallelism: the whole row of logits, in the backend's memory
   const Philox rng(opt.seed, stream_id("sample"));
   std::vector<float> probs(size_t(cfg.vocab_size));
   std::vector<int32_t> idx(size_t(cfg.vocab_size));
@@ -467,7 +666,12 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
     std::fill(tp, tp + window, 0);
     std::copy(seq.begin() + start, seq.end(), tp);
     Tensor logits = model.logits(tokens);  // [1, window, Vp]
-    const Tensor row = logits.select(0, 0).select(0, len - 1);  // contiguous, on the device
+    Tensor row = logits.select(0, 0).select(0, len - 1);  // contiguous, on the device
+    if (model.tensor_parallel().size > 1) {  // each rank has its columns: gather the row
+      if (!gathered.defined()) gathered = model.backend().empty({cfg.padded_vocab()}, row.dtype());
+      model.tensor_parallel_hooks()->all_gather(row, gathered);
+      row = gathered;
+    }
     if (row.dtype() == DType::f32) {
       model.backend().copy(row, host_logits);
     } else {  // a bf16 model's logits

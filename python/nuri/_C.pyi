@@ -75,10 +75,16 @@ class TrainConfig:
     def validate(self) -> None: ...
 
 class ParallelConfig:
-    """Data-parallel settings: ZeRO stage, buckets, overlap."""
+    """Parallel settings: ZeRO stage, tensor and sequence parallelism, buckets, overlap."""
     # ZeRO stage over the data-parallel ranks: 0 shards nothing, 1 AdamW's state, 2 the gradients
     # too, 3 the weights too
     zero_stage: int
+    # tensor parallelism: ranks that split every layer's heads, MLP columns and vocabulary
+    # (neighbouring ranks, normally one node); the data-parallel ranks are world / tp
+    tp: int
+    # with tp > 1: split the residual stream and the norms along the token rows too (activation
+    # memory / tp; the all-reduces become reduce-scatters and all-gathers)
+    sequence_parallel: bool
     bucket_mb: float  # gradient bytes per reduction bucket, in MiB
     overlap: bool  # reduce each bucket while the backward goes on (false: after the backward)
     # ZeRO 3: keep each block's gathered weights from its forward to its backward (ZeRO 2's memory,

@@ -182,8 +182,9 @@ void bind_config(py::module_& m) {
   train.def("validate", &TrainConfig::validate);
   m.def("learning_rate", &learning_rate, py::arg("config"), py::arg("step"));
 
-  py::class_<ParallelConfig> parallel(m, "ParallelConfig",
-                                      "Data-parallel settings: ZeRO stage, buckets, overlap.");
+  py::class_<ParallelConfig> parallel(
+      m, "ParallelConfig",
+      "Parallel settings: ZeRO stage, tensor and sequence parallelism, buckets, overlap.");
   bind_settings(parallel, parallel_settings(), "parallel");
   parallel.def("validate", &ParallelConfig::validate);
   py::class_<CheckpointConfig> ckpt(m, "CheckpointConfig", "Checkpoint and preemption policy.");

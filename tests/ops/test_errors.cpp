@@ -95,6 +95,53 @@ TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {
                {"vocab_size 9", "[1, 8]"});
 }
 
+TEST_P(OpErrorTest, VocabularyShardArguments) {
+  // embedding_shard: tokens are checked against the whole vocabulary, not the shard's rows.
+  Tensor tok = on_i32(*be, {1, 3}, {1, 10, 2});
+  expect_error([&] { be->embedding_shard(tok, act({4, 4}), Tensor(), act({1, 3, 4}), 8, 10); },
+               {"embedding_shard", "token id 10", "position 1", "[0, 10)"});
+  Tensor neg = on_i32(*be, {1, 3}, {1, -1, 2});
+  expect_error([&] { be->embedding_shard_backward(neg, act({1, 3, 4}), f32({4, 4}), Tensor(), 0, 10, false); },
+               {"embedding_shard_backward", "token id -1", "[0, 10)"});
+  Tensor ok = on_i32(*be, {1, 3}, {1, 9, 2});
+  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), act({1, 3, 4}), -4, 10); },
+               {"embedding_shard", "row_lo (-4)", ">= 0"});
+  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), act({1, 3, 5}), 4, 10); },
+               {"embedding_shard", "out", "(1, 3, 5)", "(1, 3, 4)"});
+  expect_error([&] { be->embedding_shard_backward(ok, act({1, 3, 4}), f32({4, 4}), f32({2, 4}), 4, 10, false); },
+               {"embedding_shard_backward", "sequence length 3", "max_seq_len 2"});
+
+  // cross_entropy_shard / _backward: targets against the whole vocabulary, 0 <= col_lo < vocab.
+  Tensor tg = on_i32(*be, {2}, {3, 7});
+  expect_error([&] { be->cross_entropy_shard(act({2, 4}), tg, 5, -100, 4, f32({2}), f32({2})); },
+               {"cross_entropy_shard", "target 7", "row 1", "[0, 5)"});
+  expect_error([&] { be->cross_entropy_shard_backward(act({2, 4}), tg, f32({2}), 5, -100, 0, 1.f, act({2, 4})); },
+               {"cross_entropy_shard_backward", "target 7", "row 1", "[0, 5)"});
+  Tensor tg_ok = on_i32(*be, {2}, {3, -100});
+  expect_error([&] { be->cross_entropy_shard(act({2, 4}), tg_ok, 5, -100, -1, f32({2}), f32({2})); },
+               {"cross_entropy_shard", "col_lo (-1)", "[0, vocab_size = 5)"});
+  expect_error([&] { be->cross_entropy_shard_backward(act({2, 4}), tg_ok, f32({2}), 5, -100, 5, 1.f, act({2, 4})); },
+               {"cross_entropy_shard_backward", "col_lo (5)", "[0, vocab_size = 5)"});
+  expect_error([&] { be->cross_entropy_shard(act({2, 4}), tg_ok, 5, -100, 4, f32({3}), f32({2})); },
+               {"cross_entropy_shard", "losses", "(3,)", "(2,)"});
+  expect_error([&] { be->cross_entropy_shard(act({2, 4}), on_i32(*be, {3}, {0, 1, 2}), 5, -100, 0, f32({2}), f32({2})); },
+               {"cross_entropy_shard", "targets", "(3,)", "(2,)"});
+  expect_error([&] { be->cross_entropy_shard_backward(act({2, 4}), tg_ok, f32({2}), 5, -100, 0, 1.f, act({2, 5})); },
+               {"cross_entropy_shard_backward", "dlogits", "(2, 5)", "(2, 4)"});
+
+  // cross_entropy_merge: part_lse and part_losses [S, N] of one shape, N rows everywhere.
+  expect_error([&] { be->cross_entropy_merge(f32({2, 2}), f32({2, 3}), tg_ok, -100, f32({2}), f32({2}), f32({1})); },
+               {"cross_entropy_merge", "part_losses", "(2, 3)", "(2, 2)"});
+  expect_error([&] { be->cross_entropy_merge(f32({2}), f32({2}), tg_ok, -100, f32({2}), f32({2}), f32({1})); },
+               {"cross_entropy_merge", "part_lse", "[S, N]", "(2,)"});
+  expect_error([&] { be->cross_entropy_merge(f32({2, 3}), f32({2, 3}), tg_ok, -100, f32({3}), f32({3}), f32({1})); },
+               {"cross_entropy_merge", "targets", "(2,)", "(3,)"});
+  expect_error([&] { be->cross_entropy_merge(f32({2, 2}), f32({2, 2}), tg_ok, -100, f32({2}), f32({2}), f32({2})); },
+               {"cross_entropy_merge", "loss", "(2,)", "(1,)"});
+  expect_error([&] { be->cross_entropy_merge(f32({2, 2}), f32({2, 2}), on_i32(*be, {2}, {3, -7}), -100, f32({2}), f32({2}), f32({1})); },
+               {"cross_entropy_merge", "target -7", "row 1", "negative", "ignore_index (-100)"});
+}
+
 TEST_P(OpErrorTest, NormAndRopeArguments) {
   expect_error([&] { be->layernorm(act({3, 8}), Tensor(), act({7}), Tensor(), 1e-5f, Tensor(), act({3, 8}), f32({3}), f32({3})); },
                {"layernorm", "weight", "(7,)", "(8,)"});

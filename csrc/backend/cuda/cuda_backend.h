@@ -68,6 +68,11 @@ class CudaBackend final : public Backend {
                  const Tensor& out) override;
   void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
                           const Tensor& dwpe, bool accumulate) override;
+  void embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                       const Tensor& out, int64_t row_lo, int64_t vocab_size) override;
+  void embedding_shard_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                                const Tensor& dwpe, int64_t row_lo, int64_t vocab_size,
+                                bool accumulate) override;
 
   void layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
                  float eps, const Tensor& sum, const Tensor& y, const Tensor& mean,
@@ -99,6 +104,15 @@ class CudaBackend final : public Backend {
   void cross_entropy_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t vocab_size, int32_t ignore_index, float dloss,
                               const Tensor& dlogits) override;
+  void cross_entropy_shard(const Tensor& logits, const Tensor& targets, int64_t vocab_size,
+                           int32_t ignore_index, int64_t col_lo, const Tensor& losses,
+                           const Tensor& lse) override;
+  void cross_entropy_merge(const Tensor& part_lse, const Tensor& part_losses, const Tensor& targets,
+                           int32_t ignore_index, const Tensor& losses, const Tensor& lse,
+                           const Tensor& loss) override;
+  void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets, const Tensor& lse,
+                                    int64_t vocab_size, int32_t ignore_index, int64_t col_lo,
+                                    float dloss, const Tensor& dlogits) override;
 
   void global_norm(const std::vector<Tensor>& grads, const Tensor& out) override;
   void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) override;

@@ -1,7 +1,9 @@
-// Token + position embedding on the CUDA backend. The token array is copied to the host (a
-// stream synchronization) to validate it with the CPU backend's message, and, in the backward,
-// to sort positions by token: the runs that make the scatter-add deterministic without atomics
-// (kernels/embedding.cuh). Tokens stay i32 on the device.
+// Token + position embedding on the CUDA backend, whole-table and vocabulary-parallel (a shard
+// holds the rows [row_lo, row_lo + Vl); the whole table is the shard with row_lo = 0 and every
+// row). The token array is copied to the host (a stream synchronization) to validate it with the
+// CPU backend's message, and, in the backward, to sort positions by token: the runs that make the
+// scatter-add deterministic without atomics (kernels/embedding.cuh). Tokens stay i32 on the
+// device.
 #include "embedding.h"
 
 #include <algorithm>
@@ -21,12 +23,15 @@ void cuda_check(cudaError_t err, const char* op, const char* what) {
              cudaGetErrorString(err), ") in ", what);
 }
 
+constexpr int64_t kWholeTable = -1;
+
 // Validates tokens [B, T] against wte [V, C] (dtype wdt) and wpe [Tmax, C] (optional, dtype
-// wdt), and returns the tokens on the host (each in [0, V)) with B, T, C.
+// wdt), and returns the tokens on the host (each in [0, vocab)) with B, T, C. vocab is the whole
+// vocabulary for a shard; kWholeTable means wte's rows.
 std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const char* wte_name,
                                     const Tensor& wte, const char* wpe_name, const Tensor& wpe,
-                                    DType wdt, cudaStream_t stream, int64_t& b, int64_t& t,
-                                    int64_t& c) {
+                                    DType wdt, int64_t vocab, cudaStream_t stream, int64_t& b,
+                                    int64_t& t, int64_t& c) {
   cuda::check_dev(op, "tokens", tokens, DType::i32);
   NURI_CHECK(tokens.dim() == 2, op, ": tokens must be [B, T], got shape ",
              shape_str(tokens.shape()));
@@ -43,7 +48,8 @@ std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const 
     NURI_CHECK(t <= wpe.size(0), op, ": sequence length ", t,
                " exceeds the position table's max_seq_len ", wpe.size(0));
   }
-  const int64_t n = b * t, vocab = wte.size(0);
+  const int64_t n = b * t;
+  if (vocab == kWholeTable) vocab = wte.size(0);
   NURI_CHECK(n < (int64_t(1) << 31), op, ": ", n,
              " tokens exceed the CUDA backend's limit of 2^31 - 1 per call");
   std::vector<int32_t> tok(static_cast<size_t>(n));
@@ -61,6 +67,13 @@ std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const 
   return tok;
 }
 
+// The shard's own arguments: row_lo >= 0 and a vocabulary to check the tokens against.
+void check_shard(const char* op, int64_t row_lo, int64_t vocab_size) {
+  NURI_CHECK(vocab_size > 0, op, ": vocab_size (", vocab_size, ") must be positive");
+  NURI_CHECK(row_lo >= 0, op, ": row_lo (", row_lo,
+             ") must be >= 0 (the first vocabulary row this shard holds)");
+}
+
 // The backward's schedule, in one int32 buffer uploaded at once: order [N] (positions grouped
 // by token, increasing within a token), then the runs and the merges (EmbeddingRun each).
 struct RunPlan {
@@ -69,11 +82,18 @@ struct RunPlan {
   int64_t runs = 0, merges = 0, slots = 0;
 };
 
-RunPlan plan_runs(const std::vector<int32_t>& tok, int64_t vocab, int64_t run_rows) {
-  const int64_t n = int64_t(tok.size());
-  std::vector<int32_t> unique_of(size_t(vocab), -1);  // token -> index of first appearance
-  std::vector<int32_t> token_of, start;               // per unique token
-  for (int32_t id : tok) {
+// Tokens are rows of dwte [rows, C] after subtracting row_lo; positions whose token falls outside
+// [0, rows) belong to another shard and are left out of the plan.
+RunPlan plan_runs(const std::vector<int32_t>& tok, int64_t row_lo, int64_t rows, int64_t run_rows) {
+  const auto local = [&](int32_t token) { return int64_t(token) - row_lo; };
+  const auto inside = [&](int32_t token) { return local(token) >= 0 && local(token) < rows; };
+  std::vector<int32_t> unique_of(size_t(rows), -1);  // row -> index of first appearance
+  std::vector<int32_t> token_of, start;              // per unique row
+  int64_t n = 0;                                     // positions inside the shard
+  for (int32_t token : tok) {
+    if (!inside(token)) continue;
+    ++n;
+    const int32_t id = int32_t(local(token));
     int32_t& u = unique_of[size_t(id)];
     if (u < 0) {
       u = int32_t(token_of.size());
@@ -88,8 +108,9 @@ RunPlan plan_runs(const std::vector<int32_t>& tok, int64_t vocab, int64_t run_ro
   const auto align4 = [](size_t w) { return (w + 3) / 4 * 4; };
   plan.words.resize(align4(size_t(n)));
   std::vector<int32_t> cursor = start;
-  for (int64_t i = 0; i < n; ++i) {
-    plan.words[size_t(cursor[size_t(unique_of[size_t(tok[size_t(i)])])]++)] = int32_t(i);
+  for (size_t i = 0; i < tok.size(); ++i) {
+    if (!inside(tok[i])) continue;
+    plan.words[size_t(cursor[size_t(unique_of[size_t(local(tok[i]))])]++)] = int32_t(i);
   }
   std::vector<kernels::EmbeddingRun> runs, merges;
   for (size_t u = 0; u < token_of.size(); ++u) {
@@ -145,15 +166,14 @@ void wpe_grad(const Tensor& dout, const Tensor& dwpe, int64_t b, int64_t t, bool
   kernels::embedding_backward_wpe(p, stream);
 }
 
-}  // namespace
-
-void CudaBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                            const Tensor& out) {
-  constexpr const char* op = "embedding";
+// The forward of a shard [row_lo, row_lo + Vl) of the table checked against vocab (kWholeTable:
+// wte is the whole table, row_lo = 0).
+void embed(CudaBackend& be, const char* op, const Tensor& tokens, const Tensor& wte,
+           const Tensor& wpe, const Tensor& out, int64_t row_lo, int64_t vocab) {
   cuda::check_dev(op, "tokens", tokens, DType::i32);
   const DType dt = cuda::activation_dtype(op, "wte", wte);
   int64_t b, t, c;
-  embedding_dims(op, tokens, "wte", wte, "wpe", wpe, dt, stream(), b, t, c);
+  embedding_dims(op, tokens, "wte", wte, "wpe", wpe, dt, vocab, be.stream(), b, t, c);
   cuda::check_dev(op, "out", out, dt);
   cuda::check_shape(op, "out", out, {b, t, c});
   if (dt == DType::bf16) {
@@ -161,60 +181,91 @@ void CudaBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tenso
     kernels::embedding<T>(
         {static_cast<const int32_t*>(tokens.raw()), static_cast<const T*>(wte.raw()),
          wpe.defined() ? static_cast<const T*>(wpe.raw()) : nullptr, static_cast<T*>(out.raw()),
-         b * t, t, c},
-        stream());
+         b * t, t, c, row_lo, wte.size(0)},
+        be.stream());
   } else {
     kernels::embedding<float>(
         {static_cast<const int32_t*>(tokens.raw()), static_cast<const float*>(wte.raw()),
          wpe.defined() ? static_cast<const float*>(wpe.raw()) : nullptr,
-         static_cast<float*>(out.raw()), b * t, t, c},
-        stream());
+         static_cast<float*>(out.raw()), b * t, t, c, row_lo, wte.size(0)},
+        be.stream());
   }
 }
 
-void CudaBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                                     const Tensor& dwpe, bool accumulate) {
-  constexpr const char* op = "embedding_backward";
+// The backward of a shard, as embed().
+void embed_backward(CudaBackend& be, const char* op, const Tensor& tokens, const Tensor& dout,
+                    const Tensor& dwte, const Tensor& dwpe, int64_t row_lo, int64_t vocab,
+                    bool accumulate) {
+  const cudaStream_t stream = be.stream();
   int64_t b, t, c;
   const std::vector<int32_t> tok =
-      embedding_dims(op, tokens, "dwte", dwte, "dwpe", dwpe, DType::f32, stream(), b, t, c);
+      embedding_dims(op, tokens, "dwte", dwte, "dwpe", dwpe, DType::f32, vocab, stream, b, t, c);
   const DType dt = cuda::activation_dtype(op, "dout", dout);
   cuda::check_dev(op, "dout", dout, dt);
   cuda::check_shape(op, "dout", dout, {b, t, c});
 
   if (!accumulate && dwte.numel() > 0) {
-    cuda_check(cudaMemsetAsync(dwte.raw(), 0, dwte.nbytes(), stream()), op, "zeroing dwte");
+    cuda_check(cudaMemsetAsync(dwte.raw(), 0, dwte.nbytes(), stream), op, "zeroing dwte");
   }
   if (b * t > 0 && c > 0) {
-    const RunPlan plan = plan_runs(tok, dwte.size(0), kernels::kEmbeddingRunRows);
+    const RunPlan plan = plan_runs(tok, row_lo, dwte.size(0), kernels::kEmbeddingRunRows);
     const size_t words_bytes = plan.words.size() * sizeof(int32_t);
     const size_t partial_at = (words_bytes + 255) / 256 * 256;
-    void* ws = workspace(partial_at + size_t(plan.slots * c) * sizeof(float));
-    cuda_check(
-        cudaMemcpyAsync(ws, plan.words.data(), words_bytes, cudaMemcpyHostToDevice, stream()), op,
-        "uploading the token runs");
+    void* ws = be.workspace(partial_at + size_t(plan.slots * c) * sizeof(float));
+    if (words_bytes > 0) {
+      cuda_check(
+          cudaMemcpyAsync(ws, plan.words.data(), words_bytes, cudaMemcpyHostToDevice, stream), op,
+          "uploading the token runs");
+    }
     if (dt == DType::bf16) {
-      wte_grad<__nv_bfloat16>(dout, dwte, plan, ws, partial_at, accumulate, stream());
+      wte_grad<__nv_bfloat16>(dout, dwte, plan, ws, partial_at, accumulate, stream);
     } else {
-      wte_grad<float>(dout, dwte, plan, ws, partial_at, accumulate, stream());
+      wte_grad<float>(dout, dwte, plan, ws, partial_at, accumulate, stream);
     }
   }
 
   if (!dwpe.defined()) return;
   if (b > 0 && t > 0 && c > 0) {
     if (dt == DType::bf16) {
-      wpe_grad<__nv_bfloat16>(dout, dwpe, b, t, accumulate, stream());
+      wpe_grad<__nv_bfloat16>(dout, dwpe, b, t, accumulate, stream);
     } else {
-      wpe_grad<float>(dout, dwpe, b, t, accumulate, stream());
+      wpe_grad<float>(dout, dwpe, b, t, accumulate, stream);
     }
   }
   // Rows the batch does not reach: zeroed when overwriting (and every row when B = 0).
   const int64_t first_zero = b > 0 ? t : 0;
   if (!accumulate && dwpe.size(0) > first_zero && c > 0) {
     cuda_check(cudaMemsetAsync(static_cast<float*>(dwpe.raw()) + first_zero * c, 0,
-                               size_t((dwpe.size(0) - first_zero) * c) * sizeof(float), stream()),
+                               size_t((dwpe.size(0) - first_zero) * c) * sizeof(float), stream),
                op, "zeroing dwpe");
   }
+}
+
+}  // namespace
+
+void CudaBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                            const Tensor& out) {
+  embed(*this, "embedding", tokens, wte, wpe, out, 0, kWholeTable);
+}
+
+void CudaBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                                     const Tensor& dwpe, bool accumulate) {
+  embed_backward(*this, "embedding_backward", tokens, dout, dwte, dwpe, 0, kWholeTable, accumulate);
+}
+
+void CudaBackend::embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                                  const Tensor& out, int64_t row_lo, int64_t vocab_size) {
+  constexpr const char* op = "embedding_shard";
+  check_shard(op, row_lo, vocab_size);
+  embed(*this, op, tokens, wte, wpe, out, row_lo, vocab_size);
+}
+
+void CudaBackend::embedding_shard_backward(const Tensor& tokens, const Tensor& dout,
+                                           const Tensor& dwte, const Tensor& dwpe, int64_t row_lo,
+                                           int64_t vocab_size, bool accumulate) {
+  constexpr const char* op = "embedding_shard_backward";
+  check_shard(op, row_lo, vocab_size);
+  embed_backward(*this, op, tokens, dout, dwte, dwpe, row_lo, vocab_size, accumulate);
 }
 
 }  // namespace nuri

@@ -125,6 +125,19 @@ class Backend {
   virtual void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
                                   const Tensor& dwpe, bool accumulate) = 0;
 
+  /// Vocabulary-parallel embedding (tensor parallelism): wte [Vl, C] holds the vocabulary's rows
+  /// [row_lo, row_lo + Vl). out [B, T, C] = wte[token - row_lo] for tokens in that range, 0 for
+  /// the others, + wpe [Tmax, C][t] when wpe is given; summed over the ranks of the group this
+  /// is embedding() of the whole table. Tokens must be in [0, vocab_size) (an error otherwise,
+  /// as embedding()); row_lo >= 0.
+  virtual void embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
+                               const Tensor& out, int64_t row_lo, int64_t vocab_size) = 0;
+  /// Its backward: dwte [Vl, C] (+)= the scatter of dout by token - row_lo over the tokens in
+  /// range (the others are skipped); dwpe (+)= Σ_b dout when given. Deterministic.
+  virtual void embedding_shard_backward(const Tensor& tokens, const Tensor& dout,
+                                        const Tensor& dwte, const Tensor& dwpe, int64_t row_lo,
+                                        int64_t vocab_size, bool accumulate) = 0;
+
   // ---- normalization, fused with the residual add ------------------------------------------
   /// s = x + residual when residual is given (then written to `sum` [M, C]), else s = x;
   /// y [M, C] = (s - mean) · rstd · weight [C] + bias [C] (bias may be absent);
@@ -182,6 +195,33 @@ class Backend {
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& targets,
                                       const Tensor& lse, int64_t vocab_size, int32_t ignore_index,
                                       float dloss, const Tensor& dlogits) = 0;
+
+  /// Vocabulary-parallel cross-entropy, part 1 of 2 (tensor parallelism): logits [N, Vl] are
+  /// the columns [col_lo, col_lo + Vl) of a vocabulary of vocab_size ids (those >= vocab_size
+  /// are padding and never enter); targets [N] are whole-vocabulary ids (or ignore_index).
+  /// lse [N] = the log-sum-exp over this slice's real columns (-inf if it has none);
+  /// losses [N] = lse - logits[target - col_lo] when the target is in this slice, lse when it
+  /// is elsewhere, 0 where ignored. Requires 0 <= col_lo < vocab_size.
+  virtual void cross_entropy_shard(const Tensor& logits, const Tensor& targets,
+                                   int64_t vocab_size, int32_t ignore_index, int64_t col_lo,
+                                   const Tensor& losses, const Tensor& lse) = 0;
+  /// Part 2: part_lse, part_losses [S, N] are the S slices' lse and losses (all-gathered, in
+  /// slice order). lse [N] = log Σ_s exp(part_lse[s]); the target logit is
+  /// Σ_s (part_lse[s] - part_losses[s]) (only its owner contributes); losses [N] = lse - target
+  /// logit (0 where ignored); loss [1] = their mean over rows not ignored (0 if none): the
+  /// outputs of cross_entropy() over the whole row.
+  virtual void cross_entropy_merge(const Tensor& part_lse, const Tensor& part_losses,
+                                   const Tensor& targets, int32_t ignore_index,
+                                   const Tensor& losses, const Tensor& lse,
+                                   const Tensor& loss) = 0;
+  /// The backward on the slice: dlogits [N, Vl] = dloss · (softmax - onehot) / count with the
+  /// whole row's lse [N] (from cross_entropy_merge), the onehot at target - col_lo when in the
+  /// slice, 0 on padded columns and ignored rows; count = the rows not ignored (the same on
+  /// every slice). dlogits may alias logits. Needs nothing from the other slices.
+  virtual void cross_entropy_shard_backward(const Tensor& logits, const Tensor& targets,
+                                            const Tensor& lse, int64_t vocab_size,
+                                            int32_t ignore_index, int64_t col_lo, float dloss,
+                                            const Tensor& dlogits) = 0;
 
   // ---- optimizer -------------------------------------------------------------------------
   /// out [1] (f32) = sqrt(Σ over all tensors of Σ g²).

@@ -5,8 +5,9 @@
 //   ROOT/latest                                       "step-00000120"
 //
 // Every rank writes its own slices, in parallel, and no rank holds the whole model: a tensor is
-// stored as element ranges [lo, hi) of its flattened logical tensor, in the files of the ranks
-// that held them, and the manifest gives each tensor's shape and which file holds which slice. A
+// stored as element ranges [lo, hi) of its flattened logical tensor, or as blocks of rows ×
+// columns of a matrix (a tensor-parallel rank's column slice), in the files of the ranks that
+// held them, and the manifest gives each tensor's shape and which file holds which slice. A
 // slice that is the whole tensor is stored with the tensor's shape, so a checkpoint of one rank
 // is a plain safetensors file of the model. (Format 1, still read: the parameters whole in a
 // model.safetensors of rank 0.)
@@ -49,6 +50,12 @@ class CheckpointWriter {
   /// ranges together must cover [0, numel) once.
   void add_range(const std::string& name, int64_t numel, int64_t lo, const Tensor& host_part,
                  const Shape& shape = {});
+  /// This rank's block [row0, row0 + rows) × [col0, col0 + cols) of a matrix of logical `shape`
+  /// (f32, host_part [rows, cols]): a column-parallel slice, stored as one entry instead of one
+  /// range per row. A rank may add several ranges and blocks of one tensor; all ranks' together
+  /// must cover it once.
+  void add_block(const std::string& name, const Shape& shape, int64_t row0, int64_t col0,
+                 const Tensor& host_part);
   /// The training state as a JSON object (text); rank 0's is written.
   void set_meta(std::string json);
   /// Collective: writes this rank's files, then rank 0 the manifest, `latest`, and removes
@@ -67,12 +74,14 @@ class CheckpointWriter {
   int64_t step_;
   Communicator* comm_;
   int rank_ = 0, world_ = 1;
-  std::vector<std::pair<std::string, Tensor>> ranges_;
   struct RangeInfo {
+    std::string name;
     int64_t numel, lo;
     Shape shape;
+    int64_t row0 = -1, col0 = 0;  ///< a block (row0 >= 0): its first row and column
+    Tensor data;
   };
-  std::map<std::string, RangeInfo> range_info_;
+  std::vector<RangeInfo> ranges_;
   std::string meta_ = "{}";
   std::string record_ = "{}", write_error_;
 };
@@ -107,8 +116,9 @@ class CheckpointReader {
   const SafetensorsFile& file(const std::string& name) const;
 
   struct Part {
-    std::string file;
-    int64_t lo, hi;
+    std::string file, key;  ///< key: the entry's name in the file
+    int64_t lo, hi;         ///< a range; a block: its rows × cols from (row0, col0)
+    int64_t row0 = -1, col0 = 0, rows = 0, cols = 0;
   };
   std::string dir_;
   int64_t step_ = 0;

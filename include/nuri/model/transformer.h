@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -23,20 +24,48 @@ namespace nuri {
 
 enum class InitKind { normal, zeros, ones };
 
+/// This rank's place in its tensor-parallel group (Megatron's layout): rank r of size t holds
+/// heads [r·H/t, (r+1)·H/t) (and the matching kv heads), MLP columns [r·F/t, ...), and vocabulary
+/// rows [r·Vp/t, ...). size 1: the whole model.
+struct TensorParallelRank {
+  int rank = 0, size = 1;
+};
+
+/// Checks that tensor parallelism of `size` can split `cfg`: size divides n_head, n_kv_head,
+/// d_ff and the padded vocabulary, and every vocabulary slice holds real rows. Throws
+/// nuri::Error naming the numbers otherwise.
+void check_tensor_parallel(const ModelConfig& cfg, int size);
+
 /// One named parameter of the layout.
 struct ParamSpec {
   std::string name;
-  Shape shape;
+  Shape shape;                ///< what this rank holds (the logical shape without tensor parallelism)
   int64_t offset = 0;         ///< in elements, into the flat buffer
   bool decay = true;          ///< weight decay applies (matrices only)
   InitKind init = InitKind::normal;
   float init_std = 0.02f;
-  int64_t init_rows = -1;     ///< rows drawn from the RNG (padded vocab rows stay 0); -1: all
+  int64_t init_rows = -1;     ///< logical rows drawn from the RNG (padded vocab rows stay 0); -1: all
+  /// How tensor parallelism splits it: the whole tensor's shape, the dimension split (-1: every
+  /// rank holds all of it), the parts along that dimension that are each split (a fused tensor
+  /// such as GPT-2's c_attn: q, k, v rows; empty: the dimension is one part), and which slice
+  /// this rank holds.
+  Shape logical;
+  int split_dim = -1;
+  std::vector<int64_t> parts;
+  TensorParallelRank tp;
+  bool norm = false;  ///< a norm's weight or bias (sequence parallelism: gradients per rank's rows)
   int64_t numel() const { return shape_numel(shape); }
+  int64_t logical_numel() const { return shape_numel(logical); }
+  bool split() const { return split_dim >= 0 && tp.size > 1; }
+  /// Calls fn(local, logical, n) for each run of n elements that are contiguous both in this
+  /// rank's tensor (from element `local`) and in the logical tensor (from element `logical`),
+  /// in local order; together the runs cover the local tensor once.
+  void for_each_run(const std::function<void(int64_t local, int64_t logical, int64_t n)>& fn) const;
 };
 
-/// The parameter layout of a config, in buffer order.
-std::vector<ParamSpec> param_layout(const ModelConfig& cfg);
+/// The parameter layout of a config, in buffer order (tp: the slices one tensor-parallel rank
+/// holds).
+std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp = {});
 
 /// Activation recomputation: what a block keeps of its forward for its backward.
 ///   none       everything (the fastest: no work twice)
@@ -80,6 +109,28 @@ class GradHooks {
   virtual void ready(int64_t lo, int64_t hi) = 0;
 };
 
+/// The activation collectives at the tensor-parallel boundaries (DESIGN.md: the model stays below
+/// parallel/ by inversion; parallel/tensor_parallel.h implements these over a communicator of the
+/// group). Every rank of the group makes the same calls in the same order. Tensors are
+/// contiguous, in the backend's memory, in the compute dtype (f32 for the cross-entropy's
+/// statistics).
+class TensorParallelHooks {
+ public:
+  virtual ~TensorParallelHooks() = default;
+  virtual TensorParallelRank place() const = 0;
+  /// t becomes the sum over the group, in place: a row-parallel product's output (forward), a
+  /// column-parallel product's input gradient (backward), the vocabulary-parallel embedding.
+  virtual void all_reduce(const Tensor& t) = 0;
+  /// in [n] -> out [size · n], every rank's in, in rank order (the cross-entropy's statistics;
+  /// with sequence parallelism, a norm's rows before a column-parallel product).
+  virtual void all_gather(const Tensor& in, const Tensor& out) = 0;
+  /// Sequence parallelism: in [size · n] (partial sums) -> out [n], the group's sum of chunk
+  /// rank() (a row-parallel product's output, a column-parallel product's input gradient).
+  virtual void reduce_scatter(const Tensor& in, const Tensor& out) = 0;
+  /// A host number summed over the group (the split parameters' share of the gradient norm).
+  virtual double sum_over_group(double x) = 0;
+};
+
 struct NamedTensor {
   std::string name;
   Tensor tensor;
@@ -101,6 +152,13 @@ class Transformer {
   /// DataParallel::shard_of(parameter count, world, rank) is the range a rank takes.
   Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
               WeightShard shard);
+  /// One rank of a tensor-parallel group: it holds the slices of param_layout(cfg, tp) (its
+  /// heads, MLP columns and vocabulary rows; norms, position embeddings and the row-parallel
+  /// biases whole), initialized as the whole model's elements they are, so tp = 2 starts from
+  /// tp = 1's weights. Its forward and backward need set_tensor_parallel_hooks(). `shard`: ZeRO 3
+  /// over this rank's own flat layout (hi = 0: all of it).
+  Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+              WeightShard shard, TensorParallelRank tp);
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return *backend_; }
@@ -172,7 +230,8 @@ class Transformer {
   /// backend's memory (a view of an internal buffer, overwritten by the next forward).
   Tensor forward_loss(const Tensor& tokens, const Tensor& targets);
   /// Logits [B, T, padded_vocab] for tokens [B, T] (a view of an internal buffer, valid until
-  /// the next forward). Columns >= vocab_size are padding.
+  /// the next forward). Columns >= vocab_size are padding. Under tensor parallelism: this rank's
+  /// columns, [B, T, padded_vocab / t] from column rank · padded_vocab / t.
   Tensor logits(const Tensor& tokens);
   /// Backward of the last forward(); adds d(loss_scale · loss) into the gradients.
   void backward(float loss_scale = 1.f);
@@ -197,6 +256,20 @@ class Transformer {
   /// Hooks that provide every unit's weights (nullptr: the model's own compute copy). `hooks`
   /// must outlive the forward and backward calls.
   void set_param_hooks(ParamHooks* hooks) { param_hooks_ = hooks; }
+
+  /// This rank's place in its tensor-parallel group ({0, 1} without tensor parallelism).
+  TensorParallelRank tensor_parallel() const { return tp_; }
+  /// Sequence parallelism over the tensor-parallel group (no effect without one): the residual
+  /// stream and the norms hold 1/t of the B·T token rows on each rank (DESIGN.md; units.h).
+  /// B·T must then be a multiple of t. The norms' weight gradients are then this rank's rows'
+  /// share only: the trainer sums them over the group (norm_parameter()). Applies from the
+  /// next forward.
+  void set_sequence_parallel(bool on);
+  bool sequence_parallel() const { return sp_ && tp_.size > 1; }
+  /// The group's collectives (required before a forward when tensor_parallel().size > 1; must
+  /// outlive the forward and backward calls). Their place() must be this model's.
+  void set_tensor_parallel_hooks(TensorParallelHooks* hooks);
+  TensorParallelHooks* tensor_parallel_hooks() const { return tp_hooks_; }
 
   /// Bytes held by this model's backend allocator (parameters, gradients, activations).
   AllocatorStats memory() const { return backend_->allocator()->stats(); }
@@ -227,6 +300,9 @@ class Transformer {
   GradHooks* hooks_ = nullptr;
   bool hooks_own_grads_ = false;
   ParamHooks* param_hooks_ = nullptr;
+  TensorParallelRank tp_;
+  TensorParallelHooks* tp_hooks_ = nullptr;
+  bool sp_ = false;
 
  public:
   ~Transformer();

@@ -56,6 +56,12 @@ struct ParallelConfig {
   bool overlap = true;
   /// ZeRO 3: keep each unit's gathered weights from its forward to its backward.
   bool keep_gathered = false;
+  /// Tensor parallelism: ranks per group (nuri/parallel/tensor_parallel.h); the job's ranks are
+  /// a dp × tp grid, dp = world / tp, with ZeRO over dp.
+  int tp = 1;
+  /// Sequence parallelism over the tensor-parallel group (with tp > 1): the residual stream and
+  /// the norms hold 1/tp of each micro-batch's token rows.
+  bool sequence_parallel = false;
 
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;

@@ -12,6 +12,7 @@
 #include "nuri/data/sampler.h"
 #include "nuri/model/transformer.h"
 #include "nuri/parallel/data_parallel.h"
+#include "nuri/parallel/tensor_parallel.h"
 #include "nuri/train/optimizer.h"
 
 namespace nuri {
@@ -78,6 +79,19 @@ struct SampleOptions {
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
 
+/// A piece of a rank's flat parameter layout that is contiguous in a logical tensor: n elements
+/// from local flat element `flat`, the tensor's element `logical` on; rows > 0: a block of
+/// `rows` whole rows of a column-parallel slice (n / rows elements each, rows apart by the
+/// logical width).
+struct Piece {
+  const ParamSpec* p = nullptr;
+  int64_t flat = 0, logical = 0, n = 0, rows = 0;
+};
+/// The pieces of the flat range [lo, hi) of `layout`, in flat order (how checkpoints store a
+/// rank's slices of the logical tensors).
+void for_each_piece(const std::vector<ParamSpec>& layout, int64_t lo, int64_t hi,
+                    const std::function<void(const Piece&)>& fn);
+
 class Trainer {
  public:
   /// train: token file for training; val (may be null): for evaluate(). comm (may be null: one
@@ -87,6 +101,16 @@ class Trainer {
   /// (nuri/parallel/data_parallel.h).
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
           std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr,
+          const ParallelConfig& parallel = {});
+
+  /// The trainer on a dp × tp grid (nuri/parallel/tensor_parallel.h, make_grid_groups): data
+  /// parallelism and ZeRO over grid.dp (the sampler by dp rank: the ranks of a tensor-parallel
+  /// group read the same batch), the model's tensor-parallel collectives over grid.tp (this
+  /// constructor sets its hooks; the model must be built with {grid.coord.tp, grid.grid.tp()}),
+  /// checkpoints written by every rank of grid.world. A global batch is micro_batch ·
+  /// grad_accum · dp sequences.
+  Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+          std::shared_ptr<TokenFile> val, const GridGroups& grid,
           const ParallelConfig& parallel = {});
 
   /// One optimizer step over grad_accum micro-batches.
@@ -138,6 +162,9 @@ class Trainer {
   /// The data-parallel state (its stats() describe the last step's communication); null
   /// without a communicator.
   const DataParallel* data_parallel() const { return dp_.get(); }
+  /// The tensor-parallel collectives (their stats() count what they moved); null without
+  /// tensor parallelism.
+  TensorParallel* tensor_parallel() const { return tp_.get(); }
 
  private:
   Transformer& model_;
@@ -146,11 +173,22 @@ class Trainer {
   std::shared_ptr<TokenFile> val_;
   std::unique_ptr<DataParallel> dp_;  // null: one process
   std::unique_ptr<AdamW> opt_;        // the whole model's, or this rank's ZeRO shard
+  std::unique_ptr<TensorParallel> tp_;  // null: no tensor parallelism
+  std::shared_ptr<Communicator> world_;  // every rank, with tensor parallelism (checkpoints)
+  ProcessGrid grid_{1, 1};               // with world_: the job's dp × tp grid
+  /// The host communicator over every rank that holds part of the model (null: one process).
+  Communicator* all_ranks() const;
   Tensor tokens_, targets_;  // [B, T] host
   // On the model's device: the micro-batches' losses, then the gradient norm
   // [grad_accum + 1], read back with one copy per step.
   Tensor stats_dev_;
   int64_t step_ = 0, skipped_ = 0;
+
+  /// Tensor parallelism: splits the gradient tensors for the norm into the split ones' and the
+  /// whole ones'.
+  void split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& whole) const;
+  /// Sequence parallelism: the norms' weight gradients summed over the tensor-parallel group.
+  void sum_norm_gradients();
 
   struct PendingSave;
   std::unique_ptr<CheckpointWriter> snapshot(const std::string& root);

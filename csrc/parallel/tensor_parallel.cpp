@@ -1,0 +1,79 @@
+// Tensor parallelism's collectives over a communicator of the group, and the grid's groups.
+#include "nuri/parallel/tensor_parallel.h"
+
+#include <chrono>
+
+#include "nuri/core/error.h"
+
+namespace nuri {
+
+namespace {
+
+class Timed {
+ public:
+  explicit Timed(double& total) : total_(total), t0_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    total_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  double& total_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace
+
+TensorParallel::TensorParallel(std::shared_ptr<Communicator> comm) : comm_(std::move(comm)) {
+  NURI_CHECK(comm_ != nullptr, "TensorParallel: no communicator for the tensor-parallel group");
+  host_ = std::shared_ptr<Communicator>(comm_, comm_->host_communicator());
+}
+
+TensorParallelRank TensorParallel::place() const { return {comm_->rank(), comm_->size()}; }
+
+void TensorParallel::all_reduce(const Tensor& t) {
+  Timed timed(stats_.seconds);
+  comm_->all_reduce(t, ReduceOp::sum);
+  ++stats_.all_reduce_calls;
+  stats_.all_reduce_bytes += t.nbytes();
+}
+
+void TensorParallel::all_gather(const Tensor& in, const Tensor& out) {
+  Timed timed(stats_.seconds);
+  comm_->all_gather(in, out);
+  ++stats_.all_gather_calls;
+  stats_.all_gather_bytes += in.nbytes();
+}
+
+void TensorParallel::reduce_scatter(const Tensor& in, const Tensor& out) {
+  Timed timed(stats_.seconds);
+  comm_->reduce_scatter(in, out, ReduceOp::sum);
+  ++stats_.reduce_scatter_calls;
+  stats_.reduce_scatter_bytes += in.nbytes();
+}
+
+double TensorParallel::sum_over_group(double x) {
+  Tensor t = Tensor::empty({1}, DType::f32);
+  // f32 is enough: it sums the group's squared norms, read as a float on every rank anyway.
+  t.data<float>()[0] = float(x);
+  host_->all_reduce(t, ReduceOp::sum);
+  ++stats_.scalar_calls;
+  return double(t.data<float>()[0]);
+}
+
+GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp) {
+  const int n = world ? world->size() : 1;
+  NURI_CHECK(tp >= 1 && n % tp == 0, "tp=", tp, " does not divide the job's ", n,
+             " ranks: the grid is dp × tp = world size; start a multiple of ", tp,
+             " ranks or choose a tp that divides ", n);
+  GridGroups g;
+  g.world = n > 1 ? world : nullptr;
+  g.grid = ProcessGrid(n, n / tp, tp);
+  const int rank = world ? world->rank() : 0;
+  g.coord = g.grid.coord(rank);
+  // Every rank creates its tp group, then its dp group (MPI: each a creation over its members).
+  if (tp > 1) g.tp = std::shared_ptr<Communicator>(world->split(g.grid.tp_group(rank)));
+  if (n / tp > 1) g.dp = std::shared_ptr<Communicator>(world->split(g.grid.dp_group(rank)));
+  return g;
+}
+
+}  // namespace nuri
