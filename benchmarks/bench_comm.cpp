@@ -15,8 +15,14 @@
 //               allocator against the formulas (weights + gradients + AdamW: 4Ψ + 12Ψ/N for
 //               ZeRO 2 on the CPU, whose f32 weights are every rank's; 16Ψ/N for ZeRO 3).
 //
+//   tp_step     tensor parallelism (issue #22): training steps at tp = 1, 2, 4 … (each tp that
+//               divides the ranks and the model; dp = ranks / tp, the same global batch: micro-
+//               batch B·tp per rank), alternating, with and without sequence parallelism: step
+//               time against tp = 1's (the peer), and the tensor-parallel collectives split out:
+//               their seconds per step, calls and bytes.
+//
 //   mpirun -np 4 --oversubscribe build/benchmarks/bench_comm [--quick] [--reps N] [--model NAME]
-//          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--json FILE]
+//          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--only NAME] [--json FILE]
 // Rank 0 prints one JSON object per measurement. Threads per rank: OMP_NUM_THREADS.
 #include <mpi.h>
 
@@ -27,6 +33,7 @@
 #include "nuri/data/token_file.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/launch.h"
+#include "nuri/parallel/tensor_parallel.h"
 #include "nuri/train/trainer.h"
 
 namespace {
@@ -37,7 +44,7 @@ struct Options {
   std::string model = "gpt2-tiny";
   int64_t layers = 8, batch = 4, seq = 64;
   double bucket_mb = 0.25;
-  std::string json;
+  std::string json, only;  // only: one benchmark by name (all_reduce, dp_step, zero3_step, tp_step)
 };
 
 Options parse(int argc, char** argv) {
@@ -59,6 +66,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--seq") o.seq = std::stoll(value());
     else if (a == "--bucket-mb") o.bucket_mb = std::stod(value());
     else if (a == "--json") o.json = value();
+    else if (a == "--only") o.only = value();
     else {
       std::fprintf(stderr, "bench_comm: unknown option %s (see the header of bench_comm.cpp)\n",
                    a.c_str());
@@ -254,6 +262,92 @@ void bench_zero3_step(std::shared_ptr<nuri::Communicator> comm, const Options& o
   if (comm->rank() == 0) out.emit(j);
 }
 
+void bench_tp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
+                   bench::Output& out) {
+  std::vector<uint32_t> tokens(size_t(1) << 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = uint32_t((i * 7919 + i / 13) % 257);
+  auto data = nuri::TokenFile::from_tokens(tokens, "bench", 257);
+  const int n = comm->size();
+  nuri::ModelConfig cfg = nuri::model_preset(o.model);
+  if (o.layers > 0) cfg.n_layer = o.layers;
+  cfg.max_seq_len = std::max(cfg.max_seq_len, o.seq);
+  struct TpRun {
+    int tp;
+    bool sp;
+    nuri::GridGroups grid;
+    std::unique_ptr<nuri::Transformer> model;
+    std::unique_ptr<nuri::Trainer> trainer;
+    std::vector<double> step, comm_s;
+    nuri::TensorParallelStats last;
+  };
+  std::vector<TpRun> runs;
+  for (int tp = 1; tp <= n; tp *= 2) {
+    if (n % tp != 0) continue;
+    try {
+      nuri::check_tensor_parallel(cfg, tp);
+    } catch (const nuri::Error&) {
+      continue;  // this model cannot be split that way
+    }
+    for (const bool sp : {false, true}) {
+      if (sp && tp == 1) continue;
+      TpRun r;
+      r.tp = tp;
+      r.sp = sp;
+      r.grid = nuri::make_grid_groups(comm, tp);
+      r.model = std::make_unique<nuri::Transformer>(cfg, nuri::make_backend("cpu"), 1,
+                                                    nuri::WeightShard{},
+                                                    nuri::TensorParallelRank{r.grid.coord.tp, tp});
+      nuri::TrainConfig tc;
+      tc.steps = 1000000;
+      tc.micro_batch = o.batch * tp;  // the same global batch on every grid
+      tc.seq_len = o.seq;
+      tc.eval_every = 0;
+      nuri::ParallelConfig par;
+      par.bucket_bytes = int64_t(o.bucket_mb * 1048576.0);
+      par.tp = tp;
+      par.sequence_parallel = sp;
+      r.trainer = std::make_unique<nuri::Trainer>(*r.model, tc, data, nullptr, r.grid, par);
+      runs.push_back(std::move(r));
+    }
+  }
+  for (int w = 0; w < 2; ++w) {
+    for (TpRun& r : runs) r.trainer->step();
+  }
+  for (int rep = 0; rep < o.reps; ++rep) {
+    for (TpRun& r : runs) {
+      comm->barrier();
+      if (nuri::TensorParallel* h = r.trainer->tensor_parallel()) h->reset_stats();
+      r.step.push_back(max_over_ranks(r.trainer->step().step_seconds));
+      if (nuri::TensorParallel* h = r.trainer->tensor_parallel()) {
+        r.last = h->stats();
+        r.comm_s.push_back(max_over_ranks(r.last.seconds));
+      }
+    }
+  }
+  const bench::Stats base = bench::summarize(runs.front().step);
+  for (const TpRun& r : runs) {
+    const bench::Stats st = bench::summarize(r.step);
+    const double c = r.comm_s.empty() ? 0.0 : bench::summarize(r.comm_s).median_s;
+    bench::Json config;
+    config.kv("model", o.model).kv("layers", cfg.n_layer).kv("ranks", n).kv("tp", r.tp)
+        .kv("dp", n / r.tp).kv("sequence_parallel", r.sp).kv("B_global", o.batch * n)
+        .kv("T", o.seq).kv("threads", bench::bench_threads());
+    bench::Json a, b;
+    a.kv("name", "tp" + std::to_string(r.tp) + (r.sp ? "+sp" : "")).stats(st)
+        .kv("tp_comm_s", c).kv("tp_comm_share", st.median_s > 0 ? c / st.median_s : 0.0)
+        .kv("all_reduce_calls", r.last.all_reduce_calls)
+        .kv("all_reduce_bytes", r.last.all_reduce_bytes)
+        .kv("reduce_scatter_bytes", r.last.reduce_scatter_bytes)
+        .kv("all_gather_bytes", r.last.all_gather_bytes)
+        .kv("params_per_rank", r.model->parameter_count());
+    b.kv("name", "tp1").stats(base);
+    bench::Json j;
+    j.kv("bench", "tp_step_cpu").kv("config", config).kv("nuri", a).kv("peer", b)
+        .kv("ratio", st.median_s / base.median_s);
+    if (comm->rank() == 0) out.emit(j);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -266,9 +360,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     bench::Output out(comm->rank() == 0 ? o.json : "");
-    bench_all_reduce(*comm, o, out);
-    bench_dp_step(comm, o, out);
-    bench_zero3_step(comm, o, out);
+    auto want = [&](const char* name) { return o.only.empty() || o.only == name; };
+    if (want("all_reduce")) bench_all_reduce(*comm, o, out);
+    if (want("dp_step")) bench_dp_step(comm, o, out);
+    if (want("zero3_step")) bench_zero3_step(comm, o, out);
+    if (want("tp_step")) bench_tp_step(comm, o, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_comm: %s\n", e.what());
     return 1;

@@ -17,8 +17,13 @@
 // operation's result is checked once per size, on every rank, against the exact answer (small
 // integers, exact in f32 and bf16) before it is timed.
 //
+// --tp measures tensor parallelism's messages instead (issue #22): all_reduce, reduce_scatter
+// and all_gather in bf16 of one micro-batch's activations, tokens × d_model × 2 bytes (the
+// whole buffer; sequence parallelism's all_gather output and reduce_scatter input), for d_model
+// 768 (GPT-2 124M), 2048 (Llama 1B) and 4096 (Llama 3 8B) at 4096 and 16384 tokens.
+//
 //   srun --mpi=pmix --ntasks-per-node=8 --gpus-per-node=8 build/benchmarks/bench_comm_gpu
-//        [--quick] [--reps N] [--min-bytes B] [--max-bytes B] [--backend cuda|cuda-emu]
+//        [--quick] [--tp] [--reps N] [--min-bytes B] [--max-bytes B] [--backend cuda|cuda-emu]
 //        [--json FILE]
 // (or mpirun, or a torchrun-style start). Rank 0 prints one JSON object per op and size. Exits
 // 77 when this process sees no CUDA device (ctest then reports Skipped).
@@ -26,6 +31,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "bench_common.h"
@@ -41,7 +47,7 @@ using nuri::DType;
 using nuri::Tensor;
 
 struct Options {
-  bool quick = false;
+  bool quick = false, tp = false;
   int reps = 7;
   int64_t min_bytes = 1024, max_bytes = int64_t(256) << 20;
   std::string backend = "cuda";
@@ -61,6 +67,7 @@ Options parse(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--quick") o.quick = true;
+    else if (a == "--tp") o.tp = true;
     else if (a == "--reps") o.reps = std::stoi(value());
     else if (a == "--min-bytes") o.min_bytes = std::stoll(value());
     else if (a == "--max-bytes") o.max_bytes = std::stoll(value()), max_given = true;
@@ -125,8 +132,24 @@ class Bench {
   }
 
   void run(bench::Output& out) {
+    if (o_.tp) {  // tensor parallelism's activations: tokens x d_model, bf16
+      const std::vector<int64_t> tokens =
+          o_.quick ? std::vector<int64_t>{64} : std::vector<int64_t>{4096, 16384};
+      for (Op op : {Op::all_reduce, Op::reduce_scatter, Op::all_gather}) {
+        for (int64_t d : {768, 2048, 4096}) {
+          for (int64_t t : tokens) {
+            const std::string why = "tp activations: " + std::to_string(t) + " tokens x d_model " +
+                                    std::to_string(d);
+            measure(op, t * d * 2, out, DType::bf16, why);
+          }
+        }
+      }
+      return;
+    }
     for (Op op : {Op::all_reduce, Op::reduce_scatter, Op::all_gather}) {
-      for (int64_t bytes = o_.min_bytes; bytes <= o_.max_bytes; bytes *= 4) measure(op, bytes, out);
+      for (int64_t bytes = o_.min_bytes; bytes <= o_.max_bytes; bytes *= 4) {
+        measure(op, bytes, out, info_of(op).dtype, "");
+      }
     }
   }
 
@@ -141,8 +164,9 @@ class Bench {
     return m;
   }
 
-  void measure(Op op, int64_t bytes, bench::Output& out) {
-    const OpInfo info = info_of(op);
+  void measure(Op op, int64_t bytes, bench::Output& out, DType dtype, const std::string& why) {
+    OpInfo info = info_of(op);
+    info.dtype = dtype;
     const int64_t esize = int64_t(nuri::dtype_size(info.dtype));
     // size is the whole buffer; each rank's part of it is size / n (rounded down to elements).
     const int64_t part = std::max<int64_t>(1, bytes / esize / n_);
@@ -224,6 +248,7 @@ class Bench {
     cfg.kv("op", info.name).kv("dtype", nuri::dtype_name(info.dtype)).kv("size_bytes", size)
         .kv("count", count).kv("ranks", n_).kv("backend", backend_->name())
         .kv("nccl_version", nccl_version).kv("iters", iters);
+    if (!why.empty()) cfg.kv("purpose", why);
     bench::Json a, b, c;
     a.kv("name", std::string("nuri ") + info.name);
     figures(a, sn);
