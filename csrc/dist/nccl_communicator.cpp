@@ -7,7 +7,10 @@
 // Every operation runs on the communicator's own stream, after the work already queued on the
 // backend's compute stream (an event), and the call returns when it has completed: the calling
 // thread polls the stream and ncclCommGetAsyncError against the timeout, and on expiry aborts the
-// NCCL communicator (ncclCommAbort) and throws naming the operation. all_gather_v and
+// NCCL communicator (ncclCommAbort) and throws naming the operation. Stream-ordered
+// (set_stream_ordered: tensor parallelism) all_reduce, reduce_scatter and all_gather return once
+// enqueued instead, the compute stream waiting on an event recorded after them; wait_pending()
+// and every waiting call poll for them as above. all_gather_v and
 // reduce_scatter_v are groups of broadcasts and reduces (NCCL has no v-forms).
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -80,6 +83,7 @@ class NcclCommunicator final : public Communicator {
     nccl_check(nccl_init_over(host_, &comm_), "ncclCommInitRank");
     cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     cuda_check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming), "cudaEventCreate");
   }
 
   ~NcclCommunicator() override {
@@ -91,6 +95,7 @@ class NcclCommunicator final : public Communicator {
       }
     }
     if (ready_) cudaEventDestroy(ready_);
+    if (done_) cudaEventDestroy(done_);
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -105,7 +110,7 @@ class NcclCommunicator final : public Communicator {
     nccl_check(ncclAllReduce(t.raw(), t.raw(), size_t(t.numel()), nccl_type(t), red(op), comm_,
                              stream_),
                "ncclAllReduce");
-    wait();
+    finish();
   }
 
   void reduce_scatter(const Tensor& in, const Tensor& out, ReduceOp op) override {
@@ -116,7 +121,7 @@ class NcclCommunicator final : public Communicator {
     nccl_check(ncclReduceScatter(in.raw(), out.raw(), size_t(out.numel()), nccl_type(in), red(op),
                                  comm_, stream_),
                "ncclReduceScatter");
-    wait();
+    finish();
   }
 
   void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
@@ -149,7 +154,7 @@ class NcclCommunicator final : public Communicator {
     nccl_check(ncclAllGather(in.raw(), out.raw(), size_t(in.numel()), nccl_type(in), comm_,
                              stream_),
                "ncclAllGather");
-    wait();
+    finish();
   }
 
   void all_gather_v(const Tensor& in, const Tensor& out,
@@ -203,7 +208,20 @@ class NcclCommunicator final : public Communicator {
 
   void barrier() override {
     check_usable("barrier");
+    wait_pending();
     host_->barrier();
+  }
+
+  void set_stream_ordered(bool on) override {
+    if (!on) wait_pending();
+    stream_ordered_ = on;
+  }
+
+  void wait_pending() override {
+    if (!pending_) return;
+    check_usable("wait_pending");
+    what_ = "the enqueued collectives (" + what_ + " last)";
+    wait();
   }
 
   std::unique_ptr<Communicator> split(const std::vector<int>& ranks) override {
@@ -253,8 +271,21 @@ class NcclCommunicator final : public Communicator {
     give_up(std::string("failed: ") + call + ": " + cudaGetErrorString(e));
   }
 
+  /// After an operation is enqueued: waits for it, or, stream-ordered, makes the compute stream
+  /// wait for it on the device and returns.
+  void finish() {
+    if (!stream_ordered_) {
+      wait();
+      return;
+    }
+    cuda_check(cudaEventRecord(done_, stream_), "cudaEventRecord");
+    cuda_check(cudaStreamWaitEvent(compute_, done_, 0), "cudaStreamWaitEvent");
+    pending_ = true;
+  }
+
   /// Polls until the stream has finished the operation, NCCL reports an error, or the timeout.
   void wait() {
+    pending_ = false;  // the stream is in order: this waits for every earlier operation too
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     const auto deadline = t0 + std::chrono::duration_cast<Clock::duration>(
@@ -289,7 +320,8 @@ class NcclCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  cudaEvent_t ready_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  bool stream_ordered_ = false, pending_ = false;
   std::string what_;
   bool broken_ = false;
   std::string broken_what_;

@@ -451,6 +451,7 @@ void Transformer::run_forward(const Tensor& tokens) {
 
 float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
   const Tensor loss = forward_loss(tokens, targets);
+  if (tp_hooks_) tp_hooks_->wait();
   Tensor host = Tensor::empty({1}, DType::f32);
   backend_->copy(loss, host);
   return host.data<float>()[0];

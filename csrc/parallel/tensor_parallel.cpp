@@ -26,6 +26,7 @@ class Timed {
 TensorParallel::TensorParallel(std::shared_ptr<Communicator> comm) : comm_(std::move(comm)) {
   NURI_CHECK(comm_ != nullptr, "TensorParallel: no communicator for the tensor-parallel group");
   host_ = std::shared_ptr<Communicator>(comm_, comm_->host_communicator());
+  comm_->set_stream_ordered(true);
 }
 
 TensorParallelRank TensorParallel::place() const { return {comm_->rank(), comm_->size()}; }

@@ -247,6 +247,7 @@ StepStats Trainer::step() {
   be.global_norm(grads, stats_dev_.slice(0, g, g + 1));
   if (tp.size > 1) be.global_norm(whole, stats_dev_.slice(0, g + 1, g + 2));
   Tensor stats = Tensor::empty({stats_dev_.numel()}, DType::f32);
+  if (tp.size > 1) model_.tensor_parallel_hooks()->wait();  // with the timeout: never a hang
   be.copy(stats_dev_, stats);  // the step's one wait for the device before the update
   // Every micro-batch's loss in global order (rank-major, as the sampler slices the batch),
   // summed in that order: the same number one process would report.
@@ -670,6 +671,7 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
     if (model.tensor_parallel().size > 1) {  // each rank has its columns: gather the row
       if (!gathered.defined()) gathered = model.backend().empty({cfg.padded_vocab()}, row.dtype());
       model.tensor_parallel_hooks()->all_gather(row, gathered);
+      model.tensor_parallel_hooks()->wait();
       row = gathered;
     }
     if (row.dtype() == DType::f32) {

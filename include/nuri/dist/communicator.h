@@ -74,6 +74,17 @@ class Communicator {
   /// moves CUDA tensors and answers with the host communicator it was bootstrapped through.
   virtual Communicator* host_communicator() { return this; }
 
+  /// Stream-ordered calls (NCCL's; tensor parallelism's activations): all_reduce,
+  /// reduce_scatter and all_gather then only enqueue the collective after the work queued on
+  /// the backend's compute stream and make the compute stream's later work wait for it on the
+  /// device; the call returns without a host wait. A failure or the timeout then surfaces at
+  /// wait_pending() (or at the next call that waits), which the caller must reach before the
+  /// host reads anything the collectives fed. Host communicators complete every call before it
+  /// returns and ignore this.
+  virtual void set_stream_ordered(bool on) { (void)on; }
+  /// Waits on the host, with the timeout, for every collective enqueued (stream-ordered).
+  virtual void wait_pending() {}
+
  protected:
   double timeout_s_ = 600;
 };

@@ -129,6 +129,10 @@ class TensorParallelHooks {
   virtual void reduce_scatter(const Tensor& in, const Tensor& out) = 0;
   /// A host number summed over the group (the split parameters' share of the gradient norm).
   virtual double sum_over_group(double x) = 0;
+  /// Before the host reads anything the collectives fed (the loss, a row of logits): on GPUs the
+  /// collectives are only enqueued on the compute stream, and this waits for them with the
+  /// communicator's timeout, so a dead peer is an error, not a hang.
+  virtual void wait() {}
 };
 
 struct NamedTensor {

@@ -39,7 +39,9 @@ struct TensorParallelStats {
 class TensorParallel final : public TensorParallelHooks {
  public:
   /// comm: the tensor-parallel group, moving tensors in the model backend's memory (the host
-  /// communicator for CPU ranks, make_device_communicator's for GPU ranks).
+  /// communicator for CPU ranks, make_device_communicator's for GPU ranks). A device
+  /// communicator is made stream-ordered: the collectives are enqueued on the compute stream's
+  /// order without a host wait (Communicator::set_stream_ordered), and wait() waits for them.
   explicit TensorParallel(std::shared_ptr<Communicator> comm);
 
   TensorParallelRank place() const override;
@@ -47,6 +49,7 @@ class TensorParallel final : public TensorParallelHooks {
   void all_gather(const Tensor& in, const Tensor& out) override;
   void reduce_scatter(const Tensor& in, const Tensor& out) override;
   double sum_over_group(double x) override;
+  void wait() override { comm_->wait_pending(); }
 
   const TensorParallelStats& stats() const { return stats_; }
   void reset_stats() { stats_ = {}; }
