@@ -185,8 +185,11 @@ class ProcessGroup:
         """The host communicator: single, mpi or tcp."""
     def device(self, backend: str) -> str:
         """'cuda' becomes this rank's local GPU, 'cuda:N'; others as they are."""
-    def shard(self, n: int) -> tuple[int, int]:
-        """This rank's range (lo, hi) of n elements sharded over the ranks (ZeRO's)."""
+    def shard(self, n: int, tp: int = 1) -> tuple[int, int]:
+        """This rank's range (lo, hi) of n elements sharded over the data-parallel ranks
+        (ZeRO's; the ranks / tp of a dp x tp grid)."""
+    def tp_index(self, tp: int) -> int:
+        """This rank's index in its tensor-parallel group of a dp x tp grid."""
     def barrier(self) -> None: ...
     def all_reduce(self, array: np.ndarray, op: str = "sum") -> None:
         """Sums (or averages) a writable C-contiguous float32 array over the ranks, in place."""
@@ -244,7 +247,10 @@ class Tensor:
 class Model:
     """A transformer with its gradients on one backend."""
     def __init__(self, config: ModelConfig, backend: str = "cpu", seed: int = 0,
-                 shard: Optional[tuple[int, int]] = None) -> None: ...
+                 shard: Optional[tuple[int, int]] = None,
+                 tensor_parallel: Optional[tuple[int, int]] = None) -> None: ...
+    @property
+    def tensor_parallel(self) -> tuple[int, int]: ...
     @property
     def parameter_count(self) -> int: ...
     @property

@@ -268,15 +268,24 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
       .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed,
-                       std::optional<std::pair<int64_t, int64_t>> shard) {
+                       std::optional<std::pair<int64_t, int64_t>> shard,
+                       std::optional<std::pair<int, int>> tensor_parallel) {
              WeightShard s;
              if (shard) s = {shard->first, shard->second};
-             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s);
+             TensorParallelRank tp;
+             if (tensor_parallel) tp = {tensor_parallel->first, tensor_parallel->second};
+             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s, tp);
            }),
            py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
-           py::arg("shard") = py::none(),
+           py::arg("shard") = py::none(), py::arg("tensor_parallel") = py::none(),
            "shard=(lo, hi): hold that flat range of the weights alone, for ZeRO 3 "
-           "(ProcessGroup.shard(n) is a rank's range); the whole model never exists here.")
+           "(ProcessGroup.shard(n) is a rank's range); the whole model never exists here. "
+           "tensor_parallel=(index, tp): this rank's slice of every layer as rank `index` of a "
+           "tensor-parallel group of tp (ProcessGroup.tp_index(tp) is the index); train it with "
+           "a Trainer whose parallel config has the same tp.")
+      .def_property_readonly("tensor_parallel", [](const Transformer& t) {
+             return std::make_pair(t.tensor_parallel().rank, t.tensor_parallel().size);
+           }, "(index, tp): this rank's place in its tensor-parallel group ((0, 1) without one).")
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
@@ -359,16 +368,25 @@ PYBIND11_MODULE(_C, m) {
              auto p = std::make_unique<PyTrainer>();
              p->model = model;
              py::gil_scoped_release release;  // collective over the ranks (NCCL's bootstrap)
-             p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train), std::move(val),
-                                                    pg ? pg->comm : nullptr,
-                                                    parallel ? *parallel : ParallelConfig{});
+             const ParallelConfig par = parallel ? *parallel : ParallelConfig{};
+             if (par.tp > 1) {  // the ranks as a dp × tp grid
+               const GridGroups grid = make_grid_groups(pg ? pg->comm : nullptr, par.tp);
+               p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train),
+                                                      std::move(val), grid, par);
+             } else {
+               p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train),
+                                                      std::move(val), pg ? pg->comm : nullptr,
+                                                      par);
+             }
              return p;
            }),
            py::arg("model"), py::arg("config"), py::arg("train"), py::arg("val") = nullptr,
            py::arg("process_group") = nullptr, py::arg("parallel") = nullptr,
            "process_group: the job's ranks (nuri.init_process_group()); then micro_batch and "
            "grad_accum are per rank and every rank reads its slice of each global batch. "
-           "parallel: ZeRO stage, buckets, overlap.")
+           "parallel: ZeRO stage, tensor and sequence parallelism (tp > 1: the ranks are a dp x "
+           "tp grid, the model built with tensor_parallel=(pg.tp_index(tp), tp)), buckets, "
+           "overlap.")
       .def("step", [](PyTrainer& p) {
         StepStats s;
         {

@@ -12,6 +12,7 @@
 
 #include "bindings.h"
 #include "nuri/dist/communicator.h"
+#include "nuri/dist/grid.h"
 #include "nuri/dist/launch.h"
 #include "nuri/train/run.h"
 
@@ -272,12 +273,22 @@ void bind_run(py::module_& m) {
           "'cuda:N'; others as they are.")
       .def(
           "shard",
-          [](const ProcessGroup& p, int64_t n) {
-            return DataParallel::shard_of(n, p.size(), p.rank());
+          [](const ProcessGroup& p, int64_t n, int tp) {
+            const ProcessGrid grid(p.size(), p.size() / std::max(tp, 1), tp);
+            const GridCoord c = grid.coord(p.rank());
+            return DataParallel::shard_of(n, grid.dp(), c.dp);
           },
-          py::arg("n"),
-          "This rank's range (lo, hi) of n elements sharded over the ranks, as ZeRO shards the "
-          "flat parameters.")
+          py::arg("n"), py::arg("tp") = 1,
+          "This rank's range (lo, hi) of n elements sharded over the data-parallel ranks (the "
+          "ranks / tp of a dp x tp grid), as ZeRO shards the flat parameters.")
+      .def(
+          "tp_index",
+          [](const ProcessGroup& p, int tp) {
+            return ProcessGrid(p.size(), p.size() / std::max(tp, 1), tp).coord(p.rank()).tp;
+          },
+          py::arg("tp"),
+          "This rank's index in its tensor-parallel group of a dp x tp grid (tp neighbouring "
+          "ranks): the `index` of Model(tensor_parallel=(index, tp)).")
       .def(
           "barrier",
           [](const ProcessGroup& p) {

@@ -111,3 +111,42 @@ def test_zero_stage_3_from_python_is_stage_2_bit_for_bit(tmp_path):
     assert all(r == first for r in others), losses
     peaks = {k: v[-1]["peak_bytes"] for k, v in runs.items()}
     assert peaks["z3--recomputefull"] < peaks["z2"], peaks  # what ZeRO 3 is for
+
+
+def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
+    """nuri.Trainer on a dp x tp grid: 2 ranks with tp = 2 (each rank's model built as its
+    slice), with sequence parallelism, against one process on the same batches."""
+    script = tmp_path / "tp.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        import nuri
+        pg = nuri.init_process_group(timeout_s=120)
+        tp = pg.world_size  # 1 when run alone: the reference
+        cfg = nuri.ModelConfig.preset("gpt2-tiny")
+        train = nuri.TrainConfig(steps=8, micro_batch=2, seq_len=32, eval_every=0, lr=3e-3,
+                                 warmup_steps=2)
+        data = nuri.TokenFile.from_array(
+            nuri.ByteTokenizer().encode("to be or not to be, that is the question " * 200),
+            vocab_size=257)
+        model = nuri.Model(cfg, seed=7, tensor_parallel=(pg.tp_index(tp), tp))
+        assert model.tensor_parallel == (pg.rank, tp)
+        par = nuri.ParallelConfig(tp=tp, sequence_parallel=tp > 1)
+        trainer = nuri.Trainer(model, train, data, process_group=pg, parallel=par)
+        losses = [trainer.step()["loss"] for _ in range(8)]
+        if pg.rank == 0:
+            json.dump(losses, open(sys.argv[1], "w"))
+    """))
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, str(script),
+                           str(tmp_path / "tp.json")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr
+    got = json.loads((tmp_path / "tp.json").read_text())
+    want = json.loads((tmp_path / "one.json").read_text())
+    assert len(got) == len(want) == 8
+    for g, w in zip(got, want):
+        assert abs(g - w) <= 1e-5 * w, (got, want)
+    assert want[-1] < want[0] - 0.3
