@@ -463,8 +463,11 @@ void CheckpointReader::read_range(const std::string& name, int64_t lo, int64_t h
       covered += b - a;
       continue;
     }
-    const int64_t width = range.shape[1];
-    for (int64_t i = 0; i < p.rows; ++i) {  // the block's rows are ranges of the tensor
+    const int64_t width = range.shape[1], base = p.row0 * width + p.col0;
+    // Only the block's rows that can meet [lo, hi): row i spans [base + i·width, + cols).
+    const int64_t first_row = std::max<int64_t>(0, (lo - base - p.cols) / width);
+    const int64_t end_row = std::min(p.rows, (hi - base) / width + 1);
+    for (int64_t i = first_row; i < end_row; ++i) {  // the block's rows are ranges of the tensor
       const int64_t first = (p.row0 + i) * width + p.col0;
       const int64_t ra = std::max(lo, first), rb = std::min(hi, first + p.cols);
       if (ra >= rb) continue;

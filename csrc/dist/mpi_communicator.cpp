@@ -134,6 +134,9 @@ class MpiCommunicator final : public Communicator {
   bool callable_from_any_thread() const override {
     return MpiRuntime::get().thread_level >= MPI_THREAD_SERIALIZED;
   }
+  bool concurrent_with_other_communicators() const override {
+    return MpiRuntime::get().thread_level >= MPI_THREAD_MULTIPLE;
+  }
 
   void all_gather(const Tensor& in, const Tensor& out) override {
     dist::check_pair("all_gather", in, out, 1, size_);

@@ -427,6 +427,9 @@ void Transformer::run_forward(const Tensor& tokens) {
   {
     const auto emb = lease(0);
     if (tp_.size > 1) {  // this rank's vocabulary rows; the positions added once
+      // The CUDA backend's embedding waits for its token copy on the host: first wait, with
+      // the timeout, for the collectives still queued (an earlier micro-batch's backward).
+      tp_hooks_->wait();
       const Tensor whole = c.sp ? m.emb_whole : m.emb_out;
       be.embedding_shard(dev_tokens, (*emb)->wte, c.once((*emb)->wpe), whole, c.vocab_lo(),
                          cfg_.vocab_size);
@@ -474,6 +477,7 @@ Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
     // No rank holds the whole row: each slice's log-sum-exp and target logit, gathered (2·t·B·T
     // floats), then merged into the whole row's.
     const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
+    tp_hooks_->wait();  // the CUDA backend's target check waits on the host (as above)
     be.cross_entropy_shard(m.head.logits, tg, cfg_.vocab_size, -100, c.vocab_lo(),
                            m.head.shard_losses, m.head.shard_lse);
     tp_hooks_->all_gather(m.head.shard_lse, m.head.part_lse.view({-1}));
@@ -563,6 +567,7 @@ void Transformer::backward(float loss_scale) {
   if (!cfg_.tied_embeddings) open(0);
   if (tp_.size > 1) {
     c.gather_rows(m.scratch.d_resid, m.emb_whole);
+    tp_hooks_->wait();  // the CUDA backend's token copy waits on the host (as above)
     be.embedding_shard_backward(last_tokens_, c.sp ? m.emb_whole : m.scratch.d_resid, G[0].wte,
                                 G[0].wpe, c.vocab_lo(), cfg_.vocab_size, true);
   } else {

@@ -63,6 +63,9 @@ const Settings& parallel_settings() {
 void ParallelConfig::validate() const {
   parallel_settings().check_bounds(this, "");
   NURI_CHECK(bucket_bytes > 0, "bucket_bytes (", bucket_bytes, ") must be positive");
+  NURI_CHECK(!sequence_parallel || tp > 1, "parallel.sequence_parallel splits the token rows "
+             "over the tensor-parallel ranks, and parallel.tp is 1; set tp > 1 or leave "
+             "sequence_parallel off");
 }
 
 /// One thread that runs the reductions in the order they are submitted. Its tasks are the only

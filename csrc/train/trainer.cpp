@@ -110,9 +110,60 @@ static AdamWParams adamw_params(const TrainConfig& c) {
   return p;
 }
 
+namespace {
+
+// The communicator of the constructor without a grid: the model must be whole.
+std::shared_ptr<Communicator> whole_model(const Transformer& model,
+                                          std::shared_ptr<Communicator> comm) {
+  NURI_CHECK(model.tensor_parallel().size == 1, "Trainer: the model is rank ",
+             model.tensor_parallel().rank, " of a tensor-parallel group of ",
+             model.tensor_parallel().size, "; train it with the Trainer on a grid "
+             "(make_grid_groups, Trainer(model, cfg, train, val, grid, parallel))");
+  return comm;
+}
+
+// The grid's data-parallel communicator, once the model is known to be this rank's slice (before
+// any collective, so a rank with the wrong model fails alone instead of leaving the others in
+// a collective until the timeout).
+std::shared_ptr<Communicator> grid_dp(const Transformer& model, const GridGroups& grid) {
+  const TensorParallelRank place = model.tensor_parallel();
+  NURI_CHECK(place.size == grid.grid.tp() && place.rank == grid.coord.tp, "Trainer: the model is "
+             "rank ", place.rank, " of a tensor-parallel group of ", place.size, ", the grid ",
+             grid.grid.str(), " puts this process at tp index ", grid.coord.tp, "; build the "
+             "model with TensorParallelRank{grid.coord.tp, grid.grid.tp()}");
+  NURI_CHECK(grid.grid.pp() == 1, "Trainer: pipeline parallelism (pp=", grid.grid.pp(),
+             ") is not supported yet");
+  return grid.dp;
+}
+
+// CPU ranks reduce gradients on a progress thread while the training thread makes the
+// tensor-parallel calls: both at once needs a library that allows it (MPI: THREAD_MULTIPLE).
+ParallelConfig grid_parallel(const Transformer& model, const GridGroups& grid,
+                             ParallelConfig par) {
+  if (par.overlap && grid.dp && grid.tp && model.backend().device().is_cpu() &&
+      !(grid.dp->concurrent_with_other_communicators() &&
+        grid.tp->concurrent_with_other_communicators())) {
+    par.overlap = false;
+    if (grid.dp->rank() == 0 && grid.coord.tp == 0) {
+      NURI_LOG(info, "the ", grid.dp->backend_name(), " library cannot run the data-parallel "
+               "reductions beside the tensor-parallel calls: gradients are reduced after the "
+               "backward");
+    }
+  }
+  return par;
+}
+
+}  // namespace
+
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
                  const ParallelConfig& parallel)
+    : Trainer(model, cfg, std::move(train), std::move(val), whole_model(model, std::move(comm)),
+              parallel, GridTag{}) {}
+
+Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+                 std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
+                 const ParallelConfig& parallel, GridTag)
     : model_(model),
       cfg_((cfg.validate(), cfg)),
       loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
@@ -183,14 +234,8 @@ void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& w
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, const GridGroups& grid,
                  const ParallelConfig& parallel)
-    : Trainer(model, cfg, std::move(train), std::move(val), grid.dp, parallel) {
-  const TensorParallelRank place = model.tensor_parallel();
-  NURI_CHECK(place.size == grid.grid.tp() && place.rank == grid.coord.tp, "Trainer: the model is "
-             "rank ", place.rank, " of a tensor-parallel group of ", place.size, ", the grid ",
-             grid.grid.str(), " puts this process at tp index ", grid.coord.tp, "; build the "
-             "model with TensorParallelRank{grid.coord.tp, grid.grid.tp()}");
-  NURI_CHECK(grid.grid.pp() == 1, "Trainer: pipeline parallelism (pp=", grid.grid.pp(),
-             ") is not supported yet");
+    : Trainer(model, cfg, std::move(train), std::move(val), grid_dp(model, grid),
+              grid_parallel(model, grid, parallel), GridTag{}) {
   if (grid.tp) {
     // GPU ranks move the activations over NCCL, bootstrapped through the tp group.
     tp_ = std::make_unique<TensorParallel>(make_device_communicator(grid.tp, model.backend()));
@@ -649,6 +694,14 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   NURI_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens (", opt.max_new_tokens,
              ") must be >= 0");
   const ModelConfig& cfg = model.config();
+  // Sequence parallelism splits a micro-batch's token rows, which a window of any length may
+  // not allow: sampling runs without it (the same values) and turns it back on after.
+  struct SequenceParallelOff {
+    Transformer& m;
+    bool was;
+    ~SequenceParallelOff() { m.set_sequence_parallel(was); }
+  } sp_off{model, model.sequence_parallel()};
+  model.set_sequence_parallel(false);
   // A fixed window: positions after the current one are filler that causal attention never lets
   // earlier positions see, so the activation plan is made once.
   const int64_t window = std::min<int64_t>(cfg.max_seq_len, int64_t(prompt.size()) + opt.max_new_tokens);

@@ -210,6 +210,18 @@ TEST(TensorParallel, RefusesLayoutsThatDoNotDivide) {
   EXPECT_NE(message([&] { Transformer m(c, make_backend("cpu"), 7, {}, {0, 4}); })
                 .find("all be padding"),
             std::string::npos);
+  // Sequence parallelism without tensor parallelism, and a tensor-parallel slice given to the
+  // Trainer without a grid.
+  ParallelConfig par;
+  par.sequence_parallel = true;
+  EXPECT_NE(message([&] { par.validate(); }).find("parallel.tp is 1"), std::string::npos);
+  {
+    Transformer slice(model("gpt2"), make_backend("cpu"), 7, {}, {1, 2});
+    const std::string e = message([&] {
+      Trainer t(slice, config(1, Recompute::none), text_data(), nullptr);
+    });
+    EXPECT_NE(e.find("train it with the Trainer on a grid"), std::string::npos) << e;
+  }
   // A grid whose size is not the world's.
   const int n = world()->size();
   const std::string grid = message([&] { make_grid_groups(world(), n + 1); });

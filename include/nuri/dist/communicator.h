@@ -70,6 +70,10 @@ class Communicator {
   /// thread at a time): what a progress thread that overlaps reductions with the backward needs.
   /// MPI: when the library provides MPI_THREAD_SERIALIZED or more.
   virtual bool callable_from_any_thread() const { return true; }
+  /// Whether this communicator's calls may run at the same time as calls of another communicator
+  /// of the same library on another thread (data parallelism's progress thread beside tensor
+  /// parallelism's calls on the training thread). MPI: only with MPI_THREAD_MULTIPLE.
+  virtual bool concurrent_with_other_communicators() const { return true; }
   /// The communicator for host tensors over the same ranks: this one, except for NCCL's, which
   /// moves CUDA tensors and answers with the host communicator it was bootstrapped through.
   virtual Communicator* host_communicator() { return this; }

@@ -167,6 +167,11 @@ class Trainer {
   TensorParallel* tensor_parallel() const { return tp_.get(); }
 
  private:
+  struct GridTag {};
+  Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
+          std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
+          const ParallelConfig& parallel, GridTag);
+
   Transformer& model_;
   TrainConfig cfg_;
   DataLoader loader_;
