@@ -145,14 +145,16 @@ class Trainer {
   std::string load_checkpoint(const std::string& path);
 
   /// Writes the f32 master weights as one safetensors file at `path` (rank 0 writes it, with
-  /// `metadata`; a collective under data parallelism), one tensor at a time: the ranks send rank
-  /// 0 their slices of each tensor in turn, so no rank holds more than one whole tensor.
+  /// `metadata`; a collective under data and tensor parallelism), one tensor at a time: the
+  /// ranks send rank 0 their pieces of each tensor in turn, so no rank holds more than one whole
+  /// tensor.
   void save_model(const std::string& path,
                   const std::map<std::string, std::string>& metadata = {});
 
   /// Every f32 master weight (the model's parameter_count(), flat layout) on the host; under
   /// data parallelism a collective (every rank calls it), as GPU ranks with ZeRO 1 or 2 hold
-  /// only their shard of the masters.
+  /// only their shard of the masters. Under tensor parallelism: this rank's slices (its own
+  /// layout); save_model() gives the whole tensors.
   Tensor master_weights();
 
   int64_t steps_done() const { return step_; }
