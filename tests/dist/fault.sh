@@ -54,7 +54,13 @@ case $mode in
     ;;
   kill-recover)
     survivors_named
-    grep -q "MPI_ABORT was invoked" <<<"$out" || fail "the survivors did not end the job"
+    # MPI_Abort's report is a show_help text that mpirun aggregates; when both survivors abort at
+    # the same moment Open MPI 4.1 sometimes loses it ("ORTE_ERROR_LOG: Data unpack would read
+    # past end of buffer" or "... had inadequate space in file .../show_help.c", about 1 run in 5
+    # here), and that error is then the only trace of the abort.
+    grep -q "MPI_ABORT was invoked" <<<"$out" ||
+      grep -q "ORTE_ERROR_LOG: Data unpack .* in file .*show_help.c" <<<"$out" ||
+      fail "the survivors did not end the job"
     ;;
 esac
 echo "PASS ($mode)"
