@@ -146,11 +146,19 @@ void declare_head(const ModelConfig& cfg, Declarer& d) {
 
 }  // namespace
 
-std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp) {
+std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp,
+                                  PipelineStage stage) {
   cfg.validate();
   check_tensor_parallel(cfg, tp.size);
   NURI_CHECK(tp.rank >= 0 && tp.rank < tp.size, "tensor-parallel rank ", tp.rank,
              " is outside a group of ", tp.size);
+  const int64_t first = stage.first, last = stage.last < 0 ? cfg.n_layer : stage.last;
+  NURI_CHECK(0 <= first && first < last && last <= cfg.n_layer, "pipeline stage of blocks [",
+             stage.first, ", ", stage.last, "): a stage holds a non-empty range of the model's ",
+             cfg.n_layer, " blocks");
+  const bool has_head = last == cfg.n_layer;
+  // The last stage of a tied model reads wte for its head: it holds the embedding unit too.
+  const bool has_embedding = first == 0 || (has_head && cfg.tied_embeddings);
   std::vector<UnitDecl> units;
   int64_t offset = 0;
   auto unit = [&](UnitKind kind, int64_t layer, std::string name, auto&& declare) {
@@ -164,12 +172,14 @@ std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp)
     u.hi = offset;
     units.push_back(std::move(u));
   };
-  unit(UnitKind::embedding, -1, "embedding", [&](Declarer& d) { declare_embedding(cfg, d); });
-  for (int64_t l = 0; l < cfg.n_layer; ++l) {
+  if (has_embedding) {
+    unit(UnitKind::embedding, -1, "embedding", [&](Declarer& d) { declare_embedding(cfg, d); });
+  }
+  for (int64_t l = first; l < last; ++l) {
     unit(UnitKind::block, l, "block " + std::to_string(l),
          [&](Declarer& d) { declare_block(cfg, l, d); });
   }
-  unit(UnitKind::head, -1, "head", [&](Declarer& d) { declare_head(cfg, d); });
+  if (has_head) unit(UnitKind::head, -1, "head", [&](Declarer& d) { declare_head(cfg, d); });
   return units;
 }
 
@@ -244,9 +254,10 @@ void ParamSpec::for_each_run(
   for (int64_t r = 0; r < shape[0]; ++r) fn(r * cols, r * logical[1] + tp.rank * cols, cols);
 }
 
-std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp) {
+std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp,
+                                    PipelineStage stage) {
   std::vector<ParamSpec> out;
-  for (const model::UnitDecl& u : model::model_units(cfg, tp)) {
+  for (const model::UnitDecl& u : model::model_units(cfg, tp, stage)) {
     out.insert(out.end(), u.params.begin(), u.params.end());
   }
   return out;

@@ -15,22 +15,38 @@ namespace nuri {
 using model::Keep;
 using model::UnitWeights;
 
-struct Transformer::Impl {
-  std::vector<model::UnitDecl> units;  // layout order: embedding, blocks, head
-  std::vector<UnitWeights> w;          // what the ops read: the compute copy, or the f32 masters
-  std::vector<UnitWeights> g;          // the model's own gradient views
-  Recompute recompute = Recompute::none;
-  int64_t recompute_every = 1;
-  // The activation plan for one (batch, sequence length).
-  int64_t b = 0, t = 0;
-  Tensor emb_out;                         // [B, T, C] h_0 (sequence parallelism: this rank's rows)
-  Tensor emb_whole;                       // sequence parallelism: [B, T, C], whole rows
-  std::vector<model::BlockActs> blocks;   // per layer
-  model::BlockScratch scratch;
+// One micro-batch's activations, from its forward to its backward (pipeline schedules keep
+// several in flight; otherwise there is one).
+struct Transformer::Slot {
+  Tensor emb_out;                        // [B, T, C] h_0 (sequence parallelism: this rank's rows)
+  std::vector<model::BlockActs> blocks;  // per block of the stage
   model::HeadActs head;
   Tensor tokens, targets;  // [B, T], [B·T] i32 on the device (non-CPU backends)
+  Tensor last_tokens, last_targets;      // what the forward read, for the backward
+  bool have_forward = false;
+};
 
-  size_t head_unit() const { return units.size() - 1; }
+struct Transformer::Impl {
+  std::vector<model::UnitDecl> units;  // layout order: embedding, blocks, head (those held)
+  std::vector<UnitWeights> w;          // what the ops read: the compute copy, or the f32 masters
+  std::vector<UnitWeights> g;          // the model's own gradient views
+  int emb = -1, head = -1;             // the units' indices (-1: not on this stage)
+  int64_t first = 0, last = 0;         // the blocks [first, last)
+  Recompute recompute = Recompute::none;
+  int64_t recompute_every = 1;
+  int n_slots = 1;
+  // The activation plan for one (batch, sequence length).
+  int64_t b = 0, t = 0;
+  std::vector<Slot> slots;
+  Tensor emb_whole;  // sequence parallelism on the first stage: [B, T, C], whole rows
+  Tensor in_x, in_r;  // a later stage: the next forward's input h = x + r
+  Tensor d_out;       // a non-last stage: the next backward's output gradient
+  model::BlockScratch scratch;
+
+  size_t block_unit(int64_t l) const { return size_t(l - first + (emb >= 0 ? 1 : 0)); }
+  bool first_stage() const { return first == 0; }
+  bool last_stage() const { return head >= 0; }
+  bool whole() const { return first_stage() && last_stage(); }
 };
 
 const char* recompute_name(Recompute r) {
@@ -51,13 +67,23 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
 
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
                          WeightShard shard, TensorParallelRank tp)
+    : Transformer(cfg, std::move(backend), seed, shard, tp, PipelineStage{}) {}
+
+Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+                         WeightShard shard, TensorParallelRank tp, PipelineStage stage)
     : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()), tp_(tp) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
   compute_ = backend_->compute_dtype();
   NURI_CHECK(compute_ == DType::f32 || compute_ == DType::bf16, "Transformer: backend ",
              backend_->name(), " computes in ", dtype_name(compute_),
              "; the model supports f32 and bf16");
-  impl_->units = model::model_units(cfg_, tp_);
+  impl_->units = model::model_units(cfg_, tp_, stage);
+  impl_->first = stage.first;
+  impl_->last = stage.last < 0 ? cfg_.n_layer : stage.last;
+  for (size_t u = 0; u < impl_->units.size(); ++u) {
+    if (impl_->units[u].kind == model::UnitKind::embedding) impl_->emb = int(u);
+    if (impl_->units[u].kind == model::UnitKind::head) impl_->head = int(u);
+  }
   for (const auto& u : impl_->units) layout_.insert(layout_.end(), u.params.begin(), u.params.end());
   total_ = impl_->units.back().hi;
   // A shard (ZeRO 3): this rank's weights alone, and no gradient buffer (the data parallelism's
@@ -276,13 +302,25 @@ void Transformer::set_grad_hooks(GradHooks* hooks, bool own_storage) {
   }
 }
 
+PipelineStage Transformer::stage() const { return {impl_->first, impl_->last}; }
+bool Transformer::first_stage() const { return impl_->first_stage(); }
+bool Transformer::last_stage() const { return impl_->last_stage(); }
+
+void Transformer::set_micro_batch_slots(int n) {
+  NURI_CHECK(n >= 1, "micro-batch slots (", n, ") must be >= 1");
+  if (n == impl_->n_slots) return;
+  impl_->n_slots = n;
+  impl_->b = impl_->t = 0;  // planned again at the next forward
+}
+
+int Transformer::micro_batch_slots() const { return impl_->n_slots; }
+
 void Transformer::set_recompute(Recompute mode, int64_t every) {
   NURI_CHECK(every >= 1, "recompute_every (", every, ") must be >= 1");
   if (mode == impl_->recompute && every == impl_->recompute_every) return;
   impl_->recompute = mode;
   impl_->recompute_every = every;
   impl_->b = impl_->t = 0;  // planned again at the next forward
-  have_forward_ = false;
 }
 
 Recompute Transformer::recompute() const { return impl_->recompute; }
@@ -291,7 +329,6 @@ void Transformer::set_sequence_parallel(bool on) {
   if (on == sp_) return;
   sp_ = on;
   impl_->b = impl_->t = 0;  // planned again at the next forward
-  have_forward_ = false;
 }
 
 void Transformer::set_tensor_parallel_hooks(TensorParallelHooks* hooks) {
@@ -317,11 +354,10 @@ void Transformer::plan(int64_t b, int64_t t) {
   NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
              cfg_.max_seq_len, " of the model");
   // Release the old plan before allocating the new one.
-  m.emb_out = m.emb_whole = Tensor();
-  m.blocks.clear();
+  m.b = m.t = 0;
+  m.slots.clear();
+  m.emb_whole = m.in_x = m.in_r = m.d_out = Tensor();
   m.scratch = {};
-  m.head = {};
-  m.tokens = m.targets = Tensor();
   Backend& be = *backend_;
   MemoryScope activations(MemoryCategory::activations);
   const model::Ctx c{be, cfg_, b, t, compute_, tp_, tp_hooks_, sequence_parallel()};
@@ -329,24 +365,34 @@ void Transformer::plan(int64_t b, int64_t t) {
              " ranks splits the micro-batch's ", b * t, " token rows (", b, " x ", t,
              "); choose a micro-batch and sequence length whose product is a multiple of ",
              tp_.size);
-  m.b = b;
-  m.t = t;
-  m.emb_out = be.empty(c.stream_shape(), compute_);
-  if (c.sp) m.emb_whole = be.empty({b, t, cfg_.d_model}, compute_);
+  if (c.sp && m.first_stage()) m.emb_whole = be.empty({b, t, cfg_.d_model}, compute_);
+  if (!m.first_stage()) {
+    m.in_x = be.empty(c.stream_shape(), compute_);
+    m.in_r = be.empty(c.stream_shape(), compute_);
+  }
+  if (!m.last_stage()) m.d_out = be.empty(c.stream_shape(), compute_);
   m.scratch = model::plan_scratch(c);
   const Keep recomputed = m.recompute == Recompute::full        ? Keep::input
                           : m.recompute == Recompute::selective ? Keep::products
                                                                 : Keep::all;
-  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-    const Keep keep = l % m.recompute_every == 0 ? recomputed : Keep::all;
-    m.blocks.push_back(model::plan_block(c, keep, m.scratch));
+  m.slots.resize(size_t(m.n_slots));
+  for (Slot& s : m.slots) {
+    if (m.first_stage()) s.emb_out = be.empty(c.stream_shape(), compute_);
+    for (int64_t l = m.first; l < m.last; ++l) {
+      const Keep keep = l % m.recompute_every == 0 ? recomputed : Keep::all;
+      s.blocks.push_back(model::plan_block(c, keep, m.scratch));
+    }
+    if (m.last_stage()) s.head = model::plan_head(c);
+    if (!be.device().is_cpu()) {  // the step's token ids, copied in by every forward
+      if (m.first_stage()) s.tokens = be.empty({b, t}, DType::i32);
+      if (m.last_stage()) s.targets = be.empty({b * t}, DType::i32);
+    }
   }
-  m.head = model::plan_head(c);
-  if (!be.device().is_cpu()) {  // the step's token ids, copied in by every forward
-    m.tokens = be.empty({b, t}, DType::i32);
-    m.targets = be.empty({b * t}, DType::i32);
-  }
+  m.b = b;
+  m.t = t;
 }
+
+void Transformer::prepare(int64_t b, int64_t t) { plan(b, t); }
 
 void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const {
   NURI_CHECK(tokens.defined() && tokens.dtype() == DType::i32 && tokens.dim() == 2 &&
@@ -402,18 +448,23 @@ class UnitWeightsLease {
 
 }  // namespace
 
-void Transformer::run_forward(const Tensor& tokens) {
-  check_tokens(tokens, "tokens", false);
-  const int64_t b = tokens.size(0), t = tokens.size(1);
+Transformer::Slot& Transformer::slot(int k, int64_t b, int64_t t) {
   plan(b, t);
+  NURI_CHECK(k >= 0 && k < impl_->n_slots, "micro-batch slot ", k, " is outside the model's ",
+             impl_->n_slots, " (set_micro_batch_slots)");
+  return impl_->slots[size_t(k)];
+}
+
+Transformer::Slot& Transformer::planned_slot(int k, const char* what) {
+  NURI_CHECK(impl_->b > 0, what, ": the model has no activation plan yet; call prepare(batch, "
+             "sequence length) or run a forward first");
+  return slot(k, impl_->b, impl_->t);
+}
+
+void Transformer::run_forward(Slot& s, const Tensor& tokens) {
   Backend& be = *backend_;
   Impl& m = *impl_;
-  const model::Ctx c{be, cfg_, b, t, compute_, tp_, tp_hooks_, sequence_parallel()};
-  Tensor dev_tokens = tokens;
-  if (m.tokens.defined()) {
-    dev_tokens = m.tokens;
-    be.copy(tokens, dev_tokens);
-  }
+  const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
   NURI_CHECK(param_hooks_ || !parameters_sharded_, "this model holds the weights of [",
              master_lo_, ", ", master_hi_, ") only (ZeRO 3): its forward and backward need the "
              "ParamHooks that gather them (the Trainer's data parallelism sets them)");
@@ -424,32 +475,43 @@ void Transformer::run_forward(const Tensor& tokens) {
   NURI_CHECK(tp_.size == 1 || tp_hooks_, "this model is rank ", tp_.rank, " of ", tp_.size,
              " of a tensor-parallel group: its forward and backward need the group's "
              "collectives (set_tensor_parallel_hooks; the Trainer on a grid sets them)");
-  {
-    const auto emb = lease(0);
+  Tensor x, r;  // the residual stream h_l = x + r
+  if (m.first_stage()) {
+    Tensor dev_tokens = tokens;
+    if (s.tokens.defined()) {
+      dev_tokens = s.tokens;
+      be.copy(tokens, dev_tokens);
+    }
+    const auto emb = lease(size_t(m.emb));
     if (tp_.size > 1) {  // this rank's vocabulary rows; the positions added once
       // The CUDA backend's embedding waits for its token copy on the host: first wait, with
       // the timeout, for the collectives still queued (an earlier micro-batch's backward).
       tp_hooks_->wait();
-      const Tensor whole = c.sp ? m.emb_whole : m.emb_out;
+      const Tensor whole = c.sp ? m.emb_whole : s.emb_out;
       be.embedding_shard(dev_tokens, (*emb)->wte, c.once((*emb)->wpe), whole, c.vocab_lo(),
                          cfg_.vocab_size);
-      c.sum_rows(whole, m.emb_out);
+      c.sum_rows(whole, s.emb_out);
     } else {
-      be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, m.emb_out);
+      be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, s.emb_out);
     }
+    s.last_tokens = dev_tokens;
+    x = s.emb_out;
+  } else {  // the previous stage's output
+    x = m.in_x;
+    r = m.in_r;
   }
-  Tensor x = m.emb_out, r;  // the residual stream h_l = x + r
   MemoryScope activations(MemoryCategory::activations);  // a block's input, at its first forward
-  for (int64_t l = 0; l < cfg_.n_layer; ++l) {
-    const auto w = lease(size_t(l) + 1);
-    model::block_forward(c, **w, m.blocks[size_t(l)], x, r);
-    x = m.blocks[size_t(l)].fcproj;
-    r = m.blocks[size_t(l)].resid2;
+  for (int64_t l = m.first; l < m.last; ++l) {
+    model::BlockActs& a = s.blocks[size_t(l - m.first)];
+    const auto w = lease(m.block_unit(l));
+    model::block_forward(c, **w, a, x, r);
+    x = a.fcproj;
+    r = a.resid2;
   }
-  const auto head = lease(m.head_unit());
-  const auto tied = cfg_.tied_embeddings ? lease(0) : nullptr;
-  model::head_forward(c, **head, tied ? (*tied)->wte : (*head)->lm_head, m.head, x, r);
-  last_tokens_ = dev_tokens;
+  if (!m.last_stage()) return;
+  const auto head = lease(size_t(m.head));
+  const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
+  model::head_forward(c, **head, tied ? (*tied)->wte : (*head)->lm_head, s.head, x, r);
 }
 
 float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
@@ -461,51 +523,102 @@ float Transformer::forward(const Tensor& tokens, const Tensor& targets) {
 }
 
 Tensor Transformer::forward_loss(const Tensor& tokens, const Tensor& targets) {
-  have_forward_ = false;
-  check_tokens(targets, "targets", true);
-  NURI_CHECK(targets.shape() == tokens.shape(), "targets ", shape_str(targets.shape()),
-             " must have the shape of tokens ", shape_str(tokens.shape()));
-  run_forward(tokens);
-  Backend& be = *backend_;
+  NURI_CHECK(impl_->whole(), "forward(): this model is the pipeline stage of blocks [",
+             impl_->first, ", ", impl_->last, "); run its micro-batches with forward_stage()");
+  return forward_stage(0, tokens, targets);
+}
+
+Tensor Transformer::forward_stage(int k, const Tensor& tokens, const Tensor& targets) {
   Impl& m = *impl_;
+  check_tokens(tokens, "tokens", false);
+  if (m.last_stage()) {
+    check_tokens(targets, "targets", true);
+    NURI_CHECK(targets.shape() == tokens.shape(), "targets ", shape_str(targets.shape()),
+               " must have the shape of tokens ", shape_str(tokens.shape()));
+  }
+  Slot& s = slot(k, tokens.size(0), tokens.size(1));
+  s.have_forward = false;
+  run_forward(s, tokens);
+  if (!m.last_stage()) {
+    s.have_forward = true;
+    return Tensor();
+  }
+  Backend& be = *backend_;
   Tensor tg = targets.view({-1});
-  if (m.targets.defined()) {
-    tg = m.targets;
+  if (s.targets.defined()) {
+    tg = s.targets;
     be.copy(targets.view({-1}), tg);
   }
+  model::HeadActs& h = s.head;
   if (tp_.size > 1) {
     // No rank holds the whole row: each slice's log-sum-exp and target logit, gathered (2·t·B·T
     // floats), then merged into the whole row's.
     const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
     tp_hooks_->wait();  // the CUDA backend's target check waits on the host (as above)
-    be.cross_entropy_shard(m.head.logits, tg, cfg_.vocab_size, -100, c.vocab_lo(),
-                           m.head.shard_losses, m.head.shard_lse);
-    tp_hooks_->all_gather(m.head.shard_lse, m.head.part_lse.view({-1}));
-    tp_hooks_->all_gather(m.head.shard_losses, m.head.part_losses.view({-1}));
-    be.cross_entropy_merge(m.head.part_lse, m.head.part_losses, tg, -100, m.head.losses,
-                           m.head.ce_lse, m.head.loss);
+    be.cross_entropy_shard(h.logits, tg, cfg_.vocab_size, -100, c.vocab_lo(), h.shard_losses,
+                           h.shard_lse);
+    tp_hooks_->all_gather(h.shard_lse, h.part_lse.view({-1}));
+    tp_hooks_->all_gather(h.shard_losses, h.part_losses.view({-1}));
+    be.cross_entropy_merge(h.part_lse, h.part_losses, tg, -100, h.losses, h.ce_lse, h.loss);
   } else {
-    be.cross_entropy(m.head.logits, tg, cfg_.vocab_size, -100, m.head.losses, m.head.ce_lse,
-                     m.head.loss);
+    be.cross_entropy(h.logits, tg, cfg_.vocab_size, -100, h.losses, h.ce_lse, h.loss);
   }
-  last_targets_ = tg;
-  have_forward_ = true;
-  return m.head.loss;
+  s.last_targets = tg;
+  s.have_forward = true;
+  return h.loss;
 }
 
 Tensor Transformer::logits(const Tensor& tokens) {
-  have_forward_ = false;
-  run_forward(tokens);
-  return impl_->head.logits.view({tokens.size(0), tokens.size(1), -1});
+  NURI_CHECK(impl_->whole(), "logits(): this model is the pipeline stage of blocks [",
+             impl_->first, ", ", impl_->last, "); logits need the whole model");
+  check_tokens(tokens, "tokens", false);
+  Slot& s = slot(0, tokens.size(0), tokens.size(1));
+  s.have_forward = false;
+  run_forward(s, tokens);
+  return s.head.logits.view({tokens.size(0), tokens.size(1), -1});
+}
+
+std::pair<Tensor, Tensor> Transformer::stage_input() {
+  NURI_CHECK(!impl_->first_stage(), "stage_input(): the first stage reads tokens, not the "
+             "residual stream");
+  planned_slot(0, "stage_input()");
+  return {impl_->in_x, impl_->in_r};
+}
+
+std::pair<Tensor, Tensor> Transformer::stage_output(int k) {
+  NURI_CHECK(!impl_->last_stage(), "stage_output(): the last stage ends in the loss");
+  Slot& s = planned_slot(k, "stage_output()");
+  NURI_CHECK(s.have_forward, "stage_output(", k, "): slot ", k, " holds no forward");
+  return {s.blocks.back().fcproj, s.blocks.back().resid2};
+}
+
+Tensor Transformer::stage_output_grad() {
+  NURI_CHECK(!impl_->last_stage(), "stage_output_grad(): the last stage's backward starts from "
+             "its loss");
+  planned_slot(0, "stage_output_grad()");
+  return impl_->d_out;
+}
+
+Tensor Transformer::stage_input_grad() {
+  NURI_CHECK(!impl_->first_stage(), "stage_input_grad(): the first stage's input is tokens");
+  NURI_CHECK(impl_->b > 0, "stage_input_grad(): no backward has run");
+  return impl_->scratch.d_resid;
 }
 
 void Transformer::backward(float loss_scale) {
-  NURI_CHECK(have_forward_,
+  NURI_CHECK(impl_->whole(), "backward(): this model is the pipeline stage of blocks [",
+             impl_->first, ", ", impl_->last, "); run its micro-batches with backward_stage()");
+  backward_stage(0, loss_scale);
+}
+
+void Transformer::backward_stage(int k, float loss_scale) {
+  Impl& m = *impl_;
+  NURI_CHECK(m.b > 0 && k >= 0 && k < m.n_slots && m.slots[size_t(k)].have_forward,
              "backward() needs a forward(tokens, targets) before it (and only "
              "one backward per forward: the logits buffer now holds gradients)");
-  have_forward_ = false;
+  Slot& s = m.slots[size_t(k)];
+  s.have_forward = false;
   Backend& be = *backend_;
-  Impl& m = *impl_;
   const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
   // Gradient views: the model's own, or, when the hooks own the storage, each unit's views bound
   // to the region the hooks give for it just before the unit's backward, dropped after it (so
@@ -535,46 +648,58 @@ void Transformer::backward(float loss_scale) {
     return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], true, be,
                                               compute_);
   };
-  const size_t head = m.head_unit();
-  if (cfg_.tied_embeddings) open(0);  // the LM head's gradient goes into wte
-  open(head);
-  // dlogits overwrite the logits (the forward values are not needed any more).
-  if (tp_.size > 1) {
-    be.cross_entropy_shard_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size,
-                                    -100, c.vocab_lo(), loss_scale, m.head.logits);
-  } else {
-    be.cross_entropy_backward(m.head.logits, last_targets_, m.head.ce_lse, cfg_.vocab_size, -100,
-                              loss_scale, m.head.logits);
+  // The head writes into the tied wte first: its unit opens with the head's.
+  const bool tied_head = m.last_stage() && cfg_.tied_embeddings;
+  const size_t emb = size_t(m.emb);
+  if (m.last_stage()) {
+    const size_t head = size_t(m.head);
+    if (tied_head) open(emb);
+    open(head);
+    // dlogits overwrite the logits (the forward values are not needed any more).
+    if (tp_.size > 1) {
+      be.cross_entropy_shard_backward(s.head.logits, s.last_targets, s.head.ce_lse,
+                                      cfg_.vocab_size, -100, c.vocab_lo(), loss_scale,
+                                      s.head.logits);
+    } else {
+      be.cross_entropy_backward(s.head.logits, s.last_targets, s.head.ce_lse, cfg_.vocab_size,
+                                -100, loss_scale, s.head.logits);
+    }
+    {
+      const auto w = lease(head);
+      const auto tied = tied_head ? lease(emb) : nullptr;
+      model::head_backward(c, **w, tied ? (*tied)->wte : (*w)->lm_head, G[head],
+                           tied_head ? G[emb].wte : G[head].lm_head, s.head, m.scratch.d_resid,
+                           m.scratch.d_ln);
+    }
+    done(head);
+  } else {  // the next stage's gradient of this stage's output
+    be.copy(m.d_out, m.scratch.d_resid);
   }
-  {
-    const auto w = lease(head);
-    const auto tied = cfg_.tied_embeddings ? lease(0) : nullptr;
-    model::head_backward(c, **w, tied ? (*tied)->wte : (*w)->lm_head, G[head],
-                         cfg_.tied_embeddings ? G[0].wte : G[head].lm_head, m.head,
-                         m.scratch.d_resid, m.scratch.d_ln);
-  }
-  done(head);
-  for (int64_t l = cfg_.n_layer - 1; l >= 0; --l) {
-    const size_t unit = size_t(l) + 1;
+  for (int64_t l = m.last - 1; l >= m.first; --l) {
+    const size_t unit = m.block_unit(l);
+    model::BlockActs& a = s.blocks[size_t(l - m.first)];
     open(unit);
     {
       const auto w = lease(unit);
-      model::block_recompute(c, **w, m.blocks[size_t(l)]);
-      model::block_backward(c, **w, G[unit], m.blocks[size_t(l)], m.scratch);
+      model::block_recompute(c, **w, a);
+      model::block_backward(c, **w, G[unit], a, m.scratch);
     }
     done(unit);
   }
-  if (!cfg_.tied_embeddings) open(0);
-  if (tp_.size > 1) {
-    c.gather_rows(m.scratch.d_resid, m.emb_whole);
-    tp_hooks_->wait();  // the CUDA backend's token copy waits on the host (as above)
-    be.embedding_shard_backward(last_tokens_, c.sp ? m.emb_whole : m.scratch.d_resid, G[0].wte,
-                                G[0].wpe, c.vocab_lo(), cfg_.vocab_size, true);
-  } else {
-    be.embedding_backward(last_tokens_, m.scratch.d_resid, G[0].wte.slice(0, 0, cfg_.vocab_size),
-                          G[0].wpe, true);
+  if (m.emb < 0) return;  // d_resid holds the gradient of this stage's input
+  if (!tied_head) open(emb);
+  if (m.first_stage()) {
+    if (tp_.size > 1) {
+      c.gather_rows(m.scratch.d_resid, m.emb_whole);
+      tp_hooks_->wait();  // the CUDA backend's token copy waits on the host (as above)
+      be.embedding_shard_backward(s.last_tokens, c.sp ? m.emb_whole : m.scratch.d_resid,
+                                  G[emb].wte, G[emb].wpe, c.vocab_lo(), cfg_.vocab_size, true);
+    } else {
+      be.embedding_backward(s.last_tokens, m.scratch.d_resid,
+                            G[emb].wte.slice(0, 0, cfg_.vocab_size), G[emb].wpe, true);
+    }
   }
-  done(0);
+  done(emb);  // the last stage's copy: the head's share of wte alone
 }
 
 }  // namespace nuri

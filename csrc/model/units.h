@@ -48,8 +48,11 @@ struct UnitDecl {
 };
 
 /// Every unit of `cfg` in layout order (embedding, blocks 0 .. L-1, head), offsets assigned: the
-/// slices tensor-parallel rank `tp` holds.
-std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp = {});
+/// slices tensor-parallel rank `tp` holds; of a pipeline stage, the units it holds (its blocks,
+/// the embedding on the first stage and on a tied model's last, the head on the last), offsets
+/// from 0 in the stage's own flat layout.
+std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp = {},
+                                  PipelineStage stage = {});
 
 /// The view of the flat layout at (offset, shape), or undefined where the storage behind it has
 /// no such range.

@@ -103,3 +103,134 @@ std::string stages_summary(const ModelConfig& cfg, const std::vector<int64_t>& f
 }
 
 }  // namespace nuri
+
+// ---- Schedules -------------------------------------------------------------------------------
+
+namespace nuri {
+
+std::vector<std::vector<PipelineOp>> pipeline_schedule(int p, int m, int v) {
+  NURI_CHECK(p >= 1 && m >= 1 && v >= 1, "a pipeline schedule needs p (", p, "), m (", m,
+             ") and v (", v, ") of at least 1");
+  NURI_CHECK(v == 1 || m % p == 0, "the interleaved schedule takes micro-batches in groups of "
+             "the ", p, " stages: ", m, " micro-batches is not a multiple; choose a gradient "
+             "accumulation that is, or v = 1");
+  std::vector<std::vector<PipelineOp>> out(static_cast<size_t>(p));
+  const int total = m * v;  // forwards (and backwards) per rank
+  // The k-th forward (backward) of a rank: its chunk and micro-batch.
+  auto op = [&](int k, bool backward) {
+    if (v == 1) return PipelineOp{backward, 0, k};
+    const int group = k % (p * v);
+    const int chunk = backward ? v - 1 - group / p : group / p;
+    return PipelineOp{backward, chunk, (k / (p * v)) * p + k % p};
+  };
+  for (int r = 0; r < p; ++r) {
+    const int warm = std::min(total, v == 1 ? p - r - 1 : (p - r - 1) * 2 + (v - 1) * p);
+    auto& ops = out[size_t(r)];
+    for (int k = 0; k < warm; ++k) ops.push_back(op(k, false));
+    for (int k = 0; k + warm < total; ++k) {
+      ops.push_back(op(warm + k, false));
+      ops.push_back(op(k, true));
+    }
+    for (int k = total - warm; k < total; ++k) ops.push_back(op(k, true));
+  }
+  return out;
+}
+
+namespace {
+
+// Where an op's input comes from: the (rank, op) that must be done first, or none.
+struct OpIndex {
+  // index[r][backward][chunk][micro] = position in rank r's order
+  std::vector<std::vector<std::vector<std::vector<int>>>> at;
+  OpIndex(const std::vector<std::vector<PipelineOp>>& s, int v, int m) {
+    at.assign(s.size(), std::vector<std::vector<std::vector<int>>>(
+                            2, std::vector<std::vector<int>>(size_t(v), std::vector<int>(size_t(m), -1))));
+    for (size_t r = 0; r < s.size(); ++r) {
+      for (size_t i = 0; i < s[r].size(); ++i) {
+        const PipelineOp& o = s[r][i];
+        at[r][o.backward][size_t(o.chunk)][size_t(o.micro)] = int(i);
+      }
+    }
+  }
+};
+
+int micro_count(const std::vector<std::vector<PipelineOp>>& s) {
+  int m = 0;
+  for (const auto& ops : s) {
+    for (const auto& o : ops) m = std::max(m, o.micro + 1);
+  }
+  return m;
+}
+
+}  // namespace
+
+ScheduleTiming simulate_schedule(const std::vector<std::vector<PipelineOp>>& s, int v,
+                                 double tf, double tb) {
+  const int p = int(s.size()), m = micro_count(s), stages = p * v;
+  const OpIndex idx(s, v, m);
+  ScheduleTiming t;
+  t.start.resize(size_t(p));
+  t.end.resize(size_t(p));
+  t.in_flight.assign(size_t(p), std::vector<int>(size_t(v), 0));
+  std::vector<size_t> next(size_t(p), 0);
+  std::vector<double> free_at(size_t(p), 0);
+  std::vector<std::vector<int>> live(size_t(p), std::vector<int>(size_t(v), 0));
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < p; ++r) {
+      while (next[size_t(r)] < s[size_t(r)].size()) {
+        const PipelineOp& o = s[size_t(r)][next[size_t(r)]];
+        const int vs = o.chunk * p + r;
+        // The op this one waits for: the previous stage's forward, the next stage's backward,
+        // or (the last stage's backward) its own forward.
+        int dr = -1, di = -1;
+        if (!o.backward && vs > 0) {
+          dr = (vs - 1) % p;
+          di = idx.at[size_t(dr)][0][size_t((vs - 1) / p)][size_t(o.micro)];
+        } else if (o.backward && vs < stages - 1) {
+          dr = (vs + 1) % p;
+          di = idx.at[size_t(dr)][1][size_t((vs + 1) / p)][size_t(o.micro)];
+        } else if (o.backward) {
+          dr = r;
+          di = idx.at[size_t(r)][0][size_t(o.chunk)][size_t(o.micro)];
+        }
+        NURI_CHECK(dr < 0 || di >= 0, "pipeline schedule: rank ", r, "'s ",
+                   o.backward ? "backward" : "forward", " of micro-batch ", o.micro,
+                   " waits for an op no rank runs");
+        if (dr >= 0 && size_t(di) >= t.end[size_t(dr)].size()) break;  // not done yet
+        const double ready = dr >= 0 ? t.end[size_t(dr)][size_t(di)] : 0;
+        const double begin = std::max(free_at[size_t(r)], ready);
+        const double finish = begin + (o.backward ? tb : tf);
+        t.start[size_t(r)].push_back(begin);
+        t.end[size_t(r)].push_back(finish);
+        free_at[size_t(r)] = finish;
+        int& n = live[size_t(r)][size_t(o.chunk)];
+        n += o.backward ? -1 : 1;
+        t.in_flight[size_t(r)][size_t(o.chunk)] = std::max(t.in_flight[size_t(r)][size_t(o.chunk)], n);
+        t.makespan = std::max(t.makespan, finish);
+        ++next[size_t(r)];
+        progress = true;
+      }
+    }
+  }
+  for (int r = 0; r < p; ++r) {
+    NURI_CHECK(next[size_t(r)] == s[size_t(r)].size(), "pipeline schedule: rank ", r,
+               " is stuck at op ", next[size_t(r)], " of ", s[size_t(r)].size(),
+               " (its input never comes); the schedule deadlocks");
+  }
+  return t;
+}
+
+double ScheduleTiming::bubble() const {
+  double busy = 0;
+  for (size_t r = 0; r < start.size(); ++r) {
+    for (size_t i = 0; i < start[r].size(); ++i) busy += end[r][i] - start[r][i];
+  }
+  return makespan > 0 ? 1 - busy / (double(start.size()) * makespan) : 0;
+}
+
+double pipeline_bubble_formula(int p, int m, int v) {
+  return double(p - 1) / (double(v) * m + p - 1);
+}
+
+}  // namespace nuri

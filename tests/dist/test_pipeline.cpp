@@ -1,6 +1,10 @@
-// Pipeline parallelism's stage split (issue #23, nuri/parallel/pipeline.h): contiguous, covering
-// every block once, the largest stage cost as small as any split allows (checked against every
-// split of small models), the head weighed in, explicit splits honoured, bad ones refused.
+// Pipeline parallelism's stage split and schedules (issue #23, nuri/parallel/pipeline.h).
+// - The split: contiguous, covering every block once, the largest stage cost as small as any
+//   split allows (checked against every split of small models), the head weighed in, explicit
+//   splits honoured, bad ones refused.
+// - The schedules: every forward and backward once, in order; simulated with a backward twice a
+//   forward, 1F1B's idle share is (p − 1)/(m + p − 1) and stage r holds min(p − r, m)
+//   micro-batches; interleaving with v chunks, (p − 1)/(v·m + p − 1).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,6 +110,62 @@ TEST(PipelineStages, AnExplicitSplitIsUsedAndABadOneRefused) {
             std::string::npos);
   EXPECT_NE(error_of([&] { pipeline_stages(c, 3, 1024, {5, 5, 5}); })
                 .find("sum to 15, the model has 12"),
+            std::string::npos);
+}
+
+// Every rank runs each chunk's forward and backward of every micro-batch once, the forwards of a
+// chunk in micro-batch order and so the backwards.
+void expect_complete(const std::vector<std::vector<PipelineOp>>& s, int p, int m, int v) {
+  ASSERT_EQ(s.size(), size_t(p));
+  for (int r = 0; r < p; ++r) {
+    std::vector<std::vector<int>> next(2, std::vector<int>(size_t(v), 0));
+    for (const PipelineOp& o : s[size_t(r)]) {
+      ASSERT_TRUE(o.chunk >= 0 && o.chunk < v);
+      EXPECT_EQ(o.micro, next[o.backward][size_t(o.chunk)]++) << "rank " << r;
+    }
+    for (int c = 0; c < v; ++c) {
+      EXPECT_EQ(next[0][size_t(c)], m) << "rank " << r << " chunk " << c;
+      EXPECT_EQ(next[1][size_t(c)], m) << "rank " << r << " chunk " << c;
+    }
+  }
+}
+
+TEST(PipelineSchedule, OneFOneBHasTheBubbleAndTheActivationsOfItsFormula) {
+  for (int p : {1, 2, 3, 4, 8}) {
+    for (int m : {1, 2, 4, 7, 8, 16, 32}) {
+      const auto s = pipeline_schedule(p, m);
+      expect_complete(s, p, m, 1);
+      // Rank r's order: min(p - r - 1, m) forwards before its first backward.
+      for (int r = 0; r < p; ++r) {
+        int warm = 0;
+        while (!s[size_t(r)][size_t(warm)].backward) ++warm;
+        EXPECT_EQ(warm, std::min(p - r, m)) << "p " << p << " m " << m << " rank " << r;
+      }
+      // With a backward twice a forward and free transfers, the idle share is
+      // (p - 1) / (m + p - 1) (every stage waits p - 1 forward-backward pairs in all), and
+      // stage 0 holds min(p, m) micro-batches' activations at once, stage r min(p - r, m).
+      const ScheduleTiming t = simulate_schedule(s, 1);
+      EXPECT_NEAR(t.bubble(), pipeline_bubble_formula(p, m), 1e-12) << "p " << p << " m " << m;
+      EXPECT_DOUBLE_EQ(t.makespan, 3.0 * (m + p - 1)) << "p " << p << " m " << m;
+      for (int r = 0; r < p; ++r) EXPECT_EQ(t.in_flight[size_t(r)][0], std::min(p - r, m));
+    }
+  }
+}
+
+TEST(PipelineSchedule, InterleavingDividesTheBubbleByV) {
+  for (int p : {2, 4}) {
+    for (int v : {2, 3}) {
+      for (int m : {p, 2 * p, 4 * p, 8 * p}) {
+        const auto s = pipeline_schedule(p, m, v);
+        expect_complete(s, p, m, v);
+        const ScheduleTiming t = simulate_schedule(s, v);
+        const double want = pipeline_bubble_formula(p, m, v);
+        EXPECT_NEAR(t.bubble(), want, 1e-12) << "p " << p << " v " << v << " m " << m;
+        EXPECT_LT(t.bubble(), pipeline_bubble_formula(p, m, 1)) << "p " << p << " m " << m;
+      }
+    }
+  }
+  EXPECT_NE(error_of([] { pipeline_schedule(4, 6, 2); }).find("6 micro-batches is not a multiple"),
             std::string::npos);
 }
 

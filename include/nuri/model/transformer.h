@@ -36,6 +36,15 @@ struct TensorParallelRank {
 /// nuri::Error naming the numbers otherwise.
 void check_tensor_parallel(const ModelConfig& cfg, int size);
 
+/// Pipeline parallelism (parallel/pipeline.h): the blocks [first, last) one stage holds (last
+/// -1: to the end). The first stage (first == 0) also holds the embedding, the last (last ==
+/// n_layer) the head and, for a model with tied embeddings, a copy of the embedding unit whose
+/// wte its head reads: the copy's gradient is summed with the first stage's before each step,
+/// so the two stay equal. {0, -1}: the whole model.
+struct PipelineStage {
+  int64_t first = 0, last = -1;
+};
+
 /// One named parameter of the layout.
 struct ParamSpec {
   std::string name;
@@ -64,8 +73,9 @@ struct ParamSpec {
 };
 
 /// The parameter layout of a config, in buffer order (tp: the slices one tensor-parallel rank
-/// holds).
-std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp = {});
+/// holds; stage: the units one pipeline stage holds, offsets in its own flat layout).
+std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp = {},
+                                    PipelineStage stage = {});
 
 /// Activation recomputation: what a block keeps of its forward for its backward.
 ///   none       everything (the fastest: no work twice)
@@ -163,6 +173,12 @@ class Transformer {
   /// over this rank's own flat layout (hi = 0: all of it).
   Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
               WeightShard shard, TensorParallelRank tp);
+  /// One pipeline stage (of one tensor-parallel rank): the units `stage` holds, in a flat layout
+  /// of their own (offsets from 0; parameter_count() is theirs), initialized as the whole
+  /// model's tensors they are. It runs micro-batches with forward_stage() and backward_stage();
+  /// forward(), forward_loss(), logits() and backward() need the whole model.
+  Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+              WeightShard shard, TensorParallelRank tp, PipelineStage stage);
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return *backend_; }
@@ -275,14 +291,54 @@ class Transformer {
   void set_tensor_parallel_hooks(TensorParallelHooks* hooks);
   TensorParallelHooks* tensor_parallel_hooks() const { return tp_hooks_; }
 
+  /// The blocks this model holds ({0, n_layer}: the whole model); whether it holds the
+  /// embedding's forward (the first stage) and the head (the last).
+  PipelineStage stage() const;
+  bool first_stage() const;
+  bool last_stage() const;
+
+  /// Micro-batches in flight (a pipeline schedule's): each of n slots holds one micro-batch's
+  /// activations from its forward to its backward (the backward's scratch and the recomputed
+  /// tensors are shared). Default 1; applies from the next forward.
+  void set_micro_batch_slots(int n);
+  int micro_batch_slots() const;
+  /// Plans the activations of every slot for micro-batches of [b, t] now (a later stage's input
+  /// buffers must exist before its first forward receives into them).
+  void prepare(int64_t b, int64_t t);
+  /// Runs this stage's forward of a micro-batch in slot k. tokens [B, T] (i32, host) on every
+  /// stage (the first embeds them; the others take the plan's shape from them); targets on the
+  /// last stage, whose loss (the mean cross-entropy, [1] f32 in the backend's memory) it
+  /// returns; other stages return an undefined tensor. A later stage reads its input from
+  /// stage_input(), which must hold the previous stage's stage_output(k) for this micro-batch.
+  Tensor forward_stage(int k, const Tensor& tokens, const Tensor& targets);
+  /// Backward of slot k's forward, adding d(loss_scale · loss) into the gradients. A non-last
+  /// stage starts from stage_output_grad(), which must hold the next stage's
+  /// stage_input_grad() for this micro-batch.
+  void backward_stage(int k, float loss_scale = 1.f);
+  /// A later stage: where the next forward_stage() reads its input, the residual stream
+  /// h = x + r entering its first block (each this rank's stream shape: [B, T, C], or its rows
+  /// with sequence parallelism). One pair for every slot: the forward keeps what it needs.
+  std::pair<Tensor, Tensor> stage_input();
+  /// A non-last stage: (x, r) leaving its last block in slot k's forward; valid until this
+  /// stage's next forward (a recomputing block shares its output buffers).
+  std::pair<Tensor, Tensor> stage_output(int k);
+  /// A non-last stage: where the next backward_stage() reads the gradient of its output d h.
+  Tensor stage_output_grad();
+  /// A later stage, after backward_stage(): the gradient of its input d h, valid until the next
+  /// backward.
+  Tensor stage_input_grad();
+
   /// Bytes held by this model's backend allocator (parameters, gradients, activations).
   AllocatorStats memory() const { return backend_->allocator()->stats(); }
 
  private:
   struct Impl;  // the units, their views and their activations (transformer.cpp)
+  struct Slot;  // one micro-batch's activations
 
   void plan(int64_t b, int64_t t);
-  void run_forward(const Tensor& tokens);
+  Slot& slot(int k, int64_t b, int64_t t);
+  Slot& planned_slot(int k, const char* what);
+  void run_forward(Slot& s, const Tensor& tokens);
   void check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const;
   void bind_views();
   void write_weights(const float* values, int64_t first);
@@ -298,8 +354,6 @@ class Transformer {
   Tensor param_buf_, grad_buf_, cparam_buf_;
   std::vector<NamedTensor> params_, grads_;
   std::unique_ptr<Impl> impl_;
-  Tensor last_tokens_, last_targets_;
-  bool have_forward_ = false;
   std::vector<std::pair<int64_t, int64_t>> units_;  // backward order
   GradHooks* hooks_ = nullptr;
   bool hooks_own_grads_ = false;

@@ -1,13 +1,18 @@
-// Pipeline parallelism's stages (DESIGN.md, "Models larger than one GPU"; issue #23): each
-// stage owns a contiguous range of the model's blocks, stage 0 also the embedding and the last
-// stage the head. This file holds the split; the schedules (1F1B, interleaved) are to come.
+// Pipeline parallelism (DESIGN.md, "Models larger than one GPU"; issue #23): each stage owns a
+// contiguous range of the model's blocks, stage 0 also the embedding and the last stage the
+// head. This file holds the split, the schedules (1F1B and interleaved 1F1B, as per-rank orders
+// of forwards and backwards), their simulated timing, the executor that runs one step of a
+// schedule over a communicator of the pipeline's ranks, and its timeline (a Chrome trace).
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "nuri/dist/communicator.h"
 #include "nuri/model/config.h"
+#include "nuri/model/transformer.h"
 
 namespace nuri {
 
@@ -34,5 +39,93 @@ std::vector<int64_t> pipeline_stages(const ModelConfig& cfg, int pp, int64_t seq
 /// "4+4+4+3 blocks (costs 1.00 : 1.00 : 1.00 : 0.98)": the split in words, for a run's header.
 std::string stages_summary(const ModelConfig& cfg, const std::vector<int64_t>& first,
                            int64_t seq_len);
+
+/// One op of a schedule: the forward or the backward of micro-batch `micro` through chunk
+/// `chunk` of a rank (interleaving: rank r's chunk c is virtual stage c·p + r; without it chunk 0
+/// is the rank's stage).
+struct PipelineOp {
+  bool backward = false;
+  int chunk = 0;
+  int micro = 0;
+  bool operator==(const PipelineOp& o) const {
+    return backward == o.backward && chunk == o.chunk && micro == o.micro;
+  }
+};
+
+/// The order of every rank's ops for one step of m micro-batches over p ranks with v chunks each.
+/// v = 1: 1F1B (rank r runs p − r − 1 warm-up forwards, then alternates one forward and one
+/// backward, then the remaining backwards). v > 1: interleaved 1F1B (Megatron's order: the
+/// forwards take micro-batches in groups of p, chunk 0 .. v−1 for each group, the backwards the
+/// chunks in reverse; warm-up (p − r − 1)·2 + (v − 1)·p forwards), which needs m a multiple of p.
+/// Throws nuri::Error naming the numbers otherwise.
+std::vector<std::vector<PipelineOp>> pipeline_schedule(int p, int m, int v = 1);
+
+/// A schedule's timing with a forward of `tf` and a backward of `tb` per chunk and free
+/// communication: each op starts when its rank is free and its input (the previous virtual
+/// stage's forward, the next one's backward) is done.
+struct ScheduleTiming {
+  std::vector<std::vector<double>> start, end;  ///< per rank, per op of its order
+  double makespan = 0;
+  /// The idle share of the ranks' time: 1 − Σ busy / (p · makespan).
+  double bubble() const;
+  /// Per rank and chunk: the most micro-batches whose forward has run and backward has not
+  /// (the activations the chunk holds at once).
+  std::vector<std::vector<int>> in_flight;
+};
+ScheduleTiming simulate_schedule(const std::vector<std::vector<PipelineOp>>& schedule, int v,
+                                 double tf = 1, double tb = 2);
+
+/// The bubble of the ideal schedules with tb = 2·tf: (p − 1)/(m + p − 1) for 1F1B and
+/// (p − 1)/(v·m + p − 1) interleaved.
+double pipeline_bubble_formula(int p, int m, int v = 1);
+
+/// One span of a rank's timeline: a forward, backward, send or receive (name "F", "B", "send",
+/// "recv") of a micro-batch through a chunk, in microseconds of the system clock.
+struct TimelineSpan {
+  std::string name;
+  int chunk = 0, micro = 0;
+  double start_us = 0, dur_us = 0;
+};
+
+/// Runs pipeline steps on this rank: its chunks (v stage models, chunk c holding virtual stage
+/// c·p + rank of pipeline_stages(cfg, p·v, ...)) and the communicator of the pipeline's p ranks
+/// (rank i: stage i; tensors in the models' backend memory). Every rank of the pipeline calls
+/// step() with the same micro-batches. Sends and receives are blocking; each rank makes them in
+/// one global order (the simulated schedule's times), so they cannot deadlock, and a peer that
+/// dies ends the others within the communicator's timeout.
+class Pipeline {
+ public:
+  Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm);
+
+  struct MicroBatch {
+    Tensor tokens, targets;  ///< [B, T] i32 on the host
+  };
+  /// One step's forwards and backwards of `micro` (m micro-batches, the gradient-accumulation
+  /// steps), adding d(loss_scale · loss_i) to the chunks' gradients for each, then (tied
+  /// embeddings) the first stage's and the last stage's wte gradients summed into both. Returns
+  /// the mean loss of the micro-batches on every rank.
+  float step(const std::vector<MicroBatch>& micro, float loss_scale);
+
+  int stages() const { return p_; }
+  int chunks() const { return int(chunks_.size()); }
+  /// Records the spans of the following steps (and clears the earlier ones).
+  void record_timeline(bool on);
+  const std::vector<TimelineSpan>& timeline() const { return spans_; }
+  /// This rank's share of the last step's time it spent in neither a forward nor a backward
+  /// (from the timeline; 0 when none was recorded).
+  double measured_bubble() const;
+  /// Gathers every rank's timeline to rank 0 of the pipeline, which writes them as one Chrome
+  /// trace (JSON "traceEvents", a process per rank; Perfetto opens it). Every rank calls it.
+  void write_chrome_trace(const std::string& path) const;
+
+ private:
+  std::vector<Transformer*> chunks_;
+  std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<Communicator> tied_;  // stage 0 and the last stage (tied embeddings)
+  int p_ = 1, rank_ = 0;
+  bool record_ = false;
+  std::vector<TimelineSpan> spans_;
+  double step_start_us_ = 0, step_end_us_ = 0;
+};
 
 }  // namespace nuri

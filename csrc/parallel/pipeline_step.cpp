@@ -1,0 +1,334 @@
+// The pipeline executor (nuri/parallel/pipeline.h): one step of a schedule on this rank. Every
+// rank simulates the same schedule (simulate_schedule), which gives each transfer a time: an
+// activation leaves when its forward ends, a gradient when its backward ends. A rank runs its
+// items in the order of those times: the transfers it takes part in, sorted the same way on
+// every rank (time, then kind, stage and micro-batch), and its forwards and backwards at their
+// start times. With blocking sends and receives that order cannot deadlock: the earliest
+// transfer not yet done has both ranks at it, as everything before it on either rank is done.
+// Received tensors wait in staging buffers until their forward or backward starts; a staging
+// buffer is reused only once the op that read its last contents has started.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <tuple>
+
+#include "nuri/core/error.h"
+#include "nuri/parallel/pipeline.h"
+
+namespace nuri {
+
+namespace {
+
+double now_us() {
+  return double(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count()) /
+         1e3;
+}
+
+// One item of a rank's program.
+struct Item {
+  enum Kind { compute, send, recv } kind = compute;
+  double time = 0;
+  // A transfer's global order: (time, activation before gradient, stage, micro-batch).
+  int grad = 0, stage = 0, micro = 0;
+  size_t op = 0;  // compute: index into the rank's order
+  int peer = -1;
+  auto key() const { return std::make_tuple(time, kind == compute ? 1 : 0, grad, stage, micro); }
+};
+
+}  // namespace
+
+Pipeline::Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm)
+    : chunks_(std::move(chunks)), comm_(std::move(comm)) {
+  NURI_CHECK(!chunks_.empty(), "Pipeline: no stage models");
+  for (Transformer* c : chunks_) NURI_CHECK(c != nullptr, "Pipeline: a stage model is null");
+  p_ = comm_ ? comm_->size() : 1;
+  rank_ = comm_ ? comm_->rank() : 0;
+  const int v = int(chunks_.size());
+  const ModelConfig& cfg = chunks_[0]->config();
+  // Chunk c must be virtual stage c·p + rank: contiguous with its neighbours' (checked here
+  // where the neighbours are this rank's own chunks; across ranks the transfers' shapes are
+  // the same either way).
+  for (int c = 0; c < v; ++c) {
+    const Transformer& m = *chunks_[size_t(c)];
+    const int vs = c * p_ + rank_;
+    NURI_CHECK(m.first_stage() == (vs == 0) && m.last_stage() == (vs == p_ * v - 1),
+               "Pipeline: rank ", rank_, "'s chunk ", c, " is virtual stage ", vs, " of ", p_ * v,
+               ", but its model holds blocks [", m.stage().first, ", ", m.stage().last,
+               "); build chunk c from stage c·p + rank of pipeline_stages(cfg, p·v, ...)");
+    NURI_CHECK(m.config().n_layer == cfg.n_layer && m.config().d_model == cfg.d_model,
+               "Pipeline: the chunks are stages of different models");
+  }
+  NURI_CHECK(v == 1 || p_ > 1, "Pipeline: interleaving (", v, " chunks) needs at least 2 "
+             "pipeline ranks; with one, hold the whole model");
+  // Tied embeddings: stage 0 (rank 0's first chunk) and the last stage (rank p-1's last) sum
+  // their wte gradients over a group of the two.
+  if (cfg.tied_embeddings && p_ > 1 && (rank_ == 0 || rank_ == p_ - 1)) {
+    tied_ = comm_->split({0, p_ - 1});
+  }
+}
+
+void Pipeline::record_timeline(bool on) {
+  record_ = on;
+  spans_.clear();
+}
+
+float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
+  const int m = int(micro.size()), v = int(chunks_.size()), stages = p_ * v;
+  NURI_CHECK(m >= 1, "Pipeline::step: no micro-batches");
+  const int64_t b = micro[0].tokens.size(0), t = micro[0].tokens.size(1);
+  for (const MicroBatch& mb : micro) {
+    NURI_CHECK(mb.tokens.defined() && mb.tokens.dim() == 2 && mb.tokens.size(0) == b &&
+                   mb.tokens.size(1) == t,
+               "Pipeline::step: every micro-batch must have the first one's shape [", b, ", ", t,
+               "]");
+  }
+  const auto schedule = pipeline_schedule(p_, m, v);
+  const ScheduleTiming timing = simulate_schedule(schedule, v);
+  const auto& ops = schedule[size_t(rank_)];
+  auto vstage = [&](int chunk) { return chunk * p_ + rank_; };
+  // The times every rank's forwards and backwards start and end, by (stage, micro-batch).
+  const std::vector<std::vector<double>> zeros(static_cast<size_t>(stages),
+                                              std::vector<double>(static_cast<size_t>(m)));
+  std::vector<std::vector<double>> f_start = zeros, f_end = zeros, b_start = zeros, b_end = zeros;
+  for (int r = 0; r < p_; ++r) {
+    for (size_t i = 0; i < schedule[size_t(r)].size(); ++i) {
+      const PipelineOp& o = schedule[size_t(r)][i];
+      const size_t s = size_t(o.chunk * p_ + r), k = size_t(o.micro);
+      (o.backward ? b_start : f_start)[s][k] = timing.start[size_t(r)][i];
+      (o.backward ? b_end : f_end)[s][k] = timing.end[size_t(r)][i];
+    }
+  }
+  // This rank's program.
+  std::vector<Item> items;
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const PipelineOp& o = ops[i];
+    const int vs = vstage(o.chunk);
+    Item c;
+    c.kind = Item::compute;
+    c.time = timing.start[size_t(rank_)][i];
+    c.op = i;
+    items.push_back(c);
+    // What leaves with its end, and what arrives for it (at its producer's end).
+    const int to = o.backward ? vs - 1 : vs + 1;
+    if (to >= 0 && to < stages) {
+      items.push_back({Item::send, timing.end[size_t(rank_)][i], o.backward, o.backward ? vs : vs,
+                       o.micro, i, to % p_});
+    }
+    const int from = o.backward ? vs + 1 : vs - 1;
+    if (from >= 0 && from < stages) {
+      const double at = o.backward ? b_end[size_t(from)][size_t(o.micro)]
+                                   : f_end[size_t(from)][size_t(o.micro)];
+      items.push_back({Item::recv, at, o.backward, from, o.micro, i, from % p_});
+    }
+  }
+  std::sort(items.begin(), items.end(),
+            [](const Item& a, const Item& c) { return a.key() < c.key(); });
+
+  // Staging for what arrives: per chunk and direction, enough buffers that one is reused only
+  // after the op that read it has started (the simulated order is the executed one).
+  auto staging_slots = [&](int chunk, bool grad) {
+    const int vs = vstage(chunk), from = grad ? vs + 1 : vs - 1;
+    if (from < 0 || from >= stages) return 0;
+    int most = 1;
+    for (int k = 0; k < m; ++k) {
+      const double arrives = grad ? b_end[size_t(from)][size_t(k)] : f_end[size_t(from)][size_t(k)];
+      int pending = 1;  // k itself, and the earlier ones not yet started when it arrives
+      for (int j = 0; j < k; ++j) {
+        const double starts = grad ? b_start[size_t(vs)][size_t(j)] : f_start[size_t(vs)][size_t(j)];
+        if (starts >= arrives) ++pending;
+      }
+      most = std::max(most, pending);
+    }
+    return most;
+  };
+  struct Staging {
+    int slots = 0;
+    std::vector<Tensor> x, r;  // activations: (x, r); gradients: x
+  };
+  std::vector<Staging> act(static_cast<size_t>(v)), grad(static_cast<size_t>(v));
+  for (int c = 0; c < v; ++c) {
+    Transformer& model = *chunks_[size_t(c)];
+    model.set_micro_batch_slots(std::max(1, timing.in_flight[size_t(rank_)][size_t(c)]));
+    model.prepare(b, t);
+    Backend& be = model.backend();
+    for (const bool g : {false, true}) {
+      Staging& st = (g ? grad : act)[size_t(c)];
+      st.slots = staging_slots(c, g);
+      for (int k = 0; k < st.slots; ++k) {
+        const Tensor like = g ? model.stage_output_grad() : model.stage_input().first;
+        st.x.push_back(be.empty(like.shape(), like.dtype()));
+        if (!g) st.r.push_back(be.empty(like.shape(), like.dtype()));
+      }
+    }
+  }
+  auto slot_of = [&](int chunk, int k) { return k % chunks_[size_t(chunk)]->micro_batch_slots(); };
+
+  const double t0 = now_us();
+  if (record_) spans_.clear();
+  auto span = [&](const char* name, const PipelineOp& o, double start) {
+    if (record_) spans_.push_back({name, o.chunk, o.micro, start, now_us() - start});
+  };
+  double loss_sum = 0;
+  for (const Item& it : items) {
+    const PipelineOp& o = ops[it.op];
+    Transformer& model = *chunks_[size_t(o.chunk)];
+    const int slot = slot_of(o.chunk, o.micro);
+    const double start = now_us();
+    if (it.kind == Item::compute) {
+      if (!o.backward) {
+        if (!model.first_stage()) {
+          const Staging& st = act[size_t(o.chunk)];
+          const auto [x, r] = model.stage_input();
+          model.backend().copy(st.x[size_t(o.micro % st.slots)], x);
+          model.backend().copy(st.r[size_t(o.micro % st.slots)], r);
+        }
+        const MicroBatch& mb = micro[size_t(o.micro)];
+        const Tensor loss = model.forward_stage(slot, mb.tokens, mb.targets);
+        if (model.last_stage()) {
+          Tensor host = Tensor::empty({1}, DType::f32);
+          model.backend().copy(loss, host);
+          loss_sum += host.data<float>()[0];
+        }
+        span("F", o, start);
+      } else {
+        if (!model.last_stage()) {
+          const Staging& st = grad[size_t(o.chunk)];
+          model.backend().copy(st.x[size_t(o.micro % st.slots)], model.stage_output_grad());
+        }
+        model.backward_stage(slot, loss_scale);
+        span("B", o, start);
+      }
+      continue;
+    }
+    // A transfer; between two chunks of this rank (p = 1) it is a copy into the staging.
+    const bool g = it.grad != 0;
+    if (it.kind == Item::send) {
+      const int peer_chunk = (g ? vstage(o.chunk) - 1 : vstage(o.chunk) + 1) / p_;
+      if (g) {
+        const Tensor d = model.stage_input_grad();
+        if (it.peer == rank_) {
+          const Staging& st = grad[size_t(peer_chunk)];
+          model.backend().copy(d, st.x[size_t(o.micro % st.slots)]);
+        } else {
+          comm_->send(d, it.peer);
+        }
+      } else {
+        const auto [x, r] = model.stage_output(slot);
+        if (it.peer == rank_) {
+          const Staging& st = act[size_t(peer_chunk)];
+          model.backend().copy(x, st.x[size_t(o.micro % st.slots)]);
+          model.backend().copy(r, st.r[size_t(o.micro % st.slots)]);
+        } else {
+          comm_->send(x, it.peer);
+          comm_->send(r, it.peer);
+        }
+      }
+      span("send", o, start);
+    } else if (it.peer != rank_) {  // a receive (from this rank: the send did the copy)
+      const Staging& st = (g ? grad : act)[size_t(o.chunk)];
+      const size_t k = size_t(o.micro % st.slots);
+      comm_->recv(st.x[k], it.peer);
+      if (!g) comm_->recv(st.r[k], it.peer);
+      span("recv", o, start);
+    }
+  }
+  step_start_us_ = t0;
+  step_end_us_ = now_us();
+
+  // Tied embeddings: the first stage's wte gradient (the embedding's) and the last stage's (the
+  // head's) summed into both, in the same order on both, so the copies stay equal.
+  if (tied_) {
+    Transformer* mine = rank_ == 0 ? chunks_.front() : chunks_.back();
+    const std::string& wte = mine->layout().front().name;
+    Tensor g;
+    for (const NamedTensor& n : mine->gradients()) {
+      if (n.name == wte) g = n.tensor;
+    }
+    NURI_CHECK(g.defined(), "Pipeline: the stage holding the tied embedding has no gradient for "
+               "it (its gradients were handed to hooks)");
+    tied_->all_reduce(g);
+  }
+
+  // The mean loss, from the last stage to every rank.
+  float loss = float(loss_sum / m);
+  if (p_ > 1) {
+    Communicator* host = comm_->host_communicator();
+    Tensor l = Tensor::empty({1}, DType::f32);
+    l.data<float>()[0] = loss;
+    host->broadcast(l, (stages - 1) % p_);
+    loss = l.data<float>()[0];
+  }
+  return loss;
+}
+
+double Pipeline::measured_bubble() const {
+  const double total = step_end_us_ - step_start_us_;
+  if (spans_.empty() || total <= 0) return 0;
+  double busy = 0;
+  for (const TimelineSpan& s : spans_) {
+    if (s.name == "F" || s.name == "B") busy += s.dur_us;
+  }
+  return std::max(0.0, 1 - busy / total);
+}
+
+void Pipeline::write_chrome_trace(const std::string& path) const {
+  // Each rank's events as JSON text, gathered to rank 0 by length and bytes (i32 carrying them).
+  std::string mine;
+  for (const TimelineSpan& s : spans_) {
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "%s{\"name\":\"%s %d\",\"cat\":\"%s\",\"ph\":\"X\",\"ts\":%.3f,\"dur\":%.3f,"
+                  "\"pid\":%d,\"tid\":%d,\"args\":{\"micro_batch\":%d,\"chunk\":%d}}",
+                  mine.empty() ? "" : ",", s.name.c_str(), s.micro, s.name.c_str(), s.start_us,
+                  s.dur_us, rank_, s.chunk, s.micro, s.chunk);
+    mine += buf;
+  }
+  std::vector<std::string> all{mine};
+  if (p_ > 1) {
+    // Point to point moves the bits of f32 tensors unchanged: the text rides in their bytes,
+    // after its length.
+    Communicator* host = comm_->host_communicator();
+    auto holder = [](size_t bytes) { return Tensor::zeros({int64_t(bytes + 3) / 4 + 1}, DType::f32); };
+    if (rank_ == 0) {
+      for (int r = 1; r < p_; ++r) {
+        Tensor n = Tensor::empty({1}, DType::f32);
+        host->recv(n, r);
+        const size_t bytes = size_t(n.data<float>()[0]);
+        Tensor w = holder(bytes);
+        host->recv(w, r);
+        all.emplace_back(reinterpret_cast<const char*>(w.data<float>()), bytes);
+      }
+    } else {
+      Tensor n = Tensor::empty({1}, DType::f32);
+      n.data<float>()[0] = float(mine.size());  // exact below 2^24 bytes
+      NURI_CHECK(mine.size() < (size_t(1) << 24), "write_chrome_trace: rank ", rank_,
+                 "'s timeline is over 16 MiB; record fewer steps");
+      Tensor w = holder(mine.size());
+      std::copy(mine.begin(), mine.end(), reinterpret_cast<char*>(w.data<float>()));
+      host->send(n, 0);
+      host->send(w, 0);
+      return;
+    }
+  }
+  std::ofstream out(path);
+  NURI_CHECK(out.good(), "write_chrome_trace: cannot write '", path, "'");
+  out << "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[";
+  bool first = true;
+  for (int r = 0; r < int(all.size()); ++r) {
+    char meta[160];
+    std::snprintf(meta, sizeof meta,
+                  "%s{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":"
+                  "\"pipeline stage %d\"}}",
+                  first ? "" : ",", r, r);
+    out << meta;
+    first = false;
+    if (!all[size_t(r)].empty()) out << "," << all[size_t(r)];
+  }
+  out << "]}\n";
+  NURI_CHECK(out.good(), "write_chrome_trace: writing '", path, "' failed");
+}
+
+}  // namespace nuri

@@ -1,0 +1,270 @@
+// Pipeline parallelism on the CPU backend (issue #23), under mpirun and started torchrun-style
+// with 2, 4 and 8 ranks (labels mpi, tcp). Every rank computes the one-process reference itself.
+//
+// - Training: the layouts dp × tp × pp that fill the job (pp = 2 and 4 with 1F1B, interleaved
+//   with v = 2, dp × pp, tp × pp, and dp × tp × pp = 2 × 2 × 2 on 8 ranks), GPT-2 (tied
+//   embeddings: the first and last stage sum their wte gradients) and Llama (untied), with and
+//   without recomputation: the losses of one process over 20 AdamW steps with the same
+//   micro-batches. A stage's products are those of one process bit for bit; the tied wte's
+//   gradient is summed in another order, data parallelism's in another order still, and the
+//   tensor-parallel products as in test_tp, so the bound is test_dp's: |Δloss| ≤ 1e-5 · loss.
+// - The timeline: every rank's forwards and backwards in one Chrome trace; stage 0 holds
+//   min(p, m) micro-batches at once.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include "nuri/data/token_file.h"
+#include "nuri/dist/communicator.h"
+#include "nuri/dist/launch.h"
+#include "nuri/parallel/pipeline.h"
+#include "nuri/parallel/tensor_parallel.h"
+#include "nuri/train/optimizer.h"
+
+namespace nuri {
+namespace {
+
+std::shared_ptr<Communicator> world() {
+  static std::shared_ptr<Communicator> comm = [] {
+    CommOptions opt;
+    opt.timeout_s = 120;
+    return std::shared_ptr<Communicator>(make_communicator(detect_launch(), opt));
+  }();
+  return comm;
+}
+
+int world_size() { return world() ? world()->size() : 1; }
+int world_rank() { return world() ? world()->rank() : 0; }
+
+constexpr int kSteps = 20;
+constexpr int64_t kB = 2, kT = 16;
+
+ModelConfig model(const std::string& family, int64_t layers) {
+  ModelConfig c = model_preset(family == "gpt2" ? "gpt2-tiny" : "llama-tiny");
+  if (family == "llama") c.tied_embeddings = false;
+  c.n_layer = layers;
+  return c;
+}
+
+// Micro-batch k of step s: windows of a fixed text, the targets the next bytes.
+Pipeline::MicroBatch micro_batch(int s, int k) {
+  static const std::vector<uint32_t> ids = [] {
+    std::string text;
+    for (int i = 0; i < 200; ++i) {
+      text += "to be or not to be, that is the question; whether 'tis nobler in the mind ";
+      text += std::to_string(i % 13);
+    }
+    return ByteTokenizer().encode(text);
+  }();
+  Pipeline::MicroBatch mb{Tensor::empty({kB, kT}, DType::i32), Tensor::empty({kB, kT}, DType::i32)};
+  for (int64_t b = 0; b < kB; ++b) {
+    const size_t at = (size_t(s) * 977 + size_t(k) * 131 + size_t(b) * 53) % (ids.size() - kT - 1);
+    for (int64_t t = 0; t < kT; ++t) {
+      mb.tokens.data<int32_t>()[b * kT + t] = int32_t(ids[at + size_t(t)]);
+      mb.targets.data<int32_t>()[b * kT + t] = int32_t(ids[at + size_t(t) + 1]);
+    }
+  }
+  return mb;
+}
+
+AdamWParams hyper() {
+  AdamWParams hp;
+  hp.weight_decay = 0.1f;
+  return hp;
+}
+float lr(int s) { return 3e-3f * std::min(1.f, float(s + 1) / 3.f); }
+
+// One process: m micro-batches a step, their gradients accumulated.
+std::vector<float> reference(const ModelConfig& cfg, Recompute rc, int m) {
+  Transformer model(cfg, make_backend("cpu"), 11);
+  model.set_recompute(rc);
+  AdamW opt(model, hyper());
+  std::vector<float> losses;
+  for (int s = 0; s < kSteps; ++s) {
+    model.zero_grad();
+    double loss = 0;
+    for (int k = 0; k < m; ++k) {
+      const Pipeline::MicroBatch mb = micro_batch(s, k);
+      loss += model.forward(mb.tokens, mb.targets);
+      model.backward(1.f / float(m));
+    }
+    losses.push_back(float(loss / m));
+    opt.step(lr(s));
+  }
+  return losses;
+}
+
+struct Layout {
+  int dp, tp, pp, v;
+  std::string family;
+  int64_t layers;
+  Recompute rc;
+  int m;  // micro-batches a step in all (each data-parallel rank runs m / dp of them)
+  std::string str() const {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%s dp %d tp %d pp %d v %d recompute %s m %d", family.c_str(),
+                  dp, tp, pp, v, recompute_name(rc), m);
+    return buf;
+  }
+};
+
+// This rank's groups of a dp × pp × tp grid: tp fastest (neighbouring ranks), then pp, then dp.
+struct Groups {
+  int dp_rank = 0, pp_rank = 0, tp_rank = 0;
+  std::shared_ptr<Communicator> dp, pp, tp;
+};
+Groups split(const Layout& l) {
+  Groups g;
+  const int r = world_rank();
+  g.tp_rank = r % l.tp;
+  g.pp_rank = (r / l.tp) % l.pp;
+  g.dp_rank = r / (l.tp * l.pp);
+  auto at = [&](int d, int p, int t) { return (d * l.pp + p) * l.tp + t; };
+  std::vector<int> tp, pp, dp;
+  for (int t = 0; t < l.tp; ++t) tp.push_back(at(g.dp_rank, g.pp_rank, t));
+  for (int p = 0; p < l.pp; ++p) pp.push_back(at(g.dp_rank, p, g.tp_rank));
+  for (int d = 0; d < l.dp; ++d) dp.push_back(at(d, g.pp_rank, g.tp_rank));
+  if (l.tp > 1) g.tp = world()->split(tp);
+  if (l.pp > 1) g.pp = world()->split(pp);
+  if (l.dp > 1) g.dp = world()->split(dp);
+  return g;
+}
+
+struct Pipelined {
+  std::vector<float> losses;
+  int stage0_slots = 0;
+  double bubble = 0;
+};
+
+Pipelined train(const Layout& l, const std::string& trace = "") {
+  const ModelConfig cfg = model(l.family, l.layers);
+  Groups g = split(l);
+  const std::vector<int64_t> first = pipeline_stages(cfg, l.pp * l.v, kT);
+  std::shared_ptr<Backend> be = make_backend("cpu");
+  std::unique_ptr<TensorParallel> tp_hooks;
+  if (g.tp) tp_hooks = std::make_unique<TensorParallel>(g.tp);
+  std::vector<std::unique_ptr<Transformer>> chunks;
+  std::vector<std::unique_ptr<AdamW>> opts;
+  std::vector<Transformer*> ptrs;
+  for (int c = 0; c < l.v; ++c) {
+    const size_t vs = size_t(c * l.pp + g.pp_rank);
+    chunks.push_back(std::make_unique<Transformer>(cfg, be, 11, WeightShard{},
+                                                   TensorParallelRank{g.tp_rank, l.tp},
+                                                   PipelineStage{first[vs], first[vs + 1]}));
+    chunks.back()->set_recompute(l.rc);
+    if (tp_hooks) chunks.back()->set_tensor_parallel_hooks(tp_hooks.get());
+    opts.push_back(std::make_unique<AdamW>(*chunks.back(), hyper()));
+    ptrs.push_back(chunks.back().get());
+  }
+  Pipeline pipe(ptrs, g.pp);
+  Pipelined out;
+  for (int s = 0; s < kSteps; ++s) {
+    for (auto& c : chunks) c->zero_grad();
+    std::vector<Pipeline::MicroBatch> mine;
+    for (int k = g.dp_rank; k < l.m; k += l.dp) mine.push_back(micro_batch(s, k));
+    pipe.record_timeline(!trace.empty() && s == kSteps - 1);
+    float loss = pipe.step(mine, 1.f / float(l.m));
+    if (g.dp) {  // ZeRO 0: the gradients and the loss summed over the data-parallel group
+      for (auto& c : chunks) g.dp->all_reduce(c->grad_buffer());
+      Tensor t = Tensor::empty({1}, DType::f32);
+      t.data<float>()[0] = loss / float(l.dp);
+      g.dp->all_reduce(t);
+      loss = t.data<float>()[0];
+    }
+    out.losses.push_back(loss);
+    for (auto& o : opts) o->step(lr(s));
+  }
+  out.stage0_slots = chunks[0]->micro_batch_slots();
+  out.bubble = pipe.measured_bubble();
+  if (!trace.empty() && g.dp_rank == 0 && g.tp_rank == 0) pipe.write_chrome_trace(trace);
+  return out;
+}
+
+void expect_same_losses(const std::vector<float>& got, const std::vector<float>& want,
+                        const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_LE(std::abs(got[i] - want[i]), 1e-5f * want[i])
+        << what << " step " << i << ": " << got[i] << " vs one process's " << want[i];
+  }
+  EXPECT_LT(got.back(), got.front()) << what << ": it learns";
+}
+
+TEST(PipelineParallel, TrainsLikeOneProcessOnEveryGridOfTheJob) {
+  const int n = world_size();
+  std::vector<Layout> all = {
+      {1, 1, 2, 1, "gpt2", 3, Recompute::none, 4},
+      {1, 1, 2, 1, "llama", 3, Recompute::selective, 3},
+      {1, 1, 2, 2, "gpt2", 4, Recompute::full, 4},
+      {1, 1, 4, 1, "gpt2", 4, Recompute::none, 6},
+      {1, 1, 4, 2, "llama", 8, Recompute::none, 8},
+      {2, 1, 2, 1, "gpt2", 3, Recompute::none, 4},
+      {1, 2, 2, 1, "llama", 2, Recompute::selective, 4},
+      {2, 2, 2, 1, "gpt2", 4, Recompute::none, 4},
+      {2, 2, 2, 2, "llama", 4, Recompute::full, 4},
+  };
+  int ran = 0;
+  for (const Layout& l : all) {
+    if (l.dp * l.tp * l.pp != n) continue;
+    SCOPED_TRACE(l.str());
+    const Pipelined got = train(l);
+    expect_same_losses(got.losses, reference(model(l.family, l.layers), Recompute::none, l.m),
+                       l.str());
+    if (world_rank() == 0) std::printf("[pp] %s: the losses of one process\n", l.str().c_str());
+    ++ran;
+  }
+  EXPECT_GE(ran, 2) << "no layout fills a job of " << n << " ranks";
+}
+
+// The timeline of the last step: one Chrome trace with each rank's m·v forwards and backwards;
+// stage 0 held min(p, m) micro-batches' activations (1F1B).
+TEST(PipelineParallel, WritesTheTimelineAsOneChromeTrace) {
+  const int p = world_size();
+  for (const int m : {2, 8}) {
+    const std::string trace = "/tmp/nuri_pp_trace_" + std::to_string(getppid()) + ".json";
+    const Layout l{1, 1, p, 1, "gpt2", int64_t(p), Recompute::none, m};
+    const Pipelined got = train(l, trace);
+    if (world_rank() == 0) {
+      EXPECT_EQ(got.stage0_slots, std::min(p, m));
+      std::ifstream in(trace);
+      std::stringstream text;
+      text << in.rdbuf();
+      const std::string s = text.str();
+      auto count = [&](const std::string& what) {
+        int c = 0;
+        for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++c;
+        return c;
+      };
+      EXPECT_EQ(s.rfind("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[", 0), 0u);
+      EXPECT_EQ(count("\"cat\":\"F\""), p * m);
+      EXPECT_EQ(count("\"cat\":\"B\""), p * m);
+      EXPECT_EQ(count("\"process_name\""), p);
+      for (int r = 0; r < p; ++r) {
+        EXPECT_NE(s.find("\"pid\":" + std::to_string(r) + ",\"tid\""), std::string::npos) << r;
+      }
+      std::printf("[pp] p %d m %d: rank 0 idle %.0f%% of the step (1F1B's bubble (p-1)/(m+p-1) = "
+                  "%.0f%%)\n",
+                  p, m, 100 * got.bubble, 100 * pipeline_bubble_formula(p, m));
+      std::filesystem::remove(trace);
+    }
+    world()->barrier();
+  }
+}
+
+}  // namespace
+}  // namespace nuri
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  nuri::world();  // every rank joins before any test
+  return RUN_ALL_TESTS();
+}
