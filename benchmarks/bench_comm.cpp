@@ -21,8 +21,15 @@
 //               time against tp = 1's (the peer), and the tensor-parallel collectives split out:
 //               their seconds per step, calls and bytes.
 //
+//   pp_step     pipeline parallelism (issue #23): training steps at pp = 1, 2, 4 … (each pp that
+//               divides the ranks and the blocks; dp = ranks / pp, 1F1B over the same global
+//               batch of --micro micro-batches of B), alternating: step time against pp = 1's (the
+//               peer), and the bubble: the share of the step the ranks spent in neither a forward
+//               nor a backward (from the timeline, mean over ranks) beside (p − 1)/(m + p − 1).
+//
 //   mpirun -np 4 --oversubscribe build/benchmarks/bench_comm [--quick] [--reps N] [--model NAME]
-//          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--only NAME] [--json FILE]
+//          [--layers L] [--batch B] [--seq T] [--bucket-mb X] [--micro M] [--only NAME]
+//          [--json FILE]
 // Rank 0 prints one JSON object per measurement. Threads per rank: OMP_NUM_THREADS.
 #include <mpi.h>
 
@@ -33,6 +40,7 @@
 #include "nuri/data/token_file.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/launch.h"
+#include "nuri/parallel/pipeline.h"
 #include "nuri/parallel/tensor_parallel.h"
 #include "nuri/train/trainer.h"
 
@@ -44,7 +52,8 @@ struct Options {
   std::string model = "gpt2-tiny";
   int64_t layers = 8, batch = 4, seq = 64;
   double bucket_mb = 0.25;
-  std::string json, only;  // only: one benchmark by name (all_reduce, dp_step, zero3_step, tp_step)
+  int64_t micro = 16;  // pp_step: micro-batches in the global batch
+  std::string json, only;  // only: one benchmark by name (all_reduce, dp_step, zero3_step, tp_step, pp_step)
 };
 
 Options parse(int argc, char** argv) {
@@ -65,6 +74,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--batch") o.batch = std::stoll(value());
     else if (a == "--seq") o.seq = std::stoll(value());
     else if (a == "--bucket-mb") o.bucket_mb = std::stod(value());
+    else if (a == "--micro") o.micro = std::stoll(value());
     else if (a == "--json") o.json = value();
     else if (a == "--only") o.only = value();
     else {
@@ -348,6 +358,95 @@ void bench_tp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
   }
 }
 
+void bench_pp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
+                   bench::Output& out) {
+  const int n = comm->size();
+  nuri::ModelConfig cfg = nuri::model_preset(o.model);
+  if (o.layers > 0) cfg.n_layer = o.layers;
+  cfg.max_seq_len = std::max(cfg.max_seq_len, o.seq);
+  auto batch = [&](int64_t k) {  // micro-batch k of the global batch (the same every step)
+    nuri::Pipeline::MicroBatch mb{nuri::Tensor::empty({o.batch, o.seq}, nuri::DType::i32),
+                                  nuri::Tensor::empty({o.batch, o.seq}, nuri::DType::i32)};
+    for (int64_t i = 0; i < o.batch * o.seq; ++i) {
+      mb.tokens.data<int32_t>()[i] = int32_t((k * 7919 + i * 31) % 257);
+      mb.targets.data<int32_t>()[i] = int32_t((k * 7919 + i * 31 + 1) % 257);
+    }
+    return mb;
+  };
+  struct PpRun {
+    int pp, dp;
+    std::shared_ptr<nuri::Communicator> pipe_comm, dp_comm;
+    std::unique_ptr<nuri::Transformer> model;
+    std::unique_ptr<nuri::AdamW> opt;
+    std::unique_ptr<nuri::Pipeline> pipe;
+    std::vector<nuri::Pipeline::MicroBatch> mine;
+    std::vector<double> step, bubble;
+  };
+  std::vector<PpRun> runs;
+  for (int pp = 1; pp <= n; pp *= 2) {
+    const int dp = n / pp;
+    if (n % pp != 0 || pp > cfg.n_layer || o.micro % dp != 0) continue;
+    PpRun r;
+    r.pp = pp;
+    r.dp = dp;
+    const int rank = comm->rank(), stage = rank % pp, d = rank / pp;
+    std::vector<int> pipe_ranks, dp_ranks;
+    for (int s = 0; s < pp; ++s) pipe_ranks.push_back(d * pp + s);
+    for (int e = 0; e < dp; ++e) dp_ranks.push_back(e * pp + stage);
+    if (pp > 1) r.pipe_comm = comm->split(pipe_ranks);
+    if (dp > 1) r.dp_comm = comm->split(dp_ranks);
+    const std::vector<int64_t> first = nuri::pipeline_stages(cfg, pp, o.seq);
+    r.model = std::make_unique<nuri::Transformer>(
+        cfg, nuri::make_backend("cpu"), 1, nuri::WeightShard{}, nuri::TensorParallelRank{},
+        nuri::PipelineStage{first[size_t(stage)], first[size_t(stage) + 1]});
+    r.opt = std::make_unique<nuri::AdamW>(*r.model, nuri::AdamWParams{});
+    r.pipe = std::make_unique<nuri::Pipeline>(std::vector<nuri::Transformer*>{r.model.get()},
+                                              r.pipe_comm);
+    for (int64_t k = d; k < o.micro; k += dp) r.mine.push_back(batch(k));
+    runs.push_back(std::move(r));
+  }
+  auto one_step = [&](PpRun& r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    r.model->zero_grad();
+    r.pipe->record_timeline(true);
+    r.pipe->step(r.mine, 1.f / float(o.micro));
+    if (r.dp_comm) r.dp_comm->all_reduce(r.model->grad_buffer());
+    r.opt->step(1e-4f);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  for (int w = 0; w < 2; ++w) {
+    for (PpRun& r : runs) one_step(r);
+  }
+  for (int rep = 0; rep < o.reps; ++rep) {
+    for (PpRun& r : runs) {
+      comm->barrier();
+      r.step.push_back(max_over_ranks(one_step(r)));
+      double b = r.pipe->measured_bubble(), sum = 0;
+      MPI_Allreduce(&b, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+      r.bubble.push_back(sum / n);
+    }
+  }
+  const bench::Stats base = bench::summarize(runs.front().step);
+  for (const PpRun& r : runs) {
+    const bench::Stats st = bench::summarize(r.step);
+    const int64_t m = o.micro / r.dp;
+    bench::Json config;
+    config.kv("model", o.model).kv("layers", cfg.n_layer).kv("ranks", n).kv("pp", r.pp)
+        .kv("dp", r.dp).kv("micro_batches_per_pipeline", m).kv("B", o.batch).kv("T", o.seq)
+        .kv("threads", bench::bench_threads());
+    bench::Json a, b;
+    a.kv("name", "pp" + std::to_string(r.pp)).stats(st)
+        .kv("bubble", bench::summarize(r.bubble).median_s)
+        .kv("bubble_formula", nuri::pipeline_bubble_formula(r.pp, int(m)))
+        .kv("params_per_rank", r.model->parameter_count());
+    b.kv("name", "pp1").stats(base);
+    bench::Json j;
+    j.kv("bench", "pp_step_cpu").kv("config", config).kv("nuri", a).kv("peer", b)
+        .kv("ratio", st.median_s / base.median_s);
+    if (comm->rank() == 0) out.emit(j);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -365,6 +464,7 @@ int main(int argc, char** argv) {
     if (want("dp_step")) bench_dp_step(comm, o, out);
     if (want("zero3_step")) bench_zero3_step(comm, o, out);
     if (want("tp_step")) bench_tp_step(comm, o, out);
+    if (want("pp_step")) bench_pp_step(comm, o, out);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_comm: %s\n", e.what());
     return 1;
