@@ -61,7 +61,8 @@ Pipeline::Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicato
     NURI_CHECK(m.config().n_layer == cfg.n_layer && m.config().d_model == cfg.d_model,
                "Pipeline: the chunks are stages of different models");
   }
-  NURI_CHECK(v == 1 || p_ > 1, "Pipeline: interleaving (", v, " chunks) needs at least 2 "
+  NURI_CHECK(v == 1 || p_ > 1, "Pipeline: interleaving (", v,
+             " chunks) needs at least 2 "
              "pipeline ranks; with one, hold the whole model");
   // Tied embeddings: stage 0 (rank 0's first chunk) and the last stage (rank p-1's last) sum
   // their wte gradients over a group of the two.
@@ -91,7 +92,7 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
   auto vstage = [&](int chunk) { return chunk * p_ + rank_; };
   // The times every rank's forwards and backwards start and end, by (stage, micro-batch).
   const std::vector<std::vector<double>> zeros(static_cast<size_t>(stages),
-                                              std::vector<double>(static_cast<size_t>(m)));
+                                               std::vector<double>(static_cast<size_t>(m)));
   std::vector<std::vector<double>> f_start = zeros, f_end = zeros, b_start = zeros, b_end = zeros;
   for (int r = 0; r < p_; ++r) {
     for (size_t i = 0; i < schedule[size_t(r)].size(); ++i) {
@@ -119,8 +120,8 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
     }
     const int from = o.backward ? vs + 1 : vs - 1;
     if (from >= 0 && from < stages) {
-      const double at = o.backward ? b_end[size_t(from)][size_t(o.micro)]
-                                   : f_end[size_t(from)][size_t(o.micro)];
+      const double at =
+          o.backward ? b_end[size_t(from)][size_t(o.micro)] : f_end[size_t(from)][size_t(o.micro)];
       items.push_back({Item::recv, at, o.backward, from, o.micro, i, from % p_});
     }
   }
@@ -137,7 +138,8 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
       const double arrives = grad ? b_end[size_t(from)][size_t(k)] : f_end[size_t(from)][size_t(k)];
       int pending = 1;  // k itself, and the earlier ones not yet started when it arrives
       for (int j = 0; j < k; ++j) {
-        const double starts = grad ? b_start[size_t(vs)][size_t(j)] : f_start[size_t(vs)][size_t(j)];
+        const double starts =
+            grad ? b_start[size_t(vs)][size_t(j)] : f_start[size_t(vs)][size_t(j)];
         if (starts >= arrives) ++pending;
       }
       most = std::max(most, pending);
@@ -203,36 +205,46 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
       }
       continue;
     }
-    // A transfer; between two chunks of this rank (p = 1) it is a copy into the staging.
+    // A transfer; between two chunks of this rank (p = 1) it is a copy into the staging. A
+    // failure (a peer that died or hangs: the communicator's timeout) names both stages.
     const bool g = it.grad != 0;
-    if (it.kind == Item::send) {
-      const int peer_chunk = (g ? vstage(o.chunk) - 1 : vstage(o.chunk) + 1) / p_;
-      if (g) {
-        const Tensor d = model.stage_input_grad();
-        if (it.peer == rank_) {
-          const Staging& st = grad[size_t(peer_chunk)];
-          model.backend().copy(d, st.x[size_t(o.micro % st.slots)]);
+    try {
+      if (it.kind == Item::send) {
+        const int peer_chunk = (g ? vstage(o.chunk) - 1 : vstage(o.chunk) + 1) / p_;
+        if (g) {
+          const Tensor d = model.stage_input_grad();
+          if (it.peer == rank_) {
+            const Staging& st = grad[size_t(peer_chunk)];
+            model.backend().copy(d, st.x[size_t(o.micro % st.slots)]);
+          } else {
+            comm_->send(d, it.peer);
+          }
         } else {
-          comm_->send(d, it.peer);
+          const auto [x, r] = model.stage_output(slot);
+          if (it.peer == rank_) {
+            const Staging& st = act[size_t(peer_chunk)];
+            model.backend().copy(x, st.x[size_t(o.micro % st.slots)]);
+            model.backend().copy(r, st.r[size_t(o.micro % st.slots)]);
+          } else {
+            comm_->send(x, it.peer);
+            comm_->send(r, it.peer);
+          }
         }
-      } else {
-        const auto [x, r] = model.stage_output(slot);
-        if (it.peer == rank_) {
-          const Staging& st = act[size_t(peer_chunk)];
-          model.backend().copy(x, st.x[size_t(o.micro % st.slots)]);
-          model.backend().copy(r, st.r[size_t(o.micro % st.slots)]);
-        } else {
-          comm_->send(x, it.peer);
-          comm_->send(r, it.peer);
-        }
+        span("send", o, start);
+      } else if (it.peer != rank_) {  // a receive (from this rank: the send did the copy)
+        const Staging& st = (g ? grad : act)[size_t(o.chunk)];
+        const size_t k = size_t(o.micro % st.slots);
+        comm_->recv(st.x[k], it.peer);
+        if (!g) comm_->recv(st.r[k], it.peer);
+        span("recv", o, start);
       }
-      span("send", o, start);
-    } else if (it.peer != rank_) {  // a receive (from this rank: the send did the copy)
-      const Staging& st = (g ? grad : act)[size_t(o.chunk)];
-      const size_t k = size_t(o.micro % st.slots);
-      comm_->recv(st.x[k], it.peer);
-      if (!g) comm_->recv(st.r[k], it.peer);
-      span("recv", o, start);
+    } catch (const Error& e) {
+      const int vs = vstage(o.chunk),
+                other = it.kind == Item::send ? (g ? vs - 1 : vs + 1) : (g ? vs + 1 : vs - 1);
+      NURI_CHECK(false, "pipeline stage ", vs, " (pipeline rank ", rank_,
+                 "): ", it.kind == Item::send ? "sending" : "receiving", " micro-batch ", o.micro,
+                 "'s ", g ? "gradient" : "activations", it.kind == Item::send ? " to" : " from",
+                 " stage ", other, " (pipeline rank ", it.peer, ") failed: ", e.what());
     }
   }
   step_start_us_ = t0;
@@ -247,7 +259,8 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
     for (const NamedTensor& n : mine->gradients()) {
       if (n.name == wte) g = n.tensor;
     }
-    NURI_CHECK(g.defined(), "Pipeline: the stage holding the tied embedding has no gradient for "
+    NURI_CHECK(g.defined(),
+               "Pipeline: the stage holding the tied embedding has no gradient for "
                "it (its gradients were handed to hooks)");
     tied_->all_reduce(g);
   }
@@ -291,7 +304,9 @@ void Pipeline::write_chrome_trace(const std::string& path) const {
     // Point to point moves the bits of f32 tensors unchanged: the text rides in their bytes,
     // after its length.
     Communicator* host = comm_->host_communicator();
-    auto holder = [](size_t bytes) { return Tensor::zeros({int64_t(bytes + 3) / 4 + 1}, DType::f32); };
+    auto holder = [](size_t bytes) {
+      return Tensor::zeros({int64_t(bytes + 3) / 4 + 1}, DType::f32);
+    };
     if (rank_ == 0) {
       for (int r = 1; r < p_; ++r) {
         Tensor n = Tensor::empty({1}, DType::f32);

@@ -9,6 +9,9 @@
 #   kill-recover  the same under mpirun --enable-recovery, which keeps the others alive: they time
 #                 out after 2 s with the communicator's error and MPI_Abort (mpirun then exits 0
 #                 in Open MPI 4.1, so the messages are what is checked)
+#   pp-hang       a pipeline of 3 stages whose stage 1 sleeps in the second step: stages 0 and 2
+#                 time out after 2 s naming the transfer they waited for and stage 1, and the
+#                 job ends with MPI_Abort's errorcode 3 (issue #23)
 set -uo pipefail
 mpirun=()
 while [[ $1 != -- ]]; do mpirun+=("$1"); shift; done
@@ -44,6 +47,11 @@ survivors_named() {
   ((named >= 1)) || fail "no surviving rank reported the all_reduce that timed out"
 }
 case $mode in
+  pp-hang)
+    grep -Eq "rank ([02]): pipeline stage \1 \(pipeline rank \1\): receiving micro-batch 0's (gradient|activations) from stage 1 \(pipeline rank 1\) failed: recv .* did not complete within 2 s" <<<"$out" ||
+      fail "no surviving stage reported the transfer from stage 1 that timed out"
+    ((rc == 3)) || fail "the launcher exited $rc, expected MPI_Abort's errorcode 3"
+    ;;
   hang)
     survivors_named
     ((rc == 3)) || fail "the launcher exited $rc, expected MPI_Abort's errorcode 3"

@@ -6,6 +6,8 @@
 #         naming the all_reduce and exit with status 3
 #   kill  rank 1 dies of SIGKILL: ranks 0 and 2 see its (or each other's) connection close at
 #         once, name the all_reduce and exit with status 3
+#   pp-hang, pp-kill  the same for a pipeline of 3 stages (issue #23): stages 0 and 2 name the
+#         transfer from stage 1 they waited for, and exit with status 3
 set -uo pipefail
 launcher=$1 bin=$2 mode=$3
 start=$(date +%s%N)
@@ -24,8 +26,19 @@ printf '%s: launcher exit %d after %d ms\n' "$mode" "$rc" "$elapsed_ms"
 case $mode in
   hang) why="(did not complete within 2 s|failed: rank [02] closed the connection)" ;;
   kill) why="failed: rank [0-9] closed the connection" ;;
+  pp-hang) why="did not complete within 2 s" ;;
+  pp-kill) why="failed: (rank 1 closed the connection|receiving from rank 1 failed: Connection reset by peer)" ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
+if [[ $mode == pp-* ]]; then
+  for r in 0 2; do
+    grep -Eq "rank $r: pipeline stage $r \(pipeline rank $r\): receiving micro-batch 0's (gradient|activations) from stage 1 \(pipeline rank 1\) failed: recv \(f32, [0-9]+ elements, peer 1\) on rank $r of 3 \(tcp\) $why" <<<"$out" ||
+      fail "stage $r did not report the transfer from stage 1 ($why)"
+    grep -q "^rank $r exited 3$" <<<"$out" || fail "rank $r did not exit with status 3"
+  done
+  echo PASS
+  exit 0
+fi
 for r in 0 2; do
   grep -Eq "rank $r: all_reduce \(f32, 1024 elements, sum\) on rank $r of 3 \(tcp\) $why" <<<"$out" ||
     fail "rank $r did not report the all_reduce ($why)"

@@ -2,7 +2,10 @@
 // hangs (sleeps far past the timeout) or kills itself with SIGKILL while the others are in the
 // next all_reduce. The others must fail that all_reduce with the communicator's error within the
 // timeout and exit with status 3.
-//   mpirun -np N mpi_fault hang|kill TIMEOUT_S
+// pp-hang, pp-kill: the same in a pipeline of one stage a rank (issue #23): after one healthy
+// step, stage 1 hangs or dies, and the other stages' next step must fail within the timeout
+// naming the transfer and the stage it waited for.
+//   mpirun -np N mpi_fault hang|kill|pp-hang|pp-kill TIMEOUT_S
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -12,17 +15,51 @@
 #include "nuri/core/error.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/launch.h"
+#include "nuri/parallel/pipeline.h"
+
+namespace {
+
+int pipeline_fault(std::shared_ptr<nuri::Communicator> comm, bool kill) {
+  using namespace nuri;
+  ModelConfig cfg = model_preset("gpt2-tiny");
+  cfg.n_layer = comm->size();
+  const int s = comm->rank();
+  Transformer stage(cfg, make_backend("cpu"), 1, WeightShard{}, TensorParallelRank{},
+                    PipelineStage{s, s + 1});
+  Pipeline pipe({&stage}, comm);
+  std::vector<Pipeline::MicroBatch> micro;
+  for (int k = 0; k < 4; ++k) {
+    micro.push_back({Tensor::zeros({2, 8}, DType::i32), Tensor::zeros({2, 8}, DType::i32)});
+  }
+  pipe.step(micro, 0.25f);  // everyone is there
+  if (s == 1) {
+    if (kill) std::raise(SIGKILL);
+    std::this_thread::sleep_for(std::chrono::seconds(3600));
+    return 0;
+  }
+  try {
+    pipe.step(micro, 0.25f);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "rank %d: %s\n", s, e.what());
+    return 3;
+  }
+  std::fprintf(stderr, "rank %d: the step completed without stage 1\n", s);
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace nuri;
   if (argc != 3) {
-    std::fprintf(stderr, "usage: mpi_fault hang|kill TIMEOUT_S\n");
+    std::fprintf(stderr, "usage: mpi_fault hang|kill|pp-hang|pp-kill TIMEOUT_S\n");
     return 2;
   }
   const std::string mode = argv[1];
   CommOptions opt;
   opt.timeout_s = std::atof(argv[2]);
-  std::unique_ptr<Communicator> comm = make_communicator(detect_launch(), opt);
+  std::shared_ptr<Communicator> comm = make_communicator(detect_launch(), opt);
+  if (mode == "pp-hang" || mode == "pp-kill") return pipeline_fault(comm, mode == "pp-kill");
   Tensor t = Tensor::empty({1024}, DType::f32);
   for (int i = 0; i < 1024; ++i) t.data<float>()[i] = float(i);
   comm->all_reduce(t);  // everyone is there
