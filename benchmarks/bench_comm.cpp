@@ -410,6 +410,7 @@ void bench_pp_step(std::shared_ptr<nuri::Communicator> comm, const Options& o,
     r.model->zero_grad();
     r.pipe->record_timeline(true);
     r.pipe->step(r.mine, 1.f / float(o.micro));
+    r.pipe->sum_tied_gradients();
     if (r.dp_comm) r.dp_comm->all_reduce(r.model->grad_buffer());
     r.opt->step(1e-4f);
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -174,6 +174,9 @@ std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp,
   };
   if (has_embedding) {
     unit(UnitKind::embedding, -1, "embedding", [&](Declarer& d) { declare_embedding(cfg, d); });
+    if (first > 0) {  // the tied head's copy
+      for (ParamSpec& p : units.back().params) p.replica = true;
+    }
   }
   for (int64_t l = first; l < last; ++l) {
     unit(UnitKind::block, l, "block " + std::to_string(l),

@@ -39,6 +39,10 @@ const Settings& parallel_settings() {
           "tensor parallelism: ranks that split every layer's heads, MLP columns and vocabulary "
           "(neighbouring ranks, normally one node); the data-parallel ranks are world / tp")
         .at_least(1);
+    t.add("pp", &C::pp,
+          "pipeline parallelism: stages, each holding a contiguous range of the blocks (the "
+          "slowest-varying coordinate, normally across nodes); 1F1B over grad_accum "
+          "micro-batches").at_least(1);
     t.add("sequence_parallel", &C::sequence_parallel,
           "with tp > 1: split the residual stream and the norms along the token rows too "
           "(activation memory / tp; the all-reduces become reduce-scatters and all-gathers)");

@@ -76,7 +76,8 @@ void Pipeline::record_timeline(bool on) {
   spans_.clear();
 }
 
-float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
+std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale,
+                                  const Hooks& hooks) {
   const int m = int(micro.size()), v = int(chunks_.size()), stages = p_ * v;
   NURI_CHECK(m >= 1, "Pipeline::step: no micro-batches");
   const int64_t b = micro[0].tokens.size(0), t = micro[0].tokens.size(1);
@@ -173,7 +174,7 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
   auto span = [&](const char* name, const PipelineOp& o, double start) {
     if (record_) spans_.push_back({name, o.chunk, o.micro, start, now_us() - start});
   };
-  double loss_sum = 0;
+  std::vector<float> losses(size_t(m), 0.f);
   for (const Item& it : items) {
     const PipelineOp& o = ops[it.op];
     Transformer& model = *chunks_[size_t(o.chunk)];
@@ -192,7 +193,7 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
         if (model.last_stage()) {
           Tensor host = Tensor::empty({1}, DType::f32);
           model.backend().copy(loss, host);
-          loss_sum += host.data<float>()[0];
+          losses[size_t(o.micro)] = host.data<float>()[0];
         }
         span("F", o, start);
       } else {
@@ -200,7 +201,9 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
           const Staging& st = grad[size_t(o.chunk)];
           model.backend().copy(st.x[size_t(o.micro % st.slots)], model.stage_output_grad());
         }
+        if (hooks.before_backward) hooks.before_backward(o.chunk, o.micro, o.micro == m - 1);
         model.backward_stage(slot, loss_scale);
+        if (hooks.after_backward) hooks.after_backward(o.chunk);
         span("B", o, start);
       }
       continue;
@@ -250,31 +253,71 @@ float Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale) {
   step_start_us_ = t0;
   step_end_us_ = now_us();
 
-  // Tied embeddings: the first stage's wte gradient (the embedding's) and the last stage's (the
-  // head's) summed into both, in the same order on both, so the copies stay equal.
-  if (tied_) {
-    Transformer* mine = rank_ == 0 ? chunks_.front() : chunks_.back();
-    const std::string& wte = mine->layout().front().name;
-    Tensor g;
-    for (const NamedTensor& n : mine->gradients()) {
-      if (n.name == wte) g = n.tensor;
-    }
-    NURI_CHECK(g.defined(),
-               "Pipeline: the stage holding the tied embedding has no gradient for "
-               "it (its gradients were handed to hooks)");
-    tied_->all_reduce(g);
-  }
+  return share_losses(losses);
+}
 
-  // The mean loss, from the last stage to every rank.
-  float loss = float(loss_sum / m);
-  if (p_ > 1) {
+std::vector<float> Pipeline::share_losses(std::vector<float> losses) const {
+  if (p_ > 1) {  // from the last stage's rank to every rank
     Communicator* host = comm_->host_communicator();
-    Tensor l = Tensor::empty({1}, DType::f32);
-    l.data<float>()[0] = loss;
-    host->broadcast(l, (stages - 1) % p_);
-    loss = l.data<float>()[0];
+    Tensor l = Tensor::empty({int64_t(losses.size())}, DType::f32);
+    std::copy(losses.begin(), losses.end(), l.data<float>());
+    host->broadcast(l, p_ - 1);
+    std::copy(l.data<float>(), l.data<float>() + l.numel(), losses.begin());
   }
-  return loss;
+  return losses;
+}
+
+std::vector<float> Pipeline::forward_only(const std::vector<MicroBatch>& micro) {
+  // Micro-batch after micro-batch through the virtual stages in order: each rank receives,
+  // runs its chunk and sends on, so every transfer's two ranks meet in the same order.
+  const int v = int(chunks_.size()), stages = p_ * v;
+  NURI_CHECK(!micro.empty(), "Pipeline::forward_only: no micro-batches");
+  for (Transformer* c : chunks_) c->prepare(micro[0].tokens.size(0), micro[0].tokens.size(1));
+  std::vector<float> losses(micro.size(), 0.f);
+  for (size_t k = 0; k < micro.size(); ++k) {
+    for (int vs = 0; vs < stages; ++vs) {
+      if (vs % p_ != rank_) continue;
+      Transformer& model = *chunks_[size_t(vs / p_)];
+      if (vs > 0) {
+        const auto [x, r] = model.stage_input();
+        const int from = (vs - 1) % p_;
+        if (from == rank_) {
+          const auto [px, pr] = chunks_[size_t((vs - 1) / p_)]->stage_output(0);
+          model.backend().copy(px, x);
+          model.backend().copy(pr, r);
+        } else {
+          comm_->recv(x, from);
+          comm_->recv(r, from);
+        }
+      }
+      const Tensor loss = model.forward_stage(0, micro[k].tokens, micro[k].targets);
+      if (model.last_stage()) {
+        Tensor host = Tensor::empty({1}, DType::f32);
+        model.backend().copy(loss, host);
+        losses[k] = host.data<float>()[0];
+      } else if ((vs + 1) % p_ != rank_) {
+        const auto [x, r] = model.stage_output(0);
+        comm_->send(x, (vs + 1) % p_);
+        comm_->send(r, (vs + 1) % p_);
+      }
+    }
+  }
+  return share_losses(losses);
+}
+
+void Pipeline::sum_tied_gradients(const Tensor& wte) {
+  if (!tied_) return;
+  Tensor g = wte;
+  if (!g.defined()) {
+    Transformer* mine = rank_ == 0 ? chunks_.front() : chunks_.back();
+    const std::string& name = mine->layout().front().name;
+    for (const NamedTensor& n : mine->gradients()) {
+      if (n.name == name) g = n.tensor;
+    }
+  }
+  NURI_CHECK(g.defined(), "Pipeline: the stage holding the tied embedding has no gradient for "
+             "it here (its gradients were handed to hooks); pass the gradient of wte");
+  tied_->all_reduce(g);
 }
 
 double Pipeline::measured_bubble() const {

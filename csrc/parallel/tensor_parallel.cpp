@@ -61,19 +61,24 @@ double TensorParallel::sum_over_group(double x) {
   return double(t.data<float>()[0]);
 }
 
-GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp) {
+GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp, int pp) {
   const int n = world ? world->size() : 1;
-  NURI_CHECK(tp >= 1 && n % tp == 0, "tp=", tp, " does not divide the job's ", n,
-             " ranks: the grid is dp × tp = world size; start a multiple of ", tp,
-             " ranks or choose a tp that divides ", n);
+  NURI_CHECK(pp >= 1, "pp=", pp, ": pipeline parallelism needs at least one stage");
+  NURI_CHECK(tp >= 1 && n % (tp * pp) == 0, "tp=", tp, (pp > 1 ? " x pp=" : ""),
+             (pp > 1 ? std::to_string(pp) : std::string()), " does not divide the job's ", n,
+             " ranks: the grid is dp × tp", (pp > 1 ? " × pp" : ""), " = world size; start a "
+             "multiple of ", tp * pp, " ranks or choose a tp", (pp > 1 ? " and pp" : ""),
+             " that divide", (pp > 1 ? "" : "s"), " ", n);
   GridGroups g;
   g.world = n > 1 ? world : nullptr;
-  g.grid = ProcessGrid(n, n / tp, tp);
+  g.grid = ProcessGrid(n, n / (tp * pp), tp, pp);
   const int rank = world ? world->rank() : 0;
   g.coord = g.grid.coord(rank);
-  // Every rank creates its tp group, then its dp group (MPI: each a creation over its members).
+  // Every rank creates its tp group, then its dp group, then its pp group (MPI: each a
+  // creation over its members).
   if (tp > 1) g.tp = std::shared_ptr<Communicator>(world->split(g.grid.tp_group(rank)));
-  if (n / tp > 1) g.dp = std::shared_ptr<Communicator>(world->split(g.grid.dp_group(rank)));
+  if (g.grid.dp() > 1) g.dp = std::shared_ptr<Communicator>(world->split(g.grid.dp_group(rank)));
+  if (pp > 1) g.pp = std::shared_ptr<Communicator>(world->split(g.grid.pp_group(rank)));
   return g;
 }
 

@@ -202,17 +202,22 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
   // The ranks as a dp × tp grid; ZeRO 3 over several dp ranks: each rank makes its shard of
   // its tensor-parallel slice of the model alone.
+  // Pipeline parallelism: this rank's stage of the split that balances the stages' compute.
   check_tensor_parallel(cfg.model, cfg.parallel.tp);
-  const GridGroups grid = make_grid_groups(pg.comm, cfg.parallel.tp);
+  const std::vector<int64_t> stage_first =
+      pipeline_stages(cfg.model, cfg.parallel.pp, cfg.train.seq_len);
+  const GridGroups grid = make_grid_groups(pg.comm, cfg.parallel.tp, cfg.parallel.pp);
   const TensorParallelRank place{grid.coord.tp, cfg.parallel.tp};
+  const PipelineStage stage{stage_first[size_t(grid.coord.pp)],
+                            stage_first[size_t(grid.coord.pp) + 1]};
   WeightShard shard;
   if (cfg.parallel.zero_stage == 3 && grid.grid.dp() > 1) {
-    const std::vector<ParamSpec> layout = param_layout(cfg.model, place);
+    const std::vector<ParamSpec> layout = param_layout(cfg.model, place, stage);
     const auto [lo, hi] = DataParallel::shard_of(layout.back().offset + layout.back().numel(),
                                                  grid.grid.dp(), grid.coord.dp);
     shard = {lo, hi};
   }
-  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard, place);
+  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard, place, stage);
   Trainer trainer(model, cfg.train, train, val, grid, cfg.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
   const TrainConfig& tc = cfg.train;
@@ -236,6 +241,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (const TensorParallel* tpc = trainer.tensor_parallel()) {
     out.line(fmt("tensor parallel: %d ranks a group (activations over %s), grid %s",
                  cfg.parallel.tp, tpc->comm().backend_name().c_str(), grid.grid.str().c_str()));
+  }
+  if (trainer.pipeline()) {
+    out.line(fmt("pipeline parallel: %d stages, %s, 1F1B over %lld micro-batches (bubble "
+                 "(p-1)/(m+p-1) = %.0f%%), grid %s",
+                 cfg.parallel.pp, stages_summary(cfg.model, stage_first, tc.seq_len).c_str(),
+                 (long long)tc.grad_accum,
+                 100 * pipeline_bubble_formula(cfg.parallel.pp, int(tc.grad_accum)),
+                 grid.grid.str().c_str()));
   }
   out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
 
@@ -367,8 +380,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // So does tensor parallelism: every rank of a group computes its columns of the logits.
   const bool sharded = (trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3) ||
                        cfg.parallel.tp > 1;
-  if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
-      cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
+  if (cfg.parallel.pp > 1 && sc.max_new_tokens > 0 && !sc.prompt.empty()) {
+    out.line("sampling needs the whole model on a rank, and pipeline parallelism splits it: "
+             "skipped (sample from the saved model.safetensors)");
+  } else if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
+             cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;
     so.max_new_tokens = sc.max_new_tokens;
     so.temperature = sc.temperature;

@@ -131,8 +131,12 @@ std::shared_ptr<Communicator> grid_dp(const Transformer& model, const GridGroups
              "rank ", place.rank, " of a tensor-parallel group of ", place.size, ", the grid ",
              grid.grid.str(), " puts this process at tp index ", grid.coord.tp, "; build the "
              "model with TensorParallelRank{grid.coord.tp, grid.grid.tp()}");
-  NURI_CHECK(grid.grid.pp() == 1, "Trainer: pipeline parallelism (pp=", grid.grid.pp(),
-             ") is not supported yet");
+  const int pp = grid.grid.pp(), s = grid.coord.pp;
+  NURI_CHECK(model.first_stage() == (s == 0) && model.last_stage() == (s == pp - 1),
+             "Trainer: the model holds blocks [", model.stage().first, ", ", model.stage().last,
+             ") of ", model.config().n_layer, ", the grid ", grid.grid.str(), " puts this process "
+             "at pipeline stage ", s, "; build the model with PipelineStage{first[", s,
+             "], first[", s + 1, "]} of pipeline_stages(cfg, ", pp, ", seq_len)");
   return grid.dp;
 }
 
@@ -140,14 +144,21 @@ std::shared_ptr<Communicator> grid_dp(const Transformer& model, const GridGroups
 // tensor-parallel calls: both at once needs a library that allows it (MPI: THREAD_MULTIPLE).
 ParallelConfig grid_parallel(const Transformer& model, const GridGroups& grid,
                              ParallelConfig par) {
-  if (par.overlap && grid.dp && grid.tp && model.backend().device().is_cpu() &&
-      !(grid.dp->concurrent_with_other_communicators() &&
-        grid.tp->concurrent_with_other_communicators())) {
+  NURI_CHECK(!(grid.pp && model.config().tied_embeddings && par.zero_stage >= 2 && grid.dp),
+             "pipeline parallelism (pp=", grid.grid.pp(), ") with tied embeddings sums the first "
+             "and last stage's whole wte gradient, which ZeRO stage ", par.zero_stage,
+             " shards over the ", grid.grid.dp(), " data-parallel ranks; use zero_stage 0 or 1, "
+             "or a model with an untied head (tied_embeddings=false)");
+  auto concurrent = [](const std::shared_ptr<Communicator>& c) {
+    return !c || c->concurrent_with_other_communicators();
+  };
+  if (par.overlap && grid.dp && (grid.tp || grid.pp) && model.backend().device().is_cpu() &&
+      !(concurrent(grid.dp) && concurrent(grid.tp) && concurrent(grid.pp))) {
     par.overlap = false;
     if (grid.dp->rank() == 0 && grid.coord.tp == 0) {
       NURI_LOG(info, "the ", grid.dp->backend_name(), " library cannot run the data-parallel "
-               "reductions beside the tensor-parallel calls: gradients are reduced after the "
-               "backward");
+               "reductions beside the tensor- and pipeline-parallel calls: gradients are "
+               "reduced after the backward");
     }
   }
   return par;
@@ -175,6 +186,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                      parallel)
                : nullptr) {
   model.set_recompute(cfg.recompute, cfg.recompute_every);
+  stages_ = {model.stage()};
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {
     const auto [lo, hi] = dp_->shard(model.parameter_count());
@@ -209,24 +221,17 @@ void Trainer::sum_norm_gradients() {
 }
 
 void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& whole) const {
-  // grads: flat gradient ranges of this rank's layout (the whole buffer's tensors, or a ZeRO
-  // shard); becomes the parts of tensor-parallel-split tensors, `whole` the rest.
+  // grads: the gradients this rank norms (its ZeRO 2 shard, or the model's tensors); becomes
+  // the parts of tensor-parallel-split tensors, `whole` the rest (replicas left out).
   std::vector<Tensor> split;
-  std::vector<std::pair<int64_t, Tensor>> ranges;  // (first flat element, the f32 range)
-  if (dp_ && dp_->zero_stage() >= 2) {
-    ranges.push_back({dp_->shard(model_.parameter_count()).first, grads.front()});
-  } else {  // the model's gradients, one per parameter in layout order
-    for (size_t i = 0; i < grads.size(); ++i) {
-      ranges.push_back({model_.layout()[i].offset, grads[i].view({-1})});
-    }
-  }
-  for (const auto& [start, flat] : ranges) {
-    const int64_t end = start + flat.numel();
-    for (const ParamSpec& p : model_.layout()) {
-      const int64_t a = std::max(start, p.offset), b = std::min(end, p.offset + p.numel());
-      if (a >= b) continue;
-      (p.split() ? split : whole).push_back(flat.slice(0, a - start, b - start));
-    }
+  const bool shard = dp_ && dp_->zero_stage() >= 2;
+  const int64_t start = shard ? dp_->shard(model_.parameter_count()).first : 0;
+  const Tensor flat = shard ? grads.front() : model_.grad_buffer();
+  const int64_t end = start + flat.numel();
+  for (const ParamSpec& p : model_.layout()) {
+    const int64_t a = std::max(start, p.offset), b = std::min(end, p.offset + p.numel());
+    if (a >= b || p.replica) continue;
+    (p.split() ? split : whole).push_back(flat.slice(0, a - start, b - start));
   }
   grads = std::move(split);
 }
@@ -244,6 +249,29 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
   model.set_sequence_parallel(parallel.sequence_parallel);
   world_ = grid.world;
   grid_ = grid.grid;
+  if (grid.pp) {
+    // GPU ranks move the activations over NCCL, bootstrapped through the pp group.
+    pp_ = grid.pp;
+    pipe_ = std::make_unique<Pipeline>(std::vector<Transformer*>{&model},
+                                       make_device_communicator(grid.pp, model.backend()));
+    // Every stage's blocks (for the model file's assembly): gathered from the stages.
+    Tensor mine = Tensor::empty({2}, DType::f32), all = Tensor::empty({2 * grid.grid.pp()}, DType::f32);
+    mine.data<float>()[0] = float(model.stage().first);
+    mine.data<float>()[1] = float(model.stage().last);
+    pp_->all_gather(mine, all);
+    stages_.clear();
+    for (int s = 0; s < grid.grid.pp(); ++s) {
+      stages_.push_back({int64_t(all.data<float>()[2 * s]), int64_t(all.data<float>()[2 * s + 1])});
+      NURI_CHECK(s == 0 || stages_[size_t(s)].first == stages_[size_t(s) - 1].last, "Trainer: "
+                 "pipeline stage ", s, " holds blocks from ", stages_[size_t(s)].first,
+                 ", stage ", s - 1, " up to ", stages_[size_t(s) - 1].last, "; the stages must "
+                 "be contiguous (pipeline_stages gives such a split)");
+    }
+    for (int64_t m = 0; m < cfg.grad_accum; ++m) {
+      micro_.push_back({Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32),
+                        Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32)});
+    }
+  }
 }
 
 Communicator* Trainer::all_ranks() const {
@@ -268,21 +296,37 @@ StepStats Trainer::step() {
   // Data parallel: the backward hands each finished bucket of gradients to dp_, which reduces it
   // over the ranks while the backward goes on (stages 0, 1: on the last micro-batch only).
   if (dp_) dp_->begin_step();
-  for (int64_t m = 0; m < g; ++m) {
-    loader_.fill(m, tokens_, targets_);
-    be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
-    if (dp_) dp_->before_backward(m == g - 1);
-    model_.backward(1.f / float(g * world));
-    if (dp_) dp_->after_backward();
+  std::vector<float> pipe_losses;  // pipeline: the micro-batches' losses, on every stage
+  if (pipe_) {
+    // 1F1B over the micro-batches; data parallelism's reductions around each backward as
+    // without the pipeline (the last micro-batch's backward is the last one's).
+    for (int64_t m = 0; m < g; ++m) loader_.fill(m, micro_[size_t(m)].tokens, micro_[size_t(m)].targets);
+    Pipeline::Hooks hooks;
+    if (dp_) {
+      hooks.before_backward = [&](int, int, bool last) { dp_->before_backward(last); };
+      hooks.after_backward = [&](int) { dp_->after_backward(); };
+    }
+    pipe_losses = pipe_->step(micro_, 1.f / float(g * world), hooks);
+  } else {
+    for (int64_t m = 0; m < g; ++m) {
+      loader_.fill(m, tokens_, targets_);
+      be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
+      if (dp_) dp_->before_backward(m == g - 1);
+      model_.backward(1.f / float(g * world));
+      if (dp_) dp_->after_backward();
+    }
   }
   loader_.advance();
   if (dp_) dp_->finish_gradients();
+  if (pipe_) pipe_->sum_tied_gradients();  // after the data-parallel sums (ZeRO 0 and 1)
   if (model_.sequence_parallel()) sum_norm_gradients();
   std::vector<Tensor> grads;
   if (dp_ && dp_->zero_stage() >= 2) {
     grads.push_back(dp_->gradient_shard());  // this rank's share of the norm; summed below
-  } else {
-    for (const auto& gr : model_.gradients()) grads.push_back(gr.tensor);
+  } else {  // a stage's replica (the tied embedding's copy) is the first stage's to count
+    for (size_t i = 0; i < model_.gradients().size(); ++i) {
+      if (!model_.layout()[i].replica) grads.push_back(model_.gradients()[i].tensor);
+    }
   }
   // Tensor parallelism: the split tensors' squares are summed over the group, the whole ones
   // (norms, row-parallel biases: the same gradient on every rank) counted once.
@@ -297,6 +341,7 @@ StepStats Trainer::step() {
   // Every micro-batch's loss in global order (rank-major, as the sampler slices the batch),
   // summed in that order: the same number one process would report.
   std::vector<float> losses(stats.data<float>(), stats.data<float>() + g);
+  if (pipe_) losses = pipe_losses;
   if (dp_) losses = dp_->gather(losses);
   double loss_sum = 0;
   for (float l : losses) loss_sum += l;
@@ -309,6 +354,12 @@ StepStats Trainer::step() {
     const double split_sq = model_.tensor_parallel_hooks()->sum_over_group(
         double(s.grad_norm) * double(s.grad_norm));
     s.grad_norm = float(std::sqrt(split_sq + double(whole_norm) * double(whole_norm)));
+  }
+  if (pp_) {  // each stage's parameters are its own: the squares summed over the stages
+    Tensor sq = Tensor::empty({1}, DType::f32);
+    sq.data<float>()[0] = s.grad_norm * s.grad_norm;
+    pp_->all_reduce(sq);
+    s.grad_norm = std::sqrt(sq.data<float>()[0]);
   }
   s.step = ++step_;
   if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
@@ -422,6 +473,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   auto add = [&](const std::string& name, const Piece& q, const Tensor& flat_lo) {
     const ParamSpec& p = *q.p;
     if (!p.split() && tp.rank != 0) return;  // written once, by tp rank 0
+    if (p.replica) return;                   // the first pipeline stage's copy is written
     const Tensor data = flat_lo.slice(0, q.flat - lo, q.flat - lo + q.n);
     if (q.rows > 0) {
       w.add_block(name, p.logical, q.logical / p.logical[1], q.logical % p.logical[1],
@@ -437,7 +489,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
     const int64_t from = lo - opt_->shard_begin(), to = hi - opt_->shard_begin();
     Tensor host = Tensor::empty({hi - lo}, DType::f32);
     be.copy(buf->view({buf->numel()}).slice(0, from, to), host);
-    if (tp.size == 1) {  // one flat tensor over the layout (the layout is the logical one)
+    if (tp.size == 1 && !pipe_) {  // one flat tensor over the layout (the logical one)
       w.add_range(name, total, lo, host);
     } else {  // per parameter, as its logical tensor's pieces
       for_each_piece(model_.layout(), lo, hi,
@@ -462,7 +514,8 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   meta["train"] = settings_json(train_settings(), &cfg_);
   meta["parallel"] = {{"world_size", world},
                       {"zero_stage", dp_ ? dp_->zero_stage() : 0},
-                      {"tp", tp.size}};
+                      {"tp", tp.size},
+                      {"pp", grid_.pp()}};
   meta["backend"] = be.name();
   w.set_meta(meta.dump());
   be.synchronize();  // the host copies are complete before training goes on
@@ -474,20 +527,37 @@ void Trainer::save_model(const std::string& path,
   finish_checkpoint();
   // Rank 0 assembles one tensor at a time from the ranks that hold its pieces: with sharded
   // masters every dp rank its shard's, else dp rank 0; tensor parallelism's slices from every
-  // tp rank, the tensors every tp rank holds whole from tp rank 0.
+  // tp rank, the tensors every tp rank holds whole from tp rank 0; each tensor from the
+  // pipeline stage that holds it (a tied embedding from the first).
   Communicator* host = all_ranks();
   const int me = host ? host->rank() : 0, world = host ? host->size() : 1;
   const ProcessGrid grid = world_ ? grid_ : ProcessGrid(world, world);
   const bool sharded = model_.masters_sharded();
   const ModelConfig& cfg = model_.config();
   Backend& be = model_.backend();
-  std::vector<std::vector<ParamSpec>> layouts;  // per tp index
-  for (int q = 0; q < grid.tp(); ++q) layouts.push_back(param_layout(cfg, {q, grid.tp()}));
+  // Every (tp, pp) index's layout, and where each logical tensor is in it (-1: not held, or a
+  // replica that the first stage's copy stands for).
+  const std::vector<ParamSpec> logical = param_layout(cfg);
+  std::vector<std::vector<ParamSpec>> layouts;  // by pp · tp() + tp
+  std::vector<std::vector<int>> where;
+  for (int s = 0; s < grid.pp(); ++s) {
+    for (int q = 0; q < grid.tp(); ++q) {
+      layouts.push_back(param_layout(cfg, {q, grid.tp()}, stages_[size_t(s)]));
+      std::map<std::string, int> at;
+      for (size_t j = 0; j < layouts.back().size(); ++j) {
+        if (!layouts.back()[j].replica) at[layouts.back()[j].name] = int(j);
+      }
+      where.emplace_back();
+      for (const ParamSpec& p : logical) where.back().push_back(at.count(p.name) ? at[p.name] : -1);
+    }
+  }
+  auto layout_of = [&](const GridCoord& c) { return size_t(c.pp * grid.tp() + c.tp); };
   // The flat range of tensor i that rank w sends ([0, 0): nothing).
   auto sends = [&](int w, size_t i) -> std::pair<int64_t, int64_t> {
     const GridCoord c = grid.coord(w);
-    const std::vector<ParamSpec>& l = layouts[size_t(c.tp)];
-    const ParamSpec& p = l[i];
+    const std::vector<ParamSpec>& l = layouts[layout_of(c)];
+    if (where[layout_of(c)][i] < 0) return {0, 0};
+    const ParamSpec& p = l[size_t(where[layout_of(c)][i])];
     if (!p.split() && c.tp != 0) return {0, 0};
     if (!sharded && c.dp != 0) return {0, 0};
     const int64_t total = l.back().offset + l.back().numel();
@@ -498,7 +568,6 @@ void Trainer::save_model(const std::string& path,
   };
   std::unique_ptr<SafetensorsStreamWriter> out;
   const std::string tmp = path + ".tmp";
-  const std::vector<ParamSpec>& logical = layouts[0];
   if (me == 0) {
     std::vector<SafetensorsPlanned> planned;
     for (const ParamSpec& p : logical) planned.push_back({p.name, DType::f32, p.logical});
@@ -524,7 +593,8 @@ void Trainer::save_model(const std::string& path,
         part = Tensor::empty({wb - wa}, DType::f32);
         host->recv(part, w);
       }
-      const ParamSpec& p = layouts[size_t(grid.coord(w).tp)][i];
+      const size_t lw = layout_of(grid.coord(w));
+      const ParamSpec& p = layouts[lw][size_t(where[lw][i])];
       for_each_piece({p}, wa, wb, [&](const Piece& q) {
         const float* src = part.data<float>() + (q.flat - wa);
         const int64_t rows = q.rows > 0 ? q.rows : 1, cols = q.n / rows;
@@ -597,11 +667,12 @@ std::string Trainer::load_checkpoint(const std::string& path) {
                shape_str(p.logical));
   }
   const bool flat_moments = r.has_range("adamw.m");  // else one tensor per parameter
+  const std::vector<ParamSpec> whole_layout = param_layout(model_.config());  // every stage's
   for (const std::string& n : r.range_names()) {
     std::string param = n;
     if (n.rfind("adamw.m/", 0) == 0 || n.rfind("adamw.v/", 0) == 0) param = n.substr(8);
     const bool known = n == "adamw.m" || n == "adamw.v" ||
-                       std::any_of(layout.begin(), layout.end(),
+                       std::any_of(whole_layout.begin(), whole_layout.end(),
                                    [&](const ParamSpec& p) { return p.name == param; });
     NURI_CHECK(known, "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this model "
                "(an extra tensor: was it saved from another model?)");
@@ -628,7 +699,7 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
   std::map<std::string, int64_t> logical_offset;  // each parameter's place in the tp = 1 layout
   int64_t logical_total = 0;
-  for (const ParamSpec& p : param_layout(model_.config())) {
+  for (const ParamSpec& p : whole_layout) {
     logical_offset[p.name] = p.offset;
     logical_total += p.numel();
   }
@@ -641,7 +712,8 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     }
     const int64_t lo = opt_->shard_begin(), hi = opt_->shard_end();
     Tensor host = Tensor::empty({hi - lo}, DType::f32);
-    if (flat_moments && model_.tensor_parallel().size == 1) {
+    if (flat_moments && model_.tensor_parallel().size == 1 && model_.first_stage() &&
+        model_.last_stage()) {
       r.read_range(name, lo, hi, host);  // the layouts are the same: one read
     } else {
       for_each_piece(layout, lo, hi, [&](const Piece& q) {
@@ -676,10 +748,21 @@ float Trainer::evaluate() {
                  /*shuffle=*/false);
   const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
   std::vector<float> losses;
-  for (int64_t i = 0; i < n; ++i) {
-    val.fill(0, tokens_, targets_);
-    losses.push_back(model_.forward(tokens_, targets_));
-    val.advance();
+  if (pipe_) {  // the micro-batches through the stages, forwards only
+    std::vector<Pipeline::MicroBatch> batches;
+    for (int64_t i = 0; i < n; ++i) {
+      batches.push_back({Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32),
+                         Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32)});
+      val.fill(0, batches.back().tokens, batches.back().targets);
+      val.advance();
+    }
+    losses = pipe_->forward_only(batches);
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      val.fill(0, tokens_, targets_);
+      losses.push_back(model_.forward(tokens_, targets_));
+      val.advance();
+    }
   }
   if (dp_) losses = dp_->gather(losses);
   double sum = 0;

@@ -172,7 +172,10 @@ Pipelined train(const Layout& l, const std::string& trace = "") {
     std::vector<Pipeline::MicroBatch> mine;
     for (int k = g.dp_rank; k < l.m; k += l.dp) mine.push_back(micro_batch(s, k));
     pipe.record_timeline(!trace.empty() && s == kSteps - 1);
-    float loss = pipe.step(mine, 1.f / float(l.m));
+    const std::vector<float> each = pipe.step(mine, 1.f / float(l.m));
+    pipe.sum_tied_gradients();
+    float loss = 0;
+    for (float x : each) loss += x / float(each.size());
     if (g.dp) {  // ZeRO 0: the gradients and the loss summed over the data-parallel group
       for (auto& c : chunks) g.dp->all_reduce(c->grad_buffer());
       Tensor t = Tensor::empty({1}, DType::f32);

@@ -63,6 +63,9 @@ struct ParamSpec {
   std::vector<int64_t> parts;
   TensorParallelRank tp;
   bool norm = false;  ///< a norm's weight or bias (sequence parallelism: gradients per rank's rows)
+  /// A copy another pipeline stage holds too (the last stage's tied embedding): checkpoints,
+  /// model files and the gradient norm take the first stage's.
+  bool replica = false;
   int64_t numel() const { return shape_numel(shape); }
   int64_t logical_numel() const { return shape_numel(logical); }
   bool split() const { return split_dim >= 0 && tp.size > 1; }

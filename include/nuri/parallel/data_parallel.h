@@ -62,6 +62,10 @@ struct ParallelConfig {
   /// Sequence parallelism over the tensor-parallel group (with tp > 1): the residual stream and
   /// the norms hold 1/tp of each micro-batch's token rows.
   bool sequence_parallel = false;
+  /// Pipeline parallelism: stages (nuri/parallel/pipeline.h), each a contiguous range of the
+  /// blocks; the job's ranks are a dp × tp × pp grid, dp = world / (tp · pp). 1F1B over the
+  /// grad_accum micro-batches.
+  int pp = 1;
 
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -100,11 +101,26 @@ class Pipeline {
   struct MicroBatch {
     Tensor tokens, targets;  ///< [B, T] i32 on the host
   };
+  /// Called around each backward (data parallelism's reductions): chunk, micro-batch, and
+  /// whether it is the chunk's last backward of the step.
+  struct Hooks {
+    std::function<void(int chunk, int micro, bool last)> before_backward;
+    std::function<void(int chunk)> after_backward;
+  };
   /// One step's forwards and backwards of `micro` (m micro-batches, the gradient-accumulation
-  /// steps), adding d(loss_scale · loss_i) to the chunks' gradients for each, then (tied
-  /// embeddings) the first stage's and the last stage's wte gradients summed into both. Returns
-  /// the mean loss of the micro-batches on every rank.
-  float step(const std::vector<MicroBatch>& micro, float loss_scale);
+  /// steps), adding d(loss_scale · loss_i) to the chunks' gradients for each. Returns every
+  /// micro-batch's loss, in order, on every rank. A tied embedding's two gradients are summed
+  /// by sum_tied_gradients(), after any data-parallel reduction.
+  std::vector<float> step(const std::vector<MicroBatch>& micro, float loss_scale,
+                          const Hooks& hooks = {});
+  /// The forwards alone, one micro-batch after another (evaluation): every micro-batch's loss
+  /// on every rank.
+  std::vector<float> forward_only(const std::vector<MicroBatch>& micro);
+  /// Tied embeddings: the first stage's wte gradient (the embedding's share) and the last
+  /// stage's (the head's) become their sum on both, the same bits, so the two copies stay
+  /// equal. `wte`: this rank's gradient of it (undefined: its first or last chunk's own); a
+  /// no-op on the other ranks and for untied models. Every rank of the pipeline calls it.
+  void sum_tied_gradients(const Tensor& wte = Tensor());
 
   int stages() const { return p_; }
   int chunks() const { return int(chunks_.size()); }
@@ -119,6 +135,8 @@ class Pipeline {
   void write_chrome_trace(const std::string& path) const;
 
  private:
+  std::vector<float> share_losses(std::vector<float> losses) const;
+
   std::vector<Transformer*> chunks_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<Communicator> tied_;  // stage 0 and the last stage (tied embeddings)

@@ -67,11 +67,12 @@ class TensorParallel final : public TensorParallelHooks {
 struct GridGroups {
   ProcessGrid grid{1, 1};
   GridCoord coord;
-  std::shared_ptr<Communicator> dp, tp;
+  std::shared_ptr<Communicator> dp, tp, pp;
   std::shared_ptr<Communicator> world;  ///< every rank (null: one process): checkpoints
 };
-/// Splits `world` (every rank calls it, with the same tp) into the grid dp = world / tp × tp.
-/// Throws nuri::Error when tp does not divide the world size, naming both.
-GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp);
+/// Splits `world` (every rank calls it, with the same tp and pp) into the grid
+/// dp = world / (tp · pp) × tp × pp (ProcessGrid's order: tp fastest, then dp, then pp).
+/// Throws nuri::Error when tp · pp does not divide the world size, naming them.
+GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp, int pp = 1);
 
 }  // namespace nuri

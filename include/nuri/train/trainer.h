@@ -12,6 +12,7 @@
 #include "nuri/data/sampler.h"
 #include "nuri/model/transformer.h"
 #include "nuri/parallel/data_parallel.h"
+#include "nuri/parallel/pipeline.h"
 #include "nuri/parallel/tensor_parallel.h"
 #include "nuri/train/optimizer.h"
 
@@ -103,12 +104,15 @@ class Trainer {
           std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm = nullptr,
           const ParallelConfig& parallel = {});
 
-  /// The trainer on a dp × tp grid (nuri/parallel/tensor_parallel.h, make_grid_groups): data
-  /// parallelism and ZeRO over grid.dp (the sampler by dp rank: the ranks of a tensor-parallel
-  /// group read the same batch), the model's tensor-parallel collectives over grid.tp (this
-  /// constructor sets its hooks; the model must be built with {grid.coord.tp, grid.grid.tp()}),
-  /// checkpoints written by every rank of grid.world. A global batch is micro_batch ·
-  /// grad_accum · dp sequences.
+  /// The trainer on a dp × tp × pp grid (nuri/parallel/tensor_parallel.h, make_grid_groups):
+  /// data parallelism and ZeRO over grid.dp (the sampler by dp rank: the ranks of a
+  /// tensor-parallel group and of a pipeline read the same batch), the model's tensor-parallel
+  /// collectives over grid.tp (this constructor sets its hooks; the model must be built with
+  /// {grid.coord.tp, grid.grid.tp()}), pipeline parallelism over grid.pp (the model is the
+  /// stage of pp index grid.coord.pp: PipelineStage from pipeline_stages(cfg, pp, seq_len);
+  /// 1F1B over the grad_accum micro-batches), checkpoints written by every rank of grid.world.
+  /// A global batch is micro_batch · grad_accum · dp sequences. Tied embeddings across stages
+  /// need ZeRO 0 or 1 (the two stages sum the whole wte gradient).
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
           std::shared_ptr<TokenFile> val, const GridGroups& grid,
           const ParallelConfig& parallel = {});
@@ -167,6 +171,10 @@ class Trainer {
   /// The tensor-parallel collectives (their stats() count what they moved); null without
   /// tensor parallelism.
   TensorParallel* tensor_parallel() const { return tp_.get(); }
+  /// The pipeline (its timeline, record_timeline()); null without pipeline parallelism.
+  Pipeline* pipeline() const { return pipe_.get(); }
+  /// The blocks of every pipeline stage, in pp order ({0, n_layer} without pipelining).
+  const std::vector<PipelineStage>& stages() const { return stages_; }
 
  private:
   struct GridTag {};
@@ -182,7 +190,11 @@ class Trainer {
   std::unique_ptr<AdamW> opt_;        // the whole model's, or this rank's ZeRO shard
   std::unique_ptr<TensorParallel> tp_;  // null: no tensor parallelism
   std::shared_ptr<Communicator> world_;  // every rank, with tensor parallelism (checkpoints)
-  ProcessGrid grid_{1, 1};               // with world_: the job's dp × tp grid
+  ProcessGrid grid_{1, 1};               // with world_: the job's dp × tp × pp grid
+  std::unique_ptr<Pipeline> pipe_;       // null: no pipeline parallelism
+  std::shared_ptr<Communicator> pp_;     // the pipeline's ranks (host tensors)
+  std::vector<PipelineStage> stages_;    // every stage's blocks
+  std::vector<Pipeline::MicroBatch> micro_;  // the step's micro-batches (pipeline)
   /// The host communicator over every rank that holds part of the model (null: one process).
   Communicator* all_ranks() const;
   Tensor tokens_, targets_;  // [B, T] host
