@@ -10,6 +10,10 @@
 //   tensor-parallel products as in test_tp, so the bound is test_dp's: |Δloss| ≤ 1e-5 · loss.
 // - The timeline: every rank's forwards and backwards in one Chrome trace; stage 0 holds
 //   min(p, m) micro-batches at once.
+// - The Trainer on dp × tp × pp grids with ZeRO 0-3, recomputation and sequence parallelism:
+//   one process's losses for 20 steps and its validation loss; elastic resume from pp = 2 to
+//   pp = 1 to pp = 4 (the data-parallel and ZeRO layout changing too) within the same bound,
+//   the last allocation's model file one process's weights; and the refusals.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -28,7 +32,10 @@
 #include "nuri/dist/launch.h"
 #include "nuri/parallel/pipeline.h"
 #include "nuri/parallel/tensor_parallel.h"
+#include "nuri/ckpt/consolidate.h"
+#include "nuri/ckpt/safetensors.h"
 #include "nuri/train/optimizer.h"
+#include "nuri/train/trainer.h"
 
 namespace nuri {
 namespace {
@@ -261,6 +268,246 @@ TEST(PipelineParallel, WritesTheTimelineAsOneChromeTrace) {
     }
     world()->barrier();
   }
+}
+
+// ---- The Trainer on a grid ----------------------------------------------------------------------
+
+std::shared_ptr<TokenFile> text_data() {
+  std::string text;
+  for (int i = 0; i < 400; ++i) {
+    text += "to be or not to be, that is the question; whether 'tis nobler in the mind ";
+    text += std::to_string(i % 17);
+  }
+  return TokenFile::from_tokens(ByteTokenizer().encode(text), "hamlet", 257);
+}
+
+TrainConfig tconfig(int64_t grad_accum, Recompute recompute) {
+  TrainConfig c;
+  c.steps = kSteps;
+  c.micro_batch = 2;
+  c.seq_len = 32;
+  c.grad_accum = grad_accum;
+  c.lr = 3e-3f;
+  c.warmup_steps = 2;
+  c.eval_every = 0;
+  c.eval_batches = 4;
+  c.recompute = recompute;
+  return c;
+}
+
+struct OneProcess {
+  std::vector<float> losses;
+  float val = 0;
+};
+
+// One process with the grid's global batch: grad_accum micro-batches of 2 · dp sequences (the
+// validation batches then hold the sequences dp ranks' micro-batches of 2 do).
+OneProcess one_process(const ModelConfig& cfg, int64_t grad_accum, int dp) {
+  Transformer m(cfg, make_backend("cpu"), 7);
+  TrainConfig c = tconfig(grad_accum, Recompute::none);
+  c.micro_batch *= dp;
+  Trainer t(m, c, text_data(), text_data());
+  OneProcess r;
+  for (int i = 0; i < kSteps; ++i) r.losses.push_back(t.step().loss);
+  r.val = t.evaluate();
+  return r;
+}
+
+struct Grid {
+  int dp, tp, pp, zero;
+  Recompute rc;
+  bool sp;
+  std::string family;
+  int64_t layers, grad_accum;  // per rank
+  std::string str() const {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s dp %d tp %d pp %d ZeRO %d recompute %s%s, %lld micro-batches",
+                  family.c_str(), dp, tp, pp, zero, recompute_name(rc), sp ? " sp" : "",
+                  (long long)grad_accum);
+    return buf;
+  }
+};
+
+Transformer stage_model(const ModelConfig& cfg, const GridGroups& g, int64_t seq_len,
+                        uint64_t seed, int zero) {
+  const std::vector<int64_t> first = pipeline_stages(cfg, g.grid.pp(), seq_len);
+  const PipelineStage stage{first[size_t(g.coord.pp)], first[size_t(g.coord.pp) + 1]};
+  const TensorParallelRank place{g.coord.tp, g.grid.tp()};
+  WeightShard shard;
+  if (zero == 3 && g.grid.dp() > 1) {
+    const std::vector<ParamSpec> l = param_layout(cfg, place, stage);
+    const auto [lo, hi] = DataParallel::shard_of(l.back().offset + l.back().numel(), g.grid.dp(),
+                                                 g.coord.dp);
+    shard = {lo, hi};
+  }
+  return Transformer(cfg, make_backend("cpu"), seed, shard, place, stage);
+}
+
+TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {
+  const int n = world_size();
+  const std::vector<Grid> all = {
+      {1, 1, 2, 0, Recompute::none, false, "gpt2", 3, 4},
+      {1, 1, 2, 0, Recompute::selective, false, "llama", 3, 3},
+      {2, 1, 2, 1, Recompute::selective, false, "gpt2", 4, 2},
+      {2, 1, 2, 3, Recompute::full, false, "llama", 4, 2},
+      {2, 1, 2, 2, Recompute::none, false, "llama", 3, 2},
+      {1, 2, 2, 0, Recompute::none, true, "llama", 2, 4},
+      {1, 1, 4, 0, Recompute::none, false, "gpt2", 4, 4},
+      {2, 2, 2, 2, Recompute::none, true, "llama", 4, 2},
+      {2, 2, 2, 1, Recompute::full, false, "gpt2", 4, 2},
+  };
+  int ran = 0;
+  for (const Grid& l : all) {
+    if (l.dp * l.tp * l.pp != n) continue;
+    SCOPED_TRACE(l.str());
+    const ModelConfig cfg = model(l.family, l.layers);
+    const OneProcess want = one_process(cfg, l.grad_accum, l.dp);
+    GridGroups g = make_grid_groups(world(), l.tp, l.pp);
+    Transformer m = stage_model(cfg, g, 32, 7, l.zero);
+    ParallelConfig par;
+    par.zero_stage = l.zero;
+    par.bucket_bytes = 16 << 10;
+    par.tp = l.tp;
+    par.pp = l.pp;
+    par.sequence_parallel = l.sp;
+    Trainer t(m, tconfig(l.grad_accum, l.rc), text_data(), text_data(), g, par);
+    ASSERT_NE(t.pipeline(), nullptr);
+    ASSERT_EQ(t.stages().size(), size_t(l.pp));
+    std::vector<float> got;
+    for (int i = 0; i < kSteps; ++i) got.push_back(t.step().loss);
+    expect_same_losses(got, want.losses, l.str());
+    const float val = t.evaluate();
+    EXPECT_LE(std::abs(val - want.val), 1e-5f * want.val) << "validation: " << val << " vs " << want.val;
+    if (world_rank() == 0) std::printf("[pp] Trainer %s: the losses of one process\n", l.str().c_str());
+    ++ran;
+  }
+  EXPECT_GE(ran, 2) << "no grid fills a job of " << n << " ranks";
+}
+
+// Three allocations in turn, each resuming the previous one's checkpoint; the global batch is 8
+// sequences throughout:
+//   A  4 ranks, pp 2 × dp 2, ZeRO 1, 2 micro-batches a rank   steps 1-3, save
+//   B  4 ranks, pp 1 × dp 4, ZeRO 2, 1 micro-batch            load (pp 2 → 1), 4-6, save
+//   C  4 ranks, pp 4 × dp 1, recompute full, 4 micro-batches  load (pp 1 → 4), 7-9, save, and
+//                                                             the model file
+// Every step's loss follows one process that never stopped, within the data-parallel tests'
+// bound, and the last checkpoint, consolidated, and the model file both hold that process's
+// weights.
+TEST(PipelineParallel, ResumesAcrossPipelineSizes) {
+  const int n = world_size();
+  ASSERT_EQ(n, 4) << "run under mpirun -np 4 (ctest: mpi.pp.np4, tcp.pp.np4)";
+  for (const std::string family : {"gpt2", "llama"}) {
+    SCOPED_TRACE(family);
+    const ModelConfig mc = model(family, 4);
+    Transformer ref_model(mc, make_backend("cpu"), 7);
+    Trainer ref(ref_model, tconfig(4, Recompute::none), text_data(), nullptr);
+    std::vector<float> want;
+    for (int i = 0; i < 9; ++i) want.push_back(ref.step().loss);
+    const std::string root = std::filesystem::temp_directory_path().string() +
+                             "/nuri_pp_elastic_" + std::to_string(::getppid());
+    if (world_rank() == 0) std::filesystem::remove_all(root);
+    world()->barrier();
+    struct Phase {
+      int pp, zero;
+      Recompute rc;
+      int64_t grad_accum;
+    };
+    const std::vector<Phase> phases = {{2, 1, Recompute::none, 2},
+                                       {1, 2, Recompute::none, 1},
+                                       {4, 0, Recompute::full, 4}};
+    double worst = 0;
+    for (size_t k = 0; k < phases.size(); ++k) {
+      const Phase& ph = phases[k];
+      GridGroups g = make_grid_groups(world(), 1, ph.pp);
+      Transformer m = stage_model(mc, g, 32, k == 0 ? 7 : 1000 + k, ph.zero);
+      ParallelConfig par;
+      par.zero_stage = ph.zero;
+      par.bucket_bytes = 16 << 10;
+      par.pp = ph.pp;
+      Trainer t(m, tconfig(ph.grad_accum, ph.rc), text_data(), nullptr, g, par);
+      if (k > 0) {
+        t.load_checkpoint(root);
+        EXPECT_EQ(t.steps_done(), int64_t(3 * k)) << "phase " << k;
+      }
+      for (int i = 0; i < 3; ++i) {
+        const StepStats s = t.step();
+        const double rel = std::abs(double(s.loss) - want[size_t(s.step - 1)]) /
+                           want[size_t(s.step - 1)];
+        worst = std::max(worst, rel);
+        EXPECT_LE(rel, 1e-5) << "phase " << k << " (" << g.grid.str() << ", ZeRO " << ph.zero
+                             << "), step " << s.step << ": " << s.loss << " vs one process's "
+                             << want[size_t(s.step - 1)];
+      }
+      t.save_checkpoint(root, 2);
+      if (k + 1 == phases.size()) t.save_model(root + "/direct.safetensors");
+      world()->barrier();
+    }
+    if (world_rank() == 0) {
+      const std::string out = root + "/model.safetensors";
+      consolidate_checkpoint(root, out);
+      SafetensorsFile f(out), direct(root + "/direct.safetensors");
+      double max_diff = 0, max_abs = 0;
+      for (const auto& named : ref_model.parameters()) {
+        Tensor got = Tensor::empty(named.tensor.shape(), DType::f32);
+        Tensor got2 = Tensor::empty(named.tensor.shape(), DType::f32);
+        f.read(named.name, got);
+        direct.read(named.name, got2);
+        ASSERT_EQ(std::memcmp(got.raw(), got2.raw(), got.nbytes()), 0)
+            << named.name << ": save_model and the consolidated checkpoint differ";
+        for (int64_t i = 0; i < got.numel(); ++i) {
+          const double w = named.tensor.data<float>()[i];
+          max_diff = std::max(max_diff, std::abs(double(got.data<float>()[i]) - w));
+          max_abs = std::max(max_abs, std::abs(w));
+        }
+      }
+      EXPECT_LE(max_diff, 1e-4 * max_abs) << "consolidated weights after the last phase";
+      std::printf("[pp elastic] %s: pp 2 -> 1 -> 4 (dp 2 -> 4 -> 1, ZeRO 1 -> 2 -> 0): worst "
+                  "|dloss|/loss %.3g over 9 steps; the model file within %.3g of one "
+                  "process's weights\n",
+                  family.c_str(), worst, max_diff);
+      std::filesystem::remove_all(root);
+    }
+    world()->barrier();
+  }
+}
+
+TEST(PipelineParallel, RefusesWhatCannotWork) {
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const int n = world_size();
+  // More stages than blocks; a grid that does not divide the job.
+  EXPECT_NE(message([&] { pipeline_stages(model("gpt2", 2), 3, 32); }).find("choose pp in [1, 2]"),
+            std::string::npos);
+  EXPECT_NE(message([&] { make_grid_groups(world(), 1, n + 1); })
+                .find("does not divide the job's " + std::to_string(n) + " ranks"),
+            std::string::npos);
+  // A model that is not this rank's stage.
+  GridGroups g = make_grid_groups(world(), 1, n);
+  {
+    const ModelConfig cfg = model("gpt2", n);
+    Transformer whole(cfg, make_backend("cpu"), 7);
+    ParallelConfig par;
+    par.pp = n;
+    const std::string e = message([&] { Trainer t(whole, tconfig(2, Recompute::none), text_data(), nullptr, g, par); });
+    EXPECT_NE(e.find("puts this process at pipeline stage"), std::string::npos) << e;
+  }
+  // Tied embeddings across stages with the gradients sharded (ZeRO 2, 3) over dp > 1.
+  if (n % 2 == 0 && n >= 4) {
+    GridGroups g2 = make_grid_groups(world(), 1, 2);
+    Transformer m = stage_model(model("gpt2", 2), g2, 32, 7, 2);
+    ParallelConfig par;
+    par.pp = 2;
+    par.zero_stage = 2;
+    const std::string e = message([&] { Trainer t(m, tconfig(2, Recompute::none), text_data(), nullptr, g2, par); });
+    EXPECT_NE(e.find("use zero_stage 0 or 1, or a model with an untied head"), std::string::npos) << e;
+  }
+  world()->barrier();
 }
 
 }  // namespace
