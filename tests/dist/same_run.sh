@@ -8,6 +8,8 @@
 # (or a torchrun-style start in place of mpirun: same_run.sh bash tests/dist/torchrun.sh -- ...)
 # SAME_RUN_STEPS (30) changes the step count; SAME_RUN_FOUR=0 leaves out the 4-rank run;
 # SAME_RUN_TP=1 runs tensor parallelism instead: 2 ranks with tp 2, 4 ranks dp 2 × tp 2 with ZeRO 3;
+# SAME_RUN_PP=1 pipeline parallelism: 2 ranks pp 2 (2 micro-batches), 4 ranks dp 2 × pp 2 with
+# ZeRO 1;
 # SAME_RUN_COMM=nccl requires the 2-rank run's gradients to move over NCCL (label emu runs 1
 # against 2 ranks with --backend cuda-emu --n-head 1, a head dimension its kernels have).
 set -uo pipefail
@@ -23,8 +25,16 @@ summary() {  # "train_loss val_loss" from nuri-train's output
   printf '%s %s\n' "$(grep -oP "step +$steps/$steps \\| loss \\K[0-9.]+" <<<"$out")" \
     "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$out")"
 }
-one=$("$bin" "${args[@]}" --micro-batch 4 2>&1) || { echo "$one"; exit 1; }
-if [[ -n ${SAME_RUN_TP:-} ]]; then  # tensor parallelism: 2 ranks tp 2; 4 ranks dp 2 × tp 2, ZeRO 3
+# (validation takes micro_batch sequences a data-parallel rank: the pipeline runs keep that 2)
+one_args=(--micro-batch 4)
+[[ -n ${SAME_RUN_PP:-} ]] && one_args=(--micro-batch 2 --grad-accum 2)
+one=$("$bin" "${args[@]}" "${one_args[@]}" 2>&1) || { echo "$one"; exit 1; }
+if [[ -n ${SAME_RUN_PP:-} ]]; then  # pipeline parallelism: 2 ranks pp 2; 4 ranks dp 2 × pp 2
+  two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 2 --grad-accum 2 --pp 2 2>&1) ||
+    { echo "$two"; exit 1; }
+  grep -q "pipeline parallel: 2 stages, 1+1 blocks .*, grid dp=1 tp=1 pp=2" <<<"$two" ||
+    { echo "$two"; echo "FAIL: the 2-rank run did not say it ran pipeline-parallel"; exit 1; }
+elif [[ -n ${SAME_RUN_TP:-} ]]; then  # tensor parallelism: 2 ranks tp 2; 4 ranks dp 2 × tp 2, ZeRO 3
   two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 4 --tp 2 2>&1) || { echo "$two"; exit 1; }
   grep -q "tensor parallel: 2 ranks a group (.*), grid dp=1 tp=2" <<<"$two" ||
     { echo "$two"; echo "FAIL: the 2-rank run did not say it ran tensor-parallel"; exit 1; }
@@ -38,7 +48,14 @@ if [[ -n ${SAME_RUN_COMM:-} ]]; then
     { echo "$two"; echo "FAIL: the 2-rank run's gradients did not move over $SAME_RUN_COMM"; exit 1; }
 fi
 runs=(two)
-if [[ ${SAME_RUN_FOUR:-1} != 0 && -n ${SAME_RUN_TP:-} ]]; then
+if [[ ${SAME_RUN_FOUR:-1} != 0 && -n ${SAME_RUN_PP:-} ]]; then
+  four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --micro-batch 1 --grad-accum 2 --pp 2 --zero-stage 1 2>&1) ||
+    { echo "$four"; exit 1; }
+  grep -q "ZeRO stage 1, global batch 4 sequences" <<<"$four" &&
+    grep -q "grid dp=2 tp=1 pp=2" <<<"$four" ||
+    { echo "$four"; echo "FAIL: the 4-rank run did not say it ran dp 2 × pp 2 with ZeRO 1"; exit 1; }
+  runs+=(four)
+elif [[ ${SAME_RUN_FOUR:-1} != 0 && -n ${SAME_RUN_TP:-} ]]; then
   four=$("${mpirun[@]}" -np 4 "$bin" "${args[@]}" --micro-batch 2 --tp 2 --zero-stage 3 2>&1) ||
     { echo "$four"; exit 1; }
   grep -q "ZeRO stage 3, global batch 4 sequences" <<<"$four" &&
