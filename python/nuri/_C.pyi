@@ -82,6 +82,9 @@ class ParallelConfig:
     # tensor parallelism: ranks that split every layer's heads, MLP columns and vocabulary
     # (neighbouring ranks, normally one node); the data-parallel ranks are world / tp
     tp: int
+    # pipeline parallelism: stages, each holding a contiguous range of the blocks (the slowest-
+    # varying coordinate, normally across nodes); 1F1B over grad_accum micro-batches
+    pp: int
     # with tp > 1: split the residual stream and the norms along the token rows too (activation
     # memory / tp; the all-reduces become reduce-scatters and all-gathers)
     sequence_parallel: bool
@@ -185,11 +188,13 @@ class ProcessGroup:
         """The host communicator: single, mpi or tcp."""
     def device(self, backend: str) -> str:
         """'cuda' becomes this rank's local GPU, 'cuda:N'; others as they are."""
-    def shard(self, n: int, tp: int = 1) -> tuple[int, int]:
+    def shard(self, n: int, tp: int = 1, pp: int = 1) -> tuple[int, int]:
         """This rank's range (lo, hi) of n elements sharded over the data-parallel ranks
-        (ZeRO's; the ranks / tp of a dp x tp grid)."""
-    def tp_index(self, tp: int) -> int:
-        """This rank's index in its tensor-parallel group of a dp x tp grid."""
+        (ZeRO's; the ranks / (tp pp) of a dp x tp x pp grid)."""
+    def tp_index(self, tp: int, pp: int = 1) -> int:
+        """This rank's index in its tensor-parallel group of a dp x tp x pp grid."""
+    def pp_index(self, pp: int, tp: int = 1) -> int:
+        """This rank's pipeline stage in a dp x tp x pp grid."""
     def barrier(self) -> None: ...
     def all_reduce(self, array: np.ndarray, op: str = "sum") -> None:
         """Sums (or averages) a writable C-contiguous float32 array over the ranks, in place."""
@@ -248,9 +253,12 @@ class Model:
     """A transformer with its gradients on one backend."""
     def __init__(self, config: ModelConfig, backend: str = "cpu", seed: int = 0,
                  shard: Optional[tuple[int, int]] = None,
-                 tensor_parallel: Optional[tuple[int, int]] = None) -> None: ...
+                 tensor_parallel: Optional[tuple[int, int]] = None,
+                 pipeline_stage: Optional[tuple[int, int]] = None) -> None: ...
     @property
     def tensor_parallel(self) -> tuple[int, int]: ...
+    @property
+    def pipeline_stage(self) -> tuple[int, int]: ...
     @property
     def parameter_count(self) -> int: ...
     @property
@@ -283,6 +291,9 @@ class TokenFile:
     def to_numpy(self) -> np.ndarray: ...
     def slice(self, start: int, n: int) -> "TokenFile": ...
 
+def pipeline_stages(config: ModelConfig, pp: int, seq_len: int,
+                    split: Sequence[int] = ()) -> list[int]:
+    """The blocks of pp pipeline stages: stage s holds [first[s], first[s + 1])."""
 def write_token_file(path: str, tokens: Any) -> None: ...
 def read_data(path: str, vocab_size: int = 0) -> TokenFile: ...
 def split_validation(data: TokenFile) -> tuple[TokenFile, TokenFile]: ...

@@ -40,6 +40,7 @@ from ._C import (
     Trainer,
     build_info,
     learning_rate,
+    pipeline_stages,
     text_file_to_tokens,
     write_token_file,
 )
@@ -74,6 +75,6 @@ __all__ = [
     "decode_bytes", "default_corpus", "export_hf", "generate_text", "import_hf",
     "init_process_group",
     "learning_rate", "load", "load_config", "model_config_from_dict", "model_config_from_hf",
-    "model_config_to_dict", "plot_losses", "read_data", "reference", "run", "save",
+    "model_config_to_dict", "pipeline_stages", "plot_losses", "read_data", "reference", "run", "save",
     "split_validation", "text_file_to_tokens", "write_token_file", "__version__",
 ]

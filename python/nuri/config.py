@@ -12,7 +12,7 @@ flags.
     backend = "cpu"          # or "cuda"; `device` is another name for it
     out = "runs/tiny"        # run directory (config.json, metrics.jsonl, model.safetensors)
     [train]                  # steps, micro_batch, seq_len, grad_accum, lr, ... (TrainConfig)
-    [parallel]               # zero_stage, tp, sequence_parallel, bucket_mb, overlap (ParallelConfig)
+    [parallel]               # zero_stage, tp, pp, sequence_parallel, bucket_mb, overlap (ParallelConfig)
     [checkpoint]             # dir, save_every, keep, async_save, resume, signals, time_limit
     [data]                   # train, val: text (byte tokens), llm.c .bin or 1-D .npy
     [sample]                 # prompt, max_new_tokens, temperature, top_k

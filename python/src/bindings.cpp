@@ -269,23 +269,33 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
       .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed,
                        std::optional<std::pair<int64_t, int64_t>> shard,
-                       std::optional<std::pair<int, int>> tensor_parallel) {
+                       std::optional<std::pair<int, int>> tensor_parallel,
+                       std::optional<std::pair<int64_t, int64_t>> pipeline_stage) {
              WeightShard s;
              if (shard) s = {shard->first, shard->second};
              TensorParallelRank tp;
              if (tensor_parallel) tp = {tensor_parallel->first, tensor_parallel->second};
-             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s, tp);
+             PipelineStage stage;
+             if (pipeline_stage) stage = {pipeline_stage->first, pipeline_stage->second};
+             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s, tp, stage);
            }),
            py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
            py::arg("shard") = py::none(), py::arg("tensor_parallel") = py::none(),
+           py::arg("pipeline_stage") = py::none(),
            "shard=(lo, hi): hold that flat range of the weights alone, for ZeRO 3 "
            "(ProcessGroup.shard(n) is a rank's range); the whole model never exists here. "
            "tensor_parallel=(index, tp): this rank's slice of every layer as rank `index` of a "
            "tensor-parallel group of tp (ProcessGroup.tp_index(tp) is the index); train it with "
-           "a Trainer whose parallel config has the same tp.")
+           "a Trainer whose parallel config has the same tp. pipeline_stage=(first, last): the "
+           "blocks [first, last) of one pipeline stage (nuri.pipeline_stages gives the split; "
+           "ProcessGroup.pp_index the stage), trained by a Trainer whose parallel config has "
+           "the same pp.")
       .def_property_readonly("tensor_parallel", [](const Transformer& t) {
              return std::make_pair(t.tensor_parallel().rank, t.tensor_parallel().size);
            }, "(index, tp): this rank's place in its tensor-parallel group ((0, 1) without one).")
+      .def_property_readonly("pipeline_stage", [](const Transformer& t) {
+             return std::make_pair(t.stage().first, t.stage().last);
+           }, "(first, last): the blocks this model holds ((0, n_layer): the whole model).")
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
@@ -337,6 +347,14 @@ PYBIND11_MODULE(_C, m) {
       })
       .def("slice", [](std::shared_ptr<TokenFile> f, int64_t start, int64_t n) { return TokenFile::slice(f, start, n); },
            py::arg("start"), py::arg("n"));
+  m.def("pipeline_stages", [](const ModelConfig& cfg, int pp, int64_t seq_len,
+                              const std::vector<int64_t>& split) {
+          return pipeline_stages(cfg, pp, seq_len, split);
+        },
+        py::arg("config"), py::arg("pp"), py::arg("seq_len"),
+        py::arg("split") = std::vector<int64_t>{},
+        "The blocks of pp pipeline stages: stage s holds [first[s], first[s + 1]); balanced by "
+        "compute (the head weighed on the last stage), or the block counts of split.");
   m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
         py::arg("path"), py::arg("tokens"));
   m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"));
@@ -369,8 +387,8 @@ PYBIND11_MODULE(_C, m) {
              p->model = model;
              py::gil_scoped_release release;  // collective over the ranks (NCCL's bootstrap)
              const ParallelConfig par = parallel ? *parallel : ParallelConfig{};
-             if (par.tp > 1) {  // the ranks as a dp × tp grid
-               const GridGroups grid = make_grid_groups(pg ? pg->comm : nullptr, par.tp);
+             if (par.tp > 1 || par.pp > 1) {  // the ranks as a dp × tp × pp grid
+               const GridGroups grid = make_grid_groups(pg ? pg->comm : nullptr, par.tp, par.pp);
                p->trainer = std::make_unique<Trainer>(*model, cfg, std::move(train),
                                                       std::move(val), grid, par);
              } else {
@@ -385,8 +403,9 @@ PYBIND11_MODULE(_C, m) {
            "process_group: the job's ranks (nuri.init_process_group()); then micro_batch and "
            "grad_accum are per rank and every rank reads its slice of each global batch. "
            "parallel: ZeRO stage, tensor and sequence parallelism (tp > 1: the ranks are a dp x "
-           "tp grid, the model built with tensor_parallel=(pg.tp_index(tp), tp)), buckets, "
-           "overlap.")
+           "tp grid, the model built with tensor_parallel=(pg.tp_index(tp), tp)), pipeline "
+           "parallelism (pp > 1: a dp x tp x pp grid, the model built with pipeline_stage= its "
+           "stage's blocks), buckets, overlap.")
       .def("step", [](PyTrainer& p) {
         StepStats s;
         {

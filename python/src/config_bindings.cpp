@@ -21,6 +21,14 @@ using namespace nuri;
 
 namespace {
 
+// The dp x tp x pp grid of a process group (ProcessGrid checks that it divides the ranks).
+ProcessGrid grid_of(const ProcessGroup& p, int tp, int pp) {
+  tp = std::max(tp, 1);
+  pp = std::max(pp, 1);
+  return ProcessGrid(p.size(), std::max(p.size() / (tp * pp), 1), tp, pp);
+}
+
+
 py::object to_py(const SettingValue& v) {
   if (const bool* b = std::get_if<bool>(&v)) return py::bool_(*b);
   if (const int64_t* i = std::get_if<int64_t>(&v)) return py::int_(*i);
@@ -273,22 +281,26 @@ void bind_run(py::module_& m) {
           "'cuda:N'; others as they are.")
       .def(
           "shard",
-          [](const ProcessGroup& p, int64_t n, int tp) {
-            const ProcessGrid grid(p.size(), p.size() / std::max(tp, 1), tp);
-            const GridCoord c = grid.coord(p.rank());
-            return DataParallel::shard_of(n, grid.dp(), c.dp);
+          [](const ProcessGroup& p, int64_t n, int tp, int pp) {
+            const GridCoord c = grid_of(p, tp, pp).coord(p.rank());
+            return DataParallel::shard_of(n, grid_of(p, tp, pp).dp(), c.dp);
           },
-          py::arg("n"), py::arg("tp") = 1,
+          py::arg("n"), py::arg("tp") = 1, py::arg("pp") = 1,
           "This rank's range (lo, hi) of n elements sharded over the data-parallel ranks (the "
-          "ranks / tp of a dp x tp grid), as ZeRO shards the flat parameters.")
+          "ranks / (tp pp) of a dp x tp x pp grid), as ZeRO shards the flat parameters.")
       .def(
           "tp_index",
-          [](const ProcessGroup& p, int tp) {
-            return ProcessGrid(p.size(), p.size() / std::max(tp, 1), tp).coord(p.rank()).tp;
-          },
-          py::arg("tp"),
-          "This rank's index in its tensor-parallel group of a dp x tp grid (tp neighbouring "
-          "ranks): the `index` of Model(tensor_parallel=(index, tp)).")
+          [](const ProcessGroup& p, int tp, int pp) { return grid_of(p, tp, pp).coord(p.rank()).tp; },
+          py::arg("tp"), py::arg("pp") = 1,
+          "This rank's index in its tensor-parallel group of a dp x tp x pp grid (tp "
+          "neighbouring ranks): the `index` of Model(tensor_parallel=(index, tp)).")
+      .def(
+          "pp_index",
+          [](const ProcessGroup& p, int pp, int tp) { return grid_of(p, tp, pp).coord(p.rank()).pp; },
+          py::arg("pp"), py::arg("tp") = 1,
+          "This rank's pipeline stage in a dp x tp x pp grid (the slowest-varying coordinate): "
+          "the stage s of Model(pipeline_stage=(first[s], first[s + 1])), first = "
+          "nuri.pipeline_stages(config, pp, seq_len).")
       .def(
           "barrier",
           [](const ProcessGroup& p) {

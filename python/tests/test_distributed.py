@@ -150,3 +150,47 @@ def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
     for g, w in zip(got, want):
         assert abs(g - w) <= 1e-5 * w, (got, want)
     assert want[-1] < want[0] - 0.3
+
+
+def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
+    """nuri.Trainer on a pipeline: 2 ranks with pp = 2 (each rank's model built as its stage of
+    nuri.pipeline_stages), 1F1B over 4 micro-batches, against one process on the same batches;
+    and the validation loss through the stages' forwards."""
+    script = tmp_path / "pp.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        import nuri
+        pg = nuri.init_process_group(timeout_s=120)
+        pp = pg.world_size  # 1 when run alone: the reference
+        cfg = nuri.ModelConfig.preset("gpt2-tiny")
+        train = nuri.TrainConfig(steps=8, micro_batch=2, grad_accum=4, seq_len=32, eval_every=0,
+                                 eval_batches=2, lr=3e-3, warmup_steps=2)
+        data = nuri.TokenFile.from_array(
+            nuri.ByteTokenizer().encode("to be or not to be, that is the question " * 200),
+            vocab_size=257)
+        first = nuri.pipeline_stages(cfg, pp, train.seq_len)
+        s = pg.pp_index(pp)
+        model = nuri.Model(cfg, seed=7, pipeline_stage=(first[s], first[s + 1]))
+        assert model.pipeline_stage == (first[s], first[s + 1])
+        trainer = nuri.Trainer(model, train, data, data, process_group=pg,
+                               parallel=nuri.ParallelConfig(pp=pp))
+        losses = [trainer.step()["loss"] for _ in range(8)]
+        losses.append(trainer.evaluate())
+        if pg.rank == 0:
+            json.dump({"first": first, "losses": losses}, open(sys.argv[1], "w"))
+    """))
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, str(script),
+                           str(tmp_path / "pp.json")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr
+    got = json.loads((tmp_path / "pp.json").read_text())
+    want = json.loads((tmp_path / "one.json").read_text())
+    assert got["first"] == [0, 1, 2] and want["first"] == [0, 2]
+    assert len(got["losses"]) == len(want["losses"]) == 9
+    for g, w in zip(got["losses"], want["losses"]):
+        assert abs(g - w) <= 1e-5 * w, (got, want)
+    assert want["losses"][7] < want["losses"][0] - 0.3
