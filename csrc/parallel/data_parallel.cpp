@@ -43,6 +43,9 @@ const Settings& parallel_settings() {
           "pipeline parallelism: stages, each holding a contiguous range of the blocks (the "
           "slowest-varying coordinate, normally across nodes); 1F1B over grad_accum "
           "micro-batches").at_least(1);
+    t.add("pp_timeline", &C::pp_timeline,
+          "with pp > 1: write the last step's pipeline timeline (every rank's forwards, "
+          "backwards and transfers) as a Chrome trace, timeline.json in the output directory");
     t.add("sequence_parallel", &C::sequence_parallel,
           "with tp > 1: split the residual stream and the norms along the token rows too "
           "(activation memory / tp; the all-reduces become reduce-scatters and all-gathers)");
@@ -67,6 +70,8 @@ const Settings& parallel_settings() {
 void ParallelConfig::validate() const {
   parallel_settings().check_bounds(this, "");
   NURI_CHECK(bucket_bytes > 0, "bucket_bytes (", bucket_bytes, ") must be positive");
+  NURI_CHECK(!pp_timeline || pp > 1, "parallel.pp_timeline records the pipeline's timeline, "
+             "and parallel.pp is 1; set pp > 1 or leave pp_timeline off");
   NURI_CHECK(!sequence_parallel || tp > 1, "parallel.sequence_parallel splits the token rows "
              "over the tensor-parallel ranks, and parallel.tp is 1; set tp > 1 or leave "
              "sequence_parallel off");

@@ -295,6 +295,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const int64_t first = trainer.steps_done();
   double tok_per_s = 0;
   result.final_loss = std::nanf("");
+  if (trainer.pipeline() && cfg.parallel.pp_timeline) trainer.pipeline()->record_timeline(true);
   for (int64_t s = first; s < tc.steps; ++s) {
     const StepStats st = trainer.step();
     result.final_loss = st.loss;
@@ -360,6 +361,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line(fmt("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
   if (!cfg.out.empty()) save_model(trainer, model, dir / "model.safetensors");
+  if (Pipeline* pipe = trainer.pipeline(); pipe && cfg.parallel.pp_timeline && !cfg.out.empty() &&
+                                           grid.coord.dp == 0 && grid.coord.tp == 0) {
+    pipe->write_chrome_trace((dir / "timeline.json").string());  // the first pipeline's ranks
+    if (lead) {
+      out.line(fmt("pipeline timeline of the last step: %s (rank 0 idle %.0f%% of it)",
+                   (dir / "timeline.json").string().c_str(), 100 * pipe->measured_bubble()));
+    }
+  }
   result.seconds = seconds_since(start);
   if (result.stop_reason == "interrupted") {
     out.line(fmt("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,

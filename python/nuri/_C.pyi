@@ -85,6 +85,9 @@ class ParallelConfig:
     # pipeline parallelism: stages, each holding a contiguous range of the blocks (the slowest-
     # varying coordinate, normally across nodes); 1F1B over grad_accum micro-batches
     pp: int
+    # with pp > 1: write the last step's pipeline timeline (every rank's forwards, backwards and
+    # transfers) as a Chrome trace, timeline.json in the output directory
+    pp_timeline: bool
     # with tp > 1: split the residual stream and the norms along the token rows too (activation
     # memory / tp; the all-reduces become reduce-scatters and all-gathers)
     sequence_parallel: bool

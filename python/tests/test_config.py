@@ -95,7 +95,7 @@ def test_device_is_another_name_for_backend():
     ({"data": {"test": "x"}}, "data.test: unknown key; known keys: train, val"),
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
     ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, "
-                                "keep_gathered, overlap, pp, sequence_parallel, tp, zero_stage"),
+                                "keep_gathered, overlap, pp, pp_timeline, sequence_parallel, tp, zero_stage"),
     ({"checkpoint": {"every": 1}}, "checkpoint.every: unknown key; known keys: async_save, dir"),
 ])
 def test_unknown_keys_are_named(d, message):

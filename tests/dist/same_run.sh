@@ -30,10 +30,16 @@ one_args=(--micro-batch 4)
 [[ -n ${SAME_RUN_PP:-} ]] && one_args=(--micro-batch 2 --grad-accum 2)
 one=$("$bin" "${args[@]}" "${one_args[@]}" 2>&1) || { echo "$one"; exit 1; }
 if [[ -n ${SAME_RUN_PP:-} ]]; then  # pipeline parallelism: 2 ranks pp 2; 4 ranks dp 2 × pp 2
-  two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 2 --grad-accum 2 --pp 2 2>&1) ||
-    { echo "$two"; exit 1; }
+  # (the 2-rank run also writes its last step's timeline: 2 forwards and 2 backwards a stage)
+  out_dir=$(mktemp -d)
+  trap 'rm -rf "$out_dir"' EXIT
+  two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 2 --grad-accum 2 --pp 2 \
+          --pp-timeline --out "$out_dir/run" 2>&1) || { echo "$two"; exit 1; }
   grep -q "pipeline parallel: 2 stages, 1+1 blocks .*, grid dp=1 tp=1 pp=2" <<<"$two" ||
     { echo "$two"; echo "FAIL: the 2-rank run did not say it ran pipeline-parallel"; exit 1; }
+  [[ $(grep -o '"cat":"F"' "$out_dir/run/timeline.json" | wc -l) == 4 &&
+     $(grep -o '"cat":"B"' "$out_dir/run/timeline.json" | wc -l) == 4 ]] ||
+    { echo "$two"; echo "FAIL: timeline.json does not hold 2 stages x 2 forwards and backwards"; exit 1; }
 elif [[ -n ${SAME_RUN_TP:-} ]]; then  # tensor parallelism: 2 ranks tp 2; 4 ranks dp 2 × tp 2, ZeRO 3
   two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 4 --tp 2 2>&1) || { echo "$two"; exit 1; }
   grep -q "tensor parallel: 2 ranks a group (.*), grid dp=1 tp=2" <<<"$two" ||

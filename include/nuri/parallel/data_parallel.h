@@ -66,6 +66,10 @@ struct ParallelConfig {
   /// blocks; the job's ranks are a dp × tp × pp grid, dp = world / (tp · pp). 1F1B over the
   /// grad_accum micro-batches.
   int pp = 1;
+  /// Pipeline parallelism: record each step's timeline (every rank's forwards, backwards, sends
+  /// and receives) and write the last step's as a Chrome trace, timeline.json in the run's
+  /// output directory.
+  bool pp_timeline = false;
 
   /// Throws nuri::Error naming the field when it is not usable.
   void validate() const;
