@@ -14,6 +14,8 @@
 // run's loss falls by more than 0.5).
 #include <gtest/gtest.h>
 
+#include "dist_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -29,23 +31,9 @@
 namespace nuri {
 namespace {
 
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> comm = [] {
-    CommOptions opt;
-    opt.timeout_s = 120;
-    return std::shared_ptr<Communicator>(make_communicator(detect_launch(), opt));
-  }();
-  return comm;
-}
+using test::world;
 
-std::shared_ptr<TokenFile> text_data() {
-  std::string text;
-  for (int i = 0; i < 400; ++i) {
-    text += "to be or not to be, that is the question; whether 'tis nobler in the mind ";
-    text += std::to_string(i % 17);
-  }
-  return TokenFile::from_tokens(ByteTokenizer().encode(text), "hamlet", 257);
-}
+std::shared_ptr<TokenFile> text_data() { return test::hamlet(); }
 
 TrainConfig config(int64_t grad_accum) {
   TrainConfig c;

@@ -15,6 +15,7 @@
 
 #include "nuri/core/error.h"
 #include "nuri/parallel/pipeline.h"
+#include "test_util.h"
 
 namespace nuri {
 namespace {
@@ -33,14 +34,7 @@ double largest(const UnitCosts& u, const std::vector<int64_t>& first) {
   return m;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
 TEST(PipelineStages, NoOtherSplitHasASmallerLargestStage) {
   // Small models with heads from light to heavier than several blocks: every split of L blocks

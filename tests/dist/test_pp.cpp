@@ -16,6 +16,8 @@
 //   the last allocation's model file one process's weights; and the refusals.
 #include <gtest/gtest.h>
 
+#include "dist_util.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -40,14 +42,7 @@
 namespace nuri {
 namespace {
 
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> comm = [] {
-    CommOptions opt;
-    opt.timeout_s = 120;
-    return std::shared_ptr<Communicator>(make_communicator(detect_launch(), opt));
-  }();
-  return comm;
-}
+using test::world;
 
 int world_size() { return world() ? world()->size() : 1; }
 int world_rank() { return world() ? world()->rank() : 0; }
@@ -272,14 +267,7 @@ TEST(PipelineParallel, WritesTheTimelineAsOneChromeTrace) {
 
 // ---- The Trainer on a grid ----------------------------------------------------------------------
 
-std::shared_ptr<TokenFile> text_data() {
-  std::string text;
-  for (int i = 0; i < 400; ++i) {
-    text += "to be or not to be, that is the question; whether 'tis nobler in the mind ";
-    text += std::to_string(i % 17);
-  }
-  return TokenFile::from_tokens(ByteTokenizer().encode(text), "hamlet", 257);
-}
+std::shared_ptr<TokenFile> text_data() { return test::hamlet(); }
 
 TrainConfig tconfig(int64_t grad_accum, Recompute recompute) {
   TrainConfig c;
@@ -443,23 +431,8 @@ TEST(PipelineParallel, ResumesAcrossPipelineSizes) {
       world()->barrier();
     }
     if (world_rank() == 0) {
-      const std::string out = root + "/model.safetensors";
-      consolidate_checkpoint(root, out);
-      SafetensorsFile f(out), direct(root + "/direct.safetensors");
-      double max_diff = 0, max_abs = 0;
-      for (const auto& named : ref_model.parameters()) {
-        Tensor got = Tensor::empty(named.tensor.shape(), DType::f32);
-        Tensor got2 = Tensor::empty(named.tensor.shape(), DType::f32);
-        f.read(named.name, got);
-        direct.read(named.name, got2);
-        ASSERT_EQ(std::memcmp(got.raw(), got2.raw(), got.nbytes()), 0)
-            << named.name << ": save_model and the consolidated checkpoint differ";
-        for (int64_t i = 0; i < got.numel(); ++i) {
-          const double w = named.tensor.data<float>()[i];
-          max_diff = std::max(max_diff, std::abs(double(got.data<float>()[i]) - w));
-          max_abs = std::max(max_abs, std::abs(w));
-        }
-      }
+      double max_abs = 0;
+      const double max_diff = test::model_file_difference(ref_model, root, max_abs);
       EXPECT_LE(max_diff, 1e-4 * max_abs) << "consolidated weights after the last phase";
       std::printf("[pp elastic] %s: pp 2 -> 1 -> 4 (dp 2 -> 4 -> 1, ZeRO 1 -> 2 -> 0): worst "
                   "|dloss|/loss %.3g over 9 steps; the model file within %.3g of one "

@@ -15,6 +15,8 @@
 //   or the world size.
 #include <gtest/gtest.h>
 
+#include "dist_util.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -39,23 +41,9 @@
 namespace nuri {
 namespace {
 
-std::shared_ptr<Communicator> world() {
-  static std::shared_ptr<Communicator> comm = [] {
-    CommOptions opt;
-    opt.timeout_s = 120;
-    return std::shared_ptr<Communicator>(make_communicator(detect_launch(), opt));
-  }();
-  return comm;
-}
+using test::world;
 
-std::shared_ptr<TokenFile> text_data() {
-  std::string text;
-  for (int i = 0; i < 400; ++i) {
-    text += "to be or not to be, that is the question; whether 'tis nobler in the mind ";
-    text += std::to_string(i % 17);
-  }
-  return TokenFile::from_tokens(ByteTokenizer().encode(text), "hamlet", 257);
-}
+std::shared_ptr<TokenFile> text_data() { return test::hamlet(); }
 
 // GPT-2 style (4 heads, d_ff 256, biases, tied) or Llama style with GQA that tp = 4 can split
 // (8 query heads, 4 kv heads, d_ff 176, untied head).
@@ -407,23 +395,8 @@ TEST(TensorParallel, ResumesAcrossTensorParallelSizes) {
     }
     if (world()->rank() == 0) {
       // The tp = 2 × dp = 2, ZeRO 3 checkpoint as one model file: the reference's weights.
-      const std::string out = root + "/model.safetensors";
-      consolidate_checkpoint(root, out);
-      SafetensorsFile f(out), direct(root + "/direct.safetensors");
-      double max_diff = 0, max_abs = 0;
-      for (const auto& named : ref_model.parameters()) {
-        Tensor got = Tensor::empty(named.tensor.shape(), DType::f32);
-        Tensor got2 = Tensor::empty(named.tensor.shape(), DType::f32);
-        f.read(named.name, got);
-        direct.read(named.name, got2);
-        ASSERT_EQ(std::memcmp(got.raw(), got2.raw(), got.nbytes()), 0)
-            << named.name << ": save_model and the consolidated checkpoint differ";
-        for (int64_t i = 0; i < got.numel(); ++i) {
-          const double want_w = named.tensor.data<float>()[i];
-          max_diff = std::max(max_diff, std::abs(double(got.data<float>()[i]) - want_w));
-          max_abs = std::max(max_abs, std::abs(want_w));
-        }
-      }
+      double max_abs = 0;
+      const double max_diff = test::model_file_difference(ref_model, root, max_abs);
       // 12 AdamW steps move a weight by at most ~lr each; rounding differences far less.
       EXPECT_LE(max_diff, 1e-4 * max_abs) << "consolidated weights after the last phase";
       std::printf("[ tp elastic ] %s: tp 2 -> 1 -> 4 -> 2 (dp 2 -> 2 -> 1 -> 2, ZeRO 2 -> 1 -> 0 "

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "head64_model.h"
 #include "nuri/train/trainer.h"
 
 #ifndef NURI_TEST_BACKEND
@@ -18,25 +19,8 @@
 namespace nuri {
 namespace {
 
-// Head dim 64 (the CUDA attention kernels take 64 and 128); three blocks so every-2nd differs.
-ModelConfig recompute_model(bool llama) {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.d_model = 128;
-  c.n_layer = 3;
-  c.n_head = 2;
-  c.n_kv_head = llama ? 1 : 2;
-  c.d_ff = 96;
-  c.max_seq_len = 32;
-  if (llama) {
-    c.norm = NormKind::rmsnorm;
-    c.position = PositionKind::rope;
-    c.mlp = MlpKind::swiglu;
-    c.bias = false;
-    c.tied_embeddings = false;
-  }
-  return c;
-}
+// Three blocks, so every-2nd differs.
+ModelConfig recompute_model(bool llama) { return test::head64_model(llama); }
 
 std::shared_ptr<TokenFile> recompute_data() {
   std::vector<uint32_t> t(4096);

@@ -19,7 +19,9 @@
 
 #include "nuri/core/error.h"
 #include "nuri/core/rng.h"
+#include "head64_model.h"
 #include "nuri/model/transformer.h"
+#include "test_util.h"
 
 #ifndef NURI_TEST_BACKEND
 #error "NURI_TEST_BACKEND names the backend under test"
@@ -28,34 +30,9 @@
 namespace nuri {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using test::error_of;
 
-// Head dim 64 (the CUDA attention kernels take 64 and 128).
-ModelConfig stage_model(bool llama) {
-  ModelConfig c;
-  c.vocab_size = 64;
-  c.d_model = 128;
-  c.n_layer = 3;
-  c.n_head = 2;
-  c.n_kv_head = llama ? 1 : 2;
-  c.d_ff = 96;
-  c.max_seq_len = 32;
-  if (llama) {
-    c.norm = NormKind::rmsnorm;
-    c.position = PositionKind::rope;
-    c.mlp = MlpKind::swiglu;
-    c.bias = false;
-    c.tied_embeddings = false;
-  }
-  return c;
-}
+ModelConfig stage_model(bool llama) { return test::head64_model(llama); }
 
 Tensor host_copy(Backend& be, const Tensor& t) {
   Tensor h = Tensor::empty(t.shape(), t.dtype());
