@@ -84,11 +84,12 @@ class Declarer {
   UnitDecl& u_;
 };
 
-void declare_embedding(const ModelConfig& cfg, Declarer& d) {
+// wte_only: the last pipeline stage's copy for its tied head (no position table).
+void declare_embedding(const ModelConfig& cfg, Declarer& d, bool wte_only = false) {
   const bool gpt2 = cfg.mlp == MlpKind::gelu;
   d.add(gpt2 ? "wte.weight" : "model.embed_tokens.weight", {cfg.padded_vocab(), cfg.d_model},
         InitKind::normal, &UnitWeights::wte, 0.02f, cfg.vocab_size, Declarer::rows());
-  if (cfg.position == PositionKind::learned) {
+  if (cfg.position == PositionKind::learned && !wte_only) {
     d.matrix(gpt2 ? "wpe.weight" : "model.embed_positions.weight", cfg.max_seq_len, cfg.d_model,
              &UnitWeights::wpe);
   }
@@ -173,8 +174,9 @@ std::vector<UnitDecl> model_units(const ModelConfig& cfg, TensorParallelRank tp,
     units.push_back(std::move(u));
   };
   if (has_embedding) {
-    unit(UnitKind::embedding, -1, "embedding", [&](Declarer& d) { declare_embedding(cfg, d); });
-    if (first > 0) {  // the tied head's copy
+    unit(UnitKind::embedding, -1, "embedding",
+         [&](Declarer& d) { declare_embedding(cfg, d, /*wte_only=*/first > 0); });
+    if (first > 0) {  // the tied head's copy of wte
       for (ParamSpec& p : units.back().params) p.replica = true;
     }
   }

@@ -41,6 +41,7 @@ struct Transformer::Impl {
   Tensor emb_whole;  // sequence parallelism on the first stage: [B, T, C], whole rows
   Tensor in_x, in_r;  // a later stage: the next forward's input h = x + r
   Tensor d_out;       // a non-last stage: the next backward's output gradient
+  bool have_backward = false;  // scratch.d_resid holds the last backward's input gradient
   model::BlockScratch scratch;
 
   size_t block_unit(int64_t l) const { return size_t(l - first + (emb >= 0 ? 1 : 0)); }
@@ -357,6 +358,7 @@ void Transformer::plan(int64_t b, int64_t t) {
   m.b = m.t = 0;
   m.slots.clear();
   m.emb_whole = m.in_x = m.in_r = m.d_out = Tensor();
+  m.have_backward = false;
   m.scratch = {};
   Backend& be = *backend_;
   MemoryScope activations(MemoryCategory::activations);
@@ -601,7 +603,8 @@ Tensor Transformer::stage_output_grad() {
 
 Tensor Transformer::stage_input_grad() {
   NURI_CHECK(!impl_->first_stage(), "stage_input_grad(): the first stage's input is tokens");
-  NURI_CHECK(impl_->b > 0, "stage_input_grad(): no backward has run");
+  NURI_CHECK(impl_->have_backward, "stage_input_grad(): no backward has run since the "
+             "activations were planned");
   return impl_->scratch.d_resid;
 }
 
@@ -615,7 +618,10 @@ void Transformer::backward_stage(int k, float loss_scale) {
   Impl& m = *impl_;
   NURI_CHECK(m.b > 0 && k >= 0 && k < m.n_slots && m.slots[size_t(k)].have_forward,
              "backward() needs a forward(tokens, targets) before it (and only "
-             "one backward per forward: the logits buffer now holds gradients)");
+             "one backward per forward: the logits buffer now holds gradients)",
+             m.whole() ? "" : "; backward_stage(" + std::to_string(k) + ") needs a "
+             "forward_stage(" + std::to_string(k) + ") before it");
+  m.have_backward = false;
   Slot& s = m.slots[size_t(k)];
   s.have_forward = false;
   Backend& be = *backend_;
@@ -686,6 +692,7 @@ void Transformer::backward_stage(int k, float loss_scale) {
     }
     done(unit);
   }
+  m.have_backward = true;
   if (m.emb < 0) return;  // d_resid holds the gradient of this stage's input
   if (!tied_head) open(emb);
   if (m.first_stage()) {

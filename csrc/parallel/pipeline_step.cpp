@@ -78,15 +78,9 @@ void Pipeline::record_timeline(bool on) {
 
 std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale,
                                   const Hooks& hooks) {
+  check_micro_batches(micro);
   const int m = int(micro.size()), v = int(chunks_.size()), stages = p_ * v;
-  NURI_CHECK(m >= 1, "Pipeline::step: no micro-batches");
   const int64_t b = micro[0].tokens.size(0), t = micro[0].tokens.size(1);
-  for (const MicroBatch& mb : micro) {
-    NURI_CHECK(mb.tokens.defined() && mb.tokens.dim() == 2 && mb.tokens.size(0) == b &&
-                   mb.tokens.size(1) == t,
-               "Pipeline::step: every micro-batch must have the first one's shape [", b, ", ", t,
-               "]");
-  }
   const auto schedule = pipeline_schedule(p_, m, v);
   const ScheduleTiming timing = simulate_schedule(schedule, v);
   const auto& ops = schedule[size_t(rank_)];
@@ -116,8 +110,8 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
     // What leaves with its end, and what arrives for it (at its producer's end).
     const int to = o.backward ? vs - 1 : vs + 1;
     if (to >= 0 && to < stages) {
-      items.push_back({Item::send, timing.end[size_t(rank_)][i], o.backward, o.backward ? vs : vs,
-                       o.micro, i, to % p_});
+      items.push_back({Item::send, timing.end[size_t(rank_)][i], o.backward, vs, o.micro, i,
+                       to % p_});
     }
     const int from = o.backward ? vs + 1 : vs - 1;
     if (from >= 0 && from < stages) {
@@ -130,7 +124,8 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
             [](const Item& a, const Item& c) { return a.key() < c.key(); });
 
   // Staging for what arrives: per chunk and direction, enough buffers that one is reused only
-  // after the op that read it has started (the simulated order is the executed one).
+  // after the op that read it has started (the simulated order is the executed one). Kept
+  // from step to step while the shapes and counts hold.
   auto staging_slots = [&](int chunk, bool grad) {
     const int vs = vstage(chunk), from = grad ? vs + 1 : vs - 1;
     if (from < 0 || from >= stages) return 0;
@@ -147,34 +142,42 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
     }
     return most;
   };
-  struct Staging {
-    int slots = 0;
-    std::vector<Tensor> x, r;  // activations: (x, r); gradients: x
-  };
-  std::vector<Staging> act(static_cast<size_t>(v)), grad(static_cast<size_t>(v));
+  act_.resize(size_t(v));
+  grad_.resize(size_t(v));
   for (int c = 0; c < v; ++c) {
     Transformer& model = *chunks_[size_t(c)];
     model.set_micro_batch_slots(std::max(1, timing.in_flight[size_t(rank_)][size_t(c)]));
     model.prepare(b, t);
     Backend& be = model.backend();
+    MemoryScope activations(MemoryCategory::activations);
     for (const bool g : {false, true}) {
-      Staging& st = (g ? grad : act)[size_t(c)];
-      st.slots = staging_slots(c, g);
-      for (int k = 0; k < st.slots; ++k) {
-        const Tensor like = g ? model.stage_output_grad() : model.stage_input().first;
+      Staging& st = (g ? grad_ : act_)[size_t(c)];
+      const int want = staging_slots(c, g);
+      if (want == 0) {
+        st = Staging{};
+        continue;
+      }
+      const Tensor like = g ? model.stage_output_grad() : model.stage_input().first;
+      if (st.slots == want && st.x.front().shape() == like.shape()) continue;
+      st = Staging{};
+      st.slots = want;
+      for (int k = 0; k < want; ++k) {
         st.x.push_back(be.empty(like.shape(), like.dtype()));
         if (!g) st.r.push_back(be.empty(like.shape(), like.dtype()));
       }
     }
   }
   auto slot_of = [&](int chunk, int k) { return k % chunks_[size_t(chunk)]->micro_batch_slots(); };
+  // The last stage's losses stay on the device until the end of the step.
+  Transformer& last = *chunks_.back();
+  Tensor losses_dev;
+  if (last.last_stage()) losses_dev = last.backend().empty({m});
 
   const double t0 = now_us();
   if (record_) spans_.clear();
   auto span = [&](const char* name, const PipelineOp& o, double start) {
     if (record_) spans_.push_back({name, o.chunk, o.micro, start, now_us() - start});
   };
-  std::vector<float> losses(size_t(m), 0.f);
   for (const Item& it : items) {
     const PipelineOp& o = ops[it.op];
     Transformer& model = *chunks_[size_t(o.chunk)];
@@ -183,22 +186,18 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
     if (it.kind == Item::compute) {
       if (!o.backward) {
         if (!model.first_stage()) {
-          const Staging& st = act[size_t(o.chunk)];
+          const Staging& st = act_[size_t(o.chunk)];
           const auto [x, r] = model.stage_input();
           model.backend().copy(st.x[size_t(o.micro % st.slots)], x);
           model.backend().copy(st.r[size_t(o.micro % st.slots)], r);
         }
         const MicroBatch& mb = micro[size_t(o.micro)];
         const Tensor loss = model.forward_stage(slot, mb.tokens, mb.targets);
-        if (model.last_stage()) {
-          Tensor host = Tensor::empty({1}, DType::f32);
-          model.backend().copy(loss, host);
-          losses[size_t(o.micro)] = host.data<float>()[0];
-        }
+        if (model.last_stage()) model.backend().copy(loss, losses_dev.slice(0, o.micro, o.micro + 1));
         span("F", o, start);
       } else {
         if (!model.last_stage()) {
-          const Staging& st = grad[size_t(o.chunk)];
+          const Staging& st = grad_[size_t(o.chunk)];
           model.backend().copy(st.x[size_t(o.micro % st.slots)], model.stage_output_grad());
         }
         if (hooks.before_backward) hooks.before_backward(o.chunk, o.micro, o.micro == m - 1);
@@ -208,61 +207,94 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
       }
       continue;
     }
-    // A transfer; between two chunks of this rank (p = 1) it is a copy into the staging. A
-    // failure (a peer that died or hangs: the communicator's timeout) names both stages.
+    // A transfer to or from another rank (p > 1: a rank's chunks are never neighbours).
     const bool g = it.grad != 0;
-    try {
-      if (it.kind == Item::send) {
-        const int peer_chunk = (g ? vstage(o.chunk) - 1 : vstage(o.chunk) + 1) / p_;
+    const int vs = vstage(o.chunk);
+    if (it.kind == Item::send) {
+      transfer(true, g, vs, o.micro, it.peer, [&] {
         if (g) {
-          const Tensor d = model.stage_input_grad();
-          if (it.peer == rank_) {
-            const Staging& st = grad[size_t(peer_chunk)];
-            model.backend().copy(d, st.x[size_t(o.micro % st.slots)]);
-          } else {
-            comm_->send(d, it.peer);
-          }
+          comm_->send(model.stage_input_grad(), it.peer);
         } else {
           const auto [x, r] = model.stage_output(slot);
-          if (it.peer == rank_) {
-            const Staging& st = act[size_t(peer_chunk)];
-            model.backend().copy(x, st.x[size_t(o.micro % st.slots)]);
-            model.backend().copy(r, st.r[size_t(o.micro % st.slots)]);
-          } else {
-            comm_->send(x, it.peer);
-            comm_->send(r, it.peer);
-          }
+          comm_->send(x, it.peer);
+          comm_->send(r, it.peer);
         }
-        span("send", o, start);
-      } else if (it.peer != rank_) {  // a receive (from this rank: the send did the copy)
-        const Staging& st = (g ? grad : act)[size_t(o.chunk)];
-        const size_t k = size_t(o.micro % st.slots);
+      });
+      span("send", o, start);
+    } else {
+      const Staging& st = (g ? grad_ : act_)[size_t(o.chunk)];
+      const size_t k = size_t(o.micro % st.slots);
+      transfer(false, g, vs, o.micro, it.peer, [&] {
         comm_->recv(st.x[k], it.peer);
         if (!g) comm_->recv(st.r[k], it.peer);
-        span("recv", o, start);
-      }
-    } catch (const Error& e) {
-      const int vs = vstage(o.chunk),
-                other = it.kind == Item::send ? (g ? vs - 1 : vs + 1) : (g ? vs + 1 : vs - 1);
-      NURI_CHECK(false, "pipeline stage ", vs, " (pipeline rank ", rank_,
-                 "): ", it.kind == Item::send ? "sending" : "receiving", " micro-batch ", o.micro,
-                 "'s ", g ? "gradient" : "activations", it.kind == Item::send ? " to" : " from",
-                 " stage ", other, " (pipeline rank ", it.peer, ") failed: ", e.what());
+      });
+      span("recv", o, start);
     }
   }
   step_start_us_ = t0;
   step_end_us_ = now_us();
-
-  return share_losses(losses);
+  return share_losses(losses_dev, m);
 }
 
-std::vector<float> Pipeline::share_losses(std::vector<float> losses) const {
-  if (p_ > 1) {  // from the last stage's rank to every rank
+void Pipeline::transfer(bool sending, bool grad, int vs, int micro, int peer,
+                        const std::function<void()>& fn) const {
+  // A failure (a peer that died or hangs: the communicator's timeout) names both stages.
+  try {
+    fn();
+  } catch (const Error& e) {
+    const int other = sending ? (grad ? vs - 1 : vs + 1) : (grad ? vs + 1 : vs - 1);
+    NURI_CHECK(false, "pipeline stage ", vs, " (pipeline rank ", rank_, "): ",
+               sending ? "sending" : "receiving", " micro-batch ", micro, "'s ",
+               grad ? "gradient" : "activations", sending ? " to" : " from", " stage ", other,
+               " (pipeline rank ", peer, ") failed: ", e.what());
+  }
+}
+
+void Pipeline::check_micro_batches(const std::vector<MicroBatch>& micro) const {
+  // Every rank checks every id before any transfer: a bad target found by the last stage alone
+  // would leave the others waiting for it until the timeout.
+  const ModelConfig& cfg = chunks_.front()->config();
+  NURI_CHECK(!micro.empty(), "Pipeline: no micro-batches");
+  const int64_t b = micro[0].tokens.defined() ? micro[0].tokens.size(0) : 0;
+  const int64_t t = micro[0].tokens.defined() ? micro[0].tokens.size(1) : 0;
+  for (size_t k = 0; k < micro.size(); ++k) {
+    for (const bool tg : {false, true}) {
+      const Tensor& x = tg ? micro[k].targets : micro[k].tokens;
+      const char* what = tg ? "targets" : "tokens";
+      NURI_CHECK(x.defined() && x.dtype() == DType::i32 && x.dim() == 2 &&
+                     x.device().is_cpu() && x.is_contiguous() && x.size(0) == b &&
+                     x.size(1) == t,
+                 "Pipeline: micro-batch ", k, "'s ", what, " must be a contiguous [", b, ", ", t,
+                 "] i32 host tensor (every micro-batch the first one's shape), got ",
+                 x.defined() ? x.str() : std::string("nothing"));
+      const int32_t* p = x.data<int32_t>();
+      for (int64_t i = 0; i < x.numel(); ++i) {
+        if (tg && p[i] == -100) continue;
+        NURI_CHECK(p[i] >= 0 && p[i] < cfg.vocab_size, "Pipeline: micro-batch ", k, "'s ", what,
+                   ": id ", p[i], " at batch ", i / t, ", position ", i % t,
+                   " is outside the vocabulary [0, ", cfg.vocab_size, ")");
+      }
+    }
+  }
+}
+
+std::vector<float> Pipeline::share_losses(const Tensor& losses_dev, int m) const {
+  // The last stage waits for its tensor-parallel collectives (with their timeout) before it
+  // reads the losses, then sends them to every rank of the pipeline.
+  std::vector<float> losses(size_t(m), 0.f);
+  Transformer& last = *chunks_.back();
+  if (losses_dev.defined()) {
+    if (TensorParallelHooks* h = last.tensor_parallel_hooks()) h->wait();
+    Tensor host = Tensor::empty({m}, DType::f32);
+    last.backend().copy(losses_dev, host);
+    std::copy(host.data<float>(), host.data<float>() + m, losses.begin());
+  }
+  if (p_ > 1) {
     Communicator* host = comm_->host_communicator();
-    Tensor l = Tensor::empty({int64_t(losses.size())}, DType::f32);
+    Tensor l = Tensor::empty({m}, DType::f32);
     std::copy(losses.begin(), losses.end(), l.data<float>());
     host->broadcast(l, p_ - 1);
-    std::copy(l.data<float>(), l.data<float>() + l.numel(), losses.begin());
+    std::copy(l.data<float>(), l.data<float>() + m, losses.begin());
   }
   return losses;
 }
@@ -270,39 +302,36 @@ std::vector<float> Pipeline::share_losses(std::vector<float> losses) const {
 std::vector<float> Pipeline::forward_only(const std::vector<MicroBatch>& micro) {
   // Micro-batch after micro-batch through the virtual stages in order: each rank receives,
   // runs its chunk and sends on, so every transfer's two ranks meet in the same order.
-  const int v = int(chunks_.size()), stages = p_ * v;
-  NURI_CHECK(!micro.empty(), "Pipeline::forward_only: no micro-batches");
+  if (micro.empty()) return {};
+  check_micro_batches(micro);
+  const int v = int(chunks_.size()), stages = p_ * v, m = int(micro.size());
   for (Transformer* c : chunks_) c->prepare(micro[0].tokens.size(0), micro[0].tokens.size(1));
-  std::vector<float> losses(micro.size(), 0.f);
-  for (size_t k = 0; k < micro.size(); ++k) {
-    for (int vs = 0; vs < stages; ++vs) {
-      if (vs % p_ != rank_) continue;
+  Transformer& last = *chunks_.back();
+  Tensor losses_dev;
+  if (last.last_stage()) losses_dev = last.backend().empty({m});
+  for (int k = 0; k < m; ++k) {
+    for (int vs = rank_; vs < stages; vs += p_) {
       Transformer& model = *chunks_[size_t(vs / p_)];
       if (vs > 0) {
         const auto [x, r] = model.stage_input();
-        const int from = (vs - 1) % p_;
-        if (from == rank_) {
-          const auto [px, pr] = chunks_[size_t((vs - 1) / p_)]->stage_output(0);
-          model.backend().copy(px, x);
-          model.backend().copy(pr, r);
-        } else {
-          comm_->recv(x, from);
-          comm_->recv(r, from);
-        }
+        transfer(false, false, vs, k, (vs - 1) % p_, [&] {
+          comm_->recv(x, (vs - 1) % p_);
+          comm_->recv(r, (vs - 1) % p_);
+        });
       }
-      const Tensor loss = model.forward_stage(0, micro[k].tokens, micro[k].targets);
+      const Tensor loss = model.forward_stage(0, micro[size_t(k)].tokens, micro[size_t(k)].targets);
       if (model.last_stage()) {
-        Tensor host = Tensor::empty({1}, DType::f32);
-        model.backend().copy(loss, host);
-        losses[k] = host.data<float>()[0];
-      } else if ((vs + 1) % p_ != rank_) {
+        model.backend().copy(loss, losses_dev.slice(0, k, k + 1));
+      } else {
         const auto [x, r] = model.stage_output(0);
-        comm_->send(x, (vs + 1) % p_);
-        comm_->send(r, (vs + 1) % p_);
+        transfer(true, false, vs, k, (vs + 1) % p_, [&] {
+          comm_->send(x, (vs + 1) % p_);
+          comm_->send(r, (vs + 1) % p_);
+        });
       }
     }
   }
-  return share_losses(losses);
+  return share_losses(losses_dev, m);
 }
 
 void Pipeline::sum_tied_gradients(const Tensor& wte) {
@@ -331,7 +360,7 @@ double Pipeline::measured_bubble() const {
 }
 
 void Pipeline::write_chrome_trace(const std::string& path) const {
-  // Each rank's events as JSON text, gathered to rank 0 by length and bytes (i32 carrying them).
+  // Each rank's events as JSON text, gathered to rank 0 by length and bytes (in f32 tensors).
   std::string mine;
   for (const TimelineSpan& s : spans_) {
     char buf[256];

@@ -114,7 +114,15 @@ namespace {
 
 // The communicator of the constructor without a grid: the model must be whole.
 std::shared_ptr<Communicator> whole_model(const Transformer& model,
-                                          std::shared_ptr<Communicator> comm) {
+                                          std::shared_ptr<Communicator> comm,
+                                          const ParallelConfig& parallel) {
+  NURI_CHECK(model.first_stage() && model.last_stage(), "Trainer: the model holds blocks [",
+             model.stage().first, ", ", model.stage().last, ") of ", model.config().n_layer,
+             ", one pipeline stage; train it with the Trainer on a grid (make_grid_groups(world, "
+             "tp, pp), Trainer(model, cfg, train, val, grid, parallel))");
+  NURI_CHECK(parallel.pp == 1 && parallel.tp == 1, "Trainer: parallel.tp=", parallel.tp,
+             " and parallel.pp=", parallel.pp, " need the Trainer on a grid (make_grid_groups, "
+             "Trainer(model, cfg, train, val, grid, parallel))");
   NURI_CHECK(model.tensor_parallel().size == 1, "Trainer: the model is rank ",
              model.tensor_parallel().rank, " of a tensor-parallel group of ",
              model.tensor_parallel().size, "; train it with the Trainer on a grid "
@@ -169,8 +177,8 @@ ParallelConfig grid_parallel(const Transformer& model, const GridGroups& grid,
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
                  const ParallelConfig& parallel)
-    : Trainer(model, cfg, std::move(train), std::move(val), whole_model(model, std::move(comm)),
-              parallel, GridTag{}) {}
+    : Trainer(model, cfg, std::move(train), std::move(val),
+              whole_model(model, std::move(comm), parallel), parallel, GridTag{}) {}
 
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,

@@ -470,6 +470,22 @@ TEST(PipelineParallel, RefusesWhatCannotWork) {
     const std::string e = message([&] { Trainer t(whole, tconfig(2, Recompute::none), text_data(), nullptr, g, par); });
     EXPECT_NE(e.find("puts this process at pipeline stage"), std::string::npos) << e;
   }
+  // A target outside the vocabulary: every stage refuses the step before any transfer (the
+  // last stage alone finding it would leave the others waiting until the timeout).
+  {
+    const ModelConfig cfg = model("gpt2", n);
+    const int s = world_rank();
+    Transformer stage(cfg, make_backend("cpu"), 7, WeightShard{}, TensorParallelRank{},
+                      PipelineStage{s, s + 1});
+    Pipeline pipe({&stage}, world());
+    std::vector<Pipeline::MicroBatch> micro{micro_batch(0, 0), micro_batch(0, 1)};
+    micro[1].targets.data<int32_t>()[5] = 999;
+    const std::string e = message([&] { pipe.step(micro, 0.5f); });
+    EXPECT_NE(e.find("micro-batch 1's targets: id 999 at batch 0, position 5 is outside the "
+                     "vocabulary [0, 257)"),
+              std::string::npos)
+        << e;
+  }
   // Tied embeddings across stages with the gradients sharded (ZeRO 2, 3) over dp > 1.
   if (n % 2 == 0 && n >= 4) {
     GridGroups g2 = make_grid_groups(world(), 1, 2);

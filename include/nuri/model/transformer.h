@@ -38,9 +38,9 @@ void check_tensor_parallel(const ModelConfig& cfg, int size);
 
 /// Pipeline parallelism (parallel/pipeline.h): the blocks [first, last) one stage holds (last
 /// -1: to the end). The first stage (first == 0) also holds the embedding, the last (last ==
-/// n_layer) the head and, for a model with tied embeddings, a copy of the embedding unit whose
-/// wte its head reads: the copy's gradient is summed with the first stage's before each step,
-/// so the two stay equal. {0, -1}: the whole model.
+/// n_layer) the head and, for a model with tied embeddings, a copy of wte (its own embedding
+/// unit, marked ParamSpec::replica) that its head reads: the copy's gradient is summed with the
+/// first stage's before each update, so the two stay equal. {0, -1}: the whole model.
 struct PipelineStage {
   int64_t first = 0, last = -1;
 };

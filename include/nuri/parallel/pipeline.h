@@ -114,7 +114,7 @@ class Pipeline {
   std::vector<float> step(const std::vector<MicroBatch>& micro, float loss_scale,
                           const Hooks& hooks = {});
   /// The forwards alone, one micro-batch after another (evaluation): every micro-batch's loss
-  /// on every rank.
+  /// on every rank (none for none).
   std::vector<float> forward_only(const std::vector<MicroBatch>& micro);
   /// Tied embeddings: the first stage's wte gradient (the embedding's share) and the last
   /// stage's (the head's) become their sum on both, the same bits, so the two copies stay
@@ -135,7 +135,14 @@ class Pipeline {
   void write_chrome_trace(const std::string& path) const;
 
  private:
-  std::vector<float> share_losses(std::vector<float> losses) const;
+  struct Staging {  // received tensors waiting for their op: activations (x, r), gradients x
+    int slots = 0;
+    std::vector<Tensor> x, r;
+  };
+  std::vector<float> share_losses(const Tensor& losses_dev, int m) const;
+  void check_micro_batches(const std::vector<MicroBatch>& micro) const;
+  void transfer(bool sending, bool grad, int vs, int micro, int peer,
+                const std::function<void()>& fn) const;
 
   std::vector<Transformer*> chunks_;
   std::shared_ptr<Communicator> comm_;
@@ -144,6 +151,7 @@ class Pipeline {
   bool record_ = false;
   std::vector<TimelineSpan> spans_;
   double step_start_us_ = 0, step_end_us_ = 0;
+  std::vector<Staging> act_, grad_;  // per chunk, kept while their shapes and counts hold
 };
 
 }  // namespace nuri
