@@ -152,11 +152,6 @@ std::shared_ptr<Communicator> grid_dp(const Transformer& model, const GridGroups
 // tensor-parallel calls: both at once needs a library that allows it (MPI: THREAD_MULTIPLE).
 ParallelConfig grid_parallel(const Transformer& model, const GridGroups& grid,
                              ParallelConfig par) {
-  NURI_CHECK(!(grid.pp && model.config().tied_embeddings && par.zero_stage >= 2 && grid.dp),
-             "pipeline parallelism (pp=", grid.grid.pp(), ") with tied embeddings sums the first "
-             "and last stage's whole wte gradient, which ZeRO stage ", par.zero_stage,
-             " shards over the ", grid.grid.dp(), " data-parallel ranks; use zero_stage 0 or 1, "
-             "or a model with an untied head (tied_embeddings=false)");
   auto concurrent = [](const std::shared_ptr<Communicator>& c) {
     return !c || c->concurrent_with_other_communicators();
   };
@@ -228,13 +223,30 @@ void Trainer::sum_norm_gradients() {
   }
 }
 
+void Trainer::sum_tied_shards() {
+  // wte leads both stages' layouts: each rank places its shard's part of it in a zeroed
+  // wte-sized buffer; the sum over the first and last stage's dp ranks is then both stages'
+  // whole gradient (each stage's shards tile wte once), and each rank takes its part back.
+  const int64_t w = model_.layout().front().numel();
+  const auto [lo, hi] = dp_->shard(model_.parameter_count());
+  const Tensor shard = dp_->gradient_shard();
+  Backend& be = model_.backend();
+  MemoryScope gradients(MemoryCategory::gradients);
+  Tensor whole = be.empty({w});
+  be.zero(whole);
+  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, w);
+  if (a < b) be.copy(shard.slice(0, a - lo, b - lo), whole.slice(0, a, b));
+  tied_->all_reduce(whole);
+  if (a < b) be.copy(whole.slice(0, a, b), shard.slice(0, a - lo, b - lo));
+}
+
 void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& whole) const {
   // grads: the gradients this rank norms (its ZeRO 2 shard, or the model's tensors); becomes
   // the parts of tensor-parallel-split tensors, `whole` the rest (replicas left out).
   std::vector<Tensor> split;
   const bool shard = dp_ && dp_->zero_stage() >= 2;
   const int64_t start = shard ? dp_->shard(model_.parameter_count()).first : 0;
-  const Tensor flat = shard ? grads.front() : model_.grad_buffer();
+  const Tensor flat = shard ? dp_->gradient_shard() : model_.grad_buffer();
   const int64_t end = start + flat.numel();
   for (const ParamSpec& p : model_.layout()) {
     const int64_t a = std::max(start, p.offset), b = std::min(end, p.offset + p.numel());
@@ -274,6 +286,18 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                  "pipeline stage ", s, " holds blocks from ", stages_[size_t(s)].first,
                  ", stage ", s - 1, " up to ", stages_[size_t(s) - 1].last, "; the stages must "
                  "be contiguous (pipeline_stages gives such a split)");
+    }
+    // Tied embeddings with the gradients sharded over dp (ZeRO 2, 3): the first and the last
+    // stage's dp ranks (of this tp index) sum wte's gradient over a group of all of them.
+    const int last = grid.grid.pp() - 1;
+    if (model.config().tied_embeddings && dp_ && dp_->zero_stage() >= 2 &&
+        (grid.coord.pp == 0 || grid.coord.pp == last)) {
+      std::vector<int> ranks;
+      for (const int s : {0, last}) {
+        for (int d = 0; d < grid.grid.dp(); ++d) ranks.push_back(grid.grid.rank({d, grid.coord.tp, s}));
+      }
+      tied_ = make_device_communicator(std::shared_ptr<Communicator>(grid.world->split(ranks)),
+                                       model.backend());
     }
     for (int64_t m = 0; m < cfg.grad_accum; ++m) {
       micro_.push_back({Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32),
@@ -326,11 +350,26 @@ StepStats Trainer::step() {
   }
   loader_.advance();
   if (dp_) dp_->finish_gradients();
-  if (pipe_) pipe_->sum_tied_gradients();  // after the data-parallel sums (ZeRO 0 and 1)
+  if (tied_) {
+    sum_tied_shards();
+  } else if (pipe_) {
+    pipe_->sum_tied_gradients();  // after the data-parallel sums (ZeRO 0 and 1: whole gradients)
+  }
   if (model_.sequence_parallel()) sum_norm_gradients();
   std::vector<Tensor> grads;
+  const bool replicas = std::any_of(model_.layout().begin(), model_.layout().end(),
+                                    [](const ParamSpec& p) { return p.replica; });
   if (dp_ && dp_->zero_stage() >= 2) {
-    grads.push_back(dp_->gradient_shard());  // this rank's share of the norm; summed below
+    const auto [lo, hi] = dp_->shard(model_.parameter_count());
+    const Tensor shard = dp_->gradient_shard();  // this rank's share of the norm; summed below
+    if (!replicas) {
+      grads.push_back(shard);
+    } else {  // without the part of a replica (the tied wte's copy: the first stage counts it)
+      for (const ParamSpec& p : model_.layout()) {
+        const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
+        if (a < b && !p.replica) grads.push_back(shard.slice(0, a - lo, b - lo));
+      }
+    }
   } else {  // a stage's replica (the tied embedding's copy) is the first stage's to count
     for (size_t i = 0; i < model_.gradients().size(); ++i) {
       if (!model_.layout()[i].replica) grads.push_back(model_.gradients()[i].tensor);

@@ -111,8 +111,9 @@ class Trainer {
   /// {grid.coord.tp, grid.grid.tp()}), pipeline parallelism over grid.pp (the model is the
   /// stage of pp index grid.coord.pp: PipelineStage from pipeline_stages(cfg, pp, seq_len);
   /// 1F1B over the grad_accum micro-batches), checkpoints written by every rank of grid.world.
-  /// A global batch is micro_batch · grad_accum · dp sequences. Tied embeddings across stages
-  /// need ZeRO 0 or 1 (the two stages sum the whole wte gradient).
+  /// A global batch is micro_batch · grad_accum · dp sequences. Tied embeddings: the first and
+  /// last stage sum their wte gradients after the data-parallel reduction (ZeRO 2 and 3: over a
+  /// group of both stages' dp ranks, each adding its shard's part).
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
           std::shared_ptr<TokenFile> val, const GridGroups& grid,
           const ParallelConfig& parallel = {});
@@ -195,6 +196,9 @@ class Trainer {
   std::shared_ptr<Communicator> pp_;     // the pipeline's ranks (host tensors)
   std::vector<PipelineStage> stages_;    // every stage's blocks
   std::vector<Pipeline::MicroBatch> micro_;  // the step's micro-batches (pipeline)
+  /// Tied embeddings across stages with ZeRO 2 or 3: the first and last stage's dp ranks.
+  std::shared_ptr<Communicator> tied_;
+  void sum_tied_shards();
   /// The host communicator over every rank that holds part of the model (null: one process).
   Communicator* all_ranks() const;
   Tensor tokens_, targets_;  // [B, T] host
