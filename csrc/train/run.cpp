@@ -236,7 +236,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         dp->world(), launcher_name(pg.launch.launcher), dp->comm().backend_name().c_str(),
         dp->zero_stage(), (long long)(tc.micro_batch * tc.grad_accum * dp->world()),
         dp->buckets().size(),
-        cfg.parallel.overlap ? " overlapped with the backward" : " reduced after the backward"));
+        dp->overlapping() ? " overlapped with the backward" : " reduced after the backward"));
   }
   if (const TensorParallel* tpc = trainer.tensor_parallel()) {
     out.line(fmt("tensor parallel: %d ranks a group (activations over %s), grid %s",
@@ -391,7 +391,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                        cfg.parallel.tp > 1;
   if (cfg.parallel.pp > 1 && sc.max_new_tokens > 0 && !sc.prompt.empty()) {
     out.line("sampling needs the whole model on a rank, and pipeline parallelism splits it: "
-             "skipped (sample from the saved model.safetensors)");
+             "skipped (sample from the run's model.safetensors, written with --out)");
   } else if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
              cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;

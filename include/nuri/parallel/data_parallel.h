@@ -116,6 +116,9 @@ class DataParallel final : private GradHooks, private ParamHooks {
   Communicator& comm() const { return *comm_; }
   int zero_stage() const { return cfg_.zero_stage; }
   const ParallelConfig& config() const { return cfg_; }
+  /// Whether the reductions run on the progress thread during the backward (overlap asked for,
+  /// and the communicator allowing it).
+  bool overlapping() const { return overlap_; }
 
   /// How a flat buffer of n elements is sharded: n / world each, one more for the first
   /// n % world ranks, in rank order.
