@@ -320,6 +320,9 @@ class DeviceTensorParallel : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DeviceTensorParallel, LossesFollowOneProcessOverNccl) {
   const bool llama = GetParam() == "llama";
+#ifdef NURI_TEST_DP_ONE_STAGE
+  if (llama) GTEST_SKIP() << "TSan tree: the GPT-2 model's step only (build-emu-fast runs Llama)";
+#endif
   CommOptions opt;
   opt.timeout_s = 300;
   std::shared_ptr<Communicator> comm = make_communicator(detect_launch(), opt);
@@ -356,7 +359,6 @@ TEST_P(DeviceTensorParallel, LossesFollowOneProcessOverNccl) {
                        u / std::sqrt(3.0) * rms;
 #ifdef NURI_TEST_DP_ONE_STAGE
   // TSan: one step of the GPT-2 model with the sequence-parallel collectives.
-  if (llama) return;
   const std::vector<bool> modes = {true};
 #else
   const std::vector<bool> modes = llama ? std::vector<bool>{true} : std::vector<bool>{false, true};
@@ -378,7 +380,9 @@ TEST_P(DeviceTensorParallel, LossesFollowOneProcessOverNccl) {
       EXPECT_LE(std::abs(got[size_t(i)] - ref[size_t(i)]), 0.05 * ref[size_t(i)])
           << (sp ? "+SP" : "") << " step " << i + 1;
     }
-    if (n > 1) EXPECT_LT(got.back(), got.front()) << "the run should learn";
+    if (n > 1) {
+    EXPECT_LT(got.back(), got.front()) << "the run should learn";
+  }
     if (comm->rank() == 0) {
       std::printf("[ tp-nccl ] %s, %s, tp=2%s, %d steps: step 1 |dloss| %.3g (bound %.3g), last "
                   "step %.5f vs one process's %.5f\n",
@@ -402,7 +406,8 @@ class DevicePipeline : public ::testing::TestWithParam<std::string> {};
 TEST_P(DevicePipeline, LossesFollowOneProcessOverNccl) {
   const bool llama = GetParam() == "llama";
 #ifdef NURI_TEST_DP_ONE_STAGE
-  if (llama) return;  // TSan: one step of the tied model (both stages' sends, the tied sum)
+  // TSan: one step of the tied model (both stages' sends, the tied sum)
+  if (llama) GTEST_SKIP() << "TSan tree: the GPT-2 model's step only (build-emu-fast runs Llama)";
 #endif
   CommOptions opt;
   opt.timeout_s = 300;
@@ -436,7 +441,9 @@ TEST_P(DevicePipeline, LossesFollowOneProcessOverNccl) {
           << "step " << i + 1;
     }
   }
-  if (n > 1) EXPECT_LT(got.back(), got.front()) << "the run should learn";
+  if (n > 1) {
+    EXPECT_LT(got.back(), got.front()) << "the run should learn";
+  }
   if (comm->rank() == 0) {
     std::printf("[ pp-nccl ] %s, %s, pp=2, %d steps: last step %.6f vs one process's %.6f\n",
                 NURI_TEST_BACKEND, GetParam().c_str(), n, got.back(), ref.back());
