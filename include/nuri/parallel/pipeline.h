@@ -124,7 +124,7 @@ class Pipeline {
 
   int stages() const { return p_; }
   int chunks() const { return int(chunks_.size()); }
-  /// Records the spans of the following steps (and clears the earlier ones).
+  /// Records each following step's spans (a step's spans replace the previous step's).
   void record_timeline(bool on);
   const std::vector<TimelineSpan>& timeline() const { return spans_; }
   /// This rank's share of the last step's time it spent in neither a forward nor a backward
