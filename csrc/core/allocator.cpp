@@ -69,6 +69,11 @@ const char* memory_category_name(MemoryCategory c) {
 
 MemoryScope::MemoryScope(MemoryCategory c) : previous_(t_category) { t_category = c; }
 MemoryScope::~MemoryScope() { t_category = previous_; }
+int64_t device_block_bytes(int64_t bytes) {
+  const int64_t unit = bytes < (int64_t(1) << 20) ? 512 : int64_t(2) << 20;
+  return (bytes + unit - 1) / unit * unit;
+}
+
 MemoryCategory current_memory_category() { return t_category; }
 
 int64_t Allocator::category_bytes(MemoryCategory c) const {

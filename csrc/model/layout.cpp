@@ -268,4 +268,11 @@ std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank t
   return out;
 }
 
+std::vector<std::pair<int64_t, int64_t>> unit_ranges(const ModelConfig& cfg, TensorParallelRank tp,
+                                                     PipelineStage stage) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const model::UnitDecl& u : model::model_units(cfg, tp, stage)) out.push_back({u.lo, u.hi});
+  return out;
+}
+
 }  // namespace nuri

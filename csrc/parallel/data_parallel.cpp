@@ -255,15 +255,14 @@ void DataParallel::attach(Transformer& model) {
   const auto& units = model.grad_units();
   buckets_.clear();
   unit_bucket_.clear();
-  for (const auto& [lo, hi] : units) {
-    const bool fresh = buckets_.empty() || (buckets_.back().hi - buckets_.back().lo) * 4 >=
-                                               cfg_.bucket_bytes;
-    if (fresh) buckets_.push_back(Bucket{lo, hi, 0, 0, Tensor()});
-    Bucket& b = buckets_.back();
-    NURI_ASSERT(hi == b.lo || fresh, "backward units are not contiguous and descending");
-    b.lo = lo;
-    ++b.units;
-    unit_bucket_.push_back(buckets_.size() - 1);
+  for (const auto& [lo, hi] : plan_buckets(units, cfg_.bucket_bytes)) {
+    buckets_.push_back(Bucket{lo, hi, 0, 0, Tensor()});
+  }
+  size_t b = 0;  // the units in order fill the buckets in order
+  for (const auto& unit : units) {
+    if (unit.first < buckets_[b].lo) ++b;
+    ++buckets_[b].units;
+    unit_bucket_.push_back(b);
   }
   if (cfg_.zero_stage >= 2) {
     // On the CPU a counting view of the backend's allocator (its limit and categories apply), so
@@ -279,6 +278,18 @@ void DataParallel::attach(Transformer& model) {
     grad_alloc_ = model.backend().allocator();
     model.set_grad_hooks(this);
   }
+}
+
+std::vector<std::pair<int64_t, int64_t>> DataParallel::plan_buckets(
+    const std::vector<std::pair<int64_t, int64_t>>& grad_units, int64_t bucket_bytes) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (const auto& [lo, hi] : grad_units) {
+    const bool fresh = out.empty() || (out.back().second - out.back().first) * 4 >= bucket_bytes;
+    NURI_ASSERT(fresh || hi == out.back().first, "backward units are not contiguous and descending");
+    if (fresh) out.push_back({lo, hi});
+    out.back().first = lo;
+  }
+  return out;
 }
 
 std::vector<std::pair<int64_t, int64_t>> DataParallel::buckets() const {

@@ -22,6 +22,7 @@ UnitCosts unit_costs(const ModelConfig& cfg, int64_t seq_len) {
   UnitCosts u;
   u.blocks.assign(size_t(cfg.n_layer), 3.0 * (2.0 * block_weights + attention));
   u.head = 3.0 * 2.0 * double(cfg.padded_vocab()) * c;
+  u.block_attention = 3.0 * attention;
   return u;
 }
 
@@ -231,6 +232,52 @@ double ScheduleTiming::bubble() const {
 
 double pipeline_bubble_formula(int p, int m, int v) {
   return double(p - 1) / (double(v) * m + p - 1);
+}
+
+ScheduleTimes schedule_times(const std::vector<std::vector<PipelineOp>>& schedule,
+                             const ScheduleTiming& timing, int v) {
+  const int p = int(schedule.size());
+  int m = 0;
+  for (const PipelineOp& o : schedule.front()) m = std::max(m, o.micro + 1);
+  const std::vector<std::vector<double>> zeros(size_t(p * v), std::vector<double>(size_t(m)));
+  ScheduleTimes t{zeros, zeros, zeros, zeros};
+  for (int r = 0; r < p; ++r) {
+    for (size_t i = 0; i < schedule[size_t(r)].size(); ++i) {
+      const PipelineOp& o = schedule[size_t(r)][i];
+      const size_t s = size_t(o.chunk * p + r), k = size_t(o.micro);
+      (o.backward ? t.b_start : t.f_start)[s][k] = timing.start[size_t(r)][i];
+      (o.backward ? t.b_end : t.f_end)[s][k] = timing.end[size_t(r)][i];
+    }
+  }
+  return t;
+}
+
+PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk) {
+  const auto schedule = pipeline_schedule(p, m, v);
+  const ScheduleTiming timing = simulate_schedule(schedule, v);
+  const ScheduleTimes times = schedule_times(schedule, timing, v);
+  const int vs = chunk * p + rank, stages = p * v;
+  // Enough buffers that one is reused only after the op that read it has started (the
+  // simulated order is the executed one): for each arrival, it and the earlier micro-batches
+  // whose op has not started by then.
+  auto staging = [&](bool grad) {
+    const int from = grad ? vs + 1 : vs - 1;
+    if (from < 0 || from >= stages) return 0;
+    const auto& arrive = grad ? times.b_end[size_t(from)] : times.f_end[size_t(from)];
+    const auto& start = grad ? times.b_start[size_t(vs)] : times.f_start[size_t(vs)];
+    int most = 1;
+    for (int k = 0; k < m; ++k) {
+      int pending = 1;
+      for (int j = 0; j < k; ++j) pending += start[size_t(j)] >= arrive[size_t(k)] ? 1 : 0;
+      most = std::max(most, pending);
+    }
+    return most;
+  };
+  PipelineBuffers b;
+  b.slots = std::max(1, timing.in_flight[size_t(rank)][size_t(chunk)]);
+  b.act_staging = staging(false);
+  b.grad_staging = staging(true);
+  return b;
 }
 
 }  // namespace nuri

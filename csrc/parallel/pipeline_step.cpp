@@ -85,18 +85,9 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
   const ScheduleTiming timing = simulate_schedule(schedule, v);
   const auto& ops = schedule[size_t(rank_)];
   auto vstage = [&](int chunk) { return chunk * p_ + rank_; };
-  // The times every rank's forwards and backwards start and end, by (stage, micro-batch).
-  const std::vector<std::vector<double>> zeros(static_cast<size_t>(stages),
-                                               std::vector<double>(static_cast<size_t>(m)));
-  std::vector<std::vector<double>> f_start = zeros, f_end = zeros, b_start = zeros, b_end = zeros;
-  for (int r = 0; r < p_; ++r) {
-    for (size_t i = 0; i < schedule[size_t(r)].size(); ++i) {
-      const PipelineOp& o = schedule[size_t(r)][i];
-      const size_t s = size_t(o.chunk * p_ + r), k = size_t(o.micro);
-      (o.backward ? b_start : f_start)[s][k] = timing.start[size_t(r)][i];
-      (o.backward ? b_end : f_end)[s][k] = timing.end[size_t(r)][i];
-    }
-  }
+  const ScheduleTimes times = schedule_times(schedule, timing, v);
+  const auto& f_end = times.f_end;
+  const auto& b_end = times.b_end;
   // This rank's program.
   std::vector<Item> items;
   for (size_t i = 0; i < ops.size(); ++i) {
@@ -123,45 +114,29 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
   std::sort(items.begin(), items.end(),
             [](const Item& a, const Item& c) { return a.key() < c.key(); });
 
-  // Staging for what arrives: per chunk and direction, enough buffers that one is reused only
-  // after the op that read it has started (the simulated order is the executed one). Kept
-  // from step to step while the shapes and counts hold.
-  auto staging_slots = [&](int chunk, bool grad) {
-    const int vs = vstage(chunk), from = grad ? vs + 1 : vs - 1;
-    if (from < 0 || from >= stages) return 0;
-    int most = 1;
-    for (int k = 0; k < m; ++k) {
-      const double arrives = grad ? b_end[size_t(from)][size_t(k)] : f_end[size_t(from)][size_t(k)];
-      int pending = 1;  // k itself, and the earlier ones not yet started when it arrives
-      for (int j = 0; j < k; ++j) {
-        const double starts =
-            grad ? b_start[size_t(vs)][size_t(j)] : f_start[size_t(vs)][size_t(j)];
-        if (starts >= arrives) ++pending;
-      }
-      most = std::max(most, pending);
-    }
-    return most;
-  };
+  // Staging for what arrives (pipeline_buffers), kept from step to step while the shapes and
+  // counts hold.
   act_.resize(size_t(v));
   grad_.resize(size_t(v));
   for (int c = 0; c < v; ++c) {
     Transformer& model = *chunks_[size_t(c)];
-    model.set_micro_batch_slots(std::max(1, timing.in_flight[size_t(rank_)][size_t(c)]));
+    const PipelineBuffers want = pipeline_buffers(p_, m, v, rank_, c);
+    model.set_micro_batch_slots(want.slots);
     model.prepare(b, t);
     Backend& be = model.backend();
     MemoryScope activations(MemoryCategory::activations);
     for (const bool g : {false, true}) {
       Staging& st = (g ? grad_ : act_)[size_t(c)];
-      const int want = staging_slots(c, g);
-      if (want == 0) {
+      const int count = g ? want.grad_staging : want.act_staging;
+      if (count == 0) {
         st = Staging{};
         continue;
       }
       const Tensor like = g ? model.stage_output_grad() : model.stage_input().first;
-      if (st.slots == want && st.x.front().shape() == like.shape()) continue;
+      if (st.slots == count && st.x.front().shape() == like.shape()) continue;
       st = Staging{};
-      st.slots = want;
-      for (int k = 0; k < want; ++k) {
+      st.slots = count;
+      for (int k = 0; k < count; ++k) {
         st.x.push_back(be.empty(like.shape(), like.dtype()));
         if (!g) st.r.push_back(be.empty(like.shape(), like.dtype()));
       }

@@ -200,24 +200,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
-  // The ranks as a dp × tp grid; ZeRO 3 over several dp ranks: each rank makes its shard of
-  // its tensor-parallel slice of the model alone.
-  // Pipeline parallelism: this rank's stage of the split that balances the stages' compute.
+  // The ranks as a dp × tp × pp grid; this rank's stage (of the split that balances the
+  // stages' compute) and tensor-parallel slice, its dp shard alone under ZeRO 3.
   check_tensor_parallel(cfg.model, cfg.parallel.tp);
   const std::vector<int64_t> stage_first =
       pipeline_stages(cfg.model, cfg.parallel.pp, cfg.train.seq_len);
   const GridGroups grid = make_grid_groups(pg.comm, cfg.parallel.tp, cfg.parallel.pp);
-  const TensorParallelRank place{grid.coord.tp, cfg.parallel.tp};
-  const PipelineStage stage{stage_first[size_t(grid.coord.pp)],
-                            stage_first[size_t(grid.coord.pp) + 1]};
-  WeightShard shard;
-  if (cfg.parallel.zero_stage == 3 && grid.grid.dp() > 1) {
-    const std::vector<ParamSpec> layout = param_layout(cfg.model, place, stage);
-    const auto [lo, hi] = DataParallel::shard_of(layout.back().offset + layout.back().numel(),
-                                                 grid.grid.dp(), grid.coord.dp);
-    shard = {lo, hi};
-  }
-  Transformer model(cfg.model, make_backend(backend), cfg.train.seed, shard, place, stage);
+  Transformer model = grid_model(cfg.model, make_backend(backend), cfg.train.seed, grid,
+                                 cfg.parallel.zero_stage, cfg.train.seq_len);
   Trainer trainer(model, cfg.train, train, val, grid, cfg.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
   const TrainConfig& tc = cfg.train;

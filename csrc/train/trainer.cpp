@@ -256,6 +256,21 @@ void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& w
   grads = std::move(split);
 }
 
+Transformer grid_model(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
+                       const GridGroups& grid, int zero_stage, int64_t seq_len) {
+  const std::vector<int64_t> first = pipeline_stages(cfg, grid.grid.pp(), seq_len);
+  const PipelineStage stage{first[size_t(grid.coord.pp)], first[size_t(grid.coord.pp) + 1]};
+  const TensorParallelRank place{grid.coord.tp, grid.grid.tp()};
+  WeightShard shard;
+  if (zero_stage == 3 && grid.grid.dp() > 1) {
+    const std::vector<ParamSpec> layout = param_layout(cfg, place, stage);
+    const auto [lo, hi] = DataParallel::shard_of(layout.back().offset + layout.back().numel(),
+                                                 grid.grid.dp(), grid.coord.dp);
+    shard = {lo, hi};
+  }
+  return Transformer(cfg, std::move(backend), seed, shard, place, stage);
+}
+
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, const GridGroups& grid,
                  const ParallelConfig& parallel)

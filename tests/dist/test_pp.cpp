@@ -319,17 +319,7 @@ struct Grid {
 
 Transformer stage_model(const ModelConfig& cfg, const GridGroups& g, int64_t seq_len,
                         uint64_t seed, int zero) {
-  const std::vector<int64_t> first = pipeline_stages(cfg, g.grid.pp(), seq_len);
-  const PipelineStage stage{first[size_t(g.coord.pp)], first[size_t(g.coord.pp) + 1]};
-  const TensorParallelRank place{g.coord.tp, g.grid.tp()};
-  WeightShard shard;
-  if (zero == 3 && g.grid.dp() > 1) {
-    const std::vector<ParamSpec> l = param_layout(cfg, place, stage);
-    const auto [lo, hi] = DataParallel::shard_of(l.back().offset + l.back().numel(), g.grid.dp(),
-                                                 g.coord.dp);
-    shard = {lo, hi};
-  }
-  return Transformer(cfg, make_backend("cpu"), seed, shard, place, stage);
+  return grid_model(cfg, make_backend("cpu"), seed, g, zero, seq_len);
 }
 
 TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {

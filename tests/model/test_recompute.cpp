@@ -2,7 +2,8 @@
 // the emulated trees' test_device_train): a GPT-2-style and a Llama-style model (GQA, RoPE,
 // SwiGLU) give the same loss and every gradient bit for bit with recompute none, selective,
 // full and full on every 2nd block, over two micro-batches and an AdamW step between them; and
-// the activation bytes each mode keeps, measured from the allocator, match the README's formula.
+// the activation bytes each mode keeps, measured from the allocator, match the README's formula
+// and, to the byte, the planner's activation plan (nuri/model/memory.h).
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "head64_model.h"
+#include "nuri/model/memory.h"
 #include "nuri/train/trainer.h"
 
 #ifndef NURI_TEST_BACKEND
@@ -132,7 +134,40 @@ TEST_P(Recomputation, ActivationBytesMatchTheFormula) {
     const int64_t expected = blocks + e * bt * c + scratch + head + ids;
     EXPECT_NEAR(double(measured[int(mode)]), double(expected), 0.05 * double(expected))
         << recompute_name(mode);
+    // The planner's count (nuri/model/memory.h) is the allocator's, to the byte (on a device
+    // besides the backend's workspace, which the cross-entropy's id check made one block).
+    ActivationShape shape;
+    shape.b = b;
+    shape.t = t;
+    shape.act = m.compute_dtype();
+    shape.recompute = mode;
+    shape.device = !m.backend().device().is_cpu();
+    const int64_t workspace = shape.device ? device_block_bytes(12) : 0;
+    EXPECT_EQ(measured[int(mode)],
+              activation_bytes(cfg, shape, shape.device ? device_block_bytes : nullptr) +
+                  workspace)
+        << recompute_name(mode);
     // And what the blocks keep alone, the README's per-block figure, stands out between modes.
+  }
+  // Full recomputation of every 2nd block, with two micro-batch slots (a pipeline stage's).
+  {
+    Transformer m(cfg, make_backend(NURI_TEST_BACKEND), 1);
+    m.set_recompute(Recompute::full, 2);
+    m.set_micro_batch_slots(2);
+    const int64_t before = m.memory().current_bytes;
+    m.forward_stage(0, tokens, tokens);
+    m.forward_stage(1, tokens, tokens);
+    ActivationShape shape;
+    shape.b = b;
+    shape.t = t;
+    shape.act = m.compute_dtype();
+    shape.recompute = Recompute::full;
+    shape.every = 2;
+    shape.slots = 2;
+    shape.device = !m.backend().device().is_cpu();
+    EXPECT_EQ(m.memory().current_bytes - before,
+              activation_bytes(cfg, shape, shape.device ? device_block_bytes : nullptr) +
+                  (shape.device ? device_block_bytes(12) : 0));
   }
   const int64_t e = std::string(NURI_TEST_BACKEND) == "cpu" ? 4 : 2;
   for (Recompute mode : {Recompute::selective, Recompute::full}) {

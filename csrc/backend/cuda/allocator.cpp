@@ -8,8 +8,7 @@
 namespace nuri {
 
 size_t CudaAllocator::round_size(size_t bytes) {
-  const size_t unit = bytes < kSmallLimit ? kSmallRound : kLargeRound;
-  return (bytes + unit - 1) / unit * unit;
+  return size_t(device_block_bytes(int64_t(bytes)));  // nuri/core/allocator.h: the rule
 }
 
 CudaAllocator::~CudaAllocator() {

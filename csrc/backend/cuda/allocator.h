@@ -39,12 +39,10 @@ namespace nuri {
 /// num_allocs counts cudaMalloc calls.
 class CudaAllocator final : public Allocator {
  public:
-  static constexpr size_t kSmallLimit = size_t(1) << 20;  ///< below: 512-byte classes
-  static constexpr size_t kSmallRound = 512;
-  static constexpr size_t kLargeRound = size_t(2) << 20;
   static constexpr size_t kAlignment = 256;  ///< cudaMalloc's
 
-  /// The size class of a request of `bytes` (> 0): the block size that serves it.
+  /// The size class of a request of `bytes` (> 0): the block size that serves it
+  /// (device_block_bytes, nuri/core/allocator.h).
   static size_t round_size(size_t bytes);
 
   explicit CudaAllocator(int device) : device_(device) {}

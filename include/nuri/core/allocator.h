@@ -85,6 +85,11 @@ class Allocator {
 /// Bytes from "123", "64K", "512M", "4G" (powers of 1024); throws naming `what` otherwise.
 int64_t parse_bytes(const std::string& text, const std::string& what);
 
+/// The CUDA backend's caching allocator's size class of a request of `bytes` (> 0): requests
+/// below 1 MiB rounded up to a multiple of 512 bytes, larger ones to a multiple of 2 MiB. Its
+/// stats count these blocks; here (below the backend) so a memory plan can count them too.
+int64_t device_block_bytes(int64_t bytes);
+
 /// Host memory aligned to 64 bytes (a cache line, and enough for any SIMD width).
 class CpuAllocator final : public Allocator {
  public:

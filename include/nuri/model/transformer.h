@@ -79,6 +79,11 @@ struct ParamSpec {
 /// holds; stage: the units one pipeline stage holds, offsets in its own flat layout).
 std::vector<ParamSpec> param_layout(const ModelConfig& cfg, TensorParallelRank tp = {},
                                     PipelineStage stage = {});
+/// The flat ranges of the units of that layout, in layout order (the embedding, the blocks, the
+/// head): what Transformer::unit_ranges() gives for a model of that config and place.
+std::vector<std::pair<int64_t, int64_t>> unit_ranges(const ModelConfig& cfg,
+                                                     TensorParallelRank tp = {},
+                                                     PipelineStage stage = {});
 
 /// Activation recomputation: what a block keeps of its forward for its backward.
 ///   none       everything (the fastest: no work twice)

@@ -138,6 +138,11 @@ class DataParallel final : private GradHooks, private ParamHooks {
   void attach(Transformer& model);
   /// The bucket ranges [lo, hi) of the flat gradient layout, in reduction order.
   std::vector<std::pair<int64_t, int64_t>> buckets() const;
+  /// The buckets of a backward that finishes `grad_units` (Transformer::grad_units(): contiguous
+  /// and descending) in this order: whole units merged until a bucket holds bucket_bytes of f32
+  /// gradients. What attach() makes; the planner counts them.
+  static std::vector<std::pair<int64_t, int64_t>> plan_buckets(
+      const std::vector<std::pair<int64_t, int64_t>>& grad_units, int64_t bucket_bytes);
 
   /// Before a step's first micro-batch: zeroes the ZeRO 2 shard and the stats.
   void begin_step();

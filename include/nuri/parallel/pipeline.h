@@ -25,6 +25,7 @@ struct UnitCosts {
   double embedding = 0;
   std::vector<double> blocks;  ///< per block
   double head = 0;
+  double block_attention = 0;  ///< of each block's cost, attention's (the rest is products)
 };
 UnitCosts unit_costs(const ModelConfig& cfg, int64_t seq_len);
 
@@ -75,6 +76,24 @@ struct ScheduleTiming {
 };
 ScheduleTiming simulate_schedule(const std::vector<std::vector<PipelineOp>>& schedule, int v,
                                  double tf = 1, double tb = 2);
+
+/// A timing's start and end of every forward and backward by (virtual stage, micro-batch).
+struct ScheduleTimes {
+  std::vector<std::vector<double>> f_start, f_end, b_start, b_end;
+};
+ScheduleTimes schedule_times(const std::vector<std::vector<PipelineOp>>& schedule,
+                             const ScheduleTiming& timing, int v);
+
+/// What chunk `chunk` of pipeline rank `rank` holds at once over a step of m micro-batches (p
+/// ranks, v chunks each, the simulated 1F1B order): micro-batch slots of activations (the most
+/// in flight), and staging buffers for the activations and the gradients that arrive before
+/// the op that reads them starts (0 where nothing arrives: the first and the last stage). What
+/// Pipeline allocates, and what the planner counts.
+struct PipelineBuffers {
+  int slots = 1;
+  int act_staging = 0, grad_staging = 0;
+};
+PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk);
 
 /// The bubble of the ideal schedules with tb = 2·tf: (p − 1)/(m + p − 1) for 1F1B and
 /// (p − 1)/(v·m + p − 1) interleaved.

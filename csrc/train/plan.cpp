@@ -1,0 +1,551 @@
+// The planner (nuri/train/plan.h): memory from the layers' own allocation formulas, time from
+// FLOPs and bytes over a device profile, and the search over an allocation's layouts.
+#include "nuri/train/plan.h"
+
+#include <algorithm>
+#include <cstdarg>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "nuri/core/allocator.h"
+#include "nuri/core/error.h"
+#include "nuri/model/memory.h"
+#include "nuri/parallel/data_parallel.h"
+#include "nuri/parallel/pipeline.h"
+
+#include <nlohmann/json.hpp>
+
+namespace nuri {
+
+namespace {
+
+constexpr double kGiB = double(int64_t(1) << 30);
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+// The shipped profiles. Peak FLOP/s, memory and bandwidths are the vendors' published figures
+// (dense bf16 with f32 accumulation); what products and attention reach of the peak is an
+// assumption until `nuri calibrate` measures it on the device (70 % and 50 %), as is the share
+// of the memory bandwidth elementwise kernels reach (70 %) and the per-collective latency.
+DeviceProfile gpu_profile(const char* name, double mem_mib, double peak_tflops, double hbm_gbs,
+                          double intra_gbs, double inter_gbs, int per_node, const char* source) {
+  DeviceProfile p;
+  p.name = name;
+  p.gpu = true;
+  p.memory_bytes = int64_t(mem_mib * 1048576.0);
+  p.peak_flops = peak_tflops * 1e12;
+  p.matmul_flops = 0.7 * p.peak_flops;
+  p.attention_flops = 0.5 * p.peak_flops;
+  p.memory_bandwidth = 0.7 * hbm_gbs * 1e9;
+  p.intra_node_bandwidth = intra_gbs * 1e9;
+  p.inter_node_bandwidth = inter_gbs * 1e9;
+  p.collective_latency = 20e-6;
+  p.devices_per_node = per_node;
+  p.source = std::string(source) +
+             "; matmul 70 % and attention 50 % of peak, elementwise 70 % of the memory bandwidth "
+             "and 20 us a collective are assumptions (nuri calibrate measures them)";
+  return p;
+}
+
+std::vector<DeviceProfile> shipped_profiles() {
+  std::vector<DeviceProfile> out;
+  // NVLink figures are per direction (half the bidirectional total); InfiniBand one NIC per GPU.
+  out.push_back(gpu_profile("h100-sxm-80gb", 81559, 989.4, 3350, 450, 50, 8,
+                            "NVIDIA H100 Tensor Core GPU datasheet (SXM5: bf16 989.4 TFLOPS "
+                            "dense, 80 GB HBM3 at 3.35 TB/s, NVLink 900 GB/s); 400 Gb/s NDR "
+                            "InfiniBand per GPU"));
+  out.push_back(gpu_profile("a100-sxm-80gb", 81920, 312, 2039, 300, 25, 8,
+                            "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80 GB: bf16 312 TFLOPS "
+                            "dense, HBM2e at 2,039 GB/s, NVLink 600 GB/s); 200 Gb/s HDR "
+                            "InfiniBand per GPU"));
+  out.push_back(gpu_profile("rtx-4090", 24564, 165.2, 1008, 25, 12.5, 4,
+                            "NVIDIA Ada Lovelace architecture whitepaper (RTX 4090: bf16 tensor "
+                            "165.2 TFLOPS dense with f32 accumulate, 24 GB GDDR6X at 1,008 GB/s); "
+                            "PCIe 4.0 x16 between GPUs (no NVLink or peer access), 100 Gb/s "
+                            "Ethernet between nodes"));
+  out.push_back(gpu_profile("rtx-3090", 24576, 71, 936, 25, 12.5, 4,
+                            "NVIDIA Ampere GA102 whitepaper (RTX 3090: bf16 tensor 71 TFLOPS "
+                            "dense with f32 accumulate, 24 GB GDDR6X at 936 GB/s); PCIe 4.0 x16 "
+                            "between GPUs, 100 Gb/s Ethernet between nodes"));
+  DeviceProfile cpu;
+  cpu.name = "cpu";
+  cpu.gpu = false;
+  cpu.memory_bytes = int64_t(16) << 30;
+  cpu.peak_flops = cpu.matmul_flops = 50e9;
+  cpu.attention_flops = 10e9;
+  cpu.memory_bandwidth = 5e9;
+  cpu.intra_node_bandwidth = cpu.inter_node_bandwidth = 2e9;
+  cpu.collective_latency = 50e-6;
+  cpu.devices_per_node = 1;
+  cpu.source = "placeholder figures for a small CPU; run nuri calibrate for this machine's";
+  out.push_back(cpu);
+  return out;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The bytes the allocator of `device` holds for a request.
+int64_t held(const DeviceProfile& d, int64_t bytes) {
+  return bytes <= 0 ? 0 : d.gpu ? device_block_bytes(bytes) : bytes;
+}
+
+PipelineStage stage_of(const ModelConfig& cfg, const Layout& l, int64_t seq_len, int stage) {
+  if (l.pp == 1) return {};
+  const std::vector<int64_t> first = pipeline_stages(cfg, l.pp, seq_len);
+  return {first[size_t(stage)], first[size_t(stage) + 1]};
+}
+
+}  // namespace
+
+std::vector<std::string> device_profile_names() {
+  std::vector<std::string> out;
+  for (const DeviceProfile& p : shipped_profiles()) out.push_back(p.name);
+  return out;
+}
+
+std::string device_profile_to_json(const DeviceProfile& p) {
+  nlohmann::ordered_json j;
+  j["name"] = p.name;
+  j["gpu"] = p.gpu;
+  j["memory_bytes"] = p.memory_bytes;
+  j["peak_flops"] = p.peak_flops;
+  j["matmul_flops"] = p.matmul_flops;
+  j["attention_flops"] = p.attention_flops;
+  j["memory_bandwidth"] = p.memory_bandwidth;
+  j["intra_node_bandwidth"] = p.intra_node_bandwidth;
+  j["inter_node_bandwidth"] = p.inter_node_bandwidth;
+  j["collective_latency"] = p.collective_latency;
+  j["devices_per_node"] = p.devices_per_node;
+  j["source"] = p.source;
+  return j.dump(2);
+}
+
+DeviceProfile device_profile_from_json(const std::string& text, const std::string& origin) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, origin, ": not a device profile (JSON): ", e.what());
+  }
+  NURI_CHECK(j.is_object(), origin, ": a device profile is a JSON object");
+  DeviceProfile p;
+  auto number = [&](const char* key, double& out, bool positive) {
+    NURI_CHECK(j.contains(key) && j[key].is_number(), origin, ": device profile needs \"", key,
+               "\", a number (nuri calibrate writes every field)");
+    out = j[key].get<double>();
+    NURI_CHECK(!positive || out > 0, origin, ": \"", key, "\" must be positive, got ", out);
+  };
+  double mem = 0, per_node = 0;
+  number("memory_bytes", mem, true);
+  number("peak_flops", p.peak_flops, true);
+  number("matmul_flops", p.matmul_flops, true);
+  number("attention_flops", p.attention_flops, true);
+  number("memory_bandwidth", p.memory_bandwidth, true);
+  number("intra_node_bandwidth", p.intra_node_bandwidth, true);
+  number("inter_node_bandwidth", p.inter_node_bandwidth, true);
+  number("collective_latency", p.collective_latency, false);
+  number("devices_per_node", per_node, true);
+  p.memory_bytes = int64_t(mem);
+  p.devices_per_node = int(per_node);
+  p.name = j.value("name", origin);
+  p.gpu = j.value("gpu", true);
+  p.source = j.value("source", "");
+  return p;
+}
+
+DeviceProfile device_profile(const std::string& name_or_path) {
+  for (const DeviceProfile& p : shipped_profiles()) {
+    if (p.name == name_or_path) return p;
+  }
+  std::ifstream in(name_or_path);
+  if (!in) {
+    std::string names;
+    for (const auto& n : device_profile_names()) names += (names.empty() ? "" : ", ") + n;
+    NURI_CHECK(false, "unknown device '", name_or_path, "': give a profile name (", names,
+               ") or the path of a profile file (nuri calibrate --out FILE writes one)");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return device_profile_from_json(ss.str(), name_or_path);
+}
+
+std::string Layout::str() const {
+  std::string s = fmt("dp %d x tp %d x pp %d, ZeRO %d, recompute %s", dp, tp, pp, zero,
+                      recompute_name(recompute));
+  if (recompute != Recompute::none && recompute_every > 1) {
+    s += fmt(" every %lld", (long long)recompute_every);
+  }
+  if (sp) s += ", sp";
+  return s + fmt(", micro-batch %lld x %lld", (long long)micro_batch, (long long)grad_accum);
+}
+
+std::string MemoryPlan::str() const {
+  auto g = [](int64_t b) { return double(b) / kGiB; };
+  return fmt("%.2f GiB: parameters %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
+             "communication %.2f, workspace %.2f (construction %.2f)",
+             g(peak()), g(parameters), g(gradients), g(optimizer), g(activations),
+             g(communication), g(workspace), g(construction));
+}
+
+MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
+                           const DeviceProfile& dev, int stage_index) {
+  NURI_CHECK(stage_index >= 0 && stage_index < l.pp, "estimate_memory: stage ", stage_index,
+             " of ", l.pp);
+  const TensorParallelRank place{0, l.tp};
+  const PipelineStage stage = stage_of(cfg, l, seq_len, stage_index);
+  const std::vector<std::pair<int64_t, int64_t>> units = unit_ranges(cfg, place, stage);
+  const int64_t psi = units.back().second;  // this rank's flat layout
+  const int n = l.dp;
+  // ZeRO's shards (rank 0's, the largest: DataParallel::shard_of gives the remainder first).
+  const int64_t shard = ceil_div(psi, n);
+  const bool z3 = l.zero == 3 && n > 1, master_shard = l.zero >= 1 && n > 1;
+  const bool grad_shard = l.zero >= 2;  // stage 2 owns a shard-sized buffer even on one rank
+  const int64_t e = dev.gpu ? 2 : 4;    // the compute dtype
+  MemoryPlan m;
+  // Weights: the compute copy (f32 on the CPU, where it is the masters), f32 masters on a GPU
+  // (optimizer state, sharded with it), f32 gradients, AdamW's two f32 moments.
+  const int64_t held_weights = z3 ? shard : psi;
+  m.parameters = held(dev, e * held_weights);
+  const int64_t masters = dev.gpu ? held(dev, 4 * (master_shard ? shard : psi)) : 0;
+  m.gradients = held(dev, 4 * (grad_shard ? shard : psi));
+  m.optimizer = masters + 2 * held(dev, 4 * (l.zero >= 1 ? shard : psi));
+  // Construction: the model's whole master weights and gradient buffer exist (unless ZeRO 3
+  // builds its shard alone) until data parallelism shards them; a shard is allocated before the
+  // whole buffer it replaces is freed.
+  if (z3) {
+    m.construction = m.parameters + m.gradients + m.optimizer;
+  } else {
+    int64_t now = held(dev, e * psi) + (dev.gpu ? held(dev, 4 * psi) : 0) + held(dev, 4 * psi);
+    int64_t most = now;
+    if (dev.gpu && master_shard) {  // shard_master_weights
+      most = std::max(most, now + masters);
+      now += masters - held(dev, 4 * psi);
+    }
+    if (grad_shard) {  // the gradient shard, then the model's buffer goes
+      most = std::max(most, now + m.gradients);
+      now += m.gradients - held(dev, 4 * psi);
+    }
+    m.construction = std::max(most, now + 2 * held(dev, 4 * (l.zero >= 1 ? shard : psi)));
+  }
+  // Activations: the model's plan for the micro-batches a stage holds at once, and the
+  // pipeline's staging for what arrives from the neighbours.
+  ActivationShape a;
+  a.b = l.micro_batch;
+  a.t = seq_len;
+  a.act = dev.gpu ? DType::bf16 : DType::f32;
+  a.place = place;
+  a.sp = l.sp && l.tp > 1;
+  a.recompute = l.recompute;
+  a.every = l.recompute_every;
+  a.stage = stage;
+  a.device = dev.gpu;
+  auto block = [&](int64_t b) { return held(dev, b); };
+  PipelineBuffers pb;
+  if (l.pp > 1) pb = pipeline_buffers(l.pp, int(l.grad_accum), 1, stage_index, 0);
+  a.slots = pb.slots;
+  m.activations = activation_bytes(cfg, a, block);
+  const int64_t rows = a.sp ? l.micro_batch * seq_len / l.tp : l.micro_batch * seq_len;
+  const int64_t stream = held(dev, e * rows * cfg.d_model);
+  m.communication = (2 * pb.act_staging + pb.grad_staging) * stream;
+  // ZeRO 2, 3: the gradient buckets in flight (two, and the tied embedding's through the whole
+  // backward); ZeRO 3: two units' weights gathered (the computing one and the next's prefetch,
+  // or the tied head and the embedding).
+  if (l.zero >= 2) {
+    std::vector<std::pair<int64_t, int64_t>> backward(units.rbegin(), units.rend());
+    const auto buckets = DataParallel::plan_buckets(backward, l.bucket_bytes);
+    int64_t largest = 0;
+    for (size_t i = 0; i + 1 < buckets.size(); ++i) {
+      largest = std::max(largest, held(dev, 4 * (buckets[i].second - buckets[i].first)));
+    }
+    const int64_t last = held(dev, 4 * (buckets.back().second - buckets.back().first));
+    // A tied embedding's bucket on the stage with the head (the whole model's, or the last
+    // stage's copy) lives through the whole backward: the head writes into it first.
+    const bool embedding_held =
+        cfg.tied_embeddings && (stage.last < 0 || stage.last == cfg.n_layer);
+    int64_t staging = embedding_held ? 2 * largest + last : std::max(2 * largest, largest + last);
+    if (buckets.size() == 1) staging = last;
+    // Pipeline stages of a tied model sum wte's gradient in a whole f32 copy, after the buckets.
+    if (cfg.tied_embeddings && l.pp > 1 && (stage_index == 0 || stage_index == l.pp - 1)) {
+      staging = std::max(staging, held(dev, 4 * (units.front().second - units.front().first)));
+    }
+    m.communication += staging;
+  }
+  if (z3) {
+    int64_t blk = 0;
+    const size_t nb = units.size();
+    const bool has_emb = stage.first == 0 || (cfg.tied_embeddings && stage.last < 0) ||
+                         (cfg.tied_embeddings && stage.last == cfg.n_layer);
+    const int64_t emb = has_emb ? held(dev, e * (units.front().second - units.front().first)) : 0;
+    const bool has_head = stage.last < 0 || stage.last == cfg.n_layer;
+    const int64_t head = has_head ? held(dev, e * (units.back().second - units.back().first)) : 0;
+    for (size_t u = has_emb ? 1 : 0; u < nb - (has_head ? 1 : 0); ++u) {
+      blk = std::max(blk, held(dev, e * (units[u].second - units[u].first)));
+    }
+    m.communication += std::max({2 * blk, blk + emb, head + emb});
+  }
+  // The device kernels' scratch (the CUDA backend's one workspace, grown to the largest
+  // request: the attention backward's row statistics, the embedding backward's partial sums,
+  // the bias gradients' partial rows) and the step's loss and statistics buffers.
+  const int64_t bt = l.micro_batch * seq_len;
+  if (dev.gpu) {
+    const int64_t h = cfg.n_head / l.tp;
+    const int64_t attn = 4 * l.micro_batch * h * seq_len;
+    const int64_t unique = std::min(bt, cfg.vocab_size);
+    const int64_t slots = bt / 64 + unique;
+    const int64_t emb = stage.first == 0 ? 4 * (bt + 8 * slots) + 4 * slots * cfg.d_model : 0;
+    const int64_t widest = std::max({3 * cfg.d_model, cfg.d_ff / l.tp * 2, cfg.d_model});
+    const int64_t bias = cfg.bias ? 4 * ceil_div(bt, 256) * widest : 0;
+    m.workspace = held(dev, std::max({attn, emb, bias}));
+  }
+  m.workspace += held(dev, 4 * (l.grad_accum + 2));
+  if (l.pp > 1 && stage_index == l.pp - 1) m.workspace += held(dev, 4 * l.grad_accum);
+  return m;
+}
+
+MemoryPlan estimate_peak_memory(const ModelConfig& cfg, const Layout& layout, int64_t seq_len,
+                                const DeviceProfile& device, int* worst_stage) {
+  MemoryPlan worst;
+  int at = 0;
+  for (int s = 0; s < layout.pp; ++s) {
+    const MemoryPlan m = estimate_memory(cfg, layout, seq_len, device, s);
+    if (s == 0 || m.peak() > worst.peak()) {
+      worst = m;
+      at = s;
+    }
+  }
+  if (worst_stage) *worst_stage = at;
+  return worst;
+}
+
+double model_flops_per_token(const ModelConfig& cfg, int64_t seq_len) {
+  const UnitCosts u = unit_costs(cfg, seq_len);
+  double f = u.embedding + u.head;
+  for (double b : u.blocks) f += b;
+  return f;
+}
+
+double hardware_flops_per_token(const ModelConfig& cfg, int64_t seq_len, Recompute recompute,
+                                int64_t every) {
+  double f = model_flops_per_token(cfg, seq_len);
+  if (recompute == Recompute::full) {
+    const UnitCosts u = unit_costs(cfg, seq_len);
+    for (int64_t l = 0; l < cfg.n_layer; l += every) f += u.blocks[size_t(l)] / 3.0;
+  }
+  return f;
+}
+
+StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
+                            const DeviceProfile& dev, int nodes) {
+  const int per_node = std::max(1, dev.devices_per_node);
+  const UnitCosts u = unit_costs(cfg, seq_len);
+  const std::vector<int64_t> first =
+      l.pp > 1 ? pipeline_stages(cfg, l.pp, seq_len) : std::vector<int64_t>{0, cfg.n_layer};
+  const int64_t bt = l.micro_batch * seq_len;
+  const int64_t e = dev.gpu ? 2 : 4;
+  const double m = double(l.grad_accum);
+  // Per micro-batch on each stage: products at matmul speed, attention at attention speed,
+  // the memory-bound work as the activation bytes written once and read twice.
+  StepTime best;
+  double slowest = -1;
+  for (int s = 0; s < l.pp; ++s) {
+    double products = 0, attention = 0;
+    for (int64_t b = first[size_t(s)]; b < first[size_t(s) + 1]; ++b) {
+      // A fully recomputed block runs its forward (a third of its cost) twice.
+      const double again = l.recompute == Recompute::full && b % l.recompute_every == 0 ? 4.0 / 3.0 : 1.0;
+      products += again * (u.blocks[size_t(b)] - u.block_attention);
+      attention += again * u.block_attention;
+    }
+    if (s == l.pp - 1) products += u.head;
+    const double tokens = double(bt) / double(l.tp);  // each rank does 1/tp of the work
+    const double compute = tokens * (products / dev.matmul_flops + attention / dev.attention_flops);
+    ActivationShape a;
+    a.b = l.micro_batch;
+    a.t = seq_len;
+    a.act = dev.gpu ? DType::bf16 : DType::f32;
+    a.place = {0, l.tp};
+    a.sp = l.sp && l.tp > 1;
+    a.stage = l.pp > 1 ? PipelineStage{first[size_t(s)], first[size_t(s) + 1]} : PipelineStage{};
+    const double elementwise = 3.0 * double(activation_bytes(cfg, a)) / dev.memory_bandwidth;
+    // Tensor parallelism: per block two all-reduces of the stream forward and two backward
+    // (sequence parallelism: reduce-scatters and all-gathers, the same bus bytes), plus one
+    // forward again for a fully recomputed block; the embedding's and the head's sums.
+    double tp = 0;
+    if (l.tp > 1) {
+      const double bytes = double(e * bt * cfg.d_model), n = double(l.tp);
+      const double one = 2.0 * (n - 1) / n * bytes / dev.intra_node_bandwidth +
+                         dev.collective_latency;
+      const int64_t blocks = first[size_t(s) + 1] - first[size_t(s)];
+      double calls = 4.0 * double(blocks) + (s == 0 ? 2.0 : 0.0) + (s == l.pp - 1 ? 2.0 : 0.0);
+      if (l.recompute == Recompute::full) calls += 2.0 * double(ceil_div(blocks, l.recompute_every));
+      tp = calls * one;
+    }
+    // Pipeline: the stream's two tensors forward and its gradient back, point to point.
+    double pp = 0;
+    if (l.pp > 1) {
+      const bool cross = int64_t(l.tp) * l.dp >= per_node;
+      const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
+      const double rows = a.sp ? double(bt) / l.tp : double(bt);
+      pp = 3.0 * double(e) * rows * double(cfg.d_model) / bw + 2 * dev.collective_latency;
+    }
+    const double per_micro = compute + elementwise + tp + pp;
+    if (per_micro > slowest) {
+      slowest = per_micro;
+      best.compute = compute * m;
+      best.elementwise = elementwise * m;
+      best.tp_comm = tp * m;
+      best.pp_comm = pp * m;
+      best.bubble = double(l.pp - 1) * per_micro;  // 1F1B: (m + p − 1) micro-batch times
+    }
+  }
+  // The optimizer: AdamW reads weights, gradients and both moments and writes three of them
+  // (28 bytes a parameter in f32), on this rank's shard; a GPU also writes the bf16 copy.
+  const int64_t psi = unit_ranges(cfg, {0, l.tp}, stage_of(cfg, l, seq_len, 0)).back().second;
+  const double opt_params = double(l.zero >= 1 ? ceil_div(psi, l.dp) : psi);
+  best.elementwise += opt_params * (28.0 + (dev.gpu ? 2.0 : 0.0)) / dev.memory_bandwidth;
+  // Data parallelism: the gradient reduction (ZeRO 0, 1: an all-reduce of the f32 gradients
+  // once a step; 2, 3: a reduce-scatter every micro-batch), the updated weights' all-gather
+  // (ZeRO 1, 2) and ZeRO 3's gathers before each unit's forward and backward. It overlaps with
+  // the backward except for what outlasts it, and the last bucket's share.
+  if (l.dp > 1) {
+    const double n = double(l.dp), ring = (n - 1) / n;
+    const bool cross = int64_t(l.tp) * l.dp > per_node && nodes > 1;
+    const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
+    const double grads = 4.0 * double(psi);
+    double bytes = 0;
+    if (l.zero <= 1) bytes += 2 * ring * grads;
+    else bytes += m * ring * grads;
+    if (l.zero == 1 || l.zero == 2) bytes += ring * double(e) * double(psi);
+    if (l.zero == 3) bytes += 2 * m * ring * double(e) * double(psi);
+    const double buckets = std::max(1.0, grads / double(l.bucket_bytes));
+    const double comm = bytes / bw + buckets * dev.collective_latency;
+    const double backward = (best.compute + best.elementwise) * 2.0 / 3.0;
+    best.dp_comm = std::max(comm - backward, comm / buckets);
+  }
+  return best;
+}
+
+std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
+  const ModelConfig& cfg = r.model;
+  cfg.validate();
+  const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
+  NURI_CHECK(per_node >= 1 && r.nodes >= 1, "plan: nodes (", r.nodes, ") and devices per node (",
+             per_node, ") must be positive");
+  NURI_CHECK(r.seq_len >= 1 && r.seq_len <= cfg.max_seq_len, "plan: sequence length ", r.seq_len,
+             " must be in [1, max_seq_len = ", cfg.max_seq_len, "]");
+  const int world = per_node * r.nodes;
+  const int64_t global = r.global_batch > 0 ? r.global_batch : 8 * int64_t(world);
+  DeviceProfile dev = r.device;
+  dev.devices_per_node = per_node;
+  const int64_t limit = int64_t(r.usable_fraction * double(dev.memory_bytes));
+  const double model_flops = model_flops_per_token(cfg, r.seq_len);
+  std::vector<PlanEntry> out;
+  for (int tp = 1; tp <= per_node; ++tp) {
+    if (per_node % tp != 0) continue;
+    try {
+      check_tensor_parallel(cfg, tp);
+    } catch (const Error&) {
+      continue;
+    }
+    for (int pp = 1; pp <= world / tp && pp <= cfg.n_layer; ++pp) {
+      if ((world / tp) % pp != 0) continue;
+      const int dp = world / tp / pp;
+      if (global % dp != 0) continue;
+      const int64_t per_rank = global / dp;
+      for (int64_t mb = 1; mb <= per_rank && mb <= 64; mb *= 2) {
+        if (per_rank % mb != 0) continue;
+        for (int zero = 0; zero <= (dp > 1 ? 3 : 0); ++zero) {
+          for (Recompute rc : {Recompute::none, Recompute::selective, Recompute::full}) {
+            for (bool sp : {false, true}) {
+              if (sp && (tp == 1 || (mb * r.seq_len) % tp != 0)) continue;
+              Layout l;
+              l.dp = dp;
+              l.tp = tp;
+              l.pp = pp;
+              l.zero = zero;
+              l.recompute = rc;
+              l.sp = sp;
+              l.micro_batch = mb;
+              l.grad_accum = per_rank / mb;
+              PlanEntry p;
+              p.layout = l;
+              p.memory = estimate_peak_memory(cfg, l, r.seq_len, dev, &p.worst_stage);
+              p.fits = p.memory.peak() <= limit;
+              if (!p.fits) {
+                p.why = fmt("needs %.1f GiB on stage %d, %.1f GiB usable", p.memory.peak() / kGiB,
+                            p.worst_stage, double(limit) / kGiB);
+              }
+              p.time = estimate_step_time(cfg, l, r.seq_len, dev, r.nodes);
+              const double tokens = double(global) * double(r.seq_len);
+              p.tokens_per_second = tokens / p.time.total();
+              p.mfu = model_flops * p.tokens_per_second / (double(world) * dev.peak_flops);
+              p.hfu = hardware_flops_per_token(cfg, r.seq_len, rc) * p.tokens_per_second /
+                      (double(world) * dev.peak_flops);
+              out.push_back(p);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::stable_sort(out.begin(), out.end(), [](const PlanEntry& a, const PlanEntry& b) {
+    if (a.fits != b.fits) return a.fits;
+    if (a.fits) return a.tokens_per_second > b.tokens_per_second;
+    return a.memory.peak() < b.memory.peak();
+  });
+  return out;
+}
+
+std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entries, int rows) {
+  const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
+  const int world = per_node * r.nodes;
+  std::string s = fmt("%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n",
+                      world, r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
+                      double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction,
+                      (long long)r.seq_len);
+  int fit = 0;
+  for (const PlanEntry& e : entries) fit += e.fits ? 1 : 0;
+  s += fmt("%d of %zu layouts fit; best first (memory per device, GiB: parameters gradients "
+           "optimizer activations communication workspace)\n",
+           fit, entries.size());
+  auto g = [](int64_t b) { return double(b) / kGiB; };
+  int shown = 0;
+  for (const PlanEntry& e : entries) {
+    if (!e.fits || shown >= rows) break;
+    const MemoryPlan& m = e.memory;
+    s += fmt("%2d. %s\n    %.1f GiB (%.1f %.1f %.1f %.1f %.1f %.1f) | step %.3f s | %.0f tok/s | "
+             "MFU %.1f%%%s\n",
+             ++shown, e.layout.str().c_str(), g(m.peak()), g(m.parameters), g(m.gradients),
+             g(m.optimizer), g(m.activations), g(m.communication), g(m.workspace),
+             e.time.total(), e.tokens_per_second, 100 * e.mfu,
+             e.layout.recompute == Recompute::full ? fmt(" (HFU %.1f%%)", 100 * e.hfu).c_str()
+                                                   : "");
+  }
+  if (fit < int(entries.size())) {
+    // The nearest misses, and what fills them.
+    s += fmt("%zu do not fit; the smallest of them:\n", entries.size() - size_t(fit));
+    int listed = 0;
+    for (const PlanEntry& e : entries) {
+      if (e.fits) continue;
+      if (++listed > 3) break;
+      s += fmt("  %s: %s\n    %s\n", e.layout.str().c_str(), e.why.c_str(),
+               e.memory.str().c_str());
+    }
+  }
+  if (fit == 0) {
+    s += "nothing fits: add devices or nodes, shorten the sequence, or shrink the global batch\n";
+  }
+  return s;
+}
+
+}  // namespace nuri
