@@ -3,6 +3,7 @@
 #include "nuri/train/plan.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <cmath>
 #include <cstdio>
@@ -10,7 +11,9 @@
 #include <map>
 #include <sstream>
 
+#include "nuri/backend/backend.h"
 #include "nuri/core/allocator.h"
+#include "nuri/dist/communicator.h"
 #include "nuri/core/error.h"
 #include "nuri/model/memory.h"
 #include "nuri/parallel/data_parallel.h"
@@ -121,6 +124,7 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   j["memory_bytes"] = p.memory_bytes;
   j["peak_flops"] = p.peak_flops;
   j["matmul_flops"] = p.matmul_flops;
+  j["matmul_half_width"] = p.matmul_half_width;
   j["attention_flops"] = p.attention_flops;
   j["memory_bandwidth"] = p.memory_bandwidth;
   j["intra_node_bandwidth"] = p.intra_node_bandwidth;
@@ -158,6 +162,7 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   number("devices_per_node", per_node, true);
   p.memory_bytes = int64_t(mem);
   p.devices_per_node = int(per_node);
+  p.matmul_half_width = j.value("matmul_half_width", 0.0);
   p.name = j.value("name", origin);
   p.gpu = j.value("gpu", true);
   p.source = j.value("source", "");
@@ -368,7 +373,9 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     }
     if (s == l.pp - 1) products += u.head;
     const double tokens = double(bt) / double(l.tp);  // each rank does 1/tp of the work
-    const double compute = tokens * (products / dev.matmul_flops + attention / dev.attention_flops);
+    const double rate = dev.matmul_flops * double(cfg.d_model) /
+                        (double(cfg.d_model) + dev.matmul_half_width);
+    const double compute = tokens * (products / rate + attention / dev.attention_flops);
     ActivationShape a;
     a.b = l.micro_batch;
     a.t = seq_len;
@@ -376,7 +383,13 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     a.place = {0, l.tp};
     a.sp = l.sp && l.tp > 1;
     a.stage = l.pp > 1 ? PipelineStage{first[size_t(s)], first[size_t(s) + 1]} : PipelineStage{};
-    const double elementwise = 3.0 * double(activation_bytes(cfg, a)) / dev.memory_bandwidth;
+    const double kept = double(activation_bytes(cfg, a));
+    // Recomputation writes again what it dropped (and reads its inputs): twice those bytes.
+    ActivationShape r = a;
+    r.recompute = l.recompute;
+    r.every = l.recompute_every;
+    const double dropped = kept - double(activation_bytes(cfg, r));
+    const double elementwise = (3.0 * kept + 2.0 * dropped) / dev.memory_bandwidth;
     // Tensor parallelism: per block two all-reduces of the stream forward and two backward
     // (sequence parallelism: reduce-scatters and all-gathers, the same bus bytes), plus one
     // forward again for a fully recomputed block; the embedding's and the head's sums.
@@ -433,6 +446,128 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     best.dp_comm = std::max(comm - backward, comm / buckets);
   }
   return best;
+}
+
+
+namespace {
+
+// Seconds per call of fn: repeated until `budget` seconds have passed (after one warm-up call).
+template <class F>
+double time_per_call(Backend& be, double budget, F&& fn) {
+  using Clock = std::chrono::steady_clock;
+  fn();
+  be.synchronize();
+  int calls = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  do {
+    fn();
+    be.synchronize();
+    ++calls;
+    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+  } while (elapsed < budget);
+  return elapsed / calls;
+}
+
+Tensor filled(Backend& be, const Shape& shape, DType dt, float value) {
+  NURI_CHECK(dt == DType::f32 || dt == DType::bf16, "calibrate: compute dtype ", dtype_name(dt));
+  Tensor host = Tensor::empty(shape, dt);
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    const float x = value * float((i % 13) - 6);
+    if (dt == DType::f32) host.data<float>()[i] = x;
+    else host.data<bf16_t>()[i] = f32_to_bf16(x);
+  }
+  Tensor out = be.empty(shape, dt);
+  be.copy(host, out);
+  return out;
+}
+
+// FLOP/s of a product's forward and both backward products, x [M, K] · w [N, K]ᵀ.
+double product_speed(Backend& be, DType dt, int64_t m, int64_t k, int64_t n, double budget) {
+  const Tensor x = filled(be, {m, k}, dt, 0.01f), w = filled(be, {n, k}, dt, 0.01f);
+  const Tensor y = be.empty({m, n}, dt), dx = be.empty({m, k}, dt);
+  const Tensor dw = be.empty({n, k}, DType::f32);
+  const double s = time_per_call(be, budget, [&] {
+    be.matmul(x, w, Tensor(), y, Activation::none, Tensor(), Tensor());
+    be.matmul_backward_input(y, w, dx, false, Tensor());
+    be.matmul_backward_weight(y, x, dw, false);
+  });
+  return 3.0 * 2.0 * double(m) * double(k) * double(n) / s;
+}
+
+}  // namespace
+
+DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProfile& base,
+                               double budget) {
+  DeviceProfile p = base;
+  const DType dt = be.compute_dtype();
+  p.gpu = !be.device().is_cpu();
+  // Products at a narrow and a wide inner width (M = 2048 rows, N = 4K), fitted to
+  // rate(K) = R · K / (K + K0).
+  const double k1 = 128, k2 = 1024;
+  const double r1 = product_speed(be, dt, 2048, int64_t(k1), 4 * int64_t(k1), budget);
+  const double r2 = product_speed(be, dt, 2048, int64_t(k2), 4 * int64_t(k2), budget);
+  // r1 (k1 + K0) / k1 = r2 (k2 + K0) / k2  =>  K0 = (r2 - r1) / (r1 / k1 - r2 / k2)
+  double k0 = 0;
+  if (r2 > r1) k0 = std::max(0.0, (r2 - r1) / (r1 / k1 - r2 / k2));
+  p.matmul_half_width = k0;
+  p.matmul_flops = r2 * (k2 + k0) / k2;
+  // Causal attention, forward and backward (the FLOPs unit_costs counts: 3 · 2 · T · H · D a
+  // token, the mask halving the products).
+  {
+    const int64_t b = 4, t = 256, h = 4, d = 64;
+    const Tensor q = filled(be, {b, t, h, d}, dt, 0.01f), k = filled(be, {b, t, h, d}, dt, 0.01f),
+                 v = filled(be, {b, t, h, d}, dt, 0.01f);
+    const Tensor out = be.empty({b, t, h, d}, dt), lse = be.empty({b, h, t});
+    const Tensor dq = be.empty({b, t, h, d}, dt), dk = be.empty({b, t, h, d}, dt),
+                 dv = be.empty({b, t, h, d}, dt);
+    AttentionOptions causal;
+    const double s = time_per_call(be, budget, [&] {
+      be.attention(q, k, v, out, lse, causal);
+      be.attention_backward(q, k, v, out, lse, out, dq, dk, dv, causal);
+    });
+    p.attention_flops = 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s;
+  }
+  // Elementwise: a layernorm's forward and backward, GELU's, and AdamW, counted as the bytes
+  // they read and write.
+  {
+    const int64_t rows = 4096, c = 512, e = int64_t(dtype_size(dt));
+    const Tensor x = filled(be, {rows, c}, dt, 0.01f), y = be.empty({rows, c}, dt);
+    const Tensor w = filled(be, {c}, DType::f32, 0.1f), bias = filled(be, {c}, DType::f32, 0.f);
+    const Tensor mean = be.empty({rows}), rstd = be.empty({rows}), ds = be.empty({rows, c}, dt);
+    const Tensor dw = be.empty({c}), db = be.empty({c});
+    const Tensor big = filled(be, {rows, 4 * c}, dt, 0.01f), act = be.empty({rows, 4 * c}, dt);
+    const int64_t n = int64_t(1) << 22;
+    AdamWTensor a{filled(be, {n}, DType::f32, 0.01f), filled(be, {n}, DType::f32, 0.01f),
+                  filled(be, {n}, DType::f32, 0.f), filled(be, {n}, DType::f32, 0.f), true};
+    AdamWParams hp;
+    const double s = time_per_call(be, budget, [&] {
+      be.layernorm(x, Tensor(), w, bias, 1e-5f, Tensor(), y, mean, rstd);
+      be.layernorm_backward(y, x, w, mean, rstd, Tensor(), ds, dw, db, false);
+      be.gelu(big, act);
+      be.gelu_backward(big, act, act);
+      be.adamw({a}, hp);
+    });
+    const double bytes = double(rows * c * e) * (2 + 4) + double(rows * 4 * c * e) * (2 + 3) +
+                         28.0 * double(n);
+    p.memory_bandwidth = bytes / s;
+  }
+  std::string what = "measured by nuri calibrate on " + be.name();
+  if (comm && comm->size() > 1) {
+    // The all-reduce's bus bandwidth (2 (n - 1) / n of the bytes cross each rank's links) at
+    // 64 MiB, and its latency at 4 bytes.
+    const Tensor big = be.empty({int64_t(16) << 20}), one = be.empty({1});
+    be.zero(big);
+    be.zero(one);
+    const double n = double(comm->size());
+    const double s = time_per_call(be, budget, [&] { comm->all_reduce(big); });
+    p.intra_node_bandwidth = p.inter_node_bandwidth = 2.0 * (n - 1) / n * double(big.nbytes()) / s;
+    p.collective_latency = time_per_call(be, budget / 4, [&] { comm->all_reduce(one); });
+    what += ", " + std::to_string(comm->size()) + " ranks over " + comm->backend_name();
+  }
+  if (!p.gpu) p.peak_flops = p.matmul_flops;  // no datasheet: MFU against the measured products
+  p.source = what + (p.gpu ? "; peak FLOP/s and memory: " + base.source : "");
+  return p;
 }
 
 std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
@@ -498,9 +633,14 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
       }
     }
   }
-  std::stable_sort(out.begin(), out.end(), [](const PlanEntry& a, const PlanEntry& b) {
+  // Those that fit, fastest first (speeds within 0.2 % count as one: then the one holding less
+  // memory); then the rest, smallest first.
+  auto speed_class = [](const PlanEntry& e) {
+    return int64_t(std::floor(std::log(std::max(e.tokens_per_second, 1e-30)) / std::log(1.002)));
+  };
+  std::stable_sort(out.begin(), out.end(), [&](const PlanEntry& a, const PlanEntry& b) {
     if (a.fits != b.fits) return a.fits;
-    if (a.fits) return a.tokens_per_second > b.tokens_per_second;
+    if (a.fits && speed_class(a) != speed_class(b)) return speed_class(a) > speed_class(b);
     return a.memory.peak() < b.memory.peak();
   });
   return out;

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdarg>
@@ -21,6 +22,8 @@
 #include "nuri/core/build_info.h"
 #include "nuri/data/corpus.h"
 #include "nuri/dist/launch.h"
+#include "nuri/train/ledger.h"
+#include "nuri/train/plan.h"
 #include "nuri/train/preemption.h"
 
 namespace nuri {
@@ -46,6 +49,90 @@ std::string fmt(const char* format, ...) {
 }
 
 std::string duration(double s) { return fmt("%dm%02ds", int(s) / 60, int(s) % 60); }
+
+// How long before run_training's start the allocation began: the process's start for the first
+// run in a process (launch, imports, the communicator), none for later ones.
+double run_origin() {
+  static std::atomic<bool> first{true};
+  return first.exchange(false) ? process_seconds() : 0.0;
+}
+
+// The device profile of a run: its profile setting, else the CPU's on the CPU backend; on a
+// GPU without one, a profile of no speeds (MFU is then left out).
+DeviceProfile run_profile(const RunConfig& cfg) {
+  if (!cfg.profile.empty()) return device_profile(cfg.profile);
+  if (cfg.backend == "cpu") return device_profile("cpu");
+  DeviceProfile none;
+  none.name = "";
+  return none;
+}
+
+std::string run_layout(const RunConfig& cfg, const GridGroups& grid) {
+  Layout l;
+  l.dp = grid.grid.dp();
+  l.tp = grid.grid.tp();
+  l.pp = grid.grid.pp();
+  l.zero = cfg.parallel.zero_stage;
+  l.recompute = cfg.train.recompute;
+  l.recompute_every = cfg.train.recompute_every;
+  l.sp = cfg.parallel.sequence_parallel;
+  l.micro_batch = cfg.train.micro_batch;
+  l.grad_accum = cfg.train.grad_accum;
+  return l.str();
+}
+
+// --layout auto: the planner's first choice for this job's ranks (nodes of the launcher's local
+// ranks), keeping the global batch micro_batch · grad_accum · ranks.
+RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceProfile& profile,
+                      std::string* line) {
+  if (profile.name.empty()) {
+    throw ConfigError("layout = auto needs a device profile on " + in.backend +
+                      ": give --profile NAME (h100-sxm-80gb, a100-sxm-80gb, rtx-4090, rtx-3090) "
+                      "or a file from nuri calibrate");
+  }
+  PlanRequest r;
+  r.model = in.model;
+  r.device = profile;
+  const int per_node = std::max(1, pg.launch.local_world_size);
+  r.devices_per_node = per_node;
+  r.nodes = std::max(1, pg.size() / per_node);
+  r.seq_len = in.train.seq_len;
+  r.global_batch = in.train.micro_batch * in.train.grad_accum * pg.size();
+  const std::vector<PlanEntry> plan = plan_layouts(r);
+  if (plan.empty() || !plan.front().fits) {
+    throw ConfigError("layout = auto: no layout of " + std::to_string(pg.size()) + " ranks fits " +
+                      profile.name + "'s memory:\n" + plan_report(r, plan, 0));
+  }
+  const Layout& l = plan.front().layout;
+  RunConfig c = in;
+  c.parallel.tp = l.tp;
+  c.parallel.pp = l.pp;
+  c.parallel.zero_stage = l.zero;
+  c.parallel.sequence_parallel = l.sp;
+  c.train.recompute = l.recompute;
+  c.train.recompute_every = l.recompute_every;
+  c.train.micro_batch = l.micro_batch;
+  c.train.grad_accum = l.grad_accum;
+  c.validate();
+  *line = fmt("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%",
+              profile.name.c_str(), l.str().c_str(),
+              double(plan.front().memory.peak()) / double(int64_t(1) << 30),
+              plan.front().tokens_per_second, 100 * plan.front().mfu);
+  return c;
+}
+
+// Adds the seconds of its scope to a ledger part.
+class Span {
+ public:
+  explicit Span(double& part) : part_(part), t0_(Clock::now()) {}
+  ~Span() { part_ += seconds_since(t0_); }
+  Span(const Span&) = delete;
+  Span& operator=(const Span&) = delete;
+
+ private:
+  double& part_;
+  Clock::time_point t0_;
+};
 
 // What the run shows: rank 0 only; progress rewrites one line on a terminal (at most ten times
 // a second), and is a line every log_every steps (and at the first and last) otherwise. A job of
@@ -111,14 +198,16 @@ std::string json_number(double x) {
 // run that crashed past it redoes them) are dropped, so each step appears once.
 class Metrics {
  public:
-  void open(const std::string& path, int64_t steps_done) {
+  /// Returns the last step the file recorded before (0: none).
+  int64_t open(const std::string& path, int64_t steps_done) {
     std::vector<std::string> keep;
+    int64_t reached = 0;
     if (std::ifstream in(path); in.good()) {
       for (std::string line; std::getline(in, line);) {
         try {
-          if (nlohmann::json::parse(line).at("step").get<int64_t>() <= steps_done) {
-            keep.push_back(line);
-          }
+          const int64_t step = nlohmann::json::parse(line).at("step").get<int64_t>();
+          reached = std::max(reached, step);
+          if (step <= steps_done) keep.push_back(line);
         } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
         }
       }
@@ -127,6 +216,7 @@ class Metrics {
     NURI_CHECK(out_.good(), "cannot write ", path, ": ", std::strerror(errno));
     for (const auto& l : keep) out_ << l << "\n";
     out_.flush();
+    return reached;
   }
   void write(const std::string& record) {
     if (!out_.is_open()) return;
@@ -167,13 +257,18 @@ void save_model(Trainer& trainer, Transformer& model, const fs::path& path) {
 }  // namespace
 
 RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
-  const RunConfig cfg = cfg_in;
-  cfg.validate();
+  cfg_in.validate();
   const auto start = Clock::now();
+  const double origin = run_origin();  // the allocation began this long before
   const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
   const bool lead = pg.rank() == 0;
+  const DeviceProfile profile = run_profile(cfg_in);
+  std::string auto_line;
+  const RunConfig cfg = cfg_in.layout == "auto" ? auto_layout(cfg_in, pg, profile, &auto_line) : cfg_in;
   Output out(hooks, pg, cfg);
+  if (!auto_line.empty()) out.line(auto_line);
   RunResult result;
+  LedgerParts parts;
 
   // Data: the vocabulary is the model's; every token id is checked against it.
   std::string what;
@@ -242,15 +337,48 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   }
   out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
 
+  // The ledger of allocations, in the checkpoint directory (else the run directory), and the
+  // most steps an earlier allocation reached (steps up to it are redone work).
+  const std::string ledger_dir = !cfg.checkpoint.dir.empty() ? cfg.checkpoint.dir : cfg.out;
+  int64_t reached = ledger_dir.empty() ? 0 : RunLedger::steps_reached(ledger_dir);
+  int64_t redone_steps = 0, steps_from = 0;
+  RunLedger ledger;
+  if (lead && !ledger_dir.empty()) {
+    const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
+    ledger = RunLedger(
+        ledger_dir,
+        fmt("\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
+            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
+            pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
+            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops,
+            profile.name.c_str()),
+        origin + seconds_since(start));
+  }
+  // An error ends the allocation too (its record says so); the normal ends write theirs below.
+  struct LedgerOnError {
+    RunLedger& ledger;
+    const int64_t &from, &done, &reached, &redone;
+    const LedgerParts& parts;
+    ~LedgerOnError() {
+      if (std::uncaught_exceptions() == 0) return;
+      try {
+        ledger.end(from, done, reached, redone, kRunFailed, "error", parts);
+      } catch (...) {  // the error in flight is the one to report
+      }
+    }
+  } ledger_on_error{ledger, steps_from, result.steps_done, reached, redone_steps, parts};
+
   // Resume from the newest checkpoint under checkpoint.dir.
   const CheckpointConfig& ck = cfg.checkpoint;
   const bool checkpoints = !ck.dir.empty();
   if (checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty()) {
+    Span timed(parts.checkpoint_load);
     const std::string dir = trainer.load_checkpoint(ck.dir);
     const DataPosition pos = trainer.data_position();
     out.line(fmt("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                  (long long)trainer.steps_done(), (long long)pos.epoch, (long long)pos.batch));
   }
+  steps_from = result.steps_done = trainer.steps_done();
   int64_t saved_at = checkpoints ? trainer.steps_done() : -1;
   auto committed = [&](const std::string& dir) {
     if (dir.empty()) return;
@@ -258,15 +386,24 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line("checkpoint " + dir + " committed");
   };
   auto save = [&] {
+    Span timed(parts.checkpoint_save);
     committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
     saved_at = trainer.steps_done();
+  };
+  auto finish_save = [&] {
+    Span timed(parts.checkpoint_save);
+    committed(trainer.finish_checkpoint());
+  };
+  auto run_eval = [&] {
+    Span timed(parts.evaluation);
+    return trainer.evaluate();
   };
   PreemptionWatch watch(checkpoints ? parse_signals(ck.signals) : std::vector<int>{},
                         checkpoints ? ck.time_limit : 0.0);
   // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.
   const bool watch_stops = checkpoints || hooks.interrupted != nullptr;
 
-  float val_loss = trainer.evaluate();
+  float val_loss = run_eval();
   out.line(fmt("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
 
   // The run directory, once the data and the model are known to work.
@@ -276,17 +413,35 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     if (lead) {
       fs::create_directories(dir);
       write_text(dir / "config.json", cfg.to_json() + "\n");
-      metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done());
+      reached = std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
     }
     out.line("run directory: " + cfg.out);
   }
 
+  // The ledger's parts: startup is what came before the first step, less loading and evaluating.
+  parts.startup = origin + seconds_since(start) - parts.checkpoint_load -
+                  parts.evaluation;
+  // A step's time (its loop iteration less evaluation and saves) is training, or redone when
+  // an earlier allocation had reached the step.
+  auto account_step = [&](int64_t step, Clock::time_point t0, double saved0, double evaluated0) {
+    const double t =
+        seconds_since(t0) - (parts.checkpoint_save - saved0) - (parts.evaluation - evaluated0);
+    if (step <= reached) {
+      parts.redone += t;
+      ++redone_steps;
+    } else {
+      parts.training += t;
+    }
+    result.steps_done = step;
+  };
   const auto steps_start = Clock::now();  // the ETA counts steps only
   const int64_t first = trainer.steps_done();
   double tok_per_s = 0;
   result.final_loss = std::nanf("");
   if (trainer.pipeline() && cfg.parallel.pp_timeline) trainer.pipeline()->record_timeline(true);
   for (int64_t s = first; s < tc.steps; ++s) {
+    const auto step_start = Clock::now();
+    const double saved_before = parts.checkpoint_save, evaluated_before = parts.evaluation;
     const StepStats st = trainer.step();
     result.final_loss = st.loss;
     tok_per_s =
@@ -297,7 +452,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const bool evaluate =
         (tc.eval_every > 0 && st.step % tc.eval_every == 0) || st.step == tc.steps;
     if (evaluate) {
-      val_loss = trainer.evaluate();
+      val_loss = run_eval();
       out.line(fmt("step %5lld | val loss %.4f (unigram baseline %.3f)", (long long)st.step,
                    val_loss, baseline));
     }
@@ -310,7 +465,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
       committed(st.checkpoint);  // an asynchronous save that every rank has finished
       if (ck.save_every > 0 && st.step % ck.save_every == 0 && st.step < tc.steps) {
         if (ck.async_save) {
-          committed(trainer.finish_checkpoint());  // the previous one, if it is late
+          finish_save();  // the previous one, if it is late
+          Span timed(parts.checkpoint_save);
           trainer.save_checkpoint_async(ck.dir, int(ck.keep));
           saved_at = st.step;
         } else {
@@ -322,17 +478,27 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     if (st.step < tc.steps && watch_stops &&
         watch.should_stop(st.step_seconds, pg.comm.get(), interrupt)) {
       if (checkpoints) {
-        committed(trainer.finish_checkpoint());
+        finish_save();
         if (saved_at != st.step) save();
       }
+      account_step(st.step, step_start, saved_before, evaluated_before);
       result.stop_reason = watch.interrupted()          ? "interrupted"
                            : watch.signal()             ? "signal " + std::to_string(watch.signal())
                            : watch.time_limit_reached() ? "time limit"
                                                         : "another rank was signalled";
       break;
     }
+    account_step(st.step, step_start, saved_before, evaluated_before);
   }
-  committed(trainer.finish_checkpoint());
+  const auto finish_start = Clock::now();
+  const double saved_before_finish = parts.checkpoint_save;
+  auto close_ledger = [&] {
+    parts.finish = seconds_since(finish_start) - (parts.checkpoint_save - saved_before_finish);
+    const std::string reason = result.stop_reason.empty() ? "done" : result.stop_reason;
+    ledger.end(steps_from, result.steps_done, std::max(reached, result.steps_done), redone_steps,
+               result.status, reason, parts);
+  };
+  finish_save();
   if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done()) save();
   result.steps_done = trainer.steps_done();
   result.skipped_steps = trainer.skipped_steps();
@@ -345,12 +511,16 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                  (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
     result.status = kPreemptedExitCode;
     result.seconds = seconds_since(start);
+    close_ledger();
     return result;
   }
   if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
     out.line(fmt("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
-  if (!cfg.out.empty()) save_model(trainer, model, dir / "model.safetensors");
+  if (!cfg.out.empty()) {
+    Span timed(parts.checkpoint_save);
+    save_model(trainer, model, dir / "model.safetensors");
+  }
   if (Pipeline* pipe = trainer.pipeline(); pipe && cfg.parallel.pp_timeline && !cfg.out.empty() &&
                                            grid.coord.dp == 0 && grid.coord.tp == 0) {
     pipe->write_chrome_trace((dir / "timeline.json").string());  // the first pipeline's ranks
@@ -365,6 +535,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                  (long long)tc.steps, duration(result.seconds).c_str(),
                  checkpoints ? ": checkpointed" : ""));
     result.status = kRunInterrupted;
+    close_ledger();
     return result;
   }
   out.line(
@@ -403,6 +574,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                  cfg.expect_val_below));
     result.status = kRunExpectationFailed;
   }
+  close_ledger();
   return result;
 }
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "nuri/core/build_info.h"
+#include "nuri/train/plan.h"
 #include "nuri/train/preemption.h"
 
 namespace nuri {
@@ -36,6 +37,15 @@ Schema build_schema() {
   top.add("expect_val_below", &RunConfig::expect_val_below,
           "> 0: exit with status 3 unless the final validation loss is below this")
       .at_least(0);
+  top.add("layout", &RunConfig::layout,
+          "manual: the parallel and batch settings as given; auto: the planner's first choice "
+          "(tp, pp, ZeRO stage, recomputation, sp, micro-batch) for the job's ranks and the "
+          "device profile, keeping the global batch micro_batch x grad_accum x ranks")
+      .meta("manual|auto");
+  top.add("profile", &RunConfig::profile,
+          "device profile for layout auto and the ledger's MFU: h100-sxm-80gb, a100-sxm-80gb, "
+          "rtx-4090, rtx-3090, cpu, or a file from nuri calibrate ('': cpu on the CPU backend)")
+      .meta("NAME|FILE");
   schema.push_back({"", "run", std::move(top)});
 
   Settings model;
@@ -159,6 +169,12 @@ void RunConfig::validate() const {
   section_check("train", [&] { train.validate(); });
   section_check("parallel", [&] { parallel.validate(); });
   section_check("checkpoint.signals", [&] { parse_signals(checkpoint.signals); });
+  if (layout != "manual" && layout != "auto") {
+    throw ConfigError("layout: '" + layout + "' is neither manual nor auto");
+  }
+  section_check("profile", [&] {
+    if (!profile.empty()) device_profile(profile);
+  });
   if (train.seq_len > model.max_seq_len) {
     throw ConfigError("train.seq_len (" + std::to_string(train.seq_len) +
                       ") exceeds model.max_seq_len (" + std::to_string(model.max_seq_len) + ")");

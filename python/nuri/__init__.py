@@ -65,6 +65,9 @@ from .io import (consolidate, decode_bytes, default_corpus, generate_text, load,
                  split_validation)
 from .training import plot_losses, run
 from .hf import export_hf, export_hf_checkpoint, import_hf, model_config_from_hf
+from .plan import (PlanResult, calibrate, device_profile, device_profile_names, estimate_memory,
+                   estimate_step_time, model_flops_per_token, plan)
+from .report import format_report, plot_report, read_ledger, report
 
 __version__: str = build_info()["version"]
 
@@ -77,4 +80,7 @@ __all__ = [
     "learning_rate", "load", "load_config", "model_config_from_dict", "model_config_from_hf",
     "model_config_to_dict", "pipeline_stages", "plot_losses", "read_data", "reference", "run", "save",
     "split_validation", "text_file_to_tokens", "write_token_file", "__version__",
+    "PlanResult", "calibrate", "device_profile", "device_profile_names", "estimate_memory",
+    "estimate_step_time", "model_flops_per_token", "plan", "format_report", "plot_report",
+    "read_ledger", "report",
 ]

@@ -5,6 +5,10 @@
                             [--temperature X] [--top-k K] [--seed S]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
     python -m nuri info
+    python -m nuri plan (--preset NAME | --config FILE | --hf CONFIG.JSON) [--device NAME|FILE]
+                        [--nodes N] [--devices-per-node N] [--seq-len N] [--global-batch N]
+    python -m nuri calibrate [--backend cpu] [--out FILE]
+    python -m nuri report DIR [--png FILE] [--json]
 
 ``train`` is nuri-train: the same flags (``python -m nuri train --help`` lists them, each with
 its config key), the same output, run directory and exit statuses (0 done, 1 error, 2 bad config
@@ -27,6 +31,8 @@ from .config import ConfigError, SampleConfig
 from .hf import export_hf_checkpoint
 from .io import consolidate, generate_text, load
 from .training import run
+from .plan import calibrate, plan
+from .report import format_report, plot_report, report
 
 
 def cmd_train(args: Sequence[str]) -> int:
@@ -103,12 +109,65 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_model(args: argparse.Namespace) -> Any:
+    from .config import load_config
+    from .hf import model_config_from_hf
+    if args.hf:
+        return model_config_from_hf(args.hf)
+    if args.config:
+        return load_config(args.config).model
+    return _C.ModelConfig.preset(args.preset)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``python -m nuri plan``: the layouts that fit, best first, and why the rest do not."""
+    model = _plan_model(args)
+    result = plan(model, device=args.device, nodes=args.nodes,
+                  devices_per_node=args.devices_per_node, seq_len=args.seq_len,
+                  global_batch=args.global_batch, usable_fraction=args.usable, rows=args.rows)
+    if args.json:
+        json.dump(result.entries[:args.rows], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(result.text)
+    return 0 if result.entries and result.entries[0]["fits"] else 3
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """``python -m nuri calibrate``: this machine's speeds as a device profile."""
+    from .dist import init_process_group
+    pg = init_process_group() if int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
+        "OMPI_COMM_WORLD_SIZE" in os.environ else None
+    prof = calibrate(args.backend, base=args.base, out=args.out if pg is None or pg.rank == 0
+                     else None, seconds_per_probe=args.seconds, process_group=pg)
+    if pg is None or pg.rank == 0:
+        print(json.dumps(prof, indent=2))
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``python -m nuri report``: what a run's allocations bought."""
+    rep = report(args.dir, peak_flops=args.peak_flops)
+    if args.json:
+        json.dump(rep, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_report(rep))
+    png = args.png or os.path.join(args.dir, "report.png")
+    why = plot_report(rep, png)
+    if not args.json:
+        print(f"plot: {png}" if why is None else f"no plot: {why}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m nuri`` (``train`` takes the run's own flags)."""
     p = argparse.ArgumentParser(prog="python -m nuri",
                                 description="Train and sample decoder-only language models.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,generate,export,info}")
+                           metavar="{train,generate,export,info,plan,calibrate,report}")
     sub.add_parser("train", help="train a model: nuri-train's flags, KEY=VALUE overrides, "
                    "--config FILE (see train --help)", add_help=False)
     g = sub.add_parser("generate", help="continue a prompt with a trained byte-level model")
@@ -133,6 +192,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="show what this build of nuri holds")
     i.set_defaults(func=cmd_info)
+    pl = sub.add_parser("plan", help="which layouts of a model fit an allocation, best first "
+                        "(memory per device by category, step time, tokens/s, MFU)")
+    src = pl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a model preset (nuri train --help lists them)")
+    src.add_argument("--config", help="a run config (.toml or .json): its model section")
+    src.add_argument("--hf", metavar="CONFIG.JSON", help="a Hugging Face config.json (or its "
+                     "directory)")
+    pl.add_argument("--device", default="h100-sxm-80gb", help="a profile name (h100-sxm-80gb, "
+                    "a100-sxm-80gb, rtx-4090, rtx-3090, cpu) or a file from nuri calibrate")
+    pl.add_argument("--nodes", type=int, default=1)
+    pl.add_argument("--devices-per-node", type=int, help="default: the profile's")
+    pl.add_argument("--seq-len", type=int, help="default: the model's max_seq_len")
+    pl.add_argument("--global-batch", type=int, help="sequences a step (default: 8 a device)")
+    pl.add_argument("--usable", type=float, default=0.9, help="share of a device's memory to "
+                    "plan with (0.9)")
+    pl.add_argument("--rows", type=int, default=10, help="layouts to show")
+    pl.add_argument("--json", action="store_true", help="the entries as JSON")
+    pl.set_defaults(func=cmd_plan)
+    ca = sub.add_parser("calibrate", help="measure this machine's product, attention, "
+                        "elementwise (and, under a launcher, all-reduce) speeds into a profile")
+    ca.add_argument("--backend", default="cpu")
+    ca.add_argument("--base", help="the profile to start from (default: cpu, or h100-sxm-80gb "
+                    "on a GPU: its datasheet peak is MFU's)")
+    ca.add_argument("--out", help="profile file to write (JSON)")
+    ca.add_argument("--seconds", type=float, default=0.5, help="seconds per probe (0.5)")
+    ca.set_defaults(func=cmd_calibrate)
+    rp = sub.add_parser("report", help="tokens, device-hours, MFU and goodput of a run's "
+                        "allocations, from its ledger")
+    rp.add_argument("dir", help="the checkpoint (or run) directory holding ledger.jsonl")
+    rp.add_argument("--png", help="plot to write (default: DIR/report.png)")
+    rp.add_argument("--peak-flops", type=float, help="peak FLOP/s a device for MFU (default: "
+                    "the run's device profile)")
+    rp.add_argument("--json", action="store_true", help="the report as JSON")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

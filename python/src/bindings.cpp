@@ -251,6 +251,7 @@ PYBIND11_MODULE(_C, m) {
   bind_config(m);
   bind_run(m);
   bind_checkpoint(m);
+  bind_plan(m);
 
   py::class_<Tensor>(m, "Tensor", "A nuri tensor; NumPy and DLPack views share its memory.")
       .def_property_readonly("shape", [](const Tensor& t) { return py::tuple(py::cast(t.shape())); })

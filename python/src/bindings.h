@@ -16,3 +16,4 @@ void bind_config(pybind11::module_& m);
 void bind_run(pybind11::module_& m);
 /// CheckpointReader, SafetensorsWriter, consolidate_checkpoint.
 void bind_checkpoint(pybind11::module_& m);
+void bind_plan(pybind11::module_& m);

@@ -242,13 +242,17 @@ TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {
     if (i < fit && i + 1 < fit) {
       EXPECT_GE(e.tokens_per_second, plan[i + 1].tokens_per_second) << "best first";
     }
-    if (!e.fits) EXPECT_NE(e.why.find("GiB"), std::string::npos) << e.why;
+    if (!e.fits) {
+      EXPECT_NE(e.why.find("GiB"), std::string::npos) << e.why;
+    }
     EXPECT_GT(e.mfu, 0);
     EXPECT_LT(e.mfu, 1);
   }
   // No ZeRO and no tensor or pipeline parallelism holds 18 bytes a weight: 8.03e9 · 18 > 80 GB.
   for (const PlanEntry& e : plan) {
-    if (e.layout.dp == 8 && e.layout.zero == 0) EXPECT_FALSE(e.fits) << e.layout.str();
+    if (e.layout.dp == 8 && e.layout.zero == 0) {
+      EXPECT_FALSE(e.fits) << e.layout.str();
+    }
   }
   const std::string text = plan_report(r, plan, 5);
   EXPECT_NE(text.find(" 1. "), std::string::npos) << text;

@@ -29,6 +29,9 @@ struct DeviceProfile {
   int64_t memory_bytes = 0;    ///< per device
   double peak_flops = 0;       ///< dense FLOP/s in the compute dtype: MFU's denominator
   double matmul_flops = 0;     ///< FLOP/s large products reach
+  /// Products of inner width K reach matmul_flops · K / (K + matmul_half_width) (0: all reach
+  /// matmul_flops): narrow models' products are slower per FLOP, on a CPU markedly.
+  double matmul_half_width = 0;
   double attention_flops = 0;  ///< FLOP/s the attention kernels reach (causal FLOPs)
   double memory_bandwidth = 0; ///< bytes/s elementwise work reaches
   double intra_node_bandwidth = 0;  ///< bus bytes/s of a collective inside a node, per device
@@ -45,6 +48,18 @@ std::vector<std::string> device_profile_names();
 DeviceProfile device_profile(const std::string& name_or_path);
 std::string device_profile_to_json(const DeviceProfile& p);
 DeviceProfile device_profile_from_json(const std::string& json, const std::string& origin);
+
+class Backend;
+class Communicator;
+
+/// Measures the machine it runs on: products at two widths, attention's forward and backward,
+/// elementwise work (norms, GELU, AdamW) on `backend`, and with a communicator of several ranks
+/// its all-reduce's bus bandwidth and latency (every rank calls it). Returns `base` with the
+/// measured figures replaced (a GPU keeps its datasheet peak for MFU; the CPU's peak becomes
+/// its measured product speed) and the source saying what was measured where. Takes a few
+/// seconds (seconds_per_probe each).
+DeviceProfile calibrate_device(Backend& backend, Communicator* comm, const DeviceProfile& base,
+                               double seconds_per_probe = 0.5);
 
 /// A way to run: the grid, the ZeRO stage, recomputation, sequence parallelism and the batch
 /// (micro_batch sequences per micro-batch, grad_accum micro-batches per step on each dp rank).

@@ -61,6 +61,12 @@ struct RunConfig {
   int64_t log_every = 10;       ///< a progress line every N steps (when not a terminal)
   bool quiet = false;           ///< progress as lines even on a terminal
   double expect_val_below = 0;  ///< > 0: exit status 3 unless the final validation loss is below
+  /// "manual": the parallel and batch settings as given; "auto": the planner's first choice
+  /// (nuri/train/plan.h) for the job's ranks, keeping the global batch.
+  std::string layout = "manual";
+  /// The device profile (a name or a nuri calibrate file) for layout = auto and the ledger's
+  /// MFU; "": cpu on the CPU backend, none on a GPU.
+  std::string profile;
 
   /// Every section's ranges and the checks across sections; throws ConfigError naming the key.
   void validate() const;

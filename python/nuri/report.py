@@ -1,0 +1,165 @@
+"""What a run's allocations bought (issue #24): ``nuri report DIR`` reads the run ledger
+(``DIR/ledger.jsonl``, nuri/train/ledger.h: a record at each allocation's start and end) and
+prints, per allocation and in total, the tokens trained, device-hours, MFU and goodput, with the
+time lost broken down; and plots it (PNG).
+
+    rep = nuri.report("runs/ck")       # a dict: "allocations", "total"
+    print(nuri.format_report(rep))
+
+Goodput = productive training time / allocated device time, both summed over allocations and
+weighted by their devices; "productive" leaves out startup, checkpoint loads and saves,
+evaluation, steps redone after a crash or preemption (an earlier allocation had done them but
+not checkpointed them), the end of the run and what no part covers. An allocation without an
+end record (killed with SIGKILL, a node lost) is listed with the steps it checkpointed (from
+where the one before it ended to where the one after it resumed), its time unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+PARTS = ("startup", "checkpoint_load", "evaluation", "training", "redone", "checkpoint_save",
+         "finish", "unaccounted")
+
+
+def read_ledger(directory: str | os.PathLike) -> list[dict[str, Any]]:
+    """The allocations of ``directory/ledger.jsonl``, each its start record's fields with its end
+    record under "end" (None for an allocation that never wrote one)."""
+    path = os.path.join(os.fspath(directory), "ledger.jsonl")
+    allocations: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash
+                continue
+            if rec.get("event") == "start":
+                allocations[rec["id"]] = dict(rec, end=None)
+                order.append(rec["id"])
+            elif rec.get("event") == "end" and rec.get("id") in allocations:
+                allocations[rec["id"]]["end"] = rec
+    return [allocations[i] for i in order]
+
+
+def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dict[str, Any]:
+    """Per allocation and in total: tokens trained (each step's once; "redone_tokens": those of
+    steps computed again after a crash), device-hours, MFU (the model FLOPs of the tokens over
+    the peak FLOPs of the steps' time; ``peak_flops`` overrides the ledger's device profile),
+    goodput, and the parts of the wall time."""
+    rows = []
+    total = {"tokens": 0, "redone_tokens": 0, "device_seconds": 0.0, "training_device_seconds": 0.0,
+             "parts": {p: 0.0 for p in PARTS}, "allocations": 0, "unfinished": 0, "steps": 0}
+    flops = 0.0
+    peak_seconds = 0.0
+    ledger = read_ledger(directory)
+    for k, a in enumerate(ledger):
+        end = a["end"]
+        row: dict[str, Any] = {"id": a["id"], "start": a["time"], "ranks": a["ranks"],
+                               "backend": a["backend"], "layout": a["layout"], "finished": end is not None}
+        total["allocations"] += 1
+        if end is None:
+            # Its checkpointed progress: from where the allocation before it ended to where
+            # the one after it resumed; its time is unknown.
+            before = ledger[k - 1]["end"] if k > 0 else None
+            after = ledger[k + 1]["end"] if k + 1 < len(ledger) else None
+            if after is not None:
+                row["steps_from"] = before["steps_done"] if before else 0
+                row["steps_done"] = after["steps_from"]
+                row["tokens"] = (row["steps_done"] - row["steps_from"]) * a["tokens_per_step"]
+                total["tokens"] += row["tokens"]
+            total["unfinished"] += 1
+            rows.append(row)
+            continue
+        ranks = a["ranks"]
+        # Every step's tokens count once; a redone step's time is lost (the allocation that
+        # first ran it lost its work), its tokens are this one's.
+        tokens = (end["steps_done"] - end["steps_from"]) * a["tokens_per_step"]
+        parts = end["parts"]
+        stepping = parts["training"] + parts["redone"]
+        peak = peak_flops if peak_flops is not None else a.get("peak_flops", 0.0)
+        mfu = (a["flops_per_token"] * tokens / (stepping * ranks * peak)
+               if peak and stepping > 0 else None)
+        row.update(status=end["status"], reason=end["reason"], steps_from=end["steps_from"],
+                   steps_done=end["steps_done"], redone_steps=end["redone_steps"],
+                   tokens=tokens, redone_tokens=end["redone_steps"] * a["tokens_per_step"],
+                   wall=end["wall"], device_hours=end["wall"] * ranks / 3600.0, mfu=mfu,
+                   goodput=parts["training"] / end["wall"] if end["wall"] > 0 else 0.0,
+                   parts=parts)
+        rows.append(row)
+        total["tokens"] += tokens
+        total["redone_tokens"] += row["redone_tokens"]
+        total["steps"] = max(total["steps"], end["steps_done"])
+        total["device_seconds"] += end["wall"] * ranks
+        total["training_device_seconds"] += parts["training"] * ranks
+        for p in PARTS:
+            total["parts"][p] += parts.get(p, 0.0) * ranks
+        if mfu is not None:
+            flops += a["flops_per_token"] * tokens
+            peak_seconds += stepping * ranks * peak
+    total["device_hours"] = total["device_seconds"] / 3600.0
+    total["goodput"] = (total["training_device_seconds"] / total["device_seconds"]
+                        if total["device_seconds"] > 0 else 0.0)
+    total["mfu"] = flops / peak_seconds if peak_seconds > 0 else None
+    return {"allocations": rows, "total": total}
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """The report as text: a line per allocation, the totals, and where the time went."""
+    out = []
+    for i, r in enumerate(rep["allocations"], 1):
+        if not r["finished"]:
+            steps = (f"steps {r['steps_from']}->{r['steps_done']} checkpointed, "
+                     if "steps_done" in r else "")
+            out.append(f"{i:2d}. {r['ranks']} x {r['backend']}, {r['layout']}: no end record "
+                       f"(killed?): {steps}its time unknown")
+            continue
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        out.append(f"{i:2d}. {r['ranks']} x {r['backend']}, {r['layout']}\n"
+                   f"    steps {r['steps_from']}->{r['steps_done']} ({r['redone_steps']} redone), "
+                   f"{r['tokens']} tokens, {r['wall']:.1f} s, {r['device_hours']:.4f} device-h, "
+                   f"MFU {mfu}, goodput {100 * r['goodput']:.1f}%, {r['reason']} "
+                   f"(status {r['status']})")
+    t = rep["total"]
+    mfu = f"{100 * t['mfu']:.1f}%" if t["mfu"] is not None else "n/a"
+    out.append(f"total: {t['allocations']} allocations ({t['unfinished']} without an end record), "
+               f"{t['steps']} steps, {t['tokens']} tokens trained ({t['redone_tokens']} redone), "
+               f"{t['device_hours']:.4f} device-hours, MFU {mfu}, goodput "
+               f"{100 * t['goodput']:.1f}%")
+    ds = t["device_seconds"] or 1.0
+    out.append("device time: " + ", ".join(
+        f"{p.replace('_', ' ')} {100 * t['parts'][p] / ds:.1f}%" for p in PARTS))
+    return "\n".join(out)
+
+
+def plot_report(rep: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """A PNG of each allocation's device time by part; returns why not when it cannot."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as e:  # ImportError, or a broken install
+        return f"matplotlib cannot be imported ({type(e).__name__}: {e})"
+    rows = [r for r in rep["allocations"] if r["finished"]]
+    if not rows:
+        return "no finished allocation to plot"
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    x = list(range(1, len(rows) + 1))
+    bottom = [0.0] * len(rows)
+    for p in PARTS:
+        h = [max(0.0, r["parts"][p]) * r["ranks"] / 3600.0 for r in rows]
+        ax.bar(x, h, bottom=bottom, label=p.replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, h)]
+    ax.set_xlabel("allocation")
+    ax.set_ylabel("device-hours")
+    t = rep["total"]
+    ax.set_title(f"goodput {100 * t['goodput']:.1f}% of {t['device_hours']:.3f} device-hours")
+    ax.set_xticks(x)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path))
+    plt.close(fig)
+    return None
