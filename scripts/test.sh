@@ -119,9 +119,9 @@ else
     -DNURI_BUILD_EXAMPLES=ON -DNURI_MPI=OFF
   section "build build-emu-fast/ (test_device_train, test_dp_device, nuri-train, bench_comm_gpu)"
   cmake --build build-emu-fast --parallel "$jobs" --target test_device_train test_dp_device \
-    test_memory_limit_device nuri-train bench_comm_gpu
+    test_memory_limit_device test_plan_device nuri-train bench_comm_gpu
   section "ctest -L emu build-emu-fast/ (training on cuda-emu vs the CPU; over emulated NCCL)"
-  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|Recomputation|Stages|emu\.dp\.|emu\.bench\.' \
+  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|Recomputation|Stages|emu\.dp\.|emu\.plan|emu\.bench\.' \
     --output-on-failure --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
 fi
 

@@ -2,6 +2,8 @@
 // FLOPs and bytes over a device profile, and the search over an allocation's layouts.
 #include "nuri/train/plan.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdarg>
@@ -125,6 +127,7 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   j["peak_flops"] = p.peak_flops;
   j["matmul_flops"] = p.matmul_flops;
   j["matmul_half_width"] = p.matmul_half_width;
+  if (!p.matmul_by_width.empty()) j["matmul_by_width"] = p.matmul_by_width;
   j["attention_flops"] = p.attention_flops;
   j["memory_bandwidth"] = p.memory_bandwidth;
   j["intra_node_bandwidth"] = p.intra_node_bandwidth;
@@ -163,6 +166,18 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   p.memory_bytes = int64_t(mem);
   p.devices_per_node = int(per_node);
   p.matmul_half_width = j.value("matmul_half_width", 0.0);
+  if (j.contains("matmul_by_width")) {
+    try {
+      p.matmul_by_width = j["matmul_by_width"].get<std::vector<std::pair<double, double>>>();
+    } catch (const nlohmann::json::exception&) {
+      NURI_CHECK(false, origin, ": \"matmul_by_width\" must be a list of [width, FLOP/s] pairs");
+    }
+    for (size_t i = 0; i < p.matmul_by_width.size(); ++i) {
+      const auto [k, f] = p.matmul_by_width[i];
+      NURI_CHECK(k > 0 && f > 0 && (i == 0 || k > p.matmul_by_width[i - 1].first), origin,
+                 ": \"matmul_by_width\" needs positive widths, increasing, and positive FLOP/s");
+    }
+  }
   p.name = j.value("name", origin);
   p.gpu = j.value("gpu", true);
   p.source = j.value("source", "");
@@ -183,6 +198,17 @@ DeviceProfile device_profile(const std::string& name_or_path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return device_profile_from_json(ss.str(), name_or_path);
+}
+
+double DeviceProfile::matmul_rate(double k) const {
+  const auto& t = matmul_by_width;
+  if (t.empty()) return matmul_flops * k / (k + matmul_half_width);
+  if (k <= t.front().first) return t.front().second;
+  if (k >= t.back().first) return t.back().second;
+  size_t i = 1;
+  while (t[i].first < k) ++i;
+  const double a = std::log(t[i - 1].first), b = std::log(t[i].first), x = std::log(k);
+  return t[i - 1].second + (t[i].second - t[i - 1].second) * (x - a) / (b - a);
 }
 
 std::string Layout::str() const {
@@ -373,8 +399,7 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     }
     if (s == l.pp - 1) products += u.head;
     const double tokens = double(bt) / double(l.tp);  // each rank does 1/tp of the work
-    const double rate = dev.matmul_flops * double(cfg.d_model) /
-                        (double(cfg.d_model) + dev.matmul_half_width);
+    const double rate = dev.matmul_rate(double(cfg.d_model));
     const double compute = tokens * (products / rate + attention / dev.attention_flops);
     ActivationShape a;
     a.b = l.micro_batch;
@@ -451,22 +476,23 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
 
 namespace {
 
-// Seconds per call of fn: repeated until `budget` seconds have passed (after one warm-up call).
+// Seconds per call of fn: the median of at least five timed calls (after one warm-up), as many
+// as `budget` seconds allow. The median, as other work on the machine only ever adds time.
 template <class F>
 double time_per_call(Backend& be, double budget, F&& fn) {
   using Clock = std::chrono::steady_clock;
   fn();
   be.synchronize();
-  int calls = 0;
+  std::vector<double> calls;
   const auto t0 = Clock::now();
-  double elapsed = 0;
-  do {
+  while (calls.size() < 5 || std::chrono::duration<double>(Clock::now() - t0).count() < budget) {
+    const auto c0 = Clock::now();
     fn();
     be.synchronize();
-    ++calls;
-    elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-  } while (elapsed < budget);
-  return elapsed / calls;
+    calls.push_back(std::chrono::duration<double>(Clock::now() - c0).count());
+  }
+  std::nth_element(calls.begin(), calls.begin() + calls.size() / 2, calls.end());
+  return calls[calls.size() / 2];
 }
 
 Tensor filled(Backend& be, const Shape& shape, DType dt, float value) {
@@ -502,20 +528,18 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
   DeviceProfile p = base;
   const DType dt = be.compute_dtype();
   p.gpu = !be.device().is_cpu();
-  // Products at a narrow and a wide inner width (M = 2048 rows, N = 4K), fitted to
-  // rate(K) = R · K / (K + K0).
-  const double k1 = 128, k2 = 1024;
-  const double r1 = product_speed(be, dt, 2048, int64_t(k1), 4 * int64_t(k1), budget);
-  const double r2 = product_speed(be, dt, 2048, int64_t(k2), 4 * int64_t(k2), budget);
-  // r1 (k1 + K0) / k1 = r2 (k2 + K0) / k2  =>  K0 = (r2 - r1) / (r1 / k1 - r2 / k2)
-  double k0 = 0;
-  if (r2 > r1) k0 = std::max(0.0, (r2 - r1) / (r1 / k1 - r2 / k2));
-  p.matmul_half_width = k0;
-  p.matmul_flops = r2 * (k2 + k0) / k2;
+  // Products of 1024 rows at inner widths 64 .. 2048 (N = 4K, a transformer's MLP shape).
+  p.matmul_by_width.clear();
+  for (int64_t k = 64; k <= 2048; k *= 2) {
+    p.matmul_by_width.push_back({double(k), product_speed(be, dt, 1024, k, 4 * k, budget / 2)});
+  }
+  p.matmul_flops = 0;
+  for (const auto& [k, f] : p.matmul_by_width) p.matmul_flops = std::max(p.matmul_flops, f);
+  p.matmul_half_width = 0;
   // Causal attention, forward and backward (the FLOPs unit_costs counts: 3 · 2 · T · H · D a
   // token, the mask halving the products).
   {
-    const int64_t b = 4, t = 256, h = 4, d = 64;
+    const int64_t b = 4, t = 512, h = 4, d = 64;
     const Tensor q = filled(be, {b, t, h, d}, dt, 0.01f), k = filled(be, {b, t, h, d}, dt, 0.01f),
                  v = filled(be, {b, t, h, d}, dt, 0.01f);
     const Tensor out = be.empty({b, t, h, d}, dt), lse = be.empty({b, h, t});
@@ -541,7 +565,7 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
     AdamWTensor a{filled(be, {n}, DType::f32, 0.01f), filled(be, {n}, DType::f32, 0.01f),
                   filled(be, {n}, DType::f32, 0.f), filled(be, {n}, DType::f32, 0.f), true};
     AdamWParams hp;
-    const double s = time_per_call(be, budget, [&] {
+    const double s = time_per_call(be, 2 * budget, [&] {
       be.layernorm(x, Tensor(), w, bias, 1e-5f, Tensor(), y, mean, rstd);
       be.layernorm_backward(y, x, w, mean, rstd, Tensor(), ds, dw, db, false);
       be.gelu(big, act);
@@ -565,7 +589,11 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
     p.collective_latency = time_per_call(be, budget / 4, [&] { comm->all_reduce(one); });
     what += ", " + std::to_string(comm->size()) + " ranks over " + comm->backend_name();
   }
-  if (!p.gpu) p.peak_flops = p.matmul_flops;  // no datasheet: MFU against the measured products
+  if (!p.gpu) {
+    p.peak_flops = p.matmul_flops;  // no datasheet: MFU against the measured products
+    p.memory_bytes = int64_t(sysconf(_SC_PHYS_PAGES)) * int64_t(sysconf(_SC_PAGESIZE));
+    p.devices_per_node = 1;
+  }
   p.source = what + (p.gpu ? "; peak FLOP/s and memory: " + base.source : "");
   return p;
 }

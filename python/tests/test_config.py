@@ -31,7 +31,8 @@ def test_the_classes_properties_are_the_schema():
     for section, cls in classes.items():
         keys = [k for k in by_section[section] if not (section == "model" and k == "preset")]
         assert list(cls().to_dict()) == keys, section
-    assert set(by_section[""]) == {"backend", "out", "log_every", "quiet", "expect_val_below"}
+    assert set(by_section[""]) == {"backend", "out", "log_every", "quiet", "expect_val_below",
+                                   "layout", "profile"}
     # Every flag is unique and names its key (dashes for underscores) unless the schema says.
     flags = [s["flag"] for s in ref]
     assert len(set(flags)) == len(flags)
@@ -221,6 +222,8 @@ def test_every_setting_round_trips_through_json_toml_overrides_and_flags(tmp_pat
     ref = nuri.reference()
     values = {s["path"]: other_value(s) for s in ref}
     values["backend"] = "cpu"
+    values["layout"] = "auto"  # the two texts that name one of a few things
+    values["profile"] = "rtx-4090"
     changed = [p for p, v in values.items()
                if v != next(s["default"] for s in ref if s["path"] == p)]
     assert len(changed) >= len(ref) - 6  # all but the few constrained ones differ from defaults

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nuri/model/config.h"
@@ -32,6 +33,11 @@ struct DeviceProfile {
   /// Products of inner width K reach matmul_flops · K / (K + matmul_half_width) (0: all reach
   /// matmul_flops): narrow models' products are slower per FLOP, on a CPU markedly.
   double matmul_half_width = 0;
+  /// Measured instead (calibrate): (K, FLOP/s) by increasing K, interpolated in log K (and
+  /// held at the ends); when given it replaces the two figures above.
+  std::vector<std::pair<double, double>> matmul_by_width;
+  /// FLOP/s a product of inner width k reaches.
+  double matmul_rate(double k) const;
   double attention_flops = 0;  ///< FLOP/s the attention kernels reach (causal FLOPs)
   double memory_bandwidth = 0; ///< bytes/s elementwise work reaches
   double intra_node_bandwidth = 0;  ///< bus bytes/s of a collective inside a node, per device
@@ -52,7 +58,7 @@ DeviceProfile device_profile_from_json(const std::string& json, const std::strin
 class Backend;
 class Communicator;
 
-/// Measures the machine it runs on: products at two widths, attention's forward and backward,
+/// Measures the machine it runs on: products at widths 64 to 2048, attention's forward and backward,
 /// elementwise work (norms, GELU, AdamW) on `backend`, and with a communicator of several ranks
 /// its all-reduce's bus bandwidth and latency (every rank calls it). Returns `base` with the
 /// measured figures replaced (a GPU keeps its datasheet peak for MFU; the CPU's peak becomes

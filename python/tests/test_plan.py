@@ -1,0 +1,125 @@
+"""The planner from Python and the command line (issue #24): plans that list what fits and why
+the rest does not, device profiles (shipped, calibrated here, and refused when malformed), a
+run with layout = auto, and MFU's FLOPs."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+import nuri
+from conftest import run_cli
+
+
+def test_plan_lists_the_layouts_that_fit_best_first():
+    cfg = nuri.ModelConfig.preset("llama-1B")
+    result = nuri.plan(cfg, device="rtx-4090", devices_per_node=4, seq_len=2048, global_batch=16)
+    fits = [e for e in result.entries if e["fits"]]
+    assert fits and len(fits) < len(result.entries)
+    assert all(e["fits"] for e in result.entries[:len(fits)]), "those that fit come first"
+    speeds = [e["tokens_per_second"] for e in fits]
+    assert all(a >= b * 0.998 for a, b in zip(speeds, speeds[1:])), "fastest first"
+    usable = 0.9 * nuri.device_profile("rtx-4090")["memory_bytes"]
+    for e in result.entries:
+        m = e["memory"]
+        parts = sum(m[k] for k in ("parameters", "gradients", "optimizer", "activations",
+                                   "communication", "workspace"))
+        assert m["step"] == parts and m["peak"] == max(parts, m["construction"])
+        assert e["fits"] == (m["peak"] <= usable), e["layout"]["summary"]
+        layout = e["layout"]
+        assert layout["dp"] * layout["tp"] * layout["pp"] == 4
+        assert layout["dp"] * layout["micro_batch"] * layout["grad_accum"] == 16
+    assert "do not fit" in result.text and " 1. " in result.text
+    # One entry again, through estimate_memory: the same bytes.
+    e = fits[0]
+    again = nuri.estimate_memory(cfg, {k: v for k, v in e["layout"].items() if k != "summary"},
+                                 2048, "rtx-4090", stage=e["worst_stage"])
+    assert again["peak"] == e["memory"]["peak"]
+
+
+def test_mfu_flops_are_the_documented_formula():
+    cfg = nuri.ModelConfig.preset("gpt2-124M")
+    c, L, T, V = cfg.d_model, cfg.n_layer, 1024, (cfg.vocab_size + 63) // 64 * 64
+    block = 4 * c * c + 2 * c * cfg.d_ff  # qkv, proj, fc, fc proj
+    want = 6 * (L * block + V * c) + L * 6 * 2 * T * c / 2
+    assert nuri.model_flops_per_token(cfg, T) == pytest.approx(want, rel=1e-12)
+
+
+def test_device_profiles_read_back_and_refuse_malformed_files(tmp_path):
+    assert {"h100-sxm-80gb", "a100-sxm-80gb", "rtx-4090", "rtx-3090", "cpu"} <= set(
+        nuri.device_profile_names())
+    h100 = nuri.device_profile("h100-sxm-80gb")
+    assert h100["peak_flops"] == pytest.approx(989.4e12) and "datasheet" in h100["source"]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(h100))
+    assert nuri.device_profile(str(path)) == h100
+    with pytest.raises(nuri.Error, match="unknown device 'h200'.*h100-sxm-80gb"):
+        nuri.device_profile("h200")
+    bad = dict(h100)
+    del bad["matmul_flops"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(nuri.Error, match='needs "matmul_flops"'):
+        nuri.device_profile(str(path))
+    path.write_text("{not json")
+    with pytest.raises(nuri.Error, match="not a device profile"):
+        nuri.device_profile(str(path))
+
+
+def test_calibrate_measures_this_machine_into_a_profile_file(tmp_path):
+    out = tmp_path / "cpu.json"
+    prof = nuri.calibrate("cpu", out=str(out), seconds_per_probe=0.02)
+    assert prof["gpu"] is False and "measured by nuri calibrate" in prof["source"]
+    assert prof["matmul_flops"] > 1e8 and prof["attention_flops"] > 1e7
+    assert prof["memory_bandwidth"] > 1e7 and prof["peak_flops"] == prof["matmul_flops"]
+    widths = [k for k, _ in prof["matmul_by_width"]]
+    assert widths == sorted(widths) and widths[0] == 64 and widths[-1] == 2048
+    assert nuri.device_profile(str(out)) == prof
+    # The planner takes the file.
+    cfg = nuri.ModelConfig.preset("gpt2-tiny")
+    t = nuri.estimate_step_time(cfg, {"micro_batch": 4}, 64, str(out))
+    assert t["total"] > 0 and t["compute"] > 0 and t["dp_comm"] == 0
+
+
+def test_plan_command_line(tmp_path):
+    proc = run_cli("plan", "--preset", "gpt2-350M", "--device", "rtx-3090",
+                   "--devices-per-node", "2", "--seq-len", "1024", "--rows", "3", cwd=tmp_path)
+    assert "2 x rtx-3090" in proc.stdout and " 1. dp " in proc.stdout
+    proc = run_cli("plan", "--preset", "gpt2-350M", "--device", "rtx-3090", "--json",
+                   "--devices-per-node", "2", "--seq-len", "1024", "--rows", "2", cwd=tmp_path)
+    entries = json.loads(proc.stdout)
+    assert len(entries) == 2 and entries[0]["fits"]
+    # Nothing fits: exit 3 and say what to change.
+    proc = run_cli("plan", "--preset", "llama-1B", "--device", "cpu", "--seq-len", "2048",
+                   "--usable", "0.0001", cwd=tmp_path, expect=3)
+    assert "nothing fits" in proc.stdout
+    proc = run_cli("plan", "--preset", "gpt2-124M", "--device", "nope", cwd=tmp_path, expect=1)
+    assert "unknown device 'nope'" in proc.stderr
+
+
+def test_a_run_with_layout_auto_takes_the_plans_first_choice(tmp_path):
+    cfg = nuri.RunConfig()
+    cfg.preset = "gpt2-tiny"
+    cfg.train.steps = 2
+    cfg.train.seq_len = 32
+    cfg.train.micro_batch = 2
+    cfg.train.grad_accum = 2
+    cfg.sample.max_new_tokens = 0
+    cfg.layout = "auto"
+    cfg.out = str(tmp_path / "run")
+    out = io.StringIO()
+    result = nuri.run(cfg, stream=out, plot=False)
+    assert result["status"] == 0
+    text = out.getvalue()
+    assert "layout auto (cpu): dp 1 x tp 1 x pp 1" in text, text
+    ledger = [json.loads(l) for l in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in ledger] == ["start", "end"]
+    assert ledger[0]["tokens_per_step"] == 2 * 2 * 32  # the global batch kept
+    with pytest.raises(nuri.ConfigError, match="layout: 'sideways' is neither manual nor auto"):
+        cfg.layout = "sideways"
+        cfg.validate()
+    cfg.layout = "auto"
+    cfg.profile = "h200"
+    with pytest.raises(nuri.ConfigError, match="profile: unknown device 'h200'"):
+        cfg.validate()
