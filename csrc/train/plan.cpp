@@ -113,6 +113,36 @@ PipelineStage stage_of(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
 
 }  // namespace
 
+namespace {
+
+// A (width, rate) table by increasing width, interpolated in log width and held at its ends.
+double by_width(const std::vector<std::pair<double, double>>& t, double w) {
+  if (w <= t.front().first) return t.front().second;
+  if (w >= t.back().first) return t.back().second;
+  size_t i = 1;
+  while (t[i].first < w) ++i;
+  const double a = std::log(t[i - 1].first), b = std::log(t[i].first), x = std::log(w);
+  return t[i - 1].second + (t[i].second - t[i - 1].second) * (x - a) / (b - a);
+}
+
+std::vector<std::pair<double, double>> width_table(const nlohmann::json& j, const char* key,
+                                                   const std::string& origin) {
+  std::vector<std::pair<double, double>> t;
+  if (!j.contains(key)) return t;
+  try {
+    t = j[key].get<std::vector<std::pair<double, double>>>();
+  } catch (const nlohmann::json::exception&) {
+    NURI_CHECK(false, origin, ": \"", key, "\" must be a list of [width, rate] pairs");
+  }
+  for (size_t i = 0; i < t.size(); ++i) {
+    NURI_CHECK(t[i].first > 0 && t[i].second > 0 && (i == 0 || t[i].first > t[i - 1].first),
+               origin, ": \"", key, "\" needs positive widths, increasing, and positive rates");
+  }
+  return t;
+}
+
+}  // namespace
+
 std::vector<std::string> device_profile_names() {
   std::vector<std::string> out;
   for (const DeviceProfile& p : shipped_profiles()) out.push_back(p.name);
@@ -166,21 +196,7 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   p.memory_bytes = int64_t(mem);
   p.devices_per_node = int(per_node);
   p.matmul_half_width = j.value("matmul_half_width", 0.0);
-  if (j.contains("matmul_by_width")) {
-    try {
-      p.matmul_by_width = j["matmul_by_width"].get<std::vector<std::pair<double, double>>>();
-    } catch (const nlohmann::json::exception&) {
-      NURI_CHECK(false, origin, ": \"matmul_by_width\" must be a list of [width, FLOP/s] pairs");
-    }
-    for (size_t i = 0; i < p.matmul_by_width.size(); ++i) {
-      const auto [k, f] = p.matmul_by_width[i];
-      NURI_CHECK(k > 0 && f > 0 && (i == 0 || k > p.matmul_by_width[i - 1].first), origin,
-                 ": \"matmul_by_width\" needs positive widths, increasing, and positive FLOP/s");
-    }
-  }
-  p.name = j.value("name", origin);
-  p.gpu = j.value("gpu", true);
-  p.source = j.value("source", "");
+  p.matmul_by_width = width_table(j, "matmul_by_width", origin);
   return p;
 }
 
@@ -201,14 +217,8 @@ DeviceProfile device_profile(const std::string& name_or_path) {
 }
 
 double DeviceProfile::matmul_rate(double k) const {
-  const auto& t = matmul_by_width;
-  if (t.empty()) return matmul_flops * k / (k + matmul_half_width);
-  if (k <= t.front().first) return t.front().second;
-  if (k >= t.back().first) return t.back().second;
-  size_t i = 1;
-  while (t[i].first < k) ++i;
-  const double a = std::log(t[i - 1].first), b = std::log(t[i].first), x = std::log(k);
-  return t[i - 1].second + (t[i].second - t[i - 1].second) * (x - a) / (b - a);
+  if (matmul_by_width.empty()) return matmul_flops * k / (k + matmul_half_width);
+  return by_width(matmul_by_width, k);
 }
 
 std::string Layout::str() const {
@@ -385,36 +395,58 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
   const int64_t bt = l.micro_batch * seq_len;
   const int64_t e = dev.gpu ? 2 : 4;
   const double m = double(l.grad_accum);
-  // Per micro-batch on each stage: products at matmul speed, attention at attention speed,
-  // the memory-bound work as the activation bytes written once and read twice.
+  // Per micro-batch on each stage: its products, attention, memory-bound work and collectives;
+  // the slowest stage sets the pace of the pipeline.
   StepTime best;
   double slowest = -1;
   for (int s = 0; s < l.pp; ++s) {
-    double products = 0, attention = 0;
+    // Products: each of a block's four (q/k/v, the attention output, the MLP's up (| gate) and
+    // down) and the head, per token 2·K·N FLOPs a pass, the forward at the speed of its inner
+    // width K, the input gradient at N's, the weight gradient at the rows'; a fully recomputed
+    // block runs its forward twice. Attention at the attention speed (unit_costs' FLOPs).
+    const double c = double(cfg.d_model), hd = double(cfg.head_dim()), tpd = double(l.tp);
+    const double rows = double(bt);
+    auto product = [&](double k, double n, double forwards) {
+      return 2.0 * k * n *
+             (forwards / dev.matmul_rate(k) + 1.0 / dev.matmul_rate(n) + 1.0 / dev.matmul_rate(rows));
+    };
+    const double q = double(cfg.n_head) * hd / tpd, kv = double(cfg.n_kv_head) * hd / tpd;
+    const double up = (cfg.mlp == MlpKind::swiglu ? 2.0 : 1.0) * double(cfg.d_ff) / tpd;
+    const double down = double(cfg.d_ff) / tpd;
+    double per_token = 0, attention = 0;
     for (int64_t b = first[size_t(s)]; b < first[size_t(s) + 1]; ++b) {
-      // A fully recomputed block runs its forward (a third of its cost) twice.
-      const double again = l.recompute == Recompute::full && b % l.recompute_every == 0 ? 4.0 / 3.0 : 1.0;
-      products += again * (u.blocks[size_t(b)] - u.block_attention);
-      attention += again * u.block_attention;
+      const bool again = l.recompute == Recompute::full && b % l.recompute_every == 0;
+      const double fw = again ? 2.0 : 1.0;
+      per_token += product(c, q + 2 * kv, fw) + product(q, c, fw) + product(c, up, fw) +
+                   product(down, c, fw);
+      attention += (again ? 4.0 / 3.0 : 1.0) * u.block_attention / tpd;
     }
-    if (s == l.pp - 1) products += u.head;
-    const double tokens = double(bt) / double(l.tp);  // each rank does 1/tp of the work
-    const double rate = dev.matmul_rate(double(cfg.d_model));
-    const double compute = tokens * (products / rate + attention / dev.attention_flops);
-    ActivationShape a;
-    a.b = l.micro_batch;
-    a.t = seq_len;
-    a.act = dev.gpu ? DType::bf16 : DType::f32;
-    a.place = {0, l.tp};
-    a.sp = l.sp && l.tp > 1;
-    a.stage = l.pp > 1 ? PipelineStage{first[size_t(s)], first[size_t(s) + 1]} : PipelineStage{};
-    const double kept = double(activation_bytes(cfg, a));
-    // Recomputation writes again what it dropped (and reads its inputs): twice those bytes.
-    ActivationShape r = a;
-    r.recompute = l.recompute;
-    r.every = l.recompute_every;
-    const double dropped = kept - double(activation_bytes(cfg, r));
-    const double elementwise = (3.0 * kept + 2.0 * dropped) / dev.memory_bandwidth;
+    if (s == l.pp - 1) per_token += product(c, double(cfg.padded_vocab()) / tpd, 1.0);
+    const double compute = rows * (per_token + attention / dev.attention_flops);
+    // The memory-bound ops' bytes a token moves (read and written, e bytes an element): per
+    // block the two norms fused with the residual add (forward 4C each, backward 4C each; the
+    // rows of this rank under sp), the activation (GELU: 2F forward, 3F backward; SwiGLU: 3F and
+    // 5F) and RoPE on q and k (forward and backward); recomputation runs the forward's again
+    // (selective: the norms and the activation; full: all of it). The head: the final norm
+    // and the cross-entropy over this rank's vocabulary columns (read, then read and write).
+    const double f = double(cfg.d_ff) / l.tp;
+    const double stream = (l.sp && l.tp > 1) ? c / l.tp : c;
+    const double rope = cfg.position == PositionKind::rope
+                            ? double(cfg.n_head + cfg.n_kv_head) / l.tp * double(cfg.head_dim())
+                            : 0.0;
+    const bool swiglu = cfg.mlp == MlpKind::swiglu;
+    const double norms_fwd = 8 * stream, act_fwd = (swiglu ? 3 : 2) * f, rope_fwd = 2 * rope;
+    const double block_bytes =
+        norms_fwd + 8 * stream + act_fwd + (swiglu ? 5 : 3) * f + 2 * rope_fwd;
+    double moved = 0;
+    for (int64_t b = first[size_t(s)]; b < first[size_t(s) + 1]; ++b) {
+      moved += block_bytes;
+      if (l.recompute != Recompute::none && b % l.recompute_every == 0) {
+        moved += norms_fwd + act_fwd + (l.recompute == Recompute::full ? rope_fwd : 0.0);
+      }
+    }
+    if (s == l.pp - 1) moved += 8 * stream + 3.0 * double(cfg.padded_vocab()) / l.tp;
+    const double elementwise = double(e) * double(bt) * moved / dev.memory_bandwidth;
     // Tensor parallelism: per block two all-reduces of the stream forward and two backward
     // (sequence parallelism: reduce-scatters and all-gathers, the same bus bytes), plus one
     // forward again for a fully recomputed block; the embedding's and the head's sums.
@@ -431,10 +463,11 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     // Pipeline: the stream's two tensors forward and its gradient back, point to point.
     double pp = 0;
     if (l.pp > 1) {
-      const bool cross = int64_t(l.tp) * l.dp >= per_node;
+      // Consecutive stages are tp · dp ranks apart: on another node once that fills one.
+      const bool cross = nodes > 1 && int64_t(l.tp) * l.dp >= per_node;
       const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
-      const double rows = a.sp ? double(bt) / l.tp : double(bt);
-      pp = 3.0 * double(e) * rows * double(cfg.d_model) / bw + 2 * dev.collective_latency;
+      const double sent = (l.sp && l.tp > 1) ? double(bt) / l.tp : double(bt);
+      pp = 3.0 * double(e) * sent * double(cfg.d_model) / bw + 2 * dev.collective_latency;
     }
     const double per_micro = compute + elementwise + tp + pp;
     if (per_micro > slowest) {
@@ -652,7 +685,8 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               const double tokens = double(global) * double(r.seq_len);
               p.tokens_per_second = tokens / p.time.total();
               p.mfu = model_flops * p.tokens_per_second / (double(world) * dev.peak_flops);
-              p.hfu = hardware_flops_per_token(cfg, r.seq_len, rc) * p.tokens_per_second /
+              p.hfu = hardware_flops_per_token(cfg, r.seq_len, rc, l.recompute_every) *
+                      p.tokens_per_second /
                       (double(world) * dev.peak_flops);
               out.push_back(p);
             }

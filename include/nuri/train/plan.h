@@ -1,8 +1,9 @@
 // The planner (issue #24): for a model, a kind of device and an allocation, which layouts fit
 // and how fast each would train. Memory comes from the formulas the model and the parallel
 // layers expose for what they allocate (activation_plan, pipeline_buffers, plan_buckets,
-// unit_ranges: the tests hold each to the allocators' counts); time from the training FLOPs
-// (unit_costs) and the bytes each collective moves, over a device profile's speeds, which
+// unit_ranges: the tests hold each to the allocators' counts); time from each product's FLOPs
+// at the speed of its width, attention's FLOPs (unit_costs), the bytes the memory-bound ops and
+// each collective move, over a device profile's speeds, which
 // `nuri calibrate` measures on the machine at hand and shipped profiles give for common GPUs.
 //
 // MFU, defined once (docs: README "Planning an allocation"): model FLOPs per token × tokens/s
