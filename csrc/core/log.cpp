@@ -3,6 +3,7 @@
 #include "nuri/core/log.h"
 
 #include <atomic>
+#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +34,18 @@ void log_message(LogLevel level, const std::string& msg) {
   static const char* names[] = {"debug", "info", "warn", "error"};
   std::string line = "[nuri " + std::string(names[int(level)]) + "] " + msg + "\n";
   std::fwrite(line.data(), 1, line.size(), stderr);
+}
+
+std::string strprintf(const char* format, ...) {
+  va_list ap, again;
+  va_start(ap, format);
+  va_copy(again, ap);
+  const int n = std::vsnprintf(nullptr, 0, format, ap);
+  va_end(ap);
+  std::string out(size_t(n > 0 ? n : 0), '\0');
+  if (n > 0) std::vsnprintf(out.data(), size_t(n) + 1, format, again);
+  va_end(again);
+  return out;
 }
 
 }  // namespace nuri

@@ -17,6 +17,7 @@
 #include "nuri/core/allocator.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/core/error.h"
+#include "nuri/core/log.h"
 #include "nuri/model/memory.h"
 #include "nuri/parallel/data_parallel.h"
 #include "nuri/parallel/pipeline.h"
@@ -29,15 +30,6 @@ namespace {
 
 constexpr double kGiB = double(int64_t(1) << 30);
 
-std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
-std::string fmt(const char* f, ...) {
-  char buf[512];
-  va_list ap;
-  va_start(ap, f);
-  std::vsnprintf(buf, sizeof buf, f, ap);
-  va_end(ap);
-  return buf;
-}
 
 // The shipped profiles. Peak FLOP/s, memory and bandwidths are the vendors' published figures
 // (dense bf16 with f32 accumulation); what products and attention reach of the peak is an
@@ -158,6 +150,8 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   j["matmul_flops"] = p.matmul_flops;
   j["matmul_half_width"] = p.matmul_half_width;
   if (!p.matmul_by_width.empty()) j["matmul_by_width"] = p.matmul_by_width;
+  if (!p.attention_by_head_dim.empty()) j["attention_by_head_dim"] = p.attention_by_head_dim;
+
   j["attention_flops"] = p.attention_flops;
   j["memory_bandwidth"] = p.memory_bandwidth;
   j["intra_node_bandwidth"] = p.intra_node_bandwidth;
@@ -197,6 +191,8 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   p.devices_per_node = int(per_node);
   p.matmul_half_width = j.value("matmul_half_width", 0.0);
   p.matmul_by_width = width_table(j, "matmul_by_width", origin);
+  p.attention_by_head_dim = width_table(j, "attention_by_head_dim", origin);
+
   return p;
 }
 
@@ -221,19 +217,23 @@ double DeviceProfile::matmul_rate(double k) const {
   return by_width(matmul_by_width, k);
 }
 
+double DeviceProfile::attention_rate(double d) const {
+  return attention_by_head_dim.empty() ? attention_flops : by_width(attention_by_head_dim, d);
+}
+
 std::string Layout::str() const {
-  std::string s = fmt("dp %d x tp %d x pp %d, ZeRO %d, recompute %s", dp, tp, pp, zero,
+  std::string s = strprintf("dp %d x tp %d x pp %d, ZeRO %d, recompute %s", dp, tp, pp, zero,
                       recompute_name(recompute));
   if (recompute != Recompute::none && recompute_every > 1) {
-    s += fmt(" every %lld", (long long)recompute_every);
+    s += strprintf(" every %lld", (long long)recompute_every);
   }
   if (sp) s += ", sp";
-  return s + fmt(", micro-batch %lld x %lld", (long long)micro_batch, (long long)grad_accum);
+  return s + strprintf(", micro-batch %lld x %lld", (long long)micro_batch, (long long)grad_accum);
 }
 
 std::string MemoryPlan::str() const {
   auto g = [](int64_t b) { return double(b) / kGiB; };
-  return fmt("%.2f GiB: parameters %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
+  return strprintf("%.2f GiB: parameters %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
              "communication %.2f, workspace %.2f (construction %.2f)",
              g(peak()), g(parameters), g(gradients), g(optimizer), g(activations),
              g(communication), g(workspace), g(construction));
@@ -401,14 +401,14 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
   double slowest = -1;
   for (int s = 0; s < l.pp; ++s) {
     // Products: each of a block's four (q/k/v, the attention output, the MLP's up (| gate) and
-    // down) and the head, per token 2·K·N FLOPs a pass, the forward at the speed of its inner
-    // width K, the input gradient at N's, the weight gradient at the rows'; a fully recomputed
-    // block runs its forward twice. Attention at the attention speed (unit_costs' FLOPs).
+    // down) and the head, per token 2·K·N FLOPs a pass (forward, input and weight gradients) at
+    // the speed of the product's smallest dimension (rows, K or N: calibrate's table is by
+    // it); a fully recomputed block runs its forward twice. Attention at the attention speed
+    // (unit_costs' FLOPs).
     const double c = double(cfg.d_model), hd = double(cfg.head_dim()), tpd = double(l.tp);
     const double rows = double(bt);
     auto product = [&](double k, double n, double forwards) {
-      return 2.0 * k * n *
-             (forwards / dev.matmul_rate(k) + 1.0 / dev.matmul_rate(n) + 1.0 / dev.matmul_rate(rows));
+      return 2.0 * k * n * (forwards + 2.0) / dev.matmul_rate(std::min({k, n, rows}));
     };
     const double q = double(cfg.n_head) * hd / tpd, kv = double(cfg.n_kv_head) * hd / tpd;
     const double up = (cfg.mlp == MlpKind::swiglu ? 2.0 : 1.0) * double(cfg.d_ff) / tpd;
@@ -422,7 +422,7 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
       attention += (again ? 4.0 / 3.0 : 1.0) * u.block_attention / tpd;
     }
     if (s == l.pp - 1) per_token += product(c, double(cfg.padded_vocab()) / tpd, 1.0);
-    const double compute = rows * (per_token + attention / dev.attention_flops);
+    const double compute = rows * (per_token + attention / dev.attention_rate(hd));
     // The memory-bound ops' bytes a token moves (read and written, e bytes an element): per
     // block the two norms fused with the residual add (forward 4C each, backward 4C each; the
     // rows of this rank under sp), the activation (GELU: 2F forward, 3F backward; SwiGLU: 3F and
@@ -570,21 +570,27 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
   for (const auto& [k, f] : p.matmul_by_width) p.matmul_flops = std::max(p.matmul_flops, f);
   p.matmul_half_width = 0;
   // Causal attention, forward and backward (the FLOPs unit_costs counts: 3 · 2 · T · H · D a
-  // token, the mask halving the products).
-  {
-    const int64_t b = 4, t = 512, h = 4, d = 64;
+  // token, the mask halving the products), at head dims 32 (not on a GPU: its kernels take 64
+  // and 128), 64 and 128; H · D = 256.
+  p.attention_by_head_dim.clear();
+  for (const int64_t d : {32, 64, 128}) {
+    if (d == 32 && p.gpu) continue;
+    const int64_t b = 4, t = 512, h = 256 / d;
     const Tensor q = filled(be, {b, t, h, d}, dt, 0.01f), k = filled(be, {b, t, h, d}, dt, 0.01f),
                  v = filled(be, {b, t, h, d}, dt, 0.01f);
     const Tensor out = be.empty({b, t, h, d}, dt), lse = be.empty({b, h, t});
     const Tensor dq = be.empty({b, t, h, d}, dt), dk = be.empty({b, t, h, d}, dt),
                  dv = be.empty({b, t, h, d}, dt);
     AttentionOptions causal;
-    const double s = time_per_call(be, budget, [&] {
+    const double s = time_per_call(be, budget / 2, [&] {
       be.attention(q, k, v, out, lse, causal);
       be.attention_backward(q, k, v, out, lse, out, dq, dk, dv, causal);
     });
-    p.attention_flops = 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s;
+    p.attention_by_head_dim.push_back(
+        {double(d), 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s});
   }
+  p.attention_flops = 0;
+  for (const auto& [d, f] : p.attention_by_head_dim) p.attention_flops = std::max(p.attention_flops, f);
   // Elementwise: a layernorm's forward and backward, GELU's, and AdamW, counted as the bytes
   // they read and write.
   {
@@ -678,7 +684,7 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               p.memory = estimate_peak_memory(cfg, l, r.seq_len, dev, &p.worst_stage);
               p.fits = p.memory.peak() <= limit;
               if (!p.fits) {
-                p.why = fmt("needs %.1f GiB on stage %d, %.1f GiB usable", p.memory.peak() / kGiB,
+                p.why = strprintf("needs %.1f GiB on stage %d, %.1f GiB usable", p.memory.peak() / kGiB,
                             p.worst_stage, double(limit) / kGiB);
               }
               p.time = estimate_step_time(cfg, l, r.seq_len, dev, r.nodes);
@@ -711,13 +717,13 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
 std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entries, int rows) {
   const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
   const int world = per_node * r.nodes;
-  std::string s = fmt("%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n",
+  std::string s = strprintf("%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n",
                       world, r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
                       double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction,
                       (long long)r.seq_len);
   int fit = 0;
   for (const PlanEntry& e : entries) fit += e.fits ? 1 : 0;
-  s += fmt("%d of %zu layouts fit; best first (memory per device, GiB: parameters gradients "
+  s += strprintf("%d of %zu layouts fit; best first (memory per device, GiB: parameters gradients "
            "optimizer activations communication workspace)\n",
            fit, entries.size());
   auto g = [](int64_t b) { return double(b) / kGiB; };
@@ -725,22 +731,22 @@ std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entr
   for (const PlanEntry& e : entries) {
     if (!e.fits || shown >= rows) break;
     const MemoryPlan& m = e.memory;
-    s += fmt("%2d. %s\n    %.1f GiB (%.1f %.1f %.1f %.1f %.1f %.1f) | step %.3f s | %.0f tok/s | "
+    s += strprintf("%2d. %s\n    %.1f GiB (%.1f %.1f %.1f %.1f %.1f %.1f) | step %.3f s | %.0f tok/s | "
              "MFU %.1f%%%s\n",
              ++shown, e.layout.str().c_str(), g(m.peak()), g(m.parameters), g(m.gradients),
              g(m.optimizer), g(m.activations), g(m.communication), g(m.workspace),
              e.time.total(), e.tokens_per_second, 100 * e.mfu,
-             e.layout.recompute == Recompute::full ? fmt(" (HFU %.1f%%)", 100 * e.hfu).c_str()
+             e.layout.recompute == Recompute::full ? strprintf(" (HFU %.1f%%)", 100 * e.hfu).c_str()
                                                    : "");
   }
   if (fit < int(entries.size())) {
     // The nearest misses, and what fills them.
-    s += fmt("%zu do not fit; the smallest of them:\n", entries.size() - size_t(fit));
+    s += strprintf("%zu do not fit; the smallest of them:\n", entries.size() - size_t(fit));
     int listed = 0;
     for (const PlanEntry& e : entries) {
       if (e.fits) continue;
       if (++listed > 3) break;
-      s += fmt("  %s: %s\n    %s\n", e.layout.str().c_str(), e.why.c_str(),
+      s += strprintf("  %s: %s\n    %s\n", e.layout.str().c_str(), e.why.c_str(),
                e.memory.str().c_str());
     }
   }

@@ -20,6 +20,7 @@
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
 #include "nuri/core/build_info.h"
+#include "nuri/core/log.h"
 #include "nuri/data/corpus.h"
 #include "nuri/dist/launch.h"
 #include "nuri/train/ledger.h"
@@ -38,17 +39,8 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-std::string fmt(const char* format, ...) __attribute__((format(printf, 1, 2)));
-std::string fmt(const char* format, ...) {
-  char buf[1024];
-  va_list ap;
-  va_start(ap, format);
-  std::vsnprintf(buf, sizeof buf, format, ap);
-  va_end(ap);
-  return buf;
-}
 
-std::string duration(double s) { return fmt("%dm%02ds", int(s) / 60, int(s) % 60); }
+std::string duration(double s) { return strprintf("%dm%02ds", int(s) / 60, int(s) % 60); }
 
 // How long before run_training's start the allocation began: the process's start for the first
 // run in a process (launch, imports, the communicator), none for later ones.
@@ -114,7 +106,7 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   c.train.micro_batch = l.micro_batch;
   c.train.grad_accum = l.grad_accum;
   c.validate();
-  *line = fmt("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%",
+  *line = strprintf("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%",
               profile.name.c_str(), l.str().c_str(),
               double(plan.front().memory.peak()) / double(int64_t(1) << 30),
               plan.front().tokens_per_second, 100 * plan.front().mfu);
@@ -157,7 +149,7 @@ class Output {
     if (rewrite_ && elapsed - shown_at_ < 0.1 && st.step != total_) return;
     shown_at_ = elapsed;
     const std::string text =
-        fmt("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s",
+        strprintf("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s",
             (long long)st.step, (long long)total_, st.loss, st.lr, st.grad_norm, tok_per_s,
             duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
     if (rewrite_) {
@@ -308,14 +300,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const TrainConfig& tc = cfg.train;
   const char* threads = std::getenv("OMP_NUM_THREADS");
   out.line("data: " + what);
-  out.line(fmt("model: %s (%.2fM parameters) | %s | backend %s",
+  out.line(strprintf("model: %s (%.2fM parameters) | %s | backend %s",
                cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
                double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(), backend.c_str()));
-  out.line(fmt("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
+  out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
                (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
                (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
   if (const DataParallel* dp = trainer.data_parallel()) {
-    out.line(fmt(
+    out.line(strprintf(
         "data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
         "%lld sequences, %zu gradient buckets%s",
         dp->world(), launcher_name(pg.launch.launcher), dp->comm().backend_name().c_str(),
@@ -324,18 +316,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         dp->overlapping() ? " overlapped with the backward" : " reduced after the backward"));
   }
   if (const TensorParallel* tpc = trainer.tensor_parallel()) {
-    out.line(fmt("tensor parallel: %d ranks a group (activations over %s), grid %s",
+    out.line(strprintf("tensor parallel: %d ranks a group (activations over %s), grid %s",
                  cfg.parallel.tp, tpc->comm().backend_name().c_str(), grid.grid.str().c_str()));
   }
   if (trainer.pipeline()) {
-    out.line(fmt("pipeline parallel: %d stages, %s, 1F1B over %lld micro-batches (bubble "
+    out.line(strprintf("pipeline parallel: %d stages, %s, 1F1B over %lld micro-batches (bubble "
                  "(p-1)/(m+p-1) = %.0f%%), grid %s",
                  cfg.parallel.pp, stages_summary(cfg.model, stage_first, tc.seq_len).c_str(),
                  (long long)tc.grad_accum,
                  100 * pipeline_bubble_formula(cfg.parallel.pp, int(tc.grad_accum)),
                  grid.grid.str().c_str()));
   }
-  out.line(fmt("validation: unigram baseline %.3f nats/token", baseline));
+  out.line(strprintf("validation: unigram baseline %.3f nats/token", baseline));
 
   // The ledger of allocations, in the checkpoint directory (else the run directory), and the
   // most steps an earlier allocation reached (steps up to it are redone work).
@@ -347,7 +339,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
     ledger = RunLedger(
         ledger_dir,
-        fmt("\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
+        strprintf("\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
             "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
             pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
             model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops,
@@ -375,7 +367,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     Span timed(parts.checkpoint_load);
     const std::string dir = trainer.load_checkpoint(ck.dir);
     const DataPosition pos = trainer.data_position();
-    out.line(fmt("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
+    out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                  (long long)trainer.steps_done(), (long long)pos.epoch, (long long)pos.batch));
   }
   steps_from = result.steps_done = trainer.steps_done();
@@ -404,7 +396,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const bool watch_stops = checkpoints || hooks.interrupted != nullptr;
 
   float val_loss = run_eval();
-  out.line(fmt("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
+  out.line(strprintf("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
 
   // The run directory, once the data and the model are known to work.
   const fs::path dir = cfg.out;
@@ -453,7 +445,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         (tc.eval_every > 0 && st.step % tc.eval_every == 0) || st.step == tc.steps;
     if (evaluate) {
       val_loss = run_eval();
-      out.line(fmt("step %5lld | val loss %.4f (unigram baseline %.3f)", (long long)st.step,
+      out.line(strprintf("step %5lld | val loss %.4f (unigram baseline %.3f)", (long long)st.step,
                    val_loss, baseline));
     }
     if (lead) {
@@ -507,7 +499,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
   if (preempted) {
-    out.line(fmt("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
+    out.line(strprintf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
                  (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
     result.status = kPreemptedExitCode;
     result.seconds = seconds_since(start);
@@ -515,7 +507,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     return result;
   }
   if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
-    out.line(fmt("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
+    out.line(strprintf("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
   if (!cfg.out.empty()) {
     Span timed(parts.checkpoint_save);
@@ -525,13 +517,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                                            grid.coord.dp == 0 && grid.coord.tp == 0) {
     pipe->write_chrome_trace((dir / "timeline.json").string());  // the first pipeline's ranks
     if (lead) {
-      out.line(fmt("pipeline timeline of the last step: %s (rank 0 idle %.0f%% of it)",
+      out.line(strprintf("pipeline timeline of the last step: %s (rank 0 idle %.0f%% of it)",
                    (dir / "timeline.json").string().c_str(), 100 * pipe->measured_bubble()));
     }
   }
   result.seconds = seconds_since(start);
   if (result.stop_reason == "interrupted") {
-    out.line(fmt("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
+    out.line(strprintf("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
                  (long long)tc.steps, duration(result.seconds).c_str(),
                  checkpoints ? ": checkpointed" : ""));
     result.status = kRunInterrupted;
@@ -539,7 +531,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     return result;
   }
   out.line(
-      fmt("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
+      strprintf("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
           "skipped steps; peak memory %.1f MiB (nuri allocator)",
           duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
           (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
@@ -564,13 +556,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const auto gen = trainer.generate(std::vector<int32_t>(enc.begin(), enc.end()), so);
     const std::string text = valid_utf8(sc.prompt + ByteTokenizer().decode(gen));
     if (lead && !cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
-    out.line(fmt("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
+    out.line(strprintf("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
                  (long long)sc.top_k));
     out.line(text);
     out.line("----");
   }
   if (cfg.expect_val_below > 0 && !(val_loss < cfg.expect_val_below)) {
-    out.line(fmt("final validation loss %.4f is not below %.4f (expect_val_below)", val_loss,
+    out.line(strprintf("final validation loss %.4f is not below %.4f (expect_val_below)", val_loss,
                  cfg.expect_val_below));
     result.status = kRunExpectationFailed;
   }

@@ -75,6 +75,7 @@ def test_calibrate_measures_this_machine_into_a_profile_file(tmp_path):
     assert prof["memory_bandwidth"] > 1e7 and prof["peak_flops"] == prof["matmul_flops"]
     widths = [k for k, _ in prof["matmul_by_width"]]
     assert widths == sorted(widths) and widths[0] == 64 and widths[-1] == 2048
+    assert [d for d, _ in prof["attention_by_head_dim"]] == [32, 64, 128]
     assert nuri.device_profile(str(out)) == prof
     # The planner takes the file.
     cfg = nuri.ModelConfig.preset("gpt2-tiny")

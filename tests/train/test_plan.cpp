@@ -51,7 +51,7 @@ struct Case {
   int64_t micro_batch, grad_accum;
 };
 
-std::string name(const Case& c) {
+Layout layout_of(const Case& c) {
   Layout l;
   l.dp = c.dp;
   l.tp = c.tp;
@@ -62,7 +62,11 @@ std::string name(const Case& c) {
   l.sp = c.sp;
   l.micro_batch = c.micro_batch;
   l.grad_accum = c.grad_accum;
-  return std::string(c.llama ? "llama: " : "gpt2: ") + l.str();
+  return l;
+}
+
+std::string name(const Case& c) {
+  return std::string(c.llama ? "llama: " : "gpt2: ") + layout_of(c).str();
 }
 
 // Four blocks: each pipeline stage of 2 or 4 holds one or two. The CPU models split over 4
@@ -170,16 +174,7 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
       for (int i = 0; i < 2; ++i) t.step();
     }
     const double measured = double(m.memory().peak_bytes);
-    Layout l;
-    l.dp = c.dp;
-    l.tp = c.tp;
-    l.pp = c.pp;
-    l.zero = c.zero;
-    l.recompute = c.rc;
-    l.recompute_every = c.every;
-    l.sp = c.sp;
-    l.micro_batch = c.micro_batch;
-    l.grad_accum = c.grad_accum;
+    Layout l = layout_of(c);
     l.bucket_bytes = par.bucket_bytes;
     const MemoryPlan p = estimate_memory(cfg, l, kSeq, dev, g.coord.pp);
     const double predicted = double(p.peak());
@@ -241,8 +236,11 @@ TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {
     EXPECT_EQ(e.layout.world(), 8);
     EXPECT_EQ(e.layout.dp * e.layout.micro_batch * e.layout.grad_accum, 32) << e.layout.str();
     EXPECT_EQ(e.fits, e.memory.peak() <= usable) << e.layout.str();
-    if (i < fit && i + 1 < fit) {
-      EXPECT_GE(e.tokens_per_second, plan[i + 1].tokens_per_second) << "best first";
+    if (i < fit && i + 1 < fit) {  // as fast within 0.2 % counts as one: less memory first
+      EXPECT_GE(e.tokens_per_second * 1.002, plan[i + 1].tokens_per_second) << "best first";
+      if (e.tokens_per_second < plan[i + 1].tokens_per_second) {
+        EXPECT_LE(e.memory.peak(), plan[i + 1].memory.peak());
+      }
     }
     if (!e.fits) {
       EXPECT_NE(e.why.find("GiB"), std::string::npos) << e.why;

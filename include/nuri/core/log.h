@@ -14,6 +14,9 @@ LogLevel log_level();
 void log_set_level(LogLevel level);
 void log_message(LogLevel level, const std::string& msg);
 
+/// printf into a string (of any length): the lines a run and a plan print.
+std::string strprintf(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
 }  // namespace nuri
 
 #define NURI_LOG(level, ...)                                                       \

@@ -31,15 +31,20 @@ struct DeviceProfile {
   int64_t memory_bytes = 0;    ///< per device
   double peak_flops = 0;       ///< dense FLOP/s in the compute dtype: MFU's denominator
   double matmul_flops = 0;     ///< FLOP/s large products reach
-  /// Products of inner width K reach matmul_flops · K / (K + matmul_half_width) (0: all reach
-  /// matmul_flops): narrow models' products are slower per FLOP, on a CPU markedly.
+  /// Products whose smallest dimension is K reach matmul_flops · K / (K + matmul_half_width)
+  /// (0: all reach matmul_flops): narrow models' products are slower per FLOP, on a CPU
+  /// markedly.
   double matmul_half_width = 0;
-  /// Measured instead (calibrate): (K, FLOP/s) by increasing K, interpolated in log K (and
-  /// held at the ends); when given it replaces the two figures above.
+  /// Measured instead (calibrate: 1024 × K times K × 4K): (K, FLOP/s) by increasing K,
+  /// interpolated in log K (and held at the ends); when given it replaces the two above.
   std::vector<std::pair<double, double>> matmul_by_width;
-  /// FLOP/s a product of inner width k reaches.
+  /// FLOP/s a product whose smallest dimension is k reaches.
   double matmul_rate(double k) const;
   double attention_flops = 0;  ///< FLOP/s the attention kernels reach (causal FLOPs)
+  /// Measured instead (calibrate): (head dim, FLOP/s), interpolated as matmul_by_width.
+  std::vector<std::pair<double, double>> attention_by_head_dim;
+  /// FLOP/s attention of head dim d reaches.
+  double attention_rate(double d) const;
   double memory_bandwidth = 0; ///< bytes/s elementwise work reaches
   double intra_node_bandwidth = 0;  ///< bus bytes/s of a collective inside a node, per device
   double inter_node_bandwidth = 0;  ///< the same across nodes
