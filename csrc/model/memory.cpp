@@ -42,9 +42,13 @@ std::vector<PlannedTensor> activation_plan(const ModelConfig& m, const Activatio
   int64_t keep_all = 0, keep_products = 0, keep_input = 0;
   for (int64_t l = first; l < last; ++l) {
     const bool recomputed = s.recompute != Recompute::none && l % s.every == 0;
-    if (!recomputed) ++keep_all;
-    else if (s.recompute == Recompute::selective) ++keep_products;
-    else ++keep_input;
+    if (!recomputed) {
+      ++keep_all;
+    } else if (s.recompute == Recompute::selective) {
+      ++keep_products;
+    } else {
+      ++keep_input;
+    }
   }
   const int slots = s.slots;
   // Per slot: the blocks' own tensors, and the shared copy of each one some block does not keep.

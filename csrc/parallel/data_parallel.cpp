@@ -285,7 +285,8 @@ std::vector<std::pair<int64_t, int64_t>> DataParallel::plan_buckets(
   std::vector<std::pair<int64_t, int64_t>> out;
   for (const auto& [lo, hi] : grad_units) {
     const bool fresh = out.empty() || (out.back().second - out.back().first) * 4 >= bucket_bytes;
-    NURI_ASSERT(fresh || hi == out.back().first, "backward units are not contiguous and descending");
+    NURI_ASSERT(fresh || hi == out.back().first,
+                "backward units are not contiguous and descending");
     if (fresh) out.push_back({lo, hi});
     out.back().first = lo;
   }

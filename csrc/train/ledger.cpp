@@ -18,8 +18,7 @@ namespace nuri {
 namespace {
 
 double unix_now() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 void append(const std::string& path, const std::string& line) {
@@ -70,7 +69,9 @@ int64_t RunLedger::steps_reached(const std::string& dir) {
   for (std::string line; std::getline(in, line);) {
     try {
       const auto j = nlohmann::json::parse(line);
-      if (j.value("event", "") == "end") most = std::max(most, j.value("steps_reached", int64_t(0)));
+      if (j.value("event", "") == "end") {
+        most = std::max(most, j.value("steps_reached", int64_t(0)));
+      }
     } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
     }
   }
@@ -96,14 +97,10 @@ void RunLedger::end(int64_t steps_from, int64_t steps_done, int64_t steps_reache
   j["redone_steps"] = redone_steps;
   j["status"] = status;
   j["reason"] = reason;
-  j["parts"] = {{"startup", p.startup},
-                {"checkpoint_load", p.checkpoint_load},
-                {"evaluation", p.evaluation},
-                {"training", p.training},
-                {"redone", p.redone},
-                {"checkpoint_save", p.checkpoint_save},
-                {"finish", p.finish},
-                {"unaccounted", wall - covered}};
+  j["parts"] = {{"startup", p.startup},       {"checkpoint_load", p.checkpoint_load},
+                {"evaluation", p.evaluation}, {"training", p.training},
+                {"redone", p.redone},         {"checkpoint_save", p.checkpoint_save},
+                {"finish", p.finish},         {"unaccounted", wall - covered}};
   append(path_, j.dump());
 }
 

@@ -6,30 +6,28 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdarg>
 #include <cmath>
+#include <cstdarg>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "nuri/backend/backend.h"
 #include "nuri/core/allocator.h"
-#include "nuri/dist/communicator.h"
 #include "nuri/core/error.h"
 #include "nuri/core/log.h"
+#include "nuri/dist/communicator.h"
 #include "nuri/model/memory.h"
 #include "nuri/parallel/data_parallel.h"
 #include "nuri/parallel/pipeline.h"
-
-#include <nlohmann/json.hpp>
 
 namespace nuri {
 
 namespace {
 
 constexpr double kGiB = double(int64_t(1) << 30);
-
 
 // The shipped profiles. Peak FLOP/s, memory and bandwidths are the vendors' published figures
 // (dense bf16 with f32 accumulation); what products and attention reach of the peak is an
@@ -127,8 +125,8 @@ std::vector<std::pair<double, double>> width_table(const nlohmann::json& j, cons
     NURI_CHECK(false, origin, ": \"", key, "\" must be a list of [width, rate] pairs");
   }
   for (size_t i = 0; i < t.size(); ++i) {
-    NURI_CHECK(t[i].first > 0 && t[i].second > 0 && (i == 0 || t[i].first > t[i - 1].first),
-               origin, ": \"", key, "\" needs positive widths, increasing, and positive rates");
+    NURI_CHECK(t[i].first > 0 && t[i].second > 0 && (i == 0 || t[i].first > t[i - 1].first), origin,
+               ": \"", key, "\" needs positive widths, increasing, and positive rates");
   }
   return t;
 }
@@ -223,7 +221,7 @@ double DeviceProfile::attention_rate(double d) const {
 
 std::string Layout::str() const {
   std::string s = strprintf("dp %d x tp %d x pp %d, ZeRO %d, recompute %s", dp, tp, pp, zero,
-                      recompute_name(recompute));
+                            recompute_name(recompute));
   if (recompute != Recompute::none && recompute_every > 1) {
     s += strprintf(" every %lld", (long long)recompute_every);
   }
@@ -233,16 +231,17 @@ std::string Layout::str() const {
 
 std::string MemoryPlan::str() const {
   auto g = [](int64_t b) { return double(b) / kGiB; };
-  return strprintf("%.2f GiB: parameters %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
-             "communication %.2f, workspace %.2f (construction %.2f)",
-             g(peak()), g(parameters), g(gradients), g(optimizer), g(activations),
-             g(communication), g(workspace), g(construction));
+  return strprintf(
+      "%.2f GiB: parameters %.2f, gradients %.2f, optimizer %.2f, activations %.2f, "
+      "communication %.2f, workspace %.2f (construction %.2f)",
+      g(peak()), g(parameters), g(gradients), g(optimizer), g(activations), g(communication),
+      g(workspace), g(construction));
 }
 
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                            const DeviceProfile& dev, int stage_index) {
-  NURI_CHECK(stage_index >= 0 && stage_index < l.pp, "estimate_memory: stage ", stage_index,
-             " of ", l.pp);
+  NURI_CHECK(stage_index >= 0 && stage_index < l.pp, "estimate_memory: stage ", stage_index, " of ",
+             l.pp);
   const TensorParallelRank place{0, l.tp};
   const PipelineStage stage = stage_of(cfg, l, seq_len, stage_index);
   const std::vector<std::pair<int64_t, int64_t>> units = unit_ranges(cfg, place, stage);
@@ -453,11 +452,13 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     double tp = 0;
     if (l.tp > 1) {
       const double bytes = double(e * bt * cfg.d_model), n = double(l.tp);
-      const double one = 2.0 * (n - 1) / n * bytes / dev.intra_node_bandwidth +
-                         dev.collective_latency;
+      const double one =
+          2.0 * (n - 1) / n * bytes / dev.intra_node_bandwidth + dev.collective_latency;
       const int64_t blocks = first[size_t(s) + 1] - first[size_t(s)];
       double calls = 4.0 * double(blocks) + (s == 0 ? 2.0 : 0.0) + (s == l.pp - 1 ? 2.0 : 0.0);
-      if (l.recompute == Recompute::full) calls += 2.0 * double(ceil_div(blocks, l.recompute_every));
+      if (l.recompute == Recompute::full) {
+        calls += 2.0 * double(ceil_div(blocks, l.recompute_every));
+      }
       tp = calls * one;
     }
     // Pipeline: the stream's two tensors forward and its gradient back, point to point.
@@ -494,8 +495,7 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
     const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
     const double grads = 4.0 * double(psi);
     double bytes = 0;
-    if (l.zero <= 1) bytes += 2 * ring * grads;
-    else bytes += m * ring * grads;
+    bytes += (l.zero <= 1 ? 2 : m) * ring * grads;
     if (l.zero == 1 || l.zero == 2) bytes += ring * double(e) * double(psi);
     if (l.zero == 3) bytes += 2 * m * ring * double(e) * double(psi);
     const double buckets = std::max(1.0, grads / double(l.bucket_bytes));
@@ -505,7 +505,6 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
   }
   return best;
 }
-
 
 namespace {
 
@@ -533,8 +532,11 @@ Tensor filled(Backend& be, const Shape& shape, DType dt, float value) {
   Tensor host = Tensor::empty(shape, dt);
   for (int64_t i = 0; i < host.numel(); ++i) {
     const float x = value * float((i % 13) - 6);
-    if (dt == DType::f32) host.data<float>()[i] = x;
-    else host.data<bf16_t>()[i] = f32_to_bf16(x);
+    if (dt == DType::f32) {
+      host.data<float>()[i] = x;
+    } else {
+      host.data<bf16_t>()[i] = f32_to_bf16(x);
+    }
   }
   Tensor out = be.empty(shape, dt);
   be.copy(host, out);
@@ -590,7 +592,8 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
         {double(d), 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s});
   }
   p.attention_flops = 0;
-  for (const auto& [d, f] : p.attention_by_head_dim) p.attention_flops = std::max(p.attention_flops, f);
+  for (const auto& [d, f] : p.attention_by_head_dim)
+    p.attention_flops = std::max(p.attention_flops, f);
   // Elementwise: a layernorm's forward and backward, GELU's, and AdamW, counted as the bytes
   // they read and write.
   {
@@ -611,8 +614,8 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
       be.gelu_backward(big, act, act);
       be.adamw({a}, hp);
     });
-    const double bytes = double(rows * c * e) * (2 + 4) + double(rows * 4 * c * e) * (2 + 3) +
-                         28.0 * double(n);
+    const double bytes =
+        double(rows * c * e) * (2 + 4) + double(rows * 4 * c * e) * (2 + 3) + 28.0 * double(n);
     p.memory_bandwidth = bytes / s;
   }
   std::string what = "measured by nuri calibrate on " + be.name();
@@ -684,16 +687,15 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               p.memory = estimate_peak_memory(cfg, l, r.seq_len, dev, &p.worst_stage);
               p.fits = p.memory.peak() <= limit;
               if (!p.fits) {
-                p.why = strprintf("needs %.1f GiB on stage %d, %.1f GiB usable", p.memory.peak() / kGiB,
-                            p.worst_stage, double(limit) / kGiB);
+                p.why = strprintf("needs %.1f GiB on stage %d, %.1f GiB usable",
+                                  p.memory.peak() / kGiB, p.worst_stage, double(limit) / kGiB);
               }
               p.time = estimate_step_time(cfg, l, r.seq_len, dev, r.nodes);
               const double tokens = double(global) * double(r.seq_len);
               p.tokens_per_second = tokens / p.time.total();
               p.mfu = model_flops * p.tokens_per_second / (double(world) * dev.peak_flops);
               p.hfu = hardware_flops_per_token(cfg, r.seq_len, rc, l.recompute_every) *
-                      p.tokens_per_second /
-                      (double(world) * dev.peak_flops);
+                      p.tokens_per_second / (double(world) * dev.peak_flops);
               out.push_back(p);
             }
           }
@@ -717,27 +719,29 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
 std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entries, int rows) {
   const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
   const int world = per_node * r.nodes;
-  std::string s = strprintf("%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n",
-                      world, r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
-                      double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction,
-                      (long long)r.seq_len);
+  std::string s = strprintf(
+      "%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n", world,
+      r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
+      double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction, (long long)r.seq_len);
   int fit = 0;
   for (const PlanEntry& e : entries) fit += e.fits ? 1 : 0;
-  s += strprintf("%d of %zu layouts fit; best first (memory per device, GiB: parameters gradients "
-           "optimizer activations communication workspace)\n",
-           fit, entries.size());
+  s += strprintf(
+      "%d of %zu layouts fit; best first (memory per device, GiB: parameters gradients "
+      "optimizer activations communication workspace)\n",
+      fit, entries.size());
   auto g = [](int64_t b) { return double(b) / kGiB; };
   int shown = 0;
   for (const PlanEntry& e : entries) {
     if (!e.fits || shown >= rows) break;
     const MemoryPlan& m = e.memory;
-    s += strprintf("%2d. %s\n    %.1f GiB (%.1f %.1f %.1f %.1f %.1f %.1f) | step %.3f s | %.0f tok/s | "
-             "MFU %.1f%%%s\n",
-             ++shown, e.layout.str().c_str(), g(m.peak()), g(m.parameters), g(m.gradients),
-             g(m.optimizer), g(m.activations), g(m.communication), g(m.workspace),
-             e.time.total(), e.tokens_per_second, 100 * e.mfu,
-             e.layout.recompute == Recompute::full ? strprintf(" (HFU %.1f%%)", 100 * e.hfu).c_str()
-                                                   : "");
+    s += strprintf(
+        "%2d. %s\n    %.1f GiB (%.1f %.1f %.1f %.1f %.1f %.1f) | step %.3f s | %.0f tok/s | "
+        "MFU %.1f%%%s\n",
+        ++shown, e.layout.str().c_str(), g(m.peak()), g(m.parameters), g(m.gradients),
+        g(m.optimizer), g(m.activations), g(m.communication), g(m.workspace), e.time.total(),
+        e.tokens_per_second, 100 * e.mfu,
+        e.layout.recompute == Recompute::full ? strprintf(" (HFU %.1f%%)", 100 * e.hfu).c_str()
+                                              : "");
   }
   if (fit < int(entries.size())) {
     // The nearest misses, and what fills them.
@@ -747,7 +751,7 @@ std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entr
       if (e.fits) continue;
       if (++listed > 3) break;
       s += strprintf("  %s: %s\n    %s\n", e.layout.str().c_str(), e.why.c_str(),
-               e.memory.str().c_str());
+                     e.memory.str().c_str());
     }
   }
   if (fit == 0) {

@@ -39,7 +39,6 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-
 std::string duration(double s) { return strprintf("%dm%02ds", int(s) / 60, int(s) % 60); }
 
 // How long before run_training's start the allocation began: the process's start for the first
@@ -107,9 +106,9 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   c.train.grad_accum = l.grad_accum;
   c.validate();
   *line = strprintf("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%",
-              profile.name.c_str(), l.str().c_str(),
-              double(plan.front().memory.peak()) / double(int64_t(1) << 30),
-              plan.front().tokens_per_second, 100 * plan.front().mfu);
+                    profile.name.c_str(), l.str().c_str(),
+                    double(plan.front().memory.peak()) / double(int64_t(1) << 30),
+                    plan.front().tokens_per_second, 100 * plan.front().mfu);
   return c;
 }
 
@@ -150,8 +149,8 @@ class Output {
     shown_at_ = elapsed;
     const std::string text =
         strprintf("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s",
-            (long long)st.step, (long long)total_, st.loss, st.lr, st.grad_norm, tok_per_s,
-            duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
+                  (long long)st.step, (long long)total_, st.loss, st.lr, st.grad_norm, tok_per_s,
+                  duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
     if (rewrite_) {
       emit("\r" + text + "\x1b[K");
       open_ = true;
@@ -256,7 +255,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const bool lead = pg.rank() == 0;
   const DeviceProfile profile = run_profile(cfg_in);
   std::string auto_line;
-  const RunConfig cfg = cfg_in.layout == "auto" ? auto_layout(cfg_in, pg, profile, &auto_line) : cfg_in;
+  const RunConfig cfg =
+      cfg_in.layout == "auto" ? auto_layout(cfg_in, pg, profile, &auto_line) : cfg_in;
   Output out(hooks, pg, cfg);
   if (!auto_line.empty()) out.line(auto_line);
   RunResult result;
@@ -301,11 +301,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const char* threads = std::getenv("OMP_NUM_THREADS");
   out.line("data: " + what);
   out.line(strprintf("model: %s (%.2fM parameters) | %s | backend %s",
-               cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
-               double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(), backend.c_str()));
+                     cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
+                     double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(),
+                     backend.c_str()));
   out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
-               (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
-               (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
+                     (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
+                     (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
   if (const DataParallel* dp = trainer.data_parallel()) {
     out.line(strprintf(
         "data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "
@@ -317,15 +318,17 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   }
   if (const TensorParallel* tpc = trainer.tensor_parallel()) {
     out.line(strprintf("tensor parallel: %d ranks a group (activations over %s), grid %s",
-                 cfg.parallel.tp, tpc->comm().backend_name().c_str(), grid.grid.str().c_str()));
+                       cfg.parallel.tp, tpc->comm().backend_name().c_str(),
+                       grid.grid.str().c_str()));
   }
   if (trainer.pipeline()) {
-    out.line(strprintf("pipeline parallel: %d stages, %s, 1F1B over %lld micro-batches (bubble "
-                 "(p-1)/(m+p-1) = %.0f%%), grid %s",
-                 cfg.parallel.pp, stages_summary(cfg.model, stage_first, tc.seq_len).c_str(),
-                 (long long)tc.grad_accum,
-                 100 * pipeline_bubble_formula(cfg.parallel.pp, int(tc.grad_accum)),
-                 grid.grid.str().c_str()));
+    out.line(
+        strprintf("pipeline parallel: %d stages, %s, 1F1B over %lld micro-batches (bubble "
+                  "(p-1)/(m+p-1) = %.0f%%), grid %s",
+                  cfg.parallel.pp, stages_summary(cfg.model, stage_first, tc.seq_len).c_str(),
+                  (long long)tc.grad_accum,
+                  100 * pipeline_bubble_formula(cfg.parallel.pp, int(tc.grad_accum)),
+                  grid.grid.str().c_str()));
   }
   out.line(strprintf("validation: unigram baseline %.3f nats/token", baseline));
 
@@ -339,11 +342,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
     ledger = RunLedger(
         ledger_dir,
-        strprintf("\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
+        strprintf(
+            "\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
             "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
             pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
-            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops,
-            profile.name.c_str()),
+            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str()),
         origin + seconds_since(start));
   }
   // An error ends the allocation too (its record says so); the normal ends write theirs below.
@@ -368,7 +371,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const std::string dir = trainer.load_checkpoint(ck.dir);
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
-                 (long long)trainer.steps_done(), (long long)pos.epoch, (long long)pos.batch));
+                       (long long)trainer.steps_done(), (long long)pos.epoch,
+                       (long long)pos.batch));
   }
   steps_from = result.steps_done = trainer.steps_done();
   int64_t saved_at = checkpoints ? trainer.steps_done() : -1;
@@ -405,14 +409,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     if (lead) {
       fs::create_directories(dir);
       write_text(dir / "config.json", cfg.to_json() + "\n");
-      reached = std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
+      reached =
+          std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
     }
     out.line("run directory: " + cfg.out);
   }
 
   // The ledger's parts: startup is what came before the first step, less loading and evaluating.
-  parts.startup = origin + seconds_since(start) - parts.checkpoint_load -
-                  parts.evaluation;
+  parts.startup = origin + seconds_since(start) - parts.checkpoint_load - parts.evaluation;
   // A step's time (its loop iteration less evaluation and saves) is training, or redone when
   // an earlier allocation had reached the step.
   auto account_step = [&](int64_t step, Clock::time_point t0, double saved0, double evaluated0) {
@@ -446,7 +450,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     if (evaluate) {
       val_loss = run_eval();
       out.line(strprintf("step %5lld | val loss %.4f (unigram baseline %.3f)", (long long)st.step,
-                   val_loss, baseline));
+                         val_loss, baseline));
     }
     if (lead) {
       const std::string record = metrics_record(st, evaluate ? &val_loss : nullptr);
@@ -499,15 +503,17 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
   if (preempted) {
-    out.line(strprintf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
-                 (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
+    out.line(
+        strprintf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
+                  (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
     result.status = kPreemptedExitCode;
     result.seconds = seconds_since(start);
     close_ledger();
     return result;
   }
   if (std::getenv("NURI_CKPT_CRASH_AT")) {  // for the fault-injection sweep (tests/ckpt/crash.sh)
-    out.line(strprintf("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
+    out.line(
+        strprintf("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
   if (!cfg.out.empty()) {
     Span timed(parts.checkpoint_save);
@@ -518,23 +524,23 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     pipe->write_chrome_trace((dir / "timeline.json").string());  // the first pipeline's ranks
     if (lead) {
       out.line(strprintf("pipeline timeline of the last step: %s (rank 0 idle %.0f%% of it)",
-                   (dir / "timeline.json").string().c_str(), 100 * pipe->measured_bubble()));
+                         (dir / "timeline.json").string().c_str(), 100 * pipe->measured_bubble()));
     }
   }
   result.seconds = seconds_since(start);
   if (result.stop_reason == "interrupted") {
     out.line(strprintf("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
-                 (long long)tc.steps, duration(result.seconds).c_str(),
-                 checkpoints ? ": checkpointed" : ""));
+                       (long long)tc.steps, duration(result.seconds).c_str(),
+                       checkpoints ? ": checkpointed" : ""));
     result.status = kRunInterrupted;
     close_ledger();
     return result;
   }
   out.line(
       strprintf("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
-          "skipped steps; peak memory %.1f MiB (nuri allocator)",
-          duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
-          (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
+                "skipped steps; peak memory %.1f MiB (nuri allocator)",
+                duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
+                (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
 
   const SampleConfig& sc = cfg.sample;
   // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
@@ -557,13 +563,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const std::string text = valid_utf8(sc.prompt + ByteTokenizer().decode(gen));
     if (lead && !cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
     out.line(strprintf("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
-                 (long long)sc.top_k));
+                       (long long)sc.top_k));
     out.line(text);
     out.line("----");
   }
   if (cfg.expect_val_below > 0 && !(val_loss < cfg.expect_val_below)) {
     out.line(strprintf("final validation loss %.4f is not below %.4f (expect_val_below)", val_loss,
-                 cfg.expect_val_below));
+                       cfg.expect_val_below));
     result.status = kRunExpectationFailed;
   }
   close_ledger();

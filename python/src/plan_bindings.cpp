@@ -31,15 +31,20 @@ Layout layout_from(const py::dict& d) {
   get("bucket_bytes", l.bucket_bytes);
   if (d.contains("recompute")) {
     const std::string r = d["recompute"].cast<std::string>();
-    if (r == "none") l.recompute = Recompute::none;
-    else if (r == "selective") l.recompute = Recompute::selective;
-    else if (r == "full") l.recompute = Recompute::full;
-    else throw py::value_error("layout recompute '" + r + "': none, selective or full");
+    if (r == "none")
+      l.recompute = Recompute::none;
+    else if (r == "selective")
+      l.recompute = Recompute::selective;
+    else if (r == "full")
+      l.recompute = Recompute::full;
+    else
+      throw py::value_error("layout recompute '" + r + "': none, selective or full");
   }
   for (auto item : d) {
     const std::string k = item.first.cast<std::string>();
-    static const char* known[] = {"dp", "tp", "pp", "zero", "recompute", "recompute_every", "sp",
-                                  "micro_batch", "grad_accum", "bucket_bytes"};
+    static const char* known[] = {
+        "dp", "tp",          "pp",         "zero",        "recompute", "recompute_every",
+        "sp", "micro_batch", "grad_accum", "bucket_bytes"};
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;
     if (!ok) throw py::value_error("unknown layout key '" + k + "'");
@@ -88,20 +93,24 @@ py::dict time_dict(const StepTime& t) {
   return d;
 }
 
-DeviceProfile profile_of(const std::string& json) { return device_profile_from_json(json, "profile"); }
+DeviceProfile profile_of(const std::string& json) {
+  return device_profile_from_json(json, "profile");
+}
 
 }  // namespace
 
 void bind_plan(py::module_& m) {
   m.def("device_profile_names", &device_profile_names);
-  m.def("device_profile_json",
-        [](const std::string& name) { return device_profile_to_json(device_profile(name)); },
-        py::arg("name_or_path"));
-  m.def("check_device_profile_json",
-        [](const std::string& json, const std::string& origin) {
-          return device_profile_to_json(device_profile_from_json(json, origin));
-        },
-        py::arg("json"), py::arg("origin"));
+  m.def(
+      "device_profile_json",
+      [](const std::string& name) { return device_profile_to_json(device_profile(name)); },
+      py::arg("name_or_path"));
+  m.def(
+      "check_device_profile_json",
+      [](const std::string& json, const std::string& origin) {
+        return device_profile_to_json(device_profile_from_json(json, origin));
+      },
+      py::arg("json"), py::arg("origin"));
   m.def(
       "calibrate",
       [](const std::string& backend, const std::string& base, double seconds,
@@ -118,7 +127,8 @@ void bind_plan(py::module_& m) {
       "estimate_memory",
       [](const ModelConfig& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
          int stage) {
-        return memory_dict(estimate_memory(cfg, layout_from(layout), seq_len, profile_of(dev), stage));
+        return memory_dict(
+            estimate_memory(cfg, layout_from(layout), seq_len, profile_of(dev), stage));
       },
       py::arg("model"), py::arg("layout"), py::arg("seq_len"), py::arg("device_json"),
       py::arg("stage") = 0);
@@ -126,7 +136,8 @@ void bind_plan(py::module_& m) {
       "estimate_step_time",
       [](const ModelConfig& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
          int nodes) {
-        return time_dict(estimate_step_time(cfg, layout_from(layout), seq_len, profile_of(dev), nodes));
+        return time_dict(
+            estimate_step_time(cfg, layout_from(layout), seq_len, profile_of(dev), nodes));
       },
       py::arg("model"), py::arg("layout"), py::arg("seq_len"), py::arg("device_json"),
       py::arg("nodes") = 1);

@@ -144,8 +144,7 @@ TEST_P(Recomputation, ActivationBytesMatchTheFormula) {
     shape.device = !m.backend().device().is_cpu();
     const int64_t workspace = shape.device ? device_block_bytes(12) : 0;
     EXPECT_EQ(measured[int(mode)],
-              activation_bytes(cfg, shape, shape.device ? device_block_bytes : nullptr) +
-                  workspace)
+              activation_bytes(cfg, shape, shape.device ? device_block_bytes : nullptr) + workspace)
         << recompute_name(mode);
     // And what the blocks keep alone, the README's per-block figure, stands out between modes.
   }

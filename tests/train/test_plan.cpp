@@ -99,7 +99,8 @@ ModelConfig case_model(bool llama) {
 
 std::shared_ptr<TokenFile> case_data(const ModelConfig& cfg) {
   std::vector<uint32_t> t(8192);
-  for (size_t i = 0; i < t.size(); ++i) t[i] = uint32_t((i * 7 + i / 13) % uint32_t(cfg.vocab_size));
+  for (size_t i = 0; i < t.size(); ++i)
+    t[i] = uint32_t((i * 7 + i / 13) % uint32_t(cfg.vocab_size));
   return TokenFile::from_tokens(t, "pattern", uint32_t(cfg.vocab_size));
 }
 
@@ -183,8 +184,9 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
     // Every rank's line, in rank order.
     for (int r = 0; r < n; ++r) {
       if (r == rank) {
-        std::printf("[plan] %s, rank %d (stage %d): measured %.0f, predicted %.0f bytes (%+.1f%%)\n",
-                    name(c).c_str(), rank, g.coord.pp, measured, predicted, 100 * error);
+        std::printf(
+            "[plan] %s, rank %d (stage %d): measured %.0f, predicted %.0f bytes (%+.1f%%)\n",
+            name(c).c_str(), rank, g.coord.pp, measured, predicted, 100 * error);
         std::fflush(stdout);
       }
       world()->barrier();
@@ -230,7 +232,8 @@ TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {
   size_t fit = 0;
   while (fit < plan.size() && plan[fit].fits) ++fit;
   ASSERT_GT(fit, 0u) << "Llama-3-8B trains on 8 H100s";
-  ASSERT_LT(fit, plan.size()) << "and not in every layout (dp 8 without ZeRO needs 18 bytes a weight)";
+  ASSERT_LT(fit, plan.size())
+      << "and not in every layout (dp 8 without ZeRO needs 18 bytes a weight)";
   for (size_t i = 0; i < plan.size(); ++i) {
     const PlanEntry& e = plan[i];
     EXPECT_EQ(e.layout.world(), 8);
@@ -277,7 +280,8 @@ TEST(Plan, MfuCountsTheFlopsOfTheDocumentedFormula) {
     const double attention = 6.0 * 2.0 * double(T) * q / 2.0;
     EXPECT_NEAR(hardware_flops_per_token(cfg, T, Recompute::full),
                 want + double(cfg.n_layer) * (6.0 * block + attention) / 3.0, 1e-9 * want);
-    EXPECT_EQ(hardware_flops_per_token(cfg, T, Recompute::selective), model_flops_per_token(cfg, T));
+    EXPECT_EQ(hardware_flops_per_token(cfg, T, Recompute::selective),
+              model_flops_per_token(cfg, T));
   }
 }
 
@@ -324,9 +328,10 @@ TEST(Plan, PublishedCasesAgreeWithMegatronsFormula) {
       {"GPT-3 175B, 64 x H100, seq 2048, tp 8 pp 8 sp, selective", gpt3,
        layout(1, 8, 8, 0, Recompute::selective, true, 1, 64), 2048},
   };
-  std::printf("| case | model state: nuri | Megatron | activations: nuri | Megatron (34sbh/t; "
-              "full recomputation 2sbh) |\n"
-              "|---|---|---|---|---|\n");
+  std::printf(
+      "| case | model state: nuri | Megatron | activations: nuri | Megatron (34sbh/t; "
+      "full recomputation 2sbh) |\n"
+      "|---|---|---|---|---|\n");
   for (const Published& c : cases) {
     const ModelConfig& cfg = c.cfg;
     const Layout& l = c.layout;
@@ -362,14 +367,15 @@ TEST(Plan, PublishedCasesAgreeWithMegatronsFormula) {
     double kept = 0;
     for (const PlannedTensor& t : activation_plan(cfg, a)) {
       if (t.what.rfind("slot: ", 0) == 0 && t.what.find("head") == std::string::npos &&
-          t.what.find("final norm") == std::string::npos && t.what.find("logits") == std::string::npos &&
-          t.what.find("loss") == std::string::npos && t.what.find("ids") == std::string::npos &&
+          t.what.find("final norm") == std::string::npos &&
+          t.what.find("logits") == std::string::npos && t.what.find("loss") == std::string::npos &&
+          t.what.find("ids") == std::string::npos &&
           t.what.find("lse, losses") == std::string::npos) {
         kept += double(t.bytes * t.count);
       }
     }
-    std::printf("| %s | %.1f GiB | %.1f GiB | %.1f GiB | %.1f GiB |\n", c.what,
-                state / kGiB(), megatron_state / kGiB(), kept / kGiB(), megatron_acts / kGiB());
+    std::printf("| %s | %.1f GiB | %.1f GiB | %.1f GiB | %.1f GiB |\n", c.what, state / kGiB(),
+                megatron_state / kGiB(), kept / kGiB(), megatron_acts / kGiB());
     EXPECT_GT(kept, 0.7 * megatron_acts) << c.what;
     EXPECT_LT(kept, 2.5 * megatron_acts) << c.what;
   }

@@ -26,11 +26,11 @@ namespace nuri {
 /// One kind of device and how fast it goes, per device. Figures from a datasheet or measured
 /// (`nuri calibrate`); `source` says which.
 struct DeviceProfile {
-  std::string name;            ///< "h100-sxm-80gb", "cpu", ...
-  bool gpu = true;             ///< bf16 compute, the CUDA allocator's size classes; else f32
-  int64_t memory_bytes = 0;    ///< per device
-  double peak_flops = 0;       ///< dense FLOP/s in the compute dtype: MFU's denominator
-  double matmul_flops = 0;     ///< FLOP/s large products reach
+  std::string name;          ///< "h100-sxm-80gb", "cpu", ...
+  bool gpu = true;           ///< bf16 compute, the CUDA allocator's size classes; else f32
+  int64_t memory_bytes = 0;  ///< per device
+  double peak_flops = 0;     ///< dense FLOP/s in the compute dtype: MFU's denominator
+  double matmul_flops = 0;   ///< FLOP/s large products reach
   /// Products whose smallest dimension is K reach matmul_flops · K / (K + matmul_half_width)
   /// (0: all reach matmul_flops): narrow models' products are slower per FLOP, on a CPU
   /// markedly.
@@ -45,7 +45,7 @@ struct DeviceProfile {
   std::vector<std::pair<double, double>> attention_by_head_dim;
   /// FLOP/s attention of head dim d reaches.
   double attention_rate(double d) const;
-  double memory_bandwidth = 0; ///< bytes/s elementwise work reaches
+  double memory_bandwidth = 0;      ///< bytes/s elementwise work reaches
   double intra_node_bandwidth = 0;  ///< bus bytes/s of a collective inside a node, per device
   double inter_node_bandwidth = 0;  ///< the same across nodes
   double collective_latency = 0;    ///< seconds a collective costs beyond its bytes
@@ -64,9 +64,9 @@ DeviceProfile device_profile_from_json(const std::string& json, const std::strin
 class Backend;
 class Communicator;
 
-/// Measures the machine it runs on: products at widths 64 to 2048, attention's forward and backward,
-/// elementwise work (norms, GELU, AdamW) on `backend`, and with a communicator of several ranks
-/// its all-reduce's bus bandwidth and latency (every rank calls it). Returns `base` with the
+/// Measures the machine it runs on: products at widths 64 to 2048, attention's forward and
+/// backward, elementwise work (norms, GELU, AdamW) on `backend`, and with a communicator of several
+/// ranks its all-reduce's bus bandwidth and latency (every rank calls it). Returns `base` with the
 /// measured figures replaced (a GPU keeps its datasheet peak for MFU; the CPU's peak becomes
 /// its measured product speed) and the source saying what was measured where. Takes a few
 /// seconds (seconds_per_probe each).
@@ -120,12 +120,12 @@ double hardware_flops_per_token(const ModelConfig& cfg, int64_t seq_len, Recompu
 
 /// A step's predicted time, in parts (seconds).
 struct StepTime {
-  double compute = 0;       ///< products and attention on the slowest stage, all micro-batches
-  double elementwise = 0;   ///< memory-bound work (norms, activations, the optimizer)
-  double tp_comm = 0;       ///< tensor-parallel collectives (not overlapped)
-  double pp_comm = 0;       ///< pipeline sends and receives
-  double bubble = 0;        ///< pipeline idle time
-  double dp_comm = 0;       ///< data-parallel collectives left after overlap with the backward
+  double compute = 0;      ///< products and attention on the slowest stage, all micro-batches
+  double elementwise = 0;  ///< memory-bound work (norms, activations, the optimizer)
+  double tp_comm = 0;      ///< tensor-parallel collectives (not overlapped)
+  double pp_comm = 0;      ///< pipeline sends and receives
+  double bubble = 0;       ///< pipeline idle time
+  double dp_comm = 0;      ///< data-parallel collectives left after overlap with the backward
   double total() const { return compute + elementwise + tp_comm + pp_comm + bubble + dp_comm; }
 };
 StepTime estimate_step_time(const ModelConfig& cfg, const Layout& layout, int64_t seq_len,
