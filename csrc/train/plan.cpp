@@ -190,7 +190,11 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   p.matmul_half_width = j.value("matmul_half_width", 0.0);
   p.matmul_by_width = width_table(j, "matmul_by_width", origin);
   p.attention_by_head_dim = width_table(j, "attention_by_head_dim", origin);
-
+  NURI_CHECK(!j.contains("name") || j["name"].is_string(), origin, ": \"name\" must be a string");
+  NURI_CHECK(!j.contains("gpu") || j["gpu"].is_boolean(), origin, ": \"gpu\" must be true or false");
+  p.name = j.value("name", origin);
+  p.gpu = j.value("gpu", true);
+  p.source = j.contains("source") && j["source"].is_string() ? j["source"].get<std::string>() : "";
   return p;
 }
 

@@ -337,18 +337,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const std::string ledger_dir = !cfg.checkpoint.dir.empty() ? cfg.checkpoint.dir : cfg.out;
   int64_t reached = ledger_dir.empty() ? 0 : RunLedger::steps_reached(ledger_dir);
   int64_t redone_steps = 0, steps_from = 0;
-  RunLedger ledger;
-  if (lead && !ledger_dir.empty()) {
-    const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
-    ledger = RunLedger(
-        ledger_dir,
-        strprintf(
-            "\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
-            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
-            pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
-            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str()),
-        origin + seconds_since(start));
-  }
+  RunLedger ledger;  // started once the run can start (below): a run that cannot leaves none
   // An error ends the allocation too (its record says so); the normal ends write theirs below.
   struct LedgerOnError {
     RunLedger& ledger;
@@ -413,6 +402,17 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
           std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
     }
     out.line("run directory: " + cfg.out);
+  }
+  if (lead && !ledger_dir.empty()) {
+    const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
+    ledger = RunLedger(
+        ledger_dir,
+        strprintf(
+            "\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
+            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
+            pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
+            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str()),
+        origin + seconds_since(start));
   }
 
   // The ledger's parts: startup is what came before the first step, less loading and evaluating.
