@@ -10,40 +10,53 @@ set -uo pipefail
 [[ ${1:-} == -np && $# -ge 3 ]] || { echo "usage: torchrun.sh -np NP PROGRAM [ARGS...]" >&2; exit 2; }
 np=$2
 shift 2
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-trap 'rm -rf "$dir"' EXIT
-pids=()
-for ((r = 0; r < np; ++r)); do
-  RANK=$r WORLD_SIZE=$np LOCAL_RANK=$r LOCAL_WORLD_SIZE=$np MASTER_ADDR=127.0.0.1 \
-    MASTER_PORT=$port "$@" >"$dir/out.$r" 2>&1 &
-  pids+=($!)
-done
-# As torchrun does: when a rank fails, the others are ended (SIGTERM, after TORCHRUN_GRACE_S
-# seconds, default 5, to fail on their own) so nothing is left hanging.
-grace=${TORCHRUN_GRACE_S:-5}
-declare -A rank_of
-for ((r = 0; r < np; ++r)); do rank_of[${pids[$r]}]=$r; done
-status=0
-live=("${pids[@]}")
-while ((${#live[@]} > 0)); do
-  done_pid=
-  wait -n -p done_pid "${live[@]}"
-  rc=$?
-  [[ -n $done_pid ]] || break
-  r=${rank_of[$done_pid]}
-  printf '%s\n' "rank $r exited $rc" >"$dir/rc.$r"
-  rest=()
-  for p in "${live[@]}"; do [[ $p == "$done_pid" ]] || rest+=("$p"); done
-  live=("${rest[@]}")
-  if ((rc != 0 && status == 0)); then
-    status=$rc
-    ((${#live[@]} > 0)) && { sleep "$grace"; kill -TERM "${live[@]}"; } >/dev/null 2>&1 &
-    reaper=$!
-  fi
-done
-[[ -n ${reaper:-} ]] && kill "$reaper" 2>/dev/null
+# One start of the job; sets status. The port is free when chosen, but another job (ctest runs
+# tests in parallel) can take it before rank 0 listens: then the job starts once more.
+run_job() {
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  dir=$(mktemp -d)
+  pids=()
+  for ((r = 0; r < np; ++r)); do
+    RANK=$r WORLD_SIZE=$np LOCAL_RANK=$r LOCAL_WORLD_SIZE=$np MASTER_ADDR=127.0.0.1 \
+      MASTER_PORT=$port "$@" >"$dir/out.$r" 2>&1 &
+    pids+=($!)
+  done
+  # As torchrun does: when a rank fails, the others are ended (SIGTERM, after TORCHRUN_GRACE_S
+  # seconds, default 5, to fail on their own) so nothing is left hanging.
+  grace=${TORCHRUN_GRACE_S:-5}
+  unset rank_of
+  declare -gA rank_of
+  for ((r = 0; r < np; ++r)); do rank_of[${pids[$r]}]=$r; done
+  status=0
+  live=("${pids[@]}")
+  while ((${#live[@]} > 0)); do
+    done_pid=
+    wait -n -p done_pid "${live[@]}"
+    rc=$?
+    [[ -n $done_pid ]] || break
+    r=${rank_of[$done_pid]}
+    printf '%s\n' "rank $r exited $rc" >"$dir/rc.$r"
+    rest=()
+    for p in "${live[@]}"; do [[ $p == "$done_pid" ]] || rest+=("$p"); done
+    live=("${rest[@]}")
+    if ((rc != 0 && status == 0)); then
+      status=$rc
+      ((${#live[@]} > 0)) && { sleep "$grace"; kill -TERM "${live[@]}"; } >/dev/null 2>&1 &
+      reaper=$!
+    fi
+  done
+  [[ -n ${reaper:-} ]] && kill "$reaper" 2>/dev/null
+  reaper=
+}
+dir=
+run_job "$@"
+if ((status != 0)) && grep -qs "cannot listen on MASTER_PORT" "$dir"/out.*; then
+  echo "torchrun.sh: port $port was taken before rank 0 listened on it; starting again" >&2
+  rm -rf "$dir"
+  run_job "$@"
+fi
 cat "$dir/out.0"
 for ((r = 1; r < np; ++r)); do sed "s/^/[rank $r] /" "$dir/out.$r" >&2; done
 for ((r = 0; r < np; ++r)); do cat "$dir/rc.$r" >&2 2>/dev/null; done
+rm -rf "$dir"
 exit $status

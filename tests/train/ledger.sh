@@ -36,7 +36,16 @@ walls+=("$(python3 -c "print($t1 - $t0)")")
 from=$(last_step)
 while :; do s=$(last_step); (( s > from && s % 5 == 2 )) && break; sleep 0.01; done
 kill -9 $pid; wait $pid 2>/dev/null; pid=
-killed_at=$(last_step)
+# The last step recorded whole (SIGKILL may cut the last line short; the next start drops it).
+killed_at=$(python3 -c '
+import json, sys
+last = 0
+for line in open(sys.argv[1]):
+    try:
+        last = json.loads(line)["step"]
+    except ValueError:
+        pass
+print(last)' "$dir/run/metrics.jsonl")
 # 4: a short time limit again (it redoes the lost steps first), 5: to the end.
 for k in 4 5; do
   extra=(); ((k == 4)) && extra=(--time-limit 5)

@@ -1,8 +1,8 @@
 // The run ledger (issue #24): every run that starts (its data and model work) in a checkpoint
 // (or run) directory appends a record of its allocation to DIR/ledger.jsonl, and its end
 // another: the ranks and devices, the layout, the steps done, and where the wall time went, so
-// `nuri report DIR` can tell what the
-// device-hours bought across preemptions and restarts. Rank 0 writes it.
+// `nuri report DIR` can tell what the device-hours bought across preemptions and restarts.
+// Rank 0 writes it.
 //
 //   {"event": "start", "id": ..., "time": unix seconds at the process's start (for a later run in
 //    the same process, at its own start), "ranks", "backend",
