@@ -10,8 +10,9 @@ set -uo pipefail
 [[ ${1:-} == -np && $# -ge 3 ]] || { echo "usage: torchrun.sh -np NP PROGRAM [ARGS...]" >&2; exit 2; }
 np=$2
 shift 2
-# One start of the job; sets status. The port is free when chosen, but another job (ctest runs
-# tests in parallel) can take it before rank 0 listens: then the job starts once more.
+# One start of the job; sets status. The port is free when chosen, but another process can take
+# it (or the kernel still hold it from a closed connection) before rank 0 listens: then the job
+# starts once more.
 run_job() {
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   dir=$(mktemp -d)
