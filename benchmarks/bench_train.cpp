@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -33,6 +34,7 @@
 #include "nuri/core/rng.h"
 #include "nuri/model/transformer.h"
 #include "nuri/train/optimizer.h"
+#include "nuri/train/plan.h"
 
 using namespace nuri;
 using Clock = std::chrono::steady_clock;
@@ -235,6 +237,10 @@ int main(int argc, char** argv) {
           best = std::max(best, 2.0 * n * n * n / std::chrono::duration<double>(Clock::now() - t0).count());
         }
         std::cout << "{\"gflops\": " << best / 1e9 << "}" << std::endl;
+      } else if (cmd == "flops") {
+        // MFU's FLOPs of a trained token, as the planner and the ledger count them.
+        std::cout << "{\"model_flops_per_token\": " << std::setprecision(17)
+                  << model_flops_per_token(cfg, t) << std::setprecision(6) << "}" << std::endl;
       } else if (cmd == "peak") {
         print_peak();
       } else if (cmd == "quit") {

@@ -1,11 +1,12 @@
 """The planner's step time against measured, one CPU process (issue #24): `nuri calibrate`
-measures this machine first (products at two widths, attention, elementwise work), then each
-configuration trains a few steps through nuri.Trainer and its mean step time (after warm-up) is
-set beside nuri.estimate_step_time's prediction from that profile. One JSON object per
-configuration (BENCHMARKS.md), then the largest error. Not a timed test: a benchmark.
+measures this machine (products by width, attention by head dim, each kind of elementwise
+work), then each configuration trains a few steps through nuri.Trainer and its median step time
+(after warm-up) is set beside nuri.estimate_step_time's prediction from that profile; this is
+done in rounds (see main). One JSON object per configuration and round, then per configuration
+over the rounds (BENCHMARKS.md), then the largest error. Not a timed test: a benchmark.
 
   OMP_NUM_THREADS=2 PYTHONPATH=build/python .venv/bin/python benchmarks/plan_accuracy.py \\
-      [--steps 6] [--json FILE]
+      [--steps 6] [--rounds 3] [--json FILE]
 """
 import argparse
 import json
@@ -26,40 +27,61 @@ CONFIGS = [
 ]
 
 
+def measure(name, preset, over, b, t, recompute, steps, prof):
+    cfg = nuri.ModelConfig.preset(preset)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    cfg.max_seq_len = max(cfg.max_seq_len, t)
+    cfg.vocab_size = 257
+    model = nuri.Model(cfg, seed=1)
+    tc = nuri.TrainConfig(steps=steps + 2, micro_batch=b, seq_len=t, lr=1e-3, warmup_steps=1,
+                          recompute=recompute)
+    data = nuri.TokenFile.from_array([(i * 7 + i // 13) % 257 for i in range(200_000)],
+                                     vocab_size=257)
+    trainer = nuri.Trainer(model, tc, data)
+    times = [trainer.step()["step_seconds"] for _ in range(steps + 2)][2:]
+    layout = {"micro_batch": b, "grad_accum": 1, "recompute": recompute}
+    pred = nuri.estimate_step_time(cfg, layout, t, prof)
+    return cfg.num_params(), statistics.median(times), pred
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6, help="measured steps (after 2 of warm-up)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of calibrate-then-measure-every-configuration (medians reported)")
     ap.add_argument("--json", help="also write the records to this file")
     args = ap.parse_args()
-    t0 = time.time()
-    prof = nuri.calibrate("cpu", seconds_per_probe=0.5)
-    print(json.dumps({"calibrated": prof, "seconds": round(time.time() - t0, 1)}), flush=True)
+    # This machine is shared: its speed drifts by tens of percent within minutes. Each round
+    # calibrates and then measures every configuration right after, so the two see the same
+    # machine; a configuration's error is that of the medians over the rounds.
+    rounds, profiles = [], []
+    for r in range(args.rounds):
+        t0 = time.time()
+        prof = nuri.calibrate("cpu", seconds_per_probe=0.5)
+        profiles.append(prof)
+        print(json.dumps({"round": r, "calibrated": prof, "seconds": round(time.time() - t0, 1)}),
+              flush=True)
+        got = {}
+        for name, preset, over, b, t, recompute in CONFIGS:
+            params, measured, pred = measure(name, preset, over, b, t, recompute, args.steps, prof)
+            got[name] = (params, measured, pred)
+            print(json.dumps({"round": r, "config": name, "measured_s": round(measured, 4),
+                              "predicted_s": round(pred["total"], 4),
+                              "error": round(pred["total"] / measured - 1, 3)}), flush=True)
+        rounds.append(got)
     records = []
     for name, preset, over, b, t, recompute in CONFIGS:
-        cfg = nuri.ModelConfig.preset(preset)
-        for k, v in over.items():
-            setattr(cfg, k, v)
-        cfg.max_seq_len = max(cfg.max_seq_len, t)
-        cfg.vocab_size = 257
-        model = nuri.Model(cfg, seed=1)
-        tc = nuri.TrainConfig(steps=args.steps + 2, micro_batch=b, seq_len=t, lr=1e-3,
-                              warmup_steps=1, recompute=recompute)
-        data = nuri.TokenFile.from_array([(i * 7 + i // 13) % 257 for i in range(200_000)],
-                                         vocab_size=257)
-        trainer = nuri.Trainer(model, tc, data)
-        times = []
-        for s in range(args.steps + 2):
-            st = trainer.step()
-            if s >= 2:
-                times.append(st["step_seconds"])
-        measured = statistics.mean(times)
-        layout = {"micro_batch": b, "grad_accum": 1, "recompute": recompute}
-        pred = nuri.estimate_step_time(cfg, layout, t, prof)
-        rec = {"benchmark": "plan_accuracy", "config": name, "params": cfg.num_params(),
-               "batch": [b, t], "recompute": recompute, "measured_s": round(measured, 4),
-               "predicted_s": round(pred["total"], 4),
-               "error": round(pred["total"] / measured - 1, 3),
-               "predicted_parts": {k: round(v, 4) for k, v in pred.items() if k != "total"}}
+        measured = statistics.median(g[name][1] for g in rounds)
+        predicted = statistics.median(g[name][2]["total"] for g in rounds)
+        parts = {k: round(statistics.median(g[name][2][k] for g in rounds), 4)
+                 for k in rounds[0][name][2] if k != "total"}
+        rec = {"benchmark": "plan_accuracy", "config": name, "params": rounds[0][name][0],
+               "batch": [b, t], "recompute": recompute, "rounds": len(rounds),
+               "measured_s": round(measured, 4), "predicted_s": round(predicted, 4),
+               "error": round(predicted / measured - 1, 3),
+               "round_errors": [round(g[name][2]["total"] / g[name][1] - 1, 3) for g in rounds],
+               "predicted_parts": {k: v for k, v in parts.items() if v}}
         records.append(rec)
         print(json.dumps(rec), flush=True)
     worst = max(abs(r["error"]) for r in records)
@@ -67,7 +89,8 @@ def main() -> int:
                       "largest_error": worst}))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"profile": prof, "records": records, "largest_error": worst}, f, indent=1)
+            json.dump({"profiles": profiles, "records": records, "largest_error": worst}, f,
+                      indent=1)
     return 0
 
 

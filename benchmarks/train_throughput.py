@@ -3,9 +3,9 @@
 For each configuration it starts bench_train (nuri's side, a C++ process holding the model),
 builds the same model in PyTorch from the f32 weights bench_train dumped, then alternates one
 training step of each (forward, backward, clip to 1.0, AdamW) after a warm-up, and prints one JSON
-object per configuration (BENCHMARKS.md). FLOPs per step = 6·N·tokens + 12·L·T·d·tokens
-(N = all parameters, padded vocab rows not counted; the attention term is the forward+backward of
-the score and value products, not halved for the causal mask).
+object per configuration (BENCHMARKS.md). FLOPs per step = model_flops_per_token × tokens, the
+README's MFU definition (bench_train's `flops`: 6 × the weights of every product, the LM head
+included and the input embedding not, plus attention's two products halved for the causal mask).
 
 --device cpu (default): gpt2-124M at B=4, T=64 and B=4, T=256 on the CPU backend against PyTorch
 eager on the CPU, same threads:
@@ -219,14 +219,12 @@ def run(model, B, T, reps, bin_path, threads):
             nuri_s.append(r["seconds"])
             torch_s.append(peer.step(B, T)[0])
         ceiling = nuri_call(proc, "ceiling")["gflops"]
+        flops = nuri_call(proc, "flops")["model_flops_per_token"] * B * T
         peak, peak_rss = r["peak_bytes"], r["peak_rss_bytes"]
         proc.stdin.write("quit\n")
         proc.stdin.flush()
         proc.wait()
-    cfg = peer.cfg
     tokens = B * T
-    flops = 6 * cfg["num_params"] * tokens \
-        + 12 * cfg["n_layer"] * T * cfg["d_model"] * tokens
     n, p = summary(nuri_s), summary(torch_s)
     n["tokens_per_s"] = tokens / n["median_s"]
     n["gflops"] = flops / n["median_s"] / 1e9
@@ -242,7 +240,7 @@ def run(model, B, T, reps, bin_path, threads):
         "nuri": n, "peer": p,
         "ratio": n["tokens_per_s"] / p["tokens_per_s"],
         "ceiling_gflops": ceiling, "ceiling_fraction": n["gflops"] / ceiling,
-        "flops_formula": "6*N*tokens + 12*L*T*d*tokens, N = parameters (padded vocab rows not counted)",
+        "flops_formula": "model_flops_per_token * tokens (README: MFU)",
         "first_step_loss": {"nuri": nuri_first["loss"], "peer": torch_first},
     }
 
@@ -272,6 +270,7 @@ def run_gpu(model, B, T, reps, bin_path, warmup, compile_peer):
         proc = start_nuri(bin_path, model, B, T, d, "cuda")
         try:
             peak_info = nuri_call(proc, "peak")
+            flops = nuri_call(proc, "flops")["model_flops_per_token"] * B * T
             peer = TorchSide(dump, "cuda", compile_peer)
             nuri_first = nuri_call(proc, "step")          # warm-up, and the loss check
             _, torch_first = peer.step(B, T)
@@ -294,10 +293,7 @@ def run_gpu(model, B, T, reps, bin_path, warmup, compile_peer):
         finally:
             proc.stdin.close()
             proc.wait()
-    cfg = peer.cfg
     tokens = B * T
-    flops = 6 * cfg["num_params"] * tokens \
-        + 12 * cfg["n_layer"] * T * cfg["d_model"] * tokens
     peak_tflops = peak_info.get("peak_bf16_tflops")
     n, p = summary(nuri_s), summary(torch_s)
     pc = summary(compiled_s) if compile_peer else None
@@ -330,7 +326,7 @@ def run_gpu(model, B, T, reps, bin_path, warmup, compile_peer):
         "ratio": n["tokens_per_s"] / p["tokens_per_s"],
         "peak_bf16_tflops": peak_tflops, "peak_source": peak_info.get("source"),
         "flops_per_step": flops,
-        "flops_formula": "6*N*tokens + 12*L*T*d*tokens, N = parameters (padded vocab rows not counted)",
+        "flops_formula": "model_flops_per_token * tokens (README: MFU)",
         "first_step_loss": {"nuri": nuri_first["loss"], "peer": torch_first},
         **extra,
     }

@@ -10,6 +10,7 @@
 #include <cstdarg>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -149,9 +150,11 @@ std::string device_profile_to_json(const DeviceProfile& p) {
   j["matmul_half_width"] = p.matmul_half_width;
   if (!p.matmul_by_width.empty()) j["matmul_by_width"] = p.matmul_by_width;
   if (!p.attention_by_head_dim.empty()) j["attention_by_head_dim"] = p.attention_by_head_dim;
+  if (!p.attention_by_seq_len.empty()) j["attention_by_seq_len"] = p.attention_by_seq_len;
 
   j["attention_flops"] = p.attention_flops;
   j["memory_bandwidth"] = p.memory_bandwidth;
+  if (!p.op_bandwidth.empty()) j["op_bandwidth"] = p.op_bandwidth;
   j["intra_node_bandwidth"] = p.intra_node_bandwidth;
   j["inter_node_bandwidth"] = p.inter_node_bandwidth;
   j["collective_latency"] = p.collective_latency;
@@ -190,8 +193,19 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   p.matmul_half_width = j.value("matmul_half_width", 0.0);
   p.matmul_by_width = width_table(j, "matmul_by_width", origin);
   p.attention_by_head_dim = width_table(j, "attention_by_head_dim", origin);
+  p.attention_by_seq_len = width_table(j, "attention_by_seq_len", origin);
+  if (j.contains("op_bandwidth")) {
+    const nlohmann::json& ops = j["op_bandwidth"];
+    NURI_CHECK(ops.is_object(), origin, ": \"op_bandwidth\" must be an object of kind: bytes/s");
+    for (const auto& [kind, rate] : ops.items()) {
+      NURI_CHECK(rate.is_number() && rate.get<double>() > 0, origin, ": \"op_bandwidth\" \"", kind,
+                 "\" must be a positive number (bytes/s)");
+      p.op_bandwidth[kind] = rate.get<double>();
+    }
+  }
   NURI_CHECK(!j.contains("name") || j["name"].is_string(), origin, ": \"name\" must be a string");
-  NURI_CHECK(!j.contains("gpu") || j["gpu"].is_boolean(), origin, ": \"gpu\" must be true or false");
+  NURI_CHECK(!j.contains("gpu") || j["gpu"].is_boolean(), origin,
+             ": \"gpu\" must be true or false");
   p.name = j.value("name", origin);
   p.gpu = j.value("gpu", true);
   p.source = j.contains("source") && j["source"].is_string() ? j["source"].get<std::string>() : "";
@@ -219,8 +233,15 @@ double DeviceProfile::matmul_rate(double k) const {
   return by_width(matmul_by_width, k);
 }
 
-double DeviceProfile::attention_rate(double d) const {
-  return attention_by_head_dim.empty() ? attention_flops : by_width(attention_by_head_dim, d);
+double DeviceProfile::attention_rate(double d, double t) const {
+  const double at_512 =
+      attention_by_head_dim.empty() ? attention_flops : by_width(attention_by_head_dim, d);
+  return attention_by_seq_len.empty() ? at_512 : at_512 * by_width(attention_by_seq_len, t);
+}
+
+double DeviceProfile::bandwidth(const std::string& kind) const {
+  const auto it = op_bandwidth.find(kind);
+  return it == op_bandwidth.end() ? memory_bandwidth : it->second;
 }
 
 std::string Layout::str() const {
@@ -397,6 +418,7 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
       l.pp > 1 ? pipeline_stages(cfg, l.pp, seq_len) : std::vector<int64_t>{0, cfg.n_layer};
   const int64_t bt = l.micro_batch * seq_len;
   const int64_t e = dev.gpu ? 2 : 4;
+  const char* norm_kind = cfg.norm == NormKind::rmsnorm ? "rmsnorm" : "layernorm";
   const double m = double(l.grad_accum);
   // Per micro-batch on each stage: its products, attention, memory-bound work and collectives;
   // the slowest stage sets the pace of the pipeline.
@@ -425,13 +447,14 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
       attention += (again ? 4.0 / 3.0 : 1.0) * u.block_attention / tpd;
     }
     if (s == l.pp - 1) per_token += product(c, double(cfg.padded_vocab()) / tpd, 1.0);
-    const double compute = rows * (per_token + attention / dev.attention_rate(hd));
-    // The memory-bound ops' bytes a token moves (read and written, e bytes an element): per
-    // block the two norms fused with the residual add (forward 4C each, backward 4C each; the
-    // rows of this rank under sp), the activation (GELU: 2F forward, 3F backward; SwiGLU: 3F and
-    // 5F) and RoPE on q and k (forward and backward); recomputation runs the forward's again
-    // (selective: the norms and the activation; full: all of it). The head: the final norm
-    // and the cross-entropy over this rank's vocabulary columns (read, then read and write).
+    const double compute = rows * (per_token + attention / dev.attention_rate(hd, double(seq_len)));
+    // The memory-bound ops' elements a token moves (read and written), by kind, each at its
+    // own speed: per block the two norms fused with the residual add (forward 4C each,
+    // backward 4C each; the rows of this rank under sp), the activation (GELU: 2F forward, 3F
+    // backward; SwiGLU: 3F and 5F) and RoPE on q and k (forward and backward, 2 each);
+    // recomputation runs the forward's again (selective: the norms and the activation; full:
+    // all of it). The head: the final norm and the cross-entropy over this rank's vocabulary
+    // columns (f32 logits: read, then read and written).
     const double f = double(cfg.d_ff) / l.tp;
     const double stream = (l.sp && l.tp > 1) ? c / l.tp : c;
     const double rope = cfg.position == PositionKind::rope
@@ -439,17 +462,27 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
                             : 0.0;
     const bool swiglu = cfg.mlp == MlpKind::swiglu;
     const double norms_fwd = 8 * stream, act_fwd = (swiglu ? 3 : 2) * f, rope_fwd = 2 * rope;
-    const double block_bytes =
-        norms_fwd + 8 * stream + act_fwd + (swiglu ? 5 : 3) * f + 2 * rope_fwd;
-    double moved = 0;
+    double norm = 0, act = 0, rot = 0;
     for (int64_t b = first[size_t(s)]; b < first[size_t(s) + 1]; ++b) {
-      moved += block_bytes;
+      norm += 2 * norms_fwd;
+      act += act_fwd + (swiglu ? 5 : 3) * f;
+      rot += 2 * rope_fwd;
       if (l.recompute != Recompute::none && b % l.recompute_every == 0) {
-        moved += norms_fwd + act_fwd + (l.recompute == Recompute::full ? rope_fwd : 0.0);
+        norm += norms_fwd;
+        act += act_fwd;
+        if (l.recompute == Recompute::full) rot += rope_fwd;
       }
     }
-    if (s == l.pp - 1) moved += 8 * stream + 3.0 * double(cfg.padded_vocab()) / l.tp;
-    const double elementwise = double(e) * double(bt) * moved / dev.memory_bandwidth;
+    double loss = 0;
+    if (s == l.pp - 1) {
+      norm += 8 * stream;
+      loss = 3.0 * double(cfg.padded_vocab()) / l.tp;
+    }
+    const double elementwise =
+        double(bt) *
+        (double(e) * norm / dev.bandwidth(norm_kind) +
+         double(e) * act / dev.bandwidth(swiglu ? "swiglu" : "gelu") +
+         double(e) * rot / dev.bandwidth("rope") + 4.0 * loss / dev.bandwidth("cross_entropy"));
     // Tensor parallelism: per block two all-reduces of the stream forward and two backward
     // (sequence parallelism: reduce-scatters and all-gathers, the same bus bytes), plus one
     // forward again for a fully recomputed block; the embedding's and the head's sums.
@@ -484,11 +517,12 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
       best.bubble = double(l.pp - 1) * per_micro;  // 1F1B: (m + p − 1) micro-batch times
     }
   }
-  // The optimizer: AdamW reads weights, gradients and both moments and writes three of them
-  // (28 bytes a parameter in f32), on this rank's shard; a GPU also writes the bf16 copy.
+  // The optimizer: the gradients' norm reads them, AdamW reads weights, gradients and both
+  // moments and writes three of them (32 bytes a parameter in f32), on this rank's shard; a
+  // GPU also writes the bf16 copy.
   const int64_t psi = unit_ranges(cfg, {0, l.tp}, stage_of(cfg, l, seq_len, 0)).back().second;
   const double opt_params = double(l.zero >= 1 ? ceil_div(psi, l.dp) : psi);
-  best.elementwise += opt_params * (28.0 + (dev.gpu ? 2.0 : 0.0)) / dev.memory_bandwidth;
+  best.elementwise += opt_params * (32.0 + (dev.gpu ? 2.0 : 0.0)) / dev.bandwidth("adamw");
   // Data parallelism: the gradient reduction (ZeRO 0, 1: an all-reduce of the f32 gradients
   // once a step; 2, 3: a reduce-scatter every micro-batch), the updated weights' all-gather
   // (ZeRO 1, 2) and ZeRO 3's gathers before each unit's forward and backward. It overlaps with
@@ -576,12 +610,11 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
   for (const auto& [k, f] : p.matmul_by_width) p.matmul_flops = std::max(p.matmul_flops, f);
   p.matmul_half_width = 0;
   // Causal attention, forward and backward (the FLOPs unit_costs counts: 3 · 2 · T · H · D a
-  // token, the mask halving the products), at head dims 32 (not on a GPU: its kernels take 64
-  // and 128), 64 and 128; H · D = 256.
-  p.attention_by_head_dim.clear();
-  for (const int64_t d : {32, 64, 128}) {
-    if (d == 32 && p.gpu) continue;
-    const int64_t b = 4, t = 512, h = 256 / d;
+  // token, the mask halving the products), on 2048 tokens with H · D = 256: at T = 512 by head
+  // dim 32 (not on a GPU: its kernels take 64 and 128), 64 and 128; at head dim 64 by T = 128
+  // and 2048 too, relative to 512.
+  auto attention_speed = [&](int64_t d, int64_t t) {
+    const int64_t b = 2048 / t, h = 256 / d;
     const Tensor q = filled(be, {b, t, h, d}, dt, 0.01f), k = filled(be, {b, t, h, d}, dt, 0.01f),
                  v = filled(be, {b, t, h, d}, dt, 0.01f);
     const Tensor out = be.empty({b, t, h, d}, dt), lse = be.empty({b, h, t});
@@ -592,35 +625,80 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
       be.attention(q, k, v, out, lse, causal);
       be.attention_backward(q, k, v, out, lse, out, dq, dk, dv, causal);
     });
-    p.attention_by_head_dim.push_back(
-        {double(d), 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s});
+    return 3.0 * 2.0 * double(t) * double(h * d) * double(b * t) / s;
+  };
+  p.attention_by_head_dim.clear();
+  for (const int64_t d : {32, 64, 128}) {
+    if (d == 32 && p.gpu) continue;
+    p.attention_by_head_dim.push_back({double(d), attention_speed(d, 512)});
   }
+  const double at_512 = by_width(p.attention_by_head_dim, 64);
+  p.attention_by_seq_len = {{128.0, attention_speed(64, 128) / at_512},
+                            {512.0, 1.0},
+                            {2048.0, attention_speed(64, 2048) / at_512}};
   p.attention_flops = 0;
   for (const auto& [d, f] : p.attention_by_head_dim)
     p.attention_flops = std::max(p.attention_flops, f);
-  // Elementwise: a layernorm's forward and backward, GELU's, and AdamW, counted as the bytes
-  // they read and write.
+  // Memory-bound work, each kind forward and backward at a transformer's shapes (4096 rows of
+  // C = 512, F = 4C), its speed counted in the bytes estimate_step_time charges it.
   {
-    const int64_t rows = 4096, c = 512, e = int64_t(dtype_size(dt));
-    const Tensor x = filled(be, {rows, c}, dt, 0.01f), y = be.empty({rows, c}, dt);
+    const int64_t rows = 4096, c = 512, f = 4 * c, e = int64_t(dtype_size(dt));
+    const double budget_each = budget / 2;
+    auto rate = [&](const char* kind, double bytes, const std::function<void()>& fn) {
+      p.op_bandwidth[kind] = bytes / time_per_call(be, budget_each, fn);
+    };
+    const Tensor x = filled(be, {rows, c}, dt, 0.01f), res = filled(be, {rows, c}, dt, 0.02f);
+    const Tensor sum = be.empty({rows, c}, dt), y = be.empty({rows, c}, dt);
     const Tensor w = filled(be, {c}, DType::f32, 0.1f), bias = filled(be, {c}, DType::f32, 0.f);
     const Tensor mean = be.empty({rows}), rstd = be.empty({rows}), ds = be.empty({rows, c}, dt);
     const Tensor dw = be.empty({c}), db = be.empty({c});
-    const Tensor big = filled(be, {rows, 4 * c}, dt, 0.01f), act = be.empty({rows, 4 * c}, dt);
-    const int64_t n = int64_t(1) << 22;
-    AdamWTensor a{filled(be, {n}, DType::f32, 0.01f), filled(be, {n}, DType::f32, 0.01f),
-                  filled(be, {n}, DType::f32, 0.f), filled(be, {n}, DType::f32, 0.f), true};
+    const double norm_bytes = 8.0 * double(rows * c * e);  // forward 4C, backward 4C a row
+    rate("layernorm", norm_bytes, [&] {
+      be.layernorm(x, res, w, bias, 1e-5f, sum, y, mean, rstd);
+      be.layernorm_backward(y, sum, w, mean, rstd, res, ds, dw, db, false);
+    });
+    rate("rmsnorm", norm_bytes, [&] {
+      be.rmsnorm(x, res, w, 1e-5f, sum, y, rstd);
+      be.rmsnorm_backward(y, sum, w, rstd, res, ds, dw, false);
+    });
+    const Tensor big = filled(be, {rows, 2 * f}, dt, 0.01f), act = be.empty({rows, f}, dt);
+    const Tensor dbig = be.empty({rows, 2 * f}, dt);
+    const Tensor up = filled(be, {rows, f}, dt, 0.01f);
+    rate("gelu", 5.0 * double(rows * f * e), [&] {  // 2F forward, 3F backward
+      be.gelu(up, act);
+      be.gelu_backward(up, act, act);
+    });
+    rate("swiglu", 8.0 * double(rows * f * e), [&] {  // 3F forward, 5F backward
+      be.swiglu(big, act);
+      be.swiglu_backward(big, act, dbig);
+    });
+    const Tensor qk = filled(be, {4, rows / 4, 8, c / 8}, dt, 0.01f);
+    rate("rope", 4.0 * double(rows * c * e), [&] {  // read and written, forward and backward
+      be.rope(qk, qk, 10000.f, 0);
+      be.rope_backward(qk, qk, 10000.f, 0);
+    });
+    const int64_t n = 512, v = 8192;
+    const Tensor logits = filled(be, {n, v}, DType::f32, 0.01f), dlogits = be.empty({n, v});
+    Tensor targets_host = Tensor::empty({n}, DType::i32);
+    for (int64_t i = 0; i < n; ++i) targets_host.data<int32_t>()[i] = int32_t((i * 37) % v);
+    const Tensor targets = be.empty({n}, DType::i32);
+    be.copy(targets_host, targets);
+    const Tensor losses = be.empty({n}), lse = be.empty({n}), loss = be.empty({1});
+    rate("cross_entropy", 3.0 * 4.0 * double(n * v), [&] {  // f32: read, then read and written
+      be.cross_entropy(logits, targets, v, -100, losses, lse, loss);
+      be.cross_entropy_backward(logits, targets, lse, v, -100, 1.f, dlogits);
+    });
+    const int64_t params = int64_t(1) << 22;
+    AdamWTensor a{filled(be, {params}, DType::f32, 0.01f), filled(be, {params}, DType::f32, 0.01f),
+                  filled(be, {params}, DType::f32, 0.f), filled(be, {params}, DType::f32, 0.f),
+                  true};
+    const Tensor norm = be.empty({1});
     AdamWParams hp;
-    const double s = time_per_call(be, 2 * budget, [&] {
-      be.layernorm(x, Tensor(), w, bias, 1e-5f, Tensor(), y, mean, rstd);
-      be.layernorm_backward(y, x, w, mean, rstd, Tensor(), ds, dw, db, false);
-      be.gelu(big, act);
-      be.gelu_backward(big, act, act);
+    rate("adamw", 32.0 * double(params), [&] {  // the norm reads 4 bytes, AdamW moves 28
+      be.global_norm({a.grad}, norm);
       be.adamw({a}, hp);
     });
-    const double bytes =
-        double(rows * c * e) * (2 + 4) + double(rows * 4 * c * e) * (2 + 3) + 28.0 * double(n);
-    p.memory_bandwidth = bytes / s;
+    p.memory_bandwidth = p.op_bandwidth["adamw"];
   }
   std::string what = "measured by nuri calibrate on " + be.name();
   if (comm && comm->size() > 1) {

@@ -76,11 +76,49 @@ def test_calibrate_measures_this_machine_into_a_profile_file(tmp_path):
     widths = [k for k, _ in prof["matmul_by_width"]]
     assert widths == sorted(widths) and widths[0] == 64 and widths[-1] == 2048
     assert [d for d, _ in prof["attention_by_head_dim"]] == [32, 64, 128]
+    assert [t for t, _ in prof["attention_by_seq_len"]] == [128, 512, 2048]
+    assert dict(prof["attention_by_seq_len"])[512] == 1.0
+    assert sorted(prof["op_bandwidth"]) == ["adamw", "cross_entropy", "gelu", "layernorm",
+                                            "rmsnorm", "rope", "swiglu"]
+    assert all(v > 1e6 for v in prof["op_bandwidth"].values())
+    assert prof["memory_bandwidth"] == prof["op_bandwidth"]["adamw"]
     assert nuri.device_profile(str(out)) == prof
     # The planner takes the file.
     cfg = nuri.ModelConfig.preset("gpt2-tiny")
     t = nuri.estimate_step_time(cfg, {"micro_batch": 4}, 64, str(out))
     assert t["total"] > 0 and t["compute"] > 0 and t["dp_comm"] == 0
+
+
+def test_step_time_charges_each_kind_of_work_at_its_own_speed():
+    gpt2 = nuri.ModelConfig.preset("gpt2-tiny")
+    llama = nuri.ModelConfig.preset("llama-tiny")
+    base = nuri.device_profile("cpu")
+    layout = {"micro_batch": 4}
+
+    def elementwise(cfg, **rates):
+        prof = dict(base, op_bandwidth=dict(rates))
+        return nuri.estimate_step_time(cfg, layout, 64, prof)["elementwise"]
+
+    # GELU's share is bytes over its rate: halving the rate doubles it, and nothing else moves.
+    # A SwiGLU model does no GELU work.
+    fast = elementwise(gpt2, gelu=1e30)
+    at = elementwise(gpt2, gelu=1e9)
+    half = elementwise(gpt2, gelu=5e8)
+    assert at > fast and half - fast == pytest.approx(2 * (at - fast), rel=1e-9)
+    assert elementwise(llama, gelu=5e8) == elementwise(llama, gelu=1e30)
+    assert elementwise(llama, swiglu=5e8) > elementwise(llama, swiglu=1e30)
+    # A kind the profile does not list runs at memory_bandwidth.
+    assert elementwise(gpt2) == elementwise(gpt2, gelu=base["memory_bandwidth"])
+    # Attention on short sequences at the measured share of its speed at 512.
+    slow_short = dict(base, attention_by_seq_len=[[64, 0.5], [512, 1.0]])
+    plain = nuri.estimate_step_time(gpt2, layout, 64, base)["compute"]
+    slowed = nuri.estimate_step_time(gpt2, layout, 64, slow_short)["compute"]
+    assert slowed > plain
+    gpt2.max_seq_len = max(gpt2.max_seq_len, 512)
+    assert (nuri.estimate_step_time(gpt2, layout, 512, slow_short)["compute"] ==
+            nuri.estimate_step_time(gpt2, layout, 512, base)["compute"])
+    with pytest.raises(nuri.Error, match='"op_bandwidth" "gelu" must be a positive number'):
+        nuri.estimate_step_time(gpt2, layout, 64, dict(base, op_bandwidth={"gelu": -1}))
 
 
 def test_plan_command_line(tmp_path):

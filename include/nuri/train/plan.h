@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,11 +42,23 @@ struct DeviceProfile {
   /// FLOP/s a product whose smallest dimension is k reaches.
   double matmul_rate(double k) const;
   double attention_flops = 0;  ///< FLOP/s the attention kernels reach (causal FLOPs)
-  /// Measured instead (calibrate): (head dim, FLOP/s), interpolated as matmul_by_width.
+  /// Measured instead (calibrate): (head dim, FLOP/s) at sequence length 512, interpolated as
+  /// matmul_by_width.
   std::vector<std::pair<double, double>> attention_by_head_dim;
-  /// FLOP/s attention of head dim d reaches.
-  double attention_rate(double d) const;
-  double memory_bandwidth = 0;      ///< bytes/s elementwise work reaches
+  /// Measured too: (sequence length, speed relative to length 512) at head dim 64, the same
+  /// number of tokens each; short sequences are slower per FLOP (the diagonal's tiles are
+  /// partly masked, and each row's fixed work is a larger share).
+  std::vector<std::pair<double, double>> attention_by_seq_len;
+  /// FLOP/s attention of head dim d reaches on sequences of length t.
+  double attention_rate(double d, double t = 512) const;
+  double memory_bandwidth = 0;  ///< bytes/s elementwise work reaches
+  /// Measured instead (calibrate), by kind of memory-bound work ("layernorm", "rmsnorm",
+  /// "gelu", "swiglu", "rope", "cross_entropy", "adamw"): the bytes/s it reaches, counting the
+  /// bytes estimate_step_time charges it. On a CPU these kinds differ several-fold (GELU's tanh
+  /// and SwiGLU's exp are compute-bound there); a kind not listed runs at memory_bandwidth.
+  std::map<std::string, double> op_bandwidth;
+  /// Bytes/s of one kind of elementwise work.
+  double bandwidth(const std::string& kind) const;
   double intra_node_bandwidth = 0;  ///< bus bytes/s of a collective inside a node, per device
   double inter_node_bandwidth = 0;  ///< the same across nodes
   double collective_latency = 0;    ///< seconds a collective costs beyond its bytes
@@ -65,8 +78,9 @@ class Backend;
 class Communicator;
 
 /// Measures the machine it runs on: products at widths 64 to 2048, attention's forward and
-/// backward, elementwise work (norms, GELU, AdamW) on `backend`, and with a communicator of several
-/// ranks its all-reduce's bus bandwidth and latency (every rank calls it). Returns `base` with the
+/// backward by head dim and sequence length, each kind of elementwise work (op_bandwidth) on
+/// `backend`, and with a communicator of several ranks its all-reduce's bus bandwidth and
+/// latency (every rank calls it). Returns `base` with the
 /// measured figures replaced (a GPU keeps its datasheet peak for MFU; the CPU's peak becomes
 /// its measured product speed) and the source saying what was measured where. Takes a few
 /// seconds (seconds_per_probe each).
