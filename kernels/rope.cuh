@@ -1,5 +1,6 @@
 // Rotary position embedding, rotate-half convention: element i of a head is rotated together
-// with element i + D/2 by the angle a = p · f_i, p = pos_offset + t, f_i = theta^(-2i/D).
+// with element i + D/2 by the angle a = p · f_i, p = pos_offset + t, f_i = theta^(-2i/D)
+// rescaled as the Rope says (nuri/core/rope.h, shared with the CPU backend).
 //
 // The design choice: the angle is as accurate as the CPU backend's double-precision one at any
 // position, without double-precision trigonometry. Each block computes f_i in double (as the CPU
@@ -47,8 +48,7 @@ __global__ void __launch_bounds__(kRopeThreads) rope_kernel(const RopeKernelPara
   // (consecutive v) read consecutive entries.
   RopeTurns* sTurns = dynamic_smem<RopeTurns>();
   for (int64_t i = threadIdx.x; i < p.half; i += blockDim.x) {
-    const double turns =
-        pow(p.theta, -2.0 * double(i) / double(2 * p.half)) / 6.283185307179586476925;
+    const double turns = p.rope.frequency(i, 2 * p.half) / 6.283185307179586476925;
     const float hi = float(turns);
     sTurns[(i % kVec) * vecs + i / kVec] = RopeTurns{hi, float(turns - double(hi))};
   }

@@ -7,9 +7,11 @@
 
 #include <cstdint>
 
+#include "nuri/core/rope.h"
+
 namespace nuri::kernels {
 
-/// One rotation of x by sign · angle into y, angle = (pos_offset + t) · theta^(-2i/D).
+/// One rotation of x by sign · angle into y, angle = (pos_offset + t) · rope.frequency(i, D).
 /// Strides are in elements; the head dim has unit stride in both tensors.
 template <class T>
 struct RopeParams {
@@ -22,7 +24,7 @@ struct RopeParams {
   int64_t heads;             // H
   int64_t half;              // D / 2: element i is rotated with element i + D/2
   int64_t pos_offset;        // position of t = 0; pos_offset + T <= 2^24 (exact in float)
-  double theta;              // > 0
+  Rope rope;                 // theta > 0, and the scaling (nuri/core/rope.h)
   float sign;                // +1 forward, -1 backward (the transpose)
 };
 

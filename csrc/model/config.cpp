@@ -30,10 +30,30 @@ const Settings& model_settings() {
              {{"learned", PositionKind::learned}, {"rope", PositionKind::rope}},
              "position encoding");
     t.add("rope_theta", &C::rope_theta, "RoPE base frequency").above(0);
+    t.choice("rope_scaling", &C::rope_scaling,
+             {{"none", RopeScalingKind::none},
+              {"linear", RopeScalingKind::linear},
+              {"llama3", RopeScalingKind::llama3}},
+             "RoPE frequencies rescaled for a longer context: none, linear, llama3");
+    t.add("rope_factor", &C::rope_factor, "RoPE scaling factor (linear, llama3)").above(0);
+    t.add("rope_low_freq_factor", &C::rope_low_freq_factor, "llama3 RoPE scaling: low_freq_factor")
+        .above(0);
+    t.add("rope_high_freq_factor", &C::rope_high_freq_factor,
+          "llama3 RoPE scaling: high_freq_factor")
+        .above(0);
+    t.add("rope_original_max_len", &C::rope_original_max_len,
+          "llama3 RoPE scaling: the context first trained on (original_max_position_embeddings)")
+        .at_least(1);
     t.choice("mlp", &C::mlp, {{"gelu", MlpKind::gelu}, {"swiglu", MlpKind::swiglu}},
              "MLP: gelu (GPT-2 names) or swiglu (Llama names)");
     t.add("bias", &C::bias, "biases in linear layers (and layernorm)");
+    t.add("qkv_bias", &C::qkv_bias, "biases on the q, k and v projections only (Qwen2)");
     t.add("tied_embeddings", &C::tied_embeddings, "the LM head reuses the token embedding");
+    t.add("head_dim", &C::head_dim_override, "width of an attention head; 0: d_model / n_head")
+        .at_least(0);
+    t.add("sliding_window", &C::sliding_window,
+          "sliding-window attention's window; 0: none (longer sequences are refused)")
+        .at_least(0);
     return t;
   }();
   return s;
@@ -67,20 +87,47 @@ ModelConfig model_config_from_json(const std::string& json, const std::string& o
 
 void ModelConfig::validate() const {
   model_settings().check_bounds(this, "");  // each field's range (numbers finite)
-  NURI_CHECK(d_model % n_head == 0, "n_head (", n_head, ") must divide d_model (", d_model, ")");
+  NURI_CHECK(head_dim_override > 0 || d_model % n_head == 0, "n_head (", n_head,
+             ") must divide d_model (", d_model, "), or head_dim must be given");
   NURI_CHECK(n_head % n_kv_head == 0, "n_kv_head (", n_kv_head, ") must divide n_head (", n_head,
              ")");
   if (position == PositionKind::rope) {
-    NURI_CHECK(head_dim() % 2 == 0, "rope needs an even head dim; d_model / n_head = ", d_model,
-               " / ", n_head, " = ", head_dim());
+    NURI_CHECK(head_dim() % 2 == 0, "rope needs an even head dim, got ", head_dim(),
+               head_dim_override > 0 ? " (head_dim)" : " (d_model / n_head)");
+    check_rope("model config", rope());
+  } else {
+    NURI_CHECK(rope_scaling == RopeScalingKind::none, "rope_scaling ",
+               rope_scaling_name(rope_scaling), " needs position = rope");
   }
+  NURI_CHECK(!(qkv_bias && bias), "qkv_bias adds biases to q, k and v only; with bias = true "
+             "every linear layer has them already: set one of the two");
+  NURI_CHECK(!(qkv_bias && mlp == MlpKind::gelu), "qkv_bias is for Llama-style models (mlp = "
+             "swiglu); GPT-2-style models take bias");
+}
+
+Rope ModelConfig::rope() const {
+  Rope r;
+  r.theta = double(rope_theta);
+  r.scaling = rope_scaling;
+  r.factor = double(rope_factor);
+  r.low_freq_factor = double(rope_low_freq_factor);
+  r.high_freq_factor = double(rope_high_freq_factor);
+  r.original_context = double(rope_original_max_len);
+  return r;
+}
+
+void check_sliding_window(const ModelConfig& cfg, int64_t seq_len) {
+  NURI_CHECK(cfg.sliding_window == 0 || seq_len <= cfg.sliding_window, "sequence length ",
+             seq_len, " is longer than the model's sliding window (", cfg.sliding_window,
+             "): nuri has no sliding-window attention and would attend to the whole prefix; "
+             "train and evaluate with seq_len <= ", cfg.sliding_window);
 }
 
 int64_t ModelConfig::num_params() const {
   const int64_t c = d_model, d = head_dim(), qkv = (n_head + 2 * n_kv_head) * d;
   const int64_t norm_params = norm == NormKind::layernorm && bias ? 2 * c : c;
   int64_t layer = norm_params * 2;
-  layer += qkv * c + (bias ? qkv : 0);                 // q, k, v projections
+  layer += qkv * c + (bias || qkv_bias ? qkv : 0);     // q, k, v projections
   layer += n_head * d * c + (bias ? c : 0);            // output projection
   const int64_t up = mlp == MlpKind::swiglu ? 2 * d_ff : d_ff;
   layer += up * c + (bias ? up : 0) + d_ff * c + (bias ? c : 0);
@@ -97,6 +144,12 @@ std::string ModelConfig::summary() const {
      << " max_seq_len=" << max_seq_len << " norm=" << norm_name(norm)
      << " position=" << position_name(position) << " mlp=" << mlp_name(mlp)
      << " bias=" << (bias ? "true" : "false") << " tied=" << (tied_embeddings ? "true" : "false");
+  if (qkv_bias) os << " qkv_bias=true";
+  if (head_dim_override > 0) os << " head_dim=" << head_dim_override;
+  if (rope_scaling != RopeScalingKind::none) {
+    os << " rope_scaling=" << rope_scaling_name(rope_scaling) << " rope_factor=" << rope_factor;
+  }
+  if (sliding_window > 0) os << " sliding_window=" << sliding_window;
   return os.str();
 }
 

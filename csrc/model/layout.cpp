@@ -122,7 +122,7 @@ void declare_block(const ModelConfig& cfg, int64_t l, Declarer& d) {
   // q, k, v consecutive: one [(H + 2Hkv)·D, C] view
   d.fused(&W::qkv_w, {{p + "self_attn.q_proj.weight", hq}, {p + "self_attn.k_proj.weight", hkv},
                       {p + "self_attn.v_proj.weight", hkv}}, c);
-  if (cfg.bias) {
+  if (cfg.bias || cfg.qkv_bias) {
     d.fused(&W::qkv_b, {{p + "self_attn.q_proj.bias", hq}, {p + "self_attn.k_proj.bias", hkv},
                         {p + "self_attn.v_proj.bias", hkv}}, 0);
   }

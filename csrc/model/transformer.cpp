@@ -354,6 +354,7 @@ void Transformer::plan(int64_t b, int64_t t) {
   NURI_CHECK(b > 0 && t > 0, "batch (", b, ") and sequence length (", t, ") must be positive");
   NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
              cfg_.max_seq_len, " of the model");
+  check_sliding_window(cfg_, t);
   // Release the old plan before allocating the new one.
   m.b = m.t = 0;
   m.slots.clear();

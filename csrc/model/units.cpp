@@ -135,8 +135,8 @@ void block_body(const Ctx& c, const UnitWeights& w, const BlockActs& a) {
   Tensor q = a.qkv.slice(2, 0, h), k = a.qkv.slice(2, h, h + hkv),
          v = a.qkv.slice(2, h + hkv, h + 2 * hkv);
   if (c.cfg.position == PositionKind::rope) {
-    be.rope(q, q, c.cfg.rope_theta, 0);
-    be.rope(k, k, c.cfg.rope_theta, 0);
+    be.rope(q, q, c.cfg.rope(), 0);
+    be.rope(k, k, c.cfg.rope(), 0);
   }
   AttentionOptions causal;
   be.attention(q, k, v, a.atty, a.lse, causal);
@@ -227,8 +227,8 @@ void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, Bl
   AttentionOptions causal;
   be.attention_backward(q, k, v, a.atty, a.lse, s.d_atty, dq, dk, dv, causal);
   if (c.cfg.position == PositionKind::rope) {
-    be.rope_backward(dq, dq, c.cfg.rope_theta, 0);
-    be.rope_backward(dk, dk, c.cfg.rope_theta, 0);
+    be.rope_backward(dq, dq, c.cfg.rope(), 0);
+    be.rope_backward(dk, dk, c.cfg.rope(), 0);
   }
   const Tensor dqkv = s.d_qkv.view({b, t, -1});
   be.matmul_backward_input(dqkv, w.qkv_w, dln, false, Tensor());

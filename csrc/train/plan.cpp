@@ -369,8 +369,9 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
     const int64_t unique = std::min(bt, cfg.vocab_size);
     const int64_t slots = bt / 64 + unique;
     const int64_t emb = stage.first == 0 ? 4 * (bt + 8 * slots) + 4 * slots * cfg.d_model : 0;
-    const int64_t widest = std::max({3 * cfg.d_model, cfg.d_ff / l.tp * 2, cfg.d_model});
-    const int64_t bias = cfg.bias ? 4 * ceil_div(bt, 256) * widest : 0;
+    const int64_t qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim();
+    const int64_t widest = cfg.bias ? std::max({qkv, cfg.d_ff / l.tp * 2, cfg.d_model}) : qkv;
+    const int64_t bias = cfg.bias || cfg.qkv_bias ? 4 * ceil_div(bt, 256) * widest : 0;
     m.workspace = held(dev, std::max({attn, emb, bias}));
   }
   m.workspace += held(dev, 4 * (l.grad_accum + 2));
@@ -674,8 +675,8 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
     });
     const Tensor qk = filled(be, {4, rows / 4, 8, c / 8}, dt, 0.01f);
     rate("rope", 4.0 * double(rows * c * e), [&] {  // read and written, forward and backward
-      be.rope(qk, qk, 10000.f, 0);
-      be.rope_backward(qk, qk, 10000.f, 0);
+      be.rope(qk, qk, Rope{}, 0);
+      be.rope_backward(qk, qk, Rope{}, 0);
     });
     const int64_t n = 512, v = 8192;
     const Tensor logits = filled(be, {n, v}, DType::f32, 0.01f), dlogits = be.empty({n, v});

@@ -179,6 +179,12 @@ void RunConfig::validate() const {
     throw ConfigError("train.seq_len (" + std::to_string(train.seq_len) +
                       ") exceeds model.max_seq_len (" + std::to_string(model.max_seq_len) + ")");
   }
+  if (model.sliding_window > 0 && train.seq_len > model.sliding_window) {
+    throw ConfigError("train.seq_len (" + std::to_string(train.seq_len) +
+                      ") is longer than model.sliding_window (" +
+                      std::to_string(model.sliding_window) +
+                      "): nuri has no sliding-window attention; lower seq_len to the window");
+  }
   // The backend must be one this build has (cuda:N is cuda's device N).
   const std::vector<std::string> backends = build_info().backends;
   const std::string base = backend.substr(0, backend.find(':'));

@@ -200,6 +200,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
   }
   NURI_CHECK(cfg.seq_len <= model.config().max_seq_len, "seq_len (", cfg.seq_len,
              ") exceeds the model's max_seq_len (", model.config().max_seq_len, ")");
+  check_sliding_window(model.config(), cfg.seq_len);
   tokens_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
   targets_ = Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32);
 }
@@ -849,7 +850,10 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   model.set_sequence_parallel(false);
   // A fixed window: positions after the current one are filler that causal attention never lets
   // earlier positions see, so the activation plan is made once.
-  const int64_t window = std::min<int64_t>(cfg.max_seq_len, int64_t(prompt.size()) + opt.max_new_tokens);
+  // A sliding-window model's sequences stay within its window (check_sliding_window).
+  const int64_t longest =
+      cfg.sliding_window > 0 ? std::min(cfg.max_seq_len, cfg.sliding_window) : cfg.max_seq_len;
+  const int64_t window = std::min<int64_t>(longest, int64_t(prompt.size()) + opt.max_new_tokens);
   std::vector<int32_t> seq = prompt, out;
   Tensor tokens = Tensor::empty({1, window}, DType::i32);
   Tensor host_logits = Tensor::empty({cfg.padded_vocab()}, DType::f32);

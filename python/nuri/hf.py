@@ -1,18 +1,25 @@
 """Hugging Face interop: export a nuri model as a Hugging Face model directory (``config.json`` and
-``model.safetensors``) and import one back.
+``model.safetensors``, or shards with ``model.safetensors.index.json``) and import one back.
 
-Layouts (what ``transformers`` writes for GPT2LMHeadModel and LlamaForCausalLM):
+Layouts (what ``transformers`` writes for GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM
+and MistralForCausalLM):
 
 - GPT-2: keys ``transformer.wte.weight``, ``transformer.h.{i}.attn.c_attn.weight`` ..., with the
   Conv1D weights stored as [in, out] (nuri keeps [out, in], so they are transposed both ways);
   the LM head is tied to ``wte`` and not stored. Import accepts keys with or without the
   ``transformer.`` prefix (both exist in the wild) and ignores ``attn.bias``/``attn.masked_bias``
   buffers that older checkpoints carry.
-- Llama: nuri's names are Hugging Face's (``model.layers.{i}.self_attn.q_proj.weight`` ...), and
-  both use the rotate-half rotary layout that ``transformers`` applies to q_proj/k_proj, so the
-  weights go across unchanged.
+- Llama, Qwen2, Mistral: nuri's names are Hugging Face's
+  (``model.layers.{i}.self_attn.q_proj.weight`` ...; Qwen2 adds ``q_proj.bias``, ``k_proj.bias``
+  and ``v_proj.bias``: nuri's ``qkv_bias``), and both use the rotate-half rotary layout that
+  ``transformers`` applies to q_proj/k_proj, so the weights go across unchanged. Llama 3.1's
+  ``rope_scaling`` (llama3, linear) and ``head_dim`` map to the model config's rope_* keys and
+  head_dim; Mistral's ``sliding_window`` to sliding_window (sequences longer than it are
+  refused: nuri attends to the whole prefix).
 
-nuri pads the vocabulary to a multiple of 64; exported embeddings and LM heads have exactly
+Weights are read one tensor at a time with nuri's safetensors reader (F32, BF16 and F16 files;
+nuri keeps f32 masters), so importing holds the model and one tensor, not the file. nuri pads
+the vocabulary to a multiple of 64; exported embeddings and LM heads have exactly
 ``vocab_size`` rows, and import pads them with zeros again.
 """
 
@@ -21,7 +28,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Mapping
+import warnings
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -32,11 +40,25 @@ from .config import ConfigError, model_config_from_dict, model_config_to_dict
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
+def _hf_rope_scaling(c: Mapping[str, Any]) -> dict[str, Any] | None:
+    if c["rope_scaling"] == "linear":
+        return {"rope_type": "linear", "factor": c["rope_factor"]}
+    if c["rope_scaling"] == "llama3":
+        return {"rope_type": "llama3", "factor": c["rope_factor"],
+                "low_freq_factor": c["rope_low_freq_factor"],
+                "high_freq_factor": c["rope_high_freq_factor"],
+                "original_max_position_embeddings": c["rope_original_max_len"]}
+    return None
+
+
 def hf_config(config: _C.ModelConfig) -> dict:
-    """The Hugging Face ``config.json`` of a nuri model config (GPT-2 or Llama family)."""
+    """The Hugging Face ``config.json`` of a nuri model config: GPT2LMHeadModel,
+    LlamaForCausalLM, Qwen2ForCausalLM (q/k/v biases) or MistralForCausalLM (a sliding
+    window)."""
     c = model_config_to_dict(config)
     gpt2_like = (c["mlp"] == "gelu" and c["norm"] == "layernorm" and c["position"] == "learned"
-                 and c["bias"] and c["n_kv_head"] == c["n_head"])
+                 and c["bias"] and c["n_kv_head"] == c["n_head"] and not c["head_dim"]
+                 and not c["sliding_window"])
     llama_like = c["mlp"] == "swiglu" and c["norm"] == "rmsnorm" and c["position"] == "rope"
     if gpt2_like:
         return {
@@ -47,20 +69,37 @@ def hf_config(config: _C.ModelConfig) -> dict:
             "activation_function": "gelu_new", "tie_word_embeddings": c["tied_embeddings"],
             "torch_dtype": "float32",
         }
-    if llama_like:
-        return {
-            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-            "vocab_size": c["vocab_size"], "hidden_size": c["d_model"],
-            "intermediate_size": c["d_ff"], "num_hidden_layers": c["n_layer"],
-            "num_attention_heads": c["n_head"], "num_key_value_heads": c["n_kv_head"],
-            "max_position_embeddings": c["max_seq_len"], "rms_norm_eps": c["norm_eps"],
-            "rope_theta": c["rope_theta"], "hidden_act": "silu",
-            "attention_bias": c["bias"], "mlp_bias": c["bias"],
-            "tie_word_embeddings": c["tied_embeddings"], "torch_dtype": "float32",
-        }
-    raise _C.Error(f"model ({config.summary()}) is neither GPT-2-like (layernorm, learned "
-                   "positions, GELU, biases, no GQA) nor Llama-like (rmsnorm, RoPE, SwiGLU): "
-                   "Hugging Face has no layout for it")
+    if not llama_like:
+        raise _C.Error(f"model ({config.summary()}) is neither GPT-2-like (layernorm, learned "
+                       "positions, GELU, biases, no GQA) nor Llama-like (rmsnorm, RoPE, "
+                       "SwiGLU): Hugging Face has no layout for it")
+    out = {
+        "vocab_size": c["vocab_size"], "hidden_size": c["d_model"],
+        "intermediate_size": c["d_ff"], "num_hidden_layers": c["n_layer"],
+        "num_attention_heads": c["n_head"], "num_key_value_heads": c["n_kv_head"],
+        "max_position_embeddings": c["max_seq_len"], "rms_norm_eps": c["norm_eps"],
+        "rope_theta": c["rope_theta"], "hidden_act": "silu",
+        "tie_word_embeddings": c["tied_embeddings"], "torch_dtype": "float32",
+    }
+    rope_scaling = _hf_rope_scaling(c)
+    if c["qkv_bias"]:
+        if c["head_dim"]:
+            raise _C.Error(f"model ({config.summary()}): Qwen2's layout (q/k/v biases) has no "
+                           "head_dim in transformers; it is d_model / n_head there")
+        return {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **out,
+                "rope_scaling": rope_scaling, "use_sliding_window": bool(c["sliding_window"]),
+                "sliding_window": c["sliding_window"] or None, "max_window_layers": 0}
+    if c["sliding_window"]:
+        if rope_scaling or c["bias"]:
+            raise _C.Error(f"model ({config.summary()}): Mistral's layout (a sliding window) "
+                           "has no rope scaling and no biases")
+        return {"architectures": ["MistralForCausalLM"], "model_type": "mistral", **out,
+                "head_dim": config.head_size(), "sliding_window": c["sliding_window"]}
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", **out,
+             "attention_bias": c["bias"], "mlp_bias": c["bias"], "rope_scaling": rope_scaling}
+    if c["head_dim"]:
+        llama["head_dim"] = c["head_dim"]
+    return llama
 
 
 def _gpt2(config: _C.ModelConfig) -> bool:
@@ -97,63 +136,145 @@ def to_hf_tensors(model: _C.Model) -> dict[str, np.ndarray]:
             for name, a in model.parameters().items()}
 
 
-def export_hf(model: _C.Model, directory: str | os.PathLike) -> None:
-    """Writes ``directory/config.json`` and ``directory/model.safetensors`` in Hugging Face's
-    layout, readable by the ``safetensors`` library and by ``transformers.from_pretrained``."""
-    from safetensors.numpy import save_file
+def _shards(sizes: list[tuple[str, int]], max_shard_bytes: int | None) -> list[list[str]]:
+    """Tensor names grouped into files of at most max_shard_bytes each, in order (a tensor
+    larger than that has a file of its own); one group when max_shard_bytes is None."""
+    if max_shard_bytes is None:
+        return [[n for n, _ in sizes]]
+    if max_shard_bytes <= 0:
+        raise _C.Error(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    groups: list[list[str]] = []
+    used = 0
+    for name, nbytes in sizes:
+        if not groups or used + nbytes > max_shard_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += nbytes
+    return groups
 
-    directory = os.fspath(directory)
+
+def _write_model_files(directory: str, config: _C.ModelConfig,
+                       planned: list[tuple[str, tuple[int, ...]]],
+                       tensors: Iterator[tuple[str, np.ndarray]],
+                       max_shard_bytes: int | None) -> None:
+    """config.json and the weights: model.safetensors, or with max_shard_bytes Hugging Face's
+    shards model-0000k-of-0000n.safetensors and model.safetensors.index.json. `planned` is
+    (key, shape) of every tensor in the order `tensors` yields them (f32)."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config(model.config), f, indent=2)
+        json.dump(hf_config(config), f, indent=2)
         f.write("\n")
-    save_file(to_hf_tensors(model), os.path.join(directory, "model.safetensors"),
-              metadata={"format": "pt"})
+    sizes = [(n, 4 * int(np.prod(shape, dtype=np.int64))) for n, shape in planned]
+    groups = _shards(sizes, max_shard_bytes)
+    shapes = dict(planned)
+    if len(groups) == 1:
+        files = ["model.safetensors"]
+    else:
+        files = [f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors" for k in range(len(groups))]
+    for stale in os.listdir(directory):  # an earlier export's weights would be read with these
+        if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", stale):
+            os.remove(os.path.join(directory, stale))
+    it = iter(tensors)
+    for group, file in zip(groups, files):
+        writer = _C.SafetensorsWriter(os.path.join(directory, file),
+                                      [(n, list(shapes[n])) for n in group], {"format": "pt"})
+        for expected in group:
+            name, a = next(it)
+            assert name == expected, (name, expected)
+            writer.write(name, a)
+        writer.close()
+    if len(groups) > 1:
+        index = {"metadata": {"total_size": sum(b for _, b in sizes)},
+                 "weight_map": {n: file for group, file in zip(groups, files) for n in group}}
+        with open(os.path.join(directory, "model.safetensors.index.json"), "w",
+                  encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+            f.write("\n")
 
 
-def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike) -> None:
+def export_hf(model: _C.Model, directory: str | os.PathLike,
+              max_shard_bytes: int | None = None) -> None:
+    """Writes ``directory/config.json`` and the weights in Hugging Face's layout, readable by
+    the ``safetensors`` library and by ``transformers.from_pretrained``: one
+    ``model.safetensors``, or with ``max_shard_bytes`` shards of at most that size and their
+    ``model.safetensors.index.json``."""
+    config = model.config
+    hf_config(config)  # refuses layouts Hugging Face has none for
+    params = model.parameters()
+    planned = [_hf_name_shape(config, n, a.shape) for n, a in params.items()]
+    _write_model_files(os.fspath(directory), config, planned,
+                       ((_hf_name_shape(config, n, a.shape)[0], _to_hf(config, n, a))
+                        for n, a in params.items()), max_shard_bytes)
+
+
+def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike,
+                         max_shard_bytes: int | None = None) -> None:
     """export_hf from a checkpoint (a directory, or a root whose newest one is taken) of any
     layout, sharded by any number of ranks: each tensor is assembled from its slices, converted
     and written in turn, so the memory it takes is the largest tensor's, never the model's."""
     reader = _C.CheckpointReader(os.fspath(ckpt))
     config = model_config_from_dict(json.loads(reader.meta)["model"], path=f"{reader.dir}: model")
-    hf = hf_config(config)
+    hf_config(config)
     names = _C.ModelConfig.layout_names(config)
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf, f, indent=2)
-        f.write("\n")
     planned = [_hf_name_shape(config, n, tuple(reader.shape(n))) for n in names]
-    writer = _C.SafetensorsWriter(os.path.join(directory, "model.safetensors"),
-                                  [(n, list(s)) for n, s in planned], {"format": "pt"})
-    for name, (hf_name, _) in zip(names, planned):
-        writer.write(hf_name, _to_hf(config, name, reader.read(name)))
-    writer.close()
+    _write_model_files(os.fspath(directory), config, planned,
+                       ((hf, _to_hf(config, n, reader.read(n)))
+                        for n, (hf, _) in zip(names, planned)), max_shard_bytes)
 
 
-def _read_hf_tensors(directory: str) -> dict[str, np.ndarray]:
-    """Every tensor of a Hugging Face directory: model.safetensors, or the shards listed in
-    model.safetensors.index.json."""
-    from safetensors.numpy import load_file
+class _HFTensors(Mapping):
+    """The tensors of a Hugging Face directory (model.safetensors, or the shards its index
+    lists), read one at a time as float32 (F32 as is, BF16 and F16 widened exactly)."""
 
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
-    tensors: dict[str, np.ndarray] = {}
-    for name in files:
-        path = os.path.join(directory, name)
+    def __init__(self, directory: str):
+        index = os.path.join(directory, "model.safetensors.index.json")
+        self._where: dict[str, Any] = {}
+        if os.path.exists(index):
+            try:
+                with open(index, encoding="utf-8") as f:
+                    weight_map = json.load(f)["weight_map"]
+                if not isinstance(weight_map, dict) or not all(
+                        isinstance(v, str) for v in weight_map.values()):
+                    raise ValueError("weight_map is not an object of file names")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise _C.Error(f"{index}: not a safetensors index ({e})") from e
+            files = {}
+            for key, file in weight_map.items():
+                if os.path.basename(file) != file:
+                    raise _C.Error(f"{index}: tensor '{key}' is in {file!r}, outside the "
+                                   "directory")
+                if file not in files:
+                    files[file] = self._open(directory, file, f"listed in {index}")
+                if key not in files[file].names():
+                    raise _C.Error(f"{index}: tensor '{key}' is listed in {file}, which does "
+                                   "not hold it")
+                self._where[key] = files[file]
+        else:
+            f = self._open(directory, "model.safetensors", "no model.safetensors.index.json")
+            self._where = {k: f for k in f.names()}
+
+    @staticmethod
+    def _open(directory: str, file: str, why: str) -> Any:
+        path = os.path.join(directory, file)
         if not os.path.exists(path):
-            raise _C.Error(f"{directory}: {name} is missing (no model.safetensors and no "
-                           "shard index: only safetensors checkpoints are read)")
-        try:
-            tensors.update(load_file(path))
-        except Exception as e:  # safetensors raises its own types for corrupt files
-            raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
-    return tensors
+            raise _C.Error(f"{directory}: {file} is missing ({why}; only safetensors "
+                           "checkpoints are read)")
+        return _C.SafetensorsReader(path)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._where[key].read(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def _read_hf_tensors(directory: str) -> Mapping[str, np.ndarray]:
+    """Every tensor of a Hugging Face directory, read on access (see _HFTensors)."""
+    return _HFTensors(directory)
 
 
 def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
@@ -170,8 +291,10 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
                 name = name[len("transformer."):]
             if re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", name):
                 continue  # causal-mask buffers of older GPT-2 checkpoints
-            if name == "lm_head.weight" and config.tied_embeddings:
-                continue  # the tied head is wte
+        elif re.fullmatch(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", name):
+            continue  # RoPE's frequency buffer of older Llama checkpoints: nuri computes it
+        if name == "lm_head.weight" and config.tied_embeddings:
+            continue  # the tied head is the token embedding
         if name not in params:
             raise _C.Error(f"{where}: tensor '{key}' is not a parameter of this model "
                            f"({config.summary()})")
@@ -201,19 +324,116 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
 
 
 def import_hf(directory: str | os.PathLike, backend: str = "cpu") -> _C.Model:
-    """A nuri model from a Hugging Face model directory (config.json + safetensors weights) of
-    model_type gpt2 or llama."""
+    """A nuri model from a Hugging Face model directory (config.json + safetensors weights:
+    model.safetensors or shards with their index; f32, bf16 or f16) of model_type gpt2, llama,
+    qwen2 or mistral (model_config_from_hf)."""
     directory = os.fspath(directory)
     config = model_config_from_hf(directory)
     return from_hf_tensors(config, _read_hf_tensors(directory), backend, where=directory)
 
 
+# Keys of every transformers config that say nothing about the network's computation
+# (generation defaults, token ids, labels, framework flags): read and left alone.
+_METADATA_KEYS = frozenset({
+    "_name_or_path", "architectures", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
+    "chunk_size_feed_forward", "decoder_start_token_id", "diversity_penalty", "do_sample",
+    "early_stopping", "encoder_no_repeat_ngram_size", "eos_token_id",
+    "exponential_decay_length_penalty", "finetuning_task", "forced_bos_token_id",
+    "forced_eos_token_id", "id2label", "initializer_range", "is_decoder", "label2id",
+    "length_penalty", "max_length", "min_length", "model_type", "no_repeat_ngram_size",
+    "num_beam_groups", "num_beams", "num_return_sequences", "output_attentions",
+    "output_hidden_states", "output_scores", "pad_token_id", "prefix", "problem_type",
+    "pruned_heads", "remove_invalid_values", "repetition_penalty", "return_dict",
+    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params",
+    "temperature", "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p",
+    "torch_dtype", "torchscript", "transformers_version", "typical_p", "use_bfloat16",
+    "use_cache", "cross_attention_hidden_size",
+})
+# Keys nuri reads (or checks) per model_type; any other key is refused by name.
+_MODEL_KEYS = {
+    "gpt2": {"vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx",
+             "layer_norm_epsilon", "activation_function", "tie_word_embeddings",
+             "scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+             "attn_pdrop", "embd_pdrop", "resid_pdrop", "add_cross_attention",
+             "is_encoder_decoder",
+             # the sequence-classification head's settings: not part of the language model
+             "summary_activation", "summary_first_dropout", "summary_proj_to_labels",
+             "summary_type", "summary_use_proj"},
+    "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim",
+              "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+              "hidden_act", "attention_bias", "mlp_bias", "attention_dropout", "pretraining_tp",
+              "tie_word_embeddings", "add_cross_attention", "is_encoder_decoder"},
+    "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+              "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act", "attention_dropout",
+              "use_sliding_window", "sliding_window", "max_window_layers",
+              "tie_word_embeddings", "add_cross_attention", "is_encoder_decoder"},
+    "mistral": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "head_dim",
+                "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
+                "attention_dropout", "sliding_window", "tie_word_embeddings",
+                "add_cross_attention", "is_encoder_decoder"},
+}
+# Defaults of transformers' config classes (4.45) for keys a config.json may leave out.
+_DEFAULTS = {
+    "llama": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+              "num_hidden_layers": 32, "num_attention_heads": 32,
+              "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+              "tie_word_embeddings": False},
+    "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
+              "num_hidden_layers": 32, "num_attention_heads": 32,
+              "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+              "tie_word_embeddings": False},
+    "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
+                "num_hidden_layers": 32, "num_attention_heads": 32,
+                "max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0, "tie_word_embeddings": False, "sliding_window": 4096},
+}
+
+
+def _rope_scaling(where: str, scaling: Any) -> dict[str, Any]:
+    """nuri's rope_* keys for Hugging Face's rope_scaling (None, linear or llama3)."""
+    if not scaling:
+        return {"rope_scaling": "none"}
+    if not isinstance(scaling, Mapping):
+        raise ConfigError(f"{where}: rope_scaling must be an object, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type"))
+    known = {"rope_type", "type", "factor"}
+    if kind == "default":
+        return {"rope_scaling": "none"}
+    if kind == "linear":
+        out = {"rope_scaling": "linear", "rope_factor": scaling.get("factor")}
+    elif kind == "llama3":
+        known |= {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}
+        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor",
+                               "original_max_position_embeddings") if k not in scaling]
+        if missing:
+            raise ConfigError(f"{where}: rope_scaling llama3 needs {', '.join(missing)}")
+        out = {"rope_scaling": "llama3", "rope_factor": scaling["factor"],
+               "rope_low_freq_factor": scaling["low_freq_factor"],
+               "rope_high_freq_factor": scaling["high_freq_factor"],
+               "rope_original_max_len": scaling["original_max_position_embeddings"]}
+    else:
+        raise ConfigError(f"{where}: rope_scaling type {kind!r} is not supported; nuri implements "
+                          "'linear' and 'llama3'")
+    extra = sorted(set(scaling) - known)
+    if extra:
+        raise ConfigError(f"{where}: rope_scaling key {extra[0]!r} ({kind}) is not supported")
+    if out.get("rope_factor") is None:
+        raise ConfigError(f"{where}: rope_scaling {kind} needs a factor")
+    return out
+
+
 def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) -> _C.ModelConfig:
     """A ModelConfig from a Hugging Face ``config.json`` (a path, its directory, or the dict).
 
-    Supports ``model_type`` "gpt2" (GPT-2 family) and "llama"; missing keys take the defaults
-    of transformers' GPT2Config / LlamaConfig. Features nuri does not have (RoPE scaling, other
-    activations, separate attention and MLP biases) are rejected by name.
+    Supports ``model_type`` "gpt2" (GPT-2 family), "llama" (Llama 1–3.x, with rope_scaling
+    linear or llama3 and head_dim), "qwen2" (Qwen2, Qwen2.5) and "mistral"; missing keys take
+    the defaults of transformers' config classes. A key nuri does not implement is refused by
+    name, as is a value it implements differently (other activations, separate attention and
+    MLP biases, other rope scalings); dropout, which nuri does not train with, is refused when
+    it is not zero except GPT-2's, whose configs all carry it (a warning says it is not used).
     """
     if isinstance(path_or_dict, Mapping):
         hf, where = dict(path_or_dict), "config"
@@ -226,51 +446,81 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
                 hf = json.load(f)
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read Hugging Face config {where}: {e}") from e
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{where}: a Hugging Face config is a JSON object")
     kind = hf.get("model_type")
-    if kind == "gpt2":
-        act = hf.get("activation_function", "gelu_new")
-        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-            raise ConfigError(f"{where}: activation_function {act!r} is not supported; nuri's "
-                              "GPT-2 MLP uses the tanh GELU (gelu_new)")
-        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
-            raise ConfigError(f"{where}: scale_attn_by_inverse_layer_idx and "
-                              "reorder_and_upcast_attn are not supported")
-        d_model = hf.get("n_embd", 768)
-        table = {
-            "vocab_size": hf.get("vocab_size", 50257), "d_model": d_model,
-            "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12),
-            "n_kv_head": hf.get("n_head", 12),
-            "d_ff": hf.get("n_inner") or 4 * d_model, "max_seq_len": hf.get("n_positions", 1024),
-            "norm": "layernorm", "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
-            "position": "learned", "mlp": "gelu", "bias": True,
-            "tied_embeddings": hf.get("tie_word_embeddings", True),
-        }
-    elif kind == "llama":
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"{where}: hidden_act {act!r} is not supported; nuri's SwiGLU "
-                              "uses silu")
-        if hf.get("rope_scaling"):
-            raise ConfigError(f"{where}: rope_scaling {hf['rope_scaling']!r} is not supported")
-        bias = hf.get("attention_bias", False)
-        if hf.get("mlp_bias", bias) != bias:
-            raise ConfigError(f"{where}: attention_bias ({bias}) and mlp_bias "
-                              f"({hf['mlp_bias']}) differ; nuri's bias covers both")
-        d_model, n_head = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
-        if hf.get("head_dim") not in (None, d_model // max(n_head, 1)):
-            raise ConfigError(f"{where}: head_dim ({hf['head_dim']}) must be hidden_size / "
-                              "num_attention_heads in nuri")
-        table = {
-            "vocab_size": hf.get("vocab_size", 32000), "d_model": d_model,
-            "n_layer": hf.get("num_hidden_layers", 32), "n_head": n_head,
-            "n_kv_head": hf.get("num_key_value_heads") or n_head,
-            "d_ff": hf.get("intermediate_size", 11008),
-            "max_seq_len": hf.get("max_position_embeddings", 2048), "norm": "rmsnorm",
-            "norm_eps": hf.get("rms_norm_eps", 1e-6), "position": "rope",
-            "rope_theta": hf.get("rope_theta", 10000.0), "mlp": "swiglu", "bias": bias,
-            "tied_embeddings": hf.get("tie_word_embeddings", False),
-        }
-    else:
+    if kind not in _MODEL_KEYS:
         raise ConfigError(f"{where}: model_type {kind!r} is not supported; nuri reads "
-                          "'gpt2' and 'llama' configs")
+                          "'gpt2', 'llama', 'qwen2' and 'mistral' configs")
+    unknown = sorted(set(hf) - _METADATA_KEYS - _MODEL_KEYS[kind])
+    if unknown:
+        raise ConfigError(f"{where}: {kind} config key {unknown[0]!r} is not implemented by nuri"
+                          + (f" (nor {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")
+                          + "; a model that needs it would not compute the same outputs")
+    for key in ("add_cross_attention", "is_encoder_decoder"):
+        if hf.get(key):
+            raise ConfigError(f"{where}: {key} is set; nuri's models are decoder-only")
+    if kind == "gpt2":
+        return model_config_from_dict(_gpt2_table(hf, where), path=where)
+    h = {**_DEFAULTS[kind], **{k: v for k, v in hf.items() if v is not None}}
+    act = h.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"{where}: hidden_act {act!r} is not supported; nuri's SwiGLU uses silu")
+    if h.get("attention_dropout", 0.0):
+        raise ConfigError(f"{where}: attention_dropout {h['attention_dropout']} is not "
+                          "supported; nuri trains without dropout (set it to 0.0)")
+    d_model, n_head = h["hidden_size"], h["num_attention_heads"]
+    table = {
+        "vocab_size": h["vocab_size"], "d_model": d_model, "n_layer": h["num_hidden_layers"],
+        "n_head": n_head, "n_kv_head": h.get("num_key_value_heads") or n_head,
+        "d_ff": h["intermediate_size"], "max_seq_len": h["max_position_embeddings"],
+        "norm": "rmsnorm", "norm_eps": h["rms_norm_eps"], "position": "rope",
+        "rope_theta": h["rope_theta"], "mlp": "swiglu", "bias": False,
+        "tied_embeddings": h["tie_word_embeddings"],
+    }
+    head_dim = h.get("head_dim")
+    if head_dim is not None and head_dim != d_model // max(n_head, 1):
+        table["head_dim"] = head_dim
+    if kind in ("llama", "qwen2"):
+        table.update(_rope_scaling(where, h.get("rope_scaling")))
+    if kind == "llama":
+        bias = h.get("attention_bias", False)
+        if h.get("mlp_bias", False) != bias:
+            raise ConfigError(f"{where}: attention_bias ({bias}) and mlp_bias "
+                              f"({h.get('mlp_bias', False)}) differ; nuri's bias covers both")
+        table["bias"] = bias
+    elif kind == "qwen2":
+        table["qkv_bias"] = True  # Qwen2's q, k and v projections have biases, o_proj none
+        if h.get("use_sliding_window", False):
+            table["sliding_window"] = h.get("sliding_window") or 0
+    elif kind == "mistral":
+        table["sliding_window"] = h.get("sliding_window") or 0
     return model_config_from_dict(table, path=where)
+
+
+def _gpt2_table(hf: Mapping[str, Any], where: str) -> dict[str, Any]:
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        raise ConfigError(f"{where}: activation_function {act!r} is not supported; nuri's "
+                          "GPT-2 MLP uses the tanh GELU (gelu_new)")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+        raise ConfigError(f"{where}: scale_attn_by_inverse_layer_idx and "
+                          "reorder_and_upcast_attn are not supported")
+    if not hf.get("scale_attn_weights", True):
+        raise ConfigError(f"{where}: scale_attn_weights false is not supported; nuri scales "
+                          "attention scores by 1/sqrt(head dim)")
+    dropouts = {k: hf[k] for k in ("attn_pdrop", "embd_pdrop", "resid_pdrop") if hf.get(k)}
+    if dropouts:
+        warnings.warn(f"{where}: nuri trains without dropout; "
+                      + ", ".join(f"{k}={v}" for k, v in dropouts.items()) + " not used",
+                      stacklevel=3)
+    d_model = hf.get("n_embd", 768)
+    return {
+        "vocab_size": hf.get("vocab_size", 50257), "d_model": d_model,
+        "n_layer": hf.get("n_layer", 12), "n_head": hf.get("n_head", 12),
+        "n_kv_head": hf.get("n_head", 12),
+        "d_ff": hf.get("n_inner") or 4 * d_model, "max_seq_len": hf.get("n_positions", 1024),
+        "norm": "layernorm", "norm_eps": hf.get("layer_norm_epsilon", 1e-5),
+        "position": "learned", "mlp": "gelu", "bias": True,
+        "tied_embeddings": hf.get("tie_word_embeddings", True),
+    }

@@ -19,7 +19,7 @@ END = "# ---- end of the generated part ----\n"
 CLASSES = [  # (section, class, docstring, extra members)
     ("model", "ModelConfig", "Decoder-only transformer configuration (a model section).", [
         "def validate(self) -> None: ...", "def num_params(self) -> int: ...",
-        "def padded_vocab(self) -> int: ...", "def head_dim(self) -> int: ...",
+        "def padded_vocab(self) -> int: ...", "def head_size(self) -> int: ...",
         "def summary(self) -> str: ...", "def to_json(self, indent: int = -1) -> str: ...",
         "@staticmethod\n    def from_json(json: str, origin: str = \"\") -> \"ModelConfig\": ...",
         "@staticmethod\n    def preset(name: str) -> \"ModelConfig\": ...",

@@ -40,6 +40,35 @@ void bind_checkpoint(py::module_& m) {
              return out;
            }, py::arg("name"), "The whole tensor (f32, its shape), checksums checked.");
 
+  py::class_<SafetensorsFile>(m, "SafetensorsReader",
+                              "A safetensors file: its header validated, tensors read on request.")
+      .def(py::init<const std::string&>(), py::arg("path"))
+      .def_property_readonly("path", &SafetensorsFile::path)
+      .def("names", &SafetensorsFile::names, "Tensor names in file order.")
+      .def("shape", [](const SafetensorsFile& f, const std::string& name) {
+             const Shape& s = f.entry(name).shape;
+             return std::vector<int64_t>(s.begin(), s.end());
+           }, py::arg("name"))
+      .def("dtype", [](const SafetensorsFile& f, const std::string& name) {
+             return std::string(safetensors_dtype(f.entry(name).dtype));
+           }, py::arg("name"), "safetensors' name of the stored dtype (F32, BF16, F16, I32, I64).")
+      .def_property_readonly("metadata", &SafetensorsFile::metadata)
+      .def("read", [](const SafetensorsFile& f, const std::string& name) {
+             const SafetensorsEntry& e = f.entry(name);
+             NURI_CHECK(e.dtype == DType::f32 || e.dtype == DType::bf16 || e.dtype == DType::f16,
+                        f.path(), ": tensor '", name, "' is ", safetensors_dtype(e.dtype),
+                        ", not a floating-point tensor");
+             py::array_t<float> out(std::vector<py::ssize_t>(e.shape.begin(), e.shape.end()));
+             int64_t n = 1;
+             for (int64_t d : e.shape) n *= d;
+             const Tensor t = Tensor::from_blob(out.mutable_data(), {n}, DType::f32, Device::cpu());
+             {
+               py::gil_scoped_release release;
+               f.read(name, t);
+             }
+             return out;
+           }, py::arg("name"), "The whole tensor as float32 (F32 as is; BF16 and F16 widened exactly).");
+
   py::class_<SafetensorsStreamWriter>(m, "SafetensorsWriter",
                                       "A safetensors file written one tensor at a time.")
       .def(py::init([](const std::string& path,

@@ -173,7 +173,8 @@ void bind_config(py::module_& m) {
   model.def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first bad field.")
       .def("num_params", &ModelConfig::num_params)
       .def("padded_vocab", &ModelConfig::padded_vocab)
-      .def("head_dim", &ModelConfig::head_dim)
+      .def("head_size", &ModelConfig::head_dim,
+           "Width of an attention head: head_dim, or d_model / n_head when that is 0.")
       .def("summary", &ModelConfig::summary)
       .def("to_json", &model_config_to_json, py::arg("indent") = -1)
       .def_static("from_json", &model_config_from_json, py::arg("json"), py::arg("origin") = "",

@@ -213,6 +213,10 @@ def other_value(s):
         return 2
     if s["path"] == "model.d_model":
         return d * 2  # still a multiple of n_head
+    if s["path"] == "model.head_dim":
+        return 32  # even, as RoPE needs
+    if s["path"] == "model.sliding_window":
+        return 4096  # no shorter than the sequences
     if s["kind"] == "int":
         return d + 3
     return d * 0.5 if d else 0.25
@@ -331,16 +335,23 @@ def test_hf_llama_config_gives_tinyllama():
     small = nuri.model_config_from_hf({**TINYLLAMA_HF, "hidden_size": 256, "num_hidden_layers": 2,
                                        "num_attention_heads": 8, "num_key_value_heads": None,
                                        "rope_theta": 500000.0, "attention_bias": True,
+                                       "mlp_bias": True,
                                        "tie_word_embeddings": True, "intermediate_size": 688})
     assert (small.d_model, small.n_head, small.n_kv_head, small.d_ff) == (256, 8, 8, 688)
     assert (small.rope_theta, small.bias, small.tied_embeddings) == (500000.0, True, True)
 
 
 @pytest.mark.parametrize("hf, message", [
-    ({"model_type": "bert"}, "model_type 'bert' is not supported; nuri reads 'gpt2' and 'llama'"),
+    ({"model_type": "bert"},
+     "model_type 'bert' is not supported; nuri reads 'gpt2', 'llama', 'qwen2' and 'mistral'"),
     ({}, "model_type None is not supported"),
     ({**GPT2_HF, "activation_function": "relu"}, "activation_function 'relu' is not supported"),
-    ({**TINYLLAMA_HF, "rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
+    ({**TINYLLAMA_HF, "rope_scaling": {"type": "yarn", "factor": 2.0}},
+     "rope_scaling type 'yarn' is not supported; nuri implements 'linear' and 'llama3'"),
+    ({**TINYLLAMA_HF, "attention_bias": True},
+     r"attention_bias (True) and mlp_bias (False) differ"),
+    ({**TINYLLAMA_HF, "sliding_window": 4096}, "llama config key 'sliding_window' is not "
+     "implemented by nuri"),
     ({**TINYLLAMA_HF, "hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"),
     ({**TINYLLAMA_HF, "num_key_value_heads": 5}, "n_kv_head (5) must divide n_head (32)"),
     ({**GPT2_HF, "n_layer": "12"}, "n_layer: expected an integer >= 1, got '12'"),

@@ -1,5 +1,5 @@
 // The whole training step on the CUDA backend (issue #8): a tiny GPT-2-style and a tiny
-// Llama-style model train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real
+// Llama-style model (with Llama 3.1's RoPE scaling and Qwen2's q/k/v biases) train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real
 // CUDA builds, label gpu) and on the CPU backend, from the same initial weights and data. The
 // CUDA run follows the precision recipe (bf16 compute copy and activations; f32 master weights,
 // gradients, optimizer state and loss); the CPU run is f32 throughout.
@@ -32,6 +32,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -69,15 +70,23 @@ ModelConfig tiny_gpt2() {
   return c;  // layernorm, learned positions, GELU, biases, tied embeddings
 }
 
+// With what Llama 3.1 and Qwen2 add (issue #25): llama3 RoPE scaling (an original context of 8,
+// so the head's frequencies fall in all three of its bands), biases on q, k and v only, and a
+// head dim (64) that is not d_model / n_head (48).
 ModelConfig tiny_llama() {
   ModelConfig c = tiny_gpt2();
-  c.d_model = 128;
+  c.d_model = 96;
   c.n_head = 2;
   c.n_kv_head = 1;  // grouped-query attention
+  c.head_dim_override = 64;
   c.norm = NormKind::rmsnorm;
   c.position = PositionKind::rope;
+  c.rope_scaling = RopeScalingKind::llama3;
+  c.rope_factor = 8;
+  c.rope_original_max_len = 8;
   c.mlp = MlpKind::swiglu;
   c.bias = false;
+  c.qkv_bias = true;
   c.tied_embeddings = false;
   return c;
 }
@@ -196,15 +205,31 @@ TEST_P(DeviceTraining, MatchesTheCpu) {
     EXPECT_LT(cpu.losses.back(), cpu.losses.front() - 1.0f) << "the CPU run does not learn";
   }
 
-  // 2. Gradients after step 1 (same initial weights on both).
+  // 2. Gradients after step 1 (same initial weights on both), relative to each tensor's
+  // largest value, except the k bias's: its gradient is nearly zero (softmax does not change
+  // when every key moves by the same vector; RoPE breaks that only slightly), a sum of
+  // cancelling terms Σ_t dk_t whose roundings are those of the terms. The k weight's gradient
+  // Σ_t dk_t·x_tᵀ sums the same terms without cancelling, so its largest value is the scale
+  // the k bias is held to (GPT-2's k bias has no such trouble by name: it is a third of
+  // c_attn.bias, measured whole).
   ASSERT_EQ(cpu.grads1.size(), dev.grads1.size());
+  std::map<std::string, double> largest;  // by parameter name
   for (size_t i = 0; i < cpu.grads1.size(); ++i) {
-    double err = 0, mag = 0;
+    double& m = largest[ref.parameters()[i].name];
+    for (float g : cpu.grads1[i]) m = std::max(m, double(std::abs(g)));
+  }
+  auto scale = [&](const std::string& name) {
+    const size_t at = name.find("k_proj.bias");
+    if (at == std::string::npos) return largest.at(name);
+    return std::max(largest.at(name), largest.at(std::string(name).replace(at, 11, "k_proj.weight")));
+  };
+  for (size_t i = 0; i < cpu.grads1.size(); ++i) {
+    double err = 0;
     for (size_t j = 0; j < cpu.grads1[i].size(); ++j) {
       err = std::max(err, double(std::abs(dev.grads1[i][j] - cpu.grads1[i][j])));
-      mag = std::max(mag, double(std::abs(cpu.grads1[i][j])));
     }
     const std::string& name = ref.parameters()[i].name;
+    const double mag = scale(name);
     std::printf("grad %-46s rel %.5f (bound %.4f)\n", name.c_str(), err / mag, rel_bwd);
     EXPECT_GT(mag, 0) << name;
     EXPECT_LE(err, rel_bwd * mag) << name;

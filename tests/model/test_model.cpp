@@ -48,6 +48,57 @@ TEST(ModelConfig, ValidationMessagesNameFieldAndValues) {
   EXPECT_NE(error_of([&] { c.validate(); }).find("rope needs an even head dim"), std::string::npos);
   EXPECT_NE(error_of([] { model_preset("gpt5"); }).find("unknown model preset 'gpt5'; presets: demo, gpt2-tiny"),
             std::string::npos);
+  // What Llama 3.1, Qwen2 and Mistral add (issue #25).
+  c = model_preset("llama-tiny");
+  c.d_model = 62;  // 4 heads do not divide it: fine with head_dim given
+  c.head_dim_override = 32;
+  EXPECT_NO_THROW(c.validate());
+  c.head_dim_override = 0;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("n_head (4) must divide d_model (62), or head_dim must be given"),
+            std::string::npos);
+  c.head_dim_override = 33;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("rope needs an even head dim, got 33 (head_dim)"),
+            std::string::npos);
+  c = model_preset("llama-tiny");
+  c.rope_scaling = RopeScalingKind::llama3;
+  c.rope_low_freq_factor = 4;
+  c.rope_high_freq_factor = 2;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("model config: llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got 4 and 2"),
+            std::string::npos);
+  c = model_preset("gpt2-tiny");
+  c.rope_scaling = RopeScalingKind::linear;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("rope_scaling linear needs position = rope"), std::string::npos);
+  c = model_preset("llama-tiny");
+  c.qkv_bias = c.bias = true;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("with bias = true every linear layer has them already"),
+            std::string::npos);
+  c = model_preset("gpt2-tiny");
+  c.bias = false;
+  c.qkv_bias = true;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("qkv_bias is for Llama-style models"), std::string::npos);
+  c = model_preset("llama-tiny");
+  c.sliding_window = 16;
+  EXPECT_NO_THROW(check_sliding_window(c, 16));
+  EXPECT_NE(error_of([&] { check_sliding_window(c, 17); }).find("sequence length 17 is longer than the model's sliding window (16)"),
+            std::string::npos);
+}
+
+TEST(ModelConfig, QkvBiasAndAWiderHeadAreInTheLayoutAndTheCount) {
+  ModelConfig c = model_preset("llama-tiny");  // d_model 64, 4 heads, 2 kv heads
+  c.qkv_bias = true;
+  c.head_dim_override = 32;  // q 128 wide, k and v 64: not d_model / n_head = 16
+  std::map<std::string, Shape> shapes;
+  int64_t total = 0;
+  for (const auto& p : param_layout(c)) {
+    shapes[p.name] = p.shape;
+    total += p.numel();
+  }
+  EXPECT_EQ(shapes.at("model.layers.0.self_attn.q_proj.weight"), (Shape{128, 64}));
+  EXPECT_EQ(shapes.at("model.layers.1.self_attn.k_proj.bias"), (Shape{64}));
+  EXPECT_EQ(shapes.at("model.layers.0.self_attn.o_proj.weight"), (Shape{64, 128}));
+  EXPECT_EQ(shapes.count("model.layers.0.self_attn.o_proj.bias"), 0u);
+  EXPECT_EQ(shapes.count("model.layers.0.mlp.down_proj.bias"), 0u);
+  EXPECT_EQ(total, c.num_params() + (c.padded_vocab() - c.vocab_size) * c.d_model * 2);
 }
 
 TEST(Transformer, NamesAndFusedViewsFollowHuggingFace) {

@@ -149,8 +149,20 @@ TEST_P(OpErrorTest, NormAndRopeArguments) {
                {"rmsnorm", "empty"});
   expect_error([&] { be->layernorm(act({3, 8}), Tensor(), act({8}), Tensor(), 0.f, Tensor(), act({3, 8}), f32({3}), f32({3})); },
                {"eps must be positive"});
-  expect_error([&] { be->rope(act({1, 2, 2, 5}), act({1, 2, 2, 5}), 10000.f, 0); },
+  expect_error([&] { be->rope(act({1, 2, 2, 5}), act({1, 2, 2, 5}), Rope{}, 0); },
                {"rope", "even", "5"});
+  Rope llama3;
+  llama3.scaling = RopeScalingKind::llama3;
+  llama3.factor = 8;
+  llama3.low_freq_factor = 4;
+  llama3.high_freq_factor = 1;
+  expect_error([&] { be->rope(act({1, 2, 2, 4}), act({1, 2, 2, 4}), llama3, 0); },
+               {"rope", "low_freq_factor < high_freq_factor", "4", "1"});
+  Rope linear;
+  linear.scaling = RopeScalingKind::linear;
+  linear.factor = 0;
+  expect_error([&] { be->rope_backward(act({1, 2, 2, 4}), act({1, 2, 2, 4}), linear, 0); },
+               {"rope_backward", "scaling factor must be positive", "0"});
   expect_error([&] { be->swiglu(act({2, 5}), act({2, 2})); }, {"swiglu", "even"});
 }
 

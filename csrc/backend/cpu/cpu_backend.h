@@ -54,8 +54,8 @@ class CpuBackend final : public Backend {
                         const Tensor& rstd, const Tensor& dsum, const Tensor& ds,
                         const Tensor& dweight, bool accumulate) override;
 
-  void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) override;
-  void rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+  void rope(const Tensor& x, const Tensor& y, const Rope& rope, int64_t pos_offset) override;
+  void rope_backward(const Tensor& dy, const Tensor& dx, const Rope& rope,
                      int64_t pos_offset) override;
 
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,

@@ -12,8 +12,8 @@ namespace nuri {
 namespace {
 
 // Applies the rotation by sign · angle to x, writing y (may alias x). x, y: [B, T, H, D].
-void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64_t pos_offset,
-            float sign) {
+void rotate(const char* op, const Tensor& x, const Tensor& y, const Rope& rope,
+            int64_t pos_offset, float sign) {
   cpu::check_cpu(op, "input", x, DType::f32, /*contiguous=*/false);
   cpu::check_cpu(op, "output", y, DType::f32, /*contiguous=*/false);
   NURI_CHECK(x.dim() == 4, op, ": input must be [B, T, H, D], got shape ", shape_str(x.shape()));
@@ -21,14 +21,14 @@ void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64
   const int64_t b = x.size(0), t = x.size(1), h = x.size(2), d = x.size(3);
   NURI_CHECK(d % 2 == 0 && d > 0, op, ": head dim must be even and positive, got ", d);
   NURI_CHECK(x.stride(3) == 1 && y.stride(3) == 1, op, ": the head dim must have unit stride");
-  NURI_CHECK(theta > 0.f, op, ": rope theta must be positive, got ", theta);
+  check_rope(op, rope);
   NURI_CHECK(pos_offset >= 0, op, ": position offset must be >= 0, got ", pos_offset);
   const int64_t half = d / 2;
   // cos/sin table [T, D/2]
   std::vector<float> cs(size_t(t * half)), sn(size_t(t * half));
   for (int64_t ti = 0; ti < t; ++ti) {
     for (int64_t i = 0; i < half; ++i) {
-      const double freq = std::pow(double(theta), -2.0 * double(i) / double(d));
+      const double freq = rope.frequency(i, d);
       const double a = double(pos_offset + ti) * freq;
       cs[size_t(ti * half + i)] = float(std::cos(a));
       sn[size_t(ti * half + i)] = sign * float(std::sin(a));
@@ -58,13 +58,13 @@ void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64
 
 }  // namespace
 
-void CpuBackend::rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) {
-  rotate("rope", x, y, theta, pos_offset, 1.f);
+void CpuBackend::rope(const Tensor& x, const Tensor& y, const Rope& r, int64_t pos_offset) {
+  rotate("rope", x, y, r, pos_offset, 1.f);
 }
 
-void CpuBackend::rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+void CpuBackend::rope_backward(const Tensor& dy, const Tensor& dx, const Rope& r,
                                int64_t pos_offset) {
-  rotate("rope_backward", dy, dx, theta, pos_offset, -1.f);
+  rotate("rope_backward", dy, dx, r, pos_offset, -1.f);
 }
 
 }  // namespace nuri

@@ -10,7 +10,7 @@ namespace nuri {
 namespace {
 
 template <class T>
-kernels::RopeParams<T> rope_params(const Tensor& x, const Tensor& y, float theta,
+kernels::RopeParams<T> rope_params(const Tensor& x, const Tensor& y, const Rope& rope,
                                    int64_t pos_offset, float sign) {
   kernels::RopeParams<T> p{};
   p.gX = static_cast<const T*>(x.raw());
@@ -26,14 +26,14 @@ kernels::RopeParams<T> rope_params(const Tensor& x, const Tensor& y, float theta
   p.heads = x.size(2);
   p.half = x.size(3) / 2;
   p.pos_offset = pos_offset;
-  p.theta = double(theta);
+  p.rope = rope;
   p.sign = sign;
   return p;
 }
 
 // Rotates x [B, T, H, D] by sign · angle into y (may alias x).
-void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64_t pos_offset,
-            float sign, cudaStream_t stream) {
+void rotate(const char* op, const Tensor& x, const Tensor& y, const Rope& rope,
+            int64_t pos_offset, float sign, cudaStream_t stream) {
   const DType dt = cuda::activation_dtype(op, "input", x);
   cuda::check_dev(op, "input", x, dt, /*contiguous=*/false);
   cuda::check_dev(op, "output", y, dt, /*contiguous=*/false);
@@ -42,7 +42,7 @@ void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64
   const int64_t b = x.size(0), t = x.size(1), h = x.size(2), d = x.size(3);
   NURI_CHECK(d % 2 == 0 && d > 0, op, ": head dim must be even and positive, got ", d);
   NURI_CHECK(x.stride(3) == 1 && y.stride(3) == 1, op, ": the head dim must have unit stride");
-  NURI_CHECK(theta > 0.f, op, ": rope theta must be positive, got ", theta);
+  check_rope(op, rope);
   NURI_CHECK(pos_offset >= 0, op, ": position offset must be >= 0, got ", pos_offset);
   NURI_CHECK(d <= kernels::kRopeMaxHeadDim, op, ": head dim ", d,
              " exceeds the CUDA backend's limit of ", kernels::kRopeMaxHeadDim);
@@ -52,21 +52,21 @@ void rotate(const char* op, const Tensor& x, const Tensor& y, float theta, int64
              ", sequence length ", t, ")");
   if (b * t * h == 0) return;
   if (dt == DType::bf16) {
-    kernels::rope(rope_params<__nv_bfloat16>(x, y, theta, pos_offset, sign), stream);
+    kernels::rope(rope_params<__nv_bfloat16>(x, y, rope, pos_offset, sign), stream);
   } else {
-    kernels::rope(rope_params<float>(x, y, theta, pos_offset, sign), stream);
+    kernels::rope(rope_params<float>(x, y, rope, pos_offset, sign), stream);
   }
 }
 
 }  // namespace
 
-void CudaBackend::rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) {
-  rotate("rope", x, y, theta, pos_offset, 1.f, stream());
+void CudaBackend::rope(const Tensor& x, const Tensor& y, const Rope& r, int64_t pos_offset) {
+  rotate("rope", x, y, r, pos_offset, 1.f, stream());
 }
 
-void CudaBackend::rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+void CudaBackend::rope_backward(const Tensor& dy, const Tensor& dx, const Rope& r,
                                 int64_t pos_offset) {
-  rotate("rope_backward", dy, dx, theta, pos_offset, -1.f, stream());
+  rotate("rope_backward", dy, dx, r, pos_offset, -1.f, stream());
 }
 
 }  // namespace nuri

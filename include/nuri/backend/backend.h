@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "nuri/core/rope.h"
 #include "nuri/core/tensor.h"
 
 namespace nuri {
@@ -160,11 +161,12 @@ class Backend {
 
   // ---- rotary position embedding (rotate-half convention) ----------------------------------
   /// x, y [B, T, H, D] (any strides, unit stride in D; y may alias x). For i < D/2 and position
-  /// p = pos_offset + t, angle a = p · theta^(-2i/D):
+  /// p = pos_offset + t, angle a = p · rope.frequency(i, D) (theta^(-2i/D), rescaled as
+  /// rope.scaling says: nuri/core/rope.h):
   ///   y[i] = x[i] cos a - x[i + D/2] sin a;  y[i + D/2] = x[i + D/2] cos a + x[i] sin a.
-  virtual void rope(const Tensor& x, const Tensor& y, float theta, int64_t pos_offset) = 0;
+  virtual void rope(const Tensor& x, const Tensor& y, const Rope& rope, int64_t pos_offset) = 0;
   /// The transpose (rotation by -a): dx from dy. dx may alias dy.
-  virtual void rope_backward(const Tensor& dy, const Tensor& dx, float theta,
+  virtual void rope_backward(const Tensor& dy, const Tensor& dx, const Rope& rope,
                              int64_t pos_offset) = 0;
 
   // ---- attention ---------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "nuri/core/rope.h"
+
 namespace nuri {
 
 class Settings;
@@ -27,11 +29,29 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   PositionKind position = PositionKind::learned;
   float rope_theta = 10000.f;
+  /// RoPE's frequencies rescaled for a longer context (nuri/core/rope.h): none, linear (by
+  /// rope_factor), llama3 (rope_factor, the low and high frequency factors, and the context
+  /// the model was first trained on).
+  RopeScalingKind rope_scaling = RopeScalingKind::none;
+  float rope_factor = 1.f;
+  float rope_low_freq_factor = 1.f;
+  float rope_high_freq_factor = 4.f;
+  int64_t rope_original_max_len = 8192;
   MlpKind mlp = MlpKind::gelu;
   bool bias = true;             ///< biases in linear layers (and layernorm)
+  bool qkv_bias = false;        ///< biases on q, k and v only (Qwen2), when bias is false
   bool tied_embeddings = true;  ///< the LM head reuses the token embedding
+  /// Width of an attention head; 0: d_model / n_head. Otherwise q is n_head × head_dim wide
+  /// and the output projection maps that back to d_model (Gemma, Mistral NeMo, Qwen3).
+  int64_t head_dim_override = 0;
+  /// Sliding-window attention's window (Mistral); 0: none. nuri attends to the whole causal
+  /// prefix, which is the same as long as no sequence is longer than the window: a longer one
+  /// is refused.
+  int64_t sliding_window = 0;
 
-  int64_t head_dim() const { return d_model / n_head; }
+  int64_t head_dim() const { return head_dim_override > 0 ? head_dim_override : d_model / n_head; }
+  /// RoPE's theta and scaling.
+  Rope rope() const;
   /// vocab_size rounded up to a multiple of 64 (the logits' width; padded columns never count).
   int64_t padded_vocab() const { return (vocab_size + 63) / 64 * 64; }
   /// Throws nuri::Error with an actionable message for the first inconsistent field.
@@ -60,5 +80,9 @@ std::vector<std::string> model_preset_names();
 const char* norm_name(NormKind k);
 const char* position_name(PositionKind k);
 const char* mlp_name(MlpKind k);
+
+/// Throws nuri::Error when sequences of length `seq_len` are longer than the model's sliding
+/// window (nuri attends to the whole prefix, so it would compute another model).
+void check_sliding_window(const ModelConfig& cfg, int64_t seq_len);
 
 }  // namespace nuri

@@ -1,0 +1,181 @@
+"""Real model families against the ``transformers`` library itself (issue #25): small random
+Llama 3.x (llama3 and linear RoPE scaling, a head_dim that is not hidden / heads), Qwen2 (q/k/v
+biases, tied embeddings), Mistral (sliding window) and GPT-2 models written by
+``save_pretrained`` (sharded with an index, and in bf16) give nuri the same logits; nuri's export
+loads with ``from_pretrained`` and gives nuri's logits; greedy ``generate`` agrees token for
+token; and configs nuri does not implement are refused by name.
+
+Logits are compared in f32 on both sides: within 1e-5 of the largest |logit|.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+
+import nuri
+
+REL = 1e-5
+V = 97  # not a multiple of 64: nuri's padded rows are exercised
+
+COMMON = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+              rms_norm_eps=1e-5, rope_theta=10000.0)
+
+
+def hf_model(kind):
+    """A small random model of one family, every parameter random (biases and norm weights too,
+    so a wrong layout of any of them shows)."""
+    torch.manual_seed({"llama3": 1, "llama-linear": 2, "qwen2": 3, "mistral": 4, "gpt2": 5}[kind])
+    if kind == "llama3":  # Llama 3.1's scaling; q and k 32 wide per head, hidden / heads = 16
+        model = LlamaForCausalLM(LlamaConfig(
+            **COMMON, head_dim=32, rope_scaling={
+                "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}))
+    elif kind == "llama-linear":
+        model = LlamaForCausalLM(LlamaConfig(**COMMON, rope_scaling={"type": "linear",
+                                                                     "factor": 4.0},
+                                             tie_word_embeddings=True))
+    elif kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**COMMON, tie_word_embeddings=True))
+    elif kind == "mistral":
+        model = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=64, head_dim=32))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4,
+                                           n_positions=128))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.08)
+            if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p += 1
+    return model.eval()
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(torch.from_numpy(tokens).long()).logits.float().numpy()
+
+
+def nuri_logits(model, tokens):
+    return np.asarray(model.logits(tokens))[..., :V]
+
+
+def assert_close(ours, theirs, what):
+    err = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
+    assert err < REL, f"{what}: logits differ by {err:.3g} of the largest"
+
+
+TOKENS = np.random.default_rng(0).integers(0, V, size=(2, 40)).astype(np.int32)
+KINDS = ["llama3", "llama-linear", "qwen2", "mistral", "gpt2"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transformers_checkpoints_import_export_and_generate_alike(kind, tmp_path):
+    theirs = hf_model(kind)
+    # Sharded (with model.safetensors.index.json) for two of them, one file for the others.
+    shard = "60KB" if kind in ("llama3", "qwen2") else "100MB"
+    theirs.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size=shard)
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists() == (shard == "60KB")
+    ours = nuri.import_hf(tmp_path / "hf")
+    c = ours.config
+    if kind == "llama3":
+        assert (c.rope_scaling, c.rope_factor, c.rope_original_max_len, c.head_dim,
+                c.head_size()) == ("llama3", 8.0, 32, 32, 32)
+    elif kind == "llama-linear":
+        assert (c.rope_scaling, c.rope_factor, c.tied_embeddings) == ("linear", 4.0, True)
+    elif kind == "qwen2":
+        assert c.qkv_bias and not c.bias and c.tied_embeddings and c.sliding_window == 0
+    elif kind == "mistral":
+        assert c.sliding_window == 64 and c.head_size() == 32
+    assert c.num_params() == sum(p.numel() for p in theirs.parameters())  # tied ones once
+    assert_close(nuri_logits(ours, TOKENS), hf_logits(theirs, TOKENS), f"{kind} import")
+
+    # nuri's export, sharded, read by from_pretrained as the same architecture.
+    nuri.export_hf(ours, tmp_path / "out", max_shard_bytes=50_000)
+    index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", torch_dtype=torch.float32)
+    assert type(back) is type(theirs)
+    assert_close(nuri_logits(ours, TOKENS), hf_logits(back.eval(), TOKENS), f"{kind} export")
+
+    # Greedy generation, token for token.
+    prompt = [int(t) for t in TOKENS[0, :7]]
+    with torch.no_grad():
+        want = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                               pad_token_id=0, attention_mask=torch.ones(1, 7, dtype=torch.long))
+    got = ours.generate(prompt, max_new_tokens=12, temperature=0.0)
+    assert got == want[0, 7:].tolist()
+
+
+def test_bf16_checkpoints_are_read_exactly(tmp_path):
+    theirs = hf_model("llama3").to(torch.bfloat16)
+    theirs.save_pretrained(tmp_path, safe_serialization=True)
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    ours = nuri.import_hf(tmp_path)
+    # Every weight is the bf16 value, widened exactly to nuri's f32 master weights.
+    state = {k: v.float().numpy() for k, v in theirs.state_dict().items()}
+    for name, a in ours.parameters().items():
+        want = state[name]
+        np.testing.assert_array_equal(a[: want.shape[0]], want, err_msg=name)
+    # transformers' own reading of the file into f32 (theirs.float() would keep RoPE's
+    # frequency buffer rounded to bf16 by the cast above).
+    widened = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    assert_close(nuri_logits(ours, TOKENS), hf_logits(widened, TOKENS), "bf16 import")
+
+
+def test_configs_nuri_does_not_implement_are_refused_by_name(tmp_path):
+    base = hf_model("llama3").config.to_dict()
+
+    def refused(change, match):
+        with pytest.raises(nuri.ConfigError, match=match):
+            nuri.model_config_from_hf({**base, **change})
+
+    refused({"attn_logit_softcapping": 50.0}, r"key 'attn_logit_softcapping' is not implemented")
+    refused({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+            r"rope_scaling type 'yarn' is not supported")
+    refused({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            r"llama3 needs low_freq_factor, high_freq_factor, original_max_position_embeddings")
+    refused({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "beta": 1}},
+            r"rope_scaling key 'beta' \(linear\) is not supported")
+    refused({"hidden_act": "gelu"}, r"hidden_act 'gelu' is not supported")
+    refused({"attention_dropout": 0.1}, r"attention_dropout 0.1 is not supported")
+    refused({"model_type": "gemma"}, r"model_type 'gemma' is not supported")
+    refused({"attention_bias": True}, r"attention_bias \(True\) and mlp_bias \(False\) differ")
+
+
+def test_a_sequence_longer_than_the_sliding_window_is_refused(tmp_path):
+    theirs = hf_model("mistral")
+    theirs.config.sliding_window = 16
+    theirs.save_pretrained(tmp_path, safe_serialization=True)
+    model = nuri.import_hf(tmp_path)
+    assert model.config.sliding_window == 16
+    with pytest.raises(nuri.Error, match=r"sequence length 40 is longer than the model's "
+                                         r"sliding window \(16\).*seq_len <= 16"):
+        model.logits(TOKENS)
+    assert_close(nuri_logits(model, TOKENS[:, :16]), hf_logits(theirs, TOKENS[:, :16]),
+                 "within the window")
+    data = nuri.TokenFile.from_array(np.arange(1000) % V, vocab_size=V)
+    with pytest.raises(nuri.Error, match="longer than the model's sliding window"):
+        nuri.Trainer(model, nuri.TrainConfig(steps=1, micro_batch=1, seq_len=32), data)
+
+
+def test_shard_indexes_that_do_not_match_their_files_are_refused(tmp_path):
+    hf_model("qwen2").save_pretrained(tmp_path, safe_serialization=True, max_shard_size="60KB")
+    path = tmp_path / "model.safetensors.index.json"
+    index = json.loads(path.read_text())
+    key = next(iter(index["weight_map"]))
+    other = sorted(set(index["weight_map"].values()) - {index["weight_map"][key]})[0]
+    path.write_text(json.dumps({**index, "weight_map": {**index["weight_map"], key: other}}))
+    with pytest.raises(nuri.Error, match=f"tensor '{key}' is listed in {other}, which does not "
+                                         "hold it"):
+        nuri.import_hf(tmp_path)
+    path.write_text(json.dumps({**index, "weight_map": {**index["weight_map"],
+                                                         key: "model-09-of-09.safetensors"}}))
+    with pytest.raises(nuri.Error, match="model-09-of-09.safetensors is missing"):
+        nuri.import_hf(tmp_path)
+    path.write_text("{")
+    with pytest.raises(nuri.Error, match="not a safetensors index"):
+        nuri.import_hf(tmp_path)
