@@ -27,15 +27,43 @@ bool is_token_file(const std::string& path) {
   return std::memcmp(head, "\x93NUMPY", 6) == 0 || magic == kTokenFileMagic;
 }
 
+const std::vector<std::string>& data_formats() {
+  static const std::vector<std::string> f{"auto", "text", "llmc", "npy", "uint16", "uint32"};
+  return f;
+}
+
 std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size,
-                                     std::string* description) {
+                                     std::string* description, const std::string& format) {
+  const auto& formats = data_formats();
+  if (std::find(formats.begin(), formats.end(), format) == formats.end()) {
+    std::string list;
+    for (const auto& f : formats) list += (list.empty() ? "" : ", ") + f;
+    NURI_CHECK(false, "data format '", format, "' is not one of ", list);
+  }
   std::ifstream in(path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open data file ", path, ": ", std::strerror(errno));
-  if (is_token_file(path)) {
-    auto f = TokenFile::open(path, vocab_size);
+  auto tokens = [&](std::shared_ptr<TokenFile> f) {
     if (description) *description = path + " (" + std::to_string(f->size()) + " tokens)";
     return f;
+  };
+  if (format == "uint16" || format == "uint32") {
+    return tokens(TokenFile::open_raw(path, format == "uint16" ? 2 : 4, vocab_size));
   }
+  if (format == "llmc" || format == "npy" || (format == "auto" && is_token_file(path))) {
+    auto f = TokenFile::open(path, vocab_size);  // the header says which; checked below
+    char head[6] = {};
+    in.read(head, 6);
+    const bool npy = std::memcmp(head, "\x93NUMPY", 6) == 0;
+    NURI_CHECK(format == "auto" || npy == (format == "npy"), path, ": data format '", format,
+               "' was given, but the file is ", npy ? "a .npy array" : "an llm.c token file");
+    return tokens(f);
+  }
+  const std::string ext = fs::path(path).extension().string();
+  NURI_CHECK(format == "text" || (ext != ".bin" && ext != ".npy"), path,
+             ": a ", ext, " file without llm.c's header (magic ", kTokenFileMagic,
+             ") or .npy's; if it is a headerless token array (nanoGPT's prepare.py writes "
+             "uint16 ones), say so with data.format = \"uint16\" (or \"uint32\"); if it is "
+             "text, data.format = \"text\"");
   std::stringstream ss;
   ss << in.rdbuf();
   const std::string text = ss.str();

@@ -18,8 +18,14 @@ namespace nuri {
 
 namespace {
 
-// Parses the header dict of a .npy file; sets wide (u4) and count, or throws.
-void parse_npy(const std::string& path, const char* base, size_t bytes, bool* wide, int64_t* n,
+// A .npy dtype nuri reads tokens from: its element size and signedness.
+struct NpyInt {
+  int bytes;
+  bool is_signed;
+};
+
+// Parses the header dict of a .npy file; sets the element type and count, or throws.
+void parse_npy(const std::string& path, const char* base, size_t bytes, NpyInt* type, int64_t* n,
                int64_t* data_offset) {
   NURI_CHECK(bytes >= 10, path, ": ", bytes, " bytes is too short for a .npy header: truncated");
   const int major = static_cast<unsigned char>(base[6]);
@@ -55,8 +61,15 @@ void parse_npy(const std::string& path, const char* base, size_t bytes, bool* wi
     return header.substr(v, end - v);
   };
   const std::string descr = field("descr"), order = field("fortran_order"), shape = field("shape");
-  NURI_CHECK(descr == "'<u2'" || descr == "'<u4'", path, ": .npy dtype ", descr,
-             " is not a token type (expected uint16 '<u2' or uint32 '<u4')");
+  static const std::pair<const char*, NpyInt> kTypes[] = {
+      {"'|u1'", {1, false}}, {"'<u2'", {2, false}}, {"'<u4'", {4, false}}, {"'<u8'", {8, false}},
+      {"'|i1'", {1, true}},  {"'<i2'", {2, true}},  {"'<i4'", {4, true}},  {"'<i8'", {8, true}}};
+  const auto it = std::find_if(std::begin(kTypes), std::end(kTypes),
+                               [&](const auto& t) { return descr == t.first; });
+  NURI_CHECK(it != std::end(kTypes), path, ": .npy dtype ", descr,
+             " is not an integer type (token ids are integers: uint8 to uint64 or int8 to int64, "
+             "little-endian)");
+  *type = it->second;
   NURI_CHECK(order == "False", path, ": .npy array must be in C order (fortran_order is ", order, ")");
   // "(N,)" is the only 1-D shape.
   int64_t count = -1;
@@ -66,33 +79,94 @@ void parse_npy(const std::string& path, const char* base, size_t bytes, bool* wi
     if (!is.eof() && is.fail()) count = -1;
   }
   NURI_CHECK(count >= 0, path, ": .npy shape ", shape, " is not 1-D (tokens must be a flat array)");
-  *wide = descr == "'<u4'";
   *n = count;
   *data_offset = int64_t(prefix + header_len);
 }
 
 }  // namespace
 
-std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t vocab_size) {
-  std::shared_ptr<TokenFile> f(new TokenFile());
-  f->path_ = path;
+const char* TokenFile::map_file(const std::string& path) {
+  path_ = path;
   const int fd = ::open(path.c_str(), O_RDONLY);
   NURI_CHECK(fd >= 0, "cannot open token file ", path, ": ", std::strerror(errno));
   struct stat st {};
   ::fstat(fd, &st);
   const size_t bytes = size_t(st.st_size);
   if (bytes > 0) {
-    f->map_ = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    map_ = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
   }
   ::close(fd);
   NURI_CHECK(bytes > 0, path, " is empty: not a token file");
-  NURI_CHECK(f->map_ != MAP_FAILED, "cannot map ", path, ": ", std::strerror(errno));
-  f->map_bytes_ = bytes;
-  const char* base = static_cast<const char*>(f->map_);
+  NURI_CHECK(map_ != MAP_FAILED, "cannot map ", path, ": ", std::strerror(errno));
+  map_bytes_ = bytes;
+  return static_cast<const char*>(map_);
+}
+
+std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int width,
+                                               int64_t vocab_size) {
+  NURI_CHECK(width == 2 || width == 4, "open_raw: token width ", width,
+             " bytes (2: uint16, 4: uint32)");
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  const char* base = f->map_file(path);
+  const int64_t bytes = int64_t(f->map_bytes_);
+  NURI_CHECK(bytes % width == 0, path, ": ", bytes, " bytes is not a whole number of uint",
+             8 * width, " tokens (", bytes % width, " bytes left over): not a headerless uint",
+             8 * width, " array, or truncated");
+  f->wide_ = width == 4;
+  f->n_ = bytes / width;
+  if (f->wide_) {
+    f->data32_ = reinterpret_cast<const uint32_t*>(base);
+  } else {
+    f->data16_ = reinterpret_cast<const uint16_t*>(base);
+  }
+  if (vocab_size > 0) f->check_vocab(vocab_size);
+  return f;
+}
+
+std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t vocab_size) {
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  const char* base = f->map_file(path);
+  const size_t bytes = f->map_bytes_;
   int64_t elem = 2;
   if (bytes >= 6 && std::memcmp(base, "\x93NUMPY", 6) == 0) {
-    parse_npy(path, base, bytes, &f->wide_, &f->n_, &f->data_offset_);
-    elem = f->wide_ ? 4 : 2;
+    NpyInt type{};
+    parse_npy(path, base, bytes, &type, &f->n_, &f->data_offset_);
+    elem = type.bytes;
+    const int64_t need = f->data_offset_ + f->n_ * elem;
+    NURI_CHECK(int64_t(bytes) >= need, path, ": the header promises ", f->n_, " tokens (", need,
+               " bytes in all) but the file has ", bytes, " bytes: truncated at token ",
+               (int64_t(bytes) - f->data_offset_) / elem);
+    if (type.is_signed || type.bytes == 1 || type.bytes == 8) {
+      // Read and converted: each value must be a token id.
+      f->owned_.resize(size_t(f->n_));
+      const char* p = base + f->data_offset_;
+      for (int64_t i = 0; i < f->n_; ++i, p += elem) {
+        int64_t v = 0;
+        uint64_t u = 0;
+        switch (elem) {
+          case 1: v = type.is_signed ? int64_t(int8_t(*p)) : int64_t(uint8_t(*p)); break;
+          case 2: { int16_t x; std::memcpy(&x, p, 2); v = x; break; }
+          case 4: { int32_t x; std::memcpy(&x, p, 4); v = x; break; }
+          default:
+            std::memcpy(&u, p, 8);
+            v = type.is_signed ? int64_t(u) : 0;
+        }
+        const bool big = elem == 8 && !type.is_signed && u > 0xffffffffULL;
+        NURI_CHECK(v >= 0 && !big && v <= int64_t(0xffffffff), path, ": value ",
+                   elem == 8 && !type.is_signed ? std::to_string(u) : std::to_string(v),
+                   " at index ", i, " (byte offset ", f->data_offset_ + i * elem,
+                   ") is not a token id (ids are 0 to 2^32 - 1)");
+        f->owned_[size_t(i)] = uint32_t(elem == 8 && !type.is_signed ? u : uint64_t(v));
+      }
+      f->wide_ = true;
+      f->data32_ = f->owned_.data();
+      f->data_offset_ = 0;  // offsets in messages are now into the converted copy
+      ::munmap(f->map_, f->map_bytes_);
+      f->map_ = nullptr;
+      if (vocab_size > 0) f->check_vocab(vocab_size);
+      return f;
+    }
+    f->wide_ = elem == 4;
   } else {
     NURI_CHECK(int64_t(bytes) >= kTokenFileHeaderBytes, path, " is ", bytes,
                " bytes, shorter than the ", kTokenFileHeaderBytes,

@@ -273,12 +273,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                data->max_token(), "), beyond model.vocab_size ", cfg.model.vocab_size,
                "; give data.train (--data FILE) or a vocab_size of 257");
   } else {
-    data = read_data(cfg.data.train, cfg.model.vocab_size, &what);
+    data = read_data(cfg.data.train, cfg.model.vocab_size, &what, cfg.data.format);
   }
   std::shared_ptr<TokenFile> train = data, val;
   if (!cfg.data.val.empty()) {
     std::string vwhat;
-    val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat);
+    val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
     what += ", validation " + vwhat;
   } else {
     std::tie(train, val) = split_validation(data);

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "nuri/core/build_info.h"
+#include "nuri/data/corpus.h"
 #include "nuri/train/plan.h"
 #include "nuri/train/preemption.h"
 
@@ -128,6 +129,11 @@ const Settings& data_settings() {
         .flag("--data")
         .meta("FILE");
     data.add("val", &DataConfig::val, "validation data ('': the last 10% of train)").meta("FILE");
+    data.add("format", &DataConfig::format,
+             "how the files are read: auto (token files by their header, .bin/.npy without one "
+             "refused, else text), text, llmc, npy, uint16 or uint32 (headerless arrays, as "
+             "nanoGPT's train.bin)")
+        .meta("FORMAT");
     return data;
   }();
   return s;
@@ -175,6 +181,14 @@ void RunConfig::validate() const {
   section_check("profile", [&] {
     if (!profile.empty()) device_profile(profile);
   });
+  {
+    const auto& formats = data_formats();
+    if (std::find(formats.begin(), formats.end(), data.format) == formats.end()) {
+      std::string list;
+      for (const auto& f : formats) list += (list.empty() ? "" : ", ") + f;
+      throw ConfigError("data.format: '" + data.format + "' is not one of " + list);
+    }
+  }
   if (train.seq_len > model.max_seq_len) {
     throw ConfigError("train.seq_len (" + std::to_string(train.seq_len) +
                       ") exceeds model.max_seq_len (" + std::to_string(model.max_seq_len) + ")");

@@ -86,14 +86,19 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     return model
 
 
-def read_data(path: str | os.PathLike, vocab_size: int = 0) -> _C.TokenFile:
-    """Tokens of ``path``: a token file (llm.c .bin or 1-D .npy, told apart by content) as is,
-    anything else as text, byte-tokenized (ids 0..255, no end-of-text added), as a run reads
-    data.train.
+def read_data(path: str | os.PathLike, vocab_size: int = 0, format: str = "auto"
+              ) -> _C.TokenFile:
+    """Tokens of ``path``, as a run reads data.train (data.format):
+
+    - ``auto``: a token file (llm.c .bin, or a 1-D .npy of any integer type whose values are
+      token ids) as is; a .bin or .npy file with neither header is refused (say what it is);
+      anything else as text, byte-tokenized (ids 0..255, no end-of-text added);
+    - ``text``: byte-tokenized, whatever its name; ``llmc``, ``npy``: that format;
+    - ``uint16``, ``uint32``: a headerless array of that type (nanoGPT's train.bin).
 
     [in] vocab_size: when > 0, every token id must be below it (nuri.Error otherwise).
     """
-    return _C.read_data(os.fspath(path), vocab_size)
+    return _C.read_data(os.fspath(path), vocab_size, format)
 
 
 def consolidate(ckpt: str | os.PathLike, out: str | os.PathLike) -> dict:

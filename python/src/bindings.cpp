@@ -359,10 +359,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
         py::arg("path"), py::arg("tokens"));
   m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"));
-  m.def("read_data", [](const std::string& path, int64_t vocab_size) {
-    return read_data(path, vocab_size);
-  }, py::arg("path"), py::arg("vocab_size") = 0,
-     "A token file (llm.c .bin, 1-D .npy) as it is, anything else as text in byte tokens.");
+  m.def("read_data", [](const std::string& path, int64_t vocab_size, const std::string& format) {
+    return read_data(path, vocab_size, nullptr, format);
+  }, py::arg("path"), py::arg("vocab_size") = 0, py::arg("format") = "auto",
+     "format auto: a token file (llm.c .bin, 1-D .npy) as it is, a .bin/.npy without either "
+     "header refused, anything else as text in byte tokens; or text, llmc, npy, uint16, uint32 "
+     "(headerless arrays).");
   m.def("split_validation", &split_validation, py::arg("data"),
         "(train, val): the last 10% held out.");
   m.def("default_corpus", [] { return default_corpus(); },

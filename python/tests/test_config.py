@@ -93,7 +93,7 @@ def test_device_is_another_name_for_backend():
     ({"model": {"preset": "gpt2-tiny", "colour": 1}},
      "model.colour: unknown key; known keys: bias"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; known keys: beta1"),
-    ({"data": {"test": "x"}}, "data.test: unknown key; known keys: train, val"),
+    ({"data": {"test": "x"}}, "data.test: unknown key; known keys: format, train, val"),
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
     ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, "
                                 "keep_gathered, overlap, pp, pp_timeline, sequence_parallel, tp, zero_stage"),
@@ -105,6 +105,8 @@ def test_unknown_keys_are_named(d, message):
 
 @pytest.mark.parametrize("d, message", [
     ({"train": {"lr": "fast"}}, "train.lr: expected a number > 0, got 'fast'"),
+    ({"data": {"format": "raw"}},
+     "data.format: 'raw' is not one of auto, text, llmc, npy, uint16, uint32"),
     ({"train": {"steps": True}}, "train.steps: expected an integer >= 1, got true"),
     ({"train": {"steps": 2.5}}, "train.steps: expected an integer >= 1, got 2.5"),
     ({"train": {"steps": 0}}, "train.steps: expected an integer >= 1, got 0"),
@@ -206,7 +208,8 @@ def other_value(s):
     if s["kind"] == "choice":
         return next(c for c in s["choices"] if c != d)
     if s["kind"] == "str":
-        return {"backend": "cpu", "preset": "llama-tiny", "signals": "USR2"}.get(s["key"], "x.txt")
+        return {"backend": "cpu", "preset": "llama-tiny", "signals": "USR2",
+                "format": "uint16"}.get(s["key"], "x.txt")
     if s["path"] in ("model.n_head", "model.n_kv_head", "model.vocab_size", "model.max_seq_len"):
         return d  # constrained by other fields; model.d_model and model.d_ff vary instead
     if s["path"] == "parallel.zero_stage":

@@ -10,7 +10,9 @@
 #include <fstream>
 #include <set>
 #include <string>
+#include <vector>
 
+#include "nuri/data/corpus.h"
 #include "nuri/data/sampler.h"
 #include "nuri/data/token_file.h"
 
@@ -73,6 +75,75 @@ TEST(TokenFile, ReadsNpy) {
   EXPECT_EQ(TokenFile::open(p)->at(1), 100000u);
 }
 
+// .npy token arrays of any integer type whose values are token ids (issue #25).
+TEST(TokenFile, ReadsNpyOfAnyIntegerTypeWhoseValuesAreTokenIds) {
+  const std::string p = temp_path("any.npy");
+  auto bytes = [](const auto& v) {
+    return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(v[0]));
+  };
+  const std::vector<int64_t> i8 = {0, 5, 4294967295LL, 70000};
+  write_bytes(p, npy("<i8", "(4,)", bytes(i8)));
+  auto f = TokenFile::open(p);
+  ASSERT_EQ(f->size(), 4);
+  EXPECT_EQ(f->at(2), 4294967295u);
+  EXPECT_EQ(f->at(3), 70000u);
+  const std::vector<uint8_t> u1 = {3, 255, 0};
+  write_bytes(p, npy("|u1", "(3,)", bytes(u1)));
+  EXPECT_EQ(TokenFile::open(p)->at(1), 255u);
+  const std::vector<int16_t> i2 = {7, -2, 9};
+  write_bytes(p, npy("<i2", "(3,)", bytes(i2)));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); })
+                .find("any.npy: value -2 at index 1 (byte offset 130) is not a token id"),
+            std::string::npos);
+  const std::vector<uint64_t> u8 = {1, uint64_t(1) << 32};
+  write_bytes(p, npy("<u8", "(2,)", bytes(u8)));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("value 4294967296 at index 1"),
+            std::string::npos);
+  const std::vector<int32_t> i4 = {1, 300};
+  write_bytes(p, npy("<i4", "(2,)", bytes(i4)));
+  EXPECT_NE(error_of([&] { TokenFile::open(p, 257); }).find("token id 300 at token index 1"),
+            std::string::npos);
+}
+
+// A headerless array (nanoGPT's train.bin) is read only when named, and a .bin or .npy with
+// neither header is never taken for text (issue #25).
+TEST(ReadData, HeaderlessArraysOnlyWhenNamedAndNeverAsText) {
+  const std::string bin = temp_path("train.bin");
+  const std::vector<uint16_t> v = {10, 20, 30, 50256};
+  write_bytes(bin, std::string(reinterpret_cast<const char*>(v.data()), 8));
+  const std::string refused = error_of([&] { read_data(bin); });
+  EXPECT_NE(refused.find("train.bin: a .bin file without llm.c's header"), std::string::npos)
+      << refused;
+  EXPECT_NE(refused.find("data.format = \"uint16\""), std::string::npos) << refused;
+  auto f = read_data(bin, 50257, nullptr, "uint16");
+  ASSERT_EQ(f->size(), 4);
+  EXPECT_EQ(f->at(3), 50256u);
+  auto wide = read_data(bin, 0, nullptr, "uint32");
+  ASSERT_EQ(wide->size(), 2);
+  EXPECT_EQ(wide->at(0), 10u + (20u << 16));
+  EXPECT_EQ(read_data(bin, 0, nullptr, "text")->size(), 8);  // its bytes, when said to be text
+  write_bytes(bin, std::string(7, 'x'));
+  EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "uint16"); })
+                .find("7 bytes is not a whole number of uint16 tokens (1 bytes left over)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "utf8"); })
+                .find("data format 'utf8' is not one of auto, text, llmc, npy, uint16, uint32"),
+            std::string::npos);
+  const std::string npy_path = temp_path("not.npy");
+  write_bytes(npy_path, "just text");
+  EXPECT_NE(error_of([&] { read_data(npy_path); }).find("a .npy file without llm.c's header"),
+            std::string::npos);
+  write_token_file(bin, {1, 2, 3});
+  EXPECT_EQ(read_data(bin)->size(), 3);
+  EXPECT_EQ(read_data(bin, 0, nullptr, "llmc")->size(), 3);
+  EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "npy"); })
+                .find("data format 'npy' was given, but the file is an llm.c token file"),
+            std::string::npos);
+  const std::string txt = temp_path("notes.txt");
+  write_bytes(txt, "hello");
+  EXPECT_EQ(read_data(txt)->size(), 5);  // anything else is text
+}
+
 TEST(TokenFile, BadFilesNameTheFileAndOffset) {
   const std::string p = temp_path("bad.bin");
   write_token_file(p, {1, 2, 3, 4});
@@ -106,7 +177,7 @@ TEST(TokenFile, BadFilesNameTheFileAndOffset) {
   EXPECT_NE(vocab.find("token id 300 at token index 2 (byte offset 1028) is >= vocab_size 257"),
             std::string::npos) << vocab;
   write_bytes(p, npy("<f4", "(2,)", std::string(8, '\0')));
-  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("dtype '<f4' is not a token type"),
+  EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("dtype '<f4' is not an integer type"),
             std::string::npos);
   write_bytes(p, npy("<u2", "(2, 2)", std::string(8, '\0')));
   EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("is not 1-D"), std::string::npos);

@@ -14,12 +14,21 @@ namespace nuri {
 /// Whether `path` starts like a token file: the .npy magic, or llm.c's int32 header magic.
 bool is_token_file(const std::string& path);
 
-/// The tokens of `path`: a token file (llm.c .bin or 1-D .npy, told apart by content) as it is,
-/// anything else read as text and byte-tokenized (ids 0..255, no end-of-text added). With
-/// vocab_size > 0 every id must be below it (an error names the file and the id). description
-/// (may be null) receives "PATH (N tokens)" or "PATH (N bytes of text, byte tokens)".
+/// The tokens of `path` in `format`:
+///   "auto": a token file (llm.c .bin or 1-D .npy, told apart by content) as it is; a .bin or
+///           .npy file that is neither is refused (a headerless array must be named: uint16 or
+///           uint32); anything else is text;
+///   "text": byte-tokenized (ids 0..255, no end-of-text added), whatever its name;
+///   "llmc", "npy": that format (its header checked);
+///   "uint16", "uint32": a headerless array of that type (nanoGPT's train.bin).
+/// With vocab_size > 0 every id must be below it (an error names the file and the id).
+/// description (may be null) receives "PATH (N tokens)" or "PATH (N bytes of text, byte
+/// tokens)".
 std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size = 0,
-                                     std::string* description = nullptr);
+                                     std::string* description = nullptr,
+                                     const std::string& format = "auto");
+/// The formats read_data takes.
+const std::vector<std::string>& data_formats();
 
 /// Byte tokens of every regular file under /usr/share/common-licenses in name order, each
 /// followed by a newline; where that directory holds under 100 kB, 300 kB of sentences drawn

@@ -1,8 +1,12 @@
-// Token files, memory-mapped. Two formats:
+// Token files, memory-mapped. Three formats:
 //  - llm.c's layout: a header of 256 int32 (magic 20240520, version, token count) then the
 //    tokens. Version 1 holds uint16 tokens (as llm.c writes them); version 2 holds uint32 tokens
 //    (llm.c's choice for vocabularies of 65536 or more, e.g. Llama 3; nuri follows it).
-//  - a 1-D NumPy .npy array of uint16 or uint32 (little-endian, C order).
+//  - a 1-D NumPy .npy array of any integer type (little-endian, C order): uint16 and uint32
+//    mapped as they are, the others (int8 .. int64, uint8, uint64) read and converted, every
+//    value checked to be a token id (not negative, below 2^32).
+//  - a headerless array of uint16 or uint32 (nanoGPT's train.bin), only when the caller says
+//    so (open_raw): without a header nothing tells it from any other file.
 // Every inconsistency (bad magic, version, truncation, token id >= vocab_size) is an error that
 // names the file and the byte offset.
 #pragma once
@@ -22,6 +26,10 @@ class TokenFile {
   /// Maps and validates `path` (format by content: .npy magic, else llm.c layout). With
   /// vocab_size > 0 every token is checked to be below it.
   static std::shared_ptr<TokenFile> open(const std::string& path, int64_t vocab_size = 0);
+  /// Maps a headerless little-endian array of `width`-byte tokens (2: uint16, 4: uint32), as
+  /// nanoGPT's prepare scripts write train.bin; the file size must be a whole number of tokens.
+  static std::shared_ptr<TokenFile> open_raw(const std::string& path, int width,
+                                             int64_t vocab_size = 0);
   /// Wraps tokens already in memory (name is used in messages).
   static std::shared_ptr<TokenFile> from_tokens(std::vector<uint32_t> tokens,
                                                 const std::string& name = "<memory>",
@@ -44,6 +52,8 @@ class TokenFile {
  private:
   TokenFile() = default;
   void check_vocab(int64_t vocab_size) const;
+  /// Maps `path` read-only into map_ (throws naming it when it cannot, or is empty).
+  const char* map_file(const std::string& path);
 
   std::string path_;
   void* map_ = nullptr;

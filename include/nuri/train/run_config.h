@@ -29,6 +29,8 @@ namespace nuri {
 struct DataConfig {
   std::string train;  ///< text (byte tokens), llm.c .bin or 1-D .npy; "": the default corpus
   std::string val;    ///< "": the last 10% of train, held out
+  /// How train and val are read (read_data): auto, text, llmc, npy, uint16, uint32.
+  std::string format = "auto";
 };
 
 struct SampleConfig {  ///< the sample printed after training (byte-level models)
