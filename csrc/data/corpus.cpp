@@ -11,6 +11,8 @@
 #include <sstream>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "nuri/core/error.h"
 #include "nuri/core/rng.h"
 
@@ -39,6 +41,13 @@ std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size
     std::string list;
     for (const auto& f : formats) list += (list.empty() ? "" : ", ") + f;
     NURI_CHECK(false, "data format '", format, "' is not one of ", list);
+  }
+  if (is_shard_dir(path)) {
+    NURI_CHECK(format == "auto" || format == "llmc", path, ": a directory of nuri tokenize's "
+               "shards is read in format auto (or llmc), not '", format, "'");
+    auto f = read_shards(path, "train", vocab_size, description);
+    NURI_CHECK(f != nullptr, path, ": tokenize.json lists no train shards");
+    return f;
   }
   std::ifstream in(path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open data file ", path, ": ", std::strerror(errno));
@@ -71,6 +80,57 @@ std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size
     *description = path + " (" + std::to_string(text.size()) + " bytes of text, byte tokens)";
   }
   return TokenFile::from_tokens(ByteTokenizer().encode(text), path, vocab_size);
+}
+
+bool is_shard_dir(const std::string& path) {
+  std::error_code ec;
+  return fs::is_directory(path, ec) && fs::is_regular_file(fs::path(path) / "tokenize.json", ec);
+}
+
+std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string& split,
+                                       int64_t vocab_size, std::string* description) {
+  const std::string meta_path = (fs::path(dir) / "tokenize.json").string();
+  nlohmann::json meta;
+  try {
+    std::ifstream in(meta_path);
+    meta = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, meta_path, ": not tokenize.json as nuri tokenize writes it (", e.what(), ")");
+  }
+  NURI_CHECK(meta.is_object() && meta.contains("shards") && meta["shards"].is_object() &&
+                 meta.contains("tokenizer") && meta["tokenizer"].is_object() &&
+                 meta["tokenizer"].value("vocab_size", 0) > 0,
+             meta_path, ": needs \"shards\" and a \"tokenizer\" with its vocab_size (nuri "
+             "tokenize writes both)");
+  const nlohmann::json& tok = meta["tokenizer"];
+  const int64_t tok_vocab = tok["vocab_size"].get<int64_t>();
+  const std::string tok_name =
+      tok.value("kind", std::string("?")) == "bytes"
+          ? std::string("byte tokenizer")
+          : fs::path(tok.value("path", std::string("tokenizer.json"))).filename().string();
+  NURI_CHECK(vocab_size <= 0 || tok_vocab <= vocab_size, dir, ": the shards were written by ",
+             tok_name, ", whose vocabulary has ", tok_vocab, " ids, more than the model's "
+             "vocab_size ", vocab_size, "; train a model with vocab_size >= ", tok_vocab,
+             " or tokenize with the model's tokenizer");
+  if (!meta["shards"].contains(split)) return nullptr;
+  std::vector<uint32_t> all;
+  int64_t count = 0;
+  for (const auto& name : meta["shards"][split]) {
+    NURI_CHECK(name.is_string() && fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
+               meta_path, ": shard names are file names in the directory");
+    auto f = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), vocab_size);
+    const size_t at = all.size();
+    all.resize(at + size_t(f->size()));
+    for (int64_t i = 0; i < f->size(); ++i) all[at + size_t(i)] = f->at(i);
+    ++count;
+  }
+  if (count == 0) return nullptr;
+  if (description) {
+    *description = dir + ": " + std::to_string(count) + " " + split + " shard" +
+                   (count == 1 ? "" : "s") + " (" + std::to_string(all.size()) + " tokens, " +
+                   tok_name + ")";
+  }
+  return TokenFile::from_tokens(std::move(all), dir + " (" + split + ")", vocab_size);
 }
 
 std::shared_ptr<TokenFile> default_corpus(std::string* description) {

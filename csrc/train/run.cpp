@@ -280,6 +280,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     std::string vwhat;
     val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
     what += ", validation " + vwhat;
+  } else if (is_shard_dir(cfg.data.train) &&
+             (val = read_shards(cfg.data.train, "val", cfg.model.vocab_size)) != nullptr) {
+    what += ", validation its val shards (" + std::to_string(val->size()) + " tokens)";
   } else {
     std::tie(train, val) = split_validation(data);
     what += ", last 10% held out for validation";

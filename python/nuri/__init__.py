@@ -68,6 +68,7 @@ from .hf import export_hf, export_hf_checkpoint, import_hf, model_config_from_hf
 from .plan import (PlanResult, calibrate, device_profile, device_profile_names, estimate_memory,
                    estimate_step_time, model_flops_per_token, plan)
 from .report import format_report, plot_report, read_ledger, report
+from .shards import tokenize
 
 __version__: str = build_info()["version"]
 
@@ -82,5 +83,5 @@ __all__ = [
     "split_validation", "text_file_to_tokens", "write_token_file", "__version__",
     "PlanResult", "calibrate", "device_profile", "device_profile_names", "estimate_memory",
     "estimate_step_time", "model_flops_per_token", "plan", "format_report", "plot_report",
-    "read_ledger", "report",
+    "read_ledger", "report", "tokenize",
 ]

@@ -3,6 +3,8 @@
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
                             [--temperature X] [--top-k K] [--seed S]
+    python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
+                            [--val-every K] [--shard-tokens N] [--eot TEXT] [--field text]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
     python -m nuri info
     python -m nuri plan (--preset NAME | --config FILE | --hf CONFIG.JSON) [--device NAME|FILE]
@@ -33,6 +35,7 @@ from .io import consolidate, generate_text, load
 from .training import run
 from .plan import calibrate, plan
 from .report import format_report, plot_report, report
+from .shards import EOT_CANDIDATES, tokenize
 
 
 def cmd_train(args: Sequence[str]) -> int:
@@ -65,7 +68,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompt = pick(args.prompt, defaults.prompt)
     text = generate_text(model, prompt, pick(args.max_new_tokens, defaults.max_new_tokens),
                          pick(args.temperature, defaults.temperature),
-                         pick(args.top_k, defaults.top_k), seed=args.seed)
+                         pick(args.top_k, defaults.top_k), seed=args.seed,
+                         tokenizer=args.tokenizer)
     sys.stdout.write(prompt + text + "\n")
     return 0
 
@@ -162,12 +166,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    """``python -m nuri tokenize``: text to token shards."""
+    meta = tokenize(args.inputs, args.out, args.tokenizer, val_every=args.val_every,
+                    shard_tokens=args.shard_tokens, processes=args.processes, eot=args.eot,
+                    field=args.field, progress=None if not args.quiet else False)
+    tok = meta["tokenizer"]
+    print(f"{args.out}: {meta['tokens']['train']} train tokens in "
+          f"{len(meta['shards']['train'])} shard(s), {meta['tokens']['val']} val tokens in "
+          f"{len(meta['shards']['val'])}, from {meta['documents']['train']} + "
+          f"{meta['documents']['val']} documents ({meta['dtype']}; "
+          f"{'bytes' if tok['kind'] == 'bytes' else os.path.basename(tok['path'])}, "
+          f"{tok['vocab_size']} ids, end-of-text {tok['eot']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m nuri`` (``train`` takes the run's own flags)."""
     p = argparse.ArgumentParser(prog="python -m nuri",
                                 description="Train and sample decoder-only language models.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,generate,export,info,plan,calibrate,report}")
+                           metavar="{train,generate,tokenize,export,info,plan,calibrate,report}")
     sub.add_parser("train", help="train a model: nuri-train's flags, KEY=VALUE overrides, "
                    "--config FILE (see train --help)", add_help=False)
     g = sub.add_parser("generate", help="continue a prompt with a trained byte-level model")
@@ -179,9 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, help="0: greedy")
     g.add_argument("--top-k", type=int, help="0: the whole vocabulary")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--tokenizer", help="a Hugging Face tokenizer.json to encode the prompt and "
+                   "decode the output with (default: bytes)")
     g.add_argument("--backend", "--device", dest="backend", default="cpu",
                    help="cpu, cuda (or cuda-emu in an emulated build)")
     g.set_defaults(func=cmd_generate)
+    t = sub.add_parser("tokenize", help="text files, JSON-lines or directories of them to "
+                       "token shards (llm.c layout) with a validation split")
+    t.add_argument("inputs", nargs="+", help="files (.txt etc.: one document; .jsonl: one a "
+                   "line) or directories of .txt, .md and .jsonl files")
+    t.add_argument("--out", required=True, help="directory for the shards and tokenize.json "
+                   "(train on it with --data DIR)")
+    t.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: bytes)")
+    t.add_argument("--eot", help="the end-of-text token (default: the first of "
+                   f"{', '.join(EOT_CANDIDATES)} the tokenizer has)")
+    t.add_argument("--field", default="text", help="the JSON-lines field holding the text")
+    t.add_argument("--val-every", type=int, default=200, help="every k-th document goes to "
+                   "validation (0: none; default 200)")
+    t.add_argument("--shard-tokens", type=int, default=100_000_000)
+    t.add_argument("--processes", type=int, default=1, help="encoding processes (the shards "
+                   "do not depend on it)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_tokenize)
     e = sub.add_parser("export", help="a checkpoint's weights as one model file, or as a "
                        "Hugging Face model directory (one tensor in memory at a time)")
     e.add_argument("checkpoint", help="a checkpoint directory, or the root of a run's "

@@ -131,11 +131,28 @@ def decode_bytes(tokens: Sequence[int]) -> str:
 
 
 def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
-                  temperature: float = 0.8, top_k: int = 40, seed: int = 0) -> str:
-    """The continuation of ``prompt`` (not repeated) from a byte-level model (vocab >= 257).
+                  temperature: float = 0.8, top_k: int = 40, seed: int = 0,
+                  tokenizer: str | os.PathLike | None = None) -> str:
+    """The continuation of ``prompt`` (not repeated): encoded and decoded with a Hugging Face
+    ``tokenizer.json`` (the one ``nuri tokenize`` wrote the model's data with), or by default
+    with bytes (a byte-level model, vocab >= 257).
 
     temperature 0 is greedy; top_k 0 samples from the whole vocabulary.
     """
+    if tokenizer is not None:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(os.fspath(tokenizer))
+        if tok.get_vocab_size(with_added_tokens=True) > model.config.vocab_size:
+            raise _C.Error(f"{tokenizer}: its vocabulary has "
+                           f"{tok.get_vocab_size(with_added_tokens=True)} ids, more than the "
+                           f"model's vocab_size {model.config.vocab_size}: not this model's "
+                           "tokenizer")
+        tokens = tok.encode(prompt, add_special_tokens=False).ids
+        if not tokens:
+            raise _C.Error("generate: the prompt needs at least one token")
+        out = model.generate(tokens, max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_k=top_k, seed=seed)
+        return tok.decode(out, skip_special_tokens=False)
     if model.config.vocab_size < _C.ByteTokenizer.VOCAB_SIZE:
         raise _C.Error(f"generate uses the byte tokenizer (257 ids); the model's vocab_size is "
                        f"{model.config.vocab_size}")

@@ -108,10 +108,19 @@ def test_read_data_tells_text_from_token_files(tmp_path):
     (tmp_path / "a.txt").write_text(text)
     nuri.write_token_file(str(tmp_path / "a.bin"), expected.tolist())
     np.save(tmp_path / "a.npy", expected)
-    (tmp_path / "b.bin").write_text(text)  # text with a token-file name is still text
-    for name in ("a.txt", "a.bin", "a.npy", "b.bin"):
+    (tmp_path / "b.bin").write_text(text)  # text with a token-file name: refused unless said
+    for name in ("a.txt", "a.bin", "a.npy"):
         tokens = nuri.read_data(tmp_path / name, vocab_size=257)
         np.testing.assert_array_equal(tokens.to_numpy(), expected)
+    with pytest.raises(nuri.Error, match=r"b.bin: a .bin file without llm.c's header"):
+        nuri.read_data(tmp_path / "b.bin")
+    np.testing.assert_array_equal(nuri.read_data(tmp_path / "b.bin", format="text").to_numpy(),
+                                  expected)
+    expected.astype(np.uint16).tofile(tmp_path / "c.bin")  # nanoGPT's headerless train.bin
+    np.testing.assert_array_equal(
+        nuri.read_data(tmp_path / "c.bin", vocab_size=257, format="uint16").to_numpy(), expected)
+    np.save(tmp_path / "d.npy", expected.astype(np.int64))  # any integer type
+    np.testing.assert_array_equal(nuri.read_data(tmp_path / "d.npy").to_numpy(), expected)
     with pytest.raises(nuri.Error, match="cannot open data file"):
         nuri.read_data(tmp_path / "missing.txt")
     with pytest.raises(nuri.Error, match="vocab"):

@@ -30,6 +30,17 @@ std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size
 /// The formats read_data takes.
 const std::vector<std::string>& data_formats();
 
+/// Whether `path` is a directory of shards written by `nuri tokenize` (it holds tokenize.json).
+bool is_shard_dir(const std::string& path);
+/// The `split` ("train" or "val") shards of such a directory, in order, as one token sequence
+/// (read into memory). With vocab_size > 0 the tokenizer recorded in tokenize.json must not
+/// have more ids than the model (an error says so), and every id is checked. Returns null when
+/// the split has no shards; description (may be null) receives "DIR: N SPLIT shards (M
+/// tokens, TOKENIZER)".
+std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string& split,
+                                       int64_t vocab_size = 0,
+                                       std::string* description = nullptr);
+
 /// Byte tokens of every regular file under /usr/share/common-licenses in name order, each
 /// followed by a newline; where that directory holds under 100 kB, 300 kB of sentences drawn
 /// from a small grammar with a fixed seed. description receives which one it was.

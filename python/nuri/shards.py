@@ -1,0 +1,263 @@
+"""Text to token shards: ``nuri tokenize`` and ``nuri.tokenize()``.
+
+Inputs are text files (each one document), JSON-lines files (``.jsonl``: each line an object
+whose ``text`` field is one document), or directories of them (every ``.txt``, ``.md`` and
+``.jsonl`` file below, in path order). Each document is encoded with a Hugging Face
+``tokenizer.json`` (the ``tokenizers`` library) or nuri's byte tokenizer, followed by the
+end-of-text token, and the documents go, in input order, to ``train_NNNNNN.bin`` shards, except
+every ``val_every``-th (documents 0, k, 2k, ...), which go to ``val_NNNNNN.bin``. Shards are in
+llm.c's layout: uint16 tokens when the vocabulary has at most 65536 ids, else uint32, for every
+shard alike. ``tokenize.json`` beside them records the tokenizer (its file's SHA-256 and
+vocabulary size, the end-of-text id), the counts and the shards; nuri's data reader checks the
+vocabulary against the model's when a run trains on the directory.
+
+One design choice to know: the output depends only on the inputs, the tokenizer and the
+settings, never on the number of processes: documents are numbered in input order before any
+work is split, workers encode chunks of them, and the chunks are written back in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from multiprocessing import get_context
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _C
+from .io import decode_bytes
+
+#: End-of-text tokens looked for in a tokenizer's vocabulary when none is named.
+EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+def _input_files(inputs: Sequence[str]) -> list[str]:
+    files = []
+    for path in inputs:
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                if f.endswith(TEXT_SUFFIXES))
+            if not found:
+                raise _C.Error(f"{path}: no {', '.join(TEXT_SUFFIXES)} files in this directory")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise _C.Error(f"{path}: no such file or directory")
+    return files
+
+
+def _documents(files: Sequence[str], field: str) -> Iterator[str | bytes]:
+    """Every document in input order: a .jsonl line's `field`, or a whole file."""
+    for path in files:
+        if path.endswith(".jsonl"):
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        raise _C.Error(f"{path}:{line_no}: not a JSON object ({e})") from e
+                    if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                        raise _C.Error(f"{path}:{line_no}: no {field!r} field with a string "
+                                       f"(keys: {', '.join(row) if isinstance(row, dict) else '-'})")
+                    yield row[field]
+        else:
+            with open(path, "rb") as f:
+                yield f.read()
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(tokenizer_path: str | None) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # this process is one of the workers
+    if tokenizer_path is not None:
+        from tokenizers import Tokenizer
+        _WORKER["tok"] = Tokenizer.from_file(tokenizer_path)
+    else:
+        _WORKER["tok"] = None
+
+
+def _encode(doc: str | bytes) -> np.ndarray:
+    tok = _WORKER["tok"]
+    if tok is None:
+        data = doc.encode("utf-8") if isinstance(doc, str) else doc
+        return np.frombuffer(data, dtype=np.uint8).astype(np.uint32)
+    if isinstance(doc, bytes):
+        try:
+            doc = doc.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _C.Error(f"a document is not UTF-8 text ({e}); the tokenizer reads text") from e
+    return np.asarray(tok.encode(doc, add_special_tokens=False).ids, dtype=np.uint32)
+
+
+def _encode_chunk(docs: list[str | bytes]) -> list[np.ndarray]:
+    return [_encode(d) for d in docs]
+
+
+def _chunks(docs: Iterator[str | bytes], size: int) -> Iterator[list[str | bytes]]:
+    chunk: list[str | bytes] = []
+    for d in docs:
+        chunk.append(d)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _ShardWriter:
+    """llm.c-layout shards of at most `shard_tokens` tokens: PREFIX_000000.bin, ..."""
+
+    def __init__(self, out_dir: str, prefix: str, dtype: type, shard_tokens: int):
+        self.out_dir, self.prefix, self.dtype, self.limit = out_dir, prefix, dtype, shard_tokens
+        self.parts: list[np.ndarray] = []
+        self.held = 0
+        self.files: list[str] = []
+        self.tokens = 0
+
+    def add(self, ids: np.ndarray) -> None:
+        while len(ids):
+            take = min(len(ids), self.limit - self.held)
+            self.parts.append(ids[:take])
+            self.held += take
+            ids = ids[take:]
+            if self.held == self.limit:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.held:
+            return
+        name = f"{self.prefix}_{len(self.files):06d}.bin"
+        header = np.zeros(256, dtype=np.int32)
+        header[:3] = (20240520, 1 if self.dtype == np.uint16 else 2, self.held)
+        path = os.path.join(self.out_dir, name)
+        with open(path + ".tmp", "wb") as f:
+            f.write(header.tobytes())
+            f.write(np.concatenate(self.parts).astype(self.dtype).tobytes())
+        os.replace(path + ".tmp", path)
+        self.files.append(name)
+        self.tokens += self.held
+        self.parts, self.held = [], 0
+
+
+def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+             tokenizer: str | os.PathLike | None = None, *, val_every: int = 200,
+             shard_tokens: int = 100_000_000, processes: int = 1, eot: str | None = None,
+             field: str = "text", progress: bool | None = None) -> dict[str, Any]:
+    """Writes the token shards of `inputs` to `out_dir` (see the module doc) and returns what
+    ``tokenize.json`` records.
+
+    [in] tokenizer: a Hugging Face ``tokenizer.json``; None: bytes (ids 0..255, end-of-text 256).
+    [in] val_every: every k-th document (0, k, 2k, ...) goes to the validation shards; 0: none.
+    [in] eot: the end-of-text token's text; default: the first of EOT_CANDIDATES the tokenizer
+         has.
+    [in] processes: encoding processes (the shards do not depend on it).
+    [in] progress: a progress bar on stderr (default: when stderr is a terminal).
+    """
+    if shard_tokens < 1 or processes < 1 or val_every < 0:
+        raise _C.Error("tokenize: shard_tokens and processes must be positive, val_every >= 0")
+    out_dir = os.fspath(out_dir)
+    files = _input_files([os.fspath(p) for p in inputs])
+    tok_path = os.path.abspath(os.fspath(tokenizer)) if tokenizer is not None else None
+    if tok_path is None:
+        info = {"kind": "bytes", "vocab_size": 257, "eot": 256, "eot_text": "<|endoftext|>"}
+    else:
+        from tokenizers import Tokenizer
+        try:
+            tok = Tokenizer.from_file(tok_path)
+        except Exception as e:  # tokenizers raises its own exception types
+            raise _C.Error(f"{tok_path}: not a Hugging Face tokenizer.json ({e})") from e
+        vocab = tok.get_vocab(with_added_tokens=True)
+        names = [eot] if eot is not None else [c for c in EOT_CANDIDATES if c in vocab]
+        if not names or names[0] not in vocab:
+            raise _C.Error(f"{tok_path}: no end-of-text token "
+                           f"{names[0]!r} in its vocabulary" if names else
+                           f"{tok_path}: none of {', '.join(EOT_CANDIDATES)} is in its "
+                           "vocabulary; name the end-of-text token (--eot)")
+        with open(tok_path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        info = {"kind": "huggingface", "path": tok_path, "sha256": digest,
+                "vocab_size": max(vocab.values()) + 1, "eot": vocab[names[0]],
+                "eot_text": names[0]}
+    dtype = np.uint16 if info["vocab_size"] <= 65536 else np.uint32
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in os.listdir(out_dir):  # an earlier run's shards would be read with these
+        if stale == "tokenize.json" or (stale.startswith(("train_", "val_"))
+                                        and stale.endswith(".bin")):
+            os.remove(os.path.join(out_dir, stale))
+    train = _ShardWriter(out_dir, "train", dtype, shard_tokens)
+    val = _ShardWriter(out_dir, "val", dtype, shard_tokens)
+    eot_id = np.asarray([info["eot"]], dtype=np.uint32)
+    docs = {"train": 0, "val": 0}
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    if show:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(unit=" documents", desc="tokenize", file=sys.stderr)
+        except ImportError:
+            bar = None
+    pool = None
+    try:
+        if processes > 1:
+            pool = get_context("spawn").Pool(processes, _start_worker, (tok_path,))
+            encoded = (ids for chunk in pool.imap(_encode_chunk, _chunks(
+                _documents(files, field), 64)) for ids in chunk)
+        else:
+            _start_worker(tok_path)
+            encoded = (_encode(d) for d in _documents(files, field))
+        for i, ids in enumerate(encoded):
+            if len(ids) and int(ids.max()) >= info["vocab_size"]:
+                raise _C.Error(f"document {i}: token id {int(ids.max())} is outside the "
+                               f"tokenizer's vocabulary of {info['vocab_size']}")
+            to_val = val_every > 0 and i % val_every == 0
+            (val if to_val else train).add(np.concatenate([ids, eot_id]))
+            docs["val" if to_val else "train"] += 1
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    train.flush()
+    val.flush()
+    if not train.files:
+        raise _C.Error(f"tokenize: no training documents ({docs['val']} went to validation); "
+                       "give more documents or a larger val_every")
+    meta = {"format": "llm.c", "dtype": np.dtype(dtype).name, "tokenizer": info,
+            "inputs": [os.path.abspath(f) for f in files], "val_every": val_every,
+            "documents": docs, "tokens": {"train": train.tokens, "val": val.tokens},
+            "shards": {"train": train.files, "val": val.files}}
+    with open(os.path.join(out_dir, "tokenize.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return meta
+
+
+def decode(tokens: Sequence[int], tokenizer: str | os.PathLike | None = None) -> str:
+    """Text of token ids, with the same tokenizer tokenize() used (None: bytes)."""
+    if tokenizer is None:
+        return decode_bytes(list(tokens))
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(os.fspath(tokenizer)).decode(list(tokens),
+                                                            skip_special_tokens=False)
+
+
+def encode(text: str, tokenizer: str | os.PathLike | None = None) -> list[int]:
+    """Token ids of `text` (no end-of-text added), as tokenize() encodes a document."""
+    if tokenizer is None:
+        return list(text.encode("utf-8"))
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(os.fspath(tokenizer)).encode(
+        text, add_special_tokens=False).ids

@@ -1,0 +1,135 @@
+"""``nuri tokenize`` (issue #25): a BPE tokenizer trained here with the ``tokenizers`` library on
+tinyshakespeare (no download) turns text and JSON-lines into llm.c shards with end-of-text
+between documents and a validation split; the shards are the same for 1 and 3 processes; a run
+trains on the directory (its val shards as validation), refuses a model whose vocabulary is
+smaller than the tokenizer's, and generation decodes with the same tokenizer.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+
+import nuri
+from conftest import run_cli
+
+SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """tinyshakespeare's speeches as documents: two JSON-lines files and a text file, and a
+    byte-level BPE tokenizer of 400 ids trained on them."""
+    assert SHAKESPEARE.exists(), f"these tests read {SHAKESPEARE} (shared/ beside the checkout)"
+    d = tmp_path_factory.mktemp("corpus")
+    speeches = [s.strip() for s in SHAKESPEARE.read_text(encoding="utf-8").split("\n\n")
+                if s.strip()][:600]
+    (d / "docs").mkdir()
+    for k, part in enumerate((speeches[:250], speeches[250:500])):
+        with open(d / "docs" / f"part{k}.jsonl", "w", encoding="utf-8") as f:
+            for s in part:
+                f.write(json.dumps({"text": s, "id": len(s)}) + "\n")
+    (d / "docs" / "tail.txt").write_text("\n\n".join(speeches[500:]), encoding="utf-8")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(speeches, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(d / "tokenizer.json"))
+    return d, speeches
+
+
+def read_shard(path):
+    raw = np.fromfile(path, dtype=np.int32, count=256)
+    assert raw[0] == 20240520 and raw[1] == 1  # llm.c, uint16
+    return np.fromfile(path, dtype=np.uint16, offset=1024)
+
+
+def test_shards_hold_every_document_with_end_of_text_and_a_validation_split(corpus, tmp_path):
+    d, speeches = corpus
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    eot = tok.token_to_id("<|endoftext|>")
+    meta = nuri.tokenize([d / "docs"], tmp_path / "a", d / "tokenizer.json", val_every=50,
+                         shard_tokens=20_000, progress=False)
+    assert meta["tokenizer"]["vocab_size"] == 400 and meta["tokenizer"]["eot"] == eot
+    assert meta["documents"] == {"train": 490, "val": 11}  # 500 rows and one text file
+    assert len(meta["shards"]["train"]) > 1  # 20,000 tokens a shard
+    train = np.concatenate([read_shard(tmp_path / "a" / n) for n in meta["shards"]["train"]])
+    val = np.concatenate([read_shard(tmp_path / "a" / n) for n in meta["shards"]["val"]])
+    assert meta["tokens"] == {"train": len(train), "val": len(val)}
+    # Documents in order, each followed by end-of-text; documents 0, 50, 100 ... are val's.
+    docs = speeches[:500] + ["\n\n".join(speeches[500:])]
+    want = {"train": [], "val": []}
+    for i, text in enumerate(docs):
+        want["val" if i % 50 == 0 else "train"] += tok.encode(text).ids + [eot]
+    assert train.tolist() == want["train"] and val.tolist() == want["val"]
+    assert tok.decode(train[:200].tolist()).startswith(docs[1][:40])
+
+
+def test_the_shards_do_not_depend_on_the_process_count(corpus, tmp_path):
+    d, _ = corpus
+    one = nuri.tokenize([d / "docs"], tmp_path / "one", d / "tokenizer.json", val_every=7,
+                        shard_tokens=5000, progress=False)
+    three = nuri.tokenize([d / "docs"], tmp_path / "three", d / "tokenizer.json", val_every=7,
+                          shard_tokens=5000, processes=3, progress=False)
+    assert one["shards"] == three["shards"] and one["tokens"] == three["tokens"]
+    for split in ("train", "val"):
+        for name in one["shards"][split]:
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
+
+
+def test_a_run_trains_on_the_shards_and_generates_with_the_tokenizer(corpus, tmp_path):
+    d, _ = corpus
+    nuri.tokenize([d / "docs"], tmp_path / "data", d / "tokenizer.json", val_every=20,
+                  progress=False)
+    out = tmp_path / "run"
+    proc = run_cli("train", "--model", "gpt2-tiny", "model.vocab_size=400", "--data",
+                   str(tmp_path / "data"), "--steps", "30", "--micro-batch", "4", "--seq-len",
+                   "64", "--lr", "3e-3", "--out", str(out), "sample.max_new_tokens=0",
+                   cwd=tmp_path)
+    assert "1 train shard" in proc.stdout and "validation its val shards" in proc.stdout
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert losses[-1] < losses[0] - 1.0  # it learns from the tokens
+    # A model with fewer ids than the tokenizer is refused, naming both.
+    proc = run_cli("train", "--model", "gpt2-tiny", "--data", str(tmp_path / "data"), "--steps",
+                   "1", cwd=tmp_path, expect=1)
+    assert ("the shards were written by tokenizer.json, whose vocabulary has 400 ids, more than "
+            "the model's vocab_size 257") in proc.stderr
+    # Generation encodes and decodes with the same tokenizer.
+    proc = run_cli("generate", "--run", str(out), "--tokenizer", str(d / "tokenizer.json"),
+                   "--prompt", "KING HENRY", "--max-new-tokens", "20", "--temperature", "0",
+                   cwd=tmp_path)
+    assert proc.stdout.startswith("KING HENRY") and len(proc.stdout) > len("KING HENRY") + 5
+    model = nuri.load(str(out / "model.safetensors"))
+    small = Tokenizer(models.WordLevel({f"w{i}": i for i in range(500)}, unk_token="w0"))
+    small.save(str(tmp_path / "big.json"))
+    with pytest.raises(nuri.Error, match="its vocabulary has 500 ids, more than the model's "
+                                         "vocab_size 400"):
+        nuri.generate_text(model, "w1", tokenizer=tmp_path / "big.json")
+
+
+def test_bad_inputs_name_the_file_and_line(corpus, tmp_path):
+    d, _ = corpus
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text"}\n', encoding="utf-8")
+    with pytest.raises(nuri.Error, match=r"bad.jsonl:2: no 'text' field with a string \(keys: "
+                                         r"body\)"):
+        nuri.tokenize([bad], tmp_path / "o", d / "tokenizer.json", progress=False)
+    bad.write_text('{"text": "fine"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(nuri.Error, match=r"bad.jsonl:2: not a JSON object"):
+        nuri.tokenize([bad], tmp_path / "o", d / "tokenizer.json", progress=False)
+    with pytest.raises(nuri.Error, match="no end-of-text token '<eos>'"):
+        nuri.tokenize([d / "docs"], tmp_path / "o", d / "tokenizer.json", eot="<eos>",
+                      progress=False)
+    with pytest.raises(nuri.Error, match="missing.txt: no such file"):
+        nuri.tokenize([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
+    # The byte tokenizer needs no file: ids are bytes, end-of-text 256, uint16 shards.
+    (tmp_path / "t.txt").write_text("héllo", encoding="utf-8")
+    meta = nuri.tokenize([tmp_path / "t.txt"], tmp_path / "b", val_every=0, progress=False)
+    assert read_shard(tmp_path / "b" / meta["shards"]["train"][0]).tolist() == \
+        list("héllo".encode()) + [256]
+    assert os.path.exists(tmp_path / "b" / "tokenize.json")
