@@ -125,12 +125,30 @@ std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string
     ++count;
   }
   if (count == 0) return nullptr;
+  // Fine-tuning data: a loss mask (.npy of 0/1, one value a token) beside each shard.
+  std::vector<uint8_t> mask;
+  const bool masked = meta.contains("masks") && meta["masks"].is_object() &&
+                      meta["masks"].contains(split);
+  if (masked) {
+    NURI_CHECK(meta["masks"][split].size() == meta["shards"][split].size(), meta_path,
+               ": one mask file a shard is needed (", meta["masks"][split].size(), " masks, ",
+               meta["shards"][split].size(), " shards)");
+    for (const auto& name : meta["masks"][split]) {
+      NURI_CHECK(name.is_string() &&
+                     fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
+                 meta_path, ": mask names are file names in the directory");
+      auto m = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), 2);
+      for (int64_t i = 0; i < m->size(); ++i) mask.push_back(uint8_t(m->at(i)));
+    }
+  }
   if (description) {
     *description = dir + ": " + std::to_string(count) + " " + split + " shard" +
                    (count == 1 ? "" : "s") + " (" + std::to_string(all.size()) + " tokens, " +
-                   tok_name + ")";
+                   tok_name + (masked ? ", loss mask" : "") + ")";
   }
-  return TokenFile::from_tokens(std::move(all), dir + " (" + split + ")", vocab_size);
+  auto f = TokenFile::from_tokens(std::move(all), dir + " (" + split + ")", vocab_size);
+  if (masked) f->set_mask(std::move(mask));
+  return f;
 }
 
 std::shared_ptr<TokenFile> default_corpus(std::string* description) {

@@ -65,9 +65,16 @@ void GlobalSampler::fill(DataPosition pos, int64_t first, int64_t rows, const Te
   const auto samples = batch_samples(pos);
   std::vector<int32_t> window(size_t(seq_len_ + 1));
   for (int64_t r = 0; r < rows; ++r) {
-    tokens_->read(samples[size_t(first + r)] * seq_len_, seq_len_ + 1, window.data());
+    const int64_t start = samples[size_t(first + r)] * seq_len_;
+    tokens_->read(start, seq_len_ + 1, window.data());
     std::copy(window.begin(), window.end() - 1, tokens.data<int32_t>() + r * seq_len_);
-    std::copy(window.begin() + 1, window.end(), targets.data<int32_t>() + r * seq_len_);
+    int32_t* tg = targets.data<int32_t>() + r * seq_len_;
+    std::copy(window.begin() + 1, window.end(), tg);
+    if (tokens_->has_mask()) {  // fine-tuning data: only the masked-in targets are trained on
+      for (int64_t k = 0; k < seq_len_; ++k) {
+        if (!tokens_->trained(start + k + 1)) tg[k] = kIgnoreIndex;
+      }
+    }
   }
 }
 

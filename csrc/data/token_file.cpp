@@ -219,6 +219,7 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->wide_ = file->wide_;
   f->data16_ = file->data16_ ? file->data16_ + start : nullptr;
   f->data32_ = file->data32_ ? file->data32_ + start : nullptr;
+  f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
   f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
   f->n_ = n;
   f->parent_ = std::move(file);
@@ -243,6 +244,17 @@ void TokenFile::read(int64_t start, int64_t n, int32_t* out) const {
   NURI_CHECK(start >= 0 && n >= 0 && start + n <= n_, path_, ": read of tokens [", start, ", ",
              start + n, ") past the end (", n_, " tokens)");
   for (int64_t k = 0; k < n; ++k) out[k] = int32_t(at(start + k));
+}
+
+void TokenFile::set_mask(std::vector<uint8_t> mask) {
+  NURI_CHECK(int64_t(mask.size()) == n_, path_, ": a loss mask of ", mask.size(),
+             " values for ", n_, " tokens (one value a token)");
+  for (size_t i = 0; i < mask.size(); ++i) {
+    NURI_CHECK(mask[i] <= 1, path_, ": loss mask value ", int(mask[i]), " at token ", i,
+               " (0: not trained on, 1: trained on)");
+  }
+  owned_mask_ = std::move(mask);
+  mask_ = owned_mask_.data();
 }
 
 uint32_t TokenFile::max_token() const {

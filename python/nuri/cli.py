@@ -5,6 +5,7 @@
                             [--temperature X] [--top-k K] [--seed S]
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--field text]
+                            [--kind text|prompt-response|chat] [--chat-template JSON]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
     python -m nuri info
     python -m nuri plan (--preset NAME | --config FILE | --hf CONFIG.JSON) [--device NAME|FILE]
@@ -168,9 +169,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     """``python -m nuri tokenize``: text to token shards."""
+    template = None
+    if args.chat_template:
+        text = args.chat_template
+        if os.path.exists(text):
+            with open(text, encoding="utf-8") as f:
+                text = f.read()
+        try:
+            template = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"--chat-template: not a JSON object of role: text ({e})") from e
     meta = tokenize(args.inputs, args.out, args.tokenizer, val_every=args.val_every,
                     shard_tokens=args.shard_tokens, processes=args.processes, eot=args.eot,
-                    field=args.field, progress=None if not args.quiet else False)
+                    field=args.field, progress=None if not args.quiet else False,
+                    kind=args.kind, chat_template=template)
     tok = meta["tokenizer"]
     print(f"{args.out}: {meta['tokens']['train']} train tokens in "
           f"{len(meta['shards']['train'])} shard(s), {meta['tokens']['val']} val tokens in "
@@ -219,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--processes", type=int, default=1, help="encoding processes (the shards "
                    "do not depend on it)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--kind", default="text", choices=["text", "prompt-response", "chat"],
+                   help="fine-tuning data (JSON-lines): prompt-response rows or chat messages; "
+                   "the shards get a loss mask (only responses are trained on)")
+    t.add_argument("--chat-template", help="chat: a JSON object (or a file holding one) of "
+                   "role: text with {content}, e.g. '{\"user\": \"<|user|>{content}\\n\", "
+                   "\"assistant\": \"<|assistant|>{content}\\n\"}'")
     t.set_defaults(func=cmd_tokenize)
     e = sub.add_parser("export", help="a checkpoint's weights as one model file, or as a "
                        "Hugging Face model directory (one tensor in memory at a time)")

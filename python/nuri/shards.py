@@ -53,9 +53,39 @@ def _input_files(inputs: Sequence[str]) -> list[str]:
     return files
 
 
-def _documents(files: Sequence[str], field: str) -> Iterator[str | bytes]:
-    """Every document in input order: a .jsonl line's `field`, or a whole file."""
+def _fine_tuning_row(row: Any, kind: str, where: str, template: dict[str, str] | None
+                     ) -> tuple[str, list[tuple[str, bool]]]:
+    """A prompt/response or chat row as its parts: (text, trained on) in order."""
+    if kind == "prompt-response":
+        for key in ("prompt", "response"):
+            if not isinstance(row.get(key), str):
+                raise _C.Error(f"{where}: no {key!r} field with a string (keys: "
+                               f"{', '.join(row)})")
+        return ("ft", [(row["prompt"], False), (row["response"], True)])
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _C.Error(f"{where}: no 'messages' field with a list of messages (keys: "
+                       f"{', '.join(row)})")
+    parts = []
+    for k, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(
+                m.get("content"), str):
+            raise _C.Error(f"{where}: message {k} needs a 'role' and a 'content' string")
+        if m["role"] not in template:
+            raise _C.Error(f"{where}: message {k} has role {m['role']!r}, which the chat "
+                           f"template does not have (roles: {', '.join(template)})")
+        parts.append((template[m["role"]].replace("{content}", m["content"]),
+                      m["role"] == "assistant"))
+    return ("ft", parts)
+
+
+def _documents(files: Sequence[str], field: str, kind: str = "text",
+               template: dict[str, str] | None = None) -> Iterator[Any]:
+    """Every document in input order: a .jsonl line's `field`, or a whole file; fine-tuning
+    rows (kind prompt-response or chat) as their parts."""
     for path in files:
+        if kind != "text" and not path.endswith(".jsonl"):
+            raise _C.Error(f"{path}: {kind} data is JSON-lines (.jsonl), one example a line")
         if path.endswith(".jsonl"):
             with open(path, encoding="utf-8") as f:
                 for line_no, line in enumerate(f, 1):
@@ -65,6 +95,11 @@ def _documents(files: Sequence[str], field: str) -> Iterator[str | bytes]:
                         row = json.loads(line)
                     except ValueError as e:
                         raise _C.Error(f"{path}:{line_no}: not a JSON object ({e})") from e
+                    if kind != "text":
+                        if not isinstance(row, dict):
+                            raise _C.Error(f"{path}:{line_no}: not a JSON object")
+                        yield _fine_tuning_row(row, kind, f"{path}:{line_no}", template)
+                        continue
                     if not isinstance(row, dict) or not isinstance(row.get(field), str):
                         raise _C.Error(f"{path}:{line_no}: no {field!r} field with a string "
                                        f"(keys: {', '.join(row) if isinstance(row, dict) else '-'})")
@@ -86,7 +121,19 @@ def _start_worker(tokenizer_path: str | None) -> None:
         _WORKER["tok"] = None
 
 
-def _encode(doc: str | bytes) -> np.ndarray:
+def _encode(doc: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """A document's ids, and for fine-tuning rows their loss mask (1: trained on)."""
+    if isinstance(doc, tuple):
+        ids, mask = [], []
+        for text, trained in doc[1]:
+            part = _encode_text(text)
+            ids.append(part)
+            mask.append(np.full(len(part), 1 if trained else 0, dtype=np.uint8))
+        return np.concatenate(ids), np.concatenate(mask)
+    return _encode_text(doc), None
+
+
+def _encode_text(doc: str | bytes) -> np.ndarray:
     tok = _WORKER["tok"]
     if tok is None:
         data = doc.encode("utf-8") if isinstance(doc, str) else doc
@@ -99,7 +146,7 @@ def _encode(doc: str | bytes) -> np.ndarray:
     return np.asarray(tok.encode(doc, add_special_tokens=False).ids, dtype=np.uint32)
 
 
-def _encode_chunk(docs: list[str | bytes]) -> list[np.ndarray]:
+def _encode_chunk(docs: list[Any]) -> list[tuple[np.ndarray, np.ndarray | None]]:
     return [_encode(d) for d in docs]
 
 
@@ -117,17 +164,23 @@ def _chunks(docs: Iterator[str | bytes], size: int) -> Iterator[list[str | bytes
 class _ShardWriter:
     """llm.c-layout shards of at most `shard_tokens` tokens: PREFIX_000000.bin, ..."""
 
-    def __init__(self, out_dir: str, prefix: str, dtype: type, shard_tokens: int):
+    def __init__(self, out_dir: str, prefix: str, dtype: type, shard_tokens: int, masked: bool):
         self.out_dir, self.prefix, self.dtype, self.limit = out_dir, prefix, dtype, shard_tokens
+        self.masked = masked
         self.parts: list[np.ndarray] = []
+        self.mask_parts: list[np.ndarray] = []
         self.held = 0
         self.files: list[str] = []
+        self.masks: list[str] = []
         self.tokens = 0
 
-    def add(self, ids: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, mask: np.ndarray | None) -> None:
         while len(ids):
             take = min(len(ids), self.limit - self.held)
             self.parts.append(ids[:take])
+            if self.masked:
+                self.mask_parts.append(mask[:take])
+                mask = mask[take:]
             self.held += take
             ids = ids[take:]
             if self.held == self.limit:
@@ -145,14 +198,19 @@ class _ShardWriter:
             f.write(np.concatenate(self.parts).astype(self.dtype).tobytes())
         os.replace(path + ".tmp", path)
         self.files.append(name)
+        if self.masked:  # the loss mask beside the shard: a .npy of 0/1, one value a token
+            mask_name = name[:-len(".bin")] + ".mask.npy"
+            np.save(os.path.join(self.out_dir, mask_name), np.concatenate(self.mask_parts))
+            self.masks.append(mask_name)
         self.tokens += self.held
-        self.parts, self.held = [], 0
+        self.parts, self.mask_parts, self.held = [], [], 0
 
 
 def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
              tokenizer: str | os.PathLike | None = None, *, val_every: int = 200,
              shard_tokens: int = 100_000_000, processes: int = 1, eot: str | None = None,
-             field: str = "text", progress: bool | None = None) -> dict[str, Any]:
+             field: str = "text", progress: bool | None = None, kind: str = "text",
+             chat_template: dict[str, str] | None = None) -> dict[str, Any]:
     """Writes the token shards of `inputs` to `out_dir` (see the module doc) and returns what
     ``tokenize.json`` records.
 
@@ -162,7 +220,18 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
          has.
     [in] processes: encoding processes (the shards do not depend on it).
     [in] progress: a progress bar on stderr (default: when stderr is a terminal).
+    [in] kind: "text"; or fine-tuning data, JSON-lines of "prompt-response" rows (``prompt`` and
+         ``response`` strings) or "chat" rows (``messages``: role and content each, rendered
+         by ``chat_template``, a text per role with ``{content}`` where the message goes). The
+         shards then get a loss mask beside them (``*.mask.npy``): 1 on the response's (the
+         assistant messages') tokens and the end-of-text, 0 on the rest, which training does
+         not learn to predict.
     """
+    if kind not in ("text", "prompt-response", "chat"):
+        raise _C.Error(f"tokenize: kind {kind!r} is not text, prompt-response or chat")
+    if kind == "chat" and not chat_template:
+        raise _C.Error("tokenize: chat data needs a chat_template (a text per role with "
+                       "{content}, e.g. {'user': '<|user|> {content}', 'assistant': ...})")
     if shard_tokens < 1 or processes < 1 or val_every < 0:
         raise _C.Error("tokenize: shard_tokens and processes must be positive, val_every >= 0")
     out_dir = os.fspath(out_dir)
@@ -192,10 +261,12 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     os.makedirs(out_dir, exist_ok=True)
     for stale in os.listdir(out_dir):  # an earlier run's shards would be read with these
         if stale == "tokenize.json" or (stale.startswith(("train_", "val_"))
-                                        and stale.endswith(".bin")):
+                                        and stale.endswith((".bin", ".mask.npy"))):
             os.remove(os.path.join(out_dir, stale))
-    train = _ShardWriter(out_dir, "train", dtype, shard_tokens)
-    val = _ShardWriter(out_dir, "val", dtype, shard_tokens)
+    masked = kind != "text"
+    train = _ShardWriter(out_dir, "train", dtype, shard_tokens, masked)
+    val = _ShardWriter(out_dir, "val", dtype, shard_tokens, masked)
+    one = np.ones(1, dtype=np.uint8)
     eot_id = np.asarray([info["eot"]], dtype=np.uint32)
     docs = {"train": 0, "val": 0}
     show = sys.stderr.isatty() if progress is None else progress
@@ -211,16 +282,17 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         if processes > 1:
             pool = get_context("spawn").Pool(processes, _start_worker, (tok_path,))
             encoded = (ids for chunk in pool.imap(_encode_chunk, _chunks(
-                _documents(files, field), 64)) for ids in chunk)
+                _documents(files, field, kind, chat_template), 64)) for ids in chunk)
         else:
             _start_worker(tok_path)
-            encoded = (_encode(d) for d in _documents(files, field))
-        for i, ids in enumerate(encoded):
+            encoded = (_encode(d) for d in _documents(files, field, kind, chat_template))
+        for i, (ids, mask) in enumerate(encoded):
             if len(ids) and int(ids.max()) >= info["vocab_size"]:
                 raise _C.Error(f"document {i}: token id {int(ids.max())} is outside the "
                                f"tokenizer's vocabulary of {info['vocab_size']}")
             to_val = val_every > 0 and i % val_every == 0
-            (val if to_val else train).add(np.concatenate([ids, eot_id]))
+            (val if to_val else train).add(np.concatenate([ids, eot_id]),
+                                           np.concatenate([mask, one]) if masked else None)
             docs["val" if to_val else "train"] += 1
             if bar is not None:
                 bar.update(1)
@@ -238,7 +310,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     meta = {"format": "llm.c", "dtype": np.dtype(dtype).name, "tokenizer": info,
             "inputs": [os.path.abspath(f) for f in files], "val_every": val_every,
             "documents": docs, "tokens": {"train": train.tokens, "val": val.tokens},
-            "shards": {"train": train.files, "val": val.files}}
+            "shards": {"train": train.files, "val": val.files}, "kind": kind}
+    if masked:
+        meta["masks"] = {"train": train.masks, "val": val.masks}
+        meta["chat_template"] = chat_template
     with open(os.path.join(out_dir, "tokenize.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

@@ -341,6 +341,13 @@ PYBIND11_MODULE(_C, m) {
       .def("__len__", &TokenFile::size)
       .def_property_readonly("path", &TokenFile::path)
       .def("max_token", &TokenFile::max_token)
+      .def_property_readonly("has_mask", &TokenFile::has_mask,
+                             "Whether a loss mask goes with the tokens (fine-tuning data).")
+      .def("mask", [](const TokenFile& f) {
+             py::array_t<uint8_t> out(f.size());
+             for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.trained(i) ? 1 : 0;
+             return out;
+           }, "The loss mask (1: trained on; all ones without a mask).")
       .def("to_numpy", [](const TokenFile& f) {
         py::array_t<uint32_t> out(f.size());
         for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.at(i);

@@ -2,7 +2,9 @@
 tinyshakespeare (no download) turns text and JSON-lines into llm.c shards with end-of-text
 between documents and a validation split; the shards are the same for 1 and 3 processes; a run
 trains on the directory (its val shards as validation), refuses a model whose vocabulary is
-smaller than the tokenizer's, and generation decodes with the same tokenizer.
+smaller than the tokenizer's, and generation decodes with the same tokenizer. Fine-tuning rows
+(prompt/response, chat with a template) get a loss mask, and a model imported from
+transformers and fine-tuned on them learns the responses and not the prompts.
 """
 import json
 import os
@@ -133,3 +135,58 @@ def test_bad_inputs_name_the_file_and_line(corpus, tmp_path):
     assert read_shard(tmp_path / "b" / meta["shards"]["train"][0]).tolist() == \
         list("héllo".encode()) + [256]
     assert os.path.exists(tmp_path / "b" / "tokenize.json")
+
+
+def test_fine_tuning_learns_the_responses_only(tmp_path):
+    """Prompt/response rows become tokens and a loss mask; a small model imported from
+    transformers, fine-tuned on them, learns the responses and not the prompts (whose long
+    run of one letter it would learn at once if it were trained on it)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    rows = [{"prompt": "A" * 24 + f" spell {w}:", "response": " " + " ".join(w)}
+            for w in words for _ in range(12)]
+    with open(tmp_path / "ft.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    meta = nuri.tokenize([tmp_path / "ft.jsonl"], tmp_path / "ft", kind="prompt-response",
+                         val_every=0, progress=False)
+    assert meta["masks"]["train"] == ["train_000000.mask.npy"]
+    data = nuri.read_data(tmp_path / "ft")
+    assert data.has_mask
+    first = len(rows[0]["prompt"].encode()) + len(rows[0]["response"].encode()) + 1
+    assert data.mask()[:first].tolist() == [0] * len(rows[0]["prompt"]) + [1] * (
+        first - len(rows[0]["prompt"]))
+    # A chat template renders roles; only the assistant's messages are trained on.
+    with open(tmp_path / "chat.jsonl", "w", encoding="utf-8") as f:
+        f.write(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                         {"role": "assistant", "content": "yo"}]}) + "\n")
+    nuri.tokenize([tmp_path / "chat.jsonl"], tmp_path / "chat", kind="chat", val_every=0,
+                  chat_template={"user": "U:{content}\n", "assistant": "A:{content}\n"},
+                  progress=False)
+    chat = nuri.read_data(tmp_path / "chat")
+    assert bytes(chat.to_numpy()[:-1].tolist()).decode() == "U:hi\nA:yo\n"
+    assert chat.mask().tolist() == [0] * 5 + [1] * 6
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=128))
+    hf.save_pretrained(tmp_path / "base", safe_serialization=True)
+    model = nuri.import_hf(tmp_path / "base")
+
+    tokens = data.to_numpy()[:513].astype(np.int32)
+    mask = data.mask()[:513]
+    x = tokens[:-1].reshape(8, 64)
+    response = np.where(mask[1:] == 1, tokens[1:], -100).reshape(8, 64).astype(np.int32)
+    prompt = np.where(mask[1:] == 0, tokens[1:], -100).reshape(8, 64).astype(np.int32)
+    before = (model.forward(x, response), model.forward(x, prompt))
+    trainer = nuri.Trainer(model, nuri.TrainConfig(steps=80, micro_batch=8, seq_len=64,
+                                                   lr=3e-3, warmup_steps=5, eval_every=0),
+                           data)
+    for _ in range(80):
+        trainer.step()
+    after = (model.forward(x, response), model.forward(x, prompt))
+    assert after[0] < 0.3 * before[0], (before, after)   # the responses are learned
+    assert after[1] > 0.8 * before[1], (before, after)   # the prompts are not

@@ -231,6 +231,34 @@ TEST(GlobalSampler, WindowsGiveShiftedTargets) {
   EXPECT_EQ(tok.data<int32_t>()[8], 24);
 }
 
+// Fine-tuning data (issue #25): a target whose token the loss mask leaves out is the ignore
+// index; slices (the validation split) keep their part of the mask.
+TEST(GlobalSampler, MaskedOutTargetsAreIgnored) {
+  auto data = counting(100);
+  std::vector<uint8_t> mask(100);
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = i % 3 == 0 ? 1 : 0;
+  data->set_mask(mask);
+  GlobalSampler s(data, 8, 2, 1, /*shuffle=*/false);
+  Tensor tok = Tensor::empty({2, 8}, DType::i32), tgt = Tensor::empty({2, 8}, DType::i32);
+  s.fill({0, 1}, 0, 2, tok, tgt);  // samples 2 and 3: tokens 16.. and 24..
+  for (int64_t r = 0; r < 2; ++r) {
+    for (int64_t k = 0; k < 8; ++k) {
+      const int32_t token = int32_t(16 + 8 * r + k), next = token + 1;
+      EXPECT_EQ(tok.data<int32_t>()[r * 8 + k], token);  // inputs are never masked
+      EXPECT_EQ(tgt.data<int32_t>()[r * 8 + k], next % 3 == 0 ? next : kIgnoreIndex);
+    }
+  }
+  auto tail = TokenFile::slice(data, 10, 20);
+  EXPECT_TRUE(tail->has_mask());
+  EXPECT_TRUE(tail->trained(2) && !tail->trained(3));  // tokens 12 and 13
+  EXPECT_NE(error_of([&] { counting(5)->set_mask({1, 0}); })
+                .find("a loss mask of 2 values for 5 tokens"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { counting(2)->set_mask({1, 2}); })
+                .find("loss mask value 2 at token 1"),
+            std::string::npos);
+}
+
 // Any (world, micro-batch, accumulation) split of the same global batch covers it exactly.
 TEST(DataLoader, RanksAndMicroBatchesPartitionTheGlobalBatch) {
   auto data = counting(64 * 9 + 1);  // 64 samples of 9

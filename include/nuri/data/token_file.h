@@ -19,6 +19,8 @@
 namespace nuri {
 
 constexpr int32_t kTokenFileMagic = 20240520;
+/// The target id the loss skips (the model's cross-entropy ignore index).
+constexpr int32_t kIgnoreIndex = -100;
 constexpr int64_t kTokenFileHeaderBytes = 256 * 4;
 
 class TokenFile {
@@ -48,6 +50,13 @@ class TokenFile {
   const std::string& path() const { return path_; }
   /// Largest token id in the file.
   uint32_t max_token() const;
+  /// A loss mask beside the tokens (fine-tuning data: the prompt's tokens 0, the response's
+  /// 1): the sampler makes a target whose token is masked out the ignore index (-100). One
+  /// value per token, each 0 or 1; slices share it.
+  void set_mask(std::vector<uint8_t> mask);
+  bool has_mask() const { return mask_ != nullptr; }
+  /// Whether token i is trained on (1 without a mask).
+  bool trained(int64_t i) const { return mask_ == nullptr || mask_[i] != 0; }
 
  private:
   TokenFile() = default;
@@ -63,6 +72,8 @@ class TokenFile {
   int64_t data_offset_ = 0;  // byte offset of token 0 in the file
   const uint16_t* data16_ = nullptr;
   const uint32_t* data32_ = nullptr;
+  std::vector<uint8_t> owned_mask_;
+  const uint8_t* mask_ = nullptr;
   bool wide_ = false;
   int64_t n_ = 0;
 };
