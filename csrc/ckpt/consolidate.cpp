@@ -7,7 +7,7 @@
 
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 #include "nuri/model/transformer.h"
 
 namespace nuri {

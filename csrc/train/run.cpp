@@ -19,7 +19,7 @@
 #include "nuri/backend/backend.h"
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 #include "nuri/core/log.h"
 #include "nuri/data/corpus.h"
 #include "nuri/dist/launch.h"

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <sstream>
 
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 #include "nuri/data/corpus.h"
 #include "nuri/train/plan.h"
 #include "nuri/train/preemption.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "nuri/backend/backend.h"
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 #include "nuri/data/token_file.h"
 #include "nuri/model/transformer.h"
 #include "nuri/data/corpus.h"

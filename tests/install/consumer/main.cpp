@@ -8,7 +8,7 @@
 #include <string>
 
 #include "nuri/backend/backend.h"
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 #include "nuri/core/tensor.h"
 
 namespace {

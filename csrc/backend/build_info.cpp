@@ -1,5 +1,5 @@
 // What this build contains, for `nuri info`, bug reports and benchmark JSON.
-#include "nuri/core/build_info.h"
+#include "nuri/backend/build_info.h"
 
 #include "nuri/backend/backend.h"
 #include "nuri/config.h"

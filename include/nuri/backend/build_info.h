@@ -1,4 +1,5 @@
-// What this build of nuri was configured with.
+// What this build of nuri was configured with, and the backends it can create (which is why it
+// sits with the backends, not in core).
 #pragma once
 
 #include <string>
