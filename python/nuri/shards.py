@@ -28,7 +28,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import _C
-from .io import decode_bytes
 
 #: End-of-text tokens looked for in a tokenizer's vocabulary when none is named.
 EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
@@ -318,21 +317,3 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         json.dump(meta, f, indent=1)
         f.write("\n")
     return meta
-
-
-def decode(tokens: Sequence[int], tokenizer: str | os.PathLike | None = None) -> str:
-    """Text of token ids, with the same tokenizer tokenize() used (None: bytes)."""
-    if tokenizer is None:
-        return decode_bytes(list(tokens))
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(os.fspath(tokenizer)).decode(list(tokens),
-                                                            skip_special_tokens=False)
-
-
-def encode(text: str, tokenizer: str | os.PathLike | None = None) -> list[int]:
-    """Token ids of `text` (no end-of-text added), as tokenize() encodes a document."""
-    if tokenizer is None:
-        return list(text.encode("utf-8"))
-    from tokenizers import Tokenizer
-    return Tokenizer.from_file(os.fspath(tokenizer)).encode(
-        text, add_special_tokens=False).ids
