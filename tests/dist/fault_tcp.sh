@@ -27,12 +27,15 @@ case $mode in
   hang) why="(did not complete within 2 s|failed: rank [02] closed the connection)" ;;
   kill) why="failed: rank [0-9] closed the connection" ;;
   pp-hang) why="did not complete within 2 s" ;;
-  pp-kill) why="failed: (rank 1 closed the connection|receiving from rank 1 failed: Connection reset by peer)" ;;
+  pp-kill) why="failed: (rank 1 closed the connection|(receiving from|sending to) rank 1 failed: (Connection reset by peer|Broken pipe))" ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
 if [[ $mode == pp-* ]]; then
+  # Each survivor names its transfer with stage 1: a receive, or (stage 0 running ahead in 1F1B)
+  # the send of a later micro-batch's activations when stage 1 died first.
+  transfer="(receiving micro-batch [0-9]+'s (gradient|activations) from|sending micro-batch [0-9]+'s (gradient|activations) to) stage 1 \(pipeline rank 1\) failed: (recv|send) \(f32, [0-9]+ elements, peer 1\)"
   for r in 0 2; do
-    grep -Eq "rank $r: pipeline stage $r \(pipeline rank $r\): receiving micro-batch 0's (gradient|activations) from stage 1 \(pipeline rank 1\) failed: recv \(f32, [0-9]+ elements, peer 1\) on rank $r of 3 \(tcp\) $why" <<<"$out" ||
+    grep -Eq "rank $r: pipeline stage $r \(pipeline rank $r\): $transfer on rank $r of 3 \(tcp\) $why" <<<"$out" ||
       fail "stage $r did not report the transfer from stage 1 ($why)"
     grep -q "^rank $r exited 3$" <<<"$out" || fail "rank $r did not exit with status 3"
   done

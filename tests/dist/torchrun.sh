@@ -32,9 +32,21 @@ run_job() {
   live=("${pids[@]}")
   while ((${#live[@]} > 0)); do
     done_pid=
-    wait -n -p done_pid "${live[@]}"
+    wait -n -p done_pid "${live[@]}" 2>/dev/null
     rc=$?
-    [[ -n $done_pid ]] || break
+    if [[ -z ${done_pid:-} ]]; then
+      # bash can reap a rank on its own (a SIGKILLed one, while the reaper below runs), and
+      # wait -n then calls it no job: take the one that is gone, with the status bash kept.
+      for p in "${live[@]}"; do
+        if ! kill -0 "$p" 2>/dev/null; then
+          done_pid=$p
+          wait "$p" 2>/dev/null
+          rc=$?
+          break
+        fi
+      done
+      [[ -n $done_pid ]] || break
+    fi
     r=${rank_of[$done_pid]}
     printf '%s\n' "rank $r exited $rc" >"$dir/rc.$r"
     rest=()
