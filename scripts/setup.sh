@@ -6,7 +6,8 @@
 #     (so it sees python3-torch and python3-numpy), and the PyPI packages of
 #     scripts/requirements.txt in it.
 #   setup.sh --test  adds what only the tests need: Slurm's daemons and srun, for the tests of label
-#                    slurm on a one-node cluster (scripts/slurm_local.sh); scripts/test.sh passes it.
+#                    slurm on a one-node cluster (scripts/slurm_local.sh), and clang 16 for the
+#                    sanitizer tree with the fuzz targets; scripts/test.sh passes it.
 set -euo pipefail
 with_tests=0
 case "${1:-}" in
@@ -40,6 +41,14 @@ packages=(
   libssl-dev          # SHA-256 of checkpoint files (OpenSSL's libcrypto)
   libtomlplusplus-dev # TOML run configs (csrc/core/settings.cpp)
 )
+if ((with_tests)); then
+  packages+=(
+    clang-16            # the ASan/UBSan tree and its libFuzzer targets (tests/fuzz) ...
+    libclang-rt-16-dev  # ... libFuzzer and the sanitizer runtimes for clang ...
+    libomp-16-dev       # ... OpenMP for clang ...
+    llvm-16             # ... and llvm-symbolizer for its reports
+  )
+fi
 if ((with_tests)); then
   packages+=(
     slurmctld slurmd slurm-client  # a one-node Slurm cluster and srun (label slurm)

@@ -3,7 +3,8 @@
 # `gpu` label reports itself skipped without a GPU, run one process per executable by
 # scripts/gpu_label_once.py there; the `mpi` label runs under mpirun with 1, 2 and 4 ranks, the
 # `slurm` label under srun on a one-node Slurm cluster it starts, scripts/slurm_local.sh); the
-# static kernel checks (nvcc, ptxas spills); an ASan/UBSan tree build-asan/ with the op and core suites; the emulated-CUDA tree
+# static kernel checks (nvcc, ptxas spills); an ASan/UBSan tree build-asan/ (clang) with the op,
+# core, data and checkpoint suites and the fuzz targets of tests/fuzz; the emulated-CUDA tree
 # build-emu/ under ThreadSanitizer with the `emu` label; then pytest against the package that
 # pip installed from build/.
 #   NURI_TEST_SKIP_ASAN=1  skips the ASan tree (quick local runs; never set in CI).
@@ -63,23 +64,29 @@ else
   python3 scripts/gpu_label_once.py build 2>&1 | tee "$logs/gpu_label.log"
 fi
 
-# ---- ASan/UBSan tree: the op suite --------------------------------------------------------------
+# ---- ASan/UBSan tree (clang): the op, core, data and checkpoint suites, and the fuzz targets ----
 if [[ "${NURI_TEST_SKIP_ASAN:-0}" == 1 ]]; then
   section "build-asan/ skipped (NURI_TEST_SKIP_ASAN=1)"
 else
-  section "configure build-asan/ (ASan/UBSan, -O1 -g1)"
-  # -O1 -g1 (line tables: enough for symbolized reports) compiles the sanitized library in half
-  # the time of -O2 -g; the test files themselves are -O0 there (tests/CMakeLists.txt).
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNURI_SANITIZE=ON \
-    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
-    -DNURI_BUILD_BENCHMARKS=OFF -DNURI_CUDA=OFF -DNURI_MPI=OFF
-  # Only what the op and core suites need: their executables (tests/CMakeLists.txt) and libnuri.
-  section "build build-asan/ (test_ops, test_core)"
-  cmake --build build-asan --parallel "$jobs" --target test_ops test_core
-  section "ctest -L 'ops|core' build-asan/"
+  section "configure build-asan/ (clang 16, ASan/UBSan, libFuzzer, -O1 -g1)"
+  # clang for libFuzzer (the readers of users' files are fuzzed here, tests/fuzz); -O1 -g1 (line
+  # tables: enough for symbolized reports) compiles the sanitized library in half the time of
+  # -O2 -g; the test files themselves are -O0 there (tests/CMakeLists.txt).
+  CC=clang-16 CXX=clang++-16 cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DNURI_SANITIZE=ON -DNURI_FUZZ=ON -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+    -DNURI_BUILD_BENCHMARKS=OFF -DNURI_BUILD_EXAMPLES=OFF -DNURI_CUDA=OFF -DNURI_MPI=OFF
+  # Only what these suites need: their executables (tests/CMakeLists.txt) and libnuri.
+  section "build build-asan/ (test_ops, test_core, test_data, test_ckpt(_dist), the fuzz targets)"
+  cmake --build build-asan --parallel "$jobs" --target test_ops test_core test_data test_ckpt \
+    test_ckpt_dist \
+    fuzz_targets
+  section "ctest -L 'ops|core|data|ckpt|fuzz' build-asan/"
+  # The fuzz tests (label fuzz) each replay their committed seed corpus, then mutate it for
+  # NURI_FUZZ_SECONDS (tests/fuzz/CMakeLists.txt).
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan -L '^(ops|core)$' --output-on-failure --no-tests=error \
-      2>&1 | tee "$logs/asan.log"
+    ASAN_SYMBOLIZER_PATH=/usr/lib/llvm-16/bin/llvm-symbolizer \
+    ctest --test-dir build-asan -L '^(ops|core|data|ckpt|fuzz)$' --output-on-failure \
+      --no-tests=error 2>&1 | tee "$logs/asan.log"
 fi
 
 # ---- static checks of the real GPU build: registers, shared memory, spills -----------------------
@@ -162,7 +169,7 @@ if [[ -f "$logs/emu_fast.log" ]]; then
   grep -E 'tests passed|tests failed' "$logs/emu_fast.log" | tail -n 1
 fi
 if [[ -f "$logs/asan.log" ]]; then
-  echo "build-asan/ (ASan/UBSan), -L 'ops|core':"
+  echo "build-asan/ (clang ASan/UBSan), -L 'ops|core|data|ckpt|fuzz':"
   grep -E 'tests passed|tests failed' "$logs/asan.log" | tail -n 1
 fi
 if [[ -f "$logs/pytest.log" ]]; then

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/core/error.h"
 #include "nuri/core/log.h"
 
@@ -354,31 +355,41 @@ CheckpointReader::CheckpointReader(const std::string& path) {
   try {
     NURI_CHECK(m.value("format", "") == "nuri-checkpoint", mpath, " is not a nuri checkpoint "
                "manifest");
-    const int version = m.value("version", 0);
+    const int64_t version = m.contains("version") ? json_checked::integer(m["version"]) : 0;
     NURI_CHECK(version >= 1 && version <= kFormatVersion, mpath, ": format version ", version,
                ", this nuri reads versions 1 to ", kFormatVersion);
-    step_ = m.at("step").get<int64_t>();
+    step_ = json_checked::integer(m.at("step"));
     meta_ = m.at("meta").dump();
     for (const auto& [file, e] : m.at("files").items()) {
       sha_[file] = e.at("sha256").get<std::string>();
-      bytes_[file] = e.at("bytes").get<int64_t>();
+      bytes_[file] = json_checked::integer(e.at("bytes"));
       NURI_CHECK(file.find('/') == std::string::npos, mpath, ": file name '", file,
                  "' leaves the directory");
     }
     for (const auto& [name, e] : m.at("ranges").items()) {
       Range& r = ranges_[name];
-      r.numel = e.at("numel").get<int64_t>();
-      r.shape = e.contains("shape") ? e["shape"].get<Shape>() : Shape{r.numel};
-      NURI_CHECK(shape_numel(r.shape) == r.numel, mpath, ": '", name, "' has shape ",
+      r.numel = json_checked::integer(e.at("numel"));
+      r.shape = e.contains("shape") ? json_checked::integers(e["shape"]) : Shape{r.numel};
+      int64_t elements = 1;  // the shape's product, refused when a dimension is negative or
+      bool fits = true;      // the product overflows (a manifest is a user's file)
+      for (const int64_t d : r.shape) {
+        fits = fits && d >= 0 && !__builtin_mul_overflow(elements, d, &elements);
+      }
+      NURI_CHECK(fits && elements == r.numel, mpath, ": '", name, "' has shape ",
                  shape_str(r.shape), " but ", r.numel, " elements");
       for (const auto& p : e.at("parts")) {
         const std::string f = p.at("file").get<std::string>();
         NURI_CHECK(sha_.count(f), mpath, ": range of '", name, "' in unlisted file ", f);
-        Part part{f, p.value("key", name), p.at("lo").get<int64_t>(), p.at("hi").get<int64_t>()};
+        Part part{f, p.value("key", name), json_checked::integer(p.at("lo")),
+                  json_checked::integer(p.at("hi"))};
+        NURI_CHECK(0 <= part.lo && part.lo <= part.hi && part.hi <= r.numel, mpath, ": a part of '",
+                   name, "' in ", f, " spans [", part.lo, ", ", part.hi, "), not inside its ",
+                   r.numel, " elements");
         if (p.contains("block")) {
-          const auto b = p["block"].get<std::vector<int64_t>>();
+          const auto b = json_checked::integers(p["block"]);
           NURI_CHECK(b.size() == 4 && r.shape.size() == 2 && b[0] >= 0 && b[1] >= 0 &&
-                         b[0] + b[2] <= r.shape[0] && b[1] + b[3] <= r.shape[1],
+                         b[2] >= 0 && b[3] >= 0 && b[2] <= r.shape[0] - b[0] &&
+                         b[3] <= r.shape[1] - b[1],
                      mpath, ": block of '", name, "' in ", f, " is not inside its shape ",
                      shape_str(r.shape));
           part.row0 = b[0];

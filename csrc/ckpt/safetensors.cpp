@@ -273,7 +273,8 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       NURI_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ",
                  v["shape"].dump());
       e.shape.push_back(d.get<int64_t>());
-      numel *= d.get<int64_t>();
+      NURI_CHECK(!__builtin_mul_overflow(numel, d.get<int64_t>(), &numel), where, ": shape ",
+                 v["shape"].dump(), " has more elements than 2^63");
     }
     NURI_CHECK(v["data_offsets"][0].is_number_integer() && v["data_offsets"][1].is_number_integer(),
                where, ": data_offsets must be integers");
@@ -282,9 +283,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     NURI_CHECK(0 <= e.begin && e.begin <= e.end && e.end <= data_bytes, where, ": bytes [",
                e.begin, ", ", e.end, ") are outside the file's ", data_bytes,
                " data bytes (truncated?)");
-    NURI_CHECK(e.end - e.begin == numel * int64_t(dtype_size(e.dtype)), where, ": shape ",
-               v["shape"].dump(), " of ", v["dtype"].get<std::string>(), " needs ",
-               numel * int64_t(dtype_size(e.dtype)), " bytes, the offsets give ", e.end - e.begin);
+    int64_t need = 0;  // numel · element size, which a fuzzed shape may push past 2^63
+    const bool huge = __builtin_mul_overflow(numel, int64_t(dtype_size(e.dtype)), &need);
+    NURI_CHECK(!huge && e.end - e.begin == need, where, ": shape ", v["shape"].dump(), " of ",
+               v["dtype"].get<std::string>(), " needs ",
+               huge ? std::string("more than 2^63") : std::to_string(need),
+               " bytes, the offsets give ", e.end - e.begin);
     entries_[it.key()] = e;
     spans.push_back({e.begin, it.key()});
   }
@@ -328,6 +332,7 @@ void SafetensorsFile::read_range(const std::string& name, int64_t lo, int64_t hi
                       dst.dtype() == DType::f32),
              path_, ": tensor '", name, "' is ", dtype_name(e.dtype), "; it cannot be read as ",
              dtype_name(dst.dtype()));
+  if (hi == lo) return;  // nothing to read (and an empty tensor has no storage to copy into)
   const size_t es = dtype_size(e.dtype);
   std::vector<char> raw(size_t(hi - lo) * es);
   std::ifstream in(path_, std::ios::binary);

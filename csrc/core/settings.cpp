@@ -114,7 +114,70 @@ json from_toml(const toml::node& n) {
   return "date/time " + os.str();
 }
 
+// TOML allows characters beyond ASCII only in strings and comments. toml++ 3.3 (Debian 12's)
+// reaches __builtin_unreachable() for some of them elsewhere (code points U+00A1..U+0499 and
+// U+2C0E..U+3007 where it asks whether a character is whitespace: upstream issues #190 and #295,
+// found here by tests/fuzz/fuzz_run_config), so such text is refused before toml++ sees it.
+// Returns "" when the text is safe to parse, else what is wrong and where.
+std::string toml_unsafe(const std::string& t) {
+  enum { plain, comment, basic, literal, ml_basic, ml_literal } state = plain;
+  int line = 1;
+  bool after_continuation = false;  // in a multi-line basic string, after a line-ending backslash
+  for (size_t i = 0; i < t.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(t[i]);
+    const auto at = [&](const char* s) { return t.compare(i, std::strlen(s), s) == 0; };
+    if (c == '\n') ++line;
+    if (c >= 0x80 && (state == plain || after_continuation)) {
+      return "line " + std::to_string(line) +
+             (state == plain ? ": a character beyond ASCII outside a string or comment (TOML "
+                               "allows them only in quoted strings and comments)"
+                             : ": a character beyond ASCII right after a line-ending backslash "
+                               "in a multi-line string; write it as \\uXXXX or end the line "
+                               "before it differently");
+    }
+    if (after_continuation && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+      after_continuation = false;
+    }
+    switch (state) {
+      case plain:
+        if (c == '#') state = comment;
+        else if (at("\"\"\"")) state = ml_basic, i += 2;
+        else if (at("'''")) state = ml_literal, i += 2;
+        else if (c == '"') state = basic;
+        else if (c == '\'') state = literal;
+        break;
+      case comment:
+        if (c == '\n') state = plain;
+        break;
+      case basic:
+        if (c == '\\') ++i;
+        else if (c == '"' || c == '\n') state = plain;
+        break;
+      case literal:
+        if (c == '\'' || c == '\n') state = plain;
+        break;
+      case ml_basic:
+        if (c == '\\') {
+          size_t k = i + 1;
+          while (k < t.size() && (t[k] == ' ' || t[k] == '\t' || t[k] == '\r')) ++k;
+          if (k < t.size() && t[k] == '\n') after_continuation = true;
+          else ++i;  // an escape: its character is not the string's end
+        } else if (at("\"\"\"")) {
+          state = plain, i += 2;
+        }
+        break;
+      case ml_literal:
+        if (at("'''")) state = plain, i += 2;
+        break;
+    }
+  }
+  return "";
+}
+
 json parse_toml(const std::string& text, const std::string& origin) {
+  if (const std::string why = toml_unsafe(text); !why.empty()) {
+    fail((origin.empty() ? "" : origin + ": ") + "not valid TOML: " + why);
+  }
   try {
     return from_toml(toml::parse(text));
   } catch (const toml::parse_error& e) {
@@ -469,7 +532,7 @@ void settings_from_json(const Schema& schema, void* root, const std::string& tex
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     fail((origin.empty() ? "" : origin + ": ") + "not valid JSON: " + e.what());
   }
   apply_json(schema, root, doc, origin);
@@ -536,11 +599,14 @@ void settings_apply_overrides(const Schema& schema, void* root,
     }
     // TOML syntax when it parses (1e-3, true, "text"), else the text itself.
     SettingValue v = raw;
-    try {
-      const toml::table t = toml::parse("v = " + raw);
-      const json j = from_toml(*t.get("v"));
-      if (!j.is_object() && !j.is_array()) v = value_of(j, *s, key);
-    } catch (const toml::parse_error&) {
+    const std::string doc = "v = " + raw;
+    if (toml_unsafe(doc).empty()) {  // (prompt=café is text: toml++ must not see it bare)
+      try {
+        const toml::table t = toml::parse(doc);
+        const json j = from_toml(*t.get("v"));
+        if (!j.is_object() && !j.is_array()) v = value_of(j, *s, key);
+      } catch (const toml::parse_error&) {
+      }
     }
     if ((s->kind == SettingKind::text || s->kind == SettingKind::choice) &&
         !std::holds_alternative<std::string>(v)) {

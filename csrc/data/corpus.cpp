@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_checked.h"
 #include "nuri/core/error.h"
 #include "nuri/core/rng.h"
 
@@ -87,23 +88,22 @@ bool is_shard_dir(const std::string& path) {
   return fs::is_directory(path, ec) && fs::is_regular_file(fs::path(path) / "tokenize.json", ec);
 }
 
-std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string& split,
-                                       int64_t vocab_size, std::string* description) {
-  const std::string meta_path = (fs::path(dir) / "tokenize.json").string();
-  nlohmann::json meta;
-  try {
-    std::ifstream in(meta_path);
-    meta = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    NURI_CHECK(false, meta_path, ": not tokenize.json as nuri tokenize writes it (", e.what(), ")");
-  }
+namespace {
+
+// read_shards over tokenize.json parsed: nlohmann's exceptions (a field of the wrong type) are
+// turned into one message by the caller.
+std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std::string& split,
+                                              int64_t vocab_size, std::string* description,
+                                              const nlohmann::json& meta,
+                                              const std::string& meta_path) {
   NURI_CHECK(meta.is_object() && meta.contains("shards") && meta["shards"].is_object() &&
                  meta.contains("tokenizer") && meta["tokenizer"].is_object() &&
-                 meta["tokenizer"].value("vocab_size", 0) > 0,
+                 meta["tokenizer"].contains("vocab_size") &&
+                 json_checked::integer(meta["tokenizer"]["vocab_size"]) > 0,
              meta_path, ": needs \"shards\" and a \"tokenizer\" with its vocab_size (nuri "
              "tokenize writes both)");
   const nlohmann::json& tok = meta["tokenizer"];
-  const int64_t tok_vocab = tok["vocab_size"].get<int64_t>();
+  const int64_t tok_vocab = json_checked::integer(tok["vocab_size"]);
   const std::string tok_name =
       tok.value("kind", std::string("?")) == "bytes"
           ? std::string("byte tokenizer")
@@ -149,6 +149,49 @@ std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string
   auto f = TokenFile::from_tokens(std::move(all), dir + " (" + split + ")", vocab_size);
   if (masked) f->set_mask(std::move(mask));
   return f;
+}
+
+}  // namespace
+
+std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string& split,
+                                       int64_t vocab_size, std::string* description) {
+  const std::string meta_path = (fs::path(dir) / "tokenize.json").string();
+  try {
+    std::ifstream in(meta_path);
+    const nlohmann::json meta = nlohmann::json::parse(in);
+    return read_listed_shards(dir, split, vocab_size, description, meta, meta_path);
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, meta_path, ": not tokenize.json as nuri tokenize writes it (", e.what(), ")");
+  }
+}
+
+void check_shard_tokenizer(const std::string& dir, const std::string& tokenizer,
+                           const std::string& sha256) {
+  const std::string meta_path = (fs::path(dir) / "tokenize.json").string();
+  nlohmann::json tok;
+  try {
+    std::ifstream in(meta_path);
+    tok = nlohmann::json::parse(in).at("tokenizer");
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, meta_path, ": no tokenizer record (", e.what(), "); write the shards "
+               "again with nuri tokenize");
+  }
+  const auto text = [&](const char* key) {
+    return tok.is_object() && tok.contains(key) && tok[key].is_string()
+               ? tok[key].get<std::string>()
+               : std::string();
+  };
+  const bool bytes = text("kind") == "bytes";
+  const std::string wrote =
+      bytes ? std::string("the byte tokenizer")
+            : text("path") + " (SHA-256 " + text("sha256").substr(0, 12) + "…)";
+  const bool same = tokenizer == "bytes" ? bytes : !bytes && text("sha256") == sha256;
+  NURI_CHECK(same, dir, ": these shards were written by ", wrote, ", but data.tokenizer is ",
+             tokenizer == "bytes" ? std::string("the byte tokenizer")
+                                  : tokenizer + " (SHA-256 " + sha256.substr(0, 12) + "…)",
+             "; the token ids would mean other text to the model. Tokenize the data again with "
+             "the model's tokenizer (nuri tokenize --tokenizer ...), or set data.tokenizer to "
+             "the one that wrote them");
 }
 
 std::shared_ptr<TokenFile> default_corpus(std::string* description) {

@@ -78,6 +78,19 @@ void GlobalSampler::fill(DataPosition pos, int64_t first, int64_t rows, const Te
   }
 }
 
+int64_t GlobalSampler::trained_targets(DataPosition pos, int64_t first, int64_t rows) const {
+  NURI_CHECK(first >= 0 && rows >= 0 && first + rows <= global_batch_, "rows [", first, ", ",
+             first + rows, ") are outside the global batch of ", global_batch_);
+  if (!tokens_->has_mask()) return rows * seq_len_;
+  const auto samples = batch_samples(pos);
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t start = samples[size_t(first + r)] * seq_len_;
+    for (int64_t k = 1; k <= seq_len_; ++k) n += tokens_->trained(start + k);
+  }
+  return n;
+}
+
 DataPosition GlobalSampler::next(DataPosition pos) const {
   return pos.batch + 1 < batches_per_epoch() ? DataPosition{pos.epoch, pos.batch + 1}
                                              : DataPosition{pos.epoch + 1, 0};
@@ -87,7 +100,7 @@ DataLoader::DataLoader(std::shared_ptr<TokenFile> tokens, int64_t seq_len, int64
                        int64_t grad_accum, int64_t world, int64_t rank, uint64_t seed,
                        bool shuffle)
     : sampler_(std::move(tokens), seq_len, micro_batch * grad_accum * world, seed, shuffle),
-      micro_batch_(micro_batch), grad_accum_(grad_accum), rank_(rank) {
+      micro_batch_(micro_batch), grad_accum_(grad_accum), world_(world), rank_(rank) {
   NURI_CHECK(micro_batch > 0 && grad_accum > 0, "micro batch (", micro_batch,
              ") and gradient accumulation steps (", grad_accum, ") must be positive");
   NURI_CHECK(world > 0 && rank >= 0 && rank < world, "rank ", rank, " is outside world size ", world);
@@ -97,6 +110,20 @@ void DataLoader::fill(int64_t micro, const Tensor& tokens, const Tensor& targets
   NURI_CHECK(micro >= 0 && micro < grad_accum_, "micro-batch ", micro, " is outside [0, ",
              grad_accum_, ")");
   sampler_.fill(pos_, (rank_ * grad_accum_ + micro) * micro_batch_, micro_batch_, tokens, targets);
+}
+
+std::vector<double> DataLoader::micro_shares() const {
+  const int64_t m = world_ * grad_accum_;
+  std::vector<double> share(size_t(m), 1.0 / double(m));
+  if (!sampler_.masked()) return share;
+  int64_t total = 0;
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t c = sampler_.trained_targets(pos_, j * micro_batch_, micro_batch_);
+    share[size_t(j)] = double(c);
+    total += c;
+  }
+  for (double& x : share) x = total > 0 ? x / double(total) : 0.0;
+  return share;
 }
 
 }  // namespace nuri

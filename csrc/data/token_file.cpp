@@ -83,6 +83,15 @@ void parse_npy(const std::string& path, const char* base, size_t bytes, NpyInt* 
   *data_offset = int64_t(prefix + header_len);
 }
 
+// The header's token count must fit in the file (compared without multiplying: a count near
+// 2^63 would overflow; fuzz_token_file found one).
+void check_fits(const std::string& path, size_t bytes, int64_t offset, int64_t n, int64_t elem) {
+  const int64_t room = (int64_t(bytes) - offset) / elem;
+  NURI_CHECK(n <= room, path, ": the header promises ", n, " tokens of ", elem,
+             " bytes after a ", offset, "-byte header, but the file has ", bytes,
+             " bytes: truncated at token ", room);
+}
+
 }  // namespace
 
 const char* TokenFile::map_file(const std::string& path) {
@@ -132,11 +141,11 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
     NpyInt type{};
     parse_npy(path, base, bytes, &type, &f->n_, &f->data_offset_);
     elem = type.bytes;
-    const int64_t need = f->data_offset_ + f->n_ * elem;
-    NURI_CHECK(int64_t(bytes) >= need, path, ": the header promises ", f->n_, " tokens (", need,
-               " bytes in all) but the file has ", bytes, " bytes: truncated at token ",
-               (int64_t(bytes) - f->data_offset_) / elem);
-    if (type.is_signed || type.bytes == 1 || type.bytes == 8) {
+    check_fits(path, bytes, f->data_offset_, f->n_, elem);
+    // uint16 and uint32 are mapped in place when their data is aligned (NumPy pads the header to
+    // 64 bytes; a file that does not is read like the other types: fuzz_token_file found the
+    // misaligned load).
+    if (type.is_signed || type.bytes == 1 || type.bytes == 8 || f->data_offset_ % elem != 0) {
       // Read and converted: each value must be a token id.
       f->owned_.resize(size_t(f->n_));
       const char* p = base + f->data_offset_;
@@ -145,8 +154,18 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
         uint64_t u = 0;
         switch (elem) {
           case 1: v = type.is_signed ? int64_t(int8_t(*p)) : int64_t(uint8_t(*p)); break;
-          case 2: { int16_t x; std::memcpy(&x, p, 2); v = x; break; }
-          case 4: { int32_t x; std::memcpy(&x, p, 4); v = x; break; }
+          case 2: {
+            uint16_t x;
+            std::memcpy(&x, p, 2);
+            v = type.is_signed ? int64_t(int16_t(x)) : int64_t(x);
+            break;
+          }
+          case 4: {
+            uint32_t x;
+            std::memcpy(&x, p, 4);
+            v = type.is_signed ? int64_t(int32_t(x)) : int64_t(x);
+            break;
+          }
           default:
             std::memcpy(&u, p, 8);
             v = type.is_signed ? int64_t(u) : 0;
@@ -184,10 +203,7 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
     f->data_offset_ = kTokenFileHeaderBytes;
     elem = f->wide_ ? 4 : 2;
   }
-  const int64_t need = f->data_offset_ + f->n_ * elem;
-  NURI_CHECK(int64_t(bytes) >= need, path, ": the header promises ", f->n_, " tokens (", need,
-             " bytes in all) but the file has ", bytes, " bytes: truncated at token ",
-             (int64_t(bytes) - f->data_offset_) / elem);
+  check_fits(path, bytes, f->data_offset_, f->n_, elem);
   if (f->wide_) {
     f->data32_ = reinterpret_cast<const uint32_t*>(base + f->data_offset_);
   } else {

@@ -179,7 +179,8 @@ void Transformer::load_held_weights(const Tensor& host) {
 void Transformer::init_weights(uint64_t seed) {
   // Only the range this rank holds, element by element from (seed, name) over the logical
   // tensor: the values do not depend on how the model is sharded.
-  const auto [lo, hi] = held_range();
+  // (Not a structured binding: clang cannot capture one in a lambda in an OpenMP function.)
+  const int64_t lo = held_range().first, hi = held_range().second;
   // A tensor-parallel slice draws the logical elements it holds, run by run.
   Tensor host = Tensor::zeros({hi - lo});
   for (const ParamSpec& p : layout_) {

@@ -78,7 +78,14 @@ void Pipeline::record_timeline(bool on) {
 
 std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float loss_scale,
                                   const Hooks& hooks) {
+  return step(micro, std::vector<float>(micro.size(), loss_scale), hooks);
+}
+
+std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro,
+                                  const std::vector<float>& loss_scales, const Hooks& hooks) {
   check_micro_batches(micro);
+  NURI_CHECK(loss_scales.size() == micro.size(), "Pipeline::step: ", loss_scales.size(),
+             " loss scales for ", micro.size(), " micro-batches");
   const int m = int(micro.size()), v = int(chunks_.size()), stages = p_ * v;
   const int64_t b = micro[0].tokens.size(0), t = micro[0].tokens.size(1);
   const auto schedule = pipeline_schedule(p_, m, v);
@@ -176,7 +183,7 @@ std::vector<float> Pipeline::step(const std::vector<MicroBatch>& micro, float lo
           model.backend().copy(st.x[size_t(o.micro % st.slots)], model.stage_output_grad());
         }
         if (hooks.before_backward) hooks.before_backward(o.chunk, o.micro, o.micro == m - 1);
-        model.backward_stage(slot, loss_scale);
+        model.backward_stage(slot, loss_scales[size_t(o.micro)]);
         if (hooks.after_backward) hooks.after_backward(o.chunk);
         span("B", o, start);
       }
@@ -289,7 +296,7 @@ std::vector<float> Pipeline::forward_only(const std::vector<MicroBatch>& micro) 
       Transformer& model = *chunks_[size_t(vs / p_)];
       if (vs > 0) {
         const auto [x, r] = model.stage_input();
-        transfer(false, false, vs, k, (vs - 1) % p_, [&] {
+        transfer(false, false, vs, k, (vs - 1) % p_, [&, &x = x, &r = r] {  // (clang: init-capture)
           comm_->recv(x, (vs - 1) % p_);
           comm_->recv(r, (vs - 1) % p_);
         });
@@ -299,7 +306,7 @@ std::vector<float> Pipeline::forward_only(const std::vector<MicroBatch>& micro) 
         model.backend().copy(loss, losses_dev.slice(0, k, k + 1));
       } else {
         const auto [x, r] = model.stage_output(0);
-        transfer(true, false, vs, k, (vs + 1) % p_, [&] {
+        transfer(true, false, vs, k, (vs + 1) % p_, [&, &x = x, &r = r] {
           comm_->send(x, (vs + 1) % p_);
           comm_->send(r, (vs + 1) % p_);
         });

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/backend/backend.h"
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
@@ -196,7 +197,7 @@ class Metrics {
     if (std::ifstream in(path); in.good()) {
       for (std::string line; std::getline(in, line);) {
         try {
-          const int64_t step = nlohmann::json::parse(line).at("step").get<int64_t>();
+          const int64_t step = json_checked::integer(nlohmann::json::parse(line).at("step"));
           reached = std::max(reached, step);
           if (step <= steps_done) keep.push_back(line);
         } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
@@ -245,6 +246,33 @@ void save_model(Trainer& trainer, Transformer& model, const fs::path& path) {
                                      {"nuri_version", build_info().version}});
 }
 
+// data.tokenizer: the shards must come from the model's tokenizer (their tokenize.json says
+// which wrote them), and text, which is read as byte tokens, needs the byte tokenizer.
+void check_data_tokenizer(const DataConfig& data) {
+  if (data.tokenizer.empty()) return;
+  std::string sha256;
+  if (data.tokenizer != "bytes") {
+    NURI_CHECK(std::filesystem::is_regular_file(data.tokenizer), "data.tokenizer ",
+               data.tokenizer, " is not a file (a Hugging Face tokenizer.json, or bytes)");
+    sha256 = sha256_file(data.tokenizer);
+  }
+  for (const std::string* file : {&data.train, &data.val}) {
+    const std::string& path = *file;
+    if (file == &data.val && path.empty()) break;  // the train data's split or val shards
+    if (is_shard_dir(path)) {
+      check_shard_tokenizer(path, data.tokenizer, sha256);
+    } else if (data.tokenizer != "bytes" &&
+               (data.format == "text" ||
+                (data.format == "auto" && (path.empty() || !is_token_file(path))))) {
+      NURI_CHECK(false, "data.tokenizer is ", data.tokenizer, ", but ",
+                 path.empty() ? std::string("the default corpus") : path,
+                 " is text, which nuri reads as byte tokens; tokenize it with that tokenizer "
+                 "first (nuri tokenize FILES --tokenizer ", data.tokenizer,
+                 " --out DIR) and train on DIR");
+    }
+  }
+}
+
 }  // namespace
 
 RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
@@ -263,6 +291,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   LedgerParts parts;
 
   // Data: the vocabulary is the model's; every token id is checked against it.
+  check_data_tokenizer(cfg.data);
   std::string what;
   std::shared_ptr<TokenFile> data;
   if (cfg.data.train.empty()) {

@@ -134,6 +134,11 @@ const Settings& data_settings() {
              "refused, else text), text, llmc, npy, uint16 or uint32 (headerless arrays, as "
              "nanoGPT's train.bin)")
         .meta("FORMAT");
+    data.add("tokenizer", &DataConfig::tokenizer,
+             "the model's tokenizer (a tokenizer.json, or bytes): shards nuri tokenize wrote with "
+             "another are refused ('': not checked)")
+        .flag("--tokenizer")
+        .meta("FILE");
     return data;
   }();
   return s;

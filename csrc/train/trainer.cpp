@@ -6,11 +6,13 @@
 #include <cmath>
 #include <atomic>
 #include <filesystem>
+#include <limits>
 #include <numeric>
 #include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_checked.h"
 #include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
 #include "nuri/core/log.h"
@@ -339,6 +341,18 @@ StepStats Trainer::step() {
   // gradient sum over ranks is the global batch's gradient, as one process with g · world
   // micro-batches would accumulate it.
   const int64_t g = cfg_.grad_accum, world = dp_ ? dp_->world() : 1;
+  // A micro-batch's loss is the mean over its counted targets. With a loss mask they count
+  // unevenly, so micro-batch j is weighted by its share of the global batch's counted targets
+  // (DataLoader::micro_shares): the step's loss and gradient are then the mean over all of them
+  // whatever the split into micro_batch × grad_accum × ranks, and a resume on another layout
+  // follows the same curve. Without a mask every weight is 1 / (g · world), as before.
+  std::vector<float> scales(size_t(g), 1.f / float(g * world));
+  std::vector<double> shares;
+  if (loader_.sampler().masked()) {
+    shares = loader_.micro_shares();
+    const int64_t rank = dp_ ? dp_->rank() : 0;
+    for (int64_t m = 0; m < g; ++m) scales[size_t(m)] = float(shares[size_t(rank * g + m)]);
+  }
   Backend& be = model_.backend();
   if (!stats_dev_.defined()) stats_dev_ = be.empty({g + 2});  // losses, norm, whole tensors' norm
   // Data parallel: the backward hands each finished bucket of gradients to dp_, which reduces it
@@ -354,13 +368,13 @@ StepStats Trainer::step() {
       hooks.before_backward = [&](int, int, bool last) { dp_->before_backward(last); };
       hooks.after_backward = [&](int) { dp_->after_backward(); };
     }
-    pipe_losses = pipe_->step(micro_, 1.f / float(g * world), hooks);
+    pipe_losses = pipe_->step(micro_, scales, hooks);
   } else {
     for (int64_t m = 0; m < g; ++m) {
       loader_.fill(m, tokens_, targets_);
       be.copy(model_.forward_loss(tokens_, targets_), stats_dev_.slice(0, m, m + 1));
       if (dp_) dp_->before_backward(m == g - 1);
-      model_.backward(1.f / float(g * world));
+      model_.backward(scales[size_t(m)]);
       if (dp_) dp_->after_backward();
     }
   }
@@ -407,8 +421,13 @@ StepStats Trainer::step() {
   if (pipe_) losses = pipe_losses;
   if (dp_) losses = dp_->gather(losses);
   double loss_sum = 0;
-  for (float l : losses) loss_sum += l;
-  s.loss = float(loss_sum / double(losses.size()));
+  if (shares.empty()) {
+    for (float l : losses) loss_sum += l;
+    s.loss = float(loss_sum / double(losses.size()));
+  } else {
+    for (size_t j = 0; j < losses.size(); ++j) loss_sum += shares[j] * double(losses[j]);
+    s.loss = float(loss_sum);
+  }
   s.grad_norm = stats.data<float>()[g];
   if (dp_ && dp_->zero_stage() >= 2) s.grad_norm = dp_->global_norm(s.grad_norm);
   if (tp.size > 1) {
@@ -533,7 +552,9 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   be.copy(model_.param_buffer().slice(0, lo - model_.master_begin(), hi - model_.master_begin()),
           masters);
   const TensorParallelRank tp = model_.tensor_parallel();
-  auto add = [&](const std::string& name, const Piece& q, const Tensor& flat_lo) {
+  // (Structured bindings are captured through init-captures: clang cannot capture them directly
+  // in a translation unit built with OpenMP.)
+  auto add = [&, lo = lo](const std::string& name, const Piece& q, const Tensor& flat_lo) {
     const ParamSpec& p = *q.p;
     if (!p.split() && tp.rank != 0) return;  // written once, by tp rank 0
     if (p.replica) return;                   // the first pipeline stage's copy is written
@@ -556,7 +577,9 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
       w.add_range(name, total, lo, host);
     } else {  // per parameter, as its logical tensor's pieces
       for_each_piece(model_.layout(), lo, hi,
-                     [&](const Piece& q) { add(std::string(name) + "/" + q.p->name, q, host); });
+                     [&, name = name](const Piece& q) {
+                       add(std::string(name) + "/" + q.p->name, q, host);
+                     });
     }
   }
   nlohmann::ordered_json meta;
@@ -658,7 +681,7 @@ void Trainer::save_model(const std::string& path,
       }
       const size_t lw = layout_of(grid.coord(w));
       const ParamSpec& p = layouts[lw][size_t(where[lw][i])];
-      for_each_piece({p}, wa, wb, [&](const Piece& q) {
+      for_each_piece({p}, wa, wb, [&, wa = wa](const Piece& q) {
         const float* src = part.data<float>() + (q.flat - wa);
         const int64_t rows = q.rows > 0 ? q.rows : 1, cols = q.n / rows;
         const int64_t stride = q.rows > 0 ? p.logical[1] : 0;
@@ -687,6 +710,8 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   CheckpointReader r(path);
   const std::string& dir = r.dir();
   nlohmann::json meta;
+  int64_t saved_step = 0, saved_steps_done = 0, saved_skipped = 0;
+  DataPosition saved_position;
   try {
     meta = nlohmann::json::parse(r.meta());
     // The model must be the checkpoint's, field by field.
@@ -702,18 +727,26 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     // What fixes the global sample order must be the checkpoint's too.
     const int64_t world = dp_ ? dp_->world() : 1;
     const nlohmann::json& d = meta.at("data");
-    NURI_CHECK(d.at("seq_len").get<int64_t>() == cfg_.seq_len, "checkpoint ", dir,
-               " trained on sequences of ", d["seq_len"].get<int64_t>(), " tokens; this run's "
+    NURI_CHECK(json_checked::integer(d.at("seq_len")) == cfg_.seq_len, "checkpoint ", dir,
+               " trained on sequences of ", d["seq_len"].dump(), " tokens; this run's "
                "seq_len is ", cfg_.seq_len);
-    NURI_CHECK(d.at("seed").get<uint64_t>() == cfg_.seed, "checkpoint ", dir, " used data seed ",
-               d["seed"].get<uint64_t>(), "; this run's seed is ", cfg_.seed,
+    NURI_CHECK(d.at("seed").is_number_integer() && d["seed"].get<uint64_t>() == cfg_.seed,
+               "checkpoint ", dir, " used data seed ", d["seed"].dump(), "; this run's seed is ",
+               cfg_.seed,
                " (the sample order depends on it)");
     const int64_t gb = cfg_.micro_batch * cfg_.grad_accum * world;
-    NURI_CHECK(d.at("global_batch").get<int64_t>() == gb, "checkpoint ", dir,
-               " used a global batch of ", d["global_batch"].get<int64_t>(), " sequences; this "
+    NURI_CHECK(json_checked::integer(d.at("global_batch")) == gb, "checkpoint ", dir,
+               " used a global batch of ", d["global_batch"].dump(), " sequences; this "
                "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
                cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
                "the product is the checkpoint's, on any number of ranks");
+    // Where training stands, read (and checked) before any weight is.
+    saved_step = json_checked::integer(meta.at("step"));
+    saved_steps_done = json_checked::integer(meta.at("adamw").at("steps_done"));
+    saved_position = {json_checked::integer(d.at("epoch")), json_checked::integer(d.at("batch"))};
+    if (meta.contains("skipped_steps")) {
+      saved_skipped = json_checked::integer(meta["skipped_steps"]);
+    }
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
                "wrong type: ", e.what());
@@ -755,7 +788,7 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   };
   const auto [held_lo, held_hi] = model_.held_range();
   Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
-  for_each_piece(layout, held_lo, held_hi, [&](const Piece& q) {
+  for_each_piece(layout, held_lo, held_hi, [&, held_lo = held_lo](const Piece& q) {
     read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
   });
   model_.load_held_weights(held);
@@ -779,7 +812,7 @@ std::string Trainer::load_checkpoint(const std::string& path) {
         model_.last_stage()) {
       r.read_range(name, lo, hi, host);  // the layouts are the same: one read
     } else {
-      for_each_piece(layout, lo, hi, [&](const Piece& q) {
+      for_each_piece(layout, lo, hi, [&, name = name](const Piece& q) {
         const Tensor dst = host.slice(0, q.flat - lo, q.flat - lo + q.n);
         if (flat_moments) {
           read(name, q, logical_offset.at(q.p->name), dst);
@@ -793,10 +826,10 @@ std::string Trainer::load_checkpoint(const std::string& path) {
     }
     be.copy(host, buf->view({buf->numel()}));
   }
-  opt_->set_steps_done(meta["adamw"]["steps_done"].get<int64_t>());
-  step_ = meta["step"].get<int64_t>();
-  skipped_ = meta.value("skipped_steps", int64_t(0));
-  loader_.set_position({meta["data"]["epoch"].get<int64_t>(), meta["data"]["batch"].get<int64_t>()});
+  opt_->set_steps_done(saved_steps_done);
+  step_ = saved_step;
+  skipped_ = saved_skipped;
+  loader_.set_position(saved_position);
   be.synchronize();
   return dir;
 }
@@ -827,10 +860,24 @@ float Trainer::evaluate() {
       val.advance();
     }
   }
-  if (dp_) losses = dp_->gather(losses);
+  if (dp_) losses = dp_->gather(losses);  // rank-major: rank r's batch i at r · n + i
   double sum = 0;
-  for (float l : losses) sum += l;
-  return float(sum / double(losses.size()));
+  if (!val.sampler().masked()) {
+    for (float l : losses) sum += l;
+    return float(sum / double(losses.size()));
+  }
+  // A loss mask: each batch's mean weighted by its counted targets (as in step()).
+  double counted = 0;
+  DataPosition pos;
+  for (int64_t i = 0; i < n; ++i, pos = val.sampler().next(pos)) {
+    for (int64_t r = 0; r < world; ++r) {
+      const double c = double(val.sampler().trained_targets(pos, r * cfg_.micro_batch,
+                                                             cfg_.micro_batch));
+      sum += c * double(losses[size_t(r * n + i)]);
+      counted += c;
+    }
+  }
+  return counted > 0 ? float(sum / counted) : std::numeric_limits<float>::quiet_NaN();
 }
 
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,

@@ -133,6 +133,9 @@ class DataConfig:
     # how the files are read: auto (token files by their header, .bin/.npy without one refused, else
     # text), text, llmc, npy, uint16 or uint32 (headerless arrays, as nanoGPT's train.bin)
     format: str
+    # the model's tokenizer (a tokenizer.json, or bytes): shards nuri tokenize wrote with another
+    # are refused ('': not checked)
+    tokenizer: str
     def __init__(self, **settings: Any) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
     def copy(self) -> "DataConfig": ...

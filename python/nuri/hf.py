@@ -237,7 +237,7 @@ class _HFTensors(Mapping):
                 if not isinstance(weight_map, dict) or not all(
                         isinstance(v, str) for v in weight_map.values()):
                     raise ValueError("weight_map is not an object of file names")
-            except (OSError, ValueError, KeyError, TypeError) as e:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
                 raise _C.Error(f"{index}: not a safetensors index ({e})") from e
             files = {}
             for key, file in weight_map.items():
@@ -444,7 +444,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         try:
             with open(where, encoding="utf-8") as f:
                 hf = json.load(f)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # (JSON nested too deeply)
             raise ConfigError(f"cannot read Hugging Face config {where}: {e}") from e
         if not isinstance(hf, dict):
             raise ConfigError(f"{where}: a Hugging Face config is a JSON object")

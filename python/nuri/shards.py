@@ -92,7 +92,7 @@ def _documents(files: Sequence[str], field: str, kind: str = "text",
                         continue
                     try:
                         row = json.loads(line)
-                    except ValueError as e:
+                    except (ValueError, RecursionError) as e:
                         raise _C.Error(f"{path}:{line_no}: not a JSON object ({e})") from e
                     if kind != "text":
                         if not isinstance(row, dict):

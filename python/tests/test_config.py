@@ -93,7 +93,7 @@ def test_device_is_another_name_for_backend():
     ({"model": {"preset": "gpt2-tiny", "colour": 1}},
      "model.colour: unknown key; known keys: bias"),
     ({"train": {"learning_rate": 1}}, "train.learning_rate: unknown key; known keys: beta1"),
-    ({"data": {"test": "x"}}, "data.test: unknown key; known keys: format, train, val"),
+    ({"data": {"test": "x"}}, "data.test: unknown key; known keys: format, tokenizer, train, val"),
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
     ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, "
                                 "keep_gathered, overlap, pp, pp_timeline, sequence_parallel, tp, zero_stage"),

@@ -2,9 +2,10 @@
 tinyshakespeare (no download) turns text and JSON-lines into llm.c shards with end-of-text
 between documents and a validation split; the shards are the same for 1 and 3 processes; a run
 trains on the directory (its val shards as validation), refuses a model whose vocabulary is
-smaller than the tokenizer's, and generation decodes with the same tokenizer. Fine-tuning rows
-(prompt/response, chat with a template) get a loss mask, and a model imported from
-transformers and fine-tuned on them learns the responses and not the prompts.
+smaller than the tokenizer's and shards another tokenizer wrote, and generation decodes with
+the same tokenizer. Fine-tuning rows (prompt/response, chat with a template) get a loss mask,
+and a model imported from transformers and fine-tuned on them learns the responses and not the
+prompts.
 """
 import json
 import os
@@ -112,6 +113,38 @@ def test_a_run_trains_on_the_shards_and_generates_with_the_tokenizer(corpus, tmp
     with pytest.raises(nuri.Error, match="its vocabulary has 500 ids, more than the model's "
                                          "vocab_size 400"):
         nuri.generate_text(model, "w1", tokenizer=tmp_path / "big.json")
+
+
+def test_shards_of_another_tokenizer_are_refused(corpus, tmp_path):
+    """data.tokenizer (--tokenizer) names the model's tokenizer; tokenize.json records which one
+    wrote the shards (its SHA-256), so shards of another tokenizer with the same vocabulary size,
+    which the id range check cannot tell apart, are refused, as is text with a tokenizer.json."""
+    d, speeches = corpus
+    nuri.tokenize([d / "docs"], tmp_path / "data", d / "tokenizer.json", val_every=20,
+                  progress=False)
+    other = Tokenizer(models.BPE())  # the same 400 ids, merges learned from other text
+    other.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    other.decoder = decoders.ByteLevel()
+    other.train_from_iterator([s.upper() for s in speeches], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    other.save(str(tmp_path / "other.json"))
+    assert other.get_vocab_size() == 400
+    args = ("train", "--model", "gpt2-tiny", "model.vocab_size=400", "--steps", "1",
+            "--micro-batch", "2", "--seq-len", "32", "sample.max_new_tokens=0")
+    proc = run_cli(*args, "--data", str(tmp_path / "data"), "--tokenizer",
+                   str(tmp_path / "other.json"), cwd=tmp_path, expect=1)
+    assert "these shards were written by " + str(d / "tokenizer.json") in proc.stderr
+    assert "but data.tokenizer is " + str(tmp_path / "other.json") in proc.stderr
+    proc = run_cli(*args, "--data", str(tmp_path / "data"), "--tokenizer", "bytes", cwd=tmp_path,
+                   expect=1)
+    assert "but data.tokenizer is the byte tokenizer" in proc.stderr
+    proc = run_cli(*args, "--data", str(d / "docs" / "tail.txt"), "--tokenizer",
+                   str(d / "tokenizer.json"), cwd=tmp_path, expect=1)
+    assert "tail.txt is text, which nuri reads as byte tokens" in proc.stderr
+    proc = run_cli(*args, "--data", str(tmp_path / "data"), "--tokenizer",
+                   str(d / "tokenizer.json"), cwd=tmp_path)  # the one that wrote them
+    assert "1 train shard" in proc.stdout
 
 
 def test_bad_inputs_name_the_file_and_line(corpus, tmp_path):

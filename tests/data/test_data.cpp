@@ -5,9 +5,11 @@
 
 #include "test_util.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -103,6 +105,19 @@ TEST(TokenFile, ReadsNpyOfAnyIntegerTypeWhoseValuesAreTokenIds) {
   write_bytes(p, npy("<i4", "(2,)", bytes(i4)));
   EXPECT_NE(error_of([&] { TokenFile::open(p, 257); }).find("token id 300 at token index 1"),
             std::string::npos);
+  // A header NumPy would pad to 64 bytes, cut to an odd length: the uint16 data is misaligned,
+  // so it is read and converted instead of mapped (fuzz_token_file found the misaligned load),
+  // and values past int16's range stay unsigned.
+  const std::vector<uint16_t> u2 = {1, 40000, 65535};
+  std::string odd = npy("<u2", "(3,)", bytes(u2));
+  const size_t header = 10 + size_t(uint8_t(odd[8])) + (size_t(uint8_t(odd[9])) << 8);
+  odd.erase(header - 2, 1);  // one pad space fewer: the data starts at an odd offset
+  odd[8] = char(uint8_t(odd[8]) - 1);
+  write_bytes(p, odd);
+  f = TokenFile::open(p);
+  ASSERT_EQ(f->size(), 3);
+  EXPECT_EQ(f->at(1), 40000u);
+  EXPECT_EQ(f->at(2), 65535u);
 }
 
 // A headerless array (nanoGPT's train.bin) is read only when named, and a .bin or .npy with
@@ -283,6 +298,46 @@ TEST(DataLoader, RanksAndMicroBatchesPartitionTheGlobalBatch) {
       }
     }
     EXPECT_EQ(got, reference) << "world " << world << " micro " << micro << " accum " << accum;
+  }
+}
+
+// A micro-batch's share of the global batch's loss is its count of targets that are not the
+// ignore index, over the global batch's: counted here from what fill() hands the model.
+TEST(DataLoader, MicroSharesAreCountedTargetsOverTheGlobalBatchsCount) {
+  auto data = counting(64 * 9 + 1);
+  std::vector<uint8_t> mask(size_t(data->size()));
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = (i / 7) % 3 == 0;  // uneven in every window
+  const int64_t seq = 9;
+  {
+    DataLoader plain(data, seq, 2, 2, 2, 1, 5);
+    for (double x : plain.micro_shares()) EXPECT_EQ(x, 0.25);  // unmasked: all equal
+  }
+  data->set_mask(mask);
+  for (auto [world, micro, accum] : {std::tuple{1, 8, 1}, {2, 2, 2}, {4, 1, 2}}) {
+    std::vector<double> counted;  // each global micro-batch's targets that count, rank-major
+    std::vector<double> shares;
+    for (int64_t r = 0; r < world; ++r) {
+      DataLoader l(data, seq, micro, accum, world, r, 5);
+      l.set_position({0, 3});
+      if (r == 0) shares = l.micro_shares();
+      EXPECT_EQ(l.micro_shares(), shares) << "every rank computes every share";
+      Tensor tok = Tensor::empty({micro, seq}, DType::i32), tgt = tok.clone();
+      for (int64_t m = 0; m < accum; ++m) {
+        l.fill(m, tok, tgt);
+        const int32_t* t = tgt.data<int32_t>();
+        counted.push_back(double(
+            std::count_if(t, t + tgt.numel(), [](int32_t x) { return x != kIgnoreIndex; })));
+      }
+    }
+    const double total = std::accumulate(counted.begin(), counted.end(), 0.0);
+    ASSERT_EQ(shares.size(), counted.size());
+    for (size_t j = 0; j < counted.size(); ++j) {
+      EXPECT_DOUBLE_EQ(shares[j], counted[j] / total) << "micro-batch " << j;
+    }
+    if (micro == 1) {  // one sequence a micro-batch: the mask makes the shares differ
+      EXPECT_NE(*std::min_element(shares.begin(), shares.end()),
+                *std::max_element(shares.begin(), shares.end()));
+    }
   }
 }
 

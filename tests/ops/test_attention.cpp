@@ -105,7 +105,7 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   GradCheck g;
   g.inputs = {q, k, v};
   g.input_names = {"q", "k", "v"};
-  g.forward = [&](const std::vector<Vec>& in) {
+  g.forward = [&, &c = c](const std::vector<Vec>& in) {
     return std::vector<Vec>{attention_ref(c, in[0], in[1], in[2])[0]};
   };
   g.douts = {dout};

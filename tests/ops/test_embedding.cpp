@@ -31,7 +31,7 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   Tensor out = be->empty({c.b, c.t, c.c}, dt);
   be->zero(out);
   be->embedding(ttok, twte, twpe, out);
-  auto forward = [&](const std::vector<Vec>& in) {
+  auto forward = [&, &c = c](const std::vector<Vec>& in) {
     Vec y(size_t(c.b * c.t * c.c));
     for (int64_t i = 0; i < c.b * c.t; ++i) {
       for (int64_t j = 0; j < c.c; ++j) {

@@ -158,7 +158,7 @@ TEST_P(MatmulTest, ForwardAndGradientsMatchFloat64) {
       g.input_names.push_back("bias");
       g.grads.push_back(db1);
     }
-    g.forward = [&](const std::vector<Vec>& in) {
+    g.forward = [&, &c = c](const std::vector<Vec>& in) {  // (clang: an init-capture)
       return std::vector<Vec>{matmul_ref(c, in[0], in[1], c.bias ? &in[2] : nullptr)[0]};
     };
     g.douts = {dy};

@@ -107,7 +107,7 @@ TEST_P(NormTest, ForwardAndBackwardMatchFloat64) {
     g.input_names.push_back("bias");
     g.grads.push_back(values(*be, tdb));
   }
-  g.forward = [&, center = center](const std::vector<Vec>& in) {
+  g.forward = [&, center = center, &c = c](const std::vector<Vec>& in) {
     const Vec* rr = c.residual ? &in[2] : nullptr;
     const Vec* bb = bias ? &in[c.residual ? 3 : 2] : nullptr;
     auto o = norm_ref(center, c, in[0], rr, in[1], bb, eps);

@@ -90,7 +90,7 @@ TEST_P(RopeTest, ForwardAndBackwardMatchFloat64) {
   GradCheck g;
   g.inputs = {x};
   g.input_names = {"x"};
-  g.forward = [&](const std::vector<Vec>& in) {
+  g.forward = [&, &c = c](const std::vector<Vec>& in) {
     return std::vector<Vec>{rope_ref(c, in[0], theta)};
   };
   g.douts = {dy};
@@ -103,7 +103,7 @@ TEST_P(RopeTest, ForwardAndBackwardMatchFloat64) {
   Tensor tf = on_dtype(*be, {c.b, c.t, 3 * c.h, c.d}, fused, dt);
   Tensor q = tf.slice(2, 0, c.h);
   // The heads [h0, h0 + H) of the fused buffer (read whole: device copies are contiguous).
-  auto heads = [&](int64_t h0) {
+  auto heads = [&, &c = c](int64_t h0) {
     const Vec all = values(*be, tf);
     Vec out;
     for (int64_t bt = 0; bt < c.b * c.t; ++bt) {

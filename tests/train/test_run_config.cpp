@@ -107,6 +107,37 @@ TEST(Settings, JsonAndTomlAreReadAliked) {
               settings_from_json(schema, &t, "{", "f.json");
             }).find("f.json: not valid JSON"),
             std::string::npos);
+  // A number JSON cannot hold is a config error too (nlohmann throws out_of_range for it).
+  EXPECT_NE(error_of([&] {
+              settings_from_json(schema, &t, R"({"toy": {"x": 1e999}})", "f.json");
+            }).find("f.json: not valid JSON"),
+            std::string::npos);
+}
+
+// Characters beyond ASCII: read in TOML strings and comments, refused with their line
+// elsewhere, before toml++ 3.3 sees them (it reaches __builtin_unreachable on some, e.g.
+// U+0456 after a value; fuzz_run_config found it). Overrides keep such text as text.
+TEST(Settings, TomlTakesNonAsciiOnlyInStringsAndComments) {
+  const Schema schema{{"toy", "", toy_settings()}};
+  Toy t;
+  settings_from_toml(schema, &t, "# 설정 (a comment)\n[toy]\nname = \"안녕 \\\" і\"  # і\n");
+  EXPECT_EQ(t.name, "안녕 \" і");
+  settings_from_toml(schema, &t, R"([toy]
+name = """é\""""
+)");
+  EXPECT_EQ(t.name, "é\"");
+  settings_from_toml(schema, &t, "[toy]\nname = '''\nline\nі'''\n");
+  EXPECT_EQ(t.name, "line\nі");
+  EXPECT_EQ(error_of([&] { settings_from_toml(schema, &t, "[toy]\nn = 1 і\n", "f.toml"); }),
+            "f.toml: not valid TOML: line 2: a character beyond ASCII outside a string or "
+            "comment (TOML allows them only in quoted strings and comments)");
+  EXPECT_NE(error_of([&] {
+              settings_from_toml(schema, &t, "[toy]\nname = \"\"\"a\\\n  § b\"\"\"\n", "f.toml");
+            }).find("f.toml: not valid TOML: line 3: a character beyond ASCII right after a "
+                    "line-ending backslash"),
+            std::string::npos);
+  settings_apply_overrides(schema, &t, {"toy.name=café і"});
+  EXPECT_EQ(t.name, "café і");
 }
 
 TEST(RunConfig, DefaultsAreTheDemoAndRoundTripThroughJson) {

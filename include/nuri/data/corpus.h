@@ -41,6 +41,12 @@ std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string
                                        int64_t vocab_size = 0,
                                        std::string* description = nullptr);
 
+/// Refuses a shard directory that another tokenizer wrote: its tokenize.json must record the
+/// byte tokenizer when `tokenizer` is "bytes", else a tokenizer.json whose SHA-256 is `sha256`
+/// (`tokenizer`: that file's path, for the message). The error names both tokenizers.
+void check_shard_tokenizer(const std::string& dir, const std::string& tokenizer,
+                           const std::string& sha256);
+
 /// Byte tokens of every regular file under /usr/share/common-licenses in name order, each
 /// followed by a newline; where that directory holds under 100 kB, 300 kB of sentences drawn
 /// from a small grammar with a fixed seed. description receives which one it was.

@@ -39,6 +39,11 @@ class GlobalSampler {
   /// batch `pos`.
   void fill(DataPosition pos, int64_t first, int64_t rows, const Tensor& tokens,
             const Tensor& targets) const;
+  /// Whether the tokens carry a loss mask (fine-tuning data): then targets are ignored unevenly.
+  bool masked() const { return tokens_->has_mask(); }
+  /// The targets that count (not masked out) in samples [first, first + rows) of global batch
+  /// `pos`; rows · T without a mask.
+  int64_t trained_targets(DataPosition pos, int64_t first, int64_t rows) const;
   /// The position after `pos` (wraps into the next epoch).
   DataPosition next(DataPosition pos) const;
 
@@ -63,6 +68,12 @@ class DataLoader {
 
   /// Fills tokens, targets [B, T] (i32, host) with micro-batch `micro` of the current position.
   void fill(int64_t micro, const Tensor& tokens, const Tensor& targets) const;
+  /// Each micro-batch's share of the global batch's counted targets, for all world · grad_accum
+  /// micro-batches of the current position in global order (rank-major): c_j / sum c. The loss
+  /// weighted by these is the mean over every counted target of the global batch, whatever the
+  /// layout; without a mask every share is 1 / (world · grad_accum). All zero when no target
+  /// counts.
+  std::vector<double> micro_shares() const;
   /// Moves to the next global batch.
   void advance() { pos_ = sampler_.next(pos_); }
   DataPosition position() const { return pos_; }
@@ -71,7 +82,7 @@ class DataLoader {
 
  private:
   GlobalSampler sampler_;
-  int64_t micro_batch_, grad_accum_, rank_;
+  int64_t micro_batch_, grad_accum_, world_, rank_;
   DataPosition pos_;
 };
 

@@ -132,6 +132,9 @@ class Pipeline {
   /// by sum_tied_gradients(), after any data-parallel reduction.
   std::vector<float> step(const std::vector<MicroBatch>& micro, float loss_scale,
                           const Hooks& hooks = {});
+  /// step() with a scale for each micro-batch (a loss mask weights them by counted targets).
+  std::vector<float> step(const std::vector<MicroBatch>& micro,
+                          const std::vector<float>& loss_scales, const Hooks& hooks = {});
   /// The forwards alone, one micro-batch after another (evaluation): every micro-batch's loss
   /// on every rank (none for none).
   std::vector<float> forward_only(const std::vector<MicroBatch>& micro);

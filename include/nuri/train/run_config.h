@@ -31,6 +31,10 @@ struct DataConfig {
   std::string val;    ///< "": the last 10% of train, held out
   /// How train and val are read (read_data): auto, text, llmc, npy, uint16, uint32.
   std::string format = "auto";
+  /// The model's tokenizer: a tokenizer.json, or "bytes". Shard directories that tokenize.json
+  /// says another tokenizer wrote are refused, and so is text (read as bytes) with a
+  /// tokenizer.json. "": not checked.
+  std::string tokenizer;
 };
 
 struct SampleConfig {  ///< the sample printed after training (byte-level models)
