@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -225,6 +226,11 @@ std::string write_safetensors(const std::string& path,
 // ---- reading ------------------------------------------------------------------------------------
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+  // (A directory opens as a stream whose size is nonsense: fuzz_hf.py found one named by an
+  // index entry "".)
+  std::error_code ec;
+  NURI_CHECK(!std::filesystem::exists(path, ec) || std::filesystem::is_regular_file(path, ec),
+             path, ": not a file (a safetensors file was expected)");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   NURI_CHECK(in.good(), path, ": cannot open (", std::strerror(errno), ")");
   file_bytes_ = int64_t(in.tellg());

@@ -241,7 +241,7 @@ class _HFTensors(Mapping):
                 raise _C.Error(f"{index}: not a safetensors index ({e})") from e
             files = {}
             for key, file in weight_map.items():
-                if os.path.basename(file) != file:
+                if not file or os.path.basename(file) != file:
                     raise _C.Error(f"{index}: tensor '{key}' is in {file!r}, outside the "
                                    "directory")
                 if file not in files:
