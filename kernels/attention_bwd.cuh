@@ -53,7 +53,7 @@ __device__ __forceinline__ void softmax_grad_tile(float (&s)[2][4], float (&dp)[
       const int query = kRowIsKey ? col0 + c : row0 + r;
       const int qi = kRowIsKey ? c : r;  // the query's index inside the tile
       const bool visible = key < seq && (!kCausal || key <= query);
-      const float p = visible ? exp2f(fmaf(s[nb][i], scale_log2, -lse2(qi))) : 0.f;
+      const float p = visible ? ex2_approx(fmaf(s[nb][i], scale_log2, -lse2(qi))) : 0.f;
       s[nb][i] = p;
       dp[nb][i] = p * (dp[nb][i] - di(qi));
     }
@@ -215,10 +215,10 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
         // The A fragment's registers are (row g | g + 8, columns 2t | 2t + 8) pairs.
         T* row_lo = sdS + (16 * warp + g) * kLdS + 16 * c + 2 * t;
         T* row_hi = row_lo + 8 * kLdS;
-        *reinterpret_cast<uint32_t*>(row_lo) = r_ds[0];
-        *reinterpret_cast<uint32_t*>(row_hi) = r_ds[1];
-        *reinterpret_cast<uint32_t*>(row_lo + 8) = r_ds[2];
-        *reinterpret_cast<uint32_t*>(row_hi + 8) = r_ds[3];
+        st_shared(reinterpret_cast<uint32_t*>(row_lo), r_ds[0]);
+        st_shared(reinterpret_cast<uint32_t*>(row_hi), r_ds[1]);
+        st_shared(reinterpret_cast<uint32_t*>(row_lo + 8), r_ds[2]);
+        st_shared(reinterpret_cast<uint32_t*>(row_hi + 8), r_ds[3]);
       }
     }
 

@@ -19,16 +19,26 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 /// Issues cp.async copies of a kRows × D tile from global rows g + r·g_stride (r < valid_rows)
 /// into s (row stride attn_row_stride(D)); rows at or past valid_rows are zero-filled without
-/// reading global memory. Every thread of a kThreads block calls it; the caller commits.
+/// reading global memory. Every thread of a kThreads block calls it; the caller commits. Each
+/// thread copies the same column chunk of rows kRowStep apart, so the loop unrolls into one
+/// address add and one cp.async per chunk.
 template <class T, int D, int kRows, int kThreads>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t g_stride, int valid_rows) {
   constexpr int kChunks = D * int(sizeof(T)) / 16;  // 16-byte chunks per row
   constexpr int kElems = 16 / int(sizeof(T));
   constexpr int kLd = attn_row_stride(D);
-  for (int i = int(threadIdx.x); i < kRows * kChunks; i += kThreads) {
-    const int r = i / kChunks, c = i % kChunks;
-    const bool in = r < valid_rows;
-    cp_async<16>(s + r * kLd + c * kElems, g + (in ? r : 0) * g_stride + c * kElems, in ? 16 : 0);
+  constexpr int kRowStep = kThreads / kChunks;
+  constexpr int kIters = kRows * kChunks / kThreads;
+  static_assert(kThreads % kChunks == 0 && kRows % kRowStep == 0,
+                "every thread copies the same chunk of kIters rows");
+  const int r0 = int(threadIdx.x) / kChunks, c = int(threadIdx.x) % kChunks * kElems;
+  T* dst = s + r0 * kLd + c;
+  const T* src = g + r0 * g_stride + c;
+  const int64_t src_step = kRowStep * g_stride;
+#pragma unroll
+  for (int it = 0; it < kIters; ++it) {
+    const bool in = r0 + it * kRowStep < valid_rows;
+    cp_async<16>(dst + it * kRowStep * kLd, in ? src + it * src_step : g, in ? 16 : 0);
   }
 }
 
@@ -58,21 +68,28 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 /// Stores a warp's m16 × (8·NB) f32 accumulator, times `mul`, as T into rows row0.. of a
-/// [rows][D] view with row stride `stride` (elements); rows at or past `valid_rows` are skipped.
+/// [rows][D] view with row stride `stride` (elements, rows 16-byte aligned); rows at or past
+/// `valid_rows` are skipped. Four adjacent elements a lane (acc_quad): 32 bytes of a row per
+/// warp-wide store.
 template <class T, int NB>
 __device__ __forceinline__ void store_acc(T* g, int64_t stride, int row0, int valid_rows,
                                           const float (&acc)[NB][4], float mul0, float mul1) {
-  const int l = lane_id(), rg = l / 4, t = l % 4;
+  static_assert(NB % 2 == 0, "column blocks are stored in pairs");
+  const int rg = lane_id() / 4;
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int row = row0 + rg + 8 * half;
-    if (row >= valid_rows) continue;
     const float mul = half ? mul1 : mul0;
-    T* dst = g + int64_t(row) * stride + 2 * t;
+    T* dst = g + int64_t(row) * stride;
 #pragma unroll
-    for (int nb = 0; nb < NB; ++nb) {
-      const uint32_t v = pack2<T>(acc[nb][2 * half] * mul, acc[nb][2 * half + 1] * mul);
-      *reinterpret_cast<uint32_t*>(dst + 8 * nb) = v;
+    for (int nb = 0; nb < NB; nb += 2) {
+      float v[4];
+      const int col = 8 * nb + acc_quad(v, acc, nb, half);  // every lane shuffles
+      if (row >= valid_rows) continue;
+      Pack<T, 4> out;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out.v[e] = from_float<T>(v[e] * mul);
+      st_global(reinterpret_cast<Pack<T, 4>*>(dst + col), out);
     }
   }
 }

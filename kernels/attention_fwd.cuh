@@ -28,11 +28,13 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
 
-  // sQ [kM][kLd], then per stage sK [kN][kLd] and sV [kN][kLd].
-  T* sQ = dynamic_smem<T>();
-  T* sKV = sQ + kM * kLd;
+  // Per stage sK [kN][kLd] and sV [kN][kLd]. Q passes through stage 1's K tile on its way to
+  // registers, before the first K/V tile goes there (AttnFwdConfig counts no Q tile).
+  static_assert(kM <= kN, "the Q tile borrows a K tile's place");
+  T* sKV = dynamic_smem<T>();
   auto sK = [&](int stage) { return sKV + stage * 2 * kN * kLd; };
   auto sV = [&](int stage) { return sKV + stage * 2 * kN * kLd + kN * kLd; };
+  T* sQ = sK(1);
 
   const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest causal tiles first
   const int h = int(blockIdx.y), b = int(blockIdx.z);
@@ -69,13 +71,16 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
   const int row_lo = q0 + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
 
+  // Q into registers, then its place is free for tile 1.
+  cp_async_wait<0>();
+  __syncthreads();
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) attn::load_a(rQ[ks], sQ, kLd, warp * 16, ks * 16);
+  __syncthreads();
+
   for (int j = 0; j < n_tiles; ++j) {
     const int stage = j % 2;
     attn::pipeline_step(j, n_tiles, issue);  // the next tile streams in while this one computes
-    if (j == 0) {
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) attn::load_a(rQ[ks], sQ, kLd, warp * 16, ks * 16);
-    }
 
     // S = Q Kᵀ for this warp's 16 rows and the tile's kN keys.
     float rS[kSBlocks][4];
@@ -119,13 +124,13 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
       mx = attn::quad_max(mx);
       // A row that has seen only masked keys keeps max -inf; subtracting 0 then gives P = 0.
       const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = exp2f(rMax[half] - base);  // 0 while rMax is -inf
+      const float alpha = ex2_approx(rMax[half] - base);  // 0 while rMax is -inf
       rMax[half] = mx;
       float sum = 0.f;
 #pragma unroll
       for (int nb = 0; nb < kSBlocks; ++nb) {
-        rS[nb][2 * half] = exp2f(rS[nb][2 * half] - base);
-        rS[nb][2 * half + 1] = exp2f(rS[nb][2 * half + 1] - base);
+        rS[nb][2 * half] = ex2_approx(rS[nb][2 * half] - base);
+        rS[nb][2 * half + 1] = ex2_approx(rS[nb][2 * half + 1] - base);
         sum += rS[nb][2 * half] + rS[nb][2 * half + 1];
       }
       rSum[half] = rSum[half] * alpha + sum;

@@ -60,6 +60,45 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #define NURI_LAUNCH(kernel, grid, block, smem, stream, ...) \
   ::nuri::kernels::launch(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__)
 
+// ---- counted memory accesses -----------------------------------------------------------------
+//
+// Plain loads and stores, which the emulator's performance counters (NURI_EMU_COUNTERS, emu.h)
+// see as warp-wide requests: bank wavefronts for shared memory, 32-byte sectors for global. A
+// plain C++ access compiles to the same instruction but is not counted; hot paths whose access
+// pattern matters use these.
+
+#if defined(NURI_CUDA_EMULATION)
+#define NURI_MEM_SITE , ::nuri::emu::Site site = ::nuri::emu::Site::current()
+#define NURI_MEM_COUNT(kind, p) \
+  ::nuri::emu::count_access(::nuri::emu::Access::kind, p, int(sizeof(T)), site)
+#else
+#define NURI_MEM_SITE
+#define NURI_MEM_COUNT(kind, p)
+#endif
+
+template <class T>
+__device__ __forceinline__ T ld_shared(const T* p NURI_MEM_SITE) {
+  NURI_MEM_COUNT(ld_shared, p);
+  return *p;
+}
+template <class T>
+__device__ __forceinline__ void st_shared(T* p, const T& v NURI_MEM_SITE) {
+  NURI_MEM_COUNT(st_shared, p);
+  *p = v;
+}
+template <class T>
+__device__ __forceinline__ T ld_global(const T* p NURI_MEM_SITE) {
+  NURI_MEM_COUNT(ld_global, p);
+  return *p;
+}
+template <class T>
+__device__ __forceinline__ void st_global(T* p, const T& v NURI_MEM_SITE) {
+  NURI_MEM_COUNT(st_global, p);
+  *p = v;
+}
+#undef NURI_MEM_SITE
+#undef NURI_MEM_COUNT
+
 // ---- storage types: bf16, f16 or f32 in memory, f32 in registers ------------------------------------
 
 template <class T>

@@ -8,17 +8,19 @@
 //
 // Tensor cores (T = bf16 or f16): a block of 8 warps owns a 128 × 128 tile of C; warp w owns the
 // 64 × 32 sub-tile (w / 4, w % 4) as 4 × 4 m16n8 f32 accumulators. K streams through a 3-stage
-// cp.async pipeline of 32-deep A and B tiles in shared memory (rows padded by 8 elements, so
-// the 8 rows an ldmatrix reads fall in distinct banks); fragments come from ldmatrix (.trans for
-// the operands stored the other way round). Edges: rows and columns past M, N, K are zero-filled
-// in shared memory (cp.async src-size < 16; element loads on the unaligned path) and the
-// epilogue skips them.
+// cp.async pipeline of 32-deep A and B tiles in shared memory (K-contiguous tiles XOR-swizzled,
+// the others padded by 8 elements a row, so neither the ldmatrix reads nor the cp.async writes
+// conflict); fragments come from ldmatrix (.trans for the operands stored the other way round).
+// Edges: rows and columns past M, N, K are zero-filled in shared memory (cp.async src-size < 16;
+// element loads on the unaligned path) and the epilogue skips them.
 //
 // f32 (no tensor-core input type here): a SIMT kernel with the same layouts and epilogue, 64 × 64
 // tiles, 16-deep shared-memory stages, 4 × 4 outputs per thread.
 //
 // Bias gradient: column sums in a fixed order, per 256-row block into a workspace, then in order.
 #pragma once
+
+#include <type_traits>
 
 #include "activation.cuh"
 #include "common.cuh"
@@ -45,80 +47,160 @@ struct GemmArgs {
   bool accumulate;    // out = out + v instead of out = v
 };
 
+/// The epilogue of N adjacent elements (row, col..col+N-1) of C with product values v, as
+/// N-element loads and stores (N > 1 needs N-element alignment of every operand's element).
+template <class T, int N>
+__device__ __forceinline__ void store_elements(const GemmArgs<T>& p, int row, int col,
+                                               float (&v)[N]) {
+  using PT = Pack<T, N>;
+  using PF = Pack<float, N>;
+  const int64_t i = int64_t(row) * p.n + col;
+  if (p.bias) {
+    const PT b = ld_global(reinterpret_cast<const PT*>(p.bias + col));
+    for (int e = 0; e < N; ++e) v[e] += to_float(b.v[e]);
+  }
+  if (p.pre) {
+    PT q;
+    for (int e = 0; e < N; ++e) {
+      q.v[e] = from_float<T>(v[e]);
+      v[e] = act::gelu(v[e]);
+    }
+    st_global(reinterpret_cast<PT*>(p.pre + i), q);
+  }
+  if (p.gelu_pre) {
+    const PT q = ld_global(reinterpret_cast<const PT*>(p.gelu_pre + i));
+    for (int e = 0; e < N; ++e) v[e] *= act::gelu_grad(to_float(q.v[e]));
+  }
+  if (p.residual) {  // read by the thread that writes out[i] (they may alias)
+    const PT r = ld_global(reinterpret_cast<const PT*>(p.residual + i));
+    for (int e = 0; e < N; ++e) v[e] += to_float(r.v[e]);
+  }
+  if (p.out_f32) {
+    PF* o = reinterpret_cast<PF*>(p.out_f32 + i);
+    PF w;
+    if (p.accumulate) w = ld_global(o);
+    for (int e = 0; e < N; ++e) w.v[e] = p.accumulate ? w.v[e] + v[e] : v[e];
+    st_global(o, w);
+  } else {
+    PT* o = reinterpret_cast<PT*>(p.out + i);
+    PT w;
+    if (p.accumulate) w = ld_global(o);
+    for (int e = 0; e < N; ++e) {
+      w.v[e] = from_float<T>(p.accumulate ? to_float(w.v[e]) + v[e] : v[e]);
+    }
+    st_global(o, w);
+  }
+}
+
 /// The epilogue of element (row, col) of C with product value v.
 template <class T>
 __device__ __forceinline__ void store_element(const GemmArgs<T>& p, int row, int col, float v) {
-  const int64_t i = int64_t(row) * p.n + col;
-  if (p.bias) v += to_float(p.bias[col]);
-  if (p.pre) {
-    p.pre[i] = from_float<T>(v);
-    v = act::gelu(v);
-  }
-  if (p.gelu_pre) v *= act::gelu_grad(to_float(p.gelu_pre[i]));
-  if (p.residual) v += to_float(p.residual[i]);  // read by the thread that writes out[i]
-  if (p.out_f32) {
-    p.out_f32[i] = p.accumulate ? p.out_f32[i] + v : v;
-  } else {
-    p.out[i] = from_float<T>(p.accumulate ? to_float(p.out[i]) + v : v);
-  }
+  float one[1] = {v};
+  store_elements<T, 1>(p, row, col, one);
+}
+
+/// Whether the epilogue may move 4 elements at a time: N a multiple of 4 and every operand
+/// aligned to 4 elements.
+template <class T>
+__device__ __forceinline__ bool quad_aligned(const GemmArgs<T>& p) {
+  auto ok = [](const void* q, unsigned bytes) {
+    return reinterpret_cast<uintptr_t>(q) % bytes == 0;  // null is aligned
+  };
+  constexpr unsigned kT = 4 * sizeof(T);
+  return p.n % 4 == 0 && ok(p.bias, kT) && ok(p.pre, kT) && ok(p.gelu_pre, kT) &&
+         ok(p.residual, kT) && ok(p.out, kT) && ok(p.out_f32, 16);
 }
 
 // ---- tensor cores ---------------------------------------------------------------------------
 
-/// A tensor-core tile shape: a block of kWarpsM × kWarpsN warps owns a kBlock × kBlock tile of C
-/// (each warp a kWarpM × kWarpN sub-tile of m16n8 accumulators) and streams K in kBlockK-deep
-/// stages. TcLarge (128², 8 warps) for big products; TcSmall (64², 4 warps) when TcLarge's grid
-/// would leave SMs idle (skinny products, the weight gradient of small layers): 4× the blocks.
-template <int kBlock, int kWarpsM_, int kWarpsN_, int kMinBlocks_>
-struct TcConfig {
-  static constexpr int kBlockM = kBlock, kBlockN = kBlock, kBlockK = 32;
-  static constexpr int kStages = 3;
-  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
-  static constexpr int kMinBlocks = kMinBlocks_;  // per SM, for __launch_bounds__
-  static constexpr int kThreads = kWarpsM * kWarpsN * kWarpSize;
-  static constexpr int kWarpM = kBlockM / kWarpsM;
-  static constexpr int kWarpN = kBlockN / kWarpsN;
-  static constexpr int kMi = kWarpM / 16;           // m16 blocks per warp
-  static constexpr int kNj = kWarpN / 8;            // n8 blocks per warp
-  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tiles are whole m16 × n16 blocks");
-  static constexpr int kPad = 8;
-  // Elements of one stage's A or B tile: [kBlockM][kBlockK + kPad] or [kBlockK][kBlockM + kPad]
-  // (kBlockM == kBlockN), whichever is larger.
-  static constexpr int kTileElems = kBlockM * (kBlockK + kPad) > kBlockK*(kBlockM + kPad)
-                                        ? kBlockM*(kBlockK + kPad)
-                                        : kBlockK*(kBlockM + kPad);
-  static constexpr size_t kSmemBytes = size_t(2 * kStages * kTileElems) * 2;
-};
-// Large: warp tiles 64 × 32 (64 accumulators; min. 1 block per SM: without it ptxas caps the
-// kernel at 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
-using TcLarge = TcConfig<128, 2, 4, 1>;
-using TcSmall = TcConfig<64, 2, 2, 2>;
+// The tile shapes (TcConfig, TcLarge, TcSmall) are in matmul.h, for host code to size them.
 
-/// Loads the kR × kC tile at g (row stride ldg) into s (row stride ld_s); rows at or past vr and
-/// columns at or past vc are zero. kAligned: 16-byte cp.async chunks (every row of g 16-byte
-/// aligned), partial chunks through src-size; else element loads (visible after a barrier).
-template <class T, int kR, int kC, bool kAligned, int kThreads>
-__device__ __forceinline__ void load_tile(T* s, int ld_s, const T* g, int64_t ldg, int vr, int vc) {
-  if constexpr (kAligned) {
-    constexpr int kChunks = kC / 8;
-    for (int i = int(threadIdx.x); i < kR * kChunks; i += kThreads) {
-      const int r = i / kChunks, c = (i % kChunks) * 8;
-      const int valid = r < vr ? min(max(vc - c, 0), 8) : 0;
-      cp_async<16>(s + r * ld_s + c, valid ? g + r * ldg + c : g, valid * 2);
-    }
-  } else {
-    for (int i = int(threadIdx.x); i < kR * kC; i += kThreads) {
-      const int r = i / kC, c = i % kC;
-      s[r * ld_s + c] = r < vr && c < vc ? g[r * ldg + c] : from_float<T>(0.f);
-    }
+/// Loads the kR × kC tile at g (row stride ldg) into s in layout `at` one element at a time (rows
+/// of g not 16-byte aligned; visible after a barrier); rows at or past vr and columns at or past
+/// vc are zero.
+template <class T, int kR, int kC, int kThreads, class L>
+__device__ __forceinline__ void load_tile_elements(T* s, L at, const T* g, int64_t ldg, int vr,
+                                                   int vc) {
+  for (int i = int(threadIdx.x); i < kR * kC; i += kThreads) {
+    const int r = i / kC, c = i % kC;
+    s[at(r, c)] = r < vr && c < vc ? g[r * ldg + c] : from_float<T>(0.f);
   }
 }
+
+/// The cp.async loads of one operand's kR × kC tiles as K advances (the aligned path), with what
+/// does not change from tile to tile worked out once, before the K loop: this thread's
+/// kIters 16-byte chunks, their shared-memory offsets in layout `at`, their global offset from
+/// the operand's tile origin, and how many of their 8 elements lie inside the matrix along M or
+/// N. A tile that lies wholly inside K (every one but the last when K % 32 != 0) then costs an
+/// address add and a cp.async per chunk; only the last one checks K. kKRows: the tile's rows run
+/// along K ([32][kC], an operand stored K-major), else its columns do ([kR][32]).
+template <class T, int kR, int kC, int kThreads, bool kKRows>
+struct TileLoader {
+  static constexpr int kChunks = kC / 8;  // 16-byte chunks a row
+  static constexpr int kIters = kR * kChunks / kThreads;
+  static_assert(kR * kChunks % kThreads == 0 && kThreads % kChunks == 0,
+                "every thread loads the same chunks of every tile");
+  static constexpr int kRowStep = kThreads / kChunks;  // rows between a thread's chunks
+  const T* g;       // the tile origin at k = 0
+  int64_t ldg;      // row stride of the operand in global memory
+  int64_t g_off;    // this thread's first chunk from the origin; the others are kRowStep rows on
+  int r0, c;        // this thread's first chunk: row, first column
+  int s_off[kIters];
+  int mn_valid[kIters];  // elements of the chunk inside M or N: 0 to 8
+
+  /// vmn: rows (kKRows: columns) of the tile inside M or N.
+  template <class L>
+  __device__ __forceinline__ TileLoader(const T* g_, int64_t ldg_, int vmn, L at)
+      : g(g_), ldg(ldg_) {
+    const int i = int(threadIdx.x);
+    r0 = i / kChunks;
+    c = (i % kChunks) * 8;
+    g_off = r0 * ldg + c;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int r = r0 + it * kRowStep;
+      s_off[it] = at(r, c);
+      mn_valid[it] = kKRows ? min(max(vmn - c, 0), 8) : (r < vmn ? 8 : 0);
+    }
+  }
+
+  /// Issues the tile whose K range starts at k0 (of k in all) into s.
+  __device__ __forceinline__ void issue(T* s, int k0, int k) const {
+    const T* base = g + (kKRows ? k0 * ldg : int64_t(k0)) + g_off;
+    const bool full = k0 + 32 <= k;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const T* src = base + it * kRowStep * ldg;
+      int valid = mn_valid[it];
+      if (!full) {  // the last tile: clip along K
+        const int r = r0 + it * kRowStep;
+        valid = kKRows ? (k0 + r < k ? valid : 0) : min(valid, max(k - k0 - c, 0));
+      }
+      cp_async<16>(s + s_off[it], valid ? src : g, valid * 2);
+    }
+  }
+};
 
 template <class C, class T, bool kATrans, bool kBKN, bool kAligned>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(const GemmArgs<T> p) {
   constexpr int kBM = C::kBlockM, kBN = C::kBlockN, kBK = C::kBlockK, kS = C::kStages;
-  constexpr int kLdA = kATrans ? kBM + C::kPad : kBK + C::kPad;
-  constexpr int kLdB = kBKN ? kBN + C::kPad : kBK + C::kPad;
+  // M- or N-contiguous tiles ([kBK][kBM]) are padded rows; K-contiguous ones ([kBM][kBK])
+  // swizzled (tc::Swizzle64B says why padding cannot serve both ldmatrix and cp.async there).
+  constexpr int kLdA = kBM + C::kPad, kLdB = kBN + C::kPad;
+  const auto at_a = [] {
+    if constexpr (kATrans) {
+      return tc::RowMajor{kLdA};
+    } else {
+      return tc::Swizzle64B{};
+    }
+  }();
+  const auto at_b = [] {
+    if constexpr (kBKN) {
+      return tc::RowMajor{kLdB};
+    } else {
+      return tc::Swizzle64B{};
+    }
+  }();
   // Per stage: sA then sB, C::kTileElems each.
   T* smem = dynamic_smem<T>();
   auto sA = [&](int stage) { return smem + stage * 2 * C::kTileElems; };
@@ -129,21 +211,45 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
   const int n_tiles = (p.k + kBK - 1) / kBK;
 
+  // Aligned operands: loaders that keep each thread's chunk offsets across the K loop.
+  using LoaderA = std::conditional_t<kATrans, TileLoader<T, kBK, kBM, C::kThreads, true>,
+                                     TileLoader<T, kBM, kBK, C::kThreads, false>>;
+  using LoaderB = std::conditional_t<kBKN, TileLoader<T, kBK, kBN, C::kThreads, true>,
+                                     TileLoader<T, kBN, kBK, C::kThreads, false>>;
+  struct Loaders {
+    LoaderA a;
+    LoaderB b;
+  };
+  const auto loaders = [&] {
+    if constexpr (kAligned) {
+      return Loaders{LoaderA(kATrans ? p.a + m0 : p.a + m0 * p.lda, p.lda, p.m - m0, at_a),
+                     LoaderB(kBKN ? p.b + n0 : p.b + n0 * p.ldb, p.ldb, p.n - n0, at_b)};
+    } else {
+      return 0;  // element loads below
+    }
+  }();
+
   auto issue = [&](int kt) {
     const int k0 = kt * kBK, stage = kt % kS;
-    if constexpr (kATrans) {
-      load_tile<T, kBK, kBM, kAligned, C::kThreads>(sA(stage), kLdA, p.a + k0 * p.lda + m0, p.lda,
-                                                    p.k - k0, p.m - m0);
+    if constexpr (kAligned) {
+      loaders.a.issue(sA(stage), k0, p.k);
+      loaders.b.issue(sB(stage), k0, p.k);
     } else {
-      load_tile<T, kBM, kBK, kAligned, C::kThreads>(sA(stage), kLdA, p.a + m0 * p.lda + k0, p.lda,
-                                                    p.m - m0, p.k - k0);
-    }
-    if constexpr (kBKN) {
-      load_tile<T, kBK, kBN, kAligned, C::kThreads>(sB(stage), kLdB, p.b + k0 * p.ldb + n0, p.ldb,
-                                                    p.k - k0, p.n - n0);
-    } else {
-      load_tile<T, kBN, kBK, kAligned, C::kThreads>(sB(stage), kLdB, p.b + n0 * p.ldb + k0, p.ldb,
-                                                    p.n - n0, p.k - k0);
+      constexpr int kT = C::kThreads;
+      if constexpr (kATrans) {
+        load_tile_elements<T, kBK, kBM, kT>(sA(stage), at_a, p.a + k0 * p.lda + m0, p.lda,
+                                            p.k - k0, p.m - m0);
+      } else {
+        load_tile_elements<T, kBM, kBK, kT>(sA(stage), at_a, p.a + m0 * p.lda + k0, p.lda,
+                                            p.m - m0, p.k - k0);
+      }
+      if constexpr (kBKN) {
+        load_tile_elements<T, kBK, kBN, kT>(sB(stage), at_b, p.b + k0 * p.ldb + n0, p.ldb,
+                                            p.k - k0, p.n - n0);
+      } else {
+        load_tile_elements<T, kBN, kBK, kT>(sB(stage), at_b, p.b + n0 * p.ldb + k0, p.ldb,
+                                            p.n - n0, p.k - k0);
+      }
     }
   };
 
@@ -179,7 +285,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
         if constexpr (kATrans) {
           tc::load_a_trans(af[i], a_s, kLdA, mr, ks);
         } else {
-          tc::load_a(af[i], a_s, kLdA, mr, ks);
+          tc::load_a(af[i], a_s, at_a, mr, ks);
         }
       }
 #pragma unroll
@@ -188,7 +294,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
         if constexpr (kBKN) {
           tc::load_b_kn(bf[j], b_s, kLdB, ks, nc);
         } else {
-          tc::load_b_nk(bf[j], b_s, kLdB, nc, ks);
+          tc::load_b_nk(bf[j], b_s, at_b, nc, ks);
         }
       }
 #pragma unroll
@@ -203,18 +309,28 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
   }
   cp_async_wait<0>();  // no copy outlives the block (only empty groups can be left)
 
-  const int g = lane / 4, t = lane % 4;
+  // The epilogue, 4 adjacent columns a lane (tc::acc_quad): each warp-wide store covers 32
+  // contiguous bytes of 8 rows.
+  const bool quads = quad_aligned(p);
+  const int g = lane / 4;
 #pragma unroll
   for (int i = 0; i < C::kMi; ++i) {
 #pragma unroll
     for (int e2 = 0; e2 < 2; ++e2) {
       const int row = m0 + wm * C::kWarpM + i * 16 + g + 8 * e2;
-      if (row >= p.m) continue;
 #pragma unroll
-      for (int j = 0; j < C::kNj; ++j) {
-        const int col = n0 + wn * C::kWarpN + j * 8 + 2 * t;
-        if (col < p.n) store_element(p, row, col, acc[i][j][2 * e2]);
-        if (col + 1 < p.n) store_element(p, row, col + 1, acc[i][j][2 * e2 + 1]);
+      for (int j = 0; j < C::kNj; j += 2) {
+        float v[4];
+        const int col = n0 + wn * C::kWarpN + j * 8 + tc::acc_quad(v, acc[i], j, e2);
+        if (row >= p.m || col >= p.n) continue;
+        if (quads) {  // col < n and n % 4 == 0: all four are in range
+          store_elements<T, 4>(p, row, col, v);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            if (col + e < p.n) store_element(p, row, col + e, v[e]);
+          }
+        }
       }
     }
   }

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace nuri::kernels {
@@ -85,5 +86,39 @@ template <class T>
 void matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream);
 template <class T>
 void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t stream);
+
+namespace mm {
+
+/// A tensor-core tile shape: a block of kWarpsM × kWarpsN warps owns a kBlock × kBlock tile of C
+/// (each warp a kWarpM × kWarpN sub-tile of m16n8 accumulators) and streams K in kBlockK-deep
+/// stages. TcLarge (128², 8 warps) for big products; TcSmall (64², 4 warps) when TcLarge's grid
+/// would leave SMs idle (skinny products, the weight gradient of small layers): 4× the blocks.
+template <int kBlock, int kWarpsM_, int kWarpsN_, int kMinBlocks_>
+struct TcConfig {
+  static constexpr int kBlockM = kBlock, kBlockN = kBlock, kBlockK = 32;
+  static constexpr int kStages = 3;
+  static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
+  static constexpr int kMinBlocks = kMinBlocks_;  // per SM, for __launch_bounds__
+  static constexpr int kThreads = kWarpsM * kWarpsN * 32;
+  static constexpr int kWarpM = kBlockM / kWarpsM;
+  static constexpr int kWarpN = kBlockN / kWarpsN;
+  static constexpr int kMi = kWarpM / 16;           // m16 blocks per warp
+  static constexpr int kNj = kWarpN / 8;            // n8 blocks per warp
+  static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tiles are whole m16 × n16 blocks");
+  static constexpr int kPad = 8;
+  static_assert(kBlockK == 32, "K-contiguous tiles are 64-byte rows in tc::Swizzle64B");
+  // Elements of one stage's A or B tile: [kBlockM][kBlockK] swizzled (K contiguous) or
+  // [kBlockK][kBlockM + kPad] (M or N contiguous; kBlockM == kBlockN), whichever is larger.
+  static constexpr int kTileElems = kBlockM * kBlockK > kBlockK * (kBlockM + kPad)
+                                        ? kBlockM * kBlockK
+                                        : kBlockK * (kBlockM + kPad);
+  static constexpr size_t kSmemBytes = size_t(2 * kStages * kTileElems) * 2;
+};
+// Large: warp tiles 64 × 32 (64 accumulators; min. 1 block per SM: without it ptxas caps the
+// kernel at 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
+using TcLarge = TcConfig<128, 2, 4, 1>;
+using TcSmall = TcConfig<64, 2, 2, 2>;
+
+}  // namespace mm
 
 }  // namespace nuri::kernels

@@ -49,11 +49,55 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&acc)[NB
   a[3] = pack2<T>(acc[2 * kb + 1][2], acc[2 * kb + 1][3]);
 }
 
-/// A fragment (16 × 16) of a row-major tile s[m][k]: rows m0.., columns k0...
+/// Four adjacent columns of row g + 8·half of the 16 that accumulator column blocks nb and
+/// nb + 1 cover, for a store of 4 elements a lane: lanes t and t ^ 1 trade one pair (a shuffle
+/// of 2 floats) so that t = 0, 2 hold columns 0-3, 4-7 (block nb) and t = 1, 3 hold 8-11, 12-15
+/// (block nb + 1). A warp's store then writes 32 contiguous bytes of each of its 8 rows (whole
+/// sectors for 16-bit outputs) where one store a column block writes 16. Returns the first
+/// column's offset within the 16. Every lane of the warp must call it (it shuffles).
+template <int NB>
+__device__ __forceinline__ int acc_quad(float (&v)[4], const float (&acc)[NB][4], int nb,
+                                        int half) {
+  const int t = lane_id() % 4;
+  const bool odd = t & 1;
+  const int e = 2 * half;
+  const float r0 = __shfl_xor_sync(kFullMask, odd ? acc[nb][e] : acc[nb + 1][e], 1);
+  const float r1 = __shfl_xor_sync(kFullMask, odd ? acc[nb][e + 1] : acc[nb + 1][e + 1], 1);
+  v[0] = odd ? r0 : acc[nb][e];
+  v[1] = odd ? r1 : acc[nb][e + 1];
+  v[2] = odd ? acc[nb + 1][e] : r0;
+  v[3] = odd ? acc[nb + 1][e + 1] : r1;
+  return (t & 1) * 8 + (t & 2) * 2;
+}
+
+// ---- shared-memory tile layouts: element offset of (row, col) -----------------------------------
+
+/// Row-major with `ld` elements a row (padding included).
+struct RowMajor {
+  int ld;
+  __device__ __forceinline__ int operator()(int r, int c) const { return r * ld + c; }
+};
+
+/// Rows of 32 16-bit elements (64 bytes) with no padding, 16-byte chunks XOR-swizzled: chunk c
+/// of row r sits at chunk c ^ ((r / 2) % 4). Two rows fill a 128-byte bank line, and the 8 rows
+/// one ldmatrix matrix reads (or the 2 rows × 4 chunks a quarter-warp of 16-byte cp.async
+/// writes) land in 8 distinct 16-byte bank groups. Padding cannot do both for 64-byte rows: a
+/// stride that keeps 8 rows apart (80 bytes) puts two consecutive rows' chunks in one bank group.
+struct Swizzle64B {
+  __device__ __forceinline__ int operator()(int r, int c) const {
+    return r * 32 + ((((c >> 3) ^ (r >> 1)) & 3) << 3) + (c & 7);
+  }
+};
+
+/// A fragment (16 × 16) of a tile s[m][k] in layout `at`: rows m0.., columns k0...
+template <class T, class L>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, L at, int m0, int k0) {
+  const int l = lane_id();
+  ldmatrix<4, false>(a, s + at(m0 + l % 16, k0 + (l / 16) * 8));
+}
 template <class T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int ld, int m0, int k0) {
-  const int l = lane_id();
-  ldmatrix<4, false>(a, s + (m0 + l % 16) * ld + k0 + (l / 16) * 8);
+  load_a(a, s, RowMajor{ld}, m0, k0);
 }
 
 /// A fragment (16 × 16) of A = Mᵀ where M is stored row-major as s[k][m]: rows m0.. of A
@@ -66,12 +110,16 @@ __device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, int l
 }
 
 /// B fragments of two 8-column blocks (n0 and n0 + 8; k rows k0..k0+15) where B [k][n] is stored
-/// transposed, row-major as s[n][k] (e.g. K [key][d] for S = Q·Kᵀ). b[0], b[1] are the operand
-/// of column block n0; b[2], b[3] of n0 + 8.
+/// transposed as s[n][k] in layout `at` (e.g. K [key][d] for S = Q·Kᵀ). b[0], b[1] are the
+/// operand of column block n0; b[2], b[3] of n0 + 8.
+template <class T, class L>
+__device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, L at, int n0, int k0) {
+  const int l = lane_id(), j = l / 8, r = l % 8;
+  ldmatrix<4, false>(b, s + at(n0 + (j / 2) * 8 + r, k0 + (j % 2) * 8));
+}
 template <class T>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, int ld, int n0, int k0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, false>(b, s + (n0 + (j / 2) * 8 + r) * ld + k0 + (j % 2) * 8);
+  load_b_nk(b, s, RowMajor{ld}, n0, k0);
 }
 
 /// As load_b_nk where B [k][n] is stored row-major as s[k][n] (e.g. V [key][d] for O = P·V).

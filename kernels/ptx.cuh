@@ -48,6 +48,21 @@ __device__ __forceinline__ void mma_f16_m16n8k16(float (&d)[4], const uint32_t (
 #endif
 }
 
+/// 2^x with the special-function unit (ex2.approx.ftz.f32: relative error about 2^-22,
+/// subnormal inputs and results flushed to zero), as the softmax of attention needs it.
+/// Emulated: exact exp2 with the same flush to zero, counted as one `sfu` instruction.
+__device__ __forceinline__ float ex2_approx(float x NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::count_instr(::nuri::emu::Instr::sfu, site);
+  const float r = std::exp2(x);
+  return r < 1.17549435e-38f ? 0.f : r;  // FLT_MIN: results below it are flushed
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+#endif
+}
+
 #if !defined(NURI_CUDA_EMULATION)
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));

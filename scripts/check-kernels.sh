@@ -2,7 +2,9 @@
 # Static checks of the real GPU build, which need no GPU: compiles every kernel instantiation unit
 # (kernels/*.cu) with nvcc for sm_80 and sm_90 with `-Xptxas -v`, prints registers, shared memory
 # and spill bytes per kernel, and fails if any kernel spills (hot kernels must keep everything in
-# registers). CI runs it from scripts/test.sh. Usage: bash scripts/check-kernels.sh [out-dir]
+# registers); reads the SASS of the tensor-core kernels' main loops and their occupancy
+# (scripts/kernel_report.py). CI runs it from scripts/test.sh.
+# Usage: bash scripts/check-kernels.sh [out-dir]
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -80,56 +82,19 @@ for arch in "${archs[@]}"; do
 done
 echo "attention, matmul: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 c++ -std=c++20 -Iinclude -Ikernels -I"$(dirname "$nvcc")/../include" \
-  kernels/attention_smem_report.cpp -o "$out/attention_smem_report"
-"$out/attention_smem_report"
+  kernels/smem_report.cpp -o "$out/smem_report"
+"$out/smem_report"
 attn_seconds=$(cat "$out"/attention_*.time | python3 -c 'import sys; print(sum(map(float, sys.stdin)))')
 printf 'attention: nvcc time %.0f s for %s (sum over the sources and archs, -O3, one job each)\n' \
   "$attn_seconds" "$(ls kernels/attention_*.cu | xargs -n1 basename | paste -sd' ')"
 
-# ptxas prints, per entry function: "Compiling entry function 'NAME' for 'sm_XX'", then
-# "N bytes stack frame, S bytes spill stores, L bytes spill loads" and
-# "Used R registers, ... [X bytes smem]".
-python3 - "$out" "${archs[@]}" <<'PY'
-import glob, os, re, subprocess, sys
-out, archs = sys.argv[1], sys.argv[2:]
-rows, spills = [], 0
-for log in sorted(glob.glob(os.path.join(out, "*.log"))):
-    cur = None
-    for line in open(log):
-        m = re.search(r"Compiling entry function '([^']+)' for '(sm_\d+)'", line)
-        if m:
-            cur = {"mangled": m.group(1), "arch": m.group(2), "regs": 0, "smem": 0,
-                   "stack": 0, "spill_st": 0, "spill_ld": 0}
-            rows.append(cur)
-            continue
-        if cur is None:
-            continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            cur["stack"], cur["spill_st"], cur["spill_ld"] = map(int, m.groups())
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            cur["regs"] = int(m.group(1))
-            s = re.search(r"(\d+) bytes smem", line)
-            cur["smem"] = int(s.group(1)) if s else 0
-names = subprocess.run(["c++filt"], input="\n".join(r["mangled"] for r in rows),
-                       capture_output=True, text=True).stdout.splitlines()
-def short(n):
-    n = re.sub(r"^void ", "", n)
-    n = n.replace("nuri::kernels::", "").replace("__nv_bfloat16", "bf16")
-    n = re.sub(r"\(.*\)$", "", n)
-    return n
-print(f"{'kernel':<64} {'arch':<6} {'regs':>5} {'smem B':>7} {'stack B':>7} {'spill st/ld B':>14}")
-for r, n in sorted(zip(rows, names), key=lambda x: (short(x[1]), x[0]["arch"])):
-    spill = r["spill_st"] + r["spill_ld"]
-    spills += spill > 0
-    flag = "  <- SPILLS" if spill else ""
-    print(f"{short(n)[:64]:<64} {r['arch']:<6} {r['regs']:>5} {r['smem']:>7} {r['stack']:>7} "
-          f"{r['spill_st']:>6}/{r['spill_ld']:<7}{flag}")
-print(f"\n{len(rows)} kernel builds ({len(set(short(n) for n in names))} kernels x {len(archs)} archs), "
-      f"{spills} with spills")
-if not rows:
-    print("check-kernels: no kernels found in the ptxas output", file=sys.stderr)
-    sys.exit(1)
-sys.exit(1 if spills else 0)
-PY
+# Registers, shared memory, stack and spills per kernel (fails on any spill); the main loop of
+# every tensor-core kernel from its SASS (tensor-core instructions against the rest) and the
+# occupancy it allows on A100, RTX 3090/4090 and H100. cuobjdump and the nvdisasm it runs come
+# from PyPI (nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm, in scripts/requirements.txt) when the
+# toolkit has none.
+for bin in "$root"/.venv/lib/python3*/site-packages/nvidia/cu*/bin; do
+  [[ -x "$bin/cuobjdump" ]] && PATH="$PATH:$bin"
+done
+"$out/smem_report" --tsv >"$out/smem.tsv"
+python3 scripts/kernel_report.py "$out" "$out/smem.tsv" "${archs[@]}"

@@ -123,4 +123,29 @@ else
   "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$requirements"
   printf '%s\n' "$want" >"$stamp"
 fi
+
+# ---- cuDNN frontend headers -----------------------------------------------------------------------
+# cuDNN's fused attention (csrc/backend/cuda/cudnn_attention.cpp) is written against the cuDNN
+# frontend's header-only C++ API. Its PyPI wheel also carries a Python module whose large
+# dependencies nuri does not use, so only the wheel's include/ is unpacked, into
+# .venv/cudnn-frontend-VERSION/, where CMake looks. Only where nvcc is: a real CUDA build uses it.
+fe_version=1.32.0
+fe_dir="$venv/cudnn-frontend-$fe_version"
+if command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  if [[ -f "$fe_dir/include/cudnn_frontend.h" ]]; then
+    log "cuDNN frontend $fe_version headers: present"
+  else
+    log "cuDNN frontend $fe_version headers (PyPI nvidia-cudnn-frontend, include/ only)"
+    tmp=$(mktemp -d)
+    "$venv/bin/python" -m pip download --disable-pip-version-check -q --no-deps -d "$tmp" \
+      "nvidia-cudnn-frontend==$fe_version"
+    "$venv/bin/python" - "$tmp" "$fe_dir" <<'PY'
+import glob, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0]) as z:
+    z.extractall(dest, [n for n in z.namelist() if n.startswith("include/")])
+PY
+    rm -rf "$tmp"
+  fi
+fi
 log "done"

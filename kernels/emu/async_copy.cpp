@@ -54,11 +54,14 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
     }
     t->open_copies.push_back({dst, src, bytes, src_bytes});
   }
+  count_access(Access::cp_async_global, src, src_bytes, site);
+  count_access(Access::cp_async_shared, dst, bytes, site);
   // Poison the destination now, as the copy unit: the data arrives only at the wait.
   as_copy_unit(*t, true, [&] { std::memset(dst, 0xff, size_t(bytes)); });
 }
 
-void cp_async_commit(Site) {
+void cp_async_commit(Site site) {
+  count_instr(Instr::cp_async_commit, site);
   tsan::Ignore ig;
   Thread& t = *launch_state().cur;
   t.groups.push_back(std::move(t.open_copies));
@@ -66,6 +69,7 @@ void cp_async_commit(Site) {
 }
 
 void cp_async_wait(int pending, Site site) {
+  count_instr(Instr::cp_async_wait, site);
   Thread* t;
   std::vector<AsyncCopy> done;
   {

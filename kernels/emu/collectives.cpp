@@ -232,6 +232,7 @@ void ldmatrix(int count, bool trans, const void* row, uint32_t* out, Site site) 
   op.mode = count * 2 + (trans ? 1 : 0);
   op.mask = 0xffffffffu;
   op.site = site;
+  op.addr = row;
   if (lane < 8 * count) std::memcpy(op.in, row, 16);  // this lane's read, seen by TSan
   warp_collective(op);
   tsan::Ignore ig;

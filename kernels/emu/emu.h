@@ -18,7 +18,10 @@
 #include <cstring>
 #include <functional>
 #include <source_location>
+#include <string>
+#include <string_view>
 #include <type_traits>
+#include <vector>
 
 // g++ already sees __global__/__device__/__host__/__forceinline__ as nothing (host_defines.h).
 // A static __shared__ array is block-private because one OS thread runs one block at a time.
@@ -81,6 +84,87 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site);
 void cp_async_commit(Site site);
 /// Completes every committed group of this thread except the newest `pending` ones.
 void cp_async_wait(int pending, Site site);
+
+// ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------
+//
+// What a GPU profiler would call shared-memory wavefronts, global-memory sectors and executed
+// warp instructions, counted from the accesses and instructions the kernel makes here. Accesses
+// of the lanes of one warp are grouped into one warp-wide request by (warp, source site, the
+// lane's how-many-th execution of that site), which is the instruction a GPU would issue once
+// for the warp. Counted: ldmatrix, cp.async and mma through kernels/ptx.cuh, shuffles, votes,
+// barriers and atomics, and the loads and stores kernels make through the ld_shared / st_shared /
+// ld_global / st_global helpers of kernels/common.cuh (a plain C++ access is not seen).
+
+/// Memory accesses with a cost model. Shared: bank wavefronts of a warp-wide request (32 banks of
+/// 4 bytes; a request of 8-byte lanes goes in two half-warp phases, 16-byte lanes and ldmatrix
+/// in four quarter-warp phases; a phase takes as many wavefronts as the most distinct words any
+/// one bank holds). Global: distinct 32-byte sectors a warp-wide request touches.
+enum class Access : uint8_t {
+  ld_shared, st_shared, ldmatrix, cp_async_shared,  // shared memory: wavefronts
+  ld_global, st_global, cp_async_global,            // global memory: 32-byte sectors
+  count
+};
+/// Warp-wide instructions (one per warp that executes it, as a GPU counts issued instructions).
+enum class Instr : uint8_t {
+  mma, ldmatrix, shfl, vote, syncwarp, barrier, atomic, sfu, cp_async, cp_async_commit,
+  cp_async_wait, ld_shared, st_shared, ld_global, st_global, count
+};
+constexpr int kAccessKinds = int(Access::count);
+constexpr int kInstrKinds = int(Instr::count);
+const char* name(Access a);
+const char* name(Instr i);
+inline bool is_shared(Access a) { return a <= Access::cp_async_shared; }
+
+/// Warp-wide requests of one kind, the wavefronts (shared) or sectors (global) they took, and
+/// the fewest the same bytes could have taken (a conflict-free, fully coalesced request).
+struct MemCounter {
+  uint64_t requests = 0, actual = 0, minimum = 0;
+  uint64_t excess() const { return actual - minimum; }
+  MemCounter& operator+=(const MemCounter& o) {
+    requests += o.requests;
+    actual += o.actual;
+    minimum += o.minimum;
+    return *this;
+  }
+};
+
+struct Counters {
+  MemCounter mem[kAccessKinds];
+  uint64_t instr[kInstrKinds] = {};
+  const MemCounter& operator[](Access a) const { return mem[int(a)]; }
+  uint64_t operator[](Instr i) const { return instr[int(i)]; }
+  Counters& operator+=(const Counters& o);
+};
+
+/// One source line's requests of one kind within a launch (where the conflicts are).
+struct SiteCounter {
+  std::string site;  // file:line
+  Access access;
+  MemCounter mem;
+};
+
+struct LaunchCounters {
+  std::string kernel;
+  dim3 grid, block;  // grid.x == 0: a sum over launches
+  Counters total;
+  std::vector<SiteCounter> sites;  // every site with memory requests, most excess first
+};
+
+/// Turns counting on or off for later launches. Off by default unless NURI_EMU_COUNTERS is set
+/// (to anything but 0), which also prints each launch's counters to stderr.
+void set_counters(bool on);
+bool counters_enabled();
+/// The counted launches since the last call, oldest first (at most the newest 100000 are kept).
+std::vector<LaunchCounters> take_counters();
+/// The sum over launches whose kernel name contains `kernel` (all when empty).
+Counters sum_counters(const std::vector<LaunchCounters>& launches, std::string_view kernel = {});
+/// A few lines for a person: requests, wavefronts and sectors against their minimum, the
+/// instruction counts, and the sites with excess.
+std::string format_counters(const LaunchCounters& c);
+
+/// Hooks for the wrappers (kernels/ptx.cuh, kernels/common.cuh); no-ops while counting is off.
+void count_access(Access kind, const void* addr, int bytes, Site site);
+void count_instr(Instr kind, Site site);
 
 // ---- helpers for the builtins below ---------------------------------------------------------
 
@@ -178,23 +262,41 @@ inline T __nuri_atomic_fetch_add(T* p, T v) {
     return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
   }
 }
-inline float atomicAdd(float* p, float v) { return __nuri_atomic_fetch_add(p, v); }
-inline double atomicAdd(double* p, double v) { return __nuri_atomic_fetch_add(p, v); }
-inline int atomicAdd(int* p, int v) { return __nuri_atomic_fetch_add(p, v); }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { return __nuri_atomic_fetch_add(p, v); }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  return __nuri_atomic_fetch_add(p, v);
+// Each atomic counts as one `atomic` instruction (performance counters), then does its work.
+inline auto __nuri_counted(::nuri::emu::Site site, auto result) {
+  ::nuri::emu::count_instr(::nuri::emu::Instr::atomic, site);
+  return result;
+}
+#define NURI_EMU_SITE ::nuri::emu::Site site = ::nuri::emu::Site::current()
+inline float atomicAdd(float* p, float v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_fetch_add(p, v));
+}
+inline double atomicAdd(double* p, double v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_fetch_add(p, v));
+}
+inline int atomicAdd(int* p, int v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_fetch_add(p, v));
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_fetch_add(p, v));
+}
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_fetch_add(p, v));
 }
 template <class T>
 inline T __nuri_atomic_cas(T* p, T compare, T value) {
   std::atomic_ref<T>(*p).compare_exchange_strong(compare, value, std::memory_order_relaxed);
   return compare;  // the old value either way
 }
-inline int atomicCAS(int* p, int c, int v) { return __nuri_atomic_cas(p, c, v); }
-inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v) { return __nuri_atomic_cas(p, c, v); }
+inline int atomicCAS(int* p, int c, int v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_cas(p, c, v));
+}
+inline unsigned atomicCAS(unsigned* p, unsigned c, unsigned v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_cas(p, c, v));
+}
 inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long c,
-                                    unsigned long long v) {
-  return __nuri_atomic_cas(p, c, v);
+                                    unsigned long long v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_cas(p, c, v));
 }
 template <class T>
 inline T __nuri_atomic_max(T* p, T v) {
@@ -204,16 +306,31 @@ inline T __nuri_atomic_max(T* p, T v) {
   }
   return old;
 }
-inline int atomicMax(int* p, int v) { return __nuri_atomic_max(p, v); }
-inline unsigned atomicMax(unsigned* p, unsigned v) { return __nuri_atomic_max(p, v); }
-inline int atomicExch(int* p, int v) {
-  return std::atomic_ref<int>(*p).exchange(v, std::memory_order_relaxed);
+inline int atomicMax(int* p, int v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_max(p, v));
 }
+inline unsigned atomicMax(unsigned* p, unsigned v, NURI_EMU_SITE) {
+  return __nuri_counted(site, __nuri_atomic_max(p, v));
+}
+inline int atomicExch(int* p, int v, NURI_EMU_SITE) {
+  return __nuri_counted(site, std::atomic_ref<int>(*p).exchange(v, std::memory_order_relaxed));
+}
+#undef NURI_EMU_SITE
 
-// Math intrinsics with their CUDA names (the fast variants computed exactly here).
-inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
-inline float __expf(float x) { return std::exp(x); }
-inline float __logf(float x) { return std::log(x); }
+// Math intrinsics with their CUDA names (the fast variants computed exactly here). Those that
+// are one special-function-unit instruction on a GPU count as `sfu`.
+inline float rsqrtf(float x, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  ::nuri::emu::count_instr(::nuri::emu::Instr::sfu, site);
+  return 1.0f / std::sqrt(x);
+}
+inline float __expf(float x, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  ::nuri::emu::count_instr(::nuri::emu::Instr::sfu, site);
+  return std::exp(x);
+}
+inline float __logf(float x, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  ::nuri::emu::count_instr(::nuri::emu::Instr::sfu, site);
+  return std::log(x);
+}
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __frcp_rn(float x) { return 1.0f / x; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : (x > 1.f ? 1.f : x); }

@@ -187,6 +187,7 @@ bool complete_waits(Launch& L) {
       const std::string bad = compute(op, lanes);
       NURI_CHECK(bad.empty(), "emulated ", L.name, ": ", bad, " [block ", str(L.block_idx),
                  ", block-order seed ", L.seed, "]");
+      counters_collective(L, op, lanes);
       rendezvous(L, group);
       progress = true;
     }
@@ -214,6 +215,7 @@ bool complete_waits(Launch& L) {
                " waits at __syncthreads at ", str(a), ", thread ", str(t->tid), " at ",
                str(t->site), " [block ", str(L.block_idx), ", block-order seed ", L.seed, "]");
   }
+  counters_barrier(L, waiting);
   rendezvous(L, waiting);
   return true;
 }
@@ -353,6 +355,7 @@ void run_block(Launch& L, const uint3& bid) {
     retire(L, threads);
     throw;
   }
+  counters_block_end(L);
   retire(L, threads);
 }
 
@@ -404,6 +407,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   L.stacks = stacks;
   L.fibers = &fibers;
   L.sched_tsan = tsan::current();
+  counters_begin(L);
 
   std::vector<uint3> order;
   order.reserve(size_t(grid.x) * grid.y * grid.z);
@@ -444,6 +448,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   fibers.recycle();
   const std::string canary = check_canaries();
   NURI_CHECK(canary.empty(), "emulated ", name, ": ", canary, " (block-order seed ", L.seed, ")");
+  counters_end(L);
 }
 
 void describe_launch(char* buf, size_t n) {

@@ -28,6 +28,7 @@ struct Arrival {
   unsigned mask = 0;
   int arg = 0, width = 32;
   uint32_t in[12] = {};
+  const void* addr = nullptr;  // ldmatrix: this lane's row address (performance counters)
   Site site;
 };
 
@@ -38,6 +39,7 @@ struct AsyncCopy {
 };
 
 struct Launch;
+struct CounterState;  // counters.cpp
 
 struct Thread {
   fiber::Fiber* fiber = nullptr;
@@ -77,6 +79,7 @@ struct Launch {
   std::string error;  // set by a fiber that found misuse
   std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> smem_blocks;  // freed at the end
   std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
+  std::shared_ptr<CounterState> counters;  // null unless performance counters are on
 };
 
 /// The launch running on this OS thread (a builtin used outside a kernel is a bug).
@@ -96,6 +99,18 @@ void park(Launch& L, Thread& t);
 /// Computes a completed collective's results for the lanes of one warp (null where a lane does
 /// not exist); returns "" or what was wrong (a shuffle reading a lane outside the mask).
 std::string compute(const Arrival& op, Thread* const lanes[32]);
+
+// ---- performance counters (counters.cpp) ----------------------------------------------------
+
+/// Starts counting for a launch when counters are on (sets L.counters).
+void counters_begin(Launch& L);
+/// A completed warp collective (lanes as for compute) and a completed barrier.
+void counters_collective(Launch& L, const Arrival& op, Thread* const lanes[32]);
+void counters_barrier(Launch& L, const std::vector<Thread*>& waiting);
+/// Folds the finished block's per-lane records into warp-wide requests.
+void counters_block_end(Launch& L);
+/// Publishes the launch's counters (and prints them under NURI_EMU_COUNTERS).
+void counters_end(Launch& L);
 
 /// Deposits this lane's part of a warp collective, waits for the others, and returns with the
 /// lane's Thread::out holding its result.

@@ -1,9 +1,12 @@
 // Causal and non-causal self-attention with grouped-query heads, forward (out, lse) and backward
 // (dq, dk, dv), on every backend, against a float64 reference that materializes the scores.
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
+#include <memory>
 
 #include "ops/harness.h"
 
@@ -509,6 +512,83 @@ TEST(AttentionKernelErrors, UnsupportedInputsAreRefusedClearly) {
     Tensor misaligned = padded.slice(3, 0, 64);
     Tensor good = zeros(*be, s);
     expect_error(misaligned, good, good, good, lse, "16-byte aligned rows");
+  }
+}
+
+// cuDNN's fused attention (NURI_ATTENTION=cudnn, real CUDA builds with the cuDNN frontend)
+// against nuri's kernels on the same inputs: forward out and lse, backward dq, dk, dv, for both
+// head dims, causal and not, GQA, and a fused-QKV layout. Skipped (saying why) on backends and
+// builds without the path, and where libcudnn cannot be loaded.
+TEST(AttentionCudnn, AgreesWithNurisKernels) {
+  const auto names = backends();
+  if (std::find(names.begin(), names.end(), "cuda") == names.end()) {
+    GTEST_SKIP() << "needs the cuda backend (label gpu)";
+  }
+  for (const auto& name : names) {
+    if (name != "cuda") continue;
+    auto with_path = [&](const char* path) {
+      const char* old = std::getenv("NURI_ATTENTION");
+      const std::string saved = old ? old : "";
+      setenv("NURI_ATTENTION", path, 1);
+      std::unique_ptr<Backend> be;
+      std::string error;
+      try {
+        be = make_backend(name);
+      } catch (const Error& e) {
+        error = e.what();
+      }
+      if (old) {
+        setenv("NURI_ATTENTION", saved.c_str(), 1);
+      } else {
+        unsetenv("NURI_ATTENTION");
+      }
+      return std::make_pair(std::move(be), error);
+    };
+    auto [mine, e1] = with_path("nuri");
+    auto [theirs, e2] = with_path("cudnn");
+    ASSERT_TRUE(mine) << e1;
+    if (!theirs) GTEST_SKIP() << e2;
+    for (const KernelCase& c : {KernelCase{2, 200, 4, 2, 64, true, DType::bf16, false, false},
+                                KernelCase{1, 256, 2, 2, 128, false, DType::bf16, true, false},
+                                KernelCase{1, 130, 4, 1, 128, true, DType::f16, false, false}}) {
+      SCOPED_TRACE(::testing::PrintToString(c));
+      const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+      const Vec q = random_vec(c.b * c.t * c.h * c.d, 91), k = random_vec(c.b * c.t * c.hkv * c.d, 92),
+                v = random_vec(c.b * c.t * c.hkv * c.d, 93), dout = random_vec(c.b * c.t * c.h * c.d, 94);
+      std::vector<Vec> results[2];
+      for (int which = 0; which < 2; ++which) {
+        Backend& be = which ? *theirs : *mine;
+        const Qkv in = qkv_tensors(be, c, q, k, v, false);
+        Tensor out = be.empty(qs, c.dtype), lse = zeros_f32(be, {c.b, c.h, c.t});
+        AttentionOptions opt;
+        opt.causal = c.causal;
+        try {
+          be.attention(in.q, in.k, in.v, out, lse, opt);
+          const Qkv d = qkv_tensors(be, c, q, k, v, true);
+          be.attention_backward(in.q, in.k, in.v, out, lse, on_dtype(be, qs, dout, c.dtype), d.q,
+                                d.k, d.v, opt);
+          const auto grads = qkv_values(be, c, d);
+          results[which] = {values(be, out), values(be, lse), grads[0], grads[1], grads[2]};
+        } catch (const Error& e) {
+          if (which && std::string(e.what()).find("libcudnn could not be loaded") != std::string::npos) {
+            GTEST_SKIP() << e.what();
+          }
+          throw;
+        }
+      }
+      const char* what[] = {"out", "lse", "dq", "dk", "dv"};
+      for (int i = 0; i < 5; ++i) {
+        double scale = 0, worst = 0;
+        for (size_t j = 0; j < results[0][size_t(i)].size(); ++j) {
+          scale = std::max(scale, std::abs(results[0][size_t(i)][j]));
+          worst = std::max(worst, std::abs(results[0][size_t(i)][j] - results[1][size_t(i)][j]));
+        }
+        // Two computations each rounded to 16 bits (lse is f32): a few roundings apart.
+        const double bound = i == 1 ? 1e-3 * std::max(scale, 1.0) : 4.0 / 128 * scale;
+        EXPECT_LE(worst, bound) << what[i] << ": cuDNN differs from nuri's kernels by " << worst
+                                << " (largest value " << scale << ")";
+      }
+    }
   }
 }
 

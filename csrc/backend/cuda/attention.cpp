@@ -4,11 +4,19 @@
 // dq, dk, dv share it); lse is f32. f32 attention is the CPU backend's.
 #include "attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <type_traits>
+#include <vector>
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/cuda_backend.h"
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+#include "backend/cuda/cudnn_attention.h"
+#include "cuda_check.h"  // kernels/
+#endif
 
 namespace nuri {
 
@@ -90,14 +98,155 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
   return p;
 }
 
+}  // namespace
+
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+/// The cuDNN side of the attention ops and the automatic choice (CudaBackend::set_attention_path).
+struct AttentionDispatch {
+  /// The values of a contiguous device buffer of n elements of T (bf16, f16 or f32) on the host.
+  template <class T>
+  static std::vector<float> host_values(const void* p, size_t n) {
+    std::vector<T> raw(n);
+    NURI_CUDA_CHECK(cudaMemcpy(raw.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; ++i) {
+      if constexpr (std::is_same_v<T, float>) {
+        v[i] = raw[i];
+      } else {
+        v[i] = float(raw[i]);
+      }
+    }
+    return v;
+  }
+
+  /// Whether b is a within tol · max|a| (+ abs_tol) everywhere.
+  static bool agree(const std::vector<float>& a, const std::vector<float>& b, float tol,
+                    float abs_tol) {
+    float scale = 0.f, worst = 0.f;
+    for (size_t i = 0; i < a.size(); ++i) {
+      scale = std::max(scale, std::abs(a[i]));
+      worst = std::max(worst, std::abs(a[i] - b[i]));
+    }
+    return std::isfinite(worst) && worst <= tol * scale + abs_tol;
+  }
+
+  /// Milliseconds `f` takes on the stream.
+  template <class F>
+  static float time_ms(cudaStream_t stream, F&& f) {
+    cudaEvent_t start, stop;
+    NURI_CUDA_CHECK(cudaEventCreate(&start));
+    NURI_CUDA_CHECK(cudaEventCreate(&stop));
+    NURI_CUDA_CHECK(cudaEventRecord(start, stream));
+    f();
+    NURI_CUDA_CHECK(cudaEventRecord(stop, stream));
+    NURI_CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0.f;
+    NURI_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    return ms;
+  }
+
+  template <class T>
+  static std::string cudnn(CudaBackend& be, const kernels::AttentionParams<T>& p, bool backward) {
+    const cuda::Workspace ws = [&be](size_t bytes) { return be.workspace(bytes); };
+    std::string why = backward ? cuda::cudnn_attention_backward(p, be.device_, be.stream(), ws)
+                               : cuda::cudnn_attention_forward(p, be.device_, be.stream(), ws);
+    if (why.empty()) ++be.cudnn_attention_calls_;
+    return why;
+  }
+
+  /// Runs the op with cuDNN when the backend's path says so (measuring once per shape under
+  /// automatic, with `nuri` running nuri's kernels into the real outputs); false when nuri's
+  /// kernels are to run.
+  template <class T, class Nuri>
+  static bool run_cudnn(CudaBackend& be, const char* op, const kernels::AttentionParams<T>& p,
+                        bool backward, Nuri&& nuri) {
+    if (be.attention_path_ == AttentionPath::nuri) return false;
+    if (be.attention_path_ == AttentionPath::cudnn) {
+      const std::string why = cudnn(be, p, backward);
+      NURI_CHECK(why.empty(), op, " (NURI_ATTENTION=cudnn): ", why, "; use auto or nuri");
+      return true;
+    }
+    std::vector<int64_t> key{backward, std::is_same_v<T, __half>, p.batch, p.seq, p.heads,
+                             p.kv_heads, p.head_dim, p.causal, backward && p.deterministic};
+    for (const kernels::AttnStrides* s : {&p.q_s, &p.k_s, &p.out_s, &p.dq_s, &p.dk_s}) {
+      key.insert(key.end(), {s->b, s->t, s->h});
+    }
+    if (auto it = be.attention_choice_.find(key); it != be.attention_choice_.end()) {
+      return it->second && cudnn(be, p, backward).empty();
+    }
+    be.attention_choice_[key] = choose(be, p, backward, nuri);
+    return true;  // choose() wrote the outputs with nuri's kernels
+  }
+
+  /// The measurement: nuri's kernels into the real outputs, cuDNN (once to build its graph, once
+  /// timed) into contiguous copies; cuDNN is chosen if it agrees and is faster.
+  template <class T, class Nuri>
+  static bool choose(CudaBackend& be, const kernels::AttentionParams<T>& p, bool backward,
+                     Nuri&& nuri) {
+    const DType dt = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
+    const int64_t b = p.batch, t = p.seq, h = p.heads, hkv = p.kv_heads, d = p.head_dim;
+    const kernels::AttnStrides q_like{t * h * d, h * d, d}, kv_like{t * hkv * d, hkv * d, d};
+    kernels::AttentionParams<T> c = p;
+    Tensor o1, o2, o3, lse;  // cuDNN's outputs
+    std::vector<std::pair<const void*, const void*>> pairs;  // (nuri's, cuDNN's), contiguous
+    if (!backward) {
+      o1 = be.empty({b, t, h, d}, dt);
+      lse = be.empty({b, h, t}, DType::f32);
+      c.out = static_cast<T*>(o1.raw()), c.out_s = q_like, c.lse = static_cast<float*>(lse.raw());
+    } else {
+      o1 = be.empty({b, t, h, d}, dt), o2 = be.empty({b, t, hkv, d}, dt);
+      o3 = be.empty({b, t, hkv, d}, dt);
+      c.dq = static_cast<T*>(o1.raw()), c.dk = static_cast<T*>(o2.raw());
+      c.dv = static_cast<T*>(o3.raw());
+      c.dq_s = q_like, c.dk_s = kv_like, c.dv_s = kv_like;
+    }
+    const float t_nuri = time_ms(be.stream(), nuri);
+    if (!cudnn(be, c, backward).empty()) return false;  // declined: nuri's kernels from now on
+    const float t_cudnn = time_ms(be.stream(), [&] { cudnn(be, c, backward); });
+    // Compare where nuri's outputs are contiguous (always lse; the rest in the usual layouts).
+    bool same = true;
+    auto check = [&](const void* mine, const kernels::AttnStrides& s, const kernels::AttnStrides& want,
+                     const Tensor& theirs, size_t n) {
+      if (s.b != want.b || s.t != want.t || s.h != want.h) return;
+      same = same && agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n), 1.f / 32, 0.f);
+    };
+    if (!backward) {
+      const size_t n_lse = size_t(b * h * t);
+      same = agree(host_values<float>(p.lse, n_lse), host_values<float>(lse.raw(), n_lse), 1e-3f,
+                   1e-3f);
+      check(p.out, p.out_s, q_like, o1, size_t(b * t * h * d));
+    } else {
+      check(p.dq, p.dq_s, q_like, o1, size_t(b * t * h * d));
+      check(p.dk, p.dk_s, kv_like, o2, size_t(b * t * hkv * d));
+      check(p.dv, p.dv_s, kv_like, o3, size_t(b * t * hkv * d));
+    }
+    if (!same) {
+      std::fprintf(stderr, "nuri: cuDNN's attention %s disagrees with nuri's kernels for B=%lld "
+                   "T=%lld H=%lld Hkv=%lld D=%lld; nuri's kernels run it\n",
+                   backward ? "backward" : "forward", (long long)b, (long long)t, (long long)h,
+                   (long long)hkv, (long long)d);
+    }
+    return same && t_cudnn < t_nuri;
+  }
+};
+#endif
+
+namespace {
+
 template <class T>
-void forward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-             const Tensor& lse, const AttentionOptions& opt, cudaStream_t stream) {
+void forward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v,
+             const Tensor& out, const Tensor& lse, const AttentionOptions& opt) {
   const char* op = "attention";
   kernels::AttentionParams<T> p = check_inputs<T>(op, q, k, v, lse, opt);
   p.out_s = operand(op, "out", out, q.dtype(), q.shape());
   p.out = static_cast<T*>(out.raw());
-  kernels::attention_forward(p, stream);
+  auto nuri = [&] { kernels::attention_forward(p, be.stream()); };
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+  if (AttentionDispatch::run_cudnn(be, op, p, false, nuri)) return;
+#endif
+  nuri();
 }
 
 template <class T>
@@ -117,9 +266,15 @@ void backward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v
   p.dq = static_cast<T*>(dq.raw());
   p.dk = static_cast<T*>(dk.raw());
   p.dv = static_cast<T*>(dv.raw());
-  void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
-      p.batch, p.seq, p.heads, p.head_dim, p.deterministic));
-  kernels::attention_backward(p, ws, be.stream());
+  auto nuri = [&] {
+    void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
+        p.batch, p.seq, p.heads, p.head_dim, p.deterministic));
+    kernels::attention_backward(p, ws, be.stream());
+  };
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+  if (AttentionDispatch::run_cudnn(be, op, p, true, nuri)) return;
+#endif
+  nuri();
 }
 
 }  // namespace
@@ -127,9 +282,9 @@ void backward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                             const Tensor& lse, const AttentionOptions& opt) {
   if (attention_dtype("attention", q) == DType::bf16) {
-    forward<__nv_bfloat16>(q, k, v, out, lse, opt, stream());
+    forward<__nv_bfloat16>(*this, q, k, v, out, lse, opt);
   } else {
-    forward<__half>(q, k, v, out, lse, opt, stream());
+    forward<__half>(*this, q, k, v, out, lse, opt);
   }
 }
 

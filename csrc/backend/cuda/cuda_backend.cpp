@@ -36,6 +36,33 @@ void CudaBackend::set_gemm_path(GemmPath p) {
   gemm_path_ = p;
 }
 
+// ---- attention path -------------------------------------------------------------------------------
+
+const char* attention_path_name(AttentionPath p) {
+  switch (p) {
+    case AttentionPath::automatic: return "auto";
+    case AttentionPath::nuri: return "nuri";
+    case AttentionPath::cudnn: return "cudnn";
+  }
+  return "?";
+}
+
+AttentionPath parse_attention_path(const std::string& s) {
+  for (AttentionPath p : {AttentionPath::automatic, AttentionPath::nuri, AttentionPath::cudnn}) {
+    if (s == attention_path_name(p)) return p;
+  }
+  NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri or cudnn");
+}
+
+void CudaBackend::set_attention_path(AttentionPath p) {
+#if !defined(NURI_HAVE_CUDNN_FRONTEND)
+  NURI_CHECK(p != AttentionPath::cudnn, "the attention path cudnn needs a real CUDA build that "
+             "found the cuDNN frontend headers (pip package nvidia-cudnn-frontend, installed by "
+             "scripts/setup.sh); ", name(), " has none (use auto or nuri)");
+#endif
+  attention_path_ = p;
+}
+
 // ---- backend --------------------------------------------------------------------------------------
 
 CudaBackend::CudaBackend(int device) : device_(device) {
@@ -58,6 +85,13 @@ CudaBackend::CudaBackend(int device) : device_(device) {
       set_gemm_path(parse_gemm_path(env));
     } catch (const Error& e) {
       NURI_CHECK(false, "NURI_GEMM: ", e.what());
+    }
+  }
+  if (const char* env = std::getenv("NURI_ATTENTION"); env && *env) {
+    try {
+      set_attention_path(parse_attention_path(env));
+    } catch (const Error& e) {
+      NURI_CHECK(false, "NURI_ATTENTION: ", e.what());
     }
   }
   if (const char* env = std::getenv("NURI_GEMM_TILES"); env && *env) {

@@ -14,6 +14,8 @@
 
 #include <cuda_runtime.h>
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/allocator.h"
@@ -34,6 +36,15 @@ enum class GemmPath { automatic, nuri, cublaslt };
 const char* gemm_path_name(GemmPath p);
 /// "auto", "nuri" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
 GemmPath parse_gemm_path(const std::string& s);
+
+/// Which implementation runs the fused attention ops: nuri's kernels (kernels/attention_*.cuh),
+/// cuDNN's fused attention (cudnn_attention.h: real CUDA builds that found the cuDNN frontend),
+/// or per shape by measurement. NURI_ATTENTION=auto|nuri|cudnn sets it when the backend is
+/// created.
+enum class AttentionPath { automatic, nuri, cudnn };
+const char* attention_path_name(AttentionPath p);
+/// "auto", "nuri" or "cudnn" → AttentionPath; nuri::Error naming the accepted values otherwise.
+AttentionPath parse_attention_path(const std::string& s);
 
 class CudaBackend final : public Backend {
  public:
@@ -128,6 +139,16 @@ class CudaBackend final : public Backend {
   int64_t cublaslt_calls() const;
   int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
 
+  /// automatic: the first call of each direction, shape, layout and options runs both nuri's
+  /// kernels and cuDNN, and later ones run the faster, if the two agree (out and lse, or dq, dk
+  /// and dv, within bf16/f16 rounding); nuri's kernels where cuDNN is not built, not loadable
+  /// or declines. nuri: nuri's kernels. cudnn: cuDNN, and an error where it declines (real CUDA
+  /// builds with the cuDNN frontend only).
+  void set_attention_path(AttentionPath p);
+  AttentionPath attention_path() const { return attention_path_; }
+  /// Attention calls cuDNN has run.
+  int64_t cudnn_attention_calls() const { return cudnn_attention_calls_; }
+
   /// Device scratch of at least `bytes`, owned by the backend and reused across calls (valid
   /// until the next workspace() call; ops on one stream run in order, so reuse is safe).
   void* workspace(size_t bytes);
@@ -139,6 +160,10 @@ class CudaBackend final : public Backend {
   Tensor workspace_;
   GemmPath gemm_path_ = GemmPath::automatic;
   int64_t gemm_fallbacks_ = 0;
+  AttentionPath attention_path_ = AttentionPath::automatic;
+  int64_t cudnn_attention_calls_ = 0;
+  std::map<std::vector<int64_t>, bool> attention_choice_;  // automatic: shape key → cuDNN?
+  friend struct AttentionDispatch;                         // attention.cpp
   int gemm_tiles_ = 0;                  // NURI_GEMM_TILES: 0 (by shape), 128 or 64
   int sm_version_ = 0;                  // compute capability major·10 + minor
   std::shared_ptr<cuda::CublasLt> lt_;  // created on first use (shared_ptr: incomplete type)

@@ -1,0 +1,139 @@
+// nuri's attention and GEMM kernels under the emulator's performance counters (emu.h): the
+// layouts meant to be conflict-free are (zero excess shared-memory wavefronts for ldmatrix,
+// cp.async writes and the epilogue), the tile loads and output stores touch the fewest 32-byte
+// sectors, and the tensor-core and special-function work is what the tiling says (causal blocks
+// stop at the diagonal). Emulated tree only (test_ops on cuda-emu).
+#include <cstdio>
+#include <string>
+
+#include "emu/emu.h"
+#include "ops/harness.h"
+
+namespace nuri::test {
+namespace {
+
+using emu::Access;
+using emu::Instr;
+
+class Counting {
+ public:
+  Counting() {
+    emu::set_counters(true);
+    emu::take_counters();
+  }
+  ~Counting() { emu::set_counters(false); }
+};
+
+/// Every launch of `kernel`: no excess wavefronts in any shared-memory access, and no excess
+/// sectors in the listed global accesses. Returns the launches' sum.
+emu::Counters expect_efficient(const std::vector<emu::LaunchCounters>& launches,
+                               const std::string& kernel,
+                               std::initializer_list<Access> global_at_minimum) {
+  int seen = 0;
+  for (const auto& l : launches) {
+    if (l.kernel.find(kernel) == std::string::npos) continue;
+    ++seen;
+    for (Access a : {Access::ld_shared, Access::st_shared, Access::ldmatrix,
+                     Access::cp_async_shared}) {
+      EXPECT_EQ(l.total[a].excess(), 0u) << emu::format_counters(l);
+    }
+    for (Access a : global_at_minimum) {
+      EXPECT_EQ(l.total[a].excess(), 0u) << emu::format_counters(l);
+    }
+  }
+  EXPECT_GT(seen, 0) << "no launch of " << kernel;
+  emu::LaunchCounters sum;  // printed: kernels/README.md records these
+  sum.kernel = kernel + " (" + std::to_string(seen) + " launches)";
+  sum.grid = dim3(0, 0, 0);
+  sum.total = emu::sum_counters(launches, kernel);
+  std::printf("%s", emu::format_counters(sum).c_str());
+  return sum.total;
+}
+
+// Sequences of whole tiles with 16-byte aligned rows: every tile load is whole sectors. (The
+// lse/Di vectors of the backward are loaded 32 rows at a time at T-dependent offsets, so they
+// are left out: at T = 65 a 128-byte read straddles 5 sectors.)
+TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  auto be = make_backend(name);
+  for (int64_t d : {64, 128}) {
+    for (bool causal : {true, false}) {
+      SCOPED_TRACE("D " + std::to_string(d) + (causal ? " causal" : " full"));
+      const int64_t b = 1, t = 128, h = 2, hkv = 1;
+      const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+      Tensor q = on(*be, qs, random_vec(b * t * h * d, 71)),
+             k = on(*be, ks, random_vec(b * t * hkv * d, 72)),
+             v = on(*be, ks, random_vec(b * t * hkv * d, 73)),
+             dout = on(*be, qs, random_vec(b * t * h * d, 74));
+      Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {b, h, t});
+      AttentionOptions opt;
+      opt.causal = causal;
+      Counting counting;
+      be->attention(q, k, v, out, lse, opt);
+      for (bool deterministic : {true, false}) {
+        opt.deterministic = deterministic;
+        Tensor dq = zeros(*be, qs), dk = zeros(*be, ks), dv = zeros(*be, ks);
+        be->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, opt);
+      }
+      const auto launches = emu::take_counters();
+      const emu::Counters fwd = expect_efficient(
+          launches, "attention_fwd_kernel", {Access::cp_async_global, Access::st_global});
+      // Forward, per warp and key tile: D/16 · 8 products for S and 4 · D/8 for O (D in all),
+      // and 2 · (1 + 16) exp2 (the rescale and 16 scores of each of the lane's two rows).
+      // Query tile m of 64 rows visits m + 1 key tiles causally, all 2 otherwise.
+      const int64_t tiles = causal ? 1 + 2 : 2 * 2, warps = 4;
+      EXPECT_EQ(fwd[Instr::mma], uint64_t(b * h * tiles * warps * d));
+      EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * tiles * warps * 34));
+      EXPECT_EQ(fwd[Instr::atomic], 0u);
+      const emu::Counters dkdv =
+          expect_efficient(launches, "attn_bwd_dkdv", {Access::st_global});
+      const emu::Counters dq = expect_efficient(launches, "attn_bwd_dq", {Access::st_global});
+      EXPECT_GT(dkdv[Instr::mma], 0u);
+      EXPECT_GT(dq[Instr::mma], 0u);
+      EXPECT_GT(dkdv[Instr::atomic], 0u);  // the atomic-dq run adds dQ from the key-major pass
+      EXPECT_EQ(dq[Instr::atomic], 0u);
+      // The Q, K, V, dO tile loads (attention_common.cuh's load_tile) are whole sectors.
+      for (const auto& l : launches) {
+        for (const auto& s : l.sites) {
+          if (s.site.rfind("attention_common.cuh:", 0) == 0) {
+            EXPECT_EQ(s.mem.excess(), 0u) << l.kernel << " " << s.site << " "
+                                          << emu::name(s.access);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The three products of a linear layer, each layout of the tiles (A and B K-contiguous in the
+// forward, B N-contiguous in the input gradient, A transposed in the weight gradient), with
+// bias, GELU and a residual in the epilogue. Runs with the 64² tiles and, under the tiles128.
+// prefix (NURI_GEMM_TILES=128), the 128² ones.
+TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  auto be = make_backend(name);
+  const int64_t m = 128, n = 192, k = 96;
+  Tensor x = on(*be, {m, k}, random_vec(m * k, 81)), w = on(*be, {n, k}, random_vec(n * k, 82)),
+         bias = on(*be, {n}, random_vec(n, 83)), r = on(*be, {m, n}, random_vec(m * n, 84));
+  Tensor y = zeros(*be, {m, n}), pre = zeros(*be, {m, n});
+  Tensor dx = zeros(*be, {m, k}), dw = zeros_f32(*be, {n, k});
+  Counting counting;
+  be->matmul(x, w, bias, y, Activation::gelu, pre, r);
+  be->matmul_backward_input(y, w, dx, false, Tensor());
+  be->matmul_backward_weight(y, x, dw, true);
+  const auto launches = emu::take_counters();
+  ASSERT_EQ(launches.size(), 3u);
+  const emu::Counters gemm =
+      expect_efficient(launches, "gemm_tc_kernel",
+                       {Access::cp_async_global, Access::ld_global, Access::st_global});
+  // Whole tiles: the products are M·N·K / (16·8·16) mma each, plus the zero-padded remainder
+  // of a tile that overhangs (K = 96 is 1.5 tiles of 64, N = 192 1.5 of 128).
+  EXPECT_GE(gemm[Instr::mma], uint64_t(3 * m * n * k / (16 * 8 * 16)));
+  EXPECT_GT(gemm[Access::st_global].requests, 0u);
+  EXPECT_GT(gemm[Access::ld_global].requests, 0u);  // bias, residual, the f32 accumulation
+}
+
+}  // namespace
+}  // namespace nuri::test
