@@ -6,9 +6,9 @@
 // registers for the whole walk over key tiles. Key and value tiles of 64 rows stream through a
 // 2-stage cp.async pipeline (the next tile loads while tensor cores work on this one). Per tile:
 // S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose), masking at the
-// sequence end and the causal diagonal, an online softmax in the exp2 domain (scores pre-scaled
-// by scale·log2 e), then O += P V with P taken straight from the S accumulator registers
-// (rounded to the input type) and V through ldmatrix.trans. Causal blocks stop at the diagonal
+// sequence end and the causal diagonal, an online softmax in the exp2 domain (scale·log2 e
+// folded into one FMA per score), then O += P V with P taken straight from the S accumulator
+// registers (rounded to the input type) and V through ldmatrix.trans. Causal blocks stop at the diagonal
 // and the heaviest (last) query tiles are scheduled first.
 #pragma once
 
@@ -61,7 +61,11 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0);
   issue(0);
 
-  const float scale_log2 = p.scale * attn::kLog2e;
+  // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
+  // the row max of s·c, taken as c times the max of the raw scores. That needs c > 0; a negative
+  // scale flips Q's sign bits once instead (S becomes −S and c becomes −c).
+  const bool flip = p.scale < 0.f;
+  const float scale_log2 = (flip ? -p.scale : p.scale) * attn::kLog2e;
   uint32_t rQ[kKSteps][4];
   float rO[kOBlocks][4];
 #pragma unroll
@@ -76,6 +80,13 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   __syncthreads();
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) attn::load_a(rQ[ks], sQ, kLd, warp * 16, ks * 16);
+  if (flip) {
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) rQ[ks][i] ^= 0x80008000u;  // the sign of both 16-bit halves
+    }
+  }
   __syncthreads();
 
   for (int j = 0; j < n_tiles; ++j) {
@@ -98,30 +109,30 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
       }
     }
 
-    // Scale into the log2 domain; mask keys past the end and, causally, past the row.
+    // Mask keys past the end and, causally, past the row (only tiles that reach either).
     const int k0 = j * kN;
     const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + warp * 16);
+    if (edge) {
 #pragma unroll
-    for (int nb = 0; nb < kSBlocks; ++nb) {
+      for (int nb = 0; nb < kSBlocks; ++nb) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        float s = rS[nb][i] * scale_log2;
-        if (edge) {
+        for (int i = 0; i < 4; ++i) {
           const int key = k0 + nb * 8 + 2 * tq + (i % 2);
           const int row = row_lo + 8 * (i / 2);
-          if (key >= p.seq || (kCausal && key > row)) s = -INFINITY;
+          if (key >= p.seq || (kCausal && key > row)) rS[nb][i] = -INFINITY;
         }
-        rS[nb][i] = s;
       }
     }
 
     // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max).
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float mx = rMax[half];
+      float raw = -INFINITY;
 #pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) mx = fmaxf(mx, fmaxf(rS[nb][2 * half], rS[nb][2 * half + 1]));
-      mx = attn::quad_max(mx);
+      for (int nb = 0; nb < kSBlocks; ++nb) {
+        raw = fmaxf(raw, fmaxf(rS[nb][2 * half], rS[nb][2 * half + 1]));
+      }
+      const float mx = fmaxf(rMax[half], attn::quad_max(raw) * scale_log2);
       // A row that has seen only masked keys keeps max -inf; subtracting 0 then gives P = 0.
       const float base = mx == -INFINITY ? 0.f : mx;
       const float alpha = ex2_approx(rMax[half] - base);  // 0 while rMax is -inf
@@ -129,8 +140,8 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
       float sum = 0.f;
 #pragma unroll
       for (int nb = 0; nb < kSBlocks; ++nb) {
-        rS[nb][2 * half] = ex2_approx(rS[nb][2 * half] - base);
-        rS[nb][2 * half + 1] = ex2_approx(rS[nb][2 * half + 1] - base);
+        rS[nb][2 * half] = ex2_approx(fmaf(rS[nb][2 * half], scale_log2, -base));
+        rS[nb][2 * half + 1] = ex2_approx(fmaf(rS[nb][2 * half + 1], scale_log2, -base));
         sum += rS[nb][2 * half] + rS[nb][2 * half + 1];
       }
       rSum[half] = rSum[half] * alpha + sum;

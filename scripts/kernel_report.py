@@ -26,10 +26,10 @@ from collections import Counter
 # Per-SM limits, from the CUDA C++ Programming Guide's table of compute capabilities: threads,
 # resident blocks, 32-bit registers, shared memory (bytes; 1 KiB of it is reserved per block).
 DEVICES = {
-    "A100 sm_80": dict(binary="sm_80", threads=2048, blocks=32, regs=65536, smem=167936),
-    "RTX 3090 sm_86": dict(binary="sm_80", threads=1536, blocks=16, regs=65536, smem=102400),
-    "RTX 4090 sm_89": dict(binary="sm_80", threads=1536, blocks=24, regs=65536, smem=102400),
-    "H100 sm_90": dict(binary="sm_90", threads=2048, blocks=32, regs=65536, smem=233472),
+    "A100 (sm_80)": dict(binary="sm_80", threads=2048, blocks=32, regs=65536, smem=167936),
+    "RTX3090 (sm_86)": dict(binary="sm_80", threads=1536, blocks=16, regs=65536, smem=102400),
+    "RTX4090 (sm_89)": dict(binary="sm_80", threads=1536, blocks=24, regs=65536, smem=102400),
+    "H100 (sm_90)": dict(binary="sm_90", threads=2048, blocks=32, regs=65536, smem=233472),
 }
 TENSOR_CORE_SOURCES = ("attention_fwd", "attention_bwd", "matmul")
 
@@ -41,7 +41,9 @@ def demangle(names):
 
 def short(name):
     name = re.sub(r"^void ", "", name)
-    name = name.replace("nuri::kernels::", "").replace("__nv_bfloat16", "bf16")
+    for prefix in ("nuri::kernels::", "mm::", "attn::", "act::"):
+        name = name.replace(prefix, "")
+    name = name.replace("__nv_bfloat16", "bf16").replace("__half", "f16").replace(", ", ",")
     return re.sub(r"\(.*\)$", "", name)
 
 
@@ -144,8 +146,9 @@ def main():
         flag = "  <- SPILLS" if spill else ""
         print(f"{r['name'][:64]:<64} {r['arch']:<6} {r['regs']:>5} {r['smem']:>7} {r['stack']:>7} "
               f"{r['spill_st']:>6}/{r['spill_ld']:<7}{flag}")
-    print(f"\n{len(rows)} kernel builds ({len(set(r['name'] for r in rows))} kernels x "
-          f"{len(archs)} archs), {spills} with spills")
+    summary = (f"{len(rows)} kernel builds ({len(set(r['name'] for r in rows))} kernels x "
+               f"{len(archs)} archs), {spills} with spills")
+    print(f"\n{summary}")
     if spills:
         failures.append(f"{spills} kernel builds spill registers")
 
@@ -158,13 +161,14 @@ def main():
     def config_of(name):
         for (family, key), v in config.items():
             if family in name:
-                m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, (\d+)",
+                m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, ?(\d+)",
                               name)
                 if m and int(m.group(1)) == key:
                     return v
         return None
 
     cuobjdump = shutil.which("cuobjdump")
+    loops_read = 0
     if not cuobjdump:
         failures.append("cuobjdump not found (scripts/setup.sh --test installs it into .venv)")
     else:
@@ -190,6 +194,7 @@ def main():
                         failures.append(f"{name} (sm_{arch}): no HMMA inside a loop")
                         continue
                     total, kinds = loop_summary(body)
+                    loops_read += 1
                     r = regs.get((mangled, f"sm_{arch}"), 0)
                     cfg = config_of(name)
                     occ = ""
@@ -207,6 +212,7 @@ def main():
                           f"{kinds['shfl']:>5} {kinds['bar']:>4}  {occ}")
                     if not cfg:
                         failures.append(f"{name}: no shared-memory size in {smem_tsv}")
+    print(f"\n{summary}; {loops_read} tensor-core main loops read from the SASS")
     for f in failures:
         print(f"check-kernels: {f}", file=sys.stderr)
     return 1 if failures else 0
