@@ -13,6 +13,7 @@
 //   with Megatron's formula; device profiles read back what they wrote and refuse bad files.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -24,6 +25,7 @@
 #include "nuri/core/error.h"
 #include "nuri/dist/grid.h"
 #include "nuri/model/memory.h"
+#include "nuri/parallel/data_parallel.h"
 #include "nuri/parallel/pipeline.h"
 #include "nuri/train/plan.h"
 #include "nuri/train/trainer.h"
@@ -191,7 +193,23 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
       }
       world()->barrier();
     }
-    EXPECT_LE(std::abs(error), 0.10) << "rank " << rank << ": predicted " << p.str();
+    // The plan counts the most the code allows, so it is never low. ZeRO 2 and 3 free a
+    // gradient bucket on the progress thread when its reduce-scatter lands, which may be before
+    // or after the step's peak: a run can hold less at its peak than the plan's two buckets in
+    // flight (measured: up to 3.5 % less on a dp 2 x pp 2 stage, from one run to the next).
+    // That timing is allowed on top of the 10 %; what is left is the plan's own error.
+    int64_t timing = 0;
+    if (c.zero >= 2 && c.dp > 1) {
+      std::vector<int64_t> sizes;
+      for (const auto& [lo, hi] : DataParallel::plan_buckets(m.grad_units(), par.bucket_bytes)) {
+        sizes.push_back(4 * (hi - lo));  // f32 gradients
+      }
+      std::sort(sizes.rbegin(), sizes.rend());
+      for (size_t i = 0; i < sizes.size() && i < 2; ++i) timing += sizes[i];
+    }
+    EXPECT_GE(error, 0.0) << "rank " << rank << ": predicted low: " << p.str();
+    EXPECT_LE(predicted - measured, 0.10 * measured + double(timing))
+        << "rank " << rank << ": predicted " << p.str() << "; buckets in flight " << timing;
     ++ran;
   }
   EXPECT_GE(ran, 1) << "no layout of " << n << " ranks";
