@@ -57,15 +57,18 @@ constexpr bool attention_head_dim_supported(int d) {
 constexpr int attn_row_stride(int d) { return d + 8; }
 
 /// Forward: a block of 4 warps owns 64 query rows (16 per warp) of one (b, h) and walks key
-/// tiles of 64 through a 2-stage cp.async pipeline. Shared memory: 2 × (K + V) tiles; the Q tile
-/// passes through stage 1's K tile before the first K tile is loaded there.
+/// tiles of 64. Shared memory: one K and one V tile, each loading with cp.async while the other
+/// is in use (FlashAttention-2's pipeline); the Q tile passes through the V tile before V_0 is
+/// loaded there.
 template <int D>
 struct AttnFwdConfig {
   static constexpr int kThreads = 128;
   static constexpr int kBlockM = 64;  // query rows per block
   static constexpr int kBlockN = 64;  // keys per tile
-  static constexpr int kStages = 2;
-  static constexpr size_t kSmemBytes = size_t(2 * kStages * kBlockN) * attn_row_stride(D) * 2;
+  static constexpr size_t kSmemBytes = size_t(2 * kBlockN) * attn_row_stride(D) * 2;
+  /// Blocks per SM the registers must allow (__launch_bounds__): 4 (≤ 128 registers) at D 64,
+  /// 3 (≤ 168) at D 128, on a 64K-register SM.
+  static constexpr int kMinBlocks = D <= 64 ? 4 : 3;
 };
 
 /// Backward, key-major pass (dK, dV and, when not deterministic, atomic dQ): a block of 4 warps

@@ -3,8 +3,9 @@
 //
 // A block of 4 warps owns 64 query rows of one (batch, head); warp w owns rows 16w..16w+15 and
 // keeps its Q fragments, its 16 × D output accumulator and its running row max / row sum in
-// registers for the whole walk over key tiles. Key and value tiles of 64 rows stream through a
-// 2-stage cp.async pipeline (the next tile loads while tensor cores work on this one). Per tile:
+// registers for the whole walk over key tiles. Key and value tiles of 64 rows stream through one
+// K and one V tile of shared memory, each loading while tensor cores work on the other (V_j
+// during S = Q K_jᵀ and the softmax, K_{j+1} during O += P V_j). Per tile:
 // S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose), masking at the
 // sequence end and the causal diagonal, an online softmax in the exp2 domain (scale·log2 e
 // folded into one FMA per score), then O += P V with P taken straight from the S accumulator
@@ -19,7 +20,7 @@
 namespace nuri::kernels {
 
 template <class T, int D, bool kCausal>
-__global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
+__global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::kMinBlocks)
     attention_fwd_kernel(const AttentionParams<T> p) {
   using Cfg = AttnFwdConfig<D>;
   constexpr int kM = Cfg::kBlockM, kN = Cfg::kBlockN, kThreads = Cfg::kThreads;
@@ -28,13 +29,14 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
 
-  // Per stage sK [kN][kLd] and sV [kN][kLd]. Q passes through stage 1's K tile on its way to
-  // registers, before the first K/V tile goes there (AttnFwdConfig counts no Q tile).
-  static_assert(kM <= kN, "the Q tile borrows a K tile's place");
-  T* sKV = dynamic_smem<T>();
-  auto sK = [&](int stage) { return sKV + stage * 2 * kN * kLd; };
-  auto sV = [&](int stage) { return sKV + stage * 2 * kN * kLd + kN * kLd; };
-  T* sQ = sK(1);
+  // One K tile and one V tile, FlashAttention-2's pipeline: V_j loads while S = Q K_jᵀ and the
+  // softmax run, K_{j+1} while O += P V_j runs (half the shared memory of two full K/V stages,
+  // so twice the blocks fit an SM where shared memory is what limits them). Q passes through
+  // the V tile on its way to registers, before the first V tile goes there.
+  static_assert(kM <= kN, "the Q tile borrows the V tile's place");
+  T* sK = dynamic_smem<T>();  // [kN][kLd]
+  T* sV = sK + kN * kLd;      // [kN][kLd]
+  T* sQ = sV;
 
   const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest causal tiles first
   const int h = int(blockIdx.y), b = int(blockIdx.z);
@@ -49,17 +51,14 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   const int key_end = kCausal && q0 + kM < p.seq ? q0 + kM : p.seq;
   const int n_tiles = (key_end + kN - 1) / kN;
 
-  // Key/value tile j into stage j % 2, as one cp.async group (tile 0's group also holds Q).
-  auto issue = [&](int j) {
+  // Tile j of K or V, as one cp.async group (K_0's group also holds Q).
+  auto issue = [&](T* dst, const T* g, int64_t stride, int j) {
     const int k0 = j * kN;
-    attn::load_tile<T, D, kN, kThreads>(sK(j % 2), gK + int64_t(k0) * p.k_s.t, p.k_s.t,
-                                        p.seq - k0);
-    attn::load_tile<T, D, kN, kThreads>(sV(j % 2), gV + int64_t(k0) * p.v_s.t, p.v_s.t,
-                                        p.seq - k0);
+    attn::load_tile<T, D, kN, kThreads>(dst, g + int64_t(k0) * stride, stride, p.seq - k0);
     cp_async_commit();
   };
   attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0);
-  issue(0);
+  issue(sK, gK, p.k_s.t, 0);
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
   // the row max of s·c, taken as c times the max of the raw scores. That needs c > 0; a negative
@@ -75,7 +74,7 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
   const int row_lo = q0 + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
 
-  // Q into registers, then its place is free for tile 1.
+  // Q (and K_0) landed; Q into registers, then its place is free for V_0.
   cp_async_wait<0>();
   __syncthreads();
 #pragma unroll
@@ -90,14 +89,19 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
   __syncthreads();
 
   for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j % 2;
-    attn::pipeline_step(j, n_tiles, issue);  // the next tile streams in while this one computes
+    // K_j has landed (the only group in flight) and, after the barrier, every warp is done with
+    // V_{j-1} (and, for j = 0, with Q): V_j may take its place.
+    if (j > 0) {
+      cp_async_wait<0>();
+      __syncthreads();
+    }
+    issue(sV, gV, p.v_s.t, j);
 
     // S = Q Kᵀ for this warp's 16 rows and the tile's kN keys.
     float rS[kSBlocks][4];
 #pragma unroll
     for (int nb = 0; nb < kSBlocks; ++nb) rS[nb][0] = rS[nb][1] = rS[nb][2] = rS[nb][3] = 0.f;
-    const T* k_tile = sK(stage);
+    const T* k_tile = sK;
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
@@ -152,21 +156,29 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads)
       }
     }
 
-    // O += P V: P's 16-key column pairs are A operands as they sit in registers.
-    const T* v_tile = sV(stage);
+    // P rounded to the input type, as the A operands of P V (half the registers of S, which
+    // dies here: the K_{j+1} loads below take their addresses while P and O are live).
+    uint32_t rP[kN / 16][4];
+#pragma unroll
+    for (int kb = 0; kb < kN / 16; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
+
+    // V_j has landed and every warp is done with K_j: K_{j+1} loads while P V_j runs.
+    cp_async_wait<0>();
+    __syncthreads();
+    if (j + 1 < n_tiles) issue(sK, gK, p.k_s.t, j + 1);
+
+    // O += P V.
+    const T* v_tile = sV;
 #pragma unroll
     for (int kb = 0; kb < kN / 16; ++kb) {
-      uint32_t rP[4];
-      attn::acc_to_a<T>(rP, rS, kb);
 #pragma unroll
       for (int nb = 0; nb < kOBlocks; nb += 2) {
         uint32_t rB[4];
         attn::load_b_kn(rB, v_tile, kLd, kb * 16, nb * 8);
-        attn::mma<T>(rO[nb], rP, rB[0], rB[1]);
-        attn::mma<T>(rO[nb + 1], rP, rB[2], rB[3]);
+        attn::mma<T>(rO[nb], rP[kb], rB[0], rB[1]);
+        attn::mma<T>(rO[nb + 1], rP[kb], rB[2], rB[3]);
       }
     }
-    __syncthreads();  // the next iteration's loads overwrite this stage
   }
 
   // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
