@@ -138,4 +138,125 @@ __device__ __forceinline__ void cp_async_wait(NURI_PTX_SITE_ONLY) {
 #endif
 }
 
+// ---- sm_90: mbarrier and bulk asynchronous copies ---------------------------------------------
+// Semantics and the emulator's checks: kernels/emu/emu.h. `bar` is an 8-byte-aligned uint64_t in
+// dynamic shared memory. Under nvcc they exist only for sm_90 and later; elsewhere they trap.
+
+#if !defined(NURI_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define NURI_PTX_SM90 1
+#else
+#define NURI_PTX_SM90 0
+#endif
+
+/// mbarrier.init: the barrier expects `count` arrivals per phase. Other threads may use it only
+/// after a __syncthreads that follows.
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, unsigned count NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mbarrier_init(bar, count, site);
+#elif NURI_PTX_SM90
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// mbarrier.inval: the 8 bytes become plain shared memory again.
+__device__ __forceinline__ void mbarrier_inval(uint64_t* bar NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mbarrier_inval(bar, site);
+#elif NURI_PTX_SM90
+  asm volatile("mbarrier.inval.shared::cta.b64 [%0];\n" ::"r"(smem_address(bar)) : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// mbarrier.arrive (release, CTA scope) `count` times; returns the state token.
+__device__ __forceinline__ uint64_t mbarrier_arrive(uint64_t* bar,
+                                                    unsigned count = 1 NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  return ::nuri::emu::mbarrier_arrive(bar, count, site);
+#elif NURI_PTX_SM90
+  uint64_t state;
+  asm volatile("mbarrier.arrive.shared::cta.b64 %0, [%1], %2;\n"
+               : "=l"(state)
+               : "r"(smem_address(bar)), "r"(count)
+               : "memory");
+  return state;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+/// mbarrier.expect_tx: `bytes` more transaction bytes for the current phase.
+__device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, unsigned bytes NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mbarrier_expect_tx(bar, bytes, site);
+#elif NURI_PTX_SM90
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(
+                   smem_address(bar)),
+               "r"(bytes)
+               : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// mbarrier.arrive.expect_tx: expect_tx(bytes), then one arrival; returns the state token.
+__device__ __forceinline__ uint64_t mbarrier_arrive_expect_tx(uint64_t* bar,
+                                                              unsigned bytes NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  return ::nuri::emu::mbarrier_arrive_expect_tx(bar, bytes, site);
+#elif NURI_PTX_SM90
+  uint64_t state;
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 %0, [%1], %2;\n"
+               : "=l"(state)
+               : "r"(smem_address(bar)), "r"(bytes)
+               : "memory");
+  return state;
+#else
+  __trap();
+  return 0;
+#endif
+}
+
+/// Waits (acquire, CTA scope) until the barrier's phase of parity `parity` has completed:
+/// mbarrier.try_wait.parity in a loop.
+__device__ __forceinline__ void mbarrier_wait_parity(uint64_t* bar, unsigned parity NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::mbarrier_try_wait_parity(bar, parity, site);
+#elif NURI_PTX_SM90
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "NURI_MBAR_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra NURI_MBAR_WAIT;\n"
+      "}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// cp.async.bulk of `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
+/// shared memory, completing `bytes` transactions on `bar`.
+__device__ __forceinline__ void cp_async_bulk(void* smem_dst, const void* gmem_src,
+                                              unsigned bytes, uint64_t* bar NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_bulk_global_to_shared(smem_dst, gmem_src, bytes, bar, site);
+#elif NURI_PTX_SM90
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(smem_address(smem_dst)),
+      "l"(gmem_src), "r"(bytes), "r"(smem_address(bar))
+      : "memory");
+#else
+  __trap();
+#endif
+}
+
 }  // namespace nuri::kernels

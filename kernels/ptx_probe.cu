@@ -37,4 +37,25 @@ __global__ void __launch_bounds__(32) ptx_probe_kernel(PtxProbeParams p) {
   p.gD[lane * 8 + 3] = d[3] + e[3];
 }
 
+// The sm_90 wrappers: one producer thread fills a tile with a bulk copy under an mbarrier and
+// the block reads it after the phase's wait (assembled for sm_90; on sm_80 the wrappers trap).
+__global__ void __launch_bounds__(64) ptx_probe_sm90_kernel(const float* src, float* out) {
+  __shared__ __align__(16) uint64_t bar[1];
+  __shared__ __align__(16) float tile[256];
+  if (threadIdx.x == 0) mbarrier_init(bar, 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbarrier_arrive_expect_tx(bar, sizeof(tile));
+    cp_async_bulk(tile, src, sizeof(tile), bar);
+  }
+  mbarrier_wait_parity(bar, 0);
+  for (int i = int(threadIdx.x); i < 256; i += 64) out[i] = tile[i];
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbarrier_expect_tx(bar, 0);
+    mbarrier_arrive(bar, 1);
+    mbarrier_inval(bar);
+  }
+}
+
 }  // namespace nuri::kernels

@@ -64,6 +64,23 @@ for arch in "${archs[@]}"; do
 done
 echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 
+# The sm_90 wrappers (mbarrier, cp.async.bulk) assembled by ptxas for sm_90, and present.
+keep90="$out/keep.ptx_probe.sm90"
+mkdir -p "$keep90"
+"$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels \
+  -gencode arch=compute_90,code=sm_90 -c kernels/ptx_probe.cu -o "$out/ptx_probe.sm90.o" \
+  --keep --keep-dir "$keep90"
+for instr in mbarrier.init.shared::cta.b64 mbarrier.inval.shared::cta.b64 \
+             mbarrier.arrive.shared::cta.b64 mbarrier.arrive.expect_tx.shared::cta.b64 \
+             mbarrier.expect_tx.relaxed.cta.shared::cta.b64 mbarrier.try_wait.parity.shared::cta.b64 \
+             cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes; do
+  if ! grep -qF "$instr" "$keep90/ptx_probe.ptx"; then
+    echo "check-kernels: $instr missing from the sm_90 PTX of kernels/ptx_probe.cu" >&2
+    exit 1
+  fi
+done
+echo "ptx.cuh: mbarrier and cp.async.bulk assembled for sm_90"
+
 # The attention and GEMM kernels must run on tensor cores with asynchronous tile loads; the
 # attention kernels must fit the shared memory of every GPU nuri targets (the sizes are dynamic,
 # so ptxas cannot report them). The PTX is what the compile above kept.

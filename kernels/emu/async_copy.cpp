@@ -9,28 +9,7 @@ namespace nuri::emu {
 
 using namespace detail;
 
-// ---- cp.async: deferred completion by a per-thread copy unit --------------------------------------
-
-namespace {
-
-/// Runs `f` as this thread's asynchronous copy unit: a separate TSan context, so an access by
-/// the thread (or by others) to a destination before the wait that completes it is a race.
-template <class F>
-void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
-  if (!t.engine) {
-    tsan::Ignore ig;
-    t.engine = tsan::create("cp.async unit");
-  }
-  void* self = t.tsan;
-  if (acquire_thread) tsan::release(&t.engine_sync);
-  tsan::switch_to(t.engine);
-  if (acquire_thread) tsan::acquire(&t.engine_sync);
-  f();
-  tsan::release(&t.engine_done);
-  tsan::switch_to(self);
-}
-
-}  // namespace
+// ---- cp.async: deferred completion by a per-thread copy unit (as_copy_unit, state.h) ------------
 
 void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
   Launch* L;

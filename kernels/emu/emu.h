@@ -85,6 +85,38 @@ void cp_async_commit(Site site);
 /// Completes every committed group of this thread except the newest `pending` ones.
 void cp_async_wait(int pending, Site site);
 
+// ---- mbarrier and bulk asynchronous copies (sm_90) ------------------------------------------
+//
+// An mbarrier is 8 bytes of (dynamic) shared memory, 8-byte aligned. Phase k completes when
+// every expected arrival has arrived and the transaction count (bytes announced with expect_tx
+// minus bytes the bulk copies completed) is back at 0; the barrier then starts phase k + 1 with
+// the same expected count. try_wait.parity(p) returns once the phase of parity p has completed
+// (the current phase's parity is no longer p); the emulator parks the thread until then, and a
+// phase that can no longer complete (every thread waits or has exited, no copy in flight) is an
+// error naming the barrier, its pending arrivals and bytes. Arrivals and copies happen before
+// the waits they release (release / acquire at CTA scope). Misuse is an error: an address that
+// is not this block's shared memory or not 8-byte aligned, use before init or after inval, init
+// of a live barrier, more arrivals than a phase expects, the 8 bytes overwritten by a plain
+// store, a block ending with bulk copies in flight. Under TSan, using a barrier without a
+// happens-before edge from its init (no __syncthreads after it) is a race on its 8 bytes.
+
+void mbarrier_init(void* bar, unsigned count, Site site);
+void mbarrier_inval(void* bar, Site site);
+/// Arrives `count` times; returns the state token (the phase it arrived in).
+uint64_t mbarrier_arrive(void* bar, unsigned count, Site site);
+/// Announces `bytes` more transaction bytes for the current phase.
+void mbarrier_expect_tx(void* bar, unsigned bytes, Site site);
+/// expect_tx(bytes), then one arrival.
+uint64_t mbarrier_arrive_expect_tx(void* bar, unsigned bytes, Site site);
+/// Waits until the phase of parity `parity` has completed; returns true (never times out).
+bool mbarrier_try_wait_parity(void* bar, unsigned parity, Site site);
+/// cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes: `bytes` (a multiple of
+/// 16; both addresses 16-byte aligned) from global to this block's shared memory, completing
+/// `bytes` transactions on `bar`. The destination is poisoned at issue and written when the copy
+/// completes, by the issuing thread's copy unit: reading it before the phase's wait is a race.
+void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, void* bar,
+                                    Site site);
+
 // ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------
 //
 // What a GPU profiler would call shared-memory wavefronts, global-memory sectors and executed

@@ -146,7 +146,7 @@ void rendezvous(Launch& L, const std::vector<Thread*>& ts) {
 bool complete_waits(Launch& L) {
   std::vector<Thread>& ts = *L.threads;
   const int n = int(ts.size());
-  bool progress = false;
+  bool progress = mbarrier_progress(L);
   for (int base = 0; base < n; base += 32) {
     Thread* lanes[32] = {};
     for (int l = 0; l < 32 && base + l < n; ++l) lanes[l] = &ts[size_t(base + l)];
@@ -159,7 +159,7 @@ bool complete_waits(Launch& L) {
       for (int j = 0; j < 32; ++j) {
         if (!(op.mask >> j & 1u)) continue;
         Thread* u = lanes[j];
-        if (u->wait == Wait::none) {
+        if (u->wait == Wait::none || u->wait == Wait::mbarrier) {  // it may still come
           ready = false;
           continue;
         }
@@ -196,7 +196,9 @@ bool complete_waits(Launch& L) {
   std::vector<Thread*> waiting;
   Thread* exited = nullptr;
   for (Thread& t : ts) {
-    if (t.wait == Wait::none || t.wait == Wait::warp) return progress;
+    if (t.wait == Wait::none || t.wait == Wait::warp || t.wait == Wait::mbarrier) {
+      return progress;
+    }
     if (t.wait == Wait::done) {
       exited = &t;
     } else {
@@ -227,9 +229,13 @@ std::string deadlock_report(const Launch& L) {
   int shown = 0;
   for (const Thread& t : *L.threads) {
     if (t.wait == Wait::done || shown >= 6) continue;
-    os << " thread " << str(t.tid) << " waits "
-       << (t.wait == Wait::barrier ? "at __syncthreads at " : "in a warp collective at ")
-       << str(t.site) << ";";
+    os << " thread " << str(t.tid) << " waits ";
+    if (t.wait == Wait::mbarrier) {
+      os << mbarrier_wait_report(L, t) << ";";
+    } else {
+      os << (t.wait == Wait::barrier ? "at __syncthreads at " : "in a warp collective at ")
+         << str(t.site) << ";";
+    }
     ++shown;
   }
   return os.str();
@@ -316,6 +322,7 @@ void run_block(Launch& L, const uint3& bid) {
     tsan::Ignore ig;
     std::memset(smem, 0xff, smem_bytes);
   }
+  mbarrier_block_begin(L);
 
   const dim3& b = L.block;
   int i = 0;
@@ -352,6 +359,12 @@ void run_block(Launch& L, const uint3& bid) {
     }
   } catch (...) {
     abandon(L);
+    retire(L, threads);
+    throw;
+  }
+  try {
+    mbarrier_block_end(L);
+  } catch (...) {
     retire(L, threads);
     throw;
   }

@@ -3,6 +3,8 @@
 // (cp.async). Internal to kernels/emu.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,7 +19,7 @@ class FiberPool;
 
 // ---- state of a launch ----------------------------------------------------------------------------
 
-enum class Wait { none, barrier, warp, done };
+enum class Wait { none, barrier, warp, mbarrier, done };
 
 enum class OpKind { shfl, vote, syncwarp, mma, ldmatrix };
 
@@ -59,6 +61,31 @@ struct Thread {
   std::vector<std::vector<AsyncCopy>> groups;
   void* engine = nullptr;
   char engine_sync = 0, engine_done = 0;
+  // mbarrier.try_wait.parity: the barrier and the parity of the phase it waits for.
+  const void* mbar = nullptr;
+  unsigned parity = 0;
+};
+
+/// An mbarrier object's state (mbarrier.cpp), kept beside the 8 bytes of shared memory that
+/// name it. Phase k completes when its pending arrivals and its transaction count are both 0;
+/// syncs[k] is what the arrivals and copies of phase k release and its waiters acquire.
+struct MBarrier {
+  unsigned expected = 0, pending = 0;
+  int64_t tx = 0;      // bytes expected (expect_tx) minus bytes completed (complete_tx)
+  uint64_t phase = 0;  // phases completed so far: the current phase's parity is phase % 2
+  std::vector<std::shared_ptr<char>> syncs;
+  Site init_site;
+};
+
+/// A cp.async.bulk copy in flight: done by the issuing thread's copy unit when the scheduler
+/// next finds every thread parked, then it completes `bytes` of the barrier's transactions.
+struct BulkCopy {
+  void* dst;
+  const void* src;
+  unsigned bytes;
+  const void* bar;
+  Thread* issuer;
+  Site site;
 };
 
 struct Launch {
@@ -80,6 +107,9 @@ struct Launch {
   std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> smem_blocks;  // freed at the end
   std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
   std::shared_ptr<CounterState> counters;  // null unless performance counters are on
+  // This block's mbarriers by shared-memory address, and its bulk copies in flight.
+  std::map<const void*, MBarrier> mbarriers;
+  std::vector<BulkCopy> bulk;
 };
 
 /// The launch running on this OS thread (a builtin used outside a kernel is a bug).
@@ -111,6 +141,37 @@ void counters_barrier(Launch& L, const std::vector<Thread*>& waiting);
 void counters_block_end(Launch& L);
 /// Publishes the launch's counters (and prints them under NURI_EMU_COUNTERS).
 void counters_end(Launch& L);
+
+/// Runs `f`, from the thread's own context, as its asynchronous copy unit (cp.async and the
+/// bulk copies): a separate TSan context, so an access by the thread (or by others) to a
+/// destination before the wait that completes it is a race. acquire_thread: the unit first
+/// takes the thread's history (at issue).
+template <class F>
+void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
+  if (!t.engine) {
+    tsan::Ignore ig;
+    t.engine = tsan::create("cp.async unit");
+  }
+  void* self = t.tsan;
+  if (acquire_thread) tsan::release(&t.engine_sync);
+  tsan::switch_to(t.engine);
+  if (acquire_thread) tsan::acquire(&t.engine_sync);
+  f();
+  tsan::release(&t.engine_done);
+  tsan::switch_to(self);
+}
+
+// ---- mbarrier and bulk copies (mbarrier.cpp) -------------------------------------------------
+
+/// Does what the async units can do while every thread is parked: the bulk copies in flight
+/// (each completing its barrier's transactions) and the release of threads waiting for a phase
+/// that has completed. Returns whether anything happened. Throws on misuse.
+bool mbarrier_progress(Launch& L);
+/// " waits on the mbarrier at shared offset N for phase parity p (...)" for a deadlock report.
+std::string mbarrier_wait_report(const Launch& L, const Thread& t);
+/// At a block's start (forget the last block's barriers) and end (no copy may be in flight).
+void mbarrier_block_begin(Launch& L);
+void mbarrier_block_end(Launch& L);
 
 /// Deposits this lane's part of a warp collective, waits for the others, and returns with the
 /// lane's Thread::out holding its result.
