@@ -3,6 +3,8 @@
 // matrix product in tests/emu). Fragment layouts are those of ../shared/EMULATION.md.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
+
 #include "common.cuh"
 
 namespace nuri::kernels {
@@ -254,6 +256,113 @@ __device__ __forceinline__ void cp_async_bulk(void* smem_dst, const void* gmem_s
           "r"(smem_address(smem_dst)),
       "l"(gmem_src), "r"(bytes), "r"(smem_address(bar))
       : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// cp.async.bulk.tensor load of the box at `coord` (innermost first; Rank 2 to 4) of the
+/// tensor map into shared memory at `smem_dst` (128-byte aligned; 1024 for the 128-byte swizzle),
+/// completing the box's bytes on `bar`. `map`: a __grid_constant__ kernel parameter.
+template <int Rank>
+__device__ __forceinline__ void tma_load(void* smem_dst, const CUtensorMap* map,
+                                         const int32_t (&coord)[Rank], uint64_t* bar NURI_PTX_SITE) {
+  static_assert(Rank >= 2 && Rank <= 4, "tensor maps of rank 2 to 4");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_bulk_tensor_load(smem_dst, map, Rank, coord, bar, site);
+#elif NURI_PTX_SM90
+  const uint32_t d = smem_address(smem_dst), b = smem_address(bar);
+  const uint64_t m = reinterpret_cast<uint64_t>(map);
+  if constexpr (Rank == 2) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3}], [%4];\n" ::"r"(d),
+        "l"(m), "r"(coord[0]), "r"(coord[1]), "r"(b)
+        : "memory");
+  } else if constexpr (Rank == 3) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(d),
+        "l"(m), "r"(coord[0]), "r"(coord[1]), "r"(coord[2]), "r"(b)
+        : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(d),
+        "l"(m), "r"(coord[0]), "r"(coord[1]), "r"(coord[2]), "r"(coord[3]), "r"(b)
+        : "memory");
+  }
+#else
+  __trap();
+#endif
+}
+
+/// cp.async.bulk.tensor store of the box in shared memory at `smem_src` (as a load leaves it) to
+/// the tensor at `coord`; elements outside the tensor are not written. Joins the open bulk
+/// group: commit it, and wait for it before the source is written again or the kernel ends.
+/// Generic-proxy writes to the source need fence_proxy_async() (and a barrier) before the issue.
+template <int Rank>
+__device__ __forceinline__ void tma_store(const CUtensorMap* map, const int32_t (&coord)[Rank],
+                                          const void* smem_src NURI_PTX_SITE) {
+  static_assert(Rank >= 2 && Rank <= 4, "tensor maps of rank 2 to 4");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_bulk_tensor_store(map, Rank, coord, smem_src, site);
+#elif NURI_PTX_SM90
+  const uint32_t s = smem_address(smem_src);
+  const uint64_t m = reinterpret_cast<uint64_t>(map);
+  if constexpr (Rank == 2) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group [%0, {%1, %2}], [%3];\n"
+                 ::"l"(m), "r"(coord[0]), "r"(coord[1]), "r"(s)
+                 : "memory");
+  } else if constexpr (Rank == 3) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3}], [%4];\n" ::
+            "l"(m),
+        "r"(coord[0]), "r"(coord[1]), "r"(coord[2]), "r"(s)
+        : "memory");
+  } else {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%1, %2, %3, %4}], [%5];\n" ::
+            "l"(m),
+        "r"(coord[0]), "r"(coord[1]), "r"(coord[2]), "r"(coord[3]), "r"(s)
+        : "memory");
+  }
+#else
+  __trap();
+#endif
+}
+
+/// cp.async.bulk.commit_group: closes this thread's open group of tensor stores.
+__device__ __forceinline__ void cp_async_bulk_commit(NURI_PTX_SITE_ONLY) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_bulk_commit(site);
+#elif NURI_PTX_SM90
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+/// cp.async.bulk.wait_group N: at most N of this thread's committed store groups still pending
+/// (their writes done). The emulator completes them whole (reads and writes) at this wait.
+template <int N>
+__device__ __forceinline__ void cp_async_bulk_wait(NURI_PTX_SITE_ONLY) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async_bulk_wait(N, site);
+#elif NURI_PTX_SM90
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(N) : "memory");
+#else
+  __trap();
+#endif
+}
+
+/// fence.proxy.async.shared::cta: orders this thread's generic-proxy shared-memory accesses
+/// before later async-proxy ones (a tensor store reading what threads wrote). The emulator has
+/// one proxy, so it orders nothing more there: a missing fence is not detected.
+__device__ __forceinline__ void fence_proxy_async() {
+#if defined(NURI_CUDA_EMULATION)
+#elif NURI_PTX_SM90
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #else
   __trap();
 #endif

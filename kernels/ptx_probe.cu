@@ -58,4 +58,30 @@ __global__ void __launch_bounds__(64) ptx_probe_sm90_kernel(const float* src, fl
   }
 }
 
+// The tensor-map wrappers: a 2-d and a 3-d box loaded under an mbarrier, a 4-d one stored back.
+struct PtxProbeTmaParams {
+  CUtensorMap map2, map3, map4;
+};
+__global__ void __launch_bounds__(32) ptx_probe_tma_kernel(const __grid_constant__ PtxProbeTmaParams p) {
+  __shared__ __align__(1024) unsigned char box[4096];
+  __shared__ __align__(8) uint64_t bar[1];
+  if (threadIdx.x == 0) {
+    mbarrier_init(bar, 1);
+    mbarrier_arrive_expect_tx(bar, 4096);
+    const int32_t c2[2] = {0, 1};
+    const int32_t c3[3] = {0, 1, 2};
+    tma_load<2>(box, &p.map2, c2, bar);
+    tma_load<3>(box + 2048, &p.map3, c3, bar);
+  }
+  mbarrier_wait_parity(bar, 0);
+  fence_proxy_async();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int32_t c4[4] = {0, 1, 2, 3};
+    tma_store<4>(&p.map4, c4, box);
+    cp_async_bulk_commit();
+    cp_async_bulk_wait<0>();
+  }
+}
+
 }  // namespace nuri::kernels

@@ -64,7 +64,7 @@ for arch in "${archs[@]}"; do
 done
 echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 
-# The sm_90 wrappers (mbarrier, cp.async.bulk) assembled by ptxas for sm_90, and present.
+# The sm_90 wrappers (mbarrier, cp.async.bulk, TMA) assembled by ptxas for sm_90, and present.
 keep90="$out/keep.ptx_probe.sm90"
 mkdir -p "$keep90"
 "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels \
@@ -73,13 +73,17 @@ mkdir -p "$keep90"
 for instr in mbarrier.init.shared::cta.b64 mbarrier.inval.shared::cta.b64 \
              mbarrier.arrive.shared::cta.b64 mbarrier.arrive.expect_tx.shared::cta.b64 \
              mbarrier.expect_tx.relaxed.cta.shared::cta.b64 mbarrier.try_wait.parity.shared::cta.b64 \
-             cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes; do
+             cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes \
+             cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes \
+             cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes \
+             cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group \
+             cp.async.bulk.commit_group cp.async.bulk.wait_group fence.proxy.async.shared::cta; do
   if ! grep -qF "$instr" "$keep90/ptx_probe.ptx"; then
     echo "check-kernels: $instr missing from the sm_90 PTX of kernels/ptx_probe.cu" >&2
     exit 1
   fi
 done
-echo "ptx.cuh: mbarrier and cp.async.bulk assembled for sm_90"
+echo "ptx.cuh: mbarrier, cp.async.bulk, tensor-map loads and stores assembled for sm_90"
 
 # The attention and GEMM kernels must run on tensor cores with asynchronous tile loads; the
 # attention kernels must fit the shared memory of every GPU nuri targets (the sizes are dynamic,

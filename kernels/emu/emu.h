@@ -27,6 +27,9 @@
 // A static __shared__ array is block-private because one OS thread runs one block at a time.
 #undef __shared__
 #define __shared__ static thread_local
+// A kernel parameter in constant space (a CUtensorMap) is an ordinary by-value parameter here.
+#undef __grid_constant__
+#define __grid_constant__
 // Launch bounds only guide nvcc's register allocation.
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
@@ -116,6 +119,27 @@ bool mbarrier_try_wait_parity(void* bar, unsigned parity, Site site);
 /// completes, by the issuing thread's copy unit: reading it before the phase's wait is a race.
 void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, void* bar,
                                     Site site);
+
+/// cp.async.bulk.tensor.{rank}d.shared::cluster.global.tile.mbarrier::complete_tx::bytes: the box
+/// of the tensor map `tmap` (made by the emulated cuTensorMapEncodeTiled) whose first element is
+/// at `coord` (innermost first; may lie outside the tensor) into shared memory at `dst` (128-byte
+/// aligned), densely, innermost dimension contiguous, with the map's swizzle applied to the
+/// byte offsets from the start of dynamic shared memory (16-byte chunk index XOR the 128-byte
+/// row index, over the swizzle's span); elements outside the tensor are 0 (or NaN with the
+/// NaN fill). Completes the box's bytes on `bar` when the copy lands, as cp_async_bulk does.
+void cp_async_bulk_tensor_load(void* dst, const void* tmap, int rank, const int32_t* coord,
+                               void* bar, Site site);
+/// cp.async.bulk.tensor.{rank}d.global.shared::cta.tile.bulk_group: the box at `src` (laid out
+/// as a load would leave it) to the tensor at `coord`; elements outside the tensor are not
+/// written. Joins this thread's open bulk group; the copy reads shared memory and writes global
+/// memory when a bulk wait completes its group, which fails if the source changed since the
+/// issue (a GPU may read it any time in between).
+void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord, const void* src,
+                                Site site);
+/// cp.async.bulk.commit_group and cp.async.bulk.wait_group[.read] N: completes every committed
+/// group of this thread's tensor stores except the newest `pending`.
+void cp_async_bulk_commit(Site site);
+void cp_async_bulk_wait(int pending, Site site);
 
 // ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------
 //

@@ -217,7 +217,14 @@ bool mbarrier_try_wait_parity(void* bar, unsigned parity, Site site) {
 
 void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, void* bar,
                                     Site site) {
-  const char* op = "cp.async.bulk";
+  cp_async_bulk_enqueue(dst, src, bytes, bar, nullptr, site);
+}
+
+namespace detail {
+
+void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar,
+                           std::shared_ptr<TensorCopy> tensor, Site site) {
+  const char* op = tensor ? "cp.async.bulk.tensor" : "cp.async.bulk";
   checked(bar, site, op);
   Thread* t;
   {
@@ -228,6 +235,7 @@ void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, 
       fail(L, *t, std::string(op) + " at " + str(site) + ": " + std::to_string(bytes) +
                       " bytes (must be a positive multiple of 16)");
     }
+    // (src is null for a tensor load)
     if (reinterpret_cast<uintptr_t>(dst) % 16 || reinterpret_cast<uintptr_t>(src) % 16) {
       fail(L, *t, std::string(op) + " at " + str(site) + ": addresses not 16-byte aligned");
     }
@@ -236,7 +244,7 @@ void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, 
                       std::to_string(bytes) + " bytes) is not inside this block's dynamic " +
                       "shared memory");
     }
-    L.bulk.push_back({dst, src, bytes, bar, t, site});
+    L.bulk.push_back({dst, src, bytes, bar, t, site, std::move(tensor)});
     tsan::ignore_end();
   }
   // Poisoned now by the copy unit, written when the copy completes. The thread takes the
@@ -245,8 +253,6 @@ void cp_async_bulk_global_to_shared(void* dst, const void* src, unsigned bytes, 
   as_copy_unit(*t, true, [&] { std::memset(dst, 0xff, bytes); });
   tsan::acquire(&t->engine_done);
 }
-
-namespace detail {
 
 void mbarrier_block_begin(Launch& L) {
   L.mbarriers.clear();
@@ -288,8 +294,13 @@ bool mbarrier_progress(Launch& L) {
     void* const dst = c.dst;
     const void* const src = c.src;
     const size_t n = c.bytes;
+    const TensorCopy* const tensor = c.tensor.get();
     tsan::switch_to(engine);
-    std::memcpy(dst, src, n);  // the unit's accesses (it holds no ignore region)
+    if (tensor) {
+      tensor_copy(*tensor);  // the unit's accesses (it holds no ignore region)
+    } else {
+      std::memcpy(dst, src, n);
+    }
     tsan::release(phase_sync);
     tsan::release(done);  // before the launch's end, which frees the shared memory
     tsan::switch_to(sched);

@@ -297,6 +297,11 @@ void thread_main(void* arg) {
   if (!self.open_copies.empty() || !self.groups.empty()) {
     fail(launch, self, "a thread exited with cp.async copies it never waited for (cp_async_wait)");
   }
+  if (!self.open_stores.empty() || !self.store_groups.empty()) {
+    fail(launch, self,
+         "a thread exited with tensor stores (cp.async.bulk.tensor) it never committed and waited "
+         "for (cp_async_bulk_commit, cp_async_bulk_wait)");
+  }
   self.wait = Wait::done;
 }
 

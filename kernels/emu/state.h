@@ -40,6 +40,32 @@ struct AsyncCopy {
   int bytes, src_bytes;
 };
 
+/// A tensor map as the emulator encodes it into CUtensorMap's opaque bytes (tensor_map.cpp).
+struct TensorMap {
+  uint64_t magic = 0;
+  uint64_t addr = 0;
+  uint64_t dim[5] = {};     // elements; dim[0] innermost
+  uint64_t stride[4] = {};  // bytes, of dims 1.. (dim 0's is the element size)
+  uint32_t box[5] = {};     // elements
+  uint8_t rank = 0, esize = 0, swizzle = 0;  // swizzle: its span in bytes, 0 for none
+  uint8_t oob_nan = 0;                       // out-of-bounds elements read as NaN, not 0
+};
+
+/// One tensor tile copy (cp.async.bulk.tensor): the map, the box's first coordinates and the
+/// shared-memory side.
+struct TensorCopy {
+  TensorMap map;
+  int64_t coord[5] = {};
+  unsigned char* smem_base = nullptr;  // the block's dynamic shared memory (swizzle origin)
+  size_t smem_off = 0;                 // the box's offset in it
+  bool load = true;  // global -> shared; else shared -> global (in-bounds elements only)
+  // A store's source bytes at the issue, and where it was issued: a write to the source before
+  // the bulk wait (the hardware may read either value) is caught when the wait finds them
+  // changed.
+  std::vector<unsigned char> source;
+  Site site;
+};
+
 struct Launch;
 struct CounterState;  // counters.cpp
 
@@ -61,6 +87,9 @@ struct Thread {
   std::vector<std::vector<AsyncCopy>> groups;
   void* engine = nullptr;
   char engine_sync = 0, engine_done = 0;
+  // Tensor stores (cp.async.bulk.tensor to global): the open bulk group and the committed ones.
+  std::vector<TensorCopy> open_stores;
+  std::vector<std::vector<TensorCopy>> store_groups;
   // mbarrier.try_wait.parity: the barrier and the parity of the phase it waits for.
   const void* mbar = nullptr;
   unsigned parity = 0;
@@ -79,6 +108,7 @@ struct MBarrier {
 
 /// A cp.async.bulk copy in flight: done by the issuing thread's copy unit when the scheduler
 /// next finds every thread parked, then it completes `bytes` of the barrier's transactions.
+/// `tensor`: a tensor tile load (dst/src unused), else a plain copy.
 struct BulkCopy {
   void* dst;
   const void* src;
@@ -86,7 +116,17 @@ struct BulkCopy {
   const void* bar;
   Thread* issuer;
   Site site;
+  std::shared_ptr<TensorCopy> tensor;
 };
+
+/// Copies one tensor tile, in the calling context (the copy unit's): only the element copies
+/// are its accesses, the bookkeeping is ignored. tensor_map.cpp.
+void tensor_copy(const TensorCopy& c);
+
+/// A bulk copy's issue (mbarrier.cpp): checks, the barrier, poisoning of the destination by the
+/// issuing thread's copy unit; `tensor` makes it a tensor tile load (src unused).
+void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar,
+                           std::shared_ptr<TensorCopy> tensor, Site site);
 
 struct Launch {
   const char* name = "";
