@@ -84,4 +84,29 @@ __global__ void __launch_bounds__(32) ptx_probe_tma_kernel(const __grid_constant
   }
 }
 
+// The wgmma wrappers (sm_90a): A from shared memory and from registers, chained and waited for.
+__global__ void __launch_bounds__(256, 1) ptx_probe_wgmma_kernel(float* out) {
+  extern __shared__ __align__(1024) unsigned char tile[];
+  float d64[32], d128[64];
+  for (float& x : d64) x = 0.f;
+  for (float& x : d128) x = 0.f;
+  const uint64_t a = wgmma_desc(tile, 0, 1024, 128), b = wgmma_desc(tile + 8192, 0, 1024, 128);
+  const uint32_t regs[4] = {threadIdx.x, threadIdx.x + 1, threadIdx.x + 2, threadIdx.x + 3};
+  if (threadIdx.x < 128) {
+    setmaxnreg<true, 240>();
+  } else {
+    setmaxnreg<false, 24>();
+  }
+  wgmma_fence();
+  wgmma_ss<__nv_bfloat16, 64>(d64, a, b, false);
+  wgmma_rs<__half, 128>(d128, regs, b, true);
+  wgmma_ss<__half, 32>(*reinterpret_cast<float(*)[16]>(d64), a, b, true);
+  wgmma_commit();
+  wgmma_wait<0>();
+  float s = 0.f;
+  for (float x : d64) s += x;
+  for (float x : d128) s += x;
+  out[threadIdx.x] = s;
+}
+
 }  // namespace nuri::kernels

@@ -64,11 +64,12 @@ for arch in "${archs[@]}"; do
 done
 echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
 
-# The sm_90 wrappers (mbarrier, cp.async.bulk, TMA) assembled by ptxas for sm_90, and present.
+# The sm_90 wrappers (mbarrier, cp.async.bulk, TMA, and wgmma, which needs sm_90a) assembled by
+# ptxas for sm_90a, and present.
 keep90="$out/keep.ptx_probe.sm90"
 mkdir -p "$keep90"
 "$nvcc" -std=c++20 -O3 --expt-relaxed-constexpr -Iinclude -Ikernels \
-  -gencode arch=compute_90,code=sm_90 -c kernels/ptx_probe.cu -o "$out/ptx_probe.sm90.o" \
+  -gencode arch=compute_90a,code=sm_90a -c kernels/ptx_probe.cu -o "$out/ptx_probe.sm90a.o" \
   --keep --keep-dir "$keep90"
 for instr in mbarrier.init.shared::cta.b64 mbarrier.inval.shared::cta.b64 \
              mbarrier.arrive.shared::cta.b64 mbarrier.arrive.expect_tx.shared::cta.b64 \
@@ -77,13 +78,18 @@ for instr in mbarrier.init.shared::cta.b64 mbarrier.inval.shared::cta.b64 \
              cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes \
              cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes \
              cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group \
-             cp.async.bulk.commit_group cp.async.bulk.wait_group fence.proxy.async.shared::cta; do
+             cp.async.bulk.commit_group cp.async.bulk.wait_group fence.proxy.async.shared::cta \
+             wgmma.fence.sync.aligned wgmma.commit_group.sync.aligned wgmma.wait_group.sync.aligned \
+             wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 \
+             wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 \
+             wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 \
+             setmaxnreg.inc.sync.aligned.u32 setmaxnreg.dec.sync.aligned.u32; do
   if ! grep -qF "$instr" "$keep90/ptx_probe.ptx"; then
-    echo "check-kernels: $instr missing from the sm_90 PTX of kernels/ptx_probe.cu" >&2
+    echo "check-kernels: $instr missing from the sm_90a PTX of kernels/ptx_probe.cu" >&2
     exit 1
   fi
 done
-echo "ptx.cuh: mbarrier, cp.async.bulk, tensor-map loads and stores assembled for sm_90"
+echo "ptx.cuh: mbarrier, cp.async.bulk, tensor-map loads and stores, wgmma assembled for sm_90a"
 
 # The attention and GEMM kernels must run on tensor cores with asynchronous tile loads; the
 # attention kernels must fit the shared memory of every GPU nuri targets (the sizes are dynamic,
@@ -117,5 +123,15 @@ printf 'attention: nvcc time %.0f s for %s (sum over the sources and archs, -O3,
 for bin in "$root"/.venv/lib/python3*/site-packages/nvidia/cu*/bin; do
   [[ -x "$bin/cuobjdump" ]] && PATH="$PATH:$bin"
 done
+# ...and the SASS has the Hopper units' instructions (tensor-core HGMMA, the TMA's UTMALDG and
+# UTMASTG, the mbarrier's SYNCS).
+sass90a=$(cuobjdump -sass "$out/ptx_probe.sm90a.o")
+for op in HGMMA UTMALDG UTMASTG SYNCS.PHASECHK; do
+  if ! grep -q "$op" <<<"$sass90a"; then
+    echo "check-kernels: $op missing from the sm_90a SASS of kernels/ptx_probe.cu" >&2
+    exit 1
+  fi
+done
+echo "ptx.cuh: HGMMA, UTMALDG, UTMASTG and SYNCS in the sm_90a SASS"
 "$out/smem_report" --tsv >"$out/smem.tsv"
 python3 scripts/kernel_report.py "$out" "$out/smem.tsv" "${archs[@]}"

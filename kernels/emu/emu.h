@@ -141,6 +141,40 @@ void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord
 void cp_async_bulk_commit(Site site);
 void cp_async_bulk_wait(int pending, Site site);
 
+// ---- wgmma (sm_90a warpgroup matrix multiply-accumulate) -------------------------------------
+//
+// wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{bf16,f16}, issued by the 128 threads of a
+// warpgroup (threads 128w..128w+127 of the block) together: D (64 x n, f32) = A (64 x 16) · B
+// (16 x n) + (scale_d ? D : 0). A comes from registers (each warp's 16 rows in the m16n8k16 A
+// fragment) or a shared-memory descriptor, B from a descriptor; both K-major ("K-major":
+// consecutive k of a row are consecutive in memory), with the descriptor's layout: start, the
+// leading and stride byte offsets, and swizzle none / 32 / 64 / 128 bytes (the same address XOR
+// as the tensor maps', from the start of dynamic shared memory). Thread (warp w, lane 4g + t)
+// holds D[16w + g + 8h][8j + 2t + i] in d[4j + 2h + i]. The products are exact and summed in
+// order over k in f32, as mma.sync's. Asynchronous as on the GPU: the results reach the
+// registers at the wgmma.wait_group that completes their group; until then the registers hold
+// NaN (a read before the wait shows), and a later wgmma on the same registers chains on the
+// pending result. Errors: a wgmma.mma_async with no wgmma.fence since the thread's last
+// wait_group (or the start), accumulator registers written while their wgmma is in flight, a
+// warpgroup whose threads disagree (shape, type, descriptors, site), a block whose size is not
+// a whole number of warpgroups, a descriptor reaching outside shared memory, and a thread exiting
+// with results it never waited for.
+
+void wgmma_fence(Site site);
+void wgmma_commit(Site site);
+void wgmma_wait(int pending, Site site);
+void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_t a_desc,
+                     uint64_t b_desc, bool scale_d, Site site);
+/// The shared-memory address a descriptor holds for `p` (its offset from the start of dynamic
+/// shared memory).
+uint32_t shared_address(const void* p);
+
+/// setmaxnreg.{inc,dec}.sync.aligned.u32 count, accounting only (the emulator has no register
+/// file): count in [24, 256] and a multiple of 8; the 128 threads of a warpgroup agree on each
+/// call; .inc never lowers and .dec never raises the warpgroup's count; and the warpgroups that
+/// have set a count together stay within an SM's 65536 registers (count x 128 each).
+void setmaxnreg(bool inc, unsigned count, Site site);
+
 // ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------
 //
 // What a GPU profiler would call shared-memory wavefronts, global-memory sectors and executed

@@ -257,6 +257,7 @@ void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar
 void mbarrier_block_begin(Launch& L) {
   L.mbarriers.clear();
   L.bulk.clear();
+  L.maxnreg.clear();
 }
 
 void mbarrier_block_end(Launch& L) {

@@ -119,7 +119,7 @@ using namespace detail;
 
 // ---- scheduler ------------------------------------------------------------------------------------
 
-namespace {
+namespace detail {
 
 /// Every thread of `ts` that takes part releases `sync` from its own TSan context (they are all
 /// parked, so this is the release each made on arrival), then each will acquire it on resuming.
@@ -141,12 +141,17 @@ void rendezvous(Launch& L, const std::vector<Thread*>& ts) {
   }
 }
 
+}  // namespace detail
+
+namespace {
+
 /// Completes what can be completed: warp collectives whose lanes have all arrived, and the
 /// barrier once every live thread waits at it. Throws on misuse. Returns whether any completed.
 bool complete_waits(Launch& L) {
   std::vector<Thread>& ts = *L.threads;
   const int n = int(ts.size());
   bool progress = mbarrier_progress(L);
+  progress = wgmma_progress(L) || progress;
   for (int base = 0; base < n; base += 32) {
     Thread* lanes[32] = {};
     for (int l = 0; l < 32 && base + l < n; ++l) lanes[l] = &ts[size_t(base + l)];
@@ -159,7 +164,8 @@ bool complete_waits(Launch& L) {
       for (int j = 0; j < 32; ++j) {
         if (!(op.mask >> j & 1u)) continue;
         Thread* u = lanes[j];
-        if (u->wait == Wait::none || u->wait == Wait::mbarrier) {  // it may still come
+        if (u->wait == Wait::none || u->wait == Wait::mbarrier ||
+            u->wait == Wait::warpgroup) {  // it may still come
           ready = false;
           continue;
         }
@@ -196,7 +202,8 @@ bool complete_waits(Launch& L) {
   std::vector<Thread*> waiting;
   Thread* exited = nullptr;
   for (Thread& t : ts) {
-    if (t.wait == Wait::none || t.wait == Wait::warp || t.wait == Wait::mbarrier) {
+    if (t.wait == Wait::none || t.wait == Wait::warp || t.wait == Wait::mbarrier ||
+        t.wait == Wait::warpgroup) {
       return progress;
     }
     if (t.wait == Wait::done) {
@@ -232,6 +239,8 @@ std::string deadlock_report(const Launch& L) {
     os << " thread " << str(t.tid) << " waits ";
     if (t.wait == Wait::mbarrier) {
       os << mbarrier_wait_report(L, t) << ";";
+    } else if (t.wait == Wait::warpgroup) {
+      os << "in a wgmma.mma_async at " << str(t.site) << " for the rest of its warpgroup;";
     } else {
       os << (t.wait == Wait::barrier ? "at __syncthreads at " : "in a warp collective at ")
          << str(t.site) << ";";
@@ -281,6 +290,8 @@ void retire(Launch& L, std::vector<Thread>& threads) {
     if (t.engine) tsan::destroy(t.engine);
     if (t.started && !t.ended) L.fibers->discard(t.tsan);
   }
+  if (L.tensor_unit) tsan::destroy(L.tensor_unit);
+  L.tensor_unit = nullptr;
   L.threads = nullptr;
   L.cur = nullptr;
 }
@@ -296,6 +307,11 @@ void thread_main(void* arg) {
   tsan::ignore_begin();
   if (!self.open_copies.empty() || !self.groups.empty()) {
     fail(launch, self, "a thread exited with cp.async copies it never waited for (cp_async_wait)");
+  }
+  if (!self.wg_open.empty() || !self.wg_groups.empty()) {
+    fail(launch, self,
+         "a thread exited with wgmma.mma_async results it never committed and waited for "
+         "(wgmma_commit, wgmma_wait)");
   }
   if (!self.open_stores.empty() || !self.store_groups.empty()) {
     fail(launch, self,

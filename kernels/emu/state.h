@@ -19,7 +19,7 @@ class FiberPool;
 
 // ---- state of a launch ----------------------------------------------------------------------------
 
-enum class Wait { none, barrier, warp, mbarrier, done };
+enum class Wait { none, barrier, warp, mbarrier, warpgroup, done };
 
 enum class OpKind { shfl, vote, syncwarp, mma, ldmatrix };
 
@@ -66,6 +66,29 @@ struct TensorCopy {
   Site site;
 };
 
+/// A thread's part of a wgmma.mma_async (wgmma.cpp): its arguments, the accumulator input it
+/// brings (its registers, or the pending result of an earlier wgmma on the same registers), and
+/// the result the rendezvous computes for it.
+struct WgmmaArrival {
+  bool bf16 = true;
+  int n = 0;
+  float* d = nullptr;
+  bool a_in_regs = false;
+  uint32_t a[4] = {};
+  uint64_t a_desc = 0, b_desc = 0;
+  bool scale_d = true;
+  std::vector<float> input, result;
+  Site site;
+};
+
+/// A wgmma result not yet written to its registers: written by the wait_group that completes
+/// its group, when the registers must still hold the poison written at the issue.
+struct WgmmaPending {
+  float* d = nullptr;
+  std::vector<float> value;
+  Site site;
+};
+
 struct Launch;
 struct CounterState;  // counters.cpp
 
@@ -90,6 +113,13 @@ struct Thread {
   // Tensor stores (cp.async.bulk.tensor to global): the open bulk group and the committed ones.
   std::vector<TensorCopy> open_stores;
   std::vector<std::vector<TensorCopy>> store_groups;
+  // wgmma: a wgmma.fence since the last wait_group (or the start), the results of the open
+  // group and of the committed ones (oldest first), and this thread's part of a rendezvous.
+  bool wg_fenced = false;
+  std::vector<WgmmaPending> wg_open;
+  std::vector<std::vector<WgmmaPending>> wg_groups;
+  WgmmaArrival wg;
+  int maxnreg_calls = 0;  // setmaxnreg calls this thread made
   // mbarrier.try_wait.parity: the barrier and the parity of the phase it waits for.
   const void* mbar = nullptr;
   unsigned parity = 0;
@@ -147,6 +177,12 @@ struct Launch {
   std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> smem_blocks;  // freed at the end
   std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
   std::shared_ptr<CounterState> counters;  // null unless performance counters are on
+  // wgmma's tensor-core unit: a TSan context that reads the operands in shared memory after
+  // taking the warpgroup's history, and releases `tensor_unit_done` for the wait_group.
+  void* tensor_unit = nullptr;
+  char tensor_unit_done = 0;
+  // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far.
+  std::vector<std::vector<unsigned>> maxnreg;
   // This block's mbarriers by shared-memory address, and its bulk copies in flight.
   std::map<const void*, MBarrier> mbarriers;
   std::vector<BulkCopy> bulk;
@@ -200,6 +236,17 @@ void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
   tsan::release(&t.engine_done);
   tsan::switch_to(self);
 }
+
+/// Releases the parked threads `ts` of a completed collective: each acquires what all of them
+/// did before arriving when it resumes (scheduler.cpp).
+void rendezvous(Launch& L, const std::vector<Thread*>& ts);
+
+// ---- wgmma (wgmma.cpp) --------------------------------------------------------------------------
+
+/// Completes the wgmma rendezvous of every warpgroup whose 128 threads have all arrived (the
+/// products, each thread's result into its Thread::wg.result). Throws on misuse; returns
+/// whether any completed.
+bool wgmma_progress(Launch& L);
 
 // ---- mbarrier and bulk copies (mbarrier.cpp) -------------------------------------------------
 

@@ -1,0 +1,338 @@
+// wgmma under the emulator (emu.h states the semantics): a rendezvous of the warpgroup's 128
+// threads like a warp collective's, the product computed by the scheduler when all have
+// arrived, each thread's result kept pending (its registers poisoned with NaN) until the
+// wait_group that completes its group.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+
+#include "emu/internal.h"
+#include "emu/ptx_math.h"
+#include "emu/state.h"
+#include "nuri/core/error.h"
+
+namespace nuri::emu {
+
+using namespace detail;
+
+namespace {
+
+constexpr int kWarpgroup = 128;
+
+float poison() { return std::numeric_limits<float>::quiet_NaN(); }
+
+bool is_poison(float v) {
+  const float p = poison();
+  return std::memcmp(&v, &p, 4) == 0;
+}
+
+/// The latest value pending for registers `d` (in the open group or a committed one), or null.
+const std::vector<float>* pending_for(const Thread& t, const float* d) {
+  for (auto it = t.wg_open.rbegin(); it != t.wg_open.rend(); ++it) {
+    if (it->d == d) return &it->value;
+  }
+  for (auto g = t.wg_groups.rbegin(); g != t.wg_groups.rend(); ++g) {
+    for (auto it = g->rbegin(); it != g->rend(); ++it) {
+      if (it->d == d) return &it->value;
+    }
+  }
+  return nullptr;
+}
+
+struct Desc {
+  uint32_t start, lbo, sbo, base_offset, mode;
+};
+Desc decode(uint64_t d) {
+  return {uint32_t(d & 0x3fff) << 4, uint32_t((d >> 16) & 0x3fff) << 4,
+          uint32_t((d >> 32) & 0x3fff) << 4, uint32_t((d >> 49) & 7), uint32_t(d >> 62)};
+}
+
+/// Byte offset from the start of dynamic shared memory of element (row, k) of a K-major 16-bit
+/// operand: rows in groups of 8 `sbo` apart; without swizzle, 8 x 16-byte core matrices with
+/// k-neighbours `lbo` apart; with a swizzle of span S, each row S bytes after the previous
+/// inside its group of 8, then the 16-byte chunk index XOR the 128-byte row index.
+size_t element_offset(const Desc& d, int row, int k) {
+  if (d.mode == 0) {
+    return size_t(d.start) + size_t(row / 8) * d.sbo + size_t(k / 8) * d.lbo + size_t(row % 8) * 16 +
+           size_t(k % 8) * 2;
+  }
+  const size_t span = d.mode == 1 ? 128 : d.mode == 2 ? 64 : 32;
+  const size_t a = size_t(d.start) + size_t(row / 8) * d.sbo + size_t(row % 8) * span + size_t(k) * 2;
+  return a ^ (((a >> 7) & (span / 16 - 1)) << 4);
+}
+
+/// The offset of element (row, k) of the operand at descriptor `desc`, checked against the
+/// shared memory.
+uint32_t operand_offset(const Launch& L, uint64_t desc, int row, int k, const Site& site,
+                        const char* which) {
+  const Desc d = decode(desc);
+  NURI_CHECK(d.base_offset == 0, "emulated ", L.name, ": wgmma.mma_async at ", str(site), ": the ",
+             which, " descriptor's matrix base offset is ", d.base_offset,
+             " (the emulator supports 0: swizzle atoms at their own alignment)");
+  const size_t off = element_offset(d, row, k);
+  NURI_CHECK(off + 2 <= L.smem, "emulated ", L.name, ": wgmma.mma_async at ", str(site), ": the ",
+             which, " descriptor reaches byte ", off, " of a ", L.smem,
+             "-byte dynamic shared memory [block ", str(L.block_idx), "]");
+  return uint32_t(off);
+}
+
+/// Reads the 16-bit operand elements at `offs` as the tensor-core unit: after taking the
+/// warpgroup's history (`arrived`, released by each of its threads), only the shared-memory
+/// loads are its accesses, and the unit releases what it read for the wait_group. Runs from the
+/// scheduler's context.
+void unit_reads(Launch& L, char* arrived, const std::vector<uint32_t>& offs,
+                std::vector<uint16_t>& raw) {
+  if (!L.tensor_unit) L.tensor_unit = tsan::create("tensor-core unit");
+  raw.assign(offs.size(), 0);
+  void* const sched = L.sched_tsan;
+  void* const unit = L.tensor_unit;
+  const unsigned char* const smem = L.smem_buf;
+  const uint32_t* const o = offs.data();
+  uint16_t* const r = raw.data();
+  const size_t n = offs.size();
+  char* const done = &L.tensor_unit_done;
+  char* const launch_done = &L.done_sync;  // before the launch's end, which frees the memory
+  tsan::switch_to(unit);
+  tsan::acquire(arrived);
+  for (size_t i = 0; i < n; ++i) {
+    tsan::ignore_begin();
+    const uint32_t off = o[i];
+    tsan::ignore_end();
+    const uint16_t h = *reinterpret_cast<const uint16_t*>(smem + off);  // the unit's read
+    tsan::ignore_begin();
+    r[i] = h;
+    tsan::ignore_end();
+  }
+  tsan::release(done);
+  tsan::release(launch_done);
+  tsan::switch_to(sched);
+}
+
+}  // namespace
+
+uint32_t shared_address(const void* p) {
+  tsan::Ignore ig;
+  return uint32_t(static_cast<const unsigned char*>(p) - launch_state().smem_buf);
+}
+
+void wgmma_fence(Site) {
+  tsan::Ignore ig;
+  launch_state().cur->wg_fenced = true;
+}
+
+void wgmma_commit(Site) {
+  tsan::Ignore ig;
+  Thread& t = *launch_state().cur;
+  t.wg_groups.push_back(std::move(t.wg_open));
+  t.wg_open.clear();
+}
+
+void wgmma_wait(int pending, Site site) {
+  tsan::ignore_begin();  // not RAII: fail() parks inside it
+  Launch& L = launch_state();
+  Thread& t = *L.cur;
+  if (pending < 0) fail(L, t, "wgmma.wait_group at " + str(site) + ": negative count");
+  while (int(t.wg_groups.size()) > pending) {
+    for (const WgmmaPending& r : t.wg_groups.front()) {
+      for (size_t i = 0; i < r.value.size(); ++i) {
+        if (!is_poison(r.d[i])) {
+          fail(L, t, "wgmma.wait_group at " + str(site) + ": accumulator register " +
+                         std::to_string(i) + " of the wgmma.mma_async issued at " + str(r.site) +
+                         " was written while that wgmma was in flight");
+        }
+      }
+    }
+    // Chained results: the last one for each registers wins, in issue order.
+    for (const WgmmaPending& r : t.wg_groups.front()) {
+      std::memcpy(r.d, r.value.data(), r.value.size() * sizeof(float));
+    }
+    t.wg_groups.erase(t.wg_groups.begin());
+  }
+  tsan::acquire(&L.tensor_unit_done);  // the operands' reads happen before what follows
+  t.wg_fenced = false;  // registers the kernel now touches need a fence before the next wgmma
+  tsan::ignore_end();
+}
+
+void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_t a_desc,
+                     uint64_t b_desc, bool scale_d, Site site) {
+  tsan::ignore_begin();  // not RAII: fail() parks inside it
+  Launch& L = launch_state();
+  Thread& t = *L.cur;
+  if (n < 8 || n > 256 || n % 8) {
+    fail(L, t, "wgmma.mma_async at " + str(site) + ": N = " + std::to_string(n) +
+                   " (m64nNk16 takes N from 8 to 256 in steps of 8)");
+  }
+  if (L.threads_per_block % kWarpgroup) {
+    fail(L, t, "wgmma.mma_async at " + str(site) + ": the block has " +
+                   std::to_string(L.threads_per_block) +
+                   " threads, not a whole number of 128-thread warpgroups");
+  }
+  if (!t.wg_fenced) {
+    fail(L, t, "wgmma.mma_async at " + str(site) +
+                   " without a wgmma.fence since this thread's last wgmma.wait_group (or the "
+                   "kernel's start): its registers may not be ready for the tensor cores");
+  }
+  WgmmaArrival& a = t.wg;
+  a.bf16 = bf16;
+  a.n = n;
+  a.d = d;
+  a.a_in_regs = a_regs != nullptr;
+  if (a_regs) std::memcpy(a.a, a_regs, sizeof(a.a));
+  a.a_desc = a_desc;
+  a.b_desc = b_desc;
+  a.scale_d = scale_d;
+  a.site = site;
+  const int regs = n / 2;
+  if (const std::vector<float>* p = pending_for(t, d)) {
+    a.input = *p;  // chained on an earlier wgmma's result
+  } else {
+    a.input.assign(d, d + regs);
+  }
+  t.wait = Wait::warpgroup;
+  t.site = site;
+  park(L, t);
+  tsan::acquire(t.sync.get());
+  t.sync.reset();
+  // The result waits for the wait_group; the registers hold NaN until then.
+  t.wg_open.push_back({d, std::move(a.result), site});
+  a.result.clear();
+  for (int i = 0; i < regs; ++i) d[i] = poison();
+  tsan::ignore_end();
+}
+
+void setmaxnreg(bool inc, unsigned count, Site site) {
+  tsan::ignore_begin();  // not RAII: fail() parks inside it
+  Launch& L = launch_state();
+  Thread& t = *L.cur;
+  const std::string what = std::string("setmaxnreg.") + (inc ? "inc" : "dec") + " " +
+                           std::to_string(count) + " at " + str(site);
+  if (count < 24 || count > 256 || count % 8) {
+    fail(L, t, what + ": the count must be a multiple of 8 in [24, 256]");
+  }
+  if (L.threads_per_block % kWarpgroup) {
+    fail(L, t, what + ": the block is not a whole number of 128-thread warpgroups");
+  }
+  const size_t wg = size_t(t.linear / kWarpgroup);
+  if (L.maxnreg.size() <= wg) L.maxnreg.resize(wg + 1);
+  std::vector<unsigned>& calls = L.maxnreg[wg];
+  const size_t k = size_t(t.maxnreg_calls++);
+  if (k < calls.size()) {
+    if (calls[k] != count) {
+      fail(L, t, what + ": another thread of warpgroup " + std::to_string(wg) + " set " +
+                     std::to_string(calls[k]) + " in this call (the warpgroup must agree)");
+    }
+  } else {
+    if (!calls.empty() && (inc ? count < calls.back() : count > calls.back())) {
+      fail(L, t, what + ": the warpgroup's count is " + std::to_string(calls.back()) + ", which " +
+                     (inc ? ".inc may not lower" : ".dec may not raise"));
+    }
+    calls.push_back(count);
+    unsigned total = 0;
+    std::string parts;
+    for (size_t w = 0; w < L.maxnreg.size(); ++w) {
+      if (L.maxnreg[w].empty()) continue;
+      total += L.maxnreg[w].back();
+      parts += (parts.empty() ? "" : " + ") + std::to_string(L.maxnreg[w].back());
+    }
+    if (uint64_t(total) * kWarpgroup > 65536) {
+      fail(L, t, what + ": the warpgroups' counts (" + parts + ") x 128 threads = " +
+                     std::to_string(uint64_t(total) * kWarpgroup) +
+                     " registers, more than an SM's 65536");
+    }
+  }
+  tsan::ignore_end();
+}
+
+namespace detail {
+
+bool wgmma_progress(Launch& L) {
+  std::vector<Thread>& ts = *L.threads;
+  bool progress = false;
+  for (size_t base = 0; base + kWarpgroup <= ts.size(); base += kWarpgroup) {
+    bool all = true;
+    for (int i = 0; i < kWarpgroup; ++i) all = all && ts[base + size_t(i)].wait == Wait::warpgroup;
+    if (!all) {
+      for (int i = 0; i < kWarpgroup; ++i) {
+        const Thread& u = ts[base + size_t(i)];
+        NURI_CHECK(!(u.wait == Wait::done && ts[base].wait == Wait::warpgroup), "emulated ",
+                   L.name, ": thread ", str(u.tid), " exited while thread ", str(ts[base].tid),
+                   " waits for its warpgroup in a wgmma.mma_async at ", str(ts[base].site),
+                   " [block ", str(L.block_idx), ", block-order seed ", L.seed, "]");
+      }
+      continue;
+    }
+    const WgmmaArrival& w0 = ts[base].wg;
+    for (int i = 1; i < kWarpgroup; ++i) {
+      const WgmmaArrival& w = ts[base + size_t(i)].wg;
+      NURI_CHECK(w.bf16 == w0.bf16 && w.n == w0.n && w.a_in_regs == w0.a_in_regs &&
+                     w.b_desc == w0.b_desc && (w.a_in_regs || w.a_desc == w0.a_desc) &&
+                     w.scale_d == w0.scale_d && w.site.line() == w0.site.line() &&
+                     std::strcmp(w.site.file_name(), w0.site.file_name()) == 0,
+                 "emulated ", L.name, ": the threads of a warpgroup disagree in a wgmma.mma_async: "
+                 "thread ", str(ts[base].tid), " at ", str(w0.site), ", thread ",
+                 str(ts[base + size_t(i)].tid), " at ", str(w.site),
+                 " (shape, type, descriptors and site must be the same) [block ",
+                 str(L.block_idx), "]");
+    }
+    const int n = w0.n;
+    const bool bf16 = w0.bf16;
+    // Where the descriptors' elements are (checked), then the warpgroup's release, then the
+    // unit's reads of them.
+    std::vector<uint32_t> offs;
+    if (!w0.a_in_regs) {
+      for (int r = 0; r < 64; ++r)
+        for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.a_desc, r, k, w0.site, "A"));
+    }
+    const size_t b_at = offs.size();
+    for (int col = 0; col < n; ++col)
+      for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.b_desc, col, k, w0.site, "B"));
+    std::vector<Thread*> group;
+    for (int i = 0; i < kWarpgroup; ++i) group.push_back(&ts[base + size_t(i)]);
+    rendezvous(L, group);
+    std::vector<uint16_t> raw;
+    unit_reads(L, ts[base].sync.get(), offs, raw);
+    std::vector<float> A(64 * 16), B(16 * size_t(n));
+    for (int r = 0; r < 64; ++r) {
+      for (int k = 0; k < 16; ++k) {
+        if (w0.a_in_regs) {
+          // Warp r / 16, lane 4g + t with g = r % 8, t = k % 8 / 2; register by the row's and
+          // the column's half (the m16n8k16 A fragment).
+          const int w = r / 16, rr = r % 16, g = rr % 8, tt = (k % 8) / 2;
+          const int reg = (rr / 8) + 2 * (k / 8);
+          const uint32_t v = ts[base + size_t(32 * w + 4 * g + tt)].wg.a[reg];
+          A[size_t(r * 16 + k)] = half_to_float(uint16_t(k % 2 ? v >> 16 : v & 0xffff), bf16);
+        } else {
+          A[size_t(r * 16 + k)] = half_to_float(raw[size_t(r * 16 + k)], bf16);
+        }
+      }
+    }
+    for (int col = 0; col < n; ++col) {
+      for (int k = 0; k < 16; ++k) {
+        B[size_t(k * n + col)] = half_to_float(raw[b_at + size_t(col * 16 + k)], bf16);
+      }
+    }
+    for (int i = 0; i < kWarpgroup; ++i) {
+      Thread& u = ts[base + size_t(i)];
+      const int w = i / 32, lane = i % 32, g = lane / 4, tt = lane % 4;
+      u.wg.result.assign(size_t(n / 2), 0.f);
+      for (int j = 0; j < n / 8; ++j) {
+        for (int h = 0; h < 2; ++h) {
+          for (int c = 0; c < 2; ++c) {
+            const int row = 16 * w + g + 8 * h, col = 8 * j + 2 * tt + c;
+            const size_t reg = size_t(4 * j + 2 * h + c);
+            float acc = u.wg.scale_d ? u.wg.input[reg] : 0.f;
+            for (int k = 0; k < 16; ++k) acc += A[size_t(row * 16 + k)] * B[size_t(k * n + col)];
+            u.wg.result[reg] = acc;
+          }
+        }
+      }
+    }
+    progress = true;
+  }
+  return progress;
+}
+
+}  // namespace detail
+
+}  // namespace nuri::emu

@@ -1,0 +1,355 @@
+// The emulator's wgmma against a plain matrix product: D = A·B over K = 64 (four chained k16
+// steps, the first without the accumulator), N = 32 and 64, A from shared memory or registers,
+// operands in every K-major layout (no swizzle with 8 x 16-byte core matrices, and 32-, 64- and
+// 128-byte swizzles) built on the host from the PTX ISA's description, and the 128-byte one also
+// loaded by TMA (the two emulated units must agree). Exact: the emulator sums exact products in
+// k order, as the reference does. Then one planted bug per check.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "emu/emu_util.h"
+#include "ptx.cuh"
+
+namespace nuri::test {
+namespace {
+
+using nuri::kernels::wgmma_commit;
+using nuri::kernels::wgmma_desc;
+using nuri::kernels::wgmma_fence;
+using nuri::kernels::wgmma_rs;
+using nuri::kernels::wgmma_ss;
+using nuri::kernels::wgmma_wait;
+
+constexpr int kM = 64, kK = 64;
+
+enum class Bug {
+  none,
+  no_fence,
+  read_early,
+  write_early,
+  no_wait,
+  disagree,
+  outside,
+  small_block,
+  operand_overwritten,  // shared memory of an operand written before the wait
+};
+
+/// Byte offset of element (row, k) of a K-major [rows][kK] bf16 operand in the layout of
+/// `swizzle` (0: 8 x 16-byte core matrices, rows of core matrices kK / 8 apart; S: k-atoms of
+/// S / 2 elements, each a [rows][S bytes] block, rows 16-byte chunk-XORed in groups of 8),
+/// relative to a 1024-byte-aligned base.
+size_t layout(int row, int k, int rows, int swizzle) {
+  if (swizzle == 0) {
+    return size_t((row / 8) * (kK / 8) + k / 8) * 128 + size_t(row % 8) * 16 + size_t(k % 8) * 2;
+  }
+  const int per_atom = swizzle / 2;
+  const size_t a = size_t(k / per_atom) * size_t(rows) * size_t(swizzle) +
+                   size_t(row) * size_t(swizzle) + size_t(k % per_atom) * 2;
+  return a ^ (((a >> 7) & size_t(swizzle / 16 - 1)) << 4);
+}
+
+/// The descriptor of k-step ks (k = 16ks..16ks+15) of an operand at `base` in that layout.
+__device__ uint64_t step_desc(const unsigned char* base, int ks, int rows, int swizzle) {
+  if (swizzle == 0) return wgmma_desc(base + ks * 2 * 128, 128, (kK / 8) * 128, 0);
+  const int per_atom = swizzle / 2, k = 16 * ks;
+  const unsigned char* start =
+      base + (k / per_atom) * rows * swizzle + (k % per_atom) * 2;
+  return wgmma_desc(start, 0, 8 * swizzle, swizzle);
+}
+
+struct WgParams {
+  const unsigned char* image;  // the shared-memory image: A at 0, B at b_offset
+  size_t image_bytes, b_offset;
+  const __nv_bfloat16* a;      // [64][kK] row-major, for A from registers
+  float* out;                  // [64][n]
+  int swizzle;
+  bool a_in_regs;
+  Bug bug;
+};
+
+template <int N>
+__global__ void wgmma_kernel(WgParams p) {
+  unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
+  for (size_t i = threadIdx.x; i < p.image_bytes; i += blockDim.x) smem[i] = p.image[i];
+  __syncthreads();
+  const int tid = int(threadIdx.x), w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float d[N / 2];
+  for (float& x : d) x = 1e30f;  // scale_d = false on the first step must ignore it
+  if (p.bug != Bug::no_fence) wgmma_fence();
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    uint64_t b = step_desc(smem + p.b_offset, ks, N, p.swizzle);
+    if (p.bug == Bug::disagree && tid == 5) b += 1;
+    if (p.bug == Bug::outside) b = wgmma_desc(smem + p.image_bytes, 0, 1024, 128);
+    if (p.a_in_regs) {
+      uint32_t a[4];
+      for (int r = 0; r < 4; ++r) {
+        const int row = 16 * w + g + 8 * (r % 2), col = 16 * ks + 2 * t + 8 * (r / 2);
+        uint16_t lo, hi;
+        std::memcpy(&lo, p.a + row * kK + col, 2);
+        std::memcpy(&hi, p.a + row * kK + col + 1, 2);
+        a[r] = uint32_t(lo) | uint32_t(hi) << 16;
+      }
+      wgmma_rs<__nv_bfloat16, N>(d, a, b, ks > 0);
+    } else {
+      wgmma_ss<__nv_bfloat16, N>(d, step_desc(smem, ks, kM, p.swizzle), b, ks > 0);
+    }
+  }
+  wgmma_commit();
+  if (p.bug == Bug::write_early) d[3] = 0.f;
+  if (p.bug == Bug::operand_overwritten && tid == 3) smem[p.b_offset] = 0;
+  float early = 0.f;
+  if (p.bug == Bug::read_early) early = d[0];
+  if (p.bug != Bug::no_wait) wgmma_wait<0>();
+  if (p.bug == Bug::read_early) d[0] = early;
+  for (int j = 0; j < N / 8; ++j)
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 2; ++i)
+        p.out[(16 * w + g + 8 * h) * N + 8 * j + 2 * t + i] = d[4 * j + 2 * h + i];
+}
+
+uint16_t bf16_bits(float x) {  // the values below are exact in bf16
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return uint16_t(u >> 16);
+}
+
+struct Result {
+  std::vector<float> got, want;
+};
+
+template <int N>
+Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none) {
+  // Small integers and halves: every product and partial sum is exact in f32.
+  std::vector<float> A(size_t(kM) * kK);
+  std::vector<float> B(static_cast<size_t>(N * kK));  // stored as [N][kK] (K-major)
+  for (size_t i = 0; i < A.size(); ++i) A[i] = float(int(i * 7 % 13) - 6) * 0.5f;
+  for (size_t i = 0; i < B.size(); ++i) B[i] = float(int(i * 5 % 11) - 5);
+  const size_t b_offset = size_t(kM) * kK * 2;
+  std::vector<unsigned char> image(b_offset + static_cast<size_t>(N * kK * 2));
+  std::vector<uint16_t> a_rows(A.size());
+  for (int r = 0; r < kM; ++r)
+    for (int k = 0; k < kK; ++k) {
+      const uint16_t h = bf16_bits(A[size_t(r * kK + k)]);
+      a_rows[size_t(r * kK + k)] = h;
+      std::memcpy(&image[layout(r, k, kM, swizzle)], &h, 2);
+    }
+  for (int n = 0; n < N; ++n)
+    for (int k = 0; k < kK; ++k) {
+      const uint16_t h = bf16_bits(B[size_t(n * kK + k)]);
+      std::memcpy(&image[b_offset + layout(n, k, N, swizzle)], &h, 2);
+    }
+  DeviceBuffer<unsigned char> g_image(image);
+  DeviceBuffer<uint16_t> g_a(a_rows);
+  DeviceBuffer<float> out(static_cast<size_t>(kM * N));
+  WgParams p{g_image.get(), image.size(), b_offset,
+             reinterpret_cast<const __nv_bfloat16*>(g_a.get()), out.get(), swizzle, a_in_regs, bug};
+  NURI_LAUNCH((wgmma_kernel<N>), dim3(1), dim3(bug == Bug::small_block ? 96 : 128), image.size(),
+              nullptr, p);
+  Result r;
+  r.got = out.download();
+  r.want.assign(static_cast<size_t>(kM * N), 0.f);
+  for (int m = 0; m < kM; ++m)
+    for (int n = 0; n < N; ++n) {
+      float acc = 0.f;
+      for (int k = 0; k < kK; ++k) acc += A[size_t(m * kK + k)] * B[size_t(n * kK + k)];
+      r.want[size_t(m * N + n)] = acc;
+    }
+  return r;
+}
+
+template <int N>
+void expect_product(int swizzle, bool a_in_regs) {
+  SCOPED_TRACE("N " + std::to_string(N) + ", swizzle " + std::to_string(swizzle) +
+               (a_in_regs ? ", A in registers" : ", A in shared memory"));
+  const Result r = run<N>(swizzle, a_in_regs);
+  int wrong = 0;
+  for (size_t i = 0; i < r.got.size(); ++i) {
+    if (r.got[i] != r.want[i] && ++wrong <= 5) {
+      ADD_FAILURE() << "D[" << i / N << "][" << i % N << "] = " << r.got[i] << " instead of "
+                    << r.want[i];
+    }
+  }
+  EXPECT_EQ(wrong, 0);
+}
+
+TEST(EmulatorWgmma, MatchesAPlainProductInEveryLayout) {
+  for (int swizzle : {0, 32, 64, 128}) {
+    for (bool regs : {false, true}) {
+      expect_product<32>(swizzle, regs);
+      expect_product<64>(swizzle, regs);
+    }
+  }
+}
+
+// ---- with TMA: the operands loaded by tensor maps with the 128-byte swizzle -------------------
+
+struct WgTmaParams {
+  CUtensorMap a_map, b_map;  // A [64][kK], B [N][kK], bf16, boxes of the whole operand
+  unsigned bytes;            // A's and B's box bytes together
+  size_t b_offset;
+  float* out;
+};
+
+template <int N>
+__global__ void wgmma_tma_kernel(const __grid_constant__ WgTmaParams p) {
+  unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + p.b_offset + N * kK * 2);
+  if (threadIdx.x == 0) nuri::kernels::mbarrier_init(bar, 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    nuri::kernels::mbarrier_arrive_expect_tx(bar, p.bytes);
+    const int32_t at[2] = {0, 0};
+    nuri::kernels::tma_load<2>(smem, &p.a_map, at, bar);
+    nuri::kernels::tma_load<2>(smem + p.b_offset, &p.b_map, at, bar);
+  }
+  nuri::kernels::mbarrier_wait_parity(bar, 0);
+  const int tid = int(threadIdx.x), w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  float d[N / 2];
+  wgmma_fence();
+  for (int ks = 0; ks < kK / 16; ++ks) {
+    wgmma_ss<__nv_bfloat16, N>(d, step_desc(smem, ks, kM, 128),
+                               step_desc(smem + p.b_offset, ks, N, 128), ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  for (int j = 0; j < N / 8; ++j)
+    for (int h = 0; h < 2; ++h)
+      for (int i = 0; i < 2; ++i)
+        p.out[(16 * w + g + 8 * h) * N + 8 * j + 2 * t + i] = d[4 * j + 2 * h + i];
+}
+
+TEST(EmulatorWgmma, OperandsLoadedByTmaWithThe128ByteSwizzle) {
+  constexpr int N = 64;
+  std::vector<float> A(size_t(kM) * kK);
+  std::vector<float> B(static_cast<size_t>(N * kK));
+  for (size_t i = 0; i < A.size(); ++i) A[i] = float(int(i * 3 % 17) - 8) * 0.25f;
+  for (size_t i = 0; i < B.size(); ++i) B[i] = float(int(i * 5 % 9) - 4);
+  std::vector<uint16_t> a_bits(A.size()), b_bits(B.size());
+  for (size_t i = 0; i < A.size(); ++i) a_bits[i] = bf16_bits(A[i]);
+  for (size_t i = 0; i < B.size(); ++i) b_bits[i] = bf16_bits(B[i]);
+  DeviceBuffer<uint16_t> ga(a_bits), gb(b_bits);
+  DeviceBuffer<float> out(static_cast<size_t>(kM * N));
+  WgTmaParams p{};
+  auto encode = [](CUtensorMap* m, void* base, cuuint64_t rows) {
+    const cuuint64_t dim[2] = {kK, rows}, stride[1] = {kK * 2};
+    const cuuint32_t box[2] = {kK, cuuint32_t(rows)}, estride[2] = {1, 1};
+    return cuTensorMapEncodeTiled(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, dim, stride, box,
+                                  estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  };
+  ASSERT_EQ(encode(&p.a_map, ga.get(), kM), CUDA_SUCCESS);
+  ASSERT_EQ(encode(&p.b_map, gb.get(), N), CUDA_SUCCESS);
+  p.b_offset = size_t(kM) * kK * 2;
+  p.bytes = unsigned((kM + N) * kK * 2);
+  p.out = out.get();
+  NURI_LAUNCH((wgmma_tma_kernel<N>), dim3(1), dim3(128), p.b_offset + N * kK * 2 + 8, nullptr, p);
+  const std::vector<float> got = out.download();
+  int wrong = 0;
+  for (int m = 0; m < kM; ++m)
+    for (int n = 0; n < N; ++n) {
+      float acc = 0.f;
+      for (int k = 0; k < kK; ++k) acc += A[size_t(m * kK + k)] * B[size_t(n * kK + k)];
+      if (got[size_t(m * N + n)] != acc && ++wrong <= 5) {
+        ADD_FAILURE() << "D[" << m << "][" << n << "] = " << got[size_t(m * N + n)]
+                      << " instead of " << acc;
+      }
+    }
+  EXPECT_EQ(wrong, 0);
+}
+
+std::string error_of(Bug bug) {
+  try {
+    run<32>(128, false, bug);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+void expect_has(const std::string& what, const std::string& part) {
+  EXPECT_NE(what.find(part), std::string::npos) << "\"" << part << "\" not in: " << what;
+}
+
+TEST(EmulatorWgmma, MisuseIsAnErrorNamingIt) {
+  expect_has(error_of(Bug::no_fence), "without a wgmma.fence");
+  expect_has(error_of(Bug::write_early), "was written while that wgmma was in flight");
+  expect_has(error_of(Bug::no_wait), "exited with wgmma.mma_async results");
+  expect_has(error_of(Bug::disagree), "the threads of a warpgroup disagree");
+  expect_has(error_of(Bug::outside), "descriptor reaches byte");
+  expect_has(error_of(Bug::small_block), "not a whole number of 128-thread warpgroups");
+}
+
+TEST(EmulatorWgmmaDeathTest, AnOperandWrittenBeforeTheWaitIsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run<32>(128, false, Bug::operand_overwritten),
+               "ThreadSanitizer: data race(.|\n)*wgmma_kernel");
+}
+
+TEST(EmulatorWgmma, AccumulatorsReadBeforeTheirWaitAreNaN) {
+  const Result r = run<32>(128, false, Bug::read_early);
+  for (int m = 0; m < kM; ++m) {
+    if (m % 16 < 8) {  // column 0 of rows 16w + g is d[0]: read early
+      EXPECT_TRUE(std::isnan(r.got[size_t(m * 32)])) << "row " << m;
+    } else {           // of rows 16w + g + 8, d[2]: read after the wait
+      EXPECT_EQ(r.got[size_t(m * 32)], r.want[size_t(m * 32)]) << "row " << m;
+    }
+    EXPECT_EQ(r.got[size_t(m * 32 + 1)], r.want[size_t(m * 32 + 1)]) << "row " << m;
+  }
+}
+
+}  // namespace
+}  // namespace nuri::test
+
+namespace nuri::test {
+namespace {
+
+// ---- setmaxnreg: accounting only --------------------------------------------------------------
+
+enum class RegBug { none, over_budget, disagree, inc_lowers, bad_count };
+
+// Three warpgroups as FlashAttention-3 splits them: a producer giving registers back, two
+// consumers taking them.
+__global__ void setmaxnreg_kernel(RegBug bug) {
+  const int wg = int(threadIdx.x) / 128;
+  if (wg == 0) {
+    if (bug == RegBug::over_budget) {
+      nuri::kernels::setmaxnreg<false, 40>();
+    } else {
+      nuri::kernels::setmaxnreg<false, 24>();
+    }
+  } else {
+    if (bug == RegBug::disagree && threadIdx.x == 200) {
+      nuri::kernels::setmaxnreg<true, 232>();
+    } else {
+      nuri::kernels::setmaxnreg<true, 240>();
+    }
+    if (bug == RegBug::inc_lowers) nuri::kernels::setmaxnreg<true, 232>();
+    if (bug == RegBug::bad_count && wg == 2) ::nuri::emu::setmaxnreg(true, 100, ::nuri::emu::Site::current());
+  }
+}
+
+std::string reg_error(RegBug bug) {
+  try {
+    NURI_LAUNCH(setmaxnreg_kernel, dim3(2), dim3(384), 0, nullptr, bug);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(EmulatorSetmaxnreg, AProducerAndTwoConsumersFitAndMisuseIsAnError) {
+  EXPECT_EQ(reg_error(RegBug::none), "(no error)");  // 24 + 240 + 240 = 504 x 128 = 64512
+  expect_has(reg_error(RegBug::over_budget), "(40 + 240 + 240) x 128 threads = 66560 registers");
+  expect_has(reg_error(RegBug::disagree), "the warpgroup must agree");
+  expect_has(reg_error(RegBug::inc_lowers), ".inc may not lower");
+  expect_has(reg_error(RegBug::bad_count), "a multiple of 8 in [24, 256]");
+}
+
+}  // namespace
+}  // namespace nuri::test
