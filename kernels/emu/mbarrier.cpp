@@ -258,6 +258,7 @@ void mbarrier_block_begin(Launch& L) {
   L.mbarriers.clear();
   L.bulk.clear();
   L.maxnreg.clear();
+  L.wgmma_used = false;
 }
 
 void mbarrier_block_end(Launch& L) {
@@ -270,6 +271,7 @@ void mbarrier_block_end(Launch& L) {
 }
 
 bool mbarrier_progress(Launch& L) {
+  if (L.mbarriers.empty() && L.bulk.empty()) return false;  // the common case: none in use
   bool progress = false;
   // The copies: each on its issuer's copy unit, then its bytes complete on the barrier. Not
   // once every thread has exited: a copy nobody waited for is then still in flight at the

@@ -181,6 +181,7 @@ struct Launch {
   // taking the warpgroup's history, and releases `tensor_unit_done` for the wait_group.
   void* tensor_unit = nullptr;
   char tensor_unit_done = 0;
+  bool wgmma_used = false;  // a thread of this block issued a wgmma (the scheduler looks only then)
   // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far.
   std::vector<std::vector<unsigned>> maxnreg;
   // This block's mbarriers by shared-memory address, and its bulk copies in flight.
@@ -256,7 +257,8 @@ bool wgmma_progress(Launch& L);
 bool mbarrier_progress(Launch& L);
 /// " waits on the mbarrier at shared offset N for phase parity p (...)" for a deadlock report.
 std::string mbarrier_wait_report(const Launch& L, const Thread& t);
-/// At a block's start (forget the last block's barriers) and end (no copy may be in flight).
+/// At a block's start (forget the last block's barriers, setmaxnreg counts and wgmma use) and
+/// end (no copy may be in flight).
 void mbarrier_block_begin(Launch& L);
 void mbarrier_block_end(Launch& L);
 

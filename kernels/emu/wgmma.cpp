@@ -189,6 +189,7 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   } else {
     a.input.assign(d, d + regs);
   }
+  L.wgmma_used = true;
   t.wait = Wait::warpgroup;
   t.site = site;
   park(L, t);
@@ -247,6 +248,7 @@ void setmaxnreg(bool inc, unsigned count, Site site) {
 namespace detail {
 
 bool wgmma_progress(Launch& L) {
+  if (!L.wgmma_used) return false;
   std::vector<Thread>& ts = *L.threads;
   bool progress = false;
   for (size_t base = 0; base + kWarpgroup <= ts.size(); base += kWarpgroup) {
