@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "test_util.h"
 
 namespace nuri::test {
 

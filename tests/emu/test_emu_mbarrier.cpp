@@ -110,17 +110,8 @@ void run_pipeline(Bug bug) {
   }
 }
 
-std::string error_of(Bug bug) {
-  try {
-    run_pipeline(bug);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-void expect_has(const std::string& what, const std::string& part) {
-  EXPECT_NE(what.find(part), std::string::npos) << "\"" << part << "\" not in: " << what;
+std::string error_with(Bug bug) {
+  return error_of([bug] { run_pipeline(bug); });
 }
 
 TEST(EmulatorMbarrier, BulkCopyPipelineMatchesTheReferenceThroughThreePhases) {
@@ -128,27 +119,27 @@ TEST(EmulatorMbarrier, BulkCopyPipelineMatchesTheReferenceThroughThreePhases) {
 }
 
 TEST(EmulatorMbarrier, MisuseIsAnErrorNamingIt) {
-  expect_has(error_of(Bug::uninitialized), "not initialized");
-  expect_has(error_of(Bug::double_init), "the barrier is live");
-  expect_has(error_of(Bug::overwritten), "overwritten by a plain store");
-  expect_has(error_of(Bug::extra_arrivals), "more arrivals than the barrier expects");
-  expect_has(error_of(Bug::bad_size), "1000 bytes (must be a positive multiple of 16)");
-  expect_has(error_of(Bug::copy_at_exit), "cp.async.bulk copies in flight");
-  expect_has(error_of(Bug::inval_in_flight), "will still complete on it");
-  expect_has(error_of(Bug::use_after_inval), "not initialized (or invalidated)");
+  expect_has(error_with(Bug::uninitialized), "not initialized");
+  expect_has(error_with(Bug::double_init), "the barrier is live");
+  expect_has(error_with(Bug::overwritten), "overwritten by a plain store");
+  expect_has(error_with(Bug::extra_arrivals), "more arrivals than the barrier expects");
+  expect_has(error_with(Bug::bad_size), "1000 bytes (must be a positive multiple of 16)");
+  expect_has(error_with(Bug::copy_at_exit), "cp.async.bulk copies in flight");
+  expect_has(error_with(Bug::inval_in_flight), "will still complete on it");
+  expect_has(error_with(Bug::use_after_inval), "not initialized (or invalidated)");
 }
 
 TEST(EmulatorMbarrier, APhaseThatCannotCompleteIsADeadlockNamingWhatIsMissing) {
-  const std::string arrivals = error_of(Bug::missing_arrival);
+  const std::string arrivals = error_with(Bug::missing_arrival);
   expect_has(arrivals, "no thread can make progress");
   expect_has(arrivals, "1 of 32 arrivals pending, 0 transaction bytes outstanding");
-  const std::string bytes = error_of(Bug::short_copy);
+  const std::string bytes = error_with(Bug::short_copy);
   expect_has(bytes, "0 of 1 arrivals pending, 16 transaction bytes outstanding");
 }
 
 TEST(EmulatorMbarrierDeathTest, ReadingABulkCopyBeforeItsWaitIsARace) {
   if (!kRaceDetection) {  // then the destination's poison (NaN) is what the consumer reads
-    const std::string e = error_of(Bug::read_before_wait);
+    const std::string e = error_with(Bug::read_before_wait);
     expect_has(e, "element 0: ");
     expect_has(e, "nan instead of");
     return;

@@ -11,15 +11,6 @@
 namespace nuri::test {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
 // ---- races (ThreadSanitizer with happens-before at CUDA's synchronization points) ---------------
 
 struct ShiftParams {

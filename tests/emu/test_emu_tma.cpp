@@ -305,41 +305,21 @@ std::string load_error(Bug bug) {
   p.box_bytes = 2048;
   p.out = out.get();
   p.bug = bug;
-  try {
-    NURI_LAUNCH(tma_load_kernel, dim3(1), dim3(64), kBoxOffset + 2048 + 16, nullptr, p);
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-void expect_has(const std::string& what, const std::string& part) {
-  EXPECT_NE(what.find(part), std::string::npos) << "\"" << part << "\" not in: " << what;
+  return error_of([&] { NURI_LAUNCH(tma_load_kernel, dim3(1), dim3(64), kBoxOffset + 2048 + 16, nullptr, p); });
 }
 
 TEST(EmulatorTma, MisuseIsAnErrorNamingIt) {
   expect_has(load_error(Bug::garbage_map), "was not made by cuTensorMapEncodeTiled");
   expect_has(load_error(Bug::rank_mismatch), "a 3d copy with a tensor map of rank 2");
   expect_has(load_error(Bug::misaligned), "not 128-byte aligned");
-  std::string stores = "(no error)";
-  try {
-    run_store(Bug::store_not_waited, 0, 0);
-  } catch (const Error& e) {
-    stores = e.what();
-  }
-  expect_has(stores, "exited with tensor stores");
+  expect_has(error_of([] { run_store(Bug::store_not_waited, 0, 0); }), "exited with tensor stores");
 }
 
 TEST(EmulatorTma, WritingAStoresSourceBeforeItsWaitIsAnError) {
   // Found without the race detector: the wait compares the source with what it held at the
   // issue.
-  std::string e = "(no error)";
-  try {
-    run_store(Bug::store_source_race, 0, 0);
-  } catch (const Error& x) {
-    e = x.what();
-  }
-  expect_has(e, "was written after the issue and before this wait");
+  expect_has(error_of([] { run_store(Bug::store_source_race, 0, 0); }),
+             "was written after the issue and before this wait");
 }
 
 }  // namespace
