@@ -99,7 +99,8 @@ __global__ void __launch_bounds__(256, 1) ptx_probe_wgmma_kernel(float* out) {
   }
   wgmma_fence();
   wgmma_ss<__nv_bfloat16, 64>(d64, a, b, false);
-  wgmma_rs<__half, 128>(d128, regs, b, true);
+  wgmma_rs<__half, 128, true>(d128, regs, b, true);
+  wgmma_ss<__nv_bfloat16, 64, true, true>(d64, a, b, true);
   wgmma_ss<__half, 32>(*reinterpret_cast<float(*)[16]>(d64), a, b, true);
   wgmma_commit();
   wgmma_wait<0>();

@@ -146,10 +146,11 @@ void cp_async_bulk_wait(int pending, Site site);
 // wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{bf16,f16}, issued by the 128 threads of a
 // warpgroup (threads 128w..128w+127 of the block) together: D (64 x n, f32) = A (64 x 16) · B
 // (16 x n) + (scale_d ? D : 0). A comes from registers (each warp's 16 rows in the m16n8k16 A
-// fragment) or a shared-memory descriptor, B from a descriptor; both K-major ("K-major":
-// consecutive k of a row are consecutive in memory), with the descriptor's layout: start, the
-// leading and stride byte offsets, and swizzle none / 32 / 64 / 128 bytes (the same address XOR
-// as the tensor maps', from the start of dynamic shared memory). Thread (warp w, lane 4g + t)
+// fragment) or a shared-memory descriptor, B from a descriptor; a descriptor's operand is
+// K-major (consecutive k of a row are consecutive in memory) or, with the transpose flag
+// (imm-trans-a / imm-trans-b), MN-major, in the PTX ISA's canonical layouts (wgmma.cpp spells
+// them out): start, the leading and stride byte offsets, and swizzle none / 32 / 64 / 128 bytes
+// (the same address XOR as the tensor maps', from the start of dynamic shared memory). Thread (warp w, lane 4g + t)
 // holds D[16w + g + 8h][8j + 2t + i] in d[4j + 2h + i]. The products are exact and summed in
 // order over k in f32, as mma.sync's. Asynchronous as on the GPU: the results reach the
 // registers at the wgmma.wait_group that completes their group; until then the registers hold
@@ -164,7 +165,7 @@ void wgmma_fence(Site site);
 void wgmma_commit(Site site);
 void wgmma_wait(int pending, Site site);
 void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_t a_desc,
-                     uint64_t b_desc, bool scale_d, Site site);
+                     bool a_mn_major, uint64_t b_desc, bool b_mn_major, bool scale_d, Site site);
 /// The shared-memory address a descriptor holds for `p` (its offset from the start of dynamic
 /// shared memory).
 uint32_t shared_address(const void* p);

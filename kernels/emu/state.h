@@ -76,6 +76,7 @@ struct WgmmaArrival {
   bool a_in_regs = false;
   uint32_t a[4] = {};
   uint64_t a_desc = 0, b_desc = 0;
+  bool a_mn_major = false, b_mn_major = false;  // imm-trans-a, imm-trans-b
   bool scale_d = true;
   std::vector<float> input, result;
   Site site;

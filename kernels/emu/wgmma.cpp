@@ -48,29 +48,48 @@ Desc decode(uint64_t d) {
           uint32_t((d >> 32) & 0x3fff) << 4, uint32_t((d >> 49) & 7), uint32_t(d >> 62)};
 }
 
-/// Byte offset from the start of dynamic shared memory of element (row, k) of a K-major 16-bit
-/// operand: rows in groups of 8 `sbo` apart; without swizzle, 8 x 16-byte core matrices with
-/// k-neighbours `lbo` apart; with a swizzle of span S, each row S bytes after the previous
-/// inside its group of 8, then the 16-byte chunk index XOR the 128-byte row index.
-size_t element_offset(const Desc& d, int row, int k) {
-  if (d.mode == 0) {
-    return size_t(d.start) + size_t(row / 8) * d.sbo + size_t(k / 8) * d.lbo + size_t(row % 8) * 16 +
-           size_t(k % 8) * 2;
+/// Byte offset from the start of dynamic shared memory of element (mn, k) of a 16-bit operand
+/// (mn: A's row or B's column), in the PTX ISA's canonical layouts (16-byte chunks of 8
+/// elements; S the swizzle span in bytes, then the 16-byte chunk index XOR the 128-byte row
+/// index over S / 16 chunks):
+///   K-major, no swizzle: 8 x 16-byte core matrices; mn-groups of 8 `sbo` apart, k-halves `lbo`
+///     apart;
+///   K-major, swizzled:   each mn row S bytes after the previous in its group of 8, groups `sbo`
+///     apart, k contiguous;
+///   MN-major, no swizzle: core matrices of 8 k-rows x 8 mn-elements (16 bytes a row);
+///     mn-chunks of 8 `sbo` apart, k-groups of 8 `lbo` apart;
+///   MN-major, swizzled:   S / 2 mn-elements contiguous, each k row S bytes after the previous in
+///     its group of 8; mn-blocks of S / 2 `lbo` apart, k-groups of 8 `sbo` apart.
+size_t element_offset(const Desc& d, bool mn_major, int mn, int k) {
+  const size_t span = d.mode == 1 ? 128 : d.mode == 2 ? 64 : d.mode == 3 ? 32 : 0;
+  size_t a;
+  if (!mn_major) {
+    if (span == 0) {
+      return size_t(d.start) + size_t(mn / 8) * d.sbo + size_t(k / 8) * d.lbo + size_t(mn % 8) * 16 +
+             size_t(k % 8) * 2;
+    }
+    a = size_t(d.start) + size_t(mn / 8) * d.sbo + size_t(mn % 8) * span + size_t(k) * 2;
+  } else {
+    if (span == 0) {
+      return size_t(d.start) + size_t(mn / 8) * d.sbo + size_t(k / 8) * d.lbo + size_t(k % 8) * 16 +
+             size_t(mn % 8) * 2;
+    }
+    const int per_row = int(span / 2);
+    a = size_t(d.start) + size_t(mn / per_row) * d.lbo + size_t(k / 8) * d.sbo +
+        size_t(k % 8) * span + size_t(mn % per_row) * 2;
   }
-  const size_t span = d.mode == 1 ? 128 : d.mode == 2 ? 64 : 32;
-  const size_t a = size_t(d.start) + size_t(row / 8) * d.sbo + size_t(row % 8) * span + size_t(k) * 2;
   return a ^ (((a >> 7) & (span / 16 - 1)) << 4);
 }
 
 /// The offset of element (row, k) of the operand at descriptor `desc`, checked against the
 /// shared memory.
-uint32_t operand_offset(const Launch& L, uint64_t desc, int row, int k, const Site& site,
-                        const char* which) {
+uint32_t operand_offset(const Launch& L, uint64_t desc, bool mn_major, int row, int k,
+                        const Site& site, const char* which) {
   const Desc d = decode(desc);
   NURI_CHECK(d.base_offset == 0, "emulated ", L.name, ": wgmma.mma_async at ", str(site), ": the ",
              which, " descriptor's matrix base offset is ", d.base_offset,
              " (the emulator supports 0: swizzle atoms at their own alignment)");
-  const size_t off = element_offset(d, row, k);
+  const size_t off = element_offset(d, mn_major, row, k);
   NURI_CHECK(off + 2 <= L.smem, "emulated ", L.name, ": wgmma.mma_async at ", str(site), ": the ",
              which, " descriptor reaches byte ", off, " of a ", L.smem,
              "-byte dynamic shared memory [block ", str(L.block_idx), "]");
@@ -155,7 +174,7 @@ void wgmma_wait(int pending, Site site) {
 }
 
 void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_t a_desc,
-                     uint64_t b_desc, bool scale_d, Site site) {
+                     bool a_mn_major, uint64_t b_desc, bool b_mn_major, bool scale_d, Site site) {
   tsan::ignore_begin();  // not RAII: fail() parks inside it
   Launch& L = launch_state();
   Thread& t = *L.cur;
@@ -180,7 +199,9 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   a.a_in_regs = a_regs != nullptr;
   if (a_regs) std::memcpy(a.a, a_regs, sizeof(a.a));
   a.a_desc = a_desc;
+  a.a_mn_major = a_mn_major && a_regs == nullptr;
   a.b_desc = b_desc;
+  a.b_mn_major = b_mn_major;
   a.scale_d = scale_d;
   a.site = site;
   const int regs = n / 2;
@@ -269,6 +290,7 @@ bool wgmma_progress(Launch& L) {
       const WgmmaArrival& w = ts[base + size_t(i)].wg;
       NURI_CHECK(w.bf16 == w0.bf16 && w.n == w0.n && w.a_in_regs == w0.a_in_regs &&
                      w.b_desc == w0.b_desc && (w.a_in_regs || w.a_desc == w0.a_desc) &&
+                     w.a_mn_major == w0.a_mn_major && w.b_mn_major == w0.b_mn_major &&
                      w.scale_d == w0.scale_d && w.site.line() == w0.site.line() &&
                      std::strcmp(w.site.file_name(), w0.site.file_name()) == 0,
                  "emulated ", L.name, ": the threads of a warpgroup disagree in a wgmma.mma_async: "
@@ -284,11 +306,11 @@ bool wgmma_progress(Launch& L) {
     std::vector<uint32_t> offs;
     if (!w0.a_in_regs) {
       for (int r = 0; r < 64; ++r)
-        for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.a_desc, r, k, w0.site, "A"));
+        for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.a_desc, w0.a_mn_major, r, k, w0.site, "A"));
     }
     const size_t b_at = offs.size();
     for (int col = 0; col < n; ++col)
-      for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.b_desc, col, k, w0.site, "B"));
+      for (int k = 0; k < 16; ++k) offs.push_back(operand_offset(L, w0.b_desc, w0.b_mn_major, col, k, w0.site, "B"));
     std::vector<Thread*> group;
     for (int i = 0; i < kWarpgroup; ++i) group.push_back(&ts[base + size_t(i)]);
     rendezvous(L, group);

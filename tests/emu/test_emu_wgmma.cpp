@@ -6,6 +6,7 @@
 // k order, as the reference does. Then one planted bug per check.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -38,27 +39,47 @@ enum class Bug {
   operand_overwritten,  // shared memory of an operand written before the wait
 };
 
-/// Byte offset of element (row, k) of a K-major [rows][kK] bf16 operand in the layout of
-/// `swizzle` (0: 8 x 16-byte core matrices, rows of core matrices kK / 8 apart; S: k-atoms of
-/// S / 2 elements, each a [rows][S bytes] block, rows 16-byte chunk-XORed in groups of 8),
-/// relative to a 1024-byte-aligned base.
-size_t layout(int row, int k, int rows, int swizzle) {
+/// Byte offset of element (mn, k) of a bf16 operand with `rows` mn-indices and kK k-indices,
+/// relative to a 1024-byte-aligned base, in the layout of `swizzle` (S bytes; 0: none):
+///   K-major, none:  8 x 16-byte core matrices, [mn / 8][k / 8][8 rows][8 elements];
+///   K-major, S:     k-atoms of S / 2 elements, each a [rows][S bytes] block;
+///   MN-major, none: core matrices of 8 k-rows x 8 mn-elements, [k / 8][mn / 8][8][8];
+///   MN-major, S:    mn-blocks of S / 2 elements, each a [kK rows][S bytes] block;
+/// the swizzled ones then XOR the 16-byte chunk index with the 128-byte row index (S / 16
+/// chunks), as the PTX ISA's canonical layouts and CUTLASS's Swizzle<log2(S / 16), 4, 3> do.
+size_t layout(int mn, int k, int rows, int swizzle, bool mn_major) {
+  size_t a;
   if (swizzle == 0) {
-    return size_t((row / 8) * (kK / 8) + k / 8) * 128 + size_t(row % 8) * 16 + size_t(k % 8) * 2;
+    if (!mn_major) {
+      return size_t((mn / 8) * (kK / 8) + k / 8) * 128 + size_t(mn % 8) * 16 + size_t(k % 8) * 2;
+    }
+    return size_t((k / 8) * (rows / 8) + mn / 8) * 128 + size_t(k % 8) * 16 + size_t(mn % 8) * 2;
   }
-  const int per_atom = swizzle / 2;
-  const size_t a = size_t(k / per_atom) * size_t(rows) * size_t(swizzle) +
-                   size_t(row) * size_t(swizzle) + size_t(k % per_atom) * 2;
+  const int per_row = swizzle / 2;
+  if (!mn_major) {
+    a = size_t(k / per_row) * size_t(rows) * size_t(swizzle) + size_t(mn) * size_t(swizzle) +
+        size_t(k % per_row) * 2;
+  } else {
+    a = size_t(mn / per_row) * size_t(kK) * size_t(swizzle) + size_t(k) * size_t(swizzle) +
+        size_t(mn % per_row) * 2;
+  }
   return a ^ (((a >> 7) & size_t(swizzle / 16 - 1)) << 4);
 }
 
 /// The descriptor of k-step ks (k = 16ks..16ks+15) of an operand at `base` in that layout.
-__device__ uint64_t step_desc(const unsigned char* base, int ks, int rows, int swizzle) {
-  if (swizzle == 0) return wgmma_desc(base + ks * 2 * 128, 128, (kK / 8) * 128, 0);
-  const int per_atom = swizzle / 2, k = 16 * ks;
-  const unsigned char* start =
-      base + (k / per_atom) * rows * swizzle + (k % per_atom) * 2;
-  return wgmma_desc(start, 0, 8 * swizzle, swizzle);
+__device__ uint64_t step_desc(const unsigned char* base, int ks, int rows, int swizzle,
+                              bool mn_major = false) {
+  if (!mn_major) {
+    if (swizzle == 0) return wgmma_desc(base + ks * 2 * 128, 128, (kK / 8) * 128, 0);
+    const int per_atom = swizzle / 2, k = 16 * ks;
+    return wgmma_desc(base + (k / per_atom) * rows * swizzle + (k % per_atom) * 2, 0,
+                      8 * swizzle, swizzle);
+  }
+  // MN-major: LBO steps between mn-chunks (none) or mn-blocks (swizzled), SBO the other way.
+  if (swizzle == 0) {
+    return wgmma_desc(base + 2 * ks * (rows / 8) * 128, (rows / 8) * 128, 128, 0);
+  }
+  return wgmma_desc(base + 16 * ks * swizzle, kK * swizzle, 8 * swizzle, swizzle);
 }
 
 struct WgParams {
@@ -67,7 +88,7 @@ struct WgParams {
   const __nv_bfloat16* a;      // [64][kK] row-major, for A from registers
   float* out;                  // [64][n]
   int swizzle;
-  bool a_in_regs;
+  bool a_in_regs, a_mn, b_mn;  // A from registers; A, B MN-major
   Bug bug;
 };
 
@@ -81,7 +102,7 @@ __global__ void wgmma_kernel(WgParams p) {
   for (float& x : d) x = 1e30f;  // scale_d = false on the first step must ignore it
   if (p.bug != Bug::no_fence) wgmma_fence();
   for (int ks = 0; ks < kK / 16; ++ks) {
-    uint64_t b = step_desc(smem + p.b_offset, ks, N, p.swizzle);
+    uint64_t b = step_desc(smem + p.b_offset, ks, N, p.swizzle, p.b_mn);
     if (p.bug == Bug::disagree && tid == 5) b += 1;
     if (p.bug == Bug::outside) b = wgmma_desc(smem + p.image_bytes, 0, 1024, 128);
     if (p.a_in_regs) {
@@ -93,9 +114,22 @@ __global__ void wgmma_kernel(WgParams p) {
         std::memcpy(&hi, p.a + row * kK + col + 1, 2);
         a[r] = uint32_t(lo) | uint32_t(hi) << 16;
       }
-      wgmma_rs<__nv_bfloat16, N>(d, a, b, ks > 0);
+      if (p.b_mn) {
+        wgmma_rs<__nv_bfloat16, N, true>(d, a, b, ks > 0);
+      } else {
+        wgmma_rs<__nv_bfloat16, N>(d, a, b, ks > 0);
+      }
     } else {
-      wgmma_ss<__nv_bfloat16, N>(d, step_desc(smem, ks, kM, p.swizzle), b, ks > 0);
+      const uint64_t a = step_desc(smem, ks, kM, p.swizzle, p.a_mn);
+      if (p.a_mn && p.b_mn) {
+        wgmma_ss<__nv_bfloat16, N, true, true>(d, a, b, ks > 0);
+      } else if (p.a_mn) {
+        wgmma_ss<__nv_bfloat16, N, true, false>(d, a, b, ks > 0);
+      } else if (p.b_mn) {
+        wgmma_ss<__nv_bfloat16, N, false, true>(d, a, b, ks > 0);
+      } else {
+        wgmma_ss<__nv_bfloat16, N>(d, a, b, ks > 0);
+      }
     }
   }
   wgmma_commit();
@@ -122,31 +156,41 @@ struct Result {
 };
 
 template <int N>
-Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none) {
+Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none, bool a_mn = false,
+           bool b_mn = false) {
   // Small integers and halves: every product and partial sum is exact in f32.
   std::vector<float> A(size_t(kM) * kK);
   std::vector<float> B(static_cast<size_t>(N * kK));  // stored as [N][kK] (K-major)
   for (size_t i = 0; i < A.size(); ++i) A[i] = float(int(i * 7 % 13) - 6) * 0.5f;
   for (size_t i = 0; i < B.size(); ++i) B[i] = float(int(i * 5 % 11) - 5);
-  const size_t b_offset = size_t(kM) * kK * 2;
-  std::vector<unsigned char> image(b_offset + static_cast<size_t>(N * kK * 2));
+  // Each operand's extent in its layout (an MN-major swizzled row holds S / 2 mn-elements
+  // even when the operand has fewer), rounded to the 1024-byte swizzle repeat.
+  auto extent = [&](int rows, bool mn_major) {
+    size_t most = 0;
+    for (int m = 0; m < rows; ++m)
+      for (int k = 0; k < kK; ++k) most = std::max(most, layout(m, k, rows, swizzle, mn_major) + 2);
+    return (most + 1023) / 1024 * 1024;
+  };
+  const size_t b_offset = extent(kM, a_mn);
+  std::vector<unsigned char> image(b_offset + extent(N, b_mn));
   std::vector<uint16_t> a_rows(A.size());
   for (int r = 0; r < kM; ++r)
     for (int k = 0; k < kK; ++k) {
       const uint16_t h = bf16_bits(A[size_t(r * kK + k)]);
       a_rows[size_t(r * kK + k)] = h;
-      std::memcpy(&image[layout(r, k, kM, swizzle)], &h, 2);
+      std::memcpy(&image[layout(r, k, kM, swizzle, a_mn)], &h, 2);
     }
   for (int n = 0; n < N; ++n)
     for (int k = 0; k < kK; ++k) {
       const uint16_t h = bf16_bits(B[size_t(n * kK + k)]);
-      std::memcpy(&image[b_offset + layout(n, k, N, swizzle)], &h, 2);
+      std::memcpy(&image[b_offset + layout(n, k, N, swizzle, b_mn)], &h, 2);
     }
   DeviceBuffer<unsigned char> g_image(image);
   DeviceBuffer<uint16_t> g_a(a_rows);
   DeviceBuffer<float> out(static_cast<size_t>(kM * N));
   WgParams p{g_image.get(), image.size(), b_offset,
-             reinterpret_cast<const __nv_bfloat16*>(g_a.get()), out.get(), swizzle, a_in_regs, bug};
+             reinterpret_cast<const __nv_bfloat16*>(g_a.get()), out.get(), swizzle, a_in_regs,
+             a_mn, b_mn, bug};
   NURI_LAUNCH((wgmma_kernel<N>), dim3(1), dim3(bug == Bug::small_block ? 96 : 128), image.size(),
               nullptr, p);
   Result r;
@@ -162,10 +206,11 @@ Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none) {
 }
 
 template <int N>
-void expect_product(int swizzle, bool a_in_regs) {
+void expect_product(int swizzle, bool a_in_regs, bool a_mn = false, bool b_mn = false) {
   SCOPED_TRACE("N " + std::to_string(N) + ", swizzle " + std::to_string(swizzle) +
-               (a_in_regs ? ", A in registers" : ", A in shared memory"));
-  const Result r = run<N>(swizzle, a_in_regs);
+               (a_in_regs ? ", A in registers" : a_mn ? ", A M-major" : ", A K-major") +
+               (b_mn ? ", B N-major" : ", B K-major"));
+  const Result r = run<N>(swizzle, a_in_regs, Bug::none, a_mn, b_mn);
   int wrong = 0;
   for (size_t i = 0; i < r.got.size(); ++i) {
     if (r.got[i] != r.want[i] && ++wrong <= 5) {
@@ -181,17 +226,21 @@ TEST(EmulatorWgmma, MatchesAPlainProductInEveryLayout) {
     for (bool regs : {false, true}) {
       expect_product<32>(swizzle, regs);
       expect_product<64>(swizzle, regs);
+      expect_product<64>(swizzle, regs, false, true);  // B N-major: P·V with V as stored
     }
+    expect_product<64>(swizzle, false, true, false);  // A M-major
+    expect_product<64>(swizzle, false, true, true);
   }
 }
 
 // ---- with TMA: the operands loaded by tensor maps with the 128-byte swizzle -------------------
 
 struct WgTmaParams {
-  CUtensorMap a_map, b_map;  // A [64][kK], B [N][kK], bf16, boxes of the whole operand
+  CUtensorMap a_map, b_map;  // A [64][kK]; B [N][kK], or [kK][N] as V is stored (b_mn)
   unsigned bytes;            // A's and B's box bytes together
   size_t b_offset;
   float* out;
+  bool b_mn;
 };
 
 template <int N>
@@ -211,8 +260,12 @@ __global__ void wgmma_tma_kernel(const __grid_constant__ WgTmaParams p) {
   float d[N / 2];
   wgmma_fence();
   for (int ks = 0; ks < kK / 16; ++ks) {
-    wgmma_ss<__nv_bfloat16, N>(d, step_desc(smem, ks, kM, 128),
-                               step_desc(smem + p.b_offset, ks, N, 128), ks > 0);
+    const uint64_t a = step_desc(smem, ks, kM, 128), b = step_desc(smem + p.b_offset, ks, N, 128, p.b_mn);
+    if (p.b_mn) {
+      wgmma_ss<__nv_bfloat16, N, false, true>(d, a, b, ks > 0);
+    } else {
+      wgmma_ss<__nv_bfloat16, N>(d, a, b, ks > 0);
+    }
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -222,7 +275,8 @@ __global__ void wgmma_tma_kernel(const __grid_constant__ WgTmaParams p) {
         p.out[(16 * w + g + 8 * h) * N + 8 * j + 2 * t + i] = d[4 * j + 2 * h + i];
 }
 
-TEST(EmulatorWgmma, OperandsLoadedByTmaWithThe128ByteSwizzle) {
+void check_tma_operands(bool b_mn) {
+  SCOPED_TRACE(b_mn ? "B stored [K][N] (N-major)" : "B stored [N][K] (K-major)");
   constexpr int N = 64;
   std::vector<float> A(size_t(kM) * kK);
   std::vector<float> B(static_cast<size_t>(N * kK));
@@ -230,20 +284,24 @@ TEST(EmulatorWgmma, OperandsLoadedByTmaWithThe128ByteSwizzle) {
   for (size_t i = 0; i < B.size(); ++i) B[i] = float(int(i * 5 % 9) - 4);
   std::vector<uint16_t> a_bits(A.size()), b_bits(B.size());
   for (size_t i = 0; i < A.size(); ++i) a_bits[i] = bf16_bits(A[i]);
-  for (size_t i = 0; i < B.size(); ++i) b_bits[i] = bf16_bits(B[i]);
+  for (int n = 0; n < N; ++n)  // B[n][k] logically; in memory [N][kK] or [kK][N]
+    for (int k = 0; k < kK; ++k) {
+      b_bits[b_mn ? size_t(k * N + n) : size_t(n * kK + k)] = bf16_bits(B[size_t(n * kK + k)]);
+    }
   DeviceBuffer<uint16_t> ga(a_bits), gb(b_bits);
   DeviceBuffer<float> out(static_cast<size_t>(kM * N));
   WgTmaParams p{};
-  auto encode = [](CUtensorMap* m, void* base, cuuint64_t rows) {
-    const cuuint64_t dim[2] = {kK, rows}, stride[1] = {kK * 2};
-    const cuuint32_t box[2] = {kK, cuuint32_t(rows)}, estride[2] = {1, 1};
+  auto encode = [](CUtensorMap* m, void* base, cuuint64_t rows) {  // [rows][64] bf16
+    const cuuint64_t dim[2] = {64, rows}, stride[1] = {64 * 2};
+    const cuuint32_t box[2] = {64, cuuint32_t(rows)}, estride[2] = {1, 1};
     return cuTensorMapEncodeTiled(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, base, dim, stride, box,
                                   estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                   CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
                                   CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   };
   ASSERT_EQ(encode(&p.a_map, ga.get(), kM), CUDA_SUCCESS);
-  ASSERT_EQ(encode(&p.b_map, gb.get(), N), CUDA_SUCCESS);
+  ASSERT_EQ(encode(&p.b_map, gb.get(), b_mn ? kK : N), CUDA_SUCCESS);
+  p.b_mn = b_mn;
   p.b_offset = size_t(kM) * kK * 2;
   p.bytes = unsigned((kM + N) * kK * 2);
   p.out = out.get();
@@ -260,6 +318,11 @@ TEST(EmulatorWgmma, OperandsLoadedByTmaWithThe128ByteSwizzle) {
       }
     }
   EXPECT_EQ(wrong, 0);
+}
+
+TEST(EmulatorWgmma, OperandsLoadedByTmaWithThe128ByteSwizzle) {
+  check_tma_operands(false);
+  check_tma_operands(true);  // the FlashAttention-3 P·V case: V's rows are keys (k)
 }
 
 std::string error_with(Bug bug) {
