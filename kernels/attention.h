@@ -100,6 +100,36 @@ struct AttnBwdQConfig {
       size_t(2 * kBlockM) * sizeof(float);
 };
 
+/// Forward for sm_90a (attention_fwd_sm90.cuh), FlashAttention-3's structure: three
+/// warpgroups, a producer issuing TMA loads of Q and of K/V tiles into kStages stages (mbarrier
+/// full/empty pairs) and two consumers of 64 query rows each, computing S = Q Kᵀ and O += P V
+/// with wgmma (Q and K from shared memory, P from registers, V from shared memory read
+/// MN-major). Tiles are stored in the 128-byte swizzle, as 64-column atoms of [rows][128 B].
+template <int D>
+struct AttnFwdSm90Config {
+  static constexpr int kThreads = 384;  // producer + 2 consumer warpgroups
+  static constexpr int kBlockM = 128;   // query rows per block, 64 per consumer
+  static constexpr int kBlockN = 128;   // keys per tile
+  static constexpr int kStages = 2;
+  static constexpr int kAtoms = D / 64;  // 64-column (128-byte) swizzle atoms per row
+  static constexpr size_t kQBytes = size_t(kBlockM) * D * 2;
+  static constexpr size_t kTileBytes = size_t(kBlockN) * D * 2;  // one K or V tile
+  /// Registers per thread after setmaxnreg: 24 + 2 x 240 = 504 of 512 per 128-thread slice.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the tiles, the barriers.
+  static constexpr size_t kSmemBytes =
+      1024 + kQBytes + kStages * 2 * kTileBytes + (1 + 3 * kStages) * sizeof(uint64_t);
+};
+
+/// Whether this build holds the sm_90a forward (nvcc with 90a among CMAKE_CUDA_ARCHITECTURES,
+/// or the emulator, which runs it everywhere).
+bool attention_sm90_compiled();
+
+/// out and lse like attention_forward, with the sm_90a kernel: an H100/H200 (compute
+/// capability 9.0) in a build where attention_sm90_compiled(), or the emulator.
+template <class T>
+void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
+
 /// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims.
 template <class T>
 void attention_forward(const AttentionParams<T>& p, cudaStream_t stream);

@@ -1,6 +1,7 @@
 // Prints the dynamic shared memory and block size of every attention and tensor-core GEMM
-// configuration (ptxas reports only static shared memory) and fails if one needs more than an
-// RTX 3090/4090 block may have (sm_86 and sm_89: 99 KiB). With --tsv, one line per
+// configuration (ptxas reports only static shared memory) and fails if one needs more than a
+// block may have on the GPUs that run it (sm_86 and sm_89: 99 KiB; the sm_90a forward: 227
+// KiB). With --tsv, one line per
 // configuration for scripts/kernel_report.py: family, key (head dim or tile edge), bytes,
 // threads. Built and run by scripts/check-kernels.sh; not part of the library.
 #include <cstdio>
@@ -16,11 +17,15 @@ namespace {
 constexpr size_t kMaxSmemSm86 = 99 * 1024;
 bool g_tsv = false;
 
-bool row(const char* family, int key, size_t bytes, int threads) {
+constexpr size_t kMaxSmemSm90 = 227 * 1024;
+
+/// `limit`: the most a block may use on the GPUs that run the kernel (sm_86/sm_89 for the
+/// sm_80-class kernels, sm_90 for the sm_90a ones).
+bool row(const char* family, int key, size_t bytes, int threads, size_t limit = kMaxSmemSm86) {
   if (g_tsv) std::printf("%s\t%d\t%zu\t%d\n", family, key, bytes, threads);
-  if (bytes <= kMaxSmemSm86) return true;
+  if (bytes <= limit) return true;
   std::fprintf(stderr, "%s (%d): %zu bytes of shared memory, over the %zu a block may use on "
-               "sm_86/sm_89\n", family, key, bytes, kMaxSmemSm86);
+               "%s\n", family, key, bytes, limit, limit == kMaxSmemSm86 ? "sm_86/sm_89" : "sm_90");
   return false;
 }
 
@@ -29,12 +34,15 @@ bool report() {
   using namespace nuri::kernels;
   if (!g_tsv) {
     std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B, backward dK/dV %6zu B, "
-                "backward dQ %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
-                AttnBwdKVConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kSmemBytes);
+                "backward dQ %6zu B, sm_90a forward %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
+                AttnBwdKVConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kSmemBytes,
+                AttnFwdSm90Config<D>::kSmemBytes);
   }
   bool ok = row("attention_fwd_kernel", D, AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D>::kThreads);
   ok &= row("attn_bwd_dkdv", D, AttnBwdKVConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kThreads);
   ok &= row("attn_bwd_dq", D, AttnBwdQConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kThreads);
+  ok &= row("attention_fwd_sm90_kernel", D, AttnFwdSm90Config<D>::kSmemBytes,
+            AttnFwdSm90Config<D>::kThreads, kMaxSmemSm90);
   return ok;
 }
 

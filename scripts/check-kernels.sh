@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Static checks of the real GPU build, which need no GPU: compiles every kernel instantiation unit
-# (kernels/*.cu) with nvcc for sm_80 and sm_90 with `-Xptxas -v`, prints registers, shared memory
+# (kernels/*.cu) with nvcc for sm_80 and sm_90a with `-Xptxas -v`, prints registers, shared memory
 # and spill bytes per kernel, and fails if any kernel spills (hot kernels must keep everything in
 # registers); reads the SASS of the tensor-core kernels' main loops and their occupancy
 # (scripts/kernel_report.py). CI runs it from scripts/test.sh.
@@ -16,7 +16,7 @@ if [[ ! -x "$nvcc" ]]; then
 fi
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
-archs=(80 90)
+archs=(80 90a)
 sources=(kernels/*.cu)
 
 compile() {  # compile <source> <arch>: ptxas report in $out/<name>.sm<arch>.log, seconds in .time,

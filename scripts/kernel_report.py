@@ -8,12 +8,15 @@
    its main loop (the loop, found by its backward branch, with the most HMMA instructions) and
    what that loop body holds: tensor-core instructions against everything else, ldmatrix,
    cp.async, special-function, shuffle and barrier instructions. Static counts in the body, not
-   executed ones. Fails if an attention or GEMM kernel has no HMMA in a loop.
+   executed ones. Fails if an attention or GEMM kernel has no HMMA (HGMMA: wgmma) in a loop.
 3. Occupancy: resident blocks and warps per SM from registers, threads and dynamic shared
    memory (SMEM_TSV from kernels/smem_report.cpp --tsv) for the GPUs nuri targets: A100
-   (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90 one.
+   (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90a one.
+4. The sm_90a attention forward: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in its
+   SASS, and the register split it was designed with (USETMAXREG: the producer down to 24, the
+   consumers up to 240).
 
-Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90)
+Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90a)
 """
 import glob
 import os
@@ -29,9 +32,12 @@ DEVICES = {
     "A100 (sm_80)": dict(binary="sm_80", threads=2048, blocks=32, regs=65536, smem=167936),
     "RTX3090 (sm_86)": dict(binary="sm_80", threads=1536, blocks=16, regs=65536, smem=102400),
     "RTX4090 (sm_89)": dict(binary="sm_80", threads=1536, blocks=24, regs=65536, smem=102400),
-    "H100 (sm_90)": dict(binary="sm_90", threads=2048, blocks=32, regs=65536, smem=233472),
+    "H100 (sm_90)": dict(binary="sm_90a", threads=2048, blocks=32, regs=65536, smem=233472),
 }
-TENSOR_CORE_SOURCES = ("attention_fwd", "attention_bwd", "matmul")
+TENSOR_CORE_SOURCES = ("attention_fwd", "attention_fwd_sm90", "attention_bwd", "matmul")
+TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync, wgmma
+SM90_FORWARD_REGS = {"producer": "USETMAXREG.DEALLOC.CTAPOOL 0x18",
+                     "consumer": "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0"}
 
 
 def demangle(names):
@@ -53,7 +59,7 @@ def ptxas_rows(out):
     for log in sorted(glob.glob(os.path.join(out, "*.log"))):
         cur = None
         for line in open(log):
-            m = re.search(r"Compiling entry function '([^']+)' for '(sm_\d+)'", line)
+            m = re.search(r"Compiling entry function '([^']+)' for '(sm_\d+a?)'", line)
             if m:
                 cur = {"mangled": m.group(1), "arch": m.group(2), "regs": 0, "smem": 0,
                        "stack": 0, "spill_st": 0, "spill_ld": 0}
@@ -91,7 +97,7 @@ def sass_functions(cuobjdump, obj):
 
 
 def main_loop(instrs):
-    """The loop body [start, end] holding the most HMMA (ties: the shortest), or None."""
+    """The loop body [start, end] holding the most HMMA/HGMMA (ties: the shortest), or None."""
     best = None
     for addr, op, rest in instrs:
         if not op.startswith("BRA"):
@@ -101,7 +107,7 @@ def main_loop(instrs):
             continue
         start = int(m.group(1), 16)
         body = [(a, o) for a, o, _ in instrs if start <= a <= addr]
-        hmma = sum(o.startswith("HMMA") for _, o in body)
+        hmma = sum(o.startswith(TENSOR_CORE_OPS) for _, o in body)
         key = (hmma, -len(body))
         if hmma and (best is None or key > best[0]):
             best = (key, body)
@@ -113,7 +119,7 @@ def loop_summary(body):
     kinds = Counter()
     for o in ops:
         base = o.split(".")[0]
-        kinds[{"HMMA": "hmma", "LDSM": "ldsm", "LDGSTS": "ldgsts", "MUFU": "mufu",
+        kinds[{"HMMA": "hmma", "HGMMA": "hmma", "LDSM": "ldsm", "LDGSTS": "ldgsts", "MUFU": "mufu",
                "SHFL": "shfl", "BAR": "bar"}.get(base, "other")] += 1
     return len(ops), kinds
 
@@ -186,12 +192,18 @@ def main():
                 names = dict(zip(funcs, demangle(list(funcs))))
                 for mangled in sorted(funcs, key=lambda m: short(names[m])):
                     instrs = funcs[mangled]
-                    if not any(op.startswith("HMMA") for _, op, _ in instrs):
+                    if not any(op.startswith(TENSOR_CORE_OPS) for _, op, _ in instrs):
                         continue
+                    if src == "attention_fwd_sm90":
+                        text = "\n".join(op + rest for _, op, rest in instrs)
+                        for need in ("HGMMA", "UTMALDG", "SYNCS", *SM90_FORWARD_REGS.values()):
+                            if need not in text:
+                                failures.append(
+                                    f"{short(names[mangled])} (sm_{arch}): no {need} in its SASS")
                     name = short(names[mangled])
                     body = main_loop(instrs)
                     if body is None:
-                        failures.append(f"{name} (sm_{arch}): no HMMA inside a loop")
+                        failures.append(f"{name} (sm_{arch}): no HMMA/HGMMA inside a loop")
                         continue
                     total, kinds = loop_summary(body)
                     loops_read += 1

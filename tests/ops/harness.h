@@ -11,9 +11,11 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nuri/backend/backend.h"
@@ -32,6 +34,29 @@ inline std::vector<std::string> backends() {
 #else
   return available_backends();
 #endif
+}
+
+/// A backend made while the environment variable `var` is `value` (restored after: the CUDA
+/// backend reads NURI_GEMM, NURI_ATTENTION and the like when it is created), or the error that
+/// creating it gave.
+inline std::pair<std::unique_ptr<Backend>, std::string> make_backend_with(const std::string& name,
+                                                                         const char* var,
+                                                                         const char* value) {
+  const char* old = std::getenv(var);
+  const std::string saved = old ? old : "";
+  setenv(var, value, 1);
+  std::pair<std::unique_ptr<Backend>, std::string> r;
+  try {
+    r.first = make_backend(name);
+  } catch (const Error& e) {
+    r.second = e.what();
+  }
+  if (old) {
+    setenv(var, saved.c_str(), 1);
+  } else {
+    unsetenv(var);
+  }
+  return r;
 }
 
 /// Threads the CPU backend may use (at least 2, so thread-count tests compare 1 against many).

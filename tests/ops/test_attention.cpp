@@ -462,6 +462,67 @@ INSTANTIATE_TEST_SUITE_P(
                            (c.fused_qkv ? "_fusedqkv" : "") + (c.atomic_dq ? "_atomicdq" : ""));
     });
 
+// ---- the sm_90a forward (NURI_ATTENTION=sm90) ---------------------------------------------------
+//
+// The same cases and bar for the forward of kernels/attention_fwd_sm90.cuh (wgmma, TMA,
+// mbarrier, warp specialization), plus sequences of three and four key tiles of 128 so that
+// the K/V stages are reused (each stage's empty barrier goes through phases). Its backward is
+// the sm_80-class kernels', tested above. Everywhere on the emulator; on a GPU only where the
+// path exists (an H100/H200 with a 90a build), skipped elsewhere saying why.
+
+/// A backend of `name` with NURI_ATTENTION=path; skips (GPU) or fails (emulator, which runs
+/// every path) where that path cannot be made.
+#define NURI_BACKEND_ON_PATH(be, name, path)                                          \
+  auto [be, be##_why] = make_backend_with(name, "NURI_ATTENTION", path);              \
+  if (!be) {                                                                          \
+    if ((name) == "cuda-emu") FAIL() << be##_why;                                     \
+    GTEST_SKIP() << be##_why;                                                         \
+  }
+
+class AttentionSm90Test : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
+
+TEST_P(AttentionSm90Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecision) {
+  const auto& [name, c] = GetParam();
+  NURI_BACKEND_ON_PATH(be, name, "sm90");
+  const Shape qs{c.b, c.t, c.h, c.d};
+  const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 61), c.dtype),
+            k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 62), c.dtype),
+            v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 63), c.dtype),
+            dout = rounded(random_vec(c.b * c.t * c.h * c.d, 64), c.dtype);
+  const Qkv in = qkv_tensors(*be, c, q, k, v, false);
+  Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {c.b, c.h, c.t});
+  AttentionOptions opt;
+  opt.causal = c.causal;
+  be->attention(in.q, in.k, in.v, out, lse, opt);
+  const auto ref = attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v);
+  const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
+  expect_within_model(values(*be, out), model.out, ref[0], "out");
+  expect_within_model(values(*be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
+}
+
+std::vector<std::tuple<std::string, KernelCase>> sm90_params() {
+  std::vector<std::tuple<std::string, KernelCase>> r;
+  std::vector<KernelCase> cases = kernel_cases();
+  cases.push_back({1, 384, 2, 1, 128, false, DType::f16, true, false});
+  cases.push_back({1, 500, 1, 1, 64, false, DType::bf16, false, false});
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    for (const auto& c : cases) r.emplace_back(name, c);
+  }
+  return r;
+}
+
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionSm90Test);
+INSTANTIATE_TEST_SUITE_P(
+    Ops, AttentionSm90Test, ::testing::ValuesIn(sm90_params()), [](const auto& info) {
+      const auto& c = std::get<1>(info.param);
+      return sanitize_name(std::get<0>(info.param) + "_" + dtype_name(c.dtype) + "_B" +
+                           std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
+                           std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
+                           std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
+                           (c.fused_qkv ? "_fusedqkv" : ""));
+    });
+
 // Deterministic mode: the same bits from two backward runs, whose blocks the emulator schedules
 // in different random orders (each launch draws its own order).
 TEST(AttentionKernelDeterminism, DeterministicBackwardRepeatsBitForBit) {
@@ -512,53 +573,68 @@ TEST(AttentionKernelErrors, UnsupportedInputsAreRefusedClearly) {
     Tensor misaligned = padded.slice(3, 0, 64);
     Tensor good = zeros(*be, s);
     expect_error(misaligned, good, good, good, lse, "16-byte aligned rows");
+    const auto [none, why] = make_backend_with(name, "NURI_ATTENTION", "fastest");
+    EXPECT_FALSE(none);
+    EXPECT_NE(why.find("NURI_ATTENTION: unknown attention path 'fastest'; use auto, nuri, sm90 or "
+                       "cudnn"),
+              std::string::npos)
+        << why;
   }
 }
 
 // A given softmax scale, positive and negative (the forward folds the scale into an FMA and
-// flips Q's signs for a negative one), against the CPU backend on the same rounded inputs.
+// flips Q's signs for a negative one; the sm_90a forward takes the row min instead), against the
+// CPU backend on the same rounded inputs, with each attention path.
 TEST(AttentionKernelScale, GivenAndNegativeScalesMatchTheCpuBackend) {
   auto cpu = make_backend("cpu");
   int runs = 0;
   for (const auto& name : backends()) {
     if (act_dtype(name) == DType::f32) continue;
-    auto be = make_backend(name);
-    const KernelCase c{1, 65, 2, 1, 64, true, DType::bf16, false, false};
-    const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
-    const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 95), c.dtype),
-              k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 96), c.dtype),
-              v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 97), c.dtype),
-              dout = rounded(random_vec(c.b * c.t * c.h * c.d, 98), c.dtype);
-    for (float scale : {0.3f, -0.2f, -20.f}) {
-      SCOPED_TRACE(name + " scale " + std::to_string(scale));
-      AttentionOptions opt;
-      opt.scale = scale;
-      std::vector<Vec> got[2];
-      for (int which = 0; which < 2; ++which) {
-        Backend& b = which ? *cpu : *be;
-        const DType dt = which ? DType::f32 : c.dtype;
-        Tensor tq = on_dtype(b, qs, q, dt), tk = on_dtype(b, ks, k, dt), tv = on_dtype(b, ks, v, dt);
-        Tensor out = b.empty(qs, dt), lse = zeros_f32(b, {c.b, c.h, c.t});
-        b.attention(tq, tk, tv, out, lse, opt);
-        Tensor dq = b.empty(qs, dt), dk = b.empty(ks, dt), dv = b.empty(ks, dt);
-        for (const Tensor* t : {&dq, &dk, &dv}) b.zero(*t);
-        b.attention_backward(tq, tk, tv, out, lse, on_dtype(b, qs, dout, dt), dq, dk, dv, opt);
-        got[which] = {values(b, out), values(b, lse), values(b, dq), values(b, dk), values(b, dv)};
+    for (const char* path : {"nuri", "sm90"}) {
+      auto [be, why] = make_backend_with(name, "NURI_ATTENTION", path);
+      if (!be) {
+        if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
+        continue;
       }
-      const char* what[] = {"out", "lse", "dq", "dk", "dv"};
-      for (int i = 0; i < 5; ++i) {
-        double big = 0, worst = 0;
-        for (size_t j = 0; j < got[1][size_t(i)].size(); ++j) {
-          big = std::max(big, std::abs(got[1][size_t(i)][j]));
-          worst = std::max(worst, std::abs(got[0][size_t(i)][j] - got[1][size_t(i)][j]));
+      const KernelCase c{1, 65, 2, 1, 64, true, DType::bf16, false, false};
+      const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+      const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 95), c.dtype),
+                k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 96), c.dtype),
+                v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 97), c.dtype),
+                dout = rounded(random_vec(c.b * c.t * c.h * c.d, 98), c.dtype);
+      for (float scale : {0.3f, -0.2f, -20.f}) {
+        SCOPED_TRACE(name + " NURI_ATTENTION=" + path + " scale " + std::to_string(scale));
+        AttentionOptions opt;
+        opt.scale = scale;
+        std::vector<Vec> got[2];
+        for (int which = 0; which < 2; ++which) {
+          Backend& b = which ? *cpu : *be;
+          const DType dt = which ? DType::f32 : c.dtype;
+          Tensor tq = on_dtype(b, qs, q, dt), tk = on_dtype(b, ks, k, dt),
+                 tv = on_dtype(b, ks, v, dt);
+          Tensor out = b.empty(qs, dt), lse = zeros_f32(b, {c.b, c.h, c.t});
+          b.attention(tq, tk, tv, out, lse, opt);
+          Tensor dq = b.empty(qs, dt), dk = b.empty(ks, dt), dv = b.empty(ks, dt);
+          for (const Tensor* t : {&dq, &dk, &dv}) b.zero(*t);
+          b.attention_backward(tq, tk, tv, out, lse, on_dtype(b, qs, dout, dt), dq, dk, dv, opt);
+          got[which] = {values(b, out), values(b, lse), values(b, dq), values(b, dk),
+                        values(b, dv)};
         }
-        // bf16 inputs are exact in both; the kernel rounds P, dS and its outputs to bf16.
-        const double bound = i == 1 ? 1e-4 * std::max(big, 1.0) : 4.0 / 128 * big;
-        EXPECT_LE(worst, bound) << what[i] << " differs from the CPU backend by " << worst
-                                << " (largest value " << big << ")";
+        const char* what[] = {"out", "lse", "dq", "dk", "dv"};
+        for (int i = 0; i < 5; ++i) {
+          double big = 0, worst = 0;
+          for (size_t j = 0; j < got[1][size_t(i)].size(); ++j) {
+            big = std::max(big, std::abs(got[1][size_t(i)][j]));
+            worst = std::max(worst, std::abs(got[0][size_t(i)][j] - got[1][size_t(i)][j]));
+          }
+          // bf16 inputs are exact in both; the kernel rounds P, dS and its outputs to bf16.
+          const double bound = i == 1 ? 1e-4 * std::max(big, 1.0) : 4.0 / 128 * big;
+          EXPECT_LE(worst, bound) << what[i] << " differs from the CPU backend by " << worst
+                                  << " (largest value " << big << ")";
+        }
       }
+      ++runs;
     }
-    ++runs;
   }
   if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
 }

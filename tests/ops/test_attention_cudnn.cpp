@@ -3,36 +3,12 @@
 // head dims, causal and not, GQA and multi-query, bf16 and f16. Built into test_ops_gpu only
 // (label gpu); skipped, saying why, without a device, in builds without the path, and where
 // libcudnn cannot be loaded.
-#include <cstdlib>
-#include <memory>
 #include <string>
-#include <utility>
 
 #include "ops/harness.h"
 
 namespace nuri::test {
 namespace {
-
-/// A backend made with NURI_ATTENTION set to `path` (the environment restored after), or the
-/// error that creating it gave.
-std::pair<std::unique_ptr<Backend>, std::string> backend_with(const std::string& name,
-                                                              const char* path) {
-  const char* old = std::getenv("NURI_ATTENTION");
-  const std::string saved = old ? old : "";
-  setenv("NURI_ATTENTION", path, 1);
-  std::pair<std::unique_ptr<Backend>, std::string> r;
-  try {
-    r.first = make_backend(name);
-  } catch (const Error& e) {
-    r.second = e.what();
-  }
-  if (old) {
-    setenv("NURI_ATTENTION", saved.c_str(), 1);
-  } else {
-    unsetenv("NURI_ATTENTION");
-  }
-  return r;
-}
 
 struct Case {
   int64_t b, t, h, hkv, d;
@@ -41,9 +17,9 @@ struct Case {
 };
 
 TEST(AttentionCudnn, AgreesWithNurisKernels) {
-  auto [mine, e1] = backend_with("cuda", "nuri");
+  auto [mine, e1] = make_backend_with("cuda", "NURI_ATTENTION", "nuri");
   ASSERT_TRUE(mine) << e1;
-  auto [theirs, e2] = backend_with("cuda", "cudnn");
+  auto [theirs, e2] = make_backend_with("cuda", "NURI_ATTENTION", "cudnn");
   if (!theirs) GTEST_SKIP() << e2;
   for (const Case& c : {Case{2, 200, 4, 2, 64, true, DType::bf16},
                         Case{1, 256, 2, 2, 128, false, DType::bf16},

@@ -105,6 +105,41 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
   }
 }
 
+// The sm_90a forward (NURI_ATTENTION=sm90): its tiles arrive by TMA and its products are wgmma,
+// neither of which the counters see, so what is checked is what its threads do: no mma.sync or
+// ldmatrix, output stores of whole sectors, and the softmax's exp2 count (per consumer warp and
+// key tile of 128: 2 rows x (1 rescale + 32 scores) per lane).
+TEST(KernelCounters, Sm90ForwardStoresWholeSectorsAndItsSoftmaxIsWhatTheTilingSays) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  auto [be, why] = make_backend_with(name, "NURI_ATTENTION", "sm90");
+  ASSERT_TRUE(be) << why;
+  for (const auto& [d, causal] : {std::pair<int64_t, bool>{64, true}, {128, false}}) {
+    SCOPED_TRACE("D " + std::to_string(d) + (causal ? " causal" : " full"));
+    const int64_t b = 1, t = 256, h = 2, hkv = 1;
+    const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+    Tensor q = on(*be, qs, random_vec(b * t * h * d, 71)),
+           k = on(*be, ks, random_vec(b * t * hkv * d, 72)),
+           v = on(*be, ks, random_vec(b * t * hkv * d, 73));
+    Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {b, h, t});
+    AttentionOptions opt;
+    opt.causal = causal;
+    Counting counting;
+    be->attention(q, k, v, out, lse, opt);
+    const auto launches = emu::take_counters();
+    ASSERT_EQ(launches.size(), 1u);
+    const emu::Counters fwd =
+        expect_efficient(launches, "attention_fwd_sm90_kernel", {Access::st_global});
+    // Query tile m of 128 rows visits m + 1 key tiles of 128 causally, both otherwise.
+    const int64_t tiles = causal ? 1 + 2 : 2 * 2, consumer_warps = 8;
+    EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * tiles * consumer_warps * 66));
+    EXPECT_EQ(fwd[Instr::mma], 0u);
+    EXPECT_EQ(fwd[Instr::ldmatrix], 0u);
+    EXPECT_EQ(fwd[Instr::cp_async], 0u);
+    EXPECT_GT(fwd[Access::st_global].requests, 0u);
+  }
+}
+
 // The three products of a linear layer, each layout of the tiles (A and B K-contiguous in the
 // forward, B N-contiguous in the input gradient, A transposed in the weight gradient), with
 // bias, GELU and a residual in the epilogue. Runs with the 64² tiles and, under the tiles128.

@@ -13,9 +13,9 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/cuda_backend.h"
+#include "cuda_check.h"  // kernels/
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
 #include "backend/cuda/cudnn_attention.h"
-#include "cuda_check.h"  // kernels/
 #endif
 
 namespace nuri {
@@ -100,8 +100,9 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
 
 }  // namespace
 
-#if defined(NURI_HAVE_CUDNN_FRONTEND)
-/// The cuDNN side of the attention ops and the automatic choice (CudaBackend::set_attention_path).
+/// The implementations of the attention ops and the choice between them
+/// (CudaBackend::set_attention_path): nuri's sm_80-class kernels (every GPU), nuri's sm_90a
+/// forward (H100/H200; its backward is the sm_80-class one) and cuDNN's fused attention.
 struct AttentionDispatch {
   /// The values of a contiguous device buffer of n elements of T (bf16, f16 or f32) on the host.
   template <class T>
@@ -147,26 +148,74 @@ struct AttentionDispatch {
     return ms;
   }
 
+  /// Runs the op with implementation `path` (not automatic); "" when it ran, else why it
+  /// declined (nothing was written then).
   template <class T>
-  static std::string cudnn(CudaBackend& be, const kernels::AttentionParams<T>& p, bool backward) {
-    const cuda::Workspace ws = [&be](size_t bytes) { return be.workspace(bytes); };
-    std::string why = backward ? cuda::cudnn_attention_backward(p, be.device_, be.stream(), ws)
-                               : cuda::cudnn_attention_forward(p, be.device_, be.stream(), ws);
-    if (why.empty()) ++be.cudnn_attention_calls_;
-    return why;
+  static std::string run_path(CudaBackend& be, AttentionPath path,
+                              const kernels::AttentionParams<T>& p, bool backward) {
+    switch (path) {
+      case AttentionPath::cudnn: {
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+        const cuda::Workspace ws = [&be](size_t bytes) { return be.workspace(bytes); };
+        std::string why = backward ? cuda::cudnn_attention_backward(p, be.device_, be.stream(), ws)
+                                   : cuda::cudnn_attention_forward(p, be.device_, be.stream(), ws);
+        if (why.empty()) ++be.cudnn_attention_calls_;
+        return why;
+#else
+        return "this build has no cuDNN frontend";
+#endif
+      }
+      case AttentionPath::sm90:
+        if (!backward) {
+          kernels::attention_forward_sm90(p, be.stream());
+          ++be.sm90_attention_calls_;
+          return "";
+        }
+        break;  // the sm_80-class backward
+      case AttentionPath::nuri:
+      case AttentionPath::automatic: break;
+    }
+    if (backward) {
+      void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
+          p.batch, p.seq, p.heads, p.head_dim, p.deterministic));
+      kernels::attention_backward(p, ws, be.stream());
+    } else {
+      kernels::attention_forward(p, be.stream());
+    }
+    return "";
   }
 
-  /// Runs the op with cuDNN when the backend's path says so (measuring once per shape under
-  /// automatic, with `nuri` running nuri's kernels into the real outputs); false when nuri's
-  /// kernels are to run.
-  template <class T, class Nuri>
-  static bool run_cudnn(CudaBackend& be, const char* op, const kernels::AttentionParams<T>& p,
-                        bool backward, Nuri&& nuri) {
-    if (be.attention_path_ == AttentionPath::nuri) return false;
-    if (be.attention_path_ == AttentionPath::cudnn) {
-      const std::string why = cudnn(be, p, backward);
-      NURI_CHECK(why.empty(), op, " (NURI_ATTENTION=cudnn): ", why, "; use auto or nuri");
-      return true;
+  /// The implementations `automatic` measures for a direction: nuri's kernels first, then the
+  /// sm_90a forward on an H100/H200 of a build that has it (never on the emulator, whose
+  /// timings mean nothing), then cuDNN where built.
+  static std::vector<AttentionPath> candidates(const CudaBackend& be, bool backward) {
+    std::vector<AttentionPath> r{AttentionPath::nuri};
+#if defined(NURI_CUDA_REAL)
+    if (!backward && be.sm90_attention_usable()) r.push_back(AttentionPath::sm90);
+#else
+    (void)be, (void)backward;
+#endif
+#if defined(NURI_HAVE_CUDNN_FRONTEND)
+    r.push_back(AttentionPath::cudnn);
+#endif
+    return r;
+  }
+
+  /// Runs the op by the backend's path: a fixed one (an error where it declines), or under
+  /// automatic the one measured fastest for this shape (measuring on its first call).
+  template <class T>
+  static void run(CudaBackend& be, const char* op, const kernels::AttentionParams<T>& p,
+                  bool backward) {
+    if (be.attention_path_ != AttentionPath::automatic) {
+      const std::string why = run_path(be, be.attention_path_, p, backward);
+      NURI_CHECK(why.empty(), op, " (NURI_ATTENTION=", attention_path_name(be.attention_path_),
+                 "): ", why, "; use auto or nuri");
+      return;
+    }
+    const std::vector<AttentionPath> paths = candidates(be, backward);
+    if (paths.size() == 1) {
+      run_path(be, AttentionPath::nuri, p, backward);
+      return;
     }
     std::vector<int64_t> key{backward, std::is_same_v<T, __half>, p.batch, p.seq, p.heads,
                              p.kv_heads, p.head_dim, p.causal, backward && p.deterministic};
@@ -174,64 +223,73 @@ struct AttentionDispatch {
       key.insert(key.end(), {s->b, s->t, s->h});
     }
     if (auto it = be.attention_choice_.find(key); it != be.attention_choice_.end()) {
-      return it->second && cudnn(be, p, backward).empty();
+      if (!run_path(be, it->second, p, backward).empty()) {
+        run_path(be, AttentionPath::nuri, p, backward);
+      }
+      return;
     }
-    be.attention_choice_[key] = choose(be, p, backward, nuri);
-    return true;  // choose() wrote the outputs with nuri's kernels
+    be.attention_choice_[key] = choose(be, p, backward, paths);
   }
 
-  /// The measurement: nuri's kernels into the real outputs, cuDNN (once to build its graph, once
-  /// timed) into contiguous copies; cuDNN is chosen if it agrees and is faster.
-  template <class T, class Nuri>
-  static bool choose(CudaBackend& be, const kernels::AttentionParams<T>& p, bool backward,
-                     Nuri&& nuri) {
+  /// The measurement: nuri's kernels into the real outputs, each other implementation (once to
+  /// warm up, once timed) into contiguous copies; the fastest of those that agree with nuri's
+  /// kernels is chosen.
+  template <class T>
+  static AttentionPath choose(CudaBackend& be, const kernels::AttentionParams<T>& p,
+                              bool backward, const std::vector<AttentionPath>& paths) {
     const DType dt = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
     const int64_t b = p.batch, t = p.seq, h = p.heads, hkv = p.kv_heads, d = p.head_dim;
     const kernels::AttnStrides q_like{t * h * d, h * d, d}, kv_like{t * hkv * d, hkv * d, d};
-    kernels::AttentionParams<T> c = p;
-    Tensor o1, o2, o3, lse;  // cuDNN's outputs
-    std::vector<std::pair<const void*, const void*>> pairs;  // (nuri's, cuDNN's), contiguous
-    if (!backward) {
-      o1 = be.empty({b, t, h, d}, dt);
-      lse = be.empty({b, h, t}, DType::f32);
-      c.out = static_cast<T*>(o1.raw()), c.out_s = q_like, c.lse = static_cast<float*>(lse.raw());
-    } else {
-      o1 = be.empty({b, t, h, d}, dt), o2 = be.empty({b, t, hkv, d}, dt);
-      o3 = be.empty({b, t, hkv, d}, dt);
-      c.dq = static_cast<T*>(o1.raw()), c.dk = static_cast<T*>(o2.raw());
-      c.dv = static_cast<T*>(o3.raw());
-      c.dq_s = q_like, c.dk_s = kv_like, c.dv_s = kv_like;
+    const float t_nuri =
+        time_ms(be.stream(), [&] { run_path(be, AttentionPath::nuri, p, backward); });
+    AttentionPath best = AttentionPath::nuri;
+    float t_best = t_nuri;
+    for (size_t i = 1; i < paths.size(); ++i) {
+      kernels::AttentionParams<T> c = p;
+      Tensor o1, o2, o3, lse;  // this implementation's outputs
+      if (!backward) {
+        o1 = be.empty({b, t, h, d}, dt);
+        lse = be.empty({b, h, t}, DType::f32);
+        c.out = static_cast<T*>(o1.raw()), c.out_s = q_like, c.lse = static_cast<float*>(lse.raw());
+      } else {
+        o1 = be.empty({b, t, h, d}, dt), o2 = be.empty({b, t, hkv, d}, dt);
+        o3 = be.empty({b, t, hkv, d}, dt);
+        c.dq = static_cast<T*>(o1.raw()), c.dk = static_cast<T*>(o2.raw());
+        c.dv = static_cast<T*>(o3.raw());
+        c.dq_s = q_like, c.dk_s = kv_like, c.dv_s = kv_like;
+      }
+      if (!run_path(be, paths[i], c, backward).empty()) continue;  // declined
+      const float ms = time_ms(be.stream(), [&] { run_path(be, paths[i], c, backward); });
+      // Compare where nuri's outputs are contiguous (always lse; the rest in the usual layouts).
+      bool same = true;
+      auto check = [&](const void* mine, const kernels::AttnStrides& s,
+                       const kernels::AttnStrides& want, const Tensor& theirs, size_t n) {
+        if (s.b != want.b || s.t != want.t || s.h != want.h) return;
+        same = same &&
+               agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n), 1.f / 32, 0.f);
+      };
+      if (!backward) {
+        const size_t n_lse = size_t(b * h * t);
+        same = agree(host_values<float>(p.lse, n_lse), host_values<float>(lse.raw(), n_lse), 1e-3f,
+                     1e-3f);
+        check(p.out, p.out_s, q_like, o1, size_t(b * t * h * d));
+      } else {
+        check(p.dq, p.dq_s, q_like, o1, size_t(b * t * h * d));
+        check(p.dk, p.dk_s, kv_like, o2, size_t(b * t * hkv * d));
+        check(p.dv, p.dv_s, kv_like, o3, size_t(b * t * hkv * d));
+      }
+      if (!same) {
+        std::fprintf(stderr, "nuri: the %s attention %s disagrees with nuri's sm_80 kernels for "
+                     "B=%lld T=%lld H=%lld Hkv=%lld D=%lld; it is not used for this shape\n",
+                     attention_path_name(paths[i]), backward ? "backward" : "forward",
+                     (long long)b, (long long)t, (long long)h, (long long)hkv, (long long)d);
+        continue;
+      }
+      if (ms < t_best) best = paths[i], t_best = ms;
     }
-    const float t_nuri = time_ms(be.stream(), nuri);
-    if (!cudnn(be, c, backward).empty()) return false;  // declined: nuri's kernels from now on
-    const float t_cudnn = time_ms(be.stream(), [&] { cudnn(be, c, backward); });
-    // Compare where nuri's outputs are contiguous (always lse; the rest in the usual layouts).
-    bool same = true;
-    auto check = [&](const void* mine, const kernels::AttnStrides& s, const kernels::AttnStrides& want,
-                     const Tensor& theirs, size_t n) {
-      if (s.b != want.b || s.t != want.t || s.h != want.h) return;
-      same = same && agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n), 1.f / 32, 0.f);
-    };
-    if (!backward) {
-      const size_t n_lse = size_t(b * h * t);
-      same = agree(host_values<float>(p.lse, n_lse), host_values<float>(lse.raw(), n_lse), 1e-3f,
-                   1e-3f);
-      check(p.out, p.out_s, q_like, o1, size_t(b * t * h * d));
-    } else {
-      check(p.dq, p.dq_s, q_like, o1, size_t(b * t * h * d));
-      check(p.dk, p.dk_s, kv_like, o2, size_t(b * t * hkv * d));
-      check(p.dv, p.dv_s, kv_like, o3, size_t(b * t * hkv * d));
-    }
-    if (!same) {
-      std::fprintf(stderr, "nuri: cuDNN's attention %s disagrees with nuri's kernels for B=%lld "
-                   "T=%lld H=%lld Hkv=%lld D=%lld; nuri's kernels run it\n",
-                   backward ? "backward" : "forward", (long long)b, (long long)t, (long long)h,
-                   (long long)hkv, (long long)d);
-    }
-    return same && t_cudnn < t_nuri;
+    return best;
   }
 };
-#endif
 
 namespace {
 
@@ -242,11 +300,7 @@ void forward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v,
   kernels::AttentionParams<T> p = check_inputs<T>(op, q, k, v, lse, opt);
   p.out_s = operand(op, "out", out, q.dtype(), q.shape());
   p.out = static_cast<T*>(out.raw());
-  auto nuri = [&] { kernels::attention_forward(p, be.stream()); };
-#if defined(NURI_HAVE_CUDNN_FRONTEND)
-  if (AttentionDispatch::run_cudnn(be, op, p, false, nuri)) return;
-#endif
-  nuri();
+  AttentionDispatch::run(be, op, p, false);
 }
 
 template <class T>
@@ -266,15 +320,7 @@ void backward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v
   p.dq = static_cast<T*>(dq.raw());
   p.dk = static_cast<T*>(dk.raw());
   p.dv = static_cast<T*>(dv.raw());
-  auto nuri = [&] {
-    void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
-        p.batch, p.seq, p.heads, p.head_dim, p.deterministic));
-    kernels::attention_backward(p, ws, be.stream());
-  };
-#if defined(NURI_HAVE_CUDNN_FRONTEND)
-  if (AttentionDispatch::run_cudnn(be, op, p, true, nuri)) return;
-#endif
-  nuri();
+  AttentionDispatch::run(be, op, p, true);
 }
 
 }  // namespace

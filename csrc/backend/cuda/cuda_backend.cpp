@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "attention.h"  // kernels/
 #include "backend/cuda/check.h"
 #include "cuda_check.h"  // kernels/
 
@@ -42,19 +43,35 @@ const char* attention_path_name(AttentionPath p) {
   switch (p) {
     case AttentionPath::automatic: return "auto";
     case AttentionPath::nuri: return "nuri";
+    case AttentionPath::sm90: return "sm90";
     case AttentionPath::cudnn: return "cudnn";
   }
   return "?";
 }
 
 AttentionPath parse_attention_path(const std::string& s) {
-  for (AttentionPath p : {AttentionPath::automatic, AttentionPath::nuri, AttentionPath::cudnn}) {
+  for (AttentionPath p : {AttentionPath::automatic, AttentionPath::nuri, AttentionPath::sm90,
+                          AttentionPath::cudnn}) {
     if (s == attention_path_name(p)) return p;
   }
-  NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri or cudnn");
+  NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri, sm90 or cudnn");
+}
+
+bool CudaBackend::sm90_attention_usable() const {
+#if defined(NURI_CUDA_REAL)
+  return sm_version_ == 90 && kernels::attention_sm90_compiled();
+#else
+  return true;  // the emulator runs the sm_90a kernels
+#endif
 }
 
 void CudaBackend::set_attention_path(AttentionPath p) {
+  NURI_CHECK(p != AttentionPath::sm90 || sm90_attention_usable(),
+             "the attention path sm90 needs an sm_90 GPU (H100/H200) and a build with 90a among "
+             "CMAKE_CUDA_ARCHITECTURES (this device: compute capability ", sm_version_ / 10, ".",
+             sm_version_ % 10, "; this build: ",
+             (kernels::attention_sm90_compiled() ? "has" : "lacks"),
+             " sm_90a code); use auto or nuri");
 #if !defined(NURI_HAVE_CUDNN_FRONTEND)
   NURI_CHECK(p != AttentionPath::cudnn, "the attention path cudnn needs a real CUDA build that "
              "found the cuDNN frontend headers (pip package nvidia-cudnn-frontend, installed by "

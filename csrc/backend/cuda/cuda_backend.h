@@ -37,13 +37,16 @@ const char* gemm_path_name(GemmPath p);
 /// "auto", "nuri" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
 GemmPath parse_gemm_path(const std::string& s);
 
-/// Which implementation runs the fused attention ops: nuri's kernels (kernels/attention_*.cuh),
-/// cuDNN's fused attention (cudnn_attention.h: real CUDA builds that found the cuDNN frontend),
-/// or per shape by measurement. NURI_ATTENTION=auto|nuri|cudnn sets it when the backend is
-/// created.
-enum class AttentionPath { automatic, nuri, cudnn };
+/// Which implementation runs the fused attention ops: nuri's sm_80-class kernels
+/// (kernels/attention_fwd.cuh, attention_bwd.cuh; every GPU), nuri's sm_90a forward
+/// (kernels/attention_fwd_sm90.cuh; H100/H200 in builds with 90a, and the emulator; the backward
+/// is then the sm_80-class one), cuDNN's fused attention (cudnn_attention.h: real CUDA builds
+/// that found the cuDNN frontend), or per shape by measurement.
+/// NURI_ATTENTION=auto|nuri|sm90|cudnn sets it when the backend is created.
+enum class AttentionPath { automatic, nuri, sm90, cudnn };
 const char* attention_path_name(AttentionPath p);
-/// "auto", "nuri" or "cudnn" → AttentionPath; nuri::Error naming the accepted values otherwise.
+/// "auto", "nuri", "sm90" or "cudnn" → AttentionPath; nuri::Error naming the accepted values
+/// otherwise.
 AttentionPath parse_attention_path(const std::string& s);
 
 class CudaBackend final : public Backend {
@@ -139,15 +142,21 @@ class CudaBackend final : public Backend {
   int64_t cublaslt_calls() const;
   int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
 
-  /// automatic: the first call of each direction, shape, layout and options runs both nuri's
-  /// kernels and cuDNN, and later ones run the faster, if the two agree (out and lse, or dq, dk
-  /// and dv, within bf16/f16 rounding); nuri's kernels where cuDNN is not built, not loadable
-  /// or declines. nuri: nuri's kernels. cudnn: cuDNN, and an error where it declines (real CUDA
-  /// builds with the cuDNN frontend only).
+  /// automatic: the first call of each direction, shape, layout and options runs every
+  /// implementation this device and build have (nuri's sm_80-class kernels; the sm_90a forward
+  /// on an H100/H200; cuDNN), and later ones run the fastest of those that agree with nuri's
+  /// sm_80-class kernels (out and lse, or dq, dk and dv, within bf16/f16 rounding); on the
+  /// emulator it is nuri's sm_80-class kernels. nuri: those kernels. sm90: the sm_90a forward
+  /// (an error where the device or build has none). cudnn: cuDNN, and an error where it
+  /// declines (real CUDA builds with the cuDNN frontend only).
   void set_attention_path(AttentionPath p);
   AttentionPath attention_path() const { return attention_path_; }
-  /// Attention calls cuDNN has run.
+  /// Attention calls cuDNN has run, and forward calls the sm_90a kernel has run.
   int64_t cudnn_attention_calls() const { return cudnn_attention_calls_; }
+  int64_t sm90_attention_calls() const { return sm90_attention_calls_; }
+  /// Whether the sm_90a forward can run here: an sm_90 device and a build with 90a, or the
+  /// emulator.
+  bool sm90_attention_usable() const;
 
   /// Device scratch of at least `bytes`, owned by the backend and reused across calls (valid
   /// until the next workspace() call; ops on one stream run in order, so reuse is safe).
@@ -162,7 +171,8 @@ class CudaBackend final : public Backend {
   int64_t gemm_fallbacks_ = 0;
   AttentionPath attention_path_ = AttentionPath::automatic;
   int64_t cudnn_attention_calls_ = 0;
-  std::map<std::vector<int64_t>, bool> attention_choice_;  // automatic: shape key → cuDNN?
+  int64_t sm90_attention_calls_ = 0;
+  std::map<std::vector<int64_t>, AttentionPath> attention_choice_;  // automatic: shape → path
   friend struct AttentionDispatch;                         // attention.cpp
   int gemm_tiles_ = 0;                  // NURI_GEMM_TILES: 0 (by shape), 128 or 64
   int sm_version_ = 0;                  // compute capability major·10 + minor
