@@ -121,14 +121,38 @@ struct AttnFwdSm90Config {
       1024 + kQBytes + kStages * 2 * kTileBytes + (1 + 3 * kStages) * sizeof(uint64_t);
 };
 
-/// Whether this build holds the sm_90a forward (nvcc with 90a among CMAKE_CUDA_ARCHITECTURES,
-/// or the emulator, which runs it everywhere).
+/// The sm_90a backward (attention_bwd_sm90.cuh), in the forward's structure (a TMA producer
+/// warpgroup, two wgmma consumer warpgroups of 64 rows). dK/dV: 128 keys a block, query tiles
+/// of 64. dQ: 128 query rows a block, key tiles of 64. Each stage holds two 64-row tiles (Q and
+/// dO, or K and V).
+template <int D>
+struct AttnBwdSm90Config {
+  static constexpr int kThreads = 384;
+  static constexpr int kBlock = 128;  // keys (dK/dV) or query rows (dQ) a block owns
+  static constexpr int kTile = 64;    // rows of the tiles it walks
+  static constexpr int kStages = 2;
+  static constexpr int kAtoms = D / 64;
+  static constexpr size_t kBlockBytes = size_t(kBlock) * D * 2;  // K or V; Q or dO
+  static constexpr size_t kTileBytes = size_t(kTile) * D * 2;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr size_t kSmemBytes =
+      1024 + 2 * kBlockBytes + kStages * 2 * kTileBytes + (1 + 2 * kStages) * sizeof(uint64_t);
+};
+
+/// Whether this build holds the sm_90a kernels (nvcc with 90a among CMAKE_CUDA_ARCHITECTURES,
+/// or the emulator, which runs them everywhere).
 bool attention_sm90_compiled();
 
 /// out and lse like attention_forward, with the sm_90a kernel: an H100/H200 (compute
 /// capability 9.0) in a build where attention_sm90_compiled(), or the emulator.
 template <class T>
 void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
+
+/// dq, dk, dv like attention_backward, with the sm_90a kernels (where attention_forward_sm90
+/// runs). dq is always the query-major pass (no atomics, whatever p.deterministic says), so
+/// `workspace` holds attention_backward_workspace_bytes(..., deterministic = true) bytes: Di.
+template <class T>
+void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaStream_t stream);
 
 /// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims.
 template <class T>

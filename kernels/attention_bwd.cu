@@ -59,6 +59,34 @@ void backward(const attn::AttnBwdParams<T>& p, cudaStream_t stream) {
 
 }  // namespace
 
+namespace attn {
+
+template <class T>
+void backward_di(const AttentionParams<T>& a, float* di, cudaStream_t stream) {
+  AttnBwdParams<T> p;
+  p.a = a;
+  p.g_di = di;
+  p.g_dq_acc = nullptr;
+  const int64_t rows = int64_t(a.batch) * a.seq * a.heads;
+  switch (a.head_dim) {  // one line per entry of kAttentionHeadDims
+    case 64:
+      NURI_LAUNCH((attn_bwd_preprocess<T, 64>), dim3(grid_stride_blocks(rows * kWarpSize)),
+                  dim3(kBwdThreads), 0, stream, p);
+      return;
+    case 128:
+      NURI_LAUNCH((attn_bwd_preprocess<T, 128>), dim3(grid_stride_blocks(rows * kWarpSize)),
+                  dim3(kBwdThreads), 0, stream, p);
+      return;
+    default: NURI_CHECK(false, "attention_backward: head_dim ", a.head_dim, " is not dispatched");
+  }
+}
+
+template void backward_di<__nv_bfloat16>(const AttentionParams<__nv_bfloat16>&, float*,
+                                         cudaStream_t);
+template void backward_di<__half>(const AttentionParams<__half>&, float*, cudaStream_t);
+
+}  // namespace attn
+
 size_t attention_backward_workspace_bytes(int batch, int seq, int heads, int head_dim,
                                           bool deterministic) {
   const size_t di = di_bytes(batch, seq, heads);

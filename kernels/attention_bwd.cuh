@@ -28,6 +28,11 @@ struct AttnBwdParams {
   int group = 1;              // query heads per kv head: H / Hkv
 };
 
+/// Di = rowsum(dO ∘ O) into di [B, H, T] (the preprocess kernel alone; attention_bwd.cu), for
+/// the sm_90a backward (attention_bwd_sm90.cu).
+template <class T>
+void backward_di(const AttentionParams<T>& a, float* di, cudaStream_t stream);
+
 constexpr int kBwdThreads = 128;
 static_assert(AttnBwdKVConfig<64>::kThreads == kBwdThreads &&
                   AttnBwdQConfig<64>::kThreads == kBwdThreads,

@@ -1,8 +1,10 @@
 // Building blocks shared by the attention kernels: tile loads with cp.async and the pipeline
-// step, quad reductions and the accumulator store; the tensor-core fragment helpers (and the
+// step, quad reductions, the forward's online softmax and the accumulator store; the tensor-core fragment helpers (and the
 // fragment layouts) are those of mma_tiles.cuh. Shared-memory tiles are row-major with row
 // stride attn_row_stride(D) = D + 8 elements.
 #pragma once
+
+#include <cmath>
 
 #include "attention.h"
 #include "common.cuh"
@@ -65,6 +67,107 @@ __device__ __forceinline__ float quad_max(float v) {
 __device__ __forceinline__ float quad_sum(float v) {
   v += __shfl_xor_sync(kFullMask, v, 1);
   return v + __shfl_xor_sync(kFullMask, v, 2);
+}
+
+/// The query block a query-major block owns (grid: query blocks of kM rows, heads, batch; the
+/// heaviest causal blocks scheduled first) and the key tiles of kN it walks (causal blocks stop
+/// at the diagonal).
+struct QueryBlock {
+  int q0, h, b, kvh, n_tiles;
+};
+template <bool kCausal, int kM, int kN, class Params>
+__device__ __forceinline__ QueryBlock query_block(const Params& p) {
+  QueryBlock r;
+  r.q0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kM;
+  r.h = int(blockIdx.y), r.b = int(blockIdx.z);
+  r.kvh = r.h / (p.heads / p.kv_heads);
+  const int key_end = kCausal && r.q0 + kM < p.seq ? r.q0 + kM : p.seq;
+  r.n_tiles = (key_end + kN - 1) / kN;
+  return r;
+}
+
+/// Sets to `masked` the scores of keys at or past `seq` and, causally, past their row: `s` holds
+/// a warp's rows row_lo and row_lo + 8 (accumulator rows g, g + 8) against keys k0 + 8·nb + 2t
+/// + i.
+template <bool kCausal, int NS>
+__device__ __forceinline__ void mask_scores(float (&s)[NS][4], int k0, int row_lo, int seq,
+                                            float masked) {
+  const int t = lane_id() % 4;
+#pragma unroll
+  for (int nb = 0; nb < NS; ++nb) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int key = k0 + nb * 8 + 2 * t + (i % 2);
+      const int row = row_lo + 8 * (i / 2);
+      if (key >= seq || (kCausal && key > row)) s[nb][i] = masked;
+    }
+  }
+}
+
+/// One key tile of the online softmax for a warp's 16 rows: `s` holds the raw scores of the
+/// accumulator rows g and g + 8 (lane_id() / 4) and becomes P = exp2(s·c − m), with c =
+/// scale_log2 and m the running row max of s·c; what `o` accumulated from earlier tiles is
+/// rescaled to the new max and this thread's share of the row sums updated. The max of s·c is c
+/// times the max of the raw scores, or times their min when c < 0 (`c_negative`); masked scores
+/// must lose that comparison (−inf, or +inf when c_negative). A row that has seen only masked
+/// keys keeps max −inf and gets P = 0.
+template <int NS, int NO>
+__device__ __forceinline__ void online_softmax(float (&s)[NS][4], float (&o)[NO][4],
+                                               float (&row_max)[2], float (&row_sum)[2],
+                                               float scale_log2, bool c_negative) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float raw;
+    if (!c_negative) {
+      raw = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < NS; ++nb) {
+        raw = fmaxf(raw, fmaxf(s[nb][2 * half], s[nb][2 * half + 1]));
+      }
+      raw = quad_max(raw);
+    } else {
+      raw = INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < NS; ++nb) {
+        raw = fminf(raw, fminf(s[nb][2 * half], s[nb][2 * half + 1]));
+      }
+      raw = -quad_max(-raw);
+    }
+    const float mx = fmaxf(row_max[half], raw * scale_log2);
+    const float base = mx == -INFINITY ? 0.f : mx;
+    const float alpha = ex2_approx(row_max[half] - base);  // 0 while row_max is -inf
+    row_max[half] = mx;
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < NS; ++nb) {
+      s[nb][2 * half] = ex2_approx(fmaf(s[nb][2 * half], scale_log2, -base));
+      s[nb][2 * half + 1] = ex2_approx(fmaf(s[nb][2 * half + 1], scale_log2, -base));
+      sum += s[nb][2 * half] + s[nb][2 * half + 1];
+    }
+    row_sum[half] = row_sum[half] * alpha + sum;
+#pragma unroll
+    for (int nb = 0; nb < NO; ++nb) {
+      o[nb][2 * half] *= alpha;
+      o[nb][2 * half + 1] *= alpha;
+    }
+  }
+}
+
+/// The end of the online softmax: lse (natural log, of the rows g and g + 8 from row_lo, written
+/// by lane t = 0 for rows < seq at lse_row[row]) and the 1 / rowsum each output row is scaled by
+/// (0 for a row with no visible key, whose lse is −inf).
+__device__ __forceinline__ void softmax_finish(float (&inv)[2], const float (&row_max)[2],
+                                               const float (&row_sum)[2], float* lse_row,
+                                               int row_lo, int seq) {
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const float sum = quad_sum(row_sum[half]);
+    inv[half] = sum > 0.f ? 1.f / sum : 0.f;
+    const int row = row_lo + 8 * half;
+    if (lane_id() % 4 == 0 && row < seq) {
+      lse_row[row] = sum > 0.f ? (row_max[half] + log2f(sum)) * kLn2 : -INFINITY;
+    }
+  }
 }
 
 /// Stores a warp's m16 × (8·NB) f32 accumulator, times `mul`, as T into rows row0.. of a

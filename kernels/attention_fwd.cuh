@@ -38,18 +38,14 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
   T* sV = sK + kN * kLd;      // [kN][kLd]
   T* sQ = sV;
 
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest causal tiles first
-  const int h = int(blockIdx.y), b = int(blockIdx.z);
-  const int kvh = h / (p.heads / p.kv_heads);
-  const int q0 = m_block * kM;
+  const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
+  const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
   const int warp = attn::warp_id(), lane = attn::lane_id();
-  const int rg = lane / 4, tq = lane % 4;  // accumulator row group and column pair
+  const int rg = lane / 4;  // accumulator row group
 
   const T* gQ = p.q + b * p.q_s.b + int64_t(q0) * p.q_s.t + h * p.q_s.h;
   const T* gK = p.k + b * p.k_s.b + kvh * p.k_s.h;
   const T* gV = p.v + b * p.v_s.b + kvh * p.v_s.h;
-  const int key_end = kCausal && q0 + kM < p.seq ? q0 + kM : p.seq;
-  const int n_tiles = (key_end + kN - 1) / kN;
 
   // Tile j of K or V, as one cp.async group (K_0's group also holds Q).
   auto issue = [&](T* dst, const T* g, int64_t stride, int j) {
@@ -116,45 +112,11 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
     // Mask keys past the end and, causally, past the row (only tiles that reach either).
     const int k0 = j * kN;
     const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + warp * 16);
-    if (edge) {
-#pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int key = k0 + nb * 8 + 2 * tq + (i % 2);
-          const int row = row_lo + 8 * (i / 2);
-          if (key >= p.seq || (kCausal && key > row)) rS[nb][i] = -INFINITY;
-        }
-      }
-    }
+    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, -INFINITY);
 
-    // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max).
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float raw = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) {
-        raw = fmaxf(raw, fmaxf(rS[nb][2 * half], rS[nb][2 * half + 1]));
-      }
-      const float mx = fmaxf(rMax[half], attn::quad_max(raw) * scale_log2);
-      // A row that has seen only masked keys keeps max -inf; subtracting 0 then gives P = 0.
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = ex2_approx(rMax[half] - base);  // 0 while rMax is -inf
-      rMax[half] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) {
-        rS[nb][2 * half] = ex2_approx(fmaf(rS[nb][2 * half], scale_log2, -base));
-        rS[nb][2 * half + 1] = ex2_approx(fmaf(rS[nb][2 * half + 1], scale_log2, -base));
-        sum += rS[nb][2 * half] + rS[nb][2 * half + 1];
-      }
-      rSum[half] = rSum[half] * alpha + sum;
-#pragma unroll
-      for (int nb = 0; nb < kOBlocks; ++nb) {
-        rO[nb][2 * half] *= alpha;
-        rO[nb][2 * half + 1] *= alpha;
-      }
-    }
+    // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max)
+    // (the scale is positive here: a negative one flipped Q's signs).
+    attn::online_softmax(rS, rO, rMax, rSum, scale_log2, /*c_negative=*/false);
 
     // P rounded to the input type, as the A operands of P V (half the registers of S, which
     // dies here: the K_{j+1} loads below take their addresses while P and O are live).
@@ -183,16 +145,8 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
 
   // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
   float inv[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float sum = attn::quad_sum(rSum[half]);
-    inv[half] = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row_lo + 8 * half;
-    if (tq == 0 && row < p.seq) {
-      p.lse[(int64_t(b) * p.heads + h) * p.seq + row] =
-          sum > 0.f ? (rMax[half] + log2f(sum)) * attn::kLn2 : -INFINITY;
-    }
-  }
+  attn::softmax_finish(inv, rMax, rSum, p.lse + (int64_t(b) * p.heads + h) * p.seq, row_lo,
+                       p.seq);
   T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
   attn::store_acc<T>(gO, p.out_s.t, q0 + warp * 16, p.seq, rO, inv[0], inv[1]);
 }

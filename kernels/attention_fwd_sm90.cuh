@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cmath>
+#include <type_traits>
 
 #include "attention_common.cuh"
 
@@ -48,6 +49,146 @@ __device__ __forceinline__ uint64_t mnmajor_desc(const unsigned char* tile, int 
   return wgmma_desc(tile + kb * 16 * 128, kTileRows * 128, 1024, 128);
 }
 
+/// S = A₁·B₁ᵀ and R = A₂·B₂ᵀ over D (64 rows of A from row a_row0 of tiles of kARows rows, the
+/// kN rows of B tiles of kN rows, all K-major) as one wgmma group of this warpgroup, waited for.
+template <class T, int D, int kN, int kARows>
+__device__ __forceinline__ void two_products(float (&s)[kN / 8][4], float (&r)[kN / 8][4],
+                                             const unsigned char* a1, const unsigned char* b1,
+                                             const unsigned char* a2, const unsigned char* b2,
+                                             int a_row0) {
+  wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(s), kmajor_desc<kARows>(a1, a_row0, ks),
+                    kmajor_desc<kN>(b1, 0, ks), ks > 0);
+  }
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(r), kmajor_desc<kARows>(a2, a_row0, ks),
+                    kmajor_desc<kN>(b2, 0, ks), ks > 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
+/// The start of dynamic shared memory rounded up to 1024 bytes (the 128-byte swizzle repeats
+/// every 1024 bytes of the shared address, and the tiles must start on a repeat).
+__device__ __forceinline__ unsigned char* aligned_smem() {
+  unsigned char* raw = dynamic_smem<unsigned char>();
+#if defined(NURI_CUDA_EMULATION)
+  const uint32_t addr = uint32_t(::nuri::emu::shared_address(raw));
+#else
+  const uint32_t addr = smem_address(raw);
+#endif
+  return raw + ((1024 - addr % 1024) % 1024);
+}
+
+/// TMA loads of a rows x D tile (D / 64 atoms) at row `row` of head `head`, batch `b`.
+template <int kRows, int kAtoms>
+__device__ __forceinline__ void load_rows(unsigned char* dst, const CUtensorMap* map, int row,
+                                          int head, int b, uint64_t* bar) {
+#pragma unroll
+  for (int a = 0; a < kAtoms; ++a) {
+    const int32_t at[4] = {64 * a, row, head, b};
+    tma_load<4>(dst + a * kRows * 128, map, at, bar);
+  }
+}
+
+/// The mbarriers of a block's TMA pipeline, in shared memory at `bars` (Words() of them): one
+/// barrier for the tiles the block loads once, and per stage kParts "full" barriers (each part of
+/// a stage's tiles may be waited for on its own) and one "empty" barrier on which every consumer
+/// thread arrives when done with the stage. Tile `it` goes to stage it % kStages; its phases
+/// follow from `it` alone, so producer and consumers need no other state.
+template <int kStages, int kParts = 1>
+struct Pipeline {
+  static constexpr int kConsumerThreads = 256;  // two consumer warpgroups
+  static constexpr int words() { return 1 + kStages * (kParts + 1); }
+  uint64_t* bars;
+
+  __device__ uint64_t* once() const { return bars; }
+  __device__ uint64_t* full(int it, int part = 0) const {
+    return bars + 1 + part * kStages + it % kStages;
+  }
+  __device__ uint64_t* empty(int it) const { return bars + 1 + kParts * kStages + it % kStages; }
+  __device__ static unsigned phase(int it) { return unsigned((it / kStages) & 1); }
+
+  /// Thread 0 initializes every barrier; the whole block then meets at a barrier.
+  __device__ void init() const {
+    if (threadIdx.x == 0) {
+      mbarrier_init(once(), 1);
+      for (int s = 0; s < kStages; ++s) {
+        for (int part = 0; part < kParts; ++part) mbarrier_init(full(s, part), 1);
+        mbarrier_init(empty(s), kConsumerThreads);
+      }
+    }
+    __syncthreads();
+  }
+  /// Producer, before loading tile `it` (as the first part): waits until the consumers released
+  /// the stage's previous tile (it - kStages, which completed phase it / kStages - 1).
+  __device__ void wait_empty(int it) const {
+    if (it >= kStages) mbarrier_wait_parity(empty(it), unsigned((it / kStages - 1) & 1));
+  }
+  /// Producer: `bytes` of TMA loads of part `part` of tile `it` will complete on the returned
+  /// barrier.
+  __device__ uint64_t* expect(int it, int part, unsigned bytes) const {
+    mbarrier_arrive_expect_tx(full(it, part), bytes);
+    return full(it, part);
+  }
+  /// Consumer: part `part` of tile `it` has landed.
+  __device__ void wait_full(int it, int part = 0) const {
+    mbarrier_wait_parity(full(it, part), phase(it));
+  }
+  /// Consumer thread: done with tile `it`'s stage.
+  __device__ void release(int it) const { mbarrier_arrive(empty(it)); }
+};
+
+// ---- host side: the tensor maps -------------------------------------------------------------
+// The driver's cuTensorMapEncodeTiled is looked up at run time (cudaGetDriverEntryPointByVersion),
+// so nothing links libcuda and a build still loads on machines without a driver; the emulator
+// provides the call itself.
+
+using EncodeTiled = decltype(&cuTensorMapEncodeTiled);
+
+inline EncodeTiled encode_tiled() {
+#if defined(NURI_CUDA_EMULATION)
+  return &cuTensorMapEncodeTiled;
+#else
+  static const EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
+                                                             cudaEnableDefault, &found);
+    NURI_CHECK(err == cudaSuccess && found == cudaDriverEntryPointSuccess && f,
+               "the sm_90 attention kernel needs the driver's cuTensorMapEncodeTiled (CUDA 12 "
+               "or later), which this driver does not provide; use NURI_ATTENTION=nuri");
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+#endif
+}
+
+/// The map of a [B, T, heads, D] view (strides in elements, D contiguous) as TMA sees it: dims
+/// {D, T, heads, B}, boxes of 64 columns by `rows` rows of one head and batch, 128-byte swizzle.
+template <class T>
+inline CUtensorMap tensor_map(const T* base, const AttnStrides& s, int batch, int seq, int heads,
+                              int d, int rows, const char* name) {
+  CUtensorMap m;
+  const cuuint64_t dim[4] = {cuuint64_t(d), cuuint64_t(seq), cuuint64_t(heads), cuuint64_t(batch)};
+  const cuuint64_t stride[3] = {cuuint64_t(s.t) * sizeof(T), cuuint64_t(s.h) * sizeof(T),
+                                cuuint64_t(s.b) * sizeof(T)};
+  const cuuint32_t box[4] = {64, cuuint32_t(rows), 1, 1}, estride[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = encode_tiled()(&m, type, 4, const_cast<T*>(base), dim, stride, box, estride,
+                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                    CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  NURI_CHECK(r == CUDA_SUCCESS, "attention (sm_90): the tensor map of ", name,
+             " could not be made (CUresult ", int(r), "; strides ", s.b, ", ", s.t, ", ", s.h,
+             " elements); use NURI_ATTENTION=nuri");
+  return m;
+}
+
 }  // namespace attn90
 
 template <class T, int D, bool kCausal>
@@ -60,74 +201,40 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   constexpr int kPSteps = kN / 16;  // k-steps of P·V
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
-  constexpr int kConsumers = 256;   // consumer threads (each arrives on an empty barrier)
   static_assert(D % 64 == 0, "head dims are whole 128-byte swizzle atoms");
+  static_assert(Cfg::kSmemBytes == 1024 + Cfg::kQBytes + kStages * 2 * Cfg::kTileBytes +
+                                       attn90::Pipeline<kStages, 2>::words() * sizeof(uint64_t),
+                "AttnFwdSm90Config's shared memory is this kernel's layout");
   const AttentionParams<T>& p = prm.p;
 
   // Shared memory, aligned up to the swizzle's 1024-byte repeat: Q, the K and V stages, then
   // the barriers.
-  unsigned char* raw = dynamic_smem<unsigned char>();
-#if defined(NURI_CUDA_EMULATION)
-  const uint32_t raw_addr = uint32_t(::nuri::emu::shared_address(raw));
-#else
-  const uint32_t raw_addr = smem_address(raw);
-#endif
-  unsigned char* sQ = raw + ((1024 - raw_addr % 1024) % 1024);
+  unsigned char* sQ = attn90::aligned_smem();
   unsigned char* sK = sQ + Cfg::kQBytes;               // stage s at s · kTileBytes
   unsigned char* sV = sK + kStages * Cfg::kTileBytes;  // likewise
-  uint64_t* bars = reinterpret_cast<uint64_t*>(sV + kStages * Cfg::kTileBytes);
-  uint64_t* q_full = bars;
-  uint64_t* k_full = bars + 1;
-  uint64_t* v_full = k_full + kStages;
-  uint64_t* kv_empty = v_full + kStages;
+  // Q on once(); K_j and V_j as parts 0 and 1 of tile j, so S = Q K_jᵀ starts before V_j lands.
+  const attn90::Pipeline<kStages, 2> pipe{
+      reinterpret_cast<uint64_t*>(sV + kStages * Cfg::kTileBytes)};
 
-  const int m_block = int(gridDim.x) - 1 - int(blockIdx.x);  // heaviest causal tiles first
-  const int h = int(blockIdx.y), b = int(blockIdx.z);
-  const int kvh = h / (p.heads / p.kv_heads);
-  const int q0 = m_block * kM;
-  const int key_end = kCausal && q0 + kM < p.seq ? q0 + kM : p.seq;
-  const int n_tiles = (key_end + kN - 1) / kN;
+  const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
+  const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
   const int wg = int(threadIdx.x) / 128;
 
-  if (threadIdx.x == 0) {
-    mbarrier_init(q_full, 1);
-    for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&k_full[s], 1);
-      mbarrier_init(&v_full[s], 1);
-      mbarrier_init(&kv_empty[s], kConsumers);
-    }
-  }
-  __syncthreads();
+  pipe.init();
 
   if (wg == 0) {
     // ---- producer ----
     setmaxnreg<false, Cfg::kProducerRegs>();
     if (threadIdx.x == 0) {
-      mbarrier_arrive_expect_tx(q_full, unsigned(Cfg::kQBytes));
-#pragma unroll
-      for (int a = 0; a < kAtoms; ++a) {
-        const int32_t at[4] = {64 * a, q0, h, b};
-        tma_load<4>(sQ + a * kM * 128, &prm.q_map, at, q_full);
-      }
+      mbarrier_arrive_expect_tx(pipe.once(), unsigned(Cfg::kQBytes));
+      attn90::load_rows<kM, kAtoms>(sQ, &prm.q_map, q0, h, b, pipe.once());
       for (int j = 0; j < n_tiles; ++j) {
         const int s = j % kStages;
-        // Stage s was last filled for tile j - kStages, completing phase (j / kStages - 1) of
-        // its empty barrier once every consumer thread released it.
-        if (j >= kStages) mbarrier_wait_parity(&kv_empty[s], unsigned((j / kStages - 1) & 1));
-        unsigned char* k_dst = sK + s * Cfg::kTileBytes;
-        unsigned char* v_dst = sV + s * Cfg::kTileBytes;
-        mbarrier_arrive_expect_tx(&k_full[s], unsigned(Cfg::kTileBytes));
-#pragma unroll
-        for (int a = 0; a < kAtoms; ++a) {
-          const int32_t at[4] = {64 * a, j * kN, kvh, b};
-          tma_load<4>(k_dst + a * kN * 128, &prm.k_map, at, &k_full[s]);
-        }
-        mbarrier_arrive_expect_tx(&v_full[s], unsigned(Cfg::kTileBytes));
-#pragma unroll
-        for (int a = 0; a < kAtoms; ++a) {
-          const int32_t at[4] = {64 * a, j * kN, kvh, b};
-          tma_load<4>(v_dst + a * kN * 128, &prm.v_map, at, &v_full[s]);
-        }
+        pipe.wait_empty(j);
+        attn90::load_rows<kN, kAtoms>(sK + s * Cfg::kTileBytes, &prm.k_map, j * kN, kvh, b,
+                                      pipe.expect(j, 0, unsigned(Cfg::kTileBytes)));
+        attn90::load_rows<kN, kAtoms>(sV + s * Cfg::kTileBytes, &prm.v_map, j * kN, kvh, b,
+                                      pipe.expect(j, 1, unsigned(Cfg::kTileBytes)));
       }
     }
     return;
@@ -138,7 +245,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   const int c = wg - 1;                  // this consumer's 64 rows: q0 + 64c ..
   const int warp = attn::warp_id() % 4;  // warp within the warpgroup: 16 of those rows
   const int lane = attn::lane_id();
-  const int rg = lane / 4, tq = lane % 4;
+  const int rg = lane / 4;
   const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
@@ -150,16 +257,15 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
   float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
 
-  mbarrier_wait_parity(q_full, 0);
+  mbarrier_wait_parity(pipe.once(), 0);
   for (int j = 0; j < n_tiles; ++j) {
     const int s = j % kStages;
-    const unsigned phase = unsigned((j / kStages) & 1);
     const unsigned char* k_tile = sK + s * Cfg::kTileBytes;
     const unsigned char* v_tile = sV + s * Cfg::kTileBytes;
 
     // S = Q K_jᵀ for this warpgroup's 64 rows and the tile's kN keys.
     float rS[kSBlocks][4];
-    mbarrier_wait_parity(&k_full[s], phase);
+    pipe.wait_full(j, 0);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
@@ -173,57 +279,11 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     // Mask keys past the end and, causally, past the row (only tiles that reach either).
     const int k0 = j * kN;
     const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
-    if (edge) {
-#pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int key = k0 + nb * 8 + 2 * tq + (i % 2);
-          const int row = row_lo + 8 * (i / 2);
-          // Masked scores take the value that loses the row max whatever the scale's sign.
-          if (key >= p.seq || (kCausal && key > row)) rS[nb][i] = flip ? INFINITY : -INFINITY;
-        }
-      }
-    }
+    // Masked scores take the value that loses the row max (or min) whatever the scale's sign.
+    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
 
     // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s·c − max).
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float raw_max;
-      if (!flip) {
-        raw_max = -INFINITY;
-#pragma unroll
-        for (int nb = 0; nb < kSBlocks; ++nb) {
-          raw_max = fmaxf(raw_max, fmaxf(rS[nb][2 * half], rS[nb][2 * half + 1]));
-        }
-        raw_max = attn::quad_max(raw_max);
-      } else {
-        raw_max = INFINITY;
-#pragma unroll
-        for (int nb = 0; nb < kSBlocks; ++nb) {
-          raw_max = fminf(raw_max, fminf(rS[nb][2 * half], rS[nb][2 * half + 1]));
-        }
-        raw_max = -attn::quad_max(-raw_max);
-      }
-      const float mx = fmaxf(rMax[half], raw_max * scale_log2);
-      // A row that has seen only masked keys keeps max -inf; subtracting 0 then gives P = 0.
-      const float base = mx == -INFINITY ? 0.f : mx;
-      const float alpha = ex2_approx(rMax[half] - base);  // 0 while rMax is -inf
-      rMax[half] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < kSBlocks; ++nb) {
-        rS[nb][2 * half] = ex2_approx(fmaf(rS[nb][2 * half], scale_log2, -base));
-        rS[nb][2 * half + 1] = ex2_approx(fmaf(rS[nb][2 * half + 1], scale_log2, -base));
-        sum += rS[nb][2 * half] + rS[nb][2 * half + 1];
-      }
-      rSum[half] = rSum[half] * alpha + sum;
-#pragma unroll
-      for (int nb = 0; nb < kOBlocks; ++nb) {
-        rO[nb][2 * half] *= alpha;
-        rO[nb][2 * half + 1] *= alpha;
-      }
-    }
+    attn::online_softmax(rS, rO, rMax, rSum, scale_log2, flip);
 
     // P rounded to the input type, as the A operands (this warp's 16 rows) of P V.
     uint32_t rP[kPSteps][4];
@@ -231,7 +291,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
 
     // O += P V_j, V read MN-major (its rows are the k index).
-    mbarrier_wait_parity(&v_full[s], phase);
+    pipe.wait_full(j, 1);
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) {
@@ -240,21 +300,13 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     }
     wgmma_commit();
     wgmma_wait<0>();
-    mbarrier_arrive(&kv_empty[s]);  // this thread is done with stage s
+    pipe.release(j);  // this thread is done with stage s
   }
 
   // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
   float inv[2];
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const float sum = attn::quad_sum(rSum[half]);
-    inv[half] = sum > 0.f ? 1.f / sum : 0.f;
-    const int row = row_lo + 8 * half;
-    if (tq == 0 && row < p.seq) {
-      p.lse[(int64_t(b) * p.heads + h) * p.seq + row] =
-          sum > 0.f ? (rMax[half] + log2f(sum)) * attn::kLn2 : -INFINITY;
-    }
-  }
+  attn::softmax_finish(inv, rMax, rSum, p.lse + (int64_t(b) * p.heads + h) * p.seq, row_lo,
+                       p.seq);
   T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
   attn::store_acc<T>(gO, p.out_s.t, q0 + 64 * c + warp * 16, p.seq, rO, inv[0], inv[1]);
 }

@@ -1,6 +1,6 @@
 // Prints the dynamic shared memory and block size of every attention and tensor-core GEMM
 // configuration (ptxas reports only static shared memory) and fails if one needs more than a
-// block may have on the GPUs that run it (sm_86 and sm_89: 99 KiB; the sm_90a forward: 227
+// block may have on the GPUs that run it (sm_86 and sm_89: 99 KiB; the sm_90a kernels: 227
 // KiB). With --tsv, one line per
 // configuration for scripts/kernel_report.py: family, key (head dim or tile edge), bytes,
 // threads. Built and run by scripts/check-kernels.sh; not part of the library.
@@ -34,15 +34,20 @@ bool report() {
   using namespace nuri::kernels;
   if (!g_tsv) {
     std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B, backward dK/dV %6zu B, "
-                "backward dQ %6zu B, sm_90a forward %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
-                AttnBwdKVConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kSmemBytes,
-                AttnFwdSm90Config<D>::kSmemBytes);
+                "backward dQ %6zu B, sm_90a forward %6zu B, sm_90a backward (each) %6zu B\n", D,
+                AttnFwdConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kSmemBytes,
+                AttnBwdQConfig<D>::kSmemBytes, AttnFwdSm90Config<D>::kSmemBytes,
+                AttnBwdSm90Config<D>::kSmemBytes);
   }
   bool ok = row("attention_fwd_kernel", D, AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D>::kThreads);
   ok &= row("attn_bwd_dkdv", D, AttnBwdKVConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kThreads);
   ok &= row("attn_bwd_dq", D, AttnBwdQConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kThreads);
   ok &= row("attention_fwd_sm90_kernel", D, AttnFwdSm90Config<D>::kSmemBytes,
             AttnFwdSm90Config<D>::kThreads, kMaxSmemSm90);
+  for (const char* family : {"attn_bwd_dkdv_sm90_kernel", "attn_bwd_dq_sm90_kernel"}) {
+    ok &= row(family, D, AttnBwdSm90Config<D>::kSmemBytes, AttnBwdSm90Config<D>::kThreads,
+              kMaxSmemSm90);
+  }
   return ok;
 }
 

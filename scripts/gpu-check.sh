@@ -4,7 +4,7 @@
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
 # JUnit), matmul.jsonl, attention.jsonl (attention_sm90.jsonl too on an H100/H200: the sm_90a
-# forward), train.jsonl (one JSON object per measurement; see
+# kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md) and bench.log (the benchmarks' tables and messages). Exit status: ctest's,
 # or the first failing benchmark's; 77 when no CUDA device is visible.
 #   NURI_GPU_JOBS      tests run at once on the device (default 4)
@@ -88,10 +88,10 @@ fi
 want matmul && bench "bench_matmul_gpu" 240 "$build/benchmarks/bench_matmul_gpu" "${q[@]}" --json "$out/matmul.jsonl"
 want attention && bench "attention_gpu.py" 240 "$py" "$root/benchmarks/attention_gpu.py" "${q[@]}" \
   --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention.jsonl"
-# On an H100/H200 the sm_90a forward (NURI_ATTENTION=sm90) against SDPA in the same alternation.
+# On an H100/H200 the sm_90a kernels (NURI_ATTENTION=sm90) against SDPA in the same alternation.
 if want attention && nvidia-smi --query-gpu=compute_cap --format=csv,noheader | grep -q '^9\.0'; then
-  bench "attention_gpu.py, NURI_ATTENTION=sm90, forward" 240 env NURI_ATTENTION=sm90 "$py" \
-    "$root/benchmarks/attention_gpu.py" "${q[@]}" --passes fwd \
+  bench "attention_gpu.py, NURI_ATTENTION=sm90" 240 env NURI_ATTENTION=sm90 "$py" \
+    "$root/benchmarks/attention_gpu.py" "${q[@]}" \
     --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention_sm90.jsonl"
 fi
 exit "$rc"

@@ -12,9 +12,9 @@
 3. Occupancy: resident blocks and warps per SM from registers, threads and dynamic shared
    memory (SMEM_TSV from kernels/smem_report.cpp --tsv) for the GPUs nuri targets: A100
    (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90a one.
-4. The sm_90a attention forward: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in its
-   SASS, and the register split it was designed with (USETMAXREG: the producer down to 24, the
-   consumers up to 240).
+4. The sm_90a attention kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
+   their SASS, and the register split they were designed with (USETMAXREG: the producer down to
+   24, the consumers up to 240).
 
 Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90a)
 """
@@ -34,7 +34,9 @@ DEVICES = {
     "RTX4090 (sm_89)": dict(binary="sm_80", threads=1536, blocks=24, regs=65536, smem=102400),
     "H100 (sm_90)": dict(binary="sm_90a", threads=2048, blocks=32, regs=65536, smem=233472),
 }
-TENSOR_CORE_SOURCES = ("attention_fwd", "attention_fwd_sm90", "attention_bwd", "matmul")
+TENSOR_CORE_SOURCES = ("attention_fwd", "attention_fwd_sm90", "attention_bwd", "attention_bwd_sm90",
+                       "matmul")
+SM90_SOURCES = ("attention_fwd_sm90", "attention_bwd_sm90")
 TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync, wgmma
 SM90_FORWARD_REGS = {"producer": "USETMAXREG.DEALLOC.CTAPOOL 0x18",
                      "consumer": "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0"}
@@ -165,7 +167,8 @@ def main():
         config[(family, int(key))] = (int(nbytes), int(threads))
 
     def config_of(name):
-        for (family, key), v in config.items():
+        # Longest family first: attn_bwd_dkdv is also a prefix of attn_bwd_dkdv_sm90_kernel.
+        for (family, key), v in sorted(config.items(), key=lambda kv: -len(kv[0][0])):
             if family in name:
                 m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, ?(\d+)",
                               name)
@@ -194,7 +197,7 @@ def main():
                     instrs = funcs[mangled]
                     if not any(op.startswith(TENSOR_CORE_OPS) for _, op, _ in instrs):
                         continue
-                    if src == "attention_fwd_sm90":
+                    if src in SM90_SOURCES:
                         text = "\n".join(op + rest for _, op, rest in instrs)
                         for need in ("HGMMA", "UTMALDG", "SYNCS", *SM90_FORWARD_REGS.values()):
                             if need not in text:

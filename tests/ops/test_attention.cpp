@@ -382,39 +382,44 @@ std::array<Vec, 3> qkv_values(Backend& be, const KernelCase& c, const Qkv& t) {
   return {part(0, c.h), part(c.h, c.h + c.hkv), part(c.h + c.hkv, c.h + 2 * c.hkv)};
 }
 
-TEST_P(AttentionKernelTest, WithinTwiceTheCpuErrorInTheInputPrecision) {
-  const auto& [name, c] = GetParam();
-  auto be = make_backend(name);
-  const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+/// Forward and backward of case c on `be` (whichever attention path it runs), each output within
+/// twice the model's error. `atomic_trace`: what the run with opt.deterministic = false does.
+void expect_kernels_within_model(Backend& be, const KernelCase& c, const char* atomic_trace) {
+  const Shape qs{c.b, c.t, c.h, c.d};
   const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 61), c.dtype),
             k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 62), c.dtype),
             v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 63), c.dtype),
             dout = rounded(random_vec(c.b * c.t * c.h * c.d, 64), c.dtype);
-  const Qkv in = qkv_tensors(*be, c, q, k, v, false);
-  const Tensor &tq = in.q, &tk = in.k, &tv = in.v;
-  Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {c.b, c.h, c.t});
+  const Qkv in = qkv_tensors(be, c, q, k, v, false);
+  Tensor out = be.empty(qs, c.dtype), lse = zeros_f32(be, {c.b, c.h, c.t});
   AttentionOptions opt;
   opt.causal = c.causal;
-  be->attention(tq, tk, tv, out, lse, opt);
+  be.attention(in.q, in.k, in.v, out, lse, opt);
 
   const auto ref = attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v);
   const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
-  expect_within_model(values(*be, out), model.out, ref[0], "out");
-  expect_within_model(values(*be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
+  expect_within_model(values(be, out), model.out, ref[0], "out");
+  expect_within_model(values(be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
 
   const Grads gref = attention_backward_ref(c, q, k, v, dout);
-  const Tensor tdout = on_dtype(*be, qs, dout, c.dtype);
+  const Tensor tdout = on_dtype(be, qs, dout, c.dtype);
   for (bool deterministic : {true, false}) {
     if (!deterministic && !c.atomic_dq) continue;
-    SCOPED_TRACE(deterministic ? "deterministic dq" : "atomic dq");
-    const Qkv d = qkv_tensors(*be, c, q, k, v, true);
+    SCOPED_TRACE(deterministic ? "deterministic dq" : atomic_trace);
+    const Qkv d = qkv_tensors(be, c, q, k, v, true);
     opt.deterministic = deterministic;
-    be->attention_backward(tq, tk, tv, out, lse, tdout, d.q, d.k, d.v, opt);
-    const auto grads = qkv_values(*be, c, d);
+    be.attention_backward(in.q, in.k, in.v, out, lse, tdout, d.q, d.k, d.v, opt);
+    const auto grads = qkv_values(be, c, d);
     expect_within_model(grads[0], model.grads.dq, gref.dq, "dq");
     expect_within_model(grads[1], model.grads.dk, gref.dk, "dk");
     expect_within_model(grads[2], model.grads.dv, gref.dv, "dv");
   }
+}
+
+TEST_P(AttentionKernelTest, WithinTwiceTheCpuErrorInTheInputPrecision) {
+  const auto& [name, c] = GetParam();
+  auto be = make_backend(name);
+  expect_kernels_within_model(*be, c, "atomic dq");
 }
 
 // Every dtype × head dim × causal × GQA ratio (1, 2, and H: multi-query) on short sequences that
@@ -462,13 +467,13 @@ INSTANTIATE_TEST_SUITE_P(
                            (c.fused_qkv ? "_fusedqkv" : "") + (c.atomic_dq ? "_atomicdq" : ""));
     });
 
-// ---- the sm_90a forward (NURI_ATTENTION=sm90) ---------------------------------------------------
+// ---- the sm_90a kernels (NURI_ATTENTION=sm90) ------------------------------------------------
 //
-// The same cases and bar for the forward of kernels/attention_fwd_sm90.cuh (wgmma, TMA,
-// mbarrier, warp specialization), plus sequences of three and four key tiles of 128 so that
-// the K/V stages are reused (each stage's empty barrier goes through phases). Its backward is
-// the sm_80-class kernels', tested above. Everywhere on the emulator; on a GPU only where the
-// path exists (an H100/H200 with a 90a build), skipped elsewhere saying why.
+// The same cases and bar for kernels/attention_fwd_sm90.cuh and attention_bwd_sm90.cuh (wgmma,
+// TMA, mbarrier, warp specialization), plus sequences of three and four tiles of 128 so that
+// every stage is reused (each stage's empty barrier goes through phases). Everywhere on the
+// emulator; on a GPU only where the path exists (an H100/H200 with a 90a build), skipped
+// elsewhere saying why.
 
 /// A backend of `name` with NURI_ATTENTION=path; skips (GPU) or fails (emulator, which runs
 /// every path) where that path cannot be made.
@@ -481,23 +486,11 @@ INSTANTIATE_TEST_SUITE_P(
 
 class AttentionSm90Test : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
 
-TEST_P(AttentionSm90Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecision) {
+TEST_P(AttentionSm90Test, WithinTwiceTheCpuErrorInTheInputPrecision) {
   const auto& [name, c] = GetParam();
   NURI_BACKEND_ON_PATH(be, name, "sm90");
-  const Shape qs{c.b, c.t, c.h, c.d};
-  const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 61), c.dtype),
-            k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 62), c.dtype),
-            v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 63), c.dtype),
-            dout = rounded(random_vec(c.b * c.t * c.h * c.d, 64), c.dtype);
-  const Qkv in = qkv_tensors(*be, c, q, k, v, false);
-  Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {c.b, c.h, c.t});
-  AttentionOptions opt;
-  opt.causal = c.causal;
-  be->attention(in.q, in.k, in.v, out, lse, opt);
-  const auto ref = attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v);
-  const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
-  expect_within_model(values(*be, out), model.out, ref[0], "out");
-  expect_within_model(values(*be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
+  // dq is the query-major pass in either mode.
+  expect_kernels_within_model(*be, c, "dq without atomics all the same");
 }
 
 std::vector<std::tuple<std::string, KernelCase>> sm90_params() {
@@ -528,24 +521,33 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(AttentionKernelDeterminism, DeterministicBackwardRepeatsBitForBit) {
   for (const auto& name : backends()) {
     if (act_dtype(name) == DType::f32) continue;
-    auto be = make_backend(name);
-    const KernelCase c{1, 100, 4, 2, 64, true, DType::bf16, false, false};
-    const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
-    Tensor q = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 65)),
-           k = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 66)),
-           v = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 67)),
-           dout = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 68));
-    Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {c.b, c.h, c.t});
-    be->attention(q, k, v, out, lse, AttentionOptions{});
-    std::vector<Vec> runs;
-    for (int run = 0; run < 2; ++run) {
-      Tensor dq = zeros(*be, qs), dk = zeros(*be, ks), dv = zeros(*be, ks);
-      be->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, AttentionOptions{});
-      Vec all = values(*be, dq);
-      for (const auto& x : {values(*be, dk), values(*be, dv)}) all.insert(all.end(), x.begin(), x.end());
-      runs.push_back(all);
+    for (const char* path : {"nuri", "sm90"}) {
+      SCOPED_TRACE(std::string("NURI_ATTENTION=") + path);
+      auto [be, why] = make_backend_with(name, "NURI_ATTENTION", path);
+      if (!be) {
+        if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
+        continue;
+      }
+      const KernelCase c{1, 100, 4, 2, 64, true, DType::bf16, false, false};
+      const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
+      Tensor q = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 65)),
+             k = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 66)),
+             v = on(*be, ks, random_vec(c.b * c.t * c.hkv * c.d, 67)),
+             dout = on(*be, qs, random_vec(c.b * c.t * c.h * c.d, 68));
+      Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {c.b, c.h, c.t});
+      be->attention(q, k, v, out, lse, AttentionOptions{});
+      std::vector<Vec> runs;
+      for (int run = 0; run < 2; ++run) {
+        Tensor dq = zeros(*be, qs), dk = zeros(*be, ks), dv = zeros(*be, ks);
+        be->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, AttentionOptions{});
+        Vec all = values(*be, dq);
+        for (const auto& x : {values(*be, dk), values(*be, dv)}) {
+          all.insert(all.end(), x.begin(), x.end());
+        }
+        runs.push_back(all);
+      }
+      EXPECT_EQ(runs[0], runs[1]) << name;
     }
-    EXPECT_EQ(runs[0], runs[1]) << name;
   }
 }
 

@@ -105,11 +105,12 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
   }
 }
 
-// The sm_90a forward (NURI_ATTENTION=sm90): its tiles arrive by TMA and its products are wgmma,
-// neither of which the counters see, so what is checked is what its threads do: no mma.sync or
-// ldmatrix, output stores of whole sectors, and the softmax's exp2 count (per consumer warp and
-// key tile of 128: 2 rows x (1 rescale + 32 scores) per lane).
-TEST(KernelCounters, Sm90ForwardStoresWholeSectorsAndItsSoftmaxIsWhatTheTilingSays) {
+// The sm_90a kernels (NURI_ATTENTION=sm90): their tiles arrive by TMA and their products are
+// wgmma, neither of which the counters see, so what is checked is what their threads do: no
+// mma.sync, ldmatrix, cp.async or atomics, output stores of whole sectors, and the exp2 count
+// the tiling says (forward, per consumer warp and key tile of 128: 2 rows x (1 rescale + 32
+// scores) per lane; backward, 32 per 64 x 64 tile).
+TEST(KernelCounters, Sm90AttentionStoresWholeSectorsAndItsExp2CountIsWhatTheTilingSays) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
   auto [be, why] = make_backend_with(name, "NURI_ATTENTION", "sm90");
@@ -121,22 +122,40 @@ TEST(KernelCounters, Sm90ForwardStoresWholeSectorsAndItsSoftmaxIsWhatTheTilingSa
     Tensor q = on(*be, qs, random_vec(b * t * h * d, 71)),
            k = on(*be, ks, random_vec(b * t * hkv * d, 72)),
            v = on(*be, ks, random_vec(b * t * hkv * d, 73));
+    Tensor dout = on(*be, qs, random_vec(b * t * h * d, 74));
     Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {b, h, t});
+    Tensor dq = zeros(*be, qs), dk = zeros(*be, ks), dv = zeros(*be, ks);
     AttentionOptions opt;
     opt.causal = causal;
+    opt.deterministic = false;  // the sm_90a dq has no atomics either way
     Counting counting;
     be->attention(q, k, v, out, lse, opt);
+    be->attention_backward(q, k, v, out, lse, dout, dq, dk, dv, opt);
     const auto launches = emu::take_counters();
-    ASSERT_EQ(launches.size(), 1u);
+    ASSERT_EQ(launches.size(), 4u);  // forward; Di, dK/dV, dQ
+    const int64_t consumer_warps = 8;
     const emu::Counters fwd =
         expect_efficient(launches, "attention_fwd_sm90_kernel", {Access::st_global});
     // Query tile m of 128 rows visits m + 1 key tiles of 128 causally, both otherwise.
-    const int64_t tiles = causal ? 1 + 2 : 2 * 2, consumer_warps = 8;
+    const int64_t tiles = causal ? 1 + 2 : 2 * 2;
     EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * tiles * consumer_warps * 66));
-    EXPECT_EQ(fwd[Instr::mma], 0u);
-    EXPECT_EQ(fwd[Instr::ldmatrix], 0u);
-    EXPECT_EQ(fwd[Instr::cp_async], 0u);
-    EXPECT_GT(fwd[Access::st_global].requests, 0u);
+    const emu::Counters dkdv =
+        expect_efficient(launches, "attn_bwd_dkdv_sm90_kernel", {Access::st_global});
+    const emu::Counters dqc =
+        expect_efficient(launches, "attn_bwd_dq_sm90_kernel", {Access::st_global});
+    for (const emu::Counters* k : {&fwd, &dkdv, &dqc}) {
+      EXPECT_EQ((*k)[Instr::mma], 0u);
+      EXPECT_EQ((*k)[Instr::ldmatrix], 0u);
+      EXPECT_EQ((*k)[Instr::cp_async], 0u);
+      EXPECT_EQ((*k)[Instr::atomic], 0u);
+      EXPECT_GT((*k)[Access::st_global].requests, 0u);
+    }
+    if (!causal) {  // no masked entries: one exp2 per score of a lane, 32 per 64 x 64 tile
+      // dK/dV: 2 key blocks x 2 heads x 4 query tiles of 64; dQ: 2 query blocks x 2 heads x
+      // 4 key tiles of 64.
+      EXPECT_EQ(dkdv[Instr::sfu], uint64_t(2 * h * 4 * consumer_warps * 32));
+      EXPECT_EQ(dqc[Instr::sfu], uint64_t(2 * h * 4 * consumer_warps * 32));
+    }
   }
 }
 

@@ -102,7 +102,7 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
 
 /// The implementations of the attention ops and the choice between them
 /// (CudaBackend::set_attention_path): nuri's sm_80-class kernels (every GPU), nuri's sm_90a
-/// forward (H100/H200; its backward is the sm_80-class one) and cuDNN's fused attention.
+/// kernels (H100/H200) and cuDNN's fused attention.
 struct AttentionDispatch {
   /// The values of a contiguous device buffer of n elements of T (bf16, f16 or f32) on the host.
   template <class T>
@@ -166,12 +166,15 @@ struct AttentionDispatch {
 #endif
       }
       case AttentionPath::sm90:
-        if (!backward) {
+        if (backward) {
+          void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
+              p.batch, p.seq, p.heads, p.head_dim, /*deterministic=*/true));
+          kernels::attention_backward_sm90(p, ws, be.stream());
+        } else {
           kernels::attention_forward_sm90(p, be.stream());
-          ++be.sm90_attention_calls_;
-          return "";
         }
-        break;  // the sm_80-class backward
+        ++be.sm90_attention_calls_;
+        return "";
       case AttentionPath::nuri:
       case AttentionPath::automatic: break;
     }
@@ -186,14 +189,14 @@ struct AttentionDispatch {
   }
 
   /// The implementations `automatic` measures for a direction: nuri's kernels first, then the
-  /// sm_90a forward on an H100/H200 of a build that has it (never on the emulator, whose
+  /// sm_90a kernels on an H100/H200 of a build that has them (never on the emulator, whose
   /// timings mean nothing), then cuDNN where built.
   static std::vector<AttentionPath> candidates(const CudaBackend& be, bool backward) {
     std::vector<AttentionPath> r{AttentionPath::nuri};
 #if defined(NURI_CUDA_REAL)
-    if (!backward && be.sm90_attention_usable()) r.push_back(AttentionPath::sm90);
+    if (be.sm90_attention_usable()) r.push_back(AttentionPath::sm90);
 #else
-    (void)be, (void)backward;
+    (void)be;
 #endif
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
     r.push_back(AttentionPath::cudnn);

@@ -38,10 +38,10 @@ const char* gemm_path_name(GemmPath p);
 GemmPath parse_gemm_path(const std::string& s);
 
 /// Which implementation runs the fused attention ops: nuri's sm_80-class kernels
-/// (kernels/attention_fwd.cuh, attention_bwd.cuh; every GPU), nuri's sm_90a forward
-/// (kernels/attention_fwd_sm90.cuh; H100/H200 in builds with 90a, and the emulator; the backward
-/// is then the sm_80-class one), cuDNN's fused attention (cudnn_attention.h: real CUDA builds
-/// that found the cuDNN frontend), or per shape by measurement.
+/// (kernels/attention_fwd.cuh, attention_bwd.cuh; every GPU), nuri's sm_90a kernels
+/// (kernels/attention_fwd_sm90.cuh, attention_bwd_sm90.cuh; H100/H200 in builds with 90a, and
+/// the emulator), cuDNN's fused attention (cudnn_attention.h: real CUDA builds that found the
+/// cuDNN frontend), or per shape by measurement.
 /// NURI_ATTENTION=auto|nuri|sm90|cudnn sets it when the backend is created.
 enum class AttentionPath { automatic, nuri, sm90, cudnn };
 const char* attention_path_name(AttentionPath p);
@@ -143,18 +143,18 @@ class CudaBackend final : public Backend {
   int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
 
   /// automatic: the first call of each direction, shape, layout and options runs every
-  /// implementation this device and build have (nuri's sm_80-class kernels; the sm_90a forward
+  /// implementation this device and build have (nuri's sm_80-class kernels; the sm_90a kernels
   /// on an H100/H200; cuDNN), and later ones run the fastest of those that agree with nuri's
   /// sm_80-class kernels (out and lse, or dq, dk and dv, within bf16/f16 rounding); on the
-  /// emulator it is nuri's sm_80-class kernels. nuri: those kernels. sm90: the sm_90a forward
-  /// (an error where the device or build has none). cudnn: cuDNN, and an error where it
-  /// declines (real CUDA builds with the cuDNN frontend only).
+  /// emulator it is nuri's sm_80-class kernels. nuri: those kernels. sm90: the sm_90a kernels
+  /// (an error where the device or build has none; dq always without atomics). cudnn: cuDNN,
+  /// and an error where it declines (real CUDA builds with the cuDNN frontend only).
   void set_attention_path(AttentionPath p);
   AttentionPath attention_path() const { return attention_path_; }
-  /// Attention calls cuDNN has run, and forward calls the sm_90a kernel has run.
+  /// Attention calls (either direction) cuDNN and the sm_90a kernels have run.
   int64_t cudnn_attention_calls() const { return cudnn_attention_calls_; }
   int64_t sm90_attention_calls() const { return sm90_attention_calls_; }
-  /// Whether the sm_90a forward can run here: an sm_90 device and a build with 90a, or the
+  /// Whether the sm_90a kernels can run here: an sm_90 device and a build with 90a, or the
   /// emulator.
   bool sm90_attention_usable() const;
 
