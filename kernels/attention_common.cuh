@@ -1,5 +1,5 @@
 // Building blocks shared by the attention kernels: tile loads with cp.async and the pipeline
-// step, quad reductions, the forward's online softmax and the accumulator store; the tensor-core fragment helpers (and the
+// step, quad reductions, the forward's mask and online softmax and the accumulator store; the tensor-core fragment helpers (and the
 // fragment layouts) are those of mma_tiles.cuh. Shared-memory tiles are row-major with row
 // stride attn_row_stride(D) = D + 8 elements.
 #pragma once
@@ -106,15 +106,15 @@ __device__ __forceinline__ void mask_scores(float (&s)[NS][4], int k0, int row_l
 
 /// One key tile of the online softmax for a warp's 16 rows: `s` holds the raw scores of the
 /// accumulator rows g and g + 8 (lane_id() / 4) and becomes P = exp2(s·c − m), with c =
-/// scale_log2 and m the running row max of s·c; what `o` accumulated from earlier tiles is
-/// rescaled to the new max and this thread's share of the row sums updated. The max of s·c is c
-/// times the max of the raw scores, or times their min when c < 0 (`c_negative`); masked scores
-/// must lose that comparison (−inf, or +inf when c_negative). A row that has seen only masked
-/// keys keeps max −inf and gets P = 0.
-template <int NS, int NO>
-__device__ __forceinline__ void online_softmax(float (&s)[NS][4], float (&o)[NO][4],
-                                               float (&row_max)[2], float (&row_sum)[2],
-                                               float scale_log2, bool c_negative) {
+/// scale_log2 and m the running row max of s·c; this thread's share of the row sums is updated,
+/// and `alpha` is what the output accumulated from earlier tiles must be scaled by
+/// (rescale_rows). The max of s·c is c times the max of the raw scores, or times their min when
+/// c < 0 (`c_negative`); masked scores must lose that comparison (−inf, or +inf when c_negative).
+/// A row that has seen only masked keys keeps max −inf and gets P = 0.
+template <int NS>
+__device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&row_max)[2],
+                                             float (&row_sum)[2], float (&alpha)[2],
+                                             float scale_log2, bool c_negative) {
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     float raw;
@@ -135,7 +135,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[NS][4], float (&o)[NO]
     }
     const float mx = fmaxf(row_max[half], raw * scale_log2);
     const float base = mx == -INFINITY ? 0.f : mx;
-    const float alpha = ex2_approx(row_max[half] - base);  // 0 while row_max is -inf
+    alpha[half] = ex2_approx(row_max[half] - base);  // 0 while row_max is -inf
     row_max[half] = mx;
     float sum = 0.f;
 #pragma unroll
@@ -144,12 +144,19 @@ __device__ __forceinline__ void online_softmax(float (&s)[NS][4], float (&o)[NO]
       s[nb][2 * half + 1] = ex2_approx(fmaf(s[nb][2 * half + 1], scale_log2, -base));
       sum += s[nb][2 * half] + s[nb][2 * half + 1];
     }
-    row_sum[half] = row_sum[half] * alpha + sum;
+    row_sum[half] = row_sum[half] * alpha[half] + sum;
+  }
+}
+
+/// Scales accumulator rows g and g + 8 of `o` by alpha[0] and alpha[1].
+template <int NO>
+__device__ __forceinline__ void rescale_rows(float (&o)[NO][4], const float (&alpha)[2]) {
 #pragma unroll
-    for (int nb = 0; nb < NO; ++nb) {
-      o[nb][2 * half] *= alpha;
-      o[nb][2 * half + 1] *= alpha;
-    }
+  for (int nb = 0; nb < NO; ++nb) {
+    o[nb][0] *= alpha[0];
+    o[nb][1] *= alpha[0];
+    o[nb][2] *= alpha[1];
+    o[nb][3] *= alpha[1];
   }
 }
 

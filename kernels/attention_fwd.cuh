@@ -116,7 +116,9 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
 
     // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max)
     // (the scale is positive here: a negative one flipped Q's signs).
-    attn::online_softmax(rS, rO, rMax, rSum, scale_log2, /*c_negative=*/false);
+    float alpha[2];
+    attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, /*c_negative=*/false);
+    attn::rescale_rows(rO, alpha);
 
     // P rounded to the input type, as the A operands of P V (half the registers of S, which
     // dies here: the K_{j+1} loads below take their addresses while P and O are live).

@@ -10,7 +10,9 @@
 //    tile: S = Q K_jᵀ as one wgmma group (Q and K from shared memory, both K-major), the mask
 //    and the online softmax in registers (exp2, the scale folded into one FMA), P rounded to
 //    the input type straight into A-operand registers, then O += P V_j as one wgmma group with V
-//    read MN-major from shared memory as TMA stored it ([keys][D]: keys are the k index).
+//    read MN-major from shared memory as TMA stored it ([keys][D]: keys are the k index). The
+//    products of S_{j+1} and P_j V_j are in flight together, and the softmax of S_{j+1} runs
+//    while P_j V_j does (FlashAttention-3's intra-warpgroup overlap).
 // Tiles are stored as TMA writes them with the 128-byte swizzle: each 64-column (128-byte) slice
 // of a [rows][D] tile is an atom of [rows][128 B], atoms one after the other. The wgmma
 // accumulator layout per warp is mma.sync's, so the softmax and the stores are
@@ -35,18 +37,22 @@ struct AttnFwdSm90Params {
 
 namespace attn90 {
 
-/// Descriptor of k-step ks (k = 16ks..16ks+15) of a K-major operand: `rows` rows of a tile of
-/// `tile_rows` rows from `row0`, stored as 128-byte swizzle atoms of 64 columns.
+/// Descriptor of k-step ks (k = 16ks..16ks+15) of a K-major operand: the rows from `row0` of a
+/// tile of kTileRows rows, stored as 128-byte swizzle atoms of 64 columns. Written as the step-0
+/// descriptor plus a constant: the start address sits in the low 14 bits in 16-byte units and
+/// never carries out (shared memory is under 256 KiB), so after unrolling the k-steps share one
+/// descriptor computation and each adds an immediate.
 template <int kTileRows>
 __device__ __forceinline__ uint64_t kmajor_desc(const unsigned char* tile, int row0, int ks) {
-  return wgmma_desc(tile + (ks / 4) * kTileRows * 128 + row0 * 128 + (ks % 4) * 32, 0, 1024, 128);
+  return wgmma_desc(tile + row0 * 128, 0, 1024, 128) +
+         uint64_t(((ks / 4) * kTileRows * 128 + (ks % 4) * 32) >> 4);
 }
 
 /// Descriptor of k-step kb (rows 16kb..16kb+15) of a tile read MN-major (the row index is k):
 /// 64-column atoms kTileRows · 128 bytes apart (LBO), 8-row groups 1024 bytes apart (SBO).
 template <int kTileRows>
 __device__ __forceinline__ uint64_t mnmajor_desc(const unsigned char* tile, int kb) {
-  return wgmma_desc(tile + kb * 16 * 128, kTileRows * 128, 1024, 128);
+  return wgmma_desc(tile, kTileRows * 128, 1024, 128) + uint64_t((kb * 16 * 128) >> 4);
 }
 
 /// S = A₁·B₁ᵀ and R = A₂·B₂ᵀ over D (64 rows of A from row a_row0 of tiles of kARows rows, the
@@ -112,7 +118,8 @@ struct Pipeline {
   __device__ uint64_t* empty(int it) const { return bars + 1 + kParts * kStages + it % kStages; }
   __device__ static unsigned phase(int it) { return unsigned((it / kStages) & 1); }
 
-  /// Thread 0 initializes every barrier; the whole block then meets at a barrier.
+  /// Thread 0 initializes every barrier and makes the inits visible to the async proxy (the
+  /// TMA units complete transactions on them); the whole block then meets at a barrier.
   __device__ void init() const {
     if (threadIdx.x == 0) {
       mbarrier_init(once(), 1);
@@ -120,6 +127,7 @@ struct Pipeline {
         for (int part = 0; part < kParts; ++part) mbarrier_init(full(s, part), 1);
         mbarrier_init(empty(s), kConsumerThreads);
       }
+      fence_proxy_async();
     }
     __syncthreads();
   }
@@ -257,51 +265,69 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
   float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
 
-  mbarrier_wait_parity(pipe.once(), 0);
-  for (int j = 0; j < n_tiles; ++j) {
-    const int s = j % kStages;
-    const unsigned char* k_tile = sK + s * Cfg::kTileBytes;
-    const unsigned char* v_tile = sV + s * Cfg::kTileBytes;
-
-    // S = Q K_jᵀ for this warpgroup's 64 rows and the tile's kN keys.
-    float rS[kSBlocks][4];
+  // S_j = Q K_jᵀ for this warpgroup's 64 rows and the tile's kN keys, issued as one group.
+  float rS[kSBlocks][4];
+  auto issue_s = [&](int j) {
     pipe.wait_full(j, 0);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(rS),
                       attn90::kmajor_desc<kM>(sQ, 64 * c, ks),
-                      attn90::kmajor_desc<kN>(k_tile, 0, ks), ks > 0);
+                      attn90::kmajor_desc<kN>(sK + (j % kStages) * Cfg::kTileBytes, 0, ks),
+                      ks > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-
-    // Mask keys past the end and, causally, past the row (only tiles that reach either).
-    const int k0 = j * kN;
-    const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
-    // Masked scores take the value that loses the row max (or min) whatever the scale's sign.
-    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
-
-    // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s·c − max).
-    attn::online_softmax(rS, rO, rMax, rSum, scale_log2, flip);
-
-    // P rounded to the input type, as the A operands (this warp's 16 rows) of P V.
-    uint32_t rP[kPSteps][4];
-#pragma unroll
-    for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
-
-    // O += P V_j, V read MN-major (its rows are the k index).
+  };
+  // P rounded to the input type, as the A operands (this warp's 16 rows) of P V.
+  uint32_t rP[kPSteps][4];
+  // O += P V_j, V read MN-major (its rows are the k index), issued as one group.
+  auto issue_pv = [&](int j) {
     pipe.wait_full(j, 1);
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) {
       wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rO), rP[kb],
-                           attn90::mnmajor_desc<kN>(v_tile, kb), true);
+                           attn90::mnmajor_desc<kN>(sV + (j % kStages) * Cfg::kTileBytes, kb),
+                           true);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    pipe.release(j);  // this thread is done with stage s
+  };
+  // The mask (keys past the end and, causally, past the row, only on tiles that reach either;
+  // masked scores take the value that loses the row max, or min, whatever the scale's sign) and
+  // the online softmax of S_j: P_j in rS, and the factor for what O holds so far.
+  auto softmax = [&](int j, float (&alpha)[2]) {
+    const int k0 = j * kN;
+    const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
+    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
+    attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, flip);
+  };
+
+  // FlashAttention-3's overlap within a warpgroup: the products of S_{j+1} and of P_j V_j are in
+  // flight together, and the softmax of S_{j+1} runs while P_j V_j is; only the rescale of O
+  // waits for it. Groups complete in issue order, so wait_group 1 after issuing S_{j+1} and then
+  // P_j V_j means S_{j+1} is done.
+  mbarrier_wait_parity(pipe.once(), 0);
+  float alpha[2];
+  issue_s(0);
+  wgmma_wait<0>();
+  softmax(0, alpha);  // O is still zero: nothing to rescale
+#pragma unroll
+  for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
+  for (int j = 0; j + 1 < n_tiles; ++j) {
+    issue_s(j + 1);
+    issue_pv(j);
+    wgmma_wait<1>();  // S_{j+1}
+    softmax(j + 1, alpha);
+    wgmma_wait<0>();  // P_j V_j
+    pipe.release(j);  // this thread is done with stage j % kStages
+    attn::rescale_rows(rO, alpha);
+#pragma unroll
+    for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
   }
+  issue_pv(n_tiles - 1);
+  wgmma_wait<0>();
+  pipe.release(n_tiles - 1);
 
   // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
   float inv[2];

@@ -13,8 +13,8 @@
    memory (SMEM_TSV from kernels/smem_report.cpp --tsv) for the GPUs nuri targets: A100
    (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90a one.
 4. The sm_90a attention kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
-   their SASS, and the register split they were designed with (USETMAXREG: the producer down to
-   24, the consumers up to 240).
+   their SASS, the register split they were designed with (USETMAXREG: the producer down to
+   24, the consumers up to 240), and no "wgmma ... serialized" in any ptxas report.
 
 Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90a)
 """
@@ -143,6 +143,12 @@ def main():
     failures = []
 
     rows = ptxas_rows(out)
+    # ptxas serializes wgmma (a wait after every one) where the code would break its rules, and
+    # says so only in its report; that would quietly undo the sm_90a kernels' pipelining.
+    for log in sorted(glob.glob(os.path.join(out, "*.log"))):
+        for line in open(log):
+            if "wgmma" in line and "serializ" in line:
+                failures.append(f"{os.path.basename(log)}: {line.strip()}")
     if not rows:
         print("check-kernels: no kernels found in the ptxas output", file=sys.stderr)
         return 1

@@ -91,7 +91,7 @@ fi
 
 # ---- static checks of the real GPU build: registers, shared memory, spills -----------------------
 if command -v nvcc >/dev/null; then
-  section "scripts/check-kernels.sh (nvcc sm_80, sm_90)"
+  section "scripts/check-kernels.sh (nvcc sm_80, sm_90a)"
   bash scripts/check-kernels.sh "$logs/kernels" 2>&1 | tee "$logs/kernels.log"
 else
   section "scripts/check-kernels.sh skipped: no nvcc"

@@ -80,6 +80,10 @@ struct WgmmaArrival {
   bool scale_d = true;
   std::vector<float> input, result;
   Site site;
+  // Released by the tensor-core unit after it read this wgmma's shared-memory operands, acquired
+  // by the wait_group that retires it (and only that one: a wait that leaves the wgmma in flight
+  // does not order its reads).
+  std::shared_ptr<char> done;
 };
 
 /// A wgmma result not yet written to its registers: written by the wait_group that completes
@@ -88,6 +92,7 @@ struct WgmmaPending {
   float* d = nullptr;
   std::vector<float> value;
   Site site;
+  std::shared_ptr<char> done;  // WgmmaArrival::done
 };
 
 struct Launch;
@@ -179,9 +184,9 @@ struct Launch {
   std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
   std::shared_ptr<CounterState> counters;  // null unless performance counters are on
   // wgmma's tensor-core unit: a TSan context that reads the operands in shared memory after
-  // taking the warpgroup's history, and releases `tensor_unit_done` for the wait_group.
+  // taking the warpgroup's history, and releases the wgmma's own sync (WgmmaArrival::done) for
+  // the wait_group that retires it.
   void* tensor_unit = nullptr;
-  char tensor_unit_done = 0;
   bool wgmma_used = false;  // a thread of this block issued a wgmma (the scheduler looks only then)
   // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far.
   std::vector<std::vector<unsigned>> maxnreg;

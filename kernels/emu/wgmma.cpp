@@ -98,9 +98,9 @@ uint32_t operand_offset(const Launch& L, uint64_t desc, bool mn_major, int row, 
 
 /// Reads the 16-bit operand elements at `offs` as the tensor-core unit: after taking the
 /// warpgroup's history (`arrived`, released by each of its threads), only the shared-memory
-/// loads are its accesses, and the unit releases what it read for the wait_group. Runs from the
-/// scheduler's context.
-void unit_reads(Launch& L, char* arrived, const std::vector<uint32_t>& offs,
+/// loads are its accesses, and the unit releases `done`, this wgmma's own sync, which only the
+/// wait_group that retires the wgmma acquires. Runs from the scheduler's context.
+void unit_reads(Launch& L, char* arrived, char* done, const std::vector<uint32_t>& offs,
                 std::vector<uint16_t>& raw) {
   if (!L.tensor_unit) L.tensor_unit = tsan::create("tensor-core unit");
   raw.assign(offs.size(), 0);
@@ -110,7 +110,6 @@ void unit_reads(Launch& L, char* arrived, const std::vector<uint32_t>& offs,
   const uint32_t* const o = offs.data();
   uint16_t* const r = raw.data();
   const size_t n = offs.size();
-  char* const done = &L.tensor_unit_done;
   char* const launch_done = &L.done_sync;  // before the launch's end, which frees the memory
   tsan::switch_to(unit);
   tsan::acquire(arrived);
@@ -162,13 +161,14 @@ void wgmma_wait(int pending, Site site) {
         }
       }
     }
-    // Chained results: the last one for each registers wins, in issue order.
+    // Chained results: the last one for each registers wins, in issue order. The group's
+    // operand reads happen before what follows.
     for (const WgmmaPending& r : t.wg_groups.front()) {
       std::memcpy(r.d, r.value.data(), r.value.size() * sizeof(float));
+      tsan::acquire(r.done.get());
     }
     t.wg_groups.erase(t.wg_groups.begin());
   }
-  tsan::acquire(&L.tensor_unit_done);  // the operands' reads happen before what follows
   t.wg_fenced = false;  // registers the kernel now touches need a fence before the next wgmma
   tsan::ignore_end();
 }
@@ -217,7 +217,7 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   tsan::acquire(t.sync.get());
   t.sync.reset();
   // The result waits for the wait_group; the registers hold NaN until then.
-  t.wg_open.push_back({d, std::move(a.result), site});
+  t.wg_open.push_back({d, std::move(a.result), site, std::move(a.done)});
   a.result.clear();
   for (int i = 0; i < regs; ++i) d[i] = poison();
   tsan::ignore_end();
@@ -315,7 +315,8 @@ bool wgmma_progress(Launch& L) {
     for (int i = 0; i < kWarpgroup; ++i) group.push_back(&ts[base + size_t(i)]);
     rendezvous(L, group);
     std::vector<uint16_t> raw;
-    unit_reads(L, ts[base].sync.get(), offs, raw);
+    auto done = std::make_shared<char>(0);
+    unit_reads(L, ts[base].sync.get(), done.get(), offs, raw);
     std::vector<float> A(64 * 16), B(16 * size_t(n));
     for (int r = 0; r < 64; ++r) {
       for (int k = 0; k < 16; ++k) {
@@ -340,6 +341,7 @@ bool wgmma_progress(Launch& L) {
       Thread& u = ts[base + size_t(i)];
       const int w = i / 32, lane = i % 32, g = lane / 4, tt = lane % 4;
       u.wg.result.assign(size_t(n / 2), 0.f);
+      u.wg.done = done;
       for (int j = 0; j < n / 8; ++j) {
         for (int h = 0; h < 2; ++h) {
           for (int c = 0; c < 2; ++c) {

@@ -37,6 +37,7 @@ enum class Bug {
   outside,
   small_block,
   operand_overwritten,  // shared memory of an operand written before the wait
+  partial_wait,         // ...after a wait_group 1 that leaves a second group reading it in flight
 };
 
 /// Byte offset of element (mn, k) of a bf16 operand with `rows` mn-indices and kK k-indices,
@@ -133,6 +134,17 @@ __global__ void wgmma_kernel(WgParams p) {
     }
   }
   wgmma_commit();
+  if (p.bug == Bug::partial_wait) {
+    // A second group reading the same B: wait_group 1 retires the first group only.
+    float d2[N / 2];
+    wgmma_fence();
+    wgmma_ss<__nv_bfloat16, N>(d2, step_desc(smem, 0, kM, p.swizzle),
+                               step_desc(smem + p.b_offset, 0, N, p.swizzle), false);
+    wgmma_commit();
+    wgmma_wait<1>();
+    if (tid == 3) smem[p.b_offset] = 0;
+    wgmma_wait<0>();
+  }
   if (p.bug == Bug::write_early) d[3] = 0.f;
   if (p.bug == Bug::operand_overwritten && tid == 3) smem[p.b_offset] = 0;
   float early = 0.f;
@@ -342,6 +354,15 @@ TEST(EmulatorWgmmaDeathTest, AnOperandWrittenBeforeTheWaitIsARace) {
   if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(run<32>(128, false, Bug::operand_overwritten),
+               "ThreadSanitizer: data race(.|\n)*wgmma_kernel");
+}
+
+// Each wgmma's operand reads are ordered by the wait_group that retires it, not by an earlier
+// one: after wait_group 1, the group still in flight may be reading, as on the GPU.
+TEST(EmulatorWgmmaDeathTest, AnOperandOfAGroupStillInFlightWrittenIsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run<32>(128, false, Bug::partial_wait),
                "ThreadSanitizer: data race(.|\n)*wgmma_kernel");
 }
 

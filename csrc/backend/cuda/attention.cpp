@@ -188,10 +188,10 @@ struct AttentionDispatch {
     return "";
   }
 
-  /// The implementations `automatic` measures for a direction: nuri's kernels first, then the
-  /// sm_90a kernels on an H100/H200 of a build that has them (never on the emulator, whose
+  /// The implementations `automatic` measures (for either direction): nuri's kernels first, then
+  /// the sm_90a kernels on an H100/H200 of a build that has them (never on the emulator, whose
   /// timings mean nothing), then cuDNN where built.
-  static std::vector<AttentionPath> candidates(const CudaBackend& be, bool backward) {
+  static std::vector<AttentionPath> candidates(const CudaBackend& be) {
     std::vector<AttentionPath> r{AttentionPath::nuri};
 #if defined(NURI_CUDA_REAL)
     if (be.sm90_attention_usable()) r.push_back(AttentionPath::sm90);
@@ -215,7 +215,7 @@ struct AttentionDispatch {
                  "): ", why, "; use auto or nuri");
       return;
     }
-    const std::vector<AttentionPath> paths = candidates(be, backward);
+    const std::vector<AttentionPath> paths = candidates(be);
     if (paths.size() == 1) {
       run_path(be, AttentionPath::nuri, p, backward);
       return;
