@@ -119,6 +119,9 @@ struct AttnFwdSm90Config {
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the tiles, the barriers.
   static constexpr size_t kSmemBytes =
       1024 + kQBytes + kStages * 2 * kTileBytes + (1 + 3 * kStages) * sizeof(uint64_t);
+  /// The consumers' turns (ping-pong): named barriers kSchedBarrier (consumer 0's) and the next
+  /// (consumer 1's), each phase one consumer waiting and the other passing the turn.
+  static constexpr unsigned kSchedBarrier = 1, kSchedThreads = 256;
 };
 
 /// The sm_90a backward (attention_bwd_sm90.cuh), in the forward's structure (a TMA producer
@@ -135,8 +138,11 @@ struct AttnBwdSm90Config {
   static constexpr size_t kBlockBytes = size_t(kBlock) * D * 2;  // K or V; Q or dO
   static constexpr size_t kTileBytes = size_t(kTile) * D * 2;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static constexpr size_t kSmemBytes =
-      1024 + 2 * kBlockBytes + kStages * 2 * kTileBytes + (1 + 2 * kStages) * sizeof(uint64_t);
+  /// Per stage, the walked tile's row statistics the dK/dV kernel stages beside it: lse·log2 e
+  /// and Di of its kTile query rows.
+  static constexpr size_t kStatsBytes = size_t(2 * kTile) * sizeof(float);
+  static constexpr size_t kSmemBytes = 1024 + 2 * kBlockBytes + kStages * 2 * kTileBytes +
+                                       kStages * kStatsBytes + (1 + 2 * kStages) * sizeof(uint64_t);
 };
 
 /// Whether this build holds the sm_90a kernels (nvcc with 90a among CMAKE_CUDA_ARCHITECTURES,

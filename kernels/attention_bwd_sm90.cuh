@@ -33,17 +33,20 @@ struct AttnBwdSm90Params {
 namespace attn90 {
 
 /// Shared memory of both backward kernels: two resident tiles of kBlock rows (K and V, or Q and
-/// dO), then kStages stages of two kTile-row tiles (Q and dO, or K and V), then the pipeline's
-/// barriers (once: the resident tiles; tile `it`: the stage's pair).
+/// dO), then kStages stages of two kTile-row tiles (Q and dO, or K and V), then per stage the
+/// row statistics of the tile (dK/dV only: lse·log2 e, then Di), then the pipeline's barriers
+/// (once: the resident tiles; tile `it`: the stage's pair and its statistics).
 template <int D>
 struct BwdSmem {
   using Cfg = AttnBwdSm90Config<D>;
   static_assert(Cfg::kSmemBytes ==
                     1024 + 2 * Cfg::kBlockBytes + Cfg::kStages * 2 * Cfg::kTileBytes +
+                        Cfg::kStages * Cfg::kStatsBytes +
                         Pipeline<Cfg::kStages>::words() * sizeof(uint64_t),
                 "AttnBwdSm90Config's shared memory is this layout");
   unsigned char* resident[2];
   unsigned char* staged[2];  // stage s at s · kTileBytes
+  float* stats;              // stage s at s · 2 · kTile floats
   Pipeline<Cfg::kStages> pipe;
 
   __device__ BwdSmem() {
@@ -51,11 +54,16 @@ struct BwdSmem {
     resident[1] = resident[0] + Cfg::kBlockBytes;
     staged[0] = resident[1] + Cfg::kBlockBytes;
     staged[1] = staged[0] + Cfg::kStages * Cfg::kTileBytes;
-    pipe.bars = reinterpret_cast<uint64_t*>(staged[1] + Cfg::kStages * Cfg::kTileBytes);
+    stats = reinterpret_cast<float*>(staged[1] + Cfg::kStages * Cfg::kTileBytes);
+    pipe.bars = reinterpret_cast<uint64_t*>(stats + Cfg::kStages * 2 * Cfg::kTile);
   }
   /// Tile i (0 or 1) of tile `it`'s stage.
   __device__ unsigned char* stage(int i, int it) const {
     return staged[i] + (it % Cfg::kStages) * Cfg::kTileBytes;
+  }
+  /// lse·log2 e of tile `it`'s kTile rows; Di follows them.
+  __device__ float* row_stats(int it) const {
+    return stats + (it % Cfg::kStages) * 2 * Cfg::kTile;
   }
 };
 
@@ -88,7 +96,9 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   const int n_iter = group * per_head;  // (head, query tile) pairs, head-major
   const int wg = int(threadIdx.x) / 128;
 
-  pipe.init();
+  // A stage is full when thread 0's TMA loads have landed and warp 1 has staged the tile's row
+  // statistics (32 arrivals).
+  pipe.init(1 + 32);
 
   if (wg == 0) {
     setmaxnreg<false, Cfg::kProducerRegs>();
@@ -102,6 +112,33 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
         uint64_t* full = pipe.expect(it, 0, unsigned(2 * Cfg::kTileBytes));
         attn90::load_rows<kM, kAtoms>(sm.stage(0, it), &prm.q_map, q0, h, b, full);
         attn90::load_rows<kM, kAtoms>(sm.stage(1, it), &prm.do_map, q0, h, b, full);
+      }
+    } else if (attn::warp_id() == 1) {
+      // The tile's lse·log2 e and Di (+inf and 0 past the sequence: P = 0 there), so the
+      // consumers' softmax gradient reads shared memory, not global loads issued after the
+      // products. Plain stores, released to the consumers by the arrival on the full barrier.
+      // Within the producer's 24 registers: running row pointers rather than recomputing them.
+      const int lane = attn::lane_id();
+      const int64_t first_row = (int64_t(b) * p.heads + kvh * group) * p.seq;
+      const float* lse = p.lse + first_row;
+      const float* di = prm.di + first_row;
+      int q0 = first_tile * kM;
+      for (int it = 0; it < n_iter; ++it) {
+        pipe.wait_empty(it);
+        float* stats = sm.row_stats(it);
+#pragma unroll
+        for (int r = 0; r < kM; r += 32) {
+          const int q = q0 + r + lane;
+          st_shared(stats + r + lane, q < p.seq ? ld_global(lse + q) * attn::kLog2e : INFINITY);
+          st_shared(stats + kM + r + lane, q < p.seq ? ld_global(di + q) : 0.f);
+        }
+        pipe.arrive_full(it);
+        q0 += kM;
+        if (q0 >= p.seq) {  // the next query head of the group
+          q0 = first_tile * kM;
+          lse += p.seq;
+          di += p.seq;
+        }
       }
     }
     return;
@@ -123,11 +160,10 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 
   mbarrier_wait_parity(pipe.once(), 0);
   for (int it = 0; it < n_iter; ++it) {
-    const int h = kvh * group + it / per_head, q0 = (first_tile + it % per_head) * kM;
+    const int q0 = (first_tile + it % per_head) * kM;
     const unsigned char* q_tile = sm.stage(0, it);
     const unsigned char* do_tile = sm.stage(1, it);
-
-    const int64_t row_base = (int64_t(b) * p.heads + h) * p.seq;
+    const float* stats = sm.row_stats(it);
 
     // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for this warpgroup's 64 keys and the tile's 64 queries.
     float rS[kCBlocks][4], rdP[kCBlocks][4];
@@ -135,15 +171,18 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
     attn90::two_products<T, D, kM, kN>(rS, rdP, sK, q_tile, sV, do_tile, 64 * c);
 
     // Pᵀ (masked entries exactly 0) and dSᵀ = Pᵀ ∘ (dPᵀ − Di), in place; the columns' lse·log2 e
-    // and Di read here (+inf and 0 past the sequence: P = 0), not held across the products,
-    // where dK, dV, Sᵀ and dPᵀ already take 192 registers at D 128.
+    // and Di from the stage (read here, not held across the products, where dK, dV, Sᵀ and dPᵀ
+    // already take 192 registers at D 128).
 #pragma unroll
     for (int j = 0; j < kCBlocks; ++j) {
+      const int col = 8 * j + 2 * tq;
+      const float2 lse2s = ld_shared(reinterpret_cast<const float2*>(stats + col));
+      const float2 dis = ld_shared(reinterpret_cast<const float2*>(stats + kM + col));
 #pragma unroll
       for (int i2 = 0; i2 < 2; ++i2) {
-        const int q = q0 + 8 * j + 2 * tq + i2;
-        const float lse2 = q < p.seq ? ld_global(p.lse + row_base + q) * attn::kLog2e : INFINITY;
-        const float di = q < p.seq ? ld_global(prm.di + row_base + q) : 0.f;
+        const int q = q0 + col + i2;
+        const float lse2 = i2 ? lse2s.y : lse2s.x;
+        const float di = i2 ? dis.y : dis.x;
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = 2 * half + i2, key = key_lo + 8 * half;

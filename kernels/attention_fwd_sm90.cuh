@@ -119,12 +119,14 @@ struct Pipeline {
   __device__ static unsigned phase(int it) { return unsigned((it / kStages) & 1); }
 
   /// Thread 0 initializes every barrier and makes the inits visible to the async proxy (the
-  /// TMA units complete transactions on them); the whole block then meets at a barrier.
-  __device__ void init() const {
+  /// TMA units complete transactions on them); the whole block then meets at a barrier. A full
+  /// barrier expects `full_arrivals`: the TMA-issuing thread's, plus those of producer threads
+  /// that stage data into the stage with plain stores.
+  __device__ void init(unsigned full_arrivals = 1) const {
     if (threadIdx.x == 0) {
       mbarrier_init(once(), 1);
       for (int s = 0; s < kStages; ++s) {
-        for (int part = 0; part < kParts; ++part) mbarrier_init(full(s, part), 1);
+        for (int part = 0; part < kParts; ++part) mbarrier_init(full(s, part), full_arrivals);
         mbarrier_init(empty(s), kConsumerThreads);
       }
       fence_proxy_async();
@@ -148,6 +150,8 @@ struct Pipeline {
   }
   /// Consumer thread: done with tile `it`'s stage.
   __device__ void release(int it) const { mbarrier_arrive(empty(it)); }
+  /// Producer thread staging with plain stores: its part of tile `it` is in shared memory.
+  __device__ void arrive_full(int it, int part = 0) const { mbarrier_arrive(full(it, part)); }
 };
 
 // ---- host side: the tensor maps -------------------------------------------------------------
@@ -303,20 +307,47 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, flip);
   };
 
+  // FlashAttention-3's warpgroup scheduler (ping-pong): the two consumers take turns issuing
+  // their products, each waiting for its turn at its own named barrier and passing it with an
+  // arrival at the other's (Cfg::kSchedThreads arrivals a phase: the waiting consumer's and the
+  // passing one's), so one consumer's softmax runs while the other's products hold the tensor
+  // cores. Consumer 0's own arrival gives it the first turn; each consumer takes n_tiles + 1
+  // turns, and the last arrival is left over when the block ends.
+  constexpr unsigned kBar0 = Cfg::kSchedBarrier, kBar1 = kBar0 + 1, kCount = Cfg::kSchedThreads;
+  auto wait_turn = [&] {
+    if (c == 0) {
+      named_barrier_sync<kBar0, kCount>();
+    } else {
+      named_barrier_sync<kBar1, kCount>();
+    }
+  };
+  auto pass_turn = [&] {
+    if (c == 0) {
+      named_barrier_arrive<kBar1, kCount>();
+    } else {
+      named_barrier_arrive<kBar0, kCount>();
+    }
+  };
+  if (c == 0) named_barrier_arrive<kBar0, kCount>();
+
   // FlashAttention-3's overlap within a warpgroup: the products of S_{j+1} and of P_j V_j are in
   // flight together, and the softmax of S_{j+1} runs while P_j V_j is; only the rescale of O
   // waits for it. Groups complete in issue order, so wait_group 1 after issuing S_{j+1} and then
   // P_j V_j means S_{j+1} is done.
   mbarrier_wait_parity(pipe.once(), 0);
   float alpha[2];
+  wait_turn();
   issue_s(0);
+  pass_turn();
   wgmma_wait<0>();
   softmax(0, alpha);  // O is still zero: nothing to rescale
 #pragma unroll
   for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
   for (int j = 0; j + 1 < n_tiles; ++j) {
+    wait_turn();
     issue_s(j + 1);
     issue_pv(j);
+    pass_turn();
     wgmma_wait<1>();  // S_{j+1}
     softmax(j + 1, alpha);
     wgmma_wait<0>();  // P_j V_j
@@ -325,7 +356,9 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
   }
+  wait_turn();
   issue_pv(n_tiles - 1);
+  pass_turn();
   wgmma_wait<0>();
   pipe.release(n_tiles - 1);
 

@@ -359,14 +359,45 @@ __device__ __forceinline__ void cp_async_bulk_wait(NURI_PTX_SITE_ONLY) {
 }
 
 /// fence.proxy.async.shared::cta: orders this thread's generic-proxy shared-memory accesses
-/// before later async-proxy ones (a tensor store reading what threads wrote). The emulator has
-/// one proxy, so it orders nothing more there: a missing fence is not detected.
-__device__ __forceinline__ void fence_proxy_async() {
+/// (plain stores, mbarrier.init) before later async-proxy ones (a tensor store or a wgmma
+/// reading what threads wrote, a bulk copy completing on the barrier). The emulator checks for
+/// a missing one (kernels/emu/emu.h).
+__device__ __forceinline__ void fence_proxy_async(NURI_PTX_SITE_ONLY) {
 #if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::fence_proxy_async(site);
 #elif NURI_PTX_SM90
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #else
   __trap();
+#endif
+}
+
+// ---- named barriers ----------------------------------------------------------------------------
+// Barriers 1 to 15 of the block, each over `count` threads (a multiple of 32; 0 is
+// __syncthreads'): a phase completes once `count` arrivals have come. Warp-wide: every thread of
+// a warp executes them together. Semantics and the emulator's checks: kernels/emu/emu.h.
+
+/// bar.sync Id, Count: arrives, then waits for the phase to complete. Id and Count are
+/// immediates, so ptxas reserves only the barriers a kernel names.
+template <unsigned Id, unsigned Count>
+__device__ __forceinline__ void named_barrier_sync(NURI_PTX_SITE_ONLY) {
+  static_assert(Id >= 1 && Id <= 15 && Count % 32 == 0 && Count > 0, "barriers 1..15, whole warps");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::named_barrier(Id, Count, true, site);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"n"(Id), "n"(Count) : "memory");
+#endif
+}
+
+/// bar.arrive Id, Count: arrives without waiting (what precedes it happens before the phase's
+/// end, for the threads that wait at it).
+template <unsigned Id, unsigned Count>
+__device__ __forceinline__ void named_barrier_arrive(NURI_PTX_SITE_ONLY) {
+  static_assert(Id >= 1 && Id <= 15 && Count % 32 == 0 && Count > 0, "barriers 1..15, whole warps");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::named_barrier(Id, Count, false, site);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(Id), "n"(Count) : "memory");
 #endif
 }
 

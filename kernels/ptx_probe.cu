@@ -20,6 +20,8 @@ __global__ void __launch_bounds__(32) ptx_probe_kernel(PtxProbeParams p) {
   cp_async<4>(sB, p.gB, 0);
   cp_async_commit();
   cp_async_wait<0>();
+  named_barrier_arrive<1, 32>();  // a phase of its own (32 arrivals), then bar.sync's
+  named_barrier_sync<2, 32>();
   __syncthreads();
   uint32_t rA[4], rB[2], rB1[1], rT[4];
   ldmatrix<4, false>(rA, sA + (lane % 16) * 16 + (lane / 16) * 8);

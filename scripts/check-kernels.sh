@@ -55,14 +55,14 @@ for arch in "${archs[@]}"; do
                mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 \
                ldmatrix.sync.aligned.m8n8.x4.shared.b16 ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 \
                cp.async.cg.shared.global cp.async.ca.shared.global cp.async.commit_group \
-               cp.async.wait_group; do
+               cp.async.wait_group "bar.arrive 1, 32" "bar.sync 2, 32"; do
     if ! grep -q "$instr" "$out/ptx_probe.sm$arch.ptx"; then
       echo "check-kernels: $instr missing from the PTX of kernels/ptx_probe.cu (sm_$arch)" >&2
       exit 1
     fi
   done
 done
-echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async present in the PTX for sm_${archs[*]}"
+echo "ptx.cuh: mma.sync (bf16, f16), ldmatrix, cp.async, bar.arrive/bar.sync present in the PTX for sm_${archs[*]}"
 
 # The sm_90 wrappers (mbarrier, cp.async.bulk, TMA, and wgmma, which needs sm_90a) assembled by
 # ptxas for sm_90a, and present.

@@ -88,6 +88,20 @@ void cp_async_commit(Site site);
 /// Completes every committed group of this thread except the newest `pending` ones.
 void cp_async_wait(int pending, Site site);
 
+// ---- named barriers --------------------------------------------------------------------------
+//
+// bar.sync id, count and bar.arrive id, count (barrier.sync.aligned / barrier.arrive.aligned) on
+// the named barriers 1 to 15 (0 is __syncthreads'). A phase completes once `count` arrivals have
+// come, each thread's bar.sync or bar.arrive counting one (the hardware counts whole warps: a
+// thread that both arrives and syncs in one phase counts twice, as FlashAttention-3's warpgroup
+// scheduler does); bar.sync then waits for its phase, bar.arrive does not. An arrival releases,
+// the completed phase's waiters acquire. Arrivals may be left over when the block ends. Errors:
+// an id outside 1..15, a count that is not a positive multiple of 32 within the block, arrivals
+// of one phase disagreeing on the count, a phase completing with the threads of some warp
+// arriving different numbers of times (the instructions are warp-wide), and a bar.sync that can
+// never complete (the deadlock report names it and its arrivals).
+void named_barrier(unsigned id, unsigned count, bool wait, Site site);
+
 // ---- mbarrier and bulk asynchronous copies (sm_90) ------------------------------------------
 //
 // An mbarrier is 8 bytes of (dynamic) shared memory, 8-byte aligned. Phase k completes when
@@ -140,6 +154,18 @@ void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord
 /// group of this thread's tensor stores except the newest `pending`.
 void cp_async_bulk_commit(Site site);
 void cp_async_bulk_wait(int pending, Site site);
+
+/// fence.proxy.async.shared::cta. Shared memory has two proxies: plain loads and stores (the
+/// generic proxy) and the asynchronous units (the bulk copies, tensor stores, wgmma's operand
+/// reads). A plain store becomes visible to the async proxy only through a fence.proxy.async
+/// after it (then the barrier that orders the fence before the async operation's issue). The
+/// emulator keeps the async proxy's view of shared memory: it is refreshed from shared memory
+/// at each fence (by any thread of the block, so it cannot tell which thread's stores a fence
+/// covers) and by the async proxy's own writes. Errors: a wgmma operand or a tensor store's
+/// source whose bytes differ from that view (a plain store with no fence after it), and a bulk
+/// copy on an mbarrier whose init was not followed by a fence.proxy.async of the initializing
+/// thread (the CUDA guide's rule for making the init visible to the copy's complete_tx).
+void fence_proxy_async(Site site);
 
 // ---- wgmma (sm_90a warpgroup matrix multiply-accumulate) -------------------------------------
 //

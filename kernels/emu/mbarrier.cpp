@@ -5,6 +5,7 @@
 // Arrivals release the phase's sync object and the waiters of that phase acquire it; bulk
 // copies run on the issuing thread's copy unit when the scheduler finds every thread parked, so
 // their data shows up as late as the hardware may deliver it.
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -121,6 +122,7 @@ void mbarrier_init(void* bar, unsigned count, Site site) {
     MBarrier b;
     b.expected = b.pending = count;
     b.init_site = site;
+    b.init_thread = &t;
     b.syncs.push_back(std::shared_ptr<char>(new char(0)));
     L.mbarriers.emplace(bar, std::move(b));
     tsan::ignore_end();
@@ -244,6 +246,13 @@ void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar
                       std::to_string(bytes) + " bytes) is not inside this block's dynamic " +
                       "shared memory");
     }
+    const MBarrier& b = L.mbarriers.at(bar);  // live: checked above
+    if (!b.async_visible) {
+      fail(L, *t, what_of(L, bar, site, op) + ": the barrier's init at " + str(b.init_site) +
+                      " was not followed by a fence.proxy.async of the thread that made it, so " +
+                      "the copy's complete_tx may not see it: call fence_proxy_async() after " +
+                      "mbarrier_init, before the __syncthreads that publishes the barrier");
+    }
     L.bulk.push_back({dst, src, bytes, bar, t, site, std::move(tensor)});
     tsan::ignore_end();
   }
@@ -252,9 +261,55 @@ void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar
   // completes); the race that matters is with the write at completion.
   as_copy_unit(*t, true, [&] { std::memset(dst, 0xff, bytes); });
   tsan::acquire(&t->engine_done);
+  tsan::Ignore ig;
+  Launch& L = launch_state();
+  async_view_wrote(L, size_t(static_cast<unsigned char*>(dst) - L.smem_buf), bytes);
 }
 
+void async_view_wrote(Launch& L, size_t off, size_t bytes) {
+  // A tensor box's swizzle moves 16-byte chunks only within their 128-byte row.
+  const size_t end = std::min(L.smem, (off + bytes + 127) / 128 * 128);
+  if (L.async_view.size() < end) return;  // no dynamic shared memory there
+  std::memcpy(L.async_view.data() + off, L.smem_buf + off, end - off);
+}
+
+int64_t async_view_stale(const Launch& L, const uint32_t* offs, size_t count, size_t width) {
+  const unsigned char* const view = L.async_view.data();
+  for (size_t i = 0; i < count; ++i) {
+    const size_t o = offs[i];
+    if (o + width > L.async_view.size()) continue;  // reported by the caller's bounds check
+    for (size_t j = 0; j < width; ++j) {
+      if (view[o + j] != L.smem_buf[o + j]) return int64_t(o + j);
+    }
+  }
+  return -1;
+}
+
+std::string async_view_report(int64_t off, const std::string& reader) {
+  return "shared memory byte " + std::to_string(off) + " was written by a plain (generic-proxy) " +
+         "store that no fence.proxy.async has made visible to the async proxy, and " + reader +
+         " reads it: call fence_proxy_async() after the stores (in the threads that made them), " +
+         "before the barrier that orders them with the issue";
+}
+
+}  // namespace detail
+
+void fence_proxy_async(Site) {
+  tsan::Ignore ig;
+  Launch& L = launch_state();
+  const Thread* t = L.cur;
+  // This thread's inits become visible to the copies; the whole of shared memory to the async
+  // proxy (the emulator cannot tell which thread stored which bytes).
+  for (auto& [bar, b] : L.mbarriers) {
+    if (b.init_thread == t) b.async_visible = true;
+  }
+  if (!L.async_view.empty()) std::memcpy(L.async_view.data(), L.smem_buf, L.async_view.size());
+}
+
+namespace detail {
+
 void mbarrier_block_begin(Launch& L) {
+  L.async_view.assign(L.smem_buf, L.smem_buf + L.smem);  // the poison both proxies see
   L.mbarriers.clear();
   L.bulk.clear();
   L.maxnreg.clear();
@@ -307,6 +362,11 @@ bool mbarrier_progress(Launch& L) {
     tsan::release(phase_sync);
     tsan::release(done);  // before the launch's end, which frees the shared memory
     tsan::switch_to(sched);
+    {
+      tsan::Ignore ig;
+      const size_t off = tensor ? tensor->smem_off : size_t(static_cast<unsigned char*>(dst) - L.smem_buf);
+      async_view_wrote(L, off, n);
+    }
     b.tx -= int64_t(c.bytes);
     NURI_CHECK(b.tx >= -int64_t(kMaxCount), "emulated ", L.name,
                ": cp.async.bulk completions drove the transaction count of the mbarrier at "

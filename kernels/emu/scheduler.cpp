@@ -165,7 +165,7 @@ bool complete_waits(Launch& L) {
         if (!(op.mask >> j & 1u)) continue;
         Thread* u = lanes[j];
         if (u->wait == Wait::none || u->wait == Wait::mbarrier ||
-            u->wait == Wait::warpgroup) {  // it may still come
+            u->wait == Wait::warpgroup || u->wait == Wait::named) {  // it may still come
           ready = false;
           continue;
         }
@@ -203,7 +203,7 @@ bool complete_waits(Launch& L) {
   Thread* exited = nullptr;
   for (Thread& t : ts) {
     if (t.wait == Wait::none || t.wait == Wait::warp || t.wait == Wait::mbarrier ||
-        t.wait == Wait::warpgroup) {
+        t.wait == Wait::warpgroup || t.wait == Wait::named) {
       return progress;
     }
     if (t.wait == Wait::done) {
@@ -239,6 +239,10 @@ std::string deadlock_report(const Launch& L) {
     os << " thread " << str(t.tid) << " waits ";
     if (t.wait == Wait::mbarrier) {
       os << mbarrier_wait_report(L, t) << ";";
+    } else if (t.wait == Wait::named) {
+      const NamedBarrier& nb = L.named[t.named];
+      os << "at bar.sync " << t.named << ", " << nb.expected << " at " << str(t.site) << " ("
+         << nb.arrived << " of its " << nb.expected << " arrivals have come);";
     } else if (t.wait == Wait::warpgroup) {
       os << "in a wgmma.mma_async at " << str(t.site) << " for the rest of its warpgroup;";
     } else {
@@ -344,6 +348,7 @@ void run_block(Launch& L, const uint3& bid) {
     std::memset(smem, 0xff, smem_bytes);
   }
   mbarrier_block_begin(L);
+  for (NamedBarrier& nb : L.named) nb = NamedBarrier{};
 
   const dim3& b = L.block;
   int i = 0;
@@ -534,6 +539,75 @@ void syncthreads(Site site) {
   park(L, t);
   tsan::acquire(t.sync.get());  // sync ops still count inside an ignore region
   t.sync.reset();
+  tsan::ignore_end();
+}
+
+void named_barrier(unsigned id, unsigned count, bool wait, Site site) {
+  tsan::ignore_begin();  // not RAII: fail() parks inside it
+  Launch& L = launch_state();
+  Thread& t = *L.cur;
+  const auto what = [&] {
+    return std::string(wait ? "bar.sync " : "bar.arrive ") + std::to_string(id) + ", " +
+           std::to_string(count) + " at " + str(site);
+  };
+  if (id == 0 || id > 15) {
+    fail(L, t, what() + ": the named barriers are 1 to 15 (barrier 0 is __syncthreads')");
+  }
+  if (count == 0 || count % 32 || count > unsigned(L.threads_per_block)) {
+    fail(L, t, what() + ": the thread count must be a positive multiple of 32 (whole warps) " +
+                   "no larger than the block's " + std::to_string(L.threads_per_block));
+  }
+  NamedBarrier& nb = L.named[id];
+  if (nb.syncs.empty()) nb.syncs.push_back(std::make_shared<char>(0));
+  if (nb.arrived == 0) {
+    nb.expected = count;
+    nb.site = site;
+    nb.per_thread.assign(size_t(L.threads_per_block), 0);
+  } else if (count != nb.expected) {
+    fail(L, t, what() + ": the phase in progress of barrier " + std::to_string(id) + " counts " +
+                   std::to_string(nb.expected) + " threads (its first arrival at " +
+                   str(nb.site) + ")");
+  }
+  tsan::release(nb.syncs.back().get());  // what this thread did happens before the phase's end
+  ++nb.arrived;
+  ++nb.per_thread[size_t(t.linear)];
+  const uint64_t mine = nb.phase;
+  if (nb.arrived == nb.expected) {
+    // Warp-wide instructions: every thread of a warp arrived as often as its first thread.
+    const std::vector<Thread>& ts = *L.threads;
+    for (size_t i = 0; i < ts.size(); ++i) {
+      const size_t first = i / 32 * 32;
+      if (nb.per_thread[i] != nb.per_thread[first]) {
+        fail(L, t, what() + " completes a phase of barrier " + std::to_string(id) +
+                       " in which thread " + str(ts[i].tid) + " arrived " +
+                       std::to_string(nb.per_thread[i]) + " time(s) and thread " +
+                       str(ts[first].tid) + " of the same warp " +
+                       std::to_string(nb.per_thread[first]) +
+                       ": bar.sync and bar.arrive are warp-wide, every thread of a warp must "
+                       "execute them together");
+      }
+    }
+    ++nb.phase;
+    nb.arrived = 0;
+    nb.syncs.push_back(std::make_shared<char>(0));
+    for (Thread& u : *L.threads) {
+      if (u.wait != Wait::named || u.named != id) continue;
+      u.sync = nb.syncs[size_t(mine)];
+      u.wait = Wait::none;
+    }
+  }
+  if (wait) {
+    if (nb.phase > mine) {
+      tsan::acquire(nb.syncs[size_t(mine)].get());
+    } else {
+      t.wait = Wait::named;
+      t.site = site;
+      t.named = id;
+      park(L, t);
+      tsan::acquire(t.sync.get());
+      t.sync.reset();
+    }
+  }
   tsan::ignore_end();
 }
 

@@ -19,7 +19,7 @@ class FiberPool;
 
 // ---- state of a launch ----------------------------------------------------------------------------
 
-enum class Wait { none, barrier, warp, mbarrier, warpgroup, done };
+enum class Wait { none, barrier, warp, mbarrier, warpgroup, named, done };
 
 enum class OpKind { shfl, vote, syncwarp, mma, ldmatrix };
 
@@ -129,6 +129,18 @@ struct Thread {
   // mbarrier.try_wait.parity: the barrier and the parity of the phase it waits for.
   const void* mbar = nullptr;
   unsigned parity = 0;
+  unsigned named = 0;  // bar.sync: the named barrier it waits at
+};
+
+/// A named barrier (bar.sync / bar.arrive with ids 1 to 15; scheduler.cpp). A phase completes
+/// when `expected` arrivals (bar.sync and bar.arrive alike, a thread each) have come; syncs[k] is
+/// what phase k's arrivals release and its bar.sync waiters acquire.
+struct NamedBarrier {
+  unsigned expected = 0, arrived = 0;  // of the phase in progress (arrived 0: none begun)
+  uint64_t phase = 0;                  // phases completed
+  std::vector<std::shared_ptr<char>> syncs;
+  std::vector<uint16_t> per_thread;  // this phase's arrivals by linear thread index
+  Site site;                         // the phase's first arrival
 };
 
 /// An mbarrier object's state (mbarrier.cpp), kept beside the 8 bytes of shared memory that
@@ -140,6 +152,10 @@ struct MBarrier {
   uint64_t phase = 0;  // phases completed so far: the current phase's parity is phase % 2
   std::vector<std::shared_ptr<char>> syncs;
   Site init_site;
+  // The async proxy (the bulk copies completing transactions on it) sees the init only after a
+  // fence.proxy.async by the thread that made it.
+  const Thread* init_thread = nullptr;
+  bool async_visible = false;
 };
 
 /// A cp.async.bulk copy in flight: done by the issuing thread's copy unit when the scheduler
@@ -193,6 +209,12 @@ struct Launch {
   // This block's mbarriers by shared-memory address, and its bulk copies in flight.
   std::map<const void*, MBarrier> mbarriers;
   std::vector<BulkCopy> bulk;
+  NamedBarrier named[16];  // [0] unused: barrier 0 is __syncthreads'
+  // The async proxy's view of this block's dynamic shared memory: what the last
+  // fence.proxy.async (by any thread) found there, with the async proxy's own writes since (bulk
+  // copies and their poisoning). A wgmma operand or tensor-store source that differs from it was
+  // written by a plain store the async proxy was never fenced to see.
+  std::vector<unsigned char> async_view;
 };
 
 /// The launch running on this OS thread (a builtin used outside a kernel is a bug).
@@ -267,6 +289,16 @@ std::string mbarrier_wait_report(const Launch& L, const Thread& t);
 /// end (no copy may be in flight).
 void mbarrier_block_begin(Launch& L);
 void mbarrier_block_end(Launch& L);
+
+/// The async proxy wrote `bytes` of shared memory at offset `off` (a bulk copy, its poisoning):
+/// its view of them is what is there now. Call inside an ignore region.
+void async_view_wrote(Launch& L, size_t off, size_t bytes);
+/// The first byte where the async proxy's view differs from shared memory among the `count`
+/// ranges of `width` bytes at the offsets `offs`, or -1. Call inside an ignore region.
+int64_t async_view_stale(const Launch& L, const uint32_t* offs, size_t count, size_t width);
+/// "shared memory byte N was written by a plain (generic-proxy) store ..." for an error naming
+/// the async `reader`.
+std::string async_view_report(int64_t off, const std::string& reader);
 
 /// Deposits this lane's part of a warp collective, waits for the others, and returns with the
 /// lane's Thread::out holding its result.

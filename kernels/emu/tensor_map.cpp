@@ -187,6 +187,12 @@ void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord
     const auto* from = static_cast<const unsigned char*>(src);
     c.source.assign(from, from + box_elements(c.map) * c.map.esize);
     c.site = site;
+    const uint32_t off = uint32_t(c.smem_off);
+    const int64_t stale = async_view_stale(L, &off, 1, c.source.size());
+    if (stale >= 0) {
+      fail(L, *t, std::string(op) + " at " + str(site) + ": " +
+                      async_view_report(stale, "this tensor store (its source)"));
+    }
     t->open_stores.push_back(std::move(c));
     tsan::ignore_end();
   }

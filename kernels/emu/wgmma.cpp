@@ -317,6 +317,13 @@ bool wgmma_progress(Launch& L) {
     std::vector<uint16_t> raw;
     auto done = std::make_shared<char>(0);
     unit_reads(L, ts[base].sync.get(), done.get(), offs, raw);
+    {
+      tsan::Ignore ig;
+      const int64_t stale = async_view_stale(L, offs.data(), offs.size(), 2);
+      NURI_CHECK(stale < 0, "emulated ", L.name, ": wgmma.mma_async at ", str(w0.site), ": ",
+                 async_view_report(stale, "this wgmma (an operand from a descriptor)"), " [block ",
+                 str(L.block_idx), "]");
+    }
     std::vector<float> A(64 * 16), B(16 * size_t(n));
     for (int r = 0; r < 64; ++r) {
       for (int k = 0; k < 16; ++k) {

@@ -60,6 +60,7 @@ __global__ void mbarrier_pipeline(PipeParams p) {
       mbarrier_init(&empty[s], 32);
     }
     if (p.bug == Bug::double_init) mbarrier_init(&full[0], 1);
+    nuri::kernels::fence_proxy_async();  // the inits, visible to the bulk copies
   }
   if (p.bug != Bug::no_sync_after_init) __syncthreads();
   if (tid == 0) {

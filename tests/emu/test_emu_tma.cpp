@@ -91,7 +91,16 @@ TEST(EmulatorTma, EncodingFollowsTheDriversRequirements) {
 
 // ---- loads ---------------------------------------------------------------------------------------
 
-enum class Bug { none, garbage_map, rank_mismatch, misaligned, store_not_waited, store_source_race };
+enum class Bug {
+  none,
+  garbage_map,
+  rank_mismatch,
+  misaligned,
+  store_not_waited,
+  store_source_race,
+  init_not_fenced,   // mbarrier.init with no fence.proxy.async before the copy completes on it
+  source_not_fenced  // a tensor store's source written by plain stores with no fence after them
+};
 
 struct TmaParams {
   CUtensorMap map;
@@ -107,7 +116,10 @@ __global__ void tma_load_kernel(const __grid_constant__ TmaParams p) {
   unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem);
   unsigned char* box = smem + kBoxOffset + (p.bug == Bug::misaligned ? 16 : 0);
-  if (threadIdx.x == 0) mbarrier_init(bar, 1);
+  if (threadIdx.x == 0) {
+    mbarrier_init(bar, 1);
+    if (p.bug != Bug::init_not_fenced) fence_proxy_async();  // the init, visible to the copy
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     mbarrier_arrive_expect_tx(bar, p.box_bytes);
@@ -253,7 +265,7 @@ __global__ void tma_store_kernel(const __grid_constant__ TmaParams p) {
     const uint16_t v = uint16_t(7000 + e);
     std::memcpy(smem + s, &v, 2);
   }
-  fence_proxy_async();
+  if (p.bug != Bug::source_not_fenced) fence_proxy_async();
   __syncthreads();
   if (threadIdx.x == 0) {
     const int32_t c[2] = {p.coord[0], p.coord[1]};
@@ -313,6 +325,15 @@ TEST(EmulatorTma, MisuseIsAnErrorNamingIt) {
   expect_has(load_error(Bug::rank_mismatch), "a 3d copy with a tensor map of rank 2");
   expect_has(load_error(Bug::misaligned), "not 128-byte aligned");
   expect_has(error_of([] { run_store(Bug::store_not_waited, 0, 0); }), "exited with tensor stores");
+}
+
+// Plain stores and the async proxy meet only through fence.proxy.async: an mbarrier's init
+// before a bulk copy completes on it, and a tensor store's source before its issue.
+TEST(EmulatorTma, AMissingProxyFenceIsAnError) {
+  expect_has(load_error(Bug::init_not_fenced), "was not followed by a fence.proxy.async");
+  expect_has(error_of([] { run_store(Bug::source_not_fenced, 0, 0); }),
+             "was written by a plain (generic-proxy) store that no fence.proxy.async has made "
+             "visible to the async proxy, and this tensor store (its source) reads it");
 }
 
 TEST(EmulatorTma, WritingAStoresSourceBeforeItsWaitIsAnError) {

@@ -38,6 +38,8 @@ enum class Bug {
   small_block,
   operand_overwritten,  // shared memory of an operand written before the wait
   partial_wait,         // ...after a wait_group 1 that leaves a second group reading it in flight
+  no_proxy_fence,       // the operands' plain stores never fenced to the async proxy
+  store_after_fence,    // one operand byte stored again after the fences
 };
 
 /// Byte offset of element (mn, k) of a bf16 operand with `rows` mn-indices and kK k-indices,
@@ -97,6 +99,12 @@ template <int N>
 __global__ void wgmma_kernel(WgParams p) {
   unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
   for (size_t i = threadIdx.x; i < p.image_bytes; i += blockDim.x) smem[i] = p.image[i];
+  // wgmma reads its descriptors' operands through the async proxy.
+  if (p.bug != Bug::no_proxy_fence) nuri::kernels::fence_proxy_async();
+  if (p.bug == Bug::store_after_fence) {
+    __syncthreads();  // after every thread's fence (any fence refreshes the emulator's view)
+    if (threadIdx.x == 0) smem[p.b_offset] ^= 0x40;  // the byte this thread stored
+  }
   __syncthreads();
   const int tid = int(threadIdx.x), w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float d[N / 2];
@@ -259,7 +267,10 @@ template <int N>
 __global__ void wgmma_tma_kernel(const __grid_constant__ WgTmaParams p) {
   unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem + p.b_offset + N * kK * 2);
-  if (threadIdx.x == 0) nuri::kernels::mbarrier_init(bar, 1);
+  if (threadIdx.x == 0) {
+    nuri::kernels::mbarrier_init(bar, 1);
+    nuri::kernels::fence_proxy_async();
+  }
   __syncthreads();
   if (threadIdx.x == 0) {
     nuri::kernels::mbarrier_arrive_expect_tx(bar, p.bytes);
@@ -348,6 +359,9 @@ TEST(EmulatorWgmma, MisuseIsAnErrorNamingIt) {
   expect_has(error_with(Bug::disagree), "the threads of a warpgroup disagree");
   expect_has(error_with(Bug::outside), "descriptor reaches byte");
   expect_has(error_with(Bug::small_block), "not a whole number of 128-thread warpgroups");
+  expect_has(error_with(Bug::no_proxy_fence),
+             "store that no fence.proxy.async has made visible to the async proxy, and this wgmma");
+  expect_has(error_with(Bug::store_after_fence), "store that no fence.proxy.async has made");
 }
 
 TEST(EmulatorWgmmaDeathTest, AnOperandWrittenBeforeTheWaitIsARace) {
