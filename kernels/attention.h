@@ -117,11 +117,15 @@ struct AttnFwdSm90Config {
   /// Registers per thread after setmaxnreg: 24 + 2 x 240 = 504 of 512 per 128-thread slice.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the tiles, the barriers.
+  /// Slack, Q, O (staged for the tensor store), the K/V stages, the pipeline's barriers and
+  /// q_empty.
   static constexpr size_t kSmemBytes =
-      1024 + kQBytes + kStages * 2 * kTileBytes + (1 + 3 * kStages) * sizeof(uint64_t);
+      1024 + 2 * kQBytes + kStages * 2 * kTileBytes + (2 + 3 * kStages) * sizeof(uint64_t);
   /// The consumers' turns (ping-pong): named barriers kSchedBarrier (consumer 0's) and the next
   /// (consumer 1's), each phase one consumer waiting and the other passing the turn.
   static constexpr unsigned kSchedBarrier = 1, kSchedThreads = 256;
+  /// Each consumer's own barrier (its 128 threads) around its epilogue: kEpilogueBarrier + c.
+  static constexpr unsigned kEpilogueBarrier = 3;
 };
 
 /// The sm_90a backward (attention_bwd_sm90.cuh), in the forward's structure (a TMA producer

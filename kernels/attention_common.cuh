@@ -76,14 +76,28 @@ struct QueryBlock {
   int q0, h, b, kvh, n_tiles;
 };
 template <bool kCausal, int kM, int kN, class Params>
-__device__ __forceinline__ QueryBlock query_block(const Params& p) {
+__device__ __forceinline__ QueryBlock query_tile(const Params& p, int q_block, int h, int b) {
   QueryBlock r;
-  r.q0 = (int(gridDim.x) - 1 - int(blockIdx.x)) * kM;
-  r.h = int(blockIdx.y), r.b = int(blockIdx.z);
+  r.q0 = q_block * kM;
+  r.h = h, r.b = b;
   r.kvh = r.h / (p.heads / p.kv_heads);
   const int key_end = kCausal && r.q0 + kM < p.seq ? r.q0 + kM : p.seq;
   r.n_tiles = (key_end + kN - 1) / kN;
   return r;
+}
+template <bool kCausal, int kM, int kN, class Params>
+__device__ __forceinline__ QueryBlock query_block(const Params& p) {
+  return query_tile<kCausal, kM, kN>(p, int(gridDim.x) - 1 - int(blockIdx.x), int(blockIdx.y),
+                                     int(blockIdx.z));
+}
+/// A persistent block's work tile w of n_q_blocks · heads · batch, the heaviest causal query
+/// blocks (the last) first across the whole grid.
+template <bool kCausal, int kM, int kN, class Params>
+__device__ __forceinline__ QueryBlock work_tile(const Params& p, int w, int n_q_blocks) {
+  const int per_qb = p.heads * p.batch;
+  const int rest = w % per_qb;
+  return query_tile<kCausal, kM, kN>(p, n_q_blocks - 1 - w / per_qb, rest % p.heads,
+                                     rest / p.heads);
 }
 
 /// Sets to `masked` the scores of keys at or past `seq` and, causally, past their row: `s` holds

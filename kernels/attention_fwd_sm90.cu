@@ -3,6 +3,8 @@
 // sm_90a.
 #include "attention_fwd_sm90.cuh"
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 
 #if __has_include("nuri/config.h")
@@ -15,6 +17,29 @@ namespace nuri::kernels {
 
 namespace {
 
+/// The device's SM count: the persistent forward runs one block per SM. Cached per device on
+/// GPUs; asked each time under the emulator, whose count NURI_EMU_SMS sets (tests use few SMs
+/// so that every block walks several work tiles).
+int sm_count() {
+  int dev = 0;
+  NURI_CUDA_CHECK(cudaGetDevice(&dev));
+#if defined(NURI_CUDA_EMULATION)
+  cudaDeviceProp prop;
+  NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  return prop.multiProcessorCount;
+#else
+  static std::atomic<int> cache[64];
+  if (dev < 0 || dev >= 64) dev = 0;
+  int sms = cache[dev].load(std::memory_order_relaxed);
+  if (sms == 0) {
+    NURI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    sms = std::max(sms, 1);
+    cache[dev].store(sms, std::memory_order_relaxed);
+  }
+  return sms;
+#endif
+}
+
 template <class T, int D>
 void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   using Cfg = AttnFwdSm90Config<D>;
@@ -23,7 +48,15 @@ void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   prm.q_map = attn90::tensor_map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlockM, "q");
   prm.k_map = attn90::tensor_map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "k");
   prm.v_map = attn90::tensor_map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "v");
-  const dim3 grid(unsigned(ceil_div(p.seq, Cfg::kBlockM)), unsigned(p.heads), unsigned(p.batch));
+  prm.o_map = attn90::tensor_map<T>(p.out, p.out_s, p.batch, p.seq, p.heads, D, 64, "out");
+  prm.n_q_blocks = int(ceil_div(p.seq, Cfg::kBlockM));
+  const int64_t work = int64_t(prm.n_q_blocks) * p.heads * p.batch;
+  NURI_CHECK(work < (int64_t(1) << 31), "attention forward kernel (sm_90): ", work,
+             " work tiles (B ", p.batch, ", T ", p.seq, ", H ", p.heads, ") overflow an int");
+  prm.n_work = int(work);
+  // Persistent: one block per SM (the kernel's registers allow no more), each walking work
+  // tiles blockIdx.x, + gridDim.x, ...
+  const dim3 grid(unsigned(std::min<int64_t>(work, sm_count())));
   if (p.causal) {
     NURI_LAUNCH((attention_fwd_sm90_kernel<T, D, true>), grid, dim3(Cfg::kThreads),
                 Cfg::kSmemBytes, stream, prm);

@@ -1,9 +1,11 @@
 // Fused attention forward for sm_90a (H100/H200), FlashAttention-3's structure: the same
 // results as attention_fwd.cuh (out and the natural-log lse), computed with the Hopper units.
 //
-// A block of three warpgroups owns 128 query rows of one (batch, head):
+// Persistent: one block per SM walks work tiles of 128 query rows of one (batch, head), the
+// heaviest causal ones first. A block has three warpgroups:
 //  - warpgroup 0, the producer, gives its registers back (setmaxnreg) and one of its threads
-//    issues every load as a TMA tile copy: Q once, then K_j and V_j into stage j % kStages,
+//    issues every load as a TMA tile copy: each work tile's Q (once the consumers are done with
+//    the last one's), then K_j and V_j into stage j % kStages (j running on across work tiles),
 //    each completing on its own "full" mbarrier; before reusing a stage it waits on the stage's
 //    "empty" mbarrier, on which every consumer thread arrives when done with the stage;
 //  - warpgroups 1 and 2, the consumers, take the registers and own 64 query rows each. Per key
@@ -12,7 +14,9 @@
 //    the input type straight into A-operand registers, then O += P V_j as one wgmma group with V
 //    read MN-major from shared memory as TMA stored it ([keys][D]: keys are the k index). The
 //    products of S_{j+1} and P_j V_j are in flight together, and the softmax of S_{j+1} runs
-//    while P_j V_j does (FlashAttention-3's intra-warpgroup overlap).
+//    while P_j V_j does (FlashAttention-3's intra-warpgroup overlap), and the two consumers
+//    take turns issuing their products (its warpgroup scheduler). O goes through shared memory
+//    to a TMA store per consumer, which runs while the next work tile starts.
 // Tiles are stored as TMA writes them with the 128-byte swizzle: each 64-column (128-byte) slice
 // of a [rows][D] tile is an atom of [rows][128 B], atoms one after the other. The wgmma
 // accumulator layout per warp is mma.sync's, so the softmax and the stores are
@@ -32,7 +36,9 @@ namespace nuri::kernels {
 template <class T>
 struct AttnFwdSm90Params {
   CUtensorMap q_map, k_map, v_map;
+  CUtensorMap o_map;  // out, boxes of 64 columns by 64 rows (one consumer's)
   AttentionParams<T> p;
+  int n_q_blocks = 0, n_work = 0;  // query blocks of kBlockM per head; work tiles in all
 };
 
 namespace attn90 {
@@ -214,39 +220,49 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
   static_assert(D % 64 == 0, "head dims are whole 128-byte swizzle atoms");
-  static_assert(Cfg::kSmemBytes == 1024 + Cfg::kQBytes + kStages * 2 * Cfg::kTileBytes +
-                                       attn90::Pipeline<kStages, 2>::words() * sizeof(uint64_t),
+  static_assert(Cfg::kSmemBytes == 1024 + 2 * Cfg::kQBytes + kStages * 2 * Cfg::kTileBytes +
+                                       (attn90::Pipeline<kStages, 2>::words() + 1) *
+                                           sizeof(uint64_t),
                 "AttnFwdSm90Config's shared memory is this kernel's layout");
   const AttentionParams<T>& p = prm.p;
 
-  // Shared memory, aligned up to the swizzle's 1024-byte repeat: Q, the K and V stages, then
-  // the barriers.
+  // Shared memory, aligned up to the swizzle's 1024-byte repeat: Q, O (each consumer's 64 rows
+  // on their way to the tensor store), the K and V stages, then the barriers.
   unsigned char* sQ = attn90::aligned_smem();
-  unsigned char* sK = sQ + Cfg::kQBytes;               // stage s at s · kTileBytes
+  unsigned char* sO = sQ + Cfg::kQBytes;
+  unsigned char* sK = sO + Cfg::kQBytes;               // stage s at s · kTileBytes
   unsigned char* sV = sK + kStages * Cfg::kTileBytes;  // likewise
-  // Q on once(); K_j and V_j as parts 0 and 1 of tile j, so S = Q K_jᵀ starts before V_j lands.
+  // Q on once() (a phase per work tile); K_j and V_j as parts 0 and 1 of pipeline tile j, so
+  // S = Q K_jᵀ starts before V_j lands. q_empty: every consumer thread is done with Q.
   const attn90::Pipeline<kStages, 2> pipe{
       reinterpret_cast<uint64_t*>(sV + kStages * Cfg::kTileBytes)};
+  uint64_t* const q_empty = pipe.bars + attn90::Pipeline<kStages, 2>::words();
 
-  const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
-  const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
   const int wg = int(threadIdx.x) / 128;
+  if (threadIdx.x == 0) mbarrier_init(q_empty, attn90::Pipeline<kStages, 2>::kConsumerThreads);
+  pipe.init();  // fences thread 0's inits (q_empty's too) and meets the block at a barrier
 
-  pipe.init();
-
+  // Persistent: this block takes work tiles blockIdx.x, + gridDim.x, ... (a tile: 128 query rows
+  // of one head and batch, the heaviest causal ones first). The K/V pipeline's tile index runs
+  // on across work tiles, so its stages and phases follow from it alone.
   if (wg == 0) {
     // ---- producer ----
     setmaxnreg<false, Cfg::kProducerRegs>();
     if (threadIdx.x == 0) {
-      mbarrier_arrive_expect_tx(pipe.once(), unsigned(Cfg::kQBytes));
-      attn90::load_rows<kM, kAtoms>(sQ, &prm.q_map, q0, h, b, pipe.once());
-      for (int j = 0; j < n_tiles; ++j) {
-        const int s = j % kStages;
-        pipe.wait_empty(j);
-        attn90::load_rows<kN, kAtoms>(sK + s * Cfg::kTileBytes, &prm.k_map, j * kN, kvh, b,
-                                      pipe.expect(j, 0, unsigned(Cfg::kTileBytes)));
-        attn90::load_rows<kN, kAtoms>(sV + s * Cfg::kTileBytes, &prm.v_map, j * kN, kvh, b,
-                                      pipe.expect(j, 1, unsigned(Cfg::kTileBytes)));
+      int kv = 0, n = 0;
+      for (int w = int(blockIdx.x); w < prm.n_work; w += int(gridDim.x), ++n) {
+        const attn::QueryBlock blk = attn::work_tile<kCausal, kM, kN>(p, w, prm.n_q_blocks);
+        if (n > 0) mbarrier_wait_parity(q_empty, unsigned((n - 1) & 1));
+        mbarrier_arrive_expect_tx(pipe.once(), unsigned(Cfg::kQBytes));
+        attn90::load_rows<kM, kAtoms>(sQ, &prm.q_map, blk.q0, blk.h, blk.b, pipe.once());
+        for (int j = 0; j < blk.n_tiles; ++j, ++kv) {
+          const int s = kv % kStages;
+          pipe.wait_empty(kv);
+          attn90::load_rows<kN, kAtoms>(sK + s * Cfg::kTileBytes, &prm.k_map, j * kN, blk.kvh,
+                                        blk.b, pipe.expect(kv, 0, unsigned(Cfg::kTileBytes)));
+          attn90::load_rows<kN, kAtoms>(sV + s * Cfg::kTileBytes, &prm.v_map, j * kN, blk.kvh,
+                                        blk.b, pipe.expect(kv, 1, unsigned(Cfg::kTileBytes)));
+        }
       }
     }
     return;
@@ -254,65 +270,23 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
 
   // ---- consumers ----
   setmaxnreg<true, Cfg::kConsumerRegs>();
-  const int c = wg - 1;                  // this consumer's 64 rows: q0 + 64c ..
+  const int c = wg - 1;                  // this consumer's 64 rows of each work tile
   const int warp = attn::warp_id() % 4;  // warp within the warpgroup: 16 of those rows
   const int lane = attn::lane_id();
   const int rg = lane / 4;
-  const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
+  const bool leader = threadIdx.x % 128 == 0;  // issues this consumer's tensor stores
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
   // the row max of s·c: c times the max of the raw scores, or of their min when c < 0.
   const bool flip = p.scale < 0.f;
   const float scale_log2 = p.scale * attn::kLog2e;
-  float rO[kOBlocks][4];
-#pragma unroll
-  for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
-  float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
-
-  // S_j = Q K_jᵀ for this warpgroup's 64 rows and the tile's kN keys, issued as one group.
-  float rS[kSBlocks][4];
-  auto issue_s = [&](int j) {
-    pipe.wait_full(j, 0);
-    wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(rS),
-                      attn90::kmajor_desc<kM>(sQ, 64 * c, ks),
-                      attn90::kmajor_desc<kN>(sK + (j % kStages) * Cfg::kTileBytes, 0, ks),
-                      ks > 0);
-    }
-    wgmma_commit();
-  };
-  // P rounded to the input type, as the A operands (this warp's 16 rows) of P V.
-  uint32_t rP[kPSteps][4];
-  // O += P V_j, V read MN-major (its rows are the k index), issued as one group.
-  auto issue_pv = [&](int j) {
-    pipe.wait_full(j, 1);
-    wgmma_fence();
-#pragma unroll
-    for (int kb = 0; kb < kPSteps; ++kb) {
-      wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rO), rP[kb],
-                           attn90::mnmajor_desc<kN>(sV + (j % kStages) * Cfg::kTileBytes, kb),
-                           true);
-    }
-    wgmma_commit();
-  };
-  // The mask (keys past the end and, causally, past the row, only on tiles that reach either;
-  // masked scores take the value that loses the row max, or min, whatever the scale's sign) and
-  // the online softmax of S_j: P_j in rS, and the factor for what O holds so far.
-  auto softmax = [&](int j, float (&alpha)[2]) {
-    const int k0 = j * kN;
-    const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
-    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
-    attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, flip);
-  };
 
   // FlashAttention-3's warpgroup scheduler (ping-pong): the two consumers take turns issuing
   // their products, each waiting for its turn at its own named barrier and passing it with an
   // arrival at the other's (Cfg::kSchedThreads arrivals a phase: the waiting consumer's and the
   // passing one's), so one consumer's softmax runs while the other's products hold the tensor
   // cores. Consumer 0's own arrival gives it the first turn; each consumer takes n_tiles + 1
-  // turns, and the last arrival is left over when the block ends.
+  // turns a work tile, and the last arrival is left over when the block ends.
   constexpr unsigned kBar0 = Cfg::kSchedBarrier, kBar1 = kBar0 + 1, kCount = Cfg::kSchedThreads;
   auto wait_turn = [&] {
     if (c == 0) {
@@ -328,46 +302,136 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
       named_barrier_arrive<kBar0, kCount>();
     }
   };
+  // The consumer's own barrier for its epilogue (its 128 threads).
+  constexpr unsigned kEpi0 = Cfg::kEpilogueBarrier, kEpi1 = kEpi0 + 1;
+  auto sync_consumer = [&] {
+    if (c == 0) {
+      named_barrier_sync<kEpi0, 128>();
+    } else {
+      named_barrier_sync<kEpi1, 128>();
+    }
+  };
   if (c == 0) named_barrier_arrive<kBar0, kCount>();
 
-  // FlashAttention-3's overlap within a warpgroup: the products of S_{j+1} and of P_j V_j are in
-  // flight together, and the softmax of S_{j+1} runs while P_j V_j is; only the rescale of O
-  // waits for it. Groups complete in issue order, so wait_group 1 after issuing S_{j+1} and then
-  // P_j V_j means S_{j+1} is done.
-  mbarrier_wait_parity(pipe.once(), 0);
-  float alpha[2];
-  wait_turn();
-  issue_s(0);
-  pass_turn();
-  wgmma_wait<0>();
-  softmax(0, alpha);  // O is still zero: nothing to rescale
+  // This consumer's O rows as the tensor store reads them: [64 rows][128 B] atoms of 64 columns,
+  // in the 128-byte swizzle (16-byte chunk index XOR row % 8).
+  unsigned char* const sO_mine = sO + c * (64 * D * 2);
+
+  int kv = 0, n = 0;
+  for (int w = int(blockIdx.x); w < prm.n_work; w += int(gridDim.x), ++n) {
+    const attn::QueryBlock blk = attn::work_tile<kCausal, kM, kN>(p, w, prm.n_q_blocks);
+    const int q0 = blk.q0, h = blk.h, b = blk.b, n_tiles = blk.n_tiles;
+    const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
+
+    float rO[kOBlocks][4];
 #pragma unroll
-  for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
-  for (int j = 0; j + 1 < n_tiles; ++j) {
+    for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
+    float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
+
+    // S_j = Q K_jᵀ for this warpgroup's 64 rows and the tile's kN keys, issued as one group.
+    float rS[kSBlocks][4];
+    auto issue_s = [&](int j) {
+      pipe.wait_full(kv + j, 0);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(rS),
+                        attn90::kmajor_desc<kM>(sQ, 64 * c, ks),
+                        attn90::kmajor_desc<kN>(sK + ((kv + j) % kStages) * Cfg::kTileBytes, 0, ks),
+                        ks > 0);
+      }
+      wgmma_commit();
+    };
+    // P rounded to the input type, as the A operands (this warp's 16 rows) of P V.
+    uint32_t rP[kPSteps][4];
+    // O += P V_j, V read MN-major (its rows are the k index), issued as one group.
+    auto issue_pv = [&](int j) {
+      pipe.wait_full(kv + j, 1);
+      wgmma_fence();
+#pragma unroll
+      for (int kb = 0; kb < kPSteps; ++kb) {
+        wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rO), rP[kb],
+                             attn90::mnmajor_desc<kN>(sV + ((kv + j) % kStages) * Cfg::kTileBytes, kb),
+                             true);
+      }
+      wgmma_commit();
+    };
+    // The mask (keys past the end and, causally, past the row, only on tiles that reach
+    // either; masked scores take the value that loses the row max, or min, whatever the scale's
+    // sign) and the online softmax of S_j: P_j in rS, and the factor for what O holds so far.
+    auto softmax = [&](int j, float (&alpha)[2]) {
+      const int k0 = j * kN;
+      const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
+      if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
+      attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, flip);
+    };
+
+    // FlashAttention-3's overlap within a warpgroup: the products of S_{j+1} and of P_j V_j are
+    // in flight together, and the softmax of S_{j+1} runs while P_j V_j is; only the rescale of
+    // O waits for it. Groups complete in issue order, so wait_group 1 after issuing S_{j+1} and
+    // then P_j V_j means S_{j+1} is done.
+    mbarrier_wait_parity(pipe.once(), unsigned(n & 1));
+    float alpha[2];
     wait_turn();
-    issue_s(j + 1);
-    issue_pv(j);
+    issue_s(0);
     pass_turn();
-    wgmma_wait<1>();  // S_{j+1}
-    softmax(j + 1, alpha);
-    wgmma_wait<0>();  // P_j V_j
-    pipe.release(j);  // this thread is done with stage j % kStages
-    attn::rescale_rows(rO, alpha);
+    wgmma_wait<0>();
+    softmax(0, alpha);  // O is still zero: nothing to rescale
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
-  }
-  wait_turn();
-  issue_pv(n_tiles - 1);
-  pass_turn();
-  wgmma_wait<0>();
-  pipe.release(n_tiles - 1);
+    for (int j = 0; j + 1 < n_tiles; ++j) {
+      wait_turn();
+      issue_s(j + 1);
+      issue_pv(j);
+      pass_turn();
+      wgmma_wait<1>();  // S_{j+1}
+      softmax(j + 1, alpha);
+      wgmma_wait<0>();      // P_j V_j
+      pipe.release(kv + j);  // this thread is done with stage (kv + j) % kStages
+      attn::rescale_rows(rO, alpha);
+#pragma unroll
+      for (int kb = 0; kb < kPSteps; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
+    }
+    wait_turn();
+    issue_pv(n_tiles - 1);
+    pass_turn();
+    wgmma_wait<0>();
+    pipe.release(kv + n_tiles - 1);
+    mbarrier_arrive(q_empty);  // every product reading Q has completed: the next Q may land
+    kv += n_tiles;
 
-  // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
-  float inv[2];
-  attn::softmax_finish(inv, rMax, rSum, p.lse + (int64_t(b) * p.heads + h) * p.seq, row_lo,
-                       p.seq);
-  T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
-  attn::store_acc<T>(gO, p.out_s.t, q0 + 64 * c + warp * 16, p.seq, rO, inv[0], inv[1]);
+    // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain). O goes through
+    // shared memory to one tensor store per consumer (rows past T are not written), which runs
+    // while the next work tile starts; its source is rewritten only after the store has read it.
+    float inv[2];
+    attn::softmax_finish(inv, rMax, rSum, p.lse + (int64_t(b) * p.heads + h) * p.seq, row_lo,
+                         p.seq);
+    if (leader) cp_async_bulk_wait<0>();  // the previous work tile's store has read sO_mine
+    sync_consumer();
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = 16 * warp + rg + 8 * half;  // row within this consumer's 64
+#pragma unroll
+      for (int nb = 0; nb < kOBlocks; ++nb) {
+        const int chunk = (nb % 8) ^ (r % 8);  // the 128-byte swizzle
+        unsigned char* dst =
+            sO_mine + (nb / 8) * (64 * 128) + r * 128 + chunk * 16 + (lane % 4) * 4;
+        st_shared(reinterpret_cast<uint32_t*>(dst),
+                  attn::pack2<T>(rO[nb][2 * half] * inv[half], rO[nb][2 * half + 1] * inv[half]));
+      }
+    }
+    fence_proxy_async();  // the plain stores, visible to the tensor store
+    sync_consumer();
+    if (leader) {
+#pragma unroll
+      for (int a = 0; a < kAtoms; ++a) {
+        const int32_t at[4] = {64 * a, q0 + 64 * c, h, b};
+        tma_store<4>(&prm.o_map, at, sO_mine + a * (64 * 128));
+      }
+      cp_async_bulk_commit();
+    }
+  }
+  if (leader) cp_async_bulk_wait<0>();
 }
 
 }  // namespace nuri::kernels

@@ -15,7 +15,8 @@
 4. The sm_90a attention kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
    their SASS, the register split they were designed with (USETMAXREG: the producer down to
    24, the consumers up to 240), the forward's warpgroup scheduler (BAR.SYNC and BAR.ARV on
-   named barriers 1 and 2 of 256 threads), and no "wgmma ... serialized" in any ptxas report.
+   named barriers 1 and 2 of 256 threads) and TMA-store epilogue (UTMASTG, barriers 3 and 4 of
+   128 threads), and no "wgmma ... serialized" in any ptxas report.
 
 Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90a)
 """
@@ -41,10 +42,13 @@ SM90_SOURCES = ("attention_fwd_sm90", "attention_bwd_sm90")
 TENSOR_CORE_OPS = ("HMMA", "HGMMA")  # mma.sync, wgmma
 SM90_FORWARD_REGS = {"producer": "USETMAXREG.DEALLOC.CTAPOOL 0x18",
                      "consumer": "USETMAXREG.TRY_ALLOC.CTAPOOL UP0, 0xf0"}
-# The forward's warpgroup scheduler: each consumer waits for its turn at its named barrier (1 or
-# 2, 256 threads) and passes the turn with an arrival at the other's.
-SM90_FORWARD_TURNS = ("BAR.SYNC.DEFER_BLOCKING 0x1, 0x100", "BAR.SYNC.DEFER_BLOCKING 0x2, 0x100",
-                      "BAR.ARV 0x1, 0x100", "BAR.ARV 0x2, 0x100")
+# The forward's warpgroup scheduler (each consumer waits for its turn at its named barrier, 1 or
+# 2, 256 threads, and passes the turn with an arrival at the other's) and its epilogue (each
+# consumer's own barrier, 3 or 4, 128 threads, around O staged for a TMA store).
+SM90_FORWARD_EXTRA = ("BAR.SYNC.DEFER_BLOCKING 0x1, 0x100", "BAR.SYNC.DEFER_BLOCKING 0x2, 0x100",
+                      "BAR.ARV 0x1, 0x100", "BAR.ARV 0x2, 0x100",
+                      "BAR.SYNC.DEFER_BLOCKING 0x3, 0x80", "BAR.SYNC.DEFER_BLOCKING 0x4, 0x80",
+                      "UTMASTG")
 
 
 def demangle(names):
@@ -210,9 +214,9 @@ def main():
                         continue
                     if src in SM90_SOURCES:
                         text = "\n".join(op + rest for _, op, rest in instrs)
-                        turns = SM90_FORWARD_TURNS if src == "attention_fwd_sm90" else ()
+                        extra = SM90_FORWARD_EXTRA if src == "attention_fwd_sm90" else ()
                         for need in ("HGMMA", "UTMALDG", "SYNCS", *SM90_FORWARD_REGS.values(),
-                                     *turns):
+                                     *extra):
                             if need not in text:
                                 failures.append(
                                     f"{short(names[mangled])} (sm_{arch}): no {need} in its SASS")

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -19,7 +20,7 @@
 
 #include "emu/internal.h"
 #include "emu/tsan.h"
-#include "emu/tsan.h"
+#include "nuri/core/error.h"
 
 namespace nuri::emu {
 namespace {
@@ -280,6 +281,18 @@ cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 
+/// The SM count the emulated device reports: 132 (an H100 SXM), or NURI_EMU_SMS (1 to 1024), so
+/// tests can run a persistent kernel's blocks over several work tiles each.
+static int emulated_sms() {
+  const char* env = std::getenv("NURI_EMU_SMS");
+  if (!env || !*env) return 132;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  NURI_CHECK(end && *end == '\0' && v >= 1 && v <= 1024, "NURI_EMU_SMS='", env,
+             "': the emulated device's SM count must be an integer from 1 to 1024");
+  return int(v);
+}
+
 /// An sm_90-like device (H100 SXM numbers), so host code that sizes launches sees real limits.
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
   if (device != 0) return fail(cudaErrorInvalidDevice);
@@ -287,7 +300,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
   std::snprintf(p->name, sizeof p->name, "nuri CUDA emulator (sm_90-like)");
   p->major = 9;
   p->minor = 0;
-  p->multiProcessorCount = 132;
+  p->multiProcessorCount = emulated_sms();
   p->warpSize = 32;
   p->maxThreadsPerBlock = 1024;
   p->maxThreadsDim[0] = 1024;

@@ -36,25 +36,43 @@ inline std::vector<std::string> backends() {
 #endif
 }
 
+/// Sets the environment variable `var` to `value` for a scope, then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* var, const char* value) : var_(var) {
+    const char* old = std::getenv(var);
+    had_ = old != nullptr;
+    if (had_) saved_ = old;
+    setenv(var, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(var_, saved_.c_str(), 1);
+    } else {
+      unsetenv(var_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* var_;
+  bool had_ = false;
+  std::string saved_;
+};
+
 /// A backend made while the environment variable `var` is `value` (restored after: the CUDA
 /// backend reads NURI_GEMM, NURI_ATTENTION and the like when it is created), or the error that
 /// creating it gave.
 inline std::pair<std::unique_ptr<Backend>, std::string> make_backend_with(const std::string& name,
                                                                          const char* var,
                                                                          const char* value) {
-  const char* old = std::getenv(var);
-  const std::string saved = old ? old : "";
-  setenv(var, value, 1);
+  ScopedEnv env(var, value);
   std::pair<std::unique_ptr<Backend>, std::string> r;
   try {
     r.first = make_backend(name);
   } catch (const Error& e) {
     r.second = e.what();
-  }
-  if (old) {
-    setenv(var, saved.c_str(), 1);
-  } else {
-    unsetenv(var);
   }
   return r;
 }

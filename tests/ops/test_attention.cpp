@@ -471,7 +471,8 @@ INSTANTIATE_TEST_SUITE_P(
 //
 // The same cases and bar for kernels/attention_fwd_sm90.cuh and attention_bwd_sm90.cuh (wgmma,
 // TMA, mbarrier, warp specialization), plus sequences of three and four tiles of 128 so that
-// every stage is reused (each stage's empty barrier goes through phases). Everywhere on the
+// every stage is reused (each stage's empty barrier goes through phases), on an emulated device
+// of 3 SMs, so that the persistent forward's blocks each walk several work tiles. Everywhere on the
 // emulator; on a GPU only where the path exists (an H100/H200 with a 90a build), skipped
 // elsewhere saying why.
 
@@ -489,6 +490,9 @@ class AttentionSm90Test : public ::testing::TestWithParam<std::tuple<std::string
 TEST_P(AttentionSm90Test, WithinTwiceTheCpuErrorInTheInputPrecision) {
   const auto& [name, c] = GetParam();
   NURI_BACKEND_ON_PATH(be, name, "sm90");
+  // The persistent forward runs one block per SM: on an emulated device of 3 SMs each block
+  // walks several work tiles (unevenly), so Q, O and the K/V stages are reused across them.
+  ScopedEnv sms("NURI_EMU_SMS", "3");
   // dq is the query-major pass in either mode.
   expect_kernels_within_model(*be, c, "dq without atomics all the same");
 }

@@ -134,8 +134,13 @@ TEST(KernelCounters, Sm90AttentionStoresWholeSectorsAndItsExp2CountIsWhatTheTili
     const auto launches = emu::take_counters();
     ASSERT_EQ(launches.size(), 4u);  // forward; Di, dK/dV, dQ
     const int64_t consumer_warps = 8;
-    const emu::Counters fwd =
-        expect_efficient(launches, "attention_fwd_sm90_kernel", {Access::st_global});
+    // The forward stages O in shared memory (conflict-free, checked with every shared access)
+    // for one tensor store per consumer and work tile: 2 row halves x D / 8 column blocks of
+    // 4-byte stores per consumer warp, no st.global (lse is a plain store).
+    const emu::Counters fwd = expect_efficient(launches, "attention_fwd_sm90_kernel", {});
+    const int64_t work_tiles = b * h * (t / 128);
+    EXPECT_EQ(fwd[Access::st_shared].requests, uint64_t(work_tiles * consumer_warps * 2 * d / 8));
+    EXPECT_EQ(fwd[Access::st_global].requests, 0u);
     // Query tile m of 128 rows visits m + 1 key tiles of 128 causally, both otherwise.
     const int64_t tiles = causal ? 1 + 2 : 2 * 2;
     EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * tiles * consumer_warps * 66));
@@ -148,8 +153,9 @@ TEST(KernelCounters, Sm90AttentionStoresWholeSectorsAndItsExp2CountIsWhatTheTili
       EXPECT_EQ((*k)[Instr::ldmatrix], 0u);
       EXPECT_EQ((*k)[Instr::cp_async], 0u);
       EXPECT_EQ((*k)[Instr::atomic], 0u);
-      EXPECT_GT((*k)[Access::st_global].requests, 0u);
     }
+    EXPECT_GT(dkdv[Access::st_global].requests, 0u);
+    EXPECT_GT(dqc[Access::st_global].requests, 0u);
     if (!causal) {  // no masked entries: one exp2 per score of a lane, 32 per 64 x 64 tile
       // dK/dV: 2 key blocks x 2 heads x 4 query tiles of 64; dQ: 2 query blocks x 2 heads x
       // 4 key tiles of 64.
