@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
     LoaderA a;
     LoaderB b;
   };
-  const auto loaders = [&] {
+  [[maybe_unused]] const auto loaders = [&] {  // unused (0) without kAligned
     if constexpr (kAligned) {
       return Loaders{LoaderA(kATrans ? p.a + m0 : p.a + m0 * p.lda, p.lda, p.m - m0, at_a),
                      LoaderB(kBKN ? p.b + n0 : p.b + n0 * p.ldb, p.ldb, p.n - n0, at_b)};
