@@ -1,6 +1,9 @@
 // The CUDA backend's linear layers (issue #7): nuri's GEMM kernels (kernels/matmul.cu) against
 // cuBLASLt (csrc/backend/cuda/cublaslt.cpp), both through nuri::make_backend("cuda") and the
 // Backend API, switched per sample with CudaBackend::set_gemm_path(GemmPath::nuri / cublaslt).
+// --nuri sm90 makes nuri's side the sm_90a kernel (kernels/matmul_sm90.cuh; H100/H200 with 90a
+// in the build): each row then records how many of its checked calls that kernel ran
+// ("sm90_calls"), so a row it did not take is seen as such.
 //
 // Shapes: M = tokens per call (B·T, default 8192), the linear layers of
 //   gpt2-124M  (C 768):  qkv 2304×768, attn_proj 768×768, fc 3072×768 (GELU), proj 768×3072,
@@ -26,6 +29,7 @@
 //
 //   bench_matmul_gpu [--quick] [--reps N] [--min-sample-s S] [--json FILE] [--dtype bf16|f16|f32]
 //                    [--tokens M] [--model gpt2-124M,gpt2-1.5B,llama-7B] [--pass fwd,dgrad,wgrad,bgrad]
+//                    [--nuri nuri|sm90]
 // Without a CUDA device it prints why and exits 77 (ctest: Skipped).
 // Testing aid (no GPU needed): --backend cpu --dtype f32 --tokens 64 --small runs the same code
 // on the CPU backend (every N and K divided by 16), nuri alone: "peer": null.
@@ -331,6 +335,7 @@ struct Options {
   int reps = -1;
   double min_sample_s = -1;
   std::string json_path, backend = "cuda", dtype = "bf16";
+  std::string nuri_path = "nuri";  // which of nuri's GEMM paths is timed: nuri or sm90
   int64_t tokens = 8192;
   std::vector<std::string> models;
   std::vector<Pass> passes;
@@ -339,10 +344,19 @@ struct Options {
 /// The two contenders on one backend: nuri's kernels and cuBLASLt (CUDA), or nuri alone (CPU).
 class Paths {
  public:
-  explicit Paths(Backend& be) : be_(be), cuda_(be.name() == "cuda") {}
+  Paths(Backend& be, const std::string& nuri_path)
+      : be_(be), cuda_(be.name() == "cuda"), nuri_(nuri::parse_gemm_path(nuri_path)) {
+    NURI_CHECK(nuri_ == nuri::GemmPath::nuri || nuri_ == nuri::GemmPath::sm90,
+               "--nuri takes nuri or sm90, not ", nuri_path);
+    NURI_CHECK(cuda_ || nuri_ == nuri::GemmPath::nuri, "--nuri sm90 needs the cuda backend");
+  }
   bool has_peer() const { return cuda_; }
   void use_nuri() {
-    if (cuda_) static_cast<nuri::CudaBackend&>(be_).set_gemm_path(nuri::GemmPath::nuri);
+    if (cuda_) static_cast<nuri::CudaBackend&>(be_).set_gemm_path(nuri_);
+  }
+  /// Products nuri's sm_90a kernel has run so far.
+  int64_t sm90_calls() const {
+    return cuda_ ? static_cast<const nuri::CudaBackend&>(be_).sm90_gemm_calls() : 0;
   }
   void use_peer() { static_cast<nuri::CudaBackend&>(be_).set_gemm_path(nuri::GemmPath::cublaslt); }
   /// Calls meant for cuBLASLt that it declined (nuri's kernel ran them instead).
@@ -353,6 +367,7 @@ class Paths {
  private:
   Backend& be_;
   bool cuda_;
+  nuri::GemmPath nuri_;
 };
 
 std::string cublaslt_name() {
@@ -365,7 +380,9 @@ std::string cublaslt_name() {
 bool measure(MatmulBench& mb, Paths& paths, const Options& o, const std::string& backend_name,
              bench::Json& row, std::vector<double>& ratios) {
   paths.use_nuri();
+  const int64_t sm90_before = paths.sm90_calls();
   const MatmulBench::Check check_nuri = mb.check();
+  const int64_t sm90_calls = paths.sm90_calls() - sm90_before;
   MatmulBench::Check check_peer;
   bool declined = false;  // cuBLASLt has no algorithm for this call: the peer would be nuri
   if (paths.has_peer()) {
@@ -401,6 +418,8 @@ bool measure(MatmulBench& mb, Paths& paths, const Options& o, const std::string&
                      .stats(sn)
                      .kv("tflops", tf_nuri)
                      .kv("calls_per_sample", iters)
+                     .kv("path", o.nuri_path)
+                     .kv("sm90_calls", sm90_calls)
                      .kv("check", check_nuri.json));
   bool ok = check_nuri.ok;
   if (paths.has_peer()) {
@@ -433,7 +452,7 @@ bool measure(MatmulBench& mb, Paths& paths, const Options& o, const std::string&
 int run_all(Backend& be, const Options& o, const bench::Json& device) {
   bench::Output out(o.json_path);
   MatmulBench mb(be, parse_dtype(o.dtype), o.tokens);
-  Paths paths(be);
+  Paths paths(be, o.nuri_path);
   std::vector<double> ratios[4];
   int failed = 0, rows = 0;
   for (Model model : models()) {
@@ -508,7 +527,7 @@ void usage() {
       stderr,
       "usage: bench_matmul_gpu [--quick] [--reps N] [--min-sample-s S] [--json FILE]\n"
       "         [--dtype bf16|f16|f32] [--tokens M] [--model gpt2-124M,gpt2-1.5B,llama-7B]\n"
-      "         [--pass fwd,dgrad,wgrad,bgrad]\n"
+      "         [--pass fwd,dgrad,wgrad,bgrad] [--nuri nuri|sm90]\n"
       "testing aids: --backend cpu --dtype f32 --tokens 64 --small (every N, K / 16)\n"
       "exit: 0 ok, 1 an op threw or a check failed, 2 usage, 77 no CUDA device\n");
 }
@@ -545,6 +564,8 @@ int main(int argc, char** argv) {
         model_list = next();
       else if (a == "--pass")
         passes = next();
+      else if (a == "--nuri")
+        o.nuri_path = next();
       else if (a == "--help" || a == "-h")
         return usage(), 0;
       else

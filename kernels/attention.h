@@ -149,12 +149,8 @@ struct AttnBwdSm90Config {
                                        kStages * kStatsBytes + (1 + 2 * kStages) * sizeof(uint64_t);
 };
 
-/// Whether this build holds the sm_90a kernels (nvcc with 90a among CMAKE_CUDA_ARCHITECTURES,
-/// or the emulator, which runs them everywhere).
-bool attention_sm90_compiled();
-
 /// out and lse like attention_forward, with the sm_90a kernel: an H100/H200 (compute
-/// capability 9.0) in a build where attention_sm90_compiled(), or the emulator.
+/// capability 9.0) in a build where sm90a_compiled() (sm90.h), or the emulator.
 template <class T>
 void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
 

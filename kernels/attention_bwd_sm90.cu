@@ -54,7 +54,7 @@ void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaS
                  p.heads % p.kv_heads == 0,
              "attention backward kernel (sm_90): bad shape (B ", p.batch, ", T ", p.seq, ", H ",
              p.heads, ", Hkv ", p.kv_heads, ")");
-  NURI_CHECK(attention_sm90_compiled(), "attention backward kernel (sm_90): this build has no "
+  NURI_CHECK(sm90a_compiled(), "attention backward kernel (sm_90): this build has no "
              "sm_90a code; add 90a to CMAKE_CUDA_ARCHITECTURES, or use NURI_ATTENTION=nuri");
   NURI_CHECK(workspace != nullptr, "attention backward kernel (sm_90): no workspace given");
   float* di = static_cast<float*>(workspace);

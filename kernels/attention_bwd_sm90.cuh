@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 
   // K and V resident (on once()); the Q and dO tiles of iteration `it` as tile it.
   const attn90::BwdSmem<D> sm;
-  const attn90::Pipeline<kStages>& pipe = sm.pipe;
+  const sm90::Pipeline<kStages>& pipe = sm.pipe;
   unsigned char *const sK = sm.resident[0], *const sV = sm.resident[1];
 
   const int n_block = int(gridDim.x) - 1 - int(blockIdx.x);  // the longest causal walks first
@@ -205,12 +205,12 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) {
       wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rdV), rP[kb],
-                           attn90::mnmajor_desc<kM>(do_tile, kb), true);
+                           sm90::mnmajor_desc<kM>(do_tile, kb), true);
     }
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) {
       wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rdK), rdS[kb],
-                           attn90::mnmajor_desc<kM>(q_tile, kb), true);
+                           sm90::mnmajor_desc<kM>(q_tile, kb), true);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 
   // Q and dO resident (on once()); K_j and V_j as tile j.
   const attn90::BwdSmem<D> sm;
-  const attn90::Pipeline<kStages>& pipe = sm.pipe;
+  const sm90::Pipeline<kStages>& pipe = sm.pipe;
   unsigned char *const sQ = sm.resident[0], *const sdO = sm.resident[1];
 
   const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 #pragma unroll
     for (int kb = 0; kb < kPSteps; ++kb) {
       wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rdQ), rdS[kb],
-                           attn90::mnmajor_desc<kN>(k_tile, kb), true);
+                           sm90::mnmajor_desc<kN>(k_tile, kb), true);
     }
     wgmma_commit();
     wgmma_wait<0>();

@@ -68,7 +68,7 @@ void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool attention_sm90_compiled() {
+bool sm90a_compiled() {
 #if defined(NURI_CUDA_EMULATION)
   return true;
 #else
@@ -83,7 +83,7 @@ void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
                  p.heads % p.kv_heads == 0,
              "attention forward kernel (sm_90): bad shape (B ", p.batch, ", T ", p.seq, ", H ",
              p.heads, ", Hkv ", p.kv_heads, ")");
-  NURI_CHECK(attention_sm90_compiled(), "attention forward kernel (sm_90): this build has no "
+  NURI_CHECK(sm90a_compiled(), "attention forward kernel (sm_90): this build has no "
              "sm_90a code (CMAKE_CUDA_ARCHITECTURES ", NURI_CUDA_ARCHITECTURES,
              "); add 90a, or use NURI_ATTENTION=nuri");
   switch (p.head_dim) {  // one line per head dim of kAttentionHeadDims

@@ -27,6 +27,8 @@
 #include <type_traits>
 
 #include "attention_common.cuh"
+#include "sm90.cuh"
+#include "sm90.h"
 
 namespace nuri::kernels {
 
@@ -43,23 +45,7 @@ struct AttnFwdSm90Params {
 
 namespace attn90 {
 
-/// Descriptor of k-step ks (k = 16ks..16ks+15) of a K-major operand: the rows from `row0` of a
-/// tile of kTileRows rows, stored as 128-byte swizzle atoms of 64 columns. Written as the step-0
-/// descriptor plus a constant: the start address sits in the low 14 bits in 16-byte units and
-/// never carries out (shared memory is under 256 KiB), so after unrolling the k-steps share one
-/// descriptor computation and each adds an immediate.
-template <int kTileRows>
-__device__ __forceinline__ uint64_t kmajor_desc(const unsigned char* tile, int row0, int ks) {
-  return wgmma_desc(tile + row0 * 128, 0, 1024, 128) +
-         uint64_t(((ks / 4) * kTileRows * 128 + (ks % 4) * 32) >> 4);
-}
-
-/// Descriptor of k-step kb (rows 16kb..16kb+15) of a tile read MN-major (the row index is k):
-/// 64-column atoms kTileRows · 128 bytes apart (LBO), 8-row groups 1024 bytes apart (SBO).
-template <int kTileRows>
-__device__ __forceinline__ uint64_t mnmajor_desc(const unsigned char* tile, int kb) {
-  return wgmma_desc(tile, kTileRows * 128, 1024, 128) + uint64_t((kb * 16 * 128) >> 4);
-}
+using namespace ::nuri::kernels::sm90;  // the Hopper building blocks
 
 /// S = A₁·B₁ᵀ and R = A₂·B₂ᵀ over D (64 rows of A from row a_row0 of tiles of kARows rows, the
 /// kN rows of B tiles of kN rows, all K-major) as one wgmma group of this warpgroup, waited for.
@@ -83,18 +69,6 @@ __device__ __forceinline__ void two_products(float (&s)[kN / 8][4], float (&r)[k
   wgmma_wait<0>();
 }
 
-/// The start of dynamic shared memory rounded up to 1024 bytes (the 128-byte swizzle repeats
-/// every 1024 bytes of the shared address, and the tiles must start on a repeat).
-__device__ __forceinline__ unsigned char* aligned_smem() {
-  unsigned char* raw = dynamic_smem<unsigned char>();
-#if defined(NURI_CUDA_EMULATION)
-  const uint32_t addr = uint32_t(::nuri::emu::shared_address(raw));
-#else
-  const uint32_t addr = smem_address(raw);
-#endif
-  return raw + ((1024 - addr % 1024) % 1024);
-}
-
 /// TMA loads of a rows x D tile (D / 64 atoms) at row `row` of head `head`, batch `b`.
 template <int kRows, int kAtoms>
 __device__ __forceinline__ void load_rows(unsigned char* dst, const CUtensorMap* map, int row,
@@ -104,85 +78,6 @@ __device__ __forceinline__ void load_rows(unsigned char* dst, const CUtensorMap*
     const int32_t at[4] = {64 * a, row, head, b};
     tma_load<4>(dst + a * kRows * 128, map, at, bar);
   }
-}
-
-/// The mbarriers of a block's TMA pipeline, in shared memory at `bars` (Words() of them): one
-/// barrier for the tiles the block loads once, and per stage kParts "full" barriers (each part of
-/// a stage's tiles may be waited for on its own) and one "empty" barrier on which every consumer
-/// thread arrives when done with the stage. Tile `it` goes to stage it % kStages; its phases
-/// follow from `it` alone, so producer and consumers need no other state.
-template <int kStages, int kParts = 1>
-struct Pipeline {
-  static constexpr int kConsumerThreads = 256;  // two consumer warpgroups
-  static constexpr int words() { return 1 + kStages * (kParts + 1); }
-  uint64_t* bars;
-
-  __device__ uint64_t* once() const { return bars; }
-  __device__ uint64_t* full(int it, int part = 0) const {
-    return bars + 1 + part * kStages + it % kStages;
-  }
-  __device__ uint64_t* empty(int it) const { return bars + 1 + kParts * kStages + it % kStages; }
-  __device__ static unsigned phase(int it) { return unsigned((it / kStages) & 1); }
-
-  /// Thread 0 initializes every barrier and makes the inits visible to the async proxy (the
-  /// TMA units complete transactions on them); the whole block then meets at a barrier. A full
-  /// barrier expects `full_arrivals`: the TMA-issuing thread's, plus those of producer threads
-  /// that stage data into the stage with plain stores.
-  __device__ void init(unsigned full_arrivals = 1) const {
-    if (threadIdx.x == 0) {
-      mbarrier_init(once(), 1);
-      for (int s = 0; s < kStages; ++s) {
-        for (int part = 0; part < kParts; ++part) mbarrier_init(full(s, part), full_arrivals);
-        mbarrier_init(empty(s), kConsumerThreads);
-      }
-      fence_proxy_async();
-    }
-    __syncthreads();
-  }
-  /// Producer, before loading tile `it` (as the first part): waits until the consumers released
-  /// the stage's previous tile (it - kStages, which completed phase it / kStages - 1).
-  __device__ void wait_empty(int it) const {
-    if (it >= kStages) mbarrier_wait_parity(empty(it), unsigned((it / kStages - 1) & 1));
-  }
-  /// Producer: `bytes` of TMA loads of part `part` of tile `it` will complete on the returned
-  /// barrier.
-  __device__ uint64_t* expect(int it, int part, unsigned bytes) const {
-    mbarrier_arrive_expect_tx(full(it, part), bytes);
-    return full(it, part);
-  }
-  /// Consumer: part `part` of tile `it` has landed.
-  __device__ void wait_full(int it, int part = 0) const {
-    mbarrier_wait_parity(full(it, part), phase(it));
-  }
-  /// Consumer thread: done with tile `it`'s stage.
-  __device__ void release(int it) const { mbarrier_arrive(empty(it)); }
-  /// Producer thread staging with plain stores: its part of tile `it` is in shared memory.
-  __device__ void arrive_full(int it, int part = 0) const { mbarrier_arrive(full(it, part)); }
-};
-
-// ---- host side: the tensor maps -------------------------------------------------------------
-// The driver's cuTensorMapEncodeTiled is looked up at run time (cudaGetDriverEntryPointByVersion),
-// so nothing links libcuda and a build still loads on machines without a driver; the emulator
-// provides the call itself.
-
-using EncodeTiled = decltype(&cuTensorMapEncodeTiled);
-
-inline EncodeTiled encode_tiled() {
-#if defined(NURI_CUDA_EMULATION)
-  return &cuTensorMapEncodeTiled;
-#else
-  static const EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    const cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000,
-                                                             cudaEnableDefault, &found);
-    NURI_CHECK(err == cudaSuccess && found == cudaDriverEntryPointSuccess && f,
-               "the sm_90 attention kernel needs the driver's cuTensorMapEncodeTiled (CUDA 12 "
-               "or later), which this driver does not provide; use NURI_ATTENTION=nuri");
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-#endif
 }
 
 /// The map of a [B, T, heads, D] view (strides in elements, D contiguous) as TMA sees it: dims
@@ -221,25 +116,25 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
   static_assert(D % 64 == 0, "head dims are whole 128-byte swizzle atoms");
   static_assert(Cfg::kSmemBytes == 1024 + 2 * Cfg::kQBytes + kStages * 2 * Cfg::kTileBytes +
-                                       (attn90::Pipeline<kStages, 2>::words() + 1) *
+                                       (sm90::Pipeline<kStages, 2>::words() + 1) *
                                            sizeof(uint64_t),
                 "AttnFwdSm90Config's shared memory is this kernel's layout");
   const AttentionParams<T>& p = prm.p;
 
   // Shared memory, aligned up to the swizzle's 1024-byte repeat: Q, O (each consumer's 64 rows
   // on their way to the tensor store), the K and V stages, then the barriers.
-  unsigned char* sQ = attn90::aligned_smem();
+  unsigned char* sQ = sm90::aligned_smem();
   unsigned char* sO = sQ + Cfg::kQBytes;
   unsigned char* sK = sO + Cfg::kQBytes;               // stage s at s · kTileBytes
   unsigned char* sV = sK + kStages * Cfg::kTileBytes;  // likewise
   // Q on once() (a phase per work tile); K_j and V_j as parts 0 and 1 of pipeline tile j, so
   // S = Q K_jᵀ starts before V_j lands. q_empty: every consumer thread is done with Q.
-  const attn90::Pipeline<kStages, 2> pipe{
+  const sm90::Pipeline<kStages, 2> pipe{
       reinterpret_cast<uint64_t*>(sV + kStages * Cfg::kTileBytes)};
-  uint64_t* const q_empty = pipe.bars + attn90::Pipeline<kStages, 2>::words();
+  uint64_t* const q_empty = pipe.bars + sm90::Pipeline<kStages, 2>::words();
 
   const int wg = int(threadIdx.x) / 128;
-  if (threadIdx.x == 0) mbarrier_init(q_empty, attn90::Pipeline<kStages, 2>::kConsumerThreads);
+  if (threadIdx.x == 0) mbarrier_init(q_empty, sm90::Pipeline<kStages, 2>::kConsumerThreads);
   pipe.init();  // fences thread 0's inits (q_empty's too) and meets the block at a barrier
 
   // Persistent: this block takes work tiles blockIdx.x, + gridDim.x, ... (a tile: 128 query rows
@@ -336,8 +231,8 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
         wgmma_ss<T, kN>(reinterpret_cast<float(&)[kN / 2]>(rS),
-                        attn90::kmajor_desc<kM>(sQ, 64 * c, ks),
-                        attn90::kmajor_desc<kN>(sK + ((kv + j) % kStages) * Cfg::kTileBytes, 0, ks),
+                        sm90::kmajor_desc<kM>(sQ, 64 * c, ks),
+                        sm90::kmajor_desc<kN>(sK + ((kv + j) % kStages) * Cfg::kTileBytes, 0, ks),
                         ks > 0);
       }
       wgmma_commit();
@@ -351,7 +246,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int kb = 0; kb < kPSteps; ++kb) {
         wgmma_rs<T, D, true>(reinterpret_cast<float(&)[D / 2]>(rO), rP[kb],
-                             attn90::mnmajor_desc<kN>(sV + ((kv + j) % kStages) * Cfg::kTileBytes, kb),
+                             sm90::mnmajor_desc<kN>(sV + ((kv + j) % kStages) * Cfg::kTileBytes, kb),
                              true);
       }
       wgmma_commit();

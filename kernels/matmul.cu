@@ -1,8 +1,10 @@
 // Instantiation unit of the linear-layer kernels: T = __nv_bfloat16 and __half on tensor cores,
-// float on the SIMT kernel; the three product layouts, aligned (16-byte cp.async) or not.
+// float on the SIMT kernel; the three product layouts, aligned (16-byte cp.async) or not; and the
+// sm_90a kernel's tensor maps and launch (matmul_sm90.cuh; under nvcc its body is real only for
+// sm_90a, and the host launches it only where sm90a_compiled() on an sm_90 device).
 #include <atomic>
 
-#include "matmul.cuh"
+#include "matmul_sm90.cuh"
 
 namespace nuri::kernels {
 
@@ -42,10 +44,59 @@ void launch_tc(const mm::GemmArgs<T>& a, cudaStream_t stream) {
   }
 }
 
+/// The TMA map of an operand stored [outer][inner] with rows `ld` elements apart (16-byte
+/// aligned: checked by the caller): boxes of 64 inner elements (one 128-byte swizzle atom) by
+/// `box_rows` rows, zero-filled past the matrix.
+template <class T>
+CUtensorMap operand_map(const T* base, int64_t inner, int64_t outer, int64_t ld, int box_rows,
+                        const char* name) {
+  CUtensorMap m;
+  const cuuint64_t dim[2] = {cuuint64_t(inner), cuuint64_t(outer)};
+  const cuuint64_t stride[1] = {cuuint64_t(ld) * sizeof(T)};
+  const cuuint32_t box[2] = {64, cuuint32_t(box_rows)}, estride[2] = {1, 1};
+  const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const CUresult r = sm90::encode_tiled()(&m, type, 2, const_cast<T*>(base), dim, stride, box,
+                                          estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                          CU_TENSOR_MAP_SWIZZLE_128B,
+                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  NURI_CHECK(r == CUDA_SUCCESS, "matmul (sm_90): the tensor map of ", name,
+             " could not be made (CUresult ", int(r), "; ", outer, " rows of ", inner,
+             " elements, ", ld, " apart); use NURI_GEMM=nuri");
+  return m;
+}
+
+/// The sm_90a kernel, where it takes the product: 16-bit types, every row of both operands
+/// 16-byte aligned (TMA's rule for the maps' strides and bases), a contraction that is not
+/// empty. Returns whether it ran.
 template <class T, bool kATrans, bool kBKN>
-void launch_gemm(const mm::GemmArgs<T>& a, int tiles, cudaStream_t stream) {
+bool launch_sm90(const mm::GemmArgs<T>& a, cudaStream_t stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)a, (void)stream;
+    return false;
+  } else {
+    if (a.k == 0 || !rows_aligned(a.a, a.lda) || !rows_aligned(a.b, a.ldb)) return false;
+    using C = mm::Sm90Config;
+    mm::GemmSm90Params<T> prm;
+    prm.p = a;
+    // A: [M][K] (K-major, 128-row boxes) or stored [K][M] (MN-major, 64-row boxes); B likewise.
+    prm.a_map = kATrans ? operand_map(a.a, a.m, a.k, a.lda, 64, "A (stored [K, M])")
+                        : operand_map(a.a, a.k, a.m, a.lda, C::kBlockM, "A");
+    prm.b_map = kBKN ? operand_map(a.b, a.n, a.k, a.ldb, 64, "B (stored [K, N])")
+                     : operand_map(a.b, a.k, a.n, a.ldb, C::kBlockN, "B (stored [N, K])");
+    const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
+    NURI_LAUNCH((mm::gemm_sm90_kernel<T, kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
+                stream, prm);
+    return true;
+  }
+}
+
+template <class T, bool kATrans, bool kBKN>
+bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, cudaStream_t stream) {
   NURI_CHECK(a.m > 0 && a.n > 0 && a.k >= 0, "matmul kernel: bad shape (M ", a.m, ", N ", a.n,
              ", K ", a.k, ")");
+  if (sm90 && launch_sm90<T, kATrans, kBKN>(a, stream)) return true;
   if constexpr (std::is_same_v<T, float>) {
     using C = mm::SimtConfig;
     const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
@@ -56,6 +107,7 @@ void launch_gemm(const mm::GemmArgs<T>& a, int tiles, cudaStream_t stream) {
   } else {
     launch_tc<mm::TcSmall, T, kATrans, kBKN>(a, stream);
   }
+  return false;
 }
 
 /// The kernels index with int: every dimension must fit (the element offsets are int64).
@@ -78,7 +130,7 @@ int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced) {
 }
 
 template <class T>
-void matmul_forward(const MatmulParams<T>& p, cudaStream_t stream) {
+bool matmul_forward(const MatmulParams<T>& p, cudaStream_t stream) {
   check_dims("matmul", p.m, p.n, p.k);
   mm::GemmArgs<T> a{};
   a.a = p.gX, a.lda = p.k, a.b = p.gW, a.ldb = p.k;
@@ -87,11 +139,11 @@ void matmul_forward(const MatmulParams<T>& p, cudaStream_t stream) {
   a.pre = p.gelu ? p.gPre : nullptr;
   a.residual = p.gResidual;
   a.out = p.gY;
-  launch_gemm<T, false, false>(a, p.tiles, stream);
+  return launch_gemm<T, false, false>(a, p.tiles, p.sm90, stream);
 }
 
 template <class T>
-void matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t stream) {
+bool matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t stream) {
   check_dims("matmul_backward_input", p.m, p.n, p.k);
   mm::GemmArgs<T> a{};  // dx [M, K] = dy [M, N] · W [N, K]: contraction over N
   a.a = p.gDy, a.lda = p.n, a.b = p.gW, a.ldb = p.k;
@@ -99,18 +151,18 @@ void matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t s
   a.gelu_pre = p.gGeluPre;
   a.out = p.gDx;
   a.accumulate = p.accumulate;
-  launch_gemm<T, false, true>(a, p.tiles, stream);
+  return launch_gemm<T, false, true>(a, p.tiles, p.sm90, stream);
 }
 
 template <class T>
-void matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream) {
+bool matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream) {
   check_dims("matmul_backward_weight", p.m, p.n, p.k);
   mm::GemmArgs<T> a{};  // dW [N, K] = dyᵀ [N, M] · x [M, K]: contraction over M
   a.a = p.gDy, a.lda = p.n, a.b = p.gX, a.ldb = p.k;
   a.m = int(p.n), a.n = int(p.k), a.k = int(p.m);
   a.out_f32 = p.gDw;
   a.accumulate = p.accumulate;
-  launch_gemm<T, true, true>(a, p.tiles, stream);
+  return launch_gemm<T, true, true>(a, p.tiles, p.sm90, stream);
 }
 
 template <class T>
@@ -125,9 +177,9 @@ void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t str
 }
 
 #define NURI_MATMUL_INSTANTIATE(T)                                                             \
-  template void matmul_forward<T>(const MatmulParams<T>&, cudaStream_t);                       \
-  template void matmul_backward_input<T>(const MatmulBackwardInputParams<T>&, cudaStream_t);   \
-  template void matmul_backward_weight<T>(const MatmulBackwardWeightParams<T>&, cudaStream_t); \
+  template bool matmul_forward<T>(const MatmulParams<T>&, cudaStream_t);                       \
+  template bool matmul_backward_input<T>(const MatmulBackwardInputParams<T>&, cudaStream_t);   \
+  template bool matmul_backward_weight<T>(const MatmulBackwardWeightParams<T>&, cudaStream_t); \
   template void matmul_backward_bias<T>(const MatmulBackwardBiasParams<T>&, cudaStream_t);
 NURI_MATMUL_INSTANTIATE(float)
 NURI_MATMUL_INSTANTIATE(__nv_bfloat16)

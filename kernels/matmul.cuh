@@ -113,6 +113,35 @@ __device__ __forceinline__ bool quad_aligned(const GemmArgs<T>& p) {
 
 // ---- tensor cores ---------------------------------------------------------------------------
 
+/// The epilogue of one warp's 16 rows of C from row0 and kNj · 8 columns from col0, held as
+/// m16n8 accumulators (mma.sync's layout, which is also wgmma's per warp), 4 adjacent columns a
+/// lane (tc::acc_quad): each warp-wide store covers 32 contiguous bytes of 8 rows. Rows and
+/// columns past M and N are skipped; quads: quad_aligned(p).
+template <class T, int kNj>
+__device__ __forceinline__ void store_warp_rows(const GemmArgs<T>& p, const float (&acc)[kNj][4],
+                                                int row0, int col0, bool quads) {
+  const int g = tc::lane_id() / 4;
+#pragma unroll
+  for (int e2 = 0; e2 < 2; ++e2) {
+    const int row = row0 + g + 8 * e2;
+#pragma unroll
+    for (int j = 0; j < kNj; j += 2) {
+      float v[4];
+      const int col = col0 + j * 8 + tc::acc_quad(v, acc, j, e2);
+      if (row >= p.m || col >= p.n) continue;
+      if (quads) {  // col < n and n % 4 == 0: all four are in range
+        store_elements<T, 4>(p, row, col, v);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (col + e < p.n) store_element(p, row, col + e, v[e]);
+        }
+      }
+    }
+  }
+}
+
+
 // The tile shapes (TcConfig, TcLarge, TcSmall) are in matmul.h, for host code to size them.
 
 /// Loads the kR × kC tile at g (row stride ldg) into s in layout `at` one element at a time (rows
@@ -207,7 +236,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
   auto sB = [&](int stage) { return smem + stage * 2 * C::kTileElems + C::kTileElems; };
 
   const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * kBN;
-  const int warp = tc::warp_id(), lane = tc::lane_id();
+  const int warp = tc::warp_id();
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
   const int n_tiles = (p.k + kBK - 1) / kBK;
 
@@ -309,30 +338,11 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
   }
   cp_async_wait<0>();  // no copy outlives the block (only empty groups can be left)
 
-  // The epilogue, 4 adjacent columns a lane (tc::acc_quad): each warp-wide store covers 32
-  // contiguous bytes of 8 rows.
+  // The epilogue: each warp its kMi × kNj accumulators.
   const bool quads = quad_aligned(p);
-  const int g = lane / 4;
 #pragma unroll
   for (int i = 0; i < C::kMi; ++i) {
-#pragma unroll
-    for (int e2 = 0; e2 < 2; ++e2) {
-      const int row = m0 + wm * C::kWarpM + i * 16 + g + 8 * e2;
-#pragma unroll
-      for (int j = 0; j < C::kNj; j += 2) {
-        float v[4];
-        const int col = n0 + wn * C::kWarpN + j * 8 + tc::acc_quad(v, acc[i], j, e2);
-        if (row >= p.m || col >= p.n) continue;
-        if (quads) {  // col < n and n % 4 == 0: all four are in range
-          store_elements<T, 4>(p, row, col, v);
-        } else {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            if (col + e < p.n) store_element(p, row, col + e, v[e]);
-          }
-        }
-      }
-    }
+    store_warp_rows(p, acc[i], m0 + wm * C::kWarpM + i * 16, n0 + wn * C::kWarpN, quads);
   }
 }
 

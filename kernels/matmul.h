@@ -26,6 +26,7 @@ struct MatmulParams {
   int64_t m, n, k;
   bool gelu;
   int tiles = 0;  // tensor-core tile edge: 0 picks by shape (matmul_tiles), 128 or 64 forces it
+  bool sm90 = false;  // the sm_90a kernel where it takes the call (see matmul_forward)
 };
 
 /// dx (+)= dy·W; with gGeluPre, dx = (dy·W) ⊙ gelu'(gelu_pre) (then accumulate is false).
@@ -37,7 +38,8 @@ struct MatmulBackwardInputParams {
   T* gDx;             // [M, K]
   int64_t m, n, k;
   bool accumulate;
-  int tiles = 0;  // as in MatmulParams
+  int tiles = 0;      // as in MatmulParams
+  bool sm90 = false;  // as in MatmulParams
 };
 
 /// dW (+)= dyᵀ·x, f32.
@@ -48,7 +50,8 @@ struct MatmulBackwardWeightParams {
   float* gDw;    // [N, K]
   int64_t m, n, k;
   bool accumulate;
-  int tiles = 0;  // as in MatmulParams
+  int tiles = 0;      // as in MatmulParams
+  bool sm90 = false;  // as in MatmulParams
 };
 
 /// dbias (+)= Σ_m dy[m, :], f32, deterministic: blocks of kMatmulBiasRows rows sum their
@@ -77,13 +80,17 @@ int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced = 0);
 /// Each launcher requires a non-empty output; the contraction dimension (k; m for the weight
 /// gradient) may be 0, then the product is 0 (the bias gradient needs m > 0). The tensor-core
 /// path loads 16-byte chunks when every row of both operands is 16-byte aligned (leading dims
-/// multiples of 8, aligned bases) and single elements otherwise.
+/// multiples of 8, aligned bases) and single elements otherwise. With p.sm90 (the caller has
+/// checked that the device is an sm_90 one and sm90a_compiled(), sm90.h), a bf16/f16 product whose
+/// operands' rows are all 16-byte aligned and whose contraction is not empty runs on the sm_90a
+/// kernel (matmul_sm90.cuh: wgmma and TMA), every other one on the mma.sync or SIMT kernel.
+/// Returns whether the sm_90a kernel ran it.
 template <class T>
-void matmul_forward(const MatmulParams<T>& p, cudaStream_t stream);
+bool matmul_forward(const MatmulParams<T>& p, cudaStream_t stream);
 template <class T>
-void matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t stream);
+bool matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t stream);
 template <class T>
-void matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream);
+bool matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t stream);
 template <class T>
 void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t stream);
 
@@ -118,6 +125,21 @@ struct TcConfig {
 // kernel at 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
 using TcLarge = TcConfig<128, 2, 4, 1>;
 using TcSmall = TcConfig<64, 2, 2, 2>;
+
+/// The sm_90a kernel (matmul_sm90.cuh): a block of a TMA producer warpgroup and two wgmma
+/// consumer warpgroups owns a 128 × 128 tile of C (64 rows a consumer, one m64n128 accumulator
+/// of 64 f32 a thread); K streams through kStages stages of 64-deep A and B tiles, each tile
+/// 16 KiB of 128-byte swizzle atoms as TMA writes them. One block per SM (the registers).
+struct Sm90Config {
+  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 64;
+  static constexpr int kStages = 4;
+  static constexpr int kThreads = 384;
+  static constexpr size_t kTileBytes = size_t(kBlockM) * kBlockK * 2;  // one A or B tile
+  /// Registers per thread after setmaxnreg: 24 + 2 × 240 = 504 of 512 per 128-thread slice.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the stages, the barriers.
+  static constexpr size_t kSmemBytes = 1024 + kStages * 2 * kTileBytes + (1 + 2 * kStages) * 8;
+};
 
 }  // namespace mm
 

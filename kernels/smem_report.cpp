@@ -73,5 +73,12 @@ int main(int argc, char** argv) {
   bool ok = report_all(std::make_index_sequence<std::size(kAttentionHeadDims)>{});
   ok &= report_gemm<nuri::kernels::mm::TcLarge>();
   ok &= report_gemm<nuri::kernels::mm::TcSmall>();
+  using Sm90 = nuri::kernels::mm::Sm90Config;
+  if (!g_tsv) {
+    std::printf("gemm sm_90a tile %dx%dx%d, %d stages, %d threads  dynamic smem %6zu B\n",
+                Sm90::kBlockM, Sm90::kBlockN, Sm90::kBlockK, Sm90::kStages, Sm90::kThreads,
+                Sm90::kSmemBytes);
+  }
+  ok &= row("gemm_sm90_kernel", Sm90::kBlockM, Sm90::kSmemBytes, Sm90::kThreads, kMaxSmemSm90);
   return ok ? 0 : 1;
 }

@@ -3,8 +3,8 @@
 # run on an already-built real-CUDA tree (`bash scripts/test.sh` or `cmake --build build` first).
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
-# JUnit), matmul.jsonl, attention.jsonl (attention_sm90.jsonl too on an H100/H200: the sm_90a
-# kernels), train.jsonl (one JSON object per measurement; see
+# JUnit), matmul.jsonl, attention.jsonl (matmul_sm90.jsonl and attention_sm90.jsonl too on an
+# H100/H200: the sm_90a kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md) and bench.log (the benchmarks' tables and messages). Exit status: ctest's,
 # or the first failing benchmark's; 77 when no CUDA device is visible.
 #   NURI_GPU_JOBS      tests run at once on the device (default 4)
@@ -86,10 +86,20 @@ if [[ ${NURI_GPU_PROFILE:-0} == 1 ]]; then
   "$py" "$root/benchmarks/kernel_profile.py" --steps 2 "$out/profile.csv" | tail -n 30
 fi
 want matmul && bench "bench_matmul_gpu" 240 "$build/benchmarks/bench_matmul_gpu" "${q[@]}" --json "$out/matmul.jsonl"
+sm90=0
+nvidia-smi --query-gpu=compute_cap --format=csv,noheader | grep -q '^9\.0' && sm90=1
+# On an H100/H200 nuri's sm_90a GEMM (NURI_GEMM=sm90): the matmul suite on it, then its three
+# products against cuBLASLt in the same alternation.
+if want matmul && ((sm90)); then
+  bench "test_ops_gpu, matmul suite on NURI_GEMM=sm90" 300 env NURI_GEMM=sm90 \
+    "$build/tests/test_ops_gpu" --gtest_filter='Ops/MatmulTest.*' --gtest_brief=1
+  bench "bench_matmul_gpu --nuri sm90" 240 "$build/benchmarks/bench_matmul_gpu" "${q[@]}" \
+    --nuri sm90 --pass fwd,dgrad,wgrad --json "$out/matmul_sm90.jsonl"
+fi
 want attention && bench "attention_gpu.py" 240 "$py" "$root/benchmarks/attention_gpu.py" "${q[@]}" \
   --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention.jsonl"
 # On an H100/H200 the sm_90a kernels (NURI_ATTENTION=sm90) against SDPA in the same alternation.
-if want attention && nvidia-smi --query-gpu=compute_cap --format=csv,noheader | grep -q '^9\.0'; then
+if want attention && ((sm90)); then
   bench "attention_gpu.py, NURI_ATTENTION=sm90" 240 env NURI_ATTENTION=sm90 "$py" \
     "$root/benchmarks/attention_gpu.py" "${q[@]}" \
     --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention_sm90.jsonl"

@@ -12,7 +12,7 @@
 3. Occupancy: resident blocks and warps per SM from registers, threads and dynamic shared
    memory (SMEM_TSV from kernels/smem_report.cpp --tsv) for the GPUs nuri targets: A100
    (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90a one.
-4. The sm_90a attention kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
+4. The sm_90a attention and GEMM kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
    their SASS, the register split they were designed with (USETMAXREG: the producer down to
    24, the consumers up to 240), the forward's warpgroup scheduler (BAR.SYNC and BAR.ARV on
    named barriers 1 and 2 of 256 threads) and TMA-store epilogue (UTMASTG, barriers 3 and 4 of
@@ -185,6 +185,8 @@ def main():
         # Longest family first: attn_bwd_dkdv is also a prefix of attn_bwd_dkdv_sm90_kernel.
         for (family, key), v in sorted(config.items(), key=lambda kv: -len(kv[0][0])):
             if family in name:
+                if family == "gemm_sm90_kernel":  # one tile shape (mm::Sm90Config)
+                    return v
                 m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, ?(\d+)",
                               name)
                 if m and int(m.group(1)) == key:
@@ -212,7 +214,7 @@ def main():
                     instrs = funcs[mangled]
                     if not any(op.startswith(TENSOR_CORE_OPS) for _, op, _ in instrs):
                         continue
-                    if src in SM90_SOURCES:
+                    if src in SM90_SOURCES or "gemm_sm90_kernel" in names[mangled]:
                         text = "\n".join(op + rest for _, op, rest in instrs)
                         extra = SM90_FORWARD_EXTRA if src == "attention_fwd_sm90" else ()
                         for need in ("HGMMA", "UTMALDG", "SYNCS", *SM90_FORWARD_REGS.values(),

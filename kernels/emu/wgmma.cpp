@@ -27,17 +27,32 @@ bool is_poison(float v) {
   return std::memcmp(&v, &p, 4) == 0;
 }
 
-/// The latest value pending for registers `d` (in the open group or a committed one), or null.
-const std::vector<float>* pending_for(const Thread& t, const float* d) {
+/// The youngest wgmma of this thread not yet retired whose accumulators start at d (in the open
+/// group or a committed one), or null.
+const WgmmaPending* pending_for(const Thread& t, const float* d) {
   for (auto it = t.wg_open.rbegin(); it != t.wg_open.rend(); ++it) {
-    if (it->d == d) return &it->value;
+    if (it->d == d) return &*it;
   }
   for (auto g = t.wg_groups.rbegin(); g != t.wg_groups.rend(); ++g) {
     for (auto it = g->rbegin(); it != g->rend(); ++it) {
-      if (it->d == d) return &it->value;
+      if (it->d == d) return &*it;
     }
   }
   return nullptr;
+}
+
+/// Whether a wgmma younger than committed group 0 (a later group's, or the open group's) chains
+/// on the accumulators at d: retiring group 0 then leaves them to it.
+bool chained_later(const Thread& t, const float* d) {
+  for (size_t g = 1; g < t.wg_groups.size(); ++g) {
+    for (const WgmmaPending& r : t.wg_groups[g]) {
+      if (r.d == d) return true;
+    }
+  }
+  for (const WgmmaPending& r : t.wg_open) {
+    if (r.d == d) return true;
+  }
+  return false;
 }
 
 struct Desc {
@@ -161,10 +176,11 @@ void wgmma_wait(int pending, Site site) {
         }
       }
     }
-    // Chained results: the last one for each registers wins, in issue order. The group's
+    // Chained results: the last one for each registers wins, in issue order; accumulators a
+    // wgmma still in flight chains on stay its (poisoned) until its own wait. The group's
     // operand reads happen before what follows.
     for (const WgmmaPending& r : t.wg_groups.front()) {
-      std::memcpy(r.d, r.value.data(), r.value.size() * sizeof(float));
+      if (!chained_later(t, r.d)) std::memcpy(r.d, r.value.data(), r.value.size() * sizeof(float));
       tsan::acquire(r.done.get());
     }
     t.wg_groups.erase(t.wg_groups.begin());
@@ -205,8 +221,17 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   a.scale_d = scale_d;
   a.site = site;
   const int regs = n / 2;
-  if (const std::vector<float>* p = pending_for(t, d)) {
-    a.input = *p;  // chained on an earlier wgmma's result
+  if (const WgmmaPending* p = pending_for(t, d)) {
+    // Chained on an earlier wgmma's result, which the PTX ISA orders without a wait only
+    // between wgmmas of the same shape.
+    if (p->value.size() != size_t(regs)) {
+      fail(L, t, "wgmma.mma_async at " + str(site) + " (N = " + std::to_string(n) +
+                     ") accumulates into the registers of the wgmma issued at " + str(p->site) +
+                     " (N = " + std::to_string(2 * p->value.size()) +
+                     "), still in flight: only wgmmas of one shape chain without a "
+                     "wgmma.wait_group");
+    }
+    a.input = p->value;
   } else {
     a.input.assign(d, d + regs);
   }

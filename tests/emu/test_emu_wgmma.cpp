@@ -3,7 +3,8 @@
 // operands in every K-major layout (no swizzle with 8 x 16-byte core matrices, and 32-, 64- and
 // 128-byte swizzles) built on the host from the PTX ISA's description, and the 128-byte one also
 // loaded by TMA (the two emulated units must agree). Exact: the emulator sums exact products in
-// k order, as the reference does. Then one planted bug per check.
+// k order, as the reference does. The same with one group per k-step, chained in flight. Then one
+// planted bug per check.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -40,6 +41,7 @@ enum class Bug {
   partial_wait,         // ...after a wait_group 1 that leaves a second group reading it in flight
   no_proxy_fence,       // the operands' plain stores never fenced to the async proxy
   store_after_fence,    // one operand byte stored again after the fences
+  shape_change,         // (step_groups, N = 64) step 1 as an N = 32 wgmma on step 0's registers
 };
 
 /// Byte offset of element (mn, k) of a bf16 operand with `rows` mn-indices and kK k-indices,
@@ -93,6 +95,7 @@ struct WgParams {
   int swizzle;
   bool a_in_regs, a_mn, b_mn;  // A from registers; A, B MN-major
   Bug bug;
+  bool step_groups;  // one group per k-step, wait_group 1 after each (a GEMM's main loop)
 };
 
 template <int N>
@@ -111,7 +114,17 @@ __global__ void wgmma_kernel(WgParams p) {
   for (float& x : d) x = 1e30f;  // scale_d = false on the first step must ignore it
   if (p.bug != Bug::no_fence) wgmma_fence();
   for (int ks = 0; ks < kK / 16; ++ks) {
+    // step_groups: the accumulators chain across groups in flight (same shape: no wait needed
+    // between them); every wgmma after a wait_group needs a fence.
+    if (p.step_groups && ks > 0) wgmma_fence();
     uint64_t b = step_desc(smem + p.b_offset, ks, N, p.swizzle, p.b_mn);
+    if constexpr (N == 64) {
+      if (p.bug == Bug::shape_change && ks == 1) {
+        wgmma_ss<__nv_bfloat16, 32>(reinterpret_cast<float(&)[16]>(d),
+                                    step_desc(smem, ks, kM, p.swizzle), b, true);
+        continue;
+      }
+    }
     if (p.bug == Bug::disagree && tid == 5) b += 1;
     if (p.bug == Bug::outside) b = wgmma_desc(smem + p.image_bytes, 0, 1024, 128);
     if (p.a_in_regs) {
@@ -139,6 +152,10 @@ __global__ void wgmma_kernel(WgParams p) {
       } else {
         wgmma_ss<__nv_bfloat16, N>(d, a, b, ks > 0);
       }
+    }
+    if (p.step_groups) {
+      wgmma_commit();
+      wgmma_wait<1>();
     }
   }
   wgmma_commit();
@@ -177,7 +194,7 @@ struct Result {
 
 template <int N>
 Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none, bool a_mn = false,
-           bool b_mn = false) {
+           bool b_mn = false, bool step_groups = false) {
   // Small integers and halves: every product and partial sum is exact in f32.
   std::vector<float> A(size_t(kM) * kK);
   std::vector<float> B(static_cast<size_t>(N * kK));  // stored as [N][kK] (K-major)
@@ -210,7 +227,7 @@ Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none, bool a_mn = false,
   DeviceBuffer<float> out(static_cast<size_t>(kM * N));
   WgParams p{g_image.get(), image.size(), b_offset,
              reinterpret_cast<const __nv_bfloat16*>(g_a.get()), out.get(), swizzle, a_in_regs,
-             a_mn, b_mn, bug};
+             a_mn, b_mn, bug, step_groups};
   NURI_LAUNCH((wgmma_kernel<N>), dim3(1), dim3(bug == Bug::small_block ? 96 : 128), image.size(),
               nullptr, p);
   Result r;
@@ -226,11 +243,13 @@ Result run(int swizzle, bool a_in_regs, Bug bug = Bug::none, bool a_mn = false,
 }
 
 template <int N>
-void expect_product(int swizzle, bool a_in_regs, bool a_mn = false, bool b_mn = false) {
+void expect_product(int swizzle, bool a_in_regs, bool a_mn = false, bool b_mn = false,
+                    bool step_groups = false) {
   SCOPED_TRACE("N " + std::to_string(N) + ", swizzle " + std::to_string(swizzle) +
                (a_in_regs ? ", A in registers" : a_mn ? ", A M-major" : ", A K-major") +
-               (b_mn ? ", B N-major" : ", B K-major"));
-  const Result r = run<N>(swizzle, a_in_regs, Bug::none, a_mn, b_mn);
+               (b_mn ? ", B N-major" : ", B K-major") +
+               (step_groups ? ", a group per k-step" : ""));
+  const Result r = run<N>(swizzle, a_in_regs, Bug::none, a_mn, b_mn, step_groups);
   int wrong = 0;
   for (size_t i = 0; i < r.got.size(); ++i) {
     if (r.got[i] != r.want[i] && ++wrong <= 5) {
@@ -251,6 +270,16 @@ TEST(EmulatorWgmma, MatchesAPlainProductInEveryLayout) {
     expect_product<64>(swizzle, false, true, false);  // A M-major
     expect_product<64>(swizzle, false, true, true);
   }
+}
+
+// A GEMM's main loop: one group per k-step, the accumulators chained across the groups in
+// flight, wait_group 1 after each commit (the PTX ISA orders accumulator accesses between
+// wgmmas of one shape without a wait). Each group's result is left to the next one chained on
+// it, and only the last wait writes the registers.
+TEST(EmulatorWgmma, AccumulatorsChainAcrossGroupsInFlight) {
+  expect_product<64>(128, false, false, false, true);
+  expect_product<64>(128, false, true, true, true);  // both MN-major: the weight gradient's
+  expect_product<32>(128, true, false, false, true);
 }
 
 // ---- with TMA: the operands loaded by tensor maps with the 128-byte swizzle -------------------
@@ -362,6 +391,8 @@ TEST(EmulatorWgmma, MisuseIsAnErrorNamingIt) {
   expect_has(error_with(Bug::no_proxy_fence),
              "store that no fence.proxy.async has made visible to the async proxy, and this wgmma");
   expect_has(error_with(Bug::store_after_fence), "store that no fence.proxy.async has made");
+  expect_has(error_of([] { run<64>(128, false, Bug::shape_change, false, false, true); }),
+             "only wgmmas of one shape chain without a wgmma.wait_group");
 }
 
 TEST(EmulatorWgmmaDeathTest, AnOperandWrittenBeforeTheWaitIsARace) {

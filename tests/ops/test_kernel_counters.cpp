@@ -169,20 +169,27 @@ TEST(KernelCounters, Sm90AttentionStoresWholeSectorsAndItsExp2CountIsWhatTheTili
 // forward, B N-contiguous in the input gradient, A transposed in the weight gradient), with
 // bias, GELU and a residual in the epilogue. Runs with the 64² tiles and, under the tiles128.
 // prefix (NURI_GEMM_TILES=128), the 128² ones.
+/// A linear layer's three products (M 128, N 192, K 96) with bias, GELU and a residual in the
+/// forward's epilogue, the f32 weight gradient accumulated; the launches' counters.
+std::vector<emu::LaunchCounters> count_linear_layer(Backend& be) {
+  const int64_t m = 128, n = 192, k = 96;
+  Tensor x = on(be, {m, k}, random_vec(m * k, 81)), w = on(be, {n, k}, random_vec(n * k, 82)),
+         bias = on(be, {n}, random_vec(n, 83)), r = on(be, {m, n}, random_vec(m * n, 84));
+  Tensor y = zeros(be, {m, n}), pre = zeros(be, {m, n});
+  Tensor dx = zeros(be, {m, k}), dw = zeros_f32(be, {n, k});
+  Counting counting;
+  be.matmul(x, w, bias, y, Activation::gelu, pre, r);
+  be.matmul_backward_input(y, w, dx, false, Tensor());
+  be.matmul_backward_weight(y, x, dw, true);
+  return emu::take_counters();
+}
+
 TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
   auto be = make_backend(name);
-  const int64_t m = 128, n = 192, k = 96;
-  Tensor x = on(*be, {m, k}, random_vec(m * k, 81)), w = on(*be, {n, k}, random_vec(n * k, 82)),
-         bias = on(*be, {n}, random_vec(n, 83)), r = on(*be, {m, n}, random_vec(m * n, 84));
-  Tensor y = zeros(*be, {m, n}), pre = zeros(*be, {m, n});
-  Tensor dx = zeros(*be, {m, k}), dw = zeros_f32(*be, {n, k});
-  Counting counting;
-  be->matmul(x, w, bias, y, Activation::gelu, pre, r);
-  be->matmul_backward_input(y, w, dx, false, Tensor());
-  be->matmul_backward_weight(y, x, dw, true);
-  const auto launches = emu::take_counters();
+  const int64_t m = 128, n = 192, k = 96;  // count_linear_layer's
+  const auto launches = count_linear_layer(*be);
   ASSERT_EQ(launches.size(), 3u);
   const emu::Counters gemm =
       expect_efficient(launches, "gemm_tc_kernel",
@@ -192,6 +199,45 @@ TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
   EXPECT_GE(gemm[Instr::mma], uint64_t(3 * m * n * k / (16 * 8 * 16)));
   EXPECT_GT(gemm[Access::st_global].requests, 0u);
   EXPECT_GT(gemm[Access::ld_global].requests, 0u);  // bias, residual, the f32 accumulation
+}
+
+// The sm_90a GEMM (NURI_GEMM=sm90, kernels/matmul_sm90.cuh) on the same three products: each is
+// one launch of gemm_sm90_kernel, whose tiles arrive by TMA and whose products are wgmma (which
+// the counters do not see), so no thread issues mma.sync, ldmatrix or cp.async, and the
+// epilogue (matmul.cuh's, from wgmma's accumulators) stores whole sectors. A product whose rows
+// are not 16-byte aligned (K = 90: 180-byte rows) is not TMA's: it runs on the mma.sync kernel.
+// The matmul suites run on this path as sm90gemm.* (tests/CMakeLists.txt); this test is what
+// shows they exercised the sm_90a kernel.
+TEST(KernelCounters, Sm90MatmulRunsItsLayoutsOnTmaAndWgmmaAndStoresWholeSectors) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  auto [be, why] = make_backend_with(name, "NURI_GEMM", "sm90");
+  ASSERT_TRUE(be) << why;
+  const int64_t m = 128, n = 192, k = 96;  // count_linear_layer's
+  {
+    const auto launches = count_linear_layer(*be);
+    ASSERT_EQ(launches.size(), 3u);
+    const emu::Counters gemm =
+        expect_efficient(launches, "gemm_sm90_kernel", {Access::ld_global, Access::st_global});
+    EXPECT_EQ(emu::sum_counters(launches, "gemm_tc_kernel")[Access::st_global].requests, 0u);
+    EXPECT_EQ(gemm[Instr::mma], 0u);
+    EXPECT_EQ(gemm[Instr::ldmatrix], 0u);
+    EXPECT_EQ(gemm[Instr::cp_async], 0u);
+    // Every output element is stored once a product, 4 adjacent ones a lane, 32 lanes a request.
+    EXPECT_EQ(gemm[Access::st_global].requests,
+              uint64_t((m * n + m * n + m * k + n * k) / (4 * 32)));  // y and pre, dx, dw
+  }
+  {
+    const int64_t k2 = 90;
+    Tensor x2 = on(*be, {m, k2}, random_vec(m * k2, 85)),
+           w2 = on(*be, {n, k2}, random_vec(n * k2, 86));
+    Tensor y = zeros(*be, {m, n});
+    Counting counting;
+    be->matmul(x2, w2, Tensor(), y, Activation::none, Tensor(), Tensor());
+    const auto launches = emu::take_counters();
+    ASSERT_EQ(launches.size(), 1u);
+    EXPECT_NE(launches[0].kernel.find("gemm_tc_kernel"), std::string::npos) << launches[0].kernel;
+  }
 }
 
 }  // namespace

@@ -230,6 +230,22 @@ TEST_P(MatmulTest, FusedGeluBackwardEqualsUnfused) {
                     "fused vs float64");
 }
 
+// NURI_GEMM names the path of the CUDA backends' products; a value it does not know is refused
+// with the ones it does.
+TEST(MatmulPath, AnUnknownGemmPathIsAnErrorNamingTheChoices) {
+  int runs = 0;
+  for (const auto& name : backends()) {
+    if (name == "cpu") continue;
+    const auto [be, why] = make_backend_with(name, "NURI_GEMM", "fastest");
+    EXPECT_FALSE(be);
+    EXPECT_NE(why.find("NURI_GEMM: unknown GEMM path 'fastest'; use auto, nuri, sm90 or cublaslt"),
+              std::string::npos)
+        << why;
+    ++runs;
+  }
+  if (runs == 0) GTEST_SKIP() << "no CUDA backend in this build";
+}
+
 // Row lengths that are multiples of 8 (bf16 rows 16-byte aligned) take the CUDA backend's
 // cp.async tile loads, the others its element loads; M, N, K straddle the 128 × 128 × 32 tiles.
 const MatmulCase kCases[] = {
@@ -241,6 +257,10 @@ const MatmulCase kCases[] = {
     // its padded vocabulary (50304, too slow to emulate: CPU and real GPUs).
     {3, 2304, 16, true, false}, {2, 768, 24, false, true},  {5, 3072, 8, true, true},
     {4, 50304, 8, true, false},
+    // For the sm_90a kernel (NURI_GEMM=sm90), aligned rows: rows for its second consumer (64
+    // rows each) in the forward, and more 64-deep K steps than it has stages (4) in the weight
+    // gradient (M = 264). Small, as each costs seconds under TSan.
+    {72, 8, 16, true, true}, {264, 8, 16, true, false},
 };
 
 // Every dtype run × every case, but the shapes too big to emulate only where they are not.

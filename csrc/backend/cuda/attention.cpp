@@ -194,7 +194,7 @@ struct AttentionDispatch {
   static std::vector<AttentionPath> candidates(const CudaBackend& be) {
     std::vector<AttentionPath> r{AttentionPath::nuri};
 #if defined(NURI_CUDA_REAL)
-    if (be.sm90_attention_usable()) r.push_back(AttentionPath::sm90);
+    if (be.sm90_usable()) r.push_back(AttentionPath::sm90);
 #else
     (void)be;
 #endif

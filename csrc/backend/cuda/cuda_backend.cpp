@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "attention.h"  // kernels/
+#include "sm90.h"       // kernels/
 #include "backend/cuda/check.h"
 #include "cuda_check.h"  // kernels/
 
@@ -17,23 +18,29 @@ const char* gemm_path_name(GemmPath p) {
   switch (p) {
     case GemmPath::automatic: return "auto";
     case GemmPath::nuri: return "nuri";
+    case GemmPath::sm90: return "sm90";
     case GemmPath::cublaslt: return "cublaslt";
   }
   return "?";
 }
 
 GemmPath parse_gemm_path(const std::string& s) {
-  for (GemmPath p : {GemmPath::automatic, GemmPath::nuri, GemmPath::cublaslt}) {
+  for (GemmPath p : {GemmPath::automatic, GemmPath::nuri, GemmPath::sm90, GemmPath::cublaslt}) {
     if (s == gemm_path_name(p)) return p;
   }
-  NURI_CHECK(false, "unknown GEMM path '", s, "'; use auto, nuri or cublaslt");
+  NURI_CHECK(false, "unknown GEMM path '", s, "'; use auto, nuri, sm90 or cublaslt");
 }
 
 void CudaBackend::set_gemm_path(GemmPath p) {
 #if !defined(NURI_CUDA_REAL)
   NURI_CHECK(p != GemmPath::cublaslt, "the GEMM path cublaslt needs a real CUDA build; ", name(),
-             " has no cuBLASLt (use auto or nuri)");
+             " has no cuBLASLt (use auto, nuri or sm90)");
 #endif
+  NURI_CHECK(p != GemmPath::sm90 || sm90_usable(),
+             "the GEMM path sm90 needs an sm_90 GPU (H100/H200) and a build with 90a among "
+             "CMAKE_CUDA_ARCHITECTURES (this device: compute capability ", sm_version_ / 10, ".",
+             sm_version_ % 10, "; this build: ", (kernels::sm90a_compiled() ? "has" : "lacks"),
+             " sm_90a code); use auto, nuri or cublaslt");
   gemm_path_ = p;
 }
 
@@ -57,20 +64,20 @@ AttentionPath parse_attention_path(const std::string& s) {
   NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri, sm90 or cudnn");
 }
 
-bool CudaBackend::sm90_attention_usable() const {
+bool CudaBackend::sm90_usable() const {
 #if defined(NURI_CUDA_REAL)
-  return sm_version_ == 90 && kernels::attention_sm90_compiled();
+  return sm_version_ == 90 && kernels::sm90a_compiled();
 #else
   return true;  // the emulator runs the sm_90a kernels
 #endif
 }
 
 void CudaBackend::set_attention_path(AttentionPath p) {
-  NURI_CHECK(p != AttentionPath::sm90 || sm90_attention_usable(),
+  NURI_CHECK(p != AttentionPath::sm90 || sm90_usable(),
              "the attention path sm90 needs an sm_90 GPU (H100/H200) and a build with 90a among "
              "CMAKE_CUDA_ARCHITECTURES (this device: compute capability ", sm_version_ / 10, ".",
              sm_version_ % 10, "; this build: ",
-             (kernels::attention_sm90_compiled() ? "has" : "lacks"),
+             (kernels::sm90a_compiled() ? "has" : "lacks"),
              " sm_90a code); use auto or nuri");
 #if !defined(NURI_HAVE_CUDNN_FRONTEND)
   NURI_CHECK(p != AttentionPath::cudnn, "the attention path cudnn needs a real CUDA build that "

@@ -28,13 +28,14 @@ class CublasLt;  // cublaslt.h (real CUDA builds only)
 }
 
 /// Which implementation runs the linear-layer products (matmul and its three backward ops):
-/// nuri's kernels (kernels/matmul.cu), cuBLASLt (real CUDA builds), or a per-call choice.
-/// The environment variable NURI_GEMM=auto|nuri|cublaslt sets it when the backend is created;
+/// nuri's kernels (kernels/matmul.cu; sm90: its sm_90a one), cuBLASLt (real CUDA builds), or a
+/// per-call choice. The environment variable NURI_GEMM=auto|nuri|sm90|cublaslt sets it when the
+/// backend is created;
 /// NURI_GEMM_TILES=128|64 forces the tile shape of nuri's tensor-core kernel (default: by shape,
 /// kernels/matmul.h matmul_tiles), for tests and tuning.
-enum class GemmPath { automatic, nuri, cublaslt };
+enum class GemmPath { automatic, nuri, sm90, cublaslt };
 const char* gemm_path_name(GemmPath p);
-/// "auto", "nuri" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
+/// "auto", "nuri", "sm90" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
 GemmPath parse_gemm_path(const std::string& s);
 
 /// Which implementation runs the fused attention ops: nuri's sm_80-class kernels
@@ -132,15 +133,19 @@ class CudaBackend final : public Backend {
   void adamw(const std::vector<AdamWTensor>& tensors, const AdamWParams& hp) override;
 
   /// automatic: cuBLASLt in real builds (measured faster, matmul.cpp use_cublaslt), nuri's
-  /// kernels under emulation; nuri: always nuri's kernels;
-  /// cublaslt: every product cuBLASLt takes through cuBLASLt (real CUDA builds only: the
-  /// emulated build has no cuBLASLt and refuses it). A call cuBLASLt declines runs on nuri's
-  /// kernel and is counted in gemm_fallbacks().
+  /// kernels under emulation; nuri: always nuri's mma.sync (and f32 SIMT) kernels; sm90: nuri's
+  /// sm_90a kernel (wgmma and TMA) for every bf16/f16 product it takes (operand rows 16-byte
+  /// aligned, K > 0), nuri's other kernels for the rest (an error where the device or build has
+  /// no sm_90a, as for the attention path sm90); cublaslt: every product cuBLASLt takes through
+  /// cuBLASLt (real CUDA builds only: the emulated build has no cuBLASLt and refuses it). A call
+  /// cuBLASLt declines runs on nuri's kernel and is counted in gemm_fallbacks().
   void set_gemm_path(GemmPath p);
   GemmPath gemm_path() const { return gemm_path_; }
   /// Products cuBLASLt has run, and products meant for it that nuri's kernel ran instead.
   int64_t cublaslt_calls() const;
   int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
+  /// Products nuri's sm_90a GEMM kernel has run.
+  int64_t sm90_gemm_calls() const { return sm90_gemm_calls_; }
 
   /// automatic: the first call of each direction, shape, layout and options runs every
   /// implementation this device and build have (nuri's sm_80-class kernels; the sm_90a kernels
@@ -154,9 +159,9 @@ class CudaBackend final : public Backend {
   /// Attention calls (either direction) cuDNN and the sm_90a kernels have run.
   int64_t cudnn_attention_calls() const { return cudnn_attention_calls_; }
   int64_t sm90_attention_calls() const { return sm90_attention_calls_; }
-  /// Whether the sm_90a kernels can run here: an sm_90 device and a build with 90a, or the
-  /// emulator.
-  bool sm90_attention_usable() const;
+  /// Whether the sm_90a kernels (attention and GEMM) can run here: an sm_90 device and a build
+  /// with 90a, or the emulator.
+  bool sm90_usable() const;
 
   /// Device scratch of at least `bytes`, owned by the backend and reused across calls (valid
   /// until the next workspace() call; ops on one stream run in order, so reuse is safe).
@@ -169,6 +174,7 @@ class CudaBackend final : public Backend {
   Tensor workspace_;
   GemmPath gemm_path_ = GemmPath::automatic;
   int64_t gemm_fallbacks_ = 0;
+  int64_t sm90_gemm_calls_ = 0;
   AttentionPath attention_path_ = AttentionPath::automatic;
   int64_t cudnn_attention_calls_ = 0;
   int64_t sm90_attention_calls_ = 0;

@@ -45,22 +45,24 @@ void with_type(DType dt, F&& f) {
   }
 }
 
-// One overload per product: nuri's kernel, and cuBLASLt's version of the same call.
+// One overload per product: nuri's kernel (true when the sm_90a one ran it), and cuBLASLt's
+// version of the same call.
 template <class T>
-void run_nuri(const kernels::MatmulParams<T>& p, cudaStream_t s) {
-  kernels::matmul_forward<T>(p, s);
+bool run_nuri(const kernels::MatmulParams<T>& p, cudaStream_t s) {
+  return kernels::matmul_forward<T>(p, s);
 }
 template <class T>
-void run_nuri(const kernels::MatmulBackwardInputParams<T>& p, cudaStream_t s) {
-  kernels::matmul_backward_input<T>(p, s);
+bool run_nuri(const kernels::MatmulBackwardInputParams<T>& p, cudaStream_t s) {
+  return kernels::matmul_backward_input<T>(p, s);
 }
 template <class T>
-void run_nuri(const kernels::MatmulBackwardWeightParams<T>& p, cudaStream_t s) {
-  kernels::matmul_backward_weight<T>(p, s);
+bool run_nuri(const kernels::MatmulBackwardWeightParams<T>& p, cudaStream_t s) {
+  return kernels::matmul_backward_weight<T>(p, s);
 }
 template <class T>
-void run_nuri(const kernels::MatmulBackwardBiasParams<T>& p, cudaStream_t s) {
+bool run_nuri(const kernels::MatmulBackwardBiasParams<T>& p, cudaStream_t s) {
   kernels::matmul_backward_bias<T>(p, s);
+  return false;
 }
 
 #if defined(NURI_CUDA_REAL)
@@ -90,6 +92,7 @@ bool CudaBackend::use_cublaslt(DType dt) const {
 #if defined(NURI_CUDA_REAL)
   switch (gemm_path_) {
     case GemmPath::nuri:
+    case GemmPath::sm90:
       return false;
     case GemmPath::cublaslt:
       return true;
@@ -136,7 +139,13 @@ void CudaBackend::run_gemm(const char* op, DType dt, int64_t m, int64_t n, int64
 #else
   (void)op, (void)dt, (void)m, (void)n, (void)k;
 #endif
-  run_nuri(p, stream());
+  if constexpr (requires { p.sm90; }) {  // the products (the bias gradient has no sm_90a kernel)
+    P q = p;
+    q.sm90 = gemm_path_ == GemmPath::sm90;
+    sm90_gemm_calls_ += run_nuri(q, stream()) ? 1 : 0;
+  } else {
+    run_nuri(p, stream());
+  }
 }
 
 int64_t CudaBackend::cublaslt_calls() const {
