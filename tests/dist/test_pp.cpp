@@ -79,9 +79,19 @@ Pipeline::MicroBatch micro_batch(int s, int k) {
   return mb;
 }
 
+// eps 1e-5, not the default 1e-8: the layouts sum some gradients in another order than one
+// process does (by design: the tied embedding's two halves live on the first and last stages and
+// are added once a step; tp's all-reduces), which differs in the last bits. AdamW divides each
+// gradient by sqrt(v) + eps, so with eps 1e-8 an entry whose gradients are near zero (the tied
+// rows of bytes rare in the text, whose only gradient is the output layer's tiny softmax share)
+// turns those bits into an update difference of the order of lr. Seen on an AMD EPYC with
+// single-threaded OpenBLAS: gpt2 pp 4, one step's loss 3.1e-5 off one process's (the steps
+// before and after within 3e-7); gpt2 dp 2 tp 2 pp 2, 1.2e-5. With eps 1e-5 those are 1e-7 and
+// 2.4e-6, and the comparison is of the pipeline again, not of Adam's conditioning.
 AdamWParams hyper() {
   AdamWParams hp;
   hp.weight_decay = 0.1f;
+  hp.eps = 1e-5f;
   return hp;
 }
 float lr(int s) { return 3e-3f * std::min(1.f, float(s + 1) / 3.f); }
