@@ -8,12 +8,14 @@ import io
 import json
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import nuri
-from conftest import nuri_train_binary, run_cli
+from conftest import cli_env, nuri_train_binary, run_cli
 
 METRIC_FIELDS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_seconds", "peak_bytes",
                  "skipped"}
@@ -149,10 +151,20 @@ def test_nuri_train_python_m_nuri_and_the_api_give_the_same_run(tmp_path, tiny_c
     assert (tmp_path / "cpp" / "model.safetensors").read_bytes() == \
         (tmp_path / "py" / "model.safetensors").read_bytes()
     assert (tmp_path / "cpp" / "sample.txt").read_text() == (tmp_path / "py" / "sample.txt").read_text()
-    # And a loop over nuri.Trainer with the config's pieces.
-    cfg = nuri.load_config(tiny_config)
-    cfg.data.train = str(tmp_path / "corpus.txt")
-    api = api_losses(cfg)
+    # And a loop over nuri.Trainer with the config's pieces, in a fresh interpreter as a user's
+    # script would run it: in this one the OpenMP thread count (so the CPU backend's BLAS sums)
+    # is whatever an earlier import left, and torch, which other test modules import when pytest
+    # collects them, sets it to its own count (1 on a 2-core machine, where the two runs above use
+    # 2: the losses then differ in the last bits).
+    script = ("import json, sys; import nuri; from test_cli import api_losses; "
+              "cfg = nuri.load_config(sys.argv[1]); cfg.data.train = sys.argv[2]; "
+              "print(json.dumps(api_losses(cfg)))")
+    proc = subprocess.run([sys.executable, "-c", script, str(tiny_config),
+                           str(tmp_path / "corpus.txt")],
+                          cwd=tmp_path, env=cli_env(str(Path(__file__).resolve().parent)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    api = json.loads(proc.stdout)
     assert [(m["loss"], m["grad_norm"], m.get("val_loss")) for m in untimed] == \
         [(np.float32(a), np.float32(b), None if c is None else np.float32(c)) for a, b, c in api]
 
