@@ -24,7 +24,6 @@
 
 #include "matmul.cuh"
 #include "sm90.cuh"
-#include "sm90.h"
 
 namespace nuri::kernels::mm {
 
