@@ -53,13 +53,23 @@ section "pip install . from build/ (.venv)"
 section "ctest build/"
 # Serial on purpose: each test uses every core through OpenMP/BLAS, and two tests sharing the
 # cores make each OpenMP barrier wait for a descheduled thread (tens of times slower).
+# The multi-process labels (dist, tcp, mpi, slurm) come after, one test per core: their ranks
+# run one OpenMP thread each, and much of their time is waiting (rendezvous, hang timeouts).
 # Without a GPU the `gpu` label is run by scripts/gpu_label_once.py, one process per executable
 # (each case reports itself skipped either way; ~430 process starts cost a minute of CI).
+multi='^(dist|tcp|mpi|slurm)$'
 if nvidia-smi -L >/dev/null 2>&1; then
-  ctest --test-dir build --output-on-failure --no-tests=error 2>&1 | tee "$logs/release.log"
-else
-  ctest --test-dir build -LE '^gpu$' --output-on-failure --no-tests=error 2>&1 |
+  ctest --test-dir build -LE "$multi" --output-on-failure --no-tests=error 2>&1 |
     tee "$logs/release.log"
+  section "ctest -L 'dist|tcp|mpi|slurm' build/ (--parallel $jobs)"
+  ctest --test-dir build -L "$multi" --parallel "$jobs" --output-on-failure --no-tests=error 2>&1 |
+    tee "$logs/release_multi.log"
+else
+  ctest --test-dir build -LE "^gpu$|$multi" --output-on-failure --no-tests=error 2>&1 |
+    tee "$logs/release.log"
+  section "ctest -L 'dist|tcp|mpi|slurm' build/ (--parallel $jobs)"
+  ctest --test-dir build -L "$multi" -LE '^gpu$' --parallel "$jobs" --output-on-failure \
+    --no-tests=error 2>&1 | tee "$logs/release_multi.log"
   section "gpu label of build/ without a GPU (scripts/gpu_label_once.py)"
   python3 scripts/gpu_label_once.py build 2>&1 | tee "$logs/gpu_label.log"
 fi
@@ -81,12 +91,17 @@ else
     test_ckpt_dist \
     fuzz_targets
   section "ctest -L 'ops|core|data|ckpt|fuzz' build-asan/"
-  # The fuzz tests (label fuzz) each replay their committed seed corpus, then mutate it for
-  # NURI_FUZZ_SECONDS (tests/fuzz/CMakeLists.txt).
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ASAN_SYMBOLIZER_PATH=/usr/lib/llvm-16/bin/llvm-symbolizer \
-    ctest --test-dir build-asan -L '^(ops|core|data|ckpt|fuzz)$' --output-on-failure \
-      --no-tests=error 2>&1 | tee "$logs/asan.log"
+  # The suites one at a time (their ops use every core through OpenMP), then the fuzz tests
+  # (label fuzz), one per core: each replays its committed seed corpus, then mutates it for
+  # NURI_FUZZ_SECONDS (tests/fuzz/CMakeLists.txt) on one thread.
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  export ASAN_SYMBOLIZER_PATH=/usr/lib/llvm-16/bin/llvm-symbolizer
+  ctest --test-dir build-asan -L '^(ops|core|data|ckpt)$' --output-on-failure \
+    --no-tests=error 2>&1 | tee "$logs/asan.log"
+  ctest --test-dir build-asan -L '^fuzz$' --parallel "$jobs" --output-on-failure \
+    --no-tests=error 2>&1 | tee "$logs/asan_fuzz.log"
+  unset ASAN_OPTIONS UBSAN_OPTIONS ASAN_SYMBOLIZER_PATH
 fi
 
 # ---- static checks of the real GPU build: registers, shared memory, spills -----------------------
@@ -128,8 +143,9 @@ else
   cmake --build build-emu-fast --parallel "$jobs" --target test_device_train test_dp_device \
     test_memory_limit_device test_plan_device nuri-train bench_comm_gpu
   section "ctest -L emu build-emu-fast/ (training on cuda-emu vs the CPU; over emulated NCCL)"
-  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|Recomputation|Stages|emu\.dp\.|emu\.plan|emu\.bench\.' \
-    --output-on-failure --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
+  # Two at a time: the 2-rank jobs start first (their COST), the one-process tests beside them.
+  ctest --test-dir build-emu-fast -L '^emu$' -R 'DeviceTraining|Recomputation|Stages|emu\.(dp|tp|pp)\.|emu\.plan|emu\.bench\.' \
+    --parallel "$jobs" --output-on-failure --no-tests=error 2>&1 | tee "$logs/emu_fast.log"
 fi
 
 # ---- Python: the pytest suite against the package installed from build/ ----------------------
@@ -138,17 +154,18 @@ section "pytest python/tests"
 # NURI_EXPECT_CUDA: the package was built where nvcc was found, so it must hold the CUDA backend.
 expect_cuda=0
 command -v nvcc >/dev/null && expect_cuda=1
-NURI_EXPECT_CUDA=$expect_cuda NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider python/tests 2>&1 |
+NURI_EXPECT_CUDA=$expect_cuda NURI_BUILD_DIR="$root/build" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 python/tests 2>&1 |
   tee "$logs/pytest.log"
 
 # ---- summary ------------------------------------------------------------------------------------
 section "summary"
 if [[ -f "$logs/release.log" ]]; then
-  echo "build/ (Release), all tests:"
+  echo "build/ (Release), all tests but the multi-process labels, then those:"
   grep -E 'tests passed|tests failed' "$logs/release.log" | tail -n 1
+  grep -E 'tests passed|tests failed' "$logs/release_multi.log" | tail -n 1
 fi
 if [[ -f "$logs/release.log" ]]; then
-  echo "  of which reported Skipped: $(grep -c '\*\*\*Skipped' "$logs/release.log" || true)" \
+  echo "  of which reported Skipped: $(cat "$logs"/release*.log | grep -c '\*\*\*Skipped' || true)" \
     "(the gpu label where run per case without a GPU)"
 fi
 if [[ -f "$logs/gpu_label.log" ]]; then
@@ -169,8 +186,9 @@ if [[ -f "$logs/emu_fast.log" ]]; then
   grep -E 'tests passed|tests failed' "$logs/emu_fast.log" | tail -n 1
 fi
 if [[ -f "$logs/asan.log" ]]; then
-  echo "build-asan/ (clang ASan/UBSan), -L 'ops|core|data|ckpt|fuzz':"
+  echo "build-asan/ (clang ASan/UBSan), -L 'ops|core|data|ckpt', then -L fuzz:"
   grep -E 'tests passed|tests failed' "$logs/asan.log" | tail -n 1
+  grep -E 'tests passed|tests failed' "$logs/asan_fuzz.log" | tail -n 1
 fi
 if [[ -f "$logs/pytest.log" ]]; then
   echo "pytest python/tests:"

@@ -34,15 +34,19 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per bl
 //
 // Large launches run in waves: one TSan fiber and one stack per emulated thread of a whole
 // launch (a row per block over a batch, an elementwise pass over the parameters) would exhaust
-// TSan's thread slots and the process's mappings, and every vector clock grows with the number
-// of fibers. So a launch's blocks (in their random order) form waves of at most kWaveThreads
-// threads. Between two waves the scheduler acquires what every thread of the first released at
+// TSan's thread slots and the process's mappings, and TSan's memory and work grow with the
+// fibers in use. So a launch's blocks (in their random order) form waves of kWaveThreads
+// threads, or kMinWaveBlocks blocks where those are more. (Waves of 4096 threads held each
+// process of a training step near 5 GB and made the detector's later work several times
+// slower; at 1024 a tensor-parallel step under TSan takes half the time and 2 GB.) Between two
+// waves the scheduler acquires what every thread of the first released at
 // its end, so the next wave's threads (which start by acquiring the scheduler's release) are
 // ordered after it, and the first wave's fibers, stacks and shared memory serve the next. Races
 // between blocks of one wave are found; blocks of different waves are ordered, as if the device
 // had run them one after the other (which it may). The random block order mixes the waves from
 // launch to launch.
-constexpr uint64_t kWaveThreads = 4096;
+constexpr uint64_t kWaveThreads = 1024;
+constexpr size_t kMinWaveBlocks = 4;  // so the largest blocks (1024 threads) still race in a wave
 
 class FiberPool {
  public:
@@ -460,7 +464,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
 
   tsan::release(&L.launch_sync);
   g_launch = &L;
-  const size_t blocks_per_wave = std::max<size_t>(1, kWaveThreads / threads);
+  const size_t blocks_per_wave = std::max<size_t>(kMinWaveBlocks, kWaveThreads / threads);
   try {
     for (size_t i = 0; i < order.size(); ++i) {
       if (i > 0 && i % blocks_per_wave == 0) {  // a new wave (see kWaveThreads)

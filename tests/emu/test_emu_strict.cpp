@@ -73,15 +73,23 @@ TEST(EmulatorStrictDeathTest, MissingAtomicAcrossBlocksIsReportedAsARace) {
   EXPECT_DEATH(run_count(false), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
 }
 
-// A launch of 16384 threads runs in waves of 4096 (scheduler.cpp, kWaveThreads): the fibers,
-// stacks and shared memory of one wave serve the next without false reports, and blocks of one
-// wave still race.
+// A launch of 16384 threads runs in waves (scheduler.cpp, kWaveThreads: 1024 threads, at least
+// kMinWaveBlocks = 4 blocks): the fibers, stacks and shared memory of one wave serve the next
+// without false reports, and blocks of one wave still race.
 TEST(EmulatorStrict, AtomicsAcrossBlocksOfALargeLaunchAreNotReported) { run_count(true, 64, 256); }
 
 TEST(EmulatorStrictDeathTest, MissingAtomicInALargeLaunchIsReportedAsARace) {
   if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(run_count(false, 64, 256), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
+}
+
+// Blocks of 1024 threads fill the 1024 threads of a wave alone; a wave still holds 4 of them, so
+// blocks of the largest size race with each other too.
+TEST(EmulatorStrictDeathTest, MissingAtomicBetweenBlocksOf1024ThreadsIsReportedAsARace) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_count(false, 8, 1024), "ThreadSanitizer: data race(.|\n)*planted_missing_atomic");
 }
 
 struct EarlyReadParams {
