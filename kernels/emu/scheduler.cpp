@@ -36,9 +36,9 @@ constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per bl
 // launch (a row per block over a batch, an elementwise pass over the parameters) would exhaust
 // TSan's thread slots and the process's mappings, and TSan's memory and work grow with the
 // fibers in use. So a launch's blocks (in their random order) form waves of kWaveThreads
-// threads, or kMinWaveBlocks blocks where those are more. (Waves of 4096 threads held each
-// process of a training step near 5 GB and made the detector's later work several times
-// slower; at 1024 a tensor-parallel step under TSan takes half the time and 2 GB.) Between two
+// threads, or kMinWaveBlocks blocks where those are more. (With waves of 4096 threads a
+// process that had run one training step under TSan ran what came after it several times
+// slower; kernels/README.md has the suite's time before and after.) Between two
 // waves the scheduler acquires what every thread of the first released at
 // its end, so the next wave's threads (which start by acquiring the scheduler's release) are
 // ordered after it, and the first wave's fibers, stacks and shared memory serve the next. Races
