@@ -56,19 +56,31 @@ constexpr bool attention_head_dim_supported(int d) {
 /// ldmatrix fall in different banks.
 constexpr int attn_row_stride(int d) { return d + 8; }
 
-/// Forward: a block of 4 warps owns 64 query rows (16 per warp) of one (b, h) and walks key
-/// tiles of 64. Shared memory: one K and one V tile, each loading with cp.async while the other
-/// is in use (FlashAttention-2's pipeline); the Q tile passes through the V tile before V_0 is
-/// loaded there.
-template <int D>
+/// Forward: a block of 4 warps owns kBlockM = 4 · kWarpRows query rows of one (b, h) and walks
+/// key tiles of 64. Shared memory: one K and one V tile, each loading with cp.async while the
+/// other is in use (FlashAttention-2's pipeline), and the Q tile.
+/// - kWarpRows 16 (64-row blocks, NURI_ATTENTION=nuri): Q's fragments stay in registers and its
+///   tile passes through the V tile before V_0 is loaded there.
+/// - kWarpRows 32 (128-row blocks, NURI_ATTENTION=nuri128; FlashAttention-2's shape on A100):
+///   every K or V fragment read from shared memory feeds two m16 products instead of one. Q has
+///   a tile of its own; at D 64 its fragments stay in registers, at D 128 (two 16 × 128 output
+///   accumulators a thread) they are read from that tile at each key tile.
+template <int D, int kWarpRows_ = 16>
 struct AttnFwdConfig {
+  static_assert(kWarpRows_ == 16 || kWarpRows_ == 32, "a warp owns one or two m16 row tiles");
   static constexpr int kThreads = 128;
-  static constexpr int kBlockM = 64;  // query rows per block
-  static constexpr int kBlockN = 64;  // keys per tile
-  static constexpr size_t kSmemBytes = size_t(2 * kBlockN) * attn_row_stride(D) * 2;
-  /// Blocks per SM the registers must allow (__launch_bounds__): 4 (≤ 128 registers) at D 64,
-  /// 3 (≤ 168) at D 128, on a 64K-register SM.
-  static constexpr int kMinBlocks = D <= 64 ? 4 : 3;
+  static constexpr int kWarpRows = kWarpRows_;
+  static constexpr int kMTiles = kWarpRows / 16;  // m16 row tiles a warp owns
+  static constexpr int kBlockM = 4 * kWarpRows;   // query rows per block
+  static constexpr int kBlockN = 64;              // keys per tile
+  static constexpr bool kQInRegs = kMTiles * D <= 128;
+  static constexpr bool kQInV = kBlockM <= kBlockN;  // Q's tile is V's place
+  static_assert(kQInRegs || !kQInV, "Q may borrow V's place only on its way to registers");
+  static constexpr size_t kSmemBytes =
+      size_t(2 * kBlockN + (kQInV ? 0 : kBlockM)) * attn_row_stride(D) * 2;
+  /// Blocks per SM the registers must allow (__launch_bounds__), on a 64K-register SM: 64-row
+  /// blocks 4 (≤ 128 registers) at D 64, 3 (≤ 168) at D 128; 128-row blocks 2 (≤ 255).
+  static constexpr int kMinBlocks = kMTiles == 2 ? 2 : D <= 64 ? 4 : 3;
 };
 
 /// Backward, key-major pass (dK, dV and, when not deterministic, atomic dQ): a block of 4 warps
@@ -160,9 +172,10 @@ void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
 template <class T>
 void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaStream_t stream);
 
-/// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims.
+/// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims;
+/// block_rows the query rows of a block, 64 or 128 (AttnFwdConfig).
 template <class T>
-void attention_forward(const AttentionParams<T>& p, cudaStream_t stream);
+void attention_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_rows = 64);
 
 /// Bytes of device workspace attention_backward needs: Di [B, H, T] f32, plus an f32 dQ
 /// accumulator [B, T, H, D] when not deterministic (each part 256-byte aligned).

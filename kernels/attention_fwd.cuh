@@ -1,16 +1,19 @@
 // Fused attention forward, FlashAttention-2 formulation: out = softmax(scale · Q Kᵀ) V and the
 // per-row log-sum-exp, never materializing the T×T scores.
 //
-// A block of 4 warps owns 64 query rows of one (batch, head); warp w owns rows 16w..16w+15 and
-// keeps its Q fragments, its 16 × D output accumulator and its running row max / row sum in
-// registers for the whole walk over key tiles. Key and value tiles of 64 rows stream through one
-// K and one V tile of shared memory, each loading while tensor cores work on the other (V_j
-// during S = Q K_jᵀ and the softmax, K_{j+1} during O += P V_j). Per tile:
-// S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose), masking at the
-// sequence end and the causal diagonal, an online softmax in the exp2 domain (scale·log2 e
-// folded into one FMA per score), then O += P V with P taken straight from the S accumulator
-// registers (rounded to the input type) and V through ldmatrix.trans. Causal blocks stop at the diagonal
-// and the heaviest (last) query tiles are scheduled first.
+// A block of 4 warps owns 4 · kWarpRows query rows of one (b, h) (AttnFwdConfig: 64 or 128);
+// warp w owns rows kWarpRows·w .. and keeps its 16- or 32-row output accumulator and its running
+// row max / row sum in registers for the whole walk over key tiles, with Q's fragments (or, for
+// 128-row blocks at D 128, reads them from Q's tile at each key tile). Key and value tiles of 64
+// rows stream through one K and one V tile of shared memory, each loading while tensor cores
+// work on the other (V_j during S = Q K_jᵀ and the softmax, K_{j+1} during O += P V_j). Per
+// tile: S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose; each K
+// fragment feeds the warp's one or two m16 row tiles), masking at the sequence end and the
+// causal diagonal, an online softmax in the exp2 domain (scale·log2 e folded into one FMA per
+// score), then O += P V with P taken straight from the S accumulator registers (rounded to the
+// input type) and V through ldmatrix.trans. Causal blocks stop at the diagonal, a warp skips the
+// tiles whose keys all lie past its rows, and the heaviest (last) query tiles are scheduled
+// first.
 #pragma once
 
 #include <cmath>
@@ -19,11 +22,12 @@
 
 namespace nuri::kernels {
 
-template <class T, int D, bool kCausal>
-__global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::kMinBlocks)
-    attention_fwd_kernel(const AttentionParams<T> p) {
-  using Cfg = AttnFwdConfig<D>;
+/// One block of the forward with AttnFwdConfig<D, kWarpRows>.
+template <class T, int D, bool kCausal, int kWarpRows>
+__device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p) {
+  using Cfg = AttnFwdConfig<D, kWarpRows>;
   constexpr int kM = Cfg::kBlockM, kN = Cfg::kBlockN, kThreads = Cfg::kThreads;
+  constexpr int kMT = Cfg::kMTiles;  // m16 row tiles of a warp
   constexpr int kLd = attn_row_stride(D);
   constexpr int kKSteps = D / 16;   // k blocks of Q·Kᵀ
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
@@ -31,17 +35,18 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
 
   // One K tile and one V tile, FlashAttention-2's pipeline: V_j loads while S = Q K_jᵀ and the
   // softmax run, K_{j+1} while O += P V_j runs (half the shared memory of two full K/V stages,
-  // so twice the blocks fit an SM where shared memory is what limits them). Q passes through
-  // the V tile on its way to registers, before the first V tile goes there.
-  static_assert(kM <= kN, "the Q tile borrows the V tile's place");
+  // so twice the blocks fit an SM where shared memory is what limits them). A 64-row Q tile
+  // passes through the V tile on its way to registers, before the first V tile goes there; a
+  // 128-row one has a place of its own.
   T* sK = dynamic_smem<T>();  // [kN][kLd]
   T* sV = sK + kN * kLd;      // [kN][kLd]
-  T* sQ = sV;
+  T* sQ = Cfg::kQInV ? sV : sV + kN * kLd;
 
   const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
   const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
   const int warp = attn::warp_id(), lane = attn::lane_id();
-  const int rg = lane / 4;  // accumulator row group
+  const int rg = lane / 4;                  // accumulator row group
+  const int w0 = warp * kWarpRows;          // the warp's first row in the block
 
   const T* gQ = p.q + b * p.q_s.b + int64_t(q0) * p.q_s.t + h * p.q_s.h;
   const T* gK = p.k + b * p.k_s.b + kvh * p.k_s.h;
@@ -58,73 +63,117 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
   // the row max of s·c, taken as c times the max of the raw scores. That needs c > 0; a negative
-  // scale flips Q's sign bits once instead (S becomes −S and c becomes −c).
+  // scale flips Q's sign bits instead (S becomes −S and c becomes −c), once for fragments kept
+  // in registers, at each read for fragments read from Q's tile.
   const bool flip = p.scale < 0.f;
   const float scale_log2 = (flip ? -p.scale : p.scale) * attn::kLog2e;
-  uint32_t rQ[kKSteps][4];
-  float rO[kOBlocks][4];
+  auto flip_sign = [&](uint32_t (&a)[4]) {
+    if (flip) {
 #pragma unroll
-  for (int nb = 0; nb < kOBlocks; ++nb) rO[nb][0] = rO[nb][1] = rO[nb][2] = rO[nb][3] = 0.f;
-  // Running max (of scaled scores, log2 domain) and this thread's share of the row sum, for
-  // rows rg and rg + 8 of the warp.
-  float rMax[2] = {-INFINITY, -INFINITY}, rSum[2] = {0.f, 0.f};
-  const int row_lo = q0 + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
-
-  // Q (and K_0) landed; Q into registers, then its place is free for V_0.
-  cp_async_wait<0>();
-  __syncthreads();
+      for (int i = 0; i < 4; ++i) a[i] ^= 0x80008000u;  // the sign of both 16-bit halves
+    }
+  };
+  uint32_t rQ[Cfg::kQInRegs ? kMT : 1][Cfg::kQInRegs ? kKSteps : 1][4];
+  float rO[kMT][kOBlocks][4];
 #pragma unroll
-  for (int ks = 0; ks < kKSteps; ++ks) attn::load_a(rQ[ks], sQ, kLd, warp * 16, ks * 16);
-  if (flip) {
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) rQ[ks][i] ^= 0x80008000u;  // the sign of both 16-bit halves
+    for (int nb = 0; nb < kOBlocks; ++nb) {
+      rO[mt][nb][0] = rO[mt][nb][1] = rO[mt][nb][2] = rO[mt][nb][3] = 0.f;
     }
   }
+  // Running max (of scaled scores, log2 domain) and this thread's share of the row sum, for
+  // rows rg and rg + 8 of each of the warp's row tiles.
+  float rMax[kMT][2], rSum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    rMax[mt][0] = rMax[mt][1] = -INFINITY;
+    rSum[mt][0] = rSum[mt][1] = 0.f;
+  }
+
+  // Q (and K_0) landed; Q's fragments into registers, after which a Q tile in V's place is free
+  // for V_0.
+  cp_async_wait<0>();
   __syncthreads();
+  if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        attn::load_a(rQ[mt][ks], sQ, kLd, w0 + 16 * mt, ks * 16);
+        flip_sign(rQ[mt][ks]);
+      }
+    }
+    if constexpr (Cfg::kQInV) __syncthreads();
+  }
 
   for (int j = 0; j < n_tiles; ++j) {
     // K_j has landed (the only group in flight) and, after the barrier, every warp is done with
-    // V_{j-1} (and, for j = 0, with Q): V_j may take its place.
+    // V_{j-1} (and, for j = 0, with a Q tile in V's place): V_j may take its place.
     if (j > 0) {
       cp_async_wait<0>();
       __syncthreads();
     }
     issue(sV, gV, p.v_s.t, j);
 
-    // S = Q Kᵀ for this warp's 16 rows and the tile's kN keys.
-    float rS[kSBlocks][4];
+    // Causally, a tile whose keys all lie past the warp's last row adds nothing to its rows, so
+    // the warp skips its products (with one row tile a warp, every tile reaches its rows).
+    const int k0 = j * kN;
+    const bool active = kMT == 1 || !kCausal || k0 <= q0 + w0 + kWarpRows - 1;
+
+    // P (S rounded to the input type) as the A operands of P V: half the registers of S, which
+    // dies with the softmax (the K_{j+1} loads below take their addresses while P and O are
+    // live).
+    uint32_t rP[kMT][kN / 16][4];
+    if (active) {
+      // S = Q Kᵀ for this warp's rows and the tile's kN keys.
+      float rS[kMT][kSBlocks][4];
 #pragma unroll
-    for (int nb = 0; nb < kSBlocks; ++nb) rS[nb][0] = rS[nb][1] = rS[nb][2] = rS[nb][3] = 0.f;
-    const T* k_tile = sK;
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int ks = 0; ks < kKSteps; ++ks) {
+        for (int nb = 0; nb < kSBlocks; ++nb) {
+          rS[mt][nb][0] = rS[mt][nb][1] = rS[mt][nb][2] = rS[mt][nb][3] = 0.f;
+        }
+      }
 #pragma unroll
-      for (int nb = 0; nb < kSBlocks; nb += 2) {
-        uint32_t rB[4];
-        attn::load_b_nk(rB, k_tile, kLd, nb * 8, ks * 16);
-        attn::mma<T>(rS[nb], rQ[ks], rB[0], rB[1]);
-        attn::mma<T>(rS[nb + 1], rQ[ks], rB[2], rB[3]);
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t rA[kMT][4];  // Q's fragments for this k block (copies of registers are free)
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) rA[mt][i] = rQ[mt][ks][i];
+          } else {
+            attn::load_a(rA[mt], sQ, kLd, w0 + 16 * mt, ks * 16);
+            flip_sign(rA[mt]);
+          }
+        }
+#pragma unroll
+        for (int nb = 0; nb < kSBlocks; nb += 2) {
+          uint32_t rB[4];
+          attn::load_b_nk(rB, sK, kLd, nb * 8, ks * 16);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            attn::mma<T>(rS[mt][nb], rA[mt], rB[0], rB[1]);
+            attn::mma<T>(rS[mt][nb + 1], rA[mt], rB[2], rB[3]);
+          }
+        }
+      }
+
+      // Mask keys past the end and, causally, past the row (only tiles that reach either);
+      // online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max)
+      // (the scale is positive here: a negative one flipped Q's signs).
+      const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + w0);
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        if (edge) attn::mask_scores<kCausal>(rS[mt], k0, q0 + w0 + 16 * mt + rg, p.seq, -INFINITY);
+        float alpha[2];
+        attn::softmax_tile(rS[mt], rMax[mt], rSum[mt], alpha, scale_log2, /*c_negative=*/false);
+        attn::rescale_rows(rO[mt], alpha);
+#pragma unroll
+        for (int kb = 0; kb < kN / 16; ++kb) attn::acc_to_a<T>(rP[mt][kb], rS[mt], kb);
       }
     }
-
-    // Mask keys past the end and, causally, past the row (only tiles that reach either).
-    const int k0 = j * kN;
-    const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + warp * 16);
-    if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, -INFINITY);
-
-    // Online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max)
-    // (the scale is positive here: a negative one flipped Q's signs).
-    float alpha[2];
-    attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, /*c_negative=*/false);
-    attn::rescale_rows(rO, alpha);
-
-    // P rounded to the input type, as the A operands of P V (half the registers of S, which
-    // dies here: the K_{j+1} loads below take their addresses while P and O are live).
-    uint32_t rP[kN / 16][4];
-#pragma unroll
-    for (int kb = 0; kb < kN / 16; ++kb) attn::acc_to_a<T>(rP[kb], rS, kb);
 
     // V_j has landed and every warp is done with K_j: K_{j+1} loads while P V_j runs.
     cp_async_wait<0>();
@@ -132,25 +181,47 @@ __global__ void __launch_bounds__(AttnFwdConfig<D>::kThreads, AttnFwdConfig<D>::
     if (j + 1 < n_tiles) issue(sK, gK, p.k_s.t, j + 1);
 
     // O += P V.
-    const T* v_tile = sV;
+    if (active) {
 #pragma unroll
-    for (int kb = 0; kb < kN / 16; ++kb) {
+      for (int kb = 0; kb < kN / 16; ++kb) {
 #pragma unroll
-      for (int nb = 0; nb < kOBlocks; nb += 2) {
-        uint32_t rB[4];
-        attn::load_b_kn(rB, v_tile, kLd, kb * 16, nb * 8);
-        attn::mma<T>(rO[nb], rP[kb], rB[0], rB[1]);
-        attn::mma<T>(rO[nb + 1], rP[kb], rB[2], rB[3]);
+        for (int nb = 0; nb < kOBlocks; nb += 2) {
+          uint32_t rB[4];
+          attn::load_b_kn(rB, sV, kLd, kb * 16, nb * 8);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            attn::mma<T>(rO[mt][nb], rP[mt][kb], rB[0], rB[1]);
+            attn::mma<T>(rO[mt][nb + 1], rP[mt][kb], rB[2], rB[3]);
+          }
+        }
       }
     }
   }
 
   // out = O / rowsum; lse = ln(rowsum) + max (back from the log2 domain).
-  float inv[2];
-  attn::softmax_finish(inv, rMax, rSum, p.lse + (int64_t(b) * p.heads + h) * p.seq, row_lo,
-                       p.seq);
   T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
-  attn::store_acc<T>(gO, p.out_s.t, q0 + warp * 16, p.seq, rO, inv[0], inv[1]);
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    const int row0 = q0 + w0 + 16 * mt;
+    float inv[2];
+    attn::softmax_finish(inv, rMax[mt], rSum[mt], p.lse + (int64_t(b) * p.heads + h) * p.seq,
+                         row0 + rg, p.seq);
+    attn::store_acc<T>(gO, p.out_s.t, row0, p.seq, rO[mt], inv[0], inv[1]);
+  }
+}
+
+/// 64-row blocks (NURI_ATTENTION=nuri).
+template <class T, int D, bool kCausal>
+__global__ void __launch_bounds__(AttnFwdConfig<D, 16>::kThreads, AttnFwdConfig<D, 16>::kMinBlocks)
+    attention_fwd_kernel(const AttentionParams<T> p) {
+  attention_fwd_block<T, D, kCausal, 16>(p);
+}
+
+/// 128-row blocks (NURI_ATTENTION=nuri128).
+template <class T, int D, bool kCausal>
+__global__ void __launch_bounds__(AttnFwdConfig<D, 32>::kThreads, AttnFwdConfig<D, 32>::kMinBlocks)
+    attention_fwd_q128_kernel(const AttentionParams<T> p) {
+  attention_fwd_block<T, D, kCausal, 32>(p);
 }
 
 }  // namespace nuri::kernels

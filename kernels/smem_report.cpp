@@ -33,13 +33,16 @@ template <int D>
 bool report() {
   using namespace nuri::kernels;
   if (!g_tsv) {
-    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B, backward dK/dV %6zu B, "
-                "backward dQ %6zu B, sm_90a forward %6zu B, sm_90a backward (each) %6zu B\n", D,
-                AttnFwdConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kSmemBytes,
+    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B (128-row blocks %6zu B), "
+                "backward dK/dV %6zu B, backward dQ %6zu B, sm_90a forward %6zu B, sm_90a "
+                "backward (each) %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
+                AttnFwdConfig<D, 32>::kSmemBytes, AttnBwdKVConfig<D>::kSmemBytes,
                 AttnBwdQConfig<D>::kSmemBytes, AttnFwdSm90Config<D>::kSmemBytes,
                 AttnBwdSm90Config<D>::kSmemBytes);
   }
   bool ok = row("attention_fwd_kernel", D, AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D>::kThreads);
+  ok &= row("attention_fwd_q128_kernel", D, AttnFwdConfig<D, 32>::kSmemBytes,
+            AttnFwdConfig<D, 32>::kThreads);
   ok &= row("attn_bwd_dkdv", D, AttnBwdKVConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kThreads);
   ok &= row("attn_bwd_dq", D, AttnBwdQConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kThreads);
   ok &= row("attention_fwd_sm90_kernel", D, AttnFwdSm90Config<D>::kSmemBytes,

@@ -3,8 +3,9 @@
 # run on an already-built real-CUDA tree (`bash scripts/test.sh` or `cmake --build build` first).
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
-# JUnit), matmul.jsonl, attention.jsonl (matmul_sm90.jsonl and attention_sm90.jsonl too on an
-# H100/H200: the sm_90a kernels), train.jsonl (one JSON object per measurement; see
+# JUnit), matmul.jsonl, attention.jsonl, attention_fwd_nuri.jsonl and attention_fwd_nuri128.jsonl
+# (the forward on 64- and 128-row query blocks), matmul_sm90.jsonl and attention_sm90.jsonl too on
+# an H100/H200 (the sm_90a kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md) and bench.log (the benchmarks' tables and messages). Exit status: ctest's,
 # or the first failing benchmark's; 77 when no CUDA device is visible.
 #   NURI_GPU_JOBS      tests run at once on the device (default 4)
@@ -98,6 +99,15 @@ if want matmul && ((sm90)); then
 fi
 want attention && bench "attention_gpu.py" 240 "$py" "$root/benchmarks/attention_gpu.py" "${q[@]}" \
   --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention.jsonl"
+# The sm_80-class forward on 64-row (nuri) and 128-row (nuri128) query blocks, each against SDPA
+# in the same alternation: auto (above) measures both per shape; these rows show which wins.
+if want attention; then
+  for path in nuri nuri128; do
+    bench "attention_gpu.py --passes fwd, NURI_ATTENTION=$path" 180 env NURI_ATTENTION=$path \
+      "$py" "$root/benchmarks/attention_gpu.py" "${q[@]}" --passes fwd \
+      --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention_fwd_$path.jsonl"
+  done
+fi
 # On an H100/H200 the sm_90a kernels (NURI_ATTENTION=sm90) against SDPA in the same alternation.
 if want attention && ((sm90)); then
   bench "attention_gpu.py, NURI_ATTENTION=sm90" 240 env NURI_ATTENTION=sm90 "$py" \

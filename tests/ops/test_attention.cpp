@@ -382,9 +382,11 @@ std::array<Vec, 3> qkv_values(Backend& be, const KernelCase& c, const Qkv& t) {
   return {part(0, c.h), part(c.h, c.h + c.hkv), part(c.h + c.hkv, c.h + 2 * c.hkv)};
 }
 
-/// Forward and backward of case c on `be` (whichever attention path it runs), each output within
-/// twice the model's error. `atomic_trace`: what the run with opt.deterministic = false does.
-void expect_kernels_within_model(Backend& be, const KernelCase& c, const char* atomic_trace) {
+/// Forward and (with `backward`) backward of case c on `be` (whichever attention path it runs),
+/// each output within twice the model's error. `atomic_trace`: what the run with
+/// opt.deterministic = false does.
+void expect_kernels_within_model(Backend& be, const KernelCase& c, const char* atomic_trace,
+                                 bool backward = true) {
   const Shape qs{c.b, c.t, c.h, c.d};
   const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 61), c.dtype),
             k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 62), c.dtype),
@@ -400,6 +402,7 @@ void expect_kernels_within_model(Backend& be, const KernelCase& c, const char* a
   const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
   expect_within_model(values(be, out), model.out, ref[0], "out");
   expect_within_model(values(be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
+  if (!backward) return;
 
   const Grads gref = attention_backward_ref(c, q, k, v, dout);
   const Tensor tdout = on_dtype(be, qs, dout, c.dtype);
@@ -447,25 +450,34 @@ std::vector<KernelCase> kernel_cases() {
   return r;
 }
 
-std::vector<std::tuple<std::string, KernelCase>> kernel_params() {
+/// Each case on each backend with 16-bit activations (those that run the attention kernels).
+std::vector<std::tuple<std::string, KernelCase>> on_16bit_backends(
+    const std::vector<KernelCase>& cases) {
   std::vector<std::tuple<std::string, KernelCase>> r;
   for (const auto& name : backends()) {
     if (act_dtype(name) == DType::f32) continue;
-    for (const auto& c : kernel_cases()) r.emplace_back(name, c);
+    for (const auto& c : cases) r.emplace_back(name, c);
   }
   return r;
 }
 
+/// The test name of a (backend, case) parameter; `atomic_mark`: "_atomicdq" on the cases that
+/// also run the atomic dq.
+template <class Info>
+std::string kernel_case_name(const Info& info, bool atomic_mark) {
+  const auto& c = std::get<1>(info.param);
+  return sanitize_name(std::get<0>(info.param) + "_" + dtype_name(c.dtype) + "_B" +
+                       std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
+                       std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
+                       std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
+                       (c.fused_qkv ? "_fusedqkv" : "") +
+                       (atomic_mark && c.atomic_dq ? "_atomicdq" : ""));
+}
+
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionKernelTest);
-INSTANTIATE_TEST_SUITE_P(
-    Ops, AttentionKernelTest, ::testing::ValuesIn(kernel_params()), [](const auto& info) {
-      const auto& c = std::get<1>(info.param);
-      return sanitize_name(std::get<0>(info.param) + "_" + dtype_name(c.dtype) + "_B" +
-                           std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
-                           std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
-                           std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
-                           (c.fused_qkv ? "_fusedqkv" : "") + (c.atomic_dq ? "_atomicdq" : ""));
-    });
+INSTANTIATE_TEST_SUITE_P(Ops, AttentionKernelTest,
+                         ::testing::ValuesIn(on_16bit_backends(kernel_cases())),
+                         [](const auto& info) { return kernel_case_name(info, true); });
 
 // ---- the sm_90a kernels (NURI_ATTENTION=sm90) ------------------------------------------------
 //
@@ -498,27 +510,45 @@ TEST_P(AttentionSm90Test, WithinTwiceTheCpuErrorInTheInputPrecision) {
 }
 
 std::vector<std::tuple<std::string, KernelCase>> sm90_params() {
-  std::vector<std::tuple<std::string, KernelCase>> r;
   std::vector<KernelCase> cases = kernel_cases();
   cases.push_back({1, 384, 2, 1, 128, false, DType::f16, true, false});
   cases.push_back({1, 500, 1, 1, 64, false, DType::bf16, false, false});
-  for (const auto& name : backends()) {
-    if (act_dtype(name) == DType::f32) continue;
-    for (const auto& c : cases) r.emplace_back(name, c);
-  }
-  return r;
+  return on_16bit_backends(cases);
 }
 
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionSm90Test);
-INSTANTIATE_TEST_SUITE_P(
-    Ops, AttentionSm90Test, ::testing::ValuesIn(sm90_params()), [](const auto& info) {
-      const auto& c = std::get<1>(info.param);
-      return sanitize_name(std::get<0>(info.param) + "_" + dtype_name(c.dtype) + "_B" +
-                           std::to_string(c.b) + "_T" + std::to_string(c.t) + "_H" +
-                           std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
-                           std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
-                           (c.fused_qkv ? "_fusedqkv" : ""));
-    });
+INSTANTIATE_TEST_SUITE_P(Ops, AttentionSm90Test, ::testing::ValuesIn(sm90_params()),
+                         [](const auto& info) { return kernel_case_name(info, false); });
+
+// ---- the forward on 128-row query blocks (NURI_ATTENTION=nuri128) ------------------------------
+//
+// The same cases and bar for attention_fwd_q128_kernel (two m16 row tiles a warp; Q read from its
+// tile at each key tile at D 128), forward only: the backward of this path is nuri's, tested
+// above. Sequences of 1 to 4 query blocks of 128 (the last ragged), causal blocks whose warps
+// skip key tiles.
+
+class AttentionQ128Test : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
+
+TEST_P(AttentionQ128Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecision) {
+  const auto& [name, c] = GetParam();
+  NURI_BACKEND_ON_PATH(be, name, "nuri128");
+  expect_kernels_within_model(*be, c, "", /*backward=*/false);
+}
+
+std::vector<std::tuple<std::string, KernelCase>> q128_params() {
+  // bf16 for the short cases (f16 changes only the mma's type, as in the 64-row kernel), both
+  // for the long ones.
+  std::vector<KernelCase> cases;
+  for (const KernelCase& c : kernel_cases()) {
+    if (c.dtype == DType::bf16 || c.t >= 128) cases.push_back(c);
+  }
+  cases.push_back({1, 260, 2, 1, 128, true, DType::f16, true, false});
+  return on_16bit_backends(cases);
+}
+
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128Test);
+INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128Test, ::testing::ValuesIn(q128_params()),
+                         [](const auto& info) { return kernel_case_name(info, false); });
 
 // Deterministic mode: the same bits from two backward runs, whose blocks the emulator schedules
 // in different random orders (each launch draws its own order).
@@ -581,35 +611,40 @@ TEST(AttentionKernelErrors, UnsupportedInputsAreRefusedClearly) {
     expect_error(misaligned, good, good, good, lse, "16-byte aligned rows");
     const auto [none, why] = make_backend_with(name, "NURI_ATTENTION", "fastest");
     EXPECT_FALSE(none);
-    EXPECT_NE(why.find("NURI_ATTENTION: unknown attention path 'fastest'; use auto, nuri, sm90 or "
-                       "cudnn"),
+    EXPECT_NE(why.find("NURI_ATTENTION: unknown attention path 'fastest'; use auto, nuri, "
+                       "nuri128, sm90 or cudnn"),
               std::string::npos)
         << why;
   }
 }
 
 // A given softmax scale, positive and negative (the forward folds the scale into an FMA and
-// flips Q's signs for a negative one; the sm_90a forward takes the row min instead), against the
-// CPU backend on the same rounded inputs, with each attention path.
+// flips Q's signs for a negative one: once in registers, or at each read of Q's tile for 128-row
+// blocks at D 128; the sm_90a forward takes the row min instead), against the CPU backend on the
+// same rounded inputs, with each attention path (for nuri128 the forward: its backward is
+// nuri's).
 TEST(AttentionKernelScale, GivenAndNegativeScalesMatchTheCpuBackend) {
   auto cpu = make_backend("cpu");
   int runs = 0;
   for (const auto& name : backends()) {
     if (act_dtype(name) == DType::f32) continue;
-    for (const char* path : {"nuri", "sm90"}) {
+    for (const auto& [path, d] : {std::pair<const char*, int64_t>{"nuri", 64}, {"nuri128", 64},
+                                  {"nuri128", 128}, {"sm90", 64}}) {
       auto [be, why] = make_backend_with(name, "NURI_ATTENTION", path);
       if (!be) {
         if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
         continue;
       }
-      const KernelCase c{1, 65, 2, 1, 64, true, DType::bf16, false, false};
+      const KernelCase c{1, 65, 2, 1, d, true, DType::bf16, false, false};
+      const bool forward_only = std::string(path) == "nuri128";  // its backward is nuri's
       const Shape qs{c.b, c.t, c.h, c.d}, ks{c.b, c.t, c.hkv, c.d};
       const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 95), c.dtype),
                 k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 96), c.dtype),
                 v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 97), c.dtype),
                 dout = rounded(random_vec(c.b * c.t * c.h * c.d, 98), c.dtype);
       for (float scale : {0.3f, -0.2f, -20.f}) {
-        SCOPED_TRACE(name + " NURI_ATTENTION=" + path + " scale " + std::to_string(scale));
+        SCOPED_TRACE(name + " NURI_ATTENTION=" + path + " D " + std::to_string(d) + " scale " +
+                     std::to_string(scale));
         AttentionOptions opt;
         opt.scale = scale;
         std::vector<Vec> got[2];
@@ -620,6 +655,10 @@ TEST(AttentionKernelScale, GivenAndNegativeScalesMatchTheCpuBackend) {
                  tv = on_dtype(b, ks, v, dt);
           Tensor out = b.empty(qs, dt), lse = zeros_f32(b, {c.b, c.h, c.t});
           b.attention(tq, tk, tv, out, lse, opt);
+          if (forward_only) {
+            got[which] = {values(b, out), values(b, lse)};
+            continue;
+          }
           Tensor dq = b.empty(qs, dt), dk = b.empty(ks, dt), dv = b.empty(ks, dt);
           for (const Tensor* t : {&dq, &dk, &dv}) b.zero(*t);
           b.attention_backward(tq, tk, tv, out, lse, on_dtype(b, qs, dout, dt), dq, dk, dv, opt);
@@ -627,7 +666,7 @@ TEST(AttentionKernelScale, GivenAndNegativeScalesMatchTheCpuBackend) {
                         values(b, dv)};
         }
         const char* what[] = {"out", "lse", "dq", "dk", "dv"};
-        for (int i = 0; i < 5; ++i) {
+        for (int i = 0; i < int(got[0].size()); ++i) {
           double big = 0, worst = 0;
           for (size_t j = 0; j < got[1][size_t(i)].size(); ++j) {
             big = std::max(big, std::abs(got[1][size_t(i)][j]));

@@ -105,6 +105,63 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
   }
 }
 
+// The forward on 128-row query blocks (NURI_ATTENTION=nuri128): the same efficiency, and the
+// work its tiling says. A warp owns two m16 row tiles, so each K or V fragment it reads with
+// ldmatrix feeds two products: per active warp and key tile of 64, 2 · D products, 2 · 34 exp2,
+// and D/4 ldmatrix for K plus D/4 for V (plus, at D 128, D/8 for Q from its tile; at D 64 Q's
+// D/8 are read once). The 64-row kernel reads D/2 per D products, so shared-memory reads per
+// product fall by half at D 64 and to 5/8 at D 128. Causally, a warp skips the key tiles past
+// its last row, which leaves the products of the 64-row kernel (also counted here).
+TEST(KernelCounters, ForwardOn128RowBlocksReadsEachFragmentForTwoProducts) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  auto [be, why] = make_backend_with(name, "NURI_ATTENTION", "nuri128");
+  ASSERT_TRUE(be) << why;
+  auto be64 = make_backend(name);
+  for (const auto& [d, causal] : {std::pair<int64_t, bool>{64, true}, {128, false}}) {
+    SCOPED_TRACE("D " + std::to_string(d) + (causal ? " causal" : " full"));
+    const int64_t b = 1, t = 256, h = 2, hkv = 1;
+    const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+    AttentionOptions opt;
+    opt.causal = causal;
+    auto run = [&](Backend& on_be) {
+      Tensor q = on(on_be, qs, random_vec(b * t * h * d, 71)),
+             k = on(on_be, ks, random_vec(b * t * hkv * d, 72)),
+             v = on(on_be, ks, random_vec(b * t * hkv * d, 73));
+      Tensor out = on_be.empty(qs, DType::bf16), lse = zeros_f32(on_be, {b, h, t});
+      Counting counting;
+      on_be.attention(q, k, v, out, lse, opt);
+      return emu::take_counters();
+    };
+    const auto launches = run(*be);
+    const emu::Counters fwd = expect_efficient(
+        launches, "attention_fwd_q128_kernel", {Access::cp_async_global, Access::st_global});
+    // Active (warp, key tile) pairs: warp w of query block qb owns rows 128·qb + 32·w ..+31 and
+    // walks key tiles j of 64 up to the block's last row (causal) or the end; causally it skips
+    // the tiles that start past its last row.
+    int64_t warp_tiles = 0;
+    for (int64_t qb = 0; qb < t / 128; ++qb) {
+      const int64_t n_tiles = causal ? (qb + 1) * 2 : t / 64;
+      for (int64_t w = 0; w < 4; ++w) {
+        for (int64_t j = 0; j < n_tiles; ++j) {
+          warp_tiles += !causal || 64 * j <= 128 * qb + 32 * w + 31;
+        }
+      }
+    }
+    warp_tiles *= b * h;
+    const int64_t warps = b * h * (t / 128) * 4;
+    EXPECT_EQ(fwd[Instr::mma], uint64_t(warp_tiles * 2 * d));
+    EXPECT_EQ(fwd[Instr::sfu], uint64_t(warp_tiles * 2 * 34));
+    const int64_t q_reads = d == 64 ? warps * 2 * d / 16 : warp_tiles * d / 8;
+    EXPECT_EQ(fwd[Instr::ldmatrix], uint64_t(warp_tiles * d / 2 + q_reads));
+    EXPECT_EQ(fwd[Instr::atomic], 0u);
+    // The 64-row kernel on the same inputs: the same products, twice the K/V fragment reads.
+    const emu::Counters fwd64 = emu::sum_counters(run(*be64), "attention_fwd_kernel");
+    EXPECT_EQ(fwd64[Instr::mma], fwd[Instr::mma]);
+    EXPECT_EQ(fwd64[Instr::ldmatrix], uint64_t(b * h * (t / 64) * 4 * d / 16 + warp_tiles * d));
+  }
+}
+
 // The sm_90a kernels (NURI_ATTENTION=sm90): their tiles arrive by TMA and their products are
 // wgmma, neither of which the counters see, so what is checked is what their threads do: no
 // mma.sync, ldmatrix, cp.async or atomics, output stores of whole sectors, and the exp2 count

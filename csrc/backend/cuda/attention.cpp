@@ -101,8 +101,8 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
 }  // namespace
 
 /// The implementations of the attention ops and the choice between them
-/// (CudaBackend::set_attention_path): nuri's sm_80-class kernels (every GPU), nuri's sm_90a
-/// kernels (H100/H200) and cuDNN's fused attention.
+/// (CudaBackend::set_attention_path): nuri's sm_80-class kernels (every GPU; their forward with
+/// 64- or 128-row query blocks), nuri's sm_90a kernels (H100/H200) and cuDNN's fused attention.
 struct AttentionDispatch {
   /// The values of a contiguous device buffer of n elements of T (bf16, f16 or f32) on the host.
   template <class T>
@@ -176,6 +176,7 @@ struct AttentionDispatch {
         ++be.sm90_attention_calls_;
         return "";
       case AttentionPath::nuri:
+      case AttentionPath::nuri128:  // the backward is nuri's
       case AttentionPath::automatic: break;
     }
     if (backward) {
@@ -183,20 +184,21 @@ struct AttentionDispatch {
           p.batch, p.seq, p.heads, p.head_dim, p.deterministic));
       kernels::attention_backward(p, ws, be.stream());
     } else {
-      kernels::attention_forward(p, be.stream());
+      kernels::attention_forward(p, be.stream(), path == AttentionPath::nuri128 ? 128 : 64);
     }
     return "";
   }
 
-  /// The implementations `automatic` measures (for either direction): nuri's kernels first, then
-  /// the sm_90a kernels on an H100/H200 of a build that has them (never on the emulator, whose
-  /// timings mean nothing), then cuDNN where built.
-  static std::vector<AttentionPath> candidates(const CudaBackend& be) {
+  /// The implementations `automatic` measures: nuri's kernels first, then (never on the
+  /// emulator, whose timings mean nothing) for the forward nuri's 128-row blocks, and the sm_90a
+  /// kernels on an H100/H200 of a build that has them, then cuDNN where built.
+  static std::vector<AttentionPath> candidates(const CudaBackend& be, bool backward) {
     std::vector<AttentionPath> r{AttentionPath::nuri};
 #if defined(NURI_CUDA_REAL)
+    if (!backward) r.push_back(AttentionPath::nuri128);
     if (be.sm90_usable()) r.push_back(AttentionPath::sm90);
 #else
-    (void)be;
+    (void)be, (void)backward;
 #endif
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
     r.push_back(AttentionPath::cudnn);
@@ -215,7 +217,7 @@ struct AttentionDispatch {
                  "): ", why, "; use auto or nuri");
       return;
     }
-    const std::vector<AttentionPath> paths = candidates(be);
+    const std::vector<AttentionPath> paths = candidates(be, backward);
     if (paths.size() == 1) {
       run_path(be, AttentionPath::nuri, p, backward);
       return;

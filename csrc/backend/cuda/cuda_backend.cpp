@@ -50,6 +50,7 @@ const char* attention_path_name(AttentionPath p) {
   switch (p) {
     case AttentionPath::automatic: return "auto";
     case AttentionPath::nuri: return "nuri";
+    case AttentionPath::nuri128: return "nuri128";
     case AttentionPath::sm90: return "sm90";
     case AttentionPath::cudnn: return "cudnn";
   }
@@ -57,11 +58,11 @@ const char* attention_path_name(AttentionPath p) {
 }
 
 AttentionPath parse_attention_path(const std::string& s) {
-  for (AttentionPath p : {AttentionPath::automatic, AttentionPath::nuri, AttentionPath::sm90,
-                          AttentionPath::cudnn}) {
+  for (AttentionPath p : {AttentionPath::automatic, AttentionPath::nuri, AttentionPath::nuri128,
+                          AttentionPath::sm90, AttentionPath::cudnn}) {
     if (s == attention_path_name(p)) return p;
   }
-  NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri, sm90 or cudnn");
+  NURI_CHECK(false, "unknown attention path '", s, "'; use auto, nuri, nuri128, sm90 or cudnn");
 }
 
 bool CudaBackend::sm90_usable() const {

@@ -39,14 +39,15 @@ const char* gemm_path_name(GemmPath p);
 GemmPath parse_gemm_path(const std::string& s);
 
 /// Which implementation runs the fused attention ops: nuri's sm_80-class kernels
-/// (kernels/attention_fwd.cuh, attention_bwd.cuh; every GPU), nuri's sm_90a kernels
+/// (kernels/attention_fwd.cuh, attention_bwd.cuh; every GPU), the same with the forward on
+/// 128-row query blocks (nuri128: FlashAttention-2's A100 tile shape), nuri's sm_90a kernels
 /// (kernels/attention_fwd_sm90.cuh, attention_bwd_sm90.cuh; H100/H200 in builds with 90a, and
 /// the emulator), cuDNN's fused attention (cudnn_attention.h: real CUDA builds that found the
 /// cuDNN frontend), or per shape by measurement.
-/// NURI_ATTENTION=auto|nuri|sm90|cudnn sets it when the backend is created.
-enum class AttentionPath { automatic, nuri, sm90, cudnn };
+/// NURI_ATTENTION=auto|nuri|nuri128|sm90|cudnn sets it when the backend is created.
+enum class AttentionPath { automatic, nuri, nuri128, sm90, cudnn };
 const char* attention_path_name(AttentionPath p);
-/// "auto", "nuri", "sm90" or "cudnn" → AttentionPath; nuri::Error naming the accepted values
+/// "auto", "nuri", "nuri128", "sm90" or "cudnn" → AttentionPath; nuri::Error naming the accepted values
 /// otherwise.
 AttentionPath parse_attention_path(const std::string& s);
 
