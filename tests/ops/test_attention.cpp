@@ -550,6 +550,52 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128Test);
 INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128Test, ::testing::ValuesIn(q128_params()),
                          [](const auto& info) { return kernel_case_name(info, false); });
 
+// Each row of a 128-row block meets the same key tiles in the same order as in a 64-row block
+// (a warp skips only tiles it cannot see), and its products, softmax and stores are the same
+// per row, so the two forwards agree bit for bit: `auto` may pick either without changing a
+// result. Plain and negative scales, ragged ends, GQA, fused-QKV views.
+TEST(AttentionQ128, ForwardIsBitForBitTheSixtyFourRowKernels) {
+  int runs = 0;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    auto [q64, why64] = make_backend_with(name, "NURI_ATTENTION", "nuri");
+    auto [q128, why128] = make_backend_with(name, "NURI_ATTENTION", "nuri128");
+    if (!q64 || !q128) {
+      if (name == "cuda-emu") ADD_FAILURE() << why64 << why128;  // the emulator runs every path
+      continue;
+    }
+    // Small under TSan: two query blocks at most.
+    for (const KernelCase& c : {KernelCase{2, 17, 4, 2, 64, true, DType::bf16, true, false},
+                                KernelCase{1, 150, 1, 1, 128, true, DType::f16, false, false},
+                                KernelCase{1, 130, 1, 1, 64, false, DType::bf16, false, false}}) {
+      for (float scale : {0.f, -0.3f}) {
+        if (scale != 0.f && c.t == 130) continue;
+        SCOPED_TRACE(name + " T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
+                     (c.causal ? " causal" : " full") + " scale " + std::to_string(scale));
+        AttentionOptions opt;
+        opt.causal = c.causal;
+        opt.scale = scale;
+        const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 91), c.dtype),
+                  k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 92), c.dtype),
+                  v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 93), c.dtype);
+        std::vector<Vec> got[2];
+        for (int which = 0; which < 2; ++which) {
+          Backend& be = which ? *q128 : *q64;
+          const Qkv in = qkv_tensors(be, c, q, k, v, false);
+          Tensor out = be.empty({c.b, c.t, c.h, c.d}, c.dtype),
+                 lse = zeros_f32(be, {c.b, c.h, c.t});
+          be.attention(in.q, in.k, in.v, out, lse, opt);
+          got[which] = {values(be, out), values(be, lse)};
+        }
+        EXPECT_EQ(got[0][0], got[1][0]) << "out";
+        EXPECT_EQ(got[0][1], got[1][1]) << "lse";
+      }
+    }
+    ++runs;
+  }
+  if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
+}
+
 // Deterministic mode: the same bits from two backward runs, whose blocks the emulator schedules
 // in different random orders (each launch draws its own order).
 TEST(AttentionKernelDeterminism, DeterministicBackwardRepeatsBitForBit) {

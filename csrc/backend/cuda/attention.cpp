@@ -13,6 +13,7 @@
 
 #include "backend/cuda/check.h"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/outputs_agree.h"
 #include "cuda_check.h"  // kernels/
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
 #include "backend/cuda/cudnn_attention.h"
@@ -120,17 +121,6 @@ struct AttentionDispatch {
     return v;
   }
 
-  /// Whether b is a within tol · max|a| (+ abs_tol) everywhere.
-  static bool agree(const std::vector<float>& a, const std::vector<float>& b, float tol,
-                    float abs_tol) {
-    float scale = 0.f, worst = 0.f;
-    for (size_t i = 0; i < a.size(); ++i) {
-      scale = std::max(scale, std::abs(a[i]));
-      worst = std::max(worst, std::abs(a[i] - b[i]));
-    }
-    return std::isfinite(worst) && worst <= tol * scale + abs_tol;
-  }
-
   /// Milliseconds `f` takes on the stream.
   template <class F>
   static float time_ms(cudaStream_t stream, F&& f) {
@@ -189,17 +179,17 @@ struct AttentionDispatch {
     return "";
   }
 
-  /// The implementations `automatic` measures: nuri's kernels first, then (never on the
-  /// emulator, whose timings mean nothing) for the forward nuri's 128-row blocks, and the sm_90a
-  /// kernels on an H100/H200 of a build that has them, then cuDNN where built.
+  /// The implementations `automatic` measures: nuri's kernels first, then for the forward
+  /// nuri's 128-row blocks, the sm_90a kernels on an H100/H200 of a build that has them, then
+  /// cuDNN where built. On the emulator, whose timings mean nothing, nuri's kernels alone,
+  /// unless NURI_EMU_MEASURE=1 asks for the GPU's list (tests of the measuring).
   static std::vector<AttentionPath> candidates(const CudaBackend& be, bool backward) {
     std::vector<AttentionPath> r{AttentionPath::nuri};
-#if defined(NURI_CUDA_REAL)
+#if defined(NURI_CUDA_EMULATION)
+    if (!be.emu_measure_) return r;
+#endif
     if (!backward) r.push_back(AttentionPath::nuri128);
     if (be.sm90_usable()) r.push_back(AttentionPath::sm90);
-#else
-    (void)be, (void)backward;
-#endif
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
     r.push_back(AttentionPath::cudnn);
 #endif
@@ -236,15 +226,18 @@ struct AttentionDispatch {
     be.attention_choice_[key] = choose(be, p, backward, paths);
   }
 
-  /// The measurement: nuri's kernels into the real outputs, each other implementation (once to
-  /// warm up, once timed) into contiguous copies; the fastest of those that agree with nuri's
-  /// kernels is chosen.
+  /// The measurement: nuri's kernels into the real outputs, each other implementation into
+  /// contiguous copies, each once to warm up and once timed; the fastest of those that agree
+  /// with nuri's kernels is chosen.
   template <class T>
   static AttentionPath choose(CudaBackend& be, const kernels::AttentionParams<T>& p,
                               bool backward, const std::vector<AttentionPath>& paths) {
     const DType dt = std::is_same_v<T, __half> ? DType::f16 : DType::bf16;
     const int64_t b = p.batch, t = p.seq, h = p.heads, hkv = p.kv_heads, d = p.head_dim;
     const kernels::AttnStrides q_like{t * h * d, h * d, d}, kv_like{t * hkv * d, hkv * d, d};
+    // Every implementation runs once to warm up before it is timed (a kernel's first launch
+    // loads its module), nuri's too: its outputs are written twice, the same both times.
+    run_path(be, AttentionPath::nuri, p, backward);
     const float t_nuri =
         time_ms(be.stream(), [&] { run_path(be, AttentionPath::nuri, p, backward); });
     AttentionPath best = AttentionPath::nuri;
@@ -271,12 +264,13 @@ struct AttentionDispatch {
                        const kernels::AttnStrides& want, const Tensor& theirs, size_t n) {
         if (s.b != want.b || s.t != want.t || s.h != want.h) return;
         same = same &&
-               agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n), 1.f / 32, 0.f);
+               cuda::outputs_agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n),
+                                   1.f / 32, 0.f);
       };
       if (!backward) {
         const size_t n_lse = size_t(b * h * t);
-        same = agree(host_values<float>(p.lse, n_lse), host_values<float>(lse.raw(), n_lse), 1e-3f,
-                     1e-3f);
+        same = cuda::outputs_agree(host_values<float>(p.lse, n_lse),
+                                   host_values<float>(lse.raw(), n_lse), 1e-3f, 1e-3f);
         check(p.out, p.out_s, q_like, o1, size_t(b * t * h * d));
       } else {
         check(p.dq, p.dq_s, q_like, o1, size_t(b * t * h * d));

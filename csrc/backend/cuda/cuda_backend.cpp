@@ -119,6 +119,13 @@ CudaBackend::CudaBackend(int device) : device_(device) {
       NURI_CHECK(false, "NURI_ATTENTION: ", e.what());
     }
   }
+#if defined(NURI_CUDA_EMULATION)
+  if (const char* env = std::getenv("NURI_EMU_MEASURE"); env && *env) {
+    const std::string v = env;
+    NURI_CHECK(v == "0" || v == "1", "NURI_EMU_MEASURE=", v, " must be 0 or 1");
+    emu_measure_ = v == "1";
+  }
+#endif
   if (const char* env = std::getenv("NURI_GEMM_TILES"); env && *env) {
     const std::string v = env;
     NURI_CHECK(v == "128" || v == "64", "NURI_GEMM_TILES=", v,

@@ -47,8 +47,8 @@ GemmPath parse_gemm_path(const std::string& s);
 /// NURI_ATTENTION=auto|nuri|nuri128|sm90|cudnn sets it when the backend is created.
 enum class AttentionPath { automatic, nuri, nuri128, sm90, cudnn };
 const char* attention_path_name(AttentionPath p);
-/// "auto", "nuri", "nuri128", "sm90" or "cudnn" → AttentionPath; nuri::Error naming the accepted values
-/// otherwise.
+/// "auto", "nuri", "nuri128", "sm90" or "cudnn" → AttentionPath; nuri::Error naming the accepted
+/// values otherwise.
 AttentionPath parse_attention_path(const std::string& s);
 
 class CudaBackend final : public Backend {
@@ -149,10 +149,13 @@ class CudaBackend final : public Backend {
   int64_t sm90_gemm_calls() const { return sm90_gemm_calls_; }
 
   /// automatic: the first call of each direction, shape, layout and options runs every
-  /// implementation this device and build have (nuri's sm_80-class kernels; the sm_90a kernels
-  /// on an H100/H200; cuDNN), and later ones run the fastest of those that agree with nuri's
-  /// sm_80-class kernels (out and lse, or dq, dk and dv, within bf16/f16 rounding); on the
-  /// emulator it is nuri's sm_80-class kernels. nuri: those kernels. sm90: the sm_90a kernels
+  /// implementation this device and build have (nuri's sm_80-class kernels; for the forward the
+  /// same on 128-row query blocks; the sm_90a kernels on an H100/H200; cuDNN), and later ones
+  /// run the fastest of those that agree with nuri's sm_80-class kernels (out and lse, or dq,
+  /// dk and dv, within bf16/f16 rounding); on the emulator it is nuri's sm_80-class kernels,
+  /// unless NURI_EMU_MEASURE=1 makes it measure as on a GPU (for tests of the measuring: the
+  /// emulator times everything at 0 ms, so nuri's kernels keep winning). nuri: those kernels.
+  /// nuri128: the forward on 128-row query blocks, the backward nuri's. sm90: the sm_90a kernels
   /// (an error where the device or build has none; dq always without atomics). cudnn: cuDNN,
   /// and an error where it declines (real CUDA builds with the cuDNN frontend only).
   void set_attention_path(AttentionPath p);
@@ -180,6 +183,7 @@ class CudaBackend final : public Backend {
   int64_t cudnn_attention_calls_ = 0;
   int64_t sm90_attention_calls_ = 0;
   std::map<std::vector<int64_t>, AttentionPath> attention_choice_;  // automatic: shape → path
+  bool emu_measure_ = false;  // NURI_EMU_MEASURE=1 on the emulator: automatic measures
   friend struct AttentionDispatch;                         // attention.cpp
   int gemm_tiles_ = 0;                  // NURI_GEMM_TILES: 0 (by shape), 128 or 64
   int sm_version_ = 0;                  // compute capability major·10 + minor

@@ -1,0 +1,149 @@
+// `auto` attention (csrc/backend/cuda/attention.cpp): on a GPU the first call of each direction
+// and shape runs every implementation the device and build have, and later calls run the
+// fastest of those whose outputs agree with nuri's kernels. The emulator times everything at
+// 0 ms, so nuri's kernels keep winning there; NURI_EMU_MEASURE=1 makes it measure all the same,
+// which runs the measuring code here: the kernels each first and later call launch (the
+// emulator's launch records), outputs bit for bit those of NURI_ATTENTION=nuri, in plain and in
+// fused-QKV layouts, no disagreement reported between correct kernels; and the agreement test on
+// planted differences. Emulated tree only (test_ops on cuda-emu).
+#include <cmath>
+#include <string>
+
+#include "backend/cuda/outputs_agree.h"
+#include "emu/emu.h"
+#include "ops/harness.h"
+
+namespace nuri::test {
+namespace {
+
+TEST(AttentionAuto, AgreementNeedsEveryValueCloseAndTheSameNonFiniteValues) {
+  using cuda::outputs_agree;
+  const float nan = NAN, inf = INFINITY, tol = 1.f / 32;
+  // Within 1/32 of the largest |value| (2): 0.0625.
+  EXPECT_TRUE(outputs_agree({1.f, -2.f, 0.5f}, {1.05f, -2.f, 0.5f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({1.f, -2.f, 0.5f}, {1.f, -2.f, 0.57f}, tol, 0.f));
+  EXPECT_TRUE(outputs_agree({0.f, 0.f}, {0.f, 5e-4f}, tol, 1e-3f));
+  // A NaN or an infinity in theirs where mine has a number, down to a candidate of only NaN.
+  EXPECT_FALSE(outputs_agree({1.f, 2.f}, {nan, 2.f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({1.f, 2.f}, {nan, nan}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({1.f, 2.f}, {1.f, inf}, tol, 0.f));
+  // Mine not finite: theirs must match it, and the rest is held to the finite values' scale.
+  EXPECT_TRUE(outputs_agree({nan, 2.f}, {nan, 2.f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({nan, 2.f}, {1.f, 2.f}, tol, 0.f));
+  EXPECT_TRUE(outputs_agree({-inf, 2.f}, {-inf, 2.f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({-inf, 2.f}, {inf, 2.f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({-inf, 2.f}, {-inf, 2.5f}, tol, 0.f));
+  EXPECT_FALSE(outputs_agree({1.f}, {1.f, 2.f}, tol, 0.f));
+}
+
+/// Launches whose kernel name contains `part`.
+int launches_of(const std::vector<emu::LaunchCounters>& launches, const std::string& part) {
+  int n = 0;
+  for (const auto& l : launches) n += l.kernel.find(part) != std::string::npos;
+  return n;
+}
+
+TEST(AttentionAuto, FirstCallMeasuresEveryPathAndLaterCallsRunTheChoice) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "the launch records exist on the emulated backend only";
+  ScopedEnv measure("NURI_EMU_MEASURE", "1");
+  auto [automatic, why] = make_backend_with(name, "NURI_ATTENTION", "auto");
+  ASSERT_TRUE(automatic) << why;
+  auto [nuri, why_nuri] = make_backend_with(name, "NURI_ATTENTION", "nuri");
+  ASSERT_TRUE(nuri) << why_nuri;
+  struct Case {
+    int64_t d;
+    bool causal, fused;
+  };
+  for (const Case& c : {Case{64, true, false}, Case{128, false, true}}) {
+    SCOPED_TRACE("D " + std::to_string(c.d) + (c.causal ? " causal" : " full") +
+                 (c.fused ? " fused QKV" : ""));
+    const int64_t b = 1, t = 40, h = 2, hkv = 1, d = c.d;
+    const Shape qs{b, t, h, d}, ks{b, t, hkv, d}, all{b, t, h + 2 * hkv, d};
+    const Vec x = random_vec(b * t * (h + 2 * hkv) * d, 81),
+              dout = random_vec(b * t * h * d, 82);
+    AttentionOptions opt;
+    opt.causal = c.causal;
+    // Heads [from, to) of each row of x.
+    auto heads = [&](int64_t from, int64_t to) {
+      Vec r;
+      for (int64_t row = 0; row < b * t; ++row) {
+        const auto first = x.begin() + (row * (h + 2 * hkv) + from) * d;
+        r.insert(r.end(), first, first + (to - from) * d);
+      }
+      return r;
+    };
+    // q, k, v (and dq, dk, dv): views of one [B, T, H + 2·Hkv, D] buffer when fused, else
+    // tensors of their own holding the same values.
+    // Fused: buf is the buffer (the values to read back; views cannot be copied to the host).
+    struct Qkv {
+      Tensor q, k, v, buf;
+    };
+    auto split = [&](Backend& be, bool zero) {
+      if (!c.fused) {
+        if (zero) return Qkv{zeros(be, qs), zeros(be, ks), zeros(be, ks), Tensor()};
+        return Qkv{on(be, qs, heads(0, h)), on(be, ks, heads(h, h + hkv)),
+                   on(be, ks, heads(h + hkv, h + 2 * hkv)), Tensor()};
+      }
+      const Tensor buf = zero ? zeros(be, all) : on(be, all, x);
+      return Qkv{buf.slice(2, 0, h), buf.slice(2, h, h + hkv), buf.slice(2, h + hkv, h + 2 * hkv),
+                 buf};
+    };
+    // Two forward and two backward calls; their outputs and each call's launches.
+    auto run = [&](Backend& be, std::vector<std::vector<emu::LaunchCounters>>& launched) {
+      const Qkv in = split(be, false), grad = split(be, true);
+      const Tensor &q = in.q, &k = in.k, &v = in.v, &dq = grad.q, &dk = grad.k, &dv = grad.v;
+      Tensor out = be.empty(qs, DType::bf16), lse = zeros_f32(be, {b, h, t});
+      const Tensor tdout = on(be, qs, dout);
+      emu::set_counters(true);
+      emu::take_counters();
+      for (int i = 0; i < 2; ++i) {
+        be.attention(q, k, v, out, lse, opt);
+        launched.push_back(emu::take_counters());
+      }
+      for (int i = 0; i < 2; ++i) {
+        be.attention_backward(q, k, v, out, lse, tdout, dq, dk, dv, opt);
+        launched.push_back(emu::take_counters());
+      }
+      emu::set_counters(false);
+      if (c.fused) return std::vector<Vec>{values(be, out), values(be, lse), values(be, grad.buf)};
+      return std::vector<Vec>{values(be, out), values(be, lse), values(be, dq), values(be, dk),
+                              values(be, dv)};
+    };
+    std::vector<std::vector<emu::LaunchCounters>> by_auto, by_nuri;
+    testing::internal::CaptureStderr();
+    const std::vector<Vec> got = run(*automatic, by_auto);
+    const std::string printed = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(printed.find("disagrees"), std::string::npos) << printed;
+    const std::vector<Vec> want = run(*nuri, by_nuri);
+    const char* what[] = {"out", "lse", "dq (fused: dq, dk, dv)", "dk", "dv"};
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(got[i], want[i]) << what[i];
+
+    // The first forward: nuri's 64-row kernel into the outputs, the 128-row and sm_90a
+    // forwards into copies, each once to warm up and once timed; the second: nuri's kernel
+    // alone (0 ms ties keep it). The same for the backward, without the 128-row path.
+    const int want_fwd[2][3] = {{2, 2, 2}, {1, 0, 0}};
+    for (int call = 0; call < 2; ++call) {
+      SCOPED_TRACE("forward call " + std::to_string(call + 1));
+      EXPECT_EQ(launches_of(by_auto[size_t(call)], "attention_fwd_kernel"), want_fwd[call][0]);
+      EXPECT_EQ(launches_of(by_auto[size_t(call)], "attention_fwd_q128_kernel"),
+                want_fwd[call][1]);
+      EXPECT_EQ(launches_of(by_auto[size_t(call)], "attention_fwd_sm90_kernel"),
+                want_fwd[call][2]);
+    }
+    for (int call = 0; call < 2; ++call) {
+      SCOPED_TRACE("backward call " + std::to_string(call + 1));
+      const auto& l = by_auto[size_t(2 + call)];
+      EXPECT_EQ(launches_of(l, "attn_bwd_dkdv<"), call == 0 ? 2 : 1);
+      EXPECT_EQ(launches_of(l, "attn_bwd_dkdv_sm90_kernel"), call == 0 ? 2 : 0);
+      EXPECT_EQ(launches_of(l, "attention_fwd"), 0);
+    }
+    // NURI_ATTENTION=nuri measures nothing.
+    for (const auto& l : by_nuri) {
+      EXPECT_EQ(launches_of(l, "q128") + launches_of(l, "sm90"), 0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace nuri::test
