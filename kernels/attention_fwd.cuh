@@ -45,8 +45,9 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
   const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
   const int warp = attn::warp_id(), lane = attn::lane_id();
-  const int rg = lane / 4;                  // accumulator row group
-  const int w0 = warp * kWarpRows;          // the warp's first row in the block
+  const int rg = lane / 4;          // accumulator row group
+  const int w0 = warp * kWarpRows;  // the warp's first row in the block
+  const int row_lo = q0 + w0 + rg;  // query index of accumulator rows rg, rg + 8 (row tile 0)
 
   const T* gQ = p.q + b * p.q_s.b + int64_t(q0) * p.q_s.t + h * p.q_s.h;
   const T* gK = p.k + b * p.k_s.b + kvh * p.k_s.h;
@@ -166,7 +167,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
       const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + w0);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        if (edge) attn::mask_scores<kCausal>(rS[mt], k0, q0 + w0 + 16 * mt + rg, p.seq, -INFINITY);
+        if (edge) attn::mask_scores<kCausal>(rS[mt], k0, row_lo + 16 * mt, p.seq, -INFINITY);
         float alpha[2];
         attn::softmax_tile(rS[mt], rMax[mt], rSum[mt], alpha, scale_log2, /*c_negative=*/false);
         attn::rescale_rows(rO[mt], alpha);
@@ -202,11 +203,10 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   T* gO = p.out + b * p.out_s.b + h * p.out_s.h;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
-    const int row0 = q0 + w0 + 16 * mt;
     float inv[2];
     attn::softmax_finish(inv, rMax[mt], rSum[mt], p.lse + (int64_t(b) * p.heads + h) * p.seq,
-                         row0 + rg, p.seq);
-    attn::store_acc<T>(gO, p.out_s.t, row0, p.seq, rO[mt], inv[0], inv[1]);
+                         row_lo + 16 * mt, p.seq);
+    attn::store_acc<T>(gO, p.out_s.t, q0 + w0 + 16 * mt, p.seq, rO[mt], inv[0], inv[1]);
   }
 }
 
