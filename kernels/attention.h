@@ -27,8 +27,8 @@ struct AttentionParams {
   const T* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;
-  T* out = nullptr;       // [B, T, H, D] forward output; backward input (for Di = rowsum(dO∘O))
-  float* lse = nullptr;   // [B, H, T] natural-log log-sum-exp of the scaled scores
+  T* out = nullptr;         // [B, T, H, D] forward output; backward input (for Di = rowsum(dO∘O))
+  float* lse = nullptr;     // [B, H, T] natural-log log-sum-exp of the scaled scores
   const T* dout = nullptr;  // backward: [B, T, H, D]
   T* dq = nullptr;          // backward outputs, shapes of q, k, v
   T* dk = nullptr;
@@ -52,36 +52,60 @@ constexpr bool attention_head_dim_supported(int d) {
   return false;
 }
 
-/// Shared memory rows are padded by 8 elements (16 bytes), which makes the 8 row addresses of an
-/// ldmatrix fall in different banks.
+/// The sm_80-class kernels' Q, K, V and dO tiles in shared memory keep ldmatrix reads and cp.async
+/// writes free of bank conflicts in one of two ways: rows padded by 8 elements (16 bytes), or
+/// unpadded rows with their 16-byte chunks XOR-swizzled (tc::Swizzle128B<D>). The swizzle saves
+/// 1/9 (D 64) or 1/17 (D 128) of the bytes but costs each fragment load an XOR and a register
+/// for it, so only kernels whose blocks per SM shared memory decides take it (the 128-row
+/// forward on 32-key tiles); in the others, swizzling left registers short (spills, or one
+/// block less).
 constexpr int attn_row_stride(int d) { return d + 8; }
+/// Bytes of a tile of `rows` rows of D 16-bit elements, padded or swizzled.
+constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {
+  return size_t(rows) * size_t(swizzled ? d : attn_row_stride(d)) * 2;
+}
 
 /// Forward: a block of 4 warps owns kBlockM = 4 · kWarpRows query rows of one (b, h) and walks
-/// key tiles of 64. Shared memory: one K and one V tile, each loading with cp.async while the
-/// other is in use (FlashAttention-2's pipeline), and the Q tile.
+/// key tiles of kBlockN (64, or 32 for 128-row blocks on GPUs with 100 KiB of shared memory a
+/// SM: attn_fwd_q128_key_rows). Shared memory: one K and one V tile, each loading with cp.async
+/// while the other is in use (FlashAttention-2's pipeline), and the Q tile.
 /// - kWarpRows 16 (64-row blocks, NURI_ATTENTION=nuri): Q's fragments stay in registers and its
 ///   tile passes through the V tile before V_0 is loaded there.
 /// - kWarpRows 32 (128-row blocks, NURI_ATTENTION=nuri128; FlashAttention-2's shape on A100):
 ///   every K or V fragment read from shared memory feeds two m16 products instead of one. Q has
 ///   a tile of its own; at D 64 its fragments stay in registers, at D 128 (two 16 × 128 output
 ///   accumulators a thread) they are read from that tile at each key tile.
-template <int D, int kWarpRows_ = 16>
+template <int D, int kWarpRows_ = 16, int kBlockN_ = 64>
 struct AttnFwdConfig {
   static_assert(kWarpRows_ == 16 || kWarpRows_ == 32, "a warp owns one or two m16 row tiles");
+  static_assert(kBlockN_ == 64 || (kBlockN_ == 32 && kWarpRows_ == 32),
+                "key tiles of 64, or of 32 for 128-row blocks");
   static constexpr int kThreads = 128;
   static constexpr int kWarpRows = kWarpRows_;
   static constexpr int kMTiles = kWarpRows / 16;  // m16 row tiles a warp owns
   static constexpr int kBlockM = 4 * kWarpRows;   // query rows per block
-  static constexpr int kBlockN = 64;              // keys per tile
+  static constexpr int kBlockN = kBlockN_;        // keys per tile
   static constexpr bool kQInRegs = kMTiles * D <= 128;
   static constexpr bool kQInV = kBlockM <= kBlockN;  // Q's tile is V's place
   static_assert(kQInRegs || !kQInV, "Q may borrow V's place only on its way to registers");
+  /// The 32-key tiles exist for GPUs with 100 KiB of shared memory a SM: their tiles are swizzled.
+  static constexpr bool kSwizzled = kBlockN == 32;
   static constexpr size_t kSmemBytes =
-      size_t(2 * kBlockN + (kQInV ? 0 : kBlockM)) * attn_row_stride(D) * 2;
+      attn_tile_bytes(2 * kBlockN + (kQInV ? 0 : kBlockM), D, kSwizzled);
   /// Blocks per SM the registers must allow (__launch_bounds__), on a 64K-register SM: 64-row
   /// blocks 4 (≤ 128 registers) at D 64, 3 (≤ 168) at D 128; 128-row blocks 2 (≤ 255).
   static constexpr int kMinBlocks = kMTiles == 2 ? 2 : D <= 64 ? 4 : 3;
 };
+
+/// The key tile of the 128-row forward on a GPU with `smem_per_sm` bytes of shared memory a
+/// SM: 64 where two blocks fit beside each other (the driver reserves 1 KiB a block), else 32,
+/// FlashAttention-2's shape for sm_86/89 (at D 128, 69632 B a block fits twice on an A100's
+/// 164 KiB or an H100's 228 KiB, not on an RTX 3090/4090's 100 KiB; 49152 B with 32-key tiles,
+/// swizzled, does).
+constexpr int attn_fwd_q128_key_rows(int d, size_t smem_per_sm) {
+  const size_t bytes_n64 = attn_tile_bytes(128 + 2 * 64, d, false);
+  return 2 * (bytes_n64 + 1024) <= smem_per_sm ? 64 : 32;
+}
 
 /// Backward, key-major pass (dK, dV and, when not deterministic, atomic dQ): a block of 4 warps
 /// owns 64 keys (16 per warp) of one (b, kv head) and walks the query tiles of every query head
@@ -94,7 +118,7 @@ struct AttnBwdKVConfig {
   static constexpr int kBlockM = 32;  // queries per tile
   static constexpr int kStages = 2;
   static constexpr size_t kSmemBytes =
-      size_t(2 * kBlockN + 2 * kStages * kBlockM) * attn_row_stride(D) * 2 +
+      attn_tile_bytes(2 * kBlockN + 2 * kStages * kBlockM, D, false) +
       size_t(kBlockN) * (kBlockM + 8) * 2 + size_t(kStages) * 2 * kBlockM * sizeof(float);
 };
 
@@ -108,7 +132,7 @@ struct AttnBwdQConfig {
   static constexpr int kBlockN = 32;  // keys per tile
   static constexpr int kStages = 2;
   static constexpr size_t kSmemBytes =
-      size_t(2 * kBlockM + 2 * kStages * kBlockN) * attn_row_stride(D) * 2 +
+      attn_tile_bytes(2 * kBlockM + 2 * kStages * kBlockN, D, false) +
       size_t(2 * kBlockM) * sizeof(float);
 };
 
@@ -173,7 +197,8 @@ template <class T>
 void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaStream_t stream);
 
 /// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims;
-/// block_rows the query rows of a block, 64 or 128 (AttnFwdConfig).
+/// block_rows the query rows of a block, 64 or 128 (AttnFwdConfig). 128-row blocks take the key
+/// tile attn_fwd_q128_key_rows gives for the current device's shared memory a SM.
 template <class T>
 void attention_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_rows = 64);
 

@@ -1,7 +1,8 @@
 // Building blocks shared by the attention kernels: tile loads with cp.async and the pipeline
-// step, quad reductions, the forward's mask and online softmax and the accumulator store; the tensor-core fragment helpers (and the
-// fragment layouts) are those of mma_tiles.cuh. Shared-memory tiles are row-major with row
-// stride attn_row_stride(D) = D + 8 elements.
+// step, quad reductions, the forward's mask and online softmax and the accumulator store; the
+// tensor-core fragment helpers (and the fragment layouts) are those of mma_tiles.cuh.
+// Shared-memory tiles of D-wide rows are padded (row stride attn_row_stride(D) = D + 8) or
+// swizzled (tc::Swizzle128B<D>): attn::tile_layout.
 #pragma once
 
 #include <cmath>
@@ -19,28 +20,41 @@ using namespace ::nuri::kernels::tc;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+/// The layout of a kernel's Q, K, V and dO tiles (attention.h says which kernels swizzle).
+template <int D, bool kSwizzled>
+__device__ __forceinline__ constexpr auto tile_layout() {
+  if constexpr (kSwizzled) {
+    return Swizzle128B<D>{};
+  } else {
+    return RowMajor{attn_row_stride(D)};
+  }
+}
+
 /// Issues cp.async copies of a kRows × D tile from global rows g + r·g_stride (r < valid_rows)
-/// into s (row stride attn_row_stride(D)); rows at or past valid_rows are zero-filled without
-/// reading global memory. Every thread of a kThreads block calls it; the caller commits. Each
-/// thread copies the same column chunk of rows kRowStep apart, so the loop unrolls into one
-/// address add and one cp.async per chunk.
-template <class T, int D, int kRows, int kThreads>
-__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t g_stride, int valid_rows) {
+/// into s (layout `at`, tile_layout); rows at or past valid_rows are zero-filled without reading
+/// global memory. Every thread of a kThreads block calls it; the caller commits. Each thread
+/// copies the same column chunk of rows kRowStep apart (a multiple of 8, so a swizzled chunk
+/// keeps its place in each), and the loop unrolls into one address add and one cp.async per
+/// chunk.
+template <class T, int D, int kRows, int kThreads, class L = RowMajor>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int64_t g_stride, int valid_rows,
+                                          L at = RowMajor{attn_row_stride(D)}) {
   constexpr int kChunks = D * int(sizeof(T)) / 16;  // 16-byte chunks per row
   constexpr int kElems = 16 / int(sizeof(T));
-  constexpr int kLd = attn_row_stride(D);
   constexpr int kRowStep = kThreads / kChunks;
   constexpr int kIters = kRows * kChunks / kThreads;
   static_assert(kThreads % kChunks == 0 && kRows % kRowStep == 0,
                 "every thread copies the same chunk of kIters rows");
+  static_assert(kRowStep % 8 == 0, "rows kRowStep apart share their swizzle");
   const int r0 = int(threadIdx.x) / kChunks, c = int(threadIdx.x) % kChunks * kElems;
-  T* dst = s + r0 * kLd + c;
+  T* dst = s + at(r0, c);
+  const int row_step = at(kRowStep, 0) - at(0, 0);  // elements between rows kRowStep apart
   const T* src = g + r0 * g_stride + c;
   const int64_t src_step = kRowStep * g_stride;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
     const bool in = r0 + it * kRowStep < valid_rows;
-    cp_async<16>(dst + it * kRowStep * kLd, in ? src + it * src_step : g, in ? 16 : 0);
+    cp_async<16>(dst + it * row_step, in ? src + it * src_step : g, in ? 16 : 0);
   }
 }
 

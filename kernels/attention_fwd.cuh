@@ -5,7 +5,8 @@
 // warp w owns rows kWarpRows·w .. and keeps its 16- or 32-row output accumulator and its running
 // row max / row sum in registers for the whole walk over key tiles, with Q's fragments (or, for
 // 128-row blocks at D 128, reads them from Q's tile at each key tile). Key and value tiles of 64
-// rows stream through one K and one V tile of shared memory, each loading while tensor cores
+// rows (or 32, for 128-row blocks on GPUs with 100 KiB of shared memory a SM) stream through one
+// K and one V tile of shared memory (swizzled, unpadded rows), each loading while tensor cores
 // work on the other (V_j during S = Q K_jᵀ and the softmax, K_{j+1} during O += P V_j). Per
 // tile: S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose; each K
 // fragment feeds the warp's one or two m16 row tiles), masking at the sequence end and the
@@ -22,13 +23,15 @@
 
 namespace nuri::kernels {
 
-/// One block of the forward with AttnFwdConfig<D, kWarpRows>.
-template <class T, int D, bool kCausal, int kWarpRows>
+/// One block of the forward with AttnFwdConfig<D, kWarpRows, kBlockN>.
+template <class T, int D, bool kCausal, int kWarpRows, int kBlockN>
 __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p) {
-  using Cfg = AttnFwdConfig<D, kWarpRows>;
+  using Cfg = AttnFwdConfig<D, kWarpRows, kBlockN>;
   constexpr int kM = Cfg::kBlockM, kN = Cfg::kBlockN, kThreads = Cfg::kThreads;
   constexpr int kMT = Cfg::kMTiles;  // m16 row tiles of a warp
-  constexpr int kLd = attn_row_stride(D);
+  // The layout of the Q, K and V tiles (padded, or swizzled on 32-key tiles) and its row stride.
+  constexpr auto kAt = attn::tile_layout<D, Cfg::kSwizzled>();
+  constexpr int kLd = Cfg::kSwizzled ? D : attn_row_stride(D);
   constexpr int kKSteps = D / 16;   // k blocks of Q·Kᵀ
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O
@@ -48,6 +51,10 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   const int rg = lane / 4;          // accumulator row group
   const int w0 = warp * kWarpRows;  // the warp's first row in the block
   const int row_lo = q0 + w0 + rg;  // query index of accumulator rows rg, rg + 8 (row tile 0)
+  // Q's fragments: swizzled, from the warp's first row of Q's tile (a runtime row offset added
+  // after the XOR would cost an add a load); padded, the warp's rows are an offset like others.
+  const T* sQw = Cfg::kSwizzled ? sQ + w0 * kLd : sQ;
+  const int q_row0 = Cfg::kSwizzled ? 0 : w0;
 
   const T* gQ = p.q + b * p.q_s.b + int64_t(q0) * p.q_s.t + h * p.q_s.h;
   const T* gK = p.k + b * p.k_s.b + kvh * p.k_s.h;
@@ -56,10 +63,10 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   // Tile j of K or V, as one cp.async group (K_0's group also holds Q).
   auto issue = [&](T* dst, const T* g, int64_t stride, int j) {
     const int k0 = j * kN;
-    attn::load_tile<T, D, kN, kThreads>(dst, g + int64_t(k0) * stride, stride, p.seq - k0);
+    attn::load_tile<T, D, kN, kThreads>(dst, g + int64_t(k0) * stride, stride, p.seq - k0, kAt);
     cp_async_commit();
   };
-  attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0);
+  attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0, kAt);
   issue(sK, gK, p.k_s.t, 0);
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
@@ -68,7 +75,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   // in registers, at each read for fragments read from Q's tile.
   const bool flip = p.scale < 0.f;
   const float scale_log2 = (flip ? -p.scale : p.scale) * attn::kLog2e;
-  auto flip_sign = [&](uint32_t (&a)[4]) {
+  auto flip_sign = [&](uint32_t(&a)[4]) {
     if (flip) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) a[i] ^= 0x80008000u;  // the sign of both 16-bit halves
@@ -101,7 +108,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
     for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
-        attn::load_a(rQ[mt][ks], sQ, kLd, w0 + 16 * mt, ks * 16);
+        attn::load_a(rQ[mt][ks], sQw, kAt, q_row0 + 16 * mt, ks * 16);
         flip_sign(rQ[mt][ks]);
       }
     }
@@ -145,14 +152,14 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
 #pragma unroll
             for (int i = 0; i < 4; ++i) rA[mt][i] = rQ[mt][ks][i];
           } else {
-            attn::load_a(rA[mt], sQ, kLd, w0 + 16 * mt, ks * 16);
+            attn::load_a(rA[mt], sQw, kAt, q_row0 + 16 * mt, ks * 16);
             flip_sign(rA[mt]);
           }
         }
 #pragma unroll
         for (int nb = 0; nb < kSBlocks; nb += 2) {
           uint32_t rB[4];
-          attn::load_b_nk(rB, sK, kLd, nb * 8, ks * 16);
+          attn::load_b_nk(rB, sK, kAt, nb * 8, ks * 16);
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
             attn::mma<T>(rS[mt][nb], rA[mt], rB[0], rB[1]);
@@ -188,7 +195,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
 #pragma unroll
         for (int nb = 0; nb < kOBlocks; nb += 2) {
           uint32_t rB[4];
-          attn::load_b_kn(rB, sV, kLd, kb * 16, nb * 8);
+          attn::load_b_kn(rB, sV, kAt, kb * 16, nb * 8);
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
             attn::mma<T>(rO[mt][nb], rP[mt][kb], rB[0], rB[1]);
@@ -214,14 +221,15 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
 template <class T, int D, bool kCausal>
 __global__ void __launch_bounds__(AttnFwdConfig<D, 16>::kThreads, AttnFwdConfig<D, 16>::kMinBlocks)
     attention_fwd_kernel(const AttentionParams<T> p) {
-  attention_fwd_block<T, D, kCausal, 16>(p);
+  attention_fwd_block<T, D, kCausal, 16, 64>(p);
 }
 
-/// 128-row blocks (NURI_ATTENTION=nuri128).
-template <class T, int D, bool kCausal>
-__global__ void __launch_bounds__(AttnFwdConfig<D, 32>::kThreads, AttnFwdConfig<D, 32>::kMinBlocks)
+/// 128-row blocks (NURI_ATTENTION=nuri128) on key tiles of kBlockN (attn_fwd_q128_key_rows).
+template <class T, int D, bool kCausal, int kBlockN>
+__global__ void __launch_bounds__(AttnFwdConfig<D, 32, kBlockN>::kThreads,
+                                  AttnFwdConfig<D, 32, kBlockN>::kMinBlocks)
     attention_fwd_q128_kernel(const AttentionParams<T> p) {
-  attention_fwd_block<T, D, kCausal, 32>(p);
+  attention_fwd_block<T, D, kCausal, 32, kBlockN>(p);
 }
 
 }  // namespace nuri::kernels

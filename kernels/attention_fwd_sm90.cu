@@ -2,9 +2,9 @@
 // of q, k and v (attn90::tensor_map), and the launch. Under nvcc the kernel has a body only for
 // sm_90a.
 #include "attention_fwd_sm90.cuh"
+#include "device_info.h"
 
 #include <algorithm>
-#include <atomic>
 #include <string>
 
 #if __has_include("nuri/config.h")
@@ -16,29 +16,6 @@
 namespace nuri::kernels {
 
 namespace {
-
-/// The device's SM count: the persistent forward runs one block per SM. Cached per device on
-/// GPUs; asked each time under the emulator, whose count NURI_EMU_SMS sets (tests use few SMs
-/// so that every block walks several work tiles).
-int sm_count() {
-  int dev = 0;
-  NURI_CUDA_CHECK(cudaGetDevice(&dev));
-#if defined(NURI_CUDA_EMULATION)
-  cudaDeviceProp prop;
-  NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-  return prop.multiProcessorCount;
-#else
-  static std::atomic<int> cache[64];
-  if (dev < 0 || dev >= 64) dev = 0;
-  int sms = cache[dev].load(std::memory_order_relaxed);
-  if (sms == 0) {
-    NURI_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    sms = std::max(sms, 1);
-    cache[dev].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
-#endif
-}
 
 template <class T, int D>
 void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
@@ -56,7 +33,7 @@ void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   prm.n_work = int(work);
   // Persistent: one block per SM (the kernel's registers allow no more), each walking work
   // tiles blockIdx.x, + gridDim.x, ...
-  const dim3 grid(unsigned(std::min<int64_t>(work, sm_count())));
+  const dim3 grid(unsigned(std::min<int64_t>(work, current_device_info().sms)));
   if (p.causal) {
     NURI_LAUNCH((attention_fwd_sm90_kernel<T, D, true>), grid, dim3(Cfg::kThreads),
                 Cfg::kSmemBytes, stream, prm);

@@ -2,8 +2,7 @@
 // float on the SIMT kernel; the three product layouts, aligned (16-byte cp.async) or not; and the
 // sm_90a kernel's tensor maps and launch (matmul_sm90.cuh; under nvcc its body is real only for
 // sm_90a, and the host launches it only where sm90a_compiled() on an sm_90 device).
-#include <atomic>
-
+#include "device_info.h"
 #include "matmul_sm90.cuh"
 
 namespace nuri::kernels {
@@ -14,22 +13,6 @@ namespace {
 template <class T>
 bool rows_aligned(const T* p, int64_t ld) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld * int64_t(sizeof(T))) % 16 == 0;
-}
-
-/// SMs of the current device (cached per device: the property query is slow on real devices).
-int device_sms() {
-  static std::atomic<int> cache[64];
-  int dev = 0;
-  NURI_CUDA_CHECK(cudaGetDevice(&dev));
-  NURI_CHECK(dev >= 0 && dev < 64, "matmul: device index ", dev, " out of range");
-  int sms = cache[dev].load(std::memory_order_relaxed);
-  if (sms == 0) {
-    cudaDeviceProp prop{};
-    NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    sms = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
-    cache[dev].store(sms, std::memory_order_relaxed);
-  }
-  return sms;
 }
 
 template <class C, class T, bool kATrans, bool kBKN>
@@ -102,7 +85,7 @@ bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, cudaStream_t st
     const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
     NURI_LAUNCH((mm::gemm_simt_kernel<kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
                 stream, a);
-  } else if (matmul_tiles(a.m, a.n, device_sms(), tiles) == mm::TcLarge::kBlockM) {
+  } else if (matmul_tiles(a.m, a.n, current_device_info().sms, tiles) == mm::TcLarge::kBlockM) {
     launch_tc<mm::TcLarge, T, kATrans, kBKN>(a, stream);
   } else {
     launch_tc<mm::TcSmall, T, kATrans, kBKN>(a, stream);

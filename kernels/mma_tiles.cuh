@@ -72,10 +72,17 @@ __device__ __forceinline__ int acc_quad(float (&v)[4], const float (&acc)[NB][4]
 
 // ---- shared-memory tile layouts: element offset of (row, col) -----------------------------------
 
+// Each layout also has shift(at(r, c), dr, dc) = at(r + dr, c + dc) for c 0 or 8, dr a multiple
+// of 8 and dc a multiple of 16 (the fragment loads' lanes and fragments). A fragment load then
+// takes its lane's offset once, and each unrolled (dr, dc) costs an add of immediates and, in the
+// swizzled layouts, one XOR with a constant, where at(r + dr, c + dc) would XOR a lane-dependent
+// value with one constant per dc and keep each result in a register across the loop.
+
 /// Row-major with `ld` elements a row (padding included).
 struct RowMajor {
   int ld;
   __device__ __forceinline__ int operator()(int r, int c) const { return r * ld + c; }
+  __device__ __forceinline__ int shift(int off, int dr, int dc) const { return off + dr * ld + dc; }
 };
 
 /// Rows of 32 16-bit elements (64 bytes) with no padding, 16-byte chunks XOR-swizzled: chunk c
@@ -87,13 +94,72 @@ struct Swizzle64B {
   __device__ __forceinline__ int operator()(int r, int c) const {
     return r * 32 + ((((c >> 3) ^ (r >> 1)) & 3) << 3) + (c & 7);
   }
+  /// (r >> 1) % 4 is unchanged by dr; dc's chunk bits flip the XOR's.
+  __device__ __forceinline__ int shift(int off, int dr, int dc) const {
+    return (off ^ (dc & 24)) + dr * 32 + (dc & ~31);
+  }
 };
+
+/// Rows of kCols 16-bit elements (a multiple of 64: 128-byte lines) with no padding, 16-byte
+/// chunks XOR-swizzled within each line: chunk c of row r sits at chunk c ^ (r % 8) (the low 3
+/// bits of c; a 256-byte row has two lines, each permuted alike). Any 8 consecutive rows read at
+/// one logical chunk (an ldmatrix matrix, plain or transposed) land in 8 distinct 16-byte bank
+/// groups, and so do the 8 chunks of a line that a quarter-warp of 16-byte cp.async writes. The
+/// attention tiles (D = 64, 128) use it: padding each row by 16 bytes is conflict-free too, but
+/// costs 1/8 or 1/16 of the shared memory, which decides the blocks per SM on 100 KiB GPUs.
+/// Row starts stay 16-byte aligned, and so does every chunk.
+template <int kCols>
+struct Swizzle128B {
+  static_assert(kCols % 64 == 0, "whole 128-byte lines of 16-bit elements");
+  __device__ __forceinline__ int operator()(int r, int c) const {
+    return r * kCols + ((c >> 3 ^ (r & 7)) << 3) + (c & 7);
+  }
+  /// r % 8 is unchanged by dr; dc's low 3 chunk bits flip the XOR's, its higher ones add.
+  __device__ __forceinline__ int shift(int off, int dr, int dc) const {
+    return (off ^ xor_bits(dc)) + add(dr, dc);
+  }
+  __device__ __forceinline__ static int xor_bits(int dc) { return dc & 56; }
+  __device__ __forceinline__ int add(int dr, int dc) const { return dr * kCols + (dc & ~63); }
+  /// load_x4 may XOR the byte address of a lane's element (a tile starting 128-byte aligned):
+  /// the chunk bits are the same bits of the address.
+  static constexpr bool kXorAddress = true;
+};
+
+/// One ldmatrix.x4 (transposed with kTrans) of the 16 × 16 block of s (layout `at`) at rows r0..,
+/// columns c0..: this lane gives the address of the block's row r, column c (0 or 8). The
+/// fragment loads below choose (r, c) so that the 4 matrices land in their operand's register
+/// order. Each (r0, c0) costs immediates after unrolling (at's shift); under the emulator it is
+/// checked against at() itself, so every use the tests reach keeps shift's contract.
+template <bool kTrans, class T, class L>
+__device__ __forceinline__ void load_x4(uint32_t (&m)[4], const T* s, L at, int r, int c, int r0,
+                                        int c0) {
+  constexpr bool kXorAddress = requires { L::kXorAddress; };
+#if defined(NURI_CUDA_EMULATION)
+  const int off = at.shift(at(r, c), r0, c0);
+  NURI_CHECK(off == at(r + r0, c + c0), "tile layout: (", r, ", ", c, ") shifted by (", r0, ", ",
+             c0, ") is outside shift's contract");
+  NURI_CHECK(!kXorAddress || reinterpret_cast<uintptr_t>(s) % 128 == 0,
+             "a swizzled tile must start 128-byte aligned (its XOR acts on the address)");
+  ldmatrix<4, kTrans>(m, s + off);
+#else
+  if constexpr (kXorAddress) {
+    // The XOR on the lane's address, at each load (xor_in_place), then the adds: with r0 and c0
+    // constants after unrolling, one LOP3 (shared by the loads of one XOR constant) and an LDSM
+    // with an immediate offset.
+    const uint32_t a =
+        xor_in_place(smem_address(s + at(r, c)), uint32_t(sizeof(T)) * uint32_t(at.xor_bits(c0)));
+    ldmatrix_at<4, kTrans>(m, a + uint32_t(sizeof(T)) * uint32_t(at.add(r0, c0)));
+  } else {
+    ldmatrix<4, kTrans>(m, s + at.shift(at(r, c), r0, c0));
+  }
+#endif
+}
 
 /// A fragment (16 × 16) of a tile s[m][k] in layout `at`: rows m0.., columns k0...
 template <class T, class L>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, L at, int m0, int k0) {
   const int l = lane_id();
-  ldmatrix<4, false>(a, s + at(m0 + l % 16, k0 + (l / 16) * 8));
+  load_x4<false>(a, s, at, l % 16, (l / 16) * 8, m0, k0);
 }
 template <class T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int ld, int m0, int k0) {
@@ -102,11 +168,14 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* s, int ld, int
 
 /// A fragment (16 × 16) of A = Mᵀ where M is stored row-major as s[k][m]: rows m0.. of A
 /// (columns of s), columns k0.. of A (rows of s).
+template <class T, class L>
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, L at, int m0, int k0) {
+  const int l = lane_id(), j = l / 8;
+  load_x4<true>(a, s, at, (j / 2) * 8 + l % 8, (j % 2) * 8, k0, m0);
+}
 template <class T>
-__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, int ld, int m0,
-                                             int k0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, true>(a, s + (k0 + (j / 2) * 8 + r) * ld + m0 + (j % 2) * 8);
+__device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, int ld, int m0, int k0) {
+  load_a_trans(a, s, RowMajor{ld}, m0, k0);
 }
 
 /// B fragments of two 8-column blocks (n0 and n0 + 8; k rows k0..k0+15) where B [k][n] is stored
@@ -114,8 +183,8 @@ __device__ __forceinline__ void load_a_trans(uint32_t (&a)[4], const T* s, int l
 /// operand of column block n0; b[2], b[3] of n0 + 8.
 template <class T, class L>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, L at, int n0, int k0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, false>(b, s + at(n0 + (j / 2) * 8 + r, k0 + (j % 2) * 8));
+  const int l = lane_id(), j = l / 8;
+  load_x4<false>(b, s, at, (j / 2) * 8 + l % 8, (j % 2) * 8, n0, k0);
 }
 template <class T>
 __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, int ld, int n0, int k0) {
@@ -123,10 +192,14 @@ __device__ __forceinline__ void load_b_nk(uint32_t (&b)[4], const T* s, int ld, 
 }
 
 /// As load_b_nk where B [k][n] is stored row-major as s[k][n] (e.g. V [key][d] for O = P·V).
+template <class T, class L>
+__device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* s, L at, int k0, int n0) {
+  const int l = lane_id(), j = l / 8;
+  load_x4<true>(b, s, at, (j % 2) * 8 + l % 8, (j / 2) * 8, k0, n0);
+}
 template <class T>
 __device__ __forceinline__ void load_b_kn(uint32_t (&b)[4], const T* s, int ld, int k0, int n0) {
-  const int l = lane_id(), j = l / 8, r = l % 8;
-  ldmatrix<4, true>(b, s + (k0 + (j % 2) * 8 + r) * ld + n0 + (j / 2) * 8);
+  load_b_kn(b, s, RowMajor{ld}, k0, n0);
 }
 
 }  // namespace nuri::kernels::tc

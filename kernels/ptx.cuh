@@ -73,15 +73,12 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 }
 #endif
 
-/// ldmatrix.sync.aligned.m8n8.x{N}[.trans].shared.b16: `row` is this lane's row address in
-/// shared memory (16-byte aligned; lanes 8j..8j+7 give matrix j's rows).
+#if !defined(NURI_CUDA_EMULATION)
+/// ldmatrix.sync.aligned.m8n8.x{N}[.trans].shared.b16 from a shared-memory address `a`
+/// (smem_address; 16-byte aligned; lanes 8j..8j+7 give matrix j's rows).
 template <int N, bool Trans>
-__device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* row NURI_PTX_SITE) {
+__device__ __forceinline__ void ldmatrix_at(uint32_t (&r)[N], uint32_t a) {
   static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
-#if defined(NURI_CUDA_EMULATION)
-  ::nuri::emu::ldmatrix(N, Trans, row, r, site);
-#else
-  const uint32_t a = smem_address(row);
   if constexpr (N == 1 && !Trans) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(a));
   } else if constexpr (N == 1) {
@@ -100,6 +97,29 @@ __device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* row NURI_
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
   }
+}
+
+/// a ^ bits, issued where it is written (xor.b32 in volatile asm): the compiler cannot keep
+/// a ^ bits for a loop-invariant `a` in a register across the loop. Swizzled fragment addresses
+/// take one XOR a load this way, instead of a register for each constant a kernel XORs with
+/// (which spills where registers are short). bits == 0 costs nothing.
+__device__ __forceinline__ uint32_t xor_in_place(uint32_t a, uint32_t bits) {
+  if (bits == 0) return a;
+  uint32_t r;
+  asm volatile("xor.b32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(bits));
+  return r;
+}
+#endif
+
+/// ldmatrix.sync.aligned.m8n8.x{N}[.trans].shared.b16: `row` is this lane's row address in
+/// shared memory (16-byte aligned; lanes 8j..8j+7 give matrix j's rows).
+template <int N, bool Trans>
+__device__ __forceinline__ void ldmatrix(uint32_t (&r)[N], const void* row NURI_PTX_SITE) {
+  static_assert(N == 1 || N == 2 || N == 4, "ldmatrix loads 1, 2 or 4 matrices");
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::ldmatrix(N, Trans, row, r, site);
+#else
+  ldmatrix_at<N, Trans>(r, smem_address(row));
 #endif
 }
 

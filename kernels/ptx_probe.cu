@@ -28,6 +28,9 @@ __global__ void __launch_bounds__(32) ptx_probe_kernel(PtxProbeParams p) {
   ldmatrix<2, true>(rB, sB + (lane % 16) * 8);
   ldmatrix<1, false>(rB1, sB + (lane % 8) * 8);
   ldmatrix<4, true>(rT, sA + (lane % 16) * 16 + (lane / 16) * 8);
+  uint32_t rX[4];  // rows XOR-swizzled by 16-byte chunk, as the 32-key attention tiles are
+  ldmatrix_at<4, false>(rX, xor_in_place(smem_address(sA + (lane % 16) * 16), (lane / 16) * 16));
+  rA[0] ^= rX[0] & 0x80008000u;
   const float c[4] = {0.f, 0.f, 0.f, 0.f};
   float d[4], e[4];
   mma_bf16_m16n8k16(d, rA, rB, c);

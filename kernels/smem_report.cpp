@@ -1,8 +1,8 @@
 // Prints the dynamic shared memory and block size of every attention and tensor-core GEMM
 // configuration (ptxas reports only static shared memory) and fails if one needs more than a
 // block may have on the GPUs that run it (sm_86 and sm_89: 99 KiB; the sm_90a kernels: 227
-// KiB). With --tsv, one line per
-// configuration for scripts/kernel_report.py: family, key (head dim or tile edge), bytes,
+// KiB). With --tsv, one line per configuration for scripts/kernel_report.py: family (or
+// family/N: its kernels whose last template argument is N), key (head dim or tile edge), bytes,
 // threads. Built and run by scripts/check-kernels.sh; not part of the library.
 #include <cstdio>
 #include <cstring>
@@ -33,16 +33,20 @@ template <int D>
 bool report() {
   using namespace nuri::kernels;
   if (!g_tsv) {
-    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B (128-row blocks %6zu B), "
-                "backward dK/dV %6zu B, backward dQ %6zu B, sm_90a forward %6zu B, sm_90a "
-                "backward (each) %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
-                AttnFwdConfig<D, 32>::kSmemBytes, AttnBwdKVConfig<D>::kSmemBytes,
+    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B (128-row blocks %6zu B, "
+                "on 32-key tiles %6zu B), backward dK/dV %6zu B, backward dQ %6zu B, sm_90a "
+                "forward %6zu B, sm_90a backward (each) %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
+                AttnFwdConfig<D, 32>::kSmemBytes, AttnFwdConfig<D, 32, 32>::kSmemBytes,
+                AttnBwdKVConfig<D>::kSmemBytes,
                 AttnBwdQConfig<D>::kSmemBytes, AttnFwdSm90Config<D>::kSmemBytes,
                 AttnBwdSm90Config<D>::kSmemBytes);
   }
   bool ok = row("attention_fwd_kernel", D, AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D>::kThreads);
-  ok &= row("attention_fwd_q128_kernel", D, AttnFwdConfig<D, 32>::kSmemBytes,
+  // family/N: the kernels whose last template argument is N (the key tile).
+  ok &= row("attention_fwd_q128_kernel/64", D, AttnFwdConfig<D, 32>::kSmemBytes,
             AttnFwdConfig<D, 32>::kThreads);
+  ok &= row("attention_fwd_q128_kernel/32", D, AttnFwdConfig<D, 32, 32>::kSmemBytes,
+            AttnFwdConfig<D, 32, 32>::kThreads);
   ok &= row("attn_bwd_dkdv", D, AttnBwdKVConfig<D>::kSmemBytes, AttnBwdKVConfig<D>::kThreads);
   ok &= row("attn_bwd_dq", D, AttnBwdQConfig<D>::kSmemBytes, AttnBwdQConfig<D>::kThreads);
   ok &= row("attention_fwd_sm90_kernel", D, AttnFwdSm90Config<D>::kSmemBytes,

@@ -184,7 +184,9 @@ def main():
     def config_of(name):
         # Longest family first: attn_bwd_dkdv is also a prefix of attn_bwd_dkdv_sm90_kernel.
         for (family, key), v in sorted(config.items(), key=lambda kv: -len(kv[0][0])):
-            if family in name:
+            # "family/N": only the kernels of the family whose last template argument is N.
+            family, _, last = family.partition("/")
+            if family in name and (not last or re.search(r",\s*" + last + r">", name)):
                 if family == "gemm_sm90_kernel":  # one tile shape (mm::Sm90Config)
                     return v
                 m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, ?(\d+)",

@@ -23,4 +23,7 @@ void describe_launch(char* buf, size_t n);
 /// Installs the SIGSEGV/SIGBUS handler that reports out-of-bounds accesses (idempotent).
 void install_fault_handler();
 
+/// The emulated device's shared memory per SM (runtime.cpp; NURI_EMU_SMEM_PER_SM).
+size_t emulated_smem_per_sm();
+
 }  // namespace nuri::emu

@@ -151,6 +151,20 @@ void install_fault_handler() {
   });
 }
 
+/// Shared memory per SM of the emulated device: 228 KiB (an H100), or NURI_EMU_SMEM_PER_SM
+/// bytes (32768 to 233472), so tests can run the choices host code makes for GPUs with less (an
+/// RTX 3090/4090: 102400). A block may have 1 KiB less (the driver's reserve).
+size_t emulated_smem_per_sm() {
+  const char* env = std::getenv("NURI_EMU_SMEM_PER_SM");
+  if (!env || !*env) return 228 * 1024;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  NURI_CHECK(end && *end == '\0' && v >= 32768 && v <= 228 * 1024, "NURI_EMU_SMEM_PER_SM='",
+             env, "': the emulated device's shared memory per SM must be a byte count from 32768 "
+             "to 233472");
+  return size_t(v);
+}
+
 }  // namespace nuri::emu
 
 using nuri::emu::fail;
@@ -310,8 +324,8 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
   p->maxGridSize[1] = 65535;
   p->maxGridSize[2] = 65535;
   p->sharedMemPerBlock = 48 * 1024;
-  p->sharedMemPerBlockOptin = 227 * 1024;
-  p->sharedMemPerMultiprocessor = 228 * 1024;
+  p->sharedMemPerMultiprocessor = nuri::emu::emulated_smem_per_sm();
+  p->sharedMemPerBlockOptin = p->sharedMemPerMultiprocessor - 1024;
   p->regsPerBlock = 65536;
   p->maxThreadsPerMultiProcessor = 2048;
   p->totalGlobalMem = size_t(80) << 30;

@@ -21,8 +21,6 @@
 namespace nuri::emu {
 namespace detail {
 
-constexpr size_t kMaxSharedBytes = 227 * 1024;  // sm_90's opt-in maximum per block
-
 // ---- fiber stacks (fiber.cpp) and TSan fibers: reused across launches, never within one ---------
 //
 // Under TSan, memory or a TSan fiber that served one block and then another of the same launch
@@ -433,8 +431,11 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
              block.x, "x", block.y, "x", block.z, " is not a valid CUDA block (1 to 1024 threads, z <= 64)");
   NURI_CHECK(grid.y <= 65535 && grid.z <= 65535, "emulated ", name, ": grid ", grid.x, "x",
              grid.y, "x", grid.z, " exceeds CUDA's limits (y, z <= 65535)");
-  NURI_CHECK(smem_bytes <= kMaxSharedBytes, "emulated ", name, ": ", smem_bytes,
-             " bytes of dynamic shared memory exceed the ", kMaxSharedBytes, " a block may have");
+  // The emulated device's opt-in maximum a block: 227 KiB (sm_90), less under
+  // NURI_EMU_SMEM_PER_SM.
+  const size_t max_smem = emulated_smem_per_sm() - 1024;
+  NURI_CHECK(smem_bytes <= max_smem, "emulated ", name, ": ", smem_bytes,
+             " bytes of dynamic shared memory exceed the ", max_smem, " a block may have");
   install_fault_handler();
   static thread_local fiber::Stacks* stacks = fiber::new_stacks();
   static thread_local FiberPool fibers;

@@ -550,6 +550,40 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128Test);
 INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128Test, ::testing::ValuesIn(q128_params()),
                          [](const auto& info) { return kernel_case_name(info, false); });
 
+// On a GPU with 100 KiB of shared memory a SM (an RTX 3090/4090), two 128-row blocks on 64-key
+// tiles do not fit beside each other at D 128, so the forward walks key tiles of 32
+// (attn_fwd_q128_key_rows, FlashAttention-2's sm_86/89 shape). The same bar on an emulated device
+// with that shared memory (NURI_EMU_SMEM_PER_SM=102400; 65536 makes D 64 take them too): several
+// key tiles, ragged ends, causal warps skipping tiles, GQA, fused-QKV views. Emulator only: a GPU
+// runs the key tile its own shared memory gives, in AttentionQ128Test.
+class AttentionQ128KeyTile32Test
+    : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
+
+TEST_P(AttentionQ128KeyTile32Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecision) {
+  const auto& [name, c] = GetParam();
+  ScopedEnv smem("NURI_EMU_SMEM_PER_SM", c.d == 128 ? "102400" : "65536");
+  NURI_BACKEND_ON_PATH(be, name, "nuri128");
+  expect_kernels_within_model(*be, c, "", /*backward=*/false);
+}
+
+std::vector<std::tuple<std::string, KernelCase>> q128_key_tile32_params() {
+  std::vector<KernelCase> cases;
+  for (const KernelCase& c : kernel_cases()) {
+    if (c.dtype == DType::bf16 && c.t >= 33) cases.push_back(c);
+  }
+  cases.push_back({1, 260, 2, 1, 128, true, DType::f16, true, false});
+  std::vector<std::tuple<std::string, KernelCase>> r;
+  for (const auto& p : on_16bit_backends(cases)) {
+    if (std::get<0>(p) == "cuda-emu") r.push_back(p);
+  }
+  return r;
+}
+
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128KeyTile32Test);
+INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128KeyTile32Test,
+                         ::testing::ValuesIn(q128_key_tile32_params()),
+                         [](const auto& info) { return kernel_case_name(info, false); });
+
 // Each row of a 128-row block meets the same key tiles in the same order as in a 64-row block
 // (a warp skips only tiles it cannot see), and its products, softmax and stores are the same
 // per row, so the two forwards agree bit for bit: `auto` may pick either without changing a

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <string>
 
+#include "attention.h"
 #include "emu/emu.h"
 #include "ops/harness.h"
 
@@ -107,19 +108,38 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
 
 // The forward on 128-row query blocks (NURI_ATTENTION=nuri128): the same efficiency, and the
 // work its tiling says. A warp owns two m16 row tiles, so each K or V fragment it reads with
-// ldmatrix feeds two products: per active warp and key tile of 64, 2 · D products, 2 · 34 exp2,
-// and D/4 ldmatrix for K plus D/4 for V (plus, at D 128, D/8 for Q from its tile; at D 64 Q's
-// D/8 are read once). The 64-row kernel reads D/2 per D products, so shared-memory reads per
-// product fall by half at D 64 and to 5/8 at D 128. Causally, a warp skips the key tiles past
-// its last row, which leaves the products of the 64-row kernel (also counted here).
+// ldmatrix feeds two products: per active warp and key tile of kn keys, D·kn/32 products,
+// 2 · 2 · (1 + kn/4) exp2 (a rescale and the scores, for 2 row tiles × 2 rows a lane), and
+// D·kn/128 ldmatrix for K and V (plus, at D 128, D/8 for Q from its tile at each key tile; at
+// D 64 Q's D/8 are read once). With kn = 64 that is 2·D products for D/2 K/V reads, where the
+// 64-row kernel reads D/2 per D products, so shared-memory reads per product fall by half at
+// D 64 and to 5/8 at D 128. Causally, a warp skips the key tiles past its last row, which
+// leaves the products of the 64-row kernel (also counted here). On a device with less shared
+// memory a SM than two 64-key blocks need (NURI_EMU_SMEM_PER_SM: an RTX 3090/4090's 102400 at
+// D 128; 65536 for D 64), the key tiles are 32 (attn_fwd_q128_key_rows): twice the tiles, each
+// half the work, and Q read from its tile at D 128 twice as often.
 TEST(KernelCounters, ForwardOn128RowBlocksReadsEachFragmentForTwoProducts) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
   auto [be, why] = make_backend_with(name, "NURI_ATTENTION", "nuri128");
   ASSERT_TRUE(be) << why;
   auto be64 = make_backend(name);
-  for (const auto& [d, causal] : {std::pair<int64_t, bool>{64, true}, {128, false}}) {
-    SCOPED_TRACE("D " + std::to_string(d) + (causal ? " causal" : " full"));
+  struct Case {
+    int64_t d;
+    bool causal;
+    const char* smem_per_sm;  // of the emulated device ("" for its 228 KiB)
+    int64_t kn;               // the key tile attn_fwd_q128_key_rows gives for it
+  };
+  for (const Case& c : {Case{64, true, "", 64}, Case{128, false, "", 64},
+                        Case{128, true, "102400", 32}, Case{64, false, "65536", 32}}) {
+    const int64_t d = c.d, kn = c.kn;
+    const bool causal = c.causal;
+    SCOPED_TRACE("D " + std::to_string(d) + (causal ? " causal" : " full") + " key tiles " +
+                 std::to_string(kn));
+    ScopedEnv smem("NURI_EMU_SMEM_PER_SM", c.smem_per_sm);
+    ASSERT_EQ(kernels::attn_fwd_q128_key_rows(
+                  int(d), *c.smem_per_sm ? std::stoul(c.smem_per_sm) : 228 * 1024),
+              kn);
     const int64_t b = 1, t = 256, h = 2, hkv = 1;
     const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
     AttentionOptions opt;
@@ -134,32 +154,51 @@ TEST(KernelCounters, ForwardOn128RowBlocksReadsEachFragmentForTwoProducts) {
       return emu::take_counters();
     };
     const auto launches = run(*be);
-    const emu::Counters fwd = expect_efficient(
-        launches, "attention_fwd_q128_kernel", {Access::cp_async_global, Access::st_global});
+    const emu::Counters fwd = expect_efficient(launches, "attention_fwd_q128_kernel",
+                                               {Access::cp_async_global, Access::st_global});
     // Active (warp, key tile) pairs: warp w of query block qb owns rows 128·qb + 32·w ..+31 and
-    // walks key tiles j of 64 up to the block's last row (causal) or the end; causally it skips
+    // walks key tiles j of kn up to the block's last row (causal) or the end; causally it skips
     // the tiles that start past its last row.
     int64_t warp_tiles = 0;
     for (int64_t qb = 0; qb < t / 128; ++qb) {
-      const int64_t n_tiles = causal ? (qb + 1) * 2 : t / 64;
+      const int64_t n_tiles = causal ? (qb + 1) * 128 / kn : t / kn;
       for (int64_t w = 0; w < 4; ++w) {
         for (int64_t j = 0; j < n_tiles; ++j) {
-          warp_tiles += !causal || 64 * j <= 128 * qb + 32 * w + 31;
+          warp_tiles += !causal || kn * j <= 128 * qb + 32 * w + 31;
         }
       }
     }
     warp_tiles *= b * h;
     const int64_t warps = b * h * (t / 128) * 4;
-    EXPECT_EQ(fwd[Instr::mma], uint64_t(warp_tiles * 2 * d));
-    EXPECT_EQ(fwd[Instr::sfu], uint64_t(warp_tiles * 2 * 34));
+    EXPECT_EQ(fwd[Instr::mma], uint64_t(warp_tiles * d * kn / 32));
+    EXPECT_EQ(fwd[Instr::sfu], uint64_t(warp_tiles * 4 * (1 + kn / 4)));
     const int64_t q_reads = d == 64 ? warps * 2 * d / 16 : warp_tiles * d / 8;
-    EXPECT_EQ(fwd[Instr::ldmatrix], uint64_t(warp_tiles * d / 2 + q_reads));
+    EXPECT_EQ(fwd[Instr::ldmatrix], uint64_t(warp_tiles * d * kn / 128 + q_reads));
     EXPECT_EQ(fwd[Instr::atomic], 0u);
+    if (kn != 64) continue;
     // The 64-row kernel on the same inputs: the same products, twice the K/V fragment reads.
     const emu::Counters fwd64 = emu::sum_counters(run(*be64), "attention_fwd_kernel");
     EXPECT_EQ(fwd64[Instr::mma], fwd[Instr::mma]);
     EXPECT_EQ(fwd64[Instr::ldmatrix], uint64_t(b * h * (t / 64) * 4 * d / 16 + warp_tiles * d));
   }
+}
+
+// The 128-row forward's key tile on the GPUs nuri targets (their shared memory a SM): 64-key
+// tiles where two blocks fit, 32 on an RTX 3090/4090 at D 128.
+TEST(KernelCounters, Q128KeyTileFollowsSharedMemoryPerSm) {
+  struct Gpu {
+    const char* name;
+    size_t smem_per_sm;
+    int d64, d128;
+  };
+  for (const Gpu& g : {Gpu{"A100", 164 * 1024, 64, 64}, Gpu{"RTX 3090/4090", 100 * 1024, 64, 32},
+                       Gpu{"H100", 228 * 1024, 64, 64}}) {
+    EXPECT_EQ(kernels::attn_fwd_q128_key_rows(64, g.smem_per_sm), g.d64) << g.name;
+    EXPECT_EQ(kernels::attn_fwd_q128_key_rows(128, g.smem_per_sm), g.d128) << g.name;
+  }
+  // Two blocks with the driver's 1 KiB each: 2 · (69632 + 1024) bytes at D 128 (rows padded).
+  EXPECT_EQ(kernels::attn_fwd_q128_key_rows(128, 141312), 64);
+  EXPECT_EQ(kernels::attn_fwd_q128_key_rows(128, 141311), 32);
 }
 
 // The sm_90a kernels (NURI_ATTENTION=sm90): their tiles arrive by TMA and their products are
