@@ -2,7 +2,8 @@
 // __syncthreads (race in shared memory), a missing atomic (race across blocks in global memory),
 // a read of cp.async data before its wait, barrier divergence, warp collectives with a missing
 // or exited lane, out-of-bounds global accesses (guard page and padding), and the correctly
-// synchronized versions of the same kernels, which must pass silently.
+// synchronized versions of the same kernels, which must pass silently; and the emulated device's
+// shared memory bounding a launch.
 #include <gtest/gtest.h>
 
 #include "emu/emu_util.h"
@@ -216,6 +217,41 @@ TEST(EmulatorStrict, CopiesOutsideAnAllocationAreRejected) {
             cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// NURI_EMU_SMEM_PER_SM: the emulated device reports that shared memory a SM (and 1 KiB less a
+// block, the driver's reserve), a launch asking for more than a block may have is refused saying
+// both numbers, and a malformed value is an error naming the variable.
+__global__ void first_smem_word(float* out) {
+  float* s = ::nuri::kernels::dynamic_smem<float>();
+  if (threadIdx.x == 0) {
+    s[0] = 7.f;
+    out[0] = s[0];
+  }
+}
+
+TEST(EmulatorStrict, SharedMemoryPerSmIsTheEmulatedDevicesAndBoundsALaunch) {
+  struct Unset {
+    ~Unset() { unsetenv("NURI_EMU_SMEM_PER_SM"); }
+  } unset;
+  DeviceBuffer<float> out(1);
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  EXPECT_EQ(prop.sharedMemPerMultiprocessor, size_t(228 * 1024));
+  EXPECT_EQ(prop.sharedMemPerBlockOptin, size_t(227 * 1024));
+  setenv("NURI_EMU_SMEM_PER_SM", "102400", 1);  // an RTX 3090/4090
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);
+  EXPECT_EQ(prop.sharedMemPerMultiprocessor, size_t(102400));
+  EXPECT_EQ(prop.sharedMemPerBlockOptin, size_t(101376));
+  NURI_LAUNCH(first_smem_word, dim3(1), dim3(32), 101376, nullptr, out.get());
+  EXPECT_EQ(out.download()[0], 7.f);
+  const std::string e = error_of(
+      [&] { NURI_LAUNCH(first_smem_word, dim3(1), dim3(32), 101377, nullptr, out.get()); });
+  EXPECT_NE(e.find("101377 bytes of dynamic shared memory exceed the 101376"), std::string::npos)
+      << e;
+  setenv("NURI_EMU_SMEM_PER_SM", "100k", 1);
+  const std::string bad = error_of([&] { (void)cudaGetDeviceProperties(&prop, 0); });
+  EXPECT_NE(bad.find("NURI_EMU_SMEM_PER_SM='100k'"), std::string::npos) << bad;
 }
 
 }  // namespace

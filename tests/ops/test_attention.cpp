@@ -554,7 +554,7 @@ INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128Test, ::testing::ValuesIn(q128_params
 // tiles do not fit beside each other at D 128, so the forward walks key tiles of 32
 // (attn_fwd_q128_key_rows, FlashAttention-2's sm_86/89 shape). The same bar on an emulated device
 // with that shared memory (NURI_EMU_SMEM_PER_SM=102400; 65536 makes D 64 take them too): several
-// key tiles, ragged ends, causal warps skipping tiles, GQA, fused-QKV views. Emulator only: a GPU
+// key tiles (T 33 to 200), ragged ends, causal warps skipping tiles, GQA, fused-QKV views. Emulator only: a GPU
 // runs the key tile its own shared memory gives, in AttentionQ128Test.
 class AttentionQ128KeyTile32Test
     : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
@@ -567,11 +567,12 @@ TEST_P(AttentionQ128KeyTile32Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecis
 }
 
 std::vector<std::tuple<std::string, KernelCase>> q128_key_tile32_params() {
+  // bf16 (f16 changes only the mma's type), several key tiles; D 64 (which no GPU nuri targets
+  // runs on 32-key tiles) on the short cases only, to keep the TSan suite short.
   std::vector<KernelCase> cases;
   for (const KernelCase& c : kernel_cases()) {
-    if (c.dtype == DType::bf16 && c.t >= 33) cases.push_back(c);
+    if (c.dtype == DType::bf16 && c.t >= 33 && (c.d == 128 || c.t <= 100)) cases.push_back(c);
   }
-  cases.push_back({1, 260, 2, 1, 128, true, DType::f16, true, false});
   std::vector<std::tuple<std::string, KernelCase>> r;
   for (const auto& p : on_16bit_backends(cases)) {
     if (std::get<0>(p) == "cuda-emu") r.push_back(p);
