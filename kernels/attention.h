@@ -27,8 +27,8 @@ struct AttentionParams {
   const T* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;
-  T* out = nullptr;         // [B, T, H, D] forward output; backward input (for Di = rowsum(dO∘O))
-  float* lse = nullptr;     // [B, H, T] natural-log log-sum-exp of the scaled scores
+  T* out = nullptr;       // [B, T, H, D] forward output; backward input (for Di = rowsum(dO∘O))
+  float* lse = nullptr;   // [B, H, T] natural-log log-sum-exp of the scaled scores
   const T* dout = nullptr;  // backward: [B, T, H, D]
   T* dq = nullptr;          // backward outputs, shapes of q, k, v
   T* dk = nullptr;
@@ -57,8 +57,7 @@ constexpr bool attention_head_dim_supported(int d) {
 /// unpadded rows with their 16-byte chunks XOR-swizzled (tc::Swizzle128B<D>). The swizzle saves
 /// 1/9 (D 64) or 1/17 (D 128) of the bytes but costs each fragment load an XOR and a register
 /// for it, so only kernels whose blocks per SM shared memory decides take it (the 128-row
-/// forward on 32-key tiles); in the others, swizzling left registers short (spills, or one
-/// block less).
+/// forward on 32-key tiles); in the others, at their register bounds, swizzling spilled.
 constexpr int attn_row_stride(int d) { return d + 8; }
 /// Bytes of a tile of `rows` rows of D 16-bit elements, padded or swizzled.
 constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {

@@ -41,23 +41,21 @@ void launch_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_
 
 template <class T>
 void attention_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_rows) {
-  NURI_CHECK(p.batch > 0 && p.seq > 0 && p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
+  NURI_CHECK(p.batch > 0 && p.seq > 0 && p.heads > 0 && p.kv_heads > 0 &&
+                 p.heads % p.kv_heads == 0,
              "attention forward kernel: bad shape (B ", p.batch, ", T ", p.seq, ", H ", p.heads,
              ", Hkv ", p.kv_heads, ")");
   NURI_CHECK(block_rows == 64 || block_rows == 128, "attention forward kernel: blocks of ",
              block_rows, " query rows are not compiled (64 or 128)");
   switch (p.head_dim) {  // one line per head dim of kAttentionHeadDims
-    case 64:
-      return launch_forward<T, 64>(p, stream, block_rows);
-    case 128:
-      return launch_forward<T, 128>(p, stream, block_rows);
-    default:
-      NURI_CHECK(false, "attention forward kernel: head_dim ", p.head_dim, " is not compiled");
+    case 64: return launch_forward<T, 64>(p, stream, block_rows);
+    case 128: return launch_forward<T, 128>(p, stream, block_rows);
+    default: NURI_CHECK(false, "attention forward kernel: head_dim ", p.head_dim, " is not compiled");
   }
 }
 
-template void attention_forward<__nv_bfloat16>(const AttentionParams<__nv_bfloat16>&, cudaStream_t,
-                                               int);
+template void attention_forward<__nv_bfloat16>(const AttentionParams<__nv_bfloat16>&,
+                                               cudaStream_t, int);
 template void attention_forward<__half>(const AttentionParams<__half>&, cudaStream_t, int);
 
 }  // namespace nuri::kernels

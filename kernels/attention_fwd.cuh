@@ -6,8 +6,9 @@
 // row max / row sum in registers for the whole walk over key tiles, with Q's fragments (or, for
 // 128-row blocks at D 128, reads them from Q's tile at each key tile). Key and value tiles of 64
 // rows (or 32, for 128-row blocks on GPUs with 100 KiB of shared memory a SM) stream through one
-// K and one V tile of shared memory (swizzled, unpadded rows), each loading while tensor cores
-// work on the other (V_j during S = Q K_jᵀ and the softmax, K_{j+1} during O += P V_j). Per
+// K and one V tile of shared memory (rows padded, or on 32-key tiles unpadded and swizzled),
+// each loading while tensor cores work on the other (V_j during S = Q K_jᵀ and the softmax,
+// K_{j+1} during O += P V_j). Per
 // tile: S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose; each K
 // fragment feeds the warp's one or two m16 row tiles), masking at the sequence end and the
 // causal diagonal, an online softmax in the exp2 domain (scale·log2 e folded into one FMA per
@@ -75,7 +76,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   // in registers, at each read for fragments read from Q's tile.
   const bool flip = p.scale < 0.f;
   const float scale_log2 = (flip ? -p.scale : p.scale) * attn::kLog2e;
-  auto flip_sign = [&](uint32_t(&a)[4]) {
+  auto flip_sign = [&](uint32_t (&a)[4]) {
     if (flip) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) a[i] ^= 0x80008000u;  // the sign of both 16-bit halves

@@ -104,9 +104,9 @@ struct Swizzle64B {
 /// chunks XOR-swizzled within each line: chunk c of row r sits at chunk c ^ (r % 8) (the low 3
 /// bits of c; a 256-byte row has two lines, each permuted alike). Any 8 consecutive rows read at
 /// one logical chunk (an ldmatrix matrix, plain or transposed) land in 8 distinct 16-byte bank
-/// groups, and so do the 8 chunks of a line that a quarter-warp of 16-byte cp.async writes. The
-/// attention tiles (D = 64, 128) use it: padding each row by 16 bytes is conflict-free too, but
-/// costs 1/8 or 1/16 of the shared memory, which decides the blocks per SM on 100 KiB GPUs.
+/// groups, and so do the 8 chunks of a line that a quarter-warp of 16-byte cp.async writes.
+/// Padding each row by 16 bytes is conflict-free too, but takes 1/8 (D 64) or 1/16 (D 128) more
+/// shared memory; the 128-row attention forward's 32-key tiles, sized for 100 KiB GPUs, use this.
 /// Row starts stay 16-byte aligned, and so does every chunk.
 template <int kCols>
 struct Swizzle128B {
