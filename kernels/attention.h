@@ -59,9 +59,11 @@ constexpr bool attention_head_dim_supported(int d) {
 /// for it, so only kernels whose blocks per SM shared memory decides take it (the 128-row
 /// forward on 32-key tiles); in the others, at their register bounds, swizzling spilled.
 constexpr int attn_row_stride(int d) { return d + 8; }
+/// Elements from one row of a tile to the next, padded or swizzled.
+constexpr int attn_tile_ld(int d, bool swizzled) { return swizzled ? d : attn_row_stride(d); }
 /// Bytes of a tile of `rows` rows of D 16-bit elements, padded or swizzled.
 constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {
-  return size_t(rows) * size_t(swizzled ? d : attn_row_stride(d)) * 2;
+  return size_t(rows) * size_t(attn_tile_ld(d, swizzled)) * 2;
 }
 
 /// Forward: a block of 4 warps owns kBlockM = 4 · kWarpRows query rows of one (b, h) and walks

@@ -32,7 +32,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   constexpr int kMT = Cfg::kMTiles;  // m16 row tiles of a warp
   // The layout of the Q, K and V tiles (padded, or swizzled on 32-key tiles) and its row stride.
   constexpr auto kAt = attn::tile_layout<D, Cfg::kSwizzled>();
-  constexpr int kLd = Cfg::kSwizzled ? D : attn_row_stride(D);
+  constexpr int kLd = attn_tile_ld(D, Cfg::kSwizzled);
   constexpr int kKSteps = D / 16;   // k blocks of Q·Kᵀ
   constexpr int kSBlocks = kN / 8;  // 8-key column blocks of S
   constexpr int kOBlocks = D / 8;   // 8-wide column blocks of O

@@ -151,18 +151,30 @@ void install_fault_handler() {
   });
 }
 
+/// The emulated device's setting `var`: `fallback` when unset or empty, else an integer from lo
+/// to hi (an error naming the variable and what it sets otherwise).
+static long device_setting(const char* var, long fallback, long lo, long hi, const char* what) {
+  const char* env = std::getenv(var);
+  if (!env || !*env) return fallback;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  NURI_CHECK(end && *end == '\0' && v >= lo && v <= hi, var, "='", env,
+             "': the emulated device's ", what, " must be an integer from ", lo, " to ", hi);
+  return v;
+}
+
 /// Shared memory per SM of the emulated device: 228 KiB (an H100), or NURI_EMU_SMEM_PER_SM
 /// bytes (32768 to 233472), so tests can run the choices host code makes for GPUs with less (an
 /// RTX 3090/4090: 102400). A block may have 1 KiB less (the driver's reserve).
 size_t emulated_smem_per_sm() {
-  const char* env = std::getenv("NURI_EMU_SMEM_PER_SM");
-  if (!env || !*env) return 228 * 1024;
-  char* end = nullptr;
-  const long v = std::strtol(env, &end, 10);
-  NURI_CHECK(end && *end == '\0' && v >= 32768 && v <= 228 * 1024, "NURI_EMU_SMEM_PER_SM='",
-             env, "': the emulated device's shared memory per SM must be a byte count from 32768 "
-             "to 233472");
-  return size_t(v);
+  return size_t(device_setting("NURI_EMU_SMEM_PER_SM", 228 * 1024, 32768, 228 * 1024,
+                               "shared memory per SM in bytes"));
+}
+
+/// The SM count the emulated device reports: 132 (an H100 SXM), or NURI_EMU_SMS (1 to 1024), so
+/// tests can run a persistent kernel's blocks over several work tiles each.
+static int emulated_sms() {
+  return int(device_setting("NURI_EMU_SMS", 132, 1, 1024, "SM count"));
 }
 
 }  // namespace nuri::emu
@@ -295,18 +307,6 @@ cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 
-/// The SM count the emulated device reports: 132 (an H100 SXM), or NURI_EMU_SMS (1 to 1024), so
-/// tests can run a persistent kernel's blocks over several work tiles each.
-static int emulated_sms() {
-  const char* env = std::getenv("NURI_EMU_SMS");
-  if (!env || !*env) return 132;
-  char* end = nullptr;
-  const long v = std::strtol(env, &end, 10);
-  NURI_CHECK(end && *end == '\0' && v >= 1 && v <= 1024, "NURI_EMU_SMS='", env,
-             "': the emulated device's SM count must be an integer from 1 to 1024");
-  return int(v);
-}
-
 /// An sm_90-like device (H100 SXM numbers), so host code that sizes launches sees real limits.
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
   if (device != 0) return fail(cudaErrorInvalidDevice);
@@ -314,7 +314,7 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
   std::snprintf(p->name, sizeof p->name, "nuri CUDA emulator (sm_90-like)");
   p->major = 9;
   p->minor = 0;
-  p->multiProcessorCount = emulated_sms();
+  p->multiProcessorCount = nuri::emu::emulated_sms();
   p->warpSize = 32;
   p->maxThreadsPerBlock = 1024;
   p->maxThreadsDim[0] = 1024;
