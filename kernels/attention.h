@@ -55,9 +55,9 @@ constexpr bool attention_head_dim_supported(int d) {
 /// The sm_80-class kernels' Q, K, V and dO tiles in shared memory keep ldmatrix reads and cp.async
 /// writes free of bank conflicts in one of two ways: rows padded by 8 elements (16 bytes), or
 /// unpadded rows with their 16-byte chunks XOR-swizzled (tc::Swizzle128B<D>). The swizzle saves
-/// 1/9 (D 64) or 1/17 (D 128) of the bytes but costs each fragment load an XOR and a register
-/// for it, so only kernels whose blocks per SM shared memory decides take it (the 128-row
-/// forward on 32-key tiles); in the others, at their register bounds, swizzling spilled.
+/// 1/9 (D 64) or 1/17 (D 128) of the bytes but costs each fragment load an XOR, so only the
+/// forwards take it where their blocks per SM would be decided by shared memory: the 128-row
+/// forward on 32-key tiles, and the 64-row forward where attn_fwd_swizzled says so.
 constexpr int attn_row_stride(int d) { return d + 8; }
 /// Elements from one row of a tile to the next, padded or swizzled.
 constexpr int attn_tile_ld(int d, bool swizzled) { return swizzled ? d : attn_row_stride(d); }
@@ -65,6 +65,19 @@ constexpr int attn_tile_ld(int d, bool swizzled) { return swizzled ? d : attn_ro
 constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {
   return size_t(rows) * size_t(attn_tile_ld(d, swizzled)) * 2;
 }
+
+/// Shared memory the driver reserves for each resident block, beside the kernel's own.
+constexpr size_t kSmemReservedPerBlock = 1024;
+
+/// Blocks of `bytes` of shared memory that fit an SM with `smem_per_sm`.
+constexpr size_t blocks_by_smem(size_t bytes, size_t smem_per_sm) {
+  return smem_per_sm / (bytes + kSmemReservedPerBlock);
+}
+
+/// Blocks per SM the forward's registers must allow (its __launch_bounds__), on a 64K-register
+/// SM: 64-row blocks (one m16 row tile a warp) 4 (≤ 128 registers) at D 64, 3 (≤ 168) at D 128;
+/// 128-row blocks 2 (≤ 255).
+constexpr int attn_fwd_min_blocks(int m_tiles, int d) { return m_tiles == 2 ? 2 : d <= 64 ? 4 : 3; }
 
 /// Forward: a block of 4 warps owns kBlockM = 4 · kWarpRows query rows of one (b, h) and walks
 /// key tiles of kBlockN (64, or 32 for 128-row blocks on GPUs with 100 KiB of shared memory a
@@ -76,11 +89,13 @@ constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {
 ///   every K or V fragment read from shared memory feeds two m16 products instead of one. Q has
 ///   a tile of its own; at D 64 its fragments stay in registers, at D 128 (two 16 × 128 output
 ///   accumulators a thread) they are read from that tile at each key tile.
-template <int D, int kWarpRows_ = 16, int kBlockN_ = 64>
+/// The tiles are padded, or swizzled with kSwizzled_ (always on 32-key tiles, whose padded
+/// tiles would not fit two blocks on a 100 KiB SM; for 64-row blocks, attn_fwd_swizzled).
+template <int D, int kWarpRows_ = 16, int kBlockN_ = 64, bool kSwizzled_ = kBlockN_ == 32>
 struct AttnFwdConfig {
   static_assert(kWarpRows_ == 16 || kWarpRows_ == 32, "a warp owns one or two m16 row tiles");
-  static_assert(kBlockN_ == 64 || (kBlockN_ == 32 && kWarpRows_ == 32),
-                "key tiles of 64, or of 32 for 128-row blocks");
+  static_assert(kBlockN_ == 64 || (kBlockN_ == 32 && kWarpRows_ == 32 && kSwizzled_),
+                "key tiles of 64, or of 32 (swizzled) for 128-row blocks");
   static constexpr int kThreads = 128;
   static constexpr int kWarpRows = kWarpRows_;
   static constexpr int kMTiles = kWarpRows / 16;  // m16 row tiles a warp owns
@@ -89,14 +104,22 @@ struct AttnFwdConfig {
   static constexpr bool kQInRegs = kMTiles * D <= 128;
   static constexpr bool kQInV = kBlockM <= kBlockN;  // Q's tile is V's place
   static_assert(kQInRegs || !kQInV, "Q may borrow V's place only on its way to registers");
-  /// The 32-key tiles exist for GPUs with 100 KiB of shared memory a SM: their tiles are swizzled.
-  static constexpr bool kSwizzled = kBlockN == 32;
+  static constexpr bool kSwizzled = kSwizzled_;
   static constexpr size_t kSmemBytes =
       attn_tile_bytes(2 * kBlockN + (kQInV ? 0 : kBlockM), D, kSwizzled);
-  /// Blocks per SM the registers must allow (__launch_bounds__), on a 64K-register SM: 64-row
-  /// blocks 4 (≤ 128 registers) at D 64, 3 (≤ 168) at D 128; 128-row blocks 2 (≤ 255).
-  static constexpr int kMinBlocks = kMTiles == 2 ? 2 : D <= 64 ? 4 : 3;
+  static constexpr int kMinBlocks = attn_fwd_min_blocks(kMTiles, D);
 };
+
+/// Whether the 64-row forward swizzles its tiles on a GPU with `smem_per_sm` bytes of shared
+/// memory a SM: where padded tiles let fewer blocks share the SM than its registers allow
+/// (attn_fwd_min_blocks) and swizzled ones let more. At D 128 on an RTX 3090/4090 (100 KiB)
+/// that is 3 blocks of 32768 B instead of 2 of 34816 B; on an A100 or H100 the registers bound
+/// both at 3, and at D 64 every GPU nuri targets fits the 4 the registers allow.
+constexpr bool attn_fwd_swizzled(int d, size_t smem_per_sm) {
+  const size_t padded = blocks_by_smem(attn_tile_bytes(2 * 64, d, false), smem_per_sm);
+  const size_t swizzled = blocks_by_smem(attn_tile_bytes(2 * 64, d, true), smem_per_sm);
+  return padded < size_t(attn_fwd_min_blocks(1, d)) && swizzled > padded;
+}
 
 /// The key tile of the 128-row forward on a GPU with `smem_per_sm` bytes of shared memory a
 /// SM: 64 where two blocks fit beside each other (the driver reserves 1 KiB a block), else 32,
@@ -104,8 +127,7 @@ struct AttnFwdConfig {
 /// 164 KiB or an H100's 228 KiB, not on an RTX 3090/4090's 100 KiB; 49152 B with 32-key tiles,
 /// swizzled, does).
 constexpr int attn_fwd_q128_key_rows(int d, size_t smem_per_sm) {
-  const size_t bytes_n64 = attn_tile_bytes(128 + 2 * 64, d, false);
-  return 2 * (bytes_n64 + 1024) <= smem_per_sm ? 64 : 32;
+  return blocks_by_smem(attn_tile_bytes(128 + 2 * 64, d, false), smem_per_sm) >= 2 ? 64 : 32;
 }
 
 /// Backward, key-major pass (dK, dV and, when not deterministic, atomic dQ): a block of 4 warps
@@ -124,17 +146,18 @@ struct AttnBwdKVConfig {
 };
 
 /// Backward, query-major dQ pass (deterministic mode): a block of 4 warps owns 64 query rows of
-/// one (b, h) and walks key tiles of 32 (2-stage pipeline). Shared memory: Q, dO + 2 × (K + V)
-/// tiles, lse and Di of its rows.
+/// one (b, h) and walks key tiles of 32 (2-stage pipeline). Shared memory: 2 × (K + V) tiles,
+/// through which the Q and dO tiles pass on their way to registers before the first K and V
+/// tiles load there, and lse and Di of its rows.
 template <int D>
 struct AttnBwdQConfig {
   static constexpr int kThreads = 128;
   static constexpr int kBlockM = 64;  // query rows per block
   static constexpr int kBlockN = 32;  // keys per tile
   static constexpr int kStages = 2;
+  static_assert(2 * kBlockM <= 2 * kStages * kBlockN, "Q and dO fit in the K/V stages");
   static constexpr size_t kSmemBytes =
-      attn_tile_bytes(2 * kBlockM + 2 * kStages * kBlockN, D, false) +
-      size_t(2 * kBlockM) * sizeof(float);
+      attn_tile_bytes(2 * kStages * kBlockN, D, false) + size_t(2 * kBlockM) * sizeof(float);
 };
 
 /// Forward for sm_90a (attention_fwd_sm90.cuh), FlashAttention-3's structure: three
@@ -199,7 +222,8 @@ void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaS
 
 /// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims;
 /// block_rows the query rows of a block, 64 or 128 (AttnFwdConfig). 128-row blocks take the key
-/// tile attn_fwd_q128_key_rows gives for the current device's shared memory a SM.
+/// tile attn_fwd_q128_key_rows gives for the current device's shared memory a SM, 64-row blocks
+/// the tiles attn_fwd_swizzled says.
 template <class T>
 void attention_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_rows = 64);
 

@@ -284,8 +284,10 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
 
 /// Block (query tile, head, batch), heaviest causal tiles first; warp w owns queries
 /// 16w..16w+15. Per key tile of 32 and 16-key chunk c: S = Q_w·K_cᵀ, dP = dO_w·V_cᵀ, then
-/// dQ_w += dS·K_c. Q_w and dO_w stay in registers as A fragments (only K and V tiles stream
-/// through shared memory). Every dQ element is summed by one thread in a fixed order.
+/// dQ_w += dS·K_c. Q_w and dO_w stay in registers as A fragments: their tiles pass through the
+/// K/V stages first, and only K and V tiles stream through shared memory after that (half the
+/// shared memory of separate Q and dO tiles, for one wait at the start). Every dQ element is
+/// summed by one thread in a fixed order.
 template <class T, int D, bool kCausal>
 __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
   using Cfg = AttnBwdQConfig<D>;
@@ -300,18 +302,19 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
   const int h = int(blockIdx.y), kvh = h / p.group;
   const int64_t b = blockIdx.z;
 
-  T* sQ = dynamic_smem<T>();                                  // [kM][kLd]
-  T* sdO = sQ + kM * kLd;                                     // [kM][kLd]
-  T* sK = sdO + kM * kLd;                                     // [2][kN][kLd]
+  T* sK = dynamic_smem<T>();                                  // [2][kN][kLd]
   T* sV = sK + 2 * kN * kLd;                                  // [2][kN][kLd]
   float* sLse = reinterpret_cast<float*>(sV + 2 * kN * kLd);  // [kM] lse·log2 e; +inf past T
   float* sDi = sLse + kM;                                     // [kM]; 0 past T
+  T* sQ = sK;              // [kM][kLd], in the K/V stages until its fragments are loaded
+  T* sdO = sQ + kM * kLd;  // [kM][kLd], likewise
 
   load_tile<T, D, kM, kBwdThreads>(sQ, a.q + b * a.q_s.b + int64_t(q0) * a.q_s.t + h * a.q_s.h,
                                    a.q_s.t, seq - q0);
   load_tile<T, D, kM, kBwdThreads>(
       sdO, a.dout + b * a.dout_s.b + int64_t(q0) * a.dout_s.t + h * a.dout_s.h, a.dout_s.t,
       seq - q0);
+  cp_async_commit();
   {
     const int r = tid % kM, q = q0 + r;
     const int64_t idx = (b * a.heads + h) * seq + q;
@@ -338,16 +341,17 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
   float r_dq[kNb][4] = {};                   // dQ_w: 16 queries × D, unscaled
   uint32_t r_q[D / 16][4], r_do[D / 16][4];  // Q_w, dO_w as A fragments, loaded once
   const int query_w = q0 + 16 * warp;
-  issue(0);  // one group with Q and dO
+  cp_async_wait<0>();  // Q and dO have landed (and, after the barrier, lse and Di are seen)
+  __syncthreads();
+#pragma unroll
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    load_a<T>(r_q[k0 / 16], sQ, kLd, 16 * warp, k0);
+    load_a<T>(r_do[k0 / 16], sdO, kLd, 16 * warp, k0);
+  }
+  __syncthreads();  // every warp holds its fragments: K_0 and V_0 may take their place
+  issue(0);
   for (int it = 0; it < n_iter; ++it) {
     pipeline_step(it, n_iter, issue);
-    if (it == 0) {
-#pragma unroll
-      for (int k0 = 0; k0 < D; k0 += 16) {
-        load_a<T>(r_q[k0 / 16], sQ, kLd, 16 * warp, k0);
-        load_a<T>(r_do[k0 / 16], sdO, kLd, 16 * warp, k0);
-      }
-    }
     const int st = it % 2, j0 = it * kN;
     const T* sKs = sK + st * kN * kLd;  // [kN][kLd]
     const T* sVs = sV + st * kN * kLd;  // [kN][kLd]

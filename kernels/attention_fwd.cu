@@ -1,6 +1,7 @@
 // Instantiation unit of the attention forward: __nv_bfloat16 and __half, head dims from
-// kAttentionHeadDims, causal or not, 64-row query blocks, and 128-row ones on key tiles of 64 or
-// (where two such blocks do not fit an SM's shared memory) 32.
+// kAttentionHeadDims, causal or not, 64-row query blocks on padded or swizzled tiles
+// (attn_fwd_swizzled), and 128-row ones on key tiles of 64 or (where two such blocks do not fit
+// an SM's shared memory) 32.
 #include "attention_fwd.cuh"
 #include "device_info.h"
 
@@ -8,9 +9,9 @@ namespace nuri::kernels {
 
 namespace {
 
-template <class T, int D, int kWarpRows, int kBlockN = 64>
+template <class T, int D, int kWarpRows, int kBlockN = 64, bool kSwizzled = kBlockN == 32>
 void launch_forward(const AttentionParams<T>& p, cudaStream_t stream) {
-  using Cfg = AttnFwdConfig<D, kWarpRows, kBlockN>;
+  using Cfg = AttnFwdConfig<D, kWarpRows, kBlockN, kSwizzled>;
   const dim3 grid(unsigned(ceil_div(p.seq, Cfg::kBlockM)), unsigned(p.heads), unsigned(p.batch));
   const dim3 block(Cfg::kThreads);
   if constexpr (kWarpRows == 32) {
@@ -22,16 +23,22 @@ void launch_forward(const AttentionParams<T>& p, cudaStream_t stream) {
                   stream, p);
     }
   } else if (p.causal) {
-    NURI_LAUNCH((attention_fwd_kernel<T, D, true>), grid, block, Cfg::kSmemBytes, stream, p);
+    NURI_LAUNCH((attention_fwd_kernel<T, D, true, kSwizzled>), grid, block, Cfg::kSmemBytes,
+                stream, p);
   } else {
-    NURI_LAUNCH((attention_fwd_kernel<T, D, false>), grid, block, Cfg::kSmemBytes, stream, p);
+    NURI_LAUNCH((attention_fwd_kernel<T, D, false, kSwizzled>), grid, block, Cfg::kSmemBytes,
+                stream, p);
   }
 }
 
 template <class T, int D>
 void launch_forward(const AttentionParams<T>& p, cudaStream_t stream, int block_rows) {
-  if (block_rows == 64) return launch_forward<T, D, 16>(p, stream);
-  if (attn_fwd_q128_key_rows(D, current_device_info().smem_per_sm) == 64) {
+  const size_t smem_per_sm = current_device_info().smem_per_sm;
+  if (block_rows == 64) {
+    if (attn_fwd_swizzled(D, smem_per_sm)) return launch_forward<T, D, 16, 64, true>(p, stream);
+    return launch_forward<T, D, 16>(p, stream);
+  }
+  if (attn_fwd_q128_key_rows(D, smem_per_sm) == 64) {
     return launch_forward<T, D, 32>(p, stream);
   }
   launch_forward<T, D, 32, 32>(p, stream);

@@ -6,7 +6,8 @@
 // row max / row sum in registers for the whole walk over key tiles, with Q's fragments (or, for
 // 128-row blocks at D 128, reads them from Q's tile at each key tile). Key and value tiles of 64
 // rows (or 32, for 128-row blocks on GPUs with 100 KiB of shared memory a SM) stream through one
-// K and one V tile of shared memory (rows padded, or on 32-key tiles unpadded and swizzled),
+// K and one V tile of shared memory (rows padded, or unpadded and swizzled where that lets
+// more blocks share an SM: 32-key tiles, and 64-row blocks at D 128 on 100 KiB GPUs),
 // each loading while tensor cores work on the other (V_j during S = Q K_jᵀ and the softmax,
 // K_{j+1} during O += P V_j). Per
 // tile: S = Q Kᵀ on tensor cores (K rows are B's columns: ldmatrix without transpose; each K
@@ -24,13 +25,13 @@
 
 namespace nuri::kernels {
 
-/// One block of the forward with AttnFwdConfig<D, kWarpRows, kBlockN>.
-template <class T, int D, bool kCausal, int kWarpRows, int kBlockN>
+/// One block of the forward with AttnFwdConfig<D, kWarpRows, kBlockN, kSwizzled>.
+template <class T, int D, bool kCausal, int kWarpRows, int kBlockN, bool kSwizzled>
 __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p) {
-  using Cfg = AttnFwdConfig<D, kWarpRows, kBlockN>;
+  using Cfg = AttnFwdConfig<D, kWarpRows, kBlockN, kSwizzled>;
   constexpr int kM = Cfg::kBlockM, kN = Cfg::kBlockN, kThreads = Cfg::kThreads;
   constexpr int kMT = Cfg::kMTiles;  // m16 row tiles of a warp
-  // The layout of the Q, K and V tiles (padded, or swizzled on 32-key tiles) and its row stride.
+  // The layout of the Q, K and V tiles (padded or swizzled) and its row stride.
   constexpr auto kAt = attn::tile_layout<D, Cfg::kSwizzled>();
   constexpr int kLd = attn_tile_ld(D, Cfg::kSwizzled);
   constexpr int kKSteps = D / 16;   // k blocks of Q·Kᵀ
@@ -218,19 +219,20 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   }
 }
 
-/// 64-row blocks (NURI_ATTENTION=nuri).
-template <class T, int D, bool kCausal>
+/// 64-row blocks (NURI_ATTENTION=nuri), on padded or swizzled tiles (attn_fwd_swizzled).
+template <class T, int D, bool kCausal, bool kSwizzled>
 __global__ void __launch_bounds__(AttnFwdConfig<D, 16>::kThreads, AttnFwdConfig<D, 16>::kMinBlocks)
     attention_fwd_kernel(const AttentionParams<T> p) {
-  attention_fwd_block<T, D, kCausal, 16, 64>(p);
+  attention_fwd_block<T, D, kCausal, 16, 64, kSwizzled>(p);
 }
 
-/// 128-row blocks (NURI_ATTENTION=nuri128) on key tiles of kBlockN (attn_fwd_q128_key_rows).
+/// 128-row blocks (NURI_ATTENTION=nuri128) on key tiles of kBlockN (attn_fwd_q128_key_rows),
+/// swizzled where they are 32.
 template <class T, int D, bool kCausal, int kBlockN>
 __global__ void __launch_bounds__(AttnFwdConfig<D, 32, kBlockN>::kThreads,
                                   AttnFwdConfig<D, 32, kBlockN>::kMinBlocks)
     attention_fwd_q128_kernel(const AttentionParams<T> p) {
-  attention_fwd_block<T, D, kCausal, 32, kBlockN>(p);
+  attention_fwd_block<T, D, kCausal, 32, kBlockN, kBlockN == 32>(p);
 }
 
 }  // namespace nuri::kernels

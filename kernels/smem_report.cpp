@@ -33,16 +33,20 @@ template <int D>
 bool report() {
   using namespace nuri::kernels;
   if (!g_tsv) {
-    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B (128-row blocks %6zu B, "
-                "on 32-key tiles %6zu B), backward dK/dV %6zu B, backward dQ %6zu B, sm_90a "
-                "forward %6zu B, sm_90a backward (each) %6zu B\n", D, AttnFwdConfig<D>::kSmemBytes,
+    std::printf("attention head_dim %-3d  dynamic smem: forward %6zu B (swizzled %6zu B; "
+                "128-row blocks %6zu B, on 32-key tiles %6zu B), backward dK/dV %6zu B, backward "
+                "dQ %6zu B, sm_90a forward %6zu B, sm_90a backward (each) %6zu B\n", D,
+                AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D, 16, 64, true>::kSmemBytes,
                 AttnFwdConfig<D, 32>::kSmemBytes, AttnFwdConfig<D, 32, 32>::kSmemBytes,
                 AttnBwdKVConfig<D>::kSmemBytes,
                 AttnBwdQConfig<D>::kSmemBytes, AttnFwdSm90Config<D>::kSmemBytes,
                 AttnBwdSm90Config<D>::kSmemBytes);
   }
-  bool ok = row("attention_fwd_kernel", D, AttnFwdConfig<D>::kSmemBytes, AttnFwdConfig<D>::kThreads);
-  // family/N: the kernels whose last template argument is N (the key tile).
+  // family/N: the kernels whose last template argument is N (swizzled or not; the key tile).
+  bool ok = row("attention_fwd_kernel/false", D, AttnFwdConfig<D>::kSmemBytes,
+                AttnFwdConfig<D>::kThreads);
+  ok &= row("attention_fwd_kernel/true", D, AttnFwdConfig<D, 16, 64, true>::kSmemBytes,
+            AttnFwdConfig<D, 16, 64, true>::kThreads);
   ok &= row("attention_fwd_q128_kernel/64", D, AttnFwdConfig<D, 32>::kSmemBytes,
             AttnFwdConfig<D, 32>::kThreads);
   ok &= row("attention_fwd_q128_kernel/32", D, AttnFwdConfig<D, 32, 32>::kSmemBytes,

@@ -278,6 +278,7 @@ void counters_end(Launch& L) {
   out.kernel = L.name;
   out.grid = L.grid;
   out.block = L.block;
+  out.smem = L.smem;
   out.total = st.total;
   for (const auto& [key, m] : st.sites) {
     const std::string& file = std::get<1>(key);
@@ -329,7 +330,7 @@ std::string format_counters(const LaunchCounters& c) {
   os << "emu counters: " << c.kernel;
   if (c.grid.x > 0) {  // a sum over launches has none
     os << " grid " << c.grid.x << "x" << c.grid.y << "x" << c.grid.z << " block " << c.block.x
-       << "x" << c.block.y << "x" << c.block.z;
+       << "x" << c.block.y << "x" << c.block.z << " smem " << c.smem << " B";
   }
   os << "\n";
   for (int shared = 1; shared >= 0; --shared) {

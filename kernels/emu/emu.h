@@ -263,6 +263,7 @@ struct SiteCounter {
 struct LaunchCounters {
   std::string kernel;
   dim3 grid, block;  // grid.x == 0: a sum over launches
+  size_t smem = 0;   // dynamic shared memory a block, bytes
   Counters total;
   std::vector<SiteCounter> sites;  // every site with memory requests, most excess first
 };

@@ -99,6 +99,9 @@ TEST(EmuCounters, ColumnStoresToAFloatTileConflict32WaysAndPaddingOrSwizzleFixes
   EXPECT_NE(emu::format_counters(launches[0]).find("excess at test_emu_counters.cpp:"),
             std::string::npos);
   EXPECT_EQ(emu::format_counters(launches[1]).find("excess at"), std::string::npos);
+  // Each launch's record holds its dynamic shared memory, and the report says it.
+  EXPECT_EQ(launches[0].smem, size_t(33 * 32 * 4));
+  EXPECT_NE(emu::format_counters(launches[0]).find("block 32x1x1 smem 4224 B"), std::string::npos);
 }
 
 struct WideParams {

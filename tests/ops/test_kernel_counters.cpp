@@ -2,7 +2,8 @@
 // layouts meant to be conflict-free are (zero excess shared-memory wavefronts for ldmatrix,
 // cp.async writes and the epilogue), the tile loads and output stores touch the fewest 32-byte
 // sectors, and the tensor-core and special-function work is what the tiling says (causal blocks
-// stop at the diagonal). Emulated tree only (test_ops on cuda-emu).
+// stop at the diagonal). Also which tiles the attention forward takes for the emulated device's
+// shared memory (its launch records). Emulated tree only (test_ops on cuda-emu).
 #include <cstdio>
 #include <string>
 
@@ -94,6 +95,13 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
     EXPECT_GT(dq[Instr::mma], 0u);
     EXPECT_GT(dkdv[Instr::atomic], 0u);  // the atomic-dq run adds dQ from the key-major pass
     EXPECT_EQ(dq[Instr::atomic], 0u);
+    // The dQ pass's Q and dO tiles pass through its two stages of K and V (4 tiles of 32 padded
+    // rows): the launch asks for those and its 64 rows' lse and Di, no more.
+    for (const auto& l : launches) {
+      if (l.kernel.find("attn_bwd_dq") != std::string::npos) {
+        EXPECT_EQ(l.smem, size_t(4 * 32 * (d + 8) * 2 + 2 * 64 * 4));
+      }
+    }
     // The Q, K, V, dO tile loads (attention_common.cuh's load_tile) are whole sectors.
     for (const auto& l : launches) {
       for (const auto& s : l.sites) {
@@ -199,6 +207,122 @@ TEST(KernelCounters, Q128KeyTileFollowsSharedMemoryPerSm) {
   // Two blocks with the driver's 1 KiB each: 2 · (69632 + 1024) bytes at D 128 (rows padded).
   EXPECT_EQ(kernels::attn_fwd_q128_key_rows(128, 141312), 64);
   EXPECT_EQ(kernels::attn_fwd_q128_key_rows(128, 141311), 32);
+}
+
+// The 64-row forward swizzles its tiles where its blocks per SM would be decided by shared
+// memory (attn_fwd_swizzled): at D 128 on an RTX 3090/4090 (100 KiB a SM) padded tiles take
+// 34816 B, 2 blocks, and swizzled ones 32768 B, 3 blocks, as many as its registers allow.
+// Elsewhere the registers decide and the tiles stay padded.
+TEST(KernelCounters, SixtyFourRowForwardSwizzlesWhereSharedMemoryDecidesItsBlocks) {
+  struct Gpu {
+    const char* name;
+    size_t smem_per_sm;
+    bool d64, d128;
+  };
+  for (const Gpu& g : {Gpu{"A100", 164 * 1024, false, false},
+                       Gpu{"RTX 3090/4090", 100 * 1024, false, true},
+                       Gpu{"H100", 228 * 1024, false, false}}) {
+    EXPECT_EQ(kernels::attn_fwd_swizzled(64, g.smem_per_sm), g.d64) << g.name;
+    EXPECT_EQ(kernels::attn_fwd_swizzled(128, g.smem_per_sm), g.d128) << g.name;
+  }
+  // D 128, with the driver's 1 KiB a block: 3 swizzled blocks from 3 · 33792 bytes, 3 padded
+  // ones from 3 · 35840 (then the registers decide); 2 swizzled against 1 padded from 2 · 33792.
+  EXPECT_FALSE(kernels::attn_fwd_swizzled(128, 101375));
+  EXPECT_TRUE(kernels::attn_fwd_swizzled(128, 101376));
+  EXPECT_TRUE(kernels::attn_fwd_swizzled(128, 107519));
+  EXPECT_FALSE(kernels::attn_fwd_swizzled(128, 107520));
+  EXPECT_TRUE(kernels::attn_fwd_swizzled(128, 67584));
+  // D 64 on no GPU nuri targets: 4 swizzled blocks (17408 B each) against 3 padded (19456).
+  EXPECT_TRUE(kernels::attn_fwd_swizzled(64, 69632));
+
+  // Under the emulator, on a device with each shared memory: the tile bytes the launch asks
+  // for, no excess wavefronts (the swizzled tiles are conflict-free too) or sectors, and the
+  // tiling's products.
+  const std::string name = backends().front();
+  if (name != "cuda-emu") return;  // the counters exist on the emulated backend only
+  auto be = make_backend(name);
+  struct Case {
+    const char* smem_per_sm;  // of the emulated device ("" for its 228 KiB)
+    size_t smem;              // the launch's
+  };
+  for (const Case& c : {Case{"", 34816}, Case{"102400", 32768}}) {
+    SCOPED_TRACE(std::string("shared memory a SM ") + (*c.smem_per_sm ? c.smem_per_sm : "228 KiB"));
+    ScopedEnv smem("NURI_EMU_SMEM_PER_SM", c.smem_per_sm);
+    const int64_t b = 1, t = 128, h = 2, hkv = 1, d = 128;
+    const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+    Tensor q = on(*be, qs, random_vec(b * t * h * d, 71)),
+           k = on(*be, ks, random_vec(b * t * hkv * d, 72)),
+           v = on(*be, ks, random_vec(b * t * hkv * d, 73));
+    Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {b, h, t});
+    AttentionOptions opt;
+    opt.causal = true;
+    Counting counting;
+    be->attention(q, k, v, out, lse, opt);
+    const auto launches = emu::take_counters();
+    const emu::Counters fwd = expect_efficient(launches, "attention_fwd_kernel",
+                                               {Access::cp_async_global, Access::st_global});
+    for (const auto& l : launches) {
+      if (l.kernel.find("attention_fwd_kernel") != std::string::npos) {
+        EXPECT_EQ(l.smem, c.smem);
+      }
+    }
+    // Causally, query tile m of 64 rows visits m + 1 key tiles: 3 (warp, tile) pairs a warp.
+    EXPECT_EQ(fwd[Instr::mma], uint64_t(b * h * 3 * 4 * d));
+    EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * 3 * 4 * 34));
+    // ldmatrix: Q's D/16 fragments once a warp, then D/4 of K and D/4 of V per (warp, tile).
+    EXPECT_EQ(fwd[Instr::ldmatrix], uint64_t(b * h * 2 * 4 * d / 16 + b * h * 3 * 4 * d / 2));
+  }
+}
+
+// The 64-row forward on swizzled tiles does what it does on padded ones, product for product, so
+// its outputs are the same bits (the padded kernel meets the CPU bar in AttentionKernelTest).
+// On an emulated device with an RTX 3090's shared memory at D 128, and one of 68 KiB at D 64 (4
+// swizzled blocks against 3 padded; no GPU nuri targets has it, but the instance is compiled
+// and runs here). Ragged ends, GQA, both input types, plain and negative scales; the launches'
+// shared memory says which tiles ran.
+TEST(AttentionSwizzledTiles, SixtyFourRowForwardIsBitForBitThePaddedTiles) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "the emulated device's shared memory is set here";
+  auto be = make_backend(name);
+  struct Case {
+    int64_t t, h, hkv, d;
+    bool causal;
+    DType dtype;
+    float scale;
+  };
+  for (const Case& c : {Case{130, 1, 1, 128, true, DType::bf16, 0.f},
+                        Case{65, 4, 2, 128, false, DType::f16, -0.3f},
+                        Case{70, 2, 1, 64, true, DType::bf16, -0.3f}}) {
+    SCOPED_TRACE("T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
+                 (c.causal ? " causal" : " full"));
+    const char* swizzled_smem = c.d == 128 ? "102400" : "69632";
+    ASSERT_TRUE(kernels::attn_fwd_swizzled(int(c.d), std::stoul(swizzled_smem)));
+    const Shape qs{1, c.t, c.h, c.d}, ks{1, c.t, c.hkv, c.d};
+    const Vec q = random_vec(c.t * c.h * c.d, 94), k = random_vec(c.t * c.hkv * c.d, 95),
+              v = random_vec(c.t * c.hkv * c.d, 96);
+    AttentionOptions opt;
+    opt.causal = c.causal;
+    opt.scale = c.scale;
+    Vec got[2][2];
+    for (int swizzled = 0; swizzled < 2; ++swizzled) {
+      ScopedEnv smem("NURI_EMU_SMEM_PER_SM", swizzled ? swizzled_smem : "");
+      Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {1, c.h, c.t});
+      Counting counting;
+      be->attention(on_dtype(*be, qs, q, c.dtype), on_dtype(*be, ks, k, c.dtype),
+                    on_dtype(*be, ks, v, c.dtype), out, lse, opt);
+      int seen = 0;
+      for (const auto& l : emu::take_counters()) {
+        if (l.kernel.find("attention_fwd_kernel") == std::string::npos) continue;
+        EXPECT_EQ(l.smem, size_t(2 * 64 * (c.d + (swizzled ? 0 : 8)) * 2)) << "tile bytes";
+        ++seen;
+      }
+      EXPECT_EQ(seen, 1);
+      got[swizzled][0] = values(*be, out);
+      got[swizzled][1] = values(*be, lse);
+    }
+    EXPECT_EQ(got[0][0], got[1][0]) << "out";
+    EXPECT_EQ(got[0][1], got[1][1]) << "lse";
+  }
 }
 
 // The sm_90a kernels (NURI_ATTENTION=sm90): their tiles arrive by TMA and their products are
