@@ -69,9 +69,10 @@ constexpr size_t attn_tile_bytes(int rows, int d, bool swizzled) {
 /// Shared memory the driver reserves for each resident block, beside the kernel's own.
 constexpr size_t kSmemReservedPerBlock = 1024;
 
-/// Blocks of `bytes` of shared memory that fit an SM with `smem_per_sm`.
+/// Blocks of `bytes` of shared memory that fit an SM with `smem_per_sm` (allocated in 128-byte
+/// units).
 constexpr size_t blocks_by_smem(size_t bytes, size_t smem_per_sm) {
-  return smem_per_sm / (bytes + kSmemReservedPerBlock);
+  return smem_per_sm / ((bytes + 127) / 128 * 128 + kSmemReservedPerBlock);
 }
 
 /// Blocks per SM the forward's registers must allow (its __launch_bounds__), on a 64K-register

@@ -20,8 +20,10 @@
 
 namespace nuri::kernels {
 
+/// The block's dynamic shared memory (the launch's `smem` bytes), 128-byte aligned: the swizzled
+/// tile layouts XOR the shared-memory address (tc::Swizzle128B), so their tiles must start on a
+/// 128-byte line.
 #if defined(NURI_CUDA_EMULATION)
-/// The block's dynamic shared memory (the launch's `smem` bytes), 16-byte aligned.
 template <class T>
 __device__ __forceinline__ T* dynamic_smem() {
   return reinterpret_cast<T*>(::nuri::emu::dynamic_shared_memory());
@@ -29,7 +31,7 @@ __device__ __forceinline__ T* dynamic_smem() {
 #else
 template <class T>
 __device__ __forceinline__ T* dynamic_smem() {
-  extern __shared__ __align__(16) unsigned char nuri_dynamic_smem_[];
+  extern __shared__ __align__(128) unsigned char nuri_dynamic_smem_[];
   return reinterpret_cast<T*>(nuri_dynamic_smem_);
 }
 #endif

@@ -106,8 +106,9 @@ struct Swizzle64B {
 /// one logical chunk (an ldmatrix matrix, plain or transposed) land in 8 distinct 16-byte bank
 /// groups, and so do the 8 chunks of a line that a quarter-warp of 16-byte cp.async writes.
 /// Padding each row by 16 bytes is conflict-free too, but takes 1/8 (D 64) or 1/16 (D 128) more
-/// shared memory; the 128-row attention forward's 32-key tiles, sized for 100 KiB GPUs, use this.
-/// Row starts stay 16-byte aligned, and so does every chunk.
+/// shared memory; the attention forwards' tiles where that lets more blocks share an SM (the
+/// 128-row forward's 32-key tiles, the 64-row forward at D 128 on 100 KiB GPUs) use this. Row
+/// starts stay 16-byte aligned, and so does every chunk.
 template <int kCols>
 struct Swizzle128B {
   static_assert(kCols % 64 == 0, "whole 128-byte lines of 16-bit elements");

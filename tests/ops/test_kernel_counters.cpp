@@ -52,6 +52,22 @@ emu::Counters expect_efficient(const std::vector<emu::LaunchCounters>& launches,
   return sum.total;
 }
 
+/// The counted launches of one attention forward on random bf16 q [b, t, h, d] and k, v
+/// [b, t, hkv, d].
+std::vector<emu::LaunchCounters> forward_launches(Backend& be, int64_t b, int64_t t, int64_t h,
+                                                  int64_t hkv, int64_t d, bool causal) {
+  const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+  Tensor q = on(be, qs, random_vec(b * t * h * d, 71)),
+         k = on(be, ks, random_vec(b * t * hkv * d, 72)),
+         v = on(be, ks, random_vec(b * t * hkv * d, 73));
+  Tensor out = be.empty(qs, DType::bf16), lse = zeros_f32(be, {b, h, t});
+  AttentionOptions opt;
+  opt.causal = causal;
+  Counting counting;
+  be.attention(q, k, v, out, lse, opt);
+  return emu::take_counters();
+}
+
 // Sequences of whole tiles with 16-byte aligned rows: every tile load is whole sectors. (The
 // lse/Di vectors of the backward are loaded 32 rows at a time at T-dependent offsets, so they
 // are left out: at T = 65 a 128-byte read straddles 5 sectors.)
@@ -149,19 +165,7 @@ TEST(KernelCounters, ForwardOn128RowBlocksReadsEachFragmentForTwoProducts) {
                   int(d), *c.smem_per_sm ? std::stoul(c.smem_per_sm) : 228 * 1024),
               kn);
     const int64_t b = 1, t = 256, h = 2, hkv = 1;
-    const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
-    AttentionOptions opt;
-    opt.causal = causal;
-    auto run = [&](Backend& on_be) {
-      Tensor q = on(on_be, qs, random_vec(b * t * h * d, 71)),
-             k = on(on_be, ks, random_vec(b * t * hkv * d, 72)),
-             v = on(on_be, ks, random_vec(b * t * hkv * d, 73));
-      Tensor out = on_be.empty(qs, DType::bf16), lse = zeros_f32(on_be, {b, h, t});
-      Counting counting;
-      on_be.attention(q, k, v, out, lse, opt);
-      return emu::take_counters();
-    };
-    const auto launches = run(*be);
+    const auto launches = forward_launches(*be, b, t, h, hkv, d, causal);
     const emu::Counters fwd = expect_efficient(launches, "attention_fwd_q128_kernel",
                                                {Access::cp_async_global, Access::st_global});
     // Active (warp, key tile) pairs: warp w of query block qb owns rows 128·qb + 32·w ..+31 and
@@ -185,7 +189,8 @@ TEST(KernelCounters, ForwardOn128RowBlocksReadsEachFragmentForTwoProducts) {
     EXPECT_EQ(fwd[Instr::atomic], 0u);
     if (kn != 64) continue;
     // The 64-row kernel on the same inputs: the same products, twice the K/V fragment reads.
-    const emu::Counters fwd64 = emu::sum_counters(run(*be64), "attention_fwd_kernel");
+    const emu::Counters fwd64 =
+        emu::sum_counters(forward_launches(*be64, b, t, h, hkv, d, causal), "attention_fwd_kernel");
     EXPECT_EQ(fwd64[Instr::mma], fwd[Instr::mma]);
     EXPECT_EQ(fwd64[Instr::ldmatrix], uint64_t(b * h * (t / 64) * 4 * d / 16 + warp_tiles * d));
   }
@@ -248,17 +253,8 @@ TEST(KernelCounters, SixtyFourRowForwardSwizzlesWhereSharedMemoryDecidesItsBlock
   for (const Case& c : {Case{"", 34816}, Case{"102400", 32768}}) {
     SCOPED_TRACE(std::string("shared memory a SM ") + (*c.smem_per_sm ? c.smem_per_sm : "228 KiB"));
     ScopedEnv smem("NURI_EMU_SMEM_PER_SM", c.smem_per_sm);
-    const int64_t b = 1, t = 128, h = 2, hkv = 1, d = 128;
-    const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
-    Tensor q = on(*be, qs, random_vec(b * t * h * d, 71)),
-           k = on(*be, ks, random_vec(b * t * hkv * d, 72)),
-           v = on(*be, ks, random_vec(b * t * hkv * d, 73));
-    Tensor out = be->empty(qs, DType::bf16), lse = zeros_f32(*be, {b, h, t});
-    AttentionOptions opt;
-    opt.causal = true;
-    Counting counting;
-    be->attention(q, k, v, out, lse, opt);
-    const auto launches = emu::take_counters();
+    const int64_t b = 1, h = 2, d = 128;
+    const auto launches = forward_launches(*be, b, 128, h, 1, d, /*causal=*/true);
     const emu::Counters fwd = expect_efficient(launches, "attention_fwd_kernel",
                                                {Access::cp_async_global, Access::st_global});
     for (const auto& l : launches) {
