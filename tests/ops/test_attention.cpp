@@ -550,18 +550,27 @@ GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128Test);
 INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128Test, ::testing::ValuesIn(q128_params()),
                          [](const auto& info) { return kernel_case_name(info, false); });
 
+/// Tiles chosen as for a GPU with `bytes` of shared memory a SM: NURI_TILE_SMEM_PER_SM on any
+/// device, and on the emulator a device with that shared memory (NURI_EMU_SMEM_PER_SM, which a
+/// GPU ignores).
+struct TilesFor {
+  explicit TilesFor(const char* bytes)
+      : device("NURI_EMU_SMEM_PER_SM", bytes), tiles("NURI_TILE_SMEM_PER_SM", bytes) {}
+  ScopedEnv device, tiles;
+};
+
 // On a GPU with 100 KiB of shared memory a SM (an RTX 3090/4090), two 128-row blocks on 64-key
 // tiles do not fit beside each other at D 128, so the forward walks key tiles of 32
-// (attn_fwd_q128_key_rows, FlashAttention-2's sm_86/89 shape). The same bar on an emulated device
-// with that shared memory (NURI_EMU_SMEM_PER_SM=102400; 65536 makes D 64 take them too): several
-// key tiles (T 33 to 200), ragged ends, causal warps skipping tiles, GQA, fused-QKV views. Emulator only: a GPU
-// runs the key tile its own shared memory gives, in AttentionQ128Test.
+// (attn_fwd_q128_key_rows, FlashAttention-2's sm_86/89 shape). The same bar with the tiles of
+// that shared memory (TilesFor 102400; 65536 makes D 64 take them too), on the emulator and on
+// any GPU: several key tiles (T 33 to 200), ragged ends, causal warps skipping tiles, GQA,
+// fused-QKV views.
 class AttentionQ128KeyTile32Test
     : public ::testing::TestWithParam<std::tuple<std::string, KernelCase>> {};
 
 TEST_P(AttentionQ128KeyTile32Test, ForwardWithinTwiceTheCpuErrorInTheInputPrecision) {
   const auto& [name, c] = GetParam();
-  ScopedEnv smem("NURI_EMU_SMEM_PER_SM", c.d == 128 ? "102400" : "65536");
+  TilesFor tiles(c.d == 128 ? "102400" : "65536");
   NURI_BACKEND_ON_PATH(be, name, "nuri128");
   expect_kernels_within_model(*be, c, "", /*backward=*/false);
 }
@@ -573,11 +582,7 @@ std::vector<std::tuple<std::string, KernelCase>> q128_key_tile32_params() {
   for (const KernelCase& c : kernel_cases()) {
     if (c.dtype == DType::bf16 && c.t >= 33 && (c.d == 128 || c.t <= 100)) cases.push_back(c);
   }
-  std::vector<std::tuple<std::string, KernelCase>> r;
-  for (const auto& p : on_16bit_backends(cases)) {
-    if (std::get<0>(p) == "cuda-emu") r.push_back(p);
-  }
-  return r;
+  return on_16bit_backends(cases);
 }
 
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionQ128KeyTile32Test);
@@ -625,6 +630,54 @@ TEST(AttentionQ128, ForwardIsBitForBitTheSixtyFourRowKernels) {
         EXPECT_EQ(got[0][0], got[1][0]) << "out";
         EXPECT_EQ(got[0][1], got[1][1]) << "lse";
       }
+    }
+    ++runs;
+  }
+  if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
+}
+
+// The 64-row forward on swizzled tiles (attn_fwd_swizzled: D 128 on a GPU with 100 KiB of shared
+// memory a SM, an RTX 3090/4090) does what it does on padded tiles, product for product, so its
+// outputs are the same bits; the padded kernel meets the CPU bar in AttentionKernelTest. TilesFor
+// picks either layout on any device: padded at 96 KiB (D 128) or 64 KiB (D 64), swizzled at
+// 100 KiB (D 128) or 68 KiB (D 64, where 4 swizzled blocks fit against 3 padded: no GPU nuri
+// targets has that, but the instance is compiled). KernelCounters.SixtyFourRowForward... and
+// TileSharedMemory... check on the emulator which tiles each gives. On a GPU this tests the
+// swizzled fragment loads' address XOR, which the emulator replaces with a check of the layout.
+// Ragged ends, GQA, fused-QKV views, both input types, plain and negative scales.
+TEST(AttentionSwizzledTiles, SixtyFourRowForwardIsBitForBitThePaddedTiles) {
+  int runs = 0;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    auto [be, why] = make_backend_with(name, "NURI_ATTENTION", "nuri");
+    if (!be) {
+      if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
+      continue;
+    }
+    for (const auto& [c, scale] :
+         {std::pair<KernelCase, float>{{1, 130, 1, 1, 128, true, DType::bf16, false, false}, 0.f},
+          {{1, 65, 4, 2, 128, false, DType::f16, true, false}, -0.3f},
+          {{1, 70, 2, 1, 64, true, DType::bf16, false, false}, -0.3f}}) {
+      SCOPED_TRACE(name + " T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
+                   (c.causal ? " causal" : " full"));
+      AttentionOptions opt;
+      opt.causal = c.causal;
+      opt.scale = scale;
+      const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 94), c.dtype),
+                k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 95), c.dtype),
+                v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 96), c.dtype);
+      std::vector<Vec> got[2];
+      for (int swizzled = 0; swizzled < 2; ++swizzled) {
+        TilesFor tiles(c.d == 128 ? (swizzled ? "102400" : "98304")
+                                  : (swizzled ? "69632" : "65536"));
+        const Qkv in = qkv_tensors(*be, c, q, k, v, false);
+        Tensor out = be->empty({c.b, c.t, c.h, c.d}, c.dtype),
+               lse = zeros_f32(*be, {c.b, c.h, c.t});
+        be->attention(in.q, in.k, in.v, out, lse, opt);
+        got[swizzled] = {values(*be, out), values(*be, lse)};
+      }
+      EXPECT_EQ(got[0][0], got[1][0]) << "out";
+      EXPECT_EQ(got[0][1], got[1][1]) << "lse";
     }
     ++runs;
   }

@@ -239,6 +239,9 @@ TEST(KernelCounters, SixtyFourRowForwardSwizzlesWhereSharedMemoryDecidesItsBlock
   EXPECT_TRUE(kernels::attn_fwd_swizzled(128, 67584));
   // D 64 on no GPU nuri targets: 4 swizzled blocks (17408 B each) against 3 padded (19456).
   EXPECT_TRUE(kernels::attn_fwd_swizzled(64, 69632));
+  // The padded baselines of AttentionSwizzledTiles.SixtyFourRowForwardIsBitForBitThePaddedTiles.
+  EXPECT_FALSE(kernels::attn_fwd_swizzled(128, 98304));
+  EXPECT_FALSE(kernels::attn_fwd_swizzled(64, 65536));
 
   // Under the emulator, on a device with each shared memory: the tile bytes the launch asks
   // for, no excess wavefronts (the swizzled tiles are conflict-free too) or sectors, and the
@@ -270,54 +273,35 @@ TEST(KernelCounters, SixtyFourRowForwardSwizzlesWhereSharedMemoryDecidesItsBlock
   }
 }
 
-// The 64-row forward on swizzled tiles does what it does on padded ones, product for product, so
-// its outputs are the same bits (the padded kernel meets the CPU bar in AttentionKernelTest).
-// On an emulated device with an RTX 3090's shared memory at D 128, and one of 68 KiB at D 64 (4
-// swizzled blocks against 3 padded; no GPU nuri targets has it, but the instance is compiled
-// and runs here). Ragged ends, GQA, both input types, plain and negative scales; the launches'
-// shared memory says which tiles ran.
-TEST(AttentionSwizzledTiles, SixtyFourRowForwardIsBitForBitThePaddedTiles) {
+// NURI_TILE_SMEM_PER_SM: the launchers choose tiles as for a GPU with that shared memory a SM,
+// on a device with more (here the emulated 228 KiB, on a GPU an A100 or H100): the forward then
+// asks for the swizzled tiles' 32768 B at D 128. A value over the device's, or not a number, is
+// an error naming the variable.
+TEST(KernelCounters, TileSharedMemoryChoosesTheTilesOfAGpuWithLess) {
   const std::string name = backends().front();
-  if (name != "cuda-emu") GTEST_SKIP() << "the emulated device's shared memory is set here";
+  if (name != "cuda-emu") GTEST_SKIP() << "the launch records exist on the emulated backend only";
   auto be = make_backend(name);
-  struct Case {
-    int64_t t, h, hkv, d;
-    bool causal;
-    DType dtype;
-    float scale;
-  };
-  for (const Case& c : {Case{130, 1, 1, 128, true, DType::bf16, 0.f},
-                        Case{65, 4, 2, 128, false, DType::f16, -0.3f},
-                        Case{70, 2, 1, 64, true, DType::bf16, -0.3f}}) {
-    SCOPED_TRACE("T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
-                 (c.causal ? " causal" : " full"));
-    const char* swizzled_smem = c.d == 128 ? "102400" : "69632";
-    ASSERT_TRUE(kernels::attn_fwd_swizzled(int(c.d), std::stoul(swizzled_smem)));
-    const Shape qs{1, c.t, c.h, c.d}, ks{1, c.t, c.hkv, c.d};
-    const Vec q = random_vec(c.t * c.h * c.d, 94), k = random_vec(c.t * c.hkv * c.d, 95),
-              v = random_vec(c.t * c.hkv * c.d, 96);
-    AttentionOptions opt;
-    opt.causal = c.causal;
-    opt.scale = c.scale;
-    Vec got[2][2];
-    for (int swizzled = 0; swizzled < 2; ++swizzled) {
-      ScopedEnv smem("NURI_EMU_SMEM_PER_SM", swizzled ? swizzled_smem : "");
-      Tensor out = be->empty(qs, c.dtype), lse = zeros_f32(*be, {1, c.h, c.t});
-      Counting counting;
-      be->attention(on_dtype(*be, qs, q, c.dtype), on_dtype(*be, ks, k, c.dtype),
-                    on_dtype(*be, ks, v, c.dtype), out, lse, opt);
-      int seen = 0;
-      for (const auto& l : emu::take_counters()) {
-        if (l.kernel.find("attention_fwd_kernel") == std::string::npos) continue;
-        EXPECT_EQ(l.smem, size_t(2 * 64 * (c.d + (swizzled ? 0 : 8)) * 2)) << "tile bytes";
-        ++seen;
+  {
+    ScopedEnv tiles("NURI_TILE_SMEM_PER_SM", "102400");
+    for (const auto& l : forward_launches(*be, 1, 64, 1, 1, 128, /*causal=*/false)) {
+      if (l.kernel.find("attention_fwd_kernel") != std::string::npos) {
+        EXPECT_EQ(l.smem, 32768u);
       }
-      EXPECT_EQ(seen, 1);
-      got[swizzled][0] = values(*be, out);
-      got[swizzled][1] = values(*be, lse);
     }
-    EXPECT_EQ(got[0][0], got[1][0]) << "out";
-    EXPECT_EQ(got[0][1], got[1][1]) << "lse";
+  }
+  for (const auto& [emu_smem, tile_smem] :
+       {std::pair<const char*, const char*>{"", "100k"}, {"102400", "167936"}, {"", "1024"}}) {
+    SCOPED_TRACE(std::string("NURI_TILE_SMEM_PER_SM=") + tile_smem);
+    ScopedEnv device("NURI_EMU_SMEM_PER_SM", emu_smem);
+    ScopedEnv tiles("NURI_TILE_SMEM_PER_SM", tile_smem);
+    try {
+      forward_launches(*be, 1, 64, 1, 1, 128, false);
+      ADD_FAILURE() << "no error";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("NURI_TILE_SMEM_PER_SM='") + tile_smem),
+                std::string::npos)
+          << e.what();
+    }
   }
 }
 
