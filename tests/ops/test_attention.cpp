@@ -590,6 +590,27 @@ INSTANTIATE_TEST_SUITE_P(Ops, AttentionQ128KeyTile32Test,
                          ::testing::ValuesIn(q128_key_tile32_params()),
                          [](const auto& info) { return kernel_case_name(info, false); });
 
+/// Out and lse of one forward of case c (inputs drawn from `seed`, in c's layout) on `be`, with
+/// the softmax scale `scale` (0: 1/sqrt(D)).
+std::vector<Vec> forward_bits(Backend& be, const KernelCase& c, float scale, uint64_t seed) {
+  AttentionOptions opt;
+  opt.causal = c.causal;
+  opt.scale = scale;
+  const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, seed), c.dtype),
+            k = rounded(random_vec(c.b * c.t * c.hkv * c.d, seed + 1), c.dtype),
+            v = rounded(random_vec(c.b * c.t * c.hkv * c.d, seed + 2), c.dtype);
+  const Qkv in = qkv_tensors(be, c, q, k, v, false);
+  Tensor out = be.empty({c.b, c.t, c.h, c.d}, c.dtype), lse = zeros_f32(be, {c.b, c.h, c.t});
+  be.attention(in.q, in.k, in.v, out, lse, opt);
+  return {values(be, out), values(be, lse)};
+}
+
+/// Expects two forward_bits results to be the same bits.
+void expect_same_bits(const std::vector<Vec>& a, const std::vector<Vec>& b) {
+  EXPECT_EQ(a[0], b[0]) << "out";
+  EXPECT_EQ(a[1], b[1]) << "lse";
+}
+
 // Each row of a 128-row block meets the same key tiles in the same order as in a 64-row block
 // (a warp skips only tiles it cannot see), and its products, softmax and stores are the same
 // per row, so the two forwards agree bit for bit: `auto` may pick either without changing a
@@ -612,23 +633,7 @@ TEST(AttentionQ128, ForwardIsBitForBitTheSixtyFourRowKernels) {
         if (scale != 0.f && c.t == 130) continue;
         SCOPED_TRACE(name + " T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
                      (c.causal ? " causal" : " full") + " scale " + std::to_string(scale));
-        AttentionOptions opt;
-        opt.causal = c.causal;
-        opt.scale = scale;
-        const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 91), c.dtype),
-                  k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 92), c.dtype),
-                  v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 93), c.dtype);
-        std::vector<Vec> got[2];
-        for (int which = 0; which < 2; ++which) {
-          Backend& be = which ? *q128 : *q64;
-          const Qkv in = qkv_tensors(be, c, q, k, v, false);
-          Tensor out = be.empty({c.b, c.t, c.h, c.d}, c.dtype),
-                 lse = zeros_f32(be, {c.b, c.h, c.t});
-          be.attention(in.q, in.k, in.v, out, lse, opt);
-          got[which] = {values(be, out), values(be, lse)};
-        }
-        EXPECT_EQ(got[0][0], got[1][0]) << "out";
-        EXPECT_EQ(got[0][1], got[1][1]) << "lse";
+        expect_same_bits(forward_bits(*q64, c, scale, 91), forward_bits(*q128, c, scale, 91));
       }
     }
     ++runs;
@@ -660,24 +665,12 @@ TEST(AttentionSwizzledTiles, SixtyFourRowForwardIsBitForBitThePaddedTiles) {
           {{1, 70, 2, 1, 64, true, DType::bf16, false, false}, -0.3f}}) {
       SCOPED_TRACE(name + " T " + std::to_string(c.t) + " D " + std::to_string(c.d) +
                    (c.causal ? " causal" : " full"));
-      AttentionOptions opt;
-      opt.causal = c.causal;
-      opt.scale = scale;
-      const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 94), c.dtype),
-                k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 95), c.dtype),
-                v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 96), c.dtype);
-      std::vector<Vec> got[2];
-      for (int swizzled = 0; swizzled < 2; ++swizzled) {
-        TilesFor tiles(c.d == 128 ? (swizzled ? "102400" : "98304")
-                                  : (swizzled ? "69632" : "65536"));
-        const Qkv in = qkv_tensors(*be, c, q, k, v, false);
-        Tensor out = be->empty({c.b, c.t, c.h, c.d}, c.dtype),
-               lse = zeros_f32(*be, {c.b, c.h, c.t});
-        be->attention(in.q, in.k, in.v, out, lse, opt);
-        got[swizzled] = {values(*be, out), values(*be, lse)};
-      }
-      EXPECT_EQ(got[0][0], got[1][0]) << "out";
-      EXPECT_EQ(got[0][1], got[1][1]) << "lse";
+      auto with_tiles_for = [&](const char* bytes) {
+        TilesFor tiles(bytes);
+        return forward_bits(*be, c, scale, 94);
+      };
+      expect_same_bits(with_tiles_for(c.d == 128 ? "98304" : "65536"),
+                       with_tiles_for(c.d == 128 ? "102400" : "69632"));
     }
     ++runs;
   }
