@@ -15,13 +15,22 @@ bool rows_aligned(const T* p, int64_t ld) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld * int64_t(sizeof(T))) % 16 == 0;
 }
 
+/// The tensor-core kernel on tiles C; operands whose rows are not all 16-byte aligned load
+/// element by element, on TcLarge's tiles where TcWide was chosen (a rare path, not worth
+/// another six instantiations of the widest kernel).
 template <class C, class T, bool kATrans, bool kBKN>
 void launch_tc(const mm::GemmArgs<T>& a, cudaStream_t stream) {
+  const bool aligned = rows_aligned(a.a, a.lda) && rows_aligned(a.b, a.ldb);
+  if constexpr (std::is_same_v<C, mm::TcWide>) {
+    // Rows that are not all 16-byte aligned load element by element, on TcLarge's tiles: a rare
+    // path, not worth six more instantiations of the widest kernel.
+    if (!aligned) return launch_tc<mm::TcLarge, T, kATrans, kBKN>(a, stream);
+  }
   const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
-  if (rows_aligned(a.a, a.lda) && rows_aligned(a.b, a.ldb)) {
+  if (aligned) {
     NURI_LAUNCH((mm::gemm_tc_kernel<C, T, kATrans, kBKN, true>), grid, dim3(C::kThreads),
                 C::kSmemBytes, stream, a);
-  } else {
+  } else if constexpr (!std::is_same_v<C, mm::TcWide>) {
     NURI_LAUNCH((mm::gemm_tc_kernel<C, T, kATrans, kBKN, false>), grid, dim3(C::kThreads),
                 C::kSmemBytes, stream, a);
   }
@@ -85,10 +94,17 @@ bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, cudaStream_t st
     const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
     NURI_LAUNCH((mm::gemm_simt_kernel<kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
                 stream, a);
-  } else if (matmul_tiles(a.m, a.n, current_device_info().sms, tiles) == mm::TcLarge::kBlockM) {
-    launch_tc<mm::TcLarge, T, kATrans, kBKN>(a, stream);
   } else {
-    launch_tc<mm::TcSmall, T, kATrans, kBKN>(a, stream);
+    switch (matmul_tiles(a.m, a.n, current_device_info().sms, tiles)) {
+      case mm::TcWide::kBlockN:
+        launch_tc<mm::TcWide, T, kATrans, kBKN>(a, stream);
+        break;
+      case mm::TcLarge::kBlockN:
+        launch_tc<mm::TcLarge, T, kATrans, kBKN>(a, stream);
+        break;
+      default:
+        launch_tc<mm::TcSmall, T, kATrans, kBKN>(a, stream);
+    }
   }
   return false;
 }
@@ -103,13 +119,17 @@ void check_dims(const char* op, int64_t m, int64_t n, int64_t k) {
 }  // namespace
 
 int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced) {
-  NURI_CHECK(forced == 0 || forced == mm::TcLarge::kBlockM || forced == mm::TcSmall::kBlockM,
-             "matmul: tile edge ", forced, " does not exist (0 to choose, ", mm::TcLarge::kBlockM,
-             " or ", mm::TcSmall::kBlockM, ")");
+  constexpr int kWide = mm::TcWide::kBlockN, kLarge = mm::TcLarge::kBlockN,
+                kSmall = mm::TcSmall::kBlockN;
+  NURI_CHECK(forced == 0 || forced == kWide || forced == kLarge || forced == kSmall,
+             "matmul: tile ", forced, " does not exist (0 to choose, ", kWide, " for ",
+             mm::TcWide::kBlockM, "x", kWide, ", ", kLarge, " for ", kLarge, "x", kLarge, ", ",
+             kSmall, " for ", kSmall, "x", kSmall, ")");
   if (forced != 0) return forced;
-  constexpr int64_t kL = mm::TcLarge::kBlockM;
-  const int64_t blocks = ((rows + kL - 1) / kL) * ((cols + kL - 1) / kL);
-  return blocks < sms ? int(mm::TcSmall::kBlockM) : int(kL);
+  auto blocks = [&](int64_t bm, int64_t bn) { return ceil_div(rows, bm) * ceil_div(cols, bn); };
+  if (blocks(mm::TcWide::kBlockM, kWide) >= sms) return kWide;
+  if (blocks(mm::TcLarge::kBlockM, kLarge) >= sms) return kLarge;
+  return kSmall;
 }
 
 template <class T>

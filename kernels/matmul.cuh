@@ -193,15 +193,18 @@ struct TileLoader {
     }
   }
 
-  /// Issues the tile whose K range starts at k0 (of k in all) into s.
+  /// Issues the tile whose K range starts at k0 (of k in all) into s. kFull: the tile lies
+  /// wholly inside K (the kernel's main loop), so nothing is clipped along K. (Written as one
+  /// loop that selects the clipped count per chunk, ptxas if-converted the clipping into every
+  /// step: about 75 instructions around TcLarge's 4 cp.async.)
+  template <bool kFull>
   __device__ __forceinline__ void issue(T* s, int k0, int k) const {
     const T* base = g + (kKRows ? k0 * ldg : int64_t(k0)) + g_off;
-    const bool full = k0 + 32 <= k;
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const T* src = base + it * kRowStep * ldg;
       int valid = mn_valid[it];
-      if (!full) {  // the last tile: clip along K
+      if constexpr (!kFull) {
         const int r = r0 + it * kRowStep;
         valid = kKRows ? (k0 + r < k ? valid : 0) : min(valid, max(k - k0 - c, 0));
       }
@@ -230,10 +233,10 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
       return tc::Swizzle64B{};
     }
   }();
-  // Per stage: sA then sB, C::kTileElems each.
+  // Per stage: sA (C::kTileElemsA) then sB (C::kTileElemsB).
   T* smem = dynamic_smem<T>();
-  auto sA = [&](int stage) { return smem + stage * 2 * C::kTileElems; };
-  auto sB = [&](int stage) { return smem + stage * 2 * C::kTileElems + C::kTileElems; };
+  auto sA = [&](int stage) { return smem + stage * C::kStageElems; };
+  auto sB = [&](int stage) { return smem + stage * C::kStageElems + C::kTileElemsA; };
 
   const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * kBN;
   const int warp = tc::warp_id();
@@ -258,11 +261,12 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
     }
   }();
 
-  auto issue = [&](int kt) {
+  // Issues tile kt (full: std::true_type where it lies inside K).
+  auto issue = [&](int kt, auto full) {
     const int k0 = kt * kBK, stage = kt % kS;
     if constexpr (kAligned) {
-      loaders.a.issue(sA(stage), k0, p.k);
-      loaders.b.issue(sB(stage), k0, p.k);
+      loaders.a.template issue<decltype(full)::value>(sA(stage), k0, p.k);
+      loaders.b.template issue<decltype(full)::value>(sB(stage), k0, p.k);
     } else {
       constexpr int kT = C::kThreads;
       if constexpr (kATrans) {
@@ -290,17 +294,12 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
       acc[i][j][0] = acc[i][j][1] = acc[i][j][2] = acc[i][j][3] = 0.f;
   }
 
-  // Tiles 0 .. kS-2 in flight before the loop; one group per tile (empty past the end), so at
-  // the top of step kt exactly kS - 2 groups younger than tile kt may still be pending.
-#pragma unroll
-  for (int s = 0; s < kS - 1; ++s) {
-    if (s < n_tiles) issue(s);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < n_tiles; ++kt) {
+  // One step of the K loop: tile kt from shared memory into the accumulators, tile kt + kS - 1
+  // issued (kFull: it lies inside K).
+  auto step = [&](int kt, auto full) {
     cp_async_wait<kS - 2>();
     __syncthreads();  // tile kt visible; every warp is done with step kt - 1's stage
-    if (kt + kS - 1 < n_tiles) issue(kt + kS - 1);  // into the stage step kt - 1 read
+    if (kt + kS - 1 < n_tiles) issue(kt + kS - 1, full);  // into the stage step kt - 1 read
     cp_async_commit();
 
     const T* a_s = sA(kt % kS);
@@ -335,7 +334,23 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
         }
       }
     }
+  };
+
+  // Tiles 0 .. kS-2 in flight before the loop; one group per tile (empty past the end), so at
+  // the top of step kt exactly kS - 2 groups younger than tile kt may still be pending. The
+  // main loop runs while the tile it issues lies inside K; the last steps, which may issue the
+  // tile K ends in, are a second loop, so the main one never clips.
+  [[maybe_unused]] const int full_tiles = p.k / kBK;
+#pragma unroll
+  for (int s = 0; s < kS - 1; ++s) {
+    if (s < n_tiles) issue(s, std::false_type{});
+    cp_async_commit();
   }
+  int kt = 0;
+  if constexpr (kAligned) {
+    for (; kt + kS - 1 < full_tiles; ++kt) step(kt, std::true_type{});
+  }
+  for (; kt < n_tiles; ++kt) step(kt, std::false_type{});
   cp_async_wait<0>();  // no copy outlives the block (only empty groups can be left)
 
   // The epilogue: each warp its kMi × kNj accumulators.

@@ -25,7 +25,7 @@ struct MatmulParams {
   const T* gResidual;  // [M, N] or null
   int64_t m, n, k;
   bool gelu;
-  int tiles = 0;  // tensor-core tile edge: 0 picks by shape (matmul_tiles), 128 or 64 forces it
+  int tiles = 0;  // the GEMM tile's column edge: 0 by shape (matmul_tiles); 256, 128, 64 force it
   bool sm90 = false;  // the sm_90a kernel where it takes the call (see matmul_forward)
 };
 
@@ -72,9 +72,10 @@ constexpr int64_t matmul_bias_partials(int64_t m) {
   return (m + kMatmulBiasRows - 1) / kMatmulBiasRows;
 }
 
-/// The tensor-core tile edge for an output of rows × cols on a device with `sms` SMs: 128
-/// unless its grid would have fewer blocks than SMs, then 64 (skinny products fill the device
-/// with 4× the blocks). `forced` (128 or 64) overrides; 0 means choose.
+/// The tensor-core tile for an output of rows × cols on a device with `sms` SMs, named by its
+/// column edge: 256 (128 × 256, TcWide), 128 (128², TcLarge) or 64 (64², TcSmall), the
+/// largest whose grid has at least as many blocks as SMs (64 when none has: skinny products fill
+/// the device with the most blocks). `forced` (256, 128 or 64) overrides; 0 means choose.
 int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced = 0);
 
 /// Each launcher requires a non-empty output; the contraction dimension (k; m for the weight
@@ -96,13 +97,14 @@ void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t str
 
 namespace mm {
 
-/// A tensor-core tile shape: a block of kWarpsM × kWarpsN warps owns a kBlock × kBlock tile of C
-/// (each warp a kWarpM × kWarpN sub-tile of m16n8 accumulators) and streams K in kBlockK-deep
-/// stages. TcLarge (128², 8 warps) for big products; TcSmall (64², 4 warps) when TcLarge's grid
-/// would leave SMs idle (skinny products, the weight gradient of small layers): 4× the blocks.
-template <int kBlock, int kWarpsM_, int kWarpsN_, int kMinBlocks_>
+/// A tensor-core tile shape: a block of kWarpsM × kWarpsN warps owns a kBlockM × kBlockN tile of
+/// C (each warp a kWarpM × kWarpN sub-tile of m16n8 accumulators) and streams K in
+/// kBlockK-deep stages. Three shapes, the largest whose grid still gives every SM a block
+/// (matmul_tiles): TcWide (128 × 256, 8 warps of 64 × 64) for big products, TcLarge (128², 8
+/// warps of 64 × 32), TcSmall (64², 4 warps of 32 × 32) for skinny ones.
+template <int kBlockM_, int kBlockN_, int kWarpsM_, int kWarpsN_, int kMinBlocks_>
 struct TcConfig {
-  static constexpr int kBlockM = kBlock, kBlockN = kBlock, kBlockK = 32;
+  static constexpr int kBlockM = kBlockM_, kBlockN = kBlockN_, kBlockK = 32;
   static constexpr int kStages = 3;
   static constexpr int kWarpsM = kWarpsM_, kWarpsN = kWarpsN_;
   static constexpr int kMinBlocks = kMinBlocks_;  // per SM, for __launch_bounds__
@@ -114,17 +116,22 @@ struct TcConfig {
   static_assert(kWarpM % 16 == 0 && kWarpN % 16 == 0, "warp tiles are whole m16 × n16 blocks");
   static constexpr int kPad = 8;
   static_assert(kBlockK == 32, "K-contiguous tiles are 64-byte rows in tc::Swizzle64B");
-  // Elements of one stage's A or B tile: [kBlockM][kBlockK] swizzled (K contiguous) or
-  // [kBlockK][kBlockM + kPad] (M or N contiguous; kBlockM == kBlockN), whichever is larger.
-  static constexpr int kTileElems = kBlockM * kBlockK > kBlockK * (kBlockM + kPad)
-                                        ? kBlockM * kBlockK
-                                        : kBlockK * (kBlockM + kPad);
-  static constexpr size_t kSmemBytes = size_t(2 * kStages * kTileElems) * 2;
+  // Elements of one stage's tile of an operand with `rows` rows along M or N: [rows][kBlockK]
+  // swizzled (K contiguous) or [kBlockK][rows + kPad] (M or N contiguous), whichever is larger.
+  static constexpr int tile_elems(int rows) {
+    return rows * kBlockK > kBlockK * (rows + kPad) ? rows * kBlockK : kBlockK * (rows + kPad);
+  }
+  static constexpr int kTileElemsA = tile_elems(kBlockM), kTileElemsB = tile_elems(kBlockN);
+  static constexpr int kStageElems = kTileElemsA + kTileElemsB;  // sA then sB
+  static constexpr size_t kSmemBytes = size_t(kStages * kStageElems) * 2;
 };
-// Large: warp tiles 64 × 32 (64 accumulators; min. 1 block per SM: without it ptxas caps the
-// kernel at 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
-using TcLarge = TcConfig<128, 2, 4, 1>;
-using TcSmall = TcConfig<64, 2, 2, 2>;
+// Wide: warp tiles 64 × 64 (128 accumulators): per k16 step a warp reads 8 ldmatrix.x4 for 32
+// mma, against 6 for 16 in Large, so shared memory serves each mma in 2/3 of the bytes. Large:
+// warp tiles 64 × 32 (64 accumulators; min. 1 block per SM: without it ptxas caps the kernel at
+// 128 registers and spills, it needs ~130-150). Small: warp tiles 32 × 32.
+using TcWide = TcConfig<128, 256, 2, 4, 1>;
+using TcLarge = TcConfig<128, 128, 2, 4, 1>;
+using TcSmall = TcConfig<64, 64, 2, 2, 2>;
 
 /// The sm_90a kernel (matmul_sm90.cuh): a block of a TMA producer warpgroup and two wgmma
 /// consumer warpgroups owns a 128 × 128 tile of C (64 rows a consumer, one m64n128 accumulator

@@ -68,7 +68,7 @@ bool report_gemm() {
     std::printf("gemm tile %dx%dx%d, %d threads  dynamic smem %6zu B\n", C::kBlockM, C::kBlockN,
                 C::kBlockK, C::kThreads, C::kSmemBytes);
   }
-  return row("gemm_tc_kernel", C::kBlockM, C::kSmemBytes, C::kThreads);
+  return row("gemm_tc_kernel", C::kBlockN, C::kSmemBytes, C::kThreads);  // keyed by N
 }
 
 template <size_t... I>
@@ -82,6 +82,7 @@ int main(int argc, char** argv) {
   using nuri::kernels::kAttentionHeadDims;
   g_tsv = argc > 1 && std::strcmp(argv[1], "--tsv") == 0;
   bool ok = report_all(std::make_index_sequence<std::size(kAttentionHeadDims)>{});
+  ok &= report_gemm<nuri::kernels::mm::TcWide>();
   ok &= report_gemm<nuri::kernels::mm::TcLarge>();
   ok &= report_gemm<nuri::kernels::mm::TcSmall>();
   using Sm90 = nuri::kernels::mm::Sm90Config;

@@ -189,8 +189,9 @@ def main():
             if family in name and (not last or re.search(r",\s*" + last + r">", name)):
                 if family == "gemm_sm90_kernel":  # one tile shape (mm::Sm90Config)
                     return v
-                m = re.search(r"TcConfig<(\d+)" if family == "gemm_tc_kernel" else r"<[^,]+, ?(\d+)",
-                              name)
+                # The GEMM's tiles by their column edge (TcConfig<kBlockM, kBlockN, ...>).
+                m = re.search(r"TcConfig<\d+, ?(\d+)" if family == "gemm_tc_kernel"
+                              else r"<[^,]+, ?(\d+)", name)
                 if m and int(m.group(1)) == key:
                     return v
         return None

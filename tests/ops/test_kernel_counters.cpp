@@ -8,6 +8,7 @@
 #include <string>
 
 #include "attention.h"
+#include "matmul.h"
 #include "emu/emu.h"
 #include "ops/harness.h"
 
@@ -368,7 +369,7 @@ TEST(KernelCounters, Sm90AttentionStoresWholeSectorsAndItsExp2CountIsWhatTheTili
 // The three products of a linear layer, each layout of the tiles (A and B K-contiguous in the
 // forward, B N-contiguous in the input gradient, A transposed in the weight gradient), with
 // bias, GELU and a residual in the epilogue. Runs with the 64² tiles and, under the tiles128.
-// prefix (NURI_GEMM_TILES=128), the 128² ones.
+// and tiles256. prefixes (NURI_GEMM_TILES), the 128² and 128 × 256 ones.
 /// A linear layer's three products (M 128, N 192, K 96) with bias, GELU and a residual in the
 /// forward's epilogue, the f32 weight gradient accumulated; the launches' counters.
 std::vector<emu::LaunchCounters> count_linear_layer(Backend& be) {
@@ -399,6 +400,78 @@ TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
   EXPECT_GE(gemm[Instr::mma], uint64_t(3 * m * n * k / (16 * 8 * 16)));
   EXPECT_GT(gemm[Access::st_global].requests, 0u);
   EXPECT_GT(gemm[Access::ld_global].requests, 0u);  // bias, residual, the f32 accumulation
+}
+
+/// What one tile shape C issues for count_linear_layer's three products: every warp runs every
+/// k16 step of its block's K tiles (zero-filled past the edges), each step kMi · kNj mma and
+/// kMi + kNj / 2 ldmatrix.x4 (A's and B's fragments).
+template <class C>
+std::pair<uint64_t, uint64_t> linear_layer_mma_and_ldmatrix() {
+  // (rows, cols, contraction) of the forward y [128, 192], dx [128, 96] and dW [192, 96].
+  const int64_t products[3][3] = {{128, 192, 96}, {128, 96, 192}, {192, 96, 128}};
+  auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
+  uint64_t steps = 0;  // warp · k16 steps over the three launches
+  for (const auto& [rows, cols, contraction] : products) {
+    const int64_t blocks = ceil_div(rows, C::kBlockM) * ceil_div(cols, C::kBlockN);
+    steps += uint64_t(blocks * (C::kThreads / 32) * ceil_div(contraction, C::kBlockK) *
+                      (C::kBlockK / 16));
+  }
+  return {steps * C::kMi * C::kNj, steps * (C::kMi + C::kNj / 2)};
+}
+
+// The three tile shapes of the mma.sync GEMM (kernels/matmul.h), forced by NURI_GEMM_TILES, on
+// count_linear_layer's products: the launch asks for the shape's shared memory, and the mma and
+// ldmatrix counts are what its warp tiles say. The 128 × 256 tiles' 64 × 64 warp tiles issue
+// one ldmatrix.x4 for every 4 mma (the 128² tiles one for every 8/3, the 64² ones one for
+// every 2): shared memory serves each product in 2/3 of the 128² tiles' bytes.
+TEST(KernelCounters, WideGemmTilesReadTwoThirdsTheSharedMemoryPerMma) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
+  struct Tiles {
+    const char* tiles;
+    size_t smem;
+    std::pair<uint64_t, uint64_t> counts;
+  };
+  using namespace nuri::kernels::mm;
+  for (const Tiles& s :
+       {Tiles{"256", TcWide::kSmemBytes, linear_layer_mma_and_ldmatrix<TcWide>()},
+        Tiles{"128", TcLarge::kSmemBytes, linear_layer_mma_and_ldmatrix<TcLarge>()},
+        Tiles{"64", TcSmall::kSmemBytes, linear_layer_mma_and_ldmatrix<TcSmall>()}}) {
+    SCOPED_TRACE(std::string("NURI_GEMM_TILES=") + s.tiles);
+    auto [be, why] = make_backend_with(name, "NURI_GEMM_TILES", s.tiles);
+    ASSERT_TRUE(be) << why;
+    const auto launches = count_linear_layer(*be);
+    ASSERT_EQ(launches.size(), 3u);
+    for (const auto& l : launches) EXPECT_EQ(l.smem, s.smem) << l.kernel;
+    const emu::Counters gemm =
+        expect_efficient(launches, "gemm_tc_kernel", {Access::cp_async_global});
+    EXPECT_EQ(gemm[Instr::mma], s.counts.first);
+    EXPECT_EQ(gemm[Instr::ldmatrix], s.counts.second);
+  }
+  // The ratios the comment above states, from the shapes' constants.
+  EXPECT_EQ(4 * (TcWide::kMi + TcWide::kNj / 2), TcWide::kMi * TcWide::kNj);
+  EXPECT_EQ(8 * (TcLarge::kMi + TcLarge::kNj / 2), 3 * TcLarge::kMi * TcLarge::kNj);
+}
+
+// matmul_tiles: the largest tile shape whose grid gives every SM a block, else the smallest;
+// a forced shape wins; an unknown one is an error naming the three.
+TEST(KernelCounters, GemmTilesAreTheLargestThatFillTheDevice) {
+  EXPECT_EQ(kernels::matmul_tiles(8192, 768, 108), 256);  // 64 × 3 = 192 blocks of 128 × 256
+  EXPECT_EQ(kernels::matmul_tiles(4096, 768, 108), 128);  // 32 × 3 = 96; 32 × 6 = 192 of 128²
+  EXPECT_EQ(kernels::matmul_tiles(4096, 768, 96), 256);   // 96 blocks fill 96 SMs
+  EXPECT_EQ(kernels::matmul_tiles(1024, 768, 108), 64);   // 8 × 6 = 48 of 128²
+  EXPECT_EQ(kernels::matmul_tiles(1024, 768, 48), 128);
+  EXPECT_EQ(kernels::matmul_tiles(8192, 768, 108, 64), 64);
+  EXPECT_EQ(kernels::matmul_tiles(1, 1, 108, 256), 256);
+  try {
+    kernels::matmul_tiles(8192, 768, 108, 32);
+    ADD_FAILURE() << "tile 32 accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    for (const char* s : {"32", "256", "128", "64"}) {
+      EXPECT_NE(what.find(s), std::string::npos) << what;
+    }
+  }
 }
 
 // The sm_90a GEMM (NURI_GEMM=sm90, kernels/matmul_sm90.cuh) on the same three products: each is

@@ -128,8 +128,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 #endif
   if (const char* env = std::getenv("NURI_GEMM_TILES"); env && *env) {
     const std::string v = env;
-    NURI_CHECK(v == "128" || v == "64", "NURI_GEMM_TILES=", v,
-               " is not a tile edge of nuri's GEMM; use 128 or 64 (or unset it to choose by shape)");
+    NURI_CHECK(v == "256" || v == "128" || v == "64", "NURI_GEMM_TILES=", v,
+               " is not a tile of nuri's GEMM; use 256 (128x256), 128 (128x128) or 64 (64x64), "
+               "or unset it to choose by shape");
     gemm_tiles_ = std::stoi(v);
   }
 }
