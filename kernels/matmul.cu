@@ -15,9 +15,8 @@ bool rows_aligned(const T* p, int64_t ld) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld * int64_t(sizeof(T))) % 16 == 0;
 }
 
-/// The tensor-core kernel on tiles C; operands whose rows are not all 16-byte aligned load
-/// element by element, on TcLarge's tiles where TcWide was chosen (a rare path, not worth
-/// another six instantiations of the widest kernel).
+/// The tensor-core kernel on tiles C, with cp.async tile loads where every row of both operands
+/// is 16-byte aligned, else element by element.
 template <class C, class T, bool kATrans, bool kBKN>
 void launch_tc(const mm::GemmArgs<T>& a, cudaStream_t stream) {
   const bool aligned = rows_aligned(a.a, a.lda) && rows_aligned(a.b, a.ldb);

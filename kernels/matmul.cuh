@@ -6,8 +6,9 @@
 // followed by an elementwise epilogue (bias, GELU with its pre-activation, the fused GELU
 // backward, a residual add, accumulate into the output; T or f32 output).
 //
-// Tensor cores (T = bf16 or f16): a block of 8 warps owns a 128 × 128 tile of C; warp w owns the
-// 64 × 32 sub-tile (w / 4, w % 4) as 4 × 4 m16n8 f32 accumulators. K streams through a 3-stage
+// Tensor cores (T = bf16 or f16): a block owns a tile of C (TcConfig in matmul.h: 128 × 256,
+// 128 × 128 or 64 × 64); warp w owns the sub-tile (w / kWarpsN, w % kWarpsN) as kMi × kNj m16n8
+// f32 accumulators (64 × 64, 64 × 32, 32 × 32). K streams through a 3-stage
 // cp.async pipeline of 32-deep A and B tiles in shared memory (K-contiguous tiles XOR-swizzled,
 // the others padded by 8 elements a row, so neither the ldmatrix reads nor the cp.async writes
 // conflict); fragments come from ldmatrix (.trans for the operands stored the other way round).
@@ -142,7 +143,8 @@ __device__ __forceinline__ void store_warp_rows(const GemmArgs<T>& p, const floa
 }
 
 
-// The tile shapes (TcConfig, TcLarge, TcSmall) are in matmul.h, for host code to size them.
+// The tile shapes (TcConfig, TcWide, TcLarge, TcSmall) are in matmul.h, for host code to size
+// them.
 
 /// Loads the kR × kC tile at g (row stride ldg) into s in layout `at` one element at a time (rows
 /// of g not 16-byte aligned; visible after a barrier); rows at or past vr and columns at or past
@@ -160,8 +162,9 @@ __device__ __forceinline__ void load_tile_elements(T* s, L at, const T* g, int64
 /// does not change from tile to tile worked out once, before the K loop: this thread's
 /// kIters 16-byte chunks, their shared-memory offsets in layout `at`, their global offset from
 /// the operand's tile origin, and how many of their 8 elements lie inside the matrix along M or
-/// N. A tile that lies wholly inside K (every one but the last when K % 32 != 0) then costs an
-/// address add and a cp.async per chunk; only the last one checks K. kKRows: the tile's rows run
+/// N. A tile that lies wholly inside K (every one but the last when K % 32 != 0), issued from
+/// the kernel's main loop (issue<true>), then costs an address add and a cp.async per chunk;
+/// the prologue's and the last steps' tiles (issue<false>) check K. kKRows: the tile's rows run
 /// along K ([32][kC], an operand stored K-major), else its columns do ([kR][32]).
 template <class T, int kR, int kC, int kThreads, bool kKRows>
 struct TileLoader {

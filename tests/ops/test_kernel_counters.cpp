@@ -396,7 +396,7 @@ TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
       expect_efficient(launches, "gemm_tc_kernel",
                        {Access::cp_async_global, Access::ld_global, Access::st_global});
   // Whole tiles: the products are M·N·K / (16·8·16) mma each, plus the zero-padded remainder
-  // of a tile that overhangs (K = 96 is 1.5 tiles of 64, N = 192 1.5 of 128).
+  // of a tile that overhangs (96 is 1.5 tiles of 64; 192 is 1.5 of 128 and 0.75 of 256).
   EXPECT_GE(gemm[Instr::mma], uint64_t(3 * m * n * k / (16 * 8 * 16)));
   EXPECT_GT(gemm[Access::st_global].requests, 0u);
   EXPECT_GT(gemm[Access::ld_global].requests, 0u);  // bias, residual, the f32 accumulation
@@ -421,7 +421,8 @@ std::pair<uint64_t, uint64_t> linear_layer_mma_and_ldmatrix() {
 
 // The three tile shapes of the mma.sync GEMM (kernels/matmul.h), forced by NURI_GEMM_TILES, on
 // count_linear_layer's products: the launch asks for the shape's shared memory, and the mma and
-// ldmatrix counts are what its warp tiles say. The 128 × 256 tiles' 64 × 64 warp tiles issue
+// ldmatrix counts are what its warp tiles say; with 256 forced, a product whose rows are not
+// 16-byte aligned runs on the 128² tiles. The 128 × 256 tiles' 64 × 64 warp tiles issue
 // one ldmatrix.x4 for every 4 mma (the 128² tiles one for every 8/3, the 64² ones one for
 // every 2): shared memory serves each product in 2/3 of the 128² tiles' bytes.
 TEST(KernelCounters, WideGemmTilesReadTwoThirdsTheSharedMemoryPerMma) {
@@ -447,6 +448,18 @@ TEST(KernelCounters, WideGemmTilesReadTwoThirdsTheSharedMemoryPerMma) {
         expect_efficient(launches, "gemm_tc_kernel", {Access::cp_async_global});
     EXPECT_EQ(gemm[Instr::mma], s.counts.first);
     EXPECT_EQ(gemm[Instr::ldmatrix], s.counts.second);
+  }
+  {  // Rows that are not 16-byte aligned (K = 90: 180-byte rows) run on the 128² tiles.
+    auto [be, why] = make_backend_with(name, "NURI_GEMM_TILES", "256");
+    ASSERT_TRUE(be) << why;
+    const int64_t m = 128, n = 192, k = 90;
+    Tensor x = on(*be, {m, k}, random_vec(m * k, 85)), w = on(*be, {n, k}, random_vec(n * k, 86));
+    Tensor y = zeros(*be, {m, n});
+    Counting counting;
+    be->matmul(x, w, Tensor(), y, Activation::none, Tensor(), Tensor());
+    const auto launches = emu::take_counters();
+    ASSERT_EQ(launches.size(), 1u);
+    EXPECT_EQ(launches[0].smem, TcLarge::kSmemBytes) << launches[0].kernel;
   }
   // The ratios the comment above states, from the shapes' constants.
   EXPECT_EQ(4 * (TcWide::kMi + TcWide::kNj / 2), TcWide::kMi * TcWide::kNj);

@@ -247,7 +247,8 @@ TEST(MatmulPath, AnUnknownGemmPathIsAnErrorNamingTheChoices) {
 }
 
 // Row lengths that are multiples of 8 (bf16 rows 16-byte aligned) take the CUDA backend's
-// cp.async tile loads, the others its element loads; M, N, K straddle the 128 × 128 × 32 tiles.
+// cp.async tile loads, the others its element loads; M, N, K straddle the tiles (64², 128²,
+// 128 × 256, 32 deep).
 const MatmulCase kCases[] = {
     {1, 1, 1, true, false},    {7, 5, 3, true, true},     {3, 9, 13, false, true},
     {13, 65, 17, true, false}, {17, 33, 65, false, false}, {64, 96, 80, true, true},
