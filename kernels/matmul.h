@@ -134,18 +134,21 @@ using TcLarge = TcConfig<128, 128, 2, 4, 1>;
 using TcSmall = TcConfig<64, 64, 2, 2, 2>;
 
 /// The sm_90a kernel (matmul_sm90.cuh): a block of a TMA producer warpgroup and two wgmma
-/// consumer warpgroups owns a 128 × 128 tile of C (64 rows a consumer, one m64n128 accumulator
-/// of 64 f32 a thread); K streams through kStages stages of 64-deep A and B tiles, each tile
-/// 16 KiB of 128-byte swizzle atoms as TMA writes them. One block per SM (the registers).
+/// consumer warpgroups owns a 128 × 256 tile of C (64 rows a consumer, one m64n256 accumulator
+/// of 128 f32 a thread); K streams through kStages stages of 64-deep A and B tiles (16 and
+/// 32 KiB) of 128-byte swizzle atoms as TMA writes them. One block per SM (the registers, and
+/// the shared memory).
 struct Sm90Config {
-  static constexpr int kBlockM = 128, kBlockN = 128, kBlockK = 64;
+  static constexpr int kBlockM = 128, kBlockN = 256, kBlockK = 64;
   static constexpr int kStages = 4;
   static constexpr int kThreads = 384;
-  static constexpr size_t kTileBytes = size_t(kBlockM) * kBlockK * 2;  // one A or B tile
+  static constexpr size_t kTileBytesA = size_t(kBlockM) * kBlockK * 2;  // one stage's A tile
+  static constexpr size_t kTileBytesB = size_t(kBlockN) * kBlockK * 2;  // and B tile
   /// Registers per thread after setmaxnreg: 24 + 2 × 240 = 504 of 512 per 128-thread slice.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the stages, the barriers.
-  static constexpr size_t kSmemBytes = 1024 + kStages * 2 * kTileBytes + (1 + 2 * kStages) * 8;
+  static constexpr size_t kSmemBytes =
+      1024 + kStages * (kTileBytesA + kTileBytesB) + (1 + 2 * kStages) * 8;
 };
 
 }  // namespace mm

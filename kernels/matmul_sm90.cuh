@@ -2,20 +2,25 @@
 // (C = A·B, then bias, GELU with its pre-activation, the fused GELU backward, a residual add,
 // accumulate; T or f32 output), computed with the Hopper units.
 //
-// A block owns a 128 × 128 tile of C (mm::Sm90Config) and has three warpgroups:
+// A block owns a 128 × 256 tile of C (mm::Sm90Config) and has three warpgroups:
 //  - warpgroup 0, the producer, gives its registers back (setmaxnreg) and one of its threads
 //    issues the TMA loads of each 64-deep K step's A and B tiles into stage kt % kStages,
 //    completing on the stage's "full" mbarrier; before reusing a stage it waits on its "empty"
 //    mbarrier, on which every consumer thread arrives once done with it;
 //  - warpgroups 1 and 2, the consumers, own 64 rows of the tile each: per K step one wgmma group
-//    of four m64n128k16 products from shared memory into 64 f32 accumulators a thread, kept in
+//    of four m64n256k16 products from shared memory into 128 f32 accumulators a thread, kept in
 //    flight while the next step's group is issued (wait_group 1), so a stage is released one step
 //    late and the tensor cores never wait for the issue of the next group.
-// Operands reach shared memory as TMA writes them with the 128-byte swizzle, in 16 KiB tiles:
+// Why 256 columns: per k16 step the two consumers' wgmma read 2 × (2 + 8) KiB of shared
+// memory and TMA writes 12 KiB for 2 · 64 · 256 · 16 products, 256 clocks of an H100 SM's
+// tensor cores (2048 bf16 FMA a clock): 128 bytes a clock, what shared memory serves. On
+// 128 × 128 tiles the same count gave 160 bytes a clock, more than it serves.
+// Operands reach shared memory as TMA writes them with the 128-byte swizzle, in 16 KiB (A) and
+// 32 KiB (B) tiles:
 //   A [M, K] row-major (forward, input gradient): K-major, one atom of 128 rows × 64 k;
 //   A stored [K, M] (weight gradient, dyᵀ):        MN-major, two atoms of 64 k rows × 64 m;
-//   B stored [N, K] (forward, W):                  K-major, one atom of 128 rows × 64 k;
-//   B stored [K, N] (gradients):                   MN-major, two atoms of 64 k rows × 64 n;
+//   B stored [N, K] (forward, W):                  K-major, one atom of 256 rows × 64 k;
+//   B stored [K, N] (gradients):                   MN-major, four atoms of 64 k rows × 64 n;
 // wgmma reads the MN-major ones with its transpose bits (16-bit types only, which these are).
 // TMA zero-fills what lies past M, N or K, so edges need no code in the loop; the epilogue skips
 // rows and columns past M and N and is matmul.cuh's (store_warp_rows): wgmma's accumulator
@@ -28,8 +33,8 @@
 namespace nuri::kernels::mm {
 
 /// The kernel's parameters: the product and its epilogue, and the tensor maps of A and B (two
-/// dimensions, the contiguous one first; boxes of 64 elements by 128 rows for a K-major operand,
-/// by 64 rows for an MN-major one).
+/// dimensions, the contiguous one first; boxes of 64 elements by 128 (A) or 256 (B) rows for a
+/// K-major operand, by 64 rows for an MN-major one).
 template <class T>
 struct GemmSm90Params {
   CUtensorMap a_map, b_map;
@@ -41,19 +46,19 @@ __global__ void __launch_bounds__(Sm90Config::kThreads, 1)
     gemm_sm90_kernel(const __grid_constant__ GemmSm90Params<T> prm) {
   using C = Sm90Config;
   constexpr int kBM = C::kBlockM, kBN = C::kBlockN, kBK = C::kBlockK, kS = C::kStages;
-  constexpr unsigned kTile = unsigned(C::kTileBytes);
+  constexpr size_t kTileA = C::kTileBytesA, kTileB = C::kTileBytesB;
   static_assert(kBK == 64, "a K step is one 128-byte swizzle atom of 16-bit elements deep");
-  static_assert(kBN == 128 && kBM == 128, "two consumers of m64n128 products");
+  static_assert(kBN == 256 && kBM == 128, "two consumers of m64n256 products");
   static_assert(C::kSmemBytes ==
-                    1024 + kS * 2 * C::kTileBytes + sm90::Pipeline<kS>::words() * sizeof(uint64_t),
+                    1024 + kS * (kTileA + kTileB) + sm90::Pipeline<kS>::words() * sizeof(uint64_t),
                 "Sm90Config's shared memory is this kernel's layout");
   const GemmArgs<T>& p = prm.p;
 
   // Shared memory, aligned up to the swizzle's 1024-byte repeat: the A stages, the B stages,
   // then the pipeline's barriers.
   unsigned char* const sA = sm90::aligned_smem();
-  unsigned char* const sB = sA + kS * C::kTileBytes;
-  const sm90::Pipeline<kS> pipe{reinterpret_cast<uint64_t*>(sB + kS * C::kTileBytes)};
+  unsigned char* const sB = sA + kS * kTileA;
+  const sm90::Pipeline<kS> pipe{reinterpret_cast<uint64_t*>(sB + kS * kTileB)};
   pipe.init();
 
   const int m0 = int(blockIdx.y) * kBM, n0 = int(blockIdx.x) * kBN;
@@ -67,12 +72,14 @@ __global__ void __launch_bounds__(Sm90Config::kThreads, 1)
       for (int kt = 0; kt < n_steps; ++kt) {
         const int k0 = kt * kBK;
         pipe.wait_empty(kt);
-        uint64_t* full = pipe.expect(kt, 0, 2 * kTile);
-        // An operand's tile: K-major ([rows][K]) one box of 128 rows × 64 k; MN-major ([K][MN])
-        // the boxes of mn0..mn0+63 and mn0+64..mn0+127, each 64 k rows.
-        auto load = [&](unsigned char* dst, const CUtensorMap* map, bool mn_major, int mn0) {
+        uint64_t* full = pipe.expect(kt, 0, unsigned(kTileA + kTileB));
+        // An operand's tile of `rows` rows along M or N: K-major ([rows][K]) one box of rows ×
+        // 64 k; MN-major ([K][MN]) the boxes of mn0..mn0+63, mn0+64..mn0+127, ..., each 64 k
+        // rows.
+        auto load = [&](unsigned char* dst, const CUtensorMap* map, bool mn_major, int mn0,
+                        int rows) {
           if (mn_major) {
-            for (int at = 0; at < 2; ++at) {
+            for (int at = 0; at < rows / 64; ++at) {
               const int32_t c[2] = {mn0 + 64 * at, k0};
               tma_load<2>(dst + at * (kBK * 128), map, c, full);
             }
@@ -81,8 +88,8 @@ __global__ void __launch_bounds__(Sm90Config::kThreads, 1)
             tma_load<2>(dst, map, c, full);
           }
         };
-        load(sA + (kt % kS) * C::kTileBytes, &prm.a_map, kATrans, m0);
-        load(sB + (kt % kS) * C::kTileBytes, &prm.b_map, kBKN, n0);
+        load(sA + (kt % kS) * kTileA, &prm.a_map, kATrans, m0, kBM);
+        load(sB + (kt % kS) * kTileB, &prm.b_map, kBKN, n0, kBN);
       }
     }
     return;
@@ -102,14 +109,14 @@ __global__ void __launch_bounds__(Sm90Config::kThreads, 1)
   int kt = 0;
 #pragma unroll 1
   do {
-    const unsigned char* a = sA + (kt % kS) * C::kTileBytes;
-    const unsigned char* b = sB + (kt % kS) * C::kTileBytes;
+    const unsigned char* a = sA + (kt % kS) * kTileA;
+    const unsigned char* b = sB + (kt % kS) * kTileB;
     pipe.wait_full(kt);
     wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < kBK / 16; ++ks) {
       // A: this consumer's 64 rows (K-major: rows 64c.. of the 128-row atom; MN-major: atom c).
-      // B: all 128 columns (K-major: the 128-row atom; MN-major: atoms 64 · 128 bytes apart).
+      // B: all 256 columns (K-major: the 256-row atom; MN-major: atoms 64 · 128 bytes apart).
       const uint64_t a_desc = kATrans ? sm90::mnmajor_desc<kBK>(a + c * (kBK * 128), ks)
                                       : sm90::kmajor_desc<kBM>(a, 64 * c, ks);
       const uint64_t b_desc =
