@@ -199,7 +199,7 @@ struct TileLoader {
   /// Issues the tile whose K range starts at k0 (of k in all) into s. kFull: the tile lies
   /// wholly inside K (the kernel's main loop), so nothing is clipped along K. (Written as one
   /// loop that selects the clipped count per chunk, ptxas if-converted the clipping into every
-  /// step: about 75 instructions around TcLarge's 4 cp.async.)
+  /// step: about 80 instructions around TcLarge's 4 cp.async.)
   template <bool kFull>
   __device__ __forceinline__ void issue(T* s, int k0, int k) const {
     const T* base = g + (kKRows ? k0 * ldg : int64_t(k0)) + g_off;
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) gemm_tc_kernel(con
   }
 
   // One step of the K loop: tile kt from shared memory into the accumulators, tile kt + kS - 1
-  // issued (kFull: it lies inside K).
+  // issued (full: std::true_type where that tile lies inside K).
   auto step = [&](int kt, auto full) {
     cp_async_wait<kS - 2>();
     __syncthreads();  // tile kt visible; every warp is done with step kt - 1's stage
