@@ -385,6 +385,19 @@ std::vector<emu::LaunchCounters> count_linear_layer(Backend& be) {
   return emu::take_counters();
 }
 
+/// count_linear_layer's forward with K = 90: rows of 180 bytes, not 16-byte aligned (the path
+/// that neither TMA nor the 128 × 256 tiles take); the one launch's counters.
+emu::LaunchCounters count_unaligned_forward(Backend& be) {
+  const int64_t m = 128, n = 192, k = 90;
+  Tensor x = on(be, {m, k}, random_vec(m * k, 85)), w = on(be, {n, k}, random_vec(n * k, 86));
+  Tensor y = zeros(be, {m, n});
+  Counting counting;
+  be.matmul(x, w, Tensor(), y, Activation::none, Tensor(), Tensor());
+  auto launches = emu::take_counters();
+  EXPECT_EQ(launches.size(), 1u);
+  return launches.empty() ? emu::LaunchCounters{} : launches[0];
+}
+
 TEST(KernelCounters, MatmulTilesAreConflictFreeAndEpilogueStoresWholeSectors) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
@@ -449,21 +462,15 @@ TEST(KernelCounters, WideGemmTilesReadTwoThirdsTheSharedMemoryPerMma) {
     EXPECT_EQ(gemm[Instr::mma], s.counts.first);
     EXPECT_EQ(gemm[Instr::ldmatrix], s.counts.second);
   }
-  {  // Rows that are not 16-byte aligned (K = 90: 180-byte rows) run on the 128² tiles.
+  {  // Rows that are not 16-byte aligned run on the 128² tiles.
     auto [be, why] = make_backend_with(name, "NURI_GEMM_TILES", "256");
     ASSERT_TRUE(be) << why;
-    const int64_t m = 128, n = 192, k = 90;
-    Tensor x = on(*be, {m, k}, random_vec(m * k, 85)), w = on(*be, {n, k}, random_vec(n * k, 86));
-    Tensor y = zeros(*be, {m, n});
-    Counting counting;
-    be->matmul(x, w, Tensor(), y, Activation::none, Tensor(), Tensor());
-    const auto launches = emu::take_counters();
-    ASSERT_EQ(launches.size(), 1u);
-    EXPECT_EQ(launches[0].smem, TcLarge::kSmemBytes) << launches[0].kernel;
+    const emu::LaunchCounters l = count_unaligned_forward(*be);
+    EXPECT_EQ(l.smem, TcLarge::kSmemBytes) << l.kernel;
   }
   // The ratios the comment above states, from the shapes' constants.
-  EXPECT_EQ(4 * (TcWide::kMi + TcWide::kNj / 2), TcWide::kMi * TcWide::kNj);
-  EXPECT_EQ(8 * (TcLarge::kMi + TcLarge::kNj / 2), 3 * TcLarge::kMi * TcLarge::kNj);
+  static_assert(4 * (TcWide::kMi + TcWide::kNj / 2) == TcWide::kMi * TcWide::kNj);
+  static_assert(8 * (TcLarge::kMi + TcLarge::kNj / 2) == 3 * TcLarge::kMi * TcLarge::kNj);
 }
 
 // matmul_tiles: the largest tile shape whose grid gives every SM a block, else the smallest;
@@ -513,17 +520,8 @@ TEST(KernelCounters, Sm90MatmulRunsItsLayoutsOnTmaAndWgmmaAndStoresWholeSectors)
     EXPECT_EQ(gemm[Access::st_global].requests,
               uint64_t((m * n + m * n + m * k + n * k) / (4 * 32)));  // y and pre, dx, dw
   }
-  {
-    const int64_t k2 = 90;
-    Tensor x2 = on(*be, {m, k2}, random_vec(m * k2, 85)),
-           w2 = on(*be, {n, k2}, random_vec(n * k2, 86));
-    Tensor y = zeros(*be, {m, n});
-    Counting counting;
-    be->matmul(x2, w2, Tensor(), y, Activation::none, Tensor(), Tensor());
-    const auto launches = emu::take_counters();
-    ASSERT_EQ(launches.size(), 1u);
-    EXPECT_NE(launches[0].kernel.find("gemm_tc_kernel"), std::string::npos) << launches[0].kernel;
-  }
+  const emu::LaunchCounters l = count_unaligned_forward(*be);
+  EXPECT_NE(l.kernel.find("gemm_tc_kernel"), std::string::npos) << l.kernel;
 }
 
 }  // namespace
