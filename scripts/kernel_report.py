@@ -3,7 +3,8 @@
 
 1. From the ptxas reports (`-Xptxas -v` logs in OUT): registers, static shared memory, stack and
    spill bytes of every kernel; fails if any kernel spills.
-2. From the SASS (`cuobjdump -sass` of the objects in OUT; cuobjdump and nvdisasm come from the
+2. From the SASS (`cuobjdump -sass -arch` of the objects OUT/<source>.sm<ARCH>.o, one arch each
+   or links to a build tree's objects, which hold every arch; cuobjdump and nvdisasm come from the
    PyPI packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm): for every tensor-core kernel,
    its main loop (the loop, found by its backward branch, with the most HMMA instructions) and
    what that loop body holds: tensor-core instructions against everything else, ldmatrix,
@@ -92,9 +93,11 @@ def ptxas_rows(out):
     return rows
 
 
-def sass_functions(cuobjdump, obj):
-    """{mangled name: [(address, opcode, text)]} from cuobjdump -sass."""
-    text = subprocess.run([cuobjdump, "-sass", obj], capture_output=True, text=True, check=True)
+def sass_functions(cuobjdump, obj, arch):
+    """{mangled name: [(address, opcode, text)]} from cuobjdump -sass, for one arch (e.g. "90a";
+    a build tree's objects hold the code of every arch it was configured with)."""
+    text = subprocess.run([cuobjdump, "-sass", "-arch", f"sm_{arch}", obj], capture_output=True,
+                          text=True, check=True)
     funcs, cur = {}, None
     for line in text.stdout.splitlines():
         m = re.match(r"\s*Function : (\S+)", line)
@@ -211,7 +214,7 @@ def main():
         for arch in archs:
             for src in TENSOR_CORE_SOURCES:
                 obj = os.path.join(out, f"{src}.sm{arch}.o")
-                funcs = sass_functions(cuobjdump, obj)
+                funcs = sass_functions(cuobjdump, obj, arch)
                 names = dict(zip(funcs, demangle(list(funcs))))
                 for mangled in sorted(funcs, key=lambda m: short(names[m])):
                     instrs = funcs[mangled]

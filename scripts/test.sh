@@ -40,8 +40,9 @@ printf 'cores: %s  cmake: %s  nvcc: %s\n' "$jobs" "$(cmake --version | head -n1)
 
 # ---- Release tree: build everything, run every test --------------------------------------------
 section "configure build/ (Release, with the Python extension)"
+# NURI_PTXAS_REPORT: ptxas's report of each kernel object kept beside it, for check-kernels below.
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DNURI_CUDA=AUTO -DNURI_MPI=ON \
-  -DNURI_PYTHON=ON -DPython_EXECUTABLE="$root/.venv/bin/python"
+  -DNURI_PYTHON=ON -DPython_EXECUTABLE="$root/.venv/bin/python" -DNURI_PTXAS_REPORT=ON
 section "build build/"
 cmake --build build --parallel "$jobs"
 # The Python package from this tree: nuri._C and libnuri as just built (CUDA backend and MPI
@@ -105,9 +106,11 @@ else
 fi
 
 # ---- static checks of the real GPU build: registers, shared memory, spills -----------------------
+# From build/'s kernel objects (sm_80 and sm_90a) and the ptxas reports kept beside them: no
+# kernel compiled a second time.
 if command -v nvcc >/dev/null; then
-  section "scripts/check-kernels.sh (nvcc sm_80, sm_90a)"
-  bash scripts/check-kernels.sh "$logs/kernels" 2>&1 | tee "$logs/kernels.log"
+  section "scripts/check-kernels.sh --build build (sm_80, sm_90a)"
+  bash scripts/check-kernels.sh --build build "$logs/kernels" 2>&1 | tee "$logs/kernels.log"
 else
   section "scripts/check-kernels.sh skipped: no nvcc"
 fi
