@@ -2,6 +2,8 @@
 // float on the SIMT kernel; the three product layouts, aligned (16-byte cp.async) or not; and the
 // sm_90a kernel's tensor maps and launch (matmul_sm90.cuh; under nvcc its body is real only for
 // sm_90a, and the host launches it only where sm90a_compiled() on an sm_90 device).
+#include <algorithm>
+
 #include "device_info.h"
 #include "matmul_sm90.cuh"
 
@@ -76,7 +78,9 @@ bool launch_sm90(const mm::GemmArgs<T>& a, cudaStream_t stream) {
                         : operand_map(a.a, a.k, a.m, a.lda, C::kBlockM, "A");
     prm.b_map = kBKN ? operand_map(a.b, a.n, a.k, a.ldb, 64, "B (stored [K, N])")
                      : operand_map(a.b, a.k, a.n, a.ldb, C::kBlockN, "B (stored [N, K])");
-    const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
+    // Persistent: a block an SM (no more fit), or one a tile where there are fewer tiles.
+    const int64_t tiles = ceil_div(a.n, C::kBlockN) * ceil_div(a.m, C::kBlockM);
+    const dim3 grid(unsigned(std::min<int64_t>(tiles, current_device_info().sms)));
     NURI_LAUNCH((mm::gemm_sm90_kernel<T, kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
                 stream, prm);
     return true;
