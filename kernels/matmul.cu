@@ -64,9 +64,9 @@ CUtensorMap operand_map(const T* base, int64_t inner, int64_t outer, int64_t ld,
 /// 16-byte aligned (TMA's rule for the maps' strides and bases), a contraction that is not
 /// empty. Returns whether it ran.
 template <class T, bool kATrans, bool kBKN>
-bool launch_sm90(const mm::GemmArgs<T>& a, cudaStream_t stream) {
+bool launch_sm90(const mm::GemmArgs<T>& a, bool per_tile, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, float>) {
-    (void)a, (void)stream;
+    (void)a, (void)per_tile, (void)stream;
     return false;
   } else {
     if (a.k == 0 || !rows_aligned(a.a, a.lda) || !rows_aligned(a.b, a.ldb)) return false;
@@ -78,9 +78,12 @@ bool launch_sm90(const mm::GemmArgs<T>& a, cudaStream_t stream) {
                         : operand_map(a.a, a.k, a.m, a.lda, C::kBlockM, "A");
     prm.b_map = kBKN ? operand_map(a.b, a.n, a.k, a.ldb, 64, "B (stored [K, N])")
                      : operand_map(a.b, a.k, a.n, a.ldb, C::kBlockN, "B (stored [N, K])");
-    // Persistent: a block an SM (no more fit), or one a tile where there are fewer tiles.
+    // Persistent: a block an SM (no more fit), or one a tile where there are fewer tiles (or
+    // per_tile: the same kernel, each block walking one tile).
     const int64_t tiles = ceil_div(a.n, C::kBlockN) * ceil_div(a.m, C::kBlockM);
-    const dim3 grid(unsigned(std::min<int64_t>(tiles, current_device_info().sms)));
+    const int64_t blocks =
+        per_tile ? tiles : std::min<int64_t>(tiles, current_device_info().sms);
+    const dim3 grid(static_cast<unsigned>(blocks));
     NURI_LAUNCH((mm::gemm_sm90_kernel<T, kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
                 stream, prm);
     return true;
@@ -88,10 +91,11 @@ bool launch_sm90(const mm::GemmArgs<T>& a, cudaStream_t stream) {
 }
 
 template <class T, bool kATrans, bool kBKN>
-bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, cudaStream_t stream) {
+bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, bool sm90_per_tile,
+                 cudaStream_t stream) {
   NURI_CHECK(a.m > 0 && a.n > 0 && a.k >= 0, "matmul kernel: bad shape (M ", a.m, ", N ", a.n,
              ", K ", a.k, ")");
-  if (sm90 && launch_sm90<T, kATrans, kBKN>(a, stream)) return true;
+  if (sm90 && launch_sm90<T, kATrans, kBKN>(a, sm90_per_tile, stream)) return true;
   if constexpr (std::is_same_v<T, float>) {
     using C = mm::SimtConfig;
     const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
@@ -145,7 +149,7 @@ bool matmul_forward(const MatmulParams<T>& p, cudaStream_t stream) {
   a.pre = p.gelu ? p.gPre : nullptr;
   a.residual = p.gResidual;
   a.out = p.gY;
-  return launch_gemm<T, false, false>(a, p.tiles, p.sm90, stream);
+  return launch_gemm<T, false, false>(a, p.tiles, p.sm90, p.sm90_per_tile, stream);
 }
 
 template <class T>
@@ -157,7 +161,7 @@ bool matmul_backward_input(const MatmulBackwardInputParams<T>& p, cudaStream_t s
   a.gelu_pre = p.gGeluPre;
   a.out = p.gDx;
   a.accumulate = p.accumulate;
-  return launch_gemm<T, false, true>(a, p.tiles, p.sm90, stream);
+  return launch_gemm<T, false, true>(a, p.tiles, p.sm90, p.sm90_per_tile, stream);
 }
 
 template <class T>
@@ -168,7 +172,7 @@ bool matmul_backward_weight(const MatmulBackwardWeightParams<T>& p, cudaStream_t
   a.m = int(p.n), a.n = int(p.k), a.k = int(p.m);
   a.out_f32 = p.gDw;
   a.accumulate = p.accumulate;
-  return launch_gemm<T, true, true>(a, p.tiles, p.sm90, stream);
+  return launch_gemm<T, true, true>(a, p.tiles, p.sm90, p.sm90_per_tile, stream);
 }
 
 template <class T>

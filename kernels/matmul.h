@@ -27,6 +27,9 @@ struct MatmulParams {
   bool gelu;
   int tiles = 0;  // the GEMM tile's column edge: 0 by shape (matmul_tiles); 256, 128, 64 force it
   bool sm90 = false;  // the sm_90a kernel where it takes the call (see matmul_forward)
+  // The sm_90a kernel's grid: a block a tile instead of persistent blocks (min(tiles, SMs)), to
+  // measure what persistence gives (NURI_GEMM_SM90_GRID=tiles).
+  bool sm90_per_tile = false;
 };
 
 /// dx (+)= dy·W; with gGeluPre, dx = (dy·W) ⊙ gelu'(gelu_pre) (then accumulate is false).
@@ -40,6 +43,7 @@ struct MatmulBackwardInputParams {
   bool accumulate;
   int tiles = 0;      // as in MatmulParams
   bool sm90 = false;  // as in MatmulParams
+  bool sm90_per_tile = false;  // as in MatmulParams
 };
 
 /// dW (+)= dyᵀ·x, f32.
@@ -52,6 +56,7 @@ struct MatmulBackwardWeightParams {
   bool accumulate;
   int tiles = 0;      // as in MatmulParams
   bool sm90 = false;  // as in MatmulParams
+  bool sm90_per_tile = false;  // as in MatmulParams
 };
 
 /// dbias (+)= Σ_m dy[m, :], f32, deterministic: blocks of kMatmulBiasRows rows sum their

@@ -10,9 +10,9 @@
 //    counts the block's steps over all its tiles), completing on the stage's "full" mbarrier;
 //    before reusing a stage it waits on its "empty" mbarrier, on which every consumer thread
 //    arrives once done with it. So the next tile's first steps load while the consumers store
-//    this one's results: a block's tiles after the first do not wait for their pipeline to
-//    fill, nor the tensor cores for the epilogue (a grid of one block a tile, 1 block an SM,
-//    did both at every tile);
+//    this one's results, and a block's tiles after the first do not wait for their pipeline to
+//    fill (a grid of one block a tile, 1 block an SM, waited at every tile; the tensor cores
+//    still idle through each epilogue, which the consumers that issue the wgmma run);
 //  - warpgroups 1 and 2, the consumers, own 64 rows of the tile each: per K step one wgmma group
 //    of four m64n256k16 products from shared memory into 128 f32 accumulators a thread, kept in
 //    flight while the next step's group is issued (wait_group 1), so a stage is released one step

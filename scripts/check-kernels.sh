@@ -8,16 +8,18 @@
 #   --build DIR  reads the objects of the build tree DIR (configured with NURI_CUDA and
 #                NURI_PTXAS_REPORT=ON, as scripts/test.sh configures build/; brought up to date
 #                first) instead of compiling each kernels/*.cu twice more: what CI runs.
-#   without it, compiles each kernels/*.cu with nvcc for each arch, with the build's flags.
+#   without it, compiles each kernels/*.cu with nvcc for each arch (-O3, the build's
+#   architecture flags, without its defines).
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$root"
 build=
 if [[ "${1:-}" == --build ]]; then
   build=${2:?"check-kernels: --build needs the build tree's directory"}
   shift 2
+  build=$(cd "$build" && pwd) || exit 1  # relative to where it was called from
 fi
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
 nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
 if [[ ! -x "$nvcc" ]]; then
   echo "check-kernels: nvcc not found (install the CUDA toolkit or put it on PATH)" >&2
@@ -74,7 +76,11 @@ from_build() {
       "-DNURI_PTXAS_REPORT=ON, or run without --build" >&2
     return 1
   fi
-  cmake --build "$build" --target nuri >/dev/null
+  if ! cmake --build "$build" --target nuri >"$out/build.log" 2>&1; then
+    cat "$out/build.log" >&2
+    echo "check-kernels: building $build's library failed" >&2
+    return 1
+  fi
   for src in "${sources[@]}"; do
     name=$(basename "$src" .cu)
     [[ "$name" == ptx_probe ]] && continue
@@ -85,18 +91,25 @@ from_build() {
       return 1
     fi
     cp "$obj.ptxas.log" "$out/$name.log"
+    local listing
+    listing=$(cuobjdump -lelf -lptx "$obj")
     for arch in "${archs[@]}"; do
-      if [[ "$(cuobjdump -lelf "$obj")" != *".sm_$arch.cubin"* ]]; then
-        echo "check-kernels: $obj has no sm_$arch code; configure $build with" \
-          "CMAKE_CUDA_ARCHITECTURES including ${archs[*]} (the default)" >&2
+      if [[ "$listing" != *".sm_$arch.cubin"* || "$listing" != *".sm_$arch.ptx"* ]]; then
+        echo "check-kernels: $obj lacks the sm_$arch code or PTX; configure $build with" \
+          "CMAKE_CUDA_ARCHITECTURES '80;90a' (the default)" >&2
         return 1
       fi
       ln -sf "$(cd "$(dirname "$obj")" && pwd)/$(basename "$obj")" "$out/$name.sm$arch.o"
       cuobjdump -ptx -arch "sm_$arch" "$obj" >"$out/$name.sm$arch.ptx"
     done
-    # ninja's log: start and end in ms, then the object; the last line for it is the newest.
-    awk -v o="CMakeFiles/nuri.dir/kernels/$name.cu.o" '$4 == o { t = ($2 - $1) / 1000 } END { print t + 0 }' \
-      "$build/.ninja_log" >"$out/$name.time"
+    # ninja's log: start and end in ms, then the object; the last line for it is the newest
+    # (0 where the tree is not ninja's).
+    if [[ -f "$build/.ninja_log" ]]; then
+      awk -v o="CMakeFiles/nuri.dir/kernels/$name.cu.o" \
+        '$4 == o { t = ($2 - $1) / 1000 } END { print t + 0 }' "$build/.ninja_log" >"$out/$name.time"
+    else
+      echo 0 >"$out/$name.time"
+    fi
   done
 }
 

@@ -4,8 +4,9 @@
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
 # JUnit), matmul.jsonl, attention.jsonl, attention_fwd_nuri.jsonl and attention_fwd_nuri128.jsonl
-# (the forward on 64- and 128-row query blocks), matmul_sm90.jsonl and attention_sm90.jsonl too on
-# an H100/H200 (the sm_90a kernels), train.jsonl (one JSON object per measurement; see
+# (the forward on 64- and 128-row query blocks), matmul_sm90.jsonl, matmul_sm90_per_tile.jsonl
+# (its grid a block a tile, not persistent) and attention_sm90.jsonl too on an H100/H200 (the
+# sm_90a kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md) and bench.log (the benchmarks' tables and messages). Exit status: ctest's,
 # or the first failing benchmark's; 77 when no CUDA device is visible.
 #   NURI_GPU_JOBS      tests run at once on the device (default 4)
@@ -96,6 +97,11 @@ if want matmul && ((sm90)); then
     "$build/tests/test_ops_gpu" --gtest_filter='Ops/MatmulTest.*' --gtest_brief=1
   bench "bench_matmul_gpu --nuri sm90" 240 "$build/benchmarks/bench_matmul_gpu" "${q[@]}" \
     --nuri sm90 --pass fwd,dgrad,wgrad --json "$out/matmul_sm90.jsonl"
+  # The same with a block a tile instead of the persistent grid: each run's ratio to cuBLASLt
+  # in its own alternation, so the two ratios show what persistence gives.
+  bench "bench_matmul_gpu --nuri sm90, NURI_GEMM_SM90_GRID=tiles" 240 \
+    env NURI_GEMM_SM90_GRID=tiles "$build/benchmarks/bench_matmul_gpu" "${q[@]}" \
+    --nuri sm90 --pass fwd,dgrad,wgrad --json "$out/matmul_sm90_per_tile.jsonl"
 fi
 want attention && bench "attention_gpu.py" 240 "$py" "$root/benchmarks/attention_gpu.py" "${q[@]}" \
   --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention.jsonl"

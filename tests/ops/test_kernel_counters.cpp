@@ -6,6 +6,7 @@
 // shared memory (its launch records). Emulated tree only (test_ops on cuda-emu).
 #include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "attention.h"
@@ -526,16 +527,26 @@ TEST(KernelCounters, Sm90MatmulRunsItsLayoutsOnTmaAndWgmmaAndStoresWholeSectors)
 }
 
 // The sm_90a GEMM's grid is persistent: one block an SM, each walking the tiles w, w + grid, ...
-// (kernels/matmul_sm90.cuh). On an emulated device of 2 SMs each product is 2 blocks that walk
-// its 128 × 256 tiles: the forward's 136 × 264 are 4 tiles of 4 K steps, so a block's second
-// tile runs on the pipeline's stages in their second phase; dx 136 × 200 is 2 tiles of 5 steps;
-// dW 264 × 200 is 3 of 3 steps, two for block 0. The results are the 132-SM device's, where
-// each block has one tile, bit for bit, and both store every output element once.
+// (kernels/matmul_sm90.cuh). On an emulated device of 2 SMs each product is 2 blocks over its
+// 128 × 256 tiles: the forward's 136 × 264 are 4 tiles of 4 K steps, so a block's second tile
+// runs on the pipeline's stages in their second phase; dW 264 × 200 is 3 of 3 steps, two for
+// block 0 (dx 136 × 200, 2 tiles, is one a block). On 1 SM one block walks every tile: dx's
+// second tile starts mid-phase (5 steps a tile). The results are the 132-SM device's, where
+// each block has one tile, bit for bit, and every run stores each output element once. With
+// NURI_GEMM_SM90_GRID=tiles (for measuring the difference on a GPU) the grid is a block a tile
+// on 2 SMs too, with the same results.
 TEST(KernelCounters, Sm90MatmulBlocksWalkSeveralTilesWithTheSameResults) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "NURI_EMU_SMS sets the SM count of the emulator only";
   auto [be, why] = make_backend_with(name, "NURI_GEMM", "sm90");
   ASSERT_TRUE(be) << why;
+  std::unique_ptr<Backend> per_tile;
+  {
+    ScopedEnv grid("NURI_GEMM_SM90_GRID", "tiles");
+    auto [b, why_not] = make_backend_with(name, "NURI_GEMM", "sm90");
+    ASSERT_TRUE(b) << why_not;
+    per_tile = std::move(b);
+  }
   const int64_t m = 136, n = 264, k = 200;
   const Tensor x = on(*be, {m, k}, random_vec(m * k, 91)),
                w = on(*be, {n, k}, random_vec(n * k, 92)), bias = on(*be, {n}, random_vec(n, 93));
@@ -543,44 +554,68 @@ TEST(KernelCounters, Sm90MatmulBlocksWalkSeveralTilesWithTheSameResults) {
     std::vector<emu::LaunchCounters> launches;
     std::vector<Vec> out;  // y, pre, dx, dW
   };
-  auto run = [&](const char* sms) {
+  auto run = [&](Backend& on_be, const char* sms) {
     ScopedEnv env("NURI_EMU_SMS", sms);
-    Tensor y = zeros(*be, {m, n}), pre = zeros(*be, {m, n});
-    Tensor dx = zeros(*be, {m, k}), dw = zeros_f32(*be, {n, k});
+    Tensor y = zeros(on_be, {m, n}), pre = zeros(on_be, {m, n});
+    Tensor dx = zeros(on_be, {m, k}), dw = zeros_f32(on_be, {n, k});
     Run r;
     {
       Counting counting;
-      be->matmul(x, w, bias, y, Activation::gelu, pre, Tensor());
-      be->matmul_backward_input(y, w, dx, false, Tensor());
-      be->matmul_backward_weight(y, x, dw, false);
+      on_be.matmul(x, w, bias, y, Activation::gelu, pre, Tensor());
+      on_be.matmul_backward_input(y, w, dx, false, Tensor());
+      on_be.matmul_backward_weight(y, x, dw, false);
       r.launches = emu::take_counters();
     }
-    r.out = {values(*be, y), values(*be, pre), values(*be, dx), values(*be, dw)};
+    r.out = {values(on_be, y), values(on_be, pre), values(on_be, dx), values(on_be, dw)};
     return r;
   };
-  const Run few = run("2"), many = run("132");
-  ASSERT_EQ(few.launches.size(), 3u);
-  ASSERT_EQ(many.launches.size(), 3u);
+  const Run many = run(*be, "132");
   const unsigned tiles[3] = {2 * 2, 2 * 1, 3 * 1};  // ⌈rows/128⌉ · ⌈cols/256⌉ of y, dx, dW
-  for (int i = 0; i < 3; ++i) {
-    SCOPED_TRACE(many.launches[i].kernel);
-    EXPECT_NE(few.launches[i].kernel.find("gemm_sm90_kernel"), std::string::npos);
-    EXPECT_EQ(few.launches[i].grid.x, 2u);
-    EXPECT_EQ(many.launches[i].grid.x, tiles[i]);
-    EXPECT_EQ(few.launches[i].total[Access::st_global].requests,
-              many.launches[i].total[Access::st_global].requests);
-  }
   const char* names[4] = {"y", "pre", "dx", "dW"};
+  ASSERT_EQ(many.launches.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(many.launches[i].grid.x, tiles[i]);
   for (size_t t = 0; t < many.out.size(); ++t) {
     EXPECT_TRUE(std::any_of(many.out[t].begin(), many.out[t].end(), [](double v) { return v != 0; }))
         << names[t];
-    ASSERT_EQ(few.out[t].size(), many.out[t].size());
-    size_t differ = 0, first = 0;
-    for (size_t i = 0; i < many.out[t].size(); ++i) {
-      if (few.out[t][i] != many.out[t][i] && differ++ == 0) first = i;
-    }
-    EXPECT_EQ(differ, 0u) << names[t] << ": " << differ << " elements differ, the first at " << first;
   }
+  struct Few {
+    bool persistent;
+    const char* sms;
+  };
+  for (const Few f : {Few{true, "2"}, Few{true, "1"}, Few{false, "2"}}) {
+    SCOPED_TRACE(std::string(f.persistent ? "persistent" : "NURI_GEMM_SM90_GRID=tiles") + " on " +
+                 f.sms + " SMs");
+    const Run few = run(f.persistent ? *be : *per_tile, f.sms);
+    ASSERT_EQ(few.launches.size(), 3u);
+    for (int i = 0; i < 3; ++i) {
+      SCOPED_TRACE(many.launches[i].kernel);
+      EXPECT_NE(few.launches[i].kernel.find("gemm_sm90_kernel"), std::string::npos);
+      EXPECT_EQ(few.launches[i].grid.x, f.persistent ? unsigned(std::stoi(f.sms)) : tiles[i]);
+      EXPECT_EQ(few.launches[i].total[Access::st_global].requests,
+                many.launches[i].total[Access::st_global].requests);
+    }
+    for (size_t t = 0; t < many.out.size(); ++t) {
+      ASSERT_EQ(few.out[t].size(), many.out[t].size());
+      size_t differ = 0, first = 0;
+      for (size_t i = 0; i < many.out[t].size(); ++i) {
+        if (few.out[t][i] != many.out[t][i] && differ++ == 0) first = i;
+      }
+      EXPECT_EQ(differ, 0u) << names[t] << ": " << differ << " elements differ, the first at "
+                            << first;
+    }
+  }
+}
+
+// NURI_GEMM_SM90_GRID takes persistent or tiles; anything else is refused, naming both.
+TEST(KernelCounters, Sm90GemmGridSettingIsCheckedAndNamesItsChoices) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "the emulated backend's constructor is what is tested";
+  ScopedEnv grid("NURI_GEMM_SM90_GRID", "blocks");
+  const auto [be, why] = make_backend_with(name, "NURI_GEMM", "sm90");
+  EXPECT_FALSE(be);
+  EXPECT_NE(why.find("NURI_GEMM_SM90_GRID=blocks is not a grid of the sm_90a GEMM; use persistent"),
+            std::string::npos)
+      << why;
 }
 
 }  // namespace

@@ -133,6 +133,13 @@ CudaBackend::CudaBackend(int device) : device_(device) {
                "or unset it to choose by shape");
     gemm_tiles_ = std::stoi(v);
   }
+  if (const char* env = std::getenv("NURI_GEMM_SM90_GRID"); env && *env) {
+    const std::string v = env;
+    NURI_CHECK(v == "persistent" || v == "tiles", "NURI_GEMM_SM90_GRID=", v,
+               " is not a grid of the sm_90a GEMM; use persistent (a block an SM, the default) "
+               "or tiles (a block a tile, for measuring the difference)");
+    gemm_sm90_per_tile_ = v == "tiles";
+  }
 }
 
 CudaBackend::~CudaBackend() {

@@ -32,7 +32,9 @@ class CublasLt;  // cublaslt.h (real CUDA builds only)
 /// per-call choice. The environment variable NURI_GEMM=auto|nuri|sm90|cublaslt sets it when the
 /// backend is created;
 /// NURI_GEMM_TILES=256|128|64 forces the tile shape of nuri's tensor-core kernel (128 × 256, 128²
-/// or 64²; default: by shape, kernels/matmul.h matmul_tiles), for tests and tuning.
+/// or 64²; default: by shape, kernels/matmul.h matmul_tiles), for tests and tuning;
+/// NURI_GEMM_SM90_GRID=persistent|tiles the sm_90a kernel's grid (default persistent; tiles: a
+/// block a tile, for measuring the difference).
 enum class GemmPath { automatic, nuri, sm90, cublaslt };
 const char* gemm_path_name(GemmPath p);
 /// "auto", "nuri", "sm90" or "cublaslt" → GemmPath; nuri::Error naming the accepted values otherwise.
@@ -186,6 +188,7 @@ class CudaBackend final : public Backend {
   bool emu_measure_ = false;  // NURI_EMU_MEASURE=1 on the emulator: automatic measures
   friend struct AttentionDispatch;                         // attention.cpp
   int gemm_tiles_ = 0;                  // NURI_GEMM_TILES: 0 (by shape), 256, 128 or 64
+  bool gemm_sm90_per_tile_ = false;     // NURI_GEMM_SM90_GRID=tiles
   int sm_version_ = 0;                  // compute capability major·10 + minor
   std::shared_ptr<cuda::CublasLt> lt_;  // created on first use (shared_ptr: incomplete type)
   cuda::CublasLt& cublaslt();

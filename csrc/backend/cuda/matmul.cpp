@@ -142,6 +142,7 @@ void CudaBackend::run_gemm(const char* op, DType dt, int64_t m, int64_t n, int64
   if constexpr (requires { p.sm90; }) {  // the products (the bias gradient has no sm_90a kernel)
     P q = p;
     q.sm90 = gemm_path_ == GemmPath::sm90;
+    q.sm90_per_tile = gemm_sm90_per_tile_;
     sm90_gemm_calls_ += run_nuri(q, stream()) ? 1 : 0;
   } else {
     run_nuri(p, stream());
