@@ -3,7 +3,8 @@
 // Backend API, switched per sample with CudaBackend::set_gemm_path(GemmPath::nuri / cublaslt).
 // --nuri sm90 makes nuri's side the sm_90a kernel (kernels/matmul_sm90.cuh; H100/H200 with 90a
 // in the build): each row then records how many of its checked calls that kernel ran
-// ("sm90_calls"), so a row it did not take is seen as such.
+// ("sm90_calls"), so a row it did not take is seen as such, and the kernel's grid
+// ("sm90_grid": persistent, or tiles under NURI_GEMM_SM90_GRID=tiles).
 //
 // Shapes: M = tokens per call (B·T, default 8192), the linear layers of
 //   gpt2-124M  (C 768):  qkv 2304×768, attn_proj 768×768, fc 3072×768 (GELU), proj 768×3072,
@@ -358,6 +359,11 @@ class Paths {
   int64_t sm90_calls() const {
     return cuda_ ? static_cast<const nuri::CudaBackend&>(be_).sm90_gemm_calls() : 0;
   }
+  /// The sm_90a kernel's grid (NURI_GEMM_SM90_GRID): "persistent" or "tiles".
+  const char* sm90_grid() const {
+    return cuda_ && static_cast<const nuri::CudaBackend&>(be_).gemm_sm90_per_tile() ? "tiles"
+                                                                                    : "persistent";
+  }
   void use_peer() { static_cast<nuri::CudaBackend&>(be_).set_gemm_path(nuri::GemmPath::cublaslt); }
   /// Calls meant for cuBLASLt that it declined (nuri's kernel ran them instead).
   int64_t fallbacks() const {
@@ -420,6 +426,7 @@ bool measure(MatmulBench& mb, Paths& paths, const Options& o, const std::string&
                      .kv("calls_per_sample", iters)
                      .kv("path", o.nuri_path)
                      .kv("sm90_calls", sm90_calls)
+                     .kv("sm90_grid", paths.sm90_grid())
                      .kv("check", check_nuri.json));
   bool ok = check_nuri.ok;
   if (paths.has_peer()) {

@@ -76,28 +76,21 @@ __device__ __forceinline__ void store_elements(const GemmArgs<T>& p, int row, in
     const PT r = ld_global(reinterpret_cast<const PT*>(p.residual + i));
     for (int e = 0; e < N; ++e) v[e] += to_float(r.v[e]);
   }
-  // What is stored is written on both branches: a value read only under `accumulate` and
-  // selected under it again would, to the compiler, be live where it was never written, and in
-  // the persistent sm_90a kernel's tile loop it was carried from tile to tile (46 spilled
-  // registers).
+  // The old output is read only under `accumulate`; what is not read is zero, not left
+  // unwritten: an unwritten value selected away under `accumulate` again was, to the compiler,
+  // live across the persistent sm_90a kernel's tile loop (46 spilled registers).
   if (p.out_f32) {
     PF* o = reinterpret_cast<PF*>(p.out_f32 + i);
-    PF w;
-    if (p.accumulate) {
-      w = ld_global(o);
-      for (int e = 0; e < N; ++e) w.v[e] += v[e];
-    } else {
-      for (int e = 0; e < N; ++e) w.v[e] = v[e];
-    }
+    PF w{};
+    if (p.accumulate) w = ld_global(o);
+    for (int e = 0; e < N; ++e) w.v[e] = p.accumulate ? w.v[e] + v[e] : v[e];
     st_global(o, w);
   } else {
     PT* o = reinterpret_cast<PT*>(p.out + i);
-    PT w;
-    if (p.accumulate) {
-      const PT old = ld_global(o);
-      for (int e = 0; e < N; ++e) w.v[e] = from_float<T>(to_float(old.v[e]) + v[e]);
-    } else {
-      for (int e = 0; e < N; ++e) w.v[e] = from_float<T>(v[e]);
+    PT w{};
+    if (p.accumulate) w = ld_global(o);
+    for (int e = 0; e < N; ++e) {
+      w.v[e] = from_float<T>(p.accumulate ? to_float(w.v[e]) + v[e] : v[e]);
     }
     st_global(o, w);
   }

@@ -149,6 +149,8 @@ class CudaBackend final : public Backend {
   int64_t gemm_fallbacks() const { return gemm_fallbacks_; }
   /// Products nuri's sm_90a GEMM kernel has run.
   int64_t sm90_gemm_calls() const { return sm90_gemm_calls_; }
+  /// NURI_GEMM_SM90_GRID=tiles: the sm_90a GEMM launched a block a tile, not persistent.
+  bool gemm_sm90_per_tile() const { return gemm_sm90_per_tile_; }
 
   /// automatic: the first call of each direction, shape, layout and options runs every
   /// implementation this device and build have (nuri's sm_80-class kernels; for the forward the
