@@ -17,7 +17,14 @@ case "$*" in
   *) echo "GPU 0: a stand-in for gpu_check_selftest.sh (no device)" ;;
 esac
 EOF
-chmod +x "$tmp/bin/nvidia-smi"
+# A stand-in ctest that records its arguments and exits as `timeout` reports a command it
+# stopped (124).
+cat >"$tmp/bin/ctest" <<EOF
+#!/bin/sh
+echo "\$*" >"$tmp/ctest.args"
+exit 124
+EOF
+chmod +x "$tmp/bin/nvidia-smi" "$tmp/bin/ctest"
 fails=0
 check() {  # what, condition...
   local what=$1
@@ -27,7 +34,7 @@ check() {  # what, condition...
 gc() {  # out dir, then env assignments; runs gpu-check.sh with the stand-in first on PATH
   local o=$1
   shift
-  env PATH="$tmp/bin:$PATH" "$@" bash "$root/scripts/gpu-check.sh" --quick "$build" "$tmp/$o" \
+  env PATH="$tmp/bin:$PATH" CUDA_VISIBLE_DEVICES= "$@" bash "$root/scripts/gpu-check.sh" --quick "$build" "$tmp/$o" \
     >"$tmp/$o.log" 2>&1
 }
 
@@ -54,6 +61,28 @@ check "steps left out by the deadline are not a pass (exit 3)" test $rc -eq 3
 check "steps.txt: each step not run for the deadline, in the order given" \
   test "$(sed -E 's/, [0-9]+ s left/, N s left/' "$tmp/deadline/steps.txt" | tr '\n' '|')" = \
   "bench_matmul_gpu: not run, N s left of NURI_GPU_DEADLINE=44|attention_gpu.py, NURI_ATTENTION=sm90: not run, N s left of NURI_GPU_DEADLINE=44|"
+
+# A deadline with a leading zero is decimal seconds ("08": 8), here too short for any step.
+gc octal FAKE_CC=9.0 NURI_GPU_STEPS="matmul" NURI_GPU_DEADLINE=08
+rc=$?
+check "NURI_GPU_DEADLINE=08 is 8 s: the step not run, exit 3" \
+  test $rc -eq 3 -a "$(grep -c "left of NURI_GPU_DEADLINE=8$" "$tmp/octal/steps.txt")" -eq 1
+
+# The tests step stopped: by the deadline (not a failure: left out, exit 3; ctest was told
+# to stop starting tests in time, --stop-time), or at its own 30-minute limit (exit 4).
+gc cut FAKE_CC=9.0 NURI_GPU_STEPS="tests" NURI_GPU_DEADLINE=60
+rc=$?
+check "a step cut short by the deadline is left out (exit 3), ctest given --stop-time" \
+  test $rc -eq 3 -a "$(grep -c -- "--stop-time [0-9][0-9]:[0-9][0-9]:[0-9][0-9]$" "$tmp/ctest.args")" -eq 1
+check "steps.txt: the tests step not finished, stopped by the deadline" \
+  test "$(sed -E 's/after [0-9]+ s/after N s/' "$tmp/cut/steps.txt")" = \
+  "ctest -L gpu: not finished, stopped after N s by NURI_GPU_DEADLINE=60"
+gc own_limit FAKE_CC=9.0 NURI_GPU_STEPS="tests"
+rc=$?
+check "a step stopped at its own limit fails with 4 (not 124), no --stop-time" \
+  test $rc -eq 4 -a "$(grep -c -- "--stop-time" "$tmp/ctest.args")" -eq 0
+check "steps.txt: the tests step stopped at its limit" \
+  test "$(cat "$tmp/own_limit/steps.txt")" = "ctest -L gpu (stopped at its limit, 1800 s): exited 4"
 
 if ((fails)); then
   for f in "$tmp"/*.log; do echo "---- $f"; cat "$f"; done

@@ -163,7 +163,11 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&row_max)
     }
     const float mx = fmaxf(row_max[half], raw * scale_log2);
     const float base = mx == -INFINITY ? 0.f : mx;
-    alpha[half] = ex2_approx(row_max[half] - base);  // 0 while row_max is -inf
+    // Exactly 1 where the max held, so that rescale_rows may skip the row (the exponential is
+    // taken either way: one per row, a select instead of a branch); 0 while row_max was -inf
+    // below a finite max.
+    const float a = ex2_approx(row_max[half] - base);
+    alpha[half] = mx == row_max[half] ? 1.f : a;
     row_max[half] = mx;
     float sum = 0.f;
 #pragma unroll
@@ -176,9 +180,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NS][4], float (&row_max)
   }
 }
 
-/// Scales accumulator rows g and g + 8 of `o` by alpha[0] and alpha[1].
+/// Scales accumulator rows g and g + 8 of `o` by alpha[0] and alpha[1]; skipped by the whole
+/// warp (one vote) where every row's max held, alpha 1 (exactly: softmax_tile), so the skip
+/// changes no bit. Call it with the whole warp.
 template <int NO>
 __device__ __forceinline__ void rescale_rows(float (&o)[NO][4], const float (&alpha)[2]) {
+  if (!__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) return;
 #pragma unroll
   for (int nb = 0; nb < NO; ++nb) {
     o[nb][0] *= alpha[0];

@@ -80,10 +80,17 @@ ldd "${objs[@]}" 2>/dev/null | awk '/=> \// {print $1, $3}' | sort -u |
       *) cp -L "$path" "$kit/stage/kit-lib/$name" ;;
     esac
   done
+# The sources compiled into it, listed with a hash of their contents, which gpu-lease.sh checks
+# against the tree it is given there (a kit of other sources would measure another code).
+git ls-files -co --exclude-standard -- CMakeLists.txt cmake csrc include kernels python/src \
+  python/CMakeLists.txt tests benchmarks | grep -E '\.(cpp|h|hpp|cu|cuh|cmake|in)$|CMakeLists\.txt$' |
+  sort >"$kit/stage/kit-files.txt"
+sources=$(tr '\n' '\0' <"$kit/stage/kit-files.txt" | xargs -0 sha256sum 2>&1 | sha256sum | cut -c1-16)
 {
   echo "root=$root"
   echo "tree=$tree"
   echo "commit=$(git rev-parse HEAD) $(git status --short | wc -l) changed files"
+  echo "sources=$sources ($(wc -l <"$kit/stage/kit-files.txt") files)"
   echo "archs=$archs"
   echo "python=${py:+$("$py" --version 2>&1)}"
   echo "built=$(date -u +%FT%TZ)"

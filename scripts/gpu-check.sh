@@ -11,8 +11,9 @@
 # sm_90a kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md), bench.log (the benchmarks' tables and messages) and steps.txt (each
 # step's exit status and seconds, or why it did not run). Exit status: the first failing step's
-# (ctest's or a benchmark's; 124 for one stopped at its time limit), else 3 when the deadline
-# left a step out; 77 when no CUDA device is visible.
+# (ctest's or a benchmark's; 4 for one stopped at its own time limit: 30 min for ctest, 3 to 7
+# for a benchmark), else 3 when the deadline left a step out or cut one short; 77 when no CUDA
+# device is visible.
 #   NURI_GPU_STEPS     the steps, in the order given (default "tests train matmul matmul_sm90
 #                      attention attention_sm90"): tests = ctest -L gpu; train = the training
 #                      steps against PyTorch; matmul = nuri's GEMM against cuBLASLt; matmul_sm90 =
@@ -50,6 +51,7 @@ deadline=${NURI_GPU_DEADLINE:-0}
   echo "gpu-check.sh: NURI_GPU_DEADLINE must be a whole number of seconds, not '$deadline'" >&2
   exit 2
 }
+deadline=$((10#$deadline))  # "08" is eight seconds, not a bad octal number
 if [[ -n ${NURI_GPU_STEPS:-} ]]; then
   steps=$NURI_GPU_STEPS
 elif [[ ${NURI_GPU_BENCH:-1} == 0 ]]; then
@@ -90,6 +92,7 @@ cat "$out/info.txt"
 rc=0
 incomplete=0
 : >"$out/steps.txt"
+: >"$out/bench.log"
 step() { printf '\n==== %s  [%ds] ====\n' "$*" "$SECONDS"; }
 # The seconds a step of `limit` may take: limit, or what the deadline leaves less 15 s; 0 when
 # that is under 30 s.
@@ -106,10 +109,11 @@ failed() {  # name, exit status: the script's status is the first failure's
   ((rc == 0)) && rc=$2
 }
 # A step: name, seconds allowed, log file, command... (its output appended to the log, whose
-# last lines are shown).
+# last lines are shown). A step the deadline cut short is left out, not failed; one stopped at
+# its own limit fails with 4 (not timeout's 124, which the device tool reads as its own).
 run_step() {
-  local name=$1 limit log=$3 t0=$SECONDS r
-  limit=$(allowed "$2")
+  local name=$1 full=$2 limit log=$3 t0=$SECONDS r
+  limit=$(allowed "$full")
   shift 3
   step "$name"
   if ((limit == 0)); then
@@ -117,11 +121,14 @@ run_step() {
     incomplete=1
     return
   fi
-  timeout "$limit" "$@" >>"$log" 2>&1
+  timeout -k 10 "$limit" "$@" >>"$log" 2>&1
   r=$?
   tail -n 25 "$log"
-  if ((r == 124)); then
-    failed "$name (stopped after its $limit s)" "$r"
+  if ((r == 124 || r == 137)) && ((limit < full)); then
+    note "$name: not finished, stopped after $limit s by NURI_GPU_DEADLINE=$deadline"
+    incomplete=1
+  elif ((r == 124 || r == 137)); then
+    failed "$name (stopped at its limit, $limit s)" 4
   elif ((r != 0)); then
     failed "$name" "$r"
   else
@@ -137,9 +144,16 @@ c=()
 sm90=0
 nvidia-smi --query-gpu=compute_cap --format=csv,noheader | grep -q '^9\.0' && sm90=1
 do_tests() {
+  # Under a deadline ctest stops starting tests 20 s before its limit (--stop-time, a time of
+  # day), so that it ends by itself and writes its summary and JUnit file.
+  local limit stop=()
+  limit=$(allowed 1800)
+  ((deadline && limit > 40)) && stop=(--stop-time "$(date -d "+$((limit - 20)) sec" +%T)")
+  : >"$out/tests.log"
   run_step "ctest -L gpu" 1800 "$out/tests.log" ctest --test-dir "$build" -L gpu -E '^bench\.' \
-    -j "${NURI_GPU_JOBS:-4}" --timeout 300 --output-on-failure --output-junit "$out/tests.xml"
-  grep -E 'tests passed|Failed|\*\*\*|Not Run|Timeout' "$out/tests.log" | tail -n 40
+    -j "${NURI_GPU_JOBS:-4}" --timeout 300 --output-on-failure --output-junit "$out/tests.xml" \
+    "${stop[@]}"
+  grep -E 'tests passed|Failed|\*\*\*|Not Run|Timeout' "$out/tests.log" 2>/dev/null | tail -n 40
 }
 do_train() {
   bench "train_throughput.py --device cuda" 400 "$py" "$root/benchmarks/train_throughput.py" \

@@ -128,6 +128,26 @@ def main_loop(instrs):
     return best[1] if best else None
 
 
+def rescale_skips(instrs):
+    """How many times a VOTE.ANY is followed by a forward branch over a block of FMUL alone: the
+    online softmax's rescale of O, which a warp skips where every row's max held
+    (attn::rescale_rows)."""
+    found = 0
+    for i, (_, op, _) in enumerate(instrs):
+        if not op.startswith("VOTE.ANY"):
+            continue
+        for addr, op2, rest in instrs[i + 1:i + 200]:
+            if not op2.startswith("BRA"):
+                continue
+            m = re.search(r"0x([0-9a-f]+)", rest)
+            target = int(m.group(1), 16) if m else 0
+            block = [o for a, o, _ in instrs if addr < a < target and not o.startswith("NOP")]
+            fmul = sum(o.startswith("FMUL") for o in block)
+            found += fmul >= 32 and fmul >= 0.9 * len(block)
+            break
+    return found
+
+
 def loop_summary(body):
     ops = [o for _, o in body if not o.startswith("NOP")]
     kinds = Counter()
@@ -229,6 +249,9 @@ def main():
                                 failures.append(
                                     f"{short(names[mangled])} (sm_{arch}): no {need} in its SASS")
                     name = short(names[mangled])
+                    if name.startswith("attention_fwd") and not rescale_skips(instrs):
+                        failures.append(f"{name} (sm_{arch}): its rescale of O is not skipped "
+                                        "by a warp vote (no VOTE.ANY and branch over FMULs)")
                     body = main_loop(instrs)
                     if body is None:
                         failures.append(f"{name} (sm_{arch}): no HMMA/HGMMA inside a loop")

@@ -812,5 +812,82 @@ TEST(AttentionKernelScale, GivenAndNegativeScalesMatchTheCpuBackend) {
   if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
 }
 
+// Inputs where key 0 holds every query row's max (an "attention sink", as in trained models):
+// from the second key tile on no row's max moves, so every warp skips the rescale of its output
+// (attn::rescale_rows' vote), on every forward path. The result must be the CPU backend's all
+// the same; the random inputs of the suites exercise the rescale itself.
+TEST(AttentionKernelStableMax, ForwardWithAKeyHoldingEveryRowsMaxMatchesTheCpuBackend) {
+  auto cpu = make_backend("cpu");
+  int runs = 0;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;
+    for (const char* path : {"nuri", "nuri128", "sm90"}) {
+      auto [be, why] = make_backend_with(name, "NURI_ATTENTION", path);
+      if (!be) {
+        if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
+        continue;
+      }
+      for (const auto& [d, causal] : {std::pair<int64_t, bool>{64, false}, {128, true}}) {
+        SCOPED_TRACE(name + " NURI_ATTENTION=" + path + " D " + std::to_string(d) +
+                     (causal ? " causal" : " full"));
+        const int64_t b = 1, t = 300, h = 2;  // 5 key tiles of 64, the last one partial
+        const Shape s{b, t, h, d};
+        Vec q = random_vec(b * t * h * d, 61, 0.25), k = random_vec(b * t * h * d, 62, 0.25),
+            v = random_vec(b * t * h * d, 63);
+        // Column 0 of every query is 4, and of key 0 is 16 (of the others at most 1): key 0
+        // scores about 64 against a few units, still not so far that the other keys' weights
+        // vanish in f32 (e^-5.6 to e^-7.9 each after the scale).
+        for (int64_t row = 0; row < t * h; ++row) {
+          q[size_t(row * d)] = 4.0;
+          k[size_t(row * d)] = row < h ? 16.0 : std::clamp(k[size_t(row * d)], -1.0, 1.0);
+        }
+        q = rounded(q, DType::bf16);
+        k = rounded(k, DType::bf16);
+        v = rounded(v, DType::bf16);
+        // The premise, on the rounded inputs: key 0 scores highest for every query and head.
+        for (int64_t i = 0; i < t; ++i) {
+          for (int64_t hh = 0; hh < h; ++hh) {
+            auto score = [&](int64_t j) {
+              double sum = 0;
+              for (int64_t x = 0; x < d; ++x) {
+                sum += q[size_t((i * h + hh) * d + x)] * k[size_t((j * h + hh) * d + x)];
+              }
+              return sum;
+            };
+            const double top = score(0);
+            for (int64_t j = 1; j < t; ++j) ASSERT_LT(score(j), top) << i << " " << j;
+          }
+        }
+        AttentionOptions opt;
+        opt.causal = causal;
+        Vec got[2][2];
+        for (int which = 0; which < 2; ++which) {
+          Backend& bk = which ? *cpu : *be;
+          const DType dt = which ? DType::f32 : DType::bf16;
+          Tensor tq = on_dtype(bk, s, q, dt), tk = on_dtype(bk, s, k, dt),
+                 tv = on_dtype(bk, s, v, dt);
+          Tensor out = bk.empty(s, dt), lse = zeros_f32(bk, {b, h, t});
+          bk.attention(tq, tk, tv, out, lse, opt);
+          got[which][0] = values(bk, out);
+          got[which][1] = values(bk, lse);
+        }
+        for (int i = 0; i < 2; ++i) {
+          double big = 0, worst = 0;
+          for (size_t j = 0; j < got[1][i].size(); ++j) {
+            big = std::max(big, std::abs(got[1][i][j]));
+            worst = std::max(worst, std::abs(got[0][i][j] - got[1][i][j]));
+          }
+          // As AttentionKernelScale: P and the output rounded to bf16 in the kernel.
+          const double bound = i == 1 ? 1e-4 * std::max(big, 1.0) : 4.0 / 128 * big;
+          EXPECT_LE(worst, bound) << (i ? "lse" : "out") << " differs from the CPU backend by "
+                                  << worst << " (largest value " << big << ")";
+        }
+      }
+      ++runs;
+    }
+  }
+  if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
+}
+
 }  // namespace
 }  // namespace nuri::test

@@ -106,6 +106,9 @@ TEST(KernelCounters, AttentionLayoutsAreConflictFreeAndLoadsCoalesced) {
     const int64_t tiles = causal ? 1 + 2 : 2 * 2, warps = 4;
     EXPECT_EQ(fwd[Instr::mma], uint64_t(b * h * tiles * warps * d));
     EXPECT_EQ(fwd[Instr::sfu], uint64_t(b * h * tiles * warps * 34));
+    // One vote per warp and key tile: whether any of its rows' max moved (attn::rescale_rows
+    // skips the rescale where none did).
+    EXPECT_EQ(fwd[Instr::vote], uint64_t(b * h * tiles * warps));
     EXPECT_EQ(fwd[Instr::atomic], 0u);
     const emu::Counters dkdv =
         expect_efficient(launches, "attn_bwd_dkdv", {Access::st_global});
