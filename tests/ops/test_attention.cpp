@@ -827,7 +827,11 @@ TEST(AttentionKernelStableMax, ForwardWithAKeyHoldingEveryRowsMaxMatchesTheCpuBa
         if (name == "cuda-emu") ADD_FAILURE() << why;  // the emulator runs every path
         continue;
       }
-      for (const auto& [d, causal] : {std::pair<int64_t, bool>{64, false}, {128, true}}) {
+      for (const auto& dc : {std::pair<int64_t, bool>{64, false}, {128, true}}) {
+        // Named copies: the score lambda below captures d, and clang 16 captures no
+        // structured binding.
+        const int64_t d = dc.first;
+        const bool causal = dc.second;
         SCOPED_TRACE(name + " NURI_ATTENTION=" + path + " D " + std::to_string(d) +
                      (causal ? " causal" : " full"));
         const int64_t b = 1, t = 300, h = 2;  // 5 key tiles of 64, the last one partial
