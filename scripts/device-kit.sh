@@ -3,6 +3,8 @@
 # with CUDA, CMake and Python but none of nuri's Debian packages (OpenBLAS, GoogleTest,
 # toml++, ...), no network, and minutes of device time that a build would eat.
 #   usage: bash scripts/device-kit.sh [BUILD_DIR (build-device)] [KIT_DIR (.device-kit)]
+# after `bash scripts/setup.sh --test` on a fresh machine (the Debian packages it links, and
+# .venv's cuDNN frontend headers).
 # BUILD_DIR: a Release tree for that machine: CUDA for NURI_KIT_ARCHS (default 90a: the H100s
 # and H200s lent here; "80 90a" for an A100 or RTX 3090/4090 too), no -march=native (the GPU
 # machine's CPU is another), Eigen instead of OpenBLAS, no MPI, the Python extension for
