@@ -11,10 +11,11 @@
 # NURI_KIT_PYTHON (default: a python3.12 found here, the version the lent machines run; none
 # found: no extension, and the Python test of the gpu label is not run there). Only the
 # targets gpu-check.sh runs are built.
-# KIT_DIR/kit.tar.xz: those targets, the tree's ctest files, and lib/ with the shared libraries
+# KIT_DIR/kit.tar.xz: those targets, the tree's ctest files, kit-lib/ with the shared libraries
 # they need that a CUDA machine may lack (found with ldd; the CUDA libraries themselves are
-# the machine's own); KIT_DIR/kit.txt: where it was built from (root, tree, commit), which
-# `scripts/gpu-lease.sh` reads there. Carry KIT_DIR (it is git-ignored) with the call:
+# the machine's own) and kit-files.txt, the compiled sources; KIT_DIR/kit.txt: where it was
+# built from (root, tree, commit) and a hash of those sources, which `scripts/gpu-lease.sh`
+# reads there. Carry KIT_DIR (it is git-ignored) with the call:
 #   device run: carry [".device-kit"], command "bash scripts/gpu-lease.sh"
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
