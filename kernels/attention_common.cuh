@@ -32,7 +32,8 @@ __device__ __forceinline__ constexpr auto tile_layout() {
 
 /// Issues cp.async copies of a kRows × D tile from global rows g + r·g_stride (r < valid_rows)
 /// into s (layout `at`, tile_layout); rows at or past valid_rows are zero-filled without reading
-/// global memory. Every thread of a kThreads block calls it; the caller commits. Each thread
+/// global memory (cp.async's ignore-src: their addresses, past the tensor, are formed, never
+/// read). Every thread of a kThreads block calls it; the caller commits. Each thread
 /// copies the same column chunk of rows kRowStep apart (a multiple of 8, so a swizzled chunk
 /// keeps its place in each), and the loop unrolls into one address add and one cp.async per
 /// chunk.
@@ -53,8 +54,7 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int64_t g_stride, in
   const int64_t src_step = kRowStep * g_stride;
 #pragma unroll
   for (int it = 0; it < kIters; ++it) {
-    const bool in = r0 + it * kRowStep < valid_rows;
-    cp_async<16>(dst + it * row_step, in ? src + it * src_step : g, in ? 16 : 0);
+    cp_async_16_or_zero(dst + it * row_step, src + it * src_step, r0 + it * kRowStep >= valid_rows);
   }
 }
 

@@ -142,6 +142,23 @@ __device__ __forceinline__ void cp_async(void* smem_dst, const void* gmem_src,
 #endif
 }
 
+/// cp.async.cg of 16 bytes from global to shared, or 16 zero bytes where `ignore_src` (PTX's
+/// operand of that name, sm_80 on): the source is then not read at all, so its address may lie
+/// past the end of the tensor, and a tile load needs no per-chunk select of a safe one (with
+/// cp_async's src_bytes = 0 it chose `g` for those rows: about 100 SASS instructions in the
+/// 64-row forward's main loop at D 128).
+__device__ __forceinline__ void cp_async_16_or_zero(void* smem_dst, const void* gmem_src,
+                                                    bool ignore_src NURI_PTX_SITE) {
+#if defined(NURI_CUDA_EMULATION)
+  ::nuri::emu::cp_async(smem_dst, gmem_src, 16, ignore_src ? 0 : 16, site);
+#else
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n"
+      "cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem_address(smem_dst)),
+      "l"(gmem_src), "r"(int(ignore_src)));
+#endif
+}
+
 /// Closes the current group of cp.async copies.
 __device__ __forceinline__ void cp_async_commit(NURI_PTX_SITE_ONLY) {
 #if defined(NURI_CUDA_EMULATION)
