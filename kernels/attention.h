@@ -12,6 +12,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sm90.h"
+
 namespace nuri::kernels {
 
 /// Strides in elements of a [B, T, heads, D] tensor over B, T and heads; D has unit stride.
@@ -175,8 +177,10 @@ struct AttnFwdSm90Config {
   static constexpr int kAtoms = D / 64;  // 64-column (128-byte) swizzle atoms per row
   static constexpr size_t kQBytes = size_t(kBlockM) * D * 2;
   static constexpr size_t kTileBytes = size_t(kBlockN) * D * 2;  // one K or V tile
-  /// Registers per thread after setmaxnreg: 24 + 2 x 240 = 504 of 512 per 128-thread slice.
+  /// Registers per thread after setmaxnreg: 24 + 2 x 240 = 504, the whole pool of a 384-thread
+  /// block (3 x 168; sm90.h).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the tiles, the barriers.
   /// Slack, Q, O (staged for the tensor store), the K/V stages, the pipeline's barriers and
   /// q_empty.
@@ -202,7 +206,8 @@ struct AttnBwdSm90Config {
   static constexpr int kAtoms = D / 64;
   static constexpr size_t kBlockBytes = size_t(kBlock) * D * 2;  // K or V; Q or dO
   static constexpr size_t kTileBytes = size_t(kTile) * D * 2;
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
   /// Per stage, the walked tile's row statistics the dK/dV kernel stages beside it: lse·log2 e
   /// and Di of its kTile query rows.
   static constexpr size_t kStatsBytes = size_t(2 * kTile) * sizeof(float);

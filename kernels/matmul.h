@@ -11,6 +11,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sm90.h"
+
 namespace nuri::kernels {
 
 /// y = x·Wᵀ (+ bias) (+ residual); with gelu, pre receives x·Wᵀ + bias and
@@ -149,8 +151,10 @@ struct Sm90Config {
   static constexpr int kThreads = 384;
   static constexpr size_t kTileBytesA = size_t(kBlockM) * kBlockK * 2;  // one stage's A tile
   static constexpr size_t kTileBytesB = size_t(kBlockN) * kBlockK * 2;  // and B tile
-  /// Registers per thread after setmaxnreg: 24 + 2 × 240 = 504 of 512 per 128-thread slice.
+  /// Registers per thread after setmaxnreg: 24 + 2 × 240 = 504, the whole pool of a 384-thread
+  /// block (3 × 168; sm90.h).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the stages, the barriers.
   static constexpr size_t kSmemBytes =
       1024 + kStages * (kTileBytesA + kTileBytesB) + (1 + 2 * kStages) * 8;

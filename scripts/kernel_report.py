@@ -15,7 +15,8 @@
    (sm_80), RTX 3090 (sm_86) and RTX 4090 (sm_89) run the sm_80 binary, H100 the sm_90a one.
 4. The sm_90a attention and GEMM kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
    their SASS, the register split they were designed with (USETMAXREG: the producer down to
-   24, the consumers up to 240), the forward's warpgroup scheduler (BAR.SYNC and BAR.ARV on
+   24, the consumers up to 240) and the launch register count that split needs (the block's
+   pool: 168 a thread for 384 threads, which ptxas must have given the kernel), the forward's warpgroup scheduler (BAR.SYNC and BAR.ARV on
    named barriers 1 and 2 of 256 threads) and TMA-store epilogue (UTMASTG, barriers 3 and 4 of
    128 threads), and no "wgmma ... serialized" in any ptxas report.
 
@@ -260,6 +261,18 @@ def main():
                     loops_read += 1
                     r = regs.get((mangled, f"sm_{arch}"), 0)
                     cfg = config_of(name)
+                    if cfg and any(op.startswith("USETMAXREG") for _, op, _ in instrs):
+                        # setmaxnreg.inc takes registers from the block's pool, what it was
+                        # launched with (regs x threads); the split (24 + 2 x 240 for 384
+                        # threads) is made to fill the largest pool that block size allows. A
+                        # kernel compiled to fewer registers would wait forever in its .inc.
+                        want = min(65536 // cfg[1] // 8 * 8, 256)
+                        if r != want:
+                            failures.append(
+                                f"{name} (sm_{arch}): uses setmaxnreg, but ptxas gave it {r} "
+                                f"registers, not the {want} a block of {cfg[1]} threads is "
+                                f"launched with; its setmaxnreg.inc would wait for registers "
+                                f"its block's pool does not have")
                     occ = ""
                     if cfg:
                         parts = []

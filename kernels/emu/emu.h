@@ -198,9 +198,19 @@ uint32_t shared_address(const void* p);
 
 /// setmaxnreg.{inc,dec}.sync.aligned.u32 count, accounting only (the emulator has no register
 /// file): count in [24, 256] and a multiple of 8; the 128 threads of a warpgroup agree on each
-/// call; .inc never lowers and .dec never raises the warpgroup's count; and the warpgroups that
-/// have set a count together stay within an SM's 65536 registers (count x 128 each).
+/// call; .inc never lowers and .dec never raises the warpgroup's count. The registers come from
+/// the block's pool, what it was launched with: setmaxnreg_launch_count a thread (a warpgroup
+/// holds that until its first call). .dec returns registers to the pool; .inc waits, as on the
+/// GPU, until the pool has them, so a split the pool cannot supply (24 + 240 + 240 fits a
+/// 384-thread block's 3 x 168 exactly; 32 + 240 + 240 does not, nor 240 + 240 beside a
+/// warpgroup that keeps its 168) ends in the emulator's deadlock report naming the .inc.
 void setmaxnreg(bool inc, unsigned count, Site site);
+/// The registers a thread of a block of `threads_per_block` holds at launch in a kernel that
+/// uses setmaxnreg: the most that block size allows (65536 / threads, down to a multiple of 8,
+/// at most 256), which ptxas gives a kernel with __launch_bounds__(threads, 1) and setmaxnreg
+/// (168 for 384 threads; scripts/check-kernels.sh fails a kernel compiled to fewer, whose pool
+/// would be smaller than this model's).
+unsigned setmaxnreg_launch_count(int threads_per_block);
 
 // ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------
 //

@@ -154,6 +154,7 @@ bool complete_waits(Launch& L) {
   const int n = int(ts.size());
   bool progress = mbarrier_progress(L);
   progress = wgmma_progress(L) || progress;
+  progress = maxnreg_progress(L) || progress;
   for (int base = 0; base < n; base += 32) {
     Thread* lanes[32] = {};
     for (int l = 0; l < 32 && base + l < n; ++l) lanes[l] = &ts[size_t(base + l)];
@@ -166,8 +167,8 @@ bool complete_waits(Launch& L) {
       for (int j = 0; j < 32; ++j) {
         if (!(op.mask >> j & 1u)) continue;
         Thread* u = lanes[j];
-        if (u->wait == Wait::none || u->wait == Wait::mbarrier ||
-            u->wait == Wait::warpgroup || u->wait == Wait::named) {  // it may still come
+        if (u->wait == Wait::none || u->wait == Wait::mbarrier || u->wait == Wait::warpgroup ||
+            u->wait == Wait::named || u->wait == Wait::maxnreg) {  // it may still come
           ready = false;
           continue;
         }
@@ -205,7 +206,7 @@ bool complete_waits(Launch& L) {
   Thread* exited = nullptr;
   for (Thread& t : ts) {
     if (t.wait == Wait::none || t.wait == Wait::warp || t.wait == Wait::mbarrier ||
-        t.wait == Wait::warpgroup || t.wait == Wait::named) {
+        t.wait == Wait::warpgroup || t.wait == Wait::named || t.wait == Wait::maxnreg) {
       return progress;
     }
     if (t.wait == Wait::done) {
@@ -245,6 +246,8 @@ std::string deadlock_report(const Launch& L) {
       const NamedBarrier& nb = L.named[t.named];
       os << "at bar.sync " << t.named << ", " << nb.expected << " at " << str(t.site) << " ("
          << nb.arrived << " of its " << nb.expected << " arrivals have come);";
+    } else if (t.wait == Wait::maxnreg) {
+      os << maxnreg_wait_report(L, t) << ";";
     } else if (t.wait == Wait::warpgroup) {
       os << "in a wgmma.mma_async at " << str(t.site) << " for the rest of its warpgroup;";
     } else {

@@ -19,7 +19,7 @@ class FiberPool;
 
 // ---- state of a launch ----------------------------------------------------------------------------
 
-enum class Wait { none, barrier, warp, mbarrier, warpgroup, named, done };
+enum class Wait { none, barrier, warp, mbarrier, warpgroup, named, maxnreg, done };
 
 enum class OpKind { shfl, vote, syncwarp, mma, ldmatrix };
 
@@ -125,7 +125,8 @@ struct Thread {
   std::vector<WgmmaPending> wg_open;
   std::vector<std::vector<WgmmaPending>> wg_groups;
   WgmmaArrival wg;
-  int maxnreg_calls = 0;  // setmaxnreg calls this thread made
+  int maxnreg_calls = 0;      // setmaxnreg calls this thread made
+  unsigned maxnreg_want = 0;  // setmaxnreg.inc: the count it waits for the pool to supply
   // mbarrier.try_wait.parity: the barrier and the parity of the phase it waits for.
   const void* mbar = nullptr;
   unsigned parity = 0;
@@ -204,7 +205,8 @@ struct Launch {
   // the wait_group that retires it.
   void* tensor_unit = nullptr;
   bool wgmma_used = false;  // a thread of this block issued a wgmma (the scheduler looks only then)
-  // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far.
+  // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far
+  // (a warpgroup without calls holds what the block was launched with, setmaxnreg_launch_count).
   std::vector<std::vector<unsigned>> maxnreg;
   // This block's mbarriers by shared-memory address, and its bulk copies in flight.
   std::map<const void*, MBarrier> mbarriers;
@@ -276,6 +278,11 @@ void rendezvous(Launch& L, const std::vector<Thread*>& ts);
 /// products, each thread's result into its Thread::wg.result). Throws on misuse; returns
 /// whether any completed.
 bool wgmma_progress(Launch& L);
+/// Lets the threads waiting in setmaxnreg.inc go on where the block's register pool now has
+/// their count. Returns whether any may.
+bool maxnreg_progress(Launch& L);
+/// Why a thread waits in setmaxnreg.inc, for the deadlock report.
+std::string maxnreg_wait_report(const Launch& L, const Thread& t);
 
 // ---- mbarrier and bulk copies (mbarrier.cpp) -------------------------------------------------
 

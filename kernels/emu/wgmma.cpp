@@ -2,6 +2,7 @@
 // threads like a warp collective's, the product computed by the scheduler when all have
 // arrived, each thread's result kept pending (its registers poisoned with NaN) until the
 // wait_group that completes its group.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -248,6 +249,34 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   tsan::ignore_end();
 }
 
+unsigned setmaxnreg_launch_count(int threads_per_block) {
+  if (threads_per_block <= 0) return 0;
+  return std::min(65536u / unsigned(threads_per_block) / 8 * 8, 256u);
+}
+
+namespace {
+
+/// What the block's warpgroups hold, a thread each: the last count each set, or the launch count.
+std::vector<unsigned> maxnreg_held(const Launch& L) {
+  const unsigned launch = setmaxnreg_launch_count(L.threads_per_block);
+  std::vector<unsigned> held(size_t(L.threads_per_block / kWarpgroup), launch);
+  for (size_t w = 0; w < L.maxnreg.size() && w < held.size(); ++w) {
+    if (!L.maxnreg[w].empty()) held[w] = L.maxnreg[w].back();
+  }
+  return held;
+}
+
+/// Whether the pool can give warpgroup wg `count` registers a thread now.
+bool maxnreg_fits(const Launch& L, size_t wg, unsigned count) {
+  std::vector<unsigned> held = maxnreg_held(L);
+  held[wg] = count;
+  unsigned total = 0;
+  for (unsigned h : held) total += h;
+  return total <= setmaxnreg_launch_count(L.threads_per_block) * unsigned(held.size());
+}
+
+}  // namespace
+
 void setmaxnreg(bool inc, unsigned count, Site site) {
   tsan::ignore_begin();  // not RAII: fail() parks inside it
   Launch& L = launch_state();
@@ -262,36 +291,65 @@ void setmaxnreg(bool inc, unsigned count, Site site) {
   }
   const size_t wg = size_t(t.linear / kWarpgroup);
   if (L.maxnreg.size() <= wg) L.maxnreg.resize(wg + 1);
-  std::vector<unsigned>& calls = L.maxnreg[wg];
   const size_t k = size_t(t.maxnreg_calls++);
-  if (k < calls.size()) {
-    if (calls[k] != count) {
-      fail(L, t, what + ": another thread of warpgroup " + std::to_string(wg) + " set " +
-                     std::to_string(calls[k]) + " in this call (the warpgroup must agree)");
+  for (;;) {
+    std::vector<unsigned>& calls = L.maxnreg[wg];
+    if (k < calls.size()) {  // another thread of the warpgroup made this call
+      if (calls[k] != count) {
+        fail(L, t, what + ": another thread of warpgroup " + std::to_string(wg) + " set " +
+                       std::to_string(calls[k]) + " in this call (the warpgroup must agree)");
+      }
+      break;
     }
-  } else {
-    if (!calls.empty() && (inc ? count < calls.back() : count > calls.back())) {
-      fail(L, t, what + ": the warpgroup's count is " + std::to_string(calls.back()) + ", which " +
-                     (inc ? ".inc may not lower" : ".dec may not raise"));
+    const unsigned held = maxnreg_held(L)[wg];
+    if (inc ? count < held : count > held) {
+      fail(L, t, what + ": the warpgroup holds " + std::to_string(held) +
+                     (calls.empty() ? " (what a block of " + std::to_string(L.threads_per_block) +
+                                          " threads is launched with)"
+                                    : std::string()) +
+                     ", which " + (inc ? ".inc may not lower" : ".dec may not raise"));
     }
-    calls.push_back(count);
-    unsigned total = 0;
-    std::string parts;
-    for (size_t w = 0; w < L.maxnreg.size(); ++w) {
-      if (L.maxnreg[w].empty()) continue;
-      total += L.maxnreg[w].back();
-      parts += (parts.empty() ? "" : " + ") + std::to_string(L.maxnreg[w].back());
+    if (!inc || maxnreg_fits(L, wg, count)) {
+      calls.push_back(count);
+      break;
     }
-    if (uint64_t(total) * kWarpgroup > 65536) {
-      fail(L, t, what + ": the warpgroups' counts (" + parts + ") x 128 threads = " +
-                     std::to_string(uint64_t(total) * kWarpgroup) +
-                     " registers, more than an SM's 65536");
-    }
+    // .inc waits until the block's pool (what it was launched with) can supply the registers,
+    // as the hardware's does: another warpgroup's .dec may release them.
+    t.wait = Wait::maxnreg;
+    t.site = site;
+    t.maxnreg_want = count;
+    park(L, t);
+    t.maxnreg_want = 0;
   }
   tsan::ignore_end();
 }
 
 namespace detail {
+
+bool maxnreg_progress(Launch& L) {
+  if (L.maxnreg.empty()) return false;
+  bool progress = false;
+  for (Thread& t : *L.threads) {
+    if (t.wait != Wait::maxnreg) continue;
+    const size_t wg = size_t(t.linear / kWarpgroup);
+    if (L.maxnreg[wg].size() > size_t(t.maxnreg_calls - 1) || maxnreg_fits(L, wg, t.maxnreg_want)) {
+      t.wait = Wait::none;  // it checks again when it runs
+      progress = true;
+    }
+  }
+  return progress;
+}
+
+std::string maxnreg_wait_report(const Launch& L, const Thread& t) {
+  const std::vector<unsigned> held = maxnreg_held(L);
+  std::string parts;
+  for (unsigned h : held) parts += (parts.empty() ? "" : " + ") + std::to_string(h);
+  const unsigned launch = setmaxnreg_launch_count(L.threads_per_block);
+  return "in setmaxnreg.inc " + std::to_string(t.maxnreg_want) + " at " + str(t.site) +
+         " for registers: the warpgroups hold (" + parts + ") a thread, and the block's pool is " +
+         std::to_string(launch) + " x " + std::to_string(held.size()) + " (what its " +
+         std::to_string(L.threads_per_block) + " threads were launched with)";
+}
 
 bool wgmma_progress(Launch& L) {
   if (!L.wgmma_used) return false;

@@ -15,6 +15,7 @@
 
 #include "emu/emu_util.h"
 #include "ptx.cuh"
+#include "sm90.h"
 
 namespace nuri::test {
 namespace {
@@ -429,18 +430,30 @@ TEST(EmulatorWgmma, AccumulatorsReadBeforeTheirWaitAreNaN) {
 namespace nuri::test {
 namespace {
 
-// ---- setmaxnreg: accounting only --------------------------------------------------------------
+// ---- setmaxnreg: accounting, with the block's register pool ------------------------------------
 
-enum class RegBug { none, over_budget, disagree, inc_lowers, bad_count };
+enum class RegBug {
+  none,
+  producer_last,   // the split of `none`, the producer as warpgroup 2: the .inc may have to wait
+  over_budget,     // 32 + 240 + 240: 8 a thread past the pool of a 384-thread block (3 x 168)
+  producer_keeps,  // the producer never gives back its 168: 168 + 240 + 240
+  disagree,
+  inc_lowers,
+  dec_raises,  // a first .dec above the 168 the warpgroup was launched with
+  bad_count
+};
 
 // Three warpgroups as FlashAttention-3 splits them: a producer giving registers back, two
 // consumers taking them.
 __global__ void setmaxnreg_kernel(RegBug bug) {
   const int wg = int(threadIdx.x) / 128;
-  if (wg == 0) {
+  const int producer = bug == RegBug::producer_last ? 2 : 0;
+  if (wg == producer) {
     if (bug == RegBug::over_budget) {
-      nuri::kernels::setmaxnreg<false, 40>();
-    } else {
+      nuri::kernels::setmaxnreg<false, 32>();
+    } else if (bug == RegBug::dec_raises) {
+      nuri::kernels::setmaxnreg<false, 176>();
+    } else if (bug != RegBug::producer_keeps) {
       nuri::kernels::setmaxnreg<false, 24>();
     }
   } else {
@@ -459,10 +472,33 @@ std::string reg_error(RegBug bug) {
 }
 
 TEST(EmulatorSetmaxnreg, AProducerAndTwoConsumersFitAndMisuseIsAnError) {
-  EXPECT_EQ(reg_error(RegBug::none), "no error");  // 24 + 240 + 240 = 504 x 128 = 64512
-  expect_has(reg_error(RegBug::over_budget), "(40 + 240 + 240) x 128 threads = 66560 registers");
+  EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(384), 168u);  // 65536 / 384, down to 8s
+  EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(512), 128u);
+  EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(128), 256u);
+  for (int threads : {128, 256, 384, 512, 640}) {  // the kernels' constexpr model is the same
+    EXPECT_EQ(int(::nuri::emu::setmaxnreg_launch_count(threads)),
+              nuri::kernels::setmaxnreg_launch_count(threads));
+  }
+  static_assert(nuri::kernels::setmaxnreg_split_fits(384, 24, 240, 2));
+  static_assert(!nuri::kernels::setmaxnreg_split_fits(384, 32, 240, 2));  // 512 > 3 x 168
+  static_assert(nuri::kernels::setmaxnreg_split_fits(512, 32, 160, 3));   // FA3's 4 warpgroups
+  EXPECT_EQ(reg_error(RegBug::none), "no error");  // 24 + 240 + 240 = 504 = 3 x 168
+  EXPECT_EQ(reg_error(RegBug::producer_last), "no error");
+  // A split the pool cannot supply is not an error at the call: the .inc waits for registers
+  // that never come, and the block ends in a deadlock naming it.
+  for (RegBug bug : {RegBug::over_budget, RegBug::producer_keeps}) {
+    const std::string e = reg_error(bug);
+    expect_has(e, "no thread can make progress");
+    expect_has(e, "in setmaxnreg.inc 240 at");
+    // Over budget, one consumer gets its 240 and the other waits; beside a producer that keeps
+    // its 168, neither can.
+    expect_has(e, bug == RegBug::over_budget ? "hold (32 + 240 + 168)" : "hold (168 + 168 + 168)");
+    expect_has(e, "the block's pool is 168 x 3 (what its 384 threads were launched with)");
+  }
+  expect_has(reg_error(RegBug::dec_raises),
+             "holds 168 (what a block of 384 threads is launched with), which .dec may not raise");
   expect_has(reg_error(RegBug::disagree), "the warpgroup must agree");
-  expect_has(reg_error(RegBug::inc_lowers), ".inc may not lower");
+  expect_has(reg_error(RegBug::inc_lowers), "holds 240, which .inc may not lower");
   expect_has(reg_error(RegBug::bad_count), "a multiple of 8 in [24, 256]");
 }
 
