@@ -83,6 +83,13 @@ check "a step stopped at its own limit fails with 4 (not 124), no --stop-time" \
   test $rc -eq 4 -a "$(grep -c -- "--stop-time" "$tmp/ctest.args")" -eq 0
 check "steps.txt: the tests step stopped at its limit" \
   test "$(cat "$tmp/own_limit/steps.txt")" = "ctest -L gpu (stopped at its limit, 1800 s): exited 4"
+check "without the matmul_sm90 step the label runs whole but the benchmarks (-E ^bench\\.)" \
+  grep -qF -- '-E ^bench\. -j' "$tmp/ctest.args"
+# With the matmul_sm90 step in the run on an sm_90 device, that step runs the matmul suite on
+# NURI_GEMM=sm90 itself, and the label's copy (sm90gemm.*) is left out of the tests step.
+gc sm90_suite_once FAKE_CC=9.0 NURI_GPU_STEPS="tests matmul_sm90" NURI_GPU_DEADLINE=60
+check "with the matmul_sm90 step, ctest leaves out sm90gemm.* too" \
+  grep -qF -- '-E ^(bench|sm90gemm)\. -j' "$tmp/ctest.args"
 
 if ((fails)); then
   for f in "$tmp"/*.log; do echo "---- $f"; cat "$f"; done

@@ -180,7 +180,8 @@ struct AttnFwdSm90Config {
   /// Registers per thread after setmaxnreg: 24 + 2 x 240 = 504, the whole pool of a 384-thread
   /// block (3 x 168; sm90.h).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2),
+                "setmaxnreg: the split must fit the registers the block is launched with");
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the tiles, the barriers.
   /// Slack, Q, O (staged for the tensor store), the K/V stages, the pipeline's barriers and
   /// q_empty.
@@ -207,7 +208,8 @@ struct AttnBwdSm90Config {
   static constexpr size_t kBlockBytes = size_t(kBlock) * D * 2;  // K or V; Q or dO
   static constexpr size_t kTileBytes = size_t(kTile) * D * 2;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's
-  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2),
+                "setmaxnreg: the split must fit the registers the block is launched with");
   /// Per stage, the walked tile's row statistics the dK/dV kernel stages beside it: lse·log2 e
   /// and Di of its kTile query rows.
   static constexpr size_t kStatsBytes = size_t(2 * kTile) * sizeof(float);

@@ -154,7 +154,8 @@ struct Sm90Config {
   /// Registers per thread after setmaxnreg: 24 + 2 × 240 = 504, the whole pool of a 384-thread
   /// block (3 × 168; sm90.h).
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
-  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2));
+  static_assert(setmaxnreg_split_fits(kThreads, kProducerRegs, kConsumerRegs, 2),
+                "setmaxnreg: the split must fit the registers the block is launched with");
   /// Slack to align the tiles to 1024 bytes (the swizzle's repeat), the stages, the barriers.
   static constexpr size_t kSmemBytes =
       1024 + kStages * (kTileBytesA + kTileBytesB) + (1 + 2 * kStages) * 8;

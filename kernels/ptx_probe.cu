@@ -16,6 +16,7 @@ __global__ void __launch_bounds__(32) ptx_probe_kernel(PtxProbeParams p) {
   __shared__ __align__(16) __nv_bfloat16 sB[16 * 8];   // [16, 8]
   const int lane = threadIdx.x;
   cp_async<16>(sA + lane * 8, p.gA + lane * 8);
+  cp_async_16_or_zero(sA + lane * 8, p.gA + lane * 8, lane == 31);  // the ignore-src form
   if (lane < 16) cp_async<16>(sB + lane * 8, p.gB + lane * 8);
   cp_async<4>(sB, p.gB, 0);
   cp_async_commit();

@@ -133,7 +133,7 @@ for arch in "${archs[@]}"; do
                mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 \
                ldmatrix.sync.aligned.m8n8.x4.shared.b16 ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 \
                cp.async.cg.shared.global cp.async.ca.shared.global cp.async.commit_group \
-               cp.async.wait_group "bar.arrive 1, 32" "bar.sync 2, 32" xor.b32; do
+               cp.async.wait_group "], 16, p;" "bar.arrive 1, 32" "bar.sync 2, 32" xor.b32; do
     if ! grep -q "$instr" "$out/ptx_probe.sm$arch.ptx"; then
       echo "check-kernels: $instr missing from the PTX of kernels/ptx_probe.cu (sm_$arch)" >&2
       exit 1

@@ -16,9 +16,10 @@
 4. The sm_90a attention and GEMM kernels: HGMMA (wgmma), UTMALDG (TMA loads) and SYNCS (mbarrier) in
    their SASS, the register split they were designed with (USETMAXREG: the producer down to
    24, the consumers up to 240) and the launch register count that split needs (the block's
-   pool: 168 a thread for 384 threads, which ptxas must have given the kernel), the forward's warpgroup scheduler (BAR.SYNC and BAR.ARV on
-   named barriers 1 and 2 of 256 threads) and TMA-store epilogue (UTMASTG, barriers 3 and 4 of
-   128 threads), and no "wgmma ... serialized" in any ptxas report.
+   pool: 168 a thread for 384 threads, which ptxas must have given the kernel), the forward's
+   warpgroup scheduler (BAR.SYNC and BAR.ARV on named barriers 1 and 2 of 256 threads) and
+   TMA-store epilogue (UTMASTG, barriers 3 and 4 of 128 threads), and no "wgmma ... serialized"
+   in any ptxas report.
 
 Usage: kernel_report.py OUT SMEM_TSV ARCH... (e.g. 80 90a)
 """

@@ -196,9 +196,11 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
 /// shared memory).
 uint32_t shared_address(const void* p);
 
-/// setmaxnreg.{inc,dec}.sync.aligned.u32 count, accounting only (the emulator has no register
-/// file): count in [24, 256] and a multiple of 8; the 128 threads of a warpgroup agree on each
-/// call; .inc never lowers and .dec never raises the warpgroup's count. The registers come from
+/// setmaxnreg.{inc,dec}.sync.aligned.u32 count: the account of registers (the emulator has no
+/// register file to move): count in [24, 256] and a multiple of 8; the 128 threads of a
+/// warpgroup make every call, and agree on it (a thread that made fewer calls than its
+/// warpgroup is an error at the block's end); .inc never lowers and .dec never raises the
+/// warpgroup's count. The registers come from
 /// the block's pool, what it was launched with: setmaxnreg_launch_count a thread (a warpgroup
 /// holds that until its first call). .dec returns registers to the pool; .inc waits, as on the
 /// GPU, until the pool has them, so a split the pool cannot supply (24 + 240 + 240 fits a

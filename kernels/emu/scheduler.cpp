@@ -395,6 +395,7 @@ void run_block(Launch& L, const uint3& bid) {
   }
   try {
     mbarrier_block_end(L);
+    maxnreg_block_end(L);
   } catch (...) {
     retire(L, threads);
     throw;

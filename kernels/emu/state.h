@@ -283,6 +283,9 @@ bool wgmma_progress(Launch& L);
 bool maxnreg_progress(Launch& L);
 /// Why a thread waits in setmaxnreg.inc, for the deadlock report.
 std::string maxnreg_wait_report(const Launch& L, const Thread& t);
+/// At a block's end: every thread made each setmaxnreg call of its warpgroup (the account moves
+/// a warpgroup's registers at the first thread's call, which the GPU does only for all 128).
+void maxnreg_block_end(const Launch& L);
 
 // ---- mbarrier and bulk copies (mbarrier.cpp) -------------------------------------------------
 

@@ -340,6 +340,17 @@ bool maxnreg_progress(Launch& L) {
   return progress;
 }
 
+void maxnreg_block_end(const Launch& L) {
+  for (const Thread& t : *L.threads) {
+    const size_t wg = size_t(t.linear / kWarpgroup);
+    const size_t made = wg < L.maxnreg.size() ? L.maxnreg[wg].size() : 0;
+    NURI_CHECK(size_t(t.maxnreg_calls) == made, "emulated ", L.name, ": thread ", str(t.tid),
+               " made ", t.maxnreg_calls, " setmaxnreg calls and its warpgroup ", wg, " made ",
+               made, " (setmaxnreg is .sync.aligned: all 128 threads of a warpgroup make each "
+               "call) [block ", str(L.block_idx), ", block-order seed ", L.seed, "]");
+  }
+}
+
 std::string maxnreg_wait_report(const Launch& L, const Thread& t) {
   const std::vector<unsigned> held = maxnreg_held(L);
   std::string parts;

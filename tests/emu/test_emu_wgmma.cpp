@@ -436,6 +436,8 @@ enum class RegBug {
   none,
   producer_last,   // the split of `none`, the producer as warpgroup 2: the .inc may have to wait
   over_budget,     // 32 + 240 + 240: 8 a thread past the pool of a 384-thread block (3 x 168)
+  over_budget_last,  // the same, the producer last: a consumer woken by its .dec waits again
+  partial_dec,       // only the producer's first warp gives its registers back
   producer_keeps,  // the producer never gives back its 168: 168 + 240 + 240
   disagree,
   inc_lowers,
@@ -447,9 +449,10 @@ enum class RegBug {
 // consumers taking them.
 __global__ void setmaxnreg_kernel(RegBug bug) {
   const int wg = int(threadIdx.x) / 128;
-  const int producer = bug == RegBug::producer_last ? 2 : 0;
+  const int producer = bug == RegBug::producer_last || bug == RegBug::over_budget_last ? 2 : 0;
   if (wg == producer) {
-    if (bug == RegBug::over_budget) {
+    if (bug == RegBug::partial_dec && threadIdx.x % 128 >= 32) return;
+    if (bug == RegBug::over_budget || bug == RegBug::over_budget_last) {
       nuri::kernels::setmaxnreg<false, 32>();
     } else if (bug == RegBug::dec_raises) {
       nuri::kernels::setmaxnreg<false, 176>();
@@ -486,15 +489,22 @@ TEST(EmulatorSetmaxnreg, AProducerAndTwoConsumersFitAndMisuseIsAnError) {
   EXPECT_EQ(reg_error(RegBug::producer_last), "no error");
   // A split the pool cannot supply is not an error at the call: the .inc waits for registers
   // that never come, and the block ends in a deadlock naming it.
-  for (RegBug bug : {RegBug::over_budget, RegBug::producer_keeps}) {
+  for (RegBug bug : {RegBug::over_budget, RegBug::over_budget_last, RegBug::producer_keeps}) {
     const std::string e = reg_error(bug);
     expect_has(e, "no thread can make progress");
     expect_has(e, "in setmaxnreg.inc 240 at");
-    // Over budget, one consumer gets its 240 and the other waits; beside a producer that keeps
-    // its 168, neither can.
-    expect_has(e, bug == RegBug::over_budget ? "hold (32 + 240 + 168)" : "hold (168 + 168 + 168)");
+    // Over budget, one consumer gets its 240 and the other waits (with the producer last, both
+    // wait for its .dec, both wake, and the second to run waits again); beside a producer that
+    // keeps its 168, neither can.
+    expect_has(e, bug == RegBug::over_budget        ? "hold (32 + 240 + 168)"
+                  : bug == RegBug::over_budget_last ? "hold (240 + 168 + 32)"
+                                                    : "hold (168 + 168 + 168)");
     expect_has(e, "the block's pool is 168 x 3 (what its 384 threads were launched with)");
   }
+  // The consumers get their registers at the first .dec; the block's end finds the warps that
+  // never gave theirs back.
+  expect_has(reg_error(RegBug::partial_dec),
+             "made 0 setmaxnreg calls and its warpgroup 0 made 1 (setmaxnreg is .sync.aligned");
   expect_has(reg_error(RegBug::dec_raises),
              "holds 168 (what a block of 384 threads is launched with), which .dec may not raise");
   expect_has(reg_error(RegBug::disagree), "the warpgroup must agree");
