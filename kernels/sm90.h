@@ -1,5 +1,5 @@
 // Host side of nuri's sm_90a kernels (attention_*_sm90, matmul_sm90.cuh): whether this build
-// holds them.
+// holds them, and the register pool their setmaxnreg split must fit.
 #pragma once
 
 namespace nuri::kernels {

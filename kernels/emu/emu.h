@@ -200,12 +200,12 @@ uint32_t shared_address(const void* p);
 /// register file to move): count in [24, 256] and a multiple of 8; the 128 threads of a
 /// warpgroup make every call, and agree on it (a thread that made fewer calls than its
 /// warpgroup is an error at the block's end); .inc never lowers and .dec never raises the
-/// warpgroup's count. The registers come from
-/// the block's pool, what it was launched with: setmaxnreg_launch_count a thread (a warpgroup
-/// holds that until its first call). .dec returns registers to the pool; .inc waits, as on the
-/// GPU, until the pool has them, so a split the pool cannot supply (24 + 240 + 240 fits a
-/// 384-thread block's 3 x 168 exactly; 32 + 240 + 240 does not, nor 240 + 240 beside a
-/// warpgroup that keeps its 168) ends in the emulator's deadlock report naming the .inc.
+/// warpgroup's count. The registers come from the block's pool, what it was launched with:
+/// setmaxnreg_launch_count a thread (a warpgroup holds that until its first call). .dec returns
+/// registers to the pool; .inc waits, as on the GPU, until the pool has them, so a split the
+/// pool cannot supply (24 + 240 + 240 fits a 384-thread block's 3 x 168 exactly; 32 + 240 + 240
+/// does not, nor 240 + 240 beside a warpgroup that keeps its 168) ends in the emulator's
+/// deadlock report naming the .inc.
 void setmaxnreg(bool inc, unsigned count, Site site);
 /// The registers a thread of a block of `threads_per_block` holds at launch in a kernel that
 /// uses setmaxnreg: the most that block size allows (65536 / threads, down to a multiple of 8,
