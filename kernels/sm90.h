@@ -13,7 +13,7 @@ bool sm90a_compiled();
 /// a multiple of 8, at most 256; 168 for 384). That is the block's whole pool: setmaxnreg.inc
 /// waits until the pool has what it asks for, so a split that needs more never goes on.
 /// scripts/check-kernels.sh checks that ptxas gave the kernels this count; the emulator
-/// (emu::setmaxnreg_launch_count) models the same pool.
+/// (emu::setmaxnreg_launch_count) takes its pool from here.
 constexpr int setmaxnreg_launch_count(int threads) {
   return 65536 / threads / 8 * 8 < 256 ? 65536 / threads / 8 * 8 : 256;
 }

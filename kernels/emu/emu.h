@@ -210,8 +210,8 @@ void setmaxnreg(bool inc, unsigned count, Site site);
 /// The registers a thread of a block of `threads_per_block` holds at launch in a kernel that
 /// uses setmaxnreg: the most that block size allows (65536 / threads, down to a multiple of 8,
 /// at most 256), which ptxas gives a kernel with __launch_bounds__(threads, 1) and setmaxnreg
-/// (168 for 384 threads; scripts/check-kernels.sh fails a kernel compiled to fewer, whose pool
-/// would be smaller than this model's).
+/// (168 for 384 threads; kernels/sm90.h's setmaxnreg_launch_count, which this returns;
+/// scripts/check-kernels.sh fails a kernel compiled to fewer, whose pool would be smaller).
 unsigned setmaxnreg_launch_count(int threads_per_block);
 
 // ---- performance counters (opt-in: NURI_EMU_COUNTERS=1, or set_counters(true)) ---------------

@@ -2,7 +2,6 @@
 // threads like a warp collective's, the product computed by the scheduler when all have
 // arrived, each thread's result kept pending (its registers poisoned with NaN) until the
 // wait_group that completes its group.
-#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -12,6 +11,7 @@
 #include "emu/ptx_math.h"
 #include "emu/state.h"
 #include "nuri/core/error.h"
+#include "sm90.h"
 
 namespace nuri::emu {
 
@@ -251,7 +251,7 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
 
 unsigned setmaxnreg_launch_count(int threads_per_block) {
   if (threads_per_block <= 0) return 0;
-  return std::min(65536u / unsigned(threads_per_block) / 8 * 8, 256u);
+  return unsigned(kernels::setmaxnreg_launch_count(threads_per_block));  // the kernels' model
 }
 
 namespace {

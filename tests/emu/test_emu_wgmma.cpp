@@ -478,7 +478,7 @@ TEST(EmulatorSetmaxnreg, AProducerAndTwoConsumersFitAndMisuseIsAnError) {
   EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(384), 168u);  // 65536 / 384, down to 8s
   EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(512), 128u);
   EXPECT_EQ(::nuri::emu::setmaxnreg_launch_count(128), 256u);
-  for (int threads : {128, 256, 384, 512, 640}) {  // the kernels' constexpr model is the same
+  for (int threads : {128, 256, 384, 512, 640}) {  // the emulator asks the kernels' model
     EXPECT_EQ(int(::nuri::emu::setmaxnreg_launch_count(threads)),
               nuri::kernels::setmaxnreg_launch_count(threads));
   }
