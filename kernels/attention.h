@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "sm90.h"
 
@@ -218,15 +219,19 @@ struct AttnBwdSm90Config {
 };
 
 /// out and lse like attention_forward, with the sm_90a kernel: an H100/H200 (compute
-/// capability 9.0) in a build where sm90a_compiled() (sm90.h), or the emulator.
+/// capability 9.0) in a build where sm90a_compiled() (sm90.h), or the emulator. Returns "" when
+/// launched; else why it declined, launching nothing and writing nothing: the driver refused a
+/// tensor map (cuTensorMapEncodeTiled's rules on the tensors' address and strides).
 template <class T>
-void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
+std::string attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream);
 
 /// dq, dk, dv like attention_backward, with the sm_90a kernels (where attention_forward_sm90
-/// runs). dq is always the query-major pass (no atomics, whatever p.deterministic says), so
-/// `workspace` holds attention_backward_workspace_bytes(..., deterministic = true) bytes: Di.
+/// runs; it declines as that does, writing nothing: a tensor map refused). dq is always the
+/// query-major pass (no atomics, whatever p.deterministic says), so `workspace` holds
+/// attention_backward_workspace_bytes(..., deterministic = true) bytes: Di.
 template <class T>
-void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaStream_t stream);
+std::string attention_backward_sm90(const AttentionParams<T>& p, void* workspace,
+                                    cudaStream_t stream);
 
 /// out and lse from q, k, v. T is __nv_bfloat16 or __half; head_dim one of kAttentionHeadDims;
 /// block_rows the query rows of a block, 64 or 128 (AttnFwdConfig). 128-row blocks take the key

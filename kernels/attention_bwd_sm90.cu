@@ -9,47 +9,65 @@ namespace nuri::kernels {
 
 namespace {
 
-template <class T, int D, bool kCausal>
-void launch_backward_sm90(const AttentionParams<T>& p, const float* di, cudaStream_t stream) {
-  using Cfg = AttnBwdSm90Config<D>;
-  // dK/dV: the block's K, V (kBlock rows) and the Q, dO tiles it walks (kTile rows).
-  AttnBwdSm90Params<T> kv;
-  kv.p = p;
-  kv.di = di;
-  kv.k_map = attn90::tensor_map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "k");
-  kv.v_map = attn90::tensor_map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "v");
-  kv.q_map = attn90::tensor_map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "q");
-  kv.do_map = attn90::tensor_map(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "dout");
-  const dim3 kv_grid(unsigned(ceil_div(p.seq, Cfg::kBlock)), unsigned(p.kv_heads),
-                     unsigned(p.batch));
-  NURI_LAUNCH((attn_bwd_dkdv_sm90_kernel<T, D, kCausal>), kv_grid, dim3(Cfg::kThreads),
-              Cfg::kSmemBytes, stream, kv);
-  // dQ: the block's Q, dO (kBlock rows) and the K, V tiles it walks (kTile rows).
-  AttnBwdSm90Params<T> q;
-  q.p = p;
-  q.di = di;
-  q.q_map = attn90::tensor_map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "q");
-  q.do_map = attn90::tensor_map(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "dout");
-  q.k_map = attn90::tensor_map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "k");
-  q.v_map = attn90::tensor_map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "v");
-  const dim3 q_grid(unsigned(ceil_div(p.seq, Cfg::kBlock)), unsigned(p.heads), unsigned(p.batch));
-  NURI_LAUNCH((attn_bwd_dq_sm90_kernel<T, D, kCausal>), q_grid, dim3(Cfg::kThreads),
-              Cfg::kSmemBytes, stream, q);
-}
-
+/// The parameters of the dK/dV and dQ kernels, their tensor maps made (the first one the
+/// driver refused named in maps.why, and then nothing may be launched).
 template <class T, int D>
-void launch_backward_sm90(const AttentionParams<T>& p, const float* di, cudaStream_t stream) {
-  if (p.causal) {
-    launch_backward_sm90<T, D, true>(p, di, stream);
-  } else {
-    launch_backward_sm90<T, D, false>(p, di, stream);
+struct BackwardLaunch {
+  attn90::TensorMaps maps;
+  AttnBwdSm90Params<T> kv, q;
+
+  BackwardLaunch(const AttentionParams<T>& p, const float* di) {
+    using Cfg = AttnBwdSm90Config<D>;
+    // dK/dV: the block's K, V (kBlock rows) and the Q, dO tiles it walks (kTile rows).
+    kv.p = p;
+    kv.di = di;
+    kv.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "k");
+    kv.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "v");
+    kv.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "q");
+    kv.do_map = maps(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "dout");
+    // dQ: the block's Q, dO (kBlock rows) and the K, V tiles it walks (kTile rows).
+    q.p = p;
+    q.di = di;
+    q.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "q");
+    q.do_map = maps(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "dout");
+    q.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "k");
+    q.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "v");
   }
+
+  template <bool kCausal>
+  void run(cudaStream_t stream) const {
+    using Cfg = AttnBwdSm90Config<D>;
+    const AttentionParams<T>& p = kv.p;
+    const dim3 kv_grid(unsigned(ceil_div(p.seq, Cfg::kBlock)), unsigned(p.kv_heads),
+                       unsigned(p.batch));
+    NURI_LAUNCH((attn_bwd_dkdv_sm90_kernel<T, D, kCausal>), kv_grid, dim3(Cfg::kThreads),
+                Cfg::kSmemBytes, stream, kv);
+    const dim3 q_grid(unsigned(ceil_div(p.seq, Cfg::kBlock)), unsigned(p.heads), unsigned(p.batch));
+    NURI_LAUNCH((attn_bwd_dq_sm90_kernel<T, D, kCausal>), q_grid, dim3(Cfg::kThreads),
+                Cfg::kSmemBytes, stream, q);
+  }
+};
+
+/// Di by the preprocess kernel, then the two passes; or, launching nothing, why the maps were
+/// refused.
+template <class T, int D>
+std::string launch_backward_sm90(const AttentionParams<T>& p, float* di, cudaStream_t stream) {
+  const BackwardLaunch<T, D> launch(p, di);
+  if (!launch.maps.why.empty()) return launch.maps.why;
+  attn::backward_di(p, di, stream);
+  if (p.causal) {
+    launch.template run<true>(stream);
+  } else {
+    launch.template run<false>(stream);
+  }
+  return "";
 }
 
 }  // namespace
 
 template <class T>
-void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaStream_t stream) {
+std::string attention_backward_sm90(const AttentionParams<T>& p, void* workspace,
+                                    cudaStream_t stream) {
   NURI_CHECK(p.batch > 0 && p.seq > 0 && p.heads > 0 && p.kv_heads > 0 &&
                  p.heads % p.kv_heads == 0,
              "attention backward kernel (sm_90): bad shape (B ", p.batch, ", T ", p.seq, ", H ",
@@ -58,19 +76,19 @@ void attention_backward_sm90(const AttentionParams<T>& p, void* workspace, cudaS
              "sm_90a code; add 90a to CMAKE_CUDA_ARCHITECTURES, or use NURI_ATTENTION=nuri");
   NURI_CHECK(workspace != nullptr, "attention backward kernel (sm_90): no workspace given");
   float* di = static_cast<float*>(workspace);
-  attn::backward_di(p, di, stream);
   switch (p.head_dim) {  // one line per head dim of kAttentionHeadDims
     case 64: return launch_backward_sm90<T, 64>(p, di, stream);
     case 128: return launch_backward_sm90<T, 128>(p, di, stream);
-    default:
-      NURI_CHECK(false, "attention backward kernel (sm_90): head_dim ", p.head_dim,
-                 " is not compiled");
+    default: break;
   }
+  NURI_CHECK(false, "attention backward kernel (sm_90): head_dim ", p.head_dim,
+             " is not compiled");
+  return "";
 }
 
-template void attention_backward_sm90<__nv_bfloat16>(const AttentionParams<__nv_bfloat16>&, void*,
+template std::string attention_backward_sm90<__nv_bfloat16>(
+    const AttentionParams<__nv_bfloat16>&, void*, cudaStream_t);
+template std::string attention_backward_sm90<__half>(const AttentionParams<__half>&, void*,
                                                      cudaStream_t);
-template void attention_backward_sm90<__half>(const AttentionParams<__half>&, void*,
-                                              cudaStream_t);
 
 }  // namespace nuri::kernels

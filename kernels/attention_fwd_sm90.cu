@@ -1,5 +1,5 @@
 // Instantiation unit of the sm_90a attention forward (attention_fwd_sm90.cuh): the tensor maps
-// of q, k and v (attn90::tensor_map), and the launch. Under nvcc the kernel has a body only for
+// of q, k and v (attn90::TensorMaps), and the launch. Under nvcc the kernel has a body only for
 // sm_90a.
 #include "attention_fwd_sm90.cuh"
 #include "device_info.h"
@@ -18,14 +18,16 @@ namespace nuri::kernels {
 namespace {
 
 template <class T, int D>
-void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
+std::string launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   using Cfg = AttnFwdSm90Config<D>;
   AttnFwdSm90Params<T> prm;
   prm.p = p;
-  prm.q_map = attn90::tensor_map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlockM, "q");
-  prm.k_map = attn90::tensor_map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "k");
-  prm.v_map = attn90::tensor_map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "v");
-  prm.o_map = attn90::tensor_map<T>(p.out, p.out_s, p.batch, p.seq, p.heads, D, 64, "out");
+  attn90::TensorMaps map;
+  prm.q_map = map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlockM, "q");
+  prm.k_map = map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "k");
+  prm.v_map = map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "v");
+  prm.o_map = map(static_cast<const T*>(p.out), p.out_s, p.batch, p.seq, p.heads, D, 64, "out");
+  if (!map.why.empty()) return map.why;
   prm.n_q_blocks = int(ceil_div(p.seq, Cfg::kBlockM));
   const int64_t work = int64_t(prm.n_q_blocks) * p.heads * p.batch;
   NURI_CHECK(work < (int64_t(1) << 31), "attention forward kernel (sm_90): ", work,
@@ -41,6 +43,7 @@ void launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
     NURI_LAUNCH((attention_fwd_sm90_kernel<T, D, false>), grid, dim3(Cfg::kThreads),
                 Cfg::kSmemBytes, stream, prm);
   }
+  return "";
 }
 
 }  // namespace
@@ -55,7 +58,7 @@ bool sm90a_compiled() {
 }
 
 template <class T>
-void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
+std::string attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   NURI_CHECK(p.batch > 0 && p.seq > 0 && p.heads > 0 && p.kv_heads > 0 &&
                  p.heads % p.kv_heads == 0,
              "attention forward kernel (sm_90): bad shape (B ", p.batch, ", T ", p.seq, ", H ",
@@ -66,14 +69,14 @@ void attention_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream) {
   switch (p.head_dim) {  // one line per head dim of kAttentionHeadDims
     case 64: return launch_forward_sm90<T, 64>(p, stream);
     case 128: return launch_forward_sm90<T, 128>(p, stream);
-    default:
-      NURI_CHECK(false, "attention forward kernel (sm_90): head_dim ", p.head_dim,
-                 " is not compiled");
+    default: break;
   }
+  NURI_CHECK(false, "attention forward kernel (sm_90): head_dim ", p.head_dim, " is not compiled");
+  return "";
 }
 
-template void attention_forward_sm90<__nv_bfloat16>(const AttentionParams<__nv_bfloat16>&,
-                                                    cudaStream_t);
-template void attention_forward_sm90<__half>(const AttentionParams<__half>&, cudaStream_t);
+template std::string attention_forward_sm90<__nv_bfloat16>(
+    const AttentionParams<__nv_bfloat16>&, cudaStream_t);
+template std::string attention_forward_sm90<__half>(const AttentionParams<__half>&, cudaStream_t);
 
 }  // namespace nuri::kernels

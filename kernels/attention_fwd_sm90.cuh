@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 #include <type_traits>
 
 #include "attention_common.cuh"
@@ -80,27 +81,40 @@ __device__ __forceinline__ void load_rows(unsigned char* dst, const CUtensorMap*
   }
 }
 
-/// The map of a [B, T, heads, D] view (strides in elements, D contiguous) as TMA sees it: dims
-/// {D, T, heads, B}, boxes of 64 columns by `rows` rows of one head and batch, 128-byte swizzle.
-template <class T>
-inline CUtensorMap tensor_map(const T* base, const AttnStrides& s, int batch, int seq, int heads,
-                              int d, int rows, const char* name) {
-  CUtensorMap m;
-  const cuuint64_t dim[4] = {cuuint64_t(d), cuuint64_t(seq), cuuint64_t(heads), cuuint64_t(batch)};
-  const cuuint64_t stride[3] = {cuuint64_t(s.t) * sizeof(T), cuuint64_t(s.h) * sizeof(T),
-                                cuuint64_t(s.b) * sizeof(T)};
-  const cuuint32_t box[4] = {64, cuuint32_t(rows), 1, 1}, estride[4] = {1, 1, 1, 1};
-  const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const CUresult r = encode_tiled()(&m, type, 4, const_cast<T*>(base), dim, stride, box, estride,
-                                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                    CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                                    CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  NURI_CHECK(r == CUDA_SUCCESS, "attention (sm_90): the tensor map of ", name,
-             " could not be made (CUresult ", int(r), "; strides ", s.b, ", ", s.t, ", ", s.h,
-             " elements); use NURI_ATTENTION=nuri");
-  return m;
-}
+/// The tensor maps of one launch, made before anything is launched. A map is that of a
+/// [B, T, heads, D] view (strides in elements, D contiguous) as TMA sees it: dims {D, T, heads,
+/// B}, boxes of 64 columns by `rows` rows of one head and batch, 128-byte swizzle. `why` names
+/// the first map the driver refused (the later ones are not made); the launch then declines,
+/// so that NURI_ATTENTION=auto runs another path, as it does where cuDNN declines.
+struct TensorMaps {
+  std::string why;
+
+  template <class T>
+  CUtensorMap operator()(const T* base, const AttnStrides& s, int batch, int seq, int heads, int d,
+                         int rows, const char* name) {
+    CUtensorMap m{};
+    if (!why.empty()) return m;
+    const cuuint64_t dim[4] = {cuuint64_t(d), cuuint64_t(seq), cuuint64_t(heads),
+                               cuuint64_t(batch)};
+    const cuuint64_t stride[3] = {cuuint64_t(s.t) * sizeof(T), cuuint64_t(s.h) * sizeof(T),
+                                  cuuint64_t(s.b) * sizeof(T)};
+    const cuuint32_t box[4] = {64, cuuint32_t(rows), 1, 1}, estride[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                               : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    const CUresult r =
+        encode_tiled()(&m, type, 4, const_cast<T*>(base), dim, stride, box, estride,
+                       CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                       CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+      why = "the driver refused the tensor map of " + std::string(name) + " (CUresult " +
+            std::to_string(int(r)) + "; address " +
+            std::to_string(reinterpret_cast<uintptr_t>(base) % 128) + " bytes past a 128-byte " +
+            "boundary, strides " + std::to_string(s.b) + ", " + std::to_string(s.t) + ", " +
+            std::to_string(s.h) + " elements)";
+    }
+    return m;
+  }
+};
 
 }  // namespace attn90
 

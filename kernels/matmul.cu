@@ -39,30 +39,25 @@ void launch_tc(const mm::GemmArgs<T>& a, cudaStream_t stream) {
 
 /// The TMA map of an operand stored [outer][inner] with rows `ld` elements apart (16-byte
 /// aligned: checked by the caller): boxes of 64 inner elements (one 128-byte swizzle atom) by
-/// `box_rows` rows, zero-filled past the matrix.
+/// `box_rows` rows, zero-filled past the matrix. False where the driver refuses it.
 template <class T>
-CUtensorMap operand_map(const T* base, int64_t inner, int64_t outer, int64_t ld, int box_rows,
-                        const char* name) {
-  CUtensorMap m;
+bool operand_map(CUtensorMap& m, const T* base, int64_t inner, int64_t outer, int64_t ld,
+                 int box_rows) {
   const cuuint64_t dim[2] = {cuuint64_t(inner), cuuint64_t(outer)};
   const cuuint64_t stride[1] = {cuuint64_t(ld) * sizeof(T)};
   const cuuint32_t box[2] = {64, cuuint32_t(box_rows)}, estride[2] = {1, 1};
   const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
                                                               : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  const CUresult r = sm90::encode_tiled()(&m, type, 2, const_cast<T*>(base), dim, stride, box,
-                                          estride, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                          CU_TENSOR_MAP_SWIZZLE_128B,
-                                          CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  NURI_CHECK(r == CUDA_SUCCESS, "matmul (sm_90): the tensor map of ", name,
-             " could not be made (CUresult ", int(r), "; ", outer, " rows of ", inner,
-             " elements, ", ld, " apart); use NURI_GEMM=nuri");
-  return m;
+  return sm90::encode_tiled()(&m, type, 2, const_cast<T*>(base), dim, stride, box, estride,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 /// The sm_90a kernel, where it takes the product: 16-bit types, every row of both operands
-/// 16-byte aligned (TMA's rule for the maps' strides and bases), a contraction that is not
-/// empty. Returns whether it ran.
+/// 16-byte aligned (TMA's rule for the maps' strides and bases, as cuda.h states it), a
+/// contraction that is not empty, and both maps made (a driver holding to a stricter rule, as
+/// the Programming Guide's 128 bytes for swizzled maps, refuses some). Returns whether it ran.
 template <class T, bool kATrans, bool kBKN>
 bool launch_sm90(const mm::GemmArgs<T>& a, bool per_tile, cudaStream_t stream) {
   if constexpr (std::is_same_v<T, float>) {
@@ -74,10 +69,12 @@ bool launch_sm90(const mm::GemmArgs<T>& a, bool per_tile, cudaStream_t stream) {
     mm::GemmSm90Params<T> prm;
     prm.p = a;
     // A: [M][K] (K-major, 128-row boxes) or stored [K][M] (MN-major, 64-row boxes); B likewise.
-    prm.a_map = kATrans ? operand_map(a.a, a.m, a.k, a.lda, 64, "A (stored [K, M])")
-                        : operand_map(a.a, a.k, a.m, a.lda, C::kBlockM, "A");
-    prm.b_map = kBKN ? operand_map(a.b, a.n, a.k, a.ldb, 64, "B (stored [K, N])")
-                     : operand_map(a.b, a.k, a.n, a.ldb, C::kBlockN, "B (stored [N, K])");
+    const bool mapped =
+        (kATrans ? operand_map(prm.a_map, a.a, a.m, a.k, a.lda, 64)
+                 : operand_map(prm.a_map, a.a, a.k, a.m, a.lda, C::kBlockM)) &&
+        (kBKN ? operand_map(prm.b_map, a.b, a.n, a.k, a.ldb, 64)
+              : operand_map(prm.b_map, a.b, a.k, a.n, a.ldb, C::kBlockN));
+    if (!mapped) return false;
     // Persistent: a block an SM (no more fit), or one a tile where there are fewer tiles (or
     // per_tile: the same kernel, each block walking one tile).
     const int64_t tiles = ceil_div(a.n, C::kBlockN) * ceil_div(a.m, C::kBlockM);

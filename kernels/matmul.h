@@ -90,8 +90,9 @@ int matmul_tiles(int64_t rows, int64_t cols, int sms, int forced = 0);
 /// path loads 16-byte chunks when every row of both operands is 16-byte aligned (leading dims
 /// multiples of 8, aligned bases) and single elements otherwise. With p.sm90 (the caller has
 /// checked that the device is an sm_90 one and sm90a_compiled(), sm90.h), a bf16/f16 product whose
-/// operands' rows are all 16-byte aligned and whose contraction is not empty runs on the sm_90a
-/// kernel (matmul_sm90.cuh: wgmma and TMA), every other one on the mma.sync or SIMT kernel.
+/// operands' rows are all 16-byte aligned, whose contraction is not empty and whose operands'
+/// tensor maps the driver makes runs on the sm_90a kernel (matmul_sm90.cuh: wgmma and TMA),
+/// every other one on the mma.sync or SIMT kernel.
 /// Returns whether the sm_90a kernel ran it.
 template <class T>
 bool matmul_forward(const MatmulParams<T>& p, cudaStream_t stream);

@@ -7,6 +7,7 @@
 // kernels use; the driver also allows less, whose layout the emulator does not claim to know).
 #include <cuda.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -52,6 +53,8 @@ size_t swizzled(size_t base, size_t off, uint32_t span) {
   const size_t chunks = span / 16;  // 2, 4 or 8: the XOR takes that many 16-byte chunks' bits
   return a ^ (((a >> 7) & (chunks - 1)) << 4);
 }
+
+std::atomic<unsigned> g_swizzled_alignment{16};  // set_swizzled_map_alignment
 
 uint64_t box_elements(const TensorMap& m) {
   uint64_t n = 1;
@@ -241,6 +244,12 @@ void cp_async_bulk_wait(int pending, Site site) {
   tsan::acquire(&t->engine_done);
 }
 
+unsigned set_swizzled_map_alignment(unsigned bytes) {
+  NURI_CHECK(bytes >= 16 && (bytes & (bytes - 1)) == 0,
+             "set_swizzled_map_alignment: ", bytes, " is not a power of two of at least 16");
+  return g_swizzled_alignment.exchange(bytes);
+}
+
 }  // namespace nuri::emu
 
 // ---- the driver call ---------------------------------------------------------------------------
@@ -297,6 +306,13 @@ extern "C" CUresult cuTensorMapEncodeTiled(CUtensorMap* tensorMap, CUtensorMapDa
   }
   if (m.swizzle != 0 && inner > m.swizzle) return CUDA_ERROR_INVALID_VALUE;
   if (m.swizzle != 0 && inner != m.swizzle) return CUDA_ERROR_NOT_SUPPORTED;  // the emulator's
+  if (m.swizzle != 0) {  // cuda.h's 16 (checked above), or the stricter reading if set
+    const unsigned align = nuri::emu::g_swizzled_alignment.load();
+    if (m.addr % align) return CUDA_ERROR_INVALID_VALUE;
+    for (cuuint32_t d = 1; d < rank; ++d) {
+      if (m.stride[d - 1] % align) return CUDA_ERROR_INVALID_VALUE;
+    }
+  }
   if (unsigned(l2Promotion) > unsigned(CU_TENSOR_MAP_L2_PROMOTION_L2_256B)) {
     return CUDA_ERROR_INVALID_VALUE;
   }

@@ -145,5 +145,99 @@ TEST(AttentionAuto, FirstCallMeasuresEveryPathAndLaterCallsRunTheChoice) {
   }
 }
 
+// cuda.h asks 16-byte aligned addresses and strides of a tensor map; the Programming Guide's
+// TMA table asks 128 of a swizzled one, which the sm_90a kernels' maps are. Where a driver
+// refuses a map, the sm_90a path declines: under auto the other paths run, and
+// NURI_ATTENTION=sm90 is an error that writes nothing. Modelled with the emulator's stricter
+// alignment, on views whose heads are 160 bytes apart (D 64 in rows padded to 80).
+TEST(AttentionAuto, TheSm90PathDeclinesTensorMapsTheDriverRefuses) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "the stricter alignment is modelled by the emulator";
+  ScopedEnv measure("NURI_EMU_MEASURE", "1");
+  const int64_t b = 1, t = 40, h = 2, hkv = 1, d = 64, pad = 16;
+  const Shape qs{b, t, h, d}, ks{b, t, hkv, d};
+  AttentionOptions opt;
+  opt.causal = true;
+  // A [B, T, heads, D] view of rows padded to D + 16.
+  auto padded = [&](Backend& be, int64_t heads, uint64_t seed) {
+    return on(be, {b, t, heads, d + pad}, random_vec(b * t * heads * (d + pad), seed))
+        .slice(3, 0, d);
+  };
+  struct Restore {
+    ~Restore() { emu::set_swizzled_map_alignment(16); }
+  } restore;
+  // Forward and backward once on `be`: the outputs (zero where nothing was written) and each
+  // direction's launches.
+  struct Run {
+    std::vector<Vec> outputs;
+    std::vector<emu::LaunchCounters> fwd, bwd;
+    std::string error;
+  };
+  auto run = [&](Backend& be) {
+    Run r;
+    const Tensor q = padded(be, h, 91), k = padded(be, hkv, 92), v = padded(be, hkv, 93);
+    Tensor out = zeros(be, qs), lse = zeros_f32(be, {b, h, t}), dq = zeros(be, qs),
+           dk = zeros(be, ks), dv = zeros(be, ks);
+    const Tensor dout = on(be, qs, random_vec(b * t * h * d, 94));
+    emu::set_counters(true);
+    emu::take_counters();
+    try {
+      be.attention(q, k, v, out, lse, opt);
+      r.fwd = emu::take_counters();
+      be.attention_backward(q, k, v, out, lse, dout, dq, dk, dv, opt);
+      r.bwd = emu::take_counters();
+    } catch (const Error& e) {
+      r.error = e.what();
+      r.fwd = emu::take_counters();
+    }
+    emu::set_counters(false);
+    r.outputs = {values(be, out), values(be, lse), values(be, dq), values(be, dk), values(be, dv)};
+    return r;
+  };
+  auto backend = [&](const char* path) {
+    auto [be, why] = make_backend_with(name, "NURI_ATTENTION", path);
+    NURI_CHECK(be, why);
+    return std::move(be);
+  };
+  const Run by_nuri = run(*backend("nuri"));
+  ASSERT_EQ(by_nuri.error, "");
+  for (const unsigned align : {16u, 128u}) {
+    SCOPED_TRACE("swizzled maps " + std::to_string(align) + "-byte aligned");
+    emu::set_swizzled_map_alignment(align);
+    const bool refused = align == 128;
+    // auto: nuri's kernels, and the sm_90a ones (warm-up and timed) only where the maps were
+    // made; the same outputs either way.
+    testing::internal::CaptureStderr();
+    const Run by_auto = run(*backend("auto"));
+    const std::string printed = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(printed.find("disagrees"), std::string::npos) << printed;
+    EXPECT_EQ(by_auto.error, "");
+    EXPECT_EQ(launches_of(by_auto.fwd, "attention_fwd_sm90_kernel"), refused ? 0 : 2);
+    EXPECT_EQ(launches_of(by_auto.bwd, "attn_bwd_dkdv_sm90_kernel"), refused ? 0 : 2);
+    EXPECT_EQ(launches_of(by_auto.bwd, "attn_bwd_dq_sm90_kernel"), refused ? 0 : 2);
+    EXPECT_EQ(launches_of(by_auto.fwd, "attention_fwd_kernel"), 2);
+    for (size_t i = 0; i < by_nuri.outputs.size(); ++i) {
+      EXPECT_EQ(by_auto.outputs[i], by_nuri.outputs[i]) << "output " << i;
+    }
+    // NURI_ATTENTION=sm90: runs, or stops at the forward naming the refused map, with nothing
+    // written and nothing launched.
+    const Run by_sm90 = run(*backend("sm90"));
+    if (!refused) {
+      EXPECT_EQ(by_sm90.error, "");
+      EXPECT_EQ(launches_of(by_sm90.fwd, "attention_fwd_sm90_kernel"), 1);
+      EXPECT_EQ(launches_of(by_sm90.bwd, "attn_bwd_dq_sm90_kernel"), 1);
+      continue;
+    }
+    for (const char* part : {"NURI_ATTENTION=sm90", "the driver refused the tensor map of q",
+                             "strides 6400, 160, 80 elements", "use auto or nuri"}) {
+      EXPECT_NE(by_sm90.error.find(part), std::string::npos) << part << " in: " << by_sm90.error;
+    }
+    for (const Vec& o : by_sm90.outputs) {
+      EXPECT_EQ(o, Vec(o.size(), 0.f));
+    }
+    EXPECT_TRUE(by_sm90.fwd.empty());
+  }
+}
+
 }  // namespace
 }  // namespace nuri::test

@@ -504,8 +504,11 @@ TEST(KernelCounters, GemmTilesAreTheLargestThatFillTheDevice) {
 // the counters do not see), so no thread issues mma.sync, ldmatrix or cp.async, and the
 // epilogue (matmul.cuh's, from wgmma's accumulators) stores whole sectors. A product whose rows
 // are not 16-byte aligned (K = 90: 180-byte rows) is not TMA's: it runs on the mma.sync kernel.
-// The matmul suites run on this path as sm90gemm.* (tests/CMakeLists.txt); this test is what
-// shows they exercised the sm_90a kernel.
+// So do products whose maps the driver refuses: with the emulator holding swizzled maps to 128
+// bytes (the Programming Guide's rule, emu::set_swizzled_map_alignment), the same three run
+// there: each has x or w, whose rows (K 96) are 192 bytes, as an operand. The matmul suites run
+// on this path as sm90gemm.* (tests/CMakeLists.txt); this test is what shows they exercised the
+// sm_90a kernel.
 TEST(KernelCounters, Sm90MatmulRunsItsLayoutsOnTmaAndWgmmaAndStoresWholeSectors) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "counters exist on the emulated backend only";
@@ -527,6 +530,15 @@ TEST(KernelCounters, Sm90MatmulRunsItsLayoutsOnTmaAndWgmmaAndStoresWholeSectors)
   }
   const emu::LaunchCounters l = count_unaligned_forward(*be);
   EXPECT_NE(l.kernel.find("gemm_tc_kernel"), std::string::npos) << l.kernel;
+  struct Restore {
+    ~Restore() { emu::set_swizzled_map_alignment(16); }
+  } restore;
+  emu::set_swizzled_map_alignment(128);
+  const auto launches = count_linear_layer(*be);
+  ASSERT_EQ(launches.size(), 3u);
+  for (const auto& refused : launches) {
+    EXPECT_NE(refused.kernel.find("gemm_tc_kernel"), std::string::npos) << refused.kernel;
+  }
 }
 
 // The sm_90a GEMM's grid is persistent: one block an SM, each walking the tiles w, w + grid, ...

@@ -155,16 +155,18 @@ struct AttentionDispatch {
         return "this build has no cuDNN frontend";
 #endif
       }
-      case AttentionPath::sm90:
+      case AttentionPath::sm90: {
+        std::string why;
         if (backward) {
           void* ws = be.workspace(kernels::attention_backward_workspace_bytes(
               p.batch, p.seq, p.heads, p.head_dim, /*deterministic=*/true));
-          kernels::attention_backward_sm90(p, ws, be.stream());
+          why = kernels::attention_backward_sm90(p, ws, be.stream());
         } else {
-          kernels::attention_forward_sm90(p, be.stream());
+          why = kernels::attention_forward_sm90(p, be.stream());
         }
-        ++be.sm90_attention_calls_;
-        return "";
+        if (why.empty()) ++be.sm90_attention_calls_;
+        return why;
+      }
       case AttentionPath::nuri:
       case AttentionPath::nuri128:  // the backward is nuri's
       case AttentionPath::automatic: break;
