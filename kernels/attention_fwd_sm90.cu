@@ -1,6 +1,6 @@
 // Instantiation unit of the sm_90a attention forward (attention_fwd_sm90.cuh): the tensor maps
-// of q, k and v (attn90::TensorMaps), and the launch. Under nvcc the kernel has a body only for
-// sm_90a.
+// of q, k, v and out (attn90::TensorMaps), and the launch. Under nvcc the kernel has a body only
+// for sm_90a.
 #include "attention_fwd_sm90.cuh"
 #include "device_info.h"
 
@@ -22,12 +22,12 @@ std::string launch_forward_sm90(const AttentionParams<T>& p, cudaStream_t stream
   using Cfg = AttnFwdSm90Config<D>;
   AttnFwdSm90Params<T> prm;
   prm.p = p;
-  attn90::TensorMaps map;
-  prm.q_map = map(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlockM, "q");
-  prm.k_map = map(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "k");
-  prm.v_map = map(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "v");
-  prm.o_map = map(static_cast<const T*>(p.out), p.out_s, p.batch, p.seq, p.heads, D, 64, "out");
-  if (!map.why.empty()) return map.why;
+  attn90::TensorMaps maps;
+  prm.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlockM, "q");
+  prm.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "k");
+  prm.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlockN, "v");
+  prm.o_map = maps(static_cast<const T*>(p.out), p.out_s, p.batch, p.seq, p.heads, D, 64, "out");
+  if (!maps.why.empty()) return maps.why;
   prm.n_q_blocks = int(ceil_div(p.seq, Cfg::kBlockM));
   const int64_t work = int64_t(prm.n_q_blocks) * p.heads * p.batch;
   NURI_CHECK(work < (int64_t(1) << 31), "attention forward kernel (sm_90): ", work,

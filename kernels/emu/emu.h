@@ -150,6 +150,10 @@ void cp_async_bulk_tensor_load(void* dst, const void* tmap, int rank, const int3
 /// issue (a GPU may read it any time in between).
 void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord, const void* src,
                                 Site site);
+/// cp.async.bulk.commit_group and cp.async.bulk.wait_group[.read] N: completes every committed
+/// group of this thread's tensor stores except the newest `pending`.
+void cp_async_bulk_commit(Site site);
+void cp_async_bulk_wait(int pending, Site site);
 /// The alignment in bytes the emulated cuTensorMapEncodeTiled asks of the global address and
 /// the strides of a swizzled map; returns the one it replaces. 16 (the default) is cuda.h's
 /// rule. The CUDA Programming Guide's TMA table asks 128 for swizzled maps; set 128 to model a
@@ -157,10 +161,6 @@ void cp_async_bulk_tensor_store(const void* tmap, int rank, const int32_t* coord
 /// that code declining such maps can be tested. Which rule an H100's driver keeps, only an H100
 /// shows.
 unsigned set_swizzled_map_alignment(unsigned bytes);
-/// cp.async.bulk.commit_group and cp.async.bulk.wait_group[.read] N: completes every committed
-/// group of this thread's tensor stores except the newest `pending`.
-void cp_async_bulk_commit(Site site);
-void cp_async_bulk_wait(int pending, Site site);
 
 /// fence.proxy.async.shared::cta. Shared memory has two proxies: plain loads and stores (the
 /// generic proxy) and the asynchronous units (the bulk copies, tensor stores, wgmma's operand

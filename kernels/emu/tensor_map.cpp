@@ -1,7 +1,9 @@
 // Tensor maps and tensor tile copies (TMA) under the emulator: cuTensorMapEncodeTiled with the
-// driver's documented requirements (cuda.h), an encoding of the emulator's own inside
-// CUtensorMap's opaque bytes, and cp.async.bulk.tensor loads (completed on an mbarrier, as the
-// bulk copies of mbarrier.cpp) and stores (in bulk groups, completed at the bulk wait).
+// driver's documented requirements (cuda.h; on request, set_swizzled_map_alignment, the stricter
+// alignment the CUDA Programming Guide gives for swizzled maps), an encoding of the emulator's
+// own inside CUtensorMap's opaque bytes, and cp.async.bulk.tensor loads (completed on an
+// mbarrier, as the bulk copies of mbarrier.cpp) and stores (in bulk groups, completed at the
+// bulk wait).
 // Supported: ranks 1-5, element sizes 1-8 bytes, no interleave, element strides of 1, swizzle
 // none, 32B, 64B and 128B with the box's inner dimension exactly the swizzle's span (what
 // kernels use; the driver also allows less, whose layout the emulator does not claim to know).

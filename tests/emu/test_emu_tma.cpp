@@ -102,23 +102,44 @@ TEST(EmulatorTma, TheStricterAlignmentOfSwizzledMapsCanBeModelled) {
   };
   const auto as_is = [](Encoding&) {};
   const auto offset_32 = [](Encoding& e) { e.addr_offset = 32; };
-  const auto rows_256 = [](Encoding& e) { e.stride[0] = 256, e.stride[1] = 256 * kRows; };
+  const auto rows_256 = [](Encoding& e) {
+    e.stride[0] = 256;
+    e.stride[1] = 256 * kRows;
+  };
   const auto unswizzled = [](Encoding& e) { e.swizzle = CU_TENSOR_MAP_SWIZZLE_NONE; };
   EXPECT_EQ(with(as_is), CUDA_SUCCESS);
   EXPECT_EQ(with(offset_32), CUDA_SUCCESS);
   struct Restore {
-    ~Restore() { nuri::emu::set_swizzled_map_alignment(16); }
+    unsigned align = nuri::emu::set_swizzled_map_alignment(16);
+    ~Restore() { nuri::emu::set_swizzled_map_alignment(align); }
   } restore;
   EXPECT_EQ(nuri::emu::set_swizzled_map_alignment(128), 16u);
   EXPECT_EQ(with(as_is), CUDA_ERROR_INVALID_VALUE);
-  const auto rank_3 = [](Encoding& e) { e.rank = 3; };  // a second stride, of one slice
-  EXPECT_EQ(with([&](Encoding& e) { rows_256(e), rank_3(e); }), CUDA_SUCCESS);
-  EXPECT_EQ(with([&](Encoding& e) { rows_256(e), rank_3(e), e.stride[1] += 16; }),
-            CUDA_ERROR_INVALID_VALUE);
   EXPECT_EQ(with(rows_256), CUDA_SUCCESS);
-  EXPECT_EQ(with([&](Encoding& e) { rows_256(e), offset_32(e); }), CUDA_ERROR_INVALID_VALUE);
+  EXPECT_EQ(with([&](Encoding& e) {
+              rows_256(e);
+              offset_32(e);
+            }),
+            CUDA_ERROR_INVALID_VALUE);
+  // Rank 3: the second stride (of a single slice) is held to it too.
+  EXPECT_EQ(with([&](Encoding& e) {
+              rows_256(e);
+              e.rank = 3;
+            }),
+            CUDA_SUCCESS);
+  EXPECT_EQ(with([&](Encoding& e) {
+              rows_256(e);
+              e.rank = 3;
+              e.stride[1] += 16;
+            }),
+            CUDA_ERROR_INVALID_VALUE);
+  // Unswizzled maps keep cuda.h's rule.
   EXPECT_EQ(with(unswizzled), CUDA_SUCCESS);
-  EXPECT_EQ(with([&](Encoding& e) { unswizzled(e), offset_32(e); }), CUDA_SUCCESS);
+  EXPECT_EQ(with([&](Encoding& e) {
+              unswizzled(e);
+              offset_32(e);
+            }),
+            CUDA_SUCCESS);
   EXPECT_EQ(nuri::emu::set_swizzled_map_alignment(16), 128u);
   EXPECT_EQ(with(as_is), CUDA_SUCCESS);
   EXPECT_THROW(nuri::emu::set_swizzled_map_alignment(48), nuri::Error);

@@ -147,9 +147,10 @@ TEST(AttentionAuto, FirstCallMeasuresEveryPathAndLaterCallsRunTheChoice) {
 
 // cuda.h asks 16-byte aligned addresses and strides of a tensor map; the Programming Guide's
 // TMA table asks 128 of a swizzled one, which the sm_90a kernels' maps are. Where a driver
-// refuses a map, the sm_90a path declines: under auto the other paths run, and
-// NURI_ATTENTION=sm90 is an error that writes nothing. Modelled with the emulator's stricter
-// alignment, on views whose heads are 160 bytes apart (D 64 in rows padded to 80).
+// refuses a map, the sm_90a path declines before launching anything (the backward's Di pass
+// included): under auto the other paths run, and NURI_ATTENTION=sm90 is an error that writes
+// nothing. Modelled with the emulator's stricter alignment, on views whose heads are 160 bytes
+// apart (D 64 in rows padded to 80).
 TEST(AttentionAuto, TheSm90PathDeclinesTensorMapsTheDriverRefuses) {
   const std::string name = backends().front();
   if (name != "cuda-emu") GTEST_SKIP() << "the stricter alignment is modelled by the emulator";
@@ -164,33 +165,40 @@ TEST(AttentionAuto, TheSm90PathDeclinesTensorMapsTheDriverRefuses) {
         .slice(3, 0, d);
   };
   struct Restore {
-    ~Restore() { emu::set_swizzled_map_alignment(16); }
+    unsigned align = emu::set_swizzled_map_alignment(16);
+    ~Restore() { emu::set_swizzled_map_alignment(align); }
   } restore;
-  // Forward and backward once on `be`: the outputs (zero where nothing was written) and each
-  // direction's launches.
-  struct Run {
-    std::vector<Vec> outputs;
-    std::vector<emu::LaunchCounters> fwd, bwd;
+  // One direction's launches, and the error that stopped it.
+  struct Direction {
+    std::vector<emu::LaunchCounters> launches;
     std::string error;
   };
-  auto run = [&](Backend& be) {
+  struct Run {
+    std::vector<Vec> outputs;  // out, lse, dq, dk, dv (zero where nothing was written)
+    Direction fwd, bwd;
+  };
+  // Forward, then backward, on `be`, with swizzled maps aligned to fwd_align, then bwd_align.
+  auto run = [&](Backend& be, unsigned fwd_align, unsigned bwd_align) {
     Run r;
     const Tensor q = padded(be, h, 91), k = padded(be, hkv, 92), v = padded(be, hkv, 93);
     Tensor out = zeros(be, qs), lse = zeros_f32(be, {b, h, t}), dq = zeros(be, qs),
            dk = zeros(be, ks), dv = zeros(be, ks);
     const Tensor dout = on(be, qs, random_vec(b * t * h * d, 94));
-    emu::set_counters(true);
-    emu::take_counters();
-    try {
-      be.attention(q, k, v, out, lse, opt);
-      r.fwd = emu::take_counters();
-      be.attention_backward(q, k, v, out, lse, dout, dq, dk, dv, opt);
-      r.bwd = emu::take_counters();
-    } catch (const Error& e) {
-      r.error = e.what();
-      r.fwd = emu::take_counters();
-    }
-    emu::set_counters(false);
+    auto direction = [](Direction& dir, unsigned align, const auto& call) {
+      emu::set_swizzled_map_alignment(align);
+      emu::set_counters(true);
+      emu::take_counters();
+      try {
+        call();
+      } catch (const Error& e) {
+        dir.error = e.what();
+      }
+      dir.launches = emu::take_counters();
+      emu::set_counters(false);
+    };
+    direction(r.fwd, fwd_align, [&] { be.attention(q, k, v, out, lse, opt); });
+    direction(r.bwd, bwd_align,
+              [&] { be.attention_backward(q, k, v, out, lse, dout, dq, dk, dv, opt); });
     r.outputs = {values(be, out), values(be, lse), values(be, dq), values(be, dk), values(be, dv)};
     return r;
   };
@@ -199,44 +207,62 @@ TEST(AttentionAuto, TheSm90PathDeclinesTensorMapsTheDriverRefuses) {
     NURI_CHECK(be, why);
     return std::move(be);
   };
-  const Run by_nuri = run(*backend("nuri"));
-  ASSERT_EQ(by_nuri.error, "");
+  auto expect_zero = [](const Vec& v, const char* what) {
+    EXPECT_EQ(v, Vec(v.size(), 0.f)) << what;
+  };
+  const Run by_nuri = run(*backend("nuri"), 16, 16);
+  ASSERT_EQ(by_nuri.fwd.error + by_nuri.bwd.error, "");
+
   for (const unsigned align : {16u, 128u}) {
-    SCOPED_TRACE("swizzled maps " + std::to_string(align) + "-byte aligned");
-    emu::set_swizzled_map_alignment(align);
+    SCOPED_TRACE("auto, swizzled maps " + std::to_string(align) + "-byte aligned");
     const bool refused = align == 128;
-    // auto: nuri's kernels, and the sm_90a ones (warm-up and timed) only where the maps were
-    // made; the same outputs either way.
+    // nuri's kernels, and the sm_90a ones (warm-up and timed) only where the maps were made;
+    // nuri's Di pass twice, and twice more for the sm_90a backward where it runs; the same
+    // outputs either way.
     testing::internal::CaptureStderr();
-    const Run by_auto = run(*backend("auto"));
+    const Run by_auto = run(*backend("auto"), align, align);
     const std::string printed = testing::internal::GetCapturedStderr();
     EXPECT_EQ(printed.find("disagrees"), std::string::npos) << printed;
-    EXPECT_EQ(by_auto.error, "");
-    EXPECT_EQ(launches_of(by_auto.fwd, "attention_fwd_sm90_kernel"), refused ? 0 : 2);
-    EXPECT_EQ(launches_of(by_auto.bwd, "attn_bwd_dkdv_sm90_kernel"), refused ? 0 : 2);
-    EXPECT_EQ(launches_of(by_auto.bwd, "attn_bwd_dq_sm90_kernel"), refused ? 0 : 2);
-    EXPECT_EQ(launches_of(by_auto.fwd, "attention_fwd_kernel"), 2);
+    EXPECT_EQ(by_auto.fwd.error + by_auto.bwd.error, "");
+    EXPECT_EQ(launches_of(by_auto.fwd.launches, "attention_fwd_kernel"), 2);
+    EXPECT_EQ(launches_of(by_auto.fwd.launches, "attention_fwd_sm90_kernel"), refused ? 0 : 2);
+    EXPECT_EQ(launches_of(by_auto.bwd.launches, "attn_bwd_preprocess"), refused ? 2 : 4);
+    EXPECT_EQ(launches_of(by_auto.bwd.launches, "attn_bwd_dkdv_sm90_kernel"), refused ? 0 : 2);
+    EXPECT_EQ(launches_of(by_auto.bwd.launches, "attn_bwd_dq_sm90_kernel"), refused ? 0 : 2);
     for (size_t i = 0; i < by_nuri.outputs.size(); ++i) {
       EXPECT_EQ(by_auto.outputs[i], by_nuri.outputs[i]) << "output " << i;
     }
-    // NURI_ATTENTION=sm90: runs, or stops at the forward naming the refused map, with nothing
-    // written and nothing launched.
-    const Run by_sm90 = run(*backend("sm90"));
-    if (!refused) {
-      EXPECT_EQ(by_sm90.error, "");
-      EXPECT_EQ(launches_of(by_sm90.fwd, "attention_fwd_sm90_kernel"), 1);
-      EXPECT_EQ(launches_of(by_sm90.bwd, "attn_bwd_dq_sm90_kernel"), 1);
-      continue;
-    }
-    for (const char* part : {"NURI_ATTENTION=sm90", "the driver refused the tensor map of q",
-                             "strides 6400, 160, 80 elements", "use auto or nuri"}) {
-      EXPECT_NE(by_sm90.error.find(part), std::string::npos) << part << " in: " << by_sm90.error;
-    }
-    for (const Vec& o : by_sm90.outputs) {
-      EXPECT_EQ(o, Vec(o.size(), 0.f));
-    }
-    EXPECT_TRUE(by_sm90.fwd.empty());
   }
+
+  // NURI_ATTENTION=sm90 with every map made: one launch of each kernel.
+  const Run made = run(*backend("sm90"), 16, 16);
+  EXPECT_EQ(made.fwd.error + made.bwd.error, "");
+  EXPECT_EQ(launches_of(made.fwd.launches, "attention_fwd_sm90_kernel"), 1);
+  EXPECT_EQ(launches_of(made.bwd.launches, "attn_bwd_dq_sm90_kernel"), 1);
+  // Refused in both directions: each stops naming its first map (the forward's q, the
+  // backward's k), launching and writing nothing.
+  const Run refused = run(*backend("sm90"), 128, 128);
+  for (const char* part : {"attention (NURI_ATTENTION=sm90): the driver refused the tensor map "
+                           "of q", "strides 6400, 160, 80 elements", "use auto or nuri"}) {
+    EXPECT_NE(refused.fwd.error.find(part), std::string::npos) << part << " in: "
+                                                               << refused.fwd.error;
+  }
+  EXPECT_NE(refused.bwd.error.find("attention_backward (NURI_ATTENTION=sm90): the driver refused "
+                                   "the tensor map of k (CUresult 1; address 0 bytes past a "
+                                   "128-byte boundary, strides 3200, 80, 80 elements)"),
+            std::string::npos)
+      << refused.bwd.error;
+  EXPECT_TRUE(refused.fwd.launches.empty());
+  EXPECT_TRUE(refused.bwd.launches.empty());
+  const char* names[5] = {"out", "lse", "dq", "dk", "dv"};
+  for (size_t i = 0; i < 5; ++i) expect_zero(refused.outputs[i], names[i]);
+  // Refused in the backward only, after a forward that ran.
+  const Run bwd_refused = run(*backend("sm90"), 16, 128);
+  EXPECT_EQ(bwd_refused.fwd.error, "");
+  EXPECT_NE(bwd_refused.bwd.error.find("the tensor map of k"), std::string::npos);
+  EXPECT_TRUE(bwd_refused.bwd.launches.empty());
+  EXPECT_NE(bwd_refused.outputs[0], Vec(bwd_refused.outputs[0].size(), 0.f));
+  for (size_t i = 2; i < 5; ++i) expect_zero(bwd_refused.outputs[i], names[i]);
 }
 
 }  // namespace

@@ -220,6 +220,8 @@ struct AttentionDispatch {
       key.insert(key.end(), {s->b, s->t, s->h});
     }
     if (auto it = be.attention_choice_.find(key); it != be.attention_choice_.end()) {
+      // The choice was measured on contiguous outputs; where it declines these (an sm_90a map
+      // the driver refuses), nuri's kernels run, at every such call.
       if (!run_path(be, it->second, p, backward).empty()) {
         run_path(be, AttentionPath::nuri, p, backward);
       }
