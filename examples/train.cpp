@@ -8,6 +8,7 @@
 // Exit status: 0 done, 1 error, 2 bad config or usage, 3 expect_val_below not met, 75 stopped
 // by a preemption signal or the time limit after a checkpoint ("requeue me").
 #include <cstdio>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,9 @@ int main(int argc, char** argv) {
     return kRunUsage;
   } catch (const Error& e) {
     std::fprintf(stderr, "nuri-train: %s\n", e.what());
+    return kRunFailed;
+  } catch (const std::exception& e) {  // not nuri's own: a bug to report, but not an abort
+    std::fprintf(stderr, "nuri-train: unexpected error (please report it): %s\n", e.what());
     return kRunFailed;
   }
 }

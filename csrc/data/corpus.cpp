@@ -50,6 +50,10 @@ std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size
     NURI_CHECK(f != nullptr, path, ": tokenize.json lists no train shards");
     return f;
   }
+  std::error_code ec;
+  NURI_CHECK(!fs::is_directory(path, ec), path, " is a directory without a tokenize.json: name a "
+             "file (text or tokens), or a directory that nuri tokenize wrote (nuri tokenize "
+             "FILES --out DIR)");
   std::ifstream in(path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open data file ", path, ": ", std::strerror(errno));
   auto tokens = [&](std::shared_ptr<TokenFile> f) {

@@ -100,6 +100,10 @@ const char* TokenFile::map_file(const std::string& path) {
   NURI_CHECK(fd >= 0, "cannot open token file ", path, ": ", std::strerror(errno));
   struct stat st {};
   ::fstat(fd, &st);
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    NURI_CHECK(false, path, " is a directory, not a token file");
+  }
   const size_t bytes = size_t(st.st_size);
   if (bytes > 0) {
     map_ = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -238,6 +242,7 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
   f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
   f->n_ = n;
+  f->checked_below_ = file->checked_below_;
   f->parent_ = std::move(file);
   return f;
 }
@@ -247,6 +252,7 @@ TokenFile::~TokenFile() {
 }
 
 void TokenFile::check_vocab(int64_t vocab_size) const {
+  if (checked_below_ > 0 && checked_below_ <= vocab_size) return;
   const int64_t elem = wide_ ? 4 : 2;
   for (int64_t i = 0; i < n_; ++i) {
     const uint32_t t = at(i);
@@ -254,6 +260,7 @@ void TokenFile::check_vocab(int64_t vocab_size) const {
                " (byte offset ", data_offset_ + i * elem, ") is >= vocab_size ", vocab_size,
                "; the file was made with another tokenizer, or the model's vocab_size is too small");
   }
+  checked_below_ = vocab_size;
 }
 
 void TokenFile::read(int64_t start, int64_t n, int32_t* out) const {

@@ -47,7 +47,9 @@ double process_seconds() {
 }
 
 RunLedger::RunLedger(const std::string& dir, const std::string& fields, double origin_seconds) {
-  std::filesystem::create_directories(dir);
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  NURI_CHECK(!ec, "cannot make the directory ", dir, " for the run ledger: ", ec.message());
   path_ = (std::filesystem::path(dir) / "ledger.jsonl").string();
   const double start = unix_now() - origin_seconds;
   start_ = start;

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -273,13 +274,122 @@ void check_data_tokenizer(const DataConfig& data) {
   }
 }
 
+// out and checkpoint.dir name directories, made where missing: one that names something else is
+// a config error before anything runs. So is a run that would start fresh (checkpoint.resume
+// false) among another run's checkpoints, which its saves would overwrite or rotate out.
+void check_run_directories(const RunConfig& cfg) {
+  for (const auto& [key, path] : {std::pair<const char*, const std::string*>{"out", &cfg.out},
+                                  {"checkpoint.dir", &cfg.checkpoint.dir}}) {
+    std::error_code ec;
+    if (!path->empty() && fs::exists(*path, ec) && !fs::is_directory(*path, ec)) {
+      throw ConfigError(std::string(key) + ": " + *path +
+                        " exists and is not a directory; name a directory (it is made if missing)");
+    }
+  }
+  const CheckpointConfig& ck = cfg.checkpoint;
+  if (!ck.dir.empty() && !ck.resume) {
+    const std::string newest = CheckpointReader::find(ck.dir);
+    if (!newest.empty()) {
+      throw ConfigError("checkpoint.dir: " + ck.dir + " holds another run's checkpoints (the " +
+                        "newest " + newest + ") and checkpoint.resume is false: this run's " +
+                        "saves would overwrite or rotate them out; name a new directory, move " +
+                        "them away, or resume from them");
+    }
+  }
+}
+
+// Every rank of a job must run the same settings. Rank 0's (as JSON; the output-only quiet and
+// log_every aside) go to every rank, which compares them with its own; when any rank's differ,
+// every rank stops with a config error, the differing ones naming what differs.
+void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
+  if (!pg.comm || pg.size() <= 1) return;
+  Communicator& host = *pg.comm->host_communicator();
+  nlohmann::json mine = nlohmann::json::parse(cfg.to_json());
+  mine.erase("quiet");
+  mine.erase("log_every");
+  const std::string text = mine.dump();
+  // Rank 0's text, its length first, a byte an f32 (what communicators move).
+  Tensor len = Tensor::empty({1}, DType::f32);
+  len.data<float>()[0] = float(text.size());
+  host.broadcast(len, 0);
+  const size_t n = size_t(len.data<float>()[0]);
+  Tensor bytes = Tensor::empty({int64_t(std::max<size_t>(n, 1))}, DType::f32);
+  for (size_t i = 0; i < n && pg.rank() == 0; ++i) {
+    bytes.data<float>()[i] = float(static_cast<unsigned char>(text[i]));
+  }
+  host.broadcast(bytes, 0);
+  std::string theirs(n, '\0');
+  for (size_t i = 0; i < n; ++i) theirs[i] = char(int(bytes.data<float>()[i]));
+  std::vector<std::string> differ;  // "train.lr is 0.5 here and 0.002 on rank 0"
+  if (theirs != text) {
+    const nlohmann::json a = mine.flatten(), b = nlohmann::json::parse(theirs).flatten();
+    auto name = [](std::string key) {  // "/train/lr" -> "train.lr"
+      key.erase(0, 1);
+      std::replace(key.begin(), key.end(), '/', '.');
+      return key;
+    };
+    for (const auto& [key, value] : a.items()) {
+      const auto it = b.find(key);
+      if (it == b.end() || *it != value) {
+        differ.push_back(name(key) + " is " + value.dump() + " here and " +
+                         (it == b.end() ? std::string("unset") : it->dump()) + " on rank 0");
+      }
+    }
+    if (differ.empty()) differ.push_back("the settings' text differs from rank 0's");
+  }
+  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
+  std::fill_n(flags.data<float>(), pg.size(), 0.f);
+  flags.data<float>()[pg.rank()] = differ.empty() ? 0.f : 1.f;
+  host.all_reduce(flags, ReduceOp::sum);
+  std::string ranks;
+  for (int r = 0; r < pg.size(); ++r) {
+    if (flags.data<float>()[r] > 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (ranks.empty()) return;
+  const std::string fix =
+      "; start every rank of a job with the same command, config file and overrides";
+  if (differ.empty()) {
+    throw ConfigError("rank " + ranks + " started with other settings than rank 0 (its output " +
+                      "names them)" + fix);
+  }
+  std::string list = differ[0];
+  for (size_t i = 1; i < differ.size(); ++i) list += ", " + differ[i];
+  throw ConfigError("rank " + std::to_string(pg.rank()) + " started with other settings than " +
+                    "rank 0: " + list + fix);
+}
+
+// On the CPU backend a rank's f32 weights alone (its 1 / (tp · pp) of them) must fit the
+// machine's memory: a model that cannot is refused with its size before any allocation, where
+// it would otherwise grow until the system stops it.
+void check_weights_fit_host(const RunConfig& cfg, const std::string& backend) {
+  if (backend != "cpu") return;
+  const double weights = double(cfg.model.num_params()) * 4.0 / cfg.parallel.tp / cfg.parallel.pp;
+  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (memory <= 0 || weights <= memory) return;
+  throw ConfigError(strprintf(
+      "model: %.4g parameters (%s) need %.1f GiB for their f32 weights alone on a rank%s, more "
+      "than this machine's %.1f GiB of memory; make the model smaller or split it over more "
+      "ranks (parallel.tp, parallel.pp)",
+      double(cfg.model.num_params()), cfg.model.summary().c_str(), weights / double(1 << 30),
+      cfg.parallel.tp * cfg.parallel.pp > 1 ? " (1 / (tp · pp) of them)" : "",
+      memory / double(1 << 30)));
+}
+
+void make_directories(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  NURI_CHECK(!ec, "cannot make the directory ", dir.string(), ": ", ec.message());
+}
+
 }  // namespace
 
 RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
   cfg_in.validate();
+  check_run_directories(cfg_in);
   const auto start = Clock::now();
   const double origin = run_origin();  // the allocation began this long before
   const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
+  check_same_settings(cfg_in, pg);
   const bool lead = pg.rank() == 0;
   const DeviceProfile profile = run_profile(cfg_in);
   std::string auto_line;
@@ -319,6 +429,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
+  check_weights_fit_host(cfg, backend);
   // The ranks as a dp × tp × pp grid; this rank's stage (of the split that balances the
   // stages' compute) and tensor-parallel slice, its dp shard alone under ZeRO 3.
   check_tensor_parallel(cfg.model, cfg.parallel.tp);
@@ -428,7 +539,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   Metrics metrics;
   if (!cfg.out.empty()) {
     if (lead) {
-      fs::create_directories(dir);
+      make_directories(dir);
       write_text(dir / "config.json", cfg.to_json() + "\n");
       reached =
           std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
@@ -462,6 +573,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     }
     result.steps_done = step;
   };
+  bool save_due = false;                  // a periodic save waiting for a step that updates
   const auto steps_start = Clock::now();  // the ETA counts steps only
   const int64_t first = trainer.steps_done();
   double tok_per_s = 0;
@@ -491,7 +603,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     }
     if (checkpoints) {
       committed(st.checkpoint);  // an asynchronous save that every rank has finished
-      if (ck.save_every > 0 && st.step % ck.save_every == 0 && st.step < tc.steps) {
+      // A save falls due every save_every steps; at a skipped step (a non-finite loss) it waits
+      // for the next step that updates, so a diverging run does not rotate good checkpoints out.
+      save_due = save_due || (ck.save_every > 0 && st.step % ck.save_every == 0);
+      if (save_due && !st.skipped && st.step < tc.steps) {
+        save_due = false;
         if (ck.async_save) {
           finish_save();  // the previous one, if it is late
           Span timed(parts.checkpoint_save);
@@ -527,7 +643,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                result.status, reason, parts);
   };
   finish_save();
-  if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done()) save();
+  // A run that ends with a non-finite validation loss has diverged: its model is neither
+  // checkpointed nor written, and the run fails (below).
+  const bool diverged = result.stop_reason.empty() && !std::isfinite(val_loss);
+  if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done() && !diverged) {
+    save();
+  }
   result.steps_done = trainer.steps_done();
   result.skipped_steps = trainer.skipped_steps();
   result.val_loss = val_loss;
@@ -547,7 +668,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line(
         strprintf("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
-  if (!cfg.out.empty()) {
+  if (!cfg.out.empty() && !diverged) {
     Span timed(parts.checkpoint_save);
     save_model(trainer, model, dir / "model.safetensors");
   }
@@ -574,6 +695,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                 duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
                 (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
 
+  if (diverged) {
+    const std::string last =
+        result.checkpoint.empty() ? "" : " (the last checkpoint: " + result.checkpoint + ")";
+    out.line(strprintf(
+        "the final validation loss is not finite: the model has diverged, and neither its "
+        "checkpoint nor its model.safetensors was written%s; lower train.lr (%g)%s",
+        last.c_str(), double(tc.lr),
+        checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
+    result.status = kRunFailed;
+    close_ledger();
+    return result;
+  }
   const SampleConfig& sc = cfg.sample;
   // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
   // weights from every rank (all sample the same tokens; rank 0 shows them).

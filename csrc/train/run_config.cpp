@@ -107,7 +107,8 @@ const Settings& checkpoint_settings() {
     ck.add("async_save", &K::async_save,
            "write the periodic saves on a background thread (committed when every rank wrote)");
     ck.add("resume", &K::resume,
-           "resume from the newest checkpoint under dir (false: start fresh)");
+           "resume from the newest checkpoint under dir (false: start fresh, in a dir without "
+           "checkpoints)");
     ck.add("signals", &K::signals,
            "signals that mean preempted: checkpoint at the next step boundary, exit 75")
         .meta("LIST");

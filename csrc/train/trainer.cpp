@@ -46,6 +46,9 @@ const Settings& train_settings() {
     t.choice("on_nonfinite", &C::on_nonfinite,
              {{"skip", NonFinitePolicy::skip}, {"stop", NonFinitePolicy::stop}},
              "a non-finite loss or gradient norm skips the update, or stops the run");
+    t.add("skip_limit", &C::skip_limit,
+          "skipped steps in a row that stop the run as diverged (on_nonfinite=skip; 0: never)")
+        .at_least(0);
     t.choice("recompute", &C::recompute,
              {{"none", Recompute::none}, {"selective", Recompute::selective},
               {"full", Recompute::full}},
@@ -177,14 +180,24 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
     : Trainer(model, cfg, std::move(train), std::move(val),
               whole_model(model, std::move(comm), parallel), parallel, GridTag{}) {}
 
+namespace {
+/// `data`, every token of which is a token of `model`'s vocabulary (else an error naming the
+/// first that is not, before any step: a sampled one would stop the run at that step).
+std::shared_ptr<TokenFile> of_vocabulary(std::shared_ptr<TokenFile> data,
+                                         const Transformer& model) {
+  if (data) data->check_vocab(model.config().vocab_size);
+  return data;
+}
+}  // namespace
+
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                  std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
                  const ParallelConfig& parallel, GridTag)
     : model_(model),
       cfg_((cfg.validate(), cfg)),
-      loader_(std::move(train), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
+      loader_(of_vocabulary(std::move(train), model), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
               comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
-      val_(std::move(val)),
+      val_(of_vocabulary(std::move(val), model)),
       dp_(comm ? std::make_unique<DataParallel>(
                      // GPU ranks reduce device gradients over NCCL, bootstrapped through comm.
                      comm->size() > 1 ? make_device_communicator(comm, model.backend()) : comm,
@@ -451,9 +464,24 @@ StepStats Trainer::step() {
                "Lower the learning rate, or use on_nonfinite=skip to drop such steps");
     s.skipped = true;
     ++skipped_;
+    ++skipped_in_a_row_;
     NURI_LOG(warn, "step ", s.step, ": non-finite loss or gradient norm (loss ", s.loss,
              ", norm ", s.grad_norm, "): update skipped (", skipped_, " so far)");
+    if (cfg_.skip_limit > 0 && skipped_in_a_row_ >= cfg_.skip_limit) {
+      // The last update before the streak is the likely cause: resume from before it.
+      const int64_t last_update = s.step - skipped_in_a_row_;
+      NURI_CHECK(false, skipped_in_a_row_, " steps in a row (", last_update + 1, " to ", s.step,
+                 ") had a non-finite loss or gradient norm: the run has diverged "
+                 "(train.skip_limit = ", cfg_.skip_limit, "). Lower the learning rate (train.lr = ",
+                 cfg_.lr, ") and ",
+                 last_update > 1 ? "resume from a checkpoint of step " +
+                                       std::to_string(last_update - 1) + " or earlier (step " +
+                                       std::to_string(last_update) +
+                                       "'s update, the last one made, may be what diverged)"
+                                 : std::string("start again"));
+    }
   } else {
+    skipped_in_a_row_ = 0;
     opt_->step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
     if (dp_ && dp_->zero_stage() >= 1) dp_->gather_parameters(model_);
   }
@@ -829,6 +857,7 @@ std::string Trainer::load_checkpoint(const std::string& path) {
   opt_->set_steps_done(saved_steps_done);
   step_ = saved_step;
   skipped_ = saved_skipped;
+  skipped_in_a_row_ = 0;
   loader_.set_position(saved_position);
   be.synchronize();
   return dir;

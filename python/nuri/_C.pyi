@@ -76,6 +76,8 @@ class TrainConfig:
     eval_batches: int  # micro-batches of validation data per evaluation
     seed: int  # model initialization and data order
     on_nonfinite: str  # 'skip' | 'stop'
+    # skipped steps in a row that stop the run as diverged (on_nonfinite=skip; 0: never)
+    skip_limit: int
     recompute: str  # 'none' | 'selective' | 'full'
     recompute_every: int  # recompute blocks 0, k, 2k, ... only (the others keep everything)
     def __init__(self, **settings: Any) -> None: ...
@@ -117,7 +119,8 @@ class CheckpointConfig:
     keep: int  # keep the newest K checkpoints
     # write the periodic saves on a background thread (committed when every rank wrote)
     async_save: bool
-    resume: bool  # resume from the newest checkpoint under dir (false: start fresh)
+    # resume from the newest checkpoint under dir (false: start fresh, in a dir without checkpoints)
+    resume: bool
     signals: str  # signals that mean preempted: checkpoint at the next step boundary, exit 75
     time_limit: float  # stop the same way before S seconds of wall clock have passed (0: no limit)
     def __init__(self, **settings: Any) -> None: ...

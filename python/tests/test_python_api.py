@@ -123,11 +123,22 @@ def test_read_data_tells_text_from_token_files(tmp_path):
     np.testing.assert_array_equal(nuri.read_data(tmp_path / "d.npy").to_numpy(), expected)
     with pytest.raises(nuri.Error, match="cannot open data file"):
         nuri.read_data(tmp_path / "missing.txt")
+    with pytest.raises(nuri.Error, match="is a directory without a tokenize.json"):
+        nuri.read_data(tmp_path)
     with pytest.raises(nuri.Error, match="vocab"):
         nuri.read_data(tmp_path / "a.txt", vocab_size=100)
     train, val = nuri.split_validation(nuri.read_data(tmp_path / "a.txt"))
     assert len(val) == len(expected) // 10 and len(train) + len(val) == len(expected)
     np.testing.assert_array_equal(val.to_numpy(), expected[len(train):])
+
+
+def test_a_trainer_refuses_data_beyond_the_vocabulary_before_its_first_step():
+    ids = (np.arange(20000) % 200).astype(np.int32)
+    ids[12345] = 5000
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=1)
+    config = nuri.TrainConfig(steps=10, micro_batch=2, seq_len=16)
+    with pytest.raises(nuri.Error, match="token id 5000 at token index 12345 .* vocab_size 257"):
+        nuri.Trainer(model, config, nuri.TokenFile.from_array(ids))
 
 
 def test_generate_text_is_deterministic_for_a_seed():

@@ -87,6 +87,68 @@ TEST(Trainer, NonFiniteStepsAreSkippedOrStop) {
   }
 }
 
+// Under on_nonfinite = skip, skip_limit skipped steps in a row stop the run as diverged, naming
+// the streak and the checkpoint to go back to; a step that updates starts the count again.
+TEST(Trainer, SkippedStepsInARowStopTheRun) {
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  TrainConfig c;
+  c.steps = 10;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  c.skip_limit = 3;
+  Trainer t(m, c, text_data(), nullptr);
+  float& w = m.parameter("h.0.ln_1.weight").data<float>()[0];
+  const float keep = w;
+  EXPECT_FALSE(t.step().skipped);  // 1
+  w = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(t.step().skipped);  // 2
+  EXPECT_TRUE(t.step().skipped);  // 3
+  w = keep;
+  EXPECT_FALSE(t.step().skipped);  // 4: the count starts again
+  w = std::numeric_limits<float>::infinity();
+  EXPECT_TRUE(t.step().skipped);  // 5
+  EXPECT_TRUE(t.step().skipped);  // 6
+  try {
+    t.step();  // 7: the third in a row
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "3 steps in a row (5 to 7) had a non-finite loss or gradient norm: the run has "
+                  "diverged (train.skip_limit = 3). Lower the learning rate (train.lr = 0.002) "
+                  "and resume from a checkpoint of step 3 or earlier (step 4's update, the last "
+                  "one made, may be what diverged)"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(t.skipped_steps(), 5);
+}
+
+// Token ids beyond the model's vocabulary are refused when the trainer is made, not when a
+// batch happens to sample one (thousands of steps in).
+TEST(Trainer, DataBeyondTheVocabularyIsRefusedAtTheStart) {
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  TrainConfig c;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  std::vector<uint32_t> ids(20000, 7);
+  ids[12345] = 5000;
+  auto data = TokenFile::from_tokens(ids, "ids");
+  try {
+    Trainer t(m, c, data, nullptr);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ids: token id 5000 at token index 12345"),
+              std::string::npos)
+        << e.what();
+  }
+  try {  // the validation data too
+    Trainer t(m, c, text_data(), data);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is >= vocab_size 257"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Trainer, LearnsAndSamples) {
   Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
   TrainConfig c;

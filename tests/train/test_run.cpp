@@ -3,6 +3,7 @@
 // run that cannot start leaving nothing behind.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -159,6 +160,137 @@ TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {
   bad.train.micro_batch = 0;
   EXPECT_EQ(test::error_of([&] { run_training(bad, cap.hooks()); }),
             "train.micro_batch: expected an integer >= 1, got 0");
+}
+
+// out and checkpoint.dir naming a file, or data a directory nuri tokenize did not write: a
+// config error saying so before anything runs, and the file left as it was.
+TEST(Run, PathsOfTheWrongKindAreConfigErrors) {
+  TempDir t;
+  const fs::path file = t.path / "afile";
+  std::ofstream(file) << "x";
+  for (const char* key : {"out", "checkpoint.dir"}) {
+    RunConfig c = tiny(t.path);
+    (std::string(key) == "out" ? c.out : c.checkpoint.dir) = file.string();
+    Captured cap;
+    try {
+      run_training(c, cap.hooks());
+      ADD_FAILURE() << key << ": expected an error";
+    } catch (const ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()), std::string(key) + ": " + file.string() +
+                                           " exists and is not a directory; name a directory "
+                                           "(it is made if missing)");
+    }
+    EXPECT_TRUE(fs::is_regular_file(file));
+    EXPECT_EQ(fs::file_size(file), 1u);
+  }
+  RunConfig c = tiny(t.path);
+  fs::create_directories(t.path / "texts");
+  fs::copy_file(t.path / "corpus.txt", t.path / "texts" / "a.txt");
+  c.data.train = (t.path / "texts").string();
+  Captured cap;
+  EXPECT_NE(test::error_of([&] { run_training(c, cap.hooks()); })
+                .find((t.path / "texts").string() + " is a directory without a tokenize.json"),
+            std::string::npos);
+}
+
+// A model whose f32 weights alone exceed the machine's memory is refused before any
+// allocation (it used to grow until the system stopped it).
+TEST(Run, AModelTooLargeForTheMachineIsRefusedWithItsSize) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.model.n_layer = 100000000;
+  Captured cap;
+  const std::string e = test::error_of([&] { run_training(c, cap.hooks()); });
+  EXPECT_NE(e.find("model: 4.998e+12 parameters (vocab_size=257 d_model=64 n_layer=100000000"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("GiB for their f32 weights alone on a rank, more than this machine's"),
+            std::string::npos)
+      << e;
+  EXPECT_NE(e.find("make the model smaller or split it over more ranks"), std::string::npos) << e;
+}
+
+// A run told to start fresh (checkpoint.resume false) in a directory of another run's
+// checkpoints is refused before it writes anything there.
+TEST(Run, StartingFreshAmongAnotherRunsCheckpointsIsRefused) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.train.steps = 2;
+  Captured first;
+  ASSERT_EQ(run_training(c, first.hooks()).status, kRunDone);
+  const fs::path newest = t.path / "ck" / "step-00000002";
+  const auto written = fs::last_write_time(newest / "manifest.json");
+  c.checkpoint.resume = false;
+  c.train.seed = 7;
+  Captured second;
+  try {
+    run_training(c, second.hooks());
+    ADD_FAILURE() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "checkpoint.dir: " + c.checkpoint.dir + " holds another run's checkpoints (the "
+              "newest " + newest.string() + ") and checkpoint.resume is false: this run's saves "
+              "would overwrite or rotate them out; name a new directory, move them away, or "
+              "resume from them");
+  }
+  EXPECT_EQ(fs::last_write_time(newest / "manifest.json"), written);
+  EXPECT_EQ(second.text, "");
+}
+
+// A diverging run (a learning rate of 1e30 from step 4 of a run checkpointed every step, 3 kept):
+// the skipped steps commit no checkpoint, so the good ones are not rotated out, and
+// train.skip_limit (5) skipped steps in a row stop the run. A run that ends with a non-finite
+// validation loss fails (status 1) without writing its checkpoint or model.safetensors.
+TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.checkpoint.save_every = 1;
+  c.train.steps = 3;
+  Captured good;
+  ASSERT_EQ(run_training(c, good.hooks()).status, kRunDone);
+  auto steps_kept = [&] {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(t.path / "ck")) {
+      if (e.is_directory()) names.push_back(e.path().filename().string());
+    }
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  EXPECT_EQ(steps_kept(), (std::vector<std::string>{"step-00000001", "step-00000002",
+                                                   "step-00000003"}));
+  c.train.lr = 1e30f;
+  c.train.grad_clip = 0;
+  c.train.steps = 20;
+  Captured bad;
+  const std::string e = test::error_of([&] { run_training(c, bad.hooks()); });
+  EXPECT_NE(e.find("5 steps in a row (5 to 9) had a non-finite loss or gradient norm: the run has "
+                   "diverged (train.skip_limit = 5)"),
+            std::string::npos)
+      << e << "\n" << bad.text;
+  // Step 4's update was made (its loss was finite) and checkpointed; 5 to 9 were skipped.
+  EXPECT_EQ(steps_kept(), (std::vector<std::string>{"step-00000002", "step-00000003",
+                                                   "step-00000004"}));
+  // Ending before the limit (step 1 updates, 2 to 4 are skipped): the final validation loss is
+  // not finite.
+  RunConfig shorter = c;
+  shorter.train.steps = 4;
+  shorter.out = (t.path / "run").string();
+  shorter.checkpoint.resume = false;
+  shorter.checkpoint.dir = (t.path / "ck2").string();
+  Captured ended;
+  const RunResult r = run_training(shorter, ended.hooks());
+  EXPECT_EQ(r.status, kRunFailed);
+  EXPECT_NE(ended.text.find("the final validation loss is not finite: the model has diverged"),
+            std::string::npos)
+      << ended.text;
+  EXPECT_FALSE(fs::exists(t.path / "run" / "model.safetensors"));
+  EXPECT_TRUE(fs::exists(t.path / "ck2" / "step-00000001"));
+  EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000002"));
+  EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000004"));
 }
 
 }  // namespace

@@ -50,6 +50,9 @@ class TokenFile {
   const std::string& path() const { return path_; }
   /// Largest token id in the file.
   uint32_t max_token() const;
+  /// Throws, naming the first token at or above vocab_size, unless every token is below it; a
+  /// file (or its parent) already checked against a bound as low returns at once.
+  void check_vocab(int64_t vocab_size) const;
   /// A loss mask beside the tokens (fine-tuning data: the prompt's tokens 0, the response's
   /// 1): the sampler makes a target whose token is masked out the ignore index (-100). One
   /// value per token, each 0 or 1; slices share it.
@@ -60,7 +63,6 @@ class TokenFile {
 
  private:
   TokenFile() = default;
-  void check_vocab(int64_t vocab_size) const;
   /// Maps `path` read-only into map_ (throws naming it when it cannot, or is empty).
   const char* map_file(const std::string& path);
 
@@ -76,6 +78,7 @@ class TokenFile {
   const uint8_t* mask_ = nullptr;
   bool wide_ = false;
   int64_t n_ = 0;
+  mutable int64_t checked_below_ = 0;  // a bound check_vocab found every token below (0: none)
 };
 
 /// Writes tokens in llm.c's layout: version 1 (uint16) when every id fits, else version 2.

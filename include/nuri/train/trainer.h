@@ -39,6 +39,9 @@ struct TrainConfig {
   int64_t eval_batches = 16;     ///< micro-batches of validation data per evaluation
   uint64_t seed = 1337;          ///< model init and data order
   NonFinitePolicy on_nonfinite = NonFinitePolicy::skip;
+  /// Under on_nonfinite = skip, this many skipped steps in a row stop the run as diverged (an
+  /// error naming the first of them); 0: never.
+  int64_t skip_limit = 5;
   /// Activation recomputation (nuri/model/transformer.h) for every recompute_every-th block.
   Recompute recompute = Recompute::none;
   int64_t recompute_every = 1;
@@ -206,6 +209,7 @@ class Trainer {
   // [grad_accum + 1], read back with one copy per step.
   Tensor stats_dev_;
   int64_t step_ = 0, skipped_ = 0;
+  int64_t skipped_in_a_row_ = 0;  // since the last step that updated (or the start or a load)
 
   /// Tensor parallelism: splits the gradient tensors for the norm into the split ones' and the
   /// whole ones'.

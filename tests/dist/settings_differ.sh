@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Ranks of one job started with settings other than rank 0's: every rank stops before training
+# with status 2 (a config error), the differing rank naming each setting that differs and rank 0
+# naming that rank. Output-only settings (quiet, log_every) may differ: that job trains.
+#   settings_differ.sh TORCHRUN_OR_MPIRUN... -- NURI_TRAIN_BINARY
+set -uo pipefail
+launch=()
+while [[ $1 != -- ]]; do launch+=("$1"); shift; done
+bin=$2
+export OMP_NUM_THREADS=1
+args=(--model gpt2-tiny --micro-batch 2 --seq-len 16 --eval-batches 1 --max-new-tokens 0
+      --steps 2)
+# Runs the job on 2 ranks, rank 1 with the extra arguments given.
+job() {
+  "${launch[@]}" -np 2 bash -c \
+    'if [[ ${RANK:-${OMPI_COMM_WORLD_RANK:-0}} == 1 ]]; then exec "$0" "$@" '"$*"'; fi; exec "$0" "$@"' \
+    "$bin" "${args[@]}" 2>&1
+}
+fail() { echo "$out"; echo "FAIL: $1"; exit 1; }
+
+out=$(job --lr 0.5 --seq-len 32 --quiet)
+rc=$?
+((rc == 2)) || fail "status $rc, not 2"
+for want in "rank 0 exited 2" "rank 1 exited 2" \
+  "nuri-train: rank 1 started with other settings than rank 0 (its output names them); start every rank of a job with the same command, config file and overrides" \
+  "[rank 1] nuri-train: rank 1 started with other settings than rank 0: train.lr is 0.5 here and 0.002 on rank 0, train.seq_len is 32 here and 16 on rank 0; start every rank"; do
+  grep -qF -- "$want" <<<"$out" || fail "no '$want'"
+done
+grep -q "step " <<<"$out" && fail "a rank trained"
+
+out=$(job --quiet --log-every 1)
+rc=$?
+((rc == 0)) || fail "status $rc with only output settings differing"
+grep -q "done in" <<<"$out" || fail "the job with only output settings differing did not finish"
+echo "PASS: ranks with other settings stop with status 2 naming them; output settings may differ"
