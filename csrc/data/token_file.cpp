@@ -242,7 +242,7 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
   f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
   f->n_ = n;
-  f->checked_below_ = file->checked_below_;
+  f->checked_below_ = file->checked_below_.load();
   f->parent_ = std::move(file);
   return f;
 }
@@ -252,7 +252,8 @@ TokenFile::~TokenFile() {
 }
 
 void TokenFile::check_vocab(int64_t vocab_size) const {
-  if (checked_below_ > 0 && checked_below_ <= vocab_size) return;
+  const int64_t checked = checked_below_.load();
+  if (checked > 0 && checked <= vocab_size) return;
   const int64_t elem = wide_ ? 4 : 2;
   for (int64_t i = 0; i < n_; ++i) {
     const uint32_t t = at(i);

@@ -276,7 +276,7 @@ void check_data_tokenizer(const DataConfig& data) {
 
 // out and checkpoint.dir name directories, made where missing: one that names something else is
 // a config error before anything runs. So is a run that would start fresh (checkpoint.resume
-// false) among another run's checkpoints, which its saves would overwrite or rotate out.
+// false) among checkpoints, which its saves would overwrite or rotate out.
 void check_run_directories(const RunConfig& cfg) {
   for (const auto& [key, path] : {std::pair<const char*, const std::string*>{"out", &cfg.out},
                                   {"checkpoint.dir", &cfg.checkpoint.dir}}) {
@@ -290,29 +290,67 @@ void check_run_directories(const RunConfig& cfg) {
   if (!ck.dir.empty() && !ck.resume) {
     const std::string newest = CheckpointReader::find(ck.dir);
     if (!newest.empty()) {
-      throw ConfigError("checkpoint.dir: " + ck.dir + " holds another run's checkpoints (the " +
-                        "newest " + newest + ") and checkpoint.resume is false: this run's " +
-                        "saves would overwrite or rotate them out; name a new directory, move " +
-                        "them away, or resume from them");
+      throw ConfigError("checkpoint.dir: " + ck.dir + " holds checkpoints (the newest " +
+                        newest + ") and checkpoint.resume is false: this run's saves would " +
+                        "overwrite or rotate them out; name a new directory, move them away, " +
+                        "or resume from them");
     }
   }
 }
 
-// Every rank of a job must run the same settings. Rank 0's (as JSON; the output-only quiet and
-// log_every aside) go to every rank, which compares them with its own; when any rank's differ,
-// every rank stops with a config error, the differing ones naming what differs.
+// Every rank learns whether any rank's check failed, and all stop together: a failed rank
+// with its own message, the others naming it (`others`: what it could not do). A rank stopping
+// alone would leave the others waiting in a collective until the communicator's timeout.
+void agree(const ProcessGroup& pg, const std::string& mine, const std::string& others) {
+  if (!pg.comm || pg.size() <= 1) {
+    if (!mine.empty()) throw ConfigError(mine);
+    return;
+  }
+  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
+  std::fill_n(flags.data<float>(), pg.size(), 0.f);
+  flags.data<float>()[pg.rank()] = mine.empty() ? 0.f : 1.f;
+  pg.comm->host_communicator()->all_reduce(flags, ReduceOp::sum);
+  std::string ranks;
+  for (int r = 0; r < pg.size(); ++r) {
+    if (flags.data<float>()[r] > 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (!mine.empty()) throw ConfigError(mine);
+  if (!ranks.empty()) throw ConfigError("rank " + ranks + " " + others);
+}
+
+/// The ConfigError `check` throws, or "".
+template <class F>
+std::string config_error_of(F&& check) {
+  try {
+    check();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Every rank of a job must run the same settings. Rank 0's (as JSON) go to every rank, which
+// compares them with its own; when any rank's differ, every rank stops with a config error, the
+// differing ones naming what differs. Not compared: what may differ by rank (the output-only
+// quiet and log_every, a cuda:N backend's device, the time limit, on which the ranks agree as
+// they go).
 void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
   if (!pg.comm || pg.size() <= 1) return;
   Communicator& host = *pg.comm->host_communicator();
-  nlohmann::json mine = nlohmann::json::parse(cfg.to_json());
-  mine.erase("quiet");
-  mine.erase("log_every");
-  const std::string text = mine.dump();
-  // Rank 0's text, its length first, a byte an f32 (what communicators move).
-  Tensor len = Tensor::empty({1}, DType::f32);
-  len.data<float>()[0] = float(text.size());
+  RunConfig compared = cfg;
+  compared.quiet = false;
+  compared.log_every = 0;
+  compared.backend = cfg.backend.substr(0, cfg.backend.find(':'));
+  compared.checkpoint.time_limit = 0;
+  compared.sample.prompt = valid_utf8(cfg.sample.prompt);  // JSON holds UTF-8 only
+  const std::string text = compared.to_json();
+  // Rank 0's text, a byte an f32 (what communicators move), after its length in two 16-bit
+  // halves (each exact in an f32).
+  Tensor len = Tensor::empty({2}, DType::f32);
+  len.data<float>()[0] = float(text.size() >> 16);
+  len.data<float>()[1] = float(text.size() & 0xffff);
   host.broadcast(len, 0);
-  const size_t n = size_t(len.data<float>()[0]);
+  const size_t n = (size_t(len.data<float>()[0]) << 16) | size_t(len.data<float>()[1]);
   Tensor bytes = Tensor::empty({int64_t(std::max<size_t>(n, 1))}, DType::f32);
   for (size_t i = 0; i < n && pg.rank() == 0; ++i) {
     bytes.data<float>()[i] = float(static_cast<unsigned char>(text[i]));
@@ -320,58 +358,48 @@ void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
   host.broadcast(bytes, 0);
   std::string theirs(n, '\0');
   for (size_t i = 0; i < n; ++i) theirs[i] = char(int(bytes.data<float>()[i]));
-  std::vector<std::string> differ;  // "train.lr is 0.5 here and 0.002 on rank 0"
+  std::string differ;  // "train.lr is 0.5 here and 0.002 on rank 0, ..."
   if (theirs != text) {
-    const nlohmann::json a = mine.flatten(), b = nlohmann::json::parse(theirs).flatten();
-    auto name = [](std::string key) {  // "/train/lr" -> "train.lr"
-      key.erase(0, 1);
-      std::replace(key.begin(), key.end(), '/', '.');
-      return key;
-    };
+    const nlohmann::json a = nlohmann::json::parse(text).flatten(),
+                         b = nlohmann::json::parse(theirs).flatten();
     for (const auto& [key, value] : a.items()) {
       const auto it = b.find(key);
-      if (it == b.end() || *it != value) {
-        differ.push_back(name(key) + " is " + value.dump() + " here and " +
-                         (it == b.end() ? std::string("unset") : it->dump()) + " on rank 0");
-      }
+      if (it != b.end() && *it == value) continue;
+      std::string name = key.substr(1);  // "/train/lr" -> "train.lr"
+      std::replace(name.begin(), name.end(), '/', '.');
+      differ += (differ.empty() ? "" : ", ") + name + " is " + value.dump() + " here and " +
+                (it == b.end() ? std::string("unset") : it->dump()) + " on rank 0";
     }
-    if (differ.empty()) differ.push_back("the settings' text differs from rank 0's");
+    if (differ.empty()) differ = "the settings' text differs from rank 0's";
   }
-  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
-  std::fill_n(flags.data<float>(), pg.size(), 0.f);
-  flags.data<float>()[pg.rank()] = differ.empty() ? 0.f : 1.f;
-  host.all_reduce(flags, ReduceOp::sum);
-  std::string ranks;
-  for (int r = 0; r < pg.size(); ++r) {
-    if (flags.data<float>()[r] > 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-  }
-  if (ranks.empty()) return;
   const std::string fix =
       "; start every rank of a job with the same command, config file and overrides";
-  if (differ.empty()) {
-    throw ConfigError("rank " + ranks + " started with other settings than rank 0 (its output " +
-                      "names them)" + fix);
-  }
-  std::string list = differ[0];
-  for (size_t i = 1; i < differ.size(); ++i) list += ", " + differ[i];
-  throw ConfigError("rank " + std::to_string(pg.rank()) + " started with other settings than " +
-                    "rank 0: " + list + fix);
+  agree(pg,
+        differ.empty() ? "" : "rank " + std::to_string(pg.rank()) +
+                                  " started with other settings than rank 0: " + differ + fix,
+        "started with other settings than rank 0 (its output names them)" + fix);
 }
 
-// On the CPU backend a rank's f32 weights alone (its 1 / (tp · pp) of them) must fit the
-// machine's memory: a model that cannot is refused with its size before any allocation, where
-// it would otherwise grow until the system stops it.
-void check_weights_fit_host(const RunConfig& cfg, const std::string& backend) {
+// On the CPU backend the f32 weights alone of this machine's ranks (each its 1 / (tp · pp) of
+// them, under ZeRO 3 its 1 / dp of that) must fit the machine's memory: a model that cannot is
+// refused with its size before any allocation, where it would otherwise grow until the system
+// stopped it. (A lower bound: gradients, optimizer state and activations come on top.)
+void check_weights_fit_host(const RunConfig& cfg, const std::string& backend,
+                            const ProcessGroup& pg) {
   if (backend != "cpu") return;
-  const double weights = double(cfg.model.num_params()) * 4.0 / cfg.parallel.tp / cfg.parallel.pp;
+  const int split = cfg.parallel.tp * cfg.parallel.pp;
+  const int dp = std::max(1, pg.size() / split);
+  const double share = 1.0 / split / (cfg.parallel.zero_stage == 3 ? dp : 1);
+  const int here = std::max(1, pg.launch.local_world_size);
+  const double weights = double(cfg.model.num_params()) * 4.0 * share * here;
   const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
   if (memory <= 0 || weights <= memory) return;
   throw ConfigError(strprintf(
-      "model: %.4g parameters (%s) need %.1f GiB for their f32 weights alone on a rank%s, more "
-      "than this machine's %.1f GiB of memory; make the model smaller or split it over more "
-      "ranks (parallel.tp, parallel.pp)",
+      "model: %.4g parameters (%s) need %.1f GiB for their f32 weights alone on %s, more than "
+      "this machine's %.1f GiB of memory; make the model smaller or split it over more ranks "
+      "(parallel.tp, parallel.pp, or dp with parallel.zero_stage = 3)",
       double(cfg.model.num_params()), cfg.model.summary().c_str(), weights / double(1 << 30),
-      cfg.parallel.tp * cfg.parallel.pp > 1 ? " (1 / (tp · pp) of them)" : "",
+      here > 1 ? strprintf("this machine's %d ranks", here).c_str() : "this rank",
       memory / double(1 << 30)));
 }
 
@@ -385,11 +413,12 @@ void make_directories(const fs::path& dir) {
 
 RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
   cfg_in.validate();
-  check_run_directories(cfg_in);
   const auto start = Clock::now();
   const double origin = run_origin();  // the allocation began this long before
   const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
   check_same_settings(cfg_in, pg);
+  agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
+        "cannot use the run's directories (its output says why)");
   const bool lead = pg.rank() == 0;
   const DeviceProfile profile = run_profile(cfg_in);
   std::string auto_line;
@@ -429,7 +458,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);
-  check_weights_fit_host(cfg, backend);
+  agree(pg, config_error_of([&] { check_weights_fit_host(cfg, backend, pg); }),
+        "cannot hold the model (its output says why)");
   // The ranks as a dp × tp × pp grid; this rank's stage (of the split that balances the
   // stages' compute) and tensor-parallel slice, its dp shard alone under ZeRO 3.
   check_tensor_parallel(cfg.model, cfg.parallel.tp);
@@ -574,6 +604,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     result.steps_done = step;
   };
   bool save_due = false;                  // a periodic save waiting for a step that updates
+  bool last_skipped = false;              // the last step's loss or gradient norm not finite
   const auto steps_start = Clock::now();  // the ETA counts steps only
   const int64_t first = trainer.steps_done();
   double tok_per_s = 0;
@@ -582,7 +613,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   for (int64_t s = first; s < tc.steps; ++s) {
     const auto step_start = Clock::now();
     const double saved_before = parts.checkpoint_save, evaluated_before = parts.evaluation;
-    const StepStats st = trainer.step();
+    StepStats st;
+    try {
+      st = trainer.step();
+    } catch (const DivergedError&) {
+      finish_save();  // a good step's pending save (every rank stops here: collective is safe)
+      throw;
+    }
+    last_skipped = st.skipped;
     result.final_loss = st.loss;
     tok_per_s =
         tok_per_s == 0 ? st.tokens_per_second : 0.9 * tok_per_s + 0.1 * st.tokens_per_second;
@@ -643,9 +681,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                result.status, reason, parts);
   };
   finish_save();
-  // A run that ends with a non-finite validation loss has diverged: its model is neither
-  // checkpointed nor written, and the run fails (below).
-  const bool diverged = result.stop_reason.empty() && !std::isfinite(val_loss);
+  // A run that ends on a skipped step with a non-finite validation loss has diverged: its model
+  // is neither checkpointed nor written, and the run fails (below). (A finite validation loss
+  // after an isolated skipped step is a working model; masked validation data without counted
+  // targets gives a non-finite one after a step that updated.)
+  const bool diverged = result.stop_reason.empty() && last_skipped && !std::isfinite(val_loss);
   if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done() && !diverged) {
     save();
   }
@@ -689,24 +729,26 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     close_ledger();
     return result;
   }
+  if (diverged) {
+    const std::string last =
+        result.checkpoint.empty() ? "" : " (the last checkpoint: " + result.checkpoint + ")";
+    out.line(strprintf(
+        "diverged after %s: the last step was skipped (%lld in all) and the validation loss is "
+        "not finite; neither the final checkpoint nor model.safetensors was written%s. Lower "
+        "train.lr (%g)%s",
+        duration(result.seconds).c_str(), (long long)result.skipped_steps, last.c_str(),
+        double(tc.lr), checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
+    result.status = kRunFailed;
+    result.stop_reason = "diverged";
+    close_ledger();
+    return result;
+  }
   out.line(
       strprintf("done in %s: val loss %.4f vs unigram baseline %.3f (%.2f nats below); %lld "
                 "skipped steps; peak memory %.1f MiB (nuri allocator)",
                 duration(result.seconds).c_str(), val_loss, baseline, baseline - val_loss,
                 (long long)result.skipped_steps, double(result.peak_bytes) / (1 << 20)));
 
-  if (diverged) {
-    const std::string last =
-        result.checkpoint.empty() ? "" : " (the last checkpoint: " + result.checkpoint + ")";
-    out.line(strprintf(
-        "the final validation loss is not finite: the model has diverged, and neither its "
-        "checkpoint nor its model.safetensors was written%s; lower train.lr (%g)%s",
-        last.c_str(), double(tc.lr),
-        checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
-    result.status = kRunFailed;
-    close_ledger();
-    return result;
-  }
   const SampleConfig& sc = cfg.sample;
   // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
   // weights from every rank (all sample the same tokens; rank 0 shows them).

@@ -470,15 +470,19 @@ StepStats Trainer::step() {
     if (cfg_.skip_limit > 0 && skipped_in_a_row_ >= cfg_.skip_limit) {
       // The last update before the streak is the likely cause: resume from before it.
       const int64_t last_update = s.step - skipped_in_a_row_;
-      NURI_CHECK(false, skipped_in_a_row_, " steps in a row (", last_update + 1, " to ", s.step,
-                 ") had a non-finite loss or gradient norm: the run has diverged "
-                 "(train.skip_limit = ", cfg_.skip_limit, "). Lower the learning rate (train.lr = ",
-                 cfg_.lr, ") and ",
-                 last_update > 1 ? "resume from a checkpoint of step " +
-                                       std::to_string(last_update - 1) + " or earlier (step " +
-                                       std::to_string(last_update) +
-                                       "'s update, the last one made, may be what diverged)"
-                                 : std::string("start again"));
+      throw DivergedError(
+          detail::concat(skipped_in_a_row_, " steps in a row (", last_update + 1, " to ", s.step,
+                         ") had a non-finite loss or gradient norm: the run has diverged "
+                         "(train.skip_limit = ", cfg_.skip_limit,
+                         "). Lower the learning rate (train.lr = ", cfg_.lr, ") and ",
+                         last_update > 1 ? "resume from a checkpoint of step " +
+                                               std::to_string(last_update - 1) +
+                                               " or earlier (step " +
+                                               std::to_string(last_update) +
+                                               "'s update, the last one made, may be what "
+                                               "diverged)"
+                                         : std::string("start again")),
+          __FILE__, __LINE__);
     }
   } else {
     skipped_in_a_row_ = 0;

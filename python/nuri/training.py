@@ -57,7 +57,8 @@ def plot_losses(run_dir: str | os.PathLike) -> str | None:
 
 def run(config: RunConfig, process_group: ProcessGroup | None = None,
         stream: TextIO | None = None, plot: bool = True) -> dict[str, Any]:
-    """Runs ``config`` as nuri-train would and returns its result: status (0 done, 3
+    """Runs ``config`` as nuri-train would and returns its result: status (0 done, 1 diverged:
+    the last step skipped and the validation loss not finite, stop_reason "diverged"; 3
     expect_val_below missed, 75 stopped for preemption after a checkpoint, 130 interrupted by
     Ctrl-C), steps_done, skipped_steps, final_loss, val_loss, seconds, peak_bytes, stop_reason,
     checkpoint.

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Ranks of one job started with settings other than rank 0's: every rank stops before training
 # with status 2 (a config error), the differing rank naming each setting that differs and rank 0
-# naming that rank. Output-only settings (quiet, log_every) may differ: that job trains.
+# naming that rank. What may differ by rank (the output-only quiet and log_every, the time
+# limit) does not stop the job.
 #   settings_differ.sh TORCHRUN_OR_MPIRUN... -- NURI_TRAIN_BINARY
 set -uo pipefail
 launch=()
 while [[ $1 != -- ]]; do launch+=("$1"); shift; done
-bin=$2
+bin=$(realpath "$2")
 export OMP_NUM_THREADS=1
 args=(--model gpt2-tiny --micro-batch 2 --seq-len 16 --eval-batches 1 --max-new-tokens 0
       --steps 2)
@@ -28,7 +29,24 @@ for want in "rank 0 exited 2" "rank 1 exited 2" \
 done
 grep -q "step " <<<"$out" && fail "a rank trained"
 
-out=$(job --quiet --log-every 1)
+# The same settings, but rank 1's relative --out names a file where it runs: both stop, rank 0
+# naming rank 1, rather than rank 0 waiting for rank 1 in a collective.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/0" "$work/1"
+echo x >"$work/1/run"
+out=$("${launch[@]}" -np 2 bash -c \
+  'cd "$1/${RANK:-${OMPI_COMM_WORLD_RANK:-0}}" && shift && exec "$0" "$@"' \
+  "$bin" "$work" "${args[@]}" --out run 2>&1)
+rc=$?
+((rc == 2)) || fail "status $rc, not 2, with rank 1's --out a file"
+for want in "rank 0 exited 2" "rank 1 exited 2" \
+  "nuri-train: rank 1 cannot use the run's directories (its output says why)" \
+  "[rank 1] nuri-train: out: run exists and is not a directory"; do
+  grep -qF -- "$want" <<<"$out" || fail "no '$want'"
+done
+
+out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
 ((rc == 0)) || fail "status $rc with only output settings differing"
 grep -q "done in" <<<"$out" || fail "the job with only output settings differing did not finish"

@@ -204,10 +204,14 @@ TEST(Run, AModelTooLargeForTheMachineIsRefusedWithItsSize) {
   EXPECT_NE(e.find("model: 4.998e+12 parameters (vocab_size=257 d_model=64 n_layer=100000000"),
             std::string::npos)
       << e;
-  EXPECT_NE(e.find("GiB for their f32 weights alone on a rank, more than this machine's"),
+  EXPECT_NE(e.find("need 18620.5 GiB for their f32 weights alone on this rank, more than this "
+                   "machine's"),
             std::string::npos)
       << e;
-  EXPECT_NE(e.find("make the model smaller or split it over more ranks"), std::string::npos) << e;
+  EXPECT_NE(e.find("make the model smaller or split it over more ranks (parallel.tp, parallel.pp, "
+                   "or dp with parallel.zero_stage = 3)"),
+            std::string::npos)
+      << e;
 }
 
 // A run told to start fresh (checkpoint.resume false) in a directory of another run's
@@ -230,19 +234,20 @@ TEST(Run, StartingFreshAmongAnotherRunsCheckpointsIsRefused) {
     ADD_FAILURE() << "expected an error";
   } catch (const ConfigError& e) {
     EXPECT_EQ(std::string(e.what()),
-              "checkpoint.dir: " + c.checkpoint.dir + " holds another run's checkpoints (the "
-              "newest " + newest.string() + ") and checkpoint.resume is false: this run's saves "
-              "would overwrite or rotate them out; name a new directory, move them away, or "
-              "resume from them");
+              "checkpoint.dir: " + c.checkpoint.dir + " holds checkpoints (the newest " +
+                  newest.string() + ") and checkpoint.resume is false: this run's saves would "
+                  "overwrite or rotate them out; name a new directory, move them away, or resume "
+                  "from them");
   }
   EXPECT_EQ(fs::last_write_time(newest / "manifest.json"), written);
   EXPECT_EQ(second.text, "");
 }
 
 // A diverging run (a learning rate of 1e30 from step 4 of a run checkpointed every step, 3 kept):
-// the skipped steps commit no checkpoint, so the good ones are not rotated out, and
-// train.skip_limit (5) skipped steps in a row stop the run. A run that ends with a non-finite
-// validation loss fails (status 1) without writing its checkpoint or model.safetensors.
+// the skipped steps commit no checkpoint, so they do not rotate the good ones out, and
+// train.skip_limit (5) skipped steps in a row stop the run. A run that ends on a skipped step
+// with a non-finite validation loss fails (status 1) without writing its final checkpoint or
+// model.safetensors.
 TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   TempDir t;
   RunConfig c = tiny(t.path);
@@ -284,9 +289,15 @@ TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   Captured ended;
   const RunResult r = run_training(shorter, ended.hooks());
   EXPECT_EQ(r.status, kRunFailed);
-  EXPECT_NE(ended.text.find("the final validation loss is not finite: the model has diverged"),
+  EXPECT_EQ(r.stop_reason, "diverged");
+  EXPECT_EQ(r.skipped_steps, 3);
+  EXPECT_NE(ended.text.find("the last step was skipped (3 in all) and the validation loss is not "
+                            "finite; neither the final checkpoint nor model.safetensors was "
+                            "written (the last checkpoint: " +
+                            (t.path / "ck2" / "step-00000001").string() + ")"),
             std::string::npos)
       << ended.text;
+  EXPECT_EQ(ended.text.find("done in"), std::string::npos);
   EXPECT_FALSE(fs::exists(t.path / "run" / "model.safetensors"));
   EXPECT_TRUE(fs::exists(t.path / "ck2" / "step-00000001"));
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000002"));

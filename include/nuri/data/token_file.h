@@ -11,6 +11,7 @@
 // names the file and the byte offset.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -50,8 +51,9 @@ class TokenFile {
   const std::string& path() const { return path_; }
   /// Largest token id in the file.
   uint32_t max_token() const;
-  /// Throws, naming the first token at or above vocab_size, unless every token is below it; a
-  /// file (or its parent) already checked against a bound as low returns at once.
+  /// Throws, naming the first token at or above vocab_size, unless every token is below it. A
+  /// file already checked against a bound as low (or a slice of one checked before slicing)
+  /// returns at once; else it reads every token.
   void check_vocab(int64_t vocab_size) const;
   /// A loss mask beside the tokens (fine-tuning data: the prompt's tokens 0, the response's
   /// 1): the sampler makes a target whose token is masked out the ignore index (-100). One
@@ -78,7 +80,9 @@ class TokenFile {
   const uint8_t* mask_ = nullptr;
   bool wide_ = false;
   int64_t n_ = 0;
-  mutable int64_t checked_below_ = 0;  // a bound check_vocab found every token below (0: none)
+  // A bound check_vocab found every token below (0: none); atomic, as Python may make two
+  // trainers on one file at once.
+  mutable std::atomic<int64_t> checked_below_{0};
 };
 
 /// Writes tokens in llm.c's layout: version 1 (uint16) when every id fits, else version 2.

@@ -49,14 +49,17 @@ struct RunHooks {
 };
 
 struct RunResult {
-  int status = kRunDone;  ///< kRunDone, kPreemptedExitCode, kRunExpectationFailed, kRunInterrupted
+  ///< kRunDone, kPreemptedExitCode, kRunExpectationFailed, kRunInterrupted, or kRunFailed for a
+  ///< run that diverged (stop_reason "diverged"; other failures throw)
+  int status = kRunDone;
   int64_t steps_done = 0;
   int64_t skipped_steps = 0;
   float final_loss = 0;     ///< the last step's training loss (NaN when no step ran)
   float val_loss = 0;       ///< the last validation loss
   double seconds = 0;       ///< wall clock of the whole run
   int64_t peak_bytes = 0;   ///< the model's allocator peak
-  std::string stop_reason;  ///< "" (ran to the end), "signal 15", "time limit", "interrupted", ...
+  ///< "" (ran to the end), "signal 15", "time limit", "interrupted", "diverged", ...
+  std::string stop_reason;
   std::string checkpoint;   ///< the last checkpoint committed ("" when none)
 };
 

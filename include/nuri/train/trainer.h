@@ -23,6 +23,14 @@ class Settings;
 
 enum class NonFinitePolicy { skip, stop };
 
+/// What Trainer::step throws when train.skip_limit skipped steps in a row say the run has
+/// diverged. Every rank throws it at the same step (the loss and the gradient norm are the
+/// job's), so a caller may still make collective calls (e.g. commit a pending checkpoint).
+class DivergedError : public Error {
+ public:
+  DivergedError(const std::string& what, const char* file, int line) : Error(what, file, line) {}
+};
+
 /// Defaults: the demo's (nuri-train with no options trains the demo model with them).
 struct TrainConfig {
   int64_t steps = 400;           ///< optimizer steps
