@@ -737,7 +737,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         "not finite; neither the final checkpoint nor model.safetensors was written%s. Lower "
         "train.lr (%g)%s",
         duration(result.seconds).c_str(), (long long)result.skipped_steps, last.c_str(),
-        double(tc.lr), checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
+        double(tc.lr),
+        checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
     result.status = kRunFailed;
     result.stop_reason = "diverged";
     close_ledger();
