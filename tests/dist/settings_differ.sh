@@ -18,16 +18,20 @@ job() {
     "$bin" "${args[@]}" 2>&1
 }
 fail() { echo "$out"; echo "FAIL: $1"; exit 1; }
+# The job's status ($rc) is 2 and both ranks' was, and its output ($out) has each line given.
+stopped_with() {
+  ((rc == 2)) || fail "status $rc, not 2"
+  for want in "rank 0 exited 2" "rank 1 exited 2" "$@"; do
+    grep -qF -- "$want" <<<"$out" || fail "no '$want'"
+  done
+  grep -q "step " <<<"$out" && fail "a rank trained"
+}
 
 out=$(job --lr 0.5 --seq-len 32 --quiet)
 rc=$?
-((rc == 2)) || fail "status $rc, not 2"
-for want in "rank 0 exited 2" "rank 1 exited 2" \
+stopped_with \
   "nuri-train: rank 1 started with other settings than rank 0 (its output names them); start every rank of a job with the same command, config file and overrides" \
-  "[rank 1] nuri-train: rank 1 started with other settings than rank 0: train.lr is 0.5 here and 0.002 on rank 0, train.seq_len is 32 here and 16 on rank 0; start every rank"; do
-  grep -qF -- "$want" <<<"$out" || fail "no '$want'"
-done
-grep -q "step " <<<"$out" && fail "a rank trained"
+  "[rank 1] nuri-train: rank 1 started with other settings than rank 0: train.lr is 0.5 here and 0.002 on rank 0, train.seq_len is 32 here and 16 on rank 0; start every rank"
 
 # The same settings, but rank 1's relative --out names a file where it runs: both stop, rank 0
 # naming rank 1, rather than rank 0 waiting for rank 1 in a collective.
@@ -39,12 +43,8 @@ out=$("${launch[@]}" -np 2 bash -c \
   'cd "$1/${RANK:-${OMPI_COMM_WORLD_RANK:-0}}" && shift && exec "$0" "$@"' \
   "$bin" "$work" "${args[@]}" --out run 2>&1)
 rc=$?
-((rc == 2)) || fail "status $rc, not 2, with rank 1's --out a file"
-for want in "rank 0 exited 2" "rank 1 exited 2" \
-  "nuri-train: rank 1 cannot use the run's directories (its output says why)" \
-  "[rank 1] nuri-train: out: run exists and is not a directory"; do
-  grep -qF -- "$want" <<<"$out" || fail "no '$want'"
-done
+stopped_with "nuri-train: rank 1 cannot use the run's directories (its output says why)" \
+  "[rank 1] nuri-train: out: run exists and is not a directory"
 
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
