@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cmath>
+#include <memory>
 #include <string>
 #include <type_traits>
 
@@ -92,8 +93,12 @@ struct TensorMaps {
   template <class T>
   CUtensorMap operator()(const T* base, const AttnStrides& s, int batch, int seq, int heads, int d,
                          int rows, const char* name) {
-    CUtensorMap m{};
-    if (!why.empty()) return m;
+    if (!why.empty()) return CUtensorMap{};
+    // Encoded on the heap (aligned new: the 64 bytes the driver asks) and returned by copy: the
+    // map holds no address of its own, and a return slot in the caller's frame is not always
+    // aligned (GCC's TSan build handed BackwardLaunch's constructor one 16 bytes off).
+    const auto encoded = std::make_unique<CUtensorMap>();
+    CUtensorMap& m = *encoded;
     const cuuint64_t dim[4] = {cuuint64_t(d), cuuint64_t(seq), cuuint64_t(heads),
                                cuuint64_t(batch)};
     const cuuint64_t stride[3] = {cuuint64_t(s.t) * sizeof(T), cuuint64_t(s.h) * sizeof(T),
@@ -111,6 +116,7 @@ struct TensorMaps {
             std::to_string(reinterpret_cast<uintptr_t>(base) % 128) + " bytes past a 128-byte " +
             "boundary, strides " + std::to_string(s.b) + ", " + std::to_string(s.t) + ", " +
             std::to_string(s.h) + " elements)";
+      return CUtensorMap{};
     }
     return m;
   }
