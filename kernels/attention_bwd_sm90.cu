@@ -18,20 +18,21 @@ struct BackwardLaunch {
 
   BackwardLaunch(const AttentionParams<T>& p, const float* di) {
     using Cfg = AttnBwdSm90Config<D>;
-    // dK/dV: the block's K, V (kBlock rows) and the Q, dO tiles it walks (kTile rows).
-    kv.p = p;
-    kv.di = di;
-    kv.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "k");
-    kv.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kBlock, "v");
-    kv.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "q");
-    kv.do_map = maps(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kTile, "dout");
-    // dQ: the block's Q, dO (kBlock rows) and the K, V tiles it walks (kTile rows).
-    q.p = p;
-    q.di = di;
-    q.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "q");
-    q.do_map = maps(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, Cfg::kBlock, "dout");
-    q.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "k");
-    q.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, Cfg::kTile, "v");
+    // dK/dV: the block's K, V (kBlock rows) and the Q, dO tiles it walks (kTile rows); dQ the
+    // other way round.
+    make(kv, p, di, Cfg::kBlock, Cfg::kTile);
+    make(q, p, di, Cfg::kTile, Cfg::kBlock);
+  }
+
+  /// prm with the maps of K and V in boxes of kv_rows rows, Q and dO of q_rows.
+  void make(AttnBwdSm90Params<T>& prm, const AttentionParams<T>& p, const float* di, int kv_rows,
+            int q_rows) {
+    prm.p = p;
+    prm.di = di;
+    prm.k_map = maps(p.k, p.k_s, p.batch, p.seq, p.kv_heads, D, kv_rows, "k");
+    prm.v_map = maps(p.v, p.v_s, p.batch, p.seq, p.kv_heads, D, kv_rows, "v");
+    prm.q_map = maps(p.q, p.q_s, p.batch, p.seq, p.heads, D, q_rows, "q");
+    prm.do_map = maps(p.dout, p.dout_s, p.batch, p.seq, p.heads, D, q_rows, "dout");
   }
 
   template <bool kCausal>
