@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -285,6 +286,32 @@ uint32_t TokenFile::max_token() const {
   uint32_t m = 0;
   for (int64_t i = 0; i < n_; ++i) m = std::max(m, at(i));
   return m;
+}
+
+std::string TokenFile::fingerprint() const {
+  // FNV-1a over 64-bit words, each word mixed first (splitmix64's finalizer) so that nearby
+  // token ids spread over every bit.
+  uint64_t h = 0xcbf29ce484222325ull;
+  auto mix = [&h](uint64_t v) {
+    v ^= v >> 30;
+    v *= 0xbf58476d1ce4e5b9ull;
+    v ^= v >> 27;
+    v *= 0x94d049bb133111ebull;
+    v ^= v >> 31;
+    h = (h ^ v) * 0x100000001b3ull;
+  };
+  mix(uint64_t(n_));
+  auto token = [&](int64_t i) { mix(uint64_t(at(i)) | (uint64_t(trained(i)) << 32)); };
+  if (n_ <= kFingerprintWhole) {
+    for (int64_t i = 0; i < n_; ++i) token(i);
+  } else {  // the first and the last token included
+    for (int64_t k = 0; k < kFingerprintSamples; ++k) {
+      token(k * (n_ - 1) / (kFingerprintSamples - 1));  // < 2^63 below 2^47 tokens
+    }
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(h));
+  return hex;
 }
 
 void write_token_file(const std::string& path, const std::vector<uint32_t>& tokens) {

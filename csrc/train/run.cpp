@@ -530,7 +530,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const bool checkpoints = !ck.dir.empty();
   if (checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty()) {
     Span timed(parts.checkpoint_load);
-    const std::string dir = trainer.load_checkpoint(ck.dir);
+    const std::string dir = trainer.load_checkpoint(ck.dir, ck.check_data);
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                        (long long)trainer.steps_done(), (long long)pos.epoch,

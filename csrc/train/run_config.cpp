@@ -109,6 +109,9 @@ const Settings& checkpoint_settings() {
     ck.add("resume", &K::resume,
            "resume from the newest checkpoint under dir (false: start fresh, in a dir without "
            "checkpoints)");
+    ck.add("check_data", &K::check_data,
+           "refuse to resume a checkpoint saved training on other data (false: go on at its "
+           "position in this data's sample order)");
     ck.add("signals", &K::signals,
            "signals that mean preempted: checkpoint at the next step boundary, exit 75")
         .meta("LIST");

@@ -621,7 +621,9 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
                   {"batch", pos.batch},
                   {"seq_len", cfg_.seq_len},
                   {"global_batch", cfg_.micro_batch * cfg_.grad_accum * world},
-                  {"seed", cfg_.seed}};
+                  {"seed", cfg_.seed},
+                  {"tokens", loader_.sampler().tokens().size()},
+                  {"fingerprint", data_fingerprint()}};
   meta["step"] = step_;
   meta["skipped_steps"] = skipped_;
   meta["adamw"] = {{"steps_done", opt_->steps_done()},
@@ -737,7 +739,12 @@ Tensor Trainer::master_weights() {
   return all;
 }
 
-std::string Trainer::load_checkpoint(const std::string& path) {
+const std::string& Trainer::data_fingerprint() const {
+  if (data_fingerprint_.empty()) data_fingerprint_ = loader_.sampler().tokens().fingerprint();
+  return data_fingerprint_;
+}
+
+std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   finish_checkpoint();
   CheckpointReader r(path);
   const std::string& dir = r.dir();
@@ -772,6 +779,23 @@ std::string Trainer::load_checkpoint(const std::string& path) {
                "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
                cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
                "the product is the checkpoint's, on any number of ranks");
+    // And the data: the sample order and the position in it are this data's. Checkpoints of
+    // before the fingerprint was recorded have neither field.
+    if (check_data && d.contains("fingerprint")) {
+      const TokenFile& data = loader_.sampler().tokens();
+      const int64_t saved_tokens = json_checked::integer(d.at("tokens"));
+      const std::string saved_print = d.at("fingerprint").get<std::string>();
+      NURI_CHECK(saved_tokens == data.size() && saved_print == data_fingerprint(),
+                 "checkpoint ", dir, " was saved training on other data: ", saved_tokens,
+                 " tokens, fingerprint ", saved_print, "; this run's training data (",
+                 data.path(), ") has ", data.size(), " tokens, fingerprint ",
+                 data_fingerprint(),
+                 ". Resume with the data the checkpoint trained on (its sample order and the "
+                 "position in it are that data's), start afresh in another checkpoint "
+                 "directory, or, to go on with this data at the saved position on purpose, "
+                 "resume with checkpoint.check_data false (--no-check-data; from Python, "
+                 "load_checkpoint(path, check_data=False))");
+    }
     // Where training stands, read (and checked) before any weight is.
     saved_step = json_checked::integer(meta.at("step"));
     saved_steps_done = json_checked::integer(meta.at("adamw").at("steps_done"));

@@ -442,11 +442,12 @@ PYBIND11_MODULE(_C, m) {
       .def("finish_checkpoint", [](PyTrainer& p) { return p.trainer->finish_checkpoint(); },
            py::call_guard<py::gil_scoped_release>(),
            "Commits a pending asynchronous save; returns its path, or '' when none was pending.")
-      .def("load_checkpoint", [](PyTrainer& p, const std::string& path) {
-             return p.trainer->load_checkpoint(path);
+      .def("load_checkpoint", [](PyTrainer& p, const std::string& path, bool check_data) {
+             return p.trainer->load_checkpoint(path, check_data);
            },
-           py::arg("path"), py::call_guard<py::gil_scoped_release>(),
-           "Restores a checkpoint (a directory, or the newest under a root); returns its path.")
+           py::arg("path"), py::arg("check_data") = true, py::call_guard<py::gil_scoped_release>(),
+           "Restores a checkpoint (a directory, or the newest under a root); returns its path. "
+           "A checkpoint saved training on other data is refused unless check_data is False.")
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
                           int64_t top_k, uint64_t seed) {

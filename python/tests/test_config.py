@@ -97,7 +97,7 @@ def test_device_is_another_name_for_backend():
     ({"sample": {"n": 3}}, "sample.n: unknown key"),
     ({"parallel": {"zero": 1}}, "parallel.zero: unknown key; known keys: bucket_mb, "
                                 "keep_gathered, overlap, pp, pp_timeline, sequence_parallel, tp, zero_stage"),
-    ({"checkpoint": {"every": 1}}, "checkpoint.every: unknown key; known keys: async_save, dir"),
+    ({"checkpoint": {"every": 1}}, "checkpoint.every: unknown key; known keys: async_save, check_data, dir"),
 ])
 def test_unknown_keys_are_named(d, message):
     assert message in error_of(d)

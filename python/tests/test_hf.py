@@ -127,6 +127,15 @@ def test_trainer_checkpoints_resume_exactly_from_python(tmp_path):
     assert second.load_checkpoint(str(tmp_path)).endswith("step-00000003")
     assert second.steps_done == 3
     assert [second.step()["loss"] for _ in range(5)] == want[3:]
+    # Other training data is refused, unless the caller says so.
+    other = nuri.TokenFile.from_array(text[::-1].astype(np.uint32))
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=4)
+    elsewhere = nuri.Trainer(model, cfg, other)
+    with pytest.raises(nuri.Error, match="saved training on other data: 9000 tokens"):
+        elsewhere.load_checkpoint(str(tmp_path))
+    assert elsewhere.steps_done == 0
+    assert elsewhere.load_checkpoint(str(tmp_path), check_data=False).endswith("step-00000003")
+    assert elsewhere.steps_done == 3
     (tmp_path / "step-00000003" / "manifest.json").unlink()
     with pytest.raises(nuri.Error, match="no committed checkpoint"):
         trainer(3)[1].load_checkpoint(str(tmp_path))

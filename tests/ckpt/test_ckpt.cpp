@@ -304,7 +304,8 @@ TEST_F(CheckpointTamper, AnotherGlobalBatchOrSeedIsRefused) {
 /// Rewrites the checkpoint with its parameters changed by `edit` (a committed, consistent
 /// checkpoint whose tensors are wrong for the model).
 void rewrite_model(const std::string& root, const std::string& dir,
-                   const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit) {
+                   const std::function<void(std::vector<std::pair<std::string, Tensor>>&)>& edit,
+                   const std::function<void(nlohmann::json&)>& edit_meta = {}) {
   CheckpointReader r(dir);
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const std::string& n : r.range_names()) {
@@ -318,12 +319,13 @@ void rewrite_model(const std::string& root, const std::string& dir,
   Tensor m = Tensor::empty({numel}, DType::f32), v = Tensor::empty({numel}, DType::f32);
   r.read_range("adamw.m", 0, numel, m);
   r.read_range("adamw.v", 0, numel, v);
-  const std::string meta = r.meta();
+  nlohmann::json meta = nlohmann::json::parse(r.meta());
+  if (edit_meta) edit_meta(meta);
   CheckpointWriter w(root, r.step(), nullptr);
   for (auto& [n, t] : tensors) w.add_range(n, t.numel(), 0, t.view({t.numel()}), t.shape());
   w.add_range("adamw.m", numel, 0, m);
   w.add_range("adamw.v", numel, 0, v);
-  w.set_meta(meta);
+  w.set_meta(meta.dump());
   w.commit(3);
 }
 
@@ -346,6 +348,56 @@ TEST_F(CheckpointTamper, MissingExtraAndMisshapenTensorsAreNamed) {
   msg = load(model_preset("gpt2-tiny"));
   EXPECT_NE(msg.find("'ln_f.weight' has shape (65,), the model's is (64,)"), std::string::npos)
       << msg;
+}
+
+TEST_F(CheckpointTamper, OtherTrainingDataIsRefusedUnlessAskedFor) {
+  auto tokens_of = [](const std::shared_ptr<TokenFile>& f) {
+    std::vector<uint32_t> v(size_t(f->size()));
+    for (int64_t i = 0; i < f->size(); ++i) v[size_t(i)] = f->at(i);
+    return v;
+  };
+  const std::vector<uint32_t> saved = tokens_of(text_data());
+  std::vector<uint32_t> edited = saved, longer = saved;
+  edited[100] = 'Q';
+  longer.push_back('!');
+  auto load_on = [&](const std::vector<uint32_t>& tokens, bool check_data, int64_t* steps) {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+    Trainer t(m, config(), TokenFile::from_tokens(tokens, "other"), nullptr);
+    const std::string msg = error_of([&] { t.load_checkpoint(root_, check_data); });
+    if (steps) *steps = t.steps_done();
+    return msg;
+  };
+  // One token changed: the same count, another fingerprint.
+  std::string msg = load_on(edited, true, nullptr);
+  EXPECT_NE(msg.find("was saved training on other data: " + std::to_string(saved.size()) +
+                     " tokens, fingerprint " +
+                     TokenFile::from_tokens(saved)->fingerprint()),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("this run's training data (other) has " + std::to_string(saved.size()) +
+                     " tokens, fingerprint " + TokenFile::from_tokens(edited)->fingerprint()),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("--no-check-data"), std::string::npos) << msg;
+  msg = load_on(longer, true, nullptr);
+  EXPECT_NE(msg.find("has " + std::to_string(longer.size()) + " tokens"), std::string::npos)
+      << msg;
+  // The same tokens under another name resume; so does other data when asked for.
+  int64_t steps = 0;
+  EXPECT_EQ(load_on(saved, true, &steps), "no error");
+  EXPECT_EQ(steps, 1);
+  steps = 0;
+  EXPECT_EQ(load_on(edited, false, &steps), "no error");
+  EXPECT_EQ(steps, 1);
+  // A checkpoint of before the data was recorded is not checked.
+  rewrite_model(root_, dir_, [](auto&) {}, [](nlohmann::json& meta) {
+    ASSERT_TRUE(meta["data"].contains("fingerprint"));
+    meta["data"].erase("fingerprint");
+    meta["data"].erase("tokens");
+  });
+  steps = 0;
+  EXPECT_EQ(load_on(edited, true, &steps), "no error");
+  EXPECT_EQ(steps, 1);
 }
 
 }  // namespace

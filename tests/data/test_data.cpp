@@ -52,6 +52,45 @@ TEST(TokenFile, RoundTripsUint16AndUint32) {
   EXPECT_EQ(out[1], 3);
 }
 
+TEST(TokenFile, TheFingerprintFollowsTheTokensNotTheFile) {
+  const std::vector<uint32_t> tokens = {5, 6, 7, 8, 9, 10, 11};
+  const std::string path = temp_path("print.bin");
+  write_token_file(path, tokens);  // uint16 on disk, uint32 in memory: the same tokens
+  const std::string print = TokenFile::open(path)->fingerprint();
+  ASSERT_EQ(print.size(), 16u);
+  EXPECT_EQ(TokenFile::from_tokens(tokens, "elsewhere")->fingerprint(), print);
+  // One token changed, one more token, or one token masked out: other data.
+  std::vector<uint32_t> edited = tokens;
+  edited[3] = 80;
+  EXPECT_NE(TokenFile::from_tokens(edited)->fingerprint(), print);
+  std::vector<uint32_t> longer = tokens;
+  longer.push_back(0);
+  EXPECT_NE(TokenFile::from_tokens(longer)->fingerprint(), print);
+  auto masked = TokenFile::from_tokens(tokens);
+  masked->set_mask({1, 1, 1, 0, 1, 1, 1});
+  EXPECT_NE(masked->fingerprint(), print);
+  // A slice's fingerprint is its tokens'.
+  auto whole = TokenFile::from_tokens({1, 5, 6, 7, 8, 9, 10, 11, 2});
+  EXPECT_EQ(TokenFile::slice(whole, 1, 7)->fingerprint(), print);
+}
+
+TEST(TokenFile, AboveItsLimitTheFingerprintSamplesEvenlySpacedTokens) {
+  const int64_t n = TokenFile::kFingerprintWhole + 1;
+  std::vector<uint32_t> tokens(size_t(n), 3);
+  const std::string print = TokenFile::from_tokens(tokens)->fingerprint();
+  // The first and last tokens are sampled, and so is every (n - 1) / (samples - 1)-th.
+  const int64_t stride = (n - 1) / (TokenFile::kFingerprintSamples - 1);
+  for (int64_t at : {int64_t(0), n - 1, stride * 100}) {
+    std::vector<uint32_t> edited = tokens;
+    edited[size_t(at)] = 4;
+    EXPECT_NE(TokenFile::from_tokens(std::move(edited))->fingerprint(), print) << at;
+  }
+  // A token between two samples is not read: so large data is told apart from other data by
+  // its count and its samples, not from an edit of one token.
+  tokens[size_t(stride * 100 + 1)] = 4;
+  EXPECT_EQ(TokenFile::from_tokens(std::move(tokens))->fingerprint(), print);
+}
+
 // A 1-D .npy written by hand: magic, version 1.0, header dict padded to 64 bytes, data.
 std::string npy(const std::string& descr, const std::string& shape, const std::string& data) {
   std::string dict = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";

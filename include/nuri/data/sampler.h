@@ -41,6 +41,7 @@ class GlobalSampler {
             const Tensor& targets) const;
   /// Whether the tokens carry a loss mask (fine-tuning data): then targets are ignored unevenly.
   bool masked() const { return tokens_->has_mask(); }
+  const TokenFile& tokens() const { return *tokens_; }
   /// The targets that count (not masked out) in samples [first, first + rows) of global batch
   /// `pos`; rows · T without a mask.
   int64_t trained_targets(DataPosition pos, int64_t first, int64_t rows) const;

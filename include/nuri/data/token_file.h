@@ -51,6 +51,14 @@ class TokenFile {
   const std::string& path() const { return path_; }
   /// Largest token id in the file.
   uint32_t max_token() const;
+  /// What tells this data from other data, as 16 hex digits: a 64-bit hash of the token count
+  /// and of every token (with its loss mask value), or, above kFingerprintWhole tokens, of
+  /// kFingerprintSamples evenly spaced ones (as many pages read at most, not the whole file).
+  /// Two files with the same tokens have the same fingerprint, wherever they lie; data of
+  /// another count, or other tokens at any sampled place, has another one.
+  std::string fingerprint() const;
+  static constexpr int64_t kFingerprintWhole = int64_t(1) << 24;
+  static constexpr int64_t kFingerprintSamples = int64_t(1) << 16;
   /// Throws, naming the first token at or above vocab_size, unless every token is below it. A
   /// file already checked against a bound as low (or a slice of one checked before slicing)
   /// returns at once; else it reads every token.

@@ -50,6 +50,7 @@ struct CheckpointConfig {
   int64_t keep = 3;                   ///< the newest K checkpoints are kept
   bool async_save = false;            ///< write the periodic saves on a background thread
   bool resume = true;                 ///< resume from the newest checkpoint under dir
+  bool check_data = true;             ///< refuse a checkpoint saved training on other data
   std::string signals = "TERM,USR1";  ///< signals that mean "preempted"
   double time_limit = 0;  ///< seconds of wall clock before stopping as if preempted (0: none)
 };

@@ -157,8 +157,11 @@ class Trainer {
   /// ranks with any ZeRO stage: parameters, AdamW's moments resharded to this layout, the step
   /// and the data position, so the global sample order goes on where it stopped. The model, the
   /// sequence length, the global batch and the data seed must be the checkpoint's (an error
-  /// names what differs); gradients are not saved. Returns the checkpoint's directory.
-  std::string load_checkpoint(const std::string& path);
+  /// names what differs); gradients are not saved. So must the training data, by its token
+  /// count and TokenFile::fingerprint(), unless `check_data` is false: then the run goes on at
+  /// the saved position of this data's sample order (checkpoints saved before nuri recorded
+  /// the data are not checked). Returns the checkpoint's directory.
+  std::string load_checkpoint(const std::string& path, bool check_data = true);
 
   /// Writes the f32 master weights as one safetensors file at `path` (rank 0 writes it, with
   /// `metadata`; a collective under data and tensor parallelism), one tensor at a time: the
@@ -213,6 +216,9 @@ class Trainer {
   /// The host communicator over every rank that holds part of the model (null: one process).
   Communicator* all_ranks() const;
   Tensor tokens_, targets_;  // [B, T] host
+  /// The training data's fingerprint, computed at the first checkpoint saved or loaded.
+  const std::string& data_fingerprint() const;
+  mutable std::string data_fingerprint_;
   // On the model's device: the micro-batches' losses, then the gradient norm
   // [grad_accum + 1], read back with one copy per step.
   Tensor stats_dev_;
