@@ -480,6 +480,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
                      (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
                      (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
+  if (tc.warmup_steps >= tc.steps) {  // allowed (a short trial of a long run's settings), but said
+    out.line(strprintf("warning: warmup_steps %lld is not below steps %lld: the learning rate "
+                       "rises to %.1e (of lr %.1e) and never decays",
+                       (long long)tc.warmup_steps, (long long)tc.steps,
+                       double(learning_rate(tc, tc.steps - 1)), double(tc.lr)));
+  }
   if (const DataParallel* dp = trainer.data_parallel()) {
     out.line(strprintf(
         "data parallel: %d ranks (%s, gradients over %s), ZeRO stage %d, global batch "

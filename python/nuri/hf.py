@@ -35,6 +35,7 @@ import numpy as np
 
 from . import _C
 from .config import ConfigError, model_config_from_dict, model_config_to_dict
+from .io import check_finite
 
 #: Conv1D weights of a GPT-2 block (stored [in, out] by Hugging Face).
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -299,6 +300,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
             raise _C.Error(f"{where}: tensor '{key}' is not a parameter of this model "
                            f"({config.summary()})")
         a = np.asarray(src, dtype=np.float32)
+        check_finite(a, where, key)
         if gpt2 and name.endswith(_GPT2_CONV1D):
             a = a.T
         dst = params[name]

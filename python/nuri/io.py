@@ -37,13 +37,24 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
+def check_finite(a: np.ndarray, where: str, name: str) -> None:
+    """Raises nuri.Error when weight ``a`` holds a NaN or an infinity: such a model computes
+    NaN losses from its first step, which training would then skip step after step."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        bad = np.flatnonzero(~finite.reshape(-1))
+        raise _C.Error(f"{where}: tensor '{name}' holds {bad.size} non-finite values (the first "
+                       f"at flat index {bad[0]}: {a.reshape(-1)[bad[0]]}); a model saved from a "
+                       "run that diverged, or a damaged file: use an earlier checkpoint")
+
+
 def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig | None = None
          ) -> _C.Model:
     """Reads a model written by ``save`` (or any safetensors file with nuri's names and shapes).
 
     [in] config: the model config; default: the one stored in the file's metadata.
-    Raises nuri.Error naming the tensor when a name is missing or unexpected, or a shape or
-    dtype does not match the config.
+    Raises nuri.Error naming the tensor when a name is missing or unexpected, a shape or
+    dtype does not match the config, or a value is not finite.
     """
     from safetensors import safe_open
 
@@ -82,6 +93,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                            f"needs {list(dst.shape)}")
         if src.dtype != np.float32:
             raise _C.Error(f"{path}: tensor '{name}' is {src.dtype}, nuri needs float32")
+        check_finite(src, path, name)
         dst[...] = src
     return model
 

@@ -97,6 +97,9 @@ def test_import_names_missing_extra_and_misshapen_tensors(tmp_path):
     rewrite(lambda t: t.update({"transformer.h.7.mlp.c_fc.weight": np.zeros((2, 2), np.float32)}))
     with pytest.raises(nuri.Error, match=r"'transformer.h.7.mlp.c_fc.weight' is not a parameter"):
         nuri.import_hf(tmp_path)
+    rewrite(lambda t: t.update({"transformer.h.1.mlp.c_proj.bias": np.full(64, np.inf, np.float32)}))
+    with pytest.raises(nuri.Error, match=r"'transformer.h.1.mlp.c_proj.bias' holds 64 non-finite"):
+        nuri.import_hf(tmp_path)
     rewrite(lambda t: t.update({"transformer.ln_f.weight": np.zeros(3, np.float32)}))
     with pytest.raises(nuri.Error, match=r"'transformer.ln_f.weight' has shape \[3\]"):
         nuri.import_hf(tmp_path)

@@ -103,6 +103,23 @@ TEST(Run, WritesTheRunDirectoryAndReportsEachStep) {
   EXPECT_TRUE(fs::exists(t.path / "run" / "sample.txt"));
 }
 
+TEST(Run, AWarmupNoShorterThanTheRunIsSaid) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.train.warmup_steps = 12;
+  Captured twice;
+  ASSERT_EQ(run_training(c, twice.hooks()).status, kRunDone);
+  EXPECT_NE(twice.text.find("warning: warmup_steps 12 is not below steps 6: the learning rate "
+                            "rises to 1.0e-03 (of lr 2.0e-03) and never decays"),
+            std::string::npos)
+      << twice.text;
+  c.train.warmup_steps = 5;
+  Captured shorter;
+  ASSERT_EQ(run_training(c, shorter.hooks()).status, kRunDone);
+  EXPECT_EQ(shorter.text.find("warning: warmup_steps"), std::string::npos) << shorter.text;
+}
+
 TEST(Run, ResumeKeepsEachStepOnceAndAnInterruptCheckpoints) {
   TempDir t;
   RunConfig c = tiny(t.path);
