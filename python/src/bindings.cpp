@@ -297,6 +297,16 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("pipeline_stage", [](const Transformer& t) {
              return std::make_pair(t.stage().first, t.stage().last);
            }, "(first, last): the blocks this model holds ((0, n_layer): the whole model).")
+      .def_property_readonly("held_range", &Transformer::held_range,
+           "(lo, hi): the flat range of this model's weights it holds ((0, parameter_count) "
+           "but for a ZeRO 3 shard).")
+      .def_property_readonly("holds_whole_model", [](const Transformer& t) {
+             return t.held_range() == std::make_pair(int64_t(0), t.parameter_count()) &&
+                    t.tensor_parallel().size == 1 && t.stage().first == 0 &&
+                    t.stage().last == t.config().n_layer;
+           }, "Whether this model holds every weight of its config (not a ZeRO 3 shard, a "
+              "tensor-parallel slice or a pipeline stage): only then can it be saved or exported "
+              "as a model file.")
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
