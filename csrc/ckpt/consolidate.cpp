@@ -1,6 +1,7 @@
 // A sharded checkpoint's parameters as one safetensors file, streamed (nuri/ckpt/consolidate.h).
 #include "nuri/ckpt/consolidate.h"
 
+#include <exception>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -13,7 +14,16 @@
 namespace nuri {
 
 ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::string& out) {
+  namespace fs = std::filesystem;
   const CheckpointReader r(ckpt);
+  std::error_code ec;
+  NURI_CHECK(!fs::is_directory(out, ec), "cannot write the model to ", out,
+             ": it is a directory; give a file's path (e.g. ",
+             (fs::path(out) / "model.safetensors").string(), ")");
+  NURI_CHECK(fs::weakly_canonical(fs::absolute(out)).parent_path() !=
+                 fs::weakly_canonical(fs::absolute(r.dir())),
+             "cannot write the model to ", out, ": it is inside checkpoint ", r.dir(),
+             ", which it is read from (its files would be overwritten); write it elsewhere");
   ModelConfig cfg;
   std::string config_json;
   try {
@@ -34,6 +44,13 @@ ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::stri
   }
   auto alloc = std::make_shared<CpuAllocator>();  // counts what the export holds
   const std::string tmp = out + ".tmp";
+  struct RemoveOnError {  // a failed export leaves no partial file behind (after `w` closes it)
+    const std::string& tmp;
+    ~RemoveOnError() {
+      std::error_code ignored;
+      if (std::uncaught_exceptions() > 0) fs::remove(tmp, ignored);
+    }
+  } remove_on_error{tmp};
   SafetensorsStreamWriter w(tmp, std::move(planned),
                             {{"nuri_model_config", config_json},
                              {"nuri_version", build_info().version}});

@@ -237,6 +237,7 @@ std::shared_ptr<TokenFile> default_corpus(std::string* description) {
 
 std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validation(
     const std::shared_ptr<TokenFile>& data) {
+  NURI_CHECK(data != nullptr, "split_validation: no data (None) to split");
   const int64_t n_val = data->size() / 10;
   return {TokenFile::slice(data, 0, data->size() - n_val),
           TokenFile::slice(data, data->size() - n_val, n_val)};

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <sstream>
 
@@ -322,7 +323,16 @@ void write_token_file(const std::string& path, const std::vector<uint32_t>& toke
   header[0] = kTokenFileMagic;
   header[1] = wide ? 2 : 1;
   header[2] = int32_t(tokens.size());
+  struct stat st{};
+  NURI_CHECK(::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode), "write_token_file: ", path,
+             " is a directory; give the token file's path (e.g. ", path, "/train.bin)");
   const std::string tmp = path + ".tmp";
+  struct RemoveOnError {  // a failed write leaves no partial file behind
+    const std::string& tmp;
+    ~RemoveOnError() {
+      if (std::uncaught_exceptions() > 0) std::remove(tmp.c_str());
+    }
+  } remove_on_error{tmp};
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     NURI_CHECK(out.good(), "cannot write ", tmp, ": ", std::strerror(errno));

@@ -85,12 +85,35 @@ ModelConfig model_config_from_json(const std::string& json, const std::string& o
   return c;
 }
 
+namespace {
+/// The parameter count in N: int64_t, or double to see whether the count fits int64_t.
+template <class N>
+N count_params(const ModelConfig& m) {
+  const N c = N(m.d_model), d = N(m.head_dim()), qkv = (N(m.n_head) + 2 * N(m.n_kv_head)) * d;
+  const N norm_params = m.norm == NormKind::layernorm && m.bias ? 2 * c : c;
+  N layer = norm_params * 2;
+  layer += qkv * c + (m.bias || m.qkv_bias ? qkv : 0);  // q, k, v projections
+  layer += N(m.n_head) * d * c + (m.bias ? c : 0);     // output projection
+  const N up = m.mlp == MlpKind::swiglu ? 2 * N(m.d_ff) : N(m.d_ff);
+  layer += up * c + (m.bias ? up : 0) + N(m.d_ff) * c + (m.bias ? c : 0);
+  N n = N(m.vocab_size) * c + N(m.n_layer) * layer + norm_params;
+  if (m.position == PositionKind::learned) n += N(m.max_seq_len) * c;
+  if (!m.tied_embeddings) n += N(m.vocab_size) * c;
+  return n;
+}
+}  // namespace
+
 void ModelConfig::validate() const {
   model_settings().check_bounds(this, "");  // each field's range (numbers finite)
   NURI_CHECK(head_dim_override > 0 || d_model % n_head == 0, "n_head (", n_head,
              ") must divide d_model (", d_model, "), or head_dim must be given");
   NURI_CHECK(n_head % n_kv_head == 0, "n_kv_head (", n_kv_head, ") must divide n_head (", n_head,
              ")");
+  // Element counts and byte sizes are int64_t: 2^56 parameters (a quarter of an exabyte in
+  // f32, with room for the sizes) is far beyond any machine, and keeps every one of them exact.
+  const double params = count_params<double>(*this);
+  NURI_CHECK(params < 0x1p56, "the model would have ", params, " parameters (", summary(),
+             "), too many to count in 64 bits: a field is far too large");
   if (position == PositionKind::rope) {
     NURI_CHECK(head_dim() % 2 == 0, "rope needs an even head dim, got ", head_dim(),
                head_dim_override > 0 ? " (head_dim)" : " (d_model / n_head)");
@@ -123,19 +146,8 @@ void check_sliding_window(const ModelConfig& cfg, int64_t seq_len) {
              "train and evaluate with seq_len <= ", cfg.sliding_window);
 }
 
-int64_t ModelConfig::num_params() const {
-  const int64_t c = d_model, d = head_dim(), qkv = (n_head + 2 * n_kv_head) * d;
-  const int64_t norm_params = norm == NormKind::layernorm && bias ? 2 * c : c;
-  int64_t layer = norm_params * 2;
-  layer += qkv * c + (bias || qkv_bias ? qkv : 0);     // q, k, v projections
-  layer += n_head * d * c + (bias ? c : 0);            // output projection
-  const int64_t up = mlp == MlpKind::swiglu ? 2 * d_ff : d_ff;
-  layer += up * c + (bias ? up : 0) + d_ff * c + (bias ? c : 0);
-  int64_t n = vocab_size * c + n_layer * layer + norm_params;
-  if (position == PositionKind::learned) n += max_seq_len * c;
-  if (!tied_embeddings) n += vocab_size * c;
-  return n;
-}
+
+int64_t ModelConfig::num_params() const { return count_params<int64_t>(*this); }
 
 std::string ModelConfig::summary() const {
   std::ostringstream os;

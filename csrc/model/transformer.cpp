@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <unistd.h>
+
 #include "model/units.h"
 #include "nuri/core/rng.h"
 
@@ -50,6 +52,26 @@ struct Transformer::Impl {
   bool whole() const { return first_stage() && last_stage(); }
 };
 
+namespace {
+/// On the CPU, refuses (before anything is laid out) a model whose f32 weights alone, of the
+/// part this rank holds, exceed the machine's memory: it would grow until killed.
+void check_fits_host(const ModelConfig& cfg, WeightShard shard, TensorParallelRank tp,
+                     PipelineStage stage) {
+  cfg.validate();  // the count below is then exact
+  const double all = double(cfg.num_params());
+  const int64_t last = stage.last < 0 ? cfg.n_layer : stage.last;
+  double held = all / std::max(tp.size, 1) * double(std::max<int64_t>(last - stage.first, 1)) /
+                double(cfg.n_layer);
+  if (shard.hi > shard.lo) held = double(shard.hi - shard.lo);
+  const double memory = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  NURI_CHECK(memory <= 0 || 4 * held <= memory, "the model's ", all, " parameters (",
+             cfg.summary(), ") need ", 4 * held / double(1 << 30), " GiB for ",
+             held < all ? "this part's" : "their", " f32 weights alone, more than this "
+             "machine's ", memory / double(1 << 30), " GiB of memory; make the model smaller "
+             "or split it over ranks (tensor or pipeline parallelism, or ZeRO 3's shards)");
+}
+}  // namespace
+
 const char* recompute_name(Recompute r) {
   switch (r) {
     case Recompute::none: return "none";
@@ -74,6 +96,7 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
                          WeightShard shard, TensorParallelRank tp, PipelineStage stage)
     : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()), tp_(tp) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
+  if (backend_->device().is_cpu()) check_fits_host(cfg_, shard, tp, stage);
   compute_ = backend_->compute_dtype();
   NURI_CHECK(compute_ == DType::f32 || compute_ == DType::bf16, "Transformer: backend ",
              backend_->name(), " computes in ", dtype_name(compute_),

@@ -263,8 +263,28 @@ std::string MemoryPlan::str() const {
       g(workspace), g(construction));
 }
 
+namespace {
+/// A layout given from outside (Python's dicts): every count in its range, named when not.
+void check_layout(const Layout& l, int64_t seq_len, const char* who) {
+  auto at_least_1 = [&](const char* key, int64_t v) {
+    NURI_CHECK(v >= 1, who, ": layout ", key, " is ", v, "; it must be at least 1");
+  };
+  at_least_1("dp", l.dp);
+  at_least_1("tp", l.tp);
+  at_least_1("pp", l.pp);
+  at_least_1("micro_batch", l.micro_batch);
+  at_least_1("grad_accum", l.grad_accum);
+  at_least_1("recompute_every", l.recompute_every);
+  at_least_1("bucket_bytes", l.bucket_bytes);
+  NURI_CHECK(l.zero >= 0 && l.zero <= 3, who, ": layout zero is ", l.zero,
+             "; ZeRO stages are 0, 1, 2 and 3");
+  NURI_CHECK(seq_len >= 1, who, ": seq_len is ", seq_len, "; it must be at least 1");
+}
+}  // namespace
+
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                            const DeviceProfile& dev, int stage_index) {
+  check_layout(l, seq_len, "estimate_memory");
   NURI_CHECK(stage_index >= 0 && stage_index < l.pp, "estimate_memory: stage ", stage_index, " of ",
              l.pp);
   const TensorParallelRank place{0, l.tp};
@@ -413,6 +433,8 @@ double hardware_flops_per_token(const ModelConfig& cfg, int64_t seq_len, Recompu
 
 StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                             const DeviceProfile& dev, int nodes) {
+  check_layout(l, seq_len, "estimate_step_time");
+  NURI_CHECK(nodes >= 1, "estimate_step_time: nodes is ", nodes, "; it must be at least 1");
   const int per_node = std::max(1, dev.devices_per_node);
   const UnitCosts u = unit_costs(cfg, seq_len);
   const std::vector<int64_t> first =
@@ -731,6 +753,10 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
              per_node, ") must be positive");
   NURI_CHECK(r.seq_len >= 1 && r.seq_len <= cfg.max_seq_len, "plan: sequence length ", r.seq_len,
              " must be in [1, max_seq_len = ", cfg.max_seq_len, "]");
+  NURI_CHECK(r.usable_fraction > 0 && r.usable_fraction <= 1, "plan: the usable fraction of "
+             "each device's memory is ", r.usable_fraction, "; give one in (0, 1], e.g. 0.9");
+  NURI_CHECK(r.global_batch >= 0, "plan: global batch ", r.global_batch,
+             " sequences; give a positive one (0: 8 per device)");
   const int world = per_node * r.nodes;
   const int64_t global = r.global_batch > 0 ? r.global_batch : 8 * int64_t(world);
   DeviceProfile dev = r.device;

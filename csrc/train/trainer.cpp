@@ -66,6 +66,7 @@ void TrainConfig::validate() const {
 }
 
 float learning_rate(const TrainConfig& cfg, int64_t step) {
+  NURI_CHECK(step >= 0, "learning_rate: step ", step, " (steps count from 0)");
   if (step < cfg.warmup_steps) return cfg.lr * float(step + 1) / float(cfg.warmup_steps);
   const float floor = cfg.lr * cfg.min_lr_ratio;
   const int64_t span = cfg.steps - cfg.warmup_steps;
@@ -943,6 +944,8 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   NURI_CHECK(opt.temperature >= 0, "generate: temperature (", opt.temperature, ") must be >= 0");
   NURI_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens (", opt.max_new_tokens,
              ") must be >= 0");
+  NURI_CHECK(opt.top_k >= 0, "generate: top_k (", opt.top_k,
+             ") must be >= 0 (0: the whole vocabulary)");
   const ModelConfig& cfg = model.config();
   // Sequence parallelism splits a micro-batch's token rows, which a window of any length may
   // not allow: sampling runs without it (the same values) and turns it back on after.
@@ -989,6 +992,10 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
       for (int64_t j = 0; j < cfg.padded_vocab(); ++j) dst[j] = bf16_to_f32(src[j]);
     }
     const float* l = host_logits.data<float>();
+    const float* bad = std::find_if(l, l + cfg.vocab_size, [](float v) { return !std::isfinite(v); });
+    NURI_CHECK(bad == l + cfg.vocab_size, "generate: the model's logit for token ", bad - l,
+               " is ", *bad, ", not a finite number: its weights hold a NaN or an infinity (a "
+               "run that diverged?); sample from an earlier checkpoint");
     int32_t next = 0;
     if (opt.temperature == 0) {
       next = int32_t(std::max_element(l, l + cfg.vocab_size) - l);

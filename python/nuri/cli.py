@@ -3,6 +3,7 @@
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
                             [--temperature X] [--top-k K] [--seed S]
+                            [--tokenizer tokenizer.json|bytes]
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--field text]
                             [--kind text|prompt-response|chat] [--chat-template JSON]
@@ -24,6 +25,7 @@ Errors print one line ``nuri: MESSAGE``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -31,8 +33,8 @@ from typing import Any, Sequence
 
 from . import _C
 from .config import ConfigError, SampleConfig
-from .hf import export_hf_checkpoint
-from .io import consolidate, generate_text, load
+from .hf import check_export_directory, export_hf_checkpoint
+from .io import check_consolidate_out, consolidate, generate_text, load
 from .training import run
 from .plan import calibrate, plan
 from .report import format_report, plot_report, report
@@ -48,21 +50,107 @@ def cmd_train(args: Sequence[str]) -> int:
     return run(cfg)["status"]
 
 
-def _run_sample_defaults(run_dir: str | None) -> SampleConfig:
-    sample = SampleConfig()
-    path = os.path.join(run_dir, "config.json") if run_dir else None
-    if path and os.path.exists(path):
+def _read_run_config(run_dir: str) -> dict[str, Any]:
+    """The run directory's config.json ({} when it has none)."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        return {}
+    try:
         with open(path, encoding="utf-8") as f:
-            table = json.load(f).get("sample", {})
-        sample = SampleConfig(**table)
-    return sample
+            table = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: not a readable run config ({e}); restore it, or give the "
+                          "model file (--model) and the tokenizer (--tokenizer) instead of "
+                          "--run") from e
+    sample = table.get("sample", {}) if isinstance(table, dict) else None
+    data = table.get("data", {}) if isinstance(table, dict) else None
+    if not isinstance(sample, dict) or not isinstance(data, dict) or not all(
+            isinstance(data.get(k, ""), str) for k in ("train", "tokenizer")):
+        raise ConfigError(f"{path}: not a run config as nuri train writes it (its sample and "
+                          "data are not objects of settings); restore it, or give the model "
+                          "file (--model) and the tokenizer (--tokenizer) instead of --run")
+    return table
+
+
+def _run_sample_defaults(run_dir: str | None, table: dict[str, Any]) -> SampleConfig:
+    """The run's sample settings (the defaults without a run)."""
+    try:
+        return SampleConfig(**table.get("sample", {}))
+    except ConfigError as e:
+        raise ConfigError(f"{os.path.join(run_dir or '', 'config.json')}: {e}") from e
+
+
+def _run_path(run_dir: str, table: dict[str, Any], path: str) -> str | None:
+    """Where a path of the run's config (relative to the directory the run was started in)
+    is now: beside the run directory as the run's `out` places it, or here; None: nowhere."""
+    candidates = [path]
+    out = table.get("out")
+    if not os.path.isabs(path) and isinstance(out, str) and out and not os.path.isabs(out):
+        start, tail = os.path.abspath(run_dir), os.path.normpath(out)
+        while tail not in ("", ".", os.sep) and os.path.basename(tail) == os.path.basename(start):
+            start, tail = os.path.dirname(start), os.path.dirname(tail)
+        if tail in ("", "."):  # run_dir is START/out: the run was started in START
+            candidates.insert(0, os.path.join(start, path))
+    return next((p for p in candidates if os.path.exists(p)), None)
+
+
+def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str | None:
+    """The tokenizer.json the run trained with (None: bytes): its data.tokenizer, or the one
+    the tokenize.json of its shard directory (data.train) records. Raises nuri.Error when the
+    run names one that cannot be found."""
+    where = os.path.join(run_dir, "config.json")
+    data = table.get("data", {})
+    pass_it = "; pass the model's tokenizer with --tokenizer FILE (or --tokenizer bytes)"
+    recorded = data.get("tokenizer") or ""
+    if recorded == "bytes":
+        return None
+    if recorded:
+        found = _run_path(run_dir, table, recorded)
+        if found is None or not os.path.isfile(found):
+            raise _C.Error(f"{where}: the run's tokenizer (data.tokenizer) {recorded} is not "
+                           f"there{pass_it}")
+        return found
+    train = data.get("train") or ""
+    if not train:
+        return None  # the default corpus: bytes
+    found = _run_path(run_dir, table, train)
+    if found is None:
+        if vocab_size <= _C.ByteTokenizer.VOCAB_SIZE:
+            return None
+        raise _C.Error(f"{where}: the run's data ({train}) is not there, so the tokenizer it "
+                       f"was written with is not known{pass_it}")
+    meta_path = os.path.join(found, "tokenize.json")
+    if not os.path.isdir(found) or not os.path.isfile(meta_path):
+        return None  # text (byte tokens), or a token file
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            tok = json.load(f)["tokenizer"]
+        if tok["kind"] == "bytes":
+            return None
+        path, sha256 = tok["path"], tok["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise _C.Error(f"{meta_path}: no tokenizer record ({e!r}){pass_it}") from e
+    if not os.path.isfile(path):
+        raise _C.Error(f"{meta_path}: the run's shards were written by the tokenizer {path}, "
+                       f"which is not there{pass_it}")
+    with open(path, "rb") as f:
+        if hashlib.sha256(f.read()).hexdigest() != sha256:
+            raise _C.Error(f"{meta_path}: the run's shards were written by the tokenizer "
+                           f"{path}, which has changed since (its SHA-256 differs){pass_it}")
+    return path
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``python -m nuri generate``."""
     path = args.model or os.path.join(args.run, "model.safetensors")
-    defaults = _run_sample_defaults(args.run)
+    table = _read_run_config(args.run) if args.run else {}
+    defaults = _run_sample_defaults(args.run, table)
     model = load(path, backend=args.backend)
+    tokenizer = args.tokenizer
+    if tokenizer == "bytes":
+        tokenizer = None
+    elif tokenizer is None and args.run:
+        tokenizer = _run_tokenizer(args.run, table, model.config.vocab_size)
     def pick(flag: Any, default: Any) -> Any:
         return default if flag is None else flag
 
@@ -70,7 +158,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     text = generate_text(model, prompt, pick(args.max_new_tokens, defaults.max_new_tokens),
                          pick(args.temperature, defaults.temperature),
                          pick(args.top_k, defaults.top_k), seed=args.seed,
-                         tokenizer=args.tokenizer)
+                         tokenizer=tokenizer)
     sys.stdout.write(prompt + text + "\n")
     return 0
 
@@ -79,7 +167,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``python -m nuri export``: a checkpoint's weights as one file, or a Hugging Face model."""
     if not args.hf and not args.out:
         raise ConfigError("export: give --out FILE.safetensors, --hf DIR, or both")
+    if args.out:  # both refused before either is written
+        check_consolidate_out(args.checkpoint, args.out)
     if args.hf:
+        check_export_directory(args.hf)
         export_hf_checkpoint(args.checkpoint, args.hf)
         print(f"wrote {os.path.join(args.hf, 'config.json')} and model.safetensors")
     if args.out:
@@ -193,6 +284,17 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    """--seed: an integer from 0 to 2**64 - 1."""
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return seed
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m nuri`` (``train`` takes the run's own flags)."""
     p = argparse.ArgumentParser(prog="python -m nuri",
@@ -209,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("--temperature", type=float, help="0: greedy")
     g.add_argument("--top-k", type=int, help="0: the whole vocabulary")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--tokenizer", help="a Hugging Face tokenizer.json to encode the prompt and "
-                   "decode the output with (default: bytes)")
+                   "decode the output with, or bytes (default: the run's, which its data's "
+                   "tokenize.json records; else bytes)")
     g.add_argument("--backend", "--device", dest="backend", default="cpu",
                    help="cpu, cuda (or cuda-emu in an emulated build)")
     g.set_defaults(func=cmd_generate)

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _C
 from .config import ConfigError, model_config_from_dict, model_config_to_dict
-from .io import check_finite
+from .io import check_finite, check_whole_model
 
 #: Conv1D weights of a GPT-2 block (stored [in, out] by Hugging Face).
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -155,17 +155,48 @@ def _shards(sizes: list[tuple[str, int]], max_shard_bytes: int | None) -> list[l
     return groups
 
 
+def check_export_directory(directory: str | os.PathLike) -> None:
+    """Raises ConfigError when ``directory`` cannot take a Hugging Face export: it is a file, or
+    it holds a nuri run (config.json with a run's config, or model.safetensors from nuri.save),
+    whose files the export would replace."""
+    from .io import CONFIG_KEY
+
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ConfigError(f"{directory} is a file, not a directory; name the directory to write "
+                          "the Hugging Face model (config.json, model.safetensors) into")
+    config, weights = os.path.join(directory, "config.json"), os.path.join(directory,
+                                                                           "model.safetensors")
+    ours = None
+    try:
+        with open(config, encoding="utf-8") as f:
+            table = json.load(f)
+        if isinstance(table, dict) and "model" in table and "train" in table:
+            ours = config
+    except (OSError, ValueError, RecursionError):
+        pass  # none, or not a run's: the export replaces it
+    if ours is None and os.path.isfile(weights):
+        try:
+            if CONFIG_KEY in (_C.SafetensorsReader(weights).metadata or {}):
+                ours = weights
+        except (_C.Error, OSError):
+            pass  # not a readable safetensors file: the export replaces it
+    if ours is not None:
+        raise ConfigError(f"{directory} holds a nuri run ({ours} is nuri's), which a Hugging "
+                          "Face export would overwrite; name another directory (e.g. "
+                          f"{os.path.join(directory, 'hf')})")
+
+
 def _write_model_files(directory: str, config: _C.ModelConfig,
                        planned: list[tuple[str, tuple[int, ...]]],
                        tensors: Iterator[tuple[str, np.ndarray]],
                        max_shard_bytes: int | None) -> None:
     """config.json and the weights: model.safetensors, or with max_shard_bytes Hugging Face's
     shards model-0000k-of-0000n.safetensors and model.safetensors.index.json. `planned` is
-    (key, shape) of every tensor in the order `tensors` yields them (f32)."""
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config(config), f, indent=2)
-        f.write("\n")
+    (key, shape) of every tensor in the order `tensors` yields them (f32). Every file is written
+    under a temporary name and renamed into place when all are complete: a failure leaves the
+    directory as it was."""
+    check_export_directory(directory)
     sizes = [(n, 4 * int(np.prod(shape, dtype=np.int64))) for n, shape in planned]
     groups = _shards(sizes, max_shard_bytes)
     shapes = dict(planned)
@@ -173,25 +204,48 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
         files = ["model.safetensors"]
     else:
         files = [f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors" for k in range(len(groups))]
-    for stale in os.listdir(directory):  # an earlier export's weights would be read with these
-        if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", stale):
-            os.remove(os.path.join(directory, stale))
-    it = iter(tensors)
-    for group, file in zip(groups, files):
-        writer = _C.SafetensorsWriter(os.path.join(directory, file),
-                                      [(n, list(shapes[n])) for n in group], {"format": "pt"})
-        for expected in group:
-            name, a = next(it)
-            assert name == expected, (name, expected)
-            writer.write(name, a)
-        writer.close()
-    if len(groups) > 1:
-        index = {"metadata": {"total_size": sum(b for _, b in sizes)},
-                 "weight_map": {n: file for group, file in zip(groups, files) for n in group}}
-        with open(os.path.join(directory, "model.safetensors.index.json"), "w",
-                  encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
+    made = not os.path.isdir(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = {}  # final name -> its temporary path
+
+    def temporary(name: str) -> str:
+        tmp[name] = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+        return tmp[name]
+
+    try:
+        with open(temporary("config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config(config), f, indent=2)
             f.write("\n")
+        it = iter(tensors)
+        for group, file in zip(groups, files):
+            writer = _C.SafetensorsWriter(temporary(file), [(n, list(shapes[n])) for n in group],
+                                          {"format": "pt"})
+            for expected in group:
+                name, a = next(it)
+                assert name == expected, (name, expected)
+                writer.write(name, a)
+            writer.close()
+        if len(groups) > 1:
+            index = {"metadata": {"total_size": sum(b for _, b in sizes)},
+                     "weight_map": {n: file for group, file in zip(groups, files) for n in group}}
+            with open(temporary("model.safetensors.index.json"), "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2)
+                f.write("\n")
+    except BaseException:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+        if made and not os.listdir(directory):
+            os.rmdir(directory)
+        raise
+    for stale in os.listdir(directory):  # an earlier export's weights would be read with these
+        if stale not in tmp and re.fullmatch(
+                r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", stale):
+            os.remove(os.path.join(directory, stale))
+    for name, path in tmp.items():  # the weights first, config.json last
+        if name != "config.json":
+            os.replace(path, os.path.join(directory, name))
+    os.replace(tmp["config.json"], os.path.join(directory, "config.json"))
 
 
 def export_hf(model: _C.Model, directory: str | os.PathLike,
@@ -199,7 +253,10 @@ def export_hf(model: _C.Model, directory: str | os.PathLike,
     """Writes ``directory/config.json`` and the weights in Hugging Face's layout, readable by
     the ``safetensors`` library and by ``transformers.from_pretrained``: one
     ``model.safetensors``, or with ``max_shard_bytes`` shards of at most that size and their
-    ``model.safetensors.index.json``."""
+    ``model.safetensors.index.json``. The model must hold all of itself (not a ZeRO 3 shard,
+    a tensor-parallel slice or a pipeline stage: export their checkpoint with
+    export_hf_checkpoint)."""
+    check_whole_model(model, f"export_hf({os.fspath(directory)})")
     config = model.config
     hf_config(config)  # refuses layouts Hugging Face has none for
     params = model.parameters()

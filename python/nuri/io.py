@@ -25,16 +25,42 @@ CONFIG_KEY = "nuri_model_config"
 def save(model: _C.Model, path: str | os.PathLike) -> None:
     """Writes ``model``'s parameters to a safetensors file at ``path``.
 
-    [in] model: any nuri.Model; its config is stored in the metadata under ``nuri_model_config``.
+    [in] model: a nuri.Model that holds the whole model; its config is stored in the metadata
+    under ``nuri_model_config``.
     """
     from safetensors.numpy import save_file
 
+    check_whole_model(model, f"nuri.save({os.fspath(path)})")
+    if os.path.isdir(path):
+        raise _C.Error(f"nuri.save: {os.fspath(path)} is a directory; name the model file to "
+                       f"write (e.g. {os.path.join(os.fspath(path), 'model.safetensors')})")
     tensors = {name: np.ascontiguousarray(a) for name, a in model.parameters().items()}
     metadata = {
         CONFIG_KEY: json.dumps(model_config_to_dict(model.config)),
         "nuri_version": str(_C.build_info()["version"]),
     }
     save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+def check_whole_model(model: _C.Model, what: str) -> None:
+    """Raises nuri.Error when ``model`` holds only part of its weights (a ZeRO 3 shard, a
+    tensor-parallel slice or a pipeline stage): a file of it would not be the model."""
+    if model.holds_whole_model:
+        return
+    parts = []
+    lo, hi = model.held_range
+    if (lo, hi) != (0, model.parameter_count):
+        parts.append(f"the ZeRO 3 shard [{lo}, {hi}) of its {model.parameter_count} weights")
+    index, tp = model.tensor_parallel
+    if tp != 1:
+        parts.append(f"tensor-parallel slice {index} of {tp}")
+    first, last = model.pipeline_stage
+    if (first, last) != (0, model.config.n_layer):
+        parts.append(f"the pipeline stage of blocks [{first}, {last}) of {model.config.n_layer}")
+    raise _C.Error(f"{what}: this model holds only part of itself ({', '.join(parts)}), so the "
+                   "file would not be the model. Write a training job's model from its "
+                   "checkpoint instead: nuri.consolidate(CKPT, FILE) or `python -m nuri export "
+                   "CKPT --out FILE.safetensors` (--hf DIR for Hugging Face)")
 
 
 def check_finite(a: np.ndarray, where: str, name: str) -> None:
@@ -117,7 +143,21 @@ def consolidate(ckpt: str | os.PathLike, out: str | os.PathLike) -> dict:
     """Writes the parameters of a checkpoint of any layout (a directory, or a root whose newest
     one is taken) as one safetensors file that nuri.load reads, one tensor in memory at a time;
     returns tensors, bytes and peak_bytes (the most host bytes held at once)."""
+    check_consolidate_out(ckpt, out)
     return _C.consolidate_checkpoint(os.fspath(ckpt), os.fspath(out))
+
+
+def check_consolidate_out(ckpt: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Raises ConfigError when ``out`` cannot be consolidate's output file: a directory, or a
+    path inside the checkpoint (whose own files it could overwrite)."""
+    ckpt, out = os.fspath(ckpt), os.fspath(out)
+    if os.path.isdir(out):
+        raise ConfigError(f"export: {out} is a directory; name the model file to write (e.g. "
+                          f"{os.path.join(out, 'model.safetensors')})")
+    inside = os.path.realpath(ckpt)
+    if os.path.commonpath([inside, os.path.realpath(out)]) == inside:
+        raise ConfigError(f"export: {out} is inside the checkpoint {ckpt}, whose files it could "
+                          "overwrite; write the model file outside it")
 
 
 def default_corpus() -> _C.TokenFile:
@@ -151,9 +191,18 @@ def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
 
     temperature 0 is greedy; top_k 0 samples from the whole vocabulary.
     """
+    if not 0 <= seed < 2**64:
+        raise ConfigError(f"generate: seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
     if tokenizer is not None:
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(os.fspath(tokenizer))
+        if not os.path.isfile(tokenizer):
+            raise _C.Error(f"{os.fspath(tokenizer)}: no such tokenizer file (a Hugging Face "
+                           "tokenizer.json)")
+        try:
+            tok = Tokenizer.from_file(os.fspath(tokenizer))
+        except Exception as e:  # tokenizers raises its own exception types
+            raise _C.Error(f"{os.fspath(tokenizer)}: not a Hugging Face tokenizer.json ({e})"
+                           ) from e
         if tok.get_vocab_size(with_added_tokens=True) > model.config.vocab_size:
             raise _C.Error(f"{tokenizer}: its vocabulary has "
                            f"{tok.get_vocab_size(with_added_tokens=True)} ids, more than the "

@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from multiprocessing import get_context
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from . import _C
+from .config import ConfigError
 
 #: End-of-text tokens looked for in a tokenizer's vocabulary when none is named.
 EOT_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>")
@@ -79,15 +82,20 @@ def _fine_tuning_row(row: Any, kind: str, where: str, template: dict[str, str] |
 
 
 def _documents(files: Sequence[str], field: str, kind: str = "text",
-               template: dict[str, str] | None = None) -> Iterator[Any]:
-    """Every document in input order: a .jsonl line's `field`, or a whole file; fine-tuning
-    rows (kind prompt-response or chat) as their parts."""
+               template: dict[str, str] | None = None, decode: bool = False) -> Iterator[Any]:
+    """Every document in input order: a .jsonl line's `field`, or a whole file (as text when
+    `decode`, else bytes); fine-tuning rows (kind prompt-response or chat) as their parts."""
     for path in files:
         if kind != "text" and not path.endswith(".jsonl"):
             raise _C.Error(f"{path}: {kind} data is JSON-lines (.jsonl), one example a line")
         if path.endswith(".jsonl"):
-            with open(path, encoding="utf-8") as f:
-                for line_no, line in enumerate(f, 1):
+            with open(path, "rb") as f:
+                for line_no, raw in enumerate(f, 1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        raise _C.Error(f"{path}:{line_no}: not UTF-8 text ({e}); JSON-lines "
+                                       "files are UTF-8") from e
                     if not line.strip():
                         continue
                     try:
@@ -105,7 +113,15 @@ def _documents(files: Sequence[str], field: str, kind: str = "text",
                     yield row[field]
         else:
             with open(path, "rb") as f:
-                yield f.read()
+                data = f.read()
+            if not decode:
+                yield data
+                continue
+            try:
+                yield data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise _C.Error(f"{path}: not UTF-8 text ({e}); a tokenizer.json reads text "
+                               "(without --tokenizer its bytes are the tokens)") from e
 
 
 _WORKER: dict[str, Any] = {}
@@ -231,9 +247,16 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     if kind == "chat" and not chat_template:
         raise _C.Error("tokenize: chat data needs a chat_template (a text per role with "
                        "{content}, e.g. {'user': '<|user|> {content}', 'assistant': ...})")
+    if kind == "chat":
+        _check_chat_template(chat_template)
     if shard_tokens < 1 or processes < 1 or val_every < 0:
         raise _C.Error("tokenize: shard_tokens and processes must be positive, val_every >= 0")
     out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"tokenize: {out_dir} is a file, not a directory; name the directory "
+                          "to write the shards and tokenize.json into")
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]  # one file or directory
     files = _input_files([os.fspath(p) for p in inputs])
     tok_path = os.path.abspath(os.fspath(tokenizer)) if tokenizer is not None else None
     if tok_path is None:
@@ -257,11 +280,52 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                 "vocab_size": max(vocab.values()) + 1, "eot": vocab[names[0]],
                 "eot_text": names[0]}
     dtype = np.uint16 if info["vocab_size"] <= 65536 else np.uint32
+    # The shards are written to a hidden directory in out_dir and moved into place when all are
+    # complete: an error leaves an earlier run's shards as they were.
+    made = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".tokenize-", dir=out_dir)
+    try:
+        meta = _write_shards(work, files, field, kind, chat_template, tok_path, info, dtype,
+                             val_every, shard_tokens, processes, progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        if made and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
+    written = os.listdir(work)
     for stale in os.listdir(out_dir):  # an earlier run's shards would be read with these
-        if stale == "tokenize.json" or (stale.startswith(("train_", "val_"))
-                                        and stale.endswith((".bin", ".mask.npy"))):
+        if stale not in written and stale.startswith(("train_", "val_")) and stale.endswith(
+                (".bin", ".mask.npy")):
             os.remove(os.path.join(out_dir, stale))
+    for name in sorted(written, key=lambda n: n == "tokenize.json"):  # tokenize.json last
+        os.replace(os.path.join(work, name), os.path.join(out_dir, name))
+    os.rmdir(work)
+    return meta
+
+
+def _check_chat_template(template: Any) -> None:
+    """Raises ConfigError unless `template` is an object of role: text with {content}."""
+    if not isinstance(template, dict):
+        raise ConfigError(f"tokenize: the chat template must be an object of role: text with "
+                          f"{{content}}, got {template!r:.60} (of type {type(template).__name__})")
+    for role, text in template.items():
+        if not isinstance(text, str):
+            raise ConfigError(f"tokenize: the chat template's role {role!r} has "
+                              f"{text!r:.60} (of type {type(text).__name__}), not a text with "
+                              "{content}")
+        if "{content}" not in text:
+            raise ConfigError(f"tokenize: the chat template's text for role {role!r} "
+                              f"({text!r:.60}) has no {{content}}, so the messages' text would "
+                              f"be dropped; put {{content}} where it goes (e.g. "
+                              f"\"<|{role}|>{{content}}\\n\")")
+
+
+def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
+                  chat_template: dict[str, str] | None, tok_path: str | None,
+                  info: dict[str, Any], dtype: type, val_every: int, shard_tokens: int,
+                  processes: int, progress: bool | None) -> dict[str, Any]:
+    """tokenize's shards and tokenize.json, written to the new directory `out_dir`."""
     masked = kind != "text"
     train = _ShardWriter(out_dir, "train", dtype, shard_tokens, masked)
     val = _ShardWriter(out_dir, "val", dtype, shard_tokens, masked)
@@ -277,14 +341,15 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         except ImportError:
             bar = None
     pool = None
+    documents = _documents(files, field, kind, chat_template, decode=tok_path is not None)
     try:
         if processes > 1:
             pool = get_context("spawn").Pool(processes, _start_worker, (tok_path,))
-            encoded = (ids for chunk in pool.imap(_encode_chunk, _chunks(
-                _documents(files, field, kind, chat_template), 64)) for ids in chunk)
+            encoded = (ids for chunk in pool.imap(_encode_chunk, _chunks(documents, 64))
+                       for ids in chunk)
         else:
             _start_worker(tok_path)
-            encoded = (_encode(d) for d in _documents(files, field, kind, chat_template))
+            encoded = (_encode(d) for d in documents)
         for i, (ids, mask) in enumerate(encoded):
             if len(ids) and int(ids.max()) >= info["vocab_size"]:
                 raise _C.Error(f"document {i}: token id {int(ids.max())} is outside the "
@@ -303,9 +368,15 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             bar.close()
     train.flush()
     val.flush()
+    if not train.files and not docs["val"]:
+        raise _C.Error(f"tokenize: the {len(files)} input file(s) ({files[0]}"
+                       f"{', ...' if len(files) > 1 else ''}) hold no documents")
     if not train.files:
-        raise _C.Error(f"tokenize: no training documents ({docs['val']} went to validation); "
-                       "give more documents or a larger val_every")
+        raise _C.Error(f"tokenize: no training documents: the input has {docs['val']} "
+                       f"document(s), and documents 0, {val_every}, {2 * val_every}, ... go "
+                       "to validation; give more documents (more files, or the text split into "
+                       "several files or JSON-lines rows), or val_every 0 (--val-every 0) for "
+                       "no validation split")
     meta = {"format": "llm.c", "dtype": np.dtype(dtype).name, "tokenizer": info,
             "inputs": [os.path.abspath(f) for f in files], "val_every": val_every,
             "documents": docs, "tokens": {"train": train.tokens, "val": val.tokens},

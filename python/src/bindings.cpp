@@ -6,7 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <climits>
+#include <cmath>
+#include <type_traits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -40,6 +43,11 @@ py::dtype numpy_dtype(DType t) {
 }
 
 DType dtype_of_numpy(const py::dtype& d) {
+  if (!d.attr("isnative").cast<bool>()) {
+    throw py::type_error("NumPy's " + std::string(py::str(static_cast<const py::handle&>(d))) +
+                         " is in the other byte order than this machine's; convert it first "
+                         "(arr.astype(arr.dtype.newbyteorder('=')))");
+  }
   const char kind = d.kind();
   const auto size = d.itemsize();
   if (kind == 'f' && size == 4) return DType::f32;
@@ -184,19 +192,39 @@ Tensor token_batch(py::handle obj, const char* what) {
   return t;
 }
 
+// A 1-D sequence or array of token ids (0 .. 2^32 - 1) as a vector.
 std::vector<uint32_t> token_vector(py::handle obj) {
   py::array arr = py::array::ensure(obj);
+  if (arr && arr.size() == 0) throw py::value_error("tokens: none given (an empty array)");
   if (!arr || (arr.dtype().kind() != 'i' && arr.dtype().kind() != 'u')) {
     throw py::type_error("tokens must be a sequence or array of integers");
   }
-  auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
-  std::vector<uint32_t> out(size_t(a.size()));
-  for (py::ssize_t i = 0; i < a.size(); ++i) {
-    const int64_t v = a.data()[i];
-    if (v < 0 || v > int64_t(UINT32_MAX)) {
-      throw py::value_error("token " + std::to_string(v) + " at index " + std::to_string(i) + " is not a valid id");
+  if (arr.ndim() != 1) {
+    std::string shape;
+    for (py::ssize_t i = 0; i < arr.ndim(); ++i) {
+      if (i > 0) shape += ", ";
+      shape += std::to_string(arr.shape(i));
     }
-    out[size_t(i)] = uint32_t(v);
+    throw py::value_error("tokens must be 1-D (one stream of ids), got shape (" + shape +
+                          "); pass tokens.reshape(-1) to read a batch's rows one after another");
+  }
+  std::vector<uint32_t> out(size_t(arr.size()));
+  auto take = [&](auto* data) {
+    for (py::ssize_t i = 0; i < arr.size(); ++i) {
+      const auto v = data[i];
+      bool negative = false;
+      if constexpr (std::is_signed_v<std::decay_t<decltype(v)>>) negative = v < 0;
+      if (negative || uint64_t(v) > uint64_t(UINT32_MAX)) {
+        throw py::value_error("token " + std::to_string(v) + " at index " + std::to_string(i) +
+                              " is not a valid id (0 to 2^32 - 1)");
+      }
+      out[size_t(i)] = uint32_t(v);
+    }
+  };
+  if (arr.dtype().kind() == 'u' && arr.itemsize() == 8) {  // above 2^63 is no int64
+    take(py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr).data());
+  } else {
+    take(py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr).data());
   }
   return out;
 }
@@ -327,9 +355,23 @@ PYBIND11_MODULE(_C, m) {
                py::gil_scoped_release release;
                out = t.logits(x).clone();
              }
-             return to_numpy(out);
-           }, py::arg("tokens"))
-      .def("backward", &Transformer::backward, py::arg("loss_scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+             // The model computes padded_vocab columns (a tensor-parallel rank its slice of
+             // them); the padding's columns are not tokens, so they are cut off.
+             const int64_t width = out.shape().back();
+             const int64_t first = int64_t(t.tensor_parallel().rank) * width;
+             const int64_t keep = std::clamp(t.config().vocab_size - first, int64_t(0), width);
+             py::object all = to_numpy(out);
+             if (keep == width) return all;
+             return py::module_::import("numpy").attr("ascontiguousarray")(
+                 all[py::make_tuple(py::ellipsis(), py::slice(0, keep, 1))]);
+           }, py::arg("tokens"),
+           "Logits [B, T, vocab_size] (float32) for token ids [B, T]; a tensor-parallel model's "
+           "are its columns of them (rank r of tp: from column r * padded_vocab / tp).")
+      .def("backward", [](Transformer& t, float loss_scale) {
+             NURI_CHECK(std::isfinite(loss_scale), "backward: loss_scale is ", loss_scale,
+                        "; give a finite number (1: the mean loss's gradients)");
+             t.backward(loss_scale);
+           }, py::arg("loss_scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
       .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
@@ -346,6 +388,8 @@ PYBIND11_MODULE(_C, m) {
   py::class_<TokenFile, std::shared_ptr<TokenFile>>(m, "TokenFile", "Tokens from a file (memory-mapped) or an array.")
       .def_static("open", &TokenFile::open, py::arg("path"), py::arg("vocab_size") = 0)
       .def_static("from_array", [](py::handle tokens, const std::string& name, int64_t vocab) {
+        NURI_CHECK(vocab >= 0, "TokenFile.from_array: vocab_size ", vocab,
+                   " (give the model's vocabulary size to check the ids against, or 0: unchecked)");
         return TokenFile::from_tokens(token_vector(tokens), name, vocab);
       }, py::arg("tokens"), py::arg("name") = "<array>", py::arg("vocab_size") = 0)
       .def("__len__", &TokenFile::size)
@@ -403,6 +447,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<PyTrainer>(m, "Trainer", "The training loop over a Model (see nuri.Trainer).")
       .def(py::init([](std::shared_ptr<Transformer> model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
                        std::shared_ptr<TokenFile> val, const ProcessGroup* pg, const ParallelConfig* parallel) {
+             NURI_CHECK(model != nullptr, "Trainer: model is None; pass a nuri.Model");
+             NURI_CHECK(train != nullptr, "Trainer: train is None; pass a nuri.TokenFile "
+                        "(nuri.read_data(path), or TokenFile.from_array(ids))");
              auto p = std::make_unique<PyTrainer>();
              p->model = model;
              py::gil_scoped_release release;  // collective over the ranks (NCCL's bootstrap)

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <csignal>
 #include <functional>
 #include <string>
@@ -40,6 +41,18 @@ py::object to_py(const SettingValue& v) {
 // file's: "train.lr: expected a number > 0, got 'fast'").
 SettingValue from_py(py::handle h, const Setting& s, const std::string& path) {
   SettingValue v;
+  py::object item;  // a NumPy scalar (np.int64(5), np.float32(1e-3), np.bool_) as Python's
+  if (!py::isinstance<py::bool_>(h) && !py::isinstance<py::int_>(h) &&
+      !py::isinstance<py::float_>(h) && !py::isinstance<py::str>(h) &&
+      py::hasattr(h, "item") && py::hasattr(h, "dtype")) {
+    try {
+      if (py::isinstance(h, py::module_::import("numpy").attr("generic"))) {
+        item = h.attr("item")();
+        h = item;
+      }
+    } catch (const py::error_already_set&) {  // no NumPy: not a NumPy scalar either
+    }
+  }
   if (py::isinstance<py::bool_>(h)) {
     v = h.cast<bool>();
   } else if (py::isinstance<py::int_>(h)) {
@@ -60,6 +73,44 @@ SettingValue from_py(py::handle h, const Setting& s, const std::string& path) {
     throw ConfigError(path + ": expected " + s.expected() + ", got " + got);
   }
   return s.check(v, path);
+}
+
+/// `h` with NumPy scalars as Python's and every number finite, for json.dumps (which would
+/// refuse NumPy's types and write NaN, which is not JSON); errors name the key.
+py::object json_ready(py::handle h, const std::string& path) {
+  const std::string at = path.empty() ? "the config" : path;
+  if (py::isinstance<py::dict>(h)) {
+    py::dict out;
+    for (auto [k, v] : py::reinterpret_borrow<py::dict>(h)) {
+      const std::string key = py::str(k);
+      out[k] = json_ready(v, path.empty() ? key : path + "." + key);
+    }
+    return std::move(out);
+  }
+  if (py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h)) {
+    py::list out;
+    for (py::handle v : h) out.append(json_ready(v, path));
+    return std::move(out);
+  }
+  if (!py::isinstance<py::bool_>(h) && !py::isinstance<py::int_>(h) &&
+      !py::isinstance<py::float_>(h) && !py::isinstance<py::str>(h) && !h.is_none() &&
+      py::hasattr(h, "item") && py::hasattr(h, "dtype")) {
+    try {
+      if (py::isinstance(h, py::module_::import("numpy").attr("generic"))) {
+        return json_ready(h.attr("item")(), path);
+      }
+    } catch (const py::error_already_set&) {  // no NumPy: not a NumPy scalar either
+    }
+  }
+  if (py::isinstance<py::float_>(h) && !std::isfinite(h.cast<double>())) {
+    throw ConfigError(at + ": expected a finite number, got " + std::string(py::repr(h)));
+  }
+  if (!py::isinstance<py::bool_>(h) && !py::isinstance<py::int_>(h) &&
+      !py::isinstance<py::float_>(h) && !py::isinstance<py::str>(h) && !h.is_none()) {
+    throw ConfigError(at + ": expected a number, a string, a bool, a list or a table, got " +
+                      std::string(py::repr(h)));
+  }
+  return py::reinterpret_borrow<py::object>(h);
 }
 
 py::dict settings_dict(const Settings& table, const void* obj) {
@@ -234,7 +285,9 @@ void bind_config(py::module_& m) {
                                 "expected a table (dict) at the top level");
             }
             return RunConfig::from_json(
-                py::str(py::module_::import("json").attr("dumps")(d)).cast<std::string>(), origin);
+                py::str(py::module_::import("json").attr("dumps")(json_ready(d, origin)))
+                    .cast<std::string>(),
+                origin);
           },
           py::arg("d"), py::arg("origin") = "")
       .def_static("load", &RunConfig::load, py::arg("path"),

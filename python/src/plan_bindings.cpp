@@ -115,6 +115,8 @@ void bind_plan(py::module_& m) {
       "calibrate",
       [](const std::string& backend, const std::string& base, double seconds,
          const ProcessGroup* pg) {
+        NURI_CHECK(seconds > 0, "calibrate: seconds_per_probe is ", seconds,
+                   "; give a positive time (0.5 by default)");
         std::unique_ptr<Backend> be = make_backend(backend);
         const DeviceProfile b = device_profile(base);
         py::gil_scoped_release release;

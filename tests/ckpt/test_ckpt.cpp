@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nuri/ckpt/checkpoint.h"
+#include "nuri/ckpt/consolidate.h"
 #include "nuri/ckpt/safetensors.h"
 #include "nuri/core/error.h"
 #include "nuri/train/trainer.h"
@@ -398,6 +399,22 @@ TEST_F(CheckpointTamper, OtherTrainingDataIsRefusedUnlessAskedFor) {
   steps = 0;
   EXPECT_EQ(load_on(edited, true, &steps), "no error");
   EXPECT_EQ(steps, 1);
+}
+
+TEST_F(CheckpointTamper, AnExportNeitherOverwritesItsCheckpointNorLeavesDebris) {
+  const std::string own = dir_ + "/rank-00000-of-00001.safetensors";
+  const std::string before = read_bytes(own);
+  EXPECT_ERROR(consolidate_checkpoint(root_, own), "inside checkpoint", "write it elsewhere");
+  EXPECT_EQ(read_bytes(own), before);
+  EXPECT_ERROR(consolidate_checkpoint(root_, root_), "is a directory", "model.safetensors");
+  // A checkpoint that fails while its tensors are copied leaves no partial model file.
+  std::string bytes = before;
+  bytes[bytes.size() - 40] ^= 0x10;
+  write_bytes(own, bytes);
+  const std::string out = root_ + "/model.safetensors";
+  EXPECT_ERROR(consolidate_checkpoint(root_, out), "fails its checksum");
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(out + ".tmp"));
 }
 
 }  // namespace

@@ -52,6 +52,15 @@ TEST(TokenFile, RoundTripsUint16AndUint32) {
   EXPECT_EQ(out[1], 3);
 }
 
+TEST(TokenFile, WritingToADirectoryIsRefusedAndLeavesNothing) {
+  const std::string dir = temp_path("a-directory");
+  fs::create_directories(dir);
+  EXPECT_NE(error_of([&] { write_token_file(dir, {1, 2, 3}); }).find("is a directory"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(dir + ".tmp"));
+  EXPECT_TRUE(fs::is_directory(dir));
+}
+
 TEST(TokenFile, TheFingerprintFollowsTheTokensNotTheFile) {
   const std::vector<uint32_t> tokens = {5, 6, 7, 8, 9, 10, 11};
   const std::string path = temp_path("print.bin");

@@ -1,0 +1,129 @@
+"""Bad input to the Python API's C++ side: each call that crashed the interpreter, accepted a value
+that could not be meant, or answered with another shape than asked, now answers with an error
+that names what is wrong (or, for NumPy's scalars and logits, with what was meant)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import nuri
+
+TINY = "gpt2-tiny"  # vocab_size 257, padded to 320 columns
+
+
+def tiny_config():
+    return nuri.ModelConfig.preset(TINY)
+
+
+def test_none_for_the_model_or_the_data_is_an_error_not_a_crash():
+    data = nuri.TokenFile.from_array(np.arange(5000) % 257)
+    cfg = nuri.TrainConfig(micro_batch=2, seq_len=16)
+    with pytest.raises(nuri.Error, match="Trainer: model is None"):
+        nuri.Trainer(None, cfg, data)
+    with pytest.raises(nuri.Error, match="Trainer: train is None"):
+        nuri.Trainer(nuri.Model(tiny_config()), cfg, None)
+    with pytest.raises(nuri.Error, match="split_validation: no data"):
+        nuri.split_validation(None)
+
+
+def test_logits_have_the_vocabularys_columns_and_give_forwards_loss():
+    model = nuri.Model(tiny_config(), seed=3)
+    tokens = np.array([[5, 80, 200, 7, 9, 31]], np.int32)
+    targets = np.array([[80, 200, 7, 9, 31, 256]], np.int32)
+    logits = model.logits(tokens)
+    assert logits.shape == (1, 6, 257) and logits.flags["C_CONTIGUOUS"]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    loss = -np.take_along_axis(logp[0], targets[0][:, None], axis=1).mean()
+    assert math.isclose(loss, model.forward(tokens, targets), rel_tol=1e-5)
+
+
+def test_numpy_scalars_are_settings_values():
+    cfg = nuri.TrainConfig(steps=np.int64(5), lr=np.float32(1e-3))
+    assert cfg.steps == 5
+    assert math.isclose(cfg.lr, 1e-3, rel_tol=1e-6)
+    model = tiny_config()
+    model.n_layer, model.bias = np.int32(3), np.bool_(False)
+    assert (model.n_layer, model.bias) == (3, False)
+    run = nuri.config_from_dict({"train": {"steps": np.int64(3), "lr": np.float64(2e-3)}})
+    assert run.train.steps == 3
+    with pytest.raises(nuri.ConfigError, match=r"train.steps: expected an integer >= 1, got 0"):
+        nuri.TrainConfig(steps=np.int64(0))
+
+
+def test_a_config_dict_names_the_key_of_a_value_json_cannot_carry():
+    with pytest.raises(nuri.ConfigError, match="train.lr: expected a finite number, got nan"):
+        nuri.config_from_dict({"train": {"lr": float("nan")}})
+    with pytest.raises(nuri.ConfigError, match=r"model.d_ff: expected a number, a string, a "
+                                               r"bool, a list or a table, got \{1, 2\}"):
+        nuri.config_from_dict({"model": {"d_ff": {1, 2}}})
+
+
+def test_token_arrays_are_one_stream_of_valid_ids():
+    with pytest.raises(ValueError, match=r"tokens must be 1-D .* got shape \(2, 3\)"):
+        nuri.TokenFile.from_array(np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="tokens: none given"):
+        nuri.TokenFile.from_array([])
+    with pytest.raises(ValueError, match="token 9223372036854775813 at index 1 is not a valid"):
+        nuri.TokenFile.from_array(np.array([1, 2**63 + 5], np.uint64))
+    assert len(nuri.TokenFile.from_array(np.array([1, 2**32 - 1], np.uint64))) == 2
+    with pytest.raises(nuri.Error, match="vocab_size -5"):
+        nuri.TokenFile.from_array([1, 2], vocab_size=-5)
+
+
+def test_arrays_in_the_other_byte_order_are_refused():
+    with pytest.raises(TypeError, match="other byte order"):
+        nuri.Tensor.from_numpy(np.arange(3, dtype=">f4"))
+    t = nuri.Tensor.from_numpy(np.arange(3, dtype="<f4"))
+    np.testing.assert_array_equal(t.numpy(), [0, 1, 2])
+
+
+def test_models_too_large_to_count_or_to_hold_are_refused_at_once():
+    cfg = tiny_config()
+    cfg.d_ff = 2**62
+    with pytest.raises(nuri.Error, match="too many to count in 64 bits"):
+        nuri.Model(cfg)
+    cfg = tiny_config()
+    cfg.n_layer = 10**9  # 5e13 parameters: laying them out alone took minutes before
+    with pytest.raises(nuri.Error, match=r"need \d+ GiB for their f32 weights alone, more than "
+                                         r"this machine's"):
+        nuri.Model(cfg)
+    # A ZeRO 3 shard of it is judged by its own size.
+    cfg = tiny_config()
+    assert nuri.Model(cfg, shard=(0, 1000)).held_range == (0, 1000)
+
+
+def test_layouts_and_plans_out_of_range_are_named():
+    cpu = "cpu"
+    cfg = tiny_config()
+    for key, value in [("dp", 0), ("micro_batch", 0), ("grad_accum", -1)]:
+        with pytest.raises(nuri.Error, match=f"layout {key} is {value}; it must be at least 1"):
+            nuri.estimate_memory(cfg, {key: value}, 16, cpu)
+    with pytest.raises(nuri.Error, match="seq_len is 0"):
+        nuri.estimate_memory(cfg, {}, 0, cpu)
+    with pytest.raises(nuri.Error, match="layout zero is 4"):
+        nuri.estimate_step_time(cfg, {"zero": 4}, 16, cpu)
+    with pytest.raises(nuri.Error, match=r"usable fraction of each device's memory is 5; give "
+                                         r"one in \(0, 1\]"):
+        nuri.plan(cfg, usable_fraction=5)
+    with pytest.raises(nuri.Error, match="global batch -4 sequences"):
+        nuri.plan(cfg, global_batch=-4)
+    with pytest.raises(nuri.Error, match="seconds_per_probe is -1"):
+        nuri.calibrate("cpu", seconds_per_probe=-1)
+
+
+def test_generation_and_steps_refuse_values_that_cannot_be_meant():
+    model = nuri.Model(tiny_config(), seed=1)
+    with pytest.raises(nuri.Error, match=r"top_k \(-1\) must be >= 0"):
+        model.generate([1, 2, 3], 5, top_k=-1)
+    with pytest.raises(nuri.Error, match="loss_scale is nan"):
+        model.backward(float("nan"))
+    with pytest.raises(nuri.Error, match="learning_rate: step -5"):
+        nuri.learning_rate(nuri.TrainConfig(), -5)
+    model.parameters()["h.1.mlp.c_fc.weight"][3, 4] = np.inf
+    with pytest.raises(nuri.Error, match="not a finite number: its weights hold a NaN or an "
+                                         "infinity"):
+        model.generate([1, 2, 3], 5, temperature=0)
