@@ -260,6 +260,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     files = _input_files([os.fspath(p) for p in inputs])
     tok_path = os.path.abspath(os.fspath(tokenizer)) if tokenizer is not None else None
     if tok_path is None:
+        if eot is not None:
+            raise ConfigError(f"tokenize: eot {eot!r} names a token of a tokenizer, but none is "
+                              "given: byte tokens end a document with id 256; give the "
+                              "tokenizer.json (--tokenizer) or leave eot out")
         info = {"kind": "bytes", "vocab_size": 257, "eot": 256, "eot_text": "<|endoftext|>"}
     else:
         from tokenizers import Tokenizer

@@ -276,3 +276,11 @@ def test_single_paths_and_files_for_directories(tmp_path):
     assert (tmp_path / "file.txt").read_text() == "a document"
     assert np.array_equal(nuri.read_data(tmp_path / "d").to_numpy(),
                           list(b"a document") + [256])
+
+
+def test_an_end_of_text_token_without_a_tokenizer_is_refused(tmp_path):
+    (tmp_path / "file.txt").write_text("a document")
+    with pytest.raises(nuri.ConfigError, match="eot '</s>' names a token of a tokenizer, but "
+                                               "none is given"):
+        nuri.tokenize([tmp_path / "file.txt"], tmp_path / "d", eot="</s>", progress=False)
+    assert not (tmp_path / "d").exists()
