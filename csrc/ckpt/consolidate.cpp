@@ -1,6 +1,7 @@
 // A sharded checkpoint's parameters as one safetensors file, streamed (nuri/ckpt/consolidate.h).
 #include "nuri/ckpt/consolidate.h"
 
+#include <algorithm>
 #include <exception>
 #include <filesystem>
 
@@ -13,6 +14,23 @@
 
 namespace nuri {
 
+std::string checkpoint_owns(const std::string& step_dir, const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::weakly_canonical(fs::absolute(step_dir)).parent_path();
+  const fs::path target = fs::weakly_canonical(fs::absolute(path));
+  const auto [end, at] = std::mismatch(root.begin(), root.end(), target.begin(), target.end());
+  if (end != root.end() || at == target.end()) return "";  // not below the root
+  const std::string first = at->string();
+  if (first.rfind("step-", 0) == 0) {
+    return "it is inside checkpoint directory " + (root / first).string() +
+           " (its files could be overwritten, and a later run's rotation deletes it)";
+  }
+  if (std::next(at) == target.end() && (first == "latest" || first == "ledger.jsonl")) {
+    return "it is " + (root / first).string() + ", a file of the checkpoints' directory";
+  }
+  return "";
+}
+
 ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::string& out) {
   namespace fs = std::filesystem;
   const CheckpointReader r(ckpt);
@@ -20,10 +38,8 @@ ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::stri
   NURI_CHECK(!fs::is_directory(out, ec), "cannot write the model to ", out,
              ": it is a directory; give a file's path (e.g. ",
              (fs::path(out) / "model.safetensors").string(), ")");
-  NURI_CHECK(fs::weakly_canonical(fs::absolute(out)).parent_path() !=
-                 fs::weakly_canonical(fs::absolute(r.dir())),
-             "cannot write the model to ", out, ": it is inside checkpoint ", r.dir(),
-             ", which it is read from (its files would be overwritten); write it elsewhere");
+  const std::string why = checkpoint_owns(r.dir(), out);
+  NURI_CHECK(why.empty(), "cannot write the model to ", out, ": ", why, "; write it elsewhere");
   ModelConfig cfg;
   std::string config_json;
   try {

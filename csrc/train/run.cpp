@@ -536,6 +536,16 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const bool checkpoints = !ck.dir.empty();
   if (checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty()) {
     Span timed(parts.checkpoint_load);
+    if (ck.check_data) {  // every rank's copy of the data, agreed on before any rank loads
+      std::string other_data;
+      try {
+        trainer.check_checkpoint_data(ck.dir);
+      } catch (const Error& e) {
+        other_data = e.what();
+      }
+      agree(pg, other_data, "holds other training data than the checkpoint's (its output says "
+                            "how)");
+    }
     const std::string dir = trainer.load_checkpoint(ck.dir, ck.check_data);
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),

@@ -740,6 +740,37 @@ Tensor Trainer::master_weights() {
   return all;
 }
 
+namespace {
+/// Throws unless the data a checkpoint's meta records (its `data` object) is `data`: the token
+/// count and the fingerprint. Checkpoints of before the data was recorded have neither field.
+void check_data_record(const nlohmann::json& d, const std::string& dir, const TokenFile& data,
+                       const std::string& fingerprint) {
+  if (!d.contains("fingerprint")) return;
+  const int64_t saved_tokens = json_checked::integer(d.at("tokens"));
+  const std::string saved_print = d.at("fingerprint").get<std::string>();
+  NURI_CHECK(saved_tokens == data.size() && saved_print == fingerprint, "checkpoint ", dir,
+             " was saved training on other data: ", saved_tokens, " tokens, fingerprint ",
+             saved_print, "; this run's training data (", data.path(), ") has ", data.size(),
+             " tokens, fingerprint ", fingerprint,
+             ". Resume with the data the checkpoint trained on (its sample order and the "
+             "position in it are that data's), start afresh in another checkpoint directory, "
+             "or, to go on with this data at the saved position on purpose, resume with "
+             "checkpoint.check_data false (--no-check-data; from Python, "
+             "load_checkpoint(path, check_data=False))");
+}
+}  // namespace
+
+void Trainer::check_checkpoint_data(const std::string& path) const {
+  CheckpointReader r(path);
+  try {
+    check_data_record(nlohmann::json::parse(r.meta()).at("data"), r.dir(),
+                      loader_.sampler().tokens(), data_fingerprint());
+  } catch (const nlohmann::json::exception& e) {
+    NURI_CHECK(false, "checkpoint ", r.dir(), ": its meta data lacks a field or has one of the "
+               "wrong type: ", e.what());
+  }
+}
+
 const std::string& Trainer::data_fingerprint() const {
   if (data_fingerprint_.empty()) data_fingerprint_ = loader_.sampler().tokens().fingerprint();
   return data_fingerprint_;
@@ -780,27 +811,21 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
                "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
                cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
                "the product is the checkpoint's, on any number of ranks");
-    // And the data: the sample order and the position in it are this data's. Checkpoints of
-    // before the fingerprint was recorded have neither field.
-    if (check_data && d.contains("fingerprint")) {
-      const TokenFile& data = loader_.sampler().tokens();
-      const int64_t saved_tokens = json_checked::integer(d.at("tokens"));
-      const std::string saved_print = d.at("fingerprint").get<std::string>();
-      NURI_CHECK(saved_tokens == data.size() && saved_print == data_fingerprint(),
-                 "checkpoint ", dir, " was saved training on other data: ", saved_tokens,
-                 " tokens, fingerprint ", saved_print, "; this run's training data (",
-                 data.path(), ") has ", data.size(), " tokens, fingerprint ",
-                 data_fingerprint(),
-                 ". Resume with the data the checkpoint trained on (its sample order and the "
-                 "position in it are that data's), start afresh in another checkpoint "
-                 "directory, or, to go on with this data at the saved position on purpose, "
-                 "resume with checkpoint.check_data false (--no-check-data; from Python, "
-                 "load_checkpoint(path, check_data=False))");
-    }
+    // And the data: the sample order and the position in it are this data's.
+    if (check_data) check_data_record(d, dir, loader_.sampler().tokens(), data_fingerprint());
     // Where training stands, read (and checked) before any weight is.
     saved_step = json_checked::integer(meta.at("step"));
     saved_steps_done = json_checked::integer(meta.at("adamw").at("steps_done"));
     saved_position = {json_checked::integer(d.at("epoch")), json_checked::integer(d.at("batch"))};
+    // Other data (check_data false) may have fewer batches an epoch than the position.
+    const int64_t per_epoch = loader_.sampler().batches_per_epoch();
+    if (saved_position.batch >= per_epoch) {
+      NURI_LOG(warn, "checkpoint ", dir, " stopped at batch ", saved_position.batch,
+               " of epoch ", saved_position.epoch, "; this data has ", per_epoch,
+               " batches an epoch, so training goes on at the start of epoch ",
+               saved_position.epoch + 1);
+      saved_position = {saved_position.epoch + 1, 0};
+    }
     if (meta.contains("skipped_steps")) {
       saved_skipped = json_checked::integer(meta["skipped_steps"]);
     }

@@ -34,7 +34,8 @@ from typing import Any, Sequence
 from . import _C
 from .config import ConfigError, SampleConfig
 from .hf import check_export_directory, export_hf_checkpoint
-from .io import check_consolidate_out, consolidate, generate_text, load
+from .io import (check_consolidate_out, check_outside_checkpoint, consolidate, generate_text,
+                 load)
 from .training import run
 from .plan import calibrate, plan
 from .report import format_report, plot_report, report
@@ -170,6 +171,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out:  # both refused before either is written
         check_consolidate_out(args.checkpoint, args.out)
     if args.hf:
+        check_outside_checkpoint(args.checkpoint, args.hf)
         check_export_directory(args.hf)
         export_hf_checkpoint(args.checkpoint, args.hf)
         print(f"wrote {os.path.join(args.hf, 'config.json')} and model.safetensors")

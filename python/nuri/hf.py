@@ -35,7 +35,7 @@ import numpy as np
 
 from . import _C
 from .config import ConfigError, model_config_from_dict, model_config_to_dict
-from .io import check_finite, check_whole_model
+from .io import check_finite, check_outside_checkpoint, check_whole_model
 
 #: Conv1D weights of a GPT-2 block (stored [in, out] by Hugging Face).
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -271,6 +271,7 @@ def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike,
     """export_hf from a checkpoint (a directory, or a root whose newest one is taken) of any
     layout, sharded by any number of ranks: each tensor is assembled from its slices, converted
     and written in turn, so the memory it takes is the largest tensor's, never the model's."""
+    check_outside_checkpoint(ckpt, directory)
     reader = _C.CheckpointReader(os.fspath(ckpt))
     config = model_config_from_dict(json.loads(reader.meta)["model"], path=f"{reader.dir}: model")
     hf_config(config)

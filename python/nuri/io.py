@@ -54,6 +54,9 @@ def check_whole_model(model: _C.Model, what: str) -> None:
     index, tp = model.tensor_parallel
     if tp != 1:
         parts.append(f"tensor-parallel slice {index} of {tp}")
+    if model.masters_sharded and (lo, hi) == (0, model.parameter_count):  # ZeRO 1 or 2
+        parts.append("its shard of the f32 master weights, which ZeRO 1 and 2 split on a GPU "
+                     "(Trainer.master_weights() gathers them)")
     first, last = model.pipeline_stage
     if (first, last) != (0, model.config.n_layer):
         parts.append(f"the pipeline stage of blocks [{first}, {last}) of {model.config.n_layer}")
@@ -154,10 +157,16 @@ def check_consolidate_out(ckpt: str | os.PathLike, out: str | os.PathLike) -> No
     if os.path.isdir(out):
         raise ConfigError(f"export: {out} is a directory; name the model file to write (e.g. "
                           f"{os.path.join(out, 'model.safetensors')})")
-    inside = os.path.realpath(ckpt)
-    if os.path.commonpath([inside, os.path.realpath(out)]) == inside:
-        raise ConfigError(f"export: {out} is inside the checkpoint {ckpt}, whose files it could "
-                          "overwrite; write the model file outside it")
+    check_outside_checkpoint(ckpt, out)
+
+
+def check_outside_checkpoint(ckpt: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Raises ConfigError when an export of checkpoint ``ckpt`` may not write ``out``: inside
+    a checkpoint directory of its root (whose files it could overwrite, and which a later run's
+    rotation deletes), or the root's ``latest`` or ``ledger.jsonl``."""
+    why = _C.checkpoint_owns(_C.CheckpointReader(os.fspath(ckpt)).dir, os.fspath(out))
+    if why:
+        raise ConfigError(f"export: {os.fspath(out)}: {why}; write the export elsewhere")
 
 
 def default_corpus() -> _C.TokenFile:

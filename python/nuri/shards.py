@@ -288,6 +288,9 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     # complete: an error leaves an earlier run's shards as they were.
     made = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    for debris in os.listdir(out_dir):  # an earlier tokenize killed while it wrote
+        if debris.startswith(".tokenize-") and os.path.isdir(os.path.join(out_dir, debris)):
+            shutil.rmtree(os.path.join(out_dir, debris), ignore_errors=True)
     work = tempfile.mkdtemp(prefix=".tokenize-", dir=out_dir)
     try:
         meta = _write_shards(work, files, field, kind, chat_template, tok_path, info, dtype,
@@ -298,6 +301,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
             os.rmdir(out_dir)
         raise
     written = os.listdir(work)
+    # The old tokenize.json goes first: a directory caught between the old shards and the new
+    # ones (the process killed) has none, so nothing reads it as shards until it is rewritten.
+    if os.path.exists(os.path.join(out_dir, "tokenize.json")):
+        os.remove(os.path.join(out_dir, "tokenize.json"))
     for stale in os.listdir(out_dir):  # an earlier run's shards would be read with these
         if stale not in written and stale.startswith(("train_", "val_")) and stale.endswith(
                 (".bin", ".mask.npy")):

@@ -330,11 +330,14 @@ PYBIND11_MODULE(_C, m) {
            "but for a ZeRO 3 shard).")
       .def_property_readonly("holds_whole_model", [](const Transformer& t) {
              return t.held_range() == std::make_pair(int64_t(0), t.parameter_count()) &&
-                    t.tensor_parallel().size == 1 && t.stage().first == 0 &&
-                    t.stage().last == t.config().n_layer;
-           }, "Whether this model holds every weight of its config (not a ZeRO 3 shard, a "
-              "tensor-parallel slice or a pipeline stage): only then can it be saved or exported "
-              "as a model file.")
+                    !t.masters_sharded() && t.tensor_parallel().size == 1 &&
+                    t.stage().first == 0 && t.stage().last == t.config().n_layer;
+           }, "Whether this model holds every f32 weight of its config (not a ZeRO 3 shard, "
+              "masters sharded by ZeRO 1 or 2 on a GPU, a tensor-parallel slice or a pipeline "
+              "stage): only then can it be saved or exported as a model file.")
+      .def_property_readonly("masters_sharded", &Transformer::masters_sharded,
+           "Whether data parallelism (ZeRO 1 or 2 on a GPU) keeps only this rank's shard of the "
+           "f32 master weights here (Trainer.master_weights() gathers them).")
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },

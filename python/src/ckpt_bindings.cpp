@@ -98,4 +98,7 @@ void bind_checkpoint(py::module_& m) {
     return d;
   }, py::arg("ckpt"), py::arg("out"),
      "The checkpoint's parameters as one safetensors file, one tensor in memory at a time.");
+  m.def("checkpoint_owns", &checkpoint_owns, py::arg("step_dir"), py::arg("path"),
+        "Why an export of the checkpoint in step_dir may not write path ('' when it may): "
+        "inside a step-* directory of its root, or the root's latest or ledger.jsonl.");
 }

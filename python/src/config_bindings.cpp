@@ -284,9 +284,14 @@ void bind_config(py::module_& m) {
               throw ConfigError((origin.empty() ? "" : origin + ": ") +
                                 "expected a table (dict) at the top level");
             }
+            py::object ready;
+            try {
+              ready = json_ready(d, "");
+            } catch (const ConfigError& e) {  // named as from_json names its errors
+              throw ConfigError((origin.empty() ? "" : origin + ": ") + e.what());
+            }
             return RunConfig::from_json(
-                py::str(py::module_::import("json").attr("dumps")(json_ready(d, origin)))
-                    .cast<std::string>(),
+                py::str(py::module_::import("json").attr("dumps")(ready)).cast<std::string>(),
                 origin);
           },
           py::arg("d"), py::arg("origin") = "")

@@ -57,6 +57,8 @@ def test_numpy_scalars_are_settings_values():
 def test_a_config_dict_names_the_key_of_a_value_json_cannot_carry():
     with pytest.raises(nuri.ConfigError, match="train.lr: expected a finite number, got nan"):
         nuri.config_from_dict({"train": {"lr": float("nan")}})
+    with pytest.raises(nuri.ConfigError, match="^my.toml: train.lr: expected a finite number"):
+        nuri.RunConfig.from_dict({"train": {"lr": float("inf")}}, "my.toml")
     with pytest.raises(nuri.ConfigError, match=r"model.d_ff: expected a number, a string, a "
                                                r"bool, a list or a table, got \{1, 2\}"):
         nuri.config_from_dict({"model": {"d_ff": {1, 2}}})
@@ -91,9 +93,13 @@ def test_models_too_large_to_count_or_to_hold_are_refused_at_once():
     with pytest.raises(nuri.Error, match=r"need \d+ GiB for their f32 weights alone, more than "
                                          r"this machine's"):
         nuri.Model(cfg)
-    # A ZeRO 3 shard of it is judged by its own size.
+    # A ZeRO 3 shard of a model too large for the machine is judged by its own size.
     cfg = tiny_config()
-    assert nuri.Model(cfg, shard=(0, 1000)).held_range == (0, 1000)
+    cfg.d_ff = 2**33  # 2.2e12 parameters in two blocks: 8 TiB of f32 weights
+    with pytest.raises(nuri.Error, match="need 8256 GiB for their f32 weights alone"):
+        nuri.Model(cfg)
+    part = nuri.Model(cfg, shard=(0, 1000))
+    assert part.held_range == (0, 1000) and not part.holds_whole_model
 
 
 def test_layouts_and_plans_out_of_range_are_named():

@@ -100,11 +100,16 @@ def test_export_out_refuses_a_directory_and_the_checkpoints_own_files(trained):
         "run/model.safetensors)" in proc.stderr
     rel = str(shard.relative_to(trained))
     proc = run_cli("export", "ck", "--out", rel, "--hf", "hf", cwd=trained, expect=2)
-    assert f"export: {rel} is inside the checkpoint ck, whose files it could overwrite" \
-        in proc.stderr
+    assert f"export: {rel}: it is inside checkpoint directory " in proc.stderr
+    assert "its files could be overwritten" in proc.stderr
     assert not (trained / "hf").exists()  # refused before anything was written
-    with pytest.raises(nuri.ConfigError, match="inside the checkpoint"):
+    with pytest.raises(nuri.ConfigError, match="inside checkpoint directory"):
         nuri.consolidate(shard.parent, shard.parent / "model.safetensors")
+    proc = run_cli("export", "ck", "--out", "ck/latest", cwd=trained, expect=2)
+    assert "export: ck/latest: it is " in proc.stderr and "a file of the checkpoints'" \
+        in proc.stderr
+    with pytest.raises(nuri.ConfigError, match="inside checkpoint directory"):
+        nuri.export_hf_checkpoint(trained / "ck", shard.parent / "hf")
     assert snapshot(trained / "ck") == before
     run_cli("export", "ck", "--out", "model.safetensors", cwd=trained)
     assert nuri.load(trained / "model.safetensors").config.n_layer == 2
@@ -284,3 +289,13 @@ def test_an_end_of_text_token_without_a_tokenizer_is_refused(tmp_path):
                                                "none is given"):
         nuri.tokenize([tmp_path / "file.txt"], tmp_path / "d", eot="</s>", progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_tokenize_clears_what_a_killed_run_left(tmp_path):
+    (tmp_path / "file.txt").write_text("a document\n" * 20)
+    out = tmp_path / "d"
+    (out / ".tokenize-killed").mkdir(parents=True)
+    (out / ".tokenize-killed" / "train_000000.bin").write_bytes(b"partial")
+    meta = nuri.tokenize([tmp_path / "file.txt"], out, val_every=0, progress=False)
+    assert meta["documents"] == {"train": 1, "val": 0}
+    assert sorted(p.name for p in out.iterdir()) == ["tokenize.json", "train_000000.bin"]

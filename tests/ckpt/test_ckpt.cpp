@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -406,15 +407,40 @@ TEST_F(CheckpointTamper, AnExportNeitherOverwritesItsCheckpointNorLeavesDebris) 
   const std::string before = read_bytes(own);
   EXPECT_ERROR(consolidate_checkpoint(root_, own), "inside checkpoint", "write it elsewhere");
   EXPECT_EQ(read_bytes(own), before);
-  EXPECT_ERROR(consolidate_checkpoint(root_, root_), "is a directory", "model.safetensors");
+  EXPECT_ERROR(consolidate_checkpoint(root_, root_ + "/latest"), "a file of the checkpoints'");
+  EXPECT_ERROR(consolidate_checkpoint(dir_, root_ + "/step-00000009/model.safetensors"),
+               "inside checkpoint directory");
+  EXPECT_EQ(checkpoint_owns(dir_, root_ + "/model.safetensors"), "");  // beside them: fine
+  EXPECT_EQ(checkpoint_owns(dir_, root_ + "-other/model.safetensors"), "");
+  EXPECT_EQ(read_bytes(root_ + "/latest"), "step-00000001\n");
+  const std::string elsewhere = tmpdir("export");
+  EXPECT_ERROR(consolidate_checkpoint(root_, elsewhere), "is a directory", "model.safetensors");
   // A checkpoint that fails while its tensors are copied leaves no partial model file.
   std::string bytes = before;
   bytes[bytes.size() - 40] ^= 0x10;
   write_bytes(own, bytes);
-  const std::string out = root_ + "/model.safetensors";
+  const std::string out = elsewhere + "/model.safetensors";
   EXPECT_ERROR(consolidate_checkpoint(root_, out), "fails its checksum");
   EXPECT_FALSE(fs::exists(out));
   EXPECT_FALSE(fs::exists(out + ".tmp"));
+  fs::remove_all(elsewhere);
+}
+
+TEST_F(CheckpointTamper, OtherDataWithAShorterEpochGoesOnAtTheNextEpoch) {
+  // Saved after 1 step: batch 1 of epoch 0. 100 tokens of 32-token samples make 3 samples, one
+  // global batch of 2 an epoch, so batch 1 does not exist in this data's epoch 0.
+  std::vector<uint32_t> few(100);
+  for (size_t i = 0; i < few.size(); ++i) few[i] = uint32_t('a' + i % 26);
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  Trainer t(m, config(), TokenFile::from_tokens(few, "few"), nullptr);
+  EXPECT_ERROR(t.check_checkpoint_data(root_), "saved training on other data");
+  t.load_checkpoint(root_, /*check_data=*/false);
+  EXPECT_EQ(t.steps_done(), 1);
+  EXPECT_EQ(t.data_position().epoch, 1);
+  EXPECT_EQ(t.data_position().batch, 0);
+  const float loss = t.step().loss;
+  EXPECT_TRUE(std::isfinite(loss));
+  EXPECT_EQ(t.data_position().epoch, 2);
 }
 
 }  // namespace

@@ -231,6 +231,37 @@ TEST(Run, AModelTooLargeForTheMachineIsRefusedWithItsSize) {
       << e;
 }
 
+// A run resumed on other training data stops before it loads anything, unless told to go on
+// (checkpoint.check_data false).
+TEST(Run, ResumingOnOtherDataIsRefusedUnlessAskedFor) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.train.steps = 2;
+  Captured first;
+  ASSERT_EQ(run_training(c, first.hooks()).status, kRunDone);
+  std::ofstream(t.path / "other.txt") << std::string(20000, 'z');
+  c.data.train = (t.path / "other.txt").string();
+  c.train.steps = 4;
+  Captured second;
+  try {
+    run_training(c, second.hooks());
+    ADD_FAILURE() << "expected an error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("was saved training on other data"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(second.text.find("resumed from"), std::string::npos) << second.text;
+  c.checkpoint.check_data = false;
+  Captured third;
+  const RunResult r = run_training(c, third.hooks());
+  EXPECT_EQ(r.status, kRunDone);
+  EXPECT_EQ(r.steps_done, 4);
+  EXPECT_NE(third.text.find("resumed from"), std::string::npos) << third.text;
+  EXPECT_EQ(third.records.front()["step"], 3);  // steps 3 and 4 alone: the run went on
+}
+
 // A run told to start fresh (checkpoint.resume false) in a directory of another run's
 // checkpoints is refused before it writes anything there.
 TEST(Run, StartingFreshAmongAnotherRunsCheckpointsIsRefused) {

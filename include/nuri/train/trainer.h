@@ -159,9 +159,15 @@ class Trainer {
   /// sequence length, the global batch and the data seed must be the checkpoint's (an error
   /// names what differs); gradients are not saved. So must the training data, by its token
   /// count and TokenFile::fingerprint(), unless `check_data` is false: then the run goes on at
-  /// the saved position of this data's sample order (checkpoints saved before nuri recorded
-  /// the data are not checked). Returns the checkpoint's directory.
+  /// the saved position of this data's sample order, or the start of the next epoch where this
+  /// data's epoch is shorter (checkpoints saved before nuri recorded the data are not
+  /// checked). Returns the checkpoint's directory.
   std::string load_checkpoint(const std::string& path, bool check_data = true);
+  /// load_checkpoint's check of the data alone (it reads no weights): throws, naming both,
+  /// unless checkpoint `path` (a directory, or the newest under a root) was saved training on
+  /// this trainer's data. Each rank checks its own copy of the data; run_training has every
+  /// rank agree before any loads.
+  void check_checkpoint_data(const std::string& path) const;
 
   /// Writes the f32 master weights as one safetensors file at `path` (rank 0 writes it, with
   /// `metadata`; a collective under data and tensor parallelism), one tensor at a time: the
