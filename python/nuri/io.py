@@ -9,6 +9,7 @@ weights without nuri.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Sequence
@@ -38,8 +39,24 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     metadata = {
         CONFIG_KEY: json.dumps(model_config_to_dict(model.config)),
         "nuri_version": str(_C.build_info()["version"]),
+        SHA_KEY: tensors_sha256(tensors),
     }
     save_file(tensors, os.fspath(path), metadata=metadata)
+
+
+#: The metadata key of the SHA-256 of a file's tensors (tensors_sha256), which nuri.save writes
+#: and nuri.load checks: safetensors itself has no checksum, so a flipped byte would load.
+SHA_KEY = "nuri_tensors_sha256"
+
+
+def tensors_sha256(tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 over every tensor in name order: its name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def check_whole_model(model: _C.Model, what: str) -> None:
@@ -83,7 +100,8 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
 
     [in] config: the model config; default: the one stored in the file's metadata.
     Raises nuri.Error naming the tensor when a name is missing or unexpected, a shape or
-    dtype does not match the config, or a value is not finite.
+    dtype does not match the config, or a value is not finite; and when the file fails the
+    checksum nuri.save writes (files without one, e.g. from other writers, are not checked).
     """
     from safetensors import safe_open
 
@@ -96,6 +114,10 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
         raise _C.Error(f"cannot open model file {path}: no such file") from e
     except Exception as e:  # safetensors raises its own types for foreign or truncated files
         raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
+    if SHA_KEY in metadata and tensors_sha256(tensors) != metadata[SHA_KEY]:
+        raise _C.Error(f"{path} fails its checksum: its tensors are not the ones nuri.save "
+                       "wrote (the file was damaged or changed since); save the model again, or "
+                       "export it from a checkpoint")
     if config is None:
         if CONFIG_KEY not in metadata:
             raise _C.Error(f"{path} has no '{CONFIG_KEY}' metadata (not written by nuri.save); "

@@ -133,3 +133,17 @@ def test_generation_and_steps_refuse_values_that_cannot_be_meant():
     with pytest.raises(nuri.Error, match="not a finite number: its weights hold a NaN or an "
                                          "infinity"):
         model.generate([1, 2, 3], 5, temperature=0)
+
+
+def test_a_saved_model_file_with_a_flipped_byte_fails_its_checksum(tmp_path):
+    model = nuri.Model(tiny_config(), seed=5)
+    path = tmp_path / "m.safetensors"
+    nuri.save(model, path)
+    back = nuri.load(path)
+    np.testing.assert_array_equal(back.parameters()["wte.weight"], model.parameters()["wte.weight"])
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x04  # a bit of the last tensor's last value
+    path.write_bytes(bytes(data))
+    with pytest.raises(nuri.Error, match="m.safetensors fails its checksum: its tensors are not "
+                                         "the ones nuri.save wrote"):
+        nuri.load(path)
