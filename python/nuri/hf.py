@@ -509,7 +509,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         if not isinstance(hf, dict):
             raise ConfigError(f"{where}: a Hugging Face config is a JSON object")
     kind = hf.get("model_type")
-    if kind not in _MODEL_KEYS:
+    if not isinstance(kind, str) or kind not in _MODEL_KEYS:
         raise ConfigError(f"{where}: model_type {kind!r} is not supported; nuri reads "
                           "'gpt2', 'llama', 'qwen2' and 'mistral' configs")
     unknown = sorted(set(hf) - _METADATA_KEYS - _MODEL_KEYS[kind])
