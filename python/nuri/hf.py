@@ -539,8 +539,9 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         "tied_embeddings": h["tie_word_embeddings"],
     }
     head_dim = h.get("head_dim")
-    if head_dim is not None and head_dim != d_model // max(n_head, 1):
-        table["head_dim"] = head_dim
+    ints = all(isinstance(v, int) for v in (head_dim, d_model, n_head))
+    if head_dim is not None and (not ints or head_dim != d_model // max(n_head, 1)):
+        table["head_dim"] = head_dim  # (a value of the wrong type: model_config_from_dict names it)
     if kind in ("llama", "qwen2"):
         table.update(_rope_scaling(where, h.get("rope_scaling")))
     if kind == "llama":
