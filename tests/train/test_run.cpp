@@ -53,6 +53,17 @@ struct Captured {
   }
 };
 
+// A 2-step run checkpointed under dir/ck, without samples: what the resume tests start from.
+RunConfig checkpointed_two_steps(const fs::path& dir) {
+  RunConfig c = tiny(dir);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (dir / "ck").string();
+  c.train.steps = 2;
+  Captured first;
+  EXPECT_EQ(run_training(c, first.hooks()).status, kRunDone) << first.text;
+  return c;
+}
+
 std::vector<nlohmann::json> read_metrics(const fs::path& p) {
   std::vector<nlohmann::json> out;
   std::ifstream in(p);
@@ -235,12 +246,8 @@ TEST(Run, AModelTooLargeForTheMachineIsRefusedWithItsSize) {
 // (checkpoint.check_data false).
 TEST(Run, ResumingOnOtherDataIsRefusedUnlessAskedFor) {
   TempDir t;
-  RunConfig c = tiny(t.path);
-  c.sample.max_new_tokens = 0;
-  c.checkpoint.dir = (t.path / "ck").string();
-  c.train.steps = 2;
-  Captured first;
-  ASSERT_EQ(run_training(c, first.hooks()).status, kRunDone);
+  RunConfig c = checkpointed_two_steps(t.path);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   std::ofstream(t.path / "other.txt") << std::string(20000, 'z');
   c.data.train = (t.path / "other.txt").string();
   c.train.steps = 4;
@@ -266,12 +273,8 @@ TEST(Run, ResumingOnOtherDataIsRefusedUnlessAskedFor) {
 // checkpoints is refused before it writes anything there.
 TEST(Run, StartingFreshAmongAnotherRunsCheckpointsIsRefused) {
   TempDir t;
-  RunConfig c = tiny(t.path);
-  c.sample.max_new_tokens = 0;
-  c.checkpoint.dir = (t.path / "ck").string();
-  c.train.steps = 2;
-  Captured first;
-  ASSERT_EQ(run_training(c, first.hooks()).status, kRunDone);
+  RunConfig c = checkpointed_two_steps(t.path);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   const fs::path newest = t.path / "ck" / "step-00000002";
   const auto written = fs::last_write_time(newest / "manifest.json");
   c.checkpoint.resume = false;
