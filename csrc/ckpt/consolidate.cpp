@@ -48,7 +48,10 @@ ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::stri
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, "checkpoint ", r.dir(), " records no usable model config: ", e.what());
   }
-  const std::vector<ParamSpec> layout = param_layout(cfg);
+  // In name order: the order the tensor checksum is taken in.
+  std::vector<ParamSpec> layout = param_layout(cfg);
+  std::sort(layout.begin(), layout.end(),
+            [](const ParamSpec& a, const ParamSpec& b) { return a.name < b.name; });
   std::vector<SafetensorsPlanned> planned;
   for (const ParamSpec& p : layout) {
     NURI_CHECK(r.has_range(p.name), "checkpoint ", r.dir(), ": tensor '", p.name,
@@ -69,7 +72,8 @@ ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::stri
   } remove_on_error{tmp};
   SafetensorsStreamWriter w(tmp, std::move(planned),
                             {{"nuri_model_config", config_json},
-                             {"nuri_version", build_info().version}});
+                             {"nuri_version", build_info().version}},
+                            /*checksum=*/true);
   ConsolidateStats stats;
   for (const ParamSpec& p : layout) {
     Tensor t = Tensor::empty(p.shape, DType::f32, alloc);

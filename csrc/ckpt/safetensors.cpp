@@ -112,6 +112,21 @@ void FileWriter::write(const void* data, size_t bytes) {
   }
 }
 
+void FileWriter::overwrite(int64_t offset, const void* data, size_t bytes) {
+  NURI_CHECK(fd_ >= 0 && offset >= 0 && offset + int64_t(bytes) <= bytes_, "overwrite of bytes [",
+             offset, ", ", offset + int64_t(bytes), ") of ", path_, ", which has ", bytes_,
+             fd_ >= 0 ? " written" : " written and is closed");
+  ckpt::crash_point("write");
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t k = ::pwrite(fd_, static_cast<const char*>(data) + done, bytes - done,
+                               off_t(offset + int64_t(done)));
+    if (k < 0 && errno == EINTR) continue;
+    NURI_CHECK(k > 0, "writing ", path_, " failed: ", std::strerror(errno));
+    done += size_t(k);
+  }
+}
+
 std::string FileWriter::close() {
   NURI_CHECK(fd_ >= 0, "close of ", path_, " twice");
   ckpt::crash_point("fsync");
@@ -160,12 +175,40 @@ DType dtype_from_safetensors(const std::string& s, const std::string& where) {
 
 // ---- writing ------------------------------------------------------------------------------------
 
+namespace {
+// How NumPy names a dtype (numpy.dtype.str), which the tensor checksum hashes.
+const char* numpy_dtype_str(DType t) {
+  switch (t) {
+    case DType::f32: return "<f4";
+    case DType::f16: return "<f2";
+    case DType::i32: return "<i4";
+    case DType::i64: return "<i8";
+    default: return nullptr;
+  }
+}
+}  // namespace
+
 SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
                                                  std::vector<SafetensorsPlanned> tensors,
-                                                 const std::map<std::string, std::string>& metadata)
+                                                 const std::map<std::string, std::string>& metadata,
+                                                 bool checksum)
     : path_(path), planned_(std::move(tensors)) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) header["__metadata__"] = metadata;
+  const std::string placeholder(64, '0');
+  std::map<std::string, std::string> meta = metadata;
+  if (checksum) {
+    for (size_t i = 0; i < planned_.size(); ++i) {
+      NURI_CHECK(i == 0 || planned_[i - 1].name < planned_[i].name, "safetensors ", path,
+                 ": a checksummed file's tensors are written in name order, and '",
+                 planned_[i].name, "' comes after '", planned_[i - 1].name, "'");
+      NURI_CHECK(numpy_dtype_str(planned_[i].dtype), "safetensors ", path, ": tensor '",
+                 planned_[i].name, "' is ", dtype_name(planned_[i].dtype),
+                 ", which the tensor checksum does not cover (NumPy has no such type)");
+    }
+    meta[kTensorsChecksumKey] = placeholder;  // its digits are written at close()
+    checksum_ = new_sha();
+  }
+  if (!meta.empty()) header["__metadata__"] = meta;
   int64_t at = 0;
   for (const auto& [name, dtype, shape] : planned_) {
     NURI_CHECK(name != "__metadata__" && !header.contains(name), "safetensors ", path,
@@ -180,6 +223,12 @@ SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
   }
   std::string h = header.dump();
   h.append((8 - h.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  if (checksum) {
+    const std::string field = std::string("\"") + kTensorsChecksumKey + "\":\"" + placeholder;
+    const size_t at = h.find(field);
+    NURI_CHECK(at != std::string::npos, "safetensors ", path, ": no room for the checksum");
+    checksum_offset_ = 8 + int64_t(at + field.size() - placeholder.size());
+  }
   const uint64_t n = h.size();
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
@@ -188,7 +237,9 @@ SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
   file_->write(h.data(), h.size());
 }
 
-SafetensorsStreamWriter::~SafetensorsStreamWriter() = default;
+SafetensorsStreamWriter::~SafetensorsStreamWriter() {
+  if (checksum_) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(checksum_));
+}
 
 void SafetensorsStreamWriter::write(const std::string& name, const Tensor& host) {
   NURI_CHECK(next_ < planned_.size(), "safetensors ", path_, ": '", name, "' is one tensor more "
@@ -200,13 +251,28 @@ void SafetensorsStreamWriter::write(const std::string& name, const Tensor& host)
              dtype_name(p.dtype), " ", shape_str(p.shape), " (a contiguous host tensor), got '",
              name, "' ", host.defined() ? host.str() : std::string("undefined"));
   file_->write(host.raw(), host.nbytes());
+  if (checksum_) {
+    std::string head = p.name + "|" + numpy_dtype_str(p.dtype) + "|[";
+    for (size_t d = 0; d < p.shape.size(); ++d) {
+      head += (d ? ", " : "") + std::to_string(p.shape[d]);
+    }
+    head += "]|";
+    auto* ctx = static_cast<EVP_MD_CTX*>(checksum_);
+    EVP_DigestUpdate(ctx, head.data(), head.size());
+    EVP_DigestUpdate(ctx, host.raw(), host.nbytes());
+  }
   ++next_;
 }
 
 std::string SafetensorsStreamWriter::close() {
   NURI_CHECK(next_ == planned_.size(), "safetensors ", path_, ": ", next_, " of the ",
              planned_.size(), " planned tensors were written");
-  return file_->close();
+  if (!checksum_) return file_->close();
+  const std::string digest = finish_sha(static_cast<EVP_MD_CTX*>(checksum_));
+  checksum_ = nullptr;
+  file_->overwrite(checksum_offset_, digest.data(), digest.size());
+  file_->close();
+  return digest;
 }
 
 std::string write_safetensors(const std::string& path,

@@ -687,14 +687,20 @@ void Trainer::save_model(const std::string& path,
     const int64_t a = std::max(lo, p.offset), b = std::min(hi, p.offset + p.numel());
     return a < b ? std::pair{a, b} : std::pair<int64_t, int64_t>{0, 0};
   };
+  // The tensors go in name order, the order of the file's tensor checksum.
+  std::vector<size_t> order(logical.size());
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return logical[a].name < logical[b].name; });
   std::unique_ptr<SafetensorsStreamWriter> out;
   const std::string tmp = path + ".tmp";
   if (me == 0) {
     std::vector<SafetensorsPlanned> planned;
-    for (const ParamSpec& p : logical) planned.push_back({p.name, DType::f32, p.logical});
-    out = std::make_unique<SafetensorsStreamWriter>(tmp, std::move(planned), metadata);
+    for (size_t i : order) planned.push_back({logical[i].name, DType::f32, logical[i].logical});
+    out = std::make_unique<SafetensorsStreamWriter>(tmp, std::move(planned), metadata,
+                                                    /*checksum=*/true);
   }
-  for (size_t i = 0; i < logical.size(); ++i) {
+  for (size_t i : order) {
     const auto [a, b] = sends(me, i);
     Tensor mine;
     if (a < b) {

@@ -44,8 +44,9 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     save_file(tensors, os.fspath(path), metadata=metadata)
 
 
-#: The metadata key of the SHA-256 of a file's tensors (tensors_sha256), which nuri.save writes
-#: and nuri.load checks: safetensors itself has no checksum, so a flipped byte would load.
+#: The metadata key of the SHA-256 of a file's tensors (tensors_sha256), which nuri.save and the
+#: C++ model writers (a run's model.safetensors, nuri.consolidate) write and nuri.load checks:
+#: safetensors itself has no checksum, so a flipped byte would load. C++: kTensorsChecksumKey.
 SHA_KEY = "nuri_tensors_sha256"
 
 
@@ -101,7 +102,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     [in] config: the model config; default: the one stored in the file's metadata.
     Raises nuri.Error naming the tensor when a name is missing or unexpected, a shape or
     dtype does not match the config, or a value is not finite; and when the file fails the
-    checksum nuri.save writes (files without one, e.g. from other writers, are not checked).
+    checksum nuri writes (files without one, e.g. from other writers, are not checked).
     """
     from safetensors import safe_open
 
@@ -115,8 +116,8 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     except Exception as e:  # safetensors raises its own types for foreign or truncated files
         raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
     if SHA_KEY in metadata and tensors_sha256(tensors) != metadata[SHA_KEY]:
-        raise _C.Error(f"{path} fails its checksum: its tensors are not the ones nuri.save "
-                       "wrote (the file was damaged or changed since); save the model again, or "
+        raise _C.Error(f"{path} fails its checksum: its tensors are not the ones nuri wrote "
+                       "(the file was damaged or changed since); save the model again, or "
                        "export it from a checkpoint")
     if config is None:
         if CONFIG_KEY not in metadata:

@@ -145,5 +145,5 @@ def test_a_saved_model_file_with_a_flipped_byte_fails_its_checksum(tmp_path):
     data[-3] ^= 0x04  # a bit of the last tensor's last value
     path.write_bytes(bytes(data))
     with pytest.raises(nuri.Error, match="m.safetensors fails its checksum: its tensors are not "
-                                         "the ones nuri.save wrote"):
+                                         "the ones nuri wrote"):
         nuri.load(path)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 import nuri
@@ -54,4 +56,17 @@ def test_a_sharded_checkpoint_exports_to_one_file_and_to_hugging_face(tmp_path):
     stats = nuri.consolidate(tmp_path / "ck", tmp_path / "again.safetensors")
     largest = max(a.nbytes for a in trained.parameters().values())
     assert stats["peak_bytes"] == largest and stats["tensors"] == len(trained.parameters())
+    # Both C++ writers (the run's Trainer::save_model, the export) record the tensor checksum
+    # that nuri.save writes, computed here from what the safetensors library reads back, and
+    # nuri.load checks it.
+    for path in (tmp_path / "run" / "model.safetensors", tmp_path / "again.safetensors"):
+        with safe_open(str(path), framework="np") as f:
+            recorded = f.metadata()[nuri.io.SHA_KEY]
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        assert len(recorded) == 64 and recorded == nuri.io.tensors_sha256(tensors), path
+        data = bytearray(path.read_bytes())
+        data[-2] ^= 0x10
+        path.write_bytes(bytes(data))
+        with pytest.raises(nuri.Error, match=f"{path.name} fails its checksum"):
+            nuri.load(path)
     assert "give --out" in run_cli("export", "ck", cwd=tmp_path, expect=2).stderr

@@ -105,6 +105,34 @@ TEST(Safetensors, RoundTripKeepsDtypesShapesAndMetadata) {
   fs::remove_all(d);
 }
 
+// A model file's tensor checksum (kTensorsChecksumKey): the value python/nuri/io.py's
+// tensors_sha256 computes for the same tensors (1754e86e…, from NumPy and hashlib), written into
+// the header after the tensors; a writer asked for it refuses tensors out of name order and
+// types NumPy lacks.
+TEST(Safetensors, AModelFilesTensorChecksumIsPythonsAndNeedsNameOrder) {
+  const std::string d = tmpdir("sum");
+  const Tensor a = iota(DType::f32, {2, 3}, 1), c = iota(DType::i32, {4}, 0);
+  SafetensorsStreamWriter w(d + "/m.safetensors",
+                            {{"a", DType::f32, {2, 3}}, {"c", DType::i32, {4}}}, {{"k", "v"}},
+                            /*checksum=*/true);
+  w.write("a", a);
+  w.write("c", c);
+  const std::string sum = w.close();
+  EXPECT_EQ(sum, "1754e86e59c79fb996dc4716ffdfe20f25e036f7757e1b126decfbc50d95eb22");
+  SafetensorsFile f(d + "/m.safetensors");
+  EXPECT_EQ(f.metadata().at(kTensorsChecksumKey), sum);
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  Tensor a2 = Tensor::empty({2, 3}, DType::f32);
+  f.read("a", a2);
+  EXPECT_EQ(std::memcmp(a.raw(), a2.raw(), a.nbytes()), 0);
+  EXPECT_ERROR(SafetensorsStreamWriter(d + "/x.safetensors",
+                                       {{"c", DType::f32, {1}}, {"a", DType::f32, {1}}}, {}, true),
+               "x.safetensors: a checksummed file's tensors are written in name order, and 'a' "
+               "comes after 'c'");
+  EXPECT_ERROR(SafetensorsStreamWriter(d + "/y.safetensors", {{"b", DType::bf16, {1}}}, {}, true),
+               "tensor 'b' is bf16, which the tensor checksum does not cover");
+}
+
 TEST(Safetensors, EveryMalformedFileIsAnErrorNamingFileAndTensor) {
   const std::string d = tmpdir("bad");
   const std::string p = d + "/bad.safetensors";

@@ -7,7 +7,8 @@ ConfigError, a kind of it) naming the file, or success; any other exception is a
 
     python tests/fuzz/fuzz_hf.py [libFuzzer flags] WORK_CORPUS tests/fuzz/corpus/hf
 
-(python/tests/test_fuzz.py runs it for a fixed time under pytest.)
+(python/tests/test_fuzz.py runs it for a fixed number of inputs under pytest, with PYTHONHASHSEED=0;
+a failure there replays with `PYTHONHASHSEED=0 python tests/fuzz/fuzz_hf.py CRASH_FILE`.)
 """
 import atexit
 import os

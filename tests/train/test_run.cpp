@@ -107,8 +107,14 @@ TEST(Run, WritesTheRunDirectoryAndReportsEachStep) {
   std::stringstream ss;
   ss << cfg.rdbuf();
   EXPECT_EQ(RunConfig::from_json(ss.str()).to_json(), c.to_json());
+  // Every tensor, in name order (the order of the tensor checksum, which test_export.py checks
+  // against the safetensors library's reading of the file).
   SafetensorsFile model((t.path / "run" / "model.safetensors").string());
-  EXPECT_EQ(model.names().front(), "wte.weight");
+  std::vector<std::string> names;
+  for (const ParamSpec& p : param_layout(c.model)) names.push_back(p.name);
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(model.names(), names);
+  EXPECT_EQ(model.metadata().at(kTensorsChecksumKey).size(), 64u);
   EXPECT_EQ(model_config_from_json(model.metadata().at("nuri_model_config")).summary(),
             c.model.summary());
   EXPECT_TRUE(fs::exists(t.path / "run" / "sample.txt"));

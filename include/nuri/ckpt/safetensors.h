@@ -29,6 +29,9 @@ class FileWriter {
   FileWriter(const FileWriter&) = delete;
   FileWriter& operator=(const FileWriter&) = delete;
   void write(const void* data, size_t bytes);
+  /// Overwrites bytes already written at `offset` (before close). The SHA-256 close() returns
+  /// is then of what write() passed, not of the file.
+  void overwrite(int64_t offset, const void* data, size_t bytes);
   /// fsync and close; returns the lower-case hex SHA-256 of everything written.
   std::string close();
   int64_t bytes() const { return bytes_; }
@@ -46,17 +49,28 @@ struct SafetensorsPlanned {
   Shape shape;
 };
 
+/// The metadata key of a model file's tensor checksum, which nuri.save (Python) and the C++
+/// model writers record and nuri.load checks: safetensors itself has no checksum, so a flipped
+/// byte would load. The value is the hex SHA-256, over the tensors in name order, of each one's
+/// "NAME|DTYPE|SHAPE|" and its bytes, DTYPE as NumPy writes it ("<f4") and SHAPE as Python
+/// writes a list ("[3, 4]"): python/nuri/io.py's tensors_sha256.
+inline constexpr const char* kTensorsChecksumKey = "nuri_tensors_sha256";
+
 /// Writes a safetensors file one tensor at a time, in the planned order: the header (every
 /// tensor's dtype, shape and offsets) goes first, so a file of any size is written holding one
 /// tensor in memory at a time.
 class SafetensorsStreamWriter {
  public:
+  /// [in] checksum: also record kTensorsChecksumKey in the metadata (the tensors must then be
+  /// planned in name order, and be f32, f16, i32 or i64: the types NumPy reads).
   SafetensorsStreamWriter(const std::string& path, std::vector<SafetensorsPlanned> tensors,
-                          const std::map<std::string, std::string>& metadata = {});
+                          const std::map<std::string, std::string>& metadata = {},
+                          bool checksum = false);
   ~SafetensorsStreamWriter();
   /// The next planned tensor (its name, dtype and shape), a contiguous host tensor.
   void write(const std::string& name, const Tensor& host);
-  /// After the last tensor: fsync and close; returns the file's SHA-256 (hex).
+  /// After the last tensor: fsync and close; returns the file's SHA-256 (hex), or with
+  /// `checksum` the tensors' checksum it recorded.
   std::string close();
 
  private:
@@ -64,6 +78,8 @@ class SafetensorsStreamWriter {
   std::vector<SafetensorsPlanned> planned_;
   size_t next_ = 0;
   std::unique_ptr<FileWriter> file_;
+  void* checksum_ = nullptr;       // EVP_MD_CTX of the tensor checksum, when recorded
+  int64_t checksum_offset_ = -1;  // where its 64 hex digits go in the header
 };
 
 /// Writes host tensors (contiguous; f32, bf16, f16, i32, i64) as one safetensors file; returns

@@ -172,7 +172,8 @@ class Trainer {
   /// Writes the f32 master weights as one safetensors file at `path` (rank 0 writes it, with
   /// `metadata`; a collective under data and tensor parallelism), one tensor at a time: the
   /// ranks send rank 0 their pieces of each tensor in turn, so no rank holds more than one whole
-  /// tensor.
+  /// tensor. The tensors go in name order, with their checksum (kTensorsChecksumKey) in the
+  /// metadata, which nuri.load checks.
   void save_model(const std::string& path,
                   const std::map<std::string, std::string>& metadata = {});
 
