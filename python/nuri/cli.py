@@ -129,6 +129,8 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str 
         if tok["kind"] == "bytes":
             return None
         path, sha256 = tok["path"], tok["sha256"]
+        if not isinstance(path, str) or not isinstance(sha256, str):  # (an int path is a fd)
+            raise TypeError(f"tokenizer path {path!r} and sha256 {sha256!r} are not strings")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise _C.Error(f"{meta_path}: no tokenizer record ({e!r}){pass_it}") from e
     if not os.path.isfile(path):

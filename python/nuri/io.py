@@ -95,6 +95,19 @@ def check_finite(a: np.ndarray, where: str, name: str) -> None:
                        "run that diverged, or a damaged file: use an earlier checkpoint")
 
 
+def stored_model_config(path: str, metadata: dict[str, str]) -> _C.ModelConfig:
+    """The model config a model file records (its ``nuri_model_config`` metadata)."""
+    if CONFIG_KEY not in metadata:
+        raise _C.Error(f"{path} has no '{CONFIG_KEY}' metadata (not written by nuri.save); "
+                       "pass config=")
+    try:
+        return model_config_from_dict(json.loads(metadata[CONFIG_KEY]), path=f"{path}: model")
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{path}: bad '{CONFIG_KEY}' metadata: {e}") from e
+
+
 def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig | None = None
          ) -> _C.Model:
     """Reads a model written by ``save`` (or any safetensors file with nuri's names and shapes).
@@ -120,15 +133,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                        "(the file was damaged or changed since); save the model again, or "
                        "export it from a checkpoint")
     if config is None:
-        if CONFIG_KEY not in metadata:
-            raise _C.Error(f"{path} has no '{CONFIG_KEY}' metadata (not written by nuri.save); "
-                           "pass config=")
-        try:
-            config = model_config_from_dict(json.loads(metadata[CONFIG_KEY]), path=f"{path}: model")
-        except ValueError as e:
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"{path}: bad '{CONFIG_KEY}' metadata: {e}") from e
+        config = stored_model_config(path, metadata)
     model = _C.Model(config, backend)
     params = model.parameters()
     extra = sorted(set(tensors) - set(params))

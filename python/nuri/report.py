@@ -17,29 +17,76 @@ where the one before it ended to where the one after it resumed), its time unkno
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
+
+from . import _C
 
 PARTS = ("startup", "checkpoint_load", "evaluation", "training", "redone", "checkpoint_save",
          "finish", "unaccounted")
 
 
+# The fields of the records (nuri/train/ledger.h) that the report reads, and their kinds.
+_START = {"id": str, "time": float, "ranks": "count", "backend": str, "layout": str,
+          "tokens_per_step": "whole", "flops_per_token": "positive"}
+_END = {"id": str, "wall": "positive", "steps_from": "whole", "steps_done": "whole",
+        "redone_steps": "whole", "status": int, "reason": str, "parts": dict}
+
+
+def _valid(value: Any, kind: Any) -> bool:
+    if kind is str or kind is dict:
+        return isinstance(value, kind)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind in (int, "whole", "count") and not isinstance(value, int):
+        return False
+    return math.isfinite(value) and (kind not in ("whole", "positive") or value >= 0) and (
+        kind != "count" or value >= 1)
+
+
+def _check_record(rec: dict[str, Any], where: str) -> None:
+    """Raises nuri.Error naming the first field of a start or end record that is missing or
+    not what nuri writes there."""
+    fields = dict(_START if rec["event"] == "start" else _END)
+    if rec["event"] == "start" and "peak_flops" in rec:
+        fields["peak_flops"] = "positive"
+    for key, kind in fields.items():
+        if key not in rec or not _valid(rec[key], kind):
+            raise _C.Error(f"{where}: the {rec['event']} record's {key!r} is "
+                           f"{repr(rec.get(key, 'missing'))[:80]}, not what nuri writes there; "
+                           "the ledger was damaged or edited: restore it, or remove the record")
+    if rec["event"] == "end":
+        for part in PARTS:
+            if not _valid(rec["parts"].get(part), float):
+                raise _C.Error(f"{where}: the end record's parts[{part!r}] is "
+                               f"{repr(rec['parts'].get(part, 'missing'))[:80]}, not a number; "
+                               "the ledger was damaged or edited: restore it, or remove the "
+                               "record")
+
+
 def read_ledger(directory: str | os.PathLike) -> list[dict[str, Any]]:
     """The allocations of ``directory/ledger.jsonl``, each its start record's fields with its end
-    record under "end" (None for an allocation that never wrote one)."""
+    record under "end" (None for an allocation that never wrote one). Lines that are not a JSON
+    object (cut short by a crash) are passed over; a start or end record with a field missing or
+    of the wrong kind raises nuri.Error naming the line."""
     path = os.path.join(os.fspath(directory), "ledger.jsonl")
     allocations: dict[str, dict[str, Any]] = {}
     order: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash
+                rec = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError):  # a line cut short by a crash
                 continue
-            if rec.get("event") == "start":
+            if not isinstance(rec, dict) or rec.get("event") not in ("start", "end"):
+                continue
+            _check_record(rec, f"{path}:{line_no}")
+            if rec["event"] == "start":
+                if rec["id"] not in allocations:
+                    order.append(rec["id"])
                 allocations[rec["id"]] = dict(rec, end=None)
-                order.append(rec["id"])
-            elif rec.get("event") == "end" and rec.get("id") in allocations:
+            elif rec["id"] in allocations:
                 allocations[rec["id"]]["end"] = rec
     return [allocations[i] for i in order]
 

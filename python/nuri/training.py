@@ -22,15 +22,29 @@ from .config import RunConfig
 from .dist import ProcessGroup, init_process_group
 
 
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def plot_losses(run_dir: str | os.PathLike) -> str | None:
     """Writes ``run_dir/loss.png`` (training and validation loss) from ``metrics.jsonl``;
     returns why not when it cannot (matplotlib missing, no metrics)."""
     run_dir = os.fspath(run_dir)
+    records = []
     try:
-        with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
+            for raw in f:
+                try:
+                    r = json.loads(raw.decode("utf-8"))
+                except (ValueError, RecursionError):  # a line cut short by a crash
+                    continue
+                if isinstance(r, dict) and _number(r.get("step")) and (
+                        r.get("loss") is None or _number(r.get("loss"))):
+                    records.append(r)
     except OSError as e:
         return f"no metrics to plot ({e.strerror})"
+    if not records:
+        return "no metrics to plot (metrics.jsonl holds no step records)"
     try:
         import matplotlib
 
@@ -40,7 +54,7 @@ def plot_losses(run_dir: str | os.PathLike) -> str | None:
         return f"matplotlib cannot be imported ({type(e).__name__}: {e})"
     steps = [r["step"] for r in records]
     losses = [float("nan") if r["loss"] is None else r["loss"] for r in records]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in records if _number(r.get("val_loss"))]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
     ax.plot(steps, losses, label="train", lw=1)
     if val:

@@ -299,3 +299,43 @@ def test_tokenize_clears_what_a_killed_run_left(tmp_path):
     meta = nuri.tokenize([tmp_path / "file.txt"], out, val_every=0, progress=False)
     assert meta["documents"] == {"train": 1, "val": 0}
     assert sorted(p.name for p in out.iterdir()) == ["tokenize.json", "train_000000.bin"]
+
+
+def test_damaged_run_files_are_passed_over_or_named(trained):
+    """A ledger or metrics line cut short by a crash is passed over (the report and the loss
+    plot go on); a ledger record that parses but holds the wrong thing is an error naming the
+    line and the field; a tokenize.json whose tokenizer path is a number (a file descriptor to
+    os.path) is refused."""
+    ck, run = trained / "ck", trained / "run"
+    ledger = (ck / "ledger.jsonl").read_bytes()
+    whole = nuri.report(ck)
+    (ck / "ledger.jsonl").write_bytes(b'{"event": "start", "id": "cut' + b"\xe2\x80\n" + ledger)
+    assert nuri.report(ck) == whole
+    end = json.loads(ledger.splitlines()[1])
+    assert end["event"] == "end"
+    for field, value in (("steps_done", "7"), ("wall", -1.0), ("parts", {"training": 1.0})):
+        bad = dict(end, **{field: value})
+        (ck / "ledger.jsonl").write_bytes(ledger.splitlines()[0] + b"\n" +
+                                          json.dumps(bad).encode() + b"\n")
+        with pytest.raises(nuri.Error, match=f"ledger.jsonl:2: the end record's "
+                                             f"{'parts' if field == 'parts' else repr(field)}"):
+            nuri.report(ck)
+    assert "ledger.jsonl:2: the end record's" in run_cli("report", "ck", cwd=trained,
+                                                         expect=1).stderr
+    metrics = (run / "metrics.jsonl").read_bytes()
+    (run / "metrics.jsonl").write_bytes(metrics + b'{"step": 3, "lo')
+    (run / "loss.png").unlink(missing_ok=True)
+    assert nuri.plot_losses(run) is None and (run / "loss.png").stat().st_size > 0
+    (run / "metrics.jsonl").write_bytes(b'{"step": "x"}\n')
+    assert nuri.plot_losses(run) == "no metrics to plot (metrics.jsonl holds no step records)"
+
+    shards = trained / "shards"
+    shards.mkdir()
+    (shards / "tokenize.json").write_text(json.dumps(
+        {"tokenizer": {"kind": "tokenizer.json", "path": 0, "sha256": "0" * 64}}))
+    table = json.loads((run / "config.json").read_text())
+    table["data"]["train"] = str(shards)
+    (run / "config.json").write_text(json.dumps(table))
+    err = run_cli("generate", "--run", "run", "--max-new-tokens", "2", cwd=trained,
+                  expect=1).stderr
+    assert "tokenize.json: no tokenizer record" in err and "are not strings" in err, err

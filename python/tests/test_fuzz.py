@@ -1,27 +1,34 @@
-"""The Python readers of a Hugging Face directory under coverage-guided fuzzing (issue #25):
-tests/fuzz/fuzz_hf.py (atheris) replays its committed seed corpus, then mutates it for
-NURI_FUZZ_RUNS inputs (40,000: about 20 s); any exception but nuri.Error fails, and the failing
-input is kept. A fixed count, mutation seed and Python hash seed make the run the same on every
-machine, so a failure in CI is one a developer sees too; longer runs with other seeds (the
-command in fuzz_hf.py) look further."""
+"""The Python side's readers of users' files under coverage-guided fuzzing (issue #25): each
+atheris target in tests/fuzz/ replays its committed seed corpus, then mutates it for
+NURI_FUZZ_RUNS inputs (40,000: about 20 s each); any exception but nuri.Error fails, and the
+failing input is kept. fuzz_hf.py reads a Hugging Face directory (config.json, the shard index);
+fuzz_py_readers.py a run ledger, a fine-tuning JSON-lines file, a run's config.json and its
+shards' tokenize.json, a model file's stored config and a device profile. A fixed count,
+mutation seed and Python hash seed make the run the same on every machine, so a failure in CI is
+one a developer sees too; longer runs with other seeds (the command in each target) look
+further."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
-TARGET = ROOT / "tests" / "fuzz" / "fuzz_hf.py"
-SEEDS = ROOT / "tests" / "fuzz" / "corpus" / "hf"
+FUZZ = ROOT / "tests" / "fuzz"
 
 
-def test_hf_config_and_index_readers_survive_fuzzing(tmp_path):
+@pytest.mark.parametrize("target, corpus", [("fuzz_hf.py", "hf"),
+                                            ("fuzz_py_readers.py", "py_readers")])
+def test_python_readers_survive_fuzzing(tmp_path, target, corpus):
     runs = int(os.environ.get("NURI_FUZZ_RUNS", "40000"))
+    seeds = FUZZ / "corpus" / corpus
     work = tmp_path / "corpus"
     work.mkdir()
-    assert len(list(SEEDS.iterdir())) >= 5
+    assert len(list(seeds.iterdir())) >= 2
     proc = subprocess.run(
-        [sys.executable, str(TARGET), "-seed=1", f"-runs={runs}", "-timeout=10",
-         "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/", str(work), str(SEEDS)],
+        [sys.executable, str(FUZZ / target), "-seed=1", f"-runs={runs}", "-timeout=10",
+         "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/", str(work), str(seeds)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]

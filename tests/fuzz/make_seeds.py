@@ -2,12 +2,14 @@
 writers made: nuri tokenize's shards, masks and tokenize.json, NumPy's .npy, the safetensors
 library's files, nuri's run configs, and the manifest of a checkpoint fuzz_checkpoint writes.
 
-    PYTHONPATH=build/python .venv/bin/python tests/fuzz/make_seeds.py BUILD_FUZZ_TREE
+    PYTHONPATH=build/python .venv/bin/python tests/fuzz/make_seeds.py BUILD_FUZZ_TREE [NAME ...]
 
-(BUILD_FUZZ_TREE: a tree configured with -DNURI_FUZZ=ON and built, for fuzz_checkpoint.)
+(BUILD_FUZZ_TREE: a tree configured with -DNURI_FUZZ=ON and built, for fuzz_checkpoint; NAMEs:
+only those corpora.)
 The corpora are committed; run this again when a format changes. Inputs a fuzzer once failed
 on are kept beside the seeds as regress_* (this script leaves them).
 """
+import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ import numpy as np
 from safetensors.numpy import save as st_save
 
 import nuri
+from nuri.config import model_config_to_dict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SEP = b"\n----8<----\n"  # fuzz_util.h's separator between the files of one input
@@ -32,8 +35,13 @@ train = "/data/말뭉치.bin"
 """
 
 
+ONLY = set(sys.argv[2:])
+
+
 def corpus(name: str) -> str:
     d = os.path.join(HERE, "corpus", name)
+    if ONLY and name not in ONLY:  # another corpus's seeds: written to a scratch directory
+        d = tempfile.mkdtemp(prefix=f"nuri-seeds-{name}-")
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):
         if not f.startswith("regress_"):  # inputs that once failed stay, as regression tests
@@ -135,6 +143,50 @@ def main() -> None:
         put(d, name, c.to_json_string().encode() + SEP + index)
     put(d, "llama3_no_index", configs["llama3"].to_json_string().encode())
 
+    # The other Python readers (tests/fuzz/fuzz_py_readers.py): a real run's ledger.jsonl and
+    # config.json (a run of 2 steps resumed for 1 more, so the ledger has two allocations), a
+    # chat file as nuri tokenize --kind chat reads it, a tokenize.json naming a tokenizer
+    # file beside it, a model file's stored config as nuri.save writes it, a shipped profile.
+    d = corpus("py_readers")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = nuri.RunConfig().with_overrides([
+            "model=gpt2-tiny", "train.steps=2", "train.micro_batch=2", "train.seq_len=32",
+            "train.eval_every=0", "sample.max_new_tokens=0", f"checkpoint.dir={tmp}/ck",
+            f"out={tmp}/run", "data.train=shards"])
+        os.makedirs(os.path.join(tmp, "src"))
+        with open(os.path.join(tmp, "src", "a.txt"), "w") as f:
+            f.write("Before we proceed any further, hear me speak.\n" * 200)
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            nuri.tokenize([os.path.join(tmp, "src")], "shards", val_every=0, progress=False)
+            with open(os.devnull, "w") as null:
+                nuri.run(cfg, stream=null)
+                nuri.run(cfg.with_overrides(["train.steps=3"]), stream=null)
+        finally:
+            os.chdir(here)
+        ledger = read(os.path.join(tmp, "ck", "ledger.jsonl"))
+        run_config = read(os.path.join(tmp, "run", "config.json"))
+        tokenize_json = json.loads(read(os.path.join(tmp, "shards", "tokenize.json")))
+    chat = "".join(json.dumps(r) + "\n" for r in (
+        {"messages": [{"role": "system", "content": "Be brief."},
+                      {"role": "user", "content": "안녕?"},
+                      {"role": "assistant", "content": "Hi."}]},
+        {"prompt": "Q: what?", "response": " A.", "text": "plain"})).encode()
+    named = dict(tokenize_json, tokenizer={"kind": "tokenizer.json", "path": "tokenizer.json",
+                                           "sha256": hashlib.sha256(b"{}").hexdigest()})
+    model_config = json.dumps(model_config_to_dict(
+        nuri.ModelConfig.preset("llama-tiny"))).encode()
+    profile = nuri.device_profile("rtx-4090")
+    put(d, "run", SEP.join([ledger, chat, run_config, json.dumps(tokenize_json).encode(),
+                            model_config, json.dumps(profile).encode()]))
+    put(d, "tokenizer_named", SEP.join([ledger.split(b"\n")[0] + b"\n", chat, run_config,
+                                        json.dumps(named).encode(), b'"gpt2-tiny"',
+                                        json.dumps(nuri.device_profile("h100-sxm-80gb"))
+                                        .encode()]))
+
+    if ONLY and "checkpoint" not in ONLY:
+        return
     d = corpus("checkpoint")
     seed = subprocess.run([os.path.join(fuzz_tree, "tests", "fuzz", "fuzz_checkpoint"), "-runs=0"],
                           env={**os.environ, "NURI_FUZZ_PRINT_SEED": "1"}, check=True,
