@@ -47,13 +47,16 @@ def _profile_json(device: str | os.PathLike | dict[str, Any]) -> str:
     return _C.device_profile_json(os.fspath(device))
 
 
-def plan(model: ModelConfig, device: str | os.PathLike | dict[str, Any] = "h100-sxm-80gb",
+def plan(model: ModelConfig | str, device: str | os.PathLike | dict[str, Any] = "h100-sxm-80gb",
          nodes: int = 1, devices_per_node: int | None = None, seq_len: int | None = None,
          global_batch: int | None = None, usable_fraction: float = 0.9,
          rows: int = 10) -> PlanResult:
     """The layouts of ``nodes`` × ``devices_per_node`` devices (default: the profile's per node)
     for ``model`` at ``seq_len`` (default: its max_seq_len) and ``global_batch`` sequences a step
-    (default: 8 a device). ``rows``: how many the text shows."""
+    (default: 8 a device). ``rows``: how many the text shows. ``model``: a ModelConfig or a
+    preset's name."""
+    if isinstance(model, str):
+        model = ModelConfig(model)
     entries, text = _C.plan_layouts(
         model, _profile_json(device), nodes, devices_per_node or 0,
         seq_len if seq_len is not None else model.max_seq_len, global_batch or 0,
@@ -61,7 +64,7 @@ def plan(model: ModelConfig, device: str | os.PathLike | dict[str, Any] = "h100-
     return PlanResult(list(entries), text)
 
 
-def estimate_memory(model: ModelConfig, layout: dict[str, Any], seq_len: int,
+def estimate_memory(model: ModelConfig | str, layout: dict[str, Any], seq_len: int,
                     device: str | os.PathLike | dict[str, Any] = "h100-sxm-80gb",
                     stage: int = 0) -> dict[str, int]:
     """The bytes one device holds for ``layout`` (keys dp, tp, pp, zero, recompute,
@@ -69,7 +72,7 @@ def estimate_memory(model: ModelConfig, layout: dict[str, Any], seq_len: int,
     return dict(_C.estimate_memory(model, layout, seq_len, _profile_json(device), stage))
 
 
-def estimate_step_time(model: ModelConfig, layout: dict[str, Any], seq_len: int,
+def estimate_step_time(model: ModelConfig | str, layout: dict[str, Any], seq_len: int,
                        device: str | os.PathLike | dict[str, Any] = "h100-sxm-80gb",
                        nodes: int = 1) -> dict[str, float]:
     """A step's predicted seconds, in parts (compute, elementwise, tp_comm, pp_comm, bubble,
@@ -77,7 +80,7 @@ def estimate_step_time(model: ModelConfig, layout: dict[str, Any], seq_len: int,
     return dict(_C.estimate_step_time(model, layout, seq_len, _profile_json(device), nodes))
 
 
-def model_flops_per_token(model: ModelConfig, seq_len: int) -> float:
+def model_flops_per_token(model: ModelConfig | str, seq_len: int) -> float:
     """MFU's FLOPs of one trained token (see the README's definition)."""
     return float(_C.model_flops_per_token(model, seq_len))
 

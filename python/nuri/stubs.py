@@ -64,7 +64,12 @@ def generated() -> str:
             else:  # a long help goes above, wrapped
                 out += [f"    # {part}\n" for part in textwrap.wrap(s["help"], 94)]
                 out.append(line + "\n")
-        out.append("    def __init__(self, **settings: Any) -> None: ...\n")
+        if section == "model":  # also a preset's name, with keyword overrides
+            out.append("    @overload\n    def __init__(self, **settings: Any) -> None: ...\n")
+            out.append("    @overload\n    def __init__(self, preset: str, **settings: Any) -> None: "
+                       "...\n")
+        else:
+            out.append("    def __init__(self, **settings: Any) -> None: ...\n")
         out.append("    def to_dict(self) -> dict[str, Any]: ...\n")
         out.append("    def copy(self) -> \"%s\": ...\n" % name)
         out += [f"    {member}\n" for member in extra]

@@ -296,7 +296,7 @@ PYBIND11_MODULE(_C, m) {
       .def("__repr__", &Tensor::str);
 
   py::class_<Transformer, std::shared_ptr<Transformer>>(m, "Model", "A transformer and its gradients on one backend.")
-      .def(py::init([](const ModelConfig& cfg, const std::string& backend, uint64_t seed,
+      .def(py::init([](const ModelConfigArg& config, const std::string& backend, uint64_t seed,
                        std::optional<std::pair<int64_t, int64_t>> shard,
                        std::optional<std::pair<int, int>> tensor_parallel,
                        std::optional<std::pair<int64_t, int64_t>> pipeline_stage) {
@@ -306,7 +306,8 @@ PYBIND11_MODULE(_C, m) {
              if (tensor_parallel) tp = {tensor_parallel->first, tensor_parallel->second};
              PipelineStage stage;
              if (pipeline_stage) stage = {pipeline_stage->first, pipeline_stage->second};
-             return std::make_shared<Transformer>(cfg, make_backend(backend), seed, s, tp, stage);
+             return std::make_shared<Transformer>(model_config_arg(config), make_backend(backend),
+                                                  seed, s, tp, stage);
            }),
            py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
            py::arg("shard") = py::none(), py::arg("tensor_parallel") = py::none(),
@@ -412,9 +413,9 @@ PYBIND11_MODULE(_C, m) {
       })
       .def("slice", [](std::shared_ptr<TokenFile> f, int64_t start, int64_t n) { return TokenFile::slice(f, start, n); },
            py::arg("start"), py::arg("n"));
-  m.def("pipeline_stages", [](const ModelConfig& cfg, int pp, int64_t seq_len,
+  m.def("pipeline_stages", [](const ModelConfigArg& cfg, int pp, int64_t seq_len,
                               const std::vector<int64_t>& split) {
-          return pipeline_stages(cfg, pp, seq_len, split);
+          return pipeline_stages(model_config_arg(cfg), pp, seq_len, split);
         },
         py::arg("config"), py::arg("pp"), py::arg("seq_len"),
         py::arg("split") = std::vector<int64_t>{},

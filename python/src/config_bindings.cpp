@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <functional>
@@ -196,6 +197,19 @@ py::dict result_dict(const RunResult& r) {
 
 }  // namespace
 
+ModelConfig model_config_arg(const ModelConfigArg& arg) {
+  if (const auto* c = std::get_if<ModelConfig>(&arg)) return *c;
+  const std::string& preset = std::get<std::string>(arg);
+  const std::vector<std::string> names = model_preset_names();
+  if (std::find(names.begin(), names.end(), preset) == names.end()) {
+    std::string list;
+    for (const std::string& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw ConfigError("model: unknown preset '" + preset + "'; presets: " + list +
+                      " (or give a ModelConfig)");
+  }
+  return model_preset(preset);
+}
+
 void bind_config(py::module_& m) {
   // ConfigError: a nuri.Error that is also a ValueError (a config is a bad value).
   py::object error = m.attr("Error");
@@ -220,6 +234,22 @@ void bind_config(py::module_& m) {
   py::class_<ModelConfig> model(m, "ModelConfig",
                                 "Decoder-only transformer configuration; "
                                 "ModelConfig() is GPT-2 124M.");
+  // ModelConfig("llama-tiny", n_layer=4): a preset with keyword overrides (ahead of the
+  // keywords-only constructor, so that preset= given by keyword comes here).
+  model.def(py::init([](const std::string& preset, py::kwargs kw) {
+              ModelConfig c = model_config_arg(preset);
+              for (auto [k, v] : kw) {
+                const std::string key = py::str(k), path = "model." + key;
+                const Setting* s = model_settings().find(key);
+                if (!s) throw ConfigError(path + ": unknown key");
+                s->set(&c, from_py(v, *s, path));
+              }
+              c.validate();
+              return c;
+            }),
+            py::arg("preset"),
+            "A preset (ModelConfig.preset_names()) with any setting given by keyword overriding "
+            "it, validated.");
   bind_settings(model, model_settings(), "model");
   model.def("validate", &ModelConfig::validate, "Raises nuri.Error naming the first bad field.")
       .def("num_params", &ModelConfig::num_params)

@@ -127,39 +127,41 @@ void bind_plan(py::module_& m) {
       py::arg("process_group") = nullptr);
   m.def(
       "estimate_memory",
-      [](const ModelConfig& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
+      [](const ModelConfigArg& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
          int stage) {
         return memory_dict(
-            estimate_memory(cfg, layout_from(layout), seq_len, profile_of(dev), stage));
+            estimate_memory(model_config_arg(cfg), layout_from(layout), seq_len, profile_of(dev), stage));
       },
       py::arg("model"), py::arg("layout"), py::arg("seq_len"), py::arg("device_json"),
       py::arg("stage") = 0);
   m.def(
       "estimate_step_time",
-      [](const ModelConfig& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
+      [](const ModelConfigArg& cfg, const py::dict& layout, int64_t seq_len, const std::string& dev,
          int nodes) {
         return time_dict(
-            estimate_step_time(cfg, layout_from(layout), seq_len, profile_of(dev), nodes));
+            estimate_step_time(model_config_arg(cfg), layout_from(layout), seq_len, profile_of(dev), nodes));
       },
       py::arg("model"), py::arg("layout"), py::arg("seq_len"), py::arg("device_json"),
       py::arg("nodes") = 1);
-  m.def("model_flops_per_token", &model_flops_per_token, py::arg("model"), py::arg("seq_len"));
+  m.def("model_flops_per_token", [](const ModelConfigArg& cfg, int64_t seq_len) {
+          return model_flops_per_token(model_config_arg(cfg), seq_len);
+        }, py::arg("model"), py::arg("seq_len"));
   m.def(
       "hardware_flops_per_token",
-      [](const ModelConfig& cfg, int64_t seq_len, const std::string& recompute, int64_t every) {
+      [](const ModelConfigArg& cfg, int64_t seq_len, const std::string& recompute, int64_t every) {
         py::dict d;
         d["recompute"] = recompute;
         d["recompute_every"] = every;
         const Layout l = layout_from(d);
-        return hardware_flops_per_token(cfg, seq_len, l.recompute, l.recompute_every);
+        return hardware_flops_per_token(model_config_arg(cfg), seq_len, l.recompute, l.recompute_every);
       },
       py::arg("model"), py::arg("seq_len"), py::arg("recompute") = "none", py::arg("every") = 1);
   m.def(
       "plan_layouts",
-      [](const ModelConfig& cfg, const std::string& dev, int nodes, int devices_per_node,
+      [](const ModelConfigArg& cfg, const std::string& dev, int nodes, int devices_per_node,
          int64_t seq_len, int64_t global_batch, double usable_fraction, int rows) {
         PlanRequest r;
-        r.model = cfg;
+        r.model = model_config_arg(cfg);
         r.device = profile_of(dev);
         r.nodes = nodes;
         r.devices_per_node = devices_per_node;

@@ -147,3 +147,32 @@ def test_a_saved_model_file_with_a_flipped_byte_fails_its_checksum(tmp_path):
     with pytest.raises(nuri.Error, match="m.safetensors fails its checksum: its tensors are not "
                                          "the ones nuri wrote"):
         nuri.load(path)
+
+
+def test_a_presets_name_stands_for_its_config():
+    """nuri.Model, the planner and ModelConfig take a preset's name (with keyword overrides for
+    ModelConfig); an unknown name lists the presets."""
+    by_name, by_config = nuri.Model("gpt2-tiny", seed=3), nuri.Model(
+        nuri.ModelConfig.preset("gpt2-tiny"), seed=3)
+    assert by_name.config == by_config.config
+    np.testing.assert_array_equal(by_name.parameters()["wte.weight"],
+                                  by_config.parameters()["wte.weight"])
+    c = nuri.ModelConfig("llama-tiny", n_layer=3)
+    want = nuri.ModelConfig.preset("llama-tiny")
+    want.n_layer = 3
+    assert c == want
+    assert nuri.model_flops_per_token("llama-1B", 512) == nuri.model_flops_per_token(
+        nuri.ModelConfig.preset("llama-1B"), 512)
+    assert nuri.plan("gpt2-124M", "rtx-4090").text == nuri.plan(
+        nuri.ModelConfig.preset("gpt2-124M"), "rtx-4090").text
+    assert nuri.pipeline_stages("llama-tiny", 2, 64) == nuri.pipeline_stages(
+        nuri.ModelConfig.preset("llama-tiny"), 2, 64)
+    for make in (lambda: nuri.Model("gpt3"), lambda: nuri.plan("gpt3"),
+                 lambda: nuri.ModelConfig("gpt3")):
+        with pytest.raises(nuri.ConfigError, match="model: unknown preset 'gpt3'; presets: demo, "
+                                                   "gpt2-tiny"):
+            make()
+    with pytest.raises(nuri.ConfigError, match="model.n_layr: unknown key"):
+        nuri.ModelConfig("gpt2-tiny", n_layr=2)
+    with pytest.raises(nuri.ConfigError, match="model.n_layer: expected an integer >= 1, got 0"):
+        nuri.ModelConfig("gpt2-tiny", n_layer=0)
