@@ -339,6 +339,23 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("masters_sharded", &Transformer::masters_sharded,
            "Whether data parallelism (ZeRO 1 or 2 on a GPU) keeps only this rank's shard of the "
            "f32 master weights here (Trainer.master_weights() gathers them).")
+      .def("__repr__", [](const Transformer& t) {
+             std::string r = "Model(" + std::to_string(t.parameter_count()) + " parameters on " +
+                              t.backend().name() + ": " + t.config().summary();
+             if (t.held_range() != std::make_pair(int64_t(0), t.parameter_count())) {
+               r += "; holds [" + std::to_string(t.held_range().first) + ", " +
+                    std::to_string(t.held_range().second) + ")";
+             }
+             if (t.tensor_parallel().size > 1) {
+               r += "; tensor-parallel " + std::to_string(t.tensor_parallel().rank) + " of " +
+                    std::to_string(t.tensor_parallel().size);
+             }
+             if (t.stage().first != 0 || t.stage().last != t.config().n_layer) {
+               r += "; blocks [" + std::to_string(t.stage().first) + ", " +
+                    std::to_string(t.stage().last) + ")";
+             }
+             return r + ")";
+           })
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
       .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
@@ -397,6 +414,9 @@ PYBIND11_MODULE(_C, m) {
         return TokenFile::from_tokens(token_vector(tokens), name, vocab);
       }, py::arg("tokens"), py::arg("name") = "<array>", py::arg("vocab_size") = 0)
       .def("__len__", &TokenFile::size)
+      .def("__repr__", [](const TokenFile& f) {
+        return "TokenFile(" + std::to_string(f.size()) + " tokens from " + f.path() + ")";
+      })
       .def_property_readonly("path", &TokenFile::path)
       .def("max_token", &TokenFile::max_token)
       .def_property_readonly("has_mask", &TokenFile::has_mask,
@@ -526,6 +546,13 @@ PYBIND11_MODULE(_C, m) {
            }, "Every f32 master weight (flat layout) on the host; collective over the ranks.")
       .def_property_readonly("world_size", [](const PyTrainer& p) {
         return p.trainer->data_parallel() ? p.trainer->data_parallel()->world() : 1;
+      })
+      .def("__repr__", [](const PyTrainer& p) {
+        const int dp = p.trainer->data_parallel() ? p.trainer->data_parallel()->world() : 1;
+        return "Trainer(step " + std::to_string(p.trainer->steps_done()) + " of " +
+               std::to_string(p.trainer->config().steps) + ", " +
+               std::to_string(p.trainer->skipped_steps()) + " skipped, data-parallel over " +
+               std::to_string(dp) + ")";
       })
       .def_property_readonly("steps_done", [](const PyTrainer& p) { return p.trainer->steps_done(); })
       .def_property_readonly("skipped_steps", [](const PyTrainer& p) { return p.trainer->skipped_steps(); })

@@ -176,3 +176,15 @@ def test_a_presets_name_stands_for_its_config():
         nuri.ModelConfig("gpt2-tiny", n_layr=2)
     with pytest.raises(nuri.ConfigError, match="model.n_layer: expected an integer >= 1, got 0"):
         nuri.ModelConfig("gpt2-tiny", n_layer=0)
+
+
+def test_models_data_and_trainers_say_what_they_are():
+    model = nuri.Model("gpt2-tiny")
+    assert repr(model) == (f"Model({model.parameter_count} parameters on cpu: "
+                           f"{model.config.summary()})")
+    assert repr(nuri.Model("llama-tiny", pipeline_stage=(1, 2))).endswith("; blocks [1, 2))")
+    data = nuri.TokenFile.from_array(np.arange(600) % 256, name="bytes.bin")
+    assert repr(data) == "TokenFile(600 tokens from bytes.bin)"
+    trainer = nuri.Trainer(model, nuri.TrainConfig(steps=3, micro_batch=2, seq_len=16), data)
+    trainer.step()
+    assert repr(trainer) == "Trainer(step 1 of 3, 0 skipped, data-parallel over 1)"
