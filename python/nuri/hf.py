@@ -388,6 +388,10 @@ def import_hf(directory: str | os.PathLike, backend: str = "cpu") -> _C.Model:
     model.safetensors or shards with their index; f32, bf16 or f16) of model_type gpt2, llama,
     qwen2 or mistral (model_config_from_hf)."""
     directory = os.fspath(directory)
+    if os.path.isfile(directory):
+        raise _C.Error(f"nuri.import_hf({directory}): a file; it reads a Hugging Face model "
+                       "directory (config.json and the weights). A model file nuri.save or a "
+                       "run wrote is read by nuri.load(FILE)")
     config = model_config_from_hf(directory)
     return from_hf_tensors(config, _read_hf_tensors(directory), backend, where=directory)
 

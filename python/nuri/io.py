@@ -120,6 +120,11 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     from safetensors import safe_open
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise _C.Error(f"nuri.load({path}): a directory; it reads one model file (what nuri.save "
+                       "or a run writes, e.g. RUN/model.safetensors). A Hugging Face model "
+                       "directory is read by nuri.import_hf(DIR), a checkpoint by "
+                       "nuri.consolidate(CKPT, FILE) and then nuri.load(FILE)")
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}

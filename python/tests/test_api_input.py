@@ -188,3 +188,15 @@ def test_models_data_and_trainers_say_what_they_are():
     trainer = nuri.Trainer(model, nuri.TrainConfig(steps=3, micro_batch=2, seq_len=16), data)
     trainer.step()
     assert repr(trainer) == "Trainer(step 1 of 3, 0 skipped, data-parallel over 1)"
+
+
+def test_a_model_file_and_a_hugging_face_directory_are_not_mistaken(tmp_path):
+    model = nuri.Model("gpt2-tiny")
+    nuri.export_hf(model, tmp_path / "hf")
+    with pytest.raises(nuri.Error, match=r"hf\): a directory; it reads one model file .* A "
+                                         r"Hugging Face model directory is read by "
+                                         r"nuri.import_hf\(DIR\)"):
+        nuri.load(tmp_path / "hf")
+    with pytest.raises(nuri.Error, match=r"model.safetensors\): a file; it reads a Hugging Face "
+                                         r"model directory .* is read by nuri.load\(FILE\)"):
+        nuri.import_hf(tmp_path / "hf" / "model.safetensors")
