@@ -71,6 +71,10 @@ def read_ledger(directory: str | os.PathLike) -> list[dict[str, Any]]:
     object (cut short by a crash) are passed over; a start or end record with a field missing or
     of the wrong kind raises nuri.Error naming the line."""
     path = os.path.join(os.fspath(directory), "ledger.jsonl")
+    if not os.path.isfile(path):
+        raise _C.Error(f"{os.fspath(directory)} holds no ledger.jsonl: a run writes its ledger "
+                       "in its checkpoint directory (checkpoint.dir), or in its run directory "
+                       "(out) when it has none; give that directory")
     allocations: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     with open(path, "rb") as f:

@@ -322,6 +322,8 @@ def test_damaged_run_files_are_passed_over_or_named(trained):
             nuri.report(ck)
     assert "ledger.jsonl:2: the end record's" in run_cli("report", "ck", cwd=trained,
                                                          expect=1).stderr
+    assert "run holds no ledger.jsonl: a run writes its ledger in its checkpoint directory" in \
+        run_cli("report", "run", cwd=trained, expect=1).stderr
     metrics = (run / "metrics.jsonl").read_bytes()
     (run / "metrics.jsonl").write_bytes(metrics + b'{"step": 3, "lo')
     (run / "loss.png").unlink(missing_ok=True)
