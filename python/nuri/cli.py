@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                            metavar="{train,generate,tokenize,export,info,plan,calibrate,report}")
     sub.add_parser("train", help="train a model: nuri-train's flags, KEY=VALUE overrides, "
                    "--config FILE (see train --help)", add_help=False)
-    g = sub.add_parser("generate", help="continue a prompt with a trained byte-level model")
+    g = sub.add_parser("generate", help="continue a prompt with a trained model (its run's "
+                       "tokenizer, or --tokenizer)")
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory holding model.safetensors")
     src.add_argument("--model", help="model file (.safetensors written by nuri)")
@@ -358,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="which layouts of a model fit an allocation, best first "
                         "(memory per device by category, step time, tokens/s, MFU)")
     src = pl.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="a model preset (nuri train --help lists them)")
+    src.add_argument("--preset", help="a model preset: " + ", ".join(
+        _C.ModelConfig.preset_names()))
     src.add_argument("--config", help="a run config (.toml or .json): its model section")
     src.add_argument("--hf", metavar="CONFIG.JSON", help="a Hugging Face config.json (or its "
                      "directory)")
