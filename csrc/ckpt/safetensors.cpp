@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -186,6 +187,14 @@ const char* numpy_dtype_str(DType t) {
     default: return nullptr;
   }
 }
+
+// What the tensor checksum hashes ahead of a tensor's bytes: "NAME|DTYPE|[d0, d1]|".
+void hash_tensor_head(EVP_MD_CTX* ctx, const std::string& name, DType dtype, const Shape& shape) {
+  std::string head = name + "|" + numpy_dtype_str(dtype) + "|[";
+  for (size_t d = 0; d < shape.size(); ++d) head += (d ? ", " : "") + std::to_string(shape[d]);
+  head += "]|";
+  EVP_DigestUpdate(ctx, head.data(), head.size());
+}
 }  // namespace
 
 SafetensorsStreamWriter::SafetensorsStreamWriter(const std::string& path,
@@ -252,13 +261,8 @@ void SafetensorsStreamWriter::write(const std::string& name, const Tensor& host)
              name, "' ", host.defined() ? host.str() : std::string("undefined"));
   file_->write(host.raw(), host.nbytes());
   if (checksum_) {
-    std::string head = p.name + "|" + numpy_dtype_str(p.dtype) + "|[";
-    for (size_t d = 0; d < p.shape.size(); ++d) {
-      head += (d ? ", " : "") + std::to_string(p.shape[d]);
-    }
-    head += "]|";
     auto* ctx = static_cast<EVP_MD_CTX*>(checksum_);
-    EVP_DigestUpdate(ctx, head.data(), head.size());
+    hash_tensor_head(ctx, p.name, p.dtype, p.shape);
     EVP_DigestUpdate(ctx, host.raw(), host.nbytes());
   }
   ++next_;
@@ -422,6 +426,27 @@ void SafetensorsFile::read_range(const std::string& name, int64_t lo, int64_t hi
     std::memcpy(&b, raw.data() + size_t(i) * 2, 2);
     out[i] = e.dtype == DType::bf16 ? bf16_to_f32(bf16_t{b}) : f16_to_f32(f16_t{b});
   }
+}
+
+std::string tensors_checksum(const SafetensorsFile& f) {
+  std::vector<std::string> names = f.names();
+  std::sort(names.begin(), names.end());
+  EVP_MD_CTX* ctx = new_sha();
+  try {
+    for (const std::string& name : names) {
+      const SafetensorsEntry& e = f.entry(name);
+      NURI_CHECK(numpy_dtype_str(e.dtype), f.path(), ": tensor '", name, "' is ",
+                 dtype_name(e.dtype), ", which the tensor checksum does not cover");
+      const Tensor t = Tensor::empty(e.shape, e.dtype);  // one tensor at a time
+      f.read(name, t);
+      hash_tensor_head(ctx, name, e.dtype, e.shape);
+      EVP_DigestUpdate(ctx, t.raw(), t.nbytes());
+    }
+  } catch (...) {
+    EVP_MD_CTX_free(ctx);
+    throw;
+  }
+  return finish_sha(ctx);
 }
 
 }  // namespace nuri

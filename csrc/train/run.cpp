@@ -318,6 +318,48 @@ void agree(const ProcessGroup& pg, const std::string& mine, const std::string& o
   if (!ranks.empty()) throw ConfigError("rank " + ranks + " " + others);
 }
 
+// checkpoint.init's model: the run's model must be the one the file records, or the run gives
+// no model settings (the defaults), and the model is then the file's.
+RunConfig init_model(const RunConfig& cfg) {
+  const std::string& path = cfg.checkpoint.init;
+  if (path.empty()) return cfg;
+  std::map<std::string, std::string> metadata;
+  try {
+    NURI_CHECK(!fs::is_directory(path), path, " is a directory, not a model file. A Hugging Face "
+               "model directory becomes one with `python -m nuri import DIR --out FILE`");
+    metadata = SafetensorsFile(path).metadata();
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ConfigError(std::string("checkpoint.init: ") + e.what());
+  }
+  const auto recorded = metadata.find("nuri_model_config");
+  if (recorded == metadata.end()) return cfg;  // its tensors are checked against the run's model
+  const ModelConfig theirs =
+      model_config_from_json(recorded->second, "checkpoint.init " + path + ": model");
+  const RunConfig defaults;
+  const std::string mine = model_config_to_json(cfg.model);
+  if (mine == model_config_to_json(theirs)) return cfg;
+  if (cfg.preset == defaults.preset && mine == model_config_to_json(defaults.model)) {
+    RunConfig adopted = cfg;
+    adopted.model = theirs;
+    adopted.preset = "";
+    return adopted;
+  }
+  const nlohmann::json a = nlohmann::json::parse(mine),
+                       b = nlohmann::json::parse(model_config_to_json(theirs));
+  std::string differ;
+  for (const auto& [key, value] : a.items()) {
+    if (b.contains(key) && b[key] != value) {
+      differ += (differ.empty() ? "" : ", ") + key + "=" + b[key].dump() + " (this run: " +
+                value.dump() + ")";
+    }
+  }
+  throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
+                    differ + ". Leave out the model settings (the model is then the file's), or "
+                    "give the file's");
+}
+
 /// The ConfigError `check` throws, or "".
 template <class F>
 std::string config_error_of(F&& check) {
@@ -420,10 +462,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
         "cannot use the run's directories (its output says why)");
   const bool lead = pg.rank() == 0;
-  const DeviceProfile profile = run_profile(cfg_in);
+  RunConfig with_init = cfg_in;  // the model of checkpoint.init's file
+  agree(pg, config_error_of([&] { with_init = init_model(cfg_in); }),
+        "cannot start from checkpoint.init (its output says why)");
+  const DeviceProfile profile = run_profile(with_init);
   std::string auto_line;
   const RunConfig cfg =
-      cfg_in.layout == "auto" ? auto_layout(cfg_in, pg, profile, &auto_line) : cfg_in;
+      with_init.layout == "auto" ? auto_layout(with_init, pg, profile, &auto_line) : with_init;
   Output out(hooks, pg, cfg);
   if (!auto_line.empty()) out.line(auto_line);
   RunResult result;
@@ -473,8 +518,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const TrainConfig& tc = cfg.train;
   const char* threads = std::getenv("OMP_NUM_THREADS");
   out.line("data: " + what);
-  out.line(strprintf("model: %s (%.2fM parameters) | %s | backend %s",
-                     cfg.preset.empty() ? "custom" : cfg.preset.c_str(),
+  const std::string model_name = !cfg.preset.empty()        ? cfg.preset
+                                 : !cfg.checkpoint.init.empty() ? "that of " + cfg.checkpoint.init
+                                                                : "custom";
+  out.line(strprintf("model: %s (%.2fM parameters) | %s | backend %s", model_name.c_str(),
                      double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(),
                      backend.c_str()));
   out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
@@ -534,7 +581,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // Resume from the newest checkpoint under checkpoint.dir.
   const CheckpointConfig& ck = cfg.checkpoint;
   const bool checkpoints = !ck.dir.empty();
-  if (checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty()) {
+  const bool resuming = checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty();
+  if (resuming) {
     Span timed(parts.checkpoint_load);
     if (ck.check_data) {  // every rank's copy of the data, agreed on before any rank loads
       std::string other_data;
@@ -551,6 +599,16 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                        (long long)trainer.steps_done(), (long long)pos.epoch,
                        (long long)pos.batch));
+  } else if (!ck.init.empty()) {  // a fresh start from a model file's weights
+    Span timed(parts.checkpoint_load);
+    std::string failed;
+    try {
+      trainer.load_model_file(ck.init);
+    } catch (const Error& e) {
+      failed = std::string("checkpoint.init: ") + e.what();
+    }
+    agree(pg, failed, "cannot read checkpoint.init (its output says why)");
+    out.line("initialized from " + ck.init);
   }
   steps_from = result.steps_done = trainer.steps_done();
   int64_t saved_at = checkpoints ? trainer.steps_done() : -1;

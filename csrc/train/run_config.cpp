@@ -119,6 +119,12 @@ const Settings& checkpoint_settings() {
            "stop the same way before S seconds of wall clock have passed (0: no limit)")
         .at_least(0)
         .meta("S");
+    ck.add("init", &K::init,
+           "start from the weights of this model file (nuri.save's, a run's model.safetensors, "
+           "export --out's) when there is no checkpoint to resume; the model is the file's "
+           "(model settings, if given, must agree)")
+        .flag("--init")
+        .meta("FILE");
     return ck;
   }();
   return s;

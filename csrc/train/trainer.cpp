@@ -514,6 +514,23 @@ bool same_setting(const nlohmann::json& a, const nlohmann::json& b) {
   return a == b;
 }
 
+// Reads piece `q` of logical tensor `name` from `source` (a CheckpointReader or a
+// SafetensorsFile: read_range(name, lo, hi, dst)), a block row by row; `base`: the tensor's first
+// element in what is read (a flat moment buffer: the parameter's offset in the logical layout).
+template <class Source>
+void read_piece(const Source& source, const std::string& name, const Piece& q, int64_t base,
+                const Tensor& dst) {
+  if (q.rows == 0) {
+    source.read_range(name, base + q.logical, base + q.logical + q.n, dst);
+    return;
+  }
+  const int64_t cols = q.n / q.rows, width = q.p->logical[1];
+  for (int64_t i = 0; i < q.rows; ++i) {
+    const int64_t first = base + q.logical + i * width;
+    source.read_range(name, first, first + cols, dst.slice(0, i * cols, (i + 1) * cols));
+  }
+}
+
 }  // namespace
 
 struct Trainer::PendingSave {
@@ -861,18 +878,8 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     NURI_CHECK(known, "checkpoint ", dir, ": tensor '", n, "' is not a parameter of this model "
                "(an extra tensor: was it saved from another model?)");
   }
-  // Reads a piece of a logical tensor (a block row by row); `base`: its first element in the
-  // tensor read (a flat moment buffer: the parameter's offset in the logical layout).
   auto read = [&](const std::string& name, const Piece& q, int64_t base, const Tensor& dst) {
-    if (q.rows == 0) {
-      r.read_range(name, base + q.logical, base + q.logical + q.n, dst);
-      return;
-    }
-    const int64_t cols = q.n / q.rows, width = q.p->logical[1];
-    for (int64_t i = 0; i < q.rows; ++i) {
-      const int64_t first = base + q.logical + i * width;
-      r.read_range(name, first, first + cols, dst.slice(0, i * cols, (i + 1) * cols));
-    }
+    read_piece(r, name, q, base, dst);
   };
   const auto [held_lo, held_hi] = model_.held_range();
   Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
@@ -921,6 +928,61 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   loader_.set_position(saved_position);
   be.synchronize();
   return dir;
+}
+
+void Trainer::load_model_file(const std::string& path) {
+  finish_checkpoint();
+  NURI_CHECK(!std::filesystem::is_directory(path), path, " is a directory, not a model file. A "
+             "Hugging Face model directory becomes one with `python -m nuri import DIR --out "
+             "FILE`");
+  const SafetensorsFile f(path);
+  const auto meta = f.metadata().find("nuri_model_config");
+  if (meta != f.metadata().end()) {  // the model must be the file's, field by field
+    nlohmann::json theirs;
+    try {
+      theirs = nlohmann::json::parse(meta->second);
+    } catch (const nlohmann::json::exception& e) {
+      NURI_CHECK(false, path, ": its nuri_model_config metadata is not JSON (", e.what(), ")");
+    }
+    NURI_CHECK(theirs.is_object(), path, ": its nuri_model_config metadata is not an object");
+    const nlohmann::json mine = settings_json(model_settings(), &model_.config());
+    for (const auto& [key, value] : mine.items()) {
+      NURI_CHECK(theirs.contains(key) && same_setting(theirs[key], value), path,
+                 " holds a model with ", key, "=", theirs.contains(key) ? theirs[key].dump() :
+                 std::string("(not recorded)"), "; this model has ", key, "=", value.dump());
+    }
+  }
+  const std::vector<ParamSpec>& layout = model_.layout();
+  const std::vector<ParamSpec> whole_layout = param_layout(model_.config());
+  for (const ParamSpec& p : whole_layout) {
+    NURI_CHECK(f.contains(p.name), path, ": tensor '", p.name, "' is missing");
+    NURI_CHECK(f.entry(p.name).shape == p.logical, path, ": tensor '", p.name, "' has shape ",
+               shape_str(f.entry(p.name).shape), ", the model's is ", shape_str(p.logical));
+  }
+  for (const std::string& n : f.names()) {
+    NURI_CHECK(std::any_of(whole_layout.begin(), whole_layout.end(),
+                           [&](const ParamSpec& p) { return p.name == n; }),
+               path, ": tensor '", n, "' is not a parameter of this model (", whole_layout.size(),
+               " are)");
+  }
+  const auto sum = f.metadata().find(kTensorsChecksumKey);
+  if (sum != f.metadata().end()) {
+    NURI_CHECK(tensors_checksum(f) == sum->second, path, " fails its checksum: its tensors are "
+               "not the ones nuri wrote (the file was damaged or changed since); write it again, "
+               "or export it from a checkpoint");
+  }
+  const auto [lo, hi] = model_.held_range();
+  Tensor held = Tensor::empty({hi - lo}, DType::f32);
+  for_each_piece(layout, lo, hi, [&, lo = lo](const Piece& q) {
+    read_piece(f, q.p->name, q, 0, held.slice(0, q.flat - lo, q.flat - lo + q.n));
+  });
+  const float* w = held.data<float>();
+  for (int64_t i = 0; i < held.numel(); ++i) {
+    NURI_CHECK(std::isfinite(w[i]), path, ": weight ", lo + i, " of the model's flat layout is ",
+               w[i], " (not finite): a model saved from a run that diverged, or a damaged file");
+  }
+  model_.load_held_weights(held);
+  model_.backend().synchronize();
 }
 
 float Trainer::evaluate() {

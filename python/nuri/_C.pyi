@@ -129,6 +129,10 @@ class CheckpointConfig:
     check_data: bool
     signals: str  # signals that mean preempted: checkpoint at the next step boundary, exit 75
     time_limit: float  # stop the same way before S seconds of wall clock have passed (0: no limit)
+    # start from the weights of this model file (nuri.save's, a run's model.safetensors, export
+    # --out's) when there is no checkpoint to resume; the model is the file's (model settings, if
+    # given, must agree)
+    init: str
     def __init__(self, **settings: Any) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
     def copy(self) -> "CheckpointConfig": ...

@@ -8,6 +8,7 @@
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--field text]
                             [--kind text|prompt-response|chat] [--chat-template JSON]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
+    python -m nuri import HF_DIR --out FILE.safetensors
     python -m nuri info
     python -m nuri plan (--preset NAME | --config FILE | --hf CONFIG.JSON) [--device NAME|FILE]
                         [--nodes N] [--devices-per-node N] [--seq-len N] [--global-batch N]
@@ -184,6 +185,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """``python -m nuri import``: a Hugging Face model directory as one nuri model file, which
+    ``train --init`` starts from."""
+    from .hf import import_hf
+    from .io import save
+
+    if os.path.isdir(args.out):
+        raise ConfigError(f"import: --out {args.out} is a directory; name the model file to "
+                          "write (FILE.safetensors)")
+    model = import_hf(args.directory)
+    save(model, args.out)
+    print(f"wrote {args.out}: {model.parameter_count} parameters, {model.config.summary()}")
+    print(f"train from it: python -m nuri train --init {args.out} --data ... (the model is the "
+          "file's)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """``python -m nuri info``: what this build holds."""
     info = _C.build_info()
@@ -304,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nuri",
                                 description="Train and sample decoder-only language models.")
     sub = p.add_subparsers(dest="command", required=True,
-                           metavar="{train,generate,tokenize,export,info,plan,calibrate,report}")
+                           metavar="{train,generate,tokenize,export,import,info,plan,calibrate,report}")
     sub.add_parser("train", help="train a model: nuri-train's flags, KEY=VALUE overrides, "
                    "--config FILE (see train --help)", add_help=False)
     g = sub.add_parser("generate", help="continue a prompt with a trained model (its run's "
@@ -383,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--out", help="profile file to write (JSON)")
     ca.add_argument("--seconds", type=float, default=0.5, help="seconds per probe (0.5)")
     ca.set_defaults(func=cmd_calibrate)
+    im = sub.add_parser("import", help="a Hugging Face model directory as one nuri model file "
+                        "(what train --init starts from)")
+    im.add_argument("directory", help="config.json and the safetensors weights (model_type "
+                    "gpt2, llama, qwen2 or mistral)")
+    im.add_argument("--out", required=True, help="the model file to write (FILE.safetensors)")
+    im.set_defaults(func=cmd_import)
     rp = sub.add_parser("report", help="tokens, device-hours, MFU and goodput of a run's "
                         "allocations, from its ledger")
     rp.add_argument("dir", help="the checkpoint (or run) directory holding ledger.jsonl")

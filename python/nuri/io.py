@@ -27,7 +27,7 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     """Writes ``model``'s parameters to a safetensors file at ``path``.
 
     [in] model: a nuri.Model that holds the whole model; its config is stored in the metadata
-    under ``nuri_model_config``.
+    under ``nuri_model_config``. The file is written beside ``path`` and then renamed over it.
     """
     from safetensors.numpy import save_file
 
@@ -41,7 +41,13 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
         "nuri_version": str(_C.build_info()["version"]),
         SHA_KEY: tensors_sha256(tensors),
     }
-    save_file(tensors, os.fspath(path), metadata=metadata)
+    tmp = os.fspath(path) + ".tmp"  # a save that fails leaves an earlier file as it was
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, os.fspath(path))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 #: The metadata key of the SHA-256 of a file's tensors (tensors_sha256), which nuri.save and the

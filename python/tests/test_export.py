@@ -5,6 +5,7 @@ them, one tensor in memory at a time, equal to what the run itself wrote."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -70,3 +71,37 @@ def test_a_sharded_checkpoint_exports_to_one_file_and_to_hugging_face(tmp_path):
         with pytest.raises(nuri.Error, match=f"{path.name} fails its checksum"):
             nuri.load(path)
     assert "give --out" in run_cli("export", "ck", cwd=tmp_path, expect=2).stderr
+
+
+def test_a_model_file_starts_runs_of_every_layout(tmp_path):
+    """checkpoint.init (--init) on 2 ranks: each rank reads only its part of the file's tensors
+    (its ZeRO 3 shard, its tensor-parallel slices, its pipeline stage's blocks), and each run's
+    first validation loss is the one the run that wrote the file ended at (to the printed four
+    decimals, as layouts sum in other orders); without it, the seed's model's is far off."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    common = ["--model", "gpt2-tiny", "--micro-batch", "2", "--seq-len", "32", "--eval-every",
+              "0", "--eval-batches", "2", "--max-new-tokens", "0"]
+    run_cli("train", *common, "--steps", "6", "--out", "run", cwd=tmp_path)
+
+    def val_losses(text: str) -> list[float]:
+        return [float(m) for m in re.findall(r"^step +\d+ \| val loss ([0-9.]+)", text, re.M)]
+
+    trained = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    one = run_cli("train", *common, "--steps", "1", "--init", "run/model.safetensors",
+                  cwd=tmp_path).stdout
+    assert abs(val_losses(one)[0] - trained["val_loss"]) < 1e-4, (one, trained)
+    # The same 2 sequences a validation batch on every layout (dp 2 takes 1 a rank).
+    for layout in (["--zero-stage", "3", "--micro-batch", "1"], ["--tp", "2"],
+                   ["--pp", "2", "--grad-accum", "2"]):
+        for init in (["--init", "run/model.safetensors"], []):
+            proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, "-m",
+                                   "nuri", "train", *common, "--steps", "1", *layout, *init],
+                                  cwd=tmp_path, env=env, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            first = val_losses(proc.stdout)[0]
+            if init:
+                assert "initialized from run/model.safetensors" in proc.stdout, proc.stdout
+                assert abs(first - trained["val_loss"]) < 2e-4, (layout, first, trained)
+            else:
+                assert abs(first - trained["val_loss"]) > 0.05, (layout, first, trained)

@@ -8,6 +8,7 @@ token; and configs nuri does not implement are refused by name.
 Logits are compared in f32 on both sides: within 1e-5 of the largest |logit|.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Lla
                           Qwen2ForCausalLM)
 
 import nuri
+from conftest import run_cli
 
 REL = 1e-5
 V = 97  # not a multiple of 64: nuri's padded rows are exercised
@@ -179,3 +181,31 @@ def test_shard_indexes_that_do_not_match_their_files_are_refused(tmp_path):
     path.write_text("{")
     with pytest.raises(nuri.Error, match="not a safetensors index"):
         nuri.import_hf(tmp_path)
+
+
+def test_a_hugging_face_model_is_imported_and_trained_from_the_command_line(tmp_path):
+    """`python -m nuri import` writes a transformers model as one nuri model file (the same
+    logits), and `python -m nuri train --init` starts a run from it, the model taken from the
+    file: its first validation loss is transformers' own loss on the same validation windows
+    (sample i of the held-out last 10 %: tokens [i·T, i·T + T], the next token each target)."""
+    theirs = hf_model("llama3")
+    theirs.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    run_cli("import", "hf", "--out", "llama.safetensors", cwd=tmp_path)
+    assert_close(nuri_logits(nuri.load(tmp_path / "llama.safetensors"), TOKENS),
+                 hf_logits(theirs, TOKENS), "the imported file")
+    ids = np.random.default_rng(1).integers(0, V, size=20000).astype(np.uint16)
+    np.save(tmp_path / "ids.npy", ids)
+    B, T, batches = 2, 32, 3
+    proc = run_cli("train", "--init", "llama.safetensors", "--data", "ids.npy", "--steps", "2",
+                   "--micro-batch", str(B), "--seq-len", str(T), "--eval-every", "0",
+                   "--eval-batches", str(batches), "--max-new-tokens", "0", cwd=tmp_path)
+    assert "model: that of llama.safetensors" in proc.stdout, proc.stdout
+    assert "initialized from llama.safetensors" in proc.stdout, proc.stdout
+    first = float(re.search(r"^step +0 \| val loss ([0-9.]+)", proc.stdout, re.M).group(1))
+    val = ids[len(ids) - len(ids) // 10:].astype(np.int64)
+    windows = np.stack([val[i * T:i * T + T + 1] for i in range(B * batches)])
+    with torch.no_grad():
+        logits = theirs(torch.from_numpy(windows[:, :-1])).logits.float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                                 torch.from_numpy(windows[:, 1:]).reshape(-1))
+    assert abs(first - loss.item()) < 2e-4, (first, loss.item())

@@ -190,7 +190,7 @@ def test_wrong_argument_types_raise_python_errors():
     model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"))
     cfg = nuri.ModelConfig()
     calls = [
-        (TypeError, lambda: nuri.Model("gpt2-tiny")),
+        (TypeError, lambda: nuri.Model(3)),  # a ModelConfig or a preset's name
         (TypeError, lambda: model.forward("abc", 1)),
         (TypeError, lambda: model.logits(np.zeros((2, 8), np.float32))),
         (TypeError, lambda: nuri.TokenFile.from_array("abc")),

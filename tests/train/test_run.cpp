@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "nuri/ckpt/safetensors.h"
+#include "nuri/core/log.h"
 #include "nuri/train/run.h"
 #include "test_util.h"
 
@@ -359,6 +360,98 @@ TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   EXPECT_TRUE(fs::exists(t.path / "ck2" / "step-00000001"));
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000002"));
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000004"));
+}
+
+// checkpoint.init: a fresh run starts from a model file's weights (its first validation loss is
+// the loss the run that wrote the file ended at), its model taken from the file when the run
+// gives none; another model, a damaged file and a directory are refused before anything is
+// written; a run with a checkpoint to resume takes the checkpoint's weights instead.
+TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
+  TempDir t;
+  RunConfig a = tiny(t.path);
+  a.sample.max_new_tokens = 0;
+  a.out = (t.path / "a").string();
+  const RunResult trained = run_training(a, Captured().hooks());
+  ASSERT_EQ(trained.status, kRunDone);
+  const std::string file = (t.path / "a" / "model.safetensors").string();
+  const std::string ended = strprintf("step     0 | val loss %.4f", trained.val_loss);
+
+  RunConfig b = tiny(t.path);
+  b.sample.max_new_tokens = 0;
+  b.train.steps = 2;
+  b.checkpoint.init = file;
+  Captured from_file;
+  ASSERT_EQ(run_training(b, from_file.hooks()).status, kRunDone) << from_file.text;
+  EXPECT_NE(from_file.text.find("initialized from " + file), std::string::npos) << from_file.text;
+  EXPECT_NE(from_file.text.find(ended), std::string::npos) << ended << "\n" << from_file.text;
+  Captured fresh;  // without it the first validation loss is the seed's model's
+  b.checkpoint.init = "";
+  ASSERT_EQ(run_training(b, fresh.hooks()).status, kRunDone);
+  EXPECT_EQ(fresh.text.find(ended), std::string::npos) << fresh.text;
+
+  // No model settings: the model is the file's.
+  RunConfig c = RunConfig().with_overrides(
+      {"train.steps=1", "train.micro_batch=2", "train.seq_len=32", "train.eval_batches=2",
+       "sample.max_new_tokens=0", "checkpoint.init=" + file});
+  c.data.train = b.data.train;
+  Captured adopted;
+  ASSERT_EQ(run_training(c, adopted.hooks()).status, kRunDone) << adopted.text;
+  EXPECT_NE(adopted.text.find("model: that of " + file + " ("), std::string::npos)
+      << adopted.text;
+  EXPECT_NE(adopted.text.find("parameters) | " + a.model.summary() + " |"), std::string::npos)
+      << adopted.text;
+  EXPECT_NE(adopted.text.find(ended), std::string::npos) << adopted.text;
+
+  // Another model, a directory, a flipped byte: refused before the run directory is made.
+  b.model.n_layer = 3;
+  b.checkpoint.init = file;
+  b.out = (t.path / "refused").string();
+  auto error_of = [](const RunConfig& cfg) {
+    try {
+      run_training(cfg, Captured().hooks());
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no ConfigError");
+  };
+  EXPECT_EQ(error_of(b), "checkpoint.init: " + file + " holds another model than this run's: "
+                         "n_layer=2 (this run: 3). Leave out the model settings (the model is "
+                         "then the file's), or give the file's");
+  b.model.n_layer = 2;
+  b.checkpoint.init = (t.path / "a").string();
+  EXPECT_NE(error_of(b).find("a is a directory, not a model file. A Hugging Face model "
+                             "directory becomes one with `python -m nuri import DIR --out FILE`"),
+            std::string::npos)
+      << error_of(b);
+  fs::copy_file(file, file + ".orig");
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(-3, std::ios::end);
+    f.put('\x7f');
+  }
+  b.checkpoint.init = file;
+  EXPECT_NE(error_of(b).find("checkpoint.init: " + file + " fails its checksum"),
+            std::string::npos)
+      << error_of(b);
+  EXPECT_FALSE(fs::exists(t.path / "refused"));
+
+  // The file is read on every start (it gives the model), but a checkpoint to resume wins over
+  // its weights.
+  b.checkpoint.dir = (t.path / "ck").string();
+  b.checkpoint.init = (t.path / "missing.safetensors").string();
+  EXPECT_NE(error_of(b).find("missing.safetensors"), std::string::npos) << error_of(b);
+  fs::copy_file(file + ".orig", file,
+                fs::copy_options::overwrite_existing);
+  b.checkpoint.init = file;
+  b.out = "";
+  Captured first;
+  ASSERT_EQ(run_training(b, first.hooks()).status, kRunDone) << first.text;
+  EXPECT_NE(first.text.find("initialized from"), std::string::npos) << first.text;
+  b.train.steps = 3;
+  Captured resumed;
+  ASSERT_EQ(run_training(b, resumed.hooks()).status, kRunDone) << resumed.text;
+  EXPECT_NE(resumed.text.find("resumed from"), std::string::npos) << resumed.text;
+  EXPECT_EQ(resumed.text.find("initialized from"), std::string::npos) << resumed.text;
 }
 
 }  // namespace

@@ -119,6 +119,10 @@ class SafetensorsFile {
   std::map<std::string, std::string> metadata_;
 };
 
+/// The tensor checksum (kTensorsChecksumKey) of every tensor in `f`, read one at a time; what a
+/// model file's recorded value is checked against.
+std::string tensors_checksum(const SafetensorsFile& f);
+
 /// safetensors' dtype names ("F32", "BF16", "F16", "I32", "I64") and back.
 const char* safetensors_dtype(DType t);
 DType dtype_from_safetensors(const std::string& s, const std::string& where);

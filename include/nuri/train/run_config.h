@@ -53,6 +53,8 @@ struct CheckpointConfig {
   bool check_data = true;             ///< refuse a checkpoint saved training on other data
   std::string signals = "TERM,USR1";  ///< signals that mean "preempted"
   double time_limit = 0;  ///< seconds of wall clock before stopping as if preempted (0: none)
+  /// A model file to start from when there is no checkpoint to resume ("": the seed's weights).
+  std::string init;
 };
 
 struct RunConfig {

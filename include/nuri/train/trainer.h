@@ -163,6 +163,12 @@ class Trainer {
   /// data's epoch is shorter (checkpoints saved before nuri recorded the data are not
   /// checked). Returns the checkpoint's directory.
   std::string load_checkpoint(const std::string& path, bool check_data = true);
+  /// Sets the weights from a model file (whole tensors under their names, as save_model writes
+  /// them), this rank reading only the pieces it holds; the optimizer state and the step stay as
+  /// they are. Throws, naming the file, where the model config it records differs from the
+  /// model's, a tensor is missing, extra or of another shape, the tensor checksum it records
+  /// fails, or a weight is not finite.
+  void load_model_file(const std::string& path);
   /// load_checkpoint's check of the data alone (it reads no weights): throws, naming both,
   /// unless checkpoint `path` (a directory, or the newest under a root) was saved training on
   /// this trainer's data. Each rank checks its own copy of the data; run_training has every
