@@ -955,7 +955,11 @@ void Trainer::load_model_file(const std::string& path) {
   const std::vector<ParamSpec>& layout = model_.layout();
   const std::vector<ParamSpec> whole_layout = param_layout(model_.config());
   for (const ParamSpec& p : whole_layout) {
-    NURI_CHECK(f.contains(p.name), path, ": tensor '", p.name, "' is missing");
+    NURI_CHECK(f.contains(p.name), path, ": tensor '", p.name, "' is missing",
+               meta == f.metadata().end()
+                   ? " (it records no nuri model config: a Hugging Face weights file? `python -m "
+                     "nuri import DIR --out FILE` writes its model directory as a nuri model file)"
+                   : "");
     NURI_CHECK(f.entry(p.name).shape == p.logical, path, ": tensor '", p.name, "' has shape ",
                shape_str(f.entry(p.name).shape), ", the model's is ", shape_str(p.logical));
   }

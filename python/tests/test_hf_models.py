@@ -209,3 +209,18 @@ def test_a_hugging_face_model_is_imported_and_trained_from_the_command_line(tmp_
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
                                                  torch.from_numpy(windows[:, 1:]).reshape(-1))
     assert abs(first - loss.item()) < 2e-4, (first, loss.item())
+
+
+def test_import_and_init_name_what_is_wrong(tmp_path):
+    hf_model("qwen2").save_pretrained(tmp_path / "hf", safe_serialization=True)
+    (tmp_path / "out").mkdir()
+    assert "--out out is a directory" in run_cli("import", "hf", "--out", "out", cwd=tmp_path,
+                                                 expect=2).stderr
+    assert "nuri.import_hf(hf/config.json): a file" in run_cli(
+        "import", "hf/config.json", "--out", "m.safetensors", cwd=tmp_path, expect=1).stderr
+    assert not (tmp_path / "m.safetensors").exists()
+    # The Hugging Face weights file itself: not a nuri model file, and said so.
+    np.save(tmp_path / "ids.npy", np.arange(5000, dtype=np.uint16) % V)
+    err = run_cli("train", "--init", "hf/model.safetensors", "--steps", "1", "--vocab-size", "97",
+                  "--data", "ids.npy", "--max-new-tokens", "0", cwd=tmp_path, expect=2).stderr
+    assert "it records no nuri model config: a Hugging Face weights file?" in err, err
