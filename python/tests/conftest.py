@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,14 @@ def tiny_config(tmp_path: Path, corpus: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_TOML)
     return path
+
+
+def free_port() -> int:
+    """A TCP port free now, for torchrun's --master_port: its default, 29500, is shared by every
+    job on the machine (a second pytest, another user's job)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli_env(*first: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, free_port
 
 TORCHRUN_SH = REPO / "tests" / "dist" / "torchrun.sh"
 ARGS = ["--model", "gpt2-tiny", "--steps", "5", "--micro-batch", "2", "--seq-len", "32",
@@ -31,6 +31,7 @@ def test_torchrun_starts_python_m_nuri_train(tmp_path):
     # file, teed to the console) leaves stdout alone.
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", str(free_port()),
          "--redirects", "2", "--tee", "2", "--log_dir", str(tmp_path / "logs"),
          "-m", "nuri", "train", *ARGS, "--out", "torchrun"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
