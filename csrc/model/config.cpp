@@ -2,6 +2,7 @@
 #include "nuri/model/config.h"
 
 #include <cmath>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "nuri/core/error.h"
@@ -231,6 +232,25 @@ ModelConfig model_preset(const std::string& name) {
   std::string list;
   for (const auto& n : model_preset_names()) list += (list.empty() ? "" : ", ") + n;
   NURI_CHECK(false, "unknown model preset '", name, "'; presets: ", list);
+}
+
+std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,
+                                                             const ModelConfig& config) {
+  const nlohmann::json theirs = nlohmann::json::parse(recorded);
+  const nlohmann::ordered_json mine = nlohmann::ordered_json::parse(model_config_to_json(config));
+  std::vector<ModelSettingDifference> out;
+  for (const auto& [key, value] : mine.items()) {
+    if (!theirs.contains(key)) {
+      out.push_back({key, "", value.dump()});
+      continue;
+    }
+    const nlohmann::json& t = theirs[key];
+    const bool same = t.is_number() && value.is_number()
+                          ? float(t.get<double>()) == float(value.get<double>())
+                          : t == nlohmann::json(value);
+    if (!same) out.push_back({key, t.dump(), value.dump()});
+  }
+  return out;
 }
 
 }  // namespace nuri

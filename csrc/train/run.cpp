@@ -346,14 +346,10 @@ RunConfig init_model(const RunConfig& cfg) {
     adopted.preset = "";
     return adopted;
   }
-  const nlohmann::json a = nlohmann::json::parse(mine),
-                       b = nlohmann::json::parse(model_config_to_json(theirs));
   std::string differ;
-  for (const auto& [key, value] : a.items()) {
-    if (b.contains(key) && b[key] != value) {
-      differ += (differ.empty() ? "" : ", ") + key + "=" + b[key].dump() + " (this run: " +
-                value.dump() + ")";
-    }
+  for (const auto& d : model_config_differences(model_config_to_json(theirs), cfg.model)) {
+    differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " + d.mine +
+              ")";
   }
   throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
                     differ + ". Leave out the model settings (the model is then the file's), or "

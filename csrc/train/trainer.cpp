@@ -507,13 +507,6 @@ nlohmann::ordered_json settings_json(const Settings& table, const void* obj) {
   return nlohmann::ordered_json::parse(settings_to_json(Schema{{"", "", table}}, obj, -1));
 }
 
-// Whether a recorded setting equals this run's: numbers as float32, since the fields are (an
-// older checkpoint wrote 1e-5f as 1.0000000116860974e-05).
-bool same_setting(const nlohmann::json& a, const nlohmann::json& b) {
-  if (a.is_number() && b.is_number()) return float(a.get<double>()) == float(b.get<double>());
-  return a == b;
-}
-
 // Reads piece `q` of logical tensor `name` from `source` (a CheckpointReader or a
 // SafetensorsFile: read_range(name, lo, hi, dst)), a block row by row; `base`: the tensor's first
 // element in what is read (a flat moment buffer: the parameter's offset in the logical layout).
@@ -809,13 +802,10 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   try {
     meta = nlohmann::json::parse(r.meta());
     // The model must be the checkpoint's, field by field.
-    const nlohmann::json mine = settings_json(model_settings(), &model_.config());
-    for (const auto& [key, value] : mine.items()) {
-      NURI_CHECK(meta.at("model").contains(key), "checkpoint ", dir, " does not record the "
-                 "model's ", key);
-      const nlohmann::json& theirs = meta["model"][key];
-      NURI_CHECK(same_setting(theirs, value), "checkpoint ", dir, " was saved from a model with ", key, "=",
-                 theirs.dump(), "; this run's model has ", key, "=", value.dump(),
+    for (const auto& d : model_config_differences(meta.at("model").dump(), model_.config())) {
+      NURI_CHECK(!d.recorded.empty(), "checkpoint ", dir, " does not record the model's ", d.key);
+      NURI_CHECK(false, "checkpoint ", dir, " was saved from a model with ", d.key, "=",
+                 d.recorded, "; this run's model has ", d.key, "=", d.mine,
                  ". Build the model from the checkpoint's config to resume it");
     }
     // What fixes the global sample order must be the checkpoint's too.
@@ -945,11 +935,10 @@ void Trainer::load_model_file(const std::string& path) {
       NURI_CHECK(false, path, ": its nuri_model_config metadata is not JSON (", e.what(), ")");
     }
     NURI_CHECK(theirs.is_object(), path, ": its nuri_model_config metadata is not an object");
-    const nlohmann::json mine = settings_json(model_settings(), &model_.config());
-    for (const auto& [key, value] : mine.items()) {
-      NURI_CHECK(theirs.contains(key) && same_setting(theirs[key], value), path,
-                 " holds a model with ", key, "=", theirs.contains(key) ? theirs[key].dump() :
-                 std::string("(not recorded)"), "; this model has ", key, "=", value.dump());
+    for (const auto& d : model_config_differences(meta->second, model_.config())) {
+      NURI_CHECK(false, path, " holds a model with ", d.key, "=",
+                 d.recorded.empty() ? std::string("(not recorded)") : d.recorded,
+                 "; this model has ", d.key, "=", d.mine);
     }
   }
   const std::vector<ParamSpec>& layout = model_.layout();

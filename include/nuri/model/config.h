@@ -72,6 +72,17 @@ const Settings& model_settings();
 std::string model_config_to_json(const ModelConfig& c, int indent = -1);
 ModelConfig model_config_from_json(const std::string& json, const std::string& origin = "");
 
+/// A model setting where a recorded config differs from a model's: its JSON values ("" where the
+/// record lacks the key).
+struct ModelSettingDifference {
+  std::string key, recorded, mine;
+};
+/// The settings, in table order, where `recorded` (a model config as JSON, e.g. a checkpoint's
+/// or a model file's) differs from `config`; numbers compare as float32, as the fields are (an
+/// older checkpoint wrote 1e-5f as 1.0000000116860974e-05).
+std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,
+                                                             const ModelConfig& config);
+
 /// Named presets: demo (nuri-train's default: 3.3M parameters, byte vocabulary), gpt2-tiny,
 /// gpt2-124M, gpt2-350M, gpt2-774M, gpt2-1558M, llama-tiny, llama-1B (TinyLlama-1.1B's shape). Throws nuri::Error listing the names otherwise.
 ModelConfig model_preset(const std::string& name);
