@@ -35,7 +35,7 @@ constexpr int64_t kTargetBlocks = 8;
 constexpr int64_t kMaxForwardBlocks = int64_t(1) << 20;
 constexpr int64_t kMaxReduceBlocks = int64_t(1) << 20;
 constexpr unsigned kReduceThreadsY = norm::kReduceSplits;
-constexpr int64_t kTargetBlocks = 132;  // an H100's SMs
+constexpr int64_t kTargetBlocks = kNormGpuTargetBlocks;
 #endif
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -57,8 +57,9 @@ void launch_backward(const norm::NormBackwardKernelParams<T>& kp, dim3 grid, dim
 
 }  // namespace
 
-NormBackwardPlan plan_norm_backward(int64_t m, int64_t c, bool has_dbias) {
-  NURI_ASSERT(m > 0 && c > 0);
+NormBackwardPlan plan_norm_backward(int64_t m, int64_t c, bool has_dbias, int64_t target_blocks) {
+  NURI_ASSERT(m > 0 && c > 0 && target_blocks >= 0);
+  if (target_blocks == 0) target_blocks = kTargetBlocks;
   NormBackwardPlan pl{};
   pl.acc_cols = has_dbias ? 2 * c : c;
   const size_t acc_bytes = size_t(pl.acc_cols) * sizeof(float);
@@ -68,7 +69,7 @@ NormBackwardPlan plan_norm_backward(int64_t m, int64_t c, bool has_dbias) {
     // Up to 8 warps per block as shared memory allows, fewer when M is small so that the rows
     // still spread over about kTargetBlocks blocks (SMs).
     const int64_t max_warps = std::clamp<int64_t>(int64_t(kWarpModeSmem / acc_bytes), 1, 8);
-    pl.warps = int(std::clamp<int64_t>(ceil_div(m, kMinRowsPerWarp * kTargetBlocks), 1, max_warps));
+    pl.warps = int(std::clamp<int64_t>(ceil_div(m, kMinRowsPerWarp * target_blocks), 1, max_warps));
     pl.smem_acc = true;
     pl.smem_bytes = size_t(pl.warps) * acc_bytes;  // warp_sum needs no scratch
     blocks = ceil_div(m, pl.warps * kMinRowsPerWarp);

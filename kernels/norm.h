@@ -54,7 +54,12 @@ struct NormBackwardPlan {
   size_t workspace_bytes;  // partials [blocks, acc_cols] (+ per-group scratch when !smem_acc)
 };
 
-NormBackwardPlan plan_norm_backward(int64_t m, int64_t c, bool has_dbias);
+/// The plan for M rows of C columns. `target_blocks`: about how many blocks a small M is spread
+/// over (0: this build's, kNormGpuTargetBlocks on a GPU, fewer in the emulator; the planner's
+/// bound, nuri/train/plan.h, is checked against both).
+NormBackwardPlan plan_norm_backward(int64_t m, int64_t c, bool has_dbias,
+                                    int64_t target_blocks = 0);
+constexpr int64_t kNormGpuTargetBlocks = 132;  // an H100's SMs
 
 /// y = norm(x + residual) · weight (+ bias); center = true: layernorm, false: rmsnorm.
 template <class T>

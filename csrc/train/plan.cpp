@@ -282,6 +282,32 @@ void check_layout(const Layout& l, int64_t seq_len, const char* who) {
 }
 }  // namespace
 
+int64_t norm_backward_workspace_bound(const ModelConfig& cfg, int64_t rows) {
+  // plan_norm_backward: f32 partial sums of the weight's gradient (and a layernorm bias's), a
+  // row of C (2C) per block; at most ceil(rows / 4) blocks, and at most 2048 with a warp a row
+  // (C <= 1024) or 256 with a block a row, whatever SM count it spreads the rows over; twice
+  // that when a block's accumulators do not fit its 96 KiB of shared memory.
+  const int64_t c = cfg.d_model;
+  const int64_t acc = 4 * c * (cfg.norm == NormKind::layernorm && cfg.bias ? 2 : 1);
+  const bool warp_rows = c <= 1024;
+  const int64_t blocks = std::min<int64_t>(ceil_div(rows, 4), warp_rows ? 2048 : 256);
+  const bool in_shared = warp_rows || acc + 128 <= 96 * 1024;
+  return blocks * acc * (in_shared ? 1 : 2);
+}
+
+int64_t optimizer_workspace_bound(const ModelConfig& cfg, TensorParallelRank tp,
+                                  PipelineStage stage) {
+  // A descriptor a tensor (AdamW's 64 bytes, the norm's 24) and a table of tensors + 1 int64
+  // offsets, each part 16-byte aligned; the norm adds an f32 partial per 4096 elements of each
+  // tensor. The step passes at most one tensor a parameter (ZeRO: slices of them, or its shard).
+  const std::vector<ParamSpec> layout = param_layout(cfg, tp, stage);
+  const int64_t n = int64_t(layout.size());
+  int64_t elements = 0;
+  for (const ParamSpec& p : layout) elements += p.numel();
+  const int64_t table = 8 * (n + 1) + 32;
+  return std::max(64 * n + table, 24 * n + table + 4 * (elements / 4096 + n + 1));
+}
+
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                            const DeviceProfile& dev, int stage_index) {
   check_layout(l, seq_len, "estimate_memory");
@@ -380,8 +406,10 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
     m.communication += std::max({2 * blk, blk + emb, head + emb});
   }
   // The device kernels' scratch (the CUDA backend's one workspace, grown to the largest
-  // request: the attention backward's row statistics, the embedding backward's partial sums,
-  // the bias gradients' partial rows) and the step's loss and statistics buffers.
+  // request and kept: the attention backward's row statistics, the embedding backward's partial
+  // sums, the bias gradients' partial rows, the norms' partial sums, the optimizer's tables) and
+  // the step's loss and statistics buffers. Not counted: cuBLASLt's 32 MiB, which it takes from
+  // the driver, not from nuri's allocator (it is in the usable fraction's margin).
   const int64_t bt = l.micro_batch * seq_len;
   if (dev.gpu) {
     const int64_t h = cfg.n_head / l.tp;
@@ -392,7 +420,8 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
     const int64_t qkv = (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim();
     const int64_t widest = cfg.bias ? std::max({qkv, cfg.d_ff / l.tp * 2, cfg.d_model}) : qkv;
     const int64_t bias = cfg.bias || cfg.qkv_bias ? 4 * ceil_div(bt, 256) * widest : 0;
-    m.workspace = held(dev, std::max({attn, emb, bias}));
+    m.workspace = held(dev, std::max({attn, emb, bias, norm_backward_workspace_bound(cfg, rows),
+                                      optimizer_workspace_bound(cfg, place, stage)}));
   }
   m.workspace += held(dev, 4 * (l.grad_accum + 2));
   if (l.pp > 1 && stage_index == l.pp - 1) m.workspace += held(dev, 4 * l.grad_accum);

@@ -207,13 +207,9 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
       std::sort(sizes.rbegin(), sizes.rend());
       for (size_t i = 0; i < sizes.size() && i < 2; ++i) timing += sizes[i];
     }
-    // On the CPU the plan is an upper bound to the byte; on cuda-emu the CUDA allocator's
-    // classes leave it within 10 % either way (one pipeline stage measured 0.2 % low).
-    if (!on_device()) {
-      EXPECT_GE(error, 0.0) << "rank " << rank << ": predicted low: " << p.str();
-    } else {
-      EXPECT_GE(error, -0.10) << "rank " << rank << ": predicted " << p.str();
-    }
+    // The plan is an upper bound: on the CPU to the byte, on cuda-emu with the CUDA allocator's
+    // size classes and the kernels' workspace bounded from above.
+    EXPECT_GE(error, 0.0) << "rank " << rank << ": predicted low: " << p.str();
     EXPECT_LE(predicted - measured, 0.10 * measured + double(timing))
         << "rank " << rank << ": predicted " << p.str() << "; buckets in flight " << timing;
     ++ran;

@@ -122,6 +122,14 @@ struct MemoryPlan {
 /// shard), at sequence length seq_len.
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& layout, int64_t seq_len,
                            const DeviceProfile& device, int stage = 0);
+/// The most bytes the CUDA backend's workspace is asked for, on any GPU, by the requests that
+/// grow with the model (kernels/norm.cu, kernels/optimizer.cu; estimate_memory's workspace
+/// holds the largest request): the norms' backward on `rows` rows, and the optimizer step (the
+/// global gradient norm and AdamW) over the parameters one rank holds at place `tp`, `stage`.
+int64_t norm_backward_workspace_bound(const ModelConfig& cfg, int64_t rows);
+int64_t optimizer_workspace_bound(const ModelConfig& cfg, TensorParallelRank tp = {},
+                                  PipelineStage stage = {});
+
 /// The largest over the pipeline's stages.
 MemoryPlan estimate_peak_memory(const ModelConfig& cfg, const Layout& layout, int64_t seq_len,
                                 const DeviceProfile& device, int* worst_stage = nullptr);
