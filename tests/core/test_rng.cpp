@@ -2,6 +2,7 @@
 // values depend only on (seed, stream, index), and the derived distributions are right.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -29,6 +30,26 @@ TEST(Philox, SlicesEqualTheWhole) {
   rng.fill_normal(whole.data(), 1000, 0, 0.f, 0.02f);
   rng.fill_normal(part.data(), 333, 501, 0.f, 0.02f);
   for (int i = 0; i < 333; ++i) EXPECT_EQ(part[size_t(i)], whole[size_t(501 + i)]);
+}
+
+TEST(Philox, FillNormalIsNormalElementByElement) {
+  // fill_normal draws each pair's Box-Muller once for both elements; every element, from any
+  // start (odd or even) and of any length, is normal(index) · stddev + mean to the bit.
+  const Philox rng(99, stream_id("init/model.layers.0.mlp.up_proj.weight"));
+  const int64_t n = 300001;  // beyond the parallel loop's threshold
+  std::vector<float> out(size_t(n) + 2);
+  for (const uint64_t start : {uint64_t(0), uint64_t(1), uint64_t(1) << 40 | 1}) {
+    for (const int64_t len : {int64_t(1), int64_t(2), int64_t(7), n}) {
+      std::fill(out.begin(), out.end(), -7.f);
+      rng.fill_normal(out.data(), len, start, 0.5f, 0.02f);
+      int64_t differ = 0;
+      for (int64_t i = 0; i < len; ++i) {
+        differ += out[size_t(i)] != rng.normal(start + uint64_t(i)) * 0.02f + 0.5f;
+      }
+      EXPECT_EQ(differ, 0) << "start " << start << ", " << len << " elements";
+      EXPECT_EQ(out[size_t(len)], -7.f) << "wrote past the end";
+    }
+  }
 }
 
 TEST(Philox, StreamsAndSeedsDiffer) {
