@@ -93,7 +93,8 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
     : Transformer(cfg, std::move(backend), seed, shard, tp, PipelineStage{}) {}
 
 Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
-                         WeightShard shard, TensorParallelRank tp, PipelineStage stage)
+                         WeightShard shard, TensorParallelRank tp, PipelineStage stage,
+                         WeightInit init)
     : cfg_(cfg), backend_(std::move(backend)), impl_(std::make_unique<Impl>()), tp_(tp) {
   NURI_CHECK(backend_ != nullptr, "Transformer: backend is null");
   if (backend_->device().is_cpu()) check_fits_host(cfg_, shard, tp, stage);
@@ -134,7 +135,12 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
   for (auto it = impl_->units.rbegin(); it != impl_->units.rend(); ++it) {
     units_.push_back({it->lo, it->hi});
   }
-  init_weights(seed);
+  if (init == WeightInit::random) {
+    init_weights(seed);
+  } else {
+    backend_->zero(param_buf_);
+    if (cparam_buf_.defined()) backend_->zero(cparam_buf_);
+  }
   zero_grad();
 }
 

@@ -507,8 +507,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const std::vector<int64_t> stage_first =
       pipeline_stages(cfg.model, cfg.parallel.pp, cfg.train.seq_len);
   const GridGroups grid = make_grid_groups(pg.comm, cfg.parallel.tp, cfg.parallel.pp);
+  // Resume from the newest checkpoint under checkpoint.dir, or start from checkpoint.init's
+  // weights: either way the weights are read below, and the seed's would be thrown away.
+  const CheckpointConfig& ck = cfg.checkpoint;
+  const bool checkpoints = !ck.dir.empty();
+  const bool resuming = checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty();
+  const WeightInit init = resuming || !ck.init.empty() ? WeightInit::zeros : WeightInit::random;
   Transformer model = grid_model(cfg.model, make_backend(backend), cfg.train.seed, grid,
-                                 cfg.parallel.zero_stage, cfg.train.seq_len);
+                                 cfg.parallel.zero_stage, cfg.train.seq_len, init);
   Trainer trainer(model, cfg.train, train, val, grid, cfg.parallel);
   const double baseline = unigram_baseline(*train, *val, cfg.model.vocab_size);
   const TrainConfig& tc = cfg.train;
@@ -574,10 +580,6 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     }
   } ledger_on_error{ledger, steps_from, result.steps_done, reached, redone_steps, parts};
 
-  // Resume from the newest checkpoint under checkpoint.dir.
-  const CheckpointConfig& ck = cfg.checkpoint;
-  const bool checkpoints = !ck.dir.empty();
-  const bool resuming = checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty();
   if (resuming) {
     Span timed(parts.checkpoint_load);
     if (ck.check_data) {  // every rank's copy of the data, agreed on before any rank loads

@@ -274,7 +274,7 @@ void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& w
 }
 
 Transformer grid_model(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
-                       const GridGroups& grid, int zero_stage, int64_t seq_len) {
+                       const GridGroups& grid, int zero_stage, int64_t seq_len, WeightInit init) {
   const std::vector<int64_t> first = pipeline_stages(cfg, grid.grid.pp(), seq_len);
   const PipelineStage stage{first[size_t(grid.coord.pp)], first[size_t(grid.coord.pp) + 1]};
   const TensorParallelRank place{grid.coord.tp, grid.grid.tp()};
@@ -285,7 +285,7 @@ Transformer grid_model(const ModelConfig& cfg, std::shared_ptr<Backend> backend,
                                                  grid.grid.dp(), grid.coord.dp);
     shard = {lo, hi};
   }
-  return Transformer(cfg, std::move(backend), seed, shard, place, stage);
+  return Transformer(cfg, std::move(backend), seed, shard, place, stage, init);
 }
 
 Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,

@@ -304,7 +304,8 @@ class Model:
     def __init__(self, config: ModelConfig | str, backend: str = "cpu", seed: int = 0,
                  shard: Optional[tuple[int, int]] = None,
                  tensor_parallel: Optional[tuple[int, int]] = None,
-                 pipeline_stage: Optional[tuple[int, int]] = None) -> None: ...
+                 pipeline_stage: Optional[tuple[int, int]] = None,
+                 init: str = "random") -> None: ...
     @property
     def tensor_parallel(self) -> tuple[int, int]: ...
     @property

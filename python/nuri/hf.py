@@ -340,7 +340,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
                     backend: str = "cpu", where: str = "Hugging Face tensors") -> _C.Model:
     """A nuri model from Hugging Face-layout tensors (see the module's doc for the layouts)."""
     gpt2 = _gpt2(config)
-    model = _C.Model(config, backend)
+    model = _C.Model(config, backend, init="zeros")  # every weight is set below
     params = model.parameters()
     seen = set()
     for key, src in tensors.items():

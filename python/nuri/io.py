@@ -145,7 +145,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                        "export it from a checkpoint")
     if config is None:
         config = stored_model_config(path, metadata)
-    model = _C.Model(config, backend)
+    model = _C.Model(config, backend, init="zeros")  # every weight is set below
     params = model.parameters()
     extra = sorted(set(tensors) - set(params))
     if extra:

@@ -299,19 +299,27 @@ PYBIND11_MODULE(_C, m) {
       .def(py::init([](const ModelConfigArg& config, const std::string& backend, uint64_t seed,
                        std::optional<std::pair<int64_t, int64_t>> shard,
                        std::optional<std::pair<int, int>> tensor_parallel,
-                       std::optional<std::pair<int64_t, int64_t>> pipeline_stage) {
+                       std::optional<std::pair<int64_t, int64_t>> pipeline_stage,
+                       const std::string& init) {
+             NURI_CHECK(init == "random" || init == "zeros", "Model: init '", init,
+                        "' is not one of random (drawn from the seed), zeros (for weights "
+                        "loaded next)");
              WeightShard s;
              if (shard) s = {shard->first, shard->second};
              TensorParallelRank tp;
              if (tensor_parallel) tp = {tensor_parallel->first, tensor_parallel->second};
              PipelineStage stage;
              if (pipeline_stage) stage = {pipeline_stage->first, pipeline_stage->second};
-             return std::make_shared<Transformer>(model_config_arg(config), make_backend(backend),
-                                                  seed, s, tp, stage);
+             return std::make_shared<Transformer>(
+                 model_config_arg(config), make_backend(backend), seed, s, tp, stage,
+                 init == "random" ? WeightInit::random : WeightInit::zeros);
            }),
            py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
            py::arg("shard") = py::none(), py::arg("tensor_parallel") = py::none(),
-           py::arg("pipeline_stage") = py::none(),
+           py::arg("pipeline_stage") = py::none(), py::arg("init") = "random",
+           "init: 'random' (the weights drawn from the seed) or 'zeros' (for weights set next, "
+           "as nuri.load and nuri.import_hf do: drawing them would be most of a large model's "
+           "construction time). "
            "shard=(lo, hi): hold that flat range of the weights alone, for ZeRO 3 "
            "(ProcessGroup.shard(n) is a rank's range); the whole model never exists here. "
            "tensor_parallel=(index, tp): this rank's slice of every layer as rank `index` of a "

@@ -149,6 +149,23 @@ def test_a_saved_model_file_with_a_flipped_byte_fails_its_checksum(tmp_path):
         nuri.load(path)
 
 
+def test_a_model_to_be_loaded_starts_at_zeros_and_init_is_checked(tmp_path):
+    # nuri.load and nuri.import_hf build their model with init="zeros": nothing is drawn from
+    # the seed, and every weight is then the file's (a weight left at 0 would show here).
+    model = nuri.Model(tiny_config(), seed=5)
+    zeros = nuri.Model(tiny_config(), init="zeros")
+    assert not any(np.any(w) for w in zeros.parameters().values())
+    path = tmp_path / "m.safetensors"
+    nuri.save(model, path)
+    back = nuri.load(path)
+    for name, w in model.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[name], w, err_msg=name)
+    tokens = np.array([[5, 80, 200, 7]], np.int32)
+    assert back.forward(tokens, tokens) == model.forward(tokens, tokens)
+    with pytest.raises(nuri.Error, match="Model: init 'ones' is not one of random"):
+        nuri.Model(tiny_config(), init="ones")
+
+
 def test_a_presets_name_stands_for_its_config():
     """nuri.Model, the planner and ModelConfig take a preset's name (with keyword overrides for
     ModelConfig); an unknown name lists the presets."""

@@ -152,6 +152,25 @@ TEST(Transformer, InitDependsOnlyOnSeedAndName) {
   EXPECT_EQ(a.parameter("h.0.ln_1.weight").data<float>()[5], 1.f);
 }
 
+// WeightInit::zeros (a model whose weights are read next): every weight 0, nothing drawn; the
+// weights written into it then compute what the seeded model does, bit for bit.
+Tensor batch(int64_t b, int64_t t, int64_t vocab, uint64_t seed);
+TEST(Transformer, ZerosInitHoldsZerosUntilWeightsAreWritten) {
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    const ModelConfig cfg = model_preset(preset);
+    Transformer seeded(cfg, make_backend("cpu"), 5);
+    Transformer z(cfg, make_backend("cpu"), 5, WeightShard{}, TensorParallelRank{},
+                  PipelineStage{}, WeightInit::zeros);
+    const Tensor& p = z.param_buffer();
+    int64_t nonzero = 0;
+    for (int64_t i = 0; i < p.numel(); ++i) nonzero += p.data<float>()[i] != 0.f;
+    EXPECT_EQ(nonzero, 0) << preset;
+    const Tensor x = batch(2, 16, 257, 1), y = batch(2, 16, 257, 2);
+    z.load_weights(seeded.param_buffer());
+    EXPECT_EQ(z.forward(x, y), seeded.forward(x, y)) << preset;
+  }
+}
+
 Tensor batch(int64_t b, int64_t t, int64_t vocab, uint64_t seed) {
   Tensor x = Tensor::empty({b, t}, DType::i32);
   Philox rng(seed, 3);

@@ -164,6 +164,11 @@ struct WeightShard {
   int64_t lo = 0, hi = 0;
 };
 
+/// How a new model's weights start: drawn from the seed, or zeros for a model whose weights are
+/// read next (a checkpoint, a model file, a Hugging Face import), where the draw would be work
+/// thrown away (most of a large model's construction time).
+enum class WeightInit { random, zeros };
+
 class Transformer {
  public:
   /// Allocates parameters and gradients on `backend` and initializes them from `seed`.
@@ -186,7 +191,8 @@ class Transformer {
   /// model's tensors they are. It runs micro-batches with forward_stage() and backward_stage();
   /// forward(), forward_loss(), logits() and backward() need the whole model.
   Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
-              WeightShard shard, TensorParallelRank tp, PipelineStage stage);
+              WeightShard shard, TensorParallelRank tp, PipelineStage stage,
+              WeightInit init = WeightInit::random);
 
   const ModelConfig& config() const { return cfg_; }
   Backend& backend() const { return *backend_; }

@@ -256,8 +256,10 @@ class Trainer {
 
 /// This rank's model for the Trainer on `grid`: its tensor-parallel slice of its pipeline stage
 /// (pipeline_stages(cfg, pp, seq_len)), built as its dp shard alone under ZeRO 3 over several
-/// dp ranks (never holding the whole weights).
+/// dp ranks (never holding the whole weights). `init`: zeros for a model whose weights are
+/// loaded next (a resume, checkpoint.init).
 Transformer grid_model(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
-                       const GridGroups& grid, int zero_stage, int64_t seq_len);
+                       const GridGroups& grid, int zero_stage, int64_t seq_len,
+                       WeightInit init = WeightInit::random);
 
 }  // namespace nuri
