@@ -138,8 +138,8 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
   if (init == WeightInit::random) {
     init_weights(seed);
   } else {
-    backend_->zero(param_buf_);
-    if (cparam_buf_.defined()) backend_->zero(cparam_buf_);
+    if (param_buf_.numel() > 0) backend_->zero(param_buf_);  // a ZeRO 3 shard may be empty
+    if (cparam_buf_.defined() && cparam_buf_.numel() > 0) backend_->zero(cparam_buf_);
   }
   zero_grad();
 }
