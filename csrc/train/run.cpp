@@ -318,6 +318,26 @@ void agree(const ProcessGroup& pg, const std::string& mine, const std::string& o
   if (!ranks.empty()) throw ConfigError("rank " + ranks + " " + others);
 }
 
+// Every rank resumes, or none: a rank that finds no checkpoint where another finds one (a
+// checkpoint directory that is not shared, or one written while the ranks looked) would train
+// other weights and wait in collectives the others never make.
+void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string& dir) {
+  if (!pg.comm || pg.size() <= 1) return;
+  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
+  std::fill_n(flags.data<float>(), pg.size(), 0.f);
+  flags.data<float>()[pg.rank()] = resuming ? 1.f : 0.f;
+  pg.comm->host_communicator()->all_reduce(flags, ReduceOp::sum);
+  std::string with, without;
+  for (int r = 0; r < pg.size(); ++r) {
+    std::string& list = flags.data<float>()[r] > 0 ? with : without;
+    list += (list.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (with.empty() || without.empty()) return;
+  throw ConfigError("checkpoint.dir " + dir + ": rank " + with + " found a checkpoint to resume " +
+                    "and rank " + without + " found none; every rank must see the same " +
+                    "directory (a shared file system), and no other job may be writing to it");
+}
+
 // checkpoint.init's model: the run's model must be the one the file records, or the run gives
 // no model settings (the defaults), and the model is then the file's.
 RunConfig init_model(const RunConfig& cfg) {
@@ -512,6 +532,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const CheckpointConfig& ck = cfg.checkpoint;
   const bool checkpoints = !ck.dir.empty();
   const bool resuming = checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty();
+  agree_on_resuming(pg, resuming, ck.dir);
   const WeightInit init = resuming || !ck.init.empty() ? WeightInit::zeros : WeightInit::random;
   Transformer model = grid_model(cfg.model, make_backend(backend), cfg.train.seed, grid,
                                  cfg.parallel.zero_stage, cfg.train.seq_len, init);

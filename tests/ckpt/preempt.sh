@@ -61,4 +61,26 @@ rc=$?
 ((rc == 75)) && grep -q 'stopped at step [0-9]* (time limit): checkpointed' <<<"$out" ||
   { echo "$out" | tail -n 5; fail "--time-limit 3: exit $rc"; }
 echo "--time-limit 3: $(grep -oP 'stopped at step [0-9]+ \(time limit\)' <<<"$out"), exit 75"
+
+# A checkpoint directory the ranks do not share (a relative --ckpt-dir, each rank started in
+# another directory): rank 0 finds the checkpoints above, rank 1 none. Both stop with the
+# settings' error status before a step, naming the ranks, instead of training other weights.
+mkdir -p "$dir/elsewhere"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for r in 0 1; do
+  (cd "$dir" && [[ $r == 1 ]] && cd elsewhere
+   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+     exec "$bin" "${args[@]}" --ckpt-dir ck >"$dir/unshared$r" 2>&1) &
+  pids+=($!)
+done
+wait "${pids[0]}"; rc0=$?
+wait "${pids[1]}"; rc1=$?
+pids=()
+want_msg="checkpoint.dir ck: rank 0 found a checkpoint to resume and rank 1 found none"
+for r in 0 1; do
+  grep -q "$want_msg" "$dir/unshared$r" && ! grep -q 'step  *1/60' "$dir/unshared$r" ||
+    { cat "$dir/unshared$r"; fail "rank $r: no error naming the unshared checkpoint directory"; }
+done
+((rc0 == 2 && rc1 == 2)) || fail "unshared checkpoint directory: ranks exited $rc0 and $rc1, not 2"
+echo "a checkpoint directory only rank 0 sees: both ranks exit 2 before a step, naming the ranks"
 echo PASS
