@@ -68,14 +68,15 @@ void Philox::fill_normal(float* out, int64_t n, uint64_t start, float mean, floa
   // A pair's block, logarithm and square root once for both its elements (normal() makes them
   // for each): the same bits, in half the time.
   if (n <= 0) return;
-  const uint64_t end = start + uint64_t(n);
-  const int64_t first = int64_t(start >> 1), last = int64_t((end + 1) >> 1);  // pairs touched
+  // Pair k is block (start >> 1) + k; its even element lands at out[2k - odd] (counted from the
+  // start, so no index wraps near 2^64).
+  const int64_t odd = int64_t(start & 1), pairs = (odd + n + 1) / 2;
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t j = first; j < last; ++j) {
-    const Polar p = polar(block(uint64_t(j)));
-    const uint64_t even = 2 * uint64_t(j);
-    if (even >= start) out[even - start] = p.radius * std::cos(p.angle) * stddev + mean;
-    if (even + 1 < end) out[even + 1 - start] = p.radius * std::sin(p.angle) * stddev + mean;
+  for (int64_t k = 0; k < pairs; ++k) {
+    const Polar p = polar(block((start >> 1) + uint64_t(k)));
+    const int64_t even = 2 * k - odd;
+    if (even >= 0) out[even] = p.radius * std::cos(p.angle) * stddev + mean;
+    if (even + 1 < n) out[even + 1] = p.radius * std::sin(p.angle) * stddev + mean;
   }
 }
 

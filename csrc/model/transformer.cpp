@@ -202,36 +202,46 @@ void Transformer::load_held_weights(const Tensor& host) {
              "load_held_weights: expected the ", hi - lo, " weights of [", lo, ", ", hi,
              ") as one contiguous f32 host tensor, got ",
              host.defined() ? host.str() : std::string("nothing"));
-  write_weights(host.data<float>(), lo);
+  write_weights(host.data<float>(), lo, hi);
 }
 
 void Transformer::init_weights(uint64_t seed) {
   // Only the range this rank holds, element by element from (seed, name) over the logical
-  // tensor: the values do not depend on how the model is sharded.
+  // tensor: the values do not depend on how the model is sharded. Drawn a chunk of the flat
+  // range at a time into one host buffer and written to the model's, so building a model holds
+  // at most 64 MiB of host memory besides its own buffers (and the chunk's 32 MiB in bf16 on a
+  // backend that computes in bf16).
   // (Not a structured binding: clang cannot capture one in a lambda in an OpenMP function.)
   const int64_t lo = held_range().first, hi = held_range().second;
-  // A tensor-parallel slice draws the logical elements it holds, run by run.
-  Tensor host = Tensor::zeros({hi - lo});
-  for (const ParamSpec& p : layout_) {
-    const int64_t cols = p.logical[0] > 0 ? p.logical_numel() / p.logical[0] : 0;
-    const int64_t drawn = (p.init_rows >= 0 ? p.init_rows : p.logical[0]) * cols;  // padded rows stay 0
-    p.for_each_run([&](int64_t local, int64_t logical, int64_t n) {
-      const int64_t a = std::max(p.offset + local, lo), b = std::min(p.offset + local + n, hi);
-      if (a >= b) return;
-      float* h = host.data<float>() + (a - lo);
-      if (p.init == InitKind::ones) {
-        std::fill(h, h + (b - a), 1.f);
-      } else if (p.init == InitKind::normal) {
-        const int64_t first = logical + (a - p.offset - local);  // a's logical element
-        const int64_t m = std::min(b - a, drawn - first);
-        if (m > 0) {
-          Philox(seed, stream_id("init/" + p.name))
-              .fill_normal(h, m, uint64_t(first), 0.f, p.init_std);
+  constexpr int64_t kChunk = int64_t(1) << 24;  // weights
+  Tensor host = Tensor::empty({std::max<int64_t>(1, std::min(kChunk, hi - lo))}, DType::f32);
+  float* base = host.data<float>();
+  for (int64_t c0 = lo; c0 < hi; c0 += kChunk) {
+    const int64_t c1 = std::min(hi, c0 + kChunk);
+    std::fill(base, base + (c1 - c0), 0.f);
+    for (const ParamSpec& p : layout_) {
+      if (p.offset >= c1 || p.offset + p.numel() <= c0) continue;
+      const int64_t cols = p.logical[0] > 0 ? p.logical_numel() / p.logical[0] : 0;
+      const int64_t drawn = (p.init_rows >= 0 ? p.init_rows : p.logical[0]) * cols;  // padded rows stay 0
+      // A tensor-parallel slice draws the logical elements it holds, run by run.
+      p.for_each_run([&](int64_t local, int64_t logical, int64_t n) {
+        const int64_t a = std::max(p.offset + local, c0), b = std::min(p.offset + local + n, c1);
+        if (a >= b) return;
+        float* h = base + (a - c0);
+        if (p.init == InitKind::ones) {
+          std::fill(h, h + (b - a), 1.f);
+        } else if (p.init == InitKind::normal) {
+          const int64_t first = logical + (a - p.offset - local);  // a's logical element
+          const int64_t m = std::min(b - a, drawn - first);
+          if (m > 0) {
+            Philox(seed, stream_id("init/" + p.name))
+                .fill_normal(h, m, uint64_t(first), 0.f, p.init_std);
+          }
         }
-      }
-    });
+      });
+    }
+    write_weights(base, c0, c1);
   }
-  write_weights(host.data<float>(), lo);
 }
 
 void Transformer::load_weights(const Tensor& host_flat) {
@@ -240,22 +250,27 @@ void Transformer::load_weights(const Tensor& host_flat) {
                  host_flat.numel() == total_,
              "load_weights: expected all ", total_, " parameters as one contiguous f32 host "
              "tensor, got ", host_flat.defined() ? host_flat.str() : std::string("nothing"));
-  write_weights(host_flat.data<float>(), 0);
+  write_weights(host_flat.data<float>(), 0, total_);
 }
 
-void Transformer::write_weights(const float* values, int64_t first) {
-  // values[i] is flat element first + i, for every element this rank holds.
-  backend_->copy(Tensor::from_blob(const_cast<float*>(values) + (master_lo_ - first),
-                                   {master_hi_ - master_lo_}, DType::f32, Device::cpu()),
-                 param_buf_);
+void Transformer::write_weights(const float* values, int64_t first, int64_t last) {
+  // values[i] is flat element first + i: the masters and the compute copy (rounded to nearest
+  // even) of the part of [first, last) this rank holds.
+  const int64_t a = std::max(first, master_lo_), b = std::min(last, master_hi_);
+  if (a < b) {
+    backend_->copy(Tensor::from_blob(const_cast<float*>(values) + (a - first), {b - a},
+                                     DType::f32, Device::cpu()),
+                   param_buf_.slice(0, a - master_lo_, b - master_lo_));
+  }
   if (!cparam_buf_.defined()) return;
-  // The compute copy's range (all of it unless ZeRO 3 sharded it), rounded to nearest even.
-  const int64_t n = cparam_buf_.numel();
-  Tensor copy = Tensor::empty({n}, compute_);
-  const float* src = values + (compute_lo_ - first);
+  const int64_t c = std::max(first, compute_lo_),
+                d = std::min(last, compute_lo_ + cparam_buf_.numel());
+  if (c >= d) return;
+  Tensor copy = Tensor::empty({d - c}, compute_);
+  const float* src = values + (c - first);
   bf16_t* dst = copy.data<bf16_t>();
-  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
-  backend_->copy(copy, cparam_buf_);
+  for (int64_t i = 0; i < d - c; ++i) dst[i] = f32_to_bf16(src[i]);
+  backend_->copy(copy, cparam_buf_.slice(0, c - compute_lo_, d - compute_lo_));
 }
 
 void Transformer::sync_compute_weights() {

@@ -38,8 +38,9 @@ TEST(Philox, FillNormalIsNormalElementByElement) {
   const Philox rng(99, stream_id("init/model.layers.0.mlp.up_proj.weight"));
   const int64_t n = 300001;  // beyond the parallel loop's threshold
   std::vector<float> out(size_t(n) + 2);
-  for (const uint64_t start : {uint64_t(0), uint64_t(1), uint64_t(1) << 40 | 1}) {
+  for (const uint64_t start : {uint64_t(0), uint64_t(1), uint64_t(1) << 40 | 1, ~uint64_t(0) - 8}) {
     for (const int64_t len : {int64_t(1), int64_t(2), int64_t(7), n}) {
+      if (start == ~uint64_t(0) - 8 && len > 9) continue;  // indices up to 2^64 - 1 only
       std::fill(out.begin(), out.end(), -7.f);
       rng.fill_normal(out.data(), len, start, 0.5f, 0.02f);
       int64_t differ = 0;

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <string>
 
@@ -150,6 +151,42 @@ TEST(Transformer, InitDependsOnlyOnSeedAndName) {
   const Tensor& wte = a.parameter("wte.weight");
   for (int64_t i = 257 * 64; i < wte.numel(); ++i) ASSERT_EQ(wte.data<float>()[i], 0.f);
   EXPECT_EQ(a.parameter("h.0.ln_1.weight").data<float>()[5], 1.f);
+}
+
+// The init draws a chunk of 2^24 weights at a time into one host buffer: across the chunks'
+// edges the weights are still the definition's (Philox normal of (seed, name) at each logical
+// element times the std; padded rows 0), and building the model takes no host memory beyond its
+// own buffers and that one chunk (the process's peak resident set, reset first).
+int64_t peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+TEST(Transformer, InitDrawsChunksAndHoldsNoHostCopyOfTheWeights) {
+  ModelConfig cfg = model_preset("gpt2-124M");
+  cfg.n_layer = 1;  // 45M weights, 38.6M of them wte's (layout offset 0): across two chunk edges
+  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
+  const int64_t before = peak_rss_kib();
+  Transformer m(cfg, make_backend("cpu"), 11);
+  const int64_t grown = (peak_rss_kib() - before) * 1024;
+  const int64_t psi = m.parameter_count();
+  ASSERT_GT(psi, 2 * (int64_t(1) << 24));
+  // f32 weights and gradients (8 bytes a weight), one 64 MiB chunk, and slack for the
+  // allocator and the test's own pages; a host copy of the weights would add 4 bytes a weight.
+  EXPECT_LE(grown, 8 * psi + (int64_t(80) << 20)) << "of " << psi << " weights";
+  EXPECT_GE(grown, 8 * psi) << "the buffers were not touched?";
+  const Tensor& wte = m.parameter("wte.weight");
+  const Philox rng(11, stream_id("init/wte.weight"));
+  const int64_t drawn = cfg.vocab_size * cfg.d_model;
+  int64_t differ = 0;
+  for (int64_t i = 0; i < wte.numel(); ++i) {
+    const float want = i < drawn ? rng.normal(uint64_t(i)) * 0.02f + 0.f : 0.f;
+    differ += wte.data<float>()[i] != want;
+  }
+  EXPECT_EQ(differ, 0) << "of " << wte.numel();
 }
 
 // WeightInit::zeros (a model whose weights are read next): every weight 0, nothing drawn; the

@@ -28,7 +28,6 @@ ModelConfig widths_model(int64_t d_model, bool layernorm_bias) {
 }
 
 TEST(WorkspaceBounds, NormBackwardAtEveryWidthAndRowCount) {
-  int checked = 0;
   for (const bool bias : {true, false}) {
     // 1024: the widest a warp takes a row of; 12288 with a bias: accumulators beyond a block's
     // shared memory (in the workspace, twice the bytes).
@@ -40,7 +39,6 @@ TEST(WorkspaceBounds, NormBackwardAtEveryWidthAndRowCount) {
           const kernels::NormBackwardPlan p = kernels::plan_norm_backward(rows, c, bias, spread);
           EXPECT_LE(int64_t(p.workspace_bytes), bound)
               << "C " << c << ", " << rows << " rows, bias " << bias << ", spread " << spread;
-          ++checked;
         }
         // Not a bound by a wide margin: with a warp a row and one warp a block (what a GPU's
         // spread gives small M), the kernel asks for exactly the bound.
@@ -54,7 +52,6 @@ TEST(WorkspaceBounds, NormBackwardAtEveryWidthAndRowCount) {
       }
     }
   }
-  EXPECT_EQ(checked, 2 * 6 * 9 * 3);
 }
 
 TEST(WorkspaceBounds, OptimizerStepOverEachPlacesParameters) {

@@ -8,6 +8,7 @@
 //   weights, +6 to +7 % on these tiny models); ZeRO 2 and 3 ranks whose progress thread kept
 //   fewer buckets or units alive at once in a run than the code allows (a block's, +4 to
 //   +6 %); on the device the kernels' workspace, bounded from above);
+// - (cuda-emu, rank 0) building a GPU rank's model holds no host copy of its weights;
 // - (one process) the plan of an allocation lists what fits, best first, and says why the rest
 //   does not; MFU's FLOPs are the formula the docs give; the published cases' memory agrees
 //   with Megatron's formula; device profiles read back what they wrote and refuse bad files.
@@ -236,6 +237,41 @@ ModelConfig llama3_8b() {
   c.bias = false;
   c.tied_embeddings = false;
   return c;
+}
+
+// What the plan leaves out: the host memory of a GPU rank. Building the model draws its weights
+// a 64 MiB chunk at a time and copies each to the device, so the host holds no copy of the
+// weights (an f32 copy and a bf16 one would be 6 bytes a weight). On cuda-emu the device's
+// memory is the process's too: the peak resident set grows by the device buffers alone
+// (poisoned, so touched, as they are allocated) and the chunks. Rank 0 of the job only.
+int64_t peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
+}
+TEST(Plan, BuildingAGpuRanksModelHoldsNoHostCopyOfItsWeights) {
+  if (!on_device()) GTEST_SKIP() << "the device's memory is the host's only on cuda-emu";
+  if (world()->rank() != 0) return;
+  ModelConfig cfg = model_preset("gpt2-124M");
+  cfg.n_layer = 1;  // 45M weights
+  std::shared_ptr<Backend> be = make_backend(NURI_TEST_BACKEND);
+  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
+  const int64_t before = peak_rss_kib();
+  Transformer m(cfg, be, 3);
+  const int64_t grown = (peak_rss_kib() - before) * 1024;
+  const int64_t device = m.memory().peak_bytes, psi = m.parameter_count();
+  std::printf("[plan] building %lld weights on %s: the resident set grew by %lld bytes, the "
+              "device's peak %lld\n",
+              (long long)psi, NURI_TEST_BACKEND, (long long)grown, (long long)device);
+  EXPECT_GE(device, 10 * psi);  // f32 masters and gradients, the bf16 compute copy
+  EXPECT_GE(grown, device) << "the peak resident set was not reset, or the buffers were resident "
+                              "before (then this test measures nothing)";
+  // A chunk: 64 MiB of f32 weights and their 32 MiB in bf16; 16 MiB of slack.
+  EXPECT_LE(grown, device + (int64_t(64 + 32 + 16) << 20))
+      << "a host copy of the weights is 6 bytes a weight: " << 6 * psi;
 }
 
 TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {

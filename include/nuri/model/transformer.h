@@ -189,7 +189,8 @@ class Transformer {
   /// One pipeline stage (of one tensor-parallel rank): the units `stage` holds, in a flat layout
   /// of their own (offsets from 0; parameter_count() is theirs), initialized as the whole
   /// model's tensors they are. It runs micro-batches with forward_stage() and backward_stage();
-  /// forward(), forward_loss(), logits() and backward() need the whole model.
+  /// forward(), forward_loss(), logits() and backward() need the whole model. `init`: zeros
+  /// for a model whose weights are written next (load_weights, load_held_weights).
   Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backend, uint64_t seed,
               WeightShard shard, TensorParallelRank tp, PipelineStage stage,
               WeightInit init = WeightInit::random);
@@ -355,7 +356,7 @@ class Transformer {
   void run_forward(Slot& s, const Tensor& tokens);
   void check_tokens(const Tensor& tokens, const char* what, bool allow_ignore) const;
   void bind_views();
-  void write_weights(const float* values, int64_t first);
+  void write_weights(const float* values, int64_t first, int64_t last);
 
   ModelConfig cfg_;
   std::shared_ptr<Backend> backend_;
