@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <fstream>
 #include <functional>
 #include <string>
 
@@ -23,6 +25,19 @@ inline std::string error_of(const std::function<void()>& f) {
 /// Expects `part` inside `what` (an error message), showing the message when it is not.
 inline void expect_has(const std::string& what, const std::string& part) {
   EXPECT_NE(what.find(part), std::string::npos) << "\"" << part << "\" not in: " << what;
+}
+
+/// Resets this process's peak resident set to its current one (Linux's /proc/self/clear_refs).
+inline void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
+/// This process's peak resident set in KiB (VmHWM), -1 when /proc does not say.
+inline int64_t peak_rss_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
+  }
+  return -1;
 }
 
 }  // namespace nuri::test

@@ -157,21 +157,13 @@ TEST(Transformer, InitDependsOnlyOnSeedAndName) {
 // edges the weights are still the definition's (Philox normal of (seed, name) at each logical
 // element times the std; padded rows 0), and building the model takes no host memory beyond its
 // own buffers and that one chunk (the process's peak resident set, reset first).
-int64_t peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
 TEST(Transformer, InitDrawsChunksAndHoldsNoHostCopyOfTheWeights) {
   ModelConfig cfg = model_preset("gpt2-124M");
   cfg.n_layer = 1;  // 45M weights, 38.6M of them wte's (layout offset 0): across two chunk edges
-  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
-  const int64_t before = peak_rss_kib();
+  test::reset_peak_rss();
+  const int64_t before = test::peak_rss_kib();
   Transformer m(cfg, make_backend("cpu"), 11);
-  const int64_t grown = (peak_rss_kib() - before) * 1024;
+  const int64_t grown = (test::peak_rss_kib() - before) * 1024;
   const int64_t psi = m.parameter_count();
   ASSERT_GT(psi, 2 * (int64_t(1) << 24));
   // f32 weights and gradients (8 bytes a weight), one 64 MiB chunk, and slack for the

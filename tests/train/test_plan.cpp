@@ -23,6 +23,7 @@
 
 #include "../dist/dist_util.h"
 #include "../model/head64_model.h"
+#include "../test_util.h"
 #include "nuri/core/error.h"
 #include "nuri/dist/grid.h"
 #include "nuri/model/memory.h"
@@ -244,24 +245,17 @@ ModelConfig llama3_8b() {
 // weights (an f32 copy and a bf16 one would be 6 bytes a weight). On cuda-emu the device's
 // memory is the process's too: the peak resident set grows by the device buffers alone
 // (poisoned, so touched, as they are allocated) and the chunks. Rank 0 of the job only.
-int64_t peak_rss_kib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6));
-  }
-  return -1;
-}
 TEST(Plan, BuildingAGpuRanksModelHoldsNoHostCopyOfItsWeights) {
-  if (!on_device()) GTEST_SKIP() << "the device's memory is the host's only on cuda-emu";
+  ASSERT_TRUE(on_device()) << "the device's memory is the host's only on cuda-emu: run this "
+                              "test in test_plan_device";
   if (world()->rank() != 0) return;
   ModelConfig cfg = model_preset("gpt2-124M");
   cfg.n_layer = 1;  // 45M weights
   std::shared_ptr<Backend> be = make_backend(NURI_TEST_BACKEND);
-  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
-  const int64_t before = peak_rss_kib();
+  test::reset_peak_rss();
+  const int64_t before = test::peak_rss_kib();
   Transformer m(cfg, be, 3);
-  const int64_t grown = (peak_rss_kib() - before) * 1024;
+  const int64_t grown = (test::peak_rss_kib() - before) * 1024;
   const int64_t device = m.memory().peak_bytes, psi = m.parameter_count();
   std::printf("[plan] building %lld weights on %s: the resident set grew by %lld bytes, the "
               "device's peak %lld\n",
