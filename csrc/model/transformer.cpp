@@ -222,7 +222,8 @@ void Transformer::init_weights(uint64_t seed) {
     for (const ParamSpec& p : layout_) {
       if (p.offset >= c1 || p.offset + p.numel() <= c0) continue;
       const int64_t cols = p.logical[0] > 0 ? p.logical_numel() / p.logical[0] : 0;
-      const int64_t drawn = (p.init_rows >= 0 ? p.init_rows : p.logical[0]) * cols;  // padded rows stay 0
+      // Padded rows stay 0.
+      const int64_t drawn = (p.init_rows >= 0 ? p.init_rows : p.logical[0]) * cols;
       // A tensor-parallel slice draws the logical elements it holds, run by run.
       p.for_each_run([&](int64_t local, int64_t logical, int64_t n) {
         const int64_t a = std::max(p.offset + local, c0), b = std::min(p.offset + local + n, c1);
