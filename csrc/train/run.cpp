@@ -298,6 +298,21 @@ void check_run_directories(const RunConfig& cfg) {
   }
 }
 
+// Every rank's `mine`, on every rank (one all-reduce of a flag a rank): the ranks where it
+// holds and those where it does not, each as "0, 2, 3".
+std::pair<std::string, std::string> ranks_where(const ProcessGroup& pg, bool mine) {
+  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
+  std::fill_n(flags.data<float>(), pg.size(), 0.f);
+  flags.data<float>()[pg.rank()] = mine ? 1.f : 0.f;
+  pg.comm->host_communicator()->all_reduce(flags, ReduceOp::sum);
+  std::string yes, no;
+  for (int r = 0; r < pg.size(); ++r) {
+    std::string& list = flags.data<float>()[r] > 0 ? yes : no;
+    list += (list.empty() ? "" : ", ") + std::to_string(r);
+  }
+  return {yes, no};
+}
+
 // Every rank learns whether any rank's check failed, and all stop together: a failed rank
 // with its own message, the others naming it (`others`: what it could not do). A rank stopping
 // alone would leave the others waiting in a collective until the communicator's timeout.
@@ -306,16 +321,9 @@ void agree(const ProcessGroup& pg, const std::string& mine, const std::string& o
     if (!mine.empty()) throw ConfigError(mine);
     return;
   }
-  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
-  std::fill_n(flags.data<float>(), pg.size(), 0.f);
-  flags.data<float>()[pg.rank()] = mine.empty() ? 0.f : 1.f;
-  pg.comm->host_communicator()->all_reduce(flags, ReduceOp::sum);
-  std::string ranks;
-  for (int r = 0; r < pg.size(); ++r) {
-    if (flags.data<float>()[r] > 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
-  }
+  const std::string failed = ranks_where(pg, !mine.empty()).first;
   if (!mine.empty()) throw ConfigError(mine);
-  if (!ranks.empty()) throw ConfigError("rank " + ranks + " " + others);
+  if (!failed.empty()) throw ConfigError("rank " + failed + " " + others);
 }
 
 // Every rank resumes, or none: a rank that finds no checkpoint where another finds one (a
@@ -323,15 +331,7 @@ void agree(const ProcessGroup& pg, const std::string& mine, const std::string& o
 // other weights and wait in collectives the others never make.
 void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string& dir) {
   if (!pg.comm || pg.size() <= 1) return;
-  Tensor flags = Tensor::empty({pg.size()}, DType::f32);
-  std::fill_n(flags.data<float>(), pg.size(), 0.f);
-  flags.data<float>()[pg.rank()] = resuming ? 1.f : 0.f;
-  pg.comm->host_communicator()->all_reduce(flags, ReduceOp::sum);
-  std::string with, without;
-  for (int r = 0; r < pg.size(); ++r) {
-    std::string& list = flags.data<float>()[r] > 0 ? with : without;
-    list += (list.empty() ? "" : ", ") + std::to_string(r);
-  }
+  const auto [with, without] = ranks_where(pg, resuming);
   if (with.empty() || without.empty()) return;
   throw ConfigError("checkpoint.dir " + dir + ": rank " + with + " found a checkpoint to resume " +
                     "and rank " + without + " found none; every rank must see the same " +
