@@ -43,6 +43,7 @@ struct Transformer::Impl {
   Tensor emb_whole;  // sequence parallelism on the first stage: [B, T, C], whole rows
   Tensor in_x, in_r;  // a later stage: the next forward's input h = x + r
   Tensor d_out;       // a non-last stage: the next backward's output gradient
+  Tensor whole_row;   // tensor parallelism: logits_row()'s gathered columns
   bool have_backward = false;  // scratch.d_resid holds the last backward's input gradient
   model::BlockScratch scratch;
 
@@ -619,12 +620,48 @@ Tensor Transformer::forward_stage(int k, const Tensor& tokens, const Tensor& tar
 
 Tensor Transformer::logits(const Tensor& tokens) {
   NURI_CHECK(impl_->whole(), "logits(): this model is the pipeline stage of blocks [",
-             impl_->first, ", ", impl_->last, "); logits need the whole model");
+             impl_->first, ", ", impl_->last, "); logits need the whole model (a pipeline's "
+             "stages: logits_stage(), as Pipeline::logits_row runs it)");
+  return logits_stage(tokens);
+}
+
+Tensor Transformer::logits_stage(const Tensor& tokens) {
   check_tokens(tokens, "tokens", false);
   Slot& s = slot(0, tokens.size(0), tokens.size(1));
   s.have_forward = false;
   run_forward(s, tokens);
+  if (!impl_->last_stage()) {  // its output, for the next stage (stage_output(0))
+    s.have_forward = true;
+    return Tensor();
+  }
   return s.head.logits.view({tokens.size(0), tokens.size(1), -1});
+}
+
+Tensor Transformer::logits_row(int64_t pos) {
+  Impl& m = *impl_;
+  NURI_CHECK(m.last_stage(), "logits_row(): this model is the pipeline stage of blocks [",
+             m.first, ", ", m.last, "), not the last one: it has no logits");
+  Slot& s = planned_slot(0, "logits_row()");
+  NURI_CHECK(pos >= 0 && pos < m.t, "logits_row(", pos, "): the position is outside the last "
+             "forward's ", m.t);
+  Tensor row = s.head.logits.view({m.b, m.t, -1}).select(0, 0).select(0, pos);  // contiguous
+  if (tp_.size > 1) {  // each rank of the group has its columns of the row: gathered in rank order
+    if (!m.whole_row.defined()) m.whole_row = backend_->empty({cfg_.padded_vocab()}, row.dtype());
+    tp_hooks_->all_gather(row, m.whole_row);
+    tp_hooks_->wait();
+    row = m.whole_row;
+  }
+  Tensor out = Tensor::empty({cfg_.padded_vocab()}, DType::f32);
+  if (row.dtype() == DType::f32) {
+    backend_->copy(row, out);
+  } else {  // a bf16 model's logits
+    Tensor host = Tensor::empty({cfg_.padded_vocab()}, row.dtype());
+    backend_->copy(row, host);
+    const bf16_t* src = host.data<bf16_t>();
+    float* dst = out.data<float>();
+    for (int64_t j = 0; j < cfg_.padded_vocab(); ++j) dst[j] = bf16_to_f32(src[j]);
+  }
+  return out;
 }
 
 std::pair<Tensor, Tensor> Transformer::stage_input() {

@@ -316,6 +316,38 @@ std::vector<float> Pipeline::forward_only(const std::vector<MicroBatch>& micro) 
   return share_losses(losses_dev, m);
 }
 
+Tensor Pipeline::logits_row(const Tensor& tokens, int64_t pos) {
+  // As forward_only's one micro-batch: every rank checks the ids before any transfer.
+  check_micro_batches({{tokens, tokens}});
+  NURI_CHECK(pos >= 0 && pos < tokens.size(1), "Pipeline::logits_row: position ", pos,
+             " is outside the tokens' ", tokens.size(1));
+  const int v = int(chunks_.size()), stages = p_ * v;
+  for (Transformer* c : chunks_) c->prepare(tokens.size(0), tokens.size(1));
+  Tensor row = Tensor::empty({chunks_.front()->config().padded_vocab()}, DType::f32);
+  for (int vs = rank_; vs < stages; vs += p_) {
+    Transformer& model = *chunks_[size_t(vs / p_)];
+    if (vs > 0) {
+      const auto [x, r] = model.stage_input();
+      transfer(false, false, vs, 0, (vs - 1) % p_, [&, &x = x, &r = r] {
+        comm_->recv(x, (vs - 1) % p_);
+        comm_->recv(r, (vs - 1) % p_);
+      });
+    }
+    model.logits_stage(tokens);
+    if (model.last_stage()) {
+      row = model.logits_row(pos);
+    } else {
+      const auto [x, r] = model.stage_output(0);
+      transfer(true, false, vs, 0, (vs + 1) % p_, [&, &x = x, &r = r] {
+        comm_->send(x, (vs + 1) % p_);
+        comm_->send(r, (vs + 1) % p_);
+      });
+    }
+  }
+  if (p_ > 1) comm_->host_communicator()->broadcast(row, p_ - 1);
+  return row;
+}
+
 void Pipeline::sum_tied_gradients(const Tensor& wte) {
   if (!tied_) return;
   Tensor g = wte;

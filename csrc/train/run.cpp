@@ -846,13 +846,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const SampleConfig& sc = cfg.sample;
   // Sampling runs the model: on rank 0 alone, except under ZeRO 3, whose forward gathers the
   // weights from every rank (all sample the same tokens; rank 0 shows them).
-  // So does tensor parallelism: every rank of a group computes its columns of the logits.
+  // So does tensor parallelism: every rank of a group computes its columns of the logits; and
+  // pipeline parallelism: each token's forward runs through every stage.
   const bool sharded = (trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3) ||
-                       cfg.parallel.tp > 1;
-  if (cfg.parallel.pp > 1 && sc.max_new_tokens > 0 && !sc.prompt.empty()) {
-    out.line("sampling needs the whole model on a rank, and pipeline parallelism splits it: "
-             "skipped (sample from the run's model.safetensors, written with --out)");
-  } else if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
+                       cfg.parallel.tp > 1 || cfg.parallel.pp > 1;
+  if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
              cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;
     so.max_new_tokens = sc.max_new_tokens;

@@ -1024,23 +1024,21 @@ float Trainer::evaluate() {
   return counted > 0 ? float(sum / counted) : std::numeric_limits<float>::quiet_NaN();
 }
 
-std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
-                              const SampleOptions& opt) {
+namespace {
+
+// What a generate() samples with: the logits at position len - 1 of the window `tokens` [1,
+// window] (f32, host, [padded_vocab]; the same on every rank that samples).
+using LogitsRow = std::function<Tensor(const Tensor& tokens, int64_t len)>;
+
+// The sampling loop of both generate()s: the window, the draws and the checks.
+std::vector<int32_t> sample(const ModelConfig& cfg, const std::vector<int32_t>& prompt,
+                            const SampleOptions& opt, const LogitsRow& logits_row) {
   NURI_CHECK(!prompt.empty(), "generate: the prompt needs at least one token");
   NURI_CHECK(opt.temperature >= 0, "generate: temperature (", opt.temperature, ") must be >= 0");
   NURI_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens (", opt.max_new_tokens,
              ") must be >= 0");
   NURI_CHECK(opt.top_k >= 0, "generate: top_k (", opt.top_k,
              ") must be >= 0 (0: the whole vocabulary)");
-  const ModelConfig& cfg = model.config();
-  // Sequence parallelism splits a micro-batch's token rows, which a window of any length may
-  // not allow: sampling runs without it (the same values) and turns it back on after.
-  struct SequenceParallelOff {
-    Transformer& m;
-    bool was;
-    ~SequenceParallelOff() { m.set_sequence_parallel(was); }
-  } sp_off{model, model.sequence_parallel()};
-  model.set_sequence_parallel(false);
   // A fixed window: positions after the current one are filler that causal attention never lets
   // earlier positions see, so the activation plan is made once.
   // A sliding-window model's sequences stay within its window (check_sliding_window).
@@ -1049,9 +1047,6 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
   const int64_t window = std::min<int64_t>(longest, int64_t(prompt.size()) + opt.max_new_tokens);
   std::vector<int32_t> seq = prompt, out;
   Tensor tokens = Tensor::empty({1, window}, DType::i32);
-  Tensor host_logits = Tensor::empty({cfg.padded_vocab()}, DType::f32);
-  Tensor host_row = Tensor::empty({cfg.padded_vocab()}, model.compute_dtype());
-  Tensor gathered;  // tensor parallelism: the whole row of logits, in the backend's memory
   const Philox rng(opt.seed, stream_id("sample"));
   std::vector<float> probs(size_t(cfg.vocab_size));
   std::vector<int32_t> idx(size_t(cfg.vocab_size));
@@ -1061,23 +1056,8 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
     int32_t* tp = tokens.data<int32_t>();
     std::fill(tp, tp + window, 0);
     std::copy(seq.begin() + start, seq.end(), tp);
-    Tensor logits = model.logits(tokens);  // [1, window, Vp]
-    Tensor row = logits.select(0, 0).select(0, len - 1);  // contiguous, on the device
-    if (model.tensor_parallel().size > 1) {  // each rank has its columns: gather the row
-      if (!gathered.defined()) gathered = model.backend().empty({cfg.padded_vocab()}, row.dtype());
-      model.tensor_parallel_hooks()->all_gather(row, gathered);
-      model.tensor_parallel_hooks()->wait();
-      row = gathered;
-    }
-    if (row.dtype() == DType::f32) {
-      model.backend().copy(row, host_logits);
-    } else {  // a bf16 model's logits
-      model.backend().copy(row, host_row);
-      const bf16_t* src = host_row.data<bf16_t>();
-      float* dst = host_logits.data<float>();
-      for (int64_t j = 0; j < cfg.padded_vocab(); ++j) dst[j] = bf16_to_f32(src[j]);
-    }
-    const float* l = host_logits.data<float>();
+    const Tensor row = logits_row(tokens, len);
+    const float* l = row.data<float>();
     const float* bad = std::find_if(l, l + cfg.vocab_size, [](float v) { return !std::isfinite(v); });
     NURI_CHECK(bad == l + cfg.vocab_size, "generate: the model's logit for token ", bad - l,
                " is ", *bad, ", not a finite number: its weights hold a NaN or an infinity (a "
@@ -1107,6 +1087,45 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
     out.push_back(next);
   }
   return out;
+}
+
+// Sequence parallelism splits a micro-batch's token rows, which a window of any length may not
+// allow: sampling runs without it (the same values), and this turns it back on after.
+class SequenceParallelOff {
+ public:
+  explicit SequenceParallelOff(const std::vector<Transformer*>& models) : models_(models) {
+    for (Transformer* m : models_) {
+      was_.push_back(m->sequence_parallel());
+      m->set_sequence_parallel(false);
+    }
+  }
+  ~SequenceParallelOff() {
+    for (size_t i = 0; i < models_.size(); ++i) models_[i]->set_sequence_parallel(was_[i]);
+  }
+  SequenceParallelOff(const SequenceParallelOff&) = delete;
+  SequenceParallelOff& operator=(const SequenceParallelOff&) = delete;
+
+ private:
+  std::vector<Transformer*> models_;
+  std::vector<bool> was_;
+};
+
+}  // namespace
+
+std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
+                              const SampleOptions& opt) {
+  const SequenceParallelOff sp_off({&model});
+  return sample(model.config(), prompt, opt, [&](const Tensor& tokens, int64_t len) {
+    model.logits(tokens);
+    return model.logits_row(len - 1);
+  });
+}
+
+std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt,
+                              const SampleOptions& opt) {
+  const SequenceParallelOff sp_off(pipe.chunk_models());
+  return sample(pipe.chunk_models().front()->config(), prompt, opt,
+                [&](const Tensor& tokens, int64_t len) { return pipe.logits_row(tokens, len - 1); });
 }
 
 }  // namespace nuri

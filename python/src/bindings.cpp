@@ -236,15 +236,18 @@ py::dict named_views(const std::vector<NamedTensor>& ts) {
 }
 
 // Model.generate and Trainer.generate: sampling options from keyword arguments, GIL released.
-std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
-                                     int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
+SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
   SampleOptions o;
   o.max_new_tokens = max_new;
   o.temperature = temperature;
   o.top_k = top_k;
   o.seed = seed;
+  return o;
+}
+std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
+                                     int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
   py::gil_scoped_release release;
-  return generate(model, prompt, o);
+  return generate(model, prompt, sample_options(max_new, temperature, top_k, seed));
 }
 
 struct PyTrainer {
@@ -540,7 +543,8 @@ PYBIND11_MODULE(_C, m) {
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
                           int64_t top_k, uint64_t seed) {
-             return generate_tokens(*p.model, prompt, max_new, temperature, top_k, seed);
+             py::gil_scoped_release release;  // through the pipeline's stages where there is one
+             return p.trainer->generate(prompt, sample_options(max_new, temperature, top_k, seed));
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0)

@@ -156,7 +156,8 @@ def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
 def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
     """nuri.Trainer on a pipeline: 2 ranks with pp = 2 (each rank's model built as its stage of
     nuri.pipeline_stages), 1F1B over 4 micro-batches, against one process on the same batches;
-    and the validation loss through the stages' forwards."""
+    the validation loss through the stages' forwards; and Trainer.generate through the stages,
+    the same tokens on both ranks."""
     script = tmp_path / "pp.py"
     script.write_text(textwrap.dedent("""
         import json, sys
@@ -177,8 +178,10 @@ def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
                                parallel=nuri.ParallelConfig(pp=pp))
         losses = [trainer.step()["loss"] for _ in range(8)]
         losses.append(trainer.evaluate())
-        if pg.rank == 0:
-            json.dump({"first": first, "losses": losses}, open(sys.argv[1], "w"))
+        tokens = trainer.generate([116, 111, 32], max_new_tokens=12, temperature=0.8, top_k=20,
+                                  seed=3)
+        json.dump({"first": first, "losses": losses, "tokens": tokens},
+                  open(f"{sys.argv[1]}.{pg.rank}", "w"))
     """))
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, str(script),
@@ -188,8 +191,10 @@ def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one.json")], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stdout + one.stderr
-    got = json.loads((tmp_path / "pp.json").read_text())
-    want = json.loads((tmp_path / "one.json").read_text())
+    got = json.loads((tmp_path / "pp.json.0").read_text())
+    want = json.loads((tmp_path / "one.json.0").read_text())
+    assert json.loads((tmp_path / "pp.json.1").read_text())["tokens"] == got["tokens"]
+    assert len(got["tokens"]) == 12 and all(0 <= t < 257 for t in got["tokens"]), got["tokens"]
     assert got["first"] == [0, 1, 2] and want["first"] == [0, 2]
     assert len(got["losses"]) == len(want["losses"]) == 9
     for g, w in zip(got["losses"], want["losses"]):

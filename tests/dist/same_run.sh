@@ -30,13 +30,18 @@ one_args=(--micro-batch 4)
 [[ -n ${SAME_RUN_PP:-} ]] && one_args=(--micro-batch 2 --grad-accum 2)
 one=$("$bin" "${args[@]}" "${one_args[@]}" 2>&1) || { echo "$one"; exit 1; }
 if [[ -n ${SAME_RUN_PP:-} ]]; then  # pipeline parallelism: 2 ranks pp 2; 4 ranks dp 2 × pp 2
-  # (the 2-rank run also writes its last step's timeline: 2 forwards and 2 backwards a stage)
+  # (the 2-rank run also writes its last step's timeline, 2 forwards and 2 backwards a stage,
+  # and samples through the stages: the sample in its output is the one in sample.txt)
   out_dir=$(mktemp -d)
   trap 'rm -rf "$out_dir"' EXIT
   two=$("${mpirun[@]}" -np 2 "$bin" "${args[@]}" --micro-batch 2 --grad-accum 2 --pp 2 \
-          --pp-timeline --out "$out_dir/run" 2>&1) || { echo "$two"; exit 1; }
+          --pp-timeline --max-new-tokens 16 --prompt "ROMEO:" --out "$out_dir/run" 2>&1) ||
+    { echo "$two"; exit 1; }
   grep -q "pipeline parallel: 2 stages, 1+1 blocks .*, grid dp=1 tp=1 pp=2" <<<"$two" ||
     { echo "$two"; echo "FAIL: the 2-rank run did not say it ran pipeline-parallel"; exit 1; }
+  sample=$(sed -n '/^---- sample/,/^----$/p' <<<"$two" | sed '1d;$d')
+  [[ $sample == ROMEO:* && ${#sample} -gt 6 && "$sample" == "$(cat "$out_dir/run/sample.txt")" ]] ||
+    { echo "$two"; echo "FAIL: the 2-rank run did not sample through its stages into sample.txt"; exit 1; }
   [[ $(grep -o '"cat":"F"' "$out_dir/run/timeline.json" | wc -l) == 4 &&
      $(grep -o '"cat":"B"' "$out_dir/run/timeline.json" | wc -l) == 4 ]] ||
     { echo "$two"; echo "FAIL: timeline.json does not hold 2 stages x 2 forwards and backwards"; exit 1; }

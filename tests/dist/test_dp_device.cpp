@@ -419,7 +419,8 @@ INSTANTIATE_TEST_SUITE_P(Tiny, DeviceTensorParallel, NURI_TEST_DP_MODELS);
 // Pipeline parallelism over NCCL (issue #23): pp = 2, 1F1B over 2 micro-batches, the stages'
 // activations and gradients sent and received over (emulated) NCCL. A stage computes the bits
 // one process does (tests/model/test_stages.cpp), and without clipping nothing else rounds
-// differently for the untied Llama model: every step's loss is one process's, bit for bit. The
+// differently for the untied Llama model: every step's loss is one process's, bit for bit, and
+// so are the tokens sampled through the stages after them (bf16 logits, over NCCL). The
 // tied GPT-2 model's wte gradient is the sum of the two stages' shares, added in another order
 // than one process accumulates them: step 1 is the same bits, later steps within the bound
 // above for sums in another order, 1e-4 · loss.
@@ -447,13 +448,19 @@ TEST_P(DevicePipeline, LossesFollowOneProcessOverNccl) {
     return;
   }
   std::vector<float> ref;
-  {
-    Transformer one(cfg, make_backend(NURI_TEST_BACKEND), 11);
-    Trainer t1(one, tc, data(), nullptr);
-    for (int i = 0; i < n; ++i) ref.push_back(t1.step().loss);
-  }
+  Transformer one(cfg, make_backend(NURI_TEST_BACKEND), 11);
+  Trainer t1(one, tc, data(), nullptr);
+  for (int i = 0; i < n; ++i) ref.push_back(t1.step().loss);
   std::vector<float> got;
   for (int i = 0; i < n; ++i) got.push_back(t.step().loss);
+  if (llama) {  // the same weights: sampling through the stages draws one process's tokens
+    SampleOptions so;
+    so.max_new_tokens = 8;
+    so.temperature = 0.8f;
+    so.seed = 3;
+    const std::vector<int32_t> prompt = {5, 17, 3, 40, 22};  // (a vocabulary of 64)
+    EXPECT_EQ(t.generate(prompt, so), t1.generate(prompt, so));
+  }
   EXPECT_EQ(got[0], ref[0]) << "step 1";
   for (int i = 1; i < n; ++i) {
     if (llama) {

@@ -448,6 +448,104 @@ TEST(PipelineParallel, ResumesAcrossPipelineSizes) {
   }
 }
 
+// Sampling through the stages (generate(Pipeline&), which the Trainer's generate() runs under
+// pipeline parallelism): every rank draws the tokens of a reference, greedy and with
+// temperature and top-k. The weights are trained ones (a model file of one process's 6 steps,
+// loaded into every grid's Trainer), so the logits are not near-uniform. A stage's products are
+// one process's bit for bit, so without tensor parallelism the reference is one process and
+// the tokens equal exactly. Tensor parallelism sums a row's products in another order (test_tp):
+// there the reference is the same tensor-parallel size without pipelining, whose products are
+// the stages' bit for bit. Interleaved chunks (v = 2) are held to one process's tokens with the
+// initial weights (initialized from (seed, name), so a chunk holds its blocks' weights exactly).
+TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
+  const int n = world_size();
+  const std::vector<uint32_t> enc = ByteTokenizer().encode("to be or not");
+  const std::vector<int32_t> prompt(enc.begin(), enc.end());
+  SampleOptions greedy, warm;
+  greedy.max_new_tokens = warm.max_new_tokens = 24;
+  greedy.temperature = 0;
+  warm.temperature = 0.8f;
+  warm.top_k = 20;
+  warm.seed = 5;
+  struct Sampling {
+    int dp, tp, pp, zero;
+    bool sp;
+    std::string family;
+  };
+  const std::vector<Sampling> all = {{1, 1, n, 0, false, "gpt2"},
+                                     {2, 1, n / 2, 3, false, "llama"},
+                                     {1, 2, n / 2, 0, true, "llama"}};
+  const std::string file = std::filesystem::temp_directory_path().string() + "/nuri_pp_sample_" +
+                           std::to_string(::getppid()) + "_" + std::to_string(world_rank()) +
+                           ".safetensors";
+  int ran = 0;
+  for (const Sampling& l : all) {
+    if (l.pp < 2 || l.dp * l.tp * l.pp != n) continue;
+    const std::string what = l.family + " dp " + std::to_string(l.dp) + " tp " +
+                             std::to_string(l.tp) + " pp " + std::to_string(l.pp) + " ZeRO " +
+                             std::to_string(l.zero) + (l.sp ? " sp" : "");
+    SCOPED_TRACE(what);
+    const ModelConfig cfg = model(l.family, std::max(4, l.pp));
+    // One process's 6 steps, written by every rank to its own file (no rank waits for another).
+    std::vector<int32_t> want_greedy, want_warm;
+    {
+      Transformer m(cfg, make_backend("cpu"), 7);
+      Trainer t(m, tconfig(2, Recompute::none), text_data(), nullptr);
+      for (int i = 0; i < 6; ++i) t.step();
+      t.save_model(file);
+      want_greedy = t.generate(prompt, greedy);
+      want_warm = t.generate(prompt, warm);
+    }
+    auto sample_on = [&](int pp) {
+      GridGroups g = make_grid_groups(world(), l.tp, pp);
+      Transformer m = stage_model(cfg, g, 32, 99, l.zero);  // another init: the file sets it
+      ParallelConfig par;
+      par.zero_stage = l.zero;
+      par.tp = l.tp;
+      par.pp = pp;
+      par.sequence_parallel = l.sp;
+      Trainer t(m, tconfig(2, Recompute::none), text_data(), nullptr, g, par);
+      t.load_model_file(file);
+      std::pair<std::vector<int32_t>, std::vector<int32_t>> got{t.generate(prompt, greedy),
+                                                                t.generate(prompt, warm)};
+      // The trainer goes on training after sampling (the plans and sequence parallelism back).
+      const float loss = t.step().loss;
+      EXPECT_TRUE(std::isfinite(loss) && loss > 0) << loss;
+      return got;
+    };
+    if (l.tp > 1) {  // the reference: the same tensor-parallel size without pipelining
+      const auto ref = sample_on(1);
+      want_greedy = ref.first;
+      want_warm = ref.second;
+    }
+    const auto [got_greedy, got_warm] = sample_on(l.pp);
+    EXPECT_EQ(got_greedy, want_greedy);
+    EXPECT_EQ(got_warm, want_warm);
+    EXPECT_NE(got_greedy, got_warm) << "the two samplings should differ";
+    if (world_rank() == 0) std::printf("[pp] sampling %s: the reference's tokens\n", what.c_str());
+    ++ran;
+  }
+  std::filesystem::remove(file);
+  EXPECT_GE(ran, 1) << "no pipelined grid fills a job of " << n << " ranks";
+
+  // Interleaved: v = 2 chunks a rank, the initial weights.
+  const ModelConfig cfg = model("llama", 2 * n);
+  Transformer whole(cfg, make_backend("cpu"), 11);
+  const std::vector<int32_t> want = generate(whole, prompt, warm);
+  const std::vector<int64_t> first = pipeline_stages(cfg, 2 * n, kT);
+  std::shared_ptr<Backend> be = make_backend("cpu");
+  std::vector<std::unique_ptr<Transformer>> chunks;
+  std::vector<Transformer*> ptrs;
+  for (int c = 0; c < 2; ++c) {
+    const size_t vs = size_t(c * n + world_rank());
+    chunks.push_back(std::make_unique<Transformer>(cfg, be, 11, WeightShard{}, TensorParallelRank{},
+                                                   PipelineStage{first[vs], first[vs + 1]}));
+    ptrs.push_back(chunks.back().get());
+  }
+  Pipeline pipe(ptrs, world());
+  EXPECT_EQ(generate(pipe, prompt, warm), want) << "interleaved, v = 2 over " << n << " ranks";
+}
+
 TEST(PipelineParallel, RefusesWhatCannotWork) {
   auto message = [](auto&& f) {
     try {

@@ -268,6 +268,14 @@ class Transformer {
   /// the next forward). Columns >= vocab_size are padding. Under tensor parallelism: this rank's
   /// columns, [B, T, padded_vocab / t] from column rank · padded_vocab / t.
   Tensor logits(const Tensor& tokens);
+  /// logits() on a pipeline stage (the whole model too), slot 0: the last stage returns its
+  /// logits as logits() does; an earlier stage returns an undefined tensor and leaves its output
+  /// in stage_output(0). A later stage reads its input from stage_input().
+  Tensor logits_stage(const Tensor& tokens);
+  /// The last stage, after logits() or logits_stage(): the logits of batch 0 at position
+  /// `pos`, whole, as f32 on the host ([padded_vocab]). Under tensor parallelism the group
+  /// gathers its columns: every rank of the group calls it.
+  Tensor logits_row(int64_t pos);
   /// Backward of the last forward(); adds d(loss_scale · loss) into the gradients.
   void backward(float loss_scale = 1.f);
 

@@ -138,6 +138,11 @@ class Pipeline {
   /// The forwards alone, one micro-batch after another (evaluation): every micro-batch's loss
   /// on every rank (none for none).
   std::vector<float> forward_only(const std::vector<MicroBatch>& micro);
+  /// The logits of tokens [B, T] (i32, host) at batch 0, position `pos`, through every stage
+  /// (forwards only; Transformer::logits_stage): [padded_vocab] f32 on the host, the same
+  /// values on every rank of the pipeline (the rank holding the last stage sends them to the
+  /// others). Every rank calls it with the same tokens. What generate() samples from.
+  Tensor logits_row(const Tensor& tokens, int64_t pos);
   /// Tied embeddings: the first stage's wte gradient (the embedding's share) and the last
   /// stage's (the head's) become their sum on both, the same bits, so the two copies stay
   /// equal. `wte`: this rank's gradient of it (undefined: its first or last chunk's own); a
@@ -146,6 +151,8 @@ class Pipeline {
 
   int stages() const { return p_; }
   int chunks() const { return int(chunks_.size()); }
+  /// This rank's chunks, in chunk order.
+  const std::vector<Transformer*>& chunk_models() const { return chunks_; }
   /// Records each following step's spans (a step's spans replace the previous step's).
   void record_timeline(bool on);
   const std::vector<TimelineSpan>& timeline() const { return spans_; }

@@ -90,6 +90,12 @@ struct SampleOptions {
 /// Philox(seed). Works on a fixed window of min(max_seq_len, prompt + new) positions.
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
+/// generate() through a pipeline's stages (interleaved chunks too): every rank of the pipeline
+/// calls it with the same arguments; each token's forward runs stage after stage, the rank
+/// holding the last stage sends the row of logits to the others (Pipeline::logits_row), and
+/// every rank draws the same tokens from it.
+std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt,
+                              const SampleOptions& opt);
 
 /// A piece of a rank's flat parameter layout that is contiguous in a logical tensor: n elements
 /// from local flat element `flat`, the tensor's element `logical` on; rows > 0: a block of
@@ -133,9 +139,10 @@ class Trainer {
   StepStats step();
   /// Mean loss over the first eval_batches micro-batches of the validation data (file order).
   float evaluate();
-  /// nuri::generate on this trainer's model.
+  /// nuri::generate on this trainer's model; under pipeline parallelism through its pipeline
+  /// (every rank of the job calls it then, with the same arguments).
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt, const SampleOptions& opt) {
-    return nuri::generate(model_, prompt, opt);
+    return pipe_ ? nuri::generate(*pipe_, prompt, opt) : nuri::generate(model_, prompt, opt);
   }
 
   /// Saves this run as a checkpoint under `root` (nuri/ckpt/checkpoint.h), collectively over the
