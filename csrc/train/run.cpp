@@ -75,7 +75,7 @@ std::string run_layout(const RunConfig& cfg, const GridGroups& grid) {
 }
 
 // --layout auto: the planner's first choice for this job's ranks (nodes of the launcher's local
-// ranks), keeping the global batch micro_batch · grad_accum · ranks.
+// ranks), keeping the global batch (train.global_batch, or micro_batch · grad_accum · ranks).
 RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceProfile& profile,
                       std::string* line) {
   if (profile.name.empty()) {
@@ -90,7 +90,8 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   r.devices_per_node = per_node;
   r.nodes = std::max(1, pg.size() / per_node);
   r.seq_len = in.train.seq_len;
-  r.global_batch = in.train.micro_batch * in.train.grad_accum * pg.size();
+  r.global_batch = in.train.global_batch > 0 ? in.train.global_batch
+                                             : in.train.micro_batch * in.train.grad_accum * pg.size();
   const std::vector<PlanEntry> plan = plan_layouts(r);
   if (plan.empty() || !plan.front().fits) {
     throw ConfigError("layout = auto: no layout of " + std::to_string(pg.size()) + " ranks fits " +
@@ -483,8 +484,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         "cannot start from checkpoint.init (its output says why)");
   const DeviceProfile profile = run_profile(with_init);
   std::string auto_line;
-  const RunConfig cfg =
+  RunConfig cfg =
       with_init.layout == "auto" ? auto_layout(with_init, pg, profile, &auto_line) : with_init;
+  // train.global_batch: this allocation's grad_accum, derived now as the Trainer would (the
+  // header and the ledger show it). Every rank has the same settings, so all agree.
+  const int model_ranks = cfg.parallel.tp * cfg.parallel.pp;
+  if (pg.size() % model_ranks == 0) cfg.train = with_global_batch(cfg.train, pg.size() / model_ranks);
   Output out(hooks, pg, cfg);
   if (!auto_line.empty()) out.line(auto_line);
   RunResult result;

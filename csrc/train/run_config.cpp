@@ -41,7 +41,8 @@ Schema build_schema() {
   top.add("layout", &RunConfig::layout,
           "manual: the parallel and batch settings as given; auto: the planner's first choice "
           "(tp, pp, ZeRO stage, recomputation, sp, micro-batch) for the job's ranks and the "
-          "device profile, keeping the global batch micro_batch x grad_accum x ranks")
+          "device profile, keeping the global batch (train.global_batch, or micro_batch x "
+          "grad_accum x ranks)")
       .meta("manual|auto");
   top.add("profile", &RunConfig::profile,
           "device profile for layout auto and the ledger's MFU: h100-sxm-80gb, a100-sxm-80gb, "

@@ -29,6 +29,11 @@ const Settings& train_settings() {
     t.add("micro_batch", &C::micro_batch, "sequences per micro-batch (per rank)").at_least(1);
     t.add("seq_len", &C::seq_len, "tokens per sequence").at_least(1);
     t.add("grad_accum", &C::grad_accum, "micro-batches per step (per rank)").at_least(1);
+    t.add("global_batch", &C::global_batch,
+          "sequences per step over every data-parallel rank; > 0: grad_accum is derived from "
+          "it for the job's ranks, so the same settings resume on any number of them (0: "
+          "micro_batch x grad_accum x ranks)")
+        .at_least(0);
     t.add("lr", &C::lr, "peak learning rate").above(0);
     t.add("min_lr_ratio", &C::min_lr_ratio, "the cosine decays to lr * min_lr_ratio")
         .at_least(0).at_most(1);
@@ -40,7 +45,8 @@ const Settings& train_settings() {
     t.add("grad_clip", &C::grad_clip, "largest global gradient norm; <= 0 disables clipping");
     t.add("eval_every", &C::eval_every, "validation every N steps (0: only at the end)")
         .at_least(0);
-    t.add("eval_batches", &C::eval_batches, "micro-batches of validation data per evaluation")
+    t.add("eval_batches", &C::eval_batches,
+          "global batches of validation data per evaluation (the first ones in file order)")
         .at_least(1);
     t.add("seed", &C::seed, "model initialization and data order").at_least(0);
     t.choice("on_nonfinite", &C::on_nonfinite,
@@ -63,6 +69,30 @@ const Settings& train_settings() {
 
 void TrainConfig::validate() const {
   train_settings().check_bounds(this, "");  // every field's range; numbers must be finite
+}
+
+TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp) {
+  if (cfg.global_batch == 0) return cfg;
+  NURI_CHECK(dp >= 1, "with_global_batch: ", dp, " data-parallel ranks");
+  const int64_t per_step = cfg.micro_batch * dp;  // sequences of one micro-batch on every rank
+  if (cfg.global_batch % per_step != 0) {
+    std::string fits;  // the micro-batches that divide the global batch on these ranks
+    for (int64_t b = 1; b <= cfg.global_batch / dp && fits.size() < 60; ++b) {
+      if (cfg.global_batch % (b * dp) == 0) fits += (fits.empty() ? "" : ", ") + std::to_string(b);
+    }
+    throw ConfigError(strprintf(
+        "train.global_batch %lld is not a multiple of train.micro_batch %lld x %lld "
+        "data-parallel ranks = %lld sequences; %s",
+        (long long)cfg.global_batch, (long long)cfg.micro_batch, (long long)dp,
+        (long long)per_step,
+        fits.empty() ? ("no micro-batch size divides it on " + std::to_string(dp) +
+                        " ranks: choose a global batch that is a multiple of the ranks").c_str()
+                     : ("choose micro_batch among " + fits + " on " + std::to_string(dp) +
+                        " ranks").c_str()));
+  }
+  TrainConfig c = cfg;
+  c.grad_accum = cfg.global_batch / per_step;
+  return c;
 }
 
 float learning_rate(const TrainConfig& cfg, int64_t step) {
@@ -195,9 +225,9 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                  std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
                  const ParallelConfig& parallel, GridTag)
     : model_(model),
-      cfg_((cfg.validate(), cfg)),
-      loader_(of_vocabulary(std::move(train), model), cfg.seq_len, cfg.micro_batch, cfg.grad_accum,
-              comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg.seed),
+      cfg_((cfg.validate(), with_global_batch(cfg, comm ? comm->size() : 1))),
+      loader_(of_vocabulary(std::move(train), model), cfg_.seq_len, cfg_.micro_batch,
+              cfg_.grad_accum, comm ? comm->size() : 1, comm ? comm->rank() : 0, cfg_.seed),
       val_(of_vocabulary(std::move(val), model)),
       dp_(comm ? std::make_unique<DataParallel>(
                      // GPU ranks reduce device gradients over NCCL, bootstrapped through comm.
@@ -331,9 +361,9 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
       tied_ = make_device_communicator(std::shared_ptr<Communicator>(grid.world->split(ranks)),
                                        model.backend());
     }
-    for (int64_t m = 0; m < cfg.grad_accum; ++m) {
-      micro_.push_back({Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32),
-                        Tensor::empty({cfg.micro_batch, cfg.seq_len}, DType::i32)});
+    for (int64_t m = 0; m < cfg_.grad_accum; ++m) {
+      micro_.push_back({Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32),
+                        Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32)});
     }
   }
 }
@@ -980,45 +1010,56 @@ void Trainer::load_model_file(const std::string& path) {
 
 float Trainer::evaluate() {
   NURI_CHECK(val_ != nullptr, "evaluate() needs validation data");
-  // Validation batches are the first eval_batches global batches (micro_batch sequences per
-  // rank) in file order; data-parallel ranks each take their slice, and the mean is over every
-  // slice's loss, so any layout with the same global batch evaluates the same sequences.
+  // Validation batches are the first eval_batches global batches (micro_batch · grad_accum ·
+  // ranks sequences each) in file order; data-parallel ranks each take their slice, in
+  // micro-batches, and the mean is over every micro-batch's loss, so any layout with the same
+  // global batch evaluates the same sequences.
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
-  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, 1, world, rank, cfg_.seed,
+  const int64_t g = cfg_.grad_accum;
+  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, g, world, rank, cfg_.seed,
                  /*shuffle=*/false);
   const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
-  std::vector<float> losses;
+  NURI_CHECK(n > 0, "the validation data holds ", val.sampler().num_samples(), " sequences of ",
+             cfg_.seq_len, " tokens, fewer than one global batch of ",
+             val.sampler().global_batch(), ": give more validation data (data.val) or a "
+             "smaller global batch");
+  std::vector<float> losses;  // micro-batch k of batch i at i · g + k
   if (pipe_) {  // the micro-batches through the stages, forwards only
     std::vector<Pipeline::MicroBatch> batches;
-    for (int64_t i = 0; i < n; ++i) {
-      batches.push_back({Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32),
-                         Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32)});
-      val.fill(0, batches.back().tokens, batches.back().targets);
-      val.advance();
+    for (int64_t i = 0; i < n; ++i, val.advance()) {
+      for (int64_t k = 0; k < g; ++k) {
+        batches.push_back({Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32),
+                           Tensor::empty({cfg_.micro_batch, cfg_.seq_len}, DType::i32)});
+        val.fill(k, batches.back().tokens, batches.back().targets);
+      }
     }
     losses = pipe_->forward_only(batches);
   } else {
-    for (int64_t i = 0; i < n; ++i) {
-      val.fill(0, tokens_, targets_);
-      losses.push_back(model_.forward(tokens_, targets_));
-      val.advance();
+    for (int64_t i = 0; i < n; ++i, val.advance()) {
+      for (int64_t k = 0; k < g; ++k) {
+        val.fill(k, tokens_, targets_);
+        losses.push_back(model_.forward(tokens_, targets_));
+      }
     }
   }
-  if (dp_) losses = dp_->gather(losses);  // rank-major: rank r's batch i at r · n + i
+  if (dp_) losses = dp_->gather(losses);  // rank-major: rank r's at r · n · g
   double sum = 0;
   if (!val.sampler().masked()) {
     for (float l : losses) sum += l;
     return float(sum / double(losses.size()));
   }
-  // A loss mask: each batch's mean weighted by its counted targets (as in step()).
+  // A loss mask: each micro-batch's mean weighted by its counted targets (as in step()).
   double counted = 0;
   DataPosition pos;
   for (int64_t i = 0; i < n; ++i, pos = val.sampler().next(pos)) {
     for (int64_t r = 0; r < world; ++r) {
-      const double c = double(val.sampler().trained_targets(pos, r * cfg_.micro_batch,
-                                                             cfg_.micro_batch));
-      sum += c * double(losses[size_t(r * n + i)]);
-      counted += c;
+      for (int64_t k = 0; k < g; ++k) {
+        const double c = double(val.sampler().trained_targets(
+            pos, (r * g + k) * cfg_.micro_batch, cfg_.micro_batch));
+        if (c == 0) continue;  // no target counts: its mean is not a number
+        sum += c * double(losses[size_t((r * n + i) * g + k)]);
+        counted += c;
+      }
     }
   }
   return counted > 0 ? float(sum / counted) : std::numeric_limits<float>::quiet_NaN();

@@ -67,6 +67,10 @@ class TrainConfig:
     micro_batch: int  # sequences per micro-batch (per rank)
     seq_len: int  # tokens per sequence
     grad_accum: int  # micro-batches per step (per rank)
+    # sequences per step over every data-parallel rank; > 0: grad_accum is derived from it for the
+    # job's ranks, so the same settings resume on any number of them (0: micro_batch x grad_accum x
+    # ranks)
+    global_batch: int
     lr: float  # peak learning rate
     min_lr_ratio: float  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int  # linear warmup steps
@@ -76,7 +80,8 @@ class TrainConfig:
     eps: float  # AdamW epsilon
     grad_clip: float  # largest global gradient norm; <= 0 disables clipping
     eval_every: int  # validation every N steps (0: only at the end)
-    eval_batches: int  # micro-batches of validation data per evaluation
+    # global batches of validation data per evaluation (the first ones in file order)
+    eval_batches: int
     seed: int  # model initialization and data order
     on_nonfinite: str  # 'skip' | 'stop'
     # skipped steps in a row that stop the run as diverged (on_nonfinite=skip; 0: never)
@@ -174,7 +179,7 @@ class RunConfig:
     expect_val_below: float
     # manual: the parallel and batch settings as given; auto: the planner's first choice (tp, pp,
     # ZeRO stage, recomputation, sp, micro-batch) for the job's ranks and the device profile,
-    # keeping the global batch micro_batch x grad_accum x ranks
+    # keeping the global batch (train.global_batch, or micro_batch x grad_accum x ranks)
     layout: str
     # device profile for layout auto and the ledger's MFU: h100-sxm-80gb, a100-sxm-80gb, rtx-4090,
     # rtx-3090, cpu, or a file from nuri calibrate ('': cpu on the CPU backend)

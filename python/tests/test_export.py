@@ -90,9 +90,10 @@ def test_a_model_file_starts_runs_of_every_layout(tmp_path):
     one = run_cli("train", *common, "--steps", "1", "--init", "run/model.safetensors",
                   cwd=tmp_path).stdout
     assert abs(val_losses(one)[0] - trained["val_loss"]) < 1e-4, (one, trained)
-    # The same 2 sequences a validation batch on every layout (dp 2 takes 1 a rank).
+    # The same global batch of 2 sequences, so the same validation batches, on every layout (dp
+    # 2 takes 1 a rank; the pipeline 2 micro-batches of 1).
     for layout in (["--zero-stage", "3", "--micro-batch", "1"], ["--tp", "2"],
-                   ["--pp", "2", "--grad-accum", "2"]):
+                   ["--pp", "2", "--micro-batch", "1", "--grad-accum", "2"]):
         for init in (["--init", "run/model.safetensors"], []):
             proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, "-m",
                                    "nuri", "train", *common, "--steps", "1", *layout, *init],

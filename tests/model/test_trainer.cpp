@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "nuri/core/settings.h"
 #include "nuri/train/trainer.h"
 
 namespace nuri {
@@ -54,6 +55,74 @@ TEST(Trainer, GradientAccumulationEqualsOneLargeBatch) {
       max_ref = std::max(max_ref, double(std::abs(first_grads[i])));
     }
     EXPECT_LT(max_err / max_ref, 1e-5) << "accum " << accum;
+  }
+}
+
+// train.global_batch: grad_accum derived for each number of data-parallel ranks, the numbers
+// named where the micro-batch does not divide it.
+TEST(TrainConfig, GlobalBatchGivesTheGradientAccumulationOfEachAllocation) {
+  TrainConfig c;
+  c.micro_batch = 2;
+  c.grad_accum = 7;  // replaced
+  c.global_batch = 24;
+  EXPECT_EQ(with_global_batch(c, 1).grad_accum, 12);
+  EXPECT_EQ(with_global_batch(c, 4).grad_accum, 3);
+  EXPECT_EQ(with_global_batch(c, 12).grad_accum, 1);
+  EXPECT_EQ(with_global_batch(with_global_batch(c, 4), 4).grad_accum, 3);  // idempotent
+  c.global_batch = 0;
+  EXPECT_EQ(with_global_batch(c, 4).grad_accum, 7);  // 0: as given
+  c.global_batch = 24;
+  auto message = [&](int64_t dp) {
+    try {
+      with_global_batch(c, dp);
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message(8), "train.global_batch 24 is not a multiple of train.micro_batch 2 x 8 "
+                        "data-parallel ranks = 16 sequences; choose micro_batch among 1, 3 on 8 "
+                        "ranks");
+  EXPECT_EQ(message(5), "train.global_batch 24 is not a multiple of train.micro_batch 2 x 5 "
+                        "data-parallel ranks = 10 sequences; no micro-batch size divides it on 5 "
+                        "ranks: choose a global batch that is a multiple of the ranks");
+  // The Trainer derives it: 24 sequences a step as 12 micro-batches of 2.
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  c.seq_len = 32;
+  Trainer t(m, c, text_data(), nullptr);
+  EXPECT_EQ(t.config().grad_accum, 12);
+}
+
+// Validation batches are global batches: a layout that splits one into other micro-batches
+// evaluates the same sequences (one micro-batch of 8 against 4 of 2, and 8 of 1).
+TEST(Trainer, EvaluationIsTheSameOnEverySplitOfTheGlobalBatch) {
+  std::vector<float> vals;
+  for (int64_t accum : {1, 4, 8}) {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+    TrainConfig c;
+    c.micro_batch = 8 / accum;
+    c.grad_accum = accum;
+    c.seq_len = 32;
+    c.eval_batches = 3;
+    Trainer t(m, c, text_data(), text_data());
+    vals.push_back(t.evaluate());
+  }
+  for (size_t i = 1; i < vals.size(); ++i) {
+    EXPECT_LE(std::abs(vals[i] - vals[0]), 1e-6f * vals[0]) << vals[i] << " vs " << vals[0];
+  }
+  // Fewer validation sequences than one global batch: named, not a NaN.
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  TrainConfig c;
+  c.micro_batch = 8;
+  c.seq_len = 32;
+  const std::vector<uint32_t> few = ByteTokenizer().encode(std::string(200, 'a'));
+  Trainer t(m, c, text_data(), TokenFile::from_tokens(few, "few", 257));
+  try {
+    t.evaluate();
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fewer than one global batch of 8"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Preemption of a front end's 2-rank job, and its resume on another allocation of 1 rank (issue
 # #20): SIGTERM to rank 1 mid-run makes both ranks stop at the same step boundary, commit one
-# checkpoint and exit 75; the restart as one process (micro-batch doubled: the same global
-# batch) resumes it, and every step's loss and the final validation loss equal the
-# uninterrupted 2-rank run's: bit for bit up to the checkpoint (the same run), within 1e-5
-# relative after it (one process sums the batch in another order).
+# checkpoint and exit 75; the restart as one process, with the same command (--global-batch 4:
+# 1 micro-batch of 2 a rank on 2 ranks, 2 on one), resumes it, and every step's loss and every
+# validation loss equal the uninterrupted 2-rank run's: bit for bit up to the checkpoint (the
+# same run), within 1e-5 relative after it (one process sums the batch in another order).
 #   preempt_resume.sh TORCHRUN_SH COMMAND...   (COMMAND: nuri-train, or PYTHON -m nuri train)
 set -uo pipefail
 launcher=$1
@@ -16,15 +16,15 @@ trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 export OMP_NUM_THREADS=1
 args=(--model gpt2-tiny --steps 40 --seq-len 64 --max-new-tokens 0 --eval-every 20 --eval-batches 4
-      --log-every 1)
+      --log-every 1 --micro-batch 2 --global-batch 4)
 
-bash "$launcher" -np 2 "${cmd[@]}" "${args[@]}" --micro-batch 2 --out "$dir/ref" \
+bash "$launcher" -np 2 "${cmd[@]}" "${args[@]}" --out "$dir/ref" \
   >"$dir/ref.out" 2>&1 || { cat "$dir/ref.out"; fail "the uninterrupted 2-rank run"; }
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 for r in 0 1; do
   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "${cmd[@]}" "${args[@]}" --micro-batch 2 --ckpt-dir "$dir/ck" --out "$dir/run" \
+    "${cmd[@]}" "${args[@]}" --ckpt-dir "$dir/ck" --out "$dir/run" \
     >"$dir/out$r" 2>&1 &
   pids+=($!)
 done
@@ -46,10 +46,12 @@ commits=$(grep -c 'committed' "$dir/out0")
 ((commits == 1)) || { cat "$dir/out0"; fail "$commits checkpoints committed, expected one"; }
 [[ $(cat "$dir/ck/latest") == "step-$(printf '%08d' "$stopped")" ]] || fail "ck/latest is not step $stopped"
 
-"${cmd[@]}" "${args[@]}" --micro-batch 4 --ckpt-dir "$dir/ck" --out "$dir/run" >"$dir/resumed.out" 2>&1 ||
+"${cmd[@]}" "${args[@]}" --ckpt-dir "$dir/ck" --out "$dir/run" >"$dir/resumed.out" 2>&1 ||
   { cat "$dir/resumed.out"; fail "the resumed one-process run failed"; }
 grep -q "resumed from $dir/ck/step-$(printf '%08d' "$stopped"): step $stopped" "$dir/resumed.out" ||
   { cat "$dir/resumed.out"; fail "the one-process restart did not resume step $stopped"; }
+grep -q "steps of 2 x 64 tokens (accum 2)" "$dir/resumed.out" ||
+  { cat "$dir/resumed.out"; fail "the one-process restart did not take 2 micro-batches a step"; }
 
 python3 - "$dir" "$stopped" <<'PY' || exit 1
 import json, sys

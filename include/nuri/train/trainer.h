@@ -37,6 +37,10 @@ struct TrainConfig {
   int64_t micro_batch = 8;       ///< sequences per micro-batch (B)
   int64_t seq_len = 128;         ///< T
   int64_t grad_accum = 1;        ///< micro-batches per step
+  /// Sequences per step over every data-parallel rank; > 0: grad_accum is derived from it for
+  /// the job's ranks (with_global_batch), so one config resumes on any number of ranks.
+  /// 0: micro_batch · grad_accum · ranks.
+  int64_t global_batch = 0;
   float lr = 2e-3f;              ///< peak learning rate
   float min_lr_ratio = 0.1f;     ///< the cosine decays to lr · min_lr_ratio
   int64_t warmup_steps = 30;
@@ -44,7 +48,9 @@ struct TrainConfig {
   float beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f;
   float grad_clip = 1.0f;        ///< max global gradient norm; <= 0 disables clipping
   int64_t eval_every = 50;       ///< validation every k steps (0: never during training)
-  int64_t eval_batches = 16;     ///< micro-batches of validation data per evaluation
+  /// Global batches (micro_batch · grad_accum · ranks sequences each) of validation data per
+  /// evaluation: the first ones in file order, the same sequences on every layout.
+  int64_t eval_batches = 16;
   uint64_t seed = 1337;          ///< model init and data order
   NonFinitePolicy on_nonfinite = NonFinitePolicy::skip;
   /// Under on_nonfinite = skip, this many skipped steps in a row stop the run as diverged (an
@@ -60,6 +66,11 @@ struct TrainConfig {
 
 /// The settings table of TrainConfig (nuri/core/settings.h).
 const Settings& train_settings();
+
+/// `cfg` for `dp` data-parallel ranks: with global_batch > 0, grad_accum becomes global_batch /
+/// (micro_batch · dp) (what the Trainer does on construction); otherwise `cfg` unchanged. Throws ConfigError naming the numbers and the micro-batches that
+/// would divide when micro_batch · dp does not divide global_batch.
+TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp);
 
 /// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
 /// decay to lr · min_lr_ratio at the last step.
