@@ -853,7 +853,8 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
                " used a global batch of ", d["global_batch"].dump(), " sequences; this "
                "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
                cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
-               "the product is the checkpoint's, on any number of ranks");
+               "the product is the checkpoint's, or set train.global_batch (--global-batch) to ",
+               d["global_batch"].dump(), ", which derives grad_accum on any number of ranks");
     // And the data: the sample order and the position in it are this data's.
     if (check_data) check_data_record(d, dir, loader_.sampler().tokens(), data_fingerprint());
     // Where training stands, read (and checked) before any weight is.

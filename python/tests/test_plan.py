@@ -155,6 +155,14 @@ def test_a_run_with_layout_auto_takes_the_plans_first_choice(tmp_path):
     ledger = [json.loads(l) for l in (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()]
     assert [r["event"] for r in ledger] == ["start", "end"]
     assert ledger[0]["tokens_per_step"] == 2 * 2 * 32  # the global batch kept
+    # train.global_batch is the batch the plan keeps, whatever micro_batch x grad_accum says.
+    cfg.train.global_batch = 8
+    cfg.out = str(tmp_path / "run8")
+    out = io.StringIO()
+    assert nuri.run(cfg, stream=out, plot=False)["status"] == 0
+    ledger = [json.loads(l) for l in (tmp_path / "run8" / "ledger.jsonl").read_text().splitlines()]
+    assert ledger[0]["tokens_per_step"] == 8 * 32, out.getvalue()
+    cfg.train.global_batch = 0
     with pytest.raises(nuri.ConfigError, match="layout: 'sideways' is neither manual nor auto"):
         cfg.layout = "sideways"
         cfg.validate()
