@@ -552,9 +552,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   out.line(strprintf("model: %s (%.2fM parameters) | %s | backend %s", model_name.c_str(),
                      double(cfg.model.num_params()) / 1e6, cfg.model.summary().c_str(),
                      backend.c_str()));
-  out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld), lr %.1e, threads %s",
+  const std::string from_global =  // grad_accum derived on this allocation (train.global_batch)
+      tc.global_batch > 0 ? strprintf(", from global batch %lld", (long long)tc.global_batch) : "";
+  out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld%s), lr %.1e, threads %s",
                      (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
-                     (long long)tc.grad_accum, tc.lr, threads ? threads : "all"));
+                     (long long)tc.grad_accum, from_global.c_str(), tc.lr,
+                     threads ? threads : "all"));
   if (tc.warmup_steps >= tc.steps) {  // allowed (a short trial of a long run's settings), but said
     out.line(strprintf("warning: warmup_steps %lld is not below steps %lld: the learning rate "
                        "rises to %.1e (of lr %.1e) and never decays",

@@ -402,7 +402,9 @@ class Trainer:
     def finish_checkpoint(self) -> str: ...
     def load_checkpoint(self, path: str, check_data: bool = True) -> str: ...
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0) -> list[int]: ...
+                 top_k: int = 0, seed: int = 0) -> list[int]:
+        """Tokens sampled after the prompt; under ZeRO 3, tensor or pipeline parallelism a
+        collective (every rank calls it with the same arguments and gets the same tokens)."""
     def master_weights(self) -> np.ndarray:
         """Every f32 master weight (flat layout) on the host; collective over the ranks."""
     @property

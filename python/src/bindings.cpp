@@ -547,7 +547,9 @@ PYBIND11_MODULE(_C, m) {
              return p.trainer->generate(prompt, sample_options(max_new, temperature, top_k, seed));
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("seed") = 0)
+           py::arg("seed") = 0,
+           "Token ids continuing prompt (as Model.generate); under ZeRO 3, tensor or pipeline "
+           "parallelism a collective: every rank calls it with the same arguments.")
       .def("master_weights", [](PyTrainer& p) {
              Tensor t;
              {

@@ -25,7 +25,7 @@ summary() {  # "train_loss val_loss" from nuri-train's output
   printf '%s %s\n' "$(grep -oP "step +$steps/$steps \\| loss \\K[0-9.]+" <<<"$out")" \
     "$(grep -oP 'done in .*: val loss \K[0-9.]+' <<<"$out")"
 }
-# (validation takes micro_batch sequences a data-parallel rank: the pipeline runs keep that 2)
+# (the pipeline runs take 2 micro-batches a rank: one process does too, with the same global batch)
 one_args=(--micro-batch 4)
 [[ -n ${SAME_RUN_PP:-} ]] && one_args=(--micro-batch 2 --grad-accum 2)
 one=$("$bin" "${args[@]}" "${one_args[@]}" 2>&1) || { echo "$one"; exit 1; }

@@ -508,6 +508,7 @@ TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
       t.load_model_file(file);
       std::pair<std::vector<int32_t>, std::vector<int32_t>> got{t.generate(prompt, greedy),
                                                                 t.generate(prompt, warm)};
+      EXPECT_EQ(m.sequence_parallel(), l.sp && l.tp > 1) << "sequence parallelism is back on";
       // The trainer goes on training after sampling (the plans and sequence parallelism back).
       const float loss = t.step().loss;
       EXPECT_TRUE(std::isfinite(loss) && loss > 0) << loss;

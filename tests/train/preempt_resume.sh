@@ -50,7 +50,7 @@ commits=$(grep -c 'committed' "$dir/out0")
   { cat "$dir/resumed.out"; fail "the resumed one-process run failed"; }
 grep -q "resumed from $dir/ck/step-$(printf '%08d' "$stopped"): step $stopped" "$dir/resumed.out" ||
   { cat "$dir/resumed.out"; fail "the one-process restart did not resume step $stopped"; }
-grep -q "steps of 2 x 64 tokens (accum 2)" "$dir/resumed.out" ||
+grep -q "steps of 2 x 64 tokens (accum 2, from global batch 4)" "$dir/resumed.out" ||
   { cat "$dir/resumed.out"; fail "the one-process restart did not take 2 micro-batches a step"; }
 
 python3 - "$dir" "$stopped" <<'PY' || exit 1

@@ -148,7 +148,8 @@ class Trainer {
 
   /// One optimizer step over grad_accum micro-batches.
   StepStats step();
-  /// Mean loss over the first eval_batches micro-batches of the validation data (file order).
+  /// Mean loss over the first eval_batches global batches of the validation data (file order;
+  /// micro_batch · grad_accum · dp ranks sequences each, a rank's slice in micro-batches).
   float evaluate();
   /// nuri::generate on this trainer's model; under pipeline parallelism through its pipeline
   /// (every rank of the job calls it then, with the same arguments).
