@@ -1017,9 +1017,15 @@ float Trainer::evaluate() {
   // global batch evaluates the same sequences.
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
   const int64_t g = cfg_.grad_accum;
-  DataLoader val(val_, cfg_.seq_len, cfg_.micro_batch, g, world, rank, cfg_.seed,
-                 /*shuffle=*/false);
-  // (validation data shorter than one global batch: the sampler says so)
+  std::unique_ptr<DataLoader> loader;
+  try {
+    loader = std::make_unique<DataLoader>(val_, cfg_.seq_len, cfg_.micro_batch, g, world, rank,
+                                          cfg_.seed, /*shuffle=*/false);
+  } catch (const Error& e) {  // validation data shorter than one global batch
+    NURI_CHECK(false, "validation data: ", e.what(), " (a validation batch is a global batch: "
+               "micro_batch ", cfg_.micro_batch, " x grad_accum ", g, " x ", world, " ranks)");
+  }
+  DataLoader& val = *loader;
   const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
   std::vector<float> losses;  // micro-batch k of batch i at i · g + k
   if (pipe_) {  // the micro-batches through the stages, forwards only

@@ -121,8 +121,11 @@ TEST(Trainer, EvaluationIsTheSameOnEverySplitOfTheGlobalBatch) {
     t.evaluate();
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("fewer than one global batch of 8"), std::string::npos)
-        << e.what();
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("validation data: ", 0), 0u) << m;
+    EXPECT_NE(m.find("fewer than one global batch of 8"), std::string::npos) << m;
+    EXPECT_NE(m.find("(a validation batch is a global batch: micro_batch 8 x grad_accum 1 x 1 "
+                     "ranks)"), std::string::npos) << m;
   }
 }
 
