@@ -234,6 +234,10 @@ ModelConfig model_preset(const std::string& name) {
   NURI_CHECK(false, "unknown model preset '", name, "'; presets: ", list);
 }
 
+bool context_setting(const std::string& key) {
+  return key == "max_seq_len" || key.rfind("rope_", 0) == 0;
+}
+
 std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,
                                                              const ModelConfig& config) {
   const nlohmann::json theirs = nlohmann::json::parse(recorded);

@@ -340,7 +340,9 @@ void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string&
 }
 
 // checkpoint.init's model: the run's model must be the one the file records, or the run gives
-// no model settings (the defaults), and the model is then the file's.
+// no model settings (the defaults), and the model is then the file's. Either way a RoPE model's
+// context settings (context_setting: max_seq_len, rope_*) may be the run's own; a file's RoPE
+// model adopted with no max_seq_len given holds at least train.seq_len.
 RunConfig init_model(const RunConfig& cfg) {
   const std::string& path = cfg.checkpoint.init;
   if (path.empty()) return cfg;
@@ -361,20 +363,49 @@ RunConfig init_model(const RunConfig& cfg) {
   const RunConfig defaults;
   const std::string mine = model_config_to_json(cfg.model);
   if (mine == model_config_to_json(theirs)) return cfg;
-  if (cfg.preset == defaults.preset && mine == model_config_to_json(defaults.model)) {
-    RunConfig adopted = cfg;
-    adopted.model = theirs;
-    adopted.preset = "";
-    return adopted;
+  const nlohmann::json given = nlohmann::json::parse(mine);
+  auto split = [&](const ModelConfig& m) {  // (the other settings, the context settings)
+    std::vector<ModelSettingDifference> other, context;
+    for (auto& d : model_config_differences(model_config_to_json(m), cfg.model)) {
+      (context_setting(d.key) ? context : other).push_back(std::move(d));
+    }
+    return std::make_pair(other, context);
+  };
+  const auto [other, context] = split(theirs);
+  const auto [beyond_defaults, context_given] = split(defaults.model);
+  const bool model_given = cfg.preset != defaults.preset || !beyond_defaults.empty();
+  if (model_given && !other.empty()) {
+    std::string differ;
+    for (const auto& d : other) {
+      differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " +
+                d.mine + ")";
+    }
+    throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
+                      differ + ". Leave out the model settings (the model is then the file's), "
+                      "or give the file's");
   }
-  std::string differ;
-  for (const auto& d : model_config_differences(model_config_to_json(theirs), cfg.model)) {
-    differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " + d.mine +
-              ")";
+  // The file's model, with the context settings this run gives.
+  const auto& changed = model_given ? context : context_given;
+  if (!changed.empty() && theirs.position != PositionKind::rope) {
+    const ModelSettingDifference& d = changed.front();
+    throw ConfigError("checkpoint.init: " + path + "'s model has learned positions (a weight row "
+                      "per position up to max_seq_len " + std::to_string(theirs.max_seq_len) +
+                      "): its " + d.key + " cannot change (this run: " + d.mine + "). Leave it "
+                      "out, or start from a model with RoPE positions");
   }
-  throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
-                    differ + ". Leave out the model settings (the model is then the file's), or "
-                    "give the file's");
+  if (model_given) return cfg;
+  nlohmann::json adopted = nlohmann::json::parse(model_config_to_json(theirs));
+  for (const auto& d : context_given) adopted[d.key] = given[d.key];
+  // A max_seq_len left at the default grows to the run's sequences (RoPE: no weights change).
+  const bool max_given = std::any_of(context_given.begin(), context_given.end(),
+                                     [](const auto& d) { return d.key == "max_seq_len"; });
+  if (!max_given && theirs.position == PositionKind::rope && cfg.train.seq_len > theirs.max_seq_len) {
+    adopted["max_seq_len"] = cfg.train.seq_len;
+  }
+  RunConfig out = cfg;
+  out.model = model_config_from_json(adopted.dump(), "checkpoint.init " + path + ": model");
+  out.preset = "";
+  return out;
 }
 
 /// The ConfigError `check` throws, or "".
@@ -480,7 +511,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         "cannot use the run's directories (its output says why)");
   const bool lead = pg.rank() == 0;
   RunConfig with_init = cfg_in;  // the model of checkpoint.init's file
-  agree(pg, config_error_of([&] { with_init = init_model(cfg_in); }),
+  agree(pg, config_error_of([&] {
+          with_init = init_model(cfg_in);
+          const ModelConfig& m = with_init.model;  // (validate() left this to the file's model)
+          if (with_init.train.seq_len > m.max_seq_len) {
+            throw ConfigError(
+                "train.seq_len (" + std::to_string(with_init.train.seq_len) + ") exceeds "
+                "model.max_seq_len (" + std::to_string(m.max_seq_len) + ") of checkpoint.init's "
+                "model" + (m.position == PositionKind::learned
+                               ? ", whose positions are learned weights (a row per position)"
+                               : "; give a longer model.max_seq_len"));
+          }
+        }),
         "cannot start from checkpoint.init (its output says why)");
   const DeviceProfile profile = run_profile(with_init);
   std::string auto_line;

@@ -205,7 +205,7 @@ void RunConfig::validate() const {
       throw ConfigError("data.format: '" + data.format + "' is not one of " + list);
     }
   }
-  if (train.seq_len > model.max_seq_len) {
+  if (train.seq_len > model.max_seq_len && checkpoint.init.empty()) {  // (else: the file's model)
     throw ConfigError("train.seq_len (" + std::to_string(train.seq_len) +
                       ") exceeds model.max_seq_len (" + std::to_string(model.max_seq_len) + ")");
   }

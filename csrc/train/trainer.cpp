@@ -967,6 +967,8 @@ void Trainer::load_model_file(const std::string& path) {
     }
     NURI_CHECK(theirs.is_object(), path, ": its nuri_model_config metadata is not an object");
     for (const auto& d : model_config_differences(meta->second, model_.config())) {
+      const bool rope = model_.config().position == PositionKind::rope;
+      if (rope && context_setting(d.key)) continue;  // a longer context, other RoPE frequencies
       NURI_CHECK(false, path, " holds a model with ", d.key, "=",
                  d.recorded.empty() ? std::string("(not recorded)") : d.recorded,
                  "; this model has ", d.key, "=", d.mine);

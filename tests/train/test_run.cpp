@@ -362,6 +362,16 @@ TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000004"));
 }
 
+// The ConfigError a run of `cfg` stops with, before anything runs.
+std::string config_error_of(const RunConfig& cfg) {
+  try {
+    run_training(cfg, Captured().hooks());
+  } catch (const ConfigError& e) {
+    return std::string(e.what());
+  }
+  return std::string("no ConfigError");
+}
+
 // checkpoint.init: a fresh run starts from a model file's weights (its first validation loss is
 // the loss the run that wrote the file ended at), its model taken from the file when the run
 // gives none; another model, a damaged file and a directory are refused before anything is
@@ -406,23 +416,15 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
   b.model.n_layer = 3;
   b.checkpoint.init = file;
   b.out = (t.path / "refused").string();
-  auto error_of = [](const RunConfig& cfg) {
-    try {
-      run_training(cfg, Captured().hooks());
-    } catch (const ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("no ConfigError");
-  };
-  EXPECT_EQ(error_of(b), "checkpoint.init: " + file + " holds another model than this run's: "
+  EXPECT_EQ(config_error_of(b), "checkpoint.init: " + file + " holds another model than this run's: "
                          "n_layer=2 (this run: 3). Leave out the model settings (the model is "
                          "then the file's), or give the file's");
   b.model.n_layer = 2;
   b.checkpoint.init = (t.path / "a").string();
-  EXPECT_NE(error_of(b).find("a is a directory, not a model file. A Hugging Face model "
+  EXPECT_NE(config_error_of(b).find("a is a directory, not a model file. A Hugging Face model "
                              "directory becomes one with `python -m nuri import DIR --out FILE`"),
             std::string::npos)
-      << error_of(b);
+      << config_error_of(b);
   fs::copy_file(file, file + ".orig");
   {
     std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
@@ -430,16 +432,16 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
     f.put('\x7f');
   }
   b.checkpoint.init = file;
-  EXPECT_NE(error_of(b).find("checkpoint.init: " + file + " fails its checksum"),
+  EXPECT_NE(config_error_of(b).find("checkpoint.init: " + file + " fails its checksum"),
             std::string::npos)
-      << error_of(b);
+      << config_error_of(b);
   EXPECT_FALSE(fs::exists(t.path / "refused"));
 
   // The file is read on every start (it gives the model), but a checkpoint to resume wins over
   // its weights.
   b.checkpoint.dir = (t.path / "ck").string();
   b.checkpoint.init = (t.path / "missing.safetensors").string();
-  EXPECT_NE(error_of(b).find("missing.safetensors"), std::string::npos) << error_of(b);
+  EXPECT_NE(config_error_of(b).find("missing.safetensors"), std::string::npos) << config_error_of(b);
   fs::copy_file(file + ".orig", file,
                 fs::copy_options::overwrite_existing);
   b.checkpoint.init = file;
@@ -452,6 +454,73 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
   ASSERT_EQ(run_training(b, resumed.hooks()).status, kRunDone) << resumed.text;
   EXPECT_NE(resumed.text.find("resumed from"), std::string::npos) << resumed.text;
   EXPECT_EQ(resumed.text.find("initialized from"), std::string::npos) << resumed.text;
+}
+
+// checkpoint.init with a RoPE model: the run may give its own context settings (max_seq_len,
+// rope_*), alone (the rest of the model the file's) or with the file's model, and a model
+// adopted from the file grows its max_seq_len to the run's sequences. A longer max_seq_len
+// computes what the file's model does on the same windows (the first validation loss is the
+// file's run's last) and trains on windows longer than the pretrained context; other RoPE
+// frequencies change the loss. A model with learned positions keeps its max_seq_len (a weight
+// row per position).
+TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
+  TempDir t;
+  RunConfig a = tiny(t.path).with_overrides({"model=llama-tiny", "sample.max_new_tokens=0"});
+  a.out = (t.path / "a").string();
+  const RunResult trained = run_training(a, Captured().hooks());
+  ASSERT_EQ(trained.status, kRunDone);
+  const std::string file = (t.path / "a" / "model.safetensors").string();
+  const std::string ended = strprintf("step     0 | val loss %.4f", trained.val_loss);
+  auto from_file = [&](const std::vector<std::string>& overrides) {
+    std::vector<std::string> all = {"train.steps=1", "train.micro_batch=2", "train.seq_len=32",
+                                    "train.eval_batches=2", "sample.max_new_tokens=0",
+                                    "checkpoint.init=" + file};
+    all.insert(all.end(), overrides.begin(), overrides.end());
+    RunConfig c = RunConfig().with_overrides(all);
+    c.data.train = a.data.train;
+    return c;
+  };
+  {  // the context alone: the file's model with max_seq_len 512, the same windows
+    Captured out;
+    ASSERT_EQ(run_training(from_file({"model.max_seq_len=512"}), out.hooks()).status, kRunDone)
+        << out.text;
+    EXPECT_NE(out.text.find("max_seq_len=512"), std::string::npos) << out.text;
+    EXPECT_NE(out.text.find(ended), std::string::npos) << ended << "\n" << out.text;
+  }
+  {  // windows of 384 tokens, three times the pretrained context: max_seq_len grows to them
+    Captured out;
+    ASSERT_EQ(run_training(from_file({"train.seq_len=384"}), out.hooks()).status, kRunDone)
+        << out.text;
+    EXPECT_NE(out.text.find("steps of 2 x 384 tokens"), std::string::npos) << out.text;
+    EXPECT_NE(out.text.find("max_seq_len=384"), std::string::npos) << out.text;
+  }
+  {  // the file's model given, with linear RoPE scaling: another loss on the same windows
+    Captured out;
+    ASSERT_EQ(run_training(from_file({"model=llama-tiny", "model.rope_scaling=linear",
+                                      "model.rope_factor=2"}),
+                           out.hooks())
+                  .status,
+              kRunDone)
+        << out.text;
+    EXPECT_NE(out.text.find("model: llama-tiny"), std::string::npos) << out.text;
+    EXPECT_EQ(out.text.find(ended), std::string::npos) << out.text;
+  }
+  // Another setting still refused; learned positions keep their rows.
+  EXPECT_EQ(config_error_of(from_file({"model=llama-tiny", "model.max_seq_len=256", "model.d_ff=128"})),
+            "checkpoint.init: " + file + " holds another model than this run's: d_ff=176 (this "
+            "run: 128). Leave out the model settings (the model is then the file's), or give the "
+            "file's");
+  RunConfig g = tiny(t.path).with_overrides({"sample.max_new_tokens=0"});
+  g.out = (t.path / "g").string();
+  ASSERT_EQ(run_training(g, Captured().hooks()).status, kRunDone);
+  const std::string gpt2 = (t.path / "g" / "model.safetensors").string();
+  EXPECT_EQ(config_error_of(from_file({"model.max_seq_len=512", "checkpoint.init=" + gpt2})),
+            "checkpoint.init: " + gpt2 + "'s model has learned positions (a weight row per "
+            "position up to max_seq_len 128): its max_seq_len cannot change (this run: 512). "
+            "Leave it out, or start from a model with RoPE positions");
+  EXPECT_EQ(config_error_of(from_file({"train.seq_len=200", "checkpoint.init=" + gpt2})),
+            "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
+            "whose positions are learned weights (a row per position)");
 }
 
 }  // namespace
