@@ -90,8 +90,9 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   r.devices_per_node = per_node;
   r.nodes = std::max(1, pg.size() / per_node);
   r.seq_len = in.train.seq_len;
-  r.global_batch = in.train.global_batch > 0 ? in.train.global_batch
-                                             : in.train.micro_batch * in.train.grad_accum * pg.size();
+  r.global_batch = in.train.global_batch > 0
+                       ? in.train.global_batch
+                       : in.train.micro_batch * in.train.grad_accum * pg.size();
   const std::vector<PlanEntry> plan = plan_layouts(r);
   if (plan.empty() || !plan.front().fits) {
     throw ConfigError("layout = auto: no layout of " + std::to_string(pg.size()) + " ranks fits " +
@@ -399,7 +400,8 @@ RunConfig init_model(const RunConfig& cfg) {
   // A max_seq_len left at the default grows to the run's sequences (RoPE: no weights change).
   const bool max_given = std::any_of(context_given.begin(), context_given.end(),
                                      [](const auto& d) { return d.key == "max_seq_len"; });
-  if (!max_given && theirs.position == PositionKind::rope && cfg.train.seq_len > theirs.max_seq_len) {
+  if (!max_given && theirs.position == PositionKind::rope &&
+      cfg.train.seq_len > theirs.max_seq_len) {
     adopted["max_seq_len"] = cfg.train.seq_len;
   }
   RunConfig out = cfg;
@@ -531,7 +533,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // train.global_batch: this allocation's grad_accum, derived now as the Trainer would (the
   // header and the ledger show it). Every rank has the same settings, so all agree.
   const int model_ranks = cfg.parallel.tp * cfg.parallel.pp;
-  if (pg.size() % model_ranks == 0) cfg.train = with_global_batch(cfg.train, pg.size() / model_ranks);
+  if (pg.size() % model_ranks == 0) {
+    cfg.train = with_global_batch(cfg.train, pg.size() / model_ranks);
+  }
   Output out(hooks, pg, cfg);
   if (!auto_line.empty()) out.line(auto_line);
   RunResult result;
@@ -596,7 +600,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                      backend.c_str()));
   const std::string from_global =  // grad_accum derived on this allocation (train.global_batch)
       tc.global_batch > 0 ? strprintf(", from global batch %lld", (long long)tc.global_batch) : "";
-  out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld%s), lr %.1e, threads %s",
+  out.line(strprintf("training: %lld steps of %lld x %lld tokens (accum %lld%s), lr %.1e, "
+                     "threads %s",
                      (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
                      (long long)tc.grad_accum, from_global.c_str(), tc.lr,
                      threads ? threads : "all"));

@@ -1172,7 +1172,9 @@ std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt
                               const SampleOptions& opt) {
   const SequenceParallelOff sp_off(pipe.chunk_models());
   return sample(pipe.chunk_models().front()->config(), prompt, opt,
-                [&](const Tensor& tokens, int64_t len) { return pipe.logits_row(tokens, len - 1); });
+                [&](const Tensor& tokens, int64_t len) {
+                  return pipe.logits_row(tokens, len - 1);
+                });
 }
 
 }  // namespace nuri

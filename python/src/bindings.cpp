@@ -245,7 +245,8 @@ SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, 
   return o;
 }
 std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
-                                     int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
+                                     int64_t max_new, float temperature, int64_t top_k,
+                                     uint64_t seed) {
   py::gil_scoped_release release;
   return generate(model, prompt, sample_options(max_new, temperature, top_k, seed));
 }

@@ -416,13 +416,15 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
   b.model.n_layer = 3;
   b.checkpoint.init = file;
   b.out = (t.path / "refused").string();
-  EXPECT_EQ(config_error_of(b), "checkpoint.init: " + file + " holds another model than this run's: "
-                         "n_layer=2 (this run: 3). Leave out the model settings (the model is "
-                         "then the file's), or give the file's");
+  EXPECT_EQ(config_error_of(b),
+            "checkpoint.init: " + file + " holds another model than this run's: n_layer=2 (this "
+            "run: 3). Leave out the model settings (the model is then the file's), or give the "
+            "file's");
   b.model.n_layer = 2;
   b.checkpoint.init = (t.path / "a").string();
   EXPECT_NE(config_error_of(b).find("a is a directory, not a model file. A Hugging Face model "
-                             "directory becomes one with `python -m nuri import DIR --out FILE`"),
+                                    "directory becomes one with `python -m nuri import DIR "
+                                    "--out FILE`"),
             std::string::npos)
       << config_error_of(b);
   fs::copy_file(file, file + ".orig");
@@ -441,7 +443,8 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
   // its weights.
   b.checkpoint.dir = (t.path / "ck").string();
   b.checkpoint.init = (t.path / "missing.safetensors").string();
-  EXPECT_NE(config_error_of(b).find("missing.safetensors"), std::string::npos) << config_error_of(b);
+  EXPECT_NE(config_error_of(b).find("missing.safetensors"), std::string::npos)
+      << config_error_of(b);
   fs::copy_file(file + ".orig", file,
                 fs::copy_options::overwrite_existing);
   b.checkpoint.init = file;
@@ -506,7 +509,8 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
     EXPECT_EQ(out.text.find(ended), std::string::npos) << out.text;
   }
   // Another setting still refused; learned positions keep their rows.
-  EXPECT_EQ(config_error_of(from_file({"model=llama-tiny", "model.max_seq_len=256", "model.d_ff=128"})),
+  EXPECT_EQ(config_error_of(
+                from_file({"model=llama-tiny", "model.max_seq_len=256", "model.d_ff=128"})),
             "checkpoint.init: " + file + " holds another model than this run's: d_ff=176 (this "
             "run: 128). Leave out the model settings (the model is then the file's), or give the "
             "file's");

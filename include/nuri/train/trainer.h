@@ -68,8 +68,9 @@ struct TrainConfig {
 const Settings& train_settings();
 
 /// `cfg` for `dp` data-parallel ranks: with global_batch > 0, grad_accum becomes global_batch /
-/// (micro_batch · dp) (what the Trainer does on construction); otherwise `cfg` unchanged. Throws ConfigError naming the numbers and the micro-batches that
-/// would divide when micro_batch · dp does not divide global_batch.
+/// (micro_batch · dp) (what the Trainer does on construction); otherwise `cfg` unchanged.
+/// Throws ConfigError naming the numbers and the micro-batches that would divide when
+/// micro_batch · dp does not divide global_batch.
 TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp);
 
 /// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
