@@ -1,7 +1,9 @@
 // Model presets and validation. Messages name the field, its value and what would be valid.
 #include "nuri/model/config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -235,7 +237,11 @@ ModelConfig model_preset(const std::string& name) {
 }
 
 bool context_setting(const std::string& key) {
-  return key == "max_seq_len" || key.rfind("rope_", 0) == 0;
+  static const char* const keys[] = {"max_seq_len",          "rope_theta",
+                                     "rope_scaling",         "rope_factor",
+                                     "rope_low_freq_factor", "rope_high_freq_factor",
+                                     "rope_original_max_len"};
+  return std::find(std::begin(keys), std::end(keys), key) != std::end(keys);
 }
 
 std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,

@@ -340,11 +340,12 @@ void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string&
                     "directory (a shared file system), and no other job may be writing to it");
 }
 
-// checkpoint.init's model: the run's model must be the one the file records, or the run gives
-// no model settings (the defaults), and the model is then the file's. Either way a RoPE model's
-// context settings (context_setting: max_seq_len, rope_*) may be the run's own; a file's RoPE
-// model adopted with no max_seq_len given holds at least train.seq_len.
-RunConfig init_model(const RunConfig& cfg) {
+// checkpoint.init's model: the file's. A run that gives a model (a preset, or settings beyond
+// the defaults) must give the file's, but for the context settings of a RoPE model
+// (context_setting): those the run sets beyond its preset's (the defaults' without one) are
+// the run's, and a max_seq_len not set grows to train.seq_len. `notes`: a line for each setting
+// that is not the file's.
+RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
   const std::string& path = cfg.checkpoint.init;
   if (path.empty()) return cfg;
   std::map<std::string, std::string> metadata;
@@ -361,32 +362,34 @@ RunConfig init_model(const RunConfig& cfg) {
   if (recorded == metadata.end()) return cfg;  // its tensors are checked against the run's model
   const ModelConfig theirs =
       model_config_from_json(recorded->second, "checkpoint.init " + path + ": model");
-  const RunConfig defaults;
   const std::string mine = model_config_to_json(cfg.model);
   if (mine == model_config_to_json(theirs)) return cfg;
-  const nlohmann::json given = nlohmann::json::parse(mine);
-  auto split = [&](const ModelConfig& m) {  // (the other settings, the context settings)
-    std::vector<ModelSettingDifference> other, context;
-    for (auto& d : model_config_differences(model_config_to_json(m), cfg.model)) {
-      (context_setting(d.key) ? context : other).push_back(std::move(d));
+  const RunConfig defaults;
+  const ModelConfig preset = cfg.preset.empty() ? defaults.model : model_preset(cfg.preset);
+  std::vector<std::string> set;  // the context settings this run sets beyond its preset
+  bool model_given = cfg.preset != defaults.preset;
+  for (const auto& d : model_config_differences(model_config_to_json(preset), cfg.model)) {
+    if (context_setting(d.key)) {
+      set.push_back(d.key);
+    } else {
+      model_given = true;
     }
-    return std::make_pair(other, context);
-  };
-  const auto [other, context] = split(theirs);
-  const auto [beyond_defaults, context_given] = split(defaults.model);
-  const bool model_given = cfg.preset != defaults.preset || !beyond_defaults.empty();
-  if (model_given && !other.empty()) {
-    std::string differ;
-    for (const auto& d : other) {
+  }
+  std::string differ;
+  std::vector<ModelSettingDifference> changed;  // context settings set and not the file's
+  for (auto& d : model_config_differences(model_config_to_json(theirs), cfg.model)) {
+    if (!context_setting(d.key)) {
       differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " +
                 d.mine + ")";
+    } else if (std::find(set.begin(), set.end(), d.key) != set.end()) {
+      changed.push_back(std::move(d));
     }
+  }
+  if (model_given && !differ.empty()) {
     throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
                       differ + ". Leave out the model settings (the model is then the file's), "
                       "or give the file's");
   }
-  // The file's model, with the context settings this run gives.
-  const auto& changed = model_given ? context : context_given;
   if (!changed.empty() && theirs.position != PositionKind::rope) {
     const ModelSettingDifference& d = changed.front();
     throw ConfigError("checkpoint.init: " + path + "'s model has learned positions (a weight row "
@@ -394,19 +397,21 @@ RunConfig init_model(const RunConfig& cfg) {
                       "): its " + d.key + " cannot change (this run: " + d.mine + "). Leave it "
                       "out, or start from a model with RoPE positions");
   }
-  if (model_given) return cfg;
-  nlohmann::json adopted = nlohmann::json::parse(model_config_to_json(theirs));
-  for (const auto& d : context_given) adopted[d.key] = given[d.key];
-  // A max_seq_len left at the default grows to the run's sequences (RoPE: no weights change).
-  const bool max_given = std::any_of(context_given.begin(), context_given.end(),
-                                     [](const auto& d) { return d.key == "max_seq_len"; });
-  if (!max_given && theirs.position == PositionKind::rope &&
-      cfg.train.seq_len > theirs.max_seq_len) {
-    adopted["max_seq_len"] = cfg.train.seq_len;
+  nlohmann::json model = nlohmann::json::parse(model_config_to_json(theirs));
+  const nlohmann::json given = nlohmann::json::parse(mine);
+  for (const auto& d : changed) model[d.key] = given[d.key];
+  const bool max_set = std::find(set.begin(), set.end(), "max_seq_len") != set.end();
+  if (!max_set && theirs.position == PositionKind::rope &&
+      cfg.train.seq_len > theirs.max_seq_len) {  // RoPE: a longer context changes no weight
+    model["max_seq_len"] = cfg.train.seq_len;
   }
   RunConfig out = cfg;
-  out.model = model_config_from_json(adopted.dump(), "checkpoint.init " + path + ": model");
-  out.preset = "";
+  out.model = model_config_from_json(model.dump(), "checkpoint.init " + path + ": model");
+  if (!model_given) out.preset = "";
+  for (const auto& d : model_config_differences(recorded->second, out.model)) {
+    notes->push_back("model." + d.key + " " + d.mine + " (checkpoint.init's model: " + d.recorded +
+                     ")");
+  }
   return out;
 }
 
@@ -513,8 +518,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         "cannot use the run's directories (its output says why)");
   const bool lead = pg.rank() == 0;
   RunConfig with_init = cfg_in;  // the model of checkpoint.init's file
+  std::vector<std::string> init_notes;  // the context settings that are not the file's
   agree(pg, config_error_of([&] {
-          with_init = init_model(cfg_in);
+          with_init = init_model(cfg_in, &init_notes);
           const ModelConfig& m = with_init.model;  // (validate() left this to the file's model)
           if (with_init.train.seq_len > m.max_seq_len) {
             throw ConfigError(
@@ -537,6 +543,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     cfg.train = with_global_batch(cfg.train, pg.size() / model_ranks);
   }
   Output out(hooks, pg, cfg);
+  for (const std::string& note : init_notes) out.line(note);
   if (!auto_line.empty()) out.line(auto_line);
   RunResult result;
   LedgerParts parts;

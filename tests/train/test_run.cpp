@@ -459,16 +459,18 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
   EXPECT_EQ(resumed.text.find("initialized from"), std::string::npos) << resumed.text;
 }
 
-// checkpoint.init with a RoPE model: the run may give its own context settings (max_seq_len,
-// rope_*), alone (the rest of the model the file's) or with the file's model, and a model
-// adopted from the file grows its max_seq_len to the run's sequences. A longer max_seq_len
+// checkpoint.init with a RoPE model: the run may set its own context settings (max_seq_len,
+// rope_*) beyond its preset's, alone (the rest of the model the file's) or with the file's
+// model, and a max_seq_len it does not set grows to its sequences; the others stay the file's
+// (here rope_theta 500000, which the llama-tiny preset does not have). A longer max_seq_len
 // computes what the file's model does on the same windows (the first validation loss is the
 // file's run's last) and trains on windows longer than the pretrained context; other RoPE
 // frequencies change the loss. A model with learned positions keeps its max_seq_len (a weight
 // row per position).
 TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
   TempDir t;
-  RunConfig a = tiny(t.path).with_overrides({"model=llama-tiny", "sample.max_new_tokens=0"});
+  RunConfig a = tiny(t.path).with_overrides(
+      {"model=llama-tiny", "model.rope_theta=500000", "sample.max_new_tokens=0"});
   a.out = (t.path / "a").string();
   const RunResult trained = run_training(a, Captured().hooks());
   ASSERT_EQ(trained.status, kRunDone);
@@ -483,32 +485,42 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
     c.data.train = a.data.train;
     return c;
   };
-  {  // the context alone: the file's model with max_seq_len 512, the same windows
+  auto run = [&](const std::vector<std::string>& overrides) {
     Captured out;
-    ASSERT_EQ(run_training(from_file({"model.max_seq_len=512"}), out.hooks()).status, kRunDone)
-        << out.text;
-    EXPECT_NE(out.text.find("max_seq_len=512"), std::string::npos) << out.text;
-    EXPECT_NE(out.text.find(ended), std::string::npos) << ended << "\n" << out.text;
+    EXPECT_EQ(run_training(from_file(overrides), out.hooks()).status, kRunDone) << out.text;
+    EXPECT_NE(out.text.find("step     0 | val loss "), std::string::npos) << out.text;
+    return out.text;
+  };
+  {  // the context alone: the file's model with max_seq_len 512, the same windows
+    const std::string out = run({"model.max_seq_len=512"});
+    EXPECT_NE(out.find("model.max_seq_len 512 (checkpoint.init's model: 128)"),
+              std::string::npos)
+        << out;
+    EXPECT_NE(out.find(ended), std::string::npos) << ended << "\n" << out;
+  }
+  {  // the file's model given as its preset: the file's rope_theta, not the preset's
+    const std::string out = run({"model=llama-tiny"});
+    EXPECT_NE(out.find("model: llama-tiny"), std::string::npos) << out;
+    EXPECT_EQ(out.find("model.rope_theta"), std::string::npos) << out;
+    EXPECT_NE(out.find(ended), std::string::npos) << ended << "\n" << out;
   }
   {  // windows of 384 tokens, three times the pretrained context: max_seq_len grows to them
-    Captured out;
-    ASSERT_EQ(run_training(from_file({"train.seq_len=384"}), out.hooks()).status, kRunDone)
-        << out.text;
-    EXPECT_NE(out.text.find("steps of 2 x 384 tokens"), std::string::npos) << out.text;
-    EXPECT_NE(out.text.find("max_seq_len=384"), std::string::npos) << out.text;
+    const std::string out = run({"train.seq_len=384"});
+    EXPECT_NE(out.find("steps of 2 x 384 tokens"), std::string::npos) << out;
+    EXPECT_NE(out.find("model.max_seq_len 384 (checkpoint.init's model: 128)"),
+              std::string::npos)
+        << out;
   }
   {  // the file's model given, with linear RoPE scaling: another loss on the same windows
-    Captured out;
-    ASSERT_EQ(run_training(from_file({"model=llama-tiny", "model.rope_scaling=linear",
-                                      "model.rope_factor=2"}),
-                           out.hooks())
-                  .status,
-              kRunDone)
-        << out.text;
-    EXPECT_NE(out.text.find("model: llama-tiny"), std::string::npos) << out.text;
-    EXPECT_EQ(out.text.find(ended), std::string::npos) << out.text;
+    const std::string out =
+        run({"model=llama-tiny", "model.rope_scaling=linear", "model.rope_factor=2"});
+    EXPECT_NE(out.find("model.rope_scaling \"linear\" (checkpoint.init's model: \"none\")"),
+              std::string::npos)
+        << out;
+    EXPECT_EQ(out.find("model.rope_theta"), std::string::npos) << out;
+    EXPECT_EQ(out.find(ended), std::string::npos) << out;
   }
-  // Another setting still refused; learned positions keep their rows.
+  // Another setting still refused; learned positions keep their rows (their own count given).
   EXPECT_EQ(config_error_of(
                 from_file({"model=llama-tiny", "model.max_seq_len=256", "model.d_ff=128"})),
             "checkpoint.init: " + file + " holds another model than this run's: d_ff=176 (this "
@@ -525,6 +537,12 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
   EXPECT_EQ(config_error_of(from_file({"train.seq_len=200", "checkpoint.init=" + gpt2})),
             "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
             "whose positions are learned weights (a row per position)");
+  Captured own;
+  ASSERT_EQ(run_training(from_file({"model.max_seq_len=128", "checkpoint.init=" + gpt2}),
+                         own.hooks())
+                .status,
+            kRunDone)
+      << own.text;
 }
 
 }  // namespace

@@ -83,10 +83,11 @@ struct ModelSettingDifference {
 std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,
                                                              const ModelConfig& config);
 /// Whether model setting `key` is a context setting: max_seq_len and RoPE's frequencies
-/// (rope_*). A model with RoPE positions may differ in them from the model whose weights it
-/// starts from (checkpoint.init, Trainer::load_model_file): max_seq_len only bounds its
-/// sequences, and rope_* change what the weights compute, not their shapes (fine-tuning for a
-/// longer context). A model with learned positions has a weight row per position.
+/// (rope_theta, rope_scaling and its factors, rope_original_max_len). A model with RoPE
+/// positions may differ in them from the model whose weights it starts from (checkpoint.init,
+/// Trainer::load_model_file): max_seq_len only bounds its sequences, and the RoPE settings
+/// change what the weights compute, not their shapes (fine-tuning for a longer context). A
+/// model with learned positions has a weight row per position.
 bool context_setting(const std::string& key);
 
 /// Named presets: demo (nuri-train's default: 3.3M parameters, byte vocabulary), gpt2-tiny,

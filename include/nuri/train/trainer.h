@@ -186,8 +186,9 @@ class Trainer {
   /// Sets the weights from a model file (whole tensors under their names, as save_model writes
   /// them), this rank reading only the pieces it holds; the optimizer state and the step stay as
   /// they are. Throws, naming the file, where the model config it records differs from the
-  /// model's, a tensor is missing, extra or of another shape, the tensor checksum it records
-  /// fails, or a weight is not finite.
+  /// model's (a RoPE model's context settings may differ: context_setting), a tensor is
+  /// missing, extra or of another shape, the tensor checksum it records fails, or a weight is
+  /// not finite.
   void load_model_file(const std::string& path);
   /// load_checkpoint's check of the data alone (it reads no weights): throws, naming both,
   /// unless checkpoint `path` (a directory, or the newest under a root) was saved training on
