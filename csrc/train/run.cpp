@@ -913,7 +913,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   const bool sharded = (trainer.data_parallel() && trainer.data_parallel()->zero_stage() == 3) ||
                        cfg.parallel.tp > 1 || cfg.parallel.pp > 1;
   if ((lead || sharded) && sc.max_new_tokens > 0 && !sc.prompt.empty() &&
-             cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
+      cfg.model.vocab_size == ByteTokenizer::kVocabSize) {
     SampleOptions so;
     so.max_new_tokens = sc.max_new_tokens;
     so.temperature = sc.temperature;
