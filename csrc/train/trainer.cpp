@@ -831,19 +831,21 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   DataPosition saved_position;
   try {
     meta = nlohmann::json::parse(r.meta());
-    // The model must be the checkpoint's, field by field.
-    for (const auto& d : model_config_differences(meta.at("model").dump(), model_.config())) {
-      NURI_CHECK(!d.recorded.empty(), "checkpoint ", dir, " does not record the model's ", d.key);
-      NURI_CHECK(false, "checkpoint ", dir, " was saved from a model with ", d.key, "=",
-                 d.recorded, "; this run's model has ", d.key, "=", d.mine,
-                 ". Build the model from the checkpoint's config to resume it");
-    }
-    // What fixes the global sample order must be the checkpoint's too.
-    const int64_t world = dp_ ? dp_->world() : 1;
+    // The sequence length first: a run from a RoPE model file grows max_seq_len to it
+    // (checkpoint.init), so another seq_len is what differs, not the model.
     const nlohmann::json& d = meta.at("data");
     NURI_CHECK(json_checked::integer(d.at("seq_len")) == cfg_.seq_len, "checkpoint ", dir,
                " trained on sequences of ", d["seq_len"].dump(), " tokens; this run's "
                "seq_len is ", cfg_.seq_len);
+    // The model must be the checkpoint's, field by field.
+    for (const auto& m : model_config_differences(meta.at("model").dump(), model_.config())) {
+      NURI_CHECK(!m.recorded.empty(), "checkpoint ", dir, " does not record the model's ", m.key);
+      NURI_CHECK(false, "checkpoint ", dir, " was saved from a model with ", m.key, "=",
+                 m.recorded, "; this run's model has ", m.key, "=", m.mine,
+                 ". Build the model from the checkpoint's config to resume it");
+    }
+    // What fixes the global sample order must be the checkpoint's too.
+    const int64_t world = dp_ ? dp_->world() : 1;
     NURI_CHECK(d.at("seed").is_number_integer() && d["seed"].get<uint64_t>() == cfg_.seed,
                "checkpoint ", dir, " used data seed ", d["seed"].dump(), "; this run's seed is ",
                cfg_.seed,

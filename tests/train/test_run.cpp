@@ -504,13 +504,25 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
     EXPECT_EQ(out.find("model.rope_theta"), std::string::npos) << out;
     EXPECT_NE(out.find(ended), std::string::npos) << ended << "\n" << out;
   }
+  const std::string ck = "checkpoint.dir=" + (t.path / "long").string();
   {  // windows of 384 tokens, three times the pretrained context: max_seq_len grows to them
-    const std::string out = run({"train.seq_len=384"});
+    const std::string out = run({"train.seq_len=384", ck});
     EXPECT_NE(out.find("steps of 2 x 384 tokens"), std::string::npos) << out;
     EXPECT_NE(out.find("model.max_seq_len 384 (checkpoint.init's model: 128)"),
               std::string::npos)
         << out;
   }
+  // Its checkpoint resumed with windows of 256 (the model grows to them): the sequence length
+  // is what the error names, not the max_seq_len it gave the model.
+  std::string resumed;
+  try {
+    run_training(from_file({"train.seq_len=256", "train.steps=2", ck}), Captured().hooks());
+  } catch (const std::exception& e) {
+    resumed = e.what();
+  }
+  EXPECT_NE(resumed.find("trained on sequences of 384 tokens; this run's seq_len is 256"),
+            std::string::npos)
+      << resumed;
   {  // the file's model given, with linear RoPE scaling: another loss on the same windows
     const std::string out =
         run({"model=llama-tiny", "model.rope_scaling=linear", "model.rope_factor=2"});
