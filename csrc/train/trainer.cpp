@@ -76,10 +76,23 @@ TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp) {
   NURI_CHECK(dp >= 1, "with_global_batch: ", dp, " data-parallel ranks");
   const int64_t per_step = cfg.micro_batch * dp;  // sequences of one micro-batch on every rank
   if (cfg.global_batch % per_step != 0) {
-    std::string fits;  // the micro-batches that divide the global batch on these ranks
-    for (int64_t b = 1; b <= cfg.global_batch / dp && fits.size() < 60; ++b) {
-      if (cfg.global_batch % (b * dp) == 0) fits += (fits.empty() ? "" : ", ") + std::to_string(b);
+    // The micro-batches that divide the global batch on these ranks: the divisors of
+    // global_batch / dp (none where dp does not divide it), the smallest ten named.
+    std::vector<int64_t> divisors;
+    if (cfg.global_batch % dp == 0) {
+      const int64_t q = cfg.global_batch / dp;
+      for (int64_t b = 1; b * b <= q; ++b) {
+        if (q % b != 0) continue;
+        divisors.push_back(b);
+        if (b * b != q) divisors.push_back(q / b);
+      }
+      std::sort(divisors.begin(), divisors.end());
     }
+    std::string fits;
+    for (size_t i = 0; i < divisors.size() && i < 10; ++i) {
+      fits += (i ? ", " : "") + std::to_string(divisors[i]);
+    }
+    if (divisors.size() > 10) fits += ", ... (" + std::to_string(divisors.size()) + " in all)";
     throw ConfigError(strprintf(
         "train.global_batch %lld is not a multiple of train.micro_batch %lld x %lld "
         "data-parallel ranks = %lld sequences; %s",
@@ -853,10 +866,16 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     const int64_t gb = cfg_.micro_batch * cfg_.grad_accum * world;
     NURI_CHECK(json_checked::integer(d.at("global_batch")) == gb, "checkpoint ", dir,
                " used a global batch of ", d["global_batch"].dump(), " sequences; this "
-               "run's is ", gb, " (micro_batch ", cfg_.micro_batch, " x grad_accum ",
-               cfg_.grad_accum, " x ", world, " ranks). Choose micro_batch and grad_accum so "
-               "the product is the checkpoint's, or set train.global_batch (--global-batch) to ",
-               d["global_batch"].dump(), ", which derives grad_accum on any number of ranks");
+               "run's is ", gb,
+               cfg_.global_batch > 0
+                   ? std::string(" (train.global_batch). Set train.global_batch (--global-batch)"
+                                 " to ") + d["global_batch"].dump()
+                   : detail::concat(" (micro_batch ", cfg_.micro_batch, " x grad_accum ",
+                                    cfg_.grad_accum, " x ", world, " ranks). Choose "
+                                    "micro_batch and grad_accum so the product is the "
+                                    "checkpoint's, or set train.global_batch (--global-batch) "
+                                    "to ", d["global_batch"].dump(), ", which derives "
+                                    "grad_accum on any number of ranks"));
     // And the data: the sample order and the position in it are this data's.
     if (check_data) check_data_record(d, dir, loader_.sampler().tokens(), data_fingerprint());
     // Where training stands, read (and checked) before any weight is.

@@ -326,6 +326,15 @@ TEST_F(CheckpointTamper, AnotherGlobalBatchOrSeedIsRefused) {
   const std::string batch = load(model_preset("gpt2-tiny"), tc);
   EXPECT_NE(batch.find("global batch of 2 sequences; this run's is 3"), std::string::npos) << batch;
   EXPECT_NE(batch.find("set train.global_batch (--global-batch) to 2"), std::string::npos) << batch;
+  // A run that sets its global batch is told to set it to the checkpoint's (its grad_accum is
+  // derived from it, so choosing one would change nothing).
+  tc.micro_batch = 2;
+  tc.global_batch = 4;
+  const std::string global = load(model_preset("gpt2-tiny"), tc);
+  EXPECT_NE(global.find("global batch of 2 sequences; this run's is 4 (train.global_batch). Set "
+                        "train.global_batch (--global-batch) to 2"),
+            std::string::npos)
+      << global;
   tc = config();
   tc.seed = 5;
   EXPECT_NE(load(model_preset("gpt2-tiny"), tc).find("data seed 1337"), std::string::npos);

@@ -86,6 +86,19 @@ TEST(TrainConfig, GlobalBatchGivesTheGradientAccumulationOfEachAllocation) {
   EXPECT_EQ(message(5), "train.global_batch 24 is not a multiple of train.micro_batch 2 x 5 "
                         "data-parallel ranks = 10 sequences; no micro-batch size divides it on 5 "
                         "ranks: choose a global batch that is a multiple of the ranks");
+  // Many divisors: the ten smallest named, and how many there are; a prime quotient of 10^9 is
+  // found without trying every size up to it.
+  c.micro_batch = 7;
+  c.global_batch = 720;
+  EXPECT_EQ(message(1), "train.global_batch 720 is not a multiple of train.micro_batch 7 x 1 "
+                        "data-parallel ranks = 7 sequences; choose micro_batch among 1, 2, 3, 4, "
+                        "5, 6, 8, 9, 10, 12, ... (30 in all) on 1 ranks");
+  c.global_batch = 2 * 1000000007LL;
+  EXPECT_EQ(message(2), "train.global_batch 2000000014 is not a multiple of train.micro_batch 7 "
+                        "x 2 data-parallel ranks = 14 sequences; choose micro_batch among 1, "
+                        "1000000007 on 2 ranks");
+  c.micro_batch = 2;
+  c.global_batch = 24;
   // The Trainer derives it: 24 sequences a step as 12 micro-batches of 2.
   Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
   c.seq_len = 32;
