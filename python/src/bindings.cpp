@@ -569,6 +569,9 @@ PYBIND11_MODULE(_C, m) {
                std::to_string(p.trainer->skipped_steps()) + " skipped, data-parallel over " +
                std::to_string(dp) + ")";
       })
+      .def_property_readonly("config", [](const PyTrainer& p) { return p.trainer->config(); },
+           "The training config in use (a copy): grad_accum as derived from global_batch for "
+           "this job's data-parallel ranks.")
       .def_property_readonly("steps_done", [](const PyTrainer& p) { return p.trainer->steps_done(); })
       .def_property_readonly("skipped_steps", [](const PyTrainer& p) { return p.trainer->skipped_steps(); })
       .def_property_readonly("data_position", [](const PyTrainer& p) {

@@ -60,6 +60,20 @@ def test_same_seed_same_losses_and_data_order():
     assert runs[0] == runs[1]
 
 
+def test_a_trainer_shows_the_grad_accum_it_derives_from_the_global_batch():
+    text = corpus_text(20000, seed=2)
+    data = nuri.TokenFile.from_array(np.frombuffer(text.encode(), np.uint8).astype(np.uint32),
+                                     "corpus", 257)
+    tc = nuri.TrainConfig()
+    tc.micro_batch, tc.seq_len, tc.grad_accum, tc.global_batch = 2, 32, 7, 12
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), "cpu", 1)
+    trainer = nuri.Trainer(model, tc, data)
+    assert trainer.config.grad_accum == 6 and trainer.config.global_batch == 12
+    assert tc.grad_accum == 7  # the caller's config is not changed
+    trainer.config.grad_accum = 1  # a copy: the trainer's stays
+    assert trainer.config.grad_accum == 6
+
+
 def test_save_then_load_gives_the_same_logits(tmp_path):
     for preset in ("gpt2-tiny", "llama-tiny"):  # tied + biases; untied, RoPE, SwiGLU, GQA
         model, trainer, _ = tiny_trainer(preset, steps=3)
