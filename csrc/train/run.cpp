@@ -340,80 +340,6 @@ void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string&
                     "directory (a shared file system), and no other job may be writing to it");
 }
 
-// checkpoint.init's model: the file's. A run that gives a model (a preset, or settings beyond
-// the defaults) must give the file's, but for the context settings of a RoPE model
-// (context_setting): those the run sets beyond its preset's (the defaults' without one) are
-// the run's, and a max_seq_len not set grows to train.seq_len. `notes`: a line for each setting
-// that is not the file's.
-RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
-  const std::string& path = cfg.checkpoint.init;
-  if (path.empty()) return cfg;
-  std::map<std::string, std::string> metadata;
-  try {
-    NURI_CHECK(!fs::is_directory(path), path, " is a directory, not a model file. A Hugging Face "
-               "model directory becomes one with `python -m nuri import DIR --out FILE`");
-    metadata = SafetensorsFile(path).metadata();
-  } catch (const ConfigError&) {
-    throw;
-  } catch (const Error& e) {
-    throw ConfigError(std::string("checkpoint.init: ") + e.what());
-  }
-  const auto recorded = metadata.find("nuri_model_config");
-  if (recorded == metadata.end()) return cfg;  // its tensors are checked against the run's model
-  const ModelConfig theirs =
-      model_config_from_json(recorded->second, "checkpoint.init " + path + ": model");
-  const std::string mine = model_config_to_json(cfg.model);
-  if (mine == model_config_to_json(theirs)) return cfg;
-  const RunConfig defaults;
-  const ModelConfig preset = cfg.preset.empty() ? defaults.model : model_preset(cfg.preset);
-  std::vector<std::string> set;  // the context settings this run sets beyond its preset
-  bool model_given = cfg.preset != defaults.preset;
-  for (const auto& d : model_config_differences(model_config_to_json(preset), cfg.model)) {
-    if (context_setting(d.key)) {
-      set.push_back(d.key);
-    } else {
-      model_given = true;
-    }
-  }
-  std::string differ;
-  std::vector<ModelSettingDifference> changed;  // context settings set and not the file's
-  for (auto& d : model_config_differences(model_config_to_json(theirs), cfg.model)) {
-    if (!context_setting(d.key)) {
-      differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " +
-                d.mine + ")";
-    } else if (std::find(set.begin(), set.end(), d.key) != set.end()) {
-      changed.push_back(std::move(d));
-    }
-  }
-  if (model_given && !differ.empty()) {
-    throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
-                      differ + ". Leave out the model settings (the model is then the file's), "
-                      "or give the file's");
-  }
-  if (!changed.empty() && theirs.position != PositionKind::rope) {
-    const ModelSettingDifference& d = changed.front();
-    throw ConfigError("checkpoint.init: " + path + "'s model has learned positions (a weight row "
-                      "per position up to max_seq_len " + std::to_string(theirs.max_seq_len) +
-                      "): its " + d.key + " cannot change (this run: " + d.mine + "). Leave it "
-                      "out, or start from a model with RoPE positions");
-  }
-  nlohmann::json model = nlohmann::json::parse(model_config_to_json(theirs));
-  const nlohmann::json given = nlohmann::json::parse(mine);
-  for (const auto& d : changed) model[d.key] = given[d.key];
-  const bool max_set = std::find(set.begin(), set.end(), "max_seq_len") != set.end();
-  if (!max_set && theirs.position == PositionKind::rope &&
-      cfg.train.seq_len > theirs.max_seq_len) {  // RoPE: a longer context changes no weight
-    model["max_seq_len"] = cfg.train.seq_len;
-  }
-  RunConfig out = cfg;
-  out.model = model_config_from_json(model.dump(), "checkpoint.init " + path + ": model");
-  if (!model_given) out.preset = "";
-  for (const auto& d : model_config_differences(recorded->second, out.model)) {
-    notes->push_back("model." + d.key + " " + d.mine + " (checkpoint.init's model: " + d.recorded +
-                     ")");
-  }
-  return out;
-}
 
 /// The ConfigError `check` throws, or "".
 template <class F>
@@ -508,6 +434,99 @@ void make_directories(const fs::path& dir) {
 
 }  // namespace
 
+// checkpoint.init's model: the file's. A run that gives a model (a preset, or settings beyond
+// the defaults) must give the file's, but for the context settings of a RoPE model
+// (context_setting): those the run sets beyond its preset's (the defaults' without one) are
+// the run's, and a max_seq_len not set grows to train.seq_len.
+RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
+  const std::string& path = cfg.checkpoint.init;
+  if (path.empty()) return cfg;
+  std::map<std::string, std::string> metadata;
+  try {
+    NURI_CHECK(!fs::is_directory(path), path, " is a directory, not a model file. A Hugging Face "
+               "model directory becomes one with `python -m nuri import DIR --out FILE`");
+    metadata = SafetensorsFile(path).metadata();
+  } catch (const ConfigError&) {
+    throw;
+  } catch (const Error& e) {
+    throw ConfigError(std::string("checkpoint.init: ") + e.what());
+  }
+  const auto recorded = metadata.find("nuri_model_config");
+  if (recorded == metadata.end()) return cfg;  // its tensors are checked against the run's model
+  const ModelConfig theirs =
+      model_config_from_json(recorded->second, "checkpoint.init " + path + ": model");
+  const std::string mine = model_config_to_json(cfg.model);
+  const bool grows =
+      theirs.position == PositionKind::rope && cfg.train.seq_len > theirs.max_seq_len;
+  const RunConfig defaults;
+  const ModelConfig preset = cfg.preset.empty() ? defaults.model : model_preset(cfg.preset);
+  std::vector<std::string> set;  // the context settings this run sets beyond its preset
+  bool model_given = cfg.preset != defaults.preset;
+  for (const auto& d : model_config_differences(model_config_to_json(preset), cfg.model)) {
+    if (context_setting(d.key)) {
+      set.push_back(d.key);
+    } else {
+      model_given = true;
+    }
+  }
+  std::string differ;
+  std::vector<ModelSettingDifference> changed;  // context settings set and not the file's
+  for (auto& d : model_config_differences(model_config_to_json(theirs), cfg.model)) {
+    if (!context_setting(d.key)) {
+      differ += (differ.empty() ? "" : ", ") + d.key + "=" + d.recorded + " (this run: " +
+                d.mine + ")";
+    } else if (std::find(set.begin(), set.end(), d.key) != set.end()) {
+      changed.push_back(std::move(d));
+    }
+  }
+  if (model_given && !differ.empty()) {
+    throw ConfigError("checkpoint.init: " + path + " holds another model than this run's: " +
+                      differ + ". Leave out the model settings (the model is then the file's), "
+                      "or give the file's");
+  }
+  if (!changed.empty() && theirs.position != PositionKind::rope) {
+    const ModelSettingDifference& d = changed.front();
+    throw ConfigError("checkpoint.init: " + path + "'s model has learned positions (a weight row "
+                      "per position up to max_seq_len " + std::to_string(theirs.max_seq_len) +
+                      "): its " + d.key + " cannot change (this run: " + d.mine + "). Leave it "
+                      "out, or start from a model with RoPE positions");
+  }
+  nlohmann::json model = nlohmann::json::parse(model_config_to_json(theirs));
+  const nlohmann::json given = nlohmann::json::parse(mine);
+  for (const auto& d : changed) model[d.key] = given[d.key];
+  const bool max_set = std::find(set.begin(), set.end(), "max_seq_len") != set.end();
+  if (!max_set && grows) model["max_seq_len"] = cfg.train.seq_len;  // RoPE: no weight changes
+  RunConfig out = cfg;
+  out.model = model_config_from_json(
+      model.dump(), changed.empty() ? "checkpoint.init " + path + ": model"
+                                    : "checkpoint.init " + path + "'s model with this run's " +
+                                          changed.front().key);
+  const int64_t seq_len = cfg.train.seq_len;
+  if (seq_len > out.model.max_seq_len) {  // learned positions, or a max_seq_len the run sets
+    throw ConfigError(
+        "train.seq_len (" + std::to_string(seq_len) + ") exceeds model.max_seq_len (" +
+        std::to_string(out.model.max_seq_len) + ") " +
+        (max_set ? "this run sets; give a longer one, or leave it out (it then grows to "
+                   "train.seq_len)"
+                 : "of checkpoint.init's model, whose positions are learned weights (a row "
+                   "per position)"));
+  }
+  if (out.model.sliding_window > 0 && seq_len > out.model.sliding_window) {
+    throw ConfigError("train.seq_len (" + std::to_string(seq_len) + ") is longer than "
+                      "checkpoint.init's model's sliding_window (" +
+                      std::to_string(out.model.sliding_window) + "): nuri has no "
+                      "sliding-window attention; lower seq_len to the window");
+  }
+  if (!model_given) out.preset = "";
+  for (const auto& d : model_config_differences(recorded->second, out.model)) {
+    if (notes) {
+      notes->push_back("model." + d.key + " " + d.mine + " (checkpoint.init's model: " +
+                       d.recorded + ")");
+    }
+  }
+  return out;
+}
+
 RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const ProcessGroup* pg_in) {
   cfg_in.validate();
   const auto start = Clock::now();
@@ -521,14 +540,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   std::vector<std::string> init_notes;  // the context settings that are not the file's
   agree(pg, config_error_of([&] {
           with_init = init_model(cfg_in, &init_notes);
-          const ModelConfig& m = with_init.model;  // (validate() left this to the file's model)
-          if (with_init.train.seq_len > m.max_seq_len) {
-            throw ConfigError(
-                "train.seq_len (" + std::to_string(with_init.train.seq_len) + ") exceeds "
-                "model.max_seq_len (" + std::to_string(m.max_seq_len) + ") of checkpoint.init's "
-                "model" + (m.position == PositionKind::learned
-                               ? ", whose positions are learned weights (a row per position)"
-                               : "; give a longer model.max_seq_len"));
+          const ModelConfig& m = with_init.model;  // (validate() left this to init_model)
+          if (with_init.train.seq_len > m.max_seq_len) {  // a file that records no model
+            throw ConfigError("train.seq_len (" + std::to_string(with_init.train.seq_len) +
+                              ") exceeds model.max_seq_len (" + std::to_string(m.max_seq_len) +
+                              "); checkpoint.init's file records no model config, so the "
+                              "model is this run's: give a longer model.max_seq_len");
           }
         }),
         "cannot start from checkpoint.init (its output says why)");

@@ -532,6 +532,26 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
     EXPECT_EQ(out.find("model.rope_theta"), std::string::npos) << out;
     EXPECT_EQ(out.find(ended), std::string::npos) << out;
   }
+  // A max_seq_len the run sets stays (the error names it as the run's); the file's exact model
+  // given, a sliding window included, still grows to the windows, up to the window.
+  EXPECT_EQ(config_error_of(from_file({"model.max_seq_len=320", "train.seq_len=384"})),
+            "train.seq_len (384) exceeds model.max_seq_len (320) this run sets; give a longer "
+            "one, or leave it out (it then grows to train.seq_len)");
+  RunConfig w = tiny(t.path).with_overrides(
+      {"model=llama-tiny", "model.sliding_window=256", "sample.max_new_tokens=0"});
+  w.out = (t.path / "w").string();
+  ASSERT_EQ(run_training(w, Captured().hooks()).status, kRunDone);
+  const std::string windowed = "checkpoint.init=" + (t.path / "w" / "model.safetensors").string();
+  {
+    const std::string out =
+        run({"model=llama-tiny", "model.sliding_window=256", "train.seq_len=200", windowed});
+    EXPECT_NE(out.find("model.max_seq_len 200 (checkpoint.init's model: 128)"),
+              std::string::npos)
+        << out;
+  }
+  EXPECT_EQ(config_error_of(from_file({"train.seq_len=300", windowed})),
+            "train.seq_len (300) is longer than checkpoint.init's model's sliding_window (256): "
+            "nuri has no sliding-window attention; lower seq_len to the window");
   // Another setting still refused; learned positions keep their rows (their own count given).
   EXPECT_EQ(config_error_of(
                 from_file({"model=llama-tiny", "model.max_seq_len=256", "model.d_ff=128"})),
@@ -547,6 +567,10 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
             "position up to max_seq_len 128): its max_seq_len cannot change (this run: 512). "
             "Leave it out, or start from a model with RoPE positions");
   EXPECT_EQ(config_error_of(from_file({"train.seq_len=200", "checkpoint.init=" + gpt2})),
+            "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
+            "whose positions are learned weights (a row per position)");
+  EXPECT_EQ(config_error_of(from_file({"model=gpt2-tiny", "train.seq_len=200",
+                                       "checkpoint.init=" + gpt2})),
             "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
             "whose positions are learned weights (a row per position)");
   Captured own;
