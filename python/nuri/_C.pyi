@@ -284,6 +284,10 @@ def run_training(config: RunConfig, process_group: Optional[ProcessGroup] = None
     """Runs a training run (nuri/train/run.h); returns status, steps_done, skipped_steps,
     final_loss, val_loss, seconds, peak_bytes, stop_reason, checkpoint."""
 
+def init_model(config: RunConfig) -> tuple[RunConfig, list[str]]:
+    """The config with the model its run trains when checkpoint.init names a model file, and a
+    line for each setting that is not the file's."""
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Learning rate of 0-based step: linear warmup, then cosine to lr * min_lr_ratio."""
 
@@ -409,6 +413,9 @@ class Trainer:
         """Every f32 master weight (flat layout) on the host; collective over the ranks."""
     @property
     def world_size(self) -> int: ...
+    @property
+    def config(self) -> TrainConfig:
+        """The training config in use (a copy): grad_accum as derived from global_batch."""
     @property
     def steps_done(self) -> int: ...
     @property

@@ -38,7 +38,7 @@ from .hf import check_export_directory, export_hf_checkpoint
 from .io import (check_consolidate_out, check_outside_checkpoint, consolidate, generate_text,
                  load)
 from .training import run
-from .plan import calibrate, plan
+from .plan import calibrate, device_profile, plan
 from .report import format_report, plot_report, report
 from .shards import EOT_CANDIDATES, tokenize
 
@@ -227,22 +227,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan_model(args: argparse.Namespace) -> Any:
+def _plan_request(args: argparse.Namespace) -> tuple[Any, int | None, int | None]:
+    """The model, sequence length and global batch to plan. A run config gives what its run
+    would train: checkpoint.init's model where it names a file, its train.seq_len, and its
+    global batch (train.global_batch, else micro_batch x grad_accum a device, as --layout auto
+    keeps it); the flags given win."""
     from .config import load_config
     from .hf import model_config_from_hf
     if args.hf:
-        return model_config_from_hf(args.hf)
-    if args.config:
-        return load_config(args.config).model
-    return _C.ModelConfig.preset(args.preset)
+        return model_config_from_hf(args.hf), args.seq_len, args.global_batch
+    if not args.config:
+        return _C.ModelConfig.preset(args.preset), args.seq_len, args.global_batch
+    cfg, _ = _C.init_model(load_config(args.config))
+    t = cfg.train
+    if t.global_batch > 0:
+        batch = t.global_batch
+    else:
+        per_node = args.devices_per_node or device_profile(args.device)["devices_per_node"]
+        batch = t.micro_batch * t.grad_accum * args.nodes * per_node
+    return (cfg.model, args.seq_len or t.seq_len,
+            args.global_batch if args.global_batch is not None else batch)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """``python -m nuri plan``: the layouts that fit, best first, and why the rest do not."""
-    model = _plan_model(args)
+    model, seq_len, global_batch = _plan_request(args)
     result = plan(model, device=args.device, nodes=args.nodes,
-                  devices_per_node=args.devices_per_node, seq_len=args.seq_len,
-                  global_batch=args.global_batch, usable_fraction=args.usable, rows=args.rows)
+                  devices_per_node=args.devices_per_node, seq_len=seq_len,
+                  global_batch=global_batch, usable_fraction=args.usable, rows=args.rows)
     if args.json:
         json.dump(result.entries[:args.rows], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -379,15 +391,19 @@ def build_parser() -> argparse.ArgumentParser:
     src = pl.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a model preset: " + ", ".join(
         _C.ModelConfig.preset_names()))
-    src.add_argument("--config", help="a run config (.toml or .json): its model section")
+    src.add_argument("--config", help="a run config (.toml or .json): the model its run "
+                     "trains (checkpoint.init's where it names a file), its seq_len and its "
+                     "global batch")
     src.add_argument("--hf", metavar="CONFIG.JSON", help="a Hugging Face config.json (or its "
                      "directory)")
     pl.add_argument("--device", default="h100-sxm-80gb", help="a profile name (h100-sxm-80gb, "
                     "a100-sxm-80gb, rtx-4090, rtx-3090, cpu) or a file from nuri calibrate")
     pl.add_argument("--nodes", type=int, default=1)
     pl.add_argument("--devices-per-node", type=int, help="default: the profile's")
-    pl.add_argument("--seq-len", type=int, help="default: the model's max_seq_len")
-    pl.add_argument("--global-batch", type=int, help="sequences a step (default: 8 a device)")
+    pl.add_argument("--seq-len", type=int, help="default: the config's train.seq_len, else "
+                    "the model's max_seq_len")
+    pl.add_argument("--global-batch", type=int, help="sequences a step (default: the "
+                    "config's, else 8 a device)")
     pl.add_argument("--usable", type=float, default=0.9, help="share of a device's memory to "
                     "plan with (0.9)")
     pl.add_argument("--rows", type=int, default=10, help="layouts to show")

@@ -429,6 +429,18 @@ void bind_run(py::module_& m) {
       "The launcher's process group from the environment (collective over the job's ranks).");
 
   m.def(
+      "init_model",
+      [](const RunConfig& cfg) {
+        std::vector<std::string> notes;
+        RunConfig out = init_model(cfg, &notes);
+        return py::make_tuple(out, notes);
+      },
+      py::arg("config"),
+      "(config, notes): the config with the model a run of it trains when checkpoint.init names "
+      "a model file (the file's model, with the run's context settings of a RoPE model), and a "
+      "line for each setting that is not the file's. ConfigError where they do not fit.");
+
+  m.def(
       "run_training",
       [](const RunConfig& cfg, const ProcessGroup* pg, py::object write, bool terminal,
          py::object on_step, bool catch_interrupt) {

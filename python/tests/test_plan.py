@@ -137,6 +137,37 @@ def test_plan_command_line(tmp_path):
     assert "unknown device 'nope'" in proc.stderr
 
 
+def test_plan_of_a_run_config_plans_what_its_run_trains(tmp_path):
+    # A fine-tuning config: the model is checkpoint.init's (a RoPE model whose max_seq_len grows
+    # to the run's 512 tokens), planned at the config's seq_len and global batch.
+    file = tmp_path / "llama.safetensors"
+    nuri.save(nuri.Model("llama-tiny", "cpu", 1, init="zeros"), file)
+    (tmp_path / "run.toml").write_text(
+        f'[train]\nseq_len = 512\nglobal_batch = 16\n[checkpoint]\ninit = "{file}"\n')
+    model = nuri.ModelConfig.preset("llama-tiny")
+    model.max_seq_len = 512
+    expected = nuri.plan(model, device="cpu", seq_len=512, global_batch=16, rows=3).entries[:3]
+    proc = run_cli("plan", "--config", "run.toml", "--device", "cpu", "--json", "--rows", "3",
+                   cwd=tmp_path)
+    assert json.loads(proc.stdout) == expected
+    assert "sequence 512" in run_cli("plan", "--config", "run.toml", "--device", "cpu",
+                                     cwd=tmp_path).stdout
+    # Without a global batch: micro_batch x grad_accum a device, as --layout auto keeps it; the
+    # flags win over the config.
+    (tmp_path / "run.toml").write_text(
+        f'[train]\nseq_len = 64\nmicro_batch = 3\ngrad_accum = 2\n'
+        f'[checkpoint]\ninit = "{file}"\n')
+    model.max_seq_len = 128
+    proc = run_cli("plan", "--config", "run.toml", "--device", "cpu", "--devices-per-node", "2",
+                   "--json", "--rows", "3", cwd=tmp_path)
+    assert json.loads(proc.stdout) == nuri.plan(model, device="cpu", devices_per_node=2,
+                                                seq_len=64, global_batch=12, rows=3).entries[:3]
+    proc = run_cli("plan", "--config", "run.toml", "--device", "cpu", "--seq-len", "32",
+                   "--global-batch", "4", "--json", "--rows", "3", cwd=tmp_path)
+    assert json.loads(proc.stdout) == nuri.plan(model, device="cpu", seq_len=32,
+                                                global_batch=4, rows=3).entries[:3]
+
+
 def test_a_run_with_layout_auto_takes_the_plans_first_choice(tmp_path):
     cfg = nuri.RunConfig()
     cfg.preset = "gpt2-tiny"
