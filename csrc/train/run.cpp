@@ -591,6 +591,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     std::tie(train, val) = split_validation(data);
     what += ", last 10% held out for validation";
   }
+  // Validation takes whole global batches: data shorter than one is refused now, before the
+  // model is built, not at the first evaluation.
+  if (pg.size() % model_ranks == 0) {
+    const int64_t dp = pg.size() / model_ranks;
+    agree(pg, config_error_of([&] { validation_loader(val, cfg.train, dp, 0); }),
+          "validation data shorter than one global batch (its output says how)");
+  }
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);

@@ -1032,6 +1032,18 @@ void Trainer::load_model_file(const std::string& path) {
   model_.backend().synchronize();
 }
 
+std::unique_ptr<DataLoader> validation_loader(std::shared_ptr<TokenFile> val,
+                                              const TrainConfig& cfg, int64_t dp, int64_t rank) {
+  try {
+    return std::make_unique<DataLoader>(std::move(val), cfg.seq_len, cfg.micro_batch,
+                                        cfg.grad_accum, dp, rank, cfg.seed, /*shuffle=*/false);
+  } catch (const Error& e) {  // validation data shorter than one global batch
+    throw ConfigError(detail::concat("validation data: ", e.what(), " (a validation batch is a "
+                                     "global batch: micro_batch ", cfg.micro_batch,
+                                     " x grad_accum ", cfg.grad_accum, " x ", dp, " ranks)"));
+  }
+}
+
 float Trainer::evaluate() {
   NURI_CHECK(val_ != nullptr, "evaluate() needs validation data");
   // Validation batches are the first eval_batches global batches (micro_batch · grad_accum ·
@@ -1040,14 +1052,7 @@ float Trainer::evaluate() {
   // global batch evaluates the same sequences.
   const int64_t world = dp_ ? dp_->world() : 1, rank = dp_ ? dp_->rank() : 0;
   const int64_t g = cfg_.grad_accum;
-  std::unique_ptr<DataLoader> loader;
-  try {
-    loader = std::make_unique<DataLoader>(val_, cfg_.seq_len, cfg_.micro_batch, g, world, rank,
-                                          cfg_.seed, /*shuffle=*/false);
-  } catch (const Error& e) {  // validation data shorter than one global batch
-    NURI_CHECK(false, "validation data: ", e.what(), " (a validation batch is a global batch: "
-               "micro_batch ", cfg_.micro_batch, " x grad_accum ", g, " x ", world, " ranks)");
-  }
+  const std::unique_ptr<DataLoader> loader = validation_loader(val_, cfg_, world, rank);
   DataLoader& val = *loader;
   const int64_t n = std::min(cfg_.eval_batches, val.sampler().batches_per_epoch());
   std::vector<float> losses;  // micro-batch k of batch i at i · g + k

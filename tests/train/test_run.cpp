@@ -72,6 +72,16 @@ std::vector<nlohmann::json> read_metrics(const fs::path& p) {
   return out;
 }
 
+// The ConfigError a run of `cfg` stops with, before anything runs.
+std::string config_error_of(const RunConfig& cfg) {
+  try {
+    run_training(cfg, Captured().hooks());
+  } catch (const ConfigError& e) {
+    return std::string(e.what());
+  }
+  return std::string("no ConfigError");
+}
+
 TEST(Run, WritesTheRunDirectoryAndReportsEachStep) {
   TempDir t;
   RunConfig c = tiny(t.path);
@@ -190,6 +200,17 @@ TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {
   bad.model.vocab_size = 100;  // the corpus has larger byte values
   EXPECT_NE(test::error_of([&] { run_training(bad, cap.hooks()); }).find("token id"),
             std::string::npos);
+  EXPECT_FALSE(fs::exists(t.path / "bad"));
+  // Validation data (the corpus's last 10%: 2080 tokens) shorter than one global batch of 96
+  // sequences of 32: a config error before the model is built.
+  bad = tiny(t.path);
+  bad.out = (t.path / "bad").string();
+  bad.train.global_batch = 96;
+  const std::string short_val = config_error_of(bad);
+  EXPECT_EQ(short_val.rfind("validation data: ", 0), 0u) << short_val;
+  EXPECT_NE(short_val.find("fewer than one global batch of 96"), std::string::npos) << short_val;
+  EXPECT_NE(short_val.find("micro_batch 2 x grad_accum 48 x 1 ranks"), std::string::npos)
+      << short_val;
   EXPECT_FALSE(fs::exists(t.path / "bad"));
   bad = tiny(t.path);
   bad.train.micro_batch = 0;
@@ -360,16 +381,6 @@ TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   EXPECT_TRUE(fs::exists(t.path / "ck2" / "step-00000001"));
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000002"));
   EXPECT_FALSE(fs::exists(t.path / "ck2" / "step-00000004"));
-}
-
-// The ConfigError a run of `cfg` stops with, before anything runs.
-std::string config_error_of(const RunConfig& cfg) {
-  try {
-    run_training(cfg, Captured().hooks());
-  } catch (const ConfigError& e) {
-    return std::string(e.what());
-  }
-  return std::string("no ConfigError");
 }
 
 // checkpoint.init: a fresh run starts from a model file's weights (its first validation loss is

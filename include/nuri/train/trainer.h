@@ -73,6 +73,12 @@ const Settings& train_settings();
 /// micro_batch · dp does not divide global_batch.
 TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp);
 
+/// The validation batches of `dp` data-parallel ranks' rank `rank` (what Trainer::evaluate
+/// reads): whole global batches (micro_batch · grad_accum · dp sequences) in file order.
+/// Throws ConfigError, naming the global batch, where `val` holds less than one.
+std::unique_ptr<DataLoader> validation_loader(std::shared_ptr<TokenFile> val,
+                                              const TrainConfig& cfg, int64_t dp, int64_t rank);
+
 /// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
 /// decay to lr · min_lr_ratio at the last step.
 float learning_rate(const TrainConfig& cfg, int64_t step);
