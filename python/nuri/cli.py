@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     im = sub.add_parser("import", help="a Hugging Face model directory as one nuri model file "
                         "(what train --init starts from)")
     im.add_argument("directory", help="config.json and the safetensors weights (model_type "
-                    "gpt2, llama, qwen2 or mistral)")
+                    "gpt2, llama, qwen2, mistral or phi3)")
     im.add_argument("--out", required=True, help="the model file to write (FILE.safetensors)")
     im.set_defaults(func=cmd_import)
     rp = sub.add_parser("report", help="tokens, device-hours, MFU and goodput of a run's "

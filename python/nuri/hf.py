@@ -1,8 +1,8 @@
 """Hugging Face interop: export a nuri model as a Hugging Face model directory (``config.json`` and
 ``model.safetensors``, or shards with ``model.safetensors.index.json``) and import one back.
 
-Layouts (what ``transformers`` writes for GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM
-and MistralForCausalLM):
+Layouts (what ``transformers`` writes for GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM,
+MistralForCausalLM and Phi3ForCausalLM):
 
 - GPT-2: keys ``transformer.wte.weight``, ``transformer.h.{i}.attn.c_attn.weight`` ..., with the
   Conv1D weights stored as [in, out] (nuri keeps [out, in], so they are transposed both ways);
@@ -16,6 +16,10 @@ and MistralForCausalLM):
   ``rope_scaling`` (llama3, linear) and ``head_dim`` map to the model config's rope_* keys and
   head_dim; Mistral's ``sliding_window`` to sliding_window (sequences longer than it are
   refused: nuri attends to the whole prefix).
+- Phi-3: Llama's names, but for ``self_attn.qkv_proj`` (q, k and v rows one after another) and
+  ``mlp.gate_up_proj`` (the gate's rows, then up's), which import splits into Llama's weights;
+  its ``sliding_window`` is kept as Mistral's. Export writes it as MistralForCausalLM (or
+  LlamaForCausalLM without a window): the same network, the weights apart.
 
 Weights are read one tensor at a time with nuri's safetensors reader (F32, BF16 and F16 files;
 nuri keeps f32 masters), so importing holds the model and one tensor, not the file. nuri pads
@@ -336,6 +340,37 @@ def _read_hf_tensors(directory: str) -> Mapping[str, np.ndarray]:
     return _HFTensors(directory)
 
 
+_FUSED = re.compile(r"(model\.layers\.\d+\.)(self_attn\.qkv_proj|mlp\.gate_up_proj)\.weight")
+
+
+def _unfused(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray], where: str
+             ) -> Iterator[tuple[str, Any]]:
+    """The tensors with Phi-3's fused weights split into Llama's: qkv_proj's rows into q_proj,
+    k_proj and v_proj (heads · head size, then kv heads · head size twice), gate_up_proj's into
+    gate_proj and up_proj (d_ff each, in that order: Phi-3 takes the first half as the gate)."""
+    for key, src in tensors.items():
+        m = _FUSED.fullmatch(key)
+        if m is None:
+            yield key, src
+            continue
+        a = np.asarray(src, dtype=np.float32)
+        hd = config.head_size()
+        if m.group(2) == "self_attn.qkv_proj":
+            parts = [("self_attn.q_proj", config.n_head * hd), ("self_attn.k_proj",
+                     config.n_kv_head * hd), ("self_attn.v_proj", config.n_kv_head * hd)]
+        else:
+            parts = [("mlp.gate_proj", config.d_ff), ("mlp.up_proj", config.d_ff)]
+        rows = sum(n for _, n in parts)
+        if a.ndim != 2 or a.shape[0] != rows:
+            raise _C.Error(f"{where}: tensor '{key}' has shape {list(a.shape)}, expected "
+                           f"[{rows}, {config.d_model}] (" +
+                           " + ".join(f"{n} {p.split('.')[1]} rows" for p, n in parts) + ")")
+        start = 0
+        for part, n in parts:
+            yield f"{m.group(1)}{part}.weight", a[start:start + n]
+            start += n
+
+
 def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
                     backend: str = "cpu", where: str = "Hugging Face tensors") -> _C.Model:
     """A nuri model from Hugging Face-layout tensors (see the module's doc for the layouts)."""
@@ -343,7 +378,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
     model = _C.Model(config, backend, init="zeros")  # every weight is set below
     params = model.parameters()
     seen = set()
-    for key, src in tensors.items():
+    for key, src in (tensors.items() if gpt2 else _unfused(config, tensors, where)):
         name = key
         if gpt2:
             if name.startswith("transformer."):
@@ -386,7 +421,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
 def import_hf(directory: str | os.PathLike, backend: str = "cpu") -> _C.Model:
     """A nuri model from a Hugging Face model directory (config.json + safetensors weights:
     model.safetensors or shards with their index; f32, bf16 or f16) of model_type gpt2, llama,
-    qwen2 or mistral (model_config_from_hf)."""
+    qwen2, mistral or phi3 (model_config_from_hf)."""
     directory = os.fspath(directory)
     if os.path.isfile(directory):
         raise _C.Error(f"nuri.import_hf({directory}): a file; it reads a Hugging Face model "
@@ -438,6 +473,13 @@ _MODEL_KEYS = {
                 "max_position_embeddings", "rms_norm_eps", "rope_theta", "hidden_act",
                 "attention_dropout", "sliding_window", "tie_word_embeddings",
                 "add_cross_attention", "is_encoder_decoder"},
+    # Phi-3 (mini, medium): Llama's network with q/k/v and gate/up each in one fused weight;
+    # original_max_position_embeddings only matters to its longrope scaling, which is refused.
+    "phi3": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+             "original_max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+             "hidden_act", "attention_dropout", "resid_pdrop", "embd_pdrop", "sliding_window",
+             "tie_word_embeddings", "add_cross_attention", "is_encoder_decoder"},
 }
 # Defaults of transformers' config classes (4.45) for keys a config.json may leave out.
 _DEFAULTS = {
@@ -453,6 +495,10 @@ _DEFAULTS = {
                 "num_hidden_layers": 32, "num_attention_heads": 32,
                 "max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6,
                 "rope_theta": 10000.0, "tie_word_embeddings": False, "sliding_window": 4096},
+    "phi3": {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
+             "num_hidden_layers": 32, "num_attention_heads": 32,
+             "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+             "tie_word_embeddings": False},
 }
 
 
@@ -493,7 +539,8 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     """A ModelConfig from a Hugging Face ``config.json`` (a path, its directory, or the dict).
 
     Supports ``model_type`` "gpt2" (GPT-2 family), "llama" (Llama 1–3.x, with rope_scaling
-    linear or llama3 and head_dim), "qwen2" (Qwen2, Qwen2.5) and "mistral"; missing keys take
+    linear or llama3 and head_dim), "qwen2" (Qwen2, Qwen2.5), "mistral" and "phi3" (Phi-3 mini
+    and medium without rope scaling: the 4k-context models); missing keys take
     the defaults of transformers' config classes. A key nuri does not implement is refused by
     name, as is a value it implements differently (other activations, separate attention and
     MLP biases, other rope scalings); dropout, which nuri does not train with, is refused when
@@ -515,7 +562,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     kind = hf.get("model_type")
     if not isinstance(kind, str) or kind not in _MODEL_KEYS:
         raise ConfigError(f"{where}: model_type {kind!r} is not supported; nuri reads "
-                          "'gpt2', 'llama', 'qwen2' and 'mistral' configs")
+                          "'gpt2', 'llama', 'qwen2', 'mistral' and 'phi3' configs")
     unknown = sorted(set(hf) - _METADATA_KEYS - _MODEL_KEYS[kind])
     if unknown:
         raise ConfigError(f"{where}: {kind} config key {unknown[0]!r} is not implemented by nuri"
@@ -530,9 +577,10 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     act = h.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act {act!r} is not supported; nuri's SwiGLU uses silu")
-    if h.get("attention_dropout", 0.0):
-        raise ConfigError(f"{where}: attention_dropout {h['attention_dropout']} is not "
-                          "supported; nuri trains without dropout (set it to 0.0)")
+    for key in ("attention_dropout", "resid_pdrop", "embd_pdrop"):
+        if h.get(key, 0.0):
+            raise ConfigError(f"{where}: {key} {h[key]} is not supported; nuri trains without "
+                              "dropout (set it to 0.0)")
     d_model, n_head = h["hidden_size"], h["num_attention_heads"]
     table = {
         "vocab_size": h["vocab_size"], "d_model": d_model, "n_layer": h["num_hidden_layers"],
@@ -546,7 +594,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     ints = all(isinstance(v, int) for v in (head_dim, d_model, n_head))
     if head_dim is not None and (not ints or head_dim != d_model // max(n_head, 1)):
         table["head_dim"] = head_dim  # (a value of the wrong type: model_config_from_dict names it)
-    if kind in ("llama", "qwen2"):
+    if kind in ("llama", "qwen2", "phi3"):
         table.update(_rope_scaling(where, h.get("rope_scaling")))
     if kind == "llama":
         bias = h.get("attention_bias", False)
@@ -558,7 +606,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         table["qkv_bias"] = True  # Qwen2's q, k and v projections have biases, o_proj none
         if h.get("use_sliding_window", False):
             table["sliding_window"] = h.get("sliding_window") or 0
-    elif kind == "mistral":
+    elif kind in ("mistral", "phi3"):
         table["sliding_window"] = h.get("sliding_window") or 0
     return model_config_from_dict(table, path=where)
 

@@ -346,7 +346,8 @@ def test_hf_llama_config_gives_tinyllama():
 
 @pytest.mark.parametrize("hf, message", [
     ({"model_type": "bert"},
-     "model_type 'bert' is not supported; nuri reads 'gpt2', 'llama', 'qwen2' and 'mistral'"),
+     "model_type 'bert' is not supported; nuri reads 'gpt2', 'llama', 'qwen2', 'mistral' and "
+     "'phi3'"),
     ({}, "model_type None is not supported"),
     ({**GPT2_HF, "activation_function": "relu"}, "activation_function 'relu' is not supported"),
     ({**TINYLLAMA_HF, "rope_scaling": {"type": "yarn", "factor": 2.0}},

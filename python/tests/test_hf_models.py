@@ -1,6 +1,7 @@
 """Real model families against the ``transformers`` library itself (issue #25): small random
 Llama 3.x (llama3 and linear RoPE scaling, a head_dim that is not hidden / heads), Qwen2 (q/k/v
-biases, tied embeddings), Mistral (sliding window) and GPT-2 models written by
+biases, tied embeddings), Mistral (sliding window), Phi-3 (fused q/k/v and gate/up weights) and
+GPT-2 models written by
 ``save_pretrained`` (sharded with an index, and in bf16) give nuri the same logits; nuri's export
 loads with ``from_pretrained`` and gives nuri's logits; greedy ``generate`` agrees token for
 token; and configs nuri does not implement are refused by name.
@@ -14,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+                          LlamaForCausalLM, MistralConfig, MistralForCausalLM, Phi3Config,
+                          Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 import nuri
 from conftest import run_cli
@@ -31,7 +32,8 @@ COMMON = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_lay
 def hf_model(kind):
     """A small random model of one family, every parameter random (biases and norm weights too,
     so a wrong layout of any of them shows)."""
-    torch.manual_seed({"llama3": 1, "llama-linear": 2, "qwen2": 3, "mistral": 4, "gpt2": 5}[kind])
+    torch.manual_seed({"llama3": 1, "llama-linear": 2, "qwen2": 3, "mistral": 4, "gpt2": 5,
+                       "phi3": 6}[kind])
     if kind == "llama3":  # Llama 3.1's scaling; q and k 32 wide per head, hidden / heads = 16
         model = LlamaForCausalLM(LlamaConfig(
             **COMMON, head_dim=32, rope_scaling={
@@ -45,6 +47,9 @@ def hf_model(kind):
         model = Qwen2ForCausalLM(Qwen2Config(**COMMON, tie_word_embeddings=True))
     elif kind == "mistral":
         model = MistralForCausalLM(MistralConfig(**COMMON, sliding_window=64, head_dim=32))
+    elif kind == "phi3":  # fused qkv_proj and gate_up_proj; a window as Phi-3-mini-4k's 2047
+        model = Phi3ForCausalLM(Phi3Config(**COMMON, sliding_window=63, pad_token_id=0,
+                                           eos_token_id=None))
     else:
         model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=64, n_layer=2, n_head=4,
                                            n_positions=128))
@@ -71,7 +76,7 @@ def assert_close(ours, theirs, what):
 
 
 TOKENS = np.random.default_rng(0).integers(0, V, size=(2, 40)).astype(np.int32)
-KINDS = ["llama3", "llama-linear", "qwen2", "mistral", "gpt2"]
+KINDS = ["llama3", "llama-linear", "qwen2", "mistral", "phi3", "gpt2"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -92,6 +97,8 @@ def test_transformers_checkpoints_import_export_and_generate_alike(kind, tmp_pat
         assert c.qkv_bias and not c.bias and c.tied_embeddings and c.sliding_window == 0
     elif kind == "mistral":
         assert c.sliding_window == 64 and c.head_size() == 32
+    elif kind == "phi3":
+        assert c.sliding_window == 63 and not c.bias and not c.tied_embeddings
     assert c.num_params() == sum(p.numel() for p in theirs.parameters())  # tied ones once
     assert_close(nuri_logits(ours, TOKENS), hf_logits(theirs, TOKENS), f"{kind} import")
 
@@ -100,7 +107,8 @@ def test_transformers_checkpoints_import_export_and_generate_alike(kind, tmp_pat
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
     back = AutoModelForCausalLM.from_pretrained(tmp_path / "out", torch_dtype=torch.float32)
-    assert type(back) is type(theirs)
+    # Phi-3 goes out in Mistral's layout (its q/k/v and gate/up apart, its window kept).
+    assert type(back) is (MistralForCausalLM if kind == "phi3" else type(theirs))
     assert_close(nuri_logits(ours, TOKENS), hf_logits(back.eval(), TOKENS), f"{kind} export")
 
     # Greedy generation, token for token.
@@ -146,6 +154,12 @@ def test_configs_nuri_does_not_implement_are_refused_by_name(tmp_path):
     refused({"attention_dropout": 0.1}, r"attention_dropout 0.1 is not supported")
     refused({"model_type": "gemma"}, r"model_type 'gemma' is not supported")
     refused({"attention_bias": True}, r"attention_bias \(True\) and mlp_bias \(False\) differ")
+    # Phi-3's 128k models (longrope scaling) and a dropout nuri does not train with.
+    base = hf_model("phi3").config.to_dict()
+    refused({"rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                              "long_factor": [2.0] * 8}},
+            r"rope_scaling type 'longrope' is not supported")
+    refused({"resid_pdrop": 0.1}, r"resid_pdrop 0.1 is not supported; nuri trains without dropout")
 
 
 def test_a_sequence_longer_than_the_sliding_window_is_refused(tmp_path):
@@ -220,7 +234,7 @@ def test_import_and_init_name_what_is_wrong(tmp_path):
         "import", "hf/config.json", "--out", "m.safetensors", cwd=tmp_path, expect=1).stderr
     assert not (tmp_path / "m.safetensors").exists()
     # The Hugging Face weights file itself: not a nuri model file, and said so.
-    np.save(tmp_path / "ids.npy", np.arange(5000, dtype=np.uint16) % V)
+    np.save(tmp_path / "ids.npy", np.arange(20000, dtype=np.uint16) % V)
     err = run_cli("train", "--init", "hf/model.safetensors", "--steps", "1", "--vocab-size", "97",
                   "--data", "ids.npy", "--max-new-tokens", "0", cwd=tmp_path, expect=2).stderr
     assert "it records no nuri model config: a Hugging Face weights file?" in err, err

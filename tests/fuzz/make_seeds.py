@@ -137,6 +137,7 @@ def main() -> None:
             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
         "qwen2": transformers.Qwen2Config(**small),
         "mistral": transformers.MistralConfig(**small, sliding_window=4096),
+        "phi3": transformers.Phi3Config(**small, sliding_window=2047, pad_token_id=0),
         "gpt2": transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300),
     }
     for name, c in configs.items():
