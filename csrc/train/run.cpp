@@ -591,12 +591,27 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     std::tie(train, val) = split_validation(data);
     what += ", last 10% held out for validation";
   }
-  // Validation takes whole global batches: data shorter than one is refused now, before the
-  // model is built, not at the first evaluation.
+  // Training and validation take whole global batches: data shorter than one is refused now,
+  // before the model is built, not at the first step or evaluation.
   if (pg.size() % model_ranks == 0) {
+    const TrainConfig& t = cfg.train;
     const int64_t dp = pg.size() / model_ranks;
-    agree(pg, config_error_of([&] { validation_loader(val, cfg.train, dp, 0); }),
-          "validation data shorter than one global batch (its output says how)");
+    agree(pg, config_error_of([&] {
+            try {
+              DataLoader(train, t.seq_len, t.micro_batch, t.grad_accum, dp, 0, t.seed, true);
+            } catch (const Error& e) {
+              throw ConfigError(std::string("training data: ") + e.what());
+            }
+            try {
+              validation_loader(val, t, dp, 0);
+            } catch (const ConfigError& e) {
+              throw ConfigError(std::string(e.what()) + "; give more validation data: "
+                                "data.val (--val FILE), or shards tokenized with a smaller "
+                                "--val-every (0: none, and the run holds out the last 10% of "
+                                "the training data)");
+            }
+          }),
+          "the data is shorter than one global batch (its output says how)");
   }
 
   // The model on this rank's device, and the trainer over the job's ranks.

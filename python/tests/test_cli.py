@@ -209,7 +209,7 @@ BAD_RUNS = [
     (["--config", "missing.toml"], 2, "cannot read config missing.toml"),
     (["--data", "nothing.txt"], 1, "cannot open data file nothing.txt"),
     (["model.vocab_size=100"], 1, "corpus.txt: token id"),
-    (["train.micro_batch=100"], 1, "fewer than one global batch"),
+    (["train.micro_batch=100"], 2, "training data: corpus.txt"),
 ]
 
 
