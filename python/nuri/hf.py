@@ -293,7 +293,9 @@ class _HFTensors(Mapping):
     def __init__(self, directory: str):
         index = os.path.join(directory, "model.safetensors.index.json")
         self._where: dict[str, Any] = {}
-        if os.path.exists(index):
+        # One model.safetensors wins over an index beside it, as from_pretrained takes it.
+        if os.path.exists(index) and not os.path.exists(os.path.join(directory,
+                                                                     "model.safetensors")):
             try:
                 with open(index, encoding="utf-8") as f:
                     weight_map = json.load(f)["weight_map"]
@@ -446,8 +448,15 @@ _METADATA_KEYS = frozenset({
     "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params",
     "temperature", "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p",
     "torch_dtype", "torchscript", "transformers_version", "typical_p", "use_bfloat16",
-    "use_cache", "cross_attention_hidden_size",
+    "use_cache", "cross_attention_hidden_size", "auto_map",
 })
+# Keys nuri reads only to check that they have the value it computes with (what the released
+# configs of these models carry); another value is refused by name.
+_FIXED = {
+    "gpt2": {"n_special": 0},  # the original GPT-2 configs'
+    "qwen2": {"use_mrope": False},  # Qwen2.5's (multimodal RoPE is Qwen2-VL's)
+    "phi3": {"attention_bias": False},  # Phi-3-mini's
+}
 # Keys nuri reads (or checks) per model_type; any other key is refused by name.
 _MODEL_KEYS = {
     "gpt2": {"vocab_size", "n_embd", "n_layer", "n_head", "n_inner", "n_positions", "n_ctx",
@@ -457,7 +466,9 @@ _MODEL_KEYS = {
              "is_encoder_decoder",
              # the sequence-classification head's settings: not part of the language model
              "summary_activation", "summary_first_dropout", "summary_proj_to_labels",
-             "summary_type", "summary_use_proj"},
+             "summary_type", "summary_use_proj",
+             # the original configs' settings of GPT-2's own training heads
+             "n_special", "predict_special_tokens"},
     "llama": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "head_dim",
               "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
@@ -466,7 +477,7 @@ _MODEL_KEYS = {
     "qwen2": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
               "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
               "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act", "attention_dropout",
-              "use_sliding_window", "sliding_window", "max_window_layers",
+              "use_sliding_window", "sliding_window", "max_window_layers", "use_mrope",
               "tie_word_embeddings", "add_cross_attention", "is_encoder_decoder"},
     "mistral": {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -479,7 +490,8 @@ _MODEL_KEYS = {
              "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
              "original_max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
              "hidden_act", "attention_dropout", "resid_pdrop", "embd_pdrop", "sliding_window",
-             "tie_word_embeddings", "add_cross_attention", "is_encoder_decoder"},
+             "attention_bias", "tie_word_embeddings", "add_cross_attention",
+             "is_encoder_decoder"},
 }
 # Defaults of transformers' config classes (4.45) for keys a config.json may leave out.
 _DEFAULTS = {
@@ -488,11 +500,11 @@ _DEFAULTS = {
               "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
               "tie_word_embeddings": False},
     "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
-              "num_hidden_layers": 32, "num_attention_heads": 32,
+              "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
               "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-              "tie_word_embeddings": False},
+              "tie_word_embeddings": False, "sliding_window": 4096},
     "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
-                "num_hidden_layers": 32, "num_attention_heads": 32,
+                "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6,
                 "rope_theta": 10000.0, "tie_word_embeddings": False, "sliding_window": 4096},
     "phi3": {"vocab_size": 32064, "hidden_size": 3072, "intermediate_size": 8192,
@@ -508,7 +520,7 @@ def _rope_scaling(where: str, scaling: Any) -> dict[str, Any]:
         return {"rope_scaling": "none"}
     if not isinstance(scaling, Mapping):
         raise ConfigError(f"{where}: rope_scaling must be an object, got {scaling!r}")
-    kind = scaling.get("rope_type", scaling.get("type"))
+    kind = scaling.get("type", scaling.get("rope_type"))  # transformers lets "type" win
     known = {"rope_type", "type", "factor"}
     if kind == "default":
         return {"rope_scaling": "none"}
@@ -571,9 +583,18 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     for key in ("add_cross_attention", "is_encoder_decoder"):
         if hf.get(key):
             raise ConfigError(f"{where}: {key} is set; nuri's models are decoder-only")
+    for key, value in _FIXED.get(kind, {}).items():
+        if key in hf and hf[key] != value:
+            raise ConfigError(f"{where}: {kind} config key {key!r} is {hf[key]!r}; nuri "
+                              f"implements only {value!r}")
     if kind == "gpt2":
         return model_config_from_dict(_gpt2_table(hf, where), path=where)
+    # A key left out takes transformers' default; null does too, but for the two keys where
+    # null means none: no sliding window, and as many kv heads as heads.
     h = {**_DEFAULTS[kind], **{k: v for k, v in hf.items() if v is not None}}
+    for key in ("num_key_value_heads", "sliding_window"):
+        if key in hf and hf[key] is None:
+            h[key] = None
     act = h.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act {act!r} is not supported; nuri's SwiGLU uses silu")
@@ -594,7 +615,14 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     ints = all(isinstance(v, int) for v in (head_dim, d_model, n_head))
     if head_dim is not None and (not ints or head_dim != d_model // max(n_head, 1)):
         table["head_dim"] = head_dim  # (a value of the wrong type: model_config_from_dict names it)
-    if kind in ("llama", "qwen2", "phi3"):
+    if kind == "phi3" and h.get("rope_scaling"):
+        scaling = h["rope_scaling"]
+        kind_of = scaling.get("type", scaling.get("rope_type")) if isinstance(
+            scaling, Mapping) else scaling
+        raise ConfigError(f"{where}: rope_scaling type {kind_of!r} is not supported for phi3; "
+                          "nuri reads the Phi-3 models without rope scaling (the 4k-context "
+                          "ones)")
+    if kind in ("llama", "qwen2"):
         table.update(_rope_scaling(where, h.get("rope_scaling")))
     if kind == "llama":
         bias = h.get("attention_bias", False)

@@ -197,6 +197,63 @@ def test_shard_indexes_that_do_not_match_their_files_are_refused(tmp_path):
         nuri.import_hf(tmp_path)
 
 
+def test_released_configs_read_as_transformers_reads_them(tmp_path):
+    """Keys as the released configs write them: a null sliding window (Mistral v0.2 and later)
+    is none, a left-out kv head count is the config class's default, keys with the value nuri
+    computes with (Qwen2.5's use_mrope false, Phi-3's attention_bias false and auto_map, GPT-2's
+    n_special) are read, and rope_scaling's "type" wins over "rope_type": each as the
+    transformers config class reads it."""
+    import transformers
+
+    def both(cls, d):
+        return nuri.model_config_from_hf(d), cls(**{k: v for k, v in d.items()
+                                                    if k != "model_type"})
+
+    small = {**COMMON, "num_attention_heads": 32}  # the kv heads the classes default to divide it
+    del small["num_key_value_heads"]
+    ours, theirs = both(transformers.MistralConfig, {"model_type": "mistral", **small,
+                                                     "sliding_window": None})
+    assert theirs.sliding_window is None and ours.sliding_window == 0
+    assert ours.n_kv_head == theirs.num_key_value_heads == 8
+    ours, theirs = both(transformers.MistralConfig, {"model_type": "mistral", **small,
+                                                     "num_key_value_heads": None})
+    assert ours.n_kv_head == theirs.num_key_value_heads == 32
+    assert ours.sliding_window == theirs.sliding_window == 4096
+    ours, theirs = both(transformers.Qwen2Config, {"model_type": "qwen2", **small,
+                                                   "use_sliding_window": True,
+                                                   "use_mrope": False})
+    assert ours.sliding_window == theirs.sliding_window == 4096
+    assert ours.n_kv_head == theirs.num_key_value_heads == 32
+    with pytest.raises(nuri.ConfigError, match="qwen2 config key 'use_mrope' is True; nuri "
+                                               "implements only False"):
+        nuri.model_config_from_hf({"model_type": "qwen2", **small, "use_mrope": True})
+    ours = nuri.model_config_from_hf({"model_type": "phi3", **COMMON, "attention_bias": False,
+                                      "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config"}})
+    assert ours.n_kv_head == 2 and ours.sliding_window == 0
+    with pytest.raises(nuri.ConfigError, match="'attention_bias' is True"):
+        nuri.model_config_from_hf({"model_type": "phi3", **COMMON, "attention_bias": True})
+    gpt2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": V,
+            "n_special": 0, "predict_special_tokens": True}
+    assert nuri.model_config_from_hf(gpt2).d_model == 64
+    ours, theirs = both(transformers.LlamaConfig, {
+        "model_type": "llama", **COMMON,
+        "rope_scaling": {"type": "linear", "rope_type": "llama3", "factor": 2.0}})
+    assert ours.rope_scaling == theirs.rope_scaling["rope_type"] == "linear"
+
+
+def test_one_model_file_wins_over_an_index_beside_it(tmp_path):
+    theirs = hf_model("qwen2")
+    theirs.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="60KB")
+    index = (tmp_path / "model.safetensors.index.json").read_text()
+    for f in tmp_path.glob("model-*.safetensors"):
+        f.unlink()
+    theirs.save_pretrained(tmp_path, safe_serialization=True)  # one model.safetensors
+    (tmp_path / "model.safetensors.index.json").write_text(index)  # a stale index beside it
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    assert_close(nuri_logits(nuri.import_hf(tmp_path), TOKENS), hf_logits(back, TOKENS),
+                 "model.safetensors beside an index")
+
+
 def test_a_hugging_face_model_is_imported_and_trained_from_the_command_line(tmp_path):
     """`python -m nuri import` writes a transformers model as one nuri model file (the same
     logits), and `python -m nuri train --init` starts a run from it, the model taken from the
