@@ -96,42 +96,46 @@ def _run_path(run_dir: str, table: dict[str, Any], path: str) -> str | None:
     return next((p for p in candidates if os.path.exists(p)), None)
 
 
-def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str | None:
+def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int
+                   ) -> tuple[str | None, str | None]:
     """The tokenizer.json the run trained with (None: bytes): its data.tokenizer, or the one
-    the tokenize.json of its shard directory (data.train) records. Raises nuri.Error when the
-    run names one that cannot be found."""
+    the tokenize.json of its shard directory (data.train) records; and the beginning-of-text
+    token that tokenize.json says starts every document (None: none). Raises nuri.Error when
+    the run names a tokenizer that cannot be found."""
     where = os.path.join(run_dir, "config.json")
     data = table.get("data", {})
     pass_it = "; pass the model's tokenizer with --tokenizer FILE (or --tokenizer bytes)"
     recorded = data.get("tokenizer") or ""
     if recorded == "bytes":
-        return None
+        return None, None
     if recorded:
         found = _run_path(run_dir, table, recorded)
         if found is None or not os.path.isfile(found):
             raise _C.Error(f"{where}: the run's tokenizer (data.tokenizer) {recorded} is not "
                            f"there{pass_it}")
-        return found
+        return found, None
     train = data.get("train") or ""
     if not train:
-        return None  # the default corpus: bytes
+        return None, None  # the default corpus: bytes
     found = _run_path(run_dir, table, train)
     if found is None:
         if vocab_size <= _C.ByteTokenizer.VOCAB_SIZE:
-            return None
+            return None, None
         raise _C.Error(f"{where}: the run's data ({train}) is not there, so the tokenizer it "
                        f"was written with is not known{pass_it}")
     meta_path = os.path.join(found, "tokenize.json")
     if not os.path.isdir(found) or not os.path.isfile(meta_path):
-        return None  # text (byte tokens), or a token file
+        return None, None  # text (byte tokens), or a token file
     try:
         with open(meta_path, encoding="utf-8") as f:
             tok = json.load(f)["tokenizer"]
         if tok["kind"] == "bytes":
-            return None
-        path, sha256 = tok["path"], tok["sha256"]
+            return None, None
+        path, sha256, bos = tok["path"], tok["sha256"], tok.get("bos_text")
         if not isinstance(path, str) or not isinstance(sha256, str):  # (an int path is a fd)
             raise TypeError(f"tokenizer path {path!r} and sha256 {sha256!r} are not strings")
+        if bos is not None and not isinstance(bos, str):
+            raise TypeError(f"bos_text {bos!r} is not a string")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise _C.Error(f"{meta_path}: no tokenizer record ({e!r}){pass_it}") from e
     if not os.path.isfile(path):
@@ -141,7 +145,7 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str 
         if hashlib.sha256(f.read()).hexdigest() != sha256:
             raise _C.Error(f"{meta_path}: the run's shards were written by the tokenizer "
                            f"{path}, which has changed since (its SHA-256 differs){pass_it}")
-    return path
+    return path, bos
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -150,11 +154,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     table = _read_run_config(args.run) if args.run else {}
     defaults = _run_sample_defaults(args.run, table)
     model = load(path, backend=args.backend)
-    tokenizer = args.tokenizer
+    tokenizer, bos = args.tokenizer, args.bos
     if tokenizer == "bytes":
         tokenizer = None
     elif tokenizer is None and args.run:
-        tokenizer = _run_tokenizer(args.run, table, model.config.vocab_size)
+        tokenizer, recorded_bos = _run_tokenizer(args.run, table, model.config.vocab_size)
+        bos = recorded_bos if bos is None else bos
     def pick(flag: Any, default: Any) -> Any:
         return default if flag is None else flag
 
@@ -162,7 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     text = generate_text(model, prompt, pick(args.max_new_tokens, defaults.max_new_tokens),
                          pick(args.temperature, defaults.temperature),
                          pick(args.top_k, defaults.top_k), seed=args.seed,
-                         tokenizer=tokenizer)
+                         tokenizer=tokenizer, bos=bos or None)
     sys.stdout.write(prompt + text + "\n")
     return 0
 
@@ -303,18 +308,26 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         try:
             template = json.loads(text)
         except ValueError as e:
-            raise ConfigError(f"--chat-template: not a JSON object of role: text ({e})") from e
+            looks_like_path = not text.lstrip().startswith(("{", "[", '"'))
+            raise ConfigError(
+                f"--chat-template: {text!r:.80} is neither a file nor a JSON object of "
+                "role: text" if looks_like_path else
+                f"--chat-template: not a JSON object of role: text ({e})") from e
     meta = tokenize(args.inputs, args.out, args.tokenizer, val_every=args.val_every,
                     shard_tokens=args.shard_tokens, processes=args.processes, eot=args.eot,
                     field=args.field, progress=None if not args.quiet else False,
-                    kind=args.kind, chat_template=template)
+                    kind=args.kind, chat_template=template, bos=args.bos)
     tok = meta["tokenizer"]
+    trained = meta.get("trained_tokens")
     print(f"{args.out}: {meta['tokens']['train']} train tokens in "
           f"{len(meta['shards']['train'])} shard(s), {meta['tokens']['val']} val tokens in "
           f"{len(meta['shards']['val'])}, from {meta['documents']['train']} + "
           f"{meta['documents']['val']} documents ({meta['dtype']}; "
           f"{'bytes' if tok['kind'] == 'bytes' else os.path.basename(tok['path'])}, "
-          f"{tok['vocab_size']} ids, end-of-text {tok['eot']})")
+          f"{tok['vocab_size']} ids, end-of-text {tok['eot']}"
+          + (f", beginning-of-text {tok['bos']}" if "bos" in tok else "") + ")"
+          + (f"; trained on {trained['train']} train and {trained['val']} val response "
+             "tokens (and the end-of-texts)" if trained else ""))
     return 0
 
 
@@ -347,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, help="0: greedy")
     g.add_argument("--top-k", type=int, help="0: the whole vocabulary")
     g.add_argument("--seed", type=_seed, default=0)
+    g.add_argument("--bos", help="a beginning-of-text token put before the prompt (default: "
+                   "the one the run's tokenize.json records; '' for none)")
     g.add_argument("--tokenizer", help="a Hugging Face tokenizer.json to encode the prompt and "
                    "decode the output with, or bytes (default: the run's, which its data's "
                    "tokenize.json records; else bytes)")
@@ -362,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (default: bytes)")
     t.add_argument("--eot", help="the end-of-text token (default: the first of "
                    f"{', '.join(EOT_CANDIDATES)} the tokenizer has)")
+    t.add_argument("--bos", help="a beginning-of-text token put before every document, as "
+                   "the model was pretrained (Llama 3: '<|begin_of_text|>'; Llama 2, Mistral: "
+                   "'<s>'); default: none")
     t.add_argument("--field", default="text", help="the JSON-lines field holding the text")
     t.add_argument("--val-every", type=int, default=200, help="every k-th document goes to "
                    "validation (0: none; default 200)")

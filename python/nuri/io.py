@@ -232,10 +232,11 @@ def decode_bytes(tokens: Sequence[int]) -> str:
 
 def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
                   temperature: float = 0.8, top_k: int = 40, seed: int = 0,
-                  tokenizer: str | os.PathLike | None = None) -> str:
+                  tokenizer: str | os.PathLike | None = None, bos: str | None = None) -> str:
     """The continuation of ``prompt`` (not repeated): encoded and decoded with a Hugging Face
     ``tokenizer.json`` (the one ``nuri tokenize`` wrote the model's data with), or by default
-    with bytes (a byte-level model, vocab >= 257).
+    with bytes (a byte-level model, vocab >= 257). ``bos``: a token of the tokenizer put
+    before the prompt (what ``nuri tokenize --bos`` put before every document).
 
     temperature 0 is greedy; top_k 0 samples from the whole vocabulary.
     """
@@ -257,11 +258,18 @@ def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
                            f"model's vocab_size {model.config.vocab_size}: not this model's "
                            "tokenizer")
         tokens = tok.encode(prompt, add_special_tokens=False).ids
+        if bos is not None:
+            if tok.token_to_id(bos) is None:
+                raise ConfigError(f"generate: bos {bos!r} is not a token of {tokenizer}")
+            tokens = [tok.token_to_id(bos)] + tokens
         if not tokens:
             raise _C.Error("generate: the prompt needs at least one token")
         out = model.generate(tokens, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_k=top_k, seed=seed)
         return tok.decode(out, skip_special_tokens=False)
+    if bos is not None:
+        raise ConfigError(f"generate: bos {bos!r} names a token of a tokenizer, but none is "
+                          "given (byte tokens have none)")
     if model.config.vocab_size < _C.ByteTokenizer.VOCAB_SIZE:
         raise _C.Error(f"generate uses the byte tokenizer (257 ids); the model's vocab_size is "
                        f"{model.config.vocab_size}")

@@ -138,14 +138,31 @@ def _start_worker(tokenizer_path: str | None) -> None:
 
 def _encode(doc: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """A document's ids, and for fine-tuning rows their loss mask (1: trained on)."""
-    if isinstance(doc, tuple):
-        ids, mask = [], []
-        for text, trained in doc[1]:
-            part = _encode_text(text)
-            ids.append(part)
-            mask.append(np.full(len(part), 1 if trained else 0, dtype=np.uint8))
+    if not isinstance(doc, tuple):
+        return _encode_text(doc), None
+    parts = doc[1]
+    tok = _WORKER["tok"]
+    if tok is None:  # bytes: each part's bytes are its tokens
+        ids = [_encode_text(text) for text, _ in parts]
+        mask = [np.full(len(a), 1 if trained else 0, dtype=np.uint8)
+                for a, (_, trained) in zip(ids, parts)]
         return np.concatenate(ids), np.concatenate(mask)
-    return _encode_text(doc), None
+    # A tokenizer: the example is encoded whole, as the model will read it (a tokenizer that
+    # prepends a space to each encode, or merges across the parts' seam, gives other tokens
+    # for parts encoded one by one), and a token is trained on where its text overlaps a
+    # trained part's.
+    text = "".join(t for t, _ in parts)
+    enc = tok.encode(text, add_special_tokens=False)
+    trained = np.zeros(len(text) + 1, dtype=np.int64)  # prefix sums of trained characters
+    at = 0
+    for t, on in parts:
+        if on:
+            trained[at + 1:at + 1 + len(t)] = 1
+        at += len(t)
+    trained = np.cumsum(trained)
+    mask = np.asarray([1 if trained[min(e, len(text))] > trained[min(b, len(text))] else 0
+                       for b, e in enc.offsets], dtype=np.uint8)
+    return np.asarray(enc.ids, dtype=np.uint32), mask
 
 
 def _encode_text(doc: str | bytes) -> np.ndarray:
@@ -225,7 +242,8 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
              tokenizer: str | os.PathLike | None = None, *, val_every: int = 200,
              shard_tokens: int = 100_000_000, processes: int = 1, eot: str | None = None,
              field: str = "text", progress: bool | None = None, kind: str = "text",
-             chat_template: dict[str, str] | None = None) -> dict[str, Any]:
+             chat_template: dict[str, str] | None = None, bos: str | None = None
+             ) -> dict[str, Any]:
     """Writes the token shards of `inputs` to `out_dir` (see the module doc) and returns what
     ``tokenize.json`` records.
 
@@ -233,6 +251,9 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     [in] val_every: every k-th document (0, k, 2k, ...) goes to the validation shards; 0: none.
     [in] eot: the end-of-text token's text; default: the first of EOT_CANDIDATES the tokenizer
          has.
+    [in] bos: a beginning-of-text token's text (e.g. Llama 3's "<|begin_of_text|>", Llama 2's
+         and Mistral's "<s>") put before every document, as the model was pretrained; never
+         trained on as a target. Default: none.
     [in] processes: encoding processes (the shards do not depend on it).
     [in] progress: a progress bar on stderr (default: when stderr is a terminal).
     [in] kind: "text"; or fine-tuning data, JSON-lines of "prompt-response" rows (``prompt`` and
@@ -260,10 +281,11 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     files = _input_files([os.fspath(p) for p in inputs])
     tok_path = os.path.abspath(os.fspath(tokenizer)) if tokenizer is not None else None
     if tok_path is None:
-        if eot is not None:
-            raise ConfigError(f"tokenize: eot {eot!r} names a token of a tokenizer, but none is "
-                              "given: byte tokens end a document with id 256; give the "
-                              "tokenizer.json (--tokenizer) or leave eot out")
+        for key, value in (("eot", eot), ("bos", bos)):
+            if value is not None:
+                raise ConfigError(f"tokenize: {key} {value!r} names a token of a tokenizer, but "
+                                  "none is given: byte tokens end a document with id 256; give "
+                                  f"the tokenizer.json (--tokenizer) or leave {key} out")
         info = {"kind": "bytes", "vocab_size": 257, "eot": 256, "eot_text": "<|endoftext|>"}
     else:
         from tokenizers import Tokenizer
@@ -283,6 +305,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         info = {"kind": "huggingface", "path": tok_path, "sha256": digest,
                 "vocab_size": max(vocab.values()) + 1, "eot": vocab[names[0]],
                 "eot_text": names[0]}
+        if bos is not None:
+            if bos not in vocab:
+                raise ConfigError(f"tokenize: bos {bos!r} is not a token of {tok_path}")
+            info["bos"], info["bos_text"] = vocab[bos], bos
     dtype = np.uint16 if info["vocab_size"] <= 65536 else np.uint32
     # The shards are written to a hidden directory in out_dir and moved into place when all are
     # complete: an error leaves an earlier run's shards as they were.
@@ -320,6 +346,12 @@ def _check_chat_template(template: Any) -> None:
     if not isinstance(template, dict):
         raise ConfigError(f"tokenize: the chat template must be an object of role: text with "
                           f"{{content}}, got {template!r:.60} (of type {type(template).__name__})")
+    if "assistant" not in template:
+        raise ConfigError(f"tokenize: the chat template has no 'assistant' role (roles: "
+                          f"{', '.join(map(str, template))}); nuri trains on the assistant's "
+                          "messages, so nothing would be learned. Name the role that answers "
+                          "'assistant' in the data and the template (ShareGPT's 'gpt' and "
+                          "Gemma's 'model' are such roles)")
     for role, text in template.items():
         if not isinstance(text, str):
             raise ConfigError(f"tokenize: the chat template's role {role!r} has "
@@ -340,9 +372,11 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
     masked = kind != "text"
     train = _ShardWriter(out_dir, "train", dtype, shard_tokens, masked)
     val = _ShardWriter(out_dir, "val", dtype, shard_tokens, masked)
-    one = np.ones(1, dtype=np.uint8)
+    one, zero = np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
     eot_id = np.asarray([info["eot"]], dtype=np.uint32)
+    bos_id = np.asarray([info["bos"]] if "bos" in info else [], dtype=np.uint32)
     docs = {"train": 0, "val": 0}
+    trained = {"train": 0, "val": 0}  # fine-tuning: response tokens (the end-of-texts apart)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     if show:
@@ -366,9 +400,13 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                 raise _C.Error(f"document {i}: token id {int(ids.max())} is outside the "
                                f"tokenizer's vocabulary of {info['vocab_size']}")
             to_val = val_every > 0 and i % val_every == 0
-            (val if to_val else train).add(np.concatenate([ids, eot_id]),
-                                           np.concatenate([mask, one]) if masked else None)
+            # [bos] ids eot: a bos is never a target (it follows the previous document's end)
+            (val if to_val else train).add(
+                np.concatenate([bos_id, ids, eot_id]),
+                np.concatenate([zero[:len(bos_id)], mask, one]) if masked else None)
             docs["val" if to_val else "train"] += 1
+            if masked:
+                trained["val" if to_val else "train"] += int(mask.sum())
             if bar is not None:
                 bar.update(1)
     finally:
@@ -388,6 +426,11 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                        "to validation; give more documents (more files, or the text split into "
                        "several files or JSON-lines rows), or val_every 0 (--val-every 0) for "
                        "no validation split")
+    if masked and not trained["train"] + trained["val"]:
+        raise _C.Error(f"tokenize: the {kind} data holds no token to train on: every "
+                       + ("response is empty" if kind == "prompt-response" else
+                          "assistant message is empty, or there is none") +
+                       " (only the end-of-text tokens would be learned)")
     meta = {"format": "llm.c", "dtype": np.dtype(dtype).name, "tokenizer": info,
             "inputs": [os.path.abspath(f) for f in files], "val_every": val_every,
             "documents": docs, "tokens": {"train": train.tokens, "val": val.tokens},
@@ -395,6 +438,7 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
     if masked:
         meta["masks"] = {"train": train.masks, "val": val.masks}
         meta["chat_template"] = chat_template
+        meta["trained_tokens"] = trained
     with open(os.path.join(out_dir, "tokenize.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

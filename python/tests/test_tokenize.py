@@ -223,3 +223,73 @@ def test_fine_tuning_learns_the_responses_only(tmp_path):
     after = (model.forward(x, response), model.forward(x, prompt))
     assert after[0] < 0.3 * before[0], (before, after)   # the responses are learned
     assert after[1] > 0.8 * before[1], (before, after)   # the prompts are not
+
+
+def test_fine_tuning_rows_are_encoded_whole_after_a_bos(tmp_path):
+    """With a tokenizer, a row is encoded as one text (the model reads it so): a Llama-2-style
+    tokenizer, which puts "▁" before the text of every encode call, would otherwise start the
+    response with a word boundary the data does not have. A token is trained on where it
+    overlaps the response; --bos puts the beginning-of-text token first, never trained on, and
+    generation puts it before the prompt too."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    prompt, response = "Q: the capital of France? A:", "Paris, said the answer."
+    tok.train_from_iterator([prompt + response] * 20 + ["Paris answer capital"] * 5,
+                            trainers.BpeTrainer(vocab_size=90,
+                                                special_tokens=["<unk>", "<s>", "</s>"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    whole = tok.encode(prompt + response, add_special_tokens=False)
+    apart = tok.encode(prompt, add_special_tokens=False).ids + tok.encode(
+        response, add_special_tokens=False).ids
+    assert apart != whole.ids  # the case this test is about
+    with open(tmp_path / "ft.jsonl", "w", encoding="utf-8") as f:
+        for _ in range(3):
+            f.write(json.dumps({"prompt": prompt, "response": response}) + "\n")
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    proc = run_cli("tokenize", "ft.jsonl", "--out", "ft", "--tokenizer", "tokenizer.json",
+                   "--kind", "prompt-response", "--val-every", "0", "--bos", "<s>", "--eot",
+                   "</s>", "--quiet", cwd=tmp_path)
+    trained = [1 if end > len(prompt) else 0 for _, end in whole.offsets]
+    assert f"beginning-of-text {bos}" in proc.stdout
+    assert f"trained on {3 * sum(trained)} train and 0 val response tokens" in proc.stdout
+    data = nuri.read_data(tmp_path / "ft")
+    row = [bos] + whole.ids + [eos]
+    assert data.to_numpy().tolist() == row * 3
+    assert data.mask().tolist() == ([0] + trained + [1]) * 3
+    assert 0 < sum(trained) < len(trained)
+    meta = json.loads((tmp_path / "ft" / "tokenize.json").read_text())
+    assert (meta["tokenizer"]["bos"], meta["tokenizer"]["bos_text"]) == (bos, "<s>")
+    with pytest.raises(nuri.ConfigError, match="bos '<bos>' is not a token of"):
+        nuri.tokenize([tmp_path / "ft.jsonl"], tmp_path / "o", tmp_path / "tokenizer.json",
+                      kind="prompt-response", bos="<bos>", progress=False)
+
+    # Generation puts the bos before the prompt: the same tokens as the shard's row.
+    model = nuri.Model(nuri.ModelConfig.preset("llama-tiny"), "cpu", 1)
+    ids = row[:len(row) // 2]
+    want = model.generate(ids, max_new_tokens=4, temperature=0.0)
+    prefix = tok.decode(whole.ids[:len(ids) - 1])
+    got = nuri.generate_text(model, prefix, max_new_tokens=4, temperature=0.0,
+                             tokenizer=tmp_path / "tokenizer.json", bos="<s>")
+    assert tok.encode(prefix, add_special_tokens=False).ids == whole.ids[:len(ids) - 1]
+    assert got == tok.decode(want, skip_special_tokens=False)
+
+
+def test_fine_tuning_data_that_trains_nothing_is_refused(tmp_path):
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "human", "content": "hi"},
+                                             {"role": "gpt", "content": "yo"}]}) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(nuri.ConfigError, match="the chat template has no 'assistant' role "
+                                               r"\(roles: human, gpt\)"):
+        nuri.tokenize([rows], tmp_path / "o", kind="chat", val_every=0, progress=False,
+                      chat_template={"human": "H:{content}\n", "gpt": "G:{content}\n"})
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(nuri.Error, match="the chat data holds no token to train on"):
+        nuri.tokenize([rows], tmp_path / "o", kind="chat", val_every=0, progress=False,
+                      chat_template={"user": "U:{content}\n", "assistant": "A:{content}\n"})
+    assert not (tmp_path / "o").exists()
+    proc = run_cli("tokenize", "chat.jsonl", "--out", "o", "--kind", "chat", "--chat-template",
+                   "template.json", cwd=tmp_path, expect=2)
+    assert "--chat-template: 'template.json' is neither a file nor a JSON object" in proc.stderr
