@@ -1,8 +1,8 @@
 """Text to token shards: ``nuri tokenize`` and ``nuri.tokenize()``.
 
-Inputs are text files (each one document), JSON-lines files (``.jsonl``: each line an object
-whose ``text`` field is one document), or directories of them (every ``.txt``, ``.md`` and
-``.jsonl`` file below, in path order). Each document is encoded with a Hugging Face
+Inputs are text files (each one document), JSON-lines files (``.jsonl``, or a ``.json`` file
+named as an input: each line an object whose ``text`` field is one document), or directories of
+them (every ``.txt``, ``.md`` and ``.jsonl`` file below, in path order). Each document is encoded with a Hugging Face
 ``tokenizer.json`` (the ``tokenizers`` library) or nuri's byte tokenizer, followed by the
 end-of-text token, and the documents go, in input order, to ``train_NNNNNN.bin`` shards, except
 every ``val_every``-th (documents 0, k, 2k, ...), which go to ``val_NNNNNN.bin``. Shards are in
@@ -86,9 +86,12 @@ def _documents(files: Sequence[str], field: str, kind: str = "text",
     """Every document in input order: a .jsonl line's `field`, or a whole file (as text when
     `decode`, else bytes); fine-tuning rows (kind prompt-response or chat) as their parts."""
     for path in files:
-        if kind != "text" and not path.endswith(".jsonl"):
+        # A .json file named as an input is JSON-lines too (what datasets' to_json writes);
+        # directories are searched for .jsonl only (a tokenizer.json beside the data is not).
+        lines = path.endswith((".jsonl", ".json"))
+        if kind != "text" and not lines:
             raise _C.Error(f"{path}: {kind} data is JSON-lines (.jsonl), one example a line")
-        if path.endswith(".jsonl"):
+        if lines:
             with open(path, "rb") as f:
                 for line_no, raw in enumerate(f, 1):
                     try:

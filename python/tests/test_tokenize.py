@@ -160,6 +160,12 @@ def test_bad_inputs_name_the_file_and_line(corpus, tmp_path):
     with pytest.raises(nuri.Error, match="no end-of-text token '<eos>'"):
         nuri.tokenize([d / "docs"], tmp_path / "o", d / "tokenizer.json", eot="<eos>",
                       progress=False)
+    # A .json file of JSON lines (what datasets' to_json writes) is read as JSON-lines.
+    bad.write_text('{"text": "fine"}\n{"text": "too"}\n', encoding="utf-8")
+    bad.rename(tmp_path / "rows.json")
+    meta = nuri.tokenize([tmp_path / "rows.json"], tmp_path / "j", val_every=0, progress=False)
+    assert read_shard(tmp_path / "j" / meta["shards"]["train"][0]).tolist() == \
+        list(b"fine") + [256] + list(b"too") + [256]
     with pytest.raises(nuri.Error, match="missing.txt: no such file"):
         nuri.tokenize([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
     # The byte tokenizer needs no file: ids are bytes, end-of-text 256, uint16 shards.
