@@ -271,14 +271,30 @@ def test_fine_tuning_rows_are_encoded_whole_after_a_bos(tmp_path):
                       kind="prompt-response", bos="<bos>", progress=False)
 
     # Generation puts the bos before the prompt: the same tokens as the shard's row.
-    model = nuri.Model(nuri.ModelConfig.preset("llama-tiny"), "cpu", 1)
+    config = nuri.ModelConfig.preset("llama-tiny")
+    config.vocab_size = tok.get_vocab_size()  # every id it draws decodes to text
+    model = nuri.Model(config, "cpu", 1)
     ids = row[:len(row) // 2]
     want = model.generate(ids, max_new_tokens=4, temperature=0.0)
     prefix = tok.decode(whole.ids[:len(ids) - 1])
     got = nuri.generate_text(model, prefix, max_new_tokens=4, temperature=0.0,
                              tokenizer=tmp_path / "tokenizer.json", bos="<s>")
     assert tok.encode(prefix, add_special_tokens=False).ids == whole.ids[:len(ids) - 1]
-    assert got == tok.decode(want, skip_special_tokens=False)
+    assert got == tok.decode(want, skip_special_tokens=False) and got
+    without = nuri.generate_text(model, prefix, max_new_tokens=4, temperature=0.0,
+                                 tokenizer=tmp_path / "tokenizer.json")
+    assert without != got  # the bos changes what the model reads
+    # generate --run finds the tokenizer and its bos in the run's tokenize.json.
+    (tmp_path / "run").mkdir()
+    nuri.save(model, tmp_path / "run" / "model.safetensors")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {"data": {"train": str(tmp_path / "ft")}, "sample": {}}))
+    proc = run_cli("generate", "--run", "run", "--prompt", prefix, "--max-new-tokens", "4",
+                   "--temperature", "0", cwd=tmp_path)
+    assert proc.stdout == prefix + got + "\n"
+    proc = run_cli("generate", "--run", "run", "--prompt", prefix, "--max-new-tokens", "4",
+                   "--temperature", "0", "--bos", "", cwd=tmp_path)
+    assert proc.stdout == prefix + without + "\n"
 
 
 def test_fine_tuning_data_that_trains_nothing_is_refused(tmp_path):
