@@ -18,10 +18,14 @@ std::atomic<int> g_signal{0};
 extern "C" void on_signal(int sig) { g_signal.store(sig); }
 }  // namespace
 
-PreemptionWatch::PreemptionWatch(std::vector<int> signals, double time_limit_s)
+PreemptionWatch::PreemptionWatch(std::vector<int> signals, double time_limit_s,
+                                 double elapsed_s)
     : signals_(std::move(signals)), limit_s_(time_limit_s),
-      start_(std::chrono::steady_clock::now()) {
+      start_(std::chrono::steady_clock::now() -
+             std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                 std::chrono::duration<double>(elapsed_s))) {
   NURI_CHECK(time_limit_s >= 0, "time limit (", time_limit_s, " s) must be >= 0");
+  NURI_CHECK(elapsed_s >= 0, "time spent before the watch (", elapsed_s, " s) must be >= 0");
   g_signal.store(0);
   previous_.resize(signals_.size());
   for (size_t i = 0; i < signals_.size(); ++i) {
@@ -45,12 +49,13 @@ PreemptionWatch::~PreemptionWatch() {
 
 int PreemptionWatch::signal() const { return g_signal.load(); }
 
-bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm, bool interrupt) {
+bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm, bool interrupt,
+                                  double then_s) {
   longest_step_ = std::max(longest_step_, step_seconds);
   if (limit_s_ > 0) {
     const double elapsed =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    time_up_ = elapsed + 2 * longest_step_ >= limit_s_;
+    time_up_ = elapsed + 2 * longest_step_ + then_s >= limit_s_;
   }
   const bool mine = g_signal.load() != 0 || time_up_;
   interrupted_ = interrupt;

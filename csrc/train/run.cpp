@@ -328,16 +328,42 @@ void agree(const ProcessGroup& pg, const std::string& mine, const std::string& o
   if (!failed.empty()) throw ConfigError("rank " + failed + " " + others);
 }
 
-// Every rank resumes, or none: a rank that finds no checkpoint where another finds one (a
-// checkpoint directory that is not shared, or one written while the ranks looked) would train
-// other weights and wait in collectives the others never make.
-void agree_on_resuming(const ProcessGroup& pg, bool resuming, const std::string& dir) {
+// Every rank resumes the same checkpoint, or none does: a rank that finds none where another
+// finds one, or finds another step (a checkpoint directory that is not shared, a file system's
+// stale listing, or a checkpoint written while the ranks looked) would train other weights and
+// wait in collectives the others never make. `found`: this rank's (CheckpointReader::find).
+void agree_on_resuming(const ProcessGroup& pg, const std::string& found, const std::string& dir) {
   if (!pg.comm || pg.size() <= 1) return;
-  const auto [with, without] = ranks_where(pg, resuming);
-  if (with.empty() || without.empty()) return;
-  throw ConfigError("checkpoint.dir " + dir + ": rank " + with + " found a checkpoint to resume " +
-                    "and rank " + without + " found none; every rank must see the same " +
-                    "directory (a shared file system), and no other job may be writing to it");
+  const std::string fix = "; every rank must see the same directory (a shared file system), and "
+                          "no other job may be writing to it";
+  const auto [with, without] = ranks_where(pg, !found.empty());
+  if (!with.empty() && !without.empty()) {
+    throw ConfigError("checkpoint.dir " + dir + ": rank " + with + " found a checkpoint to " +
+                      "resume and rank " + without + " found none" + fix);
+  }
+  if (found.empty()) return;
+  // Each rank's step, exactly, as two floats of 24 bits each (-1: a manifest it cannot read).
+  int64_t step = -1;
+  try {
+    step = CheckpointReader(found).step();
+  } catch (const Error&) {
+  }
+  Tensor mine = Tensor::empty({2}, DType::f32), all = Tensor::empty({2 * pg.size()}, DType::f32);
+  mine.data<float>()[0] = float(step >> 24);
+  mine.data<float>()[1] = float(step & 0xFFFFFF);
+  pg.comm->host_communicator()->all_gather(mine, all);
+  std::string steps;
+  bool same = true;
+  for (int r = 0; r < pg.size(); ++r) {
+    const float* f = all.data<float>() + 2 * r;
+    const int64_t s = int64_t(f[0]) * (int64_t(1) << 24) + int64_t(f[1]);
+    same = same && s == step;
+    steps += (r ? ", " : "") + std::to_string(s);
+  }
+  if (!same) {
+    throw ConfigError("checkpoint.dir " + dir + ": the ranks found other newest checkpoints "
+                      "(steps " + steps + ", by rank)" + fix);
+  }
 }
 
 
@@ -531,6 +557,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   cfg_in.validate();
   const auto start = Clock::now();
   const double origin = run_origin();  // the allocation began this long before
+  // Preemption's handlers go in first: a signal during the startup (meeting the other ranks,
+  // the data, the model, a checkpoint's load) stops the run before its first step instead of
+  // killing it, and the time limit counts from the process's start, the allocation's.
+  const CheckpointConfig& ck_in = cfg_in.checkpoint;
+  PreemptionWatch watch(!ck_in.dir.empty() ? parse_signals(ck_in.signals) : std::vector<int>{},
+                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0, origin);
   const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
   check_same_settings(cfg_in, pg);
   agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
@@ -628,8 +660,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // weights: either way the weights are read below, and the seed's would be thrown away.
   const CheckpointConfig& ck = cfg.checkpoint;
   const bool checkpoints = !ck.dir.empty();
-  const bool resuming = checkpoints && ck.resume && !CheckpointReader::find(ck.dir).empty();
-  agree_on_resuming(pg, resuming, ck.dir);
+  const std::string resume_dir = checkpoints && ck.resume ? CheckpointReader::find(ck.dir) : "";
+  const bool resuming = !resume_dir.empty();
+  agree_on_resuming(pg, resume_dir, ck.dir);
   const WeightInit init = resuming || !ck.init.empty() ? WeightInit::zeros : WeightInit::random;
   Transformer model = grid_model(cfg.model, make_backend(backend), cfg.train.seed, grid,
                                  cfg.parallel.zero_stage, cfg.train.seq_len, init);
@@ -707,14 +740,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     if (ck.check_data) {  // every rank's copy of the data, agreed on before any rank loads
       std::string other_data;
       try {
-        trainer.check_checkpoint_data(ck.dir);
+        trainer.check_checkpoint_data(resume_dir);
       } catch (const Error& e) {
         other_data = e.what();
       }
       agree(pg, other_data, "holds other training data than the checkpoint's (its output says "
                             "how)");
     }
-    const std::string dir = trainer.load_checkpoint(ck.dir, ck.check_data);
+    const std::string dir = trainer.load_checkpoint(resume_dir, ck.check_data);
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                        (long long)trainer.steps_done(), (long long)pos.epoch,
@@ -737,23 +770,41 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     result.checkpoint = dir;
     out.line("checkpoint " + dir + " committed");
   };
+  double longest_save = 0, longest_eval = 0;  // what a stop may take, for the time limit
   auto save = [&] {
+    const auto t0 = Clock::now();
     Span timed(parts.checkpoint_save);
     committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
     saved_at = trainer.steps_done();
+    longest_save = std::max(longest_save, seconds_since(t0));
   };
   auto finish_save = [&] {
     Span timed(parts.checkpoint_save);
     committed(trainer.finish_checkpoint());
   };
   auto run_eval = [&] {
+    const auto t0 = Clock::now();
     Span timed(parts.evaluation);
-    return trainer.evaluate();
+    const float loss = trainer.evaluate();
+    longest_eval = std::max(longest_eval, seconds_since(t0));
+    return loss;
   };
-  PreemptionWatch watch(checkpoints ? parse_signals(ck.signals) : std::vector<int>{},
-                        checkpoints ? ck.time_limit : 0.0);
   // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.
   const bool watch_stops = checkpoints || hooks.interrupted != nullptr;
+  auto stop_reason = [&] {
+    return watch.interrupted()          ? std::string("interrupted")
+           : watch.signal()             ? "signal " + std::to_string(watch.signal())
+           : watch.time_limit_reached() ? std::string("time limit")
+                                        : std::string("another rank was signalled");
+  };
+  // What stopping after step `step` would take beyond it, against the time limit: the
+  // evaluation due after the next step, and the save (until one is timed, the load's time).
+  auto stop_seconds = [&](int64_t step) {
+    const bool eval_next = (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) ||
+                           step + 1 == tc.steps;
+    return (eval_next ? longest_eval : 0.0) +
+           (checkpoints ? std::max(longest_save, parts.checkpoint_load) : 0.0);
+  };
 
   float val_loss = run_eval();
   out.line(strprintf("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
@@ -804,7 +855,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   double tok_per_s = 0;
   result.final_loss = std::nanf("");
   if (trainer.pipeline() && cfg.parallel.pp_timeline) trainer.pipeline()->record_timeline(true);
-  for (int64_t s = first; s < tc.steps; ++s) {
+  // A signal or the time limit during the startup: stop before the first step, saving nothing
+  // (what was resumed is the newest checkpoint already).
+  if (first < tc.steps && watch_stops &&
+      watch.should_stop(0.0, pg.comm.get(), hooks.interrupted && hooks.interrupted(),
+                        stop_seconds(first))) {
+    result.stop_reason = stop_reason();
+  }
+  for (int64_t s = first; result.stop_reason.empty() && s < tc.steps; ++s) {
     const auto step_start = Clock::now();
     const double saved_before = parts.checkpoint_save, evaluated_before = parts.evaluation;
     StepStats st;
@@ -852,16 +910,13 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     }
     const bool interrupt = hooks.interrupted && hooks.interrupted();
     if (st.step < tc.steps && watch_stops &&
-        watch.should_stop(st.step_seconds, pg.comm.get(), interrupt)) {
+        watch.should_stop(st.step_seconds, pg.comm.get(), interrupt, stop_seconds(st.step))) {
       if (checkpoints) {
         finish_save();
         if (saved_at != st.step) save();
       }
       account_step(st.step, step_start, saved_before, evaluated_before);
-      result.stop_reason = watch.interrupted()          ? "interrupted"
-                           : watch.signal()             ? "signal " + std::to_string(watch.signal())
-                           : watch.time_limit_reached() ? "time limit"
-                                                        : "another rank was signalled";
+      result.stop_reason = stop_reason();
       break;
     }
     account_step(st.step, step_start, saved_before, evaluated_before);
@@ -890,9 +945,19 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
 
   const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
   if (preempted) {
-    out.line(
-        strprintf("stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
-                  (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
+    if (result.steps_done == first) {  // stopped during the startup
+      out.line(strprintf("stopped before its first step (%s): %s; exit status %d means "
+                         "\"requeue me\"",
+                         result.stop_reason.c_str(),
+                         resuming ? ("the checkpoint it resumed (step " +
+                                     std::to_string(first) + ") stays the newest").c_str()
+                                  : "nothing to save yet",
+                         kPreemptedExitCode));
+    } else {
+      out.line(strprintf(
+          "stopped at step %lld (%s): checkpointed; exit status %d means \"requeue me\"",
+          (long long)result.steps_done, result.stop_reason.c_str(), kPreemptedExitCode));
+    }
     result.status = kPreemptedExitCode;
     result.seconds = seconds_since(start);
     close_ledger();
@@ -918,7 +983,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (result.stop_reason == "interrupted") {
     out.line(strprintf("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
                        (long long)tc.steps, duration(result.seconds).c_str(),
-                       checkpoints ? ": checkpointed" : ""));
+                       checkpoints && result.steps_done != first ? ": checkpointed" : ""));
     result.status = kRunInterrupted;
     close_ledger();
     return result;

@@ -446,18 +446,28 @@ void bind_run(py::module_& m) {
          py::object on_step, bool catch_interrupt) {
         RunHooks hooks;
         bool interrupted = false;
+        // Ctrl-C while Python code of a hook runs raises KeyboardInterrupt there, on this rank
+        // alone: it becomes the interrupt the run stops for at the step's end (as one between
+        // hooks does), not an exception that would leave the other ranks waiting.
+        auto calling = [&interrupted, catch_interrupt](const std::function<void()>& call) {
+          py::gil_scoped_acquire gil;
+          try {
+            call();
+          } catch (py::error_already_set& e) {
+            if (!catch_interrupt || !e.matches(PyExc_KeyboardInterrupt)) throw;
+            interrupted = true;
+          }
+        };
         if (!write.is_none()) {
-          hooks.write = [write](const std::string& text) {
-            py::gil_scoped_acquire gil;
+          hooks.write = [write, calling](const std::string& text) {
             // A byte-level sample may not be valid UTF-8: such bytes become U+FFFD.
-            write(py::bytes(text).attr("decode")("utf-8", "replace"));
+            calling([&] { write(py::bytes(text).attr("decode")("utf-8", "replace")); });
           };
           hooks.terminal = terminal;
         }
         if (!on_step.is_none()) {
-          hooks.on_step = [on_step](const std::string& record) {
-            py::gil_scoped_acquire gil;
-            on_step(record);
+          hooks.on_step = [on_step, calling](const std::string& record) {
+            calling([&] { on_step(record); });
           };
         }
         if (catch_interrupt) {  // Ctrl-C: Python's handler flags it; the run stops at a step's end

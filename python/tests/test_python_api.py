@@ -248,3 +248,30 @@ def test_run_from_python_writes_the_run(tmp_path):
     assert metrics[-1]["loss"] == pytest.approx(result["final_loss"], rel=1e-7)
     assert metrics[-1]["val_loss"] == pytest.approx(result["val_loss"], rel=1e-7)
     assert nuri.load(tmp_path / "run" / "model.safetensors").config == cfg.model
+
+
+def test_ctrl_c_while_a_line_is_written_stops_at_the_steps_end_with_a_checkpoint(tmp_path):
+    """Ctrl-C lands in Python code most often while a progress line is written: the
+    KeyboardInterrupt raised there is the interrupt the run stops for at the step's end
+    (checkpointed, status 130), not an exception out of the run on this rank alone."""
+    class CtrlC(io.StringIO):
+        raised = False
+
+        def write(self, s):
+            n = super().write(s)
+            if not self.raised and "step     2/6" in s:
+                self.raised = True
+                raise KeyboardInterrupt
+            return n
+
+    cfg = nuri.apply_overrides(nuri.RunConfig(), [
+        "model=gpt2-tiny", "train.steps=6", "train.micro_batch=2", "train.seq_len=32",
+        "train.eval_every=0", "train.eval_batches=1", "sample.max_new_tokens=0", "log_every=1",
+        f"checkpoint.dir={tmp_path / 'ck'}"])
+    out = CtrlC()
+    result = nuri.run(cfg, stream=out, plot=False)
+    assert out.raised
+    assert (result["status"], result["steps_done"], result["stop_reason"]) == (
+        130, 2, "interrupted"), out.getvalue()
+    assert result["checkpoint"].endswith("step-00000002")
+    assert "interrupted at step 2/6" in out.getvalue() and "checkpointed" in out.getvalue()

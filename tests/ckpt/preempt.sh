@@ -61,6 +61,14 @@ rc=$?
 ((rc == 75)) && grep -q 'stopped at step [0-9]* (time limit): checkpointed' <<<"$out" ||
   { echo "$out" | tail -n 5; fail "--time-limit 3: exit $rc"; }
 echo "--time-limit 3: $(grep -oP 'stopped at step [0-9]+ \(time limit\)' <<<"$out"), exit 75"
+# The limit counts from the process's start: one its startup alone passes stops the run before
+# its first step, and the checkpoint it resumed stays the newest.
+tl_step=$(grep -oP 'stopped at step \K[0-9]+' <<<"$out")
+out=$("$bin" "${args[@]}" --steps 100000 --ckpt-dir "$dir/tl" --time-limit 0.01 2>&1)
+rc=$?
+((rc == 75)) && grep -q "stopped before its first step (time limit): the checkpoint it resumed (step $tl_step) stays the newest" <<<"$out" ||
+  { echo "$out" | tail -n 5; fail "--time-limit 0.01: exit $rc"; }
+echo "--time-limit 0.01: stopped before its first step, exit 75"
 
 # A checkpoint directory the ranks do not share (a relative --ckpt-dir, each rank started in
 # another directory): rank 0 finds the checkpoints above, rank 1 none. Both stop with the
@@ -83,4 +91,27 @@ for r in 0 1; do
 done
 ((rc0 == 2 && rc1 == 2)) || fail "unshared checkpoint directory: ranks exited $rc0 and $rc1, not 2"
 echo "a checkpoint directory only rank 0 sees: both ranks exit 2 before a step, naming the ranks"
+
+# Each rank sees checkpoints, but rank 1 another newest one (here the time-limit run's, as a
+# stale listing could show): both stop before a step, naming each rank's step.
+rm -rf "$dir/elsewhere/ck" && cp -r "$dir/tl" "$dir/elsewhere/ck"
+ours=$(basename "$(ls -d "$dir"/ck/step-* | tail -n 1)")
+theirs=$(basename "$(ls -d "$dir"/elsewhere/ck/step-* | tail -n 1)")
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+for r in 0 1; do
+  (cd "$dir" && [[ $r == 1 ]] && cd elsewhere
+   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+     exec "$bin" "${args[@]}" --ckpt-dir ck >"$dir/stale$r" 2>&1) &
+  pids+=($!)
+done
+wait "${pids[0]}"; rc0=$?
+wait "${pids[1]}"; rc1=$?
+pids=()
+want_msg="checkpoint.dir ck: the ranks found other newest checkpoints (steps $((10#${ours#step-})), $((10#${theirs#step-})), by rank)"
+for r in 0 1; do
+  grep -qF "$want_msg" "$dir/stale$r" && ! grep -q 'step  *1/60' "$dir/stale$r" ||
+    { cat "$dir/stale$r"; echo "want: $want_msg"; fail "rank $r: no error naming the steps"; }
+done
+((rc0 == 2 && rc1 == 2)) || fail "other newest checkpoints: ranks exited $rc0 and $rc1, not 2"
+echo "ranks that find other newest checkpoints: both exit 2 before a step, naming the steps"
 echo PASS

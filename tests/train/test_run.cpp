@@ -4,13 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "nuri/ckpt/checkpoint.h"
 #include "nuri/ckpt/safetensors.h"
 #include "nuri/core/log.h"
+#include "nuri/train/preemption.h"
 #include "nuri/train/run.h"
 #include "test_util.h"
 
@@ -158,7 +161,7 @@ TEST(Run, ResumeKeepsEachStepOnceAndAnInterruptCheckpoints) {
   Captured first;
   RunHooks h = first.hooks();
   int polls = 0;
-  h.interrupted = [&] { return ++polls == 2; };
+  h.interrupted = [&] { return ++polls == 3; };  // before the first step, after 1, after 2
   const RunResult a = run_training(c, h);
   EXPECT_EQ(a.status, kRunInterrupted);
   EXPECT_EQ(a.steps_done, 2);
@@ -185,6 +188,74 @@ TEST(Run, ResumeKeepsEachStepOnceAndAnInterruptCheckpoints) {
   Captured ref;
   run_training(straight, ref.hooks());
   for (size_t i = 0; i < 6; ++i) EXPECT_EQ(metrics[i]["loss"], ref.records[i]["loss"]) << i;
+}
+
+// A preemption signal during the startup (here raised while the header is written, after
+// the resume): the run stops before its first step with the requeue status, saving nothing,
+// and the checkpoint it resumed stays the newest; the next start resumes it and goes on. A
+// fresh start stops the same way with nothing to save. (Before the handlers went in first, the
+// signal's default action ended the process.)
+TEST(Run, ASignalDuringTheStartupStopsBeforeTheFirstStep) {
+  TempDir t;
+  RunConfig c = checkpointed_two_steps(t.path);
+  c.train.steps = 4;
+  auto signalled_at = [&](const RunConfig& cfg, const std::string& line, Captured& cap) {
+    RunHooks h = cap.hooks();
+    bool raised = false;
+    h.write = [&](const std::string& s) {
+      cap.text += s;
+      if (!raised && s.find(line) != std::string::npos) {
+        raised = true;
+        std::raise(SIGTERM);
+      }
+    };
+    return run_training(cfg, h);
+  };
+  Captured resumed;
+  const RunResult a = signalled_at(c, "resumed from", resumed);
+  EXPECT_EQ(a.status, kPreemptedExitCode) << resumed.text;
+  EXPECT_EQ(a.steps_done, 2);
+  EXPECT_EQ(a.stop_reason, "signal " + std::to_string(SIGTERM));
+  EXPECT_NE(resumed.text.find("stopped before its first step (signal " +
+                              std::to_string(SIGTERM) + "): the checkpoint it resumed (step 2) "
+                              "stays the newest; exit status 75"),
+            std::string::npos)
+      << resumed.text;
+  EXPECT_EQ(resumed.text.find("step     3/4"), std::string::npos) << resumed.text;
+  EXPECT_EQ(CheckpointReader::find(c.checkpoint.dir), (t.path / "ck" / "step-00000002").string());
+  Captured next;
+  EXPECT_EQ(run_training(c, next.hooks()).status, kRunDone) << next.text;
+  EXPECT_EQ(CheckpointReader::find(c.checkpoint.dir), (t.path / "ck" / "step-00000004").string());
+
+  RunConfig fresh = c;
+  fresh.checkpoint.dir = (t.path / "fresh").string();
+  Captured started;
+  const RunResult b = signalled_at(fresh, "parameters", started);
+  EXPECT_EQ(b.status, kPreemptedExitCode) << started.text;
+  EXPECT_EQ(b.steps_done, 0);
+  EXPECT_NE(started.text.find("stopped before its first step (signal " +
+                              std::to_string(SIGTERM) + "): nothing to save yet"),
+            std::string::npos)
+      << started.text;
+  EXPECT_EQ(CheckpointReader::find(fresh.checkpoint.dir), "");
+}
+
+// The time limit's arithmetic: the time spent before the watch (the startup) counts, and so
+// do twice the longest step and what the stop itself takes (an evaluation due, the save).
+TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {
+  PreemptionWatch fresh({}, 100.0);
+  EXPECT_FALSE(fresh.should_stop(1.0, nullptr));
+  EXPECT_FALSE(fresh.should_stop(0.0, nullptr, false, 90.0));  // 2 x 1 + 90 < 100
+  EXPECT_TRUE(fresh.should_stop(0.0, nullptr, false, 99.0));   // 2 x 1 + 99 >= 100
+  EXPECT_TRUE(fresh.time_limit_reached());
+  PreemptionWatch late({}, 100.0, /*elapsed_s=*/95.0);
+  EXPECT_FALSE(late.should_stop(2.0, nullptr));  // 95 + 2 x 2 < 100
+  EXPECT_TRUE(late.should_stop(3.0, nullptr));   // 95 + 2 x 3 >= 100
+  PreemptionWatch none({}, 0.0, 1e6);            // no limit
+  EXPECT_FALSE(none.should_stop(1e3, nullptr, false, 1e6));
+  EXPECT_EQ(test::error_of([] { PreemptionWatch({}, 10.0, -1.0); })
+                .rfind("time spent before the watch (-1 s) must be >= 0", 0),
+            0u);
 }
 
 TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {

@@ -20,17 +20,22 @@ constexpr int kPreemptedExitCode = 75;
 class PreemptionWatch {
  public:
   /// Installs handlers for `signals` (each only records that it arrived). time_limit_s > 0:
-  /// also stop once the time since construction plus twice the longest step seen (the margin
-  /// for one more step and the save) would pass the limit.
-  explicit PreemptionWatch(std::vector<int> signals, double time_limit_s = 0);
+  /// also stop once the time spent (elapsed_s, what came before this watch, e.g. the process's
+  /// startup, plus the time since construction), twice the longest step seen and what the stop
+  /// itself will take (should_stop's then_s) would pass the limit.
+  explicit PreemptionWatch(std::vector<int> signals, double time_limit_s = 0,
+                           double elapsed_s = 0);
   ~PreemptionWatch();
   PreemptionWatch(const PreemptionWatch&) = delete;
   PreemptionWatch& operator=(const PreemptionWatch&) = delete;
 
-  /// Call after each step with its duration. Collective over comm's ranks when comm has more
-  /// than one (a two-element all-reduce): true on every rank when any rank got a signal, reached
-  /// the time limit, or passed interrupt = true (a user's Ctrl-C, which the caller detects).
-  bool should_stop(double step_seconds, Communicator* comm, bool interrupt = false);
+  /// Call after each step with its duration (0 before the first). Collective over comm's ranks
+  /// when comm has more than one (a two-element all-reduce): true on every rank when any rank
+  /// got a signal, reached the time limit, or passed interrupt = true (a user's Ctrl-C, which
+  /// the caller detects). then_s: the seconds that stopping after the next step would take
+  /// beyond it (an evaluation due, the checkpoint's save), counted against the time limit.
+  bool should_stop(double step_seconds, Communicator* comm, bool interrupt = false,
+                   double then_s = 0);
   /// The signal that arrived on this rank (0: none), and whether the time limit was the reason.
   int signal() const;
   bool time_limit_reached() const { return time_up_; }
