@@ -418,6 +418,7 @@ CheckpointReader::CheckpointReader(const std::string& path) {
 CheckpointReader::~CheckpointReader() = default;
 
 const SafetensorsFile& CheckpointReader::file(const std::string& name) const {
+  const std::lock_guard<std::mutex> lock(open_mutex_);  // (reading a file needs no lock)
   auto it = open_.find(name);
   if (it != open_.end()) return *it->second;
   const std::string path = dir_ + "/" + name;

@@ -206,7 +206,14 @@ DataParallel::~DataParallel() {
     } catch (...) {  // the error was the step's to report; nothing to do with it here
     }
   }
-  if (model_) model_->set_grad_hooks(nullptr);
+  // The model outlives this (a Python model, a second trainer built on it): it must not keep
+  // pointers here, but hooks another DataParallel set since are that one's.
+  if (model_ && model_->grad_hooks() == static_cast<GradHooks*>(this)) {
+    model_->set_grad_hooks(nullptr);
+  }
+  if (model_ && model_->param_hooks() == static_cast<ParamHooks*>(this)) {
+    model_->set_param_hooks(nullptr);  // a ZeRO 3 shard: its forward now says it needs them
+  }
 }
 
 std::vector<int64_t> DataParallel::shard_counts(int64_t n) const {

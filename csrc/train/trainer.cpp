@@ -580,6 +580,9 @@ Trainer::~Trainer() {
   // A save still being written is finished (its files), not committed: committing is
   // collective, which a destructor must not be. finish_checkpoint() commits.
   if (pending_ && pending_->thread.joinable()) pending_->thread.join();
+  // The model outlives this trainer: no pointer to its tensor-parallel collectives stays
+  // (DataParallel's destructor detaches its own hooks likewise).
+  if (tp_ && model_.tensor_parallel_hooks() == tp_.get()) model_.set_tensor_parallel_hooks(nullptr);
 }
 
 std::string Trainer::save_checkpoint(const std::string& root, int keep_last) {

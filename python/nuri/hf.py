@@ -39,7 +39,7 @@ import numpy as np
 
 from . import _C
 from .config import ConfigError, model_config_from_dict, model_config_to_dict
-from .io import check_finite, check_outside_checkpoint, check_whole_model
+from .io import check_finite, check_outside_checkpoint, check_whole_model, on_backend
 
 #: Conv1D weights of a GPT-2 block (stored [in, out] by Hugging Face).
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -377,7 +377,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
                     backend: str = "cpu", where: str = "Hugging Face tensors") -> _C.Model:
     """A nuri model from Hugging Face-layout tensors (see the module's doc for the layouts)."""
     gpt2 = _gpt2(config)
-    model = _C.Model(config, backend, init="zeros")  # every weight is set below
+    model = _C.Model(config, "cpu", init="zeros")  # every weight is set below, then to `backend`
     params = model.parameters()
     seen = set()
     for key, src in (tensors.items() if gpt2 else _unfused(config, tensors, where)):
@@ -416,8 +416,7 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
         prefix = "transformer." if gpt2 and missing[0] != "lm_head.weight" else ""
         raise _C.Error(f"{where}: tensor '{prefix}{missing[0]}' is missing "
                        f"({len(missing)} missing in all)")
-    model.sync_compute_weights()
-    return model
+    return on_backend(model, backend)
 
 
 def import_hf(directory: str | os.PathLike, backend: str = "cpu") -> _C.Model:

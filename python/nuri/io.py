@@ -145,7 +145,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                        "export it from a checkpoint")
     if config is None:
         config = stored_model_config(path, metadata)
-    model = _C.Model(config, backend, init="zeros")  # every weight is set below
+    model = _C.Model(config, "cpu", init="zeros")  # every weight is set below
     params = model.parameters()
     extra = sorted(set(tensors) - set(params))
     if extra:
@@ -163,7 +163,17 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
             raise _C.Error(f"{path}: tensor '{name}' is {src.dtype}, nuri needs float32")
         check_finite(src, path, name)
         dst[...] = src
-    return model
+    return on_backend(model, backend)
+
+
+def on_backend(model: _C.Model, backend: str) -> _C.Model:
+    """``model`` (a whole model, its weights set on the CPU through NumPy) on ``backend``:
+    itself for "cpu", else a model made there with its weights (copy_weights_from)."""
+    if backend == "cpu":
+        return model
+    out = _C.Model(model.config, backend, init="zeros")
+    out.copy_weights_from(model)
+    return out
 
 
 def read_data(path: str | os.PathLike, vocab_size: int = 0, format: str = "auto"

@@ -235,6 +235,41 @@ py::dict named_views(const std::vector<NamedTensor>& ts) {
   return d;
 }
 
+// A copy of `t` (in `be`'s memory) as f32 on the host: a GPU model's bf16 logits widened.
+Tensor host_f32(Backend& be, const Tensor& t) {
+  if (t.device().is_cpu() && t.dtype() == DType::f32) return t.clone();
+  Tensor host = Tensor::empty(t.shape(), t.dtype());
+  be.copy(t, host);
+  be.synchronize();
+  if (host.dtype() == DType::f32) return host;
+  NURI_CHECK(host.dtype() == DType::bf16 || host.dtype() == DType::f16, "host_f32: a ",
+             dtype_name(host.dtype()), " tensor");
+  Tensor out = Tensor::empty(t.shape(), DType::f32);
+  float* dst = out.data<float>();
+  for (int64_t i = 0; i < host.numel(); ++i) {
+    dst[i] = host.dtype() == DType::bf16 ? bf16_to_f32(host.data<bf16_t>()[i])
+                                         : f16_to_f32(host.data<f16_t>()[i]);
+  }
+  return out;
+}
+
+// A model's tensors as NumPy arrays: views of a CPU model's, host copies of a GPU model's
+// (what saving and exporting read; writing them changes nothing on the device).
+py::dict model_arrays(const Transformer& m, const std::vector<NamedTensor>& ts) {
+  if (m.backend().device().is_cpu()) return named_views(ts);
+  std::vector<NamedTensor> host;
+  {
+    py::gil_scoped_release release;
+    for (const auto& t : ts) {
+      Tensor h = Tensor::empty(t.tensor.shape(), t.tensor.dtype());
+      m.backend().copy(t.tensor, h);
+      host.push_back({t.name, h});
+    }
+    m.backend().synchronize();
+  }
+  return named_views(host);
+}
+
 // Model.generate and Trainer.generate: sampling options from keyword arguments, GIL released.
 SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
   SampleOptions o;
@@ -370,12 +405,33 @@ PYBIND11_MODULE(_C, m) {
            })
       .def_property_readonly("parameter_count", &Transformer::parameter_count)
       .def_property_readonly("config", [](const Transformer& t) { return t.config(); })
-      .def("parameters", [](const Transformer& t) { return named_views(t.parameters()); },
-           "Ordered dict: Hugging Face name -> writable float32 NumPy view (no copy).")
-      .def("gradients", [](const Transformer& t) { return named_views(t.gradients()); })
+      .def("parameters", [](const Transformer& t) { return model_arrays(t, t.parameters()); },
+           "Ordered dict: Hugging Face name -> float32 NumPy array: a writable view of a CPU "
+           "model's weights (no copy), a host copy of a GPU model's.")
+      .def("gradients", [](const Transformer& t) { return model_arrays(t, t.gradients()); })
+      .def("copy_weights_from", [](Transformer& t, const Transformer& src) {
+             NURI_CHECK(model_config_to_json(t.config()) == model_config_to_json(src.config()),
+                        "copy_weights_from: the models' configs differ (", src.config().summary(),
+                        " into ", t.config().summary(), ")");
+             for (const Transformer* m : {static_cast<const Transformer*>(&t), &src}) {
+               NURI_CHECK(m->held_range() == std::make_pair(int64_t(0), m->parameter_count()) &&
+                              !m->masters_sharded() && m->tensor_parallel().size == 1 &&
+                              m->stage().first == 0 && m->stage().last == m->config().n_layer,
+                          "copy_weights_from: both models must hold all of their weights");
+             }
+             NURI_CHECK(src.backend().device().is_cpu(), "copy_weights_from: the source is on ",
+                        src.backend().name(), "; copy from a CPU model");
+             py::gil_scoped_release release;
+             t.load_weights(src.param_buffer());
+             t.backend().synchronize();
+           }, py::arg("source"),
+           "Sets every weight (and the compute copy) from a CPU model of the same config: how a "
+           "model read on the CPU goes to a GPU.")
       .def("sync_compute_weights", &Transformer::sync_compute_weights,
            "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
-      .def("parameter", [](const Transformer& t, const std::string& name) { return to_numpy(t.parameter(name)); })
+      .def("parameter", [](const Transformer& t, const std::string& name) {
+             return model_arrays(t, {NamedTensor{name, t.parameter(name)}})[py::str(name)];
+           })
       .def("forward", [](Transformer& t, py::handle tokens, py::handle targets) {
              Tensor x = token_batch(tokens, "tokens"), y = token_batch(targets, "targets");
              py::gil_scoped_release release;
@@ -386,7 +442,7 @@ PYBIND11_MODULE(_C, m) {
              Tensor out;
              {
                py::gil_scoped_release release;
-               out = t.logits(x).clone();
+               out = host_f32(t.backend(), t.logits(x));
              }
              // The model computes padded_vocab columns (a tensor-parallel rank its slice of
              // them); the padding's columns are not tokens, so they are cut off.

@@ -149,7 +149,8 @@ void bind_settings(py::class_<T>& cls, const Settings& table, const std::string&
           }),
           "Defaults, with any setting given by keyword (e.g. steps=10, lr=1e-3).")
       .def("to_dict", to_dict, "Every setting by key (floats as their shortest float32 decimal).")
-      .def("__eq__", [to_dict](const T& a, const T& b) { return to_dict(a).equal(to_dict(b)); })
+      .def("__eq__", [to_dict](const T& a, const T& b) { return to_dict(a).equal(to_dict(b)); },
+           py::is_operator())
       .def("__copy__", [](const T& o) { return T(o); })
       .def("copy", [](const T& o) { return T(o); })
       .def("__repr__", [cls, to_dict](const T& o) {

@@ -275,3 +275,41 @@ def test_ctrl_c_while_a_line_is_written_stops_at_the_steps_end_with_a_checkpoint
         130, 2, "interrupted"), out.getvalue()
     assert result["checkpoint"].endswith("step-00000002")
     assert "interrupted at step 2/6" in out.getvalue() and "checkpointed" in out.getvalue()
+
+
+def test_copy_weights_from_a_cpu_model_gives_its_logits():
+    """How nuri.load and nuri.import_hf put a model read on the CPU on another backend: every
+    weight copied (here CPU to CPU; on a GPU the same call fills the device's masters and its
+    bf16 copy); another config or a source that is not the whole model refused."""
+    cfg = nuri.ModelConfig.preset("llama-tiny")
+    src = nuri.Model(cfg, "cpu", 3)
+    dst = nuri.Model(cfg, "cpu", init="zeros")
+    dst.copy_weights_from(src)
+    tokens = np.arange(32, dtype=np.int32).reshape(2, 16) % cfg.vocab_size
+    np.testing.assert_array_equal(np.asarray(dst.logits(tokens)), np.asarray(src.logits(tokens)))
+    other = nuri.ModelConfig.preset("llama-tiny")
+    other.n_layer = 1
+    with pytest.raises(nuri.Error, match="copy_weights_from: the models' configs differ"):
+        nuri.Model(other, "cpu", init="zeros").copy_weights_from(src)
+    with pytest.raises(nuri.Error, match="both models must hold all of their weights"):
+        nuri.Model(cfg, "cpu", 1, pipeline_stage=(0, 1)).copy_weights_from(src)
+
+
+def test_config_equality_and_checkpoint_reads_from_threads(tmp_path):
+    """Configs compare with anything (None is another value, not a TypeError); a checkpoint
+    reader's tensors read from several threads at once (it opens its files on first use, under
+    a lock) equal one thread's reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    assert nuri.TrainConfig() == nuri.TrainConfig() and nuri.TrainConfig() != None  # noqa: E711
+    _, trainer, _ = tiny_trainer(steps=2)
+    trainer.step()
+    ck = trainer.save_checkpoint(str(tmp_path / "ck"))
+    reader = nuri._C.CheckpointReader(ck)
+    names = reader.names()
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(reader.read, names))
+    fresh = nuri._C.CheckpointReader(ck)
+    assert len(names) > 8
+    for name, a in zip(names, got):
+        np.testing.assert_array_equal(a, fresh.read(name), err_msg=name)

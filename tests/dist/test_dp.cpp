@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include "dist_util.h"
+#include "test_util.h"
 
 #include <algorithm>
 #include <cmath>
@@ -198,6 +199,43 @@ TEST_P(DataParallelTest, ZeroStageThreeComputesStageTwosBits) {
 // What the step communicated: stages 0 and 1 all-reduce every gradient once per step (only the
 // last micro-batch communicates), stage 2 reduce-scatters them every micro-batch; stages 1 and 2
 // all-gather the parameters. Bus bytes follow nccl-tests' factors.
+// A trainer built again on the same model (a Python user rebinding `trainer`): the old one,
+// destroyed after the new one attached, takes none of the new one's hooks with it, so the
+// new one reduces the gradients (stage 0) and gathers the weights (stage 3) as a trainer
+// built once does, bit for bit; and the model keeps no pointer to a destroyed trainer.
+TEST(DataParallelRebuilt, ATrainerBuiltAgainOnTheModelStepsAsOneBuiltOnce) {
+  for (const int stage : {0, 3}) {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+    ParallelConfig par;
+    par.zero_stage = stage;
+    par.bucket_bytes = kBucketBytes;
+    auto old = std::make_unique<Trainer>(m, config(1), text_data(), nullptr, world(), par);
+    Trainer t(m, config(1), text_data(), nullptr, world(), par);
+    old.reset();
+    Result r;
+    for (int i = 0; i < 20; ++i) r.losses.push_back(t.step().loss);
+    const Tensor p = t.master_weights();
+    r.params.assign(p.data<float>(), p.data<float>() + p.numel());
+    const Result& once = train_dp(1, stage);
+    EXPECT_EQ(r.losses, once.losses) << "stage " << stage;
+    EXPECT_EQ(r.params, once.params) << "stage " << stage;
+  }
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  ParallelConfig par;
+  par.zero_stage = 3;
+  {
+    Trainer t(m, config(1), text_data(), nullptr, world(), par);
+    EXPECT_NE(m.grad_hooks(), nullptr);
+  }
+  EXPECT_EQ(m.grad_hooks(), nullptr);
+  EXPECT_EQ(m.param_hooks(), nullptr);
+  if (world()->size() > 1) {  // a shard without its trainer: the forward says what it needs
+    EXPECT_NE(test::error_of([&] { m.logits(Tensor::zeros({1, 8}, DType::i32)); })
+                  .find("ParamHooks that gather them"),
+              std::string::npos);
+  }
+}
+
 TEST_P(DataParallelTest, CommunicationPerStepIsWhatTheStageImplies) {
   std::shared_ptr<Communicator> comm = world();
   const int64_t accum = GetParam();

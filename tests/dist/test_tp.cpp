@@ -218,6 +218,20 @@ TEST(TensorParallel, RefusesLayoutsThatDoNotDivide) {
       << grid;
 }
 
+// The model outlives its trainer (a Python model, a trainer built again): no pointer to the
+// trainer's tensor-parallel collectives stays in it.
+TEST(TensorParallel, TheTrainersCollectivesLeaveTheModelWithIt) {
+  const int n = world()->size();
+  ASSERT_GE(n, 2) << "run under mpirun -np 2 or 4 (ctest: mpi.tp.np*, tcp.tp.np*)";
+  GridGroups g = make_grid_groups(world(), n);
+  Transformer m(model("gpt2"), make_backend("cpu"), 7, WeightShard{}, {g.coord.tp, n});
+  {
+    Trainer t(m, config(1, Recompute::none), text_data(), nullptr, g, ParallelConfig{});
+    EXPECT_NE(m.tensor_parallel_hooks(), nullptr);
+  }
+  EXPECT_EQ(m.tensor_parallel_hooks(), nullptr);
+}
+
 TEST(TensorParallel, MovesWhatTheFormulasSayPerMicroBatch) {
   const int n = world()->size();
   ASSERT_GE(n, 2) << "run under mpirun -np 2 or 4 (ctest: mpi.tp.np*, tcp.tp.np*)";

@@ -1,8 +1,14 @@
 """A short training run on the GPU from Python (label gpu): nuri.run with backend cuda on the
 package this tree built; the first step's loss agrees with the CPU's within bf16 rounding and
-the loss falls. Exit 77 (skipped) without a CUDA device."""
+the loss falls. Then a model file on the GPU and back: nuri.load(backend="cuda") gives the CPU
+model's logits within bf16 rounding, and nuri.save of the GPU model writes the same weights.
+Exit 77 (skipped) without a CUDA device."""
 import io
+import os
 import sys
+import tempfile
+
+import numpy as np
 
 import nuri
 
@@ -25,3 +31,17 @@ assert abs(first["cuda"] - first["cpu"]) < 2e-2, first
 assert gpu["final_loss"] < first["cuda"] - 1.0, (gpu, first)
 print(f"PASS: gpt2-tiny on cuda from Python: loss {first['cuda']:.4f} -> {gpu['final_loss']:.4f} "
       f"(cpu {first['cpu']:.4f} -> {cpu['final_loss']:.4f}), val {gpu['val_loss']:.4f}")
+
+with tempfile.TemporaryDirectory() as tmp:
+    src = nuri.Model("gpt2-tiny", "cpu", 5)
+    nuri.save(src, os.path.join(tmp, "a.safetensors"))
+    dev = nuri.load(os.path.join(tmp, "a.safetensors"), backend="cuda")
+    tokens = (np.arange(128, dtype=np.int32) % 257).reshape(2, 64)
+    want, got = np.asarray(src.logits(tokens)), np.asarray(dev.logits(tokens))
+    err = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+    assert err < 3e-2, err
+    nuri.save(dev, os.path.join(tmp, "b.safetensors"))
+    back = nuri.load(os.path.join(tmp, "b.safetensors"))
+    for name, a in src.parameters().items():
+        np.testing.assert_array_equal(back.parameters()[name], a, err_msg=name)
+print(f"PASS: a model file loaded on cuda (logits within {err:.2g} of the CPU's) and saved back")

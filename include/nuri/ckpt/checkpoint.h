@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -132,6 +133,7 @@ class CheckpointReader {
   };
   std::map<std::string, Range> ranges_;
   mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> open_;
+  mutable std::mutex open_mutex_;  // open_ is filled on first use, from any thread
 };
 
 }  // namespace nuri

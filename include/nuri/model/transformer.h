@@ -288,6 +288,7 @@ class Transformer {
   /// empty, zero_grad() does nothing, and that cannot be undone. `hooks` must outlive the
   /// backward calls.
   void set_grad_hooks(GradHooks* hooks, bool own_storage = false);
+  GradHooks* grad_hooks() const { return hooks_; }
 
   /// Activation recomputation for every `every`-th block (blocks 0, every, 2·every, ...; the
   /// others keep everything); applies from the next forward. every >= 1.
@@ -299,6 +300,7 @@ class Transformer {
   /// Hooks that provide every unit's weights (nullptr: the model's own compute copy). `hooks`
   /// must outlive the forward and backward calls.
   void set_param_hooks(ParamHooks* hooks) { param_hooks_ = hooks; }
+  ParamHooks* param_hooks() const { return param_hooks_; }
 
   /// This rank's place in its tensor-parallel group ({0, 1} without tensor parallelism).
   TensorParallelRank tensor_parallel() const { return tp_; }
