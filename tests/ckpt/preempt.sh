@@ -70,26 +70,33 @@ rc=$?
   { echo "$out" | tail -n 5; fail "--time-limit 0.01: exit $rc"; }
 echo "--time-limit 0.01: stopped before its first step, exit 75"
 
+# Two ranks with --ckpt-dir ck, rank 0 started in $dir and rank 1 in $dir/elsewhere: both must
+# stop with the settings' error status before a step, each naming what differs (`want`).
+apart() {  # apart NAME WANT WHAT
+  local name=$1 want=$2 what=$3 port r
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  for r in 0 1; do
+    (cd "$dir" && [[ $r == 1 ]] && cd elsewhere
+     RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+       exec "$bin" "${args[@]}" --ckpt-dir ck >"$dir/$name$r" 2>&1) &
+    pids+=($!)
+  done
+  wait "${pids[0]}"; rc0=$?
+  wait "${pids[1]}"; rc1=$?
+  pids=()
+  for r in 0 1; do
+    grep -qF "$want" "$dir/$name$r" && ! grep -q 'step  *1/60' "$dir/$name$r" ||
+      { cat "$dir/$name$r"; echo "want: $want"; fail "rank $r: no error naming $what"; }
+  done
+  ((rc0 == 2 && rc1 == 2)) || fail "$what: ranks exited $rc0 and $rc1, not 2"
+}
+
 # A checkpoint directory the ranks do not share (a relative --ckpt-dir, each rank started in
-# another directory): rank 0 finds the checkpoints above, rank 1 none. Both stop with the
-# settings' error status before a step, naming the ranks, instead of training other weights.
+# another directory): rank 0 finds the checkpoints above, rank 1 none. Both stop before a
+# step, naming the ranks, instead of training other weights.
 mkdir -p "$dir/elsewhere"
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-for r in 0 1; do
-  (cd "$dir" && [[ $r == 1 ]] && cd elsewhere
-   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-     exec "$bin" "${args[@]}" --ckpt-dir ck >"$dir/unshared$r" 2>&1) &
-  pids+=($!)
-done
-wait "${pids[0]}"; rc0=$?
-wait "${pids[1]}"; rc1=$?
-pids=()
-want_msg="checkpoint.dir ck: rank 0 found a checkpoint to resume and rank 1 found none"
-for r in 0 1; do
-  grep -q "$want_msg" "$dir/unshared$r" && ! grep -q 'step  *1/60' "$dir/unshared$r" ||
-    { cat "$dir/unshared$r"; fail "rank $r: no error naming the unshared checkpoint directory"; }
-done
-((rc0 == 2 && rc1 == 2)) || fail "unshared checkpoint directory: ranks exited $rc0 and $rc1, not 2"
+apart unshared "checkpoint.dir ck: rank 0 found a checkpoint to resume and rank 1 found none" \
+  "the unshared checkpoint directory"
 echo "a checkpoint directory only rank 0 sees: both ranks exit 2 before a step, naming the ranks"
 
 # Each rank sees checkpoints, but rank 1 another newest one (here the time-limit run's, as a
@@ -97,21 +104,7 @@ echo "a checkpoint directory only rank 0 sees: both ranks exit 2 before a step, 
 rm -rf "$dir/elsewhere/ck" && cp -r "$dir/tl" "$dir/elsewhere/ck"
 ours=$(basename "$(ls -d "$dir"/ck/step-* | tail -n 1)")
 theirs=$(basename "$(ls -d "$dir"/elsewhere/ck/step-* | tail -n 1)")
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-for r in 0 1; do
-  (cd "$dir" && [[ $r == 1 ]] && cd elsewhere
-   RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-     exec "$bin" "${args[@]}" --ckpt-dir ck >"$dir/stale$r" 2>&1) &
-  pids+=($!)
-done
-wait "${pids[0]}"; rc0=$?
-wait "${pids[1]}"; rc1=$?
-pids=()
-want_msg="checkpoint.dir ck: the ranks found other newest checkpoints (steps $((10#${ours#step-})), $((10#${theirs#step-})), by rank)"
-for r in 0 1; do
-  grep -qF "$want_msg" "$dir/stale$r" && ! grep -q 'step  *1/60' "$dir/stale$r" ||
-    { cat "$dir/stale$r"; echo "want: $want_msg"; fail "rank $r: no error naming the steps"; }
-done
-((rc0 == 2 && rc1 == 2)) || fail "other newest checkpoints: ranks exited $rc0 and $rc1, not 2"
+apart stale "checkpoint.dir ck: the ranks found other newest checkpoints (steps \
+$((10#${ours#step-})), $((10#${theirs#step-})), by rank)" "the steps"
 echo "ranks that find other newest checkpoints: both exit 2 before a step, naming the steps"
 echo PASS
