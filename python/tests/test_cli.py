@@ -209,7 +209,8 @@ BAD_RUNS = [
     (["--config", "missing.toml"], 2, "cannot read config missing.toml"),
     (["--data", "nothing.txt"], 1, "cannot open data file nothing.txt"),
     (["model.vocab_size=100"], 1, "corpus.txt: token id"),
-    (["train.micro_batch=100"], 2, "training data: corpus.txt"),
+    (["train.micro_batch=100"], 2, "validation data: corpus.txt"),
+    (["train.micro_batch=1000"], 2, "training data: corpus.txt"),
 ]
 
 
