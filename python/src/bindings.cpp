@@ -349,8 +349,10 @@ PYBIND11_MODULE(_C, m) {
              if (tensor_parallel) tp = {tensor_parallel->first, tensor_parallel->second};
              PipelineStage stage;
              if (pipeline_stage) stage = {pipeline_stage->first, pipeline_stage->second};
+             const ModelConfig cfg = model_config_arg(config);
+             py::gil_scoped_release release;  // drawing a large model's weights takes a while
              return std::make_shared<Transformer>(
-                 model_config_arg(config), make_backend(backend), seed, s, tp, stage,
+                 cfg, make_backend(backend), seed, s, tp, stage,
                  init == "random" ? WeightInit::random : WeightInit::zeros);
            }),
            py::arg("config"), py::arg("backend") = "cpu", py::arg("seed") = 0,
@@ -465,7 +467,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
       .def("zero_grad", &Transformer::zero_grad)
-      .def("init_weights", &Transformer::init_weights, py::arg("seed"))
+      .def("init_weights", &Transformer::init_weights, py::arg("seed"),
+           py::call_guard<py::gil_scoped_release>())
       .def("memory", [](const Transformer& t) {
         const AllocatorStats s = t.memory();
         py::dict d;
@@ -475,7 +478,8 @@ PYBIND11_MODULE(_C, m) {
       });
 
   py::class_<TokenFile, std::shared_ptr<TokenFile>>(m, "TokenFile", "Tokens from a file (memory-mapped) or an array.")
-      .def_static("open", &TokenFile::open, py::arg("path"), py::arg("vocab_size") = 0)
+      .def_static("open", &TokenFile::open, py::arg("path"), py::arg("vocab_size") = 0,
+                  py::call_guard<py::gil_scoped_release>())
       .def_static("from_array", [](py::handle tokens, const std::string& name, int64_t vocab) {
         NURI_CHECK(vocab >= 0, "TokenFile.from_array: vocab_size ", vocab,
                    " (give the model's vocabulary size to check the ids against, or 0: unchecked)");
@@ -511,10 +515,12 @@ PYBIND11_MODULE(_C, m) {
         "compute (the head weighed on the last stage), or the block counts of split.");
   m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
         py::arg("path"), py::arg("tokens"));
-  m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"));
+  m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("read_data", [](const std::string& path, int64_t vocab_size, const std::string& format) {
     return read_data(path, vocab_size, nullptr, format);
   }, py::arg("path"), py::arg("vocab_size") = 0, py::arg("format") = "auto",
+     py::call_guard<py::gil_scoped_release>(),
      "format auto: a token file (llm.c .bin, 1-D .npy) as it is, a .bin/.npy without either "
      "header refused, anything else as text in byte tokens; or text, llmc, npy, uint16, uint32 "
      "(headerless arrays).");

@@ -81,9 +81,12 @@ void bind_checkpoint(py::module_& m) {
            py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
            "tensors: (name, shape) of every f32 tensor, in the order they will be written.")
       .def("write", [](SafetensorsStreamWriter& w, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
-             w.write(name, tensor_from_numpy(a));
+             const Tensor t = tensor_from_numpy(a);
+             py::gil_scoped_release release;  // the disk and the checksum
+             w.write(name, t);
            }, py::arg("name"), py::arg("array"))
-      .def("close", &SafetensorsStreamWriter::close, "Returns the file's SHA-256.");
+      .def("close", &SafetensorsStreamWriter::close, py::call_guard<py::gil_scoped_release>(),
+           "Returns the file's SHA-256.");
 
   m.def("consolidate_checkpoint", [](const std::string& ckpt, const std::string& out) {
     ConsolidateStats s;
