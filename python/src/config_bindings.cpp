@@ -447,16 +447,23 @@ void bind_run(py::module_& m) {
          py::object on_step, bool catch_interrupt) {
         RunHooks hooks;
         bool interrupted = false;
-        // Ctrl-C while Python code of a hook runs raises KeyboardInterrupt there, on this rank
-        // alone: it becomes the interrupt the run stops for at the step's end (as one between
-        // hooks does), not an exception that would leave the other ranks waiting.
-        auto calling = [&interrupted, catch_interrupt](const std::function<void()>& call) {
+        // An exception from Python code of a hook is this rank's alone: thrown through the run,
+        // it would leave the other ranks waiting. So it becomes the interrupt the run stops for
+        // at the step's end (every rank together, checkpointed as for Ctrl-C, which raises
+        // KeyboardInterrupt there most often), and any other exception is raised once the run
+        // has stopped.
+        std::shared_ptr<py::error_already_set> hook_error;
+        auto calling = [&interrupted, &hook_error, catch_interrupt](
+                           const std::function<void()>& call) {
           py::gil_scoped_acquire gil;
           try {
             call();
           } catch (py::error_already_set& e) {
-            if (!catch_interrupt || !e.matches(PyExc_KeyboardInterrupt)) throw;
+            if (!catch_interrupt) throw;
             interrupted = true;
+            if (!e.matches(PyExc_KeyboardInterrupt) && !hook_error) {
+              hook_error = std::make_shared<py::error_already_set>(std::move(e));
+            }
           }
         };
         if (!write.is_none()) {
@@ -486,6 +493,7 @@ void bind_run(py::module_& m) {
           py::gil_scoped_release release;
           r = run_training(cfg, hooks, pg);
         }
+        if (hook_error) throw *hook_error;
         return result_dict(r);
       },
       py::arg("config"), py::arg("process_group") = nullptr, py::arg("write") = py::none(),

@@ -313,3 +313,21 @@ def test_config_equality_and_checkpoint_reads_from_threads(tmp_path):
     assert len(names) > 8
     for name, a in zip(names, got):
         np.testing.assert_array_equal(a, fresh.read(name), err_msg=name)
+
+
+def test_an_output_stream_that_fails_stops_the_run_then_raises(tmp_path):
+    """Another exception from the output stream (a closed pipe) stops the run at the step's end
+    as an interrupt does, every rank together and checkpointed, and is raised afterwards."""
+    class Broken(io.StringIO):
+        def write(self, s):
+            if "step     2/6" in s:
+                raise BrokenPipeError("the reader went away")
+            return super().write(s)
+
+    cfg = nuri.apply_overrides(nuri.RunConfig(), [
+        "model=gpt2-tiny", "train.steps=6", "train.micro_batch=2", "train.seq_len=32",
+        "train.eval_every=0", "train.eval_batches=1", "sample.max_new_tokens=0", "log_every=1",
+        f"checkpoint.dir={tmp_path / 'ck'}"])
+    with pytest.raises(BrokenPipeError, match="the reader went away"):
+        nuri.run(cfg, stream=Broken(), plot=False)
+    assert sorted(p.name for p in (tmp_path / "ck").glob("step-*")) == ["step-00000002"]
