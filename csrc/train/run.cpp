@@ -532,10 +532,11 @@ RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
     throw ConfigError(
         "train.seq_len (" + std::to_string(seq_len) + ") exceeds model.max_seq_len (" +
         std::to_string(out.model.max_seq_len) + ") " +
-        (max_set ? "this run sets; give a longer one, or leave it out (it then grows to "
-                   "train.seq_len)"
-                 : "of checkpoint.init's model, whose positions are learned weights (a row "
-                   "per position)"));
+        (theirs.position == PositionKind::rope
+             ? "this run sets; give a longer one, or leave it out (it then grows to "
+               "train.seq_len)"
+             : "of checkpoint.init's model, whose positions are learned weights (a row "
+               "per position)"));
   }
   if (out.model.sliding_window > 0 && seq_len > out.model.sliding_window) {
     throw ConfigError("train.seq_len (" + std::to_string(seq_len) + ") is longer than "
@@ -557,13 +558,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   cfg_in.validate();
   const auto start = Clock::now();
   const double origin = run_origin();  // the allocation began this long before
-  // Preemption's handlers go in first: a signal during the startup (meeting the other ranks,
-  // the data, the model, a checkpoint's load) stops the run before its first step instead of
-  // killing it, and the time limit counts from the process's start, the allocation's.
+  const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
+  // Preemption's handlers go in once the ranks have met (a rank waiting for the others is
+  // still ended by a signal at once): a signal during the rest of the startup (the data, the
+  // model, a checkpoint's load) stops the run before its first step instead of killing it. The
+  // time limit counts from the run's start.
   const CheckpointConfig& ck_in = cfg_in.checkpoint;
   PreemptionWatch watch(!ck_in.dir.empty() ? parse_signals(ck_in.signals) : std::vector<int>{},
-                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0, origin);
-  const ProcessGroup pg = pg_in ? *pg_in : init_process_group();
+                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0, seconds_since(start));
   check_same_settings(cfg_in, pg);
   agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
         "cannot use the run's directories (its output says why)");
@@ -612,16 +614,21 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     data = read_data(cfg.data.train, cfg.model.vocab_size, &what, cfg.data.format);
   }
   std::shared_ptr<TokenFile> train = data, val;
+  std::string more_val;  // how to give more validation data
   if (!cfg.data.val.empty()) {
+    more_val = "a longer data.val";
     std::string vwhat;
     val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
     what += ", validation " + vwhat;
   } else if (is_shard_dir(cfg.data.train) &&
              (val = read_shards(cfg.data.train, "val", cfg.model.vocab_size)) != nullptr) {
     what += ", validation its val shards (" + std::to_string(val->size()) + " tokens)";
+    more_val = "data.val (--val FILE), or shards tokenized with a smaller --val-every (0: none, "
+               "and the run holds out the last 10% of the training data)";
   } else {
     std::tie(train, val) = split_validation(data);
     what += ", last 10% held out for validation";
+    more_val = "data.val (--val FILE), or more training data (its last 10% is held out)";
   }
   // Training and validation take whole global batches: data shorter than one is refused now,
   // before the model is built, not at the first step or evaluation.
@@ -637,10 +644,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
             try {
               validation_loader(val, t, dp, 0);
             } catch (const ConfigError& e) {
-              throw ConfigError(std::string(e.what()) + "; give more validation data: "
-                                "data.val (--val FILE), or shards tokenized with a smaller "
-                                "--val-every (0: none, and the run holds out the last 10% of "
-                                "the training data)");
+              throw ConfigError(std::string(e.what()) + "; give more validation data: " +
+                                more_val);
             }
           }),
           "the data is shorter than one global batch (its output says how)");
@@ -806,8 +811,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
            (checkpoints ? std::max(longest_save, parts.checkpoint_load) : 0.0);
   };
 
-  float val_loss = run_eval();
-  out.line(strprintf("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
+  // A signal or the time limit during the startup: stop before the first evaluation and step,
+  // saving nothing (what was resumed is the newest checkpoint already).
+  if (trainer.steps_done() < tc.steps && watch_stops &&
+      watch.should_stop(0.0, pg.comm.get(), hooks.interrupted && hooks.interrupted(),
+                        stop_seconds(trainer.steps_done()))) {
+    result.stop_reason = stop_reason();
+  }
+  float val_loss = std::nanf("");
+  if (result.stop_reason.empty()) {
+    val_loss = run_eval();
+    out.line(strprintf("step %5lld | val loss %.4f", (long long)trainer.steps_done(), val_loss));
+  }
 
   // The run directory, once the data and the model are known to work.
   const fs::path dir = cfg.out;
@@ -855,13 +870,6 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   double tok_per_s = 0;
   result.final_loss = std::nanf("");
   if (trainer.pipeline() && cfg.parallel.pp_timeline) trainer.pipeline()->record_timeline(true);
-  // A signal or the time limit during the startup: stop before the first step, saving nothing
-  // (what was resumed is the newest checkpoint already).
-  if (first < tc.steps && watch_stops &&
-      watch.should_stop(0.0, pg.comm.get(), hooks.interrupted && hooks.interrupted(),
-                        stop_seconds(first))) {
-    result.stop_reason = stop_reason();
-  }
   for (int64_t s = first; result.stop_reason.empty() && s < tc.steps; ++s) {
     const auto step_start = Clock::now();
     const double saved_before = parts.checkpoint_save, evaluated_before = parts.evaluation;

@@ -96,46 +96,58 @@ def _run_path(run_dir: str, table: dict[str, Any], path: str) -> str | None:
     return next((p for p in candidates if os.path.exists(p)), None)
 
 
-def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int
-                   ) -> tuple[str | None, str | None]:
+def _run_bos(run_dir: str, table: dict[str, Any]) -> str | None:
+    """The beginning-of-text token the tokenize.json of the run's shard directory (data.train)
+    says starts every document (None: none, or no such directory)."""
+    train = table.get("data", {}).get("train") or ""
+    found = _run_path(run_dir, table, train) if train else None
+    meta_path = os.path.join(found, "tokenize.json") if found else ""
+    if not found or not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            bos = json.load(f)["tokenizer"].get("bos_text")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        return None  # _run_tokenizer names an unreadable record when it needs one
+    return bos if isinstance(bos, str) else None
+
+
+def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str | None:
     """The tokenizer.json the run trained with (None: bytes): its data.tokenizer, or the one
-    the tokenize.json of its shard directory (data.train) records; and the beginning-of-text
-    token that tokenize.json says starts every document (None: none). Raises nuri.Error when
-    the run names a tokenizer that cannot be found."""
+    the tokenize.json of its shard directory (data.train) records. Raises nuri.Error when the
+    run names one that cannot be found."""
     where = os.path.join(run_dir, "config.json")
     data = table.get("data", {})
     pass_it = "; pass the model's tokenizer with --tokenizer FILE (or --tokenizer bytes)"
     recorded = data.get("tokenizer") or ""
     if recorded == "bytes":
-        return None, None
+        return None
     if recorded:
         found = _run_path(run_dir, table, recorded)
         if found is None or not os.path.isfile(found):
             raise _C.Error(f"{where}: the run's tokenizer (data.tokenizer) {recorded} is not "
                            f"there{pass_it}")
-        return found, None
+        return found
     train = data.get("train") or ""
     if not train:
-        return None, None  # the default corpus: bytes
+        return None  # the default corpus: bytes
     found = _run_path(run_dir, table, train)
     if found is None:
         if vocab_size <= _C.ByteTokenizer.VOCAB_SIZE:
-            return None, None
+            return None
         raise _C.Error(f"{where}: the run's data ({train}) is not there, so the tokenizer it "
                        f"was written with is not known{pass_it}")
     meta_path = os.path.join(found, "tokenize.json")
     if not os.path.isdir(found) or not os.path.isfile(meta_path):
-        return None, None  # text (byte tokens), or a token file
+        return None  # text (byte tokens), or a token file
     try:
         with open(meta_path, encoding="utf-8") as f:
             tok = json.load(f)["tokenizer"]
         if tok["kind"] == "bytes":
-            return None, None
-        path, sha256, bos = tok["path"], tok["sha256"], tok.get("bos_text")
+            return None
+        path, sha256 = tok["path"], tok["sha256"]
         if not isinstance(path, str) or not isinstance(sha256, str):  # (an int path is a fd)
             raise TypeError(f"tokenizer path {path!r} and sha256 {sha256!r} are not strings")
-        if bos is not None and not isinstance(bos, str):
-            raise TypeError(f"bos_text {bos!r} is not a string")
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise _C.Error(f"{meta_path}: no tokenizer record ({e!r}){pass_it}") from e
     if not os.path.isfile(path):
@@ -145,7 +157,7 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int
         if hashlib.sha256(f.read()).hexdigest() != sha256:
             raise _C.Error(f"{meta_path}: the run's shards were written by the tokenizer "
                            f"{path}, which has changed since (its SHA-256 differs){pass_it}")
-    return path, bos
+    return path
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -158,8 +170,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tokenizer == "bytes":
         tokenizer = None
     elif tokenizer is None and args.run:
-        tokenizer, recorded_bos = _run_tokenizer(args.run, table, model.config.vocab_size)
-        bos = recorded_bos if bos is None else bos
+        tokenizer = _run_tokenizer(args.run, table, model.config.vocab_size)
+    if bos is None and args.run and tokenizer is not None:
+        bos = _run_bos(args.run, table)
     def pick(flag: Any, default: Any) -> Any:
         return default if flag is None else flag
 

@@ -1,8 +1,9 @@
 """Text to token shards: ``nuri tokenize`` and ``nuri.tokenize()``.
 
 Inputs are text files (each one document), JSON-lines files (``.jsonl``, or a ``.json`` file
-named as an input: each line an object whose ``text`` field is one document), or directories of
-them (every ``.txt``, ``.md`` and ``.jsonl`` file below, in path order). Each document is encoded with a Hugging Face
+named as an input: each line an object whose ``text`` field is one document; a ``.json`` file
+may also hold one JSON array of such objects), or directories of them (every ``.txt``, ``.md``
+and ``.jsonl`` file below, in path order). Each document is encoded with a Hugging Face
 ``tokenizer.json`` (the ``tokenizers`` library) or nuri's byte tokenizer, followed by the
 end-of-text token, and the documents go, in input order, to ``train_NNNNNN.bin`` shards, except
 every ``val_every``-th (documents 0, k, 2k, ...), which go to ``val_NNNNNN.bin``. Shards are in
@@ -81,16 +82,49 @@ def _fine_tuning_row(row: Any, kind: str, where: str, template: dict[str, str] |
     return ("ft", parts)
 
 
+def _starts_with(path: str, prefix: bytes) -> bool:
+    """Whether the file's first non-blank bytes are `prefix`."""
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip().startswith(prefix)
+
+
+def _rows(rows: list[Any], where: str, field: str, kind: str,
+          template: dict[str, str] | None) -> Iterator[Any]:
+    """The documents of parsed JSON rows: a text row's `field`, a fine-tuning row's parts."""
+    for row in rows:
+        if kind != "text":
+            if not isinstance(row, dict):
+                raise _C.Error(f"{where}: not a JSON object")
+            yield _fine_tuning_row(row, kind, where, template)
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise _C.Error(f"{where}: no {field!r} field with a string "
+                           f"(keys: {', '.join(row) if isinstance(row, dict) else '-'})")
+        yield row[field]
+
+
 def _documents(files: Sequence[str], field: str, kind: str = "text",
                template: dict[str, str] | None = None, decode: bool = False) -> Iterator[Any]:
     """Every document in input order: a .jsonl line's `field`, or a whole file (as text when
     `decode`, else bytes); fine-tuning rows (kind prompt-response or chat) as their parts."""
     for path in files:
-        # A .json file named as an input is JSON-lines too (what datasets' to_json writes);
-        # directories are searched for .jsonl only (a tokenizer.json beside the data is not).
+        # A .json file named as an input is JSON-lines too (what datasets' to_json writes), or
+        # a JSON array of rows; directories are searched for .jsonl only (a tokenizer.json
+        # beside the data is not).
         lines = path.endswith((".jsonl", ".json"))
         if kind != "text" and not lines:
             raise _C.Error(f"{path}: {kind} data is JSON-lines (.jsonl), one example a line")
+        if path.endswith(".json") and _starts_with(path, b"["):
+            # A JSON array of rows (Alpaca's files, datasets' to_json(lines=False)): its rows
+            # are read as a JSON-lines file's lines.
+            try:
+                with open(path, encoding="utf-8") as f:
+                    rows = json.load(f)
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise _C.Error(f"{path}: not a JSON array of rows ({e})") from e
+            for k, row in enumerate(rows):
+                yield from _rows([row], f"{path}[{k}]", field, kind, template)
+            continue
         if lines:
             with open(path, "rb") as f:
                 for line_no, raw in enumerate(f, 1):
@@ -105,15 +139,7 @@ def _documents(files: Sequence[str], field: str, kind: str = "text",
                         row = json.loads(line)
                     except (ValueError, RecursionError) as e:
                         raise _C.Error(f"{path}:{line_no}: not a JSON object ({e})") from e
-                    if kind != "text":
-                        if not isinstance(row, dict):
-                            raise _C.Error(f"{path}:{line_no}: not a JSON object")
-                        yield _fine_tuning_row(row, kind, f"{path}:{line_no}", template)
-                        continue
-                    if not isinstance(row, dict) or not isinstance(row.get(field), str):
-                        raise _C.Error(f"{path}:{line_no}: no {field!r} field with a string "
-                                       f"(keys: {', '.join(row) if isinstance(row, dict) else '-'})")
-                    yield row[field]
+                    yield from _rows([row], f"{path}:{line_no}", field, kind, template)
         else:
             with open(path, "rb") as f:
                 data = f.read()
@@ -255,8 +281,9 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     [in] eot: the end-of-text token's text; default: the first of EOT_CANDIDATES the tokenizer
          has.
     [in] bos: a beginning-of-text token's text (e.g. Llama 3's "<|begin_of_text|>", Llama 2's
-         and Mistral's "<s>") put before every document, as the model was pretrained; never
-         trained on as a target. Default: none.
+         and Mistral's "<s>") put before every document, as the model was pretrained; in
+         fine-tuning data never trained on as a target (text data has no mask: there the model
+         learns that a document follows an end-of-text). Default: none.
     [in] processes: encoding processes (the shards do not depend on it).
     [in] progress: a progress bar on stderr (default: when stderr is a terminal).
     [in] kind: "text"; or fine-tuning data, JSON-lines of "prompt-response" rows (``prompt`` and
@@ -284,11 +311,13 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     files = _input_files([os.fspath(p) for p in inputs])
     tok_path = os.path.abspath(os.fspath(tokenizer)) if tokenizer is not None else None
     if tok_path is None:
-        for key, value in (("eot", eot), ("bos", bos)):
+        for key, value, bytes_have in (
+                ("eot", eot, "end a document with id 256"),
+                ("bos", bos, "have no beginning-of-text token")):
             if value is not None:
                 raise ConfigError(f"tokenize: {key} {value!r} names a token of a tokenizer, but "
-                                  "none is given: byte tokens end a document with id 256; give "
-                                  f"the tokenizer.json (--tokenizer) or leave {key} out")
+                                  f"none is given: byte tokens {bytes_have}; give the "
+                                  f"tokenizer.json (--tokenizer) or leave {key} out")
         info = {"kind": "bytes", "vocab_size": 257, "eot": 256, "eot_text": "<|endoftext|>"}
     else:
         from tokenizers import Tokenizer

@@ -432,7 +432,8 @@ PYBIND11_MODULE(_C, m) {
       .def("sync_compute_weights", &Transformer::sync_compute_weights,
            "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
       .def("parameter", [](const Transformer& t, const std::string& name) {
-             return model_arrays(t, {NamedTensor{name, t.parameter(name)}})[py::str(name)];
+             const py::dict one = model_arrays(t, {NamedTensor{name, t.parameter(name)}});
+             return py::object(one[py::str(name)]);
            })
       .def("forward", [](Transformer& t, py::handle tokens, py::handle targets) {
              Tensor x = token_batch(tokens, "tokens"), y = token_batch(targets, "targets");

@@ -287,6 +287,10 @@ def test_copy_weights_from_a_cpu_model_gives_its_logits():
     dst.copy_weights_from(src)
     tokens = np.arange(32, dtype=np.int32).reshape(2, 16) % cfg.vocab_size
     np.testing.assert_array_equal(np.asarray(dst.logits(tokens)), np.asarray(src.logits(tokens)))
+    one = src.parameter("model.embed_tokens.weight")  # one tensor: a view, as parameters() gives
+    np.testing.assert_array_equal(one, src.parameters()["model.embed_tokens.weight"])
+    one[0, 0] = 7.0
+    assert src.parameters()["model.embed_tokens.weight"][0, 0] == 7.0
     other = nuri.ModelConfig.preset("llama-tiny")
     other.n_layer = 1
     with pytest.raises(nuri.Error, match="copy_weights_from: the models' configs differ"):

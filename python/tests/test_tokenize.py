@@ -166,6 +166,16 @@ def test_bad_inputs_name_the_file_and_line(corpus, tmp_path):
     meta = nuri.tokenize([tmp_path / "rows.json"], tmp_path / "j", val_every=0, progress=False)
     assert read_shard(tmp_path / "j" / meta["shards"]["train"][0]).tolist() == \
         list(b"fine") + [256] + list(b"too") + [256]
+    # A .json file holding one JSON array of rows (Alpaca's layout) is read row by row.
+    (tmp_path / "array.json").write_text(json.dumps([{"text": "ab"}, {"text": "c"}]),
+                                         encoding="utf-8")
+    meta = nuri.tokenize([tmp_path / "array.json"], tmp_path / "arr", val_every=0,
+                         progress=False)
+    assert read_shard(tmp_path / "arr" / meta["shards"]["train"][0]).tolist() == \
+        list(b"ab") + [256] + list(b"c") + [256]
+    (tmp_path / "array.json").write_text('[{"text": "ab"}, {"body": 1}]', encoding="utf-8")
+    with pytest.raises(nuri.Error, match=r"array.json\[1\]: no 'text' field"):
+        nuri.tokenize([tmp_path / "array.json"], tmp_path / "arr", val_every=0, progress=False)
     with pytest.raises(nuri.Error, match="missing.txt: no such file"):
         nuri.tokenize([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
     # The byte tokenizer needs no file: ids are bytes, end-of-text 256, uint16 shards.
@@ -295,6 +305,13 @@ def test_fine_tuning_rows_are_encoded_whole_after_a_bos(tmp_path):
     proc = run_cli("generate", "--run", "run", "--prompt", prefix, "--max-new-tokens", "4",
                    "--temperature", "0", "--bos", "", cwd=tmp_path)
     assert proc.stdout == prefix + without + "\n"
+    # A run that names its tokenizer (data.tokenizer) still takes the shards' bos.
+    (tmp_path / "run" / "config.json").write_text(json.dumps(
+        {"data": {"train": str(tmp_path / "ft"), "tokenizer": str(tmp_path / "tokenizer.json")},
+         "sample": {}}))
+    proc = run_cli("generate", "--run", "run", "--prompt", prefix, "--max-new-tokens", "4",
+                   "--temperature", "0", cwd=tmp_path)
+    assert proc.stdout == prefix + got + "\n"
 
 
 def test_fine_tuning_data_that_trains_nothing_is_refused(tmp_path):

@@ -222,6 +222,7 @@ TEST(Run, ASignalDuringTheStartupStopsBeforeTheFirstStep) {
             std::string::npos)
       << resumed.text;
   EXPECT_EQ(resumed.text.find("step     3/4"), std::string::npos) << resumed.text;
+  EXPECT_EQ(resumed.text.find("val loss"), std::string::npos) << resumed.text;  // nor evaluates
   EXPECT_EQ(CheckpointReader::find(c.checkpoint.dir), (t.path / "ck" / "step-00000002").string());
   Captured next;
   EXPECT_EQ(run_training(c, next.hooks()).status, kRunDone) << next.text;
@@ -281,6 +282,10 @@ TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {
   EXPECT_EQ(short_val.rfind("validation data: ", 0), 0u) << short_val;
   EXPECT_NE(short_val.find("fewer than one global batch of 96"), std::string::npos) << short_val;
   EXPECT_NE(short_val.find("micro_batch 2 x grad_accum 48 x 1 ranks"), std::string::npos)
+      << short_val;
+  EXPECT_NE(short_val.find("give more validation data: data.val (--val FILE), or more training "
+                           "data (its last 10% is held out)"),
+            std::string::npos)
       << short_val;
   EXPECT_FALSE(fs::exists(t.path / "bad"));
   bad = tiny(t.path);
@@ -649,6 +654,10 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
             "position up to max_seq_len 128): its max_seq_len cannot change (this run: 512). "
             "Leave it out, or start from a model with RoPE positions");
   EXPECT_EQ(config_error_of(from_file({"train.seq_len=200", "checkpoint.init=" + gpt2})),
+            "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
+            "whose positions are learned weights (a row per position)");
+  EXPECT_EQ(config_error_of(from_file({"model.max_seq_len=128", "train.seq_len=200",
+                                       "checkpoint.init=" + gpt2})),
             "train.seq_len (200) exceeds model.max_seq_len (128) of checkpoint.init's model, "
             "whose positions are learned weights (a row per position)");
   EXPECT_EQ(config_error_of(from_file({"model=gpt2-tiny", "train.seq_len=200",
