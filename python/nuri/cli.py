@@ -3,10 +3,11 @@
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
                             [--temperature X] [--top-k K] [--seed S]
-                            [--tokenizer tokenizer.json|bytes]
+                            [--tokenizer tokenizer.json|bytes] [--bos TEXT]
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
-                            [--val-every K] [--shard-tokens N] [--eot TEXT] [--field text]
-                            [--kind text|prompt-response|chat] [--chat-template JSON]
+                            [--val-every K] [--shard-tokens N] [--eot TEXT] [--bos TEXT]
+                            [--field text] [--kind text|prompt-response|chat]
+                            [--chat-template JSON]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
     python -m nuri import HF_DIR --out FILE.safetensors
     python -m nuri info
