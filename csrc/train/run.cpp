@@ -777,21 +777,26 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   };
   double longest_save = 0, longest_eval = 0;  // what a stop may take, for the time limit
   auto save = [&] {
-    const auto t0 = Clock::now();
-    Span timed(parts.checkpoint_save);
-    committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
+    const double before = parts.checkpoint_save;
+    {
+      Span timed(parts.checkpoint_save);
+      committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
+    }
     saved_at = trainer.steps_done();
-    longest_save = std::max(longest_save, seconds_since(t0));
+    longest_save = std::max(longest_save, parts.checkpoint_save - before);
   };
   auto finish_save = [&] {
     Span timed(parts.checkpoint_save);
     committed(trainer.finish_checkpoint());
   };
   auto run_eval = [&] {
-    const auto t0 = Clock::now();
-    Span timed(parts.evaluation);
-    const float loss = trainer.evaluate();
-    longest_eval = std::max(longest_eval, seconds_since(t0));
+    const double before = parts.evaluation;
+    float loss;
+    {
+      Span timed(parts.evaluation);
+      loss = trainer.evaluate();
+    }
+    longest_eval = std::max(longest_eval, parts.evaluation - before);
     return loss;
   };
   // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.

@@ -97,13 +97,20 @@ def _run_path(run_dir: str, table: dict[str, Any], path: str) -> str | None:
     return next((p for p in candidates if os.path.exists(p)), None)
 
 
-def _run_bos(run_dir: str, table: dict[str, Any]) -> str | None:
-    """The beginning-of-text token the tokenize.json of the run's shard directory (data.train)
-    says starts every document (None: none, or no such directory)."""
+def _run_shard_record(run_dir: str, table: dict[str, Any]) -> str | None:
+    """The tokenize.json of the run's shard directory (data.train); None where its data is not
+    such a directory (text, a token file, the default corpus) or is not there."""
     train = table.get("data", {}).get("train") or ""
     found = _run_path(run_dir, table, train) if train else None
     meta_path = os.path.join(found, "tokenize.json") if found else ""
-    if not found or not os.path.isfile(meta_path):
+    return meta_path if found and os.path.isdir(found) and os.path.isfile(meta_path) else None
+
+
+def _run_bos(run_dir: str, table: dict[str, Any]) -> str | None:
+    """The beginning-of-text token the run's tokenize.json says starts every document (None:
+    none, or no such record)."""
+    meta_path = _run_shard_record(run_dir, table)
+    if meta_path is None:
         return None
     try:
         with open(meta_path, encoding="utf-8") as f:
@@ -138,8 +145,8 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str 
             return None
         raise _C.Error(f"{where}: the run's data ({train}) is not there, so the tokenizer it "
                        f"was written with is not known{pass_it}")
-    meta_path = os.path.join(found, "tokenize.json")
-    if not os.path.isdir(found) or not os.path.isfile(meta_path):
+    meta_path = _run_shard_record(run_dir, table)
+    if meta_path is None:
         return None  # text (byte tokens), or a token file
     try:
         with open(meta_path, encoding="utf-8") as f:

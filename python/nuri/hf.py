@@ -513,13 +513,18 @@ _DEFAULTS = {
 }
 
 
+def _scaling_type(scaling: Mapping[str, Any]) -> Any:
+    """A rope_scaling's type: "type" where given (transformers copies it over "rope_type")."""
+    return scaling.get("type", scaling.get("rope_type"))
+
+
 def _rope_scaling(where: str, scaling: Any) -> dict[str, Any]:
     """nuri's rope_* keys for Hugging Face's rope_scaling (None, linear or llama3)."""
     if not scaling:
         return {"rope_scaling": "none"}
     if not isinstance(scaling, Mapping):
         raise ConfigError(f"{where}: rope_scaling must be an object, got {scaling!r}")
-    kind = scaling.get("type", scaling.get("rope_type"))  # transformers lets "type" win
+    kind = _scaling_type(scaling)
     known = {"rope_type", "type", "factor"}
     if kind == "default":
         return {"rope_scaling": "none"}
@@ -616,8 +621,7 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         table["head_dim"] = head_dim  # (a value of the wrong type: model_config_from_dict names it)
     if kind == "phi3" and h.get("rope_scaling"):
         scaling = h["rope_scaling"]
-        kind_of = scaling.get("type", scaling.get("rope_type")) if isinstance(
-            scaling, Mapping) else scaling
+        kind_of = _scaling_type(scaling) if isinstance(scaling, Mapping) else scaling
         raise ConfigError(f"{where}: rope_scaling type {kind_of!r} is not supported for phi3; "
                           "nuri reads the Phi-3 models without rope scaling (the 4k-context "
                           "ones)")

@@ -235,6 +235,14 @@ py::dict named_views(const std::vector<NamedTensor>& ts) {
   return d;
 }
 
+// Whether `t` holds every f32 weight of its config: not a ZeRO 3 shard, masters sharded by
+// ZeRO 1 or 2 on a GPU, a tensor-parallel slice or a pipeline stage.
+bool holds_whole_model(const Transformer& t) {
+  return t.held_range() == std::make_pair(int64_t(0), t.parameter_count()) &&
+         !t.masters_sharded() && t.tensor_parallel().size == 1 && t.stage().first == 0 &&
+         t.stage().last == t.config().n_layer;
+}
+
 // A copy of `t` (in `be`'s memory) as f32 on the host: a GPU model's bf16 logits widened.
 Tensor host_f32(Backend& be, const Tensor& t) {
   if (t.device().is_cpu() && t.dtype() == DType::f32) return t.clone();
@@ -378,11 +386,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("held_range", &Transformer::held_range,
            "(lo, hi): the flat range of this model's weights it holds ((0, parameter_count) "
            "but for a ZeRO 3 shard).")
-      .def_property_readonly("holds_whole_model", [](const Transformer& t) {
-             return t.held_range() == std::make_pair(int64_t(0), t.parameter_count()) &&
-                    !t.masters_sharded() && t.tensor_parallel().size == 1 &&
-                    t.stage().first == 0 && t.stage().last == t.config().n_layer;
-           }, "Whether this model holds every f32 weight of its config (not a ZeRO 3 shard, "
+      .def_property_readonly("holds_whole_model", &holds_whole_model, "Whether this model holds every f32 weight of its config (not a ZeRO 3 shard, "
               "masters sharded by ZeRO 1 or 2 on a GPU, a tensor-parallel slice or a pipeline "
               "stage): only then can it be saved or exported as a model file.")
       .def_property_readonly("masters_sharded", &Transformer::masters_sharded,
@@ -415,12 +419,8 @@ PYBIND11_MODULE(_C, m) {
              NURI_CHECK(model_config_to_json(t.config()) == model_config_to_json(src.config()),
                         "copy_weights_from: the models' configs differ (", src.config().summary(),
                         " into ", t.config().summary(), ")");
-             for (const Transformer* m : {static_cast<const Transformer*>(&t), &src}) {
-               NURI_CHECK(m->held_range() == std::make_pair(int64_t(0), m->parameter_count()) &&
-                              !m->masters_sharded() && m->tensor_parallel().size == 1 &&
-                              m->stage().first == 0 && m->stage().last == m->config().n_layer,
-                          "copy_weights_from: both models must hold all of their weights");
-             }
+             NURI_CHECK(holds_whole_model(t) && holds_whole_model(src),
+                        "copy_weights_from: both models must hold all of their weights");
              NURI_CHECK(src.backend().device().is_cpu(), "copy_weights_from: the source is on ",
                         src.backend().name(), "; copy from a CPU model");
              py::gil_scoped_release release;
