@@ -6,14 +6,39 @@
 //   nuri-train tokenize IN.txt OUT.bin                      text file -> token file (bytes)
 // Under mpirun, srun or a torchrun-style start the ranks train data-parallel.
 // Exit status: 0 done, 1 error, 2 bad config or usage, 3 expect_val_below not met, 75 stopped
-// by a preemption signal or the time limit after a checkpoint ("requeue me").
+// by a preemption signal or the time limit after a checkpoint ("requeue me"), 130 stopped by
+// Ctrl-C (at a step boundary; a second Ctrl-C ends it at once).
+#include <csignal>
 #include <cstdio>
 #include <exception>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "nuri/data/token_file.h"
 #include "nuri/train/run.h"
+
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+
+void on_interrupt(int) { g_interrupted = 1; }
+
+// Ctrl-C stops the run at the next step boundary (every rank together, checkpointed with
+// checkpoint.dir, status 130), as `python -m nuri train` does; a second one ends it at once. Not
+// where the process started with SIGINT ignored (nohup, a background job of a script).
+std::function<bool()> catch_interrupt() {
+  struct sigaction old {};
+  if (sigaction(SIGINT, nullptr, &old) != 0 || old.sa_handler != SIG_DFL) return nullptr;
+  struct sigaction sa {};
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESETHAND;
+  if (sigaction(SIGINT, &sa, nullptr) != 0) return nullptr;
+  return [] { return g_interrupted != 0; };
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace nuri;
@@ -33,7 +58,9 @@ int main(int argc, char** argv) {
           run_usage("nuri-train").c_str());
       return 0;
     }
-    return run_training(parsed.config).status;
+    RunHooks hooks;
+    hooks.interrupted = catch_interrupt();
+    return run_training(parsed.config, hooks).status;
   } catch (const ConfigError& e) {
     std::fprintf(stderr, "nuri-train: %s\n", e.what());
     return kRunUsage;

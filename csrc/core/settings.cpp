@@ -490,6 +490,18 @@ Settings Settings::lifted(std::function<void*(void*)> inner) const {
   return out;
 }
 
+Settings Settings::after_set(std::function<void(void*, const std::string&)> then) const {
+  Settings out;
+  for (Setting s : items_) {
+    s.set = [set = s.set, then, key = s.key](void* o, const SettingValue& v) {
+      set(o, v);
+      then(o, key);
+    };
+    out.items_.push_back(std::move(s));
+  }
+  return out;
+}
+
 void Settings::check_bounds(const void* obj, const std::string& prefix) const {
   for (const Setting& s : items_) s.check(s.get(obj), prefix + s.key);
 }

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -124,6 +125,15 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
   std::shared_ptr<TokenFile> f(new TokenFile());
   const char* base = f->map_file(path);
   const int64_t bytes = int64_t(f->map_bytes_);
+  // A file with a header read as raw tokens would train on its header, and on ids of the wrong
+  // width (an llm.c version-2 or a <u4 .npy file as uint16: every id followed by a 0).
+  int32_t magic = 0;
+  if (bytes >= 4) std::memcpy(&magic, base, 4);
+  const bool npy = bytes >= 6 && std::memcmp(base, "\x93NUMPY", 6) == 0;
+  NURI_CHECK(!npy && magic != kTokenFileMagic, path, " starts with ",
+             npy ? "a .npy header" : "the header of a token file (llm.c's .bin)",
+             ", and data.format says headerless uint", 8 * width,
+             " tokens; read it with data.format auto (or npy, llmc)");
   NURI_CHECK(bytes % width == 0, path, ": ", bytes, " bytes is not a whole number of uint",
              8 * width, " tokens (", bytes % width, " bytes left over): not a headerless uint",
              8 * width, " array, or truncated");
@@ -405,6 +415,10 @@ std::string valid_utf8(const std::string& bytes) {
 }
 
 int64_t text_file_to_tokens(const std::string& text_path, const std::string& token_path) {
+  std::error_code ec;
+  NURI_CHECK(!std::filesystem::equivalent(text_path, token_path, ec), "the token file ",
+             token_path, " is the text file it is made from, which it would replace; name "
+             "another output file");
   std::ifstream in(text_path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open text file ", text_path, ": ", std::strerror(errno));
   std::stringstream ss;

@@ -38,11 +38,12 @@ const Settings& parallel_settings() {
     t.add("tp", &C::tp,
           "tensor parallelism: ranks that split every layer's heads, MLP columns and vocabulary "
           "(neighbouring ranks, normally one node); the data-parallel ranks are world / tp")
-        .at_least(1);
+        .at_least(1)
+        .at_most(32768);  // tp · pp stays an int
     t.add("pp", &C::pp,
           "pipeline parallelism: stages, each holding a contiguous range of the blocks (the "
           "slowest-varying coordinate, normally across nodes); 1F1B over grad_accum "
-          "micro-batches").at_least(1);
+          "micro-batches").at_least(1).at_most(32768);
     t.add("pp_timeline", &C::pp_timeline,
           "with pp > 1: write the last step's pipeline timeline (every rank's forwards, "
           "backwards and transfers) as a Chrome trace, timeline.json in the output directory");
@@ -56,7 +57,7 @@ const Settings& parallel_settings() {
              [](void* o, const SettingValue& v) {
                static_cast<C*>(o)->bucket_bytes =
                    std::max<int64_t>(1, int64_t(std::get<double>(v) * 1048576.0));
-             }).above(0);
+             }).above(0).at_most(1048576);  // 1 TiB: the bytes stay an int64
     t.add("overlap", &C::overlap,
           "reduce each bucket while the backward goes on (false: after the backward)");
     t.add("keep_gathered", &C::keep_gathered,

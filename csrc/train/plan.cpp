@@ -861,6 +861,7 @@ std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entr
       "%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n", world,
       r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
       double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction, (long long)r.seq_len);
+  if (!r.device.source.empty()) s += "profile source: " + r.device.source + "\n";
   int fit = 0;
   for (const PlanEntry& e : entries) fit += e.fits ? 1 : 0;
   s += strprintf(

@@ -289,6 +289,24 @@ void check_run_directories(const RunConfig& cfg) {
     }
   }
   const CheckpointConfig& ck = cfg.checkpoint;
+  std::error_code ec;
+  if (!cfg.out.empty() && !ck.init.empty() &&
+      fs::equivalent(ck.init, fs::path(cfg.out) / "model.safetensors", ec)) {
+    throw ConfigError("checkpoint.init: " + ck.init + " is the model.safetensors this run " +
+                      "writes into out (" + cfg.out + ") at its end, which would replace it; " +
+                      "name another out, or copy the file elsewhere and init from the copy");
+  }
+  if (!ck.dir.empty() && CheckpointReader::find(ck.dir) == ck.dir) {
+    // Its saves would go inside it, and every start would resume this one again.
+    fs::path self = fs::path(ck.dir).lexically_normal();
+    if (!self.has_filename()) self = self.parent_path();  // a trailing '/'
+    const fs::path parent = self.parent_path();
+    throw ConfigError("checkpoint.dir: " + ck.dir + " is one checkpoint, not a directory of " +
+                      "them; give the directory that holds it (" +
+                      (parent.empty() ? std::string(".") : parent.string()) + "). To resume " +
+                      "from this one rather than the newest, write its name into that " +
+                      "directory's `latest` file");
+  }
   if (!ck.dir.empty() && !ck.resume) {
     const std::string newest = CheckpointReader::find(ck.dir);
     if (!newest.empty()) {
@@ -460,10 +478,10 @@ void make_directories(const fs::path& dir) {
 
 }  // namespace
 
-// checkpoint.init's model: the file's. A run that gives a model (a preset, or settings beyond
-// the defaults) must give the file's, but for the context settings of a RoPE model
-// (context_setting): those the run sets beyond its preset's (the defaults' without one) are
-// the run's, and a max_seq_len not set grows to train.seq_len.
+// checkpoint.init's model: the file's. A run that gives a model (a preset, or model keys) must
+// give the file's, but for the context settings of a RoPE model (context_setting): those the
+// run gives (named in its file or flags, or unlike its preset's) are the run's, and a
+// max_seq_len not given grows to train.seq_len.
 RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
   const std::string& path = cfg.checkpoint.init;
   if (path.empty()) return cfg;
@@ -486,11 +504,17 @@ RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes) {
       theirs.position == PositionKind::rope && cfg.train.seq_len > theirs.max_seq_len;
   const RunConfig defaults;
   const ModelConfig preset = cfg.preset.empty() ? defaults.model : model_preset(cfg.preset);
-  std::vector<std::string> set;  // the context settings this run sets beyond its preset
-  bool model_given = cfg.preset != defaults.preset;
+  // The model keys this run sets: those a file, flag or override named (even to the preset's
+  // value), and those that differ from the preset (set another way, as Python's attributes).
+  std::vector<std::string> named = cfg.model_keys_given;
   for (const auto& d : model_config_differences(model_config_to_json(preset), cfg.model)) {
-    if (context_setting(d.key)) {
-      set.push_back(d.key);
+    if (std::find(named.begin(), named.end(), d.key) == named.end()) named.push_back(d.key);
+  }
+  std::vector<std::string> set;  // the context settings among them
+  bool model_given = cfg.preset != defaults.preset;
+  for (const std::string& key : named) {
+    if (context_setting(key)) {
+      set.push_back(key);
     } else {
       model_given = true;
     }
@@ -618,7 +642,19 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (!cfg.data.val.empty()) {
     more_val = "a longer data.val";
     std::string vwhat;
-    val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
+    if (is_shard_dir(cfg.data.val)) {
+      // Its val shards; a directory with none (tokenized for validation alone, --val-every 0)
+      // its train shards, but not when it is the training data's.
+      val = read_shards(cfg.data.val, "val", cfg.model.vocab_size, &vwhat);
+      std::error_code ec;
+      if (!val && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
+        throw ConfigError("data.val: " + cfg.data.val + " is data.train's directory of shards, " +
+                          "and it holds no val shards: validation would be on the training " +
+                          "data. Leave data.val out (the run holds out the last 10%), or " +
+                          "tokenize with --val-every N");
+      }
+    }
+    if (!val) val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
     what += ", validation " + vwhat;
   } else if (is_shard_dir(cfg.data.train) &&
              (val = read_shards(cfg.data.train, "val", cfg.model.vocab_size)) != nullptr) {
@@ -1010,7 +1046,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         "train.lr (%g)%s",
         duration(result.seconds).c_str(), (long long)result.skipped_steps, last.c_str(),
         double(tc.lr),
-        checkpoints ? " and resume from a checkpoint of before the divergence" : ""));
+        checkpoints ? " and resume from a checkpoint of before the divergence (its name, as "
+                      "step-00000100, written into checkpoint.dir's `latest` file)"
+                    : ""));
     result.status = kRunFailed;
     result.stop_reason = "diverged";
     close_ledger();

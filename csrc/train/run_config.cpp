@@ -69,11 +69,19 @@ Schema build_schema() {
               r->model = model_preset(name);
             }
             r->preset = name;
+            r->model_keys_given.clear();  // the preset replaced what they set
           })
       .flag("--model")
       .meta("NAME")
       .first();
-  model.append(lift(model_settings(), &RunConfig::model));  // the fields the preset sets
+  // The fields the preset sets, each recorded as given when set.
+  model.append(lift(model_settings(), &RunConfig::model)
+                   .after_set([](void* run, const std::string& key) {
+                     auto& given = static_cast<RunConfig*>(run)->model_keys_given;
+                     if (std::find(given.begin(), given.end(), key) == given.end()) {
+                       given.push_back(key);
+                     }
+                   }));
   schema.push_back({"model", "model", std::move(model)});
 
   schema.push_back({"train", "training", lift(train_settings(), &RunConfig::train)});
@@ -104,7 +112,7 @@ const Settings& checkpoint_settings() {
         .meta("DIR");
     ck.add("save_every", &K::save_every, "also save every N steps (0: at the end and when stopped)")
         .at_least(0);
-    ck.add("keep", &K::keep, "keep the newest K checkpoints").at_least(1);
+    ck.add("keep", &K::keep, "keep the newest K checkpoints").at_least(1).at_most(1 << 30);
     ck.add("async_save", &K::async_save,
            "write the periodic saves on a background thread (committed when every rank wrote)");
     ck.add("resume", &K::resume,
@@ -114,7 +122,8 @@ const Settings& checkpoint_settings() {
            "refuse to resume a checkpoint saved training on other data (false: go on at its "
            "position in this data's sample order)");
     ck.add("signals", &K::signals,
-           "signals that mean preempted: checkpoint at the next step boundary, exit 75")
+           "signals that mean preempted: checkpoint at the next step boundary, exit 75 (with "
+           "checkpoint.dir; without one they end the run as they would any program)")
         .meta("LIST");
     ck.add("time_limit", &K::time_limit,
            "stop the same way before S seconds of wall clock have passed (0: no limit)")
@@ -191,6 +200,11 @@ void RunConfig::validate() const {
   section_check("train", [&] { train.validate(); });
   section_check("parallel", [&] { parallel.validate(); });
   section_check("checkpoint.signals", [&] { parse_signals(checkpoint.signals); });
+  if (checkpoint.time_limit > 0 && checkpoint.dir.empty()) {
+    throw ConfigError("checkpoint.time_limit stops the run to checkpoint it before the limit, "
+                      "and checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start "
+                      "resumes from there), or leave the limit out");
+  }
   if (layout != "manual" && layout != "auto") {
     throw ConfigError("layout: '" + layout + "' is neither manual nor auto");
   }

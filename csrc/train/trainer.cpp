@@ -852,7 +852,8 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     const nlohmann::json& d = meta.at("data");
     NURI_CHECK(json_checked::integer(d.at("seq_len")) == cfg_.seq_len, "checkpoint ", dir,
                " trained on sequences of ", d["seq_len"].dump(), " tokens; this run's "
-               "seq_len is ", cfg_.seq_len);
+               "seq_len is ", cfg_.seq_len, ". Give train.seq_len ", d["seq_len"].dump(),
+               " to resume it, or start afresh in another checkpoint directory");
     // The model must be the checkpoint's, field by field.
     for (const auto& m : model_config_differences(meta.at("model").dump(), model_.config())) {
       NURI_CHECK(!m.recorded.empty(), "checkpoint ", dir, " does not record the model's ", m.key);
@@ -865,7 +866,8 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     NURI_CHECK(d.at("seed").is_number_integer() && d["seed"].get<uint64_t>() == cfg_.seed,
                "checkpoint ", dir, " used data seed ", d["seed"].dump(), "; this run's seed is ",
                cfg_.seed,
-               " (the sample order depends on it)");
+               " (the sample order depends on it). Give train.seed ", d["seed"].dump(),
+               " to resume it, or start afresh in another checkpoint directory");
     const int64_t gb = cfg_.micro_batch * cfg_.grad_accum * world;
     NURI_CHECK(json_checked::integer(d.at("global_batch")) == gb, "checkpoint ", dir,
                " used a global batch of ", d["global_batch"].dump(), " sequences; this "

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from . import _C
@@ -171,6 +172,11 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``python -m nuri generate``."""
     path = args.model or os.path.join(args.run, "model.safetensors")
+    if args.run and not os.path.exists(path):
+        raise ConfigError(f"generate: {args.run} holds no model.safetensors (a run writes it at "
+                          "its end; a stopped or diverged one does not). Export its newest "
+                          "checkpoint: python -m nuri export CKPT_DIR --out FILE, then "
+                          "generate --model FILE")
     table = _read_run_config(args.run) if args.run else {}
     defaults = _run_sample_defaults(args.run, table)
     model = load(path, backend=args.backend)
@@ -220,6 +226,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     if os.path.isdir(args.out):
         raise ConfigError(f"import: --out {args.out} is a directory; name the model file to "
                           "write (FILE.safetensors)")
+    source = Path(args.directory).resolve()
+    if source in Path(args.out).resolve().parents:
+        # It could replace the model's own weights, or be read as one of them by a later import.
+        raise ConfigError(f"import: --out {args.out} is inside the model directory "
+                          f"{args.directory}; write the nuri model file outside it")
     model = import_hf(args.directory)
     save(model, args.out)
     print(f"wrote {args.out}: {model.parameter_count} parameters, {model.config.summary()}")
@@ -363,6 +374,28 @@ def _seed(text: str) -> int:
     return seed
 
 
+def _count(text: str) -> int:
+    """--max-new-tokens, --top-k: an integer from 0 to 2**31 - 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 2**31:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31 - 1, got {text!r}")
+    return n
+
+
+def _temperature(text: str) -> float:
+    """--temperature: a finite number >= 0."""
+    try:
+        t = float(text)
+    except ValueError:
+        t = -1.0
+    if not 0 <= t < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0: greedy), got {text!r}")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m nuri`` (``train`` takes the run's own flags)."""
     p = argparse.ArgumentParser(prog="python -m nuri",
@@ -377,9 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--run", help="run directory holding model.safetensors")
     src.add_argument("--model", help="model file (.safetensors written by nuri)")
     g.add_argument("--prompt", help="text to continue (default: the run's sample.prompt)")
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--temperature", type=float, help="0: greedy")
-    g.add_argument("--top-k", type=int, help="0: the whole vocabulary")
+    g.add_argument("--max-new-tokens", type=_count)
+    g.add_argument("--temperature", type=_temperature, help="0: greedy")
+    g.add_argument("--top-k", type=_count, help="0: the whole vocabulary")
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--bos", help="a beginning-of-text token put before the prompt (default: "
                    "the one the run's tokenize.json records; '' for none)")

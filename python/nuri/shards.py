@@ -302,6 +302,9 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
         _check_chat_template(chat_template)
     if shard_tokens < 1 or processes < 1 or val_every < 0:
         raise _C.Error("tokenize: shard_tokens and processes must be positive, val_every >= 0")
+    if shard_tokens >= 2**31:  # the shard header's count is an int32
+        raise _C.Error(f"tokenize: shard_tokens {shard_tokens} is 2**31 or more; a shard holds "
+                       "fewer tokens (its header counts them in an int32)")
     out_dir = os.fspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ConfigError(f"tokenize: {out_dir} is a file, not a directory; name the directory "

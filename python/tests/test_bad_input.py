@@ -256,6 +256,16 @@ def test_generate_names_what_is_wrong(trained):
     assert "nuri: missing.json: no such tokenizer file" in proc.stderr
     proc = run_cli("generate", "--run", "run", "--seed", "-1", cwd=trained, expect=2)
     assert "argument --seed: expected an integer from 0 to 2**64 - 1, got '-1'" in proc.stderr
+    for flag, value, message in (
+            ("--temperature", "inf", "expected a finite number >= 0 (0: greedy), got 'inf'"),
+            ("--max-new-tokens", str(10**20), "expected an integer from 0 to 2**31 - 1"),
+            ("--top-k", "-3", "expected an integer from 0 to 2**31 - 1, got '-3'")):
+        proc = run_cli("generate", "--run", "run", flag, value, cwd=trained, expect=2)
+        assert f"argument {flag}: {message}" in proc.stderr, proc.stderr
+    (trained / "stopped").mkdir(exist_ok=True)
+    proc = run_cli("generate", "--run", "stopped", cwd=trained, expect=2)
+    assert ("generate: stopped holds no model.safetensors (a run writes it at its end; a stopped "
+            "or diverged one does not). Export its newest checkpoint") in proc.stderr
     config = trained / "run" / "config.json"
     for text, message in (("{bad", "not a readable run config (Expecting property name"),
                           ("[1]", "not a run config as nuri train writes it"),
@@ -281,6 +291,9 @@ def test_single_paths_and_files_for_directories(tmp_path):
     assert (tmp_path / "file.txt").read_text() == "a document"
     assert np.array_equal(nuri.read_data(tmp_path / "d").to_numpy(),
                           list(b"a document") + [256])
+    with pytest.raises(nuri.Error, match="shard_tokens 2147483648 is 2\\*\\*31 or more"):
+        nuri.tokenize(str(tmp_path / "file.txt"), tmp_path / "e", shard_tokens=2**31,
+                      progress=False)
 
 
 def test_an_end_of_text_token_without_a_tokenizer_is_refused(tmp_path):

@@ -290,6 +290,12 @@ def test_import_and_init_name_what_is_wrong(tmp_path):
     assert "nuri.import_hf(hf/config.json): a file" in run_cli(
         "import", "hf/config.json", "--out", "m.safetensors", cwd=tmp_path, expect=1).stderr
     assert not (tmp_path / "m.safetensors").exists()
+    # Into the model's own directory: refused before anything is written (it would replace
+    # the Hugging Face weights).
+    weights = (tmp_path / "hf" / "model.safetensors").read_bytes()
+    assert "is inside the model directory hf; write the nuri model file outside it" in run_cli(
+        "import", "hf", "--out", "hf/model.safetensors", cwd=tmp_path, expect=2).stderr
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == weights
     # The Hugging Face weights file itself: not a nuri model file, and said so.
     np.save(tmp_path / "ids.npy", np.arange(20000, dtype=np.uint16) % V)
     err = run_cli("train", "--init", "hf/model.safetensors", "--steps", "1", "--vocab-size", "97",

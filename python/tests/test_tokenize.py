@@ -102,6 +102,22 @@ def test_a_run_trains_on_the_shards_and_generates_with_the_tokenizer(corpus, tmp
                    "1", cwd=tmp_path, expect=1)
     assert ("the shards were written by tokenizer.json, whose vocabulary has 400 ids, more than "
             "the model's vocab_size 257") in proc.stderr
+    # data.val naming a directory of shards: its val shards; one tokenized for validation alone
+    # (--val-every 0) its train shards, but not when it is the training data's own.
+    nuri.tokenize([d / "docs" / "tail.txt"], tmp_path / "held", d / "tokenizer.json",
+                  val_every=0, progress=False)
+    nuri.tokenize([d / "docs"], tmp_path / "all", d / "tokenizer.json", val_every=0,
+                  progress=False)
+    one_step = ("train", "--model", "gpt2-tiny", "model.vocab_size=400", "--steps", "1",
+                "--micro-batch", "2", "--seq-len", "64", "sample.max_new_tokens=0")
+    for val, want in (("data", f"validation {tmp_path / 'data'}: 1 val shard"),
+                      ("held", f"validation {tmp_path / 'held'}: 1 train shard")):
+        proc = run_cli(*one_step, "--data", str(tmp_path / "all"), "--val", str(tmp_path / val),
+                       cwd=tmp_path)
+        assert want in proc.stdout, proc.stdout
+    proc = run_cli(*one_step, "--data", str(tmp_path / "all"), "--val", str(tmp_path / "all"),
+                   cwd=tmp_path, expect=2)
+    assert "is data.train's directory of shards, and it holds no val shards" in proc.stderr
     # Generation encodes and decodes with the same tokenizer.
     proc = run_cli("generate", "--run", str(out), "--tokenizer", str(d / "tokenizer.json"),
                    "--prompt", "KING HENRY", "--max-new-tokens", "20", "--temperature", "0",

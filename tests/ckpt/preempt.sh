@@ -3,7 +3,7 @@
 # mid-run; both ranks stop at the same step boundary, write one checkpoint together and exit with
 # 75 ("checkpointed, requeue me"); the next start resumes it and ends with the same training and
 # validation loss as the job never interrupted. Then the wall-clock limit: a run with
-# --time-limit stops the same way before the limit.
+# --time-limit stops the same way before the limit; and Ctrl-C, which stops it with status 130.
 #   preempt.sh TORCHRUN_SH NURI_TRAIN_BINARY
 set -uo pipefail
 launcher=$1 bin=$2
@@ -69,6 +69,26 @@ rc=$?
 ((rc == 75)) && grep -q "stopped before its first step (time limit): the checkpoint it resumed (step $tl_step) stays the newest" <<<"$out" ||
   { echo "$out" | tail -n 5; fail "--time-limit 0.01: exit $rc"; }
 echo "--time-limit 0.01: stopped before its first step, exit 75"
+
+# Ctrl-C (SIGINT; the process started with job control, so a background job not ignoring it):
+# the run stops at the next step boundary, checkpointed, with exit status 130.
+set -m
+"$bin" "${args[@]}" --steps 100000 --ckpt-dir "$dir/int" >"$dir/int.out" 2>&1 &
+pids=($!)
+set +m
+for ((i = 0; i < 600; ++i)); do
+  grep -qE 'step +5/100000' "$dir/int.out" && break
+  sleep 0.1
+done
+kill -INT "${pids[0]}"
+wait "${pids[0]}"; rc=$?
+pids=()
+int_step=$(grep -oP 'interrupted at step \K[0-9]+' "$dir/int.out")
+((rc == 130)) &&
+  grep -q "interrupted at step $int_step/100000 after .*: checkpointed" "$dir/int.out" &&
+  [[ $(cat "$dir/int/latest") == "step-$(printf '%08d' "$int_step")" ]] ||
+  { tail -n 5 "$dir/int.out"; fail "Ctrl-C: exit $rc"; }
+echo "Ctrl-C after step 5: interrupted at step $int_step, checkpointed, exit 130"
 
 # Two ranks with --ckpt-dir ck, rank 0 started in $dir and rank 1 in $dir/elsewhere: both must
 # stop with the settings' error status before a step, each naming what differs (`want`).

@@ -202,6 +202,15 @@ TEST(ReadData, HeaderlessArraysOnlyWhenNamedAndNeverAsText) {
   EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "npy"); })
                 .find("data format 'npy' was given, but the file is an llm.c token file"),
             std::string::npos);
+  // A file with a header is never read as a headerless array (its header would be tokens).
+  EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "uint16"); })
+                .find("train.bin starts with the header of a token file (llm.c's .bin), and "
+                      "data.format says headerless uint16 tokens; read it with data.format auto"),
+            std::string::npos);
+  write_bytes(npy_path, npy("<u4", "(2,)", std::string(8, '\0')));
+  EXPECT_NE(error_of([&] { read_data(npy_path, 0, nullptr, "uint32"); })
+                .find("starts with a .npy header, and data.format says headerless uint32"),
+            std::string::npos);
   const std::string txt = temp_path("notes.txt");
   write_bytes(txt, "hello");
   EXPECT_EQ(read_data(txt)->size(), 5);  // anything else is text
@@ -256,6 +265,12 @@ TEST(ByteTokenizer, EncodesBytesAndDecodes) {
   const std::string txt = temp_path("t.txt"), bin = temp_path("t.bin");
   write_bytes(txt, "abc");
   EXPECT_EQ(text_file_to_tokens(txt, bin), 4);
+  // Into itself: refused, and the text stays.
+  EXPECT_NE(error_of([&] { text_file_to_tokens(txt, txt); }).find("is the text file it is made "
+                                                                  "from, which it would replace"),
+            std::string::npos);
+  std::ifstream kept(txt, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(kept), {}), "abc");
   auto f = TokenFile::open(bin, 257);
   EXPECT_EQ(f->at(0), uint32_t('a'));
   EXPECT_EQ(f->at(3), ByteTokenizer::kEndOfText);

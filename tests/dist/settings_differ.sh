@@ -46,6 +46,7 @@ rc=$?
 stopped_with "nuri-train: rank 1 cannot use the run's directories (its output says why)" \
   "[rank 1] nuri-train: out: run exists and is not a directory"
 
+args+=(--ckpt-dir "$work/ck")  # a time limit stops to checkpoint, so it needs a checkpoint.dir
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
 ((rc == 0)) || fail "status $rc with only output settings differing"

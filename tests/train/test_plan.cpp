@@ -310,6 +310,8 @@ TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {
   const std::string text = plan_report(r, plan, 5);
   EXPECT_NE(text.find(" 1. "), std::string::npos) << text;
   EXPECT_NE(text.find("do not fit"), std::string::npos) << text;
+  EXPECT_NE(text.find("\nprofile source: " + r.device.source + "\n"), std::string::npos) << text;
+  EXPECT_FALSE(r.device.source.empty());
   std::printf("%s", text.c_str());
 }
 

@@ -398,6 +398,35 @@ TEST(Run, StartingFreshAmongAnotherRunsCheckpointsIsRefused) {
   EXPECT_EQ(second.text, "");
 }
 
+// One checkpoint given as checkpoint.dir (as one would to go back to it) is refused: the saves
+// would go inside it and every start would resume it again. Its name in the directory's
+// `latest` resumes it instead.
+TEST(Run, OneCheckpointAsTheCheckpointDirIsRefused) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.checkpoint.save_every = 1;
+  c.train.steps = 2;
+  ASSERT_EQ(run_training(c, Captured().hooks()).status, kRunDone);
+  const std::string first = (t.path / "ck" / "step-00000001").string();
+  RunConfig back = c;
+  back.train.steps = 3;
+  back.checkpoint.dir = first + "/";
+  EXPECT_EQ(config_error_of(back),
+            "checkpoint.dir: " + first + "/ is one checkpoint, not a directory of them; give the "
+            "directory that holds it (" + c.checkpoint.dir + "). To resume from this one rather "
+            "than the newest, write its name into that directory's `latest` file");
+  EXPECT_FALSE(fs::exists(fs::path(first) / "latest"));
+  std::ofstream(t.path / "ck" / "latest") << "step-00000001\n";
+  back.checkpoint.dir = c.checkpoint.dir;
+  Captured resumed;
+  ASSERT_EQ(run_training(back, resumed.hooks()).status, kRunDone) << resumed.text;
+  EXPECT_NE(resumed.text.find("resumed from " + first + ": step 1"), std::string::npos)
+      << resumed.text;
+  EXPECT_EQ(resumed.records.front()["step"], 2);
+}
+
 // A diverging run (a learning rate of 1e30 from step 4 of a run checkpointed every step, 3 kept):
 // the skipped steps commit no checkpoint, so they do not rotate the good ones out, and
 // train.skip_limit (5) skipped steps in a row stop the run. A run that ends on a skipped step
@@ -549,7 +578,8 @@ TEST(Run, AFreshRunStartsFromAModelFilesWeights) {
 // checkpoint.init with a RoPE model: the run may set its own context settings (max_seq_len,
 // rope_*) beyond its preset's, alone (the rest of the model the file's) or with the file's
 // model, and a max_seq_len it does not set grows to its sequences; the others stay the file's
-// (here rope_theta 500000, which the llama-tiny preset does not have). A longer max_seq_len
+// (here rope_theta 500000, which the llama-tiny preset does not have) unless the run names
+// them, even to its preset's value. A longer max_seq_len
 // computes what the file's model does on the same windows (the first validation loss is the
 // file's run's last) and trains on windows longer than the pretrained context; other RoPE
 // frequencies change the loss. A model with learned positions keeps its max_seq_len (a weight
@@ -591,6 +621,22 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
     EXPECT_EQ(out.find("model.rope_theta"), std::string::npos) << out;
     EXPECT_NE(out.find(ended), std::string::npos) << ended << "\n" << out;
   }
+  {  // the preset's rope_theta given by name is the run's, though equal to the preset's; in a
+     // config file too (read before the flags' preset, which replaces what it set)
+    const std::string out = run({"model=llama-tiny", "model.rope_theta=10000"});
+    EXPECT_NE(out.find("model.rope_theta 10000.0 (checkpoint.init's model: 500000.0)"),
+              std::string::npos)
+        << out;
+    const RunConfig named = from_file({"model=llama-tiny", "model.rope_theta=10000"});
+    EXPECT_EQ(init_model(named).model.rope_theta, 10000.f);
+    EXPECT_EQ(init_model(from_file({"model=llama-tiny"})).model.rope_theta, 500000.f);
+    const std::string toml = (t.path / "ctx.toml").string();
+    std::ofstream(toml) << "[model]\nrope_theta = 10000.0\n";
+    EXPECT_EQ(parse_run_args({"--config", toml}).config.model_keys_given,
+              std::vector<std::string>{"rope_theta"});
+    EXPECT_TRUE(parse_run_args({"--config", toml, "--model", "llama-tiny"})
+                    .config.model_keys_given.empty());
+  }
   const std::string ck = "checkpoint.dir=" + (t.path / "long").string();
   {  // windows of 384 tokens, three times the pretrained context: max_seq_len grows to them
     const std::string out = run({"train.seq_len=384", ck});
@@ -607,7 +653,8 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
   } catch (const std::exception& e) {
     resumed = e.what();
   }
-  EXPECT_NE(resumed.find("trained on sequences of 384 tokens; this run's seq_len is 256"),
+  EXPECT_NE(resumed.find("trained on sequences of 384 tokens; this run's seq_len is 256. Give "
+                         "train.seq_len 384 to resume it"),
             std::string::npos)
       << resumed;
   {  // the file's model given, with linear RoPE scaling: another loss on the same windows

@@ -180,8 +180,30 @@ TEST(RunConfig, CrossSectionChecksNameTheKeys) {
               RunConfig::from_json(R"({"backend": "tpu"})");
             }).find("backend: 'tpu' is not in this build of nuri; backends: cpu"),
             std::string::npos);
+  EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"checkpoint": {"time_limit": 3500}})"); }),
+            "checkpoint.time_limit stops the run to checkpoint it before the limit, and "
+            "checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start resumes from "
+            "there), or leave the limit out");
+  EXPECT_EQ(RunConfig::from_json(R"({"checkpoint": {"time_limit": 3500, "dir": "ck"}})")
+                .checkpoint.time_limit,
+            3500);
   EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"model": "gpt2-huge"})"); }).substr(0, 45),
             "model.preset: unknown preset 'gpt2-huge'; pre");
+}
+
+// Sizes the run multiplies or narrows are bounded where read: tp · pp stays an int (65536²
+// wrapped to 0, a division by zero), keep an int (4294967297 became 1, deleting every older
+// checkpoint), bucket_mb's bytes an int64.
+TEST(RunConfig, SizesThatWouldOverflowAreRefused) {
+  EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"parallel": {"tp": 65536, "pp": 65536}})"); }),
+            "parallel.tp: expected an integer in [1, 32768], got 65536");
+  EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"checkpoint": {"keep": 4294967297}})"); }),
+            "checkpoint.keep: expected an integer in [1, 1073741824], got 4294967297");
+  EXPECT_NE(error_of([] { RunConfig::from_json(R"({"parallel": {"bucket_mb": 1e13}})"); })
+                .find("parallel.bucket_mb: expected a number"),
+            std::string::npos);
+  EXPECT_EQ(RunConfig::from_json(R"({"parallel": {"bucket_mb": 1048576}})").parallel.bucket_bytes,
+            int64_t(1) << 40);
 }
 
 TEST(RunArgs, FlagsAreTheKeysWithDashes) {

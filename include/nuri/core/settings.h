@@ -173,6 +173,8 @@ class Settings {
   Settings& append(const Settings& other);
   /// The same settings on an Outer object, reaching T through get_inner.
   Settings lifted(std::function<void*(void*)> inner) const;
+  /// The same settings, each calling `then(obj, key)` after it set a value.
+  Settings after_set(std::function<void(void*, const std::string&)> then) const;
   /// Throws ConfigError for the first member of obj outside its setting's bounds, named
   /// `prefix` + key (what a struct's validate() calls before its cross-field checks).
   void check_bounds(const void* obj, const std::string& prefix) const;

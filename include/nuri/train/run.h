@@ -71,8 +71,9 @@ RunResult run_training(const RunConfig& cfg, const RunHooks& hooks = {},
 
 /// `cfg` with the model a run of it trains when checkpoint.init names a model file: the file's
 /// model (the one it records; `cfg` unchanged where it records none), with the context settings
-/// of a RoPE model that `cfg` sets beyond its preset, and max_seq_len grown to train.seq_len
-/// where not set. What run_training starts from, and what `nuri plan --config` plans.
+/// of a RoPE model that `cfg` names (RunConfig::model_keys_given) or sets unlike its preset,
+/// and max_seq_len grown to train.seq_len where not set. What run_training starts from, and
+/// what `nuri plan --config` plans.
 /// `notes` (optional): a line for each setting that is not the file's. Throws ConfigError where
 /// the run's model is another than the file's, or its sequences do not fit the result.
 RunConfig init_model(const RunConfig& cfg, std::vector<std::string>* notes = nullptr);
