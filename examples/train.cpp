@@ -8,6 +8,7 @@
 // Exit status: 0 done, 1 error, 2 bad config or usage, 3 expect_val_below not met, 75 stopped
 // by a preemption signal or the time limit after a checkpoint ("requeue me"), 130 stopped by
 // Ctrl-C (at a step boundary; a second Ctrl-C ends it at once).
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <exception>
@@ -20,22 +21,25 @@
 
 namespace {
 
-volatile std::sig_atomic_t g_interrupted = 0;
+std::atomic<int> g_interrupted{0};  // set on whichever thread the signal lands
 
-void on_interrupt(int) { g_interrupted = 1; }
+void on_interrupt(int) { g_interrupted.store(1); }
 
 // Ctrl-C stops the run at the next step boundary (every rank together, checkpointed with
-// checkpoint.dir, status 130), as `python -m nuri train` does; a second one ends it at once. Not
-// where the process started with SIGINT ignored (nohup, a background job of a script).
+// checkpoint.dir, status 130), as `python -m nuri train` does; a second one ends it at once.
+// The hook is there on every rank (it decides which collectives a step makes); the handler only
+// where SIGINT was not ignored at the start (nohup, a background job of a script), where the
+// hook then stays false.
 std::function<bool()> catch_interrupt() {
   struct sigaction old {};
-  if (sigaction(SIGINT, nullptr, &old) != 0 || old.sa_handler != SIG_DFL) return nullptr;
-  struct sigaction sa {};
-  sa.sa_handler = on_interrupt;
-  sigemptyset(&sa.sa_mask);
-  sa.sa_flags = SA_RESETHAND;
-  if (sigaction(SIGINT, &sa, nullptr) != 0) return nullptr;
-  return [] { return g_interrupted != 0; };
+  if (sigaction(SIGINT, nullptr, &old) == 0 && old.sa_handler == SIG_DFL) {
+    struct sigaction sa {};
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGINT, &sa, nullptr);
+  }
+  return [] { return g_interrupted.load() != 0; };
 }
 
 }  // namespace

@@ -154,7 +154,10 @@ class Output {
     const std::string text =
         strprintf("step %5lld/%lld | loss %.4f | lr %.2e | norm %6.3f | %7.0f tok/s | eta %s%s",
                   (long long)st.step, (long long)total_, st.loss, st.lr, st.grad_norm, tok_per_s,
-                  duration(eta).c_str(), st.skipped ? " | SKIPPED (non-finite)" : "");
+                  duration(eta).c_str(),
+                  st.skipped     ? " | SKIPPED (non-finite)"
+                  : st.untrained ? " | NO TRAINED TARGET (no update)"
+                                 : "");
     if (rewrite_) {
       emit("\r" + text + "\x1b[K");
       open_ = true;
@@ -230,7 +233,8 @@ std::string metrics_record(const StepStats& st, const float* val_loss) {
                   ", \"tokens_per_s\": " + json_number(st.tokens_per_second) +
                   ", \"step_seconds\": " + json_number(st.step_seconds) +
                   ", \"peak_bytes\": " + std::to_string(st.peak_bytes) +
-                  ", \"skipped\": " + (st.skipped ? "true" : "false");
+                  ", \"skipped\": " + (st.skipped ? "true" : "false") +
+                  (st.untrained ? ", \"untrained\": true" : "");
   if (val_loss) r += ", \"val_loss\": " + json_number(*val_loss);
   return r + "}";
 }
@@ -289,6 +293,11 @@ void check_run_directories(const RunConfig& cfg) {
     }
   }
   const CheckpointConfig& ck = cfg.checkpoint;
+  if (ck.time_limit > 0 && ck.dir.empty()) {
+    throw ConfigError("checkpoint.time_limit stops the run to checkpoint it before the limit, "
+                      "and checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start "
+                      "resumes from there), or leave the limit out");
+  }
   std::error_code ec;
   if (!cfg.out.empty() && !ck.init.empty() &&
       fs::equivalent(ck.init, fs::path(cfg.out) / "model.safetensors", ec)) {
@@ -298,14 +307,13 @@ void check_run_directories(const RunConfig& cfg) {
   }
   if (!ck.dir.empty() && CheckpointReader::find(ck.dir) == ck.dir) {
     // Its saves would go inside it, and every start would resume this one again.
-    fs::path self = fs::path(ck.dir).lexically_normal();
+    fs::path self = fs::weakly_canonical(fs::absolute(ck.dir));
     if (!self.has_filename()) self = self.parent_path();  // a trailing '/'
-    const fs::path parent = self.parent_path();
     throw ConfigError("checkpoint.dir: " + ck.dir + " is one checkpoint, not a directory of " +
-                      "them; give the directory that holds it (" +
-                      (parent.empty() ? std::string(".") : parent.string()) + "). To resume " +
-                      "from this one rather than the newest, write its name into that " +
-                      "directory's `latest` file");
+                      "them; give the directory that holds it (" + self.parent_path().string() +
+                      "). To resume from this one rather than the newest, write its name into " +
+                      "that directory's `latest` file (and move the newer ones away, which " +
+                      "would otherwise count in --keep and be resumed if `latest` went missing)");
   }
   if (!ck.dir.empty() && !ck.resume) {
     const std::string newest = CheckpointReader::find(ck.dir);
@@ -410,7 +418,12 @@ void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
   compared.backend = cfg.backend.substr(0, cfg.backend.find(':'));
   compared.checkpoint.time_limit = 0;
   compared.sample.prompt = valid_utf8(cfg.sample.prompt);  // JSON holds UTF-8 only
-  const std::string text = compared.to_json();
+  // With the model keys named (which of checkpoint.init's model's settings are the run's).
+  nlohmann::ordered_json whole = nlohmann::ordered_json::parse(compared.to_json());
+  std::vector<std::string> named = cfg.model_keys_given;
+  std::sort(named.begin(), named.end());
+  whole["model keys named"] = named;
+  const std::string text = whole.dump(2);
   // Rank 0's text, a byte an f32 (what communicators move), after its length in two 16-bit
   // halves (each exact in an f32).
   Tensor len = Tensor::empty({2}, DType::f32);
@@ -1047,7 +1060,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         duration(result.seconds).c_str(), (long long)result.skipped_steps, last.c_str(),
         double(tc.lr),
         checkpoints ? " and resume from a checkpoint of before the divergence (its name, as "
-                      "step-00000100, written into checkpoint.dir's `latest` file)"
+                      "step-00000100, written into checkpoint.dir's `latest` file; move the "
+                      "newer ones away)"
                     : ""));
     result.status = kRunFailed;
     result.stop_reason = "diverged";

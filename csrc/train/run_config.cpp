@@ -123,7 +123,8 @@ const Settings& checkpoint_settings() {
            "position in this data's sample order)");
     ck.add("signals", &K::signals,
            "signals that mean preempted: checkpoint at the next step boundary, exit 75 (with "
-           "checkpoint.dir; without one they end the run as they would any program)")
+           "checkpoint.dir; without one they end the run as they would any program). Ctrl-C "
+           "is apart: it stops the run at a step boundary with 130")
         .meta("LIST");
     ck.add("time_limit", &K::time_limit,
            "stop the same way before S seconds of wall clock have passed (0: no limit)")
@@ -200,11 +201,6 @@ void RunConfig::validate() const {
   section_check("train", [&] { train.validate(); });
   section_check("parallel", [&] { parallel.validate(); });
   section_check("checkpoint.signals", [&] { parse_signals(checkpoint.signals); });
-  if (checkpoint.time_limit > 0 && checkpoint.dir.empty()) {
-    throw ConfigError("checkpoint.time_limit stops the run to checkpoint it before the limit, "
-                      "and checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start "
-                      "resumes from there), or leave the limit out");
-  }
   if (layout != "manual" && layout != "auto") {
     throw ConfigError("layout: '" + layout + "' is neither manual nor auto");
   }
@@ -252,6 +248,9 @@ std::string RunConfig::to_json(int indent) const {
 RunConfig RunConfig::from_json(const std::string& json, const std::string& origin) {
   RunConfig c;
   settings_from_json(run_schema(), &c, json, origin);
+  // A JSON text is most often a whole config that to_json wrote, naming every key: its keys
+  // count as given only where they differ from the preset (init_model), as before it was written.
+  c.model_keys_given.clear();
   try {
     c.validate();
   } catch (const ConfigError& e) {

@@ -501,7 +501,14 @@ StepStats Trainer::step() {
     s.grad_norm = std::sqrt(sq.data<float>()[0]);
   }
   s.step = ++step_;
-  if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
+  const auto nothing = [](double share) { return share == 0; };
+  if (!shares.empty() && std::all_of(shares.begin(), shares.end(), nothing)) {
+    // Every rank has the same shares (of the whole global batch), so all skip the update alike.
+    s.untrained = true;
+    s.loss = std::numeric_limits<float>::quiet_NaN();
+    NURI_LOG(info, "step ", s.step, ": the global batch has no trained target (its loss mask "
+             "covers all of it): no update");
+  } else if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
     NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",
                std::isfinite(s.loss) ? "gradient norm" : "loss", " at step ", s.step, " (loss ",
                s.loss, ", grad norm ", s.grad_norm, "); stopping as on_nonfinite=stop asks. "

@@ -132,7 +132,10 @@ class CheckpointConfig:
     # refuse to resume a checkpoint saved training on other data (false: go on at its position in
     # this data's sample order)
     check_data: bool
-    signals: str  # signals that mean preempted: checkpoint at the next step boundary, exit 75
+    # signals that mean preempted: checkpoint at the next step boundary, exit 75 (with
+    # checkpoint.dir; without one they end the run as they would any program). Ctrl-C is apart: it
+    # stops the run at a step boundary with 130
+    signals: str
     time_limit: float  # stop the same way before S seconds of wall clock have passed (0: no limit)
     # start from the weights of this model file (nuri.save's, a run's model.safetensors, export
     # --out's) when there is no checkpoint to resume; the model is the file's (model settings, if

@@ -172,6 +172,8 @@ def _run_tokenizer(run_dir: str, table: dict[str, Any], vocab_size: int) -> str 
 def cmd_generate(args: argparse.Namespace) -> int:
     """``python -m nuri generate``."""
     path = args.model or os.path.join(args.run, "model.safetensors")
+    if args.run and not os.path.isdir(args.run):
+        raise ConfigError(f"generate: --run {args.run} is not a directory (a run's --out)")
     if args.run and not os.path.exists(path):
         raise ConfigError(f"generate: {args.run} holds no model.safetensors (a run writes it at "
                           "its end; a stopped or diverged one does not). Export its newest "
@@ -226,11 +228,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if os.path.isdir(args.out):
         raise ConfigError(f"import: --out {args.out} is a directory; name the model file to "
                           "write (FILE.safetensors)")
-    source = Path(args.directory).resolve()
-    if source in Path(args.out).resolve().parents:
-        # It could replace the model's own weights, or be read as one of them by a later import.
-        raise ConfigError(f"import: --out {args.out} is inside the model directory "
-                          f"{args.directory}; write the nuri model file outside it")
+    out = Path(args.out).resolve()
+    if Path(args.directory).resolve() in out.parents and (
+            out.exists() or out.name == "model.safetensors"):
+        # A file of the model directory (its weights, its index, ...) would be replaced, and a
+        # new model.safetensors would be read in place of the weights by a later import.
+        raise ConfigError(f"import: --out {args.out} is "
+                          f"{'a file' if out.exists() else 'the weights file'} of the model "
+                          f"directory {args.directory}, which it would replace; write the nuri "
+                          "model file elsewhere")
     model = import_hf(args.directory)
     save(model, args.out)
     print(f"wrote {args.out}: {model.parameter_count} parameters, {model.config.summary()}")

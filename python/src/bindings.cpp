@@ -580,7 +580,7 @@ PYBIND11_MODULE(_C, m) {
         }
         py::dict d;
         d["step"] = s.step; d["loss"] = s.loss; d["lr"] = s.lr; d["grad_norm"] = s.grad_norm;
-        d["skipped"] = s.skipped; d["step_seconds"] = s.step_seconds;
+        d["skipped"] = s.skipped; d["untrained"] = s.untrained; d["step_seconds"] = s.step_seconds;
         d["tokens_per_second"] = s.tokens_per_second; d["peak_bytes"] = s.peak_bytes;
         d["checkpoint"] = s.checkpoint;
         return d;

@@ -262,6 +262,8 @@ def test_generate_names_what_is_wrong(trained):
             ("--top-k", "-3", "expected an integer from 0 to 2**31 - 1, got '-3'")):
         proc = run_cli("generate", "--run", "run", flag, value, cwd=trained, expect=2)
         assert f"argument {flag}: {message}" in proc.stderr, proc.stderr
+    proc = run_cli("generate", "--run", "no-such-run", cwd=trained, expect=2)
+    assert "generate: --run no-such-run is not a directory (a run's --out)" in proc.stderr
     (trained / "stopped").mkdir(exist_ok=True)
     proc = run_cli("generate", "--run", "stopped", cwd=trained, expect=2)
     assert ("generate: stopped holds no model.safetensors (a run writes it at its end; a stopped "

@@ -293,7 +293,8 @@ def test_import_and_init_name_what_is_wrong(tmp_path):
     # Into the model's own directory: refused before anything is written (it would replace
     # the Hugging Face weights).
     weights = (tmp_path / "hf" / "model.safetensors").read_bytes()
-    assert "is inside the model directory hf; write the nuri model file outside it" in run_cli(
+    assert ("--out hf/model.safetensors is a file of the model directory hf, which it would "
+            "replace; write the nuri model file elsewhere") in run_cli(
         "import", "hf", "--out", "hf/model.safetensors", cwd=tmp_path, expect=2).stderr
     assert (tmp_path / "hf" / "model.safetensors").read_bytes() == weights
     # The Hugging Face weights file itself: not a nuri model file, and said so.

@@ -2,8 +2,10 @@
 // non-finite policy, evaluation, and sampling.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "nuri/core/settings.h"
 #include "nuri/train/trainer.h"
@@ -170,6 +172,45 @@ TEST(Trainer, NonFiniteStepsAreSkippedOrStop) {
       }
     }
   }
+}
+
+// A global batch whose every target is masked (fine-tuning windows of prompt alone) has nothing
+// to learn: its loss is NaN (a mean over nothing) and the weights stay as they were, where
+// AdamW's moments and weight decay would still move them, without counting as a skipped step.
+// The steps around it update.
+TEST(Trainer, AGlobalBatchWithNothingToTrainDoesNotUpdate) {
+  auto data = text_data();
+  std::vector<uint8_t> mask(size_t(data->size()), 0);
+  std::fill(mask.begin(), mask.begin() + mask.size() / 2, uint8_t(1));  // the first half trained
+  data->set_mask(mask);
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  TrainConfig c;
+  c.steps = 40;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  c.weight_decay = 0.1f;
+  Trainer t(m, c, data, nullptr);
+  int untrained = 0, trained = 0, trained_before = 0;
+  const Tensor& w = m.parameter("h.0.ln_1.weight");
+  for (int i = 0; i < 40; ++i) {
+    const std::vector<float> before(w.data<float>(), w.data<float>() + w.numel());
+    const StepStats s = t.step();
+    EXPECT_FALSE(s.skipped);
+    const bool same = std::equal(before.begin(), before.end(), w.data<float>());
+    if (s.untrained) {
+      ++untrained;
+      EXPECT_TRUE(std::isnan(s.loss)) << s.loss;
+      EXPECT_TRUE(same) << "step " << s.step;
+      if (trained > 0) ++trained_before;  // AdamW's moments were not zero
+    } else {
+      ++trained;
+      EXPECT_TRUE(std::isfinite(s.loss));
+      EXPECT_FALSE(same) << "step " << s.step;
+    }
+  }
+  EXPECT_GT(trained_before, 0);
+  EXPECT_GT(trained, 1);
+  EXPECT_EQ(t.skipped_steps(), 0);
 }
 
 // Under on_nonfinite = skip, skip_limit skipped steps in a row stop the run as diverged, naming

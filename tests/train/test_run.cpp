@@ -416,7 +416,28 @@ TEST(Run, OneCheckpointAsTheCheckpointDirIsRefused) {
   EXPECT_EQ(config_error_of(back),
             "checkpoint.dir: " + first + "/ is one checkpoint, not a directory of them; give the "
             "directory that holds it (" + c.checkpoint.dir + "). To resume from this one rather "
-            "than the newest, write its name into that directory's `latest` file");
+            "than the newest, write its name into that directory's `latest` file (and move the "
+            "newer ones away, which would otherwise count in --keep and be resumed if `latest` "
+            "went missing)");
+  // Other refusals before anything runs: a time limit with no checkpoint directory to stop
+  // into, and a model file to start from that the run would write over at its end.
+  RunConfig limited = back;
+  limited.checkpoint.dir = "";
+  limited.checkpoint.time_limit = 3500;
+  EXPECT_EQ(config_error_of(limited),
+            "checkpoint.time_limit stops the run to checkpoint it before the limit, and "
+            "checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start resumes from "
+            "there), or leave the limit out");
+  RunConfig over = c;
+  over.checkpoint.dir = (t.path / "ck2").string();
+  over.out = (t.path / "run").string();
+  fs::create_directories(over.out);
+  std::ofstream(fs::path(over.out) / "model.safetensors") << "weights";
+  over.checkpoint.init = (fs::path(over.out) / ".." / "run" / "model.safetensors").string();
+  EXPECT_EQ(config_error_of(over),
+            "checkpoint.init: " + over.checkpoint.init + " is the model.safetensors this run "
+            "writes into out (" + over.out + ") at its end, which would replace it; name another "
+            "out, or copy the file elsewhere and init from the copy");
   EXPECT_FALSE(fs::exists(fs::path(first) / "latest"));
   std::ofstream(t.path / "ck" / "latest") << "step-00000001\n";
   back.checkpoint.dir = c.checkpoint.dir;
@@ -636,6 +657,13 @@ TEST(Run, ARopeModelFromAFileTakesTheRunsContext) {
               std::vector<std::string>{"rope_theta"});
     EXPECT_TRUE(parse_run_args({"--config", toml, "--model", "llama-tiny"})
                     .config.model_keys_given.empty());
+    // The whole way from a config file: its rope_theta is the run's model's. A JSON text (what
+    // to_json writes, every key named) counts only what differs from the preset.
+    std::ofstream(toml) << "[model]\npreset = \"llama-tiny\"\nrope_theta = 10000.0\n"
+                        << "[train]\nseq_len = 32\n[checkpoint]\ninit = \"" << file << "\"\n";
+    const RunConfig from_toml = parse_run_args({"--config", toml}).config;
+    EXPECT_EQ(init_model(from_toml).model.rope_theta, 10000.f);
+    EXPECT_EQ(init_model(RunConfig::from_json(from_toml.to_json())).model.rope_theta, 500000.f);
   }
   const std::string ck = "checkpoint.dir=" + (t.path / "long").string();
   {  // windows of 384 tokens, three times the pretrained context: max_seq_len grows to them

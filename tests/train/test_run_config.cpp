@@ -180,13 +180,6 @@ TEST(RunConfig, CrossSectionChecksNameTheKeys) {
               RunConfig::from_json(R"({"backend": "tpu"})");
             }).find("backend: 'tpu' is not in this build of nuri; backends: cpu"),
             std::string::npos);
-  EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"checkpoint": {"time_limit": 3500}})"); }),
-            "checkpoint.time_limit stops the run to checkpoint it before the limit, and "
-            "checkpoint.dir is not set: give one (--ckpt-dir DIR; the next start resumes from "
-            "there), or leave the limit out");
-  EXPECT_EQ(RunConfig::from_json(R"({"checkpoint": {"time_limit": 3500, "dir": "ck"}})")
-                .checkpoint.time_limit,
-            3500);
   EXPECT_EQ(error_of([] { RunConfig::from_json(R"({"model": "gpt2-huge"})"); }).substr(0, 45),
             "model.preset: unknown preset 'gpt2-huge'; pre");
 }

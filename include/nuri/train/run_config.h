@@ -76,9 +76,10 @@ struct RunConfig {
   /// The device profile (a name or a nuri calibrate file) for layout = auto and the ledger's
   /// MFU; "": cpu on the CPU backend, none on a GPU.
   std::string profile;
-  /// The model keys a file, flag or override set (after the last preset), each once, even to
-  /// the preset's value: checkpoint.init's model takes these from the run (init_model). Not a
-  /// setting of its own, so not in to_json; Python's attribute assignments do not record here.
+  /// The model keys a config file, flag or override set (after the last preset), each once,
+  /// even to the preset's value: checkpoint.init's model takes these from the run (init_model).
+  /// Not a setting, so not in to_json; from_json (a whole config as to_json writes it, naming
+  /// every key) and Python's attribute assignments leave it empty.
   std::vector<std::string> model_keys_given;
 
   /// Every section's ranges and the checks across sections; throws ConfigError naming the key.

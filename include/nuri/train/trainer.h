@@ -89,6 +89,10 @@ struct StepStats {
   float lr = 0;
   float grad_norm = 0;      ///< before clipping
   bool skipped = false;     ///< non-finite loss or norm: no update
+  /// No trained target in the global batch (a loss mask covering all of it): the loss is NaN
+  /// (a mean over nothing) and there is no update, since AdamW's moments and weight decay would
+  /// still move the weights. Not a skipped step: it does not count toward train.skip_limit.
+  bool untrained = false;
   double step_seconds = 0;
   double tokens_per_second = 0;  ///< of the whole job (every data-parallel rank)
   int64_t peak_bytes = 0;   ///< allocator peak so far
