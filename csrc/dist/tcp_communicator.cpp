@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -55,6 +56,13 @@ struct Peer {
 };
 
 std::string errno_str() { return std::strerror(errno); }
+
+std::atomic<const std::atomic<bool>*> g_wait_interrupt{nullptr};
+
+bool wait_interrupted() {
+  const std::atomic<bool>* flag = g_wait_interrupt.load();
+  return flag != nullptr && flag->load();
+}
 
 /// The sockets of one job: one per peer, shared by the world communicator and its splits.
 struct Mesh {
@@ -121,6 +129,7 @@ std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void*
         ii = n++;
       }
     }
+    if (wait_interrupted()) return "interrupted";
     if (dl.passed()) {
       std::ostringstream s;
       s << "timeout (" << (sent < out_n ? "sending to rank " + std::to_string(peer_out) : "")
@@ -394,6 +403,7 @@ int bound_port(int fd) {
 /// Accepts one connection before the deadline; returns the socket and the peer's IPv4 address.
 int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& waiting_for) {
   for (;;) {
+    NURI_CHECK(!wait_interrupted(), "tcp rendezvous: interrupted waiting for ", waiting_for);
     NURI_CHECK(!dl.passed(), "tcp rendezvous: ", waiting_for, " did not arrive in time");
     pollfd p{lfd, POLLIN, 0};
     if (::poll(&p, 1, dl.poll_ms()) <= 0) continue;
@@ -424,6 +434,7 @@ int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& wha
     }
     const std::string e = errno_str();
     ::close(fd);
+    NURI_CHECK(!wait_interrupted(), "tcp rendezvous: interrupted connecting to ", what);
     NURI_CHECK(!dl.passed(), "tcp rendezvous: cannot connect to ", what, ": ", e);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -533,5 +544,7 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   comm->barrier();  // everyone has every connection before anyone goes on
   return comm;
 }
+
+void set_wait_interrupt(const std::atomic<bool>* flag) { g_wait_interrupt.store(flag); }
 
 }  // namespace nuri

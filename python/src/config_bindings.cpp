@@ -6,10 +6,12 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bindings.h"
@@ -22,6 +24,64 @@ namespace py = pybind11;
 using namespace nuri;
 
 namespace {
+
+// Ctrl-C during a wait for the other ranks: Python's own handler only flags it for when the wait
+// returns, at its timeout (minutes) where a rank never comes. While one of these lives, a handler
+// of nuri's (where Python's is installed) ends the TCP rendezvous' and collectives' waits
+// (set_wait_interrupt), and call() raises KeyboardInterrupt. `work` runs without the GIL.
+class CtrlCEndsWaits {
+ public:
+  CtrlCEndsWaits() {
+    pressed_.store(false);
+    struct sigaction sa {};
+    sa.sa_handler = [](int) { pressed_.store(true); };
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    installed_ = sigaction(SIGINT, nullptr, &python_) == 0 && python_.sa_handler != SIG_DFL &&
+                 python_.sa_handler != SIG_IGN && sigaction(SIGINT, &sa, nullptr) == 0;
+    if (installed_) set_wait_interrupt(&pressed_);
+  }
+  ~CtrlCEndsWaits() {
+    if (!installed_) return;
+    set_wait_interrupt(nullptr);
+    sigaction(SIGINT, &python_, nullptr);
+  }
+  CtrlCEndsWaits(const CtrlCEndsWaits&) = delete;
+  CtrlCEndsWaits& operator=(const CtrlCEndsWaits&) = delete;
+
+  template <class Work>
+  static auto call(Work work) -> decltype(work()) {
+    CtrlCEndsWaits guard;
+    auto interrupted = [] {
+      PyErr_SetNone(PyExc_KeyboardInterrupt);
+      return py::error_already_set();
+    };
+    try {
+      if constexpr (std::is_void_v<decltype(work())>) {
+        {
+          py::gil_scoped_release release;
+          work();
+        }
+        if (pressed_.load()) throw interrupted();
+      } else {
+        auto result = [&] {
+          py::gil_scoped_release release;
+          return work();
+        }();
+        if (pressed_.load()) throw interrupted();
+        return result;
+      }
+    } catch (const Error&) {
+      if (pressed_.load()) throw interrupted();
+      throw;
+    }
+  }
+
+ private:
+  static inline std::atomic<bool> pressed_{false};
+  struct sigaction python_ {};
+  bool installed_ = false;
+};
 
 // The dp x tp x pp grid of a process group (ProcessGrid checks that it divides the ranks).
 ProcessGrid grid_of(const ProcessGroup& p, int tp, int pp) {
@@ -391,12 +451,12 @@ void bind_run(py::module_& m) {
           "This rank's pipeline stage in a dp x tp x pp grid (the slowest-varying coordinate): "
           "the stage s of Model(pipeline_stage=(first[s], first[s + 1])), first = "
           "nuri.pipeline_stages(config, pp, seq_len).")
-      .def(
-          "barrier",
-          [](const ProcessGroup& p) {
-            if (p.comm) p.comm->barrier();
-          },
-          py::call_guard<py::gil_scoped_release>())
+      .def("barrier",
+           [](const ProcessGroup& p) {
+             CtrlCEndsWaits::call([&] {
+               if (p.comm) p.comm->barrier();
+             });
+           })
       .def(
           "all_reduce",
           [](const ProcessGroup& p, py::array array, const std::string& op) {
@@ -407,8 +467,8 @@ void bind_run(py::module_& m) {
                        "all_reduce takes a writable C-contiguous float32 array");
             const Tensor t = tensor_from_numpy(array).view({int64_t(array.size())});
             if (p.comm && t.numel() > 0) {
-              py::gil_scoped_release release;
-              p.comm->all_reduce(t, op == "sum" ? ReduceOp::sum : ReduceOp::avg);
+              CtrlCEndsWaits::call(
+                  [&] { p.comm->all_reduce(t, op == "sum" ? ReduceOp::sum : ReduceOp::avg); });
             }
           },
           py::arg("array"), py::arg("op") = "sum",
@@ -423,8 +483,7 @@ void bind_run(py::module_& m) {
       [](double timeout_s) {
         CommOptions o;
         o.timeout_s = timeout_s;
-        py::gil_scoped_release release;
-        return init_process_group(o);
+        return CtrlCEndsWaits::call([&] { return init_process_group(o); });
       },
       py::arg("timeout_s") = 600.0,
       "The launcher's process group from the environment (collective over the job's ranks).");

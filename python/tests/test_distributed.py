@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from conftest import REPO, cli_env, free_port
@@ -201,3 +203,50 @@ def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
     for g, w in zip(got["losses"], want["losses"]):
         assert abs(g - w) <= 1e-5 * w, (got, want)
     assert want["losses"][7] < want["losses"][0] - 0.3
+
+
+def test_ctrl_c_ends_a_wait_for_ranks_that_never_come(tmp_path):
+    """Ctrl-C ends init_process_group waiting for a rank that never starts (as rank 0, accepting,
+    and as rank 1, connecting) and a barrier the other rank never reaches, at once and with
+    KeyboardInterrupt, not at the 60 s timeout."""
+    script = tmp_path / "wait.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        import nuri
+        pg = None
+        if len(sys.argv) > 1:  # both ranks meet; rank 1 then never reaches the barrier
+            pg = nuri.init_process_group(timeout_s=60)
+            if pg.rank == 1:
+                time.sleep(60)
+        print("waiting", flush=True)
+        t0 = time.monotonic()
+        try:
+            pg.barrier() if pg else nuri.init_process_group(timeout_s=60)
+        except KeyboardInterrupt:
+            print(f"interrupted after {time.monotonic() - t0:.1f} s", flush=True)
+            sys.exit(7)
+    """))
+
+    def start(rank: int, port: int, *args: str) -> subprocess.Popen:
+        env = {**cli_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def interrupt(proc: subprocess.Popen) -> None:
+        assert proc.stdout.readline() == "waiting\n"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 7, out + err
+        assert float(out.split("interrupted after ")[1].split()[0]) < 10, out
+
+    for rank in (0, 1):
+        interrupt(start(rank, free_port()))
+    port = free_port()
+    ranks = [start(0, port, "barrier"), start(1, port, "barrier")]
+    try:
+        interrupt(ranks[0])
+    finally:
+        ranks[1].kill()
+        ranks[1].communicate()

@@ -10,6 +10,7 @@
 // ranks then fail the same way or are ended by the launcher. Never a silent hang.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +28,13 @@ struct CommOptions {
   /// Seconds a collective may take before it is declared failed. NURI_COMM_TIMEOUT_S overrides.
   double timeout_s = 600;
 };
+
+/// While `flag` is set (null: never), the TCP rendezvous and the TCP communicator's waits end
+/// with an Error saying "interrupted" once *flag reads true, instead of at their timeout.
+/// Python's bindings set it, with a SIGINT handler of their own, around init_process_group,
+/// barrier and all_reduce, so that Ctrl-C ends a wait for ranks that never come. (MPI's and
+/// NCCL's waits are not ended by it.)
+void set_wait_interrupt(const std::atomic<bool>* flag);
 
 class Communicator {
  public:
