@@ -1,6 +1,8 @@
 // A sharded checkpoint's parameters as one safetensors file, streamed (nuri/ckpt/consolidate.h).
 #include "nuri/ckpt/consolidate.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <exception>
 #include <filesystem>
@@ -62,7 +64,7 @@ ConsolidateStats consolidate_checkpoint(const std::string& ckpt, const std::stri
     planned.push_back({p.name, DType::f32, p.shape});
   }
   auto alloc = std::make_shared<CpuAllocator>();  // counts what the export holds
-  const std::string tmp = out + ".tmp";
+  const std::string tmp = out + ".tmp-" + std::to_string(::getpid());  // one per process
   struct RemoveOnError {  // a failed export leaves no partial file behind (after `w` closes it)
     const std::string& tmp;
     ~RemoveOnError() {

@@ -600,14 +600,25 @@ namespace {
 
 // Seconds per call of fn: the median of at least five timed calls (after one warm-up), as many
 // as `budget` seconds allow. The median, as other work on the machine only ever adds time.
+// `ranks` (fn a collective over them): every rank makes as many calls as rank 0's clock allows.
 template <class F>
-double time_per_call(Backend& be, double budget, F&& fn) {
+double time_per_call(Backend& be, double budget, F&& fn, Communicator* ranks = nullptr) {
   using Clock = std::chrono::steady_clock;
   fn();
   be.synchronize();
   std::vector<double> calls;
   const auto t0 = Clock::now();
-  while (calls.size() < 5 || std::chrono::duration<double>(Clock::now() - t0).count() < budget) {
+  auto more = [&] {
+    bool go = calls.size() < 5 || std::chrono::duration<double>(Clock::now() - t0).count() < budget;
+    if (ranks && ranks->size() > 1) {
+      Tensor flag = Tensor::empty({1}, DType::f32);
+      flag.data<float>()[0] = go ? 1.f : 0.f;
+      ranks->broadcast(flag, 0);
+      go = flag.data<float>()[0] != 0;
+    }
+    return go;
+  };
+  while (more()) {
     const auto c0 = Clock::now();
     fn();
     be.synchronize();
@@ -760,9 +771,10 @@ DeviceProfile calibrate_device(Backend& be, Communicator* comm, const DeviceProf
     be.zero(big);
     be.zero(one);
     const double n = double(comm->size());
-    const double s = time_per_call(be, budget, [&] { comm->all_reduce(big); });
+    Communicator* host = comm->host_communicator();
+    const double s = time_per_call(be, budget, [&] { comm->all_reduce(big); }, host);
     p.intra_node_bandwidth = p.inter_node_bandwidth = 2.0 * (n - 1) / n * double(big.nbytes()) / s;
-    p.collective_latency = time_per_call(be, budget / 4, [&] { comm->all_reduce(one); });
+    p.collective_latency = time_per_call(be, budget / 4, [&] { comm->all_reduce(one); }, host);
     what += ", " + std::to_string(comm->size()) + " ranks over " + comm->backend_name();
   }
   if (!p.gpu) {

@@ -42,14 +42,23 @@ def _port_from_torchrun_store(timeout_s: float) -> None:
     os.environ["MASTER_PORT"] = str(port)
 
 
+_group: ProcessGroup | None = None  # the job's group, once its ranks have met
+
+
 def init_process_group(timeout_s: float = 600.0) -> ProcessGroup:
     """This process's place in its job and the communicator over its ranks, from the launcher's
-    environment (collective: every rank calls it). A process started alone is rank 0 of 1.
+    environment (collective: every rank calls it). A process started alone is rank 0 of 1. The
+    ranks meet once: a later call (``nuri.run`` without a process_group, a second run in a
+    sweep) returns the same group.
 
     [in] timeout_s: seconds a collective may take before it fails naming the operation
-    (NURI_COMM_TIMEOUT_S overrides it).
+    (NURI_COMM_TIMEOUT_S overrides it); a later call keeps the first call's.
     """
+    global _group
+    if _group is not None:
+        return _group
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
             int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _port_from_torchrun_store(timeout_s)
-    return _C.init_process_group(timeout_s)
+    _group = _C.init_process_group(timeout_s)
+    return _group

@@ -229,6 +229,7 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
                 assert name == expected, (name, expected)
                 writer.write(name, a)
             writer.close()
+            writer = None
         if len(groups) > 1:
             index = {"metadata": {"total_size": sum(b for _, b in sizes)},
                      "weight_map": {n: file for group, file in zip(groups, files) for n in group}}
@@ -236,6 +237,7 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
                 json.dump(index, f, indent=2)
                 f.write("\n")
     except BaseException:
+        writer = None  # its file closed now, not when the traceback goes (a notebook keeps it)
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)

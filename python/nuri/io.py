@@ -41,7 +41,9 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
         "nuri_version": str(_C.build_info()["version"]),
         SHA_KEY: tensors_sha256(tensors),
     }
-    tmp = os.fspath(path) + ".tmp"  # a save that fails leaves an earlier file as it was
+    # A save that fails leaves an earlier file as it was; the process's own name, so that ranks
+    # saving to one path (it should be one rank's call) do not pull each other's file away.
+    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     try:
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, os.fspath(path))
@@ -116,7 +118,8 @@ def stored_model_config(path: str, metadata: dict[str, str]) -> _C.ModelConfig:
 
 def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig | None = None
          ) -> _C.Model:
-    """Reads a model written by ``save`` (or any safetensors file with nuri's names and shapes).
+    """Reads a model written by ``save`` (or any float32 safetensors file with nuri's names and
+    shapes).
 
     [in] config: the model config; default: the one stored in the file's metadata.
     Raises nuri.Error naming the tensor when a name is missing or unexpected, a shape or
@@ -134,7 +137,15 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}
+            for name in f.keys():  # before reading: NumPy has no bf16 to read one into
+                dtype = f.get_slice(name).get_dtype()
+                if dtype != "F32":
+                    raise _C.Error(f"{path}: tensor '{name}' is {dtype}; nuri.load reads the "
+                                   "float32 files nuri.save and runs write (a Hugging Face "
+                                   "model in bf16 or f16 is read by nuri.import_hf(DIR))")
             tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except _C.Error:
+        raise
     except FileNotFoundError as e:
         raise _C.Error(f"cannot open model file {path}: no such file") from e
     except Exception as e:  # safetensors raises its own types for foreign or truncated files

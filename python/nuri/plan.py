@@ -88,13 +88,13 @@ def model_flops_per_token(model: ModelConfig | str, seq_len: int) -> float:
 def calibrate(backend: str = "cpu", base: str | None = None, out: str | os.PathLike | None = None,
               seconds_per_probe: float = 0.5, process_group: Any = None) -> dict[str, Any]:
     """Measures this machine on ``backend`` (products, attention, elementwise work; with a
-    process group of several ranks, its all-reduce) into a profile that starts from ``base``
-    (default: cpu, or h100-sxm-80gb on a GPU: the datasheet peak MFU uses); writes it to
-    ``out`` when given."""
+    process group of several ranks, its all-reduce: then collective, each rank on its own
+    device) into a profile that starts from ``base`` (default: cpu, or h100-sxm-80gb on a GPU:
+    the datasheet peak MFU uses); rank 0 writes it to ``out`` when given."""
     if base is None:
         base = "cpu" if backend == "cpu" else "h100-sxm-80gb"
     text = _C.calibrate(backend, base, seconds_per_probe, process_group)
-    if out is not None:
+    if out is not None and (process_group is None or process_group.rank == 0):
         with open(out, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return json.loads(text)

@@ -112,13 +112,15 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
                                "backend": a["backend"], "layout": a["layout"], "finished": end is not None}
         total["allocations"] += 1
         if end is None:
-            # Its checkpointed progress: from where the allocation before it ended to where
-            # the one after it resumed; its time is unknown.
-            before = ledger[k - 1]["end"] if k > 0 else None
+            # Its checkpointed progress: from where the last finished allocation before it
+            # ended to where the one after it resumed (of several unfinished in a row, the last
+            # is credited with all of it, once); its time is unknown.
+            before = next((b["end"] for b in reversed(ledger[:k]) if b["end"] is not None), None)
             after = ledger[k + 1]["end"] if k + 1 < len(ledger) else None
             if after is not None:
                 row["steps_from"] = before["steps_done"] if before else 0
-                row["steps_done"] = after["steps_from"]
+                # A finished allocation that ended past its last checkpoint: nothing more here.
+                row["steps_done"] = max(after["steps_from"], row["steps_from"])
                 row["tokens"] = (row["steps_done"] - row["steps_from"]) * a["tokens_per_step"]
                 total["tokens"] += row["tokens"]
             total["unfinished"] += 1
@@ -187,17 +189,15 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def plot_report(rep: dict[str, Any], path: str | os.PathLike) -> str | None:
     """A PNG of each allocation's device time by part; returns why not when it cannot."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own, not pyplot's: the session's backend and figures stay as they are
+        from matplotlib.figure import Figure
     except Exception as e:  # ImportError, or a broken install
         return f"matplotlib cannot be imported ({type(e).__name__}: {e})"
     rows = [r for r in rep["allocations"] if r["finished"]]
     if not rows:
         return "no finished allocation to plot"
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig = Figure(figsize=(8, 4.5), dpi=100)
+    ax = fig.subplots()
     x = list(range(1, len(rows) + 1))
     bottom = [0.0] * len(rows)
     for p in PARTS:
@@ -211,6 +211,8 @@ def plot_report(rep: dict[str, Any], path: str | os.PathLike) -> str | None:
     ax.set_xticks(x)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.fspath(path))
-    plt.close(fig)
+    try:
+        fig.savefig(os.fspath(path))
+    except (OSError, ValueError) as e:
+        return f"{os.fspath(path)} cannot be written ({e})"
     return None

@@ -45,17 +45,15 @@ def plot_losses(run_dir: str | os.PathLike) -> str | None:
         return f"no metrics to plot ({e.strerror})"
     if not records:
         return "no metrics to plot (metrics.jsonl holds no step records)"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # a Figure of its own, not pyplot's: the session's backend and figures stay as they are
+        from matplotlib.figure import Figure
     except Exception as e:  # ImportError, or a broken install
         return f"matplotlib cannot be imported ({type(e).__name__}: {e})"
     steps = [r["step"] for r in records]
-    losses = [float("nan") if r["loss"] is None else r["loss"] for r in records]
+    losses = [float("nan") if r.get("loss") is None else r["loss"] for r in records]
     val = [(r["step"], r["val_loss"]) for r in records if _number(r.get("val_loss"))]
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig = Figure(figsize=(7, 4.5), dpi=100)
+    ax = fig.subplots()
     ax.plot(steps, losses, label="train", lw=1)
     if val:
         ax.plot([s for s, _ in val], [v for _, v in val], "o-", label="validation", lw=1.5)
@@ -64,8 +62,10 @@ def plot_losses(run_dir: str | os.PathLike) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(run_dir, "loss.png"))
-    plt.close(fig)
+    try:
+        fig.savefig(os.path.join(run_dir, "loss.png"))
+    except (OSError, ValueError) as e:  # a full or read-only disk, the directory gone
+        return f"loss.png cannot be written ({e})"
     return None
 
 

@@ -8,6 +8,7 @@
 #include "bindings.h"
 #include "nuri/backend/backend.h"
 #include "nuri/dist/communicator.h"
+#include "nuri/dist/launch.h"
 #include "nuri/train/plan.h"
 
 namespace py = pybind11;
@@ -43,8 +44,8 @@ Layout layout_from(const py::dict& d) {
   for (auto item : d) {
     const std::string k = item.first.cast<std::string>();
     static const char* known[] = {
-        "dp", "tp",          "pp",         "zero",        "recompute", "recompute_every",
-        "sp", "micro_batch", "grad_accum", "bucket_bytes"};
+        "dp", "tp",          "pp",         "zero",         "recompute", "recompute_every",
+        "sp", "micro_batch", "grad_accum", "bucket_bytes", "summary"};  // summary: plan's text
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;
     if (!ok) throw py::value_error("unknown layout key '" + k + "'");
@@ -117,11 +118,15 @@ void bind_plan(py::module_& m) {
          const ProcessGroup* pg) {
         NURI_CHECK(seconds > 0, "calibrate: seconds_per_probe is ", seconds,
                    "; give a positive time (0.5 by default)");
-        std::unique_ptr<Backend> be = make_backend(backend);
+        // Each rank on its own device (cuda: its local rank's GPU), the collectives over the
+        // device's communicator (NCCL for a GPU: the host one cannot move device memory).
+        std::unique_ptr<Backend> be = make_backend(pg ? backend_for_rank(backend, pg->launch)
+                                                      : backend);
         const DeviceProfile b = device_profile(base);
         py::gil_scoped_release release;
-        return device_profile_to_json(
-            calibrate_device(*be, pg ? pg->comm.get() : nullptr, b, seconds));
+        std::shared_ptr<Communicator> comm;
+        if (pg && pg->comm && pg->size() > 1) comm = make_device_communicator(pg->comm, *be);
+        return device_profile_to_json(calibrate_device(*be, comm.get(), b, seconds));
       },
       py::arg("backend"), py::arg("base"), py::arg("seconds_per_probe") = 0.5,
       py::arg("process_group") = nullptr);

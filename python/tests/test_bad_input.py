@@ -16,6 +16,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import nuri
+from nuri.report import PARTS
 from conftest import corpus_text, run_cli
 
 TRAIN = ("train", "--model", "gpt2-tiny", "--steps", "2", "--micro-batch", "2", "--seq-len",
@@ -340,9 +341,17 @@ def test_damaged_run_files_are_passed_over_or_named(trained):
     assert "run holds no ledger.jsonl: a run writes its ledger in its checkpoint directory" in \
         run_cli("report", "run", cwd=trained, expect=1).stderr
     metrics = (run / "metrics.jsonl").read_bytes()
-    (run / "metrics.jsonl").write_bytes(metrics + b'{"step": 3, "lo')
+    # A line cut short and a record without a loss are passed over; the session's own figures
+    # and matplotlib backend are left as they were.
+    import matplotlib
+    import matplotlib.pyplot as plt
+    mine, backend = plt.figure(), matplotlib.get_backend()
+    (run / "metrics.jsonl").write_bytes(metrics + b'{"step": 9}\n{"step": 3, "lo')
     (run / "loss.png").unlink(missing_ok=True)
     assert nuri.plot_losses(run) is None and (run / "loss.png").stat().st_size > 0
+    assert plt.fignum_exists(mine.number) and matplotlib.get_backend() == backend
+    plt.close(mine)
+    (run / "metrics.jsonl").write_bytes(metrics)
     (run / "metrics.jsonl").write_bytes(b'{"step": "x"}\n')
     assert nuri.plot_losses(run) == "no metrics to plot (metrics.jsonl holds no step records)"
 
@@ -356,3 +365,27 @@ def test_damaged_run_files_are_passed_over_or_named(trained):
     err = run_cli("generate", "--run", "run", "--max-new-tokens", "2", cwd=trained,
                   expect=1).stderr
     assert "tokenize.json: no tokenizer record" in err and "are not strings" in err, err
+
+
+def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
+    """Allocations killed before their end record, two in a row between finished ones: their
+    checkpointed steps (from the last finished allocation's end to where the next one resumed)
+    count once, and an allocation that ended past its last checkpoint adds none."""
+    def start(i):
+        return {"event": "start", "id": f"a{i}", "time": float(i), "ranks": 2, "backend": "cpu",
+                "layout": "dp 2", "tokens_per_step": 10, "flops_per_token": 1.0}
+
+    def end(i, steps_from, steps_done):
+        return {"event": "end", "id": f"a{i}", "wall": 5.0, "steps_from": steps_from,
+                "steps_done": steps_done, "redone_steps": 0, "status": 0, "reason": "",
+                "parts": {p: 1.0 for p in PARTS}}
+
+    def write(records):
+        (tmp_path / "ledger.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    write([start(1), end(1, 0, 100), start(2), start(3), start(4), end(4, 300, 400)])
+    rep = nuri.report(tmp_path)
+    assert [r.get("tokens") for r in rep["allocations"]] == [1000, None, 2000, 1000]
+    assert rep["total"]["tokens"] == 4000  # steps 0 to 400, each once
+    write([start(1), end(1, 0, 120), start(2), start(3), end(3, 100, 200)])
+    assert [r.get("tokens") for r in nuri.report(tmp_path)["allocations"]] == [1200, 0, 1000]

@@ -250,3 +250,18 @@ def test_ctrl_c_ends_a_wait_for_ranks_that_never_come(tmp_path):
     finally:
         ranks[1].kill()
         ranks[1].communicate()
+
+
+def test_calibrate_on_two_ranks_measures_their_all_reduce(tmp_path):
+    """``python -m nuri calibrate`` under a 2-rank start: the ranks make as many all-reduces as
+    rank 0's clock allows (each rank's own would leave one waiting for a call the other never
+    makes), and rank 0 alone writes the profile."""
+    env = {**cli_env(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(TORCHRUN_SH), "-np", "2", sys.executable, "-m", "nuri",
+                           "calibrate", "--seconds", "0.02", "--out", "prof.json"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    prof = json.loads((tmp_path / "prof.json").read_text())
+    assert "2 ranks over tcp" in prof["source"], prof["source"]
+    assert prof["collective_latency"] > 0 and prof["intra_node_bandwidth"] > 0
+    assert proc.stdout.count("wrote prof.json") == 1

@@ -32,10 +32,9 @@ def test_plan_lists_the_layouts_that_fit_best_first():
         assert layout["dp"] * layout["tp"] * layout["pp"] == 4
         assert layout["dp"] * layout["micro_batch"] * layout["grad_accum"] == 16
     assert "do not fit" in result.text and " 1. " in result.text
-    # One entry again, through estimate_memory: the same bytes.
+    # One entry again, through estimate_memory (its layout as plan gave it): the same bytes.
     e = fits[0]
-    again = nuri.estimate_memory(cfg, {k: v for k, v in e["layout"].items() if k != "summary"},
-                                 2048, "rtx-4090", stage=e["worst_stage"])
+    again = nuri.estimate_memory(cfg, e["layout"], 2048, "rtx-4090", stage=e["worst_stage"])
     assert again["peak"] == e["memory"]["peak"]
 
 

@@ -107,7 +107,7 @@ def test_load_names_the_bad_tensor(tmp_path):
         "shape": ({**params, "wpe.weight": params["wpe.weight"][:64]},
                   "tensor 'wpe.weight' has shape [64, 64], the config needs [128, 64]"),
         "dtype": ({**params, "ln_f.weight": params["ln_f.weight"].astype(np.float16)},
-                  "tensor 'ln_f.weight' is float16, nuri needs float32"),
+                  "tensor 'ln_f.weight' is F16; nuri.load reads the float32 files"),
         "nan": ({**params, "h.0.attn.c_attn.weight": nan_at(params["h.0.attn.c_attn.weight"], 70)},
                 "tensor 'h.0.attn.c_attn.weight' holds 1 non-finite values (the first at flat "
                 "index 70: nan)"),
@@ -117,6 +117,13 @@ def test_load_names_the_bad_tensor(tmp_path):
         save_file(tensors, str(path), metadata=meta)
         with pytest.raises(nuri.Error, match=re.escape(message)):
             nuri.load(path)
+    # bf16 (NumPy has none: refused by name before anything is read)
+    import torch
+    from safetensors.torch import save_file as save_torch
+    save_torch({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in params.items()},
+               str(tmp_path / "bf16.safetensors"), metadata=meta)
+    with pytest.raises(nuri.Error, match="is BF16; nuri.load reads the float32 files"):
+        nuri.load(tmp_path / "bf16.safetensors")
     save_file(params, str(tmp_path / "plain.safetensors"))
     with pytest.raises(nuri.Error, match="no 'nuri_model_config' metadata"):
         nuri.load(tmp_path / "plain.safetensors")
