@@ -54,13 +54,14 @@ bool committed(const fs::path& dir) { return fs::is_regular_file(dir / kManifest
 
 /// step-%08d → step, or -1 for other names.
 int64_t step_of(const std::string& name) {
-  if (name.size() != 13 || name.rfind("step-", 0) != 0) return -1;
+  // step-%08lld: 8 digits, more from step 10^8 on (up to 18, within an int64).
+  if (name.size() < 13 || name.size() > 23 || name.rfind("step-", 0) != 0) return -1;
   int64_t s = 0;
   for (size_t i = 5; i < name.size(); ++i) {
     if (name[i] < '0' || name[i] > '9') return -1;
     s = s * 10 + (name[i] - '0');
   }
-  return s;
+  return name == checkpoint_dir_name(s) ? s : -1;  // no leading zeros beyond the 8 digits
 }
 
 /// Every rank's string, in rank order (through the host communicator: lengths, then bytes).
@@ -286,14 +287,16 @@ std::string CheckpointWriter::publish(int keep_last) {
       manifest["meta"] = json::parse(meta_);
       atomic_write(dir_, kManifest, manifest.dump(1) + "\n");
       atomic_write(root_, "latest", checkpoint_dir_name(step_) + "\n");
-      // Retention: the newest keep_last committed checkpoints stay; uncommitted directories of
-      // earlier steps (interrupted saves) go too.
+      // Retention: the newest keep_last committed checkpoints up to this one stay; uncommitted
+      // directories of earlier steps (interrupted saves) go too. Committed ones of later steps
+      // (a run gone back to an earlier one through `latest`) are not this run's to count or
+      // delete: counted, they would rotate out the run's own.
       std::vector<std::pair<int64_t, fs::path>> done;
       for (const auto& d : fs::directory_iterator(root_)) {
         const int64_t s = step_of(d.path().filename().string());
         if (s < 0 || !d.is_directory()) continue;
         if (committed(d.path())) {
-          done.push_back({s, d.path()});
+          if (s <= step_) done.push_back({s, d.path()});
         } else if (s < step_) {
           fs::remove_all(d.path());
         }

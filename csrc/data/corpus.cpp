@@ -118,6 +118,7 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
              " or tokenize with the model's tokenizer");
   if (!meta["shards"].contains(split)) return nullptr;
   std::vector<uint32_t> all;
+  std::vector<int64_t> sizes;  // each shard's tokens, for its mask
   int64_t count = 0;
   for (const auto& name : meta["shards"][split]) {
     NURI_CHECK(name.is_string() && fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
@@ -126,6 +127,7 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
     const size_t at = all.size();
     all.resize(at + size_t(f->size()));
     for (int64_t i = 0; i < f->size(); ++i) all[at + size_t(i)] = f->at(i);
+    sizes.push_back(f->size());
     ++count;
   }
   if (count == 0) return nullptr;
@@ -137,11 +139,17 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
     NURI_CHECK(meta["masks"][split].size() == meta["shards"][split].size(), meta_path,
                ": one mask file a shard is needed (", meta["masks"][split].size(), " masks, ",
                meta["shards"][split].size(), " shards)");
+    size_t k = 0;
     for (const auto& name : meta["masks"][split]) {
       NURI_CHECK(name.is_string() &&
                      fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
                  meta_path, ": mask names are file names in the directory");
       auto m = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), 2);
+      // Each mask against its own shard: one short and a later one long would shift the bits.
+      NURI_CHECK(m->size() == sizes[k], meta_path, ": mask ", name.get<std::string>(), " has ",
+                 m->size(), " values, its shard ", meta["shards"][split][k].get<std::string>(),
+                 " ", sizes[k], " tokens; tokenize the data again");
+      ++k;
       for (int64_t i = 0; i < m->size(); ++i) mask.push_back(uint8_t(m->at(i)));
     }
   }

@@ -783,7 +783,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     ~LedgerOnError() {
       if (std::uncaught_exceptions() == 0) return;
       try {
-        ledger.end(from, done, reached, redone, kRunFailed, "error", parts);
+        ledger.end(from, done, std::max(reached, done), redone, kRunFailed, "error", parts);
       } catch (...) {  // the error in flight is the one to report
       }
     }
@@ -825,18 +825,31 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line("checkpoint " + dir + " committed");
   };
   double longest_save = 0, longest_eval = 0;  // what a stop may take, for the time limit
-  auto save = [&] {
+  // keep: more than checkpoint.keep at a stop during a skip streak, whose saves must not rotate
+  // out the checkpoints of before the divergence.
+  auto save = [&](int64_t keep) {
     const double before = parts.checkpoint_save;
     {
       Span timed(parts.checkpoint_save);
-      committed(trainer.save_checkpoint(ck.dir, int(ck.keep)));
+      committed(trainer.save_checkpoint(ck.dir, int(keep)));
     }
     saved_at = trainer.steps_done();
     longest_save = std::max(longest_save, parts.checkpoint_save - before);
   };
+  // An asynchronous save's time, from its start to its commit (a step at most late: when the
+  // commit is seen), counts as a save's for the time limit; one still pending adds to a stop.
+  Clock::time_point async_started{};
+  bool async_pending = false;
+  auto async_committed = [&](const std::string& dir) {
+    if (!async_pending || dir.empty()) return;
+    longest_save = std::max(longest_save, seconds_since(async_started));
+    async_pending = false;
+  };
   auto finish_save = [&] {
     Span timed(parts.checkpoint_save);
-    committed(trainer.finish_checkpoint());
+    const std::string dir = trainer.finish_checkpoint();
+    committed(dir);
+    async_committed(dir);
   };
   auto run_eval = [&] {
     const double before = parts.evaluation;
@@ -861,8 +874,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   auto stop_seconds = [&](int64_t step) {
     const bool eval_next = (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) ||
                            step + 1 == tc.steps;
-    return (eval_next ? longest_eval : 0.0) +
-           (checkpoints ? std::max(longest_save, parts.checkpoint_load) : 0.0);
+    const double a_save = std::max(longest_save, parts.checkpoint_load);
+    return (eval_next ? longest_eval : 0.0) + (checkpoints ? a_save : 0.0) +
+           (async_pending ? a_save : 0.0);  // the pending one is waited for first
   };
 
   // A signal or the time limit during the startup: stop before the first evaluation and step,
@@ -955,6 +969,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     }
     if (checkpoints) {
       committed(st.checkpoint);  // an asynchronous save that every rank has finished
+      async_committed(st.checkpoint);
       // A save falls due every save_every steps; at a skipped step (a non-finite loss) it waits
       // for the next step that updates, so a diverging run does not rotate good checkpoints out.
       save_due = save_due || (ck.save_every > 0 && st.step % ck.save_every == 0);
@@ -963,10 +978,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         if (ck.async_save) {
           finish_save();  // the previous one, if it is late
           Span timed(parts.checkpoint_save);
+          async_started = Clock::now();
+          async_pending = true;
           trainer.save_checkpoint_async(ck.dir, int(ck.keep));
           saved_at = st.step;
         } else {
-          save();
+          save(ck.keep);
         }
       }
     }
@@ -975,7 +992,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         watch.should_stop(st.step_seconds, pg.comm.get(), interrupt, stop_seconds(st.step))) {
       if (checkpoints) {
         finish_save();
-        if (saved_at != st.step) save();
+        if (saved_at != st.step) save(ck.keep + trainer.skipped_in_a_row());
       }
       account_step(st.step, step_start, saved_before, evaluated_before);
       result.stop_reason = stop_reason();
@@ -998,7 +1015,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // targets gives a non-finite one after a step that updated.)
   const bool diverged = result.stop_reason.empty() && last_skipped && !std::isfinite(val_loss);
   if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done() && !diverged) {
-    save();
+    save(ck.keep + trainer.skipped_in_a_row());
   }
   result.steps_done = trainer.steps_done();
   result.skipped_steps = trainer.skipped_steps();

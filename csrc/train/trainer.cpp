@@ -690,6 +690,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
                   {"fingerprint", data_fingerprint()}};
   meta["step"] = step_;
   meta["skipped_steps"] = skipped_;
+  meta["skipped_in_a_row"] = skipped_in_a_row_;  // a streak goes on across a preemption
   meta["adamw"] = {{"steps_done", opt_->steps_done()},
                    {"beta1", cfg_.beta1},
                    {"beta2", cfg_.beta2},
@@ -850,7 +851,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   CheckpointReader r(path);
   const std::string& dir = r.dir();
   nlohmann::json meta;
-  int64_t saved_step = 0, saved_steps_done = 0, saved_skipped = 0;
+  int64_t saved_step = 0, saved_steps_done = 0, saved_skipped = 0, saved_in_a_row = 0;
   DataPosition saved_position;
   try {
     meta = nlohmann::json::parse(r.meta());
@@ -905,6 +906,9 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     }
     if (meta.contains("skipped_steps")) {
       saved_skipped = json_checked::integer(meta["skipped_steps"]);
+    }
+    if (meta.contains("skipped_in_a_row")) {  // checkpoints of before it: 0
+      saved_in_a_row = json_checked::integer(meta["skipped_in_a_row"]);
     }
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
@@ -978,7 +982,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   opt_->set_steps_done(saved_steps_done);
   step_ = saved_step;
   skipped_ = saved_skipped;
-  skipped_in_a_row_ = 0;
+  skipped_in_a_row_ = saved_in_a_row;
   loader_.set_position(saved_position);
   be.synchronize();
   return dir;

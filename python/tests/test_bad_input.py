@@ -389,3 +389,23 @@ def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
     assert rep["total"]["tokens"] == 4000  # steps 0 to 400, each once
     write([start(1), end(1, 0, 120), start(2), start(3), end(3, 100, 200)])
     assert [r.get("tokens") for r in nuri.report(tmp_path)["allocations"]] == [1200, 0, 1000]
+
+
+def test_a_loss_mask_that_does_not_fit_its_shard_is_refused(tmp_path):
+    """Each shard's mask is checked against that shard: two masks swapped between shards of
+    other lengths (the same total) would shift every bit between them."""
+    rows = [{"prompt": f"question {i} " * (i % 7 + 1), "response": f"answer {i} " * (i % 5 + 1)}
+            for i in range(200)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = nuri.tokenize([tmp_path / "rows.jsonl"], tmp_path / "d", kind="prompt-response",
+                         val_every=0, shard_tokens=4000, progress=False)
+    masks = meta["masks"]["train"]
+    assert len(masks) >= 2
+    first, last = tmp_path / "d" / masks[0], tmp_path / "d" / masks[-1]
+    assert first.stat().st_size != last.stat().st_size
+    a, b = first.read_bytes(), last.read_bytes()
+    first.write_bytes(b)
+    last.write_bytes(a)
+    with pytest.raises(nuri.Error, match=f"mask {masks[0]} has .* values, its shard "
+                                         f"{meta['shards']['train'][0]} 4000 tokens"):
+        nuri.read_data(tmp_path / "d")

@@ -267,6 +267,22 @@ TEST(Checkpoint, LatestRetentionAndInterruptedSaves) {
   const std::string empty = tmpdir("none");
   EXPECT_EQ(CheckpointReader::find(empty), "");
   EXPECT_ERROR(CheckpointReader r(empty), "no committed checkpoint");
+  // Gone back to step 6 through `latest` (step 8 left where it is): the saves after it keep
+  // their own newest 2, and neither count nor delete the later step 8. Steps from 10^8 on have
+  // more digits and are still checkpoints.
+  write_bytes(root + "/latest", "step-00000006\n");
+  Transformer back(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  Trainer bt(back, config(), text_data(), nullptr);
+  bt.load_checkpoint(root);
+  ASSERT_EQ(bt.steps_done(), 6);
+  bt.step();
+  bt.save_checkpoint(root, /*keep_last=*/2);  // step 7: keeps 6 and 7
+  EXPECT_TRUE(fs::exists(root + "/step-00000006/manifest.json"));
+  EXPECT_TRUE(fs::exists(root + "/step-00000008/manifest.json"));
+  fs::rename(root + "/step-00000008", root + "/step-100000008");
+  EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000007");
+  fs::remove(root + "/latest");
+  EXPECT_EQ(CheckpointReader::find(root), root + "/step-100000008");
   fs::remove_all(root);
   fs::remove_all(empty);
 }

@@ -2,8 +2,11 @@
 // non-finite policy, evaluation, and sampling.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <vector>
 
@@ -247,6 +250,38 @@ TEST(Trainer, SkippedStepsInARowStopTheRun) {
         << e.what();
   }
   EXPECT_EQ(t.skipped_steps(), 5);
+}
+
+// The streak goes on across a checkpoint (a preempted diverging run would otherwise never
+// reach skip_limit, its count starting again at every allocation).
+TEST(Trainer, ASkippedStreakGoesOnAfterAResume) {
+  const std::filesystem::path root =
+      std::filesystem::temp_directory_path() / ("nuri_streak_" + std::to_string(::getpid()));
+  TrainConfig c;
+  c.steps = 10;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  c.skip_limit = 3;
+  {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+    Trainer t(m, c, text_data(), nullptr);
+    EXPECT_FALSE(t.step().skipped);  // 1
+    m.parameter("h.0.ln_1.weight").data<float>()[0] = std::numeric_limits<float>::infinity();
+    EXPECT_TRUE(t.step().skipped);  // 2
+    EXPECT_TRUE(t.step().skipped);  // 3
+    t.save_checkpoint(root.string());
+  }
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  Trainer t(m, c, text_data(), nullptr);
+  t.load_checkpoint(root.string());
+  try {
+    t.step();  // 4: the third in a row
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("3 steps in a row (2 to 4)"), std::string::npos)
+        << e.what();
+  }
+  std::filesystem::remove_all(root);
 }
 
 // Token ids beyond the model's vocabulary are refused when the trainer is made, not when a

@@ -484,6 +484,20 @@ TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   // Step 4's update was made (its loss was finite) and checkpointed; 5 to 9 were skipped.
   EXPECT_EQ(steps_kept(), (std::vector<std::string>{"step-00000002", "step-00000003",
                                                    "step-00000004"}));
+  // Resumed and stopped after step 5 (skipped, an interrupt as a preemption would): its save
+  // rotates out none of the good ones, and the streak goes on in the next allocation, which
+  // diverges at the same step as the run never stopped.
+  {
+    Captured stopped;
+    RunHooks h = stopped.hooks();
+    int polls = 0;
+    h.interrupted = [&] { return ++polls >= 2; };  // the startup's poll, then step 5's
+    EXPECT_EQ(run_training(c, h).status, kRunInterrupted) << stopped.text;
+    EXPECT_EQ(steps_kept(), (std::vector<std::string>{"step-00000002", "step-00000003",
+                                                     "step-00000004", "step-00000005"}));
+    const std::string again = test::error_of([&] { run_training(c, Captured().hooks()); });
+    EXPECT_NE(again.find("5 steps in a row (5 to 9)"), std::string::npos) << again;
+  }
   // Ending before the limit (step 1 updates, 2 to 4 are skipped): the final validation loss is
   // not finite.
   RunConfig shorter = c;

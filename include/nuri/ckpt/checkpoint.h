@@ -60,7 +60,8 @@ class CheckpointWriter {
   /// The training state as a JSON object (text); rank 0's is written.
   void set_meta(std::string json);
   /// Collective: writes this rank's files, then rank 0 the manifest, `latest`, and removes
-  /// checkpoints beyond the newest keep_last (>= 1). Returns the checkpoint's directory.
+  /// checkpoints beyond the newest keep_last (>= 1) up to this step (later ones, left by a run
+  /// gone back through `latest`, are not counted or removed). Returns the checkpoint's directory.
   /// commit() is write_files() then publish(); asynchronous saving runs the first on a thread
   /// of its own (it does not communicate) and the second later on the training thread.
   std::string commit(int keep_last);
@@ -91,8 +92,9 @@ class CheckpointWriter {
 class CheckpointReader {
  public:
   /// `path`: a checkpoint directory, or a root, whose checkpoint is the one `latest` names when
-  /// that one is committed, else the newest committed one (a save interrupted after its files
-  /// but before `latest` moved). Throws when there is none, or the manifest does not parse.
+  /// that one is committed (a save that died between its manifest and `latest` is then not the
+  /// one resumed: its steps are done again), else the newest committed one. Throws when there
+  /// is none, or the manifest does not parse.
   explicit CheckpointReader(const std::string& path);
   ~CheckpointReader();
   /// The directory a root resolves to, or "" when the root holds no committed checkpoint.

@@ -222,6 +222,8 @@ class Trainer {
 
   int64_t steps_done() const { return step_; }
   int64_t skipped_steps() const { return skipped_; }
+  /// The skipped steps since the last update (train.skip_limit's count; kept in checkpoints).
+  int64_t skipped_in_a_row() const { return skipped_in_a_row_; }
   DataPosition data_position() const { return loader_.position(); }
   const TrainConfig& config() const { return cfg_; }
   /// The data-parallel state (its stats() describe the last step's communication); null
