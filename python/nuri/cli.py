@@ -369,26 +369,22 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _seed(text: str) -> int:
-    """--seed: an integer from 0 to 2**64 - 1."""
-    try:
-        seed = int(text)
-    except ValueError:
-        seed = -1
-    if not 0 <= seed < 2**64:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
-    return seed
+def _whole_number(limit: int, limit_text: str) -> Any:
+    """An argparse type: an integer from 0 to limit - 1 (limit_text says that bound)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = -1
+        if not 0 <= n < limit:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from 0 to {limit_text}, got {text!r}")
+        return n
+    return parse
 
 
-def _count(text: str) -> int:
-    """--max-new-tokens, --top-k: an integer from 0 to 2**31 - 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if not 0 <= n < 2**31:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31 - 1, got {text!r}")
-    return n
+_seed = _whole_number(2**64, "2**64 - 1")  # --seed
+_count = _whole_number(2**31, "2**31 - 1")  # --max-new-tokens, --top-k
 
 
 def _temperature(text: str) -> float:
