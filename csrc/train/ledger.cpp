@@ -71,7 +71,8 @@ int64_t RunLedger::steps_reached(const std::string& dir) {
   for (std::string line; std::getline(in, line);) {
     try {
       const auto j = nlohmann::json::parse(line);
-      if (j.value("event", "") == "end") {
+      const std::string event = j.value("event", "");
+      if (event == "end" || event == "start") {
         most = std::max(most, j.value("steps_reached", int64_t(0)));
       }
     } catch (const nlohmann::json::exception&) {  // a line cut short by a crash

@@ -910,9 +910,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         ledger_dir,
         strprintf(
             "\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
-            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\"",
+            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\", "
+            "\"steps_reached\": %lld",
             pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
-            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str()),
+            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str(),
+            (long long)reached),
         origin + seconds_since(start));
   }
 

@@ -448,6 +448,49 @@ TEST(Run, OneCheckpointAsTheCheckpointDirIsRefused) {
   EXPECT_EQ(resumed.records.front()["step"], 2);
 }
 
+// Two allocations killed in a row before their end records: the first reached step 6 past its
+// checkpoint at 4, the second truncated the metrics back to 4 and was killed at 5. The second's
+// start record kept the 6 it had found, so the third counts step 6 as redone work.
+TEST(Run, StepsReachedSurviveTwoKillsInARow) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.out = (t.path / "run").string();
+  c.checkpoint.save_every = 4;
+  c.train.steps = 6;
+  c.train.eval_every = 0;
+  const fs::path ledger = t.path / "ck" / "ledger.jsonl";
+  auto killed = [&] {  // as if SIGKILLed: its end record and the checkpoints after step 4 gone
+    std::vector<std::string> lines;
+    std::ifstream in(ledger);
+    for (std::string l; std::getline(in, l);) {
+      if (nlohmann::json::parse(l)["event"] != "end") lines.push_back(l);
+    }
+    std::ofstream out(ledger, std::ios::trunc);
+    for (const auto& l : lines) out << l << "\n";
+    for (const char* d : {"step-00000005", "step-00000006"}) fs::remove_all(t.path / "ck" / d);
+    std::ofstream(t.path / "ck" / "latest") << "step-00000004\n";
+  };
+  ASSERT_EQ(run_training(c, Captured().hooks()).status, kRunDone);
+  killed();
+  {
+    Captured second;
+    RunHooks h = second.hooks();
+    int polls = 0;
+    h.interrupted = [&] { return ++polls >= 2; };  // stops after step 5
+    ASSERT_EQ(run_training(c, h).status, kRunInterrupted) << second.text;
+  }
+  killed();
+  ASSERT_EQ(run_training(c, Captured().hooks()).status, kRunDone);
+  std::ifstream in(ledger);
+  nlohmann::json last;
+  for (std::string l; std::getline(in, l);) last = nlohmann::json::parse(l);
+  EXPECT_EQ(last["event"], "end");
+  EXPECT_EQ(last["steps_from"], 4);
+  EXPECT_EQ(last["redone_steps"], 2) << last.dump();  // steps 5 and 6
+}
+
 // A diverging run (a learning rate of 1e30 from step 4 of a run checkpointed every step, 3 kept):
 // the skipped steps commit no checkpoint, so they do not rotate the good ones out, and
 // train.skip_limit (5) skipped steps in a row stop the run. A run that ends on a skipped step

@@ -7,7 +7,9 @@
 //   {"event": "start", "id": ..., "time": unix seconds at the process's start (for a later run in
 //    the same process, at its own start), "ranks", "backend",
 //    "layout", "tokens_per_step", "flops_per_token",
-//    "peak_flops" (the device profile's, 0 when none), "profile"}
+//    "peak_flops" (the device profile's, 0 when none), "profile", "steps_reached" (the most steps
+//    any run before it reached, as it found them: a run killed before its end record keeps them
+//    for the next)}
 //   {"event": "end", "id": ..., "time": unix seconds, "wall": seconds since the start,
 //    "steps_from" (resumed at), "steps_done", "steps_reached", "redone_steps", "status", "reason",
 //    "parts": {"startup", "checkpoint_load", "evaluation", "training", "redone",
@@ -45,8 +47,8 @@ class RunLedger {
   /// for the first run in a process).
   RunLedger(const std::string& dir, const std::string& fields, double origin_seconds);
   bool active() const { return !path_.empty(); }
-  /// The most steps any earlier allocation in `dir` reached (its end records' steps_reached),
-  /// 0 when none.
+  /// The most steps any earlier allocation in `dir` reached (its start and end records'
+  /// steps_reached), 0 when none.
   static int64_t steps_reached(const std::string& dir);
   /// Appends the end record (once; later calls do nothing).
   void end(int64_t steps_from, int64_t steps_done, int64_t steps_reached, int64_t redone_steps,
