@@ -11,6 +11,15 @@ namespace nuri::kernels {
 
 namespace {
 
+/// The row tiles of a product of m rows, which go on a launch's grid.y: at most 65535.
+unsigned row_tiles(int64_t m, int64_t block) {
+  const int64_t tiles = ceil_div(m, block);
+  NURI_CHECK(tiles <= 65535, "matmul kernel: ", m, " rows make ", tiles, " row tiles of ", block,
+             ", more than the 65535 a launch's grid.y holds; split the product into row chunks "
+             "of at most ", 65535 * block, " rows");
+  return unsigned(tiles);
+}
+
 /// Every row of a [rows][ld] matrix at p starts 16-byte aligned.
 template <class T>
 bool rows_aligned(const T* p, int64_t ld) {
@@ -27,7 +36,7 @@ void launch_tc(const mm::GemmArgs<T>& a, cudaStream_t stream) {
     // path, not worth six more instantiations of the widest kernel.
     if (!aligned) return launch_tc<mm::TcLarge, T, kATrans, kBKN>(a, stream);
   }
-  const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
+  const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), row_tiles(a.m, C::kBlockM));
   if (aligned) {
     NURI_LAUNCH((mm::gemm_tc_kernel<C, T, kATrans, kBKN, true>), grid, dim3(C::kThreads),
                 C::kSmemBytes, stream, a);
@@ -95,7 +104,7 @@ bool launch_gemm(const mm::GemmArgs<T>& a, int tiles, bool sm90, bool sm90_per_t
   if (sm90 && launch_sm90<T, kATrans, kBKN>(a, sm90_per_tile, stream)) return true;
   if constexpr (std::is_same_v<T, float>) {
     using C = mm::SimtConfig;
-    const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), unsigned(ceil_div(a.m, C::kBlockM)));
+    const dim3 grid(unsigned(ceil_div(a.n, C::kBlockN)), row_tiles(a.m, C::kBlockM));
     NURI_LAUNCH((mm::gemm_simt_kernel<kATrans, kBKN>), grid, dim3(C::kThreads), C::kSmemBytes,
                 stream, a);
   } else {
@@ -176,7 +185,8 @@ template <class T>
 void matmul_backward_bias(const MatmulBackwardBiasParams<T>& p, cudaStream_t stream) {
   NURI_CHECK(p.m > 0 && p.n > 0, "matmul_backward_bias kernel: bad shape (M ", p.m, ", N ", p.n,
              ")");
-  const dim3 grid(unsigned(ceil_div(p.n, mm::kBiasCols)), unsigned(matmul_bias_partials(p.m)));
+  const dim3 grid(unsigned(ceil_div(p.n, mm::kBiasCols)),
+                  row_tiles(matmul_bias_partials(p.m), 1));
   NURI_LAUNCH((mm::bias_partial_kernel<T>), grid, dim3(mm::kBiasThreads),
               size_t(mm::kBiasThreads) * sizeof(float), stream, p);
   NURI_LAUNCH((mm::bias_final_kernel<T>), dim3(unsigned(ceil_div(p.n, mm::kBiasThreads))),

@@ -6,7 +6,7 @@
 # after `bash scripts/setup.sh --test` on a fresh machine (the Debian packages it links, and
 # .venv's cuDNN frontend headers).
 # BUILD_DIR: a Release tree for that machine: CUDA for NURI_KIT_ARCHS (default 90a: the H100s
-# and H200s lent here; "80 90a" for an A100 or RTX 3090/4090 too), no -march=native (the GPU
+# and H200s lent here; "80;90a" (or "80 90a") for an A100 or RTX 3090/4090 too), no -march=native (the GPU
 # machine's CPU is another), Eigen instead of OpenBLAS, no MPI, the Python extension for
 # NURI_KIT_PYTHON (default: a python3.12 found here, the version the lent machines run; none
 # found: no extension, and the Python test of the gpu label is not run there). Only the
@@ -25,6 +25,7 @@ kit=${2:-.device-kit}
 [[ $tree == /* ]] || tree=$root/$tree
 [[ $kit == /* ]] || kit=$root/$kit
 archs=${NURI_KIT_ARCHS:-90a}
+archs=${archs// /;}  # CMake's list: "80 90a" given as it reads more easily becomes "80;90a"
 
 py=${NURI_KIT_PYTHON:-}
 if [[ -z $py ]]; then

@@ -102,6 +102,9 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend_name() const override { return "nccl"; }
+  // NCCL: operations on independent communicators of one device must not be issued from two
+  // threads at once (its thread-safety rules), so data parallelism's progress thread waits.
+  bool concurrent_with_other_communicators() const override { return false; }
   Communicator* host_communicator() override { return host_.get(); }
 
   void all_reduce(const Tensor& t, ReduceOp op) override {
@@ -248,6 +251,7 @@ class NcclCommunicator final : public Communicator {
   void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
              int peer = -1) {
     check_usable(op);
+    on_device();
     what_ = dist::describe(op, t, rop, peer);
     cuda_check(cudaEventRecord(ready_, compute_), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
@@ -283,8 +287,14 @@ class NcclCommunicator final : public Communicator {
     pending_ = true;
   }
 
+  /// This rank's device current on the calling thread (the data-parallel progress thread
+  /// calls too): a thread's first CUDA call elsewhere would make a context on device 0, half a
+  /// GiB of it on every rank's behalf, and fail where GPUs are in exclusive-process mode.
+  void on_device() { cuda_check(cudaSetDevice(device_), "cudaSetDevice"); }
+
   /// Polls until the stream has finished the operation, NCCL reports an error, or the timeout.
   void wait() {
+    on_device();
     pending_ = false;  // the stream is in order: this waits for every earlier operation too
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();

@@ -197,20 +197,22 @@ std::shared_ptr<Communicator> grid_dp(const Transformer& model, const GridGroups
   return grid.dp;
 }
 
-// CPU ranks reduce gradients on a progress thread while the training thread makes the
-// tensor-parallel calls: both at once needs a library that allows it (MPI: THREAD_MULTIPLE).
+// Ranks reduce gradients on a progress thread while the training thread makes the tensor- and
+// pipeline-parallel calls: both at once needs a library that allows it (MPI: THREAD_MULTIPLE;
+// NCCL never, for communicators of one device: GPU ranks then reduce after the backward).
 ParallelConfig grid_parallel(const Transformer& model, const GridGroups& grid,
                              ParallelConfig par) {
   auto concurrent = [](const std::shared_ptr<Communicator>& c) {
     return !c || c->concurrent_with_other_communicators();
   };
-  if (par.overlap && grid.dp && (grid.tp || grid.pp) && model.backend().device().is_cpu() &&
-      !(concurrent(grid.dp) && concurrent(grid.tp) && concurrent(grid.pp))) {
+  const bool cpu = model.backend().device().is_cpu();
+  if (par.overlap && grid.dp && (grid.tp || grid.pp) &&
+      (!cpu || !(concurrent(grid.dp) && concurrent(grid.tp) && concurrent(grid.pp)))) {
     par.overlap = false;
     if (grid.dp->rank() == 0 && grid.coord.tp == 0) {
-      NURI_LOG(info, "the ", grid.dp->backend_name(), " library cannot run the data-parallel "
-               "reductions beside the tensor- and pipeline-parallel calls: gradients are "
-               "reduced after the backward");
+      NURI_LOG(info, "the ", cpu ? grid.dp->backend_name() : std::string("nccl"),
+               " library cannot run the data-parallel reductions beside the tensor- and "
+               "pipeline-parallel calls: gradients are reduced after the backward");
     }
   }
   return par;
