@@ -52,6 +52,36 @@ void atomic_write(const std::string& dir, const std::string& name, const std::st
 
 bool committed(const fs::path& dir) { return fs::is_regular_file(dir / kManifest); }
 
+/// Where a save of a step that is already committed writes, beside it: step-….new
+constexpr const char* kStaging = ".new";
+constexpr size_t kStagingLength = 4;
+
+/// Puts the committed checkpoint `fresh` in the place of the committed `old` (both in one root
+/// directory), then removes the old one. On Linux one atomic exchange of the two names, so a
+/// crash at any point leaves a committed checkpoint at `old`'s name; where the filesystem has
+/// no exchange, the old one is uncommitted and removed first (a crash in between loses the step,
+/// never mixes two).
+void replace_committed(const std::string& fresh, const std::string& old) {
+  ckpt::crash_point("rename");
+  const std::string root = fs::path(old).parent_path().string();
+  if (::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, old.c_str(), RENAME_EXCHANGE) == 0) {
+    fsync_dir(root);  // `fresh` names the old checkpoint now
+  } else {
+    NURI_CHECK(errno == EINVAL || errno == ENOSYS || errno == ENOTSUP, "cannot exchange ", fresh,
+               " and ", old, ": ", std::strerror(errno));
+    fs::remove(fs::path(old) / kManifest);
+    fsync_dir(old);
+    fs::remove_all(old);
+    ckpt::crash_point("rename");
+    NURI_CHECK(::rename(fresh.c_str(), old.c_str()) == 0, "cannot rename ", fresh, " to ", old,
+               ": ", std::strerror(errno));
+    fsync_dir(root);
+    return;
+  }
+  fs::remove(fs::path(fresh) / kManifest);  // uncommitted before it goes
+  fs::remove_all(fresh);
+}
+
 /// step-%08d → step, or -1 for other names.
 int64_t step_of(const std::string& name) {
   // step-%08lld: 8 digits, more from step 10^8 on (up to 18, within an int64).
@@ -69,14 +99,19 @@ std::vector<std::string> gather_strings(Communicator* comm, const std::string& m
   if (!comm || comm->size() == 1) return {mine};
   Communicator& c = *comm->host_communicator();
   const int n = c.size();
-  Tensor len = Tensor::empty({1}, DType::f32), lens = Tensor::empty({n}, DType::f32);
-  len.data<float>()[0] = float(mine.size());
-  NURI_CHECK(mine.size() < (size_t(1) << 24), "checkpoint record too long to gather");
+  // Each length as two f32 of 24 bits (exact), so no rank's record is too long to send: a rank
+  // refusing alone would leave the others waiting in the gather.
+  constexpr int64_t k24 = int64_t(1) << 24;
+  Tensor len = Tensor::empty({2}, DType::f32), lens = Tensor::empty({2 * n}, DType::f32);
+  len.data<float>()[0] = float(int64_t(mine.size()) % k24);
+  len.data<float>()[1] = float(int64_t(mine.size()) / k24);
   c.all_gather(len, lens);
-  std::vector<int64_t> counts(static_cast<size_t>(n));
+  std::vector<int64_t> bytes(static_cast<size_t>(n)), counts(static_cast<size_t>(n));
   int64_t total = 0;
   for (int r = 0; r < n; ++r) {
-    counts[size_t(r)] = (int64_t(lens.data<float>()[r]) + 1) / 2;  // bf16 elements carry 2 bytes
+    bytes[size_t(r)] = int64_t(lens.data<float>()[2 * r]) +
+                       int64_t(lens.data<float>()[2 * r + 1]) * k24;
+    counts[size_t(r)] = (bytes[size_t(r)] + 1) / 2;  // bf16 elements carry 2 bytes
     total += counts[size_t(r)];
   }
   Tensor in = Tensor::zeros({counts[size_t(c.rank())]}, DType::bf16);
@@ -86,7 +121,7 @@ std::vector<std::string> gather_strings(Communicator* comm, const std::string& m
   std::vector<std::string> all;
   const char* p = static_cast<const char*>(out.raw());
   for (int r = 0; r < n; ++r) {
-    all.emplace_back(p, size_t(lens.data<float>()[r]));
+    all.emplace_back(p, size_t(bytes[size_t(r)]));
     p += counts[size_t(r)] * 2;
   }
   return all;
@@ -118,25 +153,32 @@ CheckpointWriter::CheckpointWriter(std::string root, int64_t step, Communicator*
     world_ = comm_->size();
   }
   dir_ = root_ + "/" + checkpoint_dir_name(step);
-  std::string error;
+  json made = {{"error", ""}, {"dir", dir_}};
   if (rank_ == 0) {
     try {
       fs::create_directories(root_);
-      if (fs::exists(dir_)) {
-        // Uncommit first, so a crash from here on leaves debris, never a mixed checkpoint.
-        if (committed(dir_)) {
-          fs::remove(fs::path(dir_) / kManifest);
-          fsync_dir(dir_);
-        }
-        fs::remove_all(dir_);
+      if (committed(dir_)) {
+        // A committed checkpoint of this step stays whole and readable until the new one is
+        // committed: the new one is written beside it and takes its place in publish().
+        const std::string staging = dir_ + kStaging;
+        fs::remove_all(staging);
+        fs::create_directory(staging);
+        made["dir"] = staging;
+      } else {
+        fs::remove_all(dir_);  // debris of an interrupted save
+        fs::create_directory(dir_);
       }
-      fs::create_directory(dir_);
       fsync_dir(root_);
     } catch (const std::exception& e) {
-      error = e.what();
+      made["error"] = e.what();
     }
   }
-  agree(comm_, error, "creating the checkpoint directory");
+  if (comm_ && comm_->size() > 1) {
+    made = json::parse(gather_strings(comm_, rank_ == 0 ? made.dump() : "")[0]);
+  }
+  NURI_CHECK(made["error"].get<std::string>().empty(), "creating the checkpoint directory",
+             rank_ != 0 ? " (on rank 0)" : "", ": ", made["error"].get<std::string>());
+  write_dir_ = made["dir"].get<std::string>();
 }
 
 void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t lo,
@@ -198,10 +240,10 @@ void CheckpointWriter::write_files() {
         if (!r.shape.empty()) p["shape"] = r.shape;
         parts.push_back(p);
       }
-      const std::string digest = write_safetensors(dir_ + "/" + name, entries);
+      const std::string digest = write_safetensors(write_dir_ + "/" + name, entries);
       record["file"] = name;
       record["sha256"] = digest;
-      record["bytes"] = int64_t(fs::file_size(dir_ + "/" + name));
+      record["bytes"] = int64_t(fs::file_size(write_dir_ + "/" + name));
       record["ranges"] = parts;
     }
   } catch (const std::exception& e) {
@@ -285,7 +327,8 @@ std::string CheckpointWriter::publish(int keep_last) {
       manifest["files"] = files;
       manifest["ranges"] = ranges;
       manifest["meta"] = json::parse(meta_);
-      atomic_write(dir_, kManifest, manifest.dump(1) + "\n");
+      atomic_write(write_dir_, kManifest, manifest.dump(1) + "\n");
+      if (write_dir_ != dir_) replace_committed(write_dir_, dir_);
       atomic_write(root_, "latest", checkpoint_dir_name(step_) + "\n");
       // Retention: the newest keep_last committed checkpoints up to this one stay; uncommitted
       // directories of earlier steps (interrupted saves) go too. Committed ones of later steps
@@ -293,7 +336,14 @@ std::string CheckpointWriter::publish(int keep_last) {
       // delete: counted, they would rotate out the run's own.
       std::vector<std::pair<int64_t, fs::path>> done;
       for (const auto& d : fs::directory_iterator(root_)) {
-        const int64_t s = step_of(d.path().filename().string());
+        const std::string name = d.path().filename().string();
+        if (d.is_directory() && name.size() > kStagingLength &&
+            name.compare(name.size() - kStagingLength, kStagingLength, kStaging) == 0 &&
+            step_of(name.substr(0, name.size() - kStagingLength)) >= 0) {
+          fs::remove_all(d.path());  // a replacement whose save was interrupted
+          continue;
+        }
+        const int64_t s = step_of(name);
         if (s < 0 || !d.is_directory()) continue;
         if (committed(d.path())) {
           if (s <= step_) done.push_back({s, d.path()});

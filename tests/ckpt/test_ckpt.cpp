@@ -5,11 +5,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -285,6 +287,55 @@ TEST(Checkpoint, LatestRetentionAndInterruptedSaves) {
   EXPECT_EQ(CheckpointReader::find(root), root + "/step-100000008");
   fs::remove_all(root);
   fs::remove_all(empty);
+}
+
+// Saving a step that is already committed (a Python save after a load, a run gone back through
+// `latest`) never leaves the step unreadable: the old checkpoint is whole until the new one is.
+TEST(Checkpoint, AStepSavedAgainStaysReadableUntilTheNewOneCommits) {
+  const std::string root = tmpdir("again");
+  auto writer = [&](float value) {
+    auto w = std::make_unique<CheckpointWriter>(root, 5, nullptr);
+    Tensor t = Tensor::empty({6}, DType::f32);
+    for (int i = 0; i < 6; ++i) t.data<float>()[i] = value + float(i);
+    w->add_range("w", 6, 0, t, {2, 3});
+    w->set_meta("{\"value\":" + std::to_string(int(value)) + "}");
+    return w;
+  };
+  auto value_at = [&](const std::string& dir) {
+    CheckpointReader r(dir);
+    Tensor t = Tensor::empty({6}, DType::f32);
+    r.read_range("w", 0, 6, t);
+    EXPECT_EQ(t.data<float>()[5], t.data<float>()[0] + 5.f);
+    return t.data<float>()[0];
+  };
+  writer(10.f)->commit(2);
+  EXPECT_EQ(value_at(root), 10.f);
+  {
+    // The second save writes its files and dies before its manifest (publish never runs).
+    auto w = writer(20.f);
+    EXPECT_EQ(w->directory(), root + "/step-00000005");
+    w->write_files();
+    EXPECT_TRUE(fs::exists(root + "/step-00000005.new/rank-00000-of-00001.safetensors"));
+    EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000005");
+    EXPECT_EQ(value_at(root), 10.f);  // the old one, whole, checksums and all
+  }
+  // The next save replaces it and clears the debris of the one that died.
+  EXPECT_EQ(writer(30.f)->commit(2), root + "/step-00000005");
+  EXPECT_EQ(value_at(root), 30.f);
+  EXPECT_EQ(CheckpointReader(root).meta(), "{\"value\":30}");
+  std::vector<std::string> names;
+  for (const auto& d : fs::directory_iterator(root)) names.push_back(d.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"latest", "step-00000005"}));
+  // A save of another step clears a replacement that died, too.
+  writer(40.f)->write_files();
+  ASSERT_TRUE(fs::is_directory(root + "/step-00000005.new"));
+  auto later = std::make_unique<CheckpointWriter>(root, 6, nullptr);
+  later->set_meta("{}");
+  later->commit(2);
+  EXPECT_FALSE(fs::exists(root + "/step-00000005.new"));
+  EXPECT_EQ(value_at(root + "/step-00000005"), 30.f);
+  fs::remove_all(root);
 }
 
 class CheckpointTamper : public ::testing::Test {

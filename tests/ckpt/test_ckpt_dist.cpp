@@ -9,7 +9,8 @@
 // B, C and D save asynchronously. The global batch is 4 sequences throughout, so the global sample order goes on where it
 // stopped; every step's loss must follow one process that never stopped within the bound of the
 // data-parallel tests (tests/dist/test_dp.cpp: 1e-5 of the loss; the reductions associate
-// differently on each layout), and the last weights too.
+// differently on each layout), and the last weights too. The same job also commits one
+// checkpoint where a rank's part of the manifest is over 16 MiB.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -52,10 +53,24 @@ struct Phase {
   int64_t micro_batch;
 };
 
+/// The job's 4 ranks, met once for every test.
+std::shared_ptr<Communicator> job() {
+  static const std::shared_ptr<Communicator> world = [] {
+    CommOptions opt;
+    opt.timeout_s = 300;
+    return make_communicator(detect_launch(), opt);
+  }();
+  return world;
+}
+
+/// One directory for the job: the launcher's process (parent of every rank) names it.
+std::string job_dir(const std::string& what) {
+  return std::filesystem::temp_directory_path().string() + "/nuri_" + what + "_" +
+         std::to_string(::getppid());
+}
+
 TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
-  CommOptions opt;
-  opt.timeout_s = 300;
-  std::shared_ptr<Communicator> world = make_communicator(detect_launch(), opt);
+  std::shared_ptr<Communicator> world = job();
   ASSERT_EQ(world->size(), 4) << "run this test as a job of 4 ranks";
   const ModelConfig mc = model_preset("gpt2-tiny");
   // The one process that never stops (every rank computes it).
@@ -63,9 +78,7 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
   Trainer ref(ref_model, config(4), text_data(), nullptr);
   std::vector<float> want;
   for (int i = 0; i < 15; ++i) want.push_back(ref.step().loss);
-  // One directory for the job: the launcher's process (parent of every rank) names it.
-  const std::string root = std::filesystem::temp_directory_path().string() + "/nuri_elastic_" +
-                           std::to_string(::getppid());
+  const std::string root = job_dir("elastic");
   if (world->rank() == 0) std::filesystem::remove_all(root);
   world->barrier();
 
@@ -134,6 +147,39 @@ TEST(ElasticResume, FourAllocationsWithFourLayoutsFollowOneProcess) {
                 "steps; weights within %.3g of one process's\n", worst, max_diff);
     std::filesystem::remove_all(root);
   }
+}
+
+// One rank whose part of the manifest is over 16 MiB (here a tensor's name) commits with the
+// others: the lengths the ranks exchange were one f32 each, exact only below 2^24, and that rank
+// refused alone while the others waited for it until the timeout.
+TEST(CheckpointRecords, OneRankOver16MiBCommitsWithTheOthers) {
+  std::shared_ptr<Communicator> world = job();
+  ASSERT_EQ(world->size(), 4) << "run this test as a job of 4 ranks";
+  const std::string root = job_dir("records");
+  if (world->rank() == 0) std::filesystem::remove_all(root);
+  world->barrier();
+  const std::string long_name(size_t(17) << 20, 'n');
+  auto name_of = [&](int r) { return r == 2 ? long_name : "rank" + std::to_string(r); };
+  {
+    CheckpointWriter w(root, 1, world.get());
+    Tensor t = Tensor::empty({2}, DType::f32);
+    t.data<float>()[0] = float(world->rank());
+    t.data<float>()[1] = -float(world->rank());
+    w.add_range(name_of(world->rank()), 2, 0, t);
+    w.set_meta("{}");
+    EXPECT_EQ(w.commit(1), root + "/step-00000001");
+  }
+  world->barrier();
+  CheckpointReader r(root);
+  EXPECT_EQ(r.range_names().size(), 4u);
+  for (int rank = 0; rank < 4; ++rank) {
+    Tensor t = Tensor::empty({2}, DType::f32);
+    r.read_range(name_of(rank), 0, 2, t);
+    EXPECT_EQ(t.data<float>()[0], float(rank));
+    EXPECT_EQ(t.data<float>()[1], -float(rank));
+  }
+  world->barrier();
+  if (world->rank() == 0) std::filesystem::remove_all(root);
 }
 
 }  // namespace

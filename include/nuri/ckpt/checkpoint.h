@@ -43,8 +43,10 @@ std::string checkpoint_dir_name(int64_t step);
 /// root and step, adds its tensors, and calls commit().
 class CheckpointWriter {
  public:
-  /// Collective. Creates ROOT/step-… (a committed checkpoint of the same step is replaced: its
-  /// manifest is removed first, so it is never half old, half new).
+  /// Collective. Creates ROOT/step-… . A committed checkpoint of the same step stays whole and
+  /// readable until this one commits: the new one is written to ROOT/step-….new and takes its
+  /// place in publish() (an interrupted replacement leaves the old one, and its debris is
+  /// removed by the next save).
   CheckpointWriter(std::string root, int64_t step, Communicator* comm);
   /// This rank's elements [lo, lo + part.numel()) of a tensor of `numel` elements (f32),
   /// flattened; `shape` (optional) is its logical shape, recorded in the manifest. The ranks'
@@ -69,10 +71,12 @@ class CheckpointWriter {
   void write_files();
   /// Collective, after write_files() on every rank: the manifest, `latest`, retention.
   std::string publish(int keep_last);
+  /// The checkpoint's directory once committed (ROOT/step-…).
   const std::string& directory() const { return dir_; }
 
  private:
   std::string root_, dir_;
+  std::string write_dir_;  ///< dir_, or dir_ + ".new" while replacing a committed checkpoint
   int64_t step_;
   Communicator* comm_;
   int rank_ = 0, world_ = 1;
