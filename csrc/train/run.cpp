@@ -824,7 +824,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     result.checkpoint = dir;
     out.line("checkpoint " + dir + " committed");
   };
-  double longest_save = 0, longest_eval = 0;  // what a stop may take, for the time limit
+  StopCost stop_cost(checkpoints, parts.checkpoint_load);  // what a stop takes: the time limit
   // keep: more than checkpoint.keep at a stop during a skip streak, whose saves must not rotate
   // out the checkpoints of before the divergence.
   auto save = [&](int64_t keep) {
@@ -834,16 +834,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
       committed(trainer.save_checkpoint(ck.dir, int(keep)));
     }
     saved_at = trainer.steps_done();
-    longest_save = std::max(longest_save, parts.checkpoint_save - before);
+    stop_cost.saved(parts.checkpoint_save - before);
   };
-  // An asynchronous save's time, from its start to its commit (a step at most late: when the
-  // commit is seen), counts as a save's for the time limit; one still pending adds to a stop.
-  Clock::time_point async_started{};
-  bool async_pending = false;
   auto async_committed = [&](const std::string& dir) {
-    if (!async_pending || dir.empty()) return;
-    longest_save = std::max(longest_save, seconds_since(async_started));
-    async_pending = false;
+    if (!dir.empty()) stop_cost.async_committed(seconds_since(start));
   };
   auto finish_save = [&] {
     Span timed(parts.checkpoint_save);
@@ -858,7 +852,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
       Span timed(parts.evaluation);
       loss = trainer.evaluate();
     }
-    longest_eval = std::max(longest_eval, parts.evaluation - before);
+    stop_cost.evaluated(parts.evaluation - before);
     return loss;
   };
   // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.
@@ -869,14 +863,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
            : watch.time_limit_reached() ? std::string("time limit")
                                         : std::string("another rank was signalled");
   };
-  // What stopping after step `step` would take beyond it, against the time limit: the
-  // evaluation due after the next step, and the save (until one is timed, the load's time).
+  // What stopping after step `step` would take beyond it, against the time limit.
   auto stop_seconds = [&](int64_t step) {
-    const bool eval_next = (tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) ||
-                           step + 1 == tc.steps;
-    const double a_save = std::max(longest_save, parts.checkpoint_load);
-    return (eval_next ? longest_eval : 0.0) + (checkpoints ? a_save : 0.0) +
-           (async_pending ? a_save : 0.0);  // the pending one is waited for first
+    return stop_cost.seconds((tc.eval_every > 0 && (step + 1) % tc.eval_every == 0) ||
+                             step + 1 == tc.steps);
   };
 
   // A signal or the time limit during the startup: stop before the first evaluation and step,
@@ -980,8 +970,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
         if (ck.async_save) {
           finish_save();  // the previous one, if it is late
           Span timed(parts.checkpoint_save);
-          async_started = Clock::now();
-          async_pending = true;
+          stop_cost.async_started(seconds_since(start));
           trainer.save_checkpoint_async(ck.dir, int(ck.keep));
           saved_at = st.step;
         } else {

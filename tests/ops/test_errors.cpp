@@ -43,6 +43,16 @@ TEST_P(OpErrorTest, MatmulShapeMismatch) {
                {"cannot accumulate"});
 }
 
+// A product of more rows than a launch's grid.y holds row tiles of (65535 tiles of at most 128
+// rows) is refused before its launch, on CUDA backends, with the largest row chunk that would run.
+TEST_P(OpErrorTest, MatmulWithMoreRowTilesThanALaunchHolds) {
+  if (cpu()) GTEST_SKIP() << "the CPU backend's products have no grid";
+  const int64_t rows = int64_t(65535) * 128 + 1;  // one tile too many for the largest tiles
+  expect_error([&] { be->matmul(act({rows, 1}), act({1, 1}), Tensor(), act({rows, 1}), Activation::none, Tensor(), Tensor()); },
+               {"matmul kernel: 8388481 rows make", "more than the 65535 a launch's grid.y holds",
+                "split the product into row chunks of at most"});
+}
+
 TEST_P(OpErrorTest, DtypeAndDeviceMismatch) {
   Tensor i32 = on_i32(*be, {4, 5}, std::vector<int32_t>(20, 0));
   if (cpu()) {

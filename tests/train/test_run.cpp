@@ -259,6 +259,29 @@ TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {
             0u);
 }
 
+// What a stop takes, for the time limit: the longest evaluation when one is due, the save timed
+// as the longest so far (the load's time until one is timed), and a pending asynchronous save
+// once more, counted from its start to the step its commit is seen at.
+TEST(Preemption, AStopsCostCountsTheSaveItWaitsFor) {
+  StopCost cost(/*checkpoints=*/true, /*load_s=*/4.0);
+  EXPECT_EQ(cost.seconds(false), 4.0);  // no save timed yet: the load's time
+  cost.evaluated(3.0);
+  cost.evaluated(2.0);
+  EXPECT_EQ(cost.seconds(true), 3.0 + 4.0);
+  cost.saved(6.0);
+  EXPECT_EQ(cost.seconds(false), 6.0);
+  cost.async_started(100.0);  // pending: the stop waits for it, then saves
+  EXPECT_EQ(cost.seconds(true), 3.0 + 6.0 + 6.0);
+  cost.async_committed(109.5);  // it took 9.5 s: the longest save now
+  EXPECT_EQ(cost.seconds(false), 9.5);
+  cost.async_committed(200.0);  // nothing pending: no change
+  EXPECT_EQ(cost.seconds(false), 9.5);
+  StopCost none(/*checkpoints=*/false, 0.0);
+  none.evaluated(1.5);
+  EXPECT_EQ(none.seconds(false), 0.0);
+  EXPECT_EQ(none.seconds(true), 1.5);
+}
+
 TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {
   TempDir t;
   RunConfig c = tiny(t.path);

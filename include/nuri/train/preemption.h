@@ -4,6 +4,7 @@
 // checkpoint together and exit with kPreemptedExitCode, which means "checkpointed, requeue me".
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -50,6 +51,38 @@ class PreemptionWatch {
   double longest_step_ = 0;
   bool time_up_ = false;
   bool interrupted_ = false;
+};
+
+/// What stopping after a step would take beyond it, for the time limit (should_stop's then_s):
+/// the evaluation due after the next step (the longest one so far), and with checkpoints the
+/// stop's save, timed as the longest save so far (the load's time until one is), plus as much
+/// again while an asynchronous save is pending, since the stop waits for it first. An
+/// asynchronous save counts from its start to the step its commit is seen at.
+class StopCost {
+ public:
+  StopCost(bool checkpoints, double load_s) : checkpoints_(checkpoints), load_s_(load_s) {}
+  void saved(double seconds) { longest_save_ = std::max(longest_save_, seconds); }
+  void evaluated(double seconds) { longest_eval_ = std::max(longest_eval_, seconds); }
+  /// now_s: seconds on one clock of the caller's choosing, the same for both calls.
+  void async_started(double now_s) {
+    async_started_s_ = now_s;
+    async_pending_ = true;
+  }
+  void async_committed(double now_s) {
+    if (!async_pending_) return;
+    saved(now_s - async_started_s_);
+    async_pending_ = false;
+  }
+  double seconds(bool eval_next) const {
+    const double save = std::max(longest_save_, load_s_);
+    return (eval_next ? longest_eval_ : 0.0) + (checkpoints_ ? save : 0.0) +
+           (async_pending_ ? save : 0.0);
+  }
+
+ private:
+  bool checkpoints_;
+  double load_s_, longest_save_ = 0, longest_eval_ = 0, async_started_s_ = 0;
+  bool async_pending_ = false;
 };
 
 /// "TERM,USR1" → {SIGTERM, SIGUSR1} (names with or without SIG, or numbers); throws nuri::Error
