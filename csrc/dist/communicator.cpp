@@ -186,6 +186,9 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const Co
                "' is not a positive number of seconds");
   }
   NURI_CHECK(timeout > 0, "communicator timeout (", timeout, " s) must be positive");
+  // A deadline is a clock's nanoseconds: more than ~9.2e9 s overflows it into the past, so the
+  // first wait would fail. Longer limits (inf: none) are taken as kMaxCommTimeout (~31 years).
+  timeout = std::min(timeout, kMaxCommTimeout);
   if (info.world_size == 1) return std::make_unique<SingleCommunicator>(timeout);
   // torchrun-style (and srun with MASTER_ADDR): no MPI runtime to ask, so the ranks meet over TCP
   // at MASTER_ADDR:MASTER_PORT.

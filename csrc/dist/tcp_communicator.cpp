@@ -26,6 +26,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -69,12 +70,25 @@ struct Mesh {
   int rank = 0, size = 1;
   std::vector<int> fds;  ///< by world rank; -1 for this rank
   double timeout_s = 600;
-  bool broken = false;
-  std::string broken_what;
+  // Set by the first failure, read before every operation: the world communicator's users and
+  // its splits' (the data-parallel progress thread, the training thread's tp/pp) share the mesh.
+  std::atomic<bool> broken{false};
+  void mark_broken(const std::string& what) {
+    const std::lock_guard<std::mutex> lock(broken_mutex);
+    if (!broken.exchange(true)) broken_what = what;
+  }
+  std::string what_broke() const {
+    const std::lock_guard<std::mutex> lock(broken_mutex);
+    return broken_what;
+  }
   ~Mesh() {
     for (int fd : fds)
       if (fd >= 0) ::close(fd);
   }
+
+ private:
+  mutable std::mutex broken_mutex;
+  std::string broken_what;
 };
 
 class Deadline {
@@ -341,8 +355,7 @@ class TcpCommunicator final : public Communicator {
                  wfrom >= 0 ? mesh_->fds[size_t(wfrom)] : -1, in, from >= 0 ? in_n : 0, dl,
                  wto, wfrom);
     if (err.empty()) return;
-    mesh_->broken = true;
-    mesh_->broken_what = what_;
+    mesh_->mark_broken(what_);
     std::ostringstream t;
     t << timeout_s_;
     if (err.rfind("timeout", 0) == 0) {
@@ -357,7 +370,7 @@ class TcpCommunicator final : public Communicator {
 
   void check_usable(const char* op) const {
     NURI_CHECK(!mesh_->broken, op, " on rank ", rank_, ": this job's connections failed earlier (",
-               mesh_->broken_what, ") and cannot be used again; end the process");
+               mesh_->what_broke(), ") and cannot be used again; end the process");
   }
 
   void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
@@ -508,7 +521,8 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   } else {
     const int lfd = listen_on(0, n, "its own");
     try {
-      const int fd0 = connect_to(resolve(info.master_addr), info.master_port, dl,
+      const uint32_t master_ip = resolve(info.master_addr);
+      const int fd0 = connect_to(master_ip, info.master_port, dl,
                                  "rank 0 at " + master + " (MASTER_ADDR:MASTER_PORT)");
       mesh->fds[0] = fd0;
       Hello h;
@@ -516,6 +530,13 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
       h.world = n;
       h.port = bound_port(lfd);
       exchange(fd0, &h, sizeof h, table.data(), table.size() * sizeof(Peer), dl, 0);
+      // Rank 0 lists each rank at the address it connected from. A rank on rank 0's own host
+      // may have come through a loopback address (MASTER_ADDR naming that host, which its
+      // /etc/hosts maps to 127.0.1.1, as Debian's does), which no other host can reach; that
+      // rank is on rank 0's host, so it is reached where rank 0 is.
+      for (Peer& p : table) {
+        if ((ntohl(p.ip) >> 24) == 127) p.ip = master_ip;
+      }
       for (int q = 1; q < me; ++q) {  // connect to the lower ranks, say who we are
         const int fd = connect_to(table[size_t(q)].ip, table[size_t(q)].port, dl,
                                   "rank " + std::to_string(q));

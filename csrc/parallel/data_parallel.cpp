@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <tuple>
@@ -106,10 +107,14 @@ class DataParallel::Progress {
     return ticket;
   }
 
-  /// Blocks until the task with this ticket has run (or the queue failed).
-  void wait_for(uint64_t ticket) {
+  /// Blocks until the task with this ticket is no longer queued or running. rethrow: when the
+  /// queue failed at or before it (the task failed or was dropped), rethrows that first error,
+  /// since what the task was to fill (ZeRO 3's gathered weights) was never filled; without it
+  /// (freeing what the task used, from a destructor) the caller learns of it from wait().
+  void wait_for(uint64_t ticket, bool rethrow = true) {
     std::unique_lock<std::mutex> lock(mu_);
-    idle_cv_.wait(lock, [&] { return done_ > ticket || error_; });
+    idle_cv_.wait(lock, [&] { return done_ > ticket; });
+    if (rethrow && failed_at_ <= ticket) std::rethrow_exception(first_error_);
   }
 
   /// Blocks until every task so far has run; rethrows the first error (once).
@@ -162,6 +167,10 @@ class DataParallel::Progress {
       lock.lock();
       busy_seconds_ += dt;
       if (err && !error_) error_ = err;
+      if (err && !first_error_) {
+        first_error_ = err;
+        failed_at_ = done_;  // this task's ticket: tasks finish in ticket order
+      }
       busy_ = false;
       ++done_;
       idle_cv_.notify_all();
@@ -174,6 +183,10 @@ class DataParallel::Progress {
   bool busy_ = false, stop_ = false;
   uint64_t pushed_ = 0, done_ = 0;  // tickets handed out, tasks finished
   std::exception_ptr error_;
+  // The queue's first failure, kept (wait() clears error_): every task from its ticket on
+  // either failed, was dropped, or ran on a communicator that had failed.
+  std::exception_ptr first_error_;
+  uint64_t failed_at_ = std::numeric_limits<uint64_t>::max();
   double busy_seconds_ = 0;
   std::thread thread_;  // last: starts after the members it uses
 };
@@ -480,7 +493,9 @@ Tensor DataParallel::acquire(size_t u, int64_t lo, int64_t hi, bool backward) {
 
 void DataParallel::release(size_t u, bool backward) {
   if (!backward && cfg_.keep_gathered) return;  // the backward takes it as it is
-  if (progress_ && gathered_[u].ticket >= 0) progress_->wait_for(uint64_t(gathered_[u].ticket));
+  if (progress_ && gathered_[u].ticket >= 0) {
+    progress_->wait_for(uint64_t(gathered_[u].ticket), /*rethrow=*/false);  // (a destructor's)
+  }
   gathered_bytes_ -= gathered_[u].weights.nbytes();
   gathered_[u] = Gathered{};
 }
@@ -488,7 +503,7 @@ void DataParallel::release(size_t u, bool backward) {
 void DataParallel::drop_gathered() {
   for (size_t u = 0; u < gathered_.size(); ++u) {
     if (progress_ && gathered_[u].ticket >= 0) {
-      progress_->wait_for(uint64_t(gathered_[u].ticket));
+      progress_->wait_for(uint64_t(gathered_[u].ticket), /*rethrow=*/false);
     }
     gathered_bytes_ -= gathered_[u].weights.nbytes();
     gathered_[u] = Gathered{};

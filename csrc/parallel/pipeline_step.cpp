@@ -393,20 +393,22 @@ void Pipeline::write_chrome_trace(const std::string& path) const {
     auto holder = [](size_t bytes) {
       return Tensor::zeros({int64_t(bytes + 3) / 4 + 1}, DType::f32);
     };
+    // The length as two f32 of 24 bits each (exact), so every rank sends what it has: a rank
+    // refusing alone would leave rank 0 waiting for it.
+    constexpr size_t k24 = size_t(1) << 24;
     if (rank_ == 0) {
       for (int r = 1; r < p_; ++r) {
-        Tensor n = Tensor::empty({1}, DType::f32);
+        Tensor n = Tensor::empty({2}, DType::f32);
         host->recv(n, r);
-        const size_t bytes = size_t(n.data<float>()[0]);
+        const size_t bytes = size_t(n.data<float>()[0]) + size_t(n.data<float>()[1]) * k24;
         Tensor w = holder(bytes);
         host->recv(w, r);
         all.emplace_back(reinterpret_cast<const char*>(w.data<float>()), bytes);
       }
     } else {
-      Tensor n = Tensor::empty({1}, DType::f32);
-      n.data<float>()[0] = float(mine.size());  // exact below 2^24 bytes
-      NURI_CHECK(mine.size() < (size_t(1) << 24), "write_chrome_trace: rank ", rank_,
-                 "'s timeline is over 16 MiB; record fewer steps");
+      Tensor n = Tensor::empty({2}, DType::f32);
+      n.data<float>()[0] = float(mine.size() % k24);
+      n.data<float>()[1] = float(mine.size() / k24);
       Tensor w = holder(mine.size());
       std::copy(mine.begin(), mine.end(), reinterpret_cast<char*>(w.data<float>()));
       host->send(n, 0);

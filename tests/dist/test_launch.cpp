@@ -1,7 +1,15 @@
-// Launcher detection from a given environment, and the process grid's groups.
+// Launcher detection from a given environment, the communicator timeout, and the process
+// grid's groups.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <string>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -227,6 +235,55 @@ TEST(Launch, BackendForRankNamesTheLocalDevice) {
     }
   } else {
     EXPECT_EQ(backend_for_rank("cuda", i), devices == 1 ? "cuda:0" : "cuda:1");
+  }
+}
+
+// A timeout too long for a clock's nanoseconds (inf meaning "none", or 1e10 s) is taken as the
+// longest one, kMaxCommTimeout: the deadline once overflowed into the past, and the TCP ranks'
+// first wait failed at once. Two TCP ranks in two threads of this process meet and reduce.
+TEST(Communicator, ATimeoutBeyondTheClockIsTheLongestOne) {
+  EXPECT_EQ(make_communicator(LaunchInfo{}, CommOptions{1e10})->timeout_s(), kMaxCommTimeout);
+  EXPECT_EQ(make_communicator(LaunchInfo{}, CommOptions{30})->timeout_s(), 30);
+  int port = 0;
+  {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    port = ntohs(a.sin_port);
+    ::close(fd);
+  }
+  float sums[2] = {0, 0};
+  double timeouts[2] = {0, 0};
+  std::string errors[2];
+  auto rank = [&](int r) {
+    try {
+      LaunchInfo info;
+      info.launcher = Launcher::torchrun;
+      info.rank = r;
+      info.world_size = 2;
+      info.master_addr = "127.0.0.1";
+      info.master_port = port;
+      auto comm = make_communicator(info, CommOptions{std::numeric_limits<double>::infinity()});
+      timeouts[r] = comm->timeout_s();
+      Tensor t = Tensor::empty({1}, DType::f32);
+      t.data<float>()[0] = float(r + 1);
+      comm->all_reduce(t, ReduceOp::sum);
+      sums[r] = t.data<float>()[0];
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  std::thread other(rank, 1);
+  rank(0);
+  other.join();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(errors[r], "") << "rank " << r;
+    EXPECT_EQ(sums[r], 3.f) << "rank " << r;
+    EXPECT_EQ(timeouts[r], kMaxCommTimeout) << "rank " << r;
   }
 }
 

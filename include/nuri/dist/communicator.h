@@ -24,8 +24,13 @@ class Backend;
 
 enum class ReduceOp { sum, avg };
 
+/// The longest communicator timeout, in seconds (about 31 years): longer ones, inf included, are
+/// taken as this (the deadlines are a clock's nanoseconds).
+constexpr double kMaxCommTimeout = 1e9;
+
 struct CommOptions {
-  /// Seconds a collective may take before it is declared failed. NURI_COMM_TIMEOUT_S overrides.
+  /// Seconds a collective may take before it is declared failed. NURI_COMM_TIMEOUT_S overrides;
+  /// more than kMaxCommTimeout (inf: no limit) is taken as kMaxCommTimeout.
   double timeout_s = 600;
 };
 
