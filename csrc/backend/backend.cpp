@@ -13,6 +13,14 @@
 
 namespace nuri {
 
+std::string cuda_attention_head_dims_text() {
+  std::string text;
+  for (const int64_t d : kCudaAttentionHeadDims) {
+    text += (text.empty() ? "" : ", ") + std::to_string(d);
+  }
+  return text;
+}
+
 float clip_coefficient(float norm, float max_norm) {
   if (max_norm <= 0.f) return 1.f;
   return std::min(1.f, max_norm / (norm + 1e-6f));

@@ -111,7 +111,8 @@ void ModelConfig::validate() const {
   NURI_CHECK(head_dim_override > 0 || d_model % n_head == 0, "n_head (", n_head,
              ") must divide d_model (", d_model, "), or head_dim must be given");
   NURI_CHECK(n_head % n_kv_head == 0, "n_kv_head (", n_kv_head, ") must divide n_head (", n_head,
-             ")");
+             "): set n_kv_head to a divisor of n_head (n_head itself for full attention, fewer "
+             "for grouped-query attention)");
   // Element counts and byte sizes are int64_t: 2^56 parameters (a quarter of an exabyte in
   // f32, with room for the sizes) is far beyond any machine, and keeps every one of them exact.
   const double params = count_params<double>(*this);

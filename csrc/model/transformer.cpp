@@ -104,6 +104,12 @@ Transformer::Transformer(const ModelConfig& cfg, std::shared_ptr<Backend> backen
              backend_->name(), " computes in ", dtype_name(compute_),
              "; the model supports f32 and bf16");
   impl_->units = model::model_units(cfg_, tp_, stage);
+  // (model_units validated the config)
+  NURI_CHECK(backend_->attention_head_dim_supported(cfg_.head_dim()), "model: heads of ",
+             cfg_.head_dim(), cfg_.head_dim_override > 0 ? " (head_dim)" : " (d_model / n_head)",
+             " have no attention kernel on ", backend_->name(), ", whose kernels take head dims ",
+             cuda_attention_head_dims_text(), ": choose n_head so that d_model / n_head is one "
+             "of them, or set head_dim, or train on the CPU backend");
   impl_->first = stage.first;
   impl_->last = stage.last < 0 ? cfg_.n_layer : stage.last;
   for (size_t u = 0; u < impl_->units.size(); ++u) {

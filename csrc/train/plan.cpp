@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -251,6 +252,7 @@ std::string Layout::str() const {
     s += strprintf(" every %lld", (long long)recompute_every);
   }
   if (sp) s += ", sp";
+  if (keep_gathered && zero == 3) s += ", keep gathered";
   return s + strprintf(", micro-batch %lld x %lld", (long long)micro_batch, (long long)grad_accum);
 }
 
@@ -403,7 +405,13 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
     for (size_t u = has_emb ? 1 : 0; u < nb - (has_head ? 1 : 0); ++u) {
       blk = std::max(blk, held(dev, e * (units[u].second - units[u].first)));
     }
-    m.communication += std::max({2 * blk, blk + emb, head + emb});
+    // Gathered at once: a block and the next (or the embedding, or the head: the last block's
+    // compute prefetches it), or the head and the tied embedding it reads; kept from the
+    // forward to the backward, every unit's by the forward's end.
+    int64_t kept = 0;
+    for (const auto& [lo, hi] : units) kept += held(dev, e * (hi - lo));
+    m.communication +=
+        l.keep_gathered ? kept : std::max({2 * blk, blk + emb, blk + head, head + emb});
   }
   // The device kernels' scratch (the CUDA backend's one workspace, grown to the largest
   // request and kept: the attention backward's row statistics, the embedding backward's partial
@@ -798,6 +806,16 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
              "each device's memory is ", r.usable_fraction, "; give one in (0, 1], e.g. 0.9");
   NURI_CHECK(r.global_batch >= 0, "plan: global batch ", r.global_batch,
              " sequences; give a positive one (0: 8 per device)");
+  // What the run would refuse whatever the layout, said before any layout is offered.
+  check_sliding_window(cfg, r.seq_len);
+  NURI_CHECK(!r.device.gpu || std::find(std::begin(kCudaAttentionHeadDims),
+                                        std::end(kCudaAttentionHeadDims),
+                                        cfg.head_dim()) != std::end(kCudaAttentionHeadDims),
+             "plan: the model's heads of ", cfg.head_dim(),
+             cfg.head_dim_override > 0 ? " (head_dim)" : " (d_model / n_head)", " have no "
+             "attention kernel on a GPU (", r.device.name, "), whose kernels take head dims ",
+             cuda_attention_head_dims_text(), ": choose n_head so that d_model / n_head is one "
+             "of them, or set head_dim");
   const int world = per_node * r.nodes;
   const int64_t global = r.global_batch > 0 ? r.global_batch : 8 * int64_t(world);
   DeviceProfile dev = r.device;
@@ -832,6 +850,8 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               l.sp = sp;
               l.micro_batch = mb;
               l.grad_accum = per_rank / mb;
+              l.bucket_bytes = r.bucket_bytes;
+              l.keep_gathered = r.keep_gathered && zero == 3;
               PlanEntry p;
               p.layout = l;
               p.memory = estimate_peak_memory(cfg, l, r.seq_len, dev, &p.worst_stage);

@@ -93,6 +93,8 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   r.global_batch = in.train.global_batch > 0
                        ? in.train.global_batch
                        : in.train.micro_batch * in.train.grad_accum * pg.size();
+  r.bucket_bytes = in.parallel.bucket_bytes;
+  r.keep_gathered = in.parallel.keep_gathered;
   const std::vector<PlanEntry> plan = plan_layouts(r);
   if (plan.empty() || !plan.front().fits) {
     throw ConfigError("layout = auto: no layout of " + std::to_string(pg.size()) + " ranks fits " +

@@ -68,11 +68,14 @@ def model_config_from_dict(table: str | Mapping[str, Any], path: str = "model") 
         raise ConfigError(f"{path}: expected a table or a preset name, got {table!r}")
     fields = dict(table)
     preset = fields.pop("preset", None)
-    if preset:
-        if preset not in ModelConfig.preset_names():
-            raise ConfigError(f"{path}.preset: unknown preset {preset!r}; presets: "
-                              f"{', '.join(ModelConfig.preset_names())}")
-        fields = {**ModelConfig.preset(preset).to_dict(), **fields}
+    if preset and preset not in ModelConfig.preset_names():
+        raise ConfigError(f"{path}.preset: unknown preset {preset!r}; presets: "
+                          f"{', '.join(ModelConfig.preset_names())}")
+    base = (ModelConfig.preset(preset) if preset else ModelConfig()).to_dict()
+    # n_head alone keeps a model with full attention full (as a run config does).
+    if "n_head" in fields and "n_kv_head" not in fields and base["n_kv_head"] == base["n_head"]:
+        fields["n_kv_head"] = fields["n_head"]
+    fields = {**base, **fields}
     return ModelConfig.from_json(json.dumps(fields), path)
 
 

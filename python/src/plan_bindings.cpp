@@ -30,6 +30,7 @@ Layout layout_from(const py::dict& d) {
   get("micro_batch", l.micro_batch);
   get("grad_accum", l.grad_accum);
   get("bucket_bytes", l.bucket_bytes);
+  get("keep_gathered", l.keep_gathered);
   if (d.contains("recompute")) {
     const std::string r = d["recompute"].cast<std::string>();
     if (r == "none")
@@ -45,7 +46,8 @@ Layout layout_from(const py::dict& d) {
     const std::string k = item.first.cast<std::string>();
     static const char* known[] = {
         "dp", "tp",          "pp",         "zero",         "recompute", "recompute_every",
-        "sp", "micro_batch", "grad_accum", "bucket_bytes", "summary"};  // summary: plan's text
+        "sp", "micro_batch", "grad_accum", "bucket_bytes", "keep_gathered",
+        "summary"};  // summary: plan's text
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;
     if (!ok) throw py::value_error("unknown layout key '" + k + "'");
@@ -64,6 +66,8 @@ py::dict layout_dict(const Layout& l) {
   d["sp"] = l.sp;
   d["micro_batch"] = l.micro_batch;
   d["grad_accum"] = l.grad_accum;
+  d["bucket_bytes"] = l.bucket_bytes;
+  d["keep_gathered"] = l.keep_gathered;
   d["summary"] = l.str();
   return d;
 }

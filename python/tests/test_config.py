@@ -69,6 +69,23 @@ def test_preset_name_and_table_give_the_preset_with_overrides():
     assert cfg.model.n_kv_head == nuri.ModelConfig.preset("llama-tiny").n_kv_head
 
 
+def test_n_head_alone_keeps_full_attention_full():
+    # Every front end: n_kv_head follows n_head given alone on a model with full attention (it
+    # once stayed the preset's 12, making GPT-2 with 24 heads grouped-query unasked); a
+    # grouped-query preset keeps its kv heads; n_kv_head given is what it says.
+    assert nuri.ModelConfig("gpt2-124M", n_head=24).n_kv_head == 24
+    assert nuri.ModelConfig("gpt2-124M", n_head=24, n_kv_head=6).n_kv_head == 6
+    assert nuri.ModelConfig("llama-1B", n_head=16).n_kv_head == 4
+    assert nuri.model_config_from_dict({"preset": "gpt2-124M", "n_head": 16}).n_kv_head == 16
+    assert nuri.model_config_from_dict({"n_head": 16}).n_kv_head == 16
+    assert nuri.model_config_from_dict({"preset": "llama-1B", "n_head": 16}).n_kv_head == 4
+    cfg = nuri.config_from_dict({"model": {"preset": "gpt2-124M", "n_head": 16}})
+    assert (cfg.model.n_head, cfg.model.n_kv_head) == (16, 16)
+    with pytest.raises(nuri.Error,
+                       match=r"n_kv_head \(4\) must divide n_head \(2\): set n_kv_head"):
+        nuri.ModelConfig("llama-1B", n_head=2)
+
+
 def test_defaults_without_a_model_are_the_demo():
     cfg = nuri.config_from_dict({})
     assert cfg.preset == "demo" and cfg.model.to_dict() == nuri.ModelConfig.preset("demo").to_dict()

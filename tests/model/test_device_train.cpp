@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "nuri/core/error.h"
 #include "nuri/train/trainer.h"
 
 #ifndef NURI_TEST_BACKEND
@@ -238,6 +239,27 @@ TEST_P(DeviceTraining, MatchesTheCpu) {
   // 4. The allocator.
   EXPECT_EQ(dev.allocs_at_end, dev.allocs_after_step1)
       << "the device allocator allocated after the first step";
+}
+
+// A model whose heads the device's attention kernels do not take (head dim 16: d_model 64 over
+// 4 heads) is refused when it is built, naming the dims that run, not at its first forward.
+TEST(DeviceTrainingModel, HeadsTheKernelsDoNotTakeAreRefusedWhenTheModelIsBuilt) {
+  ModelConfig cfg = tiny_gpt2();
+  cfg.n_head = cfg.n_kv_head = 4;
+  try {
+    Transformer m(cfg, make_backend(NURI_TEST_BACKEND), 11);
+    ADD_FAILURE() << "a model of head dim 16 was built on " << NURI_TEST_BACKEND;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model: heads of 16 (d_model / n_head) have no attention "
+                                         "kernel on " NURI_TEST_BACKEND ", whose kernels take "
+                                         "head dims 64, 128: choose n_head"),
+              std::string::npos)
+        << e.what();
+  }
+  Transformer cpu(cfg, make_backend("cpu"), 11);  // any head dim on the CPU
+  cfg.head_dim_override = 128;  // 4 heads of 128 projected back to d_model 64
+  Transformer wide(cfg, make_backend(NURI_TEST_BACKEND), 11);
+  EXPECT_EQ(wide.config().head_dim(), 128);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, DeviceTraining, ::testing::Values("gpt2", "llama"));

@@ -53,6 +53,7 @@ struct Case {
   int64_t every;
   bool sp, llama;
   int64_t micro_batch, grad_accum;
+  bool keep_gathered = false;  ///< ZeRO 3 keeping each block's weights to its backward
 };
 
 Layout layout_of(const Case& c) {
@@ -66,6 +67,7 @@ Layout layout_of(const Case& c) {
   l.sp = c.sp;
   l.micro_batch = c.micro_batch;
   l.grad_accum = c.grad_accum;
+  l.keep_gathered = c.keep_gathered;
   return l;
 }
 
@@ -123,6 +125,7 @@ const std::vector<Case>& cases() {
       {2, 1, 1, 1, Recompute::selective, 1, false, false, 2, 2},
       {2, 1, 1, 2, Recompute::full, 1, false, true, 2, 1},
       {2, 1, 1, 3, Recompute::none, 1, false, false, 2, 2},
+      {2, 1, 1, 3, Recompute::selective, 1, false, true, 2, 1, true},
       {1, 2, 1, 0, Recompute::none, 1, true, true, 2, 1},
       {1, 1, 2, 0, Recompute::selective, 1, false, false, 2, 4},
       // 4 ranks
@@ -139,6 +142,7 @@ const std::vector<Case>& cases() {
       {2, 1, 2, 1, Recompute::full, 1, false, true, 2, 2},
       {2, 1, 2, 2, Recompute::selective, 1, false, false, 2, 3},
       {2, 1, 2, 3, Recompute::none, 1, false, true, 2, 2},
+      {2, 1, 2, 3, Recompute::full, 1, false, false, 2, 2, true},
       {1, 2, 2, 0, Recompute::none, 1, true, false, 2, 4},
       {1, 2, 2, 0, Recompute::full, 2, false, true, 2, 2},
       {1, 4, 1, 0, Recompute::selective, 1, true, false, 2, 1},
@@ -174,6 +178,7 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
     par.tp = c.tp;
     par.pp = c.pp;
     par.sequence_parallel = c.sp;
+    par.keep_gathered = c.keep_gathered;
     {
       Trainer t(m, tc, case_data(cfg), nullptr, g, par);
       for (int i = 0; i < 2; ++i) t.step();
@@ -266,6 +271,32 @@ TEST(Plan, BuildingAGpuRanksModelHoldsNoHostCopyOfItsWeights) {
   // A chunk: 64 MiB of f32 weights and their 32 MiB in bf16; 16 MiB of slack.
   EXPECT_LE(grown, device + (int64_t(64 + 32 + 16) << 20))
       << "a host copy of the weights is 6 bytes a weight: " << 6 * psi;
+}
+
+// What the run refuses whatever the layout is said before any layout is offered: heads the GPU
+// kernels do not take (the demo preset's 32) on a GPU profile, and sequences longer than a
+// sliding window.
+TEST(Plan, ModelsTheRunWouldRefuseOnEveryLayoutAreRefusedFirst) {
+  if (world()->size() != 1) GTEST_SKIP() << "one process";
+  PlanRequest r;
+  r.model = model_preset("demo");
+  r.device = device_profile("h100-sxm-80gb");
+  r.seq_len = 256;
+  r.global_batch = 8;
+  const std::string gpu = test::error_of([&] { plan_layouts(r); });
+  EXPECT_NE(gpu.find("plan: the model's heads of 32 (d_model / n_head) have no attention kernel "
+                     "on a GPU (h100-sxm-80gb), whose kernels take head dims 64, 128"),
+            std::string::npos)
+      << gpu;
+  r.device = device_profile("cpu");
+  EXPECT_FALSE(plan_layouts(r).empty());  // the CPU takes any head dim
+  r.model.n_head = r.model.n_kv_head = 4;  // heads of 64
+  r.device = device_profile("h100-sxm-80gb");
+  EXPECT_FALSE(plan_layouts(r).empty());
+  r.model.sliding_window = 128;
+  EXPECT_NE(test::error_of([&] { plan_layouts(r); })
+                .find("sequence length 256 is longer than the model's sliding window (128)"),
+            std::string::npos);
 }
 
 TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {

@@ -259,6 +259,28 @@ TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {
             0u);
 }
 
+// n_head given alone keeps a model with full attention full (n_kv_head follows it), where it
+// once stayed the preset's count: GPT-2 with 24 heads became grouped-query with 12 kv heads,
+// and with 16 heads an error about a key the user never set. A grouped-query preset keeps its
+// kv heads, and n_kv_head given, before or after, is what it says.
+TEST(RunConfig, NHeadAloneKeepsFullAttentionFull) {
+  auto model_of = [](std::vector<std::string> args) {
+    return parse_run_args(args).config.model;
+  };
+  EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "24"}).n_kv_head, 24);
+  EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "16"}).n_kv_head, 16);
+  EXPECT_EQ(model_of({"--model", "llama-1B", "--n-head", "16"}).n_kv_head, 4);
+  EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "4", "--n-head", "24"}).n_kv_head, 4);
+  EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "24", "--n-kv-head", "6"}).n_kv_head, 6);
+  const std::string error = test::error_of([] {
+    parse_run_args({"--model", "llama-1B", "--n-head", "2"}).config.model.validate();
+  });
+  EXPECT_NE(error.find("n_kv_head (4) must divide n_head (2): set n_kv_head to a divisor of "
+                       "n_head (n_head itself for full attention"),
+            std::string::npos)
+      << error;
+}
+
 // What a stop takes, for the time limit: the longest evaluation when one is due, the save timed
 // as the longest so far (the load's time until one is timed), and a pending asynchronous save
 // once more, counted from its start to the step its commit is seen at.

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
 #include <type_traits>
 #include <vector>
 
@@ -20,6 +21,21 @@
 #endif
 
 namespace nuri {
+
+// The list the planner and the model check against is the one the kernels are compiled for.
+static_assert([] {
+  size_t n = 0;
+  for (int d = 1; d <= 1024; ++d) {
+    if (!kernels::attention_head_dim_supported(d)) continue;
+    if (n >= std::size(kCudaAttentionHeadDims) || kCudaAttentionHeadDims[n] != d) return false;
+    ++n;
+  }
+  return n == std::size(kCudaAttentionHeadDims);
+}(), "kCudaAttentionHeadDims (nuri/backend/backend.h) differs from kernels/attention.h's list");
+
+bool CudaBackend::attention_head_dim_supported(int64_t head_dim) const {
+  return head_dim <= 1024 && kernels::attention_head_dim_supported(int(head_dim));
+}
 
 namespace {
 
@@ -78,7 +94,8 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
   NURI_CHECK(hkv > 0 && h % hkv == 0, op, ": n_kv_head (", hkv, ") must divide n_head (", h,
              ")");
   NURI_CHECK(kernels::attention_head_dim_supported(int(d)), op, ": head_dim ", d,
-             " has no CUDA kernel; compiled head dims: 64, 128 (kernels/attention.h)");
+             " has no CUDA kernel; compiled head dims: ", cuda_attention_head_dims_text(),
+             " (kernels/attention.h)");
   NURI_CHECK(b <= 65535 && h <= 65535 && t <= (int64_t(1) << 30), op, ": shape ",
              shape_str(q.shape()), " exceeds the CUDA kernels' grid limits");
   NURI_CHECK(std::isfinite(opt.scale), op, ": scale must be finite, got ", opt.scale);

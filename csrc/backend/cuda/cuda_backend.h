@@ -63,6 +63,7 @@ class CudaBackend final : public Backend {
   std::shared_ptr<Allocator> allocator() const override { return alloc_; }
   void synchronize() override;
   DType compute_dtype() const override { return DType::bf16; }
+  bool attention_head_dim_supported(int64_t head_dim) const override;
   cudaStream_t stream() const { return stream_; }
 
   void zero(const Tensor& t) override;

@@ -60,6 +60,13 @@ struct AdamWTensor {
 /// The gradient-clipping factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.
 float clip_coefficient(float norm, float max_norm);
 
+/// The head dims the CUDA backends' attention kernels are compiled for (kernels/attention.h is
+/// checked against this list where it is compiled); the CPU backend takes any. The planner
+/// reads it for GPU profiles, which need no CUDA build.
+inline constexpr int64_t kCudaAttentionHeadDims[] = {64, 128};
+/// "64, 128"
+std::string cuda_attention_head_dims_text();
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -74,6 +81,8 @@ class Backend {
   /// weights; master weights, gradients, optimizer state and statistics stay f32): f32 on the
   /// CPU, bf16 on CUDA.
   virtual DType compute_dtype() const { return DType::f32; }
+  /// Whether attention runs with heads of `head_dim` here (CUDA: kCudaAttentionHeadDims).
+  virtual bool attention_head_dim_supported(int64_t /*head_dim*/) const { return true; }
 
   /// New uninitialized tensor on this backend's device.
   Tensor empty(const Shape& shape, DType dtype = DType::f32) const {
