@@ -97,10 +97,15 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
   };
   for (const Vars& v : {Vars{Launcher::mpirun, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
                              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
-                        Vars{Launcher::srun, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                             "SLURM_NTASKS_PER_NODE"}}) {
+                        Vars{Launcher::srun, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
+                             "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"}}) {
     const char* rank = env(v.rank);
     if (!rank || !*rank) continue;
+    // An allocation's own shell (an sbatch script, salloc) has SLURM_PROCID 0 and the job's
+    // SLURM_NTASKS too, but no step: it is one process, not rank 0 of the job's tasks. srun
+    // sets SLURM_STEP_NUM_TASKS in every task of the step it starts.
+    const char* step = env("SLURM_STEP_NUM_TASKS");
+    if (v.launcher == Launcher::srun && (!step || !*step)) continue;
     info.launcher = v.launcher;
     const char* l = launcher_name(info.launcher);
     const std::string because = std::string(v.rank) + " is";

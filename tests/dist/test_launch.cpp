@@ -83,7 +83,7 @@ TEST(Launch, OpenMpi) {
 
 TEST(Launch, Slurm) {
   const LaunchInfo i = launch({{"SLURM_PROCID", "6"},
-                               {"SLURM_NTASKS", "16"},
+                               {"SLURM_STEP_NUM_TASKS", "16"},
                                {"SLURM_LOCALID", "2"},
                                {"SLURM_NTASKS_PER_NODE", "8"}});
   EXPECT_EQ(i.launcher, Launcher::srun);
@@ -93,15 +93,27 @@ TEST(Launch, Slurm) {
   EXPECT_EQ(i.local_world_size, 8);
   // A heterogeneous job's per-node count is not one number: unknown, not misread.
   EXPECT_EQ(launch({{"SLURM_PROCID", "0"},
-                    {"SLURM_NTASKS", "5"},
+                    {"SLURM_STEP_NUM_TASKS", "5"},
                     {"SLURM_LOCALID", "0"},
                     {"SLURM_NTASKS_PER_NODE", "2(x2),1"}})
                 .local_world_size,
             0);
+  // An allocation's own shell (an sbatch script, salloc) carries SLURM_PROCID 0 and the job's
+  // SLURM_NTASKS but no step: one process, not rank 0 of 4 waiting for 3 that never come.
+  const LaunchInfo batch = launch({{"SLURM_PROCID", "0"},
+                                   {"SLURM_NTASKS", "4"},
+                                   {"SLURM_LOCALID", "0"},
+                                   {"SLURM_NTASKS_PER_NODE", "4"},
+                                   {"MASTER_ADDR", "node01"},
+                                   {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(batch.launcher, Launcher::single);
+  EXPECT_EQ(batch.rank, 0);
+  EXPECT_EQ(batch.world_size, 1);
 }
 
 TEST(Launch, SlurmMeetsOverMpiThroughPmiOrOverTcpWithMasterAddr) {
-  const Env two = {{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "1"}};
+  const Env two = {
+      {"SLURM_PROCID", "1"}, {"SLURM_STEP_NUM_TASKS", "2"}, {"SLURM_LOCALID", "1"}};
   // `srun --mpi=none` (many sites' default): no PMI, no rendezvous.
   const LaunchInfo bare = launch(two);
   EXPECT_FALSE(bare.srun_pmi);
@@ -125,7 +137,7 @@ TEST(Launch, SlurmMeetsOverMpiThroughPmiOrOverTcpWithMasterAddr) {
             std::string::npos)
       << error_of(tcp);
   // One task needs neither.
-  const Env one = {{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_LOCALID", "0"},
+  const Env one = {{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "1"}, {"SLURM_LOCALID", "0"},
                    {"MASTER_ADDR", "node01"}};
   EXPECT_TRUE(launch(one).master_addr.empty());
 }
@@ -147,7 +159,8 @@ TEST(Launch, SrunWithoutPmiOrMasterAddrSaysHowToStartTheJob) {
 
 TEST(Launch, PrecedenceTorchrunThenOpenMpiThenSlurm) {
   // mpirun inside a Slurm allocation: every rank inherits the first task's SLURM_PROCID.
-  const Env slurm = {{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}, {"SLURM_LOCALID", "0"}};
+  const Env slurm = {
+      {"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "1"}, {"SLURM_LOCALID", "0"}};
   Env mpi = slurm;
   mpi.insert({{"OMPI_COMM_WORLD_RANK", "2"},
               {"OMPI_COMM_WORLD_SIZE", "4"},
@@ -193,8 +206,9 @@ TEST(Launch, BadEnvironmentsNameTheVariable) {
   EXPECT_NE(error_of({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "0"}})
                 .find("OMPI_COMM_WORLD_SIZE is not set"),
             std::string::npos);
-  EXPECT_NE(error_of({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "0"}})
-                .find("SLURM_PROCID=3 is not below SLURM_NTASKS=2"),
+  EXPECT_NE(error_of({{"SLURM_PROCID", "3"}, {"SLURM_STEP_NUM_TASKS", "2"},
+                      {"SLURM_LOCALID", "0"}})
+                .find("SLURM_PROCID=3 is not below SLURM_STEP_NUM_TASKS=2"),
             std::string::npos);
 }
 
