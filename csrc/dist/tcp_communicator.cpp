@@ -413,6 +413,26 @@ int bound_port(int fd) {
   return ntohs(a.sin_port);
 }
 
+/// A socket closed when it goes out of scope unless handed on (the rendezvous's error paths).
+class OwnedFd {
+ public:
+  explicit OwnedFd(int fd) : fd_(fd) {}
+  ~OwnedFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  OwnedFd(const OwnedFd&) = delete;
+  OwnedFd& operator=(const OwnedFd&) = delete;
+  int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
 /// Accepts one connection before the deadline; returns the socket and the peer's IPv4 address.
 int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& waiting_for) {
   for (;;) {
@@ -489,17 +509,16 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   const std::string master = info.master_addr + ":" + std::to_string(info.master_port);
   std::vector<Peer> table(static_cast<size_t>(n));
   if (me == 0) {
-    const int lfd = listen_on(info.master_port, n, "MASTER_PORT");
-    try {
+    {
+      const OwnedFd lfd(listen_on(info.master_port, n, "MASTER_PORT"));
       for (int k = 1; k < n; ++k) {
         uint32_t ip = 0;
-        const int fd = accept_one(lfd, dl, &ip, std::to_string(n - k) + " of the " +
-                                                    std::to_string(n - 1) + " other ranks");
+        OwnedFd fd(accept_one(lfd.get(), dl, &ip, std::to_string(n - k) + " of the " +
+                                                       std::to_string(n - 1) + " other ranks"));
         Hello h;
-        exchange(fd, nullptr, 0, &h, sizeof h, dl, -1);
+        exchange(fd.get(), nullptr, 0, &h, sizeof h, dl, -1);
         if (h.magic != kMagic || h.world != n || h.rank <= 0 || h.rank >= n ||
             mesh->fds[size_t(h.rank)] >= 0) {
-          ::close(fd);
           NURI_CHECK(h.magic == kMagic, "tcp rendezvous: something that is not a nuri rank "
                      "connected to ", master);
           NURI_CHECK(h.world == n, "tcp rendezvous: rank ", h.rank, " says WORLD_SIZE=",
@@ -507,20 +526,16 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
           NURI_CHECK(false, "tcp rendezvous: RANK=", h.rank, " arrived twice or is outside [1, ",
                      n, "); give each process its own RANK");
         }
-        mesh->fds[size_t(h.rank)] = fd;
+        mesh->fds[size_t(h.rank)] = fd.release();
         table[size_t(h.rank)] = Peer{ip, h.port};
       }
-    } catch (...) {
-      ::close(lfd);
-      throw;
     }
-    ::close(lfd);
     for (int q = 1; q < n; ++q) {
       exchange(mesh->fds[size_t(q)], table.data(), table.size() * sizeof(Peer), nullptr, 0, dl, q);
     }
   } else {
-    const int lfd = listen_on(0, n, "its own");
-    try {
+    {
+      const OwnedFd lfd(listen_on(0, n, "its own"));
       const uint32_t master_ip = resolve(info.master_addr);
       const int fd0 = connect_to(master_ip, info.master_port, dl,
                                  "rank 0 at " + master + " (MASTER_ADDR:MASTER_PORT)");
@@ -528,7 +543,7 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
       Hello h;
       h.rank = me;
       h.world = n;
-      h.port = bound_port(lfd);
+      h.port = bound_port(lfd.get());
       exchange(fd0, &h, sizeof h, table.data(), table.size() * sizeof(Peer), dl, 0);
       // Rank 0 lists each rank at the address it connected from. A rank on rank 0's own host
       // may have come through a loopback address (MASTER_ADDR naming that host, which its
@@ -538,26 +553,22 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
         if ((ntohl(p.ip) >> 24) == 127) p.ip = master_ip;
       }
       for (int q = 1; q < me; ++q) {  // connect to the lower ranks, say who we are
-        const int fd = connect_to(table[size_t(q)].ip, table[size_t(q)].port, dl,
-                                  "rank " + std::to_string(q));
-        exchange(fd, &h, sizeof h, nullptr, 0, dl, q);
-        mesh->fds[size_t(q)] = fd;
+        OwnedFd fd(connect_to(table[size_t(q)].ip, table[size_t(q)].port, dl,
+                              "rank " + std::to_string(q)));
+        exchange(fd.get(), &h, sizeof h, nullptr, 0, dl, q);
+        mesh->fds[size_t(q)] = fd.release();
       }
       for (int k = me + 1; k < n; ++k) {  // and accept the higher ones
-        const int fd = accept_one(lfd, dl, nullptr, "a connection from a higher rank");
+        OwnedFd fd(accept_one(lfd.get(), dl, nullptr, "a connection from a higher rank"));
         Hello peer;
-        exchange(fd, nullptr, 0, &peer, sizeof peer, dl, -1);
+        exchange(fd.get(), nullptr, 0, &peer, sizeof peer, dl, -1);
         NURI_CHECK(peer.magic == kMagic && peer.rank > me && peer.rank < n &&
                        mesh->fds[size_t(peer.rank)] < 0,
                    "tcp rendezvous: rank ", me, " got an unexpected connection (rank ", peer.rank,
                    ")");
-        mesh->fds[size_t(peer.rank)] = fd;
+        mesh->fds[size_t(peer.rank)] = fd.release();
       }
-    } catch (...) {
-      ::close(lfd);
-      throw;
     }
-    ::close(lfd);
   }
   std::vector<int> all(static_cast<size_t>(n));
   for (int q = 0; q < n; ++q) all[size_t(q)] = q;
