@@ -423,9 +423,19 @@ StepStats Trainer::step() {
     // without the pipeline (the last micro-batch's backward is the last one's).
     for (int64_t m = 0; m < g; ++m) loader_.fill(m, micro_[size_t(m)].tokens, micro_[size_t(m)].targets);
     Pipeline::Hooks hooks;
+    bool last_backward = false;
     if (dp_) {
-      hooks.before_backward = [&](int, int, bool last) { dp_->before_backward(last); };
-      hooks.after_backward = [&](int) { dp_->after_backward(); };
+      hooks.before_backward = [&](int, int, bool last) {
+        last_backward = last;
+        dp_->before_backward(last);
+      };
+      // Reductions the backward deferred (no overlap: GPU ranks with pp, MPI) run after it,
+      // but the last micro-batch's wait for finish_gradients below: run here, inside the
+      // pipeline's compute item, they would hold up the input gradient this stage sends
+      // upstream, and each stage's would add to the drain of the stages before it.
+      hooks.after_backward = [&](int) {
+        if (!last_backward) dp_->after_backward();
+      };
     }
     pipe_losses = pipe_->step(micro_, scales, hooks);
   } else {

@@ -318,11 +318,13 @@ struct Grid {
   bool sp;
   std::string family;
   int64_t layers, grad_accum;  // per rank
+  bool overlap = true;  // false: the data-parallel reductions run after each backward
   std::string str() const {
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "%s dp %d tp %d pp %d ZeRO %d recompute %s%s, %lld micro-batches",
+    char buf[180];
+    std::snprintf(buf, sizeof buf,
+                  "%s dp %d tp %d pp %d ZeRO %d recompute %s%s%s, %lld micro-batches",
                   family.c_str(), dp, tp, pp, zero, recompute_name(rc), sp ? " sp" : "",
-                  (long long)grad_accum);
+                  overlap ? "" : " no overlap", (long long)grad_accum);
     return buf;
   }
 };
@@ -342,6 +344,10 @@ TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {
       {2, 1, 2, 2, Recompute::none, false, "llama", 3, 2},
       {2, 1, 2, 2, Recompute::selective, false, "gpt2", 3, 2},
       {2, 1, 2, 3, Recompute::none, false, "gpt2", 3, 2},
+      // Reduced after the backward (as GPU ranks with pp do): the last micro-batch's after the
+      // pipeline has sent its input gradient upstream.
+      {2, 1, 2, 1, Recompute::none, false, "llama", 3, 2, false},
+      {2, 1, 2, 2, Recompute::selective, false, "gpt2", 4, 3, false},
       {1, 2, 2, 0, Recompute::none, true, "llama", 2, 4},
       {1, 1, 4, 0, Recompute::none, false, "gpt2", 4, 4},
       {2, 2, 2, 2, Recompute::none, true, "llama", 4, 2},
@@ -362,6 +368,7 @@ TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {
     par.tp = l.tp;
     par.pp = l.pp;
     par.sequence_parallel = l.sp;
+    par.overlap = l.overlap;
     Trainer t(m, tconfig(l.grad_accum, l.rc), text_data(), text_data(), g, par);
     ASSERT_NE(t.pipeline(), nullptr);
     ASSERT_EQ(t.stages().size(), size_t(l.pp));
