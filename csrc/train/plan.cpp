@@ -577,29 +577,52 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
       best.bubble = double(l.pp - 1) * per_micro;  // 1F1B: (m + p − 1) micro-batch times
     }
   }
+  // The window data parallelism's traffic can hide in: the step's forward and backward (the
+  // backward two thirds of them), before the optimizer, which comes after every reduction.
+  const double forward_backward = best.compute + best.elementwise;
   // The optimizer: the gradients' norm reads them, AdamW reads weights, gradients and both
   // moments and writes three of them (32 bytes a parameter in f32), on this rank's shard; a
   // GPU also writes the bf16 copy.
-  const int64_t psi = unit_ranges(cfg, {0, l.tp}, stage_of(cfg, l, seq_len, 0)).back().second;
+  const auto units = unit_ranges(cfg, {0, l.tp}, stage_of(cfg, l, seq_len, 0));
+  const int64_t psi = units.back().second;
   const double opt_params = double(l.zero >= 1 ? ceil_div(psi, l.dp) : psi);
   best.elementwise += opt_params * (32.0 + (dev.gpu ? 2.0 : 0.0)) / dev.bandwidth("adamw");
   // Data parallelism: the gradient reduction (ZeRO 0, 1: an all-reduce of the f32 gradients
-  // once a step; 2, 3: a reduce-scatter every micro-batch), the updated weights' all-gather
-  // (ZeRO 1, 2) and ZeRO 3's gathers before each unit's forward and backward. It overlaps with
-  // the backward except for what outlasts it, and the last bucket's share.
+  // during the last micro-batch's backward; 2, 3: a reduce-scatter during every one), ZeRO 3's
+  // gathers before each unit's forward and backward (prefetched during the unit before), and
+  // the updated weights' all-gather after the optimizer (ZeRO 1, 2), which nothing hides.
+  // Reductions overlap only where the progress thread runs them: not on GPU ranks with tensor
+  // or pipeline parallelism (NCCL's thread rules), whose gradients are reduced after the
+  // backward and whose gathers wait in the open. The last bucket's share is always exposed.
   if (l.dp > 1) {
     const double n = double(l.dp), ring = (n - 1) / n;
     const bool cross = int64_t(l.tp) * l.dp > per_node && nodes > 1;
     const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
     const double grads = 4.0 * double(psi);
-    double bytes = 0;
-    bytes += (l.zero <= 1 ? 2 : m) * ring * grads;
-    if (l.zero == 1 || l.zero == 2) bytes += ring * double(e) * double(psi);
-    if (l.zero == 3) bytes += 2 * m * ring * double(e) * double(psi);
     const double buckets = std::max(1.0, grads / double(l.bucket_bytes));
-    const double comm = bytes / bw + buckets * dev.collective_latency;
-    const double backward = (best.compute + best.elementwise) * 2.0 / 3.0;
-    best.dp_comm = std::max(comm - backward, comm / buckets);
+    const double reduce =
+        (l.zero <= 1 ? 2 : m) * ring * grads / bw + buckets * dev.collective_latency;
+    // ZeRO 3: every unit gathered in each micro-batch's forward and backward; the first unit of
+    // each pass (nothing before it to prefetch during) waits in the open.
+    const double gathers =
+        l.zero == 3 ? 2 * m * (ring * double(e) * double(psi) / bw +
+                               double(units.size()) * dev.collective_latency)
+                    : 0.0;
+    const double first_units =
+        l.zero == 3 ? m * (ring * double(e) *
+                               double(units.front().second - units.front().first +
+                                      units.back().second - units.back().first) / bw +
+                           2 * dev.collective_latency)
+                    : 0.0;
+    const double after =
+        (l.zero == 1 || l.zero == 2) ? ring * double(e) * double(psi) / bw : 0.0;
+    const bool overlaps = !(dev.gpu && (l.tp > 1 || l.pp > 1));
+    double window = 0;
+    if (overlaps) {
+      const double backward = forward_backward * 2.0 / 3.0;
+      window = l.zero <= 1 ? backward / double(m) : l.zero == 2 ? backward : forward_backward;
+    }
+    best.dp_comm = std::max(reduce + gathers - window, reduce / buckets) + after + first_units;
   }
   return best;
 }

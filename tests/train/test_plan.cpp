@@ -299,6 +299,42 @@ TEST(Plan, ModelsTheRunWouldRefuseOnEveryLayoutAreRefusedFirst) {
             std::string::npos);
 }
 
+// The data-parallel traffic the step time leaves exposed follows what the trainer does: ZeRO 0
+// and 1 reduce during the last micro-batch's backward only, so 8 micro-batches of 1 hide an
+// eighth of what one of 8 does; the updated weights' all-gather after the optimizer (ZeRO 1, 2)
+// is never hidden; GPU ranks with tensor parallelism reduce after the backward, hiding nothing.
+TEST(Plan, DataParallelTrafficIsHiddenOnlyWhereTheTrainerOverlapsIt) {
+  if (world()->size() != 1) GTEST_SKIP() << "one process";
+  const ModelConfig cfg = model_preset("llama-1B");
+  const DeviceProfile h100 = device_profile("h100-sxm-80gb");
+  auto dp_comm = [&](int dp, int tp, int zero, int64_t mb, int64_t accum) {
+    Layout l;
+    l.dp = dp;
+    l.tp = tp;
+    l.zero = zero;
+    l.micro_batch = mb;
+    l.grad_accum = accum;
+    return estimate_step_time(cfg, l, 2048, h100).dp_comm;
+  };
+  const double psi = double(cfg.num_params());  // (the padded vocabulary's rows add a little)
+  const double gather = 7.0 / 8.0 * 2 * psi / h100.intra_node_bandwidth;
+  const double reduce = 2 * 7.0 / 8.0 * 4 * psi / h100.intra_node_bandwidth;
+  EXPECT_GE(dp_comm(8, 1, 1, 8, 1), gather);  // the all-gather after the optimizer
+  EXPECT_GE(dp_comm(8, 1, 2, 8, 1), gather);
+  EXPECT_LT(dp_comm(8, 1, 0, 8, 1), gather);  // ZeRO 0: the all-reduce hidden but its tail
+  EXPECT_GT(dp_comm(8, 1, 1, 1, 8), dp_comm(8, 1, 1, 8, 1) + 0.5 * reduce);
+  // tp 2 on a GPU: the whole all-reduce of the (halved) gradients in the open.
+  EXPECT_GE(dp_comm(4, 2, 0, 4, 1), 2 * 3.0 / 4.0 * 4 * psi / 2 / h100.intra_node_bandwidth);
+  // The CPU profile's ranks overlap with tp too.
+  const DeviceProfile cpu = device_profile("cpu");
+  Layout l;
+  l.dp = 4;
+  l.tp = 2;
+  l.micro_batch = 4;
+  const StepTime t = estimate_step_time(cfg, l, 2048, cpu);
+  EXPECT_LT(t.dp_comm, 2 * 3.0 / 4.0 * 4 * psi / 2 / cpu.intra_node_bandwidth);
+}
+
 TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {
   if (world()->size() != 1) GTEST_SKIP() << "one process";
   PlanRequest r;
