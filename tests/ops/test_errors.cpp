@@ -48,7 +48,10 @@ TEST_P(OpErrorTest, MatmulShapeMismatch) {
 TEST_P(OpErrorTest, MatmulWithMoreRowTilesThanALaunchHolds) {
   if (cpu()) GTEST_SKIP() << "the CPU backend's products have no grid";
   const int64_t rows = int64_t(65535) * 128 + 1;  // one tile too many for the largest tiles
-  expect_error([&] { be->matmul(act({rows, 1}), act({1, 1}), Tensor(), act({rows, 1}), Activation::none, Tensor(), Tensor()); },
+  expect_error([&] {
+                 be->matmul(act({rows, 1}), act({1, 1}), Tensor(), act({rows, 1}),
+                            Activation::none, Tensor(), Tensor());
+               },
                {"matmul kernel: 8388481 rows make", "more than the 65535 a launch's grid.y holds",
                 "split the product into row chunks of at most"});
 }
