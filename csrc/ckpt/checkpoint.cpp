@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -52,30 +53,40 @@ void atomic_write(const std::string& dir, const std::string& name, const std::st
 
 bool committed(const fs::path& dir) { return fs::is_regular_file(dir / kManifest); }
 
-/// Where a save of a step that is already committed writes, beside it: step-….new
+/// Where a save of a step that is already committed writes, beside it (step-….new), and where
+/// a replacement without an atomic exchange moves the old one aside (step-….old).
 constexpr const char* kStaging = ".new";
-constexpr size_t kStagingLength = 4;
+constexpr const char* kAside = ".old";
 
-/// Puts the committed checkpoint `fresh` in the place of the committed `old` (both in one root
-/// directory), then removes the old one. On Linux one atomic exchange of the two names, so a
-/// crash at any point leaves a committed checkpoint at `old`'s name; where the filesystem has
-/// no exchange, the old one is uncommitted and removed first (a crash in between loses the step,
-/// never mixes two).
+/// Puts the committed checkpoint `fresh` (old + ".new") in the place of the committed `old`,
+/// then removes the old one. On Linux's local filesystems one atomic exchange of the two names,
+/// so `old`'s name always holds a committed checkpoint. Where the filesystem has no exchange
+/// (NFS), the old one moves aside to old + ".old" first; a crash before the fresh one takes its
+/// name leaves both committed beside the name, which CheckpointReader::find and the next save
+/// (recover_replacements) take the fresh one from. NURI_CKPT_NO_EXCHANGE=1 takes that path
+/// everywhere (tests).
 void replace_committed(const std::string& fresh, const std::string& old) {
   ckpt::crash_point("rename");
   const std::string root = fs::path(old).parent_path().string();
-  if (::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, old.c_str(), RENAME_EXCHANGE) == 0) {
+  const char* no_exchange = std::getenv("NURI_CKPT_NO_EXCHANGE");
+  const bool exchange = !(no_exchange && std::string(no_exchange) == "1");
+  if (exchange &&
+      ::renameat2(AT_FDCWD, fresh.c_str(), AT_FDCWD, old.c_str(), RENAME_EXCHANGE) == 0) {
     fsync_dir(root);  // `fresh` names the old checkpoint now
   } else {
-    NURI_CHECK(errno == EINVAL || errno == ENOSYS || errno == ENOTSUP, "cannot exchange ", fresh,
-               " and ", old, ": ", std::strerror(errno));
-    fs::remove(fs::path(old) / kManifest);
-    fsync_dir(old);
-    fs::remove_all(old);
+    NURI_CHECK(!exchange || errno == EINVAL || errno == ENOSYS || errno == ENOTSUP,
+               "cannot exchange ", fresh, " and ", old, ": ", std::strerror(errno));
+    const std::string aside = old + kAside;
+    fs::remove_all(aside);
+    NURI_CHECK(::rename(old.c_str(), aside.c_str()) == 0, "cannot rename ", old, " to ", aside,
+               ": ", std::strerror(errno));
+    fsync_dir(root);
     ckpt::crash_point("rename");
     NURI_CHECK(::rename(fresh.c_str(), old.c_str()) == 0, "cannot rename ", fresh, " to ", old,
                ": ", std::strerror(errno));
     fsync_dir(root);
+    fs::remove(fs::path(aside) / kManifest);  // uncommitted before it goes
+    fs::remove_all(aside);
     return;
   }
   fs::remove(fs::path(fresh) / kManifest);  // uncommitted before it goes
@@ -92,6 +103,52 @@ int64_t step_of(const std::string& name) {
     s = s * 10 + (name[i] - '0');
   }
   return name == checkpoint_dir_name(s) ? s : -1;  // no leading zeros beyond the 8 digits
+}
+
+/// "step-00000005.new" → ("step-00000005", ".new"); {"", ""} for other names.
+std::pair<std::string, std::string> replacement_of(const std::string& name) {
+  for (const char* suffix : {kStaging, kAside}) {
+    const size_t n = std::strlen(suffix);
+    if (name.size() > n && name.compare(name.size() - n, n, suffix) == 0 &&
+        step_of(name.substr(0, name.size() - n)) >= 0) {
+      return {name.substr(0, name.size() - n), suffix};
+    }
+  }
+  return {"", ""};
+}
+
+/// The committed replacement of root/name left by an interrupted replacement when root/name
+/// itself is not committed (the fresh one first), or "".
+std::string committed_replacement(const fs::path& root, const std::string& name) {
+  if (committed(root / name)) return "";
+  for (const char* suffix : {kStaging, kAside}) {
+    if (committed(root / (name + suffix))) return (root / (name + suffix)).string();
+  }
+  return "";
+}
+
+/// After an interrupted replacement: a step whose name holds no committed checkpoint gets its
+/// committed replacement back (the fresh one, else the old one); the rest are debris. Rank 0.
+void recover_replacements(const std::string& root) {
+  std::vector<fs::path> found;
+  for (const auto& d : fs::directory_iterator(root)) {
+    if (d.is_directory() && !replacement_of(d.path().filename().string()).first.empty()) {
+      found.push_back(d.path());
+    }
+  }
+  std::sort(found.begin(), found.end());  // step-N.new before step-N.old
+  for (const fs::path& d : found) {
+    const fs::path step = fs::path(root) / replacement_of(d.filename().string()).first;
+    if (!committed(step) && committed(d)) {
+      fs::remove_all(step);
+      NURI_CHECK(::rename(d.c_str(), step.c_str()) == 0, "cannot rename ", d.string(), " to ",
+                 step.string(), ": ", std::strerror(errno));
+      fsync_dir(root);
+    } else {
+      fs::remove(d / kManifest);
+      fs::remove_all(d);
+    }
+  }
 }
 
 /// Every rank's string, in rank order (through the host communicator: lengths, then bytes).
@@ -153,32 +210,33 @@ CheckpointWriter::CheckpointWriter(std::string root, int64_t step, Communicator*
     world_ = comm_->size();
   }
   dir_ = root_ + "/" + checkpoint_dir_name(step);
-  json made = {{"error", ""}, {"dir", dir_}};
+  // Rank 0's verdict: "s" (stage beside a committed checkpoint), "d" (write in place) or "e"
+  // and its error. Each rank makes the path from its own root (mounts may differ).
+  std::string made;
   if (rank_ == 0) {
     try {
       fs::create_directories(root_);
+      recover_replacements(root_);
       if (committed(dir_)) {
         // A committed checkpoint of this step stays whole and readable until the new one is
         // committed: the new one is written beside it and takes its place in publish().
-        const std::string staging = dir_ + kStaging;
-        fs::remove_all(staging);
-        fs::create_directory(staging);
-        made["dir"] = staging;
+        fs::remove_all(dir_ + kStaging);
+        fs::create_directory(dir_ + kStaging);
+        made = "s";
       } else {
         fs::remove_all(dir_);  // debris of an interrupted save
         fs::create_directory(dir_);
+        made = "d";
       }
       fsync_dir(root_);
     } catch (const std::exception& e) {
-      made["error"] = e.what();
+      made = std::string("e") + e.what();
     }
   }
-  if (comm_ && comm_->size() > 1) {
-    made = json::parse(gather_strings(comm_, rank_ == 0 ? made.dump() : "")[0]);
-  }
-  NURI_CHECK(made["error"].get<std::string>().empty(), "creating the checkpoint directory",
-             rank_ != 0 ? " (on rank 0)" : "", ": ", made["error"].get<std::string>());
-  write_dir_ = made["dir"].get<std::string>();
+  if (comm_ && comm_->size() > 1) made = gather_strings(comm_, rank_ == 0 ? made : "")[0];
+  NURI_CHECK(made[0] != 'e', "creating the checkpoint directory",
+             rank_ != 0 ? " (on rank 0)" : "", ": ", made.substr(1));
+  write_dir_ = made == "s" ? dir_ + kStaging : dir_;
 }
 
 void CheckpointWriter::add_range(const std::string& name, int64_t numel, int64_t lo,
@@ -335,15 +393,9 @@ std::string CheckpointWriter::publish(int keep_last) {
       // (a run gone back to an earlier one through `latest`) are not this run's to count or
       // delete: counted, they would rotate out the run's own.
       std::vector<std::pair<int64_t, fs::path>> done;
+      recover_replacements(root_);
       for (const auto& d : fs::directory_iterator(root_)) {
-        const std::string name = d.path().filename().string();
-        if (d.is_directory() && name.size() > kStagingLength &&
-            name.compare(name.size() - kStagingLength, kStagingLength, kStaging) == 0 &&
-            step_of(name.substr(0, name.size() - kStagingLength)) >= 0) {
-          fs::remove_all(d.path());  // a replacement whose save was interrupted
-          continue;
-        }
-        const int64_t s = step_of(name);
+        const int64_t s = step_of(d.path().filename().string());
         if (s < 0 || !d.is_directory()) continue;
         if (committed(d.path())) {
           if (s <= step_) done.push_back({s, d.path()});
@@ -373,8 +425,12 @@ std::string CheckpointReader::find(const std::string& root) {
   if (committed(root)) return root;  // a checkpoint directory itself
   std::ifstream latest(root + "/latest");
   std::string name;
-  if (latest >> name && step_of(name) >= 0 && committed(fs::path(root) / name)) {
-    return root + "/" + name;
+  if (latest >> name && step_of(name) >= 0) {
+    if (committed(fs::path(root) / name)) return root + "/" + name;
+    // A replacement interrupted between its renames (a filesystem without an atomic exchange):
+    // the step is beside its name; the next save puts it back.
+    const std::string beside = committed_replacement(root, name);
+    if (!beside.empty()) return beside;
   }
   int64_t best = -1;
   std::string dir;

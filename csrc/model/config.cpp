@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -20,7 +21,20 @@ const Settings& model_settings() {
         .at_least(1).at_most(double((int64_t(1) << 31) - 1));
     t.add("d_model", &C::d_model, "width of the residual stream").at_least(1);
     t.add("n_layer", &C::n_layer, "transformer blocks").at_least(1);
-    t.add("n_head", &C::n_head, "attention heads (query heads)").at_least(1);
+    // Setting n_head on a model with full attention keeps it full: n_kv_head follows (GPT-2
+    // with 24 heads stays GPT-2, not grouped-query with the preset's 12 kv heads). A grouped-
+    // query model's n_kv_head stays, and n_kv_head set after n_head is what it says.
+    t.custom(
+         "n_head", SettingKind::integer, "attention heads (query heads)",
+         [](const void* o) { return SettingValue(static_cast<const C*>(o)->n_head); },
+         [](void* o, const SettingValue& v) {
+           auto* c = static_cast<C*>(o);
+           const int64_t heads = std::get<int64_t>(v);
+           if (c->n_kv_head == c->n_head) c->n_kv_head = heads;
+           c->n_head = heads;
+         })
+        .at_least(1)
+        .at_most(double(std::numeric_limits<int64_t>::max()));
     t.add("n_kv_head", &C::n_kv_head,
           "key/value heads: grouped-query attention when fewer than n_head").at_least(1);
     t.add("d_ff", &C::d_ff, "hidden width of the MLP (per branch for swiglu)").at_least(1);

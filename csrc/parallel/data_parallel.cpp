@@ -108,13 +108,15 @@ class DataParallel::Progress {
   }
 
   /// Blocks until the task with this ticket is no longer queued or running. rethrow: when the
-  /// queue failed at or before it (the task failed or was dropped), rethrows that first error,
-  /// since what the task was to fill (ZeRO 3's gathered weights) was never filled; without it
-  /// (freeing what the task used, from a destructor) the caller learns of it from wait().
+  /// task failed or was dropped after a failure, rethrows that failure, since what it was to
+  /// fill (ZeRO 3's gathered weights) was never filled; without it (freeing what the task used,
+  /// from a destructor) the caller learns of it from wait().
   void wait_for(uint64_t ticket, bool rethrow = true) {
     std::unique_lock<std::mutex> lock(mu_);
     idle_cv_.wait(lock, [&] { return done_ > ticket; });
-    if (rethrow && failed_at_ <= ticket) std::rethrow_exception(first_error_);
+    if (rethrow && failed_at_ <= ticket && ticket < recovered_at_) {
+      std::rethrow_exception(failure_);
+    }
   }
 
   /// Blocks until every task so far has run; rethrows the first error (once).
@@ -124,6 +126,7 @@ class DataParallel::Progress {
     if (error_) {
       std::exception_ptr e = error_;
       error_ = nullptr;
+      recovered_at_ = pushed_;  // the tasks queued from now on run again
       std::rethrow_exception(e);
     }
   }
@@ -166,10 +169,10 @@ class DataParallel::Progress {
       const double dt = seconds_since(t0);
       lock.lock();
       busy_seconds_ += dt;
-      if (err && !error_) error_ = err;
-      if (err && !first_error_) {
-        first_error_ = err;
+      if (err && !error_) {
+        error_ = failure_ = err;
         failed_at_ = done_;  // this task's ticket: tasks finish in ticket order
+        recovered_at_ = std::numeric_limits<uint64_t>::max();
       }
       busy_ = false;
       ++done_;
@@ -183,10 +186,11 @@ class DataParallel::Progress {
   bool busy_ = false, stop_ = false;
   uint64_t pushed_ = 0, done_ = 0;  // tickets handed out, tasks finished
   std::exception_ptr error_;
-  // The queue's first failure, kept (wait() clears error_): every task from its ticket on
-  // either failed, was dropped, or ran on a communicator that had failed.
-  std::exception_ptr first_error_;
+  // The last failure, kept after wait() cleared error_: the tasks of tickets [failed_at_,
+  // recovered_at_) failed or were dropped (those queued after wait() rethrew it run again).
+  std::exception_ptr failure_;
   uint64_t failed_at_ = std::numeric_limits<uint64_t>::max();
+  uint64_t recovered_at_ = std::numeric_limits<uint64_t>::max();
   double busy_seconds_ = 0;
   std::thread thread_;  // last: starts after the members it uses
 };

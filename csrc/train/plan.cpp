@@ -253,6 +253,7 @@ std::string Layout::str() const {
   }
   if (sp) s += ", sp";
   if (keep_gathered && zero == 3) s += ", keep gathered";
+  if (!overlap && dp > 1) s += ", no overlap";
   return s + strprintf(", micro-batch %lld x %lld", (long long)micro_batch, (long long)grad_accum);
 }
 
@@ -616,13 +617,14 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
                     : 0.0;
     const double after =
         (l.zero == 1 || l.zero == 2) ? ring * double(e) * double(psi) / bw : 0.0;
-    const bool overlaps = !(dev.gpu && (l.tp > 1 || l.pp > 1));
+    const bool overlaps = l.overlap && !(dev.gpu && (l.tp > 1 || l.pp > 1));
     double window = 0;
     if (overlaps) {
       const double backward = forward_backward * 2.0 / 3.0;
       window = l.zero <= 1 ? backward / double(m) : l.zero == 2 ? backward : forward_backward;
     }
-    best.dp_comm = std::max(reduce + gathers - window, reduce / buckets) + after + first_units;
+    best.dp_comm =
+        std::max(reduce + gathers - first_units - window, reduce / buckets) + after + first_units;
   }
   return best;
 }
@@ -875,6 +877,7 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               l.grad_accum = per_rank / mb;
               l.bucket_bytes = r.bucket_bytes;
               l.keep_gathered = r.keep_gathered && zero == 3;
+              l.overlap = r.overlap;
               PlanEntry p;
               p.layout = l;
               p.memory = estimate_peak_memory(cfg, l, r.seq_len, dev, &p.worst_stage);

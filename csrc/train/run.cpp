@@ -95,6 +95,7 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
                        : in.train.micro_batch * in.train.grad_accum * pg.size();
   r.bucket_bytes = in.parallel.bucket_bytes;
   r.keep_gathered = in.parallel.keep_gathered;
+  r.overlap = in.parallel.overlap;
   const std::vector<PlanEntry> plan = plan_layouts(r);
   if (plan.empty() || !plan.front().fits) {
     throw ConfigError("layout = auto: no layout of " + std::to_string(pg.size()) + " ranks fits " +

@@ -77,20 +77,10 @@ Schema build_schema() {
   // The fields the preset sets, each recorded as given when set.
   model.append(lift(model_settings(), &RunConfig::model)
                    .after_set([](void* run, const std::string& key) {
-                     auto* r = static_cast<RunConfig*>(run);
-                     auto& given = r->model_keys_given;
-                     auto named = [&](const char* k) {
-                       return std::find(given.begin(), given.end(), k) != given.end();
-                     };
-                     // n_head given alone on a model with full attention (GPT-2's presets,
-                     // the defaults) keeps it full: n_kv_head follows, rather than staying
-                     // the preset's count and making the model grouped-query unasked.
-                     if (key == "n_head" && !named("n_kv_head")) {
-                       const ModelConfig base = r->preset.empty() ? ModelConfig{}
-                                                                  : model_preset(r->preset);
-                       if (base.n_kv_head == base.n_head) r->model.n_kv_head = r->model.n_head;
+                     auto& given = static_cast<RunConfig*>(run)->model_keys_given;
+                     if (std::find(given.begin(), given.end(), key) == given.end()) {
+                       given.push_back(key);
                      }
-                     if (!named(key.c_str())) given.push_back(key);
                    }));
   schema.push_back({"model", "model", std::move(model)});
 

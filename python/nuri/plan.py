@@ -68,8 +68,8 @@ def estimate_memory(model: ModelConfig | str, layout: dict[str, Any], seq_len: i
                     device: str | os.PathLike | dict[str, Any] = "h100-sxm-80gb",
                     stage: int = 0) -> dict[str, int]:
     """The bytes one device holds for ``layout`` (keys dp, tp, pp, zero, recompute,
-    recompute_every, sp, micro_batch, grad_accum, bucket_bytes, keep_gathered), on pipeline
-    stage ``stage``."""
+    recompute_every, sp, micro_batch, grad_accum, bucket_bytes, keep_gathered, overlap), on
+    pipeline stage ``stage``."""
     return dict(_C.estimate_memory(model, layout, seq_len, _profile_json(device), stage))
 
 

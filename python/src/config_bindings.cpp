@@ -299,17 +299,11 @@ void bind_config(py::module_& m) {
   // keywords-only constructor, so that preset= given by keyword comes here).
   model.def(py::init([](const std::string& preset, py::kwargs kw) {
               ModelConfig c = model_config_arg(preset);
-              const ModelConfig base = c;
               for (auto [k, v] : kw) {
                 const std::string key = py::str(k), path = "model." + key;
                 const Setting* s = model_settings().find(key);
                 if (!s) throw ConfigError(path + ": unknown key");
                 s->set(&c, from_py(v, *s, path));
-              }
-              // n_head alone keeps a preset with full attention full (as a run config does).
-              if (kw.contains("n_head") && !kw.contains("n_kv_head") &&
-                  base.n_kv_head == base.n_head) {
-                c.n_kv_head = c.n_head;
               }
               c.validate();
               return c;

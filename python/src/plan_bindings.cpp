@@ -31,6 +31,7 @@ Layout layout_from(const py::dict& d) {
   get("grad_accum", l.grad_accum);
   get("bucket_bytes", l.bucket_bytes);
   get("keep_gathered", l.keep_gathered);
+  get("overlap", l.overlap);
   if (d.contains("recompute")) {
     const std::string r = d["recompute"].cast<std::string>();
     if (r == "none")
@@ -47,7 +48,7 @@ Layout layout_from(const py::dict& d) {
     static const char* known[] = {
         "dp", "tp",          "pp",         "zero",         "recompute", "recompute_every",
         "sp", "micro_batch", "grad_accum", "bucket_bytes", "keep_gathered",
-        "summary"};  // summary: plan's text
+        "overlap", "summary"};  // summary: plan's text
     bool ok = false;
     for (const char* n : known) ok = ok || k == n;
     if (!ok) throw py::value_error("unknown layout key '" + k + "'");
@@ -68,6 +69,7 @@ py::dict layout_dict(const Layout& l) {
   d["grad_accum"] = l.grad_accum;
   d["bucket_bytes"] = l.bucket_bytes;
   d["keep_gathered"] = l.keep_gathered;
+  d["overlap"] = l.overlap;
   d["summary"] = l.str();
   return d;
 }

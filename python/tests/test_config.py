@@ -81,6 +81,11 @@ def test_n_head_alone_keeps_full_attention_full():
     assert nuri.model_config_from_dict({"preset": "llama-1B", "n_head": 16}).n_kv_head == 4
     cfg = nuri.config_from_dict({"model": {"preset": "gpt2-124M", "n_head": 16}})
     assert (cfg.model.n_head, cfg.model.n_kv_head) == (16, 16)
+    cfg.model.n_head = 32  # an attribute too
+    assert cfg.model.n_kv_head == 32
+    gqa = nuri.config_from_dict({"model": {"n_head": 8, "n_kv_head": 2}})
+    gqa.model.n_head = 16  # grouped-query stays
+    assert gqa.model.n_kv_head == 2
     with pytest.raises(nuri.Error,
                        match=r"n_kv_head \(4\) must divide n_head \(2\): set n_kv_head"):
         nuri.ModelConfig("llama-1B", n_head=2)

@@ -338,6 +338,51 @@ TEST(Checkpoint, AStepSavedAgainStaysReadableUntilTheNewOneCommits) {
   fs::remove_all(root);
 }
 
+// Where the filesystem has no atomic exchange (NFS; NURI_CKPT_NO_EXCHANGE=1 here), the old
+// checkpoint moves aside first. A crash between the two renames leaves the step's name empty
+// and both checkpoints beside it: a resume reads the new one, and the next save puts it back.
+TEST(Checkpoint, AReplacementWithoutExchangeRecoversFromACrashBetweenItsRenames) {
+  const std::string root = tmpdir("aside");
+  auto save = [&](int64_t step, float value) {
+    CheckpointWriter w(root, step, nullptr);
+    Tensor t = Tensor::empty({3}, DType::f32);
+    for (int i = 0; i < 3; ++i) t.data<float>()[i] = value + float(i);
+    w.add_range("w", 3, 0, t);
+    w.set_meta("{}");
+    return w.commit(3);
+  };
+  auto value_at = [&](const std::string& dir) {
+    CheckpointReader r(dir);
+    Tensor t = Tensor::empty({3}, DType::f32);
+    r.read_range("w", 0, 3, t);
+    return t.data<float>()[0];
+  };
+  ::setenv("NURI_CKPT_NO_EXCHANGE", "1", 1);
+  save(5, 10.f);
+  EXPECT_EQ(save(5, 20.f), root + "/step-00000005");  // replaced by the two renames
+  EXPECT_EQ(value_at(root), 20.f);
+  EXPECT_FALSE(fs::exists(root + "/step-00000005.old"));
+  EXPECT_FALSE(fs::exists(root + "/step-00000005.new"));
+  // The state a crash between the renames leaves: the old one aside, the new one committed
+  // under its staging name, nothing at step-00000005, and `latest` naming it.
+  const std::string kept = tmpdir("aside_kept");
+  fs::copy(root + "/step-00000005", kept + "/step", fs::copy_options::recursive);  // 20
+  save(5, 30.f);
+  fs::rename(root + "/step-00000005", root + "/step-00000005.new");
+  fs::rename(kept + "/step", root + "/step-00000005.old");
+  fs::remove_all(kept);
+  ASSERT_EQ(read_bytes(root + "/latest"), "step-00000005\n");
+  EXPECT_EQ(CheckpointReader::find(root), root + "/step-00000005.new");
+  EXPECT_EQ(value_at(root), 30.f);
+  save(6, 40.f);  // the next save puts the new one back and clears the old
+  EXPECT_EQ(value_at(root + "/step-00000005"), 30.f);
+  EXPECT_FALSE(fs::exists(root + "/step-00000005.old"));
+  EXPECT_FALSE(fs::exists(root + "/step-00000005.new"));
+  EXPECT_EQ(value_at(root), 40.f);
+  ::unsetenv("NURI_CKPT_NO_EXCHANGE");
+  fs::remove_all(root);
+}
+
 class CheckpointTamper : public ::testing::Test {
  protected:
   void SetUp() override {

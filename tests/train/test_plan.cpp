@@ -54,6 +54,7 @@ struct Case {
   bool sp, llama;
   int64_t micro_batch, grad_accum;
   bool keep_gathered = false;  ///< ZeRO 3 keeping each block's weights to its backward
+  bool overlap = true;         ///< false: the reductions after the backward
 };
 
 Layout layout_of(const Case& c) {
@@ -68,6 +69,7 @@ Layout layout_of(const Case& c) {
   l.micro_batch = c.micro_batch;
   l.grad_accum = c.grad_accum;
   l.keep_gathered = c.keep_gathered;
+  l.overlap = c.overlap;
   return l;
 }
 
@@ -126,6 +128,7 @@ const std::vector<Case>& cases() {
       {2, 1, 1, 2, Recompute::full, 1, false, true, 2, 1},
       {2, 1, 1, 3, Recompute::none, 1, false, false, 2, 2},
       {2, 1, 1, 3, Recompute::selective, 1, false, true, 2, 1, true},
+      {2, 1, 1, 2, Recompute::none, 1, false, false, 2, 2, false, false},
       {1, 2, 1, 0, Recompute::none, 1, true, true, 2, 1},
       {1, 1, 2, 0, Recompute::selective, 1, false, false, 2, 4},
       // 4 ranks
@@ -143,6 +146,7 @@ const std::vector<Case>& cases() {
       {2, 1, 2, 2, Recompute::selective, 1, false, false, 2, 3},
       {2, 1, 2, 3, Recompute::none, 1, false, true, 2, 2},
       {2, 1, 2, 3, Recompute::full, 1, false, false, 2, 2, true},
+      {2, 1, 2, 2, Recompute::selective, 1, false, true, 2, 2, false, false},
       {1, 2, 2, 0, Recompute::none, 1, true, false, 2, 4},
       {1, 2, 2, 0, Recompute::full, 2, false, true, 2, 2},
       {1, 4, 1, 0, Recompute::selective, 1, true, false, 2, 1},
@@ -179,6 +183,7 @@ TEST(Plan, PredictsEachRanksPeakMemoryWithinTenPercent) {
     par.pp = c.pp;
     par.sequence_parallel = c.sp;
     par.keep_gathered = c.keep_gathered;
+    par.overlap = c.overlap;
     {
       Trainer t(m, tc, case_data(cfg), nullptr, g, par);
       for (int i = 0; i < 2; ++i) t.step();

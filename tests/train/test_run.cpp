@@ -259,10 +259,11 @@ TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {
             0u);
 }
 
-// n_head given alone keeps a model with full attention full (n_kv_head follows it), where it
+// Setting n_head on a model with full attention keeps it full (n_kv_head follows it), where it
 // once stayed the preset's count: GPT-2 with 24 heads became grouped-query with 12 kv heads,
-// and with 16 heads an error about a key the user never set. A grouped-query preset keeps its
-// kv heads, and n_kv_head given, before or after, is what it says.
+// and with 16 heads an error about a key the user never set. A grouped-query model keeps its
+// kv heads (however it got them: a config read whole, then an override), and n_kv_head given,
+// before or after, is what it says.
 TEST(RunConfig, NHeadAloneKeepsFullAttentionFull) {
   auto model_of = [](std::vector<std::string> args) {
     return parse_run_args(args).config.model;
@@ -272,6 +273,13 @@ TEST(RunConfig, NHeadAloneKeepsFullAttentionFull) {
   EXPECT_EQ(model_of({"--model", "llama-1B", "--n-head", "16"}).n_kv_head, 4);
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "4", "--n-head", "24"}).n_kv_head, 4);
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "24", "--n-kv-head", "6"}).n_kv_head, 6);
+  RunConfig read = RunConfig::from_json(R"({"model": {"n_head": 8, "n_kv_head": 2}})");
+  ASSERT_TRUE(read.model_keys_given.empty());
+  model_settings().find("n_head")->set(&read.model, int64_t(16));
+  EXPECT_EQ(read.model.n_kv_head, 2);  // grouped-query stays
+  RunConfig full = RunConfig::from_json(R"({"model": {"n_head": 16, "n_kv_head": 16}})");
+  model_settings().find("n_head")->set(&full.model, int64_t(32));
+  EXPECT_EQ(full.model.n_kv_head, 32);
   const std::string error = test::error_of([] {
     parse_run_args({"--model", "llama-1B", "--n-head", "2"}).config.model.validate();
   });

@@ -45,8 +45,9 @@ class CheckpointWriter {
  public:
   /// Collective. Creates ROOT/step-… . A committed checkpoint of the same step stays whole and
   /// readable until this one commits: the new one is written to ROOT/step-….new and takes its
-  /// place in publish() (an interrupted replacement leaves the old one, and its debris is
-  /// removed by the next save).
+  /// place in publish(), by one atomic exchange where the filesystem has it. Without (NFS), the
+  /// old one moves aside to step-….old first; a crash between the renames leaves the step
+  /// beside its name, where CheckpointReader::find reads it and the next save puts it back.
   CheckpointWriter(std::string root, int64_t step, Communicator* comm);
   /// This rank's elements [lo, lo + part.numel()) of a tensor of `numel` elements (f32),
   /// flattened; `shape` (optional) is its logical shape, recorded in the manifest. The ranks'

@@ -98,6 +98,8 @@ struct Layout {
   int64_t micro_batch = 1, grad_accum = 1;
   int64_t bucket_bytes = int64_t(8) << 20;  ///< ParallelConfig's
   bool keep_gathered = false;  ///< ParallelConfig's (ZeRO 3 only)
+  /// ParallelConfig's: reductions during the backward (GPU ranks with tp or pp never do).
+  bool overlap = true;
   int world() const { return dp * tp * pp; }
   /// "dp 2 × tp 2 × pp 2, ZeRO 1, recompute selective, sp, micro-batch 4 × 8"
   std::string str() const;
@@ -164,10 +166,11 @@ struct PlanRequest {
   int64_t global_batch = 0;  ///< sequences per step (0: 8 per device)
   /// Memory kept free of the device's (fragmentation, the runtime's own): the fraction usable.
   double usable_fraction = 0.9;
-  /// The run's data-parallel settings every layout keeps (ParallelConfig's): bucket size, and
-  /// ZeRO 3 keeping each block's gathered weights from its forward to its backward.
+  /// The run's data-parallel settings every layout keeps (ParallelConfig's): bucket size, ZeRO
+  /// 3 keeping each block's gathered weights from its forward to its backward, and overlap.
   int64_t bucket_bytes = int64_t(8) << 20;
   bool keep_gathered = false;
+  bool overlap = true;
 };
 
 struct PlanEntry {
