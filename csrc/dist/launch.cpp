@@ -112,13 +112,19 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     info.rank = required(env, v.rank, l, "it is set");
     info.world_size = required(env, v.size, l, because.c_str());
     info.local_rank = required(env, v.local, l, because.c_str());
-    // SLURM_NTASKS_PER_NODE is one number only for homogeneous jobs ("4"); "2(x3)" or a list
-    // leaves the count unknown (0), as does an unset variable.
-    const char* per_node = env(v.local_size);
+    // srun: the step's tasks per node (SLURM_STEP_TASKS_PER_NODE; the job's
+    // SLURM_NTASKS_PER_NODE where a step does not say), one number only for homogeneous steps
+    // ("4"); "2(x3)" or a list leaves the count unknown (0), as does an unset variable.
+    const char* local_size = v.local_size;
+    if (v.launcher == Launcher::srun) {
+      const char* step_per_node = env("SLURM_STEP_TASKS_PER_NODE");
+      if (step_per_node && *step_per_node) local_size = "SLURM_STEP_TASKS_PER_NODE";
+    }
+    const char* per_node = env(local_size);
     const bool plain = per_node && *per_node &&
                        std::string(per_node).find_first_not_of("0123456789") == std::string::npos;
     info.local_world_size =
-        v.launcher == Launcher::srun && !plain ? 0 : int_var(env, v.local_size, l).value_or(0);
+        v.launcher == Launcher::srun && !plain ? 0 : int_var(env, local_size, l).value_or(0);
     check_ranks(info, v.rank, v.size, v.local);
     if (info.launcher == Launcher::srun && info.world_size > 1) {
       // srun starts the tasks itself; MPI can only wire them up through srun's PMI plugin. With

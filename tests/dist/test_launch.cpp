@@ -98,6 +98,14 @@ TEST(Launch, Slurm) {
                     {"SLURM_NTASKS_PER_NODE", "2(x2),1"}})
                 .local_world_size,
             0);
+  // A step of 2 in an allocation of 4 a node: the step's count per node, not the job's.
+  EXPECT_EQ(launch({{"SLURM_PROCID", "1"},
+                    {"SLURM_STEP_NUM_TASKS", "2"},
+                    {"SLURM_LOCALID", "1"},
+                    {"SLURM_NTASKS_PER_NODE", "4"},
+                    {"SLURM_STEP_TASKS_PER_NODE", "2"}})
+                .local_world_size,
+            2);
   // An allocation's own shell (an sbatch script, salloc) carries SLURM_PROCID 0 and the job's
   // SLURM_NTASKS but no step: one process, not rank 0 of 4 waiting for 3 that never come.
   const LaunchInfo batch = launch({{"SLURM_PROCID", "0"},

@@ -4,8 +4,8 @@
 //   torchrun-style  RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (also what a test or a
 //                   hand-written script sets; LOCAL_WORLD_SIZE when present)
 //   mpirun (Open MPI)  OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
-//   srun (Slurm)    SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID (SLURM_NTASKS_PER_NODE when
-//                   it is one number); an allocation's shell (sbatch, salloc: SLURM_PROCID
+//   srun (Slurm)    SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID (SLURM_STEP_TASKS_PER_NODE,
+//                   else SLURM_NTASKS_PER_NODE, when it is one number); an allocation's shell (sbatch, salloc: SLURM_PROCID
 //                   without the step's SLURM_STEP_NUM_TASKS) is a single process. With
 //                   MASTER_ADDR and MASTER_PORT the ranks meet over TCP as
 //                   torchrun-style ones do, else over MPI, which needs srun's PMIx plugin
