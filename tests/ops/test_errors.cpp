@@ -43,10 +43,19 @@ TEST_P(OpErrorTest, MatmulShapeMismatch) {
                {"cannot accumulate"});
 }
 
+// The backends whose products launch a grid: the CUDA ones, real or emulated (the CPU's call BLAS).
+class GridOpErrorTest : public OpErrorTest {};
+std::vector<std::string> grid_backends() {
+  std::vector<std::string> r;
+  for (const auto& name : backends()) {
+    if (name.rfind("cuda", 0) == 0) r.push_back(name);
+  }
+  return r;
+}
+
 // A product of more rows than a launch's grid.y holds row tiles of (65535 tiles of at most 128
-// rows) is refused before its launch, on CUDA backends, with the largest row chunk that would run.
-TEST_P(OpErrorTest, MatmulWithMoreRowTilesThanALaunchHolds) {
-  if (cpu()) GTEST_SKIP() << "the CPU backend's products have no grid";
+// rows) is refused before its launch, with the largest row chunk that would run.
+TEST_P(GridOpErrorTest, MatmulWithMoreRowTilesThanALaunchHolds) {
   const int64_t rows = int64_t(65535) * 128 + 1;  // one tile too many for the largest tiles
   expect_error([&] {
                  be->matmul(act({rows, 1}), act({1, 1}), Tensor(), act({rows, 1}),
@@ -205,6 +214,9 @@ TEST(BackendRegistry, ACudaBackendTakesADeviceIndex) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ops, OpErrorTest, ::testing::ValuesIn(backends()),
+                         [](const auto& info) { return sanitize_name(info.param); });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(GridOpErrorTest);
+INSTANTIATE_TEST_SUITE_P(Ops, GridOpErrorTest, ::testing::ValuesIn(grid_backends()),
                          [](const auto& info) { return sanitize_name(info.param); });
 
 }  // namespace
