@@ -492,6 +492,47 @@ void make_directories(const fs::path& dir) {
   NURI_CHECK(!ec, "cannot make the directory ", dir.string(), ": ", ec.message());
 }
 
+// A run that starts fresh (nothing resumed) in an out holding an earlier run's results (metrics
+// recorded, or a model written) would replace them: they move into out/earlier-N, the first N
+// free, and the line returned says so ("": nothing to move). The ledger moves with them where it
+// lives in out, so the new run's steps are not counted as redone work of the earlier one.
+std::string move_earlier_run_aside(const fs::path& out, bool ledger_in_out) {
+  std::error_code ec;
+  const fs::path metrics = out / "metrics.jsonl";
+  int64_t last_step = 0;
+  if (std::ifstream in(metrics); in.good()) {
+    for (std::string line; std::getline(in, line);) {
+      try {
+        last_step = std::max(last_step,
+                             json_checked::integer(nlohmann::json::parse(line).at("step")));
+      } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
+      }
+    }
+  }
+  const bool model = fs::exists(out / "model.safetensors", ec);
+  if (last_step == 0 && !model) return "";
+  fs::path aside;
+  for (int n = 1;; ++n) {
+    aside = out / ("earlier-" + std::to_string(n));
+    if (!fs::exists(aside, ec)) break;
+  }
+  make_directories(aside);
+  std::vector<std::string> names = {"config.json", "metrics.jsonl", "model.safetensors",
+                                    "sample.txt", "loss.png"};
+  if (ledger_in_out) names.push_back("ledger.jsonl");
+  for (const auto& name : names) {
+    if (!fs::exists(out / name, ec)) continue;
+    fs::rename(out / name, aside / name, ec);
+    NURI_CHECK(!ec, "cannot move ", (out / name).string(), " to ", aside.string(),
+               " (this run starts fresh in ", out.string(), ", which holds an earlier run's ",
+               "results): ", ec.message());
+  }
+  return "run directory: an earlier run's results (" +
+         (last_step > 0 ? "metrics to step " + std::to_string(last_step) : std::string()) +
+         (last_step > 0 && model ? ", " : "") + (model ? "its model" : "") + ") moved to " +
+         aside.string() + ", since this run starts fresh";
+}
+
 }  // namespace
 
 // checkpoint.init's model: the file's. A run that gives a model (a preset, or model keys) must
@@ -775,6 +816,18 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // The ledger of allocations, in the checkpoint directory (else the run directory), and the
   // most steps an earlier allocation reached (steps up to it are redone work).
   const std::string ledger_dir = !cfg.checkpoint.dir.empty() ? cfg.checkpoint.dir : cfg.out;
+  if (!cfg.out.empty() && !resuming) {
+    std::string moved, failed;
+    if (lead) {
+      try {
+        moved = move_earlier_run_aside(cfg.out, ledger_dir == cfg.out);
+      } catch (const Error& e) {
+        failed = e.what();
+      }
+    }
+    agree(pg, failed, "cannot move an earlier run's results out of the way (its output says why)");
+    if (!moved.empty()) out.line(moved);
+  }
   int64_t reached = ledger_dir.empty() ? 0 : RunLedger::steps_reached(ledger_dir);
   int64_t redone_steps = 0, steps_from = 0;
   RunLedger ledger;  // started once the run can start (below): a run that cannot leaves none

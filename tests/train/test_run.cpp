@@ -85,6 +85,59 @@ std::string config_error_of(const RunConfig& cfg) {
   return std::string("no ConfigError");
 }
 
+// A run starting fresh in an out that holds an earlier run's results moves them into
+// out/earlier-N (the first N free) rather than replacing them; one that resumes keeps its own.
+TEST(Run, AFreshRunMovesAnEarlierRunsResultsAside) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.out = (t.path / "run").string();
+  c.train.steps = 3;
+  c.sample.max_new_tokens = 0;
+  Captured first;
+  ASSERT_EQ(run_training(c, first.hooks()).status, kRunDone) << first.text;
+  EXPECT_EQ(first.text.find("earlier"), std::string::npos);
+  const auto first_metrics = read_metrics(t.path / "run" / "metrics.jsonl");
+  const uintmax_t model_bytes = fs::file_size(t.path / "run" / "model.safetensors");
+  // Another seed, two steps, in the same out: the first run's files move to earlier-1.
+  RunConfig d = c;
+  d.train.seed = c.train.seed + 1;
+  d.train.steps = 2;
+  Captured second;
+  ASSERT_EQ(run_training(d, second.hooks()).status, kRunDone) << second.text;
+  const fs::path e1 = t.path / "run" / "earlier-1";
+  EXPECT_NE(second.text.find("run directory: an earlier run's results (metrics to step 3, its "
+                             "model) moved to " + e1.string() + ", since this run starts fresh"),
+            std::string::npos) << second.text;
+  EXPECT_EQ(read_metrics(e1 / "metrics.jsonl"), first_metrics);
+  EXPECT_EQ(fs::file_size(e1 / "model.safetensors"), model_bytes);
+  EXPECT_TRUE(fs::exists(e1 / "config.json"));
+  EXPECT_TRUE(fs::exists(e1 / "ledger.jsonl"));  // the ledger lives in out without a ckpt dir
+  const auto second_metrics = read_metrics(t.path / "run" / "metrics.jsonl");
+  ASSERT_EQ(second_metrics.size(), 2u);
+  EXPECT_NE(second_metrics[0]["loss"], first_metrics[0]["loss"]);  // the other seed's run
+  // The ledger's new allocation counts no step as redone work of the earlier run.
+  std::ifstream ledger(t.path / "run" / "ledger.jsonl");
+  std::string last;
+  for (std::string line; std::getline(ledger, line);) last = line;
+  EXPECT_EQ(nlohmann::json::parse(last)["redone_steps"], 0) << last;
+  // A third fresh start: earlier-2, earlier-1 untouched.
+  Captured third;
+  ASSERT_EQ(run_training(d, third.hooks()).status, kRunDone) << third.text;
+  EXPECT_EQ(read_metrics(t.path / "run" / "earlier-2" / "metrics.jsonl"), second_metrics);
+  EXPECT_EQ(read_metrics(e1 / "metrics.jsonl"), first_metrics);
+  // A run that resumes moves nothing: its metrics go on.
+  RunConfig r = d;
+  r.checkpoint.dir = (t.path / "ck").string();
+  Captured fourth, fifth;
+  ASSERT_EQ(run_training(r, fourth.hooks()).status, kRunDone) << fourth.text;
+  EXPECT_NE(fourth.text.find("earlier-3"), std::string::npos);
+  r.train.steps = 3;
+  ASSERT_EQ(run_training(r, fifth.hooks()).status, kRunDone) << fifth.text;
+  EXPECT_EQ(fifth.text.find("earlier"), std::string::npos) << fifth.text;
+  EXPECT_FALSE(fs::exists(t.path / "run" / "earlier-4"));
+  EXPECT_EQ(read_metrics(t.path / "run" / "metrics.jsonl").size(), 3u);
+}
+
 TEST(Run, WritesTheRunDirectoryAndReportsEachStep) {
   TempDir t;
   RunConfig c = tiny(t.path);
