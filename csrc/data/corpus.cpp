@@ -27,7 +27,8 @@ bool is_token_file(const std::string& path) {
   in.read(head, 6);
   int32_t magic = 0;
   std::memcpy(&magic, head, 4);
-  return std::memcmp(head, "\x93NUMPY", 6) == 0 || magic == kTokenFileMagic;
+  return std::memcmp(head, "\x93NUMPY", 6) == 0 || magic == kTokenFileMagic ||
+         magic == kTokenFileMagicWide;
 }
 
 const std::vector<std::string>& data_formats() {
@@ -74,8 +75,8 @@ std::shared_ptr<TokenFile> read_data(const std::string& path, int64_t vocab_size
   }
   const std::string ext = fs::path(path).extension().string();
   NURI_CHECK(format == "text" || (ext != ".bin" && ext != ".npy"), path,
-             ": a ", ext, " file without llm.c's header (magic ", kTokenFileMagic,
-             ") or .npy's; if it is a headerless token array (nanoGPT's prepare.py writes "
+             ": a ", ext, " file without llm.c's header (magic ", kTokenFileMagic, " or ",
+             kTokenFileMagicWide, ") or .npy's; if it is a headerless token array (nanoGPT's prepare.py writes "
              "uint16 ones), say so with data.format = \"uint16\" (or \"uint32\"); if it is "
              "text, data.format = \"text\"");
   std::stringstream ss;

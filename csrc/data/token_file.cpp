@@ -130,7 +130,8 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
   int32_t magic = 0;
   if (bytes >= 4) std::memcpy(&magic, base, 4);
   const bool npy = bytes >= 6 && std::memcmp(base, "\x93NUMPY", 6) == 0;
-  NURI_CHECK(!npy && magic != kTokenFileMagic, path, " starts with ",
+  NURI_CHECK(!npy && magic != kTokenFileMagic && magic != kTokenFileMagicWide, path,
+             " starts with ",
              npy ? "a .npy header" : "the header of a token file (llm.c's .bin)",
              ", and data.format says headerless uint", 8 * width,
              " tokens; read it with data.format auto (or npy, llmc)");
@@ -208,16 +209,33 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
                "-byte header of a token file: truncated, or not a token file");
     int32_t header[3];
     std::memcpy(header, base, sizeof(header));
-    NURI_CHECK(header[0] == kTokenFileMagic, path, ": bad magic ", header[0],
-               " at offset 0 (a token file starts with ", kTokenFileMagic,
-               "; .npy files start with \\x93NUMPY)");
-    NURI_CHECK(header[1] == 1 || header[1] == 2, path, ": unsupported version ", header[1],
-               " at offset 4 (1 = uint16 tokens, 2 = uint32 tokens)");
+    NURI_CHECK(header[0] == kTokenFileMagic || header[0] == kTokenFileMagicWide, path,
+               ": bad magic ", header[0], " at offset 0 (a token file starts with ",
+               kTokenFileMagic, " or ", kTokenFileMagicWide, "; .npy files start with \\x93NUMPY)");
+    if (header[0] == kTokenFileMagic) {
+      NURI_CHECK(header[1] == 1 || header[1] == 2, path, ": unsupported version ", header[1],
+                 " at offset 4 (with magic ", kTokenFileMagic,
+                 ": 1 = uint16 tokens, 2 = uint32 tokens)");
+    } else {
+      NURI_CHECK(header[1] == kTokenFileVersionWide, path, ": unsupported version ", header[1],
+                 " at offset 4 (with magic ", kTokenFileMagicWide, ": ", kTokenFileVersionWide,
+                 " = uint32 tokens)");
+    }
     NURI_CHECK(header[2] >= 0, path, ": negative token count ", header[2], " at offset 8");
-    f->wide_ = header[1] == 2;
+    f->wide_ = header[0] == kTokenFileMagicWide || header[1] == 2;
     f->n_ = header[2];
     f->data_offset_ = kTokenFileHeaderBytes;
     elem = f->wide_ ? 4 : 2;
+    check_fits(path, bytes, f->data_offset_, f->n_, elem);
+    // What llm.c's reader checks too: nothing after the counted tokens.
+    const int64_t extra = int64_t(bytes) - f->data_offset_ - f->n_ * elem;
+    NURI_CHECK(extra == 0, path, ": ", extra, " bytes follow the ", f->n_, " uint", 8 * elem,
+               " tokens its header counts (a ", f->data_offset_ + f->n_ * elem,
+               "-byte file): several token files joined into one (give their directory, or each "
+               "one, instead), or a header naming another token width (",
+               extra == f->n_ * elem ? "this file is the size uint32 tokens would make; " : "",
+               "magic ", kTokenFileMagicWide, " version ", kTokenFileVersionWide,
+               " is llm.c's header for uint32 tokens)");
   }
   check_fits(path, bytes, f->data_offset_, f->n_, elem);
   if (f->wide_) {
@@ -330,8 +348,8 @@ void write_token_file(const std::string& path, const std::vector<uint32_t>& toke
              " tokens do not fit the int32 count of the header; split the data into shards");
   const bool wide = std::any_of(tokens.begin(), tokens.end(), [](uint32_t t) { return t > 0xffff; });
   int32_t header[256] = {};
-  header[0] = kTokenFileMagic;
-  header[1] = wide ? 2 : 1;
+  header[0] = wide ? kTokenFileMagicWide : kTokenFileMagic;
+  header[1] = wide ? kTokenFileVersionWide : 1;
   header[2] = int32_t(tokens.size());
   struct stat st{};
   NURI_CHECK(::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode), "write_token_file: ", path,

@@ -252,7 +252,8 @@ class _ShardWriter:
             return
         name = f"{self.prefix}_{len(self.files):06d}.bin"
         header = np.zeros(256, dtype=np.int32)
-        header[:3] = (20240520, 1 if self.dtype == np.uint16 else 2, self.held)
+        # llm.c's headers: uint16 tokens under 20240520 version 1, uint32 under 20240801 version 7
+        header[:3] = ((20240520, 1) if self.dtype == np.uint16 else (20240801, 7)) + (self.held,)
         path = os.path.join(self.out_dir, name)
         with open(path + ".tmp", "wb") as f:
             f.write(header.tobytes())

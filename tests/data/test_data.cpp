@@ -45,11 +45,62 @@ TEST(TokenFile, RoundTripsUint16AndUint32) {
   EXPECT_EQ(fs::file_size(p16), size_t(1024 + 4 * 2));  // version 1: uint16
   ASSERT_EQ(f32->size(), 3);
   EXPECT_EQ(f32->at(1), 70000u);
-  EXPECT_EQ(fs::file_size(p32), size_t(1024 + 3 * 4));  // version 2: uint32
+  EXPECT_EQ(fs::file_size(p32), size_t(1024 + 3 * 4));  // uint32
   int32_t out[2];
   f32->read(1, 2, out);
   EXPECT_EQ(out[0], 70000);
   EXPECT_EQ(out[1], 3);
+  // The headers are llm.c's: GPT-2's (20240520, version 1) and Llama 3's (20240801, version 7).
+  auto header = [](const std::string& p) {
+    std::vector<int32_t> h(3);
+    std::ifstream(p, std::ios::binary).read(reinterpret_cast<char*>(h.data()), 12);
+    return h;
+  };
+  EXPECT_EQ(header(p16), (std::vector<int32_t>{20240520, 1, 4}));
+  EXPECT_EQ(header(p32), (std::vector<int32_t>{20240801, 7, 3}));
+}
+
+// A header over its tokens, written here byte by byte as llm.c's data_common.py lays it out.
+std::string llmc_file(int32_t magic, int32_t version, int32_t count, const std::string& tokens) {
+  std::vector<int32_t> h(256, 0);
+  h[0] = magic;
+  h[1] = version;
+  h[2] = count;
+  return std::string(reinterpret_cast<const char*>(h.data()), 1024) + tokens;
+}
+
+// Files from earlier nuri builds (20240520 with version 2 over uint32 tokens) are still read;
+// bytes past the counted tokens are refused, so joined files and a header naming the wrong
+// width cannot pass as other tokens.
+TEST(TokenFile, ReadsEveryHeaderItWroteAndRefusesBytesPastItsTokens) {
+  const std::string p = temp_path("llmc.bin");
+  const uint32_t wide[3] = {128000, 5, 128255};
+  const std::string wide_bytes(reinterpret_cast<const char*>(wide), 12);
+  for (auto [magic, version] : {std::pair{20240801, 7}, std::pair{20240520, 2}}) {
+    write_bytes(p, llmc_file(magic, version, 3, wide_bytes));
+    auto f = TokenFile::open(p, 128256);
+    ASSERT_EQ(f->size(), 3) << magic;
+    EXPECT_EQ(f->at(0), 128000u);
+    EXPECT_EQ(f->at(2), 128255u);
+    EXPECT_TRUE(is_token_file(p)) << magic;
+  }
+  write_bytes(p, llmc_file(20240801, 1, 3, wide_bytes));
+  EXPECT_NE(error_of([&] { TokenFile::open(p); })
+                .find("unsupported version 1 at offset 4 (with magic 20240801: 7 = uint32"),
+            std::string::npos);
+  // uint32 tokens under a uint16 header: the file is twice what the header counts.
+  write_bytes(p, llmc_file(20240520, 1, 3, wide_bytes));
+  std::string e = error_of([&] { TokenFile::open(p); });
+  EXPECT_NE(e.find("llmc.bin: 6 bytes follow the 3 uint16 tokens its header counts (a 1030-byte "
+                   "file)"), std::string::npos) << e;
+  EXPECT_NE(e.find("this file is the size uint32 tokens would make"), std::string::npos) << e;
+  // Two files joined: the second's header and tokens follow the first's.
+  const std::string one = llmc_file(20240520, 1, 2, std::string("\x01\x00\x02\x00", 4));
+  write_bytes(p, one + one);
+  e = error_of([&] { TokenFile::open(p); });
+  EXPECT_NE(e.find("1028 bytes follow the 2 uint16 tokens"), std::string::npos) << e;
+  EXPECT_NE(e.find("several token files joined into one"), std::string::npos) << e;
+  EXPECT_EQ(e.find("the size uint32 tokens would make"), std::string::npos) << e;
 }
 
 TEST(TokenFile, WritingToADirectoryIsRefusedAndLeavesNothing) {

@@ -1,7 +1,10 @@
 // Token files, memory-mapped. Three formats:
-//  - llm.c's layout: a header of 256 int32 (magic 20240520, version, token count) then the
-//    tokens. Version 1 holds uint16 tokens (as llm.c writes them); version 2 holds uint32 tokens
-//    (llm.c's choice for vocabularies of 65536 or more, e.g. Llama 3; nuri follows it).
+//  - llm.c's layout: a header of 256 int32 (magic, version, token count) then exactly that many
+//    tokens. Magic 20240520 version 1 holds uint16 tokens (llm.c's GPT-2 files); magic 20240801
+//    version 7 holds uint32 tokens (llm.c's Llama 3 files, and what nuri writes for vocabularies
+//    of 65536 or more); magic 20240520 version 2 with uint32 tokens is read too (what earlier
+//    nuri builds wrote). Bytes past the counted tokens are an error: several files concatenated, or a
+//    header naming the wrong width, which would otherwise read as other tokens.
 //  - a 1-D NumPy .npy array of any integer type (little-endian, C order): uint16 and uint32
 //    mapped as they are, the others (int8 .. int64, uint8, uint64) read and converted, every
 //    value checked to be a token id (not negative, below 2^32).
@@ -19,7 +22,9 @@
 
 namespace nuri {
 
-constexpr int32_t kTokenFileMagic = 20240520;
+constexpr int32_t kTokenFileMagic = 20240520;      // llm.c's uint16 files (version 1)
+constexpr int32_t kTokenFileMagicWide = 20240801;  // llm.c's uint32 files (version 7)
+constexpr int32_t kTokenFileVersionWide = 7;
 /// The target id the loss skips (the model's cross-entropy ignore index).
 constexpr int32_t kIgnoreIndex = -100;
 constexpr int64_t kTokenFileHeaderBytes = 256 * 4;
@@ -93,7 +98,8 @@ class TokenFile {
   mutable std::atomic<int64_t> checked_below_{0};
 };
 
-/// Writes tokens in llm.c's layout: version 1 (uint16) when every id fits, else version 2.
+/// Writes tokens in llm.c's layout: uint16 (20240520, version 1) when every id fits, else
+/// uint32 (20240801, version 7).
 void write_token_file(const std::string& path, const std::vector<uint32_t>& tokens);
 
 /// Byte-level tokenizer: ids 0..255 are bytes, 256 is end-of-text. vocab_size() = 257.
