@@ -1,6 +1,8 @@
 // The communicator factory and the one-process communicator.
 #include "nuri/dist/communicator.h"
 
+#include <cmath>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -224,6 +226,15 @@ std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communica
   NURI_CHECK(false, "data parallelism on ", backend.name(), " needs the NCCL communicator, and "
              "this build of nuri has none (NCCL was not found when it was configured)");
 #endif
+}
+
+double norm_over_ranks(Communicator& host, double norm) {
+  Tensor mine = Tensor::empty({1}, DType::f32), all = Tensor::empty({host.size()}, DType::f32);
+  mine.data<float>()[0] = float(norm);
+  host.all_gather(mine, all);
+  double sq = 0;
+  for (int r = 0; r < host.size(); ++r) sq += double(all.data<float>()[r]) * all.data<float>()[r];
+  return std::sqrt(sq);
 }
 
 }  // namespace nuri

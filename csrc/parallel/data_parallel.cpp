@@ -543,10 +543,7 @@ void DataParallel::finish_gradients() {
 
 float DataParallel::global_norm(float shard_norm) {
   if (progress_) progress_->wait();
-  Tensor sq = Tensor::empty({1}, DType::f32);
-  sq.data<float>()[0] = shard_norm * shard_norm;
-  comm_->host_communicator()->all_reduce(sq, ReduceOp::sum);
-  return std::sqrt(sq.data<float>()[0]);
+  return float(norm_over_ranks(*comm_->host_communicator(), shard_norm));
 }
 
 void DataParallel::gather_parameters(Transformer& model) {

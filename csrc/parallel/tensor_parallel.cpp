@@ -52,13 +52,9 @@ void TensorParallel::reduce_scatter(const Tensor& in, const Tensor& out) {
   stats_.reduce_scatter_bytes += in.nbytes();
 }
 
-double TensorParallel::sum_over_group(double x) {
-  Tensor t = Tensor::empty({1}, DType::f32);
-  // f32 is enough: it sums the group's squared norms, read as a float on every rank anyway.
-  t.data<float>()[0] = float(x);
-  host_->all_reduce(t, ReduceOp::sum);
+double TensorParallel::norm_over_group(double norm) {
   ++stats_.scalar_calls;
-  return double(t.data<float>()[0]);
+  return norm_over_ranks(*host_, norm);
 }
 
 GridGroups make_grid_groups(const std::shared_ptr<Communicator>& world, int tp, int pp) {

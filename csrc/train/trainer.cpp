@@ -502,15 +502,11 @@ StepStats Trainer::step() {
   if (tp.size > 1) {
     float whole_norm = stats.data<float>()[g + 1];
     if (dp_ && dp_->zero_stage() >= 2) whole_norm = dp_->global_norm(whole_norm);
-    const double split_sq = model_.tensor_parallel_hooks()->sum_over_group(
-        double(s.grad_norm) * double(s.grad_norm));
-    s.grad_norm = float(std::sqrt(split_sq + double(whole_norm) * double(whole_norm)));
+    const double split = model_.tensor_parallel_hooks()->norm_over_group(s.grad_norm);
+    s.grad_norm = float(std::hypot(split, double(whole_norm)));
   }
   if (pp_) {  // each stage's parameters are its own: the squares summed over the stages
-    Tensor sq = Tensor::empty({1}, DType::f32);
-    sq.data<float>()[0] = s.grad_norm * s.grad_norm;
-    pp_->all_reduce(sq);
-    s.grad_norm = std::sqrt(sq.data<float>()[0]);
+    s.grad_norm = float(norm_over_ranks(*pp_, s.grad_norm));
   }
   s.step = ++step_;
   const auto nothing = [](double share) { return share == 0; };
@@ -858,6 +854,12 @@ const std::string& Trainer::data_fingerprint() const {
   return data_fingerprint_;
 }
 
+// ZeRO 3's units kept gathered (keep_gathered: an evaluation or a skipped update leaves them)
+// hold the weights of before a load; the next forward must gather the loaded ones.
+void Trainer::weights_replaced() {
+  if (dp_ && dp_->zero_stage() == 3) dp_->gather_parameters(model_);
+}
+
 std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   finish_checkpoint();
   CheckpointReader r(path);
@@ -957,6 +959,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
   });
   model_.load_held_weights(held);
+  weights_replaced();
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
   std::map<std::string, int64_t> logical_offset;  // each parameter's place in the tp = 1 layout
   int64_t logical_total = 0;
@@ -1057,6 +1060,7 @@ void Trainer::load_model_file(const std::string& path) {
                w[i], " (not finite): a model saved from a run that diverged, or a damaged file");
   }
   model_.load_held_weights(held);
+  weights_replaced();
   model_.backend().synchronize();
 }
 

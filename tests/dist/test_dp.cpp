@@ -14,16 +14,20 @@
 // run's loss falls by more than 0.5).
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include "dist_util.h"
 #include "test_util.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <tuple>
 #include <vector>
 
+#include "nuri/ckpt/checkpoint.h"
 #include "nuri/data/token_file.h"
 #include "nuri/dist/communicator.h"
 #include "nuri/dist/launch.h"
@@ -313,6 +317,40 @@ namespace {
 //            embedding at its end. S is "up to 2B + E"; for stage 2 the test takes a deep, narrow
 //            model whose buckets are small next to Ψ/N.
 // (GPU ranks, where the masters are optimizer state and sharded with it: test_dp_device.cpp.)
+// ZeRO 3 keeping its units gathered: weights loaded from a checkpoint or a model file replace
+// the units an evaluation left gathered, so the next evaluation and step compute with the loaded
+// weights (they went on with the old ones, silently, before).
+TEST(Zero, LoadedWeightsReplaceTheUnitsKeptGathered) {
+  std::shared_ptr<Communicator> comm = world();
+  const std::string root = std::filesystem::temp_directory_path().string() + "/nuri_dp_keep_" +
+                           std::to_string(::getppid());
+  const std::string file = root + "/model.safetensors";
+  if (comm->rank() == 0) std::filesystem::remove_all(root);
+  comm->barrier();
+  ParallelConfig par;
+  par.zero_stage = 3;
+  par.keep_gathered = true;
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 7);
+  Trainer t(m, config(1), text_data(), text_data(), comm, par);
+  t.step();
+  const float at_one = t.evaluate();
+  t.save_checkpoint(root);
+  t.save_model(file);
+  const float after_step = t.step().loss;
+  t.step();
+  const float at_three = t.evaluate();  // leaves every unit gathered
+  ASSERT_NE(at_three, at_one);
+  t.load_checkpoint(CheckpointReader::find(root));
+  EXPECT_EQ(t.evaluate(), at_one);
+  EXPECT_EQ(t.step().loss, after_step);  // step 2 again, from step 1's weights
+  t.step();
+  t.evaluate();
+  t.load_model_file(file);
+  EXPECT_EQ(t.evaluate(), at_one);
+  comm->barrier();
+  if (comm->rank() == 0) std::filesystem::remove_all(root);
+}
+
 TEST(Zero, GradientAndOptimizerBytesFollowTheFormula) {
   std::shared_ptr<Communicator> comm = world();
   const int n = comm->size();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -64,6 +65,22 @@ TEST(MpiWorld, MatchesTheLauncher) {
   if (const char* want = std::getenv("NURI_TEST_EXPECT_LAUNCHER")) {
     EXPECT_EQ(std::string(launcher_name(info.launcher)), want);
   }
+}
+
+// The gradient norm over ranks: norms whose squares overflow f32 (1e20² > 3.4e38) still sum
+// to a finite norm, the one a single process (f64 squares) gets.
+TEST(MpiNorms, ANormOverRanksSquaresInF64) {
+  Communicator& c = world();
+  const int p = c.size();
+  const double each = 1e20 * double(c.rank() + 1);
+  double want = 0;
+  for (int r = 0; r < p; ++r) {
+    const double sent = double(float(1e20 * (r + 1)));  // what each rank's norm is as an f32
+    want += sent * sent;
+  }
+  const double got = norm_over_ranks(c, each);
+  EXPECT_TRUE(std::isfinite(got));
+  EXPECT_EQ(got, std::sqrt(want));
 }
 
 TEST_P(Mpi, AllReduceSumsAndAverages) {

@@ -133,6 +133,12 @@ ProcessGroup init_process_group(const CommOptions& opt = {});
 std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communicator> host,
                                                        Backend& backend);
 
+/// The root of the sum over host's ranks of norm² (norms of disjoint parts of the gradients):
+/// each rank's norm gathered and squared in f64, summed in rank order, so every rank gets the
+/// same number and no finite f32 norm overflows (its square in f32 would, above ~1.8e19).
+/// Collective over host, a communicator of host tensors.
+double norm_over_ranks(Communicator& host, double norm);
+
 /// Whether this build has the MPI communicator.
 bool have_mpi();
 /// Whether this build has the NCCL communicator (real, or emulated in the emulated CUDA build).

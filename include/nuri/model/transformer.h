@@ -145,8 +145,9 @@ class TensorParallelHooks {
   /// Sequence parallelism: in [size · n] (partial sums) -> out [n], the group's sum of chunk
   /// rank() (a row-parallel product's output, a column-parallel product's input gradient).
   virtual void reduce_scatter(const Tensor& in, const Tensor& out) = 0;
-  /// A host number summed over the group (the split parameters' share of the gradient norm).
-  virtual double sum_over_group(double x) = 0;
+  /// The root of the group's sum of norm² (the split parameters' share of the gradient norm),
+  /// in f64: norm_over_ranks.
+  virtual double norm_over_group(double norm) = 0;
   /// Before the host reads anything the collectives fed (the loss, a row of logits): on GPUs the
   /// collectives are only enqueued on the compute stream, and this waits for them with the
   /// communicator's timeout, so a dead peer is an error, not a hang.

@@ -48,7 +48,7 @@ class TensorParallel final : public TensorParallelHooks {
   void all_reduce(const Tensor& t) override;
   void all_gather(const Tensor& in, const Tensor& out) override;
   void reduce_scatter(const Tensor& in, const Tensor& out) override;
-  double sum_over_group(double x) override;
+  double norm_over_group(double norm) override;
   void wait() override { comm_->wait_pending(); }
 
   const TensorParallelStats& stats() const { return stats_; }
@@ -57,7 +57,7 @@ class TensorParallel final : public TensorParallelHooks {
 
  private:
   std::shared_ptr<Communicator> comm_;
-  std::shared_ptr<Communicator> host_;  // for sum_over_group
+  std::shared_ptr<Communicator> host_;  // for norm_over_group
   TensorParallelStats stats_;
 };
 

@@ -242,6 +242,8 @@ class Trainer {
   Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<TokenFile> train,
           std::shared_ptr<TokenFile> val, std::shared_ptr<Communicator> comm,
           const ParallelConfig& parallel, GridTag);
+  /// After the weights were loaded: drops what holds copies of the old ones.
+  void weights_replaced();
 
   Transformer& model_;
   TrainConfig cfg_;
