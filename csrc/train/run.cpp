@@ -407,6 +407,24 @@ std::string config_error_of(F&& check) {
   return "";
 }
 
+// Rank 0's `text` on every rank: a byte an f32 (what communicators move), after its length in
+// two 16-bit halves (each exact in an f32). Collective over host.
+std::string rank0_text(Communicator& host, int rank, const std::string& text) {
+  Tensor len = Tensor::empty({2}, DType::f32);
+  len.data<float>()[0] = float(text.size() >> 16);
+  len.data<float>()[1] = float(text.size() & 0xffff);
+  host.broadcast(len, 0);
+  const size_t n = (size_t(len.data<float>()[0]) << 16) | size_t(len.data<float>()[1]);
+  Tensor bytes = Tensor::empty({int64_t(std::max<size_t>(n, 1))}, DType::f32);
+  for (size_t i = 0; i < n && rank == 0; ++i) {
+    bytes.data<float>()[i] = float(static_cast<unsigned char>(text[i]));
+  }
+  host.broadcast(bytes, 0);
+  std::string theirs(n, '\0');
+  for (size_t i = 0; i < n; ++i) theirs[i] = char(int(bytes.data<float>()[i]));
+  return theirs;
+}
+
 // Every rank of a job must run the same settings. Rank 0's (as JSON) go to every rank, which
 // compares them with its own; when any rank's differ, every rank stops with a config error, the
 // differing ones naming what differs. Not compared: what may differ by rank (the output-only
@@ -427,20 +445,7 @@ void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
   std::sort(named.begin(), named.end());
   whole["model keys named"] = named;
   const std::string text = whole.dump(2);
-  // Rank 0's text, a byte an f32 (what communicators move), after its length in two 16-bit
-  // halves (each exact in an f32).
-  Tensor len = Tensor::empty({2}, DType::f32);
-  len.data<float>()[0] = float(text.size() >> 16);
-  len.data<float>()[1] = float(text.size() & 0xffff);
-  host.broadcast(len, 0);
-  const size_t n = (size_t(len.data<float>()[0]) << 16) | size_t(len.data<float>()[1]);
-  Tensor bytes = Tensor::empty({int64_t(std::max<size_t>(n, 1))}, DType::f32);
-  for (size_t i = 0; i < n && pg.rank() == 0; ++i) {
-    bytes.data<float>()[i] = float(static_cast<unsigned char>(text[i]));
-  }
-  host.broadcast(bytes, 0);
-  std::string theirs(n, '\0');
-  for (size_t i = 0; i < n; ++i) theirs[i] = char(int(bytes.data<float>()[i]));
+  const std::string theirs = rank0_text(host, pg.rank(), text);
   std::string differ;  // "train.lr is 0.5 here and 0.002 on rank 0, ..."
   if (theirs != text) {
     const nlohmann::json a = nlohmann::json::parse(text).flatten(),
@@ -461,6 +466,24 @@ void check_same_settings(const RunConfig& cfg, const ProcessGroup& pg) {
         differ.empty() ? "" : "rank " + std::to_string(pg.rank()) +
                                   " started with other settings than rank 0: " + differ + fix,
         "started with other settings than rank 0 (its output names them)" + fix);
+}
+
+// Every rank must read the same training and validation tokens: a node with a stale or partial
+// copy of the data would draw other samples and epochs than the others, unnoticed until a
+// resume compared it with the checkpoint. Compared by token count and fingerprint with rank 0's.
+void check_same_data(const ProcessGroup& pg, const TokenFile& train, const TokenFile& val) {
+  if (!pg.comm || pg.size() <= 1) return;
+  auto about = [](const TokenFile& f) {
+    return std::to_string(f.size()) + " tokens (fingerprint " + f.fingerprint() + ")";
+  };
+  const std::string mine = "training data " + about(train) + ", validation data " + about(val);
+  const std::string theirs = rank0_text(*pg.comm->host_communicator(), pg.rank(), mine);
+  const std::string fix = "; every rank must read the same files: a shared file system, or "
+                          "copies that are the same to the byte";
+  agree(pg,
+        mine == theirs ? "" : "rank " + std::to_string(pg.rank()) + " reads other data than " +
+                                  "rank 0: " + mine + " here, " + theirs + " on rank 0" + fix,
+        "reads other data than rank 0 (its output says how)" + fix);
 }
 
 // On the CPU backend the f32 weights alone of this machine's ranks (each its 1 / (tp · pp) of
@@ -711,6 +734,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                           "tokenize with --val-every N");
       }
     }
+    std::error_code ec;
+    if (!is_shard_dir(cfg.data.val) && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
+      throw ConfigError("data.val: " + cfg.data.val + " is data.train's file: validation would "
+                        "be on the training data. Leave data.val out (the run holds out the last "
+                        "10%), or give other data");
+    }
     if (!val) val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
     what += ", validation " + vwhat;
   } else if (is_shard_dir(cfg.data.train) &&
@@ -743,6 +772,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
           }),
           "the data is shorter than one global batch (its output says how)");
   }
+  check_same_data(pg, *train, *val);
 
   // The model on this rank's device, and the trainer over the job's ranks.
   const std::string backend = backend_for_rank(cfg.backend, pg.launch);

@@ -46,9 +46,22 @@ rc=$?
 stopped_with "nuri-train: rank 1 cannot use the run's directories (its output says why)" \
   "[rank 1] nuri-train: out: run exists and is not a directory"
 
+# The same settings, but rank 1's relative --data names another copy of the text, one byte
+# changed: both stop before training, rank 1 saying how its data differs from rank 0's.
+text=$(for i in $(seq 60); do printf 'the cluster checkpoints a preempted job at night. '; done)
+printf '%s' "$text" >"$work/0/data.txt"
+printf '%s' "${text/night/nighT}" >"$work/1/data.txt"
+out=$("${launch[@]}" -np 2 bash -c \
+  'cd "$1/${RANK:-${OMPI_COMM_WORLD_RANK:-0}}" && shift && exec "$0" "$@"' \
+  "$bin" "$work" "${args[@]}" --data data.txt 2>&1)
+rc=$?
+stopped_with "nuri-train: rank 1 reads other data than rank 0 (its output says how); every rank" \
+  "[rank 1] nuri-train: rank 1 reads other data than rank 0: training data 2700 tokens" \
+  "same to the byte"
+
 args+=(--ckpt-dir "$work/ck")  # a time limit stops to checkpoint, so it needs a checkpoint.dir
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
 ((rc == 0)) || fail "status $rc with only output settings differing"
 grep -q "done in" <<<"$out" || fail "the job with only output settings differing did not finish"
-echo "PASS: ranks with other settings stop with status 2 naming them; output settings may differ"
+echo "PASS: ranks with other settings or data stop with status 2 naming them; output settings may differ"

@@ -394,6 +394,15 @@ TEST(Run, AnUnmetExpectationIsStatus3AndBadInputLeavesNothing) {
             std::string::npos)
       << short_val;
   EXPECT_FALSE(fs::exists(t.path / "bad"));
+  // data.val naming the training file itself, by another path.
+  bad = tiny(t.path);
+  bad.out = (t.path / "bad").string();
+  bad.data.val = (t.path / "." / "corpus.txt").string();
+  const std::string same = config_error_of(bad);
+  EXPECT_EQ(same, "data.val: " + bad.data.val + " is data.train's file: validation would be on "
+                  "the training data. Leave data.val out (the run holds out the last 10%), or "
+                  "give other data");
+  EXPECT_FALSE(fs::exists(t.path / "bad"));
   bad = tiny(t.path);
   bad.train.micro_batch = 0;
   EXPECT_EQ(test::error_of([&] { run_training(bad, cap.hooks()); }),
