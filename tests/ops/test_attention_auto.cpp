@@ -4,8 +4,8 @@
 // 0 ms, so nuri's kernels keep winning there; NURI_EMU_MEASURE=1 makes it measure all the same,
 // which runs the measuring code here: the kernels each first and later call launch (the
 // emulator's launch records), outputs bit for bit those of NURI_ATTENTION=nuri, in plain and in
-// fused-QKV layouts, no disagreement reported between correct kernels; and the agreement test on
-// planted differences. Emulated tree only (test_ops on cuda-emu).
+// fused-QKV layouts (whose dq, dk and dv are compared through their strides), no disagreement
+// reported between correct kernels; and the agreement test on planted differences. Emulated tree only (test_ops on cuda-emu).
 #include <cmath>
 #include <string>
 
@@ -34,6 +34,27 @@ TEST(AttentionAuto, AgreementNeedsEveryValueCloseAndTheSameNonFiniteValues) {
   EXPECT_FALSE(outputs_agree({-inf, 2.f}, {inf, 2.f}, tol, 0.f));
   EXPECT_FALSE(outputs_agree({-inf, 2.f}, {-inf, 2.5f}, tol, 0.f));
   EXPECT_FALSE(outputs_agree({1.f}, {1.f, 2.f}, tol, 0.f));
+}
+
+// What the comparison reads of nuri's outputs: a view's elements through its strides. Here dk
+// of a fused [B=2, T=3, H + 2·Hkv = 4, D=2] buffer (H 2, Hkv 1): head 2 of every row.
+TEST(AttentionAuto, AViewsValuesAreReadThroughItsStrides) {
+  const int64_t b = 2, t = 3, all = 4, d = 2, sb = t * all * d, st = all * d, sh = d;
+  std::vector<float> buf(size_t(b * sb));
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = float(i);
+  const int64_t first = 2 * d;  // dk's first element: head 2 of row 0
+  const int64_t span = cuda::view_span(b, t, 1, d, sb, st, sh);
+  EXPECT_EQ(span, sb + 2 * st + d);
+  const std::vector<float> from(buf.begin() + first, buf.begin() + first + span);
+  std::vector<float> want;
+  for (int64_t row = 0; row < b * t; ++row) {
+    want.push_back(float(row * st + first));
+    want.push_back(float(row * st + first + 1));
+  }
+  EXPECT_EQ(cuda::view_values(from, b, t, 1, d, sb, st, sh), want);
+  // A contiguous [B, T, H, D] tensor reads as it lies.
+  const std::vector<float> plain(buf.begin(), buf.begin() + b * t * 2 * d);
+  EXPECT_EQ(cuda::view_values(plain, b, t, 2, d, t * 2 * d, 2 * d, d), plain);
 }
 
 /// Launches whose kernel name contains `part`.

@@ -279,24 +279,27 @@ struct AttentionDispatch {
       }
       if (!run_path(be, paths[i], c, backward).empty()) continue;  // declined
       const float ms = time_ms(be.stream(), [&] { run_path(be, paths[i], c, backward); });
-      // Compare where nuri's outputs are contiguous (always lse; the rest in the usual layouts).
+      // Compare every output, nuri's read through its strides (a fused-QKV buffer's dq, dk and
+      // dv are views of the rows of d_qkv), the candidate's contiguous.
       bool same = true;
-      auto check = [&](const void* mine, const kernels::AttnStrides& s,
-                       const kernels::AttnStrides& want, const Tensor& theirs, size_t n) {
-        if (s.b != want.b || s.t != want.t || s.h != want.h) return;
-        same = same &&
-               cuda::outputs_agree(host_values<T>(mine, n), host_values<T>(theirs.raw(), n),
-                                   1.f / 32, 0.f);
+      auto check = [&](const void* mine, const kernels::AttnStrides& s, int64_t heads,
+                       const Tensor& theirs) {
+        const int64_t span = cuda::view_span(b, t, heads, d, s.b, s.t, s.h);
+        const std::vector<float> values = cuda::view_values(
+            host_values<T>(mine, size_t(span)), b, t, heads, d, s.b, s.t, s.h);
+        same = same && cuda::outputs_agree(values,
+                                           host_values<T>(theirs.raw(), size_t(b * t * heads * d)),
+                                           1.f / 32, 0.f);
       };
       if (!backward) {
         const size_t n_lse = size_t(b * h * t);
         same = cuda::outputs_agree(host_values<float>(p.lse, n_lse),
                                    host_values<float>(lse.raw(), n_lse), 1e-3f, 1e-3f);
-        check(p.out, p.out_s, q_like, o1, size_t(b * t * h * d));
+        check(p.out, p.out_s, h, o1);
       } else {
-        check(p.dq, p.dq_s, q_like, o1, size_t(b * t * h * d));
-        check(p.dk, p.dk_s, kv_like, o2, size_t(b * t * hkv * d));
-        check(p.dv, p.dv_s, kv_like, o3, size_t(b * t * hkv * d));
+        check(p.dq, p.dq_s, h, o1);
+        check(p.dk, p.dk_s, hkv, o2);
+        check(p.dv, p.dv_s, hkv, o3);
       }
       if (!same) {
         std::fprintf(stderr, "nuri: the %s attention %s disagrees with nuri's sm_80 kernels for "
