@@ -118,17 +118,16 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
              "vocab_size ", vocab_size, "; train a model with vocab_size >= ", tok_vocab,
              " or tokenize with the model's tokenizer");
   if (!meta["shards"].contains(split)) return nullptr;
-  std::vector<uint32_t> all;
+  std::vector<std::shared_ptr<TokenFile>> parts;  // each shard mapped, none copied
   std::vector<int64_t> sizes;  // each shard's tokens, for its mask
-  int64_t count = 0;
+  int64_t count = 0, tokens = 0;
   for (const auto& name : meta["shards"][split]) {
     NURI_CHECK(name.is_string() && fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
                meta_path, ": shard names are file names in the directory");
     auto f = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), vocab_size);
-    const size_t at = all.size();
-    all.resize(at + size_t(f->size()));
-    for (int64_t i = 0; i < f->size(); ++i) all[at + size_t(i)] = f->at(i);
     sizes.push_back(f->size());
+    tokens += f->size();
+    parts.push_back(std::move(f));
     ++count;
   }
   if (count == 0) return nullptr;
@@ -156,10 +155,11 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
   }
   if (description) {
     *description = dir + ": " + std::to_string(count) + " " + split + " shard" +
-                   (count == 1 ? "" : "s") + " (" + std::to_string(all.size()) + " tokens, " +
+                   (count == 1 ? "" : "s") + " (" + std::to_string(tokens) + " tokens, " +
                    tok_name + (masked ? ", loss mask" : "") + ")";
   }
-  auto f = TokenFile::from_tokens(std::move(all), dir + " (" + split + ")", vocab_size);
+  auto f = TokenFile::join(std::move(parts), dir + " (" + split + ")");
+  if (vocab_size > 0) f->check_vocab(vocab_size);  // the parts were: returns at once
   if (masked) f->set_mask(std::move(mask));
   return f;
 }
@@ -252,13 +252,37 @@ std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validati
           TokenFile::slice(data, data->size() - n_val, n_val)};
 }
 
+namespace {
+
+// fn(token) for every token of f, or, above kBaselineWhole tokens, for those of kBaselineRuns
+// evenly spaced runs of kBaselineRun tokens (a startup reading 2^24 tokens at most, however
+// large the data). Returns how many tokens fn saw.
+constexpr int64_t kBaselineWhole = int64_t(1) << 24, kBaselineRun = int64_t(1) << 16,
+                  kBaselineRuns = kBaselineWhole / kBaselineRun;
+template <class F>
+int64_t for_each_sampled(const TokenFile& f, F&& fn) {
+  const int64_t n = f.size();
+  const int64_t runs = n <= kBaselineWhole ? 1 : kBaselineRuns;
+  const int64_t len = n <= kBaselineWhole ? n : kBaselineRun;
+  std::vector<int32_t> buf(static_cast<size_t>(len));
+  for (int64_t r = 0; r < runs; ++r) {
+    const int64_t start = runs == 1 ? 0 : r * ((n - len) / (runs - 1));
+    f.read(start, len, buf.data());
+    for (int32_t t : buf) fn(uint32_t(t));
+  }
+  return runs * len;
+}
+
+}  // namespace
+
 double unigram_baseline(const TokenFile& train, const TokenFile& val, int64_t vocab_size) {
   std::vector<double> count(size_t(vocab_size), 1.0);
-  for (int64_t i = 0; i < train.size(); ++i) count[train.at(i)] += 1.0;
-  const double total = double(train.size() + vocab_size);
+  const int64_t seen = for_each_sampled(train, [&](uint32_t t) { count[t] += 1.0; });
+  const double total = double(seen + vocab_size);
   double h = 0;
-  for (int64_t i = 0; i < val.size(); ++i) h -= std::log(count[val.at(i)] / total);
-  return h / double(val.size());
+  const int64_t scored =
+      for_each_sampled(val, [&](uint32_t t) { h -= std::log(count[t] / total); });
+  return h / double(scored);
 }
 
 }  // namespace nuri

@@ -259,6 +259,34 @@ std::shared_ptr<TokenFile> TokenFile::from_tokens(std::vector<uint32_t> tokens,
   return f;
 }
 
+std::shared_ptr<TokenFile> TokenFile::join(std::vector<std::shared_ptr<TokenFile>> parts,
+                                           const std::string& name) {
+  std::shared_ptr<TokenFile> f(new TokenFile());
+  f->path_ = name;
+  f->wide_ = true;
+  int64_t checked = 0;
+  for (auto& part : parts) {
+    NURI_CHECK(part != nullptr, "TokenFile::join: a part of ", name, " is null");
+    if (part->size() == 0) continue;
+    f->n_ += part->size();
+    f->part_end_.push_back(f->n_);
+    const int64_t below = part->checked_below_.load();
+    checked = f->parts_.empty()              ? below
+              : below == 0 || checked == 0 ? 0
+                                           : std::max(checked, below);
+    f->parts_.push_back(std::move(part));
+  }
+  f->checked_below_ = checked;
+  return f;
+}
+
+uint32_t TokenFile::at_joined(int64_t i) const {
+  if (parts_.empty()) return parent_->at(base_ + i);
+  const size_t k = size_t(std::upper_bound(part_end_.begin(), part_end_.end(), i) -
+                          part_end_.begin());
+  return parts_[k]->at(i - (k == 0 ? 0 : part_end_[k - 1]));
+}
+
 std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int64_t start,
                                             int64_t n) {
   NURI_CHECK(file != nullptr && start >= 0 && n >= 0 && start + n <= file->n_, "slice [", start,
@@ -271,6 +299,7 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->data32_ = file->data32_ ? file->data32_ + start : nullptr;
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
   f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
+  if (file->joined()) f->base_ = start;  // read through the parent
   f->n_ = n;
   f->checked_below_ = file->checked_below_.load();
   f->parent_ = std::move(file);
@@ -284,11 +313,18 @@ TokenFile::~TokenFile() {
 void TokenFile::check_vocab(int64_t vocab_size) const {
   const int64_t checked = checked_below_.load();
   if (checked > 0 && checked <= vocab_size) return;
+  if (!parts_.empty()) {  // each part names its own file and offset
+    for (const auto& part : parts_) part->check_vocab(vocab_size);
+    checked_below_ = vocab_size;
+    return;
+  }
   const int64_t elem = wide_ ? 4 : 2;
   for (int64_t i = 0; i < n_; ++i) {
     const uint32_t t = at(i);
     NURI_CHECK(int64_t(t) < vocab_size, path_, ": token id ", t, " at token index ", i,
-               " (byte offset ", data_offset_ + i * elem, ") is >= vocab_size ", vocab_size,
+               joined() ? std::string()
+                        : " (byte offset " + std::to_string(data_offset_ + i * elem) + ")",
+               " is >= vocab_size ", vocab_size,
                "; the file was made with another tokenizer, or the model's vocab_size is too small");
   }
   checked_below_ = vocab_size;
@@ -297,7 +333,20 @@ void TokenFile::check_vocab(int64_t vocab_size) const {
 void TokenFile::read(int64_t start, int64_t n, int32_t* out) const {
   NURI_CHECK(start >= 0 && n >= 0 && start + n <= n_, path_, ": read of tokens [", start, ", ",
              start + n, ") past the end (", n_, " tokens)");
-  for (int64_t k = 0; k < n; ++k) out[k] = int32_t(at(start + k));
+  if (!joined() || n == 0) {
+    for (int64_t k = 0; k < n; ++k) out[k] = int32_t(at(start + k));
+  } else if (parts_.empty()) {
+    parent_->read(base_ + start, n, out);
+  } else {  // part by part: one search a read, not one a token
+    size_t k = size_t(std::upper_bound(part_end_.begin(), part_end_.end(), start) -
+                      part_end_.begin());
+    while (n > 0) {
+      const int64_t lo = k == 0 ? 0 : part_end_[k - 1];
+      const int64_t take = std::min(n, part_end_[k] - start);
+      parts_[k]->read(start - lo, take, out);
+      out += take, start += take, n -= take, ++k;
+    }
+  }
 }
 
 void TokenFile::set_mask(std::vector<uint8_t> mask) {
@@ -313,6 +362,10 @@ void TokenFile::set_mask(std::vector<uint8_t> mask) {
 
 uint32_t TokenFile::max_token() const {
   uint32_t m = 0;
+  if (!parts_.empty()) {
+    for (const auto& part : parts_) m = std::max(m, part->max_token());
+    return m;
+  }
   for (int64_t i = 0; i < n_; ++i) m = std::max(m, at(i));
   return m;
 }

@@ -6,6 +6,7 @@
 #include "test_util.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -101,6 +102,45 @@ TEST(TokenFile, ReadsEveryHeaderItWroteAndRefusesBytesPastItsTokens) {
   EXPECT_NE(e.find("1028 bytes follow the 2 uint16 tokens"), std::string::npos) << e;
   EXPECT_NE(e.find("several token files joined into one"), std::string::npos) << e;
   EXPECT_EQ(e.find("the size uint32 tokens would make"), std::string::npos) << e;
+}
+
+// Shards joined without copying read as the one sequence they make: token by token, in reads
+// across their boundaries, in slices (and slices of slices), with the same fingerprint, mask
+// and largest id; a vocabulary check names the shard and its byte offset.
+TEST(TokenFile, JoinedFilesReadAsOneSequence) {
+  const std::string a = temp_path("join_a.bin"), b = temp_path("join_b.bin");
+  write_token_file(a, {1, 2, 3});             // uint16
+  write_token_file(b, {70000, 5, 6, 7, 8});   // uint32
+  const std::vector<uint32_t> all = {1, 2, 3, 70000, 5, 6, 7, 8, 9, 10};
+  auto joined = TokenFile::join({TokenFile::open(a), TokenFile::from_tokens({}),
+                                 TokenFile::open(b), TokenFile::from_tokens({9, 10})},
+                                "three shards");
+  ASSERT_EQ(joined->size(), 10);
+  for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(joined->at(i), all[size_t(i)]) << i;
+  std::vector<int32_t> got(7);
+  joined->read(2, 7, got.data());  // every part: 1 of a, all of b, 1 of the last
+  EXPECT_EQ(got, (std::vector<int32_t>{3, 70000, 5, 6, 7, 8, 9}));
+  EXPECT_EQ(joined->fingerprint(), TokenFile::from_tokens(all)->fingerprint());
+  EXPECT_EQ(joined->max_token(), 70000u);
+  auto slice = TokenFile::slice(joined, 2, 6);  // 3 .. 7
+  auto inner = TokenFile::slice(slice, 1, 4);   // 70000 .. 7
+  EXPECT_EQ(slice->at(0), 3u);
+  EXPECT_EQ(inner->at(0), 70000u);
+  EXPECT_EQ(inner->at(3), 7u);
+  std::vector<int32_t> part(3);
+  inner->read(1, 3, part.data());
+  EXPECT_EQ(part, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_EQ(inner->fingerprint(), TokenFile::from_tokens({70000, 5, 6, 7})->fingerprint());
+  joined->set_mask({1, 1, 0, 0, 1, 1, 1, 1, 1, 0});
+  EXPECT_FALSE(TokenFile::slice(joined, 2, 6)->trained(0));
+  EXPECT_TRUE(TokenFile::slice(joined, 2, 6)->trained(2));
+  // The vocabulary: parts opened against one keep the joined file checked; a check names the
+  // shard holding the id.
+  auto checked = TokenFile::join({TokenFile::open(a, 4), TokenFile::open(b, 70001)}, "two");
+  checked->check_vocab(70001);
+  const std::string e = error_of([&] { checked->check_vocab(100); });
+  EXPECT_NE(e.find("join_b.bin: token id 70000 at token index 0 (byte offset 1024) is >= "
+                   "vocab_size 100"), std::string::npos) << e;
 }
 
 TEST(TokenFile, WritingToADirectoryIsRefusedAndLeavesNothing) {
@@ -306,6 +346,20 @@ TEST(TokenFile, BadFilesNameTheFileAndOffset) {
   EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("is not 1-D"), std::string::npos);
   write_bytes(p, npy("<u2", "(10,)", std::string(8, '\0')));
   EXPECT_NE(error_of([&] { TokenFile::open(p); }).find("truncated"), std::string::npos);
+}
+
+// Above 2^24 tokens the baseline reads 256 evenly spaced runs of 2^16 tokens, not the data
+// whole: on 2^25 tokens of one id (vocab 3), its count is 2^24 + 1 of 2^24 + 3 (add-one), not
+// 2^25 + 1 of 2^25 + 3.
+TEST(Corpus, TheUnigramBaselineOfLargeDataReadsSampledRuns) {
+  const int64_t n = int64_t(1) << 25;
+  auto train = TokenFile::from_tokens(std::vector<uint32_t>(size_t(n), 1));
+  auto val = TokenFile::from_tokens({1, 1, 1});
+  const double sampled = std::pow(2.0, 24);
+  EXPECT_DOUBLE_EQ(unigram_baseline(*train, *val, 3), -std::log((sampled + 1) / (sampled + 3)));
+  // Small data is read whole.
+  auto small = TokenFile::from_tokens({1, 1, 2, 0});
+  EXPECT_DOUBLE_EQ(unigram_baseline(*small, *val, 3), -std::log(3.0 / 7.0));
 }
 
 TEST(ByteTokenizer, EncodesBytesAndDecodes) {

@@ -33,8 +33,9 @@ const std::vector<std::string>& data_formats();
 /// Whether `path` is a directory of shards written by `nuri tokenize` (it holds tokenize.json).
 bool is_shard_dir(const std::string& path);
 /// The `split` ("train" or "val") shards of such a directory, in order, as one token sequence
-/// (read into memory). With vocab_size > 0 the tokenizer recorded in tokenize.json must not
-/// have more ids than the model (an error says so), and every id is checked. Returns null when
+/// (each shard memory-mapped, none copied: TokenFile::join). With vocab_size > 0 the tokenizer
+/// recorded in tokenize.json must not have more ids than the model (an error says so), and
+/// every id is checked. Returns null when
 /// the split has no shards; description (may be null) receives "DIR: N SPLIT shards (M
 /// tokens, TOKENIZER)".
 std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string& split,
@@ -57,7 +58,8 @@ std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validati
     const std::shared_ptr<TokenFile>& data);
 
 /// Cross-entropy of `val` under the add-one smoothed unigram distribution of `train`, in nats per
-/// token: what a model that ignores context can reach.
+/// token: what a model that ignores context can reach. Data of over 2^24 tokens is read in 256
+/// evenly spaced runs of 2^16 tokens (an estimate, so a startup never reads a large corpus whole).
 double unigram_baseline(const TokenFile& train, const TokenFile& val, int64_t vocab_size);
 
 }  // namespace nuri

@@ -3,8 +3,8 @@
 //    tokens. Magic 20240520 version 1 holds uint16 tokens (llm.c's GPT-2 files); magic 20240801
 //    version 7 holds uint32 tokens (llm.c's Llama 3 files, and what nuri writes for vocabularies
 //    of 65536 or more); magic 20240520 version 2 with uint32 tokens is read too (what earlier
-//    nuri builds wrote). Bytes past the counted tokens are an error: several files concatenated, or a
-//    header naming the wrong width, which would otherwise read as other tokens.
+//    nuri builds wrote). Bytes past the counted tokens are an error: several files joined, or
+//    a header naming the wrong width, which would otherwise read as other tokens.
 //  - a 1-D NumPy .npy array of any integer type (little-endian, C order): uint16 and uint32
 //    mapped as they are, the others (int8 .. int64, uint8, uint64) read and converted, every
 //    value checked to be a token id (not negative, below 2^32).
@@ -45,12 +45,21 @@ class TokenFile {
   /// Tokens [start, start + n) of `file` without copying (keeps `file` alive).
   static std::shared_ptr<TokenFile> slice(std::shared_ptr<TokenFile> file, int64_t start,
                                           int64_t n);
+  /// The tokens of `parts` one after another, without copying: each part stays mapped (a
+  /// directory of shards, however large, takes no memory for its tokens). name: for messages.
+  /// Every part already checked against a vocabulary keeps the joined file checked.
+  static std::shared_ptr<TokenFile> join(std::vector<std::shared_ptr<TokenFile>> parts,
+                                         const std::string& name);
   ~TokenFile();
   TokenFile(const TokenFile&) = delete;
   TokenFile& operator=(const TokenFile&) = delete;
 
   int64_t size() const { return n_; }
-  uint32_t at(int64_t i) const { return wide_ ? data32_[i] : data16_[i]; }
+  uint32_t at(int64_t i) const {
+    if (data32_) return data32_[i];
+    if (data16_) return data16_[i];
+    return at_joined(i);
+  }
   /// out[k] = token (start + k) for k < n, as int32.
   void read(int64_t start, int64_t n, int32_t* out) const;
   const std::string& path() const { return path_; }
@@ -80,12 +89,19 @@ class TokenFile {
   TokenFile() = default;
   /// Maps `path` read-only into map_ (throws naming it when it cannot, or is empty).
   const char* map_file(const std::string& path);
+  /// at() of a joined file (the part holding token i), or of a slice of one (its parent's).
+  uint32_t at_joined(int64_t i) const;
+  /// Whether the tokens are in parts_ (join), or in a joined file's slice (parent_, base_).
+  bool joined() const { return data16_ == nullptr && data32_ == nullptr; }
 
   std::string path_;
   void* map_ = nullptr;
   size_t map_bytes_ = 0;
   std::vector<uint32_t> owned_;
   std::shared_ptr<TokenFile> parent_;  // for slices
+  int64_t base_ = 0;                   // a slice of a joined file: its first token's index there
+  std::vector<std::shared_ptr<TokenFile>> parts_;  // a joined file's parts
+  std::vector<int64_t> part_end_;                  // each part's end in the joined tokens
   int64_t data_offset_ = 0;  // byte offset of token 0 in the file
   const uint16_t* data16_ = nullptr;
   const uint32_t* data32_ = nullptr;
