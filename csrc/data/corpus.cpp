@@ -264,11 +264,14 @@ int64_t for_each_sampled(const TokenFile& f, F&& fn) {
   const int64_t n = f.size();
   const int64_t runs = n <= kBaselineWhole ? 1 : kBaselineRuns;
   const int64_t len = n <= kBaselineWhole ? n : kBaselineRun;
-  std::vector<int32_t> buf(static_cast<size_t>(len));
+  std::vector<int32_t> buf(static_cast<size_t>(std::min(len, kBaselineRun)));
   for (int64_t r = 0; r < runs; ++r) {
     const int64_t start = runs == 1 ? 0 : r * ((n - len) / (runs - 1));
-    f.read(start, len, buf.data());
-    for (int32_t t : buf) fn(uint32_t(t));
+    for (int64_t at = 0; at < len; at += kBaselineRun) {  // a run at most in memory
+      const int64_t m = std::min(kBaselineRun, len - at);
+      f.read(start + at, m, buf.data());
+      for (int64_t k = 0; k < m; ++k) fn(uint32_t(buf[size_t(k)]));
+    }
   }
   return runs * len;
 }

@@ -126,7 +126,7 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
   const char* base = f->map_file(path);
   const int64_t bytes = int64_t(f->map_bytes_);
   // A file with a header read as raw tokens would train on its header, and on ids of the wrong
-  // width (an llm.c version-2 or a <u4 .npy file as uint16: every id followed by a 0).
+  // width (an llm.c uint32 file or a <u4 .npy file as uint16: every id followed by a 0).
   int32_t magic = 0;
   if (bytes >= 4) std::memcpy(&magic, base, 4);
   const bool npy = bytes >= 6 && std::memcmp(base, "\x93NUMPY", 6) == 0;
@@ -233,7 +233,8 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
                " tokens its header counts (a ", f->data_offset_ + f->n_ * elem,
                "-byte file): several token files joined into one (give their directory, or each "
                "one, instead), or a header naming another token width (",
-               extra == f->n_ * elem ? "this file is the size uint32 tokens would make; " : "",
+               !f->wide_ && extra == f->n_ * elem ? "this file is the size uint32 tokens would "
+                                                   "make; " : "",
                "magic ", kTokenFileMagicWide, " version ", kTokenFileVersionWide,
                " is llm.c's header for uint32 tokens)");
   }

@@ -541,7 +541,7 @@ std::string move_earlier_run_aside(const fs::path& out, bool ledger_in_out) {
   }
   make_directories(aside);
   std::vector<std::string> names = {"config.json", "metrics.jsonl", "model.safetensors",
-                                    "sample.txt", "loss.png"};
+                                    "sample.txt", "loss.png", "timeline.json"};
   if (ledger_in_out) names.push_back("ledger.jsonl");
   for (const auto& name : names) {
     if (!fs::exists(out / name, ec)) continue;
@@ -703,55 +703,63 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   RunResult result;
   LedgerParts parts;
 
-  // Data: the vocabulary is the model's; every token id is checked against it.
-  check_data_tokenizer(cfg.data);
+  // Data: the vocabulary is the model's; every token id is checked against it. A rank that
+  // cannot read it (a node's partial copy) stops every rank, naming itself.
   std::string what;
-  std::shared_ptr<TokenFile> data;
-  if (cfg.data.train.empty()) {
-    data = default_corpus(&what);
-    NURI_CHECK(int64_t(data->max_token()) < cfg.model.vocab_size,
-               "the default corpus is byte "
-               "tokens (ids up to ",
-               data->max_token(), "), beyond model.vocab_size ", cfg.model.vocab_size,
-               "; give data.train (--data FILE) or a vocab_size of 257");
-  } else {
-    data = read_data(cfg.data.train, cfg.model.vocab_size, &what, cfg.data.format);
-  }
-  std::shared_ptr<TokenFile> train = data, val;
+  std::shared_ptr<TokenFile> data, train, val;
   std::string more_val;  // how to give more validation data
-  if (!cfg.data.val.empty()) {
-    more_val = "a longer data.val";
-    std::string vwhat;
-    if (is_shard_dir(cfg.data.val)) {
-      // Its val shards; a directory with none (tokenized for validation alone, --val-every 0)
-      // its train shards, but not when it is the training data's.
-      val = read_shards(cfg.data.val, "val", cfg.model.vocab_size, &vwhat);
-      std::error_code ec;
-      if (!val && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
-        throw ConfigError("data.val: " + cfg.data.val + " is data.train's directory of shards, " +
-                          "and it holds no val shards: validation would be on the training " +
-                          "data. Leave data.val out (the run holds out the last 10%), or " +
-                          "tokenize with --val-every N");
+  std::string unreadable;
+  try {
+    check_data_tokenizer(cfg.data);
+    if (cfg.data.train.empty()) {
+      data = default_corpus(&what);
+      NURI_CHECK(int64_t(data->max_token()) < cfg.model.vocab_size,
+                 "the default corpus is byte "
+                 "tokens (ids up to ",
+                 data->max_token(), "), beyond model.vocab_size ", cfg.model.vocab_size,
+                 "; give data.train (--data FILE) or a vocab_size of 257");
+    } else {
+      data = read_data(cfg.data.train, cfg.model.vocab_size, &what, cfg.data.format);
+    }
+    train = data;
+    if (!cfg.data.val.empty()) {
+      more_val = "a longer data.val";
+      std::string vwhat;
+      if (is_shard_dir(cfg.data.val)) {
+        // Its val shards; a directory with none (tokenized for validation alone, --val-every 0)
+        // its train shards, but not when it is the training data's.
+        val = read_shards(cfg.data.val, "val", cfg.model.vocab_size, &vwhat);
+        std::error_code ec;
+        if (!val && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
+          throw ConfigError("data.val: " + cfg.data.val + " is data.train's directory of shards, " +
+                            "and it holds no val shards: validation would be on the training " +
+                            "data. Leave data.val out (the run holds out the last 10%), or " +
+                            "tokenize with --val-every N");
+        }
       }
+      std::error_code ec;
+      if (!is_shard_dir(cfg.data.val) && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
+        throw ConfigError("data.val: " + cfg.data.val + " is data.train's file: validation would "
+                          "be on the training data. Leave data.val out (the run holds out the last "
+                          "10%), or give other data");
+      }
+      if (!val) val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
+      what += ", validation " + vwhat;
+    } else if (is_shard_dir(cfg.data.train) &&
+               (val = read_shards(cfg.data.train, "val", cfg.model.vocab_size)) != nullptr) {
+      what += ", validation its val shards (" + std::to_string(val->size()) + " tokens)";
+      more_val = "data.val (--val FILE), or shards tokenized with a smaller --val-every (0: none, "
+                 "and the run holds out the last 10% of the training data)";
+    } else {
+      std::tie(train, val) = split_validation(data);
+      what += ", last 10% held out for validation";
+      more_val = "data.val (--val FILE), or more training data (its last 10% is held out)";
     }
-    std::error_code ec;
-    if (!is_shard_dir(cfg.data.val) && fs::equivalent(cfg.data.val, cfg.data.train, ec)) {
-      throw ConfigError("data.val: " + cfg.data.val + " is data.train's file: validation would "
-                        "be on the training data. Leave data.val out (the run holds out the last "
-                        "10%), or give other data");
-    }
-    if (!val) val = read_data(cfg.data.val, cfg.model.vocab_size, &vwhat, cfg.data.format);
-    what += ", validation " + vwhat;
-  } else if (is_shard_dir(cfg.data.train) &&
-             (val = read_shards(cfg.data.train, "val", cfg.model.vocab_size)) != nullptr) {
-    what += ", validation its val shards (" + std::to_string(val->size()) + " tokens)";
-    more_val = "data.val (--val FILE), or shards tokenized with a smaller --val-every (0: none, "
-               "and the run holds out the last 10% of the training data)";
-  } else {
-    std::tie(train, val) = split_validation(data);
-    what += ", last 10% held out for validation";
-    more_val = "data.val (--val FILE), or more training data (its last 10% is held out)";
+  } catch (const Error& e) {
+    if (!pg.comm || pg.size() <= 1) throw;
+    unreadable = e.what();
   }
+  agree(pg, unreadable, "cannot read the data (its output says why)");
   // Training and validation take whole global batches: data shorter than one is refused now,
   // before the model is built, not at the first step or evaluation.
   if (pg.size() % model_ranks == 0) {
@@ -850,7 +858,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     std::string moved, failed;
     if (lead) {
       try {
-        moved = move_earlier_run_aside(cfg.out, ledger_dir == cfg.out);
+        std::error_code ec;
+        moved = move_earlier_run_aside(cfg.out, fs::equivalent(ledger_dir, cfg.out, ec));
       } catch (const Error& e) {
         failed = e.what();
       }

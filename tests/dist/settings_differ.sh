@@ -59,6 +59,17 @@ stopped_with "nuri-train: rank 1 reads other data than rank 0 (its output says h
   "[rank 1] nuri-train: rank 1 reads other data than rank 0: training data 2700 tokens" \
   "same to the byte"
 
+# Rank 1's copy of a token file cut short (an interrupted copy): rank 1 says what is wrong with
+# it, rank 0 names rank 1, and neither waits for the other.
+"$bin" tokenize "$work/0/data.txt" "$work/0/data.bin" >/dev/null || fail "tokenize failed"
+head -c 2000 "$work/0/data.bin" >"$work/1/data.bin"
+out=$("${launch[@]}" -np 2 bash -c \
+  'cd "$1/${RANK:-${OMPI_COMM_WORLD_RANK:-0}}" && shift && exec "$0" "$@"' \
+  "$bin" "$work" "${args[@]}" --data data.bin 2>&1)
+rc=$?
+stopped_with "nuri-train: rank 1 cannot read the data (its output says why)" \
+  "[rank 1] nuri-train: data.bin: the header promises 3001 tokens"
+
 args+=(--ckpt-dir "$work/ck")  # a time limit stops to checkpoint, so it needs a checkpoint.dir
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
