@@ -351,6 +351,15 @@ TEST(Zero, LoadedWeightsReplaceTheUnitsKeptGathered) {
   if (comm->rank() == 0) std::filesystem::remove_all(root);
 }
 
+// ZeRO 2's global norm from the ranks' shard norms: squares taken in f64, so shard norms whose
+// squares overflow f32 give the finite norm one process would.
+TEST(Zero, TheGlobalNormOfHugeShardNormsIsFinite) {
+  std::shared_ptr<Communicator> comm = world();
+  DataParallel dp(comm, ParallelConfig{2});
+  const float norm = dp.global_norm(1e20f);
+  EXPECT_EQ(norm, float(std::sqrt(double(comm->size())) * double(1e20f)));
+}
+
 TEST(Zero, GradientAndOptimizerBytesFollowTheFormula) {
   std::shared_ptr<Communicator> comm = world();
   const int n = comm->size();
