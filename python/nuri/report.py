@@ -106,6 +106,16 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
     flops = 0.0
     peak_seconds = 0.0
     ledger = read_ledger(directory)
+    # The steps each finished allocation is credited with: up to where the next finished one
+    # resumed (an allocation that ended past its last checkpoint, by an error, had its last
+    # steps redone by a later one, whose tokens they are).
+    credited: dict[int, int] = {}
+    for k, a in enumerate(ledger):
+        if a["end"] is not None:
+            after = next((b["end"] for b in ledger[k + 1:] if b["end"] is not None), None)
+            done = a["end"]["steps_done"]
+            credited[k] = max(a["end"]["steps_from"],
+                              min(done, after["steps_from"]) if after else done)
     for k, a in enumerate(ledger):
         end = a["end"]
         row: dict[str, Any] = {"id": a["id"], "start": a["time"], "ranks": a["ranks"],
@@ -115,10 +125,10 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
             # Its checkpointed progress: from where the last finished allocation before it
             # ended to where the one after it resumed (of several unfinished in a row, the last
             # is credited with all of it, once); its time is unknown.
-            before = next((b["end"] for b in reversed(ledger[:k]) if b["end"] is not None), None)
+            before = next((j for j in reversed(range(k)) if ledger[j]["end"] is not None), None)
             after = ledger[k + 1]["end"] if k + 1 < len(ledger) else None
             if after is not None:
-                row["steps_from"] = before["steps_done"] if before else 0
+                row["steps_from"] = credited[before] if before is not None else 0
                 # A finished allocation that ended past its last checkpoint: nothing more here.
                 row["steps_done"] = max(after["steps_from"], row["steps_from"])
                 row["tokens"] = (row["steps_done"] - row["steps_from"]) * a["tokens_per_step"]
@@ -128,12 +138,14 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
             continue
         ranks = a["ranks"]
         # Every step's tokens count once; a redone step's time is lost (the allocation that
-        # first ran it lost its work), its tokens are this one's.
-        tokens = (end["steps_done"] - end["steps_from"]) * a["tokens_per_step"]
+        # first ran it lost its work), its tokens are this one's. MFU counts what this
+        # allocation computed, redone or later redone alike.
+        tokens = (credited[k] - end["steps_from"]) * a["tokens_per_step"]
+        computed = (end["steps_done"] - end["steps_from"]) * a["tokens_per_step"]
         parts = end["parts"]
         stepping = parts["training"] + parts["redone"]
         peak = peak_flops if peak_flops is not None else a.get("peak_flops", 0.0)
-        mfu = (a["flops_per_token"] * tokens / (stepping * ranks * peak)
+        mfu = (a["flops_per_token"] * computed / (stepping * ranks * peak)
                if peak and stepping > 0 else None)
         row.update(status=end["status"], reason=end["reason"], steps_from=end["steps_from"],
                    steps_done=end["steps_done"], redone_steps=end["redone_steps"],
@@ -150,7 +162,7 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
         for p in PARTS:
             total["parts"][p] += parts.get(p, 0.0) * ranks
         if mfu is not None:
-            flops += a["flops_per_token"] * tokens
+            flops += a["flops_per_token"] * computed
             peak_seconds += stepping * ranks * peak
     total["device_hours"] = total["device_seconds"] / 3600.0
     total["goodput"] = (total["training_device_seconds"] / total["device_seconds"]

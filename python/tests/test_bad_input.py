@@ -370,7 +370,8 @@ def test_damaged_run_files_are_passed_over_or_named(trained):
 def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
     """Allocations killed before their end record, two in a row between finished ones: their
     checkpointed steps (from the last finished allocation's end to where the next one resumed)
-    count once, and an allocation that ended past its last checkpoint adds none."""
+    count once, and the steps an allocation ran past its last checkpoint are the tokens of the
+    one that redid them."""
     def start(i):
         return {"event": "start", "id": f"a{i}", "time": float(i), "ranks": 2, "backend": "cpu",
                 "layout": "dp 2", "tokens_per_step": 10, "flops_per_token": 1.0}
@@ -387,8 +388,16 @@ def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
     rep = nuri.report(tmp_path)
     assert [r.get("tokens") for r in rep["allocations"]] == [1000, None, 2000, 1000]
     assert rep["total"]["tokens"] == 4000  # steps 0 to 400, each once
+    # a1 ended past its last checkpoint (an error at step 120, its checkpoint at 100): steps
+    # 101-120 are a3's, which redid them, not a1's too.
     write([start(1), end(1, 0, 120), start(2), start(3), end(3, 100, 200)])
-    assert [r.get("tokens") for r in nuri.report(tmp_path)["allocations"]] == [1200, 0, 1000]
+    rep = nuri.report(tmp_path)
+    assert [r.get("tokens") for r in rep["allocations"]] == [1000, 0, 1000]
+    assert rep["total"]["tokens"] == 2000
+    assert rep["allocations"][0]["steps_done"] == 120  # what it ran, shown as it was
+    # The same with nothing killed between them.
+    write([start(1), end(1, 0, 120), start(3), end(3, 100, 200)])
+    assert nuri.report(tmp_path)["total"]["tokens"] == 2000
 
 
 def test_a_loss_mask_that_does_not_fit_its_shard_is_refused(tmp_path):
