@@ -392,23 +392,30 @@ std::string CheckpointWriter::publish(int keep_last) {
       // directories of earlier steps (interrupted saves) go too. Committed ones of later steps
       // (a run gone back to an earlier one through `latest`) are not this run's to count or
       // delete: counted, they would rotate out the run's own.
-      std::vector<std::pair<int64_t, fs::path>> done;
-      recover_replacements(root_);
-      for (const auto& d : fs::directory_iterator(root_)) {
-        const int64_t s = step_of(d.path().filename().string());
-        if (s < 0 || !d.is_directory()) continue;
-        if (committed(d.path())) {
-          if (s <= step_) done.push_back({s, d.path()});
-        } else if (s < step_) {
-          fs::remove_all(d.path());
+      // The checkpoint is committed: a retention that fails (a directory another process holds
+      // open on NFS) is said, and tried again at the next save, not this save's failure.
+      try {
+        std::vector<std::pair<int64_t, fs::path>> done;
+        recover_replacements(root_);
+        for (const auto& d : fs::directory_iterator(root_)) {
+          const int64_t s = step_of(d.path().filename().string());
+          if (s < 0 || !d.is_directory()) continue;
+          if (committed(d.path())) {
+            if (s <= step_) done.push_back({s, d.path()});
+          } else if (s < step_) {
+            fs::remove_all(d.path());
+          }
         }
-      }
-      std::sort(done.begin(), done.end());
-      for (size_t i = 0; i + size_t(keep_last) < done.size(); ++i) {
-        if (done[i].first == step_) continue;
-        // Uncommit before deleting, so a crash in between leaves no half checkpoint.
-        fs::remove(done[i].second / kManifest);
-        fs::remove_all(done[i].second);
+        std::sort(done.begin(), done.end());
+        for (size_t i = 0; i + size_t(keep_last) < done.size(); ++i) {
+          if (done[i].first == step_) continue;
+          // Uncommit before deleting, so a crash in between leaves no half checkpoint.
+          fs::remove(done[i].second / kManifest);
+          fs::remove_all(done[i].second);
+        }
+      } catch (const std::exception& e) {
+        NURI_LOG(warn, "checkpoint ", dir_, " is committed, but removing older checkpoints under ",
+                 root_, " failed (", e.what(), "); the next save tries again");
       }
     } catch (const std::exception& e) {
       commit_error = e.what();
@@ -528,6 +535,12 @@ CheckpointReader::~CheckpointReader() = default;
 
 const SafetensorsFile& CheckpointReader::file(const std::string& name) const {
   const std::lock_guard<std::mutex> lock(open_mutex_);  // (reading a file needs no lock)
+  // One file open at a time (a checkpoint of thousands of ranks' files would exceed the
+  // process's limit): the one read last is closed when another is read.
+  if (name != last_) {
+    if (auto last = open_.find(last_); last != open_.end()) last->second->close();
+    last_ = name;
+  }
   auto it = open_.find(name);
   if (it != open_.end()) return *it->second;
   const std::string path = dir_ + "/" + name;

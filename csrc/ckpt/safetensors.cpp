@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "nuri/core/error.h"
@@ -295,7 +296,19 @@ std::string write_safetensors(const std::string& path,
 
 // ---- reading ------------------------------------------------------------------------------------
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
+// The open file of a SafetensorsFile and its copies.
+struct SafetensorsFile::Stream {
+  std::mutex mutex;
+  std::ifstream in;
+};
+
+void SafetensorsFile::close() const {
+  const std::lock_guard<std::mutex> lock(stream_->mutex);
+  if (stream_->in.is_open()) stream_->in.close();
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : stream_(std::make_shared<Stream>()), path_(path) {
   // (A directory opens as a stream whose size is nonsense: fuzz_hf.py found one named by an
   // index entry "".)
   std::error_code ec;
@@ -411,11 +424,20 @@ void SafetensorsFile::read_range(const std::string& name, int64_t lo, int64_t hi
   if (hi == lo) return;  // nothing to read (and an empty tensor has no storage to copy into)
   const size_t es = dtype_size(e.dtype);
   std::vector<char> raw(size_t(hi - lo) * es);
-  std::ifstream in(path_, std::ios::binary);
-  in.seekg(data_start_ + e.begin + lo * int64_t(es));
-  in.read(raw.data(), std::streamsize(raw.size()));
-  NURI_CHECK(in.gcount() == std::streamsize(raw.size()), path_, ": tensor '", name,
-             "': the file ended early (truncated)");
+  {
+    const std::lock_guard<std::mutex> lock(stream_->mutex);
+    std::ifstream& in = stream_->in;
+    if (!in.is_open()) {
+      in.open(path_, std::ios::binary);
+      NURI_CHECK(in.is_open(), path_, ": cannot open (", std::strerror(errno), "); was it moved "
+                 "or deleted since it was read (a checkpoint rotated out by a run's --keep)?");
+    }
+    in.clear();
+    in.seekg(data_start_ + e.begin + lo * int64_t(es));
+    in.read(raw.data(), std::streamsize(raw.size()));
+    NURI_CHECK(in.gcount() == std::streamsize(raw.size()), path_, ": tensor '", name,
+               "': the file ended early (truncated)");
+  }
   if (same) {
     std::memcpy(dst.raw(), raw.data(), raw.size());
     return;

@@ -104,6 +104,15 @@ TEST(Safetensors, RoundTripKeepsDtypesShapesAndMetadata) {
   Tensor part = Tensor::empty({4}, DType::f32);
   f.read_range("a", 6, 10, part);
   for (int i = 0; i < 4; ++i) EXPECT_EQ(part.data<float>()[i], a.data<float>()[6 + i]);
+  // The file stays open between reads (a copy shares it): removed from its directory, it is
+  // still read; closed, the next read says it cannot open it and why that may be.
+  const SafetensorsFile copy = f;
+  fs::remove(d + "/x.safetensors");
+  copy.read_range("a", 0, 4, part);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(part.data<float>()[i], a.data<float>()[i]);
+  f.close();
+  EXPECT_ERROR(f.read_range("a", 0, 4, part), "x.safetensors: cannot open",
+               "moved or deleted since it was read");
   fs::remove_all(d);
 }
 

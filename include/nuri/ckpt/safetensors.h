@@ -108,10 +108,17 @@ class SafetensorsFile {
   /// Reads tensor `name` into host tensor dst (same element count; the file's dtype converted
   /// to dst's where both are floating point).
   void read(const std::string& name, const Tensor& dst) const;
-  /// Reads elements [lo, hi) of the flattened tensor `name` into dst (hi - lo elements).
+  /// Reads elements [lo, hi) of the flattened tensor `name` into dst (hi - lo elements). The
+  /// file stays open between reads (a tensor split by rows is read a row at a time: one open
+  /// each would cost hours on a network file system), until close() or the object's end; copies
+  /// share it. Safe from several threads.
   void read_range(const std::string& name, int64_t lo, int64_t hi, const Tensor& dst) const;
+  /// Closes the file until the next read (a reader of many files keeps one open at a time).
+  void close() const;
 
  private:
+  struct Stream;
+  std::shared_ptr<Stream> stream_;
   std::string path_;
   int64_t data_start_ = 0, file_bytes_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;
