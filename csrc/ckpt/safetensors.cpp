@@ -471,12 +471,4 @@ std::string tensors_checksum(const SafetensorsFile& f) {
   return finish_sha(ctx);
 }
 
-void check_tensors_checksum(const SafetensorsFile& f) {
-  const auto sum = f.metadata().find(kTensorsChecksumKey);
-  if (sum == f.metadata().end()) return;
-  NURI_CHECK(tensors_checksum(f) == sum->second, f.path(), " fails its checksum: its tensors are "
-             "not the ones nuri wrote (the file was damaged or changed since); write it again, "
-             "or export it from a checkpoint");
-}
-
 }  // namespace nuri

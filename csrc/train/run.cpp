@@ -903,19 +903,9 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                        (long long)pos.batch));
   } else if (!ck.init.empty()) {  // a fresh start from a model file's weights
     Span timed(parts.checkpoint_load);
-    // Rank 0 alone reads the whole file for its checksum (every rank doing so read it once a
-    // rank); then each reads the pieces it holds.
     std::string failed;
-    if (lead) {
-      try {
-        check_tensors_checksum(SafetensorsFile(ck.init));
-      } catch (const Error& e) {
-        failed = std::string("checkpoint.init: ") + e.what();
-      }
-    }
-    agree(pg, failed, "cannot read checkpoint.init (its output says why)");
     try {
-      trainer.load_model_file(ck.init, /*verify_checksum=*/false);
+      trainer.load_model_file(ck.init);
     } catch (const Error& e) {
       failed = std::string("checkpoint.init: ") + e.what();
     }

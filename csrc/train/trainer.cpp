@@ -1003,7 +1003,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   return dir;
 }
 
-void Trainer::load_model_file(const std::string& path, bool verify_checksum) {
+void Trainer::load_model_file(const std::string& path) {
   finish_checkpoint();
   NURI_CHECK(!std::filesystem::is_directory(path), path, " is a directory, not a model file. A "
              "Hugging Face model directory becomes one with `python -m nuri import DIR --out "
@@ -1043,7 +1043,12 @@ void Trainer::load_model_file(const std::string& path, bool verify_checksum) {
                path, ": tensor '", n, "' is not a parameter of this model (", whole_layout.size(),
                " are)");
   }
-  if (verify_checksum) check_tensors_checksum(f);
+  const auto sum = f.metadata().find(kTensorsChecksumKey);
+  if (sum != f.metadata().end()) {
+    NURI_CHECK(tensors_checksum(f) == sum->second, path, " fails its checksum: its tensors are "
+               "not the ones nuri wrote (the file was damaged or changed since); write it again, "
+               "or export it from a checkpoint");
+  }
   const auto [lo, hi] = model_.held_range();
   Tensor held = Tensor::empty({hi - lo}, DType::f32);
   for_each_piece(layout, lo, hi, [&, lo = lo](const Piece& q) {

@@ -129,9 +129,6 @@ class SafetensorsFile {
 /// The tensor checksum (kTensorsChecksumKey) of every tensor in `f`, read one at a time; what a
 /// model file's recorded value is checked against.
 std::string tensors_checksum(const SafetensorsFile& f);
-/// Throws, naming the file, where the tensor checksum `f` records is not its tensors' (a file
-/// recording none passes).
-void check_tensors_checksum(const SafetensorsFile& f);
 
 /// safetensors' dtype names ("F32", "BF16", "F16", "I32", "I64") and back.
 const char* safetensors_dtype(DType t);

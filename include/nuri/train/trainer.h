@@ -198,9 +198,8 @@ class Trainer {
   /// they are. Throws, naming the file, where the model config it records differs from the
   /// model's (a RoPE model's context settings may differ: context_setting), a tensor is
   /// missing, extra or of another shape, the tensor checksum it records fails, or a weight is
-  /// not finite. verify_checksum false skips reading the whole file for its checksum (a job
-  /// whose rank 0 checked it: check_tensors_checksum).
-  void load_model_file(const std::string& path, bool verify_checksum = true);
+  /// not finite.
+  void load_model_file(const std::string& path);
   /// load_checkpoint's check of the data alone (it reads no weights): throws, naming both,
   /// unless checkpoint `path` (a directory, or the newest under a root) was saved training on
   /// this trainer's data. Each rank checks its own copy of the data; run_training has every
