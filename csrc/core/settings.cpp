@@ -22,6 +22,40 @@ namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw ConfigError(msg); }
 
+// The offset of the first byte of `s` that is not part of well-formed UTF-8 (no overlong forms,
+// surrogates or code points past U+10FFFF), or npos.
+size_t first_invalid_utf8(const std::string& s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  for (size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // the second byte's range
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;
+      if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      if (c == 0xF4) hi = 0x8F;
+    } else {
+      return i;
+    }
+    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (size_t k = 2; k < len; ++k) {
+      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+    }
+    i += len;
+  }
+  return std::string::npos;
+}
+
 std::string number_str(double d) {
   if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 1e15) {
     char buf[32];
@@ -80,6 +114,12 @@ json json_of(const SettingValue& v) {
 
 // TOML's tree as JSON: tables, arrays, strings, integers, floats, booleans. Dates and times
 // have no setting to go to; they are shown by their text.
+// A TOML date or time where a setting's value is (from_toml), and where it was.
+struct TomlDate {
+  std::string text;
+  uint32_t line, column;
+};
+
 json from_toml(const toml::node& n) {
   if (const auto* t = n.as_table()) {
     // In the document's order (toml++ keeps a table's keys sorted), so what is said first
@@ -104,14 +144,16 @@ json from_toml(const toml::node& n) {
   if (const auto* i = n.as_integer()) return i->get();
   if (const auto* f = n.as_floating_point()) return f->get();
   if (const auto* b = n.as_boolean()) return b->get();
-  std::ostringstream os;  // a date, a time or both: shown as TOML writes them
+  // A date, a time or both (out = 2024-06-01 unquoted): no setting takes one, and as text it
+  // would not be what was written.
+  std::ostringstream os;
   if (const auto* d = n.as_date())
     os << *d;
   else if (const auto* t = n.as_time())
     os << *t;
   else if (const auto* dt = n.as_date_time())
     os << *dt;
-  return "date/time " + os.str();
+  throw TomlDate{os.str(), n.source().begin.line, n.source().begin.column};
 }
 
 // TOML allows characters beyond ASCII only in strings and comments. toml++ 3.3 (Debian 12's)
@@ -180,6 +222,10 @@ json parse_toml(const std::string& text, const std::string& origin) {
   }
   try {
     return from_toml(toml::parse(text));
+  } catch (const TomlDate& d) {
+    fail((origin.empty() ? "" : origin + ": ") + "line " + std::to_string(d.line) + ", column " +
+         std::to_string(d.column) + ": " + d.text + " is a TOML date or time, which no setting "
+         "takes; quote it for text (\"" + d.text + "\")");
   } catch (const toml::parse_error& e) {
     std::ostringstream os;
     os << (origin.empty() ? "" : origin + ": ") << "not valid TOML: " << e.description()
@@ -365,9 +411,19 @@ SettingValue Setting::check(const SettingValue& v, const std::string& path) cons
     case SettingKind::boolean:
       if (!std::holds_alternative<bool>(v)) return wrong();
       return v;
-    case SettingKind::text:
+    case SettingKind::text: {
       if (!std::holds_alternative<std::string>(v)) return wrong();
+      // Settings are written back as JSON (config.json, the ranks' comparison): UTF-8 only.
+      const std::string& text = std::get<std::string>(v);
+      const size_t bad = first_invalid_utf8(text);
+      if (bad != std::string::npos) {
+        char byte[8];
+        std::snprintf(byte, sizeof byte, "0x%02X", unsigned(static_cast<unsigned char>(text[bad])));
+        fail(path + ": not UTF-8 text (byte " + byte + " at offset " + std::to_string(bad) +
+             "); settings are UTF-8: convert the path or text (iconv -f latin1 -t utf-8, say)");
+      }
       return v;
+    }
     case SettingKind::choice: {
       const std::string* s = std::get_if<std::string>(&v);
       if (!s || std::find(choices.begin(), choices.end(), *s) == choices.end()) return wrong();
@@ -502,6 +558,18 @@ Settings Settings::after_set(std::function<void(void*, const std::string&)> then
   return out;
 }
 
+Settings Settings::around_set(
+    std::function<void(void*, const std::string&, const std::function<void()>&)> around) const {
+  Settings out;
+  for (Setting s : items_) {
+    s.set = [set = s.set, around, key = s.key](void* o, const SettingValue& v) {
+      around(o, key, [&] { set(o, v); });
+    };
+    out.items_.push_back(std::move(s));
+  }
+  return out;
+}
+
 void Settings::check_bounds(const void* obj, const std::string& prefix) const {
   for (const Setting& s : items_) s.check(s.get(obj), prefix + s.key);
 }
@@ -618,11 +686,19 @@ void settings_apply_overrides(const Schema& schema, void* root,
         const json j = from_toml(*t.get("v"));
         if (!j.is_object() && !j.is_array()) v = value_of(j, *s, key);
       } catch (const toml::parse_error&) {
+      } catch (const TomlDate&) {  // out=2024-06-01 is the text "2024-06-01"
       }
     }
     if ((s->kind == SettingKind::text || s->kind == SettingKind::choice) &&
         !std::holds_alternative<std::string>(v)) {
       v = raw;  // prompt=1984 is the text "1984"
+    }
+    // Numbers TOML does not write but a command line may: lr=.001, lr=5., steps=08.
+    if ((s->kind == SettingKind::number || s->kind == SettingKind::integer) &&
+        std::holds_alternative<std::string>(v) && !raw.empty()) {
+      double d = 0;
+      const auto [end, ec] = std::from_chars(raw.data(), raw.data() + raw.size(), d);
+      if (ec == std::errc() && end == raw.data() + raw.size()) v = d;
     }
     s->set(root, s->check(v, key));
   }

@@ -1,6 +1,7 @@
 // Launcher detection: the environment of torchrun, mpirun (Open MPI) and srun (Slurm).
 #include "nuri/dist/launch.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <optional>
@@ -69,6 +70,34 @@ void rendezvous(const Getenv& env, LaunchInfo& info, const char* because) {
 
 }  // namespace
 
+int slurm_uniform_tasks_per_node(const char* value) {
+  if (!value || !*value) return 0;
+  const std::string text = value;
+  int count = 0;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string entry = text.substr(at, end - at);  // "8" or "8(x4)"
+    const size_t paren = entry.find('(');
+    const std::string n = entry.substr(0, paren);
+    if (n.empty() || n.size() > 6 || n.find_first_not_of("0123456789") != std::string::npos) {
+      return 0;
+    }
+    if (paren != std::string::npos) {
+      const std::string times = entry.substr(paren);  // "(x4)"
+      if (times.size() < 4 || times.compare(0, 2, "(x") != 0 || times.back() != ')' ||
+          times.find_first_not_of("0123456789", 2) != times.size() - 1) {
+        return 0;
+      }
+    }
+    const int c = std::stoi(n);
+    if (c < 1 || (count != 0 && c != count)) return 0;
+    count = c;
+    at = end + 1;
+  }
+  return count;
+}
+
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_fn) {
   const Getenv env = getenv_fn ? getenv_fn : Getenv([](const char* n) { return std::getenv(n); });
   LaunchInfo info;
@@ -113,18 +142,17 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     info.world_size = required(env, v.size, l, because.c_str());
     info.local_rank = required(env, v.local, l, because.c_str());
     // srun: the step's tasks per node (SLURM_STEP_TASKS_PER_NODE; the job's
-    // SLURM_NTASKS_PER_NODE where a step does not say), one number only for homogeneous steps
-    // ("4"); "2(x3)" or a list leaves the count unknown (0), as does an unset variable.
+    // SLURM_NTASKS_PER_NODE where a step does not say) in Slurm's form, "8" on one node, "8(x4)"
+    // on four, "8(x3),4" where they differ: the count where every node has the same ("8"),
+    // else unknown (0), as for an unset variable.
     const char* local_size = v.local_size;
     if (v.launcher == Launcher::srun) {
       const char* step_per_node = env("SLURM_STEP_TASKS_PER_NODE");
       if (step_per_node && *step_per_node) local_size = "SLURM_STEP_TASKS_PER_NODE";
+      info.local_world_size = slurm_uniform_tasks_per_node(env(local_size));
+    } else {
+      info.local_world_size = int_var(env, local_size, l).value_or(0);
     }
-    const char* per_node = env(local_size);
-    const bool plain = per_node && *per_node &&
-                       std::string(per_node).find_first_not_of("0123456789") == std::string::npos;
-    info.local_world_size =
-        v.launcher == Launcher::srun && !plain ? 0 : int_var(env, local_size, l).value_or(0);
     check_ranks(info, v.rank, v.size, v.local);
     if (info.launcher == Launcher::srun && info.world_size > 1) {
       // srun starts the tasks itself; MPI can only wire them up through srun's PMI plugin. With
@@ -138,6 +166,13 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     }
     return info;
   }
+  // MPICH's and Intel MPI's mpiexec (outside Slurm) set PMI_RANK and PMI_SIZE only: every
+  // process taking itself for rank 0 of 1 would train alone, all writing one out.
+  const char* pmi_size = env("PMI_SIZE");
+  NURI_CHECK(!pmi_size || !*pmi_size || std::string(pmi_size) == "1", "PMI_SIZE=", pmi_size,
+             " is set (an mpiexec of MPICH or Intel MPI), which nuri does not read: start the "
+             "job with Open MPI's mpirun, srun, or torchrun-style variables (RANK, WORLD_SIZE, "
+             "MASTER_ADDR, MASTER_PORT)");
   return info;
 }
 

@@ -18,6 +18,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -399,8 +401,16 @@ int listen_on(int port, int backlog, const std::string& what) {
   if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, backlog) != 0) {
     const std::string e = errno_str();
     ::close(fd);
+    // torchrun's static rendezvous keeps its agent's store on MASTER_PORT itself.
+    const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
+    const bool torchrun = agent && std::string(agent) == "True";
     NURI_CHECK(false, "tcp rendezvous: cannot listen on ", what, " port ", port, ": ", e,
-               port != 0 ? " (another job may be using it: pick another MASTER_PORT)" : "");
+               port == 0 ? ""
+               : torchrun
+                   ? " (under torchrun MASTER_PORT is its agent's store: start the program "
+                     "with python -m nuri train, or from Python after nuri.init_process_group(), "
+                     "which take another port through that store)"
+                   : " (another job may be using it: pick another MASTER_PORT)");
   }
   set_nonblocking(fd);
   return fd;
@@ -443,7 +453,14 @@ int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& wai
     sockaddr_in a{};
     socklen_t len = sizeof a;
     const int fd = ::accept(lfd, reinterpret_cast<sockaddr*>(&a), &len);
-    if (fd < 0) continue;
+    if (fd < 0) {
+      // Out of file descriptors (a mesh of thousands of ranks) is said, not retried until the
+      // deadline; a connection that went away before it was taken is retried.
+      NURI_CHECK(errno != EMFILE && errno != ENFILE, "tcp rendezvous: cannot accept ",
+                 waiting_for, ": ", errno_str(), " (a job of N ranks holds N - 1 sockets in "
+                 "each process: raise the open-file limit, ulimit -n)");
+      continue;
+    }
     if (ip) *ip = a.sin_addr.s_addr;
     set_nonblocking(fd);
     set_nodelay(fd);
@@ -452,7 +469,8 @@ int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& wai
 }
 
 /// Connects to ip:port, retrying while nobody listens yet, until the deadline.
-int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& what) {
+int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& what,
+               int master_port = 0) {
   for (;;) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     NURI_CHECK(fd >= 0, "tcp rendezvous: socket() failed: ", errno_str());
@@ -460,15 +478,33 @@ int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& wha
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = ip;
     a.sin_port = htons(uint16_t(port));
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
-      set_nonblocking(fd);
+    // Non-blocking, so that a peer whose packets are dropped (a firewall) costs the deadline,
+    // not the kernel's two minutes of SYN retries an attempt.
+    set_nonblocking(fd);
+    int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    if (rc != 0 && errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      while ((rc = ::poll(&p, 1, dl.poll_ms())) == 0 || (rc < 0 && errno == EINTR)) {
+        if (dl.passed() || wait_interrupted()) break;
+      }
+      int err = ETIMEDOUT;
+      socklen_t len = sizeof err;
+      if (rc > 0) ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+      errno = err;
+      rc = err == 0 ? 0 : -1;
+    }
+    if (rc == 0) {
       set_nodelay(fd);
       return fd;
     }
     const std::string e = errno_str();
     ::close(fd);
     NURI_CHECK(!wait_interrupted(), "tcp rendezvous: interrupted connecting to ", what);
-    NURI_CHECK(!dl.passed(), "tcp rendezvous: cannot connect to ", what, ": ", e);
+    NURI_CHECK(!dl.passed(), "tcp rendezvous: cannot connect to ", what, ": ", e,
+               port == master_port ? ""
+                                   : " (every rank listens on a port of its own for its peers: "
+                                     "between nodes those must be reachable too, not only "
+                                     "MASTER_PORT)");
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
@@ -499,6 +535,15 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
              "a job of ", info.world_size, " processes meeting over TCP (",
              launcher_name(info.launcher), ") needs MASTER_ADDR and MASTER_PORT (rank 0's host "
              "and a free port) in every process's environment");
+  // The mesh holds a socket per peer: the soft open-file limit (often 1024) goes up to the hard
+  // one, as far as the job needs.
+  if (rlimit lim{}; ::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY) {
+    const rlim_t want = rlim_t(info.world_size) + 256;
+    if (lim.rlim_cur < want && lim.rlim_cur < lim.rlim_max) {
+      lim.rlim_cur = lim.rlim_max == RLIM_INFINITY ? want : std::min(want, lim.rlim_max);
+      ::setrlimit(RLIMIT_NOFILE, &lim);
+    }
+  }
   auto mesh = std::make_shared<Mesh>();
   mesh->rank = info.rank;
   mesh->size = info.world_size;
@@ -538,7 +583,8 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
       const OwnedFd lfd(listen_on(0, n, "its own"));
       const uint32_t master_ip = resolve(info.master_addr);
       const int fd0 = connect_to(master_ip, info.master_port, dl,
-                                 "rank 0 at " + master + " (MASTER_ADDR:MASTER_PORT)");
+                                 "rank 0 at " + master + " (MASTER_ADDR:MASTER_PORT)",
+                                 info.master_port);
       mesh->fds[0] = fd0;
       Hello h;
       h.rank = me;

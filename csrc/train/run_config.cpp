@@ -3,6 +3,7 @@
 #include "nuri/train/run_config.h"
 
 #include <algorithm>
+#include <functional>
 #include <sstream>
 
 #include "nuri/backend/build_info.h"
@@ -74,10 +75,19 @@ Schema build_schema() {
       .flag("--model")
       .meta("NAME")
       .first();
-  // The fields the preset sets, each recorded as given when set.
+  // The fields the preset sets, each recorded as given when set. n_kv_head given before n_head
+  // stays what it says (n_head's own setting makes it follow on a full-attention model, which is
+  // right only when the run did not give it).
   model.append(lift(model_settings(), &RunConfig::model)
-                   .after_set([](void* run, const std::string& key) {
-                     auto& given = static_cast<RunConfig*>(run)->model_keys_given;
+                   .around_set([](void* run, const std::string& key,
+                                  const std::function<void()>& set) {
+                     auto* r = static_cast<RunConfig*>(run);
+                     auto& given = r->model_keys_given;
+                     const bool kv_given =
+                         std::find(given.begin(), given.end(), "n_kv_head") != given.end();
+                     const int64_t kv = r->model.n_kv_head;
+                     set();
+                     if (key == "n_head" && kv_given) r->model.n_kv_head = kv;
                      if (std::find(given.begin(), given.end(), key) == given.end()) {
                        given.push_back(key);
                      }

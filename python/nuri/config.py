@@ -61,7 +61,9 @@ def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
 
 def model_config_from_dict(table: str | Mapping[str, Any], path: str = "model") -> ModelConfig:
     """A validated ModelConfig from a preset name or a ``[model]`` table (``preset`` plus any
-    ModelConfig keys, which override the preset). ``path`` prefixes error messages."""
+    ModelConfig keys, which override the preset). Without a preset the keys override
+    ``ModelConfig()``, GPT-2 124M (a run config's ``[model]`` table without one overrides the
+    run's default model, ``demo``, instead). ``path`` prefixes error messages."""
     if isinstance(table, str):
         table = {"preset": table}
     if not isinstance(table, Mapping):

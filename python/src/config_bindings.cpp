@@ -299,8 +299,14 @@ void bind_config(py::module_& m) {
   // keywords-only constructor, so that preset= given by keyword comes here).
   model.def(py::init([](const std::string& preset, py::kwargs kw) {
               ModelConfig c = model_config_arg(preset);
-              for (auto [k, v] : kw) {
-                const std::string key = py::str(k), path = "model." + key;
+              // n_kv_head last: n_head's setting makes it follow on a full-attention model,
+              // which must not undo an n_kv_head given with it, in whatever order.
+              std::vector<std::pair<std::string, py::handle>> keys;
+              for (auto [k, v] : kw) keys.push_back({py::str(k), v});
+              std::stable_partition(keys.begin(), keys.end(),
+                                    [](const auto& kv) { return kv.first != "n_kv_head"; });
+              for (const auto& [key, v] : keys) {
+                const std::string path = "model." + key;
                 const Setting* s = model_settings().find(key);
                 if (!s) throw ConfigError(path + ": unknown key");
                 s->set(&c, from_py(v, *s, path));

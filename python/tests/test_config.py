@@ -75,6 +75,12 @@ def test_n_head_alone_keeps_full_attention_full():
     # grouped-query preset keeps its kv heads; n_kv_head given is what it says.
     assert nuri.ModelConfig("gpt2-124M", n_head=24).n_kv_head == 24
     assert nuri.ModelConfig("gpt2-124M", n_head=24, n_kv_head=6).n_kv_head == 6
+    # n_kv_head given first, as the preset's own count: still what it says.
+    assert nuri.ModelConfig("gpt2-124M", n_kv_head=12, n_head=24).n_kv_head == 12
+    assert nuri.model_config_from_dict(
+        {"preset": "gpt2-124M", "n_kv_head": 12, "n_head": 24}).n_kv_head == 12
+    assert nuri.config_from_dict(
+        {"model": {"preset": "gpt2-124M", "n_kv_head": 12, "n_head": 24}}).model.n_kv_head == 12
     assert nuri.ModelConfig("llama-1B", n_head=16).n_kv_head == 4
     assert nuri.model_config_from_dict({"preset": "gpt2-124M", "n_head": 16}).n_kv_head == 16
     assert nuri.model_config_from_dict({"n_head": 16}).n_kv_head == 16

@@ -106,6 +106,24 @@ TEST(Launch, Slurm) {
                     {"SLURM_STEP_TASKS_PER_NODE", "2"}})
                 .local_world_size,
             2);
+  // A step over four nodes of 8 tasks each: Slurm writes "8(x4)", one count for every node.
+  EXPECT_EQ(launch({{"SLURM_PROCID", "9"},
+                    {"SLURM_STEP_NUM_TASKS", "32"},
+                    {"SLURM_LOCALID", "1"},
+                    {"SLURM_STEP_TASKS_PER_NODE", "8(x4)"}})
+                .local_world_size,
+            8);
+  EXPECT_EQ(slurm_uniform_tasks_per_node("8(x3),8"), 8);
+  EXPECT_EQ(slurm_uniform_tasks_per_node("8(x3),4"), 0);
+  for (const char* bad : {"", "x", "8(4)", "8(x)", "8(x4", "8,", "-8", "0", "8(x4)x"}) {
+    EXPECT_EQ(slurm_uniform_tasks_per_node(bad), 0) << bad;
+  }
+  EXPECT_EQ(slurm_uniform_tasks_per_node(nullptr), 0);
+  // MPICH's mpiexec: PMI_RANK and PMI_SIZE alone, refused by name rather than run as 1 of 1.
+  EXPECT_NE(error_of({{"PMI_RANK", "1"}, {"PMI_SIZE", "4"}})
+                .find("PMI_SIZE=4 is set (an mpiexec of MPICH or Intel MPI)"),
+            std::string::npos);
+  EXPECT_EQ(launch({{"PMI_RANK", "0"}, {"PMI_SIZE", "1"}}).world_size, 1);
   // An allocation's own shell (an sbatch script, salloc) carries SLURM_PROCID 0 and the job's
   // SLURM_NTASKS but no step: one process, not rank 0 of 4 waiting for 3 that never come.
   const LaunchInfo batch = launch({{"SLURM_PROCID", "0"},

@@ -325,6 +325,9 @@ TEST(RunConfig, NHeadAloneKeepsFullAttentionFull) {
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "16"}).n_kv_head, 16);
   EXPECT_EQ(model_of({"--model", "llama-1B", "--n-head", "16"}).n_kv_head, 4);
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "4", "--n-head", "24"}).n_kv_head, 4);
+  // Given as the preset's own count, before n_head: still what it says (it followed n_head).
+  EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "12", "--n-head", "24"}).n_kv_head,
+            12);
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "24", "--n-kv-head", "6"}).n_kv_head, 6);
   RunConfig read = RunConfig::from_json(R"({"model": {"n_head": 8, "n_kv_head": 2}})");
   ASSERT_TRUE(read.model_keys_given.empty());

@@ -162,6 +162,37 @@ TEST(RunConfig, DefaultsAreTheDemoAndRoundTripThroughJson) {
   EXPECT_EQ(f.model.mlp, MlpKind::swiglu);
 }
 
+// What a command line or a file may hold that TOML reads otherwise: an unquoted date is text
+// on a command line (it was "date/time 2024-06-01") and an error naming its place in a file;
+// numbers TOML does not write (.001, 5., 08) are numbers; text that is not UTF-8 is refused by
+// name (it stopped the run when config.json was written).
+TEST(RunConfig, DatesBareNumbersAndBytesThatAreNotUtf8) {
+  const RunConfig d = RunConfig().with_overrides(
+      {"out=2024-06-01", "sample.prompt=12:30:00", "train.lr=.001", "train.warmup_steps=08",
+       "train.min_lr_ratio=0."});
+  EXPECT_EQ(d.out, "2024-06-01");
+  EXPECT_EQ(d.sample.prompt, "12:30:00");
+  EXPECT_EQ(d.train.lr, 0.001f);
+  EXPECT_EQ(d.train.warmup_steps, 8);
+  EXPECT_EQ(d.train.min_lr_ratio, 0.0f);
+  EXPECT_EQ(error_of([] { RunConfig().with_overrides({"train.steps=2024-06-01"}); }),
+            "train.steps: expected an integer >= 1, got '2024-06-01'");
+  const std::string path =
+      (std::filesystem::temp_directory_path() / "nuri_date_config.toml").string();
+  std::ofstream(path) << "out = \"runs/a\"\n[checkpoint]\ndir = 2024-06-01\n";
+  EXPECT_EQ(error_of([&] { RunConfig::load(path); }),
+            path + ": line 3, column 7: 2024-06-01 is a TOML date or time, which no setting "
+                   "takes; quote it for text (\"2024-06-01\")");
+  std::filesystem::remove(path);
+  EXPECT_EQ(error_of([] { RunConfig().with_overrides({"sample.prompt=caf\xe9"}); }),
+            "sample.prompt: not UTF-8 text (byte 0xE9 at offset 3); settings are UTF-8: convert "
+            "the path or text (iconv -f latin1 -t utf-8, say)");
+  EXPECT_NE(error_of([] { RunConfig().with_overrides({"out=a\xed\xa0\x80"}); })
+                .find("byte 0xED at offset 1"),  // a surrogate
+            std::string::npos);
+  EXPECT_EQ(RunConfig().with_overrides({"sample.prompt=café і"}).sample.prompt, "café і");
+}
+
 TEST(RunConfig, CrossSectionChecksNameTheKeys) {
   EXPECT_EQ(error_of([] {
               RunConfig::from_json(R"({"model": "gpt2-tiny",

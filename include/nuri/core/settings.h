@@ -175,6 +175,10 @@ class Settings {
   Settings lifted(std::function<void*(void*)> inner) const;
   /// The same settings, each calling `then(obj, key)` after it set a value.
   Settings after_set(std::function<void(void*, const std::string&)> then) const;
+  /// The same settings, each setting a value through `around(obj, key, set)`, which calls
+  /// set() (what may be done before and after it: see the run config's model keys).
+  Settings around_set(
+      std::function<void(void*, const std::string&, const std::function<void()>&)> around) const;
   /// Throws ConfigError for the first member of obj outside its setting's bounds, named
   /// `prefix` + key (what a struct's validate() calls before its cross-field checks).
   void check_bounds(const void* obj, const std::string& prefix) const;

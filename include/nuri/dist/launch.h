@@ -5,7 +5,8 @@
 //                   hand-written script sets; LOCAL_WORLD_SIZE when present)
 //   mpirun (Open MPI)  OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK, _LOCAL_SIZE
 //   srun (Slurm)    SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID (SLURM_STEP_TASKS_PER_NODE,
-//                   else SLURM_NTASKS_PER_NODE, when it is one number); an allocation's shell (sbatch, salloc: SLURM_PROCID
+//                   else SLURM_NTASKS_PER_NODE, when every node has the same count: "8",
+//                   "8(x4)"); an allocation's shell (sbatch, salloc: SLURM_PROCID
 //                   without the step's SLURM_STEP_NUM_TASKS) is a single process. With
 //                   MASTER_ADDR and MASTER_PORT the ranks meet over TCP as
 //                   torchrun-style ones do, else over MPI, which needs srun's PMIx plugin
@@ -41,6 +42,9 @@ struct LaunchInfo {
 /// Reads the launcher's variables through `getenv` (a name -> value or nullptr; the process
 /// environment by default, a map in tests). Throws nuri::Error naming the variable on bad input.
 LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv = nullptr);
+/// Slurm's tasks per node ("8", "8(x4)", "8(x3),4") as one count where every node has the same,
+/// else 0 (unknown; also for null, empty or malformed text).
+int slurm_uniform_tasks_per_node(const char* value);
 
 /// The device of this process: its local rank, which must be below `device_count` (one process
 /// per device; an error says how many processes the node may start otherwise). A process that
