@@ -535,11 +535,17 @@ CheckpointReader::~CheckpointReader() = default;
 
 const SafetensorsFile& CheckpointReader::file(const std::string& name) const {
   const std::lock_guard<std::mutex> lock(open_mutex_);  // (reading a file needs no lock)
-  // One file open at a time (a checkpoint of thousands of ranks' files would exceed the
-  // process's limit): the one read last is closed when another is read.
-  if (name != last_) {
-    if (auto last = open_.find(last_); last != open_.end()) last->second->close();
-    last_ = name;
+  // At most kOpenFiles open at a time (a checkpoint of thousands of ranks' files would exceed
+  // the process's limit), the least recently read closed first; a row of a new layout may take
+  // its pieces from several old ranks' files in turn, each kept open for the next row.
+  constexpr size_t kOpenFiles = 16;
+  if (recent_.empty() || recent_.front() != name) {
+    recent_.erase(std::remove(recent_.begin(), recent_.end(), name), recent_.end());
+    recent_.push_front(name);
+    if (recent_.size() > kOpenFiles) {
+      if (auto old = open_.find(recent_.back()); old != open_.end()) old->second->close();
+      recent_.pop_back();
+    }
   }
   auto it = open_.find(name);
   if (it != open_.end()) return *it->second;

@@ -402,8 +402,10 @@ int listen_on(int port, int backlog, const std::string& what) {
     const std::string e = errno_str();
     ::close(fd);
     // torchrun's static rendezvous keeps its agent's store on MASTER_PORT itself.
+    // (Unless nuri.init_process_group took another port through that store already.)
     const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
-    const bool torchrun = agent && std::string(agent) == "True";
+    const char* moved = std::getenv("NURI_MASTER_PORT_FROM_STORE");
+    const bool torchrun = agent && std::string(agent) == "True" && !(moved && *moved);
     NURI_CHECK(false, "tcp rendezvous: cannot listen on ", what, " port ", port, ": ", e,
                port == 0 ? ""
                : torchrun

@@ -269,9 +269,23 @@ RunConfig RunConfig::from_json(const std::string& json, const std::string& origi
   return c;
 }
 
+namespace {
+
+// A config file's settings into c. A JSON one is most often a whole config that to_json wrote
+// (a run's config.json), naming every key: as from_json, its model keys do not count as given
+// (so an n_head set after it keeps a full-attention model full).
+void read_config_file(RunConfig* c, const std::string& path) {
+  settings_from_file(run_schema(), c, path);
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0) {
+    c->model_keys_given.clear();
+  }
+}
+
+}  // namespace
+
 RunConfig RunConfig::load(const std::string& path) {
   RunConfig c;
-  settings_from_file(run_schema(), &c, path);
+  read_config_file(&c, path);
   try {
     c.validate();
   } catch (const ConfigError& e) {
@@ -365,7 +379,7 @@ RunArgs parse_run_args(const std::vector<std::string>& args) {
     }
     (found->first ? first : rest).push_back(path + "=" + value);
   }
-  if (!config_file.empty()) settings_from_file(schema, &out.config, config_file);
+  if (!config_file.empty()) read_config_file(&out.config, config_file);
   settings_apply_overrides(schema, &out.config, first);
   settings_apply_overrides(schema, &out.config, rest);
   out.config.validate();

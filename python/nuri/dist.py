@@ -40,6 +40,7 @@ def _port_from_torchrun_store(timeout_s: float) -> None:
         store.set(key, str(port))
     port = int(store.get(key))  # waits until rank 0 has set it
     os.environ["MASTER_PORT"] = str(port)
+    os.environ["NURI_MASTER_PORT_FROM_STORE"] = "1"  # (an error then names no agent store)
 
 
 _group: ProcessGroup | None = None  # the job's group, once its ranks have met

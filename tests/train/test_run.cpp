@@ -325,6 +325,14 @@ TEST(RunConfig, NHeadAloneKeepsFullAttentionFull) {
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-head", "16"}).n_kv_head, 16);
   EXPECT_EQ(model_of({"--model", "llama-1B", "--n-head", "16"}).n_kv_head, 4);
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "4", "--n-head", "24"}).n_kv_head, 4);
+  // A run's config.json (every key written) read with --config: its n_kv_head is not "given",
+  // so an n_head after it keeps the model full.
+  const fs::path written = fs::temp_directory_path() / "nuri_nhead_config.json";
+  std::ofstream(written) << RunConfig().with_overrides({"model=gpt2-124M"}).to_json();
+  EXPECT_EQ(model_of({"--config", written.string(), "--n-head", "24"}).n_kv_head, 24);
+  EXPECT_EQ(RunConfig::load(written.string()).with_overrides({"model.n_head=24"}).model.n_kv_head,
+            24);
+  fs::remove(written);
   // Given as the preset's own count, before n_head: still what it says (it followed n_head).
   EXPECT_EQ(model_of({"--model", "gpt2-124M", "--n-kv-head", "12", "--n-head", "24"}).n_kv_head,
             12);

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -140,7 +141,7 @@ class CheckpointReader {
   };
   std::map<std::string, Range> ranges_;
   mutable std::map<std::string, std::unique_ptr<SafetensorsFile>> open_;
-  mutable std::string last_;       // the file read last: the one kept open
+  mutable std::deque<std::string> recent_;  // the files kept open, most recently read first
   mutable std::mutex open_mutex_;  // open_ is filled on first use, from any thread
 };
 
