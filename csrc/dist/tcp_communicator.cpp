@@ -12,6 +12,12 @@
 // rank gets the same bits); reduce_scatter(_v) and all_gather(_v) are those halves; broadcast
 // sends from the root to each rank; barrier is a one-element all_reduce. Every wait has the
 // communicator's deadline, and a peer that closes its socket (it died) is reported at once.
+//
+// Every message starts with a frame saying what it belongs to (the operation, its dtype, element
+// count and reduction, the communicator, the operation's number on it, the message's bytes). The
+// receiver compares it with its own before reading the bytes, so ranks that called different
+// collectives, or passed tensors of different sizes, stop naming both sides instead of reading
+// one operation's bytes as another's.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -36,6 +42,7 @@
 
 #include "dist/comm_check.h"
 #include "nuri/core/error.h"
+#include "nuri/core/log.h"
 #include "nuri/dist/communicator.h"
 
 namespace nuri {
@@ -44,14 +51,64 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr uint32_t kMagic = 0x6e757269;  // "nuri"
+constexpr uint32_t kMagic = 0x6e757269;       // "nuri"
+constexpr uint32_t kFrameMagic = 0x6e75666d;  // "nufm"
 
 struct Hello {
   uint32_t magic = kMagic;
   int32_t rank = 0;
   int32_t world = 0;
   int32_t port = 0;
+  uint64_t job = 0;  ///< job_token(): ranks of another job on the same port are turned away
 };
+
+/// A hash of what names this job in the launcher's environment (0 where nothing does): two jobs
+/// given the same MASTER_ADDR:MASTER_PORT do not join each other's meshes.
+uint64_t job_token() {
+  std::string id;
+  for (const char* key : {"NURI_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID",
+                          "PBS_JOBID", "LSB_JOBID"}) {
+    if (const char* v = std::getenv(key)) id += std::string(key) + "=" + v + ";";
+  }
+  if (id.empty()) return 0;
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (const unsigned char c : id) h = (h ^ c) * 1099511628211ull;
+  return h | 1;
+}
+
+/// What a message belongs to; sent ahead of its bytes and compared by the receiver.
+enum class Op : uint8_t { all_reduce, reduce_scatter, all_gather, broadcast, send, barrier };
+
+const char* op_name(uint8_t op) {
+  static const char* const names[] = {"all_reduce", "reduce_scatter", "all_gather",
+                                      "broadcast",  "send",           "barrier"};
+  return op < 6 ? names[op] : "an unknown operation";
+}
+
+struct Frame {
+  uint32_t magic = kFrameMagic;
+  uint8_t op = 0;
+  uint8_t dtype = 0;
+  uint8_t rop = 0;  ///< 0 none, 1 sum, 2 avg
+  uint8_t pad = 0;
+  uint32_t group = 0;  ///< a hash of the communicator's members
+  uint32_t pad2 = 0;
+  uint64_t seq = 0;    ///< the operation's number on the communicator (a send's: on the pair)
+  uint64_t count = 0;  ///< the operation's elements
+  uint64_t bytes = 0;  ///< this message's
+};
+static_assert(sizeof(Frame) == 40, "the frame is sent as bytes");
+
+/// "all_reduce #7 (f32, 1024 elements, sum)".
+std::string describe_frame(const Frame& f) {
+  std::ostringstream s;
+  s << op_name(f.op) << " #" << f.seq;
+  if (f.op != uint8_t(Op::barrier)) {
+    s << " (" << (f.dtype <= uint8_t(DType::u32) ? dtype_name(DType(f.dtype)) : "?") << ", "
+      << f.count << " elements" << (f.rop == 1 ? ", sum" : f.rop == 2 ? ", avg" : "") << ")";
+  }
+  return s.str();
+}
 
 struct Peer {
   uint32_t ip = 0;  ///< network byte order
@@ -99,6 +156,7 @@ class Deadline {
       : end_(Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                 std::chrono::duration<double>(s))) {}
   bool passed() const { return Clock::now() > end_; }
+  double left_s() const { return std::chrono::duration<double>(end_ - Clock::now()).count(); }
   /// Milliseconds left for poll(), at most 100 (so a signal-free poll rechecks often).
   int poll_ms() const {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end_ - Clock::now());
@@ -198,6 +256,11 @@ class TcpCommunicator final : public Communicator {
     timeout_s_ = mesh_->timeout_s;
     for (size_t i = 0; i < members_.size(); ++i)
       if (members_[i] == mesh_->rank) rank_ = int(i);
+    uint32_t h = 2166136261u;  // FNV-1a over the members
+    for (int m : members_) h = (h ^ uint32_t(m)) * 16777619u;
+    group_ = h;
+    sent_.assign(members_.size(), 0);
+    received_.assign(members_.size(), 0);
   }
 
   int rank() const override { return rank_; }
@@ -206,7 +269,7 @@ class TcpCommunicator final : public Communicator {
 
   void all_reduce(const Tensor& t, ReduceOp op) override {
     dist::check_tensor("all_reduce", "t", t);
-    begin("all_reduce", t, op);
+    begin(Op::all_reduce, "all_reduce", t, op);
     const std::vector<int64_t> counts = even_chunks(t.numel());
     ring_reduce_scatter(t, counts);
     ring_all_gather(t, counts);
@@ -221,7 +284,7 @@ class TcpCommunicator final : public Communicator {
   void reduce_scatter_v(const Tensor& in, const Tensor& out, const std::vector<int64_t>& counts,
                         ReduceOp op) override {
     const int64_t offset = dist::check_scatter_v(in, out, counts, rank_, size());
-    begin("reduce_scatter", in, op);
+    begin(Op::reduce_scatter, "reduce_scatter", in, op);
     // Reduce in a scratch copy (in stays as it was, unless out is its own first elements).
     Tensor work = Tensor::empty({in.numel()}, in.dtype());
     std::memcpy(work.raw(), in.raw(), in.nbytes());
@@ -239,7 +302,7 @@ class TcpCommunicator final : public Communicator {
   void all_gather_v(const Tensor& in, const Tensor& out,
                     const std::vector<int64_t>& counts) override {
     const int64_t offset = dist::check_gather_v(in, out, counts, rank_, size());
-    begin("all_gather", out);
+    begin(Op::all_gather, "all_gather", out);
     const size_t es = dtype_size(out.dtype());
     char* mine = static_cast<char*>(out.raw()) + size_t(offset) * es;
     if (in.raw() != mine) std::memmove(mine, in.raw(), in.nbytes());
@@ -250,7 +313,7 @@ class TcpCommunicator final : public Communicator {
     dist::check_tensor("broadcast", "t", t);
     NURI_CHECK(root >= 0 && root < size(), "broadcast: root ", root, " is not a rank of this ",
                size(), "-rank communicator");
-    begin("broadcast", t);
+    begin(Op::broadcast, "broadcast", t);
     const Deadline dl(timeout_s_);
     if (rank_ == root) {
       for (int q = 0; q < size(); ++q) {
@@ -264,20 +327,21 @@ class TcpCommunicator final : public Communicator {
   void send(const Tensor& t, int peer) override {
     dist::check_tensor("send", "t", t);
     dist::check_peer("send", peer, rank_, size());
-    begin("send", t, std::nullopt, peer);
+    begin(Op::send, "send", t, std::nullopt, peer, ++sent_[size_t(peer)]);
     move(peer, t.raw(), t.nbytes(), -1, nullptr, 0, Deadline(timeout_s_));
   }
 
   void recv(const Tensor& t, int peer) override {
     dist::check_tensor("recv", "t", t);
     dist::check_peer("recv", peer, rank_, size());
-    begin("recv", t, std::nullopt, peer);
+    begin(Op::send, "recv", t, std::nullopt, peer, ++received_[size_t(peer)]);
     move(-1, nullptr, 0, peer, t.raw(), t.nbytes(), Deadline(timeout_s_));
   }
 
   void barrier() override {
     Tensor one = Tensor::zeros({1});
-    begin("barrier", Tensor());
+    begin(Op::barrier, "barrier", one);
+    what_ = "barrier";
     const std::vector<int64_t> counts = even_chunks(1);
     ring_reduce_scatter(one, counts);
     ring_all_gather(one, counts);
@@ -347,15 +411,23 @@ class TcpCommunicator final : public Communicator {
     }
   }
 
-  /// Sends to and receives from ranks of this communicator (-1: none), or fails the operation.
+  /// Sends to and receives from ranks of this communicator (-1: none), or fails the operation:
+  /// first the frames (the one received must be this operation's), then the bytes.
   void move(int to, const void* out, size_t out_n, int from, void* in, size_t in_n,
             const Deadline& dl) {
     const int wto = to >= 0 ? members_[size_t(to)] : -1;
     const int wfrom = from >= 0 ? members_[size_t(from)] : -1;
-    const std::string err =
-        transfer(wto >= 0 ? mesh_->fds[size_t(wto)] : -1, out, to >= 0 ? out_n : 0,
-                 wfrom >= 0 ? mesh_->fds[size_t(wfrom)] : -1, in, from >= 0 ? in_n : 0, dl,
-                 wto, wfrom);
+    const int fd_out = wto >= 0 ? mesh_->fds[size_t(wto)] : -1;
+    const int fd_in = wfrom >= 0 ? mesh_->fds[size_t(wfrom)] : -1;
+    Frame mine = frame_, theirs{};
+    mine.bytes = out_n;
+    std::string err = transfer(fd_out, &mine, to >= 0 ? sizeof mine : 0, fd_in, &theirs,
+                               from >= 0 ? sizeof theirs : 0, dl, wto, wfrom);
+    if (err.empty() && from >= 0) check_frame(theirs, in_n, from);
+    if (err.empty()) {
+      err = transfer(fd_out, out, to >= 0 ? out_n : 0, fd_in, in, from >= 0 ? in_n : 0, dl, wto,
+                     wfrom);
+    }
     if (err.empty()) return;
     mesh_->mark_broken(what_);
     std::ostringstream t;
@@ -375,16 +447,57 @@ class TcpCommunicator final : public Communicator {
                mesh_->what_broke(), ") and cannot be used again; end the process");
   }
 
-  void begin(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
-             int peer = -1) {
-    check_usable(op);
-    what_ = dist::describe(op, t, rop, peer);
+  /// Fails the operation (and the mesh: the stream is out of step) unless the frame from
+  /// `from` belongs to this operation and carries in_n bytes.
+  void check_frame(const Frame& f, size_t in_n, int from) {
+    Frame want = frame_;
+    want.bytes = in_n;
+    const bool same_op = f.magic == kFrameMagic && f.op == want.op && f.dtype == want.dtype &&
+                         f.rop == want.rop && f.group == want.group && f.seq == want.seq &&
+                         f.count == want.count;
+    if (same_op && f.bytes == want.bytes) return;
+    mesh_->mark_broken(what_);
+    std::ostringstream why;
+    if (f.magic != kFrameMagic) {
+      why << "what it sent is not a message of this job's (the connection is out of step)";
+    } else if (f.group != want.group) {
+      why << "it sent " << describe_frame(f) << " of another of its communicators, where this "
+          << "rank expected " << describe_frame(want);
+    } else if (!same_op) {
+      why << "it sent " << describe_frame(f) << " where this rank is in " << describe_frame(want)
+          << ": the ranks called different operations, in another order, or with tensors of "
+             "other sizes";
+    } else {
+      why << "it sent " << f.bytes << " bytes of " << describe_frame(f) << " where this rank "
+          << "expected " << want.bytes << ": the ranks passed different chunk counts";
+    }
+    NURI_CHECK(false, what_, " on rank ", rank_, " of ", size(), " (tcp) failed with rank ",
+               from, ": ", why.str(), ". This rank gives up; every rank should exit");
+  }
+
+  /// Starts an operation: what_ for messages, and the frame its messages carry (seq: a send's
+  /// or receive's number on the pair; 0 for a collective, numbered here).
+  void begin(Op op, const char* name, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
+             int peer = -1, uint64_t seq = 0) {
+    check_usable(name);
+    what_ = dist::describe(name, t, rop, peer);
+    frame_ = Frame{};
+    frame_.op = uint8_t(op);
+    frame_.dtype = uint8_t(t.dtype());
+    frame_.rop = rop ? (*rop == ReduceOp::sum ? 1 : 2) : 0;
+    frame_.group = group_;
+    frame_.seq = seq != 0 ? seq : ++collectives_;
+    frame_.count = uint64_t(t.numel());
   }
 
   std::shared_ptr<Mesh> mesh_;
   std::vector<int> members_;  ///< world ranks, in this communicator's rank order
   int rank_ = 0;
   std::string what_;
+  Frame frame_;           ///< the current operation's
+  uint32_t group_ = 0;    ///< a hash of members_
+  uint64_t collectives_ = 0;
+  std::vector<uint64_t> sent_, received_;  ///< messages to and from each rank (send, recv)
 };
 
 // ---- rendezvous --------------------------------------------------------------------------------
@@ -514,7 +627,9 @@ int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& wha
 void exchange(int fd, const void* out, size_t out_n, void* in, size_t in_n, const Deadline& dl,
               int peer) {
   const std::string err = transfer(fd, out, out_n, fd, in, in_n, dl, peer, peer);
-  NURI_CHECK(err.empty(), "tcp rendezvous with rank ", peer, ": ", err);
+  NURI_CHECK(err.empty(), "tcp rendezvous with ", peer >= 0 ? "rank " + std::to_string(peer)
+                                                            : std::string("a higher rank"),
+             ": ", err);
 }
 
 uint32_t resolve(const std::string& host) {
@@ -558,23 +673,41 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   if (me == 0) {
     {
       const OwnedFd lfd(listen_on(info.master_port, n, "MASTER_PORT"));
-      for (int k = 1; k < n; ++k) {
+      const uint64_t job = job_token();
+      int turned_away = 0;
+      for (int k = 1; k < n;) {
         uint32_t ip = 0;
-        OwnedFd fd(accept_one(lfd.get(), dl, &ip, std::to_string(n - k) + " of the " +
-                                                       std::to_string(n - 1) + " other ranks"));
+        const std::string waiting =
+            std::to_string(n - k) + " of the " + std::to_string(n - 1) + " other ranks" +
+            (turned_away > 0 ? " (" + std::to_string(turned_away) + " connection(s) turned "
+                                   "away: see the warnings above)" : "");
+        OwnedFd fd(accept_one(lfd.get(), dl, &ip, waiting));
+        // A rank says who it is as soon as it connects. Anything else on the port (a port scan,
+        // a health check, a rank of another job given the same port) is turned away and the
+        // rendezvous goes on: it must not stop this job.
         Hello h;
-        exchange(fd.get(), nullptr, 0, &h, sizeof h, dl, -1);
-        if (h.magic != kMagic || h.world != n || h.rank <= 0 || h.rank >= n ||
-            mesh->fds[size_t(h.rank)] >= 0) {
-          NURI_CHECK(h.magic == kMagic, "tcp rendezvous: something that is not a nuri rank "
-                     "connected to ", master);
-          NURI_CHECK(h.world == n, "tcp rendezvous: rank ", h.rank, " says WORLD_SIZE=",
-                     h.world, ", rank 0 has ", n, "; start every process with the same WORLD_SIZE");
-          NURI_CHECK(false, "tcp rendezvous: RANK=", h.rank, " arrived twice or is outside [1, ",
-                     n, "); give each process its own RANK");
+        char from[INET_ADDRSTRLEN] = "?";
+        ::inet_ntop(AF_INET, &ip, from, sizeof from);
+        const std::string err = transfer(fd.get(), nullptr, 0, fd.get(), &h, sizeof h,
+                                         Deadline(std::min(10.0, dl.left_s())), -1, -1);
+        if (!err.empty() || h.magic != kMagic || h.job != job) {
+          ++turned_away;
+          NURI_LOG(warn, "tcp rendezvous: turned away a connection to ", master, " from ", from,
+                   !err.empty() || h.magic != kMagic
+                       ? ": it did not say it was a nuri rank"
+                       : ": a rank of another job (its NURI_JOB_ID, TORCHELASTIC_RUN_ID or "
+                         "batch system's job id differs; two jobs may have been given this "
+                         "MASTER_PORT)");
+          continue;
         }
+        NURI_CHECK(h.world == n, "tcp rendezvous: rank ", h.rank, " (", from, ") says WORLD_SIZE=",
+                   h.world, ", rank 0 has ", n, "; start every process with the same WORLD_SIZE");
+        NURI_CHECK(h.rank > 0 && h.rank < n && mesh->fds[size_t(h.rank)] < 0,
+                   "tcp rendezvous: RANK=", h.rank, " (", from, ") arrived twice or is outside "
+                   "[1, ", n, "); give each process its own RANK");
         mesh->fds[size_t(h.rank)] = fd.release();
         table[size_t(h.rank)] = Peer{ip, h.port};
+        ++k;
       }
     }
     for (int q = 1; q < n; ++q) {
@@ -592,7 +725,14 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
       h.rank = me;
       h.world = n;
       h.port = bound_port(lfd.get());
-      exchange(fd0, &h, sizeof h, table.data(), table.size() * sizeof(Peer), dl, 0);
+      h.job = job_token();
+      const std::string err =
+          transfer(fd0, &h, sizeof h, fd0, table.data(), table.size() * sizeof(Peer), dl, 0, 0);
+      NURI_CHECK(err.empty(), "tcp rendezvous with rank 0 at ", master, ": ", err,
+                 err.find("closed") != std::string::npos
+                     ? " (a rank 0 turns away ranks of another job: is this the rank 0 of this "
+                       "job? Its warnings say why it turned this rank away)"
+                     : "");
       // Rank 0 lists each rank at the address it connected from. A rank on rank 0's own host
       // may have come through a loopback address (MASTER_ADDR naming that host, which its
       // /etc/hosts maps to 127.0.1.1, as Debian's does), which no other host can reach; that
@@ -610,8 +750,8 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
         OwnedFd fd(accept_one(lfd.get(), dl, nullptr, "a connection from a higher rank"));
         Hello peer;
         exchange(fd.get(), nullptr, 0, &peer, sizeof peer, dl, -1);
-        NURI_CHECK(peer.magic == kMagic && peer.rank > me && peer.rank < n &&
-                       mesh->fds[size_t(peer.rank)] < 0,
+        NURI_CHECK(peer.magic == kMagic && peer.job == h.job && peer.rank > me &&
+                       peer.rank < n && mesh->fds[size_t(peer.rank)] < 0,
                    "tcp rendezvous: rank ", me, " got an unexpected connection (rank ", peer.rank,
                    ")");
         mesh->fds[size_t(peer.rank)] = fd.release();

@@ -8,6 +8,9 @@
 #         once, name the all_reduce and exit with status 3
 #   pp-hang, pp-kill  the same for a pipeline of 3 stages (issue #23): stages 0 and 2 name the
 #         transfer from stage 1 they waited for, and exit with status 3
+#   mismatch  rank 1 all_reduces 512 elements where ranks 0 and 2 all_reduce 1024: rank 1 (which
+#         receives rank 0's frame) and rank 2 (rank 1's) name both sides at once; all exit 3
+#   order  rank 1 calls broadcast where the others all_reduce: rank 1 names both; all exit 3
 set -uo pipefail
 launcher=$1 bin=$2 mode=$3
 start=$(date +%s%N)
@@ -28,8 +31,29 @@ case $mode in
   kill) why="failed: rank [0-9] closed the connection" ;;
   pp-hang) why="did not complete within 2 s" ;;
   pp-kill) why="failed: (rank 1 closed the connection|(receiving from|sending to) rank 1 failed: (Connection reset by peer|Broken pipe))" ;;
+  mismatch | order) why= ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
+if [[ $mode == mismatch || $mode == order ]]; then
+  # Well before the 2 s timeout: the frames are compared as they arrive.
+  ((elapsed_ms < 10000)) || fail "took ${elapsed_ms} ms"
+  for r in 0 1 2; do
+    grep -q "^rank $r exited 3$" <<<"$out" || fail "rank $r did not exit with status 3"
+  done
+  ours="all_reduce #3 \(f32, 1024 elements, sum\)"
+  if [[ $mode == mismatch ]]; then
+    theirs="all_reduce #3 \(f32, 512 elements, sum\)"
+    grep -Eq "rank 1: all_reduce \(f32, 512 elements, sum\) on rank 1 of 3 \(tcp\) failed with rank 0: it sent $ours where this rank is in $theirs: the ranks called different operations" <<<"$out" ||
+      fail "rank 1 did not name both all_reduces"
+    grep -Eq "rank 2: all_reduce \(f32, 1024 elements, sum\) on rank 2 of 3 \(tcp\) failed with rank 1: it sent $theirs where this rank is in $ours" <<<"$out" ||
+      fail "rank 2 did not name both all_reduces"
+  else
+    grep -Eq "rank 1: broadcast \(f32, 1024 elements\) on rank 1 of 3 \(tcp\) failed with rank 0: it sent $ours where this rank is in broadcast #3 \(f32, 1024 elements\)" <<<"$out" ||
+      fail "rank 1 did not name the all_reduce and its broadcast"
+  fi
+  echo PASS
+  exit 0
+fi
 if [[ $mode == pp-* ]]; then
   # Each survivor names its transfer with stage 1: a receive, or (stage 0 running ahead in 1F1B)
   # the send of a later micro-batch's activations when stage 1 died first.

@@ -5,7 +5,11 @@
 // pp-hang, pp-kill: the same in a pipeline of one stage a rank (issue #23): after one healthy
 // step, stage 1 hangs or dies, and the other stages' next step must fail within the timeout
 // naming the transfer and the stage it waited for.
-//   mpirun -np N mpi_fault hang|kill|pp-hang|pp-kill TIMEOUT_S
+// mismatch, order (TCP, tests/dist/fault_tcp.sh): after the healthy all_reduce, rank 1 calls the
+// next one with half the elements, or calls broadcast instead; the ranks that receive from it or
+// send to it must stop at once naming both operations (not read one's bytes as the other's).
+// meet (tests/dist/rendezvous_tcp.sh): join the job, all_reduce once, say so, exit 0.
+//   mpirun -np N mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet TIMEOUT_S
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -52,7 +56,8 @@ int pipeline_fault(std::shared_ptr<nuri::Communicator> comm, bool kill) {
 int main(int argc, char** argv) {
   using namespace nuri;
   if (argc != 3) {
-    std::fprintf(stderr, "usage: mpi_fault hang|kill|pp-hang|pp-kill TIMEOUT_S\n");
+    std::fprintf(stderr, "usage: mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet "
+                         "TIMEOUT_S\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -63,6 +68,27 @@ int main(int argc, char** argv) {
   Tensor t = Tensor::empty({1024}, DType::f32);
   for (int i = 0; i < 1024; ++i) t.data<float>()[i] = float(i);
   comm->all_reduce(t);  // everyone is there
+  if (mode == "meet") {
+    std::fprintf(stderr, "rank %d: met %d ranks, sum %g\n", comm->rank(), comm->size(),
+                 double(t.data<float>()[1]));
+    return 0;
+  }
+  if (mode == "mismatch" || mode == "order") {
+    try {
+      if (comm->rank() == 1 && mode == "mismatch") {
+        comm->all_reduce(t.slice(0, 0, 512));
+      } else if (comm->rank() == 1) {
+        comm->broadcast(t, 0);
+      } else {
+        comm->all_reduce(t);
+      }
+    } catch (const Error& e) {
+      std::fprintf(stderr, "rank %d: %s\n", comm->rank(), e.what());
+      return 3;
+    }
+    std::fprintf(stderr, "rank %d: the operations completed\n", comm->rank());
+    return 0;
+  }
   if (comm->rank() == 1) {
     if (mode == "kill") std::raise(SIGKILL);
     std::this_thread::sleep_for(std::chrono::seconds(3600));
