@@ -252,10 +252,11 @@ ScheduleTimes schedule_times(const std::vector<std::vector<PipelineOp>>& schedul
   return t;
 }
 
-PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk) {
-  const auto schedule = pipeline_schedule(p, m, v);
-  const ScheduleTiming timing = simulate_schedule(schedule, v);
-  const ScheduleTimes times = schedule_times(schedule, timing, v);
+namespace {
+
+/// What a rank's chunk holds, from the simulated schedule (see pipeline_buffers).
+PipelineBuffers buffers_of(const ScheduleTiming& timing, const ScheduleTimes& times, int p, int m,
+                           int v, int rank, int chunk) {
   const int vs = chunk * p + rank, stages = p * v;
   // Enough buffers that one is reused only after the op that read it has started (the
   // simulated order is the executed one): for each arrival, it and the earlier micro-batches
@@ -266,9 +267,17 @@ PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk) {
     const auto& arrive = grad ? times.b_end[size_t(from)] : times.f_end[size_t(from)];
     const auto& start = grad ? times.b_start[size_t(vs)] : times.f_start[size_t(vs)];
     int most = 1;
+    // A stage starts its micro-batches in order (a search for the first that had not started
+    // by the arrival); any other schedule is counted one pair at a time.
+    const bool in_order = std::is_sorted(start.begin(), start.end());
     for (int k = 0; k < m; ++k) {
       int pending = 1;
-      for (int j = 0; j < k; ++j) pending += start[size_t(j)] >= arrive[size_t(k)] ? 1 : 0;
+      if (in_order) {
+        const auto first = std::lower_bound(start.begin(), start.begin() + k, arrive[size_t(k)]);
+        pending += int(start.begin() + k - first);
+      } else {
+        for (int j = 0; j < k; ++j) pending += start[size_t(j)] >= arrive[size_t(k)] ? 1 : 0;
+      }
       most = std::max(most, pending);
     }
     return most;
@@ -278,6 +287,23 @@ PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk) {
   b.act_staging = staging(false);
   b.grad_staging = staging(true);
   return b;
+}
+
+}  // namespace
+
+PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk) {
+  const auto schedule = pipeline_schedule(p, m, v);
+  const ScheduleTiming timing = simulate_schedule(schedule, v);
+  return buffers_of(timing, schedule_times(schedule, timing, v), p, m, v, rank, chunk);
+}
+
+std::vector<PipelineBuffers> pipeline_buffers_by_rank(int p, int m) {
+  const auto schedule = pipeline_schedule(p, m, 1);
+  const ScheduleTiming timing = simulate_schedule(schedule, 1);
+  const ScheduleTimes times = schedule_times(schedule, timing, 1);
+  std::vector<PipelineBuffers> out;
+  for (int r = 0; r < p; ++r) out.push_back(buffers_of(timing, times, p, m, 1, r, 0));
+  return out;
 }
 
 }  // namespace nuri

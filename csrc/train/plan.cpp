@@ -190,8 +190,13 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   number("collective_latency", p.collective_latency, false);
   number("devices_per_node", per_node, true);
   p.memory_bytes = int64_t(mem);
+  NURI_CHECK(per_node == std::floor(per_node) && per_node <= 1 << 20, origin,
+             ": \"devices_per_node\" must be a whole number of devices, got ", per_node);
   p.devices_per_node = int(per_node);
-  p.matmul_half_width = j.value("matmul_half_width", 0.0);
+  p.matmul_half_width = 0;
+  number("matmul_half_width", p.matmul_half_width, false);
+  NURI_CHECK(p.matmul_half_width >= 0, origin, ": \"matmul_half_width\" must be 0 or more (the "
+             "inner width at which products reach half their speed), got ", p.matmul_half_width);
   p.matmul_by_width = width_table(j, "matmul_by_width", origin);
   p.attention_by_head_dim = width_table(j, "attention_by_head_dim", origin);
   p.attention_by_seq_len = width_table(j, "attention_by_seq_len", origin);
@@ -268,7 +273,7 @@ std::string MemoryPlan::str() const {
 
 namespace {
 /// A layout given from outside (Python's dicts): every count in its range, named when not.
-void check_layout(const Layout& l, int64_t seq_len, const char* who) {
+void check_layout(const ModelConfig& cfg, const Layout& l, int64_t seq_len, const char* who) {
   auto at_least_1 = [&](const char* key, int64_t v) {
     NURI_CHECK(v >= 1, who, ": layout ", key, " is ", v, "; it must be at least 1");
   };
@@ -281,7 +286,28 @@ void check_layout(const Layout& l, int64_t seq_len, const char* who) {
   at_least_1("bucket_bytes", l.bucket_bytes);
   NURI_CHECK(l.zero >= 0 && l.zero <= 3, who, ": layout zero is ", l.zero,
              "; ZeRO stages are 0, 1, 2 and 3");
-  NURI_CHECK(seq_len >= 1, who, ": seq_len is ", seq_len, "; it must be at least 1");
+  NURI_CHECK(seq_len >= 1 && seq_len <= cfg.max_seq_len, who, ": seq_len is ", seq_len,
+             "; it must be in [1, max_seq_len = ", cfg.max_seq_len, "]");
+  check_sliding_window(cfg, seq_len);
+  // What the run refuses (ParallelConfig, the model's rows split over tp).
+  NURI_CHECK(!l.sp || l.tp > 1, who, ": sequence parallelism (sp) needs tp > 1");
+  NURI_CHECK(!l.sp || (l.micro_batch * seq_len) % l.tp == 0, who, ": with sp a micro-batch's ",
+             l.micro_batch * seq_len, " tokens (micro_batch x seq_len) must split evenly over "
+             "tp = ", l.tp);
+}
+}  // namespace
+
+namespace {
+/// pipeline_buffers of a 1F1B stage, from one simulation of the schedule a (pp, m) and kept: a
+/// plan asks for every stage of each layout's ZeRO, recomputation and sp variants.
+PipelineBuffers stage_buffers(int pp, int m, int stage) {
+  thread_local std::map<std::pair<int, int>, std::vector<PipelineBuffers>> known;
+  if (known.size() > 256) known.clear();
+  auto it = known.find({pp, m});
+  if (it == known.end()) {
+    it = known.emplace(std::pair(pp, m), pipeline_buffers_by_rank(pp, m)).first;
+  }
+  return it->second[size_t(stage)];
 }
 }  // namespace
 
@@ -313,7 +339,7 @@ int64_t optimizer_workspace_bound(const ModelConfig& cfg, TensorParallelRank tp,
 
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                            const DeviceProfile& dev, int stage_index) {
-  check_layout(l, seq_len, "estimate_memory");
+  check_layout(cfg, l, seq_len, "estimate_memory");
   NURI_CHECK(stage_index >= 0 && stage_index < l.pp, "estimate_memory: stage ", stage_index, " of ",
              l.pp);
   const TensorParallelRank place{0, l.tp};
@@ -366,7 +392,7 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
   a.device = dev.gpu;
   auto block = [&](int64_t b) { return held(dev, b); };
   PipelineBuffers pb;
-  if (l.pp > 1) pb = pipeline_buffers(l.pp, int(l.grad_accum), 1, stage_index, 0);
+  if (l.pp > 1) pb = stage_buffers(int(l.pp), int(l.grad_accum), stage_index);
   a.slots = pb.slots;
   m.activations = activation_bytes(cfg, a, block);
   const int64_t rows = a.sp ? l.micro_batch * seq_len / l.tp : l.micro_batch * seq_len;
@@ -453,6 +479,8 @@ MemoryPlan estimate_peak_memory(const ModelConfig& cfg, const Layout& layout, in
 }
 
 double model_flops_per_token(const ModelConfig& cfg, int64_t seq_len) {
+  NURI_CHECK(seq_len >= 1, "model_flops_per_token: seq_len is ", seq_len,
+             "; it must be at least 1");
   const UnitCosts u = unit_costs(cfg, seq_len);
   double f = u.embedding + u.head;
   for (double b : u.blocks) f += b;
@@ -461,6 +489,8 @@ double model_flops_per_token(const ModelConfig& cfg, int64_t seq_len) {
 
 double hardware_flops_per_token(const ModelConfig& cfg, int64_t seq_len, Recompute recompute,
                                 int64_t every) {
+  NURI_CHECK(every >= 1, "hardware_flops_per_token: recompute_every is ", every,
+             "; it must be at least 1");
   double f = model_flops_per_token(cfg, seq_len);
   if (recompute == Recompute::full) {
     const UnitCosts u = unit_costs(cfg, seq_len);
@@ -471,9 +501,14 @@ double hardware_flops_per_token(const ModelConfig& cfg, int64_t seq_len, Recompu
 
 StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq_len,
                             const DeviceProfile& dev, int nodes) {
-  check_layout(l, seq_len, "estimate_step_time");
+  check_layout(cfg, l, seq_len, "estimate_step_time");
   NURI_CHECK(nodes >= 1, "estimate_step_time: nodes is ", nodes, "; it must be at least 1");
   const int per_node = std::max(1, dev.devices_per_node);
+  // (A GPU a rank; CPU ranks share their host, as many as it is given.)
+  NURI_CHECK(!dev.gpu || int64_t(l.dp) * l.tp * l.pp <= int64_t(nodes) * per_node,
+             "estimate_step_time: the layout's ", int64_t(l.dp) * l.tp * l.pp, " ranks (dp x tp "
+             "x pp) need more than ", nodes, " node(s) of ", per_node, " ", dev.name,
+             ": give nodes");
   const UnitCosts u = unit_costs(cfg, seq_len);
   const std::vector<int64_t> first =
       l.pp > 1 ? pipeline_stages(cfg, l.pp, seq_len) : std::vector<int64_t>{0, cfg.n_layer};
@@ -554,16 +589,19 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
           2.0 * (n - 1) / n * bytes / dev.intra_node_bandwidth + dev.collective_latency;
       const int64_t blocks = first[size_t(s) + 1] - first[size_t(s)];
       double calls = 4.0 * double(blocks) + (s == 0 ? 2.0 : 0.0) + (s == l.pp - 1 ? 2.0 : 0.0);
-      if (l.recompute == Recompute::full) {
-        calls += 2.0 * double(ceil_div(blocks, l.recompute_every));
+      if (l.recompute == Recompute::full) {  // the recomputed blocks: b % every == 0
+        for (int64_t b = first[size_t(s)]; b < first[size_t(s) + 1]; ++b) {
+          calls += b % l.recompute_every == 0 ? 2.0 : 0.0;
+        }
       }
       tp = calls * one;
     }
     // Pipeline: the stream's two tensors forward and its gradient back, point to point.
     double pp = 0;
     if (l.pp > 1) {
-      // Consecutive stages are tp · dp ranks apart: on another node once that fills one.
-      const bool cross = nodes > 1 && int64_t(l.tp) * l.dp >= per_node;
+      // The stages run through the ranks in order: with several nodes some pair of
+      // consecutive stages is on two, and the slowest stage sets the pace.
+      const bool cross = nodes > 1;
       const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
       const double sent = (l.sp && l.tp > 1) ? double(bt) / l.tp : double(bt);
       pp = 3.0 * double(e) * sent * double(cfg.d_model) / bw + 2 * dev.collective_latency;
@@ -597,24 +635,30 @@ StepTime estimate_step_time(const ModelConfig& cfg, const Layout& l, int64_t seq
   // backward and whose gathers wait in the open. The last bucket's share is always exposed.
   if (l.dp > 1) {
     const double n = double(l.dp), ring = (n - 1) / n;
-    const bool cross = int64_t(l.tp) * l.dp > per_node && nodes > 1;
+    // A group is tp · dp consecutive ranks from a multiple of that: on two nodes when it is
+    // larger than one, or does not divide one evenly (a group straddles a boundary).
+    const int64_t group = int64_t(l.tp) * l.dp;
+    const bool cross = nodes > 1 && (group > per_node || per_node % group != 0);
     const double bw = cross ? dev.inter_node_bandwidth : dev.intra_node_bandwidth;
     const double grads = 4.0 * double(psi);
     const double buckets = std::max(1.0, grads / double(l.bucket_bytes));
     const double reduce =
         (l.zero <= 1 ? 2 : m) * ring * grads / bw + buckets * dev.collective_latency;
-    // ZeRO 3: every unit gathered in each micro-batch's forward and backward; the first unit of
-    // each pass (nothing before it to prefetch during) waits in the open.
+    // ZeRO 3: every unit gathered in each micro-batch's forward and backward (keep_gathered:
+    // in the forward only, the backward finding it gathered); the first unit of each pass
+    // (nothing before it to prefetch during) waits in the open.
+    const double passes = l.keep_gathered ? 1.0 : 2.0;
     const double gathers =
-        l.zero == 3 ? 2 * m * (ring * double(e) * double(psi) / bw +
-                               double(units.size()) * dev.collective_latency)
+        l.zero == 3 ? passes * m * (ring * double(e) * double(psi) / bw +
+                                    double(units.size()) * dev.collective_latency)
                     : 0.0;
+    const int64_t first_sizes =
+        units.front().second - units.front().first +
+        (l.keep_gathered ? 0 : units.back().second - units.back().first);
     const double first_units =
-        l.zero == 3 ? m * (ring * double(e) *
-                               double(units.front().second - units.front().first +
-                                      units.back().second - units.back().first) / bw +
-                           2 * dev.collective_latency)
-                    : 0.0;
+        l.zero == 3
+            ? m * (ring * double(e) * double(first_sizes) / bw + passes * dev.collective_latency)
+            : 0.0;
     const double after =
         (l.zero == 1 || l.zero == 2) ? ring * double(e) * double(psi) / bw : 0.0;
     const bool overlaps = l.overlap && !(dev.gpu && (l.tp > 1 || l.pp > 1));
@@ -845,9 +889,12 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
   const int64_t global = r.global_batch > 0 ? r.global_batch : 8 * int64_t(world);
   DeviceProfile dev = r.device;
   dev.devices_per_node = per_node;
-  const int64_t limit = int64_t(r.usable_fraction * double(dev.memory_bytes));
+  // A GPU's memory is its own; a CPU profile's is the host's, shared by its ranks on the node.
+  const int64_t limit =
+      int64_t(r.usable_fraction * double(dev.memory_bytes) / (dev.gpu ? 1 : per_node));
   const double model_flops = model_flops_per_token(cfg, r.seq_len);
   std::vector<PlanEntry> out;
+  std::vector<int> dps;  // the data-parallel sizes the grids allow
   for (int tp = 1; tp <= per_node; ++tp) {
     if (per_node % tp != 0) continue;
     try {
@@ -858,6 +905,7 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
     for (int pp = 1; pp <= world / tp && pp <= cfg.n_layer; ++pp) {
       if ((world / tp) % pp != 0) continue;
       const int dp = world / tp / pp;
+      if (std::find(dps.begin(), dps.end(), dp) == dps.end()) dps.push_back(dp);
       if (global % dp != 0) continue;
       const int64_t per_rank = global / dp;
       for (int64_t mb = 1; mb <= per_rank && mb <= 64; mb *= 2) {
@@ -899,6 +947,14 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
       }
     }
   }
+  if (out.empty()) {
+    std::sort(dps.begin(), dps.end());
+    std::string sizes;
+    for (int d : dps) sizes += (sizes.empty() ? "" : ", ") + std::to_string(d);
+    NURI_CHECK(false, "plan: the global batch of ", global, " sequences splits evenly over none "
+               "of the data-parallel sizes ", world, " devices allow with this model (", sizes,
+               "); give a global batch that one of them divides");
+  }
   // Those that fit, fastest first (speeds within 0.2 % count as one: then the one holding less
   // memory); then the rest, smallest first.
   auto speed_class = [](const PlanEntry& e) {
@@ -915,10 +971,13 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
 std::string plan_report(const PlanRequest& r, const std::vector<PlanEntry>& entries, int rows) {
   const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
   const int world = per_node * r.nodes;
+  const bool shared = !r.device.gpu && per_node > 1;  // a CPU host's memory, over its ranks
   std::string s = strprintf(
-      "%d x %s (%d node%s of %d), %.1f GiB each (%.0f%% usable), sequence %lld\n", world,
+      "%d x %s (%d node%s of %d), %.1f GiB %s (%.0f%% usable), sequence %lld\n", world,
       r.device.name.c_str(), r.nodes, r.nodes == 1 ? "" : "s", per_node,
-      double(r.device.memory_bytes) / kGiB, 100 * r.usable_fraction, (long long)r.seq_len);
+      double(r.device.memory_bytes) / kGiB,
+      shared ? strprintf("a node, shared by its %d ranks", per_node).c_str() : "each",
+      100 * r.usable_fraction, (long long)r.seq_len);
   if (!r.device.source.empty()) s += "profile source: " + r.device.source + "\n";
   int fit = 0;
   for (const PlanEntry& e : entries) fit += e.fits ? 1 : 0;

@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "../dist/dist_util.h"
@@ -338,6 +339,125 @@ TEST(Plan, DataParallelTrafficIsHiddenOnlyWhereTheTrainerOverlapsIt) {
   l.micro_batch = 4;
   const StepTime t = estimate_step_time(cfg, l, 2048, cpu);
   EXPECT_LT(t.dp_comm, 2 * 3.0 / 4.0 * 4 * psi / 2 / cpu.intra_node_bandwidth);
+}
+
+// What a review of the planner found, each against what the run does: a CPU host's memory is
+// shared by its ranks; keep_gathered gathers a unit once a micro-batch; stages on two nodes, and
+// a data-parallel group straddling two, cross the slower link; the recomputed blocks of a stage
+// are those with b % every == 0 in the whole model; what the run refuses is refused here too.
+TEST(Plan, FollowsTheRunAtTheEdges) {
+  if (world()->size() != 1) GTEST_SKIP() << "one process";
+  const DeviceProfile h100 = device_profile("h100-sxm-80gb");
+  {  // 4 CPU ranks on one host share its memory
+    PlanRequest r;
+    r.model = model_preset("llama-1B");
+    r.device = device_profile("cpu");
+    r.devices_per_node = 4;
+    r.seq_len = 2048;
+    r.global_batch = 8;
+    const std::vector<PlanEntry> plan = plan_layouts(r);
+    const double host = r.usable_fraction * double(r.device.memory_bytes);
+    int between = 0;
+    for (const PlanEntry& e : plan) {
+      EXPECT_EQ(e.fits, double(e.memory.peak()) <= host / 4) << e.layout.str();
+      between += double(e.memory.peak()) > host / 4 && double(e.memory.peak()) <= host;
+    }
+    EXPECT_GT(between, 0) << "no layout tells a host's memory from a quarter of it";
+    EXPECT_NE(plan_report(r, plan, 1).find("GiB a node, shared by its 4 ranks"),
+              std::string::npos);
+  }
+  const ModelConfig cfg = model_preset("llama-1B");
+  {  // ZeRO 3 keeping its units: one gather of each a micro-batch, not two (tp 2 on a GPU:
+     // nothing hides them)
+    Layout l;
+    l.dp = 4;
+    l.tp = 2;
+    l.zero = 3;
+    l.micro_batch = 1;
+    l.grad_accum = 4;
+    const double twice = estimate_step_time(cfg, l, 2048, h100).dp_comm;
+    l.keep_gathered = true;
+    const double once = estimate_step_time(cfg, l, 2048, h100).dp_comm;
+    const auto units = unit_ranges(cfg, {0, 2}, PipelineStage{});
+    const double psi = double(units.back().second);
+    const double gather = 3.0 / 4.0 * 2 * psi / h100.intra_node_bandwidth +
+                          double(units.size()) * h100.collective_latency;
+    EXPECT_NEAR(twice - once, 4 * gather, 1e-9 * twice);
+  }
+  {  // Node boundaries: tp 2 x pp 8 on two nodes of 8; dp 3 x pp 8 on three
+    DeviceProfile flat = h100;  // the same, with the nodes joined as fast as a node inside
+    flat.inter_node_bandwidth = h100.intra_node_bandwidth;
+    Layout l;
+    l.tp = 2;
+    l.pp = 8;
+    l.grad_accum = 8;
+    EXPECT_GT(estimate_step_time(cfg, l, 2048, h100, 2).pp_comm,
+              2 * estimate_step_time(cfg, l, 2048, flat, 2).pp_comm);
+    l.tp = 1;
+    l.dp = 3;
+    EXPECT_GT(estimate_step_time(cfg, l, 2048, h100, 3).dp_comm,
+              2 * estimate_step_time(cfg, l, 2048, flat, 3).dp_comm);
+    l.dp = 4;
+    EXPECT_NE(test::error_of([&] { estimate_step_time(cfg, l, 2048, h100, 3); })
+                  .find("the layout's 32 ranks (dp x tp x pp) need more than 3 node(s) of 8"),
+              std::string::npos);
+  }
+  {  // A block a stage, recomputing every 2nd: the last stage (the slowest: a large head)
+     // recomputes none of its blocks (block 3), so its tp collectives are 4 + the head's 2.
+    ModelConfig c = model_preset("llama-tiny");
+    c.n_layer = 4;
+    c.vocab_size = 1 << 17;
+    Layout l;
+    l.tp = 2;
+    l.pp = 4;
+    l.grad_accum = 4;
+    l.recompute = Recompute::full;
+    l.recompute_every = 2;
+    const StepTime t = estimate_step_time(c, l, 128, h100);
+    const double bytes = 2.0 * 128 * double(c.d_model);
+    const double one = 2.0 * 1 / 2 * bytes / h100.intra_node_bandwidth + h100.collective_latency;
+    EXPECT_NEAR(t.tp_comm, 4 * 6 * one, 1e-9 * t.tp_comm);
+  }
+  // Bad input the run would refuse.
+  Layout sp;
+  sp.tp = 2;
+  sp.sp = true;
+  EXPECT_NE(test::error_of([&] { estimate_memory(cfg, sp, 1023, h100); })
+                .find("with sp a micro-batch's 1023 tokens (micro_batch x seq_len) must split "
+                      "evenly over tp = 2"),
+            std::string::npos);
+  sp.tp = 1;
+  EXPECT_NE(test::error_of([&] { estimate_step_time(cfg, sp, 1024, h100); })
+                .find("sequence parallelism (sp) needs tp > 1"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { estimate_memory(cfg, Layout{}, cfg.max_seq_len + 1, h100); })
+                .find("it must be in [1, max_seq_len"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { hardware_flops_per_token(cfg, 2048, Recompute::full, 0); })
+                .find("recompute_every is 0"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { model_flops_per_token(cfg, 0); }).find("seq_len is 0"),
+            std::string::npos);
+  PlanRequest r;  // no data-parallel size of 8 ranks divides 7 sequences for 2 kv heads
+  r.model = model_preset("llama-tiny");
+  r.device = device_profile("cpu");
+  r.devices_per_node = 8;
+  r.seq_len = 64;
+  r.global_batch = 7;
+  const std::string none = test::error_of([&] { plan_layouts(r); });
+  EXPECT_NE(none.find("the global batch of 7 sequences splits evenly over none of the "
+                      "data-parallel sizes 8 devices allow with this model (2, 4, 8)"),
+            std::string::npos) << none;
+  nlohmann::json j = nlohmann::json::parse(device_profile_to_json(h100));
+  j["matmul_half_width"] = -64;
+  EXPECT_NE(test::error_of([&] { device_profile_from_json(j.dump(), "p.json"); })
+                .find("\"matmul_half_width\" must be 0 or more"),
+            std::string::npos);
+  j["matmul_half_width"] = 0;
+  j["devices_per_node"] = 2.5;
+  EXPECT_NE(test::error_of([&] { device_profile_from_json(j.dump(), "p.json"); })
+                .find("\"devices_per_node\" must be a whole number of devices, got 2.5"),
+            std::string::npos);
 }
 
 TEST(Plan, ListsWhatFitsBestFirstAndSaysWhyTheRestDoesNot) {

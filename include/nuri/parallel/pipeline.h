@@ -94,6 +94,8 @@ struct PipelineBuffers {
   int act_staging = 0, grad_staging = 0;
 };
 PipelineBuffers pipeline_buffers(int p, int m, int v, int rank, int chunk);
+/// pipeline_buffers of every rank's chunk 0 of a 1F1B pipeline (v = 1), from one simulation.
+std::vector<PipelineBuffers> pipeline_buffers_by_rank(int p, int m);
 
 /// The bubble of the ideal schedules with tb = 2·tf: (p − 1)/(m + p − 1) for 1F1B and
 /// (p − 1)/(v·m + p − 1) interleaved.
