@@ -123,6 +123,11 @@ TEST(Transformer, NamesAndFusedViewsFollowHuggingFace) {
   EXPECT_EQ(llama.parameter("model.layers.1.mlp.up_proj.weight").data<float>(),
             gate.data<float>() + gate.numel());
   EXPECT_EQ(llama.parameters().back().name, "lm_head.weight");
+  // A ZeRO 3 shard, even of the whole range (one rank), has no named parameters to give.
+  Transformer whole(model_preset("gpt2-tiny"), make_backend("cpu"), 1,
+                    WeightShard{0, gpt.parameter_count()});
+  EXPECT_NE(error_of([&] { whole.parameter("wte.weight"); }).find("ZeRO 3 shards"),
+            std::string::npos);
 }
 
 TEST(Transformer, InitDependsOnlyOnSeedAndName) {

@@ -65,6 +65,23 @@ TEST_P(GridOpErrorTest, MatmulWithMoreRowTilesThanALaunchHolds) {
                 "split the product into row chunks of at most"});
 }
 
+TEST_P(OpErrorTest, EmptyDimensionsAreRefusedOrEmptyNotDividedBy) {
+  // An inner dimension of 0 is refused by name; a last dimension of 0 elsewhere has rows to
+  // count (it divided by zero) and nothing to do.
+  expect_error([&] { be->matmul(act({4, 0}), act({3, 0}), Tensor(), act({4, 3}), Activation::none, Tensor(), Tensor()); },
+               {"matmul", "(3, 0)", "inner dimension K of 0"});
+  const Tensor dbias = f32({0});
+  be->matmul_backward_bias(act({4, 0}), dbias, false);
+  expect_error([&] { be->matmul_backward_bias(act({4, 0}), f32({1}), false); },
+               {"matmul_backward_bias", "dy", "(4, 0)", "4 rows of 1 columns"});
+  if (cpu()) {  // dx = dy · w with N = 0 is zero (BLAS refuses the 0 leading dimension)
+    Tensor dx = Tensor::empty({4, 5}, DType::f32);
+    for (int64_t i = 0; i < dx.numel(); ++i) dx.data<float>()[i] = 7.f;
+    be->matmul_backward_input(f32({4, 0}), f32({0, 5}), dx, false, Tensor());
+    for (int64_t i = 0; i < dx.numel(); ++i) ASSERT_EQ(dx.data<float>()[i], 0.f) << i;
+  }
+}
+
 TEST_P(OpErrorTest, DtypeAndDeviceMismatch) {
   Tensor i32 = on_i32(*be, {4, 5}, std::vector<int32_t>(20, 0));
   if (cpu()) {

@@ -32,7 +32,12 @@ inline void check_shape(const char* op, const char* name, const Tensor& t, const
 }
 
 /// Rows of a row-major activation: the product of all dims but the last.
-inline int64_t rows(const Tensor& t) { return t.dim() == 0 ? 1 : t.numel() / t.size(-1); }
+/// (A product, not numel / last dim: a last dim of 0 leaves the rows countable.)
+inline int64_t rows(const Tensor& t) {
+  int64_t r = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) r *= t.size(d);
+  return r;
+}
 
 /// t is contiguous f32 on the CPU with last dim `cols` and `m` rows in total.
 inline void check_matrix(const char* op, const char* name, const Tensor& t, int64_t m,

@@ -19,6 +19,8 @@ void CpuBackend::matmul(const Tensor& x, const Tensor& w, const Tensor& bias, co
   check_cpu(op, "w", w);
   NURI_CHECK(w.dim() == 2, op, ": w must be [N, K], got shape ", shape_str(w.shape()));
   const int64_t n = w.size(0), k = w.size(1);
+  NURI_CHECK(k > 0, op, ": w has shape ", shape_str(w.shape()), ": an inner dimension K of 0 "
+             "(a layer with no inputs) has nothing to multiply");
   check_cpu(op, "x", x);
   NURI_CHECK(x.dim() >= 1 && x.size(-1) == k, op, ": x has shape ", shape_str(x.shape()), " but w ",
              shape_str(w.shape()), " needs a last dimension of ", k);
