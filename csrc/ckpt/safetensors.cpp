@@ -166,6 +166,14 @@ const char* safetensors_dtype(DType t) {
   NURI_CHECK(false, "safetensors: nuri does not write ", dtype_name(t), " tensors");
 }
 
+int64_t other_safetensors_dtype_size(const std::string& s) {
+  if (s == "BOOL" || s == "U8" || s == "I8" || s == "F8_E5M2" || s == "F8_E4M3") return 1;
+  if (s == "U16" || s == "I16") return 2;
+  if (s == "U32") return 4;
+  if (s == "U64" || s == "F64") return 8;
+  return 0;
+}
+
 DType dtype_from_safetensors(const std::string& s, const std::string& where) {
   if (s == "F32") return DType::f32;
   if (s == "BF16") return DType::bf16;
@@ -329,6 +337,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
              "a safetensors file)");
   std::string h(n, '\0');
   in.read(h.data(), std::streamsize(n));
+  NURI_CHECK(in.gcount() == std::streamsize(n), path, ": the file ended inside its header");
   data_start_ = 8 + int64_t(n);
   nlohmann::json header;
   try {
@@ -338,6 +347,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   }
   NURI_CHECK(header.is_object(), path, ": the header is not a JSON object");
   std::vector<std::pair<int64_t, std::string>> spans;
+  std::vector<int64_t> ends;
   const int64_t data_bytes = file_bytes_ - data_start_;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
@@ -356,7 +366,11 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
                    v["data_offsets"].size() == 2,
                where, ": needs dtype, shape and data_offsets [begin, end]");
     SafetensorsEntry e;
-    e.dtype = dtype_from_safetensors(v["dtype"].get<std::string>(), where);
+    // Other dtypes of the format (an old GPT-2's U8 mask buffer) are checked and listed, and
+    // named by the reads that find them.
+    const std::string dtype = v["dtype"].get<std::string>();
+    const int64_t other_size = other_safetensors_dtype_size(dtype);
+    if (other_size == 0) e.dtype = dtype_from_safetensors(dtype, where);
     int64_t numel = 1;
     for (const auto& d : v["shape"]) {
       NURI_CHECK(d.is_number_integer() && d.get<int64_t>() >= 0, where, ": bad shape ",
@@ -373,29 +387,44 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
                e.begin, ", ", e.end, ") are outside the file's ", data_bytes,
                " data bytes (truncated?)");
     int64_t need = 0;  // numel · element size, which a fuzzed shape may push past 2^63
-    const bool huge = __builtin_mul_overflow(numel, int64_t(dtype_size(e.dtype)), &need);
+    const int64_t es = other_size > 0 ? other_size : int64_t(dtype_size(e.dtype));
+    const bool huge = __builtin_mul_overflow(numel, es, &need);
     NURI_CHECK(!huge && e.end - e.begin == need, where, ": shape ", v["shape"].dump(), " of ",
-               v["dtype"].get<std::string>(), " needs ",
-               huge ? std::string("more than 2^63") : std::to_string(need),
+               dtype, " needs ", huge ? std::string("more than 2^63") : std::to_string(need),
                " bytes, the offsets give ", e.end - e.begin);
-    entries_[it.key()] = e;
+    if (other_size > 0) {
+      others_[it.key()] = dtype;
+    } else {
+      entries_[it.key()] = e;
+    }
     spans.push_back({e.begin, it.key()});
+    ends.push_back(e.end);
   }
-  std::sort(spans.begin(), spans.end());
+  std::vector<size_t> by_begin(spans.size());
+  for (size_t i = 0; i < by_begin.size(); ++i) by_begin[i] = i;
+  std::sort(by_begin.begin(), by_begin.end(),
+            [&](size_t a, size_t b) { return spans[a] < spans[b]; });
   int64_t end = 0;
-  for (const auto& [begin, name] : spans) {
-    const SafetensorsEntry& e = entries_[name];
-    NURI_CHECK(e.begin >= end || e.begin == e.end, path, ": tensor '", name,
+  for (const size_t i : by_begin) {
+    const auto& [begin, name] = spans[i];
+    NURI_CHECK(begin >= end || begin == ends[i], path, ": tensor '", name,
                "' overlaps the tensor before it");
-    end = std::max(end, e.end);
+    end = std::max(end, ends[i]);
     order_.push_back(name);
   }
+  // The data is read through the stream the header came from: a file replaced since (a run
+  // writing its model.safetensors again) cannot pair this header with another file's bytes.
+  stream_->in = std::move(in);
 }
 
 std::vector<std::string> SafetensorsFile::names() const { return order_; }
 
 const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
   auto it = entries_.find(name);
+  if (auto other = others_.find(name); other != others_.end()) {
+    NURI_CHECK(false, path_, ": tensor '", name, "' is ", other->second, ", which nuri does not "
+               "read (F32, BF16, F16, I32, I64)");
+  }
   NURI_CHECK(it != entries_.end(), path_, ": no tensor named '", name, "' (", entries_.size(),
              " tensors", order_.empty() ? "" : ", e.g. '" + order_.front() + "'", ")");
   return it->second;
@@ -427,10 +456,14 @@ void SafetensorsFile::read_range(const std::string& name, int64_t lo, int64_t hi
   {
     const std::lock_guard<std::mutex> lock(stream_->mutex);
     std::ifstream& in = stream_->in;
-    if (!in.is_open()) {
-      in.open(path_, std::ios::binary);
+    if (!in.is_open()) {  // (closed by close(): the file read again must be the one parsed)
+      in.open(path_, std::ios::binary | std::ios::ate);
       NURI_CHECK(in.is_open(), path_, ": cannot open (", std::strerror(errno), "); was it moved "
                  "or deleted since it was read (a checkpoint rotated out by a run's --keep)?");
+      const int64_t now = int64_t(in.tellg());
+      if (now != file_bytes_) in.close();
+      NURI_CHECK(now == file_bytes_, path_, ": it was ", file_bytes_, " bytes when its header "
+                 "was read and is ", now, " now: replaced since (open it again)");
     }
     in.clear();
     in.seekg(data_start_ + e.begin + lo * int64_t(es));

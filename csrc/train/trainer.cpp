@@ -527,10 +527,16 @@ StepStats Trainer::step() {
     NURI_LOG(warn, "step ", s.step, ": non-finite loss or gradient norm (loss ", s.loss,
              ", norm ", s.grad_norm, "): update skipped (", skipped_, " so far)");
     if (cfg_.skip_limit > 0 && skipped_in_a_row_ >= cfg_.skip_limit) {
-      // The last update before the streak is the likely cause: resume from before it.
-      const int64_t last_update = s.step - skipped_in_a_row_;
+      // The last update before the streak is the likely cause: resume from before it. (Steps
+      // with no trained target in the streak neither update nor break it.)
+      const int64_t last_update = last_update_;
+      const int64_t streak = s.step - last_update;
       throw DivergedError(
           detail::concat(skipped_in_a_row_, " steps in a row (", last_update + 1, " to ", s.step,
+                         streak > skipped_in_a_row_
+                             ? ", " + std::to_string(streak - skipped_in_a_row_) +
+                                   " of them with no trained target"
+                             : std::string(),
                          ") had a non-finite loss or gradient norm: the run has diverged "
                          "(train.skip_limit = ", cfg_.skip_limit,
                          "). Lower the learning rate (train.lr = ", cfg_.lr, ") and ",
@@ -545,6 +551,7 @@ StepStats Trainer::step() {
     }
   } else {
     skipped_in_a_row_ = 0;
+    last_update_ = s.step;
     opt_->step(s.lr, clip_coefficient(s.grad_norm, cfg_.grad_clip));
     if (dp_ && dp_->zero_stage() >= 1) dp_->gather_parameters(model_);
   }
@@ -699,6 +706,7 @@ std::unique_ptr<CheckpointWriter> Trainer::snapshot(const std::string& root) {
   meta["step"] = step_;
   meta["skipped_steps"] = skipped_;
   meta["skipped_in_a_row"] = skipped_in_a_row_;  // a streak goes on across a preemption
+  meta["last_update"] = last_update_;
   meta["adamw"] = {{"steps_done", opt_->steps_done()},
                    {"beta1", cfg_.beta1},
                    {"beta2", cfg_.beta2},
@@ -866,6 +874,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   const std::string& dir = r.dir();
   nlohmann::json meta;
   int64_t saved_step = 0, saved_steps_done = 0, saved_skipped = 0, saved_in_a_row = 0;
+  int64_t saved_last_update = -1;
   DataPosition saved_position;
   try {
     meta = nlohmann::json::parse(r.meta());
@@ -924,6 +933,9 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     if (meta.contains("skipped_in_a_row")) {  // checkpoints of before it: 0
       saved_in_a_row = json_checked::integer(meta["skipped_in_a_row"]);
     }
+    if (meta.contains("last_update")) {  // checkpoints of before it: the step less the streak
+      saved_last_update = json_checked::integer(meta["last_update"]);
+    }
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, "checkpoint ", dir, ": its meta data lacks a field or has one of the "
                "wrong type: ", e.what());
@@ -953,13 +965,13 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   auto read = [&](const std::string& name, const Piece& q, int64_t base, const Tensor& dst) {
     read_piece(r, name, q, base, dst);
   };
+  // Everything is read into host buffers before anything of this trainer changes: a load that
+  // fails (a file gone, a checksum) leaves the weights, moments and counters as they were.
   const auto [held_lo, held_hi] = model_.held_range();
   Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
   for_each_piece(layout, held_lo, held_hi, [&, held_lo = held_lo](const Piece& q) {
     read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
   });
-  model_.load_held_weights(held);
-  weights_replaced();
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
   std::map<std::string, int64_t> logical_offset;  // each parameter's place in the tp = 1 layout
   int64_t logical_total = 0;
@@ -967,6 +979,7 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     logical_offset[p.name] = p.offset;
     logical_total += p.numel();
   }
+  std::vector<std::pair<Tensor, Tensor>> moments;  // (read, the optimizer's buffer)
   for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
                                   std::pair{"adamw.v", &opt_->v_buffer()}}) {
     if (flat_moments) {
@@ -992,12 +1005,16 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
         }
       });
     }
-    be.copy(host, buf->view({buf->numel()}));
+    moments.push_back({host, buf->view({buf->numel()})});
   }
+  model_.load_held_weights(held);
+  weights_replaced();
+  for (const auto& [host, buf] : moments) be.copy(host, buf);
   opt_->set_steps_done(saved_steps_done);
   step_ = saved_step;
   skipped_ = saved_skipped;
   skipped_in_a_row_ = saved_in_a_row;
+  last_update_ = saved_last_update >= 0 ? saved_last_update : saved_step - saved_in_a_row;
   loader_.set_position(saved_position);
   be.synchronize();
   return dir;

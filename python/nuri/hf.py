@@ -375,6 +375,27 @@ def _unfused(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray], where: s
             start += n
 
 
+class _Weights(Mapping):
+    """Hugging Face tensors without the buffers older checkpoints carry (GPT-2's causal-mask
+    attn.bias and attn.masked_bias, often uint8 or bool; Llama's RoPE inv_freq, which nuri
+    computes), left out before anything is read."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray], gpt2: bool):
+        self._tensors = tensors
+        buffer = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)" if gpt2 else
+                  r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+        self._keys = [k for k in tensors if not re.fullmatch(buffer, k)]
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._tensors[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
                     backend: str = "cpu", where: str = "Hugging Face tensors") -> _C.Model:
     """A nuri model from Hugging Face-layout tensors (see the module's doc for the layouts)."""
@@ -382,15 +403,11 @@ def from_hf_tensors(config: _C.ModelConfig, tensors: Mapping[str, np.ndarray],
     model = _C.Model(config, "cpu", init="zeros")  # every weight is set below, then to `backend`
     params = model.parameters()
     seen = set()
-    for key, src in (tensors.items() if gpt2 else _unfused(config, tensors, where)):
+    weights = _Weights(tensors, gpt2)
+    for key, src in (weights.items() if gpt2 else _unfused(config, weights, where)):
         name = key
-        if gpt2:
-            if name.startswith("transformer."):
-                name = name[len("transformer."):]
-            if re.fullmatch(r"h\.\d+\.attn\.(bias|masked_bias)", name):
-                continue  # causal-mask buffers of older GPT-2 checkpoints
-        elif re.fullmatch(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", name):
-            continue  # RoPE's frequency buffer of older Llama checkpoints: nuri computes it
+        if gpt2 and name.startswith("transformer."):
+            name = name[len("transformer."):]
         if name == "lm_head.weight" and config.tied_embeddings:
             continue  # the tied head is the token embedding
         if name not in params:

@@ -74,10 +74,19 @@ def test_import_accepts_keys_without_the_transformer_prefix_and_old_buffers(tmp_
     tensors = load_file(str(tmp_path / "model.safetensors"))
     bare = {k[len("transformer."):]: v for k, v in tensors.items()}
     bare["h.0.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), dtype=np.float32))  # older checkpoints
+    # (older transformers kept the mask as uint8, or bool, which nuri reads no tensor of)
+    bare["h.1.attn.bias"] = np.tril(np.ones((1, 1, 8, 8), dtype=np.uint8))
+    bare["h.1.attn.masked_bias"] = np.ones((1,), dtype=np.bool_)
     save_file(bare, str(tmp_path / "model.safetensors"))
     back = nuri.import_hf(tmp_path)
     for name, a in model.parameters().items():
         np.testing.assert_array_equal(back.parameters()[name], a, err_msg=name)
+    # Where such a tensor is a weight, it is named with its dtype.
+    bare["h.0.ln_1.weight"] = np.ones(64, dtype=np.uint8)
+    save_file(bare, str(tmp_path / "model.safetensors"))
+    with pytest.raises(nuri.Error, match=r"tensor 'h.0.ln_1.weight' is U8, which nuri does not "
+                                         r"read \(F32, BF16, F16, I32, I64\)"):
+        nuri.import_hf(tmp_path)
 
 
 def test_import_names_missing_extra_and_misshapen_tensors(tmp_path):
@@ -142,3 +151,49 @@ def test_trainer_checkpoints_resume_exactly_from_python(tmp_path):
     (tmp_path / "step-00000003" / "manifest.json").unlink()
     with pytest.raises(nuri.Error, match="no committed checkpoint"):
         trainer(3)[1].load_checkpoint(str(tmp_path))
+
+
+def test_a_checkpoint_that_fails_to_load_changes_nothing(tmp_path):
+    """A load that fails partway (here: AdamW's moments missing, found after the weights were
+    read) leaves the trainer's weights, moments and step as they were: nothing is replaced
+    until everything has been read."""
+    import hashlib
+    from safetensors import safe_open
+    text = np.frombuffer(b"the quick brown fox jumps over the lazy dog. " * 200, dtype=np.uint8)
+    data = nuri.TokenFile.from_array(text.astype(np.uint32))
+    cfg = nuri.TrainConfig()
+    cfg.steps, cfg.micro_batch, cfg.seq_len = 8, 2, 32
+    saved = nuri.Trainer(nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=1), cfg, data)
+    saved.step()
+    step_dir = tmp_path / "step-00000001"
+    assert saved.save_checkpoint(str(tmp_path)).endswith(step_dir.name)
+    # The same checkpoint without its moments, its manifest naming the rewritten file.
+    rank_file = step_dir / "rank-00000-of-00001.safetensors"
+    with safe_open(str(rank_file), "np") as f:
+        metadata = f.metadata()
+    tensors = {k: v for k, v in load_file(str(rank_file)).items() if not k.startswith("adamw.")}
+    save_file(tensors, str(rank_file), metadata=metadata)
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    blob = rank_file.read_bytes()
+    manifest["files"][rank_file.name] = {"bytes": len(blob),
+                                         "sha256": hashlib.sha256(blob).hexdigest()}
+    del manifest["ranges"]["adamw.m"], manifest["ranges"]["adamw.v"]
+    (step_dir / "manifest.json").write_text(json.dumps(manifest))
+
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=2)
+    other = nuri.Trainer(model, cfg, data)
+    other.step()
+    other.step()
+    before = {k: v.copy() for k, v in model.parameters().items()}
+    with pytest.raises(nuri.Error, match="AdamW state 'adamw.m/.*' is missing"):
+        other.load_checkpoint(str(tmp_path))
+    assert other.steps_done == 2
+    for name, a in model.parameters().items():
+        np.testing.assert_array_equal(a, before[name], err_msg=name)
+    # and it trains on as it would have: the moments are its own still
+    model2 = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), seed=2)
+    twin = nuri.Trainer(model2, cfg, data)
+    twin.step()
+    twin.step()
+    assert other.step()["loss"] == twin.step()["loss"]
+    assert other.step()["loss"] == twin.step()["loss"]

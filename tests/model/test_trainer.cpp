@@ -252,6 +252,57 @@ TEST(Trainer, SkippedStepsInARowStopTheRun) {
   EXPECT_EQ(t.skipped_steps(), 5);
 }
 
+// A step with no trained target inside a streak of skipped ones neither updates nor ends it: the
+// message names the last update made, before the streak (it named one step too late for each).
+TEST(Trainer, AStreakThroughAStepWithNothingToTrainNamesTheLastUpdate) {
+  auto data = text_data();
+  std::vector<uint8_t> mask(size_t(data->size()), 0);
+  std::fill(mask.begin(), mask.begin() + mask.size() / 2, uint8_t(1));
+  data->set_mask(mask);
+  TrainConfig c;
+  c.steps = 60;
+  c.micro_batch = 2;
+  c.seq_len = 16;
+  c.skip_limit = 3;
+  std::vector<bool> untrained;  // step k + 1's; the data order alone decides it
+  {
+    Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+    Trainer t(m, c, data, nullptr);
+    for (int i = 0; i < 60; ++i) untrained.push_back(t.step().untrained);
+  }
+  int u = 0;  // an untrained step after two trained ones
+  for (int k = 2; k < 40 && u == 0; ++k) {
+    if (untrained[size_t(k)] && !untrained[size_t(k - 1)] && !untrained[size_t(k - 2)]) u = k + 1;
+  }
+  ASSERT_GT(u, 0) << "no untrained step after two trained ones in 40";
+  Transformer m(model_preset("gpt2-tiny"), make_backend("cpu"), 5);
+  Trainer t(m, c, data, nullptr);
+  for (int s = 1; s <= u - 2; ++s) EXPECT_EQ(t.step().untrained, untrained[size_t(s - 1)]);
+  m.parameter("h.0.ln_1.weight").data<float>()[0] = std::numeric_limits<float>::infinity();
+  int skipped = 0, step = u - 2;
+  while (skipped < 3) skipped += untrained[size_t(step++)] ? 0 : 1;  // step: where the 3rd is
+  const int quiet = step - (u - 2) - 3;
+  ASSERT_GT(quiet, 0);
+  std::string what;
+  for (int s = u - 1; s <= step && what.empty(); ++s) {
+    try {
+      t.step();
+    } catch (const Error& e) {
+      what = e.what();
+      EXPECT_EQ(s, step);
+    }
+  }
+  EXPECT_NE(what.find("3 steps in a row (" + std::to_string(u - 1) + " to " +
+                      std::to_string(step) + ", " + std::to_string(quiet) +
+                      " of them with no trained target) had a non-finite loss"),
+            std::string::npos)
+      << what;
+  EXPECT_NE(what.find("resume from a checkpoint of step " + std::to_string(u - 3) +
+                      " or earlier (step " + std::to_string(u - 2) + "'s update"),
+            std::string::npos)
+      << what;
+}
+
 // The streak goes on across a checkpoint (a preempted diverging run would otherwise never
 // reach skip_limit, its count starting again at every allocation).
 TEST(Trainer, ASkippedStreakGoesOnAfterAResume) {

@@ -100,9 +100,12 @@ class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
   const std::string& path() const { return path_; }
-  /// Tensor names in file order.
+  /// Tensor names in file order; those of dtypes nuri does not read (an old checkpoint's U8
+  /// mask buffer) too, which entry() and read() name with their dtype.
   std::vector<std::string> names() const;
-  bool contains(const std::string& name) const { return entries_.count(name) != 0; }
+  bool contains(const std::string& name) const {
+    return entries_.count(name) != 0 || others_.count(name) != 0;
+  }
   const SafetensorsEntry& entry(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   /// Reads tensor `name` into host tensor dst (same element count; the file's dtype converted
@@ -122,6 +125,7 @@ class SafetensorsFile {
   std::string path_;
   int64_t data_start_ = 0, file_bytes_ = 0;
   std::map<std::string, SafetensorsEntry> entries_;
+  std::map<std::string, std::string> others_;  ///< tensors of other dtypes: their dtype
   std::vector<std::string> order_;
   std::map<std::string, std::string> metadata_;
 };
@@ -133,6 +137,9 @@ std::string tensors_checksum(const SafetensorsFile& f);
 /// safetensors' dtype names ("F32", "BF16", "F16", "I32", "I64") and back.
 const char* safetensors_dtype(DType t);
 DType dtype_from_safetensors(const std::string& s, const std::string& where);
+/// The element size of the format's other dtypes (BOOL, U8, I8, F8_*, U16, I16, U32, U64, F64);
+/// 0 for one nuri reads or a name the format does not have.
+int64_t other_safetensors_dtype_size(const std::string& s);
 
 /// Lower-case hex SHA-256 of a whole file.
 std::string sha256_file(const std::string& path);

@@ -80,7 +80,8 @@ std::unique_ptr<DataLoader> validation_loader(std::shared_ptr<TokenFile> val,
                                               const TrainConfig& cfg, int64_t dp, int64_t rank);
 
 /// Learning rate of 0-based step `step`: linear warmup to lr over warmup_steps, then cosine
-/// decay to lr · min_lr_ratio at the last step.
+/// decay from lr at the first step after it to lr · min_lr_ratio at the last step (a single step
+/// after the warmup is the first: lr).
 float learning_rate(const TrainConfig& cfg, int64_t step);
 
 struct StepStats {
@@ -272,6 +273,7 @@ class Trainer {
   Tensor stats_dev_;
   int64_t step_ = 0, skipped_ = 0;
   int64_t skipped_in_a_row_ = 0;  // since the last step that updated (or the start or a load)
+  int64_t last_update_ = 0;       // the last step that updated (0: none)
 
   /// Tensor parallelism: splits the gradient tensors for the norm into the split ones' and the
   /// whole ones'.
