@@ -207,6 +207,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError("export: give --out FILE.safetensors, --hf DIR, or both")
     if args.out:  # both refused before either is written
         check_consolidate_out(args.checkpoint, args.out)
+    if args.hf and args.out and Path(args.hf).resolve() in Path(args.out).resolve().parents:
+        raise ConfigError(f"export: --out {args.out} is inside the --hf directory {args.hf}, "
+                          "whose model.safetensors it could replace with nuri's layout; write "
+                          "it elsewhere")
     if args.hf:
         check_outside_checkpoint(args.checkpoint, args.hf)
         check_export_directory(args.hf)
@@ -237,6 +241,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                           f"{'a file' if out.exists() else 'the weights file'} of the model "
                           f"directory {args.directory}, which it would replace; write the nuri "
                           "model file elsewhere")
+    if not os.path.isdir(out.parent) or not os.access(out.parent, os.W_OK):
+        # Said before minutes of reading the model, not after.
+        raise ConfigError(f"import: --out {args.out}: the directory {out.parent} "
+                          f"{'is not writable' if os.path.isdir(out.parent) else 'does not exist'}")
     model = import_hf(args.directory)
     save(model, args.out)
     print(f"wrote {args.out}: {model.parameter_count} parameters, {model.config.summary()}")
@@ -309,11 +317,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """``python -m nuri calibrate``: this machine's speeds as a device profile."""
     from .dist import init_process_group
-    pg = init_process_group() if int(os.environ.get("WORLD_SIZE", "1")) > 1 or \
-        "OMPI_COMM_WORLD_SIZE" in os.environ else None
-    prof = calibrate(args.backend, base=args.base, out=args.out if pg is None or pg.rank == 0
-                     else None, seconds_per_probe=args.seconds, process_group=pg)
-    if pg is None or pg.rank == 0:
+    # The launcher as nuri-train finds it (torchrun, mpirun, srun, ...; alone: rank 0 of 1):
+    # each rank on its own device, rank 0 writing the profile.
+    pg = init_process_group()
+    prof = calibrate(args.backend, base=args.base, out=args.out if pg.rank == 0 else None,
+                     seconds_per_probe=args.seconds, process_group=pg)
+    if pg.rank == 0:
         print(json.dumps(prof, indent=2))
         if args.out:
             print(f"wrote {args.out}")

@@ -45,7 +45,12 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     # saving to one path (it should be one rank's call) do not pull each other's file away.
     tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except Exception as e:  # safetensors' own error type: said as nuri's, with the path
+            if isinstance(e, OSError):
+                raise
+            raise _C.Error(f"nuri.save({os.fspath(path)}): {e}") from e
         os.replace(tmp, os.fspath(path))
     finally:
         if os.path.exists(tmp):

@@ -96,6 +96,12 @@ def calibrate(backend: str = "cpu", base: str | None = None, out: str | os.PathL
         base = "cpu" if backend == "cpu" else "h100-sxm-80gb"
     text = _C.calibrate(backend, base, seconds_per_probe, process_group)
     if out is not None and (process_group is None or process_group.rank == 0):
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        tmp = f"{os.fspath(out)}.tmp-{os.getpid()}"  # a reader never sees half a profile
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return json.loads(text)

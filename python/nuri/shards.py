@@ -422,6 +422,7 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
         except ImportError:
             bar = None
     pool = None
+    finished = False
     documents = _documents(files, field, kind, chat_template, decode=tok_path is not None)
     try:
         if processes > 1:
@@ -445,9 +446,15 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                 trained["val" if to_val else "train"] += int(mask.sum())
             if bar is not None:
                 bar.update(1)
+        finished = True
     finally:
         if pool is not None:
-            pool.close()
+            # On an error (or Ctrl-C) the workers stop now: close() would let the pool go on
+            # reading and encoding the rest of the input before the error is seen.
+            if finished:
+                pool.close()
+            else:
+                pool.terminate()
             pool.join()
         if bar is not None:
             bar.close()

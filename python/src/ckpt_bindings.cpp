@@ -81,6 +81,9 @@ void bind_checkpoint(py::module_& m) {
            py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
            "tensors: (name, shape) of every f32 tensor, in the order they will be written.")
       .def("write", [](SafetensorsStreamWriter& w, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
+             // Only read: a read-only array (np.load's mmap_mode="r") is copied, as the
+             // tensor view needs writable memory.
+             if (!a.writeable()) a = a.attr("copy")().cast<py::array_t<float, py::array::c_style>>();
              const Tensor t = tensor_from_numpy(a);
              py::gil_scoped_release release;  // the disk and the checksum
              w.write(name, t);

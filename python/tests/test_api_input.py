@@ -149,6 +149,24 @@ def test_a_saved_model_file_with_a_flipped_byte_fails_its_checksum(tmp_path):
         nuri.load(path)
 
 
+def test_a_save_that_fails_is_a_nuri_error_naming_the_file(tmp_path):
+    model = nuri.Model(tiny_config(), seed=5)
+    path = tmp_path / "missing" / "m.safetensors"
+    with pytest.raises(nuri.Error, match=r"nuri.save\(.*missing/m.safetensors\): .*No such file"):
+        nuri.save(model, path)  # (safetensors' own error type, said as nuri's)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_the_streaming_writer_takes_read_only_arrays(tmp_path):
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a.setflags(write=False)  # as np.load(..., mmap_mode="r") gives
+    w = nuri._C.SafetensorsWriter(str(tmp_path / "t.safetensors"), [("a", [2, 3])])
+    w.write("a", a)
+    w.close()
+    np.testing.assert_array_equal(nuri._C.SafetensorsReader(str(tmp_path / "t.safetensors"))
+                                  .read("a"), a)
+
+
 def test_a_model_to_be_loaded_starts_at_zeros_and_init_is_checked(tmp_path):
     # nuri.load and nuri.import_hf build their model with init="zeros": nothing is drawn from
     # the seed, and every weight is then the file's (a weight left at 0 would show here).

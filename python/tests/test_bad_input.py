@@ -112,6 +112,11 @@ def test_export_out_refuses_a_directory_and_the_checkpoints_own_files(trained):
     with pytest.raises(nuri.ConfigError, match="inside checkpoint directory"):
         nuri.export_hf_checkpoint(trained / "ck", shard.parent / "hf")
     assert snapshot(trained / "ck") == before
+    # Into the Hugging Face export's own directory: nuri's layout would replace its weights.
+    proc = run_cli("export", "ck", "--out", "hfx/model.safetensors", "--hf", "hfx", cwd=trained,
+                   expect=2)
+    assert "export: --out hfx/model.safetensors is inside the --hf directory hfx" in proc.stderr
+    assert not (trained / "hfx").exists()
     run_cli("export", "ck", "--out", "model.safetensors", cwd=trained)
     assert nuri.load(trained / "model.safetensors").config.n_layer == 2
 

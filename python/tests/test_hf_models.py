@@ -287,6 +287,9 @@ def test_import_and_init_name_what_is_wrong(tmp_path):
     (tmp_path / "out").mkdir()
     assert "--out out is a directory" in run_cli("import", "hf", "--out", "out", cwd=tmp_path,
                                                  expect=2).stderr
+    # A directory that is not there: said before the model is read, not after.
+    assert "import: --out nowhere/m.safetensors: the directory " in run_cli(
+        "import", "hf", "--out", "nowhere/m.safetensors", cwd=tmp_path, expect=2).stderr
     assert "nuri.import_hf(hf/config.json): a file" in run_cli(
         "import", "hf/config.json", "--out", "m.safetensors", cwd=tmp_path, expect=1).stderr
     assert not (tmp_path / "m.safetensors").exists()

@@ -84,6 +84,33 @@ def test_the_shards_do_not_depend_on_the_process_count(corpus, tmp_path):
             assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "three" / name).read_bytes()
 
 
+def test_an_error_stops_the_worker_processes_at_once(corpus, tmp_path, monkeypatch):
+    """A failure while writing (a full disk, say) ends the pool: it does not go on reading and
+    encoding the rest of the input before the error is seen (nor wait for it after Ctrl-C)."""
+    d, _ = corpus
+    from nuri import shards
+    read = {"documents": 0}
+    documents = shards._documents
+
+    def counted(*args, **kwargs):
+        for doc in documents(*args, **kwargs):
+            read["documents"] += 1
+            yield doc
+
+    def full(self, ids, mask):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards, "_documents", counted)
+    monkeypatch.setattr(shards._ShardWriter, "add", full)
+    many = tmp_path / "many.jsonl"
+    with many.open("w", encoding="utf-8") as f:
+        for i in range(40000):
+            f.write(json.dumps({"text": f"document {i} of many"}) + "\n")
+    with pytest.raises(OSError, match="No space left"):
+        nuri.tokenize([many], tmp_path / "o", d / "tokenizer.json", processes=2, progress=False)
+    assert 0 < read["documents"] < 20000, read
+
+
 def test_a_run_trains_on_the_shards_and_generates_with_the_tokenizer(corpus, tmp_path):
     d, _ = corpus
     nuri.tokenize([d / "docs"], tmp_path / "data", d / "tokenizer.json", val_every=20,
