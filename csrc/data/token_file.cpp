@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "nuri/core/error.h"
+#include "nuri/core/utf8.h"
 
 namespace nuri {
 
@@ -450,37 +451,18 @@ std::string ByteTokenizer::decode(const std::vector<int32_t>& tokens) const {
 }
 
 std::string valid_utf8(const std::string& bytes) {
-  // Unicode's well-formed sequences (Table 3-7): the lead byte fixes the length and the range of
-  // the second byte; an ill-formed sequence is replaced up to its longest valid prefix (at least
-  // one byte), as Python's errors="replace" does.
+  // An ill-formed sequence is replaced up to its longest valid prefix (at least one byte), as
+  // Python's errors="replace" does.
   std::string out;
   const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  const size_t n = bytes.size();
-  for (size_t i = 0; i < n;) {
-    const unsigned char c = p[i];
-    int len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c < 0x80) len = 1;
-    else if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    int ok = len ? 1 : 0;  // bytes of a valid prefix
-    while (ok > 0 && ok < len && i + ok < n) {
-      const unsigned char b = p[i + ok];
-      const bool in_range = ok == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
-      if (!in_range) break;
-      ++ok;
-    }
-    if (len && ok == len) {
-      out.append(bytes, i, size_t(len));
-      i += size_t(len);
+  for (size_t i = 0; i < bytes.size();) {
+    const Utf8Sequence q = utf8_sequence(p + i, bytes.size() - i);
+    if (q.length > 0 && q.valid == q.length) {
+      out.append(bytes, i, size_t(q.length));
+      i += size_t(q.length);
     } else {
       out += "\xEF\xBF\xBD";  // U+FFFD
-      i += size_t(std::max(ok, 1));
+      i += size_t(std::max(q.valid, 1));
     }
   }
   return out;

@@ -112,10 +112,14 @@ RunConfig auto_layout(const RunConfig& in, const ProcessGroup& pg, const DeviceP
   c.train.micro_batch = l.micro_batch;
   c.train.grad_accum = l.grad_accum;
   c.validate();
-  *line = strprintf("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%",
+  *line = strprintf("layout auto (%s): %s; predicted %.2f GiB a device, %.0f tok/s, MFU %.1f%%%s",
                     profile.name.c_str(), l.str().c_str(),
                     double(plan.front().memory.peak()) / double(int64_t(1) << 30),
-                    plan.front().tokens_per_second, 100 * plan.front().mfu);
+                    plan.front().tokens_per_second, 100 * plan.front().mfu,
+                    pg.launch.local_world_size > 0 || pg.size() == 1
+                        ? ""
+                        : " (the launcher does not say how many ranks share a node: planned as "
+                          "one a node, with no tensor parallelism)");
   return c;
 }
 
@@ -195,23 +199,35 @@ std::string json_number(double x) {
   return std::isfinite(x) ? nlohmann::json(x).dump() : "null";  // JSON has no NaN
 }
 
+// The records of a metrics.jsonl (each line and its step) and the last step recorded (0: none);
+// a line cut short by a crash is passed over.
+int64_t read_metrics(const std::string& path,
+                     std::vector<std::pair<int64_t, std::string>>* records = nullptr) {
+  int64_t reached = 0;
+  if (std::ifstream in(path); in.good()) {
+    for (std::string line; std::getline(in, line);) {
+      try {
+        const int64_t step = json_checked::integer(nlohmann::json::parse(line).at("step"));
+        reached = std::max(reached, step);
+        if (records) records->push_back({step, line});
+      } catch (const nlohmann::json::exception&) {
+      }
+    }
+  }
+  return reached;
+}
+
 // metrics.jsonl: one record per step. On resume the records of steps after the checkpoint (a
 // run that crashed past it redoes them) are dropped, so each step appears once.
 class Metrics {
  public:
   /// Returns the last step the file recorded before (0: none).
   int64_t open(const std::string& path, int64_t steps_done) {
+    std::vector<std::pair<int64_t, std::string>> records;
+    const int64_t reached = read_metrics(path, &records);
     std::vector<std::string> keep;
-    int64_t reached = 0;
-    if (std::ifstream in(path); in.good()) {
-      for (std::string line; std::getline(in, line);) {
-        try {
-          const int64_t step = json_checked::integer(nlohmann::json::parse(line).at("step"));
-          reached = std::max(reached, step);
-          if (step <= steps_done) keep.push_back(line);
-        } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
-        }
-      }
+    for (const auto& [step, line] : records) {
+      if (step <= steps_done) keep.push_back(line);
     }
     out_.open(path, std::ios::trunc);
     NURI_CHECK(out_.good(), "cannot write ", path, ": ", std::strerror(errno));
@@ -521,17 +537,7 @@ void make_directories(const fs::path& dir) {
 // lives in out, so the new run's steps are not counted as redone work of the earlier one.
 std::string move_earlier_run_aside(const fs::path& out, bool ledger_in_out) {
   std::error_code ec;
-  const fs::path metrics = out / "metrics.jsonl";
-  int64_t last_step = 0;
-  if (std::ifstream in(metrics); in.good()) {
-    for (std::string line; std::getline(in, line);) {
-      try {
-        last_step = std::max(last_step,
-                             json_checked::integer(nlohmann::json::parse(line).at("step")));
-      } catch (const nlohmann::json::exception&) {  // a line cut short by a crash
-      }
-    }
-  }
+  const int64_t last_step = read_metrics((out / "metrics.jsonl").string());
   const bool model = fs::exists(out / "model.safetensors", ec);
   if (last_step == 0 && !model) return "";
   fs::path aside;
