@@ -26,6 +26,7 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -34,6 +35,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -54,26 +56,41 @@ using Clock = std::chrono::steady_clock;
 constexpr uint32_t kMagic = 0x6e757269;       // "nuri"
 constexpr uint32_t kFrameMagic = 0x6e75666d;  // "nufm"
 
+/// The launcher's names for a job that a rank's Hello carries, each hashed (0: not set), in this
+/// order. Two ranks are of one job unless a name both have differs: a rank started without the
+/// batch system's variables (over ssh) still joins.
+constexpr const char* kJobKeys[] = {"NURI_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID",
+                                    "PBS_JOBID", "LSB_JOBID"};
+constexpr int kJobKeyCount = 5;
+
 struct Hello {
   uint32_t magic = kMagic;
   int32_t rank = 0;
   int32_t world = 0;
   int32_t port = 0;
-  uint64_t job = 0;  ///< job_token(): ranks of another job on the same port are turned away
+  uint64_t job[kJobKeyCount] = {};  ///< job_ids(): ranks of another job are turned away
 };
 
-/// A hash of what names this job in the launcher's environment (0 where nothing does): two jobs
-/// given the same MASTER_ADDR:MASTER_PORT do not join each other's meshes.
-uint64_t job_token() {
-  std::string id;
-  for (const char* key : {"NURI_JOB_ID", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID",
-                          "PBS_JOBID", "LSB_JOBID"}) {
-    if (const char* v = std::getenv(key)) id += std::string(key) + "=" + v + ";";
+/// Rank 0's answer to a rank it turns away, in place of the address table's first entry.
+constexpr uint32_t kTurnedAway = 0x6e757278;  // "nurx"
+
+void job_ids(uint64_t* out) {
+  for (int k = 0; k < kJobKeyCount; ++k) {
+    out[k] = 0;
+    if (const char* v = std::getenv(kJobKeys[k]); v && *v) {
+      uint64_t h = 1469598103934665603ull;  // FNV-1a
+      for (const unsigned char c : std::string(v)) h = (h ^ c) * 1099511628211ull;
+      out[k] = h | 1;
+    }
   }
-  if (id.empty()) return 0;
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (const unsigned char c : id) h = (h ^ c) * 1099511628211ull;
-  return h | 1;
+}
+
+/// "" when a and b may be ranks of one job, else the first name that differs.
+std::string job_differs(const Hello& a, const Hello& b) {
+  for (int k = 0; k < kJobKeyCount; ++k) {
+    if (a.job[k] != 0 && b.job[k] != 0 && a.job[k] != b.job[k]) return kJobKeys[k];
+  }
+  return "";
 }
 
 /// What a message belongs to; sent ahead of its bytes and compared by the receiver.
@@ -99,10 +116,11 @@ struct Frame {
 };
 static_assert(sizeof(Frame) == 40, "the frame is sent as bytes");
 
-/// "all_reduce #7 (f32, 1024 elements, sum)".
-std::string describe_frame(const Frame& f) {
+/// "all_reduce #7 (f32, 1024 elements, sum)"; `as` names the operation instead (a receive's
+/// frame is the send's).
+std::string describe_frame(const Frame& f, const char* as = nullptr) {
   std::ostringstream s;
-  s << op_name(f.op) << " #" << f.seq;
+  s << (as ? as : op_name(f.op)) << " #" << f.seq;
   if (f.op != uint8_t(Op::barrier)) {
     s << " (" << (f.dtype <= uint8_t(DType::u32) ? dtype_name(DType(f.dtype)) : "?") << ", "
       << f.count << " elements" << (f.rop == 1 ? ", sum" : f.rop == 2 ? ", avg" : "") << ")";
@@ -178,15 +196,25 @@ void set_nodelay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-/// A blocking-style transfer on non-blocking sockets with a deadline: sends `out_n` bytes to
-/// fd_out and receives `in_n` bytes from fd_in at the same time (a ring step does both, and two
-/// ranks sending each other large buffers first would otherwise wait on each other forever).
+/// Up to two buffers sent or received one after the other, as one stream.
+struct Parts {
+  char* p[2] = {nullptr, nullptr};
+  size_t n[2] = {0, 0};
+  size_t total() const { return n[0] + n[1]; }
+};
+
+/// A blocking-style transfer on non-blocking sockets with a deadline: sends `out` to fd_out and
+/// receives `in` from fd_in at the same time (a ring step does both, and two ranks sending each
+/// other large buffers first would otherwise wait on each other forever). `between` (if set)
+/// runs once in's first part has arrived and out's first part has gone, before in's second part
+/// is read (it may throw: the peer has this side's first part, a frame, to judge by too).
 /// Returns an empty string, or what went wrong.
-std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void* in, size_t in_n,
-                     const Deadline& dl, int peer_out, int peer_in) {
-  auto* po = static_cast<const char*>(out);
-  auto* pi = static_cast<char*>(in);
+std::string transfer(int fd_out, const Parts& out, int fd_in, const Parts& in,
+                     const Deadline& dl, int peer_out, int peer_in,
+                     const std::function<void()>& between = nullptr) {
+  const size_t out_n = out.total(), in_n = in.total();
   size_t sent = 0, got = 0;
+  bool checked = !between;
   while (sent < out_n || got < in_n) {
     pollfd p[2];
     int n = 0, io = -1, ii = -1;
@@ -194,7 +222,7 @@ std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void*
       p[n] = {fd_out, POLLOUT, 0};
       io = n++;
     }
-    if (got < in_n) {
+    if (got < in_n && (checked || got < in.n[0])) {
       if (io >= 0 && fd_in == fd_out) {
         p[io].events |= POLLIN;
         ii = io;
@@ -217,23 +245,54 @@ std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void*
       return "poll failed: " + errno_str();
     }
     if (ii >= 0 && (p[ii].revents & (POLLIN | POLLHUP | POLLERR))) {
-      const ssize_t k = ::recv(fd_in, pi + got, in_n - got, 0);
-      if (k == 0) return "rank " + std::to_string(peer_in) + " closed the connection (it ended or died)";
+      // Into the part being filled: the first whole before `between` sees it.
+      const int part = got < in.n[0] ? 0 : 1;
+      const size_t at = part == 0 ? got : got - in.n[0];
+      const ssize_t k = ::recv(fd_in, in.p[part] + at, in.n[part] - at, 0);
+      if (k == 0) {
+        return "rank " + std::to_string(peer_in) + " closed the connection (it ended or died)";
+      }
       if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         return "receiving from rank " + std::to_string(peer_in) + " failed: " + errno_str();
       }
       if (k > 0) got += size_t(k);
     }
     if (io >= 0 && (p[io].revents & (POLLOUT | POLLERR | POLLHUP)) && sent < out_n) {
-      const ssize_t k = ::send(fd_out, po + sent, out_n - sent, MSG_NOSIGNAL);
+      iovec v[2];
+      int parts = 0;
+      size_t skip = sent;  // what the parts' fronts have sent already
+      for (int k = 0; k < 2; ++k) {
+        const size_t from = std::min(out.n[k], skip);
+        skip -= from;
+        if (out.n[k] > from) v[parts++] = {out.p[k] + from, out.n[k] - from};
+      }
+      msghdr m{};
+      m.msg_iov = v;
+      m.msg_iovlen = size_t(parts);
+      const ssize_t k = ::sendmsg(fd_out, &m, MSG_NOSIGNAL);
       if (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
         return "sending to rank " + std::to_string(peer_out) + " failed: " + errno_str() +
                " (it ended or died)";
       }
       if (k > 0) sent += size_t(k);
     }
+    if (!checked && got >= in.n[0] && sent >= out.n[0]) {
+      checked = true;
+      between();
+    }
   }
   return "";
+}
+
+/// One buffer each way (the rendezvous).
+std::string transfer(int fd_out, const void* out, size_t out_n, int fd_in, void* in, size_t in_n,
+                     const Deadline& dl, int peer_out, int peer_in) {
+  Parts o, i;
+  o.p[0] = static_cast<char*>(const_cast<void*>(out));
+  o.n[0] = out_n;
+  i.p[0] = static_cast<char*>(in);
+  i.n[0] = in_n;
+  return transfer(fd_out, o, fd_in, i, dl, peer_out, peer_in);
 }
 
 /// Adds src into dst elementwise (f32, or bf16 through f32 with rounding after each addition).
@@ -419,15 +478,26 @@ class TcpCommunicator final : public Communicator {
     const int wfrom = from >= 0 ? members_[size_t(from)] : -1;
     const int fd_out = wto >= 0 ? mesh_->fds[size_t(wto)] : -1;
     const int fd_in = wfrom >= 0 ? mesh_->fds[size_t(wfrom)] : -1;
+    // Each message: its frame, then its bytes, in one stream; what arrives is read only after
+    // its frame was found to be this operation's.
     Frame mine = frame_, theirs{};
     mine.bytes = out_n;
-    std::string err = transfer(fd_out, &mine, to >= 0 ? sizeof mine : 0, fd_in, &theirs,
-                               from >= 0 ? sizeof theirs : 0, dl, wto, wfrom);
-    if (err.empty() && from >= 0) check_frame(theirs, in_n, from);
-    if (err.empty()) {
-      err = transfer(fd_out, out, to >= 0 ? out_n : 0, fd_in, in, from >= 0 ? in_n : 0, dl, wto,
-                     wfrom);
+    Parts o, i;
+    if (to >= 0) {
+      o.p[0] = reinterpret_cast<char*>(&mine);
+      o.n[0] = sizeof mine;
+      o.p[1] = static_cast<char*>(const_cast<void*>(out));
+      o.n[1] = out_n;
     }
+    if (from >= 0) {
+      i.p[0] = reinterpret_cast<char*>(&theirs);
+      i.n[0] = sizeof theirs;
+      i.p[1] = static_cast<char*>(in);
+      i.n[1] = in_n;
+    }
+    const std::string err = transfer(fd_out, o, fd_in, i, dl, wto, wfrom, [&] {
+      if (from >= 0) check_frame(theirs, in_n, from);
+    });
     if (err.empty()) return;
     mesh_->mark_broken(what_);
     std::ostringstream t;
@@ -462,9 +532,10 @@ class TcpCommunicator final : public Communicator {
       why << "what it sent is not a message of this job's (the connection is out of step)";
     } else if (f.group != want.group) {
       why << "it sent " << describe_frame(f) << " of another of its communicators, where this "
-          << "rank expected " << describe_frame(want);
+          << "rank expected " << describe_frame(want, name_);
     } else if (!same_op) {
-      why << "it sent " << describe_frame(f) << " where this rank is in " << describe_frame(want)
+      why << "it sent " << describe_frame(f) << " where this rank is in "
+          << describe_frame(want, name_)
           << ": the ranks called different operations, in another order, or with tensors of "
              "other sizes";
     } else {
@@ -480,6 +551,7 @@ class TcpCommunicator final : public Communicator {
   void begin(Op op, const char* name, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
              int peer = -1, uint64_t seq = 0) {
     check_usable(name);
+    name_ = name;
     what_ = dist::describe(name, t, rop, peer);
     frame_ = Frame{};
     frame_.op = uint8_t(op);
@@ -494,6 +566,7 @@ class TcpCommunicator final : public Communicator {
   std::vector<int> members_;  ///< world ranks, in this communicator's rank order
   int rank_ = 0;
   std::string what_;
+  const char* name_ = "";  ///< the current operation's name
   Frame frame_;           ///< the current operation's
   uint32_t group_ = 0;    ///< a hash of members_
   uint64_t collectives_ = 0;
@@ -673,7 +746,8 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   if (me == 0) {
     {
       const OwnedFd lfd(listen_on(info.master_port, n, "MASTER_PORT"));
-      const uint64_t job = job_token();
+      Hello mine;
+      job_ids(mine.job);
       int turned_away = 0;
       for (int k = 1; k < n;) {
         uint32_t ip = 0;
@@ -690,14 +764,18 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
         ::inet_ntop(AF_INET, &ip, from, sizeof from);
         const std::string err = transfer(fd.get(), nullptr, 0, fd.get(), &h, sizeof h,
                                          Deadline(std::min(10.0, dl.left_s())), -1, -1);
-        if (!err.empty() || h.magic != kMagic || h.job != job) {
+        const bool stray = !err.empty() || h.magic != kMagic;
+        const std::string other = stray ? "" : job_differs(h, mine);
+        if (stray || !other.empty()) {
           ++turned_away;
           NURI_LOG(warn, "tcp rendezvous: turned away a connection to ", master, " from ", from,
-                   !err.empty() || h.magic != kMagic
-                       ? ": it did not say it was a nuri rank"
-                       : ": a rank of another job (its NURI_JOB_ID, TORCHELASTIC_RUN_ID or "
-                         "batch system's job id differs; two jobs may have been given this "
-                         "MASTER_PORT)");
+                   stray ? ": it did not say it was a nuri rank"
+                         : ": a rank of another job (its " + other + " differs; two jobs may "
+                           "have been given this MASTER_PORT)");
+          if (!stray) {  // told why, so that it says so (best effort: it is closed next)
+            const Peer no{kTurnedAway, int32_t(kTurnedAway)};
+            (void)::send(fd.get(), &no, sizeof no, MSG_NOSIGNAL);
+          }
           continue;
         }
         NURI_CHECK(h.world == n, "tcp rendezvous: rank ", h.rank, " (", from, ") says WORLD_SIZE=",
@@ -725,14 +803,14 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
       h.rank = me;
       h.world = n;
       h.port = bound_port(lfd.get());
-      h.job = job_token();
+      job_ids(h.job);
       const std::string err =
           transfer(fd0, &h, sizeof h, fd0, table.data(), table.size() * sizeof(Peer), dl, 0, 0);
-      NURI_CHECK(err.empty(), "tcp rendezvous with rank 0 at ", master, ": ", err,
-                 err.find("closed") != std::string::npos
-                     ? " (a rank 0 turns away ranks of another job: is this the rank 0 of this "
-                       "job? Its warnings say why it turned this rank away)"
-                     : "");
+      NURI_CHECK(err.empty() || table[0].ip != kTurnedAway, "tcp rendezvous: rank 0 at ", master,
+                 " turned this rank away as a rank of another job (NURI_JOB_ID, "
+                 "TORCHELASTIC_RUN_ID or the batch system's job id differs from rank 0's): is "
+                 "MASTER_ADDR:MASTER_PORT this job's? Its warning names the variable");
+      NURI_CHECK(err.empty(), "tcp rendezvous with rank 0 at ", master, ": ", err);
       // Rank 0 lists each rank at the address it connected from. A rank on rank 0's own host
       // may have come through a loopback address (MASTER_ADDR naming that host, which its
       // /etc/hosts maps to 127.0.1.1, as Debian's does), which no other host can reach; that
@@ -750,7 +828,7 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
         OwnedFd fd(accept_one(lfd.get(), dl, nullptr, "a connection from a higher rank"));
         Hello peer;
         exchange(fd.get(), nullptr, 0, &peer, sizeof peer, dl, -1);
-        NURI_CHECK(peer.magic == kMagic && peer.job == h.job && peer.rank > me &&
+        NURI_CHECK(peer.magic == kMagic && job_differs(peer, h).empty() && peer.rank > me &&
                        peer.rank < n && mesh->fds[size_t(peer.rank)] < 0,
                    "tcp rendezvous: rank ", me, " got an unexpected connection (rank ", peer.rank,
                    ")");
