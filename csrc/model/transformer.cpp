@@ -180,13 +180,13 @@ Transformer::Transformer(Transformer&&) noexcept = default;
 Transformer& Transformer::operator=(Transformer&&) noexcept = default;
 
 const Tensor& Transformer::parameter(const std::string& name) const {
-  NURI_CHECK(!masters_sharded(), "parameter('", name, "'): this rank holds the f32 master "
-             "weights of the flat range [", master_lo_, ", ", master_hi_, ") of ", total_,
-             " only (ZeRO 1/2 shards them); gather them with Trainer::master_weights()");
-  // (ZeRO 3 on one rank holds the whole range, still as a shard: no parameter views.)
+  // (ZeRO 3, on one rank too, whose shard is the whole range: no parameter views.)
   NURI_CHECK(!parameters_sharded_, "parameter('", name, "'): this model's weights are ZeRO 3 "
              "shards, held for the data parallelism, not as named parameters; gather them with "
              "Trainer::master_weights()");
+  NURI_CHECK(!masters_sharded(), "parameter('", name, "'): this rank holds the f32 master "
+             "weights of the flat range [", master_lo_, ", ", master_hi_, ") of ", total_,
+             " only (ZeRO 1/2 shards them); gather them with Trainer::master_weights()");
   for (const auto& p : params_) {
     if (p.name == name) return p.tensor;
   }

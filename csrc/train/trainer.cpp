@@ -517,10 +517,14 @@ StepStats Trainer::step() {
     NURI_LOG(info, "step ", s.step, ": the global batch has no trained target (its loss mask "
              "covers all of it): no update");
   } else if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
-    NURI_CHECK(cfg_.on_nonfinite == NonFinitePolicy::skip, "non-finite ",
-               std::isfinite(s.loss) ? "gradient norm" : "loss", " at step ", s.step, " (loss ",
-               s.loss, ", grad norm ", s.grad_norm, "); stopping as on_nonfinite=stop asks. "
-               "Lower the learning rate, or use on_nonfinite=skip to drop such steps");
+    if (cfg_.on_nonfinite != NonFinitePolicy::skip) {  // every rank stops here, alike
+      throw DivergedError(
+          detail::concat("non-finite ", std::isfinite(s.loss) ? "gradient norm" : "loss",
+                         " at step ", s.step, " (loss ", s.loss, ", grad norm ", s.grad_norm,
+                         "); stopping as on_nonfinite=stop asks. Lower the learning rate, or "
+                         "use on_nonfinite=skip to drop such steps"),
+          __FILE__, __LINE__);
+    }
     s.skipped = true;
     ++skipped_;
     ++skipped_in_a_row_;
@@ -965,13 +969,6 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
   auto read = [&](const std::string& name, const Piece& q, int64_t base, const Tensor& dst) {
     read_piece(r, name, q, base, dst);
   };
-  // Everything is read into host buffers before anything of this trainer changes: a load that
-  // fails (a file gone, a checksum) leaves the weights, moments and counters as they were.
-  const auto [held_lo, held_hi] = model_.held_range();
-  Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
-  for_each_piece(layout, held_lo, held_hi, [&, held_lo = held_lo](const Piece& q) {
-    read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
-  });
   // AdamW's moments: this layout's range of the flat buffers, from whichever files hold it.
   std::map<std::string, int64_t> logical_offset;  // each parameter's place in the tp = 1 layout
   int64_t logical_total = 0;
@@ -979,37 +976,50 @@ std::string Trainer::load_checkpoint(const std::string& path, bool check_data) {
     logical_offset[p.name] = p.offset;
     logical_total += p.numel();
   }
-  std::vector<std::pair<Tensor, Tensor>> moments;  // (read, the optimizer's buffer)
-  for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
-                                  std::pair{"adamw.v", &opt_->v_buffer()}}) {
+  const int64_t opt_lo = opt_->shard_begin(), opt_hi = opt_->shard_end();
+  // Everything the load reads is checked to be there before anything of this trainer changes,
+  // so a load that fails (from Python, say) leaves the weights, moments and counters as they
+  // were; the moments come from the files the weights' reads opened and checksummed.
+  for (const char* name : {"adamw.m", "adamw.v"}) {
     if (flat_moments) {
       NURI_CHECK(r.has_range(name), "checkpoint ", dir, ": AdamW state '", name, "' is missing");
       NURI_CHECK(r.range_numel(name) == logical_total, "checkpoint ", dir, ": '", name, "' has ",
                  r.range_numel(name), " elements, the model ", logical_total, " parameters");
+    } else {
+      for_each_piece(layout, opt_lo, opt_hi, [&](const Piece& q) {
+        const std::string tensor = std::string(name) + "/" + q.p->name;
+        NURI_CHECK(r.has_range(tensor), "checkpoint ", dir, ": AdamW state '", tensor,
+                   "' is missing");
+      });
     }
-    const int64_t lo = opt_->shard_begin(), hi = opt_->shard_end();
-    Tensor host = Tensor::empty({hi - lo}, DType::f32);
+  }
+  const auto [held_lo, held_hi] = model_.held_range();
+  {
+    Tensor held = Tensor::empty({held_hi - held_lo}, DType::f32);
+    for_each_piece(layout, held_lo, held_hi, [&, held_lo = held_lo](const Piece& q) {
+      read(q.p->name, q, 0, held.slice(0, q.flat - held_lo, q.flat - held_lo + q.n));
+    });
+    model_.load_held_weights(held);
+  }
+  weights_replaced();
+  for (const auto& [name, buf] : {std::pair{"adamw.m", &opt_->m_buffer()},
+                                  std::pair{"adamw.v", &opt_->v_buffer()}}) {
+    Tensor host = Tensor::empty({opt_hi - opt_lo}, DType::f32);
     if (flat_moments && model_.tensor_parallel().size == 1 && model_.first_stage() &&
         model_.last_stage()) {
-      r.read_range(name, lo, hi, host);  // the layouts are the same: one read
+      r.read_range(name, opt_lo, opt_hi, host);  // the layouts are the same: one read
     } else {
-      for_each_piece(layout, lo, hi, [&, name = name](const Piece& q) {
-        const Tensor dst = host.slice(0, q.flat - lo, q.flat - lo + q.n);
+      for_each_piece(layout, opt_lo, opt_hi, [&, name = name](const Piece& q) {
+        const Tensor dst = host.slice(0, q.flat - opt_lo, q.flat - opt_lo + q.n);
         if (flat_moments) {
           read(name, q, logical_offset.at(q.p->name), dst);
         } else {
-          const std::string tensor = std::string(name) + "/" + q.p->name;
-          NURI_CHECK(r.has_range(tensor), "checkpoint ", dir, ": AdamW state '", tensor,
-                     "' is missing");
-          read(tensor, q, 0, dst);
+          read(std::string(name) + "/" + q.p->name, q, 0, dst);
         }
       });
     }
-    moments.push_back({host, buf->view({buf->numel()})});
+    be.copy(host, buf->view({buf->numel()}));
   }
-  model_.load_held_weights(held);
-  weights_replaced();
-  for (const auto& [host, buf] : moments) be.copy(host, buf);
   opt_->set_steps_done(saved_steps_done);
   step_ = saved_step;
   skipped_ = saved_skipped;

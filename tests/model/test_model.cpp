@@ -128,6 +128,10 @@ TEST(Transformer, NamesAndFusedViewsFollowHuggingFace) {
                     WeightShard{0, gpt.parameter_count()});
   EXPECT_NE(error_of([&] { whole.parameter("wte.weight"); }).find("ZeRO 3 shards"),
             std::string::npos);
+  Transformer half(model_preset("gpt2-tiny"), make_backend("cpu"), 1,
+                   WeightShard{0, gpt.parameter_count() / 2});
+  EXPECT_NE(error_of([&] { half.parameter("wte.weight"); }).find("ZeRO 3 shards"),
+            std::string::npos);
 }
 
 TEST(Transformer, InitDependsOnlyOnSeedAndName) {

@@ -383,6 +383,20 @@ TEST(Plan, FollowsTheRunAtTheEdges) {
     const double gather = 3.0 / 4.0 * 2 * psi / h100.intra_node_bandwidth +
                           double(units.size()) * h100.collective_latency;
     EXPECT_NEAR(twice - once, 4 * gather, 1e-9 * twice);
+    // Where the forward and backward hide the gathers (the CPU's slow step), what stays in the
+    // open is each pass's first unit: the embedding alone with keep_gathered (the head's
+    // gather in the backward is not made).
+    const DeviceProfile cpu = device_profile("cpu");
+    l.tp = 1;
+    l.keep_gathered = false;
+    const double both = estimate_step_time(cfg, l, 2048, cpu).dp_comm;
+    l.keep_gathered = true;
+    const double first = estimate_step_time(cfg, l, 2048, cpu).dp_comm;
+    const auto whole = unit_ranges(cfg, {0, 1}, PipelineStage{});
+    const double head = double(whole.back().second - whole.back().first);
+    EXPECT_NEAR(both - first,
+                4 * (3.0 / 4.0 * 4 * head / cpu.intra_node_bandwidth + cpu.collective_latency),
+                1e-9 * both);
   }
   {  // Node boundaries: tp 2 x pp 8 on two nodes of 8; dp 3 x pp 8 on three
     DeviceProfile flat = h100;  // the same, with the nodes joined as fast as a node inside
