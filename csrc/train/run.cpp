@@ -2,6 +2,7 @@
 // with progress, metrics, evaluation, checkpoints and stops, and what a run leaves behind.
 #include "nuri/train/run.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -531,6 +532,32 @@ void make_directories(const fs::path& dir) {
   NURI_CHECK(!ec, "cannot make the directory ", dir.string(), ": ", ec.message());
 }
 
+// Seconds to write `bytes` into dir, from a timed write of up to 64 MiB of them (written,
+// fsynced, removed); 0 where dir cannot be written (the save will say why).
+double probe_save_seconds(const std::string& dir, int64_t bytes, int rank) {
+  const int64_t probe = std::min<int64_t>(bytes, int64_t(64) << 20);
+  if (probe <= 0) return 0;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  const std::string path = dir + "/.nuri-write-probe-" + std::to_string(rank) + "-" +
+                           std::to_string(::getpid());
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) return 0;
+  std::vector<char> block(size_t(1) << 20, 'n');
+  const Clock::time_point t0 = Clock::now();
+  bool ok = true;
+  for (int64_t left = probe; left > 0 && ok;) {
+    const ssize_t k = ::write(fd, block.data(), size_t(std::min<int64_t>(left, 1 << 20)));
+    ok = k > 0;
+    left -= k > 0 ? k : 0;
+  }
+  ok = ok && ::fsync(fd) == 0;
+  const double seconds = seconds_since(t0);
+  ::close(fd);
+  ::unlink(path.c_str());
+  return ok ? seconds * double(bytes) / double(probe) : 0;
+}
+
 // A run that starts fresh (nothing resumed) in an out holding an earlier run's results (metrics
 // recorded, or a model written) would replace them: they move into out/earlier-N, the first N
 // free, and the line returned says so ("": nothing to move). The ledger moves with them where it
@@ -926,6 +953,16 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line("checkpoint " + dir + " committed");
   };
   StopCost stop_cost(checkpoints, parts.checkpoint_load);  // what a stop takes: the time limit
+  if (checkpoints && ck.time_limit > 0) {
+    // Before its first save a run knows no save's time (a fresh one has loaded nothing; a model
+    // file is a third of a checkpoint's bytes): each rank writes a part of its own like it,
+    // 12 bytes a weight of its shard (f32 weights and AdamW's two moments), at most 64 MiB of
+    // it, to time the checkpoint directory's writes.
+    const int64_t weights =
+        (model.parameter_count() + grid.grid.dp() - 1) / std::max(1, grid.grid.dp());
+    stop_cost.expect_save(
+        probe_save_seconds(ck.dir, 12 * weights, pg.comm ? pg.comm->rank() : 0));
+  }
   // keep: more than checkpoint.keep at a stop during a skip streak, whose saves must not rotate
   // out the checkpoints of before the divergence.
   auto save = [&](int64_t keep) {

@@ -106,16 +106,16 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
     flops = 0.0
     peak_seconds = 0.0
     ledger = read_ledger(directory)
-    # The steps each finished allocation is credited with: up to where the next finished one
-    # resumed (an allocation that ended past its last checkpoint, by an error, had its last
-    # steps redone by a later one, whose tokens they are).
+    # The steps each finished allocation is credited with: up to the earliest step a later
+    # finished one resumed from (an allocation that ended past its last checkpoint, by an
+    # error, had its last steps redone by a later one, whose tokens they are; so had one
+    # whose run was taken back to an earlier checkpoint through `latest`, after a divergence).
     credited: dict[int, int] = {}
     for k, a in enumerate(ledger):
         if a["end"] is not None:
-            after = next((b["end"] for b in ledger[k + 1:] if b["end"] is not None), None)
+            later = [b["end"]["steps_from"] for b in ledger[k + 1:] if b["end"] is not None]
             done = a["end"]["steps_done"]
-            credited[k] = max(a["end"]["steps_from"],
-                              min(done, after["steps_from"]) if after else done)
+            credited[k] = max(a["end"]["steps_from"], min([done, *later]))
     for k, a in enumerate(ledger):
         end = a["end"]
         row: dict[str, Any] = {"id": a["id"], "start": a["time"], "ranks": a["ranks"],

@@ -403,6 +403,12 @@ def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
     # The same with nothing killed between them.
     write([start(1), end(1, 0, 120), start(3), end(3, 100, 200)])
     assert nuri.report(tmp_path)["total"]["tokens"] == 2000
+    # Taken back through `latest` after a divergence: a3 resumed step 500 after a1 (0-1000) and
+    # a2 (1000-2000); steps 500-1000 are a3's alone, and a2's were all undone.
+    write([start(1), end(1, 0, 1000), start(2), end(2, 1000, 2000), start(3), end(3, 500, 1500)])
+    rep = nuri.report(tmp_path)
+    assert [r.get("tokens") for r in rep["allocations"]] == [5000, 0, 10000]
+    assert rep["total"]["tokens"] == 15000
 
 
 def test_a_loss_mask_that_does_not_fit_its_shard_is_refused(tmp_path):

@@ -370,6 +370,15 @@ TEST(Preemption, AStopsCostCountsTheSaveItWaitsFor) {
   EXPECT_EQ(cost.seconds(false), 9.5);
   cost.async_committed(200.0);  // nothing pending: no change
   EXPECT_EQ(cost.seconds(false), 9.5);
+  // A fresh run (nothing loaded) counts the save its start measured until one is made.
+  StopCost fresh(/*checkpoints=*/true, /*load_s=*/0.0);
+  EXPECT_EQ(fresh.seconds(false), 0.0);
+  fresh.expect_save(2.5);
+  EXPECT_EQ(fresh.seconds(false), 2.5);
+  fresh.saved(1.0);  // the measure stays the floor
+  EXPECT_EQ(fresh.seconds(false), 2.5);
+  fresh.saved(4.0);
+  EXPECT_EQ(fresh.seconds(false), 4.0);
   StopCost none(/*checkpoints=*/false, 0.0);
   none.evaluated(1.5);
   EXPECT_EQ(none.seconds(false), 0.0);
@@ -622,6 +631,29 @@ TEST(Run, StepsReachedSurviveTwoKillsInARow) {
 // train.skip_limit (5) skipped steps in a row stop the run. A run that ends on a skipped step
 // with a non-finite validation loss fails (status 1) without writing its final checkpoint or
 // model.safetensors.
+// Under on_nonfinite = stop the run stops at the first non-finite step (5, after step 4's
+// update at a learning rate of 1e30), and the asynchronous save of step 4 still in flight is
+// committed first: the checkpoint to go back to is there (it was left without its manifest).
+TEST(Run, StoppingAtANonFiniteStepCommitsTheSaveInFlight) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.sample.max_new_tokens = 0;
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.checkpoint.save_every = 1;
+  c.checkpoint.async_save = true;
+  c.train.steps = 3;
+  ASSERT_EQ(run_training(c, Captured().hooks()).status, kRunDone);
+  c.train.lr = 1e30f;
+  c.train.grad_clip = 0;
+  c.train.steps = 20;
+  c.train.on_nonfinite = NonFinitePolicy::stop;
+  Captured bad;
+  const std::string e = test::error_of([&] { run_training(c, bad.hooks()); });
+  EXPECT_NE(e.find(" at step 5 (loss "), std::string::npos) << e << "\n" << bad.text;
+  EXPECT_NE(e.find("stopping as on_nonfinite=stop asks"), std::string::npos) << e;
+  EXPECT_TRUE(fs::exists(t.path / "ck" / "step-00000004" / "manifest.json"));
+}
+
 TEST(Run, ADivergingRunStopsWithoutRotatingOutGoodCheckpoints) {
   TempDir t;
   RunConfig c = tiny(t.path);

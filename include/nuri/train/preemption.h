@@ -62,6 +62,9 @@ class StopCost {
  public:
   StopCost(bool checkpoints, double load_s) : checkpoints_(checkpoints), load_s_(load_s) {}
   void saved(double seconds) { longest_save_ = std::max(longest_save_, seconds); }
+  /// A save's time known before any is made (a write of the checkpoint's bytes measured at the
+  /// start): the least a stop's save is counted as.
+  void expect_save(double seconds) { expected_save_ = std::max(expected_save_, seconds); }
   void evaluated(double seconds) { longest_eval_ = std::max(longest_eval_, seconds); }
   /// now_s: seconds on one clock of the caller's choosing, the same for both calls.
   void async_started(double now_s) {
@@ -74,14 +77,14 @@ class StopCost {
     async_pending_ = false;
   }
   double seconds(bool eval_next) const {
-    const double save = std::max(longest_save_, load_s_);
+    const double save = std::max({longest_save_, load_s_, expected_save_});
     return (eval_next ? longest_eval_ : 0.0) + (checkpoints_ ? save : 0.0) +
            (async_pending_ ? save : 0.0);
   }
 
  private:
   bool checkpoints_;
-  double load_s_, longest_save_ = 0, longest_eval_ = 0, async_started_s_ = 0;
+  double load_s_, longest_save_ = 0, longest_eval_ = 0, async_started_s_ = 0, expected_save_ = 0;
   bool async_pending_ = false;
 };
 

@@ -24,8 +24,9 @@ class Settings;
 enum class NonFinitePolicy { skip, stop };
 
 /// What Trainer::step throws when train.skip_limit skipped steps in a row say the run has
-/// diverged. Every rank throws it at the same step (the loss and the gradient norm are the
-/// job's), so a caller may still make collective calls (e.g. commit a pending checkpoint).
+/// diverged, or at the first non-finite step under on_nonfinite = stop. Every rank throws it at
+/// the same step (the loss and the gradient norm are the job's), so a caller may still make
+/// collective calls (e.g. commit a pending checkpoint).
 class DivergedError : public Error {
  public:
   DivergedError(const std::string& what, const char* file, int line) : Error(what, file, line) {}
