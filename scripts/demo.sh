@@ -5,6 +5,7 @@
 #   bash scripts/demo.sh --data FILE [...]    # any text or token file; options: --help
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+here=$PWD  # the user's relative paths (--data, --out, --config) are theirs
 cd "$root"
 
 bash scripts/setup.sh
@@ -12,4 +13,5 @@ mkdir -p build
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > build/demo-configure.log 2>&1 ||
   { cat build/demo-configure.log; exit 1; }
 cmake --build build --target nuri-train --parallel "$(nproc)"
-exec build/examples/nuri-train "$@"
+cd "$here"
+exec "$root/build/examples/nuri-train" "$@"

@@ -78,6 +78,9 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu-check.sh: no CUDA device visible (nvidia-smi -L failed); nothing to run" >&2
   exit 77
 fi
+# There is a GPU: a suite that cannot use it (a driver older than the CUDA runtime) fails
+# rather than skipping (tests/ops/gpu_main.cpp).
+export NURI_REQUIRE_GPU=1
 {
   date -u
   nvidia-smi -L

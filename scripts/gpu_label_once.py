@@ -24,6 +24,19 @@ def prop(test, name, default=None):
     return default
 
 
+def run(cmd, cwd, env, timeout):
+    """cmd's result; one that outlives `timeout` seconds (ctest's TIMEOUT) is killed and fails
+    (exit 124), its output so far kept."""
+    try:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        def text(b):
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        return subprocess.CompletedProcess(cmd, 124, text(e.stdout),
+                                           text(e.stderr) + f"\n(killed after {timeout:.0f} s)")
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -50,8 +63,7 @@ def main():
     for (exe, env), (cwd, cases, regexes) in groups.items():
         e = dict(os.environ)
         e.update(kv.split("=", 1) for kv in env)
-        r = subprocess.run([exe, "--gtest_filter=" + ":".join(cases)], cwd=cwd, env=e,
-                           capture_output=True, text=True)
+        r = run([exe, "--gtest_filter=" + ":".join(cases)], cwd, e, 60 + 10 * len(cases))
         out = r.stdout + r.stderr
         ran = re.search(r"\[==========\] (\d+) tests? from .* ran", out)
         p = re.search(r"\[  PASSED  \] (\d+) test", out)
@@ -69,9 +81,9 @@ def main():
     for name, cmd, env, cwd in others:
         e = dict(os.environ)
         e.update(kv.split("=", 1) for kv in env)
-        r = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True)
-        out = r.stdout + r.stderr
         t = next(t for t in tests if t["name"] == name)
+        r = run(cmd, cwd, e, float(prop(t, "TIMEOUT", 300)))
+        out = r.stdout + r.stderr
         skip = (any(re.search(rx, out) for rx in prop(t, "SKIP_REGULAR_EXPRESSION", [])) or
                 r.returncode == prop(t, "SKIP_RETURN_CODE", None))
         print(f"{name}: exit {r.returncode}{', skipped' if skip else ''}")

@@ -21,14 +21,26 @@ from conftest import run_cli
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
 
 
+def paragraphs():
+    """tinyshakespeare's speeches (../shared beside the checkout, as CI has it), or where a
+    checkout has no shared/ the paragraphs of the license texts every Debian system has (the
+    demo's corpus)."""
+    if SHAKESPEARE.exists() and not os.environ.get("NURI_TEST_NO_SHARED"):
+        texts = [SHAKESPEARE.read_text(encoding="utf-8")]
+    else:
+        licenses = sorted(p for p in Path("/usr/share/common-licenses").glob("*") if p.is_file())
+        assert licenses, f"these tests read {SHAKESPEARE} or /usr/share/common-licenses"
+        texts = [p.read_text(encoding="utf-8", errors="replace") for p in licenses]
+    return [s.strip() for t in texts for s in t.split("\n\n") if s.strip()][:600]
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """tinyshakespeare's speeches as documents: two JSON-lines files and a text file, and a
+    """Speeches as documents (paragraphs()): two JSON-lines files and a text file, and a
     byte-level BPE tokenizer of 400 ids trained on them."""
-    assert SHAKESPEARE.exists(), f"these tests read {SHAKESPEARE} (shared/ beside the checkout)"
     d = tmp_path_factory.mktemp("corpus")
-    speeches = [s.strip() for s in SHAKESPEARE.read_text(encoding="utf-8").split("\n\n")
-                if s.strip()][:600]
+    speeches = paragraphs()
+    assert len(speeches) == 600, len(speeches)
     (d / "docs").mkdir()
     for k, part in enumerate((speeches[:250], speeches[250:500])):
         with open(d / "docs" / f"part{k}.jsonl", "w", encoding="utf-8") as f:
