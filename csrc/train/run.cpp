@@ -1152,6 +1152,21 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   result.peak_bytes = model.memory().peak_bytes;
 
   const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
+  if (preempted && result.steps_done == first && result.stop_reason == "time limit") {
+    // Every allocation would start the same way and stop here again: requeuing cannot help.
+    out.line(strprintf("the time limit (%.0f s) leaves no step: the startup took %.0f s and a "
+                       "stop is counted as %.0f s more (a step, a save as long as the load or a "
+                       "timed write of the checkpoint's bytes, an evaluation due); raise "
+                       "--time-limit, since every allocation would stop here again%s",
+                       ck.time_limit, seconds_since(start), stop_seconds(first),
+                       resuming ? ("; the checkpoint it resumed (step " + std::to_string(first) +
+                                   ") stays the newest").c_str()
+                                : ""));
+    result.status = kRunFailed;
+    result.seconds = seconds_since(start);
+    close_ledger();
+    return result;
+  }
   if (preempted) {
     if (result.steps_done == first) {  // stopped during the startup
       out.line(strprintf("stopped before its first step (%s): %s; exit status %d means "
