@@ -699,10 +699,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // Preemption's handlers go in once the ranks have met (a rank waiting for the others is
   // still ended by a signal at once): a signal during the rest of the startup (the data, the
   // model, a checkpoint's load) stops the run before its first step instead of killing it. The
-  // time limit counts from the run's start.
+  // time limit counts from the allocation's start: the process's (its launch, imports, the
+  // ranks' meeting: a job's wall time counts them) for a process's first run.
   const CheckpointConfig& ck_in = cfg_in.checkpoint;
   PreemptionWatch watch(!ck_in.dir.empty() ? parse_signals(ck_in.signals) : std::vector<int>{},
-                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0, seconds_since(start));
+                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0,
+                        origin + seconds_since(start));
   check_same_settings(cfg_in, pg);
   agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
         "cannot use the run's directories (its output says why)");
@@ -1158,7 +1160,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                        "stop is counted as %.0f s more (a step, a save as long as the load or a "
                        "timed write of the checkpoint's bytes, an evaluation due); raise "
                        "--time-limit, since every allocation would stop here again%s",
-                       ck.time_limit, seconds_since(start), stop_seconds(first),
+                       ck.time_limit, origin + seconds_since(start), stop_seconds(first),
                        resuming ? ("; the checkpoint it resumed (step " + std::to_string(first) +
                                    ") stays the newest").c_str()
                                 : ""));
