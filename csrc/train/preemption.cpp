@@ -57,17 +57,22 @@ bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm, bool 
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     time_up_ = elapsed + 2 * longest_step_ + then_s >= limit_s_;
   }
-  const bool mine = g_signal.load() != 0 || time_up_;
+  const bool signalled = g_signal.load() != 0;
   interrupted_ = interrupt;
-  if (!comm || comm->size() == 1) return mine || interrupt;
-  // [preempted, interrupted] summed over the ranks: every rank stops, and for the same reason.
+  any_signal_ = signalled;
+  any_time_up_ = time_up_;
+  if (!comm || comm->size() == 1) return signalled || time_up_ || interrupt;
+  // [signalled, interrupted, time up] summed over the ranks: every rank stops, and knows why.
   Communicator& host = *comm->host_communicator();
-  Tensor flags = Tensor::empty({2}, DType::f32);
-  flags.data<float>()[0] = mine ? 1.f : 0.f;
+  Tensor flags = Tensor::empty({3}, DType::f32);
+  flags.data<float>()[0] = signalled ? 1.f : 0.f;
   flags.data<float>()[1] = interrupt ? 1.f : 0.f;
+  flags.data<float>()[2] = time_up_ ? 1.f : 0.f;
   host.all_reduce(flags, ReduceOp::sum);
+  any_signal_ = flags.data<float>()[0] > 0;
   interrupted_ = flags.data<float>()[1] > 0;
-  return flags.data<float>()[0] > 0 || interrupted_;
+  any_time_up_ = flags.data<float>()[2] > 0;
+  return any_signal_ || interrupted_ || any_time_up_;
 }
 
 std::vector<int> parse_signals(const std::string& list) {

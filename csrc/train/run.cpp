@@ -533,8 +533,8 @@ void make_directories(const fs::path& dir) {
 }
 
 // Seconds to write `bytes` into dir, from a timed write of up to 64 MiB of them (written,
-// fsynced, removed); 0 where dir cannot be written (the save will say why).
-double probe_save_seconds(const std::string& dir, int64_t bytes, int rank) {
+// fsynced, removed); 0 where dir cannot be written (the save will say why). *what: that write.
+double probe_save_seconds(const std::string& dir, int64_t bytes, int rank, std::string* what) {
   const int64_t probe = std::min<int64_t>(bytes, int64_t(64) << 20);
   if (probe <= 0) return 0;
   std::error_code ec;
@@ -543,6 +543,7 @@ double probe_save_seconds(const std::string& dir, int64_t bytes, int rank) {
                            std::to_string(::getpid());
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) return 0;
+  ::unlink(path.c_str());  // written and synced unnamed: nothing is left if the process dies
   std::vector<char> block(size_t(1) << 20, 'n');
   const Clock::time_point t0 = Clock::now();
   bool ok = true;
@@ -554,8 +555,10 @@ double probe_save_seconds(const std::string& dir, int64_t bytes, int rank) {
   ok = ok && ::fsync(fd) == 0;
   const double seconds = seconds_since(t0);
   ::close(fd);
-  ::unlink(path.c_str());
-  return ok ? seconds * double(bytes) / double(probe) : 0;
+  if (!ok) return 0;
+  *what = strprintf("a write of %.0f MiB timed at the start took %.2f s, for %.2f GiB",
+                    double(probe) / double(1 << 20), seconds, double(bytes) / double(1 << 30));
+  return seconds * double(bytes) / double(probe);
 }
 
 // A run that starts fresh (nothing resumed) in an out holding an earlier run's results (metrics
@@ -699,12 +702,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // Preemption's handlers go in once the ranks have met (a rank waiting for the others is
   // still ended by a signal at once): a signal during the rest of the startup (the data, the
   // model, a checkpoint's load) stops the run before its first step instead of killing it. The
-  // time limit counts from the allocation's start: the process's (its launch, imports, the
-  // ranks' meeting: a job's wall time counts them) for a process's first run.
+  // time limit counts from the run's start (not the process's: a notebook's kernel or a script
+  // that prepared its data first would start past it).
   const CheckpointConfig& ck_in = cfg_in.checkpoint;
   PreemptionWatch watch(!ck_in.dir.empty() ? parse_signals(ck_in.signals) : std::vector<int>{},
-                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0,
-                        origin + seconds_since(start));
+                        !ck_in.dir.empty() ? ck_in.time_limit : 0.0, seconds_since(start));
   check_same_settings(cfg_in, pg);
   agree(pg, config_error_of([&] { check_run_directories(cfg_in); }),
         "cannot use the run's directories (its output says why)");
@@ -955,6 +957,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line("checkpoint " + dir + " committed");
   };
   StopCost stop_cost(checkpoints, parts.checkpoint_load);  // what a stop takes: the time limit
+  std::string probe_what;  // the timed write, for the message of a limit the startup uses up
   if (checkpoints && ck.time_limit > 0) {
     // Before its first save a run knows no save's time (a fresh one has loaded nothing; a model
     // file is a third of a checkpoint's bytes): each rank writes a part of its own like it,
@@ -963,7 +966,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     const int64_t weights =
         (model.parameter_count() + grid.grid.dp() - 1) / std::max(1, grid.grid.dp());
     stop_cost.expect_save(
-        probe_save_seconds(ck.dir, 12 * weights, pg.comm ? pg.comm->rank() : 0));
+        probe_save_seconds(ck.dir, 12 * weights, pg.comm ? pg.comm->rank() : 0, &probe_what));
   }
   // keep: more than checkpoint.keep at a stop during a skip streak, whose saves must not rotate
   // out the checkpoints of before the divergence.
@@ -998,10 +1001,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // The per-step agreement on stopping is collective; it is needed where there is a reason to stop.
   const bool watch_stops = checkpoints || hooks.interrupted != nullptr;
   auto stop_reason = [&] {
-    return watch.interrupted()          ? std::string("interrupted")
-           : watch.signal()             ? "signal " + std::to_string(watch.signal())
-           : watch.time_limit_reached() ? std::string("time limit")
-                                        : std::string("another rank was signalled");
+    // (A rank whose own clock is under the limit names the limit another rank reached.)
+    if (watch.interrupted()) return std::string("interrupted");
+    if (watch.signal()) return "signal " + std::to_string(watch.signal());
+    if (watch.time_limit_reached() || watch.time_limit_alone()) return std::string("time limit");
+    return std::string("another rank was signalled");
   };
   // What stopping after step `step` would take beyond it, against the time limit.
   auto stop_seconds = [&](int64_t step) {
@@ -1154,13 +1158,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   result.peak_bytes = model.memory().peak_bytes;
 
   const bool preempted = !result.stop_reason.empty() && result.stop_reason != "interrupted";
-  if (preempted && result.steps_done == first && result.stop_reason == "time limit") {
+  if (preempted && result.steps_done == first && watch.time_limit_alone()) {
     // Every allocation would start the same way and stop here again: requeuing cannot help.
     out.line(strprintf("the time limit (%.0f s) leaves no step: the startup took %.0f s and a "
                        "stop is counted as %.0f s more (a step, a save as long as the load or a "
-                       "timed write of the checkpoint's bytes, an evaluation due); raise "
+                       "timed write of the checkpoint's bytes, an evaluation due%s); raise "
                        "--time-limit, since every allocation would stop here again%s",
-                       ck.time_limit, origin + seconds_since(start), stop_seconds(first),
+                       ck.time_limit, seconds_since(start), stop_seconds(first),
+                       probe_what.empty() ? "" : ("; " + probe_what).c_str(),
                        resuming ? ("; the checkpoint it resumed (step " + std::to_string(first) +
                                    ") stays the newest").c_str()
                                 : ""));

@@ -128,9 +128,17 @@ def report(directory: str | os.PathLike, peak_flops: float | None = None) -> dic
             before = next((j for j in reversed(range(k)) if ledger[j]["end"] is not None), None)
             after = ledger[k + 1]["end"] if k + 1 < len(ledger) else None
             if after is not None:
-                row["steps_from"] = credited[before] if before is not None else 0
+                # From where the allocation before it handed over (the next finished one's
+                # resume step, within what it ran) to the earliest step a finished one after it
+                # resumed from (a later rollback takes its steps back too).
+                row["steps_from"] = 0
+                if before is not None:
+                    b = ledger[before]["end"]
+                    row["steps_from"] = max(b["steps_from"],
+                                            min(b["steps_done"], after["steps_from"]))
+                later = [c["end"]["steps_from"] for c in ledger[k + 2:] if c["end"] is not None]
                 # A finished allocation that ended past its last checkpoint: nothing more here.
-                row["steps_done"] = max(after["steps_from"], row["steps_from"])
+                row["steps_done"] = max(min([after["steps_from"], *later]), row["steps_from"])
                 row["tokens"] = (row["steps_done"] - row["steps_from"]) * a["tokens_per_step"]
                 total["tokens"] += row["tokens"]
             total["unfinished"] += 1

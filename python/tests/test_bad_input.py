@@ -409,6 +409,13 @@ def test_report_credits_unfinished_allocations_in_a_row_once(tmp_path):
     rep = nuri.report(tmp_path)
     assert [r.get("tokens") for r in rep["allocations"]] == [5000, 0, 10000]
     assert rep["total"]["tokens"] == 15000
+    # The same with an allocation killed after checkpointing to 1500 before a3 resumed it, and
+    # a4 taking the run back to step 500: 0-500 are a1's, 500-1500 a4's, nothing else counts.
+    write([start(1), end(1, 0, 1000), start(2), start(3), end(3, 1500, 2000),
+           start(4), end(4, 500, 1500)])
+    rep = nuri.report(tmp_path)
+    assert [r.get("tokens") for r in rep["allocations"]] == [5000, 0, 0, 10000]
+    assert rep["total"]["tokens"] == 15000
 
 
 def test_a_loss_mask_that_does_not_fit_its_shard_is_refused(tmp_path):

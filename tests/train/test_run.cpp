@@ -302,6 +302,10 @@ TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {
   EXPECT_FALSE(fresh.should_stop(0.0, nullptr, false, 90.0));  // 2 x 1 + 90 < 100
   EXPECT_TRUE(fresh.should_stop(0.0, nullptr, false, 99.0));   // 2 x 1 + 99 >= 100
   EXPECT_TRUE(fresh.time_limit_reached());
+  EXPECT_TRUE(fresh.time_limit_alone());  // (a stop before any step is then an error)
+  PreemptionWatch both({}, 100.0);
+  EXPECT_TRUE(both.should_stop(0.0, nullptr, /*interrupt=*/true, 99.0));
+  EXPECT_FALSE(both.time_limit_alone());  // an interrupt as well: a stop like any other
   PreemptionWatch late({}, 100.0, /*elapsed_s=*/95.0);
   EXPECT_FALSE(late.should_stop(2.0, nullptr));  // 95 + 2 x 2 < 100
   EXPECT_TRUE(late.should_stop(3.0, nullptr));   // 95 + 2 x 3 >= 100
@@ -370,15 +374,13 @@ TEST(Preemption, AStopsCostCountsTheSaveItWaitsFor) {
   EXPECT_EQ(cost.seconds(false), 9.5);
   cost.async_committed(200.0);  // nothing pending: no change
   EXPECT_EQ(cost.seconds(false), 9.5);
-  // A fresh run (nothing loaded) counts the save its start measured until one is made.
+  // A fresh run (nothing loaded) counts the save its start measured until one is timed.
   StopCost fresh(/*checkpoints=*/true, /*load_s=*/0.0);
   EXPECT_EQ(fresh.seconds(false), 0.0);
   fresh.expect_save(2.5);
   EXPECT_EQ(fresh.seconds(false), 2.5);
-  fresh.saved(1.0);  // the measure stays the floor
-  EXPECT_EQ(fresh.seconds(false), 2.5);
-  fresh.saved(4.0);
-  EXPECT_EQ(fresh.seconds(false), 4.0);
+  fresh.saved(1.0);  // a timed save replaces the estimate
+  EXPECT_EQ(fresh.seconds(false), 1.0);
   StopCost none(/*checkpoints=*/false, 0.0);
   none.evaluated(1.5);
   EXPECT_EQ(none.seconds(false), 0.0);

@@ -31,7 +31,7 @@ class PreemptionWatch {
   PreemptionWatch& operator=(const PreemptionWatch&) = delete;
 
   /// Call after each step with its duration (0 before the first). Collective over comm's ranks
-  /// when comm has more than one (a two-element all-reduce): true on every rank when any rank
+  /// when comm has more than one (a three-element all-reduce): true on every rank when any rank
   /// got a signal, reached the time limit, or passed interrupt = true (a user's Ctrl-C, which
   /// the caller detects). then_s: the seconds that stopping after the next step would take
   /// beyond it (an evaluation due, the checkpoint's save), counted against the time limit.
@@ -42,6 +42,9 @@ class PreemptionWatch {
   bool time_limit_reached() const { return time_up_; }
   /// Whether the last should_stop() stopped for an interrupt on any rank.
   bool interrupted() const { return interrupted_; }
+  /// Whether the last should_stop() stopped for the time limit alone: reached on some rank, no
+  /// signal or interrupt on any (the same answer on every rank).
+  bool time_limit_alone() const { return any_time_up_ && !any_signal_ && !interrupted_; }
 
  private:
   std::vector<int> signals_;
@@ -51,6 +54,7 @@ class PreemptionWatch {
   double longest_step_ = 0;
   bool time_up_ = false;
   bool interrupted_ = false;
+  bool any_time_up_ = false, any_signal_ = false;  ///< over the ranks, at the last should_stop
 };
 
 /// What stopping after a step would take beyond it, for the time limit (should_stop's then_s):
@@ -63,7 +67,7 @@ class StopCost {
   StopCost(bool checkpoints, double load_s) : checkpoints_(checkpoints), load_s_(load_s) {}
   void saved(double seconds) { longest_save_ = std::max(longest_save_, seconds); }
   /// A save's time known before any is made (a write of the checkpoint's bytes measured at the
-  /// start): the least a stop's save is counted as.
+  /// start): what a stop's save is counted as until a save is timed.
   void expect_save(double seconds) { expected_save_ = std::max(expected_save_, seconds); }
   void evaluated(double seconds) { longest_eval_ = std::max(longest_eval_, seconds); }
   /// now_s: seconds on one clock of the caller's choosing, the same for both calls.
@@ -77,7 +81,8 @@ class StopCost {
     async_pending_ = false;
   }
   double seconds(bool eval_next) const {
-    const double save = std::max({longest_save_, load_s_, expected_save_});
+    // (The write timed at the start stands for a save until one is timed.)
+    const double save = std::max(longest_save_ > 0 ? longest_save_ : expected_save_, load_s_);
     return (eval_next ? longest_eval_ : 0.0) + (checkpoints_ ? save : 0.0) +
            (async_pending_ ? save : 0.0);
   }
