@@ -139,12 +139,16 @@ if command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
     tmp=$(mktemp -d)
     "$venv/bin/python" -m pip download --disable-pip-version-check -q --no-deps -d "$tmp" \
       "nvidia-cudnn-frontend==$fe_version"
-    "$venv/bin/python" - "$tmp" "$fe_dir" <<'PY'
+    # Unpacked beside, then moved into place: an interrupted unpack leaves no directory that a
+    # later run would take as present.
+    "$venv/bin/python" - "$tmp" "$tmp/unpacked" <<'PY'
 import glob, sys, zipfile
 tmp, dest = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(glob.glob(tmp + "/*.whl")[0]) as z:
     z.extractall(dest, [n for n in z.namelist() if n.startswith("include/")])
 PY
+    rm -rf "$fe_dir"
+    mv "$tmp/unpacked" "$fe_dir"
     rm -rf "$tmp"
   fi
 fi
