@@ -154,9 +154,9 @@ def test_trainer_checkpoints_resume_exactly_from_python(tmp_path):
 
 
 def test_a_checkpoint_that_fails_to_load_changes_nothing(tmp_path):
-    """A load that fails partway (here: AdamW's moments missing, found after the weights were
-    read) leaves the trainer's weights, moments and step as they were: nothing is replaced
-    until everything has been read."""
+    """A load that fails (here: AdamW's moments missing, which the old code found only after
+    it had replaced the weights) leaves the trainer's weights, moments and step as they were:
+    every tensor to be read is checked for before anything is replaced."""
     import hashlib
     from safetensors import safe_open
     text = np.frombuffer(b"the quick brown fox jumps over the lazy dog. " * 200, dtype=np.uint8)

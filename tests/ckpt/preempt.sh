@@ -61,7 +61,7 @@ rc=$?
 ((rc == 75)) && grep -q 'stopped at step [0-9]* (time limit): checkpointed' <<<"$out" ||
   { echo "$out" | tail -n 5; fail "--time-limit 3: exit $rc"; }
 echo "--time-limit 3: $(grep -oP 'stopped at step [0-9]+ \(time limit\)' <<<"$out"), exit 75"
-# The limit counts from the process's start: one its startup alone passes stops the run before
+# The limit counts from the run's start: one its startup alone passes stops the run before
 # its first step, and the checkpoint it resumed stays the newest; not with 75 ("requeue me"),
 # since every allocation would stop there again, but as a failure saying to raise the limit.
 tl_step=$(grep -oP 'stopped at step \K[0-9]+' <<<"$out")
