@@ -142,6 +142,14 @@ else
   # Each emulated test is one OS thread (a block's threads are fibers): one per core.
   ctest --test-dir build-emu -L '^emu$' --parallel "$jobs" --output-on-failure --no-tests=error 2>&1 |
     tee "$logs/emu.log"
+  # Under ThreadSanitizer no emulated test skips: a skip here is a race check that did not run
+  # (a tree configured without NURI_TSAN skips them all), which must not pass as green.
+  skipped=$(grep -c '\*\*\*Skipped' "$logs/emu.log" || true)
+  if ((skipped > 0)); then
+    echo "test.sh: $skipped emulated tests reported Skipped under build-emu/ (expected 0: is" \
+      "NURI_TSAN on?)" >&2
+    exit 1
+  fi
 
   # The same emulated CUDA backend without TSan (whose per-thread cost makes a training step take
   # ~30 s): the 20-step training comparison against the CPU (tests/model/test_device_train.cpp)
