@@ -3,6 +3,7 @@
 // separate "copy unit" TSan context, so touching the destination early is a race.
 #include <cstring>
 
+#include "emu/internal.h"
 #include "emu/state.h"
 
 namespace nuri::emu {
@@ -15,7 +16,7 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
   Launch* L;
   Thread* t;
   {
-    tsan::Ignore ig;
+    tsan::ignore_begin();  // not RAII: fail() parks inside it (an abandoned fiber is unwound)
     L = &launch_state();
     t = L->cur;
     if (bytes != 4 && bytes != 8 && bytes != 16) {
@@ -31,7 +32,18 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes, Site site) {
       fail(*L, *t, "cp.async at " + str(site) + ": addresses not aligned to " +
                        std::to_string(bytes) + " bytes");
     }
+    const std::string bad = shared_address_problem(*L, dst, size_t(bytes));
+    if (!bad.empty()) {
+      fail(*L, *t, "cp.async at " + str(site) + ": the " + std::to_string(bytes) +
+                       "-byte destination " + bad + " (it must be shared memory)");
+    }
+    if (src_bytes > 0 && !range_of(*L, src, size_t(src_bytes))) {
+      fail(*L, *t, "cp.async at " + str(site) + ": the " + std::to_string(src_bytes) +
+                       "-byte source is not inside a device allocation (cudaMalloc) or pinned "
+                       "host memory (cudaMallocHost): a GPU faults on it");
+    }
     t->open_copies.push_back({dst, src, bytes, src_bytes});
+    tsan::ignore_end();
   }
   count_access(Access::cp_async_global, src, src_bytes, site);
   count_access(Access::cp_async_shared, dst, bytes, site);
@@ -52,7 +64,7 @@ void cp_async_wait(int pending, Site site) {
   Thread* t;
   std::vector<AsyncCopy> done;
   {
-    tsan::Ignore ig;
+    tsan::ignore_begin();  // not RAII: fail() parks inside it
     Launch& L = launch_state();
     t = L.cur;
     if (pending < 0) fail(L, *t, "cp.async.wait_group at " + str(site) + ": negative count");
@@ -60,6 +72,7 @@ void cp_async_wait(int pending, Site site) {
       for (const AsyncCopy& c : t->groups.front()) done.push_back(c);
       t->groups.erase(t->groups.begin());
     }
+    tsan::ignore_end();
   }
   if (done.empty()) return;
   as_copy_unit(*t, false, [&] {

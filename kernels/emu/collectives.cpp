@@ -215,7 +215,7 @@ void ldmatrix(int count, bool trans, const void* row, uint32_t* out, Site site) 
   Launch* L = nullptr;
   int lane = 0;
   {
-    tsan::Ignore ig;
+    tsan::ignore_begin();  // not RAII: fail() parks inside it (an abandoned fiber is unwound)
     L = &launch_state();
     lane = L->cur->linear % 32;
     if (count != 1 && count != 2 && count != 4) {
@@ -226,6 +226,14 @@ void ldmatrix(int count, bool trans, const void* row, uint32_t* out, Site site) 
       fail(*L, *L->cur, "ldmatrix at " + str(site) + ": lane " + std::to_string(lane) +
                             " gives a row address that is not 16-byte aligned");
     }
+    if (lane < 8 * count) {
+      const std::string bad = shared_address_problem(*L, row, 16);
+      if (!bad.empty()) {
+        fail(*L, *L->cur, "ldmatrix at " + str(site) + ": lane " + std::to_string(lane) +
+                              "'s 16-byte row " + bad + " (ldmatrix reads shared memory)");
+      }
+    }
+    tsan::ignore_end();
   }
   Arrival op;
   op.kind = OpKind::ldmatrix;

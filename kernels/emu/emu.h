@@ -189,7 +189,9 @@ void fence_proxy_async(Site site);
 // registers at the wgmma.wait_group that completes their group; until then the registers hold
 // NaN (a read before the wait shows), and a later wgmma on the same registers chains on the
 // pending result. Errors: a wgmma.mma_async with no wgmma.fence since the thread's last
-// wait_group (or the start), accumulator registers written while their wgmma is in flight, a
+// wait_group (or the start), accumulator or A-fragment registers written while their wgmma is
+// in flight, a register a wgmma reads written after the last fence (for registers an earlier
+// wgmma of the thread used: the emulator remembers their bytes at each fence and issue), a
 // warpgroup whose threads disagree (shape, type, descriptors, site), a block whose size is not
 // a whole number of warpgroups, a descriptor reaching outside shared memory, and a thread exiting
 // with results it never waited for.

@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace nuri::emu {
 
@@ -22,6 +23,17 @@ void describe_launch(char* buf, size_t n);
 
 /// Installs the SIGSEGV/SIGBUS handler that reports out-of-bounds accesses (idempotent).
 void install_fault_handler();
+
+/// A live allocation a kernel may address: device memory (cudaMalloc) or pinned host memory
+/// (cudaMallocHost), [lo, hi).
+struct MemoryRange {
+  uintptr_t lo, hi;
+  bool device;
+};
+/// The live allocations, sorted by address (taken at each launch's start, on the launching
+/// thread: the kernel's checks then read the copy and take no lock, which the race detector
+/// would see as an edge between the emulated threads).
+std::vector<MemoryRange> memory_ranges();
 
 /// The emulated device's shared memory per SM (runtime.cpp; NURI_EMU_SMEM_PER_SM).
 size_t emulated_smem_per_sm();

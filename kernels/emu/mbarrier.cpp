@@ -246,6 +246,11 @@ void cp_async_bulk_enqueue(void* dst, const void* src, unsigned bytes, void* bar
                       std::to_string(bytes) + " bytes) is not inside this block's dynamic " +
                       "shared memory");
     }
+    if (!tensor && !range_of(L, src, bytes)) {
+      fail(L, *t, std::string(op) + " at " + str(site) + ": the " + std::to_string(bytes) +
+                      "-byte source is not inside a device allocation (cudaMalloc) or pinned " +
+                      "host memory (cudaMallocHost): a GPU faults on it");
+    }
     const MBarrier& b = L.mbarriers.at(bar);  // live: checked above
     if (!b.async_visible) {
       fail(L, *t, what_of(L, bar, site, op) + ": the barrier's init at " + str(b.init_site) +

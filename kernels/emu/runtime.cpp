@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "emu/internal.h"
 #include "emu/tsan.h"
@@ -38,6 +40,7 @@ struct Allocation {
 struct Memory {
   std::mutex mu;
   std::map<uintptr_t, Allocation> live;  // by user address
+  std::map<uintptr_t, size_t> pinned;     // cudaMallocHost: size by address
 };
 Memory& memory() {
   static Memory* m = new Memory;  // never destroyed: frees may come from static destructors
@@ -67,6 +70,18 @@ const Allocation* find(const void* p, size_t n) {
 }
 
 }  // namespace
+
+std::vector<MemoryRange> memory_ranges() {
+  Memory& m = memory();
+  std::lock_guard<std::mutex> lock(m.mu);
+  std::vector<MemoryRange> out;
+  out.reserve(m.live.size() + m.pinned.size());
+  for (const auto& [user, al] : m.live) out.push_back({user, user + al.size, true});
+  for (const auto& [at, size] : m.pinned) out.push_back({at, at + size, false});
+  std::sort(out.begin(), out.end(),
+            [](const MemoryRange& a, const MemoryRange& b) { return a.lo < b.lo; });
+  return out;
+}
 
 void describe_address(const void* addr, char* buf, size_t n) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
@@ -226,9 +241,16 @@ cudaError_t cudaFree(void* ptr) {
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   *ptr = std::malloc(size ? size : 1);
-  return *ptr ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+  if (!*ptr) return fail(cudaErrorMemoryAllocation);
+  std::lock_guard<std::mutex> lock(memory().mu);
+  memory().pinned[reinterpret_cast<uintptr_t>(*ptr)] = size;
+  return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
+  {
+    std::lock_guard<std::mutex> lock(memory().mu);
+    memory().pinned.erase(reinterpret_cast<uintptr_t>(ptr));
+  }
   std::free(ptr);
   return cudaSuccess;
 }

@@ -45,6 +45,7 @@ namespace detail {
 // launch to launch.
 constexpr uint64_t kWaveThreads = 1024;
 constexpr size_t kMinWaveBlocks = 4;  // so the largest blocks (1024 threads) still race in a wave
+constexpr size_t kSmemGuard = 1024;   // poisoned bytes on each side of a block's shared memory
 
 class FiberPool {
  public:
@@ -141,6 +142,35 @@ void rendezvous(Launch& L, const std::vector<Thread*>& ts) {
     t->sync = sync;
     t->wait = Wait::none;
   }
+}
+
+std::string shared_address_problem(const Launch& L, const void* p, size_t bytes) {
+  const auto* c = static_cast<const unsigned char*>(p);
+  const unsigned char* const s = L.smem_buf;
+  const size_t rounded = (std::max<size_t>(L.smem, 16) + 127) / 128 * 128;
+  if (c + bytes > s - kSmemGuard && c < s + rounded + kSmemGuard &&
+      (c < s || c + bytes > s + L.smem)) {
+    std::ostringstream os;
+    if (c < s) {
+      os << "starts " << (s - c) << " bytes before the start of";
+    } else {
+      os << "reaches byte " << (c + bytes - s - 1) << " of";
+    }
+    os << " the block's " << L.smem << "-byte dynamic shared memory";
+    return os.str();
+  }
+  const MemoryRange* r = range_of(L, p, 1);
+  if (r && r->device) return "is in global memory (a cudaMalloc allocation)";
+  return "";
+}
+
+const MemoryRange* range_of(const Launch& L, const void* p, size_t n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = std::upper_bound(L.ranges.begin(), L.ranges.end(), a,
+                             [](uintptr_t x, const MemoryRange& r) { return x < r.lo; });
+  if (it == L.ranges.begin()) return nullptr;
+  --it;
+  return a + n <= it->hi ? &*it : nullptr;
 }
 
 }  // namespace detail
@@ -299,8 +329,10 @@ void retire(Launch& L, std::vector<Thread>& threads) {
     if (t.engine) tsan::destroy(t.engine);
     if (t.started && !t.ended) L.fibers->discard(t.tsan);
   }
-  if (L.tensor_unit) tsan::destroy(L.tensor_unit);
-  L.tensor_unit = nullptr;
+  for (void* unit : L.tensor_units) {
+    if (unit) tsan::destroy(unit);
+  }
+  L.tensor_units.clear();
   L.threads = nullptr;
   L.cur = nullptr;
 }
@@ -330,6 +362,25 @@ void thread_main(void* arg) {
   self.wait = Wait::done;
 }
 
+/// Whether the guard bands around the block's dynamic shared memory (`rounded`: its size rounded
+/// up to 128 bytes) still hold their poison; an error naming the launch's size and the first
+/// byte written outside it otherwise.
+void smem_guard_check(const Launch& L, size_t rounded) {
+  tsan::Ignore ig;
+  const unsigned char* const s = L.smem_buf;
+  for (size_t i = 0; i < kSmemGuard; ++i) {
+    NURI_CHECK(s[-1 - std::ptrdiff_t(i)] == 0xff, "emulated ", L.name, ": a thread wrote ",
+               "the byte ", i + 1, " bytes before the start of the block's dynamic shared memory (",
+               L.smem, " bytes) [block ", str(L.block_idx), ", block-order seed ", L.seed, "]");
+  }
+  for (size_t i = L.smem; i < rounded + kSmemGuard; ++i) {
+    NURI_CHECK(s[i] == 0xff, "emulated ", L.name, ": a thread wrote byte ", i - L.smem,
+               " past the end of the block's dynamic shared memory (", L.smem,
+               " bytes, what the launch asked for) [block ", str(L.block_idx),
+               ", block-order seed ", L.seed, "]");
+  }
+}
+
 void run_block(Launch& L, const uint3& bid) {
   L.block_idx = bid;
   // Kept until the wave ends, like the shared memory below (freeing needs an edge from the
@@ -343,14 +394,18 @@ void run_block(Launch& L, const uint3& bid) {
   // scheduler, whose clock flows into every fiber it creates afterwards (hiding races between
   // blocks). AnnotateNewMemory is a no-op in GCC 12's TSan, so memory cannot be declared new in
   // place.
+  // Guard bands of kSmemGuard poisoned bytes before and after it (with the rounding past the
+  // launch's size) are checked at the block's end: a plain store outside the launch's dynamic
+  // shared memory is an error, and a load there reads NaN, like unwritten memory.
   const size_t smem_bytes = (std::max<size_t>(L.smem, 16) + 127) / 128 * 128;
-  L.smem_blocks.emplace_back(static_cast<unsigned char*>(std::aligned_alloc(128, smem_bytes)),
+  const size_t total = smem_bytes + 2 * kSmemGuard;
+  L.smem_blocks.emplace_back(static_cast<unsigned char*>(std::aligned_alloc(128, total)),
                              std::free);
-  unsigned char* smem = L.smem_blocks.back().get();
+  unsigned char* smem = L.smem_blocks.back().get() + kSmemGuard;
   L.smem_buf = smem;
   {
     tsan::Ignore ig;
-    std::memset(smem, 0xff, smem_bytes);
+    std::memset(smem - kSmemGuard, 0xff, total);
   }
   mbarrier_block_begin(L);
   for (NamedBarrier& nb : L.named) nb = NamedBarrier{};
@@ -396,6 +451,7 @@ void run_block(Launch& L, const uint3& bid) {
   try {
     mbarrier_block_end(L);
     maxnreg_block_end(L);
+    smem_guard_check(L, smem_bytes);
   } catch (...) {
     retire(L, threads);
     throw;
@@ -451,6 +507,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   L.smem = smem_bytes;
   L.body = &body;
   L.seed = splitmix(base_seed() + g_launch_count++);
+  L.ranges = memory_ranges();
   L.threads_per_block = int(threads);
   L.stacks = stacks;
   L.fibers = &fibers;

@@ -11,6 +11,7 @@
 
 #include "emu/emu.h"
 #include "emu/fiber.h"
+#include "emu/internal.h"
 #include "emu/tsan.h"
 
 namespace nuri::emu::detail {
@@ -93,6 +94,18 @@ struct WgmmaPending {
   std::vector<float> value;
   Site site;
   std::shared_ptr<char> done;  // WgmmaArrival::done
+  // A from registers: where they are and what they held at the issue (the tensor cores may read
+  // them until the wait that retires this wgmma, so they must still hold it there).
+  const uint32_t* a_regs = nullptr;
+  uint32_t a_held[4] = {};
+};
+
+/// Registers a thread's wgmmas used (accumulators, A fragments), with their bytes as of its last
+/// wgmma.fence or the issue that used them since: a wgmma finding other bytes in them was given
+/// registers written after the fence, which the tensor cores may not see (wgmma.cpp).
+struct WgmmaRegs {
+  const unsigned char* at = nullptr;
+  std::vector<unsigned char> bytes;
 };
 
 struct Launch;
@@ -122,6 +135,7 @@ struct Thread {
   // wgmma: a wgmma.fence since the last wait_group (or the start), the results of the open
   // group and of the committed ones (oldest first), and this thread's part of a rendezvous.
   bool wg_fenced = false;
+  std::vector<WgmmaRegs> wg_regs;
   std::vector<WgmmaPending> wg_open;
   std::vector<std::vector<WgmmaPending>> wg_groups;
   WgmmaArrival wg;
@@ -200,10 +214,12 @@ struct Launch {
   std::vector<std::unique_ptr<unsigned char, void (*)(void*)>> smem_blocks;  // freed at the end
   std::vector<std::unique_ptr<std::vector<Thread>>> thread_blocks;           // freed at the end
   std::shared_ptr<CounterState> counters;  // null unless performance counters are on
-  // wgmma's tensor-core unit: a TSan context that reads the operands in shared memory after
-  // taking the warpgroup's history, and releases the wgmma's own sync (WgmmaArrival::done) for
-  // the wait_group that retires it.
-  void* tensor_unit = nullptr;
+  // wgmma's tensor-core units, one per warpgroup of this block: a TSan context that reads the
+  // operands in shared memory after taking its warpgroup's history, and releases the wgmma's own
+  // sync (WgmmaArrival::done) for the wait_group that retires it. One per warpgroup: a unit
+  // shared by two would carry one warpgroup's history into the other's waits, hiding races
+  // between them.
+  std::vector<void*> tensor_units;
   bool wgmma_used = false;  // a thread of this block issued a wgmma (the scheduler looks only then)
   // setmaxnreg: per warpgroup of this block, the register count of each of its calls so far
   // (a warpgroup without calls holds what the block was launched with, setmaxnreg_launch_count).
@@ -217,7 +233,13 @@ struct Launch {
   // copies and their poisoning). A wgmma operand or tensor-store source that differs from it was
   // written by a plain store the async proxy was never fenced to see.
   std::vector<unsigned char> async_view;
+  // The live allocations at the launch's start (memory_ranges, internal.h), for the checks of
+  // the addresses async copies and ldmatrix are given.
+  std::vector<MemoryRange> ranges;
 };
+
+/// The allocation of L.ranges holding [p, p + n), or null.
+const MemoryRange* range_of(const Launch& L, const void* p, size_t n);
 
 /// The launch running on this OS thread (a builtin used outside a kernel is a bug).
 Launch& launch_state();
@@ -309,6 +331,12 @@ int64_t async_view_stale(const Launch& L, const uint32_t* offs, size_t count, si
 /// "shared memory byte N was written by a plain (generic-proxy) store ..." for an error naming
 /// the async `reader`.
 std::string async_view_report(int64_t off, const std::string& reader);
+
+/// What is wrong with `bytes` of shared memory at `p` for an instruction that must read or
+/// write shared memory (ldmatrix, cp.async's destination): "" when nothing is found, else e.g.
+/// "reaches byte 4100 of the block's 4096-byte dynamic shared memory" or "is in global memory".
+/// (A static __shared__ array is a thread_local here, so an address that is neither is taken.)
+std::string shared_address_problem(const Launch& L, const void* p, size_t bytes);
 
 /// Deposits this lane's part of a warp collective, waits for the others, and returns with the
 /// lane's Thread::out holding its result.

@@ -2,6 +2,7 @@
 // threads like a warp collective's, the product computed by the scheduler when all have
 // arrived, each thread's result kept pending (its registers poisoned with NaN) until the
 // wait_group that completes its group.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -54,6 +55,38 @@ bool chained_later(const Thread& t, const float* d) {
     if (r.d == d) return true;
   }
   return false;
+}
+
+/// The first byte of [p, p + n) that one of the thread's remembered registers (WgmmaRegs)
+/// holds with another value than remembered, or -1.
+int64_t changed_since_fence(const Thread& t, const void* p, size_t n) {
+  const auto* lo = static_cast<const unsigned char*>(p);
+  int64_t first = -1;
+  for (const WgmmaRegs& r : t.wg_regs) {
+    const unsigned char* b = std::max(lo, r.at);
+    const unsigned char* e = std::min(lo + n, r.at + r.bytes.size());
+    for (; b < e; ++b) {
+      if (*b != r.bytes[size_t(b - r.at)]) {
+        if (first < 0 || b - lo < first) first = b - lo;
+        break;
+      }
+    }
+  }
+  return first;
+}
+
+/// Remembers the registers [p, p + n) as they are now (after a wgmma's issue wrote its
+/// accumulators' poison): the wgmmas the fence covers may use them until the kernel writes them.
+void remember_regs(Thread& t, const void* p, size_t n) {
+  const auto* lo = static_cast<const unsigned char*>(p);
+  bool known = false;
+  for (WgmmaRegs& r : t.wg_regs) {
+    const unsigned char* b = std::max(lo, r.at);
+    const unsigned char* e = std::min(lo + n, r.at + r.bytes.size());
+    if (b < e) std::memcpy(&r.bytes[size_t(b - r.at)], b, size_t(e - b));
+    known = known || (r.at == lo && r.bytes.size() == n);
+  }
+  if (!known) t.wg_regs.push_back({lo, std::vector<unsigned char>(lo, lo + n)});
 }
 
 struct Desc {
@@ -116,12 +149,13 @@ uint32_t operand_offset(const Launch& L, uint64_t desc, bool mn_major, int row, 
 /// warpgroup's history (`arrived`, released by each of its threads), only the shared-memory
 /// loads are its accesses, and the unit releases `done`, this wgmma's own sync, which only the
 /// wait_group that retires the wgmma acquires. Runs from the scheduler's context.
-void unit_reads(Launch& L, char* arrived, char* done, const std::vector<uint32_t>& offs,
-                std::vector<uint16_t>& raw) {
-  if (!L.tensor_unit) L.tensor_unit = tsan::create("tensor-core unit");
+void unit_reads(Launch& L, size_t warpgroup, char* arrived, char* done,
+                const std::vector<uint32_t>& offs, std::vector<uint16_t>& raw) {
+  if (L.tensor_units.size() <= warpgroup) L.tensor_units.resize(warpgroup + 1, nullptr);
+  if (!L.tensor_units[warpgroup]) L.tensor_units[warpgroup] = tsan::create("tensor-core unit");
   raw.assign(offs.size(), 0);
   void* const sched = L.sched_tsan;
-  void* const unit = L.tensor_unit;
+  void* const unit = L.tensor_units[warpgroup];
   const unsigned char* const smem = L.smem_buf;
   const uint32_t* const o = offs.data();
   uint16_t* const r = raw.data();
@@ -152,7 +186,11 @@ uint32_t shared_address(const void* p) {
 
 void wgmma_fence(Site) {
   tsan::Ignore ig;
-  launch_state().cur->wg_fenced = true;
+  Thread& t = *launch_state().cur;
+  t.wg_fenced = true;
+  // What the registers earlier wgmmas used hold now: the fence makes it visible to the tensor
+  // cores, and a later write (before the next fence) would not be.
+  for (WgmmaRegs& r : t.wg_regs) std::memcpy(r.bytes.data(), r.at, r.bytes.size());
 }
 
 void wgmma_commit(Site) {
@@ -174,6 +212,14 @@ void wgmma_wait(int pending, Site site) {
           fail(L, t, "wgmma.wait_group at " + str(site) + ": accumulator register " +
                          std::to_string(i) + " of the wgmma.mma_async issued at " + str(r.site) +
                          " was written while that wgmma was in flight");
+        }
+      }
+      for (int i = 0; r.a_regs && i < 4; ++i) {
+        if (r.a_regs[i] != r.a_held[i]) {
+          fail(L, t, "wgmma.wait_group at " + str(site) + ": A-fragment register " +
+                         std::to_string(i) + " of the wgmma.mma_async issued at " + str(r.site) +
+                         " was written while that wgmma was in flight (the tensor cores may "
+                         "read A's registers until the wait_group that retires it)");
         }
       }
     }
@@ -209,6 +255,23 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
                    " without a wgmma.fence since this thread's last wgmma.wait_group (or the "
                    "kernel's start): its registers may not be ready for the tensor cores");
   }
+  // The PTX ISA asks for a wgmma.fence between a thread's write of a register and a wgmma that
+  // reads it (as accumulator or A fragment); wgmmas of one shape chaining on accumulators need
+  // none. Registers a wgmma of this thread used before are remembered as of the fence (or that
+  // issue): other bytes there now were written after it. (Registers used for the first time
+  // are not checked: the compiler may sink a store before the fence past it until their
+  // address has reached the emulator.)
+  const auto late_write = [&](const void* regs, size_t bytes, const char* which) {
+    const int64_t at = changed_since_fence(t, regs, bytes);
+    if (at < 0) return;
+    fail(L, t, "wgmma.mma_async at " + str(site) + ": " + which + " register " +
+                   std::to_string(at / 4) + " was written after this thread's last wgmma.fence "
+                   "(or after the wgmma that used it since): the tensor cores may not see the "
+                   "write; a wgmma.fence must come between a register's write and a wgmma "
+                   "reading it");
+  };
+  late_write(d, size_t(n / 2) * 4, "accumulator");
+  if (a_regs) late_write(a_regs, 16, "A-fragment");
   WgmmaArrival& a = t.wg;
   a.bf16 = bf16;
   a.n = n;
@@ -243,9 +306,16 @@ void wgmma_mma_async(bool bf16, int n, float* d, const uint32_t* a_regs, uint64_
   tsan::acquire(t.sync.get());
   t.sync.reset();
   // The result waits for the wait_group; the registers hold NaN until then.
-  t.wg_open.push_back({d, std::move(a.result), site, std::move(a.done)});
+  WgmmaPending issued{d, std::move(a.result), site, std::move(a.done)};
+  if (a_regs) {
+    issued.a_regs = a_regs;
+    std::memcpy(issued.a_held, a_regs, sizeof(issued.a_held));
+  }
+  t.wg_open.push_back(std::move(issued));
   a.result.clear();
   for (int i = 0; i < regs; ++i) d[i] = poison();
+  remember_regs(t, d, size_t(regs) * 4);
+  if (a_regs) remember_regs(t, a_regs, 16);
   tsan::ignore_end();
 }
 
@@ -410,7 +480,7 @@ bool wgmma_progress(Launch& L) {
     rendezvous(L, group);
     std::vector<uint16_t> raw;
     auto done = std::make_shared<char>(0);
-    unit_reads(L, ts[base].sync.get(), done.get(), offs, raw);
+    unit_reads(L, base / kWarpgroup, ts[base].sync.get(), done.get(), offs, raw);
     {
       tsan::Ignore ig;
       const int64_t stale = async_view_stale(L, offs.data(), offs.size(), 2);

@@ -29,7 +29,10 @@ def test_python_readers_survive_fuzzing(tmp_path, target, corpus):
     proc = subprocess.run(
         [sys.executable, str(FUZZ / target), "-seed=1", f"-runs={runs}", "-timeout=10",
          "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/", str(work), str(seeds)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+        capture_output=True, text=True, timeout=600,
+        # TMPDIR: the target's scratch directory lands in tmp_path (libFuzzer ends the process
+        # with exit(), before Python's atexit handlers would remove it).
+        env={**os.environ, "PYTHONHASHSEED": "0", "TMPDIR": str(tmp_path)})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     # It ran the seeds and then mutated them (not a target that stopped at once).

@@ -30,6 +30,15 @@ namespace fs = std::filesystem;
 std::string tmpdir(const std::string& name) {
   const std::string d = fs::temp_directory_path().string() + "/nuri_ckpt_" + name + "_" +
                         std::to_string(::getpid());
+  // Removed at the process's exit too, whatever the test left there.
+  static struct Scratch {
+    std::vector<std::string> dirs;
+    ~Scratch() {
+      std::error_code ec;
+      for (const std::string& dir : dirs) fs::remove_all(dir, ec);
+    }
+  } scratch;
+  scratch.dirs.push_back(d);
   fs::remove_all(d);
   fs::create_directories(d);
   return d;

@@ -25,9 +25,16 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_path(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("nuri-test-data-" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return (dir / name).string();
+  // This process's directory, removed at its exit.
+  static const struct Scratch {
+    fs::path dir = fs::temp_directory_path() / ("nuri-test-data-" + std::to_string(::getpid()));
+    ~Scratch() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } scratch;
+  fs::create_directories(scratch.dir);
+  return (scratch.dir / name).string();
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {

@@ -34,6 +34,7 @@ enum class Bug {
   copy_at_exit,        // a bulk copy still in flight when the block ends
   inval_in_flight,     // inval of a barrier a bulk copy will still complete on
   use_after_inval,     // an arrival on an invalidated barrier
+  host_source,         // a bulk copy from a host pointer (not cudaMalloc'd)
 };
 
 constexpr int kTile = 256;  // floats a tile: 1024 bytes
@@ -103,7 +104,7 @@ void run_pipeline(Bug bug) {
   constexpr unsigned kBlocks = 2;  // each with its own barriers
   DeviceBuffer<float> gsrc(src), out(kBlocks * src.size());
   NURI_LAUNCH(mbarrier_pipeline, dim3(kBlocks), dim3(64), kSmem, nullptr,
-              PipeParams{gsrc.get(), out.get(), bug});
+              PipeParams{bug == Bug::host_source ? src.data() : gsrc.get(), out.get(), bug});
   const auto v = out.download();
   for (size_t i = 0; i < v.size(); ++i) {
     const float want = 2.f * src[i % src.size()];
@@ -128,6 +129,9 @@ TEST(EmulatorMbarrier, MisuseIsAnErrorNamingIt) {
   expect_has(error_with(Bug::copy_at_exit), "cp.async.bulk copies in flight");
   expect_has(error_with(Bug::inval_in_flight), "will still complete on it");
   expect_has(error_with(Bug::use_after_inval), "not initialized (or invalidated)");
+  expect_has(error_with(Bug::host_source),
+             "the 1024-byte source is not inside a device allocation (cudaMalloc) or pinned host "
+             "memory");
 }
 
 TEST(EmulatorMbarrier, APhaseThatCannotCompleteIsADeadlockNamingWhatIsMissing) {

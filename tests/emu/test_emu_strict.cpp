@@ -1,10 +1,15 @@
 // One planted bug per strictness check of the emulator, each of which must be caught: a missing
 // __syncthreads (race in shared memory), a missing atomic (race across blocks in global memory),
 // a read of cp.async data before its wait, barrier divergence, warp collectives with a missing
-// or exited lane, out-of-bounds global accesses (guard page and padding), and the correctly
-// synchronized versions of the same kernels, which must pass silently; and the emulated device's
-// shared memory bounding a launch.
+// or exited lane, out-of-bounds global accesses (guard page and padding), stores outside a
+// block's dynamic shared memory, ldmatrix and cp.async given addresses in the wrong memory, and
+// the correctly synchronized versions of the same kernels, which must pass silently; and the
+// emulated device's shared memory bounding a launch.
 #include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
 
 #include "emu/emu_util.h"
 #include "ptx.cuh"
@@ -217,6 +222,78 @@ TEST(EmulatorStrict, CopiesOutsideAnAllocationAreRejected) {
             cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+}
+
+// ---- shared memory's edges, and the addresses async copies and ldmatrix are given ------------
+
+enum class SmemBug { none, past_end, before_start, ldmatrix_past_end, ldmatrix_global,
+                     cp_async_to_global, cp_async_from_host };
+struct SmemParams {
+  float* out;        // [32]
+  const float* src;  // [32], device memory unless cp_async_from_host
+  SmemBug bug;
+};
+// A block of 32 threads with 256 bytes of dynamic shared memory: each thread copies its 4 bytes
+// in by cp.async, then warp 0 loads an 8x8 matrix of them with ldmatrix (lanes 0..7 giving rows
+// 16 bytes apart, 128 bytes in all), and each thread writes its register back out.
+__global__ void planted_smem_edges(SmemParams p) {
+  float* s = nuri::kernels::dynamic_smem<float>();
+  const int t = int(threadIdx.x);
+  float* dst = s + t;
+  if (p.bug == SmemBug::cp_async_to_global && t == 5) dst = p.out + 8;
+  nuri::kernels::cp_async<4>(dst, p.src + t);
+  nuri::kernels::cp_async_commit();
+  nuri::kernels::cp_async_wait<0>();
+  __syncthreads();
+  if (p.bug == SmemBug::past_end && t == 3) s[64 + 2] = 1.f;  // byte 8 past the 256
+  if (p.bug == SmemBug::before_start && t == 3) s[-1] = 1.f;
+  __syncthreads();
+  const unsigned char* row = reinterpret_cast<const unsigned char*>(s) + 16 * (t % 8);
+  if (p.bug == SmemBug::ldmatrix_past_end && t == 6) row += 192;  // bytes 288..303
+  if (p.bug == SmemBug::ldmatrix_global && t == 2) row = reinterpret_cast<const unsigned char*>(p.src);
+  uint32_t r[1];
+  nuri::kernels::ldmatrix<1, false>(r, row);
+  float v;
+  std::memcpy(&v, r, 4);  // two bf16 halves: compared as bits
+  p.out[t] = v;
+}
+
+std::string smem_error(SmemBug bug) {
+  std::vector<float> in(32);
+  for (int i = 0; i < 32; ++i) in[size_t(i)] = float(i + 1);
+  DeviceBuffer<float> src(in), out(32);
+  std::vector<float> host(in);
+  return error_of([&] {
+    NURI_LAUNCH(planted_smem_edges, dim3(1), dim3(32), 256, nullptr,
+                SmemParams{out.get(), bug == SmemBug::cp_async_from_host ? host.data() : src.get(),
+                           bug});
+    if (bug != SmemBug::none) return;
+    // ldmatrix's m8n8 fragment: lane l holds row l / 4, 32-bit word l % 4 of it, and row j is
+    // lane j's 16 bytes (words 4j..4j+3 of shared memory, which thread i filled with i + 1).
+    const std::vector<float> v = out.download();
+    for (int l = 0; l < 32; ++l) {
+      NURI_CHECK(v[size_t(l)] == float(4 * (l / 4) + l % 4 + 1), "lane ", l, " loaded ",
+                 v[size_t(l)]);
+    }
+  });
+}
+
+TEST(EmulatorStrict, SharedMemoryEdgesAndAsyncAddressesAreChecked) {
+  EXPECT_EQ(smem_error(SmemBug::none), "no error");
+  expect_has(smem_error(SmemBug::past_end),
+             "planted_smem_edges: a thread wrote byte 8 past the end of the block's dynamic "
+             "shared memory (256 bytes");
+  expect_has(smem_error(SmemBug::before_start),
+             "a thread wrote the byte 1 bytes before the start of the block's dynamic shared "
+             "memory (256 bytes)");
+  expect_has(smem_error(SmemBug::ldmatrix_past_end),
+             "lane 6's 16-byte row reaches byte 303 of the block's 256-byte dynamic shared memory");
+  expect_has(smem_error(SmemBug::ldmatrix_global), "lane 2's 16-byte row is in global memory");
+  expect_has(smem_error(SmemBug::cp_async_to_global),
+             "the 4-byte destination is in global memory (a cudaMalloc allocation) (it must be "
+             "shared memory)");
+  expect_has(smem_error(SmemBug::cp_async_from_host),
+             "the 4-byte source is not inside a device allocation (cudaMalloc) or pinned host");
 }
 
 // NURI_EMU_SMEM_PER_SM: the emulated device reports that shared memory a SM (and 1 KiB less a

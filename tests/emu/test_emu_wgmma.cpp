@@ -43,6 +43,10 @@ enum class Bug {
   no_proxy_fence,       // the operands' plain stores never fenced to the async proxy
   store_after_fence,    // one operand byte stored again after the fences
   shape_change,         // (step_groups, N = 64) step 1 as an N = 32 wgmma on step 0's registers
+  a_after_fence,        // (A in registers) each step's fragments written over step 0's, after
+                        // the one fence
+  a_in_flight,          // (A in registers) step 0's fragments written before the wait
+  acc_after_fence,      // a second pass on the accumulators, one written after its fence
 };
 
 /// Byte offset of element (mn, k) of a bf16 operand with `rows` mn-indices and kK k-indices,
@@ -113,6 +117,21 @@ __global__ void wgmma_kernel(WgParams p) {
   const int tid = int(threadIdx.x), w = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   float d[N / 2];
   for (float& x : d) x = 1e30f;  // scale_d = false on the first step must ignore it
+  // A from registers: every step's fragments written before the fence, each in its own
+  // registers (the tensor cores may read them until the wait).
+  uint32_t a_frag[kK / 16][4];
+  const auto fragment = [&](int ks, uint32_t (&a)[4]) {
+    for (int r = 0; r < 4; ++r) {
+      const int row = 16 * w + g + 8 * (r % 2), col = 16 * ks + 2 * t + 8 * (r / 2);
+      uint16_t lo, hi;
+      std::memcpy(&lo, p.a + row * kK + col, 2);
+      std::memcpy(&hi, p.a + row * kK + col + 1, 2);
+      a[r] = uint32_t(lo) | uint32_t(hi) << 16;
+    }
+  };
+  if (p.a_in_regs) {
+    for (int ks = 0; ks < kK / 16; ++ks) fragment(ks, a_frag[ks]);
+  }
   if (p.bug != Bug::no_fence) wgmma_fence();
   for (int ks = 0; ks < kK / 16; ++ks) {
     // step_groups: the accumulators chain across groups in flight (same shape: no wait needed
@@ -129,14 +148,8 @@ __global__ void wgmma_kernel(WgParams p) {
     if (p.bug == Bug::disagree && tid == 5) b += 1;
     if (p.bug == Bug::outside) b = wgmma_desc(smem + p.image_bytes, 0, 1024, 128);
     if (p.a_in_regs) {
-      uint32_t a[4];
-      for (int r = 0; r < 4; ++r) {
-        const int row = 16 * w + g + 8 * (r % 2), col = 16 * ks + 2 * t + 8 * (r / 2);
-        uint16_t lo, hi;
-        std::memcpy(&lo, p.a + row * kK + col, 2);
-        std::memcpy(&hi, p.a + row * kK + col + 1, 2);
-        a[r] = uint32_t(lo) | uint32_t(hi) << 16;
-      }
+      uint32_t(&a)[4] = a_frag[p.bug == Bug::a_after_fence ? 0 : ks];
+      if (p.bug == Bug::a_after_fence) fragment(ks, a);  // step 0's registers, after the fence
       if (p.b_mn) {
         wgmma_rs<__nv_bfloat16, N, true>(d, a, b, ks > 0);
       } else {
@@ -170,6 +183,16 @@ __global__ void wgmma_kernel(WgParams p) {
     wgmma_wait<1>();
     if (tid == 3) smem[p.b_offset] = 0;
     wgmma_wait<0>();
+  }
+  if (p.bug == Bug::a_in_flight) a_frag[0][2] ^= 1u;
+  if (p.bug == Bug::acc_after_fence) {
+    // The accumulators again, after the wait: written after the fence, not before it.
+    wgmma_wait<0>();
+    wgmma_fence();
+    d[1] *= 2.f;
+    wgmma_ss<__nv_bfloat16, N>(d, step_desc(smem, 0, kM, p.swizzle),
+                               step_desc(smem + p.b_offset, 0, N, p.swizzle), true);
+    wgmma_commit();
   }
   if (p.bug == Bug::write_early) d[3] = 0.f;
   if (p.bug == Bug::operand_overwritten && tid == 3) smem[p.b_offset] = 0;
@@ -394,6 +417,50 @@ TEST(EmulatorWgmma, MisuseIsAnErrorNamingIt) {
   expect_has(error_with(Bug::store_after_fence), "store that no fence.proxy.async has made");
   expect_has(error_of([] { run<64>(128, false, Bug::shape_change, false, false, true); }),
              "only wgmmas of one shape chain without a wgmma.wait_group");
+  // Registers written between the fence and a wgmma reading them, and A's registers written
+  // while their wgmma may still read them.
+  expect_has(error_of([] { run<32>(128, true, Bug::a_after_fence); }),
+             "A-fragment register 0 was written after this thread's last wgmma.fence");
+  expect_has(error_with(Bug::acc_after_fence),
+             "accumulator register 1 was written after this thread's last wgmma.fence");
+  expect_has(error_of([] { run<32>(128, true, Bug::a_in_flight); }),
+             "A-fragment register 2 of the wgmma.mma_async issued at");
+}
+
+// Two warpgroups, each with its own tensor-core unit: a wgmma of one orders nothing of the
+// other's. Thread 0 (warpgroup 0) stores a word before its wgmma; thread 128 (warpgroup 1)
+// loads it after its own wgmma's wait, with no barrier between them: a race, which a unit
+// shared by the two would hide (the unit takes warpgroup 0's history, and warpgroup 1's wait
+// acquires what the unit released).
+__global__ void wgmma_two_groups_kernel(WgParams p, int* word) {
+  unsigned char* smem = nuri::kernels::dynamic_smem<unsigned char>();
+  for (size_t i = threadIdx.x; i < p.image_bytes; i += blockDim.x) smem[i] = p.image[i];
+  nuri::kernels::fence_proxy_async();
+  __syncthreads();
+  if (threadIdx.x == 0) *word = 7;
+  float d[16];
+  wgmma_fence();
+  wgmma_ss<__nv_bfloat16, 32>(d, step_desc(smem, 0, kM, p.swizzle),
+                              step_desc(smem + p.b_offset, 0, 32, p.swizzle), false);
+  wgmma_commit();
+  wgmma_wait<0>();
+  if (threadIdx.x == 128) p.out[0] = float(*word) + d[0];
+}
+
+TEST(EmulatorWgmmaDeathTest, TwoWarpgroupsWgmmasOrderNothingBetweenThem) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto two_groups = [] {
+    std::vector<unsigned char> image(8192, 0);  // A and B all zero (bf16 0)
+    DeviceBuffer<unsigned char> g_image(image);
+    DeviceBuffer<float> out(1);
+    DeviceBuffer<int> word(1);
+    WgParams p{g_image.get(), image.size(), 4096, nullptr, out.get(), 128, false,
+               false, false, Bug::none, false};
+    NURI_LAUNCH(wgmma_two_groups_kernel, dim3(1), dim3(256), image.size(), nullptr, p,
+                word.get());
+  };
+  EXPECT_DEATH(two_groups(), "ThreadSanitizer: data race(.|\n)*wgmma_two_groups_kernel");
 }
 
 TEST(EmulatorWgmmaDeathTest, AnOperandWrittenBeforeTheWaitIsARace) {

@@ -32,6 +32,8 @@ SHARDS = {  # what the seed indexes map
         "model.norm.weight": np.ones(4, dtype=np.float16),
         "lm_head.weight": np.zeros((3, 4), dtype=np.float32)},
 }
+# Under $TMPDIR (test_fuzz.py points it at pytest's tmp_path): libFuzzer ends the process with
+# exit(), so the atexit handler runs only when the target stops some other way.
 DIR = tempfile.mkdtemp(prefix="nuri-fuzz-hf-")
 atexit.register(shutil.rmtree, DIR, True)
 for name, tensors in SHARDS.items():

@@ -30,6 +30,8 @@ SEP = b"\n----8<----\n"
 NAMES = ("ledger.jsonl", "chat.jsonl", "run/config.json", "shards/tokenize.json",
          "model_config.json", "profile.json")
 CHAT = {"system": "<s>{content}\n", "user": "<u>{content}\n", "assistant": "<a>{content}\n"}
+# Under $TMPDIR (test_fuzz.py points it at pytest's tmp_path): libFuzzer ends the process with
+# exit(), so the atexit handler runs only when the target stops some other way.
 DIR = tempfile.mkdtemp(prefix="nuri-fuzz-py-")
 atexit.register(shutil.rmtree, DIR, True)
 os.makedirs(os.path.join(DIR, "run"))
