@@ -53,6 +53,7 @@ class Stacks {
 };
 
 Stacks* new_stacks() { return new Stacks; }
+void delete_stacks(Stacks* s) { delete s; }
 void recycle(Stacks* s) { s->recycle(); }
 
 namespace {

@@ -13,6 +13,8 @@ namespace nuri::emu::fiber {
 /// launches, never from one block to the next of the same launch (see scheduler.cpp).
 class Stacks;
 Stacks* new_stacks();
+/// Unmaps the pool's stacks (none may be in use).
+void delete_stacks(Stacks* s);
 
 /// The launch is over: its stacks may serve the next one.
 void recycle(Stacks* s);

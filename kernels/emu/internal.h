@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,22 @@ struct MemoryRange {
 /// thread: the kernel's checks then read the copy and take no lock, which the race detector
 /// would see as an edge between the emulated threads).
 std::vector<MemoryRange> memory_ranges();
+
+/// Runs `work` as the next piece of work of CUDA stream `stream` (a cudaStream_t; null or
+/// cudaStreamLegacy: the legacy default stream) in the stream's ThreadSanitizer context, after
+/// what the host has done so far and the stream's earlier work (runtime.cpp's stream model).
+/// The host does not take the work's history: only its waits do.
+void on_stream(void* stream, const std::function<void()>& work);
+/// Inside on_stream's work, which runs hidden from the race detector (its plumbing lives on the
+/// host thread's stack and heap, which the host reuses without waiting for the stream): the
+/// work's device accesses, which the detector sees. device_touch: an access to [p, p + n) with
+/// no effect, for work whose bytes move hidden (the NCCL operations' transport).
+void device_memmove(void* dst, const void* src, size_t n);
+void device_memset(void* dst, int value, size_t n);
+void device_touch(const void* p, size_t n, bool write);
+
+/// cudaStreamDestroy: frees the stream's pool of emulated threads' fibers and stacks.
+void forget_stream(const void* stream);
 
 /// The emulated device's shared memory per SM (runtime.cpp; NURI_EMU_SMEM_PER_SM).
 size_t emulated_smem_per_sm();

@@ -1,7 +1,9 @@
 // The subset of NCCL nuri's NCCL communicator calls, defined for the emulated build (which links
 // this instead of libnccl; the declarations come from the real nccl.h). Device memory is host
-// memory here and streams run synchronously, so each operation runs when it is called (or at
-// ncclGroupEnd inside a group), moving bytes through the NcclTransport that the caller registered
+// memory here and streams run their work at the call, so each operation runs when it is called
+// (or at ncclGroupEnd inside a group), in its stream's context for the race detector (as that
+// stream orders it: runtime.cpp), where it reads its send buffer and writes its receive buffer
+// (device_touch; the transport itself is hidden from the detector), moving bytes through the NcclTransport that the caller registered
 // under the communicator's unique id (nuri's NCCL communicator registers its bootstrap host
 // communicator: MPI under mpirun, TCP under a torchrun-style start). Every rank runs the same
 // sequence of operations, so a group's operations run one after another in their order.
@@ -19,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "emu/internal.h"
 #include "emu/nccl_transport.h"
 
 struct ncclComm {
@@ -53,10 +56,11 @@ ncclResult_t fail(ncclComm_t comm, const std::string& msg) {
 
 /// Runs op now, or at ncclGroupEnd inside a group. Transport errors (timeouts, a dead peer)
 /// become ncclRemoteError with the transport's message.
-ncclResult_t run(ncclComm_t comm, std::function<void()> op) {
-  auto guarded = [comm, op = std::move(op)]() -> ncclResult_t {
+ncclResult_t run(ncclComm_t comm, cudaStream_t stream, std::function<void()> op) {
+  // On the stream's context (internal.h: on_stream), as the stream orders it on a GPU.
+  auto guarded = [comm, stream, op = std::move(op)]() -> ncclResult_t {
     try {
-      op();
+      on_stream(stream, op);
       return ncclSuccess;
     } catch (const std::exception& e) {
       thread_error = e.what();
@@ -215,10 +219,12 @@ ncclResult_t ncclGroupEnd() {
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t t,
-                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclAllReduce"); r != ncclSuccess) return r;
   if (auto r = check_op(comm, op, "ncclAllReduce"); r != ncclSuccess) return r;
-  return run(comm, [=] {
+  return run(comm, stream, [=] {
+    nuri::emu::device_touch(send, count * elem_size(t), false);
+    nuri::emu::device_touch(recv, count * elem_size(t), true);
     if (send != recv) std::memmove(recv, send, count * elem_size(t));
     comm->transport->all_reduce(recv, count, t == ncclBfloat16);
     if (op == ncclAvg) nuri::emu::divide(recv, count, t, comm->nranks);
@@ -226,10 +232,12 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
 }
 
 ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType_t t,
-                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t) {
+                        ncclRedOp_t op, int root, ncclComm_t comm, cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclReduce"); r != ncclSuccess) return r;
   if (auto r = check_op(comm, op, "ncclReduce"); r != ncclSuccess) return r;
-  return run(comm, [=] {
+  return run(comm, stream, [=] {
+    nuri::emu::device_touch(send, count * elem_size(t), false);
+    if (comm->rank == root) nuri::emu::device_touch(recv, count * elem_size(t), true);
     std::vector<char> tmp(count * elem_size(t));
     std::memcpy(tmp.data(), send, tmp.size());
     comm->transport->all_reduce(tmp.data(), count, t == ncclBfloat16);
@@ -239,11 +247,13 @@ ncclResult_t ncclReduce(const void* send, void* recv, size_t count, ncclDataType
 }
 
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recvcount, ncclDataType_t t,
-                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclReduceScatter"); r != ncclSuccess) return r;
   if (auto r = check_op(comm, op, "ncclReduceScatter"); r != ncclSuccess) return r;
-  return run(comm, [=] {
+  return run(comm, stream, [=] {
     const size_t es = elem_size(t);
+    nuri::emu::device_touch(send, recvcount * size_t(comm->nranks) * es, false);
+    nuri::emu::device_touch(recv, recvcount * es, true);
     std::vector<char> tmp(recvcount * size_t(comm->nranks) * es);
     std::memcpy(tmp.data(), send, tmp.size());
     comm->transport->all_reduce(tmp.data(), recvcount * size_t(comm->nranks), t == ncclBfloat16);
@@ -253,31 +263,41 @@ ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t recvcount, n
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t sendcount, ncclDataType_t t,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclAllGather"); r != ncclSuccess) return r;
-  return run(comm, [=] {
+  return run(comm, stream, [=] {
+    nuri::emu::device_touch(send, sendcount * elem_size(t), false);
+    nuri::emu::device_touch(recv, sendcount * elem_size(t) * size_t(comm->nranks), true);
     comm->transport->all_gather(send, recv, sendcount, t == ncclBfloat16);
   });
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t t, int root,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclBroadcast"); r != ncclSuccess) return r;
   if (root < 0 || root >= comm->nranks) return fail(comm, "ncclBroadcast: root out of range");
-  return run(comm, [=] {
+  return run(comm, stream, [=] {
+    if (comm->rank == root) nuri::emu::device_touch(send, count * elem_size(t), false);
+    nuri::emu::device_touch(recv, count * elem_size(t), true);
     if (comm->rank == root && send != recv) std::memmove(recv, send, count * elem_size(t));
     comm->transport->broadcast(recv, count, t == ncclBfloat16, root);
   });
 }
 
 ncclResult_t ncclSend(const void* send, size_t count, ncclDataType_t t, int peer, ncclComm_t comm,
-                      cudaStream_t) {
+                      cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclSend"); r != ncclSuccess) return r;
-  return run(comm, [=] { comm->transport->send(send, count, t == ncclBfloat16, peer); });
+  return run(comm, stream, [=] {
+    nuri::emu::device_touch(send, count * elem_size(t), false);
+    comm->transport->send(send, count, t == ncclBfloat16, peer);
+  });
 }
 
 ncclResult_t ncclRecv(void* recv, size_t count, ncclDataType_t t, int peer, ncclComm_t comm,
-                      cudaStream_t) {
+                      cudaStream_t stream) {
   if (auto r = check(comm, t, "ncclRecv"); r != ncclSuccess) return r;
-  return run(comm, [=] { comm->transport->recv(recv, count, t == ncclBfloat16, peer); });
+  return run(comm, stream, [=] {
+    nuri::emu::device_touch(recv, count * elem_size(t), true);
+    comm->transport->recv(recv, count, t == ncclBfloat16, peer);
+  });
 }

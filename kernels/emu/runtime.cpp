@@ -4,7 +4,16 @@
 // Device memory is host memory with strict edges: every allocation is mmap'ed between two
 // PROT_NONE guard pages with its end against the upper one (rounded to 256 bytes), is poisoned
 // with 0xff bytes (NaN in f32 and bf16) so reading unwritten memory shows up, and the padding is
-// checked after every launch. Streams and events run in order, synchronously.
+// checked after every launch.
+//
+// Streams and events run their work synchronously, at the call, but order it as CUDA does: each
+// stream is a ThreadSanitizer context (its work, kernels included, runs in it) that takes the
+// host's history at each enqueue and what its events make it wait for, and the host takes a
+// stream's history only where CUDA makes the host wait (a stream, event or device
+// synchronization, a successful query, a copy that returns complete, cudaFree). Work on two
+// streams with no event between them, or host code reading what a stream wrote before waiting
+// for it, is a race the detector reports, as a GPU would run them concurrently. The legacy
+// default stream (null) orders itself with the streams created without cudaStreamNonBlocking.
 #include <cuda_runtime.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -14,8 +23,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -71,6 +83,116 @@ const Allocation* find(const void* p, size_t n) {
 
 }  // namespace
 
+// ---- streams and events: happens-before as CUDA orders the work ----------------------------
+
+namespace {
+
+struct Stream {
+  std::mutex mu;        // one host thread in its context at a time
+  void* ctx = nullptr;  // the TSan context its work runs in
+  bool blocking = true;  // ordered with the legacy default stream
+  char enqueue = 0;      // released by the host at each enqueue, acquired by the context
+  char done = 0;         // released by the context after each piece of work
+};
+
+struct Event {
+  std::mutex mu;
+  std::shared_ptr<char> at;  // what the stream had done at the latest record (null: none yet)
+};
+
+struct Streams {
+  std::mutex mu;
+  std::set<Stream*> all;  // the created ones (the legacy stream is apart)
+};
+Streams& streams() {
+  static Streams* s = new Streams;
+  return *s;
+}
+
+Stream& legacy_stream() {
+  static Stream* s = new Stream;
+  return *s;
+}
+
+Stream& stream_of(void* handle) {
+  const auto h = static_cast<cudaStream_t>(handle);
+  if (h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread) return legacy_stream();
+  return *static_cast<Stream*>(handle);
+}
+
+/// The host waits for what `st` has done so far.
+void host_waits(Stream& st) {
+  std::lock_guard<std::mutex> lock(st.mu);
+  tsan::acquire(&st.done);
+}
+
+void host_waits_for_all() {
+  host_waits(legacy_stream());
+  std::vector<Stream*> all;
+  {
+    std::lock_guard<std::mutex> lock(streams().mu);
+    all.assign(streams().all.begin(), streams().all.end());
+  }
+  for (Stream* st : all) host_waits(*st);
+}
+
+}  // namespace
+
+void on_stream(void* handle, const std::function<void()>& work) {
+  Stream& st = stream_of(handle);
+  std::lock_guard<std::mutex> lock(st.mu);
+  void* const host = tsan::current();
+  tsan::release(&st.enqueue);
+  if (!st.ctx) st.ctx = tsan::create("CUDA stream");
+  tsan::switch_to(st.ctx);
+  struct Back {  // the stream's history for later waits, and the host's context back
+    Stream& st;
+    void* host;
+    ~Back() {
+      tsan::release(&st.done);
+      tsan::switch_to(host);
+    }
+  } back{st, host};
+  tsan::acquire(&st.enqueue);
+  // The work's own plumbing (its closure, the scheduler, on the host thread's stack and heap,
+  // which the host reuses without waiting for the stream) is hidden from the detector; only
+  // its device accesses count (device_memmove, _memset and _touch below, and the kernels'
+  // threads, each a context of its own).
+  tsan::ignore_begin();
+  struct Unignore {
+    ~Unignore() { tsan::ignore_end(); }
+  } unignore;
+  // The legacy default stream and the blocking streams wait for each other's earlier work.
+  if (&st == &legacy_stream()) {
+    std::lock_guard<std::mutex> all(streams().mu);
+    for (Stream* b : streams().all) {
+      if (b->blocking) tsan::acquire(&b->done);
+    }
+  } else if (st.blocking) {
+    tsan::acquire(&legacy_stream().done);
+  }
+  work();
+}
+
+void device_memmove(void* dst, const void* src, size_t n) {
+  tsan::ignore_end();
+  std::memmove(dst, src, n);
+  tsan::ignore_begin();
+}
+
+void device_memset(void* dst, int value, size_t n) {
+  tsan::ignore_end();
+  std::memset(dst, value, n);
+  tsan::ignore_begin();
+}
+
+void device_touch(const void* p, size_t n, bool write) {
+  if (n == 0) return;
+  tsan::ignore_end();
+  tsan::access(p, n, write);
+  tsan::ignore_begin();
+}
+
 std::vector<MemoryRange> memory_ranges() {
   Memory& m = memory();
   std::lock_guard<std::mutex> lock(m.mu);
@@ -110,6 +232,9 @@ void describe_address(const void* addr, char* buf, size_t n) {
 }
 
 std::string check_canaries() {
+  // Bookkeeping, hidden from the race detector: the host checks bytes a kernel of any stream
+  // may have written (out of bounds) without waiting for the stream.
+  tsan::Ignore ig;
   Memory& m = memory();
   std::lock_guard<std::mutex> lock(m.mu);
   for (const auto& [user, al] : m.live) {
@@ -227,6 +352,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
 
 cudaError_t cudaFree(void* ptr) {
   if (!ptr) return cudaSuccess;
+  nuri::emu::host_waits_for_all();  // cudaFree synchronizes the device
   nuri::emu::Allocation al;
   {
     std::lock_guard<std::mutex> lock(memory().mu);
@@ -247,6 +373,7 @@ cudaError_t cudaMallocHost(void** ptr, size_t size) {
   return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
+  nuri::emu::host_waits_for_all();  // as cudaFree: no copy may still read it
   {
     std::lock_guard<std::mutex> lock(memory().mu);
     memory().pinned.erase(reinterpret_cast<uintptr_t>(ptr));
@@ -255,10 +382,19 @@ cudaError_t cudaFreeHost(void* ptr) {
   return cudaSuccess;
 }
 
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
+namespace nuri::emu {
+namespace {
+
+/// A copy on stream `handle` (work ordered as the stream orders it); `sync_call`: cudaMemcpy
+/// rather than cudaMemcpyAsync. The host then waits for the stream where CUDA's copy returns
+/// only after it (the driver's "API synchronization behavior"): a synchronous copy to or from
+/// the host, and an asynchronous one whose host side is pageable (not cudaMallocHost) memory.
+cudaError_t copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, void* handle,
+                 bool sync_call) {
   if (count == 0) return cudaSuccess;
   bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
   bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  bool pinned_host = false;
   {
     std::lock_guard<std::mutex> lock(memory().mu);
     if (kind == cudaMemcpyDefault) {
@@ -268,52 +404,121 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpy
     if ((dst_dev && !find(dst, count)) || (src_dev && !find(src, count))) {
       return fail(cudaErrorInvalidValue);  // a device range outside its allocation
     }
+    const void* host_side = !dst_dev ? dst : src;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(host_side);
+    auto it = memory().pinned.upper_bound(a);
+    if (it != memory().pinned.begin()) {
+      --it;
+      pinned_host = a + count <= it->first + it->second;
+    }
   }
-  std::memmove(dst, src, count);
+  if (!dst_dev && !src_dev) {  // host to host: no stream involved
+    std::memmove(dst, src, count);
+    return cudaSuccess;
+  }
+  on_stream(handle, [&] { device_memmove(dst, src, count); });
+  const bool with_host = !(dst_dev && src_dev);
+  if (with_host && (sync_call || !pinned_host)) host_waits(stream_of(handle));
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
-                            cudaStream_t) {
-  return cudaMemcpy(dst, src, count, kind);
-}
-cudaError_t cudaMemset(void* dst, int value, size_t count) {
+
+cudaError_t set(void* dst, int value, size_t count, void* handle) {
   if (count == 0) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(memory().mu);
     if (!find(dst, count)) return fail(cudaErrorInvalidValue);
   }
-  std::memset(dst, value, count);
+  on_stream(handle, [&] { device_memset(dst, value, count); });  // asynchronous to the host
   return cudaSuccess;
-}
-cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t) {
-  return cudaMemset(dst, value, count);
 }
 
-// Streams and events: work runs synchronously at the call, so they only need identities.
-cudaError_t cudaStreamCreate(cudaStream_t* s) {
-  *s = reinterpret_cast<cudaStream_t>(new char);
+}  // namespace
+}  // namespace nuri::emu
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind) {
+  return nuri::emu::copy(dst, src, count, kind, nullptr, true);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  return nuri::emu::copy(dst, src, count, kind, stream, false);
+}
+cudaError_t cudaMemset(void* dst, int value, size_t count) {
+  return nuri::emu::set(dst, value, count, nullptr);
+}
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t stream) {
+  return nuri::emu::set(dst, value, count, stream);
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  auto* st = new nuri::emu::Stream;
+  st->blocking = !(flags & cudaStreamNonBlocking);
+  {
+    std::lock_guard<std::mutex> lock(nuri::emu::streams().mu);
+    nuri::emu::streams().all.insert(st);
+  }
+  *s = reinterpret_cast<cudaStream_t>(st);
   return cudaSuccess;
 }
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) { return cudaStreamCreate(s); }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<char*>(s);
+  auto* st = reinterpret_cast<nuri::emu::Stream*>(s);
+  {
+    std::lock_guard<std::mutex> lock(nuri::emu::streams().mu);
+    nuri::emu::streams().all.erase(st);
+  }
+  nuri::emu::forget_stream(s);
+  if (st->ctx) nuri::emu::tsan::destroy(st->ctx);
+  delete st;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaStreamQuery(cudaStream_t) { return cudaSuccess; }  // work ran when queued
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  nuri::emu::host_waits(nuri::emu::stream_of(s));
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {  // the work ran when it was queued: complete
+  nuri::emu::host_waits(nuri::emu::stream_of(s));
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) {
+  nuri::emu::host_waits_for_all();
+  return cudaSuccess;
+}
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
-  *e = reinterpret_cast<cudaEvent_t>(new char);
+  *e = reinterpret_cast<cudaEvent_t>(new nuri::emu::Event);
   return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned int) { return cudaEventCreate(e); }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete reinterpret_cast<char*>(e);
+  delete reinterpret_cast<nuri::emu::Event*>(e);
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned int) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  auto at = std::make_shared<char>(0);
+  nuri::emu::on_stream(s, [&] { nuri::emu::tsan::release(at.get()); });
+  auto* ev = reinterpret_cast<nuri::emu::Event*>(e);
+  std::lock_guard<std::mutex> lock(ev->mu);
+  ev->at = std::move(at);
+  return cudaSuccess;
+}
+namespace nuri::emu {
+namespace {
+std::shared_ptr<char> recorded(cudaEvent_t e) {
+  auto* ev = reinterpret_cast<Event*>(e);
+  std::lock_guard<std::mutex> lock(ev->mu);
+  return ev->at;
+}
+}  // namespace
+}  // namespace nuri::emu
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (auto at = nuri::emu::recorded(e)) nuri::emu::tsan::acquire(at.get());
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
+  if (auto at = nuri::emu::recorded(e)) {
+    nuri::emu::on_stream(s, [&] { nuri::emu::tsan::acquire(at.get()); });
+  }
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
   *ms = 0.f;  // the emulator measures nothing
   return cudaSuccess;

@@ -1,14 +1,17 @@
 // The emulator's scheduler: runs each block's threads as fibers (fiber.h) on the calling OS
 // thread, blocks in a seeded random order; implements barriers, and completes the rendezvous of
-// warp collectives (collectives.cpp) and barriers. Under ThreadSanitizer every emulated thread is a TSan fiber and happens-before
-// edges are added exactly where CUDA has them (launch -> thread start, __syncthreads, warp
-// collectives, thread end -> launch completion); switching itself orders nothing, and the
+// warp collectives (collectives.cpp) and barriers. Under ThreadSanitizer every emulated thread is
+// a TSan fiber and happens-before edges are added exactly where CUDA has them (launch -> thread
+// start, __syncthreads, __syncwarp, the async units' completions, thread end -> launch
+// completion; not shuffles, votes, mma or ldmatrix); switching itself orders nothing, and the
 // scheduler's own bookkeeping is hidden from the detector, so the races it reports are the
 // kernel's.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -69,11 +72,38 @@ class FiberPool {
     used_.erase(std::find(used_.begin(), used_.end(), f));
     tsan::destroy(f);
   }
-
+  ~FiberPool() {
+    for (void* f : free_) tsan::destroy(f);
+    for (void* f : used_) tsan::destroy(f);
+  }
 
  private:
   std::vector<void*> free_, used_;
 };
+
+/// A stream's fibers and their stacks. Each stream has its own: the emulated threads of a
+/// kernel reuse the fibers (and stacks) of earlier kernels of their stream, which happened
+/// before them, never those of another stream's kernels, which may not have (a fiber's
+/// history would order them; a stack's reuse would be a race between them).
+struct Pools {
+  fiber::Stacks* stacks = fiber::new_stacks();
+  FiberPool fibers;
+  ~Pools() { fiber::delete_stacks(stacks); }
+};
+
+std::mutex g_pools_mu;
+std::map<const void*, std::unique_ptr<Pools>>& pools_by_stream() {
+  static auto* m = new std::map<const void*, std::unique_ptr<Pools>>;
+  return *m;
+}
+
+Pools& pools_of(cudaStream_t stream) {
+  const void* key = stream == cudaStreamLegacy || stream == cudaStreamPerThread ? nullptr : stream;
+  std::lock_guard<std::mutex> lock(g_pools_mu);
+  std::unique_ptr<Pools>& p = pools_by_stream()[key];
+  if (!p) p = std::make_unique<Pools>();
+  return *p;
+}
 
 thread_local Launch* g_launch = nullptr;
 uint64_t g_base_seed = 0;
@@ -173,6 +203,14 @@ const MemoryRange* range_of(const Launch& L, const void* p, size_t n) {
   return a + n <= it->hi ? &*it : nullptr;
 }
 
+void resume_unordered(const std::vector<Thread*>& ts) {
+  auto none = std::make_shared<char>(0);  // released by nobody: acquiring it orders nothing
+  for (Thread* t : ts) {
+    t->sync = none;
+    t->wait = Wait::none;
+  }
+}
+
 }  // namespace detail
 
 namespace {
@@ -227,7 +265,15 @@ bool complete_waits(Launch& L) {
       NURI_CHECK(bad.empty(), "emulated ", L.name, ": ", bad, " [block ", str(L.block_idx),
                  ", block-order seed ", L.seed, "]");
       counters_collective(L, op, lanes);
-      rendezvous(L, group);
+      // Of the warp collectives only bar.warp.sync (__syncwarp) orders memory between the lanes
+      // (the PTX memory model's barriers); shfl.sync, vote.sync, mma.sync and ldmatrix.sync
+      // exchange registers, so shared memory one lane wrote and another reads after only
+      // those is a race, as on the GPU.
+      if (op.kind == OpKind::syncwarp) {
+        rendezvous(L, group);
+      } else {
+        resume_unordered(group);
+      }
       progress = true;
     }
   }
@@ -341,9 +387,11 @@ void retire(Launch& L, std::vector<Thread>& threads) {
 void thread_main(void* arg) {
   Thread& self = *static_cast<Thread*>(arg);
   Launch& launch = *self.launch;  // read before the ignore region ends
+  // (The launch's state is on the host's stack, read by the threads only in ignore regions.)
+  const std::function<void()>& body = *launch.body;
   tsan::ignore_end();             // opened by the scheduler's first switch to this fiber
   tsan::acquire(&launch.launch_sync);
-  (*launch.body)();
+  body();
   tsan::release(&launch.done_sync);
   tsan::ignore_begin();
   if (!self.open_copies.empty() || !self.groups.empty()) {
@@ -483,9 +531,51 @@ void set_base_seed(uint64_t seed) {
   g_launch_count = 0;  // so the same seed replays the same sequence of launches
 }
 
-void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t,
+namespace {
+
+void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
+                 const std::function<void()>& body, std::vector<MemoryRange> ranges,
+                 Pools& pools);
+
+}  // namespace
+
+void forget_stream(const void* stream) {
+  std::unique_ptr<Pools> gone;
+  {
+    std::lock_guard<std::mutex> lock(g_pools_mu);
+    auto it = pools_by_stream().find(stream);
+    if (it == pools_by_stream().end()) return;
+    gone = std::move(it->second);
+    pools_by_stream().erase(it);
+  }
+}
+
+void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
             const std::function<void()>& body) {
   NURI_CHECK(g_launch == nullptr, "emulated ", name, ": a kernel launched from inside a kernel");
+  // The whole launch (the scheduler and, through it, the block's threads) runs in the stream's
+  // context: after what the stream and the host did before it, before what waits for the stream.
+  // What takes the allocation table's lock runs on the host before and after: a lock taken in
+  // the stream's context would carry its work's history to the host's next allocation.
+  std::vector<MemoryRange> ranges = memory_ranges();
+  Pools& pools = pools_of(stream);
+  on_stream(stream, [&] {
+    launch_here(name, grid, block, smem_bytes, body, std::move(ranges), pools);
+  });
+  const std::string canary = check_canaries();
+  NURI_CHECK(canary.empty(), "emulated ", name, ": ", canary);
+}
+
+namespace {
+
+void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
+                 const std::function<void()>& caller_body, std::vector<MemoryRange> ranges,
+                 Pools& pools) {
+  // The kernel's threads read the body (the kernel's arguments) from a copy on the heap that the
+  // stream's context frees: the caller's is on the host's stack, which the host reuses without
+  // waiting for the stream.
+  const auto owned_body = std::make_unique<const std::function<void()>>(caller_body);
+  const std::function<void()>& body = *owned_body;
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   NURI_CHECK(threads >= 1 && threads <= 1024 && block.z <= 64, "emulated ", name, ": block ",
              block.x, "x", block.y, "x", block.z, " is not a valid CUDA block (1 to 1024 threads, z <= 64)");
@@ -497,8 +587,8 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   NURI_CHECK(smem_bytes <= max_smem, "emulated ", name, ": ", smem_bytes,
              " bytes of dynamic shared memory exceed the ", max_smem, " a block may have");
   install_fault_handler();
-  static thread_local fiber::Stacks* stacks = fiber::new_stacks();
-  static thread_local FiberPool fibers;
+  fiber::Stacks* const stacks = pools.stacks;
+  FiberPool& fibers = pools.fibers;
 
   Launch L;
   L.name = name;
@@ -507,7 +597,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   L.smem = smem_bytes;
   L.body = &body;
   L.seed = splitmix(base_seed() + g_launch_count++);
-  L.ranges = memory_ranges();
+  L.ranges = std::move(ranges);
   L.threads_per_block = int(threads);
   L.stacks = stacks;
   L.fibers = &fibers;
@@ -551,10 +641,10 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   L.thread_blocks.clear();
   fiber::recycle(stacks);
   fibers.recycle();
-  const std::string canary = check_canaries();
-  NURI_CHECK(canary.empty(), "emulated ", name, ": ", canary, " (block-order seed ", L.seed, ")");
   counters_end(L);
 }
+
+}  // namespace
 
 void describe_launch(char* buf, size_t n) {
   const Launch* L = g_launch;

@@ -293,6 +293,9 @@ void as_copy_unit(Thread& t, bool acquire_thread, F&& f) {
 /// Releases the parked threads `ts` of a completed collective: each acquires what all of them
 /// did before arriving when it resumes (scheduler.cpp).
 void rendezvous(Launch& L, const std::vector<Thread*>& ts);
+/// Resumes the parked threads `ts` of a completed collective that orders no memory between them
+/// (shuffles, votes, mma, ldmatrix: only their registers are exchanged).
+void resume_unordered(const std::vector<Thread*>& ts);
 
 // ---- wgmma (wgmma.cpp) --------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 // ThreadSanitizer's fiber and annotation API, or nothing when the build is not under TSan.
 // Every emulated CUDA thread is a TSan fiber; happens-before edges are added exactly where CUDA
-// has them (launch, __syncthreads, warp collectives, thread exit), so the detector reports the
-// races a GPU would randomize. Internal to kernels/emu.
+// has them (launch, __syncthreads, __syncwarp, thread exit, stream order), so the detector
+// reports the races a GPU would randomize. Internal to kernels/emu.
 #pragma once
 
 #include <cstddef>
@@ -21,6 +21,8 @@ void AnnotateIgnoreReadsBegin(const char* file, int line);
 void AnnotateIgnoreReadsEnd(const char* file, int line);
 void AnnotateIgnoreWritesBegin(const char* file, int line);
 void AnnotateIgnoreWritesEnd(const char* file, int line);
+void __tsan_read_range(void* addr, unsigned long size);
+void __tsan_write_range(void* addr, unsigned long size);
 }
 #else
 #define NURI_EMU_TSAN 0
@@ -48,6 +50,14 @@ inline void ignore_end() {
   AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
   AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
 }
+/// An access to [p, p + n) by the current context, as the detector sees a plain one.
+inline void access(const void* p, size_t n, bool write) {
+  if (write) {
+    __tsan_write_range(const_cast<void*>(p), n);
+  } else {
+    __tsan_read_range(const_cast<void*>(p), n);
+  }
+}
 #else
 inline void* current() { return nullptr; }
 inline void* create(const char*) { return nullptr; }
@@ -57,6 +67,7 @@ inline void acquire(void*) {}
 inline void release(void*) {}
 inline void ignore_begin() {}
 inline void ignore_end() {}
+inline void access(const void*, size_t, bool) {}
 #endif
 
 /// Emulator bookkeeping in a scope of a fiber: invisible to the race detector.

@@ -1,10 +1,11 @@
 // One planted bug per strictness check of the emulator, each of which must be caught: a missing
-// __syncthreads (race in shared memory), a missing atomic (race across blocks in global memory),
-// a read of cp.async data before its wait, barrier divergence, warp collectives with a missing
-// or exited lane, out-of-bounds global accesses (guard page and padding), stores outside a
-// block's dynamic shared memory, ldmatrix and cp.async given addresses in the wrong memory, and
-// the correctly synchronized versions of the same kernels, which must pass silently; and the
-// emulated device's shared memory bounding a launch.
+// __syncthreads (race in shared memory), a shuffle standing in for __syncwarp, work on two
+// streams or host reads not ordered by events and synchronization, a missing atomic (race
+// across blocks in global memory), a read of cp.async data before its wait, barrier divergence,
+// warp collectives with a missing or exited lane, out-of-bounds global accesses (guard page and
+// padding), stores outside a block's dynamic shared memory, ldmatrix and cp.async given
+// addresses in the wrong memory, and the correctly synchronized versions of the same kernels,
+// which must pass silently; and the emulated device's shared memory bounding a launch.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -48,6 +49,33 @@ TEST(EmulatorStrictDeathTest, MissingSyncthreadsIsReportedAsARace) {
   EXPECT_DEATH(run_shift(false),
                "ThreadSanitizer: data race(.|\n)*planted_missing_barrier(.|\n)*test_emu_strict\\.cpp"
                "(.|\n)*planted_missing_barrier");
+}
+
+// Within a warp: each lane writes its slot, then reads its neighbour's after a shuffle (which
+// exchanges registers and orders no memory: a race, as on the GPU) or after __syncwarp (which
+// does).
+__global__ void planted_shuffle_for_sync(ShiftParams p) {
+  float* s = nuri::kernels::dynamic_smem<float>();
+  s[threadIdx.x] = float(threadIdx.x);
+  const float mine = __shfl_sync(0xffffffffu, float(threadIdx.x), int(threadIdx.x));
+  if (p.with_barrier) __syncwarp();
+  p.out[threadIdx.x] = s[(threadIdx.x + 1) % 32] + (mine - float(threadIdx.x));
+}
+
+void run_warp_shift(bool with_syncwarp) {
+  DeviceBuffer<float> out(32);
+  NURI_LAUNCH(planted_shuffle_for_sync, dim3(1), dim3(32), 32 * sizeof(float), nullptr,
+              ShiftParams{out.get(), with_syncwarp});
+  const auto v = out.download();
+  for (int t = 0; t < 32; ++t) NURI_CHECK(v[size_t(t)] == float((t + 1) % 32), "wrong value");
+}
+
+TEST(EmulatorStrict, SharedMemoryOrderedBySyncwarpIsNotReported) { run_warp_shift(true); }
+
+TEST(EmulatorStrictDeathTest, AShuffleOrdersNoMemoryBetweenLanes) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_warp_shift(false), "ThreadSanitizer: data race(.|\n)*planted_shuffle_for_sync");
 }
 
 struct CountParams {
@@ -250,7 +278,9 @@ __global__ void planted_smem_edges(SmemParams p) {
   __syncthreads();
   const unsigned char* row = reinterpret_cast<const unsigned char*>(s) + 16 * (t % 8);
   if (p.bug == SmemBug::ldmatrix_past_end && t == 6) row += 192;  // bytes 288..303
-  if (p.bug == SmemBug::ldmatrix_global && t == 2) row = reinterpret_cast<const unsigned char*>(p.src);
+  if (p.bug == SmemBug::ldmatrix_global && t == 2) {
+    row = reinterpret_cast<const unsigned char*>(p.src);
+  }
   uint32_t r[1];
   nuri::kernels::ldmatrix<1, false>(r, row);
   float v;
@@ -294,6 +324,79 @@ TEST(EmulatorStrict, SharedMemoryEdgesAndAsyncAddressesAreChecked) {
              "shared memory)");
   expect_has(smem_error(SmemBug::cp_async_from_host),
              "the 4-byte source is not inside a device allocation (cudaMalloc) or pinned host");
+}
+
+// ---- streams: work is ordered only as CUDA orders it -------------------------------------------
+
+__global__ void stream_fill(float* p, float v) { p[threadIdx.x] = v; }
+__global__ void stream_double(const float* p, float* out) {
+  out[threadIdx.x] = 2.f * p[threadIdx.x];
+}
+
+enum class StreamCase {
+  event,               // s1 writes, an event orders s2's read after it
+  no_event,            // the same without the event: the two streams may run together
+  legacy_read,         // a blocking stream writes, cudaMemcpy on the legacy stream reads
+  legacy_nonblocking,  // the same from a non-blocking stream: not ordered
+  pinned_no_sync,      // an asynchronous copy into pinned memory read before the stream's sync
+  pinned_sync,         // ... after cudaStreamSynchronize
+};
+
+float run_streams(StreamCase c) {
+  const bool nonblocking = c != StreamCase::legacy_read;
+  cudaStream_t s1, s2;
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, nonblocking ? cudaStreamNonBlocking : 0));
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  DeviceBuffer<float> a(32), b(32);
+  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s1, a.get(), 3.f);
+  float got = 0.f;
+  if (c == StreamCase::event || c == StreamCase::no_event) {
+    cudaEvent_t e;
+    NURI_CUDA_CHECK(cudaEventCreate(&e));
+    if (c == StreamCase::event) {
+      NURI_CUDA_CHECK(cudaEventRecord(e, s1));
+      NURI_CUDA_CHECK(cudaStreamWaitEvent(s2, e, 0));
+    }
+    NURI_LAUNCH(stream_double, dim3(1), dim3(32), 0, s2, a.get(), b.get());
+    NURI_CUDA_CHECK(cudaStreamSynchronize(s2));
+    got = b.download()[5];
+    NURI_CUDA_CHECK(cudaEventDestroy(e));
+  } else if (c == StreamCase::legacy_read || c == StreamCase::legacy_nonblocking) {
+    got = a.download()[5];  // cudaMemcpy on the legacy stream
+  } else {
+    float* pinned = nullptr;
+    NURI_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 32 * sizeof(float)));
+    NURI_CUDA_CHECK(cudaMemcpyAsync(pinned, a.get(), 32 * sizeof(float), cudaMemcpyDeviceToHost,
+                                    s1));
+    if (c == StreamCase::pinned_sync) NURI_CUDA_CHECK(cudaStreamSynchronize(s1));
+    got = pinned[5];
+    NURI_CUDA_CHECK(cudaStreamSynchronize(s1));
+    NURI_CUDA_CHECK(cudaFreeHost(pinned));
+  }
+  NURI_CUDA_CHECK(cudaDeviceSynchronize());
+  NURI_CUDA_CHECK(cudaStreamDestroy(s1));
+  NURI_CUDA_CHECK(cudaStreamDestroy(s2));
+  return got;
+}
+
+TEST(EmulatorStreams, WorkOrderedByEventsAndSynchronizationIsNotReported) {
+  EXPECT_EQ(run_streams(StreamCase::event), 6.f);
+  EXPECT_EQ(run_streams(StreamCase::legacy_read), 3.f);
+  EXPECT_EQ(run_streams(StreamCase::pinned_sync), 3.f);
+}
+
+TEST(EmulatorStreamsDeathTest, UnorderedStreamsAndEarlyHostReadsAreRaces) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  // Kernels on two streams with no event between them.
+  EXPECT_DEATH(run_streams(StreamCase::no_event),
+               "ThreadSanitizer: data race(.|\n)*stream_double");
+  // The legacy stream does not wait for a non-blocking stream's kernel.
+  EXPECT_DEATH(run_streams(StreamCase::legacy_nonblocking),
+               "ThreadSanitizer: data race(.|\n)*stream_fill");
+  // The host reads pinned memory an asynchronous copy may still be writing.
+  EXPECT_DEATH(run_streams(StreamCase::pinned_no_sync),
+               "ThreadSanitizer: data race(.|\n)*run_streams");
 }
 
 // NURI_EMU_SMEM_PER_SM: the emulated device reports that shared memory a SM (and 1 KiB less a

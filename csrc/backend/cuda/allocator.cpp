@@ -29,9 +29,10 @@ void* CudaAllocator::allocate(size_t bytes) {
     base = cached->second.back();
     cached->second.pop_back();
 #if defined(NURI_CUDA_EMULATION)
-    // Poison the reused block as cudaMalloc poisons a fresh one (emulated memory is host memory
-    // and the stream is synchronous), so a kernel reading memory it never wrote still fails.
-    NURI_CUDA_CHECK(cudaMemset(base, 0xff, size));
+    // Poison the reused block as cudaMalloc poisons a fresh one, so a kernel reading memory it
+    // never wrote still fails; on the owner's stream, in order with the work that used the block
+    // and the work that will.
+    NURI_CUDA_CHECK(cudaMemsetAsync(base, 0xff, size, stream_));
 #endif
   } else {
     cudaError_t err = cudaMalloc(&base, size);

@@ -45,7 +45,9 @@ class CudaAllocator final : public Allocator {
   /// (device_block_bytes, nuri/core/allocator.h).
   static size_t round_size(size_t bytes);
 
-  explicit CudaAllocator(int device) : device_(device) {}
+  /// `stream`: the owning backend's stream (see above), on which the emulated build poisons a
+  /// reused block.
+  CudaAllocator(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
   /// cudaFree's every cached block (live tensors hold the allocator, so none is left).
   ~CudaAllocator() override;
   CudaAllocator(const CudaAllocator&) = delete;
@@ -70,6 +72,7 @@ class CudaAllocator final : public Allocator {
   void release_cache_locked();  // caller holds mu_
 
   int device_;
+  cudaStream_t stream_;
   mutable std::mutex mu_;
   std::unordered_map<size_t, std::vector<void*>> free_;  // size class → cached block bases
   std::unordered_map<void*, Block> live_;                // pointer handed out → its block

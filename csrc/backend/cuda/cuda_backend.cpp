@@ -101,7 +101,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
              " present)");
   NURI_CUDA_CHECK(cudaSetDevice(device));
   NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  alloc_ = std::make_shared<CudaAllocator>(device);
+  alloc_ = std::make_shared<CudaAllocator>(device, stream_);
   cudaDeviceProp prop{};
   NURI_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
   sm_version_ = prop.major * 10 + prop.minor;
