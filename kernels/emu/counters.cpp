@@ -160,14 +160,14 @@ MemCounter global_cost(const std::vector<LaneAccess>& v) {
 
 std::atomic<int> g_state{-1};  // -1: NURI_EMU_COUNTERS not read yet; else 0 or 1
 bool g_print = false;          // set with g_state from the environment only
-std::mutex g_mutex;
+tsan::QuietMutex g_mutex;
 std::deque<LaunchCounters> g_done;
 constexpr size_t kKeep = 100000;
 
 int state() {
   int s = g_state.load(std::memory_order_acquire);
   if (s >= 0) return s;
-  std::lock_guard<std::mutex> lock(g_mutex);
+  std::lock_guard<tsan::QuietMutex> lock(g_mutex);
   s = g_state.load(std::memory_order_relaxed);
   if (s < 0) {
     const char* env = std::getenv("NURI_EMU_COUNTERS");
@@ -293,7 +293,7 @@ void counters_end(Launch& L) {
                    });
   L.counters.reset();
   if (g_print) std::fputs(format_counters(out).c_str(), stderr);
-  std::lock_guard<std::mutex> lock(g_mutex);
+  std::lock_guard<tsan::QuietMutex> lock(g_mutex);
   g_done.push_back(std::move(out));
   if (g_done.size() > kKeep) g_done.pop_front();
 }
@@ -310,7 +310,7 @@ void set_counters(bool on) {
 bool counters_enabled() { return state() == 1; }
 
 std::vector<LaunchCounters> take_counters() {
-  std::lock_guard<std::mutex> lock(g_mutex);
+  std::lock_guard<tsan::QuietMutex> lock(g_mutex);
   std::vector<LaunchCounters> out(std::make_move_iterator(g_done.begin()),
                                   std::make_move_iterator(g_done.end()));
   g_done.clear();

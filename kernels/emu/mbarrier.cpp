@@ -345,7 +345,7 @@ bool mbarrier_progress(Launch& L) {
   std::vector<BulkCopy> copies;
   copies.swap(L.bulk);
   void* const sched = L.sched_tsan;
-  char* const done = &L.done_sync;
+  char* const done = L.done_sync;
   for (const BulkCopy& c : copies) {
     auto it = L.mbarriers.find(c.bar);
     NURI_CHECK(it != L.mbarriers.end(), "emulated ", L.name,

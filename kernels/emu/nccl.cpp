@@ -1,12 +1,13 @@
 // The subset of NCCL nuri's NCCL communicator calls, defined for the emulated build (which links
 // this instead of libnccl; the declarations come from the real nccl.h). Device memory is host
-// memory here and streams run their work at the call, so each operation runs when it is called
-// (or at ncclGroupEnd inside a group), in its stream's context for the race detector (as that
-// stream orders it: runtime.cpp), where it reads its send buffer and writes its receive buffer
-// (device_touch; the transport itself is hidden from the detector), moving bytes through the NcclTransport that the caller registered
-// under the communicator's unique id (nuri's NCCL communicator registers its bootstrap host
-// communicator: MPI under mpirun, TCP under a torchrun-style start). Every rank runs the same
-// sequence of operations, so a group's operations run one after another in their order.
+// memory here and streams run their work at the call, so each operation runs when it is called (or
+// at ncclGroupEnd inside a group), in its stream's context for the race detector (as that stream
+// orders it: runtime.cpp), where it reads its send buffer and writes its receive buffer
+// (device_touch; the transport itself is hidden from the detector), moving bytes through the
+// NcclTransport that the caller registered under the communicator's unique id (nuri's NCCL
+// communicator registers its bootstrap host communicator: MPI under mpirun, TCP under a
+// torchrun-style start). Every rank runs the same sequence of operations, so a group's
+// operations run one after another in their order.
 //
 // Supported: f32 and bf16 with sum and avg (what nuri reduces); other types and operations
 // return ncclInvalidArgument with a message from ncclGetLastError.

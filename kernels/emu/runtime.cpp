@@ -50,7 +50,7 @@ struct Allocation {
 };
 
 struct Memory {
-  std::mutex mu;
+  tsan::QuietMutex mu;
   std::map<uintptr_t, Allocation> live;  // by user address
   std::map<uintptr_t, size_t> pinned;     // cudaMallocHost: size by address
 };
@@ -88,21 +88,27 @@ const Allocation* find(const void* p, size_t n) {
 namespace {
 
 struct Stream {
-  std::mutex mu;        // one host thread in its context at a time
-  void* ctx = nullptr;  // the TSan context its work runs in
+  tsan::QuietMutex mu;   // one host thread in its context at a time
+  void* ctx = nullptr;   // the TSan context its work runs in
   bool blocking = true;  // ordered with the legacy default stream
   char enqueue = 0;      // released by the host at each enqueue, acquired by the context
   char done = 0;         // released by the context after each piece of work
 };
 
 struct Event {
-  std::mutex mu;
+  tsan::QuietMutex mu;
   std::shared_ptr<char> at;  // what the stream had done at the latest record (null: none yet)
 };
 
 struct Streams {
-  std::mutex mu;
-  std::set<Stream*> all;  // the created ones (the legacy stream is apart)
+  tsan::QuietMutex mu;
+  // The created streams by handle (the legacy stream is apart); shared, so a wait that took the
+  // list keeps a stream another thread destroys meanwhile.
+  std::map<Stream*, std::shared_ptr<Stream>> all;
+  // What destroyed streams had done (CUDA completes a destroyed stream's work, and the device's
+  // synchronization still waits for it): every stream's, and the blocking ones' (which the
+  // legacy stream waits for).
+  char retired = 0, retired_blocking = 0;
 };
 Streams& streams() {
   static Streams* s = new Streams;
@@ -114,60 +120,71 @@ Stream& legacy_stream() {
   return *s;
 }
 
+bool is_legacy(const void* handle) {
+  const auto h = static_cast<cudaStream_t>(const_cast<void*>(handle));
+  return h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread;
+}
+
 Stream& stream_of(void* handle) {
-  const auto h = static_cast<cudaStream_t>(handle);
-  if (h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread) return legacy_stream();
-  return *static_cast<Stream*>(handle);
+  return is_legacy(handle) ? legacy_stream() : *static_cast<Stream*>(handle);
 }
 
 /// The host waits for what `st` has done so far.
 void host_waits(Stream& st) {
-  std::lock_guard<std::mutex> lock(st.mu);
+  std::lock_guard<tsan::QuietMutex> lock(st.mu);
   tsan::acquire(&st.done);
+}
+
+std::vector<std::shared_ptr<Stream>> created_streams() {
+  std::lock_guard<tsan::QuietMutex> lock(streams().mu);
+  std::vector<std::shared_ptr<Stream>> out;
+  for (const auto& [handle, st] : streams().all) out.push_back(st);
+  return out;
 }
 
 void host_waits_for_all() {
   host_waits(legacy_stream());
-  std::vector<Stream*> all;
-  {
-    std::lock_guard<std::mutex> lock(streams().mu);
-    all.assign(streams().all.begin(), streams().all.end());
-  }
-  for (Stream* st : all) host_waits(*st);
+  for (const std::shared_ptr<Stream>& st : created_streams()) host_waits(*st);
+  tsan::acquire(&streams().retired);
 }
 
 }  // namespace
 
 void on_stream(void* handle, const std::function<void()>& work) {
   Stream& st = stream_of(handle);
-  std::lock_guard<std::mutex> lock(st.mu);
+  // The legacy default stream and the blocking streams wait for each other's earlier work: the
+  // streams to wait for are listed here, on the host (a lock taken in the stream's context would
+  // carry its history to the next host thread that takes it).
+  std::vector<std::shared_ptr<Stream>> blocking;
+  if (&st == &legacy_stream()) {
+    for (std::shared_ptr<Stream>& b : created_streams()) {
+      if (b->blocking) blocking.push_back(std::move(b));
+    }
+  }
+  std::lock_guard<tsan::QuietMutex> lock(st.mu);
   void* const host = tsan::current();
   tsan::release(&st.enqueue);
   if (!st.ctx) st.ctx = tsan::create("CUDA stream");
-  tsan::switch_to(st.ctx);
-  struct Back {  // the stream's history for later waits, and the host's context back
-    Stream& st;
+  // In the stream's context, the work's own plumbing (its closure, the scheduler, on the host
+  // thread's stack and heap, which the host reuses without waiting for the stream) is hidden
+  // from the detector; only its device accesses count (device_memmove, _memset and _touch
+  // below, and the kernels' threads, each a context of its own). Back, made on the host, ends
+  // it: the stream's history released for later waits, the host's context back.
+  struct Back {
+    char* done;
     void* host;
     ~Back() {
-      tsan::release(&st.done);
+      tsan::release(done);
+      tsan::ignore_end();
       tsan::switch_to(host);
     }
-  } back{st, host};
-  tsan::acquire(&st.enqueue);
-  // The work's own plumbing (its closure, the scheduler, on the host thread's stack and heap,
-  // which the host reuses without waiting for the stream) is hidden from the detector; only
-  // its device accesses count (device_memmove, _memset and _touch below, and the kernels'
-  // threads, each a context of its own).
+  } back{&st.done, host};
+  tsan::switch_to(st.ctx);
   tsan::ignore_begin();
-  struct Unignore {
-    ~Unignore() { tsan::ignore_end(); }
-  } unignore;
-  // The legacy default stream and the blocking streams wait for each other's earlier work.
+  tsan::acquire(&st.enqueue);
   if (&st == &legacy_stream()) {
-    std::lock_guard<std::mutex> all(streams().mu);
-    for (Stream* b : streams().all) {
-      if (b->blocking) tsan::acquire(&b->done);
-    }
+    for (const std::shared_ptr<Stream>& b : blocking) tsan::acquire(&b->done);
+    tsan::acquire(&streams().retired_blocking);
   } else if (st.blocking) {
     tsan::acquire(&legacy_stream().done);
   }
@@ -195,7 +212,7 @@ void device_touch(const void* p, size_t n, bool write) {
 
 std::vector<MemoryRange> memory_ranges() {
   Memory& m = memory();
-  std::lock_guard<std::mutex> lock(m.mu);
+  std::lock_guard<tsan::QuietMutex> lock(m.mu);
   std::vector<MemoryRange> out;
   out.reserve(m.live.size() + m.pinned.size());
   for (const auto& [user, al] : m.live) out.push_back({user, user + al.size, true});
@@ -208,7 +225,7 @@ std::vector<MemoryRange> memory_ranges() {
 void describe_address(const void* addr, char* buf, size_t n) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   Memory& m = memory();
-  std::unique_lock<std::mutex> lock(m.mu, std::try_to_lock);
+  std::unique_lock<tsan::QuietMutex> lock(m.mu, std::try_to_lock);
   if (!lock.owns_lock()) {
     std::snprintf(buf, n, "(the allocation table is busy)");
     return;
@@ -236,7 +253,7 @@ std::string check_canaries() {
   // may have written (out of bounds) without waiting for the stream.
   tsan::Ignore ig;
   Memory& m = memory();
-  std::lock_guard<std::mutex> lock(m.mu);
+  std::lock_guard<tsan::QuietMutex> lock(m.mu);
   for (const auto& [user, al] : m.live) {
     const unsigned char* p = reinterpret_cast<const unsigned char*>(user);
     for (size_t i = al.size; i < al.padded; ++i) {
@@ -343,7 +360,7 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   char* user = map + page + body - padded;  // the padded end touches the upper guard page
   std::memset(map + page, nuri::emu::kPoison, body);
   {
-    std::lock_guard<std::mutex> lock(memory().mu);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
     memory().live[reinterpret_cast<uintptr_t>(user)] = {map, total, size, padded};
   }
   *ptr = user;
@@ -355,7 +372,7 @@ cudaError_t cudaFree(void* ptr) {
   nuri::emu::host_waits_for_all();  // cudaFree synchronizes the device
   nuri::emu::Allocation al;
   {
-    std::lock_guard<std::mutex> lock(memory().mu);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
     auto it = memory().live.find(reinterpret_cast<uintptr_t>(ptr));
     if (it == memory().live.end()) return fail(cudaErrorInvalidDevicePointer);
     al = it->second;
@@ -368,14 +385,14 @@ cudaError_t cudaFree(void* ptr) {
 cudaError_t cudaMallocHost(void** ptr, size_t size) {
   *ptr = std::malloc(size ? size : 1);
   if (!*ptr) return fail(cudaErrorMemoryAllocation);
-  std::lock_guard<std::mutex> lock(memory().mu);
+  std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
   memory().pinned[reinterpret_cast<uintptr_t>(*ptr)] = size;
   return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
   nuri::emu::host_waits_for_all();  // as cudaFree: no copy may still read it
   {
-    std::lock_guard<std::mutex> lock(memory().mu);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
     memory().pinned.erase(reinterpret_cast<uintptr_t>(ptr));
   }
   std::free(ptr);
@@ -386,9 +403,11 @@ namespace nuri::emu {
 namespace {
 
 /// A copy on stream `handle` (work ordered as the stream orders it); `sync_call`: cudaMemcpy
-/// rather than cudaMemcpyAsync. The host then waits for the stream where CUDA's copy returns
-/// only after it (the driver's "API synchronization behavior"): a synchronous copy to or from
-/// the host, and an asynchronous one whose host side is pageable (not cudaMallocHost) memory.
+/// rather than cudaMemcpyAsync. As the driver's "API synchronization behavior" says: a copy to
+/// the host returns complete when it is synchronous or the host memory is pageable (not
+/// cudaMallocHost); one from pageable memory to the device stages the source at the call (a
+/// synchronous one after waiting for the stream) and the stream writes the destination later;
+/// one from pinned memory is complete at return when synchronous; device to device is never.
 cudaError_t copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, void* handle,
                  bool sync_call) {
   if (count == 0) return cudaSuccess;
@@ -396,7 +415,7 @@ cudaError_t copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
   bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
   bool pinned_host = false;
   {
-    std::lock_guard<std::mutex> lock(memory().mu);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
     if (kind == cudaMemcpyDefault) {
       dst_dev = find(dst, 1) != nullptr;
       src_dev = find(src, 1) != nullptr;
@@ -416,16 +435,28 @@ cudaError_t copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, 
     std::memmove(dst, src, count);
     return cudaSuccess;
   }
+  Stream& st = stream_of(handle);
+  if (dst_dev && !src_dev && !pinned_host) {
+    if (sync_call) host_waits(st);
+    // The host reads its memory now (the driver stages it); the stream writes the destination.
+    // (The bytes move at once, hidden: a staging copy would grow the process by the copy.)
+    tsan::access(src, count, false);
+    on_stream(handle, [&] {
+      device_touch(dst, count, true);
+      std::memmove(dst, src, count);
+    });
+    return cudaSuccess;
+  }
   on_stream(handle, [&] { device_memmove(dst, src, count); });
-  const bool with_host = !(dst_dev && src_dev);
-  if (with_host && (sync_call || !pinned_host)) host_waits(stream_of(handle));
+  const bool to_host = !dst_dev;
+  if (to_host ? sync_call || !pinned_host : !src_dev && sync_call) host_waits(st);
   return cudaSuccess;
 }
 
 cudaError_t set(void* dst, int value, size_t count, void* handle) {
   if (count == 0) return cudaSuccess;
   {
-    std::lock_guard<std::mutex> lock(memory().mu);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(memory().mu);
     if (!find(dst, count)) return fail(cudaErrorInvalidValue);
   }
   on_stream(handle, [&] { device_memset(dst, value, count); });  // asynchronous to the host
@@ -451,24 +482,42 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t str
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
-  auto* st = new nuri::emu::Stream;
+  auto st = std::make_shared<nuri::emu::Stream>();
   st->blocking = !(flags & cudaStreamNonBlocking);
   {
-    std::lock_guard<std::mutex> lock(nuri::emu::streams().mu);
-    nuri::emu::streams().all.insert(st);
+    std::lock_guard<nuri::emu::tsan::QuietMutex> lock(nuri::emu::streams().mu);
+    nuri::emu::streams().all[st.get()] = st;
   }
-  *s = reinterpret_cast<cudaStream_t>(st);
+  *s = reinterpret_cast<cudaStream_t>(st.get());
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  auto* st = reinterpret_cast<nuri::emu::Stream*>(s);
+  namespace emu = nuri::emu;
+  if (emu::is_legacy(s)) return fail(cudaErrorInvalidResourceHandle);
+  std::shared_ptr<emu::Stream> st;
   {
-    std::lock_guard<std::mutex> lock(nuri::emu::streams().mu);
-    nuri::emu::streams().all.erase(st);
+    std::lock_guard<emu::tsan::QuietMutex> lock(emu::streams().mu);
+    auto it = emu::streams().all.find(reinterpret_cast<emu::Stream*>(s));
+    if (it == emu::streams().all.end()) return fail(cudaErrorInvalidResourceHandle);
+    st = std::move(it->second);
+    emu::streams().all.erase(it);
   }
-  nuri::emu::forget_stream(s);
-  if (st->ctx) nuri::emu::tsan::destroy(st->ctx);
-  delete st;
+  emu::forget_stream(s);
+  // Its work stays what the device's synchronization (and, for a blocking stream, the legacy
+  // stream) waits for.
+  std::lock_guard<emu::tsan::QuietMutex> lock(st->mu);
+  if (st->ctx) {
+    void* const host = emu::tsan::current();
+    const bool blocking = st->blocking;  // read here: the stream's context reads nothing
+    char* const retired = &emu::streams().retired;
+    char* const retired_blocking = &emu::streams().retired_blocking;
+    emu::tsan::switch_to(st->ctx);
+    emu::tsan::release(retired);
+    if (blocking) emu::tsan::release(retired_blocking);
+    emu::tsan::switch_to(host);
+    emu::tsan::destroy(st->ctx);
+    st->ctx = nullptr;
+  }
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
@@ -496,7 +545,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   auto at = std::make_shared<char>(0);
   nuri::emu::on_stream(s, [&] { nuri::emu::tsan::release(at.get()); });
   auto* ev = reinterpret_cast<nuri::emu::Event*>(e);
-  std::lock_guard<std::mutex> lock(ev->mu);
+  std::lock_guard<nuri::emu::tsan::QuietMutex> lock(ev->mu);
   ev->at = std::move(at);
   return cudaSuccess;
 }
@@ -504,7 +553,7 @@ namespace nuri::emu {
 namespace {
 std::shared_ptr<char> recorded(cudaEvent_t e) {
   auto* ev = reinterpret_cast<Event*>(e);
-  std::lock_guard<std::mutex> lock(ev->mu);
+  std::lock_guard<nuri::emu::tsan::QuietMutex> lock(ev->mu);
   return ev->at;
 }
 }  // namespace

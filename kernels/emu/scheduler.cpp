@@ -7,6 +7,7 @@
 // scheduler's own bookkeeping is hidden from the detector, so the races it reports are the
 // kernel's.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -91,7 +92,7 @@ struct Pools {
   ~Pools() { fiber::delete_stacks(stacks); }
 };
 
-std::mutex g_pools_mu;
+tsan::QuietMutex g_pools_mu;
 std::map<const void*, std::unique_ptr<Pools>>& pools_by_stream() {
   static auto* m = new std::map<const void*, std::unique_ptr<Pools>>;
   return *m;
@@ -99,7 +100,7 @@ std::map<const void*, std::unique_ptr<Pools>>& pools_by_stream() {
 
 Pools& pools_of(cudaStream_t stream) {
   const void* key = stream == cudaStreamLegacy || stream == cudaStreamPerThread ? nullptr : stream;
-  std::lock_guard<std::mutex> lock(g_pools_mu);
+  std::lock_guard<tsan::QuietMutex> lock(g_pools_mu);
   std::unique_ptr<Pools>& p = pools_by_stream()[key];
   if (!p) p = std::make_unique<Pools>();
   return *p;
@@ -108,7 +109,7 @@ Pools& pools_of(cudaStream_t stream) {
 thread_local Launch* g_launch = nullptr;
 uint64_t g_base_seed = 0;
 bool g_seed_set = false;
-uint64_t g_launch_count = 0;
+std::atomic<uint64_t> g_launch_count{0};
 
 std::string str(const uint3& v) {
   std::ostringstream os;
@@ -345,7 +346,7 @@ void resume(Launch& L, Thread& t) {
 /// Unwinds the fibers of a failed block (their stacks hold only kernel frames).
 void abandon(Launch& L) {
   void* const sched = L.sched_tsan;
-  char* const done = &L.done_sync;
+  char* const done = L.done_sync;
   for (Thread& t : *L.threads) {
     if (t.started && !t.ended) {
       void* const f = t.tsan;
@@ -389,10 +390,12 @@ void thread_main(void* arg) {
   Launch& launch = *self.launch;  // read before the ignore region ends
   // (The launch's state is on the host's stack, read by the threads only in ignore regions.)
   const std::function<void()>& body = *launch.body;
-  tsan::ignore_end();             // opened by the scheduler's first switch to this fiber
-  tsan::acquire(&launch.launch_sync);
+  char* const launch_sync = launch.launch_sync;
+  char* const done_sync = launch.done_sync;
+  tsan::ignore_end();  // opened by the scheduler's first switch to this fiber
+  tsan::acquire(launch_sync);
   body();
-  tsan::release(&launch.done_sync);
+  tsan::release(done_sync);
   tsan::ignore_begin();
   if (!self.open_copies.empty() || !self.groups.empty()) {
     fail(launch, self, "a thread exited with cp.async copies it never waited for (cp_async_wait)");
@@ -475,7 +478,7 @@ void run_block(Launch& L, const uint3& bid) {
   // Launch -> thread start: this block's threads start after everything the launcher did,
   // including this block's set-up (its fibers may be pooled ones, created long before). The
   // launcher's clock holds nothing of this launch's other blocks, so this orders no blocks.
-  tsan::release(&L.launch_sync);
+  tsan::release(L.launch_sync);
   try {
     for (;;) {
       bool ran = false;
@@ -542,7 +545,7 @@ void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
 void forget_stream(const void* stream) {
   std::unique_ptr<Pools> gone;
   {
-    std::lock_guard<std::mutex> lock(g_pools_mu);
+    std::lock_guard<tsan::QuietMutex> lock(g_pools_mu);
     auto it = pools_by_stream().find(stream);
     if (it == pools_by_stream().end()) return;
     gone = std::move(it->second);
@@ -614,13 +617,13 @@ void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
   std::mt19937_64 rng(L.seed);
   std::shuffle(order.begin(), order.end(), rng);
 
-  tsan::release(&L.launch_sync);
+  tsan::release(L.launch_sync);
   g_launch = &L;
   const size_t blocks_per_wave = std::max<size_t>(kMinWaveBlocks, kWaveThreads / threads);
   try {
     for (size_t i = 0; i < order.size(); ++i) {
       if (i > 0 && i % blocks_per_wave == 0) {  // a new wave (see kWaveThreads)
-        tsan::acquire(&L.done_sync);
+        tsan::acquire(L.done_sync);
         L.smem_blocks.clear();
         L.thread_blocks.clear();
         fiber::recycle(stacks);
@@ -630,13 +633,13 @@ void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
     }
   } catch (...) {
     g_launch = nullptr;
-    tsan::acquire(&L.done_sync);
+    tsan::acquire(L.done_sync);
     fiber::recycle(stacks);
     fibers.recycle();
     throw;
   }
   g_launch = nullptr;
-  tsan::acquire(&L.done_sync);
+  tsan::acquire(L.done_sync);
   L.smem_blocks.clear();
   L.thread_blocks.clear();
   fiber::recycle(stacks);

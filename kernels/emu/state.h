@@ -205,7 +205,12 @@ struct Launch {
   fiber::Stacks* stacks = nullptr;
   FiberPool* fibers = nullptr;
   void* sched_tsan = nullptr;
-  char launch_sync = 0, done_sync = 0;
+  // The launch's two sync objects (launch -> thread start, thread end -> launch end), on the
+  // heap and freed with the launch: at a stack address the next launch reuses, their clocks
+  // would carry one launch's (one stream's) history into the next (another's).
+  std::unique_ptr<char[]> syncs{new char[2]()};
+  char* launch_sync = syncs.get();
+  char* done_sync = syncs.get() + 1;
   uint3 block_idx{};
   unsigned char* smem_buf = nullptr;
   std::vector<Thread>* threads = nullptr;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <mutex>
 
 // fiber.cpp is compiled without instrumentation but still drives TSan: NURI_EMU_TSAN_API.
 #if defined(__SANITIZE_THREAD__) || defined(NURI_EMU_TSAN_API)
@@ -21,6 +22,8 @@ void AnnotateIgnoreReadsBegin(const char* file, int line);
 void AnnotateIgnoreReadsEnd(const char* file, int line);
 void AnnotateIgnoreWritesBegin(const char* file, int line);
 void AnnotateIgnoreWritesEnd(const char* file, int line);
+void AnnotateIgnoreSyncBegin(const char* file, int line);
+void AnnotateIgnoreSyncEnd(const char* file, int line);
 void __tsan_read_range(void* addr, unsigned long size);
 void __tsan_write_range(void* addr, unsigned long size);
 }
@@ -50,6 +53,8 @@ inline void ignore_end() {
   AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
   AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
 }
+inline void sync_ignore_begin() { AnnotateIgnoreSyncBegin(__FILE__, __LINE__); }
+inline void sync_ignore_end() { AnnotateIgnoreSyncEnd(__FILE__, __LINE__); }
 /// An access to [p, p + n) by the current context, as the detector sees a plain one.
 inline void access(const void* p, size_t n, bool write) {
   if (write) {
@@ -68,7 +73,40 @@ inline void release(void*) {}
 inline void ignore_begin() {}
 inline void ignore_end() {}
 inline void access(const void*, size_t, bool) {}
+inline void sync_ignore_begin() {}
+inline void sync_ignore_end() {}
 #endif
+
+/// A mutex for the emulator's own bookkeeping, invisible to the detector as the driver's locks
+/// are in a real CUDA build: taking it orders nothing between the threads that take it (a lock
+/// shared by a training thread and a progress thread would otherwise order everything they
+/// do), and what it guards is read and written in an ignore region, opened at lock() and
+/// closed at unlock() in the same context.
+class QuietMutex {
+ public:
+  void lock() {
+    sync_ignore_begin();
+    mu_.lock();
+    sync_ignore_end();
+    ignore_begin();
+  }
+  bool try_lock() {
+    sync_ignore_begin();
+    const bool got = mu_.try_lock();
+    sync_ignore_end();
+    if (got) ignore_begin();
+    return got;
+  }
+  void unlock() {
+    ignore_end();
+    sync_ignore_begin();
+    mu_.unlock();
+    sync_ignore_end();
+  }
+
+ private:
+  std::mutex mu_;
+};
 
 /// Emulator bookkeeping in a scope of a fiber: invisible to the race detector.
 struct Ignore {

@@ -160,7 +160,7 @@ void unit_reads(Launch& L, size_t warpgroup, char* arrived, char* done,
   const uint32_t* const o = offs.data();
   uint16_t* const r = raw.data();
   const size_t n = offs.size();
-  char* const launch_done = &L.done_sync;  // before the launch's end, which frees the memory
+  char* const launch_done = L.done_sync;  // before the launch's end, which frees the memory
   tsan::switch_to(unit);
   tsan::acquire(arrived);
   for (size_t i = 0; i < n; ++i) {

@@ -379,10 +379,48 @@ float run_streams(StreamCase c) {
   return got;
 }
 
+// A stream's history must not leak into another through the emulator's own state (each
+// launch's sync objects, its stream's pools): kernel k0 on s1 writes `a`, k1 runs on s2, then k2
+// on s2 reads `a`, with no event anywhere: a race.
+float run_two_on_s2() {
+  cudaStream_t s1, s2;
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  DeviceBuffer<float> a(32), b(32), c(32);
+  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s1, a.get(), 3.f);
+  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s2, c.get(), 1.f);
+  NURI_LAUNCH(stream_double, dim3(1), dim3(32), 0, s2, a.get(), b.get());
+  NURI_CUDA_CHECK(cudaDeviceSynchronize());
+  const float got = b.download()[5];
+  NURI_CUDA_CHECK(cudaStreamDestroy(s1));
+  NURI_CUDA_CHECK(cudaStreamDestroy(s2));
+  return got;
+}
+
+// A destroyed stream's work is still what the device's synchronization waits for.
+float run_destroyed() {
+  cudaStream_t s;
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  DeviceBuffer<float> a(32);
+  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s, a.get(), 4.f);
+  NURI_CUDA_CHECK(cudaStreamDestroy(s));
+  NURI_CUDA_CHECK(cudaDeviceSynchronize());
+  return a.download()[5];
+}
+
 TEST(EmulatorStreams, WorkOrderedByEventsAndSynchronizationIsNotReported) {
   EXPECT_EQ(run_streams(StreamCase::event), 6.f);
   EXPECT_EQ(run_streams(StreamCase::legacy_read), 3.f);
   EXPECT_EQ(run_streams(StreamCase::pinned_sync), 3.f);
+  EXPECT_EQ(run_destroyed(), 4.f);
+  EXPECT_EQ(cudaStreamDestroy(nullptr), cudaErrorInvalidResourceHandle);  // not a stream's
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidResourceHandle);
+}
+
+TEST(EmulatorStreamsDeathTest, AnEarlierLaunchOrdersNoStreams) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_two_on_s2(), "ThreadSanitizer: data race(.|\n)*stream_double");
 }
 
 TEST(EmulatorStreamsDeathTest, UnorderedStreamsAndEarlyHostReadsAreRaces) {

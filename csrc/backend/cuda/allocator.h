@@ -48,6 +48,12 @@ class CudaAllocator final : public Allocator {
   /// `stream`: the owning backend's stream (see above), on which the emulated build poisons a
   /// reused block.
   CudaAllocator(int device, cudaStream_t stream) : device_(device), stream_(stream) {}
+  /// The owner's stream is going away (tensors may outlive their backend): a reused block is
+  /// poisoned on the legacy default stream from now on.
+  void detach_stream() {
+    std::lock_guard<std::mutex> lock(mu_);
+    stream_ = nullptr;
+  }
   /// cudaFree's every cached block (live tensors hold the allocator, so none is left).
   ~CudaAllocator() override;
   CudaAllocator(const CudaAllocator&) = delete;

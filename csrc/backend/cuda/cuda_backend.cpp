@@ -149,6 +149,7 @@ CudaBackend::~CudaBackend() {
     cudaFreeHost(slot.host);
     cudaEventDestroy(slot.done);
   }
+  if (alloc_) alloc_->detach_stream();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
