@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -95,16 +96,21 @@ struct Stream {
   char done = 0;         // released by the context after each piece of work
 };
 
+/// An event: what its streams had done at its records, released into one sync byte (a later
+/// record on the same stream holds the earlier ones' history anyway). No reference-counted
+/// pointers here or in Streams: their counts are atomics the detector sees, which would order
+/// every host thread that touches them.
 struct Event {
-  tsan::QuietMutex mu;
-  std::shared_ptr<char> at;  // what the stream had done at the latest record (null: none yet)
+  char at = 0;
+  std::atomic<bool> recorded{false};  // relaxed: whether a wait has anything to acquire
 };
 
 struct Streams {
   tsan::QuietMutex mu;
-  // The created streams by handle (the legacy stream is apart); shared, so a wait that took the
-  // list keeps a stream another thread destroys meanwhile.
-  std::map<Stream*, std::shared_ptr<Stream>> all;
+  std::set<Stream*> all;  // the live created streams (the legacy stream is apart)
+  // Destroyed streams are kept (their Stream, not their context): a wait that listed a stream
+  // may still reach it after another thread destroyed it.
+  std::vector<Stream*> destroyed;
   // What destroyed streams had done (CUDA completes a destroyed stream's work, and the device's
   // synchronization still waits for it): every stream's, and the blocking ones' (which the
   // legacy stream waits for).
@@ -135,16 +141,19 @@ void host_waits(Stream& st) {
   tsan::acquire(&st.done);
 }
 
-std::vector<std::shared_ptr<Stream>> created_streams() {
+/// The live created streams (only the blocking ones: `blocking_only`).
+std::vector<Stream*> created_streams(bool blocking_only) {
   std::lock_guard<tsan::QuietMutex> lock(streams().mu);
-  std::vector<std::shared_ptr<Stream>> out;
-  for (const auto& [handle, st] : streams().all) out.push_back(st);
+  std::vector<Stream*> out;
+  for (Stream* st : streams().all) {
+    if (!blocking_only || st->blocking) out.push_back(st);
+  }
   return out;
 }
 
 void host_waits_for_all() {
   host_waits(legacy_stream());
-  for (const std::shared_ptr<Stream>& st : created_streams()) host_waits(*st);
+  for (Stream* st : created_streams(false)) host_waits(*st);
   tsan::acquire(&streams().retired);
 }
 
@@ -155,12 +164,8 @@ void on_stream(void* handle, const std::function<void()>& work) {
   // The legacy default stream and the blocking streams wait for each other's earlier work: the
   // streams to wait for are listed here, on the host (a lock taken in the stream's context would
   // carry its history to the next host thread that takes it).
-  std::vector<std::shared_ptr<Stream>> blocking;
-  if (&st == &legacy_stream()) {
-    for (std::shared_ptr<Stream>& b : created_streams()) {
-      if (b->blocking) blocking.push_back(std::move(b));
-    }
-  }
+  std::vector<Stream*> blocking;
+  if (&st == &legacy_stream()) blocking = created_streams(true);
   std::lock_guard<tsan::QuietMutex> lock(st.mu);
   void* const host = tsan::current();
   tsan::release(&st.enqueue);
@@ -183,7 +188,7 @@ void on_stream(void* handle, const std::function<void()>& work) {
   tsan::ignore_begin();
   tsan::acquire(&st.enqueue);
   if (&st == &legacy_stream()) {
-    for (const std::shared_ptr<Stream>& b : blocking) tsan::acquire(&b->done);
+    for (Stream* b : blocking) tsan::acquire(&b->done);
     tsan::acquire(&streams().retired_blocking);
   } else if (st.blocking) {
     tsan::acquire(&legacy_stream().done);
@@ -482,25 +487,23 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t str
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, 0); }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
-  auto st = std::make_shared<nuri::emu::Stream>();
+  auto* st = new nuri::emu::Stream;
   st->blocking = !(flags & cudaStreamNonBlocking);
   {
     std::lock_guard<nuri::emu::tsan::QuietMutex> lock(nuri::emu::streams().mu);
-    nuri::emu::streams().all[st.get()] = st;
+    nuri::emu::streams().all.insert(st);
   }
-  *s = reinterpret_cast<cudaStream_t>(st.get());
+  *s = reinterpret_cast<cudaStream_t>(st);
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   namespace emu = nuri::emu;
   if (emu::is_legacy(s)) return fail(cudaErrorInvalidResourceHandle);
-  std::shared_ptr<emu::Stream> st;
+  auto* const st = reinterpret_cast<emu::Stream*>(s);
   {
     std::lock_guard<emu::tsan::QuietMutex> lock(emu::streams().mu);
-    auto it = emu::streams().all.find(reinterpret_cast<emu::Stream*>(s));
-    if (it == emu::streams().all.end()) return fail(cudaErrorInvalidResourceHandle);
-    st = std::move(it->second);
-    emu::streams().all.erase(it);
+    if (!emu::streams().all.erase(st)) return fail(cudaErrorInvalidResourceHandle);
+    emu::streams().destroyed.push_back(st);  // kept: see Streams
   }
   emu::forget_stream(s);
   // Its work stays what the device's synchronization (and, for a blocking stream, the legacy
@@ -542,29 +545,22 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-  auto at = std::make_shared<char>(0);
-  nuri::emu::on_stream(s, [&] { nuri::emu::tsan::release(at.get()); });
   auto* ev = reinterpret_cast<nuri::emu::Event*>(e);
-  std::lock_guard<nuri::emu::tsan::QuietMutex> lock(ev->mu);
-  ev->at = std::move(at);
+  char* const at = &ev->at;
+  nuri::emu::on_stream(s, [at] { nuri::emu::tsan::release(at); });
+  ev->recorded.store(true, std::memory_order_relaxed);
   return cudaSuccess;
 }
-namespace nuri::emu {
-namespace {
-std::shared_ptr<char> recorded(cudaEvent_t e) {
-  auto* ev = reinterpret_cast<Event*>(e);
-  std::lock_guard<nuri::emu::tsan::QuietMutex> lock(ev->mu);
-  return ev->at;
-}
-}  // namespace
-}  // namespace nuri::emu
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  if (auto at = nuri::emu::recorded(e)) nuri::emu::tsan::acquire(at.get());
+  auto* ev = reinterpret_cast<nuri::emu::Event*>(e);
+  if (ev->recorded.load(std::memory_order_relaxed)) nuri::emu::tsan::acquire(&ev->at);
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned int) {
-  if (auto at = nuri::emu::recorded(e)) {
-    nuri::emu::on_stream(s, [&] { nuri::emu::tsan::acquire(at.get()); });
+  auto* ev = reinterpret_cast<nuri::emu::Event*>(e);
+  if (ev->recorded.load(std::memory_order_relaxed)) {
+    char* const at = &ev->at;
+    nuri::emu::on_stream(s, [at] { nuri::emu::tsan::acquire(at); });
   }
   return cudaSuccess;
 }

@@ -107,8 +107,11 @@ Pools& pools_of(cudaStream_t stream) {
 }
 
 thread_local Launch* g_launch = nullptr;
-uint64_t g_base_seed = 0;
-bool g_seed_set = false;
+// Relaxed atomics: host threads launching on different streams share them, and an atomic
+// with ordering would be a happens-before edge between every launch and the next, whatever
+// their streams (the detector models atomics).
+std::atomic<uint64_t> g_base_seed{0};
+std::atomic<bool> g_seed_set{false};
 std::atomic<uint64_t> g_launch_count{0};
 
 std::string str(const uint3& v) {
@@ -205,9 +208,11 @@ const MemoryRange* range_of(const Launch& L, const void* p, size_t n) {
 }
 
 void resume_unordered(const std::vector<Thread*>& ts) {
-  auto none = std::make_shared<char>(0);  // released by nobody: acquiring it orders nothing
+  // Each lane its own object, released by nobody: acquiring it orders nothing (and one shared
+  // between the lanes would order them through its reference count, an atomic the detector
+  // sees).
   for (Thread* t : ts) {
-    t->sync = none;
+    t->sync = std::make_shared<char>(0);
     t->wait = Wait::none;
   }
 }
@@ -521,17 +526,19 @@ uint64_t splitmix(uint64_t x) {
 }  // namespace
 
 uint64_t base_seed() {
-  if (!g_seed_set) {
+  if (!g_seed_set.load(std::memory_order_relaxed)) {
     const char* env = std::getenv("NURI_EMU_SEED");
-    g_base_seed = env ? std::strtoull(env, nullptr, 0) : 0x6e757269ull;
-    g_seed_set = true;
+    g_base_seed.store(env ? std::strtoull(env, nullptr, 0) : 0x6e757269ull,
+                      std::memory_order_relaxed);
+    g_seed_set.store(true, std::memory_order_relaxed);
   }
-  return g_base_seed;
+  return g_base_seed.load(std::memory_order_relaxed);
 }
 void set_base_seed(uint64_t seed) {
-  g_base_seed = seed;
-  g_seed_set = true;
-  g_launch_count = 0;  // so the same seed replays the same sequence of launches
+  g_base_seed.store(seed, std::memory_order_relaxed);
+  g_seed_set.store(true, std::memory_order_relaxed);
+  // So the same seed replays the same sequence of launches.
+  g_launch_count.store(0, std::memory_order_relaxed);
 }
 
 namespace {
@@ -562,6 +569,10 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStre
   // the stream's context would carry its work's history to the host's next allocation.
   std::vector<MemoryRange> ranges = memory_ranges();
   Pools& pools = pools_of(stream);
+  // One-time set-ups whose synchronization (call_once, a release-store) would otherwise be made
+  // by the first launch's stream and acquired by every later launch's: made here, on the host.
+  install_fault_handler();
+  (void)counters_enabled();
   on_stream(stream, [&] {
     launch_here(name, grid, block, smem_bytes, body, std::move(ranges), pools);
   });
@@ -589,7 +600,6 @@ void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
   const size_t max_smem = emulated_smem_per_sm() - 1024;
   NURI_CHECK(smem_bytes <= max_smem, "emulated ", name, ": ", smem_bytes,
              " bytes of dynamic shared memory exceed the ", max_smem, " a block may have");
-  install_fault_handler();
   fiber::Stacks* const stacks = pools.stacks;
   FiberPool& fibers = pools.fibers;
 
@@ -599,7 +609,7 @@ void launch_here(const char* name, dim3 grid, dim3 block, size_t smem_bytes,
   L.block = block;
   L.smem = smem_bytes;
   L.body = &body;
-  L.seed = splitmix(base_seed() + g_launch_count++);
+  L.seed = splitmix(base_seed() + g_launch_count.fetch_add(1, std::memory_order_relaxed));
   L.ranges = std::move(ranges);
   L.threads_per_block = int(threads);
   L.stacks = stacks;

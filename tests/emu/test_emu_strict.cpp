@@ -380,15 +380,17 @@ float run_streams(StreamCase c) {
 }
 
 // A stream's history must not leak into another through the emulator's own state (each
-// launch's sync objects, its stream's pools): kernel k0 on s1 writes `a`, k1 runs on s2, then k2
-// on s2 reads `a`, with no event anywhere: a race.
-float run_two_on_s2() {
+// launch's sync objects, its stream's pools, a launch counter): kernel k0 on s1 writes `a`, k1
+// runs (on s2, or on s1: a counter every launch incremented with ordering once carried s1's
+// history to the next launch, whatever its stream), then k2 on s2 reads `a`, with no event
+// anywhere: a race.
+float run_two_launches(bool second_on_s1) {
   cudaStream_t s1, s2;
   NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
   NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
   DeviceBuffer<float> a(32), b(32), c(32);
   NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s1, a.get(), 3.f);
-  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, s2, c.get(), 1.f);
+  NURI_LAUNCH(stream_fill, dim3(1), dim3(32), 0, second_on_s1 ? s1 : s2, c.get(), 1.f);
   NURI_LAUNCH(stream_double, dim3(1), dim3(32), 0, s2, a.get(), b.get());
   NURI_CUDA_CHECK(cudaDeviceSynchronize());
   const float got = b.download()[5];
@@ -420,7 +422,34 @@ TEST(EmulatorStreams, WorkOrderedByEventsAndSynchronizationIsNotReported) {
 TEST(EmulatorStreamsDeathTest, AnEarlierLaunchOrdersNoStreams) {
   if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
   GTEST_FLAG_SET(death_test_style, "threadsafe");
-  EXPECT_DEATH(run_two_on_s2(), "ThreadSanitizer: data race(.|\n)*stream_double");
+  EXPECT_DEATH(run_two_launches(false), "ThreadSanitizer: data race(.|\n)*stream_double");
+  EXPECT_DEATH(run_two_launches(true), "ThreadSanitizer: data race(.|\n)*stream_double");
+}
+
+// The host reads pinned memory that an asynchronous copy on s1 fills, with a second copy (from
+// pageable memory, which the host reads at the call) queued on s1 after it: still a race.
+float run_pinned_then_pageable() {
+  cudaStream_t s1;
+  NURI_CUDA_CHECK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  DeviceBuffer<float> a(std::vector<float>(32, 3.f)), b(32);
+  float* pinned = nullptr;
+  NURI_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&pinned), 32 * sizeof(float)));
+  NURI_CUDA_CHECK(
+      cudaMemcpyAsync(pinned, a.get(), 32 * sizeof(float), cudaMemcpyDeviceToHost, s1));
+  const std::vector<float> pageable(32, 1.f);
+  NURI_CUDA_CHECK(cudaMemcpyAsync(b.get(), pageable.data(), 32 * sizeof(float),
+                                  cudaMemcpyHostToDevice, s1));
+  const float got = pinned[5];  // the first copy may still be running
+  NURI_CUDA_CHECK(cudaStreamSynchronize(s1));
+  NURI_CUDA_CHECK(cudaFreeHost(pinned));
+  NURI_CUDA_CHECK(cudaStreamDestroy(s1));
+  return got;
+}
+
+TEST(EmulatorStreamsDeathTest, AQueuedCopyMakesNoEarlierOneComplete) {
+  if (!kRaceDetection) GTEST_SKIP() << "race detection needs a -DNURI_TSAN=ON build";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(run_pinned_then_pageable(), "ThreadSanitizer: data race(.|\n)*run_pinned");
 }
 
 TEST(EmulatorStreamsDeathTest, UnorderedStreamsAndEarlyHostReadsAreRaces) {
