@@ -36,6 +36,10 @@ struct MemoryRange {
 /// would see as an edge between the emulated threads).
 std::vector<MemoryRange> memory_ranges();
 
+/// Whether a cudaStream_t names the legacy default stream (null, cudaStreamLegacy; and
+/// cudaStreamPerThread, which the emulator takes as it).
+bool is_legacy_stream(const void* stream);
+
 /// Runs `work` as the next piece of work of CUDA stream `stream` (a cudaStream_t; null or
 /// cudaStreamLegacy: the legacy default stream) in the stream's ThreadSanitizer context, after
 /// what the host has done so far and the stream's earlier work (runtime.cpp's stream model).

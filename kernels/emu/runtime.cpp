@@ -26,7 +26,6 @@
 #include <cstring>
 #include <functional>
 #include <map>
-#include <memory>
 #include <mutex>
 #include <set>
 #include <sstream>
@@ -86,6 +85,11 @@ const Allocation* find(const void* p, size_t n) {
 
 // ---- streams and events: happens-before as CUDA orders the work ----------------------------
 
+bool is_legacy_stream(const void* handle) {
+  const auto h = static_cast<cudaStream_t>(const_cast<void*>(handle));
+  return h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread;
+}
+
 namespace {
 
 struct Stream {
@@ -126,13 +130,8 @@ Stream& legacy_stream() {
   return *s;
 }
 
-bool is_legacy(const void* handle) {
-  const auto h = static_cast<cudaStream_t>(const_cast<void*>(handle));
-  return h == nullptr || h == cudaStreamLegacy || h == cudaStreamPerThread;
-}
-
 Stream& stream_of(void* handle) {
-  return is_legacy(handle) ? legacy_stream() : *static_cast<Stream*>(handle);
+  return is_legacy_stream(handle) ? legacy_stream() : *static_cast<Stream*>(handle);
 }
 
 /// The host waits for what `st` has done so far.
@@ -498,7 +497,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   namespace emu = nuri::emu;
-  if (emu::is_legacy(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (emu::is_legacy_stream(s)) return fail(cudaErrorInvalidResourceHandle);
   auto* const st = reinterpret_cast<emu::Stream*>(s);
   {
     std::lock_guard<emu::tsan::QuietMutex> lock(emu::streams().mu);

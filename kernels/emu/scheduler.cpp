@@ -51,6 +51,10 @@ constexpr uint64_t kWaveThreads = 1024;
 constexpr size_t kMinWaveBlocks = 4;  // so the largest blocks (1024 threads) still race in a wave
 constexpr size_t kSmemGuard = 1024;   // poisoned bytes on each side of a block's shared memory
 
+/// What a block's dynamic shared memory is allocated as: the launch's size (at least 16 bytes)
+/// rounded up to 128; the guard bands lie before it and after the rounding.
+size_t smem_rounded(size_t smem) { return (std::max<size_t>(smem, 16) + 127) / 128 * 128; }
+
 class FiberPool {
  public:
   void* get() {
@@ -99,7 +103,7 @@ std::map<const void*, std::unique_ptr<Pools>>& pools_by_stream() {
 }
 
 Pools& pools_of(cudaStream_t stream) {
-  const void* key = stream == cudaStreamLegacy || stream == cudaStreamPerThread ? nullptr : stream;
+  const void* key = is_legacy_stream(stream) ? nullptr : stream;
   std::lock_guard<tsan::QuietMutex> lock(g_pools_mu);
   std::unique_ptr<Pools>& p = pools_by_stream()[key];
   if (!p) p = std::make_unique<Pools>();
@@ -181,7 +185,7 @@ void rendezvous(Launch& L, const std::vector<Thread*>& ts) {
 std::string shared_address_problem(const Launch& L, const void* p, size_t bytes) {
   const auto* c = static_cast<const unsigned char*>(p);
   const unsigned char* const s = L.smem_buf;
-  const size_t rounded = (std::max<size_t>(L.smem, 16) + 127) / 128 * 128;
+  const size_t rounded = smem_rounded(L.smem);
   if (c + bytes > s - kSmemGuard && c < s + rounded + kSmemGuard &&
       (c < s || c + bytes > s + L.smem)) {
     std::ostringstream os;
@@ -418,10 +422,10 @@ void thread_main(void* arg) {
   self.wait = Wait::done;
 }
 
-/// Whether the guard bands around the block's dynamic shared memory (`rounded`: its size rounded
-/// up to 128 bytes) still hold their poison; an error naming the launch's size and the first
-/// byte written outside it otherwise.
-void smem_guard_check(const Launch& L, size_t rounded) {
+/// Whether the guard bands around the block's dynamic shared memory still hold their poison;
+/// an error naming the launch's size and the first byte written outside it otherwise.
+void smem_guard_check(const Launch& L) {
+  const size_t rounded = smem_rounded(L.smem);
   tsan::Ignore ig;
   const unsigned char* const s = L.smem_buf;
   for (size_t i = 0; i < kSmemGuard; ++i) {
@@ -453,7 +457,7 @@ void run_block(Launch& L, const uint3& bid) {
   // Guard bands of kSmemGuard poisoned bytes before and after it (with the rounding past the
   // launch's size) are checked at the block's end: a plain store outside the launch's dynamic
   // shared memory is an error, and a load there reads NaN, like unwritten memory.
-  const size_t smem_bytes = (std::max<size_t>(L.smem, 16) + 127) / 128 * 128;
+  const size_t smem_bytes = smem_rounded(L.smem);
   const size_t total = smem_bytes + 2 * kSmemGuard;
   L.smem_blocks.emplace_back(static_cast<unsigned char*>(std::aligned_alloc(128, total)),
                              std::free);
@@ -507,7 +511,7 @@ void run_block(Launch& L, const uint3& bid) {
   try {
     mbarrier_block_end(L);
     maxnreg_block_end(L);
-    smem_guard_check(L, smem_bytes);
+    smem_guard_check(L);
   } catch (...) {
     retire(L, threads);
     throw;

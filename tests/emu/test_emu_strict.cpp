@@ -32,12 +32,18 @@ __global__ void planted_missing_barrier(ShiftParams p) {
   p.out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
 }
 
-void run_shift(bool with_barrier) {
-  DeviceBuffer<float> out(64);
-  NURI_LAUNCH(planted_missing_barrier, dim3(1), dim3(64), 64 * sizeof(float), nullptr,
-              ShiftParams{out.get(), with_barrier});
+/// Runs a shift kernel on one block of n threads and checks every thread read its neighbour's
+/// slot.
+void run_shift_kernel(const char* name, void (*kernel)(ShiftParams), int n, bool synchronized) {
+  DeviceBuffer<float> out(static_cast<size_t>(n));
+  ::nuri::kernels::launch(name, kernel, dim3(1), dim3(unsigned(n)), size_t(n) * sizeof(float),
+                          nullptr, ShiftParams{out.get(), synchronized});
   const auto v = out.download();
-  for (int t = 0; t < 64; ++t) NURI_CHECK(v[size_t(t)] == float((t + 1) % 64), "wrong value");
+  for (int t = 0; t < n; ++t) NURI_CHECK(v[size_t(t)] == float((t + 1) % n), "wrong value");
+}
+
+void run_shift(bool with_barrier) {
+  run_shift_kernel("planted_missing_barrier", planted_missing_barrier, 64, with_barrier);
 }
 
 TEST(EmulatorStrict, SynchronizedSharedMemoryIsNotReported) { run_shift(true); }
@@ -63,11 +69,7 @@ __global__ void planted_shuffle_for_sync(ShiftParams p) {
 }
 
 void run_warp_shift(bool with_syncwarp) {
-  DeviceBuffer<float> out(32);
-  NURI_LAUNCH(planted_shuffle_for_sync, dim3(1), dim3(32), 32 * sizeof(float), nullptr,
-              ShiftParams{out.get(), with_syncwarp});
-  const auto v = out.download();
-  for (int t = 0; t < 32; ++t) NURI_CHECK(v[size_t(t)] == float((t + 1) % 32), "wrong value");
+  run_shift_kernel("planted_shuffle_for_sync", planted_shuffle_for_sync, 32, with_syncwarp);
 }
 
 TEST(EmulatorStrict, SharedMemoryOrderedBySyncwarpIsNotReported) { run_warp_shift(true); }
