@@ -1,4 +1,5 @@
-// Launcher detection: the environment of torchrun, mpirun (Open MPI) and srun (Slurm).
+// Launcher detection: the environment of torchrun, mpirun (Open MPI), srun (Slurm) and Hydra's
+// mpiexec (MPICH, Intel MPI).
 #include "nuri/dist/launch.h"
 
 #include <algorithm>
@@ -17,6 +18,7 @@ const char* launcher_name(Launcher l) {
     case Launcher::torchrun: return "torchrun-style environment";
     case Launcher::mpirun: return "mpirun (Open MPI)";
     case Launcher::srun: return "srun (Slurm)";
+    case Launcher::mpiexec: return "mpiexec (Hydra: MPICH or Intel MPI)";
   }
   return "?";
 }
@@ -66,6 +68,20 @@ void rendezvous(const Getenv& env, LaunchInfo& info, const char* because) {
   info.master_port = required(env, "MASTER_PORT", l, because);
   NURI_CHECK(info.master_port >= 1 && info.master_port <= 65535, "MASTER_PORT=",
              info.master_port, " is not a TCP port (1-65535)");
+}
+
+/// Hydra's PMI_RANK and PMI_SIZE, not those of `srun --mpi=pmi2` (which equal the step's
+/// SLURM_PROCID and SLURM_STEP_NUM_TASKS): MPI_LOCALRANKID, set by Hydra alone, or a rank or
+/// size the step does not have (Hydra's ranks carry the srun step of its proxies, one a node).
+bool hydra(const Getenv& env) {
+  const auto set = [&](const char* name) {
+    const char* v = env(name);
+    return v && *v;
+  };
+  if (!set("PMI_RANK") || !set("PMI_SIZE")) return false;
+  if (set("MPI_LOCALRANKID") || !set("SLURM_STEP_NUM_TASKS")) return true;
+  return std::string(env("PMI_SIZE")) != env("SLURM_STEP_NUM_TASKS") ||
+         !set("SLURM_PROCID") || std::string(env("PMI_RANK")) != env("SLURM_PROCID");
 }
 
 }  // namespace
@@ -119,17 +135,20 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     }
     return info;
   }
-  // mpirun and srun: the same four facts under each launcher's names.
+  // mpirun, Hydra's mpiexec and srun: the same four facts under each launcher's names.
   struct Vars {
     Launcher launcher;
     const char *rank, *size, *local, *local_size;
   };
   for (const Vars& v : {Vars{Launcher::mpirun, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
                              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+                        Vars{Launcher::mpiexec, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
+                             "MPI_LOCALNRANKS"},
                         Vars{Launcher::srun, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
                              "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"}}) {
     const char* rank = env(v.rank);
     if (!rank || !*rank) continue;
+    if (v.launcher == Launcher::mpiexec && !hydra(env)) continue;
     // An allocation's own shell (an sbatch script, salloc) has SLURM_PROCID 0 and the job's
     // SLURM_NTASKS too, but no step: it is one process, not rank 0 of the job's tasks. srun
     // sets SLURM_STEP_NUM_TASKS in every task of the step it starts.
@@ -140,7 +159,10 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     const std::string because = std::string(v.rank) + " is";
     info.rank = required(env, v.rank, l, "it is set");
     info.world_size = required(env, v.size, l, because.c_str());
-    info.local_rank = required(env, v.local, l, because.c_str());
+    // (`mpiexec -n 1` of an older Hydra may not say the local rank of its one process)
+    info.local_rank = v.launcher == Launcher::mpiexec && info.world_size == 1
+                          ? int_var(env, v.local, l).value_or(0)
+                          : required(env, v.local, l, because.c_str());
     // srun: the step's tasks per node (SLURM_STEP_TASKS_PER_NODE; the job's
     // SLURM_NTASKS_PER_NODE where a step does not say) in Slurm's form, "8" on one node, "8(x4)"
     // on four, "8(x3),4" where they differ: the count where every node has the same ("8"),
@@ -154,25 +176,20 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
       info.local_world_size = int_var(env, local_size, l).value_or(0);
     }
     check_ranks(info, v.rank, v.size, v.local);
-    if (info.launcher == Launcher::srun && info.world_size > 1) {
-      // srun starts the tasks itself; MPI can only wire them up through srun's PMI plugin. With
-      // MASTER_ADDR (and MASTER_PORT) set they meet over TCP instead, as torchrun-style ranks do.
+    if (info.launcher != Launcher::mpirun && info.world_size > 1) {
+      // srun and Hydra start the ranks themselves; MPI can wire srun's up only through its PMI
+      // plugin, and Hydra's not at all (nuri's MPI is Open MPI). With MASTER_ADDR (and
+      // MASTER_PORT) set they meet over TCP instead, as torchrun-style ranks do;
+      // make_communicator says what to do where neither is there.
       if (const char* addr = env("MASTER_ADDR"); addr && *addr) {
         rendezvous(env, info, "MASTER_ADDR is");
       }
       const char* pmix = env("PMIX_RANK");
       const char* pmi2 = env("PMI_RANK");
-      info.srun_pmi = (pmix && *pmix) || (pmi2 && *pmi2);
+      info.srun_pmi = info.launcher == Launcher::srun && ((pmix && *pmix) || (pmi2 && *pmi2));
     }
     return info;
   }
-  // MPICH's and Intel MPI's mpiexec (outside Slurm) set PMI_RANK and PMI_SIZE only: every
-  // process taking itself for rank 0 of 1 would train alone, all writing one out.
-  const char* pmi_size = env("PMI_SIZE");
-  NURI_CHECK(!pmi_size || !*pmi_size || std::string(pmi_size) == "1", "PMI_SIZE=", pmi_size,
-             " is set (an mpiexec of MPICH or Intel MPI), which nuri does not read: start the "
-             "job with Open MPI's mpirun, srun, or torchrun-style variables (RANK, WORLD_SIZE, "
-             "MASTER_ADDR, MASTER_PORT)");
   return info;
 }
 

@@ -1,7 +1,8 @@
 """Several processes: the launcher's process group, as nuri-train finds it.
 
 One design choice to know: the launcher is read from the environment in C++
-(``nuri/dist/launch.h``: torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, mpirun, srun),
+(``nuri/dist/launch.h``: torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, mpirun, srun,
+Hydra's mpiexec),
 exactly as for nuri-train; the ranks then meet over MPI or TCP. Only one thing is done here:
 torchrun's default (static) rendezvous keeps its own store on MASTER_PORT, so nuri's ranks meet
 on another port, which rank 0 picks and publishes through that store with PyTorch's client.

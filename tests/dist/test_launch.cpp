@@ -119,11 +119,6 @@ TEST(Launch, Slurm) {
     EXPECT_EQ(slurm_uniform_tasks_per_node(bad), 0) << bad;
   }
   EXPECT_EQ(slurm_uniform_tasks_per_node(nullptr), 0);
-  // MPICH's mpiexec: PMI_RANK and PMI_SIZE alone, refused by name rather than run as 1 of 1.
-  EXPECT_NE(error_of({{"PMI_RANK", "1"}, {"PMI_SIZE", "4"}})
-                .find("PMI_SIZE=4 is set (an mpiexec of MPICH or Intel MPI)"),
-            std::string::npos);
-  EXPECT_EQ(launch({{"PMI_RANK", "0"}, {"PMI_SIZE", "1"}}).world_size, 1);
   // An allocation's own shell (an sbatch script, salloc) carries SLURM_PROCID 0 and the job's
   // SLURM_NTASKS but no step: one process, not rank 0 of 4 waiting for 3 that never come.
   const LaunchInfo batch = launch({{"SLURM_PROCID", "0"},
@@ -166,6 +161,74 @@ TEST(Launch, SlurmMeetsOverMpiThroughPmiOrOverTcpWithMasterAddr) {
   const Env one = {{"SLURM_PROCID", "0"}, {"SLURM_STEP_NUM_TASKS", "1"}, {"SLURM_LOCALID", "0"},
                    {"MASTER_ADDR", "node01"}};
   EXPECT_TRUE(launch(one).master_addr.empty());
+}
+
+TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
+  // MPICH's or Intel MPI's mpiexec on its own: PMI_RANK, PMI_SIZE and the local rank.
+  const Env hydra = {{"PMI_RANK", "5"},       {"PMI_SIZE", "8"},         {"MPI_LOCALRANKID", "1"},
+                     {"MPI_LOCALNRANKS", "4"}, {"MASTER_ADDR", "node01"}, {"MASTER_PORT", "29400"}};
+  LaunchInfo i = launch(hydra);
+  EXPECT_EQ(i.launcher, Launcher::mpiexec);
+  EXPECT_EQ(i.rank, 5);
+  EXPECT_EQ(i.world_size, 8);
+  EXPECT_EQ(i.local_rank, 1);
+  EXPECT_EQ(i.local_world_size, 4);
+  EXPECT_EQ(i.master_addr, "node01");
+  EXPECT_EQ(i.master_port, 29400);
+  EXPECT_FALSE(i.srun_pmi);
+  // Inside an allocation Hydra starts a proxy a node with srun: every rank on the second of two
+  // nodes carries SLURM_PROCID 1 of a step of 2 tasks. Read as srun, the 8 ranks would have been
+  // 2 ranks of 1 job each training on its own; read as Hydra, rank 5 of 8.
+  Env in_slurm = hydra;
+  in_slurm.insert({{"SLURM_PROCID", "1"},
+                   {"SLURM_STEP_NUM_TASKS", "2"},
+                   {"SLURM_LOCALID", "0"},
+                   {"SLURM_STEP_TASKS_PER_NODE", "1(x2)"}});
+  i = launch(in_slurm);
+  EXPECT_EQ(i.launcher, Launcher::mpiexec);
+  EXPECT_EQ(i.rank, 5);
+  EXPECT_EQ(i.world_size, 8);
+  EXPECT_EQ(i.local_rank, 1);
+  // Without MPI_LOCALRANKID, a rank or size the step does not have still says Hydra, and the
+  // missing local rank is named.
+  Env no_local = in_slurm;
+  no_local.erase("MPI_LOCALRANKID");
+  EXPECT_NE(error_of(no_local).find("MPI_LOCALRANKID is not set, but PMI_RANK is (mpiexec "
+                                    "(Hydra: MPICH or Intel MPI))"),
+            std::string::npos)
+      << error_of(no_local);
+  // `srun --mpi=pmi2`'s PMI_RANK and PMI_SIZE are the step's own: srun, with its PMI plugin.
+  const LaunchInfo pmi2 = launch({{"SLURM_PROCID", "1"},
+                                  {"SLURM_STEP_NUM_TASKS", "2"},
+                                  {"SLURM_LOCALID", "1"},
+                                  {"PMI_RANK", "1"},
+                                  {"PMI_SIZE", "2"}});
+  EXPECT_EQ(pmi2.launcher, Launcher::srun);
+  EXPECT_EQ(pmi2.rank, 1);
+  EXPECT_TRUE(pmi2.srun_pmi);
+  // `mpiexec -n 1`: one process, whether or not the local rank is given.
+  EXPECT_EQ(launch({{"PMI_RANK", "0"}, {"PMI_SIZE", "1"}}).world_size, 1);
+  // Malformed numbers are named as for every launcher.
+  EXPECT_NE(error_of({{"PMI_RANK", "4"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}})
+                .find("PMI_RANK=4 is not below PMI_SIZE=4"),
+            std::string::npos);
+  // Without MASTER_ADDR the ranks have nowhere to meet (Open MPI cannot join Hydra's): the
+  // communicator says what to export, before any socket or MPI call.
+  Env no_addr = hydra;
+  no_addr.erase("MASTER_ADDR");
+  no_addr.erase("MASTER_PORT");
+  i = launch(no_addr);
+  EXPECT_EQ(i.launcher, Launcher::mpiexec);
+  EXPECT_TRUE(i.master_addr.empty());
+  try {
+    make_communicator(i);
+    FAIL() << "a communicator was made for Hydra's ranks without a rendezvous";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("rank 5 of 8 started by an mpiexec of MPICH or Intel MPI"),
+              std::string::npos) << m;
+    EXPECT_NE(m.find("export MASTER_ADDR"), std::string::npos) << m;
+  }
 }
 
 TEST(Launch, SrunWithoutPmiOrMasterAddrSaysHowToStartTheJob) {

@@ -6,6 +6,10 @@
 # Rank 0's output goes to stdout, the other ranks' to stderr with a "[rank r]" prefix; the exit
 # status is the status of the first rank to fail (the others are then ended, as torchrun does), 0
 # when all succeed. Each rank's exit status is printed last, on stderr.
+# TORCHRUN_ENV=hydra gives each rank the variables of Hydra's mpiexec (MPICH, Intel MPI) inside a
+# one-node Slurm allocation instead: PMI_RANK, PMI_SIZE, MPI_LOCALRANKID, MPI_LOCALNRANKS, the
+# Slurm step of Hydra's one proxy (SLURM_PROCID 0 of SLURM_STEP_NUM_TASKS 1), and the
+# MASTER_ADDR/MASTER_PORT the job exports.
 set -uo pipefail
 [[ ${1:-} == -np && $# -ge 3 ]] || { echo "usage: torchrun.sh -np NP PROGRAM [ARGS...]" >&2; exit 2; }
 np=$2
@@ -18,8 +22,13 @@ run_job() {
   dir=$(mktemp -d)
   pids=()
   for ((r = 0; r < np; ++r)); do
-    RANK=$r WORLD_SIZE=$np LOCAL_RANK=$r LOCAL_WORLD_SIZE=$np MASTER_ADDR=127.0.0.1 \
-      MASTER_PORT=$port "$@" >"$dir/out.$r" 2>&1 &
+    if [[ ${TORCHRUN_ENV:-} == hydra ]]; then
+      launcher=(env PMI_RANK=$r PMI_SIZE=$np MPI_LOCALRANKID=$r MPI_LOCALNRANKS=$np
+                SLURM_PROCID=0 SLURM_STEP_NUM_TASKS=1 SLURM_LOCALID=0)
+    else
+      launcher=(env RANK=$r WORLD_SIZE=$np LOCAL_RANK=$r LOCAL_WORLD_SIZE=$np)
+    fi
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "${launcher[@]}" "$@" >"$dir/out.$r" 2>&1 &
     pids+=($!)
   done
   # As torchrun does: when a rank fails, the others are ended (SIGTERM, after TORCHRUN_GRACE_S

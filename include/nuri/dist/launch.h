@@ -11,11 +11,18 @@
 //                   MASTER_ADDR and MASTER_PORT the ranks meet over TCP as
 //                   torchrun-style ones do, else over MPI, which needs srun's PMIx plugin
 //                   (`srun --mpi=pmix`; PMI-2 where the site's MPI was built for it)
+//   mpiexec (Hydra: MPICH, Intel MPI)  PMI_RANK, PMI_SIZE, MPI_LOCALRANKID (MPI_LOCALNRANKS
+//                   when present). nuri's MPI is Open MPI, which cannot join Hydra's ranks, so
+//                   they meet over TCP at MASTER_ADDR:MASTER_PORT, which the job must export
 //   none of them    a single process: rank 0 of 1
 //
 // In that order: a torchrun-style RANK wins over the others (a script may set it inside any
 // allocation), and Open MPI's variables win over Slurm's, since mpirun inside a Slurm job leaves
-// the Slurm variables of the allocation's first task in every rank. A partial or inconsistent set
+// the Slurm variables of the allocation's first task in every rank. Hydra's win over Slurm's
+// for the same reason (inside an allocation it starts one proxy a node with srun, so its ranks
+// carry that step's SLURM_PROCID, the node's index): its PMI_RANK and PMI_SIZE are told from
+// those of `srun --mpi=pmi2` by MPI_LOCALRANKID, which only Hydra sets, or by differing from
+// SLURM_PROCID and SLURM_STEP_NUM_TASKS. A partial or inconsistent set
 // (RANK without WORLD_SIZE, a rank outside the world, a number that does not parse) is an error
 // that names the variable; nothing is guessed.
 #pragma once
@@ -25,7 +32,7 @@
 
 namespace nuri {
 
-enum class Launcher { single, torchrun, mpirun, srun };
+enum class Launcher { single, torchrun, mpirun, srun, mpiexec };
 const char* launcher_name(Launcher l);
 
 struct LaunchInfo {
@@ -34,7 +41,8 @@ struct LaunchInfo {
   int world_size = 1;
   int local_rank = 0;        ///< rank among the processes of this node
   int local_world_size = 1;  ///< processes on this node; 0 when the launcher does not say
-  std::string master_addr;   ///< the TCP rendezvous host (torchrun-style; srun with MASTER_ADDR)
+  std::string master_addr;   ///< the TCP rendezvous host (torchrun-style; srun or mpiexec with
+                             ///< MASTER_ADDR)
   int master_port = 0;       ///< its port; 0 when the ranks do not meet over TCP
   bool srun_pmi = false;     ///< srun set up PMIx or PMI-2 for this task (PMIX_RANK or PMI_RANK)
 };
