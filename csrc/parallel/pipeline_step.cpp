@@ -40,7 +40,8 @@ struct Item {
 
 }  // namespace
 
-Pipeline::Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm)
+Pipeline::Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm,
+                   bool tied_group)
     : chunks_(std::move(chunks)), comm_(std::move(comm)) {
   NURI_CHECK(!chunks_.empty(), "Pipeline: no stage models");
   for (Transformer* c : chunks_) NURI_CHECK(c != nullptr, "Pipeline: a stage model is null");
@@ -65,8 +66,9 @@ Pipeline::Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicato
              " chunks) needs at least 2 "
              "pipeline ranks; with one, hold the whole model");
   // Tied embeddings: stage 0 (rank 0's first chunk) and the last stage (rank p-1's last) sum
-  // their wte gradients over a group of the two.
-  if (cfg.tied_embeddings && p_ > 1 && (rank_ == 0 || rank_ == p_ - 1)) {
+  // their wte gradients over a group of the two, unless the caller sums them.
+  tied_by_caller_ = cfg.tied_embeddings && p_ > 1 && !tied_group;
+  if (cfg.tied_embeddings && p_ > 1 && tied_group && (rank_ == 0 || rank_ == p_ - 1)) {
     tied_ = comm_->split({0, p_ - 1});
   }
 }
@@ -349,6 +351,8 @@ Tensor Pipeline::logits_row(const Tensor& tokens, int64_t pos) {
 }
 
 void Pipeline::sum_tied_gradients(const Tensor& wte) {
+  NURI_CHECK(!tied_by_caller_, "Pipeline: sum_tied_gradients on a pipeline built with "
+             "tied_group false, whose caller sums the tied embedding's gradients itself");
   if (!tied_) return;
   Tensor g = wte;
   if (!g.defined()) {

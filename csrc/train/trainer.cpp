@@ -349,8 +349,11 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
   if (grid.pp) {
     // GPU ranks move the activations over NCCL, bootstrapped through the pp group.
     pp_ = grid.pp;
+    // (ZeRO 2 and 3 sum a tied embedding's gradient shards over a group of their own: tied_)
+    const bool shards_tied = model.config().tied_embeddings && dp_ && dp_->zero_stage() >= 2;
     pipe_ = std::make_unique<Pipeline>(std::vector<Transformer*>{&model},
-                                       make_device_communicator(grid.pp, model.backend()));
+                                       make_device_communicator(grid.pp, model.backend()),
+                                       !shards_tied);
     // Every stage's blocks (for the model file's assembly): gathered from the stages.
     Tensor mine = Tensor::empty({2}, DType::f32), all = Tensor::empty({2 * grid.grid.pp()}, DType::f32);
     mine.data<float>()[0] = float(model.stage().first);
@@ -367,8 +370,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
     // Tied embeddings with the gradients sharded over dp (ZeRO 2, 3): the first and the last
     // stage's dp ranks (of this tp index) sum wte's gradient over a group of all of them.
     const int last = grid.grid.pp() - 1;
-    if (model.config().tied_embeddings && dp_ && dp_->zero_stage() >= 2 &&
-        (grid.coord.pp == 0 || grid.coord.pp == last)) {
+    if (shards_tied && (grid.coord.pp == 0 || grid.coord.pp == last)) {
       std::vector<int> ranks;
       for (const int s : {0, last}) {
         for (int d = 0; d < grid.grid.dp(); ++d) ranks.push_back(grid.grid.rank({d, grid.coord.tp, s}));

@@ -372,6 +372,11 @@ TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {
     Trainer t(m, tconfig(l.grad_accum, l.rc), text_data(), text_data(), g, par);
     ASSERT_NE(t.pipeline(), nullptr);
     ASSERT_EQ(t.stages().size(), size_t(l.pp));
+    // The pipeline's own group for a tied embedding: on its first and last stage, and only
+    // where the Trainer does not sum the gradient's shards over a group of its own (ZeRO 2, 3).
+    const int pp_rank = g.coord.pp;
+    EXPECT_EQ(t.pipeline()->has_tied_group(),
+              l.family == "gpt2" && l.zero < 2 && (pp_rank == 0 || pp_rank == l.pp - 1));
     std::vector<float> got;
     for (int i = 0; i < kSteps; ++i) got.push_back(t.step().loss);
     expect_same_losses(got, want.losses, l.str());
@@ -595,6 +600,13 @@ TEST(PipelineParallel, RefusesWhatCannotWork) {
                      "vocabulary [0, 257)"),
               std::string::npos)
         << e;
+    // Built for a caller that sums the tied embedding itself: no group, and asking for the sum
+    // is an error on every rank (a no-op on the middle ones would hide the caller's mistake).
+    Pipeline untied_group({&stage}, world(), false);
+    EXPECT_FALSE(untied_group.has_tied_group());
+    EXPECT_EQ(pipe.has_tied_group(), n > 1 && (s == 0 || s == n - 1));
+    const std::string t = message([&] { untied_group.sum_tied_gradients(); });
+    EXPECT_NE(t.find("built with tied_group false"), std::string::npos) << t;
   }
   world()->barrier();
 }

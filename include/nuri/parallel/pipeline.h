@@ -117,7 +117,12 @@ struct TimelineSpan {
 /// dies ends the others within the communicator's timeout.
 class Pipeline {
  public:
-  Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm);
+  /// `tied_group` false: the caller sums a tied embedding's two gradients itself (the Trainer
+  /// does under ZeRO 2 and 3, over a group of both stages' dp ranks), so the first and last
+  /// stage build no group of their own for it (a GPU rank's would be an NCCL communicator, with
+  /// its device buffers); sum_tied_gradients() is then an error for a tied model.
+  Pipeline(std::vector<Transformer*> chunks, std::shared_ptr<Communicator> comm,
+           bool tied_group = true);
 
   struct MicroBatch {
     Tensor tokens, targets;  ///< [B, T] i32 on the host
@@ -150,6 +155,8 @@ class Pipeline {
   /// equal. `wte`: this rank's gradient of it (undefined: its first or last chunk's own); a
   /// no-op on the other ranks and for untied models. Every rank of the pipeline calls it.
   void sum_tied_gradients(const Tensor& wte = Tensor());
+  /// Whether this rank holds the group of the first and last stage that sum_tied_gradients uses.
+  bool has_tied_group() const { return tied_ != nullptr; }
 
   int stages() const { return p_; }
   int chunks() const { return int(chunks_.size()); }
@@ -178,6 +185,7 @@ class Pipeline {
   std::vector<Transformer*> chunks_;
   std::shared_ptr<Communicator> comm_;
   std::shared_ptr<Communicator> tied_;  // stage 0 and the last stage (tied embeddings)
+  bool tied_by_caller_ = false;         // tied_group false, for a tied model
   int p_ = 1, rank_ = 0;
   bool record_ = false;
   std::vector<TimelineSpan> spans_;
