@@ -43,19 +43,23 @@ ctld=$(sbin slurmctld) slurmd=$(sbin slurmd)
   exit 1
 }
 stop  # leftovers of an earlier run in the same DIR
-rm -rf "$dir/state" "$dir/spool" "$dir/log"
-mkdir -p "$dir/state" "$dir/spool" "$dir/log"
-read -r ctld_port slurmd_port < <(python3 - <<'PY'
+# One try: fresh ports, the config, both daemons, then up to 20 s for the node to be idle. The
+# ports are free when chosen but another process may take one before a daemon binds it: then
+# the cluster is stopped and started again on others, up to three times.
+start() {
+  rm -rf "$dir/state" "$dir/spool" "$dir/log"
+  mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+  read -r ctld_port slurmd_port < <(python3 - <<'PY'
 import socket
 ss = [socket.socket() for _ in range(2)]
 for s in ss:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
 PY
-)
-host=$(hostname -s)
-user=$(id -un)
-cat >"$conf" <<EOF
+  )
+  host=$(hostname -s)
+  user=$(id -un)
+  cat >"$conf" <<EOF
 # Written by scripts/slurm_local.sh for nuri's tests; removed with the build tree.
 ClusterName=nuri-test
 SlurmctldHost=$host(127.0.0.1)
@@ -82,15 +86,21 @@ ReturnToService=2
 NodeName=$host NodeAddr=127.0.0.1 CPUs=8 State=UNKNOWN
 PartitionName=test Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 EOF
-export SLURM_CONF=$conf
-"$ctld" -f "$conf" </dev/null >"$dir/log/slurmctld.out" 2>&1
-"$slurmd" -f "$conf" </dev/null >"$dir/log/slurmd.out" 2>&1
-for _ in $(seq 100); do
-  state=$(sinfo -h -o '%T' 2>/dev/null || true)
-  [[ $state == idle ]] && { echo "slurm_local: node $host idle (SLURM_CONF=$conf)"; exit 0; }
-  sleep 0.2
+  export SLURM_CONF=$conf
+  "$ctld" -f "$conf" </dev/null >"$dir/log/slurmctld.out" 2>&1
+  "$slurmd" -f "$conf" </dev/null >"$dir/log/slurmd.out" 2>&1
+  for _ in $(seq 100); do
+    state=$(sinfo -h -o '%T' 2>/dev/null || true)
+    [[ $state == idle ]] && { echo "slurm_local: node $host idle (SLURM_CONF=$conf)"; return 0; }
+    sleep 0.2
+  done
+  echo "slurm_local: the node did not come up (sinfo: '${state:-no answer}'); logs:" >&2
+  tail -n 20 "$dir"/log/* >&2
+  stop
+  return 1
+}
+for try in 1 2 3; do
+  start && exit 0
+  ((try < 3)) && echo "slurm_local: starting again on other ports (try $((try + 1)) of 3)" >&2
 done
-echo "slurm_local: the node did not come up (sinfo: '${state:-no answer}'); logs:" >&2
-tail -n 20 "$dir"/log/* >&2
-stop
 exit 1
