@@ -30,6 +30,9 @@ int64_t check_scatter_v(const Tensor& in, const Tensor& out, const std::vector<i
 
 /// t *= s on the host (f32; bf16 through f32, rounded to nearest even): avg from a sum.
 void scale(const Tensor& t, double s);
+/// Whether set_wait_interrupt's flag is set and reads true: a wait for other ranks should end.
+bool wait_interrupted();
+
 /// What an operation is, for error messages: "all_reduce (f32, 1024 elements, sum, peer 3)".
 std::string describe(const char* op, const Tensor& t, std::optional<ReduceOp> rop = std::nullopt,
                      int peer = -1);

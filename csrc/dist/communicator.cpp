@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -32,7 +33,18 @@ bool have_mpi() { return true; }
 bool have_mpi() { return false; }
 #endif
 
+namespace {
+std::atomic<const std::atomic<bool>*> g_wait_interrupt{nullptr};
+}  // namespace
+
+void set_wait_interrupt(const std::atomic<bool>* flag) { g_wait_interrupt.store(flag); }
+
 namespace dist {
+
+bool wait_interrupted() {
+  const std::atomic<bool>* flag = g_wait_interrupt.load();
+  return flag != nullptr && flag->load();
+}
 
 void check_tensor(const char* op, const char* what, const Tensor& t) {
   NURI_CHECK(t.defined(), op, ": ", what, " is undefined");

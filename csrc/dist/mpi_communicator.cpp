@@ -257,17 +257,19 @@ class MpiCommunicator final : public Communicator {
     what_ = dist::describe(op, t, rop, peer);
   }
 
-  /// Polls until req completes or the timeout passes.
+  /// Polls until req completes, the timeout passes or the wait is interrupted
+  /// (set_wait_interrupt).
   void wait(MPI_Request& req) {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     const auto deadline = t0 + std::chrono::duration<double>(timeout_s_);
     int done = 0;
+    bool interrupted = false;
     for (int spin = 0;; ++spin) {
       mpi_check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), "MPI_Test");
       if (done) return;
       const auto now = Clock::now();
-      if (now > deadline) break;
+      if (now > deadline || (interrupted = dist::wait_interrupted())) break;
       // Non-blocking collectives advance only inside MPI calls, so a nap between tests delays
       // every round of the algorithm: test back to back (yielding the core to anyone who needs
       // it, e.g. ranks oversubscribed on few cores) for the first 20 ms, then nap 50 µs.
@@ -277,9 +279,13 @@ class MpiCommunicator final : public Communicator {
         std::this_thread::yield();
       }
     }
+    // The request stays pending: the communicator cannot be used again, and the process ends
+    // with MPI_Abort (MPI_Finalize would wait for the request).
     broken_ = true;
     broken_what_ = what_;
     MpiRuntime::get().failed = true;
+    NURI_CHECK(!interrupted, what_, " on rank ", rank_, " of ", size_, " (mpi) was interrupted "
+               "while waiting for the other ranks (Ctrl-C); this rank gives up");
     std::ostringstream t;
     t << timeout_s_;
     NURI_CHECK(false, what_, " on rank ", rank_, " of ", size_, " (mpi) did not complete within ",

@@ -135,13 +135,6 @@ struct Peer {
 
 std::string errno_str() { return std::strerror(errno); }
 
-std::atomic<const std::atomic<bool>*> g_wait_interrupt{nullptr};
-
-bool wait_interrupted() {
-  const std::atomic<bool>* flag = g_wait_interrupt.load();
-  return flag != nullptr && flag->load();
-}
-
 /// The sockets of one job: one per peer, shared by the world communicator and its splits.
 struct Mesh {
   int rank = 0, size = 1;
@@ -231,7 +224,7 @@ std::string transfer(int fd_out, const Parts& out, int fd_in, const Parts& in,
         ii = n++;
       }
     }
-    if (wait_interrupted()) return "interrupted";
+    if (dist::wait_interrupted()) return "interrupted";
     if (dl.passed()) {
       std::ostringstream s;
       s << "timeout (" << (sent < out_n ? "sending to rank " + std::to_string(peer_out) : "")
@@ -634,7 +627,7 @@ class OwnedFd {
 /// Accepts one connection before the deadline; returns the socket and the peer's IPv4 address.
 int accept_one(int lfd, const Deadline& dl, uint32_t* ip, const std::string& waiting_for) {
   for (;;) {
-    NURI_CHECK(!wait_interrupted(), "tcp rendezvous: interrupted waiting for ", waiting_for);
+    NURI_CHECK(!dist::wait_interrupted(), "tcp rendezvous: interrupted waiting for ", waiting_for);
     NURI_CHECK(!dl.passed(), "tcp rendezvous: ", waiting_for, " did not arrive in time");
     pollfd p{lfd, POLLIN, 0};
     if (::poll(&p, 1, dl.poll_ms()) <= 0) continue;
@@ -673,7 +666,7 @@ int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& wha
     if (rc != 0 && errno == EINPROGRESS) {
       pollfd p{fd, POLLOUT, 0};
       while ((rc = ::poll(&p, 1, dl.poll_ms())) == 0 || (rc < 0 && errno == EINTR)) {
-        if (dl.passed() || wait_interrupted()) break;
+        if (dl.passed() || dist::wait_interrupted()) break;
       }
       int err = ETIMEDOUT;
       socklen_t len = sizeof err;
@@ -687,7 +680,7 @@ int connect_to(uint32_t ip, int port, const Deadline& dl, const std::string& wha
     }
     const std::string e = errno_str();
     ::close(fd);
-    NURI_CHECK(!wait_interrupted(), "tcp rendezvous: interrupted connecting to ", what);
+    NURI_CHECK(!dist::wait_interrupted(), "tcp rendezvous: interrupted connecting to ", what);
     NURI_CHECK(!dl.passed(), "tcp rendezvous: cannot connect to ", what, ": ", e,
                port == master_port ? ""
                                    : " (every rank listens on a port of its own for its peers: "
@@ -842,7 +835,5 @@ std::unique_ptr<Communicator> make_tcp_communicator(const LaunchInfo& info, doub
   comm->barrier();  // everyone has every connection before anyone goes on
   return comm;
 }
-
-void set_wait_interrupt(const std::atomic<bool>* flag) { g_wait_interrupt.store(flag); }
 
 }  // namespace nuri

@@ -12,6 +12,9 @@
 #   pp-hang       a pipeline of 3 stages whose stage 1 sleeps in the second step: stages 0 and 2
 #                 time out after 2 s naming the transfer they waited for and stage 1, and the
 #                 job ends with MPI_Abort's errorcode 3 (issue #23)
+#   interrupt     rank 1 sleeps as in hang, the timeout is 60 s, and half a second into the wait
+#                 ranks 0 and 2 have their wait-interrupt flag set (Python's Ctrl-C handler's):
+#                 they stop at once saying so, and the job ends with MPI_Abort's errorcode 3
 set -uo pipefail
 mpirun=()
 while [[ $1 != -- ]]; do mpirun+=("$1"); shift; done
@@ -25,7 +28,9 @@ case $mode in
   *) run_mode=$mode ;;
 esac
 start=$(date +%s%N)
-out=$(timeout 60 "${mpirun[@]}" "${flags[@]}" -np 3 "$bin" "$run_mode" 2 2>&1)
+limit=2
+[[ $mode == interrupt ]] && limit=60
+out=$(timeout 60 "${mpirun[@]}" "${flags[@]}" -np 3 "$bin" "$run_mode" "$limit" 2>&1)
 rc=$?
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 echo "$out" | grep -v 'ORTE_ERROR_LOG\|PMIX ERROR' | head -n 40
@@ -59,6 +64,13 @@ case $mode in
   kill)
     ((rc != 0)) || fail "the launcher exited 0 after a rank was killed"
     grep -qE "rank 1 .*signal 9|task 1: Killed" <<<"$out" || fail "the launcher did not name the killed rank"
+    ;;
+  interrupt)
+    ((elapsed_ms < 15000)) || fail "took ${elapsed_ms} ms to stop after the interrupt"
+    grep -Eq "rank [02]: all_reduce \(f32, 1024 elements, sum\) on rank [02] of 3 \(mpi\) was interrupted while waiting for the other ranks" <<<"$out" ||
+      fail "no rank reported its interrupted all_reduce"
+    ! grep -q "did not complete within" <<<"$out" || fail "a rank timed out instead"
+    ((rc == 3)) || fail "the launcher exited $rc, expected MPI_Abort's errorcode 3"
     ;;
   kill-recover)
     survivors_named

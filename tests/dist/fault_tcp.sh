@@ -11,10 +11,15 @@
 #   mismatch  rank 1 all_reduces 512 elements where ranks 0 and 2 all_reduce 1024: rank 1 (which
 #         receives rank 0's frame) and rank 2 (rank 1's) name both sides at once; all exit 3
 #   order  rank 1 calls broadcast where the others all_reduce: rank 1 names both; all exit 3
+#   interrupt  rank 1 sleeps as in hang, the timeout is 60 s, and half a second into the wait
+#         ranks 0 and 2 have their wait-interrupt flag set (Python's Ctrl-C handler's): they stop
+#         at once saying so, and exit with status 3
 set -uo pipefail
 launcher=$1 bin=$2 mode=$3
+limit=2
+[[ $mode == interrupt ]] && limit=60
 start=$(date +%s%N)
-out=$(timeout 60 bash "$launcher" -np 3 "$bin" "$mode" 2 2>&1)
+out=$(timeout 60 bash "$launcher" -np 3 "$bin" "$mode" "$limit" 2>&1)
 rc=$?
 elapsed_ms=$((($(date +%s%N) - start) / 1000000))
 fail() { printf 'FAIL (%s): %s\n--- output ---\n%s\n' "$mode" "$*" "$out"; exit 1; }
@@ -32,6 +37,7 @@ case $mode in
   pp-hang) why="did not complete within 2 s" ;;
   pp-kill) why="failed: (rank 1 closed the connection|(receiving from|sending to) rank 1 failed: (Connection reset by peer|Broken pipe))" ;;
   mismatch | order) why= ;;
+  interrupt) why="(failed: interrupted|failed: rank [02] closed the connection)" ;;
   *) echo "unknown mode $mode"; exit 2 ;;
 esac
 if [[ $mode == mismatch || $mode == order ]]; then
@@ -73,5 +79,9 @@ for r in 0 2; do
 done
 if [[ $mode == hang ]]; then
   grep -q "did not complete within 2 s" <<<"$out" || fail "no rank reported the timeout"
+fi
+if [[ $mode == interrupt ]]; then
+  ((elapsed_ms < 15000)) || fail "took ${elapsed_ms} ms to stop after the interrupt"
+  grep -q "failed: interrupted" <<<"$out" || fail "no rank reported the interrupt"
 fi
 echo PASS

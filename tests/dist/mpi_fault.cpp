@@ -9,7 +9,11 @@
 // next one with half the elements, or calls broadcast instead; the ranks that receive from it or
 // send to it must stop at once naming both operations (not read one's bytes as the other's).
 // meet (tests/dist/rendezvous_tcp.sh): join the job, all_reduce once, say so, exit 0.
-//   mpirun -np N mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet TIMEOUT_S
+// interrupt: rank 1 hangs as in hang, and half a second into the next all_reduce the other ranks'
+// wait-interrupt flag (set_wait_interrupt, what Python's Ctrl-C handler sets) turns true: they
+// must stop at once saying so, well before the timeout.
+//   mpirun -np N mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet|interrupt TIMEOUT_S
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -56,8 +60,8 @@ int pipeline_fault(std::shared_ptr<nuri::Communicator> comm, bool kill) {
 int main(int argc, char** argv) {
   using namespace nuri;
   if (argc != 3) {
-    std::fprintf(stderr, "usage: mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet "
-                         "TIMEOUT_S\n");
+    std::fprintf(stderr, "usage: mpi_fault hang|kill|pp-hang|pp-kill|mismatch|order|meet|"
+                         "interrupt TIMEOUT_S\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -94,12 +98,23 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(std::chrono::seconds(3600));
     return 0;
   }
+  static std::atomic<bool> pressed{false};
+  std::thread presser;
+  if (mode == "interrupt") {
+    set_wait_interrupt(&pressed);
+    presser = std::thread([] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      pressed.store(true);
+    });
+  }
+  int status = 0;
   try {
     comm->all_reduce(t);
+    std::fprintf(stderr, "rank %d: the all_reduce completed without rank 1\n", comm->rank());
   } catch (const Error& e) {
     std::fprintf(stderr, "rank %d: %s\n", comm->rank(), e.what());
-    return 3;
+    status = 3;
   }
-  std::fprintf(stderr, "rank %d: the all_reduce completed without rank 1\n", comm->rank());
-  return 0;
+  if (presser.joinable()) presser.join();
+  return status;
 }

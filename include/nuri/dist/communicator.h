@@ -34,11 +34,12 @@ struct CommOptions {
   double timeout_s = 600;
 };
 
-/// While `flag` is set (null: never), the TCP rendezvous and the TCP communicator's waits end
-/// with an Error saying "interrupted" once *flag reads true, instead of at their timeout.
-/// Python's bindings set it, with a SIGINT handler of their own, around init_process_group,
-/// barrier and all_reduce, so that Ctrl-C ends a wait for ranks that never come. (MPI's and
-/// NCCL's waits are not ended by it.)
+/// While `flag` is set (null: never), the TCP rendezvous and every communicator's waits (TCP,
+/// MPI, NCCL) end with an Error saying "interrupted" once *flag reads true, instead of at their
+/// timeout; the communicator cannot be used again, as after a timeout. Python's bindings set
+/// it, with a SIGINT handler of their own, around init_process_group, barrier and all_reduce,
+/// so that Ctrl-C ends a wait for ranks that never come. (MPI_Init, under mpirun and srun, is
+/// not ended by it.)
 void set_wait_interrupt(const std::atomic<bool>* flag);
 
 class Communicator {
