@@ -26,6 +26,11 @@ using json = nlohmann::json;
 namespace {
 
 constexpr const char* kManifest = "manifest.json";
+// The manifest's own SHA-256: of its compact JSON text without this field (nlohmann's dump(),
+// keys in order), so that reading and dumping it again gives the text that was hashed. Files
+// are checksummed in the manifest; this covers the manifest (a digit of a step or a range).
+// Manifests of before it have none and are read as they are.
+constexpr const char* kManifestChecksum = "manifest_sha256";
 constexpr const char* kModelFile = "model.safetensors";  // format 1's whole parameters
 constexpr int kFormatVersion = 3;  // 2 without keys and blocks
 
@@ -385,6 +390,7 @@ std::string CheckpointWriter::publish(int keep_last) {
       manifest["files"] = files;
       manifest["ranges"] = ranges;
       manifest["meta"] = json::parse(meta_);
+      manifest[kManifestChecksum] = sha256_hex(manifest.dump());
       atomic_write(write_dir_, kManifest, manifest.dump(1) + "\n");
       if (write_dir_ != dir_) replace_committed(write_dir_, dir_);
       atomic_write(root_, "latest", checkpoint_dir_name(step_) + "\n");
@@ -467,6 +473,17 @@ CheckpointReader::CheckpointReader(const std::string& path) {
     m = json::parse(in);
   } catch (const std::exception& e) {
     NURI_CHECK(false, mpath, " does not parse: ", e.what());
+  }
+  if (m.is_object() && m.contains(kManifestChecksum)) {
+    const json given = m[kManifestChecksum];
+    m.erase(kManifestChecksum);
+    const std::string digest = sha256_hex(m.dump());
+    NURI_CHECK(given.is_string() && given.get<std::string>() == digest, mpath, " fails its "
+               "checksum (SHA-256 ", digest.substr(0, 16), "…, the manifest says ",
+               given.is_string() ? given.get<std::string>().substr(0, 16) + "…" : given.dump(),
+               "): it changed after it was written, so it is corrupted; use an earlier "
+               "checkpoint (a manifest edited on purpose must drop its \"", kManifestChecksum,
+               "\" field)");
   }
   try {
     NURI_CHECK(m.value("format", "") == "nuri-checkpoint", mpath, " is not a nuri checkpoint "

@@ -140,6 +140,12 @@ std::string FileWriter::close() {
   return digest;
 }
 
+std::string sha256_hex(const std::string& bytes) {
+  EVP_MD_CTX* ctx = new_sha();
+  EVP_DigestUpdate(ctx, bytes.data(), bytes.size());
+  return finish_sha(ctx);
+}
+
 std::string sha256_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   NURI_CHECK(in.good(), "cannot open ", path, " to check its SHA-256");

@@ -428,6 +428,39 @@ TEST_F(CheckpointTamper, AFlippedByteFailsTheChecksumNamingTheFile) {
       << msg;
 }
 
+// The manifest's own checksum: a digit of the step changed (what the files' checksums cannot
+// see) is refused; the same manifest without the field (as nuri wrote them before it) loads.
+TEST_F(CheckpointTamper, AChangedManifestFailsItsChecksum) {
+  const std::string path = dir_ + "/manifest.json";
+  const std::string text = read_bytes(path);
+  nlohmann::json m = nlohmann::json::parse(text);
+  ASSERT_TRUE(m.contains("manifest_sha256")) << text.substr(0, 200);
+  ASSERT_EQ(m["step"], 1);
+  const size_t at = text.find("\"step\": 1,");
+  ASSERT_NE(at, std::string::npos) << text.substr(0, 400);
+  std::string changed = text;
+  changed.replace(at, 10, "\"step\": 7,");
+  write_bytes(path, changed);
+  const std::string msg = load(model_preset("gpt2-tiny"));
+  EXPECT_NE(msg.find("manifest.json fails its checksum"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("use an earlier checkpoint"), std::string::npos) << msg;
+  // Neither a checksum of the wrong type nor a truncated one is taken.
+  nlohmann::json wrong = m;
+  wrong["manifest_sha256"] = 12;
+  write_bytes(path, wrong.dump(1));
+  EXPECT_NE(load(model_preset("gpt2-tiny")).find("fails its checksum"), std::string::npos);
+  wrong["manifest_sha256"] = m["manifest_sha256"].get<std::string>().substr(0, 63);
+  write_bytes(path, wrong.dump(1));
+  EXPECT_NE(load(model_preset("gpt2-tiny")).find("fails its checksum"), std::string::npos);
+  // Without the field: read as before (formatting does not matter, only the content).
+  m.erase("manifest_sha256");
+  write_bytes(path, m.dump(4));
+  EXPECT_EQ(load(model_preset("gpt2-tiny")), "no error");
+  // Reformatted with the field kept: still the same content, still its checksum.
+  write_bytes(path, nlohmann::json::parse(text).dump(2));
+  EXPECT_EQ(load(model_preset("gpt2-tiny")), "no error");
+}
+
 TEST_F(CheckpointTamper, ATruncatedFileIsNamed) {
   const std::string f = dir_ + "/rank-00000-of-00001.safetensors";
   const std::string bytes = read_bytes(f);

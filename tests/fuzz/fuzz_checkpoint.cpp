@@ -3,13 +3,18 @@
 // manifest.json and `latest` (the input's two parts, fuzz_util.h). CheckpointReader opens the
 // root and every range is read in part and whole, so the manifest's slices must agree with the
 // file they point into (whose SHA-256 is real: a mutated checksum is refused before any read).
-//   NURI_FUZZ_PRINT_SEED=1 fuzz_checkpoint -runs=0   prints the real manifest (the seed).
+//   NURI_FUZZ_PRINT_SEED=1 fuzz_checkpoint -runs=0   prints the real manifest (the seed),
+// without its own checksum ("manifest_sha256": a manifest without one is read as those of
+// before it were), so that mutations reach the checks of its fields rather than stopping at the
+// checksum (tested in tests/ckpt/test_ckpt.cpp).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "fuzz_util.h"
 #include "nuri/ckpt/checkpoint.h"
@@ -42,8 +47,11 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   write_checkpoint();
   if (std::getenv("NURI_FUZZ_PRINT_SEED")) {
     std::ifstream in(g_step_dir + "/manifest.json");
+    nlohmann::json manifest = nlohmann::json::parse(in);
+    manifest.erase("manifest_sha256");
     std::stringstream s;
-    s << in.rdbuf() << "\n----8<----\n" << std::filesystem::path(g_step_dir).filename().string();
+    s << manifest.dump(1) << "\n\n----8<----\n"
+      << std::filesystem::path(g_step_dir).filename().string();
     std::fputs(s.str().c_str(), stdout);
   }
   return 0;

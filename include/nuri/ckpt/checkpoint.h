@@ -1,7 +1,8 @@
 // Checkpoints that survive a shared pool (DESIGN.md, "Checkpoints"): one directory per step,
 //
 //   ROOT/step-00000120/rank-00001-of-00004.safetensors  each rank's slices of the tensors
-//   ROOT/step-00000120/manifest.json                  the commit: files, SHA-256, slices, meta
+//   ROOT/step-00000120/manifest.json                  the commit: files, SHA-256, slices, meta,
+//                                                     and the manifest's own SHA-256
 //   ROOT/latest                                       "step-00000120"
 //
 // Every rank writes its own slices, in parallel, and no rank holds the whole model: a tensor is

@@ -143,6 +143,8 @@ int64_t other_safetensors_dtype_size(const std::string& s);
 
 /// Lower-case hex SHA-256 of a whole file.
 std::string sha256_file(const std::string& path);
+/// Lower-case hex SHA-256 of `bytes`.
+std::string sha256_hex(const std::string& bytes);
 
 namespace ckpt {
 /// Fault injection for tests: when NURI_CKPT_CRASH_AT=k is set, the k-th crash point of the
