@@ -34,17 +34,16 @@ bool have_mpi() { return false; }
 #endif
 
 namespace {
-std::atomic<const std::atomic<bool>*> g_wait_interrupt{nullptr};
+// The calling thread's: Ctrl-C from Python ends the wait it was pressed during, not a Trainer's
+// collectives on another thread (they stop at a step boundary, checkpointed).
+thread_local const std::atomic<bool>* g_wait_interrupt = nullptr;
 }  // namespace
 
-void set_wait_interrupt(const std::atomic<bool>* flag) { g_wait_interrupt.store(flag); }
+void set_wait_interrupt(const std::atomic<bool>* flag) { g_wait_interrupt = flag; }
 
 namespace dist {
 
-bool wait_interrupted() {
-  const std::atomic<bool>* flag = g_wait_interrupt.load();
-  return flag != nullptr && flag->load();
-}
+bool wait_interrupted() { return g_wait_interrupt != nullptr && g_wait_interrupt->load(); }
 
 void check_tensor(const char* op, const char* what, const Tensor& t) {
   NURI_CHECK(t.defined(), op, ": ", what, " is undefined");
@@ -204,18 +203,20 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& info, const Co
   // first wait would fail. Longer limits (inf: none) are taken as kMaxCommTimeout (~31 years).
   timeout = std::min(timeout, kMaxCommTimeout);
   if (info.world_size == 1) return std::make_unique<SingleCommunicator>(timeout);
-  // torchrun-style (and srun or Hydra's mpiexec with MASTER_ADDR): no MPI runtime to ask, so the
+  // torchrun-style (and srun or an mpiexec with MASTER_ADDR): no MPI runtime to ask, so the
   // ranks meet over TCP at MASTER_ADDR:MASTER_PORT.
   if (info.launcher == Launcher::torchrun || !info.master_addr.empty()) {
     return make_tcp_communicator(info, timeout);
   }
-  // Hydra's ranks: Open MPI's MPI_Init cannot join them (each would come up as a job of one).
+  // An mpiexec's ranks: Open MPI's MPI_Init cannot join them (each would come up as a job of
+  // one).
   NURI_CHECK(info.launcher != Launcher::mpiexec, "this process is rank ", info.rank, " of ",
-             info.world_size, " started by an mpiexec of MPICH or Intel MPI (PMI_RANK, "
-             "PMI_SIZE), whose ranks nuri's MPI (Open MPI) cannot join: export MASTER_ADDR (the "
-             "job's first node) and MASTER_PORT (a free port) before mpiexec, which passes them "
-             "to every rank (or give them with -genv), and the ranks meet over TCP; or start the "
-             "job with Open MPI's mpirun, srun or torchrun");
+             info.world_size, " started by an mpiexec of MPICH, Intel MPI or Cray PALS "
+             "(PMI_RANK, PMI_SIZE), whose ranks nuri's MPI (Open MPI) cannot join: export "
+             "MASTER_ADDR (the host of the job's first rank) and MASTER_PORT (a free port) "
+             "before mpiexec, which passes them to every rank (or give them with -genv / "
+             "--env), and the ranks meet over TCP; or start the job with Open MPI's mpirun, "
+             "srun or torchrun");
   // srun without a PMI plugin: MPI_Init would abort with Open MPI's advice to rebuild itself (or
   // come up as a job of one); say what the user can change instead.
   NURI_CHECK(info.launcher != Launcher::srun || info.srun_pmi, "this process is rank ",

@@ -1,5 +1,5 @@
-// Launcher detection: the environment of torchrun, mpirun (Open MPI), srun (Slurm) and Hydra's
-// mpiexec (MPICH, Intel MPI).
+// Launcher detection: the environment of torchrun, mpirun (Open MPI), srun (Slurm) and the
+// mpiexecs that set PMI's variables (MPICH, Intel MPI, Cray PALS).
 #include "nuri/dist/launch.h"
 
 #include <algorithm>
@@ -18,7 +18,7 @@ const char* launcher_name(Launcher l) {
     case Launcher::torchrun: return "torchrun-style environment";
     case Launcher::mpirun: return "mpirun (Open MPI)";
     case Launcher::srun: return "srun (Slurm)";
-    case Launcher::mpiexec: return "mpiexec (Hydra: MPICH or Intel MPI)";
+    case Launcher::mpiexec: return "mpiexec (PMI: MPICH, Intel MPI, Cray PALS)";
   }
   return "?";
 }
@@ -70,18 +70,29 @@ void rendezvous(const Getenv& env, LaunchInfo& info, const char* because) {
              info.master_port, " is not a TCP port (1-65535)");
 }
 
-/// Hydra's PMI_RANK and PMI_SIZE, not those of `srun --mpi=pmi2` (which equal the step's
-/// SLURM_PROCID and SLURM_STEP_NUM_TASKS): MPI_LOCALRANKID, set by Hydra alone, or a rank or
-/// size the step does not have (Hydra's ranks carry the srun step of its proxies, one a node).
-bool hydra(const Getenv& env) {
+/// Whether PMI_RANK and PMI_SIZE (either of them) are an mpiexec's (MPICH's and Intel MPI's
+/// Hydra, Cray's PALS) rather than `srun --mpi=pmi2`'s, which equal the step's SLURM_PROCID and
+/// SLURM_STEP_NUM_TASKS: a local rank only the mpiexecs set (MPI_LOCALRANKID, PMI_LOCAL_RANK),
+/// no Slurm step, or a rank or size the step does not have (inside an allocation Hydra starts
+/// a proxy a node with srun, so its ranks carry that step's variables).
+bool pmi_mpiexec(const Getenv& env) {
   const auto set = [&](const char* name) {
     const char* v = env(name);
     return v && *v;
   };
-  if (!set("PMI_RANK") || !set("PMI_SIZE")) return false;
-  if (set("MPI_LOCALRANKID") || !set("SLURM_STEP_NUM_TASKS")) return true;
-  return std::string(env("PMI_SIZE")) != env("SLURM_STEP_NUM_TASKS") ||
-         !set("SLURM_PROCID") || std::string(env("PMI_RANK")) != env("SLURM_PROCID");
+  const auto same = [&](const char* a, const char* b) {
+    return set(a) && set(b) && std::string(env(a)) == env(b);
+  };
+  // (PMI_SIZE=1 alone: one process, as it was read before the mpiexecs were)
+  if (!set("PMI_RANK") && (!set("PMI_SIZE") || std::string(env("PMI_SIZE")) == "1")) {
+    return false;
+  }
+  if (set("MPI_LOCALRANKID") || set("PMI_LOCAL_RANK") || !set("SLURM_STEP_NUM_TASKS")) {
+    return true;
+  }
+  // (srun's PMI plugins may set PMI_RANK alone: a missing one differs from nothing)
+  return (set("PMI_SIZE") && !same("PMI_SIZE", "SLURM_STEP_NUM_TASKS")) ||
+         (set("PMI_RANK") && !same("PMI_RANK", "SLURM_PROCID"));
 }
 
 }  // namespace
@@ -135,20 +146,33 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     }
     return info;
   }
-  // mpirun, Hydra's mpiexec and srun: the same four facts under each launcher's names.
+  // mpirun, a PMI mpiexec and srun: the same four facts under each launcher's names (Hydra's
+  // local rank and count; Cray PALS's where Hydra's are not there).
   struct Vars {
     Launcher launcher;
     const char *rank, *size, *local, *local_size;
   };
-  for (const Vars& v : {Vars{Launcher::mpirun, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
-                             "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
-                        Vars{Launcher::mpiexec, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
-                             "MPI_LOCALNRANKS"},
-                        Vars{Launcher::srun, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
-                             "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"}}) {
+  const auto set = [&](const char* name) {
+    const char* v = env(name);
+    return v && *v;
+  };
+  const bool pals = !set("MPI_LOCALRANKID") && set("PMI_LOCAL_RANK");
+  for (Vars v : {Vars{Launcher::mpirun, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+                      "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
+                 Vars{Launcher::mpiexec, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
+                      "MPI_LOCALNRANKS"},
+                 Vars{Launcher::srun, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID",
+                      "SLURM_NTASKS_PER_NODE"}}) {
     const char* rank = env(v.rank);
-    if (!rank || !*rank) continue;
-    if (v.launcher == Launcher::mpiexec && !hydra(env)) continue;
+    if (v.launcher == Launcher::mpiexec) {
+      if (!pmi_mpiexec(env)) continue;  // (PMI_SIZE without PMI_RANK too: it is named)
+      if (pals) {
+        v.local = "PMI_LOCAL_RANK";
+        v.local_size = "PMI_LOCAL_SIZE";
+      }
+    } else if (!rank || !*rank) {
+      continue;
+    }
     // An allocation's own shell (an sbatch script, salloc) has SLURM_PROCID 0 and the job's
     // SLURM_NTASKS too, but no step: it is one process, not rank 0 of the job's tasks. srun
     // sets SLURM_STEP_NUM_TASKS in every task of the step it starts.
@@ -157,9 +181,9 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     info.launcher = v.launcher;
     const char* l = launcher_name(info.launcher);
     const std::string because = std::string(v.rank) + " is";
-    info.rank = required(env, v.rank, l, "it is set");
+    info.rank = required(env, v.rank, l, rank && *rank ? "it is set" : "PMI_SIZE is");
     info.world_size = required(env, v.size, l, because.c_str());
-    // (`mpiexec -n 1` of an older Hydra may not say the local rank of its one process)
+    // (`mpiexec -n 1` may not say the local rank of its one process)
     info.local_rank = v.launcher == Launcher::mpiexec && info.world_size == 1
                           ? int_var(env, v.local, l).value_or(0)
                           : required(env, v.local, l, because.c_str());
@@ -177,8 +201,8 @@ LaunchInfo detect_launch(const std::function<const char*(const char*)>& getenv_f
     }
     check_ranks(info, v.rank, v.size, v.local);
     if (info.launcher != Launcher::mpirun && info.world_size > 1) {
-      // srun and Hydra start the ranks themselves; MPI can wire srun's up only through its PMI
-      // plugin, and Hydra's not at all (nuri's MPI is Open MPI). With MASTER_ADDR (and
+      // srun and mpiexec start the ranks themselves; MPI can wire srun's up only through its
+      // PMI plugin, and an mpiexec's not at all (nuri's MPI is Open MPI). With MASTER_ADDR (and
       // MASTER_PORT) set they meet over TCP instead, as torchrun-style ranks do;
       // make_communicator says what to do where neither is there.
       if (const char* addr = env("MASTER_ADDR"); addr && *addr) {

@@ -9,8 +9,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <sstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -46,6 +50,12 @@ struct MpiRuntime {
   bool we_initialized = false;
   int thread_level = MPI_THREAD_SINGLE;  ///< what MPI provides
   std::atomic<bool> failed{false};
+  /// Why (the first operation that timed out or was interrupted), set once with `failed`.
+  std::string failed_what;
+  /// What the requests left pending by a failed wait still point at (buffers, counts and
+  /// displacements): kept for the rest of the process, as MPI may still write into them.
+  std::mutex abandoned_mutex;
+  std::vector<std::shared_ptr<void>> abandoned;
 
   static MpiRuntime& get() {
     static MpiRuntime* rt = [] {
@@ -100,7 +110,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Request req;
     mpi_check(MPI_Iallreduce(MPI_IN_PLACE, t.raw(), count(t), type(t), reduce_op(t), comm_, &req),
               "MPI_Iallreduce");
-    wait(req);
+    wait(req, {t});
     if (op == ReduceOp::avg) dist::scale(t, 1.0 / size_);
   }
 
@@ -111,7 +121,7 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Ireduce_scatter_block(in.raw(), out.raw(), count(out), type(in), reduce_op(in),
                                         comm_, &req),
               "MPI_Ireduce_scatter_block");
-    wait(req);
+    wait(req, {in, out});
     if (op == ReduceOp::avg) dist::scale(out, 1.0 / size_);
   }
 
@@ -119,7 +129,8 @@ class MpiCommunicator final : public Communicator {
                         ReduceOp op) override {
     dist::check_scatter_v(in, out, counts, rank_, size_);
     start("reduce_scatter_v", in, op);
-    std::vector<int> n(static_cast<size_t>(size_));
+    auto counts_n = std::make_shared<std::vector<int>>(static_cast<size_t>(size_));
+    std::vector<int>& n = *counts_n;
     for (int r = 0; r < size_; ++r) n[size_t(r)] = int_count("reduce_scatter_v", counts[size_t(r)]);
     int_count("reduce_scatter_v", in.numel());
     MPI_Request req;
@@ -127,7 +138,7 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Ireduce_scatter(in_place ? MPI_IN_PLACE : in.raw(), out.raw(), n.data(),
                                   type(in), reduce_op(in), comm_, &req),
               "MPI_Ireduce_scatter");
-    wait(req);  // n stays alive until the operation completes
+    wait(req, {in, out}, {counts_n});  // n stays alive until the operation completes
     if (op == ReduceOp::avg) dist::scale(out, 1.0 / size_);
   }
 
@@ -145,14 +156,17 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Iallgather(in.raw(), count(in), type(in), out.raw(), count(in), type(in), comm_,
                              &req),
               "MPI_Iallgather");
-    wait(req);
+    wait(req, {in, out});
   }
 
   void all_gather_v(const Tensor& in, const Tensor& out,
                     const std::vector<int64_t>& counts) override {
     const int64_t offset = dist::check_gather_v(in, out, counts, rank_, size_);
     start("all_gather_v", out);
-    std::vector<int> n(static_cast<size_t>(size_)), displ(static_cast<size_t>(size_));
+    auto counts_n = std::make_shared<std::vector<int>>(static_cast<size_t>(size_));
+    auto displs = std::make_shared<std::vector<int>>(static_cast<size_t>(size_));
+    std::vector<int>& n = *counts_n;
+    std::vector<int>& displ = *displs;
     int64_t at = 0;
     for (int r = 0; r < size_; ++r) {
       n[size_t(r)] = int_count("all_gather_v", counts[size_t(r)]);
@@ -165,7 +179,7 @@ class MpiCommunicator final : public Communicator {
     mpi_check(MPI_Iallgatherv(in_place ? MPI_IN_PLACE : in.raw(), n[size_t(rank_)], type(in),
                               out.raw(), n.data(), displ.data(), type(out), comm_, &req),
               "MPI_Iallgatherv");
-    wait(req);  // n and displ stay alive until the operation completes
+    wait(req, {in, out}, {counts_n, displs});  // n and displ stay alive until it completes
   }
 
   void broadcast(const Tensor& t, int root) override {
@@ -175,7 +189,7 @@ class MpiCommunicator final : public Communicator {
     start("broadcast", t);
     MPI_Request req;
     mpi_check(MPI_Ibcast(t.raw(), count(t), type(t), root, comm_, &req), "MPI_Ibcast");
-    wait(req);
+    wait(req, {t});
   }
 
   void send(const Tensor& t, int peer) override { point_to_point(true, t, peer); }
@@ -242,12 +256,19 @@ class MpiCommunicator final : public Communicator {
     } else {
       mpi_check(MPI_Irecv(t.raw(), count(t), type(t), peer, kTag, comm_, &req), "MPI_Irecv");
     }
-    wait(req);
+    wait(req, {t});
   }
 
   void check_usable(const char* op) const {
     NURI_CHECK(!broken_, op, " on rank ", rank_, ": this communicator failed earlier (",
                broken_what_, ") and cannot be used again; end the process");
+    // Nor any other: an MPI call would advance the failed operation's request.
+    MpiRuntime& rt = MpiRuntime::get();
+    if (rt.failed.load()) {
+      const std::lock_guard<std::mutex> lock(rt.abandoned_mutex);
+      NURI_CHECK(false, op, " on rank ", rank_, ": an MPI operation of this process failed "
+                 "earlier (", rt.failed_what, "), so MPI cannot be used again; end the process");
+    }
   }
 
   /// Records what is about to run, for the timeout's message.
@@ -258,8 +279,10 @@ class MpiCommunicator final : public Communicator {
   }
 
   /// Polls until req completes, the timeout passes or the wait is interrupted
-  /// (set_wait_interrupt).
-  void wait(MPI_Request& req) {
+  /// (set_wait_interrupt). `buffers` and `arrays`: what the request points at, kept for the
+  /// rest of the process when it is left pending.
+  void wait(MPI_Request& req, std::initializer_list<Tensor> buffers = {},
+            std::initializer_list<std::shared_ptr<std::vector<int>>> arrays = {}) {
     using Clock = std::chrono::steady_clock;
     const auto t0 = Clock::now();
     const auto deadline = t0 + std::chrono::duration<double>(timeout_s_);
@@ -279,11 +302,19 @@ class MpiCommunicator final : public Communicator {
         std::this_thread::yield();
       }
     }
-    // The request stays pending: the communicator cannot be used again, and the process ends
-    // with MPI_Abort (MPI_Finalize would wait for the request).
+    // The request stays pending: no MPI communicator can be used again, the process ends with
+    // MPI_Abort (MPI_Finalize would wait for the request), and what the request points at is
+    // kept (a caller catching the error, Python's KeyboardInterrupt, say, may go on).
     broken_ = true;
     broken_what_ = what_;
-    MpiRuntime::get().failed = true;
+    {
+      MpiRuntime& rt = MpiRuntime::get();
+      const std::lock_guard<std::mutex> lock(rt.abandoned_mutex);
+      for (const Tensor& b : buffers) rt.abandoned.push_back(std::make_shared<Tensor>(b));
+      for (const auto& a : arrays) rt.abandoned.push_back(a);
+      if (!rt.failed.load()) rt.failed_what = what_ + " on rank " + std::to_string(rank_);
+      rt.failed = true;
+    }
     NURI_CHECK(!interrupted, what_, " on rank ", rank_, " of ", size_, " (mpi) was interrupted "
                "while waiting for the other ranks (Ctrl-C); this rank gives up");
     std::ostringstream t;

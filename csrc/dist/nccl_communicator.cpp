@@ -292,8 +292,7 @@ class NcclCommunicator final : public Communicator {
   /// GiB of it on every rank's behalf, and fail where GPUs are in exclusive-process mode.
   void on_device() { cuda_check(cudaSetDevice(device_), "cudaSetDevice"); }
 
-  /// Polls until the stream has finished the operation, NCCL reports an error, the timeout
-  /// passes or the wait is interrupted (set_wait_interrupt).
+  /// Polls until the stream has finished the operation, NCCL reports an error, or the timeout.
   void wait() {
     on_device();
     pending_ = false;  // the stream is in order: this waits for every earlier operation too
@@ -308,12 +307,6 @@ class NcclCommunicator final : public Communicator {
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess) nccl_check(async, "ncclCommGetAsyncError");
-      if (dist::wait_interrupted()) {
-        ncclCommAbort(comm_);
-        comm_ = nullptr;
-        give_up("was interrupted while waiting for the other ranks (Ctrl-C). The NCCL "
-                "communicator was aborted");
-      }
       if (Clock::now() > deadline) {
         ncclCommAbort(comm_);
         comm_ = nullptr;

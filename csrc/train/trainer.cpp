@@ -351,6 +351,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
     pp_ = grid.pp;
     // (ZeRO 2 and 3 sum a tied embedding's gradient shards over a group of their own: tied_)
     const bool shards_tied = model.config().tied_embeddings && dp_ && dp_->zero_stage() >= 2;
+    pipe_tied_by_trainer_ = shards_tied;
     pipe_ = std::make_unique<Pipeline>(std::vector<Transformer*>{&model},
                                        make_device_communicator(grid.pp, model.backend()),
                                        !shards_tied);
@@ -453,7 +454,7 @@ StepStats Trainer::step() {
   if (dp_) dp_->finish_gradients();
   if (tied_) {
     sum_tied_shards();
-  } else if (pipe_) {
+  } else if (pipe_ && !pipe_tied_by_trainer_) {
     pipe_->sum_tied_gradients();  // after the data-parallel sums (ZeRO 0 and 1: whole gradients)
   }
   if (model_.sequence_parallel()) sum_norm_gradients();

@@ -15,7 +15,7 @@ nuri's own buffers (no copies), and every C++ ``nuri::Error`` arrives as ``nuri.
     nuri.save(model, "model.safetensors")
 
 A whole run, as nuri-train does it (resume, checkpoints, preemption, metrics, several processes
-under torchrun, mpirun or srun): ``nuri.run(nuri.load_config("run.toml"))``, or
+under torchrun, mpirun, srun or an mpiexec): ``nuri.run(nuri.load_config("run.toml"))``, or
 ``python -m nuri train --config run.toml``.
 """
 

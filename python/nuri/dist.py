@@ -2,13 +2,13 @@
 
 One design choice to know: the launcher is read from the environment in C++
 (``nuri/dist/launch.h``: torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, mpirun, srun,
-Hydra's mpiexec),
+the PMI mpiexecs),
 exactly as for nuri-train; the ranks then meet over MPI or TCP. Only one thing is done here:
 torchrun's default (static) rendezvous keeps its own store on MASTER_PORT, so nuri's ranks meet
 on another port, which rank 0 picks and publishes through that store with PyTorch's client.
 
     import nuri
-    pg = nuri.init_process_group()          # under torchrun, mpirun or srun; rank 0 of 1 alone
+    pg = nuri.init_process_group()          # torchrun, mpirun, srun, mpiexec; alone: 0 of 1
     model = nuri.Model(cfg, pg.device("cuda"))   # this rank's GPU ("cuda:<local rank>")
     trainer = nuri.Trainer(model, train_cfg, data, process_group=pg)
 """

@@ -163,7 +163,7 @@ TEST(Launch, SlurmMeetsOverMpiThroughPmiOrOverTcpWithMasterAddr) {
   EXPECT_TRUE(launch(one).master_addr.empty());
 }
 
-TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
+TEST(Launch, PmiMpiexecsInAndOutsideSlurm) {
   // MPICH's or Intel MPI's mpiexec on its own: PMI_RANK, PMI_SIZE and the local rank.
   const Env hydra = {{"PMI_RANK", "5"},       {"PMI_SIZE", "8"},         {"MPI_LOCALRANKID", "1"},
                      {"MPI_LOCALNRANKS", "4"}, {"MASTER_ADDR", "node01"}, {"MASTER_PORT", "29400"}};
@@ -177,8 +177,8 @@ TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
   EXPECT_EQ(i.master_port, 29400);
   EXPECT_FALSE(i.srun_pmi);
   // Inside an allocation Hydra starts a proxy a node with srun: every rank on the second of two
-  // nodes carries SLURM_PROCID 1 of a step of 2 tasks. Read as srun, the 8 ranks would have been
-  // 2 ranks of 1 job each training on its own; read as Hydra, rank 5 of 8.
+  // nodes carries SLURM_PROCID 1 of a step of 2 tasks. Read as srun, each node's 4 ranks would
+  // all have been rank 1 of 2 (the node's index and count); read as the mpiexec's, rank 5 of 8.
   Env in_slurm = hydra;
   in_slurm.insert({{"SLURM_PROCID", "1"},
                    {"SLURM_STEP_NUM_TASKS", "2"},
@@ -189,14 +189,33 @@ TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
   EXPECT_EQ(i.rank, 5);
   EXPECT_EQ(i.world_size, 8);
   EXPECT_EQ(i.local_rank, 1);
-  // Without MPI_LOCALRANKID, a rank or size the step does not have still says Hydra, and the
+  // Without MPI_LOCALRANKID, a rank or size the step does not have still says mpiexec, and the
   // missing local rank is named.
   Env no_local = in_slurm;
   no_local.erase("MPI_LOCALRANKID");
   EXPECT_NE(error_of(no_local).find("MPI_LOCALRANKID is not set, but PMI_RANK is (mpiexec "
-                                    "(Hydra: MPICH or Intel MPI))"),
+                                    "(PMI: MPICH, Intel MPI, Cray PALS))"),
             std::string::npos)
       << error_of(no_local);
+  // Cray PALS: PMI_LOCAL_RANK and PMI_LOCAL_SIZE where Hydra's are not.
+  const LaunchInfo pals = launch({{"PMI_RANK", "6"},
+                                  {"PMI_SIZE", "8"},
+                                  {"PMI_LOCAL_RANK", "2"},
+                                  {"PMI_LOCAL_SIZE", "4"},
+                                  {"MASTER_ADDR", "x1000c0s0b0n0"},
+                                  {"MASTER_PORT", "29400"}});
+  EXPECT_EQ(pals.launcher, Launcher::mpiexec);
+  EXPECT_EQ(pals.rank, 6);
+  EXPECT_EQ(pals.local_rank, 2);
+  EXPECT_EQ(pals.local_world_size, 4);
+  // Half of the pair is named, not read as one process; PMI_SIZE=1 alone is one process.
+  EXPECT_NE(error_of({{"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}})
+                .find("PMI_RANK is not set, but PMI_SIZE is"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"PMI_RANK", "3"}, {"MPI_LOCALRANKID", "0"}})
+                .find("PMI_SIZE is not set, but PMI_RANK is"),
+            std::string::npos);
+  EXPECT_EQ(launch({{"PMI_SIZE", "1"}}).launcher, Launcher::single);
   // `srun --mpi=pmi2`'s PMI_RANK and PMI_SIZE are the step's own: srun, with its PMI plugin.
   const LaunchInfo pmi2 = launch({{"SLURM_PROCID", "1"},
                                   {"SLURM_STEP_NUM_TASKS", "2"},
@@ -212,7 +231,7 @@ TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
   EXPECT_NE(error_of({{"PMI_RANK", "4"}, {"PMI_SIZE", "4"}, {"MPI_LOCALRANKID", "0"}})
                 .find("PMI_RANK=4 is not below PMI_SIZE=4"),
             std::string::npos);
-  // Without MASTER_ADDR the ranks have nowhere to meet (Open MPI cannot join Hydra's): the
+  // Without MASTER_ADDR the ranks have nowhere to meet (Open MPI cannot join them): the
   // communicator says what to export, before any socket or MPI call.
   Env no_addr = hydra;
   no_addr.erase("MASTER_ADDR");
@@ -222,10 +241,10 @@ TEST(Launch, HydrasMpiexecInAndOutsideSlurm) {
   EXPECT_TRUE(i.master_addr.empty());
   try {
     make_communicator(i);
-    FAIL() << "a communicator was made for Hydra's ranks without a rendezvous";
+    FAIL() << "a communicator was made for an mpiexec's ranks without a rendezvous";
   } catch (const Error& e) {
     const std::string m = e.what();
-    EXPECT_NE(m.find("rank 5 of 8 started by an mpiexec of MPICH or Intel MPI"),
+    EXPECT_NE(m.find("rank 5 of 8 started by an mpiexec of MPICH, Intel MPI or Cray PALS"),
               std::string::npos) << m;
     EXPECT_NE(m.find("export MASTER_ADDR"), std::string::npos) << m;
   }

@@ -350,6 +350,9 @@ TEST(PipelineParallel, TheTrainerOnAGridTrainsLikeOneProcess) {
       {2, 1, 2, 2, Recompute::selective, false, "gpt2", 4, 3, false},
       {1, 2, 2, 0, Recompute::none, true, "llama", 2, 4},
       {1, 1, 4, 0, Recompute::none, false, "gpt2", 4, 4},
+      // Tied, ZeRO 2 on 4 stages: the middle stages sum nothing (the Trainer's group is the
+      // first and last stage's dp ranks).
+      {2, 1, 4, 2, Recompute::none, false, "gpt2", 4, 4},
       {2, 2, 2, 2, Recompute::none, true, "llama", 4, 2},
       {2, 2, 2, 1, Recompute::full, false, "gpt2", 4, 2},
       {2, 2, 2, 3, Recompute::none, true, "gpt2", 4, 2},

@@ -34,12 +34,14 @@ struct CommOptions {
   double timeout_s = 600;
 };
 
-/// While `flag` is set (null: never), the TCP rendezvous and every communicator's waits (TCP,
-/// MPI, NCCL) end with an Error saying "interrupted" once *flag reads true, instead of at their
-/// timeout; the communicator cannot be used again, as after a timeout. Python's bindings set
-/// it, with a SIGINT handler of their own, around init_process_group, barrier and all_reduce,
-/// so that Ctrl-C ends a wait for ranks that never come. (MPI_Init, under mpirun and srun, is
-/// not ended by it.)
+/// While `flag` is set for the calling thread (null: never), that thread's waits in the TCP
+/// rendezvous and in the TCP and MPI communicators' operations end with an Error saying
+/// "interrupted" once *flag reads true, instead of at their timeout; the communicator (under
+/// MPI, every MPI communicator of the process) cannot be used again, as after a timeout.
+/// Python's bindings set it, with a SIGINT handler of their own, around init_process_group,
+/// barrier and all_reduce, so that Ctrl-C ends a wait for ranks that never come. (MPI_Init,
+/// under mpirun and srun, is not ended by it, nor are NCCL's waits, which no binding makes
+/// while the flag is set.)
 void set_wait_interrupt(const std::atomic<bool>* flag);
 
 class Communicator {

@@ -11,20 +11,22 @@
 //                   MASTER_ADDR and MASTER_PORT the ranks meet over TCP as
 //                   torchrun-style ones do, else over MPI, which needs srun's PMIx plugin
 //                   (`srun --mpi=pmix`; PMI-2 where the site's MPI was built for it)
-//   mpiexec (Hydra: MPICH, Intel MPI)  PMI_RANK, PMI_SIZE, MPI_LOCALRANKID (MPI_LOCALNRANKS
-//                   when present). nuri's MPI is Open MPI, which cannot join Hydra's ranks, so
-//                   they meet over TCP at MASTER_ADDR:MASTER_PORT, which the job must export
+//   mpiexec (PMI)   PMI_RANK, PMI_SIZE and the local rank: MPI_LOCALRANKID and MPI_LOCALNRANKS
+//                   (Hydra: MPICH, Intel MPI), else PMI_LOCAL_RANK and PMI_LOCAL_SIZE (Cray
+//                   PALS). nuri's MPI is Open MPI, which cannot join these ranks, so they meet
+//                   over TCP at MASTER_ADDR:MASTER_PORT, which the job must export
 //   none of them    a single process: rank 0 of 1
 //
 // In that order: a torchrun-style RANK wins over the others (a script may set it inside any
 // allocation), and Open MPI's variables win over Slurm's, since mpirun inside a Slurm job leaves
-// the Slurm variables of the allocation's first task in every rank. Hydra's win over Slurm's
-// for the same reason (inside an allocation it starts one proxy a node with srun, so its ranks
-// carry that step's SLURM_PROCID, the node's index): its PMI_RANK and PMI_SIZE are told from
-// those of `srun --mpi=pmi2` by MPI_LOCALRANKID, which only Hydra sets, or by differing from
-// SLURM_PROCID and SLURM_STEP_NUM_TASKS. A partial or inconsistent set
-// (RANK without WORLD_SIZE, a rank outside the world, a number that does not parse) is an error
-// that names the variable; nothing is guessed.
+// the Slurm variables of the allocation's first task in every rank. An mpiexec's win over
+// Slurm's for the same reason (inside an allocation Hydra starts one proxy a node with srun, so
+// its ranks carry that step's SLURM_PROCID and SLURM_STEP_NUM_TASKS: the node's index and the
+// node count): its PMI_RANK and PMI_SIZE are told from those of `srun --mpi=pmi2` by a local
+// rank only the mpiexecs set, or by differing from SLURM_PROCID and SLURM_STEP_NUM_TASKS. A
+// partial or inconsistent set (RANK without WORLD_SIZE, PMI_SIZE without PMI_RANK, a rank
+// outside the world, a number that does not parse) is an error that names the variable;
+// nothing is guessed.
 #pragma once
 
 #include <functional>

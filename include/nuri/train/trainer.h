@@ -262,6 +262,9 @@ class Trainer {
   std::vector<Pipeline::MicroBatch> micro_;  // the step's micro-batches (pipeline)
   /// Tied embeddings across stages with ZeRO 2 or 3: the first and last stage's dp ranks.
   std::shared_ptr<Communicator> tied_;
+  /// The pipeline was built for the Trainer to sum the tied embedding (tied_ on the first and
+  /// last stage; the middle stages have nothing to sum).
+  bool pipe_tied_by_trainer_ = false;
   void sum_tied_shards();
   /// The host communicator over every rank that holds part of the model (null: one process).
   Communicator* all_ranks() const;
