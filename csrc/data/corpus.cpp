@@ -144,13 +144,20 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
       NURI_CHECK(name.is_string() &&
                      fs::path(name.get<std::string>()).filename() == name.get<std::string>(),
                  meta_path, ": mask names are file names in the directory");
-      auto m = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), 2);
+      // (opened as token ids of no vocabulary: its values are checked below, as a mask's)
+      auto m = TokenFile::open((fs::path(dir) / name.get<std::string>()).string(), 0);
       // Each mask against its own shard: one short and a later one long would shift the bits.
       NURI_CHECK(m->size() == sizes[k], meta_path, ": mask ", name.get<std::string>(), " has ",
                  m->size(), " values, its shard ", meta["shards"][split][k].get<std::string>(),
                  " ", sizes[k], " tokens; tokenize the data again");
       ++k;
-      for (int64_t i = 0; i < m->size(); ++i) mask.push_back(uint8_t(m->at(i)));
+      for (int64_t i = 0; i < m->size(); ++i) {
+        const uint32_t v = m->at(i);
+        NURI_CHECK(v <= 1, (fs::path(dir) / name.get<std::string>()).string(), ": loss mask value ",
+                   v, " at index ", i, " (", m->byte_offset_str(i), "; 0: not trained on, 1: "
+                   "trained on): the file is corrupted; tokenize the data again");
+        mask.push_back(uint8_t(v));
+      }
     }
   }
   if (description) {

@@ -124,6 +124,7 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
   NURI_CHECK(width == 2 || width == 4, "open_raw: token width ", width,
              " bytes (2: uint16, 4: uint32)");
   std::shared_ptr<TokenFile> f(new TokenFile());
+  f->in_file_ = true;
   const char* base = f->map_file(path);
   const int64_t bytes = int64_t(f->map_bytes_);
   // A file with a header read as raw tokens would train on its header, and on ids of the wrong
@@ -152,6 +153,7 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
 
 std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t vocab_size) {
   std::shared_ptr<TokenFile> f(new TokenFile());
+  f->in_file_ = true;
   const char* base = f->map_file(path);
   const size_t bytes = f->map_bytes_;
   int64_t elem = 2;
@@ -159,6 +161,7 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
     NpyInt type{};
     parse_npy(path, base, bytes, &type, &f->n_, &f->data_offset_);
     elem = type.bytes;
+    f->file_elem_ = elem;
     check_fits(path, bytes, f->data_offset_, f->n_, elem);
     // uint16 and uint32 are mapped in place when their data is aligned (NumPy pads the header to
     // 64 bytes; a file that does not is read like the other types: fuzz_token_file found the
@@ -197,7 +200,7 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
       }
       f->wide_ = true;
       f->data32_ = f->owned_.data();
-      f->data_offset_ = 0;  // offsets in messages are now into the converted copy
+      // (data_offset_ and file_elem_ stay the file's: messages name its bytes)
       ::munmap(f->map_, f->map_bytes_);
       f->map_ = nullptr;
       if (vocab_size > 0) f->check_vocab(vocab_size);
@@ -227,6 +230,7 @@ std::shared_ptr<TokenFile> TokenFile::open(const std::string& path, int64_t voca
     f->n_ = header[2];
     f->data_offset_ = kTokenFileHeaderBytes;
     elem = f->wide_ ? 4 : 2;
+    f->file_elem_ = elem;
     check_fits(path, bytes, f->data_offset_, f->n_, elem);
     // What llm.c's reader checks too: nothing after the counted tokens.
     const int64_t extra = int64_t(bytes) - f->data_offset_ - f->n_ * elem;
@@ -291,16 +295,20 @@ uint32_t TokenFile::at_joined(int64_t i) const {
 
 std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int64_t start,
                                             int64_t n) {
-  NURI_CHECK(file != nullptr && start >= 0 && n >= 0 && start + n <= file->n_, "slice [", start,
-             ", ", start + n, ") is outside ", file ? file->path_ : "<null>", " (",
-             file ? file->n_ : 0, " tokens)");
+  // (n <= size - start: start + n would overflow for n near 2^63, a number Python may pass)
+  NURI_CHECK(file != nullptr && start >= 0 && n >= 0 && start <= file->n_ &&
+                 n <= file->n_ - start,
+             "slice of ", n, " tokens at ", start, " is outside ",
+             file ? file->path_ : "<null>", " (", file ? file->n_ : 0, " tokens)");
   std::shared_ptr<TokenFile> f(new TokenFile());
   f->path_ = file->path_ + "[" + std::to_string(start) + ":" + std::to_string(start + n) + "]";
   f->wide_ = file->wide_;
   f->data16_ = file->data16_ ? file->data16_ + start : nullptr;
   f->data32_ = file->data32_ ? file->data32_ + start : nullptr;
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
-  f->data_offset_ = file->data_offset_ + start * (file->wide_ ? 4 : 2);
+  f->data_offset_ = file->data_offset_ + start * file->file_elem_;
+  f->file_elem_ = file->file_elem_;
+  f->in_file_ = file->in_file_;
   if (file->joined()) f->base_ = start;  // read through the parent
   f->n_ = n;
   f->checked_below_ = file->checked_below_.load();
@@ -320,21 +328,24 @@ void TokenFile::check_vocab(int64_t vocab_size) const {
     checked_below_ = vocab_size;
     return;
   }
-  const int64_t elem = wide_ ? 4 : 2;
   for (int64_t i = 0; i < n_; ++i) {
     const uint32_t t = at(i);
+    const std::string where = byte_offset_str(i);
     NURI_CHECK(int64_t(t) < vocab_size, path_, ": token id ", t, " at token index ", i,
-               joined() ? std::string()
-                        : " (byte offset " + std::to_string(data_offset_ + i * elem) + ")",
-               " is >= vocab_size ", vocab_size,
+               where.empty() ? where : " (" + where + ")", " is >= vocab_size ", vocab_size,
                "; the file was made with another tokenizer, or the model's vocab_size is too small");
   }
   checked_below_ = vocab_size;
 }
 
+std::string TokenFile::byte_offset_str(int64_t i) const {
+  if (joined() || !in_file_) return "";
+  return "byte offset " + std::to_string(data_offset_ + i * file_elem_);
+}
+
 void TokenFile::read(int64_t start, int64_t n, int32_t* out) const {
-  NURI_CHECK(start >= 0 && n >= 0 && start + n <= n_, path_, ": read of tokens [", start, ", ",
-             start + n, ") past the end (", n_, " tokens)");
+  NURI_CHECK(start >= 0 && n >= 0 && start <= n_ && n <= n_ - start, path_, ": read of ", n,
+             " tokens at ", start, " past the end (", n_, " tokens)");
   if (!joined() || n == 0) {
     for (int64_t k = 0; k < n; ++k) out[k] = int32_t(at(start + k));
   } else if (parts_.empty()) {

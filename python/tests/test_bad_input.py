@@ -436,3 +436,17 @@ def test_a_loss_mask_that_does_not_fit_its_shard_is_refused(tmp_path):
     with pytest.raises(nuri.Error, match=f"mask {masks[0]} has .* values, its shard "
                                          f"{meta['shards']['train'][0]} 4000 tokens"):
         nuri.read_data(tmp_path / "d")
+    # A value that is no mask's (a flipped bit), named as a mask value at its byte in the file,
+    # not as a token id of another tokenizer.
+    first.write_bytes(a)
+    last.write_bytes(b)
+    nuri.read_data(tmp_path / "d")
+    flipped = bytearray(a)
+    header = len(a) - 4000  # a uint8 .npy: the header, then one byte a token
+    flipped[header + 17] = 3
+    first.write_bytes(bytes(flipped))
+    with pytest.raises(nuri.Error) as info:
+        nuri.read_data(tmp_path / "d")
+    assert (f"{masks[0]}: loss mask value 3 at index 17 (byte offset {header + 17}; 0: not "
+            "trained on, 1: trained on): the file is corrupted" in str(info.value)), info.value
+    assert "tokenizer" not in str(info.value)

@@ -7,12 +7,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nuri/data/corpus.h"
@@ -129,6 +131,13 @@ TEST(TokenFile, JoinedFilesReadAsOneSequence) {
   EXPECT_EQ(got, (std::vector<int32_t>{3, 70000, 5, 6, 7, 8, 9}));
   EXPECT_EQ(joined->fingerprint(), TokenFile::from_tokens(all)->fingerprint());
   EXPECT_EQ(joined->max_token(), 70000u);
+  // A slice past the end is refused, also where start + n would overflow (Python may ask).
+  for (const auto& range : std::vector<std::pair<int64_t, int64_t>>{
+           {1, INT64_MAX}, {int64_t(1) << 62, int64_t(1) << 62}, {11, 0}, {3, 8}}) {
+    const int64_t start = range.first, n = range.second;
+    EXPECT_NE(error_of([&] { TokenFile::slice(joined, start, n); }).find("is outside"),
+              std::string::npos) << start << " " << n;
+  }
   auto slice = TokenFile::slice(joined, 2, 6);  // 3 .. 7
   auto inner = TokenFile::slice(slice, 1, 4);   // 70000 .. 7
   EXPECT_EQ(slice->at(0), 3u);
@@ -251,6 +260,17 @@ TEST(TokenFile, ReadsNpyOfAnyIntegerTypeWhoseValuesAreTokenIds) {
   write_bytes(p, npy("<i4", "(2,)", bytes(i4)));
   EXPECT_NE(error_of([&] { TokenFile::open(p, 257); }).find("token id 300 at token index 1"),
             std::string::npos);
+  // Converted values keep their place in the file for messages: an int64 .npy's token 2 is
+  // at the header's 128 bytes + 2 · 8, also in a slice (its token 1).
+  const std::vector<int64_t> big = {1, 2, 300, 4};
+  write_bytes(p, npy("<i8", "(4,)", bytes(big)));
+  const std::string conv = error_of([&] { TokenFile::open(p, 257); });
+  EXPECT_NE(conv.find("token id 300 at token index 2 (byte offset 144) is >= vocab_size 257"),
+            std::string::npos) << conv;
+  const std::string sliced =
+      error_of([&] { TokenFile::slice(TokenFile::open(p), 1, 3)->check_vocab(257); });
+  EXPECT_NE(sliced.find("token id 300 at token index 1 (byte offset 144)"), std::string::npos)
+      << sliced;
   // A header NumPy would pad to 64 bytes, cut to an odd length: the uint16 data is misaligned,
   // so it is read and converted instead of mapped (fuzz_token_file found the misaligned load),
   // and values past int16's range stay unsigned.

@@ -62,6 +62,9 @@ class TokenFile {
   }
   /// out[k] = token (start + k) for k < n, as int32.
   void read(int64_t start, int64_t n, int32_t* out) const;
+  /// "byte offset N": where token i is in its file (a .npy's own bytes, also when its values
+  /// were converted), for messages; "" for joined and in-memory tokens.
+  std::string byte_offset_str(int64_t i) const;
   const std::string& path() const { return path_; }
   /// Largest token id in the file.
   uint32_t max_token() const;
@@ -103,6 +106,8 @@ class TokenFile {
   std::vector<std::shared_ptr<TokenFile>> parts_;  // a joined file's parts
   std::vector<int64_t> part_end_;                  // each part's end in the joined tokens
   int64_t data_offset_ = 0;  // byte offset of token 0 in the file
+  int64_t file_elem_ = 2;    // bytes a token takes in the file (a converted .npy's: its type's)
+  bool in_file_ = false;     // read from a file (or a slice of one): messages name byte offsets
   const uint16_t* data16_ = nullptr;
   const uint32_t* data32_ = nullptr;
   std::vector<uint8_t> owned_mask_;
