@@ -305,6 +305,33 @@ std::string format_counters(const LaunchCounters& c);
 void count_access(Access kind, const void* addr, int bytes, Site site);
 void count_instr(Instr kind, Site site);
 
+// ---- max and min of unwritten memory --------------------------------------------------------
+
+/// Whether `v` is unwritten memory's poison (0xff bytes) read as f32, or read as bf16 or f16 and
+/// widened, with either sign (a negation or a negative scale flips it); arithmetic keeps a NaN's
+/// payload, so values computed from the poison are it too. No computation makes these NaNs
+/// otherwise (an invalid operation's NaN is 0xffc00000).
+inline bool is_unwritten_poison(float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v) & 0x7fffffffu;
+  return u == 0x7fffffffu || u == 0x7fff0000u || u == 0x7fffe000u;
+}
+/// fmaxf and fminf (max and min of floats) return the other operand for a NaN, so unwritten
+/// memory in a reduction would vanish instead of poisoning its result: an operand that is the
+/// poison is an error naming the call.
+[[noreturn]] void unwritten_min_max(bool is_max, float a, float b, Site site);
+inline float checked_max(float a, float b, Site site) {
+  if (is_unwritten_poison(a) || is_unwritten_poison(b)) [[unlikely]] {
+    unwritten_min_max(true, a, b, site);
+  }
+  return std::fmax(a, b);
+}
+inline float checked_min(float a, float b, Site site) {
+  if (is_unwritten_poison(a) || is_unwritten_poison(b)) [[unlikely]] {
+    unwritten_min_max(false, a, b, site);
+  }
+  return std::fmin(a, b);
+}
+
 // ---- helpers for the builtins below ---------------------------------------------------------
 
 template <class T>
@@ -488,8 +515,22 @@ inline long long min(long long a, long long b) { return a < b ? a : b; }
 inline long long max(long long a, long long b) { return a < b ? b : a; }
 inline long min(long a, long b) { return a < b ? a : b; }
 inline long max(long a, long b) { return a < b ? b : a; }
-inline float min(float a, float b) { return std::fmin(a, b); }
-inline float max(float a, float b) { return std::fmax(a, b); }
+inline float min(float a, float b, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::checked_min(a, b, site);
+}
+inline float max(float a, float b, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::checked_max(a, b, site);
+}
+// fmaxf and fminf are the C library's (global, two arguments): the kernels' namespace gets
+// checked ones of its own, which unqualified calls there find first.
+namespace nuri::kernels {
+inline float fmaxf(float a, float b, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::checked_max(a, b, site);
+}
+inline float fminf(float a, float b, ::nuri::emu::Site site = ::nuri::emu::Site::current()) {
+  return ::nuri::emu::checked_min(a, b, site);
+}
+}  // namespace nuri::kernels
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }

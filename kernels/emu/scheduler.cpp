@@ -8,6 +8,7 @@
 // kernel's.
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -701,6 +702,20 @@ dim3 grid_dim() {
 void* dynamic_shared_memory() {
   tsan::Ignore ig;
   return launch_state().smem_buf;
+}
+
+void unwritten_min_max(bool is_max, float a, float b, Site site) {
+  tsan::ignore_begin();  // not RAII: fail() parks inside it
+  Launch& L = launch_state();
+  const auto bits = [](float v) {
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", std::bit_cast<uint32_t>(v));
+    return std::string(hex);
+  };
+  fail(L, *L.cur, std::string(is_max ? "max" : "min") + " at " + str(site) + " of " + bits(a) +
+                      " and " + bits(b) + ": an operand is unwritten memory's poison (or a " +
+                      "value computed from it), which max and min would drop for the other " +
+                      "operand; the data it came from was never written");
 }
 
 void syncthreads(Site site) {

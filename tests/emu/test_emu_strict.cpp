@@ -4,15 +4,19 @@
 // across blocks in global memory), a read of cp.async data before its wait, barrier divergence,
 // warp collectives with a missing or exited lane, out-of-bounds global accesses (guard page and
 // padding), stores outside a block's dynamic shared memory, ldmatrix and cp.async given
-// addresses in the wrong memory, and the correctly synchronized versions of the same kernels,
-// which must pass silently; and the emulated device's shared memory bounding a launch.
+// addresses in the wrong memory, a max or min taking unwritten memory, and the correctly
+// synchronized versions of the same kernels, which must pass silently; and the emulated
+// device's shared memory bounding a launch.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "emu/emu_util.h"
+#include "common.cuh"
 #include "ptx.cuh"
 
 namespace nuri::test {
@@ -326,6 +330,63 @@ TEST(EmulatorStrict, SharedMemoryEdgesAndAsyncAddressesAreChecked) {
              "shared memory)");
   expect_has(smem_error(SmemBug::cp_async_from_host),
              "the 4-byte source is not inside a device allocation (cudaMalloc) or pinned host");
+}
+
+// ---- max and min of unwritten memory ------------------------------------------------------------
+
+enum class MaxBug { none, unwritten_f32, negated_bf16, min_of_unwritten };
+struct MaxParams {
+  const __nv_bfloat16* unwritten;  // [32]: cudaMalloc'ed, never written
+  float* out;                      // [32]
+  MaxBug bug;
+};
+// A warp's max of shared memory (nuri's own warp_max): lane 5's slot left unwritten, its
+// neighbour reads the poison, and fmaxf would return the other operand, so the warp's max
+// would come out right without the check. Then a bf16 value from unwritten device memory,
+// negated and scaled, in a min.
+__global__ void planted_unwritten_max(MaxParams p) {
+  float* s = nuri::kernels::dynamic_smem<float>();
+  const unsigned t = threadIdx.x;
+  if (!(p.bug == MaxBug::unwritten_f32 && t == 5)) s[t] = float(t);
+  __syncthreads();
+  float v = nuri::kernels::warp_max(s[(t + 1) % 32]);
+  if (p.bug == MaxBug::negated_bf16 && t == 7) {
+    v = nuri::kernels::fminf(v, -(0.5f * nuri::kernels::to_float(p.unwritten[t])));
+  }
+  if (p.bug == MaxBug::min_of_unwritten && t == 9) v = min(v, s[40]);  // past what was written
+  p.out[t] = v;
+}
+
+std::string max_error(MaxBug bug) {
+  DeviceBuffer<__nv_bfloat16> unwritten(32);
+  DeviceBuffer<float> out(32);
+  return error_of([&] {
+    NURI_LAUNCH(planted_unwritten_max, dim3(1), dim3(32), 64 * sizeof(float), nullptr,
+                MaxParams{unwritten.get(), out.get(), bug});
+    for (float v : out.download()) NURI_CHECK(v == 31.f, "the warp's max is ", v, ", not 31");
+  });
+}
+
+TEST(EmulatorStrict, MaxAndMinOfUnwrittenMemoryAreErrors) {
+  EXPECT_EQ(max_error(MaxBug::none), "no error");
+  expect_has(max_error(MaxBug::unwritten_f32),
+             "planted_unwritten_max: max at ");
+  expect_has(max_error(MaxBug::unwritten_f32), "common.cuh");
+  expect_has(max_error(MaxBug::unwritten_f32),
+             "an operand is unwritten memory's poison (or a value computed from it)");
+  expect_has(max_error(MaxBug::negated_bf16), "min at ");
+  expect_has(max_error(MaxBug::negated_bf16), "and 0x7fff0000");
+  expect_has(max_error(MaxBug::min_of_unwritten), "and 0xffffffff");
+  // The patterns themselves: unwritten f32, bf16 and f16 bytes, either sign; not the NaN an
+  // invalid operation makes, nor infinities.
+  for (const uint32_t u : {0xffffffffu, 0x7fffffffu, 0xffff0000u, 0x7fff0000u, 0xffffe000u}) {
+    EXPECT_TRUE(emu::is_unwritten_poison(std::bit_cast<float>(u))) << std::hex << u;
+  }
+  volatile float zero = 0.f;
+  for (const float f : {std::numeric_limits<float>::quiet_NaN(), zero / zero,
+                        std::numeric_limits<float>::infinity(), -1.f, 0.f}) {
+    EXPECT_FALSE(emu::is_unwritten_poison(f)) << f;
+  }
 }
 
 // ---- streams: work is ordered only as CUDA orders it -------------------------------------------
