@@ -75,6 +75,16 @@ bool PreemptionWatch::should_stop(double step_seconds, Communicator* comm, bool 
   return any_signal_ || interrupted_ || any_time_up_;
 }
 
+bool PreemptionWatch::signalled_on_any_rank(Communicator* comm) {
+  const bool signalled = g_signal.load() != 0;
+  if (!comm || comm->size() == 1) return any_signal_ = signalled;
+  Tensor flag = Tensor::empty({1}, DType::f32);
+  flag.data<float>()[0] = signalled ? 1.f : 0.f;
+  comm->host_communicator()->all_reduce(flag, ReduceOp::sum);
+  any_signal_ = flag.data<float>()[0] > 0;
+  return any_signal_;
+}
+
 std::vector<int> parse_signals(const std::string& list) {
   std::vector<int> out;
   size_t at = 0;

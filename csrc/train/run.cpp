@@ -933,7 +933,16 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
       agree(pg, other_data, "holds other training data than the checkpoint's (its output says "
                             "how)");
     }
-    const std::string dir = trainer.load_checkpoint(resume_dir, ck.check_data);
+    // A rank that cannot read its slices (ZeRO 3, tensor and pipeline ranks read only theirs: a
+    // corrupted or missing file, a node's stale view) stops every rank, not only itself.
+    std::string dir, unloadable;
+    try {
+      dir = trainer.load_checkpoint(resume_dir, ck.check_data);
+    } catch (const Error& e) {
+      if (!pg.comm || pg.size() <= 1) throw;  // (alone: the error as it is)
+      unloadable = e.what();
+    }
+    agree(pg, unloadable, "cannot load the checkpoint (its output says why)");
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                        (long long)trainer.steps_done(), (long long)pos.epoch,
@@ -1029,28 +1038,35 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   // The run directory, once the data and the model are known to work.
   const fs::path dir = cfg.out;
   Metrics metrics;
-  if (!cfg.out.empty()) {
-    if (lead) {
+  // What rank 0 alone writes (the run directory, the ledger) is agreed on: a rank 0 that cannot
+  // (permissions, a full disk) would otherwise leave the others waiting in the first step.
+  std::string unwritable;
+  try {
+    if (!cfg.out.empty() && lead) {
       make_directories(dir);
       write_text(dir / "config.json", cfg.to_json() + "\n");
       reached =
           std::max(reached, metrics.open((dir / "metrics.jsonl").string(), trainer.steps_done()));
     }
-    out.line("run directory: " + cfg.out);
+    if (lead && !ledger_dir.empty()) {
+      const int64_t tokens_per_step =
+          tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
+      ledger = RunLedger(
+          ledger_dir,
+          strprintf("\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", "
+                    "\"tokens_per_step\": %lld, \"flops_per_token\": %.6g, \"peak_flops\": %.6g, "
+                    "\"profile\": \"%s\", \"steps_reached\": %lld",
+                    pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(),
+                    (long long)tokens_per_step, model_flops_per_token(cfg.model, tc.seq_len),
+                    profile.peak_flops, profile.name.c_str(), (long long)reached),
+          origin + seconds_since(start));
+    }
+  } catch (const Error& e) {
+    if (!pg.comm || pg.size() <= 1) throw;  // (alone: the error as it is)
+    unwritable = e.what();
   }
-  if (lead && !ledger_dir.empty()) {
-    const int64_t tokens_per_step = tc.micro_batch * tc.seq_len * tc.grad_accum * grid.grid.dp();
-    ledger = RunLedger(
-        ledger_dir,
-        strprintf(
-            "\"ranks\": %d, \"backend\": \"%s\", \"layout\": \"%s\", \"tokens_per_step\": %lld, "
-            "\"flops_per_token\": %.6g, \"peak_flops\": %.6g, \"profile\": \"%s\", "
-            "\"steps_reached\": %lld",
-            pg.size(), backend.c_str(), run_layout(cfg, grid).c_str(), (long long)tokens_per_step,
-            model_flops_per_token(cfg.model, tc.seq_len), profile.peak_flops, profile.name.c_str(),
-            (long long)reached),
-        origin + seconds_since(start));
-  }
+  agree(pg, unwritable, "cannot write the run directory or the ledger (its output says why)");
+  if (!cfg.out.empty()) out.line("run directory: " + cfg.out);
 
   // The ledger's parts: startup is what came before the first step, less loading and evaluating.
   parts.startup = origin + seconds_since(start) - parts.checkpoint_load - parts.evaluation;
@@ -1140,8 +1156,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   auto close_ledger = [&] {
     parts.finish = seconds_since(finish_start) - (parts.checkpoint_save - saved_before_finish);
     const std::string reason = result.stop_reason.empty() ? "done" : result.stop_reason;
-    ledger.end(steps_from, result.steps_done, std::max(reached, result.steps_done), redone_steps,
-               result.status, reason, parts);
+    // The run's outcome is settled (its checkpoint committed): a ledger that cannot be written
+    // now is a warning, not a status of rank 0's own the other ranks would not share.
+    try {
+      ledger.end(steps_from, result.steps_done, std::max(reached, result.steps_done),
+                 redone_steps, result.status, reason, parts);
+    } catch (const Error& e) {
+      NURI_LOG(warn, "the run ledger's end record was not written: ", e.what());
+    }
   };
   finish_save();
   // A run that ends on a skipped step with a non-finite validation loss has diverged: its model
@@ -1152,6 +1174,15 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (result.stop_reason.empty() && checkpoints && saved_at != trainer.steps_done() && !diverged) {
     save(ck.keep + trainer.skipped_in_a_row());
   }
+  // A signal during the last step or its checkpoint (no stop is polled after the last step):
+  // the run is checkpointed at its end, so it stops there with the requeue status before the
+  // model file and the sample, which for a large model (gathered to rank 0) could outlast the
+  // pool's grace period; the next allocation resumes the finished run and writes them.
+  if (result.stop_reason.empty() && checkpoints && !diverged && watch_stops &&
+      watch.signalled_on_any_rank(pg.comm.get())) {
+    result.stop_reason = watch.signal() ? "signal " + std::to_string(watch.signal())
+                                        : std::string("another rank was signalled");
+  }
   result.steps_done = trainer.steps_done();
   result.skipped_steps = trainer.skipped_steps();
   result.val_loss = val_loss;
@@ -1161,7 +1192,7 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (preempted && result.steps_done == first && watch.time_limit_alone()) {
     // Every allocation would start the same way and stop here again: requeuing cannot help.
     out.line(strprintf("the time limit (%.0f s) leaves no step: the startup took %.0f s and a "
-                       "stop is counted as %.0f s more (a step, a save as long as the load or a "
+                       "stop is counted as %.0f s more (a save as long as the load or a "
                        "timed write of the checkpoint's bytes, an evaluation due%s); raise "
                        "--time-limit, since every allocation would stop here again%s",
                        ck.time_limit, seconds_since(start), stop_seconds(first),
@@ -1197,7 +1228,10 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     out.line(
         strprintf("checkpoint crash points passed: %lld", (long long)ckpt::crash_points_passed()));
   }
-  if (!cfg.out.empty() && !diverged) {
+  // (An interrupt before this run's first step: its weights are no result of it, untrained in a
+  // fresh run, so no model file that nuri.load or checkpoint.init would take for one.)
+  const bool no_step = result.stop_reason == "interrupted" && result.steps_done == first;
+  if (!cfg.out.empty() && !diverged && !no_step) {
     Span timed(parts.checkpoint_save);
     save_model(trainer, model, dir / "model.safetensors");
   }
@@ -1213,7 +1247,8 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
   if (result.stop_reason == "interrupted") {
     out.line(strprintf("interrupted at step %lld/%lld after %s%s", (long long)result.steps_done,
                        (long long)tc.steps, duration(result.seconds).c_str(),
-                       checkpoints && result.steps_done != first ? ": checkpointed" : ""));
+                       no_step ? ", before its first step: no model file written"
+                       : checkpoints ? ": checkpointed" : ""));
     result.status = kRunInterrupted;
     close_ledger();
     return result;

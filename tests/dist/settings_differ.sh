@@ -70,9 +70,32 @@ rc=$?
 stopped_with "nuri-train: rank 1 cannot read the data (its output says why)" \
   "[rank 1] nuri-train: data.bin: the header promises 3001 tokens"
 
+# A checkpoint of ZeRO 3 slices whose rank-1 file has a flipped byte: rank 1 reads only its own
+# slices and fails the checksum, rank 0 (whose file is sound) names rank 1, and both stop rather
+# than rank 0 waiting for rank 1 in the first step.
+plain=("${args[@]}")
+args+=(--zero-stage 3 --ckpt-dir "$work/ck3")
+out=$(job)
+rc=$?
+((rc == 0)) || fail "status $rc for the 2 steps whose checkpoint the next job resumes"
+python3 - "$work/ck3/step-00000002/rank-00001-of-00002.safetensors" <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    f.seek(f.seek(0, 2) // 2)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 0x10]))
+PY
+args+=(--steps 3)
+out=$(job)
+rc=$?
+stopped_with "nuri-train: rank 1 cannot load the checkpoint (its output says why)" \
+  "rank-00001-of-00002.safetensors fails its checksum"
+args=("${plain[@]}")
+
 args+=(--ckpt-dir "$work/ck")  # a time limit stops to checkpoint, so it needs a checkpoint.dir
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
 ((rc == 0)) || fail "status $rc with only output settings differing"
 grep -q "done in" <<<"$out" || fail "the job with only output settings differing did not finish"
-echo "PASS: ranks with other settings or data stop with status 2 naming them; output settings may differ"
+echo "PASS: ranks with other settings or data, or a checkpoint one rank cannot load, stop with status 2 naming them; output settings may differ"

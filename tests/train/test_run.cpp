@@ -294,6 +294,55 @@ TEST(Run, ASignalDuringTheStartupStopsBeforeTheFirstStep) {
   EXPECT_EQ(CheckpointReader::find(fresh.checkpoint.dir), "");
 }
 
+// A signal during the last step (no stop is polled after it): the run's final checkpoint is
+// committed and it stops there with the requeue status, before the model file; the next start
+// resumes the finished run and only writes the model file. An interrupt before a fresh run's
+// first step writes no model file of its untrained weights.
+TEST(Run, ASignalInTheLastStepStopsAfterItsCheckpointBeforeTheModelFile) {
+  TempDir t;
+  RunConfig c = tiny(t.path);
+  c.out = (t.path / "run").string();
+  c.checkpoint.dir = (t.path / "ck").string();
+  c.sample.max_new_tokens = 0;
+  c.train.steps = 4;
+  Captured last;
+  RunHooks h = last.hooks();
+  h.on_step = [&](const std::string& r) {
+    last.records.push_back(nlohmann::json::parse(r));
+    if (last.records.back()["step"] == 4) std::raise(SIGTERM);
+  };
+  const RunResult a = run_training(c, h);
+  EXPECT_EQ(a.status, kPreemptedExitCode) << last.text;
+  EXPECT_EQ(a.steps_done, 4);
+  EXPECT_EQ(a.stop_reason, "signal " + std::to_string(SIGTERM));
+  EXPECT_NE(last.text.find("stopped at step 4 (signal " + std::to_string(SIGTERM) +
+                           "): checkpointed; exit status 75"),
+            std::string::npos)
+      << last.text;
+  EXPECT_EQ(CheckpointReader::find(c.checkpoint.dir), (t.path / "ck" / "step-00000004").string());
+  EXPECT_FALSE(fs::exists(t.path / "run" / "model.safetensors"));
+  Captured next;
+  const RunResult b = run_training(c, next.hooks());
+  EXPECT_EQ(b.status, kRunDone) << next.text;
+  EXPECT_EQ(b.steps_done, 4);
+  EXPECT_TRUE(next.records.empty()) << next.text;  // no step ran again
+  EXPECT_TRUE(fs::exists(t.path / "run" / "model.safetensors"));
+
+  TempDir u;
+  RunConfig fresh = tiny(u.path);
+  fresh.out = (u.path / "run").string();
+  fresh.sample.max_new_tokens = 0;
+  Captured stopped;
+  RunHooks i = stopped.hooks();
+  i.interrupted = [] { return true; };
+  const RunResult d = run_training(fresh, i);
+  EXPECT_EQ(d.status, kRunInterrupted) << stopped.text;
+  EXPECT_EQ(d.steps_done, 0);
+  EXPECT_NE(stopped.text.find("before its first step: no model file written"), std::string::npos)
+      << stopped.text;
+  EXPECT_FALSE(fs::exists(u.path / "run" / "model.safetensors"));
+}
+
 // The time limit's arithmetic: the time spent before the watch (the startup) counts, and so
 // do twice the longest step and what the stop itself takes (an evaluation due, the save).
 TEST(Preemption, TheTimeLimitCountsTheStartupAndWhatTheStopTakes) {

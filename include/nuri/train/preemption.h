@@ -37,6 +37,9 @@ class PreemptionWatch {
   /// beyond it (an evaluation due, the checkpoint's save), counted against the time limit.
   bool should_stop(double step_seconds, Communicator* comm, bool interrupt = false,
                    double then_s = 0);
+  /// Whether a signal arrived on any rank: a collective over comm's ranks as should_stop is, for
+  /// where the run has no step left (the time limit does not count there).
+  bool signalled_on_any_rank(Communicator* comm);
   /// The signal that arrived on this rank (0: none), and whether the time limit was the reason.
   int signal() const;
   bool time_limit_reached() const { return time_up_; }
