@@ -470,7 +470,7 @@ CheckpointReader::CheckpointReader(const std::string& path) {
   json m;
   try {
     std::ifstream in(mpath);
-    m = json::parse(in);
+    m = json_checked::parse(in);
   } catch (const std::exception& e) {
     NURI_CHECK(false, mpath, " does not parse: ", e.what());
   }

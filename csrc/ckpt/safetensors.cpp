@@ -18,6 +18,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "core/json_checked.h"
 #include "nuri/core/error.h"
 
 namespace nuri {
@@ -347,7 +348,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   data_start_ = 8 + int64_t(n);
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(h);
+    header = json_checked::parse(h);
   } catch (const std::exception& e) {
     NURI_CHECK(false, path, ": the header is not valid JSON (", e.what(), ")");
   }

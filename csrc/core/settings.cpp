@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/core/utf8.h"
 
 namespace nuri {
@@ -579,7 +580,7 @@ void settings_from_json(const Schema& schema, void* root, const std::string& tex
                         const std::string& origin) {
   json doc;
   try {
-    doc = json::parse(text);
+    doc = json_checked::parse<json>(text);
   } catch (const json::exception& e) {  // parse_error, or out_of_range for 1e999
     fail((origin.empty() ? "" : origin + ": ") + "not valid JSON: " + e.what());
   }

@@ -178,7 +178,7 @@ std::shared_ptr<TokenFile> read_shards(const std::string& dir, const std::string
   const std::string meta_path = (fs::path(dir) / "tokenize.json").string();
   try {
     std::ifstream in(meta_path);
-    const nlohmann::json meta = nlohmann::json::parse(in);
+    const nlohmann::json meta = json_checked::parse(in);
     return read_listed_shards(dir, split, vocab_size, description, meta, meta_path);
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, meta_path, ": not tokenize.json as nuri tokenize writes it (", e.what(), ")");
@@ -191,7 +191,7 @@ void check_shard_tokenizer(const std::string& dir, const std::string& tokenizer,
   nlohmann::json tok;
   try {
     std::ifstream in(meta_path);
-    tok = nlohmann::json::parse(in).at("tokenizer");
+    tok = json_checked::parse(in).at("tokenizer");
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, meta_path, ": no tokenizer record (", e.what(), "); write the shards "
                "again with nuri tokenize");

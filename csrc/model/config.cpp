@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/core/error.h"
 #include "nuri/core/settings.h"
 
@@ -261,7 +262,7 @@ bool context_setting(const std::string& key) {
 
 std::vector<ModelSettingDifference> model_config_differences(const std::string& recorded,
                                                              const ModelConfig& config) {
-  const nlohmann::json theirs = nlohmann::json::parse(recorded);
+  const nlohmann::json theirs = json_checked::parse(recorded);
   const nlohmann::ordered_json mine = nlohmann::ordered_json::parse(model_config_to_json(config));
   std::vector<ModelSettingDifference> out;
   for (const auto& [key, value] : mine.items()) {

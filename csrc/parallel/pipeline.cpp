@@ -39,6 +39,8 @@ std::vector<int64_t> pipeline_stages(const ModelConfig& cfg, int pp, int64_t seq
     for (size_t s = 0; s < split.size(); ++s) {
       NURI_CHECK(split[s] >= 1, "the stage split gives stage ", s, " ", split[s],
                  " blocks; every stage needs at least one");
+      NURI_CHECK(split[s] <= L - total, "the stage split gives stages 0 to ", s, " more than the "
+                 "model's ", L, " blocks; the counts must add up to n_layer");  // (no overflow)
       total += split[s];
       first[s + 1] = total;
     }

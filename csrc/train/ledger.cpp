@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/core/error.h"
 
 namespace nuri {
@@ -70,7 +71,7 @@ int64_t RunLedger::steps_reached(const std::string& dir) {
   int64_t most = 0;
   for (std::string line; std::getline(in, line);) {
     try {
-      const auto j = nlohmann::json::parse(line);
+      const auto j = json_checked::parse(line);
       const std::string event = j.value("event", "");
       if (event == "end" || event == "start") {
         most = std::max(most, j.value("steps_reached", int64_t(0)));

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/json_checked.h"
 #include "nuri/backend/backend.h"
 #include "nuri/core/allocator.h"
 #include "nuri/core/error.h"
@@ -167,7 +168,7 @@ std::string device_profile_to_json(const DeviceProfile& p) {
 DeviceProfile device_profile_from_json(const std::string& text, const std::string& origin) {
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text);
+    j = json_checked::parse(text);
   } catch (const nlohmann::json::exception& e) {
     NURI_CHECK(false, origin, ": not a device profile (JSON): ", e.what());
   }
@@ -189,6 +190,8 @@ DeviceProfile device_profile_from_json(const std::string& text, const std::strin
   number("inter_node_bandwidth", p.inter_node_bandwidth, true);
   number("collective_latency", p.collective_latency, false);
   number("devices_per_node", per_node, true);
+  NURI_CHECK(mem < 9e18, origin, ": \"memory_bytes\" is ", mem, ", more than nuri counts "
+             "(9e18 bytes)");
   p.memory_bytes = int64_t(mem);
   NURI_CHECK(per_node == std::floor(per_node) && per_node <= 1 << 20, origin,
              ": \"devices_per_node\" must be a whole number of devices, got ", per_node);
@@ -282,6 +285,17 @@ void check_layout(const ModelConfig& cfg, const Layout& l, int64_t seq_len, cons
   at_least_1("pp", l.pp);
   at_least_1("micro_batch", l.micro_batch);
   at_least_1("grad_accum", l.grad_accum);
+  // And at most what a run could take: the pipeline's schedule is simulated micro-batch by
+  // micro-batch, and the products of these counts must not overflow.
+  auto at_most = [&](const char* key, int64_t v, int64_t most) {
+    NURI_CHECK(v <= most, who, ": layout ", key, " is ", v, "; it must be at most ", most);
+  };
+  at_most("dp", l.dp, 1 << 24);
+  at_most("tp", l.tp, 1 << 15);
+  at_most("pp", l.pp, 1 << 15);
+  at_most("micro_batch", l.micro_batch, 1 << 20);
+  at_most("grad_accum", l.grad_accum, 1 << 16);
+  at_most("dp x tp x pp", int64_t(l.dp) * l.tp * l.pp, 1 << 24);
   at_least_1("recompute_every", l.recompute_every);
   at_least_1("bucket_bytes", l.bucket_bytes);
   NURI_CHECK(l.zero >= 0 && l.zero <= 3, who, ": layout zero is ", l.zero,
@@ -869,6 +883,10 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
   const int per_node = r.devices_per_node > 0 ? r.devices_per_node : r.device.devices_per_node;
   NURI_CHECK(per_node >= 1 && r.nodes >= 1, "plan: nodes (", r.nodes, ") and devices per node (",
              per_node, ") must be positive");
+  // (bounded as a device profile's: the layouts' loops count to them in int)
+  NURI_CHECK(per_node <= 1 << 20 && int64_t(per_node) * r.nodes <= 1 << 24, "plan: ", r.nodes,
+             " node(s) of ", per_node, " devices is more than nuri plans for (2^20 devices a "
+             "node, 2^24 in all)");
   NURI_CHECK(r.seq_len >= 1 && r.seq_len <= cfg.max_seq_len, "plan: sequence length ", r.seq_len,
              " must be in [1, max_seq_len = ", cfg.max_seq_len, "]");
   NURI_CHECK(r.usable_fraction > 0 && r.usable_fraction <= 1, "plan: the usable fraction of "

@@ -208,7 +208,7 @@ int64_t read_metrics(const std::string& path,
   if (std::ifstream in(path); in.good()) {
     for (std::string line; std::getline(in, line);) {
       try {
-        const int64_t step = json_checked::integer(nlohmann::json::parse(line).at("step"));
+        const int64_t step = json_checked::integer(json_checked::parse(line).at("step"));
         reached = std::max(reached, step);
         if (records) records->push_back({step, line});
       } catch (const nlohmann::json::exception&) {

@@ -1043,7 +1043,7 @@ void Trainer::load_model_file(const std::string& path) {
   if (meta != f.metadata().end()) {  // the model must be the file's, field by field
     nlohmann::json theirs;
     try {
-      theirs = nlohmann::json::parse(meta->second);
+      theirs = json_checked::parse(meta->second);
     } catch (const nlohmann::json::exception& e) {
       NURI_CHECK(false, path, ": its nuri_model_config metadata is not JSON (", e.what(), ")");
     }
@@ -1170,8 +1170,10 @@ std::vector<int32_t> sample(const ModelConfig& cfg, const std::vector<int32_t>& 
                             const SampleOptions& opt, const LogitsRow& logits_row) {
   NURI_CHECK(!prompt.empty(), "generate: the prompt needs at least one token");
   NURI_CHECK(opt.temperature >= 0, "generate: temperature (", opt.temperature, ") must be >= 0");
-  NURI_CHECK(opt.max_new_tokens >= 0, "generate: max_new_tokens (", opt.max_new_tokens,
-             ") must be >= 0");
+  // (bounded: the prompt's length plus it must not overflow, and each token is a forward)
+  NURI_CHECK(opt.max_new_tokens >= 0 && opt.max_new_tokens <= kMaxNewTokens,
+             "generate: max_new_tokens (", opt.max_new_tokens, ") must be in [0, ",
+             kMaxNewTokens, "]");
   NURI_CHECK(opt.top_k >= 0, "generate: top_k (", opt.top_k,
              ") must be >= 0 (0: the whole vocabulary)");
   // A fixed window: positions after the current one are filler that causal attention never lets

@@ -179,6 +179,17 @@ Tensor token_batch(py::handle obj, const char* what) {
   if (arr.ndim() != 2) {
     throw py::value_error(std::string(what) + " must be 2-D [B, T], got " + std::to_string(arr.ndim()) + " dims");
   }
+  if (arr.dtype().kind() == 'u' && arr.dtype().itemsize() == 8) {
+    // uint64 above INT64_MAX would turn negative in the cast to int64 (2^64 - 100: -100, the
+    // ignore index), so it is checked as it is
+    auto u = py::array_t<uint64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+    for (int64_t i = 0; i < int64_t(u.size()); ++i) {
+      if (u.data()[i] > uint64_t(INT32_MAX)) {
+        throw py::value_error(std::string(what) + ": value " + std::to_string(u.data()[i]) +
+                              " at flat index " + std::to_string(i) + " does not fit int32");
+      }
+    }
+  }
   auto a = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
   Tensor t = Tensor::empty({a.shape(0), a.shape(1)}, DType::i32);
   const int64_t* src = a.data();
@@ -267,7 +278,7 @@ py::dict model_arrays(const Transformer& m, const std::vector<NamedTensor>& ts) 
   if (m.backend().device().is_cpu()) return named_views(ts);
   std::vector<NamedTensor> host;
   {
-    py::gil_scoped_release release;
+    NuriCall nuri_call;
     for (const auto& t : ts) {
       Tensor h = Tensor::empty(t.tensor.shape(), t.tensor.dtype());
       m.backend().copy(t.tensor, h);
@@ -290,7 +301,7 @@ SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, 
 std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
                                      int64_t max_new, float temperature, int64_t top_k,
                                      uint64_t seed) {
-  py::gil_scoped_release release;
+  NuriCall nuri_call;
   return generate(model, prompt, sample_options(max_new, temperature, top_k, seed));
 }
 
@@ -358,7 +369,7 @@ PYBIND11_MODULE(_C, m) {
              PipelineStage stage;
              if (pipeline_stage) stage = {pipeline_stage->first, pipeline_stage->second};
              const ModelConfig cfg = model_config_arg(config);
-             py::gil_scoped_release release;  // drawing a large model's weights takes a while
+             NuriCall nuri_call;  // drawing a large model's weights takes a while
              return std::make_shared<Transformer>(
                  cfg, make_backend(backend), seed, s, tp, stage,
                  init == "random" ? WeightInit::random : WeightInit::zeros);
@@ -423,7 +434,7 @@ PYBIND11_MODULE(_C, m) {
                         "copy_weights_from: both models must hold all of their weights");
              NURI_CHECK(src.backend().device().is_cpu(), "copy_weights_from: the source is on ",
                         src.backend().name(), "; copy from a CPU model");
-             py::gil_scoped_release release;
+             NuriCall nuri_call;
              t.load_weights(src.param_buffer());
              t.backend().synchronize();
            }, py::arg("source"),
@@ -437,14 +448,14 @@ PYBIND11_MODULE(_C, m) {
            })
       .def("forward", [](Transformer& t, py::handle tokens, py::handle targets) {
              Tensor x = token_batch(tokens, "tokens"), y = token_batch(targets, "targets");
-             py::gil_scoped_release release;
+             NuriCall nuri_call;
              return t.forward(x, y);
            }, py::arg("tokens"), py::arg("targets"), "Mean cross-entropy; keeps activations for backward().")
       .def("logits", [](Transformer& t, py::handle tokens) {
              Tensor x = token_batch(tokens, "tokens");
              Tensor out;
              {
-               py::gil_scoped_release release;
+               NuriCall nuri_call;
                out = host_f32(t.backend(), t.logits(x));
              }
              // The model computes padded_vocab columns (a tensor-parallel rank its slice of
@@ -463,13 +474,13 @@ PYBIND11_MODULE(_C, m) {
              NURI_CHECK(std::isfinite(loss_scale), "backward: loss_scale is ", loss_scale,
                         "; give a finite number (1: the mean loss's gradients)");
              t.backward(loss_scale);
-           }, py::arg("loss_scale") = 1.0f, py::call_guard<py::gil_scoped_release>())
+           }, py::arg("loss_scale") = 1.0f, py::call_guard<NuriCall>())
       .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
       .def("zero_grad", &Transformer::zero_grad)
       .def("init_weights", &Transformer::init_weights, py::arg("seed"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<NuriCall>())
       .def("memory", [](const Transformer& t) {
         const AllocatorStats s = t.memory();
         py::dict d;
@@ -480,7 +491,7 @@ PYBIND11_MODULE(_C, m) {
 
   py::class_<TokenFile, std::shared_ptr<TokenFile>>(m, "TokenFile", "Tokens from a file (memory-mapped) or an array.")
       .def_static("open", &TokenFile::open, py::arg("path"), py::arg("vocab_size") = 0,
-                  py::call_guard<py::gil_scoped_release>())
+                  py::call_guard<NuriCall>())
       .def_static("from_array", [](py::handle tokens, const std::string& name, int64_t vocab) {
         NURI_CHECK(vocab >= 0, "TokenFile.from_array: vocab_size ", vocab,
                    " (give the model's vocabulary size to check the ids against, or 0: unchecked)");
@@ -517,11 +528,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("write_token_file", [](const std::string& path, py::handle tokens) { write_token_file(path, token_vector(tokens)); },
         py::arg("path"), py::arg("tokens"));
   m.def("text_file_to_tokens", &text_file_to_tokens, py::arg("text_path"), py::arg("token_path"),
-        py::call_guard<py::gil_scoped_release>());
+        py::call_guard<NuriCall>());
   m.def("read_data", [](const std::string& path, int64_t vocab_size, const std::string& format) {
     return read_data(path, vocab_size, nullptr, format);
   }, py::arg("path"), py::arg("vocab_size") = 0, py::arg("format") = "auto",
-     py::call_guard<py::gil_scoped_release>(),
+     py::call_guard<NuriCall>(),
      "format auto: a token file (llm.c .bin, 1-D .npy) as it is, a .bin/.npy without either "
      "header refused, anything else as text in byte tokens; or text, llmc, npy, uint16, uint32 "
      "(headerless arrays).");
@@ -551,7 +562,7 @@ PYBIND11_MODULE(_C, m) {
                         "(nuri.read_data(path), or TokenFile.from_array(ids))");
              auto p = std::make_unique<PyTrainer>();
              p->model = model;
-             py::gil_scoped_release release;  // collective over the ranks (NCCL's bootstrap)
+             NuriCall nuri_call;  // collective over the ranks (NCCL's bootstrap)
              const ParallelConfig par = parallel ? *parallel : ParallelConfig{};
              if (par.tp > 1 || par.pp > 1) {  // the ranks as a dp × tp × pp grid
                const GridGroups grid = make_grid_groups(pg ? pg->comm : nullptr, par.tp, par.pp);
@@ -575,7 +586,7 @@ PYBIND11_MODULE(_C, m) {
       .def("step", [](PyTrainer& p) {
         StepStats s;
         {
-          py::gil_scoped_release release;
+          NuriCall nuri_call;
           s = p.trainer->step();
         }
         py::dict d;
@@ -588,26 +599,26 @@ PYBIND11_MODULE(_C, m) {
       .def("save_checkpoint", [](PyTrainer& p, const std::string& root, int keep_last) {
              return p.trainer->save_checkpoint(root, keep_last);
            },
-           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<py::gil_scoped_release>(),
+           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<NuriCall>(),
            "Saves a checkpoint under root (a step-… directory); returns its path.")
       .def("save_checkpoint_async", [](PyTrainer& p, const std::string& root, int keep_last) {
              return p.trainer->save_checkpoint_async(root, keep_last);
            },
-           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<py::gil_scoped_release>(),
+           py::arg("root"), py::arg("keep_last") = 3, py::call_guard<NuriCall>(),
            "Starts a background save; step() or finish_checkpoint() commits it.")
       .def("finish_checkpoint", [](PyTrainer& p) { return p.trainer->finish_checkpoint(); },
-           py::call_guard<py::gil_scoped_release>(),
+           py::call_guard<NuriCall>(),
            "Commits a pending asynchronous save; returns its path, or '' when none was pending.")
       .def("load_checkpoint", [](PyTrainer& p, const std::string& path, bool check_data) {
              return p.trainer->load_checkpoint(path, check_data);
            },
-           py::arg("path"), py::arg("check_data") = true, py::call_guard<py::gil_scoped_release>(),
+           py::arg("path"), py::arg("check_data") = true, py::call_guard<NuriCall>(),
            "Restores a checkpoint (a directory, or the newest under a root); returns its path. "
            "A checkpoint saved training on other data is refused unless check_data is False.")
-      .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<py::gil_scoped_release>())
+      .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<NuriCall>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
                           int64_t top_k, uint64_t seed) {
-             py::gil_scoped_release release;  // through the pipeline's stages where there is one
+             NuriCall nuri_call;  // through the pipeline's stages where there is one
              return p.trainer->generate(prompt, sample_options(max_new, temperature, top_k, seed));
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
@@ -617,7 +628,7 @@ PYBIND11_MODULE(_C, m) {
       .def("master_weights", [](PyTrainer& p) {
              Tensor t;
              {
-               py::gil_scoped_release release;
+               NuriCall nuri_call;
                t = p.trainer->master_weights();
              }
              return to_numpy(t);

@@ -34,7 +34,7 @@ void bind_checkpoint(py::module_& m) {
              const Tensor t = Tensor::from_blob(out.mutable_data(), {r.range_numel(name)},
                                                 DType::f32, Device::cpu());
              {
-               py::gil_scoped_release release;
+               NuriCall nuri_call;
                r.read_range(name, 0, t.numel(), t);
              }
              return out;
@@ -63,7 +63,7 @@ void bind_checkpoint(py::module_& m) {
              for (int64_t d : e.shape) n *= d;
              const Tensor t = Tensor::from_blob(out.mutable_data(), {n}, DType::f32, Device::cpu());
              {
-               py::gil_scoped_release release;
+               NuriCall nuri_call;
                f.read(name, t);
              }
              return out;
@@ -85,16 +85,16 @@ void bind_checkpoint(py::module_& m) {
              // tensor view needs writable memory.
              if (!a.writeable()) a = a.attr("copy")().cast<py::array_t<float, py::array::c_style>>();
              const Tensor t = tensor_from_numpy(a);
-             py::gil_scoped_release release;  // the disk and the checksum
+             NuriCall nuri_call;  // the disk and the checksum
              w.write(name, t);
            }, py::arg("name"), py::arg("array"))
-      .def("close", &SafetensorsStreamWriter::close, py::call_guard<py::gil_scoped_release>(),
+      .def("close", &SafetensorsStreamWriter::close, py::call_guard<NuriCall>(),
            "Returns the file's SHA-256.");
 
   m.def("consolidate_checkpoint", [](const std::string& ckpt, const std::string& out) {
     ConsolidateStats s;
     {
-      py::gil_scoped_release release;
+      NuriCall nuri_call;
       s = consolidate_checkpoint(ckpt, out);
     }
     py::dict d;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <csignal>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -29,22 +30,30 @@ namespace {
 // returns, at its timeout (minutes) where a rank never comes. While one of these lives, a handler
 // of nuri's (where Python's is installed) ends the TCP rendezvous' and collectives' waits
 // (set_wait_interrupt), and call() raises KeyboardInterrupt. `work` runs without the GIL.
+// Guards on several threads at once share one installation: the first installs the handler
+// (saving Python's), the last restores Python's, so a later one never saves nuri's as Python's.
 class CtrlCEndsWaits {
  public:
   CtrlCEndsWaits() {
-    pressed_.store(false);
-    struct sigaction sa {};
-    sa.sa_handler = [](int) { pressed_.store(true); };
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = SA_RESTART;
-    installed_ = sigaction(SIGINT, nullptr, &python_) == 0 && python_.sa_handler != SIG_DFL &&
-                 python_.sa_handler != SIG_IGN && sigaction(SIGINT, &sa, nullptr) == 0;
-    if (installed_) set_wait_interrupt(&pressed_);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (users_++ == 0) {
+      pressed_.store(false);
+      struct sigaction sa {};
+      sa.sa_handler = [](int) { pressed_.store(true); };
+      sigemptyset(&sa.sa_mask);
+      sa.sa_flags = SA_RESTART;
+      installed_ = sigaction(SIGINT, nullptr, &python_) == 0 && python_.sa_handler != SIG_DFL &&
+                   python_.sa_handler != SIG_IGN && sigaction(SIGINT, &sa, nullptr) == 0;
+    }
+    if (installed_) set_wait_interrupt(&pressed_);  // this thread's waits
   }
   ~CtrlCEndsWaits() {
-    if (!installed_) return;
     set_wait_interrupt(nullptr);
-    sigaction(SIGINT, &python_, nullptr);
+    const std::lock_guard<std::mutex> lock(mutex_);
+    if (--users_ == 0 && installed_) {
+      sigaction(SIGINT, &python_, nullptr);
+      installed_ = false;
+    }
   }
   CtrlCEndsWaits(const CtrlCEndsWaits&) = delete;
   CtrlCEndsWaits& operator=(const CtrlCEndsWaits&) = delete;
@@ -59,13 +68,13 @@ class CtrlCEndsWaits {
     try {
       if constexpr (std::is_void_v<decltype(work())>) {
         {
-          py::gil_scoped_release release;
+          NuriCall nuri_call;
           work();
         }
         if (pressed_.load()) throw interrupted();
       } else {
         auto result = [&] {
-          py::gil_scoped_release release;
+          NuriCall nuri_call;
           return work();
         }();
         if (pressed_.load()) throw interrupted();
@@ -79,15 +88,19 @@ class CtrlCEndsWaits {
 
  private:
   static inline std::atomic<bool> pressed_{false};
-  struct sigaction python_ {};
-  bool installed_ = false;
+  static inline std::mutex mutex_;  // guards the three below
+  static inline int users_ = 0;
+  static inline struct sigaction python_ {};
+  static inline bool installed_ = false;
 };
 
 // The dp x tp x pp grid of a process group (ProcessGrid checks that it divides the ranks).
 ProcessGrid grid_of(const ProcessGroup& p, int tp, int pp) {
   tp = std::max(tp, 1);
   pp = std::max(pp, 1);
-  return ProcessGrid(p.size(), std::max(p.size() / (tp * pp), 1), tp, pp);
+  // (in 64 bits: tp · pp of two large ints wraps, to 0 for 65536 · 65536)
+  const int64_t tp_pp = int64_t(tp) * pp;
+  return ProcessGrid(p.size(), int(std::max<int64_t>(p.size() / tp_pp, 1)), tp, pp);
 }
 
 
@@ -137,20 +150,28 @@ SettingValue from_py(py::handle h, const Setting& s, const std::string& path) {
 }
 
 /// `h` with NumPy scalars as Python's and every number finite, for json.dumps (which would
-/// refuse NumPy's types and write NaN, which is not JSON); errors name the key.
-py::object json_ready(py::handle h, const std::string& path) {
+/// refuse NumPy's types and write NaN, which is not JSON); errors name the key. A run config is
+/// a few levels deep: deeper than kMaxDepth (a dict that holds itself) is refused before the
+/// recursion could overflow the stack.
+constexpr int kMaxDepth = 64;
+py::object json_ready(py::handle h, const std::string& path, int depth = 0) {
   const std::string at = path.empty() ? "the config" : path;
+  if ((py::isinstance<py::dict>(h) || py::isinstance<py::list>(h) ||
+       py::isinstance<py::tuple>(h)) && depth >= kMaxDepth) {
+    throw ConfigError(at + ": nested more than " + std::to_string(kMaxDepth) + " levels deep "
+                      "(a table or list that holds itself?); a run config is a few levels deep");
+  }
   if (py::isinstance<py::dict>(h)) {
     py::dict out;
     for (auto [k, v] : py::reinterpret_borrow<py::dict>(h)) {
       const std::string key = py::str(k);
-      out[k] = json_ready(v, path.empty() ? key : path + "." + key);
+      out[k] = json_ready(v, path.empty() ? key : path + "." + key, depth + 1);
     }
     return std::move(out);
   }
   if (py::isinstance<py::list>(h) || py::isinstance<py::tuple>(h)) {
     py::list out;
-    for (py::handle v : h) out.append(json_ready(v, path));
+    for (py::handle v : h) out.append(json_ready(v, path, depth + 1));
     return std::move(out);
   }
   if (!py::isinstance<py::bool_>(h) && !py::isinstance<py::int_>(h) &&
@@ -555,7 +576,7 @@ void bind_run(py::module_& m) {
         }
         RunResult r;
         {
-          py::gil_scoped_release release;
+          NuriCall nuri_call;
           r = run_training(cfg, hooks, pg);
         }
         if (hook_error) throw *hook_error;

@@ -129,7 +129,7 @@ void bind_plan(py::module_& m) {
         std::unique_ptr<Backend> be = make_backend(pg ? backend_for_rank(backend, pg->launch)
                                                       : backend);
         const DeviceProfile b = device_profile(base);
-        py::gil_scoped_release release;
+        NuriCall nuri_call;
         std::shared_ptr<Communicator> comm;
         if (pg && pg->comm && pg->size() > 1) comm = make_device_communicator(pg->comm, *be);
         return device_profile_to_json(calibrate_device(*be, comm.get(), b, seconds));
@@ -182,7 +182,7 @@ void bind_plan(py::module_& m) {
         std::vector<PlanEntry> entries;
         std::string text;
         {
-          py::gil_scoped_release release;
+          NuriCall nuri_call;
           entries = plan_layouts(r);
           text = plan_report(r, entries, rows);
         }

@@ -64,6 +64,45 @@ def test_a_config_dict_names_the_key_of_a_value_json_cannot_carry():
         nuri.config_from_dict({"model": {"d_ff": {1, 2}}})
 
 
+def test_values_that_crashed_the_interpreter_are_errors(tmp_path):
+    """Each of these ended the process (a stack overflow, a division by zero, or a read past a
+    mapping) or silently meant something else."""
+    loop: dict = {}
+    loop["train"] = loop
+    with pytest.raises(nuri.ConfigError, match="nested more than 64 levels deep"):
+        nuri.config_from_dict(loop)
+    pg = nuri.init_process_group()
+    with pytest.raises(nuri.Error, match="process grid"):
+        pg.tp_index(65536, 65536)
+    model = nuri.Model(tiny_config(), seed=1)
+    tokens = np.ones((1, 8), dtype=np.int64)
+    # 2^64 - 100 through a cast to int64 was -100: the ignore index, a step learning nothing
+    with pytest.raises(ValueError, match="value 18446744073709551516 at flat index 0 does not "
+                                         "fit int32"):
+        model.forward(tokens, np.full((1, 8), 2**64 - 100, dtype=np.uint64))
+    # (the three counts wrap around to exactly the model's 4 blocks)
+    with pytest.raises(nuri.Error, match="more than the model's 4 blocks"):
+        nuri.pipeline_stages(nuri.ModelConfig(TINY, n_layer=4), 3, 16, [2**63 - 1, 2**63 - 1, 6])
+    with pytest.raises(nuri.Error, match=r"max_new_tokens \(1152921504606846976\) must be in"):
+        model.generate([1, 2, 3], 2**60)
+    with pytest.raises(nuri.Error, match="layout grad_accum is 1000000000; it must be at most"):
+        nuri.estimate_memory(tiny_config(), {"pp": 2, "grad_accum": 10**9}, 16, "cpu")
+    with pytest.raises(nuri.Error, match="more than nuri plans for"):
+        nuri.plan(tiny_config(), devices_per_node=2**31 - 1)
+    data = nuri.TokenFile.from_array(list(range(10)))
+    for start, n in [(1, 2**63 - 1), (2**62, 2**62)]:
+        with pytest.raises(nuri.Error, match="is outside"):
+            data.slice(start, n)
+    # A checkpoint manifest nested a million deep: refused as it parses (dumping it for its
+    # meta data recursed a million levels).
+    deep = "[" * 1_000_000 + "]" * 1_000_000
+    (tmp_path / "ck" / "step-00000001").mkdir(parents=True)
+    (tmp_path / "ck" / "step-00000001" / "manifest.json").write_text(
+        '{"format": "nuri-checkpoint", "meta": ' + deep + "}")
+    with pytest.raises(nuri.Error, match="nested more than 64 levels deep"):
+        nuri._C.CheckpointReader(str(tmp_path / "ck"))
+
+
 def test_token_arrays_are_one_stream_of_valid_ids():
     with pytest.raises(ValueError, match=r"tokens must be 1-D .* got shape \(2, 3\)"):
         nuri.TokenFile.from_array(np.zeros((2, 3), np.int64))

@@ -60,6 +60,36 @@ def test_same_seed_same_losses_and_data_order():
     assert runs[0] == runs[1]
 
 
+def test_two_threads_on_one_model_take_turns():
+    """generate() on one thread while another steps the trainer of the same model: the calls
+    take turns (generate re-plans the activations a step computes in, which used to free them
+    under it), and the steps' losses are those of steps with no thread beside them."""
+    import threading
+
+    model, trainer, _ = tiny_trainer(steps=8)
+    alone = [trainer.step()["loss"] for _ in range(4)]
+    model, trainer, _ = tiny_trainer(steps=8)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def sample() -> None:
+        try:
+            while not stop.is_set():
+                model.generate([1, 2, 3], 4, temperature=0)
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        beside = [trainer.step()["loss"] for _ in range(4)]
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert beside == alone
+
+
 def test_a_trainer_shows_the_grad_accum_it_derives_from_the_global_batch():
     text = corpus_text(20000, seed=2)
     data = nuri.TokenFile.from_array(np.frombuffer(text.encode(), np.uint8).astype(np.uint32),

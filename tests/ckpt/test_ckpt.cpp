@@ -162,6 +162,12 @@ TEST(Safetensors, EveryMalformedFileIsAnErrorNamingFileAndTensor) {
   EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "header claims");
   write_bytes(p, with_header("{\"a\": [1,", 4));
   EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "not valid JSON");
+  // A shape nested a million deep: refused as it parses (its message dumped it, recursing a
+  // million levels down the stack).
+  write_bytes(p, with_header(R"({"w": {"dtype": "F32", "shape": )" + std::string(1000000, '[') +
+                                 std::string(1000000, ']') + R"(, "data_offsets": [0, 4]}})",
+                             4));
+  EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "nested more than 64 levels deep");
   write_bytes(p, with_header(R"({"w": {"dtype": "Q8", "shape": [1], "data_offsets": [0, 1]}})", 1));
   EXPECT_ERROR(SafetensorsFile f(p), "bad.safetensors", "'w'", "Q8");
   write_bytes(p, with_header(R"({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", 8));

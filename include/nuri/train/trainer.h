@@ -102,8 +102,11 @@ struct StepStats {
   std::string checkpoint;
 };
 
+/// The most tokens one generate() call samples.
+inline constexpr int64_t kMaxNewTokens = int64_t(1) << 30;
+
 struct SampleOptions {
-  int64_t max_new_tokens = 200;
+  int64_t max_new_tokens = 200;  ///< at most kMaxNewTokens
   float temperature = 1.0f;  ///< 0: greedy
   int64_t top_k = 0;         ///< 0: the whole vocabulary
   uint64_t seed = 0;
