@@ -57,14 +57,16 @@ def _input_files(inputs: Sequence[str]) -> list[str]:
 
 
 def _fine_tuning_row(row: Any, kind: str, where: str, template: dict[str, str] | None
-                     ) -> tuple[str, list[tuple[str, bool]]]:
-    """A prompt/response or chat row as its parts: (text, trained on) in order."""
+                     ) -> tuple[str, list[tuple[str, bool]], int]:
+    """A prompt/response or chat row as its parts, (text, trained on) in order, and the
+    characters of its responses or assistant messages themselves (a chat template's text
+    around them is trained on too, but is no response to learn)."""
     if kind == "prompt-response":
         for key in ("prompt", "response"):
             if not isinstance(row.get(key), str):
                 raise _C.Error(f"{where}: no {key!r} field with a string (keys: "
                                f"{', '.join(row)})")
-        return ("ft", [(row["prompt"], False), (row["response"], True)])
+        return ("ft", [(row["prompt"], False), (row["response"], True)], len(row["response"]))
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _C.Error(f"{where}: no 'messages' field with a list of messages (keys: "
@@ -79,7 +81,8 @@ def _fine_tuning_row(row: Any, kind: str, where: str, template: dict[str, str] |
                            f"template does not have (roles: {', '.join(template)})")
         parts.append((template[m["role"]].replace("{content}", m["content"]),
                       m["role"] == "assistant"))
-    return ("ft", parts)
+    content = sum(len(m["content"]) for m in messages if m["role"] == "assistant")
+    return ("ft", parts, content)
 
 
 def _starts_with(path: str, prefix: bytes) -> bool:
@@ -423,7 +426,17 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
             bar = None
     pool = None
     finished = False
-    documents = _documents(files, field, kind, chat_template, decode=tok_path is not None)
+    responses = 0  # fine-tuning: characters of the responses themselves (_fine_tuning_row)
+
+    def counted(docs: Iterator[Any]) -> Iterator[Any]:
+        nonlocal responses
+        for d in docs:
+            if isinstance(d, tuple):
+                responses += d[2]
+            yield d
+
+    documents = counted(_documents(files, field, kind, chat_template,
+                                   decode=tok_path is not None))
     try:
         if processes > 1:
             pool = get_context("spawn").Pool(processes, _start_worker, (tok_path,))
@@ -469,7 +482,7 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                        "to validation; give more documents (more files, or the text split into "
                        "several files or JSON-lines rows), or val_every 0 (--val-every 0) for "
                        "no validation split")
-    if masked and not trained["train"] + trained["val"]:
+    if masked and not (trained["train"] + trained["val"] and responses):
         raise _C.Error(f"tokenize: the {kind} data holds no token to train on: every "
                        + ("response is empty" if kind == "prompt-response" else
                           "assistant message is empty, or there is none") +

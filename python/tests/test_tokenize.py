@@ -384,6 +384,15 @@ def test_fine_tuning_data_that_trains_nothing_is_refused(tmp_path):
         nuri.tokenize([rows], tmp_path / "o", kind="chat", val_every=0, progress=False,
                       chat_template={"user": "U:{content}\n", "assistant": "A:{content}\n"})
     assert not (tmp_path / "o").exists()
+    # Assistant messages that are all empty: the template's text around them ("A:" and its
+    # newline) would be the only trained tokens, the role's markers and no answer.
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": ""}]}) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(nuri.Error, match="every assistant message is empty"):
+        nuri.tokenize([rows], tmp_path / "o", kind="chat", val_every=0, progress=False,
+                      chat_template={"user": "U:{content}\n", "assistant": "A:{content}\n"})
+    assert not (tmp_path / "o").exists()
     proc = run_cli("tokenize", "chat.jsonl", "--out", "o", "--kind", "chat", "--chat-template",
                    "template.json", cwd=tmp_path, expect=2)
     assert "--chat-template: 'template.json' is neither a file nor a JSON object" in proc.stderr
