@@ -244,13 +244,22 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
         if made and not os.listdir(directory):
             os.rmdir(directory)
         raise
+    # The new weights go in before an earlier export's are removed, so that a kill in between
+    # leaves weights there (a model.safetensors wins over an index, as from_pretrained reads);
+    # config.json last.
+    try:
+        for name, path in tmp.items():
+            if name != "config.json":
+                os.replace(path, os.path.join(directory, name))
+    except BaseException:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+        raise
     for stale in os.listdir(directory):  # an earlier export's weights would be read with these
         if stale not in tmp and re.fullmatch(
                 r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", stale):
             os.remove(os.path.join(directory, stale))
-    for name, path in tmp.items():  # the weights first, config.json last
-        if name != "config.json":
-            os.replace(path, os.path.join(directory, name))
     os.replace(tmp["config.json"], os.path.join(directory, "config.json"))
 
 
@@ -598,7 +607,8 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
     if not isinstance(kind, str) or kind not in _MODEL_KEYS:
         raise ConfigError(f"{where}: model_type {kind!r} is not supported; nuri reads "
                           "'gpt2', 'llama', 'qwen2', 'mistral' and 'phi3' configs")
-    unknown = sorted(set(hf) - _METADATA_KEYS - _MODEL_KEYS[kind])
+    # (a key set to null says the feature is off: "rope_scaling": null in a Mistral config)
+    unknown = sorted(k for k in set(hf) - _METADATA_KEYS - _MODEL_KEYS[kind] if hf[k] is not None)
     if unknown:
         raise ConfigError(f"{where}: {kind} config key {unknown[0]!r} is not implemented by nuri"
                           + (f" (nor {', '.join(map(repr, unknown[1:]))})" if unknown[1:] else "")

@@ -27,29 +27,30 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
     """Writes ``model``'s parameters to a safetensors file at ``path``.
 
     [in] model: a nuri.Model that holds the whole model; its config is stored in the metadata
-    under ``nuri_model_config``. The file is written beside ``path`` and then renamed over it.
+    under ``nuri_model_config``. The file is written beside ``path`` and then renamed over it,
+    one tensor at a time from the model's own memory (no second copy of the model is made).
     """
-    from safetensors.numpy import save_file
-
     check_whole_model(model, f"nuri.save({os.fspath(path)})")
     if os.path.isdir(path):
         raise _C.Error(f"nuri.save: {os.fspath(path)} is a directory; name the model file to "
                        f"write (e.g. {os.path.join(os.fspath(path), 'model.safetensors')})")
-    tensors = {name: np.ascontiguousarray(a) for name, a in model.parameters().items()}
+    params = model.parameters()
+    names = sorted(params)  # the checksum's order
     metadata = {
         CONFIG_KEY: json.dumps(model_config_to_dict(model.config)),
         "nuri_version": str(_C.build_info()["version"]),
-        SHA_KEY: tensors_sha256(tensors),
     }
     # A save that fails leaves an earlier file as it was; the process's own name, so that ranks
     # saving to one path (it should be one rank's call) do not pull each other's file away.
     tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
     try:
         try:
-            save_file(tensors, tmp, metadata=metadata)
-        except Exception as e:  # safetensors' own error type: said as nuri's, with the path
-            if isinstance(e, OSError):
-                raise
+            writer = _C.SafetensorsWriter(tmp, [(n, list(params[n].shape)) for n in names],
+                                          metadata, checksum=True)  # records SHA_KEY
+            for n in names:
+                writer.write(n, params[n])
+            writer.close()
+        except _C.Error as e:  # said with the path the caller gave
             raise _C.Error(f"nuri.save({os.fspath(path)}): {e}") from e
         os.replace(tmp, os.fspath(path))
     finally:
@@ -67,10 +68,15 @@ def tensors_sha256(tensors: dict[str, np.ndarray]) -> str:
     """SHA-256 over every tensor in name order: its name, dtype, shape and bytes."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        a = np.ascontiguousarray(tensors[name])
-        h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
-        h.update(memoryview(a).cast("B"))
+        _hash_tensor(h, name, tensors[name])
     return h.hexdigest()
+
+
+def _hash_tensor(h: "hashlib._Hash", name: str, a: np.ndarray) -> None:
+    """One tensor's part of tensors_sha256 (tensors in name order)."""
+    a = np.ascontiguousarray(a)
+    h.update(f"{name}|{a.dtype.str}|{list(a.shape)}|".encode())
+    h.update(memoryview(a).cast("B"))
 
 
 def check_whole_model(model: _C.Model, what: str) -> None:
@@ -139,46 +145,60 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                        "or a run writes, e.g. RUN/model.safetensors). A Hugging Face model "
                        "directory is read by nuri.import_hf(DIR), a checkpoint by "
                        "nuri.consolidate(CKPT, FILE) and then nuri.load(FILE)")
-    try:
-        with safe_open(path, framework="np") as f:
-            metadata = f.metadata() or {}
-            for name in f.keys():  # before reading: NumPy has no bf16 to read one into
-                dtype = f.get_slice(name).get_dtype()
-                if dtype != "F32":
-                    raise _C.Error(f"{path}: tensor '{name}' is {dtype}; nuri.load reads the "
-                                   "float32 files nuri.save and runs write (a Hugging Face "
-                                   "model in bf16 or f16 is read by nuri.import_hf(DIR))")
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except _C.Error:
-        raise
-    except FileNotFoundError as e:
-        raise _C.Error(f"cannot open model file {path}: no such file") from e
-    except Exception as e:  # safetensors raises its own types for foreign or truncated files
-        raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
-    if SHA_KEY in metadata and tensors_sha256(tensors) != metadata[SHA_KEY]:
-        raise _C.Error(f"{path} fails its checksum: its tensors are not the ones nuri wrote "
-                       "(the file was damaged or changed since); save the model again, or "
-                       "export it from a checkpoint")
+    # One tensor at a time, into the model (a model's worth of arrays beside the model doubled
+    # the memory a large model's load took); the checksum is summed on the way and checked
+    # before the model is returned or its values judged.
+    def opened():  # safetensors' own errors said as nuri's
+        try:
+            return safe_open(path, framework="np")
+        except FileNotFoundError as e:
+            raise _C.Error(f"cannot open model file {path}: no such file") from e
+        except Exception as e:  # its own types for foreign or truncated files
+            raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
+
+    with opened() as f:
+        metadata = f.metadata() or {}
+        names = sorted(f.keys())
+        for name in names:  # before reading: NumPy has no bf16 to read one into
+            dtype = f.get_slice(name).get_dtype()
+            if dtype != "F32":
+                raise _C.Error(f"{path}: tensor '{name}' is {dtype}; nuri.load reads the "
+                               "float32 files nuri.save and runs write (a Hugging Face "
+                               "model in bf16 or f16 is read by nuri.import_hf(DIR))")
     if config is None:
         config = stored_model_config(path, metadata)
     model = _C.Model(config, "cpu", init="zeros")  # every weight is set below
     params = model.parameters()
-    extra = sorted(set(tensors) - set(params))
+    extra = sorted(set(names) - set(params))
     if extra:
         raise _C.Error(f"{path}: tensor '{extra[0]}' is not a parameter of this model "
                        f"({len(extra)} unexpected in all); the model has: "
                        f"{', '.join(list(params)[:6])}, ...")
-    for name, dst in params.items():
-        if name not in tensors:
+    for name in params:
+        if name not in names:
             raise _C.Error(f"{path}: tensor '{name}' is missing")
-        src = tensors[name]
-        if tuple(src.shape) != tuple(dst.shape):
-            raise _C.Error(f"{path}: tensor '{name}' has shape {list(src.shape)}, the config "
-                           f"needs {list(dst.shape)}")
-        if src.dtype != np.float32:
-            raise _C.Error(f"{path}: tensor '{name}' is {src.dtype}, nuri needs float32")
-        check_finite(src, path, name)
-        dst[...] = src
+    h = hashlib.sha256() if SHA_KEY in metadata else None
+    try:
+        with opened() as f:
+            for name in names:
+                src, dst = f.get_tensor(name), params[name]
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise _C.Error(f"{path}: tensor '{name}' has shape {list(src.shape)}, the "
+                                   f"config needs {list(dst.shape)}")
+                if h is not None:
+                    _hash_tensor(h, name, src)
+                dst[...] = src
+                del src
+    except _C.Error:
+        raise
+    except Exception as e:  # safetensors' own types: a file changed since it was opened
+        raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e
+    if h is not None and h.hexdigest() != metadata[SHA_KEY]:
+        raise _C.Error(f"{path} fails its checksum: its tensors are not the ones nuri wrote "
+                       "(the file was damaged or changed since); save the model again, or "
+                       "export it from a checkpoint")
+    for name, a in params.items():
+        check_finite(a, path, name)
     return on_backend(model, backend)
 
 

@@ -73,13 +73,17 @@ void bind_checkpoint(py::module_& m) {
                                       "A safetensors file written one tensor at a time.")
       .def(py::init([](const std::string& path,
                        const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+                       const std::map<std::string, std::string>& metadata, bool checksum) {
              std::vector<SafetensorsPlanned> planned;
              for (const auto& [name, shape] : tensors) planned.push_back({name, DType::f32, shape});
-             return std::make_unique<SafetensorsStreamWriter>(path, std::move(planned), metadata);
+             return std::make_unique<SafetensorsStreamWriter>(path, std::move(planned), metadata,
+                                                              checksum);
            }),
            py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
-           "tensors: (name, shape) of every f32 tensor, in the order they will be written.")
+           py::arg("checksum") = false,
+           "tensors: (name, shape) of every f32 tensor, in the order they will be written. "
+           "checksum: also record the tensors' SHA-256 that nuri.load checks (the tensors in name "
+           "order).")
       .def("write", [](SafetensorsStreamWriter& w, const std::string& name, py::array_t<float, py::array::c_style | py::array::forcecast> a) {
              // Only read: a read-only array (np.load's mmap_mode="r") is copied, as the
              // tensor view needs writable memory.

@@ -144,6 +144,9 @@ def test_configs_nuri_does_not_implement_are_refused_by_name(tmp_path):
             nuri.model_config_from_hf({**base, **change})
 
     refused({"attn_logit_softcapping": 50.0}, r"key 'attn_logit_softcapping' is not implemented")
+    # The same key set to null says the feature is off: read.
+    assert nuri.model_config_from_hf({**base, "attn_logit_softcapping": None}) == \
+        nuri.model_config_from_hf(base)
     refused({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
             r"rope_scaling type 'yarn' is not supported")
     refused({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
