@@ -429,9 +429,11 @@ MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_
         cfg.tied_embeddings && (stage.last < 0 || stage.last == cfg.n_layer);
     int64_t staging = embedding_held ? 2 * largest + last : std::max(2 * largest, largest + last);
     if (buckets.size() == 1) staging = last;
-    // Pipeline stages of a tied model sum wte's gradient in a whole f32 copy, after the buckets.
+    // Pipeline stages of a tied model sum wte's gradient after the buckets, a bucket's bytes of
+    // it at a time (Trainer::sum_tied_shards).
     if (cfg.tied_embeddings && l.pp > 1 && (stage_index == 0 || stage_index == l.pp - 1)) {
-      staging = std::max(staging, held(dev, 4 * (units.front().second - units.front().first)));
+      const int64_t table = 4 * (units.front().second - units.front().first);
+      staging = std::max(staging, held(dev, std::min(table, l.bucket_bytes / 4 * 4)));
     }
     m.communication += staging;
   }

@@ -289,17 +289,24 @@ void Trainer::sum_tied_shards() {
   // wte leads both stages' layouts: each rank places its shard's part of it in a zeroed
   // wte-sized buffer; the sum over the first and last stage's dp ranks is then both stages'
   // whole gradient (each stage's shards tile wte once), and each rank takes its part back.
+  // Chunk by chunk, a gradient bucket's bytes at a time: a whole buffer would be the table's
+  // size (4 GiB of f32 for 128k tokens × 8192), on the ranks ZeRO 2 and 3 are to spare.
   const int64_t w = model_.layout().front().numel();
   const auto [lo, hi] = dp_->shard(model_.parameter_count());
   const Tensor shard = dp_->gradient_shard();
   Backend& be = model_.backend();
   MemoryScope gradients(MemoryCategory::gradients);
-  Tensor whole = be.empty({w});
-  be.zero(whole);
-  const int64_t a = std::max<int64_t>(lo, 0), b = std::min(hi, w);
-  if (a < b) be.copy(shard.slice(0, a - lo, b - lo), whole.slice(0, a, b));
-  tied_->all_reduce(whole);
-  if (a < b) be.copy(whole.slice(0, a, b), shard.slice(0, a - lo, b - lo));
+  const int64_t chunk = std::clamp<int64_t>(dp_->config().bucket_bytes / 4, 1, w);
+  Tensor part = be.empty({chunk});
+  for (int64_t c0 = 0; c0 < w; c0 += chunk) {  // the same chunks on every rank of the group
+    const int64_t c1 = std::min(w, c0 + chunk);
+    const Tensor buf = part.slice(0, 0, c1 - c0);
+    be.zero(buf);
+    const int64_t a = std::max(lo, c0), b = std::min(hi, c1);
+    if (a < b) be.copy(shard.slice(0, a - lo, b - lo), buf.slice(0, a - c0, b - c0));
+    tied_->all_reduce(buf);
+    if (a < b) be.copy(buf.slice(0, a - c0, b - c0), shard.slice(0, a - lo, b - lo));
+  }
 }
 
 void Trainer::split_gradients(std::vector<Tensor>& grads, std::vector<Tensor>& whole) const {
