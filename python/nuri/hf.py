@@ -123,9 +123,11 @@ def _hf_name_shape(config: _C.ModelConfig, name: str, shape: tuple[int, ...]
     return name, tuple(shape)
 
 
-def _to_hf(config: _C.ModelConfig, name: str, a: np.ndarray) -> np.ndarray:
-    """nuri's parameter `name` in Hugging Face's layout (a copy)."""
-    a = np.array(a, dtype=np.float32, copy=True)
+def _to_hf(config: _C.ModelConfig, name: str, a: np.ndarray, copy: bool = True) -> np.ndarray:
+    """nuri's parameter `name` in Hugging Face's layout: a copy, or with copy=False for a
+    writer that only reads it, `a` itself where the layout is the same (a row slice of it, a
+    transposed copy): a large tensor is then held once, not two or three times."""
+    a = np.array(a, dtype=np.float32, copy=True) if copy else np.asarray(a, dtype=np.float32)
     if name in ("wte.weight", "model.embed_tokens.weight", "lm_head.weight"):
         a = a[:config.vocab_size]
     if _gpt2(config) and name.endswith(_GPT2_CONV1D):
@@ -277,7 +279,7 @@ def export_hf(model: _C.Model, directory: str | os.PathLike,
     params = model.parameters()
     planned = [_hf_name_shape(config, n, a.shape) for n, a in params.items()]
     _write_model_files(os.fspath(directory), config, planned,
-                       ((_hf_name_shape(config, n, a.shape)[0], _to_hf(config, n, a))
+                       ((_hf_name_shape(config, n, a.shape)[0], _to_hf(config, n, a, False))
                         for n, a in params.items()), max_shard_bytes)
 
 
@@ -293,7 +295,7 @@ def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike,
     names = _C.ModelConfig.layout_names(config)
     planned = [_hf_name_shape(config, n, tuple(reader.shape(n))) for n in names]
     _write_model_files(os.fspath(directory), config, planned,
-                       ((hf, _to_hf(config, n, reader.read(n)))
+                       ((hf, _to_hf(config, n, reader.read(n), False))
                         for n, (hf, _) in zip(names, planned)), max_shard_bytes)
 
 
