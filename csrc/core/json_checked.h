@@ -26,7 +26,7 @@ template <class Json = nlohmann::json, class Input>
 Json parse(Input&& in) {
   return Json::parse(std::forward<Input>(in),
                      [](int depth, typename Json::parse_event_t, Json&) {
-                       if (depth > kMaxDepth) {
+                       if (depth >= kMaxDepth) {
                          throw Json::out_of_range::create(
                              406, "nested more than " + std::to_string(kMaxDepth) +
                                       " levels deep",

@@ -141,6 +141,7 @@ std::shared_ptr<TokenFile> TokenFile::open_raw(const std::string& path, int widt
              8 * width, " tokens (", bytes % width, " bytes left over): not a headerless uint",
              8 * width, " array, or truncated");
   f->wide_ = width == 4;
+  f->file_elem_ = width;
   f->n_ = bytes / width;
   if (f->wide_) {
     f->data32_ = reinterpret_cast<const uint32_t*>(base);

@@ -294,8 +294,9 @@ void check_layout(const ModelConfig& cfg, const Layout& l, int64_t seq_len, cons
   at_most("tp", l.tp, 1 << 15);
   at_most("pp", l.pp, 1 << 15);
   at_most("micro_batch", l.micro_batch, 1 << 20);
-  at_most("grad_accum", l.grad_accum, 1 << 16);
+  at_most("grad_accum", l.grad_accum, 1 << 24);
   at_most("dp x tp x pp", int64_t(l.dp) * l.tp * l.pp, 1 << 24);
+  if (l.pp > 1) at_most("pp x grad_accum", int64_t(l.pp) * l.grad_accum, 1 << 22);
   at_least_1("recompute_every", l.recompute_every);
   at_least_1("bucket_bytes", l.bucket_bytes);
   NURI_CHECK(l.zero >= 0 && l.zero <= 3, who, ": layout zero is ", l.zero,
@@ -893,8 +894,8 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
              " must be in [1, max_seq_len = ", cfg.max_seq_len, "]");
   NURI_CHECK(r.usable_fraction > 0 && r.usable_fraction <= 1, "plan: the usable fraction of "
              "each device's memory is ", r.usable_fraction, "; give one in (0, 1], e.g. 0.9");
-  NURI_CHECK(r.global_batch >= 0, "plan: global batch ", r.global_batch,
-             " sequences; give a positive one (0: 8 per device)");
+  NURI_CHECK(r.global_batch >= 0 && r.global_batch <= 1 << 22, "plan: global batch ",
+             r.global_batch, " sequences; give a positive one up to 2^22 (0: 8 per device)");
   // What the run would refuse whatever the layout, said before any layout is offered.
   check_sliding_window(cfg, r.seq_len);
   NURI_CHECK(!r.device.gpu || std::find(std::begin(kCudaAttentionHeadDims),
@@ -943,6 +944,8 @@ std::vector<PlanEntry> plan_layouts(const PlanRequest& r) {
               l.sp = sp;
               l.micro_batch = mb;
               l.grad_accum = per_rank / mb;
+              // (past what check_layout takes: a pipeline's schedule is simulated per micro-batch)
+              if (pp > 1 && int64_t(pp) * l.grad_accum > (1 << 22)) continue;
               l.bucket_bytes = r.bucket_bytes;
               l.keep_gathered = r.keep_gathered && zero == 3;
               l.overlap = r.overlap;

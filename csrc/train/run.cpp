@@ -230,10 +230,24 @@ class Metrics {
     for (const auto& [step, line] : records) {
       if (step <= steps_done) keep.push_back(line);
     }
-    out_.open(path, std::ios::trunc);
+    // The kept records go to a new file that replaces the old one whole: rewritten in place, a
+    // kill or a full disk between the truncation and the last line would lose the earlier
+    // allocations' records.
+    // (also a file of only a line cut short: the next record would continue that line)
+    if (std::error_code exists; fs::exists(path, exists)) {
+      const std::string tmp = path + ".tmp";
+      {
+        std::ofstream rewrite(tmp, std::ios::trunc);
+        for (const auto& l : keep) rewrite << l << "\n";
+        rewrite.flush();
+        NURI_CHECK(rewrite.good(), "cannot write ", tmp, ": ", std::strerror(errno));
+      }
+      std::error_code ec;
+      fs::rename(tmp, path, ec);
+      NURI_CHECK(!ec, "cannot replace ", path, " with ", tmp, ": ", ec.message());
+    }
+    out_.open(path, std::ios::app);
     NURI_CHECK(out_.good(), "cannot write ", path, ": ", std::strerror(errno));
-    for (const auto& l : keep) out_ << l << "\n";
-    out_.flush();
     return reached;
   }
   void write(const std::string& record) {
@@ -364,14 +378,21 @@ std::pair<std::string, std::string> ranks_where(const ProcessGroup& pg, bool min
 // Every rank learns whether any rank's check failed, and all stop together: a failed rank
 // with its own message, the others naming it (`others`: what it could not do). A rank stopping
 // alone would leave the others waiting in a collective until the communicator's timeout.
-void agree(const ProcessGroup& pg, const std::string& mine, const std::string& others) {
+// `config`: a ConfigError (status 2: the settings or what they name), else an Error (status 1:
+// a file that cannot be read or written).
+void agree(const ProcessGroup& pg, const std::string& mine, const std::string& others,
+           bool config = true) {
+  const auto fail = [config](const std::string& what) {
+    if (config) throw ConfigError(what);
+    throw Error(what, "", 0);  // (no place of its own: `what` names one where it has one)
+  };
   if (!pg.comm || pg.size() <= 1) {
-    if (!mine.empty()) throw ConfigError(mine);
+    if (!mine.empty()) fail(mine);
     return;
   }
   const std::string failed = ranks_where(pg, !mine.empty()).first;
-  if (!mine.empty()) throw ConfigError(mine);
-  if (!failed.empty()) throw ConfigError("rank " + failed + " " + others);
+  if (!mine.empty()) fail(mine);
+  if (!failed.empty()) fail("rank " + failed + " " + others);
 }
 
 // Every rank resumes the same checkpoint, or none does: a rank that finds none where another
@@ -938,11 +959,11 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     std::string dir, unloadable;
     try {
       dir = trainer.load_checkpoint(resume_dir, ck.check_data);
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {  // (a file gone between two looks: filesystem_error)
       if (!pg.comm || pg.size() <= 1) throw;  // (alone: the error as it is)
       unloadable = e.what();
     }
-    agree(pg, unloadable, "cannot load the checkpoint (its output says why)");
+    agree(pg, unloadable, "cannot load the checkpoint (its output says why)", false);
     const DataPosition pos = trainer.data_position();
     out.line(strprintf("resumed from %s: step %lld, data epoch %lld, batch %lld", dir.c_str(),
                        (long long)trainer.steps_done(), (long long)pos.epoch,
@@ -1061,11 +1082,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                     profile.peak_flops, profile.name.c_str(), (long long)reached),
           origin + seconds_since(start));
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     if (!pg.comm || pg.size() <= 1) throw;  // (alone: the error as it is)
     unwritable = e.what();
   }
-  agree(pg, unwritable, "cannot write the run directory or the ledger (its output says why)");
+  agree(pg, unwritable, "cannot write the run directory or the ledger (its output says why)",
+        false);
   if (!cfg.out.empty()) out.line("run directory: " + cfg.out);
 
   // The ledger's parts: startup is what came before the first step, less loading and evaluating.

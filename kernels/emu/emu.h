@@ -317,8 +317,9 @@ inline bool is_unwritten_poison(float v) {
 }
 /// fmaxf and fminf (max and min of floats) return the other operand for a NaN, so unwritten
 /// memory in a reduction would vanish instead of poisoning its result: an operand that is the
-/// poison is an error naming the call.
-[[noreturn]] void unwritten_min_max(bool is_max, float a, float b, Site site);
+/// poison is an error naming the call, in a kernel (returns in host code, where the bytes mean
+/// nothing).
+void unwritten_min_max(bool is_max, float a, float b, Site site);
 inline float checked_max(float a, float b, Site site) {
   if (is_unwritten_poison(a) || is_unwritten_poison(b)) [[unlikely]] {
     unwritten_min_max(true, a, b, site);

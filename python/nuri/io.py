@@ -28,7 +28,8 @@ def save(model: _C.Model, path: str | os.PathLike) -> None:
 
     [in] model: a nuri.Model that holds the whole model; its config is stored in the metadata
     under ``nuri_model_config``. The file is written beside ``path`` and then renamed over it,
-    one tensor at a time from the model's own memory (no second copy of the model is made).
+    one tensor at a time from the model's own memory (a CPU model's: no second copy is made; a
+    GPU model's parameters() are host copies of all of them).
     """
     check_whole_model(model, f"nuri.save({os.fspath(path)})")
     if os.path.isdir(path):
@@ -189,7 +190,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", config: _C.ModelConfig |
                     _hash_tensor(h, name, src)
                 dst[...] = src
                 del src
-    except _C.Error:
+    except (_C.Error, MemoryError):
         raise
     except Exception as e:  # safetensors' own types: a file changed since it was opened
         raise _C.Error(f"{path}: not a readable safetensors file ({e})") from e

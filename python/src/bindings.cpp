@@ -440,7 +440,7 @@ PYBIND11_MODULE(_C, m) {
            }, py::arg("source"),
            "Sets every weight (and the compute copy) from a CPU model of the same config: how a "
            "model read on the CPU goes to a GPU.")
-      .def("sync_compute_weights", &Transformer::sync_compute_weights,
+      .def("sync_compute_weights", &Transformer::sync_compute_weights, py::call_guard<NuriCall>(),
            "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
       .def("parameter", [](const Transformer& t, const std::string& name) {
              const py::dict one = model_arrays(t, {NamedTensor{name, t.parameter(name)}});
@@ -478,7 +478,7 @@ PYBIND11_MODULE(_C, m) {
       .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
-      .def("zero_grad", &Transformer::zero_grad)
+      .def("zero_grad", &Transformer::zero_grad, py::call_guard<NuriCall>())
       .def("init_weights", &Transformer::init_weights, py::arg("seed"),
            py::call_guard<NuriCall>())
       .def("memory", [](const Transformer& t) {

@@ -58,9 +58,10 @@ class CtrlCEndsWaits {
   CtrlCEndsWaits(const CtrlCEndsWaits&) = delete;
   CtrlCEndsWaits& operator=(const CtrlCEndsWaits&) = delete;
 
+  // The call's lock first, then the guard: a guard installed while its thread waits for the
+  // lock (a run on another thread holding it) would hold Ctrl-C back from that run.
   template <class Work>
   static auto call(Work work) -> decltype(work()) {
-    CtrlCEndsWaits guard;
     auto interrupted = [] {
       PyErr_SetNone(PyExc_KeyboardInterrupt);
       return py::error_already_set();
@@ -69,12 +70,14 @@ class CtrlCEndsWaits {
       if constexpr (std::is_void_v<decltype(work())>) {
         {
           NuriCall nuri_call;
+          CtrlCEndsWaits guard;
           work();
         }
         if (pressed_.load()) throw interrupted();
       } else {
         auto result = [&] {
           NuriCall nuri_call;
+          CtrlCEndsWaits guard;
           return work();
         }();
         if (pressed_.load()) throw interrupted();

@@ -87,6 +87,14 @@ def test_values_that_crashed_the_interpreter_are_errors(tmp_path):
         model.generate([1, 2, 3], 2**60)
     with pytest.raises(nuri.Error, match="layout grad_accum is 1000000000; it must be at most"):
         nuri.estimate_memory(tiny_config(), {"pp": 2, "grad_accum": 10**9}, 16, "cpu")
+    with pytest.raises(nuri.Error, match="layout pp x grad_accum is 8388608; it must be at most"):
+        nuri.estimate_memory(tiny_config(), {"pp": 2, "grad_accum": 2**22}, 16, "cpu")
+    # A plan's own layouts stay inside: a large global batch plans (its pipelines skipped where
+    # their schedules would pass the bound), and one past 2^22 sequences is named.
+    assert nuri.plan(tiny_config(), "cpu", devices_per_node=2, seq_len=16,
+                     global_batch=2**21).entries
+    with pytest.raises(nuri.Error, match="global batch 8388608 sequences"):
+        nuri.plan(tiny_config(), global_batch=2**23)
     with pytest.raises(nuri.Error, match="more than nuri plans for"):
         nuri.plan(tiny_config(), devices_per_node=2**31 - 1)
     data = nuri.TokenFile.from_array(list(range(10)))

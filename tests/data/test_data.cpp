@@ -303,6 +303,14 @@ TEST(ReadData, HeaderlessArraysOnlyWhenNamedAndNeverAsText) {
   ASSERT_EQ(wide->size(), 2);
   EXPECT_EQ(wide->at(0), 10u + (20u << 16));
   EXPECT_EQ(read_data(bin, 0, nullptr, "text")->size(), 8);  // its bytes, when said to be text
+  // A message names a token's byte in the file at its width: uint32 token 1 is at byte 4.
+  EXPECT_NE(error_of([&] { read_data(bin, 2000000, nullptr, "uint32"); })
+                .find("token id " + std::to_string(30u + (50256u << 16)) +
+                      " at token index 1 (byte offset 4)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { read_data(bin, 40, nullptr, "uint16"); })
+                .find("token id 50256 at token index 3 (byte offset 6)"),
+            std::string::npos);
   write_bytes(bin, std::string(7, 'x'));
   EXPECT_NE(error_of([&] { read_data(bin, 0, nullptr, "uint16"); })
                 .find("7 bytes is not a whole number of uint16 tokens (1 bytes left over)"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ranks of one job started with settings other than rank 0's: every rank stops before training
 # with status 2 (a config error), the differing rank naming each setting that differs and rank 0
-# naming that rank. What may differ by rank (the output-only quiet and log_every, the time
+# naming that rank (status 1 where a rank cannot load the checkpoint or write the run directory). What may differ by rank (the output-only quiet and log_every, the time
 # limit) does not stop the job.
 #   settings_differ.sh TORCHRUN_OR_MPIRUN... -- NURI_TRAIN_BINARY
 set -uo pipefail
@@ -18,13 +18,15 @@ job() {
     "$bin" "${args[@]}" 2>&1
 }
 fail() { echo "$out"; echo "FAIL: $1"; exit 1; }
-# The job's status ($rc) is 2 and both ranks' was, and its output ($out) has each line given.
+# The job's status ($rc) is $status (2 unless set) and both ranks' was, and its output ($out) has
+# each line given.
 stopped_with() {
-  ((rc == 2)) || fail "status $rc, not 2"
-  for want in "rank 0 exited 2" "rank 1 exited 2" "$@"; do
+  local want_rc=${status:-2}
+  ((rc == want_rc)) || fail "status $rc, not $want_rc"
+  for want in "rank 0 exited $want_rc" "rank 1 exited $want_rc" "$@"; do
     grep -qF -- "$want" <<<"$out" || fail "no '$want'"
   done
-  grep -q "step " <<<"$out" && fail "a rank trained"
+  grep -qE "step +[1-9][0-9]*/" <<<"$out" && fail "a rank trained"
 }
 
 out=$(job --lr 0.5 --seq-len 32 --quiet)
@@ -71,8 +73,8 @@ stopped_with "nuri-train: rank 1 cannot read the data (its output says why)" \
   "[rank 1] nuri-train: data.bin: the header promises 3001 tokens"
 
 # A checkpoint of ZeRO 3 slices whose rank-1 file has a flipped byte: rank 1 reads only its own
-# slices and fails the checksum, rank 0 (whose file is sound) names rank 1, and both stop rather
-# than rank 0 waiting for rank 1 in the first step.
+# slices and fails the checksum, rank 0 (whose file is sound) names rank 1, and both stop with
+# status 1 (an error, not a setting) rather than rank 0 waiting for rank 1 in the first step.
 plain=("${args[@]}")
 args+=(--zero-stage 3 --ckpt-dir "$work/ck3")
 out=$(job)
@@ -89,13 +91,23 @@ PY
 args+=(--steps 3)
 out=$(job)
 rc=$?
-stopped_with "nuri-train: rank 1 cannot load the checkpoint (its output says why)" \
+status=1 stopped_with "nuri-train: rank 1 cannot load the checkpoint (its output says why)" \
   "rank-00001-of-00002.safetensors fails its checksum"
 args=("${plain[@]}")
+# Rank 0 cannot write its run directory (a directory where its config.json goes; only rank 0
+# writes there): both stop with status 1, rank 1 naming rank 0, rather than waiting for it.
+mkdir -p "$work/0/outdir/config.json"
+out=$("${launch[@]}" -np 2 bash -c \
+  'cd "$1/${RANK:-${OMPI_COMM_WORLD_RANK:-0}}" && shift && exec "$0" "$@"' \
+  "$bin" "$work" "${args[@]}" --out outdir 2>&1)
+rc=$?
+status=1 stopped_with \
+  "[rank 1] nuri-train: rank 0 cannot write the run directory or the ledger (its output says why)" \
+  "outdir/config.json"
 
 args+=(--ckpt-dir "$work/ck")  # a time limit stops to checkpoint, so it needs a checkpoint.dir
 out=$(job --quiet --log-every 1 --time-limit 1000)
 rc=$?
 ((rc == 0)) || fail "status $rc with only output settings differing"
 grep -q "done in" <<<"$out" || fail "the job with only output settings differing did not finish"
-echo "PASS: ranks with other settings or data, or a checkpoint one rank cannot load, stop with status 2 naming them; output settings may differ"
+echo "PASS: ranks with other settings or data stop with status 2 naming them, and with status 1 where one cannot load the checkpoint or write the run directory; output settings may differ"
