@@ -39,9 +39,10 @@ std::vector<int64_t> pipeline_stages(const ModelConfig& cfg, int pp, int64_t seq
     for (size_t s = 0; s < split.size(); ++s) {
       NURI_CHECK(split[s] >= 1, "the stage split gives stage ", s, " ", split[s],
                  " blocks; every stage needs at least one");
-      NURI_CHECK(split[s] <= L - total, "the stage split gives stages 0 to ", s, " more than the "
-                 "model's ", L, " blocks; the counts must add up to n_layer");  // (no overflow)
-      total += split[s];
+      // (a sum that wraps around to n_layer would pass the check below)
+      NURI_CHECK(!__builtin_add_overflow(total, split[s], &total), "the stage split's blocks "
+                 "sum past 2^63 at stage ", s, ", the model has ", L, "; the counts must add up "
+                 "to n_layer");
       first[s + 1] = total;
     }
     NURI_CHECK(total == L, "the stage split's blocks sum to ", total, ", the model has ", L,
