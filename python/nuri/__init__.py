@@ -64,7 +64,8 @@ from .dist import ProcessGroup, init_process_group
 from .io import (consolidate, decode_bytes, default_corpus, generate_text, load, read_data, save,
                  split_validation)
 from .training import plot_losses, run
-from .hf import export_hf, export_hf_checkpoint, import_hf, model_config_from_hf
+from .hf import (export_hf, export_hf_checkpoint, hf_token_ids, import_hf,
+                 model_config_from_hf)
 from .plan import (PlanResult, calibrate, device_profile, device_profile_names, estimate_memory,
                    estimate_step_time, model_flops_per_token, plan)
 from .report import format_report, plot_report, read_ledger, report
@@ -76,7 +77,7 @@ __all__ = [
     "ByteTokenizer", "CheckpointConfig", "ConfigError", "consolidate", "export_hf_checkpoint", "DataConfig", "Error", "Model",
     "ModelConfig", "ParallelConfig", "ProcessGroup", "RunConfig", "SampleConfig", "Tensor",
     "TokenFile", "TrainConfig", "Trainer", "apply_overrides", "build_info", "config_from_dict",
-    "decode_bytes", "default_corpus", "export_hf", "generate_text", "import_hf",
+    "decode_bytes", "default_corpus", "export_hf", "generate_text", "hf_token_ids", "import_hf",
     "init_process_group",
     "learning_rate", "load", "load_config", "model_config_from_dict", "model_config_from_hf",
     "model_config_to_dict", "pipeline_stages", "plot_losses", "read_data", "reference", "run", "save",

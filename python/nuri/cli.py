@@ -8,7 +8,8 @@
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--bos TEXT]
                             [--field text] [--kind text|prompt-response|chat]
                             [--chat-template JSON]
-    python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR]
+    python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR [--token-ids-from PATH]
+                          [--bos-token-id ID] [--eos-token-id ID] [--pad-token-id ID]]
     python -m nuri import HF_DIR --out FILE.safetensors
     python -m nuri info
     python -m nuri plan (--preset NAME | --config FILE | --hf CONFIG.JSON) [--device NAME|FILE]
@@ -36,7 +37,7 @@ from typing import Any, Sequence
 
 from . import _C
 from .config import ConfigError, SampleConfig
-from .hf import check_export_directory, export_hf_checkpoint
+from .hf import TOKEN_ID_KEYS, check_export_directory, export_hf_checkpoint, hf_token_ids
 from .io import (check_consolidate_out, check_outside_checkpoint, consolidate, generate_text,
                  load)
 from .training import run
@@ -205,6 +206,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``python -m nuri export``: a checkpoint's weights as one file, or a Hugging Face model."""
     if not args.hf and not args.out:
         raise ConfigError("export: give --out FILE.safetensors, --hf DIR, or both")
+    if not args.hf and (args.token_ids_from or any(getattr(args, k) is not None
+                                                   for k in TOKEN_ID_KEYS)):
+        raise ConfigError("export: token ids go into a Hugging Face config.json; give --hf DIR "
+                          "(a nuri model file records none)")
     if args.out:  # both refused before either is written
         check_consolidate_out(args.checkpoint, args.out)
     if args.hf and args.out and Path(args.hf).resolve() in Path(args.out).resolve().parents:
@@ -214,13 +219,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.hf:
         check_outside_checkpoint(args.checkpoint, args.hf)
         check_export_directory(args.hf)
-        export_hf_checkpoint(args.checkpoint, args.hf)
+        token_ids, source = _export_token_ids(args)
+        export_hf_checkpoint(args.checkpoint, args.hf, token_ids=token_ids)
         print(f"wrote {os.path.join(args.hf, 'config.json')} and model.safetensors")
+        if token_ids:
+            print("  token ids " + ", ".join(f"{k}={v}" for k, v in token_ids.items())
+                  + f" (from {source})")
+        if "eos_token_id" not in token_ids:
+            print("  warning: config.json has no eos_token_id, so generate() in transformers "
+                  "will not stop at the end of a text; give --token-ids-from (the Hugging Face "
+                  "model the run started from, or the run's tokenize output) or "
+                  "--eos-token-id", file=sys.stderr)
     if args.out:
         stats = consolidate(args.checkpoint, args.out)
         print(f"wrote {args.out}: {stats['tensors']} tensors, {stats['bytes'] / 2**20:.1f} MiB "
               f"(at most {stats['peak_bytes'] / 2**20:.1f} MiB held at once)")
     return 0
+
+
+def _export_token_ids(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The special token ids an export writes, and where they came from: --token-ids-from,
+    with --bos/--eos/--pad-token-id over it. (A checkpoint does not record the run's data, so
+    nothing is taken from it.)"""
+    ids: dict[str, Any] = {}
+    source = ""
+    if args.token_ids_from:
+        ids, source = hf_token_ids(args.token_ids_from), args.token_ids_from
+    given = {k: getattr(args, k) for k in TOKEN_ID_KEYS if getattr(args, k) is not None}
+    if given:
+        ids = {**ids, **given}
+        source = " and ".join(x for x in (source, "the command line") if x)
+    return ids, source
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -466,6 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="model file to write (.safetensors, what nuri.load reads)")
     e.add_argument("--hf", metavar="DIR", help="Hugging Face directory to write (config.json, "
                    "model.safetensors)")
+    e.add_argument("--token-ids-from", metavar="PATH", help="where --hf's special token ids "
+                   "(bos/eos/pad_token_id, which generate() stops at) come from: the Hugging "
+                   "Face model the run started from (its directory or config.json), or nuri "
+                   "tokenize's output (its directory or tokenize.json)")
+    for key in TOKEN_ID_KEYS:
+        e.add_argument("--" + key.replace("_", "-"), dest=key, type=int, metavar="ID",
+                       help=f"{key} for --hf's config.json (over --token-ids-from's)")
     e.set_defaults(func=cmd_export)
     i = sub.add_parser("info", help="show what this build of nuri holds")
     i.set_defaults(func=cmd_info)

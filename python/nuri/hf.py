@@ -56,10 +56,90 @@ def _hf_rope_scaling(c: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def hf_config(config: _C.ModelConfig) -> dict:
+#: The keys of a Hugging Face config that name special tokens, which ``generate()`` stops at
+#: (eos_token_id: one id or a list) and pads with.
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def check_token_ids(config: _C.ModelConfig, token_ids: Mapping[str, Any] | None,
+                    where: str = "token_ids") -> dict[str, Any]:
+    """`token_ids` checked against the model: keys among TOKEN_ID_KEYS, each an id of its
+    vocabulary (eos_token_id also a list of them) or None (left out). Raises ConfigError."""
+    if token_ids is None:
+        return {}
+    if not isinstance(token_ids, Mapping):
+        raise ConfigError(f"{where}: token ids are a mapping of {', '.join(TOKEN_ID_KEYS)}, got "
+                          f"{type(token_ids).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in token_ids.items():
+        if key not in TOKEN_ID_KEYS:
+            raise ConfigError(f"{where}: {key!r} is not a token id key; the keys are "
+                              f"{', '.join(TOKEN_ID_KEYS)}")
+        if value is None:
+            continue
+        ids = value if key == "eos_token_id" and isinstance(value, list) else [value]
+        for i in ids:
+            if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not (
+                    0 <= i < config.vocab_size):
+                raise ConfigError(f"{where}: {key} {value!r} is not a token id of the model "
+                                  f"(an integer in [0, {config.vocab_size}))")
+        out[key] = [int(i) for i in ids] if isinstance(value, list) else int(value)
+    return out
+
+
+def hf_token_ids(path: str | os.PathLike) -> dict[str, Any]:
+    """The special token ids at `path`, for export_hf's token_ids: a Hugging Face model
+    directory or its config.json (bos/eos/pad_token_id, with generation_config.json's over
+    them where it is beside it: the ids ``generate()`` used), or what ``nuri tokenize`` wrote
+    (its output directory or tokenize.json: the end-of-text token as eos_token_id, the
+    beginning-of-text token as bos_token_id). Raises ConfigError."""
+    path = os.fspath(path)
+    directory = path if os.path.isdir(path) else os.path.dirname(path)
+    if os.path.isdir(path):
+        for name in ("config.json", "tokenize.json"):
+            if os.path.isfile(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise ConfigError(f"{path}: neither a Hugging Face model directory (config.json) "
+                              "nor nuri tokenize's output (tokenize.json)")
+
+    def read(file: str) -> dict[str, Any]:
+        try:
+            with open(file, encoding="utf-8") as f:
+                table = json.load(f)
+        except (OSError, ValueError, RecursionError) as e:
+            raise ConfigError(f"cannot read the token ids of {file}: {e}") from e
+        if not isinstance(table, dict):
+            raise ConfigError(f"{file}: not a JSON object")
+        return table
+
+    table = read(path)
+    if "tokenizer" in table and "model_type" not in table:  # nuri tokenize's record
+        tok = table["tokenizer"]
+        if not isinstance(tok, dict) or not isinstance(tok.get("eot"), int):
+            raise ConfigError(f"{path}: no tokenizer record with an end-of-text id (eot)")
+        out = {"eos_token_id": tok["eot"]}
+        if "bos" in tok:
+            out["bos_token_id"] = tok["bos"]
+        return out
+    out = {k: table[k] for k in TOKEN_ID_KEYS if table.get(k) is not None}
+    generation = os.path.join(directory, "generation_config.json")
+    if os.path.basename(path) == "config.json" and os.path.isfile(generation):
+        out.update({k: v for k, v in read(generation).items()
+                    if k in TOKEN_ID_KEYS and v is not None})
+    return out
+
+
+def hf_config(config: _C.ModelConfig, token_ids: Mapping[str, Any] | None = None) -> dict:
     """The Hugging Face ``config.json`` of a nuri model config: GPT2LMHeadModel,
     LlamaForCausalLM, Qwen2ForCausalLM (q/k/v biases) or MistralForCausalLM (a sliding
-    window)."""
+    window), with the special token ids of `token_ids` (check_token_ids)."""
+    ids = check_token_ids(config, token_ids)
+    return {**_hf_config(config), **ids}
+
+
+def _hf_config(config: _C.ModelConfig) -> dict:
     c = model_config_to_dict(config)
     gpt2_like = (c["mlp"] == "gelu" and c["norm"] == "layernorm" and c["position"] == "learned"
                  and c["bias"] and c["n_kv_head"] == c["n_head"] and not c["head_dim"]
@@ -196,8 +276,9 @@ def check_export_directory(directory: str | os.PathLike) -> None:
 def _write_model_files(directory: str, config: _C.ModelConfig,
                        planned: list[tuple[str, tuple[int, ...]]],
                        tensors: Iterator[tuple[str, np.ndarray]],
-                       max_shard_bytes: int | None) -> None:
-    """config.json and the weights: model.safetensors, or with max_shard_bytes Hugging Face's
+                       max_shard_bytes: int | None,
+                       token_ids: Mapping[str, Any] | None = None) -> None:
+    """config.json (with `token_ids`) and the weights: model.safetensors, or with max_shard_bytes Hugging Face's
     shards model-0000k-of-0000n.safetensors and model.safetensors.index.json. `planned` is
     (key, shape) of every tensor in the order `tensors` yields them (f32). Every file is written
     under a temporary name and renamed into place when all are complete: a failure leaves the
@@ -220,7 +301,7 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
 
     try:
         with open(temporary("config.json"), "w", encoding="utf-8") as f:
-            json.dump(hf_config(config), f, indent=2)
+            json.dump(hf_config(config, token_ids), f, indent=2)
             f.write("\n")
         it = iter(tensors)
         for group, file in zip(groups, files):
@@ -266,37 +347,45 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
 
 
 def export_hf(model: _C.Model, directory: str | os.PathLike,
-              max_shard_bytes: int | None = None) -> None:
+              max_shard_bytes: int | None = None,
+              token_ids: Mapping[str, Any] | None = None) -> None:
     """Writes ``directory/config.json`` and the weights in Hugging Face's layout, readable by
     the ``safetensors`` library and by ``transformers.from_pretrained``: one
     ``model.safetensors``, or with ``max_shard_bytes`` shards of at most that size and their
     ``model.safetensors.index.json``. The model must hold all of itself (not a ZeRO 3 shard,
     a tensor-parallel slice or a pipeline stage: export their checkpoint with
-    export_hf_checkpoint)."""
+    export_hf_checkpoint).
+
+    ``token_ids`` ({"bos_token_id", "eos_token_id", "pad_token_id"}; hf_token_ids reads them
+    from the model a run started from, or from its ``nuri tokenize`` output) go into
+    config.json: without an eos_token_id, ``generate()`` in transformers does not stop at the
+    end of a text. nuri's model config holds no token ids, so none are written unless given."""
     check_whole_model(model, f"export_hf({os.fspath(directory)})")
     config = model.config
-    hf_config(config)  # refuses layouts Hugging Face has none for
+    hf_config(config, token_ids)  # refuses layouts Hugging Face has none for, and bad ids
     params = model.parameters()
     planned = [_hf_name_shape(config, n, a.shape) for n, a in params.items()]
     _write_model_files(os.fspath(directory), config, planned,
                        ((_hf_name_shape(config, n, a.shape)[0], _to_hf(config, n, a, False))
-                        for n, a in params.items()), max_shard_bytes)
+                        for n, a in params.items()), max_shard_bytes, token_ids)
 
 
 def export_hf_checkpoint(ckpt: str | os.PathLike, directory: str | os.PathLike,
-                         max_shard_bytes: int | None = None) -> None:
+                         max_shard_bytes: int | None = None,
+                         token_ids: Mapping[str, Any] | None = None) -> None:
     """export_hf from a checkpoint (a directory, or a root whose newest one is taken) of any
     layout, sharded by any number of ranks: each tensor is assembled from its slices, converted
-    and written in turn, so the memory it takes is the largest tensor's, never the model's."""
+    and written in turn, so the memory it takes is the largest tensor's, never the model's.
+    token_ids as export_hf's."""
     check_outside_checkpoint(ckpt, directory)
     reader = _C.CheckpointReader(os.fspath(ckpt))
     config = model_config_from_dict(json.loads(reader.meta)["model"], path=f"{reader.dir}: model")
-    hf_config(config)
+    hf_config(config, token_ids)
     names = _C.ModelConfig.layout_names(config)
     planned = [_hf_name_shape(config, n, tuple(reader.shape(n))) for n in names]
     _write_model_files(os.fspath(directory), config, planned,
                        ((hf, _to_hf(config, n, reader.read(n), False))
-                        for n, (hf, _) in zip(names, planned)), max_shard_bytes)
+                        for n, (hf, _) in zip(names, planned)), max_shard_bytes, token_ids)
 
 
 class _HFTensors(Mapping):
@@ -531,7 +620,7 @@ _DEFAULTS = {
     "qwen2": {"vocab_size": 151936, "hidden_size": 4096, "intermediate_size": 22016,
               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
               "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-              "tie_word_embeddings": False, "sliding_window": 4096},
+              "tie_word_embeddings": False, "sliding_window": 4096, "max_window_layers": 28},
     "mistral": {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 14336,
                 "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
                 "max_position_embeddings": 4096 * 32, "rms_norm_eps": 1e-6,
@@ -666,7 +755,14 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         table["bias"] = bias
     elif kind == "qwen2":
         table["qkv_bias"] = True  # Qwen2's q, k and v projections have biases, o_proj none
-        if h.get("use_sliding_window", False):
+        # transformers windows layer i when use_sliding_window and i >= max_window_layers.
+        # nuri refuses sequences longer than a window, within which every layer computes the
+        # same with or without it: one windowed layer is enough to set it, none leaves it off.
+        full, layers = h["max_window_layers"], h["num_hidden_layers"]
+        if not isinstance(full, int) or isinstance(full, bool):
+            raise ConfigError(f"{where}: max_window_layers {full!r} is not an integer")
+        # (a num_hidden_layers of the wrong type: model_config_from_dict names it)
+        if h.get("use_sliding_window", False) and (not isinstance(layers, int) or full < layers):
             table["sliding_window"] = h.get("sliding_window") or 0
     elif kind in ("mistral", "phi3"):
         table["sliding_window"] = h.get("sliding_window") or 0

@@ -93,6 +93,33 @@ def test_a_failed_hf_export_leaves_the_directory_as_it_was(trained):
     assert snapshot(trained / "hf") == before
 
 
+def test_hf_export_writes_the_token_ids_it_is_given(trained):
+    """`export --hf` takes generate()'s stop and pad ids from --token-ids-from (here nuri
+    tokenize's output: its end-of-text id) and the --*-token-id flags; without an eos id it
+    warns that generate() will not stop; a bad id is refused before anything is written."""
+    proc = run_cli("export", "ck", "--hf", "hf", cwd=trained)
+    assert "config.json has no eos_token_id, so generate() in transformers will not stop" \
+        in proc.stderr
+    run_cli("tokenize", "corpus.txt", "--out", "shards", "--val-every", "0", cwd=trained)
+    proc = run_cli("export", "ck", "--hf", "hf", "--token-ids-from", "shards", "--pad-token-id",
+                   "0", cwd=trained)
+    assert ("token ids eos_token_id=256, pad_token_id=0 (from shards and the command line)"
+            in proc.stdout) and "warning" not in proc.stderr
+    config = json.loads((trained / "hf" / "config.json").read_text())
+    assert (config["eos_token_id"], config["pad_token_id"]) == (256, 0)
+    assert "bos_token_id" not in config
+    before = snapshot(trained / "hf")
+    vocab = nuri.load(trained / "run" / "model.safetensors").config.vocab_size
+    proc = run_cli("export", "ck", "--hf", "hf", "--eos-token-id", str(vocab), cwd=trained,
+                   expect=2)
+    assert f"eos_token_id {vocab} is not a token id of the model (an integer in [0, {vocab}))" \
+        in proc.stderr
+    proc = run_cli("export", "ck", "--out", "m.safetensors", "--eos-token-id", "3", cwd=trained,
+                   expect=2)
+    assert "token ids go into a Hugging Face config.json; give --hf DIR" in proc.stderr
+    assert snapshot(trained / "hf") == before and not (trained / "m.safetensors").exists()
+
+
 def test_export_out_refuses_a_directory_and_the_checkpoints_own_files(trained):
     shard = next((trained / "ck").glob("step-*/rank-*.safetensors"))
     before = snapshot(trained / "ck")

@@ -222,11 +222,18 @@ def test_released_configs_read_as_transformers_reads_them(tmp_path):
                                                      "num_key_value_heads": None})
     assert ours.n_kv_head == theirs.num_key_value_heads == 32
     assert ours.sliding_window == theirs.sliding_window == 4096
-    ours, theirs = both(transformers.Qwen2Config, {"model_type": "qwen2", **small,
-                                                   "use_sliding_window": True,
-                                                   "use_mrope": False})
-    assert ours.sliding_window == theirs.sliding_window == 4096
+    # Qwen2 windows the layers from max_window_layers on (default 28; these have 2): none here,
+    # every one with 0, the second with 1; a window on any layer bounds nuri's sequences.
+    for full, window in ((None, 0), (0, 4096), (1, 4096), (2, 0)):
+        d = {"model_type": "qwen2", **small, "use_sliding_window": True, "use_mrope": False}
+        ours, theirs = both(transformers.Qwen2Config,
+                            d if full is None else {**d, "max_window_layers": full})
+        assert theirs.sliding_window == 4096 and ours.sliding_window == window, full
+        windowed = [i >= theirs.max_window_layers for i in range(theirs.num_hidden_layers)]
+        assert bool(ours.sliding_window) == any(windowed), full
     assert ours.n_kv_head == theirs.num_key_value_heads == 32
+    with pytest.raises(nuri.ConfigError, match="max_window_layers '28' is not an integer"):
+        nuri.model_config_from_hf({**d, "max_window_layers": "28"})
     with pytest.raises(nuri.ConfigError, match="qwen2 config key 'use_mrope' is True; nuri "
                                                "implements only False"):
         nuri.model_config_from_hf({"model_type": "qwen2", **small, "use_mrope": True})
@@ -308,3 +315,50 @@ def test_import_and_init_name_what_is_wrong(tmp_path):
     err = run_cli("train", "--init", "hf/model.safetensors", "--steps", "1", "--vocab-size", "97",
                   "--data", "ids.npy", "--max-new-tokens", "0", cwd=tmp_path, expect=2).stderr
     assert "it records no nuri model config: a Hugging Face weights file?" in err, err
+
+
+def test_token_ids_go_across_and_generate_stops_at_the_end_of_text(tmp_path):
+    """A model imported from Hugging Face and exported again keeps the ids generate() stops at
+    (hf_token_ids reads them; generation_config.json's win over config.json's), so the export
+    ends its text where the original does; ids outside the vocabulary are refused before
+    anything is written."""
+    theirs = hf_model("qwen2")
+    prompt = [int(t) for t in TOKENS[0, :7]]
+    ones = torch.ones(1, 7, dtype=torch.long)
+    with torch.no_grad():
+        free = theirs.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                               pad_token_id=0, eos_token_id=None, attention_mask=ones)[0, 7:]
+    stop = int(free[4])  # a token greedy decoding reaches at the fifth step
+    first = free.tolist().index(stop)
+    theirs.config.bos_token_id, theirs.config.eos_token_id = 1, 2
+    theirs.generation_config.eos_token_id = [V - 1, stop]
+    theirs.generation_config.pad_token_id = 0
+    theirs.save_pretrained(tmp_path / "src", safe_serialization=True)
+    ids = nuri.hf_token_ids(tmp_path / "src")
+    assert ids == {"bos_token_id": 1, "eos_token_id": [V - 1, stop], "pad_token_id": 0}
+    assert nuri.hf_token_ids(tmp_path / "src" / "config.json") == ids
+    ours = nuri.import_hf(tmp_path / "src")
+
+    nuri.export_hf(ours, tmp_path / "plain")  # no ids given: none written, generate runs on
+    assert not {"bos_token_id", "eos_token_id"} & set(
+        json.loads((tmp_path / "plain" / "config.json").read_text()))
+    nuri.export_hf(ours, tmp_path / "out", token_ids=ids)
+    assert {k: json.loads((tmp_path / "out" / "config.json").read_text())[k] for k in ids} == ids
+    for where, length in (("plain", 12), ("out", first + 1)):
+        back = AutoModelForCausalLM.from_pretrained(tmp_path / where, torch_dtype=torch.float32)
+        with torch.no_grad():
+            got = back.eval().generate(torch.tensor([prompt]), max_new_tokens=12,
+                                       do_sample=False, pad_token_id=0, attention_mask=ones)
+        assert got[0, 7:].tolist() == free[:length].tolist(), where
+
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    for bad, match in (({"eos_token_id": V + 64}, rf"eos_token_id {V + 64} is not a token id "
+                                                  rf"of the model \(an integer in \[0, {V}\)\)"),
+                       ({"eos_token_id": [2, -1]}, r"eos_token_id \[2, -1\] is not a token id"),
+                       ({"pad_token_id": 1.5}, r"pad_token_id 1.5 is not a token id"),
+                       ({"eos": 2}, r"'eos' is not a token id key")):
+        with pytest.raises(nuri.ConfigError, match=match):
+            nuri.export_hf(ours, tmp_path / "out", token_ids=bad)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    with pytest.raises(nuri.ConfigError, match="neither a Hugging Face model directory"):
+        nuri.hf_token_ids(tmp_path)
