@@ -134,8 +134,9 @@ __device__ __forceinline__ __half from_float<__half>(float v) {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
 
-/// Sum over the 32 lanes of a warp; every lane gets the total.
-__device__ __forceinline__ float warp_sum(float v) {
+/// Sum over the 32 lanes of a warp; every lane gets the total (float, or double).
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
   return v;
 }
@@ -147,15 +148,16 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 /// Sum over a 1-D block whose size is a multiple of 32 (at most 1024); every thread gets the
-/// total. `scratch` is 32 floats of shared memory that no other code uses during the call.
-/// Contains two __syncthreads: every thread of the block must call it.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+/// total. `scratch` is 32 values (float, or double) of shared memory that no other code uses
+/// during the call. Contains two __syncthreads: every thread of the block must call it.
+template <class T>
+__device__ __forceinline__ T block_sum(T v, T* scratch) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int warps = blockDim.x / kWarpSize;
   v = warp_sum(v);
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  float total = lane < warps ? scratch[lane] : 0.f;
+  T total = lane < warps ? scratch[lane] : T(0);
   total = warp_sum(total);
   __syncthreads();  // scratch may be reused by the caller right after
   return total;

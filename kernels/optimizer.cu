@@ -88,7 +88,7 @@ void launch_adamw(const AdamWTensorDesc* tensors, int64_t num_tensors, const Ada
 size_t global_norm_workspace_bytes(const NormTensorDesc* tensors, int64_t num_tensors) {
   int64_t blocks = 0;
   for (int64_t t = 0; t < num_tensors; ++t) blocks += ceil_div(tensors[t].n, kOptChunk);
-  return table_bytes<NormTensorDesc>(size_t(num_tensors)) + size_t(blocks) * sizeof(float);
+  return table_bytes<NormTensorDesc>(size_t(num_tensors)) + size_t(blocks) * sizeof(double);
 }
 
 void launch_global_norm(const NormTensorDesc* tensors, int64_t num_tensors, float* g_out,
@@ -100,10 +100,10 @@ void launch_global_norm(const NormTensorDesc* tensors, int64_t num_tensors, floa
     NormPartialParams p{};
     upload(table, g_workspace, stream, &p.g_tensors, &p.g_chunk_begin);
     p.num_tensors = int32_t(table.descs.size());
-    p.g_partials = reinterpret_cast<float*>(static_cast<unsigned char*>(g_workspace) +
+    p.g_partials = reinterpret_cast<double*>(static_cast<unsigned char*>(g_workspace) +
                                             table_bytes<NormTensorDesc>(table.descs.size()));
     NURI_LAUNCH(global_norm_partials, dim3(unsigned(table.blocks())), dim3(kOptThreads),
-                kWarpSize * sizeof(float), stream, p);
+                kWarpSize * sizeof(double), stream, p);
     f.g_partials = p.g_partials;
   }
   // With no elements the final block still runs: it writes sqrt(0) = 0.

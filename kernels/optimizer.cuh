@@ -37,11 +37,11 @@ struct NormPartialParams {
   const NormTensorDesc* g_tensors;  // [T]
   const int64_t* g_chunk_begin;     // [T + 1]
   int32_t num_tensors;
-  float* g_partials;  // [blocks]: Σ g² of each block's chunk
+  double* g_partials;  // [blocks]: Σ g² of each block's chunk
 };
 
 struct NormFinalParams {
-  const float* g_partials;  // [blocks]
+  const double* g_partials;  // [blocks]
   int64_t blocks;
   float* g_out;  // [1]
 };
@@ -190,26 +190,30 @@ __global__ void __launch_bounds__(kOptThreads) adamw_multi(AdamWKernelParams p) 
 }
 
 /// grid = Σ_t ceil(n_t / kOptChunk) blocks of kOptThreads: partials[b] = Σ g² over block b's
-/// chunk (a fixed tree, so each partial is deterministic).
+/// chunk (a fixed tree, so each partial is deterministic), in double as the CPU backend sums:
+/// a gradient past 2^64 has a square past float's range, whose norm is still a float.
 __global__ void __launch_bounds__(kOptThreads) global_norm_partials(NormPartialParams p) {
-  float* s_red = dynamic_smem<float>();  // [32]
+  double* s_red = dynamic_smem<double>();  // [32]
   const int64_t block = blockIdx.x;
   const int t = find_tensor(p.g_chunk_begin, p.num_tensors, block);
   const NormTensorDesc d = p.g_tensors[t];
   const int64_t chunk_start = (block - p.g_chunk_begin[t]) * kOptChunk;
   const int64_t chunk_end = chunk_start + kOptChunk < d.n ? chunk_start + kOptChunk : d.n;
-  float acc = 0.f;
+  double acc = 0.0;
   for (int step = 0; step < kOptSteps; ++step) {
     const int64_t i0 = chunk_start + (int64_t(step) * blockDim.x + threadIdx.x) * kOptPerThread;
     if (i0 >= chunk_end) continue;
     if (d.vec && i0 + kOptPerThread <= chunk_end) {
       const float4 g4 = *reinterpret_cast<const float4*>(d.g + i0);
-      acc += g4.x * g4.x + g4.y * g4.y + g4.z * g4.z + g4.w * g4.w;
+      acc += double(g4.x) * g4.x + double(g4.y) * g4.y + double(g4.z) * g4.z +
+             double(g4.w) * g4.w;
     } else {
-      for (int64_t i = i0; i < i0 + kOptPerThread && i < chunk_end; ++i) acc += d.g[i] * d.g[i];
+      for (int64_t i = i0; i < i0 + kOptPerThread && i < chunk_end; ++i) {
+        acc += double(d.g[i]) * d.g[i];
+      }
     }
   }
-  const float total = block_sum(acc, s_red);
+  const double total = block_sum(acc, s_red);
   if (threadIdx.x == 0) p.g_partials[block] = total;
 }
 
@@ -220,7 +224,7 @@ __global__ void __launch_bounds__(kOptFinalThreads) global_norm_final(NormFinalP
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int warps = blockDim.x / kWarpSize;
   double acc = 0.0;
-  for (int64_t i = threadIdx.x; i < p.blocks; i += blockDim.x) acc += double(p.g_partials[i]);
+  for (int64_t i = threadIdx.x; i < p.blocks; i += blockDim.x) acc += p.g_partials[i];
   for (int offset = 16; offset > 0; offset >>= 1) acc += __shfl_xor_sync(kFullMask, acc, offset);
   if (lane == 0) s_red[warp] = acc;
   __syncthreads();

@@ -342,14 +342,14 @@ int64_t norm_backward_workspace_bound(const ModelConfig& cfg, int64_t rows) {
 int64_t optimizer_workspace_bound(const ModelConfig& cfg, TensorParallelRank tp,
                                   PipelineStage stage) {
   // A descriptor a tensor (AdamW's 64 bytes, the norm's 24) and a table of tensors + 1 int64
-  // offsets, each part 16-byte aligned; the norm adds an f32 partial per 4096 elements of each
+  // offsets, each part 16-byte aligned; the norm adds an f64 partial per 4096 elements of each
   // tensor. The step passes at most one tensor a parameter (ZeRO: slices of them, or its shard).
   const std::vector<ParamSpec> layout = param_layout(cfg, tp, stage);
   const int64_t n = int64_t(layout.size());
   int64_t elements = 0;
   for (const ParamSpec& p : layout) elements += p.numel();
   const int64_t table = 8 * (n + 1) + 32;
-  return std::max(64 * n + table, 24 * n + table + 4 * (elements / 4096 + n + 1));
+  return std::max(64 * n + table, 24 * n + table + 8 * (elements / 4096 + n + 1));
 }
 
 MemoryPlan estimate_memory(const ModelConfig& cfg, const Layout& l, int64_t seq_len,

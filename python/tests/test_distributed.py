@@ -54,6 +54,7 @@ def test_process_group_rank_size_all_reduce_and_device(tmp_path):
         import numpy as np
         import nuri
         pg = nuri.init_process_group(timeout_s=60)
+        ends = []  # when each step of the stepping thread ended
         x = np.full(3, pg.rank + 1, np.float32)
         pg.all_reduce(x)
         y = np.arange(4, dtype=np.float32) * (pg.rank + 1)
@@ -216,6 +217,7 @@ def test_ctrl_c_ends_a_wait_for_ranks_that_never_come(tmp_path):
         pg = None
         if len(sys.argv) > 1:  # both ranks meet; rank 1 then never reaches the barrier
             pg = nuri.init_process_group(timeout_s=60)
+        ends = []  # when each step of the stepping thread ended
             if pg.rank == 1:
                 time.sleep(60)
         print("waiting", flush=True)
@@ -250,6 +252,102 @@ def test_ctrl_c_ends_a_wait_for_ranks_that_never_come(tmp_path):
     finally:
         ranks[1].kill()
         ranks[1].communicate()
+
+
+def test_threads_share_a_process_group_and_ctrl_c_ends_only_the_callers_wait(tmp_path):
+    """On each of 2 ranks, the main thread's barriers and all-reduces beside another thread's
+    training steps: every sum right, the steps' losses those of steps alone. Then rank 0's main
+    thread waits in a barrier rank 1 never reaches, holding the lock the stepping thread waits
+    for; Ctrl-C ends that wait alone (KeyboardInterrupt at once), and the other thread's steps
+    then run, not interrupted, to the same losses."""
+    script = tmp_path / "threads.py"
+    script.write_text(textwrap.dedent("""
+        import sys, threading, time
+        import numpy as np
+        import nuri
+
+        def trainer():
+            text = bytes(range(32, 127)) * 200
+            data = nuri.TokenFile.from_array(np.frombuffer(text, np.uint8).astype(np.uint32),
+                                             "corpus", 257)
+            tc = nuri.TrainConfig()
+            tc.steps, tc.micro_batch, tc.seq_len, tc.warmup_steps = 6, 2, 32, 1
+            return nuri.Trainer(nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), "cpu", 1),
+                                tc, data)
+
+        def steps_beside(work, delay=0.0):
+            tr, losses, errors = trainer(), [], []
+
+            def run():
+                time.sleep(delay)
+                try:
+                    for _ in range(6):
+                        losses.append(tr.step()["loss"])
+                        ends.append(time.monotonic())
+                except BaseException as e:
+                    errors.append(repr(e))
+            t = threading.Thread(target=run)
+            t.start()
+            try:
+                work()
+            finally:
+                t.join()
+            return losses, errors
+
+        pg = nuri.init_process_group(timeout_s=60)
+        ends = []  # when each step of the stepping thread ended
+        alone_tr = trainer()
+        alone = [alone_tr.step()["loss"] for _ in range(6)]
+        sums = []
+
+        def collectives():
+            for i in range(30):
+                pg.barrier()
+                x = np.full(4, float(pg.rank + 1 + i), np.float32)
+                pg.all_reduce(x)
+                sums.append(float(x[0]))
+        losses, errors = steps_beside(collectives)
+        assert not errors and losses == alone, (errors, losses, alone)
+        assert sums == [2.0 * i + 3 for i in range(30)], sums
+        if pg.rank == 1:
+            time.sleep(60)  # never reaches the barrier below
+            sys.exit(0)
+        caught = []
+
+        def wait():
+            print("waiting", flush=True)
+            t0 = time.monotonic()
+            try:
+                pg.barrier()
+            except KeyboardInterrupt:
+                caught.append(time.monotonic() - t0)
+                caught.append(time.monotonic())
+        ends.clear()
+        # (the stepping thread starts once the barrier holds the lock: its steps wait for it)
+        losses, errors = steps_beside(wait, delay=0.3)
+        assert not errors and losses == alone, (errors, losses, alone)
+        assert caught, "the barrier was not interrupted"
+        assert ends[0] >= caught[1], "the steps ran during the barrier, not after it"
+        print(f"interrupted after {caught[0]:.1f} s", flush=True)
+        sys.exit(7)
+    """))
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        env = {**cli_env(), "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        assert procs[0].stdout.readline() == "waiting\n", procs[0].communicate()
+        time.sleep(1.0)
+        procs[0].send_signal(signal.SIGINT)
+        out, err = procs[0].communicate(timeout=60)
+        assert procs[0].returncode == 7, out + err
+        assert float(out.split("interrupted after ")[1].split()[0]) < 10, out
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
 
 
 def test_calibrate_on_two_ranks_measures_their_all_reduce(tmp_path):

@@ -341,6 +341,58 @@ def test_ctrl_c_while_a_line_is_written_stops_at_the_steps_end_with_a_checkpoint
     assert "interrupted at step 2/6" in out.getvalue() and "checkpointed" in out.getvalue()
 
 
+def test_a_runs_output_hook_calls_nuri_while_another_thread_takes_turns(tmp_path):
+    """nuri.run's output stream is a hook inside the run's call: its write() calling nuri (the
+    run's thread takes the lock it holds again) does not deadlock, while another thread's
+    generate() calls wait their turns; the run's losses are those of the run alone, and every
+    hook's and thread's result is the one each call gives alone."""
+    import threading
+
+    tokens = np.arange(16, dtype=np.int32).reshape(1, 16)
+    probe = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), "cpu", 5)
+    want_logits = np.asarray(probe.logits(tokens))
+    sampler = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), "cpu", 6)
+    want_tokens = sampler.generate([1, 2, 3], 4, temperature=0)
+
+    class Hook(io.StringIO):
+        calls = 0
+
+        def write(self, s):
+            got = np.asarray(probe.logits(tokens))
+            np.testing.assert_array_equal(got, want_logits)
+            self.calls += 1
+            return super().write(s)
+
+    def config(out):
+        return nuri.apply_overrides(nuri.RunConfig(), [
+            "model=gpt2-tiny", "train.steps=4", "train.micro_batch=2", "train.seq_len=32",
+            "train.eval_every=0", "train.eval_batches=1", "sample.max_new_tokens=0",
+            "log_every=1", f"out={tmp_path / out}"])
+
+    alone = nuri.run(config("alone"), stream=io.StringIO(), plot=False)
+    stop, sampled, errors = threading.Event(), [], []
+
+    def sample():
+        try:
+            while not stop.is_set():
+                sampled.append(sampler.generate([1, 2, 3], 4, temperature=0))
+        except BaseException as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    hook = Hook()
+    try:
+        beside = nuri.run(config("beside"), stream=hook, plot=False)
+    finally:
+        stop.set()
+        t.join()
+    assert not errors, errors
+    assert beside["status"] == alone["status"] == 0 and hook.calls > 4, hook.getvalue()
+    assert beside["final_loss"] == alone["final_loss"]
+    assert sampled and all(s == want_tokens for s in sampled)
+
+
 def test_copy_weights_from_a_cpu_model_gives_its_logits():
     """How nuri.load and nuri.import_hf put a model read on the CPU on another backend: every
     weight copied (here CPU to CPU; on a GPU the same call fills the device's masters and its

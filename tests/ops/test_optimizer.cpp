@@ -54,6 +54,11 @@ TEST_P(OptimizerTest, GlobalNormMatchesFloat64) {
   // No tensors: 0.
   be->global_norm({}, again);
   EXPECT_EQ(values(*be, again)[0], 0.0);
+  // Gradients whose squares are past float's range (3e19² = 9e38) and a norm that is not:
+  // squares summed in double on every backend, so none calls it infinite.
+  const Vec big = {3e19, -4e19, 0, 1e19};
+  be->global_norm({on_f32_at(*be, 4, big, 0), on_f32_at(*be, 4, big, 1)}, again);
+  NURI_EXPECT_CLOSE(values(*be, again), Vec{std::sqrt(2 * 26e38)}, 1e-6, "norm past f32 squares");
 }
 
 TEST_P(OptimizerTest, AdamWStepsMatchFloat64) {

@@ -5,6 +5,9 @@
 # 1 micro-batch of 2 a rank on 2 ranks, 2 on one), resumes it, and every step's loss and every
 # validation loss equal the uninterrupted 2-rank run's: bit for bit up to the checkpoint (the
 # same run), within 1e-5 relative after it (one process sums the batch in another order).
+# Then a signal to rank 1 during the last step (no stop is polled after it): both ranks agree
+# after the final checkpoint, stop with 75 before the model file, and a restart writes it
+# without training a step again.
 #   preempt_resume.sh TORCHRUN_SH COMMAND...   (COMMAND: nuri-train, or PYTHON -m nuri train)
 set -uo pipefail
 launcher=$1
@@ -76,3 +79,44 @@ print(f"PASS: stopped at step {stopped} on 2 ranks, resumed on 1: steps 1-{stopp
       f"{stopped + 1}-40 within {worst:.1e} relative of the uninterrupted run "
       f"(final val loss {run[-1]['val_loss']:.6f} vs {ref[-1]['val_loss']:.6f})")
 PY
+
+# The last step: rank 0 is stopped (SIGSTOP) once it has logged step 5 of 6, so rank 1 goes past
+# the stop poll after step 5 and waits in step 6's collectives for it; SIGTERM reaches rank 1
+# there. Only the collective check after the final checkpoint can see it.
+args=(--model gpt2-tiny --steps 6 --seq-len 64 --max-new-tokens 0 --eval-every 0 --eval-batches 2
+      --log-every 1 --micro-batch 2 --global-batch 4 --ckpt-dir "$dir/ck6" --out "$dir/run6")
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+for r in 0 1; do
+  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
+    "${cmd[@]}" "${args[@]}" >"$dir/last$r" 2>&1 &
+  pids+=($!)
+done
+for ((i = 0; i < 24000; ++i)); do  # (at most 120 s)
+  grep -q 'step     5/6' "$dir/last0" && break
+  sleep 0.005
+done
+grep -q 'step     5/6' "$dir/last0" || { cat "$dir/last0"; fail "the job did not reach step 5"; }
+kill -STOP "${pids[0]}"
+sleep 1
+kill -TERM "${pids[1]}"
+sleep 0.5
+kill -CONT "${pids[0]}"
+wait "${pids[0]}"; rc0=$?
+wait "${pids[1]}"; rc1=$?
+pids=()
+((rc0 == 75 && rc1 == 75)) ||
+  { cat "$dir/last0" "$dir/last1"; fail "last step: exit $rc0 and $rc1, expected 75"; }
+grep -q 'stopped at step 6 (another rank was signalled): checkpointed; exit status 75' \
+  "$dir/last0" ||
+  { cat "$dir/last0"; fail "rank 0 did not stop after the last step's checkpoint"; }
+[[ $(cat "$dir/ck6/latest") == step-00000006 && ! -e "$dir/run6/model.safetensors" ]] ||
+  fail "expected checkpoint step 6 and no model file after the stop"
+"${cmd[@]}" "${args[@]}" >"$dir/last.out" 2>&1 ||
+  { cat "$dir/last.out"; fail "the restart failed"; }
+grep -q "resumed from $dir/ck6/step-00000006: step 6" "$dir/last.out" &&
+  ! grep -q 'step     ./6' "$dir/last.out" ||
+  { cat "$dir/last.out"; fail "the restart did not resume step 6 without training"; }
+[[ -e "$dir/run6/model.safetensors" ]] || fail "the restart wrote no model file"
+echo "PASS: a signal to rank 1 in the last step stopped both ranks with 75 after checkpoint 6," \
+  "before the model file; the restart wrote it without a step"
