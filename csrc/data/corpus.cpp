@@ -168,6 +168,11 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
   auto f = TokenFile::join(std::move(parts), dir + " (" + split + ")");
   if (vocab_size > 0) f->check_vocab(vocab_size);  // the parts were: returns at once
   if (masked) f->set_mask(std::move(mask));
+  if (meta.contains("pack") && !meta["pack"].is_null()) {  // tokenize --pack T
+    const int64_t window = json_checked::integer(meta["pack"]);
+    NURI_CHECK(window > 0, meta_path, ": pack ", window, " is not a sequence length");
+    f->set_packed_window(window);
+  }
   return f;
 }
 

@@ -307,6 +307,8 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->data16_ = file->data16_ ? file->data16_ + start : nullptr;
   f->data32_ = file->data32_ ? file->data32_ + start : nullptr;
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
+  const int64_t w = file->packed_window_;
+  f->packed_window_ = w > 0 && start % w == 0 ? w : 0;  // (elsewhere the rows' places shift)
   f->data_offset_ = file->data_offset_ + start * file->file_elem_;
   f->file_elem_ = file->file_elem_;
   f->in_file_ = file->in_file_;
@@ -372,6 +374,11 @@ void TokenFile::set_mask(std::vector<uint8_t> mask) {
   }
   owned_mask_ = std::move(mask);
   mask_ = owned_mask_.data();
+}
+
+void TokenFile::set_packed_window(int64_t window) {
+  NURI_CHECK(window >= 0, path_, ": a packed window of ", window, " tokens");
+  packed_window_ = window;
 }
 
 uint32_t TokenFile::max_token() const {

@@ -7,7 +7,7 @@
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--bos TEXT]
                             [--field text] [--kind text|prompt-response|chat]
-                            [--chat-template JSON]
+                            [--chat-template JSON] [--pack SEQ_LEN]
     python -m nuri export CHECKPOINT [--out FILE.safetensors] [--hf DIR [--token-ids-from PATH]
                           [--bos-token-id ID] [--eos-token-id ID] [--pad-token-id ID]]
     python -m nuri import HF_DIR --out FILE.safetensors
@@ -392,7 +392,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     meta = tokenize(args.inputs, args.out, args.tokenizer, val_every=args.val_every,
                     shard_tokens=args.shard_tokens, processes=args.processes, eot=args.eot,
                     field=args.field, progress=None if not args.quiet else False,
-                    kind=args.kind, chat_template=template, bos=args.bos)
+                    kind=args.kind, chat_template=template, bos=args.bos, pack=args.pack)
     tok = meta["tokenizer"]
     trained = meta.get("trained_tokens")
     print(f"{args.out}: {meta['tokens']['train']} train tokens in "
@@ -404,6 +404,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
           + (f", beginning-of-text {tok['bos']}" if "bos" in tok else "") + ")"
           + (f"; trained on {trained['train']} train and {trained['val']} val response "
              "tokens (and the end-of-texts)" if trained else ""))
+    if meta.get("pack"):
+        pads, cut, total = meta["pad_tokens"], meta["cut_rows"], meta["tokens"]
+        share = (pads["train"] + pads["val"]) / max(1, total["train"] + total["val"])
+        print(f"  packed for seq_len {meta['pack']}: {pads['train'] + pads['val']} pad tokens "
+              f"({100 * share:.1f}% of the tokens, not trained on); "
+              + (f"{cut['train'] + cut['val']} row(s) longer than {meta['pack']} tokens span "
+                 "several windows" if cut["train"] + cut["val"] else "no row is cut")
+              + f"; train with --seq-len {meta['pack']}")
     return 0
 
 
@@ -487,6 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chat-template", help="chat: a JSON object (or a file holding one) of "
                    "role: text with {content}, e.g. '{\"user\": \"<|user|>{content}\\n\", "
                    "\"assistant\": \"<|assistant|>{content}\\n\"}'")
+    t.add_argument("--pack", type=int, default=0, metavar="SEQ_LEN",
+                   help="fine-tuning rows laid out so that none crosses a training window of "
+                   "SEQ_LEN tokens (gaps filled with untrained end-of-texts); the data then "
+                   "trains with --seq-len SEQ_LEN only (default 0: rows cut where windows end)")
     t.set_defaults(func=cmd_tokenize)
     e = sub.add_parser("export", help="a checkpoint's weights as one model file, or as a "
                        "Hugging Face model directory (one tensor in memory at a time)")

@@ -226,19 +226,52 @@ def _chunks(docs: Iterator[str | bytes], size: int) -> Iterator[list[str | bytes
 
 
 class _ShardWriter:
-    """llm.c-layout shards of at most `shard_tokens` tokens: PREFIX_000000.bin, ..."""
+    """llm.c-layout shards of at most `shard_tokens` tokens: PREFIX_000000.bin, ...
 
-    def __init__(self, out_dir: str, prefix: str, dtype: type, shard_tokens: int, masked: bool):
+    With `pack` T, rows (add_row) are laid so that none crosses a multiple of T in the stream
+    of the shards one after another, where the sampler's windows start: a row that would is
+    moved to the next window, the gap filled with `pad` tokens that are never trained (mask 0);
+    a row longer than T starts a window and goes on into the next ones (counted in `cut`).
+    Every shard but the last holds whole windows, and finish() ends the stream with whole
+    windows and the one token more that the last window's last target is."""
+
+    def __init__(self, out_dir: str, prefix: str, dtype: type, shard_tokens: int, masked: bool,
+                 pack: int = 0, pad: int = 0):
         self.out_dir, self.prefix, self.dtype, self.limit = out_dir, prefix, dtype, shard_tokens
         self.masked = masked
+        self.pack, self.pad = pack, pad
+        if pack:
+            self.limit = max(pack, shard_tokens // pack * pack)
         self.parts: list[np.ndarray] = []
         self.mask_parts: list[np.ndarray] = []
         self.held = 0
         self.files: list[str] = []
         self.masks: list[str] = []
         self.tokens = 0
+        self.position = 0  # tokens added: where the next one goes in the stream
+        self.pads = 0      # pad tokens added (pack)
+        self.cut = 0       # rows longer than a window (pack)
+
+    def add_row(self, ids: np.ndarray, mask: np.ndarray | None) -> None:
+        if self.pack:
+            into = self.position % self.pack
+            if into and into + len(ids) > self.pack:
+                self._pad(self.pack - into)
+            self.cut += len(ids) > self.pack
+        self.add(ids, mask)
+
+    def _pad(self, n: int) -> None:
+        self.pads += n
+        self.add(np.full(n, self.pad, dtype=np.uint32),
+                 np.zeros(n, dtype=np.uint8) if self.masked else None)
+
+    def finish(self) -> None:
+        if self.pack and self.position:
+            self._pad(-self.position % self.pack + 1)
+        self.flush()
 
     def add(self, ids: np.ndarray, mask: np.ndarray | None) -> None:
+        self.position += len(ids)
         while len(ids):
             take = min(len(ids), self.limit - self.held)
             self.parts.append(ids[:take])
@@ -275,8 +308,8 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
              tokenizer: str | os.PathLike | None = None, *, val_every: int = 200,
              shard_tokens: int = 100_000_000, processes: int = 1, eot: str | None = None,
              field: str = "text", progress: bool | None = None, kind: str = "text",
-             chat_template: dict[str, str] | None = None, bos: str | None = None
-             ) -> dict[str, Any]:
+             chat_template: dict[str, str] | None = None, bos: str | None = None,
+             pack: int = 0) -> dict[str, Any]:
     """Writes the token shards of `inputs` to `out_dir` (see the module doc) and returns what
     ``tokenize.json`` records.
 
@@ -296,6 +329,12 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
          shards then get a loss mask beside them (``*.mask.npy``): 1 on the response's (the
          assistant messages') tokens and the end-of-text, 0 on the rest, which training does
          not learn to predict.
+    [in] pack: fine-tuning rows laid out for training with seq_len `pack`: a row that would
+         cross a window of that many tokens (where the sampler cuts the stream) starts the
+         next one, the gap filled with end-of-text tokens that are not trained on, so no row's
+         response is trained without its prompt; a row longer than a window still spans
+         several (counted in ``cut_rows``). The data then trains with that seq_len only.
+         0: rows one after another, cut where a window ends.
     """
     if kind not in ("text", "prompt-response", "chat"):
         raise _C.Error(f"tokenize: kind {kind!r} is not text, prompt-response or chat")
@@ -304,6 +343,12 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                        "{content}, e.g. {'user': '<|user|> {content}', 'assistant': ...})")
     if kind == "chat":
         _check_chat_template(chat_template)
+    if isinstance(pack, bool) or not isinstance(pack, (int, np.integer)) or pack < 0:
+        raise ConfigError(f"tokenize: pack {pack!r} is not a sequence length (0: no packing)")
+    if pack and kind == "text":
+        raise ConfigError("tokenize: pack is for fine-tuning rows (kind prompt-response or "
+                          "chat); text documents are cut across windows, as pretraining reads "
+                          "them")
     if shard_tokens < 1 or processes < 1 or val_every < 0:
         raise _C.Error("tokenize: shard_tokens and processes must be positive, val_every >= 0")
     if shard_tokens >= 2**31:  # the shard header's count is an int32
@@ -359,7 +404,7 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     work = tempfile.mkdtemp(prefix=".tokenize-", dir=out_dir)
     try:
         meta = _write_shards(work, files, field, kind, chat_template, tok_path, info, dtype,
-                             val_every, shard_tokens, processes, progress)
+                             val_every, shard_tokens, processes, progress, int(pack))
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         if made and not os.listdir(out_dir):
@@ -406,11 +451,11 @@ def _check_chat_template(template: Any) -> None:
 def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                   chat_template: dict[str, str] | None, tok_path: str | None,
                   info: dict[str, Any], dtype: type, val_every: int, shard_tokens: int,
-                  processes: int, progress: bool | None) -> dict[str, Any]:
+                  processes: int, progress: bool | None, pack: int = 0) -> dict[str, Any]:
     """tokenize's shards and tokenize.json, written to the new directory `out_dir`."""
     masked = kind != "text"
-    train = _ShardWriter(out_dir, "train", dtype, shard_tokens, masked)
-    val = _ShardWriter(out_dir, "val", dtype, shard_tokens, masked)
+    train = _ShardWriter(out_dir, "train", dtype, shard_tokens, masked, pack, info["eot"])
+    val = _ShardWriter(out_dir, "val", dtype, shard_tokens, masked, pack, info["eot"])
     one, zero = np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8)
     eot_id = np.asarray([info["eot"]], dtype=np.uint32)
     bos_id = np.asarray([info["bos"]] if "bos" in info else [], dtype=np.uint32)
@@ -451,7 +496,7 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
                                f"tokenizer's vocabulary of {info['vocab_size']}")
             to_val = val_every > 0 and i % val_every == 0
             # [bos] ids eot: a bos is never a target (it follows the previous document's end)
-            (val if to_val else train).add(
+            (val if to_val else train).add_row(
                 np.concatenate([bos_id, ids, eot_id]),
                 np.concatenate([zero[:len(bos_id)], mask, one]) if masked else None)
             docs["val" if to_val else "train"] += 1
@@ -471,8 +516,8 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
             pool.join()
         if bar is not None:
             bar.close()
-    train.flush()
-    val.flush()
+    train.finish()
+    val.finish()
     if not train.files and not docs["val"]:
         raise _C.Error(f"tokenize: the {len(files)} input file(s) ({files[0]}"
                        f"{', ...' if len(files) > 1 else ''}) hold no documents")
@@ -495,6 +540,10 @@ def _write_shards(out_dir: str, files: list[str], field: str, kind: str,
         meta["masks"] = {"train": train.masks, "val": val.masks}
         meta["chat_template"] = chat_template
         meta["trained_tokens"] = trained
+    if pack:
+        meta["pack"] = pack
+        meta["pad_tokens"] = {"train": train.pads, "val": val.pads}
+        meta["cut_rows"] = {"train": train.cut, "val": val.cut}
     with open(os.path.join(out_dir, "tokenize.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
         f.write("\n")

@@ -505,6 +505,9 @@ PYBIND11_MODULE(_C, m) {
       .def("max_token", &TokenFile::max_token)
       .def_property_readonly("has_mask", &TokenFile::has_mask,
                              "Whether a loss mask goes with the tokens (fine-tuning data).")
+      .def_property_readonly("packed_window", &TokenFile::packed_window,
+                             "The seq_len its rows were packed for (tokenize pack=T), the only "
+                             "one it trains with; 0: not packed.")
       .def("mask", [](const TokenFile& f) {
              py::array_t<uint8_t> out(f.size());
              for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.trained(i) ? 1 : 0;

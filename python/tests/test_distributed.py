@@ -54,7 +54,6 @@ def test_process_group_rank_size_all_reduce_and_device(tmp_path):
         import numpy as np
         import nuri
         pg = nuri.init_process_group(timeout_s=60)
-        ends = []  # when each step of the stepping thread ended
         x = np.full(3, pg.rank + 1, np.float32)
         pg.all_reduce(x)
         y = np.arange(4, dtype=np.float32) * (pg.rank + 1)
@@ -217,7 +216,6 @@ def test_ctrl_c_ends_a_wait_for_ranks_that_never_come(tmp_path):
         pg = None
         if len(sys.argv) > 1:  # both ranks meet; rank 1 then never reaches the barrier
             pg = nuri.init_process_group(timeout_s=60)
-        ends = []  # when each step of the stepping thread ended
             if pg.rank == 1:
                 time.sleep(60)
         print("waiting", flush=True)

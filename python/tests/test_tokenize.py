@@ -396,3 +396,64 @@ def test_fine_tuning_data_that_trains_nothing_is_refused(tmp_path):
     proc = run_cli("tokenize", "chat.jsonl", "--out", "o", "--kind", "chat", "--chat-template",
                    "template.json", cwd=tmp_path, expect=2)
     assert "--chat-template: 'template.json' is neither a file nor a JSON object" in proc.stderr
+
+
+def test_packed_rows_never_cross_a_training_window(tmp_path):
+    """``tokenize --pack 64`` lays prompt/response rows so that none crosses a multiple of 64
+    in the stream (where the sampler cuts its windows), filling the gaps with end-of-texts that
+    are not trained on: every row of at most 64 tokens lies inside one window, in order and
+    whole; shards hold whole windows and the stream ends one token past its last; a row longer
+    than a window starts one and is counted; the data trains with seq_len 64 and another is
+    refused by name, as is packing text."""
+    rng = np.random.default_rng(3)
+    rows = [{"prompt": "Q" * int(rng.integers(1, 30)) + "?",
+             "response": " " + "a" * int(rng.integers(1, 20))} for _ in range(200)]
+    rows.insert(57, {"prompt": "L" * 80, "response": " long"})
+    with open(tmp_path / "ft.jsonl", "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    proc = run_cli("tokenize", "ft.jsonl", "--out", "packed", "--kind", "prompt-response",
+                   "--val-every", "10", "--pack", "64", "--shard-tokens", "1000", cwd=tmp_path)
+    assert "packed for seq_len 64: " in proc.stdout, proc.stdout
+    assert "1 row(s) longer than 64 tokens span several windows" in proc.stdout, proc.stdout
+    meta = json.loads((tmp_path / "packed" / "tokenize.json").read_text())
+    assert meta["pack"] == 64 and meta["cut_rows"] == {"train": 1, "val": 0}
+    shards = [read_shard(tmp_path / "packed" / n) for n in meta["shards"]["train"]]
+    assert len(shards) > 2 and all(len(s) == 960 for s in shards[:-1])  # 15 windows each
+
+    data = nuri.read_data(tmp_path / "packed")
+    assert data.packed_window == 64
+    tokens, mask = data.to_numpy().astype(np.int64), data.mask()
+    assert len(tokens) % 64 == 1 and len(tokens) == meta["tokens"]["train"]
+    pad = (tokens == 256) & (mask == 0)
+    assert int(pad.sum()) == meta["pad_tokens"]["train"] > 0
+    ends = np.flatnonzero((tokens == 256) & (mask == 1))
+    starts = [int(i) for i in np.flatnonzero(tokens != 256) if i == 0 or tokens[i - 1] == 256]
+    want = [r for i, r in enumerate(rows) if i % 10]
+    assert len(starts) == len(ends) == len(want)
+    for s, e, r in zip(starts, ends, want):
+        text = r["prompt"] + r["response"]
+        assert bytes(tokens[s:e].tolist()).decode() == text
+        assert mask[s:e].tolist() == [0] * len(r["prompt"]) + [1] * len(r["response"])
+        if e - s + 1 <= 64:
+            assert s // 64 == e // 64, (s, e)  # one window holds the whole row
+        else:
+            assert s % 64 == 0  # a long row starts a window
+    assert nuri.read_data(tmp_path / "packed").slice(64, 640).packed_window == 64
+    assert nuri.read_data(tmp_path / "packed").slice(1, 640).packed_window == 0
+
+    model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"), "cpu", 1)
+    trainer = nuri.Trainer(model, nuri.TrainConfig(steps=2, micro_batch=2, seq_len=64,
+                                                   eval_every=0), data)
+    assert np.isfinite(trainer.step()["loss"])
+    with pytest.raises(nuri.Error, match=r"was packed for sequences of 64 tokens \(nuri tokenize "
+                                         r"--pack 64.*a sequence length of 32 would cut its "
+                                         r"rows. Train with seq_len 64"):
+        nuri.Trainer(model, nuri.TrainConfig(steps=2, micro_batch=2, seq_len=32), data)
+    proc = run_cli("train", "--model", "gpt2-tiny", "--data", "packed", "--steps", "1",
+                   "--seq-len", "32", "--micro-batch", "2", "--max-new-tokens", "0", cwd=tmp_path,
+                   expect=None)
+    assert proc.returncode != 0 and "was packed for sequences of 64 tokens" in proc.stderr
+    (tmp_path / "t.txt").write_text("some text\n\nmore text\n")
+    with pytest.raises(nuri.ConfigError, match="pack is for fine-tuning rows"):
+        nuri.tokenize([tmp_path / "t.txt"], tmp_path / "o", pack=64, progress=False)

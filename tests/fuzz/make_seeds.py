@@ -80,6 +80,8 @@ def main() -> None:
                 f.write(json.dumps({"prompt": f"Q{i}: what?", "response": f" A{i}."}) + "\n")
         nuri.tokenize(texts, os.path.join(tmp, "text"), val_every=2)
         nuri.tokenize([rows], os.path.join(tmp, "sft"), val_every=3, kind="prompt-response")
+        nuri.tokenize([rows], os.path.join(tmp, "sft_packed"), val_every=3,
+                      kind="prompt-response", pack=16)
 
         d = corpus("token_file")
         shard = read(os.path.join(tmp, "text", "train_000000.bin"))
@@ -93,7 +95,7 @@ def main() -> None:
         put(d, "raw_u32", b"\x03" + np.arange(9, dtype="<u4").tobytes())
 
         d = corpus("shards")
-        for kind in ("text", "sft"):
+        for kind in ("text", "sft", "sft_packed"):
             meta = read(os.path.join(tmp, kind, "tokenize.json"))
             shard = read(os.path.join(tmp, kind, "train_000000.bin"))
             mask_path = os.path.join(tmp, kind, "train_000000.mask.npy")

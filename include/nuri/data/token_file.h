@@ -87,6 +87,11 @@ class TokenFile {
   bool has_mask() const { return mask_ != nullptr; }
   /// Whether token i is trained on (1 without a mask).
   bool trained(int64_t i) const { return mask_ == nullptr || mask_[i] != 0; }
+  /// The sequence length the tokens were packed for (`nuri tokenize --pack T`: no row crosses
+  /// a multiple of T, so no sample of T cuts one); 0: not packed. The sampler refuses another
+  /// sequence length. A slice keeps it where it starts at a multiple of it.
+  void set_packed_window(int64_t window);
+  int64_t packed_window() const { return packed_window_; }
 
  private:
   TokenFile() = default;
@@ -112,6 +117,7 @@ class TokenFile {
   const uint32_t* data32_ = nullptr;
   std::vector<uint8_t> owned_mask_;
   const uint8_t* mask_ = nullptr;
+  int64_t packed_window_ = 0;
   bool wide_ = false;
   int64_t n_ = 0;
   // A bound check_vocab found every token below (0: none); atomic, as Python may make two
