@@ -259,6 +259,13 @@ std::shared_ptr<TokenFile> default_corpus(std::string* description) {
 std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validation(
     const std::shared_ptr<TokenFile>& data) {
   NURI_CHECK(data != nullptr, "split_validation: no data (None) to split");
+  if (const int64_t w = data->packed_window(); w > 0 && data->size() > w) {
+    // Packed rows (tokenize --pack): the last tenth of the windows, split where one starts so
+    // that both halves keep the packing (the token there is the train half's last target too).
+    const int64_t windows = (data->size() - 1) / w, val = std::max<int64_t>(1, windows / 10);
+    const int64_t cut = (windows - val) * w;
+    return {TokenFile::slice(data, 0, cut + 1), TokenFile::slice(data, cut, data->size() - cut)};
+  }
   const int64_t n_val = data->size() / 10;
   return {TokenFile::slice(data, 0, data->size() - n_val),
           TokenFile::slice(data, data->size() - n_val, n_val)};
@@ -266,9 +273,9 @@ std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validati
 
 namespace {
 
-// fn(token) for every token of f, or, above kBaselineWhole tokens, for those of kBaselineRuns
-// evenly spaced runs of kBaselineRun tokens (a startup reading 2^24 tokens at most, however
-// large the data). Returns how many tokens fn saw.
+// fn(index, token) for every token of f, or, above kBaselineWhole tokens, for those of
+// kBaselineRuns evenly spaced runs of kBaselineRun tokens (a startup reading 2^24 tokens at
+// most, however large the data). Returns how many tokens fn saw.
 constexpr int64_t kBaselineWhole = int64_t(1) << 24, kBaselineRun = int64_t(1) << 16,
                   kBaselineRuns = kBaselineWhole / kBaselineRun;
 template <class F>
@@ -282,7 +289,7 @@ int64_t for_each_sampled(const TokenFile& f, F&& fn) {
     for (int64_t at = 0; at < len; at += kBaselineRun) {  // a run at most in memory
       const int64_t m = std::min(kBaselineRun, len - at);
       f.read(start + at, m, buf.data());
-      for (int64_t k = 0; k < m; ++k) fn(uint32_t(buf[size_t(k)]));
+      for (int64_t k = 0; k < m; ++k) fn(start + at + k, uint32_t(buf[size_t(k)]));
     }
   }
   return runs * len;
@@ -291,13 +298,19 @@ int64_t for_each_sampled(const TokenFile& f, F&& fn) {
 }  // namespace
 
 double unigram_baseline(const TokenFile& train, const TokenFile& val, int64_t vocab_size) {
+  // With a loss mask only the trained tokens count, on both sides: the validation loss scores
+  // those alone (the prompts and a packing's pads are no targets of it).
   std::vector<double> count(size_t(vocab_size), 1.0);
-  const int64_t seen = for_each_sampled(train, [&](uint32_t t) { count[t] += 1.0; });
+  int64_t seen = 0, scored = 0;
+  for_each_sampled(train, [&](int64_t i, uint32_t t) {
+    if (train.trained(i)) count[t] += 1.0, ++seen;
+  });
   const double total = double(seen + vocab_size);
   double h = 0;
-  const int64_t scored =
-      for_each_sampled(val, [&](uint32_t t) { h -= std::log(count[t] / total); });
-  return h / double(scored);
+  for_each_sampled(val, [&](int64_t i, uint32_t t) {
+    if (val.trained(i)) h -= std::log(count[t] / total), ++scored;
+  });
+  return scored ? h / double(scored) : std::nan("");
 }
 
 }  // namespace nuri

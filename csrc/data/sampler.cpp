@@ -17,10 +17,11 @@ GlobalSampler::GlobalSampler(std::shared_ptr<TokenFile> tokens, int64_t seq_len,
   NURI_CHECK(seq_len > 0, "sequence length (", seq_len, ") must be positive");
   NURI_CHECK(global_batch > 0, "global batch (", global_batch, " samples) must be positive");
   const int64_t window = tokens_->packed_window();
-  NURI_CHECK(window == 0 || window == seq_len, tokens_->path(), " was packed for sequences of ",
-             window, " tokens (nuri tokenize --pack ", window, ": no row crosses a window of "
-             "them); a sequence length of ", seq_len, " would cut its rows. Train with seq_len ",
-             window, " (--seq-len ", window, "), or tokenize again with --pack ", seq_len);
+  NURI_CHECK(window == 0 || seq_len % window == 0, tokens_->path(), " was packed for sequences "
+             "of ", window, " tokens (nuri tokenize --pack ", window, ": no row crosses a window "
+             "of them); a sequence length of ", seq_len, ", not a multiple of it, would cut its "
+             "rows. Train with seq_len ", window, " (--seq-len ", window, ") or a multiple, or "
+             "tokenize again with --pack ", seq_len);
   num_samples_ = tokens_->size() > 0 ? (tokens_->size() - 1) / seq_len : 0;
   NURI_CHECK(num_samples_ >= global_batch, tokens_->path(), " has ", tokens_->size(),
              " tokens: ", num_samples_, " samples of ", seq_len + 1, " tokens, fewer than one global "

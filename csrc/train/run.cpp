@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -1170,6 +1171,12 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
       account_step(st.step, step_start, saved_before, evaluated_before);
       result.stop_reason = stop_reason();
       break;
+    }
+    // For tests/train/preempt_resume.sh: this process stops itself (SIGSTOP) after step N's stop
+    // poll, so that a signal can be sent to another rank at a known point of the run.
+    if (const char* at = std::getenv("NURI_TEST_STOP_AFTER_STEP");
+        at && std::to_string(st.step) == at) {
+      std::raise(SIGSTOP);
     }
     account_step(st.step, step_start, saved_before, evaluated_before);
   }

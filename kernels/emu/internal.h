@@ -58,5 +58,9 @@ void forget_stream(const void* stream);
 
 /// The emulated device's shared memory per SM (runtime.cpp; NURI_EMU_SMEM_PER_SM).
 size_t emulated_smem_per_sm();
+/// The calling thread's current device (cudaSetDevice; NURI_EMU_DEVICES devices), and the
+/// device of stream `stream` (where it was created; the legacy stream: the current device).
+int current_device();
+int stream_device(const void* stream);
 
 }  // namespace nuri::emu

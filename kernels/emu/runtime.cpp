@@ -92,9 +92,13 @@ bool is_legacy_stream(const void* handle) {
 
 namespace {
 
+/// The calling thread's current device (cudaSetDevice): per thread, as CUDA's runtime keeps it.
+thread_local int t_device = 0;
+
 struct Stream {
   tsan::QuietMutex mu;   // one host thread in its context at a time
   void* ctx = nullptr;   // the TSan context its work runs in
+  int device = 0;        // the device current where it was created
   bool blocking = true;  // ordered with the legacy default stream
   char enqueue = 0;      // released by the host at each enqueue, acquired by the context
   char done = 0;         // released by the context after each piece of work
@@ -338,6 +342,18 @@ static int emulated_sms() {
   return int(device_setting("NURI_EMU_SMS", 132, 1, 1024, "SM count"));
 }
 
+/// How many devices the emulator has: 1, or NURI_EMU_DEVICES (1 to 16), so tests can run a
+/// backend on a device other than the one a new thread starts on.
+static int emulated_devices() {
+  return int(device_setting("NURI_EMU_DEVICES", 1, 1, 16, "device count"));
+}
+
+int current_device() { return t_device; }
+
+int stream_device(const void* handle) {
+  return is_legacy_stream(handle) ? t_device : static_cast<const Stream*>(handle)->device;
+}
+
 }  // namespace nuri::emu
 
 using nuri::emu::fail;
@@ -488,6 +504,7 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
   auto* st = new nuri::emu::Stream;
   st->blocking = !(flags & cudaStreamNonBlocking);
+  st->device = nuri::emu::t_device;
   {
     std::lock_guard<nuri::emu::tsan::QuietMutex> lock(nuri::emu::streams().mu);
     nuri::emu::streams().all.insert(st);
@@ -569,18 +586,22 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) {
 }
 
 cudaError_t cudaGetDeviceCount(int* n) {
-  *n = 1;
+  *n = nuri::emu::emulated_devices();
   return cudaSuccess;
 }
-cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : fail(cudaErrorInvalidDevice); }
+cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= nuri::emu::emulated_devices()) return fail(cudaErrorInvalidDevice);
+  nuri::emu::t_device = d;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDevice(int* d) {
-  *d = 0;
+  *d = nuri::emu::t_device;
   return cudaSuccess;
 }
 
 /// An sm_90-like device (H100 SXM numbers), so host code that sizes launches sees real limits.
 cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice);
+  if (device < 0 || device >= nuri::emu::emulated_devices()) return fail(cudaErrorInvalidDevice);
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "nuri CUDA emulator (sm_90-like)");
   p->major = 9;

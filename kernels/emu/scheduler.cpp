@@ -568,6 +568,12 @@ void forget_stream(const void* stream) {
 void launch(const char* name, dim3 grid, dim3 block, size_t smem_bytes, cudaStream_t stream,
             const std::function<void()>& body) {
   NURI_CHECK(g_launch == nullptr, "emulated ", name, ": a kernel launched from inside a kernel");
+  // A GPU refuses a launch into a stream of another device than the calling thread's current
+  // one (each thread has its own, device 0 until it calls cudaSetDevice).
+  NURI_CHECK(stream_device(stream) == current_device(), "emulated ", name, ": launched into a "
+             "stream of device ", stream_device(stream), " from a thread whose current device is ",
+             current_device(), " (cudaSetDevice(", stream_device(stream), ") on this thread "
+             "first): a GPU refuses it (cudaErrorInvalidResourceHandle)");
   // The whole launch (the scheduler and, through it, the block's threads) runs in the stream's
   // context: after what the stream and the host did before it, before what waits for the stream.
   // What takes the allocation table's lock runs on the host before and after: a lock taken in

@@ -226,7 +226,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             print("  token ids " + ", ".join(f"{k}={v}" for k, v in token_ids.items())
                   + f" (from {source})")
         if "eos_token_id" not in token_ids:
-            print("  warning: config.json has no eos_token_id, so generate() in transformers "
+            print("  warning: config.json's eos_token_id is null, so generate() in transformers "
                   "will not stop at the end of a text; give --token-ids-from (the Hugging Face "
                   "model the run started from, or the run's tokenize output) or "
                   "--eos-token-id", file=sys.stderr)
@@ -411,7 +411,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
               f"({100 * share:.1f}% of the tokens, not trained on); "
               + (f"{cut['train'] + cut['val']} row(s) longer than {meta['pack']} tokens span "
                  "several windows" if cut["train"] + cut["val"] else "no row is cut")
-              + f"; train with --seq-len {meta['pack']}")
+              + f"; train with --seq-len {meta['pack']} (or a multiple)")
     return 0
 
 
@@ -498,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pack", type=int, default=0, metavar="SEQ_LEN",
                    help="fine-tuning rows laid out so that none crosses a training window of "
                    "SEQ_LEN tokens (gaps filled with untrained end-of-texts); the data then "
-                   "trains with --seq-len SEQ_LEN only (default 0: rows cut where windows end)")
+                   "trains with --seq-len SEQ_LEN (or a multiple) only (default 0: rows cut "
+                   "where windows end)")
     t.set_defaults(func=cmd_tokenize)
     e = sub.add_parser("export", help="a checkpoint's weights as one model file, or as a "
                        "Hugging Face model directory (one tensor in memory at a time)")

@@ -78,6 +78,9 @@ def check_token_ids(config: _C.ModelConfig, token_ids: Mapping[str, Any] | None,
         if value is None:
             continue
         ids = value if key == "eos_token_id" and isinstance(value, list) else [value]
+        if not ids:
+            raise ConfigError(f"{where}: eos_token_id [] names no token; give one or more ids, "
+                              "or leave it out")
         for i in ids:
             if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or not (
                     0 <= i < config.vocab_size):
@@ -114,29 +117,45 @@ def hf_token_ids(path: str | os.PathLike) -> dict[str, Any]:
             raise ConfigError(f"{file}: not a JSON object")
         return table
 
+    def checked(ids: dict[str, Any], file: str) -> dict[str, Any]:
+        for key, value in ids.items():
+            values = value if key == "eos_token_id" and isinstance(value, list) else [value]
+            if not values or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                     for i in values):
+                raise ConfigError(f"{file}: {key} {value!r} is not a token id (an integer >= 0"
+                                  + (", or a list of them" if key == "eos_token_id" else "")
+                                  + ")")
+        return ids
+
     table = read(path)
     if "tokenizer" in table and "model_type" not in table:  # nuri tokenize's record
         tok = table["tokenizer"]
-        if not isinstance(tok, dict) or not isinstance(tok.get("eot"), int):
+        if not isinstance(tok, dict) or "eot" not in tok:
             raise ConfigError(f"{path}: no tokenizer record with an end-of-text id (eot)")
         out = {"eos_token_id": tok["eot"]}
         if "bos" in tok:
             out["bos_token_id"] = tok["bos"]
-        return out
-    out = {k: table[k] for k in TOKEN_ID_KEYS if table.get(k) is not None}
+        return checked(out, path)
+    if "model_type" not in table:
+        raise ConfigError(f"{path}: not a Hugging Face model's config.json (it has no "
+                          "model_type); name the directory of the model the run started from, "
+                          "or nuri tokenize's output")
+    out = checked({k: table[k] for k in TOKEN_ID_KEYS if table.get(k) is not None}, path)
     generation = os.path.join(directory, "generation_config.json")
     if os.path.basename(path) == "config.json" and os.path.isfile(generation):
-        out.update({k: v for k, v in read(generation).items()
-                    if k in TOKEN_ID_KEYS and v is not None})
+        out.update(checked({k: v for k, v in read(generation).items()
+                            if k in TOKEN_ID_KEYS and v is not None}, generation))
     return out
 
 
 def hf_config(config: _C.ModelConfig, token_ids: Mapping[str, Any] | None = None) -> dict:
     """The Hugging Face ``config.json`` of a nuri model config: GPT2LMHeadModel,
     LlamaForCausalLM, Qwen2ForCausalLM (q/k/v biases) or MistralForCausalLM (a sliding
-    window), with the special token ids of `token_ids` (check_token_ids)."""
+    window), with the special token ids of `token_ids` (check_token_ids); those not given are
+    written as null, which transformers reads as none (left out, its config classes' defaults
+    would apply: Llama's and Mistral's eos_token_id 2, GPT-2's 50256)."""
     ids = check_token_ids(config, token_ids)
-    return {**_hf_config(config), **ids}
+    return {**_hf_config(config), **dict.fromkeys(TOKEN_ID_KEYS), **ids}
 
 
 def _hf_config(config: _C.ModelConfig) -> dict:
@@ -278,8 +297,9 @@ def _write_model_files(directory: str, config: _C.ModelConfig,
                        tensors: Iterator[tuple[str, np.ndarray]],
                        max_shard_bytes: int | None,
                        token_ids: Mapping[str, Any] | None = None) -> None:
-    """config.json (with `token_ids`) and the weights: model.safetensors, or with max_shard_bytes Hugging Face's
-    shards model-0000k-of-0000n.safetensors and model.safetensors.index.json. `planned` is
+    """config.json (with `token_ids`) and the weights: model.safetensors, or with
+    max_shard_bytes Hugging Face's shards model-0000k-of-0000n.safetensors and
+    model.safetensors.index.json. `planned` is
     (key, shape) of every tensor in the order `tensors` yields them (f32). Every file is written
     under a temporary name and renamed into place when all are complete: a failure leaves the
     directory as it was."""
@@ -758,12 +778,13 @@ def model_config_from_hf(path_or_dict: str | os.PathLike | Mapping[str, Any]) ->
         # transformers windows layer i when use_sliding_window and i >= max_window_layers.
         # nuri refuses sequences longer than a window, within which every layer computes the
         # same with or without it: one windowed layer is enough to set it, none leaves it off.
-        full, layers = h["max_window_layers"], h["num_hidden_layers"]
-        if not isinstance(full, int) or isinstance(full, bool):
-            raise ConfigError(f"{where}: max_window_layers {full!r} is not an integer")
-        # (a num_hidden_layers of the wrong type: model_config_from_dict names it)
-        if h.get("use_sliding_window", False) and (not isinstance(layers, int) or full < layers):
-            table["sliding_window"] = h.get("sliding_window") or 0
+        if h.get("use_sliding_window", False):
+            full, layers = h["max_window_layers"], h["num_hidden_layers"]
+            if not isinstance(full, int) or isinstance(full, bool):
+                raise ConfigError(f"{where}: max_window_layers {full!r} is not an integer")
+            # (a num_hidden_layers of the wrong type: model_config_from_dict names it)
+            if not isinstance(layers, int) or full < layers:
+                table["sliding_window"] = h.get("sliding_window") or 0
     elif kind in ("mistral", "phi3"):
         table["sliding_window"] = h.get("sliding_window") or 0
     return model_config_from_dict(table, path=where)

@@ -262,7 +262,8 @@ def default_corpus() -> _C.TokenFile:
 
 
 def split_validation(data: _C.TokenFile) -> tuple[_C.TokenFile, _C.TokenFile]:
-    """(train, val): the last 10% of ``data`` (rounded down) held out, as a run does."""
+    """(train, val): the last 10% of ``data`` (rounded down) held out, as a run does; of packed
+    data (``tokenize(pack=T)``), the last tenth of its windows, split where one starts."""
     return _C.split_validation(data)
 
 

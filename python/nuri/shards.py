@@ -333,8 +333,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
          cross a window of that many tokens (where the sampler cuts the stream) starts the
          next one, the gap filled with end-of-text tokens that are not trained on, so no row's
          response is trained without its prompt; a row longer than a window still spans
-         several (counted in ``cut_rows``). The data then trains with that seq_len only.
-         0: rows one after another, cut where a window ends.
+         several (counted in ``cut_rows``). The data then trains with that seq_len (or a
+         multiple) only. Shards then hold whole windows: shard_tokens rounded down to a
+         multiple of `pack` (up to one window). 0: rows one after another, cut where a window
+         ends.
     """
     if kind not in ("text", "prompt-response", "chat"):
         raise _C.Error(f"tokenize: kind {kind!r} is not text, prompt-response or chat")
@@ -343,8 +345,10 @@ def tokenize(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                        "{content}, e.g. {'user': '<|user|> {content}', 'assistant': ...})")
     if kind == "chat":
         _check_chat_template(chat_template)
-    if isinstance(pack, bool) or not isinstance(pack, (int, np.integer)) or pack < 0:
-        raise ConfigError(f"tokenize: pack {pack!r} is not a sequence length (0: no packing)")
+    if isinstance(pack, bool) or not isinstance(pack, (int, np.integer)) or not (
+            0 <= pack < 2**31):
+        raise ConfigError(f"tokenize: pack {pack!r} is not a sequence length (an integer below "
+                          "2**31; 0: no packing)")
     if pack and kind == "text":
         raise ConfigError("tokenize: pack is for fine-tuning rows (kind prompt-response or "
                           "chat); text documents are cut across windows, as pretraining reads "

@@ -506,8 +506,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("has_mask", &TokenFile::has_mask,
                              "Whether a loss mask goes with the tokens (fine-tuning data).")
       .def_property_readonly("packed_window", &TokenFile::packed_window,
-                             "The seq_len its rows were packed for (tokenize pack=T), the only "
-                             "one it trains with; 0: not packed.")
+                             "The seq_len its rows were packed for (tokenize pack=T): it trains "
+                             "with that one or a multiple; 0: not packed.")
       .def("mask", [](const TokenFile& f) {
              py::array_t<uint8_t> out(f.size());
              for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.trained(i) ? 1 : 0;
@@ -540,7 +540,7 @@ PYBIND11_MODULE(_C, m) {
      "header refused, anything else as text in byte tokens; or text, llmc, npy, uint16, uint32 "
      "(headerless arrays).");
   m.def("split_validation", &split_validation, py::arg("data"),
-        "(train, val): the last 10% held out.");
+        "(train, val): the last 10% held out (of packed data, the last tenth of its windows).");
   m.def("default_corpus", [] { return default_corpus(); },
         "The corpus nuri-train uses without --data (Debian's license texts) as byte tokens.");
 

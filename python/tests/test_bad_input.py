@@ -98,7 +98,7 @@ def test_hf_export_writes_the_token_ids_it_is_given(trained):
     tokenize's output: its end-of-text id) and the --*-token-id flags; without an eos id it
     warns that generate() will not stop; a bad id is refused before anything is written."""
     proc = run_cli("export", "ck", "--hf", "hf", cwd=trained)
-    assert "config.json has no eos_token_id, so generate() in transformers will not stop" \
+    assert "config.json's eos_token_id is null, so generate() in transformers will not stop" \
         in proc.stderr
     run_cli("tokenize", "corpus.txt", "--out", "shards", "--val-every", "0", cwd=trained)
     proc = run_cli("export", "ck", "--hf", "hf", "--token-ids-from", "shards", "--pad-token-id",
@@ -107,7 +107,12 @@ def test_hf_export_writes_the_token_ids_it_is_given(trained):
             in proc.stdout) and "warning" not in proc.stderr
     config = json.loads((trained / "hf" / "config.json").read_text())
     assert (config["eos_token_id"], config["pad_token_id"]) == (256, 0)
-    assert "bos_token_id" not in config
+    assert config["bos_token_id"] is None  # null: transformers' GPT-2 default (50256) is not
+    # this model's
+    proc = run_cli("export", "ck", "--hf", "hf2", "--token-ids-from", "run", cwd=trained,
+                   expect=2)
+    assert "run/config.json: not a Hugging Face model's config.json (it has no model_type)" \
+        in proc.stderr
     before = snapshot(trained / "hf")
     vocab = nuri.load(trained / "run" / "model.safetensors").config.vocab_size
     proc = run_cli("export", "ck", "--hf", "hf", "--eos-token-id", str(vocab), cwd=trained,

@@ -339,9 +339,9 @@ def test_token_ids_go_across_and_generate_stops_at_the_end_of_text(tmp_path):
     assert nuri.hf_token_ids(tmp_path / "src" / "config.json") == ids
     ours = nuri.import_hf(tmp_path / "src")
 
-    nuri.export_hf(ours, tmp_path / "plain")  # no ids given: none written, generate runs on
-    assert not {"bos_token_id", "eos_token_id"} & set(
-        json.loads((tmp_path / "plain" / "config.json").read_text()))
+    nuri.export_hf(ours, tmp_path / "plain")  # no ids given: null, generate runs on
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert [plain[k] for k in ids] == [None] * 3
     nuri.export_hf(ours, tmp_path / "out", token_ids=ids)
     assert {k: json.loads((tmp_path / "out" / "config.json").read_text())[k] for k in ids} == ids
     for where, length in (("plain", 12), ("out", first + 1)):
@@ -360,5 +360,22 @@ def test_token_ids_go_across_and_generate_stops_at_the_end_of_text(tmp_path):
         with pytest.raises(nuri.ConfigError, match=match):
             nuri.export_hf(ours, tmp_path / "out", token_ids=bad)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    with pytest.raises(nuri.ConfigError, match=r"eos_token_id \[\] names no token"):
+        nuri.export_hf(ours, tmp_path / "out", token_ids={"eos_token_id": []})
     with pytest.raises(nuri.ConfigError, match="neither a Hugging Face model directory"):
         nuri.hf_token_ids(tmp_path)
+    # Malformed sources are named: a string id in generation_config.json, a bool end-of-text.
+    (tmp_path / "src" / "generation_config.json").write_text('{"eos_token_id": "2"}')
+    with pytest.raises(nuri.ConfigError, match=r"generation_config.json: eos_token_id '2' is "
+                                               r"not a token id"):
+        nuri.hf_token_ids(tmp_path / "src")
+    (tmp_path / "tokenize.json").write_text('{"tokenizer": {"eot": true}}')
+    with pytest.raises(nuri.ConfigError, match="tokenize.json: eos_token_id True is not a token"):
+        nuri.hf_token_ids(tmp_path / "tokenize.json")
+
+    # A Llama export without ids: null, not LlamaConfig's default eos_token_id 2, which would
+    # stop generate() at token 2 of whatever tokenizer the model has.
+    hf_model("llama3").save_pretrained(tmp_path / "llama", safe_serialization=True)
+    nuri.export_hf(nuri.import_hf(tmp_path / "llama"), tmp_path / "llama_out")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "llama_out")
+    assert back.config.eos_token_id is None and back.generation_config.eos_token_id is None

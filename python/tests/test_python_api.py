@@ -343,8 +343,9 @@ def test_ctrl_c_while_a_line_is_written_stops_at_the_steps_end_with_a_checkpoint
 
 def test_a_runs_output_hook_calls_nuri_while_another_thread_takes_turns(tmp_path):
     """nuri.run's output stream is a hook inside the run's call: its write() calling nuri (the
-    run's thread takes the lock it holds again) does not deadlock, while another thread's
-    generate() calls wait their turns; the run's losses are those of the run alone, and every
+    run's thread takes the lock it holds again, and the GIL) does not deadlock beside another
+    thread whose generate() calls wait for the lock with the GIL let go (the run holds the lock
+    throughout, so they run before and after it); the run's loss is the run's alone, and every
     hook's and thread's result is the one each call gives alone."""
     import threading
 

@@ -447,9 +447,17 @@ def test_packed_rows_never_cross_a_training_window(tmp_path):
                                                    eval_every=0), data)
     assert np.isfinite(trainer.step()["loss"])
     with pytest.raises(nuri.Error, match=r"was packed for sequences of 64 tokens \(nuri tokenize "
-                                         r"--pack 64.*a sequence length of 32 would cut its "
-                                         r"rows. Train with seq_len 64"):
+                                         r"--pack 64.*a sequence length of 32, not a multiple "
+                                         r"of it, would cut its rows. Train with seq_len 64"):
         nuri.Trainer(model, nuri.TrainConfig(steps=2, micro_batch=2, seq_len=32), data)
+    nuri.Trainer(model, nuri.TrainConfig(steps=1, micro_batch=1, seq_len=128), data)  # 2 windows
+    # The validation tenth held out of packed data starts where a window does, as the train
+    # part ends (one token shared: its last target), and both keep the packing.
+    train, val = nuri.split_validation(data)
+    windows = (len(data) - 1) // 64
+    assert len(train) == (windows - windows // 10) * 64 + 1
+    assert len(train) + len(val) == len(data) + 1
+    assert train.packed_window == val.packed_window == 64
     proc = run_cli("train", "--model", "gpt2-tiny", "--data", "packed", "--steps", "1",
                    "--seq-len", "32", "--micro-batch", "2", "--max-new-tokens", "0", cwd=tmp_path,
                    expect=None)

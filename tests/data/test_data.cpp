@@ -395,6 +395,15 @@ TEST(Corpus, TheUnigramBaselineOfLargeDataReadsSampledRuns) {
   // Small data is read whole.
   auto small = TokenFile::from_tokens({1, 1, 2, 0});
   EXPECT_DOUBLE_EQ(unigram_baseline(*small, *val, 3), -std::log(3.0 / 7.0));
+  // With a loss mask only trained tokens count: train's 2 (twice) and one 1, of 3 + 3, and
+  // val's trained 2, not its masked 1s.
+  auto masked = TokenFile::from_tokens({1, 1, 2, 2, 1, 0});
+  masked->set_mask({0, 0, 1, 1, 1, 0});
+  auto masked_val = TokenFile::from_tokens({1, 2, 1});
+  masked_val->set_mask({0, 1, 0});
+  EXPECT_DOUBLE_EQ(unigram_baseline(*masked, *masked_val, 3), -std::log(3.0 / 6.0));
+  masked_val->set_mask({0, 0, 0});
+  EXPECT_TRUE(std::isnan(unigram_baseline(*masked, *masked_val, 3)));
 }
 
 TEST(ByteTokenizer, EncodesBytesAndDecodes) {

@@ -10,9 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <bit>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "emu/emu_util.h"
@@ -387,6 +389,52 @@ TEST(EmulatorStrict, MaxAndMinOfUnwrittenMemoryAreErrors) {
                         std::numeric_limits<float>::infinity(), -1.f, 0.f}) {
     EXPECT_FALSE(emu::is_unwritten_poison(f)) << f;
   }
+}
+
+// ---- devices: each host thread has its own current device --------------------------------------
+
+__global__ void device_fill(float* p, float v) { p[threadIdx.x] = v; }
+
+// With NURI_EMU_DEVICES=2: a stream made on device 1 by one thread; another thread, whose
+// current device is 0 until it sets one, launching into it is an error (a GPU refuses such a
+// launch), and after cudaSetDevice(1) the same launch runs.
+TEST(EmulatorStrict, ALaunchIntoAnotherDevicesStreamIsAnError) {
+  if (std::getenv("NURI_EMU_DEVICES")) GTEST_SKIP() << "NURI_EMU_DEVICES is set: it sets 2";
+  ASSERT_EQ(setenv("NURI_EMU_DEVICES", "2", 1), 0);
+  struct Unset {
+    ~Unset() { unsetenv("NURI_EMU_DEVICES"); }
+  } unset;
+  int count = 0;
+  ASSERT_EQ(cudaGetDeviceCount(&count), cudaSuccess);
+  ASSERT_EQ(count, 2);
+  EXPECT_EQ(cudaSetDevice(2), cudaErrorInvalidDevice);
+  cudaGetLastError();
+  cudaStream_t s = nullptr;
+  std::thread([&] {
+    ASSERT_EQ(cudaSetDevice(1), cudaSuccess);
+    ASSERT_EQ(cudaStreamCreate(&s), cudaSuccess);
+  }).join();
+  DeviceBuffer<float> out(32);
+  std::string refused, ran;
+  std::thread([&] {
+    int d = -1;
+    cudaGetDevice(&d);
+    EXPECT_EQ(d, 0);  // a new thread starts on device 0
+    refused = error_of([&] { NURI_LAUNCH(device_fill, dim3(1), dim3(32), 0, s, out.get(), 1.f); });
+    cudaSetDevice(1);
+    ran = error_of([&] {
+      NURI_LAUNCH(device_fill, dim3(1), dim3(32), 0, s, out.get(), 2.f);
+      cudaStreamSynchronize(s);
+    });
+  }).join();
+  expect_has(refused, "device_fill: launched into a stream of device 1 from a thread whose "
+                      "current device is 0 (cudaSetDevice(1) on this thread first)");
+  EXPECT_EQ(ran, "no error");
+  for (float v : out.download()) EXPECT_EQ(v, 2.f);
+  std::thread([&] {
+    cudaSetDevice(1);
+    EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
+  }).join();
 }
 
 // ---- streams: work is ordered only as CUDA orders it -------------------------------------------

@@ -4,10 +4,13 @@
 // nothing; the CUDA allocator rounds below 1 MiB to 512 bytes and from 1 MiB on to 2 MiB
 // (csrc/backend/cuda/allocator.h) and counts the rounded sizes.
 #include <algorithm>
+#include <cstdlib>
+#include <cmath>
 #include <thread>
 #include <vector>
 
 #include "ops/harness.h"
+#include "test_util.h"
 
 namespace nuri::test {
 namespace {
@@ -247,6 +250,53 @@ TEST(CudaDevices, ListWhatTheBuildCanUse) {
   }
 #endif
 }
+
+#if defined(NURI_CUDA_EMULATION)
+// A backend on device 1 (of 2 emulated), built on one thread and called from another whose
+// current device is 0 (each host thread has its own, as a Python thread or nuri's progress
+// thread would): its launches go to device 1, where the emulator would refuse a launch into the
+// backend's stream from a thread on device 0, and the values are right. (The emulator checks
+// launches only: its memory has no device, so the allocator's own device setting is not
+// shown here.)
+TEST(CudaDevices, ABackendOnDevice1WorksFromAnotherThread) {
+  if (std::getenv("NURI_EMU_DEVICES")) GTEST_SKIP() << "NURI_EMU_DEVICES is set: it sets 2";
+  ASSERT_EQ(setenv("NURI_EMU_DEVICES", "2", 1), 0);
+  struct Unset {
+    ~Unset() { unsetenv("NURI_EMU_DEVICES"); }
+  } unset;
+  ASSERT_EQ(cuda_devices().size(), 2u);
+  std::unique_ptr<Backend> be;
+  Tensor x, y;  // allocated where the backend was made: the other thread only launches
+  std::thread([&] {
+    be = make_backend("cuda-emu:1");
+    x = be->empty({64}, DType::f32);
+    y = be->empty({64}, DType::f32);
+  }).join();
+  EXPECT_EQ(be->device().str(), "cuda:1");
+  std::vector<float> got;
+  std::string error;
+  std::thread([&] {
+    error = error_of([&] {
+      Tensor host = Tensor::empty({64}, DType::f32);
+      for (int64_t i = 0; i < 64; ++i) host.data<float>()[i] = float(i) - 31.5f;
+      be->copy(host, x);
+      be->gelu(x, y);
+      be->copy(y, host);
+      got.assign(host.data<float>(), host.data<float>() + 64);
+    });
+  }).join();
+  ASSERT_EQ(error, "no error");
+  for (int64_t i = 0; i < 64; ++i) {
+    const double v = double(i) - 31.5;
+    const double want = 0.5 * v * (1 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    EXPECT_NEAR(got[size_t(i)], want, 1e-5 * (1 + std::abs(want))) << i;
+  }
+  std::thread([&] {
+    x = y = Tensor();
+    be.reset();
+  }).join();
+}
+#endif
 
 // The out-of-memory path exists only on the caching (CUDA) allocator.
 class CachingAllocatorTest : public AllocatorTest {};

@@ -15,7 +15,7 @@ shift
 cmd=("$@")
 dir=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; kill -CONT "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 export OMP_NUM_THREADS=1
 args=(--model gpt2-tiny --steps 40 --seq-len 64 --max-new-tokens 0 --eval-every 20 --eval-batches 4
@@ -80,25 +80,25 @@ print(f"PASS: stopped at step {stopped} on 2 ranks, resumed on 1: steps 1-{stopp
       f"(final val loss {run[-1]['val_loss']:.6f} vs {ref[-1]['val_loss']:.6f})")
 PY
 
-# The last step: rank 0 is stopped (SIGSTOP) once it has logged step 5 of 6, so rank 1 goes past
-# the stop poll after step 5 and waits in step 6's collectives for it; SIGTERM reaches rank 1
-# there. Only the collective check after the final checkpoint can see it.
+# The last step: rank 0 stops itself (SIGSTOP, NURI_TEST_STOP_AFTER_STEP) after the stop poll of
+# step 5 of 6, to which rank 1 gave its flag (read before the collective) before SIGTERM reaches
+# it; rank 1 then waits in step 6's collectives for rank 0. Only the collective check after the
+# final checkpoint can see the signal.
 args=(--model gpt2-tiny --steps 6 --seq-len 64 --max-new-tokens 0 --eval-every 0 --eval-batches 2
       --log-every 1 --micro-batch 2 --global-batch 4 --ckpt-dir "$dir/ck6" --out "$dir/run6")
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 print(s.getsockname()[1])')
 for r in 0 1; do
-  RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-    "${cmd[@]}" "${args[@]}" >"$dir/last$r" 2>&1 &
+  env $( ((r == 0)) && echo NURI_TEST_STOP_AFTER_STEP=5) RANK=$r WORLD_SIZE=2 LOCAL_RANK=$r \
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=$port "${cmd[@]}" "${args[@]}" >"$dir/last$r" 2>&1 &
   pids+=($!)
 done
-for ((i = 0; i < 24000; ++i)); do  # (at most 120 s)
-  grep -q 'step     5/6' "$dir/last0" && break
-  sleep 0.005
+for ((i = 0; i < 1200; ++i)); do  # until rank 0 has stopped itself (at most 120 s)
+  [[ $(awk '{print $3}' "/proc/${pids[0]}/stat" 2>/dev/null) == T ]] && break
+  sleep 0.1
 done
-grep -q 'step     5/6' "$dir/last0" || { cat "$dir/last0"; fail "the job did not reach step 5"; }
-kill -STOP "${pids[0]}"
-sleep 1
+[[ $(awk '{print $3}' "/proc/${pids[0]}/stat" 2>/dev/null) == T ]] ||
+  { cat "$dir/last0"; fail "rank 0 did not stop itself after step 5"; }
 kill -TERM "${pids[1]}"
 sleep 0.5
 kill -CONT "${pids[0]}"

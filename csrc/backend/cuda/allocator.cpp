@@ -7,12 +7,22 @@
 
 namespace nuri {
 
+void use_device(int device) {
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess || current != device) {
+    NURI_CUDA_CHECK(cudaSetDevice(device));
+  }
+}
+
 size_t CudaAllocator::round_size(size_t bytes) {
   return size_t(device_block_bytes(int64_t(bytes)));  // nuri/core/allocator.h: the rule
 }
 
 CudaAllocator::~CudaAllocator() {
   std::lock_guard<std::mutex> lock(mu_);
+  // (The last tensor may go on any thread: its frees belong to this device, and a thread that
+  // never used CUDA would otherwise make a context on device 0.)
+  if (cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();
   release_cache_locked();
 }
 
@@ -23,6 +33,7 @@ void* CudaAllocator::allocate(size_t bytes) {
   // emulator's guard page; alignment stays 256.
   const size_t offset = size - (bytes + kAlignment - 1) / kAlignment * kAlignment;
   std::lock_guard<std::mutex> lock(mu_);
+  use_device(device_);
   void* base = nullptr;
   auto cached = free_.find(size);
   if (cached != free_.end() && !cached->second.empty()) {
@@ -85,6 +96,7 @@ void CudaAllocator::release_cache_locked() {
 
 void CudaAllocator::empty_cache() {
   std::lock_guard<std::mutex> lock(mu_);
+  use_device(device_);
   release_cache_locked();
 }
 

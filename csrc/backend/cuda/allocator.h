@@ -20,6 +20,11 @@
 
 namespace nuri {
 
+/// Makes `device` the calling thread's current CUDA device. Each host thread has its own (device
+/// 0 until it sets one), so a backend called from a thread other than the one that built it
+/// (a Python thread, the progress or checkpoint thread) would allocate and launch on device 0.
+void use_device(int device);
+
 /// Device memory through cudaMalloc (emulated: guarded host memory), cached for reuse.
 ///
 /// Invariant, one stream per allocator: every device access to this allocator's memory is

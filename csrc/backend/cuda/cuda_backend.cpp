@@ -143,6 +143,8 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 }
 
 CudaBackend::~CudaBackend() {
+  // (From whatever thread drops the last reference; an error is not left for the next call.)
+  if (stream_ && cudaSetDevice(device_) != cudaSuccess) cudaGetLastError();
   workspace_ = Tensor();
   if (stream_) cudaStreamSynchronize(stream_);  // no DMA may still read a staging buffer
   for (StagingSlot& slot : staging_) {
@@ -161,14 +163,14 @@ std::string CudaBackend::name() const {
 #endif
 }
 
-void CudaBackend::synchronize() { NURI_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::synchronize() { NURI_CUDA_CHECK(cudaStreamSynchronize(stream())); }
 
 void CudaBackend::zero(const Tensor& t) {
   NURI_CHECK(t.defined() && !t.device().is_cpu(), "zero: needs a defined CUDA tensor, got ",
              t.str());
   NURI_CHECK(t.is_contiguous(), "zero: the CUDA backend zeroes contiguous tensors only, got ",
              t.str());
-  if (t.nbytes() > 0) NURI_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream_));
+  if (t.nbytes() > 0) NURI_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()));
 }
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
@@ -188,12 +190,13 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
     upload(dst.raw(), src.raw(), src.nbytes());
     return;
   }
-  NURI_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), kind, stream_));
+  NURI_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), kind, stream()));
   // Host memory may be freed or read as soon as this returns.
   if (from_host || to_host) synchronize();
 }
 
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+  const cudaStream_t s = stream();  // (the device current first: the events are made on it)
   if (staging_.empty()) {
     staging_.resize(kStagingSlots);
     for (StagingSlot& slot : staging_) {
@@ -211,8 +214,8 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
     const size_t n = std::min(kStagingSlotBytes, bytes - off);
     std::memcpy(slot.host, static_cast<const char*>(src) + off, n);
     NURI_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(dst) + off, slot.host, n,
-                                    cudaMemcpyHostToDevice, stream_));
-    NURI_CUDA_CHECK(cudaEventRecord(slot.done, stream_));
+                                    cudaMemcpyHostToDevice, s));
+    NURI_CUDA_CHECK(cudaEventRecord(slot.done, s));
     slot.pending = true;
   }
 }

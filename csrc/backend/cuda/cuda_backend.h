@@ -64,7 +64,12 @@ class CudaBackend final : public Backend {
   void synchronize() override;
   DType compute_dtype() const override { return DType::bf16; }
   bool attention_head_dim_supported(int64_t head_dim) const override;
-  cudaStream_t stream() const { return stream_; }
+  /// The backend's stream, its device made the calling thread's current one first (use_device):
+  /// every op goes through here, from whatever thread calls it.
+  cudaStream_t stream() const {
+    use_device(device_);
+    return stream_;
+  }
 
   void zero(const Tensor& t) override;
   void copy(const Tensor& src, const Tensor& dst) override;

@@ -114,7 +114,10 @@ bool CudaBackend::use_cublaslt(DType dt) const {
 
 cuda::CublasLt& CudaBackend::cublaslt() {
 #if defined(NURI_CUDA_REAL)
-  if (!lt_) lt_ = std::make_shared<cuda::CublasLt>();
+  if (!lt_) {
+    use_device(device_);  // its handle and workspace belong to this backend's device
+    lt_ = std::make_shared<cuda::CublasLt>();
+  }
 #endif
   NURI_ASSERT(lt_ != nullptr, "cuBLASLt requested in a build without it");
   return *lt_;

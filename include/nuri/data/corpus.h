@@ -53,13 +53,16 @@ void check_shard_tokenizer(const std::string& dir, const std::string& tokenizer,
 /// from a small grammar with a fixed seed. description receives which one it was.
 std::shared_ptr<TokenFile> default_corpus(std::string* description = nullptr);
 
-/// (train, val): the last 10% of `data` (rounded down) held out, without copying.
+/// (train, val): the last 10% of `data` (rounded down) held out, without copying; of packed
+/// data (TokenFile::packed_window) the last tenth of its windows (at least one), both halves
+/// starting where a window does.
 std::pair<std::shared_ptr<TokenFile>, std::shared_ptr<TokenFile>> split_validation(
     const std::shared_ptr<TokenFile>& data);
 
 /// Cross-entropy of `val` under the add-one smoothed unigram distribution of `train`, in nats per
 /// token: what a model that ignores context can reach. Data of over 2^24 tokens is read in 256
 /// evenly spaced runs of 2^16 tokens (an estimate, so a startup never reads a large corpus whole).
+/// With a loss mask, of the trained tokens alone on both sides (NaN where `val` has none).
 double unigram_baseline(const TokenFile& train, const TokenFile& val, int64_t vocab_size);
 
 }  // namespace nuri

@@ -88,8 +88,8 @@ class TokenFile {
   /// Whether token i is trained on (1 without a mask).
   bool trained(int64_t i) const { return mask_ == nullptr || mask_[i] != 0; }
   /// The sequence length the tokens were packed for (`nuri tokenize --pack T`: no row crosses
-  /// a multiple of T, so no sample of T cuts one); 0: not packed. The sampler refuses another
-  /// sequence length. A slice keeps it where it starts at a multiple of it.
+  /// a multiple of T, so no sample of T, or of a multiple of T, cuts one); 0: not packed. The
+  /// sampler refuses other sequence lengths. A slice keeps it where it starts at a multiple.
   void set_packed_window(int64_t window);
   int64_t packed_window() const { return packed_window_; }
 
