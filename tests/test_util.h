@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -11,6 +12,31 @@
 #include "nuri/core/error.h"
 
 namespace nuri::test {
+
+/// Sets the environment variable `var` to `value` for a scope, then restores it.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* var, const char* value) : var_(var) {
+    const char* old = std::getenv(var);
+    had_ = old != nullptr;
+    if (had_) saved_ = old;
+    setenv(var, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_) {
+      setenv(var_, saved_.c_str(), 1);
+    } else {
+      unsetenv(var_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* var_;
+  bool had_ = false;
+  std::string saved_;
+};
 
 /// The message of the nuri::Error that f throws, or "no error".
 inline std::string error_of(const std::function<void()>& f) {

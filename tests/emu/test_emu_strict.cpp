@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 
 #include <bit>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -399,11 +398,7 @@ __global__ void device_fill(float* p, float v) { p[threadIdx.x] = v; }
 // current device is 0 until it sets one, launching into it is an error (a GPU refuses such a
 // launch), and after cudaSetDevice(1) the same launch runs.
 TEST(EmulatorStrict, ALaunchIntoAnotherDevicesStreamIsAnError) {
-  if (std::getenv("NURI_EMU_DEVICES")) GTEST_SKIP() << "NURI_EMU_DEVICES is set: it sets 2";
-  ASSERT_EQ(setenv("NURI_EMU_DEVICES", "2", 1), 0);
-  struct Unset {
-    ~Unset() { unsetenv("NURI_EMU_DEVICES"); }
-  } unset;
+  ScopedEnv devices("NURI_EMU_DEVICES", "2");
   int count = 0;
   ASSERT_EQ(cudaGetDeviceCount(&count), cudaSuccess);
   ASSERT_EQ(count, 2);

@@ -20,6 +20,7 @@
 
 #include "nuri/backend/backend.h"
 #include "nuri/core/rng.h"
+#include "test_util.h"
 
 namespace nuri::test {
 
@@ -35,31 +36,6 @@ inline std::vector<std::string> backends() {
   return available_backends();
 #endif
 }
-
-/// Sets the environment variable `var` to `value` for a scope, then restores it.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* var, const char* value) : var_(var) {
-    const char* old = std::getenv(var);
-    had_ = old != nullptr;
-    if (had_) saved_ = old;
-    setenv(var, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) {
-      setenv(var_, saved_.c_str(), 1);
-    } else {
-      unsetenv(var_);
-    }
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* var_;
-  bool had_ = false;
-  std::string saved_;
-};
 
 /// A backend made while the environment variable `var` is `value` (restored after: the CUDA
 /// backend reads NURI_GEMM, NURI_ATTENTION and the like when it is created), or the error that

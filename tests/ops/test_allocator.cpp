@@ -4,7 +4,6 @@
 // nothing; the CUDA allocator rounds below 1 MiB to 512 bytes and from 1 MiB on to 2 MiB
 // (csrc/backend/cuda/allocator.h) and counts the rounded sizes.
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <thread>
 #include <vector>
@@ -259,11 +258,7 @@ TEST(CudaDevices, ListWhatTheBuildCanUse) {
 // launches only: its memory has no device, so the allocator's own device setting is not
 // shown here.)
 TEST(CudaDevices, ABackendOnDevice1WorksFromAnotherThread) {
-  if (std::getenv("NURI_EMU_DEVICES")) GTEST_SKIP() << "NURI_EMU_DEVICES is set: it sets 2";
-  ASSERT_EQ(setenv("NURI_EMU_DEVICES", "2", 1), 0);
-  struct Unset {
-    ~Unset() { unsetenv("NURI_EMU_DEVICES"); }
-  } unset;
+  ScopedEnv devices("NURI_EMU_DEVICES", "2");
   ASSERT_EQ(cuda_devices().size(), 2u);
   std::unique_ptr<Backend> be;
   Tensor x, y;  // allocated where the backend was made: the other thread only launches
