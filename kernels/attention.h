@@ -43,6 +43,12 @@ struct AttentionParams {
   /// Backward only: dQ without atomics (a separate query-major pass; bits independent of block
   /// order), or accumulated with f32 atomics from the key-major pass (faster, order-dependent).
   bool deterministic = true;
+  /// Packed documents (causal only; null: none), [B, T] each, from AttentionOptions::documents:
+  /// query t sees keys [key_start[b, t], t]; key t is seen by queries [t, query_end[b, t]).
+  /// Both nondecreasing along t, so a tile's first row has its smallest bound. The query-major
+  /// kernels read key_start for their rows, the key-major ones query_end for theirs.
+  const int* key_start = nullptr;
+  const int* query_end = nullptr;
 };
 
 /// Head dims with compiled kernels. Adding one is one line in each dispatch

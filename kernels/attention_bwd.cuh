@@ -43,11 +43,12 @@ static_assert(AttnBwdKVConfig<64>::kThreads == kBwdThreads &&
 /// (row g + 8·(i / 2), column 8·nb + 2t + i % 2); `row0`/`col0` are their global indices of the
 /// tile's first row/column. kRowIsKey: rows are keys and columns queries (the transposed tile of
 /// the key-major pass); otherwise rows are queries. lse2 (lse·log2 e) and di are read through
-/// the per-query-index functors.
+/// the per-query-index functors. `bound`: the packed documents' bound of rows g and g + 8 (of a
+/// key, the query_end its document gives; of a query, its first key; seq and 0 without).
 template <bool kCausal, bool kRowIsKey, class Lse, class Di>
 __device__ __forceinline__ void softmax_grad_tile(float (&s)[2][4], float (&dp)[2][4], int row0,
-                                                  int col0, int seq, float scale_log2, Lse lse2,
-                                                  Di di) {
+                                                  int col0, int seq, const int (&bound)[2],
+                                                  float scale_log2, Lse lse2, Di di) {
   const int l = lane_id(), g = l / 4, t = l % 4;
 #pragma unroll
   for (int nb = 0; nb < 2; ++nb) {
@@ -57,7 +58,8 @@ __device__ __forceinline__ void softmax_grad_tile(float (&s)[2][4], float (&dp)[
       const int key = kRowIsKey ? row0 + r : col0 + c;
       const int query = kRowIsKey ? col0 + c : row0 + r;
       const int qi = kRowIsKey ? c : r;  // the query's index inside the tile
-      const bool visible = key < seq && (!kCausal || key <= query);
+      const bool in_document = kRowIsKey ? query < bound[i / 2] : key >= bound[i / 2];
+      const bool visible = key < seq && (!kCausal || key <= query) && in_document;
       const float p = visible ? ex2_approx(fmaf(s[nb][i], scale_log2, -lse2(qi))) : 0.f;
       s[nb][i] = p;
       dp[nb][i] = p * (dp[nb][i] - di(qi));
@@ -135,9 +137,12 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
                                    a.v_s.t, seq - j0);
   cp_async_commit();
 
-  // Query tiles: every head of the group × tiles from i_begin (causal: earlier ones see no key).
+  // Query tiles: every head of the group × tiles from i_begin (causal: earlier ones see no key)
+  // up to i_end (packed documents: queries from where the tile's last key's document ends see
+  // none of its keys).
   const int i_begin = kCausal ? j0 / kM * kM : 0;
-  const int n_qtiles = int(ceil_div(seq - i_begin, kM));
+  const int i_end = document_bound(a.query_end, int(b), min(j0 + kN, seq) - 1, seq, seq);
+  const int n_qtiles = int(ceil_div(i_end - i_begin, kM));
   const int n_iter = p.group * n_qtiles;
   auto head_of = [&](int it) { return kvh * p.group + it / n_qtiles; };
   auto start_of = [&](int it) { return i_begin + it % n_qtiles * kM; };
@@ -167,6 +172,12 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
   float r_dv[kNb][4] = {};           // dV_w: 16 keys × D
   const int key_w = j0 + 16 * warp;  // this warp's first key
   const int l = lane_id(), g = l / 4, t = l % 4;
+  // Packed documents: the queries that see this thread's keys (rows g, g + 8) end at
+  // query_end, and those of the warp's keys at its last key's (the warp's largest).
+  const int query_end[2] = {document_bound(a.query_end, int(b), key_w + g, seq, seq),
+                            document_bound(a.query_end, int(b), key_w + g + 8, seq, seq)};
+  const int warp_query_end =
+      document_bound(a.query_end, int(b), min(key_w + 15, seq - 1), seq, seq);
 
   issue(0);
   for (int it = 0; it < n_iter; ++it) {
@@ -180,9 +191,10 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
 #pragma unroll
     for (int c = 0; c < kM / 16; ++c) {
       const int q_c = i0 + 16 * c;  // the chunk's first query
-      // Warp-uniform skips: the chunk is past T, or (causal) every key of the warp is later
-      // than every query of the chunk. dSᵀ is then 0.
-      const bool skip = q_c >= seq || (kCausal && q_c + 15 < key_w);
+      // Warp-uniform skips: the chunk is past T, (causal) every key of the warp is later than
+      // every query of the chunk, or the chunk starts past the documents of the warp's keys.
+      // dSᵀ is then 0.
+      const bool skip = q_c >= seq || (kCausal && q_c + 15 < key_w) || q_c >= warp_query_end;
       uint32_t r_ds[4] = {0u, 0u, 0u, 0u};  // dSᵀ as an A operand (16 keys × 16 queries)
       if (!skip) {
         float r_s[2][4] = {}, r_dp[2][4] = {};  // Sᵀ, dPᵀ: 16 keys × 16 queries
@@ -199,7 +211,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dkdv(AttnBwdParams<T> p)
           mma<T>(r_dp[1], r_a, r_b[2], r_b[3]);
         }
         softmax_grad_tile<kCausal, true>(
-            r_s, r_dp, key_w, q_c, seq, p.scale_log2,
+            r_s, r_dp, key_w, q_c, seq, query_end, p.scale_log2,
             [&](int q) { return lse_s[16 * c + q] * kLog2e; },
             [&](int q) { return di_s[16 * c + q]; });
         uint32_t r_p[4];
@@ -327,6 +339,9 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
 
   const int k_end = kCausal ? min(seq, q0 + kM) : seq;  // causal: later keys are masked
   const int n_iter = int(ceil_div(k_end, kN));
+  // Packed documents: key tiles before the document of the block's first row (the block's
+  // earliest start) are masked for every row, so the walk starts at the tile holding it.
+  const int it_first = document_bound(a.key_start, int(b), q0, seq, 0) / kN;
   auto issue = [&](int it) {
     const int st = it % 2, j0 = it * kN;
     load_tile<T, D, kN, kBwdThreads>(sK + st * kN * kLd,
@@ -341,6 +356,11 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
   float r_dq[kNb][4] = {};                   // dQ_w: 16 queries × D, unscaled
   uint32_t r_q[D / 16][4], r_do[D / 16][4];  // Q_w, dO_w as A fragments, loaded once
   const int query_w = q0 + 16 * warp;
+  // The first keys of this thread's queries (rows g, g + 8) and of the warp's first (smallest).
+  const int g = lane_id() / 4;
+  const int first_key[2] = {document_bound(a.key_start, int(b), query_w + g, seq, 0),
+                            document_bound(a.key_start, int(b), query_w + g + 8, seq, 0)};
+  const int warp_first_key = document_bound(a.key_start, int(b), query_w, seq, 0);
   cp_async_wait<0>();  // Q and dO have landed (and, after the barrier, lse and Di are seen)
   __syncthreads();
 #pragma unroll
@@ -348,9 +368,9 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
     load_a<T>(r_q[k0 / 16], sQ, kLd, 16 * warp, k0);
     load_a<T>(r_do[k0 / 16], sdO, kLd, 16 * warp, k0);
   }
-  __syncthreads();  // every warp holds its fragments: K_0 and V_0 may take their place
-  issue(0);
-  for (int it = 0; it < n_iter; ++it) {
+  __syncthreads();  // every warp holds its fragments: the first K and V may take their place
+  issue(it_first);
+  for (int it = it_first; it < n_iter; ++it) {
     pipeline_step(it, n_iter, issue);
     const int st = it % 2, j0 = it * kN;
     const T* sKs = sK + st * kN * kLd;  // [kN][kLd]
@@ -360,7 +380,10 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
 #pragma unroll
       for (int c = 0; c < kN / 16; ++c) {
         const int k_c = j0 + 16 * c;
-        if (k_c >= seq || (kCausal && k_c > query_w + 15)) continue;  // all masked
+        // All masked: past T, (causal) past the warp's last query, or before its documents.
+        if (k_c >= seq || (kCausal && k_c > query_w + 15) || k_c + 15 < warp_first_key) {
+          continue;
+        }
         float r_s[2][4] = {}, r_dp[2][4] = {};  // S, dP: 16 queries × 16 keys
 #pragma unroll
         for (int k0 = 0; k0 < D; k0 += 16) {
@@ -373,8 +396,8 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
           mma<T>(r_dp[1], r_do[k0 / 16], r_b[2], r_b[3]);
         }
         softmax_grad_tile<kCausal, false>(
-            r_s, r_dp, query_w, k_c, seq, p.scale_log2, [&](int q) { return sLse[16 * warp + q]; },
-            [&](int q) { return sDi[16 * warp + q]; });
+            r_s, r_dp, query_w, k_c, seq, first_key, p.scale_log2,
+            [&](int q) { return sLse[16 * warp + q]; }, [&](int q) { return sDi[16 * warp + q]; });
         uint32_t r_ds[4];
         acc_to_a<T>(r_ds, r_dp, 0);
 #pragma unroll

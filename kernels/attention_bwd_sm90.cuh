@@ -150,6 +150,10 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   const int rg = lane / 4, tq = lane % 4;
   const int key_lo = k0 + 64 * c + 16 * warp + rg;  // keys of accumulator rows rg, rg + 8
   const float scale_log2 = p.scale * attn::kLog2e;
+  // Packed documents: the queries that see the two keys end at their query_end (the query
+  // tiles are walked all the same).
+  const int query_end[2] = {attn::document_bound(p.query_end, b, key_lo, p.seq, p.seq),
+                            attn::document_bound(p.query_end, b, key_lo + 8, p.seq, p.seq)};
 
   float rdK[kOBlocks][4], rdV[kOBlocks][4];
 #pragma unroll
@@ -186,7 +190,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = 2 * half + i2, key = key_lo + 8 * half;
-          const bool visible = key < p.seq && (!kCausal || key <= q);
+          const bool visible = key < p.seq && (!kCausal || key <= q) && q < query_end[half];
           const float pr = visible ? ex2_approx(fmaf(rS[j][i], scale_log2, -lse2)) : 0.f;
           rS[j][i] = pr;
           rdP[j][i] = pr * (rdP[j][i] - di);
@@ -269,6 +273,9 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   const int rg = lane / 4, tq = lane % 4;
   const int row_lo = q0 + 64 * c + 16 * warp + rg;  // queries of accumulator rows rg, rg + 8
   const float scale_log2 = p.scale * attn::kLog2e;
+  // Packed documents: the first key of each of the two queries.
+  const int first_key[2] = {attn::document_bound(p.key_start, b, row_lo, p.seq, 0),
+                            attn::document_bound(p.key_start, b, row_lo + 8, p.seq, 0)};
   const int64_t row_base = (int64_t(b) * p.heads + h) * p.seq;
   float lse2[2], di[2];
 #pragma unroll
@@ -299,7 +306,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int key = k0 + 8 * nb + 2 * tq + (i % 2), q = row_lo + 8 * (i / 2);
-        const bool visible = key < p.seq && (!kCausal || key <= q);
+        const bool visible = key < p.seq && (!kCausal || key <= q) && key >= first_key[i / 2];
         const float pr =
             visible ? ex2_approx(fmaf(rS[nb][i], scale_log2, -lse2[i / 2])) : 0.f;
         rdP[nb][i] = pr * (rdP[nb][i] - di[i / 2]);

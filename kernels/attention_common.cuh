@@ -114,12 +114,13 @@ __device__ __forceinline__ QueryBlock work_tile(const Params& p, int w, int n_q_
                                      rest / p.heads);
 }
 
-/// Sets to `masked` the scores of keys at or past `seq` and, causally, past their row: `s` holds
-/// a warp's rows row_lo and row_lo + 8 (accumulator rows g, g + 8) against keys k0 + 8·nb + 2t
-/// + i.
+/// Sets to `masked` the scores of keys at or past `seq`, causally past their row, and before
+/// their row's first key (`first`: its document's start, 0 without documents): `s` holds a
+/// warp's rows row_lo and row_lo + 8 (accumulator rows g, g + 8, first[0] and first[1]) against
+/// keys k0 + 8·nb + 2t + i.
 template <bool kCausal, int NS>
 __device__ __forceinline__ void mask_scores(float (&s)[NS][4], int k0, int row_lo, int seq,
-                                            float masked) {
+                                            const int (&first)[2], float masked) {
   const int t = lane_id() % 4;
 #pragma unroll
   for (int nb = 0; nb < NS; ++nb) {
@@ -127,9 +128,16 @@ __device__ __forceinline__ void mask_scores(float (&s)[NS][4], int k0, int row_l
     for (int i = 0; i < 4; ++i) {
       const int key = k0 + nb * 8 + 2 * t + (i % 2);
       const int row = row_lo + 8 * (i / 2);
-      if (key >= seq || (kCausal && key > row)) s[nb][i] = masked;
+      if (key >= seq || (kCausal && key > row) || key < first[i / 2]) s[nb][i] = masked;
     }
   }
+}
+
+/// Element t of row b of a [B, T] document bound (AttentionParams::key_start or query_end), that
+/// of the last position for t past the sequence (so a tile's bounds stay nondecreasing to its
+/// last row), or `none` without documents.
+__device__ __forceinline__ int document_bound(const int* bound, int b, int t, int seq, int none) {
+  return bound != nullptr ? ld_global(bound + int64_t(b) * seq + min(t, seq - 1)) : none;
 }
 
 /// One key tile of the online softmax for a warp's 16 rows: `s` holds the raw scores of the

@@ -68,8 +68,11 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
     attn::load_tile<T, D, kN, kThreads>(dst, g + int64_t(k0) * stride, stride, p.seq - k0, kAt);
     cp_async_commit();
   };
+  // Packed documents: key tiles before the document of the block's first row are masked for
+  // every row (its start is the block's smallest), so the walk starts at the tile holding it.
+  const int j_first = attn::document_bound(p.key_start, b, q0, p.seq, 0) / kN;
   attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0, kAt);
-  issue(sK, gK, p.k_s.t, 0);
+  issue(sK, gK, p.k_s.t, j_first);
 
   // The scale is folded into one FMA per score: P = exp2(s·c − m) with c = scale·log2 e and m
   // the row max of s·c, taken as c times the max of the raw scores. That needs c > 0; a negative
@@ -117,19 +120,34 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
     if constexpr (Cfg::kQInV) __syncthreads();
   }
 
-  for (int j = 0; j < n_tiles; ++j) {
+  // The first key of each of this thread's rows (its document's start; 0 without documents),
+  // and of the warp's first row, the warp's smallest.
+  int first_key[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      first_key[mt][half] =
+          attn::document_bound(p.key_start, b, row_lo + 16 * mt + 8 * half, p.seq, 0);
+    }
+  }
+  const int warp_first_key = attn::document_bound(p.key_start, b, q0 + w0, p.seq, 0);
+
+  for (int j = j_first; j < n_tiles; ++j) {
     // K_j has landed (the only group in flight) and, after the barrier, every warp is done with
-    // V_{j-1} (and, for j = 0, with a Q tile in V's place): V_j may take its place.
-    if (j > 0) {
+    // V_{j-1} (and, for the first tile, with a Q tile in V's place): V_j may take its place.
+    if (j > j_first) {
       cp_async_wait<0>();
       __syncthreads();
     }
     issue(sV, gV, p.v_s.t, j);
 
     // Causally, a tile whose keys all lie past the warp's last row adds nothing to its rows, so
-    // the warp skips its products (with one row tile a warp, every tile reaches its rows).
+    // the warp skips its products (with one row tile a warp, every tile reaches its rows); so
+    // does a tile whose keys all lie before the document of the warp's first row.
     const int k0 = j * kN;
-    const bool active = kMT == 1 || !kCausal || k0 <= q0 + w0 + kWarpRows - 1;
+    const bool active = (kMT == 1 || !kCausal || k0 <= q0 + w0 + kWarpRows - 1) &&
+                        k0 + kN > warp_first_key;
 
     // P (S rounded to the input type) as the A operands of P V: half the registers of S, which
     // dies with the softmax (the K_{j+1} loads below take their addresses while P and O are
@@ -170,13 +188,17 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
         }
       }
 
-      // Mask keys past the end and, causally, past the row (only tiles that reach either);
-      // online softmax: new row max, rescale what earlier tiles accumulated, P = exp2(s - max)
-      // (the scale is positive here: a negative one flipped Q's signs).
+      // Mask keys past the end, causally past the row, and before the row's document (only
+      // tiles that reach any); online softmax: new row max, rescale what earlier tiles
+      // accumulated, P = exp2(s - max) (the scale is positive here: a negative one flipped Q's
+      // signs).
       const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + w0);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
-        if (edge) attn::mask_scores<kCausal>(rS[mt], k0, row_lo + 16 * mt, p.seq, -INFINITY);
+        if (edge || k0 < first_key[mt][1]) {  // the thread's later row starts last
+          attn::mask_scores<kCausal>(rS[mt], k0, row_lo + 16 * mt, p.seq, first_key[mt],
+                                     -INFINITY);
+        }
         float alpha[2];
         attn::softmax_tile(rS[mt], rMax[mt], rSum[mt], alpha, scale_log2, /*c_negative=*/false);
         attn::rescale_rows(rO[mt], alpha);

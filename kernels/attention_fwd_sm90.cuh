@@ -237,6 +237,10 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     const attn::QueryBlock blk = attn::work_tile<kCausal, kM, kN>(p, w, prm.n_q_blocks);
     const int q0 = blk.q0, h = blk.h, b = blk.b, n_tiles = blk.n_tiles;
     const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
+    // Packed documents: the first key of each of the two rows (keys before it are masked; the
+    // tiles are walked all the same).
+    const int first_key[2] = {attn::document_bound(p.key_start, b, row_lo, p.seq, 0),
+                              attn::document_bound(p.key_start, b, row_lo + 8, p.seq, 0)};
 
     float rO[kOBlocks][4];
 #pragma unroll
@@ -271,13 +275,17 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
       }
       wgmma_commit();
     };
-    // The mask (keys past the end and, causally, past the row, only on tiles that reach
-    // either; masked scores take the value that loses the row max, or min, whatever the scale's
-    // sign) and the online softmax of S_j: P_j in rS, and the factor for what O holds so far.
+    // The mask (keys past the end, causally past the row, and before the row's document, only
+    // on tiles that reach any; masked scores take the value that loses the row max, or min,
+    // whatever the scale's sign) and the online softmax of S_j: P_j in rS, and the factor for
+    // what O holds so far.
     auto softmax = [&](int j, float (&alpha)[2]) {
       const int k0 = j * kN;
-      const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16);
-      if (edge) attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, flip ? INFINITY : -INFINITY);
+      const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16) ||
+                        k0 < first_key[1];
+      if (edge) {
+        attn::mask_scores<kCausal>(rS, k0, row_lo, p.seq, first_key, flip ? INFINITY : -INFINITY);
+      }
       attn::softmax_tile(rS, rMax, rSum, alpha, scale_log2, flip);
     };
 

@@ -26,6 +26,61 @@ float clip_coefficient(float norm, float max_norm) {
   return std::min(1.f, max_norm / (norm + 1e-6f));
 }
 
+Tensor document_bounds(const Tensor& tokens, int32_t separator) {
+  NURI_CHECK(tokens.defined() && tokens.device().is_cpu() && tokens.dtype() == DType::i32 &&
+                 tokens.dim() == 2 && tokens.is_contiguous(),
+             "document_bounds: tokens must be a contiguous [B, T] i32 host tensor, got ",
+             tokens.defined() ? tokens.str() : std::string("an undefined tensor"));
+  const int64_t b = tokens.size(0), t = tokens.size(1);
+  Tensor out = Tensor::empty({2, b, t}, DType::i32);
+  const int32_t* tok = tokens.data<int32_t>();
+  int32_t* start = out.data<int32_t>();
+  int32_t* end = start + b * t;
+  for (int64_t r = 0; r < b; ++r) {
+    const int32_t* x = tok + r * t;
+    int32_t s = 0;
+    for (int64_t i = 0; i < t; ++i) {
+      start[r * t + i] = s;
+      if (x[i] == separator) s = int32_t(i + 1);
+    }
+    int32_t e = int32_t(t);
+    for (int64_t i = t - 1; i >= 0; --i) {
+      if (x[i] == separator) e = int32_t(i + 1);
+      end[r * t + i] = e;
+    }
+  }
+  return out;
+}
+
+void check_document_bounds(const char* op, const Tensor& bounds) {
+  NURI_CHECK(bounds.device().is_cpu() && bounds.dtype() == DType::i32 && bounds.dim() == 3 &&
+                 bounds.size(0) == 2 && bounds.is_contiguous(),
+             op, ": documents must be a contiguous [2, B, T] i32 tensor (document_bounds), got ",
+             bounds.str());
+  const int64_t b = bounds.size(1), t = bounds.size(2);
+  const int32_t* start = bounds.data<int32_t>();
+  const int32_t* end = start + b * t;
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t i = 0; i < t; ++i) {
+      const int64_t k = r * t + i;
+      const bool starts = i == 0 || end[k - 1] == i;
+      const int64_t want = starts ? i : start[k - 1];
+      NURI_CHECK(start[k] == want, op, ": documents row ", r, " position ", i, ": key_start is ",
+                 start[k], ", expected ", want, " (the bounds must describe runs of whole "
+                 "documents; make them with document_bounds)");
+      const bool ends = i + 1 == t || start[k + 1] == i + 1;
+      NURI_CHECK(ends ? end[k] == i + 1 : (end[k] > i + 1 && end[k] <= t), op,
+                 ": documents row ", r, " position ", i, ": query_end is ", end[k],
+                 " where its document ", ends ? "ends at " + std::to_string(i + 1)
+                                             : "goes on past " + std::to_string(i + 1),
+                 " (make the bounds with document_bounds)");
+      NURI_CHECK(ends || end[k + 1] == end[k], op, ": documents row ", r, " position ", i,
+                 ": query_end ", end[k], " differs from the next position's ", end[k + 1],
+                 " inside one document (make the bounds with document_bounds)");
+    }
+  }
+}
+
 std::vector<std::string> available_backends() {
 #if defined(NURI_CUDA_EMULATION)
   return {"cpu", "cuda-emu"};

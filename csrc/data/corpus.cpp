@@ -173,6 +173,12 @@ std::shared_ptr<TokenFile> read_listed_shards(const std::string& dir, const std:
     NURI_CHECK(window > 0, meta_path, ": pack ", window, " is not a sequence length");
     f->set_packed_window(window);
   }
+  if (tok.contains("eot") && !tok["eot"].is_null()) {
+    const int64_t eot = json_checked::integer(tok["eot"]);
+    NURI_CHECK(eot >= 0 && eot < tok_vocab, meta_path, ": the tokenizer's end-of-text id ", eot,
+               " is outside its vocabulary of ", tok_vocab, " ids; tokenize the data again");
+    f->set_end_of_text(eot);
+  }
   return f;
 }
 

@@ -309,6 +309,7 @@ std::shared_ptr<TokenFile> TokenFile::slice(std::shared_ptr<TokenFile> file, int
   f->mask_ = file->mask_ ? file->mask_ + start : nullptr;
   const int64_t w = file->packed_window_;
   f->packed_window_ = w > 0 && start % w == 0 ? w : 0;  // (elsewhere the rows' places shift)
+  f->end_of_text_ = file->end_of_text_;
   f->data_offset_ = file->data_offset_ + start * file->file_elem_;
   f->file_elem_ = file->file_elem_;
   f->in_file_ = file->in_file_;

@@ -25,6 +25,7 @@ struct Transformer::Slot {
   model::HeadActs head;
   Tensor tokens, targets;  // [B, T], [B·T] i32 on the device (non-CPU backends)
   Tensor last_tokens, last_targets;      // what the forward read, for the backward
+  Tensor documents;  // [2, B, T] i32: the forward's document bounds (document_separator)
   bool have_forward = false;
 };
 
@@ -389,6 +390,13 @@ void Transformer::set_sequence_parallel(bool on) {
   impl_->b = impl_->t = 0;  // planned again at the next forward
 }
 
+void Transformer::set_document_separator(int64_t separator) {
+  NURI_CHECK(separator >= -1 && separator < cfg_.vocab_size, "set_document_separator(",
+             separator, "): the separator must be a token id below the vocabulary size ",
+             cfg_.vocab_size, ", or -1 (no document mask)");
+  doc_separator_ = separator;
+}
+
 void Transformer::set_tensor_parallel_hooks(TensorParallelHooks* hooks) {
   if (hooks) {
     const TensorParallelRank p = hooks->place();
@@ -524,7 +532,22 @@ Transformer::Slot& Transformer::planned_slot(int k, const char* what) {
 void Transformer::run_forward(Slot& s, const Tensor& tokens) {
   Backend& be = *backend_;
   Impl& m = *impl_;
-  const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
+  if (doc_separator_ < 0) {
+    s.documents = Tensor();
+  } else {  // the bounds of this micro-batch's documents, on the device
+    const Tensor host = document_bounds(tokens, int32_t(doc_separator_));
+    if (be.device().is_cpu()) {
+      s.documents = host;
+    } else {
+      if (!s.documents.defined() || s.documents.shape() != host.shape()) {
+        MemoryScope activations(MemoryCategory::activations);
+        s.documents = be.empty(host.shape(), DType::i32);
+      }
+      be.copy(host, s.documents);
+    }
+  }
+  const model::Ctx c{be,  cfg_,      m.b,        m.t, compute_, tp_, tp_hooks_,
+                     sequence_parallel(), s.documents};
   NURI_CHECK(param_hooks_ || !parameters_sharded_, "this model holds the weights of [",
              master_lo_, ", ", master_hi_, ") only (ZeRO 3): its forward and backward need the "
              "ParamHooks that gather them (the Trainer's data parallelism sets them)");
@@ -719,7 +742,8 @@ void Transformer::backward_stage(int k, float loss_scale) {
   Slot& s = m.slots[size_t(k)];
   s.have_forward = false;
   Backend& be = *backend_;
-  const model::Ctx c{be, cfg_, m.b, m.t, compute_, tp_, tp_hooks_, sequence_parallel()};
+  const model::Ctx c{be,  cfg_,      m.b,        m.t, compute_, tp_, tp_hooks_,
+                     sequence_parallel(), s.documents};
   // Gradient views: the model's own, or, when the hooks own the storage, each unit's views bound
   // to the region the hooks give for it just before the unit's backward, dropped after it (so
   // the hooks can free the region once it is reduced).

@@ -139,6 +139,7 @@ void block_body(const Ctx& c, const UnitWeights& w, const BlockActs& a) {
     be.rope(k, k, c.cfg.rope(), 0);
   }
   AttentionOptions causal;
+  causal.documents = c.documents;
   be.attention(q, k, v, a.atty, a.lse, causal);
   const Tensor o_out = c.sp ? a.whole : a.attproj;  // sp: partial sums of whole rows
   be.matmul(a.atty.view({b, t, -1}), w.o_w, c.once(w.o_b), o_out, Activation::none, Tensor(),
@@ -225,6 +226,7 @@ void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, Bl
   Tensor dq = s.d_qkv.slice(2, 0, h), dk = s.d_qkv.slice(2, h, h + hkv),
          dv = s.d_qkv.slice(2, h + hkv, h + 2 * hkv);
   AttentionOptions causal;
+  causal.documents = c.documents;
   be.attention_backward(q, k, v, a.atty, a.lse, s.d_atty, dq, dk, dv, causal);
   if (c.cfg.position == PositionKind::rope) {
     be.rope_backward(dq, dq, c.cfg.rope(), 0);

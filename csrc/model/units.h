@@ -124,6 +124,9 @@ struct Ctx {
   /// each norm's output is all-gathered into whole rows before its column-parallel product, and
   /// each row-parallel product's partial sums are reduce-scattered into the rank's rows.
   bool sp = false;
+  /// Packed documents: the micro-batch's document bounds (AttentionOptions::documents), or
+  /// undefined.
+  Tensor documents{};
   int64_t rows() const { return sp ? b * t / place.size : b * t; }
   /// The shape of the residual stream's tensors: [B, T, C], or [rows(), C] with sp.
   Shape stream_shape() const {

@@ -62,6 +62,13 @@ const Settings& train_settings() {
              "recomputed), or its input (full: the block's forward runs again)");
     t.add("recompute_every", &C::recompute_every,
           "recompute blocks 0, k, 2k, ... only (the others keep everything)").at_least(1);
+    t.add("document_mask", &C::document_mask,
+          "attention inside documents: a query sees no key before the separator that ends the "
+          "document before it (packed data)");
+    t.add("document_separator", &C::document_separator,
+          "the token id that ends a document, for document_mask (-1: the data's end-of-text, "
+          "as nuri tokenize records it)")
+        .at_least(-1);
     return t;
   }();
   return s;
@@ -250,6 +257,24 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                      parallel)
                : nullptr) {
   model.set_recompute(cfg.recompute, cfg.recompute_every);
+  if (cfg.document_mask) {
+    const int64_t sep = cfg.document_separator >= 0 ? cfg.document_separator
+                                                     : loader_.sampler().tokens().end_of_text();
+    if (sep < 0) {
+      throw ConfigError(
+          "train.document_mask: the training data records no end-of-text id (shards of nuri "
+          "tokenize do, in tokenize.json); set train.document_separator to the id that ends "
+          "a document (GPT-2's <|endoftext|> is 50256)");
+    }
+    if (sep >= model.config().vocab_size) {
+      throw ConfigError("train.document_separator: " + std::to_string(sep) +
+                        " is not a token id of the model's vocabulary of " +
+                        std::to_string(model.config().vocab_size));
+    }
+    model.set_document_separator(sep);
+  } else {
+    model.set_document_separator(-1);
+  }
   stages_ = {model.stage()};
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {

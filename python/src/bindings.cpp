@@ -440,6 +440,11 @@ PYBIND11_MODULE(_C, m) {
            }, py::arg("source"),
            "Sets every weight (and the compute copy) from a CPU model of the same config: how a "
            "model read on the CPU goes to a GPU.")
+      .def_property("document_separator", &Transformer::document_separator,
+                    [](Transformer& t, int64_t separator) { t.set_document_separator(separator); },
+                    "Packed documents: the token id that ends a document, so that attention "
+                    "stays inside documents (a query sees no key before the separator that "
+                    "precedes it); -1: off, the default. train.document_mask sets it for a run.")
       .def("sync_compute_weights", &Transformer::sync_compute_weights, py::call_guard<NuriCall>(),
            "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
       .def("parameter", [](const Transformer& t, const std::string& name) {
@@ -508,6 +513,9 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("packed_window", &TokenFile::packed_window,
                              "The seq_len its rows were packed for (tokenize pack=T): it trains "
                              "with that one or a multiple; 0: not packed.")
+      .def_property("end_of_text", &TokenFile::end_of_text, &TokenFile::set_end_of_text,
+                    "The id that ends a document (tokenize.json's end-of-text), which "
+                    "train.document_mask takes; -1: unknown.")
       .def("mask", [](const TokenFile& f) {
              py::array_t<uint8_t> out(f.size());
              for (int64_t i = 0; i < f.size(); ++i) out.mutable_data()[i] = f.trained(i) ? 1 : 0;

@@ -1,6 +1,7 @@
 // The whole training step on the CUDA backend (issue #8): a tiny GPT-2-style and a tiny
-// Llama-style model (with Llama 3.1's RoPE scaling and Qwen2's q/k/v biases) train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real
-// CUDA builds, label gpu) and on the CPU backend, from the same initial weights and data. The
+// Llama-style model (with Llama 3.1's RoPE scaling, Qwen2's q/k/v biases and a document mask)
+// train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real CUDA builds, label
+// gpu) and on the CPU backend, from the same initial weights and data. The
 // CUDA run follows the precision recipe (bf16 compute copy and activations; f32 master weights,
 // gradients, optimizer state and loss); the CPU run is f32 throughout.
 //
@@ -100,8 +101,14 @@ std::shared_ptr<TokenFile> data() {
   return TokenFile::from_tokens(std::move(ids), "hamlet-mod-64", kVocab);
 }
 
-TrainConfig train_config() {
+// The Llama-style case trains with a document mask whose separator is the space (no other byte
+// of data() is 32 modulo 64): every word is a document, three or four to a 16-token window.
+constexpr int64_t kWordEnd = ' ' % kVocab;
+
+TrainConfig train_config(bool documents) {
   TrainConfig t;
+  t.document_mask = documents;
+  t.document_separator = documents ? kWordEnd : -1;
   t.steps = 20;  // the schedule of a 20-step run, also when fewer are taken
   t.micro_batch = 1;
   t.seq_len = 16;
@@ -126,9 +133,9 @@ struct TrainRun {
   int64_t allocs_after_step1 = 0, allocs_at_end = 0;
 };
 
-TrainRun train(const ModelConfig& cfg, const std::string& backend, int n) {
+TrainRun train(const ModelConfig& cfg, const std::string& backend, int n, bool documents) {
   Transformer model(cfg, make_backend(backend), 11);
-  Trainer trainer(model, train_config(), data(), nullptr);
+  Trainer trainer(model, train_config(documents), data(), nullptr);
   TrainRun r;
   for (int s = 0; s < n; ++s) {
     r.weights.push_back(host_copy(model.backend(), model.param_buffer()));
@@ -154,7 +161,7 @@ struct CpuEval {
 };
 CpuEval cpu_eval(Transformer& cpu, DataLoader& loader, const std::vector<float>& weights) {
   std::memcpy(cpu.param_buffer().data<float>(), weights.data(), weights.size() * sizeof(float));
-  const TrainConfig tc = train_config();
+  const TrainConfig tc = train_config(false);  // (the batch shape alone)
   Tensor tokens = Tensor::empty({tc.micro_batch, tc.seq_len}, DType::i32);
   Tensor targets = Tensor::empty({tc.micro_batch, tc.seq_len}, DType::i32);
   loader.fill(0, tokens, targets);
@@ -177,9 +184,10 @@ class DeviceTraining : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DeviceTraining, MatchesTheCpu) {
   const ModelConfig cfg = GetParam() == "gpt2" ? tiny_gpt2() : tiny_llama();
+  const bool documents = GetParam() == "llama";
   const int n = steps();
-  const TrainRun dev = train(cfg, NURI_TEST_BACKEND, n);
-  const TrainRun cpu = train(cfg, "cpu", n);
+  const TrainRun dev = train(cfg, NURI_TEST_BACKEND, n, documents);
+  const TrainRun cpu = train(cfg, "cpu", n, documents);
   const double L = double(cfg.n_layer);
   const double n_fwd = 3 + 10 * L, n_bwd = n_fwd + 2 + 8 * L;
   const double rel_fwd = 4 * std::sqrt(n_fwd) * kU / std::sqrt(3.0);
@@ -187,7 +195,8 @@ TEST_P(DeviceTraining, MatchesTheCpu) {
 
   // 1. Each step's loss against the CPU forward on the same weights and batch.
   Transformer ref(cfg, make_backend("cpu"), 11);
-  const TrainConfig tc = train_config();
+  ref.set_document_separator(documents ? kWordEnd : -1);
+  const TrainConfig tc = train_config(documents);
   DataLoader loader(data(), tc.seq_len, tc.micro_batch, tc.grad_accum, 1, 0, tc.seed);
   for (int s = 0; s < n; ++s) {
     const CpuEval e = cpu_eval(ref, loader, dev.weights[size_t(s)]);

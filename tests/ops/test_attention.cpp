@@ -17,14 +17,51 @@ struct AttnCase {
   int64_t b, t, h, hkv, d;
   bool causal;
   bool fused_qkv;  // q, k, v as strided views of one [B, T, (H + 2·Hkv)·D] buffer
+  bool docs = false;  // packed documents (test_documents)
 };
 void PrintTo(const AttnCase& c, std::ostream* os) {
   *os << "B=" << c.b << " T=" << c.t << " H=" << c.h << " Hkv=" << c.hkv << " D=" << c.d
-      << (c.causal ? " causal" : " full") << (c.fused_qkv ? " fused-qkv" : "");
+      << (c.causal ? " causal" : " full") << (c.fused_qkv ? " fused-qkv" : "")
+      << (c.docs ? " documents" : "");
 }
 
-// q [B,T,H,D], k/v [B,T,Hkv,D] contiguous. Returns {out [B,T,H,D], lse [B,H,T]}.
-std::vector<Vec> attention_ref(const AttnCase& c, const Vec& q, const Vec& k, const Vec& v) {
+// Packed documents of B rows of T tokens, as document_bounds() finds them ([2, B, T] i32, host):
+// documents of 1 to 129 tokens that start inside and at the edges of the kernels' 16-, 32-, 64-
+// and 128-row tiles, a different cut in each row, and a last row of one document where B > 2.
+Tensor test_documents(int64_t b, int64_t t) {
+  const int64_t lengths[] = {23, 1, 64, 5, 129, 40, 17, 3, 63, 31, 2, 96};
+  Tensor tokens = Tensor::empty({b, t}, DType::i32);
+  for (int64_t r = 0; r < b; ++r) {
+    int32_t* x = tokens.data<int32_t>() + r * t;
+    std::fill(x, x + t, 7);
+    if (b > 2 && r == b - 1) continue;
+    for (int64_t i = -1, n = 3 * r; i < t; i += lengths[n++ % 12]) {
+      if (i >= 0) x[i] = 0;  // the separator ends a document
+    }
+  }
+  return document_bounds(tokens, 0);
+}
+
+// The first key each query of row bi sees: 0, or its document's start.
+const int32_t* key_starts(const Tensor& docs) {
+  return docs.defined() ? docs.data<int32_t>() : nullptr;
+}
+inline int64_t first_key(const int32_t* ks, int64_t t, int64_t bi, int64_t i) {
+  return ks ? ks[bi * t + i] : 0;
+}
+
+// A device copy of `docs` on `be` (undefined stays undefined).
+Tensor docs_on(Backend& be, const Tensor& docs) {
+  if (!docs.defined()) return Tensor();
+  Tensor d = be.empty(docs.shape(), DType::i32);
+  be.copy(docs, d);
+  return d;
+}
+
+// q [B,T,H,D], k/v [B,T,Hkv,D] contiguous; ks: key_start (null: none). Returns {out [B,T,H,D],
+// lse [B,H,T]}.
+std::vector<Vec> attention_ref(const AttnCase& c, const Vec& q, const Vec& k, const Vec& v,
+                               const int32_t* ks = nullptr) {
   Vec out(size_t(c.b * c.t * c.h * c.d), 0.0), lse(size_t(c.b * c.h * c.t));
   const double scale = 1.0 / std::sqrt(double(c.d));
   const int64_t group = c.h / c.hkv;
@@ -33,9 +70,9 @@ std::vector<Vec> attention_ref(const AttnCase& c, const Vec& q, const Vec& k, co
     for (int64_t hi = 0; hi < c.h; ++hi) {
       const int64_t kh = hi / group;
       for (int64_t i = 0; i < c.t; ++i) {
-        const int64_t nk = c.causal ? i + 1 : c.t;
+        const int64_t nk = c.causal ? i + 1 : c.t, j0 = first_key(ks, c.t, bi, i);
         double mx = -std::numeric_limits<double>::infinity();
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           double dot = 0;
           for (int64_t e = 0; e < c.d; ++e)
             dot += q[size_t(((bi * c.t + i) * c.h + hi) * c.d + e)] *
@@ -44,8 +81,8 @@ std::vector<Vec> attention_ref(const AttnCase& c, const Vec& q, const Vec& k, co
           mx = std::max(mx, s[size_t(j)]);
         }
         double z = 0;
-        for (int64_t j = 0; j < nk; ++j) z += std::exp(s[size_t(j)] - mx);
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) z += std::exp(s[size_t(j)] - mx);
+        for (int64_t j = j0; j < nk; ++j) {
           const double p = std::exp(s[size_t(j)] - mx) / z;
           for (int64_t e = 0; e < c.d; ++e)
             out[size_t(((bi * c.t + i) * c.h + hi) * c.d + e)] +=
@@ -90,8 +127,10 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   Tensor out = zeros(*be, qs), lse = zeros(*be, {c.b, c.h, c.t});
   AttentionOptions opt;
   opt.causal = c.causal;
+  const Tensor docs = c.docs ? test_documents(c.b, c.t) : Tensor();
+  opt.documents = docs_on(*be, docs);
   be->attention(tq, tk, tv, out, lse, opt);
-  const auto ref = attention_ref(c, q, k, v);
+  const auto ref = attention_ref(c, q, k, v, key_starts(docs));
   const double tol = 1e-5;
   NURI_EXPECT_CLOSE(values(*be, out), ref[0], tol, "out");
   NURI_EXPECT_CLOSE(values(*be, lse), ref[1], tol, "lse");
@@ -109,7 +148,7 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
   g.inputs = {q, k, v};
   g.input_names = {"q", "k", "v"};
   g.forward = [&, &c = c](const std::vector<Vec>& in) {
-    return std::vector<Vec>{attention_ref(c, in[0], in[1], in[2])[0]};
+    return std::vector<Vec>{attention_ref(c, in[0], in[1], in[2], key_starts(docs))[0]};
   };
   g.douts = {dout};
   g.grads = {values(*be, dq), values(*be, dk), values(*be, dv)};
@@ -118,12 +157,13 @@ TEST_P(AttentionTest, ForwardAndBackwardMatchFloat64) {
 }
 
 // Causal, GQA and MQA, non-causal, T = 1 and lengths that are not multiples of any tile,
-// head dims 4..64, and the fused-QKV strided layout.
+// head dims 4..64, the fused-QKV strided layout, and packed documents.
 const AttnCase kCases[] = {
     {1, 1, 1, 1, 8, true, false},    {2, 7, 2, 1, 4, true, false},
     {1, 9, 4, 2, 8, false, true},    {1, 17, 2, 2, 8, true, true},
     {2, 65, 4, 2, 16, true, false},  {1, 130, 6, 1, 32, true, true},
     {2, 100, 4, 4, 64, false, false}, {1, 200, 2, 1, 64, true, false},
+    {2, 30, 2, 1, 8, true, false, true}, {3, 300, 2, 2, 16, true, true, true},
 };
 
 // The f32 backends (the CPU's); the CUDA kernels take bf16/f16 and have their own suite below.
@@ -143,7 +183,8 @@ INSTANTIATE_TEST_SUITE_P(
       return sanitize_name(std::get<0>(info.param) + "_B" + std::to_string(c.b) + "_T" +
                            std::to_string(c.t) + "_H" + std::to_string(c.h) + "_KV" +
                            std::to_string(c.hkv) + "_D" + std::to_string(c.d) +
-                           (c.causal ? "_causal" : "_full") + (c.fused_qkv ? "_fusedqkv" : ""));
+                           (c.causal ? "_causal" : "_full") + (c.fused_qkv ? "_fusedqkv" : "") +
+                           (c.docs ? "_docs" : ""));
     });
 
 // The backward gives the same bits on 1 thread and on all threads (no order-dependent sums).
@@ -170,6 +211,54 @@ TEST(AttentionDeterminism, BackwardBitsDoNotDependOnThreadCount) {
 }
 
 
+// document_bounds: a separator ends its document; each position's first key and the end of the
+// queries that see it.
+TEST(AttentionDocuments, BoundsFollowTheSeparators) {
+  Tensor tokens = Tensor::empty({2, 6}, DType::i32);
+  const int32_t ids[12] = {5, 0, 5, 5, 0, 5, /**/ 0, 0, 5, 5, 5, 0};
+  std::copy(ids, ids + 12, tokens.data<int32_t>());
+  const Tensor b = document_bounds(tokens, 0);
+  const std::vector<int32_t> got(b.data<int32_t>(), b.data<int32_t>() + 24);
+  const std::vector<int32_t> want = {0, 0, 2, 2, 2, 5, /**/ 0, 1, 2, 2, 2, 2,   // key_start
+                                     2, 2, 5, 5, 5, 6, /**/ 1, 2, 6, 6, 6, 6};  // query_end
+  EXPECT_EQ(got, want);
+  EXPECT_NO_THROW(check_document_bounds("test", b));
+}
+
+// Documents on every backend: refused without causal masking or in another shape; on the CPU
+// (whose backend reads them on the host) bounds that describe no runs of documents too.
+TEST(AttentionDocuments, BadDocumentsAreRefusedClearly) {
+  for (const auto& name : backends()) {
+    SCOPED_TRACE(name);
+    auto be = make_backend(name);
+    const DType dt = act_dtype(name);
+    const Shape s{1, 8, 2, 64};
+    Tensor q = be->empty(s, dt), out = be->empty(s, dt), lse = zeros_f32(*be, {1, 2, 8});
+    be->zero(q);
+    auto expect_error = [&](const AttentionOptions& opt, const std::string& needle) {
+      try {
+        be->attention(q, q, q, out, lse, opt);
+        ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    };
+    AttentionOptions opt;
+    opt.documents = docs_on(*be, test_documents(1, 8));
+    opt.causal = false;
+    expect_error(opt, "documents (a document mask) need causal attention");
+    opt.causal = true;
+    opt.documents = docs_on(*be, test_documents(2, 8));
+    expect_error(opt, "documents has shape (2, 2, 8)");
+    if (be->device().is_cpu()) {
+      Tensor bad = test_documents(1, 8);
+      bad.data<int32_t>()[3] = 2;  // position 3 would start at 2, inside a document of 0..22
+      opt.documents = bad;
+      expect_error(opt, "documents row 0 position 3: key_start is 2, expected 0");
+    }
+  }
+}
+
 // ---- the CUDA kernels (bf16/f16 on tensor cores) ------------------------------------------------
 //
 // The bar for a kernel in a 16-bit input type: its error against the float64 reference is at most
@@ -184,11 +273,12 @@ struct KernelCase {
   DType dtype;
   bool fused_qkv;
   bool atomic_dq;  // also run the backward with atomic dq accumulation (deterministic is default)
+  bool docs = false;  // packed documents (test_documents)
 };
 void PrintTo(const KernelCase& c, std::ostream* os) {
   *os << dtype_name(c.dtype) << " B=" << c.b << " T=" << c.t << " H=" << c.h << " Hkv=" << c.hkv
       << " D=" << c.d << (c.causal ? " causal" : " full") << (c.fused_qkv ? " fused-qkv" : "")
-      << (c.atomic_dq ? " +atomic-dq" : "");
+      << (c.atomic_dq ? " +atomic-dq" : "") << (c.docs ? " documents" : "");
 }
 
 struct Grads {
@@ -209,7 +299,7 @@ struct Layout {
 
 // The float64 reference backward: P from exact scores, Di from the exact output.
 Grads attention_backward_ref(const KernelCase& c, const Vec& q, const Vec& k, const Vec& v,
-                             const Vec& dout) {
+                             const Vec& dout, const int32_t* ks) {
   const Layout L{c.b, c.t, c.h, c.hkv, c.d};
   Grads g{Vec(q.size(), 0.0), Vec(k.size(), 0.0), Vec(v.size(), 0.0)};
   const double scale = 1.0 / std::sqrt(double(c.d));
@@ -219,24 +309,24 @@ Grads attention_backward_ref(const KernelCase& c, const Vec& q, const Vec& k, co
     for (int64_t hi = 0; hi < c.h; ++hi) {
       const int64_t kh = hi / group;
       for (int64_t i = 0; i < c.t; ++i) {
-        const int64_t nk = c.causal ? i + 1 : c.t;
+        const int64_t nk = c.causal ? i + 1 : c.t, j0 = first_key(ks, c.t, bi, i);
         double mx = -INFINITY;
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           double dot = 0;
           for (int64_t e = 0; e < c.d; ++e) dot += q[L.q(bi, i, hi, e)] * k[L.kv(bi, j, kh, e)];
           p[size_t(j)] = dot * scale;
           mx = std::max(mx, p[size_t(j)]);
         }
         double z = 0;
-        for (int64_t j = 0; j < nk; ++j) z += (p[size_t(j)] = std::exp(p[size_t(j)] - mx));
+        for (int64_t j = j0; j < nk; ++j) z += (p[size_t(j)] = std::exp(p[size_t(j)] - mx));
         std::fill(o.begin(), o.end(), 0.0);
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           p[size_t(j)] /= z;
           for (int64_t e = 0; e < c.d; ++e) o[size_t(e)] += p[size_t(j)] * v[L.kv(bi, j, kh, e)];
         }
         double di = 0;
         for (int64_t e = 0; e < c.d; ++e) di += dout[L.q(bi, i, hi, e)] * o[size_t(e)];
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           double dpj = 0;
           for (int64_t e = 0; e < c.d; ++e) dpj += dout[L.q(bi, i, hi, e)] * v[L.kv(bi, j, kh, e)];
           const double ds = p[size_t(j)] * (dpj - di);
@@ -258,7 +348,7 @@ struct ModelResult {
   Grads grads;
 };
 ModelResult attention_model(const KernelCase& c, const Vec& q, const Vec& k, const Vec& v,
-                            const Vec& dout, DType dt) {
+                            const Vec& dout, DType dt, const int32_t* ks) {
   const Layout L{c.b, c.t, c.h, c.hkv, c.d};
   ModelResult r{Vec(q.size(), 0.0), Vec(size_t(c.b * c.h * c.t)),
                 Grads{Vec(q.size(), 0.0), Vec(k.size(), 0.0), Vec(v.size(), 0.0)}};
@@ -272,9 +362,9 @@ ModelResult attention_model(const KernelCase& c, const Vec& q, const Vec& k, con
     for (int64_t hi = 0; hi < c.h; ++hi) {
       const int64_t kh = hi / group;
       for (int64_t i = 0; i < c.t; ++i) {
-        const int64_t nk = c.causal ? i + 1 : c.t;
+        const int64_t nk = c.causal ? i + 1 : c.t, j0 = first_key(ks, c.t, bi, i);
         float mx = -INFINITY;
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           float dot = 0;
           for (int64_t e = 0; e < c.d; ++e)
             dot += float(q[L.q(bi, i, hi, e)]) * float(k[L.kv(bi, j, kh, e)]);
@@ -283,7 +373,7 @@ ModelResult attention_model(const KernelCase& c, const Vec& q, const Vec& k, con
         }
         float l = 0;
         std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           const float pj = exp2f(s[size_t(j)] - mx);
           l += pj;
           const float pr = rnd(pj);
@@ -296,7 +386,7 @@ ModelResult attention_model(const KernelCase& c, const Vec& q, const Vec& k, con
         float di = 0;
         for (int64_t e = 0; e < c.d; ++e)
           di += float(dout[L.q(bi, i, hi, e)]) * float(r.out[L.q(bi, i, hi, e)]);
-        for (int64_t j = 0; j < nk; ++j) {
+        for (int64_t j = j0; j < nk; ++j) {
           const float pj = exp2f(s[size_t(j)] - lse2);
           float dpj = 0;
           for (int64_t e = 0; e < c.d; ++e)
@@ -396,15 +486,24 @@ void expect_kernels_within_model(Backend& be, const KernelCase& c, const char* a
   Tensor out = be.empty(qs, c.dtype), lse = zeros_f32(be, {c.b, c.h, c.t});
   AttentionOptions opt;
   opt.causal = c.causal;
+  const Tensor docs = c.docs ? test_documents(c.b, c.t) : Tensor();
+  opt.documents = docs_on(be, docs);
   be.attention(in.q, in.k, in.v, out, lse, opt);
 
-  const auto ref = attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v);
-  const ModelResult model = attention_model(c, q, k, v, dout, c.dtype);
+  const int32_t* ks = key_starts(docs);
+  const auto ref =
+      attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v, ks);
+  const ModelResult model = attention_model(c, q, k, v, dout, c.dtype, ks);
+  if (ks) {  // the documents matter: the output is far from attention over whole rows
+    const auto whole =
+        attention_ref(AttnCase{c.b, c.t, c.h, c.hkv, c.d, c.causal, false}, q, k, v)[0];
+    EXPECT_GT(compare(values(be, out), whole).rel, 0.1);
+  }
   expect_within_model(values(be, out), model.out, ref[0], "out");
   expect_within_model(values(be, lse), model.lse, ref[1], "lse", /*f32_result=*/true);
   if (!backward) return;
 
-  const Grads gref = attention_backward_ref(c, q, k, v, dout);
+  const Grads gref = attention_backward_ref(c, q, k, v, dout, ks);
   const Tensor tdout = on_dtype(be, qs, dout, c.dtype);
   for (bool deterministic : {true, false}) {
     if (!deterministic && !c.atomic_dq) continue;
@@ -447,6 +546,11 @@ std::vector<KernelCase> kernel_cases() {
   r.push_back({1, 200, 2, 2, 64, false, DType::f16, false, false});
   r.push_back({1, 200, 2, 1, 128, true, DType::bf16, false, true});
   r.push_back({1, 512, 1, 1, 64, true, DType::bf16, false, false});
+  // Packed documents (test_documents): tiles that start and end inside documents, documents of
+  // one token, a last row of one document (B 3); every path, atomic dq on one.
+  r.push_back({2, 200, 2, 1, 64, true, DType::bf16, false, true, true});
+  r.push_back({3, 130, 2, 2, 128, true, DType::f16, true, false, true});
+  r.push_back({1, 260, 2, 1, 128, true, DType::bf16, false, false, true});
   return r;
 }
 
@@ -471,7 +575,7 @@ std::string kernel_case_name(const Info& info, bool atomic_mark) {
                        std::to_string(c.h) + "_KV" + std::to_string(c.hkv) + "_D" +
                        std::to_string(c.d) + (c.causal ? "_causal" : "_full") +
                        (c.fused_qkv ? "_fusedqkv" : "") +
-                       (atomic_mark && c.atomic_dq ? "_atomicdq" : ""));
+                       (atomic_mark && c.atomic_dq ? "_atomicdq" : "") + (c.docs ? "_docs" : ""));
 }
 
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AttentionKernelTest);

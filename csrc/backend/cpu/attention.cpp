@@ -127,11 +127,21 @@ struct AttnParams {
   int64_t B, T, H, Hkv, D;
   float scale;
   bool causal;
+  const int32_t* key_start = nullptr;  // [B, T] packed documents (AttentionOptions::documents)
+  // The first key query `query` of row b may see.
+  int64_t first_key(int64_t b, int64_t query) const {
+    return key_start ? key_start[b * T + query] : 0;
+  }
 };
 
-// Keys a query row may see inside the key tile [j0, j0 + bk).
-inline int visible_keys(const AttnParams& p, int64_t query, int64_t j0, int bk) {
-  return p.causal ? int(std::clamp<int64_t>(query - j0 + 1, 0, bk)) : bk;
+// Keys a query row may see inside the key tile [j0, j0 + bk): [first, end).
+struct KeyRange {
+  int first, end;
+};
+inline KeyRange visible_keys(const AttnParams& p, int64_t b, int64_t query, int64_t j0, int bk) {
+  const int end = p.causal ? int(std::clamp<int64_t>(query - j0 + 1, 0, bk)) : bk;
+  const int first = int(std::clamp<int64_t>(p.first_key(b, query) - j0, 0, end));
+  return {first, end};
 }
 
 // out rows [q0, q0 + bq) of head h and their lse, walking key tiles with an online softmax.
@@ -153,7 +163,8 @@ void forward_tile(const AttnParams& p, int64_t b, int64_t h, int64_t q0, float* 
   std::fill(r_max, r_max + kBq, -std::numeric_limits<float>::infinity());
   std::fill(r_sum, r_sum + kBq, 0.f);
   const int64_t k_end = p.causal ? q0 + bq : p.T;  // causal: later key tiles are fully masked
-  for (int64_t j0 = 0; j0 < k_end; j0 += kBk) {
+  // Documents: the tile's first row starts first; key tiles before its document are masked.
+  for (int64_t j0 = p.first_key(b, q0) / kBk * kBk; j0 < k_end; j0 += kBk) {
     const int bk = int(std::min<int64_t>(kBk, k_end - j0));
     const int nk = int(round_up(bk, kNR));
     load_transposed(s_kt, p.k.row(b, j0, g), p.k.st, bk, nk, d);
@@ -161,14 +172,17 @@ void forward_tile(const AttnParams& p, int64_t b, int64_t h, int64_t q0, float* 
     tile_matmul(bq, nk, d, s_q, dp, 1, s_kt, kBk, s_p, kBk, false);  // S [bq, nk]
     for (int r = 0; r < bq; ++r) {
       float* s = s_p + r * kBk;
-      const int n_valid = visible_keys(p, q0 + r, j0, bk);
-      float mx = r_max[r];  // finite after the first tile, which always holds key 0
-      for (int n = 0; n < n_valid; ++n) mx = std::max(mx, s[n]);
-      for (int n = 0; n < n_valid; ++n) s[n] = expf(s[n] - mx);
-      for (int n = n_valid; n < bk; ++n) s[n] = 0.f;
+      const KeyRange vis = visible_keys(p, b, q0 + r, j0, bk);
+      std::fill(s, s + vis.first, 0.f);
+      std::fill(s + vis.end, s + bk, 0.f);
+      if (vis.first == vis.end) continue;  // a row's keys all masked here: nothing to add
+      float mx = r_max[r];  // −inf until the row's first visible key
+      for (int n = vis.first; n < vis.end; ++n) mx = std::max(mx, s[n]);
+      for (int n = vis.first; n < vis.end; ++n) s[n] = expf(s[n] - mx);
       float sum = 0.f;
-      for (int n = 0; n < n_valid; ++n) sum += s[n];
-      const float alpha = expf(r_max[r] - mx);  // rescales what earlier tiles accumulated
+      for (int n = vis.first; n < vis.end; ++n) sum += s[n];
+      // Rescales what earlier tiles accumulated (nothing, and 0, before the first visible key).
+      const float alpha = expf(r_max[r] - mx);
       r_sum[r] = r_sum[r] * alpha + sum;
       r_max[r] = mx;
       if (alpha != 1.f) {
@@ -225,6 +239,8 @@ void backward_kv_head(const AttnParams& p, int64_t b, int64_t g, float* ws) {
     const int64_t i_begin = p.causal ? j0 / kBq * kBq : 0;  // earlier query tiles see no key here
     for (int64_t h = g * group; h < (g + 1) * group; ++h) {
       for (int64_t i0 = i_begin; i0 < p.T; i0 += kBq) {
+        // Documents: this and every later query tile start past the key tile.
+        if (p.first_key(b, i0) >= j0 + bk) break;
         const int bq = int(std::min<int64_t>(kBq, p.T - i0));
         load_rows(s_q, dp, p.q.row(b, i0, h), p.q.st, bq, d, p.scale);
         load_rows(s_do, dp, p.dout.row(b, i0, h), p.dout.st, bq, d, 1.f);
@@ -240,9 +256,10 @@ void backward_kv_head(const AttnParams& p, int64_t b, int64_t g, float* ws) {
         tile_matmul(bq, nk, d, s_q, dp, 1, s_kt, kBk, s_p, kBk, false);  // S [bq, nk]
         for (int r = 0; r < bq; ++r) {
           float* s = s_p + r * kBk;
-          const int n_valid = visible_keys(p, i0 + r, j0, bk);
-          for (int n = 0; n < n_valid; ++n) s[n] = expf(s[n] - r_lse[r]);
-          for (int n = n_valid; n < nk; ++n) s[n] = 0.f;
+          const KeyRange vis = visible_keys(p, b, i0 + r, j0, bk);
+          std::fill(s, s + vis.first, 0.f);
+          for (int n = vis.first; n < vis.end; ++n) s[n] = expf(s[n] - r_lse[r]);
+          for (int n = vis.end; n < nk; ++n) s[n] = 0.f;
         }
         tile_matmul(bk, int(dp), bq, s_p, 1, kBk, s_do, dp, r_dv, dp, true);  // dV += Pᵀ dO
         tile_matmul(bq, nk, d, s_do, dp, 1, s_vt, kBk, s_ds, kBk, false);     // dP = dO Vᵀ
@@ -304,6 +321,14 @@ AttnParams check_inputs(const char* op, const Tensor& q, const Tensor& k, const 
   p.lse = lse.data<float>();
   p.scale = opt.scale != 0.f ? opt.scale : 1.f / std::sqrt(float(p.D));
   p.causal = opt.causal;
+  if (opt.documents.defined()) {
+    NURI_CHECK(opt.causal, op, ": documents (a document mask) need causal attention");
+    check_document_bounds(op, opt.documents);
+    NURI_CHECK(opt.documents.size(1) == p.B && opt.documents.size(2) == p.T, op,
+               ": documents has shape ", shape_str(opt.documents.shape()), ", expected (2, ", p.B,
+               ", ", p.T, ") for q ", shape_str(q.shape()));
+    p.key_start = opt.documents.data<int32_t>();
+  }
   return p;
 }
 

@@ -113,6 +113,13 @@ kernels::AttentionParams<T> check_inputs(const char* op, const Tensor& q, const 
   p.scale = opt.scale != 0.f ? opt.scale : 1.f / std::sqrt(float(d));
   p.causal = opt.causal;
   p.deterministic = opt.deterministic;
+  if (const Tensor& docs = opt.documents; docs.defined()) {
+    NURI_CHECK(opt.causal, op, ": documents (a document mask) need causal attention");
+    cuda::check_dev(op, "documents", docs, DType::i32);
+    cuda::check_shape(op, "documents", docs, {2, b, t});
+    p.key_start = static_cast<const int*>(docs.raw());
+    p.query_end = p.key_start + b * t;
+  }
   return p;
 }
 
@@ -162,6 +169,7 @@ struct AttentionDispatch {
                               const kernels::AttentionParams<T>& p, bool backward) {
     switch (path) {
       case AttentionPath::cudnn: {
+        if (p.key_start != nullptr) return "cuDNN's path takes no document mask";
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
         const cuda::Workspace ws = [&be](size_t bytes) { return be.workspace(bytes); };
         std::string why = backward ? cuda::cudnn_attention_backward(p, be.device_, be.stream(), ws)
@@ -232,7 +240,8 @@ struct AttentionDispatch {
       return;
     }
     std::vector<int64_t> key{backward, std::is_same_v<T, __half>, p.batch, p.seq, p.heads,
-                             p.kv_heads, p.head_dim, p.causal, backward && p.deterministic};
+                             p.kv_heads, p.head_dim, p.causal, backward && p.deterministic,
+                             p.key_start != nullptr};
     for (const kernels::AttnStrides* s : {&p.q_s, &p.k_s, &p.out_s, &p.dq_s, &p.dk_s}) {
       key.insert(key.end(), {s->b, s->t, s->h});
     }

@@ -29,7 +29,23 @@ struct AttentionOptions {
   /// Backward: dq with bits that do not depend on scheduling (the CPU backend always is; the
   /// CUDA backend then runs a separate dq pass instead of f32 atomics: 7 tile products, not 5).
   bool deterministic = true;
+  /// Packed documents (causal only; undefined: none): [2, B, T] i32 on the backend's device, as
+  /// document_bounds() makes it. Row 0 is key_start: query t sees keys [key_start[b, t], t];
+  /// row 1 is query_end: key t is seen by queries [t, query_end[b, t]). Both describe the same
+  /// runs of whole documents (check_document_bounds); the query-major kernels read the first,
+  /// the key-major ones the second, each for its own rows.
+  Tensor documents{};
 };
+
+/// The document bounds of tokens [B, T] (i32, host) where `separator` ends a document (it is the
+/// document's last token): for AttentionOptions::documents, [2, B, T] i32 on the host. A
+/// separator at t starts a new document at t + 1; a row's first document starts at 0.
+Tensor document_bounds(const Tensor& tokens, int32_t separator);
+/// Throws nuri::Error (naming `op`, the row and the position) unless bounds [2, B, T] (i32, host)
+/// describe runs of whole documents: key_start[b, t] is t where a document starts (t = 0 or
+/// query_end[b, t - 1] = t) and key_start[b, t - 1] otherwise, query_end[b, t] is where t's
+/// document ends (the next start, or T).
+void check_document_bounds(const char* op, const Tensor& bounds);
 
 struct AdamWParams {
   float lr = 3e-4f;

@@ -92,6 +92,11 @@ class TokenFile {
   /// sampler refuses other sequence lengths. A slice keeps it where it starts at a multiple.
   void set_packed_window(int64_t window);
   int64_t packed_window() const { return packed_window_; }
+  /// The id that ends a document in these tokens (`nuri tokenize`'s end-of-text, recorded in
+  /// tokenize.json), for a document mask (TrainConfig::document_mask); -1: unknown. Slices keep
+  /// it.
+  void set_end_of_text(int64_t id) { end_of_text_ = id; }
+  int64_t end_of_text() const { return end_of_text_; }
 
  private:
   TokenFile() = default;
@@ -118,6 +123,7 @@ class TokenFile {
   std::vector<uint8_t> owned_mask_;
   const uint8_t* mask_ = nullptr;
   int64_t packed_window_ = 0;
+  int64_t end_of_text_ = -1;
   bool wide_ = false;
   int64_t n_ = 0;
   // A bound check_vocab found every token below (0: none); atomic, as Python may make two

@@ -60,6 +60,12 @@ struct TrainConfig {
   /// Activation recomputation (nuri/model/transformer.h) for every recompute_every-th block.
   Recompute recompute = Recompute::none;
   int64_t recompute_every = 1;
+  /// Attention inside documents (packed data, fine-tuning rows): a query sees no key before the
+  /// separator that ends the document before it (Transformer::set_document_separator).
+  bool document_mask = false;
+  /// The token id that ends a document, for document_mask; -1: the training data's
+  /// end-of-text, as `nuri tokenize` records it (TokenFile::end_of_text).
+  int64_t document_separator = -1;
 
   /// Throws nuri::Error naming the first invalid field.
   void validate() const;
