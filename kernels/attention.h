@@ -46,7 +46,9 @@ struct AttentionParams {
   /// Packed documents (causal only; null: none), [B, T] each, from AttentionOptions::documents:
   /// query t sees keys [key_start[b, t], t]; key t is seen by queries [t, query_end[b, t]).
   /// Both nondecreasing along t, so a tile's first row has its smallest bound. The query-major
-  /// kernels read key_start for their rows, the key-major ones query_end for theirs.
+  /// kernels read key_start for their rows, the key-major ones query_end for theirs. The
+  /// kernels trust these (the CPU backend checks them: check_document_bounds); bounds that break
+  /// the rules give wrong values, not out-of-bounds accesses.
   const int* key_start = nullptr;
   const int* query_end = nullptr;
 };

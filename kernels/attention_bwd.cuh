@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(kBwdThreads) attn_bwd_dq(AttnBwdParams<T> p) {
   const int n_iter = int(ceil_div(k_end, kN));
   // Packed documents: key tiles before the document of the block's first row (the block's
   // earliest start) are masked for every row, so the walk starts at the tile holding it.
-  const int it_first = document_bound(a.key_start, int(b), q0, seq, 0) / kN;
+  const int it_first = max(0, document_bound(a.key_start, int(b), q0, seq, 0)) / kN;
   auto issue = [&](int it) {
     const int st = it % 2, j0 = it * kN;
     load_tile<T, D, kN, kBwdThreads>(sK + st * kN * kLd,

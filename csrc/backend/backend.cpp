@@ -26,7 +26,7 @@ float clip_coefficient(float norm, float max_norm) {
   return std::min(1.f, max_norm / (norm + 1e-6f));
 }
 
-Tensor document_bounds(const Tensor& tokens, int32_t separator) {
+Tensor document_bounds(const Tensor& tokens, int32_t separator, bool separator_starts) {
   NURI_CHECK(tokens.defined() && tokens.device().is_cpu() && tokens.dtype() == DType::i32 &&
                  tokens.dim() == 2 && tokens.is_contiguous(),
              "document_bounds: tokens must be a contiguous [B, T] i32 host tensor, got ",
@@ -38,15 +38,19 @@ Tensor document_bounds(const Tensor& tokens, int32_t separator) {
   int32_t* end = start + b * t;
   for (int64_t r = 0; r < b; ++r) {
     const int32_t* x = tok + r * t;
+    // A document starts at 0, and at a separator (separator_starts) or just past one.
+    auto starts_at = [&](int64_t i) {
+      return i == 0 || (separator_starts ? x[i] : x[i - 1]) == separator;
+    };
     int32_t s = 0;
     for (int64_t i = 0; i < t; ++i) {
+      if (starts_at(i)) s = int32_t(i);
       start[r * t + i] = s;
-      if (x[i] == separator) s = int32_t(i + 1);
     }
     int32_t e = int32_t(t);
     for (int64_t i = t - 1; i >= 0; --i) {
-      if (x[i] == separator) e = int32_t(i + 1);
       end[r * t + i] = e;
+      if (starts_at(i)) e = int32_t(i);
     }
   }
   return out;

@@ -390,11 +390,12 @@ void Transformer::set_sequence_parallel(bool on) {
   impl_->b = impl_->t = 0;  // planned again at the next forward
 }
 
-void Transformer::set_document_separator(int64_t separator) {
+void Transformer::set_document_separator(int64_t separator, bool starts) {
   NURI_CHECK(separator >= -1 && separator < cfg_.vocab_size, "set_document_separator(",
              separator, "): the separator must be a token id below the vocabulary size ",
              cfg_.vocab_size, ", or -1 (no document mask)");
   doc_separator_ = separator;
+  doc_separator_starts_ = starts;
 }
 
 void Transformer::set_tensor_parallel_hooks(TensorParallelHooks* hooks) {
@@ -535,7 +536,7 @@ void Transformer::run_forward(Slot& s, const Tensor& tokens) {
   if (doc_separator_ < 0) {
     s.documents = Tensor();
   } else {  // the bounds of this micro-batch's documents, on the device
-    const Tensor host = document_bounds(tokens, int32_t(doc_separator_));
+    const Tensor host = document_bounds(tokens, int32_t(doc_separator_), doc_separator_starts_);
     if (be.device().is_cpu()) {
       s.documents = host;
     } else {

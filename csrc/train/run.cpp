@@ -879,6 +879,14 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
                      (long long)tc.steps, (long long)tc.micro_batch, (long long)tc.seq_len,
                      (long long)tc.grad_accum, from_global.c_str(), tc.lr,
                      threads ? threads : "all"));
+  if (model.document_separator() >= 0) {
+    out.line(strprintf("documents: attention stays inside documents, each %s token %lld",
+                       model.document_separator_starts() ? "beginning with" : "ending with",
+                       (long long)model.document_separator()));
+  } else if (train->packed_window() > 0) {
+    out.line("note: the data's rows were packed (tokenize --pack), and each attends to the rows "
+             "before it in its window; --document-mask end keeps attention inside each row");
+  }
   if (tc.warmup_steps >= tc.steps) {  // allowed (a short trial of a long run's settings), but said
     out.line(strprintf("warning: warmup_steps %lld is not below steps %lld: the learning rate "
                        "rises to %.1e (of lr %.1e) and never decays",

@@ -62,12 +62,15 @@ const Settings& train_settings() {
              "recomputed), or its input (full: the block's forward runs again)");
     t.add("recompute_every", &C::recompute_every,
           "recompute blocks 0, k, 2k, ... only (the others keep everything)").at_least(1);
-    t.add("document_mask", &C::document_mask,
-          "attention inside documents: a query sees no key before the separator that ends the "
-          "document before it (packed data)");
+    t.choice("document_mask", &C::document_mask,
+             {{"off", DocumentMask::off}, {"end", DocumentMask::end},
+              {"start", DocumentMask::start}},
+             "attention inside documents (packed data): the separator ends its document (end: "
+             "ids <|endoftext|>, as nuri tokenize writes) or begins it (start: <|endoftext|> "
+             "ids, as llm.c's GPT-2 shards)");
     t.add("document_separator", &C::document_separator,
-          "the token id that ends a document, for document_mask (-1: the data's end-of-text, "
-          "as nuri tokenize records it)")
+          "the separator's token id, for document_mask (-1: the data's end-of-text, as nuri "
+          "tokenize records it)")
         .at_least(-1);
     return t;
   }();
@@ -76,6 +79,11 @@ const Settings& train_settings() {
 
 void TrainConfig::validate() const {
   train_settings().check_bounds(this, "");  // every field's range; numbers must be finite
+  if (document_separator >= 0 && document_mask == DocumentMask::off) {
+    throw ConfigError("train.document_separator: " + std::to_string(document_separator) +
+                      " is given but train.document_mask is off; set document_mask to end or "
+                      "start (where the separator stands in its document)");
+  }
 }
 
 TrainConfig with_global_batch(const TrainConfig& cfg, int64_t dp) {
@@ -257,7 +265,7 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                      parallel)
                : nullptr) {
   model.set_recompute(cfg.recompute, cfg.recompute_every);
-  if (cfg.document_mask) {
+  if (cfg.document_mask != DocumentMask::off) {
     const int64_t sep = cfg.document_separator >= 0 ? cfg.document_separator
                                                      : loader_.sampler().tokens().end_of_text();
     if (sep < 0) {
@@ -271,10 +279,8 @@ Trainer::Trainer(Transformer& model, const TrainConfig& cfg, std::shared_ptr<Tok
                         " is not a token id of the model's vocabulary of " +
                         std::to_string(model.config().vocab_size));
     }
-    model.set_document_separator(sep);
-  } else {
-    model.set_document_separator(-1);
-  }
+    model.set_document_separator(sep, cfg.document_mask == DocumentMask::start);
+  }  // (off: the model's own setting stands, -1 unless set on it)
   stages_ = {model.stage()};
   if (dp_) dp_->attach(model);
   if (dp_ && dp_->zero_stage() >= 1) {

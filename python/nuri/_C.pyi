@@ -88,11 +88,9 @@ class TrainConfig:
     skip_limit: int
     recompute: str  # 'none' | 'selective' | 'full'
     recompute_every: int  # recompute blocks 0, k, 2k, ... only (the others keep everything)
-    # attention inside documents: a query sees no key before the separator that ends the document
-    # before it (packed data)
-    document_mask: bool
-    # the token id that ends a document, for document_mask (-1: the data's end-of-text, as nuri
-    # tokenize records it)
+    document_mask: str  # 'off' | 'end' | 'start'
+    # the separator's token id, for document_mask (-1: the data's end-of-text, as nuri tokenize
+    # records it)
     document_separator: int
     def __init__(self, **settings: Any) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
@@ -352,6 +350,12 @@ class Model:
         query sees no key before the separator that precedes it); -1: off, the default."""
     @document_separator.setter
     def document_separator(self, separator: int) -> None: ...
+    @property
+    def document_separator_starts(self) -> bool:
+        """Whether the separator begins its document (<|endoftext|> ids) rather than ending it
+        (ids <|endoftext|>, the default)."""
+    @document_separator_starts.setter
+    def document_separator_starts(self, starts: bool) -> None: ...
     def parameter(self, name: str) -> np.ndarray: ...
     def forward(self, tokens: np.ndarray, targets: np.ndarray) -> float: ...
     def logits(self, tokens: np.ndarray) -> np.ndarray: ...

@@ -441,10 +441,20 @@ PYBIND11_MODULE(_C, m) {
            "Sets every weight (and the compute copy) from a CPU model of the same config: how a "
            "model read on the CPU goes to a GPU.")
       .def_property("document_separator", &Transformer::document_separator,
-                    [](Transformer& t, int64_t separator) { t.set_document_separator(separator); },
-                    "Packed documents: the token id that ends a document, so that attention "
-                    "stays inside documents (a query sees no key before the separator that "
-                    "precedes it); -1: off, the default. train.document_mask sets it for a run.")
+                    [](Transformer& t, int64_t separator) {
+                      NuriCall nuri_call;
+                      t.set_document_separator(separator, t.document_separator_starts());
+                    },
+                    "Packed documents: the token id that splits documents, so that attention "
+                    "stays inside them; -1: off, the default. It ends its document unless "
+                    "document_separator_starts. train.document_mask sets both for a run.")
+      .def_property("document_separator_starts", &Transformer::document_separator_starts,
+                    [](Transformer& t, bool starts) {
+                      NuriCall nuri_call;
+                      t.set_document_separator(t.document_separator(), starts);
+                    },
+                    "Whether the separator begins its document (<|endoftext|> ids, llm.c's "
+                    "GPT-2 shards) rather than ending it (ids <|endoftext|>, the default).")
       .def("sync_compute_weights", &Transformer::sync_compute_weights, py::call_guard<NuriCall>(),
            "Re-derives the bf16 compute copy from the parameters after writing them (no-op in f32).")
       .def("parameter", [](const Transformer& t, const std::string& name) {
@@ -513,7 +523,12 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("packed_window", &TokenFile::packed_window,
                              "The seq_len its rows were packed for (tokenize pack=T): it trains "
                              "with that one or a multiple; 0: not packed.")
-      .def_property("end_of_text", &TokenFile::end_of_text, &TokenFile::set_end_of_text,
+      .def_property("end_of_text", &TokenFile::end_of_text,
+                    [](TokenFile& f, int64_t id) {
+                      NURI_CHECK(id >= -1 && id <= int64_t(UINT32_MAX), "TokenFile.end_of_text: ",
+                                 id, " is no token id (-1: unknown)");
+                      f.set_end_of_text(id);
+                    },
                     "The id that ends a document (tokenize.json's end-of-text), which "
                     "train.document_mask takes; -1: unknown.")
       .def("mask", [](const TokenFile& f) {

@@ -1,7 +1,8 @@
 """Packed documents: with a document separator set, attention stays inside documents, so a
 document packed after others is computed as if it stood alone (a RoPE model: positions only
-shift, and RoPE's scores depend on the distance alone); the trainer's document_mask takes the
-separator from nuri tokenize's tokenize.json or from the config, and refuses data without one."""
+shift, and RoPE's scores depend on the distance alone), whether the separator ends its document
+or begins it; the trainer's document_mask takes the separator from nuri tokenize's tokenize.json
+or from the config, and refuses data without one."""
 
 from __future__ import annotations
 
@@ -18,24 +19,29 @@ def _doc(rng, n):
     return rng.integers(0, 256, size=n).astype(np.int32)  # no end-of-text inside
 
 
-def test_a_packed_document_is_computed_as_if_it_stood_alone():
+@pytest.mark.parametrize("starts", [False, True])
+def test_a_packed_document_is_computed_as_if_it_stood_alone(starts):
+    """Documents `ids EOT` (the separator ends its document) or `EOT ids` (it begins it)."""
     rng = np.random.default_rng(7)
-    a = np.append(_doc(rng, 8), EOT).astype(np.int32)  # a document and its end-of-text
-    b = _doc(rng, 14)
-    c = np.append(_doc(rng, 4), EOT).astype(np.int32)
-    packed = np.concatenate([a, c, b])[None, :]  # 9 + 5 + 14 tokens
+    sep = np.array([EOT], np.int32)
+    docs = [_doc(rng, 8), _doc(rng, 4), _doc(rng, 14)]
+    docs = [np.concatenate([sep, d]) if starts else np.concatenate([d, sep]) for d in docs]
+    packed = np.concatenate(docs)[None, :]
     model = nuri.Model(nuri.ModelConfig.preset("llama-tiny"), "cpu", 3)
-    assert model.document_separator == -1
+    assert model.document_separator == -1 and not model.document_separator_starts
     whole = model.logits(packed)[0]
-    alone_a = model.logits(a[None, :])[0]
-    alone_b = model.logits(b[None, :])[0]
+    alone = [model.logits(d[None, :])[0] for d in docs]
+    cut = np.cumsum([0] + [len(d) for d in docs])
     # Without the mask the last document reads the first two: its logits are others.
-    assert np.abs(whole[14:] - alone_b).max() > 0.05
+    assert np.abs(whole[cut[2]:] - alone[2]).max() > 0.05
+    model.document_separator_starts = starts
     model.document_separator = EOT
     masked = model.logits(packed)[0]
-    np.testing.assert_allclose(masked[:9], alone_a, rtol=0, atol=1e-5)  # the first: unchanged
-    np.testing.assert_allclose(masked[9:14], model.logits(c[None, :])[0], rtol=0, atol=2e-5)
-    np.testing.assert_allclose(masked[14:], alone_b, rtol=0, atol=2e-5)
+    for i in range(3):
+        np.testing.assert_allclose(masked[cut[i]:cut[i + 1]], alone[i], rtol=0, atol=2e-5)
+    # The separator on the wrong side splits them elsewhere: the later documents change.
+    model.document_separator_starts = not starts
+    assert np.abs(model.logits(packed)[0][cut[2]:] - alone[2]).max() > 0.05
     with pytest.raises(nuri.Error, match="the separator must be a token id below the "
                                          "vocabulary size 257, or -1"):
         model.document_separator = 257
@@ -57,20 +63,20 @@ def test_the_trainers_document_mask_changes_only_what_crosses_a_separator():
     text = np.frombuffer(corpus_text(8000, seed=2).encode(), np.uint8).astype(np.int64)
     off = [_trainer(text)[0].step()["loss"] for _ in range(1)]
     # Data without a separator: one document a row, so the mask changes no bit.
-    trainer, model = _trainer(text, document_mask=True, document_separator=EOT)
+    trainer, model = _trainer(text, document_mask="end", document_separator=EOT)
     assert model.document_separator == EOT
     assert [trainer.step()["loss"] for _ in range(1)] == off
     # With an end-of-text every 20 tokens the mask cuts every row: other losses.
     cut = text.copy()
     cut[19::20] = EOT
     plain = _trainer(cut)[0]
-    masked = _trainer(cut, document_mask=True, document_separator=EOT)[0]
+    masked = _trainer(cut, document_mask="end", document_separator=EOT)[0]
     losses = [(plain.step()["loss"], masked.step()["loss"]) for _ in range(2)]
     assert all(abs(p - m) > 1e-4 for p, m in losses), losses
     # Data that records no end-of-text, and no separator given: refused, saying what to set.
     with pytest.raises(nuri.ConfigError, match="train.document_mask: the training data records "
                                                "no end-of-text id"):
-        _trainer(text, document_mask=True)
+        _trainer(text, document_mask="end")
 
 
 def test_document_mask_takes_the_end_of_text_that_tokenize_records(tmp_path):
@@ -80,9 +86,15 @@ def test_document_mask_takes_the_end_of_text_that_tokenize_records(tmp_path):
     assert train.end_of_text == EOT
     tc = nuri.TrainConfig()
     tc.steps, tc.micro_batch, tc.seq_len, tc.eval_batches = 1, 2, 16, 1
-    tc.document_mask = True
+    tc.document_mask = "end"
     model = nuri.Model(nuri.ModelConfig.preset("llama-tiny"), "cpu", 1)
     t, v = nuri.split_validation(train)
     assert t.end_of_text == EOT  # a slice keeps it
-    nuri.Trainer(model, tc, t, v)
-    assert model.document_separator == EOT
+    trainer = nuri.Trainer(model, tc, t, v)
+    assert model.document_separator == EOT and not model.document_separator_starts
+    assert np.isfinite(trainer.step()["loss"])
+    # A separator given without the mask is refused, saying what to set.
+    tc.document_mask, tc.document_separator = "off", EOT
+    with pytest.raises(nuri.ConfigError, match="train.document_separator: 256 is given but "
+                                               "train.document_mask is off"):
+        nuri.Trainer(model, tc, t, v)

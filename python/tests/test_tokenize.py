@@ -462,6 +462,16 @@ def test_packed_rows_never_cross_a_training_window(tmp_path):
                    "--seq-len", "32", "--micro-batch", "2", "--max-new-tokens", "0", cwd=tmp_path,
                    expect=None)
     assert proc.returncode != 0 and "was packed for sequences of 64 tokens" in proc.stderr
+    # A run says that the packed rows see the ones before them, until the document mask keeps
+    # each to itself (its separator: the end-of-text tokenize.json records).
+    for flags, said in [([], "note: the data's rows were packed (tokenize --pack), and each "
+                             "attends to the rows before it in its window; --document-mask"),
+                        (["--document-mask", "end"], "documents: attention stays inside "
+                                                     "documents, each ending with token 256")]:
+        proc = run_cli("train", "--model", "gpt2-tiny", "--data", "packed", "--steps", "1",
+                       "--seq-len", "64", "--micro-batch", "2", "--max-new-tokens", "0",
+                       "--eval-batches", "1", *flags, cwd=tmp_path)
+        assert said in proc.stdout, proc.stdout
     (tmp_path / "t.txt").write_text("some text\n\nmore text\n")
     with pytest.raises(nuri.ConfigError, match="pack is for fine-tuning rows"):
         nuri.tokenize([tmp_path / "t.txt"], tmp_path / "o", pack=64, progress=False)

@@ -107,7 +107,7 @@ constexpr int64_t kWordEnd = ' ' % kVocab;
 
 TrainConfig train_config(bool documents) {
   TrainConfig t;
-  t.document_mask = documents;
+  t.document_mask = documents ? DocumentMask::end : DocumentMask::off;
   t.document_separator = documents ? kWordEnd : -1;
   t.steps = 20;  // the schedule of a 20-step run, also when fewer are taken
   t.micro_batch = 1;
@@ -188,6 +188,9 @@ TEST_P(DeviceTraining, MatchesTheCpu) {
   const int n = steps();
   const TrainRun dev = train(cfg, NURI_TEST_BACKEND, n, documents);
   const TrainRun cpu = train(cfg, "cpu", n, documents);
+  if (documents) {  // the mask matters: without it the first step's loss is another
+    EXPECT_GT(std::abs(train(cfg, "cpu", 1, false).losses[0] - cpu.losses[0]), 0.01);
+  }
   const double L = double(cfg.n_layer);
   const double n_fwd = 3 + 10 * L, n_bwd = n_fwd + 2 + 8 * L;
   const double rel_fwd = 4 * std::sqrt(n_fwd) * kU / std::sqrt(3.0);

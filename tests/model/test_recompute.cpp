@@ -148,11 +148,13 @@ TEST_P(Recomputation, ActivationBytesMatchTheFormula) {
         << recompute_name(mode);
     // And what the blocks keep alone, the README's per-block figure, stands out between modes.
   }
-  // Full recomputation of every 2nd block, with two micro-batch slots (a pipeline stage's).
+  // Full recomputation of every 2nd block, with two micro-batch slots (a pipeline stage's) and
+  // a document mask (each slot's bounds).
   {
     Transformer m(cfg, make_backend(NURI_TEST_BACKEND), 1);
     m.set_recompute(Recompute::full, 2);
     m.set_micro_batch_slots(2);
+    m.set_document_separator(3);
     const int64_t before = m.memory().current_bytes;
     m.forward_stage(0, tokens, tokens);
     m.forward_stage(1, tokens, tokens);
@@ -164,6 +166,7 @@ TEST_P(Recomputation, ActivationBytesMatchTheFormula) {
     shape.every = 2;
     shape.slots = 2;
     shape.device = !m.backend().device().is_cpu();
+    shape.documents = true;
     EXPECT_EQ(m.memory().current_bytes - before,
               activation_bytes(cfg, shape, shape.device ? device_block_bytes : nullptr) +
                   (shape.device ? device_block_bytes(12) : 0));

@@ -223,6 +223,13 @@ TEST(AttentionDocuments, BoundsFollowTheSeparators) {
                                      2, 2, 5, 5, 5, 6, /**/ 1, 2, 6, 6, 6, 6};  // query_end
   EXPECT_EQ(got, want);
   EXPECT_NO_THROW(check_document_bounds("test", b));
+  // The separator beginning its document instead (llm.c's <|endoftext|> ids).
+  const Tensor s = document_bounds(tokens, 0, /*separator_starts=*/true);
+  const std::vector<int32_t> got_s(s.data<int32_t>(), s.data<int32_t>() + 24);
+  const std::vector<int32_t> want_s = {0, 1, 1, 1, 4, 4, /**/ 0, 1, 1, 1, 1, 5,
+                                       1, 4, 4, 4, 6, 6, /**/ 1, 5, 5, 5, 5, 6};
+  EXPECT_EQ(got_s, want_s);
+  EXPECT_NO_THROW(check_document_bounds("test", s));
 }
 
 // Documents on every backend: refused without causal masking or in another shape; on the CPU
@@ -255,6 +262,16 @@ TEST(AttentionDocuments, BadDocumentsAreRefusedClearly) {
       bad.data<int32_t>()[3] = 2;  // position 3 would start at 2, inside a document of 0..22
       opt.documents = bad;
       expect_error(opt, "documents row 0 position 3: key_start is 2, expected 0");
+      Tensor early = test_documents(1, 8);
+      std::fill(early.data<int32_t>() + 8, early.data<int32_t>() + 16, 7);  // ends before 7
+      opt.documents = early;
+      expect_error(opt, "documents row 0 position 6: query_end is 7 where its document goes on "
+                        "past 7");
+      Tensor uneven = test_documents(1, 8);
+      uneven.data<int32_t>()[8 + 2] = 7;  // one position of the one document ending early
+      opt.documents = uneven;
+      expect_error(opt, "documents row 0 position 1: query_end 8 differs from the next "
+                        "position's 7 inside one document");
     }
   }
 }

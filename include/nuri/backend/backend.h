@@ -37,10 +37,12 @@ struct AttentionOptions {
   Tensor documents{};
 };
 
-/// The document bounds of tokens [B, T] (i32, host) where `separator` ends a document (it is the
-/// document's last token): for AttentionOptions::documents, [2, B, T] i32 on the host. A
-/// separator at t starts a new document at t + 1; a row's first document starts at 0.
-Tensor document_bounds(const Tensor& tokens, int32_t separator);
+/// The document bounds of tokens [B, T] (i32, host) split at each `separator`: for
+/// AttentionOptions::documents, [2, B, T] i32 on the host. The separator is the last token of the
+/// document it ends (`separator_starts` false: `ids <|endoftext|>`, as nuri tokenize and Llama 3
+/// lay documents out; the next document starts at t + 1), or the first token of the one it starts
+/// (true: `<|endoftext|> ids`, as llm.c's GPT-2 shards). A row's first document starts at 0.
+Tensor document_bounds(const Tensor& tokens, int32_t separator, bool separator_starts = false);
 /// Throws nuri::Error (naming `op`, the row and the position) unless bounds [2, B, T] (i32, host)
 /// describe runs of whole documents: key_start[b, t] is t where a document starts (t = 0 or
 /// query_end[b, t - 1] = t) and key_start[b, t - 1] otherwise, query_end[b, t] is where t's

@@ -30,6 +30,9 @@ struct ActivationShape {
   PipelineStage stage{};
   int slots = 1;
   bool device = false;
+  /// A document mask (Transformer::set_document_separator): each slot's document bounds, copied
+  /// in by every forward on a device (on the CPU the forward's host tensor is used).
+  bool documents = false;
 };
 
 /// One planned activation tensor: what it is, its bytes, and how many of it.

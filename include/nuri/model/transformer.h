@@ -312,12 +312,13 @@ class Transformer {
   /// next forward.
   void set_sequence_parallel(bool on);
   bool sequence_parallel() const { return sp_ && tp_.size > 1; }
-  /// Packed documents: with separator >= 0 attention stays inside documents, each ending with
-  /// the token `separator` (a query sees no key before the last separator that precedes it:
-  /// AttentionOptions::documents, from each forward's tokens); -1: off, the default. Positions
-  /// (RoPE, learned) still count from the sequence's start. Applies from the next forward.
-  void set_document_separator(int64_t separator);
+  /// Packed documents: with separator >= 0 attention stays inside documents, split at the token
+  /// `separator` (AttentionOptions::documents, from each forward's tokens: document_bounds),
+  /// which ends its document, or with `starts` begins it; -1: off, the default. Positions (RoPE,
+  /// learned) still count from the sequence's start. Applies from the next forward.
+  void set_document_separator(int64_t separator, bool starts = false);
   int64_t document_separator() const { return doc_separator_; }
+  bool document_separator_starts() const { return doc_separator_starts_; }
   /// The group's collectives (required before a forward when tensor_parallel().size > 1; must
   /// outlive the forward and backward calls). Their place() must be this model's.
   void set_tensor_parallel_hooks(TensorParallelHooks* hooks);
@@ -394,6 +395,7 @@ class Transformer {
   TensorParallelHooks* tp_hooks_ = nullptr;
   bool sp_ = false;
   int64_t doc_separator_ = -1;
+  bool doc_separator_starts_ = false;
 
  public:
   ~Transformer();

@@ -32,6 +32,9 @@ class DivergedError : public Error {
   DivergedError(const std::string& what, const char* file, int line) : Error(what, file, line) {}
 };
 
+/// TrainConfig::document_mask: none, or where the separator stands in its document.
+enum class DocumentMask { off, end, start };
+
 /// Defaults: the demo's (nuri-train with no options trains the demo model with them).
 struct TrainConfig {
   int64_t steps = 400;           ///< optimizer steps
@@ -60,11 +63,12 @@ struct TrainConfig {
   /// Activation recomputation (nuri/model/transformer.h) for every recompute_every-th block.
   Recompute recompute = Recompute::none;
   int64_t recompute_every = 1;
-  /// Attention inside documents (packed data, fine-tuning rows): a query sees no key before the
-  /// separator that ends the document before it (Transformer::set_document_separator).
-  bool document_mask = false;
-  /// The token id that ends a document, for document_mask; -1: the training data's
-  /// end-of-text, as `nuri tokenize` records it (TokenFile::end_of_text).
+  /// Attention inside documents (packed data, fine-tuning rows; Transformer::
+  /// set_document_separator): off; `end`, the separator ends its document (`ids <|endoftext|>`:
+  /// nuri tokenize, Llama 3); `start`, it begins it (`<|endoftext|> ids`: llm.c's GPT-2 shards).
+  DocumentMask document_mask = DocumentMask::off;
+  /// The separator's token id, for document_mask; -1: the training data's end-of-text, as
+  /// `nuri tokenize` records it (TokenFile::end_of_text).
   int64_t document_separator = -1;
 
   /// Throws nuri::Error naming the first invalid field.
