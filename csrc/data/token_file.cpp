@@ -272,8 +272,12 @@ std::shared_ptr<TokenFile> TokenFile::join(std::vector<std::shared_ptr<TokenFile
   f->path_ = name;
   f->wide_ = true;
   int64_t checked = 0;
+  bool first = true;
   for (auto& part : parts) {
     NURI_CHECK(part != nullptr, "TokenFile::join: a part of ", name, " is null");
+    // The parts' common end-of-text, if they agree (-1 where they do not).
+    f->end_of_text_ = first || f->end_of_text_ == part->end_of_text_ ? part->end_of_text_ : -1;
+    first = false;
     if (part->size() == 0) continue;
     f->n_ += part->size();
     f->part_end_.push_back(f->n_);

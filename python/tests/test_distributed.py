@@ -118,7 +118,8 @@ def test_zero_stage_3_from_python_is_stage_2_bit_for_bit(tmp_path):
 
 def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
     """nuri.Trainer on a dp x tp grid: 2 ranks with tp = 2 (each rank's model built as its
-    slice), with sequence parallelism, against one process on the same batches."""
+    slice), with sequence parallelism, against one process on the same batches; both with a
+    document mask (documents end at each ',')."""
     script = tmp_path / "tp.py"
     script.write_text(textwrap.dedent("""
         import json, sys
@@ -127,7 +128,7 @@ def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
         tp = pg.world_size  # 1 when run alone: the reference
         cfg = nuri.ModelConfig.preset("gpt2-tiny")
         train = nuri.TrainConfig(steps=8, micro_batch=2, seq_len=32, eval_every=0, lr=3e-3,
-                                 warmup_steps=2)
+                                 warmup_steps=2, document_mask="end", document_separator=44)
         data = nuri.TokenFile.from_array(
             nuri.ByteTokenizer().encode("to be or not to be, that is the question " * 200),
             vocab_size=257)
@@ -135,6 +136,7 @@ def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
         assert model.tensor_parallel == (pg.rank, tp)
         par = nuri.ParallelConfig(tp=tp, sequence_parallel=tp > 1)
         trainer = nuri.Trainer(model, train, data, process_group=pg, parallel=par)
+        assert model.document_separator == 44
         losses = [trainer.step()["loss"] for _ in range(8)]
         if pg.rank == 0:
             json.dump(losses, open(sys.argv[1], "w"))
@@ -157,7 +159,8 @@ def test_tensor_parallel_trainer_from_python_follows_one_process(tmp_path):
 
 def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
     """nuri.Trainer on a pipeline: 2 ranks with pp = 2 (each rank's model built as its stage of
-    nuri.pipeline_stages), 1F1B over 4 micro-batches, against one process on the same batches;
+    nuri.pipeline_stages), 1F1B over 4 micro-batches, against one process on the same batches
+    (both with a document mask: documents end at each ',', each micro-batch its own bounds);
     the validation loss through the stages' forwards; and Trainer.generate through the stages,
     one process's tokens on both ranks (from the initial weights, which are one process's)."""
     script = tmp_path / "pp.py"
@@ -168,7 +171,8 @@ def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
         pp = pg.world_size  # 1 when run alone: the reference
         cfg = nuri.ModelConfig.preset("gpt2-tiny")
         train = nuri.TrainConfig(steps=8, micro_batch=2, grad_accum=4, seq_len=32, eval_every=0,
-                                 eval_batches=2, lr=3e-3, warmup_steps=2)
+                                 eval_batches=2, lr=3e-3, warmup_steps=2, document_mask="end",
+                                 document_separator=44)
         data = nuri.TokenFile.from_array(
             nuri.ByteTokenizer().encode("to be or not to be, that is the question " * 200),
             vocab_size=257)
@@ -178,6 +182,7 @@ def test_pipeline_parallel_trainer_from_python_follows_one_process(tmp_path):
         assert model.pipeline_stage == (first[s], first[s + 1])
         trainer = nuri.Trainer(model, train, data, data, process_group=pg,
                                parallel=nuri.ParallelConfig(pp=pp))
+        assert model.document_separator == 44
         # (before training: the stages hold one process's initial weights, the same bits)
         tokens = trainer.generate([116, 111, 32], max_new_tokens=12, temperature=0.8, top_k=20,
                                   seed=3)

@@ -157,6 +157,17 @@ TEST(TokenFile, JoinedFilesReadAsOneSequence) {
   const std::string e = error_of([&] { checked->check_vocab(100); });
   EXPECT_NE(e.find("join_b.bin: token id 70000 at token index 0 (byte offset 1024) is >= "
                    "vocab_size 100"), std::string::npos) << e;
+  // The end-of-text (a document mask's separator): the parts' where they agree, kept by slices.
+  EXPECT_EQ(joined->end_of_text(), -1);
+  auto with_eot = [](std::vector<uint32_t> ids, int64_t eot) {
+    auto f = TokenFile::from_tokens(std::move(ids));
+    f->set_end_of_text(eot);
+    return f;
+  };
+  auto agreed = TokenFile::join({with_eot({1, 2}, 7), with_eot({3}, 7)}, "agreed");
+  EXPECT_EQ(agreed->end_of_text(), 7);
+  EXPECT_EQ(TokenFile::slice(agreed, 1, 2)->end_of_text(), 7);
+  EXPECT_EQ(TokenFile::join({with_eot({1, 2}, 7), with_eot({3}, 8)}, "two")->end_of_text(), -1);
 }
 
 TEST(TokenFile, WritingToADirectoryIsRefusedAndLeavesNothing) {

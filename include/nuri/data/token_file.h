@@ -47,7 +47,8 @@ class TokenFile {
                                           int64_t n);
   /// The tokens of `parts` one after another, without copying: each part stays mapped (a
   /// directory of shards, however large, takes no memory for its tokens). name: for messages.
-  /// Every part already checked against a vocabulary keeps the joined file checked.
+  /// Every part already checked against a vocabulary keeps the joined file checked, and the
+  /// parts' end_of_text() where they all have the same.
   static std::shared_ptr<TokenFile> join(std::vector<std::shared_ptr<TokenFile>> parts,
                                          const std::string& name);
   ~TokenFile();
