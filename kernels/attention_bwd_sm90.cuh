@@ -91,7 +91,10 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   const int group = p.heads / p.kv_heads;
   const int k0 = n_block * kN;
   const int first_tile = kCausal ? k0 / kM : 0;  // earlier queries see none of these keys
-  const int n_qtiles = (p.seq + kM - 1) / kM;
+  // Packed documents: queries from where the block's last key's document ends see none.
+  const int q_end =
+      attn::document_bound(p.query_end, b, (k0 + kN < p.seq ? k0 + kN : p.seq) - 1, p.seq, p.seq);
+  const int n_qtiles = (q_end + kM - 1) / kM;
   const int per_head = n_qtiles - first_tile;
   const int n_iter = group * per_head;  // (head, query tile) pairs, head-major
   const int wg = int(threadIdx.x) / 128;
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
         }
         pipe.arrive_full(it);
         q0 += kM;
-        if (q0 >= p.seq) {  // the next query head of the group
+        if (q0 >= n_qtiles * kM) {  // the next query head of the group
           q0 = first_tile * kM;
           lse += p.seq;
           di += p.seq;
@@ -246,7 +249,10 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   unsigned char *const sQ = sm.resident[0], *const sdO = sm.resident[1];
 
   const attn::QueryBlock blk = attn::query_block<kCausal, kM, kN>(p);
-  const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, n_tiles = blk.n_tiles;
+  // j counts the tiles walked (pipeline tile j), from the first (packed documents: the one
+  // holding the block's first row's document start): key tile j_first + j.
+  const int q0 = blk.q0, h = blk.h, b = blk.b, kvh = blk.kvh, j_first = blk.first_tile,
+            n_tiles = blk.n_tiles - blk.first_tile;
   const int wg = int(threadIdx.x) / 128;
 
   pipe.init();
@@ -260,8 +266,9 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
       for (int j = 0; j < n_tiles; ++j) {
         pipe.wait_empty(j);
         uint64_t* full = pipe.expect(j, 0, unsigned(2 * Cfg::kTileBytes));
-        attn90::load_rows<kN, kAtoms>(sm.stage(0, j), &prm.k_map, j * kN, kvh, b, full);
-        attn90::load_rows<kN, kAtoms>(sm.stage(1, j), &prm.v_map, j * kN, kvh, b, full);
+        const int k0 = (j_first + j) * kN;
+        attn90::load_rows<kN, kAtoms>(sm.stage(0, j), &prm.k_map, k0, kvh, b, full);
+        attn90::load_rows<kN, kAtoms>(sm.stage(1, j), &prm.v_map, k0, kvh, b, full);
       }
     }
     return;
@@ -300,7 +307,7 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
     attn90::two_products<T, D, kN, kM>(rS, rdP, sQ, k_tile, sdO, v_tile, 64 * c);
 
     // P (masked entries exactly 0) and dS = P ∘ (dP − Di), in place.
-    const int k0 = j * kN;
+    const int k0 = (j_first + j) * kN;
 #pragma unroll
     for (int nb = 0; nb < kSBlocks; ++nb) {
 #pragma unroll

@@ -84,10 +84,11 @@ __device__ __forceinline__ float quad_sum(float v) {
 }
 
 /// The query block a query-major block owns (grid: query blocks of kM rows, heads, batch; the
-/// heaviest causal blocks scheduled first) and the key tiles of kN it walks (causal blocks stop
-/// at the diagonal).
+/// heaviest causal blocks scheduled first) and the key tiles of kN it walks: [first_tile,
+/// n_tiles) (causal blocks stop at the diagonal; with packed documents they start at the tile
+/// holding the document start of the block's first row, the block's earliest).
 struct QueryBlock {
-  int q0, h, b, kvh, n_tiles;
+  int q0, h, b, kvh, first_tile, n_tiles;
 };
 template <bool kCausal, int kM, int kN, class Params>
 __device__ __forceinline__ QueryBlock query_tile(const Params& p, int q_block, int h, int b) {
@@ -97,6 +98,8 @@ __device__ __forceinline__ QueryBlock query_tile(const Params& p, int q_block, i
   r.kvh = r.h / (p.heads / p.kv_heads);
   const int key_end = kCausal && r.q0 + kM < p.seq ? r.q0 + kM : p.seq;
   r.n_tiles = (key_end + kN - 1) / kN;
+  r.first_tile =
+      p.key_start != nullptr ? max(0, ld_global(p.key_start + int64_t(b) * p.seq + r.q0)) / kN : 0;
   return r;
 }
 template <bool kCausal, int kM, int kN, class Params>

@@ -70,7 +70,7 @@ __device__ __forceinline__ void attention_fwd_block(const AttentionParams<T>& p)
   };
   // Packed documents: key tiles before the document of the block's first row are masked for
   // every row (its start is the block's smallest), so the walk starts at the tile holding it.
-  const int j_first = max(0, attn::document_bound(p.key_start, b, q0, p.seq, 0)) / kN;
+  const int j_first = blk.first_tile;
   attn::load_tile<T, D, kM, kThreads>(sQ, gQ, p.q_s.t, p.seq - q0, kAt);
   issue(sK, gK, p.k_s.t, j_first);
 

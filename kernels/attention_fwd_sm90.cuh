@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
         if (n > 0) mbarrier_wait_parity(q_empty, unsigned((n - 1) & 1));
         mbarrier_arrive_expect_tx(pipe.once(), unsigned(Cfg::kQBytes));
         attn90::load_rows<kM, kAtoms>(sQ, &prm.q_map, blk.q0, blk.h, blk.b, pipe.once());
-        for (int j = 0; j < blk.n_tiles; ++j, ++kv) {
+        for (int j = blk.first_tile; j < blk.n_tiles; ++j, ++kv) {
           const int s = kv % kStages;
           pipe.wait_empty(kv);
           attn90::load_rows<kN, kAtoms>(sK + s * Cfg::kTileBytes, &prm.k_map, j * kN, blk.kvh,
@@ -235,7 +235,10 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
   int kv = 0, n = 0;
   for (int w = int(blockIdx.x); w < prm.n_work; w += int(gridDim.x), ++n) {
     const attn::QueryBlock blk = attn::work_tile<kCausal, kM, kN>(p, w, prm.n_q_blocks);
-    const int q0 = blk.q0, h = blk.h, b = blk.b, n_tiles = blk.n_tiles;
+    // j below counts the tiles this work tile walks, from its first (packed documents: the one
+    // holding its first row's document start): key tile first_tile + j, pipeline tile kv + j.
+    const int q0 = blk.q0, h = blk.h, b = blk.b, j_first = blk.first_tile,
+              n_tiles = blk.n_tiles - blk.first_tile;
     const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
     // Packed documents: the first key of each of the two rows (keys before it are masked; the
     // tiles are walked all the same).
@@ -280,7 +283,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
     // whatever the scale's sign) and the online softmax of S_j: P_j in rS, and the factor for
     // what O holds so far.
     auto softmax = [&](int j, float (&alpha)[2]) {
-      const int k0 = j * kN;
+      const int k0 = (j_first + j) * kN;
       const bool edge = k0 + kN > p.seq || (kCausal && k0 + kN - 1 > q0 + 64 * c + warp * 16) ||
                         k0 < first_key[1];
       if (edge) {
