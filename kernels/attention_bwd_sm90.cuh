@@ -153,8 +153,8 @@ __global__ void __launch_bounds__(AttnBwdSm90Config<D>::kThreads, 1)
   const int rg = lane / 4, tq = lane % 4;
   const int key_lo = k0 + 64 * c + 16 * warp + rg;  // keys of accumulator rows rg, rg + 8
   const float scale_log2 = p.scale * attn::kLog2e;
-  // Packed documents: the queries that see the two keys end at their query_end (the query
-  // tiles are walked all the same).
+  // Packed documents: the queries that see the two keys end at their query_end (the walk stops
+  // at the block's last key's; earlier tiles are masked here).
   const int query_end[2] = {attn::document_bound(p.query_end, b, key_lo, p.seq, p.seq),
                             attn::document_bound(p.query_end, b, key_lo + 8, p.seq, p.seq)};
 

@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(AttnFwdSm90Config<D>::kThreads, 1)
               n_tiles = blk.n_tiles - blk.first_tile;
     const int row_lo = q0 + 64 * c + warp * 16 + rg;  // query index of accumulator rows rg, rg + 8
     // Packed documents: the first key of each of the two rows (keys before it are masked; the
-    // tiles are walked all the same).
+    // walk starts at the tile holding the work tile's first row's).
     const int first_key[2] = {attn::document_bound(p.key_start, b, row_lo, p.seq, 0),
                               attn::document_bound(p.key_start, b, row_lo + 8, p.seq, 0)};
 
