@@ -50,12 +50,11 @@ inline int64_t first_key(const int32_t* ks, int64_t t, int64_t bi, int64_t i) {
   return ks ? ks[bi * t + i] : 0;
 }
 
-// A device copy of `docs` on `be` (undefined stays undefined).
+// `docs` on `be` (undefined stays undefined).
 Tensor docs_on(Backend& be, const Tensor& docs) {
   if (!docs.defined()) return Tensor();
-  Tensor d = be.empty(docs.shape(), DType::i32);
-  be.copy(docs, d);
-  return d;
+  const int32_t* v = docs.data<int32_t>();
+  return on_i32(be, docs.shape(), {v, v + docs.numel()});
 }
 
 // q [B,T,H,D], k/v [B,T,Hkv,D] contiguous; ks: key_start (null: none). Returns {out [B,T,H,D],
