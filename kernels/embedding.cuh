@@ -64,7 +64,10 @@ __global__ void __launch_bounds__(kEmbeddingThreads) embedding_kernel(const Embe
 #pragma unroll
       for (int k = 0; k < kVec; ++k) r.v[k] = 0.f;
     }
-    if (p.gWpe != nullptr) add_to<T, kVec>(r, p.gWpe + (row % p.seq) * p.channels + col);
+    if (p.gWpe != nullptr) {
+      const int64_t pos = p.gPositions != nullptr ? int64_t(p.gPositions[row]) : row % p.seq;
+      add_to<T, kVec>(r, p.gWpe + pos * p.channels + col);
+    }
     Pack<T, kVec> out;
 #pragma unroll
     for (int k = 0; k < kVec; ++k) out.v[k] = from_float<T>(r.v[k]);

@@ -9,13 +9,15 @@
 
 namespace nuri::kernels {
 
-/// out = wte[token - row_lo] (0 for a token outside [row_lo, row_lo + Vl)) + wpe[t]. Tokens
-/// were validated on the host. The whole table is row_lo = 0, Vl = V: every token inside.
+/// out = wte[token - row_lo] (0 for a token outside [row_lo, row_lo + Vl)) + wpe[p], p =
+/// positions[b, t] or t. Tokens and positions were validated on the host. The whole table is
+/// row_lo = 0, Vl = V: every token inside.
 template <class T>
 struct EmbeddingParams {
-  const int32_t* gTokens;  // [B, T]
-  const T* gWte;           // [Vl, C]: the vocabulary rows [row_lo, row_lo + Vl)
-  const T* gWpe;           // [Tmax, C] or null
+  const int32_t* gTokens;     // [B, T]
+  const T* gWte;              // [Vl, C]: the vocabulary rows [row_lo, row_lo + Vl)
+  const T* gWpe;              // [Tmax, C] or null
+  const int32_t* gPositions;  // [B, T] or null (position t)
   T* gOut;                 // [B, T, C]
   int64_t rows;            // B·T
   int64_t seq;             // T
@@ -35,7 +37,8 @@ struct alignas(16) EmbeddingRun {
   int32_t token, begin, end, slot;
 };
 
-/// dwte (+)= the scatter of dout by token, deterministically: runs built on the host from the
+/// dwte (+)= the scatter of dout by token, deterministically (also dwpe's scatter by position,
+/// with positions for tokens): runs built on the host from the
 /// token array (embedding.cpp), so every sum has a fixed order independent of the schedule.
 template <class T>
 struct EmbeddingWteGradParams {

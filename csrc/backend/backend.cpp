@@ -56,6 +56,20 @@ Tensor document_bounds(const Tensor& tokens, int32_t separator, bool separator_s
   return out;
 }
 
+Tensor document_positions(const Tensor& bounds) {
+  NURI_CHECK(bounds.defined() && bounds.device().is_cpu() && bounds.dtype() == DType::i32 &&
+                 bounds.dim() == 3 && bounds.size(0) == 2 && bounds.is_contiguous(),
+             "document_positions: bounds must be a contiguous [2, B, T] i32 host tensor "
+             "(document_bounds), got ",
+             bounds.defined() ? bounds.str() : std::string("an undefined tensor"));
+  const int64_t b = bounds.size(1), t = bounds.size(2);
+  Tensor out = Tensor::empty({b, t}, DType::i32);
+  const int32_t* start = bounds.data<int32_t>();
+  int32_t* pos = out.data<int32_t>();
+  for (int64_t i = 0; i < b * t; ++i) pos[i] = int32_t(i % t) - start[i];
+  return out;
+}
+
 void check_document_bounds(const char* op, const Tensor& bounds) {
   NURI_CHECK(bounds.device().is_cpu() && bounds.dtype() == DType::i32 && bounds.dim() == 3 &&
                  bounds.size(0) == 2 && bounds.is_contiguous(),

@@ -89,7 +89,12 @@ std::vector<PlannedTensor> activation_plan(const ModelConfig& m, const Activatio
     add("stage input x, r", stream, 2);
   }
   if (!last_stage) add("stage output gradient", stream);
-  if (s.device && s.documents) add("slot: document bounds", 2 * 4 * bt, slots);
+  if (s.device && s.documents) {
+    add("slot: document bounds", 2 * 4 * bt, slots);
+    if (first_stage && m.position == PositionKind::learned) {
+      add("slot: document positions", 4 * bt, slots);
+    }
+  }
   if (last_stage) {
     add("slot: head h_L", stream, slots);
     add("slot: final norm", whole, slots);

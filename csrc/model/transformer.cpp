@@ -26,6 +26,7 @@ struct Transformer::Slot {
   Tensor tokens, targets;  // [B, T], [B·T] i32 on the device (non-CPU backends)
   Tensor last_tokens, last_targets;      // what the forward read, for the backward
   Tensor documents;  // [2, B, T] i32: the forward's document bounds (document_separator)
+  Tensor positions;  // [B, T] i32: each token's row of wpe, counted from its document's start
   bool have_forward = false;
 };
 
@@ -533,18 +534,28 @@ Transformer::Slot& Transformer::planned_slot(int k, const char* what) {
 void Transformer::run_forward(Slot& s, const Tensor& tokens) {
   Backend& be = *backend_;
   Impl& m = *impl_;
+  // A host tensor on the backend's device, into `dst` (reused while its shape holds).
+  auto to_device = [&](const Tensor& host, Tensor& dst) {
+    if (be.device().is_cpu()) {
+      dst = host;
+      return;
+    }
+    if (!dst.defined() || dst.shape() != host.shape()) {
+      MemoryScope activations(MemoryCategory::activations);
+      dst = be.empty(host.shape(), DType::i32);
+    }
+    be.copy(host, dst);
+  };
   if (doc_separator_ < 0) {
     s.documents = Tensor();
+    s.positions = Tensor();
   } else {  // the bounds of this micro-batch's documents, on the device
     const Tensor host = document_bounds(tokens, int32_t(doc_separator_), doc_separator_starts_);
-    if (be.device().is_cpu()) {
-      s.documents = host;
-    } else {
-      if (!s.documents.defined() || s.documents.shape() != host.shape()) {
-        MemoryScope activations(MemoryCategory::activations);
-        s.documents = be.empty(host.shape(), DType::i32);
-      }
-      be.copy(host, s.documents);
+    to_device(host, s.documents);
+    if (m.first_stage() && cfg_.position == PositionKind::learned) {
+      to_device(document_positions(host), s.positions);
+    } else {  // rotary: the scores depend on the distance alone, which the documents keep
+      s.positions = Tensor();
     }
   }
   const model::Ctx c{be,  cfg_,      m.b,        m.t, compute_, tp_, tp_hooks_,
@@ -572,11 +583,13 @@ void Transformer::run_forward(Slot& s, const Tensor& tokens) {
       // the timeout, for the collectives still queued (an earlier micro-batch's backward).
       tp_hooks_->wait();
       const Tensor whole = c.sp ? m.emb_whole : s.emb_out;
-      be.embedding_shard(dev_tokens, (*emb)->wte, c.once((*emb)->wpe), whole, c.vocab_lo(),
-                         cfg_.vocab_size);
+      const Tensor wpe = c.once((*emb)->wpe);
+      be.embedding_shard(dev_tokens, (*emb)->wte, wpe, wpe.defined() ? s.positions : Tensor(),
+                         whole, c.vocab_lo(), cfg_.vocab_size);
       c.sum_rows(whole, s.emb_out);
     } else {
-      be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, s.emb_out);
+      be.embedding(dev_tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, s.positions,
+                   s.emb_out);
     }
     s.last_tokens = dev_tokens;
     x = s.emb_out;
@@ -819,10 +832,13 @@ void Transformer::backward_stage(int k, float loss_scale) {
       c.gather_rows(m.scratch.d_resid, m.emb_whole);
       tp_hooks_->wait();  // the CUDA backend's token copy waits on the host (as above)
       be.embedding_shard_backward(s.last_tokens, c.sp ? m.emb_whole : m.scratch.d_resid,
-                                  G[emb].wte, G[emb].wpe, c.vocab_lo(), cfg_.vocab_size, true);
+                                  G[emb].wte, G[emb].wpe,
+                                  G[emb].wpe.defined() ? s.positions : Tensor(), c.vocab_lo(),
+                                  cfg_.vocab_size, true);
     } else {
       be.embedding_backward(s.last_tokens, m.scratch.d_resid,
-                            G[emb].wte.slice(0, 0, cfg_.vocab_size), G[emb].wpe, true);
+                            G[emb].wte.slice(0, 0, cfg_.vocab_size), G[emb].wpe, s.positions,
+                            true);
     }
   }
   done(emb);  // the last stage's copy: the head's share of wte alone

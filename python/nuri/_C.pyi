@@ -347,7 +347,8 @@ class Model:
     @property
     def document_separator(self) -> int:
         """The token id that ends a document, so that attention stays inside documents (a
-        query sees no key before the separator that precedes it); -1: off, the default."""
+        query sees no key before the separator that precedes it) and a learned position table
+        is read from each document's start; -1: off, the default."""
     @document_separator.setter
     def document_separator(self, separator: int) -> None: ...
     @property

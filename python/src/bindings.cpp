@@ -446,7 +446,8 @@ PYBIND11_MODULE(_C, m) {
                       t.set_document_separator(separator, t.document_separator_starts());
                     },
                     "Packed documents: the token id that splits documents, so that attention "
-                    "stays inside them; -1: off, the default. It ends its document unless "
+                    "stays inside them and a learned position table is read from each one's "
+                    "start; -1: off, the default. It ends its document unless "
                     "document_separator_starts. train.document_mask sets both for a run.")
       .def_property("document_separator_starts", &Transformer::document_separator_starts,
                     [](Transformer& t, bool starts) {

@@ -1,7 +1,7 @@
-"""Packed documents: with a document separator set, attention stays inside documents, so a
-document packed after others is computed as if it stood alone (a RoPE model: positions only
-shift, and RoPE's scores depend on the distance alone), whether the separator ends its document
-or begins it; the trainer's document_mask takes the separator from nuri tokenize's tokenize.json
+"""Packed documents: with a document separator set, attention stays inside documents and a
+learned position table is read from each document's start, so a document packed after others
+is computed as if it stood alone (GPT-2's learned positions, and RoPE's, whose scores depend on
+the distance alone), whether the separator ends its document or begins it; the trainer's document_mask takes the separator from nuri tokenize's tokenize.json
 or from the config, and refuses data without one."""
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ def _doc(rng, n):
     return rng.integers(0, 256, size=n).astype(np.int32)  # no end-of-text inside
 
 
+@pytest.mark.parametrize("preset", ["llama-tiny", "gpt2-tiny"])
 @pytest.mark.parametrize("starts", [False, True])
-def test_a_packed_document_is_computed_as_if_it_stood_alone(starts):
+def test_a_packed_document_is_computed_as_if_it_stood_alone(starts, preset):
     """Documents `ids EOT` (the separator ends its document) or `EOT ids` (it begins it)."""
     rng = np.random.default_rng(7)
     sep = np.array([EOT], np.int32)
     docs = [_doc(rng, 8), _doc(rng, 4), _doc(rng, 14)]
     docs = [np.concatenate([sep, d]) if starts else np.concatenate([d, sep]) for d in docs]
     packed = np.concatenate(docs)[None, :]
-    model = nuri.Model(nuri.ModelConfig.preset("llama-tiny"), "cpu", 3)
+    model = nuri.Model(nuri.ModelConfig.preset(preset), "cpu", 3)
     assert model.document_separator == -1 and not model.document_separator_starts
     whole = model.logits(packed)[0]
     alone = [model.logits(d[None, :])[0] for d in docs]

@@ -68,6 +68,34 @@ def test_export_matches_the_hugging_face_layout_and_imports_back(preset, tmp_pat
         np.testing.assert_array_equal(back.parameters()[name], a, err_msg=name)
 
 
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_packed_documents_are_each_what_hugging_face_computes_alone(preset, tmp_path):
+    """With a document separator, nuri's logits over a packed window are transformers' logits of
+    each document run by itself (positions from 0: GPT-2's position table is read from each
+    document's start). Without it the later documents differ."""
+    model = randomized(preset)
+    nuri.export_hf(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    V = model.config.vocab_size
+    sep = V - 1  # ends each document
+    rng = np.random.default_rng(5)
+    docs = [np.append(rng.integers(0, V - 1, size=n), sep).astype(np.int32) for n in (6, 9, 5)]
+    packed = np.concatenate(docs)[None, :]
+    plain = np.asarray(model.logits(packed))[0, :, :V]
+    model.document_separator = sep
+    ours = np.asarray(model.logits(packed))[0, :, :V]
+    at = 0
+    for i, doc in enumerate(docs):
+        with torch.no_grad():
+            theirs = hf(torch.from_numpy(doc[None, :]).long()).logits.numpy()[0]
+        scale = np.max(np.abs(theirs))
+        err = np.max(np.abs(ours[at:at + len(doc)] - theirs)) / scale
+        assert err < LOGITS_TOL, f"{preset}: document {i} differs by {err:.3g} of the largest"
+        if i > 0:
+            assert np.max(np.abs(plain[at:at + len(doc)] - theirs)) / scale > 1e-2
+        at += len(doc)
+
+
 def test_import_accepts_keys_without_the_transformer_prefix_and_old_buffers(tmp_path):
     model = randomized("gpt2-tiny")
     nuri.export_hf(model, tmp_path)

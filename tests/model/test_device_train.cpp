@@ -1,6 +1,6 @@
 // The whole training step on the CUDA backend (issue #8): a tiny GPT-2-style and a tiny
-// Llama-style model (with Llama 3.1's RoPE scaling, Qwen2's q/k/v biases and a document mask)
-// train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real CUDA builds, label
+// Llama-style model (with Llama 3.1's RoPE scaling and Qwen2's q/k/v biases), both with a
+// document mask (the GPT-2 one reading its position table from each document's start), train on NURI_TEST_BACKEND ("cuda-emu" in the emulated trees, "cuda" in real CUDA builds, label
 // gpu) and on the CPU backend, from the same initial weights and data. The
 // CUDA run follows the precision recipe (bf16 compute copy and activations; f32 master weights,
 // gradients, optimizer state and loss); the CPU run is f32 throughout.
@@ -101,8 +101,8 @@ std::shared_ptr<TokenFile> data() {
   return TokenFile::from_tokens(std::move(ids), "hamlet-mod-64", kVocab);
 }
 
-// The Llama-style case trains with a document mask whose separator is the space (no other byte
-// of data() is 32 modulo 64): every word is a document, three or four to a 16-token window.
+// Both cases train with a document mask whose separator is the space (no other byte of data()
+// is 32 modulo 64): every word is a document, three or four to a 16-token window.
 constexpr int64_t kWordEnd = ' ' % kVocab;
 
 TrainConfig train_config(bool documents) {
@@ -184,13 +184,11 @@ class DeviceTraining : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(DeviceTraining, MatchesTheCpu) {
   const ModelConfig cfg = GetParam() == "gpt2" ? tiny_gpt2() : tiny_llama();
-  const bool documents = GetParam() == "llama";
   const int n = steps();
-  const TrainRun dev = train(cfg, NURI_TEST_BACKEND, n, documents);
-  const TrainRun cpu = train(cfg, "cpu", n, documents);
-  if (documents) {  // the mask matters: without it the first step's loss is another
-    EXPECT_GT(std::abs(train(cfg, "cpu", 1, false).losses[0] - cpu.losses[0]), 0.01);
-  }
+  const TrainRun dev = train(cfg, NURI_TEST_BACKEND, n, true);
+  const TrainRun cpu = train(cfg, "cpu", n, true);
+  // The mask matters: without it the first step's loss is another.
+  EXPECT_GT(std::abs(train(cfg, "cpu", 1, false).losses[0] - cpu.losses[0]), 0.01);
   const double L = double(cfg.n_layer);
   const double n_fwd = 3 + 10 * L, n_bwd = n_fwd + 2 + 8 * L;
   const double rel_fwd = 4 * std::sqrt(n_fwd) * kU / std::sqrt(3.0);
@@ -198,8 +196,8 @@ TEST_P(DeviceTraining, MatchesTheCpu) {
 
   // 1. Each step's loss against the CPU forward on the same weights and batch.
   Transformer ref(cfg, make_backend("cpu"), 11);
-  ref.set_document_separator(documents ? kWordEnd : -1);
-  const TrainConfig tc = train_config(documents);
+  ref.set_document_separator(kWordEnd);
+  const TrainConfig tc = train_config(true);
   DataLoader loader(data(), tc.seq_len, tc.micro_batch, tc.grad_accum, 1, 0, tc.seed);
   for (int s = 0; s < n; ++s) {
     const CpuEval e = cpu_eval(ref, loader, dev.weights[size_t(s)]);

@@ -243,6 +243,61 @@ TEST(Transformer, GradientMatchesDirectionalDerivative) {
   }
 }
 
+// Packed documents (a document mask): a window of three documents gives the loss and the
+// gradients of the three run alone, each weighted by its share of the tokens: attention stays
+// inside each document, and GPT-2's position table is read from each one's start (rotary
+// positions need nothing: their scores depend on the distance alone). Without the mask the
+// later documents read the earlier ones: another loss.
+TEST(Transformer, PackedDocumentsTrainAsIfEachStoodAlone) {
+  constexpr int32_t kSep = 256;  // the byte vocabulary's end-of-text
+  const std::vector<int64_t> lens = {5, 7, 4};
+  const int64_t t = 16;
+  std::vector<int32_t> tok, tgt;
+  Philox rng(41, 3);
+  for (const int64_t n : lens) {
+    for (int64_t i = 0; i < n; ++i) {  // ids < 256 (no separator) and the separator last
+      tok.push_back(i + 1 < n ? int32_t(rng.bits(tok.size()) % 256u) : kSep);
+      tgt.push_back(int32_t(rng.bits(1000 + tgt.size()) % 257u));
+    }
+  }
+  ASSERT_EQ(int64_t(tok.size()), t);
+  auto ids = [](const std::vector<int32_t>& v, size_t at, int64_t n) {
+    Tensor x = Tensor::empty({1, n}, DType::i32);
+    std::memcpy(x.raw(), v.data() + at, size_t(n) * sizeof(int32_t));
+    return x;
+  };
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    SCOPED_TRACE(preset);
+    const ModelConfig cfg = model_preset(preset);
+    Transformer packed(cfg, make_backend("cpu"), 3), alone(cfg, make_backend("cpu"), 3);
+    const float plain = packed.forward(ids(tok, 0, t), ids(tgt, 0, t));
+    packed.set_document_separator(kSep);
+    packed.zero_grad();
+    const float loss = packed.forward(ids(tok, 0, t), ids(tgt, 0, t));
+    packed.backward(1.f);
+    alone.zero_grad();
+    double sum = 0;
+    size_t at = 0;
+    for (const int64_t n : lens) {
+      const float part = alone.forward(ids(tok, at, n), ids(tgt, at, n));
+      alone.backward(float(n) / float(t));
+      sum += double(n) * part;
+      at += size_t(n);
+    }
+    EXPECT_NEAR(loss, sum / double(t), 2e-6 * std::abs(loss));
+    EXPECT_GT(std::abs(plain - loss), 1e-3) << "the mask changes nothing here";
+    const float* g = packed.grad_buffer().data<float>();
+    const float* h = alone.grad_buffer().data<float>();
+    double largest = 0, err = 0;
+    for (int64_t i = 0; i < packed.grad_buffer().numel(); ++i) {
+      largest = std::max(largest, double(std::abs(h[i])));
+      err = std::max(err, double(std::abs(g[i] - h[i])));
+    }
+    EXPECT_GT(largest, 0);
+    EXPECT_LE(err, 1e-5 * largest);
+  }
+}
+
 // Gradient hooks (data parallelism): the backward completes grad_units() in order, and with
 // hooks that own the storage (a region per unit, here fresh zeroed buffers) it computes the same
 // bits as into the model's own buffer, for tied (gpt2) and untied, rope (llama) layouts, with two

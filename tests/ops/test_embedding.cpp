@@ -1,5 +1,7 @@
 // Token + position embedding and its deterministic scatter-add backward, on every backend; and
 // the vocabulary-parallel shards (tensor parallelism), checked against the whole-table ops.
+#include <sstream>
+
 #include "ops/harness.h"
 
 namespace nuri::test {
@@ -7,11 +9,33 @@ namespace {
 
 struct EmbCase {
   int64_t b, t, v, c, tmax;
-  bool positions;
+  bool positions;   // a position table (wpe)
+  int64_t doc = 0;  // > 0: explicit positions, documents of 1 .. doc tokens each counted from 0
 };
 void PrintTo(const EmbCase& c, std::ostream* os) {
   *os << "B=" << c.b << " T=" << c.t << " V=" << c.v << " C=" << c.c << " Tmax=" << c.tmax
-      << (c.positions ? " positions" : "");
+      << (c.positions ? " positions" : "") << (c.doc > 0 ? " documents" : "");
+}
+
+// Positions [B, T] of packed documents of 1 .. doc tokens (random lengths), each from 0: what
+// document_positions() gives a learned-position model. Short documents make every position
+// repeat, so the dwpe scatter really adds (and with doc = 2, splits its runs into pieces).
+std::vector<int32_t> packed_positions(int64_t b, int64_t t, int64_t doc, uint64_t seed) {
+  std::vector<int32_t> pos(size_t(b * t));
+  Philox rng(seed, 2);
+  uint64_t draw = 0;
+  for (int64_t r = 0; r < b; ++r) {
+    int64_t left = 0, at = 0;
+    for (int64_t i = 0; i < t; ++i) {
+      if (left == 0) {
+        left = 1 + int64_t(rng.bits(draw++) % uint32_t(doc));
+        at = 0;
+      }
+      pos[size_t(r * t + i)] = int32_t(at++);
+      --left;
+    }
+  }
+  return pos;
 }
 
 class EmbeddingTest : public ::testing::TestWithParam<std::tuple<DtypeRun, EmbCase>> {};
@@ -28,15 +52,20 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   Tensor ttok = on_i32(*be, {c.b, c.t}, tok);
   Tensor twte = on_dtype(*be, {c.v, c.c}, wte, dt);
   Tensor twpe = c.positions ? on_dtype(*be, {c.tmax, c.c}, wpe, dt) : Tensor();
+  // The row of wpe each token adds: t, or its place in its document.
+  std::vector<int32_t> pos(size_t(c.b * c.t));
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(int64_t(i) % c.t);
+  if (c.doc > 0) pos = packed_positions(c.b, c.t, c.doc, 26);
+  Tensor tpos = c.doc > 0 ? on_i32(*be, {c.b, c.t}, pos) : Tensor();
   Tensor out = be->empty({c.b, c.t, c.c}, dt);
   be->zero(out);
-  be->embedding(ttok, twte, twpe, out);
+  be->embedding(ttok, twte, twpe, tpos, out);
   auto forward = [&, &c = c](const std::vector<Vec>& in) {
     Vec y(size_t(c.b * c.t * c.c));
     for (int64_t i = 0; i < c.b * c.t; ++i) {
       for (int64_t j = 0; j < c.c; ++j) {
         double v = in[0][size_t(tok[size_t(i)] * c.c + j)];
-        if (c.positions) v += in[1][size_t((i % c.t) * c.c + j)];
+        if (c.positions) v += in[1][size_t(pos[size_t(i)] * c.c + j)];
         y[size_t(i * c.c + j)] = v;
       }
     }
@@ -53,7 +82,7 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   Tensor tdout = on_dtype(*be, {c.b, c.t, c.c}, dout, dt);
   Tensor tdwte = zeros_f32(*be, {c.v, c.c});
   Tensor tdwpe = c.positions ? zeros_f32(*be, {c.tmax, c.c}) : Tensor();
-  be->embedding_backward(ttok, tdout, tdwte, tdwpe, false);
+  be->embedding_backward(ttok, tdout, tdwte, tdwpe, tpos, false);
   GradCheck g;
   g.inputs = inputs;
   g.input_names = {"wte", "wpe"};
@@ -70,7 +99,7 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   for (int64_t i = 0; i < c.b * c.t; ++i) {
     for (int64_t j = 0; j < c.c; ++j) {
       ref_dwte[size_t(tok[size_t(i)] * c.c + j)] += dout[size_t(i * c.c + j)];
-      ref_dwpe[size_t((i % c.t) * c.c + j)] += dout[size_t(i * c.c + j)];
+      ref_dwpe[size_t(pos[size_t(i)] * c.c + j)] += dout[size_t(i * c.c + j)];
     }
   }
   NURI_EXPECT_CLOSE(g.grads[0], ref_dwte, 1e-6, "dwte");
@@ -79,7 +108,7 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   check_gradients(g, fd_cost <= (run.backend == "cpu" ? 2e7 : 1e6), 1e-5, "embedding");
 
   // accumulate = true doubles it.
-  be->embedding_backward(ttok, tdout, tdwte, tdwpe, true);
+  be->embedding_backward(ttok, tdout, tdwte, tdwpe, tpos, true);
   Vec twice = g.grads[0];
   for (double& v : twice) v *= 2;
   NURI_EXPECT_CLOSE(values(*be, tdwte), twice, 1e-6, "accumulated dwte");
@@ -90,12 +119,14 @@ TEST_P(EmbeddingTest, ForwardAndBackwardMatchFloat64) {
   }
 }
 
-// C not a multiple of 4 or 8 takes the scalar CUDA kernels, the others the vector ones. The last
-// case gives each token ~150 positions: the CUDA backward splits such runs into pieces and adds
-// the pieces' partial sums in a second kernel.
+// C not a multiple of 4 or 8 takes the scalar CUDA kernels, the others the vector ones. The
+// T=150 cases give each token ~150 positions: the CUDA backward splits such runs into pieces and
+// adds the pieces' partial sums in a second kernel; with documents of 1 or 2 tokens, position 0
+// and 1 too. The cases with documents read wpe by explicit positions.
 const EmbCase kCases[] = {
-    {1, 1, 1, 1, 1, true},      {2, 7, 5, 3, 9, true},      {3, 17, 11, 33, 17, false},
-    {2, 65, 97, 70, 128, true}, {4, 64, 300, 64, 64, true}, {3, 150, 3, 40, 150, true},
+    {1, 1, 1, 1, 1, true},         {2, 7, 5, 3, 9, true},          {3, 17, 11, 33, 17, false},
+    {2, 65, 97, 70, 128, true},    {4, 64, 300, 64, 64, true},     {3, 150, 3, 40, 150, true},
+    {2, 7, 5, 3, 9, true, 3},      {2, 65, 97, 70, 128, true, 9},  {3, 150, 3, 40, 150, true, 2},
 };
 
 INSTANTIATE_TEST_SUITE_P(
@@ -105,10 +136,12 @@ INSTANTIATE_TEST_SUITE_P(
       const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);
       const bool extra = run.dtype != act_dtype(run.backend);
-      return sanitize_name(run.backend + (extra ? "_" + std::string(dtype_name(run.dtype)) : "") +
-                           "_B" + std::to_string(c.b) + "_T" + std::to_string(c.t) + "_V" +
-                           std::to_string(c.v) + "_C" + std::to_string(c.c) +
-                           (c.positions ? "_pos" : "_nopos"));
+      std::ostringstream name;
+      name << run.backend;
+      if (extra) name << "_" << dtype_name(run.dtype);
+      name << "_B" << c.b << "_T" << c.t << "_V" << c.v << "_C" << c.c
+           << (c.positions ? "_pos" : "_nopos") << (c.doc > 0 ? "_docs" : "");
+      return sanitize_name(name.str());
     });
 
 // The backward gives the same bits on 1 thread and on all threads (no atomics, fixed order); on
@@ -127,10 +160,16 @@ TEST(EmbeddingDeterminism, BackwardBitsDoNotDependOnThreadCount) {
       for (int threads : {1, max_threads()}) {
         ThreadCount scope(threads);
         Tensor d = zeros_f32(*be, {v, c}), dp = zeros_f32(*be, {t, c});
-        be->embedding_backward(ttok, dout, d, dp, false);
+        be->embedding_backward(ttok, dout, d, dp, Tensor(), false);
         results.push_back(values(*be, d));
         const Vec pos = values(*be, dp);
         results.back().insert(results.back().end(), pos.begin(), pos.end());
+        // By explicit positions (documents of 1 or 2 tokens: long runs split into pieces).
+        Tensor dq = zeros_f32(*be, {t, c});
+        const Tensor tpos = on_i32(*be, {b, t}, packed_positions(b, t, 2, 27));
+        be->embedding_backward(ttok, dout, d, dq, tpos, false);
+        const Vec by_pos = values(*be, dq);
+        results.back().insert(results.back().end(), by_pos.begin(), by_pos.end());
       }
       EXPECT_EQ(results[0], results[1]) << name << " with " << v << " distinct tokens";
     }
@@ -142,10 +181,11 @@ TEST(EmbeddingDeterminism, BackwardBitsDoNotDependOnThreadCount) {
 struct ShardCase {
   int64_t b, t, v, vp, c;  // vp: the padded table's rows, split into S shards of vp / S
   bool positions;
+  int64_t doc = 0;  // > 0: explicit positions (packed_positions)
 };
 void PrintTo(const ShardCase& c, std::ostream* os) {
   *os << "B=" << c.b << " T=" << c.t << " V=" << c.v << " Vp=" << c.vp << " C=" << c.c
-      << (c.positions ? " positions" : "");
+      << (c.positions ? " positions" : "") << (c.doc > 0 ? " documents" : "");
 }
 
 class EmbeddingShardTest : public ::testing::TestWithParam<std::tuple<DtypeRun, ShardCase>> {};
@@ -169,13 +209,17 @@ TEST_P(EmbeddingShardTest, ShardsMatchTheWholeTable) {
   Tensor ttok = on_i32(*be, {c.b, c.t}, tok);
   Tensor twpe = c.positions ? on_dtype(*be, {c.t, c.c}, wpe, dt) : Tensor();
   Tensor tdout = on_dtype(*be, {c.b, c.t, c.c}, dout, dt);
+  std::vector<int32_t> pos(size_t(c.b * c.t));
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(int64_t(i) % c.t);
+  if (c.doc > 0) pos = packed_positions(c.b, c.t, c.doc, 38);
+  const Tensor tpos = c.doc > 0 ? on_i32(*be, {c.b, c.t}, pos) : Tensor();
 
   Tensor out = be->empty({c.b, c.t, c.c}, dt);
-  be->embedding(ttok, on_dtype(*be, {c.vp, c.c}, wte, dt), twpe, out);
+  be->embedding(ttok, on_dtype(*be, {c.vp, c.c}, wte, dt), twpe, tpos, out);
   const Vec whole = values(*be, out);
   Tensor dwte = zeros_f32(*be, {c.vp, c.c});
   Tensor dwpe = c.positions ? zeros_f32(*be, {c.t, c.c}) : Tensor();
-  be->embedding_backward(ttok, tdout, dwte, dwpe, false);
+  be->embedding_backward(ttok, tdout, dwte, dwpe, tpos, false);
   const Vec whole_dwte = values(*be, dwte);
   const Vec whole_dwpe = c.positions ? values(*be, dwpe) : Vec();
 
@@ -183,7 +227,7 @@ TEST_P(EmbeddingShardTest, ShardsMatchTheWholeTable) {
   for (int64_t i = 0; i < c.b * c.t; ++i) {
     for (int64_t j = 0; j < c.c; ++j) {
       ref[size_t(i * c.c + j)] = wte[size_t(tok[size_t(i)] * c.c + j)] +
-                                 (c.positions ? wpe[size_t((i % c.t) * c.c + j)] : 0.0);
+                                 (c.positions ? wpe[size_t(pos[size_t(i)] * c.c + j)] : 0.0);
     }
   }
 
@@ -199,21 +243,22 @@ TEST_P(EmbeddingShardTest, ShardsMatchTheWholeTable) {
       const Vec rows(wte.begin() + s * vl * c.c, wte.begin() + (s + 1) * vl * c.c);
       Tensor shard = on_dtype(*be, {vl, c.c}, rows, dt);
       Tensor shard_out = on_dtype(*be, {c.b, c.t, c.c}, random_vec(c.b * c.t * c.c, 35), dt);
-      be->embedding_shard(ttok, shard, s == 0 ? twpe : Tensor(), shard_out, s * vl, c.v);
+      be->embedding_shard(ttok, shard, s == 0 ? twpe : Tensor(), s == 0 ? tpos : Tensor(),
+                          shard_out, s * vl, c.v);
       const Vec o = values(*be, shard_out);
       for (size_t i = 0; i < o.size(); ++i) sum[i] += float(o[i]);
       // accumulate = false overwrites (garbage before).
       Tensor shard_dwte = on_f32(*be, {vl, c.c}, random_vec(vl * c.c, 36));
       Tensor shard_dwpe =
           c.positions ? on_f32(*be, {c.t, c.c}, random_vec(c.t * c.c, 37)) : Tensor();
-      be->embedding_shard_backward(ttok, tdout, shard_dwte, shard_dwpe, s * vl, c.v, false);
+      be->embedding_shard_backward(ttok, tdout, shard_dwte, shard_dwpe, tpos, s * vl, c.v, false);
       const Vec g = values(*be, shard_dwte);
       stacked_dwte.insert(stacked_dwte.end(), g.begin(), g.end());
       if (c.positions) {
         EXPECT_EQ(values(*be, shard_dwpe), whole_dwpe) << "dwpe of shard " << s;
       }
       // accumulate = true adds the rows one by one onto the sum: 2x up to f32 rounding.
-      be->embedding_shard_backward(ttok, tdout, shard_dwte, shard_dwpe, s * vl, c.v, true);
+      be->embedding_shard_backward(ttok, tdout, shard_dwte, shard_dwpe, tpos, s * vl, c.v, true);
       Vec twice = g;
       for (double& x : twice) x *= 2;
       NURI_EXPECT_CLOSE(values(*be, shard_dwte), twice, 1e-6, "accumulated dwte of shard " << s);
@@ -247,6 +292,7 @@ const ShardCase kShardCases[] = {
     {3, 17, 50, 64, 16, false},
     {3, 150, 5, 8, 40, true},
     {4, 64, 300, 304, 64, true},
+    {3, 17, 50, 64, 16, true, 5},
 };
 
 INSTANTIATE_TEST_SUITE_P(
@@ -256,10 +302,12 @@ INSTANTIATE_TEST_SUITE_P(
       const auto& run = std::get<0>(info.param);
       const auto& c = std::get<1>(info.param);
       const bool extra = run.dtype != act_dtype(run.backend);
-      return sanitize_name(run.backend + (extra ? "_" + std::string(dtype_name(run.dtype)) : "") +
-                           "_B" + std::to_string(c.b) + "_T" + std::to_string(c.t) + "_V" +
-                           std::to_string(c.v) + "_Vp" + std::to_string(c.vp) + "_C" +
-                           std::to_string(c.c) + (c.positions ? "_pos" : "_nopos"));
+      std::ostringstream name;
+      name << run.backend;
+      if (extra) name << "_" << dtype_name(run.dtype);
+      name << "_B" << c.b << "_T" << c.t << "_V" << c.v << "_Vp" << c.vp << "_C" << c.c
+           << (c.positions ? "_pos" : "_nopos") << (c.doc > 0 ? "_docs" : "");
+      return sanitize_name(name.str());
     });
 
 }  // namespace

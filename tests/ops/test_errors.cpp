@@ -99,7 +99,7 @@ TEST_P(OpErrorTest, DtypeAndDeviceMismatch) {
     expect_error([&] { be->adamw({bf}, AdamWParams{}); }, {"adamw", "param", "dtype bf16", "f32"});
   }
   Tensor tokens_f32 = f32({2, 3});
-  expect_error([&] { be->embedding(tokens_f32, act({10, 4}), Tensor(), act({2, 3, 4})); },
+  expect_error([&] { be->embedding(tokens_f32, act({10, 4}), Tensor(), Tensor(), act({2, 3, 4})); },
                {"embedding", "tokens", "dtype f32", "expected i32"});
 }
 
@@ -120,13 +120,23 @@ TEST_P(OpErrorTest, AttentionHeadsAndShapes) {
 
 TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {
   Tensor tok = on_i32(*be, {1, 3}, {1, 10, 2});
-  expect_error([&] { be->embedding(tok, act({10, 4}), Tensor(), act({1, 3, 4})); },
+  expect_error([&] { be->embedding(tok, act({10, 4}), Tensor(), Tensor(), act({1, 3, 4})); },
                {"embedding", "token id 10", "position 1", "[0, 10)"});
   Tensor neg = on_i32(*be, {1, 3}, {1, -1, 2});
-  expect_error([&] { be->embedding_backward(neg, act({1, 3, 4}), f32({10, 4}), Tensor(), false); },
+  expect_error([&] { be->embedding_backward(neg, act({1, 3, 4}), f32({10, 4}), Tensor(), Tensor(), false); },
                {"embedding_backward", "token id -1"});
-  expect_error([&] { be->embedding(on_i32(*be, {1, 5}, {0, 1, 2, 3, 4}), act({10, 4}), act({4, 4}), act({1, 5, 4})); },
+  expect_error([&] { be->embedding(on_i32(*be, {1, 5}, {0, 1, 2, 3, 4}), act({10, 4}), act({4, 4}), Tensor(), act({1, 5, 4})); },
                {"sequence length 5", "max_seq_len 4"});
+  // Positions (packed documents) index the position table: each in [0, Tmax), [B, T], with wpe.
+  Tensor tok3 = on_i32(*be, {1, 3}, {1, 2, 3});
+  expect_error([&] { be->embedding(tok3, act({10, 4}), act({4, 4}), on_i32(*be, {1, 3}, {0, 4, 1}), act({1, 3, 4})); },
+               {"embedding", "position 4 at batch 0, position 1", "position table [0, 4)"});
+  expect_error([&] { be->embedding_backward(tok3, act({1, 3, 4}), f32({10, 4}), f32({4, 4}), on_i32(*be, {1, 3}, {0, 1, -1}), false); },
+               {"embedding_backward", "position -1 at batch 0, position 2", "[0, 4)"});
+  expect_error([&] { be->embedding(tok3, act({10, 4}), Tensor(), on_i32(*be, {1, 3}, {0, 1, 2}), act({1, 3, 4})); },
+               {"embedding", "positions are given without a position table"});
+  expect_error([&] { be->embedding_shard(tok3, act({10, 4}), act({4, 4}), on_i32(*be, {3}, {0, 1, 2}), act({1, 3, 4}), 0, 10); },
+               {"embedding_shard", "positions has shape (3,)", "(1, 3)"});
   Tensor tg = on_i32(*be, {2}, {3, 7});
   expect_error([&] { be->cross_entropy(act({2, 8}), tg, 5, -100, f32({2}), f32({2}), f32({1})); },
                {"cross_entropy", "target 7", "row 1", "[0, 5)"});
@@ -137,17 +147,17 @@ TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {
 TEST_P(OpErrorTest, VocabularyShardArguments) {
   // embedding_shard: tokens are checked against the whole vocabulary, not the shard's rows.
   Tensor tok = on_i32(*be, {1, 3}, {1, 10, 2});
-  expect_error([&] { be->embedding_shard(tok, act({4, 4}), Tensor(), act({1, 3, 4}), 8, 10); },
+  expect_error([&] { be->embedding_shard(tok, act({4, 4}), Tensor(), Tensor(), act({1, 3, 4}), 8, 10); },
                {"embedding_shard", "token id 10", "position 1", "[0, 10)"});
   Tensor neg = on_i32(*be, {1, 3}, {1, -1, 2});
-  expect_error([&] { be->embedding_shard_backward(neg, act({1, 3, 4}), f32({4, 4}), Tensor(), 0, 10, false); },
+  expect_error([&] { be->embedding_shard_backward(neg, act({1, 3, 4}), f32({4, 4}), Tensor(), Tensor(), 0, 10, false); },
                {"embedding_shard_backward", "token id -1", "[0, 10)"});
   Tensor ok = on_i32(*be, {1, 3}, {1, 9, 2});
-  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), act({1, 3, 4}), -4, 10); },
+  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), Tensor(), act({1, 3, 4}), -4, 10); },
                {"embedding_shard", "row_lo (-4)", ">= 0"});
-  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), act({1, 3, 5}), 4, 10); },
+  expect_error([&] { be->embedding_shard(ok, act({4, 4}), Tensor(), Tensor(), act({1, 3, 5}), 4, 10); },
                {"embedding_shard", "out", "(1, 3, 5)", "(1, 3, 4)"});
-  expect_error([&] { be->embedding_shard_backward(ok, act({1, 3, 4}), f32({4, 4}), f32({2, 4}), 4, 10, false); },
+  expect_error([&] { be->embedding_shard_backward(ok, act({1, 3, 4}), f32({4, 4}), f32({2, 4}), Tensor(), 4, 10, false); },
                {"embedding_shard_backward", "sequence length 3", "max_seq_len 2"});
 
   // cross_entropy_shard / _backward: targets against the whole vocabulary, 0 <= col_lo < vocab.

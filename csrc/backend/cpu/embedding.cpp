@@ -17,10 +17,11 @@ namespace {
 
 constexpr int64_t kWholeTable = -1;
 
-// Validates tokens [B, T] (every id in [0, vocab)) against wte [V, C] and wpe [Tmax, C]; returns
-// B, T, C. vocab is the whole vocabulary for a shard; kWholeTable means wte's rows.
+// Validates tokens [B, T] (every id in [0, vocab)) against wte [V, C] and wpe [Tmax, C], and
+// positions [B, T] (optional, with wpe: each in [0, Tmax)); returns B, T, C. vocab is the whole
+// vocabulary for a shard; kWholeTable means wte's rows.
 void embedding_dims(const char* op, const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                    int64_t vocab, int64_t& b, int64_t& t, int64_t& c) {
+                    const Tensor& positions, int64_t vocab, int64_t& b, int64_t& t, int64_t& c) {
   check_cpu(op, "tokens", tokens, DType::i32);
   NURI_CHECK(tokens.dim() == 2, op, ": tokens must be [B, T], got shape ",
              shape_str(tokens.shape()));
@@ -35,6 +36,18 @@ void embedding_dims(const char* op, const Tensor& tokens, const Tensor& wte, con
                shape_str(wpe.shape()), ", expected [Tmax, ", c, "]");
     NURI_CHECK(t <= wpe.size(0), op, ": sequence length ", t,
                " exceeds the position table's max_seq_len ", wpe.size(0));
+  }
+  if (positions.defined()) {
+    NURI_CHECK(wpe.defined(), op, ": positions are given without a position table (wpe); "
+               "rotary models take no positions here");
+    check_cpu(op, "positions", positions, DType::i32);
+    cpu::check_shape(op, "positions", positions, {b, t});
+    const int32_t* pos = positions.data<int32_t>();
+    for (int64_t i = 0; i < b * t; ++i) {
+      NURI_CHECK(pos[i] >= 0 && pos[i] < wpe.size(0), op, ": position ", pos[i], " at batch ",
+                 i / t, ", position ", i % t, " is outside the position table [0, ",
+                 wpe.size(0), ")");
+    }
   }
   if (vocab == kWholeTable) vocab = wte.size(0);
   const int32_t* tok = tokens.data<int32_t>();
@@ -51,11 +64,12 @@ void check_shard(const char* op, int64_t row_lo, int64_t vocab_size) {
              ") must be >= 0 (the first vocabulary row this shard holds)");
 }
 
-// out [B·T, C] = wte [Vl, C][token - row_lo] (0 for tokens outside the shard) + wpe [Tmax, C][t]
-// when given. The whole-table op has every token inside.
-void embed(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, const Tensor& out, int64_t b,
-           int64_t t, int64_t c, int64_t row_lo) {
+// out [B·T, C] = wte [Vl, C][token - row_lo] (0 for tokens outside the shard) + wpe [Tmax, C][p]
+// when given, p = positions[i] or t. The whole-table op has every token inside.
+void embed(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, const Tensor& positions,
+           const Tensor& out, int64_t b, int64_t t, int64_t c, int64_t row_lo) {
   const int32_t* tok = tokens.data<int32_t>();
+  const int32_t* pos = positions.defined() ? positions.data<int32_t>() : nullptr;
   const float* e = wte.data<float>();
   const float* p = wpe.defined() ? wpe.data<float>() : nullptr;
   float* o = out.data<float>();
@@ -64,7 +78,7 @@ void embed(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, const Ten
   for (int64_t i = 0; i < b * t; ++i) {
     const int64_t id = int64_t(tok[i]) - row_lo;
     float* orow = o + i * c;
-    const float* pr = p ? p + (i % t) * c : nullptr;
+    const float* pr = p ? p + (pos ? int64_t(pos[i]) : i % t) * c : nullptr;
     if (id < 0 || id >= rows) {  // another shard's token: only the position term
       if (pr) {
         std::memcpy(orow, pr, size_t(c) * sizeof(float));
@@ -82,30 +96,42 @@ void embed(const Tensor& tokens, const Tensor& wte, const Tensor& wpe, const Ten
   }
 }
 
-// dwte [Vl, C] (+)= the scatter of dout [B·T, C] by token - row_lo over the tokens inside the
-// shard; dwpe [Tmax, C] (+)= Σ_b dout when given.
-void embed_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                    const Tensor& dwpe, int64_t b, int64_t t, int64_t c, int64_t row_lo,
-                    bool accumulate) {
-  const int32_t* tok = tokens.data<int32_t>();
-  const float* g = dout.data<float>();
-  float* dw = dwte.data<float>();
-  const int64_t rows = dwte.size(0);
-  if (!accumulate) std::memset(dw, 0, dwte.nbytes());
+// dst [rows, C] (+)= the scatter of dout [n, C] by id[i] - row_lo over the ids in [0, rows). Each
+// thread owns a block of columns and walks the positions in order: the same sums on any thread
+// count.
+void scatter_rows(const int32_t* id, const float* g, int64_t n, int64_t c, int64_t row_lo,
+                  const Tensor& dst, bool accumulate) {
+  float* dw = dst.data<float>();
+  const int64_t rows = dst.size(0);
+  if (!accumulate) std::memset(dw, 0, dst.nbytes());
   constexpr int64_t kCols = 64;
   const int64_t blocks = (c + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static) if (b * t * c >= cpu::kParallelWork)
+#pragma omp parallel for schedule(static) if (n * c >= cpu::kParallelWork)
   for (int64_t bi = 0; bi < blocks; ++bi) {
     const int64_t j0 = bi * kCols, j1 = std::min(c, j0 + kCols);
-    for (int64_t i = 0; i < b * t; ++i) {
-      const int64_t id = int64_t(tok[i]) - row_lo;
-      if (id < 0 || id >= rows) continue;  // another shard's row
-      float* dst = dw + id * c;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = int64_t(id[i]) - row_lo;
+      if (r < 0 || r >= rows) continue;  // another shard's row
+      float* d = dw + r * c;
       const float* src = g + i * c;
-      for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
+      for (int64_t j = j0; j < j1; ++j) d[j] += src[j];
     }
   }
+}
+
+// dwte [Vl, C] (+)= the scatter of dout [B·T, C] by token - row_lo over the tokens inside the
+// shard; dwpe [Tmax, C] (+)= the scatter by position (Σ_b dout at row t without positions) when
+// given.
+void embed_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
+                    const Tensor& dwpe, const Tensor& positions, int64_t b, int64_t t, int64_t c,
+                    int64_t row_lo, bool accumulate) {
+  const float* g = dout.data<float>();
+  scatter_rows(tokens.data<int32_t>(), g, b * t, c, row_lo, dwte, accumulate);
   if (!dwpe.defined()) return;
+  if (positions.defined()) {
+    scatter_rows(positions.data<int32_t>(), g, b * t, c, 0, dwpe, accumulate);
+    return;
+  }
   float* dp = dwpe.data<float>();
 #pragma omp parallel for schedule(static) if (b * t * c >= cpu::kParallelWork)
   for (int64_t ti = 0; ti < t; ++ti) {
@@ -124,46 +150,49 @@ void embed_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte
 }  // namespace
 
 void CpuBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                           const Tensor& out) {
+                           const Tensor& positions, const Tensor& out) {
   constexpr const char* op = "embedding";
   int64_t b, t, c;
-  embedding_dims(op, tokens, wte, wpe, kWholeTable, b, t, c);
+  embedding_dims(op, tokens, wte, wpe, positions, kWholeTable, b, t, c);
   check_cpu(op, "out", out);
   cpu::check_shape(op, "out", out, {b, t, c});
-  embed(tokens, wte, wpe, out, b, t, c, 0);
+  embed(tokens, wte, wpe, positions, out, b, t, c, 0);
 }
 
 void CpuBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                                    const Tensor& dwpe, bool accumulate) {
+                                    const Tensor& dwpe, const Tensor& positions,
+                                    bool accumulate) {
   constexpr const char* op = "embedding_backward";
   int64_t b, t, c;
-  embedding_dims(op, tokens, dwte, dwpe, kWholeTable, b, t, c);
+  embedding_dims(op, tokens, dwte, dwpe, positions, kWholeTable, b, t, c);
   check_cpu(op, "dout", dout);
   cpu::check_shape(op, "dout", dout, {b, t, c});
-  embed_backward(tokens, dout, dwte, dwpe, b, t, c, 0, accumulate);
+  embed_backward(tokens, dout, dwte, dwpe, positions, b, t, c, 0, accumulate);
 }
 
 void CpuBackend::embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                                 const Tensor& out, int64_t row_lo, int64_t vocab_size) {
+                                 const Tensor& positions, const Tensor& out, int64_t row_lo,
+                                 int64_t vocab_size) {
   constexpr const char* op = "embedding_shard";
   check_shard(op, row_lo, vocab_size);
   int64_t b, t, c;
-  embedding_dims(op, tokens, wte, wpe, vocab_size, b, t, c);
+  embedding_dims(op, tokens, wte, wpe, positions, vocab_size, b, t, c);
   check_cpu(op, "out", out);
   cpu::check_shape(op, "out", out, {b, t, c});
-  embed(tokens, wte, wpe, out, b, t, c, row_lo);
+  embed(tokens, wte, wpe, positions, out, b, t, c, row_lo);
 }
 
 void CpuBackend::embedding_shard_backward(const Tensor& tokens, const Tensor& dout,
-                                          const Tensor& dwte, const Tensor& dwpe, int64_t row_lo,
+                                          const Tensor& dwte, const Tensor& dwpe,
+                                          const Tensor& positions, int64_t row_lo,
                                           int64_t vocab_size, bool accumulate) {
   constexpr const char* op = "embedding_shard_backward";
   check_shard(op, row_lo, vocab_size);
   int64_t b, t, c;
-  embedding_dims(op, tokens, dwte, dwpe, vocab_size, b, t, c);
+  embedding_dims(op, tokens, dwte, dwpe, positions, vocab_size, b, t, c);
   check_cpu(op, "dout", dout);
   cpu::check_shape(op, "dout", dout, {b, t, c});
-  embed_backward(tokens, dout, dwte, dwpe, b, t, c, row_lo, accumulate);
+  embed_backward(tokens, dout, dwte, dwpe, positions, b, t, c, row_lo, accumulate);
 }
 
 }  // namespace nuri

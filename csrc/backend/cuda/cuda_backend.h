@@ -89,14 +89,15 @@ class CudaBackend final : public Backend {
   void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) override;
 
   void embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                 const Tensor& out) override;
+                 const Tensor& positions, const Tensor& out) override;
   void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                          const Tensor& dwpe, bool accumulate) override;
+                          const Tensor& dwpe, const Tensor& positions, bool accumulate) override;
   void embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                       const Tensor& out, int64_t row_lo, int64_t vocab_size) override;
+                       const Tensor& positions, const Tensor& out, int64_t row_lo,
+                       int64_t vocab_size) override;
   void embedding_shard_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                                const Tensor& dwpe, int64_t row_lo, int64_t vocab_size,
-                                bool accumulate) override;
+                                const Tensor& dwpe, const Tensor& positions, int64_t row_lo,
+                                int64_t vocab_size, bool accumulate) override;
 
   void layernorm(const Tensor& x, const Tensor& residual, const Tensor& weight, const Tensor& bias,
                  float eps, const Tensor& sum, const Tensor& y, const Tensor& mean,

@@ -2,12 +2,14 @@
 // holds the rows [row_lo, row_lo + Vl); the whole table is the shard with row_lo = 0 and every
 // row). The token array is copied to the host (a stream synchronization) to validate it with the
 // CPU backend's message, and, in the backward, to sort positions by token: the runs that make the
-// scatter-add deterministic without atomics (kernels/embedding.cuh). Tokens stay i32 on the
-// device.
+// scatter-add deterministic without atomics (kernels/embedding.cuh). Given positions (packed
+// documents) are checked the same way, and dwpe is then the same scatter by position. Tokens
+// stay i32 on the device.
 #include "embedding.h"
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -25,13 +27,29 @@ void cuda_check(cudaError_t err, const char* op, const char* what) {
 
 constexpr int64_t kWholeTable = -1;
 
+// n i32 values of a device tensor, on the host (a stream synchronization).
+std::vector<int32_t> to_host(const char* op, const char* name, const Tensor& ids, int64_t n,
+                             cudaStream_t stream) {
+  std::vector<int32_t> host(static_cast<size_t>(n));
+  if (n > 0) {
+    const std::string what = std::string("copying ") + name + " to the host";
+    cuda_check(cudaMemcpyAsync(host.data(), ids.raw(), size_t(n) * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream),
+               op, what.c_str());
+    cuda_check(cudaStreamSynchronize(stream), op, what.c_str());
+  }
+  return host;
+}
+
 // Validates tokens [B, T] against wte [V, C] (dtype wdt) and wpe [Tmax, C] (optional, dtype
-// wdt), and returns the tokens on the host (each in [0, vocab)) with B, T, C. vocab is the whole
-// vocabulary for a shard; kWholeTable means wte's rows.
+// wdt), and positions [B, T] (optional, with wpe), and returns the tokens on the host (each in
+// [0, vocab)) with B, T, C, and the positions on the host (each in [0, Tmax)) in `pos` when
+// given. vocab is the whole vocabulary for a shard; kWholeTable means wte's rows.
 std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const char* wte_name,
                                     const Tensor& wte, const char* wpe_name, const Tensor& wpe,
-                                    DType wdt, int64_t vocab, cudaStream_t stream, int64_t& b,
-                                    int64_t& t, int64_t& c) {
+                                    const Tensor& positions, DType wdt, int64_t vocab,
+                                    cudaStream_t stream, int64_t& b, int64_t& t, int64_t& c,
+                                    std::vector<int32_t>& pos) {
   cuda::check_dev(op, "tokens", tokens, DType::i32);
   NURI_CHECK(tokens.dim() == 2, op, ": tokens must be [B, T], got shape ",
              shape_str(tokens.shape()));
@@ -52,17 +70,24 @@ std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const 
   if (vocab == kWholeTable) vocab = wte.size(0);
   NURI_CHECK(n < (int64_t(1) << 31), op, ": ", n,
              " tokens exceed the CUDA backend's limit of 2^31 - 1 per call");
-  std::vector<int32_t> tok(static_cast<size_t>(n));
-  if (n > 0) {
-    cuda_check(cudaMemcpyAsync(tok.data(), tokens.raw(), size_t(n) * sizeof(int32_t),
-                               cudaMemcpyDeviceToHost, stream),
-               op, "copying tokens to the host");
-    cuda_check(cudaStreamSynchronize(stream), op, "copying tokens to the host");
-  }
+  std::vector<int32_t> tok = to_host(op, "tokens", tokens, n, stream);
   for (int64_t i = 0; i < n; ++i) {
     NURI_CHECK(tok[size_t(i)] >= 0 && tok[size_t(i)] < vocab, op, ": token id ", tok[size_t(i)],
                " at batch ", i / t, ", position ", i % t, " is outside the vocabulary [0, ", vocab,
                ")");
+  }
+  pos.clear();
+  if (positions.defined()) {
+    NURI_CHECK(wpe.defined(), op, ": positions are given without a position table (", wpe_name,
+               "); rotary models take no positions here");
+    cuda::check_dev(op, "positions", positions, DType::i32);
+    cuda::check_shape(op, "positions", positions, {b, t});
+    pos = to_host(op, "positions", positions, n, stream);
+    for (int64_t i = 0; i < n; ++i) {
+      NURI_CHECK(pos[size_t(i)] >= 0 && pos[size_t(i)] < wpe.size(0), op, ": position ",
+                 pos[size_t(i)], " at batch ", i / t, ", position ", i % t,
+                 " is outside the position table [0, ", wpe.size(0), ")");
+    }
   }
   return tok;
 }
@@ -169,62 +194,80 @@ void wpe_grad(const Tensor& dout, const Tensor& dwpe, int64_t b, int64_t t, bool
 // The forward of a shard [row_lo, row_lo + Vl) of the table checked against vocab (kWholeTable:
 // wte is the whole table, row_lo = 0).
 void embed(CudaBackend& be, const char* op, const Tensor& tokens, const Tensor& wte,
-           const Tensor& wpe, const Tensor& out, int64_t row_lo, int64_t vocab) {
+           const Tensor& wpe, const Tensor& positions, const Tensor& out, int64_t row_lo,
+           int64_t vocab) {
   cuda::check_dev(op, "tokens", tokens, DType::i32);
   const DType dt = cuda::activation_dtype(op, "wte", wte);
   int64_t b, t, c;
-  embedding_dims(op, tokens, "wte", wte, "wpe", wpe, dt, vocab, be.stream(), b, t, c);
+  std::vector<int32_t> pos;
+  embedding_dims(op, tokens, "wte", wte, "wpe", wpe, positions, dt, vocab, be.stream(), b, t, c,
+                 pos);
   cuda::check_dev(op, "out", out, dt);
   cuda::check_shape(op, "out", out, {b, t, c});
+  const auto* gpos = positions.defined() ? static_cast<const int32_t*>(positions.raw()) : nullptr;
   if (dt == DType::bf16) {
     using T = __nv_bfloat16;
     kernels::embedding<T>(
         {static_cast<const int32_t*>(tokens.raw()), static_cast<const T*>(wte.raw()),
-         wpe.defined() ? static_cast<const T*>(wpe.raw()) : nullptr, static_cast<T*>(out.raw()),
-         b * t, t, c, row_lo, wte.size(0)},
+         wpe.defined() ? static_cast<const T*>(wpe.raw()) : nullptr, gpos,
+         static_cast<T*>(out.raw()), b * t, t, c, row_lo, wte.size(0)},
         be.stream());
   } else {
     kernels::embedding<float>(
         {static_cast<const int32_t*>(tokens.raw()), static_cast<const float*>(wte.raw()),
-         wpe.defined() ? static_cast<const float*>(wpe.raw()) : nullptr,
+         wpe.defined() ? static_cast<const float*>(wpe.raw()) : nullptr, gpos,
          static_cast<float*>(out.raw()), b * t, t, c, row_lo, wte.size(0)},
         be.stream());
   }
 }
 
+// dst [rows, C] (+)= the scatter of dout [n, C] by ids[i] - row_lo (host ids; those outside
+// [0, rows) are another shard's and left out), deterministically: the run plan uploaded to the
+// workspace, then the run and merge kernels.
+void scatter_grad(CudaBackend& be, const char* op, const std::vector<int32_t>& ids,
+                  int64_t row_lo, const Tensor& dout, DType dt, const Tensor& dst,
+                  bool accumulate) {
+  const cudaStream_t stream = be.stream();
+  const int64_t c = dst.size(1);
+  if (!accumulate && dst.numel() > 0) {
+    cuda_check(cudaMemsetAsync(dst.raw(), 0, dst.nbytes(), stream), op, "zeroing a gradient");
+  }
+  if (ids.empty() || c == 0) return;
+  const RunPlan plan = plan_runs(ids, row_lo, dst.size(0), kernels::kEmbeddingRunRows);
+  const size_t words_bytes = plan.words.size() * sizeof(int32_t);
+  const size_t partial_at = (words_bytes + 255) / 256 * 256;
+  void* ws = be.workspace(partial_at + size_t(plan.slots * c) * sizeof(float));
+  if (words_bytes > 0) {
+    cuda_check(cudaMemcpyAsync(ws, plan.words.data(), words_bytes, cudaMemcpyHostToDevice, stream),
+               op, "uploading the scatter's runs");
+  }
+  if (dt == DType::bf16) {
+    wte_grad<__nv_bfloat16>(dout, dst, plan, ws, partial_at, accumulate, stream);
+  } else {
+    wte_grad<float>(dout, dst, plan, ws, partial_at, accumulate, stream);
+  }
+}
+
 // The backward of a shard, as embed().
 void embed_backward(CudaBackend& be, const char* op, const Tensor& tokens, const Tensor& dout,
-                    const Tensor& dwte, const Tensor& dwpe, int64_t row_lo, int64_t vocab,
-                    bool accumulate) {
+                    const Tensor& dwte, const Tensor& dwpe, const Tensor& positions,
+                    int64_t row_lo, int64_t vocab, bool accumulate) {
   const cudaStream_t stream = be.stream();
   int64_t b, t, c;
-  const std::vector<int32_t> tok =
-      embedding_dims(op, tokens, "dwte", dwte, "dwpe", dwpe, DType::f32, vocab, stream, b, t, c);
+  std::vector<int32_t> pos;
+  const std::vector<int32_t> tok = embedding_dims(op, tokens, "dwte", dwte, "dwpe", dwpe,
+                                                  positions, DType::f32, vocab, stream, b, t, c,
+                                                  pos);
   const DType dt = cuda::activation_dtype(op, "dout", dout);
   cuda::check_dev(op, "dout", dout, dt);
   cuda::check_shape(op, "dout", dout, {b, t, c});
-
-  if (!accumulate && dwte.numel() > 0) {
-    cuda_check(cudaMemsetAsync(dwte.raw(), 0, dwte.nbytes(), stream), op, "zeroing dwte");
-  }
-  if (b * t > 0 && c > 0) {
-    const RunPlan plan = plan_runs(tok, row_lo, dwte.size(0), kernels::kEmbeddingRunRows);
-    const size_t words_bytes = plan.words.size() * sizeof(int32_t);
-    const size_t partial_at = (words_bytes + 255) / 256 * 256;
-    void* ws = be.workspace(partial_at + size_t(plan.slots * c) * sizeof(float));
-    if (words_bytes > 0) {
-      cuda_check(
-          cudaMemcpyAsync(ws, plan.words.data(), words_bytes, cudaMemcpyHostToDevice, stream), op,
-          "uploading the token runs");
-    }
-    if (dt == DType::bf16) {
-      wte_grad<__nv_bfloat16>(dout, dwte, plan, ws, partial_at, accumulate, stream);
-    } else {
-      wte_grad<float>(dout, dwte, plan, ws, partial_at, accumulate, stream);
-    }
-  }
+  scatter_grad(be, op, tok, row_lo, dout, dt, dwte, accumulate);
 
   if (!dwpe.defined()) return;
+  if (positions.defined()) {  // rows by position: the same scatter as the tokens'
+    scatter_grad(be, op, pos, 0, dout, dt, dwpe, accumulate);
+    return;
+  }
   if (b > 0 && t > 0 && c > 0) {
     if (dt == DType::bf16) {
       wpe_grad<__nv_bfloat16>(dout, dwpe, b, t, accumulate, stream);
@@ -244,28 +287,32 @@ void embed_backward(CudaBackend& be, const char* op, const Tensor& tokens, const
 }  // namespace
 
 void CudaBackend::embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                            const Tensor& out) {
-  embed(*this, "embedding", tokens, wte, wpe, out, 0, kWholeTable);
+                            const Tensor& positions, const Tensor& out) {
+  embed(*this, "embedding", tokens, wte, wpe, positions, out, 0, kWholeTable);
 }
 
 void CudaBackend::embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                                     const Tensor& dwpe, bool accumulate) {
-  embed_backward(*this, "embedding_backward", tokens, dout, dwte, dwpe, 0, kWholeTable, accumulate);
+                                     const Tensor& dwpe, const Tensor& positions,
+                                     bool accumulate) {
+  embed_backward(*this, "embedding_backward", tokens, dout, dwte, dwpe, positions, 0, kWholeTable,
+                 accumulate);
 }
 
 void CudaBackend::embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                                  const Tensor& out, int64_t row_lo, int64_t vocab_size) {
+                                  const Tensor& positions, const Tensor& out, int64_t row_lo,
+                                  int64_t vocab_size) {
   constexpr const char* op = "embedding_shard";
   check_shard(op, row_lo, vocab_size);
-  embed(*this, op, tokens, wte, wpe, out, row_lo, vocab_size);
+  embed(*this, op, tokens, wte, wpe, positions, out, row_lo, vocab_size);
 }
 
 void CudaBackend::embedding_shard_backward(const Tensor& tokens, const Tensor& dout,
-                                           const Tensor& dwte, const Tensor& dwpe, int64_t row_lo,
+                                           const Tensor& dwte, const Tensor& dwpe,
+                                           const Tensor& positions, int64_t row_lo,
                                            int64_t vocab_size, bool accumulate) {
   constexpr const char* op = "embedding_shard_backward";
   check_shard(op, row_lo, vocab_size);
-  embed_backward(*this, op, tokens, dout, dwte, dwpe, row_lo, vocab_size, accumulate);
+  embed_backward(*this, op, tokens, dout, dwte, dwpe, positions, row_lo, vocab_size, accumulate);
 }
 
 }  // namespace nuri

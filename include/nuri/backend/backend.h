@@ -43,6 +43,11 @@ struct AttentionOptions {
 /// lay documents out; the next document starts at t + 1), or the first token of the one it starts
 /// (true: `<|endoftext|> ids`, as llm.c's GPT-2 shards). A row's first document starts at 0.
 Tensor document_bounds(const Tensor& tokens, int32_t separator, bool separator_starts = false);
+/// Each token's position counted from its document's start, t - key_start[b, t], from bounds
+/// [2, B, T] (i32, host: document_bounds): [B, T] i32 on the host, the rows of a learned
+/// position table that packed documents read (embedding()'s `positions`), so a document packed
+/// after others sees the positions it would alone.
+Tensor document_positions(const Tensor& bounds);
 /// Throws nuri::Error (naming `op`, the row and the position) unless bounds [2, B, T] (i32, host)
 /// describe runs of whole documents: key_start[b, t] is t where a document starts (t = 0 or
 /// query_end[b, t - 1] = t) and key_start[b, t - 1] otherwise, query_end[b, t] is where t's
@@ -144,26 +149,34 @@ class Backend {
   virtual void swiglu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx) = 0;
 
   // ---- embeddings ------------------------------------------------------------------------
-  /// out [B, T, C] = wte [V, C][tokens [B, T] (i32)] + wpe [Tmax, C][t]; wpe may be absent
-  /// (rotary models). A token outside [0, V) is an error naming its position.
+  /// out [B, T, C] = wte [V, C][tokens [B, T] (i32)] + wpe [Tmax, C][p]; wpe may be absent
+  /// (rotary models). p is t, or positions[b, t] when `positions` ([B, T] i32 on the backend's
+  /// device, with wpe only) is given: packed documents each counted from 0
+  /// (Transformer::set_document_separator). A token outside [0, V) or a position outside
+  /// [0, Tmax) is an error naming its place.
   virtual void embedding(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                         const Tensor& out) = 0;
-  /// dwte [V, C] (+)= scatter of dout [B, T, C] by token; dwpe [Tmax, C] (+)= Σ_b dout.
-  /// Deterministic: the result does not depend on thread count or scheduling.
+                         const Tensor& positions, const Tensor& out) = 0;
+  /// dwte [V, C] (+)= scatter of dout [B, T, C] by token; dwpe [Tmax, C] (+)= scatter of dout by
+  /// position (Σ_b dout[b, t] at row t without `positions`; rows no position reaches are left,
+  /// or zeroed when overwriting). Deterministic: the result does not depend on thread count or
+  /// scheduling.
   virtual void embedding_backward(const Tensor& tokens, const Tensor& dout, const Tensor& dwte,
-                                  const Tensor& dwpe, bool accumulate) = 0;
+                                  const Tensor& dwpe, const Tensor& positions,
+                                  bool accumulate) = 0;
 
   /// Vocabulary-parallel embedding (tensor parallelism): wte [Vl, C] holds the vocabulary's rows
   /// [row_lo, row_lo + Vl). out [B, T, C] = wte[token - row_lo] for tokens in that range, 0 for
-  /// the others, + wpe [Tmax, C][t] when wpe is given; summed over the ranks of the group this
-  /// is embedding() of the whole table. Tokens must be in [0, vocab_size) (an error otherwise,
-  /// as embedding()); row_lo >= 0.
+  /// the others, + wpe [Tmax, C][p] when wpe is given (p as embedding()); summed over the ranks
+  /// of the group this is embedding() of the whole table. Tokens must be in [0, vocab_size) (an
+  /// error otherwise, as embedding()); row_lo >= 0.
   virtual void embedding_shard(const Tensor& tokens, const Tensor& wte, const Tensor& wpe,
-                               const Tensor& out, int64_t row_lo, int64_t vocab_size) = 0;
+                               const Tensor& positions, const Tensor& out, int64_t row_lo,
+                               int64_t vocab_size) = 0;
   /// Its backward: dwte [Vl, C] (+)= the scatter of dout by token - row_lo over the tokens in
-  /// range (the others are skipped); dwpe (+)= Σ_b dout when given. Deterministic.
+  /// range (the others are skipped); dwpe as embedding_backward() when given. Deterministic.
   virtual void embedding_shard_backward(const Tensor& tokens, const Tensor& dout,
-                                        const Tensor& dwte, const Tensor& dwpe, int64_t row_lo,
+                                        const Tensor& dwte, const Tensor& dwpe,
+                                        const Tensor& positions, int64_t row_lo,
                                         int64_t vocab_size, bool accumulate) = 0;
 
   // ---- normalization, fused with the residual add ------------------------------------------

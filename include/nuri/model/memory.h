@@ -30,8 +30,9 @@ struct ActivationShape {
   PipelineStage stage{};
   int slots = 1;
   bool device = false;
-  /// A document mask (Transformer::set_document_separator): each slot's document bounds, copied
-  /// in by every forward on a device (on the CPU the forward's host tensor is used).
+  /// A document mask (Transformer::set_document_separator): each slot's document bounds (and a
+  /// learned-position model's first stage, its positions), copied in by every forward on a
+  /// device (on the CPU the forward's host tensors are used).
   bool documents = false;
 };
 

@@ -314,8 +314,11 @@ class Transformer {
   bool sequence_parallel() const { return sp_ && tp_.size > 1; }
   /// Packed documents: with separator >= 0 attention stays inside documents, split at the token
   /// `separator` (AttentionOptions::documents, from each forward's tokens: document_bounds),
-  /// which ends its document, or with `starts` begins it; -1: off, the default. Positions (RoPE,
-  /// learned) still count from the sequence's start. Applies from the next forward.
+  /// which ends its document, or with `starts` begins it; -1: off, the default. A learned
+  /// position table is then read from each document's start (document_positions), so a
+  /// document packed after others is computed as it would be alone; rotary positions still
+  /// count from the sequence's start, as the scores depend on the distance alone. Applies from
+  /// the next forward.
   void set_document_separator(int64_t separator, bool starts = false);
   int64_t document_separator() const { return doc_separator_; }
   bool document_separator_starts() const { return doc_separator_starts_; }
