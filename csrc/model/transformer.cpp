@@ -48,6 +48,15 @@ struct Transformer::Impl {
   Tensor whole_row;   // tensor parallelism: logits_row()'s gathered columns
   bool have_backward = false;  // scratch.d_resid holds the last backward's input gradient
   model::BlockScratch scratch;
+  // decode(): the window's length, the rows whose q, k, v the cache holds, each block's cache
+  // [1, W, H + 2Hkv, D], the shared rows' buffers, and device copies of the call's ids.
+  struct Decode {
+    int64_t window = 0, rows = 0;
+    std::vector<Tensor> cache;
+    model::DecodeActs acts;
+    Tensor tokens, positions, documents;
+  };
+  std::unique_ptr<Decode> decode;
 
   size_t block_unit(int64_t l) const { return size_t(l - first + (emb >= 0 ? 1 : 0)); }
   bool first_stage() const { return first == 0; }
@@ -479,6 +488,21 @@ void Transformer::check_tokens(const Tensor& tokens, const char* what, bool allo
 
 namespace {
 
+// A row of logits [padded_vocab] on the backend, as f32 on the host.
+Tensor row_to_host(Backend& be, const Tensor& row) {
+  Tensor out = Tensor::empty({row.numel()}, DType::f32);
+  if (row.dtype() == DType::f32) {
+    be.copy(row, out);
+  } else {  // a bf16 model's logits
+    Tensor host = Tensor::empty({row.numel()}, row.dtype());
+    be.copy(row, host);
+    const bf16_t* src = host.data<bf16_t>();
+    float* dst = out.data<float>();
+    for (int64_t j = 0; j < row.numel(); ++j) dst[j] = bf16_to_f32(src[j]);
+  }
+  return out;
+}
+
 // A unit's weights for one pass: the model's own views, or what the ParamHooks give (released
 // when this goes out of scope).
 class UnitWeightsLease {
@@ -698,18 +722,108 @@ Tensor Transformer::logits_row(int64_t pos) {
     tp_hooks_->wait();
     row = m.whole_row;
   }
-  Tensor out = Tensor::empty({cfg_.padded_vocab()}, DType::f32);
-  if (row.dtype() == DType::f32) {
-    backend_->copy(row, out);
-  } else {  // a bf16 model's logits
-    Tensor host = Tensor::empty({cfg_.padded_vocab()}, row.dtype());
-    backend_->copy(row, host);
-    const bf16_t* src = host.data<bf16_t>();
-    float* dst = out.data<float>();
-    for (int64_t j = 0; j < cfg_.padded_vocab(); ++j) dst[j] = bf16_to_f32(src[j]);
-  }
-  return out;
+  return row_to_host(*backend_, row);
 }
+
+Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
+  Backend& be = *backend_;
+  Impl& m = *impl_;
+  NURI_CHECK(m.whole() && tp_.size == 1, "decode(): this model is ",
+             m.whole() ? "a tensor-parallel slice" : "a pipeline stage", "; decoding runs on "
+             "the whole model on one rank (generate() falls back to whole forwards otherwise)");
+  NURI_CHECK(param_hooks_ || !parameters_sharded_, "decode(): this model holds the weights of [",
+             master_lo_, ", ", master_hi_, ") only (ZeRO 3): decoding needs the ParamHooks that "
+             "gather them (the Trainer's data parallelism sets them)");
+  check_tokens(tokens, "tokens", false);
+  NURI_CHECK(tokens.size(0) == 1, "decode(): tokens must be one window [1, W], got ",
+             tokens.str());
+  const int64_t window = tokens.size(1);
+  NURI_CHECK(0 <= r0 && r0 < r1 && r1 <= window, "decode(): the rows [", r0, ", ", r1,
+             ") must be a nonempty range inside the window of ", window);
+  if (r0 == 0 || !m.decode || m.decode->window != window) {
+    NURI_CHECK(r0 == 0, "decode(): rows from ", r0, " need the cache of a window of ", window,
+               " started with r0 = 0", m.decode ? ", and the cache is of another window" : "");
+    end_decode();
+    MemoryScope activations(MemoryCategory::activations);
+    auto d = std::make_unique<Impl::Decode>();
+    d->window = window;
+    const model::Ctx c{be, cfg_, 1, window, compute_, tp_, nullptr, false};
+    d->acts = model::plan_decode(c, window);
+    for (int64_t l = m.first; l < m.last; ++l) {
+      d->cache.push_back(
+          be.empty({1, window, cfg_.n_head + 2 * cfg_.n_kv_head, cfg_.head_dim()}, compute_));
+      be.zero(d->cache.back());
+    }
+    m.decode = std::move(d);
+  }
+  Impl::Decode& d = *m.decode;
+  NURI_CHECK(r0 <= d.rows, "decode(): rows from ", r0, " need the rows before cached, and the "
+             "cache holds ", d.rows, "; call with r0 <= ", d.rows);
+  const int64_t n = r1 - r0;
+  // Attention runs over the first r1 rows rounded up to 64 (and at most W): few shapes, so a
+  // device backend's per-shape choices (the CUDA backend's measured path) are made a few times
+  // a window, not at every token. The rows past r1 are zeros or an earlier call's: finite.
+  const int64_t span = std::min(window, (r1 + 63) / 64 * 64);
+  // The call's ids on the device: its tokens, their positions (learned tables: from each
+  // document's start with a separator), the document bounds of the rows attended.
+  auto to_device = [&](const Tensor& host, Tensor& dst) {
+    if (be.device().is_cpu()) {
+      dst = host;
+      return;
+    }
+    MemoryScope activations(MemoryCategory::activations);
+    dst = be.empty(host.shape(), DType::i32);
+    be.copy(host, dst);
+  };
+  Tensor prefix = Tensor::empty({1, span}, DType::i32);
+  std::memcpy(prefix.raw(), tokens.raw(), size_t(span) * sizeof(int32_t));
+  Tensor rows = Tensor::empty({1, n}, DType::i32);
+  std::memcpy(rows.raw(), tokens.data<int32_t>() + r0, size_t(n) * sizeof(int32_t));
+  to_device(rows, d.tokens);
+  Tensor bounds;
+  if (doc_separator_ >= 0) {
+    bounds = document_bounds(prefix, int32_t(doc_separator_), doc_separator_starts_);
+    to_device(bounds, d.documents);
+  } else {
+    d.documents = Tensor();
+  }
+  if (cfg_.position == PositionKind::learned) {
+    Tensor pos = Tensor::empty({1, n}, DType::i32);
+    const Tensor from = bounds.defined() ? document_positions(bounds) : Tensor();
+    for (int64_t i = 0; i < n; ++i) {
+      pos.data<int32_t>()[i] =
+          from.defined() ? from.data<int32_t>()[r0 + i] : int32_t(r0 + i);
+    }
+    to_device(pos, d.positions);
+  } else {
+    d.positions = Tensor();
+  }
+  const model::Ctx c{be, cfg_, 1, n, compute_, tp_, nullptr, false};
+  auto lease = [&](size_t u) {
+    return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], false, be,
+                                              compute_);
+  };
+  const model::DecodeActs& a = d.acts;
+  Tensor x = a.emb.slice(0, 0, n).view({1, n, cfg_.d_model}), r;
+  {
+    const auto emb = lease(size_t(m.emb));
+    be.embedding(d.tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, d.positions,
+                 x);
+  }
+  for (int64_t l = m.first; l < m.last; ++l) {
+    const auto w = lease(m.block_unit(l));
+    model::block_decode(c, **w, a, d.cache[size_t(l - m.first)], x, r, r0, span, d.documents);
+    x = a.fcproj.slice(0, 0, n).view({1, n, cfg_.d_model});
+    r = a.resid2.slice(0, 0, n).view({1, n, cfg_.d_model});
+  }
+  d.rows = r1;
+  const auto head = lease(size_t(m.head));
+  const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
+  model::head_decode(c, **head, tied ? (*tied)->wte : (*head)->lm_head, a, x, r);
+  return row_to_host(be, a.logits.view({-1}));
+}
+
+void Transformer::end_decode() { impl_->decode.reset(); }
 
 std::pair<Tensor, Tensor> Transformer::stage_input() {
   NURI_CHECK(!impl_->first_stage(), "stage_input(): the first stage reads tokens, not the "

@@ -191,6 +191,89 @@ void block_recompute(const Ctx& c, const UnitWeights& w, BlockActs& a) {
   if (c.cfg.mlp == MlpKind::swiglu) c.be.swiglu(a.fch, a.act);
 }
 
+DecodeActs plan_decode(const Ctx& c, int64_t window) {
+  Backend& be = c.be;
+  const ModelConfig& m = c.cfg;
+  const int64_t ch = m.d_model, h = c.heads(), d = m.head_dim(), f = c.ff();
+  const int64_t fw = m.mlp == MlpKind::swiglu ? 2 * f : f;
+  DecodeActs a;
+  for (Tensor* t : {&a.emb, &a.resid, &a.attproj, &a.resid2, &a.fcproj, &a.ln1, &a.ln2}) {
+    *t = be.empty({window, ch}, c.act_dtype);
+  }
+  a.mean = be.empty({window});
+  a.rstd = be.empty({window});
+  a.atty = be.empty({window, h, d}, c.act_dtype);
+  a.lse = be.empty({h * window});
+  a.fch = be.empty({window, fw}, c.act_dtype);
+  a.act = be.empty({window, f}, c.act_dtype);
+  a.logits = be.empty({1, c.vocab_cols()}, c.act_dtype);
+  return a;
+}
+
+namespace {
+
+// The first n rows of a [W, ...] decode buffer, as [1, n, ...].
+Tensor first_rows(const Tensor& buf, int64_t n) {
+  Shape shape = buf.shape();
+  shape[0] = n;
+  shape.insert(shape.begin(), 1);
+  return buf.slice(0, 0, n).view(shape);
+}
+
+}  // namespace
+
+void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const Tensor& cache,
+                  const Tensor& x, const Tensor& r, int64_t r0, int64_t span,
+                  const Tensor& documents) {
+  Backend& be = c.be;
+  const int64_t n = c.t, end = r0 + n, h = c.heads(), hkv = c.kv_heads();
+  const int64_t d = c.cfg.head_dim();
+  const Tensor ln1 = first_rows(a.ln1, n), ln2 = first_rows(a.ln2, n);
+  const Tensor mean = a.mean.slice(0, 0, n), rstd = a.rstd.slice(0, 0, n);
+  const Tensor resid = r.defined() ? first_rows(a.resid, n) : x;
+  norm_fwd(c, x, r, w.ln1_w, w.ln1_b, r.defined() ? resid : Tensor(), ln1, mean, rstd);
+  const Tensor qkv = cache.slice(1, r0, end);  // [1, n, H + 2Hkv, D]: this call's rows
+  be.matmul(ln1, w.qkv_w, w.qkv_b, qkv.view({1, n, -1}), Activation::none, Tensor(), Tensor());
+  if (c.cfg.position == PositionKind::rope) {
+    be.rope(qkv.slice(2, 0, h), qkv.slice(2, 0, h), c.cfg.rope(), r0);
+    be.rope(qkv.slice(2, h, h + hkv), qkv.slice(2, h, h + hkv), c.cfg.rope(), r0);
+  }
+  // Attention over the first `span` rows (every row so far, and the causal mask keeps them
+  // from the rest; the other rows' outputs come out too, unread).
+  const Tensor all = cache.slice(1, 0, span);
+  const Tensor atty = first_rows(a.atty, span);
+  AttentionOptions causal;
+  causal.documents = documents;
+  be.attention(all.slice(2, 0, h), all.slice(2, h, h + hkv), all.slice(2, h + hkv, h + 2 * hkv),
+               atty, a.lse.slice(0, 0, h * span).view({1, h, span}), causal);
+  const Tensor attproj = first_rows(a.attproj, n);
+  be.matmul(atty.slice(1, r0, end).view({1, n, h * d}), w.o_w, w.o_b, attproj, Activation::none,
+            Tensor(), Tensor());
+  const Tensor resid2 = first_rows(a.resid2, n);
+  norm_fwd(c, attproj, resid, w.ln2_w, w.ln2_b, resid2, ln2, mean, rstd);
+  const Tensor fch = first_rows(a.fch, n), act = first_rows(a.act, n);
+  const Tensor fcproj = first_rows(a.fcproj, n);
+  if (c.cfg.mlp == MlpKind::gelu) {
+    be.matmul(ln2, w.fc_w, w.fc_b, act, Activation::gelu, fch, Tensor());
+  } else {
+    be.matmul(ln2, w.fc_w, w.fc_b, fch, Activation::none, Tensor(), Tensor());
+    be.swiglu(fch, act);
+  }
+  be.matmul(act, w.proj_w, w.proj_b, fcproj, Activation::none, Tensor(), Tensor());
+}
+
+void head_decode(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, const DecodeActs& a,
+                 const Tensor& x, const Tensor& r) {
+  const int64_t n = c.t, ch = c.cfg.d_model;
+  const Tensor xl = x.slice(1, n - 1, n), rl = r.defined() ? r.slice(1, n - 1, n) : Tensor();
+  // The residual sum of the last row goes to resid (free: the blocks are done with it).
+  const Tensor lnf = first_rows(a.ln1, 1);
+  norm_fwd(c, xl, rl, w.lnf_w, w.lnf_b, rl.defined() ? first_rows(a.resid, 1) : Tensor(), lnf,
+           a.mean.slice(0, 0, 1), a.rstd.slice(0, 0, 1));
+  c.be.matmul(lnf.view({1, ch}), lm_head, Tensor(), a.logits, Activation::none, Tensor(),
+              Tensor());
+}
+
 void block_backward(const Ctx& c, const UnitWeights& w, const UnitWeights& g, BlockActs& a,
                     BlockScratch& s) {
   Backend& be = c.be;

@@ -156,6 +156,33 @@ struct Ctx {
   }
 };
 
+/// Incremental decoding (Transformer::decode, what generate() runs): a batch-1 window of W
+/// positions whose rows [r0, r1) one call computes, each block reading the q, k and v of the
+/// rows before from its cache. The buffers below hold W rows and are shared by the blocks (a
+/// call uses its first n = r1 - r0): the stream's parts alternate so that a block's outputs
+/// never overwrite its inputs (x is the previous fcproj, r its resid2).
+struct DecodeActs {
+  Tensor emb;                                  // [W, C] the embedding's rows
+  Tensor resid, attproj, resid2, fcproj;       // [W, C]
+  Tensor ln1, ln2, mean, rstd;                 // [W, C], [W, C], [W], [W]
+  Tensor atty, lse;                            // [W, H, D], [H·W]
+  Tensor fch, act;                             // [W, F or 2F], [W, F]
+  Tensor logits;                               // [1, Vp] the last row's
+};
+DecodeActs plan_decode(const Ctx& c, int64_t window);
+/// One block over the rows [r0, r0 + n) (c.t = n, c.b = 1) of the window: x + r its input
+/// rows (r undefined: x is h_l); writes those rows' q, k, v (after RoPE, at positions r0 ..)
+/// into `cache` [1, W, H + 2·Hkv, D], attends causally over the cache's rows [0, span) (span
+/// >= r0 + n: rows past r0 + n hold finite values that the mask keeps out) with `documents`
+/// (their bounds, [2, 1, span], or undefined), and leaves the block's output in a.fcproj and
+/// a.resid2 (rows [0, n)).
+void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const Tensor& cache,
+                  const Tensor& x, const Tensor& r, int64_t r0, int64_t span,
+                  const Tensor& documents);
+/// The head over the last of the n rows x + r: a.logits [1, Vp].
+void head_decode(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, const DecodeActs& a,
+                 const Tensor& x, const Tensor& r);
+
 /// The backward's gradient scratch (the shared activations come with the blocks that need them).
 BlockScratch plan_scratch(const Ctx& c);
 /// One block's activations: what it keeps in its own buffers, the rest in scratch.acts.

@@ -1290,9 +1290,24 @@ class SequenceParallelOff {
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt) {
   const SequenceParallelOff sp_off({&model});
+  if (!opt.cache || !model.first_stage() || !model.last_stage() ||
+      model.tensor_parallel().size > 1) {
+    return sample(model.config(), prompt, opt, [&](const Tensor& tokens, int64_t len) {
+      model.logits(tokens);
+      return model.logits_row(len - 1);
+    });
+  }
+  // The window grows by one token a call until it is full: each call after the first computes
+  // the new row alone. Once full it slides (the same length again): every row anew.
+  struct EndDecode {
+    Transformer& m;
+    ~EndDecode() { m.end_decode(); }
+  } end{model};
+  int64_t cached = 0;
   return sample(model.config(), prompt, opt, [&](const Tensor& tokens, int64_t len) {
-    model.logits(tokens);
-    return model.logits_row(len - 1);
+    const int64_t r0 = len == cached + 1 ? cached : 0;
+    cached = len;
+    return model.decode(tokens, r0, len);
   });
 }
 

@@ -290,19 +290,21 @@ py::dict model_arrays(const Transformer& m, const std::vector<NamedTensor>& ts) 
 }
 
 // Model.generate and Trainer.generate: sampling options from keyword arguments, GIL released.
-SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, uint64_t seed) {
+SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, uint64_t seed,
+                             bool cache) {
   SampleOptions o;
   o.max_new_tokens = max_new;
   o.temperature = temperature;
   o.top_k = top_k;
   o.seed = seed;
+  o.cache = cache;
   return o;
 }
 std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
                                      int64_t max_new, float temperature, int64_t top_k,
-                                     uint64_t seed) {
+                                     uint64_t seed, bool cache) {
   NuriCall nuri_call;
-  return generate(model, prompt, sample_options(max_new, temperature, top_k, seed));
+  return generate(model, prompt, sample_options(max_new, temperature, top_k, seed, cache));
 }
 
 struct PyTrainer {
@@ -493,7 +495,10 @@ PYBIND11_MODULE(_C, m) {
            }, py::arg("loss_scale") = 1.0f, py::call_guard<NuriCall>())
       .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("seed") = 0, "Token ids continuing prompt: greedy at temperature 0, else top-k sampling.")
+           py::arg("seed") = 0, py::arg("cache") = true,
+           "Token ids continuing prompt: greedy at temperature 0, else top-k sampling. cache: "
+           "each new token computes its own row alone, from the earlier rows' keys and values "
+           "(False: a whole forward of the window per token).")
       .def("zero_grad", &Transformer::zero_grad, py::call_guard<NuriCall>())
       .def("init_weights", &Transformer::init_weights, py::arg("seed"),
            py::call_guard<NuriCall>())
@@ -644,12 +649,13 @@ PYBIND11_MODULE(_C, m) {
            "A checkpoint saved training on other data is refused unless check_data is False.")
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<NuriCall>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
-                          int64_t top_k, uint64_t seed) {
+                          int64_t top_k, uint64_t seed, bool cache) {
              NuriCall nuri_call;  // through the pipeline's stages where there is one
-             return p.trainer->generate(prompt, sample_options(max_new, temperature, top_k, seed));
+             return p.trainer->generate(prompt,
+                                        sample_options(max_new, temperature, top_k, seed, cache));
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("seed") = 0,
+           py::arg("seed") = 0, py::arg("cache") = true,
            "Token ids continuing prompt (as Model.generate); under ZeRO 3, tensor or pipeline "
            "parallelism a collective: every rank calls it with the same arguments.")
       .def("master_weights", [](PyTrainer& p) {

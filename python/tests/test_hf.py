@@ -96,6 +96,22 @@ def test_packed_documents_are_each_what_hugging_face_computes_alone(preset, tmp_
         at += len(doc)
 
 
+@pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny"])
+def test_greedy_generation_with_the_cache_is_what_hugging_face_generates(preset, tmp_path):
+    """Model.generate with its key/value cache (each new token's row alone) continues a prompt
+    as transformers' greedy generate() does (its own cache), and as nuri's whole forwards do."""
+    model = randomized(preset)
+    nuri.export_hf(model, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    prompt = [5, 80, 17, 200, 3]
+    ours = model.generate(prompt, max_new_tokens=40, temperature=0)
+    assert ours == model.generate(prompt, max_new_tokens=40, temperature=0, cache=False)
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                             min_new_tokens=40, pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == theirs
+
+
 def test_import_accepts_keys_without_the_transformer_prefix_and_old_buffers(tmp_path):
     model = randomized("gpt2-tiny")
     nuri.export_hf(model, tmp_path)

@@ -276,6 +276,43 @@ TEST(DeviceTrainingModel, HeadsTheKernelsDoNotTakeAreRefusedWhenTheModelIsBuilt)
   EXPECT_EQ(wide.config().head_dim(), 128);
 }
 
+// Incremental decoding on the device (Transformer::decode, what generate() runs): the bf16
+// logits at every position of a window, computed a row a call after a prompt of 5, against the
+// device's own whole forward of the window (the same roundings but for the products' row
+// counts: within 2 % of the largest logit on a GPU, whose libraries may choose other kernels
+// for one row; the same bits on the emulator), with a document separator (GPT-2's positions
+// restart at each document).
+TEST_P(DeviceTraining, DecodingRowByRowGivesTheWholeForwardsLogits) {
+  ModelConfig cfg = GetParam() == "gpt2" ? tiny_gpt2() : tiny_llama();
+  cfg.max_seq_len = 80;  // a window past the 64 rows decode's attention span rounds to
+  Transformer m(cfg, make_backend(NURI_TEST_BACKEND), 11);
+  m.set_document_separator(kWordEnd);
+  const int64_t w = 70;
+  std::vector<uint32_t> ids = ByteTokenizer().encode(std::string(
+      "to be or not to be, that is the question: whether tis nobler in the mind to suffer"));
+  Tensor tokens = Tensor::empty({1, w}, DType::i32);
+  for (int64_t i = 0; i < w; ++i) tokens.data<int32_t>()[i] = int32_t(ids[size_t(i)] % kVocab);
+  const Tensor full = m.logits(tokens);
+  const int64_t vp = full.size(2);
+  Tensor host = Tensor::empty(full.shape(), full.dtype());
+  m.backend().copy(full, host);
+  for (int64_t r1 = 5; r1 <= w; ++r1) {
+    const Tensor got = m.decode(tokens, r1 == 5 ? 0 : r1 - 1, r1);
+    double largest = 0, err = 0;
+    for (int64_t j = 0; j < kVocab; ++j) {
+      const size_t at = size_t((r1 - 1) * vp + j);
+      const double want = host.dtype() == DType::f32 ? host.data<float>()[at]
+                                                     : bf16_to_f32(host.data<bf16_t>()[at]);
+      largest = std::max(largest, std::abs(want));
+      err = std::max(err, std::abs(double(got.data<float>()[j]) - want));
+    }
+    EXPECT_LE(err, 0.02 * largest) << "position " << r1 - 1;
+    // The emulator's products round each row alike whatever their row count: the same bits.
+    if (std::string(NURI_TEST_BACKEND) == "cuda-emu") EXPECT_EQ(err, 0) << "position " << r1 - 1;
+  }
+  m.end_decode();
+}
+
 INSTANTIATE_TEST_SUITE_P(Tiny, DeviceTraining, ::testing::Values("gpt2", "llama"));
 
 }  // namespace

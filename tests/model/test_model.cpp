@@ -298,6 +298,52 @@ TEST(Transformer, PackedDocumentsTrainAsIfEachStoodAlone) {
   }
 }
 
+// Incremental decoding (what generate() runs): Transformer::decode gives at every position the
+// logits of a whole forward of the window (the prompt's rows in one call, then a row a call,
+// then the window started anew), with and without a document separator (GPT-2's positions then
+// restart at each document); misuse is a clear error.
+TEST(Transformer, DecodingRowByRowGivesTheWholeForwardsLogits) {
+  const int64_t w = 70;  // past the 64 rows that decode's attention span rounds to
+  for (const char* preset : {"gpt2-tiny", "llama-tiny"}) {
+    for (const int64_t sep : {int64_t(-1), int64_t(7)}) {
+      SCOPED_TRACE(std::string(preset) + " separator " + std::to_string(sep));
+      Transformer m(model_preset(preset), make_backend("cpu"), 3);
+      m.set_document_separator(sep);
+      Tensor tokens = batch(1, w, 257, 5);
+      for (const int64_t at : {9, 23, 64}) tokens.data<int32_t>()[at] = 7;
+      const Tensor full = m.logits(tokens);  // [1, W, Vp]
+      const int64_t vp = full.size(2);
+      const std::vector<float> ref(full.data<float>(), full.data<float>() + full.numel());
+      auto expect_row = [&](const Tensor& got, int64_t pos) {
+        ASSERT_EQ(got.numel(), vp);
+        double largest = 0, err = 0;
+        for (int64_t j = 0; j < vp; ++j) {
+          const double want = ref[size_t(pos * vp + j)];
+          largest = std::max(largest, std::abs(want));
+          err = std::max(err, std::abs(double(got.data<float>()[j]) - want));
+        }
+        EXPECT_LE(err, 1e-5 * largest) << "position " << pos;
+      };
+      expect_row(m.decode(tokens, 0, 6), 5);  // the prompt's rows at once
+      for (int64_t r1 = 7; r1 <= w; ++r1) expect_row(m.decode(tokens, r1 - 1, r1), r1 - 1);
+      expect_row(m.decode(tokens, 0, 3), 2);  // started anew
+      expect_row(m.decode(tokens, 3, 12), 11);
+      EXPECT_NE(error_of([&] { m.decode(tokens, 13, 14); }).find(
+                    "decode(): rows from 13 need the rows before cached, and the cache holds "
+                    "12; call with r0 <= 12"),
+                std::string::npos);
+      EXPECT_NE(error_of([&] { m.decode(tokens, 5, 5); }).find(
+                    "decode(): the rows [5, 5) must be a nonempty range inside the window of 70"),
+                std::string::npos);
+      EXPECT_NE(error_of([&] { m.decode(batch(1, 20, 257, 6), 3, 4); }).find(
+                    "need the cache of a window of 20 started with r0 = 0, and the cache is of "
+                    "another window"),
+                std::string::npos);
+      m.end_decode();
+    }
+  }
+}
+
 // Gradient hooks (data parallelism): the backward completes grad_units() in order, and with
 // hooks that own the storage (a region per unit, here fresh zeroed buffers) it computes the same
 // bits as into the model's own buffer, for tied (gpt2) and untied, rope (llama) layouts, with two

@@ -400,6 +400,16 @@ TEST(Trainer, LearnsAndSamples) {
   warm.temperature = 1.5f;
   warm.seed = 11;
   EXPECT_EQ(t.generate(prompt, warm), t.generate(prompt, warm));  // reproducible per seed
+  // The key/value cache (Transformer::decode) draws the tokens of whole forwards, greedy and
+  // sampled, and on once the window (gpt2-tiny's 128 positions) is full and slides.
+  for (SampleOptions opt : {greedy, warm}) {
+    opt.max_new_tokens = 130;
+    SampleOptions whole = opt;
+    whole.cache = false;
+    const auto cached = t.generate(prompt, opt);
+    EXPECT_EQ(cached, t.generate(prompt, whole)) << "temperature " << opt.temperature;
+    EXPECT_EQ(cached.size(), 130u);
+  }
 }
 
 TEST(TrainConfig, InvalidFieldsAreNamed) {
