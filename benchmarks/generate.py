@@ -1,7 +1,7 @@
 """Sampling speed: Model.generate with its key/value cache (the prompt's rows once, then each new
-token's row alone: Transformer::decode) against the same call with cache=False (a whole forward
-of the window per token, what generate() ran before), and against transformers' greedy
-generate() (its own cache) on the same weights, same threads.
+token's products on its row alone: Transformer::decode) against the same call with cache=False
+(a whole forward of the window per token, what generate() ran before), and against
+transformers' greedy generate() (its own cache) on the same weights, same threads.
 
 Greedy decoding of --new tokens after a --prompt-token prompt; the three contenders alternate
 after one warm-up each, --reps samples of each. Prints one JSON object per peer (BENCHMARKS.md

@@ -52,12 +52,23 @@ struct Transformer::Impl {
   // [1, W, H + 2Hkv, D], the shared rows' buffers, and device copies of the call's ids.
   struct Decode {
     int64_t window = 0, rows = 0;
+    std::vector<int32_t> ids;           // the cached rows' token ids
+    int64_t separator = -1;             // and the document separator they were computed with
+    bool separator_starts = false;
     std::vector<Tensor> cache;
     model::DecodeActs acts;
     Tensor tokens, positions, documents;
   };
   std::unique_ptr<Decode> decode;
 
+  // Frees the activation plan (planned again by the next forward).
+  void release_plan() {
+    b = t = 0;
+    slots.clear();
+    emb_whole = in_x = in_r = d_out = Tensor();
+    have_backward = false;
+    scratch = {};
+  }
   size_t block_unit(int64_t l) const { return size_t(l - first + (emb >= 0 ? 1 : 0)); }
   bool first_stage() const { return first == 0; }
   bool last_stage() const { return head >= 0; }
@@ -431,12 +442,7 @@ void Transformer::plan(int64_t b, int64_t t) {
   NURI_CHECK(t <= cfg_.max_seq_len, "sequence length ", t, " exceeds max_seq_len ",
              cfg_.max_seq_len, " of the model");
   check_sliding_window(cfg_, t);
-  // Release the old plan before allocating the new one.
-  m.b = m.t = 0;
-  m.slots.clear();
-  m.emb_whole = m.in_x = m.in_r = m.d_out = Tensor();
-  m.have_backward = false;
-  m.scratch = {};
+  m.release_plan();  // before allocating the new one
   Backend& be = *backend_;
   MemoryScope activations(MemoryCategory::activations);
   const model::Ctx c{be, cfg_, b, t, compute_, tp_, tp_hooks_, sequence_parallel()};
@@ -738,12 +744,16 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   NURI_CHECK(tokens.size(0) == 1, "decode(): tokens must be one window [1, W], got ",
              tokens.str());
   const int64_t window = tokens.size(1);
+  NURI_CHECK(window <= cfg_.max_seq_len, "decode(): the window of ", window,
+             " exceeds max_seq_len ", cfg_.max_seq_len, " of the model");
+  check_sliding_window(cfg_, window);
   NURI_CHECK(0 <= r0 && r0 < r1 && r1 <= window, "decode(): the rows [", r0, ", ", r1,
              ") must be a nonempty range inside the window of ", window);
-  if (r0 == 0 || !m.decode || m.decode->window != window) {
+  if (!m.decode || m.decode->window != window) {
     NURI_CHECK(r0 == 0, "decode(): rows from ", r0, " need the cache of a window of ", window,
                " started with r0 = 0", m.decode ? ", and the cache is of another window" : "");
     end_decode();
+    m.release_plan();  // the training activations make room for the cache (as logits() would)
     MemoryScope activations(MemoryCategory::activations);
     auto d = std::make_unique<Impl::Decode>();
     d->window = window;
@@ -757,8 +767,19 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     m.decode = std::move(d);
   }
   Impl::Decode& d = *m.decode;
+  if (r0 == 0) d.rows = 0;  // started anew: the rows past r1 keep finite values, masked out
   NURI_CHECK(r0 <= d.rows, "decode(): rows from ", r0, " need the rows before cached, and the "
              "cache holds ", d.rows, "; call with r0 <= ", d.rows);
+  const int32_t* ids = tokens.data<int32_t>();
+  NURI_CHECK(r0 == 0 || (d.separator == doc_separator_ &&
+                         d.separator_starts == doc_separator_starts_),
+             "decode(): the document separator changed since the cached rows were computed; "
+             "start again with r0 = 0");
+  for (int64_t i = 0; i < r0; ++i) {
+    NURI_CHECK(ids[i] == d.ids[size_t(i)], "decode(): token ", i, " is ", ids[i],
+               " where the cached rows were computed with ", d.ids[size_t(i)],
+               "; the rows before r0 must be the cached ones (start again with r0 = 0)");
+  }
   const int64_t n = r1 - r0;
   // Attention runs over the first r1 rows rounded up to 64 (and at most W): few shapes, so a
   // device backend's per-shape choices (the CUDA backend's measured path) are made a few times
@@ -817,6 +838,9 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     r = a.resid2.slice(0, 0, n).view({1, n, cfg_.d_model});
   }
   d.rows = r1;
+  d.ids.assign(ids, ids + r1);
+  d.separator = doc_separator_;
+  d.separator_starts = doc_separator_starts_;
   const auto head = lease(size_t(m.head));
   const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
   model::head_decode(c, **head, tied ? (*tied)->wte : (*head)->lm_head, a, x, r);

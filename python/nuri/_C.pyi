@@ -364,8 +364,9 @@ class Model:
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
                  top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
         """Tokens sampled after the prompt: greedy at temperature 0, else top-k sampling. With
-        cache (the default) each new token computes its own row alone from the earlier rows'
-        keys and values; False runs a whole forward of the window per token."""
+        cache (the default) each new token runs the products on its own row alone, from the
+        earlier rows' cached queries, keys and values; False runs a whole forward of the window
+        per token."""
     def zero_grad(self) -> None: ...
     def init_weights(self, seed: int) -> None: ...
     def memory(self) -> dict[str, int]:

@@ -326,14 +326,33 @@ TEST(Transformer, DecodingRowByRowGivesTheWholeForwardsLogits) {
       };
       expect_row(m.decode(tokens, 0, 6), 5);  // the prompt's rows at once
       for (int64_t r1 = 7; r1 <= w; ++r1) expect_row(m.decode(tokens, r1 - 1, r1), r1 - 1);
-      expect_row(m.decode(tokens, 0, 3), 2);  // started anew
+      expect_row(m.decode(tokens, 0, 3), 2);  // started anew (the rows past 3 hold old values)
       expect_row(m.decode(tokens, 3, 12), 11);
+      expect_row(m.decode(tokens, 5, 8), 7);  // rows the cache holds, computed again
+      Tensor other = Tensor::empty({1, w}, DType::i32);
+      std::memcpy(other.raw(), tokens.raw(), size_t(w) * sizeof(int32_t));
+      other.data<int32_t>()[2] += 1;
+      EXPECT_NE(error_of([&] { m.decode(other, 8, 9); }).find(
+                    "decode(): token 2 is " + std::to_string(other.data<int32_t>()[2]) +
+                    " where the cached rows were computed with " +
+                    std::to_string(tokens.data<int32_t>()[2])),
+                std::string::npos);
+      m.set_document_separator(sep < 0 ? 7 : -1);
+      EXPECT_NE(error_of([&] { m.decode(tokens, 8, 9); }).find(
+                    "decode(): the document separator changed since the cached rows were "
+                    "computed; start again with r0 = 0"),
+                std::string::npos);
+      m.set_document_separator(sep);
+      expect_row(m.decode(tokens, 8, 12), 11);
       EXPECT_NE(error_of([&] { m.decode(tokens, 13, 14); }).find(
                     "decode(): rows from 13 need the rows before cached, and the cache holds "
                     "12; call with r0 <= 12"),
                 std::string::npos);
       EXPECT_NE(error_of([&] { m.decode(tokens, 5, 5); }).find(
                     "decode(): the rows [5, 5) must be a nonempty range inside the window of 70"),
+                std::string::npos);
+      EXPECT_NE(error_of([&] { m.decode(batch(1, 129, 257, 6), 0, 4); }).find(
+                    "decode(): the window of 129 exceeds max_seq_len 128 of the model"),
                 std::string::npos);
       EXPECT_NE(error_of([&] { m.decode(batch(1, 20, 257, 6), 3, 4); }).find(
                     "need the cache of a window of 20 started with r0 = 0, and the cache is of "

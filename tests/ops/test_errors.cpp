@@ -130,9 +130,9 @@ TEST_P(OpErrorTest, TokensAndTargetsOutOfRange) {
   // Positions (packed documents) index the position table: each in [0, Tmax), [B, T], with wpe.
   Tensor tok3 = on_i32(*be, {1, 3}, {1, 2, 3});
   expect_error([&] { be->embedding(tok3, act({10, 4}), act({4, 4}), on_i32(*be, {1, 3}, {0, 4, 1}), act({1, 3, 4})); },
-               {"embedding", "position 4 at batch 0, position 1", "position table [0, 4)"});
+               {"embedding", "position id 4 at batch 0, position 1", "position table [0, 4)"});
   expect_error([&] { be->embedding_backward(tok3, act({1, 3, 4}), f32({10, 4}), f32({4, 4}), on_i32(*be, {1, 3}, {0, 1, -1}), false); },
-               {"embedding_backward", "position -1 at batch 0, position 2", "[0, 4)"});
+               {"embedding_backward", "position id -1 at batch 0, position 2", "[0, 4)"});
   expect_error([&] { be->embedding(tok3, act({10, 4}), Tensor(), on_i32(*be, {1, 3}, {0, 1, 2}), act({1, 3, 4})); },
                {"embedding", "positions are given without a position table"});
   expect_error([&] { be->embedding_shard(tok3, act({10, 4}), act({4, 4}), on_i32(*be, {3}, {0, 1, 2}), act({1, 3, 4}), 0, 10); },

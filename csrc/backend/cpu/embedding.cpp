@@ -44,7 +44,7 @@ void embedding_dims(const char* op, const Tensor& tokens, const Tensor& wte, con
     cpu::check_shape(op, "positions", positions, {b, t});
     const int32_t* pos = positions.data<int32_t>();
     for (int64_t i = 0; i < b * t; ++i) {
-      NURI_CHECK(pos[i] >= 0 && pos[i] < wpe.size(0), op, ": position ", pos[i], " at batch ",
+      NURI_CHECK(pos[i] >= 0 && pos[i] < wpe.size(0), op, ": position id ", pos[i], " at batch ",
                  i / t, ", position ", i % t, " is outside the position table [0, ",
                  wpe.size(0), ")");
     }

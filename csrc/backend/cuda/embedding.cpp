@@ -84,7 +84,7 @@ std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const 
     cuda::check_shape(op, "positions", positions, {b, t});
     pos = to_host(op, "positions", positions, n, stream);
     for (int64_t i = 0; i < n; ++i) {
-      NURI_CHECK(pos[size_t(i)] >= 0 && pos[size_t(i)] < wpe.size(0), op, ": position ",
+      NURI_CHECK(pos[size_t(i)] >= 0 && pos[size_t(i)] < wpe.size(0), op, ": position id ",
                  pos[size_t(i)], " at batch ", i / t, ", position ", i % t,
                  " is outside the position table [0, ", wpe.size(0), ")");
     }

@@ -120,8 +120,9 @@ struct SampleOptions {
   float temperature = 1.0f;  ///< 0: greedy
   int64_t top_k = 0;         ///< 0: the whole vocabulary
   uint64_t seed = 0;
-  /// Keep each block's keys and values (Transformer::decode): a new token computes its own row
-  /// alone. false runs a whole forward of the window per token (the reference).
+  /// Keep each block's queries, keys and values (Transformer::decode): a new token runs the
+  /// products on its own row alone (attention on every row so far). false runs a whole forward
+  /// of the window per token (the reference).
   bool cache = true;
 };
 
