@@ -767,7 +767,6 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     m.decode = std::move(d);
   }
   Impl::Decode& d = *m.decode;
-  if (r0 == 0) d.rows = 0;  // started anew: the rows past r1 keep finite values, masked out
   NURI_CHECK(r0 <= d.rows, "decode(): rows from ", r0, " need the rows before cached, and the "
              "cache holds ", d.rows, "; call with r0 <= ", d.rows);
   const int32_t* ids = tokens.data<int32_t>();
@@ -780,10 +779,14 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
                " where the cached rows were computed with ", d.ids[size_t(i)],
                "; the rows before r0 must be the cached ones (start again with r0 = 0)");
   }
+  // From here the rows from r0 on are being written: until this call ends, only those before
+  // count as cached (a call that fails midway leaves no row claimed that a block lacks). The
+  // rows past r1 keep finite values (zeros, or an earlier call's), which the mask keeps out.
+  d.rows = r0;
   const int64_t n = r1 - r0;
   // Attention runs over the first r1 rows rounded up to 64 (and at most W): few shapes, so a
   // device backend's per-shape choices (the CUDA backend's measured path) are made a few times
-  // a window, not at every token. The rows past r1 are zeros or an earlier call's: finite.
+  // a window, not at every token.
   const int64_t span = std::min(window, (r1 + 63) / 64 * 64);
   // The call's ids on the device: its tokens, their positions (learned tables: from each
   // document's start with a separator), the document bounds of the rows attended.
