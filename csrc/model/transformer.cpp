@@ -760,8 +760,7 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     const model::Ctx c{be, cfg_, 1, window, compute_, tp_, nullptr, false};
     d->acts = model::plan_decode(c, window);
     for (int64_t l = m.first; l < m.last; ++l) {
-      d->cache.push_back(
-          be.empty({1, window, cfg_.n_head + 2 * cfg_.n_kv_head, cfg_.head_dim()}, compute_));
+      d->cache.push_back(be.empty({1, window, 2 * cfg_.n_kv_head, cfg_.head_dim()}, compute_));
       be.zero(d->cache.back());
     }
     m.decode = std::move(d);
@@ -784,10 +783,11 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   // rows past r1 keep finite values (zeros, or an earlier call's), which the mask keeps out.
   d.rows = r0;
   const int64_t n = r1 - r0;
-  // Attention runs over the first r1 rows rounded up to 64 (and at most W): few shapes, so a
-  // device backend's per-shape choices (the CUDA backend's measured path) are made a few times
-  // a window, not at every token.
-  const int64_t span = std::min(window, (r1 + 63) / 64 * 64);
+  // The keys attended. From r0 = 0 (every row new: attention()) the first r1 rows rounded up
+  // to 64 (and at most W): few shapes, so a device backend's per-shape choices (the CUDA
+  // backend's measured path) are made a few times a window, not at every prompt length. After
+  // that attention_decode() runs the new rows only, against the r1 rows so far.
+  const int64_t span = r0 == 0 ? std::min(window, (r1 + 63) / 64 * 64) : r1;
   // The call's ids on the device: its tokens, their positions (learned tables: from each
   // document's start with a separator), the document bounds of the rows attended.
   auto to_device = [&](const Tensor& host, Tensor& dst) {

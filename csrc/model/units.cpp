@@ -202,6 +202,8 @@ DecodeActs plan_decode(const Ctx& c, int64_t window) {
   }
   a.mean = be.empty({window});
   a.rstd = be.empty({window});
+  a.q = be.empty({window, h, d}, c.act_dtype);
+  be.zero(a.q);
   a.atty = be.empty({window, h, d}, c.act_dtype);
   a.lse = be.empty({h * window});
   a.fch = be.empty({window, fw}, c.act_dtype);
@@ -223,32 +225,45 @@ Tensor first_rows(const Tensor& buf, int64_t n) {
 }  // namespace
 
 void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const Tensor& cache,
-                  const Tensor& x, const Tensor& r, int64_t r0, int64_t span,
+                  const Tensor& x, const Tensor& r, int64_t r0, int64_t keys,
                   const Tensor& documents) {
   Backend& be = c.be;
   const int64_t n = c.t, end = r0 + n, h = c.heads(), hkv = c.kv_heads();
   const int64_t d = c.cfg.head_dim();
+  NURI_CHECK(r0 == 0 ? keys >= n : keys == end, "block_decode: ", keys, " keys for rows [", r0,
+             ", ", end, ")");
   const Tensor ln1 = first_rows(a.ln1, n), ln2 = first_rows(a.ln2, n);
   const Tensor mean = a.mean.slice(0, 0, n), rstd = a.rstd.slice(0, 0, n);
   const Tensor resid = r.defined() ? first_rows(a.resid, n) : x;
   norm_fwd(c, x, r, w.ln1_w, w.ln1_b, r.defined() ? resid : Tensor(), ln1, mean, rstd);
-  const Tensor qkv = cache.slice(1, r0, end);  // [1, n, H + 2Hkv, D]: this call's rows
-  be.matmul(ln1, w.qkv_w, w.qkv_b, qkv.view({1, n, -1}), Activation::none, Tensor(), Tensor());
+  // The fused QKV product in two: the queries into a.q, the keys and values into the cache.
+  const Tensor q = first_rows(a.q, n);
+  const Tensor kv = cache.slice(1, r0, end);  // [1, n, 2Hkv, D]: this call's rows
+  const int64_t qw = h * d, kvw = 2 * hkv * d;
+  auto part = [](const Tensor& t, int64_t from, int64_t to) {
+    return t.defined() ? t.slice(0, from, to) : Tensor();
+  };
+  be.matmul(ln1, w.qkv_w.slice(0, 0, qw), part(w.qkv_b, 0, qw), q.view({1, n, qw}),
+            Activation::none, Tensor(), Tensor());
+  be.matmul(ln1, w.qkv_w.slice(0, qw, qw + kvw), part(w.qkv_b, qw, qw + kvw),
+            kv.view({1, n, kvw}), Activation::none, Tensor(), Tensor());
   if (c.cfg.position == PositionKind::rope) {
-    be.rope(qkv.slice(2, 0, h), qkv.slice(2, 0, h), c.cfg.rope(), r0);
-    be.rope(qkv.slice(2, h, h + hkv), qkv.slice(2, h, h + hkv), c.cfg.rope(), r0);
+    be.rope(q, q, c.cfg.rope(), r0);
+    be.rope(kv.slice(2, 0, hkv), kv.slice(2, 0, hkv), c.cfg.rope(), r0);
   }
-  // Attention over the first `span` rows (every row so far, and the causal mask keeps them
-  // from the rest; the other rows' outputs come out too, unread).
-  const Tensor all = cache.slice(1, 0, span);
-  const Tensor atty = first_rows(a.atty, span);
+  const Tensor cached = cache.slice(1, 0, keys);
+  const Tensor k = cached.slice(2, 0, hkv), v = cached.slice(2, hkv, 2 * hkv);
   AttentionOptions causal;
   causal.documents = documents;
-  be.attention(all.slice(2, 0, h), all.slice(2, h, h + hkv), all.slice(2, h + hkv, h + 2 * hkv),
-               atty, a.lse.slice(0, 0, h * span).view({1, h, span}), causal);
+  if (r0 == 0) {  // every row is new: the tiled kernels, the other rows' outputs unread
+    be.attention(first_rows(a.q, keys), k, v, first_rows(a.atty, keys),
+                 a.lse.slice(0, 0, h * keys).view({1, h, keys}), causal);
+  } else {
+    be.attention_decode(q, k, v, first_rows(a.atty, n), causal);
+  }
   const Tensor attproj = first_rows(a.attproj, n);
-  be.matmul(atty.slice(1, r0, end).view({1, n, h * d}), w.o_w, w.o_b, attproj, Activation::none,
-            Tensor(), Tensor());
+  be.matmul(first_rows(a.atty, n).view({1, n, h * d}), w.o_w, w.o_b, attproj,
+            Activation::none, Tensor(), Tensor());
   const Tensor resid2 = first_rows(a.resid2, n);
   norm_fwd(c, attproj, resid, w.ln2_w, w.ln2_b, resid2, ln2, mean, rstd);
   const Tensor fch = first_rows(a.fch, n), act = first_rows(a.act, n);

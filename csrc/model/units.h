@@ -165,19 +165,22 @@ struct DecodeActs {
   Tensor emb;                                  // [W, C] the embedding's rows
   Tensor resid, attproj, resid2, fcproj;       // [W, C]
   Tensor ln1, ln2, mean, rstd;                 // [W, C], [W, C], [W], [W]
+  Tensor q;                                    // [W, H, D] the rows' queries (zeroed first)
   Tensor atty, lse;                            // [W, H, D], [H·W]
   Tensor fch, act;                             // [W, F or 2F], [W, F]
   Tensor logits;                               // [1, Vp] the last row's
 };
 DecodeActs plan_decode(const Ctx& c, int64_t window);
 /// One block over the rows [r0, r0 + n) (c.t = n, c.b = 1) of the window: x + r its input
-/// rows (r undefined: x is h_l); writes those rows' q, k, v (after RoPE, at positions r0 ..)
-/// into `cache` [1, W, H + 2·Hkv, D], attends causally over the cache's rows [0, span) (span
-/// >= r0 + n: rows past r0 + n hold finite values that the mask keeps out) with `documents`
-/// (their bounds, [2, 1, span], or undefined), and leaves the block's output in a.fcproj and
-/// a.resid2 (rows [0, n)).
+/// rows (r undefined: x is h_l); writes those rows' k and v (after RoPE, at positions r0 ..)
+/// into `cache` [1, W, 2·Hkv, D] and their queries into a.q, and leaves the block's output in
+/// a.fcproj and a.resid2 (rows [0, n)). The rows attend causally over the cache's first
+/// `keys` rows with `documents` (their bounds, [2, 1, keys], or undefined): from r0 = 0 with
+/// attention() (keys >= n: the rows past n hold finite values that the mask keeps out, and
+/// a.q's rows past n too), after that with attention_decode() (keys = r0 + n: the new rows
+/// only, against every cached key).
 void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const Tensor& cache,
-                  const Tensor& x, const Tensor& r, int64_t r0, int64_t span,
+                  const Tensor& x, const Tensor& r, int64_t r0, int64_t keys,
                   const Tensor& documents);
 /// The head over the last of the n rows x + r: a.logits [1, Vp].
 void head_decode(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, const DecodeActs& a,

@@ -307,8 +307,10 @@ TEST_P(DeviceTraining, DecodingRowByRowGivesTheWholeForwardsLogits) {
       err = std::max(err, std::abs(double(got.data<float>()[j]) - want));
     }
     EXPECT_LE(err, 0.02 * largest) << "position " << r1 - 1;
-    // The emulator's products round each row alike whatever their row count: the same bits.
-    if (std::string(NURI_TEST_BACKEND) == "cuda-emu") {
+    // The prompt's rows run the forward's kernels, and the emulator's products round each row
+    // alike whatever their row count: the same bits. The later rows' attention is another
+    // kernel (attention_decode, f32 probabilities where the tiled one rounds them to bf16).
+    if (std::string(NURI_TEST_BACKEND) == "cuda-emu" && r1 == 5) {
       EXPECT_EQ(err, 0) << "position " << r1 - 1;
     }
   }

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <sstream>
 
 #include "ops/harness.h"
 
@@ -1014,6 +1015,131 @@ TEST(AttentionKernelStableMax, ForwardWithAKeyHoldingEveryRowsMaxMatchesTheCpuBa
     }
   }
   if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
+}
+
+// ---- attention_decode: the last rows of a sequence against its cached keys ------------------
+
+struct DecodeCase {
+  int64_t b, keys, rows, h, hkv, d;
+  bool causal;
+  DType dtype;  // on 16-bit backends; the f32 backends run f32
+  bool docs = false;
+};
+
+// Rows [from, from + n) of x [B, T, heads, D] (contiguous), as [B, n, heads, D].
+Vec rows_of(const Vec& x, int64_t b, int64_t t, int64_t width, int64_t from, int64_t n) {
+  Vec r;
+  for (int64_t bi = 0; bi < b; ++bi) {
+    const auto begin = x.begin() + (bi * t + from) * width;
+    r.insert(r.end(), begin, begin + n * width);
+  }
+  return r;
+}
+
+// The decoded rows are the rows attention() over every key gives: against the float64
+// reference (f32 backends: 1e-5, and the CPU backend's attention() bit for bit; 16-bit
+// backends: within twice the error of the same-precision model of the tiled kernels, whose
+// P is rounded where the decoding kernel keeps f32). q comes from a fused QKV buffer, as the
+// model's decode cache holds it.
+class AttentionDecodeTest : public ::testing::TestWithParam<std::tuple<std::string, DecodeCase>> {};
+
+TEST_P(AttentionDecodeTest, RowsAreWhatAttentionOverEveryKeyGives) {
+  const auto& [name, dc] = GetParam();
+  auto be = make_backend(name);
+  const DType dt = act_dtype(*be) == DType::f32 ? DType::f32 : dc.dtype;
+  const KernelCase c{dc.b, dc.keys, dc.h, dc.hkv, dc.d, dc.causal, dt, true, false, dc.docs};
+  const Vec q = rounded(random_vec(c.b * c.t * c.h * c.d, 71), dt),
+            k = rounded(random_vec(c.b * c.t * c.hkv * c.d, 72), dt),
+            v = rounded(random_vec(c.b * c.t * c.hkv * c.d, 73), dt);
+  const Qkv in = qkv_tensors(*be, c, q, k, v, false);
+  const int64_t from = dc.keys - dc.rows;
+  const Tensor q_rows = in.q.slice(1, from, dc.keys);
+  Tensor out = be->empty({c.b, dc.rows, c.h, c.d}, dt);
+  AttentionOptions opt;
+  opt.causal = c.causal;
+  const Tensor docs = c.docs ? test_documents(c.b, c.t) : Tensor();
+  opt.documents = docs_on(*be, docs);
+  be->attention_decode(q_rows, in.k, in.v, out, opt);
+  const Vec got = values(*be, out);
+
+  const int32_t* ks = key_starts(docs);
+  const AttnCase ac{c.b, c.t, c.h, c.hkv, c.d, c.causal, false};
+  const Vec want = rows_of(attention_ref(ac, q, k, v, ks)[0], c.b, c.t, c.h * c.d, from, dc.rows);
+  if (ks) {  // the documents matter: the rows are far from attention over whole rows
+    const Vec whole = rows_of(attention_ref(ac, q, k, v)[0], c.b, c.t, c.h * c.d, from, dc.rows);
+    EXPECT_GT(compare(got, whole).rel, 0.1);
+  }
+  if (dt == DType::f32) {
+    NURI_EXPECT_CLOSE(got, want, 1e-5, "out");
+    Tensor all = be->empty({c.b, c.t, c.h, c.d}, dt), lse = zeros_f32(*be, {c.b, c.h, c.t});
+    be->attention(in.q, in.k, in.v, all, lse, opt);
+    EXPECT_EQ(got, rows_of(values(*be, all), c.b, c.t, c.h * c.d, from, dc.rows))
+        << "the CPU backend's decoded rows are attention()'s bits";
+  } else {
+    const ModelResult model = attention_model(c, q, k, v, Vec(q.size(), 0.0), dt, ks);
+    expect_within_model(got, rows_of(model.out, c.b, c.t, c.h * c.d, from, dc.rows), want, "out");
+  }
+}
+
+// One key; one row and a few against keys that end inside a 64-key tile, GQA and multi-query;
+// more rows than a 64-row tile; full attention; head dims 40 and 256 (the decoding kernel's
+// columns per lane); packed documents, with a last batch row of one document (B 3).
+const DecodeCase kDecodeCases[] = {
+    {1, 1, 1, 1, 1, 64, true, DType::bf16},
+    {2, 70, 1, 4, 2, 64, true, DType::bf16},
+    {1, 130, 3, 4, 1, 128, true, DType::f16},
+    {2, 200, 70, 2, 2, 64, true, DType::bf16, true},
+    {1, 33, 5, 2, 1, 64, false, DType::bf16},
+    {1, 50, 2, 2, 2, 40, true, DType::f16},
+    {1, 20, 1, 1, 1, 256, true, DType::bf16},
+    {3, 300, 2, 2, 2, 128, true, DType::bf16, true},
+};
+
+std::vector<std::tuple<std::string, DecodeCase>> decode_params() {
+  std::vector<std::tuple<std::string, DecodeCase>> r;
+  for (const auto& name : backends())
+    for (const auto& c : kDecodeCases) r.emplace_back(name, c);
+  return r;
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, AttentionDecodeTest, ::testing::ValuesIn(decode_params()),
+                         [](const auto& info) {
+                           const std::string& name = std::get<0>(info.param);
+                           const DecodeCase& c = std::get<1>(info.param);
+                           std::ostringstream os;
+                           os << name << "_" << (act_dtype(name) == DType::f32
+                                                     ? "f32" : dtype_name(c.dtype))
+                              << "_B" << c.b << "_K" << c.keys << "_R" << c.rows << "_H" << c.h
+                              << "_KV" << c.hkv << "_D" << c.d
+                              << (c.causal ? "_causal" : "_full") << (c.docs ? "_docs" : "");
+                           return sanitize_name(os.str());
+                         });
+
+// Shapes that do not fit are refused, naming what is wrong.
+TEST(AttentionDecodeErrors, MismatchedShapesAreRefusedClearly) {
+  for (const auto& name : backends()) {
+    auto be = make_backend(name);
+    const DType dt = act_dtype(*be);
+    auto expect_error = [&](const Tensor& q, const Tensor& kv, const AttentionOptions& opt,
+                            const std::string& needle) {
+      const Tensor out = be->empty(q.shape(), dt);
+      try {
+        be->attention_decode(q, kv, kv, out, opt);
+        ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      }
+    };
+    const Tensor q = be->empty({1, 4, 2, 64}, dt), kv3 = be->empty({1, 3, 2, 64}, dt);
+    be->zero(q);
+    be->zero(kv3);
+    expect_error(q, kv3, AttentionOptions{}, "keys >= 4");
+    const Tensor kv8 = be->empty({1, 8, 2, 64}, dt);
+    be->zero(kv8);
+    AttentionOptions docs;
+    docs.documents = docs_on(*be, test_documents(1, 4));
+    expect_error(q, kv8, docs, "expected (2, 1, 8)");
+  }
 }
 
 }  // namespace

@@ -119,18 +119,21 @@ View4 view4(const Tensor& t) { return {t.data<float>(), t.stride(0), t.stride(1)
 
 struct AttnParams {
   View4 q;         // [B, T, H, D]
-  View4 k, v;      // [B, T, Hkv, D]
+  View4 k, v;      // [B, Tk, Hkv, D]
   View4 out;       // [B, T, H, D]
   float* lse;      // [B, H, T]
   View4 dout, dq;  // [B, T, H, D]   (backward)
   View4 dk, dv;    // [B, T, Hkv, D] (backward)
   int64_t B, T, H, Hkv, D;
+  // Keys, and the sequence row of query 0: Tk = T and row0 = 0 but in attention_decode, where
+  // the queries are the last T of Tk rows (row0 = Tk - T; forward only).
+  int64_t Tk, row0;
   float scale;
   bool causal;
-  const int32_t* key_start = nullptr;  // [B, T] packed documents (AttentionOptions::documents)
-  // The first key query `query` of row b may see.
+  const int32_t* key_start = nullptr;  // [B, Tk] packed documents (AttentionOptions::documents)
+  // The first key the query at sequence row `query` of batch row b may see.
   int64_t first_key(int64_t b, int64_t query) const {
-    return key_start ? key_start[b * T + query] : 0;
+    return key_start ? key_start[b * Tk + query] : 0;
   }
 };
 
@@ -145,6 +148,7 @@ inline KeyRange visible_keys(const AttnParams& p, int64_t b, int64_t query, int6
 }
 
 // out rows [q0, q0 + bq) of head h and their lse, walking key tiles with an online softmax.
+// Query q0 + r is row row0 + q0 + r of the sequence, for the mask.
 void forward_tile(const AttnParams& p, int64_t b, int64_t h, int64_t q0, float* ws) {
   const int d = int(p.D);
   const int64_t dp = round_up(p.D, kNR);
@@ -162,9 +166,10 @@ void forward_tile(const AttnParams& p, int64_t b, int64_t h, int64_t q0, float* 
   std::fill(r_acc, r_acc + kBq * dp, 0.f);
   std::fill(r_max, r_max + kBq, -std::numeric_limits<float>::infinity());
   std::fill(r_sum, r_sum + kBq, 0.f);
-  const int64_t k_end = p.causal ? q0 + bq : p.T;  // causal: later key tiles are fully masked
+  const int64_t row = p.row0 + q0;  // of the tile's first query
+  const int64_t k_end = p.causal ? row + bq : p.Tk;  // causal: later key tiles are fully masked
   // Documents: the tile's first row starts first; key tiles before its document are masked.
-  for (int64_t j0 = p.first_key(b, q0) / kBk * kBk; j0 < k_end; j0 += kBk) {
+  for (int64_t j0 = p.first_key(b, row) / kBk * kBk; j0 < k_end; j0 += kBk) {
     const int bk = int(std::min<int64_t>(kBk, k_end - j0));
     const int nk = int(round_up(bk, kNR));
     load_transposed(s_kt, p.k.row(b, j0, g), p.k.st, bk, nk, d);
@@ -172,7 +177,7 @@ void forward_tile(const AttnParams& p, int64_t b, int64_t h, int64_t q0, float* 
     tile_matmul(bq, nk, d, s_q, dp, 1, s_kt, kBk, s_p, kBk, false);  // S [bq, nk]
     for (int r = 0; r < bq; ++r) {
       float* s = s_p + r * kBk;
-      const KeyRange vis = visible_keys(p, b, q0 + r, j0, bk);
+      const KeyRange vis = visible_keys(p, b, row + r, j0, bk);
       std::fill(s, s + vis.first, 0.f);
       std::fill(s + vis.end, s + bk, 0.f);
       if (vis.first == vis.end) continue;  // a row's keys all masked here: nothing to add
@@ -299,8 +304,9 @@ void check_view(const char* op, const char* name, const Tensor& t) {
              shape_str(t.shape()), ", strides ", shape_str(t.strides()), ")");
 }
 
+// decode: the queries are the last T of k's rows (attention_decode), not all of them.
 AttnParams check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& lse, const AttentionOptions& opt) {
+                        const Tensor& lse, const AttentionOptions& opt, bool decode = false) {
   check_view(op, "q", q);
   check_view(op, "k", k);
   check_view(op, "v", v);
@@ -308,9 +314,17 @@ AttnParams check_inputs(const char* op, const Tensor& q, const Tensor& k, const 
   p.B = q.size(0), p.T = q.size(1), p.H = q.size(2), p.Hkv = k.size(2), p.D = q.size(3);
   NURI_CHECK(p.T > 0 && p.D > 0, op, ": q has shape ", shape_str(q.shape()),
              "; the sequence length and head_dim must be positive");
-  NURI_CHECK(k.size(0) == p.B && k.size(1) == p.T && k.size(3) == p.D, op, ": k has shape ",
-             shape_str(k.shape()), ", expected (", p.B, ", ", p.T, ", n_kv_head, ", p.D,
-             ") to match q ", shape_str(q.shape()));
+  p.Tk = k.size(1);
+  p.row0 = p.Tk - p.T;
+  if (decode) {
+    NURI_CHECK(k.size(0) == p.B && p.Tk >= p.T && k.size(3) == p.D, op, ": k has shape ",
+               shape_str(k.shape()), ", expected (", p.B, ", keys >= ", p.T, ", n_kv_head, ",
+               p.D, ") to hold q ", shape_str(q.shape()), "'s rows and those before");
+  } else {
+    NURI_CHECK(k.size(0) == p.B && p.Tk == p.T && k.size(3) == p.D, op, ": k has shape ",
+               shape_str(k.shape()), ", expected (", p.B, ", ", p.T, ", n_kv_head, ", p.D,
+               ") to match q ", shape_str(q.shape()));
+  }
   cpu::check_shape(op, "v", v, k.shape());
   NURI_CHECK(p.Hkv > 0 && p.H % p.Hkv == 0, op, ": n_kv_head (", p.Hkv, ") must divide n_head (",
              p.H, ")");
@@ -324,9 +338,9 @@ AttnParams check_inputs(const char* op, const Tensor& q, const Tensor& k, const 
   if (opt.documents.defined()) {
     NURI_CHECK(opt.causal, op, ": documents (a document mask) need causal attention");
     check_document_bounds(op, opt.documents);
-    NURI_CHECK(opt.documents.size(1) == p.B && opt.documents.size(2) == p.T, op,
+    NURI_CHECK(opt.documents.size(1) == p.B && opt.documents.size(2) == p.Tk, op,
                ": documents has shape ", shape_str(opt.documents.shape()), ", expected (2, ", p.B,
-               ", ", p.T, ") for q ", shape_str(q.shape()));
+               ", ", p.Tk, ") for k ", shape_str(k.shape()));
     p.key_start = opt.documents.data<int32_t>();
   }
   return p;
@@ -353,6 +367,29 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, co
       for (int64_t h = 0; h < p.H; ++h)
         for (int64_t tile = 0; tile < n_tiles; ++tile)  // last (causal: costliest) tiles first
           forward_tile(p, b, h, (n_tiles - 1 - tile) * kBq, ws);
+  }
+}
+
+void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const AttentionOptions& opt) {
+  const char* op = "attention_decode";
+  NURI_CHECK(q.defined() && q.dim() == 4, op, ": q must be [B, T, heads, head_dim]");
+  const Tensor lse = empty({q.size(0), q.size(2), q.size(1)});  // (unread)
+  AttnParams p = check_inputs(op, q, k, v, lse, opt, /*decode=*/true);
+  cpu::check_cpu(op, "out", out);
+  cpu::check_shape(op, "out", out, q.shape());
+  p.out = view4(out);
+
+  int64_t per_thread = 0;
+  const auto scratch = thread_scratch(forward_scratch(p.D), &per_thread);
+  const int64_t n_tiles = (p.T + kBq - 1) / kBq;
+#pragma omp parallel if (p.B * p.H * p.T * p.Tk * p.D >= 64 * cpu::kParallelWork)
+  {
+    float* ws = scratch.get() + omp_get_thread_num() * per_thread;
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t tile = 0; tile < n_tiles; ++tile) forward_tile(p, b, h, tile * kBq, ws);
   }
 }
 

@@ -65,6 +65,8 @@ class CpuBackend final : public Backend {
                           const Tensor& lse, const Tensor& dout, const Tensor& dq,
                           const Tensor& dk, const Tensor& dv,
                           const AttentionOptions& opt) override;
+  void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const AttentionOptions& opt) override;
 
   void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t vocab_size,
                      int32_t ignore_index, const Tensor& losses, const Tensor& lse,

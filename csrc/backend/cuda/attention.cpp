@@ -15,7 +15,8 @@
 #include "backend/cuda/check.h"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/outputs_agree.h"
-#include "cuda_check.h"  // kernels/
+#include "attention_decode.h"  // kernels/
+#include "cuda_check.h"        // kernels/
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
 #include "backend/cuda/cudnn_attention.h"
 #endif
@@ -363,6 +364,66 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, c
     forward<__nv_bfloat16>(*this, q, k, v, out, lse, opt);
   } else {
     forward<__half>(*this, q, k, v, out, lse, opt);
+  }
+}
+
+namespace {
+
+template <class T>
+void decode_forward(CudaBackend& be, const Tensor& q, const Tensor& k, const Tensor& v,
+                    const Tensor& out, const AttentionOptions& opt) {
+  const char* op = "attention_decode";
+  const DType dt = q.dtype();
+  check_view(op, "q", q, dt);
+  check_view(op, "k", k, dt);
+  check_view(op, "v", v, dt);
+  const int64_t b = q.size(0), t = q.size(1), h = q.size(2), keys = k.size(1), hkv = k.size(2);
+  const int64_t d = q.size(3);
+  NURI_CHECK(t > 0 && d > 0, op, ": q has shape ", shape_str(q.shape()),
+             "; the sequence length and head_dim must be positive");
+  NURI_CHECK(k.size(0) == b && keys >= t && k.size(3) == d, op, ": k has shape ",
+             shape_str(k.shape()), ", expected (", b, ", keys >= ", t, ", n_kv_head, ", d,
+             ") to hold q ", shape_str(q.shape()), "'s rows and those before");
+  cuda::check_shape(op, "v", v, k.shape());
+  NURI_CHECK(hkv > 0 && h % hkv == 0, op, ": n_kv_head (", hkv, ") must divide n_head (", h,
+             ")");
+  NURI_CHECK(d <= kernels::kDecodeMaxHeadDim, op, ": head_dim ", d, " exceeds the decoding "
+             "kernel's limit of ", kernels::kDecodeMaxHeadDim);
+  NURI_CHECK(b <= 65535 && t * h <= INT32_MAX && keys <= INT32_MAX, op, ": shape ",
+             shape_str(q.shape()), " with ", keys, " keys exceeds the CUDA kernel's grid limits");
+  NURI_CHECK(std::isfinite(opt.scale), op, ": scale must be finite, got ", opt.scale);
+  check_view(op, "out", out, dt);
+  cuda::check_shape(op, "out", out, q.shape());
+  kernels::AttentionDecodeParams<T> p;
+  p.q = static_cast<const T*>(q.raw());
+  p.k = static_cast<const T*>(k.raw());
+  p.v = static_cast<const T*>(v.raw());
+  p.out = static_cast<T*>(out.raw());
+  p.q_s = {q.stride(0), q.stride(1), q.stride(2)};
+  p.k_s = {k.stride(0), k.stride(1), k.stride(2)};
+  p.v_s = {v.stride(0), v.stride(1), v.stride(2)};
+  p.out_s = {out.stride(0), out.stride(1), out.stride(2)};
+  p.batch = int(b), p.q_rows = int(t), p.keys = int(keys), p.heads = int(h);
+  p.kv_heads = int(hkv), p.head_dim = int(d);
+  p.scale = opt.scale != 0.f ? opt.scale : 1.f / std::sqrt(float(d));
+  p.causal = opt.causal;
+  if (const Tensor& docs = opt.documents; docs.defined()) {
+    NURI_CHECK(opt.causal, op, ": documents (a document mask) need causal attention");
+    cuda::check_dev(op, "documents", docs, DType::i32);
+    cuda::check_shape(op, "documents", docs, {2, b, keys});
+    p.key_start = static_cast<const int*>(docs.raw());
+  }
+  kernels::attention_decode(p, be.stream());
+}
+
+}  // namespace
+
+void CudaBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor& out, const AttentionOptions& opt) {
+  if (attention_dtype("attention_decode", q) == DType::bf16) {
+    decode_forward<__nv_bfloat16>(*this, q, k, v, out, opt);
+  } else {
+    decode_forward<__half>(*this, q, k, v, out, opt);
   }
 }
 

@@ -223,6 +223,15 @@ class Backend {
                                   const Tensor& out, const Tensor& lse, const Tensor& dout,
                                   const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                   const AttentionOptions& opt) = 0;
+  /// Attention of queries that continue a sequence (decoding with a key/value cache): q
+  /// [B, Tq, H, D] holds the sequence's rows Tk - Tq .. Tk - 1 and k, v [B, Tk, Hkv, D] its keys
+  /// and values so far (Tq <= Tk); out [B, Tq, H, D]. Query i sees the keys attention() over
+  /// the Tk rows shows row Tk - Tq + i: causal, [key_start, Tk - Tq + i] (documents
+  /// [2, B, Tk]); otherwise all. Strides as attention's; no lse and no backward (inference).
+  /// Costs Tq·Tk where attention() over the Tk rows costs Tk² (decode computes one row per
+  /// token).
+  virtual void attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const AttentionOptions& opt) = 0;
 
   // ---- loss --------------------------------------------------------------------------------
   /// Softmax cross-entropy over logits [N, Vp] (f32) where only the first vocab_size columns are

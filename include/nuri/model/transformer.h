@@ -279,15 +279,16 @@ class Transformer {
   Tensor logits_row(int64_t pos);
   /// Incremental decoding (what generate() runs): the logits at position r1 - 1 of the window
   /// `tokens` [1, W] (i32, host), as logits() of its first r1 tokens gives them, running the
-  /// products, norms and MLP on the rows [r0, r1) alone: the q, k and v of the rows before come
-  /// from a cache that the calls before filled (r0 = 0 starts it anew; r0 may not pass the rows
-  /// cached, whose tokens and document separator must be those they were computed with, and W
-  /// stays that of the call that started it). Attention runs every query row of the first r1
-  /// rows rounded up to 64 (a few shapes a window). [padded_vocab] f32 on the host. The whole
-  /// model on one rank (no tensor parallelism); the document separator applies as in a
-  /// forward. Starting a cache frees the activation plan (the next forward plans it again); the
-  /// cache (every block's q, k and v of W rows, and W rows of each activation) stays until
-  /// end_decode().
+  /// products, norms and MLP on the rows [r0, r1) alone: the keys and values of the rows
+  /// before come from a cache that the calls before filled (r0 = 0 starts it anew; r0 may not
+  /// pass the rows cached, whose tokens and document separator must be those they were
+  /// computed with, and W stays that of the call that started it). From r0 = 0 attention runs
+  /// every query row of the first r1 rows rounded up to 64 (a few shapes a window); after that
+  /// the rows [r0, r1) alone against the r1 keys (Backend::attention_decode). [padded_vocab] f32
+  /// on the host. The whole model on one rank (no tensor parallelism); the document separator
+  /// applies as in a forward. Starting a cache frees the activation plan (the next forward
+  /// plans it again); the cache (every block's k and v of W rows, and W rows of each
+  /// activation) stays until end_decode().
   Tensor decode(const Tensor& tokens, int64_t r0, int64_t r1);
   /// Frees decode()'s cache (nothing when there is none).
   void end_decode();

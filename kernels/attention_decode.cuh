@@ -1,0 +1,101 @@
+// Attention for decoding with a key/value cache: a few new query rows against every cached key.
+//
+// The design choice: decoding reads each cached key and value once per query row and does two
+// multiply-adds per element read, so it is bound by memory, not by tensor cores, and the tiled
+// kernels (attention_fwd.cuh) would spend a 64-row tile on one row. Here a block owns one
+// (batch, query head, query row); its warps take every kWarps-th visible key, each lane holding
+// D/32 (rounded up) columns of the row: a key's score is one warp-wide sum, the softmax is
+// online per warp (running max, sum and output), and the warps' partial results are merged
+// through shared memory at the end. A warp's lanes read consecutive columns of a key row, so
+// each row is read in whole sectors.
+#pragma once
+
+#include "attention_decode.h"
+#include "common.cuh"
+
+namespace nuri::kernels {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kDecodePerLane = kDecodeMaxHeadDim / 32;
+
+/// Dynamic shared memory: per warp its running max, sum and output row.
+constexpr size_t attention_decode_smem(int head_dim) {
+  return size_t(kDecodeWarps) * size_t(2 + head_dim) * sizeof(float);
+}
+
+/// Grid (Tq · H, B); block kDecodeThreads.
+template <class T>
+__global__ void __launch_bounds__(kDecodeThreads)
+    attention_decode_kernel(const AttentionDecodeParams<T> p) {
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int i = int(blockIdx.x) / p.heads, h = int(blockIdx.x) % p.heads, b = int(blockIdx.y);
+  const int g = h / (p.heads / p.kv_heads), d = p.head_dim;
+  const int row = p.keys - p.q_rows + i;  // the query's row of the sequence
+  const int k_end = p.causal ? row + 1 : p.keys;
+  const int k_begin = p.key_start ? p.key_start[int64_t(b) * p.keys + row] : 0;
+
+  float rQ[kDecodePerLane], rAcc[kDecodePerLane];
+  const T* gQ = p.q + b * p.q_s.b + i * p.q_s.t + h * p.q_s.h;
+#pragma unroll
+  for (int u = 0; u < kDecodePerLane; ++u) {
+    const int e = lane + 32 * u;
+    rQ[u] = e < d ? to_float(gQ[e]) * p.scale : 0.f;
+    rAcc[u] = 0.f;
+  }
+  float run_max = -INFINITY, run_sum = 0.f;
+  for (int j = k_begin + warp; j < k_end; j += kDecodeWarps) {  // warp-uniform
+    const T* gK = p.k + b * p.k_s.b + int64_t(j) * p.k_s.t + g * p.k_s.h;
+    float dot = 0.f;
+#pragma unroll
+    for (int u = 0; u < kDecodePerLane; ++u) {
+      const int e = lane + 32 * u;
+      if (e < d) dot = fmaf(rQ[u], to_float(gK[e]), dot);
+    }
+    const float s = warp_sum(dot);
+    const float next_max = fmaxf(run_max, s);
+    const float alpha = expf(run_max - next_max);  // 0 before the warp's first key
+    const float prob = expf(s - next_max);
+    run_sum = run_sum * alpha + prob;
+    run_max = next_max;
+    const T* gV = p.v + b * p.v_s.b + int64_t(j) * p.v_s.t + g * p.v_s.h;
+#pragma unroll
+    for (int u = 0; u < kDecodePerLane; ++u) {
+      const int e = lane + 32 * u;
+      if (e < d) rAcc[u] = fmaf(prob, to_float(gV[e]), rAcc[u] * alpha);
+    }
+  }
+
+  // sMax [kDecodeWarps], sSum [kDecodeWarps], sAcc [kDecodeWarps][D].
+  float* sMax = dynamic_smem<float>();
+  float* sSum = sMax + kDecodeWarps;
+  float* sAcc = sSum + kDecodeWarps;
+  if (lane == 0) {
+    sMax[warp] = run_max;
+    sSum[warp] = run_sum;
+  }
+#pragma unroll
+  for (int u = 0; u < kDecodePerLane; ++u) {
+    const int e = lane + 32 * u;
+    if (e < d) sAcc[warp * d + e] = rAcc[u];
+  }
+  __syncthreads();
+  // A warp that saw no key has max -inf and sum 0: its weight exp(-inf - m) is 0. Every query
+  // sees at least itself (causal) or every key (full), so m is finite.
+  float m = -INFINITY;
+  for (int w = 0; w < kDecodeWarps; ++w) m = fmaxf(m, sMax[w]);
+  float total = 0.f, weight[kDecodeWarps];
+  for (int w = 0; w < kDecodeWarps; ++w) {
+    weight[w] = expf(sMax[w] - m);
+    total += sSum[w] * weight[w];
+  }
+  const float inv = 1.f / total;
+  T* gOut = p.out + b * p.out_s.b + i * p.out_s.t + h * p.out_s.h;
+  for (int e = int(threadIdx.x); e < d; e += kDecodeThreads) {
+    float o = 0.f;
+    for (int w = 0; w < kDecodeWarps; ++w) o = fmaf(sAcc[w * d + e], weight[w], o);
+    gOut[e] = from_float<T>(o * inv);
+  }
+}
+
+}  // namespace nuri::kernels
