@@ -76,6 +76,20 @@ struct Transformer::Impl {
 };
 
 namespace {
+/// A host i32 tensor on the backend's device, into `dst` (its buffer reused while the shape
+/// holds); on the CPU `dst` is the host tensor itself.
+void to_device_i32(Backend& be, const Tensor& host, Tensor& dst) {
+  if (be.device().is_cpu()) {
+    dst = host;
+    return;
+  }
+  if (!dst.defined() || dst.shape() != host.shape()) {
+    MemoryScope activations(MemoryCategory::activations);
+    dst = be.empty(host.shape(), DType::i32);
+  }
+  be.copy(host, dst);
+}
+
 /// On the CPU, refuses (before anything is laid out) a model whose f32 weights alone, of the
 /// part this rank holds, exceed the machine's memory: it would grow until killed.
 void check_fits_host(const ModelConfig& cfg, WeightShard shard, TensorParallelRank tp,
@@ -564,18 +578,7 @@ Transformer::Slot& Transformer::planned_slot(int k, const char* what) {
 void Transformer::run_forward(Slot& s, const Tensor& tokens) {
   Backend& be = *backend_;
   Impl& m = *impl_;
-  // A host tensor on the backend's device, into `dst` (reused while its shape holds).
-  auto to_device = [&](const Tensor& host, Tensor& dst) {
-    if (be.device().is_cpu()) {
-      dst = host;
-      return;
-    }
-    if (!dst.defined() || dst.shape() != host.shape()) {
-      MemoryScope activations(MemoryCategory::activations);
-      dst = be.empty(host.shape(), DType::i32);
-    }
-    be.copy(host, dst);
-  };
+  auto to_device = [&](const Tensor& host, Tensor& dst) { to_device_i32(be, host, dst); };
   if (doc_separator_ < 0) {
     s.documents = Tensor();
     s.positions = Tensor();
@@ -790,15 +793,7 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   const int64_t span = r0 == 0 ? std::min(window, (r1 + 63) / 64 * 64) : r1;
   // The call's ids on the device: its tokens, their positions (learned tables: from each
   // document's start with a separator), the document bounds of the rows attended.
-  auto to_device = [&](const Tensor& host, Tensor& dst) {
-    if (be.device().is_cpu()) {
-      dst = host;
-      return;
-    }
-    MemoryScope activations(MemoryCategory::activations);
-    dst = be.empty(host.shape(), DType::i32);
-    be.copy(host, dst);
-  };
+  auto to_device = [&](const Tensor& host, Tensor& dst) { to_device_i32(be, host, dst); };
   Tensor prefix = Tensor::empty({1, span}, DType::i32);
   std::memcpy(prefix.raw(), tokens.raw(), size_t(span) * sizeof(int32_t));
   Tensor rows = Tensor::empty({1, n}, DType::i32);
