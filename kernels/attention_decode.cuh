@@ -33,7 +33,10 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int g = h / (p.heads / p.kv_heads), d = p.head_dim;
   const int row = p.keys - p.q_rows + i;  // the query's row of the sequence
   const int k_end = p.causal ? row + 1 : p.keys;
-  const int k_begin = p.key_start ? p.key_start[int64_t(b) * p.keys + row] : 0;
+  // (Clamped as the tiled kernels clamp it: bounds that break the rules give wrong values, not
+  // out-of-bounds reads, and every query sees at least itself.)
+  const int k_begin =
+      p.key_start ? min(max(p.key_start[int64_t(b) * p.keys + row], 0), k_end - 1) : 0;
 
   float rQ[kDecodePerLane], rAcc[kDecodePerLane];
   const T* gQ = p.q + b * p.q_s.b + i * p.q_s.t + h * p.q_s.h;

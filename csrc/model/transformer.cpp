@@ -48,8 +48,9 @@ struct Transformer::Impl {
   Tensor whole_row;   // tensor parallelism: logits_row()'s gathered columns
   bool have_backward = false;  // scratch.d_resid holds the last backward's input gradient
   model::BlockScratch scratch;
-  // decode(): the window's length, the rows whose q, k, v the cache holds, each block's cache
-  // [1, W, H + 2Hkv, D], the shared rows' buffers, and device copies of the call's ids.
+  // decode(): the window's length, the rows whose keys and values the cache holds, each
+  // block's cache [1, W, 2Hkv, D] (this rank's kv heads), the shared rows' buffers, and device
+  // copies of the call's ids.
   struct Decode {
     int64_t window = 0, rows = 0;
     std::vector<int32_t> ids;           // the cached rows' token ids
@@ -737,9 +738,12 @@ Tensor Transformer::logits_row(int64_t pos) {
 Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   Backend& be = *backend_;
   Impl& m = *impl_;
-  NURI_CHECK(m.whole() && tp_.size == 1, "decode(): this model is ",
-             m.whole() ? "a tensor-parallel slice" : "a pipeline stage", "; decoding runs on "
-             "the whole model on one rank (generate() falls back to whole forwards otherwise)");
+  NURI_CHECK(m.whole(), "decode(): this model is a pipeline stage; decoding runs on the whole "
+             "model (generate() falls back to whole forwards through the stages)");
+  NURI_CHECK(tp_.size == 1 || tp_hooks_, "decode(): this model is rank ", tp_.rank, " of ",
+             tp_.size, " of a tensor-parallel group: decoding needs the group's collectives "
+             "(set_tensor_parallel_hooks; the Trainer on a grid sets them), and every rank of "
+             "the group calls it");
   NURI_CHECK(param_hooks_ || !parameters_sharded_, "decode(): this model holds the weights of [",
              master_lo_, ", ", master_hi_, ") only (ZeRO 3): decoding needs the ParamHooks that "
              "gather them (the Trainer's data parallelism sets them)");
@@ -762,8 +766,8 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     d->window = window;
     const model::Ctx c{be, cfg_, 1, window, compute_, tp_, nullptr, false};
     d->acts = model::plan_decode(c, window);
-    for (int64_t l = m.first; l < m.last; ++l) {
-      d->cache.push_back(be.empty({1, window, 2 * cfg_.n_kv_head, cfg_.head_dim()}, compute_));
+    for (int64_t l = m.first; l < m.last; ++l) {  // (this rank's kv heads)
+      d->cache.push_back(be.empty({1, window, 2 * c.kv_heads(), cfg_.head_dim()}, compute_));
       be.zero(d->cache.back());
     }
     m.decode = std::move(d);
@@ -817,7 +821,9 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   } else {
     d.positions = Tensor();
   }
-  const model::Ctx c{be, cfg_, 1, n, compute_, tp_, nullptr, false};
+  // (Tensor parallelism: the group's sums without sequence parallelism, whose row split a few
+  // rows may not allow.)
+  const model::Ctx c{be, cfg_, 1, n, compute_, tp_, tp_.size > 1 ? tp_hooks_ : nullptr, false};
   auto lease = [&](size_t u) {
     return std::make_unique<UnitWeightsLease>(param_hooks_, m.units[u], u, m.w[u], false, be,
                                               compute_);
@@ -826,8 +832,16 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   Tensor x = a.emb.slice(0, 0, n).view({1, n, cfg_.d_model}), r;
   {
     const auto emb = lease(size_t(m.emb));
-    be.embedding(d.tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe, d.positions,
-                 x);
+    if (tp_.size > 1) {  // this rank's vocabulary rows, the positions added once, then the sum
+      tp_hooks_->wait();  // (as run_forward: the embedding may wait on the host for its ids)
+      const Tensor wpe = c.once((*emb)->wpe);
+      be.embedding_shard(d.tokens, (*emb)->wte, wpe, wpe.defined() ? d.positions : Tensor(), x,
+                         c.vocab_lo(), cfg_.vocab_size);
+      c.sum_rows(x, x);
+    } else {
+      be.embedding(d.tokens, (*emb)->wte.slice(0, 0, cfg_.vocab_size), (*emb)->wpe,
+                   d.positions, x);
+    }
   }
   for (int64_t l = m.first; l < m.last; ++l) {
     const auto w = lease(m.block_unit(l));
@@ -842,7 +856,14 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   const auto head = lease(size_t(m.head));
   const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
   model::head_decode(c, **head, tied ? (*tied)->wte : (*head)->lm_head, a, x, r);
-  return row_to_host(be, a.logits.view({-1}));
+  Tensor row = a.logits.view({-1});
+  if (tp_.size > 1) {  // each rank's vocabulary columns, gathered in rank order
+    if (!m.whole_row.defined()) m.whole_row = be.empty({cfg_.padded_vocab()}, row.dtype());
+    tp_hooks_->all_gather(row, m.whole_row);
+    tp_hooks_->wait();
+    row = m.whole_row;
+  }
+  return row_to_host(be, row);
 }
 
 void Transformer::end_decode() { impl_->decode.reset(); }

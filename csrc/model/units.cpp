@@ -262,8 +262,9 @@ void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const
     be.attention_decode(q, k, v, first_rows(a.atty, n), causal);
   }
   const Tensor attproj = first_rows(a.attproj, n);
-  be.matmul(first_rows(a.atty, n).view({1, n, h * d}), w.o_w, w.o_b, attproj,
+  be.matmul(first_rows(a.atty, n).view({1, n, h * d}), w.o_w, c.once(w.o_b), attproj,
             Activation::none, Tensor(), Tensor());
+  c.sum_rows(attproj, attproj);  // tensor parallelism: each rank's heads' share
   const Tensor resid2 = first_rows(a.resid2, n);
   norm_fwd(c, attproj, resid, w.ln2_w, w.ln2_b, resid2, ln2, mean, rstd);
   const Tensor fch = first_rows(a.fch, n), act = first_rows(a.act, n);
@@ -274,7 +275,8 @@ void block_decode(const Ctx& c, const UnitWeights& w, const DecodeActs& a, const
     be.matmul(ln2, w.fc_w, w.fc_b, fch, Activation::none, Tensor(), Tensor());
     be.swiglu(fch, act);
   }
-  be.matmul(act, w.proj_w, w.proj_b, fcproj, Activation::none, Tensor(), Tensor());
+  be.matmul(act, w.proj_w, c.once(w.proj_b), fcproj, Activation::none, Tensor(), Tensor());
+  c.sum_rows(fcproj, fcproj);  // each rank's MLP columns' share
 }
 
 void head_decode(const Ctx& c, const UnitWeights& w, const Tensor& lm_head, const DecodeActs& a,

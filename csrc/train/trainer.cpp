@@ -1290,8 +1290,7 @@ class SequenceParallelOff {
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt) {
   const SequenceParallelOff sp_off({&model});
-  if (!opt.cache || !model.first_stage() || !model.last_stage() ||
-      model.tensor_parallel().size > 1) {
+  if (!opt.cache || !model.first_stage() || !model.last_stage()) {
     return sample(model.config(), prompt, opt, [&](const Tensor& tokens, int64_t len) {
       model.logits(tokens);
       return model.logits_row(len - 1);

@@ -364,9 +364,9 @@ class Model:
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
                  top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
         """Tokens sampled after the prompt: greedy at temperature 0, else top-k sampling. With
-        cache (the default) each new token runs the products on its own row alone, from the
-        earlier rows' cached queries, keys and values; False runs a whole forward of the window
-        per token."""
+        cache (the default) each new token runs the products and its attention on its own row
+        alone, from the earlier rows' cached keys and values; False runs a whole forward of the
+        window per token."""
     def zero_grad(self) -> None: ...
     def init_weights(self, seed: int) -> None: ...
     def memory(self) -> dict[str, int]:
@@ -446,9 +446,10 @@ class Trainer:
     def load_checkpoint(self, path: str, check_data: bool = True) -> str: ...
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
                  top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
-        """Tokens sampled after the prompt (cache: as Model.generate's, on a whole model on one
-        rank); under ZeRO 3, tensor or pipeline parallelism a collective (every rank calls it
-        with the same arguments and gets the same tokens)."""
+        """Tokens sampled after the prompt (cache: as Model.generate's, on a whole model, also
+        split over a tensor-parallel group; pipeline stages run whole forwards); under ZeRO 3,
+        tensor or pipeline parallelism a collective (every rank calls it with the same arguments
+        and gets the same tokens)."""
     def master_weights(self) -> np.ndarray:
         """Every f32 master weight (flat layout) on the host; collective over the ranks."""
     @property

@@ -497,8 +497,8 @@ PYBIND11_MODULE(_C, m) {
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("seed") = 0, py::arg("cache") = true,
            "Token ids continuing prompt: greedy at temperature 0, else top-k sampling. cache: "
-           "each new token runs the products on its own row alone, from the earlier rows' cached "
-           "queries, keys and values "
+           "each new token runs the products and its attention on its own row alone, from the "
+           "earlier rows' cached keys and values "
            "(False: a whole forward of the window per token).")
       .def("zero_grad", &Transformer::zero_grad, py::call_guard<NuriCall>())
       .def("init_weights", &Transformer::init_weights, py::arg("seed"),

@@ -9,6 +9,7 @@
 //   summed over the group in another order than one process's GEMM sums them, so the losses
 //   differ by f32 roundings; the bound is test_dp's, |Δloss| ≤ 1e-5 · loss at every step.
 // - What the group moves per micro-batch against the formulas, and what a rank holds.
+// - Decoding and sampling split over the group, as one process decodes and samples.
 // - Elastic resume across tp (2 → 1 → 4 → 2, with dp and ZeRO changing too), and one model file
 //   consolidated from a tensor-parallel checkpoint.
 // - The errors: a tp that does not divide the heads, kv heads, MLP width or padded vocabulary,
@@ -330,6 +331,87 @@ TEST(TensorParallel, TrainsAsOneProcessWithTheSameGlobalBatch) {
                     worst, kSteps);
       }
     }
+  }
+}
+
+// Decoding split over the group (Transformer::decode: each rank's heads, kv cache, MLP and
+// vocabulary columns, summed and gathered as a forward's are), after a few steps of training so
+// that the logits are not near-uniform, with packed documents: every row's logits are the
+// group's whole forward's within 1e-5 of the largest logit (one process's decoding bound,
+// test_model), and that forward is one process's within 1e-4 (the group's sums round in another
+// order: 3e-5 measured on the Llama-style model at tp 2, 6e-6 on GPT-2); generate() with the
+// cache and without it draws one process's tokens.
+TEST(TensorParallel, DecodesAndSamplesAsOneProcess) {
+  const int n = world()->size();
+  ASSERT_GE(n, 2) << "run under mpirun -np 2 or 4 (ctest: mpi.tp.np*, tcp.tp.np*)";
+  for (const std::string family : {"gpt2", "llama"}) {
+    SCOPED_TRACE(family);
+    TrainConfig tc = config(1, Recompute::none);
+    tc.steps = 6;
+    Transformer one(model(family), make_backend("cpu"), 7);
+    Trainer t1(one, tc, text_data(), nullptr);
+    GridGroups g = make_grid_groups(world(), n);
+    Transformer m(model(family), make_backend("cpu"), 7, WeightShard{}, {g.coord.tp, n});
+    ParallelConfig par;
+    par.tp = n;
+    Trainer t(m, tc, text_data(), nullptr, g, par);
+    for (int i = 0; i < tc.steps; ++i) {
+      t1.step();
+      t.step();
+    }
+    const int64_t w = 70;  // past the 64 rows the prompt's attention span rounds to
+    Tensor tokens = Tensor::empty({1, w}, DType::i32);
+    for (int64_t i = 0; i < w; ++i) tokens.data<int32_t>()[i] = int32_t((i * 37 + 11) % 250);
+    for (const int64_t at : {9, 23, 64}) tokens.data<int32_t>()[at] = 7;
+    one.set_document_separator(7);
+    m.set_document_separator(7);
+    // The group's whole forward, row by row (logits_row gathers each rank's columns), and how
+    // far the group's sums put it from one process's.
+    const Tensor full = one.logits(tokens);  // [1, W, Vp]
+    const int64_t vp = full.size(2);
+    m.logits(tokens);
+    std::vector<std::vector<float>> group_rows;
+    double forward_worst = 0, worst = 0;
+    auto rel_err = [&](const float* got, const float* want) {
+      double largest = 0, err = 0;
+      for (int64_t j = 0; j < vp; ++j) {
+        largest = std::max(largest, std::abs(double(want[j])));
+        err = std::max(err, std::abs(double(got[j]) - want[j]));
+      }
+      return err / largest;
+    };
+    for (int64_t pos = 0; pos < w; ++pos) {
+      const Tensor row = m.logits_row(pos);
+      group_rows.emplace_back(row.data<float>(), row.data<float>() + vp);
+      forward_worst =
+          std::max(forward_worst, rel_err(row.data<float>(), full.data<float>() + pos * vp));
+    }
+    EXPECT_LE(forward_worst, 1e-4) << "the group's forward against one process's";
+    auto expect_row = [&](const Tensor& got, int64_t pos) {
+      ASSERT_EQ(got.numel(), vp);
+      const double e = rel_err(got.data<float>(), group_rows[size_t(pos)].data());
+      worst = std::max(worst, e);
+      EXPECT_LE(e, 1e-5) << "position " << pos;
+    };
+    expect_row(m.decode(tokens, 0, 6), 5);
+    for (int64_t r1 = 7; r1 <= w; ++r1) expect_row(m.decode(tokens, r1 - 1, r1), r1 - 1);
+    m.end_decode();
+    one.set_document_separator(-1);
+    m.set_document_separator(-1);
+    if (world()->rank() == 0) {
+      std::printf("[ tp ] %s tp=%d: decoded rows against the group's forward: worst "
+                  "|dlogit|/max|logit| %.3g (bound 1e-5); the forward against one process's "
+                  "%.3g (bound 1e-4)\n", family.c_str(), n, worst, forward_worst);
+    }
+    SampleOptions so;
+    so.max_new_tokens = 12;
+    so.temperature = 0.8f;
+    so.seed = 3;
+    const std::vector<int32_t> prompt = {5, 17, 3, 40, 22};
+    const std::vector<int32_t> want = t1.generate(prompt, so);
+    EXPECT_EQ(t.generate(prompt, so), want) << "with the cache";
+    so.cache = false;
+    EXPECT_EQ(t.generate(prompt, so), want) << "whole forwards";
   }
 }
 

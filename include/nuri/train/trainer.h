@@ -120,18 +120,18 @@ struct SampleOptions {
   float temperature = 1.0f;  ///< 0: greedy
   int64_t top_k = 0;         ///< 0: the whole vocabulary
   uint64_t seed = 0;
-  /// Keep each block's queries, keys and values (Transformer::decode): a new token runs the
-  /// products on its own row alone (attention on every row so far). false runs a whole forward
-  /// of the window per token (the reference).
+  /// Keep each block's keys and values (Transformer::decode): a new token runs the products
+  /// and its attention on its own row alone. false runs a whole forward of the window per
+  /// token (the reference).
   bool cache = true;
 };
 
 /// Tokens continuing `prompt` (not repeated in the result), sampled from `model`: greedy when
 /// temperature is 0, else softmax(logits / temperature) over the top_k tokens, drawn with
 /// Philox(seed). Works on a fixed window of min(max_seq_len, prompt + new) positions: the
-/// prompt's rows are computed once and each new token's row alone (opt.cache, for a whole model
-/// on one rank: Transformer::decode) until the window is full; after that it slides, and every
-/// token computes the whole window again.
+/// prompt's rows are computed once and each new token's row alone (opt.cache, for a whole model,
+/// also split over a tensor-parallel group whose ranks all call it: Transformer::decode) until
+/// the window is full; after that it slides, and every token computes the whole window again.
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
 /// generate() through a pipeline's stages (interleaved chunks too): every rank of the pipeline
