@@ -314,6 +314,18 @@ TEST_P(DeviceTraining, DecodingRowByRowGivesTheWholeForwardsLogits) {
       EXPECT_EQ(err, 0) << "position " << r1 - 1;
     }
   }
+  // Several new rows in one call (attention_decode with Tq > 1), from a cache started anew.
+  m.decode(tokens, 0, 30);
+  const Tensor got = m.decode(tokens, 30, 37);
+  double largest = 0, err = 0;
+  for (int64_t j = 0; j < kVocab; ++j) {
+    const size_t at = size_t(36 * vp + j);
+    const double want = host.dtype() == DType::f32 ? host.data<float>()[at]
+                                                   : bf16_to_f32(host.data<bf16_t>()[at]);
+    largest = std::max(largest, std::abs(want));
+    err = std::max(err, std::abs(double(got.data<float>()[j]) - want));
+  }
+  EXPECT_LE(err, 0.02 * largest) << "rows [30, 37) in one call";
   m.end_decode();
 }
 

@@ -1139,6 +1139,14 @@ TEST(AttentionDecodeErrors, MismatchedShapesAreRefusedClearly) {
     AttentionOptions docs;
     docs.documents = docs_on(*be, test_documents(1, 4));
     expect_error(q, kv8, docs, "expected (2, 1, 8)");
+    docs.documents = docs_on(*be, test_documents(1, 8));
+    docs.causal = false;
+    expect_error(q, kv8, docs, "documents (a document mask) need causal attention");
+    if (dt != DType::f32) {  // the CUDA kernel's limit (a lane holds D / 32 columns)
+      const Tensor wide = be->empty({1, 1, 1, 264}, dt);
+      be->zero(wide);
+      expect_error(wide, wide, AttentionOptions{}, "head_dim 264 exceeds the decoding kernel's");
+    }
   }
 }
 
