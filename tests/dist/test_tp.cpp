@@ -336,11 +336,14 @@ TEST(TensorParallel, TrainsAsOneProcessWithTheSameGlobalBatch) {
 
 // Decoding split over the group (Transformer::decode: each rank's heads, kv cache, MLP and
 // vocabulary columns, summed and gathered as a forward's are), after a few steps of training so
-// that the logits are not near-uniform, with packed documents: every row's logits are the
-// group's whole forward's within 1e-5 of the largest logit (one process's decoding bound,
-// test_model), and that forward is one process's within 1e-4 (the group's sums round in another
-// order: 3e-5 measured on the Llama-style model at tp 2, 6e-6 on GPT-2); generate() with the
-// cache and without it draws one process's tokens.
+// that the logits are not near-uniform, with packed documents: every row's logits, decoded one
+// by one and several at a time, are the group's whole forward's within 1e-5 of the largest
+// logit (one process's decoding bound, test_model: both go through the same group sums), and
+// that forward is one process's within 1e-4 (a bound set from measurement, not derived: the
+// group's sums round in another order, 3e-5 measured at most, Llama at tp 2). generate() with
+// the cache and without it draws one process's tokens (exact: no draw fell within the roundings
+// of a boundary), also once the window slides, and the bytes the group sums say the cache ran:
+// the new rows alone, not the window's.
 TEST(TensorParallel, DecodesAndSamplesAsOneProcess) {
   const int n = world()->size();
   ASSERT_GE(n, 2) << "run under mpirun -np 2 or 4 (ctest: mpi.tp.np*, tcp.tp.np*)";
@@ -348,10 +351,12 @@ TEST(TensorParallel, DecodesAndSamplesAsOneProcess) {
     SCOPED_TRACE(family);
     TrainConfig tc = config(1, Recompute::none);
     tc.steps = 6;
-    Transformer one(model(family), make_backend("cpu"), 7);
+    ModelConfig cfg = model(family);
+    cfg.max_seq_len = 80;  // a window that generate() below fills and slides
+    Transformer one(cfg, make_backend("cpu"), 7);
     Trainer t1(one, tc, text_data(), nullptr);
     GridGroups g = make_grid_groups(world(), n);
-    Transformer m(model(family), make_backend("cpu"), 7, WeightShard{}, {g.coord.tp, n});
+    Transformer m(cfg, make_backend("cpu"), 7, WeightShard{}, {g.coord.tp, n});
     ParallelConfig par;
     par.tp = n;
     Trainer t(m, tc, text_data(), nullptr, g, par);
@@ -395,6 +400,9 @@ TEST(TensorParallel, DecodesAndSamplesAsOneProcess) {
     };
     expect_row(m.decode(tokens, 0, 6), 5);
     for (int64_t r1 = 7; r1 <= w; ++r1) expect_row(m.decode(tokens, r1 - 1, r1), r1 - 1);
+    expect_row(m.decode(tokens, 0, 3), 2);  // started anew
+    expect_row(m.decode(tokens, 3, 12), 11);
+    expect_row(m.decode(tokens, 5, 8), 7);  // rows the cache holds, computed again
     m.end_decode();
     one.set_document_separator(-1);
     m.set_document_separator(-1);
@@ -412,6 +420,28 @@ TEST(TensorParallel, DecodesAndSamplesAsOneProcess) {
     EXPECT_EQ(t.generate(prompt, so), want) << "with the cache";
     so.cache = false;
     EXPECT_EQ(t.generate(prompt, so), want) << "whole forwards";
+
+    // Past the window (80): the cache's rows one by one, then the whole window per token.
+    TensorParallel hooks(g.tp);
+    m.set_tensor_parallel_hooks(&hooks);
+    so.max_new_tokens = 90;
+    so.cache = true;
+    const std::vector<int32_t> sliding = generate(one, prompt, so);
+    hooks.reset_stats();
+    EXPECT_EQ(generate(m, prompt, so), sliding) << "with the cache, sliding";
+    const TensorParallelStats s = hooks.stats();
+    int64_t rows = 0, cached = 0;  // the rows each call computes (generate()'s r0)
+    for (int64_t i = 0; i < so.max_new_tokens; ++i) {
+      const int64_t len = std::min<int64_t>(int64_t(prompt.size()) + i, cfg.max_seq_len);
+      rows += len == cached + 1 ? 1 : len;
+      cached = len;
+    }
+    // Per row the embedding's sum and two per block, of d_model f32 each; one gather a token.
+    EXPECT_EQ(s.all_reduce_bytes, (2 * cfg.n_layer + 1) * rows * cfg.d_model * 4);
+    EXPECT_EQ(s.all_gather_calls, so.max_new_tokens);
+    so.cache = false;
+    EXPECT_EQ(generate(m, prompt, so), sliding) << "whole forwards, sliding";
+    m.set_tensor_parallel_hooks(nullptr);  // (hooks goes before m)
   }
 }
 

@@ -346,36 +346,10 @@ AttnParams check_inputs(const char* op, const Tensor& q, const Tensor& k, const 
   return p;
 }
 
-}  // namespace
-
-void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                           const Tensor& lse, const AttentionOptions& opt) {
-  const char* op = "attention";
-  AttnParams p = check_inputs(op, q, k, v, lse, opt);
-  cpu::check_cpu(op, "out", out);
-  cpu::check_shape(op, "out", out, q.shape());
-  p.out = view4(out);
-
-  int64_t per_thread = 0;
-  const auto scratch = thread_scratch(forward_scratch(p.D), &per_thread);
-  const int64_t n_tiles = (p.T + kBq - 1) / kBq;
-#pragma omp parallel if (p.B * p.H * p.T * p.T * p.D >= 64 * cpu::kParallelWork)
-  {
-    float* ws = scratch.get() + omp_get_thread_num() * per_thread;
-#pragma omp for collapse(3) schedule(dynamic, 1)
-    for (int64_t b = 0; b < p.B; ++b)
-      for (int64_t h = 0; h < p.H; ++h)
-        for (int64_t tile = 0; tile < n_tiles; ++tile)  // last (causal: costliest) tiles first
-          forward_tile(p, b, h, (n_tiles - 1 - tile) * kBq, ws);
-  }
-}
-
-void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const AttentionOptions& opt) {
-  const char* op = "attention_decode";
-  NURI_CHECK(q.defined() && q.dim() == 4, op, ": q must be [B, T, heads, head_dim]");
-  const Tensor lse = empty({q.size(0), q.size(2), q.size(1)});  // (unread)
-  AttnParams p = check_inputs(op, q, k, v, lse, opt, /*decode=*/true);
+// attention() (decode false) and attention_decode(): out, and lse, of every query tile.
+void forward(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+             const Tensor& out, const Tensor& lse, const AttentionOptions& opt, bool decode) {
+  AttnParams p = check_inputs(op, q, k, v, lse, opt, decode);
   cpu::check_cpu(op, "out", out);
   cpu::check_shape(op, "out", out, q.shape());
   p.out = view4(out);
@@ -389,8 +363,24 @@ void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor
 #pragma omp for collapse(3) schedule(dynamic, 1)
     for (int64_t b = 0; b < p.B; ++b)
       for (int64_t h = 0; h < p.H; ++h)
-        for (int64_t tile = 0; tile < n_tiles; ++tile) forward_tile(p, b, h, tile * kBq, ws);
+        for (int64_t tile = 0; tile < n_tiles; ++tile)  // last (causal: costliest) tiles first
+          forward_tile(p, b, h, (n_tiles - 1 - tile) * kBq, ws);
   }
+}
+
+}  // namespace
+
+void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                           const Tensor& lse, const AttentionOptions& opt) {
+  forward("attention", q, k, v, out, lse, opt, /*decode=*/false);
+}
+
+void CpuBackend::attention_decode(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const AttentionOptions& opt) {
+  const char* op = "attention_decode";
+  NURI_CHECK(q.defined() && q.dim() == 4, op, ": q must be [B, T, heads, head_dim]");
+  const Tensor lse = empty({q.size(0), q.size(2), q.size(1)});  // (unread)
+  forward(op, q, k, v, out, lse, opt, /*decode=*/true);
 }
 
 void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,

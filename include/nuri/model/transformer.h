@@ -287,9 +287,9 @@ class Transformer {
   /// the rows [r0, r1) alone against the r1 keys (Backend::attention_decode). [padded_vocab] f32
   /// on the host. The whole model (not a pipeline stage); a tensor-parallel group's ranks all
   /// call it alike, each with its heads' cache and columns, the logits gathered as in
-  /// logits_row(). The document separator applies as in a forward. Starting a cache frees the activation plan (the next forward
-  /// plans it again); the cache (every block's k and v of W rows, and W rows of each
-  /// activation) stays until end_decode().
+  /// logits_row(). The document separator applies as in a forward. Starting a cache frees the
+  /// activation plan (the next forward plans it again); the cache (every block's k and v of W
+  /// rows, and W rows of each activation) stays until end_decode().
   Tensor decode(const Tensor& tokens, int64_t r0, int64_t r1);
   /// Frees decode()'s cache (nothing when there is none).
   void end_decode();
