@@ -59,6 +59,7 @@ struct Transformer::Impl {
     std::vector<Tensor> cache;
     model::DecodeActs acts;
     Tensor tokens, positions, documents;
+    Tensor out_x, out_r;  // a stage before the last: the rows' residual stream, for the next
   };
   std::unique_ptr<Decode> decode;
 
@@ -736,10 +737,16 @@ Tensor Transformer::logits_row(int64_t pos) {
 }
 
 Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
+  NURI_CHECK(impl_->whole(), "decode(): this model is the pipeline stage of blocks [",
+             impl_->first, ", ", impl_->last, "): a stage decodes with decode_stage(), as "
+             "Pipeline::decode_row runs it");
+  return decode_stage(tokens, r0, r1, Tensor(), Tensor());
+}
+
+Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, const Tensor& x_in,
+                                 const Tensor& r_in) {
   Backend& be = *backend_;
   Impl& m = *impl_;
-  NURI_CHECK(m.whole(), "decode(): this model is a pipeline stage; decoding runs on the whole "
-             "model (generate() falls back to whole forwards through the stages)");
   NURI_CHECK(tp_.size == 1 || tp_hooks_, "decode(): this model is rank ", tp_.rank, " of ",
              tp_.size, " of a tensor-parallel group: decoding needs the group's collectives "
              "(set_tensor_parallel_hooks; the Trainer on a grid sets them), and every rank of "
@@ -789,6 +796,7 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   // count as cached (a call that fails midway leaves no row claimed that a block lacks). The
   // rows past r1 keep finite values (zeros, or an earlier call's), which the mask keeps out.
   d.rows = r0;
+  d.out_x = d.out_r = Tensor();
   const int64_t n = r1 - r0;
   // The keys attended. From r0 = 0 (every row new: attention()) the first r1 rows rounded up
   // to 64 (and at most W): few shapes, so a device backend's per-shape choices (the CUDA
@@ -830,7 +838,18 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   };
   const model::DecodeActs& a = d.acts;
   Tensor x = a.emb.slice(0, 0, n).view({1, n, cfg_.d_model}), r;
-  {
+  if (!m.first_stage()) {  // the previous stage's rows of the residual stream
+    for (const Tensor* t : {&x_in, &r_in}) {
+      NURI_CHECK(t->defined() && t->shape() == Shape({1, n, cfg_.d_model}) &&
+                     t->dtype() == compute_ && t->device() == be.device() && t->is_contiguous(),
+                 "decode_stage(): the stage of blocks [", m.first, ", ", m.last, ") needs the "
+                 "previous stage's decode_output() of the rows [", r0, ", ", r1, "): two "
+                 "contiguous ", dtype_name(compute_), " [1, ", n, ", ", cfg_.d_model, "] tensors "
+                 "on its backend's device, got ", t->defined() ? t->str() : "nothing");
+    }
+    x = x_in;
+    r = r_in;
+  } else {
     const auto emb = lease(size_t(m.emb));
     if (tp_.size > 1) {  // this rank's vocabulary rows, the positions added once, then the sum
       tp_hooks_->wait();  // (as run_forward: the embedding may wait on the host for its ids)
@@ -853,6 +872,11 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   d.ids.assign(ids, ids + r1);
   d.separator = doc_separator_;
   d.separator_starts = doc_separator_starts_;
+  if (!m.last_stage()) {  // the rows' residual stream, for the next stage
+    d.out_x = x;
+    d.out_r = r;
+    return Tensor();
+  }
   const auto head = lease(size_t(m.head));
   const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
   model::head_decode(c, **head, tied ? (*tied)->wte : (*head)->lm_head, a, x, r);
@@ -864,6 +888,15 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
     row = m.whole_row;
   }
   return row_to_host(be, row);
+}
+
+std::pair<Tensor, Tensor> Transformer::decode_output() const {
+  const Impl& m = *impl_;
+  NURI_CHECK(!m.last_stage() && m.decode && m.decode->out_x.defined() &&
+                 m.decode->out_r.defined(),
+             "decode_output(): ", m.last_stage() ? "the last stage returns its logits"
+                                                 : "no decode_stage() call has finished here");
+  return {m.decode->out_x, m.decode->out_r};
 }
 
 void Transformer::end_decode() { impl_->decode.reset(); }

@@ -350,6 +350,46 @@ Tensor Pipeline::logits_row(const Tensor& tokens, int64_t pos) {
   return row;
 }
 
+Tensor Pipeline::decode_row(const Tensor& tokens, int64_t r0, int64_t r1) {
+  // As logits_row: every rank checks the ids, and the rows, before any transfer.
+  check_micro_batches({{tokens, tokens}});
+  NURI_CHECK(tokens.size(0) == 1 && 0 <= r0 && r0 < r1 && r1 <= tokens.size(1),
+             "Pipeline::decode_row: the rows [", r0, ", ", r1, ") of tokens ", tokens.str(),
+             " (one window [1, W]) must be a nonempty range inside it");
+  const int v = int(chunks_.size()), stages = p_ * v;
+  const ModelConfig& cfg = chunks_.front()->config();
+  Tensor row = Tensor::empty({cfg.padded_vocab()}, DType::f32);
+  for (int vs = rank_; vs < stages; vs += p_) {
+    Transformer& model = *chunks_[size_t(vs / p_)];
+    Tensor x, r;
+    if (vs > 0) {
+      const Backend& be = model.backend();
+      x = be.empty({1, r1 - r0, cfg.d_model}, model.compute_dtype());
+      r = be.empty({1, r1 - r0, cfg.d_model}, model.compute_dtype());
+      transfer(false, false, vs, 0, (vs - 1) % p_, [&] {
+        comm_->recv(x, (vs - 1) % p_);
+        comm_->recv(r, (vs - 1) % p_);
+      });
+    }
+    const Tensor logits = model.decode_stage(tokens, r0, r1, x, r);
+    if (model.last_stage()) {
+      row = logits;
+    } else {
+      const auto [ox, orr] = model.decode_output();
+      transfer(true, false, vs, 0, (vs + 1) % p_, [&, &ox = ox, &orr = orr] {
+        comm_->send(ox, (vs + 1) % p_);
+        comm_->send(orr, (vs + 1) % p_);
+      });
+    }
+  }
+  if (p_ > 1) comm_->host_communicator()->broadcast(row, p_ - 1);
+  return row;
+}
+
+void Pipeline::end_decode() {
+  for (Transformer* c : chunks_) c->end_decode();
+}
+
 void Pipeline::sum_tied_gradients(const Tensor& wte) {
   NURI_CHECK(!tied_by_caller_, "Pipeline: sum_tied_gradients on a pipeline built with "
              "tied_group false, whose caller sums the tied embedding's gradients itself");

@@ -1313,10 +1313,22 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
 std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt) {
   const SequenceParallelOff sp_off(pipe.chunk_models());
-  return sample(pipe.chunk_models().front()->config(), prompt, opt,
-                [&](const Tensor& tokens, int64_t len) {
-                  return pipe.logits_row(tokens, len - 1);
-                });
+  const ModelConfig& cfg = pipe.chunk_models().front()->config();
+  if (!opt.cache) {
+    return sample(cfg, prompt, opt, [&](const Tensor& tokens, int64_t len) {
+      return pipe.logits_row(tokens, len - 1);
+    });
+  }
+  struct EndDecode {  // (as generate(Transformer&): the caches go when sampling ends)
+    Pipeline& p;
+    ~EndDecode() { p.end_decode(); }
+  } end{pipe};
+  int64_t cached = 0;
+  return sample(cfg, prompt, opt, [&](const Tensor& tokens, int64_t len) {
+    const int64_t r0 = len == cached + 1 ? cached : 0;
+    cached = len;
+    return pipe.decode_row(tokens, r0, len);
+  });
 }
 
 }  // namespace nuri

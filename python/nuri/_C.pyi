@@ -446,8 +446,8 @@ class Trainer:
     def load_checkpoint(self, path: str, check_data: bool = True) -> str: ...
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
                  top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
-        """Tokens sampled after the prompt (cache: as Model.generate's, on a whole model, also
-        split over a tensor-parallel group; pipeline stages run whole forwards); under ZeRO 3,
+        """Tokens sampled after the prompt (cache: as Model.generate's, also split over a
+        tensor-parallel group or through pipeline stages, each with its own cache); under ZeRO 3,
         tensor or pipeline parallelism a collective (every rank calls it with the same arguments
         and gets the same tokens)."""
     def master_weights(self) -> np.ndarray:

@@ -471,7 +471,9 @@ TEST(PipelineParallel, ResumesAcrossPipelineSizes) {
 // the tokens equal exactly. Tensor parallelism sums a row's products in another order (test_tp):
 // there the reference is the same tensor-parallel size without pipelining, whose products are
 // the stages' bit for bit. Interleaved chunks (v = 2) are held to one process's tokens with the
-// initial weights (initialized from (seed, name), so a chunk holds its blocks' weights exactly).
+// initial weights (initialized from (seed, name), so a chunk holds its blocks' weights exactly),
+// with the key/value cache (Pipeline::decode_row: each chunk its own), without it, and past the
+// window; and decode_row's logits are the whole model's decode() bit for bit.
 TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
   const int n = world_size();
   const std::vector<uint32_t> enc = ByteTokenizer().encode("to be or not");
@@ -560,6 +562,28 @@ TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
   }
   Pipeline pipe(ptrs, world());
   EXPECT_EQ(generate(pipe, prompt, warm), want) << "interleaved, v = 2 over " << n << " ranks";
+  SampleOptions whole_forwards = warm;
+  whole_forwards.cache = false;
+  EXPECT_EQ(generate(pipe, prompt, whole_forwards), want) << "whole forwards through the chunks";
+  // Past the window (128 positions): the cache's rows one by one, then every row anew.
+  SampleOptions sliding = warm;
+  sliding.max_new_tokens = 130;
+  EXPECT_EQ(generate(pipe, prompt, sliding), generate(whole, prompt, sliding)) << "sliding";
+  // The rows through the chunks (each its own cache, the residual stream sent on) are the
+  // whole model's decode() bit for bit: one at a time, several, and started anew.
+  Tensor tokens = Tensor::empty({1, 40}, DType::i32);
+  for (int64_t i = 0; i < 40; ++i) tokens.data<int32_t>()[i] = int32_t((i * 29 + 3) % 250);
+  auto values = [](const Tensor& t) {
+    return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+  };
+  const std::pair<int64_t, int64_t> calls[] = {{0, 5}, {5, 6}, {6, 7}, {7, 19}, {19, 20},
+                                               {0, 3}, {3, 40}, {30, 31}};
+  for (const auto& [r0, r1] : calls) {
+    EXPECT_EQ(values(pipe.decode_row(tokens, r0, r1)), values(whole.decode(tokens, r0, r1)))
+        << "rows [" << r0 << ", " << r1 << ")";
+  }
+  pipe.end_decode();
+  whole.end_decode();
 }
 
 TEST(PipelineParallel, RefusesWhatCannotWork) {

@@ -291,6 +291,17 @@ class Transformer {
   /// activation plan (the next forward plans it again); the cache (every block's k and v of W
   /// rows, and W rows of each activation) stays until end_decode().
   Tensor decode(const Tensor& tokens, int64_t r0, int64_t r1);
+  /// decode() on a pipeline stage (what Pipeline::decode_row runs; on a whole model the same
+  /// as decode()): this stage's blocks over the rows [r0, r1), with its own cache. A stage
+  /// after the first reads their residual stream from x_in and r_in (the previous stage's
+  /// decode_output(): contiguous [1, r1 - r0, d_model] in compute_dtype() on the backend's
+  /// device); the last stage returns the logits as decode() does, the others an undefined
+  /// tensor, their output in decode_output().
+  Tensor decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, const Tensor& x_in,
+                      const Tensor& r_in);
+  /// A stage before the last, after decode_stage(): its rows' residual stream (x, r), valid
+  /// until the next call.
+  std::pair<Tensor, Tensor> decode_output() const;
   /// Frees decode()'s cache (nothing when there is none).
   void end_decode();
   /// Backward of the last forward(); adds d(loss_scale · loss) into the gradients.

@@ -150,6 +150,14 @@ class Pipeline {
   /// values on every rank of the pipeline (the rank holding the last stage sends them to the
   /// others). Every rank calls it with the same tokens. What generate() samples from.
   Tensor logits_row(const Tensor& tokens, int64_t pos);
+  /// Incremental decoding through the stages (Transformer::decode_stage, each chunk with its
+  /// own cache): the logits at position r1 - 1 of the window tokens [1, W], computing the rows
+  /// [r0, r1) alone, as Transformer::decode does on a whole model; each stage sends the next
+  /// one those rows' residual stream. The same values on every rank (the last stage's rank
+  /// sends them). Every rank calls it with the same arguments; end_decode() frees the caches.
+  Tensor decode_row(const Tensor& tokens, int64_t r0, int64_t r1);
+  /// Frees every chunk's decoding cache.
+  void end_decode();
   /// Tied embeddings: the first stage's wte gradient (the embedding's share) and the last
   /// stage's (the head's) become their sum on both, the same bits, so the two copies stay
   /// equal. `wte`: this rank's gradient of it (undefined: its first or last chunk's own); a

@@ -135,9 +135,10 @@ struct SampleOptions {
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
 /// generate() through a pipeline's stages (interleaved chunks too): every rank of the pipeline
-/// calls it with the same arguments; each token's forward runs stage after stage, the rank
-/// holding the last stage sends the row of logits to the others (Pipeline::logits_row), and
-/// every rank draws the same tokens from it.
+/// calls it with the same arguments; each token runs stage after stage (with opt.cache each
+/// chunk's own cache, the new rows alone: Pipeline::decode_row; else a whole forward of the
+/// window: Pipeline::logits_row), the rank holding the last stage sends the row of logits to
+/// the others, and every rank draws the same tokens from it.
 std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
 
