@@ -743,10 +743,8 @@ Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
   return decode_stage(tokens, r0, r1, Tensor(), Tensor());
 }
 
-Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, const Tensor& x_in,
-                                 const Tensor& r_in) {
-  Backend& be = *backend_;
-  Impl& m = *impl_;
+void Transformer::check_decode(const Tensor& tokens, int64_t r0, int64_t r1) const {
+  const Impl& m = *impl_;
   NURI_CHECK(tp_.size == 1 || tp_hooks_, "decode(): this model is rank ", tp_.rank, " of ",
              tp_.size, " of a tensor-parallel group: decoding needs the group's collectives "
              "(set_tensor_parallel_hooks; the Trainer on a grid sets them), and every rank of "
@@ -763,9 +761,47 @@ Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, c
   check_sliding_window(cfg_, window);
   NURI_CHECK(0 <= r0 && r0 < r1 && r1 <= window, "decode(): the rows [", r0, ", ", r1,
              ") must be a nonempty range inside the window of ", window);
-  if (!m.decode || m.decode->window != window) {
+  if (!m.decode || m.decode->window != window) {  // (a cache is started: r0 = 0)
     NURI_CHECK(r0 == 0, "decode(): rows from ", r0, " need the cache of a window of ", window,
                " started with r0 = 0", m.decode ? ", and the cache is of another window" : "");
+    return;
+  }
+  const Impl::Decode& d = *m.decode;
+  NURI_CHECK(r0 <= d.rows, "decode(): rows from ", r0, " need the rows before cached, and the "
+             "cache holds ", d.rows, "; call with r0 <= ", d.rows);
+  const int32_t* ids = tokens.data<int32_t>();
+  NURI_CHECK(r0 == 0 || (d.separator == doc_separator_ &&
+                         d.separator_starts == doc_separator_starts_),
+             "decode(): the document separator changed since the cached rows were computed; "
+             "start again with r0 = 0");
+  for (int64_t i = 0; i < r0; ++i) {
+    NURI_CHECK(ids[i] == d.ids[size_t(i)], "decode(): token ", i, " is ", ids[i],
+               " where the cached rows were computed with ", d.ids[size_t(i)],
+               "; the rows before r0 must be the cached ones (start again with r0 = 0)");
+  }
+}
+
+Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, const Tensor& x_in,
+                                 const Tensor& r_in) {
+  Backend& be = *backend_;
+  Impl& m = *impl_;
+  // Every refusal comes before anything changes.
+  check_decode(tokens, r0, r1);
+  const int64_t window = tokens.size(1), n = r1 - r0;
+  if (m.first_stage()) {
+    NURI_CHECK(!x_in.defined() && !r_in.defined(), "decode_stage(): the first stage embeds "
+               "its tokens and takes no x_in or r_in");
+  } else {  // the previous stage's rows of the residual stream
+    for (const Tensor* t : {&x_in, &r_in}) {
+      NURI_CHECK(t->defined() && t->shape() == Shape({1, n, cfg_.d_model}) &&
+                     t->dtype() == compute_ && t->device() == be.device() && t->is_contiguous(),
+                 "decode_stage(): the stage of blocks [", m.first, ", ", m.last, ") needs the "
+                 "previous stage's decode_output() of the rows [", r0, ", ", r1, "): two "
+                 "contiguous ", dtype_name(compute_), " [1, ", n, ", ", cfg_.d_model, "] tensors "
+                 "on its backend's device, got ", t->defined() ? t->str() : "nothing");
+    }
+  }
+  if (!m.decode || m.decode->window != window) {
     end_decode();
     m.release_plan();  // the training activations make room for the cache (as logits() would)
     MemoryScope activations(MemoryCategory::activations);
@@ -780,24 +816,12 @@ Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, c
     m.decode = std::move(d);
   }
   Impl::Decode& d = *m.decode;
-  NURI_CHECK(r0 <= d.rows, "decode(): rows from ", r0, " need the rows before cached, and the "
-             "cache holds ", d.rows, "; call with r0 <= ", d.rows);
   const int32_t* ids = tokens.data<int32_t>();
-  NURI_CHECK(r0 == 0 || (d.separator == doc_separator_ &&
-                         d.separator_starts == doc_separator_starts_),
-             "decode(): the document separator changed since the cached rows were computed; "
-             "start again with r0 = 0");
-  for (int64_t i = 0; i < r0; ++i) {
-    NURI_CHECK(ids[i] == d.ids[size_t(i)], "decode(): token ", i, " is ", ids[i],
-               " where the cached rows were computed with ", d.ids[size_t(i)],
-               "; the rows before r0 must be the cached ones (start again with r0 = 0)");
-  }
   // From here the rows from r0 on are being written: until this call ends, only those before
   // count as cached (a call that fails midway leaves no row claimed that a block lacks). The
   // rows past r1 keep finite values (zeros, or an earlier call's), which the mask keeps out.
   d.rows = r0;
   d.out_x = d.out_r = Tensor();
-  const int64_t n = r1 - r0;
   // The keys attended. From r0 = 0 (every row new: attention()) the first r1 rows rounded up
   // to 64 (and at most W): few shapes, so a device backend's per-shape choices (the CUDA
   // backend's measured path) are made a few times a window, not at every prompt length. After
@@ -838,15 +862,7 @@ Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, c
   };
   const model::DecodeActs& a = d.acts;
   Tensor x = a.emb.slice(0, 0, n).view({1, n, cfg_.d_model}), r;
-  if (!m.first_stage()) {  // the previous stage's rows of the residual stream
-    for (const Tensor* t : {&x_in, &r_in}) {
-      NURI_CHECK(t->defined() && t->shape() == Shape({1, n, cfg_.d_model}) &&
-                     t->dtype() == compute_ && t->device() == be.device() && t->is_contiguous(),
-                 "decode_stage(): the stage of blocks [", m.first, ", ", m.last, ") needs the "
-                 "previous stage's decode_output() of the rows [", r0, ", ", r1, "): two "
-                 "contiguous ", dtype_name(compute_), " [1, ", n, ", ", cfg_.d_model, "] tensors "
-                 "on its backend's device, got ", t->defined() ? t->str() : "nothing");
-    }
+  if (!m.first_stage()) {
     x = x_in;
     r = r_in;
   } else {

@@ -351,11 +351,19 @@ Tensor Pipeline::logits_row(const Tensor& tokens, int64_t pos) {
 }
 
 Tensor Pipeline::decode_row(const Tensor& tokens, int64_t r0, int64_t r1) {
-  // As logits_row: every rank checks the ids, and the rows, before any transfer.
+  // As logits_row: every rank checks the ids, and each chunk what its decode_stage() would
+  // refuse, before any transfer (a refusal on one rank alone would leave its peers waiting).
   check_micro_batches({{tokens, tokens}});
-  NURI_CHECK(tokens.size(0) == 1 && 0 <= r0 && r0 < r1 && r1 <= tokens.size(1),
-             "Pipeline::decode_row: the rows [", r0, ", ", r1, ") of tokens ", tokens.str(),
-             " (one window [1, W]) must be a nonempty range inside it");
+  for (const Transformer* c : chunks_) c->check_decode(tokens, r0, r1);
+  try {
+    return decode_chunks(tokens, r0, r1);
+  } catch (...) {
+    end_decode();  // the chunks' caches may disagree now: the next call starts anew (r0 = 0)
+    throw;
+  }
+}
+
+Tensor Pipeline::decode_chunks(const Tensor& tokens, int64_t r0, int64_t r1) {
   const int v = int(chunks_.size()), stages = p_ * v;
   const ModelConfig& cfg = chunks_.front()->config();
   Tensor row = Tensor::empty({cfg.padded_vocab()}, DType::f32);

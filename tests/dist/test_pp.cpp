@@ -473,7 +473,8 @@ TEST(PipelineParallel, ResumesAcrossPipelineSizes) {
 // the stages' bit for bit. Interleaved chunks (v = 2) are held to one process's tokens with the
 // initial weights (initialized from (seed, name), so a chunk holds its blocks' weights exactly),
 // with the key/value cache (Pipeline::decode_row: each chunk its own), without it, and past the
-// window; and decode_row's logits are the whole model's decode() bit for bit.
+// window; and decode_row's logits are the whole model's decode() bit for bit. Every layout also
+// samples greedily without the cache (Pipeline::logits_row).
 TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
   const int n = world_size();
   const std::vector<uint32_t> enc = ByteTokenizer().encode("to be or not");
@@ -525,6 +526,9 @@ TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
       t.load_model_file(file);
       std::pair<std::vector<int32_t>, std::vector<int32_t>> got{t.generate(prompt, greedy),
                                                                 t.generate(prompt, warm)};
+      SampleOptions whole_forwards = greedy;  // Pipeline::logits_row
+      whole_forwards.cache = false;
+      EXPECT_EQ(t.generate(prompt, whole_forwards), got.first) << "whole forwards";
       EXPECT_EQ(m.sequence_parallel(), l.sp && l.tp > 1) << "sequence parallelism is back on";
       // The trainer goes on training after sampling (the plans and sequence parallelism back).
       const float loss = t.step().loss;
@@ -634,6 +638,21 @@ TEST(PipelineParallel, RefusesWhatCannotWork) {
     EXPECT_EQ(pipe.has_tied_group(), n > 1 && (s == 0 || s == n - 1));
     const std::string t = message([&] { untied_group.sum_tied_gradients(); });
     EXPECT_NE(t.find("built with tied_group false"), std::string::npos) << t;
+    // Decoding rows the caches do not hold: every rank refuses before any transfer.
+    Tensor tokens = Tensor::empty({1, 12}, DType::i32);
+    for (int64_t i = 0; i < 12; ++i) tokens.data<int32_t>()[i] = int32_t(i + 40);
+    const std::string d = message([&] { pipe.decode_row(tokens, 5, 6); });
+    EXPECT_NE(d.find("decode(): rows from 5 need the cache of a window of 12 started with r0 = 0"),
+              std::string::npos)
+        << d;
+    pipe.decode_row(tokens, 0, 6);
+    tokens.data<int32_t>()[2] = 7;
+    const std::string stale = message([&] { pipe.decode_row(tokens, 6, 7); });
+    EXPECT_NE(stale.find("decode(): token 2 is 7 where the cached rows were computed with 42"),
+              std::string::npos)
+        << stale;
+    pipe.decode_row(tokens, 0, 7);  // started anew, the caches agree again
+    pipe.end_decode();
   }
   world()->barrier();
 }

@@ -299,6 +299,10 @@ class Transformer {
   /// tensor, their output in decode_output().
   Tensor decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, const Tensor& x_in,
                       const Tensor& r_in);
+  /// Throws what decode_stage() would refuse of these arguments in this state (the tokens, the
+  /// rows, the cache's window, rows, ids and separator) before it changes anything:
+  /// Pipeline::decode_row runs it on every chunk before any transfer.
+  void check_decode(const Tensor& tokens, int64_t r0, int64_t r1) const;
   /// A stage before the last, after decode_stage(): its rows' residual stream (x, r), valid
   /// until the next call.
   std::pair<Tensor, Tensor> decode_output() const;

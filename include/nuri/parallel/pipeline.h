@@ -154,7 +154,8 @@ class Pipeline {
   /// own cache): the logits at position r1 - 1 of the window tokens [1, W], computing the rows
   /// [r0, r1) alone, as Transformer::decode does on a whole model; each stage sends the next
   /// one those rows' residual stream. The same values on every rank (the last stage's rank
-  /// sends them). Every rank calls it with the same arguments; end_decode() frees the caches.
+  /// sends them). Every rank calls it with the same arguments; end_decode() frees the caches,
+  /// as a call that fails does (the next call then starts with r0 = 0).
   Tensor decode_row(const Tensor& tokens, int64_t r0, int64_t r1);
   /// Frees every chunk's decoding cache.
   void end_decode();
@@ -187,6 +188,8 @@ class Pipeline {
   };
   std::vector<float> share_losses(const Tensor& losses_dev, int m) const;
   void check_micro_batches(const std::vector<MicroBatch>& micro) const;
+  /// decode_row()'s chunks in turn, after its checks.
+  Tensor decode_chunks(const Tensor& tokens, int64_t r0, int64_t r1);
   void transfer(bool sending, bool grad, int vs, int micro, int peer,
                 const std::function<void()>& fn) const;
 
