@@ -1285,6 +1285,26 @@ class SequenceParallelOff {
   std::vector<bool> was_;
 };
 
+// sample() with a key/value cache: decode(tokens, r0, r1) the logits at r1 - 1, and end() frees
+// the caches when sampling ends or fails. The window grows by one token a call until it is
+// full: each call after the first computes the new row alone (r0 = the rows cached). Once full
+// it slides (the same length again): every row anew (r0 = 0).
+std::vector<int32_t> sample_cached(
+    const ModelConfig& cfg, const std::vector<int32_t>& prompt, const SampleOptions& opt,
+    const std::function<Tensor(const Tensor&, int64_t, int64_t)>& decode,
+    const std::function<void()>& end) {
+  struct End {
+    const std::function<void()>& fn;
+    ~End() { fn(); }
+  } at_end{end};
+  int64_t cached = 0;
+  return sample(cfg, prompt, opt, [&](const Tensor& tokens, int64_t len) {
+    const int64_t r0 = len == cached + 1 ? cached : 0;
+    cached = len;
+    return decode(tokens, r0, len);
+  });
+}
+
 }  // namespace
 
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
@@ -1296,18 +1316,10 @@ std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& pr
       return model.logits_row(len - 1);
     });
   }
-  // The window grows by one token a call until it is full: each call after the first computes
-  // the new row alone. Once full it slides (the same length again): every row anew.
-  struct EndDecode {
-    Transformer& m;
-    ~EndDecode() { m.end_decode(); }
-  } end{model};
-  int64_t cached = 0;
-  return sample(model.config(), prompt, opt, [&](const Tensor& tokens, int64_t len) {
-    const int64_t r0 = len == cached + 1 ? cached : 0;
-    cached = len;
-    return model.decode(tokens, r0, len);
-  });
+  return sample_cached(
+      model.config(), prompt, opt,
+      [&](const Tensor& tokens, int64_t r0, int64_t r1) { return model.decode(tokens, r0, r1); },
+      [&] { model.end_decode(); });
 }
 
 std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt,
@@ -1319,16 +1331,10 @@ std::vector<int32_t> generate(Pipeline& pipe, const std::vector<int32_t>& prompt
       return pipe.logits_row(tokens, len - 1);
     });
   }
-  struct EndDecode {  // (as generate(Transformer&): the caches go when sampling ends)
-    Pipeline& p;
-    ~EndDecode() { p.end_decode(); }
-  } end{pipe};
-  int64_t cached = 0;
-  return sample(cfg, prompt, opt, [&](const Tensor& tokens, int64_t len) {
-    const int64_t r0 = len == cached + 1 ? cached : 0;
-    cached = len;
-    return pipe.decode_row(tokens, r0, len);
-  });
+  return sample_cached(
+      cfg, prompt, opt,
+      [&](const Tensor& tokens, int64_t r0, int64_t r1) { return pipe.decode_row(tokens, r0, r1); },
+      [&] { pipe.end_decode(); });
 }
 
 }  // namespace nuri
