@@ -6,21 +6,23 @@
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
 # JUnit), matmul.jsonl, attention.jsonl, attention_fwd_nuri.jsonl and attention_fwd_nuri128.jsonl
-# (the forward on 64- and 128-row query blocks), matmul_sm90.jsonl, matmul_sm90_per_tile.jsonl
-# (its grid a block a tile, not persistent) and attention_sm90.jsonl too on an H100/H200 (the
-# sm_90a kernels), train.jsonl (one JSON object per measurement; see
+# (the forward on 64- and 128-row query blocks), generate.jsonl, matmul_sm90.jsonl,
+# matmul_sm90_per_tile.jsonl (its grid a block a tile, not persistent) and attention_sm90.jsonl
+# too on an H100/H200 (the sm_90a kernels), train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md), bench.log (the benchmarks' tables and messages) and steps.txt (each
 # step's exit status and seconds, or why it did not run). Exit status: the first failing step's
 # (ctest's or a benchmark's; 4 for one stopped at its own time limit: 30 min for ctest, 3 to 7
 # for a benchmark), else 3 when the deadline left a step out or cut one short; 77 when no CUDA
 # device is visible.
 #   NURI_GPU_STEPS     the steps, in the order given (default "tests train matmul matmul_sm90
-#                      attention attention_sm90"): tests = ctest -L gpu; train = the training
-#                      steps against PyTorch; matmul = nuri's GEMM against cuBLASLt; matmul_sm90 =
-#                      the matmul suite on the sm_90a GEMM and both its grids against cuBLASLt;
+#                      attention attention_sm90 generate"): tests = ctest -L gpu; train = the
+#                      training steps against PyTorch; matmul = nuri's GEMM against cuBLASLt;
+#                      matmul_sm90 = the matmul suite on the sm_90a GEMM and both its grids
+#                      against cuBLASLt;
 #                      attention = every path and the 64- and 128-row forwards against SDPA;
 #                      attention_sm90 = the sm_90a kernels against SDPA (the _sm90 steps run on
-#                      compute capability 9.0 only)
+#                      compute capability 9.0 only); generate = sampling with the key/value
+#                      cache against transformers' generate() and the decoding kernel unsplit
 #   NURI_GPU_DEADLINE  seconds from the start within which every step must end (default none):
 #                      each step's time limit is cut to what is left, less 15 s, and a step with
 #                      under 30 s left is not started (steps.txt says so), so a lease of fixed
@@ -58,17 +60,17 @@ elif [[ ${NURI_GPU_BENCH:-1} == 0 ]]; then
   steps=tests
 else
   steps=tests
-  for b in ${NURI_GPU_BENCHES:-train matmul attention}; do
+  for b in ${NURI_GPU_BENCHES:-train matmul attention generate}; do
     steps+=" $b"
     [[ $b == matmul || $b == attention ]] && steps+=" ${b}_sm90"
   done
 fi
 for s in $steps; do
   case $s in
-    tests | train | matmul | matmul_sm90 | attention | attention_sm90) ;;
+    tests | train | matmul | matmul_sm90 | attention | attention_sm90 | generate) ;;
     *)
       echo "gpu-check.sh: unknown step '$s' in NURI_GPU_STEPS (tests train matmul matmul_sm90" \
-        "attention attention_sm90)" >&2
+        "attention attention_sm90 generate)" >&2
       exit 2
       ;;
   esac
@@ -210,6 +212,15 @@ do_attention_sm90() {
   bench "attention_gpu.py, NURI_ATTENTION=sm90" 240 env NURI_ATTENTION=sm90 "$py" \
     "$root/benchmarks/attention_gpu.py" "${q[@]}" \
     --bin "$build/benchmarks/bench_attention_gpu" --json "$out/attention_sm90.jsonl"
+}
+# Sampling gpt2-124M with the key/value cache (one row a token: attention_decode, its keys split
+# over blocks) against transformers' generate() and against the decoding kernel unsplit.
+do_generate() {
+  local new=448
+  ((quick)) && new=192
+  bench "generate.py --device cuda" 240 env PYTHONPATH="$build/python" "$py" \
+    "$root/benchmarks/generate.py" --device cuda --prompt 64 --new "$new" --reps 3 --no-whole \
+    --json "$out/generate.jsonl"
 }
 
 for s in $steps; do

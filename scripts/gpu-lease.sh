@@ -9,7 +9,8 @@
 #   NURI_GPU_STEPS       passed on; default here "matmul_sm90 attention_sm90 attention matmul
 #                        tests train": the Hopper kernels' suite and timings first, since they
 #                        are what only this machine can show, the whole gpu label after the
-#                        benchmarks, which check their own outputs
+#                        benchmarks, which check their own outputs (generate in a lease of its
+#                        own: NURI_GPU_STEPS=generate)
 #   NURI_LEASE_FULL=1    without --quick
 #   NURI_LEASE_STALE_OK=1  run a kit built from other sources than this tree's (refused
 #                        otherwise: its numbers would be another code's)

@@ -1041,10 +1041,7 @@ Vec rows_of(const Vec& x, int64_t b, int64_t t, int64_t width, int64_t from, int
 // backends: within twice the error of the same-precision model of the tiled kernels, whose
 // P is rounded where the decoding kernel keeps f32). q comes from a fused QKV buffer, as the
 // model's decode cache holds it.
-class AttentionDecodeTest : public ::testing::TestWithParam<std::tuple<std::string, DecodeCase>> {};
-
-TEST_P(AttentionDecodeTest, RowsAreWhatAttentionOverEveryKeyGives) {
-  const auto& [name, dc] = GetParam();
+void expect_decoded_rows(const std::string& name, const DecodeCase& dc) {
   auto be = make_backend(name);
   const DType dt = act_dtype(*be) == DType::f32 ? DType::f32 : dc.dtype;
   const KernelCase c{dc.b, dc.keys, dc.h, dc.hkv, dc.d, dc.causal, dt, true, false, dc.docs};
@@ -1081,6 +1078,12 @@ TEST_P(AttentionDecodeTest, RowsAreWhatAttentionOverEveryKeyGives) {
   }
 }
 
+class AttentionDecodeTest : public ::testing::TestWithParam<std::tuple<std::string, DecodeCase>> {};
+
+TEST_P(AttentionDecodeTest, RowsAreWhatAttentionOverEveryKeyGives) {
+  expect_decoded_rows(std::get<0>(GetParam()), std::get<1>(GetParam()));
+}
+
 // One key; one row and a few against keys that end inside a 64-key tile, GQA and multi-query;
 // more rows than a 64-row tile; full attention; head dims 40 and 256 (the decoding kernel's
 // columns per lane); packed documents, with a last batch row of one document (B 3).
@@ -1115,6 +1118,25 @@ INSTANTIATE_TEST_SUITE_P(Ops, AttentionDecodeTest, ::testing::ValuesIn(decode_pa
                            return sanitize_name(os.str());
                          });
 
+// The CUDA kernel splits a row's keys over blocks (NURI_DECODE_SPLITS sets how many): any
+// count gives the rows within the same bound, including more splits than a row sees keys (the
+// empty splits' partial results weigh nothing) and splits that cut documents. What the launcher
+// chooses by itself is in test_kernel_counters.cpp.
+TEST(AttentionDecodeSplits, EverySplitCountGivesTheRows) {
+  int runs = 0;
+  for (const auto& name : backends()) {
+    if (act_dtype(name) == DType::f32) continue;  // the CPU backend does not split
+    for (const char* splits : {"1", "2", "3", "7", "64"}) {
+      SCOPED_TRACE(name + ", NURI_DECODE_SPLITS=" + splits);
+      ScopedEnv env("NURI_DECODE_SPLITS", splits);
+      expect_decoded_rows(name, {2, 150, 3, 4, 2, 64, true, DType::bf16, true});
+      expect_decoded_rows(name, {1, 90, 1, 2, 1, 128, false, DType::f16});
+    }
+    ++runs;
+  }
+  if (runs == 0) GTEST_SKIP() << "no backend with a 16-bit attention kernel in this build";
+}
+
 // Shapes that do not fit are refused, naming what is wrong.
 TEST(AttentionDecodeErrors, MismatchedShapesAreRefusedClearly) {
   for (const auto& name : backends()) {
@@ -1146,6 +1168,12 @@ TEST(AttentionDecodeErrors, MismatchedShapesAreRefusedClearly) {
       const Tensor wide = be->empty({1, 1, 1, 264}, dt);
       be->zero(wide);
       expect_error(wide, wide, AttentionOptions{}, "head_dim 264 exceeds the decoding kernel's");
+      const Tensor no_heads = be->empty({1, 1, 0, 64}, dt);
+      expect_error(no_heads, no_heads, AttentionOptions{}, "heads and head_dim must be positive");
+      for (const char* bad : {"0", "65", "two", "3x", " 3", "+3"}) {
+        ScopedEnv env("NURI_DECODE_SPLITS", bad);
+        expect_error(q, kv8, AttentionOptions{}, std::string("NURI_DECODE_SPLITS='") + bad);
+      }
     }
   }
 }

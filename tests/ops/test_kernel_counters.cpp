@@ -641,5 +641,72 @@ TEST(KernelCounters, Sm90GemmGridSettingIsCheckedAndNamesItsChoices) {
       << why;
 }
 
+// ---- attention_decode: split-K when the rows leave SMs idle ------------------------------------
+
+/// The counted launches of one attention_decode of `rows` new query rows against `keys` keys
+/// (causal; random bf16 q [b, rows, h, 64], k, v [b, keys, hkv, 64]).
+std::vector<emu::LaunchCounters> decode_launches(Backend& be, int64_t b, int64_t rows,
+                                                 int64_t keys, int64_t h, int64_t hkv) {
+  const int64_t d = 64;
+  Tensor q = on(be, {b, rows, h, d}, random_vec(b * rows * h * d, 74)),
+         k = on(be, {b, keys, hkv, d}, random_vec(b * keys * hkv * d, 75)),
+         v = on(be, {b, keys, hkv, d}, random_vec(b * keys * hkv * d, 76));
+  Tensor out = be.empty({b, rows, h, d}, DType::bf16);
+  Counting counting;
+  be.attention_decode(q, k, v, out, AttentionOptions{});
+  return emu::take_counters();
+}
+
+/// The grid of the decoding kernel's launch, and whether the merge kernel ran after it.
+std::pair<dim3, bool> decode_grid(const std::vector<emu::LaunchCounters>& launches) {
+  dim3 grid(0, 0, 0);
+  bool merged = false;
+  for (const auto& l : launches) {
+    if (l.kernel.find("attention_decode_kernel") != std::string::npos) grid = l.grid;
+    if (l.kernel.find("attention_decode_merge_kernel") != std::string::npos) {
+      merged = true;
+      EXPECT_EQ(l.grid.z, 1u);
+    }
+  }
+  return {grid, merged};
+}
+
+// One row of 12 heads (GPT-2 small sampling) is 12 blocks: on the emulated 132 SMs its 1024 keys
+// go to 16 blocks a head (64 keys each; about four blocks an SM would take 44), the merge kernel
+// weighs them, and every key and value row is read once in whole sectors (the requests: 2 a key
+// row of 64 bf16 columns, for K and V, plus each warp's query). Then, on fewer emulated SMs (the
+// launches cost less): rows that give every SM two blocks, keys too few for two splits, an SM
+// count that asks for fewer splits than the keys allow; NURI_DECODE_SPLITS sets the count.
+TEST(KernelCounters, DecodeSplitsTheKeysWhenItsRowsLeaveSmsIdle) {
+  const std::string name = backends().front();
+  if (name != "cuda-emu") GTEST_SKIP() << "the launch records exist on the emulated backend only";
+  auto be = make_backend(name);
+  {
+    ScopedEnv sms("NURI_EMU_SMS", "132");
+    const auto launches = decode_launches(*be, 1, 1, 1024, 12, 12);
+    const auto [grid, merged] = decode_grid(launches);
+    EXPECT_EQ(grid.x, 12u);
+    EXPECT_EQ(grid.z, 16u);
+    EXPECT_TRUE(merged);
+    const emu::Counters c = expect_efficient(launches, "attention_decode_kernel",
+                                             {Access::ld_global, Access::st_global});
+    EXPECT_EQ(c[Access::ld_global].requests, 2u * 2 * 1024 * 12 + 2 * 4 * 12 * 16);
+    expect_efficient(launches, "attention_decode_merge_kernel",
+                     {Access::ld_global, Access::st_global});
+  }
+  auto splits = [&](int64_t b, int64_t rows, int64_t keys, int64_t h) {
+    const auto [grid, merged] = decode_grid(decode_launches(*be, b, rows, keys, h, 1));
+    EXPECT_EQ(merged, grid.z > 1);
+    return grid.z;
+  };
+  ScopedEnv sms("NURI_EMU_SMS", "2");
+  EXPECT_EQ(splits(1, 2, 512, 2), 1u) << "4 blocks give each of 2 SMs two";
+  EXPECT_EQ(splits(1, 1, 100, 2), 1u) << "too few keys for two splits of 64";
+  EXPECT_EQ(splits(1, 1, 512, 2), 4u) << "four blocks on each of 2 SMs (the keys allow 8)";
+  EXPECT_EQ(splits(1, 1, 256, 1), 4u) << "the keys allow 4 (four blocks on 2 SMs would be 8)";
+  ScopedEnv forced("NURI_DECODE_SPLITS", "5");
+  EXPECT_EQ(splits(1, 2, 512, 2), 5u);
+}
+
 }  // namespace
 }  // namespace nuri::test

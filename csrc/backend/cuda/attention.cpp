@@ -17,6 +17,7 @@
 #include "backend/cuda/outputs_agree.h"
 #include "attention_decode.h"  // kernels/
 #include "cuda_check.h"        // kernels/
+#include "device_info.h"       // kernels/
 #if defined(NURI_HAVE_CUDNN_FRONTEND)
 #include "backend/cuda/cudnn_attention.h"
 #endif
@@ -379,8 +380,8 @@ void decode_forward(CudaBackend& be, const Tensor& q, const Tensor& k, const Ten
   check_view(op, "v", v, dt);
   const int64_t b = q.size(0), t = q.size(1), h = q.size(2), keys = k.size(1), hkv = k.size(2);
   const int64_t d = q.size(3);
-  NURI_CHECK(t > 0 && d > 0, op, ": q has shape ", shape_str(q.shape()),
-             "; the sequence length and head_dim must be positive");
+  NURI_CHECK(b > 0 && t > 0 && h > 0 && d > 0, op, ": q has shape ", shape_str(q.shape()),
+             "; the batch, sequence length, heads and head_dim must be positive");
   NURI_CHECK(k.size(0) == b && keys >= t && k.size(3) == d, op, ": k has shape ",
              shape_str(k.shape()), ", expected (", b, ", keys >= ", t, ", n_kv_head, ", d,
              ") to hold q ", shape_str(q.shape()), "'s rows and those before");
@@ -412,6 +413,12 @@ void decode_forward(CudaBackend& be, const Tensor& q, const Tensor& k, const Ten
     cuda::check_dev(op, "documents", docs, DType::i32);
     cuda::check_shape(op, "documents", docs, {2, b, keys});
     p.key_start = static_cast<const int*>(docs.raw());
+  }
+  p.splits = kernels::attention_decode_splits(p.batch, p.q_rows, p.heads, p.keys,
+                                              kernels::current_device_info().sms);
+  if (p.splits > 1) {
+    p.partial = static_cast<float*>(be.workspace(kernels::attention_decode_workspace_bytes(
+        p.batch, p.q_rows, p.heads, p.head_dim, p.splits)));
   }
   kernels::attention_decode(p, be.stream());
 }

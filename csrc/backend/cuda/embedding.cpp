@@ -27,18 +27,24 @@ void cuda_check(cudaError_t err, const char* op, const char* what) {
 
 constexpr int64_t kWholeTable = -1;
 
-// n i32 values of a device tensor, on the host (a stream synchronization).
-std::vector<int32_t> to_host(const char* op, const char* name, const Tensor& ids, int64_t n,
-                             cudaStream_t stream) {
-  std::vector<int32_t> host(static_cast<size_t>(n));
-  if (n > 0) {
-    const std::string what = std::string("copying ") + name + " to the host";
-    cuda_check(cudaMemcpyAsync(host.data(), ids.raw(), size_t(n) * sizeof(int32_t),
+// The first n i32 values of each device tensor given (tokens, and positions when defined), on
+// the host after one stream synchronization for both.
+void ids_to_host(const char* op, const Tensor& tokens, const Tensor& positions, int64_t n,
+                 cudaStream_t stream, std::vector<int32_t>& tok, std::vector<int32_t>& pos) {
+  tok.assign(size_t(n), 0);
+  pos.assign(positions.defined() ? size_t(n) : 0, 0);
+  if (n == 0) return;
+  const char* what = positions.defined() ? "copying the tokens and positions to the host"
+                                         : "copying the tokens to the host";
+  cuda_check(cudaMemcpyAsync(tok.data(), tokens.raw(), size_t(n) * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, stream),
+             op, what);
+  if (positions.defined()) {
+    cuda_check(cudaMemcpyAsync(pos.data(), positions.raw(), size_t(n) * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream),
-               op, what.c_str());
-    cuda_check(cudaStreamSynchronize(stream), op, what.c_str());
+               op, what);
   }
-  return host;
+  cuda_check(cudaStreamSynchronize(stream), op, what);
 }
 
 // Validates tokens [B, T] against wte [V, C] (dtype wdt) and wpe [Tmax, C] (optional, dtype
@@ -70,24 +76,23 @@ std::vector<int32_t> embedding_dims(const char* op, const Tensor& tokens, const 
   if (vocab == kWholeTable) vocab = wte.size(0);
   NURI_CHECK(n < (int64_t(1) << 31), op, ": ", n,
              " tokens exceed the CUDA backend's limit of 2^31 - 1 per call");
-  std::vector<int32_t> tok = to_host(op, "tokens", tokens, n, stream);
-  for (int64_t i = 0; i < n; ++i) {
-    NURI_CHECK(tok[size_t(i)] >= 0 && tok[size_t(i)] < vocab, op, ": token id ", tok[size_t(i)],
-               " at batch ", i / t, ", position ", i % t, " is outside the vocabulary [0, ", vocab,
-               ")");
-  }
-  pos.clear();
   if (positions.defined()) {
     NURI_CHECK(wpe.defined(), op, ": positions are given without a position table (", wpe_name,
                "); rotary models take no positions here");
     cuda::check_dev(op, "positions", positions, DType::i32);
     cuda::check_shape(op, "positions", positions, {b, t});
-    pos = to_host(op, "positions", positions, n, stream);
-    for (int64_t i = 0; i < n; ++i) {
-      NURI_CHECK(pos[size_t(i)] >= 0 && pos[size_t(i)] < wpe.size(0), op, ": position id ",
-                 pos[size_t(i)], " at batch ", i / t, ", position ", i % t,
-                 " is outside the position table [0, ", wpe.size(0), ")");
-    }
+  }
+  std::vector<int32_t> tok;
+  ids_to_host(op, tokens, positions, n, stream, tok, pos);
+  for (int64_t i = 0; i < n; ++i) {
+    NURI_CHECK(tok[size_t(i)] >= 0 && tok[size_t(i)] < vocab, op, ": token id ", tok[size_t(i)],
+               " at batch ", i / t, ", position ", i % t, " is outside the vocabulary [0, ", vocab,
+               ")");
+  }
+  for (size_t i = 0; i < pos.size(); ++i) {
+    NURI_CHECK(pos[i] >= 0 && pos[i] < wpe.size(0), op, ": position id ", pos[i], " at batch ",
+               int64_t(i) / t, ", position ", int64_t(i) % t,
+               " is outside the position table [0, ", wpe.size(0), ")");
   }
   return tok;
 }
