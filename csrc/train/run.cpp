@@ -1327,13 +1327,15 @@ RunResult run_training(const RunConfig& cfg_in, const RunHooks& hooks, const Pro
     so.max_new_tokens = sc.max_new_tokens;
     so.temperature = sc.temperature;
     so.top_k = sc.top_k;
+    so.top_p = sc.top_p;
     so.seed = tc.seed;
     const auto enc = ByteTokenizer().encode(sc.prompt);
     const auto gen = trainer.generate(std::vector<int32_t>(enc.begin(), enc.end()), so);
     const std::string text = valid_utf8(sc.prompt + ByteTokenizer().decode(gen));
     if (lead && !cfg.out.empty()) write_text(dir / "sample.txt", text + "\n");
-    out.line(strprintf("---- sample (temperature %.2f, top-k %lld) ----", sc.temperature,
-                       (long long)sc.top_k));
+    out.line(strprintf("---- sample (temperature %.2f, top-k %lld%s) ----", sc.temperature,
+                       (long long)sc.top_k,
+                       sc.top_p < 1 ? strprintf(", top-p %g", sc.top_p).c_str() : ""));
     out.line(text);
     out.line("----");
   }

@@ -184,6 +184,8 @@ const Settings& sample_settings() {
         .at_least(0);
     sample.add("temperature", &P::temperature, "sampling temperature (0: greedy)").at_least(0);
     sample.add("top_k", &P::top_k, "sample among the K likeliest tokens (0: all)").at_least(0);
+    sample.add("top_p", &P::top_p, "of the top_k tokens, sample among the fewest likeliest "
+               "whose probabilities sum to at least P (1: all)").above(0).at_most(1);
     return sample;
   }();
   return s;

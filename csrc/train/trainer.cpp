@@ -1214,6 +1214,12 @@ std::vector<int32_t> sample(const ModelConfig& cfg, const std::vector<int32_t>& 
              kMaxNewTokens, "]");
   NURI_CHECK(opt.top_k >= 0, "generate: top_k (", opt.top_k,
              ") must be >= 0 (0: the whole vocabulary)");
+  NURI_CHECK(opt.top_p > 0 && opt.top_p <= 1, "generate: top_p (", opt.top_p,
+             ") must be in (0, 1] (1: no nucleus cut)");
+  for (const int32_t s : opt.stop) {
+    NURI_CHECK(s >= 0 && s < cfg.vocab_size, "generate: stop token ", s,
+               " is not a token id of the model (an integer in [0, ", cfg.vocab_size, "))");
+  }
   // A fixed window: positions after the current one are filler that causal attention never lets
   // earlier positions see, so the activation plan is made once.
   // A sliding-window model's sequences stay within its window (check_sliding_window).
@@ -1247,7 +1253,16 @@ std::vector<int32_t> sample(const ModelConfig& cfg, const std::vector<int32_t>& 
                         [&](int32_t a, int32_t b) { return l[a] > l[b]; });
       const float mx = l[idx[0]];
       double z = 0;
-      for (int64_t j = 0; j < k; ++j) z += probs[size_t(j)] = std::exp((l[idx[size_t(j)]] - mx) / opt.temperature);
+      for (int64_t j = 0; j < k; ++j) {
+        z += probs[size_t(j)] = std::exp((l[idx[size_t(j)]] - mx) / opt.temperature);
+      }
+      if (opt.top_p < 1) {  // the likeliest first: the fewest whose share reaches top_p
+        double kept = 0;
+        int64_t n = 0;
+        while (n < k && kept < double(opt.top_p) * z) kept += probs[size_t(n++)];
+        k = std::max<int64_t>(n, 1);
+        z = kept;
+      }
       double u = double(rng.uniform(uint64_t(i))) * z, c = 0;
       next = idx[size_t(k - 1)];
       for (int64_t j = 0; j < k; ++j) {
@@ -1260,6 +1275,7 @@ std::vector<int32_t> sample(const ModelConfig& cfg, const std::vector<int32_t>& 
     }
     seq.push_back(next);
     out.push_back(next);
+    if (std::find(opt.stop.begin(), opt.stop.end(), next) != opt.stop.end()) break;
   }
   return out;
 }

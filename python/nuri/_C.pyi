@@ -171,6 +171,9 @@ class SampleConfig:
     max_new_tokens: int  # tokens sampled after training (0: none)
     temperature: float  # sampling temperature (0: greedy)
     top_k: int  # sample among the K likeliest tokens (0: all)
+    # of the top_k tokens, sample among the fewest likeliest whose probabilities sum to at least P
+    # (1: all)
+    top_p: float
     def __init__(self, **settings: Any) -> None: ...
     def to_dict(self) -> dict[str, Any]: ...
     def copy(self) -> "SampleConfig": ...
@@ -362,11 +365,14 @@ class Model:
     def logits(self, tokens: np.ndarray) -> np.ndarray: ...
     def backward(self, loss_scale: float = 1.0) -> None: ...
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
-        """Tokens sampled after the prompt: greedy at temperature 0, else top-k sampling. With
-        cache (the default) each new token runs the products and its attention on its own row
-        alone, from the earlier rows' cached keys and values; False runs a whole forward of the
-        window per token."""
+                 top_k: int = 0, seed: int = 0, cache: bool = True, top_p: float = 1.0,
+                 stop: int | Sequence[int] | None = None) -> list[int]:
+        """Tokens sampled after the prompt: greedy at temperature 0, else top-k sampling, and of
+        those top-p (nucleus) sampling when top_p < 1; up to max_new_tokens, or up to and
+        including the first token of stop (an id or a sequence of them). With cache (the
+        default) each new token runs the products and its attention on its own row alone, from
+        the earlier rows' cached keys and values; False runs a whole forward of the window per
+        token."""
     def zero_grad(self) -> None: ...
     def init_weights(self, seed: int) -> None: ...
     def memory(self) -> dict[str, int]:
@@ -445,11 +451,12 @@ class Trainer:
     def finish_checkpoint(self) -> str: ...
     def load_checkpoint(self, path: str, check_data: bool = True) -> str: ...
     def generate(self, prompt: Sequence[int], max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int = 0, seed: int = 0, cache: bool = True) -> list[int]:
-        """Tokens sampled after the prompt (cache: as Model.generate's, also split over a
-        tensor-parallel group or through pipeline stages, each with its own cache); under ZeRO 3,
-        tensor or pipeline parallelism a collective (every rank calls it with the same arguments
-        and gets the same tokens)."""
+                 top_k: int = 0, seed: int = 0, cache: bool = True, top_p: float = 1.0,
+                 stop: int | Sequence[int] | None = None) -> list[int]:
+        """Tokens sampled after the prompt (top_p, stop and cache: as Model.generate's; the cache
+        also split over a tensor-parallel group or through pipeline stages, each with its own);
+        under ZeRO 3, tensor or pipeline parallelism a collective (every rank calls it with the
+        same arguments and gets the same tokens)."""
     def master_weights(self) -> np.ndarray:
         """Every f32 master weight (flat layout) on the host; collective over the ranks."""
     @property

@@ -2,8 +2,8 @@
 
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
-                            [--temperature X] [--top-k K] [--seed S]
-                            [--tokenizer tokenizer.json|bytes] [--bos TEXT]
+                            [--temperature X] [--top-k K] [--top-p P] [--seed S]
+                            [--stop TOKEN ...] [--tokenizer tokenizer.json|bytes] [--bos TEXT]
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--bos TEXT]
                             [--field text] [--kind text|prompt-response|chat]
@@ -31,6 +31,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -197,7 +198,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     text = generate_text(model, prompt, pick(args.max_new_tokens, defaults.max_new_tokens),
                          pick(args.temperature, defaults.temperature),
                          pick(args.top_k, defaults.top_k), seed=args.seed,
-                         tokenizer=tokenizer, bos=bos or None)
+                         tokenizer=tokenizer, bos=bos or None,
+                         top_p=pick(args.top_p, defaults.top_p),
+                         stop=[int(s) if re.fullmatch(r"[0-9]+", s) else s
+                               for s in args.stop or []])
     sys.stdout.write(prompt + text + "\n")
     return 0
 
@@ -433,6 +437,18 @@ _seed = _whole_number(2**64, "2**64 - 1")  # --seed
 _count = _whole_number(2**31, "2**31 - 1")  # --max-new-tokens, --top-k
 
 
+def _top_p(text: str) -> float:
+    """--top-p: a number in (0, 1]."""
+    try:
+        p = float(text)
+    except ValueError:
+        p = -1.0
+    if not 0 < p <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] (1: no nucleus cut), got "
+                                         f"{text!r}")
+    return p
+
+
 def _temperature(text: str) -> float:
     """--temperature: a finite number >= 0."""
     try:
@@ -461,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=_count)
     g.add_argument("--temperature", type=_temperature, help="0: greedy")
     g.add_argument("--top-k", type=_count, help="0: the whole vocabulary")
+    g.add_argument("--top-p", type=_top_p, help="sample among the fewest likeliest of the top-k "
+                   "tokens whose probabilities sum to at least P (1: all; default: the run's)")
+    g.add_argument("--stop", action="append", metavar="TOKEN",
+                   help="end the continuation after this token: a token of the tokenizer by "
+                   "name (e.g. '<|endoftext|>') or, written in digits, an id; may be repeated")
     g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--bos", help="a beginning-of-text token put before the prompt (default: "
                    "the one the run's tokenize.json records; '' for none)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -280,13 +280,17 @@ def decode_bytes(tokens: Sequence[int]) -> str:
 
 def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
                   temperature: float = 0.8, top_k: int = 40, seed: int = 0,
-                  tokenizer: str | os.PathLike | None = None, bos: str | None = None) -> str:
+                  tokenizer: str | os.PathLike | None = None, bos: str | None = None,
+                  top_p: float = 1.0, stop: Sequence[int | str] | int | str | None = None) -> str:
     """The continuation of ``prompt`` (not repeated): encoded and decoded with a Hugging Face
     ``tokenizer.json`` (the one ``nuri tokenize`` wrote the model's data with), or by default
     with bytes (a byte-level model, vocab >= 257). ``bos``: a token of the tokenizer put
     before the prompt (what ``nuri tokenize --bos`` put before every document).
 
-    temperature 0 is greedy; top_k 0 samples from the whole vocabulary.
+    temperature 0 is greedy; top_k 0 samples from the whole vocabulary; top_p < 1 samples from
+    the fewest likeliest of those whose probabilities sum to top_p. ``stop``: token ids, or
+    tokens of the tokenizer by name (with bytes: ``"<|endoftext|>"``, id 256), that end the
+    continuation (the first one drawn is its last token).
     """
     if not 0 <= seed < 2**64:
         raise ConfigError(f"generate: seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
@@ -313,7 +317,8 @@ def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
         if not tokens:
             raise _C.Error("generate: the prompt needs at least one token")
         out = model.generate(tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-                             top_k=top_k, seed=seed)
+                             top_k=top_k, seed=seed, top_p=top_p,
+                             stop=_stop_ids(stop, tok.token_to_id, tokenizer))
         return tok.decode(out, skip_special_tokens=False)
     if bos is not None:
         raise ConfigError(f"generate: bos {bos!r} names a token of a tokenizer, but none is "
@@ -324,6 +329,28 @@ def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
     tokens = list(prompt.encode("utf-8"))
     if not tokens:
         raise _C.Error("generate: the prompt needs at least one character")
+    byte_names = {"<|endoftext|>": _C.ByteTokenizer.EOT}
     out = model.generate(tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_k=top_k, seed=seed)
+                         top_k=top_k, seed=seed, top_p=top_p,
+                         stop=_stop_ids(stop, byte_names.get, "the byte tokenizer"))
     return decode_bytes(out)
+
+
+def _stop_ids(stop: Sequence[int | str] | int | str | None, token_to_id: Any,
+              where: Any) -> list[int]:
+    """generate_text's stop as token ids: ids as given, names looked up with token_to_id."""
+    if stop is None:
+        return []
+    # (anything but a list, tuple or array is one stop: Model.generate names what it cannot take)
+    items = list(stop) if isinstance(stop, (list, tuple, np.ndarray)) else [stop]
+    ids = []
+    for s in items:
+        if isinstance(s, str):
+            i = token_to_id(s)
+            if i is None:
+                raise ConfigError(f"generate: stop token {s!r} is not a token of {where} (give "
+                                  "its id, or a token the tokenizer has)")
+            ids.append(int(i))
+        else:
+            ids.append(s)
+    return ids

@@ -289,22 +289,61 @@ py::dict model_arrays(const Transformer& m, const std::vector<NamedTensor>& ts) 
   return named_views(host);
 }
 
+// generate()'s stop: None, one token id, or a sequence of them (checked against the model's
+// vocabulary by generate()).
+std::vector<int32_t> stop_tokens(py::handle given) {
+  std::vector<int32_t> ids;
+  if (given.is_none()) return ids;
+  // numpy's integers and 1-d arrays as Python ints and lists
+  const py::object stop = !py::isinstance<py::int_>(given) && py::hasattr(given, "tolist")
+                              ? given.attr("tolist")()
+                              : py::reinterpret_borrow<py::object>(given);
+  auto is_id = [](py::handle h) {  // an int or a numpy integer (__index__), not a bool
+    return !py::isinstance<py::bool_>(h) && PyIndex_Check(h.ptr());
+  };
+  auto id = [&](py::handle h) {
+    NURI_CHECK(is_id(h), "generate: stop takes token ids (an int, or a sequence of them), got ",
+               std::string(py::str(py::type::of(h).attr("__name__"))));
+    const auto v = py::reinterpret_steal<py::int_>(PyNumber_Index(h.ptr()));
+    if (!v) {  // an __index__ that refuses (an array of more than one element)
+      PyErr_Clear();
+      NURI_CHECK(false, "generate: stop takes token ids (an int, or a sequence of them), got ",
+                 std::string(py::str(py::type::of(h).attr("__name__"))));
+    }
+    int overflow = 0;
+    const long long n = PyLong_AsLongLongAndOverflow(v.ptr(), &overflow);
+    NURI_CHECK(!overflow && n >= INT32_MIN && n <= INT32_MAX, "generate: stop token ",
+               py::repr(v).cast<std::string>(), " is not a token id of the model");
+    return int32_t(n);
+  };
+  if (is_id(stop)) return {id(stop)};
+  NURI_CHECK(py::isinstance<py::sequence>(stop) && !py::isinstance<py::str>(stop),
+             "generate: stop takes token ids (an int, or a sequence of them), got ",
+             std::string(py::str(py::type::of(stop).attr("__name__"))));
+  for (py::handle h : stop) ids.push_back(id(h));
+  return ids;
+}
+
 // Model.generate and Trainer.generate: sampling options from keyword arguments, GIL released.
 SampleOptions sample_options(int64_t max_new, float temperature, int64_t top_k, uint64_t seed,
-                             bool cache) {
+                             bool cache, float top_p, std::vector<int32_t> stop) {
   SampleOptions o;
   o.max_new_tokens = max_new;
   o.temperature = temperature;
   o.top_k = top_k;
   o.seed = seed;
   o.cache = cache;
+  o.top_p = top_p;
+  o.stop = std::move(stop);
   return o;
 }
 std::vector<int32_t> generate_tokens(Transformer& model, const std::vector<int32_t>& prompt,
                                      int64_t max_new, float temperature, int64_t top_k,
-                                     uint64_t seed, bool cache) {
+                                     uint64_t seed, bool cache, float top_p, py::handle stop) {
+  SampleOptions opt = sample_options(max_new, temperature, top_k, seed, cache, top_p,
+                                     stop_tokens(stop));
   NuriCall nuri_call;
-  return generate(model, prompt, sample_options(max_new, temperature, top_k, seed, cache));
+  return generate(model, prompt, opt);
 }
 
 struct PyTrainer {
@@ -495,10 +534,12 @@ PYBIND11_MODULE(_C, m) {
            }, py::arg("loss_scale") = 1.0f, py::call_guard<NuriCall>())
       .def("generate", &generate_tokens,
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("seed") = 0, py::arg("cache") = true,
-           "Token ids continuing prompt: greedy at temperature 0, else top-k sampling. cache: "
-           "each new token runs the products and its attention on its own row alone, from the "
-           "earlier rows' cached keys and values "
+           py::arg("seed") = 0, py::arg("cache") = true, py::arg("top_p") = 1.0f,
+           py::arg("stop") = py::none(),
+           "Token ids continuing prompt: greedy at temperature 0, else top-k (and top-p) "
+           "sampling, up to max_new_tokens or a stop token (an id or a sequence of them; the "
+           "last returned). cache: each new token runs the products and its attention on its "
+           "own row alone, from the earlier rows' cached keys and values "
            "(False: a whole forward of the window per token).")
       .def("zero_grad", &Transformer::zero_grad, py::call_guard<NuriCall>())
       .def("init_weights", &Transformer::init_weights, py::arg("seed"),
@@ -650,13 +691,15 @@ PYBIND11_MODULE(_C, m) {
            "A checkpoint saved training on other data is refused unless check_data is False.")
       .def("evaluate", [](PyTrainer& p) { return p.trainer->evaluate(); }, py::call_guard<NuriCall>())
       .def("generate", [](PyTrainer& p, const std::vector<int32_t>& prompt, int64_t max_new, float temperature,
-                          int64_t top_k, uint64_t seed, bool cache) {
+                          int64_t top_k, uint64_t seed, bool cache, float top_p, py::handle stop) {
+             SampleOptions opt = sample_options(max_new, temperature, top_k, seed, cache, top_p,
+                                                stop_tokens(stop));
              NuriCall nuri_call;  // through the pipeline's stages where there is one
-             return p.trainer->generate(prompt,
-                                        sample_options(max_new, temperature, top_k, seed, cache));
+             return p.trainer->generate(prompt, opt);
            },
            py::arg("prompt"), py::arg("max_new_tokens") = 200, py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
-           py::arg("seed") = 0, py::arg("cache") = true,
+           py::arg("seed") = 0, py::arg("cache") = true, py::arg("top_p") = 1.0f,
+           py::arg("stop") = py::none(),
            "Token ids continuing prompt (as Model.generate); under ZeRO 3, tensor or pipeline "
            "parallelism a collective: every rank calls it with the same arguments.")
       .def("master_weights", [](PyTrainer& p) {

@@ -266,6 +266,17 @@ def test_generate_uses_the_tokenizer_the_runs_shards_record(tmp_path):
     inferred = run_cli(*args, cwd=tmp_path).stdout
     assert inferred == run_cli(*args, "--tokenizer", "work/tok.json", cwd=tmp_path).stdout
     assert inferred != run_cli(*args, "--tokenizer", "bytes", cwd=tmp_path).stdout
+    # --stop, a token by the tokenizer's name or by id, ends the text at its first draw.
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(work / "tok.json"))
+    model = nuri.load(work / "run" / "model.safetensors")
+    ids = model.generate(tok.encode("the student", add_special_tokens=False).ids, 12,
+                         temperature=0)
+    upto = ids[:ids.index(ids[4]) + 1]
+    want = "the student" + tok.decode(upto, skip_special_tokens=False) + "\n"
+    never = str(next(i for i in range(299, 0, -1) if i not in ids))
+    for stop in (tok.id_to_token(ids[4]), str(ids[4])):
+        assert run_cli(*args, "--stop", never, "--stop", stop, cwd=tmp_path).stdout == want
     os.rename(work / "tok.json", work / "moved.json")
     proc = run_cli(*args, cwd=tmp_path, expect=1)
     assert f"the run's shards were written by the tokenizer {work / 'tok.json'}, which is not " \
@@ -297,7 +308,9 @@ def test_generate_names_what_is_wrong(trained):
     for flag, value, message in (
             ("--temperature", "inf", "expected a finite number >= 0 (0: greedy), got 'inf'"),
             ("--max-new-tokens", str(10**20), "expected an integer from 0 to 2**31 - 1"),
-            ("--top-k", "-3", "expected an integer from 0 to 2**31 - 1, got '-3'")):
+            ("--top-k", "-3", "expected an integer from 0 to 2**31 - 1, got '-3'"),
+            ("--top-p", "0", "expected a number in (0, 1] (1: no nucleus cut), got '0'"),
+            ("--top-p", "nan", "expected a number in (0, 1] (1: no nucleus cut), got 'nan'")):
         proc = run_cli("generate", "--run", "run", flag, value, cwd=trained, expect=2)
         assert f"argument {flag}: {message}" in proc.stderr, proc.stderr
     proc = run_cli("generate", "--run", "no-such-run", cwd=trained, expect=2)

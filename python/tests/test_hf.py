@@ -110,6 +110,16 @@ def test_greedy_generation_with_the_cache_is_what_hugging_face_generates(preset,
         theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
                              min_new_tokens=40, pad_token_id=0)[0, len(prompt):].tolist()
     assert ours == theirs
+    # Stopping at a token, as transformers stops at its eos_token_ids: the tokens up to and
+    # including the first of them drawn (here the 12th token and one never drawn).
+    never = next(i for i in range(model.config.vocab_size) if i not in ours)
+    stop = [never, ours[11]]
+    stopped = model.generate(prompt, max_new_tokens=40, temperature=0, stop=stop)
+    assert stopped == ours[:ours.index(ours[11]) + 1]
+    with torch.no_grad():
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                             eos_token_id=stop, pad_token_id=0)[0, len(prompt):].tolist()
+    assert stopped == theirs
 
 
 def test_import_accepts_keys_without_the_transformer_prefix_and_old_buffers(tmp_path):

@@ -243,6 +243,43 @@ def test_generate_text_is_deterministic_for_a_seed():
         nuri.generate_text(model, "")
 
 
+def test_generate_stops_at_the_tokens_given_and_takes_top_p():
+    """stop: an id, a sequence or numpy ids, or (generate_text) a token by name; the tokens end
+    with the first stop token drawn. top_p: a tiny nucleus is greedy. Bad ones are named."""
+    model, trainer, _ = tiny_trainer(steps=10)
+    for _ in range(10):
+        trainer.step()
+    prompt = list(b"the ")
+    greedy = model.generate(prompt, 30, temperature=0)
+    upto = greedy[:greedy.index(greedy[7]) + 1]
+    never = next(i for i in range(model.config.vocab_size) if i not in greedy)
+    for stop in (greedy[7], [greedy[7]], (never, greedy[7]), np.array([greedy[7]]),
+                 np.int64(greedy[7])):
+        assert model.generate(prompt, 30, temperature=0, stop=stop) == upto, stop
+        assert trainer.generate(prompt, 30, temperature=0, stop=stop) == upto, stop
+    assert model.generate(prompt, 30, temperature=1.0, seed=3, top_p=1e-6) == greedy
+    sampled = [model.generate(prompt, 30, temperature=1.0, seed=s, top_p=0.5) for s in range(4)]
+    assert sampled[0] == model.generate(prompt, 30, temperature=1.0, seed=0, top_p=0.5)
+    assert sampled != [model.generate(prompt, 30, temperature=1.0, seed=s) for s in range(4)]
+    # generate_text: the byte tokenizer's end-of-text token by name ends the text there.
+    text = nuri.generate_text(model, "the ", 30, temperature=0, stop=greedy[7])
+    assert text == nuri.decode_bytes(upto)
+    eot = nuri.ByteTokenizer.EOT
+    assert nuri.generate_text(model, "the ", 30, temperature=0, stop="<|endoftext|>") == \
+        nuri.generate_text(model, "the ", 30, temperature=0, stop=eot)
+    for bad, match in (("x", "stop takes token ids"), (True, "stop takes token ids"),
+                       ([1.5], "stop takes token ids"), (2**40, "is not a token id"),
+                       (-1, "stop token -1 is not a token id"),
+                       (model.config.vocab_size, "is not a token id of the model")):
+        with pytest.raises(nuri.Error, match=match):
+            model.generate(prompt, 5, stop=bad)
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(nuri.Error, match="top_p"):
+            model.generate(prompt, 5, top_p=bad)
+    with pytest.raises(nuri.ConfigError, match="stop token '<eos>' is not a token of"):
+        nuri.generate_text(model, "the ", 5, stop="<eos>")
+
+
 def test_cpp_errors_arrive_as_nuri_error_with_the_message():
     assert issubclass(nuri.Error, RuntimeError)
     model = nuri.Model(nuri.ModelConfig.preset("gpt2-tiny"))

@@ -19,6 +19,7 @@
 
 #include "dist_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -529,6 +530,12 @@ TEST(PipelineParallel, SamplesTheTokensOfTheReference) {
       SampleOptions whole_forwards = greedy;  // Pipeline::logits_row
       whole_forwards.cache = false;
       EXPECT_EQ(t.generate(prompt, whole_forwards), got.first) << "whole forwards";
+      // A stop token ends sampling on every rank at once, the caches freed for the next call.
+      SampleOptions stop = warm;
+      stop.stop = {got.second.at(2)};
+      const auto first = std::find(got.second.begin(), got.second.end(), got.second.at(2));
+      EXPECT_EQ(t.generate(prompt, stop), std::vector<int32_t>(got.second.begin(), first + 1));
+      EXPECT_EQ(t.generate(prompt, warm), got.second) << "sampling again after a stop";
       EXPECT_EQ(m.sequence_parallel(), l.sp && l.tp > 1) << "sequence parallelism is back on";
       // The trainer goes on training after sampling (the plans and sequence parallelism back).
       const float loss = t.step().loss;

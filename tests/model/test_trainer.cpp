@@ -6,8 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <limits>
+#include <numeric>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "nuri/core/settings.h"
@@ -409,6 +413,87 @@ TEST(Trainer, LearnsAndSamples) {
     const auto cached = t.generate(prompt, opt);
     EXPECT_EQ(cached, t.generate(prompt, whole)) << "temperature " << opt.temperature;
     EXPECT_EQ(cached.size(), 130u);
+  }
+
+  // stop: the greedy tokens up to and including the first stop token drawn, with the cache and
+  // without; stop tokens never drawn change nothing.
+  for (const bool cache : {true, false}) {
+    SampleOptions s = greedy;
+    s.cache = cache;
+    s.stop = {g1[5]};
+    const auto first = std::find(g1.begin(), g1.end(), g1[5]);
+    EXPECT_EQ(t.generate(prompt, s), std::vector<int32_t>(g1.begin(), first + 1));
+  }
+  SampleOptions never = greedy;
+  for (int32_t id = 0; never.stop.size() < 2; ++id) {
+    if (std::find(g1.begin(), g1.end(), id) == g1.end()) never.stop.push_back(id);
+  }
+  EXPECT_EQ(t.generate(prompt, never), g1);
+
+  // top_p: the nucleus of the next token's distribution (at temperature 2), from the model's
+  // logits: the fewest likeliest tokens whose probabilities sum to 0.8. Drawn with 200 seeds,
+  // every first token is in it, and more than one of it is drawn; without top_p some are not.
+  Tensor tokens = Tensor::empty({1, int64_t(prompt.size())}, DType::i32);
+  std::copy(prompt.begin(), prompt.end(), tokens.data<int32_t>());
+  m.logits(tokens);
+  const Tensor row = m.logits_row(int64_t(prompt.size()) - 1);
+  const int64_t vocab = m.config().vocab_size;
+  std::vector<double> p(static_cast<size_t>(vocab));
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  const float* l = row.data<float>();
+  const double top = *std::max_element(l, l + vocab);
+  double z = 0;
+  for (int64_t i = 0; i < vocab; ++i) z += p[size_t(i)] = std::exp((l[i] - top) / 2.0);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
+  std::set<int32_t> nucleus;
+  for (double kept = 0; kept < 0.8 * z;) {
+    kept += p[size_t(order[nucleus.size()])];
+    nucleus.insert(order[nucleus.size()]);
+  }
+  SampleOptions nuc;
+  nuc.max_new_tokens = 1;
+  nuc.temperature = 2.0f;
+  nuc.top_p = 0.8f;
+  SampleOptions all = nuc;
+  all.top_p = 1.0f;
+  std::set<int32_t> drawn;
+  int outside = 0;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    nuc.seed = all.seed = seed;
+    const int32_t a = t.generate(prompt, nuc).at(0), b = t.generate(prompt, all).at(0);
+    EXPECT_TRUE(nucleus.count(a)) << "seed " << seed << " drew " << a << ", outside the "
+                                  << nucleus.size() << " tokens of the nucleus";
+    drawn.insert(a);
+    outside += !nucleus.count(b);
+  }
+  EXPECT_GT(drawn.size(), 1u) << "the nucleus holds " << nucleus.size() << " tokens";
+  EXPECT_GT(outside, 0) << "without top_p every draw fell in the nucleus";
+  std::printf("[top_p] nucleus of %zu tokens, %zu drawn; without top_p %d of 200 outside it\n",
+              nucleus.size(), drawn.size(), outside);
+  SampleOptions tiny = warm;  // a nucleus of one token: the greedy one, whatever the seed
+  tiny.max_new_tokens = greedy.max_new_tokens;
+  tiny.top_p = 1e-6f;
+  EXPECT_EQ(t.generate(prompt, tiny), g1);
+
+  // Bad options are refused, naming them.
+  auto refused = [&](const SampleOptions& o, const std::string& needle) {
+    try {
+      t.generate(prompt, o);
+      ADD_FAILURE() << "no error; expected one containing \"" << needle << "\"";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  for (const float bad : {0.0f, 1.5f, std::nanf("")}) {
+    SampleOptions o = warm;
+    o.top_p = bad;
+    refused(o, "top_p (");
+  }
+  for (const int32_t bad : {-1, int32_t(vocab)}) {
+    SampleOptions o = greedy;
+    o.stop = {3, bad};
+    refused(o, "stop token " + std::to_string(bad) + " is not a token id of the model");
   }
 }
 

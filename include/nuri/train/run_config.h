@@ -9,7 +9,7 @@
 //   model.safetensors [model]   preset = "gpt2-tiny", then any ModelConfig field [train]
 //   TrainConfig        [parallel]  ParallelConfig [checkpoint] dir, save_every, keep, async_save,
 //   resume, signals, time_limit [data]    train, val         [sample]    prompt, max_new_tokens,
-//   temperature, top_k
+//   temperature, top_k, top_p
 //
 // Flags are the keys with dashes (--micro-batch is train.micro_batch), except four that name a
 // file or a choice more plainly: --model (model.preset), --data (data.train), --val (data.val),
@@ -42,6 +42,7 @@ struct SampleConfig {  ///< the sample printed after training (byte-level models
   int64_t max_new_tokens = 200;  ///< 0: no sample
   float temperature = 0.8f;      ///< 0: greedy
   int64_t top_k = 40;            ///< 0: the whole vocabulary
+  float top_p = 1.0f;            ///< the nucleus's share (1: no cut)
 };
 
 struct CheckpointConfig {

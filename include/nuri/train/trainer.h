@@ -119,6 +119,12 @@ struct SampleOptions {
   int64_t max_new_tokens = 200;  ///< at most kMaxNewTokens
   float temperature = 1.0f;  ///< 0: greedy
   int64_t top_k = 0;         ///< 0: the whole vocabulary
+  /// Nucleus sampling: of the top_k tokens, the fewest likeliest whose probabilities (at this
+  /// temperature) sum to at least top_p; 1: all of them. In (0, 1].
+  float top_p = 1.0f;
+  /// Sampling ends after any of these token ids is drawn (it is the last one returned), as
+  /// transformers' generate() ends at its eos_token_id; empty: after max_new_tokens.
+  std::vector<int32_t> stop;
   uint64_t seed = 0;
   /// Keep each block's keys and values (Transformer::decode): a new token runs the products
   /// and its attention on its own row alone. false runs a whole forward of the window per
@@ -127,11 +133,12 @@ struct SampleOptions {
 };
 
 /// Tokens continuing `prompt` (not repeated in the result), sampled from `model`: greedy when
-/// temperature is 0, else softmax(logits / temperature) over the top_k tokens, drawn with
-/// Philox(seed). Works on a fixed window of min(max_seq_len, prompt + new) positions: the
-/// prompt's rows are computed once and each new token's row alone (opt.cache, for a whole model,
-/// also split over a tensor-parallel group whose ranks all call it: Transformer::decode) until
-/// the window is full; after that it slides, and every token computes the whole window again.
+/// temperature is 0, else softmax(logits / temperature) over the top_k tokens (and of those the
+/// top_p nucleus), drawn with Philox(seed); up to max_new_tokens, or a stop token. Works on a
+/// fixed window of min(max_seq_len, prompt + new) positions: the prompt's rows are computed once
+/// and each new token's row alone (opt.cache, for a whole model, also split over a
+/// tensor-parallel group whose ranks all call it: Transformer::decode) until the window is
+/// full; after that it slides, and every token computes the whole window again.
 std::vector<int32_t> generate(Transformer& model, const std::vector<int32_t>& prompt,
                               const SampleOptions& opt);
 /// generate() through a pipeline's stages (interleaved chunks too): every rank of the pipeline
