@@ -73,9 +73,17 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #define NURI_MEM_SITE , ::nuri::emu::Site site = ::nuri::emu::Site::current()
 #define NURI_MEM_COUNT(kind, p) \
   ::nuri::emu::count_access(::nuri::emu::Access::kind, p, int(sizeof(T)), site)
+// The reductions below take their caller's site and pass it to the emulated calls inside
+// them, so the emulator's errors and counters name the kernel's line, not the helper's.
+#define NURI_CALLER_SITE , ::nuri::emu::Site site = ::nuri::emu::Site::current()
+#define NURI_AT_SITE , site
+#define NURI_SHFL_AT_SITE , 32, site
 #else
 #define NURI_MEM_SITE
 #define NURI_MEM_COUNT(kind, p)
+#define NURI_CALLER_SITE
+#define NURI_AT_SITE
+#define NURI_SHFL_AT_SITE
 #endif
 
 template <class T>
@@ -136,14 +144,18 @@ constexpr int kWarpSize = 32;
 
 /// Sum over the 32 lanes of a warp; every lane gets the total (float, or double).
 template <class T>
-__device__ __forceinline__ T warp_sum(T v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+__device__ __forceinline__ T warp_sum(T v NURI_CALLER_SITE) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v += __shfl_xor_sync(kFullMask, v, offset NURI_SHFL_AT_SITE);
+  }
   return v;
 }
 
 /// Max over the 32 lanes of a warp; every lane gets it.
-__device__ __forceinline__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+__device__ __forceinline__ float warp_max(float v NURI_CALLER_SITE) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset NURI_SHFL_AT_SITE) NURI_AT_SITE);
+  }
   return v;
 }
 
@@ -151,17 +163,21 @@ __device__ __forceinline__ float warp_max(float v) {
 /// total. `scratch` is 32 values (float, or double) of shared memory that no other code uses
 /// during the call. Contains two __syncthreads: every thread of the block must call it.
 template <class T>
-__device__ __forceinline__ T block_sum(T v, T* scratch) {
+__device__ __forceinline__ T block_sum(T v, T* scratch NURI_CALLER_SITE) {
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int warps = blockDim.x / kWarpSize;
-  v = warp_sum(v);
+  v = warp_sum(v NURI_AT_SITE);
   if (lane == 0) scratch[warp] = v;
-  __syncthreads();
+  __syncthreads();  // (its own line: two barriers of one site could not be told apart)
   T total = lane < warps ? scratch[lane] : T(0);
-  total = warp_sum(total);
+  total = warp_sum(total NURI_AT_SITE);
   __syncthreads();  // scratch may be reused by the caller right after
   return total;
 }
+
+#undef NURI_CALLER_SITE
+#undef NURI_AT_SITE
+#undef NURI_SHFL_AT_SITE
 
 // ---- vector access and launch sizing --------------------------------------------------------------
 

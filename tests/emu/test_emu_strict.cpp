@@ -336,6 +336,7 @@ TEST(EmulatorStrict, SharedMemoryEdgesAndAsyncAddressesAreChecked) {
 // ---- max and min of unwritten memory ------------------------------------------------------------
 
 enum class MaxBug { none, unwritten_f32, negated_bf16, min_of_unwritten };
+constexpr int kWarpMaxLine = 354;  // planted_unwritten_max's warp_max call (static_assert there)
 struct MaxParams {
   const __nv_bfloat16* unwritten;  // [32]: cudaMalloc'ed, never written
   float* out;                      // [32]
@@ -350,7 +351,7 @@ __global__ void planted_unwritten_max(MaxParams p) {
   const unsigned t = threadIdx.x;
   if (!(p.bug == MaxBug::unwritten_f32 && t == 5)) s[t] = float(t);
   __syncthreads();
-  float v = nuri::kernels::warp_max(s[(t + 1) % 32]);
+  float v = nuri::kernels::warp_max(s[(t + 1) % 32]); static_assert(__LINE__ == kWarpMaxLine);
   if (p.bug == MaxBug::negated_bf16 && t == 7) {
     v = nuri::kernels::fminf(v, -(0.5f * nuri::kernels::to_float(p.unwritten[t])));
   }
@@ -372,7 +373,9 @@ TEST(EmulatorStrict, MaxAndMinOfUnwrittenMemoryAreErrors) {
   EXPECT_EQ(max_error(MaxBug::none), "no error");
   expect_has(max_error(MaxBug::unwritten_f32),
              "planted_unwritten_max: max at ");
-  expect_has(max_error(MaxBug::unwritten_f32), "common.cuh");
+  // (the kernel's line that called warp_max, not the helper's)
+  expect_has(max_error(MaxBug::unwritten_f32),
+             "test_emu_strict.cpp:" + std::to_string(kWarpMaxLine));
   expect_has(max_error(MaxBug::unwritten_f32),
              "an operand is unwritten memory's poison (or a value computed from it)");
   expect_has(max_error(MaxBug::negated_bf16), "min at ");
