@@ -6,9 +6,9 @@
 #   usage: bash scripts/gpu-check.sh [--quick] [BUILD_DIR (build)] [OUT_DIR (gpu-check-out)]
 # Writes into OUT_DIR: info.txt (device and toolkit), tests.log and tests.xml (ctest -L gpu,
 # JUnit), matmul.jsonl, attention.jsonl, attention_fwd_nuri.jsonl and attention_fwd_nuri128.jsonl
-# (the forward on 64- and 128-row query blocks), generate.jsonl, matmul_sm90.jsonl,
+# (the forward on 64- and 128-row query blocks), generate.jsonl; matmul_sm90.jsonl,
 # matmul_sm90_per_tile.jsonl (its grid a block a tile, not persistent) and attention_sm90.jsonl
-# too on an H100/H200 (the sm_90a kernels), train.jsonl (one JSON object per measurement; see
+# too on an H100/H200 (the sm_90a kernels); train.jsonl (one JSON object per measurement; see
 # benchmarks/README.md), bench.log (the benchmarks' tables and messages) and steps.txt (each
 # step's exit status and seconds, or why it did not run). Exit status: the first failing step's
 # (ctest's or a benchmark's; 4 for one stopped at its own time limit: 30 min for ctest, 3 to 7
@@ -28,7 +28,7 @@
 #                      under 30 s left is not started (steps.txt says so), so a lease of fixed
 #                      length ends with every result written
 #   NURI_GPU_JOBS      tests run at once on the device (default 4)
-#   NURI_GPU_BENCH=0   run the tests only; NURI_GPU_BENCHES "train matmul attention" (the old
+#   NURI_GPU_BENCH=0   run the tests only; NURI_GPU_BENCHES "train matmul attention generate" (the old
 #                      form of NURI_GPU_STEPS: the tests first, the _sm90 steps with theirs)
 #   NURI_GPU_COMPILE=1 the training benchmark also times PyTorch under torch.compile (slow start)
 #   NURI_GPU_PROFILE=1 also profile.csv: every kernel of two gpt2-124M B=8 T=1024 training

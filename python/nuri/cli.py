@@ -3,7 +3,7 @@
     python -m nuri train [--config FILE] [--FLAG VALUE ...] [KEY=VALUE ...]
     python -m nuri generate (--run DIR | --model FILE) [--prompt TEXT] [--max-new-tokens N]
                             [--temperature X] [--top-k K] [--top-p P] [--seed S]
-                            [--stop TOKEN ...] [--tokenizer tokenizer.json|bytes] [--bos TEXT]
+                            [--stop TOKEN]... [--tokenizer tokenizer.json|bytes] [--bos TEXT]
     python -m nuri tokenize INPUT... --out DIR [--tokenizer tokenizer.json] [--processes N]
                             [--val-every K] [--shard-tokens N] [--eot TEXT] [--bos TEXT]
                             [--field text] [--kind text|prompt-response|chat]

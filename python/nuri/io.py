@@ -288,9 +288,9 @@ def generate_text(model: _C.Model, prompt: str, max_new_tokens: int = 200,
     before the prompt (what ``nuri tokenize --bos`` put before every document).
 
     temperature 0 is greedy; top_k 0 samples from the whole vocabulary; top_p < 1 samples from
-    the fewest likeliest of those whose probabilities sum to top_p. ``stop``: token ids, or
-    tokens of the tokenizer by name (with bytes: ``"<|endoftext|>"``, id 256), that end the
-    continuation (the first one drawn is its last token).
+    the fewest likeliest of those whose probabilities sum to at least top_p. ``stop``: token
+    ids, or tokens of the tokenizer by name (with bytes: ``"<|endoftext|>"``, id 256), that end
+    the continuation (the first one drawn is its last token).
     """
     if not 0 <= seed < 2**64:
         raise ConfigError(f"generate: seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
