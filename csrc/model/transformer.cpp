@@ -45,7 +45,7 @@ struct Transformer::Impl {
   Tensor emb_whole;  // sequence parallelism on the first stage: [B, T, C], whole rows
   Tensor in_x, in_r;  // a later stage: the next forward's input h = x + r
   Tensor d_out;       // a non-last stage: the next backward's output gradient
-  Tensor whole_row;   // tensor parallelism: logits_row()'s gathered columns
+  Tensor whole_row;   // tensor parallelism: logits_row()'s and decode()'s gathered columns
   bool have_backward = false;  // scratch.d_resid holds the last backward's input gradient
   model::BlockScratch scratch;
   // decode(): the window's length, the rows whose keys and values the cache holds, each
@@ -525,6 +525,20 @@ Tensor row_to_host(Backend& be, const Tensor& row) {
   return out;
 }
 
+// A rank's row of logits on the host, whole: under tensor parallelism (tp > 1) each rank holds
+// its vocabulary columns, gathered in rank order into `whole` (made once, kept for the next
+// call) with the group's hooks.
+Tensor whole_row_to_host(Backend& be, int tp, TensorParallelHooks* hooks, int64_t padded_vocab,
+                         Tensor& whole, Tensor row) {
+  if (tp > 1) {
+    if (!whole.defined()) whole = be.empty({padded_vocab}, row.dtype());
+    hooks->all_gather(row, whole);
+    hooks->wait();
+    row = whole;
+  }
+  return row_to_host(be, row);
+}
+
 // A unit's weights for one pass: the model's own views, or what the ParamHooks give (released
 // when this goes out of scope).
 class UnitWeightsLease {
@@ -726,14 +740,8 @@ Tensor Transformer::logits_row(int64_t pos) {
   Slot& s = planned_slot(0, "logits_row()");
   NURI_CHECK(pos >= 0 && pos < m.t, "logits_row(", pos, "): the position is outside the last "
              "forward's ", m.t);
-  Tensor row = s.head.logits.view({m.b, m.t, -1}).select(0, 0).select(0, pos);  // contiguous
-  if (tp_.size > 1) {  // each rank of the group has its columns of the row: gathered in rank order
-    if (!m.whole_row.defined()) m.whole_row = backend_->empty({cfg_.padded_vocab()}, row.dtype());
-    tp_hooks_->all_gather(row, m.whole_row);
-    tp_hooks_->wait();
-    row = m.whole_row;
-  }
-  return row_to_host(*backend_, row);
+  const Tensor row = s.head.logits.view({m.b, m.t, -1}).select(0, 0).select(0, pos);  // contiguous
+  return whole_row_to_host(*backend_, tp_.size, tp_hooks_, cfg_.padded_vocab(), m.whole_row, row);
 }
 
 Tensor Transformer::decode(const Tensor& tokens, int64_t r0, int64_t r1) {
@@ -896,14 +904,8 @@ Tensor Transformer::decode_stage(const Tensor& tokens, int64_t r0, int64_t r1, c
   const auto head = lease(size_t(m.head));
   const auto tied = cfg_.tied_embeddings ? lease(size_t(m.emb)) : nullptr;
   model::head_decode(c, **head, tied ? (*tied)->wte : (*head)->lm_head, a, x, r);
-  Tensor row = a.logits.view({-1});
-  if (tp_.size > 1) {  // each rank's vocabulary columns, gathered in rank order
-    if (!m.whole_row.defined()) m.whole_row = be.empty({cfg_.padded_vocab()}, row.dtype());
-    tp_hooks_->all_gather(row, m.whole_row);
-    tp_hooks_->wait();
-    row = m.whole_row;
-  }
-  return row_to_host(be, row);
+  return whole_row_to_host(be, tp_.size, tp_hooks_, cfg_.padded_vocab(), m.whole_row,
+                           a.logits.view({-1}));
 }
 
 std::pair<Tensor, Tensor> Transformer::decode_output() const {
